@@ -1,0 +1,53 @@
+# allocator — developer entry points.  Quick start: `make demo`, `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+PORT   ?= 5000
+LINT_PATHS := allocator kits tests bench migrations wsgi.py
+
+.DEFAULT_GOAL := help
+.PHONY: help demo test lint typecheck check serve clean venv
+
+help:
+	@echo "make demo       install into $(VENV), create a demo database and serve http://127.0.0.1:$(PORT)"
+	@echo "make test       install with test extras and run the whole test suite"
+	@echo "make lint       ruff (with security rules) and mypy"
+	@echo "make check      lint + test (what CI runs)"
+	@echo "make clean      remove the virtualenv and caches (never the instance/ folder)"
+
+# The venv is rebuilt when the dependency declarations change.
+$(BIN)/.installed: setup.cfg pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "allocator needs Python 3.11 or newer")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c constraints.txt -e .
+	touch $@
+
+$(BIN)/.installed-test: $(BIN)/.installed
+	$(PIP) install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+demo: $(BIN)/.installed
+	$(BIN)/allocator demo --port $(PORT)
+
+test: $(BIN)/.installed-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(BIN)/.installed-test
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy
+
+typecheck: $(BIN)/.installed-test
+	$(BIN)/mypy
+
+check: lint test
+
+serve: $(BIN)/.installed
+	$(BIN)/allocator serve --port $(PORT)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache htmlcov .coverage

@@ -1,0 +1,70 @@
+"""The application factory. Everything the application needs is built here from explicit settings
+and passed down; nothing is read from globals later."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from flask import Flask
+
+from allocator import crypto, logs, migrate
+from allocator.db import Database
+from allocator.services.context import ServiceContext, utcnow
+from allocator.settings import Environment, Settings
+from allocator.web import register
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class StartupError(RuntimeError):
+    """The application refuses to start; the message says why and what to do."""
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    db: Database | None = None,
+    ring: crypto.KeyRing | None = None,
+    clock: Callable[[], datetime] | None = None,
+    passwords: crypto.PasswordHashing | None = None,
+) -> Flask:
+    """Build the Flask application.
+
+    In production the key directory must hold every key with safe permissions (0700/0600), and
+    the database must be at the latest schema; otherwise StartupError (ACC-13)."""
+    settings = settings or Settings.from_env()
+    logs.configure()
+    try:
+        ring = ring or crypto.KeyRing.load(settings.key_dir, strict_modes=settings.is_production)
+    except crypto.KeyError_ as exc:
+        raise StartupError(f"{exc}") from None
+    if settings.is_production and db is None:
+        current = migrate.current_revision(settings.database_url)
+        if current != migrate.head_revision():
+            raise StartupError(
+                f"the database schema is at {current or 'nothing'}, not {migrate.head_revision()}: run `allocator init`"
+            )
+    db = db or Database.connect(settings.database_url)
+    ctx = ServiceContext.build(settings, db, ring, clock=clock or utcnow, passwords=passwords)
+
+    app = Flask("allocator", template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
+    app.config.update(
+        SECRET_KEY=crypto.session_secret(ring),
+        DEBUG=False,  # ACC-13: never the Werkzeug debugger, in any environment
+        PROPAGATE_EXCEPTIONS=False,
+        SESSION_COOKIE_NAME="__Host-allocator" if settings.secure_cookies else "allocator",
+        SESSION_COOKIE_SECURE=settings.secure_cookies,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        PERMANENT_SESSION_LIFETIME=settings.session_absolute_lifetime,
+        WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the (server-side) session
+        WTF_CSRF_SSL_STRICT=settings.env is not Environment.DEVELOPMENT,
+        MAX_CONTENT_LENGTH=5 * 1024 * 1024,
+        TEMPLATES_AUTO_RELOAD=False,
+    )
+    app.jinja_env.autoescape = True
+    app.extensions["allocator"] = ctx
+    register(app, ctx)
+    return app

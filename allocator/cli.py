@@ -1,0 +1,324 @@
+"""The `allocator` command (click, as Flask's CLI).
+
+Every command builds what it needs from the environment (contract.md: ALLOCATOR_DATABASE_URL,
+ALLOCATOR_KEY_DIR, ALLOCATOR_ENV), calls services with a command-line actor, and exits non-zero
+with a message naming the problem. Secrets are printed only where the contract says so (one-time
+passwords, new API tokens), and never logged.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import secrets
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from allocator import audit, crypto, migrate
+from allocator.audit import Actor
+from allocator.db import Database
+from allocator.services import accounts, trials
+from allocator.services.context import ServiceContext
+from allocator.services.errors import DomainError
+from allocator.settings import Environment, Settings, SettingsError
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_TRIAL = ROOT / "trials" / "ifn-gamma-pais.toml"
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        _fail(str(exc), 2)
+
+
+def _actor() -> Actor:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return Actor.command_line(user, request_id=f"cli-{secrets.token_hex(6)}")
+
+
+@contextmanager
+def _context(settings: Settings, *, check_schema: bool = True) -> Iterator[ServiceContext]:
+    if check_schema:
+        current = migrate.current_revision(settings.database_url)
+        if current != migrate.head_revision():
+            _fail(
+                f"the database is at schema {current or '(empty)'}, not {migrate.head_revision()}: run `allocator init`"
+            )
+    try:
+        ring = crypto.KeyRing.load(settings.key_dir, strict_modes=settings.is_production)
+    except crypto.KeyError_ as exc:
+        _fail(str(exc))
+    db = Database.connect(settings.database_url)
+    try:
+        yield ServiceContext.build(settings, db, ring)
+    finally:
+        db.dispose()
+
+
+def _domain(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a DomainError into a readable message and exit status 1."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except DomainError as exc:
+            click.secho(f"error: {exc.detail}", fg="red", err=True)
+            for problem in exc.errors:
+                click.echo(f"  {problem.field}: {problem.message}", err=True)
+            sys.exit(1)
+
+    wrapper.__name__ = func.__name__
+    wrapper.__doc__ = func.__doc__
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """allocator: randomization and blinded drug allocation for double-blind trials."""
+
+
+@main.command("init")
+def init_command() -> None:
+    """Create or migrate the database to the latest schema and create missing keys."""
+    settings = _settings()
+    created = crypto.KeyRing.create_missing(settings.key_dir)
+    for purpose in created:
+        click.echo(f"created {purpose.value} key in {settings.key_dir}")
+    before = migrate.current_revision(settings.database_url)
+    migrate.upgrade(settings.database_url)
+    after = migrate.current_revision(settings.database_url)
+    if before == after:
+        click.echo(f"database already at the latest schema ({after})")
+    else:
+        click.echo(f"database migrated from {before or '(empty)'} to {after}")
+
+
+@main.command("load-trial")
+@click.argument("path", type=click.Path(path_type=Path))
+@_domain
+def load_trial_command(path: Path) -> None:
+    """Validate a trial definition file and load it (a changed file becomes a new version)."""
+    settings = _settings()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        _fail(f"{path}: file not found")
+    except UnicodeDecodeError:
+        _fail(f"{path}: not UTF-8 text")
+    with _context(settings) as ctx:
+        result = trials.load_trial(ctx, _actor(), text, source_name=str(path))
+    messages = {
+        "created": f"loaded trial {result.trial_code} (definition version 1)",
+        "new_version": f"loaded definition version {result.version} of trial {result.trial_code}",
+        "unchanged": f"trial {result.trial_code} already has this definition (version {result.version}); nothing changed",
+    }
+    click.echo(messages[result.outcome])
+    if result.sites_added:
+        click.echo(f"sites added (pending activation): {', '.join(result.sites_added)}")
+
+
+@main.command("create-user")
+@click.argument("username")
+@click.option("--role", required=True, help="Role to grant, e.g. investigator")
+@click.option("--trial", "trial_code", help="Trial code for trial roles")
+@click.option("--site", "site_code", help="Site code for site roles")
+@click.option("--name", "full_name", help="Printed name (defaults to the user name)")
+@click.option("--email", help="E-mail address for notifications")
+@_domain
+def create_user_command(
+    username: str,
+    role: str,
+    trial_code: str | None,
+    site_code: str | None,
+    full_name: str | None,
+    email: str | None,
+) -> None:
+    """Create a user with one role and print a one-time password."""
+    settings = _settings()
+    with _context(settings) as ctx:
+        created = accounts.create_user(
+            ctx,
+            _actor(),
+            accounts.NewUser(username=username, full_name=full_name or username, email=email),
+            accounts.RoleRequest(role=role, trial_code=trial_code, site_code=site_code),
+        )
+    click.echo(f"user {created.username} created; one-time password (change it at first sign-in):")
+    click.echo(created.one_time_password)
+
+
+@main.command("create-token")
+@click.argument("username")
+@click.option("--name", default="api", show_default=True, help="What the token is for")
+@_domain
+def create_token_command(username: str, name: str) -> None:
+    """Print a new API bearer token for USERNAME (shown once; only its digest is stored)."""
+    settings = _settings()
+    with _context(settings) as ctx:
+        created = accounts.create_token(ctx, _actor(), username, name)
+    click.echo(created.token)
+
+
+@main.group("audit")
+def audit_group() -> None:
+    """Verify and checkpoint the audit trail."""
+
+
+@audit_group.command("verify")
+@click.argument("trial", required=False)
+def audit_verify_command(trial: str | None) -> None:
+    """Check the whole audit chain (or one trial's); exit 1 and name the first broken entry."""
+    settings = _settings()
+    with _context(settings) as ctx, ctx.db.read_engine.connect() as conn:
+        results = audit.verify_all(conn, ctx.ring, [trial] if trial else None)
+    if trial and results and results[0].entries == 0:
+        _fail(f"no audit entries for {trial!r}")
+    broken = [r for r in results if not r.ok]
+    for result in results:
+        click.echo(result.summary())
+        for problem in result.problems[1:5]:
+            click.echo(f"  also: {problem.message}")
+    if broken:
+        sys.exit(1)
+
+
+@audit_group.command("checkpoint")
+def audit_checkpoint_command() -> None:
+    """Sign the head of every chain now (run it from cron, e.g. hourly)."""
+    settings = _settings()
+    with _context(settings) as ctx:
+        with ctx.db.read_engine.connect() as conn:
+            names = audit.chains(conn)
+        for name in names:
+            with ctx.db.unit_of_work() as session:
+                checkpoint = ctx.audit.checkpoint(session, name, ctx.now())
+            click.echo(
+                f"{name}: "
+                + (f"signed up to entry {checkpoint.seq}" if checkpoint else "nothing new to sign")
+            )
+
+
+DEMO_USERS = (
+    ("investigator", "Dr Inès Vestigatrice", "investigator", "P1"),
+    ("pharmacist", "Paul Harmacien", "pharmacist", "P1"),
+    ("unblinded-pharmacist", "Ursula Nblind", "unblinded_pharmacist", "P1"),
+    ("nurse", "Nadia Urse", "nurse", "P1"),
+    ("monitor", "Monique Onitor", "monitor", None),
+    ("auditor", "Aude Itor", "auditor", None),
+    ("trial-manager", "Thomas Rial", "trial_manager", None),
+    ("admin", "Adèle Min", "admin", None),
+    ("statistician", "Stéphane Tatisticien", "unblinded_statistician", None),
+    ("pharmacovigilance", "Victor Igilance", "pharmacovigilance", None),
+)
+
+
+@main.command("demo")
+@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option(
+    "--dir",
+    "demo_dir",
+    default="instance/demo",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="Folder for the demo database and keys; emptied at every start",
+)
+@click.option("--no-serve", is_flag=True, help="Prepare the demo instance and exit")
+@_domain
+def demo_command(port: int, host: str, demo_dir: Path, no_serve: bool) -> None:
+    """A disposable TEST instance of the IFN-gamma trial with one user per role."""
+    if demo_dir.exists():
+        shutil.rmtree(demo_dir)  # a demo instance is disposable: a fresh start every time
+    demo_dir.mkdir(parents=True)
+    settings = Settings(
+        env=Environment.DEVELOPMENT,
+        database_url=f"sqlite:///{(demo_dir / 'allocator-demo.db').resolve()}",
+        key_dir=demo_dir / "keys",
+    )
+    crypto.KeyRing.create_missing(settings.key_dir)
+    migrate.upgrade(settings.database_url)
+    actor = _actor()
+    with _context(settings) as ctx:
+        loaded = trials.load_trial(
+            ctx, actor, DEMO_TRIAL.read_text(encoding="utf-8"), source_name=str(DEMO_TRIAL.relative_to(ROOT))
+        )
+        code = loaded.trial_code
+        rows = []
+        for username, name, role, site in DEMO_USERS:
+            created = accounts.create_user(
+                ctx,
+                actor,
+                accounts.NewUser(username=username, full_name=name),
+                accounts.RoleRequest(
+                    role=role,
+                    trial_code=None if role == "admin" else code,
+                    site_code=site,
+                    reason="demo user",
+                ),
+            )
+            rows.append((username, role, site or "-", created.one_time_password))
+    click.echo("")
+    click.secho(f"Demo instance of {code} (TEST) in {demo_dir}", bold=True)
+    click.echo("One-time passwords (each must be changed at first sign-in; admin and unblinded roles")
+    click.echo("also enrol an authenticator app):")
+    click.echo("")
+    click.echo(f"  {'user':<22}{'role':<24}{'site':<6}one-time password")
+    for username, role, site, password in rows:
+        click.echo(f"  {username:<22}{role:<24}{site:<6}{password}")
+    click.echo("")
+    if no_serve:
+        return
+    click.secho(f"Serving on http://{host}:{port}  (Ctrl-C to stop)", bold=True)
+    _serve(settings, host, port, workers=2)
+
+
+@main.command("serve")
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (put TLS in front)")
+@click.option("--workers", default=max(2, (os.cpu_count() or 1) * 2 + 1), show_default=True, type=int)
+def serve_command(port: int, host: str, workers: int) -> None:
+    """Production-style server (gunicorn) for the instance described by the environment."""
+    settings = _settings()
+    current = migrate.current_revision(settings.database_url)
+    if current != migrate.head_revision():
+        _fail(
+            f"the database is at schema {current or '(empty)'}, not {migrate.head_revision()}: run `allocator init`"
+        )
+    _serve(settings, host, port, workers=workers)
+
+
+def _serve(settings: Settings, host: str, port: int, *, workers: int) -> None:
+    from gunicorn.app.base import BaseApplication  # noqa: PLC0415 - only the serving commands need it
+
+    from allocator.app import create_app  # noqa: PLC0415 - each worker builds its own app after fork
+
+    class _Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{host}:{port}")
+            self.cfg.set("workers", workers)
+            self.cfg.set("threads", 4)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("accesslog", None)  # the app logs every request as structured JSON
+            self.cfg.set("timeout", 60)
+            self.cfg.set("graceful_timeout", 10)
+
+        def load(self) -> Any:
+            return create_app(replace(settings))
+
+    _Server().run()

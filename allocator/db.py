@@ -1,0 +1,164 @@
+"""Engine, sessions and the unit of work.
+
+Services own the transaction (architecture.md): a use case opens `db.unit_of_work()`, does all its
+reads and writes — including the audit entry — and the block commits only if nothing raised.
+Nothing else commits.
+
+SQLite: WAL mode, foreign keys on, a busy timeout, and `BEGIN IMMEDIATE` for every write
+transaction, so that two writers serialise at the start instead of failing at commit with
+"database is locked" after having read stale data (RND-08). pysqlite's own transaction handling
+is switched off so that the BEGIN we emit is the one that runs.
+
+PostgreSQL (psycopg 3): READ COMMITTED; allocation services lock the rows they consume with
+`SELECT ... FOR UPDATE`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+T = TypeVar("T")
+
+
+def _prepare_sqlite_file(url: str) -> None:
+    database = make_url(url).database
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _sqlite_engine(url: str, *, begin: str, pooled: bool = True) -> Engine:
+    _prepare_sqlite_file(url)
+    connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
+    if pooled:
+        engine = create_engine(url, connect_args=connect_args)
+    else:
+        engine = create_engine(url, connect_args=connect_args, poolclass=NullPool)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control away from pysqlite (see module docstring).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        # FULL: an acknowledged allocation survives a power cut (DIB-01 "enduring").
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql(begin)
+
+    return engine
+
+
+@dataclass(frozen=True, slots=True)
+class Database:
+    """Holds the engines and session factories of one database. Passed explicitly to services."""
+
+    url: str
+    write_engine: Engine
+    read_engine: Engine
+    _write_sessions: sessionmaker[Session]
+    _read_sessions: sessionmaker[Session]
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.write_engine.dialect.name == "sqlite"
+
+    @property
+    def dialect(self) -> str:
+        return self.write_engine.dialect.name
+
+    @classmethod
+    def connect(cls, url: str, *, pool_size: int = 5) -> Database:
+        if url.startswith("sqlite"):
+            write = _sqlite_engine(url, begin="BEGIN IMMEDIATE")
+            read = _sqlite_engine(url, begin="BEGIN")
+        else:
+            write = create_engine(url, pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=True)
+            read = write
+        return cls.from_engines(url, write, read)
+
+    @classmethod
+    def from_engines(cls, url: str, write: Engine, read: Engine) -> Database:
+        return cls(
+            url=url,
+            write_engine=write,
+            read_engine=read,
+            _write_sessions=sessionmaker(bind=write, expire_on_commit=False, autoflush=True),
+            _read_sessions=sessionmaker(bind=read, expire_on_commit=False, autoflush=False),
+        )
+
+    @classmethod
+    def bound_to(cls, url: str, connection: Connection) -> Database:
+        """A Database whose sessions join an outer transaction on `connection` through savepoints.
+
+        Used by the test suite: each test runs inside one transaction that is rolled back at the
+        end, while services still "commit" (release their savepoint) as they do in production."""
+        factory = sessionmaker(
+            bind=connection, expire_on_commit=False, join_transaction_mode="create_savepoint"
+        )
+        engine = connection.engine
+        return cls(
+            url=url, write_engine=engine, read_engine=engine, _write_sessions=factory, _read_sessions=factory
+        )
+
+    @contextmanager
+    def unit_of_work(self) -> Iterator[Session]:
+        """A write transaction: commits when the block ends normally, rolls back on any exception."""
+        with self._write_sessions() as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A read-only transaction. Closing it rolls back anything flushed, and leaves the loaded
+        objects usable (detached, not expired) by the caller."""
+        with self._read_sessions() as session:
+            yield session
+
+    def dispose(self) -> None:
+        self.write_engine.dispose()
+        if self.read_engine is not self.write_engine:
+            self.read_engine.dispose()
+
+
+def connect_once(url: str) -> Engine:
+    """A short-lived engine without pooling (for migrations and CLI checks)."""
+    if url.startswith("sqlite"):
+        return _sqlite_engine(url, begin="BEGIN IMMEDIATE", pooled=False)
+    return create_engine(url, poolclass=NullPool)
+
+
+def insert_if_absent(session: Session, model: type[Any], values: dict[str, Any]) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING, so that two transactions racing to create the same
+    counter row (audit chain head, login throttle) do not fail; follow with SELECT ... FOR UPDATE."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    session.execute(insert(model).values(**values).on_conflict_do_nothing())
+
+
+def require(session: Session, model: type[T], ident: object) -> T:
+    """`session.get` for a row that must exist (an id taken from a row or session just read).
+    A missing row here is a bug or a concurrent deletion, which the database guards forbid."""
+    row = session.get(model, ident)
+    if row is None:
+        raise LookupError(f"{model.__name__} {ident!r} does not exist")
+    return row

@@ -1,0 +1,49 @@
+"""SQLAlchemy models, one module per domain noun. Importing this package registers them all."""
+
+from allocator.models.audit import AuditChainHead, AuditCheckpoint, AuditEvent
+from allocator.models.base import Base
+from allocator.models.dispensation import Administration, Dispensation, PrintedDocument
+from allocator.models.kit import Batch, Kit, KitEvent, KitList, KitStatus, Shipment
+from allocator.models.randomization import ListMode, ListStatus, ListVersion, RandomizationList, Slot, Stratum
+from allocator.models.signature import Signature
+from allocator.models.site import Site, SiteStatus
+from allocator.models.subject import ScreeningEntry, Subject, SubjectCorrection
+from allocator.models.trial import Trial, TrialDefinitionVersion, TrialStatus
+from allocator.models.user import ApiToken, LoginSession, LoginThrottle, RoleAssignment, RoleRevocation, User
+
+__all__ = [
+    "Administration",
+    "ApiToken",
+    "AuditChainHead",
+    "AuditCheckpoint",
+    "AuditEvent",
+    "Base",
+    "Batch",
+    "Dispensation",
+    "Kit",
+    "KitEvent",
+    "KitList",
+    "KitStatus",
+    "ListMode",
+    "ListStatus",
+    "ListVersion",
+    "LoginSession",
+    "LoginThrottle",
+    "PrintedDocument",
+    "RandomizationList",
+    "RoleAssignment",
+    "RoleRevocation",
+    "ScreeningEntry",
+    "Shipment",
+    "Signature",
+    "Site",
+    "SiteStatus",
+    "Slot",
+    "Stratum",
+    "Subject",
+    "SubjectCorrection",
+    "Trial",
+    "TrialDefinitionVersion",
+    "TrialStatus",
+    "User",
+]

@@ -1,0 +1,103 @@
+"""Kit lists, batches, kits, their status history and shipments. Arms only sealed (BLD-05)."""
+
+from __future__ import annotations
+
+import enum
+from datetime import date, datetime
+
+from sqlalchemy import ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from allocator.models.base import Base
+
+
+class KitStatus(enum.StrEnum):
+    AT_DEPOT = "at_depot"
+    IN_TRANSIT = "in_transit"
+    AVAILABLE = "available"  # received at a site, usable
+    ALLOCATED = "allocated"  # assigned to a subject and day, not yet dispensed
+    DISPENSED = "dispensed"
+    ADMINISTERED = "administered"
+    RETURNED = "returned"
+    DAMAGED = "damaged"
+    LOST = "lost"
+    QUARANTINED = "quarantined"  # e.g. temperature excursion (LBL-05)
+    EXPIRED = "expired"
+    DESTROYED = "destroyed"
+
+
+class KitList(Base):
+    __tablename__ = "kit_list"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    trial_id: Mapped[int] = mapped_column(ForeignKey("trial.id"), index=True)
+    mode: Mapped[str] = mapped_column(String(12))
+    source: Mapped[str] = mapped_column(String(16))  # generated | imported
+    kit_count: Mapped[int] = mapped_column(Integer)
+    content_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("app_user.id"))
+    created_by_name: Mapped[str] = mapped_column(String(200))
+
+
+class Batch(Base):
+    """A packaging lot with one expiry date. The lot code is blinded: batches mix both arms."""
+
+    __tablename__ = "batch"
+    __table_args__ = (UniqueConstraint("trial_id", "lot_code"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    trial_id: Mapped[int] = mapped_column(ForeignKey("trial.id"), index=True)
+    lot_code: Mapped[str] = mapped_column(String(32))
+    expiry_date: Mapped[date]
+    created_at: Mapped[datetime]
+
+
+class Shipment(Base):
+    __tablename__ = "shipment"
+    __table_args__ = (UniqueConstraint("trial_id", "number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    trial_id: Mapped[int] = mapped_column(ForeignKey("trial.id"), index=True)
+    site_id: Mapped[int] = mapped_column(ForeignKey("site.id"))
+    number: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(12))  # prepared | shipped | received
+    created_at: Mapped[datetime]
+    created_by_name: Mapped[str] = mapped_column(String(200))
+    shipped_at: Mapped[datetime | None]
+    received_at: Mapped[datetime | None]
+    received_by_name: Mapped[str | None] = mapped_column(String(200))
+
+
+class Kit(Base):
+    __tablename__ = "kit"
+    __table_args__ = (UniqueConstraint("trial_id", "kit_number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    trial_id: Mapped[int] = mapped_column(ForeignKey("trial.id"), index=True)
+    kit_list_id: Mapped[int] = mapped_column(ForeignKey("kit_list.id"))
+    kit_number: Mapped[str] = mapped_column(String(8))  # random digits + Damm check digit (BLD-03)
+    kit_type: Mapped[str] = mapped_column(String(16))
+    batch_id: Mapped[int | None] = mapped_column(ForeignKey("batch.id"))
+    expiry_date: Mapped[date | None]
+    sealed_arm: Mapped[bytes] = mapped_column(LargeBinary)
+    status: Mapped[str] = mapped_column(String(16), default=KitStatus.AT_DEPOT.value)
+    site_id: Mapped[int | None] = mapped_column(ForeignKey("site.id"), index=True)
+    shipment_id: Mapped[int | None] = mapped_column(ForeignKey("shipment.id"))
+    created_at: Mapped[datetime]
+
+
+class KitEvent(Base):
+    """Every status change of a kit, with its reason and author. Append-only."""
+
+    __tablename__ = "kit_event"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kit_id: Mapped[int] = mapped_column(ForeignKey("kit.id"), index=True)
+    at: Mapped[datetime]
+    from_status: Mapped[str | None] = mapped_column(String(16))
+    to_status: Mapped[str] = mapped_column(String(16))
+    site_id: Mapped[int | None] = mapped_column(ForeignKey("site.id"))
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("app_user.id"))
+    actor_name: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(Text)

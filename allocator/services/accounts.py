@@ -1,0 +1,309 @@
+"""Accounts: users, role grants (history kept), API tokens."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from allocator import crypto
+from allocator.audit import SYSTEM_CHAIN, Action, Actor
+from allocator.db import require
+from allocator.models import ApiToken, RoleAssignment, RoleRevocation, Site, Trial, User
+from allocator.permissions import Grant, Role, validate_role_scope
+from allocator.services.context import ServiceContext
+from allocator.services.errors import AlreadyExists, FieldProblem, NotFound, ValidationFailed
+
+USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{2,63}$")
+_OTP_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # no 0/o, 1/l/i: read aloud over the phone
+
+
+def one_time_password() -> str:
+    """A 16-character one-time password in four groups (about 79 bits from the OS CSPRNG)."""
+    chars = "".join(secrets.choice(_OTP_ALPHABET) for _ in range(16))
+    return "-".join(chars[i : i + 4] for i in range(0, 16, 4))
+
+
+@dataclass(frozen=True, slots=True)
+class NewUser:
+    username: str
+    full_name: str
+    email: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoleRequest:
+    role: str
+    trial_code: str | None = None
+    site_code: str | None = None
+    reason: str = "initial assignment"
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedUser:
+    user_id: int
+    username: str
+    one_time_password: str
+
+
+def create_user(ctx: ServiceContext, actor: Actor, new: NewUser, role: RoleRequest | None) -> CreatedUser:
+    """Create an account with a one-time password that must be changed at first login.
+
+    Effects: the user, optionally a first role grant; both audited. Raises ValidationFailed naming
+    the field, AlreadyExists when the username is taken, NotFound for an unknown trial or site."""
+    username = new.username.strip().lower()
+    problems = []
+    if not USERNAME.match(username):
+        problems.append(
+            FieldProblem("username", "3-64 characters: lower-case letters, digits, '.', '_' or '-'")
+        )
+    full_name = " ".join(new.full_name.split())
+    if not 2 <= len(full_name) <= 200:
+        problems.append(FieldProblem("full_name", "is required (the printed name on signatures)"))
+    if new.email is not None and not re.match(r"^[^@\s]+@[^@\s]+$", new.email):
+        problems.append(FieldProblem("email", "is not an e-mail address"))
+    if problems:
+        raise ValidationFailed("the account cannot be created", errors=problems)
+    password = one_time_password()
+    now = ctx.now()
+    with ctx.db.unit_of_work() as session:
+        if session.execute(select(User.id).where(User.username == username)).first() is not None:
+            raise AlreadyExists(
+                f"user {username!r} already exists", errors=[FieldProblem("username", "is taken")]
+            )
+        user = User(
+            username=username,
+            full_name=full_name,
+            email=new.email,
+            password_hash=crypto.hash_password(password, ctx.passwords),
+            password_changed_at=now,
+            must_change_password=True,
+            is_active=True,
+            created_at=now,
+        )
+        session.add(user)
+        session.flush()
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=SYSTEM_CHAIN,
+            action=Action.USER_CREATED,
+            object_type="user",
+            object_id=user.username,
+            new={"username": user.username, "full_name": user.full_name, "email": user.email},
+            at=now,
+        )
+        if role is not None:
+            _grant(ctx, session, actor, user, role, now, ends_at=None)
+        return CreatedUser(user_id=user.id, username=user.username, one_time_password=password)
+
+
+def grant_role(
+    ctx: ServiceContext, actor: Actor, username: str, request: RoleRequest, ends_at: datetime | None = None
+) -> int:
+    """Grant a role to an existing user. Returns the assignment id. Audited on the trial's chain."""
+    with ctx.db.unit_of_work() as session:
+        user = _user(session, username)
+        return _grant(ctx, session, actor, user, request, ctx.now(), ends_at=ends_at)
+
+
+def _grant(
+    ctx: ServiceContext,
+    session: Session,
+    actor: Actor,
+    user: User,
+    request: RoleRequest,
+    now: datetime,
+    *,
+    ends_at: datetime | None,
+) -> int:
+    try:
+        role = Role(request.role)
+    except ValueError:
+        raise ValidationFailed(
+            f"unknown role {request.role!r}",
+            errors=[FieldProblem("role", f"must be one of {', '.join(r.value for r in Role)}")],
+        ) from None
+    trial = site = None
+    if request.trial_code is not None:
+        trial = session.execute(select(Trial).where(Trial.code == request.trial_code)).scalar_one_or_none()
+        if trial is None:
+            raise NotFound(
+                f"no trial {request.trial_code!r}", errors=[FieldProblem("trial", "unknown trial")]
+            )
+    if request.site_code is not None:
+        if trial is None:
+            raise ValidationFailed("a site needs a trial", errors=[FieldProblem("site", "give --trial too")])
+        site = session.execute(
+            select(Site).where(Site.trial_id == trial.id, Site.code == request.site_code)
+        ).scalar_one_or_none()
+        if site is None:
+            raise NotFound(
+                f"no site {request.site_code!r} in trial {trial.code}",
+                errors=[FieldProblem("site", "unknown site")],
+            )
+    problem = validate_role_scope(role, trial.id if trial else None, site.id if site else None)
+    if problem is not None:
+        raise ValidationFailed(
+            problem, errors=[FieldProblem("site" if "site" in problem else "trial", problem)]
+        )
+    if not request.reason.strip():
+        raise ValidationFailed("a reason is required", errors=[FieldProblem("reason", "is required")])
+    if ends_at is not None and ends_at <= now:
+        raise ValidationFailed(
+            "the end must be in the future", errors=[FieldProblem("ends_at", "is in the past")]
+        )
+    assignment = RoleAssignment(
+        user_id=user.id,
+        role=role.value,
+        trial_id=trial.id if trial else None,
+        site_id=site.id if site else None,
+        starts_at=now,
+        ends_at=ends_at,
+        granted_at=now,
+        granted_by_id=actor.user_id,
+        granted_by_name=actor.name,
+        reason=request.reason.strip(),
+    )
+    session.add(assignment)
+    session.flush()
+    ctx.audit.record(
+        session,
+        actor=actor,
+        chain=trial.code if trial else SYSTEM_CHAIN,
+        action=Action.ROLE_GRANTED,
+        object_type="role_assignment",
+        object_id=assignment.id,
+        site_code=site.code if site else None,
+        new={
+            "user": user.username,
+            "role": role.value,
+            "trial": trial.code if trial else None,
+            "site": site.code if site else None,
+            "ends_at": ends_at.isoformat() if ends_at else None,
+        },
+        reason=assignment.reason,
+        at=now,
+    )
+    return assignment.id
+
+
+def revoke_role(ctx: ServiceContext, actor: Actor, assignment_id: int, reason: str) -> None:
+    """End a role assignment now. The assignment row stays; a revocation row records who and why."""
+    if not reason.strip():
+        raise ValidationFailed("a reason is required", errors=[FieldProblem("reason", "is required")])
+    now = ctx.now()
+    with ctx.db.unit_of_work() as session:
+        assignment = session.get(RoleAssignment, assignment_id)
+        if assignment is None:
+            raise NotFound(f"no role assignment {assignment_id}")
+        if session.execute(
+            select(RoleRevocation.id).where(RoleRevocation.assignment_id == assignment_id)
+        ).first():
+            raise AlreadyExists("this role assignment is already revoked")
+        session.add(
+            RoleRevocation(
+                assignment_id=assignment_id,
+                revoked_at=now,
+                revoked_by_id=actor.user_id,
+                revoked_by_name=actor.name,
+                reason=reason.strip(),
+            )
+        )
+        trial = session.get(Trial, assignment.trial_id) if assignment.trial_id else None
+        site = session.get(Site, assignment.site_id) if assignment.site_id else None
+        user = require(session, User, assignment.user_id)
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=trial.code if trial else SYSTEM_CHAIN,
+            action=Action.ROLE_REVOKED,
+            object_type="role_assignment",
+            object_id=assignment_id,
+            site_code=site.code if site else None,
+            old={"user": user.username, "role": assignment.role},
+            reason=reason.strip(),
+            at=now,
+        )
+
+
+def active_grants(session: Session, user_id: int, now: datetime) -> tuple[Grant, ...]:
+    """The user's roles in force at `now`: started, not ended, not revoked."""
+    rows = session.execute(
+        select(RoleAssignment)
+        .outerjoin(RoleRevocation, RoleRevocation.assignment_id == RoleAssignment.id)
+        .where(
+            RoleAssignment.user_id == user_id,
+            RoleRevocation.id.is_(None),
+            RoleAssignment.starts_at <= now,
+            (RoleAssignment.ends_at.is_(None)) | (RoleAssignment.ends_at > now),
+        )
+        .order_by(RoleAssignment.id)
+    ).scalars()
+    grants = []
+    for row in rows:
+        try:
+            role = Role(row.role)
+        except ValueError:  # a role retired from the vocabulary grants nothing
+            continue
+        grants.append(Grant(role=role, trial_id=row.trial_id, site_id=row.site_id, assignment_id=row.id))
+    return tuple(grants)
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedToken:
+    token_id: int
+    token: str  # shown once, never stored
+
+
+def create_token(
+    ctx: ServiceContext, actor: Actor, username: str, name: str, expires_at: datetime | None = None
+) -> CreatedToken:
+    """A new API bearer token for `username`. Only its digest is stored (ACC-09); it acts with the
+    user's roles at the time of each request, so revoking a role limits the token at once."""
+    name = name.strip() or "api"
+    if len(name) > 100:
+        raise ValidationFailed(
+            "the token name is too long", errors=[FieldProblem("name", "at most 100 characters")]
+        )
+    token = crypto.new_token("alc")
+    now = ctx.now()
+    with ctx.db.unit_of_work() as session:
+        user = _user(session, username)
+        if not user.is_active:
+            raise ValidationFailed(
+                f"user {username!r} is deactivated", errors=[FieldProblem("username", "is deactivated")]
+            )
+        row = ApiToken(
+            user_id=user.id,
+            name=name,
+            token_digest=crypto.token_digest(token),
+            display_prefix=token[:10],
+            created_at=now,
+            created_by_name=actor.name,
+            expires_at=expires_at,
+        )
+        session.add(row)
+        session.flush()
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=SYSTEM_CHAIN,
+            action=Action.TOKEN_CREATED,
+            object_type="api_token",
+            object_id=row.id,
+            new={"user": user.username, "name": name, "prefix": row.display_prefix},
+            at=now,
+        )
+        return CreatedToken(token_id=row.id, token=token)
+
+
+def _user(session: Session, username: str) -> User:
+    user = session.execute(select(User).where(User.username == username.strip().lower())).scalar_one_or_none()
+    if user is None:
+        raise NotFound(f"no user {username!r}", errors=[FieldProblem("username", "unknown user")])
+    return user

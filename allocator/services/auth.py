@@ -1,0 +1,535 @@
+"""Authentication: password login with throttling, second factor, server-side sessions, API tokens.
+
+Sessions live in the database (LoginSession): the browser holds a random id whose digest is
+stored, so logout, expiry, an administrator's termination or a deactivation end it for every
+server process at once (ACC-06, BLD-11). Roles are re-read on every request, never cached in the
+session (BLD-11).
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from allocator import crypto, passwords
+from allocator.audit import SYSTEM_CHAIN, Action, Actor
+from allocator.db import insert_if_absent, require
+from allocator.models import ApiToken, LoginSession, LoginThrottle, User
+from allocator.permissions import Access, Grant
+from allocator.services.accounts import active_grants
+from allocator.services.context import ServiceContext
+from allocator.services.errors import (
+    DomainError,
+    FieldProblem,
+    TooManyRequests,
+    Unauthenticated,
+    ValidationFailed,
+)
+
+_TOUCH_EVERY = timedelta(seconds=60)
+_DUMMY_HASH: dict[str, str] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """Where a request comes from (for throttling and the audit trail)."""
+
+    address: str
+    user_agent: str
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class LoginOutcome:
+    session_token: str
+    user_id: int
+    must_change_password: bool
+    needs_totp: bool  # enrolled: the code must be entered before anything else
+    needs_totp_enrollment: bool  # required by a role but not yet enrolled
+
+
+def anonymous(client: Client, username: str = "-") -> Actor:
+    return Actor(
+        user_id=None,
+        username=username[:64],
+        name="(not signed in)",
+        role="anonymous",
+        request_id=client.request_id,
+        address=client.address,
+    )
+
+
+def user_actor(user: User, role: str, client: Client, site_code: str | None = None) -> Actor:
+    return Actor(
+        user_id=user.id,
+        username=user.username,
+        name=user.full_name,
+        role=role,
+        site_code=site_code,
+        request_id=client.request_id,
+        address=client.address,
+    )
+
+
+def login(ctx: ServiceContext, username: str, password: str, client: Client) -> LoginOutcome:
+    """Check a username and password and open a session.
+
+    Raises Unauthenticated with one generic message for an unknown user, a wrong password or a
+    deactivated account (no enumeration), and TooManyRequests while the account or the address is
+    locked out (ACC-04) — even for the right password. Failures and lockouts are audited: they are
+    committed first, and the error is raised after the unit of work."""
+    username = username.strip().lower()[:64]
+    with ctx.db.unit_of_work() as session:
+        outcome = _attempt_login(ctx, session, username, password, client)
+    if isinstance(outcome, DomainError):
+        raise outcome
+    return outcome
+
+
+def _attempt_login(
+    ctx: ServiceContext, session: Session, username: str, password: str, client: Client
+) -> LoginOutcome | DomainError:
+    now = ctx.now()
+    throttles = [
+        _throttle(session, key, now, ctx) for key in (f"account:{username}", f"address:{client.address}")
+    ]
+    locked = [t.locked_until for t in throttles if t.locked_until is not None and t.locked_until > now]
+    user = session.execute(select(User).where(User.username == username)).scalar_one_or_none()
+
+    def failed(cause: str) -> None:
+        ctx.audit.record(
+            session,
+            actor=anonymous(client, username),
+            chain=SYSTEM_CHAIN,
+            action=Action.LOGIN_FAILED,
+            object_type="user",
+            object_id=username,
+            new={"cause": cause},
+            at=now,
+        )
+
+    if locked:
+        failed("locked out")
+        return TooManyRequests(
+            f"too many failed attempts: try again after {max(locked).strftime('%H:%M')} UTC, or ask an administrator"
+        )
+    valid = _check_password(ctx, user, password)
+    if user is None or not valid or not user.is_active:
+        failed("unknown user" if user is None else ("deactivated" if valid else "wrong password"))
+        for throttle, limit in zip(throttles, _limits(ctx), strict=True):
+            _fail(ctx, session, throttle, limit, now, client, username)
+        return Unauthenticated("the user name or the password is wrong")
+    throttles[0].failures = 0
+    throttles[0].locked_until = None
+    if crypto.password_needs_rehash(user.password_hash, ctx.passwords):
+        user.password_hash = crypto.hash_password(passwords.normalise(password), ctx.passwords)
+    token = crypto.new_token("s")
+    row = LoginSession(
+        user_id=user.id,
+        token_digest=crypto.token_digest(token),
+        created_at=now,
+        last_seen_at=now,
+        expires_at=now + ctx.settings.session_absolute_lifetime,
+        address=client.address[:64],
+        user_agent=client.user_agent[:300],
+        mfa_verified=False,
+    )
+    session.add(row)
+    session.flush()
+    ctx.audit.record(
+        session,
+        actor=user_actor(user, "user", client),
+        chain=SYSTEM_CHAIN,
+        action=Action.LOGIN,
+        object_type="login_session",
+        object_id=row.id,
+        at=now,
+    )
+    enrolled = user.totp_enabled_at is not None
+    return LoginOutcome(
+        session_token=token,
+        user_id=user.id,
+        must_change_password=user.must_change_password,
+        needs_totp=enrolled,
+        needs_totp_enrollment=not enrolled and Access(active_grants(session, user.id, now)).needs_mfa(),
+    )
+
+
+def _limits(ctx: ServiceContext) -> tuple[int, int]:
+    return (ctx.settings.login_max_failures_per_account, ctx.settings.login_max_failures_per_address)
+
+
+def _check_password(ctx: ServiceContext, user: User | None, password: str) -> bool:
+    if user is None:
+        # Spend the same time as for a real account so that timing does not reveal usernames.
+        if "hash" not in _DUMMY_HASH:
+            _DUMMY_HASH["hash"] = crypto.hash_password("not-a-real-password-0", ctx.passwords)
+        crypto.verify_password(_DUMMY_HASH["hash"], password, ctx.passwords)
+        return False
+    return crypto.verify_password(user.password_hash, passwords.normalise(password), ctx.passwords)
+
+
+def _throttle(session: Session, key: str, now: datetime, ctx: ServiceContext) -> LoginThrottle:
+    insert_if_absent(
+        session,
+        LoginThrottle,
+        {"key": key[:200], "failures": 0, "window_started_at": now, "locked_until": None},
+    )
+    throttle = session.execute(
+        select(LoginThrottle).where(LoginThrottle.key == key[:200]).with_for_update()
+    ).scalar_one()
+    session.refresh(throttle)
+    if now - throttle.window_started_at > ctx.settings.login_failure_window and (
+        throttle.locked_until is None or throttle.locked_until <= now
+    ):
+        throttle.failures = 0
+        throttle.window_started_at = now
+        throttle.locked_until = None
+    return throttle
+
+
+def _fail(
+    ctx: ServiceContext,
+    session: Session,
+    throttle: LoginThrottle,
+    limit: int,
+    now: datetime,
+    client: Client,
+    username: str,
+) -> None:
+    throttle.failures += 1
+    if throttle.failures >= limit and (throttle.locked_until is None or throttle.locked_until <= now):
+        throttle.locked_until = now + ctx.settings.login_lockout
+        ctx.audit.record(
+            session,
+            actor=anonymous(client, username),
+            chain=SYSTEM_CHAIN,
+            action=Action.LOCKED_OUT,
+            object_type="login_throttle",
+            object_id=throttle.key,
+            new={"failures": throttle.failures, "locked_until": throttle.locked_until.isoformat()},
+            at=now,
+        )
+
+
+# --- per-request resolution ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    """The user behind a request, with roles read now (BLD-11)."""
+
+    user_id: int
+    username: str
+    full_name: str
+    access: Access
+    session_id: int | None  # None for bearer tokens
+    must_change_password: bool
+    mfa_pending: bool  # enrolled, code not yet entered in this session
+    mfa_enrollment_required: bool
+    totp_enrolled: bool
+
+
+def resolve_session(ctx: ServiceContext, token: str) -> Authenticated | None:
+    """The user of a web session id, or None if the session is unknown, ended, expired (idle or
+    absolute) or the account is deactivated. Expiry ends the session row and is audited."""
+    now = ctx.now()
+    digest = crypto.token_digest(token)
+    with ctx.db.reading() as session:
+        row = session.execute(
+            select(LoginSession).where(LoginSession.token_digest == digest)
+        ).scalar_one_or_none()
+        if row is None or row.ended_at is not None:
+            return None
+        user = require(session, User, row.user_id)
+        idle = now - row.last_seen_at > ctx.settings.session_idle_timeout
+        expired = now >= row.expires_at
+        if not (idle or expired or not user.is_active):
+            grants = active_grants(session, user.id, now)
+            needs_touch = now - row.last_seen_at > _TOUCH_EVERY
+            result = _authenticated(user, grants, row.id, row.mfa_verified)
+        else:
+            result = None
+            needs_touch = False
+    if result is None:
+        end_session(ctx, token, "idle" if idle else ("expired" if expired else "deactivated"), None)
+        return None
+    if needs_touch:
+        with ctx.db.unit_of_work() as session:
+            session.execute(
+                update(LoginSession).where(LoginSession.id == result.session_id).values(last_seen_at=now)
+            )
+    return result
+
+
+def _authenticated(
+    user: User, grants: tuple[Grant, ...], session_id: int | None, mfa_verified: bool
+) -> Authenticated:
+    access = Access(grants)
+    enrolled = user.totp_enabled_at is not None
+    return Authenticated(
+        user_id=user.id,
+        username=user.username,
+        full_name=user.full_name,
+        access=access,
+        session_id=session_id,
+        must_change_password=user.must_change_password,
+        mfa_pending=enrolled and not mfa_verified and session_id is not None,
+        mfa_enrollment_required=not enrolled and access.needs_mfa(),
+        totp_enrolled=enrolled,
+    )
+
+
+def resolve_bearer(ctx: ServiceContext, token: str) -> Authenticated | None:
+    """The user of an API bearer token, or None (unknown, revoked, expired, user deactivated).
+
+    A token acts with its user's roles at the time of the request (ACC-09)."""
+    now = ctx.now()
+    digest = crypto.token_digest(token)
+    with ctx.db.reading() as session:
+        row = session.execute(select(ApiToken).where(ApiToken.token_digest == digest)).scalar_one_or_none()
+        if (
+            row is None
+            or row.revoked_at is not None
+            or (row.expires_at is not None and row.expires_at <= now)
+        ):
+            return None
+        user = require(session, User, row.user_id)
+        if not user.is_active or user.must_change_password:
+            return None
+        grants = active_grants(session, user.id, now)
+        needs_touch = row.last_used_at is None or now - row.last_used_at > _TOUCH_EVERY
+        token_id = row.id
+        result = _authenticated(user, grants, None, True)
+    if needs_touch:
+        with ctx.db.unit_of_work() as session:
+            session.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now))
+    return result
+
+
+def end_session(ctx: ServiceContext, token: str, reason: str, client: Client | None) -> None:
+    """End a web session (logout, expiry). Idempotent. Audited."""
+    now = ctx.now()
+    digest = crypto.token_digest(token)
+    with ctx.db.unit_of_work() as session:
+        row = session.execute(
+            select(LoginSession).where(LoginSession.token_digest == digest).with_for_update()
+        ).scalar_one_or_none()
+        if row is None or row.ended_at is not None:
+            return
+        row.ended_at = now
+        row.end_reason = reason
+        user = require(session, User, row.user_id)
+        actor = (
+            user_actor(user, "user", client)
+            if client is not None
+            else Actor(user_id=user.id, username=user.username, name=user.full_name, role="user")
+        )
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=SYSTEM_CHAIN,
+            action=Action.LOGOUT if reason == "logout" else Action.SESSION_EXPIRED,
+            object_type="login_session",
+            object_id=row.id,
+            new={"reason": reason},
+            at=now,
+        )
+
+
+def change_password(
+    ctx: ServiceContext, user_id: int, current: str, new: str, confirm: str, client: Client
+) -> None:
+    """Change one's own password (re-entering the current one). Raises ValidationFailed naming the
+    field. Clears the must-change flag. Audited."""
+    if new != confirm:
+        raise ValidationFailed(
+            "the passwords differ", errors=[FieldProblem("confirm", "does not match the new password")]
+        )
+    now = ctx.now()
+    with ctx.db.unit_of_work() as session:
+        user = require(session, User, user_id)
+        if not crypto.verify_password(user.password_hash, passwords.normalise(current), ctx.passwords):
+            raise ValidationFailed(
+                "the current password is wrong", errors=[FieldProblem("current", "is wrong")]
+            )
+        problems = passwords.problems(new, username=user.username, full_name=user.full_name)
+        if passwords.normalise(new) == passwords.normalise(current):
+            problems.append("must differ from the current password")
+        if problems:
+            raise ValidationFailed(
+                "the new password is not acceptable", errors=[FieldProblem("new", p) for p in problems]
+            )
+        user.password_hash = crypto.hash_password(passwords.normalise(new), ctx.passwords)
+        user.password_changed_at = now
+        user.must_change_password = False
+        ctx.audit.record(
+            session,
+            actor=user_actor(user, "user", client),
+            chain=SYSTEM_CHAIN,
+            action=Action.PASSWORD_CHANGED,
+            object_type="user",
+            object_id=user.username,
+            at=now,
+        )
+
+
+# --- second factor (TOTP, RFC 6238; ACC-05) --------------------------------------------------
+
+TOTP_ISSUER = "allocator"
+
+
+def _totp_binding(username: str, column: str) -> crypto.Binding:
+    return crypto.Binding(trial="-", table="app_user", row=username, column=column)
+
+
+@dataclass(frozen=True, slots=True)
+class TotpEnrollment:
+    secret_base32: str  # for typing into an authenticator by hand
+    uri: str  # otpauth:// URI, shown once as a QR code
+
+
+def start_totp_enrollment(ctx: ServiceContext, user_id: int) -> TotpEnrollment:
+    """Create a new pending secret for the user (sealed in the database until confirmed by a code)."""
+    secret = crypto.new_totp_secret()
+    with ctx.db.unit_of_work() as session:
+        user = require(session, User, user_id)
+        user.totp_pending_sealed = crypto.seal(
+            ctx.ring, crypto.Purpose.ACCOUNTS, secret, _totp_binding(user.username, "totp_pending")
+        )
+        return _enrollment(secret, user.username)
+
+
+def pending_totp_enrollment(ctx: ServiceContext, user_id: int) -> TotpEnrollment | None:
+    """The enrolment in progress (to show it again after a mistyped code), or None."""
+    with ctx.db.reading() as session:
+        user = require(session, User, user_id)
+        if user.totp_pending_sealed is None:
+            return None
+        secret = crypto.open_sealed(
+            ctx.ring,
+            crypto.Purpose.ACCOUNTS,
+            user.totp_pending_sealed,
+            _totp_binding(user.username, "totp_pending"),
+        )
+        return _enrollment(secret, user.username)
+
+
+def _enrollment(secret: bytes, username: str) -> TotpEnrollment:
+    return TotpEnrollment(
+        secret_base32=base64.b32encode(secret).decode("ascii").rstrip("="),
+        uri=crypto.totp_uri(secret, username, TOTP_ISSUER),
+    )
+
+
+def confirm_totp_enrollment(
+    ctx: ServiceContext, user_id: int, session_id: int | None, code: str, client: Client
+) -> None:
+    """Activate the pending secret if `code` matches it; the current session counts as verified."""
+    now = ctx.now()
+    with ctx.db.unit_of_work() as session:
+        user = require(session, User, user_id)
+        if user.totp_pending_sealed is None:
+            raise ValidationFailed(
+                "start the enrolment again", errors=[FieldProblem("code", "no enrolment in progress")]
+            )
+        secret = crypto.open_sealed(
+            ctx.ring,
+            crypto.Purpose.ACCOUNTS,
+            user.totp_pending_sealed,
+            _totp_binding(user.username, "totp_pending"),
+        )
+        step = crypto.totp_verify(secret, code.strip(), now, last_step=None)
+        if step is None:
+            raise ValidationFailed(
+                "the code does not match",
+                errors=[FieldProblem("code", "does not match; check the time on your phone")],
+            )
+        user.totp_secret_sealed = crypto.seal(
+            ctx.ring, crypto.Purpose.ACCOUNTS, secret, _totp_binding(user.username, "totp_secret")
+        )
+        user.totp_pending_sealed = None
+        user.totp_enabled_at = now
+        user.totp_last_step = step
+        if session_id is not None:
+            session.execute(
+                update(LoginSession).where(LoginSession.id == session_id).values(mfa_verified=True)
+            )
+        ctx.audit.record(
+            session,
+            actor=user_actor(user, "user", client),
+            chain=SYSTEM_CHAIN,
+            action=Action.TOTP_ENROLLED,
+            object_type="user",
+            object_id=user.username,
+            at=now,
+        )
+
+
+def check_totp(ctx: ServiceContext, session: Session, user: User, code: str, now: datetime) -> bool:
+    """Check a code against the user's enrolled secret, refusing replays. Updates the last step."""
+    if user.totp_secret_sealed is None:
+        return False
+    secret = crypto.open_sealed(
+        ctx.ring,
+        crypto.Purpose.ACCOUNTS,
+        user.totp_secret_sealed,
+        _totp_binding(user.username, "totp_secret"),
+    )
+    step = crypto.totp_verify(secret, code.strip(), now, last_step=user.totp_last_step)
+    if step is None:
+        return False
+    user.totp_last_step = step
+    return True
+
+
+def verify_second_factor(
+    ctx: ServiceContext, user_id: int, session_id: int, code: str, client: Client
+) -> None:
+    """Complete a sign-in with the second factor. Wrong codes count toward the account lockout
+    (committed before the error is raised)."""
+    with ctx.db.unit_of_work() as session:
+        failure = _attempt_second_factor(ctx, session, user_id, session_id, code, client)
+    if failure is not None:
+        raise failure
+
+
+def _attempt_second_factor(
+    ctx: ServiceContext, session: Session, user_id: int, session_id: int, code: str, client: Client
+) -> DomainError | None:
+    now = ctx.now()
+    user = require(session, User, user_id)
+    throttle = _throttle(session, f"account:{user.username}", now, ctx)
+    if throttle.locked_until is not None and throttle.locked_until > now:
+        return TooManyRequests("too many failed attempts: try again later, or ask an administrator")
+    actor = user_actor(user, "user", client)
+    if check_totp(ctx, session, user, code, now):
+        throttle.failures = 0
+        session.execute(update(LoginSession).where(LoginSession.id == session_id).values(mfa_verified=True))
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=SYSTEM_CHAIN,
+            action=Action.LOGIN,
+            object_type="login_session",
+            object_id=session_id,
+            new={"factor": "totp"},
+            at=now,
+        )
+        return None
+    ctx.audit.record(
+        session,
+        actor=actor,
+        chain=SYSTEM_CHAIN,
+        action=Action.LOGIN_FAILED,
+        object_type="user",
+        object_id=user.username,
+        new={"cause": "wrong second factor"},
+        at=now,
+    )
+    _fail(ctx, session, throttle, ctx.settings.login_max_failures_per_account, now, client, user.username)
+    return ValidationFailed("the code is wrong", errors=[FieldProblem("code", "is wrong or already used")])

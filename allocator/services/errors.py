@@ -1,0 +1,79 @@
+"""Domain errors. The web layer maps them to HTML pages or RFC 9457 problem documents in one place.
+
+Messages never contain an arm, a seed, a slot position or a block size (BLD-01, RND-12): they are
+shown to blinded users.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class FieldProblem:
+    """A problem with one input field, named by its path (e.g. `eligibility.sofa_24h`)."""
+
+    field: str
+    message: str
+
+
+class DomainError(Exception):
+    status = 400
+    slug = "bad-request"
+    title = "The request cannot be processed"
+
+    def __init__(self, detail: str, *, errors: Sequence[FieldProblem] = ()) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = tuple(errors)
+
+    @property
+    def type_uri(self) -> str:
+        return f"urn:allocator:problem:{self.slug}"
+
+
+class ValidationFailed(DomainError):
+    status = 422
+    slug = "validation-error"
+    title = "Some fields are invalid"
+
+
+class Unauthenticated(DomainError):
+    status = 401
+    slug = "unauthenticated"
+    title = "Authentication required"
+
+
+class Forbidden(DomainError):
+    status = 403
+    slug = "forbidden"
+    title = "Not allowed"
+
+
+class NotFound(DomainError):
+    status = 404
+    slug = "not-found"
+    title = "Not found"
+
+
+class Conflict(DomainError):
+    status = 409
+    slug = "conflict"
+    title = "Conflict with the current state"
+
+
+class TooManyRequests(DomainError):
+    status = 429
+    slug = "too-many-requests"
+    title = "Too many attempts"
+
+
+class DefinitionLocked(Conflict):
+    slug = "definition-locked"
+    title = "The trial definition cannot change this way"
+
+
+class AlreadyExists(Conflict):
+    slug = "already-exists"
+    title = "Already exists"

@@ -1,0 +1,118 @@
+"""Frozen, typed settings read from the environment.
+
+Only three variables are part of the contract (`ALLOCATOR_DATABASE_URL`, `ALLOCATOR_KEY_DIR`,
+`ALLOCATOR_ENV`); the others tune behaviour and all have safe defaults. There are no secret
+defaults: every secret lives in a key file under the key directory (ACC-13, BLD-05).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+
+class Environment(enum.StrEnum):
+    """Where the instance runs. Decides which lists may exist in it (RND-13)."""
+
+    PRODUCTION = "production"
+    TEST = "test"  # UAT and training: same software, TEST lists only, watermarked artefacts
+    DEVELOPMENT = "development"
+
+
+class SettingsError(ValueError):
+    """A variable of the environment is invalid; the message names it."""
+
+
+DEFAULT_DATABASE_URL = "sqlite:///instance/allocator.db"
+DEFAULT_KEY_DIR = "instance/keys"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the application reads from its environment, validated once at start-up."""
+
+    env: Environment = Environment.DEVELOPMENT
+    database_url: str = DEFAULT_DATABASE_URL
+    key_dir: Path = Path(DEFAULT_KEY_DIR)
+    # ACC-06: idle timeout and absolute lifetime of a web session.
+    session_idle_timeout: timedelta = timedelta(minutes=30)
+    session_absolute_lifetime: timedelta = timedelta(hours=12)
+    # ACC-04: throttling of failed logins, per account and per client address.
+    login_max_failures_per_account: int = 5
+    login_max_failures_per_address: int = 20
+    login_failure_window: timedelta = timedelta(minutes=15)
+    login_lockout: timedelta = timedelta(minutes=15)
+    # AUD-04: an audit checkpoint is signed at least every N entries of a chain.
+    audit_checkpoint_every: int = 100
+    # Outgoing e-mail for blinded notifications (BLD-10); none is sent when unset.
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    mail_from: str = "allocator@localhost"
+    # Trust X-Forwarded-For / -Proto from exactly this many proxies (0: do not trust them).
+    proxy_count: int = 0
+
+    @property
+    def is_production(self) -> bool:
+        return self.env is Environment.PRODUCTION
+
+    @property
+    def secure_cookies(self) -> bool:
+        # ACC-08: cookies are Secure everywhere but on a developer's loopback.
+        return self.env is not Environment.DEVELOPMENT
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from `environ` (default: `os.environ`). Raises SettingsError naming the variable."""
+        env = os.environ if environ is None else environ
+        raw_env = env.get("ALLOCATOR_ENV", Environment.DEVELOPMENT.value).strip().lower()
+        try:
+            environment = Environment(raw_env)
+        except ValueError:
+            allowed = ", ".join(e.value for e in Environment)
+            raise SettingsError(f"ALLOCATOR_ENV: {raw_env!r} is not one of {allowed}") from None
+        url = env.get("ALLOCATOR_DATABASE_URL", DEFAULT_DATABASE_URL).strip()
+        if not url.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:")):
+            raise SettingsError(
+                "ALLOCATOR_DATABASE_URL: only sqlite:/// and postgresql+psycopg:// URLs are supported"
+            )
+        if url.startswith("postgresql:"):
+            # psycopg 3 is the only PostgreSQL driver we install and test.
+            url = "postgresql+psycopg:" + url.removeprefix("postgresql:")
+        key_dir = Path(env.get("ALLOCATOR_KEY_DIR", DEFAULT_KEY_DIR))
+        return cls(
+            env=environment,
+            database_url=url,
+            key_dir=key_dir,
+            session_idle_timeout=timedelta(
+                minutes=_int(env, "ALLOCATOR_SESSION_IDLE_MINUTES", 30, 1, 24 * 60)
+            ),
+            session_absolute_lifetime=timedelta(
+                hours=_int(env, "ALLOCATOR_SESSION_LIFETIME_HOURS", 12, 1, 24 * 7)
+            ),
+            audit_checkpoint_every=_int(env, "ALLOCATOR_AUDIT_CHECKPOINT_EVERY", 100, 1, 1_000_000),
+            smtp_host=env.get("ALLOCATOR_SMTP_HOST") or None,
+            smtp_port=_int(env, "ALLOCATOR_SMTP_PORT", 25, 1, 65535),
+            mail_from=env.get("ALLOCATOR_MAIL_FROM", "allocator@localhost"),
+            proxy_count=_int(env, "ALLOCATOR_PROXY_COUNT", 0, 0, 5),
+        )
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}: {raw!r} is not a whole number") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name}: {value} is outside {low}..{high}")
+    return value

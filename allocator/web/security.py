@@ -1,0 +1,258 @@
+"""The request guard: authentication, forced account steps, permission checks, security headers.
+
+Deny by default: the guard runs before every view; a view that is neither `@public` nor declares
+a permission with `@requires` is refused (and a test fails on it). Handlers never repeat access
+checks: they ask `scope()` for the sites where the permission holds and hand it to the service.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+
+from flask import Flask, Response, current_app, g, redirect, request, session, url_for
+from flask_wtf.csrf import CSRFProtect
+from sqlalchemy import select
+from werkzeug.wrappers import Response as BaseResponse
+
+from allocator.audit import SYSTEM_CHAIN, Action, Actor
+from allocator.logs import log_event
+from allocator.models import Site, Trial
+from allocator.permissions import Permission, Scope, declared_permission, is_public
+from allocator.services import auth as auth_service
+from allocator.services.auth import Authenticated, Client
+from allocator.services.context import ServiceContext
+from allocator.services.errors import Forbidden, NotFound, Unauthenticated
+
+csrf = CSRFProtect()
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+SESSION_KEY = "sid"
+
+# Endpoints a user may reach while a forced step (password change, second factor) is pending.
+_FORCED_STEP_ENDPOINTS = {
+    "auth.logout",
+    "auth.change_password",
+    "auth.totp",
+    "auth.totp_enroll",
+    "static",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TrialContext:
+    id: int
+    code: str
+
+
+def ctx() -> ServiceContext:
+    service_context: ServiceContext = current_app.extensions["allocator"]
+    return service_context
+
+
+def client() -> Client:
+    return Client(
+        address=request.remote_addr or "-",
+        user_agent=(request.user_agent.string or "-")[:300],
+        request_id=g.get("request_id", "-"),
+    )
+
+
+def current_user() -> Authenticated:
+    auth: Authenticated | None = g.get("auth")
+    if auth is None:
+        raise Unauthenticated("sign in first")
+    return auth
+
+
+def current_trial() -> TrialContext:
+    trial: TrialContext | None = g.get("trial")
+    if trial is None:
+        raise NotFound("no trial in this request")
+    return trial
+
+
+def scope(permission: Permission) -> Scope:
+    """Sites of the current trial where the current user holds `permission`."""
+    return current_user().access.scope(permission, current_trial().id)
+
+
+def actor(permission: Permission) -> Actor:
+    """The audit actor for an action done under `permission` in the current request."""
+    auth = current_user()
+    trial = g.get("trial")
+    trial_id = trial.id if trial else None
+    role = auth.access.acting_role(permission, trial_id)
+    site_code = None
+    if trial is not None:
+        site_id = auth.access.site_for(permission, trial.id)
+        if site_id is not None:
+            with ctx().db.reading() as s:
+                site = s.get(Site, site_id)
+                site_code = site.code if site else None
+    c = client()
+    return Actor(
+        user_id=auth.user_id,
+        username=auth.username,
+        name=auth.full_name,
+        role=role.value if role else "user",
+        site_code=site_code,
+        request_id=c.request_id,
+        address=c.address,
+    )
+
+
+def is_api_request() -> bool:
+    return request.path.startswith("/api/")
+
+
+def _authenticate(service: ServiceContext) -> Authenticated | None:
+    header = request.headers.get("Authorization", "")
+    if header:
+        if not header.startswith("Bearer ") or not is_api_request():
+            return None
+        g.auth_method = "bearer"
+        return auth_service.resolve_bearer(service, header.removeprefix("Bearer ").strip())
+    token = session.get(SESSION_KEY)
+    if not isinstance(token, str):
+        return None
+    g.auth_method = "session"
+    auth = auth_service.resolve_session(service, token)
+    if auth is None:
+        session.clear()
+    return auth
+
+
+def _guard() -> BaseResponse | None:
+    supplied = request.headers.get("X-Request-ID", "")
+    g.request_id = supplied if _REQUEST_ID.match(supplied) else secrets.token_hex(8)
+    if request.endpoint is None:
+        return None  # 404 / 405, answered by the error handlers
+    view = current_app.view_functions.get(request.endpoint)
+    if view is None or is_public(view):
+        return None
+    permission = declared_permission(view)
+    if permission is None:
+        log_event("endpoint without a declared permission refused", endpoint=request.endpoint)
+        raise Forbidden("this page is not available")
+    service = ctx()
+    auth = _authenticate(service)
+    if auth is None:
+        if is_api_request():
+            raise Unauthenticated("a valid bearer token or session is required")
+        return redirect(url_for("auth.login", next=request.full_path if request.method == "GET" else None))
+    g.auth = auth
+    unsafe = request.method not in ("GET", "HEAD", "OPTIONS")
+    if g.get("auth_method") == "session" and is_api_request() and unsafe:
+        # Pages are covered by CSRFProtect itself; the API blueprint is exempt from it because
+        # bearer requests carry no cookie, so a cookie-authenticated API call is checked here.
+        csrf.protect()
+    trial_id = None
+    trial_code = (request.view_args or {}).get("trial")
+    if trial_code is not None:
+        with service.db.reading() as s:
+            row = s.execute(select(Trial.id, Trial.code).where(Trial.code == trial_code)).first()
+        if row is None:
+            raise NotFound(f"no trial {trial_code!r}")
+        g.trial = TrialContext(id=row.id, code=row.code)
+        trial_id = row.id
+    if not auth.access.has(permission, trial_id):
+        _record_denial(service, auth, permission, trial_code)
+        raise Forbidden("your roles do not allow this")
+    if g.get("auth_method") == "session":
+        step = _forced_step(auth)
+        if step is not None and request.endpoint not in _FORCED_STEP_ENDPOINTS:
+            if is_api_request():
+                raise Forbidden("finish signing in first (password change or second factor)")
+            return redirect(url_for(step))
+    return None
+
+
+def _forced_step(auth: Authenticated) -> str | None:
+    if auth.mfa_pending:
+        return "auth.totp"
+    if auth.must_change_password:
+        return "auth.change_password"
+    if auth.mfa_enrollment_required:
+        return "auth.totp_enroll"
+    return None
+
+
+def _record_denial(
+    service: ServiceContext, auth: Authenticated, permission: Permission, trial_code: str | None
+) -> None:
+    """ACC/AUD: permission refusals are audited (on the trial's chain when there is one)."""
+    c = client()
+    with service.db.unit_of_work() as s:
+        service.audit.record(
+            s,
+            actor=Actor(
+                user_id=auth.user_id,
+                username=auth.username,
+                name=auth.full_name,
+                role="user",
+                request_id=c.request_id,
+                address=c.address,
+            ),
+            chain=trial_code or SYSTEM_CHAIN,
+            action=Action.PERMISSION_DENIED,
+            object_type="endpoint",
+            object_id=request.endpoint or request.path,
+            new={"permission": permission.value, "method": request.method, "path": request.path[:200]},
+            at=service.now(),
+        )
+
+
+_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "font-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'; object-src 'none'"
+)
+
+
+def _headers(response: Response) -> Response:
+    """ACC-08 security headers on every response; no caching of anything dynamic (BLD-14)."""
+    response.headers["Content-Security-Policy"] = _CSP
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
+    response.headers["Cross-Origin-Resource-Policy"] = "same-origin"
+    response.headers["Permissions-Policy"] = "camera=(self), microphone=(), geolocation=(), payment=()"
+    if ctx().settings.secure_cookies:
+        response.headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
+    if request.endpoint != "static":
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["Pragma"] = "no-cache"
+    response.headers["X-Request-ID"] = g.get("request_id", "-")
+    # Never announce the server software.
+    response.headers.pop("Server", None)
+    return response
+
+
+def _log_request(response: Response) -> Response:
+    auth: Authenticated | None = g.get("auth")
+    log_event(
+        "request",
+        method=request.method,
+        path=request.path,
+        endpoint=request.endpoint,
+        status=response.status_code,
+        request_id=g.get("request_id", "-"),
+        user_id=auth.user_id if auth else None,
+    )
+    return response
+
+
+def install(app: Flask) -> None:
+    csrf.init_app(app)
+    app.before_request(_guard)
+    app.after_request(_headers)
+    app.after_request(_log_request)
+
+
+def start_session(token: str) -> None:
+    """Begin a fresh browser session holding only the server-side session id (new id at login)."""
+    session.clear()
+    session[SESSION_KEY] = token
+    session.permanent = True

@@ -1,0 +1,234 @@
+"""The audit trail: appended in the caller's transaction, hash-chained, checkpointed with a key
+outside the database; any altered, deleted, inserted or reordered entry is found and named
+(AUD-03, AUD-04) — on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select, text
+
+from allocator import audit, dbguards
+from allocator.audit import Action, AuditLog
+from allocator.models import AuditCheckpoint, AuditEvent
+from allocator.services.context import ServiceContext
+from tests.support import CLI_ACTOR
+
+CHAIN = "TESTCHAIN"
+
+
+def fill(ctx: ServiceContext, count: int, log: AuditLog | None = None) -> None:
+    log = log or AuditLog(ring=ctx.ring, checkpoint_every=100)
+    with ctx.db.unit_of_work() as session:
+        for i in range(count):
+            log.record(
+                session,
+                actor=CLI_ACTOR,
+                chain=CHAIN,
+                action=Action.USER_UPDATED,
+                object_type="user",
+                object_id=f"u{i}",
+                old={"n": i},
+                new={"n": i + 1},
+                reason=f"entry {i + 1}",
+                at=ctx.now(),
+            )
+
+
+def verify(ctx: ServiceContext) -> audit.VerifyResult:
+    with ctx.db.reading() as session:
+        return audit.verify_chain(session.connection(), ctx.ring, CHAIN)
+
+
+def unguard(ctx: ServiceContext, session) -> None:  # type: ignore[no-untyped-def]
+    for statement in dbguards.unguard(ctx.db.dialect, "audit_event", updates=False):
+        session.execute(text(statement))
+
+
+def tamper(ctx: ServiceContext, *statements: str, **params: object) -> None:
+    with ctx.db.unit_of_work() as session:
+        unguard(ctx, session)
+        for statement in statements:
+            session.execute(text(statement), params)
+
+
+@pytest.mark.req("AUD-03")
+def test_entries_chain_and_verify(ctx: ServiceContext) -> None:
+    fill(ctx, 250)
+    result = verify(ctx)
+    assert result.ok and result.entries == 250 and result.first_bad is None
+    # Checkpoints: the first append (no checkpoint yet), then every 100 entries.
+    with ctx.db.reading() as s:
+        seqs = s.execute(select(AuditCheckpoint.seq).where(AuditCheckpoint.chain == CHAIN)).scalars().all()
+        first = s.execute(
+            select(AuditEvent).where(AuditEvent.chain == CHAIN, AuditEvent.seq == 1)
+        ).scalar_one()
+    assert seqs == [1, 101, 201]
+    assert result.unsigned_tail == 49
+    assert first.prev_hash == audit.GENESIS and len(first.hash) == 64
+    assert first.software_version and first.at.endswith("Z")
+
+
+@pytest.mark.req("AUD-03")
+def test_an_altered_entry_is_named(ctx: ServiceContext) -> None:
+    fill(ctx, 250)
+    tamper(ctx, "UPDATE audit_event SET reason = 'nothing happened' WHERE chain = :c AND seq = 57", c=CHAIN)
+    result = verify(ctx)
+    assert not result.ok and result.first_bad == 57
+    assert "altered" in result.problems[0].message
+
+
+@pytest.mark.req("AUD-03")
+def test_a_deleted_entry_is_named(ctx: ServiceContext) -> None:
+    fill(ctx, 250)
+    tamper(ctx, "DELETE FROM audit_event WHERE chain = :c AND seq = 57", c=CHAIN)
+    result = verify(ctx)
+    assert (result.ok, result.first_bad) == (False, 57)
+    assert "missing" in result.problems[0].message
+
+
+@pytest.mark.req("AUD-03")
+def test_a_deleted_last_entry_is_named(ctx: ServiceContext) -> None:
+    fill(ctx, 250)
+    tamper(ctx, "DELETE FROM audit_event WHERE chain = :c AND seq = 250", c=CHAIN)
+    result = verify(ctx)
+    assert (result.ok, result.first_bad) == (False, 250)
+
+
+@pytest.mark.req("AUD-03")
+def test_reordered_entries_are_named(ctx: ServiceContext) -> None:
+    fill(ctx, 250)
+    tamper(
+        ctx,
+        "UPDATE audit_event SET seq = -1 WHERE chain = :c AND seq = 57",
+        "UPDATE audit_event SET seq = 57 WHERE chain = :c AND seq = 58",
+        "UPDATE audit_event SET seq = 58 WHERE chain = :c AND seq = -1",
+        c=CHAIN,
+    )
+    result = verify(ctx)
+    assert (result.ok, result.first_bad) == (False, 57)
+    assert "reordered" in result.problems[0].message
+
+
+@pytest.mark.req("AUD-03")
+def test_an_inserted_entry_is_named_even_with_a_valid_hash(ctx: ServiceContext) -> None:
+    fill(ctx, 250)
+    with ctx.db.reading() as s:
+        prev = s.execute(
+            select(AuditEvent).where(AuditEvent.chain == CHAIN, AuditEvent.seq == 56)
+        ).scalar_one()
+        template = s.execute(
+            select(AuditEvent).where(AuditEvent.chain == CHAIN, AuditEvent.seq == 57)
+        ).scalar_one()
+    forged = AuditEvent(
+        **{c.name: getattr(template, c.name) for c in AuditEvent.__table__.columns if c.name != "id"}
+    )
+    forged.reason = "forged entry"
+    forged.prev_hash = prev.hash
+    forged.hash = audit.entry_hash(audit._canonical_fields(forged))
+    tamper(
+        ctx,
+        "UPDATE audit_event SET seq = -seq WHERE chain = :c AND seq >= 57",
+        "UPDATE audit_event SET seq = 1 - seq WHERE chain = :c AND seq < 0",
+        c=CHAIN,
+    )
+    with ctx.db.unit_of_work() as session:
+        session.add(forged)
+    result = verify(ctx)
+    assert (result.ok, result.first_bad) == (False, 57)
+
+
+@pytest.mark.req("AUD-04")
+def test_a_fully_rewritten_chain_is_caught_by_the_signed_checkpoint(ctx: ServiceContext) -> None:
+    """Someone with write access to the database, but not to the audit key, rewrites entry 57 and
+    recomputes every following hash and the chain head: the chain is self-consistent, yet the
+    Ed25519 checkpoint names entry 57."""
+    fill(ctx, 250)
+    with ctx.db.reading() as s:
+        rows = (
+            s.execute(select(AuditEvent).where(AuditEvent.chain == CHAIN).order_by(AuditEvent.seq))
+            .scalars()
+            .all()
+        )
+        rewritten = []
+        prev_hash = audit.GENESIS
+        for row in rows:
+            copy = AuditEvent(**{c.name: getattr(row, c.name) for c in AuditEvent.__table__.columns})
+            if copy.seq == 57:
+                copy.reason = "history rewritten"
+            copy.prev_hash = prev_hash
+            copy.hash = audit.entry_hash(audit._canonical_fields(copy))
+            prev_hash = copy.hash
+            rewritten.append(copy)
+    with ctx.db.unit_of_work() as session:
+        unguard(ctx, session)
+        for copy in rewritten:
+            session.execute(
+                text("UPDATE audit_event SET reason = :r, prev_hash = :p, hash = :h WHERE id = :i"),
+                {"r": copy.reason, "p": copy.prev_hash, "h": copy.hash, "i": copy.id},
+            )
+        session.execute(
+            text("UPDATE audit_chain_head SET hash = :h WHERE chain = :c"), {"h": prev_hash, "c": CHAIN}
+        )
+    result = verify(ctx)
+    assert (result.ok, result.first_bad) == (False, 57)
+    assert "signed checkpoint" in result.problems[0].message
+
+
+@pytest.mark.req("AUD-04")
+def test_a_forged_checkpoint_signature_is_refused(ctx: ServiceContext) -> None:
+    fill(ctx, 120)
+    with ctx.db.unit_of_work() as session:
+        for statement in dbguards.unguard(ctx.db.dialect, "audit_checkpoint", updates=False):
+            session.execute(text(statement))
+        session.execute(
+            text("UPDATE audit_checkpoint SET signature = :s WHERE chain = :c AND seq = 101"),
+            {"s": b"\x00" * 64, "c": CHAIN},
+        )
+    result = verify(ctx)
+    assert not result.ok and "invalid signature" in result.problems[0].message
+
+
+@pytest.mark.req("AUD-05")
+def test_sealed_values_are_stored_encrypted(ctx: ServiceContext) -> None:
+    with ctx.db.unit_of_work() as session:
+        event = ctx.audit.record(
+            session,
+            actor=CLI_ACTOR,
+            chain=CHAIN,
+            action=Action.USER_UPDATED,
+            object_type="subject",
+            object_id="01-001",
+            sealed={"arm": "A"},
+            at=ctx.now(),
+        )
+        sealed = event.sealed_values
+    assert sealed is not None and b'"arm"' not in sealed
+    assert verify(ctx).ok
+
+
+@pytest.mark.req("AUD-04")
+def test_the_audit_row_rolls_back_with_the_change(ctx: ServiceContext) -> None:
+    with pytest.raises(RuntimeError), ctx.db.unit_of_work() as session:
+        ctx.audit.record(
+            session,
+            actor=CLI_ACTOR,
+            chain=CHAIN,
+            action=Action.USER_UPDATED,
+            object_type="x",
+            object_id="1",
+            at=ctx.now(),
+        )
+        raise RuntimeError("the change failed")
+    with ctx.db.reading() as s:
+        assert s.execute(select(AuditEvent).where(AuditEvent.chain == CHAIN)).first() is None
+
+
+def test_explicit_checkpoint_signs_the_tail(ctx: ServiceContext) -> None:
+    fill(ctx, 130)
+    assert verify(ctx).unsigned_tail == 29
+    with ctx.db.unit_of_work() as session:
+        checkpoint = ctx.audit.checkpoint(session, CHAIN, ctx.now())
+        assert checkpoint is not None and checkpoint.seq == 130
+    with ctx.db.unit_of_work() as session:
+        assert ctx.audit.checkpoint(session, CHAIN, ctx.now()) is None
+    assert verify(ctx).unsigned_tail == 0

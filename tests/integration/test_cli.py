@@ -1,0 +1,106 @@
+"""The `allocator` command as operators use it (contract.md), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from allocator.cli import main
+from tests.conftest import FreshDatabase
+from tests.support import IFN_TRIAL
+
+
+@pytest.fixture
+def run(fresh_database: FreshDatabase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("ALLOCATOR_DATABASE_URL", fresh_database.url)
+    monkeypatch.setenv("ALLOCATOR_KEY_DIR", str(tmp_path / "keys"))
+    monkeypatch.setenv("ALLOCATOR_ENV", "test")
+    runner = CliRunner()
+
+    def invoke(*args: str) -> tuple[int, str]:
+        result = runner.invoke(main, list(args), catch_exceptions=False)
+        return result.exit_code, result.output
+
+    return invoke
+
+
+def test_commands_refuse_an_uninitialised_database(run) -> None:  # type: ignore[no-untyped-def]
+    code, out = run("load-trial", str(IFN_TRIAL))
+    assert code == 1 and "run `allocator init`" in out
+
+
+@pytest.mark.req("VAL-03")
+def test_init_load_users_tokens_and_audit(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    code, out = run("init")
+    assert code == 0 and "created lists key" in out and "database migrated" in out
+    assert run("init") == (0, "database already at the latest schema (0001)\n")
+    code, out = run("load-trial", str(IFN_TRIAL))
+    assert code == 0 and "loaded trial IFNG-PAIS (definition version 1)" in out and "P1, P2" in out
+    code, out = run("load-trial", str(IFN_TRIAL))
+    assert code == 0 and "nothing changed" in out
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        IFN_TRIAL.read_text(encoding="utf-8").replace("block_sizes = [2, 4, 6]", "block_sizes = [2, 5]")
+    )
+    code, out = run("load-trial", str(bad))
+    assert code == 1
+    assert "randomization.block_sizes[1]: 5 is not a multiple of the ratio total 2" in out
+    code, out = run("load-trial", str(tmp_path / "missing.toml"))
+    assert code == 1 and "file not found" in out
+
+    code, out = run(
+        "create-user",
+        "inv1",
+        "--role",
+        "investigator",
+        "--trial",
+        "IFNG-PAIS",
+        "--site",
+        "P1",
+        "--name",
+        "Dr Jeanne Test",
+    )
+    assert code == 0
+    assert re.search(r"^[a-z2-9]{4}(-[a-z2-9]{4}){3}$", out.splitlines()[-1])
+    code, out = run("create-user", "inv2", "--role", "investigator", "--trial", "IFNG-PAIS")
+    assert code == 1 and "site: the investigator role must be granted for a site" in out
+    code, out = run("create-token", "inv1", "--name", "edc")
+    assert code == 0 and out.startswith("alc_")
+    code, out = run("create-token", "nobody")
+    assert code == 1 and "username: unknown user" in out
+
+    code, out = run("audit", "verify")
+    assert code == 0
+    assert re.search(r"chain IFNG-PAIS: \d+ entries intact", out) and "chain system:" in out
+    code, out = run("audit", "verify", "IFNG-PAIS")
+    assert code == 0 and "system" not in out
+    code, out = run("audit", "checkpoint")
+    assert code == 0 and "IFNG-PAIS: signed up to entry" in out
+
+
+def test_demo_prepares_a_test_instance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(
+        main, ["demo", "--no-serve", "--dir", str(tmp_path / "demo")], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    assert "Demo instance of IFNG-PAIS (TEST)" in result.output
+    for role in (
+        "investigator",
+        "pharmacist",
+        "unblinded_pharmacist",
+        "nurse",
+        "monitor",
+        "auditor",
+        "trial_manager",
+        "admin",
+        "unblinded_statistician",
+        "pharmacovigilance",
+    ):
+        assert re.search(rf"\s{role}\s+\S+\s+[a-z2-9]{{4}}-", result.output), role
+    assert (tmp_path / "demo" / "allocator-demo.db").exists()
+    assert (tmp_path / "demo" / "keys" / "lists.key").stat().st_mode & 0o077 == 0

@@ -1,0 +1,107 @@
+"""The schema is built by the migrations, matches the models, round-trips, and the database
+itself refuses to change or delete append-only rows (AUD-03, RND-07) — on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import DatabaseError
+
+from allocator import migrate
+from allocator.db import Database, connect_once
+from allocator.models import Base
+from tests.conftest import FreshDatabase
+
+MIGRATED_TABLES = set(Base.metadata.tables) | {"alembic_version"}
+
+
+def _diff(url: str) -> list[object]:
+    engine = connect_once(url)
+    try:
+        with engine.connect() as conn:
+            return list(
+                compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+            )
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.req("VAL-04")
+def test_upgrade_check_downgrade_upgrade(fresh_database: FreshDatabase) -> None:
+    url = fresh_database.url
+    migrate.upgrade(url)
+    assert migrate.current_revision(url) == migrate.head_revision()
+    assert _diff(url) == []  # the equivalent of `alembic check`
+    migrate.downgrade(url, "base")
+    engine = connect_once(url)
+    with engine.connect() as conn:
+        left = set(inspect(conn).get_table_names()) - {"alembic_version"}
+    engine.dispose()
+    assert left == set()
+    migrate.upgrade(url)
+    assert migrate.current_revision(url) == migrate.head_revision()
+    engine = connect_once(url)
+    with engine.connect() as conn:
+        assert set(inspect(conn).get_table_names()) == MIGRATED_TABLES
+    engine.dispose()
+
+
+@pytest.mark.req("AUD-03")
+@pytest.mark.parametrize(
+    "table", ["audit_event", "subject", "slot", "role_assignment", "trial_definition", "signature"]
+)
+def test_append_only_tables_refuse_update_and_delete(db: Database, table: str) -> None:
+    with db.unit_of_work() as session:
+        conn = session.connection()
+        if db.dialect == "postgresql":
+            triggers = (
+                conn.execute(
+                    text(
+                        "SELECT tgname FROM pg_trigger WHERE tgrelid = CAST(:t AS regclass) AND NOT tgisinternal"
+                    ),
+                    {"t": table},
+                )
+                .scalars()
+                .all()
+            )
+            assert f"{table}_guard" in triggers and f"{table}_no_truncate" in triggers
+        else:
+            triggers = (
+                conn.execute(
+                    text("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = :t"),
+                    {"t": table},
+                )
+                .scalars()
+                .all()
+            )
+            assert {f"{table}_no_update", f"{table}_no_delete"} <= set(triggers)
+
+
+@pytest.mark.req("AUD-03")
+def test_guards_fire_on_real_rows(ctx) -> None:  # type: ignore[no-untyped-def]
+    from tests.support import load_ifn
+
+    load_ifn(ctx)
+    for statement in (
+        "UPDATE audit_event SET reason = 'rewritten'",
+        "DELETE FROM audit_event",
+        "DELETE FROM trial",
+        "UPDATE trial_definition SET source_text = ''",
+        "DELETE FROM site",
+    ):
+        with pytest.raises(DatabaseError, match="not allowed"), ctx.db.unit_of_work() as session:
+            session.execute(text(statement))
+    with ctx.db.unit_of_work() as session:  # status columns of mutable tables can still change
+        session.execute(text("UPDATE site SET status = 'pending'"))
+
+
+def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    database = Database.connect(f"sqlite:///{tmp_path / 'x.db'}")
+    with database.write_engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    database.dispose()
