@@ -1,0 +1,93 @@
+"""Kit numbers, QR payloads, kit labels and dispensation sheets - a pure library.
+
+Plain data in, text or PDF bytes out. No web framework, no database, no keys: the MAC used in QR
+payloads is a function the application passes in. Nothing here knows which arm a kit belongs to
+(BLD-01, BLD-03): no function takes an arm and no input type has an arm field.
+
+Modules: `kits.numbers` (kit numbers), `kits.payload` (QR payloads), `kits.qr` (QR symbols),
+`kits.model` (input types), `kits.labels` (label sheets), `kits.sheet` (dispensation sheets),
+`kits.pdf` and `kits.text` (shared PDF and text helpers), `kits.errors` (exceptions).
+"""
+
+from __future__ import annotations
+
+from kits.errors import (
+    BadMacError,
+    KitNumberCharacterError,
+    KitNumberCheckDigitError,
+    KitNumberError,
+    KitNumberLengthError,
+    KitNumberSpaceExhaustedError,
+    KitsError,
+    LabelDataError,
+    LabelLayoutError,
+    MalformedPayloadError,
+    PayloadCheckDigitError,
+    PayloadError,
+    UnknownPayloadVersionError,
+    UnrenderableTextError,
+    WrongTrialError,
+)
+from kits.labels import IMMEDIATE_LAYOUT, OUTER_LAYOUT, LabelKind, LabelLayout, render_label_sheet
+from kits.model import Bilingual, DocumentMeta, Expiry, KitLabel, TrialLabelInfo
+from kits.numbers import (
+    KIT_NUMBER_LENGTH,
+    format_kit_number,
+    generate_kit_number,
+    generate_kit_numbers,
+    is_valid_kit_number,
+    normalize_kit_number,
+)
+from kits.payload import (
+    PAYLOAD_PATTERN,
+    KitPayload,
+    MacFunction,
+    build_payload,
+    parse_payload,
+    verify_payload,
+)
+from kits.sheet import DispensationRow, DispensationSheet, ElectronicSignature, render_dispensation_sheet
+
+__all__ = [
+    "IMMEDIATE_LAYOUT",
+    "KIT_NUMBER_LENGTH",
+    "OUTER_LAYOUT",
+    "PAYLOAD_PATTERN",
+    "BadMacError",
+    "Bilingual",
+    "DispensationRow",
+    "DispensationSheet",
+    "DocumentMeta",
+    "ElectronicSignature",
+    "Expiry",
+    "KitLabel",
+    "KitNumberCharacterError",
+    "KitNumberCheckDigitError",
+    "KitNumberError",
+    "KitNumberLengthError",
+    "KitNumberSpaceExhaustedError",
+    "KitPayload",
+    "KitsError",
+    "LabelDataError",
+    "LabelKind",
+    "LabelLayout",
+    "LabelLayoutError",
+    "MacFunction",
+    "MalformedPayloadError",
+    "PayloadCheckDigitError",
+    "PayloadError",
+    "TrialLabelInfo",
+    "UnknownPayloadVersionError",
+    "UnrenderableTextError",
+    "WrongTrialError",
+    "build_payload",
+    "format_kit_number",
+    "generate_kit_number",
+    "generate_kit_numbers",
+    "is_valid_kit_number",
+    "normalize_kit_number",
+    "parse_payload",
+    "render_dispensation_sheet",
+    "render_label_sheet",
+    "verify_payload",
+]

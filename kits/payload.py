@@ -1,0 +1,196 @@
+"""QR payloads of kit labels (LBL-08, LBL-09).
+
+Format, version 1::
+
+    AL1/<trial code>/<kit number>/<unit>/<tag>
+    AL1/APHP220672/12345678/D1/K4ZQ7M2V3XW5PA6B
+
+* ``AL1``: format tag and version. A label printed by a later version is recognised as such instead of
+  being misread.
+* trial code: 2-20 characters ``A-Z 0-9 -`` (20 is also the limit of GS1 AI 7240 "protocol ID"), so a
+  label of another trial is refused with a clear message, not as a "bad signature".
+* kit number: the 8-digit canonical form (check digit included), never the display form.
+* unit: 1-4 characters ``A-Z 0-9``, the injection day of the unit (``D1``, ``D2``, ``D3``) - a property of
+  the schedule, identical for both arms.
+* tag: the first 80 bits of a MAC over everything before it, in RFC 4648 base32 without padding
+  (exactly 16 characters).
+
+Why this shape:
+
+* Every character belongs to the QR alphanumeric set (0-9, A-Z, space, $ % * + - . / :), so the encoder
+  uses alphanumeric mode (5.5 bits per character instead of 8): 43 characters fit a version-3 symbol
+  (29 x 29 modules) at error-correction level Q. Base32 (A-Z, 2-7) is used for the tag because base64 and
+  hex-lowercase are not in that set.
+* BLD-01/BLD-03/LBL-08: the payload has no arm, no personal data and no randomisation slot; every field
+  has a fixed length within a trial, so the payloads of all kits of a trial have the same length and
+  structure and give QR symbols of the same version.
+* The tag makes forged or altered labels detectable at the bedside. 80 bits are ample for an online check
+  (an attacker gets one try per scan). This library never holds a key: the MAC function is passed in,
+  e.g. an HMAC-SHA256 from the application's crypto module. The MAC input starts with a fixed context
+  string, so a key shared with another purpose cannot be used to mint label tags.
+* Parsing forgives what scanners do to text (surrounding whitespace, CR/LF, lower case from a keyboard
+  wedge with caps lock) but nothing else.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kits.errors import (
+    BadMacError,
+    KitNumberError,
+    MalformedPayloadError,
+    PayloadCheckDigitError,
+    UnknownPayloadVersionError,
+    WrongTrialError,
+)
+from kits.numbers import KIT_NUMBER_LENGTH, format_digits, normalize_kit_number
+
+MacFunction = Callable[[bytes], bytes]
+"""Computes a MAC (e.g. HMAC-SHA256 under a trial key held by the application) over the given bytes."""
+
+PAYLOAD_PREFIX = "AL"
+PAYLOAD_VERSION = 1
+MAC_BITS = 80
+_MAC_BYTES = MAC_BITS // 8
+TAG_LENGTH = 16  # base32 of 10 bytes, no padding needed
+MAX_PAYLOAD_LENGTH = 60
+
+# Domain separation: what the application's MAC key signs here is a kit-label body, nothing else.
+MAC_CONTEXT = b"allocator/kit-label-qr/v1\x00"
+
+QR_ALPHANUMERIC = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:")
+
+TRIAL_CODE_PATTERN = re.compile(r"[A-Z0-9][A-Z0-9-]{0,18}[A-Z0-9]")
+UNIT_PATTERN = re.compile(r"[A-Z0-9]{1,4}")
+_TAG_PATTERN = re.compile(r"[A-Z2-7]{16}")
+_VERSION_PATTERN = re.compile(r"AL([0-9]{1,3})/")
+PAYLOAD_PATTERN = re.compile(
+    r"AL1/(?P<trial>[A-Z0-9][A-Z0-9-]{0,18}[A-Z0-9])/(?P<kit>[0-9]{8})/(?P<unit>[A-Z0-9]{1,4})/"
+    r"(?P<tag>[A-Z2-7]{16})"
+)
+"""Strict pattern of a version-1 payload as generated (LBL-08 tests match decoded codes against it)."""
+
+
+@dataclass(frozen=True)
+class KitPayload:
+    """The fields of a parsed payload. `tag` is only trustworthy after `verify_payload`."""
+
+    trial_code: str
+    kit_number: str
+    unit: str
+    tag: str
+
+    @property
+    def body(self) -> str:
+        """The part of the payload that the tag authenticates."""
+        return f"{PAYLOAD_PREFIX}{PAYLOAD_VERSION}/{self.trial_code}/{self.kit_number}/{self.unit}"
+
+    @property
+    def text(self) -> str:
+        """The full payload text, as encoded in the QR code."""
+        return f"{self.body}/{self.tag}"
+
+
+def validate_trial_code(trial_code: str) -> str:
+    """Return `trial_code` if it can go into a payload, else raise `ValueError` saying why."""
+    if not isinstance(trial_code, str) or not TRIAL_CODE_PATTERN.fullmatch(trial_code):
+        raise ValueError(
+            f"trial code {trial_code!r} is not allowed in a label payload: 2-20 characters A-Z, 0-9 "
+            "and inner hyphens"
+        )
+    return trial_code
+
+
+def validate_unit(unit: str) -> str:
+    """Return `unit` if it can go into a payload, else raise `ValueError` saying why."""
+    if not isinstance(unit, str) or not UNIT_PATTERN.fullmatch(unit):
+        raise ValueError(f"unit {unit!r} is not allowed in a label payload: 1-4 characters A-Z and 0-9")
+    return unit
+
+
+def _tag(mac: MacFunction, body: str) -> str:
+    digest = mac(MAC_CONTEXT + body.encode("ascii"))
+    if not isinstance(digest, bytes | bytearray) or len(digest) < _MAC_BYTES:
+        raise ValueError(f"the MAC function must return at least {_MAC_BYTES} bytes")
+    return base64.b32encode(bytes(digest[:_MAC_BYTES])).decode("ascii")
+
+
+def build_payload(trial_code: str, kit_number: str, unit: str, mac: MacFunction) -> str:
+    """The QR payload text of one unit of one kit.
+
+    `kit_number` may be in display form; it is validated (check digit included) and stored canonical.
+    """
+    payload = KitPayload(
+        trial_code=validate_trial_code(trial_code),
+        kit_number=normalize_kit_number(kit_number),
+        unit=validate_unit(unit),
+        tag="",
+    )
+    return f"{payload.body}/{_tag(mac, payload.body)}"
+
+
+def parse_payload(text: str) -> KitPayload:
+    """Split a scanned payload into its fields, checking structure, version and kit check digit.
+
+    Does not check the tag (see `verify_payload`). Raises `MalformedPayloadError`,
+    `UnknownPayloadVersionError` or `PayloadCheckDigitError`.
+    """
+    if not isinstance(text, str):
+        raise MalformedPayloadError("the scanned code is not text")
+    cleaned = text.strip().upper()
+    if len(cleaned) > MAX_PAYLOAD_LENGTH:
+        raise MalformedPayloadError("the scanned code is too long to be a kit label of this service")
+    version = _VERSION_PATTERN.match(cleaned)
+    if version is None:
+        raise MalformedPayloadError("the scanned code is not a kit label of this service")
+    if int(version.group(1)) != PAYLOAD_VERSION:
+        raise UnknownPayloadVersionError(
+            f"the label uses payload format version {int(version.group(1))}; this software reads "
+            f"version {PAYLOAD_VERSION} only"
+        )
+    fields = cleaned.split("/")
+    if len(fields) != 5:
+        raise MalformedPayloadError(f"the kit label has {len(fields)} fields separated by '/', expected 5")
+    prefix, trial_code, kit_number, unit, tag = fields
+    if prefix != f"{PAYLOAD_PREFIX}{PAYLOAD_VERSION}":
+        raise MalformedPayloadError(f"the kit label must start with {PAYLOAD_PREFIX}{PAYLOAD_VERSION}/")
+    if not TRIAL_CODE_PATTERN.fullmatch(trial_code):
+        raise MalformedPayloadError("the trial-code field of the kit label is malformed")
+    if len(kit_number) != KIT_NUMBER_LENGTH or not kit_number.isascii() or not kit_number.isdigit():
+        raise MalformedPayloadError(f"the kit-number field must have {KIT_NUMBER_LENGTH} digits")
+    if not UNIT_PATTERN.fullmatch(unit):
+        raise MalformedPayloadError("the unit field of the kit label is malformed")
+    if not _TAG_PATTERN.fullmatch(tag):
+        raise MalformedPayloadError(f"the authentication field must be {TAG_LENGTH} base32 characters")
+    try:
+        normalize_kit_number(kit_number)
+    except KitNumberError as exc:
+        raise PayloadCheckDigitError(
+            f"the kit number {format_digits(kit_number)} in the label has a wrong check digit"
+        ) from exc
+    return KitPayload(trial_code=trial_code, kit_number=kit_number, unit=unit, tag=tag)
+
+
+def verify_payload(text: str, expected_trial: str, mac: MacFunction) -> KitPayload:
+    """Parse a scanned payload and check that it belongs to `expected_trial` and carries a valid tag.
+
+    Raises, in this order of checks: `MalformedPayloadError`, `UnknownPayloadVersionError`,
+    `PayloadCheckDigitError`, `WrongTrialError`, `BadMacError`.
+    """
+    payload = parse_payload(text)
+    if payload.trial_code != expected_trial:
+        raise WrongTrialError(
+            f"this label belongs to trial {payload.trial_code}, not to trial {expected_trial}"
+        )
+    expected_tag = _tag(mac, payload.body)
+    # Constant-time comparison: the time taken must not tell how many leading characters were right.
+    if not hmac.compare_digest(expected_tag.encode("ascii"), payload.tag.encode("ascii")):
+        raise BadMacError(
+            "the label's authentication code is wrong: it was not printed by this service or was altered"
+        )
+    return payload
