@@ -9,7 +9,7 @@ Intent-named functions with fixed algorithms (architecture.md):
 * `label_mac` — HMAC-SHA256 for QR payloads on labels and sheets (LBL-08/09).
 * `sign_checkpoint` / `verify_checkpoint` — Ed25519 over audit-chain checkpoints (AUD-04).
 * `hash_password` / `verify_password` — Argon2id (ACC-03).
-* TOTP (RFC 6238) for second factors (ACC-05).
+* TOTP (RFC 6238) for second factors (ACC-04).
 
 Keys are handed in explicitly as a `KeyRing`; nothing here reads application globals. One key
 file per purpose lives in the key directory (0700; files 0600). Each key has an id that includes
@@ -431,7 +431,7 @@ def password_needs_rehash(password_hash: str, params: PasswordHashing) -> bool:
         return True
 
 
-# --- TOTP (RFC 6238; ACC-05) -----------------------------------------------------------------
+# --- TOTP (RFC 6238; ACC-04) -----------------------------------------------------------------
 
 TOTP_DIGITS = 6
 TOTP_STEP = 30

@@ -57,7 +57,7 @@ SITE_ROLES = frozenset({Role.INVESTIGATOR, Role.PHARMACIST, Role.UNBLINDED_PHARM
 OPTIONAL_SITE_ROLES = frozenset({Role.MONITOR})
 # Roles that may be granted without a trial (instance-wide).
 INSTANCE_ROLES = frozenset({Role.ADMIN})
-# ACC-05 / tension 8 in requirements.md: a second factor is mandatory for these.
+# ACC-04 / tension 8 in requirements.md: a second factor is mandatory for these.
 MFA_REQUIRED_ROLES = frozenset({Role.ADMIN}) | UNBLINDED_ROLES
 
 
@@ -291,6 +291,8 @@ def validate_role_scope(role: Role, trial_id: int | None, site_id: int | None) -
     """Why a (role, trial, site) combination cannot be granted, or None if it can."""
     if trial_id is None and role not in INSTANCE_ROLES:
         return f"the {role.value} role must be granted for a trial"
+    if trial_id is not None and role in INSTANCE_ROLES:
+        return f"the {role.value} role is instance-wide and cannot be granted for one trial"
     if role in SITE_ROLES and site_id is None:
         return f"the {role.value} role must be granted for a site"
     if site_id is not None and role not in SITE_ROLES | OPTIONAL_SITE_ROLES:

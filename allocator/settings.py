@@ -41,7 +41,7 @@ class Settings:
     # ACC-06: idle timeout and absolute lifetime of a web session.
     session_idle_timeout: timedelta = timedelta(minutes=30)
     session_absolute_lifetime: timedelta = timedelta(hours=12)
-    # ACC-04: throttling of failed logins, per account and per client address.
+    # ACC-05: throttling of failed logins, per account and per client address.
     login_max_failures_per_account: int = 5
     login_max_failures_per_address: int = 20
     login_failure_window: timedelta = timedelta(minutes=15)
@@ -61,7 +61,7 @@ class Settings:
 
     @property
     def secure_cookies(self) -> bool:
-        # ACC-08: cookies are Secure everywhere but on a developer's loopback.
+        # ACC-07: cookies are Secure everywhere but on a developer's loopback.
         return self.env is not Environment.DEVELOPMENT
 
     @property

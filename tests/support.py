@@ -55,3 +55,23 @@ def make_user(
         accounts.NewUser(username=username, full_name=full_name or username.replace("-", " ").title()),
         accounts.RoleRequest(role=role, trial_code=trial if role != "admin" else None, site_code=site),
     )
+
+
+def enroll_totp(ctx: ServiceContext, user_id: int, clock: Clock) -> bytes:
+    """Enrol an authenticator for `user_id` through the service; returns the secret."""
+    import base64
+
+    from allocator import crypto
+    from allocator.services import auth
+
+    enrollment = auth.start_totp_enrollment(ctx, user_id)
+    secret = base64.b32decode(enrollment.secret_base32 + "=" * (-len(enrollment.secret_base32) % 8))
+    auth.confirm_totp_enrollment(
+        ctx,
+        user_id,
+        None,
+        crypto.totp_now(secret, clock()),
+        auth.Client("192.0.2.1", "test", "enrol"),
+        ticket=enrollment.ticket,
+    )
+    return secret

@@ -22,7 +22,6 @@ class User(Base):
     password_changed_at: Mapped[datetime]
     must_change_password: Mapped[bool] = mapped_column(Boolean, default=True)
     totp_secret_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
-    totp_pending_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)  # shown once, until confirmed
     totp_enabled_at: Mapped[datetime | None]
     totp_last_step: Mapped[int | None] = mapped_column(BigInteger)  # replay protection (RFC 6238 §5.2)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)

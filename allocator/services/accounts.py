@@ -16,7 +16,7 @@ from allocator.db import require
 from allocator.models import ApiToken, RoleAssignment, RoleRevocation, Site, Trial, User
 from allocator.permissions import Grant, Role, validate_role_scope
 from allocator.services.context import ServiceContext
-from allocator.services.errors import AlreadyExists, FieldProblem, NotFound, ValidationFailed
+from allocator.services.errors import AlreadyExists, FieldProblem, Forbidden, NotFound, ValidationFailed
 
 USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{2,63}$")
 _OTP_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # no 0/o, 1/l/i: read aloud over the phone
@@ -153,6 +153,9 @@ def _grant(
         )
     if not request.reason.strip():
         raise ValidationFailed("a reason is required", errors=[FieldProblem("reason", "is required")])
+    if actor.user_id is not None and actor.user_id == user.id:
+        # Segregation of duties: nobody grants themselves a role (least of all an unblinded one).
+        raise Forbidden("you cannot grant a role to your own account")
     if ends_at is not None and ends_at <= now:
         raise ValidationFailed(
             "the end must be in the future", errors=[FieldProblem("ends_at", "is in the past")]
@@ -192,14 +195,22 @@ def _grant(
     return assignment.id
 
 
-def revoke_role(ctx: ServiceContext, actor: Actor, assignment_id: int, reason: str) -> None:
-    """End a role assignment now. The assignment row stays; a revocation row records who and why."""
+def revoke_role(
+    ctx: ServiceContext, actor: Actor, assignment_id: int, reason: str, *, only_trial: str | None = None
+) -> None:
+    """End a role assignment now. The assignment row stays; a revocation row records who and why.
+
+    With `only_trial`, the assignment must belong to that trial (a trial manager acting from the
+    trial's pages cannot reach another trial's assignments by changing an id)."""
     if not reason.strip():
         raise ValidationFailed("a reason is required", errors=[FieldProblem("reason", "is required")])
     now = ctx.now()
     with ctx.db.unit_of_work() as session:
         assignment = session.get(RoleAssignment, assignment_id)
-        if assignment is None:
+        trial_of = session.get(Trial, assignment.trial_id) if assignment and assignment.trial_id else None
+        if assignment is None or (
+            only_trial is not None and (trial_of is None or trial_of.code != only_trial)
+        ):
             raise NotFound(f"no role assignment {assignment_id}")
         if session.execute(
             select(RoleRevocation.id).where(RoleRevocation.assignment_id == assignment_id)
@@ -263,7 +274,7 @@ class CreatedToken:
 def create_token(
     ctx: ServiceContext, actor: Actor, username: str, name: str, expires_at: datetime | None = None
 ) -> CreatedToken:
-    """A new API bearer token for `username`. Only its digest is stored (ACC-09); it acts with the
+    """A new API bearer token for `username`. Only its digest is stored; it acts with the
     user's roles at the time of each request, so revoking a role limits the token at once."""
     name = name.strip() or "api"
     if len(name) > 100:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -80,7 +80,7 @@ def login(ctx: ServiceContext, username: str, password: str, client: Client) -> 
 
     Raises Unauthenticated with one generic message for an unknown user, a wrong password or a
     deactivated account (no enumeration), and TooManyRequests while the account or the address is
-    locked out (ACC-04) — even for the right password. Failures and lockouts are audited: they are
+    locked out (ACC-05) — even for the right password. Failures and lockouts are audited: they are
     committed first, and the error is raised after the unit of work."""
     username = username.strip().lower()[:64]
     with ctx.db.unit_of_work() as session:
@@ -287,7 +287,7 @@ def _authenticated(
 def resolve_bearer(ctx: ServiceContext, token: str) -> Authenticated | None:
     """The user of an API bearer token, or None (unknown, revoked, expired, user deactivated).
 
-    A token acts with its user's roles at the time of the request (ACC-09)."""
+    A token acts with its user's roles at the time of the request (BLD-11)."""
     now = ctx.now()
     digest = crypto.token_digest(token)
     with ctx.db.reading() as session:
@@ -378,7 +378,7 @@ def change_password(
         )
 
 
-# --- second factor (TOTP, RFC 6238; ACC-05) --------------------------------------------------
+# --- second factor (TOTP, RFC 6238; ACC-04) --------------------------------------------------
 
 TOTP_ISSUER = "allocator"
 
@@ -387,62 +387,93 @@ def _totp_binding(username: str, column: str) -> crypto.Binding:
     return crypto.Binding(trial="-", table="app_user", row=username, column=column)
 
 
+ENROLLMENT_VALIDITY = timedelta(minutes=15)
+
+
 @dataclass(frozen=True, slots=True)
 class TotpEnrollment:
     secret_base32: str  # for typing into an authenticator by hand
     uri: str  # otpauth:// URI, shown once as a QR code
+    ticket: str  # the secret sealed for this user, carried by the confirmation form
 
 
 def start_totp_enrollment(ctx: ServiceContext, user_id: int) -> TotpEnrollment:
-    """Create a new pending secret for the user (sealed in the database until confirmed by a code)."""
+    """A new secret to enrol. Nothing is written (no state change on GET, ASVS): the secret travels
+    to the confirmation form sealed (AES-GCM, bound to the user, valid 15 minutes) as a ticket."""
     secret = crypto.new_totp_secret()
-    with ctx.db.unit_of_work() as session:
-        user = require(session, User, user_id)
-        user.totp_pending_sealed = crypto.seal(
-            ctx.ring, crypto.Purpose.ACCOUNTS, secret, _totp_binding(user.username, "totp_pending")
-        )
-        return _enrollment(secret, user.username)
-
-
-def pending_totp_enrollment(ctx: ServiceContext, user_id: int) -> TotpEnrollment | None:
-    """The enrolment in progress (to show it again after a mistyped code), or None."""
     with ctx.db.reading() as session:
         user = require(session, User, user_id)
-        if user.totp_pending_sealed is None:
-            return None
-        secret = crypto.open_sealed(
+        issued = ctx.now().strftime("%Y-%m-%dT%H:%M:%SZ").encode("ascii")
+        sealed = crypto.seal(
             ctx.ring,
             crypto.Purpose.ACCOUNTS,
-            user.totp_pending_sealed,
-            _totp_binding(user.username, "totp_pending"),
+            issued + b"|" + secret,
+            _totp_binding(user.username, "totp_enrollment"),
         )
-        return _enrollment(secret, user.username)
+        return _enrollment(secret, user.username, base64.urlsafe_b64encode(sealed).decode("ascii"))
 
 
-def _enrollment(secret: bytes, username: str) -> TotpEnrollment:
+def enrollment_from_ticket(ctx: ServiceContext, user_id: int, ticket: str) -> TotpEnrollment:
+    """The enrolment a form ticket carries (to show it again after a mistyped code)."""
+    with ctx.db.reading() as session:
+        user = require(session, User, user_id)
+        secret = _open_ticket(ctx, user, ticket)
+        return _enrollment(secret, user.username, ticket)
+
+
+def _open_ticket(ctx: ServiceContext, user: User, ticket: str) -> bytes:
+    expired = ValidationFailed(
+        "the enrolment expired; scan the new code", errors=[FieldProblem("code", "start again")]
+    )
+    try:
+        raw = crypto.open_sealed(
+            ctx.ring,
+            crypto.Purpose.ACCOUNTS,
+            base64.urlsafe_b64decode(ticket.encode("ascii")),
+            _totp_binding(user.username, "totp_enrollment"),
+        )
+    except (ValueError, crypto.SealError, crypto.KeyMissingError):
+        raise expired from None
+    issued_raw, _, secret = raw.partition(b"|")
+    issued = datetime.strptime(issued_raw.decode("ascii"), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    if not timedelta(0) <= ctx.now() - issued <= ENROLLMENT_VALIDITY:
+        raise expired
+    return secret
+
+
+def _enrollment(secret: bytes, username: str, ticket: str) -> TotpEnrollment:
     return TotpEnrollment(
         secret_base32=base64.b32encode(secret).decode("ascii").rstrip("="),
         uri=crypto.totp_uri(secret, username, TOTP_ISSUER),
+        ticket=ticket,
     )
 
 
 def confirm_totp_enrollment(
-    ctx: ServiceContext, user_id: int, session_id: int | None, code: str, client: Client
+    ctx: ServiceContext,
+    user_id: int,
+    session_id: int | None,
+    code: str,
+    client: Client,
+    *,
+    ticket: str,
+    current_password: str | None = None,
 ) -> None:
-    """Activate the pending secret if `code` matches it; the current session counts as verified."""
+    """Activate the ticket's secret if `code` matches it; the current session counts as verified.
+
+    Replacing an authenticator that is already enrolled also needs the current password, so that
+    a borrowed open session cannot swap the second factor."""
     now = ctx.now()
     with ctx.db.unit_of_work() as session:
         user = require(session, User, user_id)
-        if user.totp_pending_sealed is None:
+        if user.totp_enabled_at is not None and not crypto.verify_password(
+            user.password_hash, passwords.normalise(current_password or ""), ctx.passwords
+        ):
             raise ValidationFailed(
-                "start the enrolment again", errors=[FieldProblem("code", "no enrolment in progress")]
+                "replacing the authenticator needs your password",
+                errors=[FieldProblem("password", "is wrong")],
             )
-        secret = crypto.open_sealed(
-            ctx.ring,
-            crypto.Purpose.ACCOUNTS,
-            user.totp_pending_sealed,
-            _totp_binding(user.username, "totp_pending"),
-        )
+        secret = _open_ticket(ctx, user, ticket)
         step = crypto.totp_verify(secret, code.strip(), now, last_step=None)
         if step is None:
             raise ValidationFailed(
@@ -452,7 +483,6 @@ def confirm_totp_enrollment(
         user.totp_secret_sealed = crypto.seal(
             ctx.ring, crypto.Purpose.ACCOUNTS, secret, _totp_binding(user.username, "totp_secret")
         )
-        user.totp_pending_sealed = None
         user.totp_enabled_at = now
         user.totp_last_step = step
         if session_id is not None:

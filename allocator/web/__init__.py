@@ -11,7 +11,7 @@ from allocator.permissions import Permission, Role, public
 from allocator.services.context import ServiceContext
 from allocator.settings import Environment
 from allocator.version import __version__
-from allocator.web import api, auth, errors, main, security
+from allocator.web import account, admin, api, audit, auth, errors, main, security
 
 
 def register(app: Flask, ctx: ServiceContext) -> None:
@@ -19,6 +19,9 @@ def register(app: Flask, ctx: ServiceContext) -> None:
     errors.install(app)
     app.register_blueprint(auth.bp)
     app.register_blueprint(main.bp)
+    app.register_blueprint(account.bp)
+    app.register_blueprint(admin.bp)
+    app.register_blueprint(audit.bp)
     app.register_blueprint(api.bp)
     security.csrf.exempt(api.bp)
     # Static files (CSS) are on the short public list: the login page needs them.
@@ -27,7 +30,15 @@ def register(app: Flask, ctx: ServiceContext) -> None:
     @app.context_processor
     def _globals() -> dict[str, object]:
         auth_info = g.get("auth")
+        trial = g.get("trial")
+
+        def can(permission: Permission) -> bool:
+            """Whether the current user holds `permission` here (for showing links only: the
+            guard checks every request on the server)."""
+            return bool(auth_info and auth_info.access.has(permission, trial.id if trial else None))
+
         return {
+            "can": can,
             "software_version": __version__,
             "environment": ctx.settings.env.value,
             "test_instance": ctx.settings.env is not Environment.PRODUCTION,
@@ -41,6 +52,12 @@ def register(app: Flask, ctx: ServiceContext) -> None:
         if value is None:
             return ""
         return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+    @app.template_filter("paris")
+    def _paris(value: str) -> str:
+        """An audit time (ISO UTC text) shown in the trials' time zone (AUD-07)."""
+        moment = datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        return moment.astimezone(ZoneInfo("Europe/Paris")).strftime("%Y-%m-%d %H:%M:%S %Z")
 
     @app.template_filter("local")
     def _local(value: datetime | None, zone: str = "Europe/Paris") -> str:

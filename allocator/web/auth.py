@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from flask import Blueprint, redirect, render_template, request, session, url_for
 from werkzeug.wrappers import Response
 
@@ -11,19 +9,9 @@ from allocator.permissions import Permission, public, requires
 from allocator.services import auth as auth_service
 from allocator.services.errors import DomainError, FieldProblem
 from allocator.web.qr import svg_data_uri
-from allocator.web.security import SESSION_KEY, client, ctx, current_user, start_session
+from allocator.web.security import SESSION_KEY, client, ctx, current_user, safe_path, start_session
 
 bp = Blueprint("auth", __name__)
-
-
-def _safe_next(target: str | None) -> str:
-    """Only same-site relative paths: an open redirect would make phishing links look genuine."""
-    if not target:
-        return url_for("main.home")
-    parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
-        return url_for("main.home")
-    return target
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -42,7 +30,7 @@ def login() -> Response | str:
         )
         return Response(html, status=status, mimetype="text/html")
     start_session(outcome.session_token)
-    return redirect(_safe_next(request.form.get("next")))
+    return redirect(safe_path(request.form.get("next"), url_for("main.home")))
 
 
 @bp.route("/logout", methods=["POST"])
@@ -102,28 +90,43 @@ def totp() -> Response | str:
 @bp.route("/account/totp/enroll", methods=["GET", "POST"])
 @requires(Permission.ACCOUNT_SELF)
 def totp_enroll() -> Response | str:
-    """Enrol an authenticator app: the QR code is shown once; a code confirms it (ACC-05)."""
+    """Enrol an authenticator app: the QR code is shown once; a code confirms it (ACC-04).
+
+    GET changes nothing: the new secret travels sealed in the form's ticket."""
     user = current_user()
     if user.mfa_pending:
         return redirect(url_for("auth.totp"))
     errors: list[FieldProblem] = []
-    if request.method == "POST" and request.form.get("code") is not None:
+    ticket = request.form.get("ticket", "")
+    enrollment = None
+    if request.method == "POST":
         try:
             auth_service.confirm_totp_enrollment(
-                ctx(), user.user_id, user.session_id, request.form["code"], client()
+                ctx(),
+                user.user_id,
+                user.session_id,
+                request.form.get("code", ""),
+                client(),
+                ticket=ticket,
+                current_password=request.form.get("password"),
             )
         except DomainError as exc:
-            errors = list(exc.errors)
+            errors = list(exc.errors) or [FieldProblem("code", exc.detail)]
+            try:
+                enrollment = auth_service.enrollment_from_ticket(ctx(), user.user_id, ticket)
+            except DomainError:
+                enrollment = None  # expired or forged ticket: offer a new code
         else:
             return redirect(url_for("main.home"))
-    enrollment = auth_service.pending_totp_enrollment(ctx(), user.user_id) if errors else None
     if enrollment is None:
         enrollment = auth_service.start_totp_enrollment(ctx(), user.user_id)
     html = render_template(
         "auth/totp_enroll.html",
         secret=enrollment.secret_base32,
+        ticket=enrollment.ticket,
         qr=svg_data_uri(enrollment.uri),
         errors=errors,
         required=user.mfa_enrollment_required,
+        replacing=user.totp_enrolled,
     )
     return Response(html, status=422 if errors else 200, mimetype="text/html")

@@ -69,6 +69,61 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            "/trials/{trial}/audit": {
+                "get": {
+                    "summary": "Blinded audit entries in sequence order (monitors, auditors)",
+                    "operationId": "listAuditEntries",
+                    "parameters": [
+                        _TRIAL,
+                        {
+                            "name": "after",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 0},
+                            "description": "Return entries with a sequence number above this one",
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                        },
+                        {"name": "user", "in": "query", "schema": {"type": "string"}},
+                        {"name": "action", "in": "query", "schema": {"type": "string"}},
+                        {"name": "object_type", "in": "query", "schema": {"type": "string"}},
+                        {"name": "object_id", "in": "query", "schema": {"type": "string"}},
+                        {"name": "since", "in": "query", "schema": {"type": "string", "format": "date"}},
+                        {"name": "until", "in": "query", "schema": {"type": "string", "format": "date"}},
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "A page of entries; sealed (arm-revealing) values are never included",
+                            "content": {
+                                "application/json": {"schema": {"$ref": "#/components/schemas/AuditPage"}}
+                            },
+                        },
+                        "422": _problem_response("Invalid filter or cursor"),
+                        **_COMMON_ERRORS,
+                    },
+                }
+            },
+            "/trials/{trial}/audit/verify": {
+                "get": {
+                    "summary": "Verify the trial's audit chain and its signed checkpoints",
+                    "operationId": "verifyAudit",
+                    "parameters": [_TRIAL],
+                    "responses": {
+                        "200": {
+                            "description": "Verification result; first_bad names the first altered, missing, inserted or "
+                            "reordered entry",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/AuditVerification"}
+                                }
+                            },
+                        },
+                        **_COMMON_ERRORS,
+                    },
+                }
+            },
         },
         "components": {
             "securitySchemes": {
@@ -96,6 +151,67 @@ def document() -> dict[str, Any]:
                                 "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
                             },
                         },
+                    },
+                },
+                "AuditEntry": {
+                    "type": "object",
+                    "required": ["seq", "at", "actor", "action", "object", "hash", "prev_hash"],
+                    "properties": {
+                        "seq": {"type": "integer"},
+                        "at": {"type": "string", "description": "UTC, ISO 8601 with microseconds"},
+                        "actor": {
+                            "type": "object",
+                            "properties": {
+                                "username": {"type": "string"},
+                                "name": {"type": "string"},
+                                "role": {"type": "string"},
+                                "site": {"type": ["string", "null"]},
+                            },
+                        },
+                        "action": {"type": "string"},
+                        "object": {
+                            "type": "object",
+                            "properties": {
+                                "type": {"type": "string"},
+                                "id": {"type": "string"},
+                                "site": {"type": ["string", "null"]},
+                            },
+                        },
+                        "old": {"type": ["object", "null"]},
+                        "new": {"type": ["object", "null"]},
+                        "reason": {"type": ["string", "null"]},
+                        "request_id": {"type": "string"},
+                        "software_version": {"type": "string"},
+                        "sealed_value": {
+                            "type": ["string", "null"],
+                            "enum": ["present", None],
+                            "description": "Says that a sealed (unblinded) value exists, never what it is",
+                        },
+                        "prev_hash": {"type": "string"},
+                        "hash": {"type": "string"},
+                    },
+                },
+                "AuditPage": {
+                    "type": "object",
+                    "required": ["entries", "next_after"],
+                    "properties": {
+                        "entries": {"type": "array", "items": {"$ref": "#/components/schemas/AuditEntry"}},
+                        "next_after": {
+                            "type": ["integer", "null"],
+                            "description": "Pass as `after` for the next page",
+                        },
+                    },
+                },
+                "AuditVerification": {
+                    "type": "object",
+                    "required": ["ok", "entries", "first_bad"],
+                    "properties": {
+                        "ok": {"type": "boolean"},
+                        "entries": {"type": "integer"},
+                        "first_bad": {"type": ["integer", "null"]},
+                        "problems": {"type": "array", "items": {"type": "object"}},
+                        "checkpoints": {"type": "integer"},
+                        "unsigned_tail": {"type": "integer"},
                     },
                 },
                 "TrialSummary": {

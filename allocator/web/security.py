@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from flask import Flask, Response, current_app, g, redirect, request, session, url_for
 from flask_wtf.csrf import CSRFProtect
@@ -211,7 +212,7 @@ _CSP = (
 
 
 def _headers(response: Response) -> Response:
-    """ACC-08 security headers on every response; no caching of anything dynamic (BLD-14)."""
+    """ACC-09 security headers on every response; no caching of anything dynamic (BLD-14)."""
     response.headers["Content-Security-Policy"] = _CSP
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["X-Frame-Options"] = "DENY"
@@ -256,3 +257,19 @@ def start_session(token: str) -> None:
     session.clear()
     session[SESSION_KEY] = token
     session.permanent = True
+
+
+def safe_path(target: str | None, default: str) -> str:
+    """Only same-site relative paths: an open redirect would make phishing links look genuine."""
+    if not target:
+        return default
+    parts = urlsplit(target)
+    if (
+        parts.scheme
+        or parts.netloc
+        or not target.startswith("/")
+        or target.startswith("//")
+        or "\\" in target
+    ):
+        return default
+    return target

@@ -69,7 +69,6 @@ def upgrade() -> None:
         sa.Column("password_changed_at", sa.DateTime(), nullable=False),
         sa.Column("must_change_password", sa.Boolean(), nullable=False),
         sa.Column("totp_secret_sealed", sa.LargeBinary(), nullable=True),
-        sa.Column("totp_pending_sealed", sa.LargeBinary(), nullable=True),
         sa.Column("totp_enabled_at", sa.DateTime(), nullable=True),
         sa.Column("totp_last_step", sa.BigInteger(), nullable=True),
         sa.Column("is_active", sa.Boolean(), nullable=False),

@@ -106,7 +106,6 @@ def test_revocation_and_end_dates_keep_history(ctx: ServiceContext, clock: Clock
     assert extra != first.assignment_id
 
 
-@pytest.mark.req("ACC-09")
 def test_tokens_are_stored_only_as_digests(ctx: ServiceContext) -> None:
     load_ifn(ctx)
     make_user(ctx, "mon1", "monitor")

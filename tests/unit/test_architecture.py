@@ -96,3 +96,23 @@ def test_the_web_layer_does_not_import_models_for_writing() -> None:
             if module.startswith("allocator.models") and path.name != "security.py":
                 offenders.append(f"{path.name}: {module}")
     assert offenders == []
+
+
+def test_only_the_arm_accessor_opens_arms_or_sealed_values() -> None:
+    """BLD-08: one audited path to an arm. No other module calls open_arm or opens LISTS-sealed JSON."""
+    offenders = []
+    for path in python_files("allocator", "kits"):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel in ("allocator/crypto.py", "allocator/services/arm_access.py"):
+            continue
+        text = path.read_text(encoding="utf-8")
+        for needle in ("open_arm(", "open_json(", "open_sealed(", "Purpose.LISTS"):
+            if needle in text and not (
+                needle in ("open_sealed(", "Purpose.LISTS") and rel in _SEALING_ALLOWED
+            ):
+                offenders.append(f"{rel}: {needle}")
+    assert offenders == []
+
+
+# Modules that seal (never open) LISTS values, or open non-arm sealed values (TOTP secrets).
+_SEALING_ALLOWED = {"allocator/audit.py", "allocator/services/auth.py"}

@@ -130,7 +130,7 @@ def test_password_hashing_is_argon2id_and_verifies() -> None:
     assert crypto.password_needs_rehash(hashed, crypto.PasswordHashing())
 
 
-@pytest.mark.req("ACC-05")
+@pytest.mark.req("ACC-04")
 def test_totp_codes_verify_within_one_step_and_are_not_replayed() -> None:
     secret = crypto.new_totp_secret()
     now = datetime(2026, 3, 2, 9, 30, 10, tzinfo=UTC)

@@ -38,7 +38,7 @@ def test_every_role_is_mapped_and_every_permission_is_used() -> None:
     assert used == set(Permission)
 
 
-@pytest.mark.req("ACC-05")
+@pytest.mark.req("ACC-04")
 def test_mfa_is_required_for_admin_and_every_unblinded_role() -> None:
     assert {Role.ADMIN} | UNBLINDED_ROLES == MFA_REQUIRED_ROLES
 

@@ -54,7 +54,7 @@ def test_anonymous_pages_redirect_to_login_and_api_answers_401(client: FlaskClie
     assert api.json["type"] == "urn:allocator:problem:unauthenticated"  # type: ignore[index]
 
 
-@pytest.mark.req("ACC-08")
+@pytest.mark.req("ACC-09")
 def test_security_headers(client: FlaskClient) -> None:
     response = client.get("/login")
     h = response.headers
@@ -79,7 +79,7 @@ def test_login_without_csrf_token_is_refused(client: FlaskClient, ctx: ServiceCo
     assert b"form expired" in response.data
 
 
-@pytest.mark.req("ACC-06")
+@pytest.mark.req("ACC-07")
 def test_first_sign_in_forces_a_password_change_then_shows_the_users_trials(
     client: FlaskClient, ctx: ServiceContext
 ) -> None:
@@ -193,7 +193,7 @@ def test_a_user_without_any_role_can_do_nothing(client: FlaskClient, ctx: Servic
     assert client.get("/account/password").status_code == 403
 
 
-@pytest.mark.req("ACC-09")
+@pytest.mark.req("BLD-11")
 def test_api_with_bearer_token(client: FlaskClient, ctx: ServiceContext) -> None:
     load_ifn(ctx)
     created = make_user(ctx, "mon", "monitor")
@@ -259,3 +259,21 @@ def test_generic_error_page_has_a_reference_and_no_traceback(app: Flask, ctx: Se
     text = response.get_data(as_text=True)
     assert "Traceback" not in text and "SELECT secret" not in text
     assert response.headers["X-Request-ID"] in text
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("/trials/X", "/trials/X"),
+        ("https://evil.example/", "/"),
+        ("//evil.example", "/"),
+        ("/\\evil", "/"),
+        ("", "/"),
+        (None, "/"),
+        ("javascript:alert(1)", "/"),
+    ],
+)
+def test_redirect_targets_stay_on_site(target: str | None, expected: str) -> None:
+    from allocator.web.security import safe_path
+
+    assert safe_path(target, "/") == expected

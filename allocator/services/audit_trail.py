@@ -1,0 +1,448 @@
+"""Reading the audit trail: filtered, paged, blinded by default, exported as CSV, verified.
+
+Blinded viewers (monitors, auditors, managers) see every entry but never a sealed value: only the
+fact that one exists (BLD-07, AUD-05). Unblinded viewers open sealed values through the audited
+arm accessor (BLD-08).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any
+
+from sqlalchemy import Select, select
+
+from allocator import audit
+from allocator.audit import Action, Actor
+from allocator.models import AuditEvent, Signature, Site, Trial
+from allocator.permissions import Scope
+from allocator.services import arm_access, signatures
+from allocator.services.context import ServiceContext
+from allocator.services.errors import FieldProblem, ValidationFailed
+
+MAX_PAGE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    username: str | None = None
+    action: str | None = None
+    object_type: str | None = None
+    object_id: str | None = None
+    since: date | None = None
+    until: date | None = None  # inclusive
+
+    @classmethod
+    def parse(cls, args: dict[str, str]) -> AuditFilter:
+        """From query-string values; raises ValidationFailed naming the field."""
+        problems = []
+        dates: dict[str, date | None] = {}
+        for key in ("since", "until"):
+            raw = (args.get(key) or "").strip()
+            try:
+                dates[key] = date.fromisoformat(raw) if raw else None
+            except ValueError:
+                problems.append(FieldProblem(key, "must be a date (YYYY-MM-DD)"))
+        action = (args.get("action") or "").strip() or None
+        if action is not None and action not in {a.value for a in Action}:
+            problems.append(FieldProblem("action", f"{action!r} is not an audited action"))
+        if problems:
+            raise ValidationFailed("invalid audit filter", errors=problems)
+        return cls(
+            username=(args.get("user") or "").strip() or None,
+            action=action,
+            object_type=(args.get("object_type") or "").strip() or None,
+            object_id=(args.get("object_id") or "").strip() or None,
+            since=dates["since"],
+            until=dates["until"],
+        )
+
+    def query_args(self) -> dict[str, str]:
+        out = {
+            "user": self.username,
+            "action": self.action,
+            "object_type": self.object_type,
+            "object_id": self.object_id,
+            "since": self.since.isoformat() if self.since else None,
+            "until": self.until.isoformat() if self.until else None,
+        }
+        return {k: v for k, v in out.items() if v}
+
+
+@dataclass(frozen=True, slots=True)
+class EntryView:
+    chain: str
+    seq: int
+    at: str
+    actor_username: str
+    actor_name: str
+    actor_role: str
+    actor_site: str | None
+    action: str
+    object_type: str
+    object_id: str
+    site_code: str | None
+    old: dict[str, Any] | None
+    new: dict[str, Any] | None
+    has_sealed: bool
+    reason: str | None
+    request_id: str
+    software_version: str
+    prev_hash: str
+    hash: str
+    sealed: dict[str, Any] | None = field(default=None)  # only ever filled for unblinded viewers
+
+    def as_json(self) -> dict[str, Any]:
+        data = {
+            "seq": self.seq,
+            "at": self.at,
+            "actor": {
+                "username": self.actor_username,
+                "name": self.actor_name,
+                "role": self.actor_role,
+                "site": self.actor_site,
+            },
+            "action": self.action,
+            "object": {"type": self.object_type, "id": self.object_id, "site": self.site_code},
+            "old": self.old,
+            "new": self.new,
+            "reason": self.reason,
+            "request_id": self.request_id,
+            "software_version": self.software_version,
+            "sealed_value": "present" if self.has_sealed else None,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        }
+        if self.sealed is not None:
+            data["sealed"] = self.sealed
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    entries: tuple[EntryView, ...]
+    next_after: int | None  # pass as `after` to get the next page
+
+
+def _query(
+    chain: str, flt: AuditFilter, scope: Scope | None, site_codes: dict[int, str]
+) -> Select[AuditEvent]:
+    query = select(AuditEvent).where(AuditEvent.chain == chain)
+    if flt.username:
+        query = query.where(AuditEvent.actor_username == flt.username)
+    if flt.action:
+        query = query.where(AuditEvent.action == flt.action)
+    if flt.object_type:
+        query = query.where(AuditEvent.object_type == flt.object_type)
+    if flt.object_id:
+        query = query.where(AuditEvent.object_id == flt.object_id)
+    if flt.since:
+        query = query.where(AuditEvent.at >= flt.since.isoformat())
+    if flt.until:
+        query = query.where(AuditEvent.at < (flt.until + timedelta(days=1)).isoformat())
+    if scope is not None and not scope.all_sites:
+        # A monitor limited to some sites sees trial-level entries and those of their sites.
+        allowed = [site_codes[s] for s in scope.site_ids if s in site_codes]
+        query = query.where((AuditEvent.site_code.is_(None)) | (AuditEvent.site_code.in_(allowed)))
+    return query
+
+
+def _view(event: AuditEvent) -> EntryView:
+    return EntryView(
+        chain=event.chain,
+        seq=event.seq,
+        at=event.at,
+        actor_username=event.actor_username,
+        actor_name=event.actor_name,
+        actor_role=event.actor_role,
+        actor_site=event.actor_site,
+        action=event.action,
+        object_type=event.object_type,
+        object_id=event.object_id,
+        site_code=event.site_code,
+        old=json.loads(event.old_values) if event.old_values else None,
+        new=json.loads(event.new_values) if event.new_values else None,
+        has_sealed=event.sealed_values is not None,
+        reason=event.reason,
+        request_id=event.request_id,
+        software_version=event.software_version,
+        prev_hash=event.prev_hash,
+        hash=event.hash,
+    )
+
+
+def _site_codes(ctx: ServiceContext, chain: str) -> dict[int, str]:
+    with ctx.db.reading() as session:
+        rows = session.execute(
+            select(Site.id, Site.code).join(Trial, Trial.id == Site.trial_id).where(Trial.code == chain)
+        )
+        return {row.id: row.code for row in rows}
+
+
+def page(
+    ctx: ServiceContext,
+    chain: str,
+    flt: AuditFilter,
+    *,
+    after: int | None,
+    limit: int,
+    scope: Scope | None,
+    unblinded_reader: Actor | None = None,
+) -> Page:
+    """One page of entries in sequence order, starting after `after`.
+
+    `unblinded_reader` (an unblinded role) opens sealed values; each opening is itself audited."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise ValidationFailed(
+            "invalid page size", errors=[FieldProblem("limit", f"must be 1 to {MAX_PAGE}")]
+        )
+    site_codes = _site_codes(ctx, chain) if scope is not None and not scope.all_sites else {}
+    query = _query(chain, flt, scope, site_codes).order_by(AuditEvent.seq).limit(limit + 1)
+    if after is not None:
+        query = query.where(AuditEvent.seq > after)
+    with ctx.db.reading() as session:
+        events = list(session.execute(query).scalars())
+    more = len(events) > limit
+    events = events[:limit]
+    views = [_view(e) for e in events]
+    if unblinded_reader is not None and any(e.sealed_values is not None for e in events):
+        opened = arm_access.open_audit_values(
+            ctx, unblinded_reader, chain, [e for e in events if e.sealed_values]
+        )
+        views = [
+            EntryView(
+                **{**{f: getattr(v, f) for f in v.__slots__ if f != "sealed"}, "sealed": opened.get(v.seq)}
+            )
+            for v in views
+        ]
+    return Page(entries=tuple(views), next_after=events[-1].seq if more and events else None)
+
+
+_CSV_COLUMNS = (
+    "seq",
+    "at_utc",
+    "actor_username",
+    "actor_name",
+    "actor_role",
+    "actor_site",
+    "action",
+    "object_type",
+    "object_id",
+    "site",
+    "old_values",
+    "new_values",
+    "sealed_value",
+    "reason",
+    "request_id",
+    "software_version",
+    "prev_hash",
+    "hash",
+)
+
+
+def neutralise_cell(value: str) -> str:
+    """Stop spreadsheet formula injection (ACC-11): a cell starting with = + - @ TAB or CR is
+    prefixed with an apostrophe."""
+    if value and value[0] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def export_csv(ctx: ServiceContext, actor: Actor, chain: str, flt: AuditFilter, scope: Scope | None) -> str:
+    """The blinded audit trail as CSV (every matching entry). The export itself is audited."""
+    site_codes = _site_codes(ctx, chain) if scope is not None and not scope.all_sites else {}
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(_CSV_COLUMNS)
+    count = 0
+    with ctx.db.reading() as session:
+        for event in session.execute(
+            _query(chain, flt, scope, site_codes).order_by(AuditEvent.seq)
+        ).scalars():
+            count += 1
+            row = [
+                str(event.seq),
+                event.at,
+                event.actor_username,
+                event.actor_name,
+                event.actor_role,
+                event.actor_site or "",
+                event.action,
+                event.object_type,
+                event.object_id,
+                event.site_code or "",
+                event.old_values or "",
+                event.new_values or "",
+                "present" if event.sealed_values is not None else "",
+                event.reason or "",
+                event.request_id,
+                event.software_version,
+                event.prev_hash,
+                event.hash,
+            ]
+            writer.writerow([neutralise_cell(cell) for cell in row])
+    with ctx.db.unit_of_work() as session:
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=chain,
+            action=Action.AUDIT_EXPORTED,
+            object_type="audit_trail",
+            object_id=chain,
+            new={"entries": count, "filter": flt.query_args()},
+            at=ctx.now(),
+        )
+    return buffer.getvalue()
+
+
+def verify(ctx: ServiceContext, chain: str) -> audit.VerifyResult:
+    with ctx.db.reading() as session:
+        return audit.verify_chain(session.connection(), ctx.ring, chain)
+
+
+# --- review sign-off (AUD-09, ACC-12) --------------------------------------------------------
+
+REVIEW_MEANING = "audit trail review"
+
+
+@dataclass(frozen=True, slots=True)
+class Review:
+    up_to_seq: int
+    manifestation: signatures.Manifestation
+    comment: str | None
+
+
+def sign_review(
+    ctx: ServiceContext,
+    actor: Actor,
+    chain: str,
+    *,
+    up_to_seq: int,
+    comment: str,
+    request: signatures.SignatureRequest,
+    trial_id: int | None,
+) -> Review:
+    """A reviewer signs that the trail was reviewed up to entry `up_to_seq` (ACC-12: password, and
+    a code when enrolled). The signature is linked to the chain's hash at that entry, so a later
+    change to any reviewed entry no longer matches the signed content."""
+    now = ctx.now()
+    try:
+        with ctx.db.unit_of_work() as session:
+            entry = session.execute(
+                select(AuditEvent).where(AuditEvent.chain == chain, AuditEvent.seq == up_to_seq)
+            ).scalar_one_or_none()
+            if entry is None:
+                raise ValidationFailed(
+                    "no such entry", errors=[FieldProblem("up_to_seq", "is not an entry of this trail")]
+                )
+            content = {"chain": chain, "up_to_seq": up_to_seq, "hash": entry.hash}
+            signature = signatures.sign(
+                ctx,
+                session,
+                actor=actor,
+                chain=chain,
+                trial_id=trial_id,
+                request=request,
+                meaning=REVIEW_MEANING,
+                object_type="audit_trail",
+                object_id=f"{chain}:{up_to_seq}",
+                content=content,
+                now=now,
+            )
+            ctx.audit.record(
+                session,
+                actor=actor,
+                chain=chain,
+                action=Action.AUDIT_REVIEWED,
+                object_type="audit_trail",
+                object_id=f"{chain}:{up_to_seq}",
+                new={"up_to_seq": up_to_seq, "hash": entry.hash, "signature": signature.id},
+                reason=comment.strip() or None,
+                at=now,
+            )
+            return Review(up_to_seq, signatures.manifestation(signature), comment.strip() or None)
+    except signatures.SignatureRefused:
+        signatures.record_failure(
+            ctx,
+            actor=actor,
+            chain=chain,
+            meaning=REVIEW_MEANING,
+            object_type="audit_trail",
+            object_id=f"{chain}:{up_to_seq}",
+        )
+        raise
+
+
+def reviews(ctx: ServiceContext, chain: str) -> list[Review]:
+    """Signed review periods of a trail, newest first, each re-checked against the trail."""
+    with ctx.db.reading() as session:
+        rows = (
+            session.execute(
+                select(Signature)
+                .where(
+                    Signature.object_type == "audit_trail",
+                    Signature.object_id.like(f"{chain}:%"),
+                    Signature.meaning == REVIEW_MEANING,
+                )
+                .order_by(Signature.id.desc())
+            )
+            .scalars()
+            .all()
+        )
+        out = []
+        for signature in rows:
+            up_to = int(signature.object_id.rsplit(":", 1)[1])
+            entry = session.execute(
+                select(AuditEvent.hash, AuditEvent.reason).where(
+                    AuditEvent.chain == chain, AuditEvent.seq == up_to
+                )
+            ).first()
+            comment = session.execute(
+                select(AuditEvent.reason).where(
+                    AuditEvent.chain == chain,
+                    AuditEvent.action == Action.AUDIT_REVIEWED.value,
+                    AuditEvent.object_id == signature.object_id,
+                )
+            ).scalar()
+            intact = entry is not None and signatures.verify(
+                signature, {"chain": chain, "up_to_seq": up_to, "hash": entry.hash}
+            )
+            out.append(
+                Review(
+                    up_to,
+                    signatures.manifestation(signature),
+                    comment if intact else "THE REVIEWED ENTRIES CHANGED AFTER THIS SIGNATURE",
+                )
+            )
+        return out
+
+
+# --- security events for administrators (ACC-05: attempted misuse reaches the admin) ----------
+
+SECURITY_ACTIONS = (
+    Action.LOGIN_FAILED.value,
+    Action.LOCKED_OUT.value,
+    Action.PERMISSION_DENIED.value,
+    Action.SIGNATURE_FAILED.value,
+)
+
+
+def security_events(ctx: ServiceContext, limit: int = 50) -> list[EntryView]:
+    """The latest failed sign-ins, lockouts, refused permissions and refused signatures, across all
+    chains. Blinded: these entries never carry sealed values."""
+    with ctx.db.reading() as session:
+        events = (
+            session.execute(
+                select(AuditEvent)
+                .where(AuditEvent.action.in_(SECURITY_ACTIONS))
+                .order_by(AuditEvent.id.desc())
+                .limit(limit)
+            )
+            .scalars()
+            .all()
+        )
+        return [_view(e) for e in events]

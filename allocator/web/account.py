@@ -1,0 +1,53 @@
+"""The signed-in user's own account: profile, roles, sessions, API tokens."""
+
+from __future__ import annotations
+
+from flask import Blueprint, flash, redirect, render_template, request, url_for
+from werkzeug.wrappers import Response
+
+from allocator.permissions import Permission, requires
+from allocator.services import accounts, admin
+from allocator.services.errors import DomainError
+from allocator.web.security import actor, ctx, current_user
+
+bp = Blueprint("account", __name__)
+
+
+@bp.route("/account")
+@requires(Permission.ACCOUNT_SELF)
+def profile() -> str:
+    me = current_user()
+    return render_template(
+        "account/profile.html",
+        user=admin.get_user(ctx(), me.username),
+        sessions=admin.active_sessions(ctx(), me.user_id),
+        tokens=admin.tokens(ctx(), me.user_id),
+    )
+
+
+@bp.route("/account/tokens", methods=["POST"])
+@requires(Permission.ACCOUNT_SELF)
+def create_token() -> Response | str:
+    me = current_user()
+    try:
+        created = accounts.create_token(
+            ctx(), actor(Permission.ACCOUNT_SELF), me.username, request.form.get("name", "")
+        )
+    except DomainError as exc:
+        flash(exc.detail, "error")
+        return redirect(url_for("account.profile"), code=303)
+    # Shown once, in this response only; only a digest is stored.
+    return render_template("account/token_issued.html", token=created.token)
+
+
+@bp.route("/account/tokens/<int:token_id>/revoke", methods=["POST"])
+@requires(Permission.ACCOUNT_SELF)
+def revoke_token(token_id: int) -> Response:
+    me = current_user()
+    try:
+        admin.revoke_token(ctx(), actor(Permission.ACCOUNT_SELF), token_id, owner_id=me.user_id)
+    except DomainError as exc:
+        flash(exc.detail, "error")
+    else:
+        flash("Token revoked.", "ok")
+    return redirect(url_for("account.profile"), code=303)

@@ -1,0 +1,304 @@
+"""Administration pages: users, roles with history, sessions, tokens, sites and their activation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, date, datetime, time
+
+from flask import Blueprint, flash, redirect, render_template, request, url_for
+from werkzeug.wrappers import Response
+
+from allocator.permissions import ROLE_TITLES, Permission, Role, requires
+from allocator.services import accounts, admin, audit_trail
+from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
+from allocator.web.security import actor, ctx, safe_path, scope
+
+bp = Blueprint("admin", __name__)
+
+
+def _form(name: str) -> str:
+    return (request.form.get(name) or "").strip()
+
+
+def _flash_error(exc: DomainError) -> None:
+    details = "; ".join(f"{e.field}: {e.message}" for e in exc.errors)
+    flash(f"{exc.detail}" + (f" ({details})" if details else ""), "error")
+
+
+def _perform(action: Callable[[], object], success: str, target: str) -> Response:
+    """Run one service call for a form: flash its outcome and redirect (post/redirect/get)."""
+    try:
+        action()
+    except DomainError as exc:
+        _flash_error(exc)
+    else:
+        flash(success, "ok")
+    return redirect(target, code=303)
+
+
+def _date_field(name: str, *, required: bool) -> date | None:
+    raw = _form(name)
+    if not raw:
+        if required:
+            raise ValidationFailed(f"{name} is required", errors=[FieldProblem(name, "is required")])
+        return None
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise ValidationFailed(
+            f"{name} is not a date", errors=[FieldProblem(name, "must be a date (YYYY-MM-DD)")]
+        ) from None
+
+
+def _required_date(name: str) -> date:
+    value = _date_field(name, required=True)
+    if value is None:  # pragma: no cover - _date_field(required=True) raises instead
+        raise ValidationFailed(f"{name} is required", errors=[FieldProblem(name, "is required")])
+    return value
+
+
+def _end_of(day: date | None) -> datetime | None:
+    return datetime.combine(day, time(23, 59, 59), tzinfo=UTC) if day else None
+
+
+def _role_choices(trial_level: bool) -> list[tuple[str, str]]:
+    return [(r.value, ROLE_TITLES[r]) for r in Role if trial_level != (r is Role.ADMIN)]
+
+
+# --- users ------------------------------------------------------------------------------------
+
+
+@bp.route("/admin/users")
+@requires(Permission.USER_MANAGE)
+def users() -> str:
+    return render_template(
+        "admin/users.html", users=admin.list_users(ctx()), roles=_role_choices(False) + _role_choices(True)
+    )
+
+
+@bp.route("/admin/users", methods=["POST"])
+@requires(Permission.USER_MANAGE)
+def create_user() -> Response | str:
+    role = _form("role")
+    try:
+        created = accounts.create_user(
+            ctx(),
+            actor(Permission.USER_MANAGE),
+            accounts.NewUser(
+                username=_form("username"), full_name=_form("full_name"), email=_form("email") or None
+            ),
+            accounts.RoleRequest(
+                role=role,
+                trial_code=_form("trial") or None,
+                site_code=_form("site") or None,
+                reason=_form("reason") or "initial assignment",
+            )
+            if role
+            else None,
+        )
+    except DomainError as exc:
+        _flash_error(exc)
+        return redirect(url_for("admin.users"), code=303)
+    # The one-time password is shown once, in this response only (never in a cookie or a log).
+    return render_template(
+        "admin/password_issued.html", username=created.username, password=created.one_time_password
+    )
+
+
+@bp.route("/admin/users/<username>")
+@requires(Permission.USER_MANAGE)
+def user(username: str) -> str:
+    row = admin.get_user(ctx(), username)
+    return render_template(
+        "admin/user.html",
+        user=row,
+        sessions=admin.active_sessions(ctx(), row.id),
+        tokens=admin.tokens(ctx(), row.id),
+        roles=_role_choices(trial_level=False) + _role_choices(trial_level=True),
+    )
+
+
+@bp.route("/admin/users/<username>/roles", methods=["POST"])
+@requires(Permission.USER_MANAGE)
+def grant(username: str) -> Response:
+    return _perform(
+        lambda: accounts.grant_role(
+            ctx(),
+            actor(Permission.USER_MANAGE),
+            username,
+            accounts.RoleRequest(
+                role=_form("role"),
+                trial_code=_form("trial") or None,
+                site_code=_form("site") or None,
+                reason=_form("reason"),
+            ),
+            ends_at=_end_of(_date_field("ends_on", required=False)),
+        ),
+        f"Role granted to {username}.",
+        url_for("admin.user", username=username),
+    )
+
+
+@bp.route("/admin/users/<username>/roles/<int:assignment_id>/revoke", methods=["POST"])
+@requires(Permission.USER_MANAGE)
+def revoke(username: str, assignment_id: int) -> Response:
+    return _perform(
+        lambda: accounts.revoke_role(ctx(), actor(Permission.USER_MANAGE), assignment_id, _form("reason")),
+        "Role revoked. It stops at the user's next request.",
+        url_for("admin.user", username=username),
+    )
+
+
+@bp.route("/admin/users/<username>/<any(deactivate, reactivate):change>", methods=["POST"])
+@requires(Permission.USER_MANAGE)
+def set_active(username: str, change: str) -> Response:
+    reactivate = change == "reactivate"
+    return _perform(
+        lambda: admin.set_active(ctx(), actor(Permission.USER_MANAGE), username, reactivate, _form("reason")),
+        f"{username} {'reactivated' if reactivate else 'deactivated; every session ended'}.",
+        url_for("admin.user", username=username),
+    )
+
+
+@bp.route("/admin/users/<username>/reset-password", methods=["POST"])
+@requires(Permission.USER_MANAGE)
+def reset_password(username: str) -> Response | str:
+    try:
+        password = admin.reset_password(ctx(), actor(Permission.USER_MANAGE), username, _form("reason"))
+    except DomainError as exc:
+        _flash_error(exc)
+        return redirect(url_for("admin.user", username=username), code=303)
+    return render_template("admin/password_issued.html", username=username, password=password)
+
+
+@bp.route("/admin/users/<username>/reset-totp", methods=["POST"])
+@requires(Permission.USER_MANAGE)
+def reset_totp(username: str) -> Response:
+    return _perform(
+        lambda: admin.reset_totp(ctx(), actor(Permission.USER_MANAGE), username, _form("reason")),
+        f"The authenticator of {username} was removed.",
+        url_for("admin.user", username=username),
+    )
+
+
+@bp.route("/admin/tokens/<int:token_id>/revoke", methods=["POST"])
+@requires(Permission.USER_MANAGE)
+def revoke_token(token_id: int) -> Response:
+    return _perform(
+        lambda: admin.revoke_token(ctx(), actor(Permission.USER_MANAGE), token_id),
+        "Token revoked.",
+        safe_path(request.form.get("back"), url_for("admin.users")),
+    )
+
+
+# --- sessions ---------------------------------------------------------------------------------
+
+
+@bp.route("/admin/sessions")
+@requires(Permission.SESSION_MANAGE)
+def sessions() -> str:
+    return render_template(
+        "admin/sessions.html",
+        sessions=admin.active_sessions(ctx()),
+        events=audit_trail.security_events(ctx()),
+    )
+
+
+@bp.route("/admin/sessions/<int:session_id>/terminate", methods=["POST"])
+@requires(Permission.SESSION_MANAGE)
+def terminate(session_id: int) -> Response:
+    return _perform(
+        lambda: admin.terminate_session(ctx(), actor(Permission.SESSION_MANAGE), session_id, _form("reason")),
+        "Session ended.",
+        safe_path(request.form.get("back"), url_for("admin.sessions")),
+    )
+
+
+# --- roles and sites of one trial --------------------------------------------------------------
+
+
+@bp.route("/trials/<trial>/roles")
+@requires(Permission.ROLE_MANAGE)
+def trial_roles(trial: str) -> str:
+    return render_template(
+        "admin/trial_roles.html",
+        trial=trial,
+        rows=admin.trial_roles(ctx(), trial),
+        sites=admin.sites(ctx(), trial),
+        roles=_role_choices(trial_level=True),
+    )
+
+
+@bp.route("/trials/<trial>/roles", methods=["POST"])
+@requires(Permission.ROLE_MANAGE)
+def trial_grant(trial: str) -> Response:
+    return _perform(
+        lambda: accounts.grant_role(
+            ctx(),
+            actor(Permission.ROLE_MANAGE),
+            _form("username"),
+            accounts.RoleRequest(
+                role=_form("role"), trial_code=trial, site_code=_form("site") or None, reason=_form("reason")
+            ),
+            ends_at=_end_of(_date_field("ends_on", required=False)),
+        ),
+        "Role granted.",
+        url_for("admin.trial_roles", trial=trial),
+    )
+
+
+@bp.route("/trials/<trial>/roles/<int:assignment_id>/revoke", methods=["POST"])
+@requires(Permission.ROLE_MANAGE)
+def trial_revoke(trial: str, assignment_id: int) -> Response:
+    return _perform(
+        lambda: accounts.revoke_role(
+            ctx(), actor(Permission.ROLE_MANAGE), assignment_id, _form("reason"), only_trial=trial
+        ),
+        "Role revoked. It stops at the user's next request.",
+        url_for("admin.trial_roles", trial=trial),
+    )
+
+
+@bp.route("/trials/<trial>/unblinded-roles")
+@requires(Permission.REPORT_VIEW)
+def unblinded_roles(trial: str) -> str:
+    """Everyone who ever held an unblinded role (BLD-13; CONSORT 2025 item 19)."""
+    return render_template(
+        "admin/unblinded_roles.html", trial=trial, rows=admin.unblinded_role_history(ctx(), trial)
+    )
+
+
+@bp.route("/trials/<trial>/sites")
+@requires(Permission.SITE_MANAGE)
+def trial_sites(trial: str) -> str:
+    visible = scope(Permission.SITE_MANAGE)
+    rows = [s for s in admin.sites(ctx(), trial) if visible.allows_site(s.id)]
+    return render_template("admin/trial_sites.html", trial=trial, sites=rows, today=ctx().now().date())
+
+
+@bp.route("/trials/<trial>/sites/<site>/<any(activate, close):change>", methods=["POST"])
+@requires(Permission.SITE_MANAGE)
+def site_change(trial: str, site: str, change: str) -> Response:
+    who = actor(Permission.SITE_MANAGE)
+    sites_scope = scope(Permission.SITE_MANAGE)
+
+    def act() -> None:
+        if change == "activate":
+            admin.activate_site(
+                ctx(),
+                who,
+                trial,
+                site,
+                approval_date=_required_date("approval_date"),
+                delegation_log_date=_required_date("delegation_log_date"),
+                scope=sites_scope,
+                reason=_form("reason"),
+            )
+        else:
+            admin.close_site(ctx(), who, trial, site, scope=sites_scope, reason=_form("reason"))
+
+    return _perform(
+        act,
+        f"Site {site} {'activated' if change == 'activate' else 'closed'}.",
+        url_for("admin.trial_sites", trial=trial),
+    )

@@ -1,0 +1,116 @@
+"""The audit trail pages: filters, paging, chain verification, CSV export (monitor, auditor)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
+from werkzeug.wrappers import Response as WerkzeugResponse
+
+from allocator.audit import SYSTEM_CHAIN, Action
+from allocator.permissions import Permission, requires
+from allocator.services import audit_trail, signatures
+from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
+from allocator.web.security import actor, ctx, current_trial, scope
+
+bp = Blueprint("audit", __name__)
+PAGE = 100
+
+
+def _after() -> int | None:
+    raw = request.args.get("after", "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit():
+        raise ValidationFailed("invalid cursor", errors=[FieldProblem("after", "must be a sequence number")])
+    return int(raw)
+
+
+def _render(chain: str, *, unblinded: bool, permission: Permission, trial: str | None) -> str:
+    flt = audit_trail.AuditFilter.parse(request.args.to_dict())
+    visible = scope(permission) if trial is not None else None
+    page = audit_trail.page(
+        ctx(),
+        chain,
+        flt,
+        after=_after(),
+        limit=PAGE,
+        scope=visible,
+        unblinded_reader=actor(permission) if unblinded else None,
+    )
+    verification = audit_trail.verify(ctx(), chain)
+    return render_template(
+        "audit/trail.html",
+        chain=chain,
+        trial=trial,
+        page=page,
+        filter=flt,
+        actions=[a.value for a in Action],
+        verification=verification,
+        unblinded=unblinded,
+        reviews=audit_trail.reviews(ctx(), chain),
+        head_seq=verification.entries,
+    )
+
+
+@bp.route("/trials/<trial>/audit")
+@requires(Permission.AUDIT_VIEW)
+def trail(trial: str) -> str:
+    return _render(current_trial().code, unblinded=False, permission=Permission.AUDIT_VIEW, trial=trial)
+
+
+@bp.route("/trials/<trial>/audit/unblinded")
+@requires(Permission.AUDIT_VIEW_UNBLINDED)
+def trail_unblinded(trial: str) -> Response:
+    """Restricted view: sealed values opened for unblinded roles, every opening audited (AUD-05)."""
+    html = _render(
+        current_trial().code, unblinded=True, permission=Permission.AUDIT_VIEW_UNBLINDED, trial=trial
+    )
+    return Response(html, mimetype="text/html")
+
+
+@bp.route("/trials/<trial>/audit.csv")
+@requires(Permission.AUDIT_VIEW)
+def trail_csv(trial: str) -> Response:
+    flt = audit_trail.AuditFilter.parse(request.args.to_dict())
+    body = audit_trail.export_csv(
+        ctx(), actor(Permission.AUDIT_VIEW), current_trial().code, flt, scope(Permission.AUDIT_VIEW)
+    )
+    return Response(
+        body,
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="audit-{trial}.csv"'},
+    )
+
+
+@bp.route("/trials/<trial>/audit/review", methods=["POST"])
+@requires(Permission.AUDIT_VIEW)
+def review(trial: str) -> WerkzeugResponse:
+    """Sign off the review of the trail up to an entry (AUD-09) with an electronic signature."""
+    raw = (request.form.get("up_to_seq") or "").strip()
+    try:
+        if not raw.isdigit():
+            raise ValidationFailed(
+                "invalid entry", errors=[FieldProblem("up_to_seq", "must be an entry number")]
+            )
+        audit_trail.sign_review(
+            ctx(),
+            actor(Permission.AUDIT_VIEW),
+            current_trial().code,
+            up_to_seq=int(raw),
+            comment=request.form.get("comment", ""),
+            trial_id=current_trial().id,
+            request=signatures.SignatureRequest(
+                password=request.form.get("password", ""), totp=request.form.get("otp") or None
+            ),
+        )
+    except DomainError as exc:
+        flash(exc.detail + "".join(f" ({e.field}: {e.message})" for e in exc.errors), "error")
+    else:
+        flash(f"Review signed up to entry {raw}.", "ok")
+    return redirect(url_for("audit.trail", trial=trial), code=303)
+
+
+@bp.route("/admin/audit")
+@requires(Permission.USER_MANAGE)
+def system_trail() -> str:
+    """The instance chain: accounts, sign-ins, sessions, tokens (administrators)."""
+    return _render(SYSTEM_CHAIN, unblinded=False, permission=Permission.USER_MANAGE, trial=None)

@@ -1,0 +1,140 @@
+"""Reading the audit trail (AUD-05, BLD-07, BLD-08, ACC-11): filters, paging, site scope, the
+blinded projection, the audited unblinded view and the CSV export."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+from sqlalchemy import select
+
+from allocator.audit import Action, Actor
+from allocator.models import AuditEvent, Site
+from allocator.permissions import Scope
+from allocator.services import audit_trail
+from allocator.services.audit_trail import AuditFilter
+from allocator.services.context import ServiceContext
+from allocator.services.errors import ValidationFailed
+from tests.support import CLI_ACTOR, load_ifn, make_user
+
+ALL = Scope(all_sites=True, site_ids=frozenset())
+MONITOR = Actor(user_id=None, username="mon", name="Monique", role="monitor", request_id="r")
+STAT = Actor(user_id=None, username="stat", name="Stéphane", role="unblinded_statistician", request_id="r")
+
+
+def trail(ctx: ServiceContext) -> None:
+    load_ifn(ctx)
+    make_user(ctx, "inv-p1", "investigator", site="P1")
+    make_user(ctx, "inv-p2", "investigator", site="P2")
+    with ctx.db.unit_of_work() as session:
+        ctx.audit.record(
+            session,
+            actor=CLI_ACTOR,
+            chain="IFNG-PAIS",
+            action=Action.USER_UPDATED,
+            object_type="subject",
+            object_id="P1-001",
+            site_code="P1",
+            new={"note": '=HYPERLINK("http://x")'},
+            sealed={"arm": "A"},
+            reason="+danger",
+            at=ctx.now(),
+        )
+
+
+def test_filters_and_paging(ctx: ServiceContext) -> None:
+    trail(ctx)
+    everything = audit_trail.page(ctx, "IFNG-PAIS", AuditFilter(), after=None, limit=1000, scope=ALL)
+    assert [e.seq for e in everything.entries] == list(range(1, len(everything.entries) + 1))
+    first = audit_trail.page(ctx, "IFNG-PAIS", AuditFilter(), after=None, limit=3, scope=ALL)
+    second = audit_trail.page(ctx, "IFNG-PAIS", AuditFilter(), after=first.next_after, limit=3, scope=ALL)
+    assert [e.seq for e in first.entries + second.entries] == [1, 2, 3, 4, 5, 6]
+    grants = audit_trail.page(
+        ctx, "IFNG-PAIS", AuditFilter(action="role.granted"), after=None, limit=100, scope=ALL
+    )
+    assert {e.new["role"] for e in grants.entries if e.new} == {"investigator"}
+    by_object = audit_trail.page(
+        ctx, "IFNG-PAIS", AuditFilter(object_id="P2"), after=None, limit=100, scope=ALL
+    )
+    assert [e.action for e in by_object.entries] == ["site.created"]
+    none = audit_trail.page(
+        ctx, "IFNG-PAIS", AuditFilter.parse({"since": "2030-01-01"}), after=None, limit=100, scope=ALL
+    )
+    assert none.entries == () and none.next_after is None
+    with pytest.raises(ValidationFailed) as caught:
+        AuditFilter.parse({"since": "yesterday", "action": "drop.table"})
+    assert {e.field for e in caught.value.errors} == {"since", "action"}
+
+
+@pytest.mark.req("BLD-07")
+def test_a_monitor_limited_to_a_site_sees_trial_entries_and_that_site_only(ctx: ServiceContext) -> None:
+    trail(ctx)
+    with ctx.db.reading() as s:
+        p1 = s.execute(select(Site.id).where(Site.code == "P1")).scalar_one()
+    scoped = audit_trail.page(
+        ctx,
+        "IFNG-PAIS",
+        AuditFilter(),
+        after=None,
+        limit=1000,
+        scope=Scope(all_sites=False, site_ids=frozenset({p1})),
+    )
+    sites = {e.site_code for e in scoped.entries}
+    assert sites == {None, "P1"}
+
+
+@pytest.mark.req("AUD-05")
+@pytest.mark.req("BLD-07")
+def test_blinded_views_show_that_a_sealed_value_exists_never_what_it_is(ctx: ServiceContext) -> None:
+    trail(ctx)
+    page = audit_trail.page(
+        ctx, "IFNG-PAIS", AuditFilter(object_id="P1-001"), after=None, limit=10, scope=ALL
+    )
+    (entry,) = page.entries
+    assert entry.has_sealed and entry.sealed is None
+    data = entry.as_json()
+    assert data["sealed_value"] == "present" and "sealed" not in data
+    assert '"A"' not in str(data)
+
+
+@pytest.mark.req("BLD-08")
+def test_the_unblinded_view_opens_sealed_values_and_audits_the_read(ctx: ServiceContext) -> None:
+    trail(ctx)
+    page = audit_trail.page(
+        ctx,
+        "IFNG-PAIS",
+        AuditFilter(object_id="P1-001"),
+        after=None,
+        limit=10,
+        scope=ALL,
+        unblinded_reader=STAT,
+    )
+    assert page.entries[0].sealed == {"arm": "A"}
+    with ctx.db.reading() as s:
+        read = s.execute(select(AuditEvent).where(AuditEvent.action == "arm.read")).scalar_one()
+    assert read.actor_username == "stat" and str(page.entries[0].seq) in (read.new_values or "")
+
+
+@pytest.mark.req("ACC-11")
+def test_csv_export_neutralises_formulas_and_is_audited(ctx: ServiceContext) -> None:
+    trail(ctx)
+    body = audit_trail.export_csv(ctx, MONITOR, "IFNG-PAIS", AuditFilter(), ALL)
+    rows = list(csv.reader(io.StringIO(body)))
+    header, data = rows[0], rows[1:]
+    assert header[0] == "seq" and "sealed_value" in header
+    sealed_row = next(r for r in data if r[8] == "P1-001")
+    assert sealed_row[header.index("reason")] == "'+danger"
+    assert sealed_row[header.index("sealed_value")] == "present"
+    assert "=HYPERLINK" in sealed_row[header.index("new_values")]  # inside JSON, not at the start of a cell
+    assert not any(cell.startswith(("=", "+", "-", "@")) for row in data for cell in row)
+    assert audit_trail.neutralise_cell("-1") == "'-1" and audit_trail.neutralise_cell("@x") == "'@x"
+    with ctx.db.reading() as s:
+        export = s.execute(select(AuditEvent).where(AuditEvent.action == "audit.exported")).scalar_one()
+    assert export.actor_username == "mon"
+
+
+def test_verify_through_the_service(ctx: ServiceContext) -> None:
+    trail(ctx)
+    result = audit_trail.verify(ctx, "IFNG-PAIS")
+    assert result.ok and result.entries >= 7

@@ -1,0 +1,327 @@
+"""H2: the authorization matrix (BLD-06, ACC-07). Every (principal, endpoint) pair has an expected
+answer, written out here by hand — not derived from permissions.py — so that a change to the role
+map that opens an endpoint to a new role fails this test. A second test fails when an endpoint
+exists that the matrix does not cover."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from allocator import crypto
+from allocator.permissions import MFA_REQUIRED_ROLES, Role
+from allocator.services import accounts, auth, trials
+from allocator.services.context import ServiceContext
+from tests.support import CLI_ACTOR, GOOD_PASSWORD, IFN_TRIAL, Clock, enroll_totp, load_ifn, make_user
+from tests.web.conftest import csrf_token, https_client
+
+ALL = frozenset(
+    {
+        "investigator",
+        "pharmacist",
+        "unblinded_pharmacist",
+        "nurse",
+        "monitor",
+        "auditor",
+        "trial_manager",
+        "admin",
+        "unblinded_statistician",
+        "pharmacovigilance",
+        "investigator_p2",
+        "monitor_other_trial",
+    }
+)
+IN_TRIAL = ALL - {"monitor_other_trial"}
+NONE: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    method: str
+    path: str
+    allowed: frozenset[str]
+    endpoint: str
+
+
+# Principals: one user per role at site P1 (or trial-wide) of IFNG-PAIS; an investigator of site P2;
+# a monitor of another trial; and the anonymous visitor (checked separately).
+MATRIX = [
+    Row("home", "GET", "/", ALL, "main.home"),
+    Row("own account", "GET", "/account", ALL, "account.profile"),
+    Row("create own token", "POST", "/account/tokens", ALL, "account.create_token"),
+    Row("revoke own token", "POST", "/account/tokens/999999/revoke", ALL, "account.revoke_token"),
+    Row("password page", "GET", "/account/password", ALL, "auth.change_password"),
+    Row("password change", "POST", "/account/password", ALL, "auth.change_password"),
+    Row("authenticator enrolment", "GET", "/account/totp/enroll", ALL, "auth.totp_enroll"),
+    Row("second factor page", "GET", "/account/totp", ALL, "auth.totp"),
+    Row("second factor", "POST", "/account/totp", ALL, "auth.totp"),
+    Row("authenticator confirmation", "POST", "/account/totp/enroll", ALL, "auth.totp_enroll"),
+    Row("trial page", "GET", "/trials/IFNG-PAIS", IN_TRIAL, "main.trial"),
+    Row(
+        "other trial's page",
+        "GET",
+        "/trials/OTHER",
+        frozenset({"admin", "monitor_other_trial"}),
+        "main.trial",
+    ),
+    Row("users", "GET", "/admin/users", frozenset({"admin"}), "admin.users"),
+    Row("create user", "POST", "/admin/users", frozenset({"admin"}), "admin.create_user"),
+    Row("user detail", "GET", "/admin/users/monitor", frozenset({"admin"}), "admin.user"),
+    Row("grant (admin page)", "POST", "/admin/users/monitor/roles", frozenset({"admin"}), "admin.grant"),
+    Row(
+        "revoke (admin page)",
+        "POST",
+        "/admin/users/monitor/roles/999999/revoke",
+        frozenset({"admin"}),
+        "admin.revoke",
+    ),
+    Row("deactivate", "POST", "/admin/users/monitor/deactivate", frozenset({"admin"}), "admin.set_active"),
+    Row(
+        "reset password",
+        "POST",
+        "/admin/users/monitor/reset-password",
+        frozenset({"admin"}),
+        "admin.reset_password",
+    ),
+    Row(
+        "reset authenticator",
+        "POST",
+        "/admin/users/monitor/reset-totp",
+        frozenset({"admin"}),
+        "admin.reset_totp",
+    ),
+    Row(
+        "revoke any token", "POST", "/admin/tokens/999999/revoke", frozenset({"admin"}), "admin.revoke_token"
+    ),
+    Row("sessions", "GET", "/admin/sessions", frozenset({"admin"}), "admin.sessions"),
+    Row("end a session", "POST", "/admin/sessions/999999/terminate", frozenset({"admin"}), "admin.terminate"),
+    Row("instance audit trail", "GET", "/admin/audit", frozenset({"admin"}), "audit.system_trail"),
+    Row(
+        "trial roles",
+        "GET",
+        "/trials/IFNG-PAIS/roles",
+        frozenset({"admin", "trial_manager"}),
+        "admin.trial_roles",
+    ),
+    Row(
+        "grant in trial",
+        "POST",
+        "/trials/IFNG-PAIS/roles",
+        frozenset({"admin", "trial_manager"}),
+        "admin.trial_grant",
+    ),
+    Row(
+        "revoke in trial",
+        "POST",
+        "/trials/IFNG-PAIS/roles/999999/revoke",
+        frozenset({"admin", "trial_manager"}),
+        "admin.trial_revoke",
+    ),
+    Row("other trial's roles", "GET", "/trials/OTHER/roles", frozenset({"admin"}), "admin.trial_roles"),
+    Row(
+        "unblinded role holders",
+        "GET",
+        "/trials/IFNG-PAIS/unblinded-roles",
+        frozenset({"monitor", "auditor", "trial_manager", "unblinded_statistician"}),
+        "admin.unblinded_roles",
+    ),
+    Row(
+        "sites", "GET", "/trials/IFNG-PAIS/sites", frozenset({"admin", "trial_manager"}), "admin.trial_sites"
+    ),
+    Row(
+        "activate a site",
+        "POST",
+        "/trials/IFNG-PAIS/sites/P1/activate",
+        frozenset({"admin", "trial_manager"}),
+        "admin.site_change",
+    ),
+    Row(
+        "audit trail",
+        "GET",
+        "/trials/IFNG-PAIS/audit",
+        frozenset({"monitor", "auditor", "trial_manager", "admin", "unblinded_statistician"}),
+        "audit.trail",
+    ),
+    Row(
+        "audit CSV",
+        "GET",
+        "/trials/IFNG-PAIS/audit.csv",
+        frozenset({"monitor", "auditor", "trial_manager", "admin", "unblinded_statistician"}),
+        "audit.trail_csv",
+    ),
+    Row(
+        "unblinded audit trail",
+        "GET",
+        "/trials/IFNG-PAIS/audit/unblinded",
+        frozenset({"unblinded_statistician"}),
+        "audit.trail_unblinded",
+    ),
+    Row(
+        "sign an audit review",
+        "POST",
+        "/trials/IFNG-PAIS/audit/review",
+        frozenset({"monitor", "auditor", "trial_manager", "admin", "unblinded_statistician"}),
+        "audit.review",
+    ),
+    Row(
+        "other trial's audit",
+        "GET",
+        "/trials/OTHER/audit",
+        frozenset({"admin", "monitor_other_trial"}),
+        "audit.trail",
+    ),
+    Row("API document", "GET", "/api/v1/openapi.json", ALL, "api.openapi"),
+    Row("API trial", "GET", "/api/v1/trials/IFNG-PAIS", IN_TRIAL, "api.trial"),
+    Row(
+        "API other trial",
+        "GET",
+        "/api/v1/trials/OTHER",
+        frozenset({"admin", "monitor_other_trial"}),
+        "api.trial",
+    ),
+    Row(
+        "API audit",
+        "GET",
+        "/api/v1/trials/IFNG-PAIS/audit",
+        frozenset({"monitor", "auditor", "trial_manager", "admin", "unblinded_statistician"}),
+        "api.audit",
+    ),
+    Row(
+        "API audit verify",
+        "GET",
+        "/api/v1/trials/IFNG-PAIS/audit/verify",
+        frozenset({"monitor", "auditor", "trial_manager", "admin", "unblinded_statistician"}),
+        "api.audit_verify",
+    ),
+    Row("sign out", "POST", "/logout", ALL, "auth.logout"),
+]
+PUBLIC = {("auth.login", "GET"), ("auth.login", "POST"), ("main.health", "GET"), ("static", "GET")}
+
+
+def _secret(base32: str) -> bytes:
+    return base64.b32decode(base32 + "=" * (-len(base32) % 8))
+
+
+@pytest.fixture
+def principals(app: Flask, ctx: ServiceContext, clock: Clock) -> dict[str, FlaskClient]:
+    """A signed-in client per principal (second factor completed where the role requires it)."""
+    load_ifn(ctx)
+    trials.load_trial(
+        ctx,
+        CLI_ACTOR,
+        IFN_TRIAL.read_text().replace('code = "IFNG-PAIS"', 'code = "OTHER"'),
+        source_name="other.toml",
+    )
+    specs = {
+        role.value: (
+            role.value,
+            "P1" if role.value in {"investigator", "pharmacist", "unblinded_pharmacist", "nurse"} else None,
+            "IFNG-PAIS",
+        )
+        for role in Role
+    }
+    specs["investigator_p2"] = ("investigator", "P2", "IFNG-PAIS")
+    specs["monitor_other_trial"] = ("monitor", None, "OTHER")
+    clients: dict[str, FlaskClient] = {}
+    secrets: dict[str, bytes] = {}
+    for name, (role, site, trial) in specs.items():
+        username = name.replace("_", "-")
+        created = make_user(ctx, username, role, site=site, trial=trial)
+        auth.change_password(
+            ctx,
+            created.user_id,
+            created.one_time_password,
+            GOOD_PASSWORD,
+            GOOD_PASSWORD,
+            auth.Client("192.0.2.1", "t", "r"),
+        )
+        if Role(role) in MFA_REQUIRED_ROLES:
+            secrets[name] = enroll_totp(ctx, created.user_id, clock)
+    clock.advance(seconds=31)  # a fresh TOTP step for the sign-ins below
+    for name in specs:
+        client = https_client(app)
+        token = csrf_token(client)
+        response = client.post(
+            "/login",
+            data={"username": name.replace("_", "-"), "password": GOOD_PASSWORD, "csrf_token": token},
+        )
+        assert response.status_code == 302
+        if name in secrets:
+            code = crypto.totp_now(secrets[name], clock())
+            done = client.post(
+                "/account/totp", data={"code": code, "csrf_token": csrf_token(client, "/account/totp")}
+            )
+            assert done.status_code == 302 and done.headers["Location"] == "/", done.get_data(as_text=True)[
+                :300
+            ]
+        clients[name] = client
+    accounts.create_token(ctx, CLI_ACTOR, "monitor", "x")  # something for token pages to list
+    return clients
+
+
+def _call(client: FlaskClient, row: Row) -> int:
+    if row.method == "GET":
+        return client.get(row.path).status_code
+    token = csrf_token(client, "/account")
+    path = row.path
+    return client.open(path, method=row.method, data={"csrf_token": token}).status_code
+
+
+@pytest.mark.req("BLD-06")
+@pytest.mark.parametrize("row", MATRIX, ids=lambda r: r.name)
+def test_matrix(row: Row, principals: dict[str, FlaskClient]) -> None:
+    mismatches = []
+    for name, client in sorted(principals.items()):
+        status = _call(client, row)
+        allowed = name in row.allowed
+        if allowed and status in (401, 403):
+            mismatches.append(f"{name}: expected access, got {status}")
+        if not allowed and status != 403:
+            mismatches.append(f"{name}: expected 403, got {status}")
+    assert mismatches == []
+
+
+@pytest.mark.parametrize("row", MATRIX, ids=lambda r: r.name)
+def test_anonymous_visitors_get_nothing(row: Row, app: Flask, ctx: ServiceContext) -> None:
+    load_ifn(ctx)
+    client = https_client(app)
+    if row.method == "GET":
+        response = client.get(row.path)
+    else:
+        response = client.open(row.path, method=row.method, data={"csrf_token": csrf_token(client)})
+    expected = 401 if row.path.startswith("/api/") else 302
+    assert response.status_code == expected
+    if expected == 302:
+        assert "/login" in response.headers["Location"]
+
+
+def test_the_matrix_covers_every_endpoint(app: Flask) -> None:
+    covered = {(r.endpoint, r.method) for r in MATRIX}
+    missing = []
+    for rule in app.url_map.iter_rules():
+        for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}:
+            key = (rule.endpoint, method)
+            if key not in covered and key not in PUBLIC:
+                missing.append(f"{method} {rule.rule} ({rule.endpoint})")
+    assert missing == [], "add these endpoints to MATRIX"
+
+
+def test_forced_steps_lock_everything_else(
+    app: Flask, ctx: ServiceContext, signed_in: Callable[..., FlaskClient]
+) -> None:
+    """An administrator who has not enrolled a second factor reaches only the enrolment page."""
+    load_ifn(ctx)
+    created = make_user(ctx, "adm", "admin")
+    client = signed_in("adm", created.one_time_password)
+    for path in ("/", "/admin/users", "/trials/IFNG-PAIS", "/account"):
+        response = client.get(path)
+        assert response.status_code == 302 and response.headers["Location"].endswith(
+            "/account/totp/enroll"
+        ), path
+    assert client.get("/api/v1/trials/IFNG-PAIS").status_code == 403
