@@ -11,6 +11,7 @@ from flask import Flask
 
 from allocator import crypto, logs, migrate
 from allocator.db import Database
+from allocator.services import lists
 from allocator.services.context import ServiceContext, utcnow
 from allocator.settings import Environment, Settings
 from allocator.web import register
@@ -48,6 +49,12 @@ def create_app(
             )
     db = db or Database.connect(settings.database_url)
     ctx = ServiceContext.build(settings, db, ring, clock=clock or utcnow, passwords=passwords)
+    mixed = lists.foreign_lists(ctx)
+    if mixed:
+        # RND-13: a production instance never holds a TEST list, and the reverse.
+        raise StartupError(
+            f"this {settings.env.value} instance holds lists of the other mode ({', '.join(mixed)}): refusing to start"
+        )
 
     app = Flask("allocator", template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
     app.config.update(

@@ -79,6 +79,16 @@ class Action(enum.StrEnum):
     SITE_UPDATED = "site.updated"
     SITE_ACTIVATED = "site.activated"
     SITE_CLOSED = "site.closed"
+    # randomization lists (RND-02, RND-10)
+    LIST_GENERATED = "list.generated"
+    LIST_APPROVED = "list.approved"
+    LIST_ACTIVATED = "list.activated"
+    LIST_EXTENDED = "list.extended"
+    LIST_RETIRED = "list.retired"
+    LIST_VERIFIED = "list.verified"
+    LIST_EXPORTED = "list.exported"
+    LIST_INTEGRITY_FAILED = "list.integrity_failed"
+    TRIAL_STATUS_CHANGED = "trial.status_changed"
     # audit itself
     AUDIT_CHECKPOINT = "audit.checkpoint"
     AUDIT_EXPORTED = "audit.exported"

@@ -8,7 +8,9 @@ passwords, new API tokens), and never logged.
 
 from __future__ import annotations
 
+import base64
 import getpass
+import html
 import os
 import secrets
 import shutil
@@ -16,15 +18,19 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+from sqlalchemy import select
 
 from allocator import audit, crypto, migrate
 from allocator.audit import Actor
 from allocator.db import Database
-from allocator.services import accounts, trials
+from allocator.models import User
+from allocator.permissions import Scope
+from allocator.services import accounts, admin, lists, signatures, trials
 from allocator.services.context import ServiceContext
 from allocator.services.errors import DomainError
 from allocator.settings import Environment, Settings, SettingsError
@@ -175,6 +181,108 @@ def create_token_command(username: str, name: str) -> None:
     click.echo(created.token)
 
 
+@main.command("generate-lists")
+@click.argument("trial")
+@click.option(
+    "--mode",
+    required=True,
+    type=click.Choice(["test", "production"]),
+    help="Must be the instance's mode: production on a production instance, test elsewhere",
+)
+@_domain
+def generate_lists_command(trial: str, mode: str) -> None:
+    """Generate the randomization list of TRIAL from a fresh secret seed (status DRAFT)."""
+    settings = _settings()
+    with _context(settings) as ctx, click.progressbar(length=1, label="generating strata") as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.length = total
+            bar.update(done - bar.pos)
+
+        generated = lists.generate_lists(ctx, _actor(), trial, mode, progress)
+    click.echo(
+        f"generated {generated.label}: {generated.strata} strata, {generated.slots} slots ({generated.method})"
+    )
+    click.echo(f"storage digest {generated.storage_sha256}")
+    click.echo("next: the unblinded statistician reviews, approves and activates it (signed) in the web UI")
+
+
+@main.command("verify-list")
+@click.argument("trial")
+@_domain
+def verify_list_command(trial: str) -> None:
+    """Regenerate every list of TRIAL from its seed and parameters and compare (exit 1 on a difference)."""
+    settings = _settings()
+    with _context(settings) as ctx:
+        results = lists.verify_lists(ctx, _actor(), trial)
+    if not results:
+        _fail(f"{trial} has no randomization list")
+    for result in results:
+        if result.ok:
+            click.echo(f"{result.label}: identical to its regeneration ({result.slots} slots)")
+        else:
+            click.secho(f"{result.label}: DIFFERS", fg="red")
+            for problem in result.problems[:20]:
+                click.echo(f"  {problem}")
+    if not all(r.ok for r in results):
+        sys.exit(1)
+
+
+@main.command("integrity-check")
+@click.argument("trial", required=False)
+def integrity_check_command(trial: str | None) -> None:
+    """Check the stored lists against their digests (run daily; exit 1 and block randomization on failure)."""
+    settings = _settings()
+    with _context(settings) as ctx:
+        results = lists.check_integrity(ctx, _actor(), trial)
+    for result in results:
+        click.echo(f"{result.label}: {'intact' if result.ok else 'FAILED: ' + '; '.join(result.problems)}")
+    if not all(r.ok for r in results):
+        sys.exit(1)
+
+
+@main.command("quality-report")
+@click.argument("trial")
+@click.option(
+    "--out", type=click.Path(path_type=Path), help="Write to FILE (.txt, .pdf or .html) instead of the screen"
+)
+@_domain
+def quality_report_command(trial: str, out: Path | None) -> None:
+    """Balance and predictability figures of TRIAL's randomization design, beside alternatives."""
+    settings = _settings()
+    with _context(settings) as ctx:
+        if out is not None and out.suffix == ".pdf":
+            out.write_bytes(lists.quality_pdf(ctx, trial))
+        else:
+            document = lists.quality_document(ctx, trial)
+            if out is None:
+                click.echo(document.text)
+            elif out.suffix == ".txt":
+                out.write_text(document.text, encoding="utf-8")
+            elif out.suffix == ".html":
+                out.write_text(
+                    quality_html(document, ctx.now().strftime("%Y-%m-%d %H:%M UTC")), encoding="utf-8"
+                )
+            else:
+                _fail("--out must end in .txt, .pdf or .html", 2)
+    if out is not None:
+        click.echo(f"written {out}")
+
+
+def quality_html(document: lists.QualityDocument, generated_at: str) -> str:
+    """A standalone HTML page (charts as SVG images, no script)."""
+
+    def image(svg: str) -> str:
+        return f'<img alt="chart" src="data:image/svg+xml;base64,{base64.b64encode(svg.encode()).decode()}">'
+
+    code = html.escape(document.code)
+    return (
+        f"<!doctype html><meta charset=utf-8><title>Design quality - {code}</title>"
+        f"<h1>Randomization design quality - {code}</h1><p>{html.escape(generated_at)}</p>"
+        f"<pre>{html.escape(document.text)}</pre>{image(document.balance_svg)}{image(document.distribution_svg)}"
+    )
+
+
 @main.group("audit")
 def audit_group() -> None:
     """Verify and checkpoint the audit trail."""
@@ -291,6 +399,7 @@ def demo_command(port: int, host: str, demo_dir: Path, no_serve: bool) -> None:
                 ),
             )
             rows.append((username, role, site or "-", created.one_time_password))
+        _prepare_demo_trial(ctx, actor, code, {row[0]: row[3] for row in rows})
     click.echo("")
     click.secho(f"Demo instance of {code} (TEST) in {demo_dir}", bold=True)
     click.echo("One-time passwords (each must be changed at first sign-in; admin and unblinded roles")
@@ -304,6 +413,38 @@ def demo_command(port: int, host: str, demo_dir: Path, no_serve: bool) -> None:
         return
     click.secho(f"Serving on http://{host}:{port}  (Ctrl-C to stop)", bold=True)
     _serve(settings, host, port, workers=2)
+
+
+def _prepare_demo_trial(ctx: ServiceContext, actor: Actor, code: str, passwords: dict[str, str]) -> None:
+    """Make the demo usable at once: both sites active, the TEST list generated, approved and
+    activated with the demo statistician's signature (the one-time password is their password
+    until they change it)."""
+    today = ctx.now().date()
+    everywhere = Scope(all_sites=True, site_ids=frozenset())
+    for site in ("P1", "P2"):
+        admin.activate_site(
+            ctx,
+            actor,
+            code,
+            site,
+            approval_date=today - timedelta(days=30),
+            delegation_log_date=today - timedelta(days=7),
+            scope=everywhere,
+            reason="demo: approvals recorded",
+        )
+    generated = lists.generate_lists(ctx, actor, code, "test")
+    with ctx.db.reading() as session:
+        statistician = session.execute(select(User).where(User.username == "statistician")).scalar_one()
+    signer = Actor(
+        user_id=statistician.id,
+        username=statistician.username,
+        name=statistician.full_name,
+        role="unblinded_statistician",
+        request_id=actor.request_id,
+    )
+    signed = signatures.SignatureRequest(password=passwords["statistician"])
+    lists.approve_list(ctx, signer, code, generated.list_id, signed)
+    lists.activate_list(ctx, signer, code, generated.list_id, signed)
 
 
 @main.command("serve")

@@ -4,7 +4,16 @@ from allocator.models.audit import AuditChainHead, AuditCheckpoint, AuditEvent
 from allocator.models.base import Base
 from allocator.models.dispensation import Administration, Dispensation, PrintedDocument
 from allocator.models.kit import Batch, Kit, KitEvent, KitList, KitStatus, Shipment
-from allocator.models.randomization import ListMode, ListStatus, ListVersion, RandomizationList, Slot, Stratum
+from allocator.models.randomization import (
+    IntegrityCheck,
+    ListMode,
+    ListStatus,
+    ListVersion,
+    MinimizationDecision,
+    RandomizationList,
+    Slot,
+    Stratum,
+)
 from allocator.models.signature import Signature
 from allocator.models.site import Site, SiteStatus
 from allocator.models.subject import ScreeningEntry, Subject, SubjectCorrection
@@ -20,6 +29,7 @@ __all__ = [
     "Base",
     "Batch",
     "Dispensation",
+    "IntegrityCheck",
     "Kit",
     "KitEvent",
     "KitList",
@@ -29,6 +39,7 @@ __all__ = [
     "ListVersion",
     "LoginSession",
     "LoginThrottle",
+    "MinimizationDecision",
     "PrintedDocument",
     "RandomizationList",
     "RoleAssignment",

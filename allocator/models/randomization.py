@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from allocator.models.base import Base
@@ -44,6 +44,8 @@ class RandomizationList(Base):
     generated_at: Mapped[datetime]
     generated_by_id: Mapped[int | None] = mapped_column(ForeignKey("app_user.id"))
     generated_by_name: Mapped[str] = mapped_column(String(200))
+    approved_signature_id: Mapped[int | None] = mapped_column(ForeignKey("signature.id"))
+    activated_signature_id: Mapped[int | None] = mapped_column(ForeignKey("signature.id"))
     activated_at: Mapped[datetime | None]
     retired_at: Mapped[datetime | None]
 
@@ -57,7 +59,12 @@ class ListVersion(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     list_id: Mapped[int] = mapped_column(ForeignKey("randomization_list.id"), index=True)
     version: Mapped[int] = mapped_column(Integer)
-    content_sha256: Mapped[str] = mapped_column(String(64))
+    content_sha256: Mapped[str] = mapped_column(
+        String(64)
+    )  # over the plaintext list (docs/randomization.md §7)
+    storage_sha256: Mapped[str] = mapped_column(
+        String(64)
+    )  # over the stored (sealed) rows, checked without keys
     slot_count: Mapped[int] = mapped_column(Integer)
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime]
@@ -76,9 +83,14 @@ class Stratum(Base):
     list_id: Mapped[int] = mapped_column(ForeignKey("randomization_list.id"), index=True)
     key: Mapped[str] = mapped_column(String(500))  # e.g. site=P1;admission_cause=septic
     ordinal: Mapped[int] = mapped_column(Integer)
+    requested: Mapped[int] = mapped_column(
+        Integer
+    )  # slots asked for; capacity is whole blocks, so >= requested
     capacity: Mapped[int] = mapped_column(Integer)
     used: Mapped[int] = mapped_column(Integer, default=0)
     alert_remaining: Mapped[int] = mapped_column(Integer)
+    # Digest of this stratum's stored slots: re-checked before every allocation from it (RND-10).
+    storage_sha256: Mapped[str] = mapped_column(String(64))
 
 
 class Slot(Base):
@@ -101,3 +113,33 @@ class Slot(Base):
     list_version: Mapped[int] = mapped_column(Integer)
     randomization_number: Mapped[str] = mapped_column(String(16))
     sealed: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class IntegrityCheck(Base):
+    """A check of a list's stored slots against the digests recorded at generation (RND-10).
+    While the latest check of an active list failed, randomization from it is refused (ACC-15)."""
+
+    __tablename__ = "integrity_check"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    list_id: Mapped[int] = mapped_column(ForeignKey("randomization_list.id"), index=True)
+    at: Mapped[datetime]
+    ok: Mapped[bool] = mapped_column(Boolean)
+    detail: Mapped[str] = mapped_column(Text)
+    checked_by: Mapped[str] = mapped_column(String(200))
+
+
+class MinimizationDecision(Base):
+    """One minimization allocation. The arm and the imbalance figures behind it are sealed for the
+    statistician; blinded roles see that a decision exists, never its content."""
+
+    __tablename__ = "minimization_decision"
+    __table_args__ = (UniqueConstraint("list_id", "arrival"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    list_id: Mapped[int] = mapped_column(ForeignKey("randomization_list.id"), index=True)
+    arrival: Mapped[int] = mapped_column(Integer)
+    stratum_id: Mapped[int] = mapped_column(ForeignKey("stratum.id"))
+    randomization_number: Mapped[str] = mapped_column(String(16))
+    sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]

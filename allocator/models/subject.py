@@ -48,6 +48,9 @@ class Subject(Base):
     stratum_id: Mapped[int] = mapped_column(ForeignKey("stratum.id"))
     # One subject per slot, one slot per subject (RND-07/08). Null only for minimization.
     slot_id: Mapped[int | None] = mapped_column(ForeignKey("slot.id"), unique=True)
+    minimization_decision_id: Mapped[int | None] = mapped_column(
+        ForeignKey("minimization_decision.id"), unique=True
+    )
     randomization_number: Mapped[str] = mapped_column(String(16))
     strata: Mapped[dict[str, Any]] = mapped_column(JSON)  # as entered at randomization (RND-09)
     randomized_at: Mapped[datetime]

@@ -10,11 +10,14 @@ route guard, and pass the reader as the audit actor.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
+
+from sqlalchemy import select
 
 from allocator import crypto
 from allocator.audit import Action, Actor
-from allocator.models import AuditEvent
+from allocator.models import AuditEvent, Slot, Stratum
 from allocator.services.context import ServiceContext
 
 
@@ -45,3 +48,81 @@ def open_audit_values(
                 at=ctx.now(),
             )
     return opened
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedSlot:
+    stratum: str
+    position: int
+    randomization_number: str
+    arm: str
+    block: int
+    block_size: int
+    list_version: int
+
+
+def _read(
+    ctx: ServiceContext,
+    reader: Actor,
+    chain: str,
+    object_type: str,
+    object_id: str,
+    purpose: str,
+    detail: dict[str, Any],
+) -> None:
+    """Record the read before anything is opened: if the audit entry cannot be written, nothing is
+    revealed (AUD-04, ACC-15)."""
+    with ctx.db.unit_of_work() as session:
+        ctx.audit.record(
+            session,
+            actor=reader,
+            chain=chain,
+            action=Action.ARM_READ,
+            object_type=object_type,
+            object_id=object_id,
+            new={"purpose": purpose, **detail},
+            at=ctx.now(),
+        )
+
+
+def open_list_slots(
+    ctx: ServiceContext, reader: Actor, trial_code: str, list_id: int, label: str, purpose: str
+) -> list[OpenedSlot]:
+    """Every slot of a list, opened (statistician review, verification, export). One audit entry."""
+    _read(ctx, reader, trial_code, "randomization_list", label, purpose, {"scope": "every slot"})
+    with ctx.db.reading() as session:
+        rows = session.execute(
+            select(Stratum.key, Slot.position, Slot.randomization_number, Slot.sealed, Slot.list_version)
+            .join(Stratum, Stratum.id == Slot.stratum_id)
+            .where(Slot.list_id == list_id)
+            .order_by(Stratum.key, Slot.position)
+        ).all()
+    opened = []
+    for key, position, number, sealed, version in rows:
+        binding = crypto.Binding(
+            trial=trial_code, table="slot", row=f"{label}|{key}|{position}", column="sealed"
+        )
+        value = crypto.open_json(ctx.ring, crypto.Purpose.LISTS, sealed, binding)
+        if not isinstance(value, dict):
+            raise crypto.SealError(f"slot {key}/{position} of {label} does not hold a slot record")
+        opened.append(
+            OpenedSlot(
+                key,
+                position,
+                number,
+                str(value["arm"]),
+                int(value["block"]),
+                int(value["block_size"]),
+                version,
+            )
+        )
+    return opened
+
+
+def open_list_seed(
+    ctx: ServiceContext, reader: Actor, trial_code: str, label: str, sealed_seed: bytes, purpose: str
+) -> bytes:
+    """The secret seed of a list (regeneration, independent verification). Audited like an arm."""
+    _read(ctx, reader, trial_code, "randomization_list", label, purpose, {"scope": "seed"})
+    binding = crypto.Binding(trial=trial_code, table="randomization_list", row=label, column="seed")
+    return crypto.open_sealed(ctx.ring, crypto.Purpose.LISTS, sealed_seed, binding)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from allocator import migrate
 from allocator.cli import main
 from tests.conftest import FreshDatabase
 from tests.support import IFN_TRIAL
@@ -36,7 +37,7 @@ def test_commands_refuse_an_uninitialised_database(run) -> None:  # type: ignore
 def test_init_load_users_tokens_and_audit(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     code, out = run("init")
     assert code == 0 and "created lists key" in out and "database migrated" in out
-    assert run("init") == (0, "database already at the latest schema (0001)\n")
+    assert run("init") == (0, f"database already at the latest schema ({migrate.head_revision()})\n")
     code, out = run("load-trial", str(IFN_TRIAL))
     assert code == 0 and "loaded trial IFNG-PAIS (definition version 1)" in out and "P1, P2" in out
     code, out = run("load-trial", str(IFN_TRIAL))

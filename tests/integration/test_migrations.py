@@ -48,35 +48,69 @@ def test_upgrade_check_downgrade_upgrade(fresh_database: FreshDatabase) -> None:
     engine.dispose()
 
 
-@pytest.mark.req("AUD-03")
-@pytest.mark.parametrize(
-    "table", ["audit_event", "subject", "slot", "role_assignment", "trial_definition", "signature"]
-)
-def test_append_only_tables_refuse_update_and_delete(db: Database, table: str) -> None:
-    with db.unit_of_work() as session:
+# The state after every migration: which tables are append-only, which keep their rows for ever
+# while a status may change, and which hold operational data that may be purged (sessions,
+# throttles). Written out by hand: a new table must be placed here on purpose.
+APPEND_ONLY = {
+    "audit_event",
+    "audit_checkpoint",
+    "trial_definition",
+    "role_assignment",
+    "role_revocation",
+    "signature",
+    "list_version",
+    "slot",
+    "kit_event",
+    "screening_entry",
+    "subject",
+    "subject_correction",
+    "administration",
+    "printed_document",
+    "integrity_check",
+    "minimization_decision",
+}
+NO_DELETE = {
+    "trial",
+    "site",
+    "app_user",
+    "randomization_list",
+    "stratum",
+    "kit_list",
+    "batch",
+    "kit",
+    "shipment",
+    "dispensation",
+    "audit_chain_head",
+    "api_token",
+}
+UNGUARDED = {"login_session", "login_throttle"}
+
+
+def _triggers(db: Database, table: str) -> set[str]:
+    with db.reading() as session:
         conn = session.connection()
         if db.dialect == "postgresql":
-            triggers = (
-                conn.execute(
-                    text(
-                        "SELECT tgname FROM pg_trigger WHERE tgrelid = CAST(:t AS regclass) AND NOT tgisinternal"
-                    ),
-                    {"t": table},
-                )
-                .scalars()
-                .all()
-            )
-            assert f"{table}_guard" in triggers and f"{table}_no_truncate" in triggers
+            query = "SELECT tgname FROM pg_trigger WHERE tgrelid = CAST(:t AS regclass) AND NOT tgisinternal"
         else:
-            triggers = (
-                conn.execute(
-                    text("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = :t"),
-                    {"t": table},
-                )
-                .scalars()
-                .all()
-            )
-            assert {f"{table}_no_update", f"{table}_no_delete"} <= set(triggers)
+            query = "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = :t"
+        return set(conn.execute(text(query), {"t": table}).scalars().all())
+
+
+def test_every_table_is_classified() -> None:
+    assert APPEND_ONLY | NO_DELETE | UNGUARDED == set(Base.metadata.tables)
+    assert not (APPEND_ONLY & NO_DELETE)
+
+
+@pytest.mark.req("AUD-03")
+@pytest.mark.parametrize("table", sorted(APPEND_ONLY | NO_DELETE))
+def test_every_guarded_table_has_its_triggers_after_all_migrations(db: Database, table: str) -> None:
+    triggers = _triggers(db, table)
+    if db.dialect == "postgresql":
+        assert {f"{table}_guard", f"{table}_no_truncate"} <= triggers
+    elif table in APPEND_ONLY:
+        assert {f"{table}_no_update", f"{table}_no_delete"} <= triggers
+    else:
+        assert f"{table}_no_delete" in triggers and f"{table}_no_update" not in triggers
 
 
 @pytest.mark.req("AUD-03")

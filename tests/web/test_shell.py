@@ -277,3 +277,19 @@ def test_redirect_targets_stay_on_site(target: str | None, expected: str) -> Non
     from allocator.web.security import safe_path
 
     assert safe_path(target, "/") == expected
+
+
+@pytest.mark.req("RND-13")
+def test_an_instance_refuses_to_start_with_lists_of_the_other_mode(ctx: ServiceContext, settings, db, ring) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    from allocator import crypto
+    from allocator.app import StartupError, create_app
+    from allocator.services import lists
+    from allocator.settings import Environment
+
+    load_ifn(ctx)
+    lists.generate_lists(ctx, CLI_ACTOR, "IFNG-PAIS", "test")
+    create_app(settings, db=db, ring=ring, passwords=crypto.FAST_PASSWORD_HASHING)  # a test instance: fine
+    with pytest.raises(StartupError, match="IFNG-PAIS/TEST/1"):
+        create_app(replace(settings, env=Environment.PRODUCTION), db=db, ring=ring)
