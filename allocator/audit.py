@@ -89,6 +89,14 @@ class Action(enum.StrEnum):
     LIST_EXPORTED = "list.exported"
     LIST_INTEGRITY_FAILED = "list.integrity_failed"
     TRIAL_STATUS_CHANGED = "trial.status_changed"
+    # kits and supply (LBL, BLD-04)
+    KIT_LIST_CREATED = "kit_list.created"
+    SHIPMENT_PREPARED = "shipment.prepared"
+    SHIPMENT_SHIPPED = "shipment.shipped"
+    SHIPMENT_RECEIVED = "shipment.received"
+    KIT_STATUS_CHANGED = "kit.status_changed"
+    BATCH_EXPIRY_CHANGED = "batch.expiry_changed"
+    DOCUMENT_PRINTED = "document.printed"
     # audit itself
     AUDIT_CHECKPOINT = "audit.checkpoint"
     AUDIT_EXPORTED = "audit.exported"

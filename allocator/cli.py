@@ -30,7 +30,7 @@ from allocator.audit import Actor
 from allocator.db import Database
 from allocator.models import User
 from allocator.permissions import Scope
-from allocator.services import accounts, admin, lists, signatures, trials
+from allocator.services import accounts, admin, kits, lists, signatures, trials
 from allocator.services.context import ServiceContext
 from allocator.services.errors import DomainError
 from allocator.settings import Environment, Settings, SettingsError
@@ -418,7 +418,7 @@ def demo_command(port: int, host: str, demo_dir: Path, no_serve: bool) -> None:
 def _prepare_demo_trial(ctx: ServiceContext, actor: Actor, code: str, passwords: dict[str, str]) -> None:
     """Make the demo usable at once: both sites active, the TEST list generated, approved and
     activated with the demo statistician's signature (the one-time password is their password
-    until they change it)."""
+    until they change it), 96 kits generated and 24 shipped to and received at each site."""
     today = ctx.now().date()
     everywhere = Scope(all_sites=True, site_ids=frozenset())
     for site in ("P1", "P2"):
@@ -445,6 +445,11 @@ def _prepare_demo_trial(ctx: ServiceContext, actor: Actor, code: str, passwords:
     signed = signatures.SignatureRequest(password=passwords["statistician"])
     lists.approve_list(ctx, signer, code, generated.list_id, signed)
     lists.activate_list(ctx, signer, code, generated.list_id, signed)
+    kits.generate_kit_list(ctx, actor, code, count=96, lot_code="DEMO-LOT-1", expiry=today + timedelta(days=365))
+    for site in ("P1", "P2"):
+        shipment = kits.create_shipment(ctx, actor, code, site, 24)
+        kits.ship(ctx, actor, code, shipment.number)
+        kits.receive(ctx, actor, code, shipment.number, shipment.kits, scope=everywhere)
 
 
 @main.command("serve")

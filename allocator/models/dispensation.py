@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from allocator.models.base import Base
@@ -58,6 +58,8 @@ class PrintedDocument(Base):
     kind: Mapped[str] = mapped_column(String(32))
     document_id: Mapped[str] = mapped_column(String(40), unique=True)
     subject_id: Mapped[int | None] = mapped_column(ForeignKey("subject.id"))
+    items: Mapped[list[str]] = mapped_column(JSON, default=list)  # kit numbers on the document
+    reprint_of: Mapped[str | None] = mapped_column(String(40))  # document id of the original print
     reprint_number: Mapped[int] = mapped_column(Integer, default=0)
     content_sha256: Mapped[str] = mapped_column(String(64))
     printed_at: Mapped[datetime]

@@ -31,8 +31,10 @@ class KitList(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     trial_id: Mapped[int] = mapped_column(ForeignKey("trial.id"), index=True)
+    label: Mapped[str] = mapped_column(String(64), unique=True)  # e.g. IFNG-PAIS/TEST/KITS/1
     mode: Mapped[str] = mapped_column(String(12))
     source: Mapped[str] = mapped_column(String(16))  # generated | imported
+    source_name: Mapped[str | None] = mapped_column(String(300))  # imported file name
     kit_count: Mapped[int] = mapped_column(Integer)
     content_sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime]
@@ -62,9 +64,11 @@ class Shipment(Base):
     site_id: Mapped[int] = mapped_column(ForeignKey("site.id"))
     number: Mapped[str] = mapped_column(String(20))
     status: Mapped[str] = mapped_column(String(12))  # prepared | shipped | received
+    kit_count: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime]
     created_by_name: Mapped[str] = mapped_column(String(200))
     shipped_at: Mapped[datetime | None]
+    shipped_by_name: Mapped[str | None] = mapped_column(String(200))
     received_at: Mapped[datetime | None]
     received_by_name: Mapped[str | None] = mapped_column(String(200))
 

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from allocator import crypto
 from allocator.audit import Action, Actor
-from allocator.models import AuditEvent, Slot, Stratum
+from allocator.models import AuditEvent, Kit, Slot, Stratum
 from allocator.services.context import ServiceContext
 
 
@@ -126,3 +127,31 @@ def open_list_seed(
     _read(ctx, reader, trial_code, "randomization_list", label, purpose, {"scope": "seed"})
     binding = crypto.Binding(trial=trial_code, table="randomization_list", row=label, column="seed")
     return crypto.open_sealed(ctx.ring, crypto.Purpose.LISTS, sealed_seed, binding)
+
+
+def kit_arms_in(
+    session: Session, ctx: ServiceContext, reader: Actor, trial_code: str, kits: Sequence[Kit], purpose: str
+) -> dict[int, str]:
+    """Open the arms of `kits` for a machine decision (balancing a shipment, choosing kits for an
+    allocation) inside the caller's transaction; one `arm.read` entry is written there first. The
+    arms are never shown to anyone."""
+    if not kits:
+        return {}
+    ctx.audit.record(
+        session,
+        actor=reader,
+        chain=trial_code,
+        action=Action.ARM_READ,
+        object_type="kit",
+        object_id=f"{len(kits)} kits",
+        new={"purpose": purpose, "kits": len(kits)},
+        at=ctx.now(),
+    )
+    return {
+        kit.id: crypto.open_arm(
+            ctx.ring,
+            kit.sealed_arm,
+            crypto.Binding(trial=trial_code, table="kit", row=kit.kit_number, column="sealed_arm"),
+        )
+        for kit in kits
+    }

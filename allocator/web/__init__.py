@@ -11,7 +11,7 @@ from allocator.permissions import Permission, Role, public
 from allocator.services.context import ServiceContext
 from allocator.settings import Environment
 from allocator.version import __version__
-from allocator.web import account, admin, api, audit, auth, errors, lists, main, security
+from allocator.web import account, admin, api, audit, auth, errors, lists, main, security, supply
 
 
 def register(app: Flask, ctx: ServiceContext) -> None:
@@ -23,6 +23,7 @@ def register(app: Flask, ctx: ServiceContext) -> None:
     app.register_blueprint(admin.bp)
     app.register_blueprint(audit.bp)
     app.register_blueprint(lists.bp)
+    app.register_blueprint(supply.bp)
     app.register_blueprint(api.bp)
     security.csrf.exempt(api.bp)
     # Static files (CSS) are on the short public list: the login page needs them.

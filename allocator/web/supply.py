@@ -1,0 +1,281 @@
+"""Kit supply pages: stock, shipments and receipt, kit status changes, labels, reconciliation,
+batches, kit lists. Blinded everywhere but the kit-list pages of the unblinded statistician."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date
+
+from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
+from werkzeug.wrappers import Response as WerkzeugResponse
+
+from allocator.permissions import NO_SCOPE, Permission, requires
+from allocator.services import admin, kits, signatures
+from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
+from allocator.web.security import actor, ctx, current_user, scope
+
+bp = Blueprint("supply", __name__)
+
+
+def _form(name: str) -> str:
+    return (request.form.get(name) or "").strip()
+
+
+def _signature() -> signatures.SignatureRequest | None:
+    password = request.form.get("password") or ""
+    return (
+        signatures.SignatureRequest(password=password, totp=request.form.get("otp") or None)
+        if password
+        else None
+    )
+
+
+def _flash_error(exc: DomainError) -> None:
+    flash(exc.detail + "".join(f" ({e.field}: {e.message})" for e in exc.errors[:10]), "error")
+
+
+def _perform(action: Callable[[], object], success: str, target: str) -> WerkzeugResponse:
+    try:
+        action()
+    except DomainError as exc:
+        _flash_error(exc)
+    else:
+        flash(success, "ok")
+    return redirect(target, code=303)
+
+
+def _int(name: str) -> int:
+    raw = _form(name)
+    if not raw.isdigit():
+        raise ValidationFailed(
+            f"{name} must be a whole number", errors=[FieldProblem(name, "must be a whole number")]
+        )
+    return int(raw)
+
+
+def _date(name: str) -> date:
+    try:
+        return date.fromisoformat(_form(name))
+    except ValueError:
+        raise ValidationFailed(
+            f"{name} is not a date", errors=[FieldProblem(name, "must be a date (YYYY-MM-DD)")]
+        ) from None
+
+
+def _lines(name: str) -> list[str]:
+    return [line.strip() for line in (request.form.get(name) or "").splitlines() if line.strip()]
+
+
+def _trial_wide(permission: Permission) -> bool:
+    return scope(permission).all_sites
+
+
+@bp.route("/trials/<trial>/stock")
+@requires(Permission.KIT_VIEW)
+def stock(trial: str) -> str:
+    visible = scope(Permission.KIT_VIEW)
+    return render_template(
+        "supply/stock.html",
+        trial=trial,
+        rows=kits.stock(ctx(), trial, visible, include_depot=visible.all_sites),
+        batches=kits.batches(ctx(), trial) if visible.all_sites else [],
+        can_manage=current_user().access.has(Permission.KIT_MANAGE, None),
+        statuses=kits.STATUSES,
+    )
+
+
+@bp.route("/trials/<trial>/kits/status", methods=["POST"])
+@requires(Permission.KIT_MANAGE)
+def kit_status(trial: str) -> WerkzeugResponse:
+    """A site pharmacist records a kit's new status (quarantine and release are signed)."""
+    return _perform(
+        lambda: kits.change_status(
+            ctx(),
+            actor(Permission.KIT_MANAGE),
+            trial,
+            _form("kit_number"),
+            _form("status"),
+            reason=_form("reason"),
+            scope=scope(Permission.KIT_MANAGE),
+            depot=False,
+            signature=_signature(),
+        ),
+        "Kit status recorded.",
+        url_for("supply.stock", trial=trial),
+    )
+
+
+@bp.route("/trials/<trial>/depot/kits/status", methods=["POST"])
+@requires(Permission.SHIPMENT_MANAGE)
+def depot_kit_status(trial: str) -> WerkzeugResponse:
+    """The supply manager records the status of a kit still at the depot."""
+    return _perform(
+        lambda: kits.change_status(
+            ctx(),
+            actor(Permission.SHIPMENT_MANAGE),
+            trial,
+            _form("kit_number"),
+            _form("status"),
+            reason=_form("reason"),
+            scope=NO_SCOPE,
+            depot=True,
+            signature=_signature(),
+        ),
+        "Depot kit status recorded.",
+        url_for("supply.stock", trial=trial),
+    )
+
+
+@bp.route("/trials/<trial>/kits/labels", methods=["POST"])
+@requires(Permission.KIT_MANAGE)
+def labels(trial: str) -> WerkzeugResponse:
+    try:
+        document_id, pdf = kits.print_kit_labels(
+            ctx(),
+            actor(Permission.KIT_MANAGE),
+            trial,
+            _lines("kits"),
+            kind=_form("kind") or "outer",
+            scope=scope(Permission.KIT_MANAGE),
+            depot=False,
+        )
+    except DomainError as exc:
+        _flash_error(exc)
+        return redirect(url_for("supply.stock", trial=trial), code=303)
+    return Response(
+        pdf,
+        mimetype="application/pdf",
+        headers={"Content-Disposition": f'attachment; filename="{document_id}.pdf"'},
+    )
+
+
+@bp.route("/trials/<trial>/shipments")
+@requires(Permission.KIT_VIEW)
+def shipments(trial: str) -> str:
+    return render_template(
+        "supply/shipments.html",
+        trial=trial,
+        shipments=kits.shipments(ctx(), trial, scope(Permission.KIT_VIEW)),
+        sites=admin.sites(ctx(), trial),
+        can_ship=current_user().access.has(Permission.SHIPMENT_MANAGE, None)
+        and _trial_wide(Permission.KIT_VIEW),
+    )
+
+
+@bp.route("/trials/<trial>/shipments", methods=["POST"])
+@requires(Permission.SHIPMENT_MANAGE)
+def create_shipment(trial: str) -> WerkzeugResponse:
+    return _perform(
+        lambda: kits.create_shipment(
+            ctx(), actor(Permission.SHIPMENT_MANAGE), trial, _form("site"), _int("count")
+        ),
+        "Shipment prepared: balanced across arms, kits chosen at random.",
+        url_for("supply.shipments", trial=trial),
+    )
+
+
+@bp.route("/trials/<trial>/shipments/<number>/ship", methods=["POST"])
+@requires(Permission.SHIPMENT_MANAGE)
+def ship(trial: str, number: str) -> WerkzeugResponse:
+    return _perform(
+        lambda: kits.ship(ctx(), actor(Permission.SHIPMENT_MANAGE), trial, number),
+        f"Shipment {number} dispatched.",
+        url_for("supply.shipments", trial=trial),
+    )
+
+
+@bp.route("/trials/<trial>/shipments/<number>/receive", methods=["POST"])
+@requires(Permission.KIT_MANAGE)
+def receive(trial: str, number: str) -> WerkzeugResponse:
+    """The site pharmacist scans (or types) every kit of the shipment."""
+
+    def act() -> None:
+        receipt = kits.receive(
+            ctx(),
+            actor(Permission.KIT_MANAGE),
+            trial,
+            number,
+            _lines("kits"),
+            scope=scope(Permission.KIT_MANAGE),
+            missing_reason=_form("missing_reason"),
+        )
+        if receipt.missing:
+            flash(f"{len(receipt.missing)} kit(s) recorded lost.", "error")
+
+    return _perform(act, f"Shipment {number} received.", url_for("supply.shipments", trial=trial))
+
+
+@bp.route("/trials/<trial>/reconciliation")
+@requires(Permission.KIT_VIEW)
+def reconciliation(trial: str) -> str:
+    visible = scope(Permission.KIT_VIEW)
+    report = kits.reconciliation(ctx(), trial, visible, include_depot=visible.all_sites)
+    return render_template("supply/reconciliation.html", trial=trial, report=report, statuses=kits.STATUSES)
+
+
+@bp.route("/trials/<trial>/reconciliation.csv")
+@requires(Permission.KIT_VIEW)
+def reconciliation_csv(trial: str) -> Response:
+    visible = scope(Permission.KIT_VIEW)
+    report = kits.reconciliation(ctx(), trial, visible, include_depot=visible.all_sites)
+    return Response(
+        kits.reconciliation_csv(report),
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="kit-reconciliation-{trial}.csv"'},
+    )
+
+
+@bp.route("/trials/<trial>/batches/<lot>/expiry", methods=["POST"])
+@requires(Permission.SHIPMENT_MANAGE)
+def batch_expiry(trial: str, lot: str) -> WerkzeugResponse:
+    def act() -> None:
+        signature = _signature()
+        if signature is None:
+            raise ValidationFailed("this change is signed", errors=[FieldProblem("password", "is required")])
+        kits.update_batch_expiry(
+            ctx(),
+            actor(Permission.SHIPMENT_MANAGE),
+            trial,
+            lot,
+            _date("expiry"),
+            reason=_form("reason"),
+            signature=signature,
+        )
+
+    return _perform(act, f"Expiry of batch {lot} changed (signed).", url_for("supply.stock", trial=trial))
+
+
+@bp.route("/trials/<trial>/kit-lists", methods=["POST"])
+@requires(Permission.LIST_MANAGE)
+def generate_kit_list(trial: str) -> WerkzeugResponse:
+    return _perform(
+        lambda: kits.generate_kit_list(
+            ctx(),
+            actor(Permission.LIST_MANAGE),
+            trial,
+            count=_int("count"),
+            lot_code=_form("lot_code"),
+            expiry=_date("expiry"),
+        ),
+        "Kit list generated: the kits are at the depot.",
+        url_for("lists.manage", trial=trial),
+    )
+
+
+@bp.route("/trials/<trial>/kit-lists/import", methods=["POST"])
+@requires(Permission.LIST_MANAGE)
+def import_kit_list(trial: str) -> WerkzeugResponse:
+    upload = request.files.get("file")
+
+    def act() -> None:
+        if upload is None or not upload.filename:
+            raise ValidationFailed("choose a file", errors=[FieldProblem("file", "is required")])
+        try:
+            text = upload.read().decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValidationFailed("not UTF-8", errors=[FieldProblem("file", "must be UTF-8 CSV")]) from None
+        kits.import_kit_list(ctx(), actor(Permission.LIST_MANAGE), trial, text, upload.filename)
+
+    return _perform(
+        act, "Kit list imported: the kits are at the depot.", url_for("lists.manage", trial=trial)
+    )
