@@ -97,6 +97,17 @@ class Action(enum.StrEnum):
     KIT_STATUS_CHANGED = "kit.status_changed"
     BATCH_EXPIRY_CHANGED = "batch.expiry_changed"
     DOCUMENT_PRINTED = "document.printed"
+    # subjects (RND-05..09)
+    SCREENING_FAILED = "screening.ineligible"
+    SUBJECT_RANDOMIZED = "subject.randomized"
+    SUBJECT_FLAGGED_IN_ERROR = "subject.randomized_in_error"
+    SUBJECT_STRATUM_CORRECTED = "subject.stratum_corrected"
+    KIT_REPLACED = "kit.replaced"
+    KITS_DISPENSED = "dispensation.dispensed"
+    DISPENSING_REFUSED = "dispensation.refused"
+    PREPARATION_READ = "dispensation.preparation_instruction"
+    ADMINISTRATION_RECORDED = "administration.recorded"
+    SCAN_REFUSED = "administration.scan_refused"
     # audit itself
     AUDIT_CHECKPOINT = "audit.checkpoint"
     AUDIT_EXPORTED = "audit.exported"

@@ -445,7 +445,9 @@ def _prepare_demo_trial(ctx: ServiceContext, actor: Actor, code: str, passwords:
     signed = signatures.SignatureRequest(password=passwords["statistician"])
     lists.approve_list(ctx, signer, code, generated.list_id, signed)
     lists.activate_list(ctx, signer, code, generated.list_id, signed)
-    kits.generate_kit_list(ctx, actor, code, count=96, lot_code="DEMO-LOT-1", expiry=today + timedelta(days=365))
+    kits.generate_kit_list(
+        ctx, actor, code, count=96, lot_code="DEMO-LOT-1", expiry=today + timedelta(days=365)
+    )
     for site in ("P1", "P2"):
         shipment = kits.create_shipment(ctx, actor, code, site, 24)
         kits.ship(ctx, actor, code, shipment.number)

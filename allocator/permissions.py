@@ -144,6 +144,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         P.TRIAL_LOCK,
         P.SITE_MANAGE,
         P.ROLE_MANAGE,
+        P.SUBJECT_CORRECT,  # help-desk corrections, with the investigator's agreement (DIB-03)
     },
     Role.ADMIN: frozenset(
         {

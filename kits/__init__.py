@@ -11,6 +11,7 @@ Modules: `kits.numbers` (kit numbers), `kits.payload` (QR payloads), `kits.qr` (
 
 from __future__ import annotations
 
+from kits.confirmation import ConfirmedKit, RandomizationConfirmation, render_randomization_confirmation
 from kits.errors import (
     BadMacError,
     KitNumberCharacterError,
@@ -55,6 +56,7 @@ __all__ = [
     "PAYLOAD_PATTERN",
     "BadMacError",
     "Bilingual",
+    "ConfirmedKit",
     "DispensationRow",
     "DispensationSheet",
     "DocumentMeta",
@@ -76,6 +78,7 @@ __all__ = [
     "MalformedPayloadError",
     "PayloadCheckDigitError",
     "PayloadError",
+    "RandomizationConfirmation",
     "TrialLabelInfo",
     "UnknownPayloadVersionError",
     "UnrenderableTextError",
@@ -89,5 +92,6 @@ __all__ = [
     "parse_payload",
     "render_dispensation_sheet",
     "render_label_sheet",
+    "render_randomization_confirmation",
     "verify_payload",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from allocator.audit import Actor
@@ -75,3 +75,122 @@ def enroll_totp(ctx: ServiceContext, user_id: int, clock: Clock) -> bytes:
         ticket=enrollment.ticket,
     )
     return secret
+
+
+ELIGIBLE = {
+    "age": 64,
+    "icu_admission_date": "2026-02-24",
+    "sofa_24h": 9,
+    "invasive_ventilation": "yes",
+    "mhladr": 5400,
+    "mhladr_date": "2026-03-01",
+    "social_security": "yes",
+    "consent": "yes",
+    "short_icu_stay": "no",
+    "preexisting_immunosuppression": "no",
+    "prolonged_ventilation_expected": "no",
+    "pregnancy_breastfeeding": "no",
+    "imukin_contraindication": "no",
+    "immunosuppressive_therapy": "no",
+    "severe_hepatic_renal_failure": "no",
+    "other_interventional_trial": "no",
+    "legal_protection": "no",
+}
+"""Answers of an eligible patient for the clock's default date (2 March 2026)."""
+
+
+@dataclass
+class ReadyTrial:
+    """A trial ready to randomize: sites active, list active, kits at both sites, and signed-in
+    capable actors (their password is GOOD_PASSWORD)."""
+
+    investigator: Actor
+    investigator_p2: Actor
+    pharmacist: Actor
+    nurse: Actor
+    statistician: Actor
+    list_id: int
+
+
+def ready_trial(ctx: ServiceContext, *, kits_per_site: int = 24, slots_text: str | None = None) -> ReadyTrial:
+    from datetime import date, timedelta
+
+    from allocator.permissions import Scope
+    from allocator.services import admin, auth, kits, lists, signatures
+
+    text = slots_text if slots_text is not None else IFN_TRIAL.read_text(encoding="utf-8")
+    trials.load_trial(ctx, CLI_ACTOR, text, source_name="trials/ifn-gamma-pais.toml")
+    everywhere = Scope(all_sites=True, site_ids=frozenset())
+    today = ctx.now().date()
+    for site in ("P1", "P2"):
+        admin.activate_site(
+            ctx,
+            CLI_ACTOR,
+            "IFNG-PAIS",
+            site,
+            approval_date=date(2026, 1, 5),
+            delegation_log_date=date(2026, 2, 1),
+            scope=everywhere,
+            reason="approved",
+        )
+    actors = {}
+    for username, role, site in (
+        ("inv-p1", "investigator", "P1"),
+        ("inv-p2", "investigator", "P2"),
+        ("pharm-p1", "pharmacist", "P1"),
+        ("nurse-p1", "nurse", "P1"),
+        ("stat", "unblinded_statistician", None),
+    ):
+        created = make_user(ctx, username, role, site=site)
+        auth.change_password(
+            ctx,
+            created.user_id,
+            created.one_time_password,
+            GOOD_PASSWORD,
+            GOOD_PASSWORD,
+            auth.Client("192.0.2.1", "test", "setup"),
+        )
+        actors[username] = Actor(
+            user_id=created.user_id,
+            username=username,
+            name=username.title(),
+            role=role,
+            site_code=site,
+            request_id="test",
+        )
+    generated = lists.generate_lists(ctx, CLI_ACTOR, "IFNG-PAIS", "test")
+    signed = signatures.SignatureRequest(password=GOOD_PASSWORD)
+    lists.approve_list(ctx, actors["stat"], "IFNG-PAIS", generated.list_id, signed)
+    lists.activate_list(ctx, actors["stat"], "IFNG-PAIS", generated.list_id, signed)
+    if kits_per_site:
+        kits.generate_kit_list(
+            ctx,
+            CLI_ACTOR,
+            "IFNG-PAIS",
+            count=2 * kits_per_site + 8,
+            lot_code="LOT-1",
+            expiry=today + timedelta(days=365),
+        )
+        for site in ("P1", "P2"):
+            shipment = kits.create_shipment(ctx, CLI_ACTOR, "IFNG-PAIS", site, kits_per_site)
+            kits.ship(ctx, CLI_ACTOR, "IFNG-PAIS", shipment.number)
+            kits.receive(ctx, CLI_ACTOR, "IFNG-PAIS", shipment.number, shipment.kits, scope=everywhere)
+    return ReadyTrial(
+        actors["inv-p1"],
+        actors["inv-p2"],
+        actors["pharm-p1"],
+        actors["nurse-p1"],
+        actors["stat"],
+        generated.list_id,
+    )
+
+
+def eligible_on(today: date) -> dict[str, object]:
+    """The eligible answers, with the ICU admission 7 days and the mHLA-DR 1 day before `today`."""
+    from datetime import timedelta
+
+    return {
+        **ELIGIBLE,
+        "icu_admission_date": (today - timedelta(days=7)).isoformat(),
+        "mhladr_date": (today - timedelta(days=1)).isoformat(),
+    }

@@ -4,6 +4,7 @@ from allocator.models.audit import AuditChainHead, AuditCheckpoint, AuditEvent
 from allocator.models.base import Base
 from allocator.models.dispensation import Administration, Dispensation, PrintedDocument
 from allocator.models.kit import Batch, Kit, KitEvent, KitList, KitStatus, Shipment
+from allocator.models.notification import Notification
 from allocator.models.randomization import (
     IntegrityCheck,
     ListMode,
@@ -40,6 +41,7 @@ __all__ = [
     "LoginSession",
     "LoginThrottle",
     "MinimizationDecision",
+    "Notification",
     "PrintedDocument",
     "RandomizationList",
     "RoleAssignment",

@@ -155,3 +155,160 @@ def kit_arms_in(
         )
         for kit in kits
     }
+
+
+@dataclass(frozen=True, slots=True)
+class SlotRecord:
+    arm: str
+    block: int
+    block_size: int
+
+
+def slot_record_in(
+    session: Session,
+    ctx: ServiceContext,
+    reader: Actor,
+    trial_code: str,
+    label: str,
+    stratum: str,
+    slot: Slot,
+) -> SlotRecord:
+    """Open the slot being allocated (in the allocation's transaction). The allocation's own audit
+    entry carries the arm sealed; this `arm.read` entry records that the machine read it."""
+    ctx.audit.record(
+        session,
+        actor=reader,
+        chain=trial_code,
+        action=Action.ARM_READ,
+        object_type="slot",
+        object_id=slot.randomization_number,
+        new={"purpose": "allocation"},
+        at=ctx.now(),
+    )
+    binding = crypto.Binding(
+        trial=trial_code, table="slot", row=f"{label}|{stratum}|{slot.position}", column="sealed"
+    )
+    value = crypto.open_json(ctx.ring, crypto.Purpose.LISTS, slot.sealed, binding)
+    if not isinstance(value, dict):
+        raise crypto.SealError(f"slot {stratum}/{slot.position} of {label} does not hold a slot record")
+    return SlotRecord(str(value["arm"]), int(value["block"]), int(value["block_size"]))
+
+
+def decision_binding(trial_code: str, label: str, arrival: int) -> crypto.Binding:
+    return crypto.Binding(
+        trial=trial_code, table="minimization_decision", row=f"{label}|{arrival}", column="sealed"
+    )
+
+
+def minimization_history_in(
+    session: Session, ctx: ServiceContext, reader: Actor, trial_code: str, minimization_list: Any
+) -> list[tuple[dict[str, str], str]]:
+    """The (levels, arm) of every earlier minimization arrival, in order: the state the next
+    decision depends on. A machine read, audited once per allocation."""
+    from allocator.models import MinimizationDecision  # noqa: PLC0415 - avoids widening the module's imports
+
+    rows = list(
+        session.execute(
+            select(MinimizationDecision)
+            .where(MinimizationDecision.list_id == minimization_list.id)
+            .order_by(MinimizationDecision.arrival)
+        ).scalars()
+    )
+    if not rows:
+        return []
+    ctx.audit.record(
+        session,
+        actor=reader,
+        chain=trial_code,
+        action=Action.ARM_READ,
+        object_type="randomization_list",
+        object_id=minimization_list.label,
+        new={"purpose": "minimization state", "arrivals": len(rows)},
+        at=ctx.now(),
+    )
+    history = []
+    for row in rows:
+        value = crypto.open_json(
+            ctx.ring,
+            crypto.Purpose.LISTS,
+            row.sealed,
+            decision_binding(trial_code, minimization_list.label, row.arrival),
+        )
+        if not isinstance(value, dict):
+            raise crypto.SealError(f"minimization decision {row.arrival} is not readable")
+        history.append((dict(value["levels"]), str(value["decision"]["arm"])))
+    return history
+
+
+def list_seed_in(
+    session: Session,
+    ctx: ServiceContext,
+    reader: Actor,
+    trial_code: str,
+    randomization_list: Any,
+    purpose: str,
+) -> bytes:
+    """The list's seed inside the caller's transaction (minimization draws)."""
+    ctx.audit.record(
+        session,
+        actor=reader,
+        chain=trial_code,
+        action=Action.ARM_READ,
+        object_type="randomization_list",
+        object_id=randomization_list.label,
+        new={"purpose": purpose, "scope": "seed"},
+        at=ctx.now(),
+    )
+    binding = crypto.Binding(
+        trial=trial_code, table="randomization_list", row=randomization_list.label, column="seed"
+    )
+    return crypto.open_sealed(ctx.ring, crypto.Purpose.LISTS, randomization_list.seed_sealed, binding)
+
+
+def subject_arm_in(
+    session: Session, ctx: ServiceContext, reader: Actor, trial_code: str, subject: Any, purpose: str
+) -> str:
+    """The arm allocated to a subject (kit replacement, unblinding), read from its slot or its
+    minimization decision. Audited in the caller's transaction."""
+    from allocator.models import MinimizationDecision, RandomizationList  # noqa: PLC0415
+
+    randomization_list = session.get(RandomizationList, subject.list_id)
+    if randomization_list is None:  # pragma: no cover - a foreign key guarantees it
+        raise LookupError("the subject's list is missing")
+    ctx.audit.record(
+        session,
+        actor=reader,
+        chain=trial_code,
+        action=Action.ARM_READ,
+        object_type="subject",
+        object_id=subject.subject_number,
+        new={"purpose": purpose},
+        at=ctx.now(),
+    )
+    if subject.slot_id is not None:
+        slot = session.get(Slot, subject.slot_id)
+        stratum = session.get(Stratum, slot.stratum_id) if slot else None
+        if slot is None or stratum is None:  # pragma: no cover - foreign keys guarantee them
+            raise LookupError("the subject's slot is missing")
+        binding = crypto.Binding(
+            trial=trial_code,
+            table="slot",
+            row=f"{randomization_list.label}|{stratum.key}|{slot.position}",
+            column="sealed",
+        )
+        value = crypto.open_json(ctx.ring, crypto.Purpose.LISTS, slot.sealed, binding)
+        if not isinstance(value, dict):
+            raise crypto.SealError("the subject's slot is not readable")
+        return str(value["arm"])
+    decision = session.get(MinimizationDecision, subject.minimization_decision_id)
+    if decision is None:  # pragma: no cover
+        raise LookupError("the subject's minimization decision is missing")
+    value = crypto.open_json(
+        ctx.ring,
+        crypto.Purpose.LISTS,
+        decision.sealed,
+        decision_binding(trial_code, randomization_list.label, decision.arrival),
+    )
+    if not isinstance(value, dict):
+        raise crypto.SealError("the subject's minimization decision is not readable")
+    return str(value["decision"]["arm"])

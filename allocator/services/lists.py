@@ -169,7 +169,7 @@ def _insert_slots(session: Session, rows: list[tuple[int, int, int, int, str, by
         cursor.close()
 
 
-class _Numbers:
+class RandomizationNumbers:
     """Opaque randomization numbers, unique within a list (RND-12: nothing in them reveals the
     stratum, the position or the block)."""
 
@@ -327,7 +327,7 @@ def _write_blocks(
     on the way, without holding the list in memory)."""
     design = design_of(definition)
     sealer = crypto.BulkSealer(ctx.ring, crypto.Purpose.LISTS)
-    numbers = _Numbers()
+    numbers = RandomizationNumbers()
     content = hashlib.sha256()
     stratum_digests: list[tuple[str, str]] = []
     strata = _strata(definition)
@@ -993,7 +993,7 @@ def extend_list(
                 ctx, actor, trial.code, row.label, row.seed_sealed, "list extension"
             )
             sealer = crypto.BulkSealer(ctx.ring, crypto.Purpose.LISTS)
-            numbers = _Numbers(
+            numbers = RandomizationNumbers(
                 session.execute(select(Slot.randomization_number).where(Slot.list_id == row.id)).scalars()
             )
             new_version = row.current_version + 1

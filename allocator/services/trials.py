@@ -379,3 +379,9 @@ def my_trials(ctx: ServiceContext, access: Access) -> list[MyTrial]:
                 )
             )
         return out
+
+
+def trial_definition(ctx: ServiceContext, code: str) -> TrialDefinition:
+    """The definition in force (for building forms from it)."""
+    with ctx.db.reading() as session:
+        return current_definition(session, get_trial(session, code))

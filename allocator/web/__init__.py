@@ -11,7 +11,7 @@ from allocator.permissions import Permission, Role, public
 from allocator.services.context import ServiceContext
 from allocator.settings import Environment
 from allocator.version import __version__
-from allocator.web import account, admin, api, audit, auth, errors, lists, main, security, supply
+from allocator.web import account, admin, api, audit, auth, errors, lists, main, security, subjects, supply
 
 
 def register(app: Flask, ctx: ServiceContext) -> None:
@@ -24,6 +24,7 @@ def register(app: Flask, ctx: ServiceContext) -> None:
     app.register_blueprint(audit.bp)
     app.register_blueprint(lists.bp)
     app.register_blueprint(supply.bp)
+    app.register_blueprint(subjects.bp)
     app.register_blueprint(api.bp)
     security.csrf.exempt(api.bp)
     # Static files (CSS) are on the short public list: the login page needs them.
@@ -46,6 +47,7 @@ def register(app: Flask, ctx: ServiceContext) -> None:
             "test_instance": ctx.settings.env is not Environment.PRODUCTION,
             "current_user": auth_info,
             "Permission": Permission,
+            "instanceof": isinstance,
             "Role": Role,
         }
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from flask import Blueprint, jsonify, request
 from werkzeug.wrappers import Response
 
 from allocator.permissions import Permission, requires
-from allocator.services import audit_trail, trials
+from allocator.services import administration, audit_trail, dispensing, subjects, trials
 from allocator.services.errors import FieldProblem, ValidationFailed
 from allocator.web.openapi import document
-from allocator.web.security import ctx, current_trial, scope
+from allocator.web.security import actor, ctx, current_trial, scope
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -67,3 +69,118 @@ def audit_verify(trial: str) -> Response:
             "unsigned_tail": result.unsigned_tail,
         }
     )
+
+
+# --- subjects, dispensing, bedside (contract.md) -----------------------------------------------
+
+_RANDOMIZE_FIELDS = {"site", "screening_number", "eligibility", "strata"}
+
+
+def _json_body() -> dict[str, object]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ValidationFailed(
+            "the body must be a JSON object", errors=[FieldProblem("body", "expected a JSON object")]
+        )
+    return body
+
+
+@bp.route("/trials/<trial>/subjects", methods=["POST"])
+@requires(Permission.SUBJECT_RANDOMIZE)
+def randomize(trial: str) -> tuple[Response, int]:
+    """Screen and randomize. Any field beyond site, screening_number, eligibility and strata — a
+    slot, an arm, a kit — is refused, never used (RND-05)."""
+    body = _json_body()
+    problems = [
+        FieldProblem(key, "is not accepted (nobody chooses a slot, an arm or a kit)")
+        for key in sorted(set(body) - _RANDOMIZE_FIELDS)
+    ]
+    for key in ("eligibility", "strata"):
+        if not isinstance(body.get(key), dict):
+            problems.append(FieldProblem(key, "must be an object"))
+    for key in ("site", "screening_number"):
+        if not isinstance(body.get(key), str):
+            problems.append(FieldProblem(key, "must be a string"))
+    if problems:
+        raise ValidationFailed("invalid randomization request", errors=problems)
+    eligibility, strata = body["eligibility"], body["strata"]
+    if not isinstance(eligibility, dict) or not isinstance(strata, dict):  # pragma: no cover - checked above
+        raise ValidationFailed("invalid randomization request")
+    result = subjects.randomize(
+        ctx(),
+        actor(Permission.SUBJECT_RANDOMIZE),
+        trial,
+        subjects.RandomizationRequest(
+            site=str(body["site"]),
+            screening_number=str(body["screening_number"]),
+            eligibility=eligibility,
+            strata=strata,
+        ),
+        scope(Permission.SUBJECT_RANDOMIZE),
+    )
+    return jsonify(result.as_json()), 201
+
+
+@bp.route("/trials/<trial>/subjects")
+@requires(Permission.SUBJECT_VIEW)
+def subject_list(trial: str) -> Response:
+    return jsonify(
+        {"subjects": [s.as_json() for s in subjects.subjects(ctx(), trial, scope(Permission.SUBJECT_VIEW))]}
+    )
+
+
+@bp.route("/trials/<trial>/subjects/<subject>")
+@requires(Permission.SUBJECT_VIEW)
+def subject_detail(trial: str, subject: str) -> Response:
+    return jsonify(subjects.subject(ctx(), trial, subject, scope(Permission.SUBJECT_VIEW)).as_json())
+
+
+@bp.route("/trials/<trial>/subjects/<subject>/dispensation-sheet.pdf")
+@requires(Permission.DISPENSATION_DISPENSE)
+def dispensation_sheet(trial: str, subject: str) -> Response:
+    document_id, pdf = dispensing.dispensation_sheet(
+        ctx(),
+        actor(Permission.DISPENSATION_DISPENSE),
+        trial,
+        subject,
+        scope(Permission.DISPENSATION_DISPENSE),
+    )
+    return Response(
+        pdf,
+        mimetype="application/pdf",
+        headers={"Content-Disposition": f'attachment; filename="{document_id}.pdf"'},
+    )
+
+
+_SCAN_FIELDS = {"payload", "subject_number", "day", "administered_at", "late_reason"}
+
+
+@bp.route("/trials/<trial>/scans", methods=["POST"])
+@requires(Permission.ADMINISTRATION_RECORD)
+def scan(trial: str) -> tuple[Response, int]:
+    """Verify a scanned label and record the administration."""
+    body = _json_body()
+    problems = [FieldProblem(key, "is not accepted") for key in sorted(set(body) - _SCAN_FIELDS)]
+    for key in ("payload", "subject_number", "day"):
+        if not isinstance(body.get(key), str) or not str(body.get(key)).strip():
+            problems.append(FieldProblem(key, "is required"))
+    given = None
+    if body.get("administered_at") is not None:
+        try:
+            given = datetime.fromisoformat(str(body["administered_at"]).replace("Z", "+00:00"))
+        except ValueError:
+            problems.append(FieldProblem("administered_at", "must be an ISO 8601 time with a zone"))
+    if problems:
+        raise ValidationFailed("invalid scan", errors=problems)
+    result = administration.record_scan(
+        ctx(),
+        actor(Permission.ADMINISTRATION_RECORD),
+        trial,
+        payload=str(body["payload"]),
+        subject_number=str(body["subject_number"]),
+        day=str(body["day"]),
+        scope=scope(Permission.ADMINISTRATION_RECORD),
+        administered_at=given,
+        late_reason=str(body.get("late_reason") or ""),
+    )
+    return jsonify(result.as_json()), 201

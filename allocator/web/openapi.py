@@ -19,6 +19,13 @@ _COMMON_ERRORS = {
     "404": _problem_response("Unknown trial or object, or outside the user's sites"),
 }
 
+_SUBJECT = {
+    "name": "subject",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "Subject number, e.g. P1-001",
+}
 _TRIAL = {
     "name": "trial",
     "in": "path",
@@ -124,6 +131,156 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            "/trials/{trial}/subjects": {
+                "post": {
+                    "summary": "Screen and randomize a patient (investigator of the site)",
+                    "operationId": "randomizeSubject",
+                    "parameters": [_TRIAL],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/RandomizationRequest"}
+                            }
+                        },
+                    },
+                    "responses": {
+                        "201": {
+                            "description": "Randomized; never an arm",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/RandomizationResult"}
+                                }
+                            },
+                        },
+                        "409": _problem_response(
+                            "already-randomized, kits-unavailable, stratum-exhausted, no-active-list or "
+                            "list-integrity-failure (each its own problem type)"
+                        ),
+                        "422": _problem_response(
+                            "validation-error (nothing recorded) or ineligible (recorded in the "
+                            "screening log, with the failed criteria in errors)"
+                        ),
+                        **_COMMON_ERRORS,
+                    },
+                },
+                "get": {
+                    "summary": "Blinded subject records of the sites within reach",
+                    "operationId": "listSubjects",
+                    "parameters": [_TRIAL],
+                    "responses": {
+                        "200": {
+                            "description": '{"subjects": [Subject]}',
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {
+                                            "subjects": {
+                                                "type": "array",
+                                                "items": {"$ref": "#/components/schemas/Subject"},
+                                            }
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        **_COMMON_ERRORS,
+                    },
+                },
+            },
+            "/trials/{trial}/subjects/{subject}": {
+                "get": {
+                    "summary": "One blinded subject record",
+                    "operationId": "getSubject",
+                    "parameters": [_TRIAL, _SUBJECT],
+                    "responses": {
+                        "200": {
+                            "description": "The subject",
+                            "content": {
+                                "application/json": {"schema": {"$ref": "#/components/schemas/Subject"}}
+                            },
+                        },
+                        **_COMMON_ERRORS,
+                    },
+                }
+            },
+            "/trials/{trial}/subjects/{subject}/dispensation-sheet.pdf": {
+                "get": {
+                    "summary": "The QR-labelled dispensation sheet (pharmacist of the site; after dispensing)",
+                    "operationId": "getDispensationSheet",
+                    "parameters": [_TRIAL, _SUBJECT],
+                    "responses": {
+                        "200": {
+                            "description": "PDF; reprints are marked DUPLICATA and counted",
+                            "content": {"application/pdf": {}},
+                        },
+                        "409": _problem_response("Nothing dispensed yet"),
+                        **_COMMON_ERRORS,
+                    },
+                }
+            },
+            "/trials/{trial}/scans": {
+                "post": {
+                    "summary": "Verify a scanned label at the bedside and record the administration",
+                    "operationId": "recordScan",
+                    "parameters": [_TRIAL],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "required": ["payload", "subject_number", "day"],
+                                    "properties": {
+                                        "payload": {
+                                            "type": "string",
+                                            "description": "The QR text of the syringe or kit label",
+                                        },
+                                        "subject_number": {"type": "string"},
+                                        "day": {"type": "string", "examples": ["D1"]},
+                                        "administered_at": {
+                                            "type": "string",
+                                            "format": "date-time",
+                                            "description": "When given, if not now",
+                                        },
+                                        "late_reason": {
+                                            "type": "string",
+                                            "description": "Required when recorded over 1 h late",
+                                        },
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "201": {
+                            "description": "Recorded",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {
+                                            "ok": {"type": "boolean"},
+                                            "subject_number": {"type": "string"},
+                                            "day": {"type": "string"},
+                                            "kit_number": {"type": "string"},
+                                            "administered_at": {"type": "string"},
+                                            "warnings": {"type": "array", "items": {"type": "string"}},
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        "409": _problem_response(
+                            "wrong-patient, wrong-day, already-administered or scan-refused (audited)"
+                        ),
+                        "422": _problem_response("Unreadable or forged label, or an invalid time"),
+                        **_COMMON_ERRORS,
+                    },
+                }
+            },
         },
         "components": {
             "securitySchemes": {
@@ -151,6 +308,61 @@ def document() -> dict[str, Any]:
                                 "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
                             },
                         },
+                    },
+                },
+                "RandomizationRequest": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["site", "screening_number", "eligibility", "strata"],
+                    "description": "Nothing else is accepted: no slot, arm or kit can be chosen (RND-05).",
+                    "properties": {
+                        "site": {"type": "string", "examples": ["P1"]},
+                        "screening_number": {
+                            "type": "string",
+                            "description": "The site's pseudonymous number",
+                        },
+                        "eligibility": {
+                            "type": "object",
+                            "description": "One answer per criterion id of the trial",
+                        },
+                        "strata": {
+                            "type": "object",
+                            "description": "One level per entered stratification factor",
+                        },
+                    },
+                },
+                "RandomizationResult": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["subject_number", "randomization_number", "kits", "randomized_at"],
+                    "properties": {
+                        "subject_number": {"type": "string"},
+                        "randomization_number": {"type": "string"},
+                        "kits": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "properties": {"kit_number": {"type": "string"}, "day": {"type": "string"}},
+                            },
+                        },
+                        "randomized_at": {"type": "string", "format": "date-time"},
+                    },
+                },
+                "Subject": {
+                    "type": "object",
+                    "description": "Blinded: no arm field exists (BLD-06).",
+                    "properties": {
+                        "subject_number": {"type": "string"},
+                        "screening_number": {"type": "string"},
+                        "randomization_number": {"type": "string"},
+                        "site": {"type": "string"},
+                        "randomized_at": {"type": "string", "format": "date-time"},
+                        "strata": {"type": "object"},
+                        "strata_corrected": {"type": ["object", "null"]},
+                        "randomized_in_error": {"type": "boolean"},
+                        "blind_broken": {"type": "boolean"},
+                        "kits": {"type": "array", "items": {"type": "object"}},
                     },
                 },
                 "AuditEntry": {

@@ -81,6 +81,7 @@ NO_DELETE = {
     "shipment",
     "dispensation",
     "audit_chain_head",
+    "notification",
     "api_token",
 }
 UNGUARDED = {"login_session", "login_throttle"}

@@ -1,0 +1,293 @@
+"""The bedside scan (nurse, investigator or pharmacist of the site): right trial, right subject,
+right day, dispensed, not expired, not given twice, previous day given — then the administration
+is recorded with its time (LBL-06, LBL-09, DIB-01, DIB-09). Every refused scan is audited, for the
+protocol-deviation listings (REP-07)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+import kits as kitlib
+from allocator.audit import Action, Actor
+from allocator.models import Administration, Dispensation, Kit, KitEvent, KitStatus, Site, Subject
+from allocator.permissions import Scope
+from allocator.services import kits
+from allocator.services.context import ServiceContext
+from allocator.services.dispensing import planned_date
+from allocator.services.errors import Conflict, DomainError, FieldProblem, NotFound, ValidationFailed
+from allocator.services.subjects import current_dispensations
+from allocator.services.trials import current_definition, get_trial
+
+LATE_AFTER = timedelta(hours=1)  # an administration recorded later than this needs a reason (DIB-09)
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+class ScanRefused(Conflict):
+    slug = "scan-refused"
+    title = "The scanned label does not match"
+
+
+class WrongPatient(ScanRefused):
+    slug = "wrong-patient"
+    title = "This label belongs to another patient"
+
+
+class WrongDay(ScanRefused):
+    slug = "wrong-day"
+    title = "This label is for another day"
+
+
+class AlreadyAdministered(ScanRefused):
+    slug = "already-administered"
+    title = "This dose was already given"
+
+
+@dataclass(frozen=True, slots=True)
+class ScanResult:
+    subject_number: str
+    day: str
+    kit_number: str
+    administered_at: datetime
+    warnings: tuple[str, ...] = field(default=())
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "ok": True,
+            "subject_number": self.subject_number,
+            "day": self.day,
+            "kit_number": self.kit_number,
+            "administered_at": self.administered_at.isoformat().replace("+00:00", "Z"),
+            "warnings": list(self.warnings),
+        }
+
+
+def record_scan(
+    ctx: ServiceContext,
+    actor: Actor,
+    trial_code: str,
+    *,
+    payload: str,
+    subject_number: str,
+    day: str,
+    scope: Scope,
+    administered_at: datetime | None = None,
+    late_reason: str = "",
+) -> ScanResult:
+    """Verify a scanned syringe (or kit) label for a subject and day, and record the administration.
+
+    Raises ValidationFailed (unreadable or forged label, bad time), NotFound (subject out of reach),
+    WrongPatient, WrongDay, AlreadyAdministered or ScanRefused (not dispensed, expired, previous day
+    not given when the trial refuses that) — refusals are audited."""
+    now = ctx.now()
+    when = administered_at or now
+    if when.tzinfo is None:
+        raise ValidationFailed(
+            "the time needs a time zone", errors=[FieldProblem("administered_at", "no time zone")]
+        )
+    problems = []
+    if when > now + CLOCK_SKEW:
+        problems.append(FieldProblem("administered_at", "is in the future"))
+    if now - when > LATE_AFTER and not late_reason.strip():
+        problems.append(FieldProblem("late_reason", "a late entry needs a reason (DIB-09)"))
+    if problems:
+        raise ValidationFailed("invalid administration time", errors=problems)
+    try:
+        scanned = kitlib.verify_payload(payload, trial_code, kits.mac(ctx))
+    except kitlib.PayloadError as exc:
+        _refusal(ctx, actor, trial_code, subject_number, day, "unreadable-label", str(exc), None)
+        raise ValidationFailed(
+            "the label cannot be verified", errors=[FieldProblem("payload", str(exc))]
+        ) from None
+    with ctx.db.unit_of_work() as session:
+        outcome = _record_in(
+            ctx, session, actor, trial_code, scanned, subject_number, day, scope, when, now, late_reason
+        )
+    if isinstance(outcome, DomainError):
+        raise outcome
+    return outcome
+
+
+def _refusal(
+    ctx: ServiceContext,
+    actor: Actor,
+    trial_code: str,
+    subject_number: str,
+    day: str,
+    cause: str,
+    detail: str,
+    site_code: str | None,
+    session: Session | None = None,
+) -> None:
+    def write(s: Session) -> None:
+        ctx.audit.record(
+            s,
+            actor=actor,
+            chain=trial_code,
+            action=Action.SCAN_REFUSED,
+            object_type="subject",
+            object_id=subject_number[:64],
+            site_code=site_code,
+            new={"day": day[:8], "cause": cause, "detail": detail[:200]},
+            at=ctx.now(),
+        )
+
+    if session is not None:
+        write(session)
+    else:
+        with ctx.db.unit_of_work() as own:
+            write(own)
+
+
+def _record_in(
+    ctx: ServiceContext,
+    session: Session,
+    actor: Actor,
+    trial_code: str,
+    scanned: kitlib.KitPayload,
+    subject_number: str,
+    day: str,
+    scope: Scope,
+    when: datetime,
+    now: datetime,
+    late_reason: str,
+) -> ScanResult | DomainError:
+    trial = get_trial(session, trial_code)
+    definition = current_definition(session, trial)
+    subject = session.execute(
+        select(Subject).where(
+            Subject.trial_id == trial.id, Subject.subject_number == subject_number.strip().upper()
+        )
+    ).scalar_one_or_none()
+    if subject is None or not scope.allows_site(subject.site_id):
+        raise NotFound(
+            f"no subject {subject_number} within your reach",
+            errors=[FieldProblem("subject_number", "unknown")],
+        )
+    site = session.get(Site, subject.site_id)
+    site_code = site.code if site else None
+    days = {d.label: d.day for d in definition.dispensing.schedule}
+    if day not in days:
+        raise ValidationFailed("unknown day", errors=[FieldProblem("day", f"one of {', '.join(days)}")])
+
+    def refuse(error: DomainError, cause: str) -> DomainError:
+        _refusal(ctx, actor, trial.code, subject.subject_number, day, cause, error.detail, site_code, session)
+        return error
+
+    live = current_dispensations(session, subject.id)
+    row = live[days[day]]
+    kit = session.execute(select(Kit).where(Kit.id == row.kit_id).with_for_update()).scalar_one()
+    if scanned.kit_number != kit.kit_number:
+        other = session.execute(
+            select(Dispensation, Subject.subject_number)
+            .join(Subject, Subject.id == Dispensation.subject_id)
+            .join(Kit, Kit.id == Dispensation.kit_id)
+            .where(Kit.trial_id == trial.id, Kit.kit_number == scanned.kit_number)
+        ).first()
+        if other is not None and other[1] == subject.subject_number:
+            label = next((d.label for d in definition.dispensing.schedule if d.day == other[0].day), "?")
+            return refuse(
+                WrongDay(
+                    f"this label is {subject.subject_number}'s {label} dose, not {day}",
+                    errors=[FieldProblem("day", f"the label is for {label}")],
+                ),
+                "wrong-day",
+            )
+        return refuse(
+            WrongPatient(
+                f"STOP: this label does not belong to {subject.subject_number}",
+                errors=[FieldProblem("payload", "another patient's or an unallocated kit")],
+            ),
+            "wrong-patient",
+        )
+    if scanned.unit not in (day, kits.KIT_UNIT):
+        return refuse(
+            WrongDay(
+                f"this label is printed for {scanned.unit}, not {day}",
+                errors=[FieldProblem("day", f"the label is for {scanned.unit}")],
+            ),
+            "wrong-day",
+        )
+    if row.status == "administered":
+        return refuse(
+            AlreadyAdministered(
+                f"the {day} dose of {subject.subject_number} was already given",
+                errors=[FieldProblem("day", "already given")],
+            ),
+            "already-administered",
+        )
+    if row.status != "dispensed":
+        return refuse(
+            ScanRefused(
+                f"the {day} kit of {subject.subject_number} was not dispensed by the pharmacy",
+                errors=[FieldProblem("payload", "not dispensed")],
+            ),
+            "not-dispensed",
+        )
+    if kit.expiry_date is None or kit.expiry_date < when.date():
+        return refuse(
+            ScanRefused(
+                f"the {day} kit of {subject.subject_number} is expired: do not give it",
+                errors=[FieldProblem("payload", "expired")],
+            ),
+            "expired",
+        )
+    if when < subject.randomized_at:
+        raise ValidationFailed(
+            "before randomization", errors=[FieldProblem("administered_at", "is before randomization")]
+        )
+    warnings = []
+    missing = [
+        d.label
+        for d in definition.dispensing.schedule
+        if d.day < days[day] and live[d.day].status != "administered"
+    ]
+    if missing:
+        message = f"{', '.join(missing)} not recorded as given before {day}"
+        if definition.dispensing.out_of_order == "refuse":
+            return refuse(ScanRefused(message, errors=[FieldProblem("day", message)]), "out-of-order")
+        warnings.append(message)
+    planned = planned_date(definition, subject.randomized_at, days[day])
+    if when.date() != planned:
+        warnings.append(f"{day} was planned for {planned.isoformat()}")
+    administration = Administration(
+        dispensation_id=row.id,
+        subject_id=subject.id,
+        day=days[day],
+        administered_at=when,
+        recorded_at=now,
+        recorded_by_id=actor.user_id,
+        recorded_by_name=actor.name,
+        late_entry_reason=late_reason.strip() or None,
+    )
+    session.add(administration)
+    row.status = "administered"
+    session.add(
+        KitEvent(
+            kit_id=kit.id,
+            at=now,
+            from_status=kit.status,
+            to_status=KitStatus.ADMINISTERED.value,
+            site_id=kit.site_id,
+            actor_id=actor.user_id,
+            actor_name=actor.name,
+            reason=f"administered to {subject.subject_number} ({day})",
+        )
+    )
+    kit.status = KitStatus.ADMINISTERED.value
+    ctx.audit.record(
+        session,
+        actor=actor,
+        chain=trial.code,
+        action=Action.ADMINISTRATION_RECORDED,
+        object_type="subject",
+        object_id=subject.subject_number,
+        site_code=site_code,
+        new={"day": day, "kit": kit.kit_number, "administered_at": when.isoformat(), "warnings": warnings},
+        reason=late_reason.strip() or None,
+        at=now,
+    )
+    return ScanResult(subject.subject_number, day, kit.kit_number, when, tuple(warnings))

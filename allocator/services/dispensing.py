@@ -1,0 +1,499 @@
+"""Pharmacy: the dispensation queue, dispensing by scanning (signed), the QR-labelled dispensation
+sheet, kit replacement, and the unblinded preparation instruction.
+
+LBL-09: the kit handed out is verified by scanning its label (MAC checked) or typing its number
+(check digit checked); a kit that is not the one allocated to this subject and day — another
+subject's, or already dispensed — is refused and the attempt is audited.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+import kits as kitlib
+from allocator.audit import Action, Actor
+from allocator.models import (
+    Batch,
+    Dispensation,
+    Kit,
+    KitEvent,
+    KitStatus,
+    PrintedDocument,
+    Signature,
+    Site,
+    Subject,
+)
+from allocator.permissions import Scope
+from allocator.services import arm_access, kits, signatures
+from allocator.services.context import ServiceContext
+from allocator.services.errors import Conflict, DomainError, FieldProblem, NotFound, ValidationFailed
+from allocator.services.subjects import KitsUnavailable, _subject, current_dispensations
+from allocator.services.trials import current_definition, get_trial
+from allocator.trialdef import TrialDefinition
+
+DISPENSING_MEANING = "dispensing"
+
+
+class WrongKit(Conflict):
+    slug = "wrong-kit"
+    title = "This is not the kit allocated to this subject and day"
+
+
+class AlreadyDispensed(Conflict):
+    slug = "already-dispensed"
+    title = "The kit was already dispensed"
+
+
+def _day_numbers(definition: TrialDefinition) -> dict[str, int]:
+    return {d.label: d.day for d in definition.dispensing.schedule}
+
+
+def planned_date(definition: TrialDefinition, randomized_at: datetime, day: int) -> date:
+    offset = next(d.offset_hours for d in definition.dispensing.schedule if d.day == day)
+    return (randomized_at + timedelta(hours=offset)).astimezone(ZoneInfo(definition.timezone)).date()
+
+
+def kit_from_scan(ctx: ServiceContext, trial_code: str, text: str) -> tuple[str, str | None]:
+    """(kit number, unit) from a scanned label (MAC verified) or a typed number (check digit)."""
+    raw = text.strip()
+    if "/" in raw:
+        payload = kitlib.verify_payload(raw, trial_code, kits.mac(ctx))
+        return payload.kit_number, payload.unit
+    return kitlib.normalize_kit_number(raw), None
+
+
+# --- queue ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class QueueItem:
+    subject_number: str
+    randomization_number: str
+    site: str
+    randomized_at: datetime
+    pending: tuple[tuple[str, str], ...]  # (day label, kit number) still to dispense
+
+
+def queue(ctx: ServiceContext, trial_code: str, scope: Scope) -> list[QueueItem]:
+    with ctx.db.reading() as session:
+        trial = get_trial(session, trial_code)
+        definition = current_definition(session, trial)
+        labels = {d.day: d.label for d in definition.dispensing.schedule}
+        sites = {
+            s.id: s.code for s in session.execute(select(Site).where(Site.trial_id == trial.id)).scalars()
+        }
+        items = []
+        for subject in session.execute(
+            select(Subject).where(Subject.trial_id == trial.id).order_by(Subject.id)
+        ).scalars():
+            if not scope.allows_site(subject.site_id):
+                continue
+            pending = []
+            for day, row in sorted(current_dispensations(session, subject.id).items()):
+                if row.status == "allocated":
+                    kit = session.get(Kit, row.kit_id)
+                    pending.append((labels.get(day, f"D{day}"), kit.kit_number if kit else "?"))
+            if pending:
+                items.append(
+                    QueueItem(
+                        subject.subject_number,
+                        subject.randomization_number,
+                        sites[subject.site_id],
+                        subject.randomized_at,
+                        tuple(pending),
+                    )
+                )
+        return items
+
+
+# --- dispensing -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Dispensed:
+    subject_number: str
+    days: tuple[str, ...]
+    signature: signatures.Manifestation
+
+
+def dispense(
+    ctx: ServiceContext,
+    actor: Actor,
+    trial_code: str,
+    number: str,
+    scans: Mapping[str, str],
+    *,
+    scope: Scope,
+    signature: signatures.SignatureRequest,
+) -> Dispensed:
+    """Dispense the scanned kits of a subject (any subset of its days), signed (ACC-12).
+
+    Every scan must be the kit allocated to that day (LBL-09); a wrong or already dispensed kit
+    refuses the whole dispensing and the attempt is audited. Expired kits are never dispensed
+    (LBL-05): they are replaced first."""
+    scans = {day: text for day, text in scans.items() if text and text.strip()}
+    if not scans:
+        raise ValidationFailed("scan at least one kit", errors=[FieldProblem("scans", "no kit scanned")])
+    parsed: dict[str, str] = {}
+    problems = []
+    for day, text in scans.items():
+        try:
+            parsed[day], _ = kit_from_scan(ctx, trial_code, text)
+        except (kitlib.KitNumberError, kitlib.PayloadError) as exc:
+            problems.append(FieldProblem(f"scans.{day}", str(exc)))
+    if problems:
+        raise ValidationFailed("some scans are not valid", errors=problems)
+    now = ctx.now()
+    try:
+        with ctx.db.unit_of_work() as session:
+            outcome = _dispense_in(ctx, session, actor, trial_code, number, parsed, scope, signature, now)
+    except signatures.SignatureRefused:
+        signatures.record_failure(
+            ctx,
+            actor=actor,
+            chain=trial_code,
+            meaning=DISPENSING_MEANING,
+            object_type="subject",
+            object_id=number,
+        )
+        raise
+    if isinstance(outcome, DomainError):
+        raise outcome
+    return outcome
+
+
+def _dispense_in(
+    ctx: ServiceContext,
+    session: Session,
+    actor: Actor,
+    trial_code: str,
+    number: str,
+    parsed: Mapping[str, str],
+    scope: Scope,
+    signature: signatures.SignatureRequest,
+    now: datetime,
+) -> Dispensed | DomainError:
+    trial = get_trial(session, trial_code)
+    definition = current_definition(session, trial)
+    subject = _subject(session, trial, number, scope)
+    site = session.get(Site, subject.site_id)
+    days = _day_numbers(definition)
+    unknown = [d for d in parsed if d not in days]
+    if unknown:
+        raise ValidationFailed(
+            "unknown day", errors=[FieldProblem(f"scans.{d}", "is not a dispensing day") for d in unknown]
+        )
+    live = current_dispensations(session, subject.id)
+    chosen: list[tuple[str, Dispensation, Kit]] = []
+    for label, kit_number in parsed.items():
+        row = live[days[label]]
+        kit = session.execute(select(Kit).where(Kit.id == row.kit_id).with_for_update()).scalar_one()
+        refusal: DomainError | None = None
+        if kit.kit_number != kit_number:
+            refusal = WrongKit(
+                f"kit {kitlib.format_kit_number(kit_number)} is not the kit allocated to {number} for {label}",
+                errors=[FieldProblem(f"scans.{label}", "wrong kit")],
+            )
+        elif row.status != "allocated":
+            refusal = AlreadyDispensed(
+                f"the {label} kit of {number} was already dispensed",
+                errors=[FieldProblem(f"scans.{label}", "already dispensed")],
+            )
+        elif kit.expiry_date is None or kit.expiry_date < planned_date(
+            definition, subject.randomized_at, row.day
+        ):
+            refusal = Conflict(
+                f"the {label} kit of {number} expires before its day: replace it",
+                errors=[FieldProblem(f"scans.{label}", "expired: replace the kit")],
+            )
+        if refusal is not None:
+            ctx.audit.record(
+                session,
+                actor=actor,
+                chain=trial.code,
+                action=Action.DISPENSING_REFUSED,
+                object_type="subject",
+                object_id=number,
+                site_code=site.code if site else None,
+                new={"day": label, "scanned": kit_number, "cause": refusal.slug},
+                at=now,
+            )
+            return refusal
+        chosen.append((label, row, kit))
+    content = {"subject": number, "kits": {label: kit.kit_number for label, _, kit in chosen}}
+    signed = signatures.sign(
+        ctx,
+        session,
+        actor=actor,
+        chain=trial.code,
+        trial_id=trial.id,
+        request=signature,
+        meaning=DISPENSING_MEANING,
+        object_type="subject",
+        object_id=number,
+        content=content,
+        now=now,
+    )
+    for label, row, kit in chosen:
+        row.status = "dispensed"
+        row.dispensed_at = now
+        row.dispensed_by_id = actor.user_id
+        row.dispensed_by_name = actor.name
+        row.dispensing_signature_id = signed.id
+        session.add(
+            KitEvent(
+                kit_id=kit.id,
+                at=now,
+                from_status=kit.status,
+                to_status=KitStatus.DISPENSED.value,
+                site_id=kit.site_id,
+                actor_id=actor.user_id,
+                actor_name=actor.name,
+                reason=f"dispensed to {number} for {label}",
+            )
+        )
+        kit.status = KitStatus.DISPENSED.value
+    ctx.audit.record(
+        session,
+        actor=actor,
+        chain=trial.code,
+        action=Action.KITS_DISPENSED,
+        object_type="subject",
+        object_id=number,
+        site_code=site.code if site else None,
+        new={**content, "signature": signed.id},
+        at=now,
+    )
+    return Dispensed(number, tuple(label for label, _, _ in chosen), signatures.manifestation(signed))
+
+
+# --- dispensation sheet (LBL-06, LBL-07, LBL-12) ----------------------------------------------
+
+SHEET_MEANING = kitlib.Bilingual(fr="Dispensation", en="Dispensing")
+
+
+def dispensation_sheet(
+    ctx: ServiceContext, actor: Actor, trial_code: str, number: str, scope: Scope
+) -> tuple[str, bytes]:
+    """The QR-labelled sheet of a subject: one row and one syringe label per day, the dispensing
+    signature, the 24/7 emergency contact. Available once a kit was dispensed; a reprint is marked
+    DUPLICATA and counted. Identical for both arms: nothing in it depends on the arm (BLD-02)."""
+    now = ctx.now()
+    with ctx.db.unit_of_work() as session:
+        trial = get_trial(session, trial_code)
+        definition = current_definition(session, trial)
+        subject = _subject(session, trial, number, scope)
+        site = session.get(Site, subject.site_id)
+        if site is None:  # pragma: no cover - a foreign key guarantees it
+            raise NotFound("no site")
+        live = current_dispensations(session, subject.id)
+        signed_rows = [row for row in live.values() if row.dispensing_signature_id is not None]
+        if not signed_rows:
+            raise Conflict(f"no kit of {number} was dispensed yet: dispense first, then print the sheet")
+        last = max(signed_rows, key=lambda r: r.dispensed_at or now)
+        signature = session.get(Signature, last.dispensing_signature_id)
+        if signature is None:  # pragma: no cover
+            raise NotFound("no signature")
+        labels = {d.day: d.label for d in definition.dispensing.schedule}
+        rows = []
+        for day, row in sorted(live.items()):
+            kit = session.get(Kit, row.kit_id)
+            batch = session.get(Batch, kit.batch_id) if kit and kit.batch_id else None
+            if kit is None or batch is None or kit.expiry_date is None:  # pragma: no cover
+                raise NotFound("kit data missing")
+            rows.append(
+                kitlib.DispensationRow(
+                    unit=labels[day],
+                    kit_number=kit.kit_number,
+                    qr_payload=kitlib.build_payload(trial.code, kit.kit_number, labels[day], kits.mac(ctx)),
+                    batch=batch.lot_code,
+                    expiry=kitlib.Expiry(kit.expiry_date.year, kit.expiry_date.month),
+                    planned_date=planned_date(definition, subject.randomized_at, day),
+                )
+            )
+        previous = session.execute(
+            select(func.count())
+            .select_from(PrintedDocument)
+            .where(PrintedDocument.subject_id == subject.id, PrintedDocument.kind == "dispensation_sheet")
+        ).scalar_one()
+        original = session.execute(
+            select(PrintedDocument.document_id)
+            .where(PrintedDocument.subject_id == subject.id, PrintedDocument.kind == "dispensation_sheet")
+            .order_by(PrintedDocument.id)
+            .limit(1)
+        ).scalar_one_or_none()
+        document_id = kits.next_document_id(session, trial, "DISP")
+        sheet = kitlib.DispensationSheet(
+            site_code=site.code,
+            site_name=site.name,
+            investigator_name=site.principal_investigator,
+            subject_number=subject.subject_number,
+            randomization_number=subject.randomization_number,
+            rows=tuple(rows),
+            dispensed_at=last.dispensed_at or now,
+            local_zone=definition.timezone,
+            signature=kitlib.ElectronicSignature(
+                printed_name=signature.printed_name, signed_at=signature.signed_at, meaning=SHEET_MEANING
+            ),
+            document=kitlib.DocumentMeta(document_id=document_id, created_at=now, reprint_number=previous),
+        )
+        pdf = kitlib.render_dispensation_sheet(kits.label_info(definition, ctx.settings.env), sheet)
+        session.add(
+            PrintedDocument(
+                trial_id=trial.id,
+                kind="dispensation_sheet",
+                document_id=document_id,
+                subject_id=subject.id,
+                items=[r.kit_number for r in rows],
+                reprint_of=original,
+                reprint_number=previous,
+                content_sha256=hashlib.sha256(pdf).hexdigest(),
+                printed_at=now,
+                printed_by_id=actor.user_id,
+                printed_by_name=actor.name,
+            )
+        )
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=trial.code,
+            action=Action.DOCUMENT_PRINTED,
+            object_type="printed_document",
+            object_id=document_id,
+            site_code=site.code,
+            new={"kind": "dispensation_sheet", "subject": number, "reprint": previous},
+            at=now,
+        )
+        return document_id, pdf
+
+
+# --- replacement (BLD-04) ---------------------------------------------------------------------
+
+
+def replace_kit(
+    ctx: ServiceContext,
+    actor: Actor,
+    trial_code: str,
+    number: str,
+    day_label: str,
+    *,
+    cause: str,
+    reason: str,
+    scope: Scope,
+) -> tuple[str, str]:
+    """Replace a lost, damaged or expired kit of a subject by a kit of the same arm, chosen the same
+    way (at random among the site's usable kits of that arm). The old kit keeps its history; the
+    answer never names the arm. Returns (day, new kit number)."""
+    if cause not in (KitStatus.LOST.value, KitStatus.DAMAGED.value, KitStatus.EXPIRED.value):
+        raise ValidationFailed("invalid cause", errors=[FieldProblem("cause", "lost, damaged or expired")])
+    if not reason.strip():
+        raise ValidationFailed("a reason is required", errors=[FieldProblem("reason", "is required")])
+    now = ctx.now()
+    with ctx.db.unit_of_work() as session:
+        trial = get_trial(session, trial_code)
+        definition = current_definition(session, trial)
+        subject = _subject(session, trial, number, scope)
+        site_row = session.execute(
+            select(Site).where(Site.id == subject.site_id).with_for_update()
+        ).scalar_one()
+        days = _day_numbers(definition)
+        if day_label not in days:
+            raise ValidationFailed("unknown day", errors=[FieldProblem("day", "is not a dispensing day")])
+        row = current_dispensations(session, subject.id)[days[day_label]]
+        if row.status == "administered":
+            raise Conflict(f"the {day_label} kit of {number} was already administered")
+        old = session.execute(select(Kit).where(Kit.id == row.kit_id).with_for_update()).scalar_one()
+        arm = arm_access.subject_arm_in(session, ctx, actor, trial.code, subject, "kit replacement")
+        today = kits_today(definition, now)
+        stock = kits.usable_kits_by_arm(ctx, session, actor, trial, definition, site_row.id, today)
+        if not stock[arm]:
+            raise KitsUnavailable(
+                f"site {site_row.code} holds no suitable replacement kit: ask for a shipment"
+            )
+        new = kits.pick(stock[arm], 1)[0]
+        row.status = "replaced"
+        row.replaced_at = now
+        row.replacement_reason = f"{cause}: {reason.strip()}"
+        session.add(
+            KitEvent(
+                kit_id=old.id,
+                at=now,
+                from_status=old.status,
+                to_status=cause,
+                site_id=old.site_id,
+                actor_id=actor.user_id,
+                actor_name=actor.name,
+                reason=f"{cause} ({number} {day_label}): {reason.strip()}",
+            )
+        )
+        old.status = cause
+        session.add(
+            Dispensation(
+                subject_id=subject.id,
+                day=row.day,
+                replacement_number=row.replacement_number + 1,
+                kit_id=new.id,
+                status="allocated",
+                allocated_at=now,
+            )
+        )
+        session.add(
+            KitEvent(
+                kit_id=new.id,
+                at=now,
+                from_status=new.status,
+                to_status=KitStatus.ALLOCATED.value,
+                site_id=new.site_id,
+                actor_id=actor.user_id,
+                actor_name=actor.name,
+                reason=f"replacement for {number} {day_label}",
+            )
+        )
+        new.status = KitStatus.ALLOCATED.value
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=trial.code,
+            action=Action.KIT_REPLACED,
+            object_type="subject",
+            object_id=number,
+            site_code=site_row.code,
+            old={"day": day_label, "kit": old.kit_number},
+            new={"day": day_label, "kit": new.kit_number, "cause": cause},
+            reason=reason.strip(),
+            sealed={"arm": arm},
+            at=now,
+        )
+        return day_label, new.kit_number
+
+
+def kits_today(definition: TrialDefinition, now: datetime) -> date:
+    return now.astimezone(ZoneInfo(definition.timezone)).date()
+
+
+# --- preparation by the unblinded pharmacist (BLD-08) -----------------------------------------
+
+
+def preparation(
+    ctx: ServiceContext, actor: Actor, trial_code: str, number: str, day_label: str, scope: Scope
+) -> tuple[str, str]:
+    """For trials whose syringes are prepared at the site: the arm of the subject, for the
+    unblinded pharmacist only, as an audited read. Returns (arm code, product description)."""
+    with ctx.db.unit_of_work() as session:
+        trial = get_trial(session, trial_code)
+        definition = current_definition(session, trial)
+        subject = _subject(session, trial, number, scope)
+        if day_label not in _day_numbers(definition):
+            raise ValidationFailed("unknown day", errors=[FieldProblem("day", "is not a dispensing day")])
+        arm = arm_access.subject_arm_in(
+            session, ctx, actor, trial.code, subject, f"preparation of {day_label}"
+        )
+        product = next(a.product for a in definition.arms if a.code == arm)
+        return arm, product

@@ -1,0 +1,1058 @@
+"""Randomizing a subject, correcting without deleting, and the blinded views of subjects.
+
+The allocation is ONE transaction (RND-08): the screening entry, the next unused slot of the
+stratum (or the minimization decision), a random usable kit of that arm for every dispensing day
+at the site, the subject, its dispensation requests, the pharmacy notification and the audit
+entries. Locks are always taken in the same order — site, then stratum (or list), then kits, then
+the audit chain head — so concurrent allocations queue instead of deadlocking; on SQLite the write
+transaction (BEGIN IMMEDIATE) serialises them. Unique constraints back every rule: one subject per
+screening number, one subject per slot, one subject per kit.
+
+Refusals that must leave a trace (an ineligible patient in the screening log) are committed before
+the error is raised; every other refusal changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+import kits as kitlib
+from allocator import crypto
+from allocator.audit import Action, Actor
+from allocator.eligibility import EligibilityInputError, EligibilityResult
+from allocator.eligibility import check as check_eligibility
+from allocator.models import (
+    Administration,
+    Dispensation,
+    Kit,
+    KitEvent,
+    KitStatus,
+    MinimizationDecision,
+    Notification,
+    PrintedDocument,
+    RandomizationList,
+    ScreeningEntry,
+    Site,
+    SiteStatus,
+    Slot,
+    Stratum,
+    Subject,
+    SubjectCorrection,
+    Trial,
+)
+from allocator.permissions import Scope
+from allocator.randomization import minimization as minimization_core
+from allocator.services import arm_access, kits, lists, signatures
+from allocator.services.context import ServiceContext
+from allocator.services.errors import (
+    Conflict,
+    DomainError,
+    FieldProblem,
+    Forbidden,
+    NotFound,
+    ValidationFailed,
+)
+from allocator.services.trials import current_definition, get_trial
+from allocator.trialdef import MinimizationRandomization, TrialDefinition, stratum_key
+
+
+class Ineligible(DomainError):
+    status = 422
+    slug = "ineligible"
+    title = "The patient is not eligible"
+
+
+class AlreadyRandomized(Conflict):
+    slug = "already-randomized"
+    title = "This screening number is already randomized"
+
+
+class KitsUnavailable(Conflict):
+    slug = "kits-unavailable"
+    title = "Kits of every arm are not available at the site"
+
+
+class StratumExhausted(Conflict):
+    slug = "stratum-exhausted"
+    title = "The stratum's randomization list is exhausted"
+
+
+class NoActiveList(Conflict):
+    slug = "no-active-list"
+    title = "No randomization list is active"
+
+
+class SiteNotActive(Forbidden):
+    slug = "site-not-active"
+    title = "The site is not activated for randomization"
+
+
+@dataclass(frozen=True, slots=True)
+class RandomizationRequest:
+    """What the investigator enters. Any other field is refused by the caller (RND-05)."""
+
+    site: str
+    screening_number: str
+    eligibility: Mapping[str, object]
+    strata: Mapping[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class AllocatedKit:
+    kit_number: str
+    day: str
+
+
+@dataclass(frozen=True, slots=True)
+class RandomizationResult:
+    """Everything the investigator gets back — never the arm (BLD-01)."""
+
+    subject_number: str
+    randomization_number: str
+    kits: tuple[AllocatedKit, ...]
+    randomized_at: datetime
+    site: str
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "subject_number": self.subject_number,
+            "randomization_number": self.randomization_number,
+            "kits": [{"kit_number": k.kit_number, "day": k.day} for k in self.kits],
+            "randomized_at": self.randomized_at.isoformat().replace("+00:00", "Z"),
+        }
+
+
+# --- input checks (DIB-06, DIB-08, RND-06) ----------------------------------------------------
+
+
+def _strata_levels(definition: TrialDefinition, site_code: str, raw: Mapping[str, object]) -> dict[str, str]:
+    """The stratum levels: the site's, plus one valid level per entered factor."""
+    problems: list[FieldProblem] = []
+    levels: dict[str, str] = {}
+    entered = {f.code: f for f in definition.stratification if f.source == "entered"}
+    for key in raw:
+        if key not in entered:
+            problems.append(
+                FieldProblem(f"strata.{key}", "is not an entered stratification factor of this trial")
+            )
+    for factor in definition.stratification:
+        if factor.source == "site":
+            levels[factor.code] = site_code
+            continue
+        value = raw.get(factor.code)
+        codes = [lv.code for lv in factor.levels]
+        if not isinstance(value, str) or not value.strip():
+            problems.append(FieldProblem(f"strata.{factor.code}", f"is required (one of {', '.join(codes)})"))
+        elif value.strip() not in codes:
+            problems.append(
+                FieldProblem(f"strata.{factor.code}", f"{value!r} is not one of {', '.join(codes)}")
+            )
+        else:
+            levels[factor.code] = value.strip()
+    if problems:
+        raise ValidationFailed("the stratification data are invalid", errors=problems)
+    return levels
+
+
+def _screening_number(definition: TrialDefinition, raw: str) -> str:
+    value = raw.strip().upper()
+    if not re.match(definition.screening_number_pattern, value):
+        raise ValidationFailed(
+            "invalid screening number",
+            errors=[
+                FieldProblem(
+                    "screening_number",
+                    f"must look like {definition.screening_number_example} (a pseudonymous number, no name)",
+                )
+            ],
+        )
+    return value
+
+
+def _today(definition: TrialDefinition, now: datetime) -> date:
+    return now.astimezone(ZoneInfo(definition.timezone)).date()
+
+
+@dataclass(frozen=True, slots=True)
+class Preview:
+    """The confirmation step: what will be used, shown back before anything is allocated."""
+
+    site: str
+    screening_number: str
+    eligible: bool
+    failures: tuple[tuple[str, str], ...]
+    strata: dict[str, str]
+    strata_labels: dict[str, str] = field(default_factory=dict)
+
+
+def preview(ctx: ServiceContext, trial_code: str, request: RandomizationRequest) -> Preview:
+    """Validate everything without writing anything (the confirmation screen)."""
+    with ctx.db.reading() as session:
+        definition = current_definition(session, get_trial(session, trial_code))
+    screening = _screening_number(definition, request.screening_number)
+    levels = _strata_levels(definition, request.site, request.strata)
+    result = _eligibility(definition, request.eligibility, ctx.now())
+    labels = {}
+    for factor in definition.stratification:
+        level = next((lv for lv in factor.levels if lv.code == levels[factor.code]), None)
+        labels[factor.label.en] = level.label.en if level else levels[factor.code]
+    return Preview(
+        request.site,
+        screening,
+        result.eligible,
+        tuple((f.criterion, f.message) for f in result.failures),
+        levels,
+        labels,
+    )
+
+
+def _eligibility(definition: TrialDefinition, raw: Mapping[str, object], now: datetime) -> EligibilityResult:
+    try:
+        return check_eligibility(definition.eligibility, raw, _today(definition, now))
+    except EligibilityInputError as exc:
+        raise ValidationFailed(
+            "the eligibility data are invalid",
+            errors=[FieldProblem(f"eligibility.{e.field}", e.message) for e in exc.errors],
+        ) from None
+
+
+# --- randomization ----------------------------------------------------------------------------
+
+
+def randomize(
+    ctx: ServiceContext, actor: Actor, trial_code: str, request: RandomizationRequest, scope: Scope
+) -> RandomizationResult:
+    """Screen and, if eligible, randomize a patient (RND-05..RND-08, RND-14, BLD-04).
+
+    Raises ValidationFailed (invalid input; nothing recorded), Ineligible (recorded in the screening
+    log), SiteNotActive, AlreadyRandomized, NoActiveList, KitsUnavailable, StratumExhausted,
+    lists.ListIntegrityFailure — each before any slot or kit is used."""
+    now = ctx.now()
+    with ctx.db.reading() as session:
+        definition = current_definition(session, get_trial(session, trial_code))
+    screening = _screening_number(definition, request.screening_number)
+    levels = _strata_levels(definition, request.site, request.strata)
+    eligibility = _eligibility(definition, request.eligibility, now)
+    with ctx.db.unit_of_work() as session:
+        outcome = _randomize_in(
+            ctx,
+            session,
+            actor,
+            trial_code,
+            definition,
+            request.site,
+            screening,
+            levels,
+            eligibility,
+            scope,
+            now,
+        )
+    if isinstance(outcome, DomainError):
+        raise outcome
+    return outcome
+
+
+def _randomize_in(
+    ctx: ServiceContext,
+    session: Session,
+    actor: Actor,
+    trial_code: str,
+    definition: TrialDefinition,
+    site_code: str,
+    screening: str,
+    levels: dict[str, str],
+    eligibility: EligibilityResult,
+    scope: Scope,
+    now: datetime,
+) -> RandomizationResult | DomainError:
+    trial = get_trial(session, trial_code)
+    site = session.execute(
+        select(Site).where(Site.trial_id == trial.id, Site.code == site_code).with_for_update()
+    ).scalar_one_or_none()
+    if site is None or not scope.allows_site(site.id):
+        raise NotFound(
+            f"no site {site_code!r} within your reach", errors=[FieldProblem("site", "unknown site")]
+        )
+    if site.status != SiteStatus.ACTIVE.value:
+        raise SiteNotActive(f"site {site.code} is {site.status}: it cannot randomize (RND-14)")
+    if (
+        session.execute(
+            select(Subject.id).where(Subject.trial_id == trial.id, Subject.screening_number == screening)
+        ).first()
+        is not None
+    ):
+        raise AlreadyRandomized(
+            f"screening number {screening} is already randomized (RND-07)",
+            errors=[FieldProblem("screening_number", "is already randomized")],
+        )
+    entry = ScreeningEntry(
+        trial_id=trial.id,
+        site_id=site.id,
+        screening_number=screening,
+        screened_at=now,
+        screened_by_id=actor.user_id,
+        screened_by_name=actor.name,
+        eligible=eligibility.eligible,
+        answers=eligibility.answers_json(),
+        failures=[{"criterion": f.criterion, "message": f.message} for f in eligibility.failures],
+    )
+    session.add(entry)
+    session.flush()
+    if not eligibility.eligible:
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=trial.code,
+            action=Action.SCREENING_FAILED,
+            object_type="screening_entry",
+            object_id=screening,
+            site_code=site.code,
+            new={"failures": [f.criterion for f in eligibility.failures]},
+            at=now,
+        )
+        return Ineligible(
+            f"{screening} is not eligible: recorded in the screening log, not randomized",
+            errors=[FieldProblem(f"eligibility.{f.criterion}", f.message) for f in eligibility.failures],
+        )
+    mode = lists.instance_mode(ctx.settings.env)
+    active = lists.active_list(session, trial.id, mode)
+    if active is None:
+        raise NoActiveList(f"{trial.code} has no active {mode.value.upper()} randomization list")
+    if lists.list_blocked(session, active.id):
+        raise lists.ListIntegrityFailure(
+            f"{active.label} failed its last integrity check: randomization is blocked"
+        )
+    schedule = definition.dispensing.schedule
+    reader = actor
+    stock = kits.usable_kits_by_arm(ctx, session, reader, trial, definition, site.id, _today(definition, now))
+    if any(len(stock[arm]) < len(schedule) for arm in definition.arm_codes):
+        # Refused before any slot is used, whichever arm the next slot holds, so that the refusal
+        # says nothing about the arm (RND-08, BLD-04).
+        raise KitsUnavailable(
+            f"site {site.code} does not hold {len(schedule)} usable kits of every arm: "
+            "ask the supply manager for a shipment"
+        )
+    key = stratum_key(list(levels.items()))
+    stratum = session.execute(
+        select(Stratum).where(Stratum.list_id == active.id, Stratum.key == key).with_for_update()
+    ).scalar_one_or_none()
+    if stratum is None:
+        raise lists.ListIntegrityFailure(f"the active list has no stratum {key}")
+    if isinstance(definition.randomization, MinimizationRandomization):
+        arm, randomization_number, slot_id, decision_id = _minimize(
+            ctx, session, actor, trial, active, stratum, levels, definition, now
+        )
+    else:
+        arm, randomization_number, slot_id = _next_slot(ctx, session, actor, trial, active, stratum)
+        decision_id = None
+    chosen = kits.pick(stock[arm], len(schedule))
+    number = _subject_number(session, trial, site)
+    subject = Subject(
+        trial_id=trial.id,
+        site_id=site.id,
+        screening_entry_id=entry.id,
+        screening_number=screening,
+        subject_number=number,
+        list_id=active.id,
+        stratum_id=stratum.id,
+        slot_id=slot_id,
+        minimization_decision_id=decision_id,
+        randomization_number=randomization_number,
+        strata=levels,
+        randomized_at=now,
+        randomized_by_id=actor.user_id,
+        randomized_by_name=actor.name,
+    )
+    session.add(subject)
+    session.flush()
+    allocated = []
+    for day, kit in zip(schedule, chosen, strict=True):
+        session.add(
+            Dispensation(
+                subject_id=subject.id,
+                day=day.day,
+                replacement_number=0,
+                kit_id=kit.id,
+                status="allocated",
+                allocated_at=now,
+            )
+        )
+        session.add(
+            KitEvent(
+                kit_id=kit.id,
+                at=now,
+                from_status=kit.status,
+                to_status=KitStatus.ALLOCATED.value,
+                site_id=site.id,
+                actor_id=actor.user_id,
+                actor_name=actor.name,
+                reason=f"allocated to {number} for {day.label}",
+            )
+        )
+        kit.status = KitStatus.ALLOCATED.value
+        allocated.append(AllocatedKit(kit.kit_number, day.label))
+    stratum.used += 1
+    ctx.audit.record(
+        session,
+        actor=actor,
+        chain=trial.code,
+        action=Action.SUBJECT_RANDOMIZED,
+        object_type="subject",
+        object_id=number,
+        site_code=site.code,
+        new={
+            "subject": number,
+            "screening_number": screening,
+            "randomization_number": randomization_number,
+            "strata": levels,
+            "kits": [{"kit": k.kit_number, "day": k.day} for k in allocated],
+        },
+        # AUD-05: the arm and the list position go into the entry sealed, never in clear.
+        sealed={"arm": arm, "stratum": key, "position": stratum.used, "list": active.label},
+        at=now,
+    )
+    _notify(
+        session,
+        trial,
+        site,
+        "pharmacist",
+        "dispensation_request",
+        number,
+        f"Dispensation request for {number}",
+        f"Subject {number} (randomization number {randomization_number}) was randomized at site {site.code} by "
+        f"{actor.name}. Kits to dispense: " + ", ".join(f"{k.day} {k.kit_number}" for k in allocated) + ".",
+        now,
+    )
+    remaining = stratum.capacity - stratum.used
+    if remaining <= stratum.alert_remaining:
+        # RND-11: the statistician learns that a stratum runs low; the message names no count of
+        # arms and no position, and only the unblinded statistician receives it.
+        _notify(
+            session,
+            trial,
+            None,
+            "unblinded_statistician",
+            "capacity_low",
+            None,
+            f"Stratum running low: {key}",
+            f"The stratum {key} of {active.label} has {remaining} unused slot(s) left. Consider an extension.",
+            now,
+        )
+    return RandomizationResult(number, randomization_number, tuple(allocated), now, site.code)
+
+
+def _next_slot(
+    ctx: ServiceContext,
+    session: Session,
+    actor: Actor,
+    trial: Trial,
+    active: RandomizationList,
+    stratum: Stratum,
+) -> tuple[str, str, int]:
+    """The next unused slot of the stratum (RND-05), after re-checking the stratum's stored slots
+    against their digest (RND-10)."""
+    if stratum.used >= stratum.capacity:
+        raise StratumExhausted(
+            f"the randomization list of stratum {stratum.key} is exhausted: nothing was allocated; the unblinded "
+            "statistician must extend the list (RND-11)"
+        )
+    if lists.stratum_storage_digest(session, stratum.id) != stratum.storage_sha256:
+        raise lists.ListIntegrityFailure(
+            f"the slots of stratum {stratum.key} differ from their recorded digest: randomization is blocked (RND-10)"
+        )
+    slot = session.execute(
+        select(Slot).where(Slot.stratum_id == stratum.id, Slot.position == stratum.used + 1)
+    ).scalar_one()
+    record = arm_access.slot_record_in(session, ctx, actor, trial.code, active.label, stratum.key, slot)
+    return record.arm, slot.randomization_number, slot.id
+
+
+def _minimize(
+    ctx: ServiceContext,
+    session: Session,
+    actor: Actor,
+    trial: Trial,
+    active: RandomizationList,
+    stratum: Stratum,
+    levels: dict[str, str],
+    definition: TrialDefinition,
+    now: datetime,
+) -> tuple[str, str, None, int]:
+    """Pocock-Simon allocation from the seed and the order of arrivals; the decision record (arm
+    and imbalance figures) is stored sealed for the statistician."""
+    locked = session.execute(
+        select(RandomizationList).where(RandomizationList.id == active.id).with_for_update()
+    ).scalar_one()
+    total = session.execute(
+        select(func.count())
+        .select_from(MinimizationDecision)
+        .where(MinimizationDecision.list_id == locked.id)
+    ).scalar_one()
+    design = definition.randomization
+    if not isinstance(design, MinimizationRandomization):  # pragma: no cover - the caller checked
+        raise NoActiveList("the list is not a minimization list")
+    if total >= design.max_subjects or stratum.used >= stratum.capacity:
+        raise StratumExhausted("the minimization capacity is reached: nothing was allocated (RND-11)")
+    factors = tuple(
+        minimization_core.Factor(
+            code, tuple(lv.code for lv in definition.factor(code).levels), design.weights[code]
+        )
+        for code in design.factors
+    )
+    core = minimization_core.MinimizationDesign(
+        arms=definition.arm_codes,
+        ratio=tuple(w for _, w in definition.ratio),
+        factors=factors,
+        measure=minimization_core.ImbalanceMeasure(design.imbalance),
+        p=design.p_preferred,
+    )
+    history = arm_access.minimization_history_in(session, ctx, actor, trial.code, locked)
+    state = minimization_core.MinimizationState.from_history(core, history)
+    seed = arm_access.list_seed_in(session, ctx, actor, trial.code, locked, "minimization allocation")
+    decision, _ = minimization_core.allocate(
+        seed, state, {f: levels[f] for f in design.factors}, trial_code=trial.code, list_label=locked.label
+    )
+    numbers = set(
+        session.execute(
+            select(MinimizationDecision.randomization_number).where(MinimizationDecision.list_id == locked.id)
+        ).scalars()
+    )
+    number = lists.RandomizationNumbers(numbers).next()
+    row = MinimizationDecision(
+        list_id=locked.id,
+        arrival=total + 1,
+        stratum_id=stratum.id,
+        randomization_number=number,
+        sealed=crypto.seal_json(
+            ctx.ring,
+            crypto.Purpose.LISTS,
+            {"levels": levels, "decision": decision.as_dict()},
+            arm_access.decision_binding(trial.code, locked.label, total + 1),
+        ),
+        created_at=now,
+    )
+    session.add(row)
+    session.flush()
+    return decision.arm, number, None, row.id
+
+
+def _subject_number(session: Session, trial: Trial, site: Site) -> str:
+    """Per-site sequence (the site row is locked by the caller): P1-001, P1-002 ..."""
+    count = session.execute(
+        select(func.count())
+        .select_from(Subject)
+        .where(Subject.trial_id == trial.id, Subject.site_id == site.id)
+    ).scalar_one()
+    return f"{site.code}-{count + 1:03d}"
+
+
+def _notify(
+    session: Session,
+    trial: Trial,
+    site: Site | None,
+    audience: str,
+    kind: str,
+    subject_number: str | None,
+    title: str,
+    body: str,
+    now: datetime,
+) -> None:
+    session.add(
+        Notification(
+            trial_id=trial.id,
+            site_id=site.id if site else None,
+            audience=audience,
+            kind=kind,
+            subject_number=subject_number,
+            title=title,
+            body=body,
+            created_at=now,
+        )
+    )
+
+
+def current_dispensations(session: Session, subject_id: int) -> dict[int, Dispensation]:
+    """The live dispensation of each day (the latest replacement)."""
+    out: dict[int, Dispensation] = {}
+    for row in session.execute(
+        select(Dispensation)
+        .where(Dispensation.subject_id == subject_id)
+        .order_by(Dispensation.day, Dispensation.replacement_number)
+    ).scalars():
+        out[row.day] = row
+    return out
+
+
+# --- corrections without deletion (RND-07, RND-09, DIB-03) ------------------------------------
+
+IN_ERROR_MEANING = "randomized in error"
+
+
+def _subject(session: Session, trial: Trial, number: str, scope: Scope) -> Subject:
+    subject = session.execute(
+        select(Subject).where(Subject.trial_id == trial.id, Subject.subject_number == number)
+    ).scalar_one_or_none()
+    if subject is None or not scope.allows_site(subject.site_id):
+        raise NotFound(f"no subject {number} within your reach")
+    return subject
+
+
+def mark_in_error(
+    ctx: ServiceContext,
+    actor: Actor,
+    trial_code: str,
+    number: str,
+    *,
+    reason: str,
+    scope: Scope,
+    signature: signatures.SignatureRequest,
+) -> None:
+    """Flag a subject as randomized in error: signed and reasoned. The subject, the slot and the
+    kits stay as they are and the subject stays in every report (intention to treat)."""
+    if not reason.strip():
+        raise ValidationFailed("a reason is required", errors=[FieldProblem("reason", "is required")])
+    now = ctx.now()
+    try:
+        with ctx.db.unit_of_work() as session:
+            trial = get_trial(session, trial_code)
+            subject = _subject(session, trial, number, scope)
+            if session.execute(
+                select(SubjectCorrection.id).where(
+                    SubjectCorrection.subject_id == subject.id,
+                    SubjectCorrection.kind == "randomized_in_error",
+                )
+            ).first():
+                raise Conflict(f"{number} is already flagged as randomized in error")
+            signed = signatures.sign(
+                ctx,
+                session,
+                actor=actor,
+                chain=trial.code,
+                trial_id=trial.id,
+                request=signature,
+                meaning=IN_ERROR_MEANING,
+                object_type="subject",
+                object_id=number,
+                content={"subject": number, "reason": reason.strip()},
+                now=now,
+            )
+            session.add(
+                SubjectCorrection(
+                    subject_id=subject.id,
+                    kind="randomized_in_error",
+                    field=None,
+                    old_value=None,
+                    new_value=True,
+                    reason=reason.strip(),
+                    investigator_agreement_ref=None,
+                    at=now,
+                    by_id=actor.user_id,
+                    by_name=actor.name,
+                    signature_id=signed.id,
+                )
+            )
+            site = session.get(Site, subject.site_id)
+            ctx.audit.record(
+                session,
+                actor=actor,
+                chain=trial.code,
+                action=Action.SUBJECT_FLAGGED_IN_ERROR,
+                object_type="subject",
+                object_id=number,
+                site_code=site.code if site else None,
+                new={"randomized_in_error": True, "signature": signed.id},
+                reason=reason.strip(),
+                at=now,
+            )
+    except signatures.SignatureRefused:
+        signatures.record_failure(
+            ctx,
+            actor=actor,
+            chain=trial_code,
+            meaning=IN_ERROR_MEANING,
+            object_type="subject",
+            object_id=number,
+        )
+        raise
+
+
+def correct_stratum(
+    ctx: ServiceContext,
+    actor: Actor,
+    trial_code: str,
+    number: str,
+    *,
+    factor: str,
+    level: str,
+    reason: str,
+    scope: Scope,
+    agreement_ref: str | None,
+    is_investigator: bool,
+) -> None:
+    """Record the correct value of a stratification factor beside the one used at randomization
+    (RND-09; Yelland et al., Stat Med 2023): no re-randomization, no kit swap. A correction made by
+    anyone but the site's investigator needs a reference to the investigator's agreement (DIB-03)."""
+    if not reason.strip():
+        raise ValidationFailed("a reason is required", errors=[FieldProblem("reason", "is required")])
+    if not is_investigator and not (agreement_ref or "").strip():
+        raise ValidationFailed(
+            "the investigator's agreement is required",
+            errors=[FieldProblem("investigator_agreement_ref", "is required (DIB-03)")],
+        )
+    now = ctx.now()
+    with ctx.db.unit_of_work() as session:
+        trial = get_trial(session, trial_code)
+        definition = current_definition(session, trial)
+        subject = _subject(session, trial, number, scope)
+        entered = {f.code: f for f in definition.stratification if f.source == "entered"}
+        if factor not in entered:
+            raise ValidationFailed(
+                "unknown factor", errors=[FieldProblem("factor", f"{factor!r} is not an entered factor")]
+            )
+        codes = [lv.code for lv in entered[factor].levels]
+        if level not in codes:
+            raise ValidationFailed(
+                "unknown level", errors=[FieldProblem("level", f"one of {', '.join(codes)}")]
+            )
+        current = current_strata(session, subject)
+        if current.get(factor) == level:
+            raise Conflict(f"{factor} is already {level} for {number}")
+        session.add(
+            SubjectCorrection(
+                subject_id=subject.id,
+                kind="stratum",
+                field=factor,
+                old_value=current.get(factor),
+                new_value=level,
+                reason=reason.strip(),
+                investigator_agreement_ref=(agreement_ref or "").strip() or None,
+                at=now,
+                by_id=actor.user_id,
+                by_name=actor.name,
+                signature_id=None,
+            )
+        )
+        site = session.get(Site, subject.site_id)
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=trial.code,
+            action=Action.SUBJECT_STRATUM_CORRECTED,
+            object_type="subject",
+            object_id=number,
+            site_code=site.code if site else None,
+            old={factor: current.get(factor)},
+            new={factor: level, "agreement": (agreement_ref or "").strip() or None},
+            reason=reason.strip(),
+            at=now,
+        )
+
+
+def current_strata(session: Session, subject: Subject) -> dict[str, str]:
+    """The stratification values as corrected (the values used at randomization stay in
+    `subject.strata`)."""
+    values = dict(subject.strata)
+    for correction in session.execute(
+        select(SubjectCorrection)
+        .where(SubjectCorrection.subject_id == subject.id, SubjectCorrection.kind == "stratum")
+        .order_by(SubjectCorrection.id)
+    ).scalars():
+        if correction.field:
+            values[correction.field] = correction.new_value
+    return values
+
+
+# --- blinded views (BLD-01, BLD-06) -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DayView:
+    day: int
+    label: str
+    kit_number: str
+    status: str  # allocated | dispensed | administered
+    dispensed_at: datetime | None
+    administered_at: datetime | None
+    replacements: int
+
+
+@dataclass(frozen=True, slots=True)
+class CorrectionView:
+    kind: str
+    field: str | None
+    old: Any
+    new: Any
+    reason: str
+    by: str
+    at: datetime
+    agreement: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectView:
+    """A subject as every role of the trial may see it: no arm, no stratum position (BLD-01)."""
+
+    subject_number: str
+    screening_number: str
+    randomization_number: str
+    site: str
+    randomized_at: datetime
+    randomized_by: str
+    strata_at_randomization: dict[str, str]
+    strata_corrected: dict[str, str]
+    in_error: bool
+    blind_broken: bool
+    days: tuple[DayView, ...]
+    corrections: tuple[CorrectionView, ...]
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "subject_number": self.subject_number,
+            "screening_number": self.screening_number,
+            "randomization_number": self.randomization_number,
+            "site": self.site,
+            "randomized_at": self.randomized_at.isoformat().replace("+00:00", "Z"),
+            "strata": self.strata_at_randomization,
+            "strata_corrected": self.strata_corrected
+            if self.strata_corrected != self.strata_at_randomization
+            else None,
+            "randomized_in_error": self.in_error,
+            "blind_broken": self.blind_broken,
+            "kits": [
+                {
+                    "day": d.label,
+                    "kit_number": d.kit_number,
+                    "status": d.status,
+                    "administered_at": d.administered_at.isoformat().replace("+00:00", "Z")
+                    if d.administered_at
+                    else None,
+                }
+                for d in self.days
+            ],
+        }
+
+
+def _view(
+    session: Session, definition: TrialDefinition, subject: Subject, site_codes: Mapping[int, str]
+) -> SubjectView:
+    labels = {d.day: d.label for d in definition.dispensing.schedule}
+    rows = session.execute(
+        select(Dispensation, Kit.kit_number)
+        .join(Kit, Kit.id == Dispensation.kit_id)
+        .where(Dispensation.subject_id == subject.id)
+        .order_by(Dispensation.day, Dispensation.replacement_number)
+    ).all()
+    administered = {
+        a.dispensation_id: a.administered_at
+        for a in session.execute(
+            select(Administration).where(Administration.subject_id == subject.id)
+        ).scalars()
+    }
+    current: dict[int, tuple[Dispensation, str]] = {}
+    replacements: dict[int, int] = {}
+    for dispensation, kit_number in rows:
+        current[dispensation.day] = (dispensation, kit_number)
+        replacements[dispensation.day] = dispensation.replacement_number
+    days = tuple(
+        DayView(
+            day=day,
+            label=labels.get(day, f"D{day}"),
+            kit_number=kit_number,
+            status=d.status,
+            dispensed_at=d.dispensed_at,
+            administered_at=administered.get(d.id),
+            replacements=replacements[day],
+        )
+        for day, (d, kit_number) in sorted(current.items())
+    )
+    corrections = tuple(
+        CorrectionView(
+            c.kind, c.field, c.old_value, c.new_value, c.reason, c.by_name, c.at, c.investigator_agreement_ref
+        )
+        for c in session.execute(
+            select(SubjectCorrection)
+            .where(SubjectCorrection.subject_id == subject.id)
+            .order_by(SubjectCorrection.id)
+        ).scalars()
+    )
+    return SubjectView(
+        subject_number=subject.subject_number,
+        screening_number=subject.screening_number,
+        randomization_number=subject.randomization_number,
+        site=site_codes[subject.site_id],
+        randomized_at=subject.randomized_at,
+        randomized_by=subject.randomized_by_name,
+        strata_at_randomization=dict(subject.strata),
+        strata_corrected=current_strata(session, subject),
+        in_error=any(c.kind == "randomized_in_error" for c in corrections),
+        blind_broken=blind_broken(session, subject.id),
+        days=days,
+        corrections=corrections,
+    )
+
+
+def blind_broken(session: Session, subject_id: int) -> bool:
+    """Whether the subject's blind was broken (emergency, pharmacovigilance or accidental). Until
+    the unblinding workflows exist there is no such record, so False."""
+    return False
+
+
+def subjects(ctx: ServiceContext, trial_code: str, scope: Scope) -> list[SubjectView]:
+    with ctx.db.reading() as session:
+        trial = get_trial(session, trial_code)
+        definition = current_definition(session, trial)
+        site_codes = {
+            s.id: s.code for s in session.execute(select(Site).where(Site.trial_id == trial.id)).scalars()
+        }
+        rows = session.execute(
+            select(Subject).where(Subject.trial_id == trial.id).order_by(Subject.id)
+        ).scalars()
+        return [_view(session, definition, s, site_codes) for s in rows if scope.allows_site(s.site_id)]
+
+
+def subject(ctx: ServiceContext, trial_code: str, number: str, scope: Scope) -> SubjectView:
+    with ctx.db.reading() as session:
+        trial = get_trial(session, trial_code)
+        definition = current_definition(session, trial)
+        site_codes = {
+            s.id: s.code for s in session.execute(select(Site).where(Site.trial_id == trial.id)).scalars()
+        }
+        return _view(session, definition, _subject(session, trial, number, scope), site_codes)
+
+
+@dataclass(frozen=True, slots=True)
+class ScreeningView:
+    screening_number: str
+    site: str
+    screened_at: datetime
+    screened_by: str
+    eligible: bool
+    failures: tuple[str, ...]
+    subject_number: str | None
+
+
+def screening_log(ctx: ServiceContext, trial_code: str, scope: Scope) -> list[ScreeningView]:
+    with ctx.db.reading() as session:
+        trial = get_trial(session, trial_code)
+        site_codes = {
+            s.id: s.code for s in session.execute(select(Site).where(Site.trial_id == trial.id)).scalars()
+        }
+        subjects_by_entry = {
+            row.screening_entry_id: row.subject_number
+            for row in session.execute(
+                select(Subject.screening_entry_id, Subject.subject_number).where(Subject.trial_id == trial.id)
+            )
+        }
+        return [
+            ScreeningView(
+                e.screening_number,
+                site_codes[e.site_id],
+                e.screened_at,
+                e.screened_by_name,
+                e.eligible,
+                tuple(f["message"] for f in e.failures),
+                subjects_by_entry.get(e.id),
+            )
+            for e in session.execute(
+                select(ScreeningEntry)
+                .where(ScreeningEntry.trial_id == trial.id)
+                .order_by(ScreeningEntry.id.desc())
+            ).scalars()
+            if scope.allows_site(e.site_id)
+        ]
+
+
+def notifications(
+    ctx: ServiceContext, trial_code: str, audience: set[str], scope: Scope, limit: int = 50
+) -> list[Notification]:
+    with ctx.db.reading() as session:
+        trial = get_trial(session, trial_code)
+        rows = session.execute(
+            select(Notification)
+            .where(Notification.trial_id == trial.id, Notification.audience.in_(audience))
+            .order_by(Notification.id.desc())
+            .limit(limit * 4)
+        ).scalars()
+        return [n for n in rows if n.site_id is None or scope.allows_site(n.site_id)][:limit]
+
+
+def confirmation_pdf(
+    ctx: ServiceContext, actor: Actor, trial_code: str, number: str, scope: Scope
+) -> tuple[str, bytes]:
+    """The randomization confirmation of a subject as a PDF (no arm). Every print is recorded; a
+    reprint is counted like any document (LBL-12)."""
+    now = ctx.now()
+    with ctx.db.unit_of_work() as session:
+        trial = get_trial(session, trial_code)
+        definition = current_definition(session, trial)
+        subject = _subject(session, trial, number, scope)
+        site = session.get(Site, subject.site_id)
+        if site is None:  # pragma: no cover
+            raise NotFound("no site")
+        labels = {d.day: d.label for d in definition.dispensing.schedule}
+        live = current_dispensations(session, subject.id)
+        kit_rows = []
+        for day, row in sorted(live.items()):
+            kit = session.get(Kit, row.kit_id)
+            if kit is not None:
+                kit_rows.append(kitlib.ConfirmedKit(labels[day], kit.kit_number))
+        previous = session.execute(
+            select(func.count())
+            .select_from(PrintedDocument)
+            .where(
+                PrintedDocument.subject_id == subject.id, PrintedDocument.kind == "randomization_confirmation"
+            )
+        ).scalar_one()
+        document_id = kits.next_document_id(session, trial, "RAND")
+        pdf = kitlib.render_randomization_confirmation(
+            kits.label_info(definition, ctx.settings.env),
+            kitlib.RandomizationConfirmation(
+                site_code=site.code,
+                site_name=site.name,
+                subject_number=subject.subject_number,
+                screening_number=subject.screening_number,
+                randomization_number=subject.randomization_number,
+                randomized_at=subject.randomized_at,
+                randomized_by=subject.randomized_by_name,
+                local_zone=definition.timezone,
+                kits=tuple(kit_rows),
+                document=kitlib.DocumentMeta(
+                    document_id=document_id, created_at=now, reprint_number=previous
+                ),
+            ),
+        )
+        session.add(
+            PrintedDocument(
+                trial_id=trial.id,
+                kind="randomization_confirmation",
+                document_id=document_id,
+                subject_id=subject.id,
+                items=[k.kit_number for k in kit_rows],
+                reprint_number=previous,
+                content_sha256=hashlib.sha256(pdf).hexdigest(),
+                printed_at=now,
+                printed_by_id=actor.user_id,
+                printed_by_name=actor.name,
+            )
+        )
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=trial.code,
+            action=Action.DOCUMENT_PRINTED,
+            object_type="printed_document",
+            object_id=document_id,
+            site_code=site.code,
+            new={"kind": "randomization_confirmation", "subject": number, "reprint": previous},
+            at=now,
+        )
+        return document_id, pdf

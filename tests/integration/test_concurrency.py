@@ -1,0 +1,113 @@
+"""RND-08 under fire: 240 simultaneous randomizations from 4 processes x 8 threads, on SQLite and
+PostgreSQL, with one hot stratum that runs out and duplicate screening numbers. Every slot and kit
+is used at most once, slots are used in order with no gap, one subject per screening number,
+every allocation has its audit entry, the chain is intact, and the stratum that ran out answered
+with its own error and allocated nothing."""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from allocator import audit, crypto
+from allocator.db import Database
+from allocator.models import AuditEvent, Dispensation, Kit, Slot, Stratum, Subject
+from allocator.services.context import ServiceContext
+from allocator.settings import Environment, Settings
+from tests.conftest import FreshDatabase
+from tests.integration import concurrency_worker
+from tests.support import IFN_TRIAL, eligible_on, ready_trial
+
+pytestmark = pytest.mark.slow
+PROCESSES, THREADS = 4, 8
+
+
+@pytest.fixture
+def live(fresh_database: FreshDatabase, key_dir: Path) -> Iterator[ServiceContext]:
+    fresh_database.migrate()
+    settings = Settings(env=Environment.TEST, database_url=fresh_database.url, key_dir=key_dir)
+    db = Database.connect(fresh_database.url)
+    yield ServiceContext.build(
+        settings, db, crypto.KeyRing.load(key_dir), passwords=crypto.FAST_PASSWORD_HASHING
+    )
+    db.dispose()
+
+
+def jobs() -> list[tuple[str, str, str, dict[str, object]]]:
+    eligible = eligible_on(datetime.now(UTC).date())  # the workers run on the real clock
+    planned = []
+    # Hot stratum: P1 septic gets 90 requests for 60 slots (the list is shortened below).
+    planned += [("P1", f"P1-{i:04d}", "septic", eligible) for i in range(90)]
+    planned += [("P1", f"P1-{i:04d}", "non_septic", eligible) for i in range(90, 140)]
+    planned += [("P2", f"P2-{i:04d}", "septic", eligible) for i in range(50)]
+    planned += [("P2", f"P2-{i:04d}", "non_septic", eligible) for i in range(50, 80)]
+    # Duplicate screening numbers, in strata that cannot run out (whichever copy comes first wins).
+    planned += [("P2", f"P2-{i:04d}", "non_septic", eligible) for i in range(40, 50)]
+    return planned
+
+
+@pytest.mark.req("RND-08")
+@pytest.mark.req("RND-05")
+@pytest.mark.req("RND-11")
+def test_hundreds_of_simultaneous_randomizations(live: ServiceContext, key_dir: Path) -> None:
+    short = IFN_TRIAL.read_text(encoding="utf-8").replace("slots_per_stratum = 120", "slots_per_stratum = 60")
+    ready_trial(live, kits_per_site=420, slots_text=short)
+    planned = jobs()
+    assert len(planned) >= 200
+    shares = [planned[i::PROCESSES] for i in range(PROCESSES)]
+    with multiprocessing.get_context("spawn").Pool(PROCESSES) as pool:
+        parts = pool.starmap(
+            concurrency_worker.run, [(live.db.url, str(key_dir), share, THREADS) for share in shares]
+        )
+    outcomes = [o for part in parts for o in part]
+    by_kind = Counter(kind for _, kind, _ in outcomes)
+    ok = [o for o in outcomes if o[1] == "ok"]
+
+    with live.db.reading() as s:
+        hot = s.execute(select(Stratum).where(Stratum.key == "site=P1;admission_cause=septic")).scalar_one()
+        assert hot.used == hot.capacity  # the hot stratum ran out ...
+        assert by_kind["stratum-exhausted"] == 90 - hot.capacity  # ... and said so to each of the others
+        assert (
+            by_kind["already-randomized"] == 10
+            and by_kind["ok"] == len(planned) - 10 - by_kind["stratum-exhausted"]
+        )
+        assert set(by_kind) == {"ok", "stratum-exhausted", "already-randomized"}
+        subjects_count = s.execute(select(func.count()).select_from(Subject)).scalar_one()
+        assert subjects_count == len(ok)
+        # One subject per screening number, per slot; slots in order with no gap in every stratum.
+        assert (
+            s.execute(select(func.count(func.distinct(Subject.screening_number)))).scalar_one()
+            == subjects_count
+        )
+        assert s.execute(select(func.count(func.distinct(Subject.slot_id)))).scalar_one() == subjects_count
+        for stratum in s.execute(select(Stratum)).scalars():
+            positions = sorted(
+                s.execute(
+                    select(Slot.position)
+                    .join(Subject, Subject.slot_id == Slot.id)
+                    .where(Slot.stratum_id == stratum.id)
+                ).scalars()
+            )
+            assert positions == list(range(1, stratum.used + 1)), stratum.key
+        # Every kit at most once; three per subject; every allocation audited once.
+        kits_used = s.execute(select(Dispensation.kit_id)).scalars().all()
+        assert len(kits_used) == len(set(kits_used)) == 3 * subjects_count
+        assert (
+            s.execute(select(func.count()).select_from(Kit).where(Kit.status == "allocated")).scalar_one()
+            == 3 * subjects_count
+        )
+        audited = (
+            s.execute(select(AuditEvent.object_id).where(AuditEvent.action == "subject.randomized"))
+            .scalars()
+            .all()
+        )
+        assert sorted(audited) == sorted(number for _, _, number in ok)
+    with live.db.read_engine.connect() as conn:
+        result = audit.verify_chain(conn, live.ring, "IFNG-PAIS")
+    assert result.ok, result.summary()
