@@ -86,10 +86,18 @@ def _read(
         )
 
 
+@dataclass(frozen=True, slots=True)
+class OpenedList:
+    slots: list[OpenedSlot]
+    unreadable: list[str]  # "stratum/position" of every slot whose ciphertext does not open
+
+
 def open_list_slots(
     ctx: ServiceContext, reader: Actor, trial_code: str, list_id: int, label: str, purpose: str
-) -> list[OpenedSlot]:
-    """Every slot of a list, opened (statistician review, verification, export). One audit entry."""
+) -> OpenedList:
+    """Every slot of a list, opened (statistician review, verification, export). One audit entry.
+    A slot that does not open (altered, moved) is reported, not raised, so that verification can
+    name it."""
     _read(ctx, reader, trial_code, "randomization_list", label, purpose, {"scope": "every slot"})
     with ctx.db.reading() as session:
         rows = session.execute(
@@ -99,13 +107,19 @@ def open_list_slots(
             .order_by(Stratum.key, Slot.position)
         ).all()
     opened = []
+    unreadable = []
     for key, position, number, sealed, version in rows:
         binding = crypto.Binding(
             trial=trial_code, table="slot", row=f"{label}|{key}|{position}", column="sealed"
         )
-        value = crypto.open_json(ctx.ring, crypto.Purpose.LISTS, sealed, binding)
+        try:
+            value = crypto.open_json(ctx.ring, crypto.Purpose.LISTS, sealed, binding)
+        except crypto.SealError:
+            unreadable.append(f"{key}/{position}")
+            continue
         if not isinstance(value, dict):
-            raise crypto.SealError(f"slot {key}/{position} of {label} does not hold a slot record")
+            unreadable.append(f"{key}/{position}")
+            continue
         opened.append(
             OpenedSlot(
                 key,
@@ -117,7 +131,7 @@ def open_list_slots(
                 version,
             )
         )
-    return opened
+    return OpenedList(opened, unreadable)
 
 
 def open_list_seed(

@@ -23,7 +23,7 @@ import secrets
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from itertools import islice
+from itertools import islice, pairwise
 from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
@@ -561,9 +561,12 @@ def review_counts(
     Opening the list is an audited read of every arm (BLD-08)."""
     row = _list(ctx, trial_code, list_id)
     counts: dict[str, dict[str, int]] = {}
-    for slot in arm_access.open_list_slots(
-        ctx, reader, trial_code, row.id, row.label, "QC review of the list"
-    ):
+    opened = arm_access.open_list_slots(ctx, reader, trial_code, row.id, row.label, "QC review of the list")
+    if opened.unreadable:
+        raise ListIntegrityFailure(
+            f"{len(opened.unreadable)} slot(s) do not open (altered?): run the integrity check"
+        )
+    for slot in opened.slots:
         counts.setdefault(slot.stratum, {}).setdefault(slot.arm, 0)
         counts[slot.stratum][slot.arm] += 1
     return counts
@@ -762,6 +765,37 @@ def _storage_problems(session: Session, row: RandomizationList, version: ListVer
     count = session.execute(select(func.count()).select_from(Slot).where(Slot.list_id == row.id)).scalar_one()
     if count != version.slot_count:
         problems.append(f"{row.label}: {count} slots stored, {version.slot_count} recorded")
+    return problems + _signature_problems(session, row)
+
+
+def _signature_problems(session: Session, row: RandomizationList) -> list[str]:
+    """The approval, activation and extension signatures still match the versions they signed, so
+    that rewriting the slots AND every recorded digest is caught as well (21 CFR 11.70)."""
+    versions = list(
+        session.execute(
+            select(ListVersion).where(ListVersion.list_id == row.id).order_by(ListVersion.version)
+        ).scalars()
+    )
+    problems = []
+    first = versions[0] if versions else None
+    for signature_id, what in (
+        (row.approved_signature_id, "approval"),
+        (row.activated_signature_id, "activation"),
+    ):
+        signature = session.get(Signature, signature_id) if signature_id else None
+        if (
+            signature is not None
+            and first is not None
+            and not signatures.verify(signature, _signed_content(row, first))
+        ):
+            problems.append(f"{row.label}: the {what} signature no longer matches version 1")
+    for previous, version in pairwise(versions):
+        signature = session.get(Signature, version.signature_id) if version.signature_id else None
+        content = {**_signed_content(row, version), "added": version.slot_count - previous.slot_count}
+        if signature is not None and not signatures.verify(signature, content):
+            problems.append(
+                f"{row.label}: the extension signature of version {version.version} no longer matches"
+            )
     return problems
 
 
@@ -820,7 +854,9 @@ def check_integrity(
                     action=Action.LIST_INTEGRITY_FAILED,
                     object_type="randomization_list",
                     object_id=row.label,
-                    new={"problems": problems[:20]},
+                    # Counts of slots are design information (RND-12): the details are sealed.
+                    new={"problem_count": len(problems)},
+                    sealed={"problems": problems[:20]},
                     at=now,
                 )
             results.append(IntegrityResult(row.label, not problems, tuple(problems)))
@@ -860,13 +896,16 @@ def verify_lists(ctx: ServiceContext, reader: Actor, trial_code: str) -> list[Ve
             results.append(VerifyResult(row.label, True, 0, ()))
             continue
         seed = arm_access.open_list_seed(ctx, reader, trial_code, row.label, row.seed_sealed, "verify-list")
-        stored = arm_access.open_list_slots(ctx, reader, trial_code, row.id, row.label, "verify-list")
+        opened = arm_access.open_list_slots(ctx, reader, trial_code, row.id, row.label, "verify-list")
+        stored = opened.slots
         design = BlockDesign(
             arms=tuple(overview.parameters["arms"]),  # type: ignore[arg-type]
             ratio=tuple(overview.parameters["ratio"]),  # type: ignore[arg-type]
             block_sizes=tuple(overview.parameters["randomization"]["block_sizes"]),  # type: ignore[index]
         )
-        problems: list[str] = []
+        problems: list[str] = [
+            f"slot {where}: does not open (altered or moved)" for where in opened.unreadable
+        ]
         by_stratum: dict[str, list[arm_access.OpenedSlot]] = {}
         for slot in stored:
             by_stratum.setdefault(slot.stratum, []).append(slot)
@@ -903,7 +942,9 @@ def verify_lists(ctx: ServiceContext, reader: Actor, trial_code: str) -> list[Ve
                 action=Action.LIST_VERIFIED,
                 object_type="randomization_list",
                 object_id=row.label,
-                new={"ok": not problems, "slots": len(stored), "problems": problems[:20]},
+                # RND-12: list lengths and positions are design information: sealed.
+                new={"ok": not problems, "problem_count": len(problems)},
+                sealed={"slots": len(stored), "problems": problems[:20]},
                 at=ctx.now(),
             )
         results.append(VerifyResult(row.label, not problems, len(stored), tuple(problems)))
@@ -978,10 +1019,10 @@ def extend_list(
                 ratio=tuple(parameters["ratio"]),
                 block_sizes=tuple(parameters["randomization"]["block_sizes"]),
             )
-            all_strata = list(
-                session.execute(
-                    select(Stratum).where(Stratum.list_id == row.id).order_by(Stratum.key).with_for_update()
-                ).scalars()
+            # Code-point order (docs/randomization.md §7), never the database's collation.
+            all_strata = sorted(
+                session.execute(select(Stratum).where(Stratum.list_id == row.id).with_for_update()).scalars(),
+                key=lambda stratum: stratum.key,
             )
             unknown = (wanted or set()) - {s.key for s in all_strata}
             if unknown:
@@ -989,9 +1030,8 @@ def extend_list(
                     "unknown stratum",
                     errors=[FieldProblem("strata", f"no stratum {k}") for k in sorted(unknown)],
                 )
-            seed = arm_access.open_list_seed(
-                ctx, actor, trial.code, row.label, row.seed_sealed, "list extension"
-            )
+            # In this transaction: a second write transaction would wait for this one on SQLite.
+            seed = arm_access.list_seed_in(session, ctx, actor, trial.code, row, "list extension")
             sealer = crypto.BulkSealer(ctx.ring, crypto.Purpose.LISTS)
             numbers = RandomizationNumbers(
                 session.execute(select(Slot.randomization_number).where(Slot.list_id == row.id)).scalars()
@@ -1142,7 +1182,12 @@ def export_list(
     seed = arm_access.open_list_seed(
         ctx, actor, trial_code, row.label, row.seed_sealed, "export for verification"
     )
-    slots = arm_access.open_list_slots(ctx, actor, trial_code, row.id, row.label, "export for verification")
+    opened = arm_access.open_list_slots(ctx, actor, trial_code, row.id, row.label, "export for verification")
+    if opened.unreadable:
+        raise ListIntegrityFailure(
+            f"{len(opened.unreadable)} slot(s) do not open (altered?): nothing exported"
+        )
+    slots = opened.slots
     document = {
         "format": "allocator-list-export/1",
         "trial": trial_code,
