@@ -29,7 +29,9 @@ ACTOR = Actor(user_id=None, username="bench", name="Benchmark", role="system", r
 
 def definition() -> str:
     text = (ROOT / "trials" / "ifn-gamma-pais.toml").read_text(encoding="utf-8")
-    levels = ",\n".join(f'  {{ code = "l{i:03d}", label = {{ en = "L{i}", fr = "L{i}" }} }}' for i in range(100))
+    levels = ",\n".join(
+        f'  {{ code = "l{i:03d}", label = {{ en = "L{i}", fr = "L{i}" }} }}' for i in range(100)
+    )
     text = re.sub(r"levels = \[\n.*?\n\]", f"levels = [\n{levels},\n]", text, count=1, flags=re.S)
     text = text.replace("slots_per_stratum = 120", "slots_per_stratum = 1000")
     sites = "".join(
@@ -52,9 +54,11 @@ def run(url: str, key_dir: Path) -> None:
     (result,) = lists.check_integrity(ctx, ACTOR, "IFNG-PAIS")
     check = time.perf_counter() - check_started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{db.dialect}: {generated.strata:,} strata, {generated.slots:,} slots generated, sealed and stored in "
-          f"{elapsed:.1f} s ({generated.slots / elapsed:,.0f} slots/s); integrity check {check:.1f} s "
-          f"({'intact' if result.ok else 'FAILED'}); peak memory of the process so far {peak_mb:.0f} MB")
+    print(
+        f"{db.dialect}: {generated.strata:,} strata, {generated.slots:,} slots generated, sealed and stored in "
+        f"{elapsed:.1f} s ({generated.slots / elapsed:,.0f} slots/s); integrity check {check:.1f} s "
+        f"({'intact' if result.ok else 'FAILED'}); peak memory of the process so far {peak_mb:.0f} MB"
+    )
     db.dispose()
 
 

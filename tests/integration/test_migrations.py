@@ -98,7 +98,7 @@ def _triggers(db: Database, table: str) -> set[str]:
 
 
 def test_every_table_is_classified() -> None:
-    assert APPEND_ONLY | NO_DELETE | UNGUARDED == set(Base.metadata.tables)
+    assert set(Base.metadata.tables) == APPEND_ONLY | NO_DELETE | UNGUARDED
     assert not (APPEND_ONLY & NO_DELETE)
 
 

@@ -280,7 +280,9 @@ def test_redirect_targets_stay_on_site(target: str | None, expected: str) -> Non
 
 
 @pytest.mark.req("RND-13")
-def test_an_instance_refuses_to_start_with_lists_of_the_other_mode(ctx: ServiceContext, settings, db, ring) -> None:  # type: ignore[no-untyped-def]
+def test_an_instance_refuses_to_start_with_lists_of_the_other_mode(
+    ctx: ServiceContext, settings, db, ring
+) -> None:  # type: ignore[no-untyped-def]
     from dataclasses import replace
 
     from allocator import crypto
