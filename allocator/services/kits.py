@@ -335,7 +335,9 @@ def import_kit_list(
         rows: list[tuple[str, str, str, date, str]] = []
         seen: set[str] = set()
         existing = set(session.execute(select(Kit.kit_number).where(Kit.trial_id == trial.id)).scalars())
-        for line, raw in enumerate(reader, start=2):
+        first_expiry: dict[str, tuple[date, int]] = {}
+        for raw in reader:
+            line = reader.line_num  # the physical line, so blank lines do not shift the numbers
             where = f"line {line}"
             try:
                 number = kitlib.normalize_kit_number(raw.get("kit_number") or "")
@@ -362,6 +364,15 @@ def import_kit_list(
                 except ValidationFailed as exc:
                     problems.extend(FieldProblem(where, f"{e.field}: {e.message}") for e in exc.errors)
                     continue
+                known = first_expiry.setdefault(lot, (expiry, line))
+                if known[0] != expiry:
+                    problems.append(
+                        FieldProblem(
+                            where,
+                            f"expiry: batch {lot} was given expiry {known[0].isoformat()} on line {known[1]}",
+                        )
+                    )
+                    continue
                 seen.add(number)
                 rows.append((number, arm, lot, expiry, kit_type))
         if not rows and not problems:
@@ -369,11 +380,6 @@ def import_kit_list(
         per_lot: dict[str, set[date]] = {}
         for _, _, lot, expiry, _ in rows:
             per_lot.setdefault(lot, set()).add(expiry)
-        problems += [
-            FieldProblem("file", f"batch {lot} has several expiry dates")
-            for lot, e in per_lot.items()
-            if len(e) > 1
-        ]
         if problems:
             raise ValidationFailed(
                 f"{source_name}: the kit list is refused; nothing was imported", errors=problems[:200]
@@ -423,17 +429,18 @@ def stock(ctx: ServiceContext, trial_code: str, scope: Scope, *, include_depot: 
             s.id: s.code for s in session.execute(select(Site).where(Site.trial_id == trial.id)).scalars()
         }
         rows = session.execute(
-            select(Kit.site_id, Kit.status, Kit.expiry_date).where(Kit.trial_id == trial.id)
+            select(Kit.site_id, Kit.status, Kit.expiry_date, Kit.shipment_id).where(Kit.trial_id == trial.id)
         ).all()
         places: dict[int | None, Counter[str]] = {}
         usable: Counter[int | None] = Counter()
-        for site_id, status, expiry in rows:
+        for site_id, status, expiry, shipment_id in rows:
             if site_id is None and not include_depot:
                 continue
             if site_id is not None and not scope.allows_site(site_id):
                 continue
             places.setdefault(site_id, Counter())[status] += 1
-            if status in (S.AVAILABLE.value, S.AT_DEPOT.value) and (expiry is None or expiry >= needed):
+            free = status == S.AVAILABLE.value or (status == S.AT_DEPOT.value and shipment_id is None)
+            if free and (expiry is None or expiry >= needed):  # a prepared shipment's kits are spoken for
                 usable[site_id] += 1
         out = [
             StockRow(site=sites[i] if i is not None else "depot", by_status=dict(c), usable=usable[i])
@@ -479,7 +486,12 @@ def create_shipment(
         depot = list(
             session.execute(
                 select(Kit)
-                .where(Kit.trial_id == trial.id, Kit.status == S.AT_DEPOT.value, Kit.site_id.is_(None))
+                .where(
+                    Kit.trial_id == trial.id,
+                    Kit.status == S.AT_DEPOT.value,
+                    Kit.site_id.is_(None),
+                    Kit.shipment_id.is_(None),  # not already in a prepared shipment
+                )
                 .with_for_update()
             ).scalars()
         )
@@ -531,16 +543,26 @@ def create_shipment(
         return _shipment_view(session, shipment, site.code)
 
 
-def ship(ctx: ServiceContext, actor: Actor, trial_code: str, number: str) -> None:
-    """Dispatch a prepared shipment: its kits go in transit."""
+def ship(ctx: ServiceContext, actor: Actor, trial_code: str, number: str) -> tuple[str, ...]:
+    """Dispatch a prepared shipment: its kits go in transit. A kit that left the depot's stock since
+    the preparation (damaged, destroyed, quarantined...) is taken out of the shipment and stays where
+    it is; the kit numbers taken out are returned and recorded in the audit entry."""
     now = ctx.now()
     with ctx.db.unit_of_work() as session:
         trial = get_trial(session, trial_code)
         shipment = _shipment(session, trial, number)
         if shipment.status != "prepared":
             raise Conflict(f"shipment {number} is {shipment.status}")
+        taken_out: list[str] = []
         for kit in _shipment_kits(session, shipment):
+            if kit.status != S.AT_DEPOT.value:
+                kit.shipment_id = None
+                taken_out.append(kit.kit_number)
+                continue
             _event(session, kit, S.IN_TRANSIT, actor, f"shipped in {number}", now, from_status=kit.status)
+        if taken_out and len(taken_out) == shipment.kit_count:
+            raise Conflict(f"no kit of shipment {number} can still be shipped")
+        shipment.kit_count -= len(taken_out)
         shipment.status = "shipped"
         shipment.shipped_at = now
         shipment.shipped_by_name = actor.name
@@ -554,15 +576,19 @@ def ship(ctx: ServiceContext, actor: Actor, trial_code: str, number: str) -> Non
             object_id=number,
             site_code=site.code if site else None,
             old={"status": "prepared"},
-            new={"status": "shipped"},
+            new={"status": "shipped", "kits": shipment.kit_count, "taken_out": sorted(taken_out)},
             at=now,
         )
+        return tuple(sorted(taken_out))
 
 
 @dataclass(frozen=True, slots=True)
 class Receipt:
     received: int
     missing: tuple[str, ...]
+    # Scanned kits that were not in transit (quarantined or lost on the way): they keep their status,
+    # since releasing a quarantined kit needs its own signed decision (ACC-12, LBL-05).
+    held: tuple[str, ...] = ()
 
 
 def receive(
@@ -614,9 +640,13 @@ def receive(
                 errors=[FieldProblem("missing_reason", "give a reason: unscanned kits are recorded as lost")],
             )
         site = _site_by_id(session, shipment.site_id)
+        held: list[str] = []
         for kit_number, kit in kits.items():
             kit.site_id = shipment.site_id
-            if kit_number in missing:
+            if kit.status == S.LOST.value:
+                if kit_number not in missing:
+                    held.append(kit_number)
+            elif kit_number in missing:
                 _event(
                     session,
                     kit,
@@ -626,8 +656,10 @@ def receive(
                     now,
                     from_status=kit.status,
                 )
-            else:
+            elif kit.status == S.IN_TRANSIT.value:
                 _event(session, kit, S.AVAILABLE, actor, f"received in {number}", now, from_status=kit.status)
+            else:
+                held.append(kit_number)
         shipment.status = "received"
         shipment.received_at = now
         shipment.received_by_name = actor.name
@@ -640,11 +672,18 @@ def receive(
             object_id=number,
             site_code=site.code,
             old={"status": "shipped"},
-            new={"status": "received", "received": len(kits) - len(missing), "missing": missing},
+            new={
+                "status": "received",
+                "received": len(kits) - len(missing) - len(held),
+                "missing": missing,
+                "held": sorted(held),
+            },
             reason=missing_reason.strip() or None,
             at=now,
         )
-        return Receipt(received=len(kits) - len(missing), missing=tuple(missing))
+        return Receipt(
+            received=len(kits) - len(missing) - len(held), missing=tuple(missing), held=tuple(sorted(held))
+        )
 
 
 def _number_from_scan(raw: str, trial_code: str, ctx: ServiceContext) -> str:
@@ -741,11 +780,17 @@ def change_status(
     if not reason.strip():
         raise ValidationFailed("a reason is required", errors=[FieldProblem("reason", "is required")])
     try:
-        number = kitlib.normalize_kit_number(kit_number)
-    except kitlib.KitNumberError as exc:
+        number = _number_from_scan(kit_number, trial_code, ctx)  # typed, or the scanned label (LBL-09)
+    except (kitlib.KitNumberError, kitlib.PayloadError) as exc:
         raise ValidationFailed("invalid kit number", errors=[FieldProblem("kit_number", str(exc))]) from None
     now = ctx.now()
-    meaning = "kit quarantine" if target is S.QUARANTINED else "kit release from quarantine"
+    # The meaning states what is signed (21 CFR 11.50): a release only when the kit becomes usable.
+    if target is S.QUARANTINED:
+        meaning = "kit quarantine"
+    elif target is S.AVAILABLE:
+        meaning = "kit release from quarantine"
+    else:
+        meaning = f"kit {target.value} from quarantine"
     try:
         with ctx.db.unit_of_work() as session:
             trial = get_trial(session, trial_code)
@@ -927,7 +972,8 @@ def print_kit_labels(
     depot: bool,
 ) -> tuple[str, bytes]:
     """Labels for the given kits (outer or immediate, French first). A kit printed before makes
-    the document a reprint, marked DUPLICATA and counted (LBL-12). Returns (document id, PDF)."""
+    the document a reprint, marked DUPLICATA, numbered by that kit's reprints and counted (LBL-12);
+    new kits and reprints go in separate documents. Returns (document id, PDF)."""
     try:
         label_kind = kitlib.LabelKind(kind)
     except ValueError:
@@ -938,9 +984,12 @@ def print_kit_labels(
     numbers = []
     for index, raw in enumerate(kit_numbers):
         try:
-            numbers.append(kitlib.normalize_kit_number(raw))
-        except kitlib.KitNumberError as exc:
+            number = _number_from_scan(raw, trial_code, ctx)  # typed or scanned (LBL-09)
+        except (kitlib.KitNumberError, kitlib.PayloadError) as exc:
             problems.append(FieldProblem(f"kits[{index}]", str(exc)))
+        else:
+            if number not in numbers:
+                numbers.append(number)
     if problems or not numbers:
         raise ValidationFailed(
             "invalid kit numbers", errors=problems or [FieldProblem("kits", "give at least one")]
@@ -982,29 +1031,33 @@ def print_kit_labels(
             )
             for n in numbers
         ]
-        earlier = {
-            item
-            for items in session.execute(
-                select(PrintedDocument.items).where(
-                    PrintedDocument.trial_id == trial.id,
-                    PrintedDocument.kind == f"kit_labels_{label_kind.value}",
-                )
-            ).scalars()
-            for item in items
-        }
-        reprint = bool(earlier & set(numbers))
-        previous_reprints = (
-            session.execute(
-                select(func.max(PrintedDocument.reprint_number)).where(
-                    PrintedDocument.trial_id == trial.id,
-                    PrintedDocument.kind == f"kit_labels_{label_kind.value}",
-                )
-            ).scalar_one()
-            or 0
-        )
+        # How many earlier documents of this kind carried each kit: a kit's n-th reprint is numbered n.
+        printed_before = dict.fromkeys(numbers, 0)
+        for items in session.execute(
+            select(PrintedDocument.items).where(
+                PrintedDocument.trial_id == trial.id,
+                PrintedDocument.kind == f"kit_labels_{label_kind.value}",
+            )
+        ).scalars():
+            for item in set(items) & printed_before.keys():
+                printed_before[item] += 1
+        duplicates = {n for n, times in printed_before.items() if times}
+        if duplicates and duplicates != set(numbers):
+            # One document is either all originals or all DUPLICATA, so that the reconciliation counts
+            # every label as printed or reprinted correctly (LBL-11, LBL-12).
+            raise ValidationFailed(
+                "print new labels and reprints separately",
+                errors=[
+                    FieldProblem(
+                        "kits",
+                        "already printed, reprint separately: "
+                        + ", ".join(kitlib.format_kit_number(n) for n in sorted(duplicates)),
+                    )
+                ],
+            )
         document_id = next_document_id(session, trial, "LBL")
         meta = kitlib.DocumentMeta(
-            document_id=document_id, created_at=now, reprint_number=previous_reprints + 1 if reprint else 0
+            document_id=document_id, created_at=now, reprint_number=max(printed_before.values())
         )
         pdf = kitlib.render_label_sheet(
             label_info(definition, ctx.settings.env), labels, kind=label_kind, document=meta

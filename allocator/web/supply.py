@@ -9,6 +9,7 @@ from datetime import date
 from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response as WerkzeugResponse
 
+import kits as kitlib
 from allocator.permissions import NO_SCOPE, Permission, requires
 from allocator.services import admin, kits, signatures
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
@@ -177,8 +178,14 @@ def create_shipment(trial: str) -> WerkzeugResponse:
 @bp.route("/trials/<trial>/shipments/<number>/ship", methods=["POST"])
 @requires(Permission.SHIPMENT_MANAGE)
 def ship(trial: str, number: str) -> WerkzeugResponse:
+    def act() -> None:
+        taken_out = kits.ship(ctx(), actor(Permission.SHIPMENT_MANAGE), trial, number)
+        if taken_out:
+            shown = ", ".join(kitlib.format_kit_number(n) for n in taken_out)
+            flash(f"Taken out of the shipment (no longer in depot stock): {shown}.", "error")
+
     return _perform(
-        lambda: kits.ship(ctx(), actor(Permission.SHIPMENT_MANAGE), trial, number),
+        act,
         f"Shipment {number} dispatched.",
         url_for("supply.shipments", trial=trial),
     )
@@ -201,6 +208,9 @@ def receive(trial: str, number: str) -> WerkzeugResponse:
         )
         if receipt.missing:
             flash(f"{len(receipt.missing)} kit(s) recorded lost.", "error")
+        if receipt.held:
+            shown = ", ".join(kitlib.format_kit_number(n) for n in receipt.held)
+            flash(f"Kept in their current status (not in transit): {shown}.", "error")
 
     return _perform(act, f"Shipment {number} received.", url_for("supply.shipments", trial=trial))
 

@@ -1,0 +1,1190 @@
+"""Kit supply services: kit lists (generated and imported), blinded stock, balanced random shipments
+and their receipt, signed status and expiry changes, usable kits for an allocation, labels and
+reprints, reconciliation (BLD-02..BLD-05, BLD-12, LBL-01..LBL-05, LBL-11, LBL-12, ACC-12, REP-09).
+
+The tests open kit arms directly with the key ring to know the truth; the application never does
+that outside `arm_access`."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import TypeVar
+
+import pytest
+from scipy import stats
+from sqlalchemy import func, select, text
+
+import kits as kitlib
+from allocator import crypto
+from allocator.audit import Actor
+from allocator.models import (
+    AuditEvent,
+    Batch,
+    Kit,
+    KitEvent,
+    KitList,
+    PrintedDocument,
+    Shipment,
+    Signature,
+    Site,
+)
+from allocator.permissions import NO_SCOPE, Scope
+from allocator.services import auth
+from allocator.services import kits as supply
+from allocator.services.context import ServiceContext
+from allocator.services.errors import Conflict, DomainError, NotFound, ValidationFailed
+from allocator.services.signatures import SignatureRefused, SignatureRequest
+from allocator.services.trials import current_definition, get_trial
+from tests.support import CLI_ACTOR, GOOD_PASSWORD, Clock, load_ifn, make_user
+from tests.unit.kits.kits_testdata import all_text, decode_qr_codes, flat, page_count
+
+T = TypeVar("T")
+
+TRIAL = "IFNG-PAIS"
+ARMS = ("A", "B")
+ALL = Scope(all_sites=True, site_ids=frozenset())
+LOT = "LOT-0001"
+EXPIRY = date(2027, 6, 30)
+HERE = auth.Client("192.0.2.1", "pytest", "req")
+SIGNED = SignatureRequest(password=GOOD_PASSWORD)
+WRONG = SignatureRequest(password="this is not my password")
+ARM_WORDS = re.compile(r"\b[AB]\b|(?i:placebo|interf[eé]ron|\barms?\b)")
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def person(ctx: ServiceContext, username: str, role: str, site: str | None = None) -> Actor:
+    """A user with a known password (so that they can sign), as a service actor."""
+    name = username.replace("-", " ").title()
+    created = make_user(ctx, username, role, site=site, full_name=name)
+    auth.change_password(ctx, created.user_id, created.one_time_password, GOOD_PASSWORD, GOOD_PASSWORD, HERE)
+    return Actor(user_id=created.user_id, username=username, name=name, role=role, request_id="test")
+
+
+def site_id(ctx: ServiceContext, code: str) -> int:
+    with ctx.db.reading() as s:
+        return s.execute(select(Site.id).where(Site.code == code)).scalar_one()
+
+
+def arm_of(ctx: ServiceContext, kit: Kit) -> str:
+    """The test's own look at a kit's arm (the application reads arms through arm_access only)."""
+    binding = crypto.Binding(trial=TRIAL, table="kit", row=kit.kit_number, column="sealed_arm")
+    return crypto.open_arm(ctx.ring, kit.sealed_arm, binding)
+
+
+def all_kits(ctx: ServiceContext) -> list[Kit]:
+    """Every kit of the trial, in creation order."""
+    with ctx.db.reading() as s:
+        return list(s.execute(select(Kit).order_by(Kit.id)).scalars())
+
+
+def kit(ctx: ServiceContext, number: str) -> Kit:
+    with ctx.db.reading() as s:
+        return s.execute(select(Kit).where(Kit.kit_number == number)).scalar_one()
+
+
+def lots(ctx: ServiceContext) -> dict[str, str]:
+    """kit number -> lot code."""
+    with ctx.db.reading() as s:
+        return {
+            row.kit_number: row.lot_code
+            for row in s.execute(select(Kit.kit_number, Batch.lot_code).join(Batch))
+        }
+
+
+def events_of(ctx: ServiceContext, number: str) -> list[KitEvent]:
+    with ctx.db.reading() as s:
+        return list(
+            s.execute(
+                select(KitEvent)
+                .join(Kit, Kit.id == KitEvent.kit_id)
+                .where(Kit.kit_number == number)
+                .order_by(KitEvent.id)
+            ).scalars()
+        )
+
+
+def audit(ctx: ServiceContext, action: str) -> list[AuditEvent]:
+    with ctx.db.reading() as s:
+        return list(
+            s.execute(
+                select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.seq)
+            ).scalars()
+        )
+
+
+def row_counts(ctx: ServiceContext) -> dict[str, int]:
+    with ctx.db.reading() as s:
+        return {
+            model.__tablename__: s.execute(select(func.count()).select_from(model)).scalar_one()
+            for model in (Kit, KitList, Batch, KitEvent, AuditEvent, Shipment, Signature)
+        }
+
+
+def sealed_values(ctx: ServiceContext, entry: AuditEvent) -> object:
+    assert entry.sealed_values is not None
+    binding = crypto.Binding(
+        trial=TRIAL, table="audit_event", row=f"{TRIAL}:{entry.seq}", column="sealed_values"
+    )
+    return crypto.open_json(ctx.ring, crypto.Purpose.LISTS, entry.sealed_values, binding)
+
+
+def undone(ctx: ServiceContext, action: Callable[[], T]) -> T:
+    """Run a service call inside a savepoint of the test's connection and roll it back: the next
+    call starts from exactly the same database state."""
+    with ctx.db.reading() as s:
+        connection = s.get_bind()
+    savepoint = connection.begin_nested()  # type: ignore[union-attr]
+    try:
+        return action()
+    finally:
+        savepoint.rollback()
+
+
+def messages(exc: DomainError) -> str:
+    return " ".join([exc.detail, *(f"{e.field}: {e.message}" for e in exc.errors)])
+
+
+@dataclass
+class Supply:
+    ctx: ServiceContext
+    clock: Clock
+    manager: Actor  # trial manager: prepares and ships (shipment:manage)
+    pharmacist: Actor  # pharmacist at P1
+    other_pharmacist: Actor  # pharmacist at P2
+    p1: Scope
+    p2: Scope
+
+    def generate(self, count: int, lot: str = LOT, expiry: date = EXPIRY) -> supply.KitListSummary:
+        return supply.generate_kit_list(self.ctx, CLI_ACTOR, TRIAL, count=count, lot_code=lot, expiry=expiry)
+
+    def prepare(self, site: str, count: int) -> supply.ShipmentView:
+        return supply.create_shipment(self.ctx, self.manager, TRIAL, site, count)
+
+    def deliver(self, site: str, count: int) -> list[str]:
+        """Prepare, ship and receive (every kit scanned) a shipment; returns its kit numbers."""
+        view = self.prepare(site, count)
+        supply.ship(self.ctx, self.manager, TRIAL, view.number)
+        receiver, scope = (self.pharmacist, self.p1) if site == "P1" else (self.other_pharmacist, self.p2)
+        supply.receive(self.ctx, receiver, TRIAL, view.number, list(view.kits), scope=scope)
+        return list(view.kits)
+
+    def change(self, number: str, to: str, *, who: Actor | None = None, signed: bool = False) -> None:
+        who = who or self.pharmacist
+        supply.change_status(
+            self.ctx,
+            who,
+            TRIAL,
+            number,
+            to,
+            reason=f"test: {to}",
+            scope=self.p1 if who is self.pharmacist else self.p2,
+            depot=False,
+            signature=SIGNED if signed else None,
+        )
+
+
+@pytest.fixture
+def s(ctx: ServiceContext, clock: Clock) -> Supply:
+    load_ifn(ctx)
+    return Supply(
+        ctx=ctx,
+        clock=clock,
+        manager=person(ctx, "tman", "trial_manager"),
+        pharmacist=person(ctx, "pharma-p1", "pharmacist", "P1"),
+        other_pharmacist=person(ctx, "pharma-p2", "pharmacist", "P2"),
+        p1=Scope(all_sites=False, site_ids=frozenset({site_id(ctx, "P1")})),
+        p2=Scope(all_sites=False, site_ids=frozenset({site_id(ctx, "P2")})),
+    )
+
+
+# --- 1. generated kit lists ------------------------------------------------------------------
+
+
+@pytest.mark.req("BLD-03", "BLD-04", "BLD-05")
+def test_a_generated_kit_list_has_random_checked_numbers_and_arms_in_balanced_sealed_blocks(
+    s: Supply,
+) -> None:
+    ctx = s.ctx
+    for bad in (0, 2, 6, 42, 100_004):
+        with pytest.raises(ValidationFailed) as caught:
+            s.generate(bad)
+        assert [e.field for e in caught.value.errors] == ["count"]
+    with pytest.raises(ValidationFailed) as caught:
+        s.generate(4, lot="lot 1")
+    assert [e.field for e in caught.value.errors] == ["lot_code"]
+    with pytest.raises(ValidationFailed) as caught:
+        s.generate(4, expiry=s.clock().date())
+    assert [e.field for e in caught.value.errors] == ["expiry"]
+    assert row_counts(ctx)["kit"] == 0
+
+    summary = s.generate(200)
+    assert (summary.label, summary.count, summary.batches) == (f"{TRIAL}/TEST/KITS/1", 200, (LOT,))
+    kits = all_kits(ctx)
+    numbers = [k.kit_number for k in kits]
+    assert len(numbers) == 200 and len(set(numbers)) == 200
+    assert all(re.fullmatch(r"[0-9]{8}", n) and kitlib.is_valid_kit_number(n) for n in numbers)
+    # Random, not issued in sequence: creation order does not follow number order, and the numbers
+    # spread over the whole range (200 sequential numbers would share their first four digits).
+    assert numbers != sorted(numbers) and numbers != sorted(numbers, reverse=True)
+    assert len({n[0] for n in numbers}) >= 8 and len({n[:4] for n in numbers}) > 100
+
+    arms = [arm_of(ctx, k) for k in kits]
+    assert Counter(arms) == {"A": 100, "B": 100}
+    for start in range(0, 200, 4):
+        assert Counter(arms[start : start + 4]) == {"A": 2, "B": 2}, f"block at kit {start}"
+    assert len(set(map(tuple, (arms[i : i + 4] for i in range(0, 200, 4))))) > 1  # blocks vary
+
+    lengths = {len(k.sealed_arm) for k in kits}
+    assert len(lengths) == 1
+    for k, arm in zip(kits, arms, strict=True):
+        padded = len(arm).to_bytes(2, "big") + arm.encode()
+        assert padded + b"\x00" * 8 not in k.sealed_arm
+        assert all(word not in k.sealed_arm for word in (b"Placebo", b"Interferon", b"arm"))
+    assert len({k.sealed_arm for k in kits}) == 200  # no two ciphertexts alike, even within an arm
+    assert {(k.status, k.site_id, k.expiry_date, k.kit_type) for k in kits} == {
+        ("at_depot", None, EXPIRY, "VIAL")
+    }
+
+    with ctx.db.reading() as session:
+        events = list(session.execute(select(KitEvent).order_by(KitEvent.id)).scalars())
+    assert sorted(e.kit_id for e in events) == sorted(k.id for k in kits)
+    assert {(e.from_status, e.to_status, e.reason) for e in events} == {
+        (None, "at_depot", f"generated in {TRIAL}/TEST/KITS/1")
+    }
+
+    (entry,) = audit(ctx, "kit_list.created")
+    assert entry.object_id == summary.label
+    assert json.loads(entry.new_values or "{}") == {
+        "count": 200,
+        "source": "generated",
+        "batches": [LOT],
+        "file": None,
+    }
+    for plain in (entry.new_values or "", entry.old_values or ""):
+        assert "per_arm" not in plain and '"A"' not in plain and '"B"' not in plain
+    assert b"per_arm" not in (entry.sealed_values or b"")
+    assert sealed_values(ctx, entry) == {
+        "content_sha256": summary.content_sha256,
+        "per_arm": {"A": 100, "B": 100},
+    }
+
+    lines = sorted(f"{n}\t{a}\t{LOT}\n" for n, a in zip(numbers, arms, strict=True))
+    assert summary.content_sha256 == hashlib.sha256("".join(lines).encode()).hexdigest()
+
+    second = s.generate(8, lot="LOT-0002", expiry=date(2027, 12, 31))
+    assert second.label == f"{TRIAL}/TEST/KITS/2"
+    assert len({k.kit_number for k in all_kits(ctx)}) == 208
+
+
+# --- 2. imported kit lists -------------------------------------------------------------------
+
+
+def kit_numbers(count: int) -> list[str]:
+    return kitlib.generate_kit_numbers(count)
+
+
+def csv_text(rows: list[tuple[str, str, str, str]]) -> str:
+    return "\n".join(["kit_number,arm,lot_code,expiry", *(",".join(r) for r in rows)]) + "\n"
+
+
+def wrong_check_digit(number: str) -> str:
+    return number[:7] + str((int(number[7]) + 1) % 10)
+
+
+@pytest.mark.req("BLD-05")
+def test_a_valid_kit_list_file_is_imported_with_its_arms_sealed(s: Supply) -> None:
+    ctx = s.ctx
+    numbers = kit_numbers(8)
+    rows = [
+        (kitlib.format_kit_number(n) if i % 2 else n, "AB"[i % 2], "LOT-IMP-1" if i < 4 else "LOT-IMP-2", e)
+        for i, (n, e) in enumerate(zip(numbers, ["2027-01-31"] * 4 + ["2027-03-31"] * 4, strict=True))
+    ]
+    summary = supply.import_kit_list(ctx, CLI_ACTOR, TRIAL, "\ufeff" + csv_text(rows), "establishment.csv")
+    assert (summary.count, summary.batches) == (8, ("LOT-IMP-1", "LOT-IMP-2"))
+    kits = {k.kit_number: k for k in all_kits(ctx)}
+    assert set(kits) == set(numbers)
+    for i, n in enumerate(numbers):
+        assert arm_of(ctx, kits[n]) == "AB"[i % 2]
+        assert kits[n].status == "at_depot" and kits[n].expiry_date == (
+            date(2027, 1, 31) if i < 4 else date(2027, 3, 31)
+        )
+    with ctx.db.reading() as session:
+        kit_list = session.execute(select(KitList)).scalar_one()
+    assert (kit_list.source, kit_list.source_name, kit_list.kit_count) == ("imported", "establishment.csv", 8)
+    (entry,) = audit(ctx, "kit_list.created")
+    assert '"A"' not in (entry.new_values or "")
+    assert sealed_values(ctx, entry) == {
+        "content_sha256": summary.content_sha256,
+        "per_arm": {"A": 4, "B": 4},
+    }
+
+
+GOOD_ROWS = 4
+
+
+def _fresh() -> str:
+    return kit_numbers(1)[0]
+
+
+Builder = Callable[[list[str], str], tuple[list[str], int]]
+# (case, builder, bug): the builder gets the good lines and a kit number already in use, and returns
+# the file's lines (header excluded) and the 1-based number of the bad line.
+BAD_LINE_CASES: list[tuple[str, Builder, str | None]] = [
+    (
+        "bad-check-digit",
+        lambda good, used: ([*good[:2], f"{wrong_check_digit(_fresh())},A,LOT-NEW,2027-01-31", *good[2:]], 4),
+        None,
+    ),
+    ("unknown-arm", lambda good, used: ([*good, f"{_fresh()},C,LOT-NEW,2027-01-31"], 6), None),
+    ("duplicate-in-the-file", lambda good, used: ([*good, good[0].replace(",A,", ",B,")], 6), None),
+    ("number-already-in-use", lambda good, used: ([f"{used},A,LOT-NEW,2027-01-31", *good], 2), None),
+    ("bad-date", lambda good, used: ([*good[:3], f"{_fresh()},B,LOT-NEW,31/01/2027", *good[3:]], 5), None),
+    ("past-expiry", lambda good, used: ([*good, f"{_fresh()},A,LOT-OLD,2026-03-01"], 6), None),
+    (
+        "two-expiries-for-one-lot",
+        lambda good, used: ([*good, f"{_fresh()},A,LOT-NEW,2027-02-28"], 6),
+        None,
+    ),
+    (
+        "bad-line-after-a-blank-line",
+        lambda good, used: ([*good[:2], "", f"{_fresh()},C,LOT-NEW,2027-01-31", *good[2:]], 5),
+        None,
+    ),
+]
+
+
+@pytest.mark.req("BLD-03")
+@pytest.mark.parametrize(
+    ("case", "build"),
+    [
+        pytest.param(case, build, id=case, marks=[pytest.mark.xfail(strict=True, reason=bug)] if bug else [])
+        for case, build, bug in BAD_LINE_CASES
+    ],
+)
+def test_a_kit_list_file_with_one_bad_line_is_refused_naming_that_line(
+    s: Supply, case: str, build: Builder
+) -> None:
+    ctx = s.ctx
+    s.generate(4)
+    used = all_kits(ctx)[0].kit_number
+    good = [f"{n},{'AB'[i % 2]},LOT-NEW,2027-01-31" for i, n in enumerate(kit_numbers(GOOD_ROWS))]
+    lines, bad_line = build(good, used)
+    before = row_counts(ctx)
+    with pytest.raises(ValidationFailed) as caught:
+        supply.import_kit_list(
+            ctx, CLI_ACTOR, TRIAL, "\n".join(["kit_number,arm,lot_code,expiry", *lines]) + "\n", f"{case}.csv"
+        )
+    assert "nothing was imported" in caught.value.detail
+    assert [e.field for e in caught.value.errors] == [f"line {bad_line}"], caught.value.errors
+    assert row_counts(ctx) == before
+
+
+@pytest.mark.req("BLD-03")
+def test_every_bad_line_of_a_kit_list_file_is_named_and_nothing_is_imported(s: Supply) -> None:
+    ctx = s.ctx
+    s.generate(4)
+    existing = all_kits(ctx)[0].kit_number
+    fresh = kit_numbers(12)
+    rows = [
+        (fresh[0], "A", "LOT-NEW", "2027-01-31"),  # line 2: fine
+        (wrong_check_digit(fresh[1]), "B", "LOT-NEW", "2027-01-31"),  # 3: check digit
+        (fresh[2], "Placebo", "LOT-NEW", "2027-01-31"),  # 4: unknown arm
+        (kitlib.format_kit_number(fresh[0]), "B", "LOT-NEW", "2027-01-31"),  # 5: duplicate
+        (existing, "A", "LOT-NEW", "2027-01-31"),  # 6: already in use
+        (fresh[3], "A", "LOT-NEW", "2027-02-30"),  # 7: no such date
+        (fresh[4], "B", "LOT-OLD", "2026-03-02"),  # 8: not in the future
+        (fresh[5], "A", "lot new", "2027-01-31"),  # 9: bad lot code
+        (fresh[6], "B", "LOT-NEW", "2027-01-31"),  # 10: fine
+        (fresh[7], "A", "LOT-TWO", "2027-01-31"),  # 11: fine alone ...
+        (fresh[8], "B", "LOT-TWO", "2027-04-30"),  # 12: ... but a second expiry for LOT-TWO
+    ]
+    before = row_counts(ctx)
+    with pytest.raises(ValidationFailed) as caught:
+        supply.import_kit_list(ctx, CLI_ACTOR, TRIAL, csv_text(rows), "bad.csv")
+    found = {e.field: e.message for e in caught.value.errors}
+    assert sorted(f for f in found if f.startswith("line ")) == sorted(f"line {n}" for n in [*range(3, 10), 12])
+    assert "check digit" in found["line 3"]
+    assert found["line 4"].startswith("arm:")
+    assert "twice or already exists" in found["line 5"] and "twice or already exists" in found["line 6"]
+    assert found["line 7"].startswith("expiry:") and found["line 8"].startswith("expiry:")
+    assert found["line 9"].startswith("lot_code:")
+    assert "LOT-TWO" in found["line 12"] and "line 11" in found["line 12"]
+    assert row_counts(ctx) == before
+
+    with pytest.raises(ValidationFailed) as caught:
+        supply.import_kit_list(ctx, CLI_ACTOR, TRIAL, "number,arm,lot,expiry\n", "bad.csv")
+    assert [e.field for e in caught.value.errors] == ["file"]
+    with pytest.raises(ValidationFailed):
+        supply.import_kit_list(ctx, CLI_ACTOR, TRIAL, csv_text([]), "empty.csv")
+    # A lot that exists already with another expiry date refuses the file too.
+    with pytest.raises(ValidationFailed):
+        supply.import_kit_list(
+            ctx, CLI_ACTOR, TRIAL, csv_text([(fresh[9], "A", LOT, "2028-01-31")]), "other-expiry.csv"
+        )
+    assert row_counts(ctx) == before
+
+
+# --- 3. shipments (BLD-04) -------------------------------------------------------------------
+
+
+@pytest.mark.req("BLD-04", "BLD-12")
+def test_a_shipment_takes_as_many_kits_of_each_arm_chosen_at_random(s: Supply) -> None:
+    ctx = s.ctx
+    s.generate(40)
+    depot = all_kits(ctx)
+    arms = {k.kit_number: arm_of(ctx, k) for k in depot}
+    by_number = sorted(arms)
+    lowest = {arm: sorted(n for n in by_number if arms[n] == arm)[:2] for arm in ARMS}
+    first_made = {arm: [k.kit_number for k in depot if arms[k.kit_number] == arm][:2] for arm in ARMS}
+    reads_before = len(audit(ctx, "arm.read"))
+
+    chosen = [undone(ctx, lambda: s.prepare("P1", 4)) for _ in range(6)]
+    for view in chosen:
+        assert (view.status, view.site, view.kit_count, len(view.kits)) == ("prepared", "P1", 4, 4)
+        assert Counter(arms[n] for n in view.kits) == {"A": 2, "B": 2}
+    sets = {frozenset(view.kits) for view in chosen}
+    # Six draws of 2 of 20 kits per arm from the same depot: all alike has probability 36100**-5.
+    assert len(sets) > 1
+    assert not all({n for n in v.kits if arms[n] == "A"} == set(lowest["A"]) for v in chosen)
+    assert not all({n for n in v.kits if arms[n] == "A"} == set(first_made["A"]) for v in chosen)
+
+    view = s.prepare("P1", 8)
+    assert Counter(arms[n] for n in view.kits) == {"A": 4, "B": 4}
+    assert view.number == "SH-0001"
+    assert len(audit(ctx, "arm.read")) == reads_before + 1
+    (prepared,) = audit(ctx, "shipment.prepared")
+    assert json.loads(prepared.new_values or "{}") == {"site": "P1", "kits": 8}
+    assert prepared.sealed_values is None and prepared.site_code == "P1"
+    # Preparing moves nothing yet.
+    assert {kit(ctx, n).status for n in view.kits} == {"at_depot"}
+
+
+@pytest.mark.req("BLD-04", "BLD-12")
+def test_a_shipment_of_an_odd_or_too_large_size_is_refused_without_naming_an_arm(s: Supply) -> None:
+    ctx = s.ctx
+    s.generate(40)
+    for bad in (0, 3, 7, 10_002):
+        with pytest.raises(ValidationFailed) as caught:
+            s.prepare("P1", bad)
+        assert [e.field for e in caught.value.errors] == ["count"]
+        assert not ARM_WORDS.search(messages(caught.value))
+    with pytest.raises(Conflict) as conflict:
+        s.prepare("P1", 42)
+    assert not ARM_WORDS.search(messages(conflict.value))
+    # Enough kits in all (36) but not balanced: 16 of one arm, 20 of the other.
+    one_arm = [k.kit_number for k in all_kits(ctx) if arm_of(ctx, k) == "A"][:4]
+    for number in one_arm:
+        supply.change_status(
+            ctx, s.manager, TRIAL, number, "damaged", reason="crushed", scope=NO_SCOPE, depot=True
+        )
+    with pytest.raises(Conflict) as unbalanced:
+        s.prepare("P1", 36)
+    assert not ARM_WORDS.search(messages(unbalanced.value))
+    assert unbalanced.value.detail == conflict.value.detail  # the same words whichever the cause
+    with pytest.raises(NotFound):
+        s.prepare("P9", 4)
+    assert s.prepare("P1", 32).kit_count == 32
+    assert row_counts(ctx)["shipment"] == 1
+
+
+@pytest.mark.req("BLD-04", "LBL-11")
+def test_kits_of_a_prepared_shipment_are_not_offered_to_the_next_one(s: Supply) -> None:
+    s.generate(8)
+    first = s.prepare("P1", 8)
+    with pytest.raises(Conflict):
+        s.prepare("P2", 4)  # the depot's 8 kits all belong to SH-0001 already
+    assert supply.shipments(s.ctx, TRIAL, ALL)[-1].kits == first.kits
+
+
+@pytest.mark.req("LBL-11")
+def test_kits_of_a_prepared_shipment_no_longer_count_as_usable_depot_stock(s: Supply) -> None:
+    s.generate(12)
+    [depot] = supply.stock(s.ctx, TRIAL, ALL, include_depot=True)
+    assert (depot.site, depot.usable) == ("depot", 12)
+    s.prepare("P1", 8)
+    [depot] = supply.stock(s.ctx, TRIAL, ALL, include_depot=True)
+    assert (depot.usable, depot.by_status) == (4, {"at_depot": 12})
+
+
+@pytest.mark.req("LBL-05", "LBL-11")
+def test_a_kit_damaged_at_the_depot_after_preparation_is_not_shipped(s: Supply) -> None:
+    ctx = s.ctx
+    s.generate(8)
+    view = s.prepare("P1", 4)
+    damaged = view.kits[0]
+    supply.change_status(
+        ctx, s.manager, TRIAL, damaged, "damaged", reason="dropped", scope=NO_SCOPE, depot=True
+    )
+    assert supply.ship(ctx, s.manager, TRIAL, view.number) == (damaged,)
+    assert kit(ctx, damaged).status == "damaged" and kit(ctx, damaged).shipment_id is None
+    assert {kit(ctx, n).status for n in view.kits[1:]} == {"in_transit"}
+    shipped = supply.shipments(ctx, TRIAL, ALL)[-1]
+    assert (shipped.kit_count, sorted(shipped.kits)) == (3, sorted(view.kits[1:]))
+    (entry,) = audit(ctx, "shipment.shipped")
+    assert json.loads(entry.new_values or "{}")["taken_out"] == [damaged]
+
+
+@pytest.mark.req("BLD-04", "LBL-09", "LBL-11")
+def test_shipping_and_receiving_every_kit_typed_or_scanned(s: Supply) -> None:
+    ctx = s.ctx
+    s.generate(24)
+    view = s.prepare("P1", 8)
+    with pytest.raises(Conflict):  # not shipped yet
+        supply.receive(ctx, s.pharmacist, TRIAL, view.number, list(view.kits), scope=s.p1)
+    supply.ship(ctx, s.manager, TRIAL, view.number)
+    with pytest.raises(Conflict):
+        supply.ship(ctx, s.manager, TRIAL, view.number)
+    for n in view.kits:
+        k = kit(ctx, n)
+        assert (k.status, k.site_id) == ("in_transit", None)
+        assert [(e.from_status, e.to_status) for e in events_of(ctx, n)][-1] == ("at_depot", "in_transit")
+    (shipped,) = audit(ctx, "shipment.shipped")
+    assert shipped.object_id == view.number and shipped.site_code == "P1"
+
+    tag = supply.mac(ctx)
+    scans = [
+        view.kits[0],
+        kitlib.format_kit_number(view.kits[1]),
+        f"  {view.kits[2][:4]} {view.kits[2][4:]}  ",
+        kitlib.build_payload(TRIAL, view.kits[3], "K", tag),
+        kitlib.build_payload(TRIAL, view.kits[4], "K", tag).lower() + "\r",
+        "",
+        kitlib.format_kit_number(view.kits[5]),
+        kitlib.build_payload(TRIAL, view.kits[6], "K", tag),
+        view.kits[7],
+        view.kits[7],  # scanned twice: counted once
+    ]
+    # Refusals change nothing: another site's pharmacist, a kit from elsewhere, a bad check digit,
+    # a forged label.
+    outsider = next(k.kit_number for k in all_kits(ctx) if k.kit_number not in view.kits)
+    with pytest.raises(NotFound):
+        supply.receive(ctx, s.other_pharmacist, TRIAL, view.number, scans, scope=s.p2)
+    with pytest.raises(ValidationFailed) as foreign:
+        supply.receive(ctx, s.pharmacist, TRIAL, view.number, [*scans, outsider], scope=s.p1)
+    assert kitlib.format_kit_number(outsider) in messages(foreign.value)
+    with pytest.raises(ValidationFailed) as typo:
+        supply.receive(
+            ctx, s.pharmacist, TRIAL, view.number, [*scans, wrong_check_digit(outsider)], scope=s.p1
+        )
+    assert [e.field for e in typo.value.errors] == [f"kits[{len(scans)}]"]
+    forged = kitlib.build_payload(TRIAL, view.kits[0], "K", lambda _m: bytes(32))
+    with pytest.raises(ValidationFailed):
+        supply.receive(ctx, s.pharmacist, TRIAL, view.number, [*scans, forged], scope=s.p1)
+    other_trial = kitlib.build_payload("OTHER", view.kits[0], "K", tag)
+    with pytest.raises(ValidationFailed):
+        supply.receive(ctx, s.pharmacist, TRIAL, view.number, [*scans, other_trial], scope=s.p1)
+    with pytest.raises(NotFound):
+        supply.receive(ctx, s.pharmacist, TRIAL, "SH-9999", scans, scope=s.p1)
+    assert {kit(ctx, n).status for n in view.kits} == {"in_transit"}
+
+    receipt = supply.receive(ctx, s.pharmacist, TRIAL, view.number, scans, scope=s.p1)
+    assert receipt == supply.Receipt(received=8, missing=())
+    p1 = site_id(ctx, "P1")
+    for n in view.kits:
+        k = kit(ctx, n)
+        assert (k.status, k.site_id) == ("available", p1)
+        last = events_of(ctx, n)[-1]
+        assert (last.from_status, last.to_status, last.actor_name, last.site_id) == (
+            "in_transit",
+            "available",
+            "Pharma P1",
+            p1,
+        )
+    (received,) = audit(ctx, "shipment.received")
+    assert json.loads(received.new_values or "{}") == {
+        "status": "received",
+        "received": 8,
+        "missing": [],
+        "held": [],
+    }
+    (listed,) = supply.shipments(ctx, TRIAL, s.p1)
+    assert (listed.status, listed.received_by, listed.received_at) == ("received", "Pharma P1", s.clock())
+    assert supply.shipments(ctx, TRIAL, s.p2) == []
+    with pytest.raises(Conflict):
+        supply.receive(ctx, s.pharmacist, TRIAL, view.number, scans, scope=s.p1)
+
+
+@pytest.mark.req("LBL-11")
+def test_kits_not_scanned_at_receipt_need_a_reason_and_are_recorded_lost(s: Supply) -> None:
+    ctx = s.ctx
+    s.generate(8)
+    view = s.prepare("P2", 6)
+    supply.ship(ctx, s.manager, TRIAL, view.number)
+    present, missing = list(view.kits[:4]), sorted(view.kits[4:])
+    with pytest.raises(ValidationFailed) as caught:
+        supply.receive(ctx, s.other_pharmacist, TRIAL, view.number, present, scope=s.p2, missing_reason="  ")
+    assert [e.field for e in caught.value.errors] == ["missing_reason"]
+    assert {kit(ctx, n).status for n in view.kits} == {"in_transit"}
+    receipt = supply.receive(
+        ctx, s.other_pharmacist, TRIAL, view.number, present, scope=s.p2, missing_reason="box crushed"
+    )
+    assert receipt == supply.Receipt(received=4, missing=tuple(missing))
+    p2 = site_id(ctx, "P2")
+    for n in missing:
+        assert (kit(ctx, n).status, kit(ctx, n).site_id) == ("lost", p2)
+        assert "box crushed" in events_of(ctx, n)[-1].reason
+    assert {kit(ctx, n).status for n in present} == {"available"}
+    (received,) = audit(ctx, "shipment.received")
+    assert received.reason == "box crushed"
+
+
+@pytest.mark.req("LBL-05", "ACC-12")
+def test_a_kit_quarantined_in_transit_stays_quarantined_at_receipt(s: Supply) -> None:
+    ctx = s.ctx
+    s.generate(4)
+    view = s.prepare("P1", 4)
+    supply.ship(ctx, s.manager, TRIAL, view.number)
+    hot = view.kits[0]
+    supply.change_status(
+        ctx,
+        s.manager,
+        TRIAL,
+        hot,
+        "quarantined",
+        reason="logger: 12 °C",
+        scope=NO_SCOPE,
+        depot=True,
+        signature=SIGNED,
+    )
+    supply.receive(ctx, s.pharmacist, TRIAL, view.number, list(view.kits), scope=s.p1)
+    assert kit(ctx, hot).status == "quarantined"
+
+
+# --- 4. status changes -----------------------------------------------------------------------
+
+
+@pytest.mark.req("ACC-12", "LBL-05", "LBL-13")
+def test_quarantine_and_release_are_signed_and_every_change_is_an_event_and_an_audit_entry(s: Supply) -> None:
+    ctx = s.ctx
+    s.generate(8)
+    q, d, *_ = s.deliver("P1", 8)
+    with pytest.raises(ValidationFailed) as unsigned:
+        s.change(q, "quarantined")
+    assert [e.field for e in unsigned.value.errors] == ["password"]
+    with pytest.raises(SignatureRefused):
+        supply.change_status(
+            ctx,
+            s.pharmacist,
+            TRIAL,
+            q,
+            "quarantined",
+            reason="9 °C for 2 h",
+            scope=s.p1,
+            depot=False,
+            signature=WRONG,
+        )
+    (failed,) = audit(ctx, "signature.failed")
+    assert failed.object_id == q and failed.actor_username == "pharma-p1"
+    assert kit(ctx, q).status == "available" and audit(ctx, "kit.status_changed") == []
+
+    supply.change_status(
+        ctx,
+        s.pharmacist,
+        TRIAL,
+        kitlib.format_kit_number(q),
+        "quarantined",
+        reason=" 9 °C for 2 h ",
+        scope=s.p1,
+        depot=False,
+        signature=SIGNED,
+    )
+    assert kit(ctx, q).status == "quarantined"
+    last = events_of(ctx, q)[-1]
+    assert (last.from_status, last.to_status, last.reason, last.actor_name) == (
+        "available",
+        "quarantined",
+        "9 °C for 2 h",
+        "Pharma P1",
+    )
+    (changed,) = audit(ctx, "kit.status_changed")
+    with ctx.db.reading() as session:
+        signature = session.execute(select(Signature)).scalar_one()
+    assert (signature.meaning, signature.object_id, signature.printed_name) == (
+        "kit quarantine",
+        q,
+        "Pharma P1",
+    )
+    assert (changed.object_id, changed.reason, changed.site_code) == (q, "9 °C for 2 h", "P1")
+    assert json.loads(changed.old_values or "{}") == {"status": "available"}
+    assert json.loads(changed.new_values or "{}") == {"status": "quarantined", "signature": signature.id}
+
+    with pytest.raises(ValidationFailed) as release_unsigned:
+        s.change(q, "available")
+    assert [e.field for e in release_unsigned.value.errors] == ["password"]
+    s.change(q, "available", signed=True)
+    assert kit(ctx, q).status == "available"
+    with ctx.db.reading() as session:
+        meanings = list(session.execute(select(Signature.meaning).order_by(Signature.id)).scalars())
+    assert meanings == ["kit quarantine", "kit release from quarantine"]
+
+    s.change(d, "damaged")  # not signed
+    s.change(d, "destroyed")
+    assert [(e.from_status, e.to_status) for e in events_of(ctx, d)] == [
+        (None, "at_depot"),
+        ("at_depot", "in_transit"),
+        ("in_transit", "available"),
+        ("available", "damaged"),
+        ("damaged", "destroyed"),
+    ]
+    assert len(audit(ctx, "kit.status_changed")) == 4
+
+
+@pytest.mark.req("ACC-12")
+def test_the_signature_of_a_quarantined_kit_destruction_states_its_real_meaning(s: Supply) -> None:
+    s.generate(4)
+    number = s.deliver("P1", 4)[0]
+    s.change(number, "quarantined", signed=True)
+    s.change(number, "destroyed", signed=True)
+    with s.ctx.db.reading() as session:
+        meanings = list(session.execute(select(Signature.meaning).order_by(Signature.id)).scalars())
+    assert meanings[0] == "kit quarantine"
+    assert "release" not in meanings[1]
+
+
+@pytest.mark.req("LBL-09")
+def test_a_status_change_accepts_the_scanned_kit_label(s: Supply) -> None:
+    s.generate(4)
+    number = s.deliver("P1", 4)[0]
+    scanned = kitlib.build_payload(TRIAL, number, "K", supply.mac(s.ctx))
+    s.change(scanned, "damaged")
+    assert kit(s.ctx, number).status == "damaged"
+
+
+@pytest.mark.req("LBL-05", "LBL-11")
+@pytest.mark.parametrize(
+    ("path", "allowed"),
+    [
+        (["quarantined"], True),
+        (["damaged"], True),
+        (["lost"], True),
+        (["expired", "destroyed"], True),
+        (["returned", "destroyed"], True),
+        (["quarantined", "damaged", "destroyed"], True),
+        (["lost", "available"], False),
+        (["damaged", "available"], False),
+        (["destroyed", "available"], False),
+        (["expired", "available"], False),
+        (["quarantined", "lost"], False),
+        (["allocated"], False),
+        (["dispensed"], False),
+        (["at_depot"], False),
+        (["in_transit"], False),
+    ],
+)
+def test_allowed_and_forbidden_transitions_of_a_site_kit(s: Supply, path: list[str], allowed: bool) -> None:
+    s.generate(4)
+    number = s.deliver("P1", 4)[0]
+    for step in path[:-1]:
+        s.change(number, step, signed=True)
+    before = kit(s.ctx, number).status
+    if allowed:
+        s.change(number, path[-1], signed=True)
+        assert kit(s.ctx, number).status == path[-1]
+    else:
+        with pytest.raises(Conflict):
+            s.change(number, path[-1], signed=True)
+        assert kit(s.ctx, number).status == before
+
+
+@pytest.mark.req("BLD-12", "LBL-05")
+def test_status_changes_are_validated_and_reach_only_the_actors_kits(s: Supply) -> None:
+    ctx = s.ctx
+    s.generate(12)
+    here = s.deliver("P1", 4)
+    there = s.deliver("P2", 4)
+    at_depot = next(k.kit_number for k in all_kits(ctx) if k.status == "at_depot")
+    with pytest.raises(ValidationFailed) as unknown:
+        s.change(here[0], "vanished")
+    assert [e.field for e in unknown.value.errors] == ["status"]
+    with pytest.raises(ValidationFailed) as no_reason:
+        supply.change_status(
+            ctx, s.pharmacist, TRIAL, here[0], "damaged", reason=" ", scope=s.p1, depot=False
+        )
+    assert [e.field for e in no_reason.value.errors] == ["reason"]
+    with pytest.raises(ValidationFailed) as typo:
+        s.change(wrong_check_digit(here[0]), "damaged")
+    assert [e.field for e in typo.value.errors] == ["kit_number"]
+    for number in (there[0], at_depot, "00000000"):
+        with pytest.raises(NotFound):
+            s.change(number, "damaged")
+    with pytest.raises(NotFound):  # the supply manager reaches the depot only
+        supply.change_status(
+            ctx, s.manager, TRIAL, here[0], "damaged", reason="x", scope=NO_SCOPE, depot=True
+        )
+    supply.change_status(ctx, s.manager, TRIAL, at_depot, "damaged", reason="x", scope=NO_SCOPE, depot=True)
+    s.change(there[0], "damaged", who=s.other_pharmacist)
+    assert [kit(ctx, n).status for n in (here[0], there[0], at_depot)] == ["available", "damaged", "damaged"]
+
+
+# --- 5. expiry and usable kits (LBL-05) ------------------------------------------------------
+
+
+@pytest.mark.req("LBL-05", "ACC-12")
+def test_a_batch_expiry_change_is_signed_reasoned_and_applies_to_every_kit_of_the_batch(s: Supply) -> None:
+    ctx = s.ctx
+    s.generate(8)
+    s.generate(4, lot="LOT-OTHER")
+    s.deliver("P1", 4)
+    new = date(2026, 9, 30)
+    with pytest.raises(ValidationFailed) as no_reason:
+        supply.update_batch_expiry(ctx, s.manager, TRIAL, LOT, new, reason="", signature=SIGNED)
+    assert [e.field for e in no_reason.value.errors] == ["reason"]
+    with pytest.raises(NotFound):
+        supply.update_batch_expiry(ctx, s.manager, TRIAL, "LOT-NONE", new, reason="re-test", signature=SIGNED)
+    with pytest.raises(SignatureRefused):
+        supply.update_batch_expiry(ctx, s.manager, TRIAL, LOT, new, reason="re-test", signature=WRONG)
+    (failed,) = audit(ctx, "signature.failed")
+    assert failed.object_id == LOT
+    assert {k.expiry_date for k in all_kits(ctx)} == {EXPIRY}
+
+    assert (
+        supply.update_batch_expiry(
+            ctx, s.manager, TRIAL, LOT, new, reason="shelf life shortened", signature=SIGNED
+        )
+        == 8
+    )
+    lot_of = lots(ctx)
+    for k in all_kits(ctx):
+        assert k.expiry_date == (new if lot_of[k.kit_number] == LOT else EXPIRY)
+    assert {b.lot_code: (b.expiry, b.kits) for b in supply.batches(ctx, TRIAL)} == {
+        LOT: (new, 8),
+        "LOT-OTHER": (EXPIRY, 4),
+    }
+    (entry,) = audit(ctx, "batch.expiry_changed")
+    assert (entry.object_id, entry.reason) == (LOT, "shelf life shortened")
+    assert json.loads(entry.old_values or "{}") == {"expiry": EXPIRY.isoformat()}
+    with ctx.db.reading() as session:
+        signature = session.execute(select(Signature)).scalar_one()
+    assert json.loads(entry.new_values or "{}") == {
+        "expiry": new.isoformat(),
+        "kits": 8,
+        "signature": signature.id,
+    }
+    assert (signature.meaning, signature.username) == ("expiry change", "tman")
+
+
+def usable(s: Supply, site: str, today: date) -> dict[str, set[str]]:
+    with s.ctx.db.unit_of_work() as session:
+        trial = get_trial(session, TRIAL)
+        grouped = supply.usable_kits_by_arm(
+            s.ctx, session, CLI_ACTOR, trial, current_definition(session, trial), site_id(s.ctx, site), today
+        )
+        return {arm: {k.kit_number for k in kits} for arm, kits in grouped.items()}
+
+
+@pytest.mark.req("LBL-05", "BLD-04", "BLD-08")
+def test_usable_kits_exclude_expired_short_dated_quarantined_damaged_and_other_sites_kits(s: Supply) -> None:
+    ctx = s.ctx
+    today = s.clock().date()  # 2026-03-02; the IFN schedule ends 48 h after D1, the margin is 1 day
+    for lot in ("LOT-GOOD", "LOT-PAST", "LOT-SHORT", "LOT-EDGE"):
+        s.generate(8, lot=lot)
+    at_p1 = s.deliver("P1", 32)
+    s.generate(8, lot="LOT-P2")
+    at_p2 = s.deliver("P2", 8)
+    for lot, expiry in (
+        ("LOT-PAST", today - timedelta(days=1)),
+        ("LOT-SHORT", today + timedelta(days=2)),
+        ("LOT-EDGE", today + timedelta(days=3)),
+    ):
+        supply.update_batch_expiry(ctx, s.manager, TRIAL, lot, expiry, reason="re-test", signature=SIGNED)
+    lot_of = lots(ctx)
+    good = sorted(n for n in at_p1 if lot_of[n] == "LOT-GOOD")
+    quarantined, damaged, expired, lost = good[:4]
+    s.change(quarantined, "quarantined", signed=True)
+    s.change(damaged, "damaged")
+    s.change(expired, "expired")
+    s.change(lost, "lost")
+    arms = {k.kit_number: arm_of(ctx, k) for k in all_kits(ctx)}
+    expected = {n for n in at_p1 if lot_of[n] in ("LOT-GOOD", "LOT-EDGE")} - {
+        quarantined,
+        damaged,
+        expired,
+        lost,
+    }
+    assert len(expected) == 12
+
+    reads = len(audit(ctx, "arm.read"))
+    found = usable(s, "P1", today)
+    assert set(found) == set(ARMS)
+    assert found["A"] | found["B"] == expected
+    assert all(arms[n] == arm for arm in ARMS for n in found[arm])
+    assert found["A"] and found["B"]
+    assert not (found["A"] | found["B"]) & set(at_p2)
+    entries = audit(ctx, "arm.read")
+    assert len(entries) == reads + 1
+    assert json.loads(entries[-1].new_values or "{}") == {
+        "purpose": "choosing kits for an allocation",
+        "kits": 12,
+    }
+    (p1_row,) = supply.stock(ctx, TRIAL, s.p1, include_depot=False)
+    assert p1_row.usable == 12
+
+    # One day later the LOT-EDGE kits no longer cover a full treatment plus the margin.
+    later = usable(s, "P1", today + timedelta(days=1))
+    assert later["A"] | later["B"] == {n for n in expected if lot_of[n] == "LOT-GOOD"}
+    assert usable(s, "P2", today)["A"] | usable(s, "P2", today)["B"] == set(at_p2)
+
+
+@pytest.mark.req("BLD-04")
+def test_pick_chooses_uniformly_and_not_by_kit_number() -> None:
+    numbers = sorted(kitlib.generate_kit_numbers(10))
+    stock = [Kit(kit_number=n) for n in numbers]  # sorted by number, as a naive picker would prefer
+    rank = {id(k): i for i, k in enumerate(stock)}
+    draws = 5000
+    counts = Counter(rank[id(supply.pick(stock, 1)[0])] for _ in range(draws))
+    assert stats.chisquare([counts[i] for i in range(10)]).pvalue > 1e-4
+    # Issue order within a stock: take kits one at a time until none is left; the order in which
+    # they leave is unrelated to their numbers (mean Spearman rho over 600 stocks ~ N(0, 0.0136)).
+    rhos = []
+    for _ in range(600):
+        remaining = list(stock)
+        order = []
+        while remaining:
+            (taken,) = supply.pick(remaining, 1)
+            remaining.remove(taken)
+            order.append(rank[id(taken)])
+        rhos.append(stats.spearmanr(range(10), order).statistic)
+    assert abs(sum(rhos) / len(rhos)) < 0.07
+    two = supply.pick(stock, 2)
+    assert len({id(k) for k in two}) == 2
+    with pytest.raises(ValueError):
+        supply.pick(stock, 11)
+
+
+# --- 6. labels (LBL-01..LBL-04, LBL-12, BLD-02) ----------------------------------------------
+
+
+def label_text(pdf: bytes, numbers: list[str], document_id: str) -> str:
+    text = all_text(pdf)
+    for n in numbers:
+        text = text.replace(kitlib.format_kit_number(n), "####-####").replace(n, "########")
+    return text.replace(document_id, "DOC-ID")
+
+
+@pytest.mark.req("LBL-01", "LBL-02", "LBL-03", "LBL-04", "LBL-07", "LBL-08", "LBL-15", "BLD-02")
+@pytest.mark.parametrize("kind", ["outer", "immediate"])
+def test_labels_of_an_active_and_a_placebo_kit_differ_only_in_kit_values(s: Supply, kind: str) -> None:
+    ctx = s.ctx
+    s.generate(8)
+    delivered = s.deliver("P1", 8)
+    arms = {n: arm_of(ctx, kit(ctx, n)) for n in delivered}
+    a_kit = next(n for n in delivered if arms[n] == "A")
+    b_kit = next(n for n in delivered if arms[n] == "B")
+    printed = {}
+    for number in (a_kit, b_kit):
+        printed[number] = supply.print_kit_labels(
+            ctx, s.pharmacist, TRIAL, [kitlib.format_kit_number(number)], kind=kind, scope=s.p1, depot=False
+        )
+    (id_a, pdf_a), (id_b, pdf_b) = printed[a_kit], printed[b_kit]
+    assert id_a != id_b and re.fullmatch(rf"LBL-{TRIAL}-0000\d\d", id_a)
+    assert pdf_a != pdf_b
+    text_a = label_text(pdf_a, [a_kit], id_a)
+    assert text_a == label_text(pdf_b, [b_kit], id_b)
+    assert page_count(pdf_a) == page_count(pdf_b)
+    assert abs(len(pdf_a) - len(pdf_b)) < 400  # only the QR modules differ in the content stream
+
+    for number, (_, pdf) in printed.items():
+        whole = flat(all_text(pdf))
+        assert kitlib.format_kit_number(number) in whole
+        assert "DUPLICATA" not in whole
+        assert "TEST – NE PAS UTILISER" in whole  # LBL-15: this is a TEST instance
+        assert "+33 1 00 00 00 00" in whole  # LBL-07: the 24/7 emergency-unblinding phone
+        assert whole.index("Pour essai clinique uniquement") < whole.index("For clinical trial use only")
+        assert whole.index("Voie sous-cutanée") < whole.index("Subcutaneous")
+        assert LOT in whole
+        codes = decode_qr_codes(pdf, 0)
+        assert len(codes) == 1
+        payload = kitlib.verify_payload(codes[0].text, TRIAL, supply.mac(ctx))
+        assert (payload.kit_number, payload.unit) == (number, "K")
+        assert re.fullmatch(kitlib.PAYLOAD_PATTERN, codes[0].text)
+    assert len(decode_qr_codes(pdf_a, 0)[0].text) == len(decode_qr_codes(pdf_b, 0)[0].text)
+
+
+@pytest.mark.req("LBL-11", "LBL-12")
+def test_a_second_print_of_a_kit_is_a_counted_duplicate(s: Supply) -> None:
+    ctx = s.ctx
+    s.generate(4)
+    first, second, *_ = s.deliver("P1", 4)
+    _, original = supply.print_kit_labels(
+        ctx, s.pharmacist, TRIAL, [first], kind="outer", scope=s.p1, depot=False
+    )
+    assert "DUPLICATA" not in all_text(original)
+    document_id, again = supply.print_kit_labels(
+        ctx, s.pharmacist, TRIAL, [first], kind="outer", scope=s.p1, depot=False
+    )
+    assert "DUPLICATA" in all_text(again)
+    # Another kind of label for the same kit is a first print of that kind.
+    _, immediate = supply.print_kit_labels(
+        ctx, s.pharmacist, TRIAL, [first], kind="immediate", scope=s.p1, depot=False
+    )
+    assert "DUPLICATA" not in all_text(immediate)
+    with ctx.db.reading() as session:
+        documents = [
+            (d.kind, d.items, d.reprint_number, d.printed_by_name)
+            for d in session.execute(select(PrintedDocument).order_by(PrintedDocument.id)).scalars()
+        ]
+    assert documents == [
+        ("kit_labels_outer", [first], 0, "Pharma P1"),
+        ("kit_labels_outer", [first], 1, "Pharma P1"),
+        ("kit_labels_immediate", [first], 0, "Pharma P1"),
+    ]
+    printed_entries = audit(ctx, "document.printed")
+    assert [json.loads(e.new_values or "{}")["reprint"] for e in printed_entries] == [0, 1, 0]
+    assert printed_entries[1].object_id == document_id
+    (row,) = supply.reconciliation(ctx, TRIAL, s.p1, include_depot=False).rows
+    assert (row.labels_printed, row.labels_reprinted) == (2, 1)
+
+    with pytest.raises(NotFound):  # another site's pharmacist
+        supply.print_kit_labels(
+            ctx, s.other_pharmacist, TRIAL, [second], kind="outer", scope=s.p2, depot=False
+        )
+    with pytest.raises(ValidationFailed):
+        supply.print_kit_labels(ctx, s.pharmacist, TRIAL, [second], kind="sticker", scope=s.p1, depot=False)
+    with pytest.raises(ValidationFailed):
+        supply.print_kit_labels(
+            ctx, s.pharmacist, TRIAL, [wrong_check_digit(second)], kind="outer", scope=s.p1, depot=False
+        )
+
+
+@pytest.mark.req("LBL-11", "LBL-12")
+def test_a_kit_printed_for_the_first_time_with_a_reprint_is_not_counted_as_reprinted(s: Supply) -> None:
+    ctx = s.ctx
+    s.generate(4)
+    old, new, *_ = s.deliver("P1", 4)
+    supply.print_kit_labels(ctx, s.pharmacist, TRIAL, [old], kind="outer", scope=s.p1, depot=False)
+    try:
+        supply.print_kit_labels(ctx, s.pharmacist, TRIAL, [old, new], kind="outer", scope=s.p1, depot=False)
+    except ValidationFailed:
+        return  # refusing to mix originals and duplicates in one document is an acceptable fix
+    (row,) = supply.reconciliation(ctx, TRIAL, s.p1, include_depot=False).rows
+    assert (row.labels_printed, row.labels_reprinted) == (2, 1)
+
+
+@pytest.mark.req("LBL-12")
+def test_the_reprint_number_counts_the_reprints_of_that_kit(s: Supply) -> None:
+    ctx = s.ctx
+    s.generate(4)
+    first, second, *_ = s.deliver("P1", 4)
+    for number in (first, first, first, second, second):
+        supply.print_kit_labels(ctx, s.pharmacist, TRIAL, [number], kind="outer", scope=s.p1, depot=False)
+    with ctx.db.reading() as session:
+        numbers = list(
+            session.execute(select(PrintedDocument.reprint_number).order_by(PrintedDocument.id)).scalars()
+        )
+    assert numbers == [0, 1, 2, 0, 1]
+
+
+# --- 7. reconciliation (LBL-11, REP-09) ------------------------------------------------------
+
+
+def current(report: supply.Reconciliation) -> dict[tuple[str, str], dict[str, int]]:
+    return {(r.site, r.batch): r.current for r in report.rows}
+
+
+@pytest.mark.req("LBL-11", "REP-09", "BLD-12")
+def test_reconciliation_balances_with_the_simulated_truth_and_shows_a_tampered_kit(s: Supply) -> None:
+    ctx = s.ctx
+    s.generate(40)
+    s.generate(8, lot="LOT-0002")
+    view = s.prepare("P1", 8)
+    supply.ship(ctx, s.manager, TRIAL, view.number)
+    lost = view.kits[-1]
+    supply.receive(
+        ctx,
+        s.pharmacist,
+        TRIAL,
+        view.number,
+        list(view.kits[:-1]),
+        scope=s.p1,
+        missing_reason="not in the box",
+    )
+    q, destroyed = view.kits[0], view.kits[1]
+    s.change(q, "quarantined", signed=True)
+    s.change(destroyed, "destroyed")
+    in_transit = s.prepare("P2", 4)
+    supply.ship(ctx, s.manager, TRIAL, in_transit.number)
+
+    lot_of = lots(ctx)
+    truth: dict[tuple[str, str], Counter[str]] = {}
+    for number, lot in lot_of.items():
+        if number in view.kits:
+            status = {lost: "lost", q: "quarantined", destroyed: "destroyed"}.get(number, "available")
+            place = "P1"
+        elif number in in_transit.kits:
+            status, place = "in_transit", "depot"  # not at a site until received
+        else:
+            status, place = "at_depot", "depot"
+        truth.setdefault((place, lot), Counter())[status] += 1
+
+    report = supply.reconciliation(ctx, TRIAL, ALL, include_depot=True)
+    assert report.balanced and report.discrepancies == ()
+    assert current(report) == {key: dict(c) for key, c in truth.items()}
+    assert [r.site for r in report.rows][-1] == "depot"
+    assert sum(r.total for r in report.rows) == 48
+    for r in report.rows:
+        if r.site == "P1":
+            shipped = sum(1 for n in view.kits if lot_of[n] == r.batch)
+            assert r.ever["in_transit"] == shipped
+            assert r.ever.get("available", 0) == shipped - (lot_of[lost] == r.batch)
+            assert r.ever.get("quarantined", 0) == (lot_of[q] == r.batch)
+    pharmacist_view = supply.reconciliation(ctx, TRIAL, s.p1, include_depot=False)
+    assert {r.site for r in pharmacist_view.rows} == {"P1"}
+    assert supply.reconciliation(ctx, TRIAL, s.p2, include_depot=False).rows == ()
+
+    with ctx.db.unit_of_work() as session:
+        session.execute(text("UPDATE kit SET status = 'available' WHERE kit_number = :n"), {"n": lost})
+    tampered = supply.reconciliation(ctx, TRIAL, ALL, include_depot=True)
+    assert not tampered.balanced
+    (problem,) = tampered.discrepancies
+    assert kitlib.format_kit_number(lost) in problem and "lost" in problem and "available" in problem
+
+    exported = supply.reconciliation_csv(tampered)
+    rows = list(csv.reader(io.StringIO(exported)))
+    header = rows[0]
+    assert header[:3] == ["site", "batch", "total"] and header[-2:] == ["labels_printed", "labels_reprinted"]
+    assert {f"now_{st}" for st in supply.STATUSES} <= set(header)
+    assert len(rows) == 1 + len(tampered.rows) + 1
+    assert rows[-1][0] == "DISCREPANCY" and kitlib.format_kit_number(lost) in rows[-1][1]
+    p1_rows = [dict(zip(header, r, strict=True)) for r in rows[1:-1] if r[0] == "P1"]
+    assert sum(int(r["now_available"]) for r in p1_rows) == 6  # 5 received and available + the tampered one
+    for cells in rows:
+        for cell in cells:
+            assert not cell.startswith(("=", "+", "-", "@", "\t", "\r"))
+            assert not ARM_WORDS.search(cell)
+
+
+@pytest.mark.req("BLD-12")
+def test_blinded_stock_and_shipment_views_have_no_arm_and_follow_the_scope(s: Supply) -> None:
+    ctx = s.ctx
+    s.generate(24)
+    s.deliver("P1", 8)
+    s.deliver("P2", 4)
+    for cls in (supply.StockRow, supply.ShipmentView, supply.ReconciliationRow):
+        assert not [f.name for f in dataclasses.fields(cls) if "arm" in f.name.lower()]
+    rows = supply.stock(ctx, TRIAL, ALL, include_depot=True)
+    assert [(r.site, r.by_status, r.usable, r.total) for r in rows] == [
+        ("P1", {"available": 8}, 8, 8),
+        ("P2", {"available": 4}, 4, 4),
+        ("depot", {"at_depot": 12}, 12, 12),
+    ]
+    assert [r.site for r in supply.stock(ctx, TRIAL, s.p1, include_depot=False)] == ["P1"]
+    assert [r.site for r in supply.stock(ctx, TRIAL, s.p2, include_depot=False)] == ["P2"]
+    assert [v.site for v in supply.shipments(ctx, TRIAL, ALL)] == ["P2", "P1"]
+    assert [v.site for v in supply.shipments(ctx, TRIAL, s.p1)] == ["P1"]
+    for value in (
+        rows,
+        supply.shipments(ctx, TRIAL, ALL),
+        supply.reconciliation(ctx, TRIAL, ALL, include_depot=True),
+    ):
+        assert not ARM_WORDS.search(repr(value))

@@ -1,0 +1,358 @@
+"""Kit supply pages as people use them: stock and signed status changes (pharmacist), shipments
+(trial manager prepares and ships, pharmacist receives by scanning), kit lists (statistician),
+labels, reconciliation; blinded and scoped views (BLD-12, BLD-04, ACC-12, LBL-05, LBL-11, LBL-12)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from pypdf import PdfReader
+from sqlalchemy import func, select
+
+import kits as kitlib
+from allocator import crypto
+from allocator.models import Kit, PrintedDocument, Signature
+from allocator.permissions import Scope
+from allocator.services import auth
+from allocator.services import kits as supply
+from allocator.services.context import ServiceContext
+from tests.support import CLI_ACTOR, GOOD_PASSWORD, Clock, enroll_totp, load_ifn, make_user
+from tests.web.conftest import csrf_token, https_client
+
+SignedIn = Callable[[str, str], FlaskClient]
+TRIAL = "IFNG-PAIS"
+BASE = f"/trials/{TRIAL}"
+ALL = Scope(all_sites=True, site_ids=frozenset())
+HERE = auth.Client("192.0.2.1", "pytest", "req")
+ARM_TEXT = re.compile(r"placebo|interf[eé]ron", re.IGNORECASE)
+ARM_HEADER = re.compile(r"<th[^>]*>[^<]*\b(arm|bras|treatment|traitement)\b", re.IGNORECASE)
+
+
+def flashes(response: object) -> list[str]:
+    html = response.get_data(as_text=True)  # type: ignore[attr-defined]
+    return re.findall(r'<p class="flash [a-z]+" role="[a-z]+">([^<]*)</p>', html)
+
+
+def status_of(ctx: ServiceContext, number: str) -> str:
+    with ctx.db.reading() as s:
+        return s.execute(select(Kit.status).where(Kit.kit_number == number)).scalar_one()
+
+
+def arm_of(ctx: ServiceContext, number: str) -> str:
+    with ctx.db.reading() as s:
+        sealed = s.execute(select(Kit.sealed_arm).where(Kit.kit_number == number)).scalar_one()
+    return crypto.open_arm(
+        ctx.ring, sealed, crypto.Binding(trial=TRIAL, table="kit", row=number, column="sealed_arm")
+    )
+
+
+def kit_count(ctx: ServiceContext) -> int:
+    with ctx.db.reading() as s:
+        return s.execute(select(func.count()).select_from(Kit)).scalar_one()
+
+
+@dataclass
+class People:
+    ctx: ServiceContext
+    manager: FlaskClient
+    pharmacist: FlaskClient  # P1
+    other_pharmacist: FlaskClient  # P2
+    monitor: FlaskClient
+
+    def post(self, client: FlaskClient, path: str, page: str, **data: str) -> object:
+        token = csrf_token(client, page)
+        return client.post(path, data={**data, "csrf_token": token}, follow_redirects=True)
+
+
+@pytest.fixture
+def people(ctx: ServiceContext, signed_in: SignedIn) -> People:
+    load_ifn(ctx)
+    clients = {}
+    for username, role, site in (
+        ("tman", "trial_manager", None),
+        ("pharma-p1", "pharmacist", "P1"),
+        ("pharma-p2", "pharmacist", "P2"),
+        ("mon", "monitor", None),
+    ):
+        created = make_user(ctx, username, role, site=site)
+        clients[username] = signed_in(username, created.one_time_password)
+    return People(ctx, clients["tman"], clients["pharma-p1"], clients["pharma-p2"], clients["mon"])
+
+
+def kits_at(ctx: ServiceContext, site: str, count: int) -> list[str]:
+    """Deliver `count` kits to `site` through the services (every kit scanned at receipt)."""
+    view = supply.create_shipment(ctx, CLI_ACTOR, TRIAL, site, count)
+    supply.ship(ctx, CLI_ACTOR, TRIAL, view.number)
+    supply.receive(ctx, CLI_ACTOR, TRIAL, view.number, list(view.kits), scope=ALL)
+    return list(view.kits)
+
+
+def generate(ctx: ServiceContext, count: int) -> None:
+    supply.generate_kit_list(ctx, CLI_ACTOR, TRIAL, count=count, lot_code="LOT-WEB", expiry=date(2027, 6, 30))
+
+
+@pytest.mark.req("ACC-12", "LBL-05")
+def test_the_pharmacist_records_a_signed_quarantine_through_the_stock_form(people: People) -> None:
+    ctx = people.ctx
+    generate(ctx, 8)
+    number, other, *_ = kits_at(ctx, "P1", 4)
+    page = people.pharmacist.get(f"{BASE}/stock").get_data(as_text=True)
+    assert 'action="/trials/IFNG-PAIS/kits/status"' in page and 'name="password"' in page
+    form = {"kit_number": kitlib.format_kit_number(number), "status": "quarantined", "reason": "9 °C for 2 h"}
+    path, stock = f"{BASE}/kits/status", f"{BASE}/stock"
+
+    unsigned = people.post(people.pharmacist, path, stock, **form)
+    assert any("password: is required" in f for f in flashes(unsigned))
+    wrong = people.post(people.pharmacist, path, stock, **form, password="not my password")
+    assert any("password" in f and "wrong" in f for f in flashes(wrong))
+    assert status_of(ctx, number) == "available"
+
+    done = people.post(people.pharmacist, path, stock, **form, password=GOOD_PASSWORD)
+    assert "Kit status recorded." in flashes(done)
+    assert status_of(ctx, number) == "quarantined"
+    assert "quarantined: 1" in done.get_data(as_text=True)  # type: ignore[attr-defined]
+    with ctx.db.reading() as s:
+        signature = s.execute(select(Signature)).scalar_one()
+    assert (signature.username, signature.meaning, signature.object_id) == (
+        "pharma-p1",
+        "kit quarantine",
+        number,
+    )
+
+    # Another site's pharmacist cannot reach the kit; recording damage needs no signature.
+    damage = {"kit_number": other, "status": "damaged", "reason": "vial cracked"}
+    elsewhere = people.post(people.other_pharmacist, path, stock, **damage)
+    assert any("within your reach" in f for f in flashes(elsewhere))
+    damaged = people.post(people.pharmacist, path, stock, **damage)
+    assert "Kit status recorded." in flashes(damaged)
+    assert status_of(ctx, other) == "damaged"
+    # The monitor only looks.
+    token = csrf_token(people.monitor, stock)
+    assert people.monitor.post(path, data={**form, "csrf_token": token}).status_code == 403
+
+
+@pytest.mark.req("BLD-04", "LBL-09", "LBL-11")
+def test_the_trial_manager_prepares_and_ships_and_the_pharmacist_receives_by_scanning(people: People) -> None:
+    ctx = people.ctx
+    generate(ctx, 12)
+    page = f"{BASE}/shipments"
+    form = people.manager.get(page).get_data(as_text=True)
+    assert "Prepare a shipment" in form and '<option value="P1">' in form
+    odd = people.post(people.manager, page, page, site="P1", count="3")
+    assert any("count" in f for f in flashes(odd))
+    prepared = people.post(people.manager, page, page, site="P1", count="6")
+    assert "Shipment prepared: balanced across arms, kits chosen at random." in flashes(prepared)
+    (view,) = supply.shipments(ctx, TRIAL, ALL)
+    assert (view.number, view.status, len(view.kits)) == ("SH-0001", "prepared", 6)
+    assert sorted(arm_of(ctx, n) for n in view.kits) == ["A", "A", "A", "B", "B", "B"]
+    assert "Mark as shipped" in prepared.get_data(as_text=True)  # type: ignore[attr-defined]
+    # A pharmacist neither prepares nor ships.
+    token = csrf_token(people.pharmacist, page)
+    assert (
+        people.pharmacist.post(page, data={"site": "P1", "count": "2", "csrf_token": token}).status_code
+        == 403
+    )
+    assert people.pharmacist.post(f"{page}/SH-0001/ship", data={"csrf_token": token}).status_code == 403
+
+    shipped = people.post(people.manager, f"{page}/SH-0001/ship", page)
+    assert "Shipment SH-0001 dispatched." in flashes(shipped)
+    assert {status_of(ctx, n) for n in view.kits} == {"in_transit"}
+
+    receipt_form = people.pharmacist.get(page).get_data(as_text=True)
+    assert 'name="kits"' in receipt_form and "<textarea" in receipt_form
+    assert "SH-0001" not in people.other_pharmacist.get(page).get_data(as_text=True)
+    refused = people.post(people.other_pharmacist, f"{page}/SH-0001/receive", page, kits="\n".join(view.kits))
+    assert any("no shipment SH-0001" in f for f in flashes(refused))
+
+    tag = supply.mac(ctx)
+    scanned = [
+        kitlib.format_kit_number(view.kits[0]),
+        view.kits[1],
+        kitlib.build_payload(TRIAL, view.kits[2], "K", tag),
+        kitlib.build_payload(TRIAL, view.kits[3], "K", tag),
+        kitlib.format_kit_number(view.kits[4]),
+    ]  # the sixth kit is missing
+    no_reason = people.post(people.pharmacist, f"{page}/SH-0001/receive", page, kits="\r\n".join(scanned))
+    assert any("missing_reason" in f for f in flashes(no_reason))
+    assert {status_of(ctx, n) for n in view.kits} == {"in_transit"}
+    received = people.post(
+        people.pharmacist,
+        f"{page}/SH-0001/receive",
+        page,
+        kits="\r\n".join(scanned) + "\r\n",
+        missing_reason="box opened on arrival",
+    )
+    assert flashes(received) == ["1 kit(s) recorded lost.", "Shipment SH-0001 received."]
+    assert [status_of(ctx, n) for n in view.kits] == ["available"] * 5 + ["lost"]
+    assert "received" in received.get_data(as_text=True)  # type: ignore[attr-defined]
+
+
+class Statistician:
+    """The unblinded statistician, signed in with both factors."""
+
+    def __init__(self, app: Flask, ctx: ServiceContext, clock: Clock) -> None:
+        created = make_user(ctx, "stat", "unblinded_statistician")
+        auth.change_password(
+            ctx, created.user_id, created.one_time_password, GOOD_PASSWORD, GOOD_PASSWORD, HERE
+        )
+        secret = enroll_totp(ctx, created.user_id, clock)
+        clock.advance(seconds=31)
+        self.client = https_client(app)
+        signed = self.client.post(
+            "/login",
+            data={"username": "stat", "password": GOOD_PASSWORD, "csrf_token": csrf_token(self.client)},
+        )
+        assert signed.status_code == 302
+        done = self.client.post(
+            "/account/totp",
+            data={
+                "code": crypto.totp_now(secret, clock()),
+                "csrf_token": csrf_token(self.client, "/account/totp"),
+            },
+        )
+        assert done.status_code == 302 and done.headers["Location"] == "/"
+
+
+@pytest.mark.req("BLD-03", "BLD-05")
+def test_the_statistician_generates_and_imports_kit_lists_from_the_lists_page(
+    people: People, app: Flask, clock: Clock
+) -> None:
+    ctx = people.ctx
+    stat = Statistician(app, ctx, clock).client
+    lists_page = f"{BASE}/lists"
+    page = stat.get(lists_page).get_data(as_text=True)
+    assert "Generate a kit list" in page and 'enctype="multipart/form-data"' in page
+
+    bad = people.post(
+        stat, f"{BASE}/kit-lists", lists_page, count="6", lot_code="LOT-S1", expiry="2027-05-31"
+    )
+    assert any("count" in f for f in flashes(bad)) and kit_count(ctx) == 0
+    done = people.post(
+        stat, f"{BASE}/kit-lists", lists_page, count="8", lot_code="LOT-S1", expiry="2027-05-31"
+    )
+    assert "Kit list generated: the kits are at the depot." in flashes(done)
+    assert kit_count(ctx) == 8
+
+    numbers = kitlib.generate_kit_numbers(4)
+    body = "kit_number,arm,lot_code,expiry\n" + "".join(
+        f"{kitlib.format_kit_number(n)},{'AB'[i % 2]},LOT-S2,2027-08-31\n" for i, n in enumerate(numbers)
+    )
+    mistyped = numbers[2][:7] + str((int(numbers[2][7]) + 1) % 10)
+    broken = body.replace(kitlib.format_kit_number(numbers[2]), mistyped)  # on line 4
+
+    def upload(text: str, name: str = "establishment.csv") -> object:
+        token = csrf_token(stat, lists_page)
+        return stat.post(
+            f"{BASE}/kit-lists/import",
+            data={"csrf_token": token, "file": (io.BytesIO(text.encode()), name)},
+            content_type="multipart/form-data",
+            follow_redirects=True,
+        )
+
+    refused = upload(broken)
+    assert any("nothing was imported" in f and "line 4" in f for f in flashes(refused)), flashes(refused)
+    assert kit_count(ctx) == 8
+    not_utf8 = upload("kit_number,arm,lot_code,expiry\n\xe9", "latin1.csv")
+    assert flashes(not_utf8)
+    imported = upload(body)
+    assert "Kit list imported: the kits are at the depot." in flashes(imported)
+    assert kit_count(ctx) == 12
+    assert [arm_of(ctx, n) for n in numbers] == ["A", "B", "A", "B"]
+    # The pharmacist cannot reach the kit-list forms.
+    token = csrf_token(people.pharmacist, f"{BASE}/stock")
+    assert (
+        people.pharmacist.post(f"{BASE}/kit-lists", data={"count": "4", "csrf_token": token}).status_code
+        == 403
+    )
+
+
+@pytest.mark.req("LBL-01", "LBL-12")
+def test_a_label_print_returns_a_pdf_attachment_and_a_reprint_is_a_duplicate(people: People) -> None:
+    ctx = people.ctx
+    generate(ctx, 4)
+    numbers = kits_at(ctx, "P1", 4)
+    stock = f"{BASE}/stock"
+    token = csrf_token(people.pharmacist, stock)
+    first = people.pharmacist.post(
+        f"{BASE}/kits/labels", data={"kits": "\n".join(numbers[:2]), "kind": "outer", "csrf_token": token}
+    )
+    assert first.status_code == 200 and first.mimetype == "application/pdf"
+    assert first.headers["Content-Disposition"] == f'attachment; filename="LBL-{TRIAL}-000001.pdf"'
+    assert first.data.startswith(b"%PDF-")
+    again = people.pharmacist.post(
+        f"{BASE}/kits/labels", data={"kits": numbers[0], "kind": "immediate", "csrf_token": token}
+    )
+    assert again.headers["Content-Disposition"] == f'attachment; filename="LBL-{TRIAL}-000002.pdf"'
+    reprint = people.pharmacist.post(
+        f"{BASE}/kits/labels", data={"kits": numbers[0], "kind": "outer", "csrf_token": token}
+    )
+    assert reprint.mimetype == "application/pdf"
+    with ctx.db.reading() as s:
+        assert list(
+            s.execute(select(PrintedDocument.reprint_number).order_by(PrintedDocument.id)).scalars()
+        ) == [0, 0, 1]
+    assert "DUPLICATA" in "".join(p.extract_text() for p in PdfReader(io.BytesIO(reprint.data)).pages)
+    refused = people.other_pharmacist.post(
+        f"{BASE}/kits/labels",
+        data={"kits": numbers[0], "kind": "outer", "csrf_token": csrf_token(people.other_pharmacist, stock)},
+        follow_redirects=True,
+    )
+    assert refused.mimetype == "text/html" and any("within your reach" in f for f in flashes(refused))
+
+
+@pytest.mark.req("BLD-12", "LBL-11", "REP-09")
+def test_supply_pages_show_counts_without_arms_and_only_the_sites_in_reach(people: People) -> None:
+    ctx = people.ctx
+    generate(ctx, 20)
+    kits_at(ctx, "P1", 6)
+    kits_at(ctx, "P2", 4)
+    pages = [f"{BASE}/stock", f"{BASE}/shipments", f"{BASE}/reconciliation"]
+    for who in (people.monitor, people.pharmacist, people.manager):
+        for path in pages:
+            response = who.get(path)
+            html = response.get_data(as_text=True)
+            assert response.status_code == 200, path
+            assert not ARM_TEXT.search(html), path
+            assert not ARM_HEADER.search(html), path
+        exported = who.get(f"{BASE}/reconciliation.csv")
+        assert exported.mimetype == "text/csv"
+        assert not ARM_TEXT.search(exported.get_data(as_text=True))
+
+    def places(client: FlaskClient) -> list[str]:
+        html = client.get(f"{BASE}/stock").get_data(as_text=True)
+        return re.findall(r"<tr><td>([^<]+)</td><td><strong>", html)
+
+    assert places(people.monitor) == ["P1", "P2", "depot"]
+    assert places(people.pharmacist) == ["P1"]
+    assert places(people.other_pharmacist) == ["P2"]
+    monitor_stock = people.monitor.get(f"{BASE}/stock").get_data(as_text=True)
+    assert re.search(r"<td>P1</td><td><strong>6</strong></td><td>6</td>", monitor_stock)
+    assert re.search(r"<td>depot</td><td><strong>10</strong></td><td>10</td>", monitor_stock)
+    assert "Record a kit's status" not in monitor_stock
+
+    shipments = people.pharmacist.get(f"{BASE}/shipments").get_data(as_text=True)
+    assert "→ P1" in shipments and "→ P2" not in shipments
+    assert "→ P1" in people.monitor.get(f"{BASE}/shipments").get_data(as_text=True)
+
+    rows = list(
+        csv.reader(io.StringIO(people.pharmacist.get(f"{BASE}/reconciliation.csv").get_data(as_text=True)))
+    )
+    assert rows[0][:3] == ["site", "batch", "total"] and [r[0] for r in rows[1:]] == ["P1"]
+    monitor_rows = list(
+        csv.reader(io.StringIO(people.monitor.get(f"{BASE}/reconciliation.csv").get_data(as_text=True)))
+    )
+    assert [r[:3] for r in monitor_rows[1:]] == [
+        ["P1", "LOT-WEB", "6"],
+        ["P2", "LOT-WEB", "4"],
+        ["depot", "LOT-WEB", "10"],
+    ]
+    page = people.monitor.get(f"{BASE}/reconciliation").get_data(as_text=True)
+    assert "Every kit's history balances with its status." in page
