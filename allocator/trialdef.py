@@ -20,6 +20,7 @@ import re
 import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import date, datetime
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -274,6 +275,11 @@ class TrialDefinition:
     @property
     def ratio_total(self) -> int:
         return sum(weight for _, weight in self.ratio)
+
+    def local_date(self, moment: datetime) -> date:
+        """The calendar date of `moment` at the trial's sites: dose days, eligibility ages and kit
+        expiry are judged on it, never on the UTC date."""
+        return moment.astimezone(ZoneInfo(self.timezone)).date()
 
     def factor(self, code: str) -> Factor:
         for f in self.stratification:

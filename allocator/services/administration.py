@@ -227,7 +227,7 @@ def _record_in(
             ),
             "not-dispensed",
         )
-    if kit.expiry_date is None or kit.expiry_date < when.date():
+    if kit.expiry_date is None or kit.expiry_date < definition.local_date(when):
         return refuse(
             ScanRefused(
                 f"the {day} kit of {subject.subject_number} is expired: do not give it",
@@ -251,7 +251,7 @@ def _record_in(
             return refuse(ScanRefused(message, errors=[FieldProblem("day", message)]), "out-of-order")
         warnings.append(message)
     planned = planned_date(definition, subject.randomized_at, days[day])
-    if when.date() != planned:
+    if definition.local_date(when) != planned:
         warnings.append(f"{day} was planned for {planned.isoformat()}")
     administration = Administration(
         dispensation_id=row.id,

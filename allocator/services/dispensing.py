@@ -12,7 +12,6 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -57,7 +56,7 @@ def _day_numbers(definition: TrialDefinition) -> dict[str, int]:
 
 def planned_date(definition: TrialDefinition, randomized_at: datetime, day: int) -> date:
     offset = next(d.offset_hours for d in definition.dispensing.schedule if d.day == day)
-    return (randomized_at + timedelta(hours=offset)).astimezone(ZoneInfo(definition.timezone)).date()
+    return definition.local_date(randomized_at + timedelta(hours=offset))
 
 
 def kit_from_scan(ctx: ServiceContext, trial_code: str, text: str) -> tuple[str, str | None]:
@@ -411,7 +410,7 @@ def replace_kit(
             raise Conflict(f"the {day_label} kit of {number} was already administered")
         old = session.execute(select(Kit).where(Kit.id == row.kit_id).with_for_update()).scalar_one()
         arm = arm_access.subject_arm_in(session, ctx, actor, trial.code, subject, "kit replacement")
-        today = kits_today(definition, now)
+        today = definition.local_date(now)
         stock = kits.usable_kits_by_arm(ctx, session, actor, trial, definition, site_row.id, today)
         if not stock[arm]:
             raise KitsUnavailable(
@@ -472,10 +471,6 @@ def replace_kit(
             at=now,
         )
         return day_label, new.kit_number
-
-
-def kits_today(definition: TrialDefinition, now: datetime) -> date:
-    return now.astimezone(ZoneInfo(definition.timezone)).date()
 
 
 # --- preparation by the unblinded pharmacist (BLD-08) -----------------------------------------

@@ -18,9 +18,8 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -178,10 +177,6 @@ def _screening_number(definition: TrialDefinition, raw: str) -> str:
     return value
 
 
-def _today(definition: TrialDefinition, now: datetime) -> date:
-    return now.astimezone(ZoneInfo(definition.timezone)).date()
-
-
 @dataclass(frozen=True, slots=True)
 class Preview:
     """The confirmation step: what will be used, shown back before anything is allocated."""
@@ -217,7 +212,7 @@ def preview(ctx: ServiceContext, trial_code: str, request: RandomizationRequest)
 
 def _eligibility(definition: TrialDefinition, raw: Mapping[str, object], now: datetime) -> EligibilityResult:
     try:
-        return check_eligibility(definition.eligibility, raw, _today(definition, now))
+        return check_eligibility(definition.eligibility, raw, definition.local_date(now))
     except EligibilityInputError as exc:
         raise ValidationFailed(
             "the eligibility data are invalid",
@@ -333,7 +328,9 @@ def _randomize_in(
         )
     schedule = definition.dispensing.schedule
     reader = actor
-    stock = kits.usable_kits_by_arm(ctx, session, reader, trial, definition, site.id, _today(definition, now))
+    stock = kits.usable_kits_by_arm(
+        ctx, session, reader, trial, definition, site.id, definition.local_date(now)
+    )
     if any(len(stock[arm]) < len(schedule) for arm in definition.arm_codes):
         # Refused before any slot is used, whichever arm the next slot holds, so that the refusal
         # says nothing about the arm (RND-08, BLD-04).

@@ -413,7 +413,9 @@ def test_every_bad_line_of_a_kit_list_file_is_named_and_nothing_is_imported(s: S
     with pytest.raises(ValidationFailed) as caught:
         supply.import_kit_list(ctx, CLI_ACTOR, TRIAL, csv_text(rows), "bad.csv")
     found = {e.field: e.message for e in caught.value.errors}
-    assert sorted(f for f in found if f.startswith("line ")) == sorted(f"line {n}" for n in [*range(3, 10), 12])
+    assert sorted(f for f in found if f.startswith("line ")) == sorted(
+        f"line {n}" for n in [*range(3, 10), 12]
+    )
     assert "check digit" in found["line 3"]
     assert found["line 4"].startswith("arm:")
     assert "twice or already exists" in found["line 5"] and "twice or already exists" in found["line 6"]

@@ -442,3 +442,35 @@ def test_corrections_keep_what_was_used(ctx: ServiceContext) -> None:
     assert view.strata_at_randomization["admission_cause"] == "septic"
     assert view.strata_corrected["admission_cause"] == "non_septic"
     assert view.in_error and [d.kit_number for d in view.days] == [k.kit_number for k in result.kits]
+
+
+@pytest.mark.req("DIB-01")
+def test_dose_days_are_judged_on_the_sites_calendar_not_the_utc_date(
+    ctx: ServiceContext, clock: Clock
+) -> None:
+    """23:30 UTC on 2 March is 00:30 on 3 March in Paris: a D1 given ten minutes after a
+    randomization at that hour is on its planned day, with no warning; D2 given the same night is
+    a day early and says so, with the Paris date."""
+    ready = ready_trial(ctx)
+    clock.current = clock.current.replace(hour=23, minute=30)
+    first = subjects.randomize(ctx, ready.investigator, "IFNG-PAIS", request("P1-0001"), ALL)
+    kit = {k.day: k.kit_number for k in first.kits}
+    dispensing.dispense(
+        ctx, ready.pharmacist, "IFNG-PAIS", first.subject_number, dict(kit), scope=ALL, signature=SIGNED
+    )
+    clock.advance(minutes=10)
+    mac = kits.mac(ctx)
+    given = [
+        administration.record_scan(
+            ctx,
+            ready.nurse,
+            "IFNG-PAIS",
+            payload=kitlib.build_payload("IFNG-PAIS", kit[day], day, mac),
+            subject_number=first.subject_number,
+            day=day,
+            scope=ALL,
+        )
+        for day in ("D1", "D2")
+    ]
+    assert given[0].warnings == ()
+    assert given[1].warnings == ("D2 was planned for 2026-03-04",)
