@@ -7,11 +7,11 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from flask import Flask
+from flask import Flask, Response, request
 
 from allocator import crypto, logs, migrate
 from allocator.db import Database
-from allocator.services import lists
+from allocator.services import lists, notifications
 from allocator.services.context import ServiceContext, utcnow
 from allocator.settings import Environment, Settings
 from allocator.web import register
@@ -74,4 +74,18 @@ def create_app(
     app.jinja_env.autoescape = True
     app.extensions["allocator"] = ctx
     register(app, ctx)
+    if settings.smtp_host:
+        _send_mail_after_changes(app, notifications.Outbox(ctx))
     return app
+
+
+def _send_mail_after_changes(app: Flask, outbox: notifications.Outbox) -> None:
+    """Deliver the e-mail outbox in the background after every successful change (BLD-10); the
+    request never waits for the SMTP relay."""
+    app.extensions["allocator.outbox"] = outbox
+
+    @app.after_request
+    def wake_outbox(response: Response) -> Response:
+        if request.method == "POST" and response.status_code < 400:
+            outbox.wake()
+        return response

@@ -30,7 +30,7 @@ from allocator.audit import Actor
 from allocator.db import Database
 from allocator.models import User
 from allocator.permissions import Scope
-from allocator.services import accounts, admin, kits, lists, signatures, trials
+from allocator.services import accounts, admin, kits, lists, notifications, signatures, trials
 from allocator.services.context import ServiceContext
 from allocator.services.errors import DomainError
 from allocator.settings import Environment, Settings, SettingsError
@@ -339,6 +339,23 @@ def audit_checkpoint_command() -> None:
                 + (f"signed up to entry {checkpoint.seq}" if checkpoint else "nothing new to sign")
             )
 
+
+
+@main.command("send-mail")
+def send_mail_command() -> None:
+    """Send the blinded notifications not yet e-mailed (for cron or a systemd timer; the web server
+    also sends them in the background when ALLOCATOR_SMTP_HOST is set)."""
+    settings = _settings()
+    if not settings.smtp_host:
+        _fail("no SMTP relay is configured: set ALLOCATOR_SMTP_HOST (and ALLOCATOR_SMTP_PORT)")
+    with _context(settings) as ctx:
+        report = notifications.send_pending(ctx)
+    click.echo(
+        f"{report.sent} message(s) sent for {report.notifications} notification(s); "
+        f"{report.failed} notification(s) failed and will be tried again"
+    )
+    if report.failed:
+        sys.exit(1)
 
 DEMO_USERS = (
     ("investigator", "Dr Inès Vestigatrice", "investigator", "P1"),

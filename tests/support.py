@@ -48,11 +48,14 @@ def make_user(
     trial: str | None = "IFNG-PAIS",
     site: str | None = None,
     full_name: str | None = None,
+    email: str | None = None,
 ) -> accounts.CreatedUser:
     return accounts.create_user(
         ctx,
         CLI_ACTOR,
-        accounts.NewUser(username=username, full_name=full_name or username.replace("-", " ").title()),
+        accounts.NewUser(
+            username=username, full_name=full_name or username.replace("-", " ").title(), email=email
+        ),
         accounts.RoleRequest(role=role, trial_code=trial if role != "admin" else None, site_code=site),
     )
 
