@@ -108,6 +108,18 @@ class Action(enum.StrEnum):
     PREPARATION_READ = "dispensation.preparation_instruction"
     ADMINISTRATION_RECORDED = "administration.recorded"
     SCAN_REFUSED = "administration.scan_refused"
+    # unblinding (UNB-01..11) and reports (REP, BLD-09)
+    UNBLINDING_EMERGENCY = "unblinding.emergency"
+    UNBLINDING_PV = "unblinding.pharmacovigilance"
+    UNBLINDING_OFFLINE = "unblinding.offline_registered"
+    UNBLINDING_REFUSED = "unblinding.refused"
+    UNBLINDING_RATE_ALERT = "unblinding.rate_alert"
+    UNBLINDING_ACCIDENTAL = "unblinding.accidental_reported"
+    CODE_BREAK_GENERATED = "code_break.generated"
+    CODE_BREAK_CHECKED = "code_break.checked"
+    INTERIM_PACKAGE_RELEASED = "report.interim_package"
+    UNBLINDED_LISTING_RELEASED = "report.unblinded_listing"
+    REPORT_EXPORTED = "report.exported"
     # audit itself
     AUDIT_CHECKPOINT = "audit.checkpoint"
     AUDIT_EXPORTED = "audit.exported"

@@ -87,6 +87,10 @@ class Permission(enum.StrEnum):
     REPORT_VIEW = "report:view"
     REPORT_VIEW_UNBLINDED = "report:view_unblinded"
     UNBLINDING_PV = "unblinding:pv"
+    UNBLINDING_REPORT = "unblinding:report"  # report an accidental unblinding (UNB-09)
+    CODE_BREAK_GENERATE = "code_break:generate"  # offline code-break sheets (UNB-06)
+    CODE_BREAK_CHECK = "code_break:check"  # record a sheet found intact, opened or missing
+    AUDIT_REVIEW = "audit:review"  # sign off an audit-trail review period (AUD-09)
     TRIAL_LOCK = "trial:lock"
     TRIAL_UNBLIND = "trial:unblind"
     SITE_MANAGE = "site:manage"
@@ -108,6 +112,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         P.SCREENING_VIEW,
         P.ADMINISTRATION_RECORD,
         P.DISPENSATION_VIEW,
+        P.UNBLINDING_REPORT,
     },
     Role.PHARMACIST: _COMMON
     | {
@@ -117,6 +122,8 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         P.ADMINISTRATION_RECORD,
         P.KIT_VIEW,
         P.KIT_MANAGE,
+        P.UNBLINDING_REPORT,
+        P.CODE_BREAK_CHECK,
     },
     Role.UNBLINDED_PHARMACIST: _COMMON
     | {
@@ -126,10 +133,23 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         P.DISPENSATION_PREPARE,
         P.KIT_VIEW,
         P.KIT_MANAGE,
+        P.UNBLINDING_REPORT,
+        P.CODE_BREAK_GENERATE,
+        P.CODE_BREAK_CHECK,
     },
-    Role.NURSE: _COMMON | {P.SUBJECT_VIEW, P.ADMINISTRATION_RECORD},
+    Role.NURSE: _COMMON | {P.SUBJECT_VIEW, P.ADMINISTRATION_RECORD, P.UNBLINDING_REPORT},
     Role.MONITOR: _COMMON
-    | {P.SUBJECT_VIEW, P.SCREENING_VIEW, P.DISPENSATION_VIEW, P.KIT_VIEW, P.AUDIT_VIEW, P.REPORT_VIEW},
+    | {
+        P.SUBJECT_VIEW,
+        P.SCREENING_VIEW,
+        P.DISPENSATION_VIEW,
+        P.KIT_VIEW,
+        P.AUDIT_VIEW,
+        P.REPORT_VIEW,
+        P.UNBLINDING_REPORT,
+        P.CODE_BREAK_CHECK,
+        P.AUDIT_REVIEW,
+    },
     Role.AUDITOR: _COMMON
     | {P.SUBJECT_VIEW, P.SCREENING_VIEW, P.DISPENSATION_VIEW, P.KIT_VIEW, P.AUDIT_VIEW, P.REPORT_VIEW},
     Role.TRIAL_MANAGER: _COMMON
@@ -145,6 +165,9 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         P.SITE_MANAGE,
         P.ROLE_MANAGE,
         P.SUBJECT_CORRECT,  # help-desk corrections, with the investigator's agreement (DIB-03)
+        P.UNBLINDING_REPORT,
+        P.CODE_BREAK_CHECK,
+        P.AUDIT_REVIEW,
     },
     Role.ADMIN: frozenset(
         {
@@ -168,8 +191,10 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         P.AUDIT_VIEW,
         P.AUDIT_VIEW_UNBLINDED,
         P.TRIAL_UNBLIND,
+        P.UNBLINDING_REPORT,
+        P.CODE_BREAK_GENERATE,
     },
-    Role.PHARMACOVIGILANCE: _COMMON | {P.SUBJECT_VIEW, P.UNBLINDING_PV},
+    Role.PHARMACOVIGILANCE: _COMMON | {P.SUBJECT_VIEW, P.UNBLINDING_PV, P.UNBLINDING_REPORT},
 }
 
 # Permissions that never need a trial context (checked against any active grant).

@@ -15,22 +15,40 @@ from allocator.models.randomization import (
     Slot,
     Stratum,
 )
+from allocator.models.review import AuditReview
 from allocator.models.signature import Signature
 from allocator.models.site import Site, SiteStatus
 from allocator.models.subject import ScreeningEntry, Subject, SubjectCorrection
 from allocator.models.trial import Trial, TrialDefinitionVersion, TrialStatus
+from allocator.models.unblinding import (
+    AccidentalUnblinding,
+    CodeBreakCheck,
+    CodeBreakCheckStatus,
+    CodeBreakSheet,
+    InterimPackage,
+    TrialStateChange,
+    Unblinding,
+    UnblindingChannel,
+    UnblindingKind,
+)
 from allocator.models.user import ApiToken, LoginSession, LoginThrottle, RoleAssignment, RoleRevocation, User
 
 __all__ = [
+    "AccidentalUnblinding",
     "Administration",
     "ApiToken",
     "AuditChainHead",
     "AuditCheckpoint",
     "AuditEvent",
+    "AuditReview",
     "Base",
     "Batch",
+    "CodeBreakCheck",
+    "CodeBreakCheckStatus",
+    "CodeBreakSheet",
     "Dispensation",
     "IntegrityCheck",
+    "InterimPackage",
     "Kit",
     "KitEvent",
     "KitList",
@@ -57,6 +75,10 @@ __all__ = [
     "SubjectCorrection",
     "Trial",
     "TrialDefinitionVersion",
+    "TrialStateChange",
     "TrialStatus",
+    "Unblinding",
+    "UnblindingChannel",
+    "UnblindingKind",
     "User",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from datetime import date, datetime
 
-from sqlalchemy import ForeignKey, String, UniqueConstraint
+from sqlalchemy import ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from allocator.models.base import Base
@@ -31,4 +31,6 @@ class Site(Base):
     approval_date: Mapped[date | None]
     delegation_log_date: Mapped[date | None]
     activated_at: Mapped[datetime | None]
+    # UNB-07: where the site's offline code-break material is and who holds it, recorded at activation.
+    code_break_evidence: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]

@@ -68,6 +68,13 @@ APPEND_ONLY = {
     "printed_document",
     "integrity_check",
     "minimization_decision",
+    "unblinding",
+    "accidental_unblinding",
+    "trial_state_change",
+    "code_break_sheet",
+    "code_break_check",
+    "interim_package",
+    "audit_review",
 }
 NO_DELETE = {
     "trial",

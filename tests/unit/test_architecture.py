@@ -114,5 +114,11 @@ def test_only_the_arm_accessor_opens_arms_or_sealed_values() -> None:
     assert offenders == []
 
 
-# Modules that seal (never open) LISTS values, or open non-arm sealed values (TOTP secrets).
-_SEALING_ALLOWED = {"allocator/audit.py", "allocator/services/auth.py"}
+# Modules that seal (never open) LISTS values — audit entries, list slots and seeds, minimization
+# decisions — or open non-arm sealed values (TOTP secrets).
+_SEALING_ALLOWED = {
+    "allocator/audit.py",
+    "allocator/services/auth.py",
+    "allocator/services/lists.py",
+    "allocator/services/subjects.py",
+}
