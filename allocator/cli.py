@@ -340,7 +340,6 @@ def audit_checkpoint_command() -> None:
             )
 
 
-
 @main.command("send-mail")
 def send_mail_command() -> None:
     """Send the blinded notifications not yet e-mailed (for cron or a systemd timer; the web server
@@ -356,6 +355,7 @@ def send_mail_command() -> None:
     )
     if report.failed:
         sys.exit(1)
+
 
 DEMO_USERS = (
     ("investigator", "Dr Inès Vestigatrice", "investigator", "P1"),

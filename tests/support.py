@@ -60,6 +60,31 @@ def make_user(
     )
 
 
+def make_actor(
+    ctx: ServiceContext, username: str, role: str, *, site: str | None = None, email: str | None = None
+) -> Actor:
+    """A user of IFNG-PAIS with `role` (at `site`), whose password is GOOD_PASSWORD, as an Actor."""
+    from allocator.services import auth
+
+    created = make_user(ctx, username, role, site=site, email=email)
+    auth.change_password(
+        ctx,
+        created.user_id,
+        created.one_time_password,
+        GOOD_PASSWORD,
+        GOOD_PASSWORD,
+        auth.Client("192.0.2.1", "test", "setup"),
+    )
+    return Actor(
+        user_id=created.user_id,
+        username=username,
+        name=username.title(),
+        role=role,
+        site_code=site,
+        request_id="test",
+    )
+
+
 def enroll_totp(ctx: ServiceContext, user_id: int, clock: Clock) -> bytes:
     """Enrol an authenticator for `user_id` through the service; returns the secret."""
     import base64

@@ -15,7 +15,7 @@ import kits as kitlib
 from allocator.audit import Action, Actor
 from allocator.models import Administration, Dispensation, Kit, KitEvent, KitStatus, Site, Subject
 from allocator.permissions import Scope
-from allocator.services import kits
+from allocator.services import kits, trial_state
 from allocator.services.context import ServiceContext
 from allocator.services.dispensing import planned_date
 from allocator.services.errors import Conflict, DomainError, FieldProblem, NotFound, ValidationFailed
@@ -156,6 +156,7 @@ def _record_in(
     late_reason: str,
 ) -> ScanResult | DomainError:
     trial = get_trial(session, trial_code)
+    trial_state.require_open(trial)  # no new data once the database is locked
     definition = current_definition(session, trial)
     subject = session.execute(
         select(Subject).where(

@@ -30,7 +30,7 @@ from allocator.models import (
     Subject,
 )
 from allocator.permissions import Scope
-from allocator.services import arm_access, kits, signatures
+from allocator.services import arm_access, kits, signatures, trial_state
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, DomainError, FieldProblem, NotFound, ValidationFailed
 from allocator.services.subjects import KitsUnavailable, _subject, current_dispensations
@@ -180,6 +180,7 @@ def _dispense_in(
     now: datetime,
 ) -> Dispensed | DomainError:
     trial = get_trial(session, trial_code)
+    trial_state.require_open(trial)  # no new data once the database is locked
     definition = current_definition(session, trial)
     subject = _subject(session, trial, number, scope)
     site = session.get(Site, subject.site_id)
@@ -397,6 +398,7 @@ def replace_kit(
     now = ctx.now()
     with ctx.db.unit_of_work() as session:
         trial = get_trial(session, trial_code)
+        trial_state.require_open(trial)  # no new data once the database is locked
         definition = current_definition(session, trial)
         subject = _subject(session, trial, number, scope)
         site_row = session.execute(

@@ -172,4 +172,3 @@ class Outbox:
                 send_pending(self._ctx, transport=self._transport)
             except Exception:  # the web request already succeeded; the next wake retries
                 log.exception("the e-mail outbox failed")
-

@@ -50,7 +50,7 @@ from allocator.models import (
 )
 from allocator.permissions import Scope
 from allocator.randomization import minimization as minimization_core
-from allocator.services import arm_access, kits, lists, signatures
+from allocator.services import arm_access, kits, lists, signatures, trial_state, unblinding
 from allocator.services.context import ServiceContext
 from allocator.services.errors import (
     Conflict,
@@ -270,6 +270,7 @@ def _randomize_in(
     now: datetime,
 ) -> RandomizationResult | DomainError:
     trial = get_trial(session, trial_code)
+    trial_state.require_open(trial)  # no new subject once the database is locked
     site = session.execute(
         select(Site).where(Site.trial_id == trial.id, Site.code == site_code).with_for_update()
     ).scalar_one_or_none()
@@ -621,6 +622,7 @@ def mark_in_error(
     try:
         with ctx.db.unit_of_work() as session:
             trial = get_trial(session, trial_code)
+            trial_state.require_open(trial)  # no new data once the database is locked
             subject = _subject(session, trial, number, scope)
             if session.execute(
                 select(SubjectCorrection.id).where(
@@ -708,6 +710,7 @@ def correct_stratum(
     now = ctx.now()
     with ctx.db.unit_of_work() as session:
         trial = get_trial(session, trial_code)
+        trial_state.require_open(trial)  # no new data once the database is locked
         definition = current_definition(session, trial)
         subject = _subject(session, trial, number, scope)
         entered = {f.code: f for f in definition.stratification if f.source == "entered"}
@@ -898,9 +901,13 @@ def _view(
 
 
 def blind_broken(session: Session, subject_id: int) -> bool:
-    """Whether the subject's blind was broken (emergency, pharmacovigilance or accidental). Until
-    the unblinding workflows exist there is no such record, so False."""
-    return False
+    """Whether the subject's blind is broken as blinded roles see it: an emergency unblinding
+    (online or offline) or an accidental report naming the subject; never a pharmacovigilance
+    unblinding (UNB-05, UNB-08)."""
+    subject = session.get(Subject, subject_id)
+    return subject is not None and subject_id in unblinding.blind_broken_subject_ids(
+        session, subject.trial_id
+    )
 
 
 def subjects(ctx: ServiceContext, trial_code: str, scope: Scope) -> list[SubjectView]:

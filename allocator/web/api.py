@@ -8,7 +8,15 @@ from flask import Blueprint, jsonify, request
 from werkzeug.wrappers import Response
 
 from allocator.permissions import Permission, requires
-from allocator.services import administration, audit_trail, dispensing, subjects, trials
+from allocator.services import (
+    administration,
+    audit_trail,
+    dispensing,
+    signatures,
+    subjects,
+    trials,
+    unblinding,
+)
 from allocator.services.errors import FieldProblem, ValidationFailed
 from allocator.web.openapi import document
 from allocator.web.security import actor, ctx, current_trial, scope
@@ -184,3 +192,38 @@ def scan(trial: str) -> tuple[Response, int]:
         late_reason=str(body.get("late_reason") or ""),
     )
     return jsonify(result.as_json()), 201
+
+
+_UNBLIND_FIELDS = {"reason_category", "reason", "password", "otp"}
+
+
+@bp.route("/trials/<trial>/subjects/<subject>/unblind", methods=["POST"])
+@requires(Permission.SUBJECT_UNBLIND)
+def unblind(trial: str, subject: str) -> tuple[Response, int]:
+    """Emergency unblinding of ONE subject by an investigator of its site (UNB-01..05). The call
+    itself is the explicit confirmation; the password (and code) sign it. The arm is in this
+    answer only."""
+    body = _json_body()
+    wrong_type = [k for k, v in body.items() if v is not None and not isinstance(v, str)]
+    if wrong_type:
+        raise unblinding.OneSubjectOnly(
+            "every field is one string: no list, no object; nothing was revealed",
+            errors=[FieldProblem(k, "must be a string") for k in sorted(wrong_type)],
+        )
+    problems = [FieldProblem(key, "is not accepted") for key in sorted(set(body) - _UNBLIND_FIELDS)]
+    if problems:
+        raise ValidationFailed("invalid unblinding request", errors=problems)
+    revealed = unblinding.emergency_unblind(
+        ctx(),
+        actor(Permission.SUBJECT_UNBLIND),
+        trial,
+        subject,
+        reason_category=str(body.get("reason_category") or ""),
+        reason=str(body.get("reason") or ""),
+        confirmed=True,
+        signature=signatures.SignatureRequest(
+            password=str(body.get("password") or ""), totp=str(body["otp"]) if body.get("otp") else None
+        ),
+        scope=scope(Permission.SUBJECT_UNBLIND),
+    )
+    return jsonify(revealed.as_json()), 200

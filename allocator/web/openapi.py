@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from allocator.services.unblinding import EMERGENCY_REASONS
 from allocator.version import __version__
 
 _PROBLEM = {"$ref": "#/components/schemas/Problem"}
@@ -216,6 +217,74 @@ def document() -> dict[str, Any]:
                             "content": {"application/pdf": {}},
                         },
                         "409": _problem_response("Nothing dispensed yet"),
+                        **_COMMON_ERRORS,
+                    },
+                }
+            },
+            "/trials/{trial}/subjects/{subject}/unblind": {
+                "post": {
+                    "summary": "Emergency unblinding of one subject (investigator of its site)",
+                    "description": (
+                        "No approval step. One subject per call; the call is the explicit confirmation "
+                        "and the password (and authenticator code when enrolled) sign it with the meaning "
+                        "'emergency unblinding'. The arm is returned in this answer only; the subject is "
+                        "marked blind broken and the sponsor and monitors are notified without the arm."
+                    ),
+                    "operationId": "emergencyUnblind",
+                    "parameters": [_TRIAL, _SUBJECT],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "required": ["reason_category", "reason", "password"],
+                                    "properties": {
+                                        "reason_category": {
+                                            "type": "string",
+                                            "enum": list(EMERGENCY_REASONS),
+                                        },
+                                        "reason": {"type": "string", "minLength": 10},
+                                        "password": {"type": "string", "format": "password"},
+                                        "otp": {
+                                            "type": "string",
+                                            "description": "When a second factor is enrolled",
+                                        },
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "Unblinded (recorded, signed, notified)",
+                            "headers": {"Cache-Control": {"schema": {"type": "string", "const": "no-store"}}},
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {
+                                            "arm": {"type": "string"},
+                                            "arm_label": {"type": "string"},
+                                            "product": {"type": "string"},
+                                            "subject_number": {"type": "string"},
+                                            "site": {"type": "string"},
+                                            "unblinding_id": {"type": "integer"},
+                                            "unblinded_at": {"type": "string", "format": "date-time"},
+                                            "signature": {"type": "string"},
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        "400": _problem_response(
+                            "More than one subject, a wildcard, or a field not a string"
+                        ),
+                        "401": _problem_response("Wrong password or code (audited, counts toward lockout)"),
+                        "403": _problem_response("The subject is not at your site (audited)"),
+                        "422": _problem_response("Missing or unknown reason category, or too short a reason"),
+                        "429": _problem_response("Account locked, or an evident runaway of unblindings"),
                         **_COMMON_ERRORS,
                     },
                 }

@@ -11,7 +11,7 @@ from flask import Blueprint, Response, flash, redirect, render_template, request
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from allocator.permissions import Permission, Role, requires
-from allocator.services import admin, administration, dispensing, signatures, subjects
+from allocator.services import admin, administration, dispensing, signatures, subjects, trial_state
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
 from allocator.services.trials import trial_definition
 from allocator.trialdef import BooleanCriterion, NumberCriterion
@@ -154,6 +154,7 @@ def subject_page(trial: str, subject: str) -> str:
         can_correct=access.has(Permission.SUBJECT_CORRECT, trial_id),
         can_dispense=access.has(Permission.DISPENSATION_DISPENSE, trial_id),
         can_prepare=access.has(Permission.DISPENSATION_PREPARE, trial_id),
+        trial_unblinded=trial_state.status(ctx(), trial) == "unblinded",
     )
 
 

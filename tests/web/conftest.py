@@ -12,6 +12,7 @@ from flask.testing import FlaskClient
 from allocator import crypto
 from allocator.app import create_app
 from allocator.db import Database
+from allocator.services.context import ServiceContext
 from allocator.settings import Settings
 from tests.support import GOOD_PASSWORD, Clock
 
@@ -68,3 +69,32 @@ def signed_in(app: Flask) -> Callable[[str, str], FlaskClient]:
         return c
 
     return factory
+
+
+class TotpSignedIn:
+    """A user whose role requires a second factor, enrolled and signed in with both factors; it
+    can produce fresh authenticator codes for e-signatures (a code is never accepted twice)."""
+
+    def __init__(self, app: Flask, ctx: ServiceContext, clock: Clock, user_id: int, username: str) -> None:
+        from tests.support import enroll_totp
+
+        self.secret = enroll_totp(ctx, user_id, clock)
+        self.clock = clock
+        self.client = https_client(app)
+        response = self.client.post(
+            "/login",
+            data={"username": username, "password": GOOD_PASSWORD, "csrf_token": csrf_token(self.client)},
+        )
+        assert response.status_code == 302
+        done = self.client.post(
+            "/account/totp",
+            data={"code": self.code(), "csrf_token": csrf_token(self.client, "/account/totp")},
+        )
+        assert done.status_code == 302 and done.headers["Location"] == "/", done.get_data(as_text=True)[:300]
+
+    def code(self) -> str:
+        self.clock.advance(seconds=31)
+        return crypto.totp_now(self.secret, self.clock())
+
+    def signature(self) -> dict[str, str]:
+        return {"password": GOOD_PASSWORD, "otp": self.code()}

@@ -45,6 +45,7 @@ SUBJECT_VIEWERS = (
 )
 CORRECTORS = INV | frozenset({"trial_manager"})
 ADMINISTERS = INV | frozenset({"pharmacist", "nurse"})
+REPORTS_ACCIDENTS = IN_TRIAL - frozenset({"auditor", "admin"})
 
 
 @dataclass(frozen=True)
@@ -422,6 +423,85 @@ MATRIX = [
         frozenset({"monitor", "auditor", "trial_manager", "admin", "unblinded_statistician"}),
         "api.audit_verify",
     ),
+    # Unblinding (UNB-01..10): emergency by the site's investigators, PV by pharmacovigilance only,
+    # accidental reports by every role at work in the trial but the auditor and the administrator.
+    Row("emergency unblinding form", "GET", "/trials/IFNG-PAIS/unblind", INV, "unblinding.emergency"),
+    Row("emergency unblinding", "POST", "/trials/IFNG-PAIS/unblind", INV, "unblinding.emergency"),
+    Row(
+        "PV unblinding form",
+        "GET",
+        "/trials/IFNG-PAIS/pv-unblind",
+        frozenset({"pharmacovigilance"}),
+        "unblinding.pharmacovigilance",
+    ),
+    Row(
+        "PV unblinding",
+        "POST",
+        "/trials/IFNG-PAIS/pv-unblind",
+        frozenset({"pharmacovigilance"}),
+        "unblinding.pharmacovigilance",
+    ),
+    Row("offline unblinding form", "GET", "/trials/IFNG-PAIS/unblind/offline", INV, "unblinding.offline"),
+    Row("offline unblinding", "POST", "/trials/IFNG-PAIS/unblind/offline", INV, "unblinding.offline"),
+    Row(
+        "accidental unblinding form",
+        "GET",
+        "/trials/IFNG-PAIS/unblinding/accidental",
+        REPORTS_ACCIDENTS,
+        "unblinding.accidental",
+    ),
+    Row(
+        "accidental unblinding",
+        "POST",
+        "/trials/IFNG-PAIS/unblinding/accidental",
+        REPORTS_ACCIDENTS,
+        "unblinding.accidental",
+    ),
+    Row("closeout", "GET", "/trials/IFNG-PAIS/closeout", IN_TRIAL, "unblinding.closeout"),
+    Row("database lock", "POST", "/trials/IFNG-PAIS/lock", frozenset({"trial_manager"}), "unblinding.lock"),
+    Row(
+        "final unblinding",
+        "POST",
+        "/trials/IFNG-PAIS/final-unblinding",
+        frozenset({"unblinded_statistician"}),
+        "unblinding.final_unblinding",
+    ),
+    Row(
+        "unblinded listing page",
+        "GET",
+        "/trials/IFNG-PAIS/unblinded-listing",
+        frozenset({"unblinded_statistician"}),
+        "unblinding.listing",
+    ),
+    Row(
+        "unblinded listing release",
+        "POST",
+        "/trials/IFNG-PAIS/unblinded-listing",
+        frozenset({"unblinded_statistician"}),
+        "unblinding.listing",
+    ),
+    Row(
+        "interim packages page",
+        "GET",
+        "/trials/IFNG-PAIS/interim-packages",
+        frozenset({"unblinded_statistician"}),
+        "unblinding.interim",
+    ),
+    Row(
+        "interim package release",
+        "POST",
+        "/trials/IFNG-PAIS/interim-packages",
+        frozenset({"unblinded_statistician"}),
+        "unblinding.interim",
+    ),
+    Row(
+        "treatment after final unblinding",
+        "POST",
+        "/trials/IFNG-PAIS/subjects/P1-001/treatment",
+        INV,
+        "unblinding.treatment",
+    ),
+    Row("API unblind", "POST", "/api/v1/trials/IFNG-PAIS/subjects/P1-001/unblind", INV, "api.unblind"),
     Row("sign out", "POST", "/logout", ALL, "auth.logout"),
 ]
 PUBLIC = {("auth.login", "GET"), ("auth.login", "POST"), ("main.health", "GET"), ("static", "GET")}

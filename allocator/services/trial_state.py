@@ -1,0 +1,472 @@
+"""The planned end-of-trial unblinding and the unblinded data it releases (UNB-10, BLD-09, REP-06,
+REP-08).
+
+The trial walks ACTIVE -> LOCKED -> UNBLINDED, one signed step at a time: the trial manager locks the
+database ("database lock"), then the unblinded statistician unblinds ("final unblinding"). A locked
+trial takes no new data (no randomization, dispensing, administration or correction); emergency
+unblinding stays possible in every state. The unblinded listing — subject, stratum used and
+corrected, randomization time, kits, arm — exists only once the trial is UNBLINDED (409 before), and
+each release of it is signed and audited. Before that, the unblinded statistician may release
+signed, audited interim packages for the DSMB's looks.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from allocator.audit import Action, Actor
+from allocator.models import InterimPackage, Signature, Site, Subject, Trial, TrialStateChange, TrialStatus
+from allocator.permissions import Scope
+from allocator.services import arm_access, signatures
+from allocator.services.audit_trail import neutralise_cell
+from allocator.services.context import ServiceContext
+from allocator.services.errors import Conflict, FieldProblem, ValidationFailed
+from allocator.services.trials import current_definition, get_trial
+
+LOCK_MEANING = "database lock"
+UNBLIND_MEANING = "final unblinding"
+LISTING_MEANING = "release of the unblinded listing"
+INTERIM_MEANING = "release of an unblinded interim package"
+
+
+class TrialLocked(Conflict):
+    slug = "trial-locked"
+    title = "The trial database is locked"
+
+
+class NotUnblinded(Conflict):
+    slug = "trial-not-unblinded"
+    title = "The trial is not unblinded yet"
+
+
+def require_open(trial: Trial) -> None:
+    """Refuse new trial data once the database is locked (UNB-10)."""
+    if trial.status in (TrialStatus.LOCKED.value, TrialStatus.UNBLINDED.value):
+        raise TrialLocked(f"{trial.code} is {trial.status}: no new data can be recorded")
+
+
+def require_unblinded(trial: Trial) -> None:
+    if trial.status != TrialStatus.UNBLINDED.value:
+        raise NotUnblinded(
+            f"{trial.code} is {trial.status}: the unblinded data exist only after the final unblinding"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StateStep:
+    from_status: str
+    to_status: str
+    reason: str
+    changed_at: datetime
+    changed_by: str
+    signature: signatures.Manifestation
+
+
+def _change(
+    ctx: ServiceContext,
+    actor: Actor,
+    trial_code: str,
+    *,
+    expected: TrialStatus,
+    target: TrialStatus,
+    meaning: str,
+    reason: str,
+    signature: signatures.SignatureRequest,
+) -> StateStep:
+    if not reason.strip():
+        raise ValidationFailed("a reason is required", errors=[FieldProblem("reason", "is required")])
+    now = ctx.now()
+    try:
+        with ctx.db.unit_of_work() as session:
+            trial = session.execute(
+                select(Trial).where(Trial.code == trial_code).with_for_update()
+            ).scalar_one_or_none()
+            if trial is None:
+                get_trial(session, trial_code)  # raises NotFound
+                raise AssertionError  # pragma: no cover
+            if trial.status != expected.value:
+                raise Conflict(
+                    f"{trial.code} is {trial.status}: it must be {expected.value} to become {target.value}"
+                )
+            signed = signatures.sign(
+                ctx,
+                session,
+                actor=actor,
+                chain=trial.code,
+                trial_id=trial.id,
+                request=signature,
+                meaning=meaning,
+                object_type="trial",
+                object_id=trial.code,
+                content={
+                    "trial": trial.code,
+                    "from": expected.value,
+                    "to": target.value,
+                    "reason": reason.strip(),
+                },
+                now=now,
+            )
+            trial.status = target.value
+            session.add(
+                TrialStateChange(
+                    trial_id=trial.id,
+                    from_status=expected.value,
+                    to_status=target.value,
+                    reason=reason.strip(),
+                    changed_at=now,
+                    changed_by_id=actor.user_id,
+                    changed_by_name=actor.name,
+                    signature_id=signed.id,
+                )
+            )
+            ctx.audit.record(
+                session,
+                actor=actor,
+                chain=trial.code,
+                action=Action.TRIAL_STATUS_CHANGED,
+                object_type="trial",
+                object_id=trial.code,
+                old={"status": expected.value},
+                new={"status": target.value, "signature": signed.id},
+                reason=reason.strip(),
+                at=now,
+            )
+            return StateStep(
+                expected.value,
+                target.value,
+                reason.strip(),
+                now,
+                actor.name,
+                signatures.manifestation(signed),
+            )
+    except signatures.SignatureRefused:
+        signatures.record_failure(
+            ctx, actor=actor, chain=trial_code, meaning=meaning, object_type="trial", object_id=trial_code
+        )
+        raise
+
+
+def lock(
+    ctx: ServiceContext, actor: Actor, trial_code: str, *, reason: str, signature: signatures.SignatureRequest
+) -> StateStep:
+    """ACTIVE -> LOCKED, signed "database lock" (trial manager)."""
+    return _change(
+        ctx,
+        actor,
+        trial_code,
+        expected=TrialStatus.ACTIVE,
+        target=TrialStatus.LOCKED,
+        meaning=LOCK_MEANING,
+        reason=reason,
+        signature=signature,
+    )
+
+
+def unblind_trial(
+    ctx: ServiceContext, actor: Actor, trial_code: str, *, reason: str, signature: signatures.SignatureRequest
+) -> StateStep:
+    """LOCKED -> UNBLINDED, signed "final unblinding" (unblinded statistician)."""
+    return _change(
+        ctx,
+        actor,
+        trial_code,
+        expected=TrialStatus.LOCKED,
+        target=TrialStatus.UNBLINDED,
+        meaning=UNBLIND_MEANING,
+        reason=reason,
+        signature=signature,
+    )
+
+
+def status(ctx: ServiceContext, trial_code: str) -> str:
+    with ctx.db.reading() as session:
+        return get_trial(session, trial_code).status
+
+
+def history(ctx: ServiceContext, trial_code: str) -> tuple[str, list[StateStep]]:
+    """The trial's status and its signed steps, oldest first."""
+    with ctx.db.reading() as session:
+        trial = get_trial(session, trial_code)
+        rows = session.execute(
+            select(TrialStateChange, Signature)
+            .join(Signature, Signature.id == TrialStateChange.signature_id)
+            .where(TrialStateChange.trial_id == trial.id)
+            .order_by(TrialStateChange.id)
+        ).all()
+        return trial.status, [
+            StateStep(
+                c.from_status,
+                c.to_status,
+                c.reason,
+                c.changed_at,
+                c.changed_by_name,
+                signatures.manifestation(s),
+            )
+            for c, s in rows
+        ]
+
+
+# --- unblinded data -------------------------------------------------------------------------------
+
+LISTING_COLUMNS = (
+    "subject_number",
+    "site",
+    "randomization_number",
+    "randomized_at",
+    "strata_at_randomization",
+    "strata_corrected",
+    "randomized_in_error",
+    "kits",
+    "arm",
+    "arm_label",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ListingRow:
+    subject_number: str
+    site: str
+    randomization_number: str
+    randomized_at: datetime
+    strata_at_randomization: str
+    strata_corrected: str
+    randomized_in_error: bool
+    kits: str
+    arm: str
+    arm_label: str
+
+    def cells(self) -> list[str]:
+        return [
+            self.subject_number,
+            self.site,
+            self.randomization_number,
+            self.randomized_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            self.strata_at_randomization,
+            self.strata_corrected,
+            "yes" if self.randomized_in_error else "no",
+            self.kits,
+            self.arm,
+            self.arm_label,
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """A released unblinded dataset: its rows, its CSV and the digest recorded in the audit trail."""
+
+    trial: str
+    title: str
+    rows: tuple[ListingRow, ...]
+    csv: str
+    sha256: str
+    released_at: datetime
+    signature: signatures.Manifestation
+
+
+def _rows(
+    ctx: ServiceContext, session: Session, actor: Actor, trial: Trial, purpose: str
+) -> list[ListingRow]:
+    from allocator.services.subjects import _view  # noqa: PLC0415 - subjects imports this module's callers
+
+    definition = current_definition(session, trial)
+    labels = {a.code: a.label for a in definition.arms}
+    sites = {s.id: s.code for s in trial_sites(session, trial)}
+    out = []
+    for subject in session.execute(
+        select(Subject).where(Subject.trial_id == trial.id).order_by(Subject.id)
+    ).scalars():
+        view = _view(session, definition, subject, sites)
+        arm = arm_access.subject_arm_in(session, ctx, actor, trial.code, subject, purpose)
+        out.append(
+            ListingRow(
+                subject_number=view.subject_number,
+                site=view.site,
+                randomization_number=view.randomization_number,
+                randomized_at=view.randomized_at,
+                strata_at_randomization=_strata(view.strata_at_randomization),
+                strata_corrected=_strata(view.strata_corrected)
+                if view.strata_corrected != view.strata_at_randomization
+                else "",
+                randomized_in_error=view.in_error,
+                kits=" ".join(f"{d.label}:{d.kit_number}" for d in view.days),
+                arm=arm,
+                arm_label=labels.get(arm, arm),
+            )
+        )
+    return out
+
+
+def trial_sites(session: Session, trial: Trial) -> list[Site]:
+    return list(session.execute(select(Site).where(Site.trial_id == trial.id)).scalars())
+
+
+def _strata(values: dict[str, str]) -> str:
+    return ";".join(f"{k}={v}" for k, v in sorted(values.items()))
+
+
+def _csv(title: str, trial: Trial, rows: list[ListingRow], now: datetime, by: str) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([f"# {title}", trial.code, f"released {now:%Y-%m-%dT%H:%M:%SZ}", f"by {by}"])
+    writer.writerow(LISTING_COLUMNS)
+    for row in rows:
+        writer.writerow([neutralise_cell(c) for c in row.cells()])
+    return out.getvalue()
+
+
+def unblinded_listing(
+    ctx: ServiceContext, actor: Actor, trial_code: str, *, signature: signatures.SignatureRequest
+) -> Release:
+    """REP-06: the randomization scheme and codes, released (signed) only once UNBLINDED."""
+    now = ctx.now()
+    try:
+        with ctx.db.unit_of_work() as session:
+            trial = get_trial(session, trial_code)
+            require_unblinded(trial)
+            signed = signatures.sign(
+                ctx,
+                session,
+                actor=actor,
+                chain=trial.code,
+                trial_id=trial.id,
+                request=signature,
+                meaning=LISTING_MEANING,
+                object_type="trial",
+                object_id=trial.code,
+                content={"trial": trial.code, "released_at": now.isoformat()},
+                now=now,
+            )
+            rows = _rows(ctx, session, actor, trial, "final unblinded listing")
+            title = "Unblinded randomization listing"
+            text = _csv(title, trial, rows, now, actor.name)
+            digest = hashlib.sha256(text.encode()).hexdigest()
+            ctx.audit.record(
+                session,
+                actor=actor,
+                chain=trial.code,
+                action=Action.UNBLINDED_LISTING_RELEASED,
+                object_type="trial",
+                object_id=trial.code,
+                new={"subjects": len(rows), "sha256": digest, "signature": signed.id},
+                at=now,
+            )
+            return Release(
+                trial.code, title, tuple(rows), text, digest, now, signatures.manifestation(signed)
+            )
+    except signatures.SignatureRefused:
+        signatures.record_failure(
+            ctx,
+            actor=actor,
+            chain=trial_code,
+            meaning=LISTING_MEANING,
+            object_type="trial",
+            object_id=trial_code,
+        )
+        raise
+
+
+def interim_package(
+    ctx: ServiceContext,
+    actor: Actor,
+    trial_code: str,
+    *,
+    purpose: str,
+    signature: signatures.SignatureRequest,
+) -> Release:
+    """REP-08/BLD-09: an unblinded interim package for a DSMB look, for the unblinded statistician
+    only: signed, audited, numbered; its digest is kept, its content is not."""
+    if len(purpose.strip()) < 5:
+        raise ValidationFailed("say what the package is for", errors=[FieldProblem("purpose", "is required")])
+    now = ctx.now()
+    try:
+        with ctx.db.unit_of_work() as session:
+            trial = get_trial(session, trial_code)
+            if trial.status not in (TrialStatus.ACTIVE.value, TrialStatus.LOCKED.value):
+                raise Conflict(f"{trial.code} is {trial.status}: interim packages are for an ongoing trial")
+            number = (
+                session.execute(
+                    select(func.count())
+                    .select_from(InterimPackage)
+                    .where(InterimPackage.trial_id == trial.id)
+                ).scalar_one()
+                + 1
+            )
+            signed = signatures.sign(
+                ctx,
+                session,
+                actor=actor,
+                chain=trial.code,
+                trial_id=trial.id,
+                request=signature,
+                meaning=INTERIM_MEANING,
+                object_type="interim_package",
+                object_id=number,
+                content={"trial": trial.code, "package": number, "purpose": purpose.strip()},
+                now=now,
+            )
+            rows = _rows(ctx, session, actor, trial, f"interim package {number}")
+            title = f"Unblinded interim package {number}: {purpose.strip()}"
+            text = _csv(title, trial, rows, now, actor.name)
+            digest = hashlib.sha256(text.encode()).hexdigest()
+            session.add(
+                InterimPackage(
+                    trial_id=trial.id,
+                    number=number,
+                    purpose=purpose.strip(),
+                    subjects=len(rows),
+                    content_sha256=digest,
+                    created_at=now,
+                    created_by_id=actor.user_id,
+                    created_by_name=actor.name,
+                    signature_id=signed.id,
+                )
+            )
+            ctx.audit.record(
+                session,
+                actor=actor,
+                chain=trial.code,
+                action=Action.INTERIM_PACKAGE_RELEASED,
+                object_type="interim_package",
+                object_id=number,
+                new={"subjects": len(rows), "sha256": digest, "signature": signed.id},
+                reason=purpose.strip(),
+                at=now,
+            )
+            return Release(
+                trial.code, title, tuple(rows), text, digest, now, signatures.manifestation(signed)
+            )
+    except signatures.SignatureRefused:
+        signatures.record_failure(
+            ctx,
+            actor=actor,
+            chain=trial_code,
+            meaning=INTERIM_MEANING,
+            object_type="trial",
+            object_id=trial_code,
+        )
+        raise
+
+
+def own_subject_arm(
+    ctx: ServiceContext, actor: Actor, trial_code: str, subject_number: str, scope: Scope
+) -> tuple[str, str]:
+    """After the final unblinding an investigator may learn the treatment of a subject of their
+    site (UNB-10): (arm code, arm label); audited like every read. 409 before UNBLINDED."""
+    from allocator.services.subjects import _subject  # noqa: PLC0415
+
+    with ctx.db.unit_of_work() as session:
+        trial = get_trial(session, trial_code)
+        require_unblinded(trial)
+        subject = _subject(session, trial, subject_number, scope)
+        definition = current_definition(session, trial)
+        arm = arm_access.subject_arm_in(
+            session, ctx, actor, trial.code, subject, "after the final unblinding"
+        )
+        return arm, {a.code: a.label for a in definition.arms}.get(arm, arm)

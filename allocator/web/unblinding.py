@@ -1,0 +1,311 @@
+"""Unblinding pages: emergency (investigator, three screens from the home page: home, form,
+result), pharmacovigilance, registration of an offline code-break sheet, accidental-unblinding
+reports, and the planned end-of-trial unblinding with its unblinded listing and the DSMB's interim
+packages. The arm appears only on the result of an unblinding, once, with Cache-Control: no-store
+(as every dynamic page here)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
+from werkzeug.wrappers import Response as WerkzeugResponse
+
+from allocator.permissions import Permission, requires
+from allocator.services import signatures, trial_state, unblinding
+from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
+from allocator.services.trials import trial_definition
+from allocator.web.security import actor, ctx, scope
+
+bp = Blueprint("unblinding", __name__)
+
+
+def _form(name: str) -> str:
+    return (request.form.get(name) or "").strip()
+
+
+def _signature() -> signatures.SignatureRequest:
+    return signatures.SignatureRequest(
+        password=request.form.get("password") or "", totp=request.form.get("otp") or None
+    )
+
+
+def _local_time(name: str, trial: str) -> datetime:
+    """A date-time typed in the site's local time (the trial's time zone), as UTC."""
+    raw = _form(name)
+    try:
+        local = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ValidationFailed(
+            f"{name} is not a date and time", errors=[FieldProblem(name, "give a date and time")]
+        ) from None
+    if local.tzinfo is None:
+        local = local.replace(tzinfo=ZoneInfo(trial_definition(ctx(), trial).timezone))
+    return local.astimezone(UTC)
+
+
+def _page(template: str, http_status: int = 200, **values: object) -> Response:
+    return Response(render_template(template, **values), status=http_status, mimetype="text/html")
+
+
+# --- emergency unblinding -------------------------------------------------------------------
+
+
+@bp.route("/trials/<trial>/unblind", methods=["GET", "POST"])
+@requires(Permission.SUBJECT_UNBLIND)
+def emergency(trial: str) -> Response:
+    """Screen 2 (the form) and screen 3 (the arm, once)."""
+    reasons = unblinding.EMERGENCY_REASONS
+    if request.method == "GET":
+        return _page(
+            "unblinding/emergency.html",
+            trial=trial,
+            reasons=reasons,
+            values={"subject": request.args.get("subject", "")},
+            errors=[],
+            kind="emergency",
+        )
+    try:
+        revealed = unblinding.emergency_unblind(
+            ctx(),
+            actor(Permission.SUBJECT_UNBLIND),
+            trial,
+            _form("subject"),
+            reason_category=_form("reason_category"),
+            reason=_form("reason"),
+            confirmed=_form("confirm") == "yes",
+            signature=_signature(),
+            scope=scope(Permission.SUBJECT_UNBLIND),
+        )
+    except DomainError as exc:
+        return _page(
+            "unblinding/emergency.html",
+            exc.status,
+            trial=trial,
+            reasons=reasons,
+            values=request.form,
+            errors=exc.errors,
+            detail=exc.detail,
+            kind="emergency",
+        )
+    return _page("unblinding/revealed.html", trial=trial, revealed=revealed, kind="emergency")
+
+
+@bp.route("/trials/<trial>/pv-unblind", methods=["GET", "POST"])
+@requires(Permission.UNBLINDING_PV)
+def pharmacovigilance(trial: str) -> Response:
+    reasons = unblinding.PV_REASONS
+    if request.method == "GET":
+        return _page(
+            "unblinding/emergency.html",
+            trial=trial,
+            reasons=reasons,
+            values={"subject": request.args.get("subject", "")},
+            errors=[],
+            kind="pharmacovigilance",
+        )
+    try:
+        revealed = unblinding.pharmacovigilance_unblind(
+            ctx(),
+            actor(Permission.UNBLINDING_PV),
+            trial,
+            _form("subject"),
+            reason_category=_form("reason_category"),
+            reason=_form("reason"),
+            confirmed=_form("confirm") == "yes",
+            signature=_signature(),
+            scope=scope(Permission.UNBLINDING_PV),
+        )
+    except DomainError as exc:
+        return _page(
+            "unblinding/emergency.html",
+            exc.status,
+            trial=trial,
+            reasons=reasons,
+            values=request.form,
+            errors=exc.errors,
+            detail=exc.detail,
+            kind="pharmacovigilance",
+        )
+    return _page("unblinding/revealed.html", trial=trial, revealed=revealed, kind="pharmacovigilance")
+
+
+@bp.route("/trials/<trial>/unblind/offline", methods=["GET", "POST"])
+@requires(Permission.SUBJECT_UNBLIND)
+def offline(trial: str) -> Response | WerkzeugResponse:
+    """Register the opening of a sealed code-break sheet once the service is back (UNB-06)."""
+    reasons = unblinding.EMERGENCY_REASONS
+    if request.method == "GET":
+        return _page("unblinding/offline.html", trial=trial, reasons=reasons, values={}, errors=[])
+    try:
+        recorded = unblinding.register_offline(
+            ctx(),
+            actor(Permission.SUBJECT_UNBLIND),
+            trial,
+            _form("sheet_number"),
+            opened_at=_local_time("opened_at", trial),
+            opened_by=_form("opened_by"),
+            opened_by_role=_form("opened_by_role"),
+            reason_category=_form("reason_category"),
+            reason=_form("reason"),
+            signature=_signature(),
+            scope=scope(Permission.SUBJECT_UNBLIND),
+        )
+    except DomainError as exc:
+        return _page(
+            "unblinding/offline.html",
+            exc.status,
+            trial=trial,
+            reasons=reasons,
+            values=request.form,
+            errors=exc.errors,
+            detail=exc.detail,
+        )
+    flash(
+        f"The opening of sheet {recorded.sheet_number} is registered: {recorded.subject_number} is marked "
+        "blind broken and the sponsor and monitors are notified.",
+        "ok",
+    )
+    return redirect(url_for("subjects.subject_page", trial=trial, subject=recorded.subject_number), code=303)
+
+
+@bp.route("/trials/<trial>/unblinding/accidental", methods=["GET", "POST"])
+@requires(Permission.UNBLINDING_REPORT)
+def accidental(trial: str) -> Response | WerkzeugResponse:
+    """Report an accidental or unplanned unblinding (UNB-09)."""
+    if request.method == "GET":
+        return _page("unblinding/accidental.html", trial=trial, values={}, errors=[])
+    try:
+        unblinding.report_accidental(
+            ctx(),
+            actor(Permission.UNBLINDING_REPORT),
+            trial,
+            unblinding.AccidentalReport(
+                subject_number=_form("subject") or None,
+                site=_form("site") or None,
+                occurred_at=_local_time("occurred_at", trial),
+                persons_unblinded=_form("persons_unblinded"),
+                how=_form("how"),
+                impact=_form("impact"),
+                actions=_form("actions"),
+            ),
+            scope=scope(Permission.UNBLINDING_REPORT),
+        )
+    except DomainError as exc:
+        return _page(
+            "unblinding/accidental.html",
+            exc.status,
+            trial=trial,
+            values=request.form,
+            errors=exc.errors,
+            detail=exc.detail,
+        )
+    flash("The accidental unblinding is recorded; the trial manager and the monitors are notified.", "ok")
+    return redirect(url_for("main.trial", trial=trial), code=303)
+
+
+# --- planned unblinding (UNB-10) --------------------------------------------------------------
+
+
+@bp.route("/trials/<trial>/closeout")
+@requires(Permission.TRIAL_VIEW)
+def closeout(trial: str) -> Response:
+    status, steps = trial_state.history(ctx(), trial)
+    return _page("unblinding/closeout.html", trial=trial, status=status, steps=steps)
+
+
+def _step(trial: str, change: str) -> WerkzeugResponse:
+    permission = Permission.TRIAL_LOCK if change == "lock" else Permission.TRIAL_UNBLIND
+    action = trial_state.lock if change == "lock" else trial_state.unblind_trial
+    try:
+        step = action(ctx(), actor(permission), trial, reason=_form("reason"), signature=_signature())
+    except DomainError as exc:
+        flash(exc.detail + "".join(f" ({e.field}: {e.message})" for e in exc.errors[:10]), "error")
+    else:
+        flash(f"{trial} is now {step.to_status} ({step.signature.line()}).", "ok")
+    return redirect(url_for("unblinding.closeout", trial=trial), code=303)
+
+
+@bp.route("/trials/<trial>/lock", methods=["POST"])
+@requires(Permission.TRIAL_LOCK)
+def lock(trial: str) -> WerkzeugResponse:
+    return _step(trial, "lock")
+
+
+@bp.route("/trials/<trial>/final-unblinding", methods=["POST"])
+@requires(Permission.TRIAL_UNBLIND)
+def final_unblinding(trial: str) -> WerkzeugResponse:
+    return _step(trial, "unblind")
+
+
+def _csv(release: trial_state.Release, name: str) -> Response:
+    return Response(
+        release.csv,
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+@bp.route("/trials/<trial>/unblinded-listing", methods=["GET", "POST"])
+@requires(Permission.REPORT_VIEW_UNBLINDED)
+def listing(trial: str) -> Response:
+    """REP-06: 409 until the trial is UNBLINDED; then each release is signed."""
+    status, _steps = trial_state.history(ctx(), trial)
+    if status != "unblinded":
+        return _page("unblinding/not_yet.html", 409, trial=trial, status=status)
+    if request.method == "GET":
+        return _page("unblinding/release.html", trial=trial, errors=[], what="listing")
+    try:
+        release = trial_state.unblinded_listing(
+            ctx(), actor(Permission.REPORT_VIEW_UNBLINDED), trial, signature=_signature()
+        )
+    except DomainError as exc:
+        return _page(
+            "unblinding/release.html",
+            exc.status,
+            trial=trial,
+            errors=exc.errors,
+            detail=exc.detail,
+            what="listing",
+        )
+    return _csv(release, f"{trial}-unblinded-listing-{release.released_at:%Y%m%dT%H%M%SZ}.csv")
+
+
+@bp.route("/trials/<trial>/interim-packages", methods=["GET", "POST"])
+@requires(Permission.REPORT_VIEW_UNBLINDED)
+def interim(trial: str) -> Response:
+    """REP-08: a signed, audited unblinded package for a DSMB look."""
+    if request.method == "GET":
+        return _page("unblinding/release.html", trial=trial, errors=[], what="interim")
+    try:
+        release = trial_state.interim_package(
+            ctx(),
+            actor(Permission.REPORT_VIEW_UNBLINDED),
+            trial,
+            purpose=_form("purpose"),
+            signature=_signature(),
+        )
+    except DomainError as exc:
+        return _page(
+            "unblinding/release.html",
+            exc.status,
+            trial=trial,
+            errors=exc.errors,
+            detail=exc.detail,
+            what="interim",
+        )
+    return _csv(release, f"{trial}-interim-package-{release.released_at:%Y%m%dT%H%M%SZ}.csv")
+
+
+@bp.route("/trials/<trial>/subjects/<subject>/treatment", methods=["POST"])
+@requires(Permission.SUBJECT_UNBLIND)
+def treatment(trial: str, subject: str) -> Response:
+    """After the final unblinding, an investigator may see the treatment of their own subjects."""
+    try:
+        arm, label = trial_state.own_subject_arm(
+            ctx(), actor(Permission.SUBJECT_UNBLIND), trial, subject, scope(Permission.SUBJECT_UNBLIND)
+        )
+    except DomainError as exc:
+        return _page("unblinding/not_yet.html", exc.status, trial=trial, status=exc.detail)
+    return _page("unblinding/treatment.html", trial=trial, subject=subject, arm=arm, label=label)
