@@ -20,6 +20,16 @@ this software (DIB-05).
 
 The audit row is written in the same transaction as the change it records: if it cannot be
 written, the change does not happen (AUD-04, ACC-15).
+
+Entries are queued on the session and written together just before the transaction commits: one
+`SELECT ... FOR UPDATE` of each chain head, the hashes chained in memory, one multi-row INSERT, one
+head UPDATE. Every append to a chain serialises on its head row, so taking that lock at the end
+instead of at the first `record` keeps it for milliseconds rather than for the whole transaction
+(issue 6). Nothing else changes: the entries are still written inside the caller's transaction
+(if the transaction fails, no entry is written; if the write fails, the commit fails and the
+change rolls back), in the order they were recorded, and with the same sequence numbers, hashes
+and checkpoints as if written one by one. A query of the audit tables in the same session writes
+the queue first, so code that reads its own entries back keeps seeing them.
 """
 
 from __future__ import annotations
@@ -32,10 +42,11 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, Table, bindparam, event, func, insert, select, update
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
+from sqlalchemy.sql.util import find_tables
 
 from allocator import crypto
 from allocator.db import insert_if_absent
@@ -180,20 +191,13 @@ class AuditLog:
     ) -> AuditEvent:
         """Append one entry to `chain` inside the caller's transaction and return it.
 
+        The entry is queued on the session and written when the transaction commits (see the
+        module docstring); its `seq`, `prev_hash`, `hash` and `sealed_values` are filled in then.
         `sealed` holds values that could reveal an arm; they are encrypted and only unblinded views
-        open them (AUD-05, BLD-07). Raises whatever the database raises: the caller's transaction
-        then rolls back with the change it was recording."""
-        head = _lock_head(session, chain)
-        seq = head.seq + 1
-        sealed_blob = None
-        if sealed is not None:
-            binding = crypto.Binding(
-                trial=chain, table="audit_event", row=f"{chain}:{seq}", column="sealed_values"
-            )
-            sealed_blob = crypto.seal_json(self.ring, crypto.Purpose.LISTS, dict(sealed), binding)
-        event = AuditEvent(
+        open them (AUD-05, BLD-07). A failure to write raises from the commit: the caller's
+        transaction then rolls back with the change it was recording."""
+        entry = AuditEvent(
             chain=chain,
-            seq=seq,
             at=format_time(at),
             actor_user_id=actor.user_id,
             actor_username=printable(actor.username),
@@ -206,38 +210,106 @@ class AuditLog:
             site_code=site_code,
             old_values=canonical_json(old) if old is not None else None,
             new_values=canonical_json(new) if new is not None else None,
-            sealed_values=sealed_blob,
+            sealed_values=None,
             reason=reason,
             request_id=actor.request_id,
             software_version=self.software_version,
-            prev_hash=head.hash,
-            hash="",
         )
-        event.hash = entry_hash(_canonical_fields(event))
-        session.add(event)
-        head.seq = seq
-        head.hash = event.hash
-        due_by_count = seq - head.checkpoint_seq >= self.checkpoint_every
-        due_by_age = head.checkpoint_at is None or at - head.checkpoint_at >= self.checkpoint_max_age
-        if due_by_count or due_by_age:
-            session.flush()
-            self._checkpoint(session, head, at)
-        return event
+        # The sealed values are copied now: the caller may change its mapping before the commit.
+        queued = _Queued(entry, dict(sealed) if sealed is not None else None, at)
+        queue = session.info.get(_QUEUE)
+        if queue is not None and queue.log is not self:
+            write_queued(session)  # another key ring or policy: keep each queue to one log
+            queue = None
+        if queue is None:
+            queue = session.info[_QUEUE] = _Queue(self)
+        queue.entries.append(queued)
+        if session.in_nested_transaction():
+            # A savepoint may roll back on its own: write at once so that the entry lives and dies
+            # with the part of the transaction that recorded it.
+            write_queued(session)
+        return entry
+
+    def _write(self, session: Session, entries: list[_Queued], connection: Connection | None = None) -> None:
+        """Append `entries` (queued in this order) to their chains: lock each head (chains in
+        name order, so two transactions writing to the same chains cannot deadlock on them),
+        chain the hashes in memory, insert the rows, move the head, sign a checkpoint when due.
+        `connection` is given when the entries must be written outside a savepoint just begun."""
+        by_chain: dict[str, list[_Queued]] = {}
+        for queued in entries:
+            by_chain.setdefault(queued.entry.chain, []).append(queued)
+        if connection is None:
+            session.flush()  # the rows the entries refer to (a new user ...) go first
+            connection = session.connection()
+        for chain in sorted(by_chain):
+            head = _lock_head(connection, chain)
+            rows: list[dict[str, Any]] = []
+            for queued in by_chain[chain]:
+                entry = queued.entry
+                entry.seq = head.seq + 1
+                if queued.sealed is not None:
+                    binding = crypto.Binding(
+                        trial=chain, table="audit_event", row=f"{chain}:{entry.seq}", column="sealed_values"
+                    )
+                    entry.sealed_values = crypto.seal_json(
+                        self.ring, crypto.Purpose.LISTS, queued.sealed, binding
+                    )
+                entry.prev_hash = head.hash
+                entry.hash = entry_hash(_canonical_fields(entry))
+                rows.append({column: getattr(entry, column) for column in _INSERTED_COLUMNS})
+                head.seq = entry.seq
+                head.hash = entry.hash
+                due_by_count = head.seq - head.checkpoint_seq >= self.checkpoint_every
+                due_by_age = (
+                    head.checkpoint_at is None or queued.at - head.checkpoint_at >= self.checkpoint_max_age
+                )
+                if due_by_count or due_by_age:
+                    # The checkpoint covers exactly the entries up to this one, as when entries
+                    # were written one by one.
+                    _insert_entries(connection, rows)
+                    rows = []
+                    self._checkpoint(connection, head, queued.at)
+            _insert_entries(connection, rows)
+            connection.execute(
+                _UPDATE_HEAD,
+                {
+                    "head_chain": chain,
+                    "seq": head.seq,
+                    "hash": head.hash,
+                    "checkpoint_seq": head.checkpoint_seq,
+                    "checkpoint_at": head.checkpoint_at,
+                },
+            )
 
     def checkpoint(self, session: Session, chain: str, at: datetime) -> AuditCheckpoint | None:
         """Sign the current head of `chain` now (if anything is unsigned). Used by `audit checkpoint`."""
-        head = _lock_head(session, chain)
+        write_queued(session)
+        connection = session.connection()
+        head = _lock_head(connection, chain)
         if head.seq == head.checkpoint_seq:
             return None
-        return self._checkpoint(session, head, at)
+        checkpoint = self._checkpoint(connection, head, at)
+        connection.execute(
+            _UPDATE_HEAD,
+            {
+                "head_chain": chain,
+                "seq": head.seq,
+                "hash": head.hash,
+                "checkpoint_seq": head.checkpoint_seq,
+                "checkpoint_at": head.checkpoint_at,
+            },
+        )
+        return checkpoint
 
-    def _checkpoint(self, session: Session, head: AuditChainHead, at: datetime) -> AuditCheckpoint:
-        hashes = session.execute(
+    def _checkpoint(self, connection: Connection, head: _Head, at: datetime) -> AuditCheckpoint:
+        """Sign the head: its hash and the hashes of every entry since the last checkpoint. The
+        caller writes the head (its checkpoint fields are moved here)."""
+        hashes = connection.execute(
             select(AuditEvent.hash)
             .where(AuditEvent.chain == head.chain, AuditEvent.seq > head.checkpoint_seq)
             .order_by(AuditEvent.seq)
-        ).scalars()
-        covered = b"".join(bytes.fromhex(h) for h in hashes)
+        )
+        covered = b"".join(bytes.fromhex(h) for (h,) in hashes)
         message = checkpoint_message(head.chain, head.checkpoint_seq, head.seq, head.hash, covered)
         signed = crypto.sign_checkpoint(self.ring, message)
         checkpoint = AuditCheckpoint(
@@ -250,7 +322,10 @@ class AuditLog:
             key_id=signed.key_id,
             signature=signed.signature,
         )
-        session.add(checkpoint)
+        connection.execute(
+            insert(_AUDIT_CHECKPOINT),
+            {c.key: getattr(checkpoint, c.key) for c in _AUDIT_CHECKPOINT.columns if c.key != "id"},
+        )
         head.checkpoint_seq = head.seq
         head.checkpoint_at = at
         return checkpoint
@@ -315,19 +390,124 @@ def checkpoint_message(chain: str, from_seq: int, seq: int, head_hash: str, cove
     return f"{chain}|{from_seq}|{seq}|{head_hash}|{digest}".encode()
 
 
-def _lock_head(session: Session, chain: str) -> AuditChainHead:
-    """Lock (creating if needed) the head row of `chain`. Concurrent appends to one chain
-    serialise here; on SQLite the write transaction already holds the database lock."""
-    insert_if_absent(
-        session,
-        AuditChainHead,
-        {"chain": chain, "seq": 0, "hash": GENESIS, "checkpoint_seq": 0, "checkpoint_at": None},
+@dataclass(slots=True)
+class _Head:
+    """The head row of a chain, as locked by `_lock_head` (plain values: the audit trail is
+    written with Core statements, outside the ORM's unit of work)."""
+
+    chain: str
+    seq: int
+    hash: str
+    checkpoint_seq: int
+    checkpoint_at: datetime | None
+
+
+_HEAD_COLUMNS = (
+    AuditChainHead.chain,
+    AuditChainHead.seq,
+    AuditChainHead.hash,
+    AuditChainHead.checkpoint_seq,
+    AuditChainHead.checkpoint_at,
+)
+_SELECT_HEAD = select(*_HEAD_COLUMNS).where(AuditChainHead.chain == bindparam("chain")).with_for_update()
+_UPDATE_HEAD = (
+    update(AuditChainHead)
+    .where(AuditChainHead.chain == bindparam("head_chain"))
+    .values(
+        seq=bindparam("seq"),
+        hash=bindparam("hash"),
+        checkpoint_seq=bindparam("checkpoint_seq"),
+        checkpoint_at=bindparam("checkpoint_at"),
     )
-    head = session.execute(
-        select(AuditChainHead).where(AuditChainHead.chain == chain).with_for_update()
-    ).scalar_one()
-    session.refresh(head)
-    return head
+)
+
+
+def _lock_head(connection: Connection, chain: str) -> _Head:
+    """Lock (creating if needed) the head row of `chain`. Concurrent appends to one chain
+    serialise here; on SQLite the write transaction already holds the database lock. The head
+    exists except for a chain's first entry, so one statement usually does."""
+    row = connection.execute(_SELECT_HEAD, {"chain": chain}).one_or_none()
+    if row is None:
+        insert_if_absent(
+            connection,
+            AuditChainHead,
+            {"chain": chain, "seq": 0, "hash": GENESIS, "checkpoint_seq": 0, "checkpoint_at": None},
+        )
+        row = connection.execute(_SELECT_HEAD, {"chain": chain}).one()
+    return _Head(*row)
+
+
+# --- the queue of entries not yet written ----------------------------------------------------
+
+_QUEUE = "allocator.audit.queue"
+_AUDIT_TABLES = frozenset({"audit_event", "audit_chain_head", "audit_checkpoint"})
+_AUDIT_EVENT = cast(Table, AuditEvent.__table__)
+_AUDIT_CHECKPOINT = cast(Table, AuditCheckpoint.__table__)
+_INSERTED_COLUMNS = tuple(c.key for c in _AUDIT_EVENT.columns if c.key != "id")
+
+
+@dataclass(slots=True)
+class _Queued:
+    entry: AuditEvent  # not added to the session: the row is inserted with Core
+    sealed: dict[str, Any] | None
+    at: datetime
+
+
+@dataclass(slots=True)
+class _Queue:
+    log: AuditLog
+    entries: list[_Queued] = field(default_factory=list)
+
+
+def write_queued(session: Session) -> None:
+    """Write the entries recorded in `session` and not yet written. Called before every commit;
+    call it directly before reading the audit tables with raw SQL in the same transaction."""
+    queue = session.info.pop(_QUEUE, None)
+    if queue is not None and queue.entries:
+        queue.log._write(session, queue.entries)
+
+
+def _insert_entries(connection: Connection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        connection.execute(insert(_AUDIT_EVENT), rows)
+
+
+@event.listens_for(Session, "before_commit")
+def _write_before_commit(session: Session) -> None:
+    write_queued(session)
+
+
+@event.listens_for(Session, "after_transaction_create")
+def _write_before_savepoint(session: Session, transaction: SessionTransaction) -> None:
+    # Entries recorded before a savepoint belong to the enclosing transaction: write them on its
+    # connection before the SAVEPOINT is emitted (the savepoint takes its connection lazily), so
+    # that rolling the savepoint back does not take them along.
+    queue = session.info.get(_QUEUE)
+    if transaction.nested and transaction.parent is not None and queue is not None and queue.entries:
+        session.info.pop(_QUEUE)
+        queue.log._write(session, queue.entries, transaction.parent.connection(None))
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_after_transaction(session: Session, transaction: SessionTransaction) -> None:
+    # A rolled-back transaction takes its unwritten entries with it (after a commit the queue is
+    # already empty).
+    if transaction.parent is None:
+        session.info.pop(_QUEUE, None)
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _write_before_audit_queries(state: ORMExecuteState) -> None:
+    queue = state.session.info.get(_QUEUE)
+    if queue is not None and queue.entries and _touches_audit(state.statement):
+        write_queued(state.session)
+
+
+def _touches_audit(statement: Any) -> bool:
+    return any(
+        getattr(table, "name", None) in _AUDIT_TABLES
+        for table in find_tables(statement, include_crud=True, include_joins=True, include_aliases=True)
+    )
 
 
 # --- verification ----------------------------------------------------------------------------

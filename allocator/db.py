@@ -7,7 +7,12 @@ Nothing else commits.
 SQLite: WAL mode, foreign keys on, a busy timeout, and `BEGIN IMMEDIATE` for every write
 transaction, so that two writers serialise at the start instead of failing at commit with
 "database is locked" after having read stale data (RND-08). pysqlite's own transaction handling
-is switched off so that the BEGIN we emit is the one that runs.
+is switched off so that the BEGIN we emit is the one that runs. Within one process, writers also
+queue in arrival order on a lock taken before BEGIN IMMEDIATE (`WriterQueue`): SQLite's busy
+handler makes a waiting writer sleep in growing steps and retry, so under load a writer could
+wait seconds while later arrivals got in first; the queue hands the database to the next thread
+the moment the previous transaction ends. Writers of other processes still meet at the busy
+handler, which stays the guarantee.
 
 PostgreSQL (psycopg 3): READ COMMITTED; allocation services lock the rows they consume with
 `SELECT ... FOR UPDATE`.
@@ -15,6 +20,8 @@ PostgreSQL (psycopg 3): READ COMMITTED; allocation services lock the rows they c
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +36,65 @@ from sqlalchemy.pool import NullPool
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 T = TypeVar("T")
+
+
+class WriterQueue:
+    """A first-come, first-served lock for the write transactions of one SQLite database in this
+    process. Re-entrant per thread: a unit of work opened inside another (which SQLite itself
+    would refuse after the busy timeout) behaves as it did without the queue."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._waiting: deque[tuple[int, threading.Lock]] = deque()
+        self._owner: int | None = None
+        self._depth = 0
+
+    def acquire(self) -> None:
+        me = threading.get_ident()
+        with self._mutex:
+            if self._owner == me:
+                self._depth += 1
+                return
+            if self._owner is None:
+                self._owner, self._depth = me, 1
+                return
+            turn = threading.Lock()
+            turn.acquire()
+            self._waiting.append((me, turn))
+        turn.acquire()  # released by `release`, which has already made this thread the owner
+
+    def release(self) -> None:
+        with self._mutex:
+            self._depth -= 1
+            if self._depth:
+                return
+            if self._waiting:
+                # Hand over directly, so that no thread arriving now can overtake the queue.
+                self._owner, turn = self._waiting.popleft()
+                self._depth = 1
+                turn.release()
+            else:
+                self._owner = None
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
+
+
+_WRITER_QUEUES: dict[str, WriterQueue] = {}
+_WRITER_QUEUES_LOCK = threading.Lock()
+
+
+def _writer_queue(url: str) -> WriterQueue:
+    """One queue per SQLite database file in this process (several Database objects may share it)."""
+    database = make_url(url).database or ""
+    key = str(Path(database).resolve()) if database and database != ":memory:" else url
+    with _WRITER_QUEUES_LOCK:
+        return _WRITER_QUEUES.setdefault(key, WriterQueue())
 
 
 def _prepare_sqlite_file(url: str) -> None:
@@ -73,6 +139,7 @@ class Database:
     read_engine: Engine
     _write_sessions: sessionmaker[Session]
     _read_sessions: sessionmaker[Session]
+    _writers: WriterQueue | None = None  # SQLite: the writers of this process queue here
 
     @property
     def is_sqlite(self) -> bool:
@@ -100,6 +167,7 @@ class Database:
             read_engine=read,
             _write_sessions=sessionmaker(bind=write, expire_on_commit=False, autoflush=True),
             _read_sessions=sessionmaker(bind=read, expire_on_commit=False, autoflush=False),
+            _writers=_writer_queue(url) if write.dialect.name == "sqlite" else None,
         )
 
     @classmethod
@@ -119,13 +187,21 @@ class Database:
     @contextmanager
     def unit_of_work(self) -> Iterator[Session]:
         """A write transaction: commits when the block ends normally, rolls back on any exception."""
-        with self._write_sessions() as session:
+        with self._write_sessions() as session, self._writer_turn():
             try:
                 yield session
                 session.commit()
             except BaseException:
                 session.rollback()
                 raise
+
+    @contextmanager
+    def _writer_turn(self) -> Iterator[None]:
+        if self._writers is None:
+            yield
+        else:
+            with self._writers.turn():
+                yield
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
@@ -147,12 +223,12 @@ def connect_once(url: str) -> Engine:
     return create_engine(url, poolclass=NullPool)
 
 
-def insert_if_absent(session: Session, model: type[Any], values: dict[str, Any]) -> None:
+def insert_if_absent(executor: Session | Connection, model: type[Any], values: dict[str, Any]) -> None:
     """INSERT ... ON CONFLICT DO NOTHING, so that two transactions racing to create the same
     counter row (audit chain head, login throttle) do not fail; follow with SELECT ... FOR UPDATE."""
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    session.execute(insert(model).values(**values).on_conflict_do_nothing())
+    bind = executor if isinstance(executor, Connection) else executor.get_bind()
+    insert = postgresql.insert if bind.dialect.name == "postgresql" else sqlite.insert
+    executor.execute(insert(model).values(**values).on_conflict_do_nothing())
 
 
 def require(session: Session, model: type[T], ident: object) -> T:

@@ -9,7 +9,7 @@ route guard, and pass the reader as the audit actor.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,6 +172,59 @@ def kit_arms_in(
 
 
 @dataclass(frozen=True, slots=True)
+class SealedKit:
+    """A kit as an allocation needs it: its id, its number and its sealed arm."""
+
+    id: int
+    kit_number: str
+    sealed_arm: bytes
+
+
+def kits_by_arm_until(
+    session: Session,
+    ctx: ServiceContext,
+    reader: Actor,
+    trial_code: str,
+    batches: Iterable[Sequence[SealedKit]],
+    arms: Sequence[str],
+    per_arm: int,
+    purpose: str,
+) -> dict[str, list[SealedKit]]:
+    """Open the arms of kits batch after batch, in the order given, until every arm of `arms`
+    has `per_arm` kits or the batches run out; return at most `per_arm` kits per arm, the first
+    ones met. Fed with kits in a uniformly random order, each arm's kits are a uniform random
+    choice among that arm's kits, while only a handful are opened (BLD-04). Inside the caller's
+    transaction; one `arm.read` entry records how many kits were opened. The arms are never
+    shown to anyone."""
+    grouped: dict[str, list[SealedKit]] = {arm: [] for arm in arms}
+    opened = 0
+    for batch in batches:
+        for kit in batch:
+            opened += 1
+            arm = crypto.open_arm(
+                ctx.ring,
+                kit.sealed_arm,
+                crypto.Binding(trial=trial_code, table="kit", row=kit.kit_number, column="sealed_arm"),
+            )
+            if len(grouped.setdefault(arm, [])) < per_arm:
+                grouped[arm].append(kit)
+        if all(len(grouped[arm]) >= per_arm for arm in arms):
+            break
+    if opened:
+        ctx.audit.record(
+            session,
+            actor=reader,
+            chain=trial_code,
+            action=Action.ARM_READ,
+            object_type="kit",
+            object_id=f"{opened} kits",
+            new={"purpose": purpose, "kits": opened},
+            at=ctx.now(),
+        )
+    return grouped
+
+
+@dataclass(frozen=True, slots=True)
 class SlotRecord:
     arm: str
     block: int
@@ -185,7 +238,10 @@ def slot_record_in(
     trial_code: str,
     label: str,
     stratum: str,
-    slot: Slot,
+    *,
+    position: int,
+    randomization_number: str,
+    sealed: bytes,
 ) -> SlotRecord:
     """Open the slot being allocated (in the allocation's transaction). The allocation's own audit
     entry carries the arm sealed; this `arm.read` entry records that the machine read it."""
@@ -195,16 +251,16 @@ def slot_record_in(
         chain=trial_code,
         action=Action.ARM_READ,
         object_type="slot",
-        object_id=slot.randomization_number,
+        object_id=randomization_number,
         new={"purpose": "allocation"},
         at=ctx.now(),
     )
     binding = crypto.Binding(
-        trial=trial_code, table="slot", row=f"{label}|{stratum}|{slot.position}", column="sealed"
+        trial=trial_code, table="slot", row=f"{label}|{stratum}|{position}", column="sealed"
     )
-    value = crypto.open_json(ctx.ring, crypto.Purpose.LISTS, slot.sealed, binding)
+    value = crypto.open_json(ctx.ring, crypto.Purpose.LISTS, sealed, binding)
     if not isinstance(value, dict):
-        raise crypto.SealError(f"slot {stratum}/{slot.position} of {label} does not hold a slot record")
+        raise crypto.SealError(f"slot {stratum}/{position} of {label} does not hold a slot record")
     return SlotRecord(str(value["arm"]), int(value["block"]), int(value["block_size"]))
 
 

@@ -9,10 +9,11 @@ session (BLD-11).
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import Update, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from allocator import crypto, passwords
@@ -234,80 +235,150 @@ class Authenticated:
     totp_enrolled: bool
 
 
-def resolve_session(ctx: ServiceContext, token: str) -> Authenticated | None:
+def resolve_session(
+    ctx: ServiceContext,
+    token: str,
+    session: Session | None = None,
+    later: list[Callable[[], None]] | None = None,
+) -> Authenticated | None:
     """The user of a web session id, or None if the session is unknown, ended, expired (idle or
-    absolute) or the account is deactivated. Expiry ends the session row and is audited."""
+    absolute) or the account is deactivated. Expiry ends the session row and is audited.
+
+    Reads in `session` when given (the request guard's read transaction), else in its own. The
+    writes it needs (ending the session, noting activity) never run inside a read transaction:
+    they are appended to `later` for the caller to run once its read is over, or run here after
+    the own read has closed."""
+    if session is None:
+        writes: list[Callable[[], None]] = []
+        with ctx.db.reading() as own:
+            result = resolve_session(ctx, token, own, writes)
+        for write in writes:
+            write()
+        return result
+    pending = later if later is not None else []
     now = ctx.now()
     digest = crypto.token_digest(token)
-    with ctx.db.reading() as session:
-        row = session.execute(
-            select(LoginSession).where(LoginSession.token_digest == digest)
-        ).scalar_one_or_none()
-        if row is None or row.ended_at is not None:
-            return None
-        user = require(session, User, row.user_id)
-        idle = now - row.last_seen_at > ctx.settings.session_idle_timeout
-        expired = now >= row.expires_at
-        if not (idle or expired or not user.is_active):
-            grants = active_grants(session, user.id, now)
-            needs_touch = now - row.last_seen_at > _TOUCH_EVERY
-            result = _authenticated(user, grants, row.id, row.mfa_verified)
-        else:
-            result = None
-            needs_touch = False
-    if result is None:
-        end_session(ctx, token, "idle" if idle else ("expired" if expired else "deactivated"), None)
+    row = session.execute(
+        select(LoginSession).where(LoginSession.token_digest == digest)
+    ).scalar_one_or_none()
+    if row is None or row.ended_at is not None:
         return None
-    if needs_touch:
-        with ctx.db.unit_of_work() as session:
-            session.execute(
-                update(LoginSession).where(LoginSession.id == result.session_id).values(last_seen_at=now)
-            )
+    user = require(session, User, row.user_id)
+    idle = now - row.last_seen_at > ctx.settings.session_idle_timeout
+    expired = now >= row.expires_at
+    if idle or expired or not user.is_active:
+        reason = "idle" if idle else ("expired" if expired else "deactivated")
+        pending.append(lambda: end_session(ctx, token, reason, None))
+        return None
+    result = _authenticated(
+        user.id,
+        user.username,
+        user.full_name,
+        totp_enrolled=user.totp_enabled_at is not None,
+        must_change_password=user.must_change_password,
+        grants=active_grants(session, user.id, now),
+        session_id=row.id,
+        mfa_verified=row.mfa_verified,
+    )
+    if now - row.last_seen_at > _TOUCH_EVERY:
+        pending.append(
+            lambda: _touch(ctx, update(LoginSession).where(LoginSession.id == row.id), last_seen_at=now)
+        )
     return result
 
 
+def _touch(ctx: ServiceContext, statement: Update, **values: datetime) -> None:
+    with ctx.db.unit_of_work() as writing:
+        writing.execute(statement.values(**values))
+
+
 def _authenticated(
-    user: User, grants: tuple[Grant, ...], session_id: int | None, mfa_verified: bool
+    user_id: int,
+    username: str,
+    full_name: str,
+    *,
+    totp_enrolled: bool,
+    must_change_password: bool,
+    grants: tuple[Grant, ...],
+    session_id: int | None,
+    mfa_verified: bool,
 ) -> Authenticated:
     access = Access(grants)
-    enrolled = user.totp_enabled_at is not None
     return Authenticated(
-        user_id=user.id,
-        username=user.username,
-        full_name=user.full_name,
+        user_id=user_id,
+        username=username,
+        full_name=full_name,
         access=access,
         session_id=session_id,
-        must_change_password=user.must_change_password,
-        mfa_pending=enrolled and not mfa_verified and session_id is not None,
-        mfa_enrollment_required=not enrolled and access.needs_mfa(),
-        totp_enrolled=enrolled,
+        must_change_password=must_change_password,
+        mfa_pending=totp_enrolled and not mfa_verified and session_id is not None,
+        mfa_enrollment_required=not totp_enrolled and access.needs_mfa(),
+        totp_enrolled=totp_enrolled,
     )
 
 
-def resolve_bearer(ctx: ServiceContext, token: str) -> Authenticated | None:
+# The token and its user in one statement (every API request runs it).
+_BEARER = (
+    select(
+        ApiToken.id,
+        ApiToken.revoked_at,
+        ApiToken.expires_at,
+        ApiToken.last_used_at,
+        User.id.label("user_id"),
+        User.username,
+        User.full_name,
+        User.is_active,
+        User.must_change_password,
+        User.totp_enabled_at,
+    )
+    .join(User, User.id == ApiToken.user_id)
+    .where(ApiToken.token_digest == bindparam("digest"))
+)
+
+
+def resolve_bearer(
+    ctx: ServiceContext,
+    token: str,
+    session: Session | None = None,
+    later: list[Callable[[], None]] | None = None,
+) -> Authenticated | None:
     """The user of an API bearer token, or None (unknown, revoked, expired, user deactivated).
 
-    A token acts with its user's roles at the time of the request (BLD-11)."""
+    Only the token's SHA-256 digest is stored and looked up. A token acts with its user's roles at
+    the time of the request (BLD-11): they are read on every call, never remembered. Reads in
+    `session` when given (the request guard's read transaction), else in its own; the write that
+    notes the token's use goes to `later` as in `resolve_session`."""
+    if session is None:
+        writes: list[Callable[[], None]] = []
+        with ctx.db.reading() as own:
+            result = resolve_bearer(ctx, token, own, writes)
+        for write in writes:
+            write()
+        return result
+    pending = later if later is not None else []
     now = ctx.now()
-    digest = crypto.token_digest(token)
-    with ctx.db.reading() as session:
-        row = session.execute(select(ApiToken).where(ApiToken.token_digest == digest)).scalar_one_or_none()
-        if (
-            row is None
-            or row.revoked_at is not None
-            or (row.expires_at is not None and row.expires_at <= now)
-        ):
-            return None
-        user = require(session, User, row.user_id)
-        if not user.is_active or user.must_change_password:
-            return None
-        grants = active_grants(session, user.id, now)
-        needs_touch = row.last_used_at is None or now - row.last_used_at > _TOUCH_EVERY
+    row = session.execute(_BEARER, {"digest": crypto.token_digest(token)}).one_or_none()
+    if (
+        row is None
+        or row.revoked_at is not None
+        or (row.expires_at is not None and row.expires_at <= now)
+        or not row.is_active
+        or row.must_change_password
+    ):
+        return None
+    result = _authenticated(
+        row.user_id,
+        row.username,
+        row.full_name,
+        totp_enrolled=row.totp_enabled_at is not None,
+        must_change_password=row.must_change_password,
+        grants=active_grants(session, row.user_id, now),
+        session_id=None,
+        mfa_verified=True,
+    )
+    if row.last_used_at is None or now - row.last_used_at > _TOUCH_EVERY:
         token_id = row.id
-        result = _authenticated(user, grants, None, True)
-    if needs_touch:
-        with ctx.db.unit_of_work() as session:
-            session.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now))
+        pending.append(lambda: _touch(ctx, update(ApiToken).where(ApiToken.id == token_id), last_used_at=now))
     return result
 
 

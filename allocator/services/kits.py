@@ -20,11 +20,13 @@ import io
 import re
 import secrets
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from itertools import islice
+from typing import TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 import kits as kitlib
@@ -47,6 +49,7 @@ KIT_UNIT = "K"  # the unit in the QR code of a kit's own label (printed before a
 LOT_CODE = re.compile(r"^[A-Z0-9][A-Z0-9-]{1,31}$")
 
 S = KitStatus
+K = TypeVar("K")
 # Manual changes a pharmacist or a supply manager may record; allocation, dispensing and
 # administration move kits through their own workflows.
 MANUAL_TRANSITIONS: dict[KitStatus, frozenset[KitStatus]] = {
@@ -1283,6 +1286,79 @@ def usable_kits_by_arm(
     return grouped
 
 
-def pick(kits: Sequence[Kit], count: int) -> list[Kit]:
+_USABLE_AT_SITE = (
+    Kit.trial_id == bindparam("trial_id"),
+    Kit.site_id == bindparam("site_id"),
+    Kit.status == S.AVAILABLE.value,
+    Kit.expiry_date >= bindparam("needed"),
+)
+_USABLE_IDS = select(Kit.id).where(*_USABLE_AT_SITE)
+_LOCK_USABLE = (
+    select(Kit.id, Kit.kit_number, Kit.sealed_arm)
+    .where(Kit.id.in_(bindparam("ids", expanding=True)), *_USABLE_AT_SITE)
+    .with_for_update()
+)
+
+
+def draw_usable_kits(
+    ctx: ServiceContext,
+    session: Session,
+    reader: Actor,
+    trial: Trial,
+    definition: TrialDefinition,
+    site_id: int,
+    today: date,
+    per_arm: int,
+) -> dict[str, list[arm_access.SealedKit]]:
+    """`per_arm` kits of every arm drawn uniformly at random from the site's usable kits (those
+    `usable_kits_by_arm` returns), rows locked; fewer for an arm that has fewer. For allocations:
+    the result is the same draw as picking from `usable_kits_by_arm`, but only the kits needed to
+    find `per_arm` of each arm are locked and opened (a handful, instead of the whole stock).
+
+    How (BLD-04, RND-08): the ids of the usable kits are read without opening anything and put in
+    a uniformly random order (Fisher-Yates on the OS CSPRNG); kits are then locked and opened in
+    that order, in small batches, until every arm has `per_arm`. The first `per_arm` kits of an arm
+    in a uniformly random order of all usable kits are a uniformly random choice among that arm's
+    kits, so nothing favours a kit number, a position in the stock or an arm. The locking query
+    repeats the usability conditions: on PostgreSQL a kit changed by a concurrent transaction is
+    re-checked once its lock is granted and dropped if no longer usable; on SQLite the write
+    transaction (BEGIN IMMEDIATE) already excludes every other writer. The caller holds the site's
+    row lock, so no concurrent allocation at the site can take the same kits."""
+    connection = session.connection()
+    where = {"trial_id": trial.id, "site_id": site_id, "needed": _needed_until(definition, today)}
+    order = _random_order(connection.execute(_USABLE_IDS, where).scalars().all())
+
+    def batches() -> Iterator[list[arm_access.SealedKit]]:
+        size = 2 * per_arm * max(1, len(definition.arm_codes))
+        while batch := list(islice(order, size)):
+            rank = {kit_id: i for i, kit_id in enumerate(batch)}
+            rows = connection.execute(_LOCK_USABLE, {**where, "ids": batch})
+            yield sorted((arm_access.SealedKit(*row) for row in rows), key=lambda kit: rank[kit.id])
+            size *= 2
+
+    return arm_access.kits_by_arm_until(
+        session,
+        ctx,
+        reader,
+        trial.code,
+        batches(),
+        definition.arm_codes,
+        per_arm,
+        "choosing kits for an allocation",
+    )
+
+
+def _random_order(items: Sequence[int]) -> Iterator[int]:
+    """`items` in a uniformly random order, drawn lazily (Fisher-Yates from the end, with the OS
+    CSPRNG): taking k of n costs k draws."""
+    rng = secrets.SystemRandom()
+    pool = list(items)
+    for last in range(len(pool) - 1, -1, -1):
+        j = rng.randrange(last + 1)
+        pool[last], pool[j] = pool[j], pool[last]
+        yield pool[last]
+
+
+def pick(kits: Sequence[K], count: int) -> list[K]:
     """`count` kits chosen uniformly at random (never the lowest number; BLD-04)."""
     return secrets.SystemRandom().sample(list(kits), count)

@@ -742,12 +742,20 @@ def activate_list(
 
 
 def stratum_storage_digest(session: Session, stratum_id: int) -> str:
+    return storage_digest(
+        session.execute(
+            select(Slot.position, Slot.randomization_number, Slot.sealed)
+            .where(Slot.stratum_id == stratum_id)
+            .order_by(Slot.position)
+        )
+    )
+
+
+def storage_digest(slots: Iterable[tuple[int, str, bytes]]) -> str:
+    """The storage digest of one stratum from its (position, randomization number, sealed) rows,
+    in position order: what `Stratum.storage_sha256` records."""
     hasher = hashlib.sha256()
-    for position, number, sealed in session.execute(
-        select(Slot.position, Slot.randomization_number, Slot.sealed)
-        .where(Slot.stratum_id == stratum_id)
-        .order_by(Slot.position)
-    ):
+    for position, number, sealed in slots:
         hasher.update(_storage_line(position, number, bytes(sealed)))
     return hasher.hexdigest()
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 import kits as kitlib
@@ -32,9 +32,12 @@ from allocator.eligibility import check as check_eligibility
 from allocator.models import (
     Administration,
     Dispensation,
+    IntegrityCheck,
     Kit,
     KitEvent,
     KitStatus,
+    ListMode,
+    ListStatus,
     MinimizationDecision,
     Notification,
     PrintedDocument,
@@ -60,7 +63,7 @@ from allocator.services.errors import (
     NotFound,
     ValidationFailed,
 )
-from allocator.services.trials import current_definition, get_trial
+from allocator.services.trials import current_definition, get_trial, trial_and_definition
 from allocator.trialdef import MinimizationRandomization, TrialDefinition, stratum_key
 
 
@@ -232,17 +235,18 @@ def randomize(
     log), SiteNotActive, AlreadyRandomized, NoActiveList, KitsUnavailable, StratumExhausted,
     lists.ListIntegrityFailure — each before any slot or kit is used."""
     now = ctx.now()
-    with ctx.db.reading() as session:
-        definition = current_definition(session, get_trial(session, trial_code))
-    screening = _screening_number(definition, request.screening_number)
-    levels = _strata_levels(definition, request.site, request.strata)
-    eligibility = _eligibility(definition, request.eligibility, now)
     with ctx.db.unit_of_work() as session:
+        trial, definition = trial_and_definition(session, trial_code)
+        trial_state.require_open(trial)  # no new subject once the database is locked
+        # Every check of the input comes before the first write: a refusal changes nothing.
+        screening = _screening_number(definition, request.screening_number)
+        levels = _strata_levels(definition, request.site, request.strata)
+        eligibility = _eligibility(definition, request.eligibility, now)
         outcome = _randomize_in(
             ctx,
             session,
             actor,
-            trial_code,
+            trial,
             definition,
             request.site,
             screening,
@@ -256,11 +260,97 @@ def randomize(
     return outcome
 
 
+# --- the allocation's statements ----------------------------------------------------------------
+# Randomization is the service's hot path (issue 6: throughput under concurrency). Its statements are
+# built once, here, and run on the unit of work's connection: building a statement, computing its
+# cache key and going through the ORM cost more CPU than the database spends running it. Each lock
+# is taken by its own statement, and what the lock protects is read by a later statement: on
+# PostgreSQL (READ COMMITTED) a statement that had to wait for a lock still reads every other row
+# as of its own start.
+
+_LOCK_SITE = (
+    select(Site.id, Site.code, Site.status)
+    .where(Site.trial_id == bindparam("trial_id"), Site.code == bindparam("site_code"))
+    .with_for_update()
+)
+# Under the site's lock: whether the screening number is taken (trial-wide; a unique constraint
+# backs it) and the number of subjects of the site, for the next subject number.
+_SCREENING_TAKEN_AND_SITE_SUBJECTS = select(
+    select(Subject.id)
+    .where(Subject.trial_id == bindparam("trial_id"), Subject.screening_number == bindparam("screening"))
+    .exists(),
+    select(func.count())
+    .select_from(Subject)
+    .where(Subject.trial_id == bindparam("trial_id"), Subject.site_id == bindparam("site_id"))
+    .scalar_subquery(),
+)
+_LAST_INTEGRITY_CHECK = (
+    select(IntegrityCheck.ok)
+    .where(IntegrityCheck.list_id == RandomizationList.id)
+    .order_by(IntegrityCheck.id.desc())
+    .limit(1)
+    .scalar_subquery()
+)
+# The active list, whether its last integrity check failed, and the stratum's row, locked: its
+# `used` counter orders the allocations of the stratum (RND-05, RND-08).
+_LOCK_ACTIVE_STRATUM = (
+    select(
+        RandomizationList.id,
+        RandomizationList.label,
+        _LAST_INTEGRITY_CHECK.label("last_check_ok"),
+        Stratum.id.label("stratum_id"),
+        Stratum.key,
+        Stratum.used,
+        Stratum.capacity,
+        Stratum.alert_remaining,
+        Stratum.storage_sha256,
+    )
+    .join(Stratum, Stratum.list_id == RandomizationList.id)
+    .where(
+        RandomizationList.trial_id == bindparam("trial_id"),
+        RandomizationList.mode == bindparam("mode"),
+        RandomizationList.status == ListStatus.ACTIVE.value,
+        Stratum.key == bindparam("key"),
+    )
+    .with_for_update(of=Stratum)
+)
+_STRATUM_SLOTS = (
+    select(Slot.position, Slot.randomization_number, Slot.sealed, Slot.id)
+    .where(Slot.stratum_id == bindparam("stratum_id"))
+    .order_by(Slot.position)
+)
+_INSERT_SCREENING_ENTRY = insert(ScreeningEntry).returning(ScreeningEntry.id)
+_INSERT_SUBJECT = insert(Subject).returning(Subject.id)
+_INSERT_DISPENSATION = insert(Dispensation)
+_INSERT_KIT_EVENT = insert(KitEvent)
+_INSERT_NOTIFICATION = insert(Notification)
+_ALLOCATE_KITS = (
+    update(Kit)
+    .where(Kit.id.in_(bindparam("kit_ids", expanding=True)))
+    .values(status=KitStatus.ALLOCATED.value)
+)
+_TAKE_SLOT = update(Stratum).where(Stratum.id == bindparam("stratum_id")).values(used=Stratum.used + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """The active list and the stratum's row, as locked for one allocation."""
+
+    list_id: int
+    label: str
+    stratum_id: int
+    key: str
+    used: int
+    capacity: int
+    alert_remaining: int
+    storage_sha256: str
+
+
 def _randomize_in(
     ctx: ServiceContext,
     session: Session,
     actor: Actor,
-    trial_code: str,
+    trial: Trial,
     definition: TrialDefinition,
     site_code: str,
     screening: str,
@@ -269,40 +359,36 @@ def _randomize_in(
     scope: Scope,
     now: datetime,
 ) -> RandomizationResult | DomainError:
-    trial = get_trial(session, trial_code)
-    trial_state.require_open(trial)  # no new subject once the database is locked
-    site = session.execute(
-        select(Site).where(Site.trial_id == trial.id, Site.code == site_code).with_for_update()
-    ).scalar_one_or_none()
+    connection = session.connection()
+    site = connection.execute(_LOCK_SITE, {"trial_id": trial.id, "site_code": site_code}).one_or_none()
     if site is None or not scope.allows_site(site.id):
         raise NotFound(
             f"no site {site_code!r} within your reach", errors=[FieldProblem("site", "unknown site")]
         )
     if site.status != SiteStatus.ACTIVE.value:
         raise SiteNotActive(f"site {site.code} is {site.status}: it cannot randomize (RND-14)")
-    if (
-        session.execute(
-            select(Subject.id).where(Subject.trial_id == trial.id, Subject.screening_number == screening)
-        ).first()
-        is not None
-    ):
+    taken, site_subjects = connection.execute(
+        _SCREENING_TAKEN_AND_SITE_SUBJECTS, {"trial_id": trial.id, "screening": screening, "site_id": site.id}
+    ).one()
+    if taken:
         raise AlreadyRandomized(
             f"screening number {screening} is already randomized (RND-07)",
             errors=[FieldProblem("screening_number", "is already randomized")],
         )
-    entry = ScreeningEntry(
-        trial_id=trial.id,
-        site_id=site.id,
-        screening_number=screening,
-        screened_at=now,
-        screened_by_id=actor.user_id,
-        screened_by_name=actor.name,
-        eligible=eligibility.eligible,
-        answers=eligibility.answers_json(),
-        failures=[{"criterion": f.criterion, "message": f.message} for f in eligibility.failures],
-    )
-    session.add(entry)
-    session.flush()
+    entry_id = connection.execute(
+        _INSERT_SCREENING_ENTRY,
+        {
+            "trial_id": trial.id,
+            "site_id": site.id,
+            "screening_number": screening,
+            "screened_at": now,
+            "screened_by_id": actor.user_id,
+            "screened_by_name": actor.name,
+            "eligible": eligibility.eligible,
+            "answers": eligibility.answers_json(),
+            "failures": [{"criterion": f.criterion, "message": f.message} for f in eligibility.failures],
+        },
+    ).scalar_one()
     if not eligibility.eligible:
         ctx.audit.record(
             session,
@@ -319,18 +405,11 @@ def _randomize_in(
             f"{screening} is not eligible: recorded in the screening log, not randomized",
             errors=[FieldProblem(f"eligibility.{f.criterion}", f.message) for f in eligibility.failures],
         )
-    mode = lists.instance_mode(ctx.settings.env)
-    active = lists.active_list(session, trial.id, mode)
-    if active is None:
-        raise NoActiveList(f"{trial.code} has no active {mode.value.upper()} randomization list")
-    if lists.list_blocked(session, active.id):
-        raise lists.ListIntegrityFailure(
-            f"{active.label} failed its last integrity check: randomization is blocked"
-        )
+    key = stratum_key(list(levels.items()))
+    target = _lock_target(session, trial, lists.instance_mode(ctx.settings.env), key)
     schedule = definition.dispensing.schedule
-    reader = actor
-    stock = kits.usable_kits_by_arm(
-        ctx, session, reader, trial, definition, site.id, definition.local_date(now)
+    stock = kits.draw_usable_kits(
+        ctx, session, actor, trial, definition, site.id, definition.local_date(now), len(schedule)
     )
     if any(len(stock[arm]) < len(schedule) for arm in definition.arm_codes):
         # Refused before any slot is used, whichever arm the next slot holds, so that the refusal
@@ -339,66 +418,72 @@ def _randomize_in(
             f"site {site.code} does not hold {len(schedule)} usable kits of every arm: "
             "ask the supply manager for a shipment"
         )
-    key = stratum_key(list(levels.items()))
-    stratum = session.execute(
-        select(Stratum).where(Stratum.list_id == active.id, Stratum.key == key).with_for_update()
-    ).scalar_one_or_none()
-    if stratum is None:
+    if isinstance(target, _NoStratum):
         raise lists.ListIntegrityFailure(f"the active list has no stratum {key}")
     if isinstance(definition.randomization, MinimizationRandomization):
         arm, randomization_number, slot_id, decision_id = _minimize(
-            ctx, session, actor, trial, active, stratum, levels, definition, now
+            ctx, session, actor, trial, target, levels, definition, now
         )
     else:
-        arm, randomization_number, slot_id = _next_slot(ctx, session, actor, trial, active, stratum)
+        arm, randomization_number, slot_id = _next_slot(ctx, session, actor, trial, target)
         decision_id = None
     chosen = kits.pick(stock[arm], len(schedule))
-    number = _subject_number(session, trial, site)
-    subject = Subject(
-        trial_id=trial.id,
-        site_id=site.id,
-        screening_entry_id=entry.id,
-        screening_number=screening,
-        subject_number=number,
-        list_id=active.id,
-        stratum_id=stratum.id,
-        slot_id=slot_id,
-        minimization_decision_id=decision_id,
-        randomization_number=randomization_number,
-        strata=levels,
-        randomized_at=now,
-        randomized_by_id=actor.user_id,
-        randomized_by_name=actor.name,
+    # Per-site sequence (the site's row is locked): P1-001, P1-002 ...
+    number = f"{site.code}-{site_subjects + 1:03d}"
+    subject_id = connection.execute(
+        _INSERT_SUBJECT,
+        {
+            "trial_id": trial.id,
+            "site_id": site.id,
+            "screening_entry_id": entry_id,
+            "screening_number": screening,
+            "subject_number": number,
+            "list_id": target.list_id,
+            "stratum_id": target.stratum_id,
+            "slot_id": slot_id,
+            "minimization_decision_id": decision_id,
+            "randomization_number": randomization_number,
+            "strata": levels,
+            "randomized_at": now,
+            "randomized_by_id": actor.user_id,
+            "randomized_by_name": actor.name,
+        },
+    ).scalar_one()
+    days = list(zip(schedule, chosen, strict=True))
+    connection.execute(
+        _INSERT_DISPENSATION,
+        [
+            {
+                "subject_id": subject_id,
+                "day": day.day,
+                "replacement_number": 0,
+                "kit_id": kit.id,
+                "status": "allocated",
+                "allocated_at": now,
+            }
+            for day, kit in days
+        ],
     )
-    session.add(subject)
-    session.flush()
-    allocated = []
-    for day, kit in zip(schedule, chosen, strict=True):
-        session.add(
-            Dispensation(
-                subject_id=subject.id,
-                day=day.day,
-                replacement_number=0,
-                kit_id=kit.id,
-                status="allocated",
-                allocated_at=now,
-            )
-        )
-        session.add(
-            KitEvent(
-                kit_id=kit.id,
-                at=now,
-                from_status=kit.status,
-                to_status=KitStatus.ALLOCATED.value,
-                site_id=site.id,
-                actor_id=actor.user_id,
-                actor_name=actor.name,
-                reason=f"allocated to {number} for {day.label}",
-            )
-        )
-        kit.status = KitStatus.ALLOCATED.value
-        allocated.append(AllocatedKit(kit.kit_number, day.label))
-    stratum.used += 1
+    connection.execute(
+        _INSERT_KIT_EVENT,
+        [
+            {
+                "kit_id": kit.id,
+                "at": now,
+                "from_status": KitStatus.AVAILABLE.value,  # the kits were drawn among available ones
+                "to_status": KitStatus.ALLOCATED.value,
+                "site_id": site.id,
+                "actor_id": actor.user_id,
+                "actor_name": actor.name,
+                "reason": f"allocated to {number} for {day.label}",
+            }
+            for day, kit in days
+        ],
+    )
+    connection.execute(_ALLOCATE_KITS, {"kit_ids": [kit.id for kit in chosen]})
+    connection.execute(_TAKE_SLOT, {"stratum_id": target.stratum_id})
+    position = target.used + 1
+    allocated = [AllocatedKit(kit.kit_number, day.label) for day, kit in days]
     ctx.audit.record(
         session,
         actor=actor,
@@ -415,13 +500,13 @@ def _randomize_in(
             "kits": [{"kit": k.kit_number, "day": k.day} for k in allocated],
         },
         # AUD-05: the arm and the list position go into the entry sealed, never in clear.
-        sealed={"arm": arm, "stratum": key, "position": stratum.used, "list": active.label},
+        sealed={"arm": arm, "stratum": key, "position": position, "list": target.label},
         at=now,
     )
     _notify(
         session,
         trial,
-        site,
+        site.id,
         "pharmacist",
         "dispensation_request",
         number,
@@ -430,8 +515,8 @@ def _randomize_in(
         f"{actor.name}. Kits to dispense: " + ", ".join(f"{k.day} {k.kit_number}" for k in allocated) + ".",
         now,
     )
-    remaining = stratum.capacity - stratum.used
-    if remaining <= stratum.alert_remaining:
+    remaining = target.capacity - position
+    if remaining <= target.alert_remaining:
         # RND-11: the statistician learns that a stratum runs low; the message names no count of
         # arms and no position, and only the unblinded statistician receives it.
         _notify(
@@ -442,36 +527,88 @@ def _randomize_in(
             "capacity_low",
             None,
             f"Stratum running low: {key}",
-            f"The stratum {key} of {active.label} has {remaining} unused slot(s) left. Consider an extension.",
+            f"The stratum {key} of {target.label} has {remaining} unused slot(s) left. Consider an extension.",
             now,
         )
     return RandomizationResult(number, randomization_number, tuple(allocated), now, site.code)
 
 
+@dataclass(frozen=True, slots=True)
+class _NoStratum:
+    """The active list has no row for the stratum (a damaged list): refused after the kit check."""
+
+    list_id: int
+    label: str
+
+
+def _lock_target(session: Session, trial: Trial, mode: ListMode, key: str) -> _Target | _NoStratum:
+    """The active list and its stratum `key`, the stratum's row locked. Raises NoActiveList, or
+    ListIntegrityFailure while the list's last integrity check failed (RND-10, ACC-15). One
+    statement unless something is wrong."""
+    row = (
+        session.connection()
+        .execute(_LOCK_ACTIVE_STRATUM, {"trial_id": trial.id, "mode": mode.value, "key": key})
+        .one_or_none()
+    )
+    if row is not None:
+        target: _Target | _NoStratum = _Target(
+            row.id,
+            row.label,
+            row.stratum_id,
+            row.key,
+            row.used,
+            row.capacity,
+            row.alert_remaining,
+            row.storage_sha256,
+        )
+        blocked = row.last_check_ok is not None and not row.last_check_ok
+    else:
+        active = lists.active_list(session, trial.id, mode)
+        if active is None:
+            raise NoActiveList(f"{trial.code} has no active {mode.value.upper()} randomization list")
+        target = _NoStratum(active.id, active.label)
+        blocked = lists.list_blocked(session, active.id)
+    if blocked:
+        raise lists.ListIntegrityFailure(
+            f"{target.label} failed its last integrity check: randomization is blocked"
+        )
+    return target
+
+
 def _next_slot(
-    ctx: ServiceContext,
-    session: Session,
-    actor: Actor,
-    trial: Trial,
-    active: RandomizationList,
-    stratum: Stratum,
+    ctx: ServiceContext, session: Session, actor: Actor, trial: Trial, target: _Target
 ) -> tuple[str, str, int]:
-    """The next unused slot of the stratum (RND-05), after re-checking the stratum's stored slots
-    against their digest (RND-10)."""
-    if stratum.used >= stratum.capacity:
+    """The next unused slot of the stratum (RND-05), after re-checking every stored slot of the
+    stratum against the stratum's digest (RND-10): a changed, added or removed slot anywhere in the
+    stratum blocks it, not only the slot about to be used. The slot taken is among the rows hashed,
+    so one read serves both."""
+    if target.used >= target.capacity:
         raise StratumExhausted(
-            f"the randomization list of stratum {stratum.key} is exhausted: nothing was allocated; the unblinded "
+            f"the randomization list of stratum {target.key} is exhausted: nothing was allocated; the unblinded "
             "statistician must extend the list (RND-11)"
         )
-    if lists.stratum_storage_digest(session, stratum.id) != stratum.storage_sha256:
+    rows = session.connection().execute(_STRATUM_SLOTS, {"stratum_id": target.stratum_id}).all()
+    if lists.storage_digest(row[:3] for row in rows) != target.storage_sha256:
         raise lists.ListIntegrityFailure(
-            f"the slots of stratum {stratum.key} differ from their recorded digest: randomization is blocked (RND-10)"
+            f"the slots of stratum {target.key} differ from their recorded digest: randomization is blocked (RND-10)"
         )
-    slot = session.execute(
-        select(Slot).where(Slot.stratum_id == stratum.id, Slot.position == stratum.used + 1)
-    ).scalar_one()
-    record = arm_access.slot_record_in(session, ctx, actor, trial.code, active.label, stratum.key, slot)
-    return record.arm, slot.randomization_number, slot.id
+    if len(rows) <= target.used or rows[target.used].position != target.used + 1:
+        raise lists.ListIntegrityFailure(
+            f"the stratum {target.key} has no slot at position {target.used + 1}: randomization is blocked (RND-10)"
+        )
+    position, number, sealed, slot_id = rows[target.used]
+    record = arm_access.slot_record_in(
+        session,
+        ctx,
+        actor,
+        trial.code,
+        target.label,
+        target.key,
+        position=position,
+        randomization_number=number,
+        sealed=bytes(sealed),
+    )
+    return record.arm, number, slot_id
 
 
 def _minimize(
@@ -479,8 +616,7 @@ def _minimize(
     session: Session,
     actor: Actor,
     trial: Trial,
-    active: RandomizationList,
-    stratum: Stratum,
+    target: _Target,
     levels: dict[str, str],
     definition: TrialDefinition,
     now: datetime,
@@ -488,7 +624,7 @@ def _minimize(
     """Pocock-Simon allocation from the seed and the order of arrivals; the decision record (arm
     and imbalance figures) is stored sealed for the statistician."""
     locked = session.execute(
-        select(RandomizationList).where(RandomizationList.id == active.id).with_for_update()
+        select(RandomizationList).where(RandomizationList.id == target.list_id).with_for_update()
     ).scalar_one()
     total = session.execute(
         select(func.count())
@@ -498,7 +634,7 @@ def _minimize(
     design = definition.randomization
     if not isinstance(design, MinimizationRandomization):  # pragma: no cover - the caller checked
         raise NoActiveList("the list is not a minimization list")
-    if total >= design.max_subjects or stratum.used >= stratum.capacity:
+    if total >= design.max_subjects or target.used >= target.capacity:
         raise StratumExhausted("the minimization capacity is reached: nothing was allocated (RND-11)")
     factors = tuple(
         minimization_core.Factor(
@@ -528,7 +664,7 @@ def _minimize(
     row = MinimizationDecision(
         list_id=locked.id,
         arrival=total + 1,
-        stratum_id=stratum.id,
+        stratum_id=target.stratum_id,
         randomization_number=number,
         sealed=crypto.seal_json(
             ctx.ring,
@@ -543,20 +679,10 @@ def _minimize(
     return decision.arm, number, None, row.id
 
 
-def _subject_number(session: Session, trial: Trial, site: Site) -> str:
-    """Per-site sequence (the site row is locked by the caller): P1-001, P1-002 ..."""
-    count = session.execute(
-        select(func.count())
-        .select_from(Subject)
-        .where(Subject.trial_id == trial.id, Subject.site_id == site.id)
-    ).scalar_one()
-    return f"{site.code}-{count + 1:03d}"
-
-
 def _notify(
     session: Session,
     trial: Trial,
-    site: Site | None,
+    site_id: int | None,
     audience: str,
     kind: str,
     subject_number: str | None,
@@ -564,17 +690,18 @@ def _notify(
     body: str,
     now: datetime,
 ) -> None:
-    session.add(
-        Notification(
-            trial_id=trial.id,
-            site_id=site.id if site else None,
-            audience=audience,
-            kind=kind,
-            subject_number=subject_number,
-            title=title,
-            body=body,
-            created_at=now,
-        )
+    session.connection().execute(
+        _INSERT_NOTIFICATION,
+        {
+            "trial_id": trial.id,
+            "site_id": site_id,
+            "audience": audience,
+            "kind": kind,
+            "subject_number": subject_number,
+            "title": title,
+            "body": body,
+            "created_at": now,
+        },
     )
 
 

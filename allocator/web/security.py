@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from flask import Flask, Response, current_app, g, redirect, request, session, url_for
 from flask_wtf.csrf import CSRFProtect
-from sqlalchemy import select
+from sqlalchemy import Row, and_, bindparam, select
+from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response as BaseResponse
 
 from allocator.audit import SYSTEM_CHAIN, Action, Actor
@@ -44,6 +46,8 @@ _FORCED_STEP_ENDPOINTS = {
 class TrialContext:
     id: int
     code: str
+    # Codes of the trial's sites named in the user's grants (read with the trial, for `actor`).
+    site_codes: Mapping[int, str] = field(default_factory=dict)
 
 
 def ctx() -> ServiceContext:
@@ -88,9 +92,11 @@ def actor(permission: Permission) -> Actor:
     if trial is not None:
         site_id = auth.access.site_for(permission, trial.id)
         if site_id is not None:
-            with ctx().db.reading() as s:
-                site = s.get(Site, site_id)
-                site_code = site.code if site else None
+            site_code = trial.site_codes.get(site_id)
+            if site_code is None:  # pragma: no cover - the guard read every granted site of the trial
+                with ctx().db.reading() as s:
+                    site = s.get(Site, site_id)
+                    site_code = site.code if site else None
     c = client()
     return Actor(
         user_id=auth.user_id,
@@ -107,21 +113,31 @@ def is_api_request() -> bool:
     return request.path.startswith("/api/")
 
 
-def _authenticate(service: ServiceContext) -> Authenticated | None:
+def _authenticate(
+    service: ServiceContext, db_session: Session, later: list[Callable[[], None]]
+) -> Authenticated | None:
     header = request.headers.get("Authorization", "")
     if header:
         if not header.startswith("Bearer ") or not is_api_request():
             return None
         g.auth_method = "bearer"
-        return auth_service.resolve_bearer(service, header.removeprefix("Bearer ").strip())
+        return auth_service.resolve_bearer(service, header.removeprefix("Bearer ").strip(), db_session, later)
     token = session.get(SESSION_KEY)
     if not isinstance(token, str):
         return None
     g.auth_method = "session"
-    auth = auth_service.resolve_session(service, token)
+    auth = auth_service.resolve_session(service, token, db_session, later)
     if auth is None:
         session.clear()
     return auth
+
+
+# The trial of the URL and the codes of its sites that the user's grants name, in one statement.
+_TRIAL_AND_GRANTED_SITES = (
+    select(Trial.id, Trial.code, Site.id.label("site_id"), Site.code.label("site_code"))
+    .outerjoin(Site, and_(Site.trial_id == Trial.id, Site.id.in_(bindparam("site_ids", expanding=True))))
+    .where(Trial.code == bindparam("code"))
+)
 
 
 def _guard() -> BaseResponse | None:
@@ -137,7 +153,19 @@ def _guard() -> BaseResponse | None:
         log_event("endpoint without a declared permission refused", endpoint=request.endpoint)
         raise Forbidden("this page is not available")
     service = ctx()
-    auth = _authenticate(service)
+    trial_code = (request.view_args or {}).get("trial")
+    # One read transaction for the user, their roles as of now (BLD-11) and the trial.
+    later: list[Callable[[], None]] = []  # writes (session expiry, last use) run after the read
+    with service.db.reading() as db_session:
+        auth = _authenticate(service, db_session, later)
+        rows: Sequence[Row[int, str, int, str]] = ()
+        if auth is not None and trial_code is not None:
+            granted = sorted({grant.site_id for grant in auth.access.grants if grant.site_id is not None})
+            rows = db_session.execute(
+                _TRIAL_AND_GRANTED_SITES, {"code": trial_code, "site_ids": granted}
+            ).all()
+    for write in later:
+        write()
     if auth is None:
         if is_api_request():
             raise Unauthenticated("a valid bearer token or session is required")
@@ -149,14 +177,15 @@ def _guard() -> BaseResponse | None:
         # bearer requests carry no cookie, so a cookie-authenticated API call is checked here.
         csrf.protect()
     trial_id = None
-    trial_code = (request.view_args or {}).get("trial")
     if trial_code is not None:
-        with service.db.reading() as s:
-            row = s.execute(select(Trial.id, Trial.code).where(Trial.code == trial_code)).first()
-        if row is None:
+        if not rows:
             raise NotFound(f"no trial {trial_code!r}")
-        g.trial = TrialContext(id=row.id, code=row.code)
-        trial_id = row.id
+        g.trial = TrialContext(
+            id=rows[0].id,
+            code=rows[0].code,
+            site_codes={row.site_id: row.site_code for row in rows if row.site_id is not None},
+        )
+        trial_id = rows[0].id
     if not auth.access.has(permission, trial_id):
         _record_denial(service, auth, permission, trial_code)
         raise Forbidden("your roles do not allow this")

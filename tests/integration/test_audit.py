@@ -5,7 +5,8 @@ outside the database; any altered, deleted, inserted or reordered entry is found
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import IntegrityError
 
 from allocator import audit, dbguards
 from allocator.audit import Action, AuditLog
@@ -201,8 +202,10 @@ def test_sealed_values_are_stored_encrypted(ctx: ServiceContext) -> None:
             sealed={"arm": "A"},
             at=ctx.now(),
         )
-        sealed = event.sealed_values
-    assert sealed is not None and b'"arm"' not in sealed
+    # The entry is written (and its values sealed) when the unit of work commits.
+    with ctx.db.reading() as s:
+        stored = s.execute(select(AuditEvent.sealed_values).where(AuditEvent.chain == CHAIN)).scalar_one()
+    assert stored is not None and b'"arm"' not in stored and stored == event.sealed_values
     assert verify(ctx).ok
 
 
@@ -232,3 +235,123 @@ def test_explicit_checkpoint_signs_the_tail(ctx: ServiceContext) -> None:
     with ctx.db.unit_of_work() as session:
         assert ctx.audit.checkpoint(session, CHAIN, ctx.now()) is None
     assert verify(ctx).unsigned_tail == 0
+
+
+# --- entries are queued and written just before the commit (issue 6) ----------------------------
+
+
+def _record(log: AuditLog, session, chain: str, i: int, at=None) -> None:  # type: ignore[no-untyped-def]
+    log.record(
+        session,
+        actor=CLI_ACTOR,
+        chain=chain,
+        action=Action.USER_UPDATED,
+        object_type="user",
+        object_id=f"{chain}-{i}",
+        new={"i": i},
+        sealed={"secret": i} if i % 7 == 0 else None,
+        at=at,
+    )
+
+
+@pytest.mark.req("AUD-03")
+def test_many_entries_of_one_transaction_keep_their_order_on_each_chain(ctx: ServiceContext) -> None:
+    log = AuditLog(ring=ctx.ring, checkpoint_every=100)
+    other = "OTHERCHAIN"
+    with ctx.db.unit_of_work() as session:
+        for i in range(1, 251):
+            _record(log, session, CHAIN if i % 3 else other, i, ctx.now())
+        # Nothing is written before the commit ...
+        assert session.info.get("allocator.audit.queue") is not None
+    # ... and then everything, in the order recorded, each chain numbered from 1 without a gap.
+    with ctx.db.reading() as s:
+        for chain, expected in (
+            (CHAIN, [i for i in range(1, 251) if i % 3]),
+            (other, [i for i in range(1, 251) if not i % 3]),
+        ):
+            rows = s.execute(
+                select(AuditEvent.seq, AuditEvent.object_id)
+                .where(AuditEvent.chain == chain)
+                .order_by(AuditEvent.seq)
+            ).all()
+            assert [seq for seq, _ in rows] == list(range(1, len(expected) + 1))
+            assert [object_id for _, object_id in rows] == [f"{chain}-{i}" for i in expected]
+            checkpoints = s.execute(
+                select(AuditCheckpoint.seq)
+                .where(AuditCheckpoint.chain == chain)
+                .order_by(AuditCheckpoint.seq)
+            ).scalars()
+            # As when entries were written one by one: the first entry, then every 100.
+            assert list(checkpoints) == [s for s in (1, 101) if s <= len(expected)]
+        assert audit.verify_chain(s.connection(), ctx.ring, CHAIN).ok
+        assert audit.verify_chain(s.connection(), ctx.ring, other).ok
+
+
+@pytest.mark.req("AUD-04")
+def test_a_failed_transaction_leaves_no_entry_and_no_gap(ctx: ServiceContext) -> None:
+    log = AuditLog(ring=ctx.ring)
+    with pytest.raises(RuntimeError), ctx.db.unit_of_work() as session:
+        for i in range(1, 4):
+            _record(log, session, CHAIN, i, ctx.now())
+        raise RuntimeError("the change failed")
+    with ctx.db.unit_of_work() as session:
+        _record(log, session, CHAIN, 4, ctx.now())
+    with ctx.db.reading() as s:
+        rows = s.execute(select(AuditEvent.seq, AuditEvent.object_id).where(AuditEvent.chain == CHAIN)).all()
+    assert [tuple(r) for r in rows] == [(1, f"{CHAIN}-4")]
+    assert verify(ctx).ok
+
+
+@pytest.mark.req("AUD-04")
+def test_a_failing_audit_write_rolls_the_change_back(ctx: ServiceContext) -> None:
+    from allocator.models import LoginThrottle
+
+    fill(ctx, 3)
+    # Something already holds the next sequence number: the entry cannot be written.
+    with ctx.db.unit_of_work() as session:
+        session.execute(
+            text(
+                "INSERT INTO audit_event (chain, seq, at, actor_username, actor_name, actor_role, action, "
+                "object_type, object_id, request_id, software_version, prev_hash, hash) VALUES "
+                "(:c, 4, '2026-01-01T00:00:00.000000Z', 'x', 'x', 'x', 'x', 'x', 'x', 'x', 'x', :h, :h)"
+            ),
+            {"c": CHAIN, "h": "0" * 64},
+        )
+    with pytest.raises(IntegrityError), ctx.db.unit_of_work() as session:
+        session.add(LoginThrottle(key="business-change", failures=0, window_started_at=ctx.now()))
+        session.flush()
+        _record(AuditLog(ring=ctx.ring), session, CHAIN, 99, ctx.now())
+    with ctx.db.reading() as s:
+        assert s.execute(select(LoginThrottle).where(LoginThrottle.key == "business-change")).first() is None
+        assert s.execute(select(AuditEvent).where(AuditEvent.object_id == f"{CHAIN}-99")).first() is None
+
+
+def test_entries_read_back_in_the_same_transaction_are_there(ctx: ServiceContext) -> None:
+    log = AuditLog(ring=ctx.ring)
+    with ctx.db.unit_of_work() as session:
+        _record(log, session, CHAIN, 1, ctx.now())
+        _record(log, session, CHAIN, 2, ctx.now())
+        seen = session.execute(
+            select(AuditEvent.object_id).where(AuditEvent.chain == CHAIN).order_by(AuditEvent.seq)
+        ).scalars()
+        assert list(seen) == [f"{CHAIN}-1", f"{CHAIN}-2"]
+        _record(log, session, CHAIN, 3, ctx.now())
+    with ctx.db.reading() as s:
+        assert s.execute(select(func.max(AuditEvent.seq)).where(AuditEvent.chain == CHAIN)).scalar() == 3
+    assert verify(ctx).ok
+
+
+def test_an_entry_recorded_in_a_rolled_back_savepoint_is_gone(ctx: ServiceContext) -> None:
+    log = AuditLog(ring=ctx.ring)
+    with ctx.db.unit_of_work() as session:
+        _record(log, session, CHAIN, 1, ctx.now())
+        savepoint = session.begin_nested()
+        _record(log, session, CHAIN, 2, ctx.now())
+        savepoint.rollback()
+        _record(log, session, CHAIN, 3, ctx.now())
+    with ctx.db.reading() as s:
+        kept = s.execute(
+            select(AuditEvent.object_id).where(AuditEvent.chain == CHAIN).order_by(AuditEvent.seq)
+        )
+        assert list(kept.scalars()) == [f"{CHAIN}-1", f"{CHAIN}-3"]
+    assert verify(ctx).ok
