@@ -192,19 +192,30 @@ class Preview:
     strata_labels: dict[str, str] = field(default_factory=dict)
 
 
-def preview(ctx: ServiceContext, trial_code: str, request: RandomizationRequest) -> Preview:
-    """Validate everything without writing anything (the confirmation screen)."""
+def preview(ctx: ServiceContext, trial_code: str, request: RandomizationRequest, scope: Scope) -> Preview:
+    """Validate everything without writing anything (the confirmation screen): the same checks,
+    in the same words, as `randomize`, so that nothing is confirmed that would then be refused."""
     with ctx.db.reading() as session:
-        definition = current_definition(session, get_trial(session, trial_code))
+        trial = get_trial(session, trial_code)
+        definition = current_definition(session, trial)
+        site = session.execute(
+            select(Site).where(Site.trial_id == trial.id, Site.code == request.site.strip())
+        ).scalar_one_or_none()
+    if site is None or not scope.allows_site(site.id):
+        raise ValidationFailed(
+            f"no site {request.site!r} within your reach", errors=[FieldProblem("site", "unknown site")]
+        )
+    if site.status != SiteStatus.ACTIVE.value:
+        raise SiteNotActive(f"site {site.code} is {site.status}: it cannot randomize (RND-14)")
     screening = _screening_number(definition, request.screening_number)
-    levels = _strata_levels(definition, request.site, request.strata)
+    levels = _strata_levels(definition, site.code, request.strata)
     result = _eligibility(definition, request.eligibility, ctx.now())
     labels = {}
     for factor in definition.stratification:
         level = next((lv for lv in factor.levels if lv.code == levels[factor.code]), None)
         labels[factor.label.en] = level.label.en if level else levels[factor.code]
     return Preview(
-        request.site,
+        site.code,
         screening,
         result.eligible,
         tuple((f.criterion, f.message) for f in result.failures),

@@ -3,7 +3,7 @@ the pharmacy queue, dispensing and the sheet; the bedside scan. All blinded."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -102,11 +102,21 @@ def randomize(trial: str) -> Response:
     """Two steps: `preview` shows the strata back (the commonest field error is a wrong stratum);
     `confirm` allocates. Ineligible patients are recorded in the screening log at `confirm`."""
     req = _request_from_form()
+    if _form("step") == "edit":  # back from the confirmation step, every answer kept
+        return _randomize_page()
     try:
         if _form("step") != "confirm":
-            preview = subjects.preview(ctx(), trial, req)
+            preview = subjects.preview(ctx(), trial, req, scope(Permission.SUBJECT_RANDOMIZE))
+            definition = trial_definition(ctx(), trial)
+            site_factor = next(f.label.en for f in definition.stratification if f.source == "site")
             return Response(
-                render_template("subjects/confirm.html", trial=trial, preview=preview, values=request.form),
+                render_template(
+                    "subjects/confirm.html",
+                    trial=trial,
+                    preview=preview,
+                    values=request.form,
+                    site_factor=site_factor,
+                ),
                 mimetype="text/html",
             )
         result = subjects.randomize(
@@ -146,11 +156,14 @@ def subject_page(trial: str, subject: str) -> str:
     definition = trial_definition(ctx(), trial)
     access = current_user().access
     trial_id = current_trial().id
+    level_labels = {f.code: {lv.code: lv.label.en for lv in f.levels} for f in definition.stratification}
     return render_template(
         "subjects/detail.html",
         trial=trial,
         subject=view,
         definition=definition,
+        factor_labels={f.code: f.label.en for f in definition.stratification},
+        level_labels=level_labels,
         can_correct=access.has(Permission.SUBJECT_CORRECT, trial_id),
         can_dispense=access.has(Permission.DISPENSATION_DISPENSE, trial_id),
         can_prepare=access.has(Permission.DISPENSATION_PREPARE, trial_id),
@@ -333,13 +346,13 @@ def bedside(trial: str) -> Response:
             )
         except DomainError as exc:
             error, status = exc, exc.status
+    days = [d.label for d in definition.dispensing.schedule]
+    values: Mapping[str, str] = request.form if error else {}
+    if result is not None and result.day in days[:-1]:
+        # Ready for the same patient's next dose; the label field stays empty for the next scan.
+        values = {"subject_number": result.subject_number, "day": days[days.index(result.day) + 1]}
     html = render_template(
-        "subjects/bedside.html",
-        trial=trial,
-        days=[d.label for d in definition.dispensing.schedule],
-        result=result,
-        error=error,
-        values=request.form if error else {},
+        "subjects/bedside.html", trial=trial, days=days, result=result, error=error, values=values
     )
     return Response(html, status=status, mimetype="text/html")
 

@@ -46,7 +46,10 @@ def _local_time(name: str, trial: str) -> datetime:
 
 
 def _page(template: str, http_status: int = 200, **values: object) -> Response:
-    return Response(render_template(template, **values), status=http_status, mimetype="text/html")
+    trial = str(values.get("trial", ""))
+    phone = trial_definition(ctx(), trial).sponsor.emergency_phone if trial else ""
+    html = render_template(template, emergency_phone=phone, **values)
+    return Response(html, status=http_status, mimetype="text/html")
 
 
 # --- emergency unblinding -------------------------------------------------------------------

@@ -93,3 +93,42 @@ def shot(page, name: str) -> Path:  # type: ignore[no-untyped-def]
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+@pytest.fixture
+def new_page(browser):  # type: ignore[no-untyped-def]
+    """A factory of pages, each in its own browser context (its own cookies), closed afterwards."""
+    contexts = []
+
+    def factory(viewport: dict[str, int]):  # type: ignore[no-untyped-def]
+        context = browser.new_context(viewport=viewport)
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(10_000)
+        return page
+
+    yield factory
+    for context in contexts:
+        context.close()
+
+
+def sign_in_browser(  # type: ignore[no-untyped-def]
+    new_page, live: LiveServer, username: str, viewport: dict[str, int], *, totp_code: str | None = None
+):
+    """Sign in through the login page (and the second-factor page when a code is given), then open
+    the IFN-γ trial's page."""
+    from tests.support import GOOD_PASSWORD
+
+    page = new_page(viewport)
+    page.goto(live.url + "/login")
+    page.get_by_label("User name").fill(username)
+    page.get_by_label("Password").fill(GOOD_PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    if totp_code is not None:
+        page.wait_for_url("**/account/totp")
+        page.get_by_label("Code").fill(totp_code)
+        page.get_by_role("button", name="Continue").click()
+    page.wait_for_url(live.url + "/")
+    page.get_by_role("link", name="IFN-gamma PAIS").click()
+    page.wait_for_url("**/trials/IFNG-PAIS")
+    return page

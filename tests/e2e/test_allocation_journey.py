@@ -19,6 +19,7 @@ import kits as kitlib
 from allocator.permissions import Scope
 from allocator.services import dispensing, kits, signatures, subjects
 from tests.e2e.conftest import ARTIFACTS, LiveServer, shot
+from tests.e2e.conftest import sign_in_browser as sign_in
 from tests.support import GOOD_PASSWORD, eligible_on, ready_trial
 
 pytestmark = pytest.mark.e2e
@@ -30,35 +31,7 @@ PHONE = {"width": 412, "height": 915}
 DESKTOP = {"width": 1280, "height": 900}
 GREEN = "rgb(209, 250, 229)"  # .scan-ok background
 RED = "rgb(254, 226, 226)"  # .scan-bad background
-
-
-@pytest.fixture
-def new_page(browser):  # type: ignore[no-untyped-def]
-    """A factory of pages, each in its own browser context (its own cookies), closed afterwards."""
-    contexts = []
-
-    def factory(viewport: dict[str, int]):  # type: ignore[no-untyped-def]
-        context = browser.new_context(viewport=viewport)
-        contexts.append(context)
-        page = context.new_page()
-        page.set_default_timeout(10_000)
-        return page
-
-    yield factory
-    for context in contexts:
-        context.close()
-
-
-def sign_in(new_page, live: LiveServer, username: str, viewport: dict[str, int]):  # type: ignore[no-untyped-def]
-    page = new_page(viewport)
-    page.goto(live.url + "/login")
-    page.get_by_label("User name").fill(username)
-    page.get_by_label("Password").fill(GOOD_PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(live.url + "/")
-    page.get_by_role("link", name="IFN-gamma PAIS").click()
-    page.wait_for_url(f"**/trials/{TRIAL}")
-    return page
+AMBER = "rgb(254, 243, 199)"  # .scan-warn background
 
 
 def fill_randomization_form(page, screening: str, answers: dict[str, object], cause: str) -> None:  # type: ignore[no-untyped-def]
@@ -191,13 +164,21 @@ def test_randomize_dispense_print_and_give_three_doses(live_server: LiveServer, 
     nurse = sign_in(new_page, live_server, "nurse-p1", PHONE)
     nurse.get_by_role("link", name="Bedside scan").click()
     expect(nurse.get_by_role("heading", name="Bedside check", exact=True)).to_be_visible()
+    # D1 is on its day: green. D2 and D3, given minutes later for the test, are a day or two early:
+    # recorded, but in amber with the planned date in large type, so that it cannot be missed.
     for letter, day in zip("abc", DAYS, strict=True):
         scan_at_bedside(nurse, subject_number, day, payloads[day])
-        ok = nurse.locator(".scan-ok")
+        early = day != "D1"
+        ok = nurse.locator(".scan-warn" if early else ".scan-ok")
         expect(ok).to_be_visible()
-        assert f"✔ {subject_number} · {day}" in ok.inner_text()
+        assert f"{'⚠' if early else '✔'} {subject_number} · {day}" in ok.inner_text()
         assert shown[day] in ok.inner_text()
-        assert ok.evaluate("e => getComputedStyle(e).backgroundColor") == GREEN
+        assert ok.evaluate("e => getComputedStyle(e).backgroundColor") == (AMBER if early else GREEN)
+        if early:
+            assert f"Check: {day} was planned for" in ok.inner_text()
+        if day != DAYS[-1]:  # the form is ready for the same patient's next dose
+            expect(nurse.get_by_label("Patient's subject number", exact=False)).to_have_value(subject_number)
+            expect(nurse.get_by_label("Dose")).to_have_value(DAYS[DAYS.index(day) + 1])
         shot(nurse, f"29{letter}-nurse-{day}-given")
     given = subjects.subject(ctx, TRIAL, subject_number, ALL)
     assert [d.status for d in given.days] == ["administered"] * 3

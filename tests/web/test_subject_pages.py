@@ -1,0 +1,262 @@
+"""The investigator's, pharmacist's and nurse's pages on their error paths: every refusal names its
+field, shows what was entered, changes nothing and is never a 500 (issue 6; RND-05, RND-06, LBL-09)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import func, select
+
+import kits as kitlib
+from allocator.models import ScreeningEntry, Subject
+from allocator.permissions import Scope
+from allocator.services import accounts, dispensing, kits, signatures, subjects
+from allocator.services.context import ServiceContext
+from tests.support import CLI_ACTOR, ELIGIBLE, GOOD_PASSWORD, Clock, ReadyTrial, ready_trial
+from tests.web.conftest import csrf_token, https_client, sign_in
+
+TRIAL = "IFNG-PAIS"
+ALL = Scope(all_sites=True, site_ids=frozenset())
+RANDOMIZE = f"/trials/{TRIAL}/randomize"
+
+
+def form(screening: str, **changes: str) -> dict[str, str]:
+    data = {f"eligibility.{k}": str(v) for k, v in ELIGIBLE.items()}
+    data.update({"site": "P1", "screening_number": screening, "strata.admission_cause": "septic"})
+    data.update(changes)
+    return data
+
+
+def counts(ctx: ServiceContext) -> tuple[int, int]:
+    with ctx.db.reading() as s:
+        return (
+            s.execute(select(func.count()).select_from(Subject)).scalar_one(),
+            s.execute(select(func.count()).select_from(ScreeningEntry)).scalar_one(),
+        )
+
+
+@pytest.fixture
+def world(ctx: ServiceContext) -> ReadyTrial:
+    return ready_trial(ctx)
+
+
+def client_for(app: Flask, username: str) -> FlaskClient:
+    client = https_client(app)
+    sign_in(client, username, GOOD_PASSWORD)
+    return client
+
+
+@pytest.mark.req("RND-05", "RND-06")
+def test_the_confirmation_step_shows_the_strata_once_and_lets_the_answers_be_corrected(
+    app: Flask, ctx: ServiceContext, world: ReadyTrial
+) -> None:
+    inv = client_for(app, "inv-p1")
+    preview = inv.post(
+        RANDOMIZE, data={**form("P1-0042"), "step": "preview", "csrf_token": csrf_token(inv, RANDOMIZE)}
+    )
+    page = preview.get_data(as_text=True)
+    assert preview.status_code == 200 and "Confirm the randomization" in page
+    assert page.count("<dt>Site</dt>") == 1 and "P1 – Paris" in page
+    assert "<dt>Cause of ICU admission</dt><dd><strong>Septic</strong></dd>" in page
+    assert counts(ctx) == (0, 0)  # nothing written by the preview
+
+    # "Correct the answers" goes back to the form with every answer kept.
+    hidden = dict(
+        re.findall(
+            r'<input type="hidden" name="([^"]+)" value="([^"]*)">',
+            page.split("Correct the answers")[0].rsplit("<form", 1)[1],
+        )
+    )
+    assert hidden["step"] == "edit" and hidden["screening_number"] == "P1-0042"
+    back = inv.post(RANDOMIZE, data=hidden)
+    form_page = back.get_data(as_text=True)
+    assert back.status_code == 200 and "Randomize a patient" in form_page
+    assert 'value="P1-0042"' in form_page and counts(ctx) == (0, 0)
+
+    done = inv.post(
+        RANDOMIZE, data={**form("P1-0042"), "step": "confirm", "csrf_token": csrf_token(inv, RANDOMIZE)}
+    )
+    assert done.status_code == 201 and "P1-001" in done.get_data(as_text=True)
+    subject_page = inv.get(f"/trials/{TRIAL}/subjects/P1-001").get_data(as_text=True)
+    assert "<dt>Cause of ICU admission</dt><dd>Septic" in subject_page  # labels, not codes
+    again = inv.post(
+        RANDOMIZE, data={**form("P1-0042"), "step": "confirm", "csrf_token": csrf_token(inv, RANDOMIZE)}
+    )
+    assert again.status_code == 409 and "already" in again.get_data(as_text=True).lower()
+    assert counts(ctx) == (1, 1)
+
+
+@pytest.mark.req("RND-05")
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"screening_number": ""}, "screening_number"),
+        ({"screening_number": "Dupont Jean"}, "screening_number"),
+        ({"site": "P9"}, "site"),
+        ({"strata.admission_cause": "unknown"}, "admission_cause"),
+        ({"eligibility.sofa_24h": "a lot"}, "sofa_24h"),
+    ],
+)
+def test_a_bad_field_is_named_and_nothing_is_written(
+    app: Flask, ctx: ServiceContext, world: ReadyTrial, changes: dict[str, str], field: str
+) -> None:
+    inv = client_for(app, "inv-p1")
+    for step in ("preview", "confirm"):
+        response = inv.post(
+            RANDOMIZE,
+            data={**form("P1-0042", **changes), "step": step, "csrf_token": csrf_token(inv, RANDOMIZE)},
+        )
+        page = response.get_data(as_text=True)
+        assert response.status_code in (404, 422), (step, response.status_code)
+        assert field in page, (step, field)
+    assert counts(ctx) == (0, 0)
+
+
+@pytest.mark.req("RND-06")
+def test_an_ineligible_patient_goes_to_the_screening_log_only(
+    app: Flask, ctx: ServiceContext, world: ReadyTrial
+) -> None:
+    inv = client_for(app, "inv-p1")
+    bad = form("P1-0043", **{"eligibility.sofa_24h": "3"})
+    preview = inv.post(RANDOMIZE, data={**bad, "step": "preview", "csrf_token": csrf_token(inv, RANDOMIZE)})
+    assert "The patient is not eligible" in preview.get_data(as_text=True) and counts(ctx) == (0, 0)
+    recorded = inv.post(RANDOMIZE, data={**bad, "step": "confirm", "csrf_token": csrf_token(inv, RANDOMIZE)})
+    assert recorded.status_code == 422 and counts(ctx) == (0, 1)
+    log = inv.get(f"/trials/{TRIAL}/screening").get_data(as_text=True)
+    assert "P1-0043" in log and "not eligible" in log
+
+
+@pytest.mark.req("LBL-09", "RND-05")
+def test_the_pharmacist_is_refused_a_wrong_kit_and_a_missing_signature(
+    app: Flask, ctx: ServiceContext, world: ReadyTrial
+) -> None:
+    request = subjects.RandomizationRequest(
+        site="P1",
+        screening_number="P1-0001",
+        eligibility=dict(ELIGIBLE),
+        strata={"admission_cause": "septic"},
+    )
+    first = subjects.randomize(ctx, world.investigator, TRIAL, request, ALL)
+    pharm = client_for(app, "pharm-p1")
+    page_path = f"/trials/{TRIAL}/subjects/{first.subject_number}"
+    path = f"{page_path}/dispense"
+    kits_of = {k.day: k.kit_number for k in first.kits}
+
+    wrong = {f"scan.{d}": n for d, n in kits_of.items()}
+    wrong["scan.D2"] = kits_of["D1"]
+    refused = pharm.post(
+        path,
+        data={**wrong, "password": GOOD_PASSWORD, "csrf_token": csrf_token(pharm, page_path)},
+        follow_redirects=True,
+    )
+    assert refused.status_code == 200 and "D2" in refused.get_data(as_text=True)
+    unsigned = pharm.post(
+        path,
+        data={**{f"scan.{d}": n for d, n in kits_of.items()}, "csrf_token": csrf_token(pharm, page_path)},
+        follow_redirects=True,
+    )
+    assert "password" in unsigned.get_data(as_text=True)
+    assert {d.status for d in subjects.subject(ctx, TRIAL, first.subject_number, ALL).days} == {"allocated"}
+
+    scanned = {
+        f"scan.{d}": kitlib.build_payload(TRIAL, n, kits.KIT_UNIT, kits.mac(ctx)) for d, n in kits_of.items()
+    }
+    done = pharm.post(
+        path,
+        data={**scanned, "password": GOOD_PASSWORD, "csrf_token": csrf_token(pharm, page_path)},
+        follow_redirects=True,
+    )
+    assert "Dispensed (signed)" in done.get_data(as_text=True)
+    assert {d.status for d in subjects.subject(ctx, TRIAL, first.subject_number, ALL).days} == {"dispensed"}
+
+
+@pytest.mark.req("DIB-01", "LBL-09")
+def test_the_bedside_page_keeps_the_patient_for_the_next_dose_and_flags_an_early_one(
+    app: Flask, ctx: ServiceContext, world: ReadyTrial, clock: Clock
+) -> None:
+    request = subjects.RandomizationRequest(
+        site="P1",
+        screening_number="P1-0001",
+        eligibility=dict(ELIGIBLE),
+        strata={"admission_cause": "septic"},
+    )
+    first = subjects.randomize(ctx, world.investigator, TRIAL, request, ALL)
+    kits_of = {k.day: k.kit_number for k in first.kits}
+    dispensing.dispense(
+        ctx,
+        world.pharmacist,
+        TRIAL,
+        first.subject_number,
+        kits_of,
+        scope=ALL,
+        signature=signatures.SignatureRequest(password=GOOD_PASSWORD),
+    )
+    label = {d: kitlib.build_payload(TRIAL, n, d, kits.mac(ctx)) for d, n in kits_of.items()}
+    nurse = client_for(app, "nurse-p1")
+    path = f"/trials/{TRIAL}/bedside"
+
+    def scan(day: str, payload: str) -> tuple[int, str]:
+        response = nurse.post(
+            path,
+            data={
+                "subject_number": first.subject_number,
+                "day": day,
+                "payload": payload,
+                "csrf_token": csrf_token(nurse, path),
+            },
+        )
+        return response.status_code, response.get_data(as_text=True)
+
+    status, page = scan("D1", label["D2"])
+    assert status == 409 and "scan-bad" in page and "another day" in page.lower()
+    status, page = scan("D1", label["D1"])
+    assert status == 200 and 'class="scan-ok"' in page
+    # Ready for the same patient's next dose.
+    assert f'value="{first.subject_number}"' in page and "<option selected>D2</option>" in page
+    status, page = scan("D2", label["D2"])  # minutes after D1: recorded, but a day early
+    assert status == 200 and 'class="scan-warn"' in page and "Check: D2 was planned for" in page
+    status, page = scan("D2", label["D2"])
+    assert status == 409 and "scan-bad" in page
+
+
+@pytest.mark.req("RND-05", "RND-07")
+def test_the_api_answers_each_refusal_with_its_own_problem_type(
+    app: Flask, ctx: ServiceContext, world: ReadyTrial
+) -> None:
+    token = accounts.create_token(ctx, CLI_ACTOR, "inv-p1", "edc").token
+    client = app.test_client()
+
+    def post(body: object) -> tuple[int, dict[str, object]]:
+        response = client.post(
+            f"/api/v1/trials/{TRIAL}/subjects",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+            base_url="https://localhost",
+        )
+        return response.status_code, response.get_json()
+
+    body = {
+        "site": "P1",
+        "screening_number": "P1-0001",
+        "eligibility": ELIGIBLE,
+        "strata": {"admission_cause": "septic"},
+    }
+    assert post({**body, "arm": "A"})[0] == 422  # nobody chooses an arm or a slot
+    status, problem = post({**body, "eligibility": {**ELIGIBLE, "sofa_24h": 3}})
+    assert status == 422 and problem["type"] == "urn:allocator:problem:ineligible"
+    status, created = post(body)
+    assert status == 201 and set(created) == {
+        "subject_number",
+        "randomization_number",
+        "kits",
+        "randomized_at",
+    }
+    status, problem = post(body)
+    assert status == 409 and problem["type"] == "urn:allocator:problem:already-randomized"
+    status, problem = post({**body, "screening_number": "P1-0099", "site": "P2"})
+    assert status in (403, 404) and "arm" not in str(problem).lower()
+    status, problem = post([body, body])
+    assert status == 422 and problem["errors"] == [{"field": "body", "message": "expected a JSON object"}]
