@@ -30,7 +30,7 @@ from allocator.audit import Actor
 from allocator.db import Database
 from allocator.models import User
 from allocator.permissions import Scope
-from allocator.services import accounts, admin, kits, lists, notifications, signatures, trials
+from allocator.services import accounts, admin, codebreak, kits, lists, notifications, signatures, trials
 from allocator.services.context import ServiceContext
 from allocator.services.errors import DomainError
 from allocator.settings import Environment, Settings, SettingsError
@@ -433,22 +433,12 @@ def demo_command(port: int, host: str, demo_dir: Path, no_serve: bool) -> None:
 
 
 def _prepare_demo_trial(ctx: ServiceContext, actor: Actor, code: str, passwords: dict[str, str]) -> None:
-    """Make the demo usable at once: both sites active, the TEST list generated, approved and
-    activated with the demo statistician's signature (the one-time password is their password
-    until they change it), 96 kits generated and 24 shipped to and received at each site."""
+    """Make the demo usable at once: the TEST list generated, approved and activated with the demo
+    statistician's signature (the one-time password is their password until they change it), 96 kits
+    generated with their sealed code-break sheets (signed by the statistician too), both sites active
+    with that evidence (UNB-07), and 24 kits shipped to and received at each site."""
     today = ctx.now().date()
     everywhere = Scope(all_sites=True, site_ids=frozenset())
-    for site in ("P1", "P2"):
-        admin.activate_site(
-            ctx,
-            actor,
-            code,
-            site,
-            approval_date=today - timedelta(days=30),
-            delegation_log_date=today - timedelta(days=7),
-            scope=everywhere,
-            reason="demo: approvals recorded",
-        )
     generated = lists.generate_lists(ctx, actor, code, "test")
     with ctx.db.reading() as session:
         statistician = session.execute(select(User).where(User.username == "statistician")).scalar_one()
@@ -465,6 +455,22 @@ def _prepare_demo_trial(ctx: ServiceContext, actor: Actor, code: str, passwords:
     kits.generate_kit_list(
         ctx, actor, code, count=96, lot_code="DEMO-LOT-1", expiry=today + timedelta(days=365)
     )
+    sheets = codebreak.generate_sheets(ctx, signer, code, signature=signed)
+    for site in ("P1", "P2"):
+        admin.activate_site(
+            ctx,
+            actor,
+            code,
+            site,
+            approval_date=today - timedelta(days=30),
+            delegation_log_date=today - timedelta(days=7),
+            code_break_evidence=(
+                f"demo: sealed code-break sheets of every kit ({sheets.document_id}) held by the on-call "
+                "unblinded pharmacist"
+            ),
+            scope=everywhere,
+            reason="demo: approvals recorded",
+        )
     for site in ("P1", "P2"):
         shipment = kits.create_shipment(ctx, actor, code, site, 24)
         kits.ship(ctx, actor, code, shipment.number)

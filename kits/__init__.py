@@ -2,15 +2,19 @@
 
 Plain data in, text or PDF bytes out. No web framework, no database, no keys: the MAC used in QR
 payloads is a function the application passes in. Nothing here knows which arm a kit belongs to
-(BLD-01, BLD-03): no function takes an arm and no input type has an arm field.
+(BLD-01, BLD-03): no function takes an arm and no input type has an arm field. The one exception is
+`kits.codebreak`, whose sealed code-break sheets print an opaque `sealed_text` (the application
+passes the arm label) inside a box hidden under a fold-and-seal flap, for unblinded roles only.
 
 Modules: `kits.numbers` (kit numbers), `kits.payload` (QR payloads), `kits.qr` (QR symbols),
 `kits.model` (input types), `kits.labels` (label sheets), `kits.sheet` (dispensation sheets),
-`kits.pdf` and `kits.text` (shared PDF and text helpers), `kits.errors` (exceptions).
+`kits.codebreak` (sealed code-break sheets), `kits.pdf` and `kits.text` (shared PDF and text
+helpers), `kits.errors` (exceptions).
 """
 
 from __future__ import annotations
 
+from kits.codebreak import CodeBreakDocument, SealedSheet, render_code_break_sheets
 from kits.confirmation import ConfirmedKit, RandomizationConfirmation, render_randomization_confirmation
 from kits.errors import (
     BadMacError,
@@ -56,6 +60,7 @@ __all__ = [
     "PAYLOAD_PATTERN",
     "BadMacError",
     "Bilingual",
+    "CodeBreakDocument",
     "ConfirmedKit",
     "DispensationRow",
     "DispensationSheet",
@@ -79,6 +84,7 @@ __all__ = [
     "PayloadCheckDigitError",
     "PayloadError",
     "RandomizationConfirmation",
+    "SealedSheet",
     "TrialLabelInfo",
     "UnknownPayloadVersionError",
     "UnrenderableTextError",
@@ -90,6 +96,7 @@ __all__ = [
     "is_valid_kit_number",
     "normalize_kit_number",
     "parse_payload",
+    "render_code_break_sheets",
     "render_dispensation_sheet",
     "render_label_sheet",
     "render_randomization_confirmation",

@@ -105,6 +105,46 @@ def enroll_totp(ctx: ServiceContext, user_id: int, clock: Clock) -> bytes:
     return secret
 
 
+CODE_BREAK_EVIDENCE = "sealed code-break sheets of every kit held by the on-call unblinded pharmacist"
+CODE_BREAK_SIGNER = "codebreak-stat"
+
+
+def code_break_sheets(ctx: ServiceContext, signer: Actor | None = None, trial: str = "IFNG-PAIS") -> int:
+    """Generate, signed, the code-break sheets of every kit that has none yet: UNB-07 ships kits and
+    activates sites only then. Without `signer`, an unblinded statistician (CODE_BREAK_SIGNER,
+    password GOOD_PASSWORD) is created on first use. Returns the number of sheets generated."""
+    from sqlalchemy import select
+
+    from allocator.models import User
+    from allocator.services import auth, codebreak, signatures
+
+    if not codebreak.missing_sheets(ctx, trial):
+        return 0
+    if signer is None:
+        with ctx.db.reading() as session:
+            user_id = session.execute(select(User.id).where(User.username == CODE_BREAK_SIGNER)).scalar()
+        if user_id is None:
+            created = make_user(ctx, CODE_BREAK_SIGNER, "unblinded_statistician", trial=trial)
+            auth.change_password(
+                ctx,
+                created.user_id,
+                created.one_time_password,
+                GOOD_PASSWORD,
+                GOOD_PASSWORD,
+                auth.Client("192.0.2.1", "test", "setup"),
+            )
+            user_id = created.user_id
+        signer = Actor(
+            user_id=user_id,
+            username=CODE_BREAK_SIGNER,
+            name="Codebreak Stat",
+            role="unblinded_statistician",
+            request_id="test",
+        )
+    request = signatures.SignatureRequest(password=GOOD_PASSWORD)
+    return codebreak.generate_sheets(ctx, signer, trial, signature=request).sheets
+
+
 ELIGIBLE = {
     "age": 64,
     "icu_admission_date": "2026-02-24",
@@ -150,17 +190,6 @@ def ready_trial(ctx: ServiceContext, *, kits_per_site: int = 24, slots_text: str
     trials.load_trial(ctx, CLI_ACTOR, text, source_name="trials/ifn-gamma-pais.toml")
     everywhere = Scope(all_sites=True, site_ids=frozenset())
     today = ctx.now().date()
-    for site in ("P1", "P2"):
-        admin.activate_site(
-            ctx,
-            CLI_ACTOR,
-            "IFNG-PAIS",
-            site,
-            approval_date=date(2026, 1, 5),
-            delegation_log_date=date(2026, 2, 1),
-            scope=everywhere,
-            reason="approved",
-        )
     actors = {}
     for username, role, site in (
         ("inv-p1", "investigator", "P1"),
@@ -199,6 +228,20 @@ def ready_trial(ctx: ServiceContext, *, kits_per_site: int = 24, slots_text: str
             lot_code="LOT-1",
             expiry=today + timedelta(days=365),
         )
+        code_break_sheets(ctx, actors["stat"])  # UNB-07: before any activation or shipment
+    for site in ("P1", "P2"):
+        admin.activate_site(
+            ctx,
+            CLI_ACTOR,
+            "IFNG-PAIS",
+            site,
+            approval_date=date(2026, 1, 5),
+            delegation_log_date=date(2026, 2, 1),
+            code_break_evidence=CODE_BREAK_EVIDENCE,
+            scope=everywhere,
+            reason="approved",
+        )
+    if kits_per_site:
         for site in ("P1", "P2"):
             shipment = kits.create_shipment(ctx, CLI_ACTOR, "IFNG-PAIS", site, kits_per_site)
             kits.ship(ctx, CLI_ACTOR, "IFNG-PAIS", shipment.number)

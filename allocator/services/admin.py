@@ -26,6 +26,7 @@ from allocator.models import (
     User,
 )
 from allocator.permissions import UNBLINDED_ROLES, Scope, active
+from allocator.services import codebreak
 from allocator.services.accounts import one_time_password
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed
@@ -397,6 +398,7 @@ class SiteRow:
     approval_date: date | None
     delegation_log_date: date | None
     activated_at: datetime | None
+    code_break_evidence: str | None = None  # UNB-07
 
 
 def sites(ctx: ServiceContext, trial_code: str) -> list[SiteRow]:
@@ -413,6 +415,7 @@ def sites(ctx: ServiceContext, trial_code: str) -> list[SiteRow]:
                 approval_date=s.approval_date,
                 delegation_log_date=s.delegation_log_date,
                 activated_at=s.activated_at,
+                code_break_evidence=s.code_break_evidence,
             )
             for s in session.execute(
                 select(Site).where(Site.trial_id == trial.id).order_by(Site.code)
@@ -428,12 +431,17 @@ def activate_site(
     *,
     approval_date: date,
     delegation_log_date: date,
+    code_break_evidence: str,
     scope: Scope,
     reason: str,
 ) -> None:
-    """Activate a site for randomization once its approval and delegation records exist (RND-14).
+    """Activate a site for randomization once its approval and delegation records exist (RND-14)
+    and its offline code-break material is in place (UNB-07): every kit of the trial has a sealed
+    code-break sheet, and `code_break_evidence` says where the site's sheets are and who holds them
+    (stored on the site and in the audit entry).
 
-    Raises ValidationFailed for a missing or future date, Conflict if the site is not pending."""
+    Raises ValidationFailed for a missing or future date or missing evidence, Conflict if the site is
+    not pending or some kit has no code-break sheet yet."""
     reason = _reason(reason)
     now = ctx.now()
     problems = []
@@ -442,6 +450,16 @@ def activate_site(
         problems.append(FieldProblem("approval_date", "is in the future"))
     if delegation_log_date > today:
         problems.append(FieldProblem("delegation_log_date", "is in the future"))
+    evidence = code_break_evidence.strip()
+    if not evidence:
+        problems.append(
+            FieldProblem(
+                "code_break_evidence",
+                "say where the site's sealed code-break sheets are and who holds them (UNB-07)",
+            )
+        )
+    elif len(evidence) > 1000:
+        problems.append(FieldProblem("code_break_evidence", "at most 1000 characters"))
     if problems:
         raise ValidationFailed("the site cannot be activated", errors=problems)
     with ctx.db.unit_of_work() as session:
@@ -453,10 +471,17 @@ def activate_site(
             raise NotFound(f"no site {site_code!r} in {trial_code}")
         if site.status != SiteStatus.PENDING.value:
             raise Conflict(f"site {site_code} is {site.status}, not pending")
+        without = codebreak.kits_without_sheet(session, trial)
+        if without:
+            raise Conflict(
+                f"{without} kit(s) of {trial.code} have no code-break sheet: generate the code-break "
+                "sheets first (UNB-07)"
+            )
         site.status = SiteStatus.ACTIVE.value
         site.approval_date = approval_date
         site.delegation_log_date = delegation_log_date
         site.activated_at = now
+        site.code_break_evidence = evidence
         ctx.audit.record(
             session,
             actor=actor,
@@ -470,6 +495,7 @@ def activate_site(
                 "status": "active",
                 "approval_date": approval_date.isoformat(),
                 "delegation_log_date": delegation_log_date.isoformat(),
+                "code_break_evidence": evidence,
             },
             reason=reason,
             at=now,

@@ -32,7 +32,18 @@ from sqlalchemy.orm import Session
 import kits as kitlib
 from allocator import crypto
 from allocator.audit import Action, Actor
-from allocator.models import Batch, Kit, KitEvent, KitList, KitStatus, PrintedDocument, Shipment, Site, Trial
+from allocator.models import (
+    Batch,
+    CodeBreakSheet,
+    Kit,
+    KitEvent,
+    KitList,
+    KitStatus,
+    PrintedDocument,
+    Shipment,
+    Site,
+    Trial,
+)
 from allocator.permissions import Scope
 from allocator.randomization import BlockDesign, kit_arm_sequence, new_seed
 from allocator.services import arm_access, signatures
@@ -474,7 +485,8 @@ def create_shipment(
 ) -> ShipmentView:
     """Prepare a shipment of `count` kits from the depot to an active or pending site: the same
     number of kits of each arm (by ratio), chosen at random among the depot's usable kits of that
-    arm (an audited machine read of the depot's arms; nobody sees them)."""
+    arm (an audited machine read of the depot's arms; nobody sees them). Only kits that have their
+    sealed code-break sheet are eligible (UNB-07)."""
     now = ctx.now()
     with ctx.db.unit_of_work() as session:
         trial = get_trial(session, trial_code)
@@ -494,6 +506,8 @@ def create_shipment(
                     Kit.status == S.AT_DEPOT.value,
                     Kit.site_id.is_(None),
                     Kit.shipment_id.is_(None),  # not already in a prepared shipment
+                    # UNB-07: a kit leaves the depot only once its sealed code-break sheet exists.
+                    Kit.id.in_(select(CodeBreakSheet.kit_id).where(CodeBreakSheet.trial_id == trial.id)),
                 )
                 .with_for_update()
             ).scalars()
@@ -511,7 +525,8 @@ def create_shipment(
             if len(pool) < wanted:
                 # The message says only that the depot lacks balanced stock, never which arm (BLD-12).
                 raise Conflict(
-                    "the depot does not hold enough usable kits for a balanced shipment of that size"
+                    "the depot does not hold enough usable kits for a balanced shipment of that size "
+                    "(a kit is shipped only once its code-break sheet exists)"
                 )
             chosen.extend(rng.sample(pool, wanted))
         rng.shuffle(chosen)

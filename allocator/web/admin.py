@@ -9,7 +9,7 @@ from flask import Blueprint, flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
 from allocator.permissions import ROLE_TITLES, Permission, Role, requires
-from allocator.services import accounts, admin, audit_trail
+from allocator.services import accounts, admin, audit_trail, codebreak
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
 from allocator.web.security import actor, ctx, safe_path, scope
 
@@ -273,7 +273,13 @@ def unblinded_roles(trial: str) -> str:
 def trial_sites(trial: str) -> str:
     visible = scope(Permission.SITE_MANAGE)
     rows = [s for s in admin.sites(ctx(), trial) if visible.allows_site(s.id)]
-    return render_template("admin/trial_sites.html", trial=trial, sites=rows, today=ctx().now().date())
+    return render_template(
+        "admin/trial_sites.html",
+        trial=trial,
+        sites=rows,
+        today=ctx().now().date(),
+        kits_without_sheet=codebreak.missing_sheets(ctx(), trial),  # UNB-07 checklist
+    )
 
 
 @bp.route("/trials/<trial>/sites/<site>/<any(activate, close):change>", methods=["POST"])
@@ -291,6 +297,7 @@ def site_change(trial: str, site: str, change: str) -> Response:
                 site,
                 approval_date=_required_date("approval_date"),
                 delegation_log_date=_required_date("delegation_log_date"),
+                code_break_evidence=_form("code_break_evidence"),
                 scope=sites_scope,
                 reason=_form("reason"),
             )

@@ -13,7 +13,15 @@ from allocator.permissions import NO_SCOPE, Scope
 from allocator.services import accounts, admin, auth
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from tests.support import CLI_ACTOR, GOOD_PASSWORD, IFN_TRIAL, Clock, load_ifn, make_user
+from tests.support import (
+    CLI_ACTOR,
+    CODE_BREAK_EVIDENCE,
+    GOOD_PASSWORD,
+    IFN_TRIAL,
+    Clock,
+    load_ifn,
+    make_user,
+)
 
 ALL = Scope(all_sites=True, site_ids=frozenset())
 HERE = auth.Client("192.0.2.1", "pytest", "req")
@@ -69,6 +77,7 @@ def test_site_activation_needs_approval_and_delegation_dates(ctx: ServiceContext
             "P1",
             approval_date=today + timedelta(days=1),
             delegation_log_date=today,
+            code_break_evidence=CODE_BREAK_EVIDENCE,
             scope=ALL,
             reason="approved",
         )
@@ -81,6 +90,7 @@ def test_site_activation_needs_approval_and_delegation_dates(ctx: ServiceContext
             "P1",
             approval_date=today,
             delegation_log_date=today,
+            code_break_evidence=CODE_BREAK_EVIDENCE,
             scope=NO_SCOPE,
             reason="outside my sites",
         )
@@ -91,6 +101,7 @@ def test_site_activation_needs_approval_and_delegation_dates(ctx: ServiceContext
         "P1",
         approval_date=date(2026, 1, 5),
         delegation_log_date=date(2026, 2, 1),
+        code_break_evidence=CODE_BREAK_EVIDENCE,
         scope=ALL,
         reason="CPP approval received",
     )
@@ -102,6 +113,7 @@ def test_site_activation_needs_approval_and_delegation_dates(ctx: ServiceContext
             "P1",
             approval_date=today,
             delegation_log_date=today,
+            code_break_evidence=CODE_BREAK_EVIDENCE,
             scope=ALL,
             reason="twice",
         )

@@ -40,11 +40,12 @@ from allocator.models import (
 from allocator.permissions import NO_SCOPE, Scope
 from allocator.services import auth
 from allocator.services import kits as supply
+from allocator.services.codebreak import KIND as CODE_BREAK_KIND
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, DomainError, NotFound, ValidationFailed
 from allocator.services.signatures import SignatureRefused, SignatureRequest
 from allocator.services.trials import current_definition, get_trial
-from tests.support import CLI_ACTOR, GOOD_PASSWORD, Clock, load_ifn, make_user
+from tests.support import CLI_ACTOR, GOOD_PASSWORD, Clock, code_break_sheets, load_ifn, make_user
 from tests.unit.kits.kits_testdata import all_text, decode_qr_codes, flat, page_count
 
 T = TypeVar("T")
@@ -166,7 +167,11 @@ class Supply:
     p2: Scope
 
     def generate(self, count: int, lot: str = LOT, expiry: date = EXPIRY) -> supply.KitListSummary:
-        return supply.generate_kit_list(self.ctx, CLI_ACTOR, TRIAL, count=count, lot_code=lot, expiry=expiry)
+        summary = supply.generate_kit_list(
+            self.ctx, CLI_ACTOR, TRIAL, count=count, lot_code=lot, expiry=expiry
+        )
+        code_break_sheets(self.ctx)  # UNB-07: kits are shipped only with their code-break sheets
+        return summary
 
     def prepare(self, site: str, count: int) -> supply.ShipmentView:
         return supply.create_shipment(self.ctx, self.manager, TRIAL, site, count)
@@ -711,7 +716,7 @@ def test_quarantine_and_release_are_signed_and_every_change_is_an_event_and_an_a
     )
     (changed,) = audit(ctx, "kit.status_changed")
     with ctx.db.reading() as session:
-        signature = session.execute(select(Signature)).scalar_one()
+        signature = session.execute(select(Signature).where(Signature.object_type == "kit")).scalar_one()
     assert (signature.meaning, signature.object_id, signature.printed_name) == (
         "kit quarantine",
         q,
@@ -727,7 +732,11 @@ def test_quarantine_and_release_are_signed_and_every_change_is_an_event_and_an_a
     s.change(q, "available", signed=True)
     assert kit(ctx, q).status == "available"
     with ctx.db.reading() as session:
-        meanings = list(session.execute(select(Signature.meaning).order_by(Signature.id)).scalars())
+        meanings = list(
+            session.execute(
+                select(Signature.meaning).where(Signature.object_type == "kit").order_by(Signature.id)
+            ).scalars()
+        )
     assert meanings == ["kit quarantine", "kit release from quarantine"]
 
     s.change(d, "damaged")  # not signed
@@ -749,7 +758,11 @@ def test_the_signature_of_a_quarantined_kit_destruction_states_its_real_meaning(
     s.change(number, "quarantined", signed=True)
     s.change(number, "destroyed", signed=True)
     with s.ctx.db.reading() as session:
-        meanings = list(session.execute(select(Signature.meaning).order_by(Signature.id)).scalars())
+        meanings = list(
+            session.execute(
+                select(Signature.meaning).where(Signature.object_type == "kit").order_by(Signature.id)
+            ).scalars()
+        )
     assert meanings[0] == "kit quarantine"
     assert "release" not in meanings[1]
 
@@ -867,7 +880,7 @@ def test_a_batch_expiry_change_is_signed_reasoned_and_applies_to_every_kit_of_th
     assert (entry.object_id, entry.reason) == (LOT, "shelf life shortened")
     assert json.loads(entry.old_values or "{}") == {"expiry": EXPIRY.isoformat()}
     with ctx.db.reading() as session:
-        signature = session.execute(select(Signature)).scalar_one()
+        signature = session.execute(select(Signature).where(Signature.object_type == "batch")).scalar_one()
     assert json.loads(entry.new_values or "{}") == {
         "expiry": new.isoformat(),
         "kits": 8,
@@ -1034,7 +1047,11 @@ def test_a_second_print_of_a_kit_is_a_counted_duplicate(s: Supply) -> None:
     with ctx.db.reading() as session:
         documents = [
             (d.kind, d.items, d.reprint_number, d.printed_by_name)
-            for d in session.execute(select(PrintedDocument).order_by(PrintedDocument.id)).scalars()
+            for d in session.execute(
+                select(PrintedDocument)
+                .where(PrintedDocument.kind != CODE_BREAK_KIND)
+                .order_by(PrintedDocument.id)
+            ).scalars()
         ]
     assert documents == [
         ("kit_labels_outer", [first], 0, "Pharma P1"),
@@ -1082,7 +1099,11 @@ def test_the_reprint_number_counts_the_reprints_of_that_kit(s: Supply) -> None:
         supply.print_kit_labels(ctx, s.pharmacist, TRIAL, [number], kind="outer", scope=s.p1, depot=False)
     with ctx.db.reading() as session:
         numbers = list(
-            session.execute(select(PrintedDocument.reprint_number).order_by(PrintedDocument.id)).scalars()
+            session.execute(
+                select(PrintedDocument.reprint_number)
+                .where(PrintedDocument.kind != CODE_BREAK_KIND)
+                .order_by(PrintedDocument.id)
+            ).scalars()
         )
     assert numbers == [0, 1, 2, 0, 1]
 

@@ -23,7 +23,6 @@ from allocator.models import (
     Notification,
     Signature,
     Subject,
-    Trial,
     Unblinding,
 )
 from allocator.permissions import Scope
@@ -361,36 +360,15 @@ def test_a_pharmacovigilance_unblinding_is_seen_by_pharmacovigilance_only(
 # --- offline code-break sheets (UNB-06) -------------------------------------------------------
 
 
-def a_sheet_for(ctx: ServiceContext, ready: ReadyTrial, kit_number: str, sheet_number: str) -> None:
-    """A code-break sheet row as the generation service records it (signed by the statistician)."""
-    with ctx.db.unit_of_work() as session:
-        trial = session.execute(select(Trial).where(Trial.code == TRIAL)).scalar_one()
-        kit = session.execute(select(Kit).where(Kit.kit_number == kit_number)).scalar_one()
-        signed = signatures.sign(
-            ctx,
-            session,
-            actor=ready.statistician,
-            chain=TRIAL,
-            trial_id=trial.id,
-            request=SIGNED,
-            meaning="code-break sheet generation",
-            object_type="code_break_sheet",
-            object_id=sheet_number,
-            content={"sheet": sheet_number},
-            now=ctx.now(),
-        )
-        session.add(
-            CodeBreakSheet(
-                trial_id=trial.id,
-                kit_id=kit.id,
-                sheet_number=sheet_number,
-                document_id="CB-DOC-1",
-                generated_at=ctx.now(),
-                generated_by_id=ready.statistician.user_id,
-                generated_by_name=ready.statistician.name,
-                signature_id=signed.id,
-            )
-        )
+def sheet_of(ctx: ServiceContext, kit_number: str) -> str:
+    """The number of the sealed sheet that `ready_trial` generated for the kit, through the
+    code-break service (signed by the statistician) before the sites were activated (UNB-07)."""
+    with ctx.db.reading() as session:
+        return session.execute(
+            select(CodeBreakSheet.sheet_number)
+            .join(Kit, Kit.id == CodeBreakSheet.kit_id)
+            .where(Kit.kit_number == kit_number)
+        ).scalar_one()
 
 
 def register(
@@ -415,30 +393,30 @@ def test_registering_an_opened_sheet_creates_the_same_record_with_channel_offlin
 ) -> None:
     number = randomize(ctx, ready, "P1-0001")
     [subject] = subjects.subjects(ctx, TRIAL, ALL)
-    a_sheet_for(ctx, ready, subject.days[0].kit_number, "CB-IFNG-PAIS-000001")
+    sheet = sheet_of(ctx, subject.days[0].kit_number)
     clock.advance(hours=6)
     opened = ctx.now() - timedelta(hours=3)
     with pytest.raises(ValidationFailed) as refused:
-        register(ctx, ready, "CB-IFNG-PAIS-000001", opened_at=ctx.now() + timedelta(hours=1), opened_by="")
+        register(ctx, ready, sheet, opened_at=ctx.now() + timedelta(hours=1), opened_by="")
     assert {e.field for e in refused.value.errors} == {"opened_at", "opened_by"}
-    recorded = register(ctx, ready, "cb-ifng-pais-000001", opened_at=opened)
+    recorded = register(ctx, ready, f" {sheet.lower()} ", opened_at=opened)  # as typed
     assert (recorded.subject_number, recorded.channel, recorded.kind, recorded.sheet_number) == (
         number,
         "offline",
         "emergency",
-        "CB-IFNG-PAIS-000001",
+        sheet,
     )
     assert recorded.unblinded_at == opened and recorded.unblinded_by == "Dr Night Shift"
     assert recorded.recorded_by == ready.investigator.name and recorded.recorded_at == ctx.now()
     assert subjects.subjects(ctx, TRIAL, ALL)[0].blind_broken
     [entry] = events(ctx, "unblinding.offline_registered")
-    assert json.loads(entry.new_values or "{}")["sheet"] == "CB-IFNG-PAIS-000001"
+    assert json.loads(entry.new_values or "{}")["sheet"] == sheet
     assert not [e for e in events(ctx, "arm.read") if e.object_id == number]  # nothing revealed online
     with ctx.db.reading() as s:
         kinds = [n.kind for n in s.execute(select(Notification)).scalars()]
     assert kinds.count("emergency_unblinding") == 3
     with pytest.raises(Conflict, match="already registered"):
-        register(ctx, ready, "CB-IFNG-PAIS-000001")
+        register(ctx, ready, sheet)
     with pytest.raises(NotFound):
         register(ctx, ready, "CB-IFNG-PAIS-999999")
 
@@ -451,9 +429,8 @@ def test_a_sheet_of_a_kit_never_allocated_cannot_be_registered_as_an_unblinding(
     with ctx.db.reading() as s:
         free = s.execute(select(Kit.kit_number).where(Kit.status == "available")).scalars().first()
     assert free is not None
-    a_sheet_for(ctx, ready, free, "CB-IFNG-PAIS-000002")
     with pytest.raises(Conflict, match="accidental"):
-        register(ctx, ready, "CB-IFNG-PAIS-000002")
+        register(ctx, ready, sheet_of(ctx, free))
 
 
 # --- accidental unblinding (UNB-09) -----------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from datetime import date
 
 import pytest
 from flask.testing import FlaskClient
@@ -11,8 +12,9 @@ from sqlalchemy import select
 
 from allocator.models import RoleAssignment
 from allocator.services import accounts
+from allocator.services import kits as supply
 from allocator.services.context import ServiceContext
-from tests.support import CLI_ACTOR, load_ifn, make_user
+from tests.support import CLI_ACTOR, code_break_sheets, load_ifn, make_user
 from tests.web.conftest import csrf_token
 
 SignedIn = Callable[[str, str], FlaskClient]
@@ -74,9 +76,12 @@ def test_granting_in_a_trial_validates_and_reports_errors(ctx: ServiceContext, s
     assert "Role granted." in page and "night cover" in page and "2026-04-01 23:59 UTC" in page
 
 
-@pytest.mark.req("RND-14")
+@pytest.mark.req("RND-14", "UNB-07")
 def test_site_activation_page(ctx: ServiceContext, signed_in: SignedIn) -> None:
     tm = manager(ctx, signed_in)
+    supply.generate_kit_list(ctx, CLI_ACTOR, "IFNG-PAIS", count=4, lot_code="LOT-1", expiry=date(2027, 6, 30))
+    page = tm.get("/trials/IFNG-PAIS/sites").get_data(as_text=True)
+    assert 'name="code_break_evidence"' in page and "4 kit(s) without a sheet" in page  # UNB-07 checklist
     token = csrf_token(tm, "/trials/IFNG-PAIS/sites")
     missing = tm.post(
         "/trials/IFNG-PAIS/sites/P1/activate",
@@ -84,18 +89,31 @@ def test_site_activation_page(ctx: ServiceContext, signed_in: SignedIn) -> None:
         follow_redirects=True,
     )
     assert "approval_date: is required" in missing.get_data(as_text=True)
+    form = {
+        "approval_date": "2026-01-10",
+        "delegation_log_date": "2026-02-01",
+        "reason": "CPP ok",
+        "csrf_token": token,
+    }
+    no_evidence = tm.post("/trials/IFNG-PAIS/sites/P1/activate", data=form, follow_redirects=True)
+    assert "code_break_evidence: say where" in no_evidence.get_data(as_text=True)
+    evidence = "sheets of kits 1-4 held by the on-call unblinded pharmacist, receipt 2026-02-01"
+    no_sheets = tm.post(
+        "/trials/IFNG-PAIS/sites/P1/activate",
+        data={**form, "code_break_evidence": evidence},
+        follow_redirects=True,
+    )
+    assert "generate the code-break sheets first" in no_sheets.get_data(as_text=True)
+    assert code_break_sheets(ctx) == 4  # the unblinded statistician, signed (UNB-06)
+    assert "every kit has its sheet" in tm.get("/trials/IFNG-PAIS/sites").get_data(as_text=True)
     done = tm.post(
         "/trials/IFNG-PAIS/sites/P1/activate",
-        data={
-            "approval_date": "2026-01-10",
-            "delegation_log_date": "2026-02-01",
-            "reason": "CPP ok",
-            "csrf_token": token,
-        },
+        data={**form, "code_break_evidence": evidence},
         follow_redirects=True,
     )
     text = done.get_data(as_text=True)
     assert "Site P1 activated." in text and "Approved 2026-01-10" in text
+    assert f"Code-break material: {evidence}" in text
     trial_page = tm.get("/trials/IFNG-PAIS").get_data(as_text=True)
     assert re.search(r"P1 – Paris site 1.*?<td>active</td>", trial_page, re.S)
 

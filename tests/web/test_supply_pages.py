@@ -24,7 +24,7 @@ from allocator.permissions import Scope
 from allocator.services import auth
 from allocator.services import kits as supply
 from allocator.services.context import ServiceContext
-from tests.support import CLI_ACTOR, GOOD_PASSWORD, Clock, enroll_totp, load_ifn, make_user
+from tests.support import CLI_ACTOR, GOOD_PASSWORD, Clock, code_break_sheets, enroll_totp, load_ifn, make_user
 from tests.web.conftest import csrf_token, https_client
 
 SignedIn = Callable[[str, str], FlaskClient]
@@ -97,6 +97,7 @@ def kits_at(ctx: ServiceContext, site: str, count: int) -> list[str]:
 
 def generate(ctx: ServiceContext, count: int) -> None:
     supply.generate_kit_list(ctx, CLI_ACTOR, TRIAL, count=count, lot_code="LOT-WEB", expiry=date(2027, 6, 30))
+    code_break_sheets(ctx)  # UNB-07: kits are shipped only with their code-break sheets
 
 
 @pytest.mark.req("ACC-12", "LBL-05")
@@ -120,7 +121,7 @@ def test_the_pharmacist_records_a_signed_quarantine_through_the_stock_form(peopl
     assert status_of(ctx, number) == "quarantined"
     assert "quarantined: 1" in done.get_data(as_text=True)  # type: ignore[attr-defined]
     with ctx.db.reading() as s:
-        signature = s.execute(select(Signature)).scalar_one()
+        signature = s.execute(select(Signature).where(Signature.object_type == "kit")).scalar_one()
     assert (signature.username, signature.meaning, signature.object_id) == (
         "pharma-p1",
         "kit quarantine",
@@ -285,19 +286,24 @@ def test_a_label_print_returns_a_pdf_attachment_and_a_reprint_is_a_duplicate(peo
         f"{BASE}/kits/labels", data={"kits": "\n".join(numbers[:2]), "kind": "outer", "csrf_token": token}
     )
     assert first.status_code == 200 and first.mimetype == "application/pdf"
-    assert first.headers["Content-Disposition"] == f'attachment; filename="LBL-{TRIAL}-000001.pdf"'
+    # Document ids count every printed document of the trial: the code-break sheets came first.
+    assert first.headers["Content-Disposition"] == f'attachment; filename="LBL-{TRIAL}-000002.pdf"'
     assert first.data.startswith(b"%PDF-")
     again = people.pharmacist.post(
         f"{BASE}/kits/labels", data={"kits": numbers[0], "kind": "immediate", "csrf_token": token}
     )
-    assert again.headers["Content-Disposition"] == f'attachment; filename="LBL-{TRIAL}-000002.pdf"'
+    assert again.headers["Content-Disposition"] == f'attachment; filename="LBL-{TRIAL}-000003.pdf"'
     reprint = people.pharmacist.post(
         f"{BASE}/kits/labels", data={"kits": numbers[0], "kind": "outer", "csrf_token": token}
     )
     assert reprint.mimetype == "application/pdf"
     with ctx.db.reading() as s:
         assert list(
-            s.execute(select(PrintedDocument.reprint_number).order_by(PrintedDocument.id)).scalars()
+            s.execute(
+                select(PrintedDocument.reprint_number)
+                .where(PrintedDocument.kind.startswith("kit_labels"))
+                .order_by(PrintedDocument.id)
+            ).scalars()
         ) == [0, 0, 1]
     assert "DUPLICATA" in "".join(p.extract_text() for p in PdfReader(io.BytesIO(reprint.data)).pages)
     refused = people.other_pharmacist.post(

@@ -1,0 +1,158 @@
+"""Offline code-break sheets (UNB-06, UNB-07): the blinded overview with checks and the
+reconciliation (monitors, pharmacists, trial managers), and the generation page of the unblinded
+statistician and pharmacist, whose forms answer with the PDF of the sheets (filename: the document
+id, never an arm)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
+from werkzeug.wrappers import Response as WerkzeugResponse
+
+from allocator.permissions import Permission, requires
+from allocator.services import codebreak, signatures
+from allocator.services.errors import DomainError
+from allocator.web.security import actor, ctx, scope
+
+bp = Blueprint("codebreak", __name__)
+
+
+def _form(name: str) -> str:
+    return (request.form.get(name) or "").strip()
+
+
+def _lines(name: str) -> list[str]:
+    return [line.strip() for line in (request.form.get(name) or "").splitlines() if line.strip()]
+
+
+def _signature() -> signatures.SignatureRequest | None:
+    password = request.form.get("password") or ""
+    return signatures.SignatureRequest(password, request.form.get("otp") or None) if password else None
+
+
+def _flash_error(exc: DomainError) -> None:
+    flash(exc.detail + "".join(f" ({e.field}: {e.message})" for e in exc.errors[:10]), "error")
+
+
+def _pdf(trial: str, make: Callable[[], codebreak.SheetDocument]) -> WerkzeugResponse:
+    """Run a generation, reprint or replacement: the PDF as an attachment, or back to the page."""
+    try:
+        document = make()
+    except DomainError as exc:
+        _flash_error(exc)
+        return redirect(url_for("codebreak.sheets", trial=trial), code=303)
+    return Response(
+        document.pdf,
+        mimetype="application/pdf",
+        headers={"Content-Disposition": f'attachment; filename="{document.document_id}.pdf"'},
+    )
+
+
+@bp.route("/trials/<trial>/code-break")
+@requires(Permission.CODE_BREAK_CHECK)
+def overview(trial: str) -> str:
+    """Blinded: the state of every sheet within reach, the reconciliation and the check form."""
+    return render_template(
+        "codebreak/overview.html",
+        trial=trial,
+        report=codebreak.reconciliation(ctx(), trial, scope(Permission.CODE_BREAK_CHECK)),
+        states=codebreak.STATES,
+        statuses=codebreak.CHECK_STATUSES,
+    )
+
+
+@bp.route("/trials/<trial>/code-break.csv")
+@requires(Permission.CODE_BREAK_CHECK)
+def overview_csv(trial: str) -> Response:
+    report = codebreak.reconciliation(ctx(), trial, scope(Permission.CODE_BREAK_CHECK))
+    return Response(
+        codebreak.reconciliation_csv(report),
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="code-break-reconciliation-{trial}.csv"'},
+    )
+
+
+@bp.route("/trials/<trial>/code-break/checks", methods=["POST"])
+@requires(Permission.CODE_BREAK_CHECK)
+def check(trial: str) -> WerkzeugResponse:
+    """A monitor or pharmacist records a sheet found intact, opened or missing."""
+    try:
+        recorded = codebreak.record_check(
+            ctx(),
+            actor(Permission.CODE_BREAK_CHECK),
+            trial,
+            _form("sheet_number"),
+            _form("status"),
+            _form("note"),
+            scope(Permission.CODE_BREAK_CHECK),
+        )
+    except DomainError as exc:
+        _flash_error(exc)
+    else:
+        flash(f"Sheet {recorded.sheet_number} recorded as {recorded.status}.", "ok")
+        if recorded.discrepancy:
+            flash(recorded.discrepancy, "error")
+    return redirect(url_for("codebreak.overview", trial=trial), code=303)
+
+
+@bp.route("/trials/<trial>/code-break/sheets")
+@requires(Permission.CODE_BREAK_GENERATE)
+def sheets(trial: str) -> str:
+    """Unblinded roles: generate, reprint and replace sheets (the arm appears only in the PDFs)."""
+    return render_template(
+        "codebreak/sheets.html",
+        trial=trial,
+        missing=codebreak.missing_sheets(ctx(), trial),
+        documents=codebreak.documents(ctx(), trial),
+        report=codebreak.reconciliation(ctx(), trial, scope(Permission.CODE_BREAK_GENERATE)),
+        states=codebreak.STATES,
+    )
+
+
+@bp.route("/trials/<trial>/code-break/sheets", methods=["POST"])
+@requires(Permission.CODE_BREAK_GENERATE)
+def generate(trial: str) -> WerkzeugResponse:
+    kit_numbers = _lines("kits") or None
+    return _pdf(
+        trial,
+        lambda: codebreak.generate_sheets(
+            ctx(),
+            actor(Permission.CODE_BREAK_GENERATE),
+            trial,
+            signature=_signature(),
+            kit_numbers=kit_numbers,
+        ),
+    )
+
+
+@bp.route("/trials/<trial>/code-break/documents/<document_id>/reprint", methods=["POST"])
+@requires(Permission.CODE_BREAK_GENERATE)
+def reprint(trial: str, document_id: str) -> WerkzeugResponse:
+    return _pdf(
+        trial,
+        lambda: codebreak.reprint_document(
+            ctx(),
+            actor(Permission.CODE_BREAK_GENERATE),
+            trial,
+            document_id,
+            reason=_form("reason"),
+            signature=_signature(),
+        ),
+    )
+
+
+@bp.route("/trials/<trial>/code-break/replacements", methods=["POST"])
+@requires(Permission.CODE_BREAK_GENERATE)
+def replace(trial: str) -> WerkzeugResponse:
+    return _pdf(
+        trial,
+        lambda: codebreak.replace_sheet(
+            ctx(),
+            actor(Permission.CODE_BREAK_GENERATE),
+            trial,
+            _form("sheet_number"),
+            reason=_form("reason"),
+            signature=_signature(),
+        ),
+    )
