@@ -10,8 +10,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Select, select
@@ -144,6 +145,10 @@ def _query(
         query = query.where(AuditEvent.at >= flt.since.isoformat())
     if flt.until:
         query = query.where(AuditEvent.at < (flt.until + timedelta(days=1)).isoformat())
+    return _within(query, scope, site_codes)
+
+
+def _within(query: Select[AuditEvent], scope: Scope | None, site_codes: dict[int, str]) -> Select[AuditEvent]:
     if scope is not None and not scope.all_sites:
         # A monitor limited to some sites sees trial-level entries and those of their sites.
         allowed = [site_codes[s] for s in scope.site_ids if s in site_codes]
@@ -220,6 +225,34 @@ def page(
             for v in views
         ]
     return Page(entries=tuple(views), next_after=events[-1].seq if more and events else None)
+
+
+def entries(
+    ctx: ServiceContext,
+    chain: str,
+    *,
+    actions: Collection[str] | None,
+    since: datetime | None,
+    until: datetime | None,
+    scope: Scope | None,
+    usernames: Collection[str] | None = None,
+) -> list[EntryView]:
+    """The blinded entries of `chain` whose action is one of `actions` (all when None), at or after
+    `since` and before `until`, in sequence order: the rows of the review reports and deviation
+    listings (AUD-09, REP-07). `usernames` keeps the entries of those actors only. Never a sealed
+    value (BLD-07)."""
+    site_codes = _site_codes(ctx, chain) if scope is not None and not scope.all_sites else {}
+    query = _within(select(AuditEvent).where(AuditEvent.chain == chain), scope, site_codes)
+    if actions is not None:
+        query = query.where(AuditEvent.action.in_(list(actions)))
+    if since is not None:
+        query = query.where(AuditEvent.at >= audit.format_time(since))
+    if until is not None:
+        query = query.where(AuditEvent.at < audit.format_time(until))
+    if usernames is not None:
+        query = query.where(AuditEvent.actor_username.in_(list(usernames)))
+    with ctx.db.reading() as session:
+        return [_view(e) for e in session.execute(query.order_by(AuditEvent.seq)).scalars()]
 
 
 _CSV_COLUMNS = (

@@ -46,6 +46,7 @@ SUBJECT_VIEWERS = (
 CORRECTORS = INV | frozenset({"trial_manager"})
 ADMINISTERS = INV | frozenset({"pharmacist", "nurse"})
 REPORTS_ACCIDENTS = IN_TRIAL - frozenset({"auditor", "admin"})
+READERS = frozenset({"monitor", "auditor", "trial_manager", "unblinded_statistician"})
 
 
 @dataclass(frozen=True)
@@ -553,6 +554,83 @@ MATRIX = [
         "unblinding.treatment",
     ),
     Row("API unblind", "POST", "/api/v1/trials/IFNG-PAIS/subjects/P1-001/unblind", INV, "api.unblind"),
+    # Reports (REP-01..09, AUD-09): blinded for monitors, auditors, trial managers and the unblinded
+    # statistician; restricted versions for the statistician; the PV version for pharmacovigilance;
+    # review sign-off for monitors and trial managers.
+    Row("reports", "GET", "/trials/IFNG-PAIS/reports", READERS, "reports.index"),
+    *(
+        Row(f"report {name}", "GET", f"/trials/IFNG-PAIS/reports/{name}", READERS, "reports.page")
+        for name in (
+            "allocation-history",
+            "enrolment",
+            "balance",
+            "dispensing",
+            "accountability",
+            "unblinding",
+            "deviations",
+            "participant-flow",
+            "sequence",
+        )
+    ),
+    Row("report CSV", "GET", "/trials/IFNG-PAIS/reports/allocation-history/csv", READERS, "reports.download"),
+    Row("report PDF", "GET", "/trials/IFNG-PAIS/reports/unblinding/pdf", READERS, "reports.download"),
+    Row(
+        "other trial's report",
+        "GET",
+        "/trials/OTHER/reports/balance",
+        frozenset({"monitor_other_trial"}),
+        "reports.page",
+    ),
+    Row(
+        "restricted report",
+        "GET",
+        "/trials/IFNG-PAIS/reports/restricted/sequence",
+        frozenset({"unblinded_statistician"}),
+        "reports.restricted_page",
+    ),
+    Row(
+        "restricted flow (409 before unblinding)",
+        "GET",
+        "/trials/IFNG-PAIS/reports/restricted/participant-flow",
+        frozenset({"unblinded_statistician"}),
+        "reports.restricted_page",
+    ),
+    Row(
+        "restricted report PDF",
+        "GET",
+        "/trials/IFNG-PAIS/reports/restricted/unblinding/pdf",
+        frozenset({"unblinded_statistician"}),
+        "reports.restricted_download",
+    ),
+    Row(
+        "PV unblinding report",
+        "GET",
+        "/trials/IFNG-PAIS/reports/safety/unblinding",
+        frozenset({"pharmacovigilance"}),
+        "reports.safety_page",
+    ),
+    Row(
+        "PV unblinding report CSV",
+        "GET",
+        "/trials/IFNG-PAIS/reports/safety/unblinding/csv",
+        frozenset({"pharmacovigilance"}),
+        "reports.safety_download",
+    ),
+    Row("review report", "GET", "/trials/IFNG-PAIS/reports/review/arm-reads", READERS, "reports.review_page"),
+    Row(
+        "review report CSV",
+        "GET",
+        "/trials/IFNG-PAIS/reports/review/off-hours/csv",
+        READERS,
+        "reports.review_download",
+    ),
+    Row(
+        "sign a review report",
+        "POST",
+        "/trials/IFNG-PAIS/reports/review/corrections/sign",
+        frozenset({"monitor", "trial_manager"}),
+        "reports.sign",
+    ),
     Row("sign out", "POST", "/logout", ALL, "auth.logout"),
 ]
 PUBLIC = {("auth.login", "GET"), ("auth.login", "POST"), ("main.health", "GET"), ("static", "GET")}

@@ -1,0 +1,172 @@
+"""Monitoring and publication reports: one page per report with its filters, and its CSV and PDF
+(REP-01..09, AUD-05, AUD-09). Blinded by default; the restricted versions are separate routes with
+their own permission, and nothing about an arm ever appears in a URL or a file name (BLD-14)."""
+
+from __future__ import annotations
+
+from datetime import date
+from urllib.parse import urlencode
+
+from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
+from markupsafe import Markup
+from werkzeug.wrappers import Response as WerkzeugResponse
+
+from allocator.permissions import Permission, requires
+from allocator.services import reports, signatures
+from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
+from allocator.web.security import actor, ctx, current_trial, scope
+
+bp = Blueprint("reports", __name__)
+FORMATS = "any(csv, pdf)"
+
+
+def _page(name: str, version: str, permission: Permission) -> str:
+    view = reports.build(
+        ctx(),
+        actor(permission),
+        current_trial().code,
+        name,
+        reports.ReportFilter.parse(request.args.to_dict()),
+        scope(permission),
+        version=version,
+    )
+    return render_template(
+        "reports/report.html",
+        trial=current_trial().code,
+        view=view,
+        svg=Markup(view.svg) if view.svg else None,  # noqa: S704 - built server-side, every text escaped
+        endpoints=_ENDPOINTS[version],
+    )
+
+
+def _download(name: str, fmt: str, version: str, permission: Permission) -> Response:
+    exported = reports.export(
+        ctx(),
+        actor(permission),
+        current_trial().code,
+        name,
+        reports.ReportFilter.parse(request.args.to_dict()),
+        scope(permission),
+        fmt,
+        version=version,
+    )
+    return Response(
+        exported.body,
+        mimetype=exported.mimetype,
+        headers={"Content-Disposition": f'attachment; filename="{exported.filename}"'},
+    )
+
+
+# Page and download endpoints of each version, for the template's links.
+_ENDPOINTS = {
+    "blinded": ("reports.page", "reports.download"),
+    "restricted": ("reports.restricted_page", "reports.restricted_download"),
+    "safety": ("reports.safety_page", "reports.safety_download"),
+    "review": ("reports.review_page", "reports.review_download"),
+}
+
+
+@bp.route("/trials/<trial>/reports")
+@requires(Permission.REPORT_VIEW)
+def index(trial: str) -> str:
+    return render_template(
+        "reports/index.html", trial=trial, reports=reports.REPORTS, review_kinds=reports.REVIEW_KINDS
+    )
+
+
+@bp.route("/trials/<trial>/reports/<name>")
+@requires(Permission.REPORT_VIEW)
+def page(trial: str, name: str) -> str:
+    return _page(name, "blinded", Permission.REPORT_VIEW)
+
+
+@bp.route(f"/trials/<trial>/reports/<name>/<{FORMATS}:fmt>")
+@requires(Permission.REPORT_VIEW)
+def download(trial: str, name: str, fmt: str) -> Response:
+    return _download(name, fmt, "blinded", Permission.REPORT_VIEW)
+
+
+@bp.route("/trials/<trial>/reports/restricted/<name>")
+@requires(Permission.REPORT_VIEW_UNBLINDED)
+def restricted_page(trial: str, name: str) -> str:
+    """Restricted versions (BLD-09): PV unblindings, block sizes, the per-arm participant flow."""
+    return _page(name, "restricted", Permission.REPORT_VIEW_UNBLINDED)
+
+
+@bp.route(f"/trials/<trial>/reports/restricted/<name>/<{FORMATS}:fmt>")
+@requires(Permission.REPORT_VIEW_UNBLINDED)
+def restricted_download(trial: str, name: str, fmt: str) -> Response:
+    return _download(name, fmt, "restricted", Permission.REPORT_VIEW_UNBLINDED)
+
+
+@bp.route("/trials/<trial>/reports/safety/unblinding")
+@requires(Permission.UNBLINDING_PV)
+def safety_page(trial: str) -> str:
+    """The unblinding report with pharmacovigilance unblindings, for pharmacovigilance (UNB-08)."""
+    return _page("unblinding", "safety", Permission.UNBLINDING_PV)
+
+
+@bp.route(f"/trials/<trial>/reports/safety/unblinding/<{FORMATS}:fmt>")
+@requires(Permission.UNBLINDING_PV)
+def safety_download(trial: str, fmt: str) -> Response:
+    return _download("unblinding", fmt, "safety", Permission.UNBLINDING_PV)
+
+
+@bp.route("/trials/<trial>/reports/review/<name>")
+@requires(Permission.REPORT_VIEW)
+def review_page(trial: str, name: str) -> str:
+    """An audit-trail review report (AUD-09), its signed reviews and the sign-off form."""
+    return _page(name, "review", Permission.REPORT_VIEW)
+
+
+@bp.route(f"/trials/<trial>/reports/review/<name>/<{FORMATS}:fmt>")
+@requires(Permission.REPORT_VIEW)
+def review_download(trial: str, name: str, fmt: str) -> Response:
+    return _download(name, fmt, "review", Permission.REPORT_VIEW)
+
+
+def _form_date(field: str) -> date | None:
+    raw = (request.form.get(field) or "").strip()
+    if not raw:
+        return None
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise ValidationFailed(
+            "invalid date", errors=[FieldProblem(field, "must be a date (YYYY-MM-DD)")]
+        ) from None
+
+
+@bp.route("/trials/<trial>/reports/review/<name>/sign", methods=["POST"])
+@requires(Permission.AUDIT_REVIEW)
+def sign(trial: str, name: str) -> WerkzeugResponse:
+    """Sign off the review of one review report for one period (AUD-09), with an e-signature."""
+    hours = reports.ReportFilter.parse({k: request.form.get(k, "") for k in ("hours_from", "hours_to")})
+    try:
+        done = reports.sign_review(
+            ctx(),
+            actor(Permission.AUDIT_REVIEW),
+            current_trial().code,
+            name,
+            _form_date("since"),
+            _form_date("until"),
+            request.form.get("comment", ""),
+            signatures.SignatureRequest(
+                password=request.form.get("password", ""), totp=request.form.get("otp") or None
+            ),
+            scope=scope(Permission.AUDIT_REVIEW),
+            hours=(hours.hours_from, hours.hours_to),
+        )
+    except DomainError as exc:
+        flash(exc.detail + "".join(f" ({e.field}: {e.message})" for e in exc.errors), "error")
+        args = {k: request.form.get(k, "") for k in ("since", "until", "hours_from", "hours_to")}
+    else:
+        flash(
+            f"Review of {done.period_start} to {done.period_end} signed: {done.entries} entries, "
+            f"SHA-256 {done.content_sha256[:16]}...",
+            "ok",
+        )
+        args = {"since": done.period_start.isoformat(), "until": done.period_end.isoformat()}
+    query = urlencode({k: v for k, v in args.items() if v})
+    target = url_for("reports.review_page", trial=trial, name=name)
+    return redirect(f"{target}?{query}" if query else target, code=303)

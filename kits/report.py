@@ -1,0 +1,484 @@
+"""Monitoring reports as PDF tables and standalone SVG charts: a pure renderer (REP-01..09, AUD-05,
+DIB-04).
+
+Plain data in — a `ReportDocument` of titled tables of text cells, metadata lines and an optional
+step chart — bytes or text out. Nothing here knows about arms: the input types have no arm field,
+and the caller decides what a table holds (blinded reports never hold an arm, BLD-07).
+
+PDF: A4 landscape, the standard Helvetica fonts only (`kits.pdf`), reportlab's invariant mode (same
+input, same bytes), generic metadata (the report title and the document id, never a product or a
+person), "Page n of N", the generation time and author and the software version on every page, and
+the TEST watermark on a non-production instance (RND-13, LBL-15). Text outside Windows-1252 is
+transliterated or replaced by "?" rather than refused: a report must print whatever users typed.
+
+SVG: a standalone document with no script, no style attribute, no link and no external resource,
+so that it can be inlined in a page under the strict Content-Security-Policy (ACC-09). Text is
+XML-escaped.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from reportlab.graphics.shapes import Drawing, Group, Line, PolyLine, String
+from reportlab.lib import colors
+from reportlab.lib.colors import HexColor
+from reportlab.lib.pagesizes import A4, landscape
+from reportlab.lib.styles import ParagraphStyle
+from reportlab.lib.units import mm
+from reportlab.pdfbase.pdfmetrics import stringWidth
+from reportlab.pdfgen.canvas import Canvas
+from reportlab.platypus import KeepTogether, Paragraph, SimpleDocTemplate, Spacer, TableStyle
+from reportlab.platypus import Table as PdfTable
+
+from kits.pdf import BOLD, REGULAR, WATERMARK_COLOR, WATERMARK_EN, WATERMARK_FR, utc_text
+
+__all__ = [
+    "ReportDocument",
+    "Series",
+    "StepChart",
+    "Table",
+    "printable",
+    "render_report_pdf",
+    "render_step_chart_svg",
+]
+
+
+@dataclass(frozen=True)
+class Table:
+    """One titled table of text cells; every row has one cell per column."""
+
+    title: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        for index, row in enumerate(self.rows):
+            if len(row) != len(self.columns):
+                raise ValueError(
+                    f"table {self.title!r}: row {index + 1} has {len(row)} cells for {len(self.columns)} columns"
+                )
+
+
+@dataclass(frozen=True)
+class Series:
+    """A cumulative count over time: (day, count after that day), days in increasing order."""
+
+    label: str
+    points: tuple[tuple[date, int], ...]
+
+
+@dataclass(frozen=True)
+class StepChart:
+    """Cumulative counts of several series against calendar days, drawn as steps."""
+
+    title: str
+    y_label: str
+    series: tuple[Series, ...]
+
+
+@dataclass(frozen=True)
+class ReportDocument:
+    title: str
+    document_id: str  # e.g. "IFNG-PAIS/allocation-history": in the PDF metadata
+    created_at: datetime
+    software_version: str
+    test_mode: bool
+    metadata: tuple[tuple[str, str], ...]  # trial, report, generated at and by, filters
+    facts: tuple[tuple[str, str], ...] = ()  # key figures and statements shown before the tables
+    tables: tuple[Table, ...] = ()
+    chart: StepChart | None = None
+    notice: str | None = None  # a restricted report says so on every page
+    footer: str = field(default="")
+
+
+# --- text --------------------------------------------------------------------------------------------
+
+
+def printable(text: str) -> str:
+    """`text` with every character the standard PDF fonts cannot show replaced: control characters
+    by a space, others by their decomposition when it is printable (e.g. "ł" -> "l"), else "?"."""
+    out = []
+    for char in text:
+        if unicodedata.category(char) in {"Cc", "Cf", "Zl", "Zp"}:
+            out.append(" ")
+            continue
+        try:
+            char.encode("cp1252")
+            out.append(char)
+        except UnicodeEncodeError:
+            base = "".join(c for c in unicodedata.normalize("NFKD", char) if not unicodedata.combining(c))
+            try:
+                base.encode("cp1252")
+                out.append(base or "?")
+            except UnicodeEncodeError:
+                out.append("?")
+    return "".join(out)
+
+
+# --- chart geometry (shared by the SVG and the PDF) --------------------------------------------------
+
+_WIDTH, _HEIGHT = 760.0, 330.0
+_LEFT, _TOP, _PLOT_W, _PLOT_H = 60.0, 36.0, 520.0, 240.0
+_PALETTE = ("#1d4ed8", "#b45309", "#047857", "#7c3aed", "#be123c", "#0f766e")
+_DASHES: tuple[tuple[float, ...], ...] = ((), (6.0, 3.0), (2.0, 2.0), (8.0, 3.0, 2.0, 3.0))
+
+
+@dataclass(frozen=True)
+class _Line:
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    color: str
+    width: float
+    dash: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Poly:
+    points: tuple[tuple[float, float], ...]
+    color: str
+    width: float
+    dash: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class _Text:
+    x: float
+    y: float
+    text: str
+    size: float
+    anchor: str = "start"  # start | middle | end
+    bold: bool = False
+    vertical: bool = False
+
+
+_Primitive = _Line | _Poly | _Text
+
+
+def _y_ticks(top: int) -> list[int]:
+    step = 1
+    for candidate in (1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000):
+        step = candidate
+        if top / candidate <= 6:
+            break
+    return list(range(0, top + 1, step))
+
+
+def _x_step(span: int) -> int:
+    """Days between two date labels: every day, every other day, or whole weeks; at most 9 labels."""
+    for step in (1, 2):
+        if span / step <= 8:
+            return step
+    return 7 * -(-span // 56)
+
+
+def _chart_primitives(chart: StepChart) -> list[_Primitive]:
+    """The chart in a y-down coordinate system of _WIDTH x _HEIGHT points. Each day is the interval
+    [day, day + 1): the axis ends one day after the last point, so that the last day's count is a
+    visible step rather than a jump at the edge."""
+    days = [day for series in chart.series for day, _ in series.points]
+    first = min(days) if days else date(2000, 1, 1)
+    last = (max(days) if days else first) + timedelta(days=1)
+    peak = max((count for series in chart.series for _, count in series.points), default=0)
+    ticks = _y_ticks(max(peak, 1))
+    top = max(ticks[-1], 1)
+    span = (last - first).days
+
+    def px(day: date) -> float:
+        return _LEFT + (day - first).days / span * _PLOT_W
+
+    def py(count: float) -> float:
+        return _TOP + _PLOT_H - count / top * _PLOT_H
+
+    out: list[_Primitive] = [_Text(_LEFT + _PLOT_W / 2, 20, chart.title, 12, "middle", bold=True)]
+    for tick in ticks:
+        out.append(_Line(_LEFT, py(tick), _LEFT + _PLOT_W, py(tick), "#dddddd", 0.6))
+        out.append(_Text(_LEFT - 6, py(tick) + 3.5, str(tick), 9, "end"))
+    step = _x_step(span)
+    for offset in range(0, span + 1, step):
+        day = first + timedelta(days=offset)
+        out.append(_Line(px(day), _TOP + _PLOT_H, px(day), _TOP + _PLOT_H + 4, "#333333", 0.8))
+        out.append(_Text(px(day), _TOP + _PLOT_H + 16, day.isoformat(), 8.5, "middle"))
+    out.append(_Line(_LEFT, _TOP + _PLOT_H, _LEFT + _PLOT_W, _TOP + _PLOT_H, "#333333", 1.0))
+    out.append(_Line(_LEFT, _TOP, _LEFT, _TOP + _PLOT_H, "#333333", 1.0))
+    out.append(_Text(_LEFT + _PLOT_W / 2, _TOP + _PLOT_H + 34, "Date", 10, "middle"))
+    out.append(_Text(_LEFT - 40, _TOP + _PLOT_H / 2, chart.y_label, 10, "middle", vertical=True))
+    for index, series in enumerate(chart.series):
+        color = _PALETTE[index % len(_PALETTE)]
+        dash = _DASHES[index % len(_DASHES)]
+        points: list[tuple[float, float]] = [(px(first), py(0))]
+        level = 0
+        for day, value in series.points:
+            points.append((px(day), py(level)))
+            points.append((px(day), py(value)))
+            level = value
+        points.append((px(last), py(level)))
+        out.append(_Poly(tuple(points), color, 2.0, dash))
+        legend_y = _TOP + 8 + 16 * index
+        out.append(_Line(_LEFT + _PLOT_W + 24, legend_y, _LEFT + _PLOT_W + 48, legend_y, color, 2.0, dash))
+        out.append(_Text(_LEFT + _PLOT_W + 54, legend_y + 3.5, f"{series.label} ({level})", 9.5))
+    return out
+
+
+def _f(value: float) -> str:
+    return f"{value:.2f}"
+
+
+def render_step_chart_svg(chart: StepChart) -> str:
+    """The chart as a standalone SVG element (no XML prolog, so that it can be inlined in HTML)."""
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="100%" height="{_f(_HEIGHT)}" '
+        f'viewBox="0 0 {_f(_WIDTH)} {_f(_HEIGHT)}" role="img" aria-label="{html.escape(chart.title)}">',
+        f"<title>{html.escape(chart.title)}</title>",
+        f'<rect x="0" y="0" width="{_f(_WIDTH)}" height="{_f(_HEIGHT)}" fill="#ffffff"/>',
+        '<g font-family="Helvetica, Arial, sans-serif" fill="#222222">',
+    ]
+    for item in _chart_primitives(chart):
+        if isinstance(item, _Line):
+            dash = f' stroke-dasharray="{",".join(_f(d) for d in item.dash)}"' if item.dash else ""
+            parts.append(
+                f'<line x1="{_f(item.x1)}" y1="{_f(item.y1)}" x2="{_f(item.x2)}" y2="{_f(item.y2)}" '
+                f'stroke="{item.color}" stroke-width="{_f(item.width)}"{dash}/>'
+            )
+        elif isinstance(item, _Poly):
+            dash = f' stroke-dasharray="{",".join(_f(d) for d in item.dash)}"' if item.dash else ""
+            points = " ".join(f"{_f(x)},{_f(y)}" for x, y in item.points)
+            parts.append(
+                f'<polyline points="{points}" fill="none" stroke="{item.color}" '
+                f'stroke-width="{_f(item.width)}"{dash}/>'
+            )
+        else:
+            anchor = f' text-anchor="{item.anchor}"' if item.anchor != "start" else ""
+            weight = ' font-weight="bold"' if item.bold else ""
+            rotate = f' transform="rotate(-90 {_f(item.x)} {_f(item.y)})"' if item.vertical else ""
+            parts.append(
+                f'<text x="{_f(item.x)}" y="{_f(item.y)}" font-size="{_f(item.size)}"{anchor}{weight}{rotate}>'
+                f"{html.escape(item.text)}</text>"
+            )
+    parts += ["</g>", "</svg>"]
+    return "\n".join(parts)
+
+
+def _drawing(chart: StepChart, scale: float) -> Any:
+    drawing = Drawing(_WIDTH * scale, _HEIGHT * scale)
+    group = Group()
+    group.transform = (scale, 0, 0, -scale, 0, _HEIGHT * scale)  # flip the y-down chart
+    for item in _chart_primitives(chart):
+        if isinstance(item, _Line):
+            group.add(
+                Line(
+                    item.x1,
+                    item.y1,
+                    item.x2,
+                    item.y2,
+                    strokeColor=HexColor(item.color),
+                    strokeWidth=item.width,
+                    strokeDashArray=list(item.dash) or None,
+                )
+            )
+        elif isinstance(item, _Poly):
+            group.add(
+                PolyLine(
+                    [c for point in item.points for c in point],
+                    strokeColor=HexColor(item.color),
+                    strokeWidth=item.width,
+                    strokeDashArray=list(item.dash) or None,
+                )
+            )
+        else:
+            label = Group(
+                String(
+                    0,
+                    0,
+                    printable(item.text),
+                    fontName=BOLD if item.bold else REGULAR,
+                    fontSize=item.size,
+                    textAnchor=item.anchor,
+                    fillColor=HexColor("#222222"),
+                )
+            )
+            label.transform = (
+                (0, -1, -1, 0, item.x, item.y) if item.vertical else (1, 0, 0, -1, item.x, item.y)
+            )
+            group.add(label)
+    drawing.add(group)
+    return drawing
+
+
+# --- PDF ---------------------------------------------------------------------------------------------
+
+
+_CELL_SIZE = 7.0
+_PADDING = 6.0
+
+
+def _widths(table: Table, available: float) -> list[float]:
+    """Column widths in points: each column gets at least its longest word (header or cell, so that
+    no word is cut), and the rest of the line in proportion to its typical text length."""
+
+    def words_width(text: str, font: str) -> float:
+        return max((stringWidth(printable(w), font, _CELL_SIZE) for w in text.split()), default=0.0)
+
+    minimum, desired = [], []
+    for index, column in enumerate(table.columns):
+        cells = [row[index] for row in table.rows]
+        longest = max(
+            [words_width(column, BOLD), *(min(words_width(c, REGULAR), 160.0) for c in cells)], default=0.0
+        )
+        minimum.append(longest + _PADDING)
+        texts = sorted(stringWidth(printable(c), REGULAR, _CELL_SIZE) for c in cells) or [0.0]
+        typical = texts[min(len(texts) - 1, int(len(texts) * 0.9))]
+        desired.append(max(minimum[-1], min(typical + _PADDING, 260.0)))
+    spare = available - sum(minimum)
+    if spare <= 0:
+        return [available * m / sum(minimum) for m in minimum]
+    extra = [d - m for d, m in zip(desired, minimum, strict=True)]
+    if sum(extra) <= spare:
+        grow = [e + (spare - sum(extra)) / len(extra) for e in extra]
+    else:
+        grow = [spare * e / sum(extra) for e in extra]
+    return [m + g for m, g in zip(minimum, grow, strict=True)]
+
+
+def render_report_pdf(document: ReportDocument) -> bytes:
+    """The report as a PDF: title, notice, metadata, facts, chart, then every table in full."""
+
+    page = landscape(A4)
+    margin = 12 * mm
+    available = page[0] - 2 * margin
+    base = ParagraphStyle("base", fontName=REGULAR, fontSize=8.5, leading=10.5)
+    small = ParagraphStyle("small", parent=base, fontSize=7.5, leading=9)
+    cell = ParagraphStyle("cell", parent=base, fontSize=_CELL_SIZE, leading=_CELL_SIZE * 1.2)
+    head = ParagraphStyle("head", parent=cell, fontName=BOLD)
+    heading = ParagraphStyle("heading", parent=base, fontName=BOLD, fontSize=11.5, leading=14, spaceBefore=8)
+    title_style = ParagraphStyle("title", parent=base, fontName=BOLD, fontSize=15, leading=19)
+    notice_style = ParagraphStyle("notice", parent=base, fontName=BOLD, textColor=colors.HexColor("#a61b1b"))
+
+    def para(text: str, style: ParagraphStyle = base) -> Any:
+        return Paragraph(html.escape(printable(text), quote=False), style)
+
+    story: list[Any] = [para(document.title, title_style), Spacer(1, 2 * mm)]
+    if document.notice:
+        story.append(para(document.notice, notice_style))
+    story += [para(f"{key}: {value}", small) for key, value in document.metadata]
+    if document.facts:
+        story.append(para("Summary", heading))
+        facts = PdfTable(
+            [[para(key, head), para(value, cell)] for key, value in document.facts],
+            colWidths=[available * 0.3, available * 0.7],
+            hAlign="LEFT",
+        )
+        facts.setStyle(
+            TableStyle(
+                [
+                    ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                    ("LINEBELOW", (0, 0), (-1, -1), 0.25, colors.HexColor("#d0d0d0")),
+                ]
+            )
+        )
+        story.append(facts)
+    if document.chart is not None:
+        story += [Spacer(1, 3 * mm), _drawing(document.chart, 0.85)]
+    for table in document.tables:
+        header = [para(column, head) for column in table.columns]
+        intro = [para(table.title, heading)]
+        if table.note:
+            intro.append(para(table.note, small))
+        if not table.rows:
+            story.append(KeepTogether([*intro, para(f"Columns: {', '.join(table.columns)}.", small)]))
+            story.append(para("No entries.", small))
+            continue
+        body = [[para(value, cell) for value in row] for row in table.rows]
+        grid = PdfTable([header, *body], colWidths=_widths(table, available), repeatRows=1, hAlign="LEFT")
+        grid.setStyle(
+            TableStyle(
+                [
+                    ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                    ("LEFTPADDING", (0, 0), (-1, -1), 2.5),
+                    ("RIGHTPADDING", (0, 0), (-1, -1), 2.5),
+                    ("TOPPADDING", (0, 0), (-1, -1), 1.5),
+                    ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5),
+                    ("LINEBELOW", (0, 0), (-1, 0), 0.8, colors.black),
+                    ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#eeeeee")),
+                    ("ROWBACKGROUNDS", (0, 1), (-1, -1), [colors.white, colors.HexColor("#f5f5f5")]),
+                ]
+            )
+        )
+        story += [*intro, grid]
+
+    footer = printable(
+        document.footer
+        or f"{document.title} | generated {utc_text(document.created_at)} | allocator {document.software_version}"
+    )
+    notice = printable(document.notice) if document.notice else None
+
+    def decorate(canvas: Any, doc: Any) -> None:
+        canvas.saveState()
+        if document.test_mode:
+            canvas.setFillColorRGB(*WATERMARK_COLOR)
+            canvas.setFont(BOLD, 40)
+            canvas.translate(page[0] / 2, page[1] / 2)
+            canvas.rotate(25)
+            canvas.drawCentredString(0, 14, WATERMARK_FR)
+            canvas.drawCentredString(0, -36, WATERMARK_EN)
+            canvas.rotate(-25)
+            canvas.translate(-page[0] / 2, -page[1] / 2)
+        canvas.setFillColorRGB(0, 0, 0)
+        canvas.setFont(REGULAR, 7)
+        canvas.drawString(margin, 7 * mm, footer)
+        if notice:
+            canvas.setFont(BOLD, 7)
+            canvas.drawString(margin, page[1] - 7 * mm, notice)
+        canvas.restoreState()
+
+    buffer = io.BytesIO()
+    template = SimpleDocTemplate(
+        buffer,
+        pagesize=page,
+        leftMargin=margin,
+        rightMargin=margin,
+        topMargin=margin,
+        bottomMargin=13 * mm,
+        title=printable(f"{document.title} {document.document_id}"),
+        author="allocator",
+        subject=printable(document.document_id),
+        creator=f"allocator {printable(document.software_version)}",
+        invariant=1,
+    )
+    template.build(story, onFirstPage=decorate, onLaterPages=decorate, canvasmaker=_page_numbering_canvas())
+    return buffer.getvalue()
+
+
+def _page_numbering_canvas() -> Any:
+    """A reportlab canvas class that stamps "Page n of N" on every page at save time."""
+
+    class NumberedCanvas(Canvas):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._pages: list[dict[str, Any]] = []
+
+        def showPage(self) -> None:
+            self._pages.append(dict(self.__dict__))
+            self._startPage()
+
+        def save(self) -> None:
+            total = len(self._pages)
+            for state in self._pages:
+                self.__dict__.update(state)
+                width = self._pagesize[0]
+                self.saveState()
+                self.setFont(REGULAR, 7)
+                self.drawRightString(width - 12 * mm, 7 * mm, f"Page {self._pageNumber} of {total}")
+                self.restoreState()
+                super().showPage()
+            super().save()
+
+    return NumberedCanvas

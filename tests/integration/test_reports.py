@@ -1,0 +1,719 @@
+"""Monitoring and publication reports against a trial with a known history (tests/reporting.py):
+every number is checked against what the fixture did, blinded reports are checked for arm words in
+their rows, CSV and PDF, and the restricted parts for their gates (REP-01..09, BLD-07, BLD-09,
+BLD-13, AUD-05, AUD-09, DIB-04, UNB-05, UNB-08, UNB-09, RND-07, RND-09)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import date, timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from allocator.audit import Action
+from allocator.models import AuditEvent, AuditReview, RoleAssignment, Signature
+from allocator.permissions import Scope
+from allocator.services import accounts, kits, reports, signatures, subjects, trial_state
+from allocator.services.context import ServiceContext
+from allocator.services.errors import Conflict, NotFound, ValidationFailed
+from kits.report import render_report_pdf
+from tests.reporting import (
+    ALL,
+    MONITOR,
+    SIGNED,
+    TRIAL,
+    Truth,
+    arm_leaks,
+    arm_of_subject,
+    build,
+    csv_sections,
+    flat,
+    p1_scope,
+    pdf_text,
+    person,
+)
+from tests.support import CLI_ACTOR, Clock, load_ifn
+
+EVERYTHING = reports.ReportFilter()
+
+
+@pytest.fixture
+def truth(ctx: ServiceContext, clock: Clock) -> Truth:
+    return build(ctx, clock)
+
+
+def view(
+    ctx: ServiceContext, name: str, *, scope: Scope = ALL, version: str = "blinded"
+) -> reports.ReportView:
+    return reports.build(ctx, MONITOR, TRIAL, name, EVERYTHING, scope, version=version)
+
+
+def table(v: reports.ReportView, title: str) -> list[dict[str, str]]:
+    for t in v.tables:
+        if t.title == title:
+            return [dict(zip(t.columns, row, strict=True)) for row in t.rows]
+    raise AssertionError(f"no table {title!r} in {[t.title for t in v.tables]}")
+
+
+def facts(v: reports.ReportView) -> dict[str, str]:
+    return dict(v.facts)
+
+
+@pytest.mark.req("REP-05")
+@pytest.mark.req("BLD-07")
+@pytest.mark.req("RND-07")
+@pytest.mark.req("RND-09")
+@pytest.mark.req("UNB-08")
+def test_the_allocation_history_is_the_known_history(ctx: ServiceContext, truth: Truth) -> None:
+    s = truth.subjects
+    history = reports.allocation_history(ctx, TRIAL, ALL, EVERYTHING)
+    rows = {r.subject_number: r for r in history.rows}
+    assert list(rows) == [s["S1"], s["S2"], s["S3"], s["S4"], s["S5"]]
+    assert [rows[s[k]].site for k in ("S1", "S2", "S3", "S4", "S5")] == ["P1", "P1", "P2", "P1", "P2"]
+    assert rows[s["S3"]].randomized_by == "Inv-P2" and rows[s["S1"]].randomized_by == "Inv-P1"
+    assert rows[s["S3"]].randomized_at.date() == date(2026, 3, 3)
+    # RND-09: the stratum used stays, the corrected one is beside it; no re-randomization.
+    s1 = rows[s["S1"]]
+    assert s1.strata_at_randomization["admission_cause"] == "septic"
+    assert s1.strata_corrected is not None and s1.strata_corrected["admission_cause"] == "non_septic"
+    assert [c.reason for c in s1.corrections] == ["cause of admission re-assessed"]
+    # Kits per day with the replacement of D2.
+    days = {k.day: k for k in s1.kits}
+    assert days["D2"].kit_number == truth.new_kit and days["D2"].status == "administered"
+    assert [r.kit_number for r in days["D2"].replaced] == [truth.replaced_kit]
+    assert "damaged: vial dropped" in days["D2"].replaced[0].reason
+    # RND-07: the subject randomized in error stays, flagged with its reason.
+    assert (
+        rows[s["S2"]].in_error and rows[s["S2"]].in_error_reason == "randomized before the consent was signed"
+    )
+    # Blind breaks: offline for S1, online for S3, accidental for S5; S4's PV unblinding is invisible.
+    assert [(b.kind, b.channel) for b in s1.blind_breaks] == [("emergency", "offline")]
+    assert [(b.kind, b.channel) for b in rows[s["S3"]].blind_breaks] == [("emergency", "online")]
+    assert [(b.kind, b.channel) for b in rows[s["S5"]].blind_breaks] == [("accidental", "reported")]
+    assert rows[s["S4"]].blind_breaks == () and rows[s["S2"]].blind_breaks == ()
+    cells = table(view(ctx, "allocation-history"), "Allocation history")
+    assert cells[0]["D2 kit"].startswith(f"{truth.new_kit[:4]}-{truth.new_kit[4:]} (administered); replaces")
+    assert cells[1]["Randomized in error"].startswith("yes: ")
+    assert "pharmacovigilance" not in str(cells)
+
+
+@pytest.mark.req("REP-05")
+def test_reports_are_limited_to_the_readers_sites_and_the_filters(ctx: ServiceContext, truth: Truth) -> None:
+    s = truth.subjects
+    p1 = p1_scope(ctx)
+    assert [r.subject_number for r in reports.allocation_history(ctx, TRIAL, p1, EVERYTHING).rows] == [
+        s["S1"],
+        s["S2"],
+        s["S4"],
+    ]
+    assert view(ctx, "allocation-history", scope=p1).site_choices == ("P1",)
+    only_p2 = reports.ReportFilter(site="P2")
+    assert [r.subject_number for r in reports.allocation_history(ctx, TRIAL, ALL, only_p2).rows] == [
+        s["S3"],
+        s["S5"],
+    ]
+    with pytest.raises(ValidationFailed) as outside:
+        reports.allocation_history(ctx, TRIAL, p1, only_p2)
+    assert [e.field for e in outside.value.errors] == ["site"]
+    with pytest.raises(ValidationFailed) as unknown:
+        reports.allocation_history(ctx, TRIAL, ALL, reports.ReportFilter(site="P9"))
+    assert [e.field for e in unknown.value.errors] == ["site"]
+    second_week = reports.ReportFilter.parse({"since": "2026-03-09", "until": "2026-03-15"})
+    assert [r.subject_number for r in reports.allocation_history(ctx, TRIAL, ALL, second_week).rows] == [
+        s["S4"],
+        s["S5"],
+    ]
+    first_day = reports.ReportFilter.parse({"until": "2026-03-02"})
+    assert len(reports.allocation_history(ctx, TRIAL, ALL, first_day).rows) == 2
+    # Unblinding events and deviations of a P1 monitor are P1's only.
+    assert {
+        e.site
+        for e in reports.unblinding_report(ctx, TRIAL, p1, EVERYTHING, include_pharmacovigilance=False).events
+    } == {"P1"}
+    assert (
+        reports.unblinding_report(ctx, TRIAL, p1, EVERYTHING, include_pharmacovigilance=False).accidental
+        == ()
+    )
+    assert {b.site for b in reports.deviations(ctx, TRIAL, p1, EVERYTHING).blocked_kits} == set()
+
+
+@pytest.mark.parametrize(
+    ("args", "fields"),
+    [
+        ({"since": "yesterday"}, ["since"]),
+        ({"until": "2026-02-30"}, ["until"]),
+        ({"since": "2026-03-09", "until": "2026-03-01"}, ["until"]),
+        ({"since": "0001-01-01"}, ["since"]),
+        ({"site": "P1'; drop"}, ["site"]),
+        ({"hours_from": "25"}, ["hours_from"]),
+        ({"hours_from": "20", "hours_to": "8"}, ["hours_to"]),
+        ({"since": "x", "site": "?", "hours_to": "x"}, ["since", "site", "hours_to"]),
+    ],
+)
+def test_bad_filters_name_their_field(args: dict[str, str], fields: list[str]) -> None:
+    with pytest.raises(ValidationFailed) as caught:
+        reports.ReportFilter.parse(args)
+    assert [e.field for e in caught.value.errors] == fields
+
+
+@pytest.mark.req("REP-05")
+@pytest.mark.req("REP-08")
+def test_enrolment_dates_accrual_and_chart(ctx: ServiceContext, truth: Truth) -> None:
+    result = reports.enrolment(ctx, TRIAL, ALL, EVERYTHING)
+    by_site = {s.site: s for s in result.sites}
+    assert (by_site["P1"].randomized, by_site["P1"].first.date(), by_site["P1"].last.date()) == (  # type: ignore[union-attr]
+        3,
+        date(2026, 3, 2),
+        date(2026, 3, 9),
+    )
+    assert (by_site["P2"].randomized, by_site["P2"].first.date()) == (2, date(2026, 3, 3))  # type: ignore[union-attr]
+    assert result.overall.randomized == 5 and result.overall.last.date() == date(2026, 3, 9)  # type: ignore[union-attr]
+    weeks = [(w.week_start.isoformat(), w.site, w.randomized, w.cumulative) for w in result.weeks]
+    assert weeks == [
+        ("2026-03-02", "P1", 2, 2),
+        ("2026-03-02", "P2", 1, 1),
+        ("2026-03-09", "P1", 1, 3),
+        ("2026-03-09", "P2", 1, 2),
+    ]
+    assert result.chart is not None
+    series = {s.label: s.points for s in result.chart.series}
+    assert series["P1"] == ((date(2026, 3, 2), 2), (date(2026, 3, 9), 3))
+    assert series["All sites"][-1] == (date(2026, 3, 9), 5)
+    svg = view(ctx, "enrolment").svg or ""
+    assert svg.startswith("<svg") and svg.count("<polyline") == 3
+    # One date label per day over eight days, evenly spaced; the axis ends the day after the last
+    # randomization, so that the last day's step is visible.
+    labels = [f"2026-03-{d:02d}" for d in range(2, 11)]
+    assert [label for label in labels if f">{label}</text>" in svg] == labels
+    # Inlined under the CSP: no script, no style attribute, no event handler, no external reference.
+    for forbidden in ("<script", "style=", "onload", "href", "<?xml"):
+        assert forbidden not in svg
+
+
+@pytest.mark.req("REP-08")
+def test_blinded_balance_counts_per_stratum_and_site(ctx: ServiceContext, truth: Truth) -> None:
+    result = reports.balance(ctx, TRIAL, ALL, EVERYTHING)
+    counts = {(c.site, c.stratum): (c.randomized, c.after_correction, c.in_error) for c in result.strata}
+    assert counts == {
+        ("P1", "admission_cause=septic"): (2, 1, 0),
+        ("P1", "admission_cause=non_septic"): (1, 2, 1),
+        ("P2", "admission_cause=septic"): (1, 1, 0),
+        ("P2", "admission_cause=non_septic"): (1, 1, 0),
+    }
+    assert result.sites == (("P1", 3), ("P2", 2))
+
+
+@pytest.mark.req("REP-08")
+@pytest.mark.req("REP-04")
+def test_dispensing_completeness(ctx: ServiceContext, truth: Truth) -> None:
+    result = reports.dispensing_completeness(ctx, TRIAL, ALL, EVERYTHING)
+    sites = {s.site: s for s in result.sites}
+    assert (sites["P1"].subjects, sites["P1"].dispensed, sites["P1"].administered, sites["P1"].complete) == (
+        3,
+        (2, 1, 1),
+        (1, 1, 1),
+        1,
+    )
+    assert (sites["P2"].dispensed, sites["P2"].administered, sites["P2"].complete) == (
+        (0, 0, 0),
+        (0, 0, 0),
+        0,
+    )
+    assert sites["All sites"].subjects == 5 and sites["All sites"].complete == 1
+    per_subject = {r.subject_number: r for r in result.subjects}
+    assert per_subject[truth.subjects["S1"]].complete and per_subject[truth.subjects["S1"]].given == 3
+    s4 = per_subject[truth.subjects["S4"]]
+    assert [(d.dispensed, d.administered) for d in s4.doses] == [
+        (True, False),
+        (False, False),
+        (False, False),
+    ]
+
+
+@pytest.mark.req("REP-09")
+def test_kit_accountability_is_the_reconciliation(ctx: ServiceContext, truth: Truth) -> None:
+    result = reports.accountability(ctx, TRIAL, ALL, EVERYTHING)
+    assert result.reconciliation == kits.reconciliation(ctx, TRIAL, ALL, include_depot=True)
+    rows = table(view(ctx, "accountability"), "Kits per site and batch, by current status")
+    by_site = {r["Site"]: r for r in rows}
+    assert sum(int(r["Total"]) for r in rows) == 24 + 24 + 8
+    assert by_site["P1"]["damaged"] == "1" and by_site["P1"]["administered"] == "3"
+    assert sum(int(r["expired"]) for r in rows) == 1
+    assert by_site["P1"]["Labels reprinted"] == "3"  # the reprinted confirmation lists S1's three kits
+    assert facts(view(ctx, "accountability"))["Records balance"] == "yes"
+    assert {
+        r["Site"]
+        for r in table(
+            view(ctx, "accountability", scope=p1_scope(ctx)), "Kits per site and batch, by current status"
+        )
+    } == {"P1"}
+
+
+@pytest.mark.req("REP-03")
+@pytest.mark.req("UNB-05")
+@pytest.mark.req("UNB-08")
+@pytest.mark.req("UNB-09")
+def test_the_unblinding_report_lists_every_event_and_hides_pharmacovigilance(
+    ctx: ServiceContext, truth: Truth
+) -> None:
+    s = truth.subjects
+    blinded = reports.unblinding_report(ctx, TRIAL, ALL, EVERYTHING, include_pharmacovigilance=False)
+    assert [(e.subject_number, e.kind, e.channel, e.site) for e in blinded.events] == [
+        (s["S1"], "emergency", "offline", "P1"),
+        (s["S3"], "emergency", "online", "P2"),
+    ]
+    online = blinded.events[1]
+    assert online.role == "investigator" and online.unblinded_by == "Inv-P2"
+    assert online.reason_category.startswith("Serious adverse event")
+    assert online.reason == "severe reaction needing a specific treatment"
+    assert (
+        online.signature.startswith("Signed electronically by Inv P2 (inv-p2)")
+        and "emergency unblinding" in online.signature
+    )
+    offline = blinded.events[0]
+    assert (
+        offline.unblinded_by == "Dr Night Duty" and offline.sheet_number and offline.recorded_by == "Inv-P1"
+    )
+    assert [(a.subject_number, a.site, a.persons_unblinded) for a in blinded.accidental] == [
+        (s["S5"], "P2", "one ward nurse")
+    ]
+    assert s["S4"] not in str(view(ctx, "unblinding").tables)  # the PV-unblinded subject is absent
+    restricted = reports.unblinding_report(ctx, TRIAL, ALL, EVERYTHING, include_pharmacovigilance=True)
+    pv = [e for e in restricted.events if e.kind == "pharmacovigilance"]
+    assert [(e.subject_number, e.unblinded_by, e.role) for e in pv] == [
+        (s["S4"], "Pat Vigil", "pharmacovigilance")
+    ]
+    for version in ("restricted", "safety"):
+        assert s["S4"] in str(view(ctx, "unblinding", version=version).tables)
+    later = reports.unblinding_report(
+        ctx, TRIAL, ALL, reports.ReportFilter(since=date(2026, 3, 8)), include_pharmacovigilance=False
+    )
+    assert [e.channel for e in later.events] == ["online"]  # the offline sheet was opened on the 7th
+
+
+@pytest.mark.req("REP-07")
+def test_protocol_deviation_listings(ctx: ServiceContext, truth: Truth) -> None:
+    s = truth.subjects
+    d = reports.deviations(ctx, TRIAL, ALL, EVERYTHING)
+    assert [(m.subject_number, m.factor, m.at_randomization, m.corrected) for m in d.mis_stratifications] == [
+        (s["S1"], "admission_cause", "septic", "non_septic")
+    ]
+    assert [(e.subject_number, e.reason) for e in d.in_error] == [
+        (s["S2"], "randomized before the consent was signed")
+    ]
+    assert [(r.kind, r.subject_number, r.day, r.cause) for r in d.refused] == [
+        ("scan", s["S1"], "D2", "out-of-order"),
+        ("dispensing", s["S4"], "D1", "wrong-kit"),
+    ]
+    assert truth.kits[s["S1"]]["D1"] in d.refused[1].detail
+    assert [(b.kit_number, b.status, b.from_status) for b in d.blocked_kits] == [
+        (truth.expired_kit, "expired", "available")
+    ]
+    assert [(r.subject_number, r.day, r.old_kit, r.new_kit) for r in d.replacements] == [
+        (s["S1"], "D2", truth.replaced_kit, truth.new_kit)
+    ]
+    assert [(e.subject_number, e.day, e.delay, e.reason) for e in d.late_entries] == [
+        (s["S1"], "D3", timedelta(hours=6), "network down on the ward")
+    ]
+    assert facts(view(ctx, "deviations"))["Refused scans"] == "1"
+    first_week = reports.deviations(ctx, TRIAL, ALL, reports.ReportFilter(until=date(2026, 3, 8)))
+    assert [r.kind for r in first_week.refused] == ["scan"] and first_week.blocked_kits == ()
+
+
+@pytest.mark.req("REP-04")
+def test_participant_flow_in_total_per_site_and_stratum(ctx: ServiceContext, truth: Truth) -> None:
+    flow = reports.participant_flow(ctx, TRIAL, ALL, EVERYTHING)
+    assert flow.columns == ("All sites", "P1", "P2")
+    total, p1, p2 = flow.counts
+    assert (total.screened, total.ineligible, total.randomized, total.in_error) == (7, 2, 5, 1)
+    assert (p1.screened, p1.ineligible, p1.randomized, p2.screened, p2.randomized) == (4, 1, 3, 3, 2)
+    assert (total.dispensed, total.administered, total.complete) == ((2, 1, 1), (1, 1, 1), 1)
+    assert dict(flow.ineligible_reasons) == {"SOFA score over the first 24 h after admission": 2, "Age": 1}
+    strata = {(site, stratum): c.randomized for site, stratum, c in flow.by_stratum}
+    assert strata == {
+        ("P1", "admission_cause=septic"): 2,
+        ("P1", "admission_cause=non_septic"): 1,
+        ("P2", "admission_cause=septic"): 1,
+        ("P2", "admission_cause=non_septic"): 1,
+    }
+    measures = {r["Measure"]: r for r in table(view(ctx, "participant-flow"), "Participant flow")}
+    assert measures["Randomized"] == {"Measure": "Randomized", "All sites": "5", "P1": "3", "P2": "2"}
+    assert measures["3/3 doses administered"]["All sites"] == "1"
+
+
+@pytest.mark.req("REP-04")
+@pytest.mark.req("BLD-09")
+def test_the_flow_per_arm_exists_only_after_the_final_unblinding(ctx: ServiceContext, truth: Truth) -> None:
+    stat = truth.ready.statistician
+    with pytest.raises(Conflict) as early:
+        reports.build(ctx, stat, TRIAL, "participant-flow", EVERYTHING, ALL, version="restricted")
+    assert early.value.status == 409
+    with ctx.db.reading() as s:
+        reads_before = s.execute(
+            select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "arm.read")
+        ).scalar_one()
+    trial_state.lock(ctx, stat, TRIAL, reason="database lock", signature=SIGNED)
+    with pytest.raises(Conflict):
+        reports.participant_flow_by_arm(ctx, stat, TRIAL, ALL, EVERYTHING)
+    trial_state.unblind_trial(ctx, stat, TRIAL, reason="final analysis", signature=SIGNED)
+    restricted = reports.build(ctx, stat, TRIAL, "participant-flow", EVERYTHING, ALL, version="restricted")
+    per_arm = table(restricted, "Participant flow per arm")
+    expected = {"A": 0, "B": 0}
+    for number in truth.subjects.values():
+        expected[arm_of_subject(ctx, truth, number)] += 1
+    randomized = next(r for r in per_arm if r["Measure"] == "Randomized")
+    assert randomized == {
+        "Measure": "Randomized",
+        "All arms": "5",
+        "A: Interferon gamma-1b": str(expected["A"]),
+        "B: Placebo": str(expected["B"]),
+    }
+    in_error = next(r for r in per_arm if r["Measure"] == "Randomized in error")
+    column = {"A": "A: Interferon gamma-1b", "B": "B: Placebo"}[
+        arm_of_subject(ctx, truth, truth.subjects["S2"])
+    ]
+    assert in_error[column] == "1" and in_error["All arms"] == "1"
+    # Per arm, site and stratum (REP-04), each site's strata then its total, every arm in each.
+    placed = {"S1": ("P1", "septic"), "S2": ("P1", "non_septic"), "S3": ("P2", "septic")}
+    placed |= {"S4": ("P1", "septic"), "S5": ("P2", "non_septic")}
+    arm_column = {"A": "A: Interferon gamma-1b", "B": "B: Placebo"}
+    want: dict[tuple[str, str, str], int] = {}
+    for key, (site, cause) in placed.items():
+        column = arm_column[arm_of_subject(ctx, truth, truth.subjects[key])]
+        for stratum in (f"admission_cause={cause}", "all strata"):
+            want[(site, stratum, column)] = want.get((site, stratum, column), 0) + 1
+    cells = table(restricted, "Participant flow per arm, site and stratum")
+    assert len(cells) == 2 * (2 + 1) * 2  # two sites, two strata each plus the site's total, two arms
+    shown = {(r["Site"], r["Stratum"], r["Arm"]): int(r["Randomized"]) for r in cells}
+    assert set(want) <= set(shown) and shown == {key: want.get(key, 0) for key in shown}
+    assert sum(n for (_, stratum, _), n in shown.items() if stratum == "all strata") == 5
+    s1_arm = arm_column[arm_of_subject(ctx, truth, truth.subjects["S1"])]
+    s1_row = next(r for r in cells if (r["Site"], r["Stratum"], r["Arm"]) == ("P1", "all strata", s1_arm))
+    assert s1_row["3/3"] == "1"  # S1 is the only subject with all three doses
+    # Every arm was read through arm_access, one audited read per subject, with its purpose.
+    with ctx.db.reading() as s:
+        reads = s.execute(
+            select(AuditEvent.object_id, AuditEvent.new_values).where(
+                AuditEvent.action == "arm.read", AuditEvent.new_values.contains("participant flow per arm")
+            )
+        ).all()
+    assert sorted(r.object_id for r in reads) == sorted(truth.subjects.values())
+    assert reads_before > 0
+    # The arm-word check sees arms when there are some (so that it can fail on the blinded reports).
+    assert arm_leaks(reports.to_csv(restricted))
+    # Blinded readers keep their totals: the per-arm table is not part of the blinded report.
+    assert "Participant flow per arm" not in [t.title for t in view(ctx, "participant-flow").tables]
+
+
+@pytest.mark.req("REP-01")
+@pytest.mark.req("REP-02")
+@pytest.mark.req("BLD-13")
+def test_sequence_generation_and_concealment(ctx: ServiceContext, truth: Truth) -> None:
+    with ctx.db.reading() as s:
+        pv_assignment = s.execute(
+            select(RoleAssignment.id).where(RoleAssignment.role == "pharmacovigilance")
+        ).scalar_one()
+    accounts.revoke_role(ctx, CLI_ACTOR, pv_assignment, "left the safety department")
+    blinded = reports.sequence_report(ctx, TRIAL, restricted=False)
+    (record,) = blinded.lists
+    assert record.label == "IFNG-PAIS/TEST/1" and record.method == "permuted_blocks"
+    assert record.generated_by == "test runner (command line)" and record.approved_by == "Stat"
+    assert record.software_version != "unknown" and record.block_sizes is None and record.slot_count is None
+    f = facts(view(ctx, "sequence"))
+    assert f["Seed custodian"].startswith("Stat, unblinded statistician")
+    assert f["Block sizes"].startswith("withheld") and f["Allocation ratio"] == "1:1"
+    # REP-01: the stratification factors, like the block sizes, wait for the restricted version or
+    # the final unblinding.
+    assert blinded.factors is None and f["Stratification factors"].startswith("withheld")
+    assert "Stratification factors" not in [t.title for t in view(ctx, "sequence").tables]
+    assert "Who assigned" in f and "Mechanism" in f
+    assert [r.username for r in blinded.enrolled_by] == ["inv-p1", "inv-p2"]
+    holders = {r.username: r for r in blinded.unblinded_holders}
+    assert set(holders) == {"stat", "pv-officer"}
+    assert holders["pv-officer"].revoked_at is not None and holders["stat"].revoked_at is None
+    rows = table(view(ctx, "sequence"), "Everyone who ever held an unblinded role (access to the sequence)")
+    assert {r["Username"]: bool(r["Revoked (UTC)"]) for r in rows} == {"stat": False, "pv-officer": True}
+    assert "2, 4, 6" not in reports.to_csv(view(ctx, "sequence"))
+    restricted = reports.sequence_report(ctx, TRIAL, restricted=True)
+    assert restricted.lists[0].block_sizes == (2, 4, 6) and restricted.lists[0].slot_count
+    assert "Site (P1, P2)" in facts(view(ctx, "sequence", version="restricted"))["Stratification factors"]
+    assert restricted.factors is not None and [code for code, _, _ in restricted.factors] == [
+        "site",
+        "admission_cause",
+    ]
+    stat = truth.ready.statistician
+    trial_state.lock(ctx, stat, TRIAL, reason="database lock", signature=SIGNED)
+    assert reports.sequence_report(ctx, TRIAL, restricted=False).factors is None  # locked is not enough
+    trial_state.unblind_trial(ctx, stat, TRIAL, reason="final analysis", signature=SIGNED)
+    public = reports.sequence_report(ctx, TRIAL, restricted=False)
+    assert public.lists[0].block_sizes == (2, 4, 6) and public.factors == restricted.factors
+    assert "Site (P1, P2)" in facts(view(ctx, "sequence"))["Stratification factors"]
+
+
+@pytest.mark.req("AUD-09")
+@pytest.mark.req("UNB-08")
+def test_each_review_report_lists_its_fixture_events(ctx: ServiceContext, truth: Truth) -> None:
+    def actions(kind: str, flt: reports.ReportFilter = EVERYTHING) -> list[str]:
+        return [e.action for e in reports.audit_review(ctx, TRIAL, kind, ALL, flt).entries]
+
+    unblindings = actions("unblindings")
+    assert (
+        unblindings.count("unblinding.emergency") == 1
+        and unblindings.count("unblinding.offline_registered") == 1
+    )
+    assert unblindings.count("unblinding.accidental_reported") == 1
+    assert "unblinding.pharmacovigilance" not in unblindings
+    arm_reads = reports.audit_review(ctx, TRIAL, "arm-reads", ALL, EVERYTHING).entries
+    purposes = [e.details for e in arm_reads]
+    assert any("emergency unblinding" in p for p in purposes)
+    assert not any("pharmacovigilance" in p for p in purposes)  # UNB-08
+    with ctx.db.reading() as s:
+        pv_reads = s.execute(
+            select(func.count())
+            .select_from(AuditEvent)
+            .where(
+                AuditEvent.action == "arm.read",
+                AuditEvent.new_values.contains("pharmacovigilance unblinding"),
+            )
+        ).scalar_one()
+        every_read = s.execute(
+            select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "arm.read")
+        ).scalar_one()
+    assert pv_reads == 1 and len(arm_reads) == every_read - 1
+    sign_ins = reports.audit_review(ctx, TRIAL, "sign-ins", ALL, EVERYTHING).entries
+    assert [(e.action, e.username) for e in sign_ins] == [("auth.login_failed", "inv-p1")]
+    off_hours = reports.audit_review(ctx, TRIAL, "off-hours", ALL, EVERYTHING).entries
+    assert [(e.action, e.object, e.local_time) for e in off_hours] == [
+        ("administration.recorded", f"subject {truth.subjects['S1']}", "Wed 2026-03-04 22:30 CET")
+    ]
+    late_day = reports.ReportFilter(hours_from=8, hours_to=23)
+    assert actions("off-hours", late_day) == []
+    assert actions("reprints") == ["document.printed"]
+    assert actions("corrections") == [
+        "subject.randomized_in_error",
+        "subject.stratum_corrected",
+        "kit.status_changed",
+    ]
+    assert actions("mis-stratifications") == ["subject.stratum_corrected"]
+    assert actions("kit-replacements") == ["kit.replaced"]
+    grants = reports.audit_review(
+        ctx, TRIAL, "role-changes", ALL, reports.ReportFilter(since=date(2026, 3, 9))
+    ).entries
+    assert [e.action for e in grants] == ["role.granted"] and '"user": "mon-p1"' in grants[0].details
+    with pytest.raises(NotFound) as unknown:
+        reports.audit_review(ctx, TRIAL, "everything", ALL, EVERYTHING)
+    assert unknown.value.errors[0].field == "report"
+
+
+@pytest.mark.req("AUD-09")
+def test_a_review_is_signed_off_with_the_digest_of_what_was_listed(ctx: ServiceContext, truth: Truth) -> None:
+    monitor = person(ctx, "mon-review", "monitor", full_name="Rita Viewer")
+    start, end = date(2026, 3, 2), date(2026, 3, 8)
+    listed = reports.audit_review(
+        ctx, TRIAL, "corrections", ALL, reports.ReportFilter(since=start, until=end)
+    )
+    assert len(listed.entries) == 2  # the expired kit is on the 9th
+    done = reports.sign_review(
+        ctx, monitor, TRIAL, "corrections", start, end, "no finding", SIGNED, scope=ALL
+    )
+    assert (done.entries, done.content_sha256) == (2, listed.digest)
+    assert done.signature.meaning == "audit trail review" and done.signature.printed_name == "Rita Viewer"
+    with ctx.db.reading() as s:
+        row = s.execute(select(AuditReview)).scalar_one()
+        signature = s.get(Signature, row.signature_id)
+        entry = s.execute(
+            select(AuditEvent).where(AuditEvent.action == Action.AUDIT_REVIEWED.value)
+        ).scalar_one()
+    assert (row.report, row.entries, row.content_sha256, row.comment) == (
+        "corrections",
+        2,
+        listed.digest,
+        "no finding",
+    )
+    assert row.period_start.date() == start and row.period_end.date() == end + timedelta(days=1)
+    assert (
+        signature is not None
+        and signature.object_type == "audit_review"
+        and signature.meaning == "audit trail review"
+    )
+    assert signatures.verify(
+        signature,
+        {
+            "trial": TRIAL,
+            "report": "corrections",
+            "period_start": "2026-03-02",
+            "period_end": "2026-03-08",
+            "entries": 2,
+            "sha256": listed.digest,
+            "sites": "all",
+        },
+    )
+    assert (
+        entry.object_type == "audit_review"
+        and entry.reason == "no finding"
+        and listed.digest in (entry.new_values or "")
+    )
+    assert [(p.report, p.period_start, p.period_end) for p in reports.reviews(ctx, TRIAL)] == [
+        ("corrections", start, end)
+    ]
+    assert reports.audit_review(ctx, TRIAL, "corrections", ALL, EVERYTHING).past[0].id == row.id
+    with pytest.raises(signatures.SignatureRefused):
+        reports.sign_review(
+            ctx,
+            monitor,
+            TRIAL,
+            "corrections",
+            start,
+            end,
+            "",
+            signatures.SignatureRequest(password="wrong"),
+            scope=ALL,
+        )
+    with ctx.db.reading() as s:
+        assert s.execute(select(func.count()).select_from(AuditReview)).scalar_one() == 1
+        assert (
+            s.execute(
+                select(func.count())
+                .select_from(AuditEvent)
+                .where(AuditEvent.action == "signature.failed", AuditEvent.object_type == "audit_review")
+            ).scalar_one()
+            == 1
+        )
+    with pytest.raises(ValidationFailed) as bad:
+        reports.sign_review(ctx, monitor, TRIAL, "nothing", end, start, "", SIGNED, scope=ALL)
+    assert [e.field for e in bad.value.errors] == ["report", "until"]
+    with pytest.raises(ValidationFailed) as missing:
+        reports.sign_review(ctx, monitor, TRIAL, "corrections", None, date(2030, 1, 1), "", SIGNED, scope=ALL)
+    assert [e.field for e in missing.value.errors] == ["since", "until"]
+
+
+BLINDED = [(name, "blinded") for name in reports.REPORTS] + [
+    (name, "review") for name in reports.REVIEW_KINDS
+]
+
+
+@pytest.mark.req("BLD-07")
+@pytest.mark.req("AUD-05")
+@pytest.mark.req("DIB-04")
+@pytest.mark.parametrize(("name", "version"), BLINDED, ids=str)
+def test_blinded_exports_round_trip_name_no_arm_and_are_audited(
+    ctx: ServiceContext, truth: Truth, name: str, version: str
+) -> None:
+    flt = reports.ReportFilter(until=date(2026, 3, 31))
+    shown = reports.build(ctx, MONITOR, TRIAL, name, flt, ALL, version=version)
+    csv_export = reports.export(ctx, MONITOR, TRIAL, name, flt, ALL, "csv", version=version)
+    pdf_export = reports.export(ctx, MONITOR, TRIAL, name, flt, ALL, "pdf", version=version)
+    text = csv_export.body.decode("utf-8")
+    metadata, sections = csv_sections(text)
+    # Round trip: every table, its columns and its rows; the metadata without any arm.
+    assert list(sections) == [t.title for t in shown.tables]
+    for t in shown.tables:
+        assert len(sections[t.title]) == len(t.rows)
+        if t.rows:
+            assert tuple(sections[t.title][0]) == t.columns
+    assert csv_export.rows == shown.rows == sum(len(r) for r in sections.values())
+    assert metadata["trial"] == TRIAL and metadata["generated by"] == "Mona Itor (monitor)"
+    assert metadata["filters"].startswith("every site")
+    # The PDF holds every column, the metadata and page numbers.
+    pdf = flat(pdf_text(pdf_export.body))
+    assert pdf_export.body.startswith(b"%PDF")
+    for t in shown.tables:
+        assert flat(t.title) in pdf
+        for column in t.columns:
+            assert flat(column) in pdf, column
+    assert "Generated by: Mona Itor (monitor)" in pdf and "Page 1 of" in pdf
+    # BLD-07: no arm word, no arm code, in the rows, the CSV, the PDF text and its metadata, the name.
+    assert arm_leaks(str(shown.tables) + str(shown.facts)) == []
+    assert arm_leaks(text) == [] and arm_leaks(pdf) == []
+    for filename in (csv_export.filename, pdf_export.filename):
+        assert filename.startswith(("audit-review-" if version == "review" else "") + name)
+        assert filename.endswith(f"-{TRIAL}-2026-03-09.{filename.rsplit('.', 1)[1]}")
+        assert arm_leaks(filename.replace(TRIAL, "")) == []
+    with ctx.db.reading() as s:
+        audited = (
+            s.execute(
+                select(AuditEvent.new_values)
+                .where(AuditEvent.action == Action.REPORT_EXPORTED.value)
+                .order_by(AuditEvent.seq)
+            )
+            .scalars()
+            .all()
+        )
+    entries = [json.loads(a or "{}") for a in audited]
+    assert [e["format"] for e in entries] == ["csv", "pdf"]
+    for e in entries:
+        assert (e["report"], e["version"], e["rows"], e["filters"]) == (
+            name,
+            version,
+            shown.rows,
+            {"until": "2026-03-31"},
+        )
+    assert entries[0]["sha256"] == hashlib.sha256(csv_export.body).hexdigest()
+
+
+@pytest.mark.req("AUD-05")
+def test_csv_cells_that_could_be_formulas_are_neutralised(ctx: ServiceContext, truth: Truth) -> None:
+    subjects.mark_in_error(
+        ctx,
+        truth.ready.investigator,
+        TRIAL,
+        truth.subjects["S4"],
+        reason='=HYPERLINK("x")',
+        scope=ALL,
+        signature=SIGNED,
+    )
+    text = reports.export(ctx, MONITOR, TRIAL, "deviations", EVERYTHING, ALL, "csv").body.decode()
+    _, sections = csv_sections(text)
+    reasons = [r["Reason"] for r in sections["Randomizations in error"]]
+    assert '\'=HYPERLINK("x")' in reasons and '=HYPERLINK("x")' not in reasons
+
+
+def test_unknown_reports_versions_and_formats_are_clear_errors(ctx: ServiceContext, truth: Truth) -> None:
+    for name, version in (
+        ("nope", "blinded"),
+        ("balance", "restricted"),
+        ("balance", "safety"),
+        ("nope", "review"),
+    ):
+        with pytest.raises(NotFound) as caught:
+            reports.build(ctx, MONITOR, TRIAL, name, EVERYTHING, ALL, version=version)
+        assert caught.value.errors[0].field == "report"
+    with pytest.raises(NotFound):
+        reports.build(ctx, MONITOR, TRIAL, "balance", EVERYTHING, ALL, version="secret")
+    with pytest.raises(ValidationFailed) as fmt:
+        reports.export(ctx, MONITOR, TRIAL, "balance", EVERYTHING, ALL, "xlsx")
+    assert fmt.value.errors[0].field == "format"
+
+
+def test_reports_of_an_empty_trial(ctx: ServiceContext) -> None:
+    """Before any list or subject: every report still renders (zeros, no chart, no list)."""
+    load_ifn(ctx)
+    for name in reports.REPORTS:
+        shown = reports.build(ctx, MONITOR, TRIAL, name, EVERYTHING, ALL)
+        assert render_report_pdf(shown.document()).startswith(b"%PDF")
+    assert reports.allocation_history(ctx, TRIAL, ALL, EVERYTHING).rows == ()
+    assert reports.enrolment(ctx, TRIAL, ALL, EVERYTHING).chart is None
+    assert reports.participant_flow(ctx, TRIAL, ALL, EVERYTHING).counts[0].screened == 0
+    assert reports.sequence_report(ctx, TRIAL, restricted=True).lists == ()
+
+
+@pytest.mark.req("UNB-08")
+@pytest.mark.req("BLD-09")
+def test_restricted_exports_seal_their_row_count(ctx: ServiceContext, truth: Truth) -> None:
+    """The number of rows of a restricted unblinding report would count the PV unblindings."""
+    stat = truth.ready.statistician
+    exported = reports.export(ctx, stat, TRIAL, "unblinding", EVERYTHING, ALL, "csv", version="restricted")
+    assert exported.filename.startswith("unblinding-restricted-IFNG-PAIS-")
+    with ctx.db.reading() as s:
+        entry = s.execute(
+            select(AuditEvent).where(AuditEvent.action == Action.REPORT_EXPORTED.value)
+        ).scalar_one()
+    assert entry.sealed_values is not None
+    assert json.loads(entry.new_values or "{}") == {
+        "report": "unblinding",
+        "version": "restricted",
+        "format": "csv",
+        "filters": {},
+    }
