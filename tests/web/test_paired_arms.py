@@ -21,18 +21,23 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import pypdf
-import pypdfium2 as pdfium
 import pytest
-import zxingcpp
 from flask.testing import FlaskClient
-from sqlalchemy import select
 from werkzeug.test import TestResponse
 
 import kits as kitlib
-from allocator import crypto
-from allocator.models import Kit
 from allocator.services import accounts, kits
 from allocator.services.context import ServiceContext
+from tests.masking import (
+    Subject,
+    arm_of,
+    assert_same_response,
+    decoded_qr,
+    key_shape,
+    mask,
+    pdf_fingerprint,
+    pdf_text,
+)
 from tests.support import CLI_ACTOR, ELIGIBLE, GOOD_PASSWORD, ready_trial
 from tests.web.conftest import csrf_token
 
@@ -46,70 +51,6 @@ DAYS = ("D1", "D2", "D3")
 # Blocks of up to 6 can put 6 subjects of one arm in a row before the other arm appears: 18 kits of
 # that arm. 48 kits per site (24 of each arm) leave room; ready_trial's default 24 (12) do not.
 KITS_PER_SITE = 48
-# Headers whose value is expected to differ from one request to the next whatever the subject.
-VOLATILE_HEADERS = {"X-Request-ID", "Set-Cookie"}
-
-
-@dataclass
-class Subject:
-    """What the test knows about one randomized subject (the arm is for the test's eyes only)."""
-
-    screening_number: str
-    subject_number: str = ""
-    randomization_number: str = ""
-    arm: str = ""
-    kits: dict[str, str] = field(default_factory=dict)  # day -> 8-digit kit number
-    kit_labels: dict[str, str] = field(default_factory=dict)  # day -> QR payload of the kit's own label
-    payloads: dict[str, str] = field(default_factory=dict)  # day -> QR payload of the sheet's syringe label
-
-    def identifiers(self) -> list[tuple[str, str]]:
-        """(value, placeholder), longest and most specific first."""
-        pairs: list[tuple[str, str]] = []
-        for day, payload in self.payloads.items():
-            pairs.append((payload, f"<PAYLOAD-{day}>"))
-        for day, payload in self.kit_labels.items():
-            pairs.append((payload, f"<KITLABEL-{day}>"))
-        pairs += [
-            (self.randomization_number, "<RANDOMIZATION-NUMBER>"),
-            (self.screening_number, "<SCREENING-NUMBER>"),
-            (self.subject_number, "<SUBJECT-NUMBER>"),
-        ]
-        for day, number in self.kits.items():
-            pairs.append((f"{number[:4]}-{number[4:]}", f"<KIT-{day}>"))
-            pairs.append((number, f"<KIT-{day}>"))
-        return pairs
-
-
-_GENERIC = [
-    (re.compile(r'(name="csrf_token" value=")[^"]+"'), r'\1<CSRF>"'),
-    (re.compile(r"\b(?:RAND|DISP)-[A-Z0-9-]*\d{4,}\b"), "<DOCUMENT-ID>"),
-    (re.compile(r'("instance":\s*")[^"]*"'), r'\1<REQUEST-ID>"'),
-    (
-        re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2}| UTC)?"),
-        "<TIME>",
-    ),
-    (re.compile(r"D:\d{14}[+-]\d{2}'\d{2}'"), "<PDF-TIME>"),
-]
-
-
-def mask(text: str, subject: Subject, response: TestResponse | None = None) -> str:
-    """`text` with the subject's identifiers, and the response's own request id, replaced."""
-    extra = [(response.headers.get("X-Request-ID", ""), "<REQUEST-ID>")] if response is not None else []
-    for value, placeholder in [*extra, *subject.identifiers()]:
-        if value:
-            text = text.replace(value, placeholder)
-    for pattern, replacement in _GENERIC:
-        text = pattern.sub(replacement, text)
-    return text
-
-
-def key_shape(value: object) -> object:
-    """The keys of a JSON document, recursively (lists keep their length)."""
-    if isinstance(value, Mapping):
-        return {k: key_shape(v) for k, v in sorted(value.items())}
-    if isinstance(value, list):
-        return [key_shape(v) for v in value]
-    return type(value).__name__
 
 
 @dataclass
@@ -118,74 +59,6 @@ class Seen:
 
     texts: list[tuple[str, str]] = field(default_factory=list)
     pdf_texts: list[tuple[str, str, str]] = field(default_factory=list)  # (what, text A, text B)
-
-
-def assert_same_response(what: str, a: TestResponse, b: TestResponse, sa: Subject, sb: Subject) -> None:
-    """Status, header names and masked values, and the masked body (raw length too, except for
-    HTML pages holding a CSRF token, whose length is the framework's business)."""
-    assert (a.status_code, a.mimetype) == (b.status_code, b.mimetype), what
-    assert sorted(a.headers.keys()) == sorted(b.headers.keys()), what
-    for name, value in a.headers.items():
-        if name in VOLATILE_HEADERS:
-            continue
-        assert mask(value, sa) == mask(b.headers.get(name, ""), sb), f"{what}: header {name}"
-    assert len(a.headers["X-Request-ID"]) == len(b.headers["X-Request-ID"]), what
-    body_a, body_b = a.get_data(), b.get_data()
-    if a.mimetype == "application/pdf":
-        # Both the confirmation and the sheet are written uncompressed (compress=False in
-        # kits/confirmation.py and kits/sheet.py), in standard Type-1 fonts whose digits share one
-        # width, with fixed-length identifiers and fixed-length QR drawings: equal lengths are
-        # expected, byte for byte. (A compressed stream would need a tolerance: deflate output
-        # length depends on the digits it compresses.)
-        assert len(body_a) == len(body_b), f"{what}: PDF byte length {len(body_a)} != {len(body_b)}"
-        return
-    text_a, text_b = body_a.decode(), body_b.decode()
-    if a.is_json:
-        assert key_shape(a.json) == key_shape(b.json), f"{what}: JSON keys"
-    assert mask(text_a, sa, a) == mask(text_b, sb, b), what
-    unmasked = _GENERIC[0][0]
-    assert len(unmasked.sub("<CSRF>", text_a)) == len(unmasked.sub("<CSRF>", text_b)), f"{what}: length"
-
-
-def pdf_text(pdf: bytes) -> str:
-    reader = pypdf.PdfReader(io.BytesIO(pdf))
-    return "\n".join(page.extract_text() or "" for page in reader.pages)
-
-
-def pdf_fingerprint(pdf: bytes) -> dict[str, object]:
-    """What a PDF is made of besides its text: pages, fonts, images and other objects, metadata."""
-    reader = pypdf.PdfReader(io.BytesIO(pdf))
-    fonts, xobjects = [], []
-    for page in reader.pages:
-        resources = page.get("/Resources") or {}
-        fonts.append(
-            sorted(str(f.get_object().get("/BaseFont")) for f in (resources.get("/Font") or {}).values())
-        )
-        xobjects.append(
-            sorted(str(x.get_object().get("/Subtype")) for x in (resources.get("/XObject") or {}).values())
-        )
-    return {
-        "pages": len(reader.pages),
-        "fonts": fonts,
-        "xobjects": xobjects,
-        "metadata_keys": sorted((reader.metadata or {}).keys()),
-        "attachments": sorted(reader.attachments),
-        "outline": len(reader.outline),
-    }
-
-
-def decoded_qr(pdf: bytes) -> list[tuple[str, str]]:
-    """(text, error-correction level) of every QR code of every page, rendered at scale 3."""
-    document = pdfium.PdfDocument(pdf)
-    try:
-        images = [document[i].render(scale=3, grayscale=True).to_pil() for i in range(len(document))]
-    finally:
-        document.close()
-    return [
-        (code.text, code.ec_level)
-        for image in images
-        for code in zxingcpp.read_barcodes(image, formats=zxingcpp.BarcodeFormat.QRCode)
-    ]
 
 
 def assert_same_pdf(
@@ -240,12 +113,6 @@ def assert_no_arm_words(what: str, text: str, *, html: bool) -> None:
 
 def answers_form(eligibility: Mapping[str, object]) -> dict[str, str]:
     return {f"eligibility.{k}": str(v) for k, v in eligibility.items()}
-
-
-def arm_of(ctx: ServiceContext, kit_number: str) -> str:
-    with ctx.db.reading() as s:
-        kit = s.execute(select(Kit).where(Kit.kit_number == kit_number)).scalar_one()
-    return crypto.open_arm(ctx.ring, kit.sealed_arm, crypto.Binding(TRIAL, "kit", kit_number, "sealed_arm"))
 
 
 def learn(ctx: ServiceContext, subject: Subject) -> None:
