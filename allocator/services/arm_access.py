@@ -146,9 +146,10 @@ def open_list_seed(
 def kit_arms_in(
     session: Session, ctx: ServiceContext, reader: Actor, trial_code: str, kits: Sequence[Kit], purpose: str
 ) -> dict[int, str]:
-    """Open the arms of `kits` for a machine decision (balancing a shipment, choosing kits for an
-    allocation) inside the caller's transaction; one `arm.read` entry is written there first. The
-    arms are never shown to anyone."""
+    """Open the arms of `kits` inside the caller's transaction; one `arm.read` entry is written
+    there first, naming `purpose`. For machine decisions (balancing a shipment), whose arms are
+    shown to nobody, and for printing the sealed code-break sheets, which only the unblinded
+    statistician or pharmacist receives."""
     if not kits:
         return {}
     ctx.audit.record(
