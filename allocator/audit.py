@@ -113,6 +113,7 @@ class Action(enum.StrEnum):
     SUBJECT_RANDOMIZED = "subject.randomized"
     SUBJECT_FLAGGED_IN_ERROR = "subject.randomized_in_error"
     SUBJECT_STRATUM_CORRECTED = "subject.stratum_corrected"
+    SUBJECT_WITHDRAWN = "subject.withdrawn"  # REP-04
     KIT_REPLACED = "kit.replaced"
     KITS_DISPENSED = "dispensation.dispensed"
     DISPENSING_REFUSED = "dispensation.refused"

@@ -18,7 +18,7 @@ from allocator.models.randomization import (
 from allocator.models.review import AuditReview
 from allocator.models.signature import Signature
 from allocator.models.site import Site, SiteStatus
-from allocator.models.subject import ScreeningEntry, Subject, SubjectCorrection
+from allocator.models.subject import ScreeningEntry, Subject, SubjectCorrection, SubjectWithdrawal
 from allocator.models.trial import Trial, TrialDefinitionVersion, TrialStatus
 from allocator.models.unblinding import (
     AccidentalUnblinding,
@@ -73,6 +73,7 @@ __all__ = [
     "Stratum",
     "Subject",
     "SubjectCorrection",
+    "SubjectWithdrawal",
     "Trial",
     "TrialDefinitionVersion",
     "TrialStateChange",

@@ -1,11 +1,12 @@
-"""Screening log, randomized subjects and their corrections (never deleted, RND-07/09)."""
+"""Screening log, randomized subjects, their corrections and withdrawals (never deleted, RND-07/09,
+REP-04)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, Date, ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from allocator.models.base import Base
@@ -76,3 +77,22 @@ class SubjectCorrection(Base):
     by_id: Mapped[int | None] = mapped_column(ForeignKey("app_user.id"))
     by_name: Mapped[str] = mapped_column(String(200))
     signature_id: Mapped[int | None] = mapped_column(ForeignKey("signature.id"))
+
+
+class SubjectWithdrawal(Base):
+    """A subject's withdrawal from the trial's treatment or follow-up: reasoned, signed, at most one
+    per subject, never changed (REP-04, CONSORT 2025 item 22b). The subject stays randomized and in
+    every report (intention to treat); no further dose is dispensed or given."""
+
+    __tablename__ = "subject_withdrawal"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subject_id: Mapped[int] = mapped_column(ForeignKey("subject.id"), unique=True)  # one per subject
+    # treatment_discontinued | consent_withdrawn | lost_to_follow_up
+    kind: Mapped[str] = mapped_column(String(32))
+    effective_date: Mapped[date] = mapped_column(Date)  # the site's calendar date
+    reason: Mapped[str] = mapped_column(Text)
+    recorded_at: Mapped[datetime]
+    recorded_by_id: Mapped[int | None] = mapped_column(ForeignKey("app_user.id"))
+    recorded_by_name: Mapped[str] = mapped_column(String(200))
+    signature_id: Mapped[int] = mapped_column(ForeignKey("signature.id"))

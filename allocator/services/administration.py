@@ -19,7 +19,7 @@ from allocator.services import kits, trial_state
 from allocator.services.context import ServiceContext
 from allocator.services.dispensing import planned_date
 from allocator.services.errors import Conflict, DomainError, FieldProblem, NotFound, ValidationFailed
-from allocator.services.subjects import current_dispensations
+from allocator.services.subjects import current_dispensations, withdrawn_refusal
 from allocator.services.trials import current_definition, get_trial
 
 LATE_AFTER = timedelta(hours=1)  # an administration recorded later than this needs a reason (DIB-09)
@@ -178,6 +178,9 @@ def _record_in(
         _refusal(ctx, actor, trial.code, subject.subject_number, day, cause, error.detail, site_code, session)
         return error
 
+    withdrawn = withdrawn_refusal(session, subject, "subject_number")
+    if withdrawn is not None:  # REP-04: no further dose once withdrawn
+        return refuse(withdrawn, withdrawn.slug)
     live = current_dispensations(session, subject.id)
     row = live[days[day]]
     kit = session.execute(select(Kit).where(Kit.id == row.kit_id).with_for_update()).scalar_one()

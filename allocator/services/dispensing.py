@@ -33,7 +33,13 @@ from allocator.permissions import Scope
 from allocator.services import arm_access, kits, signatures, trial_state
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, DomainError, FieldProblem, NotFound, ValidationFailed
-from allocator.services.subjects import KitsUnavailable, _subject, current_dispensations
+from allocator.services.subjects import (
+    KitsUnavailable,
+    _subject,
+    current_dispensations,
+    withdrawal_of,
+    withdrawn_refusal,
+)
 from allocator.services.trials import current_definition, get_trial
 from allocator.trialdef import TrialDefinition
 
@@ -92,8 +98,8 @@ def queue(ctx: ServiceContext, trial_code: str, scope: Scope) -> list[QueueItem]
         for subject in session.execute(
             select(Subject).where(Subject.trial_id == trial.id).order_by(Subject.id)
         ).scalars():
-            if not scope.allows_site(subject.site_id):
-                continue
+            if not scope.allows_site(subject.site_id) or withdrawal_of(session, subject.id) is not None:
+                continue  # REP-04: nothing more is dispensed to a withdrawn subject
             pending = []
             for day, row in sorted(current_dispensations(session, subject.id).items()):
                 if row.status == "allocated":
@@ -190,6 +196,20 @@ def _dispense_in(
         raise ValidationFailed(
             "unknown day", errors=[FieldProblem(f"scans.{d}", "is not a dispensing day") for d in unknown]
         )
+    withdrawn = withdrawn_refusal(session, subject, "scans")
+    if withdrawn is not None:  # REP-04: no further dose once withdrawn; audited like any refusal
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=trial.code,
+            action=Action.DISPENSING_REFUSED,
+            object_type="subject",
+            object_id=number,
+            site_code=site.code if site else None,
+            new={"day": ", ".join(parsed), "scanned": ", ".join(parsed.values()), "cause": withdrawn.slug},
+            at=now,
+        )
+        return withdrawn
     live = current_dispensations(session, subject.id)
     chosen: list[tuple[str, Dispensation, Kit]] = []
     for label, kit_number in parsed.items():
@@ -390,7 +410,8 @@ def replace_kit(
 ) -> tuple[str, str]:
     """Replace a lost, damaged or expired kit of a subject by a kit of the same arm, chosen the same
     way (at random among the site's usable kits of that arm). The old kit keeps its history; the
-    answer never names the arm. Returns (day, new kit number)."""
+    answer never names the arm. Refused for a withdrawn subject (SubjectWithdrawn), before the arm
+    is read. Returns (day, new kit number)."""
     if cause not in (KitStatus.LOST.value, KitStatus.DAMAGED.value, KitStatus.EXPIRED.value):
         raise ValidationFailed("invalid cause", errors=[FieldProblem("cause", "lost, damaged or expired")])
     if not reason.strip():
@@ -407,6 +428,9 @@ def replace_kit(
         days = _day_numbers(definition)
         if day_label not in days:
             raise ValidationFailed("unknown day", errors=[FieldProblem("day", "is not a dispensing day")])
+        withdrawn = withdrawn_refusal(session, subject, "day")
+        if withdrawn is not None:  # REP-04: no new kit for a withdrawn subject
+            raise withdrawn
         row = current_dispensations(session, subject.id)[days[day_label]]
         if row.status == "administered":
             raise Conflict(f"the {day_label} kit of {number} was already administered")
@@ -489,6 +513,9 @@ def preparation(
         subject = _subject(session, trial, number, scope)
         if day_label not in _day_numbers(definition):
             raise ValidationFailed("unknown day", errors=[FieldProblem("day", "is not a dispensing day")])
+        withdrawn = withdrawn_refusal(session, subject, "day")
+        if withdrawn is not None:  # REP-04: no dose to prepare, so no reason to read the arm
+            raise withdrawn
         arm = arm_access.subject_arm_in(
             session, ctx, actor, trial.code, subject, f"preparation of {day_label}"
         )

@@ -307,6 +307,7 @@ class AllocationRow:
     in_error_reason: str | None
     corrections: tuple[subjects.CorrectionView, ...]  # stratum corrections
     blind_breaks: tuple[BlindBreak, ...]
+    withdrawal: subjects.WithdrawalView | None = None  # REP-04
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,6 +321,7 @@ class AllocationHistory:
             ("Randomized in error (kept, intention to treat)", str(sum(r.in_error for r in self.rows))),
             ("With a stratum correction", str(sum(bool(r.corrections) for r in self.rows))),
             ("With a blind-break event", str(sum(bool(r.blind_breaks) for r in self.rows))),
+            ("Withdrawn (kept, intention to treat)", str(sum(r.withdrawal is not None for r in self.rows))),
             ("Kit replacements", str(sum(len(k.replaced) for r in self.rows for k in r.kits))),
         )
 
@@ -336,6 +338,7 @@ class AllocationHistory:
             "Randomized in error",
             "Stratum corrections",
             "Blind-break events",
+            "Withdrawal",
         )
         rows = []
         for r in self.rows:
@@ -356,6 +359,7 @@ class AllocationHistory:
                         for c in r.corrections
                     ),
                     " | ".join(b.cell() for b in r.blind_breaks),
+                    _withdrawal_cell(r.withdrawal),
                 )
             )
         return (
@@ -367,6 +371,13 @@ class AllocationHistory:
                 "at randomization, which never change (RND-09).",
             ),
         )
+
+
+def _withdrawal_cell(w: subjects.WithdrawalView | None) -> str:
+    if w is None:
+        return ""
+    kind = subjects.WITHDRAWAL_KINDS.get(w.kind, w.kind)
+    return f"{kind} on {w.effective_date.isoformat()}: {w.reason} ({w.by}, {_t(w.at)})"
 
 
 def _replaced_kits(ctx: ServiceContext, frame: _Frame) -> dict[tuple[str, int], list[ReplacedKit]]:
@@ -410,8 +421,8 @@ def allocation_history(
     ctx: ServiceContext, trial_code: str, scope: Scope, flt: ReportFilter
 ) -> AllocationHistory:
     """Per subject randomized in the period: site, strata as entered and corrected, randomization
-    number, time and author, the kit of each day with its replacements, the in-error flag and the
-    blind-break events. Never an arm (BLD-07)."""
+    number, time and author, the kit of each day with its replacements, the in-error flag, the
+    blind-break events and the withdrawal. Never an arm (BLD-07)."""
     frame = _frame(ctx, trial_code, scope, flt)
     views = _views(ctx, frame)
     replaced = _replaced_kits(ctx, frame)
@@ -441,6 +452,7 @@ def allocation_history(
                 ),
                 corrections=tuple(c for c in view.corrections if c.kind == "stratum"),
                 blind_breaks=tuple(breaks.get(view.subject_number, ())),
+                withdrawal=view.withdrawal,
             )
         )
     return AllocationHistory(frame.day_labels, tuple(rows))
@@ -652,6 +664,7 @@ class SubjectDoses:
     strata: str
     in_error: bool
     doses: tuple[Dose, ...]
+    withdrawn: bool = False  # REP-04
 
     @property
     def given(self) -> int:
@@ -753,6 +766,7 @@ def _doses(frame: _Frame, views: Sequence[subjects.SubjectView]) -> list[Subject
                 _strata_text(view.strata_at_randomization),
                 view.in_error,
                 tuple(doses),
+                view.withdrawal is not None,
             )
         )
     return out
@@ -1436,6 +1450,7 @@ class FlowCounts:
     ineligible: int | None
     randomized: int
     in_error: int
+    withdrawn: int  # REP-04: withdrawals recorded in this service, whatever their kind
     dispensed: tuple[int, ...]  # per day
     administered: tuple[int, ...]  # per day
     complete: int
@@ -1458,7 +1473,7 @@ class ParticipantFlow:
             ("Randomized", str(total.randomized)),
             ("Randomized in error (kept in every count, intention to treat)", str(total.in_error)),
             (f"Received all {len(self.day_labels)} doses", str(total.complete)),
-            ("Withdrawn", "not recorded by this service (see the eCRF)"),
+            ("Withdrawn (kept in every count, intention to treat)", str(total.withdrawn)),
         ]
         if total.screened is not None:
             out[:0] = [("Screened", str(total.screened)), ("Ineligible", str(total.ineligible))]
@@ -1471,6 +1486,7 @@ class ParticipantFlow:
             rows.append(("Ineligible", *(str(c.ineligible) for c in counts)))
         rows.append(("Randomized", *(str(c.randomized) for c in counts)))
         rows.append(("Randomized in error", *(str(c.in_error) for c in counts)))
+        rows.append(("Withdrawn", *(str(c.withdrawn) for c in counts)))
         for i, label in enumerate(self.day_labels):
             rows.append((f"{label} dispensed", *(str(c.dispensed[i]) for c in counts)))
             rows.append((f"{label} administered", *(str(c.administered[i]) for c in counts)))
@@ -1489,6 +1505,7 @@ class ParticipantFlow:
                 "Arm",
                 "Randomized",
                 "Randomized in error",
+                "Withdrawn",
                 *(f"{d} administered" for d in self.day_labels),
                 f"{n}/{n}",
             ),
@@ -1499,6 +1516,7 @@ class ParticipantFlow:
                     arm,
                     str(c.randomized),
                     str(c.in_error),
+                    str(c.withdrawn),
                     *(str(x) for x in c.administered),
                     str(c.complete),
                 )
@@ -1523,6 +1541,7 @@ class ParticipantFlow:
                     "Stratum",
                     "Randomized",
                     "Randomized in error",
+                    "Withdrawn",
                     *(f"{d} administered" for d in self.day_labels),
                     f"{n}/{n}",
                 ),
@@ -1532,6 +1551,7 @@ class ParticipantFlow:
                         stratum,
                         str(c.randomized),
                         str(c.in_error),
+                        str(c.withdrawn),
                         *(str(x) for x in c.administered),
                         str(c.complete),
                     )
@@ -1555,6 +1575,7 @@ def _flow(
         ineligible=sum(not eligible for eligible, _ in screening) if screening is not None else None,
         randomized=len(rows),
         in_error=sum(r.in_error for r in rows),
+        withdrawn=sum(r.withdrawn for r in rows),
         dispensed=tuple(sum(r.doses[i].dispensed for r in rows) for i in range(days)),
         administered=tuple(sum(r.doses[i].administered for r in rows) for i in range(days)),
         complete=sum(r.complete for r in rows),
@@ -1579,8 +1600,8 @@ def participant_flow(
     ctx: ServiceContext, trial_code: str, scope: Scope, flt: ReportFilter
 ) -> ParticipantFlow:
     """CONSORT-style numbers, blinded: screened, ineligible (with the failed criteria), randomized,
-    randomized in error, kits dispensed and administered per day, complete treatments; in total, per
-    site and per stratum. Withdrawal is not recorded by this service."""
+    randomized in error, withdrawn, kits dispensed and administered per day, complete treatments; in
+    total, per site and per stratum."""
     frame = _frame(ctx, trial_code, scope, flt)
     rows = _doses(frame, _views(ctx, frame))
     screening = _screening(ctx, frame)
@@ -1994,6 +2015,12 @@ REVIEW_KINDS: dict[str, ReviewKind] = {
             "Kit replacements",
             "Lost, damaged or expired kits replaced.",
             (A.KIT_REPLACED,),
+        ),
+        ReviewKind(
+            "withdrawals",
+            "Withdrawals",
+            "Subjects withdrawn (treatment discontinued, consent withdrawn, lost to follow-up), each signed.",
+            (A.SUBJECT_WITHDRAWN,),
         ),
         ReviewKind(
             "role-changes",

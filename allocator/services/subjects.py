@@ -18,7 +18,7 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import bindparam, func, insert, select, update
@@ -49,6 +49,7 @@ from allocator.models import (
     Stratum,
     Subject,
     SubjectCorrection,
+    SubjectWithdrawal,
     Trial,
 )
 from allocator.permissions import Scope
@@ -733,10 +734,12 @@ def current_dispensations(session: Session, subject_id: int) -> dict[int, Dispen
 IN_ERROR_MEANING = "randomized in error"
 
 
-def _subject(session: Session, trial: Trial, number: str, scope: Scope) -> Subject:
-    subject = session.execute(
-        select(Subject).where(Subject.trial_id == trial.id, Subject.subject_number == number)
-    ).scalar_one_or_none()
+def _subject(session: Session, trial: Trial, number: str, scope: Scope, *, lock: bool = False) -> Subject:
+    """The subject within the caller's reach. `lock` takes its row lock (PostgreSQL; SQLite's write
+    transaction already excludes other writers) so that two corrections of the same subject at the
+    same moment queue, and the second sees the first (one withdrawal, one in-error flag)."""
+    query = select(Subject).where(Subject.trial_id == trial.id, Subject.subject_number == number)
+    subject = session.execute(query.with_for_update() if lock else query).scalar_one_or_none()
     if subject is None or not scope.allows_site(subject.site_id):
         raise NotFound(f"no subject {number} within your reach")
     return subject
@@ -761,7 +764,7 @@ def mark_in_error(
         with ctx.db.unit_of_work() as session:
             trial = get_trial(session, trial_code)
             trial_state.require_open(trial)  # no new data once the database is locked
-            subject = _subject(session, trial, number, scope)
+            subject = _subject(session, trial, number, scope, lock=True)
             if session.execute(
                 select(SubjectCorrection.id).where(
                     SubjectCorrection.subject_id == subject.id,
@@ -822,6 +825,164 @@ def mark_in_error(
         raise
 
 
+# --- withdrawals (REP-04) ---------------------------------------------------------------------
+
+WITHDRAWAL_MEANING = "subject withdrawal"
+WITHDRAWAL_KINDS = {  # code -> label
+    "treatment_discontinued": "treatment discontinued",
+    "consent_withdrawn": "consent withdrawn",
+    "lost_to_follow_up": "lost to follow-up",
+}
+WITHDRAWAL_REASON_MAX = 1000
+
+
+class SubjectWithdrawn(Conflict):
+    slug = "subject-withdrawn"
+    title = "The subject was withdrawn: no further dose"
+
+
+def withdrawal_of(session: Session, subject_id: int) -> SubjectWithdrawal | None:
+    return session.execute(
+        select(SubjectWithdrawal).where(SubjectWithdrawal.subject_id == subject_id)
+    ).scalar_one_or_none()
+
+
+def withdrawn_refusal(session: Session, subject: Subject, field: str) -> SubjectWithdrawn | None:
+    """The refusal of any further dose to a withdrawn subject (REP-04), or None. The same words for
+    every subject: nothing in it depends on the arm (BLD-01)."""
+    withdrawal = withdrawal_of(session, subject.id)
+    if withdrawal is None:
+        return None
+    when = withdrawal.effective_date.isoformat()
+    return SubjectWithdrawn(
+        f"{subject.subject_number} was withdrawn on {when}: no further dose",
+        errors=[FieldProblem(field, f"the subject was withdrawn on {when}")],
+    )
+
+
+def _withdrawal_input(kind: str, effective_date: date | str, reason: str) -> tuple[str, date, str]:
+    """Check what can be checked without the database; every problem is named at once."""
+    problems: list[FieldProblem] = []
+    kind = kind.strip()
+    if kind not in WITHDRAWAL_KINDS:
+        problems.append(FieldProblem("kind", f"one of {', '.join(WITHDRAWAL_KINDS)}"))
+    when: date | None = None
+    if isinstance(effective_date, date):
+        when = effective_date
+    elif not effective_date.strip():
+        problems.append(FieldProblem("effective_date", "is required (YYYY-MM-DD)"))
+    else:
+        try:
+            when = date.fromisoformat(effective_date.strip())
+        except ValueError:
+            problems.append(FieldProblem("effective_date", "is not a date (YYYY-MM-DD)"))
+    reason = reason.strip()
+    if not reason:
+        problems.append(FieldProblem("reason", "is required"))
+    elif len(reason) > WITHDRAWAL_REASON_MAX:
+        problems.append(FieldProblem("reason", f"is longer than {WITHDRAWAL_REASON_MAX} characters"))
+    if problems or when is None:
+        raise ValidationFailed("the withdrawal is invalid", errors=problems)
+    return kind, when, reason
+
+
+def withdraw(
+    ctx: ServiceContext,
+    actor: Actor,
+    trial_code: str,
+    number: str,
+    *,
+    kind: str,
+    effective_date: date | str,
+    reason: str,
+    scope: Scope,
+    signature: signatures.SignatureRequest,
+) -> None:
+    """Record a subject's withdrawal (REP-04): signed and reasoned, at most once per subject.
+
+    `kind` is treatment_discontinued, consent_withdrawn or lost_to_follow_up; `effective_date` is the
+    site's calendar date (a date or YYYY-MM-DD), neither before the randomization date nor in the
+    future. The subject, its slot and kits stay; it stays in every report (intention to treat), and
+    any further dispensing or administration is refused (SubjectWithdrawn).
+
+    Raises ValidationFailed naming the field (nothing written), NotFound (subject out of reach),
+    Conflict (already withdrawn), trial_state errors (database locked), SignatureRefused (audited)."""
+    kind, when, reason = _withdrawal_input(kind, effective_date, reason)
+    now = ctx.now()
+    try:
+        with ctx.db.unit_of_work() as session:
+            trial, definition = trial_and_definition(session, trial_code)
+            trial_state.require_open(trial)  # no new data once the database is locked
+            subject = _subject(session, trial, number, scope, lock=True)
+            existing = withdrawal_of(session, subject.id)
+            if existing is not None:
+                raise Conflict(f"{number} was already withdrawn on {existing.effective_date.isoformat()}")
+            randomized_on = definition.local_date(subject.randomized_at)
+            if when < randomized_on:
+                raise ValidationFailed(
+                    "the withdrawal date is invalid",
+                    errors=[
+                        FieldProblem(
+                            "effective_date", f"is before the randomization ({randomized_on.isoformat()})"
+                        )
+                    ],
+                )
+            if when > definition.local_date(now):
+                raise ValidationFailed(
+                    "the withdrawal date is invalid",
+                    errors=[FieldProblem("effective_date", "is in the future")],
+                )
+            content = {"subject": number, "kind": kind, "effective_date": when.isoformat(), "reason": reason}
+            signed = signatures.sign(
+                ctx,
+                session,
+                actor=actor,
+                chain=trial.code,
+                trial_id=trial.id,
+                request=signature,
+                meaning=WITHDRAWAL_MEANING,
+                object_type="subject",
+                object_id=number,
+                content=content,
+                now=now,
+            )
+            session.add(
+                SubjectWithdrawal(
+                    subject_id=subject.id,
+                    kind=kind,
+                    effective_date=when,
+                    reason=reason,
+                    recorded_at=now,
+                    recorded_by_id=actor.user_id,
+                    recorded_by_name=actor.name,
+                    signature_id=signed.id,
+                )
+            )
+            site = session.get(Site, subject.site_id)
+            ctx.audit.record(
+                session,
+                actor=actor,
+                chain=trial.code,
+                action=Action.SUBJECT_WITHDRAWN,
+                object_type="subject",
+                object_id=number,
+                site_code=site.code if site else None,
+                new={"kind": kind, "effective_date": when.isoformat(), "signature": signed.id},
+                reason=reason,
+                at=now,
+            )
+    except signatures.SignatureRefused:
+        signatures.record_failure(
+            ctx,
+            actor=actor,
+            chain=trial_code,
+            meaning=WITHDRAWAL_MEANING,
+            object_type="subject",
+            object_id=number,
+        )
+        raise
+
+
 def correct_stratum(
     ctx: ServiceContext,
     actor: Actor,
@@ -850,7 +1011,7 @@ def correct_stratum(
         trial = get_trial(session, trial_code)
         trial_state.require_open(trial)  # no new data once the database is locked
         definition = current_definition(session, trial)
-        subject = _subject(session, trial, number, scope)
+        subject = _subject(session, trial, number, scope, lock=True)
         entered = {f.code: f for f in definition.stratification if f.source == "entered"}
         if factor not in entered:
             raise ValidationFailed(
@@ -936,6 +1097,18 @@ class CorrectionView:
 
 
 @dataclass(frozen=True, slots=True)
+class WithdrawalView:
+    kind: str
+    effective_date: date
+    reason: str
+    by: str
+    at: datetime
+
+    def as_json(self) -> dict[str, object]:
+        return {"kind": self.kind, "effective_date": self.effective_date.isoformat()}
+
+
+@dataclass(frozen=True, slots=True)
 class SubjectView:
     """A subject as every role of the trial may see it: no arm, no stratum position (BLD-01)."""
 
@@ -951,6 +1124,7 @@ class SubjectView:
     blind_broken: bool
     days: tuple[DayView, ...]
     corrections: tuple[CorrectionView, ...]
+    withdrawal: WithdrawalView | None = None  # REP-04
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -965,6 +1139,7 @@ class SubjectView:
             else None,
             "randomized_in_error": self.in_error,
             "blind_broken": self.blind_broken,
+            "withdrawal": self.withdrawal.as_json() if self.withdrawal else None,
             "kits": [
                 {
                     "day": d.label,
@@ -1035,7 +1210,15 @@ def _view(
         blind_broken=blind_broken(session, subject.id),
         days=days,
         corrections=corrections,
+        withdrawal=_withdrawal_view(session, subject.id),
     )
+
+
+def _withdrawal_view(session: Session, subject_id: int) -> WithdrawalView | None:
+    w = withdrawal_of(session, subject_id)
+    if w is None:
+        return None
+    return WithdrawalView(w.kind, w.effective_date, w.reason, w.recorded_by_name, w.recorded_at)
 
 
 def blind_broken(session: Session, subject_id: int) -> bool:

@@ -431,6 +431,10 @@ def document() -> dict[str, Any]:
                         "strata_corrected": {"type": ["object", "null"]},
                         "randomized_in_error": {"type": "boolean"},
                         "blind_broken": {"type": "boolean"},
+                        "withdrawal": {
+                            "type": ["object", "null"],
+                            "description": "kind and effective_date once withdrawn (REP-04)",
+                        },
                         "kits": {"type": "array", "items": {"type": "object"}},
                     },
                 },

@@ -168,6 +168,8 @@ def subject_page(trial: str, subject: str) -> str:
         can_dispense=access.has(Permission.DISPENSATION_DISPENSE, trial_id),
         can_prepare=access.has(Permission.DISPENSATION_PREPARE, trial_id),
         trial_unblinded=trial_state.status(ctx(), trial) == "unblinded",
+        withdrawal_kinds=subjects.WITHDRAWAL_KINDS,
+        today=definition.local_date(ctx().now()).isoformat(),
     )
 
 
@@ -195,6 +197,27 @@ def in_error(trial: str, subject: str) -> WerkzeugResponse:
             signature=_signature(),
         ),
         f"{subject} is flagged as randomized in error (signed). It stays in every report.",
+        url_for("subjects.subject_page", trial=trial, subject=subject),
+    )
+
+
+@bp.route("/trials/<trial>/subjects/<subject>/withdrawal", methods=["POST"])
+@requires(Permission.SUBJECT_CORRECT)
+def withdrawal(trial: str, subject: str) -> WerkzeugResponse:
+    return _perform(
+        lambda: subjects.withdraw(
+            ctx(),
+            actor(Permission.SUBJECT_CORRECT),
+            trial,
+            subject,
+            kind=_form("kind"),
+            effective_date=_form("effective_date"),
+            reason=_form("reason"),
+            scope=scope(Permission.SUBJECT_CORRECT),
+            signature=_signature(),
+        ),
+        f"The withdrawal of {subject} is recorded (signed). No further dose will be dispensed or given; "
+        "the subject stays in every report.",
         url_for("subjects.subject_page", trial=trial, subject=subject),
     )
 

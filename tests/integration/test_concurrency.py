@@ -111,3 +111,82 @@ def test_hundreds_of_simultaneous_randomizations(live: ServiceContext, key_dir: 
     with live.db.read_engine.connect() as conn:
         result = audit.verify_chain(conn, live.ring, "IFNG-PAIS")
     assert result.ok, result.summary()
+
+
+@pytest.mark.req("REP-04")
+@pytest.mark.req("RND-07")
+def test_simultaneous_corrections_of_one_subject_record_one(live: ServiceContext) -> None:
+    """Eight people withdraw the same subject, and eight flag it in error, at the same moment: the
+    subject's row lock makes each one wait for the previous, so exactly one of each is recorded and
+    the others get a Conflict (409), never a database error (500)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from allocator.models import SubjectCorrection, SubjectWithdrawal
+    from allocator.permissions import Scope
+    from allocator.services import signatures, subjects
+    from allocator.services.errors import Conflict
+    from tests.support import GOOD_PASSWORD
+
+    everywhere = Scope(all_sites=True, site_ids=frozenset())
+    signed = signatures.SignatureRequest(password=GOOD_PASSWORD)
+    ready = ready_trial(live)
+    number = subjects.randomize(
+        live,
+        ready.investigator,
+        "IFNG-PAIS",
+        subjects.RandomizationRequest(
+            site="P1",
+            screening_number="P1-0001",
+            eligibility=eligible_on(datetime.now(UTC).date()),
+            strata={"admission_cause": "septic"},
+        ),
+        everywhere,
+    ).subject_number
+
+    def withdraw(i: int) -> str:
+        try:
+            subjects.withdraw(
+                live,
+                ready.investigator,
+                "IFNG-PAIS",
+                number,
+                kind="consent_withdrawn",
+                effective_date=datetime.now(UTC).date(),
+                reason=f"withdrawal {i}",
+                scope=everywhere,
+                signature=signed,
+            )
+        except Conflict:
+            return "conflict"
+        return "ok"
+
+    def flag(i: int) -> str:
+        try:
+            subjects.mark_in_error(
+                live,
+                ready.investigator,
+                "IFNG-PAIS",
+                number,
+                reason=f"flag {i}",
+                scope=everywhere,
+                signature=signed,
+            )
+        except Conflict:
+            return "conflict"
+        return "ok"
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        withdrawals = list(pool.map(withdraw, range(8)))
+        flags = list(pool.map(flag, range(8)))
+    assert sorted(withdrawals) == ["conflict"] * 7 + ["ok"]
+    assert sorted(flags) == ["conflict"] * 7 + ["ok"]
+    with live.db.reading() as s:
+        assert s.execute(select(func.count()).select_from(SubjectWithdrawal)).scalar_one() == 1
+        kinds = s.execute(select(SubjectCorrection.kind)).scalars().all()
+        assert kinds == ["randomized_in_error"]
+        assert (
+            s.execute(
+                select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "subject.withdrawn")
+            ).scalar_one()
+            == 1
+        )

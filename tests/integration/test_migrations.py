@@ -64,6 +64,7 @@ APPEND_ONLY = {
     "screening_entry",
     "subject",
     "subject_correction",
+    "subject_withdrawal",
     "administration",
     "printed_document",
     "integrity_check",

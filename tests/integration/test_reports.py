@@ -322,8 +322,27 @@ def test_protocol_deviation_listings(ctx: ServiceContext, truth: Truth) -> None:
     assert [r.kind for r in first_week.refused] == ["scan"] and first_week.blocked_kits == ()
 
 
+def withdraw_s4(ctx: ServiceContext, truth: Truth) -> str:
+    """S4 (P1, septic, D1 dispensed) withdraws its consent: the one withdrawal of the known truth."""
+    s4 = truth.subjects["S4"]
+    subjects.withdraw(
+        ctx,
+        truth.ready.investigator,
+        TRIAL,
+        s4,
+        kind="consent_withdrawn",
+        effective_date=date(2026, 3, 9),
+        reason="consent withdrawn by the patient",
+        scope=ALL,
+        signature=SIGNED,
+    )
+    return s4
+
+
 @pytest.mark.req("REP-04")
 def test_participant_flow_in_total_per_site_and_stratum(ctx: ServiceContext, truth: Truth) -> None:
+    assert reports.participant_flow(ctx, TRIAL, ALL, EVERYTHING).counts[0].withdrawn == 0
+    s4 = withdraw_s4(ctx, truth)
     flow = reports.participant_flow(ctx, TRIAL, ALL, EVERYTHING)
     assert flow.columns == ("All sites", "P1", "P2")
     total, p1, p2 = flow.counts
@@ -338,9 +357,28 @@ def test_participant_flow_in_total_per_site_and_stratum(ctx: ServiceContext, tru
         ("P2", "admission_cause=septic"): 1,
         ("P2", "admission_cause=non_septic"): 1,
     }
-    measures = {r["Measure"]: r for r in table(view(ctx, "participant-flow"), "Participant flow")}
+    # REP-04: withdrawn, in total, per site and per stratum (S4: P1, septic); kept in every other count.
+    assert (total.withdrawn, p1.withdrawn, p2.withdrawn) == (1, 1, 0)
+    withdrawn = {(site, stratum): c.withdrawn for site, stratum, c in flow.by_stratum}
+    assert withdrawn == {key: int(key == ("P1", "admission_cause=septic")) for key in strata}
+    flow_view = view(ctx, "participant-flow")
+    measures = {r["Measure"]: r for r in table(flow_view, "Participant flow")}
     assert measures["Randomized"] == {"Measure": "Randomized", "All sites": "5", "P1": "3", "P2": "2"}
+    assert measures["Withdrawn"] == {"Measure": "Withdrawn", "All sites": "1", "P1": "1", "P2": "0"}
     assert measures["3/3 doses administered"]["All sites"] == "1"
+    assert facts(flow_view)["Withdrawn (kept in every count, intention to treat)"] == "1"
+    per_stratum = table(flow_view, "Per stratum")
+    assert {(r["Site"], r["Stratum"]): r["Withdrawn"] for r in per_stratum} == {
+        key: str(n) for key, n in withdrawn.items()
+    }
+    # The allocation history shows the withdrawal beside the subject (a withdrawal is not a deviation).
+    history = {r.subject_number: r for r in reports.allocation_history(ctx, TRIAL, ALL, EVERYTHING).rows}
+    assert [n for n, r in history.items() if r.withdrawal is not None] == [s4]
+    cells = {r["Subject"]: r for r in table(view(ctx, "allocation-history"), "Allocation history")}
+    assert cells[s4]["Withdrawal"].startswith(
+        "consent withdrawn on 2026-03-09: consent withdrawn by the patient"
+    )
+    assert all(cells[n]["Withdrawal"] == "" for n in cells if n != s4)
 
 
 @pytest.mark.req("REP-04")
@@ -354,6 +392,7 @@ def test_the_flow_per_arm_exists_only_after_the_final_unblinding(ctx: ServiceCon
         reads_before = s.execute(
             select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "arm.read")
         ).scalar_one()
+    s4 = withdraw_s4(ctx, truth)
     trial_state.lock(ctx, stat, TRIAL, reason="database lock", signature=SIGNED)
     with pytest.raises(Conflict):
         reports.participant_flow_by_arm(ctx, stat, TRIAL, ALL, EVERYTHING)
@@ -375,6 +414,14 @@ def test_the_flow_per_arm_exists_only_after_the_final_unblinding(ctx: ServiceCon
         arm_of_subject(ctx, truth, truth.subjects["S2"])
     ]
     assert in_error[column] == "1" and in_error["All arms"] == "1"
+    # REP-04: withdrawn per arm (S4 only), and per arm, site and stratum below.
+    s4_column = {"A": "A: Interferon gamma-1b", "B": "B: Placebo"}[arm_of_subject(ctx, truth, s4)]
+    withdrawn = next(r for r in per_arm if r["Measure"] == "Withdrawn")
+    assert withdrawn == {
+        "Measure": "Withdrawn",
+        "All arms": "1",
+        **{c: str(int(c == s4_column)) for c in ("A: Interferon gamma-1b", "B: Placebo")},
+    }
     # Per arm, site and stratum (REP-04), each site's strata then its total, every arm in each.
     placed = {"S1": ("P1", "septic"), "S2": ("P1", "non_septic"), "S3": ("P2", "septic")}
     placed |= {"S4": ("P1", "septic"), "S5": ("P2", "non_septic")}
@@ -392,6 +439,11 @@ def test_the_flow_per_arm_exists_only_after_the_final_unblinding(ctx: ServiceCon
     s1_arm = arm_column[arm_of_subject(ctx, truth, truth.subjects["S1"])]
     s1_row = next(r for r in cells if (r["Site"], r["Stratum"], r["Arm"]) == ("P1", "all strata", s1_arm))
     assert s1_row["3/3"] == "1"  # S1 is the only subject with all three doses
+    assert {(r["Site"], r["Stratum"], r["Arm"]) for r in cells if r["Withdrawn"] != "0"} == {
+        ("P1", "admission_cause=septic", s4_column),
+        ("P1", "all strata", s4_column),
+    }
+    assert all(r["Withdrawn"] in ("0", "1") for r in cells)
     # Every arm was read through arm_access, one audited read per subject, with its purpose.
     with ctx.db.reading() as s:
         reads = s.execute(
@@ -498,6 +550,9 @@ def test_each_review_report_lists_its_fixture_events(ctx: ServiceContext, truth:
     ]
     assert actions("mis-stratifications") == ["subject.stratum_corrected"]
     assert actions("kit-replacements") == ["kit.replaced"]
+    assert actions("withdrawals") == []
+    withdraw_s4(ctx, truth)
+    assert actions("withdrawals") == ["subject.withdrawn"]
     grants = reports.audit_review(
         ctx, TRIAL, "role-changes", ALL, reports.ReportFilter(since=date(2026, 3, 9))
     ).entries

@@ -14,6 +14,7 @@ so that every page about one must equal the page about the other once identifier
 * in_error       dispensed; flagged as randomized in error (signed); accidental unblinding report (*)
 * replaced       dispensed; D3 kit replaced as damaged
 * emergency      dispensed; emergency unblinding by the investigator (*)
+* withdrawn      dispensed; D1 given; withdrawn (consent withdrawn, signed); the D2 scan refused
 
 Further: one subject at site P2, an ineligible patient in the screening log, a quarantined kit, a
 prepared (not shipped) shipment, a signed audit review, a spare user (target of the admin forms
@@ -82,11 +83,20 @@ from tests.support import (
 TRIAL = "IFNG-PAIS"
 ARMS = ("A", "B")
 DAYS = ("D1", "D2", "D3")
-STATES = ("allocated", "corrected", "administered", "pv_unblinded", "in_error", "replaced", "emergency")
-# 7 twins of one arm plus the block imbalance (at most 3 with blocks of 6): 10 subjects, 30 kits and a
-# replacement of that arm at P1, and randomization needs 3 kits of every arm left: 72 kits per site
-# hold 36 of each arm.
-KITS_PER_SITE = 72
+STATES = (
+    "allocated",
+    "corrected",
+    "administered",
+    "pv_unblinded",
+    "in_error",
+    "replaced",
+    "emergency",
+    "withdrawn",
+)
+# 8 twins of one arm plus the block imbalance (at most 3 with blocks of 6): 11 subjects, 33 kits and a
+# replacement of that arm at P1, and randomization needs 3 kits of every arm left: 84 kits per site
+# hold 42 of each arm.
+KITS_PER_SITE = 84
 EVERYWHERE = Scope(all_sites=True, site_ids=frozenset())
 SIGNED = signatures.SignatureRequest(password=GOOD_PASSWORD)
 CLIENT = auth.Client("192.0.2.10", "leak-crawler", "world")
@@ -390,8 +400,26 @@ def _apply_states(
             is_investigator=True,
         ),
     )
-    for state in ("administered", "pv_unblinded"):
+    for state in ("administered", "pv_unblinded", "withdrawn"):
         each(state, "refused scans and D1 given for", administer(state))
+    each(
+        "withdrawn",
+        "withdraw, then refuse the D2 scan of",
+        lambda n, _a: (
+            subjects.withdraw(
+                ctx,
+                inv,
+                TRIAL,
+                n,
+                kind="consent_withdrawn",
+                effective_date=ctx.now().date(),
+                reason="the patient withdrew consent",
+                scope=EVERYWHERE,
+                signature=SIGNED,
+            ),
+            refused(lambda: scan(n, payload_of(n, "D2"), "D2")),
+        ),
+    )
     each(
         "in_error",
         "flag in error",

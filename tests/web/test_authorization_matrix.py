@@ -273,6 +273,13 @@ MATRIX = [
         "flag in error", "POST", "/trials/IFNG-PAIS/subjects/P1-001/in-error", CORRECTORS, "subjects.in_error"
     ),
     Row(
+        "record a withdrawal",
+        "POST",
+        "/trials/IFNG-PAIS/subjects/P1-001/withdrawal",
+        CORRECTORS,
+        "subjects.withdrawal",
+    ),
+    Row(
         "correct a stratum",
         "POST",
         "/trials/IFNG-PAIS/subjects/P1-001/stratum",

@@ -260,3 +260,74 @@ def test_the_api_answers_each_refusal_with_its_own_problem_type(
     assert status in (403, 404) and "arm" not in str(problem).lower()
     status, problem = post([body, body])
     assert status == 422 and problem["errors"] == [{"field": "body", "message": "expected a JSON object"}]
+
+
+@pytest.mark.req("REP-04", "ACC-12")
+def test_a_withdrawal_is_recorded_from_the_subject_page_and_stops_the_bedside(
+    app: Flask, ctx: ServiceContext, world: ReadyTrial
+) -> None:
+    request = subjects.RandomizationRequest(
+        site="P1",
+        screening_number="P1-0001",
+        eligibility=dict(ELIGIBLE),
+        strata={"admission_cause": "septic"},
+    )
+    first = subjects.randomize(ctx, world.investigator, TRIAL, request, ALL)
+    number = first.subject_number
+    inv = client_for(app, "inv-p1")
+    page_path = f"/trials/{TRIAL}/subjects/{number}"
+    path = f"{page_path}/withdrawal"
+    page = inv.get(page_path).get_data(as_text=True)
+    assert "Record a withdrawal" in page and f'action="{path}"' in page
+    assert "Meaning of this signature: subject withdrawal" in page
+    assert "Record a withdrawal" not in client_for(app, "pharm-p1").get(page_path).get_data(as_text=True)
+
+    data = {"kind": "treatment_discontinued", "effective_date": "2026-03-02", "reason": "allergic reaction"}
+    refused = inv.post(
+        path,
+        data={
+            **data,
+            "effective_date": "tomorrow",
+            "password": GOOD_PASSWORD,
+            "csrf_token": csrf_token(inv, page_path),
+        },
+        follow_redirects=True,
+    )
+    assert refused.status_code == 200 and "effective_date: is not a date" in refused.get_data(as_text=True)
+    unsigned = inv.post(path, data={**data, "csrf_token": csrf_token(inv, page_path)}, follow_redirects=True)
+    assert "password" in unsigned.get_data(as_text=True)
+    assert subjects.subject(ctx, TRIAL, number, ALL).withdrawal is None
+
+    done = inv.post(
+        path,
+        data={**data, "password": GOOD_PASSWORD, "csrf_token": csrf_token(inv, page_path)},
+        follow_redirects=True,
+    )
+    text = done.get_data(as_text=True)
+    assert f"The withdrawal of {number} is recorded (signed)" in text
+    assert "withdrawn (treatment discontinued) on 2026-03-02" in text
+    assert "Record a withdrawal" not in text
+    again = inv.post(
+        path,
+        data={**data, "password": GOOD_PASSWORD, "csrf_token": csrf_token(inv, page_path)},
+        follow_redirects=True,
+    )
+    assert "already withdrawn on 2026-03-02" in again.get_data(as_text=True)
+    assert "withdrawn" in inv.get(f"/trials/{TRIAL}/subjects").get_data(as_text=True)
+
+    # The pharmacy no longer sees a dispensing form; the bedside refuses with the date.
+    pharm_page = client_for(app, "pharm-p1").get(page_path).get_data(as_text=True)
+    assert "Dispense (signed)" not in pharm_page
+    nurse = client_for(app, "nurse-p1")
+    bedside = f"/trials/{TRIAL}/bedside"
+    response = nurse.post(
+        bedside,
+        data={
+            "subject_number": number,
+            "day": "D1",
+            "payload": kitlib.build_payload(TRIAL, first.kits[0].kit_number, "D1", kits.mac(ctx)),
+            "csrf_token": csrf_token(nurse, bedside),
+        },
+    )
+    assert response.status_code == 409
+    assert f"{number} was withdrawn on 2026-03-02: no further dose" in response.get_data(as_text=True)
