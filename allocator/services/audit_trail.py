@@ -363,51 +363,50 @@ def sign_review(
     a code when enrolled). The signature is linked to the chain's hash at that entry, so a later
     change to any reviewed entry no longer matches the signed content."""
     now = ctx.now()
-    try:
-        with ctx.db.unit_of_work() as session:
-            entry = session.execute(
-                select(AuditEvent).where(AuditEvent.chain == chain, AuditEvent.seq == up_to_seq)
-            ).scalar_one_or_none()
-            if entry is None:
-                raise ValidationFailed(
-                    "no such entry", errors=[FieldProblem("up_to_seq", "is not an entry of this trail")]
-                )
-            content = {"chain": chain, "up_to_seq": up_to_seq, "hash": entry.hash}
-            signature = signatures.sign(
-                ctx,
-                session,
-                actor=actor,
-                chain=chain,
-                trial_id=trial_id,
-                request=request,
-                meaning=REVIEW_MEANING,
-                object_type="audit_trail",
-                object_id=f"{chain}:{up_to_seq}",
-                content=content,
-                now=now,
-            )
-            ctx.audit.record(
-                session,
-                actor=actor,
-                chain=chain,
-                action=Action.AUDIT_REVIEWED,
-                object_type="audit_trail",
-                object_id=f"{chain}:{up_to_seq}",
-                new={"up_to_seq": up_to_seq, "hash": entry.hash, "signature": signature.id},
-                reason=comment.strip() or None,
-                at=now,
-            )
-            return Review(up_to_seq, signatures.manifestation(signature), comment.strip() or None)
-    except signatures.SignatureRefused:
-        signatures.record_failure(
+    with (
+        signatures.failures_recorded(
             ctx,
             actor=actor,
             chain=chain,
             meaning=REVIEW_MEANING,
             object_type="audit_trail",
             object_id=f"{chain}:{up_to_seq}",
+        ),
+        ctx.db.unit_of_work() as session,
+    ):
+        entry = session.execute(
+            select(AuditEvent).where(AuditEvent.chain == chain, AuditEvent.seq == up_to_seq)
+        ).scalar_one_or_none()
+        if entry is None:
+            raise ValidationFailed(
+                "no such entry", errors=[FieldProblem("up_to_seq", "is not an entry of this trail")]
+            )
+        content = {"chain": chain, "up_to_seq": up_to_seq, "hash": entry.hash}
+        signature = signatures.sign(
+            ctx,
+            session,
+            actor=actor,
+            chain=chain,
+            trial_id=trial_id,
+            request=request,
+            meaning=REVIEW_MEANING,
+            object_type="audit_trail",
+            object_id=f"{chain}:{up_to_seq}",
+            content=content,
+            now=now,
         )
-        raise
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=chain,
+            action=Action.AUDIT_REVIEWED,
+            object_type="audit_trail",
+            object_id=f"{chain}:{up_to_seq}",
+            new={"up_to_seq": up_to_seq, "hash": entry.hash, "signature": signature.id},
+            reason=comment.strip() or None,
+            at=now,
+        )
+        return Review(up_to_seq, signatures.manifestation(signature), comment.strip() or None)
 
 
 def reviews(ctx: ServiceContext, chain: str) -> list[Review]:

@@ -293,120 +293,117 @@ def generate_sheets(
     numbers = None if kit_numbers is None else _kit_numbers(ctx, trial_code, kit_numbers)
     request = _need_signature(signature)
     now = ctx.now()
-    try:
-        with ctx.db.unit_of_work() as session:
-            trial = _locked_trial(session, trial_code)
-            definition = current_definition(session, trial)
-            existing: dict[int, str] = {
-                row.kit_id: row.sheet_number
-                for row in session.execute(
-                    select(CodeBreakSheet.kit_id, CodeBreakSheet.sheet_number).where(
-                        CodeBreakSheet.trial_id == trial.id
-                    )
-                )
-            }
-            query = select(Kit).where(Kit.trial_id == trial.id)
-            if numbers is not None:
-                query = query.where(Kit.kit_number.in_(numbers))
-            candidates = list(session.execute(query).scalars())
-            if numbers is not None:
-                found = {kit.kit_number for kit in candidates}
-                unknown = [n for n in numbers if n not in found]
-                if unknown:
-                    raise NotFound(
-                        "unknown kits",
-                        errors=[
-                            FieldProblem("kits", f"no kit {kitlib.format_kit_number(n)} in {trial.code}")
-                            for n in unknown
-                        ],
-                    )
-                covered = sorted(
-                    (kit.kit_number, existing[kit.id]) for kit in candidates if kit.id in existing
-                )
-                if covered:
-                    raise Conflict(
-                        "some kits already have a code-break sheet: reprint its document, or replace a lost sheet",
-                        errors=[
-                            FieldProblem("kits", f"kit {kitlib.format_kit_number(n)} has sheet {sheet}")
-                            for n, sheet in covered
-                        ],
-                    )
-            kits = sorted((k for k in candidates if k.id not in existing), key=lambda k: k.kit_number)
-            if not kits:
-                raise Conflict("every kit of the trial already has a code-break sheet: nothing to generate")
-            sheet_numbers = _next_sheet_numbers(session, trial, len(kits))
-            document_id = supply.next_document_id(session, trial, DOCUMENT_PREFIX)
-            signed = signatures.sign(
-                ctx,
-                session,
-                actor=actor,
-                chain=trial.code,
-                trial_id=trial.id,
-                request=request,
-                meaning=GENERATION_MEANING,
-                object_type="printed_document",
-                object_id=document_id,
-                content={
-                    "document": document_id,
-                    "sheets": dict(zip(sheet_numbers, (k.kit_number for k in kits), strict=True)),
-                },
-                now=now,
-            )
-            sheets = [
-                CodeBreakSheet(
-                    trial_id=trial.id,
-                    kit_id=kit.id,
-                    sheet_number=number,
-                    document_id=document_id,
-                    replaces_id=None,
-                    generated_at=now,
-                    generated_by_id=actor.user_id,
-                    generated_by_name=actor.name,
-                    signature_id=signed.id,
-                )
-                for kit, number in zip(kits, sheet_numbers, strict=True)
-            ]
-            session.add_all(sheets)
-            session.flush()
-            pdf = _print(
-                ctx,
-                session,
-                actor,
-                trial,
-                definition,
-                [_Printed(sheet, kit) for sheet, kit in zip(sheets, kits, strict=True)],
-                document_id=document_id,
-                signed=signed,
-                now=now,
-            )
-            ctx.audit.record(
-                session,
-                actor=actor,
-                chain=trial.code,
-                action=Action.CODE_BREAK_GENERATED,
-                object_type="printed_document",
-                object_id=document_id,
-                new={
-                    "kind": KIND,
-                    "sheets": len(sheets),
-                    "first": sheet_numbers[0],
-                    "last": sheet_numbers[-1],
-                    "reprint": 0,
-                    "signature": signed.id,
-                },
-                at=now,
-            )
-            return SheetDocument(document_id, pdf, len(sheets))
-    except signatures.SignatureRefused:
-        signatures.record_failure(
+    with (
+        signatures.failures_recorded(
             ctx,
             actor=actor,
             chain=trial_code,
             meaning=GENERATION_MEANING,
             object_type="code_break_sheets",
             object_id=trial_code,
+        ),
+        ctx.db.unit_of_work() as session,
+    ):
+        trial = _locked_trial(session, trial_code)
+        definition = current_definition(session, trial)
+        existing: dict[int, str] = {
+            row.kit_id: row.sheet_number
+            for row in session.execute(
+                select(CodeBreakSheet.kit_id, CodeBreakSheet.sheet_number).where(
+                    CodeBreakSheet.trial_id == trial.id
+                )
+            )
+        }
+        query = select(Kit).where(Kit.trial_id == trial.id)
+        if numbers is not None:
+            query = query.where(Kit.kit_number.in_(numbers))
+        candidates = list(session.execute(query).scalars())
+        if numbers is not None:
+            found = {kit.kit_number for kit in candidates}
+            unknown = [n for n in numbers if n not in found]
+            if unknown:
+                raise NotFound(
+                    "unknown kits",
+                    errors=[
+                        FieldProblem("kits", f"no kit {kitlib.format_kit_number(n)} in {trial.code}")
+                        for n in unknown
+                    ],
+                )
+            covered = sorted((kit.kit_number, existing[kit.id]) for kit in candidates if kit.id in existing)
+            if covered:
+                raise Conflict(
+                    "some kits already have a code-break sheet: reprint its document, or replace a lost sheet",
+                    errors=[
+                        FieldProblem("kits", f"kit {kitlib.format_kit_number(n)} has sheet {sheet}")
+                        for n, sheet in covered
+                    ],
+                )
+        kits = sorted((k for k in candidates if k.id not in existing), key=lambda k: k.kit_number)
+        if not kits:
+            raise Conflict("every kit of the trial already has a code-break sheet: nothing to generate")
+        sheet_numbers = _next_sheet_numbers(session, trial, len(kits))
+        document_id = supply.next_document_id(session, trial, DOCUMENT_PREFIX)
+        signed = signatures.sign(
+            ctx,
+            session,
+            actor=actor,
+            chain=trial.code,
+            trial_id=trial.id,
+            request=request,
+            meaning=GENERATION_MEANING,
+            object_type="printed_document",
+            object_id=document_id,
+            content={
+                "document": document_id,
+                "sheets": dict(zip(sheet_numbers, (k.kit_number for k in kits), strict=True)),
+            },
+            now=now,
         )
-        raise
+        sheets = [
+            CodeBreakSheet(
+                trial_id=trial.id,
+                kit_id=kit.id,
+                sheet_number=number,
+                document_id=document_id,
+                replaces_id=None,
+                generated_at=now,
+                generated_by_id=actor.user_id,
+                generated_by_name=actor.name,
+                signature_id=signed.id,
+            )
+            for kit, number in zip(kits, sheet_numbers, strict=True)
+        ]
+        session.add_all(sheets)
+        session.flush()
+        pdf = _print(
+            ctx,
+            session,
+            actor,
+            trial,
+            definition,
+            [_Printed(sheet, kit) for sheet, kit in zip(sheets, kits, strict=True)],
+            document_id=document_id,
+            signed=signed,
+            now=now,
+        )
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=trial.code,
+            action=Action.CODE_BREAK_GENERATED,
+            object_type="printed_document",
+            object_id=document_id,
+            new={
+                "kind": KIND,
+                "sheets": len(sheets),
+                "first": sheet_numbers[0],
+                "last": sheet_numbers[-1],
+                "reprint": 0,
+                "signature": signed.id,
+            },
+            at=now,
+        )
+        return SheetDocument(document_id, pdf, len(sheets))
 
 
 def _replaced_ids(session: Session, trial: Trial) -> dict[int, str]:
@@ -441,107 +438,106 @@ def reprint_document(
     request = _need_signature(signature)
     wanted = document_id.strip()
     now = ctx.now()
-    try:
-        with ctx.db.unit_of_work() as session:
-            trial = _locked_trial(session, trial_code)
-            definition = current_definition(session, trial)
-            document = session.execute(
-                select(PrintedDocument).where(
-                    PrintedDocument.trial_id == trial.id,
-                    PrintedDocument.kind == KIND,
-                    PrintedDocument.document_id == wanted,
-                )
-            ).scalar_one_or_none()
-            if document is None:
-                raise NotFound(
-                    f"no code-break document {wanted}",
-                    errors=[FieldProblem("document_id", "unknown document")],
-                )
-            original = document.reprint_of or document.document_id
-            replaced = _replaced_ids(session, trial)
-            rows = session.execute(
-                select(CodeBreakSheet, Kit)
-                .join(Kit, Kit.id == CodeBreakSheet.kit_id)
-                .where(CodeBreakSheet.trial_id == trial.id, CodeBreakSheet.document_id == original)
-                .order_by(CodeBreakSheet.sheet_number)
-            ).all()
-            items = []
-            for sheet, kit in rows:
-                if sheet.id in replaced:
-                    continue
-                previous = session.get(CodeBreakSheet, sheet.replaces_id) if sheet.replaces_id else None
-                items.append(_Printed(sheet, kit, previous.sheet_number if previous else None))
-            if not items:
-                raise Conflict(f"every sheet of {original} was replaced: reprint the replacements instead")
-            reprint_number = (
-                session.execute(
-                    select(func.count())
-                    .select_from(PrintedDocument)
-                    .where(PrintedDocument.trial_id == trial.id, PrintedDocument.reprint_of == original)
-                ).scalar_one()
-                + 1
-            )
-            new_id = supply.next_document_id(session, trial, DOCUMENT_PREFIX)
-            signed = signatures.sign(
-                ctx,
-                session,
-                actor=actor,
-                chain=trial.code,
-                trial_id=trial.id,
-                request=request,
-                meaning=REPRINT_MEANING,
-                object_type="printed_document",
-                object_id=new_id,
-                content={
-                    "document": new_id,
-                    "reprint_of": original,
-                    "reprint": reprint_number,
-                    "sheets": [item.sheet.sheet_number for item in items],
-                    "reason": reason,
-                },
-                now=now,
-            )
-            pdf = _print(
-                ctx,
-                session,
-                actor,
-                trial,
-                definition,
-                items,
-                document_id=new_id,
-                signed=signed,
-                now=now,
-                reprint_number=reprint_number,
-                reprint_of=original,
-            )
-            ctx.audit.record(
-                session,
-                actor=actor,
-                chain=trial.code,
-                action=Action.DOCUMENT_PRINTED,
-                object_type="printed_document",
-                object_id=new_id,
-                new={
-                    "kind": KIND,
-                    "sheets": len(items),
-                    "reprint": reprint_number,
-                    "reprint_of": original,
-                    "signature": signed.id,
-                },
-                reason=reason,
-                at=now,
-            )
-            return SheetDocument(new_id, pdf, len(items))
-    except signatures.SignatureRefused:
-        signatures.record_failure(
+    with (
+        signatures.failures_recorded(
             ctx,
             actor=actor,
             chain=trial_code,
             meaning=REPRINT_MEANING,
             object_type="printed_document",
             object_id=wanted,
+        ),
+        ctx.db.unit_of_work() as session,
+    ):
+        trial = _locked_trial(session, trial_code)
+        definition = current_definition(session, trial)
+        document = session.execute(
+            select(PrintedDocument).where(
+                PrintedDocument.trial_id == trial.id,
+                PrintedDocument.kind == KIND,
+                PrintedDocument.document_id == wanted,
+            )
+        ).scalar_one_or_none()
+        if document is None:
+            raise NotFound(
+                f"no code-break document {wanted}",
+                errors=[FieldProblem("document_id", "unknown document")],
+            )
+        original = document.reprint_of or document.document_id
+        replaced = _replaced_ids(session, trial)
+        rows = session.execute(
+            select(CodeBreakSheet, Kit)
+            .join(Kit, Kit.id == CodeBreakSheet.kit_id)
+            .where(CodeBreakSheet.trial_id == trial.id, CodeBreakSheet.document_id == original)
+            .order_by(CodeBreakSheet.sheet_number)
+        ).all()
+        items = []
+        for sheet, kit in rows:
+            if sheet.id in replaced:
+                continue
+            previous = session.get(CodeBreakSheet, sheet.replaces_id) if sheet.replaces_id else None
+            items.append(_Printed(sheet, kit, previous.sheet_number if previous else None))
+        if not items:
+            raise Conflict(f"every sheet of {original} was replaced: reprint the replacements instead")
+        reprint_number = (
+            session.execute(
+                select(func.count())
+                .select_from(PrintedDocument)
+                .where(PrintedDocument.trial_id == trial.id, PrintedDocument.reprint_of == original)
+            ).scalar_one()
+            + 1
         )
-        raise
+        new_id = supply.next_document_id(session, trial, DOCUMENT_PREFIX)
+        signed = signatures.sign(
+            ctx,
+            session,
+            actor=actor,
+            chain=trial.code,
+            trial_id=trial.id,
+            request=request,
+            meaning=REPRINT_MEANING,
+            object_type="printed_document",
+            object_id=new_id,
+            content={
+                "document": new_id,
+                "reprint_of": original,
+                "reprint": reprint_number,
+                "sheets": [item.sheet.sheet_number for item in items],
+                "reason": reason,
+            },
+            now=now,
+        )
+        pdf = _print(
+            ctx,
+            session,
+            actor,
+            trial,
+            definition,
+            items,
+            document_id=new_id,
+            signed=signed,
+            now=now,
+            reprint_number=reprint_number,
+            reprint_of=original,
+        )
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=trial.code,
+            action=Action.DOCUMENT_PRINTED,
+            object_type="printed_document",
+            object_id=new_id,
+            new={
+                "kind": KIND,
+                "sheets": len(items),
+                "reprint": reprint_number,
+                "reprint_of": original,
+                "signature": signed.id,
+            },
+            reason=reason,
+            at=now,
+        )
+        return SheetDocument(new_id, pdf, len(items))
 
 
 def replace_sheet(
@@ -563,94 +559,93 @@ def replace_sheet(
     request = _need_signature(signature)
     now = ctx.now()
     wanted = normalize_sheet_number(sheet_number)
-    try:
-        with ctx.db.unit_of_work() as session:
-            trial = _locked_trial(session, trial_code)
-            definition = current_definition(session, trial)
-            old = sheet_for(session, trial, sheet_number)
-            successor = _replaced_ids(session, trial).get(old.id)
-            if successor is not None:
-                raise Conflict(f"sheet {old.sheet_number} was already replaced by {successor}")
-            kit = session.get(Kit, old.kit_id)
-            if kit is None:  # pragma: no cover - a foreign key guarantees it
-                raise NotFound("the sheet's kit is missing")
-            (number,) = _next_sheet_numbers(session, trial, 1)
-            document_id = supply.next_document_id(session, trial, DOCUMENT_PREFIX)
-            signed = signatures.sign(
-                ctx,
-                session,
-                actor=actor,
-                chain=trial.code,
-                trial_id=trial.id,
-                request=request,
-                meaning=REPLACEMENT_MEANING,
-                object_type="code_break_sheet",
-                object_id=number,
-                content={
-                    "document": document_id,
-                    "sheet": number,
-                    "replaces": old.sheet_number,
-                    "kit": kit.kit_number,
-                    "reason": reason,
-                },
-                now=now,
-            )
-            sheet = CodeBreakSheet(
-                trial_id=trial.id,
-                kit_id=kit.id,
-                sheet_number=number,
-                document_id=document_id,
-                replaces_id=old.id,
-                generated_at=now,
-                generated_by_id=actor.user_id,
-                generated_by_name=actor.name,
-                signature_id=signed.id,
-            )
-            session.add(sheet)
-            session.flush()
-            pdf = _print(
-                ctx,
-                session,
-                actor,
-                trial,
-                definition,
-                [_Printed(sheet, kit, old.sheet_number)],
-                document_id=document_id,
-                signed=signed,
-                now=now,
-            )
-            site = session.get(Site, kit.site_id) if kit.site_id is not None else None
-            ctx.audit.record(
-                session,
-                actor=actor,
-                chain=trial.code,
-                action=Action.CODE_BREAK_GENERATED,
-                object_type="printed_document",
-                object_id=document_id,
-                site_code=site.code if site else None,
-                old={"sheet": old.sheet_number},
-                new={
-                    "kind": KIND,
-                    "sheets": 1,
-                    "sheet": number,
-                    "replaces": old.sheet_number,
-                    "reprint": 0,
-                    "signature": signed.id,
-                },
-                reason=reason,
-                at=now,
-            )
-            return SheetDocument(document_id, pdf, 1)
-    except signatures.SignatureRefused:
-        signatures.record_failure(
+    with (
+        signatures.failures_recorded(
             ctx,
             actor=actor,
             chain=trial_code,
             meaning=REPLACEMENT_MEANING,
             object_type="code_break_sheet",
             object_id=wanted,
+        ),
+        ctx.db.unit_of_work() as session,
+    ):
+        trial = _locked_trial(session, trial_code)
+        definition = current_definition(session, trial)
+        old = sheet_for(session, trial, sheet_number)
+        successor = _replaced_ids(session, trial).get(old.id)
+        if successor is not None:
+            raise Conflict(f"sheet {old.sheet_number} was already replaced by {successor}")
+        kit = session.get(Kit, old.kit_id)
+        if kit is None:  # pragma: no cover - a foreign key guarantees it
+            raise NotFound("the sheet's kit is missing")
+        (number,) = _next_sheet_numbers(session, trial, 1)
+        document_id = supply.next_document_id(session, trial, DOCUMENT_PREFIX)
+        signed = signatures.sign(
+            ctx,
+            session,
+            actor=actor,
+            chain=trial.code,
+            trial_id=trial.id,
+            request=request,
+            meaning=REPLACEMENT_MEANING,
+            object_type="code_break_sheet",
+            object_id=number,
+            content={
+                "document": document_id,
+                "sheet": number,
+                "replaces": old.sheet_number,
+                "kit": kit.kit_number,
+                "reason": reason,
+            },
+            now=now,
         )
-        raise
+        sheet = CodeBreakSheet(
+            trial_id=trial.id,
+            kit_id=kit.id,
+            sheet_number=number,
+            document_id=document_id,
+            replaces_id=old.id,
+            generated_at=now,
+            generated_by_id=actor.user_id,
+            generated_by_name=actor.name,
+            signature_id=signed.id,
+        )
+        session.add(sheet)
+        session.flush()
+        pdf = _print(
+            ctx,
+            session,
+            actor,
+            trial,
+            definition,
+            [_Printed(sheet, kit, old.sheet_number)],
+            document_id=document_id,
+            signed=signed,
+            now=now,
+        )
+        site = session.get(Site, kit.site_id) if kit.site_id is not None else None
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=trial.code,
+            action=Action.CODE_BREAK_GENERATED,
+            object_type="printed_document",
+            object_id=document_id,
+            site_code=site.code if site else None,
+            old={"sheet": old.sheet_number},
+            new={
+                "kind": KIND,
+                "sheets": 1,
+                "sheet": number,
+                "replaces": old.sheet_number,
+                "reprint": 0,
+                "signature": signed.id,
+            },
+            reason=reason,
+            at=now,
+        )
+        return SheetDocument(document_id, pdf, 1)
 
 
 @dataclass(frozen=True, slots=True)

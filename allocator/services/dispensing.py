@@ -156,19 +156,18 @@ def dispense(
     if problems:
         raise ValidationFailed("some scans are not valid", errors=problems)
     now = ctx.now()
-    try:
-        with ctx.db.unit_of_work() as session:
-            outcome = _dispense_in(ctx, session, actor, trial_code, number, parsed, scope, signature, now)
-    except signatures.SignatureRefused:
-        signatures.record_failure(
+    with (
+        signatures.failures_recorded(
             ctx,
             actor=actor,
             chain=trial_code,
             meaning=DISPENSING_MEANING,
             object_type="subject",
             object_id=number,
-        )
-        raise
+        ),
+        ctx.db.unit_of_work() as session,
+    ):
+        outcome = _dispense_in(ctx, session, actor, trial_code, number, parsed, scope, signature, now)
     if isinstance(outcome, DomainError):
         raise outcome
     return outcome

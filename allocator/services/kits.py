@@ -809,67 +809,66 @@ def change_status(
         meaning = "kit release from quarantine"
     else:
         meaning = f"kit {target.value} from quarantine"
-    try:
-        with ctx.db.unit_of_work() as session:
-            trial = get_trial(session, trial_code)
-            kit = session.execute(
-                select(Kit).where(Kit.trial_id == trial.id, Kit.kit_number == number).with_for_update()
-            ).scalar_one_or_none()
-            if (
-                kit is None
-                or (kit.site_id is None and not depot)
-                or (kit.site_id is not None and not scope.allows_site(kit.site_id))
-            ):
-                raise NotFound(f"no kit {kitlib.format_kit_number(number)} within your reach")
-            current = KitStatus(kit.status)
-            if target not in MANUAL_TRANSITIONS[current]:
-                raise Conflict(f"a {current.value} kit cannot become {target.value}")
-            needs_signature = target in SIGNED_TARGETS or current in SIGNED_SOURCES
-            signature_id = None
-            if needs_signature:
-                if signature is None:
-                    raise ValidationFailed(
-                        "this change is signed", errors=[FieldProblem("password", "is required")]
-                    )
-                signed = signatures.sign(
-                    ctx,
-                    session,
-                    actor=actor,
-                    chain=trial.code,
-                    trial_id=trial.id,
-                    request=signature,
-                    meaning=meaning,
-                    object_type="kit",
-                    object_id=number,
-                    content={
-                        "kit": number,
-                        "from": current.value,
-                        "to": target.value,
-                        "reason": reason.strip(),
-                    },
-                    now=now,
+    with (
+        signatures.failures_recorded(
+            ctx, actor=actor, chain=trial_code, meaning=meaning, object_type="kit", object_id=number
+        ),
+        ctx.db.unit_of_work() as session,
+    ):
+        trial = get_trial(session, trial_code)
+        kit = session.execute(
+            select(Kit).where(Kit.trial_id == trial.id, Kit.kit_number == number).with_for_update()
+        ).scalar_one_or_none()
+        if (
+            kit is None
+            or (kit.site_id is None and not depot)
+            or (kit.site_id is not None and not scope.allows_site(kit.site_id))
+        ):
+            raise NotFound(f"no kit {kitlib.format_kit_number(number)} within your reach")
+        current = KitStatus(kit.status)
+        if target not in MANUAL_TRANSITIONS[current]:
+            raise Conflict(f"a {current.value} kit cannot become {target.value}")
+        needs_signature = target in SIGNED_TARGETS or current in SIGNED_SOURCES
+        signature_id = None
+        if needs_signature:
+            if signature is None:
+                raise ValidationFailed(
+                    "this change is signed", errors=[FieldProblem("password", "is required")]
                 )
-                signature_id = signed.id
-            site = session.get(Site, kit.site_id) if kit.site_id else None
-            _event(session, kit, target, actor, reason.strip(), now, from_status=current.value)
-            ctx.audit.record(
+            signed = signatures.sign(
+                ctx,
                 session,
                 actor=actor,
                 chain=trial.code,
-                action=Action.KIT_STATUS_CHANGED,
+                trial_id=trial.id,
+                request=signature,
+                meaning=meaning,
                 object_type="kit",
                 object_id=number,
-                site_code=site.code if site else None,
-                old={"status": current.value},
-                new={"status": target.value, "signature": signature_id},
-                reason=reason.strip(),
-                at=now,
+                content={
+                    "kit": number,
+                    "from": current.value,
+                    "to": target.value,
+                    "reason": reason.strip(),
+                },
+                now=now,
             )
-    except signatures.SignatureRefused:
-        signatures.record_failure(
-            ctx, actor=actor, chain=trial_code, meaning=meaning, object_type="kit", object_id=number
+            signature_id = signed.id
+        site = session.get(Site, kit.site_id) if kit.site_id else None
+        _event(session, kit, target, actor, reason.strip(), now, from_status=current.value)
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=trial.code,
+            action=Action.KIT_STATUS_CHANGED,
+            object_type="kit",
+            object_id=number,
+            site_code=site.code if site else None,
+            old={"status": current.value},
+            new={"status": target.value, "signature": signature_id},
+            reason=reason.strip(),
+            at=now,
         )
-        raise
 
 
 def update_batch_expiry(
@@ -888,55 +887,54 @@ def update_batch_expiry(
         raise ValidationFailed("a reason is required", errors=[FieldProblem("reason", "is required")])
     now = ctx.now()
     meaning = "expiry change"
-    try:
-        with ctx.db.unit_of_work() as session:
-            trial = get_trial(session, trial_code)
-            batch = session.execute(
-                select(Batch).where(Batch.trial_id == trial.id, Batch.lot_code == lot_code).with_for_update()
-            ).scalar_one_or_none()
-            if batch is None:
-                raise NotFound(f"no batch {lot_code}", errors=[FieldProblem("lot_code", "unknown batch")])
-            old = batch.expiry_date
-            signed = signatures.sign(
-                ctx,
-                session,
-                actor=actor,
-                chain=trial.code,
-                trial_id=trial.id,
-                request=signature,
-                meaning=meaning,
-                object_type="batch",
-                object_id=lot_code,
-                content={
-                    "batch": lot_code,
-                    "from": old.isoformat(),
-                    "to": expiry.isoformat(),
-                    "reason": reason.strip(),
-                },
-                now=now,
-            )
-            batch.expiry_date = expiry
-            kits = list(session.execute(select(Kit).where(Kit.batch_id == batch.id)).scalars())
-            for kit in kits:
-                kit.expiry_date = expiry
-            ctx.audit.record(
-                session,
-                actor=actor,
-                chain=trial.code,
-                action=Action.BATCH_EXPIRY_CHANGED,
-                object_type="batch",
-                object_id=lot_code,
-                old={"expiry": old.isoformat()},
-                new={"expiry": expiry.isoformat(), "kits": len(kits), "signature": signed.id},
-                reason=reason.strip(),
-                at=now,
-            )
-            return len(kits)
-    except signatures.SignatureRefused:
-        signatures.record_failure(
+    with (
+        signatures.failures_recorded(
             ctx, actor=actor, chain=trial_code, meaning=meaning, object_type="batch", object_id=lot_code
+        ),
+        ctx.db.unit_of_work() as session,
+    ):
+        trial = get_trial(session, trial_code)
+        batch = session.execute(
+            select(Batch).where(Batch.trial_id == trial.id, Batch.lot_code == lot_code).with_for_update()
+        ).scalar_one_or_none()
+        if batch is None:
+            raise NotFound(f"no batch {lot_code}", errors=[FieldProblem("lot_code", "unknown batch")])
+        old = batch.expiry_date
+        signed = signatures.sign(
+            ctx,
+            session,
+            actor=actor,
+            chain=trial.code,
+            trial_id=trial.id,
+            request=signature,
+            meaning=meaning,
+            object_type="batch",
+            object_id=lot_code,
+            content={
+                "batch": lot_code,
+                "from": old.isoformat(),
+                "to": expiry.isoformat(),
+                "reason": reason.strip(),
+            },
+            now=now,
         )
-        raise
+        batch.expiry_date = expiry
+        kits = list(session.execute(select(Kit).where(Kit.batch_id == batch.id)).scalars())
+        for kit in kits:
+            kit.expiry_date = expiry
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=trial.code,
+            action=Action.BATCH_EXPIRY_CHANGED,
+            object_type="batch",
+            object_id=lot_code,
+            old={"expiry": old.isoformat()},
+            new={"expiry": expiry.isoformat(), "kits": len(kits), "signature": signed.id},
+            reason=reason.strip(),
+            at=now,
+        )
+        return len(kits)
 
 
 @dataclass(frozen=True, slots=True)

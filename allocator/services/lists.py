@@ -618,18 +618,15 @@ def _locked_list(
 def _signing(
     ctx: ServiceContext, actor: Actor, trial_code: str, meaning: str, object_id: str, work: Callable[[], None]
 ) -> None:
-    try:
+    with signatures.failures_recorded(
+        ctx,
+        actor=actor,
+        chain=trial_code,
+        meaning=meaning,
+        object_type="randomization_list",
+        object_id=object_id,
+    ):
         work()
-    except signatures.SignatureRefused:
-        signatures.record_failure(
-            ctx,
-            actor=actor,
-            chain=trial_code,
-            meaning=meaning,
-            object_type="randomization_list",
-            object_id=object_id,
-        )
-        raise
 
 
 def approve_list(

@@ -2319,68 +2319,67 @@ def sign_review(
         "sites": sites,
     }
     now = ctx.now()
-    try:
-        with ctx.db.unit_of_work() as session:
-            trial = get_trial(session, trial_code)
-            signed = signatures.sign(
-                ctx,
-                session,
-                actor=actor,
-                chain=trial.code,
-                trial_id=trial.id,
-                request=signature,
-                meaning=audit_trail.REVIEW_MEANING,
-                object_type="audit_review",
-                object_id=object_id,
-                content=content,
-                now=now,
-            )
-            row = AuditReview(
-                trial_id=trial.id,
-                report=report,
-                period_start=flt.start,
-                period_end=flt.end,
-                entries=len(listed.entries),
-                content_sha256=listed.digest,
-                comment=comment.strip(),
-                reviewed_at=now,
-                reviewed_by_id=actor.user_id,
-                reviewed_by_name=actor.name,
-                signature_id=signed.id,
-            )
-            session.add(row)
-            session.flush()
-            ctx.audit.record(
-                session,
-                actor=actor,
-                chain=trial.code,
-                action=Action.AUDIT_REVIEWED,
-                object_type="audit_review",
-                object_id=row.id,
-                new={**content, "signature": signed.id},
-                reason=comment.strip() or None,
-                at=now,
-            )
-            return PastReview(
-                row.id,
-                report,
-                period_start,
-                period_end,
-                row.entries,
-                row.content_sha256,
-                row.comment,
-                signatures.manifestation(signed),
-            )
-    except signatures.SignatureRefused:
-        signatures.record_failure(
+    with (
+        signatures.failures_recorded(
             ctx,
             actor=actor,
             chain=trial_code,
             meaning=audit_trail.REVIEW_MEANING,
             object_type="audit_review",
             object_id=object_id,
+        ),
+        ctx.db.unit_of_work() as session,
+    ):
+        trial = get_trial(session, trial_code)
+        signed = signatures.sign(
+            ctx,
+            session,
+            actor=actor,
+            chain=trial.code,
+            trial_id=trial.id,
+            request=signature,
+            meaning=audit_trail.REVIEW_MEANING,
+            object_type="audit_review",
+            object_id=object_id,
+            content=content,
+            now=now,
         )
-        raise
+        row = AuditReview(
+            trial_id=trial.id,
+            report=report,
+            period_start=flt.start,
+            period_end=flt.end,
+            entries=len(listed.entries),
+            content_sha256=listed.digest,
+            comment=comment.strip(),
+            reviewed_at=now,
+            reviewed_by_id=actor.user_id,
+            reviewed_by_name=actor.name,
+            signature_id=signed.id,
+        )
+        session.add(row)
+        session.flush()
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=trial.code,
+            action=Action.AUDIT_REVIEWED,
+            object_type="audit_review",
+            object_id=row.id,
+            new={**content, "signature": signed.id},
+            reason=comment.strip() or None,
+            at=now,
+        )
+        return PastReview(
+            row.id,
+            report,
+            period_start,
+            period_end,
+            row.entries,
+            row.content_sha256,
+            row.comment,
+            signatures.manifestation(signed),
+        )
 
 
 # --- the report catalogue, views and exports ------------------------------------------------------

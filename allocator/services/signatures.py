@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -157,6 +159,21 @@ def record_failure(
         _fail(
             ctx, session, throttle, ctx.settings.login_max_failures_per_account, now, client, actor.username
         )
+
+
+@contextmanager
+def failures_recorded(
+    ctx: ServiceContext, *, actor: Actor, chain: str, meaning: str, object_type: str, object_id: object
+) -> Iterator[None]:
+    """Wrap a signed operation: when its signature is refused, the refusal is recorded
+    (`record_failure`, after the operation's own unit of work has rolled back) and re-raised."""
+    try:
+        yield
+    except SignatureRefused:
+        record_failure(
+            ctx, actor=actor, chain=chain, meaning=meaning, object_type=object_type, object_id=object_id
+        )
+        raise
 
 
 def manifestation(signature: Signature) -> Manifestation:

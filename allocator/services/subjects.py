@@ -760,69 +760,68 @@ def mark_in_error(
     if not reason.strip():
         raise ValidationFailed("a reason is required", errors=[FieldProblem("reason", "is required")])
     now = ctx.now()
-    try:
-        with ctx.db.unit_of_work() as session:
-            trial = get_trial(session, trial_code)
-            trial_state.require_open(trial)  # no new data once the database is locked
-            subject = _subject(session, trial, number, scope, lock=True)
-            if session.execute(
-                select(SubjectCorrection.id).where(
-                    SubjectCorrection.subject_id == subject.id,
-                    SubjectCorrection.kind == "randomized_in_error",
-                )
-            ).first():
-                raise Conflict(f"{number} is already flagged as randomized in error")
-            signed = signatures.sign(
-                ctx,
-                session,
-                actor=actor,
-                chain=trial.code,
-                trial_id=trial.id,
-                request=signature,
-                meaning=IN_ERROR_MEANING,
-                object_type="subject",
-                object_id=number,
-                content={"subject": number, "reason": reason.strip()},
-                now=now,
-            )
-            session.add(
-                SubjectCorrection(
-                    subject_id=subject.id,
-                    kind="randomized_in_error",
-                    field=None,
-                    old_value=None,
-                    new_value=True,
-                    reason=reason.strip(),
-                    investigator_agreement_ref=None,
-                    at=now,
-                    by_id=actor.user_id,
-                    by_name=actor.name,
-                    signature_id=signed.id,
-                )
-            )
-            site = session.get(Site, subject.site_id)
-            ctx.audit.record(
-                session,
-                actor=actor,
-                chain=trial.code,
-                action=Action.SUBJECT_FLAGGED_IN_ERROR,
-                object_type="subject",
-                object_id=number,
-                site_code=site.code if site else None,
-                new={"randomized_in_error": True, "signature": signed.id},
-                reason=reason.strip(),
-                at=now,
-            )
-    except signatures.SignatureRefused:
-        signatures.record_failure(
+    with (
+        signatures.failures_recorded(
             ctx,
             actor=actor,
             chain=trial_code,
             meaning=IN_ERROR_MEANING,
             object_type="subject",
             object_id=number,
+        ),
+        ctx.db.unit_of_work() as session,
+    ):
+        trial = get_trial(session, trial_code)
+        trial_state.require_open(trial)  # no new data once the database is locked
+        subject = _subject(session, trial, number, scope, lock=True)
+        if session.execute(
+            select(SubjectCorrection.id).where(
+                SubjectCorrection.subject_id == subject.id,
+                SubjectCorrection.kind == "randomized_in_error",
+            )
+        ).first():
+            raise Conflict(f"{number} is already flagged as randomized in error")
+        signed = signatures.sign(
+            ctx,
+            session,
+            actor=actor,
+            chain=trial.code,
+            trial_id=trial.id,
+            request=signature,
+            meaning=IN_ERROR_MEANING,
+            object_type="subject",
+            object_id=number,
+            content={"subject": number, "reason": reason.strip()},
+            now=now,
         )
-        raise
+        session.add(
+            SubjectCorrection(
+                subject_id=subject.id,
+                kind="randomized_in_error",
+                field=None,
+                old_value=None,
+                new_value=True,
+                reason=reason.strip(),
+                investigator_agreement_ref=None,
+                at=now,
+                by_id=actor.user_id,
+                by_name=actor.name,
+                signature_id=signed.id,
+            )
+        )
+        site = session.get(Site, subject.site_id)
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=trial.code,
+            action=Action.SUBJECT_FLAGGED_IN_ERROR,
+            object_type="subject",
+            object_id=number,
+            site_code=site.code if site else None,
+            new={"randomized_in_error": True, "signature": signed.id},
+            reason=reason.strip(),
+            at=now,
+        )
 
 
 # --- withdrawals (REP-04) ---------------------------------------------------------------------
@@ -909,78 +908,77 @@ def withdraw(
     Conflict (already withdrawn), trial_state errors (database locked), SignatureRefused (audited)."""
     kind, when, reason = _withdrawal_input(kind, effective_date, reason)
     now = ctx.now()
-    try:
-        with ctx.db.unit_of_work() as session:
-            trial, definition = trial_and_definition(session, trial_code)
-            trial_state.require_open(trial)  # no new data once the database is locked
-            subject = _subject(session, trial, number, scope, lock=True)
-            existing = withdrawal_of(session, subject.id)
-            if existing is not None:
-                raise Conflict(f"{number} was already withdrawn on {existing.effective_date.isoformat()}")
-            randomized_on = definition.local_date(subject.randomized_at)
-            if when < randomized_on:
-                raise ValidationFailed(
-                    "the withdrawal date is invalid",
-                    errors=[
-                        FieldProblem(
-                            "effective_date", f"is before the randomization ({randomized_on.isoformat()})"
-                        )
-                    ],
-                )
-            if when > definition.local_date(now):
-                raise ValidationFailed(
-                    "the withdrawal date is invalid",
-                    errors=[FieldProblem("effective_date", "is in the future")],
-                )
-            content = {"subject": number, "kind": kind, "effective_date": when.isoformat(), "reason": reason}
-            signed = signatures.sign(
-                ctx,
-                session,
-                actor=actor,
-                chain=trial.code,
-                trial_id=trial.id,
-                request=signature,
-                meaning=WITHDRAWAL_MEANING,
-                object_type="subject",
-                object_id=number,
-                content=content,
-                now=now,
-            )
-            session.add(
-                SubjectWithdrawal(
-                    subject_id=subject.id,
-                    kind=kind,
-                    effective_date=when,
-                    reason=reason,
-                    recorded_at=now,
-                    recorded_by_id=actor.user_id,
-                    recorded_by_name=actor.name,
-                    signature_id=signed.id,
-                )
-            )
-            site = session.get(Site, subject.site_id)
-            ctx.audit.record(
-                session,
-                actor=actor,
-                chain=trial.code,
-                action=Action.SUBJECT_WITHDRAWN,
-                object_type="subject",
-                object_id=number,
-                site_code=site.code if site else None,
-                new={"kind": kind, "effective_date": when.isoformat(), "signature": signed.id},
-                reason=reason,
-                at=now,
-            )
-    except signatures.SignatureRefused:
-        signatures.record_failure(
+    with (
+        signatures.failures_recorded(
             ctx,
             actor=actor,
             chain=trial_code,
             meaning=WITHDRAWAL_MEANING,
             object_type="subject",
             object_id=number,
+        ),
+        ctx.db.unit_of_work() as session,
+    ):
+        trial, definition = trial_and_definition(session, trial_code)
+        trial_state.require_open(trial)  # no new data once the database is locked
+        subject = _subject(session, trial, number, scope, lock=True)
+        existing = withdrawal_of(session, subject.id)
+        if existing is not None:
+            raise Conflict(f"{number} was already withdrawn on {existing.effective_date.isoformat()}")
+        randomized_on = definition.local_date(subject.randomized_at)
+        if when < randomized_on:
+            raise ValidationFailed(
+                "the withdrawal date is invalid",
+                errors=[
+                    FieldProblem(
+                        "effective_date", f"is before the randomization ({randomized_on.isoformat()})"
+                    )
+                ],
+            )
+        if when > definition.local_date(now):
+            raise ValidationFailed(
+                "the withdrawal date is invalid",
+                errors=[FieldProblem("effective_date", "is in the future")],
+            )
+        content = {"subject": number, "kind": kind, "effective_date": when.isoformat(), "reason": reason}
+        signed = signatures.sign(
+            ctx,
+            session,
+            actor=actor,
+            chain=trial.code,
+            trial_id=trial.id,
+            request=signature,
+            meaning=WITHDRAWAL_MEANING,
+            object_type="subject",
+            object_id=number,
+            content=content,
+            now=now,
         )
-        raise
+        session.add(
+            SubjectWithdrawal(
+                subject_id=subject.id,
+                kind=kind,
+                effective_date=when,
+                reason=reason,
+                recorded_at=now,
+                recorded_by_id=actor.user_id,
+                recorded_by_name=actor.name,
+                signature_id=signed.id,
+            )
+        )
+        site = session.get(Site, subject.site_id)
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=trial.code,
+            action=Action.SUBJECT_WITHDRAWN,
+            object_type="subject",
+            object_id=number,
+            site_code=site.code if site else None,
+            new={"kind": kind, "effective_date": when.isoformat(), "signature": signed.id},
+            reason=reason,
+            at=now,
+        )
 
 
 def correct_stratum(

@@ -83,74 +83,73 @@ def _change(
     if not reason.strip():
         raise ValidationFailed("a reason is required", errors=[FieldProblem("reason", "is required")])
     now = ctx.now()
-    try:
-        with ctx.db.unit_of_work() as session:
-            trial = session.execute(
-                select(Trial).where(Trial.code == trial_code).with_for_update()
-            ).scalar_one_or_none()
-            if trial is None:
-                get_trial(session, trial_code)  # raises NotFound
-                raise AssertionError  # pragma: no cover
-            if trial.status != expected.value:
-                raise Conflict(
-                    f"{trial.code} is {trial.status}: it must be {expected.value} to become {target.value}"
-                )
-            signed = signatures.sign(
-                ctx,
-                session,
-                actor=actor,
-                chain=trial.code,
-                trial_id=trial.id,
-                request=signature,
-                meaning=meaning,
-                object_type="trial",
-                object_id=trial.code,
-                content={
-                    "trial": trial.code,
-                    "from": expected.value,
-                    "to": target.value,
-                    "reason": reason.strip(),
-                },
-                now=now,
-            )
-            trial.status = target.value
-            session.add(
-                TrialStateChange(
-                    trial_id=trial.id,
-                    from_status=expected.value,
-                    to_status=target.value,
-                    reason=reason.strip(),
-                    changed_at=now,
-                    changed_by_id=actor.user_id,
-                    changed_by_name=actor.name,
-                    signature_id=signed.id,
-                )
-            )
-            ctx.audit.record(
-                session,
-                actor=actor,
-                chain=trial.code,
-                action=Action.TRIAL_STATUS_CHANGED,
-                object_type="trial",
-                object_id=trial.code,
-                old={"status": expected.value},
-                new={"status": target.value, "signature": signed.id},
-                reason=reason.strip(),
-                at=now,
-            )
-            return StateStep(
-                expected.value,
-                target.value,
-                reason.strip(),
-                now,
-                actor.name,
-                signatures.manifestation(signed),
-            )
-    except signatures.SignatureRefused:
-        signatures.record_failure(
+    with (
+        signatures.failures_recorded(
             ctx, actor=actor, chain=trial_code, meaning=meaning, object_type="trial", object_id=trial_code
+        ),
+        ctx.db.unit_of_work() as session,
+    ):
+        trial = session.execute(
+            select(Trial).where(Trial.code == trial_code).with_for_update()
+        ).scalar_one_or_none()
+        if trial is None:
+            get_trial(session, trial_code)  # raises NotFound
+            raise AssertionError  # pragma: no cover
+        if trial.status != expected.value:
+            raise Conflict(
+                f"{trial.code} is {trial.status}: it must be {expected.value} to become {target.value}"
+            )
+        signed = signatures.sign(
+            ctx,
+            session,
+            actor=actor,
+            chain=trial.code,
+            trial_id=trial.id,
+            request=signature,
+            meaning=meaning,
+            object_type="trial",
+            object_id=trial.code,
+            content={
+                "trial": trial.code,
+                "from": expected.value,
+                "to": target.value,
+                "reason": reason.strip(),
+            },
+            now=now,
         )
-        raise
+        trial.status = target.value
+        session.add(
+            TrialStateChange(
+                trial_id=trial.id,
+                from_status=expected.value,
+                to_status=target.value,
+                reason=reason.strip(),
+                changed_at=now,
+                changed_by_id=actor.user_id,
+                changed_by_name=actor.name,
+                signature_id=signed.id,
+            )
+        )
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=trial.code,
+            action=Action.TRIAL_STATUS_CHANGED,
+            object_type="trial",
+            object_id=trial.code,
+            old={"status": expected.value},
+            new={"status": target.value, "signature": signed.id},
+            reason=reason.strip(),
+            at=now,
+        )
+        return StateStep(
+            expected.value,
+            target.value,
+            reason.strip(),
+            now,
+            actor.name,
+            signatures.manifestation(signed),
+        )
 
 
 def lock(
@@ -326,50 +325,47 @@ def unblinded_listing(
 ) -> Release:
     """REP-06: the randomization scheme and codes, released (signed) only once UNBLINDED."""
     now = ctx.now()
-    try:
-        with ctx.db.unit_of_work() as session:
-            trial = get_trial(session, trial_code)
-            require_unblinded(trial)
-            signed = signatures.sign(
-                ctx,
-                session,
-                actor=actor,
-                chain=trial.code,
-                trial_id=trial.id,
-                request=signature,
-                meaning=LISTING_MEANING,
-                object_type="trial",
-                object_id=trial.code,
-                content={"trial": trial.code, "released_at": now.isoformat()},
-                now=now,
-            )
-            rows = _rows(ctx, session, actor, trial, "final unblinded listing")
-            title = "Unblinded randomization listing"
-            text = _csv(title, trial, rows, now, actor.name)
-            digest = hashlib.sha256(text.encode()).hexdigest()
-            ctx.audit.record(
-                session,
-                actor=actor,
-                chain=trial.code,
-                action=Action.UNBLINDED_LISTING_RELEASED,
-                object_type="trial",
-                object_id=trial.code,
-                new={"subjects": len(rows), "sha256": digest, "signature": signed.id},
-                at=now,
-            )
-            return Release(
-                trial.code, title, tuple(rows), text, digest, now, signatures.manifestation(signed)
-            )
-    except signatures.SignatureRefused:
-        signatures.record_failure(
+    with (
+        signatures.failures_recorded(
             ctx,
             actor=actor,
             chain=trial_code,
             meaning=LISTING_MEANING,
             object_type="trial",
             object_id=trial_code,
+        ),
+        ctx.db.unit_of_work() as session,
+    ):
+        trial = get_trial(session, trial_code)
+        require_unblinded(trial)
+        signed = signatures.sign(
+            ctx,
+            session,
+            actor=actor,
+            chain=trial.code,
+            trial_id=trial.id,
+            request=signature,
+            meaning=LISTING_MEANING,
+            object_type="trial",
+            object_id=trial.code,
+            content={"trial": trial.code, "released_at": now.isoformat()},
+            now=now,
         )
-        raise
+        rows = _rows(ctx, session, actor, trial, "final unblinded listing")
+        title = "Unblinded randomization listing"
+        text = _csv(title, trial, rows, now, actor.name)
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=trial.code,
+            action=Action.UNBLINDED_LISTING_RELEASED,
+            object_type="trial",
+            object_id=trial.code,
+            new={"subjects": len(rows), "sha256": digest, "signature": signed.id},
+            at=now,
+        )
+        return Release(trial.code, title, tuple(rows), text, digest, now, signatures.manifestation(signed))
 
 
 def interim_package(
@@ -385,73 +381,68 @@ def interim_package(
     if len(purpose.strip()) < 5:
         raise ValidationFailed("say what the package is for", errors=[FieldProblem("purpose", "is required")])
     now = ctx.now()
-    try:
-        with ctx.db.unit_of_work() as session:
-            trial = get_trial(session, trial_code)
-            if trial.status not in (TrialStatus.ACTIVE.value, TrialStatus.LOCKED.value):
-                raise Conflict(f"{trial.code} is {trial.status}: interim packages are for an ongoing trial")
-            number = (
-                session.execute(
-                    select(func.count())
-                    .select_from(InterimPackage)
-                    .where(InterimPackage.trial_id == trial.id)
-                ).scalar_one()
-                + 1
-            )
-            signed = signatures.sign(
-                ctx,
-                session,
-                actor=actor,
-                chain=trial.code,
-                trial_id=trial.id,
-                request=signature,
-                meaning=INTERIM_MEANING,
-                object_type="interim_package",
-                object_id=number,
-                content={"trial": trial.code, "package": number, "purpose": purpose.strip()},
-                now=now,
-            )
-            rows = _rows(ctx, session, actor, trial, f"interim package {number}")
-            title = f"Unblinded interim package {number}: {purpose.strip()}"
-            text = _csv(title, trial, rows, now, actor.name)
-            digest = hashlib.sha256(text.encode()).hexdigest()
-            session.add(
-                InterimPackage(
-                    trial_id=trial.id,
-                    number=number,
-                    purpose=purpose.strip(),
-                    subjects=len(rows),
-                    content_sha256=digest,
-                    created_at=now,
-                    created_by_id=actor.user_id,
-                    created_by_name=actor.name,
-                    signature_id=signed.id,
-                )
-            )
-            ctx.audit.record(
-                session,
-                actor=actor,
-                chain=trial.code,
-                action=Action.INTERIM_PACKAGE_RELEASED,
-                object_type="interim_package",
-                object_id=number,
-                new={"subjects": len(rows), "sha256": digest, "signature": signed.id},
-                reason=purpose.strip(),
-                at=now,
-            )
-            return Release(
-                trial.code, title, tuple(rows), text, digest, now, signatures.manifestation(signed)
-            )
-    except signatures.SignatureRefused:
-        signatures.record_failure(
+    with (
+        signatures.failures_recorded(
             ctx,
             actor=actor,
             chain=trial_code,
             meaning=INTERIM_MEANING,
             object_type="trial",
             object_id=trial_code,
+        ),
+        ctx.db.unit_of_work() as session,
+    ):
+        trial = get_trial(session, trial_code)
+        if trial.status not in (TrialStatus.ACTIVE.value, TrialStatus.LOCKED.value):
+            raise Conflict(f"{trial.code} is {trial.status}: interim packages are for an ongoing trial")
+        number = (
+            session.execute(
+                select(func.count()).select_from(InterimPackage).where(InterimPackage.trial_id == trial.id)
+            ).scalar_one()
+            + 1
         )
-        raise
+        signed = signatures.sign(
+            ctx,
+            session,
+            actor=actor,
+            chain=trial.code,
+            trial_id=trial.id,
+            request=signature,
+            meaning=INTERIM_MEANING,
+            object_type="interim_package",
+            object_id=number,
+            content={"trial": trial.code, "package": number, "purpose": purpose.strip()},
+            now=now,
+        )
+        rows = _rows(ctx, session, actor, trial, f"interim package {number}")
+        title = f"Unblinded interim package {number}: {purpose.strip()}"
+        text = _csv(title, trial, rows, now, actor.name)
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        session.add(
+            InterimPackage(
+                trial_id=trial.id,
+                number=number,
+                purpose=purpose.strip(),
+                subjects=len(rows),
+                content_sha256=digest,
+                created_at=now,
+                created_by_id=actor.user_id,
+                created_by_name=actor.name,
+                signature_id=signed.id,
+            )
+        )
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=trial.code,
+            action=Action.INTERIM_PACKAGE_RELEASED,
+            object_type="interim_package",
+            object_id=number,
+            new={"subjects": len(rows), "sha256": digest, "signature": signed.id},
+            reason=purpose.strip(),
+            at=now,
+        )
+        return Release(trial.code, title, tuple(rows), text, digest, now, signatures.manifestation(signed))
 
 
 def own_subject_arm(
