@@ -1472,8 +1472,8 @@ class ParticipantFlow:
         out = [
             ("Randomized", str(total.randomized)),
             ("Randomized in error (kept in every count, intention to treat)", str(total.in_error)),
-            (f"Received all {len(self.day_labels)} doses", str(total.complete)),
             ("Withdrawn (kept in every count, intention to treat)", str(total.withdrawn)),
+            (f"Received all {len(self.day_labels)} doses", str(total.complete)),
         ]
         if total.screened is not None:
             out[:0] = [("Screened", str(total.screened)), ("Ineligible", str(total.ineligible))]

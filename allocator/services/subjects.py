@@ -967,6 +967,18 @@ def withdraw(
             )
         )
         site = session.get(Site, subject.site_id)
+        _notify(  # the pharmacy must stop preparing this subject's doses (no arm in it)
+            session,
+            trial,
+            subject.site_id,
+            "pharmacist",
+            "subject_withdrawn",
+            number,
+            f"Withdrawal of {number}",
+            f"Subject {number} was withdrawn ({WITHDRAWAL_KINDS[kind]}) on {when.isoformat()}, recorded by "
+            f"{actor.name}. Dispense no further kit; the kits allocated to {number} stay assigned to it.",
+            now,
+        )
         ctx.audit.record(
             session,
             actor=actor,

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 import kits as kitlib
 from allocator import crypto
-from allocator.models import AuditEvent, Kit, Signature, Site, Subject, SubjectWithdrawal
+from allocator.models import AuditEvent, Kit, Notification, Signature, Site, Subject, SubjectWithdrawal
 from allocator.permissions import Scope
 from allocator.services import administration, dispensing, kits, signatures, subjects, trial_state
 from allocator.services.context import ServiceContext
@@ -97,6 +97,16 @@ def test_a_withdrawal_is_signed_audited_shown_and_names_no_arm(ctx: ServiceConte
     assert entry.sealed_values is None
     arm = _arm(ctx, result.kits[0].kit_number)
     assert arm not in str(entry.new_values).split('"') and "arm" not in (entry.new_values or "")
+    # The site's pharmacy is told to stop, in words that are the same for both arms.
+    with ctx.db.reading() as s:
+        note = s.execute(select(Notification).where(Notification.kind == "subject_withdrawn")).scalar_one()
+        p1 = s.execute(select(Site.id).where(Site.code == "P1")).scalar_one()
+    assert (note.audience, note.site_id, note.subject_number) == ("pharmacist", p1, result.subject_number)
+    assert note.body == (
+        f"Subject {result.subject_number} was withdrawn (lost to follow-up) on 2026-03-03, recorded by "
+        f"{ready.investigator.name}. Dispense no further kit; the kits allocated to {result.subject_number} "
+        "stay assigned to it."
+    )
 
 
 @pytest.mark.req("REP-04")
