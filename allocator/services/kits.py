@@ -429,16 +429,18 @@ class StockRow:
 
 
 def _needed_until(definition: TrialDefinition, today: date) -> date:
-    """A kit allocated today must not expire before the last dispensing day plus the margin (LBL-05)."""
+    """A kit allocated today (the site's calendar date) must not expire before the calendar day of
+    the last dose plus the margin (LBL-05). A dose `offset_hours` after an allocation made late in
+    the evening falls up to ceil(offset_hours / 24) calendar days later."""
     last_offset = max(day.offset_hours for day in definition.dispensing.schedule)
-    return today + timedelta(hours=last_offset) + timedelta(days=definition.dispensing.expiry_margin_days)
+    return today + timedelta(days=-(-last_offset // 24) + definition.dispensing.expiry_margin_days)
 
 
 def stock(ctx: ServiceContext, trial_code: str, scope: Scope, *, include_depot: bool) -> list[StockRow]:
     with ctx.db.reading() as session:
         trial = get_trial(session, trial_code)
         definition = current_definition(session, trial)
-        needed = _needed_until(definition, ctx.now().date())
+        needed = _needed_until(definition, definition.local_date(ctx.now()))
         sites = {
             s.id: s.code for s in session.execute(select(Site).where(Site.trial_id == trial.id)).scalars()
         }
@@ -497,7 +499,7 @@ def create_shipment(
             raise ValidationFailed(
                 "invalid count", errors=[FieldProblem("count", f"a multiple of {total}, at most 10000")]
             )
-        needed = _needed_until(definition, now.date())
+        needed = _needed_until(definition, definition.local_date(now))
         depot = list(
             session.execute(
                 select(Kit)

@@ -1211,3 +1211,20 @@ def test_blinded_stock_and_shipment_views_have_no_arm_and_follow_the_scope(s: Su
         supply.reconciliation(ctx, TRIAL, ALL, include_depot=True),
     ):
         assert not ARM_WORDS.search(repr(value))
+
+
+@pytest.mark.req("LBL-05")
+@pytest.mark.parametrize(("last_offset", "days"), [(48, 2), (49, 3), (60, 3), (72, 3)])
+def test_a_kit_must_last_until_the_calendar_day_of_the_last_dose_plus_the_margin(
+    last_offset: int, days: int
+) -> None:
+    """Randomized at 23:30, a dose 60 hours later falls three calendar days later, not two: the
+    hours past the last whole day round up."""
+    from allocator.services.kits import _needed_until
+    from allocator.trialdef import parse_definition
+    from tests.support import IFN_TRIAL
+
+    text = IFN_TRIAL.read_text(encoding="utf-8").replace("offset_hours = 48", f"offset_hours = {last_offset}")
+    definition = parse_definition(text)
+    margin = definition.dispensing.expiry_margin_days
+    assert _needed_until(definition, date(2026, 3, 2)) == date(2026, 3, 2) + timedelta(days=days + margin)
