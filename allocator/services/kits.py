@@ -1155,8 +1155,9 @@ def reconciliation(
     ctx: ServiceContext, trial_code: str, scope: Scope, *, include_depot: bool
 ) -> Reconciliation:
     """Kit accountability per site and batch, with every place where the records do not balance:
-    a kit whose event history does not chain up to its current status, a shipment whose kits are
-    neither received nor in transit nor lost (blinded: no arm anywhere)."""
+    a kit whose event history does not chain up to its current status, a kit in use at no site, a
+    shipment whose recorded kit count differs from its kits or whose kits are still in transit
+    after its receipt (blinded: no arm anywhere)."""
     with ctx.db.reading() as session:
         trial = get_trial(session, trial_code)
         sites = {
@@ -1224,6 +1225,7 @@ def reconciliation(
                 problems.append(
                     f"kit {kitlib.format_kit_number(kit.kit_number)} is {kit.status} but at no site"
                 )
+        problems += _shipment_discrepancies(session, trial, scope)
         rows = tuple(
             ReconciliationRow(
                 site=site,
@@ -1236,6 +1238,35 @@ def reconciliation(
             for (site, lot), g in sorted(groups.items(), key=lambda item: (item[0][0] == "depot", item[0]))
         )
         return Reconciliation(rows=rows, discrepancies=tuple(problems))
+
+
+def _shipment_discrepancies(session: Session, trial: Trial, scope: Scope) -> list[str]:
+    """Each shipment within reach must hold as many kits as it records, and once received none of
+    them may still be in transit."""
+    carried: Counter[int | None] = Counter()
+    in_transit: Counter[int | None] = Counter()
+    for shipment_id, status in session.execute(
+        select(Kit.shipment_id, Kit.status).where(Kit.trial_id == trial.id, Kit.shipment_id.is_not(None))
+    ):
+        carried[shipment_id] += 1
+        in_transit[shipment_id] += status == S.IN_TRANSIT.value
+    problems = []
+    for shipment in session.execute(
+        select(Shipment).where(Shipment.trial_id == trial.id).order_by(Shipment.id)
+    ).scalars():
+        if not scope.allows_site(shipment.site_id):
+            continue
+        if carried[shipment.id] != shipment.kit_count:
+            problems.append(
+                f"shipment {shipment.number} records {shipment.kit_count} kits but {carried[shipment.id]} "
+                "kits belong to it"
+            )
+        if shipment.status == "received" and in_transit[shipment.id]:
+            problems.append(
+                f"shipment {shipment.number} was received but {in_transit[shipment.id]} of its kits are "
+                "still in transit"
+            )
+    return problems
 
 
 def reconciliation_csv(report: Reconciliation) -> str:

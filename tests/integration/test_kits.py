@@ -1171,6 +1171,31 @@ def test_reconciliation_balances_with_the_simulated_truth_and_shows_a_tampered_k
     assert not tampered.balanced
     (problem,) = tampered.discrepancies
     assert kitlib.format_kit_number(lost) in problem and "lost" in problem and "available" in problem
+    # A shipment's recorded count and its kits must agree; a received shipment has no kit in transit.
+    with ctx.db.unit_of_work() as session:
+        session.execute(
+            text("UPDATE shipment SET kit_count = kit_count + 1 WHERE number = :n"), {"n": in_transit.number}
+        )
+        session.execute(
+            text("UPDATE kit SET status = 'in_transit' WHERE kit_number = :n"), {"n": view.kits[2]}
+        )
+
+    def shipment_problems(scope: Scope, include_depot: bool) -> list[str]:
+        found = supply.reconciliation(ctx, TRIAL, scope, include_depot=include_depot).discrepancies
+        return [p for p in found if p.startswith("shipment ")]
+
+    received_problem = f"shipment {view.number} was received but 1 of its kits are still in transit"
+    count_problem = f"shipment {in_transit.number} records 5 kits but 4 kits belong to it"
+    assert shipment_problems(ALL, True) == [received_problem, count_problem]
+    assert shipment_problems(s.p1, False) == [received_problem]  # each reader: their own sites only
+    assert shipment_problems(s.p2, False) == [count_problem]
+    with ctx.db.unit_of_work() as session:
+        session.execute(
+            text("UPDATE shipment SET kit_count = kit_count - 1 WHERE number = :n"), {"n": in_transit.number}
+        )
+        session.execute(
+            text("UPDATE kit SET status = 'available' WHERE kit_number = :n"), {"n": view.kits[2]}
+        )
 
     exported = supply.reconciliation_csv(tampered)
     rows = list(csv.reader(io.StringIO(exported)))
