@@ -94,8 +94,6 @@ class Action(enum.StrEnum):
     LIST_GENERATED = "list.generated"
     LIST_APPROVED = "list.approved"
     LIST_ACTIVATED = "list.activated"
-    LIST_EXTENSION_PROPOSED = "list.extension_proposed"  # RND-10: first of two signatures
-    LIST_EXTENSION_DECLINED = "list.extension_declined"
     LIST_EXTENDED = "list.extended"
     LIST_RETIRED = "list.retired"
     LIST_VERIFIED = "list.verified"

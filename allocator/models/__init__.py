@@ -7,7 +7,6 @@ from allocator.models.kit import Batch, Kit, KitEvent, KitList, KitStatus, Shipm
 from allocator.models.notification import Notification
 from allocator.models.randomization import (
     IntegrityCheck,
-    ListExtensionProposal,
     ListMode,
     ListStatus,
     ListVersion,
@@ -54,7 +53,6 @@ __all__ = [
     "KitEvent",
     "KitList",
     "KitStatus",
-    "ListExtensionProposal",
     "ListMode",
     "ListStatus",
     "ListVersion",

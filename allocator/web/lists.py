@@ -10,7 +10,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 from allocator.permissions import Permission, requires
 from allocator.services import lists, signatures
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
-from allocator.web.security import actor, ctx, current_trial, current_user
+from allocator.web.security import actor, ctx, current_trial
 
 bp = Blueprint("lists", __name__)
 
@@ -51,7 +51,6 @@ def manage(trial: str) -> Response:
         trial=trial,
         lists=lists.lists(ctx(), trial),
         instance_mode=lists.instance_mode(ctx().settings.env).value,
-        me=current_user().user_id,
     )
     return Response(html, mimetype="text/html")
 
@@ -121,7 +120,6 @@ def verify(trial: str) -> WerkzeugResponse:
 @bp.route("/trials/<trial>/lists/<int:list_id>/extend", methods=["POST"])
 @requires(Permission.LIST_MANAGE)
 def extend(trial: str, list_id: int) -> WerkzeugResponse:
-    """The first signature of an extension (RND-10): a proposal, applied once another person approves."""
     raw = (request.form.get("additional") or "").strip()
     chosen = request.form.getlist("stratum") or None
 
@@ -130,7 +128,7 @@ def extend(trial: str, list_id: int) -> WerkzeugResponse:
             raise ValidationFailed(
                 "invalid size", errors=[FieldProblem("additional", "must be a whole number")]
             )
-        lists.propose_extension(
+        lists.extend_list(
             ctx(),
             actor(Permission.LIST_MANAGE),
             trial,
@@ -141,45 +139,7 @@ def extend(trial: str, list_id: int) -> WerkzeugResponse:
             request=_signature(),
         )
 
-    return _done(trial, "Extension proposed (signed): another unblinded statistician must approve it.", run)
-
-
-def _proposal() -> int:
-    raw = (request.form.get("proposal") or "").strip()
-    if not raw.isdigit():
-        raise ValidationFailed(
-            "invalid proposal", errors=[FieldProblem("proposal", "must be a whole number")]
-        )
-    return int(raw)
-
-
-@bp.route("/trials/<trial>/lists/<int:list_id>/extension/approve", methods=["POST"])
-@requires(Permission.LIST_MANAGE)
-def approve_extension(trial: str, list_id: int) -> WerkzeugResponse:
-    """The second signature: the proposed blocks are appended as a new version."""
-
-    def run() -> None:
-        lists.approve_extension(
-            ctx(), actor(Permission.LIST_MANAGE), trial, list_id, _proposal(), _signature()
-        )
-
-    return _done(trial, "Extension approved (signed): a new version was appended.", run)
-
-
-@bp.route("/trials/<trial>/lists/<int:list_id>/extension/decline", methods=["POST"])
-@requires(Permission.LIST_MANAGE)
-def decline_extension(trial: str, list_id: int) -> WerkzeugResponse:
-    def run() -> None:
-        lists.decline_extension(
-            ctx(),
-            actor(Permission.LIST_MANAGE),
-            trial,
-            list_id,
-            _proposal(),
-            reason=request.form.get("reason", ""),
-        )
-
-    return _done(trial, "Extension proposal declined: the list is unchanged.", run)
+    return _done(trial, "List extended (signed): a new version was appended.", run)
 
 
 @bp.route("/trials/<trial>/lists/<int:list_id>/export", methods=["POST"])

@@ -91,7 +91,6 @@ NO_DELETE = {
     "audit_chain_head",
     "notification",
     "api_token",
-    "list_extension_proposal",
 }
 UNGUARDED = {"login_session", "login_throttle"}
 
