@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import func, select
@@ -151,7 +152,7 @@ def test_simultaneous_corrections_of_one_subject_record_one(live: ServiceContext
                 "IFNG-PAIS",
                 number,
                 kind="consent_withdrawn",
-                effective_date=datetime.now(UTC).date(),
+                effective_date=datetime.now(ZoneInfo("Europe/Paris")).date(),  # the trial's calendar
                 reason=f"withdrawal {i}",
                 scope=everywhere,
                 signature=signed,

@@ -295,7 +295,7 @@ def test_a_withdrawal_is_recorded_from_the_subject_page_and_stops_the_bedside(
     )
     assert refused.status_code == 200 and "effective_date: is not a date" in refused.get_data(as_text=True)
     unsigned = inv.post(path, data={**data, "csrf_token": csrf_token(inv, page_path)}, follow_redirects=True)
-    assert "password" in unsigned.get_data(as_text=True)
+    assert "password: is wrong" in unsigned.get_data(as_text=True)
     assert subjects.subject(ctx, TRIAL, number, ALL).withdrawal is None
 
     done = inv.post(
