@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 PORT   ?= 5000
-LINT_PATHS := allocator kits tests bench migrations wsgi.py
+LINT_PATHS := allocator kits tests bench migrations wsgi.py setup.py
 
 .DEFAULT_GOAL := help
 .PHONY: help demo test lint typecheck check serve clean venv
@@ -17,7 +17,7 @@ help:
 	@echo "make clean      remove the virtualenv and caches (never the instance/ folder)"
 
 # The venv is rebuilt when the dependency declarations change.
-$(BIN)/.installed: setup.cfg pyproject.toml constraints.txt
+$(BIN)/.installed: pyproject.toml setup.py constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "allocator needs Python 3.11 or newer")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
