@@ -5,18 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 
 from flask import Flask, Response, request
 
-from allocator import crypto, logs, migrate
+from allocator import crypto, logs, migrate, resources
 from allocator.db import Database
 from allocator.services import lists, notifications
 from allocator.services.context import ServiceContext, utcnow
 from allocator.settings import Environment, Settings
 from allocator.web import register
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class StartupError(RuntimeError):
@@ -56,7 +53,9 @@ def create_app(
             f"this {settings.env.value} instance holds lists of the other mode ({', '.join(mixed)}): refusing to start"
         )
 
-    app = Flask("allocator", template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
+    app = Flask(
+        "allocator", template_folder=str(resources.templates()), static_folder=str(resources.static())
+    )
     app.config.update(
         SECRET_KEY=crypto.session_secret(ring),
         DEBUG=False,  # ACC-13: never the Werkzeug debugger, in any environment

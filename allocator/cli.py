@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 import click
 from sqlalchemy import select
 
-from allocator import audit, crypto, migrate
+from allocator import audit, crypto, migrate, resources
 from allocator.audit import Actor
 from allocator.db import Database
 from allocator.models import User
@@ -35,8 +35,7 @@ from allocator.services.context import ServiceContext
 from allocator.services.errors import DomainError
 from allocator.settings import Environment, Settings, SettingsError
 
-ROOT = Path(__file__).resolve().parent.parent
-DEMO_TRIAL = ROOT / "trials" / "ifn-gamma-pais.toml"
+DEMO_TRIAL = "ifn-gamma-pais"  # shipped with the package (allocator.resources)
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -120,16 +119,23 @@ def init_command() -> None:
 @click.argument("path", type=click.Path(path_type=Path))
 @_domain
 def load_trial_command(path: Path) -> None:
-    """Validate a trial definition file and load it (a changed file becomes a new version)."""
+    """Validate a trial definition file and load it (a changed file becomes a new version).
+
+    PATH is a file, or the name of a definition shipped with allocator (`ifn-gamma-pais`): an
+    installed service has no trials/ folder of its own. A file of that name takes precedence."""
     settings = _settings()
+    source_name = str(path)
+    if not path.exists() and len(path.parts) == 1 and (shipped := resources.shipped_trial(path.name)):
+        click.echo(f"loading the definition shipped with allocator: {shipped}")
+        path, source_name = shipped, resources.shipped_source_name(shipped)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        _fail(f"{path}: file not found")
+        _fail(f"{path}: file not found (definitions shipped with allocator: {_shipped_names()})")
     except UnicodeDecodeError:
         _fail(f"{path}: not UTF-8 text")
     with _context(settings) as ctx:
-        result = trials.load_trial(ctx, _actor(), text, source_name=str(path))
+        result = trials.load_trial(ctx, _actor(), text, source_name=source_name)
     messages = {
         "created": f"loaded trial {result.trial_code} (definition version 1)",
         "new_version": f"loaded definition version {result.version} of trial {result.trial_code}",
@@ -138,6 +144,10 @@ def load_trial_command(path: Path) -> None:
     click.echo(messages[result.outcome])
     if result.sites_added:
         click.echo(f"sites added (pending activation): {', '.join(result.sites_added)}")
+
+
+def _shipped_names() -> str:
+    return ", ".join(resources.shipped_trials()) or "none"
 
 
 @main.command("create-user")
@@ -398,8 +408,14 @@ def demo_command(port: int, host: str, demo_dir: Path, no_serve: bool) -> None:
     migrate.upgrade(settings.database_url)
     actor = _actor()
     with _context(settings) as ctx:
+        definition = resources.shipped_trial(DEMO_TRIAL)
+        if definition is None:
+            _fail(f"the {DEMO_TRIAL} definition is not in {resources.trials()}: reinstall allocator")
         loaded = trials.load_trial(
-            ctx, actor, DEMO_TRIAL.read_text(encoding="utf-8"), source_name=str(DEMO_TRIAL.relative_to(ROOT))
+            ctx,
+            actor,
+            definition.read_text(encoding="utf-8"),
+            source_name=resources.shipped_source_name(definition),
         )
         code = loaded.trial_code
         rows = []

@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 
+from allocator import resources
 from allocator.db import connect_once
-
-ROOT = Path(__file__).resolve().parent.parent
-MIGRATIONS = ROOT / "migrations"
 
 
 def alembic_config(url: str, connection: Connection | None = None) -> Config:
-    if not MIGRATIONS.is_dir():
-        raise RuntimeError(f"migrations not found at {MIGRATIONS}: run allocator from a source checkout")
-    config = Config(str(ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(MIGRATIONS))
+    """The service's Alembic configuration, built here rather than read from alembic.ini: the
+    migrations are found through the installed package (allocator.resources), and an installed
+    service has no alembic.ini. The top-level alembic.ini serves the `alembic` command in a checkout
+    (writing revisions, CI's upgrade/check round trip) and points at the same migrations/ folder."""
+    config = Config()
+    config.set_main_option("script_location", str(resources.migrations()))
+    config.set_main_option("path_separator", "os")
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     if connection is not None:
         config.attributes["connection"] = connection
@@ -30,7 +29,7 @@ def alembic_config(url: str, connection: Connection | None = None) -> Config:
 def head_revision() -> str:
     head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
     if head is None:
-        raise RuntimeError(f"no migration found in {MIGRATIONS}")
+        raise RuntimeError(f"no migration found in {resources.migrations()}")
     return head
 
 

@@ -83,6 +83,32 @@ def test_init_load_users_tokens_and_audit(run, tmp_path: Path) -> None:  # type:
     assert code == 0 and "IFNG-PAIS: signed up to entry" in out
 
 
+def test_load_trial_takes_the_name_of_a_shipped_definition(  # type: ignore[no-untyped-def]
+    run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An installed service has no trials/ folder beside it: `allocator load-trial ifn-gamma-pais`
+    loads the definition shipped in the package, from any working directory; a file of that name in
+    the working directory takes precedence (PATH keeps its meaning)."""
+    monkeypatch.chdir(tmp_path)
+    assert run("init")[0] == 0
+    code, out = run("load-trial", "ifn-gamma-pais")
+    assert code == 0, out
+    assert f"loading the definition shipped with allocator: {IFN_TRIAL}" in out
+    assert "loaded trial IFNG-PAIS (definition version 1)" in out
+    code, out = run("load-trial", str(IFN_TRIAL))  # the very same file
+    assert code == 0 and "nothing changed" in out
+
+    (tmp_path / "ifn-gamma-pais").write_text("not = [a definition", encoding="utf-8")
+    code, out = run("load-trial", "ifn-gamma-pais")
+    assert code == 1 and "shipped" not in out and "ifn-gamma-pais" in out
+
+    code, out = run("load-trial", "no-such-trial")
+    assert code == 1
+    assert "no-such-trial: file not found (definitions shipped with allocator: ifn-gamma-pais)" in out
+    code, out = run("load-trial", "elsewhere/ifn-gamma-pais")  # a path is only ever a path
+    assert code == 1 and "file not found" in out
+
+
 def test_demo_prepares_a_test_instance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(
