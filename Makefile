@@ -7,13 +7,14 @@ PORT   ?= 5000
 LINT_PATHS := allocator kits tests bench migrations wsgi.py setup.py
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lint typecheck check serve clean venv
+.PHONY: help demo test lint typecheck check serve clean venv wheel-check
 
 help:
 	@echo "make demo       install into $(VENV), create a demo database and serve http://127.0.0.1:$(PORT)"
 	@echo "make test       install with test extras and run the whole test suite"
 	@echo "make lint       ruff (with security rules) and mypy"
 	@echo "make check      lint + test (what CI runs)"
+	@echo "make wheel-check build the wheel, install it outside the checkout and run it from another folder"
 	@echo "make clean      remove the virtualenv and caches (never the instance/ folder)"
 
 # The venv is rebuilt when the dependency declarations change.
@@ -45,6 +46,10 @@ typecheck: $(BIN)/.installed-test
 	$(BIN)/mypy
 
 check: lint test
+
+# The wheel a hospital installs, checked from a fresh virtual environment outside the checkout.
+wheel-check: $(BIN)/.installed
+	PYTHON=$(BIN)/python .ci/wheel-check
 
 serve: $(BIN)/.installed
 	$(BIN)/allocator serve --port $(PORT)
