@@ -4,10 +4,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 PORT   ?= 5000
-LINT_PATHS := allocator kits tests bench migrations wsgi.py setup.py
+LINT_PATHS := allocator kits tests bench migrations tools wsgi.py setup.py
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lint typecheck check serve clean venv wheel-check
+.PHONY: help demo test lint typecheck check serve clean venv wheel-check sbom audit-deps
 
 help:
 	@echo "make demo       install into $(VENV), create a demo database and serve http://127.0.0.1:$(PORT)"
@@ -15,6 +15,8 @@ help:
 	@echo "make lint       ruff (with security rules) and mypy"
 	@echo "make check      lint + test (what CI runs)"
 	@echo "make wheel-check build the wheel, install it outside the checkout and run it from another folder"
+	@echo "make sbom       CycloneDX SBOM of the wheel and its pinned runtime dependencies, in dist/"
+	@echo "make audit-deps known vulnerabilities in the pinned dependencies (pip-audit over constraints.txt)"
 	@echo "make clean      remove the virtualenv and caches (never the instance/ folder)"
 
 # The venv is rebuilt when the dependency declarations change.
@@ -27,6 +29,10 @@ $(BIN)/.installed: pyproject.toml setup.py constraints.txt
 
 $(BIN)/.installed-test: $(BIN)/.installed
 	$(PIP) install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+$(BIN)/.installed-release: $(BIN)/.installed
+	$(PIP) install --quiet -c constraints.txt -e '.[release]'
 	touch $@
 
 venv: $(BIN)/.installed
@@ -50,6 +56,12 @@ check: lint test
 # The wheel a hospital installs, checked from a fresh virtual environment outside the checkout.
 wheel-check: $(BIN)/.installed
 	PYTHON=$(BIN)/python .ci/wheel-check
+
+sbom: $(BIN)/.installed-release
+	PYTHON=$(BIN)/python .ci/sbom
+
+audit-deps: $(BIN)/.installed-release
+	$(BIN)/python tools/audit_deps.py constraints.txt $(AUDIT_ARGS)
 
 serve: $(BIN)/.installed
 	$(BIN)/allocator serve --port $(PORT)
