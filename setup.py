@@ -37,6 +37,12 @@ def bundled_packages() -> dict[str, str]:
 
 BUNDLED_PACKAGES = bundled_packages()
 
+# The kit library keeps its import name `kits`, though PyPI has an unrelated `kits` and two
+# distributions in one environment would share site-packages/kits. Installing it as `allocator_kits`
+# from the kits/ folder breaks the development tools: mypy cannot follow setuptools' editable-install
+# import hook, and with the checkout on sys.path the same file loads as two modules. A clash needs both
+# in one environment; the service is installed into a virtual environment of its own (README).
+
 setup(
     packages=[*find_packages(include=["allocator", "allocator.*", "kits", "kits.*"]), *BUNDLED_PACKAGES],
     package_dir=BUNDLED_PACKAGES,
