@@ -125,7 +125,7 @@ def load_trial_command(path: Path) -> None:
     installed service has no trials/ folder of its own. A file of that name takes precedence."""
     settings = _settings()
     source_name = str(path)
-    if not path.exists() and len(path.parts) == 1 and (shipped := resources.shipped_trial(path.name)):
+    if not path.exists() and len(path.parts) == 1 and (shipped := _shipped(path.name)):
         click.echo(f"loading the definition shipped with allocator: {shipped}")
         path, source_name = shipped, resources.shipped_source_name(shipped)
     try:
@@ -146,8 +146,18 @@ def load_trial_command(path: Path) -> None:
         click.echo(f"sites added (pending activation): {', '.join(result.sites_added)}")
 
 
+def _shipped(name: str) -> Path | None:
+    try:
+        return resources.shipped_trial(name)
+    except resources.ResourceMissing:
+        return None  # a broken installation: the message lists what was looked for
+
+
 def _shipped_names() -> str:
-    return ", ".join(resources.shipped_trials()) or "none"
+    try:
+        return ", ".join(resources.shipped_trials()) or "none"
+    except resources.ResourceMissing as exc:
+        return f"none found: {exc}"
 
 
 @main.command("create-user")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from allocator import migrate
+from allocator import migrate, resources
 from allocator.cli import main
 from tests.conftest import FreshDatabase
 from tests.support import IFN_TRIAL
@@ -107,6 +107,12 @@ def test_load_trial_takes_the_name_of_a_shipped_definition(  # type: ignore[no-u
     assert "no-such-trial: file not found (definitions shipped with allocator: ifn-gamma-pais)" in out
     code, out = run("load-trial", "elsewhere/ifn-gamma-pais")  # a path is only ever a path
     assert code == 1 and "file not found" in out
+
+    # A broken installation (no bundled folders, no checkout) still gets a message, not a traceback.
+    monkeypatch.setattr(resources, "BUNDLED", tmp_path / "nowhere")
+    monkeypatch.setattr(resources, "CHECKOUT", tmp_path / "nowhere")
+    code, out = run("load-trial", "no-such-trial")
+    assert code == 1 and "(definitions shipped with allocator: none found: neither" in out
 
 
 def test_demo_prepares_a_test_instance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
