@@ -7,13 +7,14 @@ PORT   ?= 5000
 LINT_PATHS := allocator kits tests bench migrations tools wsgi.py setup.py
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lint typecheck check serve clean venv wheel-check sbom audit-deps
+.PHONY: help demo test lint typecheck check serve clean venv wheel wheel-check sbom audit-deps
 
 help:
 	@echo "make demo       install into $(VENV), create a demo database and serve http://127.0.0.1:$(PORT)"
 	@echo "make test       install with test extras and run the whole test suite"
 	@echo "make lint       ruff (with security rules) and mypy"
 	@echo "make check      lint + test (what CI runs)"
+	@echo "make wheel      build the wheel a hospital installs, in dist/"
 	@echo "make wheel-check build the wheel, install it outside the checkout and run it from another folder"
 	@echo "make sbom       CycloneDX SBOM of the wheel and its pinned runtime dependencies, in dist/"
 	@echo "make audit-deps known vulnerabilities in the pinned dependencies (pip-audit over constraints.txt)"
@@ -53,7 +54,10 @@ typecheck: $(BIN)/.installed-test
 
 check: lint test
 
-# The wheel a hospital installs, checked from a fresh virtual environment outside the checkout.
+# The wheel a hospital installs; checked from a fresh virtual environment outside the checkout.
+wheel: $(BIN)/.installed
+	PYTHON=$(BIN)/python .ci/build-wheel
+
 wheel-check: $(BIN)/.installed
 	PYTHON=$(BIN)/python .ci/wheel-check
 
