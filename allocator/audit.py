@@ -38,10 +38,13 @@ import base64
 import enum
 import hashlib
 import json
+import logging
+import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, event, func, insert, select, update
@@ -173,6 +176,8 @@ class AuditLog:
     checkpoint_every: int = 100
     checkpoint_max_age: timedelta = timedelta(hours=1)
     software_version: str = __version__
+    # Where every signed head is appended after its transaction commits (see `Witness`).
+    witness: Path | None = None
 
     def record(
         self,
@@ -244,6 +249,7 @@ class AuditLog:
             connection = session.connection()
         for chain in sorted(by_chain):
             head = _lock_head(connection, chain)
+            first_seq = head.seq  # the witness line of this transaction starts after it
             rows: list[dict[str, Any]] = []
             for queued in by_chain[chain]:
                 entry = queued.entry
@@ -256,7 +262,7 @@ class AuditLog:
                         self.ring, crypto.Purpose.LISTS, queued.sealed, binding
                     )
                 entry.prev_hash = head.hash
-                entry.hash = entry_hash(_canonical_fields(entry))
+                entry.hash = entry_hash(canonical_fields(entry))
                 rows.append({column: getattr(entry, column) for column in _INSERTED_COLUMNS})
                 head.seq = entry.seq
                 head.hash = entry.hash
@@ -271,16 +277,10 @@ class AuditLog:
                     rows = []
                     self._checkpoint(connection, head, queued.at)
             _insert_entries(connection, rows)
-            connection.execute(
-                _UPDATE_HEAD,
-                {
-                    "head_chain": chain,
-                    "seq": head.seq,
-                    "hash": head.hash,
-                    "checkpoint_seq": head.checkpoint_seq,
-                    "checkpoint_at": head.checkpoint_at,
-                },
-            )
+            self._update_head(connection, head)
+            if self.witness is not None:
+                witnessed = session.info.setdefault(_WITNESS, {})
+                witnessed.setdefault(chain, (self.witness, first_seq))
 
     def checkpoint(self, session: Session, chain: str, at: datetime) -> AuditCheckpoint | None:
         """Sign the current head of `chain` now (if anything is unsigned). Used by `audit checkpoint`."""
@@ -290,17 +290,25 @@ class AuditLog:
         if head.seq == head.checkpoint_seq:
             return None
         checkpoint = self._checkpoint(connection, head, at)
+        self._update_head(connection, head)
+        return checkpoint
+
+    def _update_head(self, connection: Connection, head: _Head) -> None:
+        """Move the head and sign it: every committed entry is then covered by a signature made
+        with the audit key, which lives outside the database (no unsigned tail)."""
+        signed = crypto.sign_head(self.ring, head_message(head.chain, head.seq, head.hash))
         connection.execute(
             _UPDATE_HEAD,
             {
-                "head_chain": chain,
+                "head_chain": head.chain,
                 "seq": head.seq,
                 "hash": head.hash,
                 "checkpoint_seq": head.checkpoint_seq,
                 "checkpoint_at": head.checkpoint_at,
+                "head_key_id": signed.key_id,
+                "head_signature": signed.signature,
             },
         )
-        return checkpoint
 
     def _checkpoint(self, connection: Connection, head: _Head, at: datetime) -> AuditCheckpoint:
         """Sign the head: its hash and the hashes of every entry since the last checkpoint. The
@@ -351,7 +359,7 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-def _canonical_fields(e: AuditEvent) -> list[Any]:
+def canonical_fields(e: AuditEvent) -> list[Any]:
     return [
         CANONICAL_TAG,
         e.chain,
@@ -382,6 +390,12 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 def entry_hash(fields: list[Any]) -> str:
     """SHA-256 (hex) of the canonical form: the JSON array of `fields`, UTF-8, no spaces."""
     return hashlib.sha256(_ENCODER.encode(fields).encode("utf-8")).hexdigest()
+
+
+def head_message(chain: str, seq: int, head_hash: str) -> bytes:
+    """What a head signature signs: the chain, its last sequence number and that entry's hash
+    (which depends on every entry before it)."""
+    return f"{chain}|{seq}|{head_hash}".encode()
 
 
 def checkpoint_message(chain: str, from_seq: int, seq: int, head_hash: str, covered: bytes) -> bytes:
@@ -419,6 +433,8 @@ _UPDATE_HEAD = (
         hash=bindparam("hash"),
         checkpoint_seq=bindparam("checkpoint_seq"),
         checkpoint_at=bindparam("checkpoint_at"),
+        head_key_id=bindparam("head_key_id"),
+        head_signature=bindparam("head_signature"),
     )
 )
 
@@ -441,6 +457,8 @@ def _lock_head(connection: Connection, chain: str) -> _Head:
 # --- the queue of entries not yet written ----------------------------------------------------
 
 _QUEUE = "allocator.audit.queue"
+_WITNESS = "allocator.audit.witness"  # chain -> (witness file, head seq before this transaction)
+_WITNESS_LINES = "allocator.audit.witness_lines"  # lines to append once the commit succeeded
 _AUDIT_TABLES = frozenset({"audit_event", "audit_chain_head", "audit_checkpoint"})
 _AUDIT_EVENT = cast(Table, AuditEvent.__table__)
 _AUDIT_CHECKPOINT = cast(Table, AuditCheckpoint.__table__)
@@ -476,6 +494,15 @@ def _insert_entries(connection: Connection, rows: list[dict[str, Any]]) -> None:
 @event.listens_for(Session, "before_commit")
 def _write_before_commit(session: Session) -> None:
     write_queued(session)
+    if _WITNESS in session.info and not session.in_nested_transaction():
+        session.info[_WITNESS_LINES] = _witness_lines(session.connection(), session.info.pop(_WITNESS))
+
+
+@event.listens_for(Session, "after_commit")
+def _append_to_witness(session: Session) -> None:
+    if not session.in_nested_transaction():
+        for path, line in session.info.pop(_WITNESS_LINES, ()):
+            append_witness_line(path, line)
 
 
 @event.listens_for(Session, "after_transaction_create")
@@ -495,6 +522,8 @@ def _forget_after_transaction(session: Session, transaction: SessionTransaction)
     # already empty).
     if transaction.parent is None:
         session.info.pop(_QUEUE, None)
+        session.info.pop(_WITNESS, None)
+        session.info.pop(_WITNESS_LINES, None)
 
 
 @event.listens_for(Session, "do_orm_execute")
@@ -509,6 +538,108 @@ def _touches_audit(statement: Any) -> bool:
         getattr(table, "name", None) in _AUDIT_TABLES
         for table in find_tables(statement, include_crud=True, include_joins=True, include_aliases=True)
     )
+
+
+# --- the witness: signed heads kept where the database cannot rewrite them ---------------------
+
+_log = logging.getLogger(__name__)
+WITNESS_TAG = "allocator-witness/1"
+
+
+def _witness_lines(
+    connection: Connection, chains: Mapping[str, tuple[Path, int]]
+) -> list[tuple[Path, bytes]]:
+    """One line per chain this transaction appended to: the entries it added (their hashes) and
+    the signed head, read back just before the commit (after any savepoint rolled back)."""
+    lines: list[tuple[Path, bytes]] = []
+    for chain, (path, before) in sorted(chains.items()):
+        head = connection.execute(
+            select(
+                AuditChainHead.seq,
+                AuditChainHead.hash,
+                AuditChainHead.head_key_id,
+                AuditChainHead.head_signature,
+            ).where(AuditChainHead.chain == chain)
+        ).one()
+        if head.seq <= before or head.head_signature is None:
+            continue
+        hashes = connection.execute(
+            select(AuditEvent.hash)
+            .where(AuditEvent.chain == chain, AuditEvent.seq > before, AuditEvent.seq <= head.seq)
+            .order_by(AuditEvent.seq)
+        ).scalars()
+        record = {
+            "v": WITNESS_TAG,
+            "chain": chain,
+            "after": before,
+            "seq": head.seq,
+            "hash": head.hash,
+            "entries": list(hashes),
+            "key": head.head_key_id,
+            "sig": base64.b64encode(bytes(head.head_signature)).decode("ascii"),
+        }
+        lines.append((path, (json.dumps(record, separators=(",", ":"), sort_keys=True) + "\n").encode()))
+    return lines
+
+
+def append_witness_line(path: Path, line: bytes) -> None:
+    """Append one line with a single write (O_APPEND: lines from concurrent processes never mix)
+    and flush it to disk. The transaction has committed already: a failure is logged, and
+    `audit verify` then reports the entries as newer than the witness."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        _log.error("audit witness %s could not be written: %s", path, exc)
+
+
+@dataclass(frozen=True, slots=True)
+class Witnessed:
+    """What the witness file vouches for about one chain: the hash of every entry it saw (by
+    sequence number) and the highest head it saw."""
+
+    path: Path
+    pinned: dict[int, str]
+    top: int
+    lines: int
+    problem: Problem | None = None
+
+
+def read_witness(path: Path, ring: crypto.KeyRing, chain: str) -> Witnessed:
+    """Read and check the witness lines of `chain`: each must carry a valid head signature and
+    entry hashes that end in its head. Lines may arrive out of order (concurrent commits)."""
+    pinned: dict[int, str] = {}
+    top = 0
+    count = 0
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return Witnessed(path, pinned, 0, 0)
+    for number, raw in enumerate(text.splitlines(), start=1):
+        try:
+            record = json.loads(raw)
+            if record.get("v") != WITNESS_TAG or record.get("chain") != chain:
+                continue
+            after, seq, head_hash = int(record["after"]), int(record["seq"]), str(record["hash"])
+            entries = [str(h) for h in record["entries"]]
+            signature = base64.b64decode(record["sig"], validate=True)
+            valid = crypto.verify_head(
+                ring, str(record["key"]), head_message(chain, seq, head_hash), signature
+            )
+        except (ValueError, KeyError, TypeError, crypto.KeyMissingError):
+            valid, after, seq, entries = False, 0, 0, []
+        if not valid or len(entries) != seq - after or not entries or entries[-1] != head_hash:
+            problem = Problem(max(seq, 1), f"witness line {number} is damaged or not signed by the audit key")
+            return Witnessed(path, pinned, top, count, problem)
+        count += 1
+        top = max(top, seq)
+        for offset, entry in enumerate(entries, start=after + 1):
+            pinned[offset] = entry
+    return Witnessed(path, pinned, top, count)
 
 
 # --- verification ----------------------------------------------------------------------------
@@ -531,13 +662,25 @@ class VerifyResult:
     first_bad: int | None
     problems: tuple[Problem, ...] = field(default=())
     checkpoints: int = 0
-    unsigned_tail: int = 0
+    unsigned_tail: int = 0  # entries after the last checkpoint (covered by the signed head)
+    witness: Path | None = None  # None: no witness was given, truncation cannot be detected
+    witnessed_upto: int = 0  # the highest entry the witness saw
+    unwitnessed: int = 0  # entries newer than the witness (committed, witness not yet written)
 
     def summary(self) -> str:
         if self.ok:
+            if self.witness is None:
+                protection = (
+                    "; no witness given: removing the newest entries and rolling the head back "
+                    "would not be detected (set ALLOCATOR_AUDIT_WITNESS)"
+                )
+            else:
+                protection = f"; witness {self.witness}: seen up to entry {self.witnessed_upto}" + (
+                    f", {self.unwitnessed} newer entries not yet witnessed" if self.unwitnessed else ""
+                )
             return (
-                f"chain {self.chain}: {self.entries} entries intact, {self.checkpoints} signed checkpoints"
-                + (f", {self.unsigned_tail} entries after the last checkpoint" if self.unsigned_tail else "")
+                f"chain {self.chain}: {self.entries} entries intact, {self.checkpoints} signed checkpoints, "
+                f"head signed{protection}"
             )
         first = self.problems[0].message if self.problems else "unknown problem"
         return f"chain {self.chain}: BROKEN at entry {self.first_bad}: {first}"
@@ -596,10 +739,16 @@ class _Segment:
     problem: Problem | None
 
 
-def _scan(rows: Iterable[Any], start_seq: int, start_prev: str | None, signed: bytes) -> _Segment:
+def _scan(
+    rows: Iterable[Any],
+    start_seq: int,
+    start_prev: str | None,
+    signed: bytes,
+    pinned: Mapping[int, str] | None = None,
+) -> _Segment:
     """Recompute and link every entry of a range. `signed` holds the checkpointed digests of
-    entries 1..len(signed)/32, as verified signatures vouch for them. With `start_prev` None the
-    link into the range is checked by the caller."""
+    entries 1..len(signed)/32, as verified signatures vouch for them; `pinned` the entry hashes a
+    witness saw. With `start_prev` None the link into the range is checked by the caller."""
     encode = _ENCODER.encode
     sha256 = hashlib.sha256
     signed_upto = len(signed) // 32
@@ -630,6 +779,8 @@ def _scan(rows: Iterable[Any], start_seq: int, start_prev: str | None, signed: b
             problem = Problem(seq, f"entry {seq} does not link to entry {seq - 1} (inserted or reordered?)")
         elif seq <= signed_upto and signed[32 * (seq - 1) : 32 * seq] != digest:
             problem = Problem(seq, f"entry {seq} differs from the signed checkpoint (chain rewritten)")
+        elif pinned and pinned.get(seq, recomputed) != recomputed:
+            problem = Problem(seq, f"entry {seq} differs from what the witness saw (chain rewritten)")
         if problem is not None:
             return _Segment(count, first_seq, first_prev, seq, recomputed, problem)
         prev_hash = recomputed
@@ -671,30 +822,40 @@ def _verified_checkpoints(
     return b"".join(parts), len(rows), None
 
 
-def verify_chain(connection: Connection, ring: crypto.KeyRing, chain: str) -> VerifyResult:
-    """Check every entry of `chain`: sequence, hashes, links, signed checkpoints and the head.
+def verify_chain(
+    connection: Connection, ring: crypto.KeyRing, chain: str, witness: Path | None = None
+) -> VerifyResult:
+    """Check every entry of `chain`: sequence, hashes, links, signed checkpoints, the signed head
+    and, when a witness file is given, what the witness saw.
 
     Names the first entry found altered, deleted, inserted or reordered."""
+    seen = read_witness(witness, ring, chain) if witness is not None else None
     signed, checkpoint_count, problem = _verified_checkpoints(connection, ring, chain)
+    problem = problem or (seen.problem if seen is not None else None)
     if problem is not None:
         count = connection.execute(
             select(func.count()).select_from(AuditEvent).where(AuditEvent.chain == chain)
         ).scalar_one()
-        return _result(chain, count, [problem], checkpoint_count, len(signed) // 32)
-    segment = _scan(_rows(connection, chain), 1, GENESIS, signed)
+        return _result(chain, count, [problem], checkpoint_count, len(signed) // 32, seen)
+    segment = _scan(_rows(connection, chain), 1, GENESIS, signed, seen.pinned if seen else None)
     problems = [segment.problem] if segment.problem else []
     if not problems:
-        problems += _head_problems(connection, chain, segment.last_seq, segment.last_hash, len(signed) // 32)
+        problems += _head_problems(
+            connection, ring, chain, segment.last_seq, segment.last_hash, len(signed) // 32, seen
+        )
     return _result(
         chain,
         segment.count if not problems else _count(connection, chain),
         problems,
         checkpoint_count,
         len(signed) // 32,
+        seen,
     )
 
 
-def verify_chain_parallel(url: str, ring: crypto.KeyRing, chain: str, workers: int) -> VerifyResult:
+def verify_chain_parallel(
+    url: str, ring: crypto.KeyRing, chain: str, workers: int, witness: Path | None = None
+) -> VerifyResult:
     """`verify_chain` split over `workers` processes by ranges of sequence numbers (for the command
     line on long chains: hashing is CPU-bound). Each range is scanned independently; the links
     between ranges are checked here."""
@@ -702,13 +863,15 @@ def verify_chain_parallel(url: str, ring: crypto.KeyRing, chain: str, workers: i
 
     from allocator.db import connect_once  # noqa: PLC0415 - avoids an import cycle at module load
 
+    seen = read_witness(witness, ring, chain) if witness is not None else None
     engine = connect_once(url)
     try:
         with engine.connect() as connection:
             signed, checkpoint_count, problem = _verified_checkpoints(connection, ring, chain)
+            problem = problem or (seen.problem if seen is not None else None)
             total = _count(connection, chain)
             if problem is not None:
-                return _result(chain, total, [problem], checkpoint_count, len(signed) // 32)
+                return _result(chain, total, [problem], checkpoint_count, len(signed) // 32, seen)
             high = (
                 connection.execute(
                     select(func.max(AuditEvent.seq)).where(AuditEvent.chain == chain)
@@ -721,7 +884,10 @@ def verify_chain_parallel(url: str, ring: crypto.KeyRing, chain: str, workers: i
                 for low in range(1, high + 1, step)
             ]
             with ProcessPoolExecutor(max_workers=workers) as pool:
-                segments = list(pool.map(_scan_range, [(url, chain, lo, hi, signed) for lo, hi in bounds]))
+                pinned = seen.pinned if seen is not None else None
+                segments = list(
+                    pool.map(_scan_range, [(url, chain, lo, hi, signed, pinned) for lo, hi in bounds])
+                )
             problems: list[Problem] = []
             last_hash, last_seq = GENESIS, 0
             for (low, _), segment in zip(bounds, segments, strict=True):
@@ -739,20 +905,23 @@ def verify_chain_parallel(url: str, ring: crypto.KeyRing, chain: str, workers: i
                 if segment.count:
                     last_hash, last_seq = segment.last_hash, segment.last_seq
             if not problems:
-                problems += _head_problems(connection, chain, last_seq, last_hash, len(signed) // 32)
-            return _result(chain, total, problems, checkpoint_count, len(signed) // 32)
+                problems += _head_problems(
+                    connection, ring, chain, last_seq, last_hash, len(signed) // 32, seen
+                )
+            return _result(chain, total, problems, checkpoint_count, len(signed) // 32, seen)
     finally:
         engine.dispose()
 
 
-def _scan_range(args: tuple[str, str, int, int, bytes]) -> _Segment:
+def _scan_range(args: tuple[str, str, int, int, bytes, dict[int, str] | None]) -> _Segment:
     from allocator.db import connect_once  # noqa: PLC0415 - runs in a worker process
 
-    url, chain, low, high, signed = args
+    url, chain, low, high, signed, pinned = args
     engine = connect_once(url)
     try:
         with engine.connect() as connection:
-            return _scan(_rows(connection, chain, low, high), low, None if low > 1 else GENESIS, signed)
+            rows = _rows(connection, chain, low, high)
+            return _scan(rows, low, None if low > 1 else GENESIS, signed, pinned)
     finally:
         engine.dispose()
 
@@ -766,26 +935,69 @@ def _count(connection: Connection, chain: str) -> int:
 
 
 def _head_problems(
-    connection: Connection, chain: str, last_seq: int, last_hash: str, signed_upto: int
+    connection: Connection,
+    ring: crypto.KeyRing,
+    chain: str,
+    last_seq: int,
+    last_hash: str,
+    signed_upto: int,
+    seen: Witnessed | None,
 ) -> list[Problem]:
+    """What the head row, its signature and the witness say about the end of the chain."""
     head = connection.execute(
-        select(AuditChainHead.seq, AuditChainHead.hash).where(AuditChainHead.chain == chain)
+        select(
+            AuditChainHead.seq, AuditChainHead.hash, AuditChainHead.head_key_id, AuditChainHead.head_signature
+        ).where(AuditChainHead.chain == chain)
     ).first()
+    if seen is not None and seen.top > last_seq:
+        return [
+            Problem(
+                last_seq + 1,
+                f"entries {last_seq + 1} to {seen.top} are missing: the witness saw them "
+                "(the chain was truncated and its head rolled back)",
+            )
+        ]
     if signed_upto > last_seq:
         return [Problem(last_seq + 1, f"entries {last_seq + 1} to {signed_upto} are missing (deleted?)")]
     if head is None:
         return [Problem(1, "the chain has entries but no head")] if last_seq else []
-    if head[0] > last_seq:
+    if head.seq > last_seq:
         return [Problem(last_seq + 1, f"entries after {last_seq} are missing (deleted?)")]
-    if head[0] < last_seq:
-        return [Problem(head[0] + 1, f"entry {head[0] + 1} is not part of the recorded chain (inserted?)")]
-    if head[1] != last_hash:
+    if head.seq < last_seq:
+        return [Problem(head.seq + 1, f"entry {head.seq + 1} is not part of the recorded chain (inserted?)")]
+    if head.hash != last_hash:
         return [Problem(last_seq, f"entry {last_seq} is not the recorded head of the chain")]
+    if last_seq and not _head_signature_valid(ring, chain, head):
+        first = min(signed_upto + 1, last_seq)
+        if seen is not None and seen.top >= first:
+            first = min(last_seq, seen.top + 1)
+        return [
+            Problem(
+                first,
+                f"the head of the chain (entry {last_seq}) is not signed by the audit key: entries after "
+                f"{first - 1} were appended or rewritten outside the service",
+            )
+        ]
     return []
 
 
+def _head_signature_valid(ring: crypto.KeyRing, chain: str, head: Any) -> bool:
+    if head.head_key_id is None or head.head_signature is None:
+        return False
+    try:
+        message = head_message(chain, head.seq, head.hash)
+        return crypto.verify_head(ring, head.head_key_id, message, bytes(head.head_signature))
+    except crypto.KeyMissingError:
+        return False
+
+
 def _result(
-    chain: str, count: int, problems: list[Problem], checkpoints: int, signed_upto: int
+    chain: str,
+    count: int,
+    problems: list[Problem],
+    checkpoints: int,
+    signed_upto: int,
+    seen: Witnessed | None = None,
 ) -> VerifyResult:
     return VerifyResult(
         chain=chain,
@@ -795,6 +1007,9 @@ def _result(
         problems=tuple(problems),
         checkpoints=checkpoints,
         unsigned_tail=max(0, count - signed_upto) if not problems else 0,
+        witness=seen.path if seen is not None else None,
+        witnessed_upto=seen.top if seen is not None else 0,
+        unwitnessed=max(0, count - seen.top) if seen is not None and not problems else 0,
     )
 
 

@@ -310,9 +310,18 @@ def audit_group() -> None:
 
 @audit_group.command("verify")
 @click.argument("trial", required=False)
-def audit_verify_command(trial: str | None) -> None:
+@click.option(
+    "--witness",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The witness file of signed heads (default: ALLOCATOR_AUDIT_WITNESS); detects truncation.",
+)
+def audit_verify_command(trial: str | None, witness: Path | None) -> None:
     """Check the whole audit chain (or one trial's); exit 1 and name the first broken entry."""
     settings = _settings()
+    witness = witness or settings.audit_witness
+    if witness is not None and not witness.is_file():
+        _fail(f"--witness: no witness file at {witness}")
     workers = os.cpu_count() or 1
     with _context(settings) as ctx:
         with ctx.db.read_engine.connect() as conn:
@@ -320,9 +329,9 @@ def audit_verify_command(trial: str | None) -> None:
             sizes = {name: audit.chain_length(conn, name) for name in names}
         results = [
             # Long chains are hashed by several processes; the result is the same.
-            audit.verify_chain_parallel(settings.database_url, ctx.ring, name, workers)
+            audit.verify_chain_parallel(settings.database_url, ctx.ring, name, workers, witness)
             if sizes[name] >= PARALLEL_VERIFY_FROM and workers > 1
-            else _verify_one(ctx, name)
+            else _verify_one(ctx, name, witness)
             for name in names
         ]
     if trial and results and results[0].entries == 0:
@@ -339,9 +348,9 @@ def audit_verify_command(trial: str | None) -> None:
 PARALLEL_VERIFY_FROM = 50_000
 
 
-def _verify_one(ctx: ServiceContext, chain: str) -> audit.VerifyResult:
+def _verify_one(ctx: ServiceContext, chain: str, witness: Path | None) -> audit.VerifyResult:
     with ctx.db.read_engine.connect() as conn:
-        return audit.verify_chain(conn, ctx.ring, chain)
+        return audit.verify_chain(conn, ctx.ring, chain, witness)
 
 
 @audit_group.command("checkpoint")

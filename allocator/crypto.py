@@ -395,20 +395,41 @@ class CheckpointSignature:
     signature: bytes
 
 
+_CHECKPOINT_DOMAIN = b"allocator/checkpoint/v1|"
+_HEAD_DOMAIN = b"allocator/head/v1|"
+
+
 def sign_checkpoint(ring: KeyRing, message: bytes) -> CheckpointSignature:
     """Ed25519 signature over a checkpoint of the audit chain (AUD-04)."""
-    key = ring.keyset(Purpose.AUDIT).active
-    private = Ed25519PrivateKey.from_private_bytes(key.material)
-    return CheckpointSignature(
-        key_id=key.key_id, signature=private.sign(b"allocator/checkpoint/v1|" + message)
-    )
+    return _sign_audit(ring, _CHECKPOINT_DOMAIN + message)
 
 
 def verify_checkpoint(ring: KeyRing, key_id: str, message: bytes, signature: bytes) -> bool:
     """True when `signature` is a valid checkpoint signature of `message` by key `key_id`."""
+    return _verify_audit(ring, key_id, _CHECKPOINT_DOMAIN + message, signature)
+
+
+def sign_head(ring: KeyRing, message: bytes) -> CheckpointSignature:
+    """Ed25519 signature over the head of an audit chain, renewed by every appending transaction.
+    Its own domain tag: a head signature can never pass for a checkpoint, nor the reverse."""
+    return _sign_audit(ring, _HEAD_DOMAIN + message)
+
+
+def verify_head(ring: KeyRing, key_id: str, message: bytes, signature: bytes) -> bool:
+    """True when `signature` is a valid head signature of `message` by key `key_id`."""
+    return _verify_audit(ring, key_id, _HEAD_DOMAIN + message, signature)
+
+
+def _sign_audit(ring: KeyRing, message: bytes) -> CheckpointSignature:
+    key = ring.keyset(Purpose.AUDIT).active
+    private = Ed25519PrivateKey.from_private_bytes(key.material)
+    return CheckpointSignature(key_id=key.key_id, signature=private.sign(message))
+
+
+def _verify_audit(ring: KeyRing, key_id: str, message: bytes, signature: bytes) -> bool:
     key = ring.keyset(Purpose.AUDIT).get(key_id)
     public = Ed25519PrivateKey.from_private_bytes(key.material).public_key()
-    return _verify_ed25519(public, b"allocator/checkpoint/v1|" + message, signature)
+    return _verify_ed25519(public, message, signature)
 
 
 def audit_public_key_pem(ring: KeyRing) -> str:

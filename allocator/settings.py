@@ -48,6 +48,9 @@ class Settings:
     login_lockout: timedelta = timedelta(minutes=15)
     # AUD-04: an audit checkpoint is signed at least every N entries of a chain.
     audit_checkpoint_every: int = 100
+    # Issue 15: every signed chain head is also appended to this file, which the database cannot
+    # rewrite (another volume or host); `audit verify` then detects truncated chains too.
+    audit_witness: Path | None = None
     # Outgoing e-mail for blinded notifications (BLD-10); none is sent when unset.
     smtp_host: str | None = None
     smtp_port: int = 25
@@ -98,6 +101,9 @@ class Settings:
                 hours=_int(env, "ALLOCATOR_SESSION_LIFETIME_HOURS", 12, 1, 24 * 7)
             ),
             audit_checkpoint_every=_int(env, "ALLOCATOR_AUDIT_CHECKPOINT_EVERY", 100, 1, 1_000_000),
+            audit_witness=Path(env["ALLOCATOR_AUDIT_WITNESS"])
+            if env.get("ALLOCATOR_AUDIT_WITNESS")
+            else None,
             smtp_host=env.get("ALLOCATOR_SMTP_HOST") or None,
             smtp_port=_int(env, "ALLOCATOR_SMTP_PORT", 25, 1, 65535),
             mail_from=env.get("ALLOCATOR_MAIL_FROM", "allocator@localhost"),

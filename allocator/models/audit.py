@@ -55,6 +55,10 @@ class AuditChainHead(Base):
     hash: Mapped[str] = mapped_column(String(64))
     checkpoint_seq: Mapped[int] = mapped_column(BigInteger)
     checkpoint_at: Mapped[datetime | None]
+    # Ed25519 signature of (chain, seq, hash), renewed by every transaction that appends: a change
+    # to any committed entry breaks it, without waiting for the next checkpoint (issue 15).
+    head_key_id: Mapped[str | None] = mapped_column(String(64))
+    head_signature: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class AuditCheckpoint(Base):

@@ -334,7 +334,7 @@ def export_csv(ctx: ServiceContext, actor: Actor, chain: str, flt: AuditFilter, 
 
 def verify(ctx: ServiceContext, chain: str) -> audit.VerifyResult:
     with ctx.db.reading() as session:
-        return audit.verify_chain(session.connection(), ctx.ring, chain)
+        return audit.verify_chain(session.connection(), ctx.ring, chain, ctx.settings.audit_witness)
 
 
 # --- review sign-off (AUD-09, ACC-12) --------------------------------------------------------

@@ -42,7 +42,9 @@ class ServiceContext:
             db=db,
             ring=ring,
             settings=settings,
-            audit=AuditLog(ring=ring, checkpoint_every=settings.audit_checkpoint_every),
+            audit=AuditLog(
+                ring=ring, checkpoint_every=settings.audit_checkpoint_every, witness=settings.audit_witness
+            ),
             clock=clock,
             passwords=passwords or crypto.PasswordHashing(),
         )

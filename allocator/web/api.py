@@ -75,6 +75,9 @@ def audit_verify(trial: str) -> Response:
             "problems": [{"seq": p.seq, "message": p.message} for p in result.problems],
             "checkpoints": result.checkpoints,
             "unsigned_tail": result.unsigned_tail,
+            "witness_configured": result.witness is not None,
+            "witnessed_upto": result.witnessed_upto,
+            "unwitnessed": result.unwitnessed,
         }
     )
 

@@ -496,7 +496,16 @@ def document() -> dict[str, Any]:
                         "first_bad": {"type": ["integer", "null"]},
                         "problems": {"type": "array", "items": {"type": "object"}},
                         "checkpoints": {"type": "integer"},
-                        "unsigned_tail": {"type": "integer"},
+                        "unsigned_tail": {
+                            "type": "integer",
+                            "description": "Entries after the last checkpoint; the signed head covers them",
+                        },
+                        "witness_configured": {
+                            "type": "boolean",
+                            "description": "False: truncation of the newest entries cannot be detected",
+                        },
+                        "witnessed_upto": {"type": "integer", "description": "Highest entry the witness saw"},
+                        "unwitnessed": {"type": "integer", "description": "Entries newer than the witness"},
                     },
                 },
                 "TrialSummary": {

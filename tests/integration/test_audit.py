@@ -125,7 +125,7 @@ def test_an_inserted_entry_is_named_even_with_a_valid_hash(ctx: ServiceContext) 
     )
     forged.reason = "forged entry"
     forged.prev_hash = prev.hash
-    forged.hash = audit.entry_hash(audit._canonical_fields(forged))
+    forged.hash = audit.entry_hash(audit.canonical_fields(forged))
     tamper(
         ctx,
         "UPDATE audit_event SET seq = -seq WHERE chain = :c AND seq >= 57",
@@ -157,7 +157,7 @@ def test_a_fully_rewritten_chain_is_caught_by_the_signed_checkpoint(ctx: Service
             if copy.seq == 57:
                 copy.reason = "history rewritten"
             copy.prev_hash = prev_hash
-            copy.hash = audit.entry_hash(audit._canonical_fields(copy))
+            copy.hash = audit.entry_hash(audit.canonical_fields(copy))
             prev_hash = copy.hash
             rewritten.append(copy)
     with ctx.db.unit_of_work() as session:
