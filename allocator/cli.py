@@ -527,6 +527,25 @@ def serve_command(port: int, host: str, workers: int) -> None:
     _serve(settings, host, port, workers=workers)
 
 
+def hide_server_header() -> None:
+    """gunicorn writes `Server: gunicorn` on every response, before the application's headers and
+    with no setting to turn it off; the service never announces what it runs (issue 15). Its
+    response class is looked up when each response is made, so a subclass without that line
+    replaces it for this process."""
+    from gunicorn.http import wsgi  # noqa: PLC0415 - only the serving commands need it
+
+    if getattr(wsgi.Response, "allocator_quiet", False):
+        return
+
+    class QuietResponse(wsgi.Response):  # type: ignore[misc]
+        allocator_quiet = True
+
+        def default_headers(self) -> list[str]:
+            return [line for line in super().default_headers() if not line.lower().startswith("server:")]
+
+    wsgi.Response = QuietResponse
+
+
 def _serve(settings: Settings, host: str, port: int, *, workers: int) -> None:
     from gunicorn.app.base import BaseApplication  # noqa: PLC0415 - only the serving commands need it
 
@@ -545,4 +564,5 @@ def _serve(settings: Settings, host: str, port: int, *, workers: int) -> None:
         def load(self) -> Any:
             return create_app(replace(settings))
 
+    hide_server_header()
     _Server().run()
