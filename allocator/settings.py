@@ -54,6 +54,13 @@ class Settings:
     # Outgoing e-mail for blinded notifications (BLD-10); none is sent when unset.
     smtp_host: str | None = None
     smtp_port: int = 25
+    # Hospital relays want TLS and a login (issue 15): "starttls" (default), "tls" (implicit TLS,
+    # usually port 465) or "none" (a relay on the same host only). The password is read from a file
+    # (like the keys), never from the environment, and never logged.
+    smtp_security: str = "starttls"
+    smtp_user: str | None = None
+    smtp_password_file: Path | None = None
+    smtp_ca_file: Path | None = None  # the relay's CA when it is not in the system's trust store
     mail_from: str = "allocator@localhost"
     # Trust X-Forwarded-For / -Proto from exactly this many proxies (0: do not trust them).
     proxy_count: int = 0
@@ -106,9 +113,28 @@ class Settings:
             else None,
             smtp_host=env.get("ALLOCATOR_SMTP_HOST") or None,
             smtp_port=_int(env, "ALLOCATOR_SMTP_PORT", 25, 1, 65535),
+            smtp_security=_choice(env, "ALLOCATOR_SMTP_SECURITY", "starttls", SMTP_SECURITY),
+            smtp_user=env.get("ALLOCATOR_SMTP_USER") or None,
+            smtp_password_file=_path(env, "ALLOCATOR_SMTP_PASSWORD_FILE"),
+            smtp_ca_file=_path(env, "ALLOCATOR_SMTP_CA_FILE"),
             mail_from=env.get("ALLOCATOR_MAIL_FROM", "allocator@localhost"),
             proxy_count=_int(env, "ALLOCATOR_PROXY_COUNT", 0, 0, 5),
         )
+
+
+SMTP_SECURITY = ("starttls", "tls", "none")
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = (env.get(name) or default).strip().lower()
+    if value not in choices:
+        raise SettingsError(f"{name}: {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def _path(env: Mapping[str, str], name: str) -> Path | None:
+    raw = env.get(name)
+    return Path(raw) if raw else None
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:

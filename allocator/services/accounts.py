@@ -6,6 +6,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from email import errors, headerregistry, utils
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -19,6 +20,26 @@ from allocator.services.context import ServiceContext
 from allocator.services.errors import AlreadyExists, FieldProblem, Forbidden, NotFound, ValidationFailed
 
 USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{2,63}$")
+
+
+def single_address(text: str) -> str | None:
+    """`text` when it is exactly one plain e-mail address (local@domain), else None.
+
+    Notification e-mails put the address in a `To:` header: a list ("a@x, b@y"), a display name,
+    a group, or a line break (which would end the headers early) must never get that far. The
+    standard library parses it; anything it reads as more or other than one bare address is refused."""
+    if not text or len(text) > 254 or any(c.isspace() or ord(c) < 32 or c in ',;<>()"[]\\' for c in text):
+        return None
+    try:
+        parsed = headerregistry.Address(addr_spec=text)
+    except (ValueError, IndexError, errors.HeaderParseError):
+        return None
+    pairs = utils.getaddresses([text])
+    if pairs != [("", text)] or parsed.addr_spec != text or "." not in parsed.domain:
+        return None
+    return text
+
+
 _OTP_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # no 0/o, 1/l/i: read aloud over the phone
 
 
@@ -64,8 +85,8 @@ def create_user(ctx: ServiceContext, actor: Actor, new: NewUser, role: RoleReque
     full_name = " ".join(new.full_name.split())
     if not 2 <= len(full_name) <= 200:
         problems.append(FieldProblem("full_name", "is required (the printed name on signatures)"))
-    if new.email is not None and not re.match(r"^[^@\s]+@[^@\s]+$", new.email):
-        problems.append(FieldProblem("email", "is not an e-mail address"))
+    if new.email is not None and single_address(new.email) is None:
+        problems.append(FieldProblem("email", "must be one e-mail address, such as name@hospital.fr"))
     if problems:
         raise ValidationFailed("the account cannot be created", errors=problems)
     password = one_time_password()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import smtplib
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,13 +40,32 @@ Transport = Callable[[EmailMessage], None]
 
 
 def smtp_transport(settings: Settings) -> Transport:
-    """Send through the configured SMTP relay (plain SMTP to a local relay, as ops usually run)."""
+    """Send through the configured SMTP relay: STARTTLS (the default) or implicit TLS with the
+    relay's certificate checked, or plain SMTP for a relay on the same host; a login when
+    `ALLOCATOR_SMTP_USER` is set, with the password read from its file at each connection."""
     host = settings.smtp_host
     if host is None:
         raise Conflict("no SMTP relay is configured (ALLOCATOR_SMTP_HOST)")
+    if settings.smtp_user and settings.smtp_password_file is None:
+        raise Conflict("ALLOCATOR_SMTP_USER is set but ALLOCATOR_SMTP_PASSWORD_FILE is not")
+    context = None
+    if settings.smtp_security != "none":
+        context = ssl.create_default_context(
+            cafile=str(settings.smtp_ca_file) if settings.smtp_ca_file else None
+        )
 
     def send(message: EmailMessage) -> None:
-        with smtplib.SMTP(host, settings.smtp_port, timeout=20) as smtp:
+        smtp: smtplib.SMTP
+        if settings.smtp_security == "tls":
+            smtp = smtplib.SMTP_SSL(host, settings.smtp_port, timeout=20, context=context)
+        else:
+            smtp = smtplib.SMTP(host, settings.smtp_port, timeout=20)
+        with smtp:
+            if settings.smtp_security == "starttls":
+                smtp.starttls(context=context)
+            if settings.smtp_user and settings.smtp_password_file is not None:
+                password = settings.smtp_password_file.read_text(encoding="utf-8").strip()
+                smtp.login(settings.smtp_user, password)
             smtp.send_message(message)
 
     return send
@@ -123,17 +143,22 @@ def send_pending(ctx: ServiceContext, *, transport: Transport | None = None, lim
                 continue
             trial_code = session.execute(select(Trial.code).where(Trial.id == row.trial_id)).scalar_one()
             to = recipients(session, row, now)
+            # Recipients already written to by an earlier, interrupted run are not written to again.
+            delivered = [a for a in (row.email_to or "").split(", ") if a]
             try:
                 for address in to:
-                    send(message_for(ctx.settings, trial_code, row, address))
-                    sent += 1
+                    if address not in delivered:
+                        send(message_for(ctx.settings, trial_code, row, address))
+                        delivered.append(address)
+                        sent += 1
             except (OSError, smtplib.SMTPException) as exc:
                 failed += 1
+                row.email_to = ", ".join(delivered) or None
                 row.email_error = f"{ctx.now():%Y-%m-%d %H:%M:%S} UTC: {type(exc).__name__}: {exc}"[:1000]
                 log.warning("notification %s: e-mail failed (%s)", row.id, type(exc).__name__)
                 continue
             done += 1
-            row.email_to = ", ".join(to)
+            row.email_to = ", ".join(delivered)
             row.emailed_at = ctx.now()
             row.email_error = None if to else "nobody holding this role has an e-mail address"
     return MailReport(sent=sent, notifications=done, failed=failed)

@@ -484,10 +484,11 @@ def _alert_unusual(
         new={"emergency_unblindings_within_an_hour": count},
         at=now,
     )
+    # The site's notification: monitors limited to other sites do not hear of it (issue 15).
     _notify(
         session,
         trial,
-        None,
+        site,
         ("trial_manager", "monitor"),
         "unblinding_alert",
         None,

@@ -225,7 +225,9 @@ def test_the_outbox_delivers_through_smtp_in_the_background(
     ctx: ServiceContext, relay: tuple[int, list[tuple[str, list[str], bytes]]]
 ) -> None:
     port, received = relay
-    mailing = replace(ctx, settings=replace(ctx.settings, smtp_host="127.0.0.1", smtp_port=port))
+    mailing = replace(
+        ctx, settings=replace(ctx.settings, smtp_host="127.0.0.1", smtp_port=port, smtp_security="none")
+    )
     ready = ready_trial(mailing)
     make_user(mailing, "ph1-mail", "pharmacist", site="P1", email="ph1@p1.example")
     result = randomize(mailing, ready.investigator, "P1-0001")
@@ -249,7 +251,7 @@ def test_the_web_application_mails_after_a_randomization_when_smtp_is_configured
     ctx: ServiceContext, relay: tuple[int, list[tuple[str, list[str], bytes]]]
 ) -> None:
     port, received = relay
-    settings = replace(ctx.settings, smtp_host="127.0.0.1", smtp_port=port)
+    settings = replace(ctx.settings, smtp_host="127.0.0.1", smtp_port=port, smtp_security="none")
     app = create_app(settings, db=ctx.db, ring=ctx.ring, clock=ctx.clock, passwords=ctx.passwords)
     mailing = app.extensions["allocator"]
     ready_trial(mailing)
