@@ -372,6 +372,33 @@ def label_mac(ring: KeyRing, message: bytes) -> bytes:
     return hmac.new(key.material, b"allocator/label/v1|" + message, hashlib.sha256).digest()
 
 
+def device_cookie(ring: KeyRing, username: str, nonce: str | None = None) -> str:
+    """A cookie naming a browser in which `username` has signed in (issue 15, ACC-05): `v1.key.nonce.mac`,
+    the MAC binding the user name, which the cookie itself does not reveal."""
+    key = ring.keyset(Purpose.SESSION).active
+    nonce = nonce or secrets.token_urlsafe(18)
+    return f"v1.{key.key_id}.{nonce}.{_device_mac(key.material, username, nonce)}"
+
+
+def device_nonce(ring: KeyRing, username: str, cookie: str | None) -> str | None:
+    """The nonce of a genuine device cookie of `username`, or None (absent, forged, another user's,
+    or made with a key no longer in the ring)."""
+    parts = (cookie or "").split(".")
+    if len(parts) != 4 or parts[0] != "v1" or len(cookie or "") > 200:
+        return None
+    _, key_id, nonce, mac = parts
+    try:
+        key = ring.keyset(Purpose.SESSION).get(key_id)
+    except KeyMissingError:
+        return None
+    return nonce if hmac.compare_digest(mac, _device_mac(key.material, username, nonce)) else None
+
+
+def _device_mac(material: bytes, username: str, nonce: str) -> str:
+    message = f"allocator/device/v1|{username}|{nonce}".encode()
+    return base64.urlsafe_b64encode(hmac.new(material, message, hashlib.sha256).digest()).decode().rstrip("=")
+
+
 def session_secret(ring: KeyRing) -> bytes:
     """The Flask secret key, derived so the raw key file never becomes a cookie-signing key elsewhere."""
     key = ring.keyset(Purpose.SESSION).active

@@ -42,6 +42,7 @@ class Client:
     address: str
     user_agent: str
     request_id: str
+    device: str | None = None  # the device cookie sent with a sign-in, if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,7 @@ class LoginOutcome:
     must_change_password: bool
     needs_totp: bool  # enrolled: the code must be entered before anything else
     needs_totp_enrollment: bool  # required by a role but not yet enrolled
+    device_cookie: str = ""  # to keep in the browser: its sign-ins no longer share the account's lockout
 
 
 def anonymous(client: Client, username: str = "-") -> Actor:
@@ -82,7 +84,13 @@ def login(ctx: ServiceContext, username: str, password: str, client: Client) -> 
     Raises Unauthenticated with one generic message for an unknown user, a wrong password or a
     deactivated account (no enumeration), and TooManyRequests while the account or the address is
     locked out (ACC-05) — even for the right password. Failures and lockouts are audited: they are
-    committed first, and the error is raised after the unit of work."""
+    committed first, and the error is raised after the unit of work.
+
+    Lockout without a denial of service (issue 15): a browser in which the user has signed in before
+    carries a device cookie, and its attempts count against that device alone; only attempts
+    without one share the account's counter. So five wrong passwords sent from anywhere lock the
+    account for unknown browsers, while its owner still signs in from their own; a stolen cookie
+    gives five guesses per lockout period, like before."""
     username = username.strip().lower()[:64]
     with ctx.db.unit_of_work() as session:
         outcome = _attempt_login(ctx, session, username, password, client)
@@ -95,9 +103,9 @@ def _attempt_login(
     ctx: ServiceContext, session: Session, username: str, password: str, client: Client
 ) -> LoginOutcome | DomainError:
     now = ctx.now()
-    throttles = [
-        _throttle(session, key, now, ctx) for key in (f"account:{username}", f"address:{client.address}")
-    ]
+    device = crypto.device_nonce(ctx.ring, username, client.device)
+    first = f"device:{device}" if device is not None else f"account:{username}"
+    throttles = [_throttle(session, key, now, ctx) for key in (first, f"address:{client.address}")]
     locked = [t.locked_until for t in throttles if t.locked_until is not None and t.locked_until > now]
     user = session.execute(select(User).where(User.username == username)).scalar_one_or_none()
 
@@ -157,6 +165,7 @@ def _attempt_login(
         must_change_password=user.must_change_password,
         needs_totp=enrolled,
         needs_totp_enrollment=not enrolled and Access(active_grants(session, user.id, now)).needs_mfa(),
+        device_cookie=crypto.device_cookie(ctx.ring, username, device),
     )
 
 

@@ -9,7 +9,15 @@ from allocator.permissions import Permission, public, requires
 from allocator.services import auth as auth_service
 from allocator.services.errors import DomainError, FieldProblem
 from allocator.web.qr import svg_data_uri
-from allocator.web.security import SESSION_KEY, client, ctx, current_user, safe_path, start_session
+from allocator.web.security import (
+    DEVICE_COOKIE,
+    SESSION_KEY,
+    client,
+    ctx,
+    current_user,
+    safe_path,
+    start_session,
+)
 
 bp = Blueprint("auth", __name__)
 
@@ -30,7 +38,18 @@ def login() -> Response | str:
         )
         return Response(html, status=status, mimetype="text/html")
     start_session(outcome.session_token)
-    return redirect(safe_path(request.form.get("next"), url_for("main.home")))
+    response = redirect(safe_path(request.form.get("next"), url_for("main.home")))
+    # This browser's later sign-ins are throttled on their own: a lockout caused by others does
+    # not keep its user out (issue 15). Path / so that it reaches /login; no arm, no user name in it.
+    response.set_cookie(
+        DEVICE_COOKIE,
+        outcome.device_cookie,
+        max_age=180 * 24 * 3600,
+        secure=ctx().settings.secure_cookies,
+        httponly=True,
+        samesite="Lax",
+    )
+    return response
 
 
 @bp.route("/logout", methods=["POST"])

@@ -55,11 +55,15 @@ def ctx() -> ServiceContext:
     return service_context
 
 
+DEVICE_COOKIE = "allocator_device"
+
+
 def client() -> Client:
     return Client(
         address=request.remote_addr or "-",
         user_agent=(request.user_agent.string or "-")[:300],
         request_id=g.get("request_id", "-"),
+        device=request.cookies.get(DEVICE_COOKIE),
     )
 
 
