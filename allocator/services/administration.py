@@ -15,12 +15,12 @@ import kits as kitlib
 from allocator.audit import Action, Actor
 from allocator.models import Administration, Dispensation, Kit, KitEvent, KitStatus, Site, Subject
 from allocator.permissions import Scope
-from allocator.services import kits, trial_state
+from allocator.services import kits, lookups
 from allocator.services.context import ServiceContext
 from allocator.services.dispensing import planned_date
 from allocator.services.errors import Conflict, DomainError, FieldProblem, NotFound, ValidationFailed
-from allocator.services.subjects import current_dispensations, withdrawn_refusal
-from allocator.services.trials import current_definition, get_trial
+from allocator.services.lookups import current_definition, current_dispensations, get_trial
+from allocator.services.subjects import withdrawn_refusal
 
 LATE_AFTER = timedelta(hours=1)  # an administration recorded later than this needs a reason (DIB-09)
 CLOCK_SKEW = timedelta(minutes=5)
@@ -156,7 +156,7 @@ def _record_in(
     late_reason: str,
 ) -> ScanResult | DomainError:
     trial = get_trial(session, trial_code)
-    trial_state.require_open(trial)  # no new data once the database is locked
+    lookups.require_open(trial)  # no new data once the database is locked
     definition = current_definition(session, trial)
     subject = session.execute(
         select(Subject).where(

@@ -55,7 +55,7 @@ from allocator.services import kits as supply
 from allocator.services.audit_trail import neutralise_cell
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed
-from allocator.services.trials import current_definition, get_trial
+from allocator.services.lookups import current_definition, get_trial
 from allocator.trialdef import TrialDefinition
 
 KIND = "code_break_sheets"  # printed_document.kind; its items are the sheet numbers printed

@@ -30,17 +30,11 @@ from allocator.models import (
     Subject,
 )
 from allocator.permissions import Scope
-from allocator.services import arm_access, kits, signatures, trial_state
+from allocator.services import arm_access, kits, lookups, signatures
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, DomainError, FieldProblem, NotFound, ValidationFailed
-from allocator.services.subjects import (
-    KitsUnavailable,
-    _subject,
-    current_dispensations,
-    withdrawal_of,
-    withdrawn_refusal,
-)
-from allocator.services.trials import current_definition, get_trial
+from allocator.services.lookups import current_definition, current_dispensations, get_trial, subject_in_reach
+from allocator.services.subjects import KitsUnavailable, withdrawal_of, withdrawn_refusal
 from allocator.trialdef import TrialDefinition
 
 DISPENSING_MEANING = "dispensing"
@@ -185,9 +179,9 @@ def _dispense_in(
     now: datetime,
 ) -> Dispensed | DomainError:
     trial = get_trial(session, trial_code)
-    trial_state.require_open(trial)  # no new data once the database is locked
+    lookups.require_open(trial)  # no new data once the database is locked
     definition = current_definition(session, trial)
-    subject = _subject(session, trial, number, scope)
+    subject = subject_in_reach(session, trial, number, scope)
     site = session.get(Site, subject.site_id)
     days = _day_numbers(definition)
     unknown = [d for d in parsed if d not in days]
@@ -308,7 +302,7 @@ def dispensation_sheet(
     with ctx.db.unit_of_work() as session:
         trial = get_trial(session, trial_code)
         definition = current_definition(session, trial)
-        subject = _subject(session, trial, number, scope)
+        subject = subject_in_reach(session, trial, number, scope)
         site = session.get(Site, subject.site_id)
         if site is None:  # pragma: no cover - a foreign key guarantees it
             raise NotFound("no site")
@@ -418,9 +412,9 @@ def replace_kit(
     now = ctx.now()
     with ctx.db.unit_of_work() as session:
         trial = get_trial(session, trial_code)
-        trial_state.require_open(trial)  # no new data once the database is locked
+        lookups.require_open(trial)  # no new data once the database is locked
         definition = current_definition(session, trial)
-        subject = _subject(session, trial, number, scope)
+        subject = subject_in_reach(session, trial, number, scope)
         site_row = session.execute(
             select(Site).where(Site.id == subject.site_id).with_for_update()
         ).scalar_one()
@@ -509,7 +503,7 @@ def preparation(
     with ctx.db.unit_of_work() as session:
         trial = get_trial(session, trial_code)
         definition = current_definition(session, trial)
-        subject = _subject(session, trial, number, scope)
+        subject = subject_in_reach(session, trial, number, scope)
         if day_label not in _day_numbers(definition):
             raise ValidationFailed("unknown day", errors=[FieldProblem("day", "is not a dispensing day")])
         withdrawn = withdrawn_refusal(session, subject, "day")

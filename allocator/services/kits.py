@@ -49,8 +49,7 @@ from allocator.randomization import BlockDesign, kit_arm_sequence, new_seed
 from allocator.services import arm_access, signatures
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed
-from allocator.services.lists import instance_mode
-from allocator.services.trials import current_definition, get_trial
+from allocator.services.lookups import current_definition, get_trial, instance_mode
 from allocator.settings import Environment
 from allocator.trialdef import TrialDefinition
 from allocator.version import __version__

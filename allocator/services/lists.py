@@ -58,12 +58,12 @@ from allocator.randomization.blocks import Slot as ListSlot
 from allocator.services import arm_access, signatures
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed
-from allocator.services.trials import current_definition, get_trial
-from allocator.settings import Environment
+from allocator.services.lookups import current_definition, get_trial
 from allocator.trialdef import BlockRandomization, MinimizationRandomization, TrialDefinition, stratum_key
 
 if TYPE_CHECKING:
     from allocator.randomization.quality import QualityReport
+from allocator.services.lookups import instance_mode
 
 ProgressCallback = Callable[[int, int], None]
 _BATCH = 5_000
@@ -77,12 +77,6 @@ class ListEnvironmentMismatch(Conflict):
 class ListIntegrityFailure(Conflict):
     slug = "list-integrity-failure"
     title = "The randomization list failed its integrity check"
-
-
-def instance_mode(environment: Environment) -> ListMode:
-    """RND-13: a production instance holds PRODUCTION lists only; test and development instances
-    hold TEST lists only."""
-    return ListMode.PRODUCTION if environment is Environment.PRODUCTION else ListMode.TEST
 
 
 def foreign_lists(ctx: ServiceContext) -> list[str]:

@@ -60,16 +60,15 @@ from allocator.services import (
     audit_trail,
     kits,
     lists,
+    lookups,
     signatures,
     subjects,
-    trial_state,
     unblinding,
 )
 from allocator.services.administration import LATE_AFTER
 from allocator.services.context import ServiceContext
 from allocator.services.errors import FieldProblem, NotFound, ValidationFailed
-from allocator.services.lists import instance_mode
-from allocator.services.trials import current_definition, get_trial
+from allocator.services.lookups import current_definition, get_trial, instance_mode
 from allocator.settings import Environment
 from allocator.trialdef import TrialDefinition
 from allocator.version import __version__
@@ -1646,12 +1645,12 @@ def participant_flow_by_arm(
     audited read per subject, in one unit of work."""
     frame = _frame(ctx, trial_code, scope, flt)
     with ctx.db.reading() as session:
-        trial_state.require_unblinded(get_trial(session, frame.code))
+        lookups.require_unblinded(get_trial(session, frame.code))
     rows = _doses(frame, _views(ctx, frame))
     wanted = {r.subject_number for r in rows}
     arms: dict[str, str] = {}
     with ctx.db.unit_of_work() as session:
-        trial_state.require_unblinded(get_trial(session, frame.code))  # again, where the arms are read
+        lookups.require_unblinded(get_trial(session, frame.code))  # again, where the arms are read
         for subject in session.execute(
             select(Subject).where(Subject.trial_id == frame.trial_id).order_by(Subject.id)
         ).scalars():

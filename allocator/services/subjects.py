@@ -54,7 +54,7 @@ from allocator.models import (
 )
 from allocator.permissions import Scope
 from allocator.randomization import minimization as minimization_core
-from allocator.services import arm_access, kits, lists, signatures, trial_state, unblinding
+from allocator.services import arm_access, kits, lists, lookups, signatures, unblinding
 from allocator.services.context import ServiceContext
 from allocator.services.errors import (
     Conflict,
@@ -64,7 +64,13 @@ from allocator.services.errors import (
     NotFound,
     ValidationFailed,
 )
-from allocator.services.trials import current_definition, get_trial, trial_and_definition
+from allocator.services.lookups import (
+    current_definition,
+    current_dispensations,
+    get_trial,
+    subject_in_reach,
+    trial_and_definition,
+)
 from allocator.trialdef import MinimizationRandomization, TrialDefinition, stratum_key
 
 
@@ -249,7 +255,7 @@ def randomize(
     now = ctx.now()
     with ctx.db.unit_of_work() as session:
         trial, definition = trial_and_definition(session, trial_code)
-        trial_state.require_open(trial)  # no new subject once the database is locked
+        lookups.require_open(trial)  # no new subject once the database is locked
         # Every check of the input comes before the first write: a refusal changes nothing.
         screening = _screening_number(definition, request.screening_number)
         levels = _strata_levels(definition, request.site, request.strata)
@@ -418,7 +424,7 @@ def _randomize_in(
             errors=[FieldProblem(f"eligibility.{f.criterion}", f.message) for f in eligibility.failures],
         )
     key = stratum_key(list(levels.items()))
-    target = _lock_target(session, trial, lists.instance_mode(ctx.settings.env), key)
+    target = _lock_target(session, trial, lookups.instance_mode(ctx.settings.env), key)
     schedule = definition.dispensing.schedule
     stock = kits.draw_usable_kits(
         ctx, session, actor, trial, definition, site.id, definition.local_date(now), len(schedule)
@@ -717,32 +723,9 @@ def _notify(
     )
 
 
-def current_dispensations(session: Session, subject_id: int) -> dict[int, Dispensation]:
-    """The live dispensation of each day (the latest replacement)."""
-    out: dict[int, Dispensation] = {}
-    for row in session.execute(
-        select(Dispensation)
-        .where(Dispensation.subject_id == subject_id)
-        .order_by(Dispensation.day, Dispensation.replacement_number)
-    ).scalars():
-        out[row.day] = row
-    return out
-
-
 # --- corrections without deletion (RND-07, RND-09, DIB-03) ------------------------------------
 
 IN_ERROR_MEANING = "randomized in error"
-
-
-def _subject(session: Session, trial: Trial, number: str, scope: Scope, *, lock: bool = False) -> Subject:
-    """The subject within the caller's reach. `lock` takes its row lock (PostgreSQL; SQLite's write
-    transaction already excludes other writers) so that two corrections of the same subject at the
-    same moment queue, and the second sees the first (one withdrawal, one in-error flag)."""
-    query = select(Subject).where(Subject.trial_id == trial.id, Subject.subject_number == number)
-    subject = session.execute(query.with_for_update() if lock else query).scalar_one_or_none()
-    if subject is None or not scope.allows_site(subject.site_id):
-        raise NotFound(f"no subject {number} within your reach")
-    return subject
 
 
 def mark_in_error(
@@ -772,8 +755,8 @@ def mark_in_error(
         ctx.db.unit_of_work() as session,
     ):
         trial = get_trial(session, trial_code)
-        trial_state.require_open(trial)  # no new data once the database is locked
-        subject = _subject(session, trial, number, scope, lock=True)
+        lookups.require_open(trial)  # no new data once the database is locked
+        subject = subject_in_reach(session, trial, number, scope, lock=True)
         if session.execute(
             select(SubjectCorrection.id).where(
                 SubjectCorrection.subject_id == subject.id,
@@ -920,8 +903,8 @@ def withdraw(
         ctx.db.unit_of_work() as session,
     ):
         trial, definition = trial_and_definition(session, trial_code)
-        trial_state.require_open(trial)  # no new data once the database is locked
-        subject = _subject(session, trial, number, scope, lock=True)
+        lookups.require_open(trial)  # no new data once the database is locked
+        subject = subject_in_reach(session, trial, number, scope, lock=True)
         existing = withdrawal_of(session, subject.id)
         if existing is not None:
             raise Conflict(f"{number} was already withdrawn on {existing.effective_date.isoformat()}")
@@ -1019,9 +1002,9 @@ def correct_stratum(
     now = ctx.now()
     with ctx.db.unit_of_work() as session:
         trial = get_trial(session, trial_code)
-        trial_state.require_open(trial)  # no new data once the database is locked
+        lookups.require_open(trial)  # no new data once the database is locked
         definition = current_definition(session, trial)
-        subject = _subject(session, trial, number, scope, lock=True)
+        subject = subject_in_reach(session, trial, number, scope, lock=True)
         entered = {f.code: f for f in definition.stratification if f.source == "entered"}
         if factor not in entered:
             raise ValidationFailed(
@@ -1261,7 +1244,7 @@ def subject(ctx: ServiceContext, trial_code: str, number: str, scope: Scope) -> 
         site_codes = {
             s.id: s.code for s in session.execute(select(Site).where(Site.trial_id == trial.id)).scalars()
         }
-        return _view(session, definition, _subject(session, trial, number, scope), site_codes)
+        return _view(session, definition, subject_in_reach(session, trial, number, scope), site_codes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1329,7 +1312,7 @@ def confirmation_pdf(
     with ctx.db.unit_of_work() as session:
         trial = get_trial(session, trial_code)
         definition = current_definition(session, trial)
-        subject = _subject(session, trial, number, scope)
+        subject = subject_in_reach(session, trial, number, scope)
         site = session.get(Site, subject.site_id)
         if site is None:  # pragma: no cover
             raise NotFound("no site")

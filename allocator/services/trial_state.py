@@ -28,35 +28,12 @@ from allocator.services import arm_access, signatures
 from allocator.services.audit_trail import neutralise_cell
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, FieldProblem, ValidationFailed
-from allocator.services.trials import current_definition, get_trial
+from allocator.services.lookups import current_definition, get_trial, require_unblinded
 
 LOCK_MEANING = "database lock"
 UNBLIND_MEANING = "final unblinding"
 LISTING_MEANING = "release of the unblinded listing"
 INTERIM_MEANING = "release of an unblinded interim package"
-
-
-class TrialLocked(Conflict):
-    slug = "trial-locked"
-    title = "The trial database is locked"
-
-
-class NotUnblinded(Conflict):
-    slug = "trial-not-unblinded"
-    title = "The trial is not unblinded yet"
-
-
-def require_open(trial: Trial) -> None:
-    """Refuse new trial data once the database is locked (UNB-10)."""
-    if trial.status in (TrialStatus.LOCKED.value, TrialStatus.UNBLINDED.value):
-        raise TrialLocked(f"{trial.code} is {trial.status}: no new data can be recorded")
-
-
-def require_unblinded(trial: Trial) -> None:
-    if trial.status != TrialStatus.UNBLINDED.value:
-        raise NotUnblinded(
-            f"{trial.code} is {trial.status}: the unblinded data exist only after the final unblinding"
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,12 +427,12 @@ def own_subject_arm(
 ) -> tuple[str, str]:
     """After the final unblinding an investigator may learn the treatment of a subject of their
     site (UNB-10): (arm code, arm label); audited like every read. 409 before UNBLINDED."""
-    from allocator.services.subjects import _subject  # noqa: PLC0415
+    from allocator.services.lookups import subject_in_reach  # noqa: PLC0415
 
     with ctx.db.unit_of_work() as session:
         trial = get_trial(session, trial_code)
         require_unblinded(trial)
-        subject = _subject(session, trial, subject_number, scope)
+        subject = subject_in_reach(session, trial, subject_number, scope)
         definition = current_definition(session, trial)
         arm = arm_access.subject_arm_in(
             session, ctx, actor, trial.code, subject, "after the final unblinding"

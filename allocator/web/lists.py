@@ -8,7 +8,7 @@ from flask import Blueprint, Response, flash, redirect, render_template, request
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from allocator.permissions import Permission, requires
-from allocator.services import lists, signatures
+from allocator.services import lists, lookups, signatures
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
 from allocator.web.security import actor, ctx, current_trial
 
@@ -50,7 +50,7 @@ def manage(trial: str) -> Response:
         "lists/manage.html",
         trial=trial,
         lists=lists.lists(ctx(), trial),
-        instance_mode=lists.instance_mode(ctx().settings.env).value,
+        instance_mode=lookups.instance_mode(ctx().settings.env).value,
     )
     return Response(html, mimetype="text/html")
 

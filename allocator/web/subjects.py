@@ -13,7 +13,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 from allocator.permissions import Permission, Role, requires
 from allocator.services import admin, administration, dispensing, signatures, subjects, trial_state
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
-from allocator.services.trials import trial_definition
+from allocator.services.lookups import trial_definition
 from allocator.trialdef import BooleanCriterion, NumberCriterion
 from allocator.web.security import actor, ctx, current_trial, current_user, scope
 

@@ -15,7 +15,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 from allocator.permissions import Permission, requires
 from allocator.services import signatures, trial_state, unblinding
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
-from allocator.services.trials import trial_definition
+from allocator.services.lookups import trial_definition
 from allocator.web.security import actor, ctx, scope
 
 bp = Blueprint("unblinding", __name__)

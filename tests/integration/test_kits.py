@@ -43,8 +43,8 @@ from allocator.services import kits as supply
 from allocator.services.codebreak import KIND as CODE_BREAK_KIND
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, DomainError, NotFound, ValidationFailed
+from allocator.services.lookups import current_definition, get_trial
 from allocator.services.signatures import SignatureRefused, SignatureRequest
-from allocator.services.trials import current_definition, get_trial
 from tests.support import CLI_ACTOR, GOOD_PASSWORD, Clock, code_break_sheets, load_ifn, make_user
 from tests.unit.kits.kits_testdata import all_text, decode_qr_codes, flat, page_count
 

@@ -16,19 +16,12 @@ from sqlalchemy.exc import DBAPIError
 
 from allocator import crypto
 from allocator.audit import Actor
-from allocator.models import (
-    AuditEvent,
-    CodeBreakSheet,
-    Kit,
-    Notification,
-    Signature,
-    Subject,
-    Unblinding,
-)
+from allocator.models import AuditEvent, CodeBreakSheet, Kit, Notification, Signature, Subject, Unblinding
 from allocator.permissions import Scope
 from allocator.services import (
     auth,
     dispensing,
+    lookups,
     notifications,
     signatures,
     subjects,
@@ -476,11 +469,11 @@ def test_the_trial_walks_active_locked_unblinded_with_signatures_and_the_listing
         randomize(ctx, ready, "P2-0001", "P2")
     ]
     stat = ready.statistician
-    with pytest.raises(trial_state.NotUnblinded):
+    with pytest.raises(lookups.NotUnblinded):
         trial_state.unblinded_listing(ctx, stat, TRIAL, signature=SIGNED)
     with pytest.raises(Conflict):  # not in that order
         trial_state.unblind_trial(ctx, stat, TRIAL, reason="analysis", signature=SIGNED)
-    with pytest.raises(trial_state.NotUnblinded):
+    with pytest.raises(lookups.NotUnblinded):
         trial_state.own_subject_arm(ctx, ready.investigator, TRIAL, numbers[0], ALL)
     with pytest.raises(ValidationFailed):
         trial_state.lock(ctx, manager, TRIAL, reason=" ", signature=SIGNED)
@@ -496,7 +489,7 @@ def test_the_trial_walks_active_locked_unblinded_with_signatures_and_the_listing
     )
     with pytest.raises(Conflict):
         trial_state.lock(ctx, manager, TRIAL, reason="again", signature=SIGNED)
-    with pytest.raises(trial_state.NotUnblinded):
+    with pytest.raises(lookups.NotUnblinded):
         trial_state.unblinded_listing(ctx, stat, TRIAL, signature=SIGNED)
     # Emergency unblinding stays possible after the lock.
     unblind(ctx, ready.investigator, numbers[0])
@@ -562,7 +555,7 @@ def test_a_locked_trial_takes_no_new_dispensing(ctx: ServiceContext, ready: Read
     manager = make_actor(ctx, "manager", "trial_manager")
     trial_state.lock(ctx, manager, TRIAL, reason="database lock for the analysis", signature=SIGNED)
     [subject] = subjects.subjects(ctx, TRIAL, ALL)
-    with pytest.raises(trial_state.TrialLocked):
+    with pytest.raises(lookups.TrialLocked):
         dispensing.dispense(
             ctx,
             ready.pharmacist,
@@ -579,7 +572,7 @@ def test_a_locked_trial_takes_no_new_subject(ctx: ServiceContext, ready: ReadyTr
     randomize(ctx, ready, "P1-0001")
     manager = make_actor(ctx, "manager", "trial_manager")
     trial_state.lock(ctx, manager, TRIAL, reason="database lock for the analysis", signature=SIGNED)
-    with pytest.raises(trial_state.TrialLocked) as refused:
+    with pytest.raises(lookups.TrialLocked) as refused:
         randomize(ctx, ready, "P1-0002")
     assert refused.value.status == 409 and refused.value.slug == "trial-locked"
     assert len(subjects.subjects(ctx, TRIAL, ALL)) == 1

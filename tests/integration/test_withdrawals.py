@@ -13,7 +13,7 @@ import kits as kitlib
 from allocator import crypto
 from allocator.models import AuditEvent, Kit, Notification, Signature, Site, Subject, SubjectWithdrawal
 from allocator.permissions import Scope
-from allocator.services import administration, dispensing, kits, signatures, subjects, trial_state
+from allocator.services import administration, dispensing, kits, lookups, signatures, subjects, trial_state
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, NotFound, ValidationFailed
 from tests.support import ELIGIBLE, GOOD_PASSWORD, Clock, ReadyTrial, ready_trial
@@ -158,7 +158,7 @@ def test_a_subject_is_withdrawn_once_within_reach_while_the_trial_is_open(ctx: S
         failed = s.execute(select(AuditEvent).where(AuditEvent.action == "signature.failed")).scalar_one()
     assert failed.object_id == second.subject_number
     trial_state.lock(ctx, ready.statistician, TRIAL, reason="database lock", signature=SIGNED)
-    with pytest.raises(trial_state.TrialLocked):
+    with pytest.raises(lookups.TrialLocked):
         _withdraw(ctx, ready, second.subject_number)
 
 

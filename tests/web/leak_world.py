@@ -66,7 +66,7 @@ from allocator.services import (
 )
 from allocator.services.context import ServiceContext
 from allocator.services.errors import DomainError
-from allocator.services.trials import trial_definition
+from allocator.services.lookups import trial_definition
 from allocator.trialdef import TrialDefinition
 from tests.masking import Subject, arm_of
 from tests.support import (

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from allocator import crypto
 from allocator.models import AuditEvent, Dispensation, Kit, Subject
 from allocator.permissions import Scope
-from allocator.services import accounts, subjects, trials
+from allocator.services import accounts, lookups, subjects
 from allocator.services.context import ServiceContext
 from tests.support import CLI_ACTOR, ELIGIBLE, GOOD_PASSWORD, Clock, ReadyTrial, make_actor, ready_trial
 from tests.web.conftest import TotpSignedIn, csrf_token, https_client, sign_in
@@ -63,7 +63,7 @@ def text_of(html: str, ctx: ServiceContext | None = None) -> str:
     arms, as a trial's title does)."""
     text = re.sub(r"<[^>]+>", " ", html).replace("ifn-gamma-pais.toml", "")
     if ctx is not None:
-        text = text.replace(trials.trial_definition(ctx, TRIAL).title, "")
+        text = text.replace(lookups.trial_definition(ctx, TRIAL).title, "")
     return text
 
 
