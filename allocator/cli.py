@@ -30,9 +30,11 @@ from allocator.audit import Actor
 from allocator.db import Database
 from allocator.models import User
 from allocator.permissions import Scope
-from allocator.services import accounts, admin, codebreak, kits, lists, notifications, signatures, trials
+from allocator.services import codebreak, lists, notifications, signatures, sites, trials
+from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
 from allocator.services.errors import DomainError
+from allocator.services.supply import kit_lists, shipments
 from allocator.settings import Environment, Settings, SettingsError
 
 DEMO_TRIAL = "ifn-gamma-pais"  # shipped with the package (allocator.resources)
@@ -179,11 +181,11 @@ def create_user_command(
     """Create a user with one role and print a one-time password."""
     settings = _settings()
     with _context(settings) as ctx:
-        created = accounts.create_user(
+        created = users.create_user(
             ctx,
             _actor(),
-            accounts.NewUser(username=username, full_name=full_name or username, email=email),
-            accounts.RoleRequest(role=role, trial_code=trial_code, site_code=site_code),
+            users.NewUser(username=username, full_name=full_name or username, email=email),
+            users.RoleRequest(role=role, trial_code=trial_code, site_code=site_code),
         )
     click.echo(f"user {created.username} created; one-time password (change it at first sign-in):")
     click.echo(created.one_time_password)
@@ -197,7 +199,7 @@ def create_token_command(username: str, name: str) -> None:
     """Print a new API bearer token for USERNAME (shown once; only its digest is stored)."""
     settings = _settings()
     with _context(settings) as ctx:
-        created = accounts.create_token(ctx, _actor(), username, name)
+        created = users.create_token(ctx, _actor(), username, name)
     click.echo(created.token)
 
 
@@ -430,11 +432,11 @@ def demo_command(port: int, host: str, demo_dir: Path, no_serve: bool) -> None:
         code = loaded.trial_code
         rows = []
         for username, name, role, site in DEMO_USERS:
-            created = accounts.create_user(
+            created = users.create_user(
                 ctx,
                 actor,
-                accounts.NewUser(username=username, full_name=name),
-                accounts.RoleRequest(
+                users.NewUser(username=username, full_name=name),
+                users.RoleRequest(
                     role=role,
                     trial_code=None if role == "admin" else code,
                     site_code=site,
@@ -478,12 +480,12 @@ def _prepare_demo_trial(ctx: ServiceContext, actor: Actor, code: str, passwords:
     signed = signatures.SignatureRequest(password=passwords["statistician"])
     lists.approve_list(ctx, signer, code, generated.list_id, signed)
     lists.activate_list(ctx, signer, code, generated.list_id, signed)
-    kits.generate_kit_list(
+    kit_lists.generate_kit_list(
         ctx, actor, code, count=96, lot_code="DEMO-LOT-1", expiry=today + timedelta(days=365)
     )
     sheets = codebreak.generate_sheets(ctx, signer, code, signature=signed)
     for site in ("P1", "P2"):
-        admin.activate_site(
+        sites.activate_site(
             ctx,
             actor,
             code,
@@ -498,9 +500,9 @@ def _prepare_demo_trial(ctx: ServiceContext, actor: Actor, code: str, passwords:
             reason="demo: approvals recorded",
         )
     for site in ("P1", "P2"):
-        shipment = kits.create_shipment(ctx, actor, code, site, 24)
-        kits.ship(ctx, actor, code, shipment.number)
-        kits.receive(ctx, actor, code, shipment.number, shipment.kits, scope=everywhere)
+        shipment = shipments.create_shipment(ctx, actor, code, site, 24)
+        shipments.ship(ctx, actor, code, shipment.number)
+        shipments.receive(ctx, actor, code, shipment.number, shipment.kits, scope=everywhere)
 
 
 @main.command("serve")

@@ -52,18 +52,13 @@ from sqlalchemy.engine import make_url
 from allocator import audit, crypto, migrate
 from allocator.audit import Actor
 from allocator.db import Database
-from allocator.models import (
-    AuditEvent,
-    Dispensation,
-    Kit,
-    RandomizationList,
-    Slot,
-    Stratum,
-    Subject,
-)
+from allocator.models import AuditEvent, Dispensation, Kit, RandomizationList, Slot, Stratum, Subject
 from allocator.permissions import Scope
-from allocator.services import accounts, admin, auth, codebreak, kits, lists, signatures, trials
+from allocator.services import auth, codebreak, lists, signatures, trials
+from allocator.services import sites as services_sites
+from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
+from allocator.services.supply import kit_lists, shipments
 from allocator.settings import Environment, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,13 +147,13 @@ def prepare(ctx: ServiceContext, sites: list[str], total: int) -> Prepared:
     lists.activate_list(ctx, stat, TRIAL, generated.list_id, signed)
     count = kits_per_site * len(sites)
     count += -count % 4
-    kits.generate_kit_list(
+    kit_lists.generate_kit_list(
         ctx, ACTOR, TRIAL, count=count, lot_code="BENCH-1", expiry=today + timedelta(days=365)
     )
     # A site is activated once every kit has its sealed code-break sheet (UNB-07).
     sheets = codebreak.generate_sheets(ctx, stat, TRIAL, signature=signed)
     for code in sites:
-        admin.activate_site(
+        services_sites.activate_site(
             ctx,
             ACTOR,
             TRIAL,
@@ -171,20 +166,20 @@ def prepare(ctx: ServiceContext, sites: list[str], total: int) -> Prepared:
         )
     tokens = {}
     for code in sites:
-        shipment = kits.create_shipment(ctx, ACTOR, TRIAL, code, kits_per_site)
-        kits.ship(ctx, ACTOR, TRIAL, shipment.number)
-        kits.receive(ctx, ACTOR, TRIAL, shipment.number, shipment.kits, scope=EVERYWHERE)
+        shipment = shipments.create_shipment(ctx, ACTOR, TRIAL, code, kits_per_site)
+        shipments.ship(ctx, ACTOR, TRIAL, shipment.number)
+        shipments.receive(ctx, ACTOR, TRIAL, shipment.number, shipment.kits, scope=EVERYWHERE)
         investigator = _user(ctx, f"inv-{code.lower()}", "investigator", code)
-        tokens[code] = accounts.create_token(ctx, ACTOR, investigator.username, "bench").token
+        tokens[code] = users.create_token(ctx, ACTOR, investigator.username, "bench").token
     return Prepared(tokens, kits_per_site, slots, time.perf_counter() - started)
 
 
 def _user(ctx: ServiceContext, username: str, role: str, site: str | None) -> Actor:
-    created = accounts.create_user(
+    created = users.create_user(
         ctx,
         ACTOR,
-        accounts.NewUser(username=username, full_name=username.replace("-", " ").title()),
-        accounts.RoleRequest(role=role, trial_code=TRIAL, site_code=site),
+        users.NewUser(username=username, full_name=username.replace("-", " ").title()),
+        users.RoleRequest(role=role, trial_code=TRIAL, site_code=site),
     )
     # API tokens only act for users who replaced their one-time password.
     auth.change_password(

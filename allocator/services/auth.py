@@ -21,7 +21,7 @@ from allocator.audit import SYSTEM_CHAIN, Action, Actor
 from allocator.db import insert_if_absent, require
 from allocator.models import ApiToken, LoginSession, LoginThrottle, User
 from allocator.permissions import Access, Grant
-from allocator.services.accounts import active_grants
+from allocator.services.accounts.users import active_grants
 from allocator.services.context import ServiceContext
 from allocator.services.errors import (
     DomainError,

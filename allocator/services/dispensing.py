@@ -30,11 +30,16 @@ from allocator.models import (
     Subject,
 )
 from allocator.permissions import Scope
-from allocator.services import arm_access, kits, lookups, signatures
+from allocator.services import arm_access, lookups, signatures
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, DomainError, FieldProblem, NotFound, ValidationFailed
 from allocator.services.lookups import current_definition, current_dispensations, get_trial, subject_in_reach
-from allocator.services.subjects import KitsUnavailable, withdrawal_of, withdrawn_refusal
+from allocator.services.subjects.randomize import KitsUnavailable
+from allocator.services.subjects.views import withdrawal_of
+from allocator.services.subjects.withdrawal import withdrawn_refusal
+from allocator.services.supply import kit_rules
+from allocator.services.supply import labels as supply_labels
+from allocator.services.supply import stock as supply_stock
 from allocator.trialdef import TrialDefinition
 
 DISPENSING_MEANING = "dispensing"
@@ -63,7 +68,7 @@ def kit_from_scan(ctx: ServiceContext, trial_code: str, text: str) -> tuple[str,
     """(kit number, unit) from a scanned label (MAC verified) or a typed number (check digit)."""
     raw = text.strip()
     if "/" in raw:
-        payload = kitlib.verify_payload(raw, trial_code, kits.mac(ctx))
+        payload = kitlib.verify_payload(raw, trial_code, kit_rules.mac(ctx))
         return payload.kit_number, payload.unit
     return kitlib.normalize_kit_number(raw), None
 
@@ -325,7 +330,9 @@ def dispensation_sheet(
                 kitlib.DispensationRow(
                     unit=labels[day],
                     kit_number=kit.kit_number,
-                    qr_payload=kitlib.build_payload(trial.code, kit.kit_number, labels[day], kits.mac(ctx)),
+                    qr_payload=kitlib.build_payload(
+                        trial.code, kit.kit_number, labels[day], kit_rules.mac(ctx)
+                    ),
                     batch=batch.lot_code,
                     expiry=kitlib.Expiry(kit.expiry_date.year, kit.expiry_date.month),
                     planned_date=planned_date(definition, subject.randomized_at, day),
@@ -342,7 +349,7 @@ def dispensation_sheet(
             .order_by(PrintedDocument.id)
             .limit(1)
         ).scalar_one_or_none()
-        document_id = kits.next_document_id(session, trial, "DISP")
+        document_id = supply_labels.next_document_id(session, trial, "DISP")
         sheet = kitlib.DispensationSheet(
             site_code=site.code,
             site_name=site.name,
@@ -357,7 +364,7 @@ def dispensation_sheet(
             ),
             document=kitlib.DocumentMeta(document_id=document_id, created_at=now, reprint_number=previous),
         )
-        pdf = kitlib.render_dispensation_sheet(kits.label_info(definition, ctx.settings.env), sheet)
+        pdf = kitlib.render_dispensation_sheet(kit_rules.label_info(definition, ctx.settings.env), sheet)
         session.add(
             PrintedDocument(
                 trial_id=trial.id,
@@ -430,12 +437,12 @@ def replace_kit(
         old = session.execute(select(Kit).where(Kit.id == row.kit_id).with_for_update()).scalar_one()
         arm = arm_access.subject_arm_in(session, ctx, actor, trial.code, subject, "kit replacement")
         today = definition.local_date(now)
-        stock = kits.usable_kits_by_arm(ctx, session, actor, trial, definition, site_row.id, today)
+        stock = supply_stock.usable_kits_by_arm(ctx, session, actor, trial, definition, site_row.id, today)
         if not stock[arm]:
             raise KitsUnavailable(
                 f"site {site_row.code} holds no suitable replacement kit: ask for a shipment"
             )
-        new = kits.pick(stock[arm], 1)[0]
+        new = supply_stock.pick(stock[arm], 1)[0]
         row.status = "replaced"
         row.replaced_at = now
         row.replacement_reason = f"{cause}: {reason.strip()}"

@@ -120,5 +120,5 @@ _SEALING_ALLOWED = {
     "allocator/audit.py",
     "allocator/services/auth.py",
     "allocator/services/lists.py",
-    "allocator/services/subjects.py",
+    "allocator/services/subjects/randomize.py",
 }

@@ -12,7 +12,8 @@ from sqlalchemy import select
 
 from allocator.models import AuditEvent
 from allocator.permissions import declared_permission, is_public
-from allocator.services import accounts, auth, trials
+from allocator.services import auth, trials
+from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
 from allocator.web.openapi import document
 from tests.support import CLI_ACTOR, GOOD_PASSWORD, IFN_TRIAL, load_ifn, make_user
@@ -184,7 +185,7 @@ def test_a_user_without_any_role_can_do_nothing(client: FlaskClient, ctx: Servic
         from allocator.models import RoleAssignment
 
         assignment = s.execute(select(RoleAssignment.id)).scalar_one()
-    accounts.revoke_role(ctx, CLI_ACTOR, assignment, "left the study")
+    users.revoke_role(ctx, CLI_ACTOR, assignment, "left the study")
     token = csrf_token(client)
     client.post(
         "/login", data={"username": "gone", "password": created.one_time_password, "csrf_token": token}
@@ -197,7 +198,7 @@ def test_a_user_without_any_role_can_do_nothing(client: FlaskClient, ctx: Servic
 def test_api_with_bearer_token(client: FlaskClient, ctx: ServiceContext) -> None:
     load_ifn(ctx)
     created = make_user(ctx, "mon", "monitor")
-    token = accounts.create_token(ctx, CLI_ACTOR, "mon", "edc").token
+    token = users.create_token(ctx, CLI_ACTOR, "mon", "edc").token
     headers = {"Authorization": f"Bearer {token}"}
     # A user who never replaced the one-time password cannot use the API yet.
     assert client.get("/api/v1/trials/IFNG-PAIS", headers=headers).status_code == 401
