@@ -96,7 +96,7 @@ def _attempt_login(
 ) -> LoginOutcome | DomainError:
     now = ctx.now()
     throttles = [
-        _throttle(session, key, now, ctx) for key in (f"account:{username}", f"address:{client.address}")
+        throttle_row(session, key, now, ctx) for key in (f"account:{username}", f"address:{client.address}")
     ]
     locked = [t.locked_until for t in throttles if t.locked_until is not None and t.locked_until > now]
     user = session.execute(select(User).where(User.username == username)).scalar_one_or_none()
@@ -122,7 +122,7 @@ def _attempt_login(
     if user is None or not valid or not user.is_active:
         failed("unknown user" if user is None else ("deactivated" if valid else "wrong password"))
         for throttle, limit in zip(throttles, _limits(ctx), strict=True):
-            _fail(ctx, session, throttle, limit, now, client, username)
+            count_failed_attempt(ctx, session, throttle, limit, now, client, username)
         return Unauthenticated("the user name or the password is wrong")
     throttles[0].failures = 0
     throttles[0].locked_until = None
@@ -174,7 +174,7 @@ def _check_password(ctx: ServiceContext, user: User | None, password: str) -> bo
     return crypto.verify_password(user.password_hash, passwords.normalise(password), ctx.passwords)
 
 
-def _throttle(session: Session, key: str, now: datetime, ctx: ServiceContext) -> LoginThrottle:
+def throttle_row(session: Session, key: str, now: datetime, ctx: ServiceContext) -> LoginThrottle:
     insert_if_absent(
         session,
         LoginThrottle,
@@ -193,7 +193,7 @@ def _throttle(session: Session, key: str, now: datetime, ctx: ServiceContext) ->
     return throttle
 
 
-def _fail(
+def count_failed_attempt(
     ctx: ServiceContext,
     session: Session,
     throttle: LoginThrottle,
@@ -604,7 +604,7 @@ def _attempt_second_factor(
 ) -> DomainError | None:
     now = ctx.now()
     user = require(session, User, user_id)
-    throttle = _throttle(session, f"account:{user.username}", now, ctx)
+    throttle = throttle_row(session, f"account:{user.username}", now, ctx)
     if throttle.locked_until is not None and throttle.locked_until > now:
         return TooManyRequests("too many failed attempts: try again later, or ask an administrator")
     actor = user_actor(user, "user", client)
@@ -632,5 +632,7 @@ def _attempt_second_factor(
         new={"cause": "wrong second factor"},
         at=now,
     )
-    _fail(ctx, session, throttle, ctx.settings.login_max_failures_per_account, now, client, user.username)
+    count_failed_attempt(
+        ctx, session, throttle, ctx.settings.login_max_failures_per_account, now, client, user.username
+    )
     return ValidationFailed("the code is wrong", errors=[FieldProblem("code", "is wrong or already used")])
