@@ -1267,23 +1267,23 @@ class QualityDocument:
 
 
 def quality_document(ctx: ServiceContext, trial_code: str) -> QualityDocument:
-    from allocator.randomization import report as rendering  # noqa: PLC0415 - numpy only when asked for
+    from allocator.printing import quality_report as printing_quality_report  # noqa: PLC0415 - numpy only when asked for
 
     definition, report = quality_report(ctx, trial_code)
     return QualityDocument(
         code=definition.code,
-        text=rendering.render_text(report),
-        balance_svg=rendering.render_svg_balance(report),
-        distribution_svg=rendering.render_svg_imbalance_distribution(report),
+        text=printing_quality_report.render_text(report),
+        balance_svg=printing_quality_report.render_svg_balance(report),
+        distribution_svg=printing_quality_report.render_svg_imbalance_distribution(report),
     )
 
 
 def quality_pdf(ctx: ServiceContext, trial_code: str) -> bytes:
-    from allocator.randomization import report as rendering  # noqa: PLC0415 - numpy only when asked for
+    from allocator.printing import quality_report as printing_quality_report  # noqa: PLC0415 - numpy only when asked for
     from allocator.version import __version__  # noqa: PLC0415
 
     definition, report = quality_report(ctx, trial_code)
-    return rendering.render_pdf(
+    return printing_quality_report.render_pdf(
         report,
         title=f"Randomization design quality - {definition.code}",
         generated_at=ctx.now().strftime("%Y-%m-%d %H:%M UTC"),

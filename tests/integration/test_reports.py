@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from allocator.audit import Action
 from allocator.models import AuditEvent, AuditReview, RoleAssignment, Signature
 from allocator.permissions import Scope
+from allocator.printing.monitoring_reports import render_report_pdf
 from allocator.services import signatures
 from allocator.services.accounts import users
 from allocator.services.closeout import state
@@ -37,7 +38,6 @@ from allocator.services.reports import (
 from allocator.services.reports import unblindings as reports_unblindings
 from allocator.services.subjects import corrections, withdrawal
 from allocator.services.supply import reconciliation
-from kits.report import render_report_pdf
 from tests.reporting import (
     ALL,
     MONITOR,

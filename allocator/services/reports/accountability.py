@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from allocator.permissions import Scope
+from allocator.printing import monitoring_reports
 from allocator.services.context import ServiceContext
 from allocator.services.reports.filters import ReportFilter, scoped_frame, yes_no
 from allocator.services.supply import kit_rules
 from allocator.services.supply import reconciliation as supply_reconciliation
-from kits import report as kitreport
 
 # --- kit accountability (REP-09, LBL-11) ----------------------------------------------------------
 
@@ -26,11 +26,11 @@ class Accountability:
             ("Note", "Kit statuses as of now; the period filter does not apply."),
         )
 
-    def tables(self) -> tuple[kitreport.Table, ...]:
+    def tables(self) -> tuple[monitoring_reports.Table, ...]:
         rows = self.reconciliation.rows
         flow = [s.value for s in supply_reconciliation.FLOW_STATUSES]
         return (
-            kitreport.Table(
+            monitoring_reports.Table(
                 "Kits per site and batch, by current status",
                 (
                     "Site",
@@ -52,12 +52,12 @@ class Accountability:
                     for r in rows
                 ),
             ),
-            kitreport.Table(
+            monitoring_reports.Table(
                 "Kits that were ever in each status",
                 ("Site", "Batch", *(f"ever {_words(s)}" for s in flow)),
                 tuple((r.site, r.batch, *(str(r.ever.get(s, 0)) for s in flow)) for r in rows),
             ),
-            kitreport.Table(
+            monitoring_reports.Table(
                 "Discrepancies",
                 ("Discrepancy",),
                 tuple((problem,) for problem in self.reconciliation.discrepancies),

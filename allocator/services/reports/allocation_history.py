@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from allocator.models import Dispensation, Kit, Subject
 from allocator.permissions import Scope
+from allocator.printing import monitoring_reports
 from allocator.services import unblinding
 from allocator.services.context import ServiceContext
 from allocator.services.reports.filters import (
@@ -24,7 +25,6 @@ from allocator.services.reports.filters import (
 from allocator.services.reports.unblindings import accidental_events
 from allocator.services.subjects import views as subjects_views
 from allocator.services.subjects import withdrawal as subjects_withdrawal
-from kits import report as kitreport
 
 # --- allocation history (REP-05, BLD-07, RND-07, RND-09) -------------------------------------------
 
@@ -97,7 +97,7 @@ class AllocationHistory:
             ("Kit replacements", str(sum(len(k.replaced) for r in self.rows for k in r.kits))),
         )
 
-    def tables(self) -> tuple[kitreport.Table, ...]:
+    def tables(self) -> tuple[monitoring_reports.Table, ...]:
         columns = (
             "Subject",
             "Site",
@@ -135,7 +135,7 @@ class AllocationHistory:
                 )
             )
         return (
-            kitreport.Table(
+            monitoring_reports.Table(
                 "Allocation history",
                 columns,
                 tuple(rows),

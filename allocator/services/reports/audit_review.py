@@ -14,12 +14,12 @@ from sqlalchemy import select
 from allocator.audit import SYSTEM_CHAIN, Action, Actor
 from allocator.models import AuditReview, RoleAssignment, Signature, User
 from allocator.permissions import Scope
+from allocator.printing import monitoring_reports
 from allocator.services import audit_trail, signatures, unblinding
 from allocator.services.context import ServiceContext
 from allocator.services.errors import FieldProblem, NotFound, ValidationFailed
 from allocator.services.lookups import get_trial
 from allocator.services.reports.filters import WORKDAY, ReportFilter, audit_time, scoped_frame, time_text
-from kits import report as kitreport
 
 # --- audit-trail review reports and their sign-off (AUD-09) ---------------------------------------
 
@@ -208,15 +208,15 @@ class AuditReviewReport:
             )
         return tuple(out)
 
-    def tables(self) -> tuple[kitreport.Table, ...]:
+    def tables(self) -> tuple[monitoring_reports.Table, ...]:
         return (
-            kitreport.Table(
+            monitoring_reports.Table(
                 self.kind.title,
                 _REVIEW_COLUMNS,
                 self.rows,
                 "Clear values only: sealed values are never shown.",
             ),
-            kitreport.Table(
+            monitoring_reports.Table(
                 "Signed reviews of this report",
                 ("Period", "Entries", "SHA-256", "Findings", "Signature"),
                 tuple(

@@ -6,9 +6,9 @@ from collections import Counter
 from dataclasses import dataclass
 
 from allocator.permissions import Scope
+from allocator.printing import monitoring_reports
 from allocator.services.context import ServiceContext
 from allocator.services.reports.filters import ReportFilter, scoped_frame, strata_text, subject_views
-from kits import report as kitreport
 
 # --- blinded balance (REP-08) ------------------------------------------------------------------------
 
@@ -37,9 +37,9 @@ class Balance:
             ),
         )
 
-    def tables(self) -> tuple[kitreport.Table, ...]:
+    def tables(self) -> tuple[monitoring_reports.Table, ...]:
         return (
-            kitreport.Table(
+            monitoring_reports.Table(
                 "Subjects per stratum",
                 ("Site", "Stratum", "Randomized (stratum used)", "After corrections", "Randomized in error"),
                 tuple(
@@ -47,7 +47,7 @@ class Balance:
                     for s in self.strata
                 ),
             ),
-            kitreport.Table(
+            monitoring_reports.Table(
                 "Subjects per site",
                 ("Site", "Randomized"),
                 (

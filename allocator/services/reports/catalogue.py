@@ -11,6 +11,7 @@ from sqlalchemy import select
 from allocator.audit import Actor
 from allocator.models import Site
 from allocator.permissions import Scope
+from allocator.printing import monitoring_reports
 from allocator.services.context import ServiceContext
 from allocator.services.errors import FieldProblem, NotFound
 from allocator.services.lookups import get_trial
@@ -32,7 +33,6 @@ from allocator.services.reports.sequence import SequenceReport, sequence_report
 from allocator.services.reports.unblindings import UnblindingReport, unblinding_report
 from allocator.settings import Environment
 from allocator.version import __version__
-from kits import report as kitreport
 from kits.pdf import utc_text
 
 # --- the report catalogue, views and exports ------------------------------------------------------
@@ -156,19 +156,19 @@ class ReportView:
     site_choices: tuple[str, ...]
     data: Report
     facts: tuple[tuple[str, str], ...]
-    tables: tuple[kitreport.Table, ...]
+    tables: tuple[monitoring_reports.Table, ...]
     notice: str | None = None
     test_mode: bool = field(default=True)
 
     @property
-    def chart(self) -> kitreport.StepChart | None:
+    def chart(self) -> monitoring_reports.StepChart | None:
         return self.data.chart if isinstance(self.data, Enrolment) else None
 
     @property
     def svg(self) -> str | None:
         """The chart as inline SVG (no script, no style attribute: fine under the CSP)."""
         chart = self.chart
-        return kitreport.render_step_chart_svg(chart) if chart is not None else None
+        return monitoring_reports.render_step_chart_svg(chart) if chart is not None else None
 
     @property
     def review(self) -> AuditReviewReport | None:
@@ -195,8 +195,8 @@ class ReportView:
             ("Software", f"allocator {__version__}"),
         )
 
-    def document(self) -> kitreport.ReportDocument:
-        return kitreport.ReportDocument(
+    def document(self) -> monitoring_reports.ReportDocument:
+        return monitoring_reports.ReportDocument(
             title=self.title,
             document_id=f"{self.trial}/{self.name}",
             created_at=self.generated_at,

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from allocator.audit import Action
 from allocator.models import Administration, Batch, Dispensation, Kit, KitEvent, KitStatus, Subject
 from allocator.permissions import Scope
+from allocator.printing import monitoring_reports
 from allocator.services import audit_trail
 from allocator.services.bedside import LATE_AFTER
 from allocator.services.context import ServiceContext
@@ -23,7 +24,6 @@ from allocator.services.reports.filters import (
     time_text,
 )
 from allocator.services.subjects import views
-from kits import report as kitreport
 
 # --- protocol-deviation listings (REP-07) ----------------------------------------------------------
 
@@ -126,9 +126,9 @@ class Deviations:
             ),
         )
 
-    def tables(self) -> tuple[kitreport.Table, ...]:
+    def tables(self) -> tuple[monitoring_reports.Table, ...]:
         return (
-            kitreport.Table(
+            monitoring_reports.Table(
                 "Mis-stratifications",
                 (
                     "Subject",
@@ -157,13 +157,13 @@ class Deviations:
                 ),
                 "The allocation and the kits were kept: a correction never re-randomizes (RND-09).",
             ),
-            kitreport.Table(
+            monitoring_reports.Table(
                 "Randomizations in error",
                 ("Subject", "Site", "Reason", "Flagged by", "Flagged at (UTC)"),
                 tuple((r.subject_number, r.site, r.reason, r.by, time_text(r.at)) for r in self.in_error),
                 "These subjects stay in every report (intention to treat, RND-07).",
             ),
-            kitreport.Table(
+            monitoring_reports.Table(
                 "Refused scans and dispensing attempts",
                 ("At (UTC)", "Kind", "Site", "Subject", "Day", "Cause", "Detail", "By", "Role"),
                 tuple(
@@ -181,7 +181,7 @@ class Deviations:
                     for r in self.refused
                 ),
             ),
-            kitreport.Table(
+            monitoring_reports.Table(
                 "Expired or quarantined kits blocked",
                 ("At (UTC)", "Kit", "Site", "Batch", "Blocked as", "Previous status", "Reason", "By"),
                 tuple(
@@ -198,7 +198,7 @@ class Deviations:
                     for b in self.blocked_kits
                 ),
             ),
-            kitreport.Table(
+            monitoring_reports.Table(
                 "Kit replacements",
                 ("Replaced at (UTC)", "Subject", "Site", "Day", "Replaced kit", "New kit", "Reason"),
                 tuple(
@@ -214,7 +214,7 @@ class Deviations:
                     for r in self.replacements
                 ),
             ),
-            kitreport.Table(
+            monitoring_reports.Table(
                 "Late entries",
                 (
                     "Subject",

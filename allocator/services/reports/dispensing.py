@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from allocator.permissions import Scope
+from allocator.printing import monitoring_reports
 from allocator.services.context import ServiceContext
 from allocator.services.reports.filters import (
     Frame,
@@ -19,7 +20,6 @@ from allocator.services.reports.filters import (
     yes_no,
 )
 from allocator.services.subjects import views as subjects_views
-from kits import report as kitreport
 
 # --- dispensing completeness (REP-08, REP-04) -----------------------------------------------------
 
@@ -73,7 +73,7 @@ class DispensingCompleteness:
             (f"All {len(self.day_labels)} doses administered", f"{total.complete} ({share})"),
         )
 
-    def tables(self) -> tuple[kitreport.Table, ...]:
+    def tables(self) -> tuple[monitoring_reports.Table, ...]:
         def dose(d: Dose) -> str:
             if d.administered:
                 return f"administered {time_text(d.administered_at)}"
@@ -81,7 +81,7 @@ class DispensingCompleteness:
 
         n = len(self.day_labels)
         return (
-            kitreport.Table(
+            monitoring_reports.Table(
                 "Doses per site",
                 (
                     "Site",
@@ -101,7 +101,7 @@ class DispensingCompleteness:
                     for s in self.sites
                 ),
             ),
-            kitreport.Table(
+            monitoring_reports.Table(
                 "Doses per subject",
                 ("Subject", "Site", "Randomized in error", *self.day_labels, "Administered", "Complete"),
                 tuple(

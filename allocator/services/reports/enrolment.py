@@ -11,9 +11,9 @@ from sqlalchemy import select
 
 from allocator.models import Subject
 from allocator.permissions import Scope
+from allocator.printing import monitoring_reports
 from allocator.services.context import ServiceContext
 from allocator.services.reports.filters import ReportFilter, scoped_frame, time_text
-from kits import report as kitreport
 
 # --- recruitment and enrolment (REP-05, REP-08) ---------------------------------------------------
 
@@ -40,7 +40,7 @@ class Enrolment:
     sites: tuple[SiteAccrual, ...]
     overall: SiteAccrual
     weeks: tuple[WeekAccrual, ...]
-    chart: kitreport.StepChart | None
+    chart: monitoring_reports.StepChart | None
 
     def facts(self) -> tuple[tuple[str, str], ...]:
         return (
@@ -49,7 +49,7 @@ class Enrolment:
             ("Last randomization (UTC)", time_text(self.overall.last)),
         )
 
-    def tables(self) -> tuple[kitreport.Table, ...]:
+    def tables(self) -> tuple[monitoring_reports.Table, ...]:
         per_site = tuple(
             (s.site, str(s.randomized), time_text(s.first), time_text(s.last))
             for s in (*self.sites, self.overall)
@@ -58,12 +58,12 @@ class Enrolment:
             (w.week_start.isoformat(), w.site, str(w.randomized), str(w.cumulative)) for w in self.weeks
         )
         return (
-            kitreport.Table(
+            monitoring_reports.Table(
                 "Recruitment dates per site",
                 ("Site", "Randomized", "First randomization (UTC)", "Last randomization (UTC)"),
                 per_site,
             ),
-            kitreport.Table(
+            monitoring_reports.Table(
                 "Accrual per week and site",
                 ("Week starting", "Site", "Randomized", "Cumulative"),
                 weeks,
@@ -116,15 +116,17 @@ def enrolment(ctx: ServiceContext, trial_code: str, scope: Scope, flt: ReportFil
         series = [_cumulative(code, [local(at) for at in times]) for code, times in sorted(by_site.items())]
         if len(by_site) > 1:
             series.append(_cumulative("All sites", [local(at) for at in everything]))
-        chart = kitreport.StepChart("Cumulative enrolment per site", "Subjects randomized", tuple(series))
+        chart = monitoring_reports.StepChart(
+            "Cumulative enrolment per site", "Subjects randomized", tuple(series)
+        )
     weeks.sort(key=lambda w: (w.week_start, w.site))
     return Enrolment(frame.definition.timezone, sites, overall, tuple(weeks), chart)
 
 
-def _cumulative(label: str, days: Iterable[date]) -> kitreport.Series:
+def _cumulative(label: str, days: Iterable[date]) -> monitoring_reports.Series:
     counts = Counter(days)
     points, total = [], 0
     for day in sorted(counts):
         total += counts[day]
         points.append((day, total))
-    return kitreport.Series(label, tuple(points))
+    return monitoring_reports.Series(label, tuple(points))

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 
 from allocator.audit import Action, Actor
 from allocator.permissions import Scope
+from allocator.printing import monitoring_reports
 from allocator.services import audit_trail
 from allocator.services.context import ServiceContext
 from allocator.services.errors import FieldProblem, ValidationFailed
 from allocator.services.reports.catalogue import ReportView, build
 from allocator.services.reports.filters import ReportFilter
-from kits import report as kitreport
 
 
 def to_csv(view: ReportView) -> str:
@@ -66,7 +66,7 @@ def export(
     if fmt == "csv":
         body, mimetype = to_csv(view).encode("utf-8"), "text/csv"
     else:
-        body, mimetype = kitreport.render_report_pdf(view.document()), "application/pdf"
+        body, mimetype = monitoring_reports.render_report_pdf(view.document()), "application/pdf"
     counted = {"rows": view.rows, "sha256": hashlib.sha256(body).hexdigest()}
     # The row count of a restricted export would tell blinded readers of the audit trail how many
     # pharmacovigilance unblindings there are (UNB-08): it is sealed, like every unblinded value.

@@ -12,12 +12,12 @@ from sqlalchemy import select
 from allocator.audit import Actor
 from allocator.models import ScreeningEntry, Subject
 from allocator.permissions import Scope
+from allocator.printing import monitoring_reports
 from allocator.services import arm_access, lookups
 from allocator.services.context import ServiceContext
 from allocator.services.lookups import get_trial
 from allocator.services.reports.dispensing import SubjectDoses, subject_doses
 from allocator.services.reports.filters import Frame, ReportFilter, scoped_frame, subject_views
-from kits import report as kitreport
 
 # --- CONSORT-style participant flow (REP-04) ------------------------------------------------------
 
@@ -75,10 +75,10 @@ class ParticipantFlow:
         rows.append((f"{n}/{n} doses administered", *(str(c.complete) for c in counts)))
         return tuple(rows)
 
-    def arm_strata_table(self) -> kitreport.Table:
+    def arm_strata_table(self) -> monitoring_reports.Table:
         """The per-arm counts of each site and stratum (restricted, REP-04)."""
         n = len(self.day_labels)
-        return kitreport.Table(
+        return monitoring_reports.Table(
             "Participant flow per arm, site and stratum",
             (
                 "Site",
@@ -106,16 +106,16 @@ class ParticipantFlow:
             "Strata as used at randomization.",
         )
 
-    def tables(self) -> tuple[kitreport.Table, ...]:
+    def tables(self) -> tuple[monitoring_reports.Table, ...]:
         n = len(self.day_labels)
         return (
-            kitreport.Table(
+            monitoring_reports.Table(
                 "Participant flow per arm" if self.per_arm else "Participant flow",
                 ("Measure", *self.columns),
                 self._measures(self.counts),
                 "Every randomized subject is counted where randomized, including those randomized in error.",
             ),
-            kitreport.Table(
+            monitoring_reports.Table(
                 "Per stratum",
                 (
                     "Site",
@@ -139,7 +139,7 @@ class ParticipantFlow:
                     for site, stratum, c in self.by_stratum
                 ),
             ),
-            kitreport.Table(
+            monitoring_reports.Table(
                 "Ineligible: failed criteria",
                 ("Criterion", "Patients"),
                 tuple((label, str(n)) for label, n in self.ineligible_reasons),
@@ -274,5 +274,5 @@ class RestrictedFlow:
     def facts(self) -> tuple[tuple[str, str], ...]:
         return self.blinded.facts()
 
-    def tables(self) -> tuple[kitreport.Table, ...]:
+    def tables(self) -> tuple[monitoring_reports.Table, ...]:
         return (self.per_arm.tables()[0], self.per_arm.arm_strata_table(), *self.blinded.tables())

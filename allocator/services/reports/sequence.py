@@ -11,12 +11,12 @@ from sqlalchemy import select
 from allocator.audit import Action
 from allocator.models import AuditEvent, TrialStatus
 from allocator.permissions import Role
+from allocator.printing import monitoring_reports
 from allocator.services import lists
 from allocator.services.accounts import user_admin
 from allocator.services.context import ServiceContext
 from allocator.services.lookups import current_definition, get_trial, instance_mode
 from allocator.services.reports.filters import time_text
-from kits import report as kitreport
 
 # --- sequence generation and allocation concealment (REP-01, REP-02, BLD-13) ----------------------
 
@@ -107,7 +107,7 @@ class SequenceReport:
         )
         return (*out, *_CONCEALMENT)
 
-    def tables(self) -> tuple[kitreport.Table, ...]:
+    def tables(self) -> tuple[monitoring_reports.Table, ...]:
         def role_row(r: user_admin.RoleRow) -> tuple[str, ...]:
             return (
                 r.full_name,
@@ -149,10 +149,14 @@ class SequenceReport:
         factors = (
             ()
             if self.factors is None
-            else (kitreport.Table("Stratification factors", ("Factor", "Label", "Levels"), self.factors),)
+            else (
+                monitoring_reports.Table(
+                    "Stratification factors", ("Factor", "Label", "Levels"), self.factors
+                ),
+            )
         )
         return (
-            kitreport.Table(
+            monitoring_reports.Table(
                 "Randomization lists",
                 list_columns,
                 tuple(
@@ -181,12 +185,12 @@ class SequenceReport:
                 "REP-01).",
             ),
             *factors,
-            kitreport.Table(
+            monitoring_reports.Table(
                 "Who enrolled: investigators (ever)",
                 role_columns,
                 tuple(role_row(r) for r in self.enrolled_by),
             ),
-            kitreport.Table(
+            monitoring_reports.Table(
                 "Everyone who ever held an unblinded role (access to the sequence)",
                 role_columns,
                 tuple(role_row(r) for r in self.unblinded_holders),

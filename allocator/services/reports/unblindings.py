@@ -11,10 +11,10 @@ from sqlalchemy import select
 
 from allocator.models import AccidentalUnblinding, Signature, Subject, Unblinding
 from allocator.permissions import Scope
+from allocator.printing import monitoring_reports
 from allocator.services import signatures, unblinding
 from allocator.services.context import ServiceContext
 from allocator.services.reports.filters import Frame, ReportFilter, scoped_frame, time_text
-from kits import report as kitreport
 
 # --- unblinding report (REP-03, UNB-05, UNB-08, UNB-09) ------------------------------------------
 
@@ -89,9 +89,9 @@ class UnblindingReport:
             out.append(("Pharmacovigilance unblindings", "not shown to trial staff (UNB-08)"))
         return (*out, *_BLINDING_STATEMENT)
 
-    def tables(self) -> tuple[kitreport.Table, ...]:
+    def tables(self) -> tuple[monitoring_reports.Table, ...]:
         return (
-            kitreport.Table(
+            monitoring_reports.Table(
                 "Unblinding events",
                 (
                     "Unblinded at (UTC)",
@@ -128,7 +128,7 @@ class UnblindingReport:
                 ),
                 "Every unblinding is recorded and cannot be hidden (UNB-05); the arm is never part of this report.",
             ),
-            kitreport.Table(
+            monitoring_reports.Table(
                 "Accidental or unplanned unblinding reports",
                 (
                     "Occurred at (UTC)",
