@@ -30,10 +30,11 @@ from allocator.audit import Actor
 from allocator.db import Database
 from allocator.models import User
 from allocator.permissions import Scope
-from allocator.services import codebreak, lists, notifications, signatures, sites, trials
+from allocator.services import codebreak, notifications, signatures, sites, trials
 from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
 from allocator.services.errors import DomainError
+from allocator.services.lists import approval, generation, integrity, quality
 from allocator.services.supply import kit_lists, shipments
 from allocator.settings import Environment, Settings, SettingsError
 
@@ -221,7 +222,7 @@ def generate_lists_command(trial: str, mode: str) -> None:
             bar.length = total
             bar.update(done - bar.pos)
 
-        generated = lists.generate_lists(ctx, _actor(), trial, mode, progress)
+        generated = generation.generate_lists(ctx, _actor(), trial, mode, progress)
     click.echo(
         f"generated {generated.label}: {generated.strata} strata, {generated.slots} slots ({generated.method})"
     )
@@ -236,7 +237,7 @@ def verify_list_command(trial: str) -> None:
     """Regenerate every list of TRIAL from its seed and parameters and compare (exit 1 on a difference)."""
     settings = _settings()
     with _context(settings) as ctx:
-        results = lists.verify_lists(ctx, _actor(), trial)
+        results = integrity.verify_lists(ctx, _actor(), trial)
     if not results:
         _fail(f"{trial} has no randomization list")
     for result in results:
@@ -256,7 +257,7 @@ def integrity_check_command(trial: str | None) -> None:
     """Check the stored lists against their digests (run daily; exit 1 and block randomization on failure)."""
     settings = _settings()
     with _context(settings) as ctx:
-        results = lists.check_integrity(ctx, _actor(), trial)
+        results = integrity.check_integrity(ctx, _actor(), trial)
     for result in results:
         click.echo(f"{result.label}: {'intact' if result.ok else 'FAILED: ' + '; '.join(result.problems)}")
     if not all(r.ok for r in results):
@@ -274,9 +275,9 @@ def quality_report_command(trial: str, out: Path | None) -> None:
     settings = _settings()
     with _context(settings) as ctx:
         if out is not None and out.suffix == ".pdf":
-            out.write_bytes(lists.quality_pdf(ctx, trial))
+            out.write_bytes(quality.quality_pdf(ctx, trial))
         else:
-            document = lists.quality_document(ctx, trial)
+            document = quality.quality_document(ctx, trial)
             if out is None:
                 click.echo(document.text)
             elif out.suffix == ".txt":
@@ -291,7 +292,7 @@ def quality_report_command(trial: str, out: Path | None) -> None:
         click.echo(f"written {out}")
 
 
-def quality_html(document: lists.QualityDocument, generated_at: str) -> str:
+def quality_html(document: quality.QualityDocument, generated_at: str) -> str:
     """A standalone HTML page (charts as SVG images, no script)."""
 
     def image(svg: str) -> str:
@@ -467,7 +468,7 @@ def _prepare_demo_trial(ctx: ServiceContext, actor: Actor, code: str, passwords:
     with that evidence (UNB-07), and 24 kits shipped to and received at each site."""
     today = ctx.now().date()
     everywhere = Scope(all_sites=True, site_ids=frozenset())
-    generated = lists.generate_lists(ctx, actor, code, "test")
+    generated = generation.generate_lists(ctx, actor, code, "test")
     with ctx.db.reading() as session:
         statistician = session.execute(select(User).where(User.username == "statistician")).scalar_one()
     signer = Actor(
@@ -478,8 +479,8 @@ def _prepare_demo_trial(ctx: ServiceContext, actor: Actor, code: str, passwords:
         request_id=actor.request_id,
     )
     signed = signatures.SignatureRequest(password=passwords["statistician"])
-    lists.approve_list(ctx, signer, code, generated.list_id, signed)
-    lists.activate_list(ctx, signer, code, generated.list_id, signed)
+    approval.approve_list(ctx, signer, code, generated.list_id, signed)
+    approval.activate_list(ctx, signer, code, generated.list_id, signed)
     kit_lists.generate_kit_list(
         ctx, actor, code, count=96, lot_code="DEMO-LOT-1", expiry=today + timedelta(days=365)
     )

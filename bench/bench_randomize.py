@@ -54,10 +54,11 @@ from allocator.audit import Actor
 from allocator.db import Database
 from allocator.models import AuditEvent, Dispensation, Kit, RandomizationList, Slot, Stratum, Subject
 from allocator.permissions import Scope
-from allocator.services import auth, codebreak, lists, signatures, trials
+from allocator.services import auth, codebreak, signatures, trials
 from allocator.services import sites as services_sites
 from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
+from allocator.services.lists import approval, generation
 from allocator.services.supply import kit_lists, shipments
 from allocator.settings import Environment, Settings
 
@@ -141,10 +142,10 @@ def prepare(ctx: ServiceContext, sites: list[str], total: int) -> Prepared:
     kits_per_site = 2 * per_arm
     trials.load_trial(ctx, ACTOR, definition(sites, slots), source_name="bench_randomize.toml")
     stat = _user(ctx, "statistician", "unblinded_statistician", None)
-    generated = lists.generate_lists(ctx, ACTOR, TRIAL, "test")
+    generated = generation.generate_lists(ctx, ACTOR, TRIAL, "test")
     signed = signatures.SignatureRequest(password=PASSWORD)
-    lists.approve_list(ctx, stat, TRIAL, generated.list_id, signed)
-    lists.activate_list(ctx, stat, TRIAL, generated.list_id, signed)
+    approval.approve_list(ctx, stat, TRIAL, generated.list_id, signed)
+    approval.activate_list(ctx, stat, TRIAL, generated.list_id, signed)
     count = kits_per_site * len(sites)
     count += -count % 4
     kit_lists.generate_kit_list(

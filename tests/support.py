@@ -186,7 +186,8 @@ def ready_trial(ctx: ServiceContext, *, kits_per_site: int = 24, slots_text: str
     from datetime import date, timedelta
 
     from allocator.permissions import Scope
-    from allocator.services import auth, lists, signatures
+    from allocator.services import auth, signatures
+    from allocator.services.lists import approval, generation
 
     text = slots_text if slots_text is not None else IFN_TRIAL.read_text(encoding="utf-8")
     trials.load_trial(ctx, CLI_ACTOR, text, source_name="trials/ifn-gamma-pais.toml")
@@ -217,10 +218,10 @@ def ready_trial(ctx: ServiceContext, *, kits_per_site: int = 24, slots_text: str
             site_code=site,
             request_id="test",
         )
-    generated = lists.generate_lists(ctx, CLI_ACTOR, "IFNG-PAIS", "test")
+    generated = generation.generate_lists(ctx, CLI_ACTOR, "IFNG-PAIS", "test")
     signed = signatures.SignatureRequest(password=GOOD_PASSWORD)
-    lists.approve_list(ctx, actors["stat"], "IFNG-PAIS", generated.list_id, signed)
-    lists.activate_list(ctx, actors["stat"], "IFNG-PAIS", generated.list_id, signed)
+    approval.approve_list(ctx, actors["stat"], "IFNG-PAIS", generated.list_id, signed)
+    approval.activate_list(ctx, actors["stat"], "IFNG-PAIS", generated.list_id, signed)
     if kits_per_site:
         kit_lists.generate_kit_list(
             ctx,

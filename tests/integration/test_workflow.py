@@ -196,9 +196,9 @@ def test_a_tampered_slot_blocks_its_stratum(ctx: ServiceContext) -> None:
             ),
             {"s": stratum_id},
         )
-    from allocator.services import lists
+    from allocator.services.lists import storage
 
-    with pytest.raises(lists.ListIntegrityFailure):
+    with pytest.raises(storage.ListIntegrityFailure):
         randomize.randomize(ctx, ready.investigator, "IFNG-PAIS", request("P1-0001"), ALL)
     randomize.randomize(
         ctx, ready.investigator, "IFNG-PAIS", request("P1-0002", cause="non_septic"), ALL

@@ -288,11 +288,11 @@ def test_an_instance_refuses_to_start_with_lists_of_the_other_mode(
 
     from allocator import crypto
     from allocator.app import StartupError, create_app
-    from allocator.services import lists
+    from allocator.services.lists import generation
     from allocator.settings import Environment
 
     load_ifn(ctx)
-    lists.generate_lists(ctx, CLI_ACTOR, "IFNG-PAIS", "test")
+    generation.generate_lists(ctx, CLI_ACTOR, "IFNG-PAIS", "test")
     create_app(settings, db=db, ring=ring, passwords=crypto.FAST_PASSWORD_HASHING)  # a test instance: fine
     with pytest.raises(StartupError, match="IFNG-PAIS/TEST/1"):
         create_app(replace(settings, env=Environment.PRODUCTION), db=db, ring=ring)

@@ -12,9 +12,9 @@ from allocator.audit import Action
 from allocator.models import AuditEvent, TrialStatus
 from allocator.permissions import Role
 from allocator.printing import monitoring_reports
-from allocator.services import lists
 from allocator.services.accounts import user_admin
 from allocator.services.context import ServiceContext
+from allocator.services.lists import overview
 from allocator.services.lookups import current_definition, get_trial, instance_mode
 from allocator.services.reports.filters import time_text
 
@@ -220,7 +220,7 @@ def sequence_report(ctx: ServiceContext, trial_code: str, *, restricted: bool) -
     role. Block sizes, list lengths and stratification factors only when `restricted` or once the
     trial is UNBLINDED (REP-01)."""
     mode = instance_mode(ctx.settings.env).value
-    overviews = [o for o in lists.lists(ctx, trial_code) if o.mode == mode]
+    overviews = [o for o in overview.lists(ctx, trial_code) if o.mode == mode]
     with ctx.db.reading() as session:
         trial = get_trial(session, trial_code)
         definition = current_definition(session, trial)

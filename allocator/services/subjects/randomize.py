@@ -39,7 +39,7 @@ from allocator.models import (
 )
 from allocator.permissions import Scope
 from allocator.randomization import minimization as minimization_core
-from allocator.services import arm_access, lists, lookups
+from allocator.services import arm_access, lookups
 from allocator.services.context import ServiceContext
 from allocator.services.errors import (
     Conflict,
@@ -49,6 +49,7 @@ from allocator.services.errors import (
     NotFound,
     ValidationFailed,
 )
+from allocator.services.lists import integrity, overview, storage
 from allocator.services.lookups import current_definition, get_trial, trial_and_definition
 from allocator.services.supply import stock as supply_stock
 from allocator.trialdef import MinimizationRandomization, TrialDefinition, stratum_key
@@ -417,7 +418,7 @@ def _randomize_in(
             "ask the supply manager for a shipment"
         )
     if isinstance(target, _NoStratum):
-        raise lists.ListIntegrityFailure(f"the active list has no stratum {key}")
+        raise storage.ListIntegrityFailure(f"the active list has no stratum {key}")
     if isinstance(definition.randomization, MinimizationRandomization):
         arm, randomization_number, slot_id, decision_id = _minimize(
             ctx, session, actor, trial, target, levels, definition, now
@@ -561,13 +562,13 @@ def _lock_target(session: Session, trial: Trial, mode: ListMode, key: str) -> _T
         )
         blocked = row.last_check_ok is not None and not row.last_check_ok
     else:
-        active = lists.active_list(session, trial.id, mode)
+        active = overview.active_list(session, trial.id, mode)
         if active is None:
             raise NoActiveList(f"{trial.code} has no active {mode.value.upper()} randomization list")
         target = _NoStratum(active.id, active.label)
-        blocked = lists.list_blocked(session, active.id)
+        blocked = integrity.list_blocked(session, active.id)
     if blocked:
-        raise lists.ListIntegrityFailure(
+        raise storage.ListIntegrityFailure(
             f"{target.label} failed its last integrity check: randomization is blocked"
         )
     return target
@@ -586,12 +587,12 @@ def _next_slot(
             "statistician must extend the list (RND-11)"
         )
     rows = session.connection().execute(_STRATUM_SLOTS, {"stratum_id": target.stratum_id}).all()
-    if lists.storage_digest(row[:3] for row in rows) != target.storage_sha256:
-        raise lists.ListIntegrityFailure(
+    if storage.storage_digest(row[:3] for row in rows) != target.storage_sha256:
+        raise storage.ListIntegrityFailure(
             f"the slots of stratum {target.key} differ from their recorded digest: randomization is blocked (RND-10)"
         )
     if len(rows) <= target.used or rows[target.used].position != target.used + 1:
-        raise lists.ListIntegrityFailure(
+        raise storage.ListIntegrityFailure(
             f"the stratum {target.key} has no slot at position {target.used + 1}: randomization is blocked (RND-10)"
         )
     position, number, sealed, slot_id = rows[target.used]
@@ -658,7 +659,7 @@ def _minimize(
             select(MinimizationDecision.randomization_number).where(MinimizationDecision.list_id == locked.id)
         ).scalars()
     )
-    number = lists.RandomizationNumbers(numbers).next()
+    number = storage.RandomizationNumbers(numbers).next()
     row = MinimizationDecision(
         list_id=locked.id,
         arrival=total + 1,
