@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 import kits as kitlib
 from allocator.audit import Action, Actor
-from allocator.models import Administration, Dispensation, Kit, KitEvent, KitStatus, Site, Subject
+from allocator.models import Administration, Dispensation, Kit, KitStatus, Site, Subject
 from allocator.permissions import Scope
 from allocator.services import lookups
 from allocator.services.context import ServiceContext
@@ -268,19 +268,9 @@ def _record_in(
     )
     session.add(administration)
     row.status = "administered"
-    session.add(
-        KitEvent(
-            kit_id=kit.id,
-            at=now,
-            from_status=kit.status,
-            to_status=KitStatus.ADMINISTERED.value,
-            site_id=kit.site_id,
-            actor_id=actor.user_id,
-            actor_name=actor.name,
-            reason=f"administered to {subject.subject_number} ({day})",
-        )
+    kit_rules.move_kit(
+        session, kit, KitStatus.ADMINISTERED, actor, f"administered to {subject.subject_number} ({day})", now
     )
-    kit.status = KitStatus.ADMINISTERED.value
     ctx.audit.record(
         session,
         actor=actor,

@@ -22,7 +22,6 @@ from allocator.models import (
     Batch,
     Dispensation,
     Kit,
-    KitEvent,
     KitStatus,
     PrintedDocument,
     Signature,
@@ -265,19 +264,9 @@ def _dispense_in(
         row.dispensed_by_id = actor.user_id
         row.dispensed_by_name = actor.name
         row.dispensing_signature_id = signed.id
-        session.add(
-            KitEvent(
-                kit_id=kit.id,
-                at=now,
-                from_status=kit.status,
-                to_status=KitStatus.DISPENSED.value,
-                site_id=kit.site_id,
-                actor_id=actor.user_id,
-                actor_name=actor.name,
-                reason=f"dispensed to {number} for {label}",
-            )
+        kit_rules.move_kit(
+            session, kit, KitStatus.DISPENSED, actor, f"dispensed to {number} for {label}", now
         )
-        kit.status = KitStatus.DISPENSED.value
     ctx.audit.record(
         session,
         actor=actor,
@@ -446,19 +435,9 @@ def replace_kit(
         row.status = "replaced"
         row.replaced_at = now
         row.replacement_reason = f"{cause}: {reason.strip()}"
-        session.add(
-            KitEvent(
-                kit_id=old.id,
-                at=now,
-                from_status=old.status,
-                to_status=cause,
-                site_id=old.site_id,
-                actor_id=actor.user_id,
-                actor_name=actor.name,
-                reason=f"{cause} ({number} {day_label}): {reason.strip()}",
-            )
+        kit_rules.move_kit(
+            session, old, KitStatus(cause), actor, f"{cause} ({number} {day_label}): {reason.strip()}", now
         )
-        old.status = cause
         session.add(
             Dispensation(
                 subject_id=subject.id,
@@ -469,19 +448,9 @@ def replace_kit(
                 allocated_at=now,
             )
         )
-        session.add(
-            KitEvent(
-                kit_id=new.id,
-                at=now,
-                from_status=new.status,
-                to_status=KitStatus.ALLOCATED.value,
-                site_id=new.site_id,
-                actor_id=actor.user_id,
-                actor_name=actor.name,
-                reason=f"replacement for {number} {day_label}",
-            )
+        kit_rules.move_kit(
+            session, new, KitStatus.ALLOCATED, actor, f"replacement for {number} {day_label}", now
         )
-        new.status = KitStatus.ALLOCATED.value
         ctx.audit.record(
             session,
             actor=actor,

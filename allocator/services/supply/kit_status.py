@@ -16,28 +16,14 @@ from allocator.services import signatures
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed
 from allocator.services.lookups import get_trial
-from allocator.services.supply.kit_rules import S, kit_event, number_from_scan
-
-# Manual changes a pharmacist or a supply manager may record; allocation, dispensing and
-# administration move kits through their own workflows.
-MANUAL_TRANSITIONS: dict[KitStatus, frozenset[KitStatus]] = {
-    S.AT_DEPOT: frozenset({S.QUARANTINED, S.DAMAGED, S.LOST, S.EXPIRED, S.DESTROYED}),
-    S.IN_TRANSIT: frozenset({S.QUARANTINED, S.DAMAGED, S.LOST}),
-    S.AVAILABLE: frozenset({S.QUARANTINED, S.DAMAGED, S.LOST, S.EXPIRED, S.RETURNED, S.DESTROYED}),
-    S.QUARANTINED: frozenset({S.AVAILABLE, S.DAMAGED, S.DESTROYED}),
-    S.DISPENSED: frozenset({S.RETURNED, S.DAMAGED, S.LOST}),
-    S.ADMINISTERED: frozenset({S.RETURNED, S.DESTROYED}),
-    S.RETURNED: frozenset({S.DESTROYED}),
-    S.DAMAGED: frozenset({S.DESTROYED}),
-    S.EXPIRED: frozenset({S.DESTROYED}),
-    S.ALLOCATED: frozenset(),  # lost or damaged allocated kits are replaced through the subject
-    S.LOST: frozenset(),
-    S.DESTROYED: frozenset(),
-}
-# ACC-12: putting a kit into or out of quarantine is a critical act, signed.
-SIGNED_TARGETS = frozenset({S.QUARANTINED})
-SIGNED_SOURCES = frozenset({S.QUARANTINED})
-
+from allocator.services.supply.kit_rules import (
+    MANUAL_TRANSITIONS,
+    SIGNED_SOURCES,
+    SIGNED_TARGETS,
+    S,
+    move_kit,
+    number_from_scan,
+)
 
 # --- status changes --------------------------------------------------------------------------
 
@@ -123,7 +109,7 @@ def change_status(
             )
             signature_id = signed.id
         site = session.get(Site, kit.site_id) if kit.site_id else None
-        kit_event(session, kit, target, actor, reason.strip(), now, from_status=current.value)
+        move_kit(session, kit, target, actor, reason.strip(), now)
         ctx.audit.record(
             session,
             actor=actor,

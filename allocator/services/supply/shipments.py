@@ -19,7 +19,7 @@ from allocator.services import arm_access
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed
 from allocator.services.lookups import current_definition, get_trial
-from allocator.services.supply.kit_rules import S, kit_event, needed_until, number_from_scan
+from allocator.services.supply.kit_rules import S, move_kit, needed_until, number_from_scan
 
 # --- shipments (BLD-04) ----------------------------------------------------------------------
 
@@ -135,7 +135,7 @@ def ship(ctx: ServiceContext, actor: Actor, trial_code: str, number: str) -> tup
                 kit.shipment_id = None
                 taken_out.append(kit.kit_number)
                 continue
-            kit_event(session, kit, S.IN_TRANSIT, actor, f"shipped in {number}", now, from_status=kit.status)
+            move_kit(session, kit, S.IN_TRANSIT, actor, f"shipped in {number}", now)
         if taken_out and len(taken_out) == shipment.kit_count:
             raise Conflict(f"no kit of shipment {number} can still be shipped")
         shipment.kit_count -= len(taken_out)
@@ -223,19 +223,16 @@ def receive(
                 if kit_number not in missing:
                     held.append(kit_number)
             elif kit_number in missing:
-                kit_event(
+                move_kit(
                     session,
                     kit,
                     S.LOST,
                     actor,
                     f"missing at receipt of {number}: {missing_reason.strip()}",
                     now,
-                    from_status=kit.status,
                 )
             elif kit.status == S.IN_TRANSIT.value:
-                kit_event(
-                    session, kit, S.AVAILABLE, actor, f"received in {number}", now, from_status=kit.status
-                )
+                move_kit(session, kit, S.AVAILABLE, actor, f"received in {number}", now)
             else:
                 held.append(kit_number)
         shipment.status = "received"
