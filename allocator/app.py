@@ -10,8 +10,9 @@ from flask import Flask, Response, request
 
 from allocator import crypto, logs, migrate, resources
 from allocator.db import Database
-from allocator.services import lists, notifications
+from allocator.services import notifications
 from allocator.services.context import ServiceContext, utcnow
+from allocator.services.lists import overview
 from allocator.settings import Environment, Settings
 from allocator.web import register
 
@@ -46,7 +47,7 @@ def create_app(
             )
     db = db or Database.connect(settings.database_url)
     ctx = ServiceContext.build(settings, db, ring, clock=clock or utcnow, passwords=passwords)
-    mixed = lists.foreign_lists(ctx)
+    mixed = overview.foreign_lists(ctx)
     if mixed:
         # RND-13: a production instance never holds a TEST list, and the reverse.
         raise StartupError(

@@ -30,9 +30,12 @@ from allocator.audit import Actor
 from allocator.db import Database
 from allocator.models import User
 from allocator.permissions import Scope
-from allocator.services import accounts, admin, codebreak, kits, lists, notifications, signatures, trials
+from allocator.services import codebreak, notifications, signatures, sites, trials
+from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
 from allocator.services.errors import DomainError
+from allocator.services.lists import approval, generation, integrity, quality
+from allocator.services.supply import kit_lists, shipments
 from allocator.settings import Environment, Settings, SettingsError
 
 DEMO_TRIAL = "ifn-gamma-pais"  # shipped with the package (allocator.resources)
@@ -179,11 +182,11 @@ def create_user_command(
     """Create a user with one role and print a one-time password."""
     settings = _settings()
     with _context(settings) as ctx:
-        created = accounts.create_user(
+        created = users.create_user(
             ctx,
             _actor(),
-            accounts.NewUser(username=username, full_name=full_name or username, email=email),
-            accounts.RoleRequest(role=role, trial_code=trial_code, site_code=site_code),
+            users.NewUser(username=username, full_name=full_name or username, email=email),
+            users.RoleRequest(role=role, trial_code=trial_code, site_code=site_code),
         )
     click.echo(f"user {created.username} created; one-time password (change it at first sign-in):")
     click.echo(created.one_time_password)
@@ -197,7 +200,7 @@ def create_token_command(username: str, name: str) -> None:
     """Print a new API bearer token for USERNAME (shown once; only its digest is stored)."""
     settings = _settings()
     with _context(settings) as ctx:
-        created = accounts.create_token(ctx, _actor(), username, name)
+        created = users.create_token(ctx, _actor(), username, name)
     click.echo(created.token)
 
 
@@ -219,7 +222,7 @@ def generate_lists_command(trial: str, mode: str) -> None:
             bar.length = total
             bar.update(done - bar.pos)
 
-        generated = lists.generate_lists(ctx, _actor(), trial, mode, progress)
+        generated = generation.generate_lists(ctx, _actor(), trial, mode, progress)
     click.echo(
         f"generated {generated.label}: {generated.strata} strata, {generated.slots} slots ({generated.method})"
     )
@@ -234,7 +237,7 @@ def verify_list_command(trial: str) -> None:
     """Regenerate every list of TRIAL from its seed and parameters and compare (exit 1 on a difference)."""
     settings = _settings()
     with _context(settings) as ctx:
-        results = lists.verify_lists(ctx, _actor(), trial)
+        results = integrity.verify_lists(ctx, _actor(), trial)
     if not results:
         _fail(f"{trial} has no randomization list")
     for result in results:
@@ -254,7 +257,7 @@ def integrity_check_command(trial: str | None) -> None:
     """Check the stored lists against their digests (run daily; exit 1 and block randomization on failure)."""
     settings = _settings()
     with _context(settings) as ctx:
-        results = lists.check_integrity(ctx, _actor(), trial)
+        results = integrity.check_integrity(ctx, _actor(), trial)
     for result in results:
         click.echo(f"{result.label}: {'intact' if result.ok else 'FAILED: ' + '; '.join(result.problems)}")
     if not all(r.ok for r in results):
@@ -272,9 +275,9 @@ def quality_report_command(trial: str, out: Path | None) -> None:
     settings = _settings()
     with _context(settings) as ctx:
         if out is not None and out.suffix == ".pdf":
-            out.write_bytes(lists.quality_pdf(ctx, trial))
+            out.write_bytes(quality.quality_pdf(ctx, trial))
         else:
-            document = lists.quality_document(ctx, trial)
+            document = quality.quality_document(ctx, trial)
             if out is None:
                 click.echo(document.text)
             elif out.suffix == ".txt":
@@ -289,7 +292,7 @@ def quality_report_command(trial: str, out: Path | None) -> None:
         click.echo(f"written {out}")
 
 
-def quality_html(document: lists.QualityDocument, generated_at: str) -> str:
+def quality_html(document: quality.QualityDocument, generated_at: str) -> str:
     """A standalone HTML page (charts as SVG images, no script)."""
 
     def image(svg: str) -> str:
@@ -439,11 +442,11 @@ def demo_command(port: int, host: str, demo_dir: Path, no_serve: bool) -> None:
         code = loaded.trial_code
         rows = []
         for username, name, role, site in DEMO_USERS:
-            created = accounts.create_user(
+            created = users.create_user(
                 ctx,
                 actor,
-                accounts.NewUser(username=username, full_name=name),
-                accounts.RoleRequest(
+                users.NewUser(username=username, full_name=name),
+                users.RoleRequest(
                     role=role,
                     trial_code=None if role == "admin" else code,
                     site_code=site,
@@ -474,7 +477,7 @@ def _prepare_demo_trial(ctx: ServiceContext, actor: Actor, code: str, passwords:
     with that evidence (UNB-07), and 24 kits shipped to and received at each site."""
     today = ctx.now().date()
     everywhere = Scope(all_sites=True, site_ids=frozenset())
-    generated = lists.generate_lists(ctx, actor, code, "test")
+    generated = generation.generate_lists(ctx, actor, code, "test")
     with ctx.db.reading() as session:
         statistician = session.execute(select(User).where(User.username == "statistician")).scalar_one()
     signer = Actor(
@@ -485,14 +488,14 @@ def _prepare_demo_trial(ctx: ServiceContext, actor: Actor, code: str, passwords:
         request_id=actor.request_id,
     )
     signed = signatures.SignatureRequest(password=passwords["statistician"])
-    lists.approve_list(ctx, signer, code, generated.list_id, signed)
-    lists.activate_list(ctx, signer, code, generated.list_id, signed)
-    kits.generate_kit_list(
+    approval.approve_list(ctx, signer, code, generated.list_id, signed)
+    approval.activate_list(ctx, signer, code, generated.list_id, signed)
+    kit_lists.generate_kit_list(
         ctx, actor, code, count=96, lot_code="DEMO-LOT-1", expiry=today + timedelta(days=365)
     )
     sheets = codebreak.generate_sheets(ctx, signer, code, signature=signed)
     for site in ("P1", "P2"):
-        admin.activate_site(
+        sites.activate_site(
             ctx,
             actor,
             code,
@@ -507,9 +510,9 @@ def _prepare_demo_trial(ctx: ServiceContext, actor: Actor, code: str, passwords:
             reason="demo: approvals recorded",
         )
     for site in ("P1", "P2"):
-        shipment = kits.create_shipment(ctx, actor, code, site, 24)
-        kits.ship(ctx, actor, code, shipment.number)
-        kits.receive(ctx, actor, code, shipment.number, shipment.kits, scope=everywhere)
+        shipment = shipments.create_shipment(ctx, actor, code, site, 24)
+        shipments.ship(ctx, actor, code, shipment.number)
+        shipments.receive(ctx, actor, code, shipment.number, shipment.kits, scope=everywhere)
 
 
 @main.command("serve")

@@ -19,8 +19,9 @@ from pathlib import Path
 from allocator import crypto, migrate
 from allocator.audit import Actor
 from allocator.db import Database
-from allocator.services import lists, trials
+from allocator.services import trials
 from allocator.services.context import ServiceContext
+from allocator.services.lists import generation, integrity
 from allocator.settings import Environment, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,10 +49,10 @@ def run(url: str, key_dir: Path) -> None:
     ctx = ServiceContext.build(settings, db, crypto.KeyRing.load(key_dir))
     trials.load_trial(ctx, ACTOR, definition(), source_name="bench.toml")
     started = time.perf_counter()
-    generated = lists.generate_lists(ctx, ACTOR, "IFNG-PAIS", "test")
+    generated = generation.generate_lists(ctx, ACTOR, "IFNG-PAIS", "test")
     elapsed = time.perf_counter() - started
     check_started = time.perf_counter()
-    (result,) = lists.check_integrity(ctx, ACTOR, "IFNG-PAIS")
+    (result,) = integrity.check_integrity(ctx, ACTOR, "IFNG-PAIS")
     check = time.perf_counter() - check_started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(

@@ -15,18 +15,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from allocator.printing.quality_report import (
+    render_pdf,
+    render_svg_balance,
+    render_svg_imbalance_distribution,
+    render_text,
+)
 from allocator.randomization.quality import (
     PermutedBlocks,
     QualityReport,
     quality_report,
     standard_alternatives,
     stratum_sizes_for,
-)
-from allocator.randomization.report import (
-    render_pdf,
-    render_svg_balance,
-    render_svg_imbalance_distribution,
-    render_text,
 )
 
 REPEATS = 3

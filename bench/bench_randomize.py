@@ -52,18 +52,14 @@ from sqlalchemy.engine import make_url
 from allocator import audit, crypto, migrate
 from allocator.audit import Actor
 from allocator.db import Database
-from allocator.models import (
-    AuditEvent,
-    Dispensation,
-    Kit,
-    RandomizationList,
-    Slot,
-    Stratum,
-    Subject,
-)
+from allocator.models import AuditEvent, Dispensation, Kit, RandomizationList, Slot, Stratum, Subject
 from allocator.permissions import Scope
-from allocator.services import accounts, admin, auth, codebreak, kits, lists, signatures, trials
+from allocator.services import auth, codebreak, signatures, trials
+from allocator.services import sites as services_sites
+from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
+from allocator.services.lists import approval, generation
+from allocator.services.supply import kit_lists, shipments
 from allocator.settings import Environment, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,19 +142,19 @@ def prepare(ctx: ServiceContext, sites: list[str], total: int) -> Prepared:
     kits_per_site = 2 * per_arm
     trials.load_trial(ctx, ACTOR, definition(sites, slots), source_name="bench_randomize.toml")
     stat = _user(ctx, "statistician", "unblinded_statistician", None)
-    generated = lists.generate_lists(ctx, ACTOR, TRIAL, "test")
+    generated = generation.generate_lists(ctx, ACTOR, TRIAL, "test")
     signed = signatures.SignatureRequest(password=PASSWORD)
-    lists.approve_list(ctx, stat, TRIAL, generated.list_id, signed)
-    lists.activate_list(ctx, stat, TRIAL, generated.list_id, signed)
+    approval.approve_list(ctx, stat, TRIAL, generated.list_id, signed)
+    approval.activate_list(ctx, stat, TRIAL, generated.list_id, signed)
     count = kits_per_site * len(sites)
     count += -count % 4
-    kits.generate_kit_list(
+    kit_lists.generate_kit_list(
         ctx, ACTOR, TRIAL, count=count, lot_code="BENCH-1", expiry=today + timedelta(days=365)
     )
     # A site is activated once every kit has its sealed code-break sheet (UNB-07).
     sheets = codebreak.generate_sheets(ctx, stat, TRIAL, signature=signed)
     for code in sites:
-        admin.activate_site(
+        services_sites.activate_site(
             ctx,
             ACTOR,
             TRIAL,
@@ -171,20 +167,20 @@ def prepare(ctx: ServiceContext, sites: list[str], total: int) -> Prepared:
         )
     tokens = {}
     for code in sites:
-        shipment = kits.create_shipment(ctx, ACTOR, TRIAL, code, kits_per_site)
-        kits.ship(ctx, ACTOR, TRIAL, shipment.number)
-        kits.receive(ctx, ACTOR, TRIAL, shipment.number, shipment.kits, scope=EVERYWHERE)
+        shipment = shipments.create_shipment(ctx, ACTOR, TRIAL, code, kits_per_site)
+        shipments.ship(ctx, ACTOR, TRIAL, shipment.number)
+        shipments.receive(ctx, ACTOR, TRIAL, shipment.number, shipment.kits, scope=EVERYWHERE)
         investigator = _user(ctx, f"inv-{code.lower()}", "investigator", code)
-        tokens[code] = accounts.create_token(ctx, ACTOR, investigator.username, "bench").token
+        tokens[code] = users.create_token(ctx, ACTOR, investigator.username, "bench").token
     return Prepared(tokens, kits_per_site, slots, time.perf_counter() - started)
 
 
 def _user(ctx: ServiceContext, username: str, role: str, site: str | None) -> Actor:
-    created = accounts.create_user(
+    created = users.create_user(
         ctx,
         ACTOR,
-        accounts.NewUser(username=username, full_name=username.replace("-", " ").title()),
-        accounts.RoleRequest(role=role, trial_code=TRIAL, site_code=site),
+        users.NewUser(username=username, full_name=username.replace("-", " ").title()),
+        users.RoleRequest(role=role, trial_code=TRIAL, site_code=site),
     )
     # API tokens only act for users who replaced their one-time password.
     auth.change_password(

@@ -57,13 +57,13 @@ from kits.pdf import (
     FieldSpec,
     Flow,
     Plan,
-    _take_line,
     draw_page_watermark,
     duplicate_text,
     finish,
     fit,
     keep_together,
     new_canvas,
+    take_line,
     utc_text,
     width,
 )
@@ -463,7 +463,7 @@ def fit_sealed_text(text: str) -> tuple[float, list[str]]:
         words = [word for word in text.split() if word]
         lines: list[str] = []
         while words and len(lines) <= SEALED_MAX_LINES:
-            line, words = _take_line(words, BOLD, size, room)
+            line, words = take_line(words, BOLD, size, room)
             lines.append(line)
         if len(lines) <= SEALED_MAX_LINES and len(lines) * size * LEADING <= BOX_HEIGHT - 2 * BOX_PADDING:
             return size, lines

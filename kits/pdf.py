@@ -238,7 +238,7 @@ class FieldSpec:
     underline: bool = True
 
 
-def _take_line(words: list[str], font: str, size: float, line_width: float) -> tuple[str, list[str]]:
+def take_line(words: list[str], font: str, size: float, line_width: float) -> tuple[str, list[str]]:
     """The longest run of leading `words` that fits `line_width`, and the words left over. A first word
     wider than the line is split between characters."""
     line = ""
@@ -330,7 +330,7 @@ class Flow:
         size = self.size(base_size)
         words = [word for word in glue_punctuation(text).split(" ") if word]
         while words:
-            line, words = _take_line(words, font, size, self.next_line_width(size))
+            line, words = take_line(words, font, size, self.next_line_width(size))
             baseline, _right = self._line_box(size, what)
             self.plan.ops.append(TextOp(self.left, baseline, line, font, size, color))
 

@@ -23,17 +23,11 @@ from allocator import crypto
 from allocator.audit import Actor
 from allocator.models import CodeBreakSheet, Kit, Signature, Site
 from allocator.permissions import Scope
-from allocator.services import (
-    administration,
-    auth,
-    dispensing,
-    kits,
-    signatures,
-    subjects,
-    unblinding,
-)
+from allocator.services import auth, bedside, dispensing, signatures, unblinding
 from allocator.services.context import ServiceContext
 from allocator.services.errors import DomainError
+from allocator.services.subjects import confirmation, corrections, randomize
+from allocator.services.supply import kit_rules, kit_status
 from tests.support import GOOD_PASSWORD, Clock, ReadyTrial, eligible_on, make_user, ready_trial
 
 TRIAL = "IFNG-PAIS"
@@ -107,12 +101,12 @@ def arm_of_subject(ctx: ServiceContext, truth: Truth, number: str) -> str:
 
 def _randomize(
     ctx: ServiceContext, actor: Actor, screening: str, site: str, cause: str
-) -> subjects.RandomizationResult:
-    return subjects.randomize(
+) -> randomize.RandomizationResult:
+    return randomize.randomize(
         ctx,
         actor,
         TRIAL,
-        subjects.RandomizationRequest(
+        randomize.RandomizationRequest(
             site=site,
             screening_number=screening,
             eligibility=eligible_on(ctx.now().date()),
@@ -124,11 +118,11 @@ def _randomize(
 
 def _ineligible(ctx: ServiceContext, actor: Actor, screening: str, site: str, **changes: object) -> None:
     try:
-        subjects.randomize(
+        randomize.randomize(
             ctx,
             actor,
             TRIAL,
-            subjects.RandomizationRequest(
+            randomize.RandomizationRequest(
                 site=site,
                 screening_number=screening,
                 eligibility={**eligible_on(ctx.now().date()), **changes},
@@ -136,7 +130,7 @@ def _ineligible(ctx: ServiceContext, actor: Actor, screening: str, site: str, **
             ),
             ALL,
         )
-    except subjects.Ineligible:
+    except randomize.Ineligible:
         return
     raise AssertionError("expected an ineligible patient")
 
@@ -214,10 +208,10 @@ def build(ctx: ServiceContext, clock: Clock) -> Truth:
     )
     truth.kits[s1]["D2"] = truth.new_kit
     dispensing.dispense(ctx, pharm, TRIAL, s1, dict(truth.kits[s1]), scope=ALL, signature=SIGNED)
-    mac = kits.mac(ctx)
+    mac = kit_rules.mac(ctx)
 
     def scan(number: str, day: str, **extra: object) -> None:
-        administration.record_scan(
+        bedside.record_scan(
             ctx,
             nurse,
             TRIAL,
@@ -230,10 +224,10 @@ def build(ctx: ServiceContext, clock: Clock) -> Truth:
 
     _refused(lambda: scan(s1, "D2"))  # D2 before D1: refused (out of order)
     scan(s1, "D1")
-    subjects.mark_in_error(
+    corrections.mark_in_error(
         ctx, inv1, TRIAL, s2, reason="randomized before the consent was signed", scope=ALL, signature=SIGNED
     )
-    subjects.correct_stratum(
+    corrections.correct_stratum(
         ctx,
         inv1,
         TRIAL,
@@ -245,8 +239,8 @@ def build(ctx: ServiceContext, clock: Clock) -> Truth:
         agreement_ref=None,
         is_investigator=True,
     )
-    subjects.confirmation_pdf(ctx, inv1, TRIAL, s1, ALL)
-    subjects.confirmation_pdf(ctx, inv1, TRIAL, s1, ALL)  # a reprint
+    confirmation.confirmation_pdf(ctx, inv1, TRIAL, s1, ALL)
+    confirmation.confirmation_pdf(ctx, inv1, TRIAL, s1, ALL)  # a reprint
     _refused(lambda: auth.login(ctx, "inv-p1", "wrong password!", auth.Client("192.0.2.9", "t", "r")))
 
     # Tuesday 3 March: a subject at P2; S1's second dose.
@@ -289,7 +283,7 @@ def build(ctx: ServiceContext, clock: Clock) -> Truth:
             .first()
             or ""
         )
-    kits.change_status(
+    kit_status.change_status(
         ctx, pharm, TRIAL, truth.expired_kit, "expired", reason="expiry date passed", scope=ALL, depot=False
     )
 

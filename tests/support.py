@@ -7,8 +7,10 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from allocator.audit import Actor
-from allocator.services import accounts, trials
+from allocator.services import sites, trials
+from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
+from allocator.services.supply import kit_lists, shipments
 
 ROOT = Path(__file__).resolve().parent.parent
 IFN_TRIAL = ROOT / "trials" / "ifn-gamma-pais.toml"
@@ -49,14 +51,14 @@ def make_user(
     site: str | None = None,
     full_name: str | None = None,
     email: str | None = None,
-) -> accounts.CreatedUser:
-    return accounts.create_user(
+) -> users.CreatedUser:
+    return users.create_user(
         ctx,
         CLI_ACTOR,
-        accounts.NewUser(
+        users.NewUser(
             username=username, full_name=full_name or username.replace("-", " ").title(), email=email
         ),
-        accounts.RoleRequest(role=role, trial_code=trial if role != "admin" else None, site_code=site),
+        users.RoleRequest(role=role, trial_code=trial if role != "admin" else None, site_code=site),
     )
 
 
@@ -184,7 +186,8 @@ def ready_trial(ctx: ServiceContext, *, kits_per_site: int = 24, slots_text: str
     from datetime import date, timedelta
 
     from allocator.permissions import Scope
-    from allocator.services import admin, auth, kits, lists, signatures
+    from allocator.services import auth, signatures
+    from allocator.services.lists import approval, generation
 
     text = slots_text if slots_text is not None else IFN_TRIAL.read_text(encoding="utf-8")
     trials.load_trial(ctx, CLI_ACTOR, text, source_name="trials/ifn-gamma-pais.toml")
@@ -215,12 +218,12 @@ def ready_trial(ctx: ServiceContext, *, kits_per_site: int = 24, slots_text: str
             site_code=site,
             request_id="test",
         )
-    generated = lists.generate_lists(ctx, CLI_ACTOR, "IFNG-PAIS", "test")
+    generated = generation.generate_lists(ctx, CLI_ACTOR, "IFNG-PAIS", "test")
     signed = signatures.SignatureRequest(password=GOOD_PASSWORD)
-    lists.approve_list(ctx, actors["stat"], "IFNG-PAIS", generated.list_id, signed)
-    lists.activate_list(ctx, actors["stat"], "IFNG-PAIS", generated.list_id, signed)
+    approval.approve_list(ctx, actors["stat"], "IFNG-PAIS", generated.list_id, signed)
+    approval.activate_list(ctx, actors["stat"], "IFNG-PAIS", generated.list_id, signed)
     if kits_per_site:
-        kits.generate_kit_list(
+        kit_lists.generate_kit_list(
             ctx,
             CLI_ACTOR,
             "IFNG-PAIS",
@@ -230,7 +233,7 @@ def ready_trial(ctx: ServiceContext, *, kits_per_site: int = 24, slots_text: str
         )
         code_break_sheets(ctx, actors["stat"])  # UNB-07: before any activation or shipment
     for site in ("P1", "P2"):
-        admin.activate_site(
+        sites.activate_site(
             ctx,
             CLI_ACTOR,
             "IFNG-PAIS",
@@ -243,9 +246,9 @@ def ready_trial(ctx: ServiceContext, *, kits_per_site: int = 24, slots_text: str
         )
     if kits_per_site:
         for site in ("P1", "P2"):
-            shipment = kits.create_shipment(ctx, CLI_ACTOR, "IFNG-PAIS", site, kits_per_site)
-            kits.ship(ctx, CLI_ACTOR, "IFNG-PAIS", shipment.number)
-            kits.receive(ctx, CLI_ACTOR, "IFNG-PAIS", shipment.number, shipment.kits, scope=everywhere)
+            shipment = shipments.create_shipment(ctx, CLI_ACTOR, "IFNG-PAIS", site, kits_per_site)
+            shipments.ship(ctx, CLI_ACTOR, "IFNG-PAIS", shipment.number)
+            shipments.receive(ctx, CLI_ACTOR, "IFNG-PAIS", shipment.number, shipment.kits, scope=everywhere)
     return ReadyTrial(
         actors["inv-p1"],
         actors["inv-p2"],

@@ -21,7 +21,7 @@ from allocator.audit import SYSTEM_CHAIN, Action, Actor
 from allocator.db import insert_if_absent, require
 from allocator.models import ApiToken, LoginSession, LoginThrottle, User
 from allocator.permissions import Access, Grant
-from allocator.services.accounts import active_grants
+from allocator.services.accounts.users import active_grants
 from allocator.services.context import ServiceContext
 from allocator.services.errors import (
     DomainError,
@@ -105,7 +105,7 @@ def _attempt_login(
     now = ctx.now()
     device = crypto.device_nonce(ctx.ring, username, client.device)
     first = f"device:{device}" if device is not None else f"account:{username}"
-    throttles = [_throttle(session, key, now, ctx) for key in (first, f"address:{client.address}")]
+    throttles = [throttle_row(session, key, now, ctx) for key in (first, f"address:{client.address}")]
     locked = [t.locked_until for t in throttles if t.locked_until is not None and t.locked_until > now]
     user = session.execute(select(User).where(User.username == username)).scalar_one_or_none()
 
@@ -130,7 +130,7 @@ def _attempt_login(
     if user is None or not valid or not user.is_active:
         failed("unknown user" if user is None else ("deactivated" if valid else "wrong password"))
         for throttle, limit in zip(throttles, _limits(ctx), strict=True):
-            _fail(ctx, session, throttle, limit, now, client, username)
+            count_failed_attempt(ctx, session, throttle, limit, now, client, username)
         return Unauthenticated("the user name or the password is wrong")
     throttles[0].failures = 0
     throttles[0].locked_until = None
@@ -183,7 +183,7 @@ def _check_password(ctx: ServiceContext, user: User | None, password: str) -> bo
     return crypto.verify_password(user.password_hash, passwords.normalise(password), ctx.passwords)
 
 
-def _throttle(session: Session, key: str, now: datetime, ctx: ServiceContext) -> LoginThrottle:
+def throttle_row(session: Session, key: str, now: datetime, ctx: ServiceContext) -> LoginThrottle:
     insert_if_absent(
         session,
         LoginThrottle,
@@ -202,7 +202,7 @@ def _throttle(session: Session, key: str, now: datetime, ctx: ServiceContext) ->
     return throttle
 
 
-def _fail(
+def count_failed_attempt(
     ctx: ServiceContext,
     session: Session,
     throttle: LoginThrottle,
@@ -613,7 +613,7 @@ def _attempt_second_factor(
 ) -> DomainError | None:
     now = ctx.now()
     user = require(session, User, user_id)
-    throttle = _throttle(session, f"account:{user.username}", now, ctx)
+    throttle = throttle_row(session, f"account:{user.username}", now, ctx)
     if throttle.locked_until is not None and throttle.locked_until > now:
         return TooManyRequests("too many failed attempts: try again later, or ask an administrator")
     actor = user_actor(user, "user", client)
@@ -641,5 +641,7 @@ def _attempt_second_factor(
         new={"cause": "wrong second factor"},
         at=now,
     )
-    _fail(ctx, session, throttle, ctx.settings.login_max_failures_per_account, now, client, user.username)
+    count_failed_attempt(
+        ctx, session, throttle, ctx.settings.login_max_failures_per_account, now, client, user.username
+    )
     return ValidationFailed("the code is wrong", errors=[FieldProblem("code", "is wrong or already used")])

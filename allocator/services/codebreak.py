@@ -51,11 +51,12 @@ from allocator.models import (
 )
 from allocator.permissions import Scope
 from allocator.services import arm_access, signatures
-from allocator.services import kits as supply
 from allocator.services.audit_trail import neutralise_cell
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed
-from allocator.services.trials import current_definition, get_trial
+from allocator.services.lookups import current_definition, get_trial
+from allocator.services.supply import kit_rules
+from allocator.services.supply import labels as supply_labels
 from allocator.trialdef import TrialDefinition
 
 KIND = "code_break_sheets"  # printed_document.kind; its items are the sheet numbers printed
@@ -155,7 +156,7 @@ def _kit_numbers(ctx: ServiceContext, trial_code: str, raw: Sequence[str]) -> li
             continue
         try:
             if "/" in value:
-                number = kitlib.verify_payload(value, trial_code, supply.mac(ctx)).kit_number
+                number = kitlib.verify_payload(value, trial_code, kit_rules.mac(ctx)).kit_number
             else:
                 number = kitlib.normalize_kit_number(value)
         except (kitlib.KitNumberError, kitlib.PayloadError) as exc:
@@ -250,7 +251,7 @@ def _print(
                 document_id=document_id, created_at=now, reprint_number=reprint_number
             ),
         )
-        pdf = kitlib.render_code_break_sheets(supply.label_info(definition, ctx.settings.env), document)
+        pdf = kitlib.render_code_break_sheets(kit_rules.label_info(definition, ctx.settings.env), document)
     except kitlib.KitsError as exc:
         # The kits library never quotes the sealed text in its messages.
         raise Conflict(f"the code-break sheets cannot be printed: {exc}") from None
@@ -342,7 +343,7 @@ def generate_sheets(
         if not kits:
             raise Conflict("every kit of the trial already has a code-break sheet: nothing to generate")
         sheet_numbers = _next_sheet_numbers(session, trial, len(kits))
-        document_id = supply.next_document_id(session, trial, DOCUMENT_PREFIX)
+        document_id = supply_labels.next_document_id(session, trial, DOCUMENT_PREFIX)
         signed = signatures.sign(
             ctx,
             session,
@@ -487,7 +488,7 @@ def reprint_document(
             ).scalar_one()
             + 1
         )
-        new_id = supply.next_document_id(session, trial, DOCUMENT_PREFIX)
+        new_id = supply_labels.next_document_id(session, trial, DOCUMENT_PREFIX)
         signed = signatures.sign(
             ctx,
             session,
@@ -580,7 +581,7 @@ def replace_sheet(
         if kit is None:  # pragma: no cover - a foreign key guarantees it
             raise NotFound("the sheet's kit is missing")
         (number,) = _next_sheet_numbers(session, trial, 1)
-        document_id = supply.next_document_id(session, trial, DOCUMENT_PREFIX)
+        document_id = supply_labels.next_document_id(session, trial, DOCUMENT_PREFIX)
         signed = signatures.sign(
             ctx,
             session,

@@ -22,7 +22,6 @@ from allocator.models import (
     Batch,
     Dispensation,
     Kit,
-    KitEvent,
     KitStatus,
     PrintedDocument,
     Signature,
@@ -30,17 +29,16 @@ from allocator.models import (
     Subject,
 )
 from allocator.permissions import Scope
-from allocator.services import arm_access, kits, signatures, trial_state
+from allocator.services import arm_access, lookups, signatures
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, DomainError, FieldProblem, NotFound, ValidationFailed
-from allocator.services.subjects import (
-    KitsUnavailable,
-    _subject,
-    current_dispensations,
-    withdrawal_of,
-    withdrawn_refusal,
-)
-from allocator.services.trials import current_definition, get_trial
+from allocator.services.lookups import current_definition, current_dispensations, get_trial, subject_in_reach
+from allocator.services.subjects.randomize import KitsUnavailable
+from allocator.services.subjects.views import withdrawal_of
+from allocator.services.subjects.withdrawal import withdrawn_refusal
+from allocator.services.supply import kit_rules
+from allocator.services.supply import labels as supply_labels
+from allocator.services.supply import stock as supply_stock
 from allocator.trialdef import TrialDefinition
 
 DISPENSING_MEANING = "dispensing"
@@ -69,7 +67,7 @@ def kit_from_scan(ctx: ServiceContext, trial_code: str, text: str) -> tuple[str,
     """(kit number, unit) from a scanned label (MAC verified) or a typed number (check digit)."""
     raw = text.strip()
     if "/" in raw:
-        payload = kitlib.verify_payload(raw, trial_code, kits.mac(ctx))
+        payload = kitlib.verify_payload(raw, trial_code, kit_rules.mac(ctx))
         return payload.kit_number, payload.unit
     return kitlib.normalize_kit_number(raw), None
 
@@ -185,9 +183,9 @@ def _dispense_in(
     now: datetime,
 ) -> Dispensed | DomainError:
     trial = get_trial(session, trial_code)
-    trial_state.require_open(trial)  # no new data once the database is locked
+    lookups.require_open(trial)  # no new data once the database is locked
     definition = current_definition(session, trial)
-    subject = _subject(session, trial, number, scope)
+    subject = subject_in_reach(session, trial, number, scope)
     site = session.get(Site, subject.site_id)
     days = _day_numbers(definition)
     unknown = [d for d in parsed if d not in days]
@@ -266,19 +264,9 @@ def _dispense_in(
         row.dispensed_by_id = actor.user_id
         row.dispensed_by_name = actor.name
         row.dispensing_signature_id = signed.id
-        session.add(
-            KitEvent(
-                kit_id=kit.id,
-                at=now,
-                from_status=kit.status,
-                to_status=KitStatus.DISPENSED.value,
-                site_id=kit.site_id,
-                actor_id=actor.user_id,
-                actor_name=actor.name,
-                reason=f"dispensed to {number} for {label}",
-            )
+        kit_rules.move_kit(
+            session, kit, KitStatus.DISPENSED, actor, f"dispensed to {number} for {label}", now
         )
-        kit.status = KitStatus.DISPENSED.value
     ctx.audit.record(
         session,
         actor=actor,
@@ -308,7 +296,7 @@ def dispensation_sheet(
     with ctx.db.unit_of_work() as session:
         trial = get_trial(session, trial_code)
         definition = current_definition(session, trial)
-        subject = _subject(session, trial, number, scope)
+        subject = subject_in_reach(session, trial, number, scope)
         site = session.get(Site, subject.site_id)
         if site is None:  # pragma: no cover - a foreign key guarantees it
             raise NotFound("no site")
@@ -331,7 +319,9 @@ def dispensation_sheet(
                 kitlib.DispensationRow(
                     unit=labels[day],
                     kit_number=kit.kit_number,
-                    qr_payload=kitlib.build_payload(trial.code, kit.kit_number, labels[day], kits.mac(ctx)),
+                    qr_payload=kitlib.build_payload(
+                        trial.code, kit.kit_number, labels[day], kit_rules.mac(ctx)
+                    ),
                     batch=batch.lot_code,
                     expiry=kitlib.Expiry(kit.expiry_date.year, kit.expiry_date.month),
                     planned_date=planned_date(definition, subject.randomized_at, day),
@@ -348,7 +338,7 @@ def dispensation_sheet(
             .order_by(PrintedDocument.id)
             .limit(1)
         ).scalar_one_or_none()
-        document_id = kits.next_document_id(session, trial, "DISP")
+        document_id = supply_labels.next_document_id(session, trial, "DISP")
         sheet = kitlib.DispensationSheet(
             site_code=site.code,
             site_name=site.name,
@@ -363,7 +353,7 @@ def dispensation_sheet(
             ),
             document=kitlib.DocumentMeta(document_id=document_id, created_at=now, reprint_number=previous),
         )
-        pdf = kitlib.render_dispensation_sheet(kits.label_info(definition, ctx.settings.env), sheet)
+        pdf = kitlib.render_dispensation_sheet(kit_rules.label_info(definition, ctx.settings.env), sheet)
         session.add(
             PrintedDocument(
                 trial_id=trial.id,
@@ -418,9 +408,9 @@ def replace_kit(
     now = ctx.now()
     with ctx.db.unit_of_work() as session:
         trial = get_trial(session, trial_code)
-        trial_state.require_open(trial)  # no new data once the database is locked
+        lookups.require_open(trial)  # no new data once the database is locked
         definition = current_definition(session, trial)
-        subject = _subject(session, trial, number, scope)
+        subject = subject_in_reach(session, trial, number, scope)
         site_row = session.execute(
             select(Site).where(Site.id == subject.site_id).with_for_update()
         ).scalar_one()
@@ -436,28 +426,18 @@ def replace_kit(
         old = session.execute(select(Kit).where(Kit.id == row.kit_id).with_for_update()).scalar_one()
         arm = arm_access.subject_arm_in(session, ctx, actor, trial.code, subject, "kit replacement")
         today = definition.local_date(now)
-        stock = kits.usable_kits_by_arm(ctx, session, actor, trial, definition, site_row.id, today)
+        stock = supply_stock.usable_kits_by_arm(ctx, session, actor, trial, definition, site_row.id, today)
         if not stock[arm]:
             raise KitsUnavailable(
                 f"site {site_row.code} holds no suitable replacement kit: ask for a shipment"
             )
-        new = kits.pick(stock[arm], 1)[0]
+        new = supply_stock.pick(stock[arm], 1)[0]
         row.status = "replaced"
         row.replaced_at = now
         row.replacement_reason = f"{cause}: {reason.strip()}"
-        session.add(
-            KitEvent(
-                kit_id=old.id,
-                at=now,
-                from_status=old.status,
-                to_status=cause,
-                site_id=old.site_id,
-                actor_id=actor.user_id,
-                actor_name=actor.name,
-                reason=f"{cause} ({number} {day_label}): {reason.strip()}",
-            )
+        kit_rules.move_kit(
+            session, old, KitStatus(cause), actor, f"{cause} ({number} {day_label}): {reason.strip()}", now
         )
-        old.status = cause
         session.add(
             Dispensation(
                 subject_id=subject.id,
@@ -468,19 +448,9 @@ def replace_kit(
                 allocated_at=now,
             )
         )
-        session.add(
-            KitEvent(
-                kit_id=new.id,
-                at=now,
-                from_status=new.status,
-                to_status=KitStatus.ALLOCATED.value,
-                site_id=new.site_id,
-                actor_id=actor.user_id,
-                actor_name=actor.name,
-                reason=f"replacement for {number} {day_label}",
-            )
+        kit_rules.move_kit(
+            session, new, KitStatus.ALLOCATED, actor, f"replacement for {number} {day_label}", now
         )
-        new.status = KitStatus.ALLOCATED.value
         ctx.audit.record(
             session,
             actor=actor,
@@ -509,7 +479,7 @@ def preparation(
     with ctx.db.unit_of_work() as session:
         trial = get_trial(session, trial_code)
         definition = current_definition(session, trial)
-        subject = _subject(session, trial, number, scope)
+        subject = subject_in_reach(session, trial, number, scope)
         if day_label not in _day_numbers(definition):
             raise ValidationFailed("unknown day", errors=[FieldProblem("day", "is not a dispensing day")])
         withdrawn = withdrawn_refusal(session, subject, "day")

@@ -83,14 +83,14 @@ def sign(
     refusal the caller's whole act is abandoned; the failed attempt itself is recorded by
     `record_failure`, which the caller runs in its own unit of work (the act's transaction rolls
     back)."""
-    from allocator.services.auth import _throttle, check_totp  # noqa: PLC0415 - avoids an import cycle
+    from allocator.services.auth import check_totp, throttle_row  # noqa: PLC0415 - avoids an import cycle
 
     if actor.user_id is None:
         raise SignatureRefused(
             "only a signed-in person can sign", errors=[FieldProblem("password", "no user")]
         )
     user = require(session, User, actor.user_id)
-    throttle = _throttle(session, f"account:{user.username}", now, ctx)
+    throttle = throttle_row(session, f"account:{user.username}", now, ctx)
     if throttle.locked_until is not None and throttle.locked_until > now:
         raise TooManyRequests("too many failed attempts: the account is locked for a while")
     if not crypto.verify_password(user.password_hash, passwords.normalise(request.password), ctx.passwords):
@@ -140,7 +140,7 @@ def record_failure(
     ctx: ServiceContext, *, actor: Actor, chain: str, meaning: str, object_type: str, object_id: object
 ) -> None:
     """Audit a refused signature and count it toward the account lockout (own unit of work)."""
-    from allocator.services.auth import Client, _fail, _throttle  # noqa: PLC0415 - avoids an import cycle
+    from allocator.services.auth import Client, count_failed_attempt, throttle_row  # noqa: PLC0415 - avoids an import cycle
 
     now = ctx.now()
     with ctx.db.unit_of_work() as session:
@@ -154,9 +154,9 @@ def record_failure(
             new={"meaning": meaning},
             at=now,
         )
-        throttle = _throttle(session, f"account:{actor.username}", now, ctx)
+        throttle = throttle_row(session, f"account:{actor.username}", now, ctx)
         client = Client(address=actor.address or "-", user_agent="-", request_id=actor.request_id)
-        _fail(
+        count_failed_attempt(
             ctx, session, throttle, ctx.settings.login_max_failures_per_account, now, client, actor.username
         )
 

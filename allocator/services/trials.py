@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from allocator.audit import Action, Actor
@@ -23,7 +23,8 @@ from allocator.models import (
 )
 from allocator.permissions import Access
 from allocator.services.context import ServiceContext
-from allocator.services.errors import DefinitionLocked, FieldProblem, NotFound, ValidationFailed
+from allocator.services.errors import DefinitionLocked, FieldProblem, ValidationFailed
+from allocator.services.lookups import current_definition, get_trial
 from allocator.trialdef import DefinitionError, TrialDefinition, parse_definition
 
 
@@ -252,69 +253,6 @@ def _latest_version(session: Session, trial_id: int) -> TrialDefinitionVersion:
     ).scalar_one()
 
 
-def get_trial(session: Session, code: str) -> Trial:
-    trial = session.execute(select(Trial).where(Trial.code == code)).scalar_one_or_none()
-    if trial is None:
-        raise NotFound(f"no trial {code!r}")
-    return trial
-
-
-def current_definition(session: Session, trial: Trial) -> TrialDefinition:
-    """The definition in force for `trial` (its latest version), validated from its stored text."""
-    version, sha256 = session.execute(
-        select(TrialDefinitionVersion.version, TrialDefinitionVersion.sha256)
-        .where(TrialDefinitionVersion.trial_id == trial.id)
-        .order_by(TrialDefinitionVersion.version.desc())
-        .limit(1)
-    ).one()
-    return _definition(session, trial, version, sha256)
-
-
-_TRIAL_AND_LATEST_VERSION = (
-    select(Trial, TrialDefinitionVersion.version, TrialDefinitionVersion.sha256)
-    .join(TrialDefinitionVersion, TrialDefinitionVersion.trial_id == Trial.id)
-    .where(Trial.code == bindparam("code"))
-    .order_by(TrialDefinitionVersion.version.desc())
-    .limit(1)
-)
-
-
-def trial_and_definition(session: Session, code: str) -> tuple[Trial, TrialDefinition]:
-    """`get_trial` and `current_definition` in one statement (the randomization path). Raises
-    NotFound."""
-    row = session.execute(_TRIAL_AND_LATEST_VERSION, {"code": code}).one_or_none()
-    if row is None:
-        raise NotFound(f"no trial {code!r}")
-    trial, version, sha256 = row
-    return trial, _definition(session, trial, version, sha256)
-
-
-# Parsed definitions by (trial code, version, SHA-256 of the text). A stored version never changes
-# (a change is a new version), so this is a memo of a pure function, not application state: every
-# request still reads which version is in force, and a text that does not match its recorded digest
-# is parsed on every use and never remembered. Parsing and validating the TOML costs ~4 ms.
-_PARSED: dict[tuple[str, int, str], TrialDefinition] = {}
-_PARSED_MAX = 64
-
-
-def _definition(session: Session, trial: Trial, version: int, sha256: str) -> TrialDefinition:
-    key = (trial.code, version, sha256)
-    parsed = _PARSED.get(key)
-    if parsed is not None:
-        return parsed
-    text = session.execute(
-        select(TrialDefinitionVersion.source_text).where(
-            TrialDefinitionVersion.trial_id == trial.id, TrialDefinitionVersion.version == version
-        )
-    ).scalar_one()
-    parsed = parse_definition(text, source=f"{trial.code} v{version}")
-    if hashlib.sha256(text.encode("utf-8")).hexdigest() == sha256:
-        if len(_PARSED) >= _PARSED_MAX:
-            _PARSED.clear()
-        _PARSED[key] = parsed
-    return parsed
-
-
 # --- blinded summaries -----------------------------------------------------------------------
 
 
@@ -429,9 +367,3 @@ def my_trials(ctx: ServiceContext, access: Access) -> list[MyTrial]:
                 )
             )
         return out
-
-
-def trial_definition(ctx: ServiceContext, code: str) -> TrialDefinition:
-    """The definition in force (for building forms from it)."""
-    with ctx.db.reading() as session:
-        return current_definition(session, get_trial(session, code))

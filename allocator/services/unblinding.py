@@ -51,7 +51,7 @@ from allocator.services.errors import (
     TooManyRequests,
     ValidationFailed,
 )
-from allocator.services.trials import current_definition, get_trial
+from allocator.services.lookups import current_definition, get_trial
 from allocator.trialdef import TrialDefinition
 
 EMERGENCY_MEANING = "emergency unblinding"

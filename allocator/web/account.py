@@ -6,7 +6,7 @@ from flask import Blueprint, flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
 from allocator.permissions import Permission, requires
-from allocator.services import accounts, admin
+from allocator.services.accounts import user_admin, users
 from allocator.services.errors import DomainError
 from allocator.web.security import actor, ctx, current_user
 
@@ -19,9 +19,9 @@ def profile() -> str:
     me = current_user()
     return render_template(
         "account/profile.html",
-        user=admin.get_user(ctx(), me.username),
-        sessions=admin.active_sessions(ctx(), me.user_id),
-        tokens=admin.tokens(ctx(), me.user_id),
+        user=user_admin.get_user(ctx(), me.username),
+        sessions=user_admin.active_sessions(ctx(), me.user_id),
+        tokens=user_admin.tokens(ctx(), me.user_id),
     )
 
 
@@ -30,7 +30,7 @@ def profile() -> str:
 def create_token() -> Response | str:
     me = current_user()
     try:
-        created = accounts.create_token(
+        created = users.create_token(
             ctx(), actor(Permission.ACCOUNT_SELF), me.username, request.form.get("name", "")
         )
     except DomainError as exc:
@@ -45,7 +45,7 @@ def create_token() -> Response | str:
 def revoke_token(token_id: int) -> Response:
     me = current_user()
     try:
-        admin.revoke_token(ctx(), actor(Permission.ACCOUNT_SELF), token_id, owner_id=me.user_id)
+        user_admin.revoke_token(ctx(), actor(Permission.ACCOUNT_SELF), token_id, owner_id=me.user_id)
     except DomainError as exc:
         flash(exc.detail, "error")
     else:

@@ -9,7 +9,9 @@ from flask import Blueprint, flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
 from allocator.permissions import ROLE_TITLES, Permission, Role, requires
-from allocator.services import accounts, admin, audit_trail, codebreak
+from allocator.services import audit_trail, codebreak, sites
+from allocator.services.accounts import user_admin
+from allocator.services.accounts import users as accounts_users
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
 from allocator.web.security import actor, ctx, safe_path, scope
 
@@ -72,7 +74,9 @@ def _role_choices(trial_level: bool) -> list[tuple[str, str]]:
 @requires(Permission.USER_MANAGE)
 def users() -> str:
     return render_template(
-        "admin/users.html", users=admin.list_users(ctx()), roles=_role_choices(False) + _role_choices(True)
+        "admin/users.html",
+        users=user_admin.list_users(ctx()),
+        roles=_role_choices(False) + _role_choices(True),
     )
 
 
@@ -81,13 +85,13 @@ def users() -> str:
 def create_user() -> Response | str:
     role = _form("role")
     try:
-        created = accounts.create_user(
+        created = accounts_users.create_user(
             ctx(),
             actor(Permission.USER_MANAGE),
-            accounts.NewUser(
+            accounts_users.NewUser(
                 username=_form("username"), full_name=_form("full_name"), email=_form("email") or None
             ),
-            accounts.RoleRequest(
+            accounts_users.RoleRequest(
                 role=role,
                 trial_code=_form("trial") or None,
                 site_code=_form("site") or None,
@@ -108,12 +112,12 @@ def create_user() -> Response | str:
 @bp.route("/admin/users/<username>")
 @requires(Permission.USER_MANAGE)
 def user(username: str) -> str:
-    row = admin.get_user(ctx(), username)
+    row = user_admin.get_user(ctx(), username)
     return render_template(
         "admin/user.html",
         user=row,
-        sessions=admin.active_sessions(ctx(), row.id),
-        tokens=admin.tokens(ctx(), row.id),
+        sessions=user_admin.active_sessions(ctx(), row.id),
+        tokens=user_admin.tokens(ctx(), row.id),
         roles=_role_choices(trial_level=False) + _role_choices(trial_level=True),
     )
 
@@ -122,11 +126,11 @@ def user(username: str) -> str:
 @requires(Permission.USER_MANAGE)
 def grant(username: str) -> Response:
     return _perform(
-        lambda: accounts.grant_role(
+        lambda: accounts_users.grant_role(
             ctx(),
             actor(Permission.USER_MANAGE),
             username,
-            accounts.RoleRequest(
+            accounts_users.RoleRequest(
                 role=_form("role"),
                 trial_code=_form("trial") or None,
                 site_code=_form("site") or None,
@@ -143,7 +147,9 @@ def grant(username: str) -> Response:
 @requires(Permission.USER_MANAGE)
 def revoke(username: str, assignment_id: int) -> Response:
     return _perform(
-        lambda: accounts.revoke_role(ctx(), actor(Permission.USER_MANAGE), assignment_id, _form("reason")),
+        lambda: accounts_users.revoke_role(
+            ctx(), actor(Permission.USER_MANAGE), assignment_id, _form("reason")
+        ),
         "Role revoked. It stops at the user's next request.",
         url_for("admin.user", username=username),
     )
@@ -154,7 +160,9 @@ def revoke(username: str, assignment_id: int) -> Response:
 def set_active(username: str, change: str) -> Response:
     reactivate = change == "reactivate"
     return _perform(
-        lambda: admin.set_active(ctx(), actor(Permission.USER_MANAGE), username, reactivate, _form("reason")),
+        lambda: user_admin.set_active(
+            ctx(), actor(Permission.USER_MANAGE), username, reactivate, _form("reason")
+        ),
         f"{username} {'reactivated' if reactivate else 'deactivated; every session ended'}.",
         url_for("admin.user", username=username),
     )
@@ -164,7 +172,7 @@ def set_active(username: str, change: str) -> Response:
 @requires(Permission.USER_MANAGE)
 def reset_password(username: str) -> Response | str:
     try:
-        password = admin.reset_password(ctx(), actor(Permission.USER_MANAGE), username, _form("reason"))
+        password = user_admin.reset_password(ctx(), actor(Permission.USER_MANAGE), username, _form("reason"))
     except DomainError as exc:
         _flash_error(exc)
         return redirect(url_for("admin.user", username=username), code=303)
@@ -175,7 +183,7 @@ def reset_password(username: str) -> Response | str:
 @requires(Permission.USER_MANAGE)
 def reset_totp(username: str) -> Response:
     return _perform(
-        lambda: admin.reset_totp(ctx(), actor(Permission.USER_MANAGE), username, _form("reason")),
+        lambda: user_admin.reset_totp(ctx(), actor(Permission.USER_MANAGE), username, _form("reason")),
         f"The authenticator of {username} was removed.",
         url_for("admin.user", username=username),
     )
@@ -185,7 +193,7 @@ def reset_totp(username: str) -> Response:
 @requires(Permission.USER_MANAGE)
 def revoke_token(token_id: int) -> Response:
     return _perform(
-        lambda: admin.revoke_token(ctx(), actor(Permission.USER_MANAGE), token_id),
+        lambda: user_admin.revoke_token(ctx(), actor(Permission.USER_MANAGE), token_id),
         "Token revoked.",
         safe_path(request.form.get("back"), url_for("admin.users")),
     )
@@ -199,7 +207,7 @@ def revoke_token(token_id: int) -> Response:
 def sessions() -> str:
     return render_template(
         "admin/sessions.html",
-        sessions=admin.active_sessions(ctx()),
+        sessions=user_admin.active_sessions(ctx()),
         events=audit_trail.security_events(ctx()),
     )
 
@@ -208,7 +216,9 @@ def sessions() -> str:
 @requires(Permission.SESSION_MANAGE)
 def terminate(session_id: int) -> Response:
     return _perform(
-        lambda: admin.terminate_session(ctx(), actor(Permission.SESSION_MANAGE), session_id, _form("reason")),
+        lambda: user_admin.terminate_session(
+            ctx(), actor(Permission.SESSION_MANAGE), session_id, _form("reason")
+        ),
         "Session ended.",
         safe_path(request.form.get("back"), url_for("admin.sessions")),
     )
@@ -223,8 +233,8 @@ def trial_roles(trial: str) -> str:
     return render_template(
         "admin/trial_roles.html",
         trial=trial,
-        rows=admin.trial_roles(ctx(), trial),
-        sites=admin.sites(ctx(), trial),
+        rows=user_admin.trial_roles(ctx(), trial),
+        sites=sites.sites(ctx(), trial),
         roles=_role_choices(trial_level=True),
     )
 
@@ -233,11 +243,11 @@ def trial_roles(trial: str) -> str:
 @requires(Permission.ROLE_MANAGE)
 def trial_grant(trial: str) -> Response:
     return _perform(
-        lambda: accounts.grant_role(
+        lambda: accounts_users.grant_role(
             ctx(),
             actor(Permission.ROLE_MANAGE),
             _form("username"),
-            accounts.RoleRequest(
+            accounts_users.RoleRequest(
                 role=_form("role"), trial_code=trial, site_code=_form("site") or None, reason=_form("reason")
             ),
             ends_at=_end_of(_date_field("ends_on", required=False)),
@@ -251,7 +261,7 @@ def trial_grant(trial: str) -> Response:
 @requires(Permission.ROLE_MANAGE)
 def trial_revoke(trial: str, assignment_id: int) -> Response:
     return _perform(
-        lambda: accounts.revoke_role(
+        lambda: accounts_users.revoke_role(
             ctx(), actor(Permission.ROLE_MANAGE), assignment_id, _form("reason"), only_trial=trial
         ),
         "Role revoked. It stops at the user's next request.",
@@ -264,7 +274,7 @@ def trial_revoke(trial: str, assignment_id: int) -> Response:
 def unblinded_roles(trial: str) -> str:
     """Everyone who ever held an unblinded role (BLD-13; CONSORT 2025 item 19)."""
     return render_template(
-        "admin/unblinded_roles.html", trial=trial, rows=admin.unblinded_role_history(ctx(), trial)
+        "admin/unblinded_roles.html", trial=trial, rows=user_admin.unblinded_role_history(ctx(), trial)
     )
 
 
@@ -272,7 +282,7 @@ def unblinded_roles(trial: str) -> str:
 @requires(Permission.SITE_MANAGE)
 def trial_sites(trial: str) -> str:
     visible = scope(Permission.SITE_MANAGE)
-    rows = [s for s in admin.sites(ctx(), trial) if visible.allows_site(s.id)]
+    rows = [s for s in sites.sites(ctx(), trial) if visible.allows_site(s.id)]
     return render_template(
         "admin/trial_sites.html",
         trial=trial,
@@ -290,7 +300,7 @@ def site_change(trial: str, site: str, change: str) -> Response:
 
     def act() -> None:
         if change == "activate":
-            admin.activate_site(
+            sites.activate_site(
                 ctx(),
                 who,
                 trial,
@@ -302,7 +312,7 @@ def site_change(trial: str, site: str, change: str) -> Response:
                 reason=_form("reason"),
             )
         else:
-            admin.close_site(ctx(), who, trial, site, scope=sites_scope, reason=_form("reason"))
+            sites.close_site(ctx(), who, trial, site, scope=sites_scope, reason=_form("reason"))
 
     return _perform(
         act,

@@ -8,16 +8,10 @@ from flask import Blueprint, jsonify, request
 from werkzeug.wrappers import Response
 
 from allocator.permissions import Permission, requires
-from allocator.services import (
-    administration,
-    audit_trail,
-    dispensing,
-    signatures,
-    subjects,
-    trials,
-    unblinding,
-)
+from allocator.services import audit_trail, bedside, dispensing, signatures, trials, unblinding
 from allocator.services.errors import FieldProblem, ValidationFailed
+from allocator.services.subjects import randomize as subjects_randomize
+from allocator.services.subjects import views
 from allocator.web.openapi import document
 from allocator.web.security import actor, ctx, current_trial, scope
 
@@ -117,11 +111,11 @@ def randomize(trial: str) -> tuple[Response, int]:
     eligibility, strata = body["eligibility"], body["strata"]
     if not isinstance(eligibility, dict) or not isinstance(strata, dict):  # pragma: no cover - checked above
         raise ValidationFailed("invalid randomization request")
-    result = subjects.randomize(
+    result = subjects_randomize.randomize(
         ctx(),
         actor(Permission.SUBJECT_RANDOMIZE),
         trial,
-        subjects.RandomizationRequest(
+        subjects_randomize.RandomizationRequest(
             site=str(body["site"]),
             screening_number=str(body["screening_number"]),
             eligibility=eligibility,
@@ -136,14 +130,14 @@ def randomize(trial: str) -> tuple[Response, int]:
 @requires(Permission.SUBJECT_VIEW)
 def subject_list(trial: str) -> Response:
     return jsonify(
-        {"subjects": [s.as_json() for s in subjects.subjects(ctx(), trial, scope(Permission.SUBJECT_VIEW))]}
+        {"subjects": [s.as_json() for s in views.subjects(ctx(), trial, scope(Permission.SUBJECT_VIEW))]}
     )
 
 
 @bp.route("/trials/<trial>/subjects/<subject>")
 @requires(Permission.SUBJECT_VIEW)
 def subject_detail(trial: str, subject: str) -> Response:
-    return jsonify(subjects.subject(ctx(), trial, subject, scope(Permission.SUBJECT_VIEW)).as_json())
+    return jsonify(views.subject(ctx(), trial, subject, scope(Permission.SUBJECT_VIEW)).as_json())
 
 
 @bp.route("/trials/<trial>/subjects/<subject>/dispensation-sheet.pdf")
@@ -183,7 +177,7 @@ def scan(trial: str) -> tuple[Response, int]:
             problems.append(FieldProblem("administered_at", "must be an ISO 8601 time with a zone"))
     if problems:
         raise ValidationFailed("invalid scan", errors=problems)
-    result = administration.record_scan(
+    result = bedside.record_scan(
         ctx(),
         actor(Permission.ADMINISTRATION_RECORD),
         trial,

@@ -8,8 +8,12 @@ from flask import Blueprint, Response, flash, redirect, render_template, request
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from allocator.permissions import Permission, requires
-from allocator.services import lists, signatures
+from allocator.services import lookups, signatures
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
+from allocator.services.lists import approval, extension, generation, integrity, storage
+from allocator.services.lists import export as lists_export
+from allocator.services.lists import overview as lists_overview
+from allocator.services.lists import quality as lists_quality
 from allocator.web.security import actor, ctx, current_trial
 
 bp = Blueprint("lists", __name__)
@@ -40,7 +44,9 @@ def _done(trial: str, message: str, action: object) -> WerkzeugResponse:
 @requires(Permission.LIST_VIEW)
 def strata(trial: str) -> str:
     """Every role: subjects randomized per stratum and whether capacity runs low — nothing else."""
-    return render_template("lists/strata.html", trial=trial, strata=lists.stratum_overview(ctx(), trial))
+    return render_template(
+        "lists/strata.html", trial=trial, strata=lists_overview.stratum_overview(ctx(), trial)
+    )
 
 
 @bp.route("/trials/<trial>/lists")
@@ -49,8 +55,8 @@ def manage(trial: str) -> Response:
     html = render_template(
         "lists/manage.html",
         trial=trial,
-        lists=lists.lists(ctx(), trial),
-        instance_mode=lists.instance_mode(ctx().settings.env).value,
+        lists=lists_overview.lists(ctx(), trial),
+        instance_mode=lookups.instance_mode(ctx().settings.env).value,
     )
     return Response(html, mimetype="text/html")
 
@@ -62,7 +68,7 @@ def generate(trial: str) -> WerkzeugResponse:
     return _done(
         trial,
         "List generated (DRAFT): review it, then approve it.",
-        lambda: lists.generate_lists(ctx(), actor(Permission.LIST_MANAGE), trial, mode),
+        lambda: generation.generate_lists(ctx(), actor(Permission.LIST_MANAGE), trial, mode),
     )
 
 
@@ -70,8 +76,8 @@ def generate(trial: str) -> WerkzeugResponse:
 @requires(Permission.LIST_MANAGE)
 def review(trial: str, list_id: int) -> Response:
     """Slots per stratum and arm (an audited read of the list, BLD-08)."""
-    counts = lists.review_counts(ctx(), actor(Permission.LIST_MANAGE), trial, list_id)
-    overview = next((o for o in lists.lists(ctx(), trial) if o.id == list_id), None)
+    counts = lists_overview.review_counts(ctx(), actor(Permission.LIST_MANAGE), trial, list_id)
+    overview = next((o for o in lists_overview.lists(ctx(), trial) if o.id == list_id), None)
     html = render_template("lists/review.html", trial=trial, counts=counts, overview=overview)
     return Response(html, mimetype="text/html")
 
@@ -84,12 +90,12 @@ def sign_step(trial: str, list_id: int, step: str) -> WerkzeugResponse:
         return _done(
             trial,
             "List approved (signed).",
-            lambda: lists.approve_list(ctx(), who, trial, list_id, _signature()),
+            lambda: approval.approve_list(ctx(), who, trial, list_id, _signature()),
         )
     return _done(
         trial,
         "List activated (signed): randomization can start at active sites.",
-        lambda: lists.activate_list(ctx(), who, trial, list_id, _signature()),
+        lambda: approval.activate_list(ctx(), who, trial, list_id, _signature()),
     )
 
 
@@ -97,10 +103,10 @@ def sign_step(trial: str, list_id: int, step: str) -> WerkzeugResponse:
 @requires(Permission.LIST_MANAGE)
 def check(trial: str) -> WerkzeugResponse:
     def run() -> None:
-        results = lists.check_integrity(ctx(), actor(Permission.LIST_MANAGE), current_trial().code)
+        results = integrity.check_integrity(ctx(), actor(Permission.LIST_MANAGE), current_trial().code)
         failed = [r for r in results if not r.ok]
         if failed:
-            raise lists.ListIntegrityFailure("; ".join(p for r in failed for p in r.problems))
+            raise storage.ListIntegrityFailure("; ".join(p for r in failed for p in r.problems))
 
     return _done(trial, "Integrity check passed.", run)
 
@@ -109,10 +115,10 @@ def check(trial: str) -> WerkzeugResponse:
 @requires(Permission.LIST_MANAGE)
 def verify(trial: str) -> WerkzeugResponse:
     def run() -> None:
-        results = lists.verify_lists(ctx(), actor(Permission.LIST_MANAGE), trial)
+        results = integrity.verify_lists(ctx(), actor(Permission.LIST_MANAGE), trial)
         failed = [r for r in results if not r.ok]
         if failed:
-            raise lists.ListIntegrityFailure("; ".join(p for r in failed for p in r.problems[:5]))
+            raise storage.ListIntegrityFailure("; ".join(p for r in failed for p in r.problems[:5]))
 
     return _done(trial, "Every list is identical to its regeneration from the seed.", run)
 
@@ -128,7 +134,7 @@ def extend(trial: str, list_id: int) -> WerkzeugResponse:
             raise ValidationFailed(
                 "invalid size", errors=[FieldProblem("additional", "must be a whole number")]
             )
-        lists.extend_list(
+        extension.extend_list(
             ctx(),
             actor(Permission.LIST_MANAGE),
             trial,
@@ -147,7 +153,7 @@ def extend(trial: str, list_id: int) -> WerkzeugResponse:
 def export(trial: str, list_id: int) -> WerkzeugResponse:
     """The list and its seed, encrypted with the statistician's passphrase (signed, audited)."""
     try:
-        name, body = lists.export_list(
+        name, body = lists_export.export_list(
             ctx(),
             actor(Permission.LIST_MANAGE),
             trial,
@@ -169,7 +175,7 @@ def export(trial: str, list_id: int) -> WerkzeugResponse:
 @bp.route("/trials/<trial>/quality")
 @requires(Permission.QUALITY_VIEW)
 def quality(trial: str) -> str:
-    document = lists.quality_document(ctx(), trial)
+    document = lists_quality.quality_document(ctx(), trial)
 
     def image(svg: str) -> str:
         return "data:image/svg+xml;base64," + base64.b64encode(svg.encode("utf-8")).decode("ascii")
@@ -187,7 +193,7 @@ def quality(trial: str) -> str:
 @requires(Permission.QUALITY_VIEW)
 def quality_pdf(trial: str) -> Response:
     return Response(
-        lists.quality_pdf(ctx(), trial),
+        lists_quality.quality_pdf(ctx(), trial),
         mimetype="application/pdf",
         headers={"Content-Disposition": f'attachment; filename="quality-{trial}.pdf"'},
     )

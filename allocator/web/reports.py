@@ -12,8 +12,9 @@ from markupsafe import Markup
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from allocator.permissions import Permission, requires
-from allocator.services import reports, signatures
+from allocator.services import signatures
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
+from allocator.services.reports import audit_review, catalogue, export, filters
 from allocator.web.security import actor, ctx, current_trial, scope
 
 bp = Blueprint("reports", __name__)
@@ -21,12 +22,12 @@ FORMATS = "any(csv, pdf)"
 
 
 def _page(name: str, version: str, permission: Permission) -> str:
-    view = reports.build(
+    view = catalogue.build(
         ctx(),
         actor(permission),
         current_trial().code,
         name,
-        reports.ReportFilter.parse(request.args.to_dict()),
+        filters.ReportFilter.parse(request.args.to_dict()),
         scope(permission),
         version=version,
     )
@@ -40,12 +41,12 @@ def _page(name: str, version: str, permission: Permission) -> str:
 
 
 def _download(name: str, fmt: str, version: str, permission: Permission) -> Response:
-    exported = reports.export(
+    exported = export.export(
         ctx(),
         actor(permission),
         current_trial().code,
         name,
-        reports.ReportFilter.parse(request.args.to_dict()),
+        filters.ReportFilter.parse(request.args.to_dict()),
         scope(permission),
         fmt,
         version=version,
@@ -70,7 +71,7 @@ _ENDPOINTS = {
 @requires(Permission.REPORT_VIEW)
 def index(trial: str) -> str:
     return render_template(
-        "reports/index.html", trial=trial, reports=reports.REPORTS, review_kinds=reports.REVIEW_KINDS
+        "reports/index.html", trial=trial, reports=catalogue.REPORTS, review_kinds=audit_review.REVIEW_KINDS
     )
 
 
@@ -141,9 +142,9 @@ def _form_date(field: str) -> date | None:
 @requires(Permission.AUDIT_REVIEW)
 def sign(trial: str, name: str) -> WerkzeugResponse:
     """Sign off the review of one review report for one period (AUD-09), with an e-signature."""
-    hours = reports.ReportFilter.parse({k: request.form.get(k, "") for k in ("hours_from", "hours_to")})
+    hours = filters.ReportFilter.parse({k: request.form.get(k, "") for k in ("hours_from", "hours_to")})
     try:
-        done = reports.sign_review(
+        done = audit_review.sign_review(
             ctx(),
             actor(Permission.AUDIT_REVIEW),
             current_trial().code,

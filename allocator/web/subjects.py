@@ -11,9 +11,16 @@ from flask import Blueprint, Response, flash, redirect, render_template, request
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from allocator.permissions import Permission, Role, requires
-from allocator.services import admin, administration, dispensing, signatures, subjects, trial_state
+from allocator.services import bedside as services_bedside
+from allocator.services import dispensing, signatures
+from allocator.services import sites as services_sites
+from allocator.services.closeout import state
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
-from allocator.services.trials import trial_definition
+from allocator.services.lookups import trial_definition
+from allocator.services.subjects import confirmation as subjects_confirmation
+from allocator.services.subjects import corrections, views
+from allocator.services.subjects import randomize as subjects_randomize
+from allocator.services.subjects import withdrawal as subjects_withdrawal
 from allocator.trialdef import BooleanCriterion, NumberCriterion
 from allocator.web.security import actor, ctx, current_trial, current_user, scope
 
@@ -55,7 +62,7 @@ def _pdf(document_id: str, pdf: bytes) -> Response:
 # --- randomization ---------------------------------------------------------------------------
 
 
-def _request_from_form() -> subjects.RandomizationRequest:
+def _request_from_form() -> subjects_randomize.RandomizationRequest:
     definition = trial_definition(ctx(), current_trial().code)
     answers: dict[str, object] = {}
     for criterion in definition.eligibility:
@@ -67,7 +74,7 @@ def _request_from_form() -> subjects.RandomizationRequest:
         for f in definition.stratification
         if f.source == "entered"
     }
-    return subjects.RandomizationRequest(
+    return subjects_randomize.RandomizationRequest(
         site=_form("site"), screening_number=_form("screening_number"), eligibility=answers, strata=strata
     )
 
@@ -75,7 +82,7 @@ def _request_from_form() -> subjects.RandomizationRequest:
 def _randomize_page(errors: list[FieldProblem] | None = None, status: int = 200) -> Response:
     definition = trial_definition(ctx(), current_trial().code)
     visible = scope(Permission.SUBJECT_RANDOMIZE)
-    sites = [s for s in admin.sites(ctx(), current_trial().code) if visible.allows_site(s.id)]
+    sites = [s for s in services_sites.sites(ctx(), current_trial().code) if visible.allows_site(s.id)]
     html = render_template(
         "subjects/randomize.html",
         trial=current_trial().code,
@@ -106,7 +113,7 @@ def randomize(trial: str) -> Response:
         return _randomize_page()
     try:
         if _form("step") != "confirm":
-            preview = subjects.preview(ctx(), trial, req, scope(Permission.SUBJECT_RANDOMIZE))
+            preview = subjects_randomize.preview(ctx(), trial, req, scope(Permission.SUBJECT_RANDOMIZE))
             definition = trial_definition(ctx(), trial)
             site_factor = next(f.label.en for f in definition.stratification if f.source == "site")
             return Response(
@@ -119,10 +126,10 @@ def randomize(trial: str) -> Response:
                 ),
                 mimetype="text/html",
             )
-        result = subjects.randomize(
+        result = subjects_randomize.randomize(
             ctx(), actor(Permission.SUBJECT_RANDOMIZE), trial, req, scope(Permission.SUBJECT_RANDOMIZE)
         )
-    except subjects.Ineligible as exc:
+    except subjects_randomize.Ineligible as exc:
         html = render_template(
             "subjects/ineligible.html", trial=trial, error=exc, screening_number=req.screening_number
         )
@@ -145,14 +152,14 @@ def subject_list(trial: str) -> str:
     return render_template(
         "subjects/list.html",
         trial=trial,
-        subjects=subjects.subjects(ctx(), trial, scope(Permission.SUBJECT_VIEW)),
+        subjects=views.subjects(ctx(), trial, scope(Permission.SUBJECT_VIEW)),
     )
 
 
 @bp.route("/trials/<trial>/subjects/<subject>")
 @requires(Permission.SUBJECT_VIEW)
 def subject_page(trial: str, subject: str) -> str:
-    view = subjects.subject(ctx(), trial, subject, scope(Permission.SUBJECT_VIEW))
+    view = views.subject(ctx(), trial, subject, scope(Permission.SUBJECT_VIEW))
     definition = trial_definition(ctx(), trial)
     access = current_user().access
     trial_id = current_trial().id
@@ -167,8 +174,8 @@ def subject_page(trial: str, subject: str) -> str:
         can_correct=access.has(Permission.SUBJECT_CORRECT, trial_id),
         can_dispense=access.has(Permission.DISPENSATION_DISPENSE, trial_id),
         can_prepare=access.has(Permission.DISPENSATION_PREPARE, trial_id),
-        trial_unblinded=trial_state.status(ctx(), trial) == "unblinded",
-        withdrawal_kinds=subjects.WITHDRAWAL_KINDS,
+        trial_unblinded=state.status(ctx(), trial) == "unblinded",
+        withdrawal_kinds=subjects_withdrawal.WITHDRAWAL_KINDS,
         today=definition.local_date(ctx().now()).isoformat(),
     )
 
@@ -177,7 +184,7 @@ def subject_page(trial: str, subject: str) -> str:
 @requires(Permission.SUBJECT_VIEW)
 def confirmation(trial: str, subject: str) -> Response:
     return _pdf(
-        *subjects.confirmation_pdf(
+        *subjects_confirmation.confirmation_pdf(
             ctx(), actor(Permission.SUBJECT_VIEW), trial, subject, scope(Permission.SUBJECT_VIEW)
         )
     )
@@ -187,7 +194,7 @@ def confirmation(trial: str, subject: str) -> Response:
 @requires(Permission.SUBJECT_CORRECT)
 def in_error(trial: str, subject: str) -> WerkzeugResponse:
     return _perform(
-        lambda: subjects.mark_in_error(
+        lambda: corrections.mark_in_error(
             ctx(),
             actor(Permission.SUBJECT_CORRECT),
             trial,
@@ -205,7 +212,7 @@ def in_error(trial: str, subject: str) -> WerkzeugResponse:
 @requires(Permission.SUBJECT_CORRECT)
 def withdrawal(trial: str, subject: str) -> WerkzeugResponse:
     return _perform(
-        lambda: subjects.withdraw(
+        lambda: subjects_withdrawal.withdraw(
             ctx(),
             actor(Permission.SUBJECT_CORRECT),
             trial,
@@ -227,7 +234,7 @@ def withdrawal(trial: str, subject: str) -> WerkzeugResponse:
 def stratum(trial: str, subject: str) -> WerkzeugResponse:
     is_investigator = Role.INVESTIGATOR in current_user().access.roles(current_trial().id)
     return _perform(
-        lambda: subjects.correct_stratum(
+        lambda: corrections.correct_stratum(
             ctx(),
             actor(Permission.SUBJECT_CORRECT),
             trial,
@@ -250,7 +257,7 @@ def screening(trial: str) -> str:
     return render_template(
         "subjects/screening.html",
         trial=trial,
-        entries=subjects.screening_log(ctx(), trial, scope(Permission.SCREENING_VIEW)),
+        entries=views.screening_log(ctx(), trial, scope(Permission.SCREENING_VIEW)),
     )
 
 
@@ -265,7 +272,7 @@ def pharmacy(trial: str) -> str:
         "subjects/pharmacy.html",
         trial=trial,
         queue=dispensing.queue(ctx(), trial, visible),
-        notes=subjects.notifications(
+        notes=views.notifications(
             ctx(), trial, {r.value for r in current_user().access.roles(current_trial().id)}, visible
         ),
     )
@@ -356,7 +363,7 @@ def bedside(trial: str) -> Response:
     if request.method == "POST":
         try:
             given = _administered_at(definition.timezone)
-            result = administration.record_scan(
+            result = services_bedside.record_scan(
                 ctx(),
                 actor(Permission.ADMINISTRATION_RECORD),
                 trial,

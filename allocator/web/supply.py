@@ -11,8 +11,14 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 
 import kits as kitlib
 from allocator.permissions import NO_SCOPE, Permission, requires
-from allocator.services import admin, kits, signatures
+from allocator.services import signatures, sites
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
+from allocator.services.supply import kit_lists, kit_rules
+from allocator.services.supply import kit_status as supply_kit_status
+from allocator.services.supply import labels as supply_labels
+from allocator.services.supply import reconciliation as supply_reconciliation
+from allocator.services.supply import shipments as supply_shipments
+from allocator.services.supply import stock as supply_stock
 from allocator.web.security import actor, ctx, current_user, scope
 
 bp = Blueprint("supply", __name__)
@@ -78,10 +84,10 @@ def stock(trial: str) -> str:
     return render_template(
         "supply/stock.html",
         trial=trial,
-        rows=kits.stock(ctx(), trial, visible, include_depot=visible.all_sites),
-        batches=kits.batches(ctx(), trial) if visible.all_sites else [],
+        rows=supply_stock.stock(ctx(), trial, visible, include_depot=visible.all_sites),
+        batches=supply_kit_status.batches(ctx(), trial) if visible.all_sites else [],
         can_manage=current_user().access.has(Permission.KIT_MANAGE, None),
-        statuses=kits.STATUSES,
+        statuses=kit_rules.STATUSES,
     )
 
 
@@ -90,7 +96,7 @@ def stock(trial: str) -> str:
 def kit_status(trial: str) -> WerkzeugResponse:
     """A site pharmacist records a kit's new status (quarantine and release are signed)."""
     return _perform(
-        lambda: kits.change_status(
+        lambda: supply_kit_status.change_status(
             ctx(),
             actor(Permission.KIT_MANAGE),
             trial,
@@ -111,7 +117,7 @@ def kit_status(trial: str) -> WerkzeugResponse:
 def depot_kit_status(trial: str) -> WerkzeugResponse:
     """The supply manager records the status of a kit still at the depot."""
     return _perform(
-        lambda: kits.change_status(
+        lambda: supply_kit_status.change_status(
             ctx(),
             actor(Permission.SHIPMENT_MANAGE),
             trial,
@@ -131,7 +137,7 @@ def depot_kit_status(trial: str) -> WerkzeugResponse:
 @requires(Permission.KIT_MANAGE)
 def labels(trial: str) -> WerkzeugResponse:
     try:
-        document_id, pdf = kits.print_kit_labels(
+        document_id, pdf = supply_labels.print_kit_labels(
             ctx(),
             actor(Permission.KIT_MANAGE),
             trial,
@@ -156,8 +162,8 @@ def shipments(trial: str) -> str:
     return render_template(
         "supply/shipments.html",
         trial=trial,
-        shipments=kits.shipments(ctx(), trial, scope(Permission.KIT_VIEW)),
-        sites=admin.sites(ctx(), trial),
+        shipments=supply_shipments.shipments(ctx(), trial, scope(Permission.KIT_VIEW)),
+        sites=sites.sites(ctx(), trial),
         can_ship=current_user().access.has(Permission.SHIPMENT_MANAGE, None)
         and _trial_wide(Permission.KIT_VIEW),
     )
@@ -167,7 +173,7 @@ def shipments(trial: str) -> str:
 @requires(Permission.SHIPMENT_MANAGE)
 def create_shipment(trial: str) -> WerkzeugResponse:
     return _perform(
-        lambda: kits.create_shipment(
+        lambda: supply_shipments.create_shipment(
             ctx(), actor(Permission.SHIPMENT_MANAGE), trial, _form("site"), _int("count")
         ),
         "Shipment prepared: balanced across arms, kits chosen at random.",
@@ -179,7 +185,7 @@ def create_shipment(trial: str) -> WerkzeugResponse:
 @requires(Permission.SHIPMENT_MANAGE)
 def ship(trial: str, number: str) -> WerkzeugResponse:
     def act() -> None:
-        taken_out = kits.ship(ctx(), actor(Permission.SHIPMENT_MANAGE), trial, number)
+        taken_out = supply_shipments.ship(ctx(), actor(Permission.SHIPMENT_MANAGE), trial, number)
         if taken_out:
             shown = ", ".join(kitlib.format_kit_number(n) for n in taken_out)
             flash(f"Taken out of the shipment (no longer in depot stock): {shown}.", "error")
@@ -197,7 +203,7 @@ def receive(trial: str, number: str) -> WerkzeugResponse:
     """The site pharmacist scans (or types) every kit of the shipment."""
 
     def act() -> None:
-        receipt = kits.receive(
+        receipt = supply_shipments.receive(
             ctx(),
             actor(Permission.KIT_MANAGE),
             trial,
@@ -219,17 +225,19 @@ def receive(trial: str, number: str) -> WerkzeugResponse:
 @requires(Permission.KIT_VIEW)
 def reconciliation(trial: str) -> str:
     visible = scope(Permission.KIT_VIEW)
-    report = kits.reconciliation(ctx(), trial, visible, include_depot=visible.all_sites)
-    return render_template("supply/reconciliation.html", trial=trial, report=report, statuses=kits.STATUSES)
+    report = supply_reconciliation.reconciliation(ctx(), trial, visible, include_depot=visible.all_sites)
+    return render_template(
+        "supply/reconciliation.html", trial=trial, report=report, statuses=kit_rules.STATUSES
+    )
 
 
 @bp.route("/trials/<trial>/reconciliation.csv")
 @requires(Permission.KIT_VIEW)
 def reconciliation_csv(trial: str) -> Response:
     visible = scope(Permission.KIT_VIEW)
-    report = kits.reconciliation(ctx(), trial, visible, include_depot=visible.all_sites)
+    report = supply_reconciliation.reconciliation(ctx(), trial, visible, include_depot=visible.all_sites)
     return Response(
-        kits.reconciliation_csv(report),
+        supply_reconciliation.reconciliation_csv(report),
         mimetype="text/csv",
         headers={"Content-Disposition": f'attachment; filename="kit-reconciliation-{trial}.csv"'},
     )
@@ -242,7 +250,7 @@ def batch_expiry(trial: str, lot: str) -> WerkzeugResponse:
         signature = _signature()
         if signature is None:
             raise ValidationFailed("this change is signed", errors=[FieldProblem("password", "is required")])
-        kits.update_batch_expiry(
+        supply_kit_status.update_batch_expiry(
             ctx(),
             actor(Permission.SHIPMENT_MANAGE),
             trial,
@@ -259,7 +267,7 @@ def batch_expiry(trial: str, lot: str) -> WerkzeugResponse:
 @requires(Permission.LIST_MANAGE)
 def generate_kit_list(trial: str) -> WerkzeugResponse:
     return _perform(
-        lambda: kits.generate_kit_list(
+        lambda: kit_lists.generate_kit_list(
             ctx(),
             actor(Permission.LIST_MANAGE),
             trial,
@@ -284,7 +292,7 @@ def import_kit_list(trial: str) -> WerkzeugResponse:
             text = upload.read().decode("utf-8")
         except UnicodeDecodeError:
             raise ValidationFailed("not UTF-8", errors=[FieldProblem("file", "must be UTF-8 CSV")]) from None
-        kits.import_kit_list(ctx(), actor(Permission.LIST_MANAGE), trial, text, upload.filename)
+        kit_lists.import_kit_list(ctx(), actor(Permission.LIST_MANAGE), trial, text, upload.filename)
 
     return _perform(
         act, "Kit list imported: the kits are at the depot.", url_for("lists.manage", trial=trial)

@@ -13,9 +13,10 @@ from flask import Blueprint, Response, flash, redirect, render_template, request
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from allocator.permissions import Permission, requires
-from allocator.services import signatures, trial_state, unblinding
+from allocator.services import signatures, unblinding
+from allocator.services.closeout import releases, state
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
-from allocator.services.trials import trial_definition
+from allocator.services.lookups import trial_definition
 from allocator.web.security import actor, ctx, scope
 
 bp = Blueprint("unblinding", __name__)
@@ -214,13 +215,13 @@ def accidental(trial: str) -> Response | WerkzeugResponse:
 @bp.route("/trials/<trial>/closeout")
 @requires(Permission.TRIAL_VIEW)
 def closeout(trial: str) -> Response:
-    status, steps = trial_state.history(ctx(), trial)
+    status, steps = state.history(ctx(), trial)
     return _page("unblinding/closeout.html", trial=trial, status=status, steps=steps)
 
 
 def _step(trial: str, change: str) -> WerkzeugResponse:
     permission = Permission.TRIAL_LOCK if change == "lock" else Permission.TRIAL_UNBLIND
-    action = trial_state.lock if change == "lock" else trial_state.unblind_trial
+    action = state.lock if change == "lock" else state.unblind_trial
     try:
         step = action(ctx(), actor(permission), trial, reason=_form("reason"), signature=_signature())
     except DomainError as exc:
@@ -242,7 +243,7 @@ def final_unblinding(trial: str) -> WerkzeugResponse:
     return _step(trial, "unblind")
 
 
-def _csv(release: trial_state.Release, name: str) -> Response:
+def _csv(release: releases.Release, name: str) -> Response:
     return Response(
         release.csv,
         mimetype="text/csv",
@@ -254,13 +255,13 @@ def _csv(release: trial_state.Release, name: str) -> Response:
 @requires(Permission.REPORT_VIEW_UNBLINDED)
 def listing(trial: str) -> Response:
     """REP-06: 409 until the trial is UNBLINDED; then each release is signed."""
-    status, _steps = trial_state.history(ctx(), trial)
+    status, _steps = state.history(ctx(), trial)
     if status != "unblinded":
         return _page("unblinding/not_yet.html", 409, trial=trial, status=status)
     if request.method == "GET":
         return _page("unblinding/release.html", trial=trial, errors=[], what="listing")
     try:
-        release = trial_state.unblinded_listing(
+        release = releases.unblinded_listing(
             ctx(), actor(Permission.REPORT_VIEW_UNBLINDED), trial, signature=_signature()
         )
     except DomainError as exc:
@@ -282,7 +283,7 @@ def interim(trial: str) -> Response:
     if request.method == "GET":
         return _page("unblinding/release.html", trial=trial, errors=[], what="interim")
     try:
-        release = trial_state.interim_package(
+        release = releases.interim_package(
             ctx(),
             actor(Permission.REPORT_VIEW_UNBLINDED),
             trial,
@@ -306,7 +307,7 @@ def interim(trial: str) -> Response:
 def treatment(trial: str, subject: str) -> Response:
     """After the final unblinding, an investigator may see the treatment of their own subjects."""
     try:
-        arm, label = trial_state.own_subject_arm(
+        arm, label = releases.own_subject_arm(
             ctx(), actor(Permission.SUBJECT_UNBLIND), trial, subject, scope(Permission.SUBJECT_UNBLIND)
         )
     except DomainError as exc:

@@ -17,7 +17,9 @@ from playwright.sync_api import expect
 
 import kits as kitlib
 from allocator.permissions import Scope
-from allocator.services import dispensing, kits, signatures, subjects
+from allocator.services import dispensing, signatures
+from allocator.services.subjects import randomize, views
+from allocator.services.supply import kit_rules
 from tests.e2e.conftest import ARTIFACTS, LiveServer, shot
 from tests.e2e.conftest import sign_in_browser as sign_in
 from tests.support import GOOD_PASSWORD, eligible_on, ready_trial
@@ -122,7 +124,7 @@ def test_randomize_dispense_print_and_give_three_doses(live_server: LiveServer, 
     assert "not eligible" in refused_row.inner_text()
     assert "randomized as P1-001" in inv.locator("tr").filter(has_text="P1-0042").inner_text()
     shot(inv, "25-investigator-screening-log")
-    assert [s.subject_number for s in subjects.subjects(ctx, TRIAL, ALL)] == [subject_number]
+    assert [s.subject_number for s in views.subjects(ctx, TRIAL, ALL)] == [subject_number]
 
     # b. The pharmacist dispenses the three kits (typed, signed) and prints the sheet.
     pharm = sign_in(new_page, live_server, "pharm-p1", DESKTOP)
@@ -154,7 +156,7 @@ def test_randomize_dispense_print_and_give_three_doses(live_server: LiveServer, 
     codes = zxingcpp.read_barcodes(image, formats=zxingcpp.BarcodeFormat.QRCode)
     payloads: dict[str, str] = {}
     for code in codes:
-        parsed = kitlib.verify_payload(code.text, TRIAL, kits.mac(ctx))
+        parsed = kitlib.verify_payload(code.text, TRIAL, kit_rules.mac(ctx))
         assert parsed.unit not in payloads
         payloads[parsed.unit] = code.text
         assert parsed.kit_number == kit_numbers[parsed.unit]
@@ -180,16 +182,16 @@ def test_randomize_dispense_print_and_give_three_doses(live_server: LiveServer, 
             expect(nurse.get_by_label("Patient's subject number", exact=False)).to_have_value(subject_number)
             expect(nurse.get_by_label("Dose")).to_have_value(DAYS[DAYS.index(day) + 1])
         shot(nurse, f"29{letter}-nurse-{day}-given")
-    given = subjects.subject(ctx, TRIAL, subject_number, ALL)
+    given = views.subject(ctx, TRIAL, subject_number, ALL)
     assert [d.status for d in given.days] == ["administered"] * 3
 
     # A fresh subject, randomized and dispensed through the services: the D2 label scanned as D1,
     # then another patient's label, are refused in red and nothing is recorded.
-    fresh = subjects.randomize(
+    fresh = randomize.randomize(
         ctx,
         ready.investigator,
         TRIAL,
-        subjects.RandomizationRequest("P1", "P1-0044", answers, {"admission_cause": "septic"}),
+        randomize.RandomizationRequest("P1", "P1-0044", answers, {"admission_cause": "septic"}),
         ALL,
     )
     fresh_kits = {k.day: k.kit_number for k in fresh.kits}
@@ -202,7 +204,7 @@ def test_randomize_dispense_print_and_give_three_doses(live_server: LiveServer, 
         scope=ALL,
         signature=signatures.SignatureRequest(password=GOOD_PASSWORD),
     )
-    fresh_d2 = kitlib.build_payload(TRIAL, fresh_kits["D2"], "D2", kits.mac(ctx))
+    fresh_d2 = kitlib.build_payload(TRIAL, fresh_kits["D2"], "D2", kit_rules.mac(ctx))
     for letter, payload, title in (
         ("d", fresh_d2, "This label is for another day"),
         ("e", payloads["D1"], "This label belongs to another patient"),
@@ -214,6 +216,6 @@ def test_randomize_dispense_print_and_give_three_doses(live_server: LiveServer, 
         assert bad.evaluate("e => getComputedStyle(e).backgroundColor") == RED
         assert nurse.locator(".scan-ok").count() == 0
         shot(nurse, f"29{letter}-nurse-refused-{'wrong-day' if letter == 'd' else 'wrong-patient'}")
-    untouched = subjects.subject(ctx, TRIAL, fresh.subject_number, ALL)
+    untouched = views.subject(ctx, TRIAL, fresh.subject_number, ALL)
     assert [(d.status, d.administered_at) for d in untouched.days] == [("dispensed", None)] * 3
-    assert [d.status for d in subjects.subject(ctx, TRIAL, subject_number, ALL).days] == ["administered"] * 3
+    assert [d.status for d in views.subject(ctx, TRIAL, subject_number, ALL).days] == ["administered"] * 3

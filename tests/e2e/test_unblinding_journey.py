@@ -15,7 +15,8 @@ from playwright.sync_api import expect
 
 from allocator import crypto
 from allocator.permissions import Scope
-from allocator.services import auth, subjects
+from allocator.services import auth
+from allocator.services.subjects import randomize
 from tests.e2e.conftest import LiveServer, shot
 from tests.e2e.conftest import sign_in_browser as sign_in
 from tests.support import GOOD_PASSWORD, eligible_on, make_actor, ready_trial
@@ -36,13 +37,13 @@ def test_emergency_unblinding_then_the_planned_unblinding(live_server: LiveServe
     today = datetime.now(UTC)
     patients = []
     for number in ("P1-0101", "P1-0102"):
-        request = subjects.RandomizationRequest(
+        request = randomize.RandomizationRequest(
             site="P1",
             screening_number=number,
             eligibility=eligible_on(today.date()),
             strata={"admission_cause": "septic"},
         )
-        patients.append(subjects.randomize(ctx, ready.investigator, TRIAL, request, ALL).subject_number)
+        patients.append(randomize.randomize(ctx, ready.investigator, TRIAL, request, ALL).subject_number)
     patient, other = patients
     make_actor(ctx, "monitor1", "monitor")
     make_actor(ctx, "manager", "trial_manager")

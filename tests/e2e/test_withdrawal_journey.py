@@ -13,7 +13,8 @@ import pytest
 from playwright.sync_api import expect
 
 from allocator.permissions import Scope
-from allocator.services import dispensing, signatures, subjects
+from allocator.services import dispensing, signatures
+from allocator.services.subjects import randomize
 from tests.e2e.conftest import LiveServer, shot
 from tests.e2e.conftest import sign_in_browser as sign_in
 from tests.support import GOOD_PASSWORD, eligible_on, make_actor, ready_trial
@@ -33,13 +34,13 @@ def test_a_withdrawal_stops_the_pharmacy_and_is_counted(live_server: LiveServer,
     ready = ready_trial(ctx)
     patients = []
     for number in ("P1-0201", "P1-0202"):
-        request = subjects.RandomizationRequest(
+        request = randomize.RandomizationRequest(
             site="P1",
             screening_number=number,
             eligibility=eligible_on(datetime.now(UTC).date()),
             strata={"admission_cause": "septic"},
         )
-        result = subjects.randomize(ctx, ready.investigator, TRIAL, request, ALL)
+        result = randomize.randomize(ctx, ready.investigator, TRIAL, request, ALL)
         dispensing.dispense(
             ctx,
             ready.pharmacist,

@@ -11,9 +11,9 @@ from allocator import crypto
 from allocator.audit import Actor
 from allocator.db import Database
 from allocator.permissions import Scope
-from allocator.services import subjects
 from allocator.services.context import ServiceContext
 from allocator.services.errors import DomainError
+from allocator.services.subjects import randomize
 from allocator.settings import Environment, Settings
 
 ALL = Scope(all_sites=True, site_ids=frozenset())
@@ -39,11 +39,11 @@ def run(
             site_code=site,
             request_id=number,
         )
-        request = subjects.RandomizationRequest(
+        request = randomize.RandomizationRequest(
             site=site, screening_number=number, eligibility=eligibility, strata={"admission_cause": cause}
         )
         try:
-            result = subjects.randomize(ctx, actor, "IFNG-PAIS", request, ALL)
+            result = randomize.randomize(ctx, actor, "IFNG-PAIS", request, ALL)
         except DomainError as exc:
             return number, exc.slug, exc.detail
         return number, "ok", result.subject_number

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from allocator import crypto
 from allocator.models import ApiToken, AuditEvent, User
 from allocator.permissions import Role
-from allocator.services import accounts
+from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
 from allocator.services.errors import AlreadyExists, NotFound, ValidationFailed
 from tests.support import CLI_ACTOR, Clock, load_ifn, make_user
@@ -25,7 +25,7 @@ def test_create_user_with_a_one_time_password(ctx: ServiceContext) -> None:
         assert user.must_change_password
         assert created.one_time_password not in user.password_hash
         assert crypto.verify_password(user.password_hash, created.one_time_password, ctx.passwords)
-        grants = accounts.active_grants(s, user.id, ctx.now())
+        grants = users.active_grants(s, user.id, ctx.now())
         assert [(g.role, g.site_id is not None) for g in grants] == [(Role.INVESTIGATOR, True)]
 
 
@@ -51,11 +51,11 @@ def test_invalid_accounts_name_the_field_and_write_nothing(
 ) -> None:
     load_ifn(ctx)
     with pytest.raises(error) as caught:
-        accounts.create_user(
+        users.create_user(
             ctx,
             CLI_ACTOR,
-            accounts.NewUser(username=username, full_name="Some One"),
-            accounts.RoleRequest(role=role, trial_code=trial, site_code=site),
+            users.NewUser(username=username, full_name="Some One"),
+            users.RoleRequest(role=role, trial_code=trial, site_code=site),
         )
     assert [e.field for e in caught.value.errors] == [field]
     with ctx.db.reading() as s:
@@ -73,11 +73,11 @@ def test_usernames_are_unique(ctx: ServiceContext) -> None:
 def test_revocation_and_end_dates_keep_history(ctx: ServiceContext, clock: Clock) -> None:
     load_ifn(ctx)
     make_user(ctx, "stat", "unblinded_statistician")
-    extra = accounts.grant_role(
+    extra = users.grant_role(
         ctx,
         CLI_ACTOR,
         "stat",
-        accounts.RoleRequest("monitor", "IFNG-PAIS", reason="cover"),
+        users.RoleRequest("monitor", "IFNG-PAIS", reason="cover"),
         ends_at=clock() + timedelta(days=2),
     )
     with ctx.db.reading() as s:
@@ -85,17 +85,17 @@ def test_revocation_and_end_dates_keep_history(ctx: ServiceContext, clock: Clock
 
     def roles() -> set[Role]:
         with ctx.db.reading() as s:
-            return {g.role for g in accounts.active_grants(s, user_id, ctx.now())}
+            return {g.role for g in users.active_grants(s, user_id, ctx.now())}
 
     assert roles() == {Role.UNBLINDED_STATISTICIAN, Role.MONITOR}
     clock.advance(days=3)
     assert roles() == {Role.UNBLINDED_STATISTICIAN}
     with ctx.db.reading() as s:
-        first = accounts.active_grants(s, user_id, ctx.now())[0]
-    accounts.revoke_role(ctx, CLI_ACTOR, first.assignment_id, "left the study")
+        first = users.active_grants(s, user_id, ctx.now())[0]
+    users.revoke_role(ctx, CLI_ACTOR, first.assignment_id, "left the study")
     assert roles() == set()
     with pytest.raises(AlreadyExists):
-        accounts.revoke_role(ctx, CLI_ACTOR, first.assignment_id, "again")
+        users.revoke_role(ctx, CLI_ACTOR, first.assignment_id, "again")
     with ctx.db.reading() as s:
         actions = (
             s.execute(select(AuditEvent.action).where(AuditEvent.object_type == "role_assignment"))
@@ -109,7 +109,7 @@ def test_revocation_and_end_dates_keep_history(ctx: ServiceContext, clock: Clock
 def test_tokens_are_stored_only_as_digests(ctx: ServiceContext) -> None:
     load_ifn(ctx)
     make_user(ctx, "mon1", "monitor")
-    created = accounts.create_token(ctx, CLI_ACTOR, "mon1", "edc")
+    created = users.create_token(ctx, CLI_ACTOR, "mon1", "edc")
     assert created.token.startswith("alc_") and len(created.token) > 40
     with ctx.db.reading() as s:
         row = s.execute(select(ApiToken)).scalar_one()

@@ -10,18 +10,11 @@ from sqlalchemy import select
 from allocator.audit import Actor
 from allocator.models import AuditEvent, Site
 from allocator.permissions import NO_SCOPE, Scope
-from allocator.services import accounts, admin, auth
+from allocator.services import auth, sites
+from allocator.services.accounts import user_admin, users
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from tests.support import (
-    CLI_ACTOR,
-    CODE_BREAK_EVIDENCE,
-    GOOD_PASSWORD,
-    IFN_TRIAL,
-    Clock,
-    load_ifn,
-    make_user,
-)
+from tests.support import CLI_ACTOR, CODE_BREAK_EVIDENCE, GOOD_PASSWORD, IFN_TRIAL, Clock, load_ifn, make_user
 
 ALL = Scope(all_sites=True, site_ids=frozenset())
 HERE = auth.Client("192.0.2.1", "pytest", "req")
@@ -32,37 +25,37 @@ def test_reset_password_issues_a_new_one_time_password_and_ends_sessions(ctx: Se
     created = make_user(ctx, "mon", "monitor")
     auth.change_password(ctx, created.user_id, created.one_time_password, GOOD_PASSWORD, GOOD_PASSWORD, HERE)
     token = auth.login(ctx, "mon", GOOD_PASSWORD, HERE).session_token
-    new = admin.reset_password(ctx, CLI_ACTOR, "mon", "forgot it")
+    new = user_admin.reset_password(ctx, CLI_ACTOR, "mon", "forgot it")
     assert auth.resolve_session(ctx, token) is None
     outcome = auth.login(ctx, "mon", new, HERE)
     assert outcome.must_change_password
     with pytest.raises(ValidationFailed):
-        admin.reset_password(ctx, CLI_ACTOR, "mon", " ")
+        user_admin.reset_password(ctx, CLI_ACTOR, "mon", " ")
 
 
 def test_sessions_can_be_listed_and_terminated(ctx: ServiceContext, clock: Clock) -> None:
     load_ifn(ctx)
     created = make_user(ctx, "mon", "monitor")
     token = auth.login(ctx, "mon", created.one_time_password, HERE).session_token
-    rows = admin.active_sessions(ctx)
+    rows = user_admin.active_sessions(ctx)
     assert [r.username for r in rows] == ["mon"]
-    admin.terminate_session(ctx, CLI_ACTOR, rows[0].id, "suspicious location")
+    user_admin.terminate_session(ctx, CLI_ACTOR, rows[0].id, "suspicious location")
     assert auth.resolve_session(ctx, token) is None
-    assert admin.active_sessions(ctx) == []
+    assert user_admin.active_sessions(ctx) == []
     with pytest.raises(NotFound):
-        admin.terminate_session(ctx, CLI_ACTOR, rows[0].id, "again")
+        user_admin.terminate_session(ctx, CLI_ACTOR, rows[0].id, "again")
 
 
 def test_users_revoke_only_their_own_tokens(ctx: ServiceContext) -> None:
     load_ifn(ctx)
     a = make_user(ctx, "mon-a", "monitor")
     b = make_user(ctx, "mon-b", "monitor")
-    token_b = accounts.create_token(ctx, CLI_ACTOR, "mon-b", "b")
+    token_b = users.create_token(ctx, CLI_ACTOR, "mon-b", "b")
     with pytest.raises(NotFound):
-        admin.revoke_token(ctx, CLI_ACTOR, token_b.token_id, owner_id=a.user_id)
-    admin.revoke_token(ctx, CLI_ACTOR, token_b.token_id, owner_id=b.user_id)
+        user_admin.revoke_token(ctx, CLI_ACTOR, token_b.token_id, owner_id=a.user_id)
+    user_admin.revoke_token(ctx, CLI_ACTOR, token_b.token_id, owner_id=b.user_id)
     with pytest.raises(Conflict):
-        admin.revoke_token(ctx, CLI_ACTOR, token_b.token_id)
+        user_admin.revoke_token(ctx, CLI_ACTOR, token_b.token_id)
 
 
 @pytest.mark.req("RND-14")
@@ -70,7 +63,7 @@ def test_site_activation_needs_approval_and_delegation_dates(ctx: ServiceContext
     load_ifn(ctx)
     today = clock().date()
     with pytest.raises(ValidationFailed) as caught:
-        admin.activate_site(
+        sites.activate_site(
             ctx,
             CLI_ACTOR,
             "IFNG-PAIS",
@@ -83,7 +76,7 @@ def test_site_activation_needs_approval_and_delegation_dates(ctx: ServiceContext
         )
     assert [e.field for e in caught.value.errors] == ["approval_date"]
     with pytest.raises(NotFound):
-        admin.activate_site(
+        sites.activate_site(
             ctx,
             CLI_ACTOR,
             "IFNG-PAIS",
@@ -94,7 +87,7 @@ def test_site_activation_needs_approval_and_delegation_dates(ctx: ServiceContext
             scope=NO_SCOPE,
             reason="outside my sites",
         )
-    admin.activate_site(
+    sites.activate_site(
         ctx,
         CLI_ACTOR,
         "IFNG-PAIS",
@@ -106,7 +99,7 @@ def test_site_activation_needs_approval_and_delegation_dates(ctx: ServiceContext
         reason="CPP approval received",
     )
     with pytest.raises(Conflict, match="not pending"):
-        admin.activate_site(
+        sites.activate_site(
             ctx,
             CLI_ACTOR,
             "IFNG-PAIS",
@@ -122,8 +115,8 @@ def test_site_activation_needs_approval_and_delegation_dates(ctx: ServiceContext
         entry = s.execute(select(AuditEvent).where(AuditEvent.action == "site.activated")).scalar_one()
     assert site.status == "active" and site.approval_date == date(2026, 1, 5)
     assert entry.site_code == "P1" and entry.reason == "CPP approval received"
-    admin.close_site(ctx, CLI_ACTOR, "IFNG-PAIS", "P1", scope=ALL, reason="recruitment over")
-    assert [s.status for s in admin.sites(ctx, "IFNG-PAIS")] == ["closed", "pending"]
+    sites.close_site(ctx, CLI_ACTOR, "IFNG-PAIS", "P1", scope=ALL, reason="recruitment over")
+    assert [s.status for s in sites.sites(ctx, "IFNG-PAIS")] == ["closed", "pending"]
 
 
 @pytest.mark.req("BLD-13")
@@ -132,10 +125,10 @@ def test_everyone_who_ever_held_an_unblinded_role_is_listed(ctx: ServiceContext,
     make_user(ctx, "stat", "unblinded_statistician")
     make_user(ctx, "pv1", "pharmacovigilance")
     make_user(ctx, "mon", "monitor")
-    stat_grant = admin.trial_roles(ctx, "IFNG-PAIS")[0]
+    stat_grant = user_admin.trial_roles(ctx, "IFNG-PAIS")[0]
     clock.advance(days=30)
-    accounts.revoke_role(ctx, CLI_ACTOR, stat_grant.assignment_id, "replaced")
-    rows = admin.unblinded_role_history(ctx, "IFNG-PAIS")
+    users.revoke_role(ctx, CLI_ACTOR, stat_grant.assignment_id, "replaced")
+    rows = user_admin.unblinded_role_history(ctx, "IFNG-PAIS")
     assert [(r.username, r.role, r.revoked_at is not None) for r in rows] == [
         ("stat", "unblinded_statistician", True),
         ("pv1", "pharmacovigilance", False),
@@ -147,11 +140,11 @@ def test_nobody_grants_a_role_to_themselves(ctx: ServiceContext) -> None:
     manager = make_user(ctx, "tman", "trial_manager")
     me = Actor(user_id=manager.user_id, username="tman", name="Tm", role="trial_manager")
     with pytest.raises(Forbidden, match="your own account"):
-        accounts.grant_role(
-            ctx, me, "tman", accounts.RoleRequest("unblinded_statistician", "IFNG-PAIS", reason="x")
+        users.grant_role(
+            ctx, me, "tman", users.RoleRequest("unblinded_statistician", "IFNG-PAIS", reason="x")
         )
     make_user(ctx, "mon", "monitor")
-    accounts.grant_role(ctx, me, "mon", accounts.RoleRequest("auditor", "IFNG-PAIS", reason="cover"))
+    users.grant_role(ctx, me, "mon", users.RoleRequest("auditor", "IFNG-PAIS", reason="cover"))
 
 
 def test_revoking_from_a_trial_page_cannot_reach_another_trial(ctx: ServiceContext) -> None:
@@ -162,17 +155,17 @@ def test_revoking_from_a_trial_page_cannot_reach_another_trial(ctx: ServiceConte
         ctx, CLI_ACTOR, IFN_TRIAL.read_text().replace('code = "IFNG-PAIS"', 'code = "OTHER"'), source_name="o"
     )
     make_user(ctx, "mon", "monitor", trial="OTHER")
-    other_assignment = admin.trial_roles(ctx, "OTHER")[0].assignment_id
+    other_assignment = user_admin.trial_roles(ctx, "OTHER")[0].assignment_id
     with pytest.raises(NotFound):
-        accounts.revoke_role(ctx, CLI_ACTOR, other_assignment, "x", only_trial="IFNG-PAIS")
-    accounts.revoke_role(ctx, CLI_ACTOR, other_assignment, "x", only_trial="OTHER")
+        users.revoke_role(ctx, CLI_ACTOR, other_assignment, "x", only_trial="IFNG-PAIS")
+    users.revoke_role(ctx, CLI_ACTOR, other_assignment, "x", only_trial="OTHER")
 
 
 def test_admin_is_instance_wide_only(ctx: ServiceContext) -> None:
     load_ifn(ctx)
     make_user(ctx, "xyz", "monitor")
     with pytest.raises(ValidationFailed, match="instance-wide"):
-        accounts.grant_role(ctx, CLI_ACTOR, "xyz", accounts.RoleRequest("admin", "IFNG-PAIS", reason="x"))
+        users.grant_role(ctx, CLI_ACTOR, "xyz", users.RoleRequest("admin", "IFNG-PAIS", reason="x"))
 
 
 def test_cannot_deactivate_oneself(ctx: ServiceContext) -> None:
@@ -180,4 +173,4 @@ def test_cannot_deactivate_oneself(ctx: ServiceContext) -> None:
     created = make_user(ctx, "adm", "admin")
     me = Actor(user_id=created.user_id, username="adm", name="Adm", role="admin")
     with pytest.raises(Conflict):
-        admin.set_active(ctx, me, "adm", False, "oops")
+        user_admin.set_active(ctx, me, "adm", False, "oops")

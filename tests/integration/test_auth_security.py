@@ -11,7 +11,8 @@ from sqlalchemy import func, select
 from allocator import crypto
 from allocator.models import AuditEvent, LoginSession, User
 from allocator.permissions import Role
-from allocator.services import accounts, admin, auth
+from allocator.services import auth
+from allocator.services.accounts import user_admin, users
 from allocator.services.context import ServiceContext
 from allocator.services.errors import TooManyRequests, Unauthenticated, ValidationFailed
 from tests.support import CLI_ACTOR, GOOD_PASSWORD, Clock, enroll_totp, load_ifn, make_user
@@ -85,7 +86,7 @@ def test_failures_outside_the_window_do_not_add_up(ctx: ServiceContext, clock: C
 
 def test_deactivated_accounts_cannot_sign_in_and_the_message_is_generic(ctx: ServiceContext) -> None:
     ready_user(ctx)
-    admin.set_active(ctx, CLI_ACTOR, "inv", False, "left")
+    user_admin.set_active(ctx, CLI_ACTOR, "inv", False, "left")
     with pytest.raises(Unauthenticated, match="the user name or the password is wrong"):
         auth.login(ctx, "inv", GOOD_PASSWORD, HERE)
 
@@ -116,11 +117,11 @@ def test_role_changes_and_deactivation_take_effect_on_the_next_request(ctx: Serv
     first = auth.resolve_session(ctx, token)
     assert first is not None and first.access.roles() == {Role.INVESTIGATOR}
     with ctx.db.reading() as s:
-        grant = accounts.active_grants(s, user_id, ctx.now())[0]
-    accounts.revoke_role(ctx, CLI_ACTOR, grant.assignment_id, "moved to another unit")
+        grant = users.active_grants(s, user_id, ctx.now())[0]
+    users.revoke_role(ctx, CLI_ACTOR, grant.assignment_id, "moved to another unit")
     after = auth.resolve_session(ctx, token)
     assert after is not None and after.access.roles() == set()
-    admin.set_active(ctx, CLI_ACTOR, "inv", False, "left the hospital")
+    user_admin.set_active(ctx, CLI_ACTOR, "inv", False, "left the hospital")
     assert auth.resolve_session(ctx, token) is None
     with ctx.db.reading() as s:
         assert s.execute(select(LoginSession.end_reason)).scalar_one() == "deactivated"
@@ -192,11 +193,11 @@ def test_wrong_second_factor_codes_lock_the_account(ctx: ServiceContext, clock: 
 
 def test_revoked_and_expired_tokens_stop_working(ctx: ServiceContext, clock: Clock) -> None:
     ready_user(ctx, "mon", "monitor", site=None)
-    created = accounts.create_token(ctx, CLI_ACTOR, "mon", "edc")
+    created = users.create_token(ctx, CLI_ACTOR, "mon", "edc")
     assert auth.resolve_bearer(ctx, created.token) is not None
-    admin.revoke_token(ctx, CLI_ACTOR, created.token_id)
+    user_admin.revoke_token(ctx, CLI_ACTOR, created.token_id)
     assert auth.resolve_bearer(ctx, created.token) is None
-    short = accounts.create_token(ctx, CLI_ACTOR, "mon", "short", expires_at=clock() + timedelta(days=1))
+    short = users.create_token(ctx, CLI_ACTOR, "mon", "short", expires_at=clock() + timedelta(days=1))
     assert auth.resolve_bearer(ctx, short.token) is not None
     clock.advance(days=2)
     assert auth.resolve_bearer(ctx, short.token) is None

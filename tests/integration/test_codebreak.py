@@ -36,11 +36,13 @@ from allocator.models import (
     Site,
 )
 from allocator.permissions import Scope
-from allocator.services import admin, auth, codebreak, subjects, unblinding
-from allocator.services import kits as supply
+from allocator.services import auth, codebreak, unblinding
+from allocator.services import sites as services_sites
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, NotFound, ValidationFailed
 from allocator.services.signatures import SignatureRefused, SignatureRequest
+from allocator.services.subjects import randomize
+from allocator.services.supply import kit_lists, shipments
 from kits.codebreak import SEALED_BOX
 from tests.support import (
     CLI_ACTOR,
@@ -139,7 +141,7 @@ def no_arm_in(text: str) -> None:
 def stat(ctx: ServiceContext) -> Actor:
     """The trial loaded, 16 kits at the depot without sheets, and the unblinded statistician."""
     load_ifn(ctx)
-    supply.generate_kit_list(ctx, CLI_ACTOR, TRIAL, count=16, lot_code="LOT-CB", expiry=date(2027, 6, 30))
+    kit_lists.generate_kit_list(ctx, CLI_ACTOR, TRIAL, count=16, lot_code="LOT-CB", expiry=date(2027, 6, 30))
     return person(ctx, "stat", "unblinded_statistician")
 
 
@@ -258,7 +260,7 @@ def test_generation_covers_only_kits_without_a_sheet_and_refuses_when_there_is_n
     codebreak.generate_sheets(ctx, stat, TRIAL, signature=SIGNED)
     with pytest.raises(Conflict, match="nothing to generate"):
         codebreak.generate_sheets(ctx, stat, TRIAL, signature=SIGNED)
-    supply.generate_kit_list(ctx, CLI_ACTOR, TRIAL, count=4, lot_code="LOT-CB2", expiry=date(2027, 6, 30))
+    kit_lists.generate_kit_list(ctx, CLI_ACTOR, TRIAL, count=4, lot_code="LOT-CB2", expiry=date(2027, 6, 30))
     assert codebreak.missing_sheets(ctx, TRIAL) == 4
     new = sorted(sheets_by_kit(ctx))
     with ctx.db.reading() as s:
@@ -391,8 +393,8 @@ def test_a_lost_sheet_is_replaced_by_a_new_signed_sheet_and_the_old_one_stays(
 # --- checks and reconciliation -----------------------------------------------------------------------
 
 
-def request(number: str) -> subjects.RandomizationRequest:
-    return subjects.RandomizationRequest(
+def request(number: str) -> randomize.RandomizationRequest:
+    return randomize.RandomizationRequest(
         site="P1", screening_number=number, eligibility=ELIGIBLE, strata={"admission_cause": "septic"}
     )
 
@@ -423,7 +425,7 @@ def test_checks_and_the_reconciliation_balance_against_the_truth_and_flag_unregi
         )
     truth = dict.fromkeys(where, codebreak.NEVER_CHECKED)
     at = {site: sorted(n for n, w in where.items() if w == site) for site in ("P1", "P2", "depot")}
-    randomized = subjects.randomize(ctx, ready.investigator, TRIAL, request("P1-0001"), ALL)
+    randomized = randomize.randomize(ctx, ready.investigator, TRIAL, request("P1-0001"), ALL)
     opened = sheet_of[randomized.kits[0].kit_number]
     others_p1 = [n for n in at["P1"] if n != opened]
 
@@ -549,7 +551,7 @@ def test_a_site_is_activated_only_with_evidence_and_once_every_kit_has_its_sheet
     ctx: ServiceContext, stat: Actor
 ) -> None:
     def activate(evidence: str) -> None:
-        admin.activate_site(
+        services_sites.activate_site(
             ctx,
             CLI_ACTOR,
             TRIAL,
@@ -568,11 +570,11 @@ def test_a_site_is_activated_only_with_evidence_and_once_every_kit_has_its_sheet
         activate("x" * 1001)
     with pytest.raises(Conflict, match="generate the code-break sheets first"):
         activate(CODE_BREAK_EVIDENCE)
-    assert [s.status for s in admin.sites(ctx, TRIAL)] == ["pending", "pending"]
+    assert [s.status for s in services_sites.sites(ctx, TRIAL)] == ["pending", "pending"]
     assert audit(ctx, "site.activated") == []
     codebreak.generate_sheets(ctx, stat, TRIAL, signature=SIGNED)
     activate(f"  {CODE_BREAK_EVIDENCE}  ")
-    p1 = admin.sites(ctx, TRIAL)[0]
+    p1 = services_sites.sites(ctx, TRIAL)[0]
     assert (p1.status, p1.code_break_evidence) == ("active", CODE_BREAK_EVIDENCE)
     (entry,) = audit(ctx, "site.activated")
     assert json.loads(entry.new_values or "{}")["code_break_evidence"] == CODE_BREAK_EVIDENCE
@@ -582,15 +584,15 @@ def test_a_site_is_activated_only_with_evidence_and_once_every_kit_has_its_sheet
 def test_a_shipment_takes_only_kits_that_have_their_sheet(ctx: ServiceContext, stat: Actor) -> None:
     manager = person(ctx, "tman", "trial_manager")
     codebreak.generate_sheets(ctx, stat, TRIAL, signature=SIGNED)  # the fixture's 16 kits
-    supply.generate_kit_list(ctx, CLI_ACTOR, TRIAL, count=16, lot_code="LOT-NEW", expiry=date(2027, 6, 30))
+    kit_lists.generate_kit_list(ctx, CLI_ACTOR, TRIAL, count=16, lot_code="LOT-NEW", expiry=date(2027, 6, 30))
     with_sheet = set(sheets_by_kit(ctx))
     assert len(with_sheet) == 16
-    view = supply.create_shipment(ctx, manager, TRIAL, "P1", 16)
+    view = shipments.create_shipment(ctx, manager, TRIAL, "P1", 16)
     assert set(view.kits) == with_sheet  # all of them, and nothing else
     with pytest.raises(Conflict, match="code-break sheet"):
-        supply.create_shipment(ctx, manager, TRIAL, "P2", 2)  # 16 kits left, none with a sheet
+        shipments.create_shipment(ctx, manager, TRIAL, "P2", 2)  # 16 kits left, none with a sheet
     code_break_sheets(ctx, stat)
-    assert len(supply.create_shipment(ctx, manager, TRIAL, "P2", 2).kits) == 2
+    assert len(shipments.create_shipment(ctx, manager, TRIAL, "P2", 2).kits) == 2
 
 
 @pytest.mark.req("UNB-07", "UNB-06")

@@ -124,18 +124,19 @@ def test_simultaneous_corrections_of_one_subject_record_one(live: ServiceContext
 
     from allocator.models import SubjectCorrection, SubjectWithdrawal
     from allocator.permissions import Scope
-    from allocator.services import signatures, subjects
+    from allocator.services import signatures
     from allocator.services.errors import Conflict
+    from allocator.services.subjects import corrections, randomize, withdrawal
     from tests.support import GOOD_PASSWORD
 
     everywhere = Scope(all_sites=True, site_ids=frozenset())
     signed = signatures.SignatureRequest(password=GOOD_PASSWORD)
     ready = ready_trial(live)
-    number = subjects.randomize(
+    number = randomize.randomize(
         live,
         ready.investigator,
         "IFNG-PAIS",
-        subjects.RandomizationRequest(
+        randomize.RandomizationRequest(
             site="P1",
             screening_number="P1-0001",
             eligibility=eligible_on(datetime.now(UTC).date()),
@@ -146,7 +147,7 @@ def test_simultaneous_corrections_of_one_subject_record_one(live: ServiceContext
 
     def withdraw(i: int) -> str:
         try:
-            subjects.withdraw(
+            withdrawal.withdraw(
                 live,
                 ready.investigator,
                 "IFNG-PAIS",
@@ -163,7 +164,7 @@ def test_simultaneous_corrections_of_one_subject_record_one(live: ServiceContext
 
     def flag(i: int) -> str:
         try:
-            subjects.mark_in_error(
+            corrections.mark_in_error(
                 live,
                 ready.investigator,
                 "IFNG-PAIS",

@@ -30,8 +30,8 @@ from sqlalchemy import select
 import kits as kitlib
 from allocator import crypto
 from allocator.models import Kit
-from allocator.services import kits as supply
 from allocator.services.context import ServiceContext
+from allocator.services.supply import kit_lists
 from tests.support import CLI_ACTOR, load_ifn
 
 TRIAL = "IFNG-PAIS"
@@ -208,7 +208,9 @@ def test_a_generated_kit_list_shows_no_relation_between_arm_and_kit_number_or_or
     ctx: ServiceContext,
 ) -> None:
     load_ifn(ctx)
-    supply.generate_kit_list(ctx, CLI_ACTOR, TRIAL, count=COUNT, lot_code="LOT-H5", expiry=date(2028, 1, 31))
+    kit_lists.generate_kit_list(
+        ctx, CLI_ACTOR, TRIAL, count=COUNT, lot_code="LOT-H5", expiry=date(2028, 1, 31)
+    )
     with ctx.db.reading() as session:
         kits = list(session.execute(select(Kit).order_by(Kit.id)).scalars())
     numbers = [k.kit_number for k in kits]

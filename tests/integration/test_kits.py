@@ -39,12 +39,13 @@ from allocator.models import (
 )
 from allocator.permissions import NO_SCOPE, Scope
 from allocator.services import auth
-from allocator.services import kits as supply
 from allocator.services.codebreak import KIND as CODE_BREAK_KIND
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, DomainError, NotFound, ValidationFailed
+from allocator.services.lookups import current_definition, get_trial
 from allocator.services.signatures import SignatureRefused, SignatureRequest
-from allocator.services.trials import current_definition, get_trial
+from allocator.services.supply import kit_lists, kit_rules, kit_status, labels, reconciliation, shipments
+from allocator.services.supply import stock as supply_stock
 from tests.support import CLI_ACTOR, GOOD_PASSWORD, Clock, code_break_sheets, load_ifn, make_user
 from tests.unit.kits.kits_testdata import all_text, decode_qr_codes, flat, page_count
 
@@ -166,27 +167,27 @@ class Supply:
     p1: Scope
     p2: Scope
 
-    def generate(self, count: int, lot: str = LOT, expiry: date = EXPIRY) -> supply.KitListSummary:
-        summary = supply.generate_kit_list(
+    def generate(self, count: int, lot: str = LOT, expiry: date = EXPIRY) -> kit_lists.KitListSummary:
+        summary = kit_lists.generate_kit_list(
             self.ctx, CLI_ACTOR, TRIAL, count=count, lot_code=lot, expiry=expiry
         )
         code_break_sheets(self.ctx)  # UNB-07: kits are shipped only with their code-break sheets
         return summary
 
-    def prepare(self, site: str, count: int) -> supply.ShipmentView:
-        return supply.create_shipment(self.ctx, self.manager, TRIAL, site, count)
+    def prepare(self, site: str, count: int) -> shipments.ShipmentView:
+        return shipments.create_shipment(self.ctx, self.manager, TRIAL, site, count)
 
     def deliver(self, site: str, count: int) -> list[str]:
         """Prepare, ship and receive (every kit scanned) a shipment; returns its kit numbers."""
         view = self.prepare(site, count)
-        supply.ship(self.ctx, self.manager, TRIAL, view.number)
+        shipments.ship(self.ctx, self.manager, TRIAL, view.number)
         receiver, scope = (self.pharmacist, self.p1) if site == "P1" else (self.other_pharmacist, self.p2)
-        supply.receive(self.ctx, receiver, TRIAL, view.number, list(view.kits), scope=scope)
+        shipments.receive(self.ctx, receiver, TRIAL, view.number, list(view.kits), scope=scope)
         return list(view.kits)
 
     def change(self, number: str, to: str, *, who: Actor | None = None, signed: bool = False) -> None:
         who = who or self.pharmacist
-        supply.change_status(
+        kit_status.change_status(
             self.ctx,
             who,
             TRIAL,
@@ -315,7 +316,7 @@ def test_a_valid_kit_list_file_is_imported_with_its_arms_sealed(s: Supply) -> No
         (kitlib.format_kit_number(n) if i % 2 else n, "AB"[i % 2], "LOT-IMP-1" if i < 4 else "LOT-IMP-2", e)
         for i, (n, e) in enumerate(zip(numbers, ["2027-01-31"] * 4 + ["2027-03-31"] * 4, strict=True))
     ]
-    summary = supply.import_kit_list(ctx, CLI_ACTOR, TRIAL, "\ufeff" + csv_text(rows), "establishment.csv")
+    summary = kit_lists.import_kit_list(ctx, CLI_ACTOR, TRIAL, "\ufeff" + csv_text(rows), "establishment.csv")
     assert (summary.count, summary.batches) == (8, ("LOT-IMP-1", "LOT-IMP-2"))
     kits = {k.kit_number: k for k in all_kits(ctx)}
     assert set(kits) == set(numbers)
@@ -387,7 +388,7 @@ def test_a_kit_list_file_with_one_bad_line_is_refused_naming_that_line(
     lines, bad_line = build(good, used)
     before = row_counts(ctx)
     with pytest.raises(ValidationFailed) as caught:
-        supply.import_kit_list(
+        kit_lists.import_kit_list(
             ctx, CLI_ACTOR, TRIAL, "\n".join(["kit_number,arm,lot_code,expiry", *lines]) + "\n", f"{case}.csv"
         )
     assert "nothing was imported" in caught.value.detail
@@ -416,7 +417,7 @@ def test_every_bad_line_of_a_kit_list_file_is_named_and_nothing_is_imported(s: S
     ]
     before = row_counts(ctx)
     with pytest.raises(ValidationFailed) as caught:
-        supply.import_kit_list(ctx, CLI_ACTOR, TRIAL, csv_text(rows), "bad.csv")
+        kit_lists.import_kit_list(ctx, CLI_ACTOR, TRIAL, csv_text(rows), "bad.csv")
     found = {e.field: e.message for e in caught.value.errors}
     assert sorted(f for f in found if f.startswith("line ")) == sorted(
         f"line {n}" for n in [*range(3, 10), 12]
@@ -430,13 +431,13 @@ def test_every_bad_line_of_a_kit_list_file_is_named_and_nothing_is_imported(s: S
     assert row_counts(ctx) == before
 
     with pytest.raises(ValidationFailed) as caught:
-        supply.import_kit_list(ctx, CLI_ACTOR, TRIAL, "number,arm,lot,expiry\n", "bad.csv")
+        kit_lists.import_kit_list(ctx, CLI_ACTOR, TRIAL, "number,arm,lot,expiry\n", "bad.csv")
     assert [e.field for e in caught.value.errors] == ["file"]
     with pytest.raises(ValidationFailed):
-        supply.import_kit_list(ctx, CLI_ACTOR, TRIAL, csv_text([]), "empty.csv")
+        kit_lists.import_kit_list(ctx, CLI_ACTOR, TRIAL, csv_text([]), "empty.csv")
     # A lot that exists already with another expiry date refuses the file too.
     with pytest.raises(ValidationFailed):
-        supply.import_kit_list(
+        kit_lists.import_kit_list(
             ctx, CLI_ACTOR, TRIAL, csv_text([(fresh[9], "A", LOT, "2028-01-31")]), "other-expiry.csv"
         )
     assert row_counts(ctx) == before
@@ -492,7 +493,7 @@ def test_a_shipment_of_an_odd_or_too_large_size_is_refused_without_naming_an_arm
     # Enough kits in all (36) but not balanced: 16 of one arm, 20 of the other.
     one_arm = [k.kit_number for k in all_kits(ctx) if arm_of(ctx, k) == "A"][:4]
     for number in one_arm:
-        supply.change_status(
+        kit_status.change_status(
             ctx, s.manager, TRIAL, number, "damaged", reason="crushed", scope=NO_SCOPE, depot=True
         )
     with pytest.raises(Conflict) as unbalanced:
@@ -511,16 +512,16 @@ def test_kits_of_a_prepared_shipment_are_not_offered_to_the_next_one(s: Supply) 
     first = s.prepare("P1", 8)
     with pytest.raises(Conflict):
         s.prepare("P2", 4)  # the depot's 8 kits all belong to SH-0001 already
-    assert supply.shipments(s.ctx, TRIAL, ALL)[-1].kits == first.kits
+    assert shipments.shipments(s.ctx, TRIAL, ALL)[-1].kits == first.kits
 
 
 @pytest.mark.req("LBL-11")
 def test_kits_of_a_prepared_shipment_no_longer_count_as_usable_depot_stock(s: Supply) -> None:
     s.generate(12)
-    [depot] = supply.stock(s.ctx, TRIAL, ALL, include_depot=True)
+    [depot] = supply_stock.stock(s.ctx, TRIAL, ALL, include_depot=True)
     assert (depot.site, depot.usable) == ("depot", 12)
     s.prepare("P1", 8)
-    [depot] = supply.stock(s.ctx, TRIAL, ALL, include_depot=True)
+    [depot] = supply_stock.stock(s.ctx, TRIAL, ALL, include_depot=True)
     assert (depot.usable, depot.by_status) == (4, {"at_depot": 12})
 
 
@@ -530,13 +531,13 @@ def test_a_kit_damaged_at_the_depot_after_preparation_is_not_shipped(s: Supply) 
     s.generate(8)
     view = s.prepare("P1", 4)
     damaged = view.kits[0]
-    supply.change_status(
+    kit_status.change_status(
         ctx, s.manager, TRIAL, damaged, "damaged", reason="dropped", scope=NO_SCOPE, depot=True
     )
-    assert supply.ship(ctx, s.manager, TRIAL, view.number) == (damaged,)
+    assert shipments.ship(ctx, s.manager, TRIAL, view.number) == (damaged,)
     assert kit(ctx, damaged).status == "damaged" and kit(ctx, damaged).shipment_id is None
     assert {kit(ctx, n).status for n in view.kits[1:]} == {"in_transit"}
-    shipped = supply.shipments(ctx, TRIAL, ALL)[-1]
+    shipped = shipments.shipments(ctx, TRIAL, ALL)[-1]
     assert (shipped.kit_count, sorted(shipped.kits)) == (3, sorted(view.kits[1:]))
     (entry,) = audit(ctx, "shipment.shipped")
     assert json.loads(entry.new_values or "{}")["taken_out"] == [damaged]
@@ -548,10 +549,10 @@ def test_shipping_and_receiving_every_kit_typed_or_scanned(s: Supply) -> None:
     s.generate(24)
     view = s.prepare("P1", 8)
     with pytest.raises(Conflict):  # not shipped yet
-        supply.receive(ctx, s.pharmacist, TRIAL, view.number, list(view.kits), scope=s.p1)
-    supply.ship(ctx, s.manager, TRIAL, view.number)
+        shipments.receive(ctx, s.pharmacist, TRIAL, view.number, list(view.kits), scope=s.p1)
+    shipments.ship(ctx, s.manager, TRIAL, view.number)
     with pytest.raises(Conflict):
-        supply.ship(ctx, s.manager, TRIAL, view.number)
+        shipments.ship(ctx, s.manager, TRIAL, view.number)
     for n in view.kits:
         k = kit(ctx, n)
         assert (k.status, k.site_id) == ("in_transit", None)
@@ -559,7 +560,7 @@ def test_shipping_and_receiving_every_kit_typed_or_scanned(s: Supply) -> None:
     (shipped,) = audit(ctx, "shipment.shipped")
     assert shipped.object_id == view.number and shipped.site_code == "P1"
 
-    tag = supply.mac(ctx)
+    tag = kit_rules.mac(ctx)
     scans = [
         view.kits[0],
         kitlib.format_kit_number(view.kits[1]),
@@ -576,27 +577,27 @@ def test_shipping_and_receiving_every_kit_typed_or_scanned(s: Supply) -> None:
     # a forged label.
     outsider = next(k.kit_number for k in all_kits(ctx) if k.kit_number not in view.kits)
     with pytest.raises(NotFound):
-        supply.receive(ctx, s.other_pharmacist, TRIAL, view.number, scans, scope=s.p2)
+        shipments.receive(ctx, s.other_pharmacist, TRIAL, view.number, scans, scope=s.p2)
     with pytest.raises(ValidationFailed) as foreign:
-        supply.receive(ctx, s.pharmacist, TRIAL, view.number, [*scans, outsider], scope=s.p1)
+        shipments.receive(ctx, s.pharmacist, TRIAL, view.number, [*scans, outsider], scope=s.p1)
     assert kitlib.format_kit_number(outsider) in messages(foreign.value)
     with pytest.raises(ValidationFailed) as typo:
-        supply.receive(
+        shipments.receive(
             ctx, s.pharmacist, TRIAL, view.number, [*scans, wrong_check_digit(outsider)], scope=s.p1
         )
     assert [e.field for e in typo.value.errors] == [f"kits[{len(scans)}]"]
     forged = kitlib.build_payload(TRIAL, view.kits[0], "K", lambda _m: bytes(32))
     with pytest.raises(ValidationFailed):
-        supply.receive(ctx, s.pharmacist, TRIAL, view.number, [*scans, forged], scope=s.p1)
+        shipments.receive(ctx, s.pharmacist, TRIAL, view.number, [*scans, forged], scope=s.p1)
     other_trial = kitlib.build_payload("OTHER", view.kits[0], "K", tag)
     with pytest.raises(ValidationFailed):
-        supply.receive(ctx, s.pharmacist, TRIAL, view.number, [*scans, other_trial], scope=s.p1)
+        shipments.receive(ctx, s.pharmacist, TRIAL, view.number, [*scans, other_trial], scope=s.p1)
     with pytest.raises(NotFound):
-        supply.receive(ctx, s.pharmacist, TRIAL, "SH-9999", scans, scope=s.p1)
+        shipments.receive(ctx, s.pharmacist, TRIAL, "SH-9999", scans, scope=s.p1)
     assert {kit(ctx, n).status for n in view.kits} == {"in_transit"}
 
-    receipt = supply.receive(ctx, s.pharmacist, TRIAL, view.number, scans, scope=s.p1)
-    assert receipt == supply.Receipt(received=8, missing=())
+    receipt = shipments.receive(ctx, s.pharmacist, TRIAL, view.number, scans, scope=s.p1)
+    assert receipt == shipments.Receipt(received=8, missing=())
     p1 = site_id(ctx, "P1")
     for n in view.kits:
         k = kit(ctx, n)
@@ -615,11 +616,11 @@ def test_shipping_and_receiving_every_kit_typed_or_scanned(s: Supply) -> None:
         "missing": [],
         "held": [],
     }
-    (listed,) = supply.shipments(ctx, TRIAL, s.p1)
+    (listed,) = shipments.shipments(ctx, TRIAL, s.p1)
     assert (listed.status, listed.received_by, listed.received_at) == ("received", "Pharma P1", s.clock())
-    assert supply.shipments(ctx, TRIAL, s.p2) == []
+    assert shipments.shipments(ctx, TRIAL, s.p2) == []
     with pytest.raises(Conflict):
-        supply.receive(ctx, s.pharmacist, TRIAL, view.number, scans, scope=s.p1)
+        shipments.receive(ctx, s.pharmacist, TRIAL, view.number, scans, scope=s.p1)
 
 
 @pytest.mark.req("LBL-11")
@@ -627,16 +628,18 @@ def test_kits_not_scanned_at_receipt_need_a_reason_and_are_recorded_lost(s: Supp
     ctx = s.ctx
     s.generate(8)
     view = s.prepare("P2", 6)
-    supply.ship(ctx, s.manager, TRIAL, view.number)
+    shipments.ship(ctx, s.manager, TRIAL, view.number)
     present, missing = list(view.kits[:4]), sorted(view.kits[4:])
     with pytest.raises(ValidationFailed) as caught:
-        supply.receive(ctx, s.other_pharmacist, TRIAL, view.number, present, scope=s.p2, missing_reason="  ")
+        shipments.receive(
+            ctx, s.other_pharmacist, TRIAL, view.number, present, scope=s.p2, missing_reason="  "
+        )
     assert [e.field for e in caught.value.errors] == ["missing_reason"]
     assert {kit(ctx, n).status for n in view.kits} == {"in_transit"}
-    receipt = supply.receive(
+    receipt = shipments.receive(
         ctx, s.other_pharmacist, TRIAL, view.number, present, scope=s.p2, missing_reason="box crushed"
     )
-    assert receipt == supply.Receipt(received=4, missing=tuple(missing))
+    assert receipt == shipments.Receipt(received=4, missing=tuple(missing))
     p2 = site_id(ctx, "P2")
     for n in missing:
         assert (kit(ctx, n).status, kit(ctx, n).site_id) == ("lost", p2)
@@ -651,9 +654,9 @@ def test_a_kit_quarantined_in_transit_stays_quarantined_at_receipt(s: Supply) ->
     ctx = s.ctx
     s.generate(4)
     view = s.prepare("P1", 4)
-    supply.ship(ctx, s.manager, TRIAL, view.number)
+    shipments.ship(ctx, s.manager, TRIAL, view.number)
     hot = view.kits[0]
-    supply.change_status(
+    kit_status.change_status(
         ctx,
         s.manager,
         TRIAL,
@@ -664,7 +667,7 @@ def test_a_kit_quarantined_in_transit_stays_quarantined_at_receipt(s: Supply) ->
         depot=True,
         signature=SIGNED,
     )
-    supply.receive(ctx, s.pharmacist, TRIAL, view.number, list(view.kits), scope=s.p1)
+    shipments.receive(ctx, s.pharmacist, TRIAL, view.number, list(view.kits), scope=s.p1)
     assert kit(ctx, hot).status == "quarantined"
 
 
@@ -680,7 +683,7 @@ def test_quarantine_and_release_are_signed_and_every_change_is_an_event_and_an_a
         s.change(q, "quarantined")
     assert [e.field for e in unsigned.value.errors] == ["password"]
     with pytest.raises(SignatureRefused):
-        supply.change_status(
+        kit_status.change_status(
             ctx,
             s.pharmacist,
             TRIAL,
@@ -695,7 +698,7 @@ def test_quarantine_and_release_are_signed_and_every_change_is_an_event_and_an_a
     assert failed.object_id == q and failed.actor_username == "pharma-p1"
     assert kit(ctx, q).status == "available" and audit(ctx, "kit.status_changed") == []
 
-    supply.change_status(
+    kit_status.change_status(
         ctx,
         s.pharmacist,
         TRIAL,
@@ -771,7 +774,7 @@ def test_the_signature_of_a_quarantined_kit_destruction_states_its_real_meaning(
 def test_a_status_change_accepts_the_scanned_kit_label(s: Supply) -> None:
     s.generate(4)
     number = s.deliver("P1", 4)[0]
-    scanned = kitlib.build_payload(TRIAL, number, "K", supply.mac(s.ctx))
+    scanned = kitlib.build_payload(TRIAL, number, "K", kit_rules.mac(s.ctx))
     s.change(scanned, "damaged")
     assert kit(s.ctx, number).status == "damaged"
 
@@ -823,7 +826,7 @@ def test_status_changes_are_validated_and_reach_only_the_actors_kits(s: Supply) 
         s.change(here[0], "vanished")
     assert [e.field for e in unknown.value.errors] == ["status"]
     with pytest.raises(ValidationFailed) as no_reason:
-        supply.change_status(
+        kit_status.change_status(
             ctx, s.pharmacist, TRIAL, here[0], "damaged", reason=" ", scope=s.p1, depot=False
         )
     assert [e.field for e in no_reason.value.errors] == ["reason"]
@@ -834,10 +837,12 @@ def test_status_changes_are_validated_and_reach_only_the_actors_kits(s: Supply) 
         with pytest.raises(NotFound):
             s.change(number, "damaged")
     with pytest.raises(NotFound):  # the supply manager reaches the depot only
-        supply.change_status(
+        kit_status.change_status(
             ctx, s.manager, TRIAL, here[0], "damaged", reason="x", scope=NO_SCOPE, depot=True
         )
-    supply.change_status(ctx, s.manager, TRIAL, at_depot, "damaged", reason="x", scope=NO_SCOPE, depot=True)
+    kit_status.change_status(
+        ctx, s.manager, TRIAL, at_depot, "damaged", reason="x", scope=NO_SCOPE, depot=True
+    )
     s.change(there[0], "damaged", who=s.other_pharmacist)
     assert [kit(ctx, n).status for n in (here[0], there[0], at_depot)] == ["available", "damaged", "damaged"]
 
@@ -853,18 +858,20 @@ def test_a_batch_expiry_change_is_signed_reasoned_and_applies_to_every_kit_of_th
     s.deliver("P1", 4)
     new = date(2026, 9, 30)
     with pytest.raises(ValidationFailed) as no_reason:
-        supply.update_batch_expiry(ctx, s.manager, TRIAL, LOT, new, reason="", signature=SIGNED)
+        kit_status.update_batch_expiry(ctx, s.manager, TRIAL, LOT, new, reason="", signature=SIGNED)
     assert [e.field for e in no_reason.value.errors] == ["reason"]
     with pytest.raises(NotFound):
-        supply.update_batch_expiry(ctx, s.manager, TRIAL, "LOT-NONE", new, reason="re-test", signature=SIGNED)
+        kit_status.update_batch_expiry(
+            ctx, s.manager, TRIAL, "LOT-NONE", new, reason="re-test", signature=SIGNED
+        )
     with pytest.raises(SignatureRefused):
-        supply.update_batch_expiry(ctx, s.manager, TRIAL, LOT, new, reason="re-test", signature=WRONG)
+        kit_status.update_batch_expiry(ctx, s.manager, TRIAL, LOT, new, reason="re-test", signature=WRONG)
     (failed,) = audit(ctx, "signature.failed")
     assert failed.object_id == LOT
     assert {k.expiry_date for k in all_kits(ctx)} == {EXPIRY}
 
     assert (
-        supply.update_batch_expiry(
+        kit_status.update_batch_expiry(
             ctx, s.manager, TRIAL, LOT, new, reason="shelf life shortened", signature=SIGNED
         )
         == 8
@@ -872,7 +879,7 @@ def test_a_batch_expiry_change_is_signed_reasoned_and_applies_to_every_kit_of_th
     lot_of = lots(ctx)
     for k in all_kits(ctx):
         assert k.expiry_date == (new if lot_of[k.kit_number] == LOT else EXPIRY)
-    assert {b.lot_code: (b.expiry, b.kits) for b in supply.batches(ctx, TRIAL)} == {
+    assert {b.lot_code: (b.expiry, b.kits) for b in kit_status.batches(ctx, TRIAL)} == {
         LOT: (new, 8),
         "LOT-OTHER": (EXPIRY, 4),
     }
@@ -892,7 +899,7 @@ def test_a_batch_expiry_change_is_signed_reasoned_and_applies_to_every_kit_of_th
 def usable(s: Supply, site: str, today: date) -> dict[str, set[str]]:
     with s.ctx.db.unit_of_work() as session:
         trial = get_trial(session, TRIAL)
-        grouped = supply.usable_kits_by_arm(
+        grouped = supply_stock.usable_kits_by_arm(
             s.ctx, session, CLI_ACTOR, trial, current_definition(session, trial), site_id(s.ctx, site), today
         )
         return {arm: {k.kit_number for k in kits} for arm, kits in grouped.items()}
@@ -912,7 +919,7 @@ def test_usable_kits_exclude_expired_short_dated_quarantined_damaged_and_other_s
         ("LOT-SHORT", today + timedelta(days=2)),
         ("LOT-EDGE", today + timedelta(days=3)),
     ):
-        supply.update_batch_expiry(ctx, s.manager, TRIAL, lot, expiry, reason="re-test", signature=SIGNED)
+        kit_status.update_batch_expiry(ctx, s.manager, TRIAL, lot, expiry, reason="re-test", signature=SIGNED)
     lot_of = lots(ctx)
     good = sorted(n for n in at_p1 if lot_of[n] == "LOT-GOOD")
     quarantined, damaged, expired, lost = good[:4]
@@ -942,7 +949,7 @@ def test_usable_kits_exclude_expired_short_dated_quarantined_damaged_and_other_s
         "purpose": "choosing kits for an allocation",
         "kits": 12,
     }
-    (p1_row,) = supply.stock(ctx, TRIAL, s.p1, include_depot=False)
+    (p1_row,) = supply_stock.stock(ctx, TRIAL, s.p1, include_depot=False)
     assert p1_row.usable == 12
 
     # One day later the LOT-EDGE kits no longer cover a full treatment plus the margin.
@@ -957,7 +964,7 @@ def test_pick_chooses_uniformly_and_not_by_kit_number() -> None:
     stock = [Kit(kit_number=n) for n in numbers]  # sorted by number, as a naive picker would prefer
     rank = {id(k): i for i, k in enumerate(stock)}
     draws = 5000
-    counts = Counter(rank[id(supply.pick(stock, 1)[0])] for _ in range(draws))
+    counts = Counter(rank[id(supply_stock.pick(stock, 1)[0])] for _ in range(draws))
     assert stats.chisquare([counts[i] for i in range(10)]).pvalue > 1e-4
     # Issue order within a stock: take kits one at a time until none is left; the order in which
     # they leave is unrelated to their numbers (mean Spearman rho over 600 stocks ~ N(0, 0.0136)).
@@ -966,15 +973,15 @@ def test_pick_chooses_uniformly_and_not_by_kit_number() -> None:
         remaining = list(stock)
         order = []
         while remaining:
-            (taken,) = supply.pick(remaining, 1)
+            (taken,) = supply_stock.pick(remaining, 1)
             remaining.remove(taken)
             order.append(rank[id(taken)])
         rhos.append(stats.spearmanr(range(10), order).statistic)
     assert abs(sum(rhos) / len(rhos)) < 0.07
-    two = supply.pick(stock, 2)
+    two = supply_stock.pick(stock, 2)
     assert len({id(k) for k in two}) == 2
     with pytest.raises(ValueError):
-        supply.pick(stock, 11)
+        supply_stock.pick(stock, 11)
 
 
 # --- 6. labels (LBL-01..LBL-04, LBL-12, BLD-02) ----------------------------------------------
@@ -998,7 +1005,7 @@ def test_labels_of_an_active_and_a_placebo_kit_differ_only_in_kit_values(s: Supp
     b_kit = next(n for n in delivered if arms[n] == "B")
     printed = {}
     for number in (a_kit, b_kit):
-        printed[number] = supply.print_kit_labels(
+        printed[number] = labels.print_kit_labels(
             ctx, s.pharmacist, TRIAL, [kitlib.format_kit_number(number)], kind=kind, scope=s.p1, depot=False
         )
     (id_a, pdf_a), (id_b, pdf_b) = printed[a_kit], printed[b_kit]
@@ -1020,7 +1027,7 @@ def test_labels_of_an_active_and_a_placebo_kit_differ_only_in_kit_values(s: Supp
         assert LOT in whole
         codes = decode_qr_codes(pdf, 0)
         assert len(codes) == 1
-        payload = kitlib.verify_payload(codes[0].text, TRIAL, supply.mac(ctx))
+        payload = kitlib.verify_payload(codes[0].text, TRIAL, kit_rules.mac(ctx))
         assert (payload.kit_number, payload.unit) == (number, "K")
         assert re.fullmatch(kitlib.PAYLOAD_PATTERN, codes[0].text)
     assert len(decode_qr_codes(pdf_a, 0)[0].text) == len(decode_qr_codes(pdf_b, 0)[0].text)
@@ -1031,16 +1038,16 @@ def test_a_second_print_of_a_kit_is_a_counted_duplicate(s: Supply) -> None:
     ctx = s.ctx
     s.generate(4)
     first, second, *_ = s.deliver("P1", 4)
-    _, original = supply.print_kit_labels(
+    _, original = labels.print_kit_labels(
         ctx, s.pharmacist, TRIAL, [first], kind="outer", scope=s.p1, depot=False
     )
     assert "DUPLICATA" not in all_text(original)
-    document_id, again = supply.print_kit_labels(
+    document_id, again = labels.print_kit_labels(
         ctx, s.pharmacist, TRIAL, [first], kind="outer", scope=s.p1, depot=False
     )
     assert "DUPLICATA" in all_text(again)
     # Another kind of label for the same kit is a first print of that kind.
-    _, immediate = supply.print_kit_labels(
+    _, immediate = labels.print_kit_labels(
         ctx, s.pharmacist, TRIAL, [first], kind="immediate", scope=s.p1, depot=False
     )
     assert "DUPLICATA" not in all_text(immediate)
@@ -1061,17 +1068,17 @@ def test_a_second_print_of_a_kit_is_a_counted_duplicate(s: Supply) -> None:
     printed_entries = audit(ctx, "document.printed")
     assert [json.loads(e.new_values or "{}")["reprint"] for e in printed_entries] == [0, 1, 0]
     assert printed_entries[1].object_id == document_id
-    (row,) = supply.reconciliation(ctx, TRIAL, s.p1, include_depot=False).rows
+    (row,) = reconciliation.reconciliation(ctx, TRIAL, s.p1, include_depot=False).rows
     assert (row.labels_printed, row.labels_reprinted) == (2, 1)
 
     with pytest.raises(NotFound):  # another site's pharmacist
-        supply.print_kit_labels(
+        labels.print_kit_labels(
             ctx, s.other_pharmacist, TRIAL, [second], kind="outer", scope=s.p2, depot=False
         )
     with pytest.raises(ValidationFailed):
-        supply.print_kit_labels(ctx, s.pharmacist, TRIAL, [second], kind="sticker", scope=s.p1, depot=False)
+        labels.print_kit_labels(ctx, s.pharmacist, TRIAL, [second], kind="sticker", scope=s.p1, depot=False)
     with pytest.raises(ValidationFailed):
-        supply.print_kit_labels(
+        labels.print_kit_labels(
             ctx, s.pharmacist, TRIAL, [wrong_check_digit(second)], kind="outer", scope=s.p1, depot=False
         )
 
@@ -1081,12 +1088,12 @@ def test_a_kit_printed_for_the_first_time_with_a_reprint_is_not_counted_as_repri
     ctx = s.ctx
     s.generate(4)
     old, new, *_ = s.deliver("P1", 4)
-    supply.print_kit_labels(ctx, s.pharmacist, TRIAL, [old], kind="outer", scope=s.p1, depot=False)
+    labels.print_kit_labels(ctx, s.pharmacist, TRIAL, [old], kind="outer", scope=s.p1, depot=False)
     try:
-        supply.print_kit_labels(ctx, s.pharmacist, TRIAL, [old, new], kind="outer", scope=s.p1, depot=False)
+        labels.print_kit_labels(ctx, s.pharmacist, TRIAL, [old, new], kind="outer", scope=s.p1, depot=False)
     except ValidationFailed:
         return  # refusing to mix originals and duplicates in one document is an acceptable fix
-    (row,) = supply.reconciliation(ctx, TRIAL, s.p1, include_depot=False).rows
+    (row,) = reconciliation.reconciliation(ctx, TRIAL, s.p1, include_depot=False).rows
     assert (row.labels_printed, row.labels_reprinted) == (2, 1)
 
 
@@ -1096,7 +1103,7 @@ def test_the_reprint_number_counts_the_reprints_of_that_kit(s: Supply) -> None:
     s.generate(4)
     first, second, *_ = s.deliver("P1", 4)
     for number in (first, first, first, second, second):
-        supply.print_kit_labels(ctx, s.pharmacist, TRIAL, [number], kind="outer", scope=s.p1, depot=False)
+        labels.print_kit_labels(ctx, s.pharmacist, TRIAL, [number], kind="outer", scope=s.p1, depot=False)
     with ctx.db.reading() as session:
         numbers = list(
             session.execute(
@@ -1111,7 +1118,7 @@ def test_the_reprint_number_counts_the_reprints_of_that_kit(s: Supply) -> None:
 # --- 7. reconciliation (LBL-11, REP-09) ------------------------------------------------------
 
 
-def current(report: supply.Reconciliation) -> dict[tuple[str, str], dict[str, int]]:
+def current(report: reconciliation.Reconciliation) -> dict[tuple[str, str], dict[str, int]]:
     return {(r.site, r.batch): r.current for r in report.rows}
 
 
@@ -1121,9 +1128,9 @@ def test_reconciliation_balances_with_the_simulated_truth_and_shows_a_tampered_k
     s.generate(40)
     s.generate(8, lot="LOT-0002")
     view = s.prepare("P1", 8)
-    supply.ship(ctx, s.manager, TRIAL, view.number)
+    shipments.ship(ctx, s.manager, TRIAL, view.number)
     lost = view.kits[-1]
-    supply.receive(
+    shipments.receive(
         ctx,
         s.pharmacist,
         TRIAL,
@@ -1136,7 +1143,7 @@ def test_reconciliation_balances_with_the_simulated_truth_and_shows_a_tampered_k
     s.change(q, "quarantined", signed=True)
     s.change(destroyed, "destroyed")
     in_transit = s.prepare("P2", 4)
-    supply.ship(ctx, s.manager, TRIAL, in_transit.number)
+    shipments.ship(ctx, s.manager, TRIAL, in_transit.number)
 
     lot_of = lots(ctx)
     truth: dict[tuple[str, str], Counter[str]] = {}
@@ -1150,7 +1157,7 @@ def test_reconciliation_balances_with_the_simulated_truth_and_shows_a_tampered_k
             status, place = "at_depot", "depot"
         truth.setdefault((place, lot), Counter())[status] += 1
 
-    report = supply.reconciliation(ctx, TRIAL, ALL, include_depot=True)
+    report = reconciliation.reconciliation(ctx, TRIAL, ALL, include_depot=True)
     assert report.balanced and report.discrepancies == ()
     assert current(report) == {key: dict(c) for key, c in truth.items()}
     assert [r.site for r in report.rows][-1] == "depot"
@@ -1161,13 +1168,13 @@ def test_reconciliation_balances_with_the_simulated_truth_and_shows_a_tampered_k
             assert r.ever["in_transit"] == shipped
             assert r.ever.get("available", 0) == shipped - (lot_of[lost] == r.batch)
             assert r.ever.get("quarantined", 0) == (lot_of[q] == r.batch)
-    pharmacist_view = supply.reconciliation(ctx, TRIAL, s.p1, include_depot=False)
+    pharmacist_view = reconciliation.reconciliation(ctx, TRIAL, s.p1, include_depot=False)
     assert {r.site for r in pharmacist_view.rows} == {"P1"}
-    assert supply.reconciliation(ctx, TRIAL, s.p2, include_depot=False).rows == ()
+    assert reconciliation.reconciliation(ctx, TRIAL, s.p2, include_depot=False).rows == ()
 
     with ctx.db.unit_of_work() as session:
         session.execute(text("UPDATE kit SET status = 'available' WHERE kit_number = :n"), {"n": lost})
-    tampered = supply.reconciliation(ctx, TRIAL, ALL, include_depot=True)
+    tampered = reconciliation.reconciliation(ctx, TRIAL, ALL, include_depot=True)
     assert not tampered.balanced
     (problem,) = tampered.discrepancies
     assert kitlib.format_kit_number(lost) in problem and "lost" in problem and "available" in problem
@@ -1181,7 +1188,7 @@ def test_reconciliation_balances_with_the_simulated_truth_and_shows_a_tampered_k
         )
 
     def shipment_problems(scope: Scope, include_depot: bool) -> list[str]:
-        found = supply.reconciliation(ctx, TRIAL, scope, include_depot=include_depot).discrepancies
+        found = reconciliation.reconciliation(ctx, TRIAL, scope, include_depot=include_depot).discrepancies
         return [p for p in found if p.startswith("shipment ")]
 
     received_problem = f"shipment {view.number} was received but 1 of its kits are still in transit"
@@ -1197,11 +1204,11 @@ def test_reconciliation_balances_with_the_simulated_truth_and_shows_a_tampered_k
             text("UPDATE kit SET status = 'available' WHERE kit_number = :n"), {"n": view.kits[2]}
         )
 
-    exported = supply.reconciliation_csv(tampered)
+    exported = reconciliation.reconciliation_csv(tampered)
     rows = list(csv.reader(io.StringIO(exported)))
     header = rows[0]
     assert header[:3] == ["site", "batch", "total"] and header[-2:] == ["labels_printed", "labels_reprinted"]
-    assert {f"now_{st}" for st in supply.STATUSES} <= set(header)
+    assert {f"now_{st}" for st in kit_rules.STATUSES} <= set(header)
     assert len(rows) == 1 + len(tampered.rows) + 1
     assert rows[-1][0] == "DISCREPANCY" and kitlib.format_kit_number(lost) in rows[-1][1]
     p1_rows = [dict(zip(header, r, strict=True)) for r in rows[1:-1] if r[0] == "P1"]
@@ -1218,22 +1225,22 @@ def test_blinded_stock_and_shipment_views_have_no_arm_and_follow_the_scope(s: Su
     s.generate(24)
     s.deliver("P1", 8)
     s.deliver("P2", 4)
-    for cls in (supply.StockRow, supply.ShipmentView, supply.ReconciliationRow):
+    for cls in (supply_stock.StockRow, shipments.ShipmentView, reconciliation.ReconciliationRow):
         assert not [f.name for f in dataclasses.fields(cls) if "arm" in f.name.lower()]
-    rows = supply.stock(ctx, TRIAL, ALL, include_depot=True)
+    rows = supply_stock.stock(ctx, TRIAL, ALL, include_depot=True)
     assert [(r.site, r.by_status, r.usable, r.total) for r in rows] == [
         ("P1", {"available": 8}, 8, 8),
         ("P2", {"available": 4}, 4, 4),
         ("depot", {"at_depot": 12}, 12, 12),
     ]
-    assert [r.site for r in supply.stock(ctx, TRIAL, s.p1, include_depot=False)] == ["P1"]
-    assert [r.site for r in supply.stock(ctx, TRIAL, s.p2, include_depot=False)] == ["P2"]
-    assert [v.site for v in supply.shipments(ctx, TRIAL, ALL)] == ["P2", "P1"]
-    assert [v.site for v in supply.shipments(ctx, TRIAL, s.p1)] == ["P1"]
+    assert [r.site for r in supply_stock.stock(ctx, TRIAL, s.p1, include_depot=False)] == ["P1"]
+    assert [r.site for r in supply_stock.stock(ctx, TRIAL, s.p2, include_depot=False)] == ["P2"]
+    assert [v.site for v in shipments.shipments(ctx, TRIAL, ALL)] == ["P2", "P1"]
+    assert [v.site for v in shipments.shipments(ctx, TRIAL, s.p1)] == ["P1"]
     for value in (
         rows,
-        supply.shipments(ctx, TRIAL, ALL),
-        supply.reconciliation(ctx, TRIAL, ALL, include_depot=True),
+        shipments.shipments(ctx, TRIAL, ALL),
+        reconciliation.reconciliation(ctx, TRIAL, ALL, include_depot=True),
     ):
         assert not ARM_WORDS.search(repr(value))
 
@@ -1245,11 +1252,11 @@ def test_a_kit_must_last_until_the_calendar_day_of_the_last_dose_plus_the_margin
 ) -> None:
     """Randomized at 23:30, a dose 60 hours later falls three calendar days later, not two: the
     hours past the last whole day round up."""
-    from allocator.services.kits import _needed_until
+    from allocator.services.supply.kit_rules import needed_until
     from allocator.trialdef import parse_definition
     from tests.support import IFN_TRIAL
 
     text = IFN_TRIAL.read_text(encoding="utf-8").replace("offset_hours = 48", f"offset_hours = {last_offset}")
     definition = parse_definition(text)
     margin = definition.dispensing.expiry_margin_days
-    assert _needed_until(definition, date(2026, 3, 2)) == date(2026, 3, 2) + timedelta(days=days + margin)
+    assert needed_until(definition, date(2026, 3, 2)) == date(2026, 3, 2) + timedelta(days=days + margin)

@@ -32,9 +32,12 @@ from allocator.models import (
 )
 from allocator.randomization import BlockDesign, canonical_line, generate_list, generate_stratum
 from allocator.randomization.blocks import ListRow
-from allocator.services import arm_access, auth, lists, signatures, trials
+from allocator.services import arm_access, auth, signatures, trials
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, NotFound, ValidationFailed
+from allocator.services.lists import approval as lists_approval
+from allocator.services.lists import export, extension, generation, integrity, quality, storage
+from allocator.services.lists import overview as lists_overview
 from allocator.services.signatures import SignatureRefused, SignatureRequest
 from allocator.settings import Environment, Settings
 from tests.conftest import FreshDatabase
@@ -88,14 +91,14 @@ def stat(ctx: ServiceContext, clock: Clock) -> Statistician:
     return statistician(ctx, clock)
 
 
-def generate(ctx: ServiceContext, stat: Statistician) -> lists.Generated:
-    return lists.generate_lists(ctx, stat.actor, TRIAL, "test")
+def generate(ctx: ServiceContext, stat: Statistician) -> generation.Generated:
+    return generation.generate_lists(ctx, stat.actor, TRIAL, "test")
 
 
-def activated(ctx: ServiceContext, stat: Statistician) -> lists.Generated:
+def activated(ctx: ServiceContext, stat: Statistician) -> generation.Generated:
     generated = generate(ctx, stat)
-    lists.approve_list(ctx, stat.actor, TRIAL, generated.list_id, stat.sign())
-    lists.activate_list(ctx, stat.actor, TRIAL, generated.list_id, stat.sign())
+    lists_approval.approve_list(ctx, stat.actor, TRIAL, generated.list_id, stat.sign())
+    lists_approval.activate_list(ctx, stat.actor, TRIAL, generated.list_id, stat.sign())
     return generated
 
 
@@ -240,7 +243,7 @@ def tamper(ctx: ServiceContext, stat: Statistician, list_id: int, kind: str) -> 
         )
         unguarded(ctx, "UPDATE slot SET sealed = :b WHERE id = :i", b=forged, i=slot_id)
         with ctx.db.unit_of_work() as session:
-            digest = lists.stratum_storage_digest(session, stratum.id)
+            digest = storage.stratum_storage_digest(session, stratum.id)
             session.execute(update(Stratum).where(Stratum.id == stratum.id).values(storage_sha256=digest))
     else:  # pragma: no cover
         raise AssertionError(kind)
@@ -248,7 +251,7 @@ def tamper(ctx: ServiceContext, stat: Statistician, list_id: int, kind: str) -> 
 
 def blocked(ctx: ServiceContext, list_id: int) -> bool:
     with ctx.db.reading() as s:
-        return lists.list_blocked(s, list_id)
+        return integrity.list_blocked(s, list_id)
 
 
 # --- generation ---------------------------------------------------------------------------------
@@ -326,7 +329,7 @@ def test_the_seed_is_stored_sealed_and_named_by_a_digest(ctx: ServiceContext, st
     assert len(seed) == 32
     assert seed not in row.seed_sealed and seed.hex().encode() not in row.seed_sealed
     assert re.fullmatch(r"[0-9a-f]{32}", row.seed_id)
-    assert row.seed_id == lists.seed_id(seed)
+    assert row.seed_id == storage.seed_id(seed)
     assert row.seed_id not in seed.hex() and seed.hex()[:16] not in row.seed_id
     assert seed.hex() not in row.parameters_json
     # No audit entry holds the seed in clear.
@@ -372,10 +375,10 @@ def test_the_generation_entry_keeps_the_design_sealed(ctx: ServiceContext, stat:
 
 @pytest.mark.req("RND-13")
 def test_a_test_instance_generates_test_lists_only(ctx: ServiceContext, stat: Statistician) -> None:
-    with pytest.raises(lists.ListEnvironmentMismatch, match="RND-13"):
-        lists.generate_lists(ctx, stat.actor, TRIAL, "production")
+    with pytest.raises(storage.ListEnvironmentMismatch, match="RND-13"):
+        generation.generate_lists(ctx, stat.actor, TRIAL, "production")
     with pytest.raises(ValidationFailed):
-        lists.generate_lists(ctx, stat.actor, TRIAL, "uat")
+        generation.generate_lists(ctx, stat.actor, TRIAL, "uat")
     with ctx.db.reading() as s:
         assert s.execute(select(func.count()).select_from(RandomizationList)).scalar_one() == 0
     assert events(ctx, "list.generated") == []
@@ -386,26 +389,26 @@ def test_a_production_instance_neither_generates_nor_activates_test_lists(
     ctx: ServiceContext, stat: Statistician
 ) -> None:
     generated = generate(ctx, stat)
-    lists.approve_list(ctx, stat.actor, TRIAL, generated.list_id, stat.sign())
+    lists_approval.approve_list(ctx, stat.actor, TRIAL, generated.list_id, stat.sign())
     production = replace(ctx, settings=replace(ctx.settings, env=Environment.PRODUCTION))
-    assert lists.foreign_lists(production) == [LABEL]
-    assert lists.foreign_lists(ctx) == []
-    with pytest.raises(lists.ListEnvironmentMismatch):
-        lists.generate_lists(production, stat.actor, TRIAL, "test")
-    with pytest.raises(lists.ListEnvironmentMismatch):
-        lists.activate_list(production, stat.actor, TRIAL, generated.list_id, stat.sign())
+    assert lists_overview.foreign_lists(production) == [LABEL]
+    assert lists_overview.foreign_lists(ctx) == []
+    with pytest.raises(storage.ListEnvironmentMismatch):
+        generation.generate_lists(production, stat.actor, TRIAL, "test")
+    with pytest.raises(storage.ListEnvironmentMismatch):
+        lists_approval.activate_list(production, stat.actor, TRIAL, generated.list_id, stat.sign())
     assert list_row(ctx, generated.list_id).status == "draft"
     # The IFN definition still has items to confirm: no PRODUCTION list from it, even in production.
     with pytest.raises(Conflict, match="confirmed definition"):
-        lists.generate_lists(production, stat.actor, TRIAL, "production")
+        generation.generate_lists(production, stat.actor, TRIAL, "production")
 
 
 def test_one_list_per_mode_until_it_is_retired(ctx: ServiceContext, stat: Statistician) -> None:
     generated = generate(ctx, stat)
     with pytest.raises(Conflict, match="already has a TEST list"):
         generate(ctx, stat)
-    lists.approve_list(ctx, stat.actor, TRIAL, generated.list_id, stat.sign())
-    lists.activate_list(ctx, stat.actor, TRIAL, generated.list_id, stat.sign())
+    lists_approval.approve_list(ctx, stat.actor, TRIAL, generated.list_id, stat.sign())
+    lists_approval.activate_list(ctx, stat.actor, TRIAL, generated.list_id, stat.sign())
     with pytest.raises(Conflict, match="already has a TEST list"):
         generate(ctx, stat)
     with ctx.db.reading() as s:
@@ -422,21 +425,21 @@ def test_a_list_is_reached_only_through_its_own_trial(ctx: ServiceContext, stat:
         IFN_TRIAL.read_text(encoding="utf-8").replace('code = "IFNG-PAIS"', 'code = "OTHER"'),
         source_name="other.toml",
     )
-    other = lists.generate_lists(ctx, stat.actor, "OTHER", "test")
+    other = generation.generate_lists(ctx, stat.actor, "OTHER", "test")
     generate(ctx, stat)
     reads = len(events(ctx, "arm.read"))
     with pytest.raises(NotFound):
-        lists.review_counts(ctx, stat.actor, TRIAL, other.list_id)
+        lists_overview.review_counts(ctx, stat.actor, TRIAL, other.list_id)
     with pytest.raises(NotFound):
-        lists.approve_list(ctx, stat.actor, TRIAL, other.list_id, stat.sign())
+        lists_approval.approve_list(ctx, stat.actor, TRIAL, other.list_id, stat.sign())
     with pytest.raises(NotFound):
-        lists.activate_list(ctx, stat.actor, TRIAL, other.list_id, stat.sign())
+        lists_approval.activate_list(ctx, stat.actor, TRIAL, other.list_id, stat.sign())
     with pytest.raises(NotFound):
-        lists.export_list(
+        export.export_list(
             ctx, stat.actor, TRIAL, other.list_id, passphrase=PASSPHRASE, reason="x", request=stat.sign()
         )
     with pytest.raises(NotFound):
-        lists.extend_list(
+        extension.extend_list(
             ctx,
             stat.actor,
             TRIAL,
@@ -448,8 +451,8 @@ def test_a_list_is_reached_only_through_its_own_trial(ctx: ServiceContext, stat:
         )
     assert len(events(ctx, "arm.read")) == reads
     assert list_row(ctx, other.list_id).approved_signature_id is None
-    assert [r.label for r in lists.check_integrity(ctx, stat.actor, TRIAL)] == [LABEL]
-    assert {r.label for r in lists.check_integrity(ctx, stat.actor)} == {LABEL, "OTHER/TEST/1"}
+    assert [r.label for r in integrity.check_integrity(ctx, stat.actor, TRIAL)] == [LABEL]
+    assert {r.label for r in integrity.check_integrity(ctx, stat.actor)} == {LABEL, "OTHER/TEST/1"}
 
 
 # --- reproducibility ----------------------------------------------------------------------------
@@ -481,8 +484,8 @@ def test_the_stored_list_is_its_regeneration_from_the_seed(ctx: ServiceContext, 
     ).encode()
     assert hashlib.sha256(serialization).hexdigest() == generated.content_sha256
 
-    results = lists.verify_lists(ctx, stat.actor, TRIAL)
-    assert results == [lists.VerifyResult(LABEL, True, generated.slots, ())]
+    results = integrity.verify_lists(ctx, stat.actor, TRIAL)
+    assert results == [integrity.VerifyResult(LABEL, True, generated.slots, ())]
     # verify_lists opened the seed and every slot: two more audited reads, and its own entry.
     assert len(events(ctx, "arm.read")) == reads + 4
     [verified] = events(ctx, "list.verified")
@@ -495,7 +498,7 @@ def test_the_qc_review_counts_arms_per_stratum_and_is_audited(
 ) -> None:
     generated = generate(ctx, stat)
     before = len(events(ctx, "arm.read"))
-    counts = lists.review_counts(ctx, stat.actor, TRIAL, generated.list_id)
+    counts = lists_overview.review_counts(ctx, stat.actor, TRIAL, generated.list_id)
     strata = strata_rows(ctx, generated.list_id)
     assert set(counts) == set(KEYS)
     for key, by_arm in counts.items():
@@ -515,24 +518,24 @@ def test_activation_needs_a_signed_approval_and_both_signatures_link_to_the_list
     generated = generate(ctx, stat)
     list_id = generated.list_id
     with pytest.raises(Conflict, match="no signed QC approval"):
-        lists.activate_list(ctx, stat.actor, TRIAL, list_id, stat.sign())
+        lists_approval.activate_list(ctx, stat.actor, TRIAL, list_id, stat.sign())
 
     with pytest.raises(SignatureRefused):
-        lists.approve_list(ctx, stat.actor, TRIAL, list_id, stat.sign("not my password at all"))
+        lists_approval.approve_list(ctx, stat.actor, TRIAL, list_id, stat.sign("not my password at all"))
     with pytest.raises(SignatureRefused):  # the second factor is part of the signature once enrolled
-        lists.approve_list(ctx, stat.actor, TRIAL, list_id, stat.sign(totp=False))
+        lists_approval.approve_list(ctx, stat.actor, TRIAL, list_id, stat.sign(totp=False))
     failed = events(ctx, "signature.failed")
     assert len(failed) == 2
     assert all(json.loads(f.new_values or "{}") == {"meaning": "randomization list approval"} for f in failed)
     assert list_row(ctx, list_id).approved_signature_id is None
 
-    lists.approve_list(ctx, stat.actor, TRIAL, list_id, stat.sign())
+    lists_approval.approve_list(ctx, stat.actor, TRIAL, list_id, stat.sign())
     with pytest.raises(Conflict, match="already approved"):
-        lists.approve_list(ctx, stat.actor, TRIAL, list_id, stat.sign())
+        lists_approval.approve_list(ctx, stat.actor, TRIAL, list_id, stat.sign())
     assert list_row(ctx, list_id).status == "draft"
 
     with pytest.raises(SignatureRefused):
-        lists.activate_list(ctx, stat.actor, TRIAL, list_id, stat.sign("wrong again, sorry"))
+        lists_approval.activate_list(ctx, stat.actor, TRIAL, list_id, stat.sign("wrong again, sorry"))
     assert [json.loads(f.new_values or "{}")["meaning"] for f in events(ctx, "signature.failed")][-1] == (
         "randomization list activation"
     )
@@ -540,7 +543,7 @@ def test_activation_needs_a_signed_approval_and_both_signatures_link_to_the_list
         assert s.execute(select(Trial.status).where(Trial.code == TRIAL)).scalar_one() == "setup"
     assert list_row(ctx, list_id).status == "draft"
 
-    lists.activate_list(ctx, stat.actor, TRIAL, list_id, stat.sign())
+    lists_approval.activate_list(ctx, stat.actor, TRIAL, list_id, stat.sign())
     row = list_row(ctx, list_id)
     assert row.status == "active" and row.activated_at is not None
     with ctx.db.reading() as s:
@@ -571,10 +574,10 @@ def test_activation_needs_a_signed_approval_and_both_signatures_link_to_the_list
     assert [e.object_id for e in events(ctx, "trial.status_changed")] == [TRIAL]
     assert len(events(ctx, "list.approved")) == 1 and len(events(ctx, "list.activated")) == 1
     with pytest.raises(Conflict):
-        lists.activate_list(ctx, stat.actor, TRIAL, list_id, stat.sign())
+        lists_approval.activate_list(ctx, stat.actor, TRIAL, list_id, stat.sign())
 
     # The record shown to the statistician carries every RND-02 field and both manifestations.
-    [overview] = lists.lists(ctx, TRIAL)
+    [overview] = lists_overview.lists(ctx, TRIAL)
     assert overview.algorithm == "allocator.stratified-permuted-blocks" and overview.algorithm_version == "1"
     assert overview.generated_by == NAME and overview.generated_at is not None
     assert overview.content_sha256 == generated.content_sha256 and overview.seed_id == row.seed_id
@@ -597,12 +600,12 @@ def test_a_changed_slot_fails_the_integrity_check_and_blocks_the_list(
 ) -> None:
     generated = generate(ctx, stat)
     list_id = generated.list_id
-    [fresh] = lists.check_integrity(ctx, stat.actor, TRIAL)
-    assert fresh == lists.IntegrityResult(LABEL, True, ())
+    [fresh] = integrity.check_integrity(ctx, stat.actor, TRIAL)
+    assert fresh == integrity.IntegrityResult(LABEL, True, ())
     assert not blocked(ctx, list_id)
 
     tamper(ctx, stat, list_id, kind)
-    [result] = lists.check_integrity(ctx, stat.actor, TRIAL)
+    [result] = integrity.check_integrity(ctx, stat.actor, TRIAL)
     assert result.label == LABEL and not result.ok
     if kind == "forge":  # the stratum digest was rewritten too: the list digest still tells
         assert any("differ from the recorded list digest" in p for p in result.problems)
@@ -625,9 +628,9 @@ def test_a_changed_slot_fails_the_integrity_check_and_blocks_the_list(
     }
     assert alert.sealed_values is not None
     assert blocked(ctx, list_id)
-    assert lists.lists(ctx, TRIAL)[0].blocked
-    with pytest.raises(lists.ListIntegrityFailure):  # fails closed (ACC-15)
-        lists.approve_list(ctx, stat.actor, TRIAL, list_id, stat.sign())
+    assert lists_overview.lists(ctx, TRIAL)[0].blocked
+    with pytest.raises(storage.ListIntegrityFailure):  # fails closed (ACC-15)
+        lists_approval.approve_list(ctx, stat.actor, TRIAL, list_id, stat.sign())
     assert list_row(ctx, list_id).approved_signature_id is None
 
 
@@ -640,26 +643,26 @@ def test_rewriting_slots_and_every_digest_is_caught_by_the_approval_signature(
     again, but the statistician's approval signature was computed over the old list digest."""
     generated = generate(ctx, stat)
     list_id = generated.list_id
-    lists.approve_list(ctx, stat.actor, TRIAL, list_id, stat.sign())
+    lists_approval.approve_list(ctx, stat.actor, TRIAL, list_id, stat.sign())
     tamper(ctx, stat, list_id, "forge")
     with ctx.db.unit_of_work() as session:
         for ddl in dbguards.unguard(ctx.db.dialect, "list_version", updates=False):
             session.execute(text(ddl))
         digests = [
-            (stratum.key, lists.stratum_storage_digest(session, stratum.id))
+            (stratum.key, storage.stratum_storage_digest(session, stratum.id))
             for stratum in session.execute(select(Stratum).where(Stratum.list_id == list_id)).scalars()
         ]
         session.execute(
             update(ListVersion)
             .where(ListVersion.list_id == list_id)
-            .values(storage_sha256=lists._list_storage_digest(digests))
+            .values(storage_sha256=storage.list_storage_digest(digests))
         )
-    [result] = lists.check_integrity(ctx, stat.actor, TRIAL)
+    [result] = integrity.check_integrity(ctx, stat.actor, TRIAL)
     assert not result.ok
     assert result.problems == (f"{LABEL}: the approval signature no longer matches version 1",)
     assert blocked(ctx, list_id)
-    with pytest.raises(lists.ListIntegrityFailure, match="approval signature"):
-        lists.activate_list(ctx, stat.actor, TRIAL, list_id, stat.sign())
+    with pytest.raises(storage.ListIntegrityFailure, match="approval signature"):
+        lists_approval.activate_list(ctx, stat.actor, TRIAL, list_id, stat.sign())
 
 
 @pytest.mark.req("RND-03", "RND-10")
@@ -669,7 +672,7 @@ def test_verification_by_regeneration_reports_a_changed_list(
 ) -> None:
     generated = generate(ctx, stat)
     tamper(ctx, stat, generated.list_id, kind)
-    [result] = lists.verify_lists(ctx, stat.actor, TRIAL)
+    [result] = integrity.verify_lists(ctx, stat.actor, TRIAL)
     assert not result.ok and result.label == LABEL
     assert any(f"stratum {VICTIM}" in p for p in result.problems), result.problems
     [verified] = events(ctx, "list.verified")
@@ -682,7 +685,7 @@ def test_verification_reports_a_slot_whose_ciphertext_was_altered(
 ) -> None:
     generated = generate(ctx, stat)
     tamper(ctx, stat, generated.list_id, "alter")
-    [result] = lists.verify_lists(ctx, stat.actor, TRIAL)
+    [result] = integrity.verify_lists(ctx, stat.actor, TRIAL)
     assert not result.ok
     assert any(VICTIM in p for p in result.problems)
 
@@ -693,19 +696,19 @@ def test_a_tampered_approved_list_cannot_be_activated_until_a_check_passes_again
 ) -> None:
     generated = generate(ctx, stat)
     list_id = generated.list_id
-    lists.approve_list(ctx, stat.actor, TRIAL, list_id, stat.sign())
+    lists_approval.approve_list(ctx, stat.actor, TRIAL, list_id, stat.sign())
     slot_id, original = victim_slot(ctx, list_id)
     tamper(ctx, stat, list_id, "alter")
-    with pytest.raises(lists.ListIntegrityFailure, match=re.escape(VICTIM)):
-        lists.activate_list(ctx, stat.actor, TRIAL, list_id, stat.sign())
+    with pytest.raises(storage.ListIntegrityFailure, match=re.escape(VICTIM)):
+        lists_approval.activate_list(ctx, stat.actor, TRIAL, list_id, stat.sign())
     assert list_row(ctx, list_id).status == "draft"
-    assert not lists.check_integrity(ctx, stat.actor, TRIAL)[0].ok
+    assert not integrity.check_integrity(ctx, stat.actor, TRIAL)[0].ok
     assert blocked(ctx, list_id)
     # Put the original bytes back: the next check passes and lifts the block.
     unguarded(ctx, "UPDATE slot SET sealed = :b WHERE id = :i", b=original, i=slot_id)
-    assert lists.check_integrity(ctx, stat.actor, TRIAL)[0].ok
+    assert integrity.check_integrity(ctx, stat.actor, TRIAL)[0].ok
     assert not blocked(ctx, list_id)
-    lists.activate_list(ctx, stat.actor, TRIAL, list_id, stat.sign())
+    lists_approval.activate_list(ctx, stat.actor, TRIAL, list_id, stat.sign())
     assert list_row(ctx, list_id).status == "active"
 
 
@@ -713,8 +716,8 @@ def test_a_tampered_approved_list_cannot_be_activated_until_a_check_passes_again
 def test_a_tampered_active_list_is_not_extended(ctx: ServiceContext, stat: Statistician) -> None:
     generated = activated(ctx, stat)
     tamper(ctx, stat, generated.list_id, "delete")
-    with pytest.raises(lists.ListIntegrityFailure):
-        lists.extend_list(
+    with pytest.raises(storage.ListIntegrityFailure):
+        extension.extend_list(
             ctx,
             stat.actor,
             TRIAL,
@@ -744,24 +747,24 @@ def test_extension_appends_whole_blocks_as_a_signed_version(ctx: ServiceContext,
     generated = generate(ctx, stat)
     list_id = generated.list_id
     with pytest.raises(Conflict, match="only an active"):
-        lists.extend_list(
+        extension.extend_list(
             ctx, stat.actor, TRIAL, list_id, additional=10, strata=None, reason="more", request=stat.sign()
         )
-    lists.approve_list(ctx, stat.actor, TRIAL, list_id, stat.sign())
-    lists.activate_list(ctx, stat.actor, TRIAL, list_id, stat.sign())
+    lists_approval.approve_list(ctx, stat.actor, TRIAL, list_id, stat.sign())
+    lists_approval.activate_list(ctx, stat.actor, TRIAL, list_id, stat.sign())
     before_rows = slot_rows(ctx, list_id)
     before = {k: s.capacity for k, s in strata_rows(ctx, list_id).items()}
 
     with pytest.raises(ValidationFailed):
-        lists.extend_list(
+        extension.extend_list(
             ctx, stat.actor, TRIAL, list_id, additional=10, strata=None, reason="  ", request=stat.sign()
         )
     with pytest.raises(ValidationFailed):
-        lists.extend_list(
+        extension.extend_list(
             ctx, stat.actor, TRIAL, list_id, additional=0, strata=None, reason="more", request=stat.sign()
         )
     with pytest.raises(ValidationFailed):
-        lists.extend_list(
+        extension.extend_list(
             ctx,
             stat.actor,
             TRIAL,
@@ -772,7 +775,7 @@ def test_extension_appends_whole_blocks_as_a_signed_version(ctx: ServiceContext,
             request=stat.sign(),
         )
     with pytest.raises(SignatureRefused):
-        lists.extend_list(
+        extension.extend_list(
             ctx,
             stat.actor,
             TRIAL,
@@ -784,7 +787,7 @@ def test_extension_appends_whole_blocks_as_a_signed_version(ctx: ServiceContext,
         )
     assert slot_rows(ctx, list_id) == before_rows and list_row(ctx, list_id).current_version == 1
 
-    version = lists.extend_list(
+    version = extension.extend_list(
         ctx,
         stat.actor,
         TRIAL,
@@ -810,8 +813,8 @@ def test_extension_appends_whole_blocks_as_a_signed_version(ctx: ServiceContext,
     stored = by_stratum(opened(ctx, stat, list_id))
     for key in KEYS:  # prefix-stable: the longer regeneration is the stored list, whole blocks
         assert stored[key] == regenerated(seed, key, before[key] + 10)
-    assert lists.verify_lists(ctx, stat.actor, TRIAL)[0].ok
-    assert lists.check_integrity(ctx, stat.actor, TRIAL)[0].ok
+    assert integrity.verify_lists(ctx, stat.actor, TRIAL)[0].ok
+    assert integrity.check_integrity(ctx, stat.actor, TRIAL)[0].ok
 
     with ctx.db.reading() as s:
         versions = list(
@@ -838,7 +841,7 @@ def test_extension_appends_whole_blocks_as_a_signed_version(ctx: ServiceContext,
 
     # One stratum only: the others keep their length.
     assert (
-        lists.extend_list(
+        extension.extend_list(
             ctx,
             stat.actor,
             TRIAL,
@@ -852,8 +855,8 @@ def test_extension_appends_whole_blocks_as_a_signed_version(ctx: ServiceContext,
     )
     third = strata_rows(ctx, list_id)
     assert {k for k in KEYS if third[k].capacity != after[k].capacity} == {VICTIM}
-    assert lists.verify_lists(ctx, stat.actor, TRIAL)[-1].ok
-    assert lists.check_integrity(ctx, stat.actor, TRIAL)[0].ok
+    assert integrity.verify_lists(ctx, stat.actor, TRIAL)[-1].ok
+    assert integrity.check_integrity(ctx, stat.actor, TRIAL)[0].ok
 
 
 @pytest.mark.req("RND-10", "RND-11")
@@ -875,7 +878,7 @@ def test_extension_on_a_real_database(
         real = ServiceContext.build(settings, db, ring, clock=clock, passwords=crypto.FAST_PASSWORD_HASHING)
         stat = statistician(real, clock)
         generated = activated(real, stat)
-        version = lists.extend_list(
+        version = extension.extend_list(
             real,
             stat.actor,
             TRIAL,
@@ -887,8 +890,8 @@ def test_extension_on_a_real_database(
         )
         assert version == 2
         assert list_row(real, generated.list_id).current_version == 2
-        assert lists.verify_lists(real, stat.actor, TRIAL)[0].ok
-        assert lists.check_integrity(real, stat.actor, TRIAL)[0].ok
+        assert integrity.verify_lists(real, stat.actor, TRIAL)[0].ok
+        assert integrity.check_integrity(real, stat.actor, TRIAL)[0].ok
     finally:
         db.dispose()
 
@@ -916,7 +919,7 @@ def test_an_extension_digest_follows_the_canonical_order_whatever_the_collation(
         session.execute(text('ALTER TABLE stratum ALTER COLUMN key TYPE varchar(500) COLLATE "en-US-x-icu"'))
     stat = statistician(ctx, clock, load=False)
     generated = activated(ctx, stat)
-    lists.extend_list(
+    extension.extend_list(
         ctx,
         stat.actor,
         TRIAL,
@@ -926,7 +929,7 @@ def test_an_extension_digest_follows_the_canonical_order_whatever_the_collation(
         reason="more subjects",
         request=stat.sign(),
     )
-    [result] = lists.verify_lists(ctx, stat.actor, TRIAL)
+    [result] = integrity.verify_lists(ctx, stat.actor, TRIAL)
     assert result.ok, result.problems
 
 
@@ -941,13 +944,13 @@ def test_a_minimization_list_has_strata_but_no_slots(ctx: ServiceContext, clock:
     assert set(strata) == set(KEYS)
     assert {(s.capacity, s.requested, s.alert_remaining) for s in strata.values()} == {(200, 200, 10)}
     assert slot_rows(ctx, generated.list_id) == []
-    assert lists.review_counts(ctx, stat.actor, TRIAL, generated.list_id) == {}
-    assert lists.verify_lists(ctx, stat.actor, TRIAL) == [lists.VerifyResult(LABEL, True, 0, ())]
-    assert lists.check_integrity(ctx, stat.actor, TRIAL)[0].ok
-    lists.approve_list(ctx, stat.actor, TRIAL, generated.list_id, stat.sign())
-    lists.activate_list(ctx, stat.actor, TRIAL, generated.list_id, stat.sign())
+    assert lists_overview.review_counts(ctx, stat.actor, TRIAL, generated.list_id) == {}
+    assert integrity.verify_lists(ctx, stat.actor, TRIAL) == [integrity.VerifyResult(LABEL, True, 0, ())]
+    assert integrity.check_integrity(ctx, stat.actor, TRIAL)[0].ok
+    lists_approval.approve_list(ctx, stat.actor, TRIAL, generated.list_id, stat.sign())
+    lists_approval.activate_list(ctx, stat.actor, TRIAL, generated.list_id, stat.sign())
     with pytest.raises(Conflict, match="permuted-block"):
-        lists.extend_list(
+        extension.extend_list(
             ctx,
             stat.actor,
             TRIAL,
@@ -958,8 +961,8 @@ def test_a_minimization_list_has_strata_but_no_slots(ctx: ServiceContext, clock:
             request=stat.sign(),
         )
     with pytest.raises(Conflict, match="permuted-block designs only"):
-        lists.quality_report(ctx, TRIAL)
-    assert [s.state for s in lists.stratum_overview(ctx, TRIAL)] == ["ok"] * 4
+        quality.quality_report(ctx, TRIAL)
+    assert [s.state for s in lists_overview.stratum_overview(ctx, TRIAL)] == ["ok"] * 4
 
 
 # --- export -------------------------------------------------------------------------------------
@@ -971,16 +974,16 @@ def test_export_is_encrypted_for_openssl_and_reproduces_the_list(
 ) -> None:
     generated = generate(ctx, stat)
     with pytest.raises(ValidationFailed) as short:
-        lists.export_list(
+        export.export_list(
             ctx, stat.actor, TRIAL, generated.list_id, passphrase="too short", reason="x", request=stat.sign()
         )
     assert [e.field for e in short.value.errors] == ["passphrase"]
     with pytest.raises(ValidationFailed):
-        lists.export_list(
+        export.export_list(
             ctx, stat.actor, TRIAL, generated.list_id, passphrase=PASSPHRASE, reason=" ", request=stat.sign()
         )
     reads = len(events(ctx, "arm.read"))
-    name, blob = lists.export_list(
+    name, blob = export.export_list(
         ctx,
         stat.actor,
         TRIAL,
@@ -997,7 +1000,7 @@ def test_export_is_encrypted_for_openssl_and_reproduces_the_list(
     seed = bytes.fromhex(document["seed_hex"])
     assert (
         len(seed) == 32
-        and lists.seed_id(seed) == document["seed_id"] == list_row(ctx, generated.list_id).seed_id
+        and storage.seed_id(seed) == document["seed_id"] == list_row(ctx, generated.list_id).seed_id
     )
     parameters = document["parameters"]
     design = BlockDesign(
@@ -1070,7 +1073,7 @@ def test_a_refused_export_signature_is_audited_and_reveals_nothing(
     generated = generate(ctx, stat)
     reads = len(events(ctx, "arm.read"))
     with pytest.raises(SignatureRefused):
-        lists.export_list(
+        export.export_list(
             ctx,
             stat.actor,
             TRIAL,
@@ -1094,21 +1097,21 @@ def test_the_blinded_overview_gives_counts_and_a_capacity_state_only(
     ctx: ServiceContext, stat: Statistician
 ) -> None:
     generated = generate(ctx, stat)
-    assert lists.stratum_overview(ctx, TRIAL) == []  # nothing before a list is active
-    lists.approve_list(ctx, stat.actor, TRIAL, generated.list_id, stat.sign())
-    lists.activate_list(ctx, stat.actor, TRIAL, generated.list_id, stat.sign())
-    assert [f.name for f in fields(lists.BlindedStratum)] == ["key", "levels", "randomized", "state"]
-    overview = lists.stratum_overview(ctx, TRIAL)
+    assert lists_overview.stratum_overview(ctx, TRIAL) == []  # nothing before a list is active
+    lists_approval.approve_list(ctx, stat.actor, TRIAL, generated.list_id, stat.sign())
+    lists_approval.activate_list(ctx, stat.actor, TRIAL, generated.list_id, stat.sign())
+    assert [f.name for f in fields(lists_overview.BlindedStratum)] == ["key", "levels", "randomized", "state"]
+    overview = lists_overview.stratum_overview(ctx, TRIAL)
     assert [s.key for s in overview] == list(KEYS)  # definition order
     assert overview[0].levels == {"site": "P1", "admission_cause": "septic"}
     assert {(s.randomized, s.state) for s in overview} == {(0, "ok")}
 
     stratum = strata_rows(ctx, generated.list_id)[VICTIM]
 
-    def used(n: int) -> lists.BlindedStratum:
+    def used(n: int) -> lists_overview.BlindedStratum:
         with ctx.db.unit_of_work() as session:
             session.execute(update(Stratum).where(Stratum.id == stratum.id).values(used=n))
-        return next(s for s in lists.stratum_overview(ctx, TRIAL) if s.key == VICTIM)
+        return next(s for s in lists_overview.stratum_overview(ctx, TRIAL) if s.key == VICTIM)
 
     assert (used(stratum.capacity - 21).state, used(stratum.capacity - 21).randomized) == (
         "ok",
@@ -1117,7 +1120,7 @@ def test_the_blinded_overview_gives_counts_and_a_capacity_state_only(
     assert used(stratum.capacity - 20).state == "low"  # 20 slots left: the alert level (RND-11)
     assert used(stratum.capacity - 1).state == "low"
     assert used(stratum.capacity).state == "exhausted"
-    others = [s for s in lists.stratum_overview(ctx, TRIAL) if s.key != VICTIM]
+    others = [s for s in lists_overview.stratum_overview(ctx, TRIAL) if s.key != VICTIM]
     assert {(s.randomized, s.state) for s in others} == {(0, "ok")}
 
 
@@ -1140,8 +1143,8 @@ def test_the_blinded_audit_values_never_reveal_list_lengths_or_positions(
     ctx: ServiceContext, stat: Statistician
 ) -> None:
     generated = activated(ctx, stat)
-    lists.verify_lists(ctx, stat.actor, TRIAL)
-    lists.extend_list(
+    integrity.verify_lists(ctx, stat.actor, TRIAL)
+    extension.extend_list(
         ctx,
         stat.actor,
         TRIAL,
@@ -1152,8 +1155,8 @@ def test_the_blinded_audit_values_never_reveal_list_lengths_or_positions(
         request=stat.sign(),
     )
     tamper(ctx, stat, generated.list_id, "delete")
-    lists.check_integrity(ctx, stat.actor, TRIAL)
-    lists.verify_lists(ctx, stat.actor, TRIAL)
+    integrity.check_integrity(ctx, stat.actor, TRIAL)
+    integrity.verify_lists(ctx, stat.actor, TRIAL)
     with ctx.db.reading() as s:
         versions = s.execute(select(ListVersion.slot_count).where(ListVersion.list_id == generated.list_id))
         secret_numbers = set(versions.scalars()) | {

@@ -28,9 +28,11 @@ from sqlalchemy import select
 from allocator.cli import main
 from allocator.models import Notification
 from allocator.permissions import Scope
-from allocator.services import accounts, notifications, signatures, subjects, unblinding
+from allocator.services import notifications, signatures, unblinding
+from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
 from allocator.services.errors import ValidationFailed
+from allocator.services.subjects import randomize
 from allocator.settings import Settings, SettingsError
 from tests.conftest import FreshDatabase
 from tests.support import ELIGIBLE, GOOD_PASSWORD, Clock, make_user, ready_trial
@@ -60,7 +62,7 @@ def test_an_account_takes_one_plain_address_only(ctx: ServiceContext, address: s
     with pytest.raises(ValidationFailed) as refused:
         make_user(ctx, "ph-refused", "pharmacist", site="P1", email=address)
     assert [p.field for p in refused.value.errors] == ["email"]
-    assert accounts.single_address("pharmacie.p1@aphp.fr") == "pharmacie.p1@aphp.fr"
+    assert users.single_address("pharmacie.p1@aphp.fr") == "pharmacie.p1@aphp.fr"
 
 
 def test_create_user_refuses_a_list_of_addresses(fresh_database: FreshDatabase, tmp_path: Path) -> None:
@@ -92,13 +94,13 @@ def test_the_unblinding_alert_reaches_monitors_of_its_site_only(ctx: ServiceCont
     make_user(ctx, "mon-p2", "monitor", site="P2", email="p2@cro.example")
     make_user(ctx, "tm-one", "trial_manager", email="tm@sponsor.example")
     for n in range(1, unblinding.ALERT_FROM_PER_HOUR + 1):
-        request = subjects.RandomizationRequest(
+        request = randomize.RandomizationRequest(
             site="P1",
             screening_number=f"P1-{n:04d}",
             eligibility=dict(ELIGIBLE),
             strata={"admission_cause": "septic"},
         )
-        number = subjects.randomize(ctx, ready.investigator, TRIAL, request, ALL).subject_number
+        number = randomize.randomize(ctx, ready.investigator, TRIAL, request, ALL).subject_number
         clock.advance(minutes=2)
         unblinding.emergency_unblind(
             ctx,
@@ -144,13 +146,13 @@ def test_a_relay_failure_part_way_does_not_write_twice_to_anyone(ctx: ServiceCon
     ready = ready_trial(ctx)
     for name in ("a", "b", "c"):
         make_user(ctx, f"ph1-{name}", "pharmacist", site="P1", email=f"{name}@p1.example")
-    request = subjects.RandomizationRequest(
+    request = randomize.RandomizationRequest(
         site="P1",
         screening_number="P1-0001",
         eligibility=dict(ELIGIBLE),
         strata={"admission_cause": "septic"},
     )
-    subjects.randomize(ctx, ready.investigator, TRIAL, request, ALL)
+    randomize.randomize(ctx, ready.investigator, TRIAL, request, ALL)
     relay = FlakyRelay(fail_at=2)
     assert notifications.send_pending(ctx, transport=relay).failed == 1
     with ctx.db.reading() as s:

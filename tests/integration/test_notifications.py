@@ -20,22 +20,26 @@ from allocator.app import create_app
 from allocator.cli import main
 from allocator.models import Kit, Notification, RoleAssignment, User
 from allocator.permissions import Scope
-from allocator.services import accounts, admin, notifications, subjects
+from allocator.services import notifications
+from allocator.services.accounts import user_admin, users
 from allocator.services.context import ServiceContext
+from allocator.services.subjects import randomize as subjects_randomize
 from tests.support import CLI_ACTOR, ELIGIBLE, make_user, ready_trial
 
 ALL = Scope(all_sites=True, site_ids=frozenset())
 TRIAL = "IFNG-PAIS"
 
 
-def randomize(ctx: ServiceContext, investigator: object, number: str) -> subjects.RandomizationResult:
-    request = subjects.RandomizationRequest(
+def randomize(
+    ctx: ServiceContext, investigator: object, number: str
+) -> subjects_randomize.RandomizationResult:
+    request = subjects_randomize.RandomizationRequest(
         site="P1", screening_number=number, eligibility=dict(ELIGIBLE), strata={"admission_cause": "septic"}
     )
-    return subjects.randomize(ctx, investigator, TRIAL, request, ALL)  # type: ignore[arg-type]
+    return subjects_randomize.randomize(ctx, investigator, TRIAL, request, ALL)  # type: ignore[arg-type]
 
 
-def arm_of_subject(ctx: ServiceContext, result: subjects.RandomizationResult) -> str:
+def arm_of_subject(ctx: ServiceContext, result: subjects_randomize.RandomizationResult) -> str:
     number = result.kits[0].kit_number
     with ctx.db.reading() as s:
         kit = s.execute(select(Kit).where(Kit.kit_number == number)).scalar_one()
@@ -66,7 +70,7 @@ def people(ctx: ServiceContext) -> None:
 def test_a_dispensation_request_is_mailed_to_the_sites_pharmacists_only(ctx: ServiceContext) -> None:
     ready = ready_trial(ctx)
     people(ctx)
-    admin.set_active(ctx, CLI_ACTOR, "ph1-other", False, "left the unit")
+    user_admin.set_active(ctx, CLI_ACTOR, "ph1-other", False, "left the unit")
     result = randomize(ctx, ready.investigator, "P1-0001")
     outbox = Outbox()
 
@@ -100,7 +104,7 @@ def test_recipients_are_those_holding_the_role_when_the_mail_is_sent(ctx: Servic
             .where(User.username == "ph1-mail")
         ).scalars()
     # One P1 pharmacist loses the role before the outbox runs: only the other is written to.
-    accounts.revoke_role(ctx, CLI_ACTOR, assignment_id, "moved to another hospital")
+    users.revoke_role(ctx, CLI_ACTOR, assignment_id, "moved to another hospital")
     outbox = Outbox()
     notifications.send_pending(ctx, transport=outbox)
     assert [m["To"] for m in outbox.messages] == ["other@p1.example"]
@@ -143,7 +147,7 @@ def test_mails_for_subjects_of_either_arm_are_identical_but_for_their_identifier
 ) -> None:
     ready = ready_trial(ctx, kits_per_site=48)
     make_user(ctx, "ph1-mail", "pharmacist", site="P1", email="ph1@p1.example")
-    by_arm: dict[str, subjects.RandomizationResult] = {}
+    by_arm: dict[str, subjects_randomize.RandomizationResult] = {}
     n = 0
     while len(by_arm) < 2:
         n += 1
@@ -153,7 +157,7 @@ def test_mails_for_subjects_of_either_arm_are_identical_but_for_their_identifier
     notifications.send_pending(ctx, transport=outbox)
     mails = {m["Subject"].split()[-1]: m for m in outbox.messages}
 
-    def masked(result: subjects.RandomizationResult) -> tuple[str, list[tuple[str, str]]]:
+    def masked(result: subjects_randomize.RandomizationResult) -> tuple[str, list[tuple[str, str]]]:
         mail = mails[result.subject_number]
         text = mail.as_string()
         for value in (
@@ -256,7 +260,7 @@ def test_the_web_application_mails_after_a_randomization_when_smtp_is_configured
     mailing = app.extensions["allocator"]
     ready_trial(mailing)
     make_user(mailing, "ph1-mail", "pharmacist", site="P1", email="ph1@p1.example")
-    token = accounts.create_token(mailing, CLI_ACTOR, "inv-p1", "edc").token
+    token = users.create_token(mailing, CLI_ACTOR, "inv-p1", "edc").token
     response = app.test_client().post(
         f"/api/v1/trials/{TRIAL}/subjects",
         json={

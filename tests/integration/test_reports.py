@@ -15,10 +15,29 @@ from sqlalchemy import func, select
 from allocator.audit import Action
 from allocator.models import AuditEvent, AuditReview, RoleAssignment, Signature
 from allocator.permissions import Scope
-from allocator.services import accounts, kits, reports, signatures, subjects, trial_state
+from allocator.printing.monitoring_reports import render_report_pdf
+from allocator.services import signatures
+from allocator.services.accounts import users
+from allocator.services.closeout import state
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, NotFound, ValidationFailed
-from kits.report import render_report_pdf
+from allocator.services.reports import (
+    accountability,
+    allocation_history,
+    audit_review,
+    balance,
+    catalogue,
+    deviations,
+    dispensing,
+    enrolment,
+    export,
+    filters,
+    participant_flow,
+    sequence,
+)
+from allocator.services.reports import unblindings as reports_unblindings
+from allocator.services.subjects import corrections, withdrawal
+from allocator.services.supply import reconciliation
 from tests.reporting import (
     ALL,
     MONITOR,
@@ -36,7 +55,7 @@ from tests.reporting import (
 )
 from tests.support import CLI_ACTOR, Clock, load_ifn
 
-EVERYTHING = reports.ReportFilter()
+EVERYTHING = filters.ReportFilter()
 
 
 @pytest.fixture
@@ -46,18 +65,18 @@ def truth(ctx: ServiceContext, clock: Clock) -> Truth:
 
 def view(
     ctx: ServiceContext, name: str, *, scope: Scope = ALL, version: str = "blinded"
-) -> reports.ReportView:
-    return reports.build(ctx, MONITOR, TRIAL, name, EVERYTHING, scope, version=version)
+) -> catalogue.ReportView:
+    return catalogue.build(ctx, MONITOR, TRIAL, name, EVERYTHING, scope, version=version)
 
 
-def table(v: reports.ReportView, title: str) -> list[dict[str, str]]:
+def table(v: catalogue.ReportView, title: str) -> list[dict[str, str]]:
     for t in v.tables:
         if t.title == title:
             return [dict(zip(t.columns, row, strict=True)) for row in t.rows]
     raise AssertionError(f"no table {title!r} in {[t.title for t in v.tables]}")
 
 
-def facts(v: reports.ReportView) -> dict[str, str]:
+def facts(v: catalogue.ReportView) -> dict[str, str]:
     return dict(v.facts)
 
 
@@ -68,7 +87,7 @@ def facts(v: reports.ReportView) -> dict[str, str]:
 @pytest.mark.req("UNB-08")
 def test_the_allocation_history_is_the_known_history(ctx: ServiceContext, truth: Truth) -> None:
     s = truth.subjects
-    history = reports.allocation_history(ctx, TRIAL, ALL, EVERYTHING)
+    history = allocation_history.allocation_history(ctx, TRIAL, ALL, EVERYTHING)
     rows = {r.subject_number: r for r in history.rows}
     assert list(rows) == [s["S1"], s["S2"], s["S3"], s["S4"], s["S5"]]
     assert [rows[s[k]].site for k in ("S1", "S2", "S3", "S4", "S5")] == ["P1", "P1", "P2", "P1", "P2"]
@@ -103,40 +122,50 @@ def test_the_allocation_history_is_the_known_history(ctx: ServiceContext, truth:
 def test_reports_are_limited_to_the_readers_sites_and_the_filters(ctx: ServiceContext, truth: Truth) -> None:
     s = truth.subjects
     p1 = p1_scope(ctx)
-    assert [r.subject_number for r in reports.allocation_history(ctx, TRIAL, p1, EVERYTHING).rows] == [
+    assert [
+        r.subject_number for r in allocation_history.allocation_history(ctx, TRIAL, p1, EVERYTHING).rows
+    ] == [
         s["S1"],
         s["S2"],
         s["S4"],
     ]
     assert view(ctx, "allocation-history", scope=p1).site_choices == ("P1",)
-    only_p2 = reports.ReportFilter(site="P2")
-    assert [r.subject_number for r in reports.allocation_history(ctx, TRIAL, ALL, only_p2).rows] == [
+    only_p2 = filters.ReportFilter(site="P2")
+    assert [
+        r.subject_number for r in allocation_history.allocation_history(ctx, TRIAL, ALL, only_p2).rows
+    ] == [
         s["S3"],
         s["S5"],
     ]
     with pytest.raises(ValidationFailed) as outside:
-        reports.allocation_history(ctx, TRIAL, p1, only_p2)
+        allocation_history.allocation_history(ctx, TRIAL, p1, only_p2)
     assert [e.field for e in outside.value.errors] == ["site"]
     with pytest.raises(ValidationFailed) as unknown:
-        reports.allocation_history(ctx, TRIAL, ALL, reports.ReportFilter(site="P9"))
+        allocation_history.allocation_history(ctx, TRIAL, ALL, filters.ReportFilter(site="P9"))
     assert [e.field for e in unknown.value.errors] == ["site"]
-    second_week = reports.ReportFilter.parse({"since": "2026-03-09", "until": "2026-03-15"})
-    assert [r.subject_number for r in reports.allocation_history(ctx, TRIAL, ALL, second_week).rows] == [
+    second_week = filters.ReportFilter.parse({"since": "2026-03-09", "until": "2026-03-15"})
+    assert [
+        r.subject_number for r in allocation_history.allocation_history(ctx, TRIAL, ALL, second_week).rows
+    ] == [
         s["S4"],
         s["S5"],
     ]
-    first_day = reports.ReportFilter.parse({"until": "2026-03-02"})
-    assert len(reports.allocation_history(ctx, TRIAL, ALL, first_day).rows) == 2
+    first_day = filters.ReportFilter.parse({"until": "2026-03-02"})
+    assert len(allocation_history.allocation_history(ctx, TRIAL, ALL, first_day).rows) == 2
     # Unblinding events and deviations of a P1 monitor are P1's only.
     assert {
         e.site
-        for e in reports.unblinding_report(ctx, TRIAL, p1, EVERYTHING, include_pharmacovigilance=False).events
+        for e in reports_unblindings.unblinding_report(
+            ctx, TRIAL, p1, EVERYTHING, include_pharmacovigilance=False
+        ).events
     } == {"P1"}
     assert (
-        reports.unblinding_report(ctx, TRIAL, p1, EVERYTHING, include_pharmacovigilance=False).accidental
+        reports_unblindings.unblinding_report(
+            ctx, TRIAL, p1, EVERYTHING, include_pharmacovigilance=False
+        ).accidental
         == ()
     )
-    assert {b.site for b in reports.deviations(ctx, TRIAL, p1, EVERYTHING).blocked_kits} == set()
+    assert {b.site for b in deviations.deviations(ctx, TRIAL, p1, EVERYTHING).blocked_kits} == set()
 
 
 @pytest.mark.parametrize(
@@ -154,14 +183,14 @@ def test_reports_are_limited_to_the_readers_sites_and_the_filters(ctx: ServiceCo
 )
 def test_bad_filters_name_their_field(args: dict[str, str], fields: list[str]) -> None:
     with pytest.raises(ValidationFailed) as caught:
-        reports.ReportFilter.parse(args)
+        filters.ReportFilter.parse(args)
     assert [e.field for e in caught.value.errors] == fields
 
 
 @pytest.mark.req("REP-05")
 @pytest.mark.req("REP-08")
 def test_enrolment_dates_accrual_and_chart(ctx: ServiceContext, truth: Truth) -> None:
-    result = reports.enrolment(ctx, TRIAL, ALL, EVERYTHING)
+    result = enrolment.enrolment(ctx, TRIAL, ALL, EVERYTHING)
     by_site = {s.site: s for s in result.sites}
     assert (by_site["P1"].randomized, by_site["P1"].first.date(), by_site["P1"].last.date()) == (  # type: ignore[union-attr]
         3,
@@ -194,7 +223,7 @@ def test_enrolment_dates_accrual_and_chart(ctx: ServiceContext, truth: Truth) ->
 
 @pytest.mark.req("REP-08")
 def test_blinded_balance_counts_per_stratum_and_site(ctx: ServiceContext, truth: Truth) -> None:
-    result = reports.balance(ctx, TRIAL, ALL, EVERYTHING)
+    result = balance.balance(ctx, TRIAL, ALL, EVERYTHING)
     counts = {(c.site, c.stratum): (c.randomized, c.after_correction, c.in_error) for c in result.strata}
     assert counts == {
         ("P1", "admission_cause=septic"): (2, 1, 0),
@@ -208,7 +237,7 @@ def test_blinded_balance_counts_per_stratum_and_site(ctx: ServiceContext, truth:
 @pytest.mark.req("REP-08")
 @pytest.mark.req("REP-04")
 def test_dispensing_completeness(ctx: ServiceContext, truth: Truth) -> None:
-    result = reports.dispensing_completeness(ctx, TRIAL, ALL, EVERYTHING)
+    result = dispensing.dispensing_completeness(ctx, TRIAL, ALL, EVERYTHING)
     sites = {s.site: s for s in result.sites}
     assert (sites["P1"].subjects, sites["P1"].dispensed, sites["P1"].administered, sites["P1"].complete) == (
         3,
@@ -234,8 +263,8 @@ def test_dispensing_completeness(ctx: ServiceContext, truth: Truth) -> None:
 
 @pytest.mark.req("REP-09")
 def test_kit_accountability_is_the_reconciliation(ctx: ServiceContext, truth: Truth) -> None:
-    result = reports.accountability(ctx, TRIAL, ALL, EVERYTHING)
-    assert result.reconciliation == kits.reconciliation(ctx, TRIAL, ALL, include_depot=True)
+    result = accountability.accountability(ctx, TRIAL, ALL, EVERYTHING)
+    assert result.reconciliation == reconciliation.reconciliation(ctx, TRIAL, ALL, include_depot=True)
     rows = table(view(ctx, "accountability"), "Kits per site and batch, by current status")
     by_site = {r["Site"]: r for r in rows}
     assert sum(int(r["Total"]) for r in rows) == 24 + 24 + 8
@@ -259,7 +288,9 @@ def test_the_unblinding_report_lists_every_event_and_hides_pharmacovigilance(
     ctx: ServiceContext, truth: Truth
 ) -> None:
     s = truth.subjects
-    blinded = reports.unblinding_report(ctx, TRIAL, ALL, EVERYTHING, include_pharmacovigilance=False)
+    blinded = reports_unblindings.unblinding_report(
+        ctx, TRIAL, ALL, EVERYTHING, include_pharmacovigilance=False
+    )
     assert [(e.subject_number, e.kind, e.channel, e.site) for e in blinded.events] == [
         (s["S1"], "emergency", "offline", "P1"),
         (s["S3"], "emergency", "online", "P2"),
@@ -280,15 +311,17 @@ def test_the_unblinding_report_lists_every_event_and_hides_pharmacovigilance(
         (s["S5"], "P2", "one ward nurse")
     ]
     assert s["S4"] not in str(view(ctx, "unblinding").tables)  # the PV-unblinded subject is absent
-    restricted = reports.unblinding_report(ctx, TRIAL, ALL, EVERYTHING, include_pharmacovigilance=True)
+    restricted = reports_unblindings.unblinding_report(
+        ctx, TRIAL, ALL, EVERYTHING, include_pharmacovigilance=True
+    )
     pv = [e for e in restricted.events if e.kind == "pharmacovigilance"]
     assert [(e.subject_number, e.unblinded_by, e.role) for e in pv] == [
         (s["S4"], "Pat Vigil", "pharmacovigilance")
     ]
     for version in ("restricted", "safety"):
         assert s["S4"] in str(view(ctx, "unblinding", version=version).tables)
-    later = reports.unblinding_report(
-        ctx, TRIAL, ALL, reports.ReportFilter(since=date(2026, 3, 8)), include_pharmacovigilance=False
+    later = reports_unblindings.unblinding_report(
+        ctx, TRIAL, ALL, filters.ReportFilter(since=date(2026, 3, 8)), include_pharmacovigilance=False
     )
     assert [e.channel for e in later.events] == ["online"]  # the offline sheet was opened on the 7th
 
@@ -296,7 +329,7 @@ def test_the_unblinding_report_lists_every_event_and_hides_pharmacovigilance(
 @pytest.mark.req("REP-07")
 def test_protocol_deviation_listings(ctx: ServiceContext, truth: Truth) -> None:
     s = truth.subjects
-    d = reports.deviations(ctx, TRIAL, ALL, EVERYTHING)
+    d = deviations.deviations(ctx, TRIAL, ALL, EVERYTHING)
     assert [(m.subject_number, m.factor, m.at_randomization, m.corrected) for m in d.mis_stratifications] == [
         (s["S1"], "admission_cause", "septic", "non_septic")
     ]
@@ -318,14 +351,14 @@ def test_protocol_deviation_listings(ctx: ServiceContext, truth: Truth) -> None:
         (s["S1"], "D3", timedelta(hours=6), "network down on the ward")
     ]
     assert facts(view(ctx, "deviations"))["Refused scans"] == "1"
-    first_week = reports.deviations(ctx, TRIAL, ALL, reports.ReportFilter(until=date(2026, 3, 8)))
+    first_week = deviations.deviations(ctx, TRIAL, ALL, filters.ReportFilter(until=date(2026, 3, 8)))
     assert [r.kind for r in first_week.refused] == ["scan"] and first_week.blocked_kits == ()
 
 
 def withdraw_s4(ctx: ServiceContext, truth: Truth) -> str:
     """S4 (P1, septic, D1 dispensed) withdraws its consent: the one withdrawal of the known truth."""
     s4 = truth.subjects["S4"]
-    subjects.withdraw(
+    withdrawal.withdraw(
         ctx,
         truth.ready.investigator,
         TRIAL,
@@ -341,9 +374,9 @@ def withdraw_s4(ctx: ServiceContext, truth: Truth) -> str:
 
 @pytest.mark.req("REP-04")
 def test_participant_flow_in_total_per_site_and_stratum(ctx: ServiceContext, truth: Truth) -> None:
-    assert reports.participant_flow(ctx, TRIAL, ALL, EVERYTHING).counts[0].withdrawn == 0
+    assert participant_flow.participant_flow(ctx, TRIAL, ALL, EVERYTHING).counts[0].withdrawn == 0
     s4 = withdraw_s4(ctx, truth)
-    flow = reports.participant_flow(ctx, TRIAL, ALL, EVERYTHING)
+    flow = participant_flow.participant_flow(ctx, TRIAL, ALL, EVERYTHING)
     assert flow.columns == ("All sites", "P1", "P2")
     total, p1, p2 = flow.counts
     assert (total.screened, total.ineligible, total.randomized, total.in_error) == (7, 2, 5, 1)
@@ -372,7 +405,9 @@ def test_participant_flow_in_total_per_site_and_stratum(ctx: ServiceContext, tru
         key: str(n) for key, n in withdrawn.items()
     }
     # The allocation history shows the withdrawal beside the subject (a withdrawal is not a deviation).
-    history = {r.subject_number: r for r in reports.allocation_history(ctx, TRIAL, ALL, EVERYTHING).rows}
+    history = {
+        r.subject_number: r for r in allocation_history.allocation_history(ctx, TRIAL, ALL, EVERYTHING).rows
+    }
     assert [n for n, r in history.items() if r.withdrawal is not None] == [s4]
     cells = {r["Subject"]: r for r in table(view(ctx, "allocation-history"), "Allocation history")}
     assert cells[s4]["Withdrawal"].startswith(
@@ -386,18 +421,18 @@ def test_participant_flow_in_total_per_site_and_stratum(ctx: ServiceContext, tru
 def test_the_flow_per_arm_exists_only_after_the_final_unblinding(ctx: ServiceContext, truth: Truth) -> None:
     stat = truth.ready.statistician
     with pytest.raises(Conflict) as early:
-        reports.build(ctx, stat, TRIAL, "participant-flow", EVERYTHING, ALL, version="restricted")
+        catalogue.build(ctx, stat, TRIAL, "participant-flow", EVERYTHING, ALL, version="restricted")
     assert early.value.status == 409
     with ctx.db.reading() as s:
         reads_before = s.execute(
             select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "arm.read")
         ).scalar_one()
     s4 = withdraw_s4(ctx, truth)
-    trial_state.lock(ctx, stat, TRIAL, reason="database lock", signature=SIGNED)
+    state.lock(ctx, stat, TRIAL, reason="database lock", signature=SIGNED)
     with pytest.raises(Conflict):
-        reports.participant_flow_by_arm(ctx, stat, TRIAL, ALL, EVERYTHING)
-    trial_state.unblind_trial(ctx, stat, TRIAL, reason="final analysis", signature=SIGNED)
-    restricted = reports.build(ctx, stat, TRIAL, "participant-flow", EVERYTHING, ALL, version="restricted")
+        participant_flow.participant_flow_by_arm(ctx, stat, TRIAL, ALL, EVERYTHING)
+    state.unblind_trial(ctx, stat, TRIAL, reason="final analysis", signature=SIGNED)
+    restricted = catalogue.build(ctx, stat, TRIAL, "participant-flow", EVERYTHING, ALL, version="restricted")
     per_arm = table(restricted, "Participant flow per arm")
     expected = {"A": 0, "B": 0}
     for number in truth.subjects.values():
@@ -454,7 +489,7 @@ def test_the_flow_per_arm_exists_only_after_the_final_unblinding(ctx: ServiceCon
     assert sorted(r.object_id for r in reads) == sorted(truth.subjects.values())
     assert reads_before > 0
     # The arm-word check sees arms when there are some (so that it can fail on the blinded reports).
-    assert arm_leaks(reports.to_csv(restricted))
+    assert arm_leaks(export.to_csv(restricted))
     # Blinded readers keep their totals: the per-arm table is not part of the blinded report.
     assert "Participant flow per arm" not in [t.title for t in view(ctx, "participant-flow").tables]
 
@@ -467,8 +502,8 @@ def test_sequence_generation_and_concealment(ctx: ServiceContext, truth: Truth) 
         pv_assignment = s.execute(
             select(RoleAssignment.id).where(RoleAssignment.role == "pharmacovigilance")
         ).scalar_one()
-    accounts.revoke_role(ctx, CLI_ACTOR, pv_assignment, "left the safety department")
-    blinded = reports.sequence_report(ctx, TRIAL, restricted=False)
+    users.revoke_role(ctx, CLI_ACTOR, pv_assignment, "left the safety department")
+    blinded = sequence.sequence_report(ctx, TRIAL, restricted=False)
     (record,) = blinded.lists
     assert record.label == "IFNG-PAIS/TEST/1" and record.method == "permuted_blocks"
     assert record.generated_by == "test runner (command line)" and record.approved_by == "Stat"
@@ -487,8 +522,8 @@ def test_sequence_generation_and_concealment(ctx: ServiceContext, truth: Truth) 
     assert holders["pv-officer"].revoked_at is not None and holders["stat"].revoked_at is None
     rows = table(view(ctx, "sequence"), "Everyone who ever held an unblinded role (access to the sequence)")
     assert {r["Username"]: bool(r["Revoked (UTC)"]) for r in rows} == {"stat": False, "pv-officer": True}
-    assert "2, 4, 6" not in reports.to_csv(view(ctx, "sequence"))
-    restricted = reports.sequence_report(ctx, TRIAL, restricted=True)
+    assert "2, 4, 6" not in export.to_csv(view(ctx, "sequence"))
+    restricted = sequence.sequence_report(ctx, TRIAL, restricted=True)
     assert restricted.lists[0].block_sizes == (2, 4, 6) and restricted.lists[0].slot_count
     assert "Site (P1, P2)" in facts(view(ctx, "sequence", version="restricted"))["Stratification factors"]
     assert restricted.factors is not None and [code for code, _, _ in restricted.factors] == [
@@ -496,10 +531,10 @@ def test_sequence_generation_and_concealment(ctx: ServiceContext, truth: Truth) 
         "admission_cause",
     ]
     stat = truth.ready.statistician
-    trial_state.lock(ctx, stat, TRIAL, reason="database lock", signature=SIGNED)
-    assert reports.sequence_report(ctx, TRIAL, restricted=False).factors is None  # locked is not enough
-    trial_state.unblind_trial(ctx, stat, TRIAL, reason="final analysis", signature=SIGNED)
-    public = reports.sequence_report(ctx, TRIAL, restricted=False)
+    state.lock(ctx, stat, TRIAL, reason="database lock", signature=SIGNED)
+    assert sequence.sequence_report(ctx, TRIAL, restricted=False).factors is None  # locked is not enough
+    state.unblind_trial(ctx, stat, TRIAL, reason="final analysis", signature=SIGNED)
+    public = sequence.sequence_report(ctx, TRIAL, restricted=False)
     assert public.lists[0].block_sizes == (2, 4, 6) and public.factors == restricted.factors
     assert "Site (P1, P2)" in facts(view(ctx, "sequence"))["Stratification factors"]
 
@@ -507,8 +542,8 @@ def test_sequence_generation_and_concealment(ctx: ServiceContext, truth: Truth) 
 @pytest.mark.req("AUD-09")
 @pytest.mark.req("UNB-08")
 def test_each_review_report_lists_its_fixture_events(ctx: ServiceContext, truth: Truth) -> None:
-    def actions(kind: str, flt: reports.ReportFilter = EVERYTHING) -> list[str]:
-        return [e.action for e in reports.audit_review(ctx, TRIAL, kind, ALL, flt).entries]
+    def actions(kind: str, flt: filters.ReportFilter = EVERYTHING) -> list[str]:
+        return [e.action for e in audit_review.audit_review(ctx, TRIAL, kind, ALL, flt).entries]
 
     unblindings = actions("unblindings")
     assert (
@@ -517,7 +552,7 @@ def test_each_review_report_lists_its_fixture_events(ctx: ServiceContext, truth:
     )
     assert unblindings.count("unblinding.accidental_reported") == 1
     assert "unblinding.pharmacovigilance" not in unblindings
-    arm_reads = reports.audit_review(ctx, TRIAL, "arm-reads", ALL, EVERYTHING).entries
+    arm_reads = audit_review.audit_review(ctx, TRIAL, "arm-reads", ALL, EVERYTHING).entries
     purposes = [e.details for e in arm_reads]
     assert any("emergency unblinding" in p for p in purposes)
     assert not any("pharmacovigilance" in p for p in purposes)  # UNB-08
@@ -534,13 +569,13 @@ def test_each_review_report_lists_its_fixture_events(ctx: ServiceContext, truth:
             select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "arm.read")
         ).scalar_one()
     assert pv_reads == 1 and len(arm_reads) == every_read - 1
-    sign_ins = reports.audit_review(ctx, TRIAL, "sign-ins", ALL, EVERYTHING).entries
+    sign_ins = audit_review.audit_review(ctx, TRIAL, "sign-ins", ALL, EVERYTHING).entries
     assert [(e.action, e.username) for e in sign_ins] == [("auth.login_failed", "inv-p1")]
-    off_hours = reports.audit_review(ctx, TRIAL, "off-hours", ALL, EVERYTHING).entries
+    off_hours = audit_review.audit_review(ctx, TRIAL, "off-hours", ALL, EVERYTHING).entries
     assert [(e.action, e.object, e.local_time) for e in off_hours] == [
         ("administration.recorded", f"subject {truth.subjects['S1']}", "Wed 2026-03-04 22:30 CET")
     ]
-    late_day = reports.ReportFilter(hours_from=8, hours_to=23)
+    late_day = filters.ReportFilter(hours_from=8, hours_to=23)
     assert actions("off-hours", late_day) == []
     assert actions("reprints") == ["document.printed"]
     assert actions("corrections") == [
@@ -553,12 +588,12 @@ def test_each_review_report_lists_its_fixture_events(ctx: ServiceContext, truth:
     assert actions("withdrawals") == []
     withdraw_s4(ctx, truth)
     assert actions("withdrawals") == ["subject.withdrawn"]
-    grants = reports.audit_review(
-        ctx, TRIAL, "role-changes", ALL, reports.ReportFilter(since=date(2026, 3, 9))
+    grants = audit_review.audit_review(
+        ctx, TRIAL, "role-changes", ALL, filters.ReportFilter(since=date(2026, 3, 9))
     ).entries
     assert [e.action for e in grants] == ["role.granted"] and '"user": "mon-p1"' in grants[0].details
     with pytest.raises(NotFound) as unknown:
-        reports.audit_review(ctx, TRIAL, "everything", ALL, EVERYTHING)
+        audit_review.audit_review(ctx, TRIAL, "everything", ALL, EVERYTHING)
     assert unknown.value.errors[0].field == "report"
 
 
@@ -566,11 +601,11 @@ def test_each_review_report_lists_its_fixture_events(ctx: ServiceContext, truth:
 def test_a_review_is_signed_off_with_the_digest_of_what_was_listed(ctx: ServiceContext, truth: Truth) -> None:
     monitor = person(ctx, "mon-review", "monitor", full_name="Rita Viewer")
     start, end = date(2026, 3, 2), date(2026, 3, 8)
-    listed = reports.audit_review(
-        ctx, TRIAL, "corrections", ALL, reports.ReportFilter(since=start, until=end)
+    listed = audit_review.audit_review(
+        ctx, TRIAL, "corrections", ALL, filters.ReportFilter(since=start, until=end)
     )
     assert len(listed.entries) == 2  # the expired kit is on the 9th
-    done = reports.sign_review(
+    done = audit_review.sign_review(
         ctx, monitor, TRIAL, "corrections", start, end, "no finding", SIGNED, scope=ALL
     )
     assert (done.entries, done.content_sha256) == (2, listed.digest)
@@ -610,12 +645,12 @@ def test_a_review_is_signed_off_with_the_digest_of_what_was_listed(ctx: ServiceC
         and entry.reason == "no finding"
         and listed.digest in (entry.new_values or "")
     )
-    assert [(p.report, p.period_start, p.period_end) for p in reports.reviews(ctx, TRIAL)] == [
+    assert [(p.report, p.period_start, p.period_end) for p in audit_review.reviews(ctx, TRIAL)] == [
         ("corrections", start, end)
     ]
-    assert reports.audit_review(ctx, TRIAL, "corrections", ALL, EVERYTHING).past[0].id == row.id
+    assert audit_review.audit_review(ctx, TRIAL, "corrections", ALL, EVERYTHING).past[0].id == row.id
     with pytest.raises(signatures.SignatureRefused):
-        reports.sign_review(
+        audit_review.sign_review(
             ctx,
             monitor,
             TRIAL,
@@ -637,15 +672,17 @@ def test_a_review_is_signed_off_with_the_digest_of_what_was_listed(ctx: ServiceC
             == 1
         )
     with pytest.raises(ValidationFailed) as bad:
-        reports.sign_review(ctx, monitor, TRIAL, "nothing", end, start, "", SIGNED, scope=ALL)
+        audit_review.sign_review(ctx, monitor, TRIAL, "nothing", end, start, "", SIGNED, scope=ALL)
     assert [e.field for e in bad.value.errors] == ["report", "until"]
     with pytest.raises(ValidationFailed) as missing:
-        reports.sign_review(ctx, monitor, TRIAL, "corrections", None, date(2030, 1, 1), "", SIGNED, scope=ALL)
+        audit_review.sign_review(
+            ctx, monitor, TRIAL, "corrections", None, date(2030, 1, 1), "", SIGNED, scope=ALL
+        )
     assert [e.field for e in missing.value.errors] == ["since", "until"]
 
 
-BLINDED = [(name, "blinded") for name in reports.REPORTS] + [
-    (name, "review") for name in reports.REVIEW_KINDS
+BLINDED = [(name, "blinded") for name in catalogue.REPORTS] + [
+    (name, "review") for name in audit_review.REVIEW_KINDS
 ]
 
 
@@ -656,10 +693,10 @@ BLINDED = [(name, "blinded") for name in reports.REPORTS] + [
 def test_blinded_exports_round_trip_name_no_arm_and_are_audited(
     ctx: ServiceContext, truth: Truth, name: str, version: str
 ) -> None:
-    flt = reports.ReportFilter(until=date(2026, 3, 31))
-    shown = reports.build(ctx, MONITOR, TRIAL, name, flt, ALL, version=version)
-    csv_export = reports.export(ctx, MONITOR, TRIAL, name, flt, ALL, "csv", version=version)
-    pdf_export = reports.export(ctx, MONITOR, TRIAL, name, flt, ALL, "pdf", version=version)
+    flt = filters.ReportFilter(until=date(2026, 3, 31))
+    shown = catalogue.build(ctx, MONITOR, TRIAL, name, flt, ALL, version=version)
+    csv_export = export.export(ctx, MONITOR, TRIAL, name, flt, ALL, "csv", version=version)
+    pdf_export = export.export(ctx, MONITOR, TRIAL, name, flt, ALL, "pdf", version=version)
     text = csv_export.body.decode("utf-8")
     metadata, sections = csv_sections(text)
     # Round trip: every table, its columns and its rows; the metadata without any arm.
@@ -710,7 +747,7 @@ def test_blinded_exports_round_trip_name_no_arm_and_are_audited(
 
 @pytest.mark.req("AUD-05")
 def test_csv_cells_that_could_be_formulas_are_neutralised(ctx: ServiceContext, truth: Truth) -> None:
-    subjects.mark_in_error(
+    corrections.mark_in_error(
         ctx,
         truth.ready.investigator,
         TRIAL,
@@ -719,7 +756,7 @@ def test_csv_cells_that_could_be_formulas_are_neutralised(ctx: ServiceContext, t
         scope=ALL,
         signature=SIGNED,
     )
-    text = reports.export(ctx, MONITOR, TRIAL, "deviations", EVERYTHING, ALL, "csv").body.decode()
+    text = export.export(ctx, MONITOR, TRIAL, "deviations", EVERYTHING, ALL, "csv").body.decode()
     _, sections = csv_sections(text)
     reasons = [r["Reason"] for r in sections["Randomizations in error"]]
     assert '\'=HYPERLINK("x")' in reasons and '=HYPERLINK("x")' not in reasons
@@ -733,25 +770,25 @@ def test_unknown_reports_versions_and_formats_are_clear_errors(ctx: ServiceConte
         ("nope", "review"),
     ):
         with pytest.raises(NotFound) as caught:
-            reports.build(ctx, MONITOR, TRIAL, name, EVERYTHING, ALL, version=version)
+            catalogue.build(ctx, MONITOR, TRIAL, name, EVERYTHING, ALL, version=version)
         assert caught.value.errors[0].field == "report"
     with pytest.raises(NotFound):
-        reports.build(ctx, MONITOR, TRIAL, "balance", EVERYTHING, ALL, version="secret")
+        catalogue.build(ctx, MONITOR, TRIAL, "balance", EVERYTHING, ALL, version="secret")
     with pytest.raises(ValidationFailed) as fmt:
-        reports.export(ctx, MONITOR, TRIAL, "balance", EVERYTHING, ALL, "xlsx")
+        export.export(ctx, MONITOR, TRIAL, "balance", EVERYTHING, ALL, "xlsx")
     assert fmt.value.errors[0].field == "format"
 
 
 def test_reports_of_an_empty_trial(ctx: ServiceContext) -> None:
     """Before any list or subject: every report still renders (zeros, no chart, no list)."""
     load_ifn(ctx)
-    for name in reports.REPORTS:
-        shown = reports.build(ctx, MONITOR, TRIAL, name, EVERYTHING, ALL)
+    for name in catalogue.REPORTS:
+        shown = catalogue.build(ctx, MONITOR, TRIAL, name, EVERYTHING, ALL)
         assert render_report_pdf(shown.document()).startswith(b"%PDF")
-    assert reports.allocation_history(ctx, TRIAL, ALL, EVERYTHING).rows == ()
-    assert reports.enrolment(ctx, TRIAL, ALL, EVERYTHING).chart is None
-    assert reports.participant_flow(ctx, TRIAL, ALL, EVERYTHING).counts[0].screened == 0
-    assert reports.sequence_report(ctx, TRIAL, restricted=True).lists == ()
+    assert allocation_history.allocation_history(ctx, TRIAL, ALL, EVERYTHING).rows == ()
+    assert enrolment.enrolment(ctx, TRIAL, ALL, EVERYTHING).chart is None
+    assert participant_flow.participant_flow(ctx, TRIAL, ALL, EVERYTHING).counts[0].screened == 0
+    assert sequence.sequence_report(ctx, TRIAL, restricted=True).lists == ()
 
 
 @pytest.mark.req("UNB-08")
@@ -759,7 +796,7 @@ def test_reports_of_an_empty_trial(ctx: ServiceContext) -> None:
 def test_restricted_exports_seal_their_row_count(ctx: ServiceContext, truth: Truth) -> None:
     """The number of rows of a restricted unblinding report would count the PV unblindings."""
     stat = truth.ready.statistician
-    exported = reports.export(ctx, stat, TRIAL, "unblinding", EVERYTHING, ALL, "csv", version="restricted")
+    exported = export.export(ctx, stat, TRIAL, "unblinding", EVERYTHING, ALL, "csv", version="restricted")
     assert exported.filename.startswith("unblinding-restricted-IFNG-PAIS-")
     with ctx.db.reading() as s:
         entry = s.execute(

@@ -16,27 +16,14 @@ from sqlalchemy.exc import DBAPIError
 
 from allocator import crypto
 from allocator.audit import Actor
-from allocator.models import (
-    AuditEvent,
-    CodeBreakSheet,
-    Kit,
-    Notification,
-    Signature,
-    Subject,
-    Unblinding,
-)
+from allocator.models import AuditEvent, CodeBreakSheet, Kit, Notification, Signature, Subject, Unblinding
 from allocator.permissions import Scope
-from allocator.services import (
-    auth,
-    dispensing,
-    notifications,
-    signatures,
-    subjects,
-    trial_state,
-    unblinding,
-)
+from allocator.services import auth, dispensing, lookups, notifications, signatures, unblinding
+from allocator.services.closeout import releases, state
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, Forbidden, NotFound, TooManyRequests, ValidationFailed
+from allocator.services.subjects import randomize as subjects_randomize
+from allocator.services.subjects import views as subjects_views
 from tests.support import ELIGIBLE, GOOD_PASSWORD, Clock, ReadyTrial, make_actor, ready_trial
 
 TRIAL = "IFNG-PAIS"
@@ -57,10 +44,10 @@ def site_scope(ctx: ServiceContext, code: str) -> Scope:
 
 def randomize(ctx: ServiceContext, ready: ReadyTrial, number: str, site: str = "P1") -> str:
     investigator = ready.investigator if site == "P1" else ready.investigator_p2
-    request = subjects.RandomizationRequest(
+    request = subjects_randomize.RandomizationRequest(
         site=site, screening_number=number, eligibility=dict(ELIGIBLE), strata={"admission_cause": "septic"}
     )
-    return subjects.randomize(ctx, investigator, TRIAL, request, ALL).subject_number
+    return subjects_randomize.randomize(ctx, investigator, TRIAL, request, ALL).subject_number
 
 
 def true_arm(ctx: ServiceContext, subject_number: str) -> str:
@@ -171,7 +158,7 @@ def test_an_investigator_learns_the_arm_once_and_everything_is_recorded(
         assert word not in (entry.new_values or "").lower()
 
     # Everyone sees "blind broken" for that subject only, never the arm.
-    views = {v.subject_number: v for v in subjects.subjects(ctx, TRIAL, ALL)}
+    views = {v.subject_number: v for v in subjects_views.subjects(ctx, TRIAL, ALL)}
     assert views[number].blind_broken and not views[other].blind_broken
     assert set(views[number].as_json()) == set(views[other].as_json())
 
@@ -332,7 +319,7 @@ def test_a_pharmacovigilance_unblinding_is_seen_by_pharmacovigilance_only(
         and revealed.signature.meaning == "pharmacovigilance unblinding"
     )
     # Trial staff see nothing: no flag, no event, no notification.
-    [view] = subjects.subjects(ctx, TRIAL, ALL)
+    [view] = subjects_views.subjects(ctx, TRIAL, ALL)
     assert not view.blind_broken
     assert unblinding.unblindings(ctx, TRIAL, ALL) == []
     assert [u.kind for u in unblinding.unblindings(ctx, TRIAL, ALL, include_pharmacovigilance=True)] == [
@@ -392,7 +379,7 @@ def test_registering_an_opened_sheet_creates_the_same_record_with_channel_offlin
     ctx: ServiceContext, ready: ReadyTrial, clock: Clock
 ) -> None:
     number = randomize(ctx, ready, "P1-0001")
-    [subject] = subjects.subjects(ctx, TRIAL, ALL)
+    [subject] = subjects_views.subjects(ctx, TRIAL, ALL)
     sheet = sheet_of(ctx, subject.days[0].kit_number)
     clock.advance(hours=6)
     opened = ctx.now() - timedelta(hours=3)
@@ -408,7 +395,7 @@ def test_registering_an_opened_sheet_creates_the_same_record_with_channel_offlin
     )
     assert recorded.unblinded_at == opened and recorded.unblinded_by == "Dr Night Shift"
     assert recorded.recorded_by == ready.investigator.name and recorded.recorded_at == ctx.now()
-    assert subjects.subjects(ctx, TRIAL, ALL)[0].blind_broken
+    assert subjects_views.subjects(ctx, TRIAL, ALL)[0].blind_broken
     [entry] = events(ctx, "unblinding.offline_registered")
     assert json.loads(entry.new_values or "{}")["sheet"] == sheet
     assert not [e for e in events(ctx, "arm.read") if e.object_id == number]  # nothing revealed online
@@ -456,7 +443,7 @@ def test_an_accidental_unblinding_is_reported_without_naming_the_treatment(
     fixed = replace(report, how="The pharmacy's internal note was left with the syringe.")
     report_id = unblinding.report_accidental(ctx, ready.nurse, TRIAL, fixed, scope=ALL)
     assert report_id > 0
-    assert subjects.subjects(ctx, TRIAL, ALL)[0].blind_broken
+    assert subjects_views.subjects(ctx, TRIAL, ALL)[0].blind_broken
     [entry] = events(ctx, "unblinding.accidental_reported")
     assert json.loads(entry.new_values or "{}")["subject"] == number
     with pytest.raises(ValidationFailed) as refused:
@@ -476,58 +463,56 @@ def test_the_trial_walks_active_locked_unblinded_with_signatures_and_the_listing
         randomize(ctx, ready, "P2-0001", "P2")
     ]
     stat = ready.statistician
-    with pytest.raises(trial_state.NotUnblinded):
-        trial_state.unblinded_listing(ctx, stat, TRIAL, signature=SIGNED)
+    with pytest.raises(lookups.NotUnblinded):
+        releases.unblinded_listing(ctx, stat, TRIAL, signature=SIGNED)
     with pytest.raises(Conflict):  # not in that order
-        trial_state.unblind_trial(ctx, stat, TRIAL, reason="analysis", signature=SIGNED)
-    with pytest.raises(trial_state.NotUnblinded):
-        trial_state.own_subject_arm(ctx, ready.investigator, TRIAL, numbers[0], ALL)
+        state.unblind_trial(ctx, stat, TRIAL, reason="analysis", signature=SIGNED)
+    with pytest.raises(lookups.NotUnblinded):
+        releases.own_subject_arm(ctx, ready.investigator, TRIAL, numbers[0], ALL)
     with pytest.raises(ValidationFailed):
-        trial_state.lock(ctx, manager, TRIAL, reason=" ", signature=SIGNED)
+        state.lock(ctx, manager, TRIAL, reason=" ", signature=SIGNED)
     with pytest.raises(signatures.SignatureRefused):
-        trial_state.lock(ctx, manager, TRIAL, reason="last patient out", signature=WRONG)
-    assert trial_state.status(ctx, TRIAL) == "active"
+        state.lock(ctx, manager, TRIAL, reason="last patient out", signature=WRONG)
+    assert state.status(ctx, TRIAL) == "active"
 
-    locked = trial_state.lock(ctx, manager, TRIAL, reason="last patient out, data cleaned", signature=SIGNED)
+    locked = state.lock(ctx, manager, TRIAL, reason="last patient out, data cleaned", signature=SIGNED)
     assert (locked.from_status, locked.to_status, locked.signature.meaning) == (
         "active",
         "locked",
         "database lock",
     )
     with pytest.raises(Conflict):
-        trial_state.lock(ctx, manager, TRIAL, reason="again", signature=SIGNED)
-    with pytest.raises(trial_state.NotUnblinded):
-        trial_state.unblinded_listing(ctx, stat, TRIAL, signature=SIGNED)
+        state.lock(ctx, manager, TRIAL, reason="again", signature=SIGNED)
+    with pytest.raises(lookups.NotUnblinded):
+        releases.unblinded_listing(ctx, stat, TRIAL, signature=SIGNED)
     # Emergency unblinding stays possible after the lock.
     unblind(ctx, ready.investigator, numbers[0])
 
-    done = trial_state.unblind_trial(
-        ctx, stat, TRIAL, reason="SAP signed, blind review done", signature=SIGNED
-    )
+    done = state.unblind_trial(ctx, stat, TRIAL, reason="SAP signed, blind review done", signature=SIGNED)
     assert done.signature.meaning == "final unblinding"
-    status, steps = trial_state.history(ctx, TRIAL)
+    status, steps = state.history(ctx, TRIAL)
     assert status == "unblinded" and [(s.from_status, s.to_status) for s in steps] == [
         ("active", "locked"),
         ("locked", "unblinded"),
     ]
 
-    release = trial_state.unblinded_listing(ctx, stat, TRIAL, signature=SIGNED)
+    release = releases.unblinded_listing(ctx, stat, TRIAL, signature=SIGNED)
     assert release.signature.meaning == "release of the unblinded listing"
     truth = {n: true_arm(ctx, n) for n in numbers}
     assert {r.subject_number: r.arm for r in release.rows} == truth
     rows = list(csv.reader(io.StringIO(release.csv)))
-    assert rows[1] == list(trial_state.LISTING_COLUMNS) and len(rows) == 2 + len(numbers)
+    assert rows[1] == list(releases.LISTING_COLUMNS) and len(rows) == 2 + len(numbers)
     assert {row[0]: row[8] for row in rows[2:]} == truth
     assert release.sha256 == hashlib.sha256(release.csv.encode()).hexdigest()
     [released] = events(ctx, "report.unblinded_listing")
     assert json.loads(released.new_values or "{}")["sha256"] == release.sha256
     # Investigators may now learn their own subjects' treatment (audited), not another site's.
     assert (
-        trial_state.own_subject_arm(ctx, ready.investigator, TRIAL, numbers[1], site_scope(ctx, "P1"))[0]
+        releases.own_subject_arm(ctx, ready.investigator, TRIAL, numbers[1], site_scope(ctx, "P1"))[0]
         == truth[numbers[1]]
     )
     with pytest.raises(NotFound):
-        trial_state.own_subject_arm(ctx, ready.investigator, TRIAL, numbers[4], site_scope(ctx, "P1"))
+        releases.own_subject_arm(ctx, ready.investigator, TRIAL, numbers[4], site_scope(ctx, "P1"))
 
 
 @pytest.mark.req("REP-08", "BLD-09")
@@ -536,13 +521,9 @@ def test_an_interim_package_is_signed_numbered_audited_and_kept_as_a_digest(
 ) -> None:
     numbers = [randomize(ctx, ready, f"P1-{n:04d}") for n in range(1, 4)]
     with pytest.raises(ValidationFailed):
-        trial_state.interim_package(ctx, ready.statistician, TRIAL, purpose="", signature=SIGNED)
-    first = trial_state.interim_package(
-        ctx, ready.statistician, TRIAL, purpose="DSMB look 1", signature=SIGNED
-    )
-    second = trial_state.interim_package(
-        ctx, ready.statistician, TRIAL, purpose="DSMB look 2", signature=SIGNED
-    )
+        releases.interim_package(ctx, ready.statistician, TRIAL, purpose="", signature=SIGNED)
+    first = releases.interim_package(ctx, ready.statistician, TRIAL, purpose="DSMB look 1", signature=SIGNED)
+    second = releases.interim_package(ctx, ready.statistician, TRIAL, purpose="DSMB look 2", signature=SIGNED)
     assert "package 1" in first.title and "package 2" in second.title
     assert {r.subject_number: r.arm for r in first.rows} == {n: true_arm(ctx, n) for n in numbers}
     from allocator.models import InterimPackage
@@ -560,9 +541,9 @@ def test_an_interim_package_is_signed_numbered_audited_and_kept_as_a_digest(
 def test_a_locked_trial_takes_no_new_dispensing(ctx: ServiceContext, ready: ReadyTrial) -> None:
     number = randomize(ctx, ready, "P1-0001")
     manager = make_actor(ctx, "manager", "trial_manager")
-    trial_state.lock(ctx, manager, TRIAL, reason="database lock for the analysis", signature=SIGNED)
-    [subject] = subjects.subjects(ctx, TRIAL, ALL)
-    with pytest.raises(trial_state.TrialLocked):
+    state.lock(ctx, manager, TRIAL, reason="database lock for the analysis", signature=SIGNED)
+    [subject] = subjects_views.subjects(ctx, TRIAL, ALL)
+    with pytest.raises(lookups.TrialLocked):
         dispensing.dispense(
             ctx,
             ready.pharmacist,
@@ -578,8 +559,8 @@ def test_a_locked_trial_takes_no_new_dispensing(ctx: ServiceContext, ready: Read
 def test_a_locked_trial_takes_no_new_subject(ctx: ServiceContext, ready: ReadyTrial) -> None:
     randomize(ctx, ready, "P1-0001")
     manager = make_actor(ctx, "manager", "trial_manager")
-    trial_state.lock(ctx, manager, TRIAL, reason="database lock for the analysis", signature=SIGNED)
-    with pytest.raises(trial_state.TrialLocked) as refused:
+    state.lock(ctx, manager, TRIAL, reason="database lock for the analysis", signature=SIGNED)
+    with pytest.raises(lookups.TrialLocked) as refused:
         randomize(ctx, ready, "P1-0002")
     assert refused.value.status == 409 and refused.value.slug == "trial-locked"
-    assert len(subjects.subjects(ctx, TRIAL, ALL)) == 1
+    assert len(subjects_views.subjects(ctx, TRIAL, ALL)) == 1

@@ -13,9 +13,12 @@ import kits as kitlib
 from allocator import crypto
 from allocator.models import AuditEvent, Kit, Notification, Signature, Site, Subject, SubjectWithdrawal
 from allocator.permissions import Scope
-from allocator.services import administration, dispensing, kits, signatures, subjects, trial_state
+from allocator.services import bedside, dispensing, lookups, signatures
+from allocator.services.closeout import state
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, NotFound, ValidationFailed
+from allocator.services.subjects import randomize, views, withdrawal
+from allocator.services.supply import kit_rules
 from tests.support import ELIGIBLE, GOOD_PASSWORD, Clock, ReadyTrial, ready_trial
 
 TRIAL = "IFNG-PAIS"
@@ -24,12 +27,12 @@ SIGNED = signatures.SignatureRequest(password=GOOD_PASSWORD)
 MARCH_2 = date(2026, 3, 2)  # the test clock's first day (09:30 UTC, 10:30 in Paris)
 
 
-def _randomize(ctx: ServiceContext, ready: ReadyTrial, screening: str) -> subjects.RandomizationResult:
-    return subjects.randomize(
+def _randomize(ctx: ServiceContext, ready: ReadyTrial, screening: str) -> randomize.RandomizationResult:
+    return randomize.randomize(
         ctx,
         ready.investigator,
         TRIAL,
-        subjects.RandomizationRequest(
+        randomize.RandomizationRequest(
             site="P1", screening_number=screening, eligibility=ELIGIBLE, strata={"admission_cause": "septic"}
         ),
         ALL,
@@ -45,7 +48,7 @@ def _withdraw(ctx: ServiceContext, ready: ReadyTrial, number: str, **changes: ob
         "signature": SIGNED,
     }
     args.update(changes)
-    subjects.withdraw(ctx, ready.investigator, TRIAL, number, **args)  # type: ignore[arg-type]
+    withdrawal.withdraw(ctx, ready.investigator, TRIAL, number, **args)  # type: ignore[arg-type]
 
 
 def _counts(ctx: ServiceContext) -> tuple[int, int]:
@@ -69,7 +72,7 @@ def test_a_withdrawal_is_signed_audited_shown_and_names_no_arm(ctx: ServiceConte
     result = _randomize(ctx, ready, "P1-0001")
     clock.advance(days=2)
     _withdraw(ctx, ready, result.subject_number, kind="lost_to_follow_up", effective_date="2026-03-03")
-    view = subjects.subject(ctx, TRIAL, result.subject_number, ALL)
+    view = views.subject(ctx, TRIAL, result.subject_number, ALL)
     assert view.withdrawal is not None
     assert (view.withdrawal.kind, view.withdrawal.effective_date) == ("lost_to_follow_up", date(2026, 3, 3))
     assert view.withdrawal.reason == "the patient's family withdrew consent"
@@ -157,8 +160,8 @@ def test_a_subject_is_withdrawn_once_within_reach_while_the_trial_is_open(ctx: S
         assert s.execute(select(func.count()).select_from(SubjectWithdrawal)).scalar_one() == 1
         failed = s.execute(select(AuditEvent).where(AuditEvent.action == "signature.failed")).scalar_one()
     assert failed.object_id == second.subject_number
-    trial_state.lock(ctx, ready.statistician, TRIAL, reason="database lock", signature=SIGNED)
-    with pytest.raises(trial_state.TrialLocked):
+    state.lock(ctx, ready.statistician, TRIAL, reason="database lock", signature=SIGNED)
+    with pytest.raises(lookups.TrialLocked):
         _withdraw(ctx, ready, second.subject_number)
 
 
@@ -171,7 +174,7 @@ def test_no_further_dose_after_a_withdrawal_for_either_arm(ctx: ServiceContext, 
     arms = {r.subject_number: _arm(ctx, r.kits[0].kit_number) for r in results}
     one_of_each = [next(n for n, a in arms.items() if a == arm) for arm in ("A", "B")]
     kits_of = {r.subject_number: {k.day: k.kit_number for k in r.kits} for r in results}
-    mac = kits.mac(ctx)
+    mac = kit_rules.mac(ctx)
     refusals: list[tuple[str, str]] = []
     for number in one_of_each:
         kit = kits_of[number]
@@ -180,12 +183,12 @@ def test_no_further_dose_after_a_withdrawal_for_either_arm(ctx: ServiceContext, 
         )
         _withdraw(ctx, ready, number, reason="treatment stopped after an adverse event")
         before = _counts(ctx)
-        with pytest.raises(subjects.SubjectWithdrawn) as dispensed:
+        with pytest.raises(withdrawal.SubjectWithdrawn) as dispensed:
             dispensing.dispense(
                 ctx, ready.pharmacist, TRIAL, number, {"D2": kit["D2"]}, scope=ALL, signature=SIGNED
             )
-        with pytest.raises(subjects.SubjectWithdrawn) as given:
-            administration.record_scan(
+        with pytest.raises(withdrawal.SubjectWithdrawn) as given:
+            bedside.record_scan(
                 ctx,
                 ready.nurse,
                 TRIAL,
@@ -199,7 +202,7 @@ def test_no_further_dose_after_a_withdrawal_for_either_arm(ctx: ServiceContext, 
             assert caught.value.status == 409
             assert caught.value.detail == f"{number} was withdrawn on 2026-03-02: no further dose"
             refusals.append((type(caught.value).__name__, caught.value.detail.replace(number, "N")))
-        view = subjects.subject(ctx, TRIAL, number, ALL)
+        view = views.subject(ctx, TRIAL, number, ALL)
         assert [d.status for d in view.days] == ["dispensed", "allocated", "allocated"]
     assert refusals[:2] == refusals[2:]  # the same answer for both arms
     queued = {item.subject_number for item in dispensing.queue(ctx, TRIAL, ALL)}
@@ -232,7 +235,7 @@ def test_no_replacement_kit_and_no_preparation_after_a_withdrawal(ctx: ServiceCo
     result = _randomize(ctx, ready, "P1-0001")
     _withdraw(ctx, ready, result.subject_number)
     before = _counts(ctx)
-    with pytest.raises(subjects.SubjectWithdrawn) as replaced:
+    with pytest.raises(withdrawal.SubjectWithdrawn) as replaced:
         dispensing.replace_kit(
             ctx,
             ready.pharmacist,
@@ -244,9 +247,9 @@ def test_no_replacement_kit_and_no_preparation_after_a_withdrawal(ctx: ServiceCo
             scope=ALL,
         )
     assert [e.field for e in replaced.value.errors] == ["day"] and replaced.value.status == 409
-    with pytest.raises(subjects.SubjectWithdrawn):
+    with pytest.raises(withdrawal.SubjectWithdrawn):
         dispensing.preparation(ctx, ready.statistician, TRIAL, result.subject_number, "D1", ALL)
     assert _counts(ctx) == before  # no arm.read, no kit event, nothing at all
-    view = subjects.subject(ctx, TRIAL, result.subject_number, ALL)
+    view = views.subject(ctx, TRIAL, result.subject_number, ALL)
     assert [d.kit_number for d in view.days] == [k.kit_number for k in result.kits]
     assert [d.status for d in view.days] == ["allocated"] * 3

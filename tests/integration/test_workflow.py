@@ -12,9 +12,11 @@ import kits as kitlib
 from allocator import crypto
 from allocator.models import AuditEvent, Dispensation, Kit, ScreeningEntry, Slot, Stratum, Subject
 from allocator.permissions import Scope
-from allocator.services import administration, dispensing, kits, signatures, subjects
+from allocator.services import bedside, dispensing, signatures, sites
 from allocator.services.context import ServiceContext
 from allocator.services.errors import NotFound, ValidationFailed
+from allocator.services.subjects import corrections, randomize, views
+from allocator.services.supply import kit_rules
 from tests.support import ELIGIBLE, GOOD_PASSWORD, Clock, ready_trial
 
 ALL = Scope(all_sites=True, site_ids=frozenset())
@@ -23,8 +25,8 @@ SIGNED = signatures.SignatureRequest(password=GOOD_PASSWORD)
 
 def request(
     number: str, *, site: str = "P1", cause: str = "septic", **changes: object
-) -> subjects.RandomizationRequest:
-    return subjects.RandomizationRequest(
+) -> randomize.RandomizationRequest:
+    return randomize.RandomizationRequest(
         site=site,
         screening_number=number,
         eligibility={**ELIGIBLE, **changes},
@@ -45,7 +47,7 @@ def arm_of(ctx: ServiceContext, kit_number: str) -> str:
 def test_randomization_takes_the_next_slot_and_kits_of_its_arm(ctx: ServiceContext) -> None:
     ready = ready_trial(ctx)
     results = [
-        subjects.randomize(ctx, ready.investigator, "IFNG-PAIS", request(f"P1-{i:04d}"), ALL)
+        randomize.randomize(ctx, ready.investigator, "IFNG-PAIS", request(f"P1-{i:04d}"), ALL)
         for i in range(1, 7)
     ]
     assert [r.subject_number for r in results] == [f"P1-{i:03d}" for i in range(1, 7)]
@@ -85,8 +87,8 @@ def test_randomization_takes_the_next_slot_and_kits_of_its_arm(ctx: ServiceConte
 @pytest.mark.req("RND-06")
 def test_ineligible_patients_go_to_the_screening_log_only(ctx: ServiceContext) -> None:
     ready = ready_trial(ctx)
-    with pytest.raises(subjects.Ineligible) as caught:
-        subjects.randomize(ctx, ready.investigator, "IFNG-PAIS", request("P1-0100", sofa_24h=4), ALL)
+    with pytest.raises(randomize.Ineligible) as caught:
+        randomize.randomize(ctx, ready.investigator, "IFNG-PAIS", request("P1-0100", sofa_24h=4), ALL)
     assert [e.field for e in caught.value.errors] == ["eligibility.sofa_24h"]
     with ctx.db.reading() as s:
         entry = s.execute(select(ScreeningEntry)).scalar_one()
@@ -96,7 +98,7 @@ def test_ineligible_patients_go_to_the_screening_log_only(ctx: ServiceContext) -
             s.execute(select(func.count()).select_from(Kit).where(Kit.status == "allocated")).scalar_one()
             == 0
         )
-    log = subjects.screening_log(ctx, "IFNG-PAIS", ALL)
+    log = views.screening_log(ctx, "IFNG-PAIS", ALL)
     assert log[0].screening_number == "P1-0100" and not log[0].eligible
 
 
@@ -117,14 +119,14 @@ def test_invalid_requests_consume_nothing(
 ) -> None:
     ready = ready_trial(ctx)
     base = request("P1-0001")
-    req = subjects.RandomizationRequest(
+    req = randomize.RandomizationRequest(
         site=base.site,
         screening_number=str(changes.get("screening_number", base.screening_number)),
         eligibility=changes.get("eligibility", base.eligibility),  # type: ignore[arg-type]
         strata=changes.get("strata", base.strata),  # type: ignore[arg-type]
     )
     with pytest.raises(ValidationFailed) as caught:
-        subjects.randomize(ctx, ready.investigator, "IFNG-PAIS", req, ALL)
+        randomize.randomize(ctx, ready.investigator, "IFNG-PAIS", req, ALL)
     assert field in [e.field for e in caught.value.errors]
     with ctx.db.reading() as s:
         assert s.execute(select(func.count()).select_from(ScreeningEntry)).scalar_one() == 0
@@ -133,9 +135,9 @@ def test_invalid_requests_consume_nothing(
 @pytest.mark.req("RND-07")
 def test_a_screening_number_is_randomized_once(ctx: ServiceContext) -> None:
     ready = ready_trial(ctx)
-    subjects.randomize(ctx, ready.investigator, "IFNG-PAIS", request("P1-0001"), ALL)
-    with pytest.raises(subjects.AlreadyRandomized):
-        subjects.randomize(ctx, ready.investigator, "IFNG-PAIS", request("P1-0001", cause="non_septic"), ALL)
+    randomize.randomize(ctx, ready.investigator, "IFNG-PAIS", request("P1-0001"), ALL)
+    with pytest.raises(randomize.AlreadyRandomized):
+        randomize.randomize(ctx, ready.investigator, "IFNG-PAIS", request("P1-0001", cause="non_septic"), ALL)
 
 
 @pytest.mark.req("RND-14")
@@ -143,20 +145,19 @@ def test_only_active_sites_within_reach_randomize(ctx: ServiceContext) -> None:
     ready = ready_trial(ctx)
     p1_only = Scope(all_sites=False, site_ids=frozenset({1}))
     with pytest.raises(NotFound):
-        subjects.randomize(ctx, ready.investigator, "IFNG-PAIS", request("P2-0001", site="P2"), p1_only)
-    from allocator.services import admin
+        randomize.randomize(ctx, ready.investigator, "IFNG-PAIS", request("P2-0001", site="P2"), p1_only)
 
-    admin.close_site(ctx, ready.statistician, "IFNG-PAIS", "P2", scope=ALL, reason="closed")
-    with pytest.raises(subjects.SiteNotActive):
-        subjects.randomize(ctx, ready.investigator_p2, "IFNG-PAIS", request("P2-0001", site="P2"), ALL)
+    sites.close_site(ctx, ready.statistician, "IFNG-PAIS", "P2", scope=ALL, reason="closed")
+    with pytest.raises(randomize.SiteNotActive):
+        randomize.randomize(ctx, ready.investigator_p2, "IFNG-PAIS", request("P2-0001", site="P2"), ALL)
 
 
 @pytest.mark.req("RND-08")
 @pytest.mark.req("BLD-04")
 def test_no_randomization_without_kits_of_every_arm(ctx: ServiceContext) -> None:
     ready = ready_trial(ctx, kits_per_site=0)
-    with pytest.raises(subjects.KitsUnavailable) as caught:
-        subjects.randomize(ctx, ready.investigator, "IFNG-PAIS", request("P1-0001"), ALL)
+    with pytest.raises(randomize.KitsUnavailable) as caught:
+        randomize.randomize(ctx, ready.investigator, "IFNG-PAIS", request("P1-0001"), ALL)
     assert "A" not in caught.value.detail.split() and "B" not in caught.value.detail.split()
     with ctx.db.reading() as s:
         assert s.execute(select(func.sum(Stratum.used))).scalar_one() == 0
@@ -170,8 +171,8 @@ def test_an_exhausted_stratum_answers_with_its_own_error(ctx: ServiceContext) ->
             select(Stratum).where(Stratum.key == "site=P1;admission_cause=septic")
         ).scalar_one()
         stratum.used = stratum.capacity
-    with pytest.raises(subjects.StratumExhausted):
-        subjects.randomize(ctx, ready.investigator, "IFNG-PAIS", request("P1-0001"), ALL)
+    with pytest.raises(randomize.StratumExhausted):
+        randomize.randomize(ctx, ready.investigator, "IFNG-PAIS", request("P1-0001"), ALL)
     with ctx.db.reading() as s:
         assert s.execute(select(func.count()).select_from(Subject)).scalar_one() == 0
 
@@ -195,11 +196,11 @@ def test_a_tampered_slot_blocks_its_stratum(ctx: ServiceContext) -> None:
             ),
             {"s": stratum_id},
         )
-    from allocator.services import lists
+    from allocator.services.lists import storage
 
-    with pytest.raises(lists.ListIntegrityFailure):
-        subjects.randomize(ctx, ready.investigator, "IFNG-PAIS", request("P1-0001"), ALL)
-    subjects.randomize(
+    with pytest.raises(storage.ListIntegrityFailure):
+        randomize.randomize(ctx, ready.investigator, "IFNG-PAIS", request("P1-0001"), ALL)
+    randomize.randomize(
         ctx, ready.investigator, "IFNG-PAIS", request("P1-0002", cause="non_septic"), ALL
     )  # other strata go on
 
@@ -208,8 +209,8 @@ def test_a_tampered_slot_blocks_its_stratum(ctx: ServiceContext) -> None:
 @pytest.mark.req("LBL-06")
 def test_dispense_print_and_administer(ctx: ServiceContext, clock: Clock) -> None:
     ready = ready_trial(ctx)
-    first = subjects.randomize(ctx, ready.investigator, "IFNG-PAIS", request("P1-0001"), ALL)
-    second = subjects.randomize(ctx, ready.investigator, "IFNG-PAIS", request("P1-0002"), ALL)
+    first = randomize.randomize(ctx, ready.investigator, "IFNG-PAIS", request("P1-0001"), ALL)
+    second = randomize.randomize(ctx, ready.investigator, "IFNG-PAIS", request("P1-0002"), ALL)
     kit = {k.day: k.kit_number for k in first.kits}
     with pytest.raises(dispensing.WrongKit):  # another subject's kit
         dispensing.dispense(
@@ -259,13 +260,13 @@ def test_dispense_print_and_administer(ctx: ServiceContext, clock: Clock) -> Non
         ctx, ready.pharmacist, "IFNG-PAIS", first.subject_number, ALL
     )
     assert pdf.startswith(b"%PDF") and document_id.startswith("DISP-IFNG-PAIS-")
-    mac = kits.mac(ctx)
+    mac = kit_rules.mac(ctx)
 
     def label(day: str, number: str | None = None) -> str:
         return kitlib.build_payload("IFNG-PAIS", number or kit[day], day, mac)
 
-    scan = administration.record_scan
-    with pytest.raises(administration.ScanRefused):  # D2 before D1: the IFN trial refuses
+    scan = bedside.record_scan
+    with pytest.raises(bedside.ScanRefused):  # D2 before D1: the IFN trial refuses
         scan(
             ctx,
             ready.nurse,
@@ -275,7 +276,7 @@ def test_dispense_print_and_administer(ctx: ServiceContext, clock: Clock) -> Non
             day="D2",
             scope=ALL,
         )
-    with pytest.raises(administration.WrongPatient):
+    with pytest.raises(bedside.WrongPatient):
         scan(
             ctx,
             ready.nurse,
@@ -285,7 +286,7 @@ def test_dispense_print_and_administer(ctx: ServiceContext, clock: Clock) -> Non
             day="D1",
             scope=ALL,
         )
-    with pytest.raises(administration.WrongDay):
+    with pytest.raises(bedside.WrongDay):
         scan(
             ctx,
             ready.nurse,
@@ -316,7 +317,7 @@ def test_dispense_print_and_administer(ctx: ServiceContext, clock: Clock) -> Non
         scope=ALL,
     )
     assert given.kit_number == kit["D1"] and given.warnings == ()
-    with pytest.raises(administration.AlreadyAdministered):
+    with pytest.raises(bedside.AlreadyAdministered):
         scan(
             ctx,
             ready.nurse,
@@ -360,7 +361,7 @@ def test_dispense_print_and_administer(ctx: ServiceContext, clock: Clock) -> Non
         administered_at=clock() - timedelta(hours=6),
         late_reason="system unavailable during the night",
     )
-    view = subjects.subject(ctx, "IFNG-PAIS", first.subject_number, ALL)
+    view = views.subject(ctx, "IFNG-PAIS", first.subject_number, ALL)
     assert [d.status for d in view.days] == ["administered"] * 3
     with ctx.db.reading() as s:
         refused = (
@@ -377,7 +378,7 @@ def test_dispense_print_and_administer(ctx: ServiceContext, clock: Clock) -> Non
 @pytest.mark.req("BLD-04")
 def test_replacement_keeps_the_arm_and_the_history(ctx: ServiceContext) -> None:
     ready = ready_trial(ctx)
-    result = subjects.randomize(ctx, ready.investigator, "IFNG-PAIS", request("P1-0001"), ALL)
+    result = randomize.randomize(ctx, ready.investigator, "IFNG-PAIS", request("P1-0001"), ALL)
     arm = arm_of(ctx, result.kits[1].kit_number)
     day, new = dispensing.replace_kit(
         ctx,
@@ -402,9 +403,9 @@ def test_replacement_keeps_the_arm_and_the_history(ctx: ServiceContext) -> None:
 @pytest.mark.req("RND-07")
 def test_corrections_keep_what_was_used(ctx: ServiceContext) -> None:
     ready = ready_trial(ctx)
-    result = subjects.randomize(ctx, ready.investigator, "IFNG-PAIS", request("P1-0001"), ALL)
+    result = randomize.randomize(ctx, ready.investigator, "IFNG-PAIS", request("P1-0001"), ALL)
     with pytest.raises(ValidationFailed) as caught:
-        subjects.correct_stratum(
+        corrections.correct_stratum(
             ctx,
             ready.statistician,
             "IFNG-PAIS",
@@ -417,7 +418,7 @@ def test_corrections_keep_what_was_used(ctx: ServiceContext) -> None:
             is_investigator=False,
         )
     assert caught.value.errors[0].field == "investigator_agreement_ref"
-    subjects.correct_stratum(
+    corrections.correct_stratum(
         ctx,
         ready.investigator,
         "IFNG-PAIS",
@@ -429,7 +430,7 @@ def test_corrections_keep_what_was_used(ctx: ServiceContext) -> None:
         agreement_ref=None,
         is_investigator=True,
     )
-    subjects.mark_in_error(
+    corrections.mark_in_error(
         ctx,
         ready.investigator,
         "IFNG-PAIS",
@@ -438,7 +439,7 @@ def test_corrections_keep_what_was_used(ctx: ServiceContext) -> None:
         scope=ALL,
         signature=SIGNED,
     )
-    view = subjects.subject(ctx, "IFNG-PAIS", result.subject_number, ALL)
+    view = views.subject(ctx, "IFNG-PAIS", result.subject_number, ALL)
     assert view.strata_at_randomization["admission_cause"] == "septic"
     assert view.strata_corrected["admission_cause"] == "non_septic"
     assert view.in_error and [d.kit_number for d in view.days] == [k.kit_number for k in result.kits]
@@ -453,15 +454,15 @@ def test_dose_days_are_judged_on_the_sites_calendar_not_the_utc_date(
     a day early and says so, with the Paris date."""
     ready = ready_trial(ctx)
     clock.current = clock.current.replace(hour=23, minute=30)
-    first = subjects.randomize(ctx, ready.investigator, "IFNG-PAIS", request("P1-0001"), ALL)
+    first = randomize.randomize(ctx, ready.investigator, "IFNG-PAIS", request("P1-0001"), ALL)
     kit = {k.day: k.kit_number for k in first.kits}
     dispensing.dispense(
         ctx, ready.pharmacist, "IFNG-PAIS", first.subject_number, dict(kit), scope=ALL, signature=SIGNED
     )
     clock.advance(minutes=10)
-    mac = kits.mac(ctx)
+    mac = kit_rules.mac(ctx)
     given = [
-        administration.record_scan(
+        bedside.record_scan(
             ctx,
             ready.nurse,
             "IFNG-PAIS",

@@ -38,10 +38,18 @@ def allowed_internal(path: Path, module: str) -> bool:
         return module == "allocator.trialdef"
     if rel == "allocator/trialdef.py":
         return False
+    if rel.startswith("allocator/printing/"):  # renders what the randomization core computes
+        return module.startswith("allocator.randomization")
     return False  # kits/ imports nothing of allocator
 
 
-PURE = python_files("allocator/randomization", "allocator/eligibility.py", "allocator/trialdef.py", "kits")
+PURE = python_files(
+    "allocator/randomization",
+    "allocator/eligibility.py",
+    "allocator/trialdef.py",
+    "kits",
+    "allocator/printing",
+)
 
 
 def test_pure_cores_exist() -> None:
@@ -50,6 +58,7 @@ def test_pure_cores_exist() -> None:
     assert "allocator/eligibility.py" in rels and "allocator/trialdef.py" in rels
     assert any(r.startswith("allocator/randomization/") for r in rels)
     assert any(r.startswith("kits/") for r in rels)
+    assert any(r.startswith("allocator/printing/") for r in rels)
 
 
 @pytest.mark.parametrize("path", PURE, ids=lambda p: p.relative_to(ROOT).as_posix())
@@ -119,6 +128,137 @@ def test_only_the_arm_accessor_opens_arms_or_sealed_values() -> None:
 _SEALING_ALLOWED = {
     "allocator/audit.py",
     "allocator/services/auth.py",
-    "allocator/services/lists.py",
-    "allocator/services/subjects.py",
+    "allocator/services/lists/generation.py",
+    "allocator/services/lists/extension.py",
+    "allocator/services/subjects/randomize.py",
 }
+
+
+# --- services that read like a table of contents (issue 12) ----------------------------------------
+# A module imports another's public names only; a name that two modules need moves down (to
+# services/lookups.py, or a small shared module) and loses its underscore. And no import circle, not
+# even one hidden in a function-level import: a circle means two modules that are really one, or a
+# look-up that belongs lower down.
+
+
+def module_name(root: Path, path: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def import_graph(root: Path, tops: tuple[str, ...]) -> tuple[dict[str, set[str]], list[str]]:
+    """Edges module -> the modules of `tops` it imports (anywhere in the file, function-level
+    imports included), and every private name imported from another module (`file: module._name`)."""
+    modules = {module_name(root, p): p for top in tops for p in sorted((root / top).rglob("*.py"))}
+    edges: dict[str, set[str]] = {}
+    private: list[str] = []
+    for name, path in modules.items():
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names if a.name in modules}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:
+                    if f"{node.module}.{alias.name}" in modules:
+                        targets.add(f"{node.module}.{alias.name}")
+                    elif node.module in modules:
+                        targets.add(node.module)
+                        if alias.name.startswith("_") and not alias.name.startswith("__"):
+                            private.append(f"{path.relative_to(root).as_posix()}: {node.module}.{alias.name}")
+        edges[name] = targets - {name}
+    return edges, private
+
+
+def import_circles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    circles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(edges.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return circles
+
+
+CHECKED = ("allocator", "kits")
+
+
+def test_the_import_graph_covers_the_services() -> None:
+    edges, _ = import_graph(ROOT, CHECKED)
+    assert "allocator.services.lookups" in edges and len(edges) > 50
+    assert "allocator.services.lookups" in edges["allocator.services.subjects.randomize"]
+
+
+def test_no_private_name_is_imported_across_modules() -> None:
+    _, private = import_graph(ROOT, CHECKED)
+    assert private == []
+
+
+def test_no_import_circle_among_allocator_modules() -> None:
+    edges, _ = import_graph(ROOT, CHECKED)
+    assert import_circles(edges) == []
+
+
+def _plant(root: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+
+
+def test_the_checks_catch_a_planted_private_import_and_circle(tmp_path: Path) -> None:
+    """A test that cannot fail is a defect: each check finds the violation planted for it, and
+    passes the same tree without it."""
+    clean = {
+        "app/__init__.py": "",
+        "app/low.py": "def shared() -> None: ...\ndef _own() -> None: ...\n",
+        "app/high.py": "from app.low import shared\n",
+        "app/pkg/__init__.py": "",
+        "app/pkg/mod.py": "from app import low\n",
+    }
+    _plant(tmp_path, clean)
+    edges, private = import_graph(tmp_path, ("app",))
+    assert private == [] and import_circles(edges) == []
+    assert edges["app.pkg.mod"] == {"app.low"}
+
+    _plant(tmp_path, {"app/pkg/mod.py": "from app import low\nfrom app.low import _own\n"})
+    _, private = import_graph(tmp_path, ("app",))
+    assert private == ["app/pkg/mod.py: app.low._own"]
+
+    # a circle through a function-level import (the usual way one hides) is still a circle
+    _plant(
+        tmp_path,
+        {
+            "app/pkg/mod.py": "from app import low\n",
+            "app/low.py": "def shared() -> None:\n    from app.high import x\n",
+            "app/high.py": "from app.low import shared\nx = 1\n",
+        },
+    )
+    edges, _ = import_graph(tmp_path, ("app",))
+    assert import_circles(edges) == [["app.high", "app.low"]]

@@ -53,20 +53,13 @@ from allocator.models import (
 )
 from allocator.models import Subject as SubjectRow
 from allocator.permissions import MFA_REQUIRED_ROLES, SITE_ROLES, UNBLINDED_ROLES, Role, Scope
-from allocator.services import (
-    accounts,
-    administration,
-    audit_trail,
-    auth,
-    dispensing,
-    kits,
-    notifications,
-    signatures,
-    subjects,
-)
+from allocator.services import audit_trail, auth, bedside, dispensing, notifications, signatures
+from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
 from allocator.services.errors import DomainError
-from allocator.services.trials import trial_definition
+from allocator.services.lookups import trial_definition
+from allocator.services.subjects import corrections, randomize, withdrawal
+from allocator.services.supply import kit_rules, kit_status, shipments
 from allocator.trialdef import TrialDefinition
 from tests.masking import Subject, arm_of
 from tests.support import (
@@ -198,7 +191,7 @@ def _principals(ctx: ServiceContext) -> dict[str, Principal]:
 
 def _identifiers(ctx: ServiceContext, number: str) -> Subject:
     """A subject's identifiers, read back: current kit per day, replaced kits, payloads."""
-    mac = kits.mac(ctx)
+    mac = kit_rules.mac(ctx)
     with ctx.db.reading() as s:
         row = s.execute(select(SubjectRow).where(SubjectRow.subject_number == number)).scalar_one()
         dispensations = s.execute(
@@ -218,7 +211,7 @@ def _identifiers(ctx: ServiceContext, number: str) -> Subject:
             extra += [
                 (kitlib.build_payload(TRIAL, old, label, mac), f"<OLD-PAYLOAD-{label}-{replacement}>"),
                 (
-                    kitlib.build_payload(TRIAL, old, kits.KIT_UNIT, mac),
+                    kitlib.build_payload(TRIAL, old, kit_rules.KIT_UNIT, mac),
                     f"<OLD-KITLABEL-{label}-{replacement}>",
                 ),
                 (kitlib.format_kit_number(old), f"<OLD-KIT-{label}-{replacement}>"),
@@ -233,7 +226,7 @@ def _identifiers(ctx: ServiceContext, number: str) -> Subject:
         randomization_number=randomization,
         arm=arms.pop(),
         kits=current,
-        kit_labels={d: kitlib.build_payload(TRIAL, n, kits.KIT_UNIT, mac) for d, n in current.items()},
+        kit_labels={d: kitlib.build_payload(TRIAL, n, kit_rules.KIT_UNIT, mac) for d, n in current.items()},
         payloads={d: kitlib.build_payload(TRIAL, n, d, mac) for d, n in current.items()},
         extra=extra,
     )
@@ -268,7 +261,7 @@ def build_world(
     for principal in principals.values():
         if Role(principal.role) in MFA_REQUIRED_ROLES:
             principal.totp_secret = enroll_totp(ctx, principal.user_id, clock)
-        principal.token = accounts.create_token(ctx, CLI_ACTOR, principal.username, "crawler").token
+        principal.token = users.create_token(ctx, CLI_ACTOR, principal.username, "crawler").token
     clock.advance(seconds=31)  # a fresh TOTP step for the sign-ins
 
     found = {s.subject.subject_number: s.subject for s in world_subjects}
@@ -318,11 +311,11 @@ def _randomize_twins(
         screening += 1
         assert screening <= 40, "no twin pair in every state after 40 randomizations"
         clock.advance(minutes=1)
-        result = subjects.randomize(
+        result = randomize.randomize(
             ctx,
             ready.investigator,
             TRIAL,
-            subjects.RandomizationRequest(
+            randomize.RandomizationRequest(
                 "P1", f"P1-{screening:04d}", ELIGIBLE, {"admission_cause": "septic"}
             ),
             EVERYWHERE,
@@ -347,7 +340,7 @@ def _apply_states(
 ) -> None:
     """The same steps for both twins of each state (module docstring)."""
     inv, pharm, nurse = ready.investigator, ready.pharmacist, ready.nurse
-    mac = kits.mac(ctx)
+    mac = kit_rules.mac(ctx)
 
     def each(state: str, what: str, action: Callable[[str, str], object]) -> None:
         _each(clock, steps, by_state, state, what, action)
@@ -357,7 +350,7 @@ def _apply_states(
         return dispensing.dispense(ctx, pharm, TRIAL, number, scans, scope=EVERYWHERE, signature=SIGNED)
 
     def scan(number: str, payload: str, day: str) -> object:
-        return administration.record_scan(
+        return bedside.record_scan(
             ctx, nurse, TRIAL, payload=payload, subject_number=number, day=day, scope=EVERYWHERE
         )
 
@@ -387,7 +380,7 @@ def _apply_states(
     each(
         "corrected",
         "correct the stratum of",
-        lambda n, _a: subjects.correct_stratum(
+        lambda n, _a: corrections.correct_stratum(
             ctx,
             inv,
             TRIAL,
@@ -406,7 +399,7 @@ def _apply_states(
         "withdrawn",
         "withdraw, then refuse the D2 scan of",
         lambda n, _a: (
-            subjects.withdraw(
+            withdrawal.withdraw(
                 ctx,
                 inv,
                 TRIAL,
@@ -423,7 +416,7 @@ def _apply_states(
     each(
         "in_error",
         "flag in error",
-        lambda n, _a: subjects.mark_in_error(
+        lambda n, _a: corrections.mark_in_error(
             ctx, inv, TRIAL, n, reason="consent withdrawn before dosing", scope=EVERYWHERE, signature=SIGNED
         ),
     )
@@ -510,25 +503,25 @@ def _extras(
     Returns the P2 subject's number."""
     monitor = _actor(principals[Role.MONITOR.value], None)
     clock.advance(minutes=1)
-    p2 = subjects.randomize(
+    p2 = randomize.randomize(
         ctx,
         ready.investigator_p2,
         TRIAL,
-        subjects.RandomizationRequest("P2", "P2-0001", ELIGIBLE, {"admission_cause": "non_septic"}),
+        randomize.RandomizationRequest("P2", "P2-0001", ELIGIBLE, {"admission_cause": "non_septic"}),
         EVERYWHERE,
     ).subject_number
     steps.append(f"randomized {p2} at P2")
     try:
-        subjects.randomize(
+        randomize.randomize(
             ctx,
             ready.investigator,
             TRIAL,
-            subjects.RandomizationRequest(
+            randomize.RandomizationRequest(
                 "P1", "P1-0900", {**ELIGIBLE, "sofa_24h": 3}, {"admission_cause": "septic"}
             ),
             EVERYWHERE,
         )
-    except subjects.Ineligible:
+    except randomize.Ineligible:
         steps.append("an ineligible patient in the screening log")
     codebreak = codebreak_service()
     if codebreak is not None:  # ready_trial generated the sealed sheets of every kit (UNB-07)
@@ -550,7 +543,7 @@ def _extras(
         clock,
         steps,
         "quarantine a kit",
-        lambda: kits.change_status(
+        lambda: kit_status.change_status(
             ctx,
             ready.pharmacist,
             TRIAL,
@@ -566,7 +559,7 @@ def _extras(
         clock,
         steps,
         "prepare a shipment for P2",
-        lambda: kits.create_shipment(ctx, CLI_ACTOR, TRIAL, "P2", 4),
+        lambda: shipments.create_shipment(ctx, CLI_ACTOR, TRIAL, "P2", 4),
     )
     head = audit_trail.verify(ctx, TRIAL).entries
     _step(
@@ -588,7 +581,7 @@ def _extras(
     spare = make_user(ctx, SPARE, "monitor", email=f"{SPARE}@hospital.example")
     auth.change_password(ctx, spare.user_id, spare.one_time_password, GOOD_PASSWORD, GOOD_PASSWORD, CLIENT)
     auth.login(ctx, SPARE, GOOD_PASSWORD, CLIENT)
-    accounts.create_token(ctx, CLI_ACTOR, SPARE, "spare")
+    users.create_token(ctx, CLI_ACTOR, SPARE, "spare")
     steps.append("a spare user with a session and a token")
     return p2
 
@@ -602,7 +595,8 @@ def _values(
     ctx: ServiceContext, world_subjects: list[WorldSubject], definition: TrialDefinition
 ) -> dict[str, list[str]]:
     """Real values for route parameters, by kind; the crawler's resolver picks from them."""
-    reports = _optional("allocator.services.reports", ("REPORTS", "REVIEW_KINDS"))
+    catalogue = _optional("allocator.services.reports.catalogue", ("REPORTS",))
+    audit_review = _optional("allocator.services.reports.audit_review", ("REVIEW_KINDS",))
     with ctx.db.reading() as s:
         spare_id = s.execute(select(User.id).where(User.username == SPARE)).scalar()
 
@@ -617,8 +611,8 @@ def _values(
             "list_id": [str(i) for i in s.execute(select(RandomizationList.id)).scalars()],
             "lot": list(s.execute(select(Batch.lot_code)).scalars()),
             "day": [d.label for d in definition.dispensing.schedule],
-            "report": sorted(reports.REPORTS) if reports else [],
-            "review": sorted(reports.REVIEW_KINDS) if reports else [],
+            "report": sorted(catalogue.REPORTS) if catalogue else [],
+            "review": sorted(audit_review.REVIEW_KINDS) if audit_review else [],
             "code_break_document": list(
                 s.execute(
                     select(PrintedDocument.document_id)

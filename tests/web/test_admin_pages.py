@@ -11,9 +11,9 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from allocator.models import RoleAssignment
-from allocator.services import accounts
-from allocator.services import kits as supply
+from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
+from allocator.services.supply import kit_lists
 from tests.support import CLI_ACTOR, code_break_sheets, load_ifn, make_user
 from tests.web.conftest import csrf_token
 
@@ -79,7 +79,9 @@ def test_granting_in_a_trial_validates_and_reports_errors(ctx: ServiceContext, s
 @pytest.mark.req("RND-14", "UNB-07")
 def test_site_activation_page(ctx: ServiceContext, signed_in: SignedIn) -> None:
     tm = manager(ctx, signed_in)
-    supply.generate_kit_list(ctx, CLI_ACTOR, "IFNG-PAIS", count=4, lot_code="LOT-1", expiry=date(2027, 6, 30))
+    kit_lists.generate_kit_list(
+        ctx, CLI_ACTOR, "IFNG-PAIS", count=4, lot_code="LOT-1", expiry=date(2027, 6, 30)
+    )
     page = tm.get("/trials/IFNG-PAIS/sites").get_data(as_text=True)
     assert 'name="code_break_evidence"' in page and "4 kit(s) without a sheet" in page  # UNB-07 checklist
     token = csrf_token(tm, "/trials/IFNG-PAIS/sites")
@@ -208,7 +210,7 @@ def test_api_audit_pages_and_verify(ctx: ServiceContext, client: FlaskClient) ->
         "a long new passphrase 9",
         auth.Client("192.0.2.1", "t", "r"),
     )
-    headers = {"Authorization": f"Bearer {accounts.create_token(ctx, CLI_ACTOR, 'mon', 'edc').token}"}
+    headers = {"Authorization": f"Bearer {users.create_token(ctx, CLI_ACTOR, 'mon', 'edc').token}"}
     seqs: list[int] = []
     after = ""
     while True:

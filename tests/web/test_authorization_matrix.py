@@ -15,7 +15,8 @@ from flask.testing import FlaskClient
 
 from allocator import crypto
 from allocator.permissions import MFA_REQUIRED_ROLES, Role
-from allocator.services import accounts, auth, trials
+from allocator.services import auth, trials
+from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
 from tests.support import CLI_ACTOR, GOOD_PASSWORD, IFN_TRIAL, Clock, enroll_totp, load_ifn, make_user
 from tests.web.conftest import csrf_token, https_client
@@ -700,7 +701,7 @@ def principals(app: Flask, ctx: ServiceContext, clock: Clock) -> dict[str, Flask
                 :300
             ]
         clients[name] = client
-    accounts.create_token(ctx, CLI_ACTOR, "monitor", "x")  # something for token pages to list
+    users.create_token(ctx, CLI_ACTOR, "monitor", "x")  # something for token pages to list
     return clients
 
 

@@ -19,8 +19,8 @@ from sqlalchemy import select
 from allocator import crypto
 from allocator.models import AuditEvent, Site
 from allocator.services import auth
-from allocator.services import kits as supply
 from allocator.services.context import ServiceContext
+from allocator.services.supply import kit_lists
 from tests.support import CLI_ACTOR, GOOD_PASSWORD, Clock, enroll_totp, load_ifn, make_user
 from tests.unit.kits.kits_testdata import decode_qr_codes, page_count
 from tests.web.conftest import csrf_token, https_client
@@ -76,7 +76,7 @@ def test_generate_check_reconcile_and_activate_through_the_pages(
     app: Flask, ctx: ServiceContext, clock: Clock, signed_in: SignedIn
 ) -> None:
     load_ifn(ctx)
-    supply.generate_kit_list(ctx, CLI_ACTOR, TRIAL, count=8, lot_code="LOT-WEB", expiry=date(2027, 6, 30))
+    kit_lists.generate_kit_list(ctx, CLI_ACTOR, TRIAL, count=8, lot_code="LOT-WEB", expiry=date(2027, 6, 30))
     clients = {}
     for username, role, site in (
         ("mon", "monitor", None),
@@ -198,7 +198,7 @@ def test_reprint_and_replacement_forms_answer_with_the_pdf_or_a_named_error(
     app: Flask, ctx: ServiceContext, clock: Clock
 ) -> None:
     load_ifn(ctx)
-    supply.generate_kit_list(ctx, CLI_ACTOR, TRIAL, count=4, lot_code="LOT-WEB", expiry=date(2027, 6, 30))
+    kit_lists.generate_kit_list(ctx, CLI_ACTOR, TRIAL, count=4, lot_code="LOT-WEB", expiry=date(2027, 6, 30))
     stat = Unblinded(app, ctx, clock)
     page = f"{BASE}/code-break/sheets"
     token = csrf_token(stat.client, page)

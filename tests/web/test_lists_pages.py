@@ -21,8 +21,9 @@ from allocator.app import StartupError, create_app
 from allocator.audit import Actor
 from allocator.db import Database
 from allocator.models import AuditEvent, RandomizationList, Stratum
-from allocator.services import auth, lists, trials
+from allocator.services import auth, trials
 from allocator.services.context import ServiceContext
+from allocator.services.lists import approval, generation
 from allocator.services.signatures import SignatureRequest
 from allocator.settings import Environment, Settings
 from tests.support import CLI_ACTOR, GOOD_PASSWORD, IFN_TRIAL, Clock, enroll_totp, load_ifn, make_user
@@ -109,10 +110,10 @@ def events(ctx: ServiceContext, action: str) -> list[AuditEvent]:
         )
 
 
-def active_list(ctx: ServiceContext, stat: Statistician) -> lists.Generated:
-    generated = lists.generate_lists(ctx, stat.actor, TRIAL, "test")
-    lists.approve_list(ctx, stat.actor, TRIAL, generated.list_id, stat.request())
-    lists.activate_list(ctx, stat.actor, TRIAL, generated.list_id, stat.request())
+def active_list(ctx: ServiceContext, stat: Statistician) -> generation.Generated:
+    generated = generation.generate_lists(ctx, stat.actor, TRIAL, "test")
+    approval.approve_list(ctx, stat.actor, TRIAL, generated.list_id, stat.request())
+    approval.activate_list(ctx, stat.actor, TRIAL, generated.list_id, stat.request())
     return generated
 
 
@@ -327,7 +328,7 @@ def test_the_review_page_of_a_minimization_list(app: Flask, ctx: ServiceContext,
     ).replace('field = "randomization.block_sizes"', 'field = "randomization.method"')
     trials.load_trial(ctx, CLI_ACTOR, source, source_name="ifn-minimization.toml")
     stat = Statistician(app, ctx, clock, load=False)
-    generated = lists.generate_lists(ctx, stat.actor, TRIAL, "test")
+    generated = generation.generate_lists(ctx, stat.actor, TRIAL, "test")
     assert generated.method == "minimization"
     assert stat.client.get(f"/trials/{TRIAL}/quality").status_code == 409  # blocks only, said plainly
     response = stat.client.get(f"{LISTS}/{generated.list_id}/review")
@@ -343,7 +344,7 @@ def test_a_production_instance_refuses_to_start_over_a_test_list(
     ring: crypto.KeyRing,
     clock: Clock,
 ) -> None:
-    lists.generate_lists(ctx, stat.actor, TRIAL, "test")
+    generation.generate_lists(ctx, stat.actor, TRIAL, "test")
     with pytest.raises(StartupError, match=re.escape(LABEL)):
         create_app(replace(settings, env=Environment.PRODUCTION), db=db, ring=ring, clock=clock)
     assert create_app(settings, db=db, ring=ring, clock=clock) is not None

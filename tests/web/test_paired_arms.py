@@ -26,8 +26,9 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 import kits as kitlib
-from allocator.services import accounts, kits
+from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
+from allocator.services.supply import kit_rules
 from tests.masking import (
     Subject,
     arm_of,
@@ -121,7 +122,7 @@ def learn(ctx: ServiceContext, subject: Subject) -> None:
     assert len(arms) == 1, "a subject's kits are of one arm"
     subject.arm = arms.pop()
     subject.kit_labels = {
-        day: kitlib.build_payload(TRIAL, number, kits.KIT_UNIT, kits.mac(ctx))
+        day: kitlib.build_payload(TRIAL, number, kit_rules.KIT_UNIT, kit_rules.mac(ctx))
         for day, number in subject.kits.items()
     }
 
@@ -189,7 +190,7 @@ def randomize_api(
 
 
 def bearer(ctx: ServiceContext, username: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {accounts.create_token(ctx, CLI_ACTOR, username, 'bld-02').token}"}
+    return {"Authorization": f"Bearer {users.create_token(ctx, CLI_ACTOR, username, 'bld-02').token}"}
 
 
 def pairs_of(found: Iterable[Randomized]) -> tuple[Randomized, Randomized]:
@@ -323,7 +324,7 @@ def test_an_active_and_a_placebo_subject_are_indistinguishable(
         for s, codes in ((sa, codes_a), (sb, codes_b)):
             assert len(codes) == len(DAYS), codes
             for text, _ in codes:
-                parsed = kitlib.verify_payload(text, TRIAL, kits.mac(ctx))
+                parsed = kitlib.verify_payload(text, TRIAL, kit_rules.mac(ctx))
                 assert s.kits[parsed.unit] == parsed.kit_number
                 s.payloads[parsed.unit] = text
         assert sorted((len(t), ec) for t, ec in codes_a) == sorted((len(t), ec) for t, ec in codes_b)

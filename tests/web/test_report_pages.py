@@ -13,9 +13,11 @@ from sqlalchemy import func, select
 
 from allocator import crypto
 from allocator.models import AuditReview
-from allocator.services import auth, signatures, trial_state
+from allocator.services import auth, signatures
+from allocator.services.closeout import state
 from allocator.services.context import ServiceContext
-from allocator.services.reports import REPORTS, REVIEW_KINDS
+from allocator.services.reports.audit_review import REVIEW_KINDS
+from allocator.services.reports.catalogue import REPORTS
 from tests.reporting import Truth, arm_leaks, build, csv_sections, pdf_text
 from tests.support import GOOD_PASSWORD, Clock, enroll_totp, make_user
 from tests.web.conftest import csrf_token, https_client
@@ -179,7 +181,7 @@ def test_restricted_versions_for_the_unblinded_statistician(
     assert "2, 4, 6" not in blinded
     # After the signed final unblinding, the per-arm flow is there as page, CSV and PDF.
     stat = world.ready.statistician
-    for step, reason in ((trial_state.lock, "database lock"), (trial_state.unblind_trial, "final analysis")):
+    for step, reason in ((state.lock, "database lock"), (state.unblind_trial, "final analysis")):
         clock.advance(seconds=31)  # a fresh authenticator code for each signature
         signed = signatures.SignatureRequest(GOOD_PASSWORD, totp=crypto.totp_now(stat_secret, clock()))
         step(ctx, stat, "IFNG-PAIS", reason=reason, signature=signed)

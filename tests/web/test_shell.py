@@ -12,7 +12,8 @@ from sqlalchemy import select
 
 from allocator.models import AuditEvent
 from allocator.permissions import declared_permission, is_public
-from allocator.services import accounts, auth, trials
+from allocator.services import auth, trials
+from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
 from allocator.web.openapi import document
 from tests.support import CLI_ACTOR, GOOD_PASSWORD, IFN_TRIAL, load_ifn, make_user
@@ -184,7 +185,7 @@ def test_a_user_without_any_role_can_do_nothing(client: FlaskClient, ctx: Servic
         from allocator.models import RoleAssignment
 
         assignment = s.execute(select(RoleAssignment.id)).scalar_one()
-    accounts.revoke_role(ctx, CLI_ACTOR, assignment, "left the study")
+    users.revoke_role(ctx, CLI_ACTOR, assignment, "left the study")
     token = csrf_token(client)
     client.post(
         "/login", data={"username": "gone", "password": created.one_time_password, "csrf_token": token}
@@ -197,7 +198,7 @@ def test_a_user_without_any_role_can_do_nothing(client: FlaskClient, ctx: Servic
 def test_api_with_bearer_token(client: FlaskClient, ctx: ServiceContext) -> None:
     load_ifn(ctx)
     created = make_user(ctx, "mon", "monitor")
-    token = accounts.create_token(ctx, CLI_ACTOR, "mon", "edc").token
+    token = users.create_token(ctx, CLI_ACTOR, "mon", "edc").token
     headers = {"Authorization": f"Bearer {token}"}
     # A user who never replaced the one-time password cannot use the API yet.
     assert client.get("/api/v1/trials/IFNG-PAIS", headers=headers).status_code == 401
@@ -287,11 +288,11 @@ def test_an_instance_refuses_to_start_with_lists_of_the_other_mode(
 
     from allocator import crypto
     from allocator.app import StartupError, create_app
-    from allocator.services import lists
+    from allocator.services.lists import generation
     from allocator.settings import Environment
 
     load_ifn(ctx)
-    lists.generate_lists(ctx, CLI_ACTOR, "IFNG-PAIS", "test")
+    generation.generate_lists(ctx, CLI_ACTOR, "IFNG-PAIS", "test")
     create_app(settings, db=db, ring=ring, passwords=crypto.FAST_PASSWORD_HASHING)  # a test instance: fine
     with pytest.raises(StartupError, match="IFNG-PAIS/TEST/1"):
         create_app(replace(settings, env=Environment.PRODUCTION), db=db, ring=ring)

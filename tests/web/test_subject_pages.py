@@ -13,8 +13,11 @@ from sqlalchemy import func, select
 import kits as kitlib
 from allocator.models import ScreeningEntry, Subject
 from allocator.permissions import Scope
-from allocator.services import accounts, dispensing, kits, signatures, subjects
+from allocator.services import dispensing, signatures
+from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
+from allocator.services.subjects import randomize, views
+from allocator.services.supply import kit_rules
 from tests.support import CLI_ACTOR, ELIGIBLE, GOOD_PASSWORD, Clock, ReadyTrial, ready_trial
 from tests.web.conftest import csrf_token, https_client, sign_in
 
@@ -133,13 +136,13 @@ def test_an_ineligible_patient_goes_to_the_screening_log_only(
 def test_the_pharmacist_is_refused_a_wrong_kit_and_a_missing_signature(
     app: Flask, ctx: ServiceContext, world: ReadyTrial
 ) -> None:
-    request = subjects.RandomizationRequest(
+    request = randomize.RandomizationRequest(
         site="P1",
         screening_number="P1-0001",
         eligibility=dict(ELIGIBLE),
         strata={"admission_cause": "septic"},
     )
-    first = subjects.randomize(ctx, world.investigator, TRIAL, request, ALL)
+    first = randomize.randomize(ctx, world.investigator, TRIAL, request, ALL)
     pharm = client_for(app, "pharm-p1")
     page_path = f"/trials/{TRIAL}/subjects/{first.subject_number}"
     path = f"{page_path}/dispense"
@@ -159,10 +162,11 @@ def test_the_pharmacist_is_refused_a_wrong_kit_and_a_missing_signature(
         follow_redirects=True,
     )
     assert "password" in unsigned.get_data(as_text=True)
-    assert {d.status for d in subjects.subject(ctx, TRIAL, first.subject_number, ALL).days} == {"allocated"}
+    assert {d.status for d in views.subject(ctx, TRIAL, first.subject_number, ALL).days} == {"allocated"}
 
     scanned = {
-        f"scan.{d}": kitlib.build_payload(TRIAL, n, kits.KIT_UNIT, kits.mac(ctx)) for d, n in kits_of.items()
+        f"scan.{d}": kitlib.build_payload(TRIAL, n, kit_rules.KIT_UNIT, kit_rules.mac(ctx))
+        for d, n in kits_of.items()
     }
     done = pharm.post(
         path,
@@ -170,20 +174,20 @@ def test_the_pharmacist_is_refused_a_wrong_kit_and_a_missing_signature(
         follow_redirects=True,
     )
     assert "Dispensed (signed)" in done.get_data(as_text=True)
-    assert {d.status for d in subjects.subject(ctx, TRIAL, first.subject_number, ALL).days} == {"dispensed"}
+    assert {d.status for d in views.subject(ctx, TRIAL, first.subject_number, ALL).days} == {"dispensed"}
 
 
 @pytest.mark.req("DIB-01", "LBL-09")
 def test_the_bedside_page_keeps_the_patient_for_the_next_dose_and_flags_an_early_one(
     app: Flask, ctx: ServiceContext, world: ReadyTrial, clock: Clock
 ) -> None:
-    request = subjects.RandomizationRequest(
+    request = randomize.RandomizationRequest(
         site="P1",
         screening_number="P1-0001",
         eligibility=dict(ELIGIBLE),
         strata={"admission_cause": "septic"},
     )
-    first = subjects.randomize(ctx, world.investigator, TRIAL, request, ALL)
+    first = randomize.randomize(ctx, world.investigator, TRIAL, request, ALL)
     kits_of = {k.day: k.kit_number for k in first.kits}
     dispensing.dispense(
         ctx,
@@ -194,7 +198,7 @@ def test_the_bedside_page_keeps_the_patient_for_the_next_dose_and_flags_an_early
         scope=ALL,
         signature=signatures.SignatureRequest(password=GOOD_PASSWORD),
     )
-    label = {d: kitlib.build_payload(TRIAL, n, d, kits.mac(ctx)) for d, n in kits_of.items()}
+    label = {d: kitlib.build_payload(TRIAL, n, d, kit_rules.mac(ctx)) for d, n in kits_of.items()}
     nurse = client_for(app, "nurse-p1")
     path = f"/trials/{TRIAL}/bedside"
 
@@ -226,7 +230,7 @@ def test_the_bedside_page_keeps_the_patient_for_the_next_dose_and_flags_an_early
 def test_the_api_answers_each_refusal_with_its_own_problem_type(
     app: Flask, ctx: ServiceContext, world: ReadyTrial
 ) -> None:
-    token = accounts.create_token(ctx, CLI_ACTOR, "inv-p1", "edc").token
+    token = users.create_token(ctx, CLI_ACTOR, "inv-p1", "edc").token
     client = app.test_client()
 
     def post(body: object) -> tuple[int, dict[str, object]]:
@@ -266,13 +270,13 @@ def test_the_api_answers_each_refusal_with_its_own_problem_type(
 def test_a_withdrawal_is_recorded_from_the_subject_page_and_stops_the_bedside(
     app: Flask, ctx: ServiceContext, world: ReadyTrial
 ) -> None:
-    request = subjects.RandomizationRequest(
+    request = randomize.RandomizationRequest(
         site="P1",
         screening_number="P1-0001",
         eligibility=dict(ELIGIBLE),
         strata={"admission_cause": "septic"},
     )
-    first = subjects.randomize(ctx, world.investigator, TRIAL, request, ALL)
+    first = randomize.randomize(ctx, world.investigator, TRIAL, request, ALL)
     number = first.subject_number
     inv = client_for(app, "inv-p1")
     page_path = f"/trials/{TRIAL}/subjects/{number}"
@@ -296,7 +300,7 @@ def test_a_withdrawal_is_recorded_from_the_subject_page_and_stops_the_bedside(
     assert refused.status_code == 200 and "effective_date: is not a date" in refused.get_data(as_text=True)
     unsigned = inv.post(path, data={**data, "csrf_token": csrf_token(inv, page_path)}, follow_redirects=True)
     assert "password: is wrong" in unsigned.get_data(as_text=True)
-    assert subjects.subject(ctx, TRIAL, number, ALL).withdrawal is None
+    assert views.subject(ctx, TRIAL, number, ALL).withdrawal is None
 
     done = inv.post(
         path,
@@ -325,7 +329,7 @@ def test_a_withdrawal_is_recorded_from_the_subject_page_and_stops_the_bedside(
         data={
             "subject_number": number,
             "day": "D1",
-            "payload": kitlib.build_payload(TRIAL, first.kits[0].kit_number, "D1", kits.mac(ctx)),
+            "payload": kitlib.build_payload(TRIAL, first.kits[0].kit_number, "D1", kit_rules.mac(ctx)),
             "csrf_token": csrf_token(nurse, bedside),
         },
     )

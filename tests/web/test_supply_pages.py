@@ -22,8 +22,9 @@ from allocator import crypto
 from allocator.models import Kit, PrintedDocument, Signature
 from allocator.permissions import Scope
 from allocator.services import auth
-from allocator.services import kits as supply
 from allocator.services.context import ServiceContext
+from allocator.services.supply import kit_lists, kit_rules
+from allocator.services.supply import shipments as supply_shipments
 from tests.support import CLI_ACTOR, GOOD_PASSWORD, Clock, code_break_sheets, enroll_totp, load_ifn, make_user
 from tests.web.conftest import csrf_token, https_client
 
@@ -89,14 +90,16 @@ def people(ctx: ServiceContext, signed_in: SignedIn) -> People:
 
 def kits_at(ctx: ServiceContext, site: str, count: int) -> list[str]:
     """Deliver `count` kits to `site` through the services (every kit scanned at receipt)."""
-    view = supply.create_shipment(ctx, CLI_ACTOR, TRIAL, site, count)
-    supply.ship(ctx, CLI_ACTOR, TRIAL, view.number)
-    supply.receive(ctx, CLI_ACTOR, TRIAL, view.number, list(view.kits), scope=ALL)
+    view = supply_shipments.create_shipment(ctx, CLI_ACTOR, TRIAL, site, count)
+    supply_shipments.ship(ctx, CLI_ACTOR, TRIAL, view.number)
+    supply_shipments.receive(ctx, CLI_ACTOR, TRIAL, view.number, list(view.kits), scope=ALL)
     return list(view.kits)
 
 
 def generate(ctx: ServiceContext, count: int) -> None:
-    supply.generate_kit_list(ctx, CLI_ACTOR, TRIAL, count=count, lot_code="LOT-WEB", expiry=date(2027, 6, 30))
+    kit_lists.generate_kit_list(
+        ctx, CLI_ACTOR, TRIAL, count=count, lot_code="LOT-WEB", expiry=date(2027, 6, 30)
+    )
     code_break_sheets(ctx)  # UNB-07: kits are shipped only with their code-break sheets
 
 
@@ -151,7 +154,7 @@ def test_the_trial_manager_prepares_and_ships_and_the_pharmacist_receives_by_sca
     assert any("count" in f for f in flashes(odd))
     prepared = people.post(people.manager, page, page, site="P1", count="6")
     assert "Shipment prepared: balanced across arms, kits chosen at random." in flashes(prepared)
-    (view,) = supply.shipments(ctx, TRIAL, ALL)
+    (view,) = supply_shipments.shipments(ctx, TRIAL, ALL)
     assert (view.number, view.status, len(view.kits)) == ("SH-0001", "prepared", 6)
     assert sorted(arm_of(ctx, n) for n in view.kits) == ["A", "A", "A", "B", "B", "B"]
     assert "Mark as shipped" in prepared.get_data(as_text=True)  # type: ignore[attr-defined]
@@ -173,7 +176,7 @@ def test_the_trial_manager_prepares_and_ships_and_the_pharmacist_receives_by_sca
     refused = people.post(people.other_pharmacist, f"{page}/SH-0001/receive", page, kits="\n".join(view.kits))
     assert any("no shipment SH-0001" in f for f in flashes(refused))
 
-    tag = supply.mac(ctx)
+    tag = kit_rules.mac(ctx)
     scanned = [
         kitlib.format_kit_number(view.kits[0]),
         view.kits[1],

@@ -15,8 +15,10 @@ from sqlalchemy import select
 from allocator import crypto
 from allocator.models import AuditEvent, Dispensation, Kit, Subject
 from allocator.permissions import Scope
-from allocator.services import accounts, subjects, trials
+from allocator.services import lookups
+from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
+from allocator.services.subjects import randomize as subjects_randomize
 from tests.support import CLI_ACTOR, ELIGIBLE, GOOD_PASSWORD, Clock, ReadyTrial, make_actor, ready_trial
 from tests.web.conftest import TotpSignedIn, csrf_token, https_client, sign_in
 
@@ -34,10 +36,10 @@ FORM = {
 
 def randomize(ctx: ServiceContext, ready: ReadyTrial, number: str, site: str = "P1") -> str:
     investigator = ready.investigator if site == "P1" else ready.investigator_p2
-    request = subjects.RandomizationRequest(
+    request = subjects_randomize.RandomizationRequest(
         site=site, screening_number=number, eligibility=dict(ELIGIBLE), strata={"admission_cause": "septic"}
     )
-    return subjects.randomize(ctx, investigator, TRIAL, request, ALL).subject_number
+    return subjects_randomize.randomize(ctx, investigator, TRIAL, request, ALL).subject_number
 
 
 def true_arm(ctx: ServiceContext, number: str) -> str:
@@ -63,7 +65,7 @@ def text_of(html: str, ctx: ServiceContext | None = None) -> str:
     arms, as a trial's title does)."""
     text = re.sub(r"<[^>]+>", " ", html).replace("ifn-gamma-pais.toml", "")
     if ctx is not None:
-        text = text.replace(trials.trial_definition(ctx, TRIAL).title, "")
+        text = text.replace(lookups.trial_definition(ctx, TRIAL).title, "")
     return text
 
 
@@ -164,7 +166,7 @@ def test_the_api_unblinds_one_subject_of_ones_own_site(
     client = app.test_client()
 
     def call(subject: str, body: object, username: str = "inv-p1") -> tuple[int, dict[str, object], str]:
-        token = accounts.create_token(ctx, CLI_ACTOR, username, "edc").token
+        token = users.create_token(ctx, CLI_ACTOR, username, "edc").token
         response = client.post(
             f"/api/v1/trials/{TRIAL}/subjects/{subject}/unblind",
             json=body,

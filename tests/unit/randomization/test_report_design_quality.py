@@ -1,4 +1,4 @@
-"""Rendering of the design quality report (allocator.randomization.report): text, SVG, PDF.
+"""Rendering of the design quality report (allocator.printing.quality_report): text, SVG, PDF.
 
 The report is restricted, unblinded material documenting the randomization method (REP-01, RND-15,
 RND-12). The SVG charts must be inert standalone documents (no script, no link, no external
@@ -16,6 +16,14 @@ import pytest
 from pypdf import PdfReader
 from pypdf.generic import DictionaryObject
 
+from allocator.printing.quality_report import (
+    TEST_WATERMARK,
+    format_figure,
+    render_pdf,
+    render_svg_balance,
+    render_svg_imbalance_distribution,
+    render_text,
+)
 from allocator.randomization.quality import (
     CompleteRandomization,
     PermutedBlocks,
@@ -23,14 +31,6 @@ from allocator.randomization.quality import (
     quality_report,
     standard_alternatives,
     stratum_sizes_for,
-)
-from allocator.randomization.report import (
-    TEST_WATERMARK,
-    format_figure,
-    render_pdf,
-    render_svg_balance,
-    render_svg_imbalance_distribution,
-    render_text,
 )
 
 SVG_NS = "{http://www.w3.org/2000/svg}"
@@ -193,7 +193,7 @@ def test_distribution_svg_is_inert_and_has_both_panels(report: QualityReport) ->
 
 @pytest.mark.req("REP-01")
 def test_svg_text_is_escaped() -> None:
-    from allocator.randomization.report import _Chart, _svg, _Text
+    from allocator.printing.quality_report import _Chart, _svg, _Text
 
     hostile = '<script>alert("x")</script> & "quotes"'
     svg = _svg(_Chart(100, 100, hostile, (_Text(1, 2, hostile, 9),)))

@@ -1,13 +1,10 @@
-"""Administration: the user lifecycle, role history, sessions, tokens and site activation.
-
-Every change here is audited in the same unit of work. Nothing is deleted: a user is deactivated,
-a role is revoked, a session is ended, a token is revoked, a site is closed.
-"""
+"""User administration: the user list, role history,
+activation, password and TOTP resets, sessions and tokens; every change audited, nothing deleted."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import datetime
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -15,19 +12,9 @@ from sqlalchemy.orm import Session
 from allocator import crypto
 from allocator.audit import SYSTEM_CHAIN, Action, Actor
 from allocator.db import require
-from allocator.models import (
-    ApiToken,
-    LoginSession,
-    RoleAssignment,
-    RoleRevocation,
-    Site,
-    SiteStatus,
-    Trial,
-    User,
-)
-from allocator.permissions import UNBLINDED_ROLES, Scope, active
-from allocator.services import codebreak
-from allocator.services.accounts import one_time_password
+from allocator.models import ApiToken, LoginSession, RoleAssignment, RoleRevocation, Site, Trial, User
+from allocator.permissions import UNBLINDED_ROLES, active
+from allocator.services.accounts.users import one_time_password
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed
 
@@ -175,7 +162,7 @@ def get_user(ctx: ServiceContext, username: str) -> UserRow:
 def trial_roles(ctx: ServiceContext, trial_code: str) -> list[RoleRow]:
     """Every role ever granted in a trial, with grant and revocation (BLD-13, REP-02)."""
     with ctx.db.reading() as session:
-        trial = _trial(session, trial_code)
+        trial = trial_by_code(session, trial_code)
         return _role_rows(session, ctx.now(), trial_id=trial.id)
 
 
@@ -185,7 +172,7 @@ def unblinded_role_history(ctx: ServiceContext, trial_code: str) -> list[RoleRow
     return [r for r in trial_roles(ctx, trial_code) if r.role in unblinded]
 
 
-def _trial(session: Session, code: str) -> Trial:
+def trial_by_code(session: Session, code: str) -> Trial:
     trial = session.execute(select(Trial).where(Trial.code == code)).scalar_one_or_none()
     if trial is None:
         raise NotFound(f"no trial {code!r}")
@@ -199,7 +186,7 @@ def _user(session: Session, username: str) -> User:
     return user
 
 
-def _reason(reason: str) -> str:
+def required_reason(reason: str) -> str:
     if not reason.strip():
         raise ValidationFailed("a reason is required", errors=[FieldProblem("reason", "is required")])
     return reason.strip()
@@ -216,7 +203,7 @@ def _end_sessions(session: Session, user_id: int, now: datetime, reason: str) ->
 
 def set_active(ctx: ServiceContext, actor: Actor, username: str, active_flag: bool, reason: str) -> None:
     """Deactivate (ending every session at once, BLD-11) or reactivate an account. Audited."""
-    reason = _reason(reason)
+    reason = required_reason(reason)
     now = ctx.now()
     with ctx.db.unit_of_work() as session:
         user = _user(session, username)
@@ -242,7 +229,7 @@ def set_active(ctx: ServiceContext, actor: Actor, username: str, active_flag: bo
 
 def reset_password(ctx: ServiceContext, actor: Actor, username: str, reason: str) -> str:
     """Issue a new one-time password (to be changed at next sign-in); ends the user's sessions."""
-    reason = _reason(reason)
+    reason = required_reason(reason)
     password = one_time_password()
     now = ctx.now()
     with ctx.db.unit_of_work() as session:
@@ -266,7 +253,7 @@ def reset_password(ctx: ServiceContext, actor: Actor, username: str, reason: str
 
 def reset_totp(ctx: ServiceContext, actor: Actor, username: str, reason: str) -> None:
     """Remove a user's authenticator (lost phone); they enrol again at next sign-in if required."""
-    reason = _reason(reason)
+    reason = required_reason(reason)
     now = ctx.now()
     with ctx.db.unit_of_work() as session:
         user = _user(session, username)
@@ -317,7 +304,7 @@ def active_sessions(ctx: ServiceContext, user_id: int | None = None) -> list[Ses
 
 def terminate_session(ctx: ServiceContext, actor: Actor, session_id: int, reason: str) -> None:
     """End another user's web session now (ACC-06). Audited."""
-    reason = _reason(reason)
+    reason = required_reason(reason)
     now = ctx.now()
     with ctx.db.unit_of_work() as session:
         row = session.execute(
@@ -380,154 +367,5 @@ def revoke_token(ctx: ServiceContext, actor: Actor, token_id: int, *, owner_id: 
             object_type="api_token",
             object_id=token_id,
             new={"prefix": token.display_prefix},
-            at=now,
-        )
-
-
-# --- sites (RND-14) --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SiteRow:
-    id: int
-    code: str
-    name: str
-    city: str
-    principal_investigator: str
-    status: str
-    approval_date: date | None
-    delegation_log_date: date | None
-    activated_at: datetime | None
-    code_break_evidence: str | None = None  # UNB-07
-
-
-def sites(ctx: ServiceContext, trial_code: str) -> list[SiteRow]:
-    with ctx.db.reading() as session:
-        trial = _trial(session, trial_code)
-        return [
-            SiteRow(
-                id=s.id,
-                code=s.code,
-                name=s.name,
-                city=s.city,
-                principal_investigator=s.principal_investigator,
-                status=s.status,
-                approval_date=s.approval_date,
-                delegation_log_date=s.delegation_log_date,
-                activated_at=s.activated_at,
-                code_break_evidence=s.code_break_evidence,
-            )
-            for s in session.execute(
-                select(Site).where(Site.trial_id == trial.id).order_by(Site.code)
-            ).scalars()
-        ]
-
-
-def activate_site(
-    ctx: ServiceContext,
-    actor: Actor,
-    trial_code: str,
-    site_code: str,
-    *,
-    approval_date: date,
-    delegation_log_date: date,
-    code_break_evidence: str,
-    scope: Scope,
-    reason: str,
-) -> None:
-    """Activate a site for randomization once its approval and delegation records exist (RND-14)
-    and its offline code-break material is in place (UNB-07): every kit of the trial has a sealed
-    code-break sheet, and `code_break_evidence` says where the site's sheets are and who holds them
-    (stored on the site and in the audit entry).
-
-    Raises ValidationFailed for a missing or future date or missing evidence, Conflict if the site is
-    not pending or some kit has no code-break sheet yet."""
-    reason = _reason(reason)
-    now = ctx.now()
-    problems = []
-    today = now.date()
-    if approval_date > today:
-        problems.append(FieldProblem("approval_date", "is in the future"))
-    if delegation_log_date > today:
-        problems.append(FieldProblem("delegation_log_date", "is in the future"))
-    evidence = code_break_evidence.strip()
-    if not evidence:
-        problems.append(
-            FieldProblem(
-                "code_break_evidence",
-                "say where the site's sealed code-break sheets are and who holds them (UNB-07)",
-            )
-        )
-    elif len(evidence) > 1000:
-        problems.append(FieldProblem("code_break_evidence", "at most 1000 characters"))
-    if problems:
-        raise ValidationFailed("the site cannot be activated", errors=problems)
-    with ctx.db.unit_of_work() as session:
-        trial = _trial(session, trial_code)
-        site = session.execute(
-            select(Site).where(Site.trial_id == trial.id, Site.code == site_code).with_for_update()
-        ).scalar_one_or_none()
-        if site is None or not scope.allows_site(site.id):
-            raise NotFound(f"no site {site_code!r} in {trial_code}")
-        if site.status != SiteStatus.PENDING.value:
-            raise Conflict(f"site {site_code} is {site.status}, not pending")
-        without = codebreak.kits_without_sheet(session, trial)
-        if without:
-            raise Conflict(
-                f"{without} kit(s) of {trial.code} have no code-break sheet: generate the code-break "
-                "sheets first (UNB-07)"
-            )
-        site.status = SiteStatus.ACTIVE.value
-        site.approval_date = approval_date
-        site.delegation_log_date = delegation_log_date
-        site.activated_at = now
-        site.code_break_evidence = evidence
-        ctx.audit.record(
-            session,
-            actor=actor,
-            chain=trial.code,
-            action=Action.SITE_ACTIVATED,
-            object_type="site",
-            object_id=site.code,
-            site_code=site.code,
-            old={"status": "pending"},
-            new={
-                "status": "active",
-                "approval_date": approval_date.isoformat(),
-                "delegation_log_date": delegation_log_date.isoformat(),
-                "code_break_evidence": evidence,
-            },
-            reason=reason,
-            at=now,
-        )
-
-
-def close_site(
-    ctx: ServiceContext, actor: Actor, trial_code: str, site_code: str, *, scope: Scope, reason: str
-) -> None:
-    """Close an active site: no new subjects; follow-up of randomized subjects continues."""
-    reason = _reason(reason)
-    now = ctx.now()
-    with ctx.db.unit_of_work() as session:
-        trial = _trial(session, trial_code)
-        site = session.execute(
-            select(Site).where(Site.trial_id == trial.id, Site.code == site_code).with_for_update()
-        ).scalar_one_or_none()
-        if site is None or not scope.allows_site(site.id):
-            raise NotFound(f"no site {site_code!r} in {trial_code}")
-        if site.status != SiteStatus.ACTIVE.value:
-            raise Conflict(f"site {site_code} is {site.status}, not active")
-        site.status = SiteStatus.CLOSED.value
-        ctx.audit.record(
-            session,
-            actor=actor,
-            chain=trial.code,
-            action=Action.SITE_CLOSED,
-            object_type="site",
-            object_id=site.code,
-            site_code=site.code,
-            old={"status": "active"},
-            new={"status": "closed"},
-            reason=reason,
             at=now,
         )

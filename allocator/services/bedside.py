@@ -1,7 +1,5 @@
-"""The bedside scan (nurse, investigator or pharmacist of the site): right trial, right subject,
-right day, dispensed, not expired, not given twice, previous day given — then the administration
-is recorded with its time (LBL-06, LBL-09, DIB-01, DIB-09). Every refused scan is audited, for the
-protocol-deviation listings (REP-07)."""
+"""The bedside administration scan: the nurse scans the kit
+and the subject, and the dose given is recorded or refused (wrong patient, wrong day, twice)."""
 
 from __future__ import annotations
 
@@ -13,14 +11,15 @@ from sqlalchemy.orm import Session
 
 import kits as kitlib
 from allocator.audit import Action, Actor
-from allocator.models import Administration, Dispensation, Kit, KitEvent, KitStatus, Site, Subject
+from allocator.models import Administration, Dispensation, Kit, KitStatus, Site, Subject
 from allocator.permissions import Scope
-from allocator.services import kits, trial_state
+from allocator.services import lookups
 from allocator.services.context import ServiceContext
 from allocator.services.dispensing import planned_date
 from allocator.services.errors import Conflict, DomainError, FieldProblem, NotFound, ValidationFailed
-from allocator.services.subjects import current_dispensations, withdrawn_refusal
-from allocator.services.trials import current_definition, get_trial
+from allocator.services.lookups import current_definition, current_dispensations, get_trial
+from allocator.services.subjects.withdrawal import withdrawn_refusal
+from allocator.services.supply import kit_rules
 
 LATE_AFTER = timedelta(hours=1)  # an administration recorded later than this needs a reason (DIB-09)
 CLOCK_SKEW = timedelta(minutes=5)
@@ -96,7 +95,7 @@ def record_scan(
     if problems:
         raise ValidationFailed("invalid administration time", errors=problems)
     try:
-        scanned = kitlib.verify_payload(payload, trial_code, kits.mac(ctx))
+        scanned = kitlib.verify_payload(payload, trial_code, kit_rules.mac(ctx))
     except kitlib.PayloadError as exc:
         _refusal(ctx, actor, trial_code, subject_number, day, "unreadable-label", str(exc), None)
         raise ValidationFailed(
@@ -156,7 +155,7 @@ def _record_in(
     late_reason: str,
 ) -> ScanResult | DomainError:
     trial = get_trial(session, trial_code)
-    trial_state.require_open(trial)  # no new data once the database is locked
+    lookups.require_open(trial)  # no new data once the database is locked
     definition = current_definition(session, trial)
     subject = session.execute(
         select(Subject).where(
@@ -207,7 +206,7 @@ def _record_in(
             ),
             "wrong-patient",
         )
-    if scanned.unit not in (day, kits.KIT_UNIT):
+    if scanned.unit not in (day, kit_rules.KIT_UNIT):
         return refuse(
             WrongDay(
                 f"this label is printed for {scanned.unit}, not {day}",
@@ -269,19 +268,9 @@ def _record_in(
     )
     session.add(administration)
     row.status = "administered"
-    session.add(
-        KitEvent(
-            kit_id=kit.id,
-            at=now,
-            from_status=kit.status,
-            to_status=KitStatus.ADMINISTERED.value,
-            site_id=kit.site_id,
-            actor_id=actor.user_id,
-            actor_name=actor.name,
-            reason=f"administered to {subject.subject_number} ({day})",
-        )
+    kit_rules.move_kit(
+        session, kit, KitStatus.ADMINISTERED, actor, f"administered to {subject.subject_number} ({day})", now
     )
-    kit.status = KitStatus.ADMINISTERED.value
     ctx.audit.record(
         session,
         actor=actor,

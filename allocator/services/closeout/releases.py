@@ -1,14 +1,5 @@
-"""The planned end-of-trial unblinding and the unblinded data it releases (UNB-10, BLD-09, REP-06,
-REP-08).
-
-The trial walks ACTIVE -> LOCKED -> UNBLINDED, one signed step at a time: the trial manager locks the
-database ("database lock"), then the unblinded statistician unblinds ("final unblinding"). A locked
-trial takes no new data (no randomization, dispensing, administration or correction); emergency
-unblinding stays possible in every state. The unblinded listing — subject, stratum used and
-corrected, randomization time, kits, arm — exists only once the trial is UNBLINDED (409 before), and
-each release of it is signed and audited. Before that, the unblinded statistician may release
-signed, audited interim packages for the DSMB's looks.
-"""
+"""Unblinded releases: the unblinded listing, the interim
+package and an investigator's own subject's arm after the final unblinding (UNB-10, BLD-09)."""
 
 from __future__ import annotations
 
@@ -22,194 +13,16 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from allocator.audit import Action, Actor
-from allocator.models import InterimPackage, Signature, Site, Subject, Trial, TrialStateChange, TrialStatus
+from allocator.models import InterimPackage, Site, Subject, Trial, TrialStatus
 from allocator.permissions import Scope
 from allocator.services import arm_access, signatures
 from allocator.services.audit_trail import neutralise_cell
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, FieldProblem, ValidationFailed
-from allocator.services.trials import current_definition, get_trial
+from allocator.services.lookups import current_definition, get_trial, require_unblinded
 
-LOCK_MEANING = "database lock"
-UNBLIND_MEANING = "final unblinding"
 LISTING_MEANING = "release of the unblinded listing"
 INTERIM_MEANING = "release of an unblinded interim package"
-
-
-class TrialLocked(Conflict):
-    slug = "trial-locked"
-    title = "The trial database is locked"
-
-
-class NotUnblinded(Conflict):
-    slug = "trial-not-unblinded"
-    title = "The trial is not unblinded yet"
-
-
-def require_open(trial: Trial) -> None:
-    """Refuse new trial data once the database is locked (UNB-10)."""
-    if trial.status in (TrialStatus.LOCKED.value, TrialStatus.UNBLINDED.value):
-        raise TrialLocked(f"{trial.code} is {trial.status}: no new data can be recorded")
-
-
-def require_unblinded(trial: Trial) -> None:
-    if trial.status != TrialStatus.UNBLINDED.value:
-        raise NotUnblinded(
-            f"{trial.code} is {trial.status}: the unblinded data exist only after the final unblinding"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class StateStep:
-    from_status: str
-    to_status: str
-    reason: str
-    changed_at: datetime
-    changed_by: str
-    signature: signatures.Manifestation
-
-
-def _change(
-    ctx: ServiceContext,
-    actor: Actor,
-    trial_code: str,
-    *,
-    expected: TrialStatus,
-    target: TrialStatus,
-    meaning: str,
-    reason: str,
-    signature: signatures.SignatureRequest,
-) -> StateStep:
-    if not reason.strip():
-        raise ValidationFailed("a reason is required", errors=[FieldProblem("reason", "is required")])
-    now = ctx.now()
-    with (
-        signatures.failures_recorded(
-            ctx, actor=actor, chain=trial_code, meaning=meaning, object_type="trial", object_id=trial_code
-        ),
-        ctx.db.unit_of_work() as session,
-    ):
-        trial = session.execute(
-            select(Trial).where(Trial.code == trial_code).with_for_update()
-        ).scalar_one_or_none()
-        if trial is None:
-            get_trial(session, trial_code)  # raises NotFound
-            raise AssertionError  # pragma: no cover
-        if trial.status != expected.value:
-            raise Conflict(
-                f"{trial.code} is {trial.status}: it must be {expected.value} to become {target.value}"
-            )
-        signed = signatures.sign(
-            ctx,
-            session,
-            actor=actor,
-            chain=trial.code,
-            trial_id=trial.id,
-            request=signature,
-            meaning=meaning,
-            object_type="trial",
-            object_id=trial.code,
-            content={
-                "trial": trial.code,
-                "from": expected.value,
-                "to": target.value,
-                "reason": reason.strip(),
-            },
-            now=now,
-        )
-        trial.status = target.value
-        session.add(
-            TrialStateChange(
-                trial_id=trial.id,
-                from_status=expected.value,
-                to_status=target.value,
-                reason=reason.strip(),
-                changed_at=now,
-                changed_by_id=actor.user_id,
-                changed_by_name=actor.name,
-                signature_id=signed.id,
-            )
-        )
-        ctx.audit.record(
-            session,
-            actor=actor,
-            chain=trial.code,
-            action=Action.TRIAL_STATUS_CHANGED,
-            object_type="trial",
-            object_id=trial.code,
-            old={"status": expected.value},
-            new={"status": target.value, "signature": signed.id},
-            reason=reason.strip(),
-            at=now,
-        )
-        return StateStep(
-            expected.value,
-            target.value,
-            reason.strip(),
-            now,
-            actor.name,
-            signatures.manifestation(signed),
-        )
-
-
-def lock(
-    ctx: ServiceContext, actor: Actor, trial_code: str, *, reason: str, signature: signatures.SignatureRequest
-) -> StateStep:
-    """ACTIVE -> LOCKED, signed "database lock" (trial manager)."""
-    return _change(
-        ctx,
-        actor,
-        trial_code,
-        expected=TrialStatus.ACTIVE,
-        target=TrialStatus.LOCKED,
-        meaning=LOCK_MEANING,
-        reason=reason,
-        signature=signature,
-    )
-
-
-def unblind_trial(
-    ctx: ServiceContext, actor: Actor, trial_code: str, *, reason: str, signature: signatures.SignatureRequest
-) -> StateStep:
-    """LOCKED -> UNBLINDED, signed "final unblinding" (unblinded statistician)."""
-    return _change(
-        ctx,
-        actor,
-        trial_code,
-        expected=TrialStatus.LOCKED,
-        target=TrialStatus.UNBLINDED,
-        meaning=UNBLIND_MEANING,
-        reason=reason,
-        signature=signature,
-    )
-
-
-def status(ctx: ServiceContext, trial_code: str) -> str:
-    with ctx.db.reading() as session:
-        return get_trial(session, trial_code).status
-
-
-def history(ctx: ServiceContext, trial_code: str) -> tuple[str, list[StateStep]]:
-    """The trial's status and its signed steps, oldest first."""
-    with ctx.db.reading() as session:
-        trial = get_trial(session, trial_code)
-        rows = session.execute(
-            select(TrialStateChange, Signature)
-            .join(Signature, Signature.id == TrialStateChange.signature_id)
-            .where(TrialStateChange.trial_id == trial.id)
-            .order_by(TrialStateChange.id)
-        ).all()
-        return trial.status, [
-            StateStep(
-                c.from_status,
-                c.to_status,
-                c.reason,
-                c.changed_at,
-                c.changed_by_name,
-                signatures.manifestation(s),
-            )
-            for c, s in rows
-        ]
 
 
 # --- unblinded data -------------------------------------------------------------------------------
@@ -272,7 +85,7 @@ class Release:
 def _rows(
     ctx: ServiceContext, session: Session, actor: Actor, trial: Trial, purpose: str
 ) -> list[ListingRow]:
-    from allocator.services.subjects import _view  # noqa: PLC0415 - subjects imports this module's callers
+    from allocator.services.subjects.views import subject_view  # noqa: PLC0415 - subjects imports this module's callers
 
     definition = current_definition(session, trial)
     labels = {a.code: a.label for a in definition.arms}
@@ -281,7 +94,7 @@ def _rows(
     for subject in session.execute(
         select(Subject).where(Subject.trial_id == trial.id).order_by(Subject.id)
     ).scalars():
-        view = _view(session, definition, subject, sites)
+        view = subject_view(session, definition, subject, sites)
         arm = arm_access.subject_arm_in(session, ctx, actor, trial.code, subject, purpose)
         out.append(
             ListingRow(
@@ -450,12 +263,12 @@ def own_subject_arm(
 ) -> tuple[str, str]:
     """After the final unblinding an investigator may learn the treatment of a subject of their
     site (UNB-10): (arm code, arm label); audited like every read. 409 before UNBLINDED."""
-    from allocator.services.subjects import _subject  # noqa: PLC0415
+    from allocator.services.lookups import subject_in_reach  # noqa: PLC0415
 
     with ctx.db.unit_of_work() as session:
         trial = get_trial(session, trial_code)
         require_unblinded(trial)
-        subject = _subject(session, trial, subject_number, scope)
+        subject = subject_in_reach(session, trial, subject_number, scope)
         definition = current_definition(session, trial)
         arm = arm_access.subject_arm_in(
             session, ctx, actor, trial.code, subject, "after the final unblinding"

@@ -1,4 +1,5 @@
-"""Accounts: users, role grants (history kept), API tokens."""
+"""Create users, grant and revoke roles, issue API tokens;
+the grants in force for a user."""
 
 from __future__ import annotations
 

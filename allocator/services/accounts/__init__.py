@@ -1,0 +1,2 @@
+"""Accounts: users, roles, API tokens, and their
+administration."""

@@ -1,0 +1,141 @@
+"""Look-ups every use case needs: the trial, its definition in force, its state, the list mode of
+this instance, a subject within the caller's reach and its live dispensations.
+
+Feature modules depend on this module; it depends on none of them (architecture.md)."""
+
+from __future__ import annotations
+
+import hashlib
+
+from sqlalchemy import bindparam, select
+from sqlalchemy.orm import Session
+
+from allocator.models import Dispensation, ListMode, Subject, Trial, TrialDefinitionVersion, TrialStatus
+from allocator.permissions import Scope
+from allocator.services.context import ServiceContext
+from allocator.services.errors import Conflict, NotFound
+from allocator.settings import Environment
+from allocator.trialdef import TrialDefinition, parse_definition
+
+
+def get_trial(session: Session, code: str) -> Trial:
+    trial = session.execute(select(Trial).where(Trial.code == code)).scalar_one_or_none()
+    if trial is None:
+        raise NotFound(f"no trial {code!r}")
+    return trial
+
+
+def current_definition(session: Session, trial: Trial) -> TrialDefinition:
+    """The definition in force for `trial` (its latest version), validated from its stored text."""
+    version, sha256 = session.execute(
+        select(TrialDefinitionVersion.version, TrialDefinitionVersion.sha256)
+        .where(TrialDefinitionVersion.trial_id == trial.id)
+        .order_by(TrialDefinitionVersion.version.desc())
+        .limit(1)
+    ).one()
+    return _definition(session, trial, version, sha256)
+
+
+_TRIAL_AND_LATEST_VERSION = (
+    select(Trial, TrialDefinitionVersion.version, TrialDefinitionVersion.sha256)
+    .join(TrialDefinitionVersion, TrialDefinitionVersion.trial_id == Trial.id)
+    .where(Trial.code == bindparam("code"))
+    .order_by(TrialDefinitionVersion.version.desc())
+    .limit(1)
+)
+
+
+def trial_and_definition(session: Session, code: str) -> tuple[Trial, TrialDefinition]:
+    """`get_trial` and `current_definition` in one statement (the randomization path). Raises
+    NotFound."""
+    row = session.execute(_TRIAL_AND_LATEST_VERSION, {"code": code}).one_or_none()
+    if row is None:
+        raise NotFound(f"no trial {code!r}")
+    trial, version, sha256 = row
+    return trial, _definition(session, trial, version, sha256)
+
+
+# Parsed definitions by (trial code, version, SHA-256 of the text). A stored version never changes
+# (a change is a new version), so this is a memo of a pure function, not application state: every
+# request still reads which version is in force, and a text that does not match its recorded digest
+# is parsed on every use and never remembered. Parsing and validating the TOML costs ~4 ms.
+_PARSED: dict[tuple[str, int, str], TrialDefinition] = {}
+_PARSED_MAX = 64
+
+
+def _definition(session: Session, trial: Trial, version: int, sha256: str) -> TrialDefinition:
+    key = (trial.code, version, sha256)
+    parsed = _PARSED.get(key)
+    if parsed is not None:
+        return parsed
+    text = session.execute(
+        select(TrialDefinitionVersion.source_text).where(
+            TrialDefinitionVersion.trial_id == trial.id, TrialDefinitionVersion.version == version
+        )
+    ).scalar_one()
+    parsed = parse_definition(text, source=f"{trial.code} v{version}")
+    if hashlib.sha256(text.encode("utf-8")).hexdigest() == sha256:
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[key] = parsed
+    return parsed
+
+
+def trial_definition(ctx: ServiceContext, code: str) -> TrialDefinition:
+    """The definition in force (for building forms from it)."""
+    with ctx.db.reading() as session:
+        return current_definition(session, get_trial(session, code))
+
+
+def instance_mode(environment: Environment) -> ListMode:
+    """RND-13: a production instance holds PRODUCTION lists only; test and development instances
+    hold TEST lists only."""
+    return ListMode.PRODUCTION if environment is Environment.PRODUCTION else ListMode.TEST
+
+
+class TrialLocked(Conflict):
+    slug = "trial-locked"
+    title = "The trial database is locked"
+
+
+class NotUnblinded(Conflict):
+    slug = "trial-not-unblinded"
+    title = "The trial is not unblinded yet"
+
+
+def require_open(trial: Trial) -> None:
+    """Refuse new trial data once the database is locked (UNB-10)."""
+    if trial.status in (TrialStatus.LOCKED.value, TrialStatus.UNBLINDED.value):
+        raise TrialLocked(f"{trial.code} is {trial.status}: no new data can be recorded")
+
+
+def require_unblinded(trial: Trial) -> None:
+    if trial.status != TrialStatus.UNBLINDED.value:
+        raise NotUnblinded(
+            f"{trial.code} is {trial.status}: the unblinded data exist only after the final unblinding"
+        )
+
+
+def current_dispensations(session: Session, subject_id: int) -> dict[int, Dispensation]:
+    """The live dispensation of each day (the latest replacement)."""
+    out: dict[int, Dispensation] = {}
+    for row in session.execute(
+        select(Dispensation)
+        .where(Dispensation.subject_id == subject_id)
+        .order_by(Dispensation.day, Dispensation.replacement_number)
+    ).scalars():
+        out[row.day] = row
+    return out
+
+
+def subject_in_reach(
+    session: Session, trial: Trial, number: str, scope: Scope, *, lock: bool = False
+) -> Subject:
+    """The subject within the caller's reach. `lock` takes its row lock (PostgreSQL; SQLite's write
+    transaction already excludes other writers) so that two corrections of the same subject at the
+    same moment queue, and the second sees the first (one withdrawal, one in-error flag)."""
+    query = select(Subject).where(Subject.trial_id == trial.id, Subject.subject_number == number)
+    subject = session.execute(query.with_for_update() if lock else query).scalar_one_or_none()
+    if subject is None or not scope.allows_site(subject.site_id):
+        raise NotFound(f"no subject {number} within your reach")
+    return subject

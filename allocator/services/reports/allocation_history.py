@@ -1,0 +1,230 @@
+"""Allocation history report (REP-05, BLD-07,
+RND-07, RND-09)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+
+from allocator.models import Dispensation, Kit, Subject
+from allocator.permissions import Scope
+from allocator.printing import monitoring_reports
+from allocator.services import unblinding
+from allocator.services.context import ServiceContext
+from allocator.services.reports.filters import (
+    Frame,
+    ReportFilter,
+    kit_text,
+    scoped_frame,
+    strata_text,
+    subject_views,
+    time_text,
+)
+from allocator.services.reports.unblindings import accidental_events
+from allocator.services.subjects import views as subjects_views
+from allocator.services.subjects import withdrawal as subjects_withdrawal
+
+# --- allocation history (REP-05, BLD-07, RND-07, RND-09) -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReplacedKit:
+    kit_number: str
+    replaced_at: datetime | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class KitDay:
+    day: str
+    kit_number: str
+    status: str
+    replaced: tuple[ReplacedKit, ...]
+
+    def cell(self) -> str:
+        text = f"{kit_text(self.kit_number)} ({self.status})"
+        for old in self.replaced:
+            text += f"; replaces {kit_text(old.kit_number)} ({old.reason}, {time_text(old.replaced_at)})"
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class BlindBreak:
+    """A blind-break event as blinded roles see it: emergency (online or offline) or an accidental
+    report naming the subject. Never a pharmacovigilance unblinding (UNB-08), never an arm."""
+
+    at: datetime
+    kind: str  # emergency | accidental
+    channel: str  # online | offline | reported
+    by: str
+    role: str
+
+    def cell(self) -> str:
+        return f"{self.kind} ({self.channel}) {time_text(self.at)} by {self.by} ({self.role})"
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationRow:
+    subject_number: str
+    site: str
+    strata_at_randomization: dict[str, str]
+    strata_corrected: dict[str, str] | None  # None when never corrected
+    randomization_number: str
+    randomized_at: datetime
+    randomized_by: str
+    kits: tuple[KitDay, ...]
+    in_error: bool
+    in_error_reason: str | None
+    corrections: tuple[subjects_views.CorrectionView, ...]  # stratum corrections
+    blind_breaks: tuple[BlindBreak, ...]
+    withdrawal: subjects_views.WithdrawalView | None = None  # REP-04
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationHistory:
+    day_labels: tuple[str, ...]
+    rows: tuple[AllocationRow, ...]
+
+    def facts(self) -> tuple[tuple[str, str], ...]:
+        return (
+            ("Subjects randomized", str(len(self.rows))),
+            ("Randomized in error (kept, intention to treat)", str(sum(r.in_error for r in self.rows))),
+            ("With a stratum correction", str(sum(bool(r.corrections) for r in self.rows))),
+            ("With a blind-break event", str(sum(bool(r.blind_breaks) for r in self.rows))),
+            ("Withdrawn (kept, intention to treat)", str(sum(r.withdrawal is not None for r in self.rows))),
+            ("Kit replacements", str(sum(len(k.replaced) for r in self.rows for k in r.kits))),
+        )
+
+    def tables(self) -> tuple[monitoring_reports.Table, ...]:
+        columns = (
+            "Subject",
+            "Site",
+            "Stratum at randomization",
+            "Stratum corrected",
+            "Randomization number",
+            "Randomized at (UTC)",
+            "Randomized by",
+            *(f"{label} kit" for label in self.day_labels),
+            "Randomized in error",
+            "Stratum corrections",
+            "Blind-break events",
+            "Withdrawal",
+        )
+        rows = []
+        for r in self.rows:
+            by_day = {k.day: k.cell() for k in r.kits}
+            rows.append(
+                (
+                    r.subject_number,
+                    r.site,
+                    strata_text(r.strata_at_randomization),
+                    strata_text(r.strata_corrected) if r.strata_corrected is not None else "",
+                    r.randomization_number,
+                    time_text(r.randomized_at),
+                    r.randomized_by,
+                    *(by_day.get(label, "") for label in self.day_labels),
+                    f"yes: {r.in_error_reason}" if r.in_error else "no",
+                    " | ".join(
+                        f"{c.field}: {c.old} -> {c.new} ({c.reason}; {c.by}, {time_text(c.at)})"
+                        for c in r.corrections
+                    ),
+                    " | ".join(b.cell() for b in r.blind_breaks),
+                    _withdrawal_cell(r.withdrawal),
+                )
+            )
+        return (
+            monitoring_reports.Table(
+                "Allocation history",
+                columns,
+                tuple(rows),
+                "Who randomized whom, when, and which kits; corrections are shown beside the values used "
+                "at randomization, which never change (RND-09).",
+            ),
+        )
+
+
+def _withdrawal_cell(w: subjects_views.WithdrawalView | None) -> str:
+    if w is None:
+        return ""
+    kind = subjects_withdrawal.WITHDRAWAL_KINDS.get(w.kind, w.kind)
+    return f"{kind} on {w.effective_date.isoformat()}: {w.reason} ({w.by}, {time_text(w.at)})"
+
+
+def _replaced_kits(ctx: ServiceContext, frame: Frame) -> dict[tuple[str, int], list[ReplacedKit]]:
+    with ctx.db.reading() as session:
+        rows = session.execute(
+            select(Dispensation, Kit.kit_number, Subject.subject_number)
+            .join(Kit, Kit.id == Dispensation.kit_id)
+            .join(Subject, Subject.id == Dispensation.subject_id)
+            .where(Subject.trial_id == frame.trial_id, Dispensation.status == "replaced")
+            .order_by(Dispensation.id)
+        ).all()
+    out: dict[tuple[str, int], list[ReplacedKit]] = {}
+    for row, kit_number, number in rows:
+        out.setdefault((number, row.day), []).append(
+            ReplacedKit(kit_number, row.replaced_at, row.replacement_reason or "")
+        )
+    return out
+
+
+def _blind_breaks(ctx: ServiceContext, frame: Frame) -> dict[str, list[BlindBreak]]:
+    out: dict[str, list[BlindBreak]] = {}
+    for event in unblinding.unblindings(ctx, frame.code, frame.scope, include_pharmacovigilance=False):
+        out.setdefault(event.subject_number, []).append(
+            BlindBreak(
+                event.unblinded_at, event.kind, event.channel, event.unblinded_by, event.unblinded_by_role
+            )
+        )
+    for report in accidental_events(ctx, frame):
+        if report.subject_number is not None:
+            out.setdefault(report.subject_number, []).append(
+                BlindBreak(
+                    report.occurred_at, "accidental", "reported", report.reported_by, report.reported_by_role
+                )
+            )
+    for events in out.values():
+        events.sort(key=lambda b: b.at)
+    return out
+
+
+def allocation_history(
+    ctx: ServiceContext, trial_code: str, scope: Scope, flt: ReportFilter
+) -> AllocationHistory:
+    """Per subject randomized in the period: site, strata as entered and corrected, randomization
+    number, time and author, the kit of each day with its replacements, the in-error flag, the
+    blind-break events and the withdrawal. Never an arm (BLD-07)."""
+    frame = scoped_frame(ctx, trial_code, scope, flt)
+    views = subject_views(ctx, frame)
+    replaced = _replaced_kits(ctx, frame)
+    breaks = _blind_breaks(ctx, frame)
+    rows = []
+    for view in views:
+        rows.append(
+            AllocationRow(
+                subject_number=view.subject_number,
+                site=view.site,
+                strata_at_randomization=view.strata_at_randomization,
+                strata_corrected=view.strata_corrected
+                if view.strata_corrected != view.strata_at_randomization
+                else None,
+                randomization_number=view.randomization_number,
+                randomized_at=view.randomized_at,
+                randomized_by=view.randomized_by,
+                kits=tuple(
+                    KitDay(
+                        d.label, d.kit_number, d.status, tuple(replaced.get((view.subject_number, d.day), ()))
+                    )
+                    for d in view.days
+                ),
+                in_error=view.in_error,
+                in_error_reason=next(
+                    (c.reason for c in view.corrections if c.kind == "randomized_in_error"), None
+                ),
+                corrections=tuple(c for c in view.corrections if c.kind == "stratum"),
+                blind_breaks=tuple(breaks.get(view.subject_number, ())),
+                withdrawal=view.withdrawal,
+            )
+        )
+    return AllocationHistory(frame.day_labels, tuple(rows))

@@ -1,0 +1,467 @@
+"""Audit review report (AUD-05, AUD-09) and its signed
+reviews."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, date, timedelta
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+
+from allocator.audit import SYSTEM_CHAIN, Action, Actor
+from allocator.models import AuditReview, RoleAssignment, Signature, User
+from allocator.permissions import Scope
+from allocator.printing import monitoring_reports
+from allocator.services import audit_trail, signatures, unblinding
+from allocator.services.context import ServiceContext
+from allocator.services.errors import FieldProblem, NotFound, ValidationFailed
+from allocator.services.lookups import get_trial
+from allocator.services.reports.filters import WORKDAY, ReportFilter, audit_time, scoped_frame, time_text
+
+# --- audit-trail review reports and their sign-off (AUD-09) ---------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewKind:
+    name: str
+    title: str
+    description: str
+    actions: tuple[str, ...] | None  # on the trial's chain; None: every action
+    system_actions: tuple[str, ...] = ()  # on the instance chain, for the trial's users
+
+
+A = Action
+REVIEW_KINDS: dict[str, ReviewKind] = {
+    kind.name: kind
+    for kind in (
+        ReviewKind(
+            "unblindings",
+            "Unblindings",
+            "Emergency unblindings (online and offline), refusals, rate alerts, accidental reports, "
+            "code-break sheets and trial state changes.",
+            (
+                A.UNBLINDING_EMERGENCY,
+                A.UNBLINDING_OFFLINE,
+                A.UNBLINDING_REFUSED,
+                A.UNBLINDING_RATE_ALERT,
+                A.UNBLINDING_ACCIDENTAL,
+                A.CODE_BREAK_GENERATED,
+                A.CODE_BREAK_CHECKED,
+                A.TRIAL_STATUS_CHANGED,
+            ),
+        ),
+        ReviewKind(
+            "arm-reads",
+            "Accesses to the arm",
+            "Every audited read of an arm (BLD-08): who, when and for what purpose; never the arm.",
+            (A.ARM_READ,),
+        ),
+        ReviewKind(
+            "sign-ins",
+            "Failed sign-ins, lockouts and refused signatures",
+            "Failed sign-ins and lockouts of the trial's users, refused electronic signatures and refused "
+            "permissions in the trial.",
+            (A.SIGNATURE_FAILED, A.PERMISSION_DENIED),
+            (A.LOGIN_FAILED, A.LOCKED_OUT),
+        ),
+        ReviewKind(
+            "off-hours",
+            "Actions outside working hours",
+            "Every entry recorded before or after the working hours, or on a Saturday or Sunday, in the "
+            "trial's time zone.",
+            None,
+        ),
+        ReviewKind(
+            "reprints", "Reprints", "Every reprinted document (marked DUPLICATA).", (A.DOCUMENT_PRINTED,)
+        ),
+        ReviewKind(
+            "corrections",
+            "Manual corrections",
+            "Randomizations flagged in error, stratum corrections, manual kit status changes and batch "
+            "expiry changes.",
+            (
+                A.SUBJECT_FLAGGED_IN_ERROR,
+                A.SUBJECT_STRATUM_CORRECTED,
+                A.KIT_STATUS_CHANGED,
+                A.BATCH_EXPIRY_CHANGED,
+            ),
+        ),
+        ReviewKind(
+            "mis-stratifications",
+            "Mis-stratifications",
+            "Stratum corrections recorded beside the values used at randomization.",
+            (A.SUBJECT_STRATUM_CORRECTED,),
+        ),
+        ReviewKind(
+            "kit-replacements",
+            "Kit replacements",
+            "Lost, damaged or expired kits replaced.",
+            (A.KIT_REPLACED,),
+        ),
+        ReviewKind(
+            "withdrawals",
+            "Withdrawals",
+            "Subjects withdrawn (treatment discontinued, consent withdrawn, lost to follow-up), each signed.",
+            (A.SUBJECT_WITHDRAWN,),
+        ),
+        ReviewKind(
+            "role-changes",
+            "Role changes",
+            "Roles granted and revoked in the trial.",
+            (A.ROLE_GRANTED, A.ROLE_REVOKED),
+        ),
+    )
+}
+_REVIEW_COLUMNS = (
+    "Entry",
+    "At (UTC)",
+    "Local time",
+    "Who",
+    "Username",
+    "Role",
+    "Site",
+    "Action",
+    "Object",
+    "Details",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewEntry:
+    entry: str  # chain:seq
+    at: str
+    local_time: str
+    who: str
+    username: str
+    role: str
+    site: str
+    action: str
+    object: str
+    details: str
+
+    def cells(self) -> tuple[str, ...]:
+        return (
+            self.entry,
+            self.at,
+            self.local_time,
+            self.who,
+            self.username,
+            self.role,
+            self.site,
+            self.action,
+            self.object,
+            self.details,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PastReview:
+    id: int
+    report: str
+    period_start: date
+    period_end: date  # inclusive
+    entries: int
+    content_sha256: str
+    comment: str
+    signature: signatures.Manifestation
+
+
+@dataclass(frozen=True, slots=True)
+class AuditReviewReport:
+    kind: ReviewKind
+    timezone: str
+    hours: tuple[int, int]
+    entries: tuple[ReviewEntry, ...]
+    past: tuple[PastReview, ...]
+    suggested_period: tuple[date, date]
+
+    @property
+    def rows(self) -> tuple[tuple[str, ...], ...]:
+        return tuple(e.cells() for e in self.entries)
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of what the reviewer is shown (and signs): the report name, columns and rows."""
+        raw = json.dumps(
+            {"report": self.kind.name, "columns": _REVIEW_COLUMNS, "rows": self.rows},
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+    def facts(self) -> tuple[tuple[str, str], ...]:
+        out = [
+            ("Review report", f"{self.kind.title}: {self.kind.description}"),
+            ("Entries listed", str(len(self.entries))),
+            ("SHA-256 of the listed entries", self.digest),
+        ]
+        if self.kind.name == "off-hours":
+            out.append(
+                (
+                    "Working hours",
+                    f"{self.hours[0]:02d}:00 to {self.hours[1]:02d}:00, Monday to Friday ({self.timezone})",
+                )
+            )
+        return tuple(out)
+
+    def tables(self) -> tuple[monitoring_reports.Table, ...]:
+        return (
+            monitoring_reports.Table(
+                self.kind.title,
+                _REVIEW_COLUMNS,
+                self.rows,
+                "Clear values only: sealed values are never shown.",
+            ),
+            monitoring_reports.Table(
+                "Signed reviews of this report",
+                ("Period", "Entries", "SHA-256", "Findings", "Signature"),
+                tuple(
+                    (
+                        f"{p.period_start} to {p.period_end}",
+                        str(p.entries),
+                        p.content_sha256,
+                        p.comment,
+                        p.signature.line(),
+                    )
+                    for p in self.past
+                ),
+            ),
+        )
+
+
+def _pharmacovigilance(entry: audit_trail.EntryView) -> bool:
+    """UNB-08: entries that would tell trial staff that a pharmacovigilance unblinding happened."""
+    new = entry.new or {}
+    if entry.action == Action.UNBLINDING_PV.value:
+        return True
+    if entry.action == Action.ARM_READ.value and new.get("purpose") == unblinding.PV_MEANING:
+        return True
+    return entry.action in (Action.SIGNATURE_APPLIED.value, Action.SIGNATURE_FAILED.value) and (
+        new.get("meaning") == unblinding.PV_MEANING
+    )
+
+
+def _details(entry: audit_trail.EntryView) -> str:
+    parts = []
+    if entry.old:
+        parts.append("before " + json.dumps(entry.old, sort_keys=True, ensure_ascii=False, default=str))
+    if entry.new:
+        parts.append(json.dumps(entry.new, sort_keys=True, ensure_ascii=False, default=str))
+    if entry.reason:
+        parts.append(f"reason: {entry.reason}")
+    return "; ".join(parts)
+
+
+def _trial_usernames(ctx: ServiceContext, trial_id: int, scope: Scope) -> set[str]:
+    with ctx.db.reading() as session:
+        return {
+            username
+            for username, site_id in session.execute(
+                select(User.username, RoleAssignment.site_id)
+                .join(RoleAssignment, RoleAssignment.user_id == User.id)
+                .where(RoleAssignment.trial_id == trial_id)
+            ).all()
+            if site_id is None or scope.allows_site(site_id)
+        }
+
+
+def audit_review(
+    ctx: ServiceContext, trial_code: str, report: str, scope: Scope, flt: ReportFilter
+) -> AuditReviewReport:
+    """One review report for the period (AUD-09): the matching audit entries within reach, blinded
+    (clear values only, pharmacovigilance unblindings left out, UNB-08), and the signed reviews."""
+    kind = REVIEW_KINDS.get(report)
+    if kind is None:
+        raise NotFound(
+            f"no review report {report!r}",
+            errors=[FieldProblem("report", f"one of {', '.join(REVIEW_KINDS)}")],
+        )
+    frame = scoped_frame(ctx, trial_code, scope, flt)
+    zone = ZoneInfo(frame.definition.timezone)
+    found = audit_trail.entries(
+        ctx, frame.code, actions=kind.actions, since=flt.start, until=flt.end, scope=frame.scope
+    )
+    if kind.system_actions:
+        found += audit_trail.entries(
+            ctx,
+            SYSTEM_CHAIN,
+            actions=kind.system_actions,
+            since=flt.start,
+            until=flt.end,
+            scope=None,
+            usernames=_trial_usernames(ctx, frame.trial_id, frame.scope),
+        )
+    rows = []
+    for entry in sorted(found, key=lambda e: (e.at, e.chain, e.seq)):
+        if _pharmacovigilance(entry) or entry.action == Action.AUDIT_CHECKPOINT.value:
+            continue
+        if flt.site is not None and entry.site_code not in (None, flt.site):
+            continue
+        if kind.name == "reprints" and not (entry.new or {}).get("reprint"):
+            continue
+        moment = audit_time(entry.at).astimezone(zone)
+        if kind.name == "off-hours" and moment.weekday() < 5 and flt.hours_from <= moment.hour < flt.hours_to:
+            continue
+        rows.append(
+            ReviewEntry(
+                f"{entry.chain}:{entry.seq}",
+                time_text(audit_time(entry.at)),
+                moment.strftime("%a %Y-%m-%d %H:%M %Z"),
+                entry.actor_name,
+                entry.actor_username,
+                entry.actor_role,
+                entry.site_code or "",
+                entry.action,
+                f"{entry.object_type} {entry.object_id}",
+                _details(entry),
+            )
+        )
+    today = ctx.now().astimezone(UTC).date()
+    return AuditReviewReport(
+        kind,
+        frame.definition.timezone,
+        (flt.hours_from, flt.hours_to),
+        tuple(rows),
+        tuple(reviews(ctx, frame.code, report=kind.name)),
+        (today.replace(day=1), today),
+    )
+
+
+def reviews(ctx: ServiceContext, trial_code: str, *, report: str | None = None) -> list[PastReview]:
+    """Signed review periods, newest first (of one review report when `report` is given)."""
+    with ctx.db.reading() as session:
+        trial = get_trial(session, trial_code)
+        query = (
+            select(AuditReview, Signature)
+            .join(Signature, Signature.id == AuditReview.signature_id)
+            .where(AuditReview.trial_id == trial.id)
+            .order_by(AuditReview.id.desc())
+        )
+        if report is not None:
+            query = query.where(AuditReview.report == report)
+        return [
+            PastReview(
+                row.id,
+                row.report,
+                row.period_start.date(),
+                (row.period_end - timedelta(days=1)).date(),
+                row.entries,
+                row.content_sha256,
+                row.comment,
+                signatures.manifestation(signature),
+            )
+            for row, signature in session.execute(query).all()
+        ]
+
+
+def sign_review(
+    ctx: ServiceContext,
+    actor: Actor,
+    trial_code: str,
+    report: str,
+    period_start: date | None,
+    period_end: date | None,
+    comment: str,
+    signature: signatures.SignatureRequest,
+    *,
+    scope: Scope,
+    hours: tuple[int, int] = WORKDAY,
+) -> PastReview:
+    """Sign off the review of one review report for one period (AUD-09, ACC-12): an AuditReview row
+    with the number and the SHA-256 of the entries listed (as the reviewer sees them, within
+    their reach), an electronic signature meaning "audit trail review", and an `audit.reviewed`
+    entry, in one unit of work. A refused signature is audited and counted toward lockout."""
+    problems = []
+    if report not in REVIEW_KINDS:
+        problems.append(FieldProblem("report", f"one of {', '.join(REVIEW_KINDS)}"))
+    if period_start is None:
+        problems.append(FieldProblem("since", "the start of the reviewed period is required"))
+    if period_end is None:
+        problems.append(FieldProblem("until", "the end of the reviewed period is required"))
+    if period_start is not None and period_end is not None and period_end < period_start:
+        problems.append(FieldProblem("until", "is before the start of the period"))
+    if period_end is not None and period_end > ctx.now().astimezone(UTC).date():
+        problems.append(FieldProblem("until", "is in the future: review a period that is over"))
+    if len(comment) > 2000:
+        problems.append(FieldProblem("comment", "at most 2000 characters"))
+    if problems or period_start is None or period_end is None:
+        raise ValidationFailed("the review cannot be signed", errors=problems)
+    flt = ReportFilter(since=period_start, until=period_end, hours_from=hours[0], hours_to=hours[1])
+    listed = audit_review(ctx, trial_code, report, scope, flt)
+    object_id = f"{report}/{period_start.isoformat()}/{period_end.isoformat()}"
+    sites = "all" if scope.all_sites else ",".join(sorted(str(s) for s in scope.site_ids))
+    content = {
+        "trial": trial_code,
+        "report": report,
+        "period_start": period_start.isoformat(),
+        "period_end": period_end.isoformat(),
+        "entries": len(listed.entries),
+        "sha256": listed.digest,
+        "sites": sites,
+    }
+    now = ctx.now()
+    with (
+        signatures.failures_recorded(
+            ctx,
+            actor=actor,
+            chain=trial_code,
+            meaning=audit_trail.REVIEW_MEANING,
+            object_type="audit_review",
+            object_id=object_id,
+        ),
+        ctx.db.unit_of_work() as session,
+    ):
+        trial = get_trial(session, trial_code)
+        signed = signatures.sign(
+            ctx,
+            session,
+            actor=actor,
+            chain=trial.code,
+            trial_id=trial.id,
+            request=signature,
+            meaning=audit_trail.REVIEW_MEANING,
+            object_type="audit_review",
+            object_id=object_id,
+            content=content,
+            now=now,
+        )
+        row = AuditReview(
+            trial_id=trial.id,
+            report=report,
+            period_start=flt.start,
+            period_end=flt.end,
+            entries=len(listed.entries),
+            content_sha256=listed.digest,
+            comment=comment.strip(),
+            reviewed_at=now,
+            reviewed_by_id=actor.user_id,
+            reviewed_by_name=actor.name,
+            signature_id=signed.id,
+        )
+        session.add(row)
+        session.flush()
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=trial.code,
+            action=Action.AUDIT_REVIEWED,
+            object_type="audit_review",
+            object_id=row.id,
+            new={**content, "signature": signed.id},
+            reason=comment.strip() or None,
+            at=now,
+        )
+        return PastReview(
+            row.id,
+            report,
+            period_start,
+            period_end,
+            row.entries,
+            row.content_sha256,
+            row.comment,
+            signatures.manifestation(signed),
+        )

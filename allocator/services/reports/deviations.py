@@ -1,0 +1,402 @@
+"""Deviations report: mis-stratifications, randomized
+in error, refused attempts, blocked kits, replacements, late entries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+
+from allocator.audit import Action
+from allocator.models import Administration, Batch, Dispensation, Kit, KitEvent, KitStatus, Subject
+from allocator.permissions import Scope
+from allocator.printing import monitoring_reports
+from allocator.services import audit_trail
+from allocator.services.bedside import LATE_AFTER
+from allocator.services.context import ServiceContext
+from allocator.services.reports.filters import (
+    Frame,
+    ReportFilter,
+    audit_time,
+    kit_text,
+    scoped_frame,
+    time_text,
+)
+from allocator.services.subjects import views
+
+# --- protocol-deviation listings (REP-07) ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MisStratification:
+    subject_number: str
+    site: str
+    factor: str
+    at_randomization: str
+    corrected: str
+    reason: str
+    agreement: str | None
+    by: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RandomizedInError:
+    subject_number: str
+    site: str
+    reason: str
+    by: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedAttempt:
+    """A refused bedside scan or dispensing attempt, from the clear values of its audit entry."""
+
+    at: datetime
+    kind: str  # scan | dispensing
+    site: str
+    subject_number: str
+    day: str
+    cause: str
+    detail: str
+    by: str
+    role: str
+
+
+@dataclass(frozen=True, slots=True)
+class BlockedKit:
+    at: datetime
+    kit_number: str
+    site: str
+    batch: str
+    status: str  # expired | quarantined
+    from_status: str
+    reason: str
+    by: str
+
+
+@dataclass(frozen=True, slots=True)
+class Replacement:
+    at: datetime | None
+    subject_number: str
+    site: str
+    day: str
+    old_kit: str
+    new_kit: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LateEntry:
+    subject_number: str
+    site: str
+    day: str
+    administered_at: datetime
+    recorded_at: datetime
+    reason: str
+    by: str
+
+    @property
+    def delay(self) -> timedelta:
+        return self.recorded_at - self.administered_at
+
+
+@dataclass(frozen=True, slots=True)
+class Deviations:
+    mis_stratifications: tuple[MisStratification, ...]
+    in_error: tuple[RandomizedInError, ...]
+    refused: tuple[RefusedAttempt, ...]
+    blocked_kits: tuple[BlockedKit, ...]
+    replacements: tuple[Replacement, ...]
+    late_entries: tuple[LateEntry, ...]
+
+    def facts(self) -> tuple[tuple[str, str], ...]:
+        return (
+            ("Mis-stratifications", str(len(self.mis_stratifications))),
+            ("Randomizations in error", str(len(self.in_error))),
+            ("Refused scans", str(sum(r.kind == "scan" for r in self.refused))),
+            ("Refused dispensing attempts", str(sum(r.kind == "dispensing" for r in self.refused))),
+            ("Kits blocked (expired or quarantined)", str(len(self.blocked_kits))),
+            ("Kit replacements", str(len(self.replacements))),
+            (
+                f"Late entries (recorded more than {_hours(LATE_AFTER)} after the administration)",
+                str(len(self.late_entries)),
+            ),
+        )
+
+    def tables(self) -> tuple[monitoring_reports.Table, ...]:
+        return (
+            monitoring_reports.Table(
+                "Mis-stratifications",
+                (
+                    "Subject",
+                    "Site",
+                    "Factor",
+                    "At randomization",
+                    "Corrected",
+                    "Reason",
+                    "Investigator agreement",
+                    "Corrected by",
+                    "Corrected at (UTC)",
+                ),
+                tuple(
+                    (
+                        m.subject_number,
+                        m.site,
+                        m.factor,
+                        m.at_randomization,
+                        m.corrected,
+                        m.reason,
+                        m.agreement or "",
+                        m.by,
+                        time_text(m.at),
+                    )
+                    for m in self.mis_stratifications
+                ),
+                "The allocation and the kits were kept: a correction never re-randomizes (RND-09).",
+            ),
+            monitoring_reports.Table(
+                "Randomizations in error",
+                ("Subject", "Site", "Reason", "Flagged by", "Flagged at (UTC)"),
+                tuple((r.subject_number, r.site, r.reason, r.by, time_text(r.at)) for r in self.in_error),
+                "These subjects stay in every report (intention to treat, RND-07).",
+            ),
+            monitoring_reports.Table(
+                "Refused scans and dispensing attempts",
+                ("At (UTC)", "Kind", "Site", "Subject", "Day", "Cause", "Detail", "By", "Role"),
+                tuple(
+                    (
+                        time_text(r.at),
+                        r.kind,
+                        r.site,
+                        r.subject_number,
+                        r.day,
+                        r.cause,
+                        r.detail,
+                        r.by,
+                        r.role,
+                    )
+                    for r in self.refused
+                ),
+            ),
+            monitoring_reports.Table(
+                "Expired or quarantined kits blocked",
+                ("At (UTC)", "Kit", "Site", "Batch", "Blocked as", "Previous status", "Reason", "By"),
+                tuple(
+                    (
+                        time_text(b.at),
+                        kit_text(b.kit_number),
+                        b.site,
+                        b.batch,
+                        b.status,
+                        b.from_status,
+                        b.reason,
+                        b.by,
+                    )
+                    for b in self.blocked_kits
+                ),
+            ),
+            monitoring_reports.Table(
+                "Kit replacements",
+                ("Replaced at (UTC)", "Subject", "Site", "Day", "Replaced kit", "New kit", "Reason"),
+                tuple(
+                    (
+                        time_text(r.at),
+                        r.subject_number,
+                        r.site,
+                        r.day,
+                        kit_text(r.old_kit),
+                        kit_text(r.new_kit) if r.new_kit else "",
+                        r.reason,
+                    )
+                    for r in self.replacements
+                ),
+            ),
+            monitoring_reports.Table(
+                "Late entries",
+                (
+                    "Subject",
+                    "Site",
+                    "Day",
+                    "Administered at (UTC)",
+                    "Recorded at (UTC)",
+                    "Delay",
+                    "Reason given",
+                    "Recorded by",
+                ),
+                tuple(
+                    (
+                        e.subject_number,
+                        e.site,
+                        e.day,
+                        time_text(e.administered_at),
+                        time_text(e.recorded_at),
+                        _duration(e.delay),
+                        e.reason,
+                        e.by,
+                    )
+                    for e in self.late_entries
+                ),
+            ),
+        )
+
+
+def _hours(delta: timedelta) -> str:
+    hours = delta.total_seconds() / 3600
+    return f"{hours:g} hour" + ("" if hours == 1 else "s")
+
+
+def _duration(delta: timedelta) -> str:
+    minutes = int(delta.total_seconds() // 60)
+    days, rest = divmod(minutes, 24 * 60)
+    return (f"{days} d " if days else "") + f"{rest // 60} h {rest % 60:02d} min"
+
+
+def _refused(ctx: ServiceContext, frame: Frame) -> list[RefusedAttempt]:
+    """From the audit entries administration.scan_refused and dispensation.refused: their clear
+    values only (`EntryView` never carries a sealed value)."""
+    out = []
+    for entry in audit_trail.entries(
+        ctx,
+        frame.code,
+        actions=(Action.SCAN_REFUSED.value, Action.DISPENSING_REFUSED.value),
+        since=frame.flt.start,
+        until=frame.flt.end,
+        scope=frame.scope,
+    ):
+        if frame.flt.site is not None and entry.site_code != frame.flt.site:
+            continue
+        new = entry.new or {}
+        scan = entry.action == Action.SCAN_REFUSED.value
+        out.append(
+            RefusedAttempt(
+                at=audit_time(entry.at),
+                kind="scan" if scan else "dispensing",
+                site=entry.site_code or "",
+                subject_number=entry.object_id,
+                day=str(new.get("day", "")),
+                cause=str(new.get("cause", "")),
+                detail=str(new.get("detail", "")) if scan else f"scanned kit {new.get('scanned', '')}",
+                by=entry.actor_name,
+                role=entry.actor_role,
+            )
+        )
+    return out
+
+
+def deviations(ctx: ServiceContext, trial_code: str, scope: Scope, flt: ReportFilter) -> Deviations:
+    """Protocol-deviation support listings for the period: mis-stratifications, randomizations in
+    error, refused scans and dispensing attempts, expired or quarantined kits blocked, kit
+    replacements, late entries."""
+    frame = scoped_frame(ctx, trial_code, scope, flt)
+    every = views.subjects(ctx, frame.code, frame.scope)
+    mis, errors = [], []
+    for view in every:
+        for c in view.corrections:
+            if not frame.flt.in_period(c.at):
+                continue
+            if c.kind == "stratum":
+                mis.append(
+                    MisStratification(
+                        view.subject_number,
+                        view.site,
+                        c.field or "",
+                        str(view.strata_at_randomization.get(c.field or "", c.old)),
+                        str(c.new),
+                        c.reason,
+                        c.agreement,
+                        c.by,
+                        c.at,
+                    )
+                )
+            elif c.kind == "randomized_in_error":
+                errors.append(RandomizedInError(view.subject_number, view.site, c.reason, c.by, c.at))
+    with ctx.db.reading() as session:
+        lots = {
+            b.id: b.lot_code
+            for b in session.execute(select(Batch).where(Batch.trial_id == frame.trial_id)).scalars()
+        }
+        blocked = [
+            BlockedKit(
+                event.at,
+                kit.kit_number,
+                frame.sites.get(event.site_id or kit.site_id or -1, "depot"),
+                lots.get(kit.batch_id or -1, ""),
+                event.to_status,
+                event.from_status or "",
+                event.reason,
+                event.actor_name,
+            )
+            for event, kit in session.execute(
+                select(KitEvent, Kit)
+                .join(Kit, Kit.id == KitEvent.kit_id)
+                .where(
+                    Kit.trial_id == frame.trial_id,
+                    KitEvent.to_status.in_([KitStatus.EXPIRED.value, KitStatus.QUARANTINED.value]),
+                )
+                .order_by(KitEvent.at, KitEvent.id)
+            ).all()
+            if frame.visible(event.site_id if event.site_id is not None else kit.site_id)
+            and (frame.flt.in_period(event.at))
+        ]
+        numbers = {
+            s.id: (s.subject_number, s.site_id)
+            for s in session.execute(select(Subject).where(Subject.trial_id == frame.trial_id)).scalars()
+        }
+        dispensations = session.execute(
+            select(Dispensation, Kit.kit_number)
+            .join(Kit, Kit.id == Dispensation.kit_id)
+            .join(Subject, Subject.id == Dispensation.subject_id)
+            .where(Subject.trial_id == frame.trial_id)
+            .order_by(Dispensation.id)
+        ).all()
+        administrations = list(
+            session.execute(
+                select(Administration)
+                .join(Subject, Subject.id == Administration.subject_id)
+                .where(Subject.trial_id == frame.trial_id)
+                .order_by(Administration.id)
+            ).scalars()
+        )
+    labels = {d.day: d.label for d in frame.definition.dispensing.schedule}
+    kit_of = {(d.subject_id, d.day, d.replacement_number): number for d, number in dispensations}
+    replacements = [
+        Replacement(
+            d.replaced_at,
+            numbers[d.subject_id][0],
+            frame.sites[numbers[d.subject_id][1]],
+            labels.get(d.day, str(d.day)),
+            number,
+            kit_of.get((d.subject_id, d.day, d.replacement_number + 1), ""),
+            d.replacement_reason or "",
+        )
+        for d, number in dispensations
+        if d.status == "replaced"
+        and frame.visible(numbers[d.subject_id][1])
+        and (frame.flt.in_period(d.replaced_at))
+    ]
+    late = [
+        LateEntry(
+            numbers[a.subject_id][0],
+            frame.sites[numbers[a.subject_id][1]],
+            labels.get(a.day, str(a.day)),
+            a.administered_at,
+            a.recorded_at,
+            a.late_entry_reason or "",
+            a.recorded_by_name,
+        )
+        for a in administrations
+        if a.recorded_at - a.administered_at > LATE_AFTER
+        and frame.visible(numbers[a.subject_id][1])
+        and (frame.flt.in_period(a.recorded_at))
+    ]
+    return Deviations(
+        tuple(sorted(mis, key=lambda m: m.at)),
+        tuple(sorted(errors, key=lambda e: e.at)),
+        tuple(_refused(ctx, frame)),
+        tuple(blocked),
+        tuple(replacements),
+        tuple(late),
+    )

@@ -1,0 +1,170 @@
+"""Dispensing completeness report: doses dispensed and
+administered per subject and site."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from allocator.permissions import Scope
+from allocator.printing import monitoring_reports
+from allocator.services.context import ServiceContext
+from allocator.services.reports.filters import (
+    Frame,
+    ReportFilter,
+    scoped_frame,
+    strata_text,
+    subject_views,
+    time_text,
+    yes_no,
+)
+from allocator.services.subjects import views as subjects_views
+
+# --- dispensing completeness (REP-08, REP-04) -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Dose:
+    day: str
+    dispensed: bool
+    administered: bool
+    administered_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectDoses:
+    subject_number: str
+    site: str
+    strata: str
+    in_error: bool
+    doses: tuple[Dose, ...]
+    withdrawn: bool = False  # REP-04
+
+    @property
+    def given(self) -> int:
+        return sum(d.administered for d in self.doses)
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.doses) and all(d.administered for d in self.doses)
+
+
+@dataclass(frozen=True, slots=True)
+class SiteDoses:
+    site: str
+    subjects: int
+    dispensed: tuple[int, ...]  # per day
+    administered: tuple[int, ...]  # per day
+    complete: int
+
+
+@dataclass(frozen=True, slots=True)
+class DispensingCompleteness:
+    day_labels: tuple[str, ...]
+    subjects: tuple[SubjectDoses, ...]
+    sites: tuple[SiteDoses, ...]  # each site, then "All sites"
+
+    def facts(self) -> tuple[tuple[str, str], ...]:
+        total = self.sites[-1]
+        share = f"{100 * total.complete / total.subjects:.0f} %" if total.subjects else "-"
+        return (
+            ("Subjects", str(total.subjects)),
+            (f"All {len(self.day_labels)} doses administered", f"{total.complete} ({share})"),
+        )
+
+    def tables(self) -> tuple[monitoring_reports.Table, ...]:
+        def dose(d: Dose) -> str:
+            if d.administered:
+                return f"administered {time_text(d.administered_at)}"
+            return "dispensed" if d.dispensed else "not dispensed"
+
+        n = len(self.day_labels)
+        return (
+            monitoring_reports.Table(
+                "Doses per site",
+                (
+                    "Site",
+                    "Subjects",
+                    *(f"{label} dispensed" for label in self.day_labels),
+                    *(f"{label} administered" for label in self.day_labels),
+                    f"{n}/{n} administered",
+                ),
+                tuple(
+                    (
+                        s.site,
+                        str(s.subjects),
+                        *(str(x) for x in s.dispensed),
+                        *(str(x) for x in s.administered),
+                        str(s.complete),
+                    )
+                    for s in self.sites
+                ),
+            ),
+            monitoring_reports.Table(
+                "Doses per subject",
+                ("Subject", "Site", "Randomized in error", *self.day_labels, "Administered", "Complete"),
+                tuple(
+                    (
+                        s.subject_number,
+                        s.site,
+                        yes_no(s.in_error),
+                        *(dose(d) for d in s.doses),
+                        f"{s.given}/{len(s.doses)}",
+                        yes_no(s.complete),
+                    )
+                    for s in self.subjects
+                ),
+            ),
+        )
+
+
+def subject_doses(frame: Frame, views: Sequence[subjects_views.SubjectView]) -> list[SubjectDoses]:
+    out = []
+    for view in views:
+        days = {d.label: d for d in view.days}
+        doses = []
+        for label in frame.day_labels:
+            d = days.get(label)
+            doses.append(
+                Dose(
+                    label,
+                    d is not None and d.status in ("dispensed", "administered"),
+                    d is not None and d.status == "administered",
+                    d.administered_at if d is not None else None,
+                )
+            )
+        out.append(
+            SubjectDoses(
+                view.subject_number,
+                view.site,
+                strata_text(view.strata_at_randomization),
+                view.in_error,
+                tuple(doses),
+                view.withdrawal is not None,
+            )
+        )
+    return out
+
+
+def _site_doses(site: str, rows: Sequence[SubjectDoses], days: int) -> SiteDoses:
+    return SiteDoses(
+        site,
+        len(rows),
+        tuple(sum(r.doses[i].dispensed for r in rows) for i in range(days)),
+        tuple(sum(r.doses[i].administered for r in rows) for i in range(days)),
+        sum(r.complete for r in rows),
+    )
+
+
+def dispensing_completeness(
+    ctx: ServiceContext, trial_code: str, scope: Scope, flt: ReportFilter
+) -> DispensingCompleteness:
+    """Per subject randomized in the period, whether each day's kit was dispensed and administered,
+    and per site the totals and the number of complete (3/3) treatments."""
+    frame = scoped_frame(ctx, trial_code, scope, flt)
+    rows = subject_doses(frame, subject_views(ctx, frame))
+    n = len(frame.day_labels)
+    sites = [_site_doses(code, [r for r in rows if r.site == code], n) for code in frame.site_codes]
+    sites.append(_site_doses("All sites", rows, n))
+    return DispensingCompleteness(frame.day_labels, tuple(rows), tuple(sites))

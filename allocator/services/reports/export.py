@@ -1,0 +1,93 @@
+"""Export a report as CSV or PDF, audited (`report.exported`)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from allocator.audit import Action, Actor
+from allocator.permissions import Scope
+from allocator.printing import monitoring_reports
+from allocator.services import audit_trail
+from allocator.services.context import ServiceContext
+from allocator.services.errors import FieldProblem, ValidationFailed
+from allocator.services.reports.catalogue import ReportView, build
+from allocator.services.reports.filters import ReportFilter
+
+
+def to_csv(view: ReportView) -> str:
+    """Metadata rows ("# key", value), summary rows ("# summary", key, value), then each table as a
+    "# section" row, its header and its rows. Every cell is neutralised against formula injection."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+
+    def row(cells: Iterable[str]) -> None:
+        writer.writerow([audit_trail.neutralise_cell(c) for c in cells])
+
+    for key, value in view.metadata():
+        row((f"# {key.lower()}", value))
+    for key, value in view.facts:
+        row(("# summary", key, value))
+    for table in view.tables:
+        row(("# section", table.title))
+        row(table.columns)
+        for cells in table.rows:
+            row(cells)
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True, slots=True)
+class Export:
+    filename: str
+    mimetype: str
+    body: bytes
+    rows: int
+
+
+def export(
+    ctx: ServiceContext,
+    actor: Actor,
+    trial_code: str,
+    name: str,
+    flt: ReportFilter,
+    scope: Scope,
+    fmt: str,
+    *,
+    version: str = "blinded",
+) -> Export:
+    """A report as CSV or PDF, and its `report.exported` audit entry (report, version, format,
+    filters, row count, SHA-256 of the file)."""
+    if fmt not in ("csv", "pdf"):
+        raise ValidationFailed("unknown format", errors=[FieldProblem("format", "csv or pdf")])
+    view = build(ctx, actor, trial_code, name, flt, scope, version=version)
+    if fmt == "csv":
+        body, mimetype = to_csv(view).encode("utf-8"), "text/csv"
+    else:
+        body, mimetype = monitoring_reports.render_report_pdf(view.document()), "application/pdf"
+    counted = {"rows": view.rows, "sha256": hashlib.sha256(body).hexdigest()}
+    # The row count of a restricted export would tell blinded readers of the audit trail how many
+    # pharmacovigilance unblindings there are (UNB-08): it is sealed, like every unblinded value.
+    restricted = view.version in ("restricted", "safety")
+    with ctx.db.unit_of_work() as session:
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=trial_code,
+            action=Action.REPORT_EXPORTED,
+            object_type="report",
+            object_id=f"{view.version}:{name}"[:64],
+            site_code=flt.site,
+            new={
+                "report": name,
+                "version": view.version,
+                "format": fmt,
+                "filters": flt.query_args(),
+                **({} if restricted else counted),
+            },
+            sealed=counted if restricted else None,
+            at=ctx.now(),
+        )
+    return Export(f"{view.file_stem}.{fmt}", mimetype, body, view.rows)

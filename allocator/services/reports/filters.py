@@ -1,0 +1,196 @@
+"""The report filter, the scoped frame every report reads,
+and the cell formatting they share."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+
+from sqlalchemy import select
+
+import kits as kitlib
+from allocator.models import Site
+from allocator.permissions import Scope
+from allocator.services.context import ServiceContext
+from allocator.services.errors import FieldProblem, ValidationFailed
+from allocator.services.lookups import current_definition, get_trial
+from allocator.services.subjects import views
+from allocator.trialdef import TrialDefinition
+from kits.pdf import utc_text
+
+WORKDAY = (8, 20)  # default working hours, site local time (AUD-09 "outside working hours")
+_SITE = re.compile(r"^[A-Za-z0-9-]{1,10}$")
+_FIRST_YEAR, _LAST_YEAR = 2000, 2999
+
+
+def time_text(moment: datetime | None) -> str:
+    return utc_text(moment) if moment is not None else ""
+
+
+def audit_time(at: str) -> datetime:
+    """An audit entry's time (ISO 8601 UTC text, AUD-07) as an aware datetime."""
+    return datetime.strptime(at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def yes_no(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def kit_text(number: str) -> str:
+    return kitlib.format_kit_number(number)
+
+
+# --- filters --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReportFilter:
+    """Site and period (UTC dates, inclusive) of a report, and the working hours of the off-hours
+    review."""
+
+    site: str | None = None
+    since: date | None = None
+    until: date | None = None
+    hours_from: int = WORKDAY[0]
+    hours_to: int = WORKDAY[1]
+
+    @classmethod
+    def parse(cls, args: Mapping[str, str]) -> ReportFilter:
+        """From query-string values; raises ValidationFailed naming every bad field."""
+        problems: list[FieldProblem] = []
+        dates: dict[str, date | None] = {}
+        for key in ("since", "until"):
+            raw = (args.get(key) or "").strip()
+            dates[key] = None
+            if not raw:
+                continue
+            try:
+                value = date.fromisoformat(raw)
+            except ValueError:
+                problems.append(FieldProblem(key, "must be a date (YYYY-MM-DD)"))
+                continue
+            if not _FIRST_YEAR <= value.year <= _LAST_YEAR:
+                problems.append(FieldProblem(key, f"must be between {_FIRST_YEAR} and {_LAST_YEAR}"))
+                continue
+            dates[key] = value
+        since, until = dates["since"], dates["until"]
+        if since is not None and until is not None and until < since:
+            problems.append(FieldProblem("until", "is before the start of the period"))
+        site = (args.get("site") or "").strip() or None
+        if site is not None and not _SITE.fullmatch(site):
+            problems.append(FieldProblem("site", "is not a site code"))
+        hours: dict[str, int] = {}
+        for key, default in (("hours_from", WORKDAY[0]), ("hours_to", WORKDAY[1])):
+            raw = (args.get(key) or "").strip()
+            if not raw:
+                hours[key] = default
+            elif raw.isdigit() and 0 <= int(raw) <= 24:
+                hours[key] = int(raw)
+            else:
+                problems.append(FieldProblem(key, "must be an hour from 0 to 24"))
+                hours[key] = default
+        if hours["hours_from"] >= hours["hours_to"]:
+            problems.append(FieldProblem("hours_to", "must be later than hours_from"))
+        if problems:
+            raise ValidationFailed("invalid report filter", errors=problems)
+        return cls(site, since, until, hours["hours_from"], hours["hours_to"])
+
+    @property
+    def start(self) -> datetime | None:
+        return datetime.combine(self.since, time(), UTC) if self.since else None
+
+    @property
+    def end(self) -> datetime | None:
+        """The exclusive end of the period."""
+        return datetime.combine(self.until + timedelta(days=1), time(), UTC) if self.until else None
+
+    @property
+    def whole(self) -> bool:
+        return self.since is None and self.until is None
+
+    def in_period(self, moment: datetime | None) -> bool:
+        """Whether `moment` falls in the period; everything does when there is no period."""
+        if self.whole:
+            return True
+        if moment is None:
+            return False
+        start, end = self.start, self.end
+        return (start is None or moment >= start) and (end is None or moment < end)
+
+    def query_args(self) -> dict[str, str]:
+        out = {
+            "site": self.site,
+            "since": self.since.isoformat() if self.since else None,
+            "until": self.until.isoformat() if self.until else None,
+            "hours_from": str(self.hours_from) if self.hours_from != WORKDAY[0] else None,
+            "hours_to": str(self.hours_to) if self.hours_to != WORKDAY[1] else None,
+        }
+        return {k: v for k, v in out.items() if v}
+
+    def describe(self) -> str:
+        site = f"site {self.site}" if self.site else "every site within the reader's reach"
+        if self.since or self.until:
+            period = f"{self.since or 'start'} to {self.until or 'today'} (UTC dates, inclusive)"
+        else:
+            period = "whole trial"
+        return f"{site}; {period}"
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """What every report needs: the trial, its definition, its sites and the reader's scope
+    narrowed to the filter's site."""
+
+    trial_id: int
+    code: str
+    definition: TrialDefinition
+    sites: dict[int, str]
+    scope: Scope
+    flt: ReportFilter
+
+    def visible(self, site_id: int | None) -> bool:
+        """A site-less row (the depot, a trial-level report) only for readers of every site."""
+        if site_id is None:
+            return self.scope.all_sites
+        return self.scope.allows_site(site_id)
+
+    @property
+    def site_codes(self) -> list[str]:
+        return sorted(code for sid, code in self.sites.items() if self.scope.allows_site(sid))
+
+    @property
+    def day_labels(self) -> tuple[str, ...]:
+        return tuple(d.label for d in sorted(self.definition.dispensing.schedule, key=lambda d: d.day))
+
+
+def scoped_frame(ctx: ServiceContext, trial_code: str, scope: Scope, flt: ReportFilter) -> Frame:
+    with ctx.db.reading() as session:
+        trial = get_trial(session, trial_code)
+        definition = current_definition(session, trial)
+        sites = {
+            s.id: s.code for s in session.execute(select(Site).where(Site.trial_id == trial.id)).scalars()
+        }
+        narrowed = scope
+        if flt.site is not None:
+            found = [sid for sid, code in sites.items() if code == flt.site]
+            if not found or not scope.allows_site(found[0]):
+                raise ValidationFailed(
+                    "unknown site",
+                    errors=[
+                        FieldProblem("site", f"{flt.site!r} is not a site of {trial.code} within your reach")
+                    ],
+                )
+            narrowed = Scope(all_sites=False, site_ids=frozenset(found))
+        return Frame(trial.id, trial.code, definition, sites, narrowed, flt)
+
+
+def strata_text(values: Mapping[str, object]) -> str:
+    """Stratification values without the site (it has its own column)."""
+    return "; ".join(f"{k}={v}" for k, v in values.items() if k != "site")
+
+
+def subject_views(ctx: ServiceContext, frame: Frame) -> list[views.SubjectView]:
+    """The blinded subject views within reach, randomized in the period."""
+    return [v for v in views.subjects(ctx, frame.code, frame.scope) if frame.flt.in_period(v.randomized_at)]

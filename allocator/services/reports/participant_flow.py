@@ -1,0 +1,278 @@
+"""CONSORT participant flow, overall, by stratum and
+(restricted, after the final unblinding) by arm."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from allocator.audit import Actor
+from allocator.models import ScreeningEntry, Subject
+from allocator.permissions import Scope
+from allocator.printing import monitoring_reports
+from allocator.services import arm_access, lookups
+from allocator.services.context import ServiceContext
+from allocator.services.lookups import get_trial
+from allocator.services.reports.dispensing import SubjectDoses, subject_doses
+from allocator.services.reports.filters import Frame, ReportFilter, scoped_frame, subject_views
+
+# --- CONSORT-style participant flow (REP-04) ------------------------------------------------------
+
+
+ALL_STRATA = "all strata"  # the site-total rows of the per-arm flow
+
+
+@dataclass(frozen=True, slots=True)
+class FlowCounts:
+    screened: int | None  # None where screening does not apply (strata, arms)
+    ineligible: int | None
+    randomized: int
+    in_error: int
+    withdrawn: int  # REP-04: withdrawals recorded in this service, whatever their kind
+    dispensed: tuple[int, ...]  # per day
+    administered: tuple[int, ...]  # per day
+    complete: int
+
+
+@dataclass(frozen=True, slots=True)
+class ParticipantFlow:
+    day_labels: tuple[str, ...]
+    columns: tuple[str, ...]  # "All sites", then each site (or arm)
+    counts: tuple[FlowCounts, ...]  # one per column
+    by_stratum: tuple[tuple[str, str, FlowCounts], ...]  # site, stratum, counts
+    ineligible_reasons: tuple[tuple[str, int], ...]
+    per_arm: bool = False
+    # per arm only: (site, stratum or ALL_STRATA, arm column, counts) for each site and stratum (REP-04)
+    by_arm_and_stratum: tuple[tuple[str, str, str, FlowCounts], ...] = ()
+
+    def facts(self) -> tuple[tuple[str, str], ...]:
+        total = self.counts[0]
+        out = [
+            ("Randomized", str(total.randomized)),
+            ("Randomized in error (kept in every count, intention to treat)", str(total.in_error)),
+            ("Withdrawn (kept in every count, intention to treat)", str(total.withdrawn)),
+            (f"Received all {len(self.day_labels)} doses", str(total.complete)),
+        ]
+        if total.screened is not None:
+            out[:0] = [("Screened", str(total.screened)), ("Ineligible", str(total.ineligible))]
+        return tuple(out)
+
+    def _measures(self, counts: Sequence[FlowCounts]) -> tuple[tuple[str, ...], ...]:
+        rows: list[tuple[str, ...]] = []
+        if not self.per_arm:
+            rows.append(("Screened", *(str(c.screened) for c in counts)))
+            rows.append(("Ineligible", *(str(c.ineligible) for c in counts)))
+        rows.append(("Randomized", *(str(c.randomized) for c in counts)))
+        rows.append(("Randomized in error", *(str(c.in_error) for c in counts)))
+        rows.append(("Withdrawn", *(str(c.withdrawn) for c in counts)))
+        for i, label in enumerate(self.day_labels):
+            rows.append((f"{label} dispensed", *(str(c.dispensed[i]) for c in counts)))
+            rows.append((f"{label} administered", *(str(c.administered[i]) for c in counts)))
+        n = len(self.day_labels)
+        rows.append((f"{n}/{n} doses administered", *(str(c.complete) for c in counts)))
+        return tuple(rows)
+
+    def arm_strata_table(self) -> monitoring_reports.Table:
+        """The per-arm counts of each site and stratum (restricted, REP-04)."""
+        n = len(self.day_labels)
+        return monitoring_reports.Table(
+            "Participant flow per arm, site and stratum",
+            (
+                "Site",
+                "Stratum",
+                "Arm",
+                "Randomized",
+                "Randomized in error",
+                "Withdrawn",
+                *(f"{d} administered" for d in self.day_labels),
+                f"{n}/{n}",
+            ),
+            tuple(
+                (
+                    site,
+                    stratum,
+                    arm,
+                    str(c.randomized),
+                    str(c.in_error),
+                    str(c.withdrawn),
+                    *(str(x) for x in c.administered),
+                    str(c.complete),
+                )
+                for site, stratum, arm, c in self.by_arm_and_stratum
+            ),
+            "Strata as used at randomization.",
+        )
+
+    def tables(self) -> tuple[monitoring_reports.Table, ...]:
+        n = len(self.day_labels)
+        return (
+            monitoring_reports.Table(
+                "Participant flow per arm" if self.per_arm else "Participant flow",
+                ("Measure", *self.columns),
+                self._measures(self.counts),
+                "Every randomized subject is counted where randomized, including those randomized in error.",
+            ),
+            monitoring_reports.Table(
+                "Per stratum",
+                (
+                    "Site",
+                    "Stratum",
+                    "Randomized",
+                    "Randomized in error",
+                    "Withdrawn",
+                    *(f"{d} administered" for d in self.day_labels),
+                    f"{n}/{n}",
+                ),
+                tuple(
+                    (
+                        site,
+                        stratum,
+                        str(c.randomized),
+                        str(c.in_error),
+                        str(c.withdrawn),
+                        *(str(x) for x in c.administered),
+                        str(c.complete),
+                    )
+                    for site, stratum, c in self.by_stratum
+                ),
+            ),
+            monitoring_reports.Table(
+                "Ineligible: failed criteria",
+                ("Criterion", "Patients"),
+                tuple((label, str(n)) for label, n in self.ineligible_reasons),
+                "Patients may fail several criteria.",
+            ),
+        )
+
+
+def _flow(
+    screening: Sequence[tuple[bool, list[str]]] | None, rows: Sequence[SubjectDoses], days: int
+) -> FlowCounts:
+    return FlowCounts(
+        screened=len(screening) if screening is not None else None,
+        ineligible=sum(not eligible for eligible, _ in screening) if screening is not None else None,
+        randomized=len(rows),
+        in_error=sum(r.in_error for r in rows),
+        withdrawn=sum(r.withdrawn for r in rows),
+        dispensed=tuple(sum(r.doses[i].dispensed for r in rows) for i in range(days)),
+        administered=tuple(sum(r.doses[i].administered for r in rows) for i in range(days)),
+        complete=sum(r.complete for r in rows),
+    )
+
+
+def _screening(ctx: ServiceContext, frame: Frame) -> list[tuple[str, bool, list[str]]]:
+    """(site, eligible, failed criterion ids) of each screening in reach and period."""
+    with ctx.db.reading() as session:
+        return [
+            (frame.sites[e.site_id], e.eligible, [str(f.get("criterion", "")) for f in e.failures])
+            for e in session.execute(
+                select(ScreeningEntry)
+                .where(ScreeningEntry.trial_id == frame.trial_id)
+                .order_by(ScreeningEntry.id)
+            ).scalars()
+            if frame.visible(e.site_id) and (frame.flt.in_period(e.screened_at))
+        ]
+
+
+def participant_flow(
+    ctx: ServiceContext, trial_code: str, scope: Scope, flt: ReportFilter
+) -> ParticipantFlow:
+    """CONSORT-style numbers, blinded: screened, ineligible (with the failed criteria), randomized,
+    randomized in error, withdrawn, kits dispensed and administered per day, complete treatments; in
+    total, per site and per stratum."""
+    frame = scoped_frame(ctx, trial_code, scope, flt)
+    rows = subject_doses(frame, subject_views(ctx, frame))
+    screening = _screening(ctx, frame)
+    n = len(frame.day_labels)
+    columns = ("All sites", *frame.site_codes)
+    counts = [_flow([(e, f) for _, e, f in screening], rows, n)]
+    for code in frame.site_codes:
+        counts.append(
+            _flow([(e, f) for s, e, f in screening if s == code], [r for r in rows if r.site == code], n)
+        )
+    return ParticipantFlow(
+        frame.day_labels,
+        columns,
+        tuple(counts),
+        _by_stratum(frame, rows),
+        _reasons(frame, screening),
+    )
+
+
+def _by_stratum(frame: Frame, rows: Sequence[SubjectDoses]) -> tuple[tuple[str, str, FlowCounts], ...]:
+    keys = sorted({(r.site, r.strata) for r in rows})
+    n = len(frame.day_labels)
+    return tuple(
+        (site, stratum, _flow(None, [r for r in rows if (r.site, r.strata) == (site, stratum)], n))
+        for site, stratum in keys
+    )
+
+
+def _reasons(frame: Frame, screening: Sequence[tuple[str, bool, list[str]]]) -> tuple[tuple[str, int], ...]:
+    failed = Counter(c for _, eligible, criteria in screening if not eligible for c in set(criteria))
+    labels = {c.id: c.label.en for c in frame.definition.eligibility}
+    return tuple(
+        (labels.get(c, c), n) for c, n in sorted(failed.items(), key=lambda item: (-item[1], item[0]))
+    )
+
+
+def participant_flow_by_arm(
+    ctx: ServiceContext, reader: Actor, trial_code: str, scope: Scope, flt: ReportFilter
+) -> ParticipantFlow:
+    """The participant flow per arm (REP-04, unblinded): only once the trial is UNBLINDED
+    (trial_state.NotUnblinded, 409, before). Each subject's arm is read through `arm_access`, one
+    audited read per subject, in one unit of work."""
+    frame = scoped_frame(ctx, trial_code, scope, flt)
+    with ctx.db.reading() as session:
+        lookups.require_unblinded(get_trial(session, frame.code))
+    rows = subject_doses(frame, subject_views(ctx, frame))
+    wanted = {r.subject_number for r in rows}
+    arms: dict[str, str] = {}
+    with ctx.db.unit_of_work() as session:
+        lookups.require_unblinded(get_trial(session, frame.code))  # again, where the arms are read
+        for subject in session.execute(
+            select(Subject).where(Subject.trial_id == frame.trial_id).order_by(Subject.id)
+        ).scalars():
+            if subject.subject_number in wanted:
+                arms[subject.subject_number] = arm_access.subject_arm_in(
+                    session, ctx, reader, frame.code, subject, "participant flow per arm (REP-04)"
+                )
+    n = len(frame.day_labels)
+    labels = [(a.code, a.label) for a in frame.definition.arms]
+    counts = [_flow(None, rows, n)] + [
+        _flow(None, [r for r in rows if arms.get(r.subject_number) == code], n) for code, _ in labels
+    ]
+    by_arm: list[tuple[str, str, str, FlowCounts]] = []
+    for site in sorted({r.site for r in rows}):
+        at_site = [r for r in rows if r.site == site]
+        for stratum in (*sorted({r.strata for r in at_site}), ALL_STRATA):
+            group = [r for r in at_site if stratum in (ALL_STRATA, r.strata)]
+            for code, label in labels:
+                chosen = [r for r in group if arms.get(r.subject_number) == code]
+                by_arm.append((site, stratum, f"{code}: {label}", _flow(None, chosen, n)))
+    return ParticipantFlow(
+        frame.day_labels,
+        ("All arms", *(f"{code}: {label}" for code, label in labels)),
+        tuple(counts),
+        _by_stratum(frame, rows),
+        (),
+        per_arm=True,
+        by_arm_and_stratum=tuple(by_arm),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RestrictedFlow:
+    """The blinded participant flow and its per-arm counterpart."""
+
+    blinded: ParticipantFlow
+    per_arm: ParticipantFlow
+
+    def facts(self) -> tuple[tuple[str, str], ...]:
+        return self.blinded.facts()
+
+    def tables(self) -> tuple[monitoring_reports.Table, ...]:
+        return (self.per_arm.tables()[0], self.per_arm.arm_strata_table(), *self.blinded.tables())

@@ -1,0 +1,1 @@
+"""Subjects: randomization, corrections, withdrawal, views and the confirmation PDF."""

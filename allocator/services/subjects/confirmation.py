@@ -1,0 +1,90 @@
+"""The randomization confirmation PDF of a subject."""
+
+from __future__ import annotations
+
+import hashlib
+
+from sqlalchemy import func, select
+
+import kits as kitlib
+from allocator.audit import Action, Actor
+from allocator.models import Kit, PrintedDocument, Site
+from allocator.permissions import Scope
+from allocator.services.context import ServiceContext
+from allocator.services.errors import NotFound
+from allocator.services.lookups import current_definition, current_dispensations, get_trial, subject_in_reach
+from allocator.services.supply import kit_rules
+from allocator.services.supply import labels as supply_labels
+
+
+def confirmation_pdf(
+    ctx: ServiceContext, actor: Actor, trial_code: str, number: str, scope: Scope
+) -> tuple[str, bytes]:
+    """The randomization confirmation of a subject as a PDF (no arm). Every print is recorded; a
+    reprint is counted like any document (LBL-12)."""
+    now = ctx.now()
+    with ctx.db.unit_of_work() as session:
+        trial = get_trial(session, trial_code)
+        definition = current_definition(session, trial)
+        subject = subject_in_reach(session, trial, number, scope)
+        site = session.get(Site, subject.site_id)
+        if site is None:  # pragma: no cover
+            raise NotFound("no site")
+        labels = {d.day: d.label for d in definition.dispensing.schedule}
+        live = current_dispensations(session, subject.id)
+        kit_rows = []
+        for day, row in sorted(live.items()):
+            kit = session.get(Kit, row.kit_id)
+            if kit is not None:
+                kit_rows.append(kitlib.ConfirmedKit(labels[day], kit.kit_number))
+        previous = session.execute(
+            select(func.count())
+            .select_from(PrintedDocument)
+            .where(
+                PrintedDocument.subject_id == subject.id, PrintedDocument.kind == "randomization_confirmation"
+            )
+        ).scalar_one()
+        document_id = supply_labels.next_document_id(session, trial, "RAND")
+        pdf = kitlib.render_randomization_confirmation(
+            kit_rules.label_info(definition, ctx.settings.env),
+            kitlib.RandomizationConfirmation(
+                site_code=site.code,
+                site_name=site.name,
+                subject_number=subject.subject_number,
+                screening_number=subject.screening_number,
+                randomization_number=subject.randomization_number,
+                randomized_at=subject.randomized_at,
+                randomized_by=subject.randomized_by_name,
+                local_zone=definition.timezone,
+                kits=tuple(kit_rows),
+                document=kitlib.DocumentMeta(
+                    document_id=document_id, created_at=now, reprint_number=previous
+                ),
+            ),
+        )
+        session.add(
+            PrintedDocument(
+                trial_id=trial.id,
+                kind="randomization_confirmation",
+                document_id=document_id,
+                subject_id=subject.id,
+                items=[k.kit_number for k in kit_rows],
+                reprint_number=previous,
+                content_sha256=hashlib.sha256(pdf).hexdigest(),
+                printed_at=now,
+                printed_by_id=actor.user_id,
+                printed_by_name=actor.name,
+            )
+        )
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=trial.code,
+            action=Action.DOCUMENT_PRINTED,
+            object_type="printed_document",
+            object_id=document_id,
+            site_code=site.code,
+            new={"kind": "randomization_confirmation", "subject": number, "reprint": previous},
+            at=now,
+        )
+        return document_id, pdf

@@ -1,0 +1,704 @@
+"""Randomize a subject: the hot path (RND-01..RND-13).
+
+Preview and randomize; the site, screening-number and stratum locks; the next slot of the active
+list (or a minimization decision); the kits drawn and the dispensation, kit event and notification
+rows written in the same unit of work."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from allocator import crypto
+from allocator.audit import Action, Actor
+from allocator.eligibility import EligibilityInputError, EligibilityResult
+from allocator.eligibility import check as check_eligibility
+from allocator.models import (
+    Dispensation,
+    IntegrityCheck,
+    Kit,
+    KitEvent,
+    KitStatus,
+    ListMode,
+    ListStatus,
+    MinimizationDecision,
+    Notification,
+    RandomizationList,
+    ScreeningEntry,
+    Site,
+    SiteStatus,
+    Slot,
+    Stratum,
+    Subject,
+    Trial,
+)
+from allocator.permissions import Scope
+from allocator.randomization import minimization as minimization_core
+from allocator.services import arm_access, lookups
+from allocator.services.context import ServiceContext
+from allocator.services.errors import (
+    Conflict,
+    DomainError,
+    FieldProblem,
+    Forbidden,
+    NotFound,
+    ValidationFailed,
+)
+from allocator.services.lists import integrity, overview, storage
+from allocator.services.lookups import current_definition, get_trial, trial_and_definition
+from allocator.services.supply import stock as supply_stock
+from allocator.trialdef import MinimizationRandomization, TrialDefinition, stratum_key
+
+
+class Ineligible(DomainError):
+    status = 422
+    slug = "ineligible"
+    title = "The patient is not eligible"
+
+
+class AlreadyRandomized(Conflict):
+    slug = "already-randomized"
+    title = "This screening number is already randomized"
+
+
+class KitsUnavailable(Conflict):
+    slug = "kits-unavailable"
+    title = "Kits of every arm are not available at the site"
+
+
+class StratumExhausted(Conflict):
+    slug = "stratum-exhausted"
+    title = "The stratum's randomization list is exhausted"
+
+
+class NoActiveList(Conflict):
+    slug = "no-active-list"
+    title = "No randomization list is active"
+
+
+class SiteNotActive(Forbidden):
+    slug = "site-not-active"
+    title = "The site is not activated for randomization"
+
+
+@dataclass(frozen=True, slots=True)
+class RandomizationRequest:
+    """What the investigator enters. Any other field is refused by the caller (RND-05)."""
+
+    site: str
+    screening_number: str
+    eligibility: Mapping[str, object]
+    strata: Mapping[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class AllocatedKit:
+    kit_number: str
+    day: str
+
+
+@dataclass(frozen=True, slots=True)
+class RandomizationResult:
+    """Everything the investigator gets back — never the arm (BLD-01)."""
+
+    subject_number: str
+    randomization_number: str
+    kits: tuple[AllocatedKit, ...]
+    randomized_at: datetime
+    site: str
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "subject_number": self.subject_number,
+            "randomization_number": self.randomization_number,
+            "kits": [{"kit_number": k.kit_number, "day": k.day} for k in self.kits],
+            "randomized_at": self.randomized_at.isoformat().replace("+00:00", "Z"),
+        }
+
+
+# --- input checks (DIB-06, DIB-08, RND-06) ----------------------------------------------------
+
+
+def _strata_levels(definition: TrialDefinition, site_code: str, raw: Mapping[str, object]) -> dict[str, str]:
+    """The stratum levels: the site's, plus one valid level per entered factor."""
+    problems: list[FieldProblem] = []
+    levels: dict[str, str] = {}
+    entered = {f.code: f for f in definition.stratification if f.source == "entered"}
+    for key in raw:
+        if key not in entered:
+            problems.append(
+                FieldProblem(f"strata.{key}", "is not an entered stratification factor of this trial")
+            )
+    for factor in definition.stratification:
+        if factor.source == "site":
+            levels[factor.code] = site_code
+            continue
+        value = raw.get(factor.code)
+        codes = [lv.code for lv in factor.levels]
+        if not isinstance(value, str) or not value.strip():
+            problems.append(FieldProblem(f"strata.{factor.code}", f"is required (one of {', '.join(codes)})"))
+        elif value.strip() not in codes:
+            problems.append(
+                FieldProblem(f"strata.{factor.code}", f"{value!r} is not one of {', '.join(codes)}")
+            )
+        else:
+            levels[factor.code] = value.strip()
+    if problems:
+        raise ValidationFailed("the stratification data are invalid", errors=problems)
+    return levels
+
+
+def _screening_number(definition: TrialDefinition, raw: str) -> str:
+    value = raw.strip().upper()
+    if not re.match(definition.screening_number_pattern, value):
+        raise ValidationFailed(
+            "invalid screening number",
+            errors=[
+                FieldProblem(
+                    "screening_number",
+                    f"must look like {definition.screening_number_example} (a pseudonymous number, no name)",
+                )
+            ],
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Preview:
+    """The confirmation step: what will be used, shown back before anything is allocated."""
+
+    site: str
+    screening_number: str
+    eligible: bool
+    failures: tuple[tuple[str, str], ...]
+    strata: dict[str, str]
+    strata_labels: dict[str, str] = field(default_factory=dict)
+
+
+def preview(ctx: ServiceContext, trial_code: str, request: RandomizationRequest, scope: Scope) -> Preview:
+    """Validate everything without writing anything (the confirmation screen): the same checks,
+    in the same words, as `randomize`, so that nothing is confirmed that would then be refused."""
+    with ctx.db.reading() as session:
+        trial = get_trial(session, trial_code)
+        definition = current_definition(session, trial)
+        site = session.execute(
+            select(Site).where(Site.trial_id == trial.id, Site.code == request.site.strip())
+        ).scalar_one_or_none()
+    if site is None or not scope.allows_site(site.id):
+        raise ValidationFailed(
+            f"no site {request.site!r} within your reach", errors=[FieldProblem("site", "unknown site")]
+        )
+    if site.status != SiteStatus.ACTIVE.value:
+        raise SiteNotActive(f"site {site.code} is {site.status}: it cannot randomize (RND-14)")
+    screening = _screening_number(definition, request.screening_number)
+    levels = _strata_levels(definition, site.code, request.strata)
+    result = _eligibility(definition, request.eligibility, ctx.now())
+    labels = {}
+    for factor in definition.stratification:
+        level = next((lv for lv in factor.levels if lv.code == levels[factor.code]), None)
+        labels[factor.label.en] = level.label.en if level else levels[factor.code]
+    return Preview(
+        site.code,
+        screening,
+        result.eligible,
+        tuple((f.criterion, f.message) for f in result.failures),
+        levels,
+        labels,
+    )
+
+
+def _eligibility(definition: TrialDefinition, raw: Mapping[str, object], now: datetime) -> EligibilityResult:
+    try:
+        return check_eligibility(definition.eligibility, raw, definition.local_date(now))
+    except EligibilityInputError as exc:
+        raise ValidationFailed(
+            "the eligibility data are invalid",
+            errors=[FieldProblem(f"eligibility.{e.field}", e.message) for e in exc.errors],
+        ) from None
+
+
+# --- randomization ----------------------------------------------------------------------------
+
+
+def randomize(
+    ctx: ServiceContext, actor: Actor, trial_code: str, request: RandomizationRequest, scope: Scope
+) -> RandomizationResult:
+    """Screen and, if eligible, randomize a patient (RND-05..RND-08, RND-14, BLD-04).
+
+    Raises ValidationFailed (invalid input; nothing recorded), Ineligible (recorded in the screening
+    log), SiteNotActive, AlreadyRandomized, NoActiveList, KitsUnavailable, StratumExhausted,
+    lists.ListIntegrityFailure — each before any slot or kit is used."""
+    now = ctx.now()
+    with ctx.db.unit_of_work() as session:
+        trial, definition = trial_and_definition(session, trial_code)
+        lookups.require_open(trial)  # no new subject once the database is locked
+        # Every check of the input comes before the first write: a refusal changes nothing.
+        screening = _screening_number(definition, request.screening_number)
+        levels = _strata_levels(definition, request.site, request.strata)
+        eligibility = _eligibility(definition, request.eligibility, now)
+        outcome = _randomize_in(
+            ctx,
+            session,
+            actor,
+            trial,
+            definition,
+            request.site,
+            screening,
+            levels,
+            eligibility,
+            scope,
+            now,
+        )
+    if isinstance(outcome, DomainError):
+        raise outcome
+    return outcome
+
+
+# --- the allocation's statements ----------------------------------------------------------------
+# Randomization is the service's hot path (issue 6: throughput under concurrency). Its statements are
+# built once, here, and run on the unit of work's connection: building a statement, computing its
+# cache key and going through the ORM cost more CPU than the database spends running it. Each lock
+# is taken by its own statement, and what the lock protects is read by a later statement: on
+# PostgreSQL (READ COMMITTED) a statement that had to wait for a lock still reads every other row
+# as of its own start.
+
+_LOCK_SITE = (
+    select(Site.id, Site.code, Site.status)
+    .where(Site.trial_id == bindparam("trial_id"), Site.code == bindparam("site_code"))
+    .with_for_update()
+)
+# Under the site's lock: whether the screening number is taken (trial-wide; a unique constraint
+# backs it) and the number of subjects of the site, for the next subject number.
+_SCREENING_TAKEN_AND_SITE_SUBJECTS = select(
+    select(Subject.id)
+    .where(Subject.trial_id == bindparam("trial_id"), Subject.screening_number == bindparam("screening"))
+    .exists(),
+    select(func.count())
+    .select_from(Subject)
+    .where(Subject.trial_id == bindparam("trial_id"), Subject.site_id == bindparam("site_id"))
+    .scalar_subquery(),
+)
+_LAST_INTEGRITY_CHECK = (
+    select(IntegrityCheck.ok)
+    .where(IntegrityCheck.list_id == RandomizationList.id)
+    .order_by(IntegrityCheck.id.desc())
+    .limit(1)
+    .scalar_subquery()
+)
+# The active list, whether its last integrity check failed, and the stratum's row, locked: its
+# `used` counter orders the allocations of the stratum (RND-05, RND-08).
+_LOCK_ACTIVE_STRATUM = (
+    select(
+        RandomizationList.id,
+        RandomizationList.label,
+        _LAST_INTEGRITY_CHECK.label("last_check_ok"),
+        Stratum.id.label("stratum_id"),
+        Stratum.key,
+        Stratum.used,
+        Stratum.capacity,
+        Stratum.alert_remaining,
+        Stratum.storage_sha256,
+    )
+    .join(Stratum, Stratum.list_id == RandomizationList.id)
+    .where(
+        RandomizationList.trial_id == bindparam("trial_id"),
+        RandomizationList.mode == bindparam("mode"),
+        RandomizationList.status == ListStatus.ACTIVE.value,
+        Stratum.key == bindparam("key"),
+    )
+    .with_for_update(of=Stratum)
+)
+_STRATUM_SLOTS = (
+    select(Slot.position, Slot.randomization_number, Slot.sealed, Slot.id)
+    .where(Slot.stratum_id == bindparam("stratum_id"))
+    .order_by(Slot.position)
+)
+_INSERT_SCREENING_ENTRY = insert(ScreeningEntry).returning(ScreeningEntry.id)
+_INSERT_SUBJECT = insert(Subject).returning(Subject.id)
+_INSERT_DISPENSATION = insert(Dispensation)
+_INSERT_KIT_EVENT = insert(KitEvent)
+_INSERT_NOTIFICATION = insert(Notification)
+_ALLOCATE_KITS = (
+    update(Kit)
+    .where(Kit.id.in_(bindparam("kit_ids", expanding=True)))
+    .values(status=KitStatus.ALLOCATED.value)
+)
+_TAKE_SLOT = update(Stratum).where(Stratum.id == bindparam("stratum_id")).values(used=Stratum.used + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """The active list and the stratum's row, as locked for one allocation."""
+
+    list_id: int
+    label: str
+    stratum_id: int
+    key: str
+    used: int
+    capacity: int
+    alert_remaining: int
+    storage_sha256: str
+
+
+def _randomize_in(
+    ctx: ServiceContext,
+    session: Session,
+    actor: Actor,
+    trial: Trial,
+    definition: TrialDefinition,
+    site_code: str,
+    screening: str,
+    levels: dict[str, str],
+    eligibility: EligibilityResult,
+    scope: Scope,
+    now: datetime,
+) -> RandomizationResult | DomainError:
+    connection = session.connection()
+    site = connection.execute(_LOCK_SITE, {"trial_id": trial.id, "site_code": site_code}).one_or_none()
+    if site is None or not scope.allows_site(site.id):
+        raise NotFound(
+            f"no site {site_code!r} within your reach", errors=[FieldProblem("site", "unknown site")]
+        )
+    if site.status != SiteStatus.ACTIVE.value:
+        raise SiteNotActive(f"site {site.code} is {site.status}: it cannot randomize (RND-14)")
+    taken, site_subjects = connection.execute(
+        _SCREENING_TAKEN_AND_SITE_SUBJECTS, {"trial_id": trial.id, "screening": screening, "site_id": site.id}
+    ).one()
+    if taken:
+        raise AlreadyRandomized(
+            f"screening number {screening} is already randomized (RND-07)",
+            errors=[FieldProblem("screening_number", "is already randomized")],
+        )
+    entry_id = connection.execute(
+        _INSERT_SCREENING_ENTRY,
+        {
+            "trial_id": trial.id,
+            "site_id": site.id,
+            "screening_number": screening,
+            "screened_at": now,
+            "screened_by_id": actor.user_id,
+            "screened_by_name": actor.name,
+            "eligible": eligibility.eligible,
+            "answers": eligibility.answers_json(),
+            "failures": [{"criterion": f.criterion, "message": f.message} for f in eligibility.failures],
+        },
+    ).scalar_one()
+    if not eligibility.eligible:
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=trial.code,
+            action=Action.SCREENING_FAILED,
+            object_type="screening_entry",
+            object_id=screening,
+            site_code=site.code,
+            new={"failures": [f.criterion for f in eligibility.failures]},
+            at=now,
+        )
+        return Ineligible(
+            f"{screening} is not eligible: recorded in the screening log, not randomized",
+            errors=[FieldProblem(f"eligibility.{f.criterion}", f.message) for f in eligibility.failures],
+        )
+    key = stratum_key(list(levels.items()))
+    target = _lock_target(session, trial, lookups.instance_mode(ctx.settings.env), key)
+    schedule = definition.dispensing.schedule
+    stock = supply_stock.draw_usable_kits(
+        ctx, session, actor, trial, definition, site.id, definition.local_date(now), len(schedule)
+    )
+    if any(len(stock[arm]) < len(schedule) for arm in definition.arm_codes):
+        # Refused before any slot is used, whichever arm the next slot holds, so that the refusal
+        # says nothing about the arm (RND-08, BLD-04).
+        raise KitsUnavailable(
+            f"site {site.code} does not hold {len(schedule)} usable kits of every arm: "
+            "ask the supply manager for a shipment"
+        )
+    if isinstance(target, _NoStratum):
+        raise storage.ListIntegrityFailure(f"the active list has no stratum {key}")
+    if isinstance(definition.randomization, MinimizationRandomization):
+        arm, randomization_number, slot_id, decision_id = _minimize(
+            ctx, session, actor, trial, target, levels, definition, now
+        )
+    else:
+        arm, randomization_number, slot_id = _next_slot(ctx, session, actor, trial, target)
+        decision_id = None
+    chosen = supply_stock.pick(stock[arm], len(schedule))
+    # Per-site sequence (the site's row is locked): P1-001, P1-002 ...
+    number = f"{site.code}-{site_subjects + 1:03d}"
+    subject_id = connection.execute(
+        _INSERT_SUBJECT,
+        {
+            "trial_id": trial.id,
+            "site_id": site.id,
+            "screening_entry_id": entry_id,
+            "screening_number": screening,
+            "subject_number": number,
+            "list_id": target.list_id,
+            "stratum_id": target.stratum_id,
+            "slot_id": slot_id,
+            "minimization_decision_id": decision_id,
+            "randomization_number": randomization_number,
+            "strata": levels,
+            "randomized_at": now,
+            "randomized_by_id": actor.user_id,
+            "randomized_by_name": actor.name,
+        },
+    ).scalar_one()
+    days = list(zip(schedule, chosen, strict=True))
+    connection.execute(
+        _INSERT_DISPENSATION,
+        [
+            {
+                "subject_id": subject_id,
+                "day": day.day,
+                "replacement_number": 0,
+                "kit_id": kit.id,
+                "status": "allocated",
+                "allocated_at": now,
+            }
+            for day, kit in days
+        ],
+    )
+    connection.execute(
+        _INSERT_KIT_EVENT,
+        [
+            {
+                "kit_id": kit.id,
+                "at": now,
+                "from_status": KitStatus.AVAILABLE.value,  # the kits were drawn among available ones
+                "to_status": KitStatus.ALLOCATED.value,
+                "site_id": site.id,
+                "actor_id": actor.user_id,
+                "actor_name": actor.name,
+                "reason": f"allocated to {number} for {day.label}",
+            }
+            for day, kit in days
+        ],
+    )
+    connection.execute(_ALLOCATE_KITS, {"kit_ids": [kit.id for kit in chosen]})
+    connection.execute(_TAKE_SLOT, {"stratum_id": target.stratum_id})
+    position = target.used + 1
+    allocated = [AllocatedKit(kit.kit_number, day.label) for day, kit in days]
+    ctx.audit.record(
+        session,
+        actor=actor,
+        chain=trial.code,
+        action=Action.SUBJECT_RANDOMIZED,
+        object_type="subject",
+        object_id=number,
+        site_code=site.code,
+        new={
+            "subject": number,
+            "screening_number": screening,
+            "randomization_number": randomization_number,
+            "strata": levels,
+            "kits": [{"kit": k.kit_number, "day": k.day} for k in allocated],
+        },
+        # AUD-05: the arm and the list position go into the entry sealed, never in clear.
+        sealed={"arm": arm, "stratum": key, "position": position, "list": target.label},
+        at=now,
+    )
+    notify_unblinded_roles(
+        session,
+        trial,
+        site.id,
+        "pharmacist",
+        "dispensation_request",
+        number,
+        f"Dispensation request for {number}",
+        f"Subject {number} (randomization number {randomization_number}) was randomized at site {site.code} by "
+        f"{actor.name}. Kits to dispense: " + ", ".join(f"{k.day} {k.kit_number}" for k in allocated) + ".",
+        now,
+    )
+    remaining = target.capacity - position
+    if remaining <= target.alert_remaining:
+        # RND-11: the statistician learns that a stratum runs low; the message names no count of
+        # arms and no position, and only the unblinded statistician receives it.
+        notify_unblinded_roles(
+            session,
+            trial,
+            None,
+            "unblinded_statistician",
+            "capacity_low",
+            None,
+            f"Stratum running low: {key}",
+            f"The stratum {key} of {target.label} has {remaining} unused slot(s) left. Consider an extension.",
+            now,
+        )
+    return RandomizationResult(number, randomization_number, tuple(allocated), now, site.code)
+
+
+@dataclass(frozen=True, slots=True)
+class _NoStratum:
+    """The active list has no row for the stratum (a damaged list): refused after the kit check."""
+
+    list_id: int
+    label: str
+
+
+def _lock_target(session: Session, trial: Trial, mode: ListMode, key: str) -> _Target | _NoStratum:
+    """The active list and its stratum `key`, the stratum's row locked. Raises NoActiveList, or
+    ListIntegrityFailure while the list's last integrity check failed (RND-10, ACC-15). One
+    statement unless something is wrong."""
+    row = (
+        session.connection()
+        .execute(_LOCK_ACTIVE_STRATUM, {"trial_id": trial.id, "mode": mode.value, "key": key})
+        .one_or_none()
+    )
+    if row is not None:
+        target: _Target | _NoStratum = _Target(
+            row.id,
+            row.label,
+            row.stratum_id,
+            row.key,
+            row.used,
+            row.capacity,
+            row.alert_remaining,
+            row.storage_sha256,
+        )
+        blocked = row.last_check_ok is not None and not row.last_check_ok
+    else:
+        active = overview.active_list(session, trial.id, mode)
+        if active is None:
+            raise NoActiveList(f"{trial.code} has no active {mode.value.upper()} randomization list")
+        target = _NoStratum(active.id, active.label)
+        blocked = integrity.list_blocked(session, active.id)
+    if blocked:
+        raise storage.ListIntegrityFailure(
+            f"{target.label} failed its last integrity check: randomization is blocked"
+        )
+    return target
+
+
+def _next_slot(
+    ctx: ServiceContext, session: Session, actor: Actor, trial: Trial, target: _Target
+) -> tuple[str, str, int]:
+    """The next unused slot of the stratum (RND-05), after re-checking every stored slot of the
+    stratum against the stratum's digest (RND-10): a changed, added or removed slot anywhere in the
+    stratum blocks it, not only the slot about to be used. The slot taken is among the rows hashed,
+    so one read serves both."""
+    if target.used >= target.capacity:
+        raise StratumExhausted(
+            f"the randomization list of stratum {target.key} is exhausted: nothing was allocated; the unblinded "
+            "statistician must extend the list (RND-11)"
+        )
+    rows = session.connection().execute(_STRATUM_SLOTS, {"stratum_id": target.stratum_id}).all()
+    if storage.storage_digest(row[:3] for row in rows) != target.storage_sha256:
+        raise storage.ListIntegrityFailure(
+            f"the slots of stratum {target.key} differ from their recorded digest: randomization is blocked (RND-10)"
+        )
+    if len(rows) <= target.used or rows[target.used].position != target.used + 1:
+        raise storage.ListIntegrityFailure(
+            f"the stratum {target.key} has no slot at position {target.used + 1}: randomization is blocked (RND-10)"
+        )
+    position, number, sealed, slot_id = rows[target.used]
+    record = arm_access.slot_record_in(
+        session,
+        ctx,
+        actor,
+        trial.code,
+        target.label,
+        target.key,
+        position=position,
+        randomization_number=number,
+        sealed=bytes(sealed),
+    )
+    return record.arm, number, slot_id
+
+
+def _minimize(
+    ctx: ServiceContext,
+    session: Session,
+    actor: Actor,
+    trial: Trial,
+    target: _Target,
+    levels: dict[str, str],
+    definition: TrialDefinition,
+    now: datetime,
+) -> tuple[str, str, None, int]:
+    """Pocock-Simon allocation from the seed and the order of arrivals; the decision record (arm
+    and imbalance figures) is stored sealed for the statistician."""
+    locked = session.execute(
+        select(RandomizationList).where(RandomizationList.id == target.list_id).with_for_update()
+    ).scalar_one()
+    total = session.execute(
+        select(func.count())
+        .select_from(MinimizationDecision)
+        .where(MinimizationDecision.list_id == locked.id)
+    ).scalar_one()
+    design = definition.randomization
+    if not isinstance(design, MinimizationRandomization):  # pragma: no cover - the caller checked
+        raise NoActiveList("the list is not a minimization list")
+    if total >= design.max_subjects or target.used >= target.capacity:
+        raise StratumExhausted("the minimization capacity is reached: nothing was allocated (RND-11)")
+    factors = tuple(
+        minimization_core.Factor(
+            code, tuple(lv.code for lv in definition.factor(code).levels), design.weights[code]
+        )
+        for code in design.factors
+    )
+    core = minimization_core.MinimizationDesign(
+        arms=definition.arm_codes,
+        ratio=tuple(w for _, w in definition.ratio),
+        factors=factors,
+        measure=minimization_core.ImbalanceMeasure(design.imbalance),
+        p=design.p_preferred,
+    )
+    history = arm_access.minimization_history_in(session, ctx, actor, trial.code, locked)
+    state = minimization_core.MinimizationState.from_history(core, history)
+    seed = arm_access.list_seed_in(session, ctx, actor, trial.code, locked, "minimization allocation")
+    decision, _ = minimization_core.allocate(
+        seed, state, {f: levels[f] for f in design.factors}, trial_code=trial.code, list_label=locked.label
+    )
+    numbers = set(
+        session.execute(
+            select(MinimizationDecision.randomization_number).where(MinimizationDecision.list_id == locked.id)
+        ).scalars()
+    )
+    number = storage.RandomizationNumbers(numbers).next()
+    row = MinimizationDecision(
+        list_id=locked.id,
+        arrival=total + 1,
+        stratum_id=target.stratum_id,
+        randomization_number=number,
+        sealed=crypto.seal_json(
+            ctx.ring,
+            crypto.Purpose.LISTS,
+            {"levels": levels, "decision": decision.as_dict()},
+            arm_access.decision_binding(trial.code, locked.label, total + 1),
+        ),
+        created_at=now,
+    )
+    session.add(row)
+    session.flush()
+    return decision.arm, number, None, row.id
+
+
+def notify_unblinded_roles(
+    session: Session,
+    trial: Trial,
+    site_id: int | None,
+    audience: str,
+    kind: str,
+    subject_number: str | None,
+    title: str,
+    body: str,
+    now: datetime,
+) -> None:
+    session.connection().execute(
+        _INSERT_NOTIFICATION,
+        {
+            "trial_id": trial.id,
+            "site_id": site_id,
+            "audience": audience,
+            "kind": kind,
+            "subject_number": subject_number,
+            "title": title,
+            "body": body,
+            "created_at": now,
+        },
+    )

@@ -1,0 +1,291 @@
+"""What a reader sees of subjects: the subject list and page,
+the screening log, the notifications, whether a blind is broken (blinded; never an arm)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from allocator.models import (
+    Administration,
+    Dispensation,
+    Kit,
+    Notification,
+    ScreeningEntry,
+    Site,
+    Subject,
+    SubjectCorrection,
+    SubjectWithdrawal,
+)
+from allocator.permissions import Scope
+from allocator.services import unblinding
+from allocator.services.context import ServiceContext
+from allocator.services.lookups import current_definition, get_trial, subject_in_reach
+from allocator.trialdef import TrialDefinition
+
+
+def withdrawal_of(session: Session, subject_id: int) -> SubjectWithdrawal | None:
+    return session.execute(
+        select(SubjectWithdrawal).where(SubjectWithdrawal.subject_id == subject_id)
+    ).scalar_one_or_none()
+
+
+def current_strata(session: Session, subject: Subject) -> dict[str, str]:
+    """The stratification values as corrected (the values used at randomization stay in
+    `subject.strata`)."""
+    values = dict(subject.strata)
+    for correction in session.execute(
+        select(SubjectCorrection)
+        .where(SubjectCorrection.subject_id == subject.id, SubjectCorrection.kind == "stratum")
+        .order_by(SubjectCorrection.id)
+    ).scalars():
+        if correction.field:
+            values[correction.field] = correction.new_value
+    return values
+
+
+# --- blinded views (BLD-01, BLD-06) -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DayView:
+    day: int
+    label: str
+    kit_number: str
+    status: str  # allocated | dispensed | administered
+    dispensed_at: datetime | None
+    administered_at: datetime | None
+    replacements: int
+
+
+@dataclass(frozen=True, slots=True)
+class CorrectionView:
+    kind: str
+    field: str | None
+    old: Any
+    new: Any
+    reason: str
+    by: str
+    at: datetime
+    agreement: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawalView:
+    kind: str
+    effective_date: date
+    reason: str
+    by: str
+    at: datetime
+
+    def as_json(self) -> dict[str, object]:
+        return {"kind": self.kind, "effective_date": self.effective_date.isoformat()}
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectView:
+    """A subject as every role of the trial may see it: no arm, no stratum position (BLD-01)."""
+
+    subject_number: str
+    screening_number: str
+    randomization_number: str
+    site: str
+    randomized_at: datetime
+    randomized_by: str
+    strata_at_randomization: dict[str, str]
+    strata_corrected: dict[str, str]
+    in_error: bool
+    blind_broken: bool
+    days: tuple[DayView, ...]
+    corrections: tuple[CorrectionView, ...]
+    withdrawal: WithdrawalView | None = None  # REP-04
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "subject_number": self.subject_number,
+            "screening_number": self.screening_number,
+            "randomization_number": self.randomization_number,
+            "site": self.site,
+            "randomized_at": self.randomized_at.isoformat().replace("+00:00", "Z"),
+            "strata": self.strata_at_randomization,
+            "strata_corrected": self.strata_corrected
+            if self.strata_corrected != self.strata_at_randomization
+            else None,
+            "randomized_in_error": self.in_error,
+            "blind_broken": self.blind_broken,
+            "withdrawal": self.withdrawal.as_json() if self.withdrawal else None,
+            "kits": [
+                {
+                    "day": d.label,
+                    "kit_number": d.kit_number,
+                    "status": d.status,
+                    "administered_at": d.administered_at.isoformat().replace("+00:00", "Z")
+                    if d.administered_at
+                    else None,
+                }
+                for d in self.days
+            ],
+        }
+
+
+def subject_view(
+    session: Session, definition: TrialDefinition, subject: Subject, site_codes: Mapping[int, str]
+) -> SubjectView:
+    labels = {d.day: d.label for d in definition.dispensing.schedule}
+    rows = session.execute(
+        select(Dispensation, Kit.kit_number)
+        .join(Kit, Kit.id == Dispensation.kit_id)
+        .where(Dispensation.subject_id == subject.id)
+        .order_by(Dispensation.day, Dispensation.replacement_number)
+    ).all()
+    administered = {
+        a.dispensation_id: a.administered_at
+        for a in session.execute(
+            select(Administration).where(Administration.subject_id == subject.id)
+        ).scalars()
+    }
+    current: dict[int, tuple[Dispensation, str]] = {}
+    replacements: dict[int, int] = {}
+    for dispensation, kit_number in rows:
+        current[dispensation.day] = (dispensation, kit_number)
+        replacements[dispensation.day] = dispensation.replacement_number
+    days = tuple(
+        DayView(
+            day=day,
+            label=labels.get(day, f"D{day}"),
+            kit_number=kit_number,
+            status=d.status,
+            dispensed_at=d.dispensed_at,
+            administered_at=administered.get(d.id),
+            replacements=replacements[day],
+        )
+        for day, (d, kit_number) in sorted(current.items())
+    )
+    corrections = tuple(
+        CorrectionView(
+            c.kind, c.field, c.old_value, c.new_value, c.reason, c.by_name, c.at, c.investigator_agreement_ref
+        )
+        for c in session.execute(
+            select(SubjectCorrection)
+            .where(SubjectCorrection.subject_id == subject.id)
+            .order_by(SubjectCorrection.id)
+        ).scalars()
+    )
+    return SubjectView(
+        subject_number=subject.subject_number,
+        screening_number=subject.screening_number,
+        randomization_number=subject.randomization_number,
+        site=site_codes[subject.site_id],
+        randomized_at=subject.randomized_at,
+        randomized_by=subject.randomized_by_name,
+        strata_at_randomization=dict(subject.strata),
+        strata_corrected=current_strata(session, subject),
+        in_error=any(c.kind == "randomized_in_error" for c in corrections),
+        blind_broken=blind_broken(session, subject.id),
+        days=days,
+        corrections=corrections,
+        withdrawal=_withdrawal_view(session, subject.id),
+    )
+
+
+def _withdrawal_view(session: Session, subject_id: int) -> WithdrawalView | None:
+    w = withdrawal_of(session, subject_id)
+    if w is None:
+        return None
+    return WithdrawalView(w.kind, w.effective_date, w.reason, w.recorded_by_name, w.recorded_at)
+
+
+def blind_broken(session: Session, subject_id: int) -> bool:
+    """Whether the subject's blind is broken as blinded roles see it: an emergency unblinding
+    (online or offline) or an accidental report naming the subject; never a pharmacovigilance
+    unblinding (UNB-05, UNB-08)."""
+    subject = session.get(Subject, subject_id)
+    return subject is not None and subject_id in unblinding.blind_broken_subject_ids(
+        session, subject.trial_id
+    )
+
+
+def subjects(ctx: ServiceContext, trial_code: str, scope: Scope) -> list[SubjectView]:
+    with ctx.db.reading() as session:
+        trial = get_trial(session, trial_code)
+        definition = current_definition(session, trial)
+        site_codes = {
+            s.id: s.code for s in session.execute(select(Site).where(Site.trial_id == trial.id)).scalars()
+        }
+        rows = session.execute(
+            select(Subject).where(Subject.trial_id == trial.id).order_by(Subject.id)
+        ).scalars()
+        return [
+            subject_view(session, definition, s, site_codes) for s in rows if scope.allows_site(s.site_id)
+        ]
+
+
+def subject(ctx: ServiceContext, trial_code: str, number: str, scope: Scope) -> SubjectView:
+    with ctx.db.reading() as session:
+        trial = get_trial(session, trial_code)
+        definition = current_definition(session, trial)
+        site_codes = {
+            s.id: s.code for s in session.execute(select(Site).where(Site.trial_id == trial.id)).scalars()
+        }
+        return subject_view(session, definition, subject_in_reach(session, trial, number, scope), site_codes)
+
+
+@dataclass(frozen=True, slots=True)
+class ScreeningView:
+    screening_number: str
+    site: str
+    screened_at: datetime
+    screened_by: str
+    eligible: bool
+    failures: tuple[str, ...]
+    subject_number: str | None
+
+
+def screening_log(ctx: ServiceContext, trial_code: str, scope: Scope) -> list[ScreeningView]:
+    with ctx.db.reading() as session:
+        trial = get_trial(session, trial_code)
+        site_codes = {
+            s.id: s.code for s in session.execute(select(Site).where(Site.trial_id == trial.id)).scalars()
+        }
+        subjects_by_entry = {
+            row.screening_entry_id: row.subject_number
+            for row in session.execute(
+                select(Subject.screening_entry_id, Subject.subject_number).where(Subject.trial_id == trial.id)
+            )
+        }
+        return [
+            ScreeningView(
+                e.screening_number,
+                site_codes[e.site_id],
+                e.screened_at,
+                e.screened_by_name,
+                e.eligible,
+                tuple(f["message"] for f in e.failures),
+                subjects_by_entry.get(e.id),
+            )
+            for e in session.execute(
+                select(ScreeningEntry)
+                .where(ScreeningEntry.trial_id == trial.id)
+                .order_by(ScreeningEntry.id.desc())
+            ).scalars()
+            if scope.allows_site(e.site_id)
+        ]
+
+
+def notifications(
+    ctx: ServiceContext, trial_code: str, audience: set[str], scope: Scope, limit: int = 50
+) -> list[Notification]:
+    with ctx.db.reading() as session:
+        trial = get_trial(session, trial_code)
+        rows = session.execute(
+            select(Notification)
+            .where(Notification.trial_id == trial.id, Notification.audience.in_(audience))
+            .order_by(Notification.id.desc())
+            .limit(limit * 4)
+        ).scalars()
+        return [n for n in rows if n.site_id is None or scope.allows_site(n.site_id)][:limit]

@@ -1,0 +1,215 @@
+"""Manual kit status changes (quarantine, damage, loss,
+...) and batch expiry updates; the batch list."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+from sqlalchemy import func, select
+
+import kits as kitlib
+from allocator.audit import Action, Actor
+from allocator.models import Batch, Kit, KitStatus, Site
+from allocator.permissions import Scope
+from allocator.services import signatures
+from allocator.services.context import ServiceContext
+from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed
+from allocator.services.lookups import get_trial
+from allocator.services.supply.kit_rules import (
+    MANUAL_TRANSITIONS,
+    SIGNED_SOURCES,
+    SIGNED_TARGETS,
+    S,
+    move_kit,
+    number_from_scan,
+)
+
+# --- status changes --------------------------------------------------------------------------
+
+
+def change_status(
+    ctx: ServiceContext,
+    actor: Actor,
+    trial_code: str,
+    kit_number: str,
+    to: str,
+    *,
+    reason: str,
+    scope: Scope,
+    depot: bool,
+    signature: signatures.SignatureRequest | None = None,
+) -> None:
+    """Record a kit's new status with a reason (quarantine after a temperature excursion, damage,
+    loss, return, destruction, expiry). Quarantine and release from it are signed (ACC-12).
+    `scope` limits the sites; `depot` allows depot kits (supply managers)."""
+    try:
+        target = KitStatus(to)
+    except ValueError:
+        raise ValidationFailed(
+            "unknown status", errors=[FieldProblem("status", f"{to!r} is not a kit status")]
+        ) from None
+    if not reason.strip():
+        raise ValidationFailed("a reason is required", errors=[FieldProblem("reason", "is required")])
+    try:
+        number = number_from_scan(kit_number, trial_code, ctx)  # typed, or the scanned label (LBL-09)
+    except (kitlib.KitNumberError, kitlib.PayloadError) as exc:
+        raise ValidationFailed("invalid kit number", errors=[FieldProblem("kit_number", str(exc))]) from None
+    now = ctx.now()
+    # The meaning states what is signed (21 CFR 11.50): a release only when the kit becomes usable.
+    if target is S.QUARANTINED:
+        meaning = "kit quarantine"
+    elif target is S.AVAILABLE:
+        meaning = "kit release from quarantine"
+    else:
+        meaning = f"kit {target.value} from quarantine"
+    with (
+        signatures.failures_recorded(
+            ctx, actor=actor, chain=trial_code, meaning=meaning, object_type="kit", object_id=number
+        ),
+        ctx.db.unit_of_work() as session,
+    ):
+        trial = get_trial(session, trial_code)
+        kit = session.execute(
+            select(Kit).where(Kit.trial_id == trial.id, Kit.kit_number == number).with_for_update()
+        ).scalar_one_or_none()
+        if (
+            kit is None
+            or (kit.site_id is None and not depot)
+            or (kit.site_id is not None and not scope.allows_site(kit.site_id))
+        ):
+            raise NotFound(f"no kit {kitlib.format_kit_number(number)} within your reach")
+        current = KitStatus(kit.status)
+        if target not in MANUAL_TRANSITIONS[current]:
+            raise Conflict(f"a {current.value} kit cannot become {target.value}")
+        needs_signature = target in SIGNED_TARGETS or current in SIGNED_SOURCES
+        signature_id = None
+        if needs_signature:
+            if signature is None:
+                raise ValidationFailed(
+                    "this change is signed", errors=[FieldProblem("password", "is required")]
+                )
+            signed = signatures.sign(
+                ctx,
+                session,
+                actor=actor,
+                chain=trial.code,
+                trial_id=trial.id,
+                request=signature,
+                meaning=meaning,
+                object_type="kit",
+                object_id=number,
+                content={
+                    "kit": number,
+                    "from": current.value,
+                    "to": target.value,
+                    "reason": reason.strip(),
+                },
+                now=now,
+            )
+            signature_id = signed.id
+        site = session.get(Site, kit.site_id) if kit.site_id else None
+        move_kit(session, kit, target, actor, reason.strip(), now)
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=trial.code,
+            action=Action.KIT_STATUS_CHANGED,
+            object_type="kit",
+            object_id=number,
+            site_code=site.code if site else None,
+            old={"status": current.value},
+            new={"status": target.value, "signature": signature_id},
+            reason=reason.strip(),
+            at=now,
+        )
+
+
+def update_batch_expiry(
+    ctx: ServiceContext,
+    actor: Actor,
+    trial_code: str,
+    lot_code: str,
+    expiry: date,
+    *,
+    reason: str,
+    signature: signatures.SignatureRequest,
+) -> int:
+    """Change a batch's expiry (re-test, shortened shelf life): every kit of the batch follows.
+    Signed and reasoned (LBL-05, ACC-12). Returns the number of kits updated."""
+    if not reason.strip():
+        raise ValidationFailed("a reason is required", errors=[FieldProblem("reason", "is required")])
+    now = ctx.now()
+    meaning = "expiry change"
+    with (
+        signatures.failures_recorded(
+            ctx, actor=actor, chain=trial_code, meaning=meaning, object_type="batch", object_id=lot_code
+        ),
+        ctx.db.unit_of_work() as session,
+    ):
+        trial = get_trial(session, trial_code)
+        batch = session.execute(
+            select(Batch).where(Batch.trial_id == trial.id, Batch.lot_code == lot_code).with_for_update()
+        ).scalar_one_or_none()
+        if batch is None:
+            raise NotFound(f"no batch {lot_code}", errors=[FieldProblem("lot_code", "unknown batch")])
+        old = batch.expiry_date
+        signed = signatures.sign(
+            ctx,
+            session,
+            actor=actor,
+            chain=trial.code,
+            trial_id=trial.id,
+            request=signature,
+            meaning=meaning,
+            object_type="batch",
+            object_id=lot_code,
+            content={
+                "batch": lot_code,
+                "from": old.isoformat(),
+                "to": expiry.isoformat(),
+                "reason": reason.strip(),
+            },
+            now=now,
+        )
+        batch.expiry_date = expiry
+        kits = list(session.execute(select(Kit).where(Kit.batch_id == batch.id)).scalars())
+        for kit in kits:
+            kit.expiry_date = expiry
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=trial.code,
+            action=Action.BATCH_EXPIRY_CHANGED,
+            object_type="batch",
+            object_id=lot_code,
+            old={"expiry": old.isoformat()},
+            new={"expiry": expiry.isoformat(), "kits": len(kits), "signature": signed.id},
+            reason=reason.strip(),
+            at=now,
+        )
+        return len(kits)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchView:
+    lot_code: str
+    expiry: date
+    kits: int
+
+
+def batches(ctx: ServiceContext, trial_code: str) -> list[BatchView]:
+    with ctx.db.reading() as session:
+        trial = get_trial(session, trial_code)
+        counts = {
+            row[0]: row[1]
+            for row in session.execute(
+                select(Kit.batch_id, func.count()).where(Kit.trial_id == trial.id).group_by(Kit.batch_id)
+            )
+        }
+        return [
+            BatchView(b.lot_code, b.expiry_date, counts.get(b.id, 0))
+            for b in session.execute(
+                select(Batch).where(Batch.trial_id == trial.id).order_by(Batch.lot_code)
+            ).scalars()
+        ]

@@ -1,0 +1,320 @@
+"""Shipments to sites: create, ship, receive (with the
+receipt scan) and list them."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+import kits as kitlib
+from allocator.audit import Action, Actor
+from allocator.models import CodeBreakSheet, Kit, Shipment, Site, Trial
+from allocator.permissions import Scope
+from allocator.services import arm_access
+from allocator.services.context import ServiceContext
+from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed
+from allocator.services.lookups import current_definition, get_trial
+from allocator.services.supply.kit_rules import S, move_kit, needed_until, number_from_scan
+
+# --- shipments (BLD-04) ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ShipmentView:
+    number: str
+    site: str
+    status: str
+    kit_count: int
+    created_at: datetime
+    created_by: str
+    shipped_at: datetime | None
+    received_at: datetime | None
+    received_by: str | None
+    kits: tuple[str, ...] = field(default=())
+
+
+def create_shipment(
+    ctx: ServiceContext, actor: Actor, trial_code: str, site_code: str, count: int
+) -> ShipmentView:
+    """Prepare a shipment of `count` kits from the depot to an active or pending site: the same
+    number of kits of each arm (by ratio), chosen at random among the depot's usable kits of that
+    arm (an audited machine read of the depot's arms; nobody sees them). Only kits that have their
+    sealed code-break sheet are eligible (UNB-07)."""
+    now = ctx.now()
+    with ctx.db.unit_of_work() as session:
+        trial = get_trial(session, trial_code)
+        definition = current_definition(session, trial)
+        site = _site(session, trial, site_code)
+        total = definition.ratio_total
+        if not 1 <= count <= 10_000 or count % total:
+            raise ValidationFailed(
+                "invalid count", errors=[FieldProblem("count", f"a multiple of {total}, at most 10000")]
+            )
+        needed = needed_until(definition, definition.local_date(now))
+        depot = list(
+            session.execute(
+                select(Kit)
+                .where(
+                    Kit.trial_id == trial.id,
+                    Kit.status == S.AT_DEPOT.value,
+                    Kit.site_id.is_(None),
+                    Kit.shipment_id.is_(None),  # not already in a prepared shipment
+                    # UNB-07: a kit leaves the depot only once its sealed code-break sheet exists.
+                    Kit.id.in_(select(CodeBreakSheet.kit_id).where(CodeBreakSheet.trial_id == trial.id)),
+                )
+                .with_for_update()
+            ).scalars()
+        )
+        depot = [k for k in depot if k.expiry_date is None or k.expiry_date >= needed]
+        arms = arm_access.kit_arms_in(session, ctx, actor, trial.code, depot, "balancing a shipment")
+        by_arm: dict[str, list[Kit]] = {}
+        for kit in depot:
+            by_arm.setdefault(arms[kit.id], []).append(kit)
+        chosen: list[Kit] = []
+        rng = secrets.SystemRandom()
+        for arm, weight in definition.ratio:
+            wanted = count // total * weight
+            pool = by_arm.get(arm, [])
+            if len(pool) < wanted:
+                # The message says only that the depot lacks balanced stock, never which arm (BLD-12).
+                raise Conflict(
+                    "the depot does not hold enough usable kits for a balanced shipment of that size "
+                    "(a kit is shipped only once its code-break sheet exists)"
+                )
+            chosen.extend(rng.sample(pool, wanted))
+        rng.shuffle(chosen)
+        shipped_before = session.execute(
+            select(func.count()).select_from(Shipment).where(Shipment.trial_id == trial.id)
+        ).scalar_one()
+        number = f"SH-{shipped_before + 1:04d}"
+        shipment = Shipment(
+            trial_id=trial.id,
+            site_id=site.id,
+            number=number,
+            status="prepared",
+            kit_count=count,
+            created_at=now,
+            created_by_name=actor.name,
+        )
+        session.add(shipment)
+        session.flush()
+        for kit in chosen:
+            kit.shipment_id = shipment.id
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=trial.code,
+            action=Action.SHIPMENT_PREPARED,
+            object_type="shipment",
+            object_id=number,
+            site_code=site.code,
+            new={"site": site.code, "kits": count},
+            at=now,
+        )
+        return _shipment_view(session, shipment, site.code)
+
+
+def ship(ctx: ServiceContext, actor: Actor, trial_code: str, number: str) -> tuple[str, ...]:
+    """Dispatch a prepared shipment: its kits go in transit. A kit that left the depot's stock since
+    the preparation (damaged, destroyed, quarantined...) is taken out of the shipment and stays where
+    it is; the kit numbers taken out are returned and recorded in the audit entry."""
+    now = ctx.now()
+    with ctx.db.unit_of_work() as session:
+        trial = get_trial(session, trial_code)
+        shipment = _shipment(session, trial, number)
+        if shipment.status != "prepared":
+            raise Conflict(f"shipment {number} is {shipment.status}")
+        taken_out: list[str] = []
+        for kit in _shipment_kits(session, shipment):
+            if kit.status != S.AT_DEPOT.value:
+                kit.shipment_id = None
+                taken_out.append(kit.kit_number)
+                continue
+            move_kit(session, kit, S.IN_TRANSIT, actor, f"shipped in {number}", now)
+        if taken_out and len(taken_out) == shipment.kit_count:
+            raise Conflict(f"no kit of shipment {number} can still be shipped")
+        shipment.kit_count -= len(taken_out)
+        shipment.status = "shipped"
+        shipment.shipped_at = now
+        shipment.shipped_by_name = actor.name
+        site = session.get(Site, shipment.site_id)
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=trial.code,
+            action=Action.SHIPMENT_SHIPPED,
+            object_type="shipment",
+            object_id=number,
+            site_code=site.code if site else None,
+            old={"status": "prepared"},
+            new={"status": "shipped", "kits": shipment.kit_count, "taken_out": sorted(taken_out)},
+            at=now,
+        )
+        return tuple(sorted(taken_out))
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    received: int
+    missing: tuple[str, ...]
+    # Scanned kits that were not in transit (quarantined or lost on the way): they keep their status,
+    # since releasing a quarantined kit needs its own signed decision (ACC-12, LBL-05).
+    held: tuple[str, ...] = ()
+
+
+def receive(
+    ctx: ServiceContext,
+    actor: Actor,
+    trial_code: str,
+    number: str,
+    scanned: Sequence[str],
+    *,
+    scope: Scope,
+    missing_reason: str = "",
+) -> Receipt:
+    """Receive a shipment at the site: every kit is scanned or typed (check digit verified, LBL-09).
+    A kit that does not belong to the shipment refuses the whole receipt; kits of the shipment not
+    scanned are recorded lost, which needs a reason."""
+    now = ctx.now()
+    problems = []
+    numbers: list[str] = []
+    for index, raw in enumerate(scanned):
+        if not raw.strip():
+            continue
+        try:
+            numbers.append(number_from_scan(raw, trial_code, ctx))
+        except (kitlib.KitNumberError, kitlib.PayloadError) as exc:
+            problems.append(FieldProblem(f"kits[{index}]", str(exc)))
+    if problems:
+        raise ValidationFailed("some kit numbers are not valid", errors=problems)
+    with ctx.db.unit_of_work() as session:
+        trial = get_trial(session, trial_code)
+        shipment = _shipment(session, trial, number)
+        if not scope.allows_site(shipment.site_id):
+            raise NotFound(f"no shipment {number}")
+        if shipment.status != "shipped":
+            raise Conflict(f"shipment {number} is {shipment.status}, not shipped")
+        kits = {k.kit_number: k for k in _shipment_kits(session, shipment)}
+        foreign = sorted(set(numbers) - set(kits))
+        if foreign:
+            raise ValidationFailed(
+                "kits not in this shipment",
+                errors=[
+                    FieldProblem("kits", f"{kitlib.format_kit_number(n)} is not in shipment {number}")
+                    for n in foreign
+                ],
+            )
+        missing = sorted(set(kits) - set(numbers))
+        if missing and not missing_reason.strip():
+            raise ValidationFailed(
+                f"{len(missing)} kit(s) of the shipment were not scanned",
+                errors=[FieldProblem("missing_reason", "give a reason: unscanned kits are recorded as lost")],
+            )
+        site = _site_by_id(session, shipment.site_id)
+        held: list[str] = []
+        for kit_number, kit in kits.items():
+            kit.site_id = shipment.site_id
+            if kit.status == S.LOST.value:
+                if kit_number not in missing:
+                    held.append(kit_number)
+            elif kit_number in missing:
+                move_kit(
+                    session,
+                    kit,
+                    S.LOST,
+                    actor,
+                    f"missing at receipt of {number}: {missing_reason.strip()}",
+                    now,
+                )
+            elif kit.status == S.IN_TRANSIT.value:
+                move_kit(session, kit, S.AVAILABLE, actor, f"received in {number}", now)
+            else:
+                held.append(kit_number)
+        shipment.status = "received"
+        shipment.received_at = now
+        shipment.received_by_name = actor.name
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=trial.code,
+            action=Action.SHIPMENT_RECEIVED,
+            object_type="shipment",
+            object_id=number,
+            site_code=site.code,
+            old={"status": "shipped"},
+            new={
+                "status": "received",
+                "received": len(kits) - len(missing) - len(held),
+                "missing": missing,
+                "held": sorted(held),
+            },
+            reason=missing_reason.strip() or None,
+            at=now,
+        )
+        return Receipt(
+            received=len(kits) - len(missing) - len(held), missing=tuple(missing), held=tuple(sorted(held))
+        )
+
+
+def shipments(ctx: ServiceContext, trial_code: str, scope: Scope) -> list[ShipmentView]:
+    with ctx.db.reading() as session:
+        trial = get_trial(session, trial_code)
+        sites = {
+            s.id: s.code for s in session.execute(select(Site).where(Site.trial_id == trial.id)).scalars()
+        }
+        rows = session.execute(
+            select(Shipment).where(Shipment.trial_id == trial.id).order_by(Shipment.id.desc())
+        ).scalars()
+        return [_shipment_view(session, s, sites[s.site_id]) for s in rows if scope.allows_site(s.site_id)]
+
+
+def _shipment_view(session: Session, shipment: Shipment, site_code: str) -> ShipmentView:
+    kits = tuple(sorted(k.kit_number for k in _shipment_kits(session, shipment)))
+    return ShipmentView(
+        number=shipment.number,
+        site=site_code,
+        status=shipment.status,
+        kit_count=shipment.kit_count,
+        created_at=shipment.created_at,
+        created_by=shipment.created_by_name,
+        shipped_at=shipment.shipped_at,
+        received_at=shipment.received_at,
+        received_by=shipment.received_by_name,
+        kits=kits,
+    )
+
+
+def _shipment(session: Session, trial: Trial, number: str) -> Shipment:
+    shipment = session.execute(
+        select(Shipment).where(Shipment.trial_id == trial.id, Shipment.number == number).with_for_update()
+    ).scalar_one_or_none()
+    if shipment is None:
+        raise NotFound(f"no shipment {number}")
+    return shipment
+
+
+def _shipment_kits(session: Session, shipment: Shipment) -> list[Kit]:
+    return list(
+        session.execute(select(Kit).where(Kit.shipment_id == shipment.id).order_by(Kit.kit_number)).scalars()
+    )
+
+
+def _site(session: Session, trial: Trial, code: str) -> Site:
+    site = session.execute(
+        select(Site).where(Site.trial_id == trial.id, Site.code == code)
+    ).scalar_one_or_none()
+    if site is None:
+        raise NotFound(f"no site {code!r} in {trial.code}", errors=[FieldProblem("site", "unknown site")])
+    return site
+
+
+def _site_by_id(session: Session, site_id: int) -> Site:
+    site = session.get(Site, site_id)
+    if site is None:  # pragma: no cover - a foreign key guarantees it
+        raise NotFound("no such site")
+    return site

@@ -1,0 +1,176 @@
+"""Stock per site, and the usable kits the randomization
+draws from."""
+
+from __future__ import annotations
+
+import secrets
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import date
+from itertools import islice
+
+from sqlalchemy import bindparam, select
+from sqlalchemy.orm import Session
+
+from allocator.audit import Actor
+from allocator.models import Kit, Site, Trial
+from allocator.permissions import Scope
+from allocator.services import arm_access
+from allocator.services.context import ServiceContext
+from allocator.services.lookups import current_definition, get_trial
+from allocator.services.supply.kit_rules import K, S, needed_until
+from allocator.trialdef import TrialDefinition
+
+# --- stock (blinded) -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StockRow:
+    """Kits of one place (a site, or the depot) by status. Never split by arm (BLD-12)."""
+
+    site: str  # site code, or "depot"
+    by_status: dict[str, int]
+    usable: int  # available (at the depot: in stock) and not expiring before a full treatment (LBL-05)
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_status.values())
+
+
+def stock(ctx: ServiceContext, trial_code: str, scope: Scope, *, include_depot: bool) -> list[StockRow]:
+    with ctx.db.reading() as session:
+        trial = get_trial(session, trial_code)
+        definition = current_definition(session, trial)
+        needed = needed_until(definition, definition.local_date(ctx.now()))
+        sites = {
+            s.id: s.code for s in session.execute(select(Site).where(Site.trial_id == trial.id)).scalars()
+        }
+        rows = session.execute(
+            select(Kit.site_id, Kit.status, Kit.expiry_date, Kit.shipment_id).where(Kit.trial_id == trial.id)
+        ).all()
+        places: dict[int | None, Counter[str]] = {}
+        usable: Counter[int | None] = Counter()
+        for site_id, status, expiry, shipment_id in rows:
+            if site_id is None and not include_depot:
+                continue
+            if site_id is not None and not scope.allows_site(site_id):
+                continue
+            places.setdefault(site_id, Counter())[status] += 1
+            free = status == S.AVAILABLE.value or (status == S.AT_DEPOT.value and shipment_id is None)
+            if free and (expiry is None or expiry >= needed):  # a prepared shipment's kits are spoken for
+                usable[site_id] += 1
+        out = [
+            StockRow(site=sites[i] if i is not None else "depot", by_status=dict(c), usable=usable[i])
+            for i, c in places.items()
+        ]
+        return sorted(out, key=lambda r: (r.site == "depot", r.site))
+
+
+# --- allocation support (used by randomization; LBL-05, BLD-04) ------------------------------
+
+
+def usable_kits_by_arm(
+    ctx: ServiceContext,
+    session: Session,
+    reader: Actor,
+    trial: Trial,
+    definition: TrialDefinition,
+    site_id: int,
+    today: date,
+) -> dict[str, list[Kit]]:
+    """The site's available kits that do not expire before a full treatment plus the margin,
+    grouped by arm (an audited machine read, in the caller's transaction), rows locked."""
+    needed = needed_until(definition, today)
+    candidates = list(
+        session.execute(
+            select(Kit)
+            .where(Kit.trial_id == trial.id, Kit.site_id == site_id, Kit.status == S.AVAILABLE.value)
+            .order_by(Kit.id)
+            .with_for_update()
+        ).scalars()
+    )
+    usable = [k for k in candidates if k.expiry_date is not None and k.expiry_date >= needed]
+    arms = arm_access.kit_arms_in(session, ctx, reader, trial.code, usable, "choosing kits for an allocation")
+    grouped: dict[str, list[Kit]] = {arm: [] for arm in definition.arm_codes}
+    for kit in usable:
+        grouped[arms[kit.id]].append(kit)
+    return grouped
+
+
+_USABLE_AT_SITE = (
+    Kit.trial_id == bindparam("trial_id"),
+    Kit.site_id == bindparam("site_id"),
+    Kit.status == S.AVAILABLE.value,
+    Kit.expiry_date >= bindparam("needed"),
+)
+_USABLE_IDS = select(Kit.id).where(*_USABLE_AT_SITE)
+_LOCK_USABLE = (
+    select(Kit.id, Kit.kit_number, Kit.sealed_arm)
+    .where(Kit.id.in_(bindparam("ids", expanding=True)), *_USABLE_AT_SITE)
+    .with_for_update()
+)
+
+
+def draw_usable_kits(
+    ctx: ServiceContext,
+    session: Session,
+    reader: Actor,
+    trial: Trial,
+    definition: TrialDefinition,
+    site_id: int,
+    today: date,
+    per_arm: int,
+) -> dict[str, list[arm_access.SealedKit]]:
+    """`per_arm` kits of every arm drawn uniformly at random from the site's usable kits (those
+    `usable_kits_by_arm` returns), rows locked; fewer for an arm that has fewer. For allocations:
+    the result is the same draw as picking from `usable_kits_by_arm`, but only the kits needed to
+    find `per_arm` of each arm are locked and opened (a handful, instead of the whole stock).
+
+    How (BLD-04, RND-08): the ids of the usable kits are read without opening anything and put in
+    a uniformly random order (Fisher-Yates on the OS CSPRNG); kits are then locked and opened in
+    that order, in small batches, until every arm has `per_arm`. The first `per_arm` kits of an arm
+    in a uniformly random order of all usable kits are a uniformly random choice among that arm's
+    kits, so nothing favours a kit number, a position in the stock or an arm. The locking query
+    repeats the usability conditions: on PostgreSQL a kit changed by a concurrent transaction is
+    re-checked once its lock is granted and dropped if no longer usable; on SQLite the write
+    transaction (BEGIN IMMEDIATE) already excludes every other writer. The caller holds the site's
+    row lock, so no concurrent allocation at the site can take the same kits."""
+    connection = session.connection()
+    where = {"trial_id": trial.id, "site_id": site_id, "needed": needed_until(definition, today)}
+    order = _random_order(connection.execute(_USABLE_IDS, where).scalars().all())
+
+    def batches() -> Iterator[list[arm_access.SealedKit]]:
+        size = 2 * per_arm * max(1, len(definition.arm_codes))
+        while batch := list(islice(order, size)):
+            rank = {kit_id: i for i, kit_id in enumerate(batch)}
+            rows = connection.execute(_LOCK_USABLE, {**where, "ids": batch})
+            yield sorted((arm_access.SealedKit(*row) for row in rows), key=lambda kit: rank[kit.id])
+            size *= 2
+
+    return arm_access.kits_by_arm_until(
+        session,
+        ctx,
+        reader,
+        trial.code,
+        batches(),
+        definition.arm_codes,
+        per_arm,
+        "choosing kits for an allocation",
+    )
+
+
+def _random_order(items: Sequence[int]) -> Iterator[int]:
+    """`items` in a uniformly random order, drawn lazily (Fisher-Yates from the end, with the OS
+    CSPRNG): taking k of n costs k draws."""
+    rng = secrets.SystemRandom()
+    pool = list(items)
+    for last in range(len(pool) - 1, -1, -1):
+        j = rng.randrange(last + 1)
+        pool[last], pool[j] = pool[j], pool[last]
+        yield pool[last]
+
+
+def pick(kits: Sequence[K], count: int) -> list[K]:
+    """`count` kits chosen uniformly at random (never the lowest number; BLD-04)."""
+    return secrets.SystemRandom().sample(list(kits), count)
