@@ -167,7 +167,10 @@ def _store_kits(
     )
     session.add(kit_list)
     session.flush()
-    for number, arm, batch in entries:
+    # Rows (and their ids) in kit-number order: kit numbers are drawn at random, so the order of
+    # the rows says nothing about the arms, whereas the order of the kit list follows its blocks and
+    # a later sort by id or creation time would have shown them (issue 15, BLD-04).
+    for number, arm, batch in sorted(entries, key=lambda entry: entry[0]):
         kit = Kit(
             trial_id=trial.id,
             kit_list_id=kit_list.id,
