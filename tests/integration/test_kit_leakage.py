@@ -19,6 +19,7 @@ plants leaks of the kinds BLD-03 names and checks that the same battery finds ea
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from datetime import date
 
@@ -281,7 +282,7 @@ def test_kit_rows_are_stored_in_an_order_that_says_nothing_of_their_arms(ctx: Se
     numbers = [k.kit_number for k in kits]
     assert numbers == sorted(numbers)  # ids follow the random kit numbers, not the list's blocks
     arms = [arm_of(ctx, k) for k in kits]
-    same = sum(a == b for a, b in zip(arms, arms[1:], strict=False))
+    same = sum(a == b for a, b in itertools.pairwise(arms))
     # Balanced blocks make neighbours in generation order differ more often than chance; in id order
     # they must look like independent draws.
     p = stats.binomtest(same, len(arms) - 1, 0.5).pvalue
