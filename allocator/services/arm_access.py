@@ -195,8 +195,10 @@ def kits_by_arm_until(
     has `per_arm` kits or the batches run out; return at most `per_arm` kits per arm, the first
     ones met. Fed with kits in a uniformly random order, each arm's kits are a uniform random
     choice among that arm's kits, while only a handful are opened (BLD-04). Inside the caller's
-    transaction; one `arm.read` entry records how many kits were opened. The arms are never
-    shown to anyone."""
+    transaction; one `arm.read` entry records the purpose and `per_arm`, never how many kits were
+    opened: that count depends on the arms of the stock (a site short of one arm opens them all),
+    so it would tell a reader of the audit trail something about the stock's composition (BLD-04).
+    The arms are never shown to anyone."""
     grouped: dict[str, list[SealedKit]] = {arm: [] for arm in arms}
     opened = 0
     for batch in batches:
@@ -218,8 +220,8 @@ def kits_by_arm_until(
             chain=trial_code,
             action=Action.ARM_READ,
             object_type="kit",
-            object_id=f"{opened} kits",
-            new={"purpose": purpose, "kits": opened},
+            object_id="kit draw",
+            new={"purpose": purpose, "per_arm": per_arm},
             at=ctx.now(),
         )
     return grouped

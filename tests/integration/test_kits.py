@@ -984,6 +984,47 @@ def test_pick_chooses_uniformly_and_not_by_kit_number() -> None:
         supply_stock.pick(stock, 11)
 
 
+@pytest.mark.req("BLD-04", "BLD-08")
+def test_the_kit_draw_audit_entry_says_nothing_about_the_stock_composition(s: Supply) -> None:
+    """Issue 15, point 8: the draw opens kits until every arm has its share, so how many it opened
+    depends on the arms in stock (a site short of one arm opens them all). The `arm.read` entry
+    records the purpose and the share asked for, the same whatever the stock holds."""
+    ctx = s.ctx
+    s.generate(8)
+    at_p1 = s.deliver("P1", 8)
+    arms = {k.kit_number: arm_of(ctx, k) for k in all_kits(ctx)}
+    for number in [n for n in at_p1 if arms[n] == "A"][:3]:
+        s.change(number, "damaged")  # P1 now holds one usable A kit and four B kits
+
+    def draw() -> dict[str, list[str]]:
+        with ctx.db.unit_of_work() as session:
+            trial = get_trial(session, TRIAL)
+            drawn = supply_stock.draw_usable_kits(
+                ctx,
+                session,
+                CLI_ACTOR,
+                trial,
+                current_definition(session, trial),
+                site_id(ctx, "P1"),
+                s.clock().date(),
+                1,
+            )
+            return {arm: [k.kit_number for k in kits] for arm, kits in drawn.items()}
+
+    reads = len(audit(ctx, "arm.read"))
+    for _ in range(4):
+        drawn = draw()
+        assert {arm: len(kits) for arm, kits in drawn.items()} == {"A": 1, "B": 1}
+    entries = audit(ctx, "arm.read")[reads:]
+    assert len(entries) == 4
+    for entry in entries:
+        assert entry.object_id == "kit draw"
+        assert json.loads(entry.new_values or "{}") == {
+            "purpose": "choosing kits for an allocation",
+            "per_arm": 1,
+        }
+
+
 # --- 6. labels (LBL-01..LBL-04, LBL-12, BLD-02) ----------------------------------------------
 
 
