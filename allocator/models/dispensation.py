@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from allocator.models.base import Base
@@ -62,6 +62,11 @@ class PrintedDocument(Base):
     reprint_of: Mapped[str | None] = mapped_column(String(40))  # document id of the original print
     reprint_number: Mapped[int] = mapped_column(Integer, default=0)
     content_sha256: Mapped[str] = mapped_column(String(64))
+    # The exact bytes printed (dispensation sheets): viewing a printed document serves them again
+    # and creates nothing. Kept rather than re-rendered: the sheet carries its print time, reprint
+    # number and signature as they were, and a later change (a replaced kit, a new reportlab)
+    # would make a re-rendering differ from the paper in the subject's file.
+    content: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
     printed_at: Mapped[datetime]
     printed_by_id: Mapped[int | None] = mapped_column(ForeignKey("app_user.id"))
     printed_by_name: Mapped[str] = mapped_column(String(200))

@@ -289,9 +289,11 @@ SHEET_MEANING = kitlib.Bilingual(fr="Dispensation", en="Dispensing")
 def dispensation_sheet(
     ctx: ServiceContext, actor: Actor, trial_code: str, number: str, scope: Scope
 ) -> tuple[str, bytes]:
-    """The QR-labelled sheet of a subject: one row and one syringe label per day, the dispensing
-    signature, the 24/7 emergency contact. Available once a kit was dispensed; a reprint is marked
-    DUPLICATA and counted. Identical for both arms: nothing in it depends on the arm (BLD-02)."""
+    """Print the QR-labelled sheet of a subject: one row and one syringe label per day, the
+    dispensing signature, the 24/7 emergency contact. Available once a kit was dispensed; a reprint
+    is marked DUPLICATA and counted. Identical for both arms: nothing in it depends on the arm
+    (BLD-02). Printing is an action (a POST): it records a printed document, its bytes and an audit
+    entry; `printed_dispensation_sheet` serves a printed one again without creating anything."""
     now = ctx.now()
     with ctx.db.unit_of_work() as session:
         trial = get_trial(session, trial_code)
@@ -364,6 +366,7 @@ def dispensation_sheet(
                 reprint_of=original,
                 reprint_number=previous,
                 content_sha256=hashlib.sha256(pdf).hexdigest(),
+                content=pdf,
                 printed_at=now,
                 printed_by_id=actor.user_id,
                 printed_by_name=actor.name,
@@ -381,6 +384,28 @@ def dispensation_sheet(
             at=now,
         )
         return document_id, pdf
+
+
+def printed_dispensation_sheet(
+    ctx: ServiceContext, trial_code: str, number: str, document_id: str, scope: Scope
+) -> bytes:
+    """The bytes of a dispensation sheet printed earlier for this subject, exactly as printed (a
+    read: nothing is recorded). NotFound for another subject's document, another trial's, a
+    subject out of scope, or a document printed before its bytes were kept."""
+    with ctx.db.reading() as session:
+        trial = get_trial(session, trial_code)
+        subject = subject_in_reach(session, trial, number, scope)
+        content = session.execute(
+            select(PrintedDocument.content).where(
+                PrintedDocument.trial_id == trial.id,
+                PrintedDocument.subject_id == subject.id,
+                PrintedDocument.kind == "dispensation_sheet",
+                PrintedDocument.document_id == document_id,
+            )
+        ).scalar_one_or_none()
+        if content is None:
+            raise NotFound(f"no printed dispensation sheet {document_id} for {number}")
+        return content
 
 
 # --- replacement (BLD-04) ---------------------------------------------------------------------

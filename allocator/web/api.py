@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify, request, url_for
 from werkzeug.wrappers import Response
 
 from allocator.permissions import Permission, requires
@@ -140,20 +140,35 @@ def subject_detail(trial: str, subject: str) -> Response:
     return jsonify(views.subject(ctx(), trial, subject, scope(Permission.SUBJECT_VIEW)).as_json())
 
 
-@bp.route("/trials/<trial>/subjects/<subject>/dispensation-sheet.pdf")
+@bp.route("/trials/<trial>/subjects/<subject>/dispensation-sheets", methods=["POST"])
 @requires(Permission.DISPENSATION_DISPENSE)
-def dispensation_sheet(trial: str, subject: str) -> Response:
-    document_id, pdf = dispensing.dispensation_sheet(
+def print_dispensation_sheet(trial: str, subject: str) -> tuple[Response, int]:
+    """Print the QR-labelled dispensation sheet (recorded and audited; a reprint is a DUPLICATA).
+    The answer names the printed document; GET its location to download it."""
+    document_id, _ = dispensing.dispensation_sheet(
         ctx(),
         actor(Permission.DISPENSATION_DISPENSE),
         trial,
         subject,
         scope(Permission.DISPENSATION_DISPENSE),
     )
+    location = url_for("api.dispensation_sheet", trial=trial, subject=subject, document=document_id)
+    response = jsonify({"document_id": document_id, "href": location})
+    response.headers["Location"] = location
+    return response, 201
+
+
+@bp.route("/trials/<trial>/subjects/<subject>/dispensation-sheets/<document>.pdf")
+@requires(Permission.DISPENSATION_DISPENSE)
+def dispensation_sheet(trial: str, subject: str, document: str) -> Response:
+    """A printed dispensation sheet, exactly as printed; downloading it creates nothing."""
+    pdf = dispensing.printed_dispensation_sheet(
+        ctx(), trial, subject, document, scope(Permission.DISPENSATION_DISPENSE)
+    )
     return Response(
         pdf,
         mimetype="application/pdf",
-        headers={"Content-Disposition": f'attachment; filename="{document_id}.pdf"'},
+        headers={"Content-Disposition": f'attachment; filename="{document}.pdf"'},
     )
 
 

@@ -206,17 +206,55 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
-            "/trials/{trial}/subjects/{subject}/dispensation-sheet.pdf": {
-                "get": {
-                    "summary": "The QR-labelled dispensation sheet (pharmacist of the site; after dispensing)",
-                    "operationId": "getDispensationSheet",
+            "/trials/{trial}/subjects/{subject}/dispensation-sheets": {
+                "post": {
+                    "summary": "Print the QR-labelled dispensation sheet (pharmacist of the site; after dispensing)",
+                    "description": (
+                        "Printing is an action: each call records a printed document and an audit entry; "
+                        "a reprint is marked DUPLICATA and counted. Download the printed document from "
+                        "the Location of the answer."
+                    ),
+                    "operationId": "printDispensationSheet",
                     "parameters": [_TRIAL, _SUBJECT],
                     "responses": {
-                        "200": {
-                            "description": "PDF; reprints are marked DUPLICATA and counted",
-                            "content": {"application/pdf": {}},
+                        "201": {
+                            "description": "The printed document's id and where to download it",
+                            "headers": {"Location": {"schema": {"type": "string"}}},
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["document_id", "href"],
+                                        "properties": {
+                                            "document_id": {"type": "string"},
+                                            "href": {"type": "string"},
+                                        },
+                                    }
+                                }
+                            },
                         },
                         "409": _problem_response("Nothing dispensed yet"),
+                        **_COMMON_ERRORS,
+                    },
+                }
+            },
+            "/trials/{trial}/subjects/{subject}/dispensation-sheets/{document}.pdf": {
+                "get": {
+                    "summary": "A printed dispensation sheet, exactly as printed (creates nothing)",
+                    "operationId": "getDispensationSheet",
+                    "parameters": [
+                        _TRIAL,
+                        _SUBJECT,
+                        {
+                            "name": "document",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                            "description": "Printed document id, e.g. DISP-IFNG-PAIS-000003",
+                        },
+                    ],
+                    "responses": {
+                        "200": {"description": "PDF", "content": {"application/pdf": {}}},
                         **_COMMON_ERRORS,
                     },
                 }

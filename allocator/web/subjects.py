@@ -298,18 +298,33 @@ def dispense(trial: str, subject: str) -> WerkzeugResponse:
     )
 
 
-@bp.route("/trials/<trial>/subjects/<subject>/dispensation-sheet.pdf")
+@bp.route("/trials/<trial>/subjects/<subject>/dispensation-sheets", methods=["POST"])
 @requires(Permission.DISPENSATION_DISPENSE)
-def sheet(trial: str, subject: str) -> Response:
-    return _pdf(
-        *dispensing.dispensation_sheet(
+def print_sheet(trial: str, subject: str) -> WerkzeugResponse:
+    """Print the dispensation sheet (an action: a printed document and an audit entry), then
+    redirect to the printed document (POST-redirect-GET: reloading the page prints nothing)."""
+    try:
+        document_id, _ = dispensing.dispensation_sheet(
             ctx(),
             actor(Permission.DISPENSATION_DISPENSE),
             trial,
             subject,
             scope(Permission.DISPENSATION_DISPENSE),
         )
+    except DomainError as exc:
+        _flash_error(exc)
+        return redirect(url_for("subjects.subject_page", trial=trial, subject=subject), code=303)
+    return redirect(url_for("subjects.sheet", trial=trial, subject=subject, document=document_id), code=303)
+
+
+@bp.route("/trials/<trial>/subjects/<subject>/dispensation-sheets/<document>.pdf")
+@requires(Permission.DISPENSATION_DISPENSE)
+def sheet(trial: str, subject: str, document: str) -> Response:
+    """A printed dispensation sheet, exactly as printed; viewing it creates nothing."""
+    pdf = dispensing.printed_dispensation_sheet(
+        ctx(), trial, subject, document, scope(Permission.DISPENSATION_DISPENSE)
     )
+    return _pdf(document, pdf)
 
 
 @bp.route("/trials/<trial>/subjects/<subject>/replace", methods=["POST"])

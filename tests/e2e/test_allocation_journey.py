@@ -142,10 +142,15 @@ def test_randomize_dispense_print_and_give_three_doses(live_server: LiveServer, 
     statuses = pharm.locator("table tbody tr td:nth-child(3)").all_inner_texts()
     assert [t.split()[0] for t in statuses] == ["dispensed"] * 3, statuses
     shot(pharm, "27-pharmacist-dispensed")
-    href = pharm.get_by_role("link", name="Dispensation sheet (PDF)").get_attribute("href")
-    assert href
-    response = pharm.request.get(live_server.url + href)
+    # Printing is a POST (issue 15, point 5): the page's form, with its CSRF token, then the redirect
+    # to the printed document.
+    form = pharm.locator("form", has=pharm.get_by_role("button", name="Print the dispensation sheet (PDF)"))
+    action = form.get_attribute("action")
+    token = form.locator("input[name=csrf_token]").get_attribute("value")
+    assert action and token
+    response = pharm.request.post(live_server.url + action, form={"csrf_token": token})
     assert response.status == 200 and response.headers["content-type"] == "application/pdf"
+    assert "/dispensation-sheets/DISP-" in response.url
     sheet = response.body()
     assert sheet.startswith(b"%PDF")
     (ARTIFACTS / "28-dispensation-sheet.pdf").write_bytes(sheet)

@@ -283,13 +283,16 @@ def test_an_active_and_a_placebo_subject_are_indistinguishable(
             seen,
         )
         assert sa.subject_number in text_a and sb.subject_number in text_b
-        same(
-            "sheet before dispensing (refused)",
-            pharmacist.get(f"{BASE}/subjects/{sa.subject_number}/dispensation-sheet.pdf"),
-            pharmacist.get(f"{BASE}/subjects/{sb.subject_number}/dispensation-sheet.pdf"),
-            sa,
-            sb,
-        )
+        refused = []
+        for s in (sa, sb):
+            token = csrf_token(pharmacist, f"{BASE}/subjects/{s.subject_number}")
+            posted = pharmacist.post(
+                f"{BASE}/subjects/{s.subject_number}/dispensation-sheets", data={"csrf_token": token}
+            )
+            assert posted.status_code == 303
+            refused.append(pharmacist.get(posted.headers["Location"]))  # shows the refusal
+        same("sheet before dispensing (refused)", refused[0], refused[1], sa, sb)
+        assert "dispense first" in refused[0].get_data(as_text=True)
 
     # Dispense (signed): pair 1 by typing the kit numbers, pair 2 by scanning the kits' own labels.
     for index, (sa, sb) in enumerate(pairs):
@@ -314,9 +317,21 @@ def test_an_active_and_a_placebo_subject_are_indistinguishable(
 
         sheets = {}
         for channel, client, headers in (("web", pharmacist, {}), ("API", pharmacist, pharm_api)):
-            path = (BASE if channel == "web" else API) + "/subjects/{}/dispensation-sheet.pdf"
-            a = client.get(path.format(sa.subject_number), headers=headers)
-            b = client.get(path.format(sb.subject_number), headers=headers)
+            printed = []
+            for s in (sa, sb):
+                if channel == "web":  # print (POST, CSRF), then follow to the printed document
+                    token = csrf_token(client, f"{BASE}/subjects/{s.subject_number}")
+                    posted = client.post(
+                        f"{BASE}/subjects/{s.subject_number}/dispensation-sheets", data={"csrf_token": token}
+                    )
+                    assert posted.status_code == 303
+                else:
+                    posted = client.post(
+                        f"{API}/subjects/{s.subject_number}/dispensation-sheets", headers=headers
+                    )
+                    assert posted.status_code == 201
+                printed.append(client.get(posted.headers["Location"], headers=headers))
+            a, b = printed
             assert_same_pdf(f"dispensation sheet ({channel})", a, b, sa, sb, seen)
             sheets[channel] = (a.get_data(), b.get_data())
         # The QR codes of the original sheet: three per subject, same error correction, same length.

@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 import kits as kitlib
-from allocator.models import ScreeningEntry, Subject
+from allocator.models import AuditEvent, PrintedDocument, ScreeningEntry, Subject
 from allocator.permissions import Scope
 from allocator.services import dispensing, signatures
 from allocator.services.accounts import users
@@ -175,6 +175,108 @@ def test_the_pharmacist_is_refused_a_wrong_kit_and_a_missing_signature(
     )
     assert "Dispensed (signed)" in done.get_data(as_text=True)
     assert {d.status for d in views.subject(ctx, TRIAL, first.subject_number, ALL).days} == {"dispensed"}
+
+
+def printed(ctx: ServiceContext) -> tuple[int, int]:
+    """(printed documents, `document.printed` audit entries)."""
+    with ctx.db.reading() as s:
+        return (
+            s.execute(select(func.count()).select_from(PrintedDocument)).scalar_one(),
+            s.execute(
+                select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "document.printed")
+            ).scalar_one(),
+        )
+
+
+@pytest.mark.req("LBL-06", "LBL-10")
+def test_printing_a_dispensation_sheet_is_a_post_and_viewing_it_creates_nothing(
+    app: Flask, ctx: ServiceContext, world: ReadyTrial
+) -> None:
+    """Issue 15, point 5: a GET printed a DUPLICATA (a printed document and an audit entry) each
+    time. Printing is now a POST (CSRF, then a redirect); the printed document is served byte for
+    byte by a GET that creates nothing, on the web and the API."""
+    subjects = []
+    for screening in ("P1-0001", "P1-0002"):
+        request = randomize.RandomizationRequest(
+            site="P1",
+            screening_number=screening,
+            eligibility=dict(ELIGIBLE),
+            strata={"admission_cause": "septic"},
+        )
+        subject = randomize.randomize(ctx, world.investigator, TRIAL, request, ALL)
+        dispensing.dispense(
+            ctx,
+            world.pharmacist,
+            TRIAL,
+            subject.subject_number,
+            {k.day: k.kit_number for k in subject.kits},
+            scope=ALL,
+            signature=signatures.SignatureRequest(password=GOOD_PASSWORD),
+        )
+        subjects.append(subject.subject_number)
+    first, second = subjects
+    pharm = client_for(app, "pharm-p1")
+    page = f"/trials/{TRIAL}/subjects/{first}"
+    before = printed(ctx)
+
+    assert pharm.get(f"{page}/dispensation-sheet.pdf").status_code == 404  # the old GET is gone
+    assert pharm.get(f"{page}/dispensation-sheets").status_code == 405
+    assert pharm.post(f"{page}/dispensation-sheets").status_code == 400  # no CSRF token
+    assert printed(ctx) == before
+
+    posted = pharm.post(f"{page}/dispensation-sheets", data={"csrf_token": csrf_token(pharm, page)})
+    assert posted.status_code == 303
+    location = posted.headers["Location"]
+    assert re.search(rf"{page}/dispensation-sheets/DISP-{TRIAL}-\d{{6}}\.pdf$", location)
+    assert printed(ctx) == (before[0] + 1, before[1] + 1)
+    views_of = [pharm.get(location) for _ in range(3)]
+    assert {(v.status_code, v.mimetype) for v in views_of} == {(200, "application/pdf")}
+    original = views_of[0].get_data()
+    assert original.startswith(b"%PDF") and all(v.get_data() == original for v in views_of)
+    assert printed(ctx) == (before[0] + 1, before[1] + 1)  # viewing created nothing
+    with ctx.db.reading() as s:
+        row = s.execute(select(PrintedDocument).order_by(PrintedDocument.id.desc()).limit(1)).scalar_one()
+    assert row.content == original and row.reprint_number == 0
+
+    # A reprint is another action: a DUPLICATA with its own id; the original is still served as printed.
+    again = pharm.post(f"{page}/dispensation-sheets", data={"csrf_token": csrf_token(pharm, page)})
+    assert again.status_code == 303 and again.headers["Location"] != location
+    assert "DUPLICATA" in " ".join(kitlib_text(pharm.get(again.headers["Location"]).get_data()).split())
+    assert pharm.get(location).get_data() == original
+    # Another subject's path does not serve this subject's document.
+    other = location.replace(f"/subjects/{first}/", f"/subjects/{second}/")
+    assert pharm.get(other).status_code == 404
+
+    # The API: POST prints (201, Location), GET downloads the same bytes and creates nothing.
+    token = users.create_token(ctx, CLI_ACTOR, "pharm-p1", "pharmacy").token
+    api = app.test_client()
+    auth = {"Authorization": f"Bearer {token}"}
+    base = f"/api/v1/trials/{TRIAL}/subjects/{first}"
+    assert (
+        api.get(f"{base}/dispensation-sheet.pdf", headers=auth, base_url="https://localhost").status_code
+        == 404
+    )
+    made = api.post(f"{base}/dispensation-sheets", headers=auth, base_url="https://localhost")
+    assert made.status_code == 201
+    body = made.get_json()
+    assert made.headers["Location"].endswith(body["href"]) and body["href"].endswith(
+        f"/{body['document_id']}.pdf"
+    )
+    count = printed(ctx)
+    downloads = [api.get(body["href"], headers=auth, base_url="https://localhost") for _ in range(2)]
+    assert downloads[0].status_code == 200 and downloads[0].get_data() == downloads[1].get_data()
+    assert downloads[0].get_data().startswith(b"%PDF")
+    assert printed(ctx) == count
+    missing = api.get(
+        f"{base}/dispensation-sheets/DISP-{TRIAL}-999999.pdf", headers=auth, base_url="https://localhost"
+    )
+    assert missing.status_code == 404
+
+
+def kitlib_text(pdf: bytes) -> str:
+    from tests.unit.kits.kits_testdata import all_text, flat
+
+    return flat(all_text(pdf))
 
 
 @pytest.mark.req("DIB-01", "LBL-09")
