@@ -157,10 +157,13 @@ def _record_in(
     trial = get_trial(session, trial_code)
     lookups.require_open(trial)  # no new data once the database is locked
     definition = current_definition(session, trial)
+    # The subject's row lock, which a withdrawal also takes: no withdrawal commits between the
+    # check below and the administration (REP-04; PostgreSQL; SQLite's write transaction already
+    # excludes other writers).
     subject = session.execute(
-        select(Subject).where(
-            Subject.trial_id == trial.id, Subject.subject_number == subject_number.strip().upper()
-        )
+        select(Subject)
+        .where(Subject.trial_id == trial.id, Subject.subject_number == subject_number.strip().upper())
+        .with_for_update()
     ).scalar_one_or_none()
     if subject is None or not scope.allows_site(subject.site_id):
         raise NotFound(

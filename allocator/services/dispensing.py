@@ -185,7 +185,10 @@ def _dispense_in(
     trial = get_trial(session, trial_code)
     lookups.require_open(trial)  # no new data once the database is locked
     definition = current_definition(session, trial)
-    subject = subject_in_reach(session, trial, number, scope)
+    # The subject's row lock, which a withdrawal also takes: a withdrawal committed while this
+    # dispensing waits is seen by the check below, and none can commit between the check and the
+    # dispensing (REP-04; PostgreSQL; SQLite's write transaction already excludes other writers).
+    subject = subject_in_reach(session, trial, number, scope, lock=True)
     site = session.get(Site, subject.site_id)
     days = _day_numbers(definition)
     unknown = [d for d in parsed if d not in days]
@@ -411,6 +414,32 @@ def printed_dispensation_sheet(
 # --- replacement (BLD-04) ---------------------------------------------------------------------
 
 
+def _record_refusal(
+    ctx: ServiceContext,
+    session: Session,
+    actor: Actor,
+    chain: str,
+    number: str,
+    site_code: str | None,
+    operation: str,
+    day_label: str,
+    refusal: DomainError,
+) -> None:
+    """Audit a refused replacement or preparation (REP-04) in the caller's unit of work, which the
+    caller lets commit before raising the refusal."""
+    ctx.audit.record(
+        session,
+        actor=actor,
+        chain=chain,
+        action=Action.DISPENSING_REFUSED,
+        object_type="subject",
+        object_id=number,
+        site_code=site_code,
+        new={"operation": operation, "day": day_label, "cause": refusal.slug},
+        at=ctx.now(),
+    )
+
+
 def replace_kit(
     ctx: ServiceContext,
     actor: Actor,
@@ -425,72 +454,89 @@ def replace_kit(
     """Replace a lost, damaged or expired kit of a subject by a kit of the same arm, chosen the same
     way (at random among the site's usable kits of that arm). The old kit keeps its history; the
     answer never names the arm. Refused for a withdrawn subject (SubjectWithdrawn), before the arm
-    is read. Returns (day, new kit number)."""
+    is read; the refusal is audited (`dispensation.refused`) and committed before it is raised.
+    Returns (day, new kit number)."""
     if cause not in (KitStatus.LOST.value, KitStatus.DAMAGED.value, KitStatus.EXPIRED.value):
         raise ValidationFailed("invalid cause", errors=[FieldProblem("cause", "lost, damaged or expired")])
-    if not reason.strip():
+    reason = reason.strip()
+    if not reason:
         raise ValidationFailed("a reason is required", errors=[FieldProblem("reason", "is required")])
     now = ctx.now()
     with ctx.db.unit_of_work() as session:
-        trial = get_trial(session, trial_code)
-        lookups.require_open(trial)  # no new data once the database is locked
-        definition = current_definition(session, trial)
-        subject = subject_in_reach(session, trial, number, scope)
-        site_row = session.execute(
-            select(Site).where(Site.id == subject.site_id).with_for_update()
-        ).scalar_one()
-        days = _day_numbers(definition)
-        if day_label not in days:
-            raise ValidationFailed("unknown day", errors=[FieldProblem("day", "is not a dispensing day")])
-        withdrawn = withdrawn_refusal(session, subject, "day")
-        if withdrawn is not None:  # REP-04: no new kit for a withdrawn subject
-            raise withdrawn
-        row = current_dispensations(session, subject.id)[days[day_label]]
-        if row.status == "administered":
-            raise Conflict(f"the {day_label} kit of {number} was already administered")
-        old = session.execute(select(Kit).where(Kit.id == row.kit_id).with_for_update()).scalar_one()
-        arm = arm_access.subject_arm_in(session, ctx, actor, trial.code, subject, "kit replacement")
-        today = definition.local_date(now)
-        stock = supply_stock.usable_kits_by_arm(ctx, session, actor, trial, definition, site_row.id, today)
-        if not stock[arm]:
-            raise KitsUnavailable(
-                f"site {site_row.code} holds no suitable replacement kit: ask for a shipment"
-            )
-        new = supply_stock.pick(stock[arm], 1)[0]
-        row.status = "replaced"
-        row.replaced_at = now
-        row.replacement_reason = f"{cause}: {reason.strip()}"
-        kit_rules.move_kit(
-            session, old, KitStatus(cause), actor, f"{cause} ({number} {day_label}): {reason.strip()}", now
+        outcome = _replace_in(ctx, session, actor, trial_code, number, day_label, cause, reason, scope, now)
+    if isinstance(outcome, DomainError):  # the unit of work committed the refusal's audit entry
+        raise outcome
+    return outcome
+
+
+def _replace_in(
+    ctx: ServiceContext,
+    session: Session,
+    actor: Actor,
+    trial_code: str,
+    number: str,
+    day_label: str,
+    cause: str,
+    reason: str,
+    scope: Scope,
+    now: datetime,
+) -> tuple[str, str] | DomainError:
+    trial = get_trial(session, trial_code)
+    lookups.require_open(trial)  # no new data once the database is locked
+    definition = current_definition(session, trial)
+    subject = subject_in_reach(session, trial, number, scope, lock=True)  # as a withdrawal (REP-04)
+    site_row = session.execute(select(Site).where(Site.id == subject.site_id).with_for_update()).scalar_one()
+    days = _day_numbers(definition)
+    if day_label not in days:
+        raise ValidationFailed("unknown day", errors=[FieldProblem("day", "is not a dispensing day")])
+    withdrawn = withdrawn_refusal(session, subject, "day")
+    if withdrawn is not None:  # REP-04: no new kit for a withdrawn subject; audited like any refusal
+        _record_refusal(
+            ctx, session, actor, trial.code, number, site_row.code, "replacement", day_label, withdrawn
         )
-        session.add(
-            Dispensation(
-                subject_id=subject.id,
-                day=row.day,
-                replacement_number=row.replacement_number + 1,
-                kit_id=new.id,
-                status="allocated",
-                allocated_at=now,
-            )
+        return withdrawn
+    row = current_dispensations(session, subject.id)[days[day_label]]
+    if row.status == "administered":
+        raise Conflict(f"the {day_label} kit of {number} was already administered")
+    old = session.execute(select(Kit).where(Kit.id == row.kit_id).with_for_update()).scalar_one()
+    arm = arm_access.subject_arm_in(session, ctx, actor, trial.code, subject, "kit replacement")
+    today = definition.local_date(now)
+    stock = supply_stock.usable_kits_by_arm(ctx, session, actor, trial, definition, site_row.id, today)
+    if not stock[arm]:
+        raise KitsUnavailable(f"site {site_row.code} holds no suitable replacement kit: ask for a shipment")
+    new = supply_stock.pick(stock[arm], 1)[0]
+    row.status = "replaced"
+    row.replaced_at = now
+    row.replacement_reason = f"{cause}: {reason}"
+    kit_rules.move_kit(
+        session, old, KitStatus(cause), actor, f"{cause} ({number} {day_label}): {reason}", now
+    )
+    session.add(
+        Dispensation(
+            subject_id=subject.id,
+            day=row.day,
+            replacement_number=row.replacement_number + 1,
+            kit_id=new.id,
+            status="allocated",
+            allocated_at=now,
         )
-        kit_rules.move_kit(
-            session, new, KitStatus.ALLOCATED, actor, f"replacement for {number} {day_label}", now
-        )
-        ctx.audit.record(
-            session,
-            actor=actor,
-            chain=trial.code,
-            action=Action.KIT_REPLACED,
-            object_type="subject",
-            object_id=number,
-            site_code=site_row.code,
-            old={"day": day_label, "kit": old.kit_number},
-            new={"day": day_label, "kit": new.kit_number, "cause": cause},
-            reason=reason.strip(),
-            sealed={"arm": arm},
-            at=now,
-        )
-        return day_label, new.kit_number
+    )
+    kit_rules.move_kit(session, new, KitStatus.ALLOCATED, actor, f"replacement for {number} {day_label}", now)
+    ctx.audit.record(
+        session,
+        actor=actor,
+        chain=trial.code,
+        action=Action.KIT_REPLACED,
+        object_type="subject",
+        object_id=number,
+        site_code=site_row.code,
+        old={"day": day_label, "kit": old.kit_number},
+        new={"day": day_label, "kit": new.kit_number, "cause": cause},
+        reason=reason,
+        sealed={"arm": arm},
+        at=now,
+    )
+    return day_label, new.kit_number
 
 
 # --- preparation by the unblinded pharmacist (BLD-08) -----------------------------------------
@@ -500,18 +546,36 @@ def preparation(
     ctx: ServiceContext, actor: Actor, trial_code: str, number: str, day_label: str, scope: Scope
 ) -> tuple[str, str]:
     """For trials whose syringes are prepared at the site: the arm of the subject, for the
-    unblinded pharmacist only, as an audited read. Returns (arm code, product description)."""
+    unblinded pharmacist only, as an audited read. Returns (arm code, product description).
+    Refused for a withdrawn subject (SubjectWithdrawn) before the arm is read; the refusal is
+    audited (`dispensation.refused`) and committed before it is raised."""
+    outcome: tuple[str, str] | DomainError
     with ctx.db.unit_of_work() as session:
         trial = get_trial(session, trial_code)
         definition = current_definition(session, trial)
-        subject = subject_in_reach(session, trial, number, scope)
+        subject = subject_in_reach(session, trial, number, scope, lock=True)  # as a withdrawal (REP-04)
         if day_label not in _day_numbers(definition):
             raise ValidationFailed("unknown day", errors=[FieldProblem("day", "is not a dispensing day")])
         withdrawn = withdrawn_refusal(session, subject, "day")
         if withdrawn is not None:  # REP-04: no dose to prepare, so no reason to read the arm
-            raise withdrawn
-        arm = arm_access.subject_arm_in(
-            session, ctx, actor, trial.code, subject, f"preparation of {day_label}"
-        )
-        product = next(a.product for a in definition.arms if a.code == arm)
-        return arm, product
+            site = session.get(Site, subject.site_id)
+            _record_refusal(
+                ctx,
+                session,
+                actor,
+                trial.code,
+                number,
+                site.code if site else None,
+                "preparation",
+                day_label,
+                withdrawn,
+            )
+            outcome = withdrawn
+        else:
+            arm = arm_access.subject_arm_in(
+                session, ctx, actor, trial.code, subject, f"preparation of {day_label}"
+            )
+            outcome = arm, next(a.product for a in definition.arms if a.code == arm)
+    if isinstance(outcome, DomainError):  # the unit of work committed the refusal's audit entry
+        raise outcome
+    return outcome

@@ -192,3 +192,120 @@ def test_simultaneous_corrections_of_one_subject_record_one(live: ServiceContext
             ).scalar_one()
             == 1
         )
+
+
+@pytest.mark.req("REP-04")
+@pytest.mark.parametrize("operation", ["dispense", "scan", "replace"])
+def test_no_dose_commits_after_a_concurrent_withdrawal(live: ServiceContext, operation: str) -> None:
+    """Issue 15, point 4: dispensing, the bedside scan and kit replacement read the subject without
+    its row lock, so on PostgreSQL one could check "not withdrawn", then commit just after a
+    withdrawal committed. A second real connection plays the withdrawal: it takes the subject's row
+    lock (as `withdraw` does), writes the withdrawal and holds its transaction open; the operation,
+    started meanwhile, must wait for it, then see the withdrawal and refuse (audited)."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy.orm import Session
+
+    import kits as kitlib
+    from allocator.models import Signature, SubjectWithdrawal
+    from allocator.permissions import Scope
+    from allocator.services import bedside, dispensing, signatures
+    from allocator.services.subjects import randomize
+    from allocator.services.subjects.withdrawal import SubjectWithdrawn
+    from allocator.services.supply import kit_rules
+    from tests.support import GOOD_PASSWORD
+
+    if live.db.url.startswith("sqlite"):
+        pytest.skip("SQLite's write transaction (BEGIN IMMEDIATE) already excludes every other writer")
+    everywhere = Scope(all_sites=True, site_ids=frozenset())
+    signed = signatures.SignatureRequest(password=GOOD_PASSWORD)
+    ready = ready_trial(live, kits_per_site=12)
+    allocated = randomize.randomize(
+        live,
+        ready.investigator,
+        "IFNG-PAIS",
+        randomize.RandomizationRequest(
+            site="P1",
+            screening_number="P1-0001",
+            eligibility=eligible_on(datetime.now(UTC).date()),
+            strata={"admission_cause": "septic"},
+        ),
+        everywhere,
+    )
+    number = allocated.subject_number
+    kits = {k.day: k.kit_number for k in allocated.kits}
+    if operation == "scan":
+        dispensing.dispense(
+            live, ready.pharmacist, "IFNG-PAIS", number, kits, scope=everywhere, signature=signed
+        )
+
+    def run() -> object:
+        if operation == "dispense":
+            return dispensing.dispense(
+                live, ready.pharmacist, "IFNG-PAIS", number, kits, scope=everywhere, signature=signed
+            )
+        if operation == "scan":
+            payload = kitlib.build_payload("IFNG-PAIS", kits["D1"], "D1", kit_rules.mac(live))
+            return bedside.record_scan(
+                live,
+                ready.nurse,
+                "IFNG-PAIS",
+                payload=payload,
+                subject_number=number,
+                day="D1",
+                scope=everywhere,
+            )
+        return dispensing.replace_kit(
+            live,
+            ready.pharmacist,
+            "IFNG-PAIS",
+            number,
+            "D1",
+            cause="damaged",
+            reason="dropped",
+            scope=everywhere,
+        )
+
+    def statuses() -> list[tuple[int, int, str]]:
+        with live.db.reading() as s:
+            return [
+                (row.day, row.replacement_number, row.status)
+                for row in s.execute(select(Dispensation).order_by(Dispensation.id)).scalars()
+            ]
+
+    def refusals() -> int:
+        with live.db.reading() as s:
+            return s.execute(
+                select(func.count())
+                .select_from(AuditEvent)
+                .where(AuditEvent.action.in_(["dispensation.refused", "administration.scan_refused"]))
+            ).scalar_one()
+
+    before, refused_before = statuses(), refusals()
+    with Session(live.db.write_engine) as other, ThreadPoolExecutor(max_workers=1) as pool:
+        subject = other.execute(
+            select(Subject).where(Subject.subject_number == number).with_for_update()
+        ).scalar_one()
+        other.add(
+            SubjectWithdrawal(
+                subject_id=subject.id,
+                kind="consent_withdrawn",
+                effective_date=datetime.now(ZoneInfo("Europe/Paris")).date(),
+                reason="concurrent withdrawal",
+                recorded_at=datetime.now(UTC),
+                recorded_by_id=None,
+                recorded_by_name="another user",
+                signature_id=other.execute(select(Signature.id).limit(1)).scalar_one(),  # any: a foreign key
+            )
+        )
+        other.flush()  # the withdrawal is written, not yet committed
+        started = pool.submit(run)
+        time.sleep(2.0)
+        waited = not started.done()
+        other.commit()
+        failure = started.exception(timeout=60)
+    assert waited, f"{operation} did not wait for the withdrawal's row lock"
+    assert isinstance(failure, SubjectWithdrawn), failure
+    assert statuses() == before
+    assert refusals() == refused_before + 1

@@ -4,6 +4,7 @@ audited (REP-07)."""
 
 from __future__ import annotations
 
+import json
 from datetime import date, timedelta
 
 import pytest
@@ -230,7 +231,8 @@ def test_no_further_dose_after_a_withdrawal_for_either_arm(ctx: ServiceContext, 
 @pytest.mark.req("BLD-04")
 def test_no_replacement_kit_and_no_preparation_after_a_withdrawal(ctx: ServiceContext) -> None:
     """A withdrawn subject gets no new kit and nothing to prepare; both refusals come before the arm
-    is read, so they leave no arm read behind, and the allocated kits keep their status."""
+    is read, so they leave no arm read behind, and the allocated kits keep their status. Each
+    refusal is audited like a refused dispensing (issue 15, point 4), in words free of any arm."""
     ready = ready_trial(ctx)
     result = _randomize(ctx, ready, "P1-0001")
     _withdraw(ctx, ready, result.subject_number)
@@ -249,7 +251,19 @@ def test_no_replacement_kit_and_no_preparation_after_a_withdrawal(ctx: ServiceCo
     assert [e.field for e in replaced.value.errors] == ["day"] and replaced.value.status == 409
     with pytest.raises(withdrawal.SubjectWithdrawn):
         dispensing.preparation(ctx, ready.statistician, TRIAL, result.subject_number, "D1", ALL)
-    assert _counts(ctx) == before  # no arm.read, no kit event, nothing at all
+    withdrawals, entries = _counts(ctx)
+    assert (withdrawals, entries) == (before[0], before[1] + 2)  # the two refusals, nothing else
+    with ctx.db.reading() as s:
+        refused = s.execute(select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(2)).scalars().all()
+    assert [(e.action, e.object_id, e.site_code, e.actor_username) for e in reversed(refused)] == [
+        ("dispensation.refused", result.subject_number, "P1", ready.pharmacist.username),
+        ("dispensation.refused", result.subject_number, "P1", ready.statistician.username),
+    ]
+    assert [json.loads(e.new_values or "{}") for e in reversed(refused)] == [
+        {"operation": "replacement", "day": "D2", "cause": "subject-withdrawn"},
+        {"operation": "preparation", "day": "D1", "cause": "subject-withdrawn"},
+    ]
+    assert all(e.sealed_values is None for e in refused)
     view = views.subject(ctx, TRIAL, result.subject_number, ALL)
     assert [d.kit_number for d in view.days] == [k.kit_number for k in result.kits]
     assert [d.status for d in view.days] == ["allocated"] * 3
