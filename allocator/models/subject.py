@@ -96,3 +96,6 @@ class SubjectWithdrawal(Base):
     recorded_by_id: Mapped[int | None] = mapped_column(ForeignKey("app_user.id"))
     recorded_by_name: Mapped[str] = mapped_column(String(200))
     signature_id: Mapped[int] = mapped_column(ForeignKey("signature.id"))
+    # DIB-03: recorded by anyone but the site's investigator, the withdrawal needs the reference of
+    # the investigator's agreement (as a stratum correction does).
+    investigator_agreement_ref: Mapped[str | None] = mapped_column(String(200), default=None)

@@ -6,6 +6,7 @@ Feature modules depend on this module; it depends on none of them (architecture.
 from __future__ import annotations
 
 import hashlib
+import re
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
@@ -139,3 +140,19 @@ def subject_in_reach(
     if subject is None or not scope.allows_site(subject.site_id):
         raise NotFound(f"no subject {number} within your reach")
     return subject
+
+
+def treatment_words(definition: TrialDefinition) -> set[str]:
+    """Words that name a treatment of the trial: a free text read by blinded staff (an accidental
+    unblinding report, a withdrawal reason) must not carry them (BLD-01)."""
+    words = {"placebo", "interferon", "imukin", "saline", "nacl", "chloride", "verum"}
+    for arm in definition.arms:
+        words.update(w for w in re.findall(r"[a-zà-ÿ0-9]+", arm.label.lower()) if len(w) >= 4)
+        # A product's brand or short name is given in brackets: "(Imukin)", "(saline)".
+        words.update(w.lower() for w in re.findall(r"\(([A-Za-zÀ-ÿ]{4,})\)", arm.product))
+    return words
+
+
+def names_a_treatment(definition: TrialDefinition, text: str) -> bool:
+    """Whether `text` contains a word of `treatment_words` (whole words, case-insensitive)."""
+    return bool(treatment_words(definition) & set(re.findall(r"[a-zà-ÿ0-9]+", text.lower())))

@@ -51,7 +51,7 @@ from allocator.services.errors import (
     TooManyRequests,
     ValidationFailed,
 )
-from allocator.services.lookups import current_definition, get_trial
+from allocator.services.lookups import current_definition, get_trial, treatment_words
 from allocator.trialdef import TrialDefinition
 
 EMERGENCY_MEANING = "emergency unblinding"
@@ -688,16 +688,6 @@ class AccidentalReport:
     actions: str
 
 
-def _treatment_words(definition: TrialDefinition) -> set[str]:
-    """Words that name a treatment: a report read by blinded staff must not carry them."""
-    words = {"placebo", "interferon", "imukin", "saline", "nacl", "chloride", "verum"}
-    for arm in definition.arms:
-        words.update(w for w in re.findall(r"[a-zà-ÿ0-9]+", arm.label.lower()) if len(w) >= 4)
-        # A product's brand or short name is given in brackets: "(Imukin)", "(saline)".
-        words.update(w.lower() for w in re.findall(r"\(([A-Za-zÀ-ÿ]{4,})\)", arm.product))
-    return words
-
-
 def report_accidental(
     ctx: ServiceContext, actor: Actor, trial_code: str, report: AccidentalReport, *, scope: Scope
 ) -> int:
@@ -721,7 +711,7 @@ def report_accidental(
     with ctx.db.unit_of_work() as session:
         trial = get_trial(session, trial_code)
         definition = current_definition(session, trial)
-        words = _treatment_words(definition)
+        words = treatment_words(definition)
         leaking = [
             FieldProblem(name, "do not write the treatment in this report: it is read by blinded staff")
             for name, text in texts.items()

@@ -211,6 +211,7 @@ def in_error(trial: str, subject: str) -> WerkzeugResponse:
 @bp.route("/trials/<trial>/subjects/<subject>/withdrawal", methods=["POST"])
 @requires(Permission.SUBJECT_CORRECT)
 def withdrawal(trial: str, subject: str) -> WerkzeugResponse:
+    is_investigator = Role.INVESTIGATOR in current_user().access.roles(current_trial().id)
     return _perform(
         lambda: subjects_withdrawal.withdraw(
             ctx(),
@@ -222,6 +223,8 @@ def withdrawal(trial: str, subject: str) -> WerkzeugResponse:
             reason=_form("reason"),
             scope=scope(Permission.SUBJECT_CORRECT),
             signature=_signature(),
+            agreement_ref=_form("investigator_agreement_ref") or None,
+            is_investigator=is_investigator,
         ),
         f"The withdrawal of {subject} is recorded (signed). No further dose will be dispensed or given; "
         "the subject stays in every report.",

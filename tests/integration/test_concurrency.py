@@ -157,6 +157,8 @@ def test_simultaneous_corrections_of_one_subject_record_one(live: ServiceContext
                 reason=f"withdrawal {i}",
                 scope=everywhere,
                 signature=signed,
+                agreement_ref=None,
+                is_investigator=True,
             )
         except Conflict:
             return "conflict"

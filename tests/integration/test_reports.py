@@ -368,6 +368,8 @@ def withdraw_s4(ctx: ServiceContext, truth: Truth) -> str:
         reason="consent withdrawn by the patient",
         scope=ALL,
         signature=SIGNED,
+        agreement_ref=None,
+        is_investigator=True,
     )
     return s4
 

@@ -47,6 +47,8 @@ def _withdraw(ctx: ServiceContext, ready: ReadyTrial, number: str, **changes: ob
         "reason": "the patient's family withdrew consent",
         "scope": ALL,
         "signature": SIGNED,
+        "agreement_ref": None,
+        "is_investigator": True,
     }
     args.update(changes)
     withdrawal.withdraw(ctx, ready.investigator, TRIAL, number, **args)  # type: ignore[arg-type]
@@ -101,16 +103,35 @@ def test_a_withdrawal_is_signed_audited_shown_and_names_no_arm(ctx: ServiceConte
     assert entry.sealed_values is None
     arm = _arm(ctx, result.kits[0].kit_number)
     assert arm not in str(entry.new_values).split('"') and "arm" not in (entry.new_values or "")
-    # The site's pharmacy is told to stop, in words that are the same for both arms.
+    # The site's pharmacy is told to stop dispensing, and the unblinded pharmacist to stop preparing
+    # (issue 15, point 4), in words that are the same for both arms.
     with ctx.db.reading() as s:
-        note = s.execute(select(Notification).where(Notification.kind == "subject_withdrawn")).scalar_one()
+        notes = (
+            s.execute(
+                select(Notification).where(Notification.kind == "subject_withdrawn").order_by(Notification.id)
+            )
+            .scalars()
+            .all()
+        )
         p1 = s.execute(select(Site.id).where(Site.code == "P1")).scalar_one()
-    assert (note.audience, note.site_id, note.subject_number) == ("pharmacist", p1, result.subject_number)
-    assert note.body == (
+    told = (
         f"Subject {result.subject_number} was withdrawn (lost to follow-up) on 2026-03-03, recorded by "
-        f"{ready.investigator.name}. Dispense no further kit; the kits allocated to {result.subject_number} "
-        "stay assigned to it."
+        f"{ready.investigator.name}."
     )
+    assert [(n.audience, n.site_id, n.subject_number, n.body) for n in notes] == [
+        (
+            "pharmacist",
+            p1,
+            result.subject_number,
+            f"{told} Dispense no further kit; the kits allocated to {result.subject_number} stay assigned to it.",
+        ),
+        (
+            "unblinded_pharmacist",
+            p1,
+            result.subject_number,
+            f"{told} Prepare no further dose for {result.subject_number}.",
+        ),
+    ]
 
 
 @pytest.mark.req("REP-04")
@@ -267,3 +288,49 @@ def test_no_replacement_kit_and_no_preparation_after_a_withdrawal(ctx: ServiceCo
     view = views.subject(ctx, TRIAL, result.subject_number, ALL)
     assert [d.kit_number for d in view.days] == [k.kit_number for k in result.kits]
     assert [d.status for d in view.days] == ["allocated"] * 3
+
+
+@pytest.mark.req("DIB-03")
+@pytest.mark.req("BLD-01")
+def test_a_withdrawal_by_someone_else_than_the_investigator_needs_the_agreement_which_is_signed(
+    ctx: ServiceContext,
+) -> None:
+    """DIB-03 as for stratum corrections: without the investigator's agreement nothing is written;
+    with it, the reference is stored, signed with the rest and audited. A reason or reference that
+    names a treatment is refused, naming the field (BLD-01: blinded staff read them)."""
+    ready = ready_trial(ctx)
+    number = _randomize(ctx, ready, "P1-0001").subject_number
+    before = _counts(ctx)
+    with pytest.raises(ValidationFailed) as missing:
+        _withdraw(ctx, ready, number, is_investigator=False)
+    assert [e.field for e in missing.value.errors] == ["investigator_agreement_ref"]
+    with pytest.raises(ValidationFailed) as blank:
+        _withdraw(ctx, ready, number, is_investigator=False, agreement_ref="   ")
+    assert [e.field for e in blank.value.errors] == ["investigator_agreement_ref"]
+    for reason, agreement, field in (
+        ("stopped: on placebo anyway", "memo 12", "reason"),
+        ("the interferon caused fever", "memo 12", "reason"),
+        ("consent withdrawn", "the saline arm memo", "investigator_agreement_ref"),
+    ):
+        with pytest.raises(ValidationFailed) as leaking:
+            _withdraw(ctx, ready, number, is_investigator=False, agreement_ref=agreement, reason=reason)
+        assert [e.field for e in leaking.value.errors] == [field], reason
+    assert _counts(ctx) == before
+
+    _withdraw(ctx, ready, number, is_investigator=False, agreement_ref=" memo 12 of Dr P1 ")
+    with ctx.db.reading() as s:
+        row = s.execute(select(SubjectWithdrawal)).scalar_one()
+        signature = s.get(Signature, row.signature_id)
+        entry = s.execute(select(AuditEvent).where(AuditEvent.action == "subject.withdrawn")).scalar_one()
+    assert row.investigator_agreement_ref == "memo 12 of Dr P1"
+    assert signature is not None and signatures.verify(
+        signature,
+        {
+            "subject": number,
+            "kind": "consent_withdrawn",
+            "effective_date": "2026-03-02",
+            "reason": "the patient's family withdrew consent",
+            "investigator_agreement_ref": "memo 12 of Dr P1",
+        },
+    )
+    assert json.loads(entry.new_values or "{}")["agreement"] == "memo 12 of Dr P1"

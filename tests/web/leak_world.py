@@ -409,6 +409,8 @@ def _apply_states(
                 reason="the patient withdrew consent",
                 scope=EVERYWHERE,
                 signature=SIGNED,
+                agreement_ref=None,
+                is_investigator=True,
             ),
             refused(lambda: scan(n, payload_of(n, "D2"), "D2")),
         ),

@@ -18,7 +18,7 @@ from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
 from allocator.services.subjects import randomize, views
 from allocator.services.supply import kit_rules
-from tests.support import CLI_ACTOR, ELIGIBLE, GOOD_PASSWORD, Clock, ReadyTrial, ready_trial
+from tests.support import CLI_ACTOR, ELIGIBLE, GOOD_PASSWORD, Clock, ReadyTrial, make_user, ready_trial
 from tests.web.conftest import csrf_token, https_client, sign_in
 
 TRIAL = "IFNG-PAIS"
@@ -366,6 +366,58 @@ def test_the_api_answers_each_refusal_with_its_own_problem_type(
     assert status in (403, 404) and "arm" not in str(problem).lower()
     status, problem = post([body, body])
     assert status == 422 and problem["errors"] == [{"field": "body", "message": "expected a JSON object"}]
+
+
+@pytest.mark.req("DIB-03", "REP-04", "BLD-01")
+def test_a_withdrawal_by_the_trial_manager_needs_the_investigators_agreement_and_names_no_treatment(
+    app: Flask, ctx: ServiceContext, world: ReadyTrial
+) -> None:
+    """Issue 15, point 4: a trial manager could withdraw a subject without the reference of the
+    investigator's agreement that a stratum correction requires (DIB-03), and the reason, shown to
+    blinded staff, was not checked for treatment words."""
+    request = randomize.RandomizationRequest(
+        site="P1",
+        screening_number="P1-0001",
+        eligibility=dict(ELIGIBLE),
+        strata={"admission_cause": "septic"},
+    )
+    number = randomize.randomize(ctx, world.investigator, TRIAL, request, ALL).subject_number
+    created = make_user(ctx, "tman", "trial_manager")
+    manager = https_client(app)
+    sign_in(manager, "tman", created.one_time_password)
+    page_path = f"/trials/{TRIAL}/subjects/{number}"
+    path = f"{page_path}/withdrawal"
+    assert 'name="investigator_agreement_ref"' in manager.get(page_path).get_data(as_text=True)
+    data = {
+        "kind": "consent_withdrawn",
+        "effective_date": "2026-03-02",
+        "reason": "the family withdrew consent",
+        "password": GOOD_PASSWORD,
+    }
+
+    def post(client: FlaskClient, **changes: str) -> str:
+        token = csrf_token(client, page_path)
+        return client.post(
+            path, data={**data, **changes, "csrf_token": token}, follow_redirects=True
+        ).get_data(as_text=True)
+
+    refused = post(manager)
+    assert "investigator_agreement_ref: is required (DIB-03)" in refused
+    inv = client_for(app, "inv-p1")
+    for leaking in ("switched to placebo by mistake", "Interferon stopped"):
+        assert "reason: do not write the treatment here" in post(inv, reason=leaking), leaking
+    assert views.subject(ctx, TRIAL, number, ALL).withdrawal is None
+    with ctx.db.reading() as s:
+        withdrawn_entries = (
+            select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "subject.withdrawn")
+        )
+        assert s.execute(withdrawn_entries).scalar_one() == 0
+
+    done = post(manager, investigator_agreement_ref="e-mail of Dr P1, 2026-03-02")
+    assert f"The withdrawal of {number} is recorded (signed)" in done
+    assert "agreement e-mail of Dr P1, 2026-03-02" in done
+    withdrawn = views.subject(ctx, TRIAL, number, ALL).withdrawal
+    assert withdrawn is not None and withdrawn.agreement == "e-mail of Dr P1, 2026-03-02"
 
 
 @pytest.mark.req("REP-04", "ACC-12")

@@ -82,6 +82,7 @@ class WithdrawalView:
     reason: str
     by: str
     at: datetime
+    agreement: str | None = None  # DIB-03: the investigator's agreement, when recorded by someone else
 
     def as_json(self) -> dict[str, object]:
         return {"kind": self.kind, "effective_date": self.effective_date.isoformat()}
@@ -197,7 +198,9 @@ def _withdrawal_view(session: Session, subject_id: int) -> WithdrawalView | None
     w = withdrawal_of(session, subject_id)
     if w is None:
         return None
-    return WithdrawalView(w.kind, w.effective_date, w.reason, w.recorded_by_name, w.recorded_at)
+    return WithdrawalView(
+        w.kind, w.effective_date, w.reason, w.recorded_by_name, w.recorded_at, w.investigator_agreement_ref
+    )
 
 
 def blind_broken(session: Session, subject_id: int) -> bool:

@@ -26,6 +26,7 @@ WITHDRAWAL_KINDS = {  # code -> label
     "lost_to_follow_up": "lost to follow-up",
 }
 WITHDRAWAL_REASON_MAX = 1000
+WITHDRAWAL_AGREEMENT_MAX = 200  # the column's length
 
 
 class SubjectWithdrawn(Conflict):
@@ -83,17 +84,38 @@ def withdraw(
     reason: str,
     scope: Scope,
     signature: signatures.SignatureRequest,
+    agreement_ref: str | None,
+    is_investigator: bool,
 ) -> None:
     """Record a subject's withdrawal (REP-04): signed and reasoned, at most once per subject.
+    Recorded by anyone but the site's investigator (`is_investigator`), it needs the reference of
+    the investigator's agreement (DIB-03, as a stratum correction does). The reason is read by
+    blinded staff: a reason that names a treatment is refused (BLD-01).
 
     `kind` is treatment_discontinued, consent_withdrawn or lost_to_follow_up; `effective_date` is the
     site's calendar date (a date or YYYY-MM-DD), neither before the randomization date nor in the
     future. The subject, its slot and kits stay; it stays in every report (intention to treat), and
     any further dispensing or administration is refused (SubjectWithdrawn).
 
-    Raises ValidationFailed naming the field (nothing written), NotFound (subject out of reach),
+    Raises ValidationFailed naming the field (nothing written: a missing agreement, a treatment
+    named), NotFound (subject out of reach),
     Conflict (already withdrawn), trial_state errors (database locked), SignatureRefused (audited)."""
     kind, when, reason = _withdrawal_input(kind, effective_date, reason)
+    agreement = (agreement_ref or "").strip() or None
+    if not is_investigator and agreement is None:
+        raise ValidationFailed(
+            "the investigator's agreement is required",
+            errors=[FieldProblem("investigator_agreement_ref", "is required (DIB-03)")],
+        )
+    if agreement is not None and len(agreement) > WITHDRAWAL_AGREEMENT_MAX:
+        raise ValidationFailed(
+            "the withdrawal is invalid",
+            errors=[
+                FieldProblem(
+                    "investigator_agreement_ref", f"is longer than {WITHDRAWAL_AGREEMENT_MAX} characters"
+                )
+            ],
+        )
     now = ctx.now()
     with (
         signatures.failures_recorded(
@@ -108,6 +130,13 @@ def withdraw(
     ):
         trial, definition = trial_and_definition(session, trial_code)
         lookups.require_open(trial)  # no new data once the database is locked
+        leaking = [
+            FieldProblem(name, "do not write the treatment here: it is read by blinded staff")
+            for name, text in (("reason", reason), ("investigator_agreement_ref", agreement or ""))
+            if lookups.names_a_treatment(definition, text)
+        ]
+        if leaking:  # BLD-01: the reason is shown to blinded roles on the subject's page
+            raise ValidationFailed("the withdrawal names a treatment", errors=leaking)
         subject = subject_in_reach(session, trial, number, scope, lock=True)
         existing = withdrawal_of(session, subject.id)
         if existing is not None:
@@ -128,6 +157,8 @@ def withdraw(
                 errors=[FieldProblem("effective_date", "is in the future")],
             )
         content = {"subject": number, "kind": kind, "effective_date": when.isoformat(), "reason": reason}
+        if agreement is not None:  # signed with the rest (withdrawals without one keep their content)
+            content["investigator_agreement_ref"] = agreement
         signed = signatures.sign(
             ctx,
             session,
@@ -151,21 +182,31 @@ def withdraw(
                 recorded_by_id=actor.user_id,
                 recorded_by_name=actor.name,
                 signature_id=signed.id,
+                investigator_agreement_ref=agreement,
             )
         )
         site = session.get(Site, subject.site_id)
-        notify_unblinded_roles(  # the pharmacy must stop preparing this subject's doses (no arm in it)
-            session,
-            trial,
-            subject.site_id,
-            "pharmacist",
-            "subject_withdrawn",
-            number,
-            f"Withdrawal of {number}",
+        told = (
             f"Subject {number} was withdrawn ({WITHDRAWAL_KINDS[kind]}) on {when.isoformat()}, recorded by "
-            f"{actor.name}. Dispense no further kit; the kits allocated to {number} stay assigned to it.",
-            now,
+            f"{actor.name}."
         )
+        # The site's pharmacy must stop dispensing, and the unblinded pharmacist who prepares the
+        # doses must stop preparing them; the same words whatever the arm (BLD-01).
+        for audience, instruction in (
+            ("pharmacist", f"Dispense no further kit; the kits allocated to {number} stay assigned to it."),
+            ("unblinded_pharmacist", f"Prepare no further dose for {number}."),
+        ):
+            notify_unblinded_roles(
+                session,
+                trial,
+                subject.site_id,
+                audience,
+                "subject_withdrawn",
+                number,
+                f"Withdrawal of {number}",
+                f"{told} {instruction}",
+                now,
+            )
         ctx.audit.record(
             session,
             actor=actor,
@@ -174,7 +215,12 @@ def withdraw(
             object_type="subject",
             object_id=number,
             site_code=site.code if site else None,
-            new={"kind": kind, "effective_date": when.isoformat(), "signature": signed.id},
+            new={
+                "kind": kind,
+                "effective_date": when.isoformat(),
+                "signature": signed.id,
+                **({"agreement": agreement} if agreement is not None else {}),
+            },
             reason=reason,
             at=now,
         )
