@@ -97,6 +97,9 @@ class Action(enum.StrEnum):
     LIST_GENERATED = "list.generated"
     LIST_APPROVED = "list.approved"
     LIST_ACTIVATED = "list.activated"
+    LIST_EXTENSION_PROPOSED = "list.extension_proposed"  # RND-10: first of two signatures
+    LIST_EXTENSION_DECLINED = "list.extension_declined"
+    LIST_EXTENSION_REFUSED = "list.extension_refused"  # e.g. its proposer tried to approve it
     LIST_EXTENDED = "list.extended"
     LIST_RETIRED = "list.retired"
     LIST_VERIFIED = "list.verified"

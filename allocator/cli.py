@@ -399,6 +399,8 @@ DEMO_USERS = (
     ("trial-manager", "Thomas Rial", "trial_manager", None),
     ("admin", "Adèle Min", "admin", None),
     ("statistician", "Stéphane Tatisticien", "unblinded_statistician", None),
+    # A list extension needs a second unblinded statistician to approve it (RND-10).
+    ("statistician-2", "Sophie Econde", "unblinded_statistician", None),
     ("pharmacovigilance", "Victor Igilance", "pharmacovigilance", None),
 )
 

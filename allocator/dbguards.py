@@ -56,3 +56,23 @@ def unguard(dialect: str, table: str, *, updates: bool) -> list[str]:
         ]
     operations = ["DELETE"] if updates else ["UPDATE", "DELETE"]
     return [f"DROP TRIGGER IF EXISTS {table}_no_{op.lower()}" for op in operations]
+
+
+def guard_decided(dialect: str, table: str) -> list[str]:
+    """A trigger refusing any UPDATE of a row whose `status` is no longer 'pending': a decision
+    (approved, declined) is final, for plain SQL access too (RND-10's dual sign-off)."""
+    if dialect == "postgresql":
+        return [
+            f"CREATE TRIGGER {table}_decided BEFORE UPDATE ON {table} "
+            "FOR EACH ROW WHEN (OLD.status <> 'pending') EXECUTE FUNCTION allocator_refuse_change()"
+        ]
+    return [
+        f"CREATE TRIGGER {table}_decided BEFORE UPDATE ON {table} WHEN OLD.status <> 'pending' "
+        f"BEGIN SELECT RAISE(ABORT, 'allocator: UPDATE on {table} is not allowed (rows are never changed)'); END"
+    ]
+
+
+def unguard_decided(dialect: str, table: str) -> list[str]:
+    if dialect == "postgresql":
+        return [f"DROP TRIGGER IF EXISTS {table}_decided ON {table}"]
+    return [f"DROP TRIGGER IF EXISTS {table}_decided"]

@@ -7,6 +7,7 @@ from allocator.models.kit import Batch, Kit, KitEvent, KitList, KitStatus, Shipm
 from allocator.models.notification import Notification
 from allocator.models.randomization import (
     IntegrityCheck,
+    ListExtensionProposal,
     ListMode,
     ListStatus,
     ListVersion,
@@ -53,6 +54,7 @@ __all__ = [
     "KitEvent",
     "KitList",
     "KitStatus",
+    "ListExtensionProposal",
     "ListMode",
     "ListStatus",
     "ListVersion",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from allocator.models.base import Base
@@ -48,6 +48,32 @@ class RandomizationList(Base):
     activated_signature_id: Mapped[int | None] = mapped_column(ForeignKey("signature.id"))
     activated_at: Mapped[datetime | None]
     retired_at: Mapped[datetime | None]
+
+
+class ListExtensionProposal(Base):
+    """A list extension under change control (RND-10): proposed and signed by one person, then
+    approved and signed by another, which appends the blocks as a new version; or declined with a
+    reason. At most one is pending per list (the list's row lock). Never deleted; once decided,
+    never changed (a trigger refuses both)."""
+
+    __tablename__ = "list_extension_proposal"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    list_id: Mapped[int] = mapped_column(ForeignKey("randomization_list.id"), index=True)
+    from_version: Mapped[int] = mapped_column(Integer)  # the version it extends: stale once changed
+    additional: Mapped[int] = mapped_column(Integer)  # at least this many slots per stratum
+    strata: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)  # None: every stratum
+    reason: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(12))  # pending | applied | declined
+    proposed_at: Mapped[datetime]
+    proposed_by_id: Mapped[int | None] = mapped_column(ForeignKey("app_user.id"))
+    proposed_by_name: Mapped[str] = mapped_column(String(200))
+    proposal_signature_id: Mapped[int] = mapped_column(ForeignKey("signature.id"))
+    decided_at: Mapped[datetime | None]
+    decided_by_id: Mapped[int | None] = mapped_column(ForeignKey("app_user.id"))
+    decided_by_name: Mapped[str | None] = mapped_column(String(200))
+    decision_reason: Mapped[str | None] = mapped_column(Text)  # why it was declined
+    applied_version: Mapped[int | None] = mapped_column(Integer)
 
 
 class ListVersion(Base):

@@ -14,7 +14,7 @@ from allocator.services.lists import approval, extension, generation, integrity,
 from allocator.services.lists import export as lists_export
 from allocator.services.lists import overview as lists_overview
 from allocator.services.lists import quality as lists_quality
-from allocator.web.security import actor, ctx, current_trial
+from allocator.web.security import actor, ctx, current_trial, current_user
 
 bp = Blueprint("lists", __name__)
 
@@ -57,6 +57,7 @@ def manage(trial: str) -> Response:
         trial=trial,
         lists=lists_overview.lists(ctx(), trial),
         instance_mode=lookups.instance_mode(ctx().settings.env).value,
+        me=current_user().user_id,
     )
     return Response(html, mimetype="text/html")
 
@@ -126,6 +127,7 @@ def verify(trial: str) -> WerkzeugResponse:
 @bp.route("/trials/<trial>/lists/<int:list_id>/extend", methods=["POST"])
 @requires(Permission.LIST_MANAGE)
 def extend(trial: str, list_id: int) -> WerkzeugResponse:
+    """The first signature of an extension (RND-10): a proposal, applied once another person approves."""
     raw = (request.form.get("additional") or "").strip()
     chosen = request.form.getlist("stratum") or None
 
@@ -134,7 +136,7 @@ def extend(trial: str, list_id: int) -> WerkzeugResponse:
             raise ValidationFailed(
                 "invalid size", errors=[FieldProblem("additional", "must be a whole number")]
             )
-        extension.extend_list(
+        extension.propose_extension(
             ctx(),
             actor(Permission.LIST_MANAGE),
             trial,
@@ -145,7 +147,47 @@ def extend(trial: str, list_id: int) -> WerkzeugResponse:
             request=_signature(),
         )
 
-    return _done(trial, "List extended (signed): a new version was appended.", run)
+    return _done(trial, "Extension proposed (signed): another unblinded statistician must approve it.", run)
+
+
+def _proposal() -> int:
+    raw = (request.form.get("proposal") or "").strip()
+    if not raw.isdigit():
+        raise ValidationFailed(
+            "invalid proposal", errors=[FieldProblem("proposal", "must be a whole number")]
+        )
+    return int(raw)
+
+
+@bp.route("/trials/<trial>/lists/<int:list_id>/extension/approve", methods=["POST"])
+@requires(Permission.LIST_MANAGE)
+def approve_extension(trial: str, list_id: int) -> WerkzeugResponse:
+    """The second signature: the proposed blocks are appended as a new version."""
+
+    def run() -> None:
+        extension.approve_extension(
+            ctx(), actor(Permission.LIST_MANAGE), trial, list_id, _proposal(), _signature()
+        )
+
+    return _done(trial, "Extension approved (signed): a new version was appended.", run)
+
+
+@bp.route("/trials/<trial>/lists/<int:list_id>/extension/decline", methods=["POST"])
+@requires(Permission.LIST_MANAGE)
+def decline_extension(trial: str, list_id: int) -> WerkzeugResponse:
+    """Decline the pending proposal, or withdraw it (its author): reasoned and audited."""
+
+    def run() -> None:
+        extension.decline_extension(
+            ctx(),
+            actor(Permission.LIST_MANAGE),
+            trial,
+            list_id,
+            _proposal(),
+            reason=request.form.get("reason", ""),
+        )
+
+    return _done(trial, "Extension proposal declined: the list is unchanged.", run)
 
 
 @bp.route("/trials/<trial>/lists/<int:list_id>/export", methods=["POST"])

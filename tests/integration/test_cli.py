@@ -135,5 +135,6 @@ def test_demo_prepares_a_test_instance(tmp_path: Path, monkeypatch: pytest.Monke
         "pharmacovigilance",
     ):
         assert re.search(rf"\s{role}\s+\S+\s+[a-z2-9]{{4}}-", result.output), role
+    assert re.search(r"statistician-2\s+unblinded_statistician\s", result.output)  # RND-10's second signer
     assert (tmp_path / "demo" / "allocator-demo.db").exists()
     assert (tmp_path / "demo" / "keys" / "lists.key").stat().st_mode & 0o077 == 0

@@ -23,7 +23,9 @@ from allocator.audit import Actor
 from allocator.models import (
     AuditEvent,
     IntegrityCheck,
+    ListExtensionProposal,
     ListVersion,
+    Notification,
     RandomizationList,
     Signature,
     Slot,
@@ -72,23 +74,57 @@ class Statistician:
         return SignatureRequest(password=password, totp=code)
 
 
-def statistician(ctx: ServiceContext, clock: Clock, *, load: bool = True) -> Statistician:
-    """Load the IFN trial (unless already loaded) and create its unblinded statistician (password
+def statistician(
+    ctx: ServiceContext, clock: Clock, *, load: bool = True, username: str = "stat", name: str = NAME
+) -> Statistician:
+    """Load the IFN trial (unless already loaded) and create an unblinded statistician (password
     changed, TOTP enrolled)."""
     if load:
         load_ifn(ctx)
-    created = make_user(ctx, "stat", "unblinded_statistician", full_name=NAME)
+    created = make_user(ctx, username, "unblinded_statistician", full_name=name)
     auth.change_password(ctx, created.user_id, created.one_time_password, GOOD_PASSWORD, GOOD_PASSWORD, HERE)
     secret = enroll_totp(ctx, created.user_id, clock)
     who = Actor(
-        user_id=created.user_id, username="stat", name=NAME, role="unblinded_statistician", request_id="t"
+        user_id=created.user_id, username=username, name=name, role="unblinded_statistician", request_id="t"
     )
     return Statistician(who, secret, clock)
+
+
+SECOND_NAME = "Dr Second Statistician"
+
+
+def second_statistician(ctx: ServiceContext, clock: Clock) -> Statistician:
+    """The other unblinded statistician, who approves what the first proposes (RND-10)."""
+    return statistician(ctx, clock, load=False, username="stat2", name=SECOND_NAME)
 
 
 @pytest.fixture
 def stat(ctx: ServiceContext, clock: Clock) -> Statistician:
     return statistician(ctx, clock)
+
+
+def extend(
+    ctx: ServiceContext,
+    proposer: Statistician,
+    approver: Statistician,
+    list_id: int,
+    *,
+    additional: int,
+    strata: list[str] | None = None,
+    reason: str = "more subjects",
+) -> int:
+    """An extension under dual sign-off: proposed by one statistician, approved by the other."""
+    proposal = extension.propose_extension(
+        ctx,
+        proposer.actor,
+        TRIAL,
+        list_id,
+        additional=additional,
+        strata=strata,
+        reason=reason,
+        request=proposer.sign(),
+    )
+    return extension.approve_extension(ctx, approver.actor, TRIAL, list_id, proposal, approver.sign())
 
 
 def generate(ctx: ServiceContext, stat: Statistician) -> generation.Generated:
@@ -439,7 +475,7 @@ def test_a_list_is_reached_only_through_its_own_trial(ctx: ServiceContext, stat:
             ctx, stat.actor, TRIAL, other.list_id, passphrase=PASSPHRASE, reason="x", request=stat.sign()
         )
     with pytest.raises(NotFound):
-        extension.extend_list(
+        extension.propose_extension(
             ctx,
             stat.actor,
             TRIAL,
@@ -717,7 +753,7 @@ def test_a_tampered_active_list_is_not_extended(ctx: ServiceContext, stat: Stati
     generated = activated(ctx, stat)
     tamper(ctx, stat, generated.list_id, "delete")
     with pytest.raises(storage.ListIntegrityFailure):
-        extension.extend_list(
+        extension.propose_extension(
             ctx,
             stat.actor,
             TRIAL,
@@ -743,11 +779,13 @@ def test_the_guards_refuse_changes_to_slots(ctx: ServiceContext, stat: Statistic
 
 
 @pytest.mark.req("RND-10", "RND-11", "ACC-12")
-def test_extension_appends_whole_blocks_as_a_signed_version(ctx: ServiceContext, stat: Statistician) -> None:
+def test_extension_appends_whole_blocks_as_a_signed_version(
+    ctx: ServiceContext, stat: Statistician, clock: Clock
+) -> None:
     generated = generate(ctx, stat)
     list_id = generated.list_id
     with pytest.raises(Conflict, match="only an active"):
-        extension.extend_list(
+        extension.propose_extension(
             ctx, stat.actor, TRIAL, list_id, additional=10, strata=None, reason="more", request=stat.sign()
         )
     lists_approval.approve_list(ctx, stat.actor, TRIAL, list_id, stat.sign())
@@ -756,15 +794,15 @@ def test_extension_appends_whole_blocks_as_a_signed_version(ctx: ServiceContext,
     before = {k: s.capacity for k, s in strata_rows(ctx, list_id).items()}
 
     with pytest.raises(ValidationFailed):
-        extension.extend_list(
+        extension.propose_extension(
             ctx, stat.actor, TRIAL, list_id, additional=10, strata=None, reason="  ", request=stat.sign()
         )
     with pytest.raises(ValidationFailed):
-        extension.extend_list(
+        extension.propose_extension(
             ctx, stat.actor, TRIAL, list_id, additional=0, strata=None, reason="more", request=stat.sign()
         )
     with pytest.raises(ValidationFailed):
-        extension.extend_list(
+        extension.propose_extension(
             ctx,
             stat.actor,
             TRIAL,
@@ -775,7 +813,7 @@ def test_extension_appends_whole_blocks_as_a_signed_version(ctx: ServiceContext,
             request=stat.sign(),
         )
     with pytest.raises(SignatureRefused):
-        extension.extend_list(
+        extension.propose_extension(
             ctx,
             stat.actor,
             TRIAL,
@@ -787,15 +825,9 @@ def test_extension_appends_whole_blocks_as_a_signed_version(ctx: ServiceContext,
         )
     assert slot_rows(ctx, list_id) == before_rows and list_row(ctx, list_id).current_version == 1
 
-    version = extension.extend_list(
-        ctx,
-        stat.actor,
-        TRIAL,
-        list_id,
-        additional=10,
-        strata=None,
-        reason="recruitment extended by the steering committee",
-        request=stat.sign(),
+    second = second_statistician(ctx, clock)
+    version = extend(
+        ctx, stat, second, list_id, additional=10, reason="recruitment extended by the steering committee"
     )
     assert version == 2
     after = strata_rows(ctx, list_id)
@@ -827,7 +859,7 @@ def test_extension_appends_whole_blocks_as_a_signed_version(ctx: ServiceContext,
     assert versions[1].reason == "recruitment extended by the steering committee"
     assert versions[1].slot_count == len(rows) == sum(s.capacity for s in after.values())
     assert signature is not None and signature.meaning == "randomization list extension"
-    assert signature.printed_name == NAME
+    assert signature.printed_name == SECOND_NAME  # the approver's, the second signature
     expected = hashlib.sha256(
         "".join(
             canonical_line(ListRow(key, *slot)) for key in sorted(stored) for slot in stored[key]
@@ -841,22 +873,183 @@ def test_extension_appends_whole_blocks_as_a_signed_version(ctx: ServiceContext,
 
     # One stratum only: the others keep their length.
     assert (
-        extension.extend_list(
-            ctx,
-            stat.actor,
-            TRIAL,
-            list_id,
-            additional=4,
-            strata=[VICTIM],
-            reason="P2 septic recruits faster",
-            request=stat.sign(),
-        )
+        extend(ctx, second, stat, list_id, additional=4, strata=[VICTIM], reason="P2 septic recruits faster")
         == 3
     )
     third = strata_rows(ctx, list_id)
     assert {k for k in KEYS if third[k].capacity != after[k].capacity} == {VICTIM}
     assert integrity.verify_lists(ctx, stat.actor, TRIAL)[-1].ok
     assert integrity.check_integrity(ctx, stat.actor, TRIAL)[0].ok
+
+
+@pytest.mark.req("RND-10", "ACC-12")
+def test_an_extension_needs_a_second_person(ctx: ServiceContext, stat: Statistician, clock: Clock) -> None:
+    """Dual sign-off (RND-10): the proposal changes nothing; its proposer cannot approve it; one
+    proposal at a time; the approver signs the proposal they saw; a declined proposal stays on
+    record with its reason; a refused signature or a tampered list leaves the proposal pending."""
+    generated = activated(ctx, stat)
+    list_id = generated.list_id
+    second = second_statistician(ctx, clock)
+    before_rows = slot_rows(ctx, list_id)
+
+    first = extension.propose_extension(
+        ctx,
+        stat.actor,
+        TRIAL,
+        list_id,
+        additional=6,
+        strata=[VICTIM],
+        reason="P2 septic recruits fast",
+        request=stat.sign(),
+    )
+    assert slot_rows(ctx, list_id) == before_rows and list_row(ctx, list_id).current_version == 1
+    with ctx.db.reading() as s:
+        proposal = s.get(ListExtensionProposal, first)
+        assert proposal is not None
+        signature = s.get(Signature, proposal.proposal_signature_id)
+        note = s.execute(
+            select(Notification).where(Notification.kind == "list_extension_proposed")
+        ).scalar_one()
+    assert (proposal.status, proposal.from_version, proposal.additional, proposal.strata) == (
+        "pending",
+        1,
+        6,
+        [VICTIM],
+    )
+    assert signature is not None and signature.meaning == "randomization list extension proposal"
+    assert signatures.verify(
+        signature,
+        {
+            "label": LABEL,
+            "from_version": 1,
+            "additional": 6,
+            "strata": [VICTIM],
+            "reason": "P2 septic recruits fast",
+        },
+    )
+    assert (note.audience, note.site_id) == (
+        "unblinded_statistician",
+        None,
+    ) and f"#{first}" in note.title + note.body
+    [proposed] = events(ctx, "list.extension_proposed")
+    assert proposed.reason == "P2 septic recruits fast" and proposed.sealed_values is not None
+    assert "additional" not in (proposed.new_values or "")  # the size hints at block sizes: sealed
+
+    with pytest.raises(Conflict, match="is pending"):
+        extension.propose_extension(
+            ctx,
+            second.actor,
+            TRIAL,
+            list_id,
+            additional=6,
+            strata=None,
+            reason="another",
+            request=second.sign(),
+        )
+    with pytest.raises(extension.SecondSignerRequired) as own:
+        extension.approve_extension(ctx, stat.actor, TRIAL, list_id, first, stat.sign())
+    assert own.value.status == 409 and own.value.errors[0].field == "proposal"
+    # The attempt of the proposer to approve is audited (and committed although refused).
+    [self_approval] = events(ctx, "list.extension_refused")
+    assert self_approval.actor_username == "stat" and json.loads(self_approval.new_values or "{}") == {
+        "proposal": first,
+        "cause": "second-signer-required",
+    }
+    with pytest.raises(SignatureRefused):
+        extension.approve_extension(ctx, second.actor, TRIAL, list_id, first, second.sign("not the password"))
+    assert [e.object_id for e in events(ctx, "signature.failed")] == [str(list_id)]
+    with pytest.raises(ValidationFailed) as no_reason:
+        extension.decline_extension(ctx, second.actor, TRIAL, list_id, first, reason=" ")
+    assert no_reason.value.errors[0].field == "reason"
+    assert slot_rows(ctx, list_id) == before_rows and list_row(ctx, list_id).current_version == 1
+
+    extension.decline_extension(ctx, second.actor, TRIAL, list_id, first, reason="wait for the DSMB")
+    with pytest.raises(Conflict, match="no pending"):
+        extension.approve_extension(ctx, second.actor, TRIAL, list_id, first, second.sign())
+    [declined] = events(ctx, "list.extension_declined")
+    assert declined.reason == "wait for the DSMB" and declined.actor_username == "stat2"
+
+    # Proposed again; the list is tampered with before the approval: refused, still pending.
+    again = extension.propose_extension(
+        ctx,
+        stat.actor,
+        TRIAL,
+        list_id,
+        additional=6,
+        strata=None,
+        reason="the DSMB agreed",
+        request=stat.sign(),
+    )
+    # A stale page: the approver names the proposal they saw (declined since), while another one,
+    # re-proposed, is pending: refused, naming the proposal; nothing changes.
+    with pytest.raises(Conflict) as stale:
+        extension.approve_extension(ctx, second.actor, TRIAL, list_id, first, second.sign())
+    assert stale.value.errors[0].field == "proposal" and f"#{again}" in stale.value.detail
+    assert slot_rows(ctx, list_id) == before_rows and list_row(ctx, list_id).current_version == 1
+    original = victim_slot(ctx, list_id)
+    changed = original[1][:-1] + bytes([original[1][-1] ^ 0x01])
+    unguarded(ctx, "UPDATE slot SET sealed = :b WHERE id = :i", b=changed, i=original[0])
+    with pytest.raises(storage.ListIntegrityFailure):
+        extension.approve_extension(ctx, second.actor, TRIAL, list_id, again, second.sign())
+    unguarded(ctx, "UPDATE slot SET sealed = :b WHERE id = :i", b=original[1], i=original[0])
+    assert integrity.check_integrity(ctx, stat.actor, TRIAL)[0].ok
+    assert extension.approve_extension(ctx, second.actor, TRIAL, list_id, again, second.sign()) == 2
+
+    with ctx.db.reading() as s:
+        decided = {p.id: p for p in s.execute(select(ListExtensionProposal)).scalars()}
+    assert (decided[first].status, decided[first].decided_by_name, decided[first].decision_reason) == (
+        "declined",
+        SECOND_NAME,
+        "wait for the DSMB",
+    )
+    assert (decided[again].status, decided[again].applied_version, decided[again].decided_by_name) == (
+        "applied",
+        2,
+        SECOND_NAME,
+    )
+    [extended] = events(ctx, "list.extended")
+    assert json.loads(extended.new_values or "{}")["proposal"] == again and NAME in (
+        extended.new_values or ""
+    )
+    # The second signature is bound to the first: its signed content names the proposal and the
+    # hash of the proposal's signature.
+    with ctx.db.reading() as s:
+        proposal_signature = s.get(Signature, decided[again].proposal_signature_id)
+        approval = s.get(Signature, json.loads(extended.new_values or "{}")["signature"])
+        version_row = s.execute(
+            select(ListVersion).where(ListVersion.list_id == list_id, ListVersion.version == 2)
+        ).scalar_one()
+        list_model = s.get(RandomizationList, list_id)
+    assert proposal_signature is not None and approval is not None and list_model is not None
+    assert approval.printed_name == SECOND_NAME and approval.meaning == "randomization list extension"
+    bound = {
+        **storage.signed_content(list_model, version_row),
+        "added": version_row.slot_count - len(before_rows),
+        "proposal": again,
+        "proposal_signature_sha256": proposal_signature.content_sha256,
+    }
+    assert signatures.verify(approval, bound)
+    assert not signatures.verify(approval, {**bound, "proposal": first})
+    assert not signatures.verify(approval, {**bound, "proposal_signature_sha256": "0" * 64})
+    overview = next(o for o in lists_overview.lists(ctx, TRIAL) if o.id == list_id)
+    assert overview.pending is None and [p.id for p in overview.proposals] == [again, first]
+    # Never deleted, and a decided proposal never changed (the table's triggers), even by plain SQL.
+    with pytest.raises(Exception, match="not allowed"), ctx.db.unit_of_work() as session:
+        session.execute(text("DELETE FROM list_extension_proposal WHERE id = :i"), {"i": first})
+    for statement in (
+        "UPDATE list_extension_proposal SET status = 'pending' WHERE id = :i",
+        "UPDATE list_extension_proposal SET additional = 600 WHERE id = :i",
+        "UPDATE list_extension_proposal SET decision_reason = 'rewritten' WHERE id = :i",
+    ):
+        for decided_id in (first, again):
+            with pytest.raises(Exception, match="not allowed"), ctx.db.unit_of_work() as session:
+                session.execute(text(statement), {"i": decided_id})
+    with ctx.db.reading() as s:
+        unchanged = {
+            p.id: (p.status, p.additional, p.decision_reason)
+            for p in s.execute(select(ListExtensionProposal)).scalars()
+        }
+    assert unchanged == {first: ("declined", 6, "wait for the DSMB"), again: ("applied", 6, None)}
 
 
 @pytest.mark.req("RND-10", "RND-11")
@@ -878,16 +1071,7 @@ def test_extension_on_a_real_database(
         real = ServiceContext.build(settings, db, ring, clock=clock, passwords=crypto.FAST_PASSWORD_HASHING)
         stat = statistician(real, clock)
         generated = activated(real, stat)
-        version = extension.extend_list(
-            real,
-            stat.actor,
-            TRIAL,
-            generated.list_id,
-            additional=10,
-            strata=None,
-            reason="more subjects",
-            request=stat.sign(),
-        )
+        version = extend(real, stat, second_statistician(real, clock), generated.list_id, additional=10)
         assert version == 2
         assert list_row(real, generated.list_id).current_version == 2
         assert integrity.verify_lists(real, stat.actor, TRIAL)[0].ok
@@ -919,16 +1103,7 @@ def test_an_extension_digest_follows_the_canonical_order_whatever_the_collation(
         session.execute(text('ALTER TABLE stratum ALTER COLUMN key TYPE varchar(500) COLLATE "en-US-x-icu"'))
     stat = statistician(ctx, clock, load=False)
     generated = activated(ctx, stat)
-    extension.extend_list(
-        ctx,
-        stat.actor,
-        TRIAL,
-        generated.list_id,
-        additional=10,
-        strata=None,
-        reason="more subjects",
-        request=stat.sign(),
-    )
+    extend(ctx, stat, second_statistician(ctx, clock), generated.list_id, additional=10)
     [result] = integrity.verify_lists(ctx, stat.actor, TRIAL)
     assert result.ok, result.problems
 
@@ -950,7 +1125,7 @@ def test_a_minimization_list_has_strata_but_no_slots(ctx: ServiceContext, clock:
     lists_approval.approve_list(ctx, stat.actor, TRIAL, generated.list_id, stat.sign())
     lists_approval.activate_list(ctx, stat.actor, TRIAL, generated.list_id, stat.sign())
     with pytest.raises(Conflict, match="permuted-block"):
-        extension.extend_list(
+        extension.propose_extension(
             ctx,
             stat.actor,
             TRIAL,
@@ -1140,20 +1315,17 @@ def _values(raw: str | None) -> Iterator[Any]:
 
 @pytest.mark.req("RND-12", "BLD-07")
 def test_the_blinded_audit_values_never_reveal_list_lengths_or_positions(
-    ctx: ServiceContext, stat: Statistician
+    ctx: ServiceContext, stat: Statistician, clock: Clock
 ) -> None:
     generated = activated(ctx, stat)
     integrity.verify_lists(ctx, stat.actor, TRIAL)
-    extension.extend_list(
-        ctx,
-        stat.actor,
-        TRIAL,
-        generated.list_id,
-        additional=10,
-        strata=None,
-        reason="more subjects",
-        request=stat.sign(),
-    )
+    # The whole change control, proposal and approval, so that the `list.extended` entry is checked
+    # too (with one signer, only the proposal was).
+    extend(ctx, stat, second_statistician(ctx, clock), generated.list_id, additional=10)
+    assert {e.action for e in events(ctx, "list.extension_proposed") + events(ctx, "list.extended")} == {
+        "list.extension_proposed",
+        "list.extended",
+    }
     tamper(ctx, stat, generated.list_id, "delete")
     integrity.check_integrity(ctx, stat.actor, TRIAL)
     integrity.verify_lists(ctx, stat.actor, TRIAL)

@@ -91,6 +91,7 @@ NO_DELETE = {
     "audit_chain_head",
     "notification",
     "api_token",
+    "list_extension_proposal",
 }
 UNGUARDED = {"login_session", "login_throttle"}
 

@@ -238,6 +238,20 @@ MATRIX = [
         "lists.extend",
     ),
     Row(
+        "approve a list extension",
+        "POST",
+        "/trials/IFNG-PAIS/lists/999999/extension/approve",
+        frozenset({"unblinded_statistician"}),
+        "lists.approve_extension",
+    ),
+    Row(
+        "decline a list extension",
+        "POST",
+        "/trials/IFNG-PAIS/lists/999999/extension/decline",
+        frozenset({"unblinded_statistician"}),
+        "lists.decline_extension",
+    ),
+    Row(
         "export a list",
         "POST",
         "/trials/IFNG-PAIS/lists/999999/export",

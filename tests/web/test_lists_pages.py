@@ -46,22 +46,35 @@ HERE = auth.Client("192.0.2.1", "pytest", "req")
 class Statistician:
     """The unblinded statistician signed in with both factors, able to sign forms."""
 
-    def __init__(self, app: Flask, ctx: ServiceContext, clock: Clock, *, load: bool = True) -> None:
+    def __init__(
+        self,
+        app: Flask,
+        ctx: ServiceContext,
+        clock: Clock,
+        *,
+        load: bool = True,
+        username: str = "stat",
+        name: str = NAME,
+    ) -> None:
         if load:
             load_ifn(ctx)
-        created = make_user(ctx, "stat", "unblinded_statistician", full_name=NAME)
+        created = make_user(ctx, username, "unblinded_statistician", full_name=name)
         auth.change_password(
             ctx, created.user_id, created.one_time_password, GOOD_PASSWORD, GOOD_PASSWORD, HERE
         )
         self.secret = enroll_totp(ctx, created.user_id, clock)
         self.clock = clock
         self.actor = Actor(
-            user_id=created.user_id, username="stat", name=NAME, role="unblinded_statistician", request_id="t"
+            user_id=created.user_id,
+            username=username,
+            name=name,
+            role="unblinded_statistician",
+            request_id="t",
         )
         self.client = https_client(app)
         response = self.client.post(
             "/login",
-            data={"username": "stat", "password": GOOD_PASSWORD, "csrf_token": csrf_token(self.client)},
+            data={"username": username, "password": GOOD_PASSWORD, "csrf_token": csrf_token(self.client)},
         )
         assert response.status_code == 302
         done = self.client.post(
@@ -181,7 +194,9 @@ def test_the_statistician_generates_reviews_approves_and_activates_a_list(
 
 
 @pytest.mark.req("RND-10", "ACC-12")
-def test_the_statistician_extends_and_exports_an_active_list(ctx: ServiceContext, stat: Statistician) -> None:
+def test_the_statistician_extends_and_exports_an_active_list(
+    app: Flask, ctx: ServiceContext, clock: Clock, stat: Statistician
+) -> None:
     generated = active_list(ctx, stat)
     before = capacities(ctx, generated.list_id)
     page = stat.post(
@@ -197,7 +212,20 @@ def test_the_statistician_extends_and_exports_an_active_list(ctx: ServiceContext
         stratum=KEYS[2],
         **stat.signature(),
     )
-    assert "List extended (signed)" in page and "v2 · " in page and "faster recruitment at P2" in page
+    assert "Extension proposed (signed)" in page and "awaiting a second signature" in page
+    assert "You proposed it: another unblinded statistician must approve it" in page
+    assert "Approve and extend" not in page and capacities(ctx, generated.list_id) == before
+    # The second statistician sees the proposal, and approves it with their own signature (RND-10).
+    second = Statistician(app, ctx, clock, load=False, username="stat2", name="Dr Second")
+    page = second.client.get(LISTS).get_data(as_text=True)
+    assert "Approve and extend" in page and "faster recruitment at P2" in page
+    proposal = re.search(r'name="proposal" value="(\d+)"', page)
+    assert proposal is not None
+    page = second.post(
+        f"{LISTS}/{generated.list_id}/extension/approve", proposal=proposal.group(1), **second.signature()
+    )
+    assert "Extension approved (signed)" in page and "v2 · " in page and "faster recruitment at P2" in page
+    assert "applied" in page and "by Dr Second (v2)" in page
     after = capacities(ctx, generated.list_id)
     assert {k for k in KEYS if after[k] != before[k]} == {KEYS[2]}
 
@@ -348,3 +376,26 @@ def test_a_production_instance_refuses_to_start_over_a_test_list(
     with pytest.raises(StartupError, match=re.escape(LABEL)):
         create_app(replace(settings, env=Environment.PRODUCTION), db=db, ring=ring, clock=clock)
     assert create_app(settings, db=db, ring=ring, clock=clock) is not None
+
+
+@pytest.mark.req("RND-10")
+def test_a_proposed_extension_is_withdrawn_by_its_author_from_the_page(
+    ctx: ServiceContext, stat: Statistician
+) -> None:
+    generated = active_list(ctx, stat)
+    page = stat.post(
+        f"{LISTS}/{generated.list_id}/extend", additional="6", reason="steering committee", **stat.signature()
+    )
+    proposal = re.search(r'name="proposal" value="(\d+)"', page)
+    assert proposal is not None and "Withdraw" in page
+    page = stat.post(f"{LISTS}/{generated.list_id}/extension/decline", proposal=proposal.group(1), reason="")
+    assert "reason: is required" in page and "awaiting a second signature" in page
+    page = stat.post(f"{LISTS}/{generated.list_id}/extension/decline", proposal="x", reason="typo")
+    assert "proposal: must be a whole number" in page
+    page = stat.post(
+        f"{LISTS}/{generated.list_id}/extension/decline", proposal=proposal.group(1), reason="wrong stratum"
+    )
+    assert "Extension proposal declined: the list is unchanged." in page
+    assert "awaiting a second signature" not in page and "declined" in page and "wrong stratum" in page
+    assert "Propose the extension (signed)" in page
+    assert [e.reason for e in events(ctx, "list.extension_declined")] == ["wrong stratum"]

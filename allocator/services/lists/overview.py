@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from allocator.audit import Actor
 from allocator.models import (
     IntegrityCheck,
+    ListExtensionProposal,
     ListMode,
     ListStatus,
     ListVersion,
@@ -84,10 +85,15 @@ class ListOverview:
     strata: tuple[StratumState, ...]
     versions: tuple[ListVersion, ...]
     parameters: dict[str, object]
+    proposals: tuple[ListExtensionProposal, ...] = ()  # extension proposals, newest first (RND-10)
 
     @property
     def blocked(self) -> bool:
         return self.last_check is not None and not self.last_check.ok
+
+    @property
+    def pending(self) -> ListExtensionProposal | None:
+        return next((p for p in self.proposals if p.status == "pending"), None)
 
 
 def _states(session: Session, list_id: int) -> tuple[StratumState, ...]:
@@ -147,6 +153,13 @@ def lists(ctx: ServiceContext, trial_code: str) -> list[ListOverview]:
                     strata=_states(session, row.id),
                     versions=versions,
                     parameters=json.loads(row.parameters_json),
+                    proposals=tuple(
+                        session.execute(
+                            select(ListExtensionProposal)
+                            .where(ListExtensionProposal.list_id == row.id)
+                            .order_by(ListExtensionProposal.id.desc())
+                        ).scalars()
+                    ),
                 )
             )
         return out

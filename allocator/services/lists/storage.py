@@ -14,7 +14,15 @@ from sqlalchemy.orm import Session
 
 from allocator import crypto
 from allocator.audit import Actor
-from allocator.models import ListVersion, RandomizationList, Signature, Slot, Stratum, Trial
+from allocator.models import (
+    ListExtensionProposal,
+    ListVersion,
+    RandomizationList,
+    Signature,
+    Slot,
+    Stratum,
+    Trial,
+)
 from allocator.randomization import BlockDesign, iter_slots
 from allocator.randomization.blocks import ListRow, canonical_line
 from allocator.randomization.blocks import Slot as ListSlot
@@ -232,9 +240,36 @@ def signature_problems(session: Session, row: RandomizationList) -> list[str]:
             and not signatures.verify(signature, signed_content(row, first))
         ):
             problems.append(f"{row.label}: the {what} signature no longer matches version 1")
+    proposals = {
+        p.applied_version: p
+        for p in session.execute(
+            select(ListExtensionProposal).where(
+                ListExtensionProposal.list_id == row.id, ListExtensionProposal.status == "applied"
+            )
+        ).scalars()
+    }
     for previous, version in pairwise(versions):
         signature = session.get(Signature, version.signature_id) if version.signature_id else None
-        content = {**signed_content(row, version), "added": version.slot_count - previous.slot_count}
+        content: dict[str, object] = {
+            **signed_content(row, version),
+            "added": version.slot_count - previous.slot_count,
+        }
+        proposal = proposals.get(version.version)
+        if proposal is not None:  # RND-10: the approval names the proposal and its signature's hash
+            first_signature = session.get(Signature, proposal.proposal_signature_id)
+            proposed = {
+                "label": row.label,
+                "from_version": proposal.from_version,
+                "additional": proposal.additional,
+                "strata": proposal.strata if proposal.strata else "all",
+                "reason": proposal.reason,
+            }
+            if first_signature is None or not signatures.verify(first_signature, proposed):
+                problems.append(
+                    f"{row.label}: the proposal signature of version {version.version} no longer matches"
+                )
+            content["proposal"] = proposal.id
+            content["proposal_signature_sha256"] = first_signature.content_sha256 if first_signature else ""
         if signature is not None and not signatures.verify(signature, content):
             problems.append(
                 f"{row.label}: the extension signature of version {version.version} no longer matches"
