@@ -532,6 +532,9 @@ def _serve(settings: Settings, host: str, port: int, *, workers: int) -> None:
             self.cfg.set("accesslog", None)  # the app logs every request as structured JSON
             self.cfg.set("timeout", 60)
             self.cfg.set("graceful_timeout", 10)
+            # gunicorn's own 414 is an HTML page; let the app refuse long lines (over 4096 bytes)
+            # with a problem document instead (issue 14).
+            self.cfg.set("limit_request_line", 8190)
 
         def load(self) -> Any:
             return create_app(replace(settings))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from flask import Blueprint, jsonify, request
 from werkzeug.wrappers import Response
 
@@ -18,6 +16,7 @@ from allocator.services import (
     unblinding,
 )
 from allocator.services.errors import FieldProblem, ValidationFailed
+from allocator.web import hygiene
 from allocator.web.openapi import document
 from allocator.web.security import actor, ctx, current_trial, scope
 
@@ -38,15 +37,6 @@ def trial(trial: str) -> Response:
     return jsonify(summary.as_json())
 
 
-def _int_arg(name: str, default: int | None) -> int | None:
-    raw = request.args.get(name, "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit():
-        raise ValidationFailed(f"invalid {name}", errors=[FieldProblem(name, "must be a whole number")])
-    return int(raw)
-
-
 @bp.route("/trials/<trial>/audit")
 @requires(Permission.AUDIT_VIEW)
 def audit(trial: str) -> Response:
@@ -56,8 +46,8 @@ def audit(trial: str) -> Response:
         ctx(),
         current_trial().code,
         flt,
-        after=_int_arg("after", None),
-        limit=_int_arg("limit", 100) or 100,
+        after=hygiene.query_int("after", 0, minimum=0, maximum=hygiene.MAX_SEQUENCE),  # seq starts at 1
+        limit=hygiene.query_int("limit", 100, minimum=1, maximum=1000),
         scope=scope(Permission.AUDIT_VIEW),
     )
     return jsonify({"entries": [e.as_json() for e in page.entries], "next_after": page.next_after})
@@ -85,12 +75,7 @@ _RANDOMIZE_FIELDS = {"site", "screening_number", "eligibility", "strata"}
 
 
 def _json_body() -> dict[str, object]:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise ValidationFailed(
-            "the body must be a JSON object", errors=[FieldProblem("body", "expected a JSON object")]
-        )
-    return body
+    return hygiene.json_body()
 
 
 @bp.route("/trials/<trial>/subjects", methods=["POST"])
@@ -175,9 +160,9 @@ def scan(trial: str) -> tuple[Response, int]:
     given = None
     if body.get("administered_at") is not None:
         try:
-            given = datetime.fromisoformat(str(body["administered_at"]).replace("Z", "+00:00"))
-        except ValueError:
-            problems.append(FieldProblem("administered_at", "must be an ISO 8601 time with a zone"))
+            given = hygiene.parse_time("administered_at", body["administered_at"])
+        except ValidationFailed as exc:
+            problems.extend(exc.errors)
     if problems:
         raise ValidationFailed("invalid scan", errors=problems)
     result = administration.record_scan(

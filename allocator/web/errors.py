@@ -62,9 +62,7 @@ def _http(error: HTTPException) -> Response:
     slug = (error.name or "error").lower().replace(" ", "-")
     title = error.name or "Error"
     detail = error.description or title
-    if is_api_request():
-        return problem(status, slug, title, detail)
-    response = _page(status, title, detail)
+    response = problem(status, slug, title, detail) if is_api_request() else _page(status, title, detail)
     allowed = getattr(error, "valid_methods", None)
     if status == 405 and allowed:
         response.headers["Allow"] = ", ".join(allowed)

@@ -18,6 +18,10 @@ _COMMON_ERRORS = {
     "401": _problem_response("No valid bearer token or session"),
     "403": _problem_response("The user's roles do not allow this (audited)"),
     "404": _problem_response("Unknown trial or object, or outside the user's sites"),
+    "414": _problem_response("The path and query exceed 4096 bytes"),
+}
+_BODY_ERRORS = {
+    "413": _problem_response("The body exceeds 64 KiB"),
 }
 
 _SUBJECT = {
@@ -86,8 +90,9 @@ def document() -> dict[str, Any]:
                         {
                             "name": "after",
                             "in": "query",
-                            "schema": {"type": "integer", "minimum": 0},
-                            "description": "Return entries with a sequence number above this one",
+                            "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+                            "description": "Return entries with a sequence number above this one "
+                            "(ASCII digits, given once)",
                         },
                         {
                             "name": "limit",
@@ -163,6 +168,7 @@ def document() -> dict[str, Any]:
                             "screening log, with the failed criteria in errors)"
                         ),
                         **_COMMON_ERRORS,
+                        **_BODY_ERRORS,
                     },
                 },
                 "get": {
@@ -286,6 +292,7 @@ def document() -> dict[str, Any]:
                         "422": _problem_response("Missing or unknown reason category, or too short a reason"),
                         "429": _problem_response("Account locked, or an evident runaway of unblindings"),
                         **_COMMON_ERRORS,
+                        **_BODY_ERRORS,
                     },
                 }
             },
@@ -312,7 +319,8 @@ def document() -> dict[str, Any]:
                                         "administered_at": {
                                             "type": "string",
                                             "format": "date-time",
-                                            "description": "When given, if not now",
+                                            "description": "When given, if not now; with a zone, "
+                                            "the year from 2000 to 9998",
                                         },
                                         "late_reason": {
                                             "type": "string",
@@ -347,6 +355,7 @@ def document() -> dict[str, Any]:
                         ),
                         "422": _problem_response("Unreadable or forged label, or an invalid time"),
                         **_COMMON_ERRORS,
+                        **_BODY_ERRORS,
                     },
                 }
             },
