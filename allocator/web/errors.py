@@ -10,9 +10,11 @@ import logging
 
 from flask import Flask, g, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
+from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
+from allocator.db import is_busy
 from allocator.logs import log_event
 from allocator.services.errors import DomainError
 from allocator.web.security import is_api_request
@@ -92,8 +94,36 @@ def _unexpected(error: Exception) -> Response:
     return _page(500, "Internal error", detail)
 
 
+RETRY_AFTER_SECONDS = 2
+
+
+def _database(error: Exception) -> Response:
+    """Issue 14: a wait that ran out (lock or statement timeout, no pooled connection, SQLite busy)
+    is a 503 with Retry-After; the unit of work has rolled back, so nothing was written. Any other
+    database error is a bug: a 500."""
+    if not is_busy(error):
+        return _unexpected(error)
+    log_event(
+        "database busy",
+        level=logging.WARNING,
+        request_id=g.get("request_id", "-"),
+        endpoint=request.endpoint,
+        exception=type(error).__name__,
+    )
+    title = "The database is busy"
+    detail = "The request waited too long for the database. Nothing was changed. Try again shortly."
+    if is_api_request():
+        response = problem(503, "database-busy", title, detail)
+    else:
+        response = _page(503, title, detail)
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
 def install(app: Flask) -> None:
     app.register_error_handler(DomainError, _domain)
     app.register_error_handler(CSRFError, _csrf)
     app.register_error_handler(HTTPException, _http)
+    app.register_error_handler(sa_exc.DBAPIError, _database)
+    app.register_error_handler(sa_exc.TimeoutError, _database)
     app.register_error_handler(Exception, _unexpected)

@@ -19,6 +19,10 @@ _COMMON_ERRORS = {
     "403": _problem_response("The user's roles do not allow this (audited)"),
     "404": _problem_response("Unknown trial or object, or outside the user's sites"),
     "414": _problem_response("The path and query exceed 4096 bytes"),
+    "503": {
+        **_problem_response("database-busy: a lock or statement timed out; nothing was changed, retry later"),
+        "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
+    },
 }
 _BODY_ERRORS = {
     "413": _problem_response("The body exceeds 64 KiB"),
