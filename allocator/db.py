@@ -29,6 +29,7 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -227,6 +228,7 @@ class Database:
     _write_sessions: sessionmaker[Session]
     _read_sessions: sessionmaker[Session]
     _writers: WriterQueue | None = None  # SQLite: the writers of this process queue here
+    _bound: Connection | None = None  # bound_to: the outer connection every session joins
 
     @property
     def is_sqlite(self) -> bool:
@@ -280,13 +282,56 @@ class Database:
         )
         engine = connection.engine
         return cls(
-            url=url, write_engine=engine, read_engine=engine, _write_sessions=factory, _read_sessions=factory
+            url=url,
+            write_engine=engine,
+            read_engine=engine,
+            _write_sessions=factory,
+            _read_sessions=factory,
+            _bound=connection,
         )
+
+    @contextmanager
+    def shared_transaction(self) -> Iterator[SharedTransaction]:
+        """One write transaction that every `unit_of_work` and `reading` of this thread (and this
+        Database) joins through savepoints until the block ends, so that something the caller adds
+        afterwards (an idempotency record holding the response) commits or rolls back with the
+        service's own writes. The block commits only when the caller called `keep()` and nothing
+        raised; a service that "commits" inside releases its savepoint only."""
+        with self._writer_turn():
+            connection = self._bound if self._bound is not None else self.write_engine.connect()
+            try:
+                transaction = connection.begin_nested() if self._bound is not None else connection.begin()
+                shared = SharedTransaction(
+                    sessionmaker(
+                        bind=connection, expire_on_commit=False, join_transaction_mode="create_savepoint"
+                    )
+                )
+                token = _SHARED.set((self, shared))
+                try:
+                    yield shared
+                except BaseException:
+                    transaction.rollback()
+                    raise
+                finally:
+                    _SHARED.reset(token)
+                if shared.kept:
+                    transaction.commit()
+                else:
+                    transaction.rollback()
+            finally:
+                if self._bound is None:
+                    connection.close()
+
+    def _sessions(self, default: sessionmaker[Session]) -> sessionmaker[Session]:
+        shared = _SHARED.get()
+        if shared is not None and shared[0] is self:
+            return shared[1].sessions
+        return default
 
     @contextmanager
     def unit_of_work(self) -> Iterator[Session]:
         """A write transaction: commits when the block ends normally, rolls back on any exception."""
-        with self._write_sessions() as session, self._writer_turn():
+        with self._sessions(self._write_sessions)() as session, self._writer_turn():
             try:
                 yield session
                 session.commit()
@@ -306,13 +351,27 @@ class Database:
     def reading(self) -> Iterator[Session]:
         """A read-only transaction. Closing it rolls back anything flushed, and leaves the loaded
         objects usable (detached, not expired) by the caller."""
-        with self._read_sessions() as session:
+        with self._sessions(self._read_sessions)() as session:
             yield session
 
     def dispose(self) -> None:
         self.write_engine.dispose()
         if self.read_engine is not self.write_engine:
             self.read_engine.dispose()
+
+
+class SharedTransaction:
+    """See `Database.shared_transaction`."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+        self.kept = False
+
+    def keep(self) -> None:
+        self.kept = True
+
+
+_SHARED: ContextVar[tuple[Database, SharedTransaction] | None] = ContextVar("allocator_shared", default=None)
 
 
 def connect_once(url: str) -> Engine:

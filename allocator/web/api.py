@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, g, jsonify, request
 from werkzeug.wrappers import Response
 
 from allocator.permissions import Permission, requires
@@ -15,8 +15,11 @@ from allocator.services import (
     trials,
     unblinding,
 )
+from allocator.services import idempotency as stored_answers
 from allocator.services.errors import FieldProblem, ValidationFailed
 from allocator.web import hygiene
+from allocator.web import idempotency as idempotent
+from allocator.web.errors import problem
 from allocator.web.openapi import document
 from allocator.web.security import actor, ctx, current_trial, scope
 
@@ -80,7 +83,7 @@ def _json_body() -> dict[str, object]:
 
 @bp.route("/trials/<trial>/subjects", methods=["POST"])
 @requires(Permission.SUBJECT_RANDOMIZE)
-def randomize(trial: str) -> tuple[Response, int]:
+def randomize(trial: str) -> Response:
     """Screen and randomize. Any field beyond site, screening_number, eligibility and strata — a
     slot, an arm, a kit — is refused, never used (RND-05)."""
     body = _json_body()
@@ -99,19 +102,41 @@ def randomize(trial: str) -> tuple[Response, int]:
     eligibility, strata = body["eligibility"], body["strata"]
     if not isinstance(eligibility, dict) or not isinstance(strata, dict):  # pragma: no cover - checked above
         raise ValidationFailed("invalid randomization request")
-    result = subjects.randomize(
-        ctx(),
-        actor(Permission.SUBJECT_RANDOMIZE),
-        trial,
-        subjects.RandomizationRequest(
-            site=str(body["site"]),
-            screening_number=str(body["screening_number"]),
-            eligibility=eligibility,
-            strata=strata,
-        ),
-        scope(Permission.SUBJECT_RANDOMIZE),
+    wanted = subjects.RandomizationRequest(
+        site=str(body["site"]),
+        screening_number=str(body["screening_number"]),
+        eligibility=eligibility,
+        strata=strata,
     )
-    return jsonify(result.as_json()), 201
+
+    def run() -> tuple[Response, int]:
+        try:
+            result = subjects.randomize(
+                ctx(),
+                actor(Permission.SUBJECT_RANDOMIZE),
+                trial,
+                wanted,
+                scope(Permission.SUBJECT_RANDOMIZE),
+            )
+        except subjects.AlreadyRandomized as error:
+            return _already_randomized(error, trial, wanted.screening_number), 409
+        return jsonify(result.as_json()), 201
+
+    return idempotent.respond(body, run)
+
+
+def _already_randomized(error: subjects.AlreadyRandomized, trial: str, screening_number: str) -> Response:
+    """Issue 14: a client that retries a randomization whose answer it lost learns the subject
+    number it was given, when it randomized that screening number itself."""
+    number = stored_answers.existing_subject_number(ctx(), trial, screening_number, g.auth.user_id)
+    return problem(
+        error.status,
+        error.slug,
+        error.title,
+        error.detail,
+        [{"field": e.field, "message": e.message} for e in error.errors],
+        {"subject_number": number} if number else None,
+    )
 
 
 @bp.route("/trials/<trial>/subjects")
@@ -150,7 +175,7 @@ _SCAN_FIELDS = {"payload", "subject_number", "day", "administered_at", "late_rea
 
 @bp.route("/trials/<trial>/scans", methods=["POST"])
 @requires(Permission.ADMINISTRATION_RECORD)
-def scan(trial: str) -> tuple[Response, int]:
+def scan(trial: str) -> Response:
     """Verify a scanned label and record the administration."""
     body = _json_body()
     problems = [FieldProblem(key, "is not accepted") for key in sorted(set(body) - _SCAN_FIELDS)]
@@ -165,18 +190,22 @@ def scan(trial: str) -> tuple[Response, int]:
             problems.extend(exc.errors)
     if problems:
         raise ValidationFailed("invalid scan", errors=problems)
-    result = administration.record_scan(
-        ctx(),
-        actor(Permission.ADMINISTRATION_RECORD),
-        trial,
-        payload=str(body["payload"]),
-        subject_number=str(body["subject_number"]),
-        day=str(body["day"]),
-        scope=scope(Permission.ADMINISTRATION_RECORD),
-        administered_at=given,
-        late_reason=str(body.get("late_reason") or ""),
-    )
-    return jsonify(result.as_json()), 201
+
+    def run() -> tuple[Response, int]:
+        result = administration.record_scan(
+            ctx(),
+            actor(Permission.ADMINISTRATION_RECORD),
+            trial,
+            payload=str(body["payload"]),
+            subject_number=str(body["subject_number"]),
+            day=str(body["day"]),
+            scope=scope(Permission.ADMINISTRATION_RECORD),
+            administered_at=given,
+            late_reason=str(body.get("late_reason") or ""),
+        )
+        return jsonify(result.as_json()), 201
+
+    return idempotent.respond(body, run)
 
 
 _UNBLIND_FIELDS = {"reason_category", "reason", "password", "otp"}
@@ -187,7 +216,8 @@ _UNBLIND_FIELDS = {"reason_category", "reason", "password", "otp"}
 def unblind(trial: str, subject: str) -> tuple[Response, int]:
     """Emergency unblinding of ONE subject by an investigator of its site (UNB-01..05). The call
     itself is the explicit confirmation; the password (and code) sign it. The arm is in this
-    answer only."""
+    answer only. An Idempotency-Key is not honoured here yet (issue 14): replaying the arm would
+    have to re-verify the signature first."""
     body = _json_body()
     wrong_type = [k for k, v in body.items() if v is not None and not isinstance(v, str)]
     if wrong_type:

@@ -23,7 +23,12 @@ PROBLEM_JSON = "application/problem+json"
 
 
 def problem(
-    status: int, slug: str, title: str, detail: str, errors: list[dict[str, str]] | None = None
+    status: int,
+    slug: str,
+    title: str,
+    detail: str,
+    errors: list[dict[str, str]] | None = None,
+    extensions: dict[str, str] | None = None,
 ) -> Response:
     body: dict[str, object] = {
         "type": f"urn:allocator:problem:{slug}",
@@ -34,6 +39,7 @@ def problem(
     }
     if errors:
         body["errors"] = errors
+    body.update(extensions or {})  # RFC 9457 extension members
     response = jsonify(body)
     response.status_code = status
     response.mimetype = PROBLEM_JSON
@@ -50,6 +56,11 @@ def _page(status: int, title: str, detail: str, errors: list[dict[str, str]] | N
         reference=g.get("request_id", "-"),
     )
     return Response(html, status=status, mimetype="text/html")
+
+
+def render_domain(error: DomainError) -> Response:
+    """The response a domain error gets (for callers that store it, e.g. an idempotent request)."""
+    return _domain(error)
 
 
 def _domain(error: DomainError) -> Response:

@@ -28,6 +28,15 @@ _BODY_ERRORS = {
     "413": _problem_response("The body exceeds 64 KiB"),
 }
 
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"},
+    "description": "The same key, user and body get the original answer again (Idempotent-Replayed: "
+    "true) without doing anything twice; the same key with another body is a 422",
+}
+
 _SUBJECT = {
     "name": "subject",
     "in": "path",
@@ -145,7 +154,7 @@ def document() -> dict[str, Any]:
                 "post": {
                     "summary": "Screen and randomize a patient (investigator of the site)",
                     "operationId": "randomizeSubject",
-                    "parameters": [_TRIAL],
+                    "parameters": [_TRIAL, _IDEMPOTENCY_KEY],
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -164,7 +173,8 @@ def document() -> dict[str, Any]:
                             },
                         },
                         "409": _problem_response(
-                            "already-randomized, kits-unavailable, stratum-exhausted, no-active-list or "
+                            "already-randomized (with subject_number when the caller randomized it), "
+                            "kits-unavailable, stratum-exhausted, no-active-list or "
                             "list-integrity-failure (each its own problem type)"
                         ),
                         "422": _problem_response(
@@ -304,7 +314,7 @@ def document() -> dict[str, Any]:
                 "post": {
                     "summary": "Verify a scanned label at the bedside and record the administration",
                     "operationId": "recordScan",
-                    "parameters": [_TRIAL],
+                    "parameters": [_TRIAL, _IDEMPOTENCY_KEY],
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -381,6 +391,10 @@ def document() -> dict[str, Any]:
                         "title": {"type": "string"},
                         "status": {"type": "integer"},
                         "detail": {"type": "string"},
+                        "subject_number": {
+                            "type": "string",
+                            "description": "already-randomized: the subject number the caller was given",
+                        },
                         "instance": {"type": "string", "description": "The request's reference number"},
                         "errors": {
                             "type": "array",
