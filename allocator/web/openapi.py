@@ -73,7 +73,10 @@ def document() -> dict[str, Any]:
                     "summary": "This document",
                     "operationId": "getOpenApi",
                     "responses": {
-                        "200": {"description": "The OpenAPI document"},
+                        "200": {
+                            "description": "The OpenAPI document",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        },
                         "401": _COMMON_ERRORS["401"],
                     },
                 }
@@ -326,10 +329,11 @@ def document() -> dict[str, Any]:
                                     "properties": {
                                         "payload": {
                                             "type": "string",
+                                            "minLength": 1,
                                             "description": "The QR text of the syringe or kit label",
                                         },
-                                        "subject_number": {"type": "string"},
-                                        "day": {"type": "string", "examples": ["D1"]},
+                                        "subject_number": {"type": "string", "minLength": 1},
+                                        "day": {"type": "string", "minLength": 1, "examples": ["D1"]},
                                         "administered_at": {
                                             "type": "string",
                                             "format": "date-time",
@@ -412,13 +416,15 @@ def document() -> dict[str, Any]:
                     "required": ["site", "screening_number", "eligibility", "strata"],
                     "description": "Nothing else is accepted: no slot, arm or kit can be chosen (RND-05).",
                     "properties": {
-                        "site": {"type": "string", "examples": ["P1"]},
+                        "site": {"type": "string", "minLength": 1, "examples": ["P1"]},
                         "screening_number": {
                             "type": "string",
+                            "minLength": 1,
                             "description": "The site's pseudonymous number",
                         },
                         "eligibility": {
                             "type": "object",
+                            "minProperties": 1,
                             "description": "One answer per criterion id of the trial",
                         },
                         "strata": {
