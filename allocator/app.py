@@ -45,7 +45,7 @@ def create_app(
             raise StartupError(
                 f"the database schema is at {current or 'nothing'}, not {migrate.head_revision()}: run `allocator init`"
             )
-    db = db or Database.connect(settings.database_url)
+    db = db or Database.connect(settings.database_url, limits=settings.db_limits())
     ctx = ServiceContext.build(settings, db, ring, clock=clock or utcnow, passwords=passwords)
     mixed = overview.foreign_lists(ctx)
     if mixed:

@@ -210,18 +210,18 @@ class AuditLog:
             at=format_time(at),
             actor_user_id=actor.user_id,
             actor_username=printable(actor.username),
-            actor_name=actor.name,
+            actor_name=storable(actor.name),
             actor_role=actor.role,
-            actor_site=actor.site_code,
+            actor_site=_optional(actor.site_code),
             action=action.value,
             object_type=object_type,
-            object_id=printable(str(object_id)),
-            site_code=site_code,
-            old_values=canonical_json(old) if old is not None else None,
-            new_values=canonical_json(new) if new is not None else None,
+            object_id=printable(str(object_id))[:64],
+            site_code=_optional(site_code),
+            old_values=canonical_json(storable_value(old)) if old is not None else None,
+            new_values=canonical_json(storable_value(new)) if new is not None else None,
             sealed_values=None,
-            reason=reason,
-            request_id=actor.request_id,
+            reason=_optional(reason),
+            request_id=storable(actor.request_id),
             software_version=self.software_version,
         )
         # The sealed values are copied now: the caller may change its mapping before the commit.
@@ -344,12 +344,40 @@ class AuditLog:
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def storable(text: str) -> str:
+    """Encode what a database cannot store (issue 14, D3/D4): NUL, which PostgreSQL refuses in
+    text, and lone surrogates, which no UTF-8 encoder writes. A refusal quoting hostile input is
+    still recorded, with those characters as visible escapes."""
+    return _UNSTORABLE.sub(_escape, text)
+
+
+def storable_value(value: Any) -> Any:
+    """`storable` applied to every string (keys included) of a JSON-like value."""
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, Mapping):
+        return {storable(k) if isinstance(k, str) else k: storable_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable_value(v) for v in value]
+    return value
 
 
 def printable(text: str) -> str:
     """Encode control characters (AUD-10): a username like "bob\\n[INFO] fake" cannot forge
-    lines in a log or a report."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    lines in a log or a report; and lone surrogates, which cannot be stored (`storable`)."""
+    return storable(_CONTROL.sub(_escape, text))
+
+
+def _optional(text: str | None) -> str | None:
+    return None if text is None else storable(text)
 
 
 def format_time(at: datetime) -> str:

@@ -27,7 +27,7 @@ from sqlalchemy import select
 
 from allocator import audit, crypto, migrate, resources
 from allocator.audit import Actor
-from allocator.db import Database
+from allocator.db import Database, connection_budget_problem, server_connection_limit
 from allocator.models import User
 from allocator.permissions import Scope
 from allocator.services import codebreak, notifications, signatures, sites, trials
@@ -36,7 +36,7 @@ from allocator.services.context import ServiceContext
 from allocator.services.errors import DomainError
 from allocator.services.lists import approval, generation, integrity, quality
 from allocator.services.supply import kit_lists, shipments
-from allocator.settings import Environment, Settings, SettingsError
+from allocator.settings import SERVE_THREADS, Environment, Settings, SettingsError
 
 DEMO_TRIAL = "ifn-gamma-pais"  # shipped with the package (allocator.resources)
 
@@ -529,6 +529,17 @@ def serve_command(port: int, host: str, workers: int) -> None:
         _fail(
             f"the database is at schema {current or '(empty)'}, not {migrate.head_revision()}: run `allocator init`"
         )
+    if not settings.is_sqlite:
+        # Issue 14: every worker may hold its whole pool; together they must fit in the server.
+        max_connections, reserved = server_connection_limit(settings.database_url)
+        problem = connection_budget_problem(
+            workers=workers,
+            limits=settings.db_limits(SERVE_THREADS),
+            max_connections=max_connections,
+            reserved=reserved,
+        )
+        if problem is not None:
+            _fail(problem, 2)
     _serve(settings, host, port, workers=workers)
 
 
@@ -560,11 +571,14 @@ def _serve(settings: Settings, host: str, port: int, *, workers: int) -> None:
         def load_config(self) -> None:
             self.cfg.set("bind", f"{host}:{port}")
             self.cfg.set("workers", workers)
-            self.cfg.set("threads", 4)
+            self.cfg.set("threads", SERVE_THREADS)  # the pool size is derived from it (Settings.db_limits)
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("accesslog", None)  # the app logs every request as structured JSON
             self.cfg.set("timeout", 60)
             self.cfg.set("graceful_timeout", 10)
+            # gunicorn's own 414 is an HTML page; let the app refuse long lines (over 4096 bytes)
+            # with a problem document instead (issue 14).
+            self.cfg.set("limit_request_line", 8190)
 
         def load(self) -> Any:
             return create_app(replace(settings))

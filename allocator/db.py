@@ -16,6 +16,11 @@ handler, which stays the guarantee.
 
 PostgreSQL (psycopg 3): READ COMMITTED; allocation services lock the rows they consume with
 `SELECT ... FOR UPDATE`.
+
+Bounded waits (issue 14): the application sets PostgreSQL's `lock_timeout` and
+`statement_timeout` on each connection and bounds the wait for a pooled connection; a wait that
+runs out raises, the unit of work rolls back (nothing half-written), and `is_busy` tells the web
+layer to answer 503 with Retry-After instead of 500. On SQLite the busy timeout bounds the wait.
 """
 
 from __future__ import annotations
@@ -24,11 +29,13 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -131,6 +138,87 @@ def _sqlite_engine(url: str, *, begin: str, pooled: bool = True) -> Engine:
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    """The bounds of one process's use of PostgreSQL: at most `pool_size + max_overflow`
+    connections, `pool_timeout_s` to wait for one, and per-connection `lock_timeout` and
+    `statement_timeout` in milliseconds (0: no limit, PostgreSQL's default)."""
+
+    pool_size: int
+    max_overflow: int
+    pool_timeout_s: float
+    lock_timeout_ms: int
+    statement_timeout_ms: int
+
+    @property
+    def connections(self) -> int:
+        return self.pool_size + self.max_overflow
+
+
+def _set_timeouts(engine: Engine, limits: Limits) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Session-level settings: they hold for every transaction on this connection. The values
+        # are integers from the validated settings, never user input.
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(f"SET lock_timeout = {int(limits.lock_timeout_ms)}")
+            cursor.execute(f"SET statement_timeout = {int(limits.statement_timeout_ms)}")
+        dbapi_connection.commit()
+
+
+# SQLSTATEs of waits that ran out or transactions the server chose to abort; retrying later can
+# succeed: lock_not_available, query_canceled (statement_timeout), serialization_failure,
+# deadlock_detected.
+_BUSY_SQLSTATES = frozenset({"55P03", "57014", "40001", "40P01"})
+
+
+def is_busy(error: BaseException) -> bool:
+    """Whether `error` means "the database is busy, try again": a lock or statement timeout, a
+    deadlock victim, SQLite's "database is locked", or no pooled connection free in time."""
+    if isinstance(error, sa_exc.TimeoutError):
+        return True
+    if isinstance(error, sa_exc.DBAPIError):
+        if getattr(error.orig, "sqlstate", None) in _BUSY_SQLSTATES:
+            return True
+        return "database is locked" in str(error.orig)
+    return False
+
+
+# Connections kept free for the command line, migrations and an operator's psql.
+SPARE_CONNECTIONS = 5
+
+
+def connection_budget_problem(
+    *, workers: int, limits: Limits, max_connections: int, reserved: int
+) -> str | None:
+    """Why `workers` processes, each holding up to `limits.connections`, would not fit in the
+    server's `max_connections` (less its superuser-reserved ones and SPARE_CONNECTIONS); None when
+    they fit."""
+    needed = workers * limits.connections
+    available = max_connections - reserved - SPARE_CONNECTIONS
+    if needed <= available:
+        return None
+    fits = max(available // limits.connections, 0)
+    return (
+        f"{workers} workers x {limits.connections} connections each (pool {limits.pool_size} + "
+        f"overflow {limits.max_overflow}) = {needed} exceed what the server allows: max_connections "
+        f"{max_connections} - {reserved} reserved - {SPARE_CONNECTIONS} spare = {available}. "
+        f"Use --workers {fits} or fewer, a smaller ALLOCATOR_DB_POOL_SIZE, or raise max_connections."
+    )
+
+
+def server_connection_limit(url: str) -> tuple[int, int]:
+    """PostgreSQL's max_connections and superuser_reserved_connections."""
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            max_connections = int(conn.exec_driver_sql("SHOW max_connections").scalar_one())
+            reserved = int(conn.exec_driver_sql("SHOW superuser_reserved_connections").scalar_one())
+    finally:
+        engine.dispose()
+    return max_connections, reserved
+
+
+@dataclass(frozen=True, slots=True)
 class Database:
     """Holds the engines and session factories of one database. Passed explicitly to services."""
 
@@ -140,6 +228,7 @@ class Database:
     _write_sessions: sessionmaker[Session]
     _read_sessions: sessionmaker[Session]
     _writers: WriterQueue | None = None  # SQLite: the writers of this process queue here
+    _bound: Connection | None = None  # bound_to: the outer connection every session joins
 
     @property
     def is_sqlite(self) -> bool:
@@ -150,12 +239,24 @@ class Database:
         return self.write_engine.dialect.name
 
     @classmethod
-    def connect(cls, url: str, *, pool_size: int = 5) -> Database:
+    def connect(cls, url: str, *, pool_size: int = 5, limits: Limits | None = None) -> Database:
+        """`limits` bound the waits on PostgreSQL (see `Limits`); without them, the pool holds
+        `pool_size` connections plus twice as many overflow ones and nothing times out."""
         if url.startswith("sqlite"):
             write = _sqlite_engine(url, begin="BEGIN IMMEDIATE")
             read = _sqlite_engine(url, begin="BEGIN")
-        else:
+        elif limits is None:
             write = create_engine(url, pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=True)
+            read = write
+        else:
+            write = create_engine(
+                url,
+                pool_size=limits.pool_size,
+                max_overflow=limits.max_overflow,
+                pool_timeout=limits.pool_timeout_s,
+                pool_pre_ping=True,
+            )
+            _set_timeouts(write, limits)
             read = write
         return cls.from_engines(url, write, read)
 
@@ -181,13 +282,56 @@ class Database:
         )
         engine = connection.engine
         return cls(
-            url=url, write_engine=engine, read_engine=engine, _write_sessions=factory, _read_sessions=factory
+            url=url,
+            write_engine=engine,
+            read_engine=engine,
+            _write_sessions=factory,
+            _read_sessions=factory,
+            _bound=connection,
         )
+
+    @contextmanager
+    def shared_transaction(self) -> Iterator[SharedTransaction]:
+        """One write transaction that every `unit_of_work` and `reading` of this thread (and this
+        Database) joins through savepoints until the block ends, so that something the caller adds
+        afterwards (an idempotency record holding the response) commits or rolls back with the
+        service's own writes. The block commits only when the caller called `keep()` and nothing
+        raised; a service that "commits" inside releases its savepoint only."""
+        with self._writer_turn():
+            connection = self._bound if self._bound is not None else self.write_engine.connect()
+            try:
+                transaction = connection.begin_nested() if self._bound is not None else connection.begin()
+                shared = SharedTransaction(
+                    sessionmaker(
+                        bind=connection, expire_on_commit=False, join_transaction_mode="create_savepoint"
+                    )
+                )
+                token = _SHARED.set((self, shared))
+                try:
+                    yield shared
+                except BaseException:
+                    transaction.rollback()
+                    raise
+                finally:
+                    _SHARED.reset(token)
+                if shared.kept:
+                    transaction.commit()
+                else:
+                    transaction.rollback()
+            finally:
+                if self._bound is None:
+                    connection.close()
+
+    def _sessions(self, default: sessionmaker[Session]) -> sessionmaker[Session]:
+        shared = _SHARED.get()
+        if shared is not None and shared[0] is self:
+            return shared[1].sessions
+        return default
 
     @contextmanager
     def unit_of_work(self) -> Iterator[Session]:
         """A write transaction: commits when the block ends normally, rolls back on any exception."""
-        with self._write_sessions() as session, self._writer_turn():
+        with self._sessions(self._write_sessions)() as session, self._writer_turn():
             try:
                 yield session
                 session.commit()
@@ -207,13 +351,27 @@ class Database:
     def reading(self) -> Iterator[Session]:
         """A read-only transaction. Closing it rolls back anything flushed, and leaves the loaded
         objects usable (detached, not expired) by the caller."""
-        with self._read_sessions() as session:
+        with self._sessions(self._read_sessions)() as session:
             yield session
 
     def dispose(self) -> None:
         self.write_engine.dispose()
         if self.read_engine is not self.write_engine:
             self.read_engine.dispose()
+
+
+class SharedTransaction:
+    """See `Database.shared_transaction`."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+        self.kept = False
+
+    def keep(self) -> None:
+        self.kept = True
+
+
+_SHARED: ContextVar[tuple[Database, SharedTransaction] | None] = ContextVar("allocator_shared", default=None)
 
 
 def connect_once(url: str) -> Engine:

@@ -13,6 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from allocator.db import Limits
 
 
 class Environment(enum.StrEnum):
@@ -29,6 +33,7 @@ class SettingsError(ValueError):
 
 DEFAULT_DATABASE_URL = "sqlite:///instance/allocator.db"
 DEFAULT_KEY_DIR = "instance/keys"
+SERVE_THREADS = 4  # threads per worker of `allocator serve` (gunicorn gthread)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +69,27 @@ class Settings:
     mail_from: str = "allocator@localhost"
     # Trust X-Forwarded-For / -Proto from exactly this many proxies (0: do not trust them).
     proxy_count: int = 0
+    # Issue 14, bounded waits (PostgreSQL): a lock wait and a statement time out (the request then
+    # answers 503 with Retry-After, nothing written); a request waits at most this long for a
+    # pooled connection. The pool holds one connection per server thread plus as many overflow
+    # ones (a request may hold a read and a write session at once) unless set explicitly.
+    db_lock_timeout_ms: int = 10_000
+    db_statement_timeout_ms: int = 30_000
+    db_pool_timeout_s: int = 10
+    db_pool_size: int | None = None
+
+    def db_limits(self, threads: int = SERVE_THREADS) -> Limits:
+        """The connection bounds of one process serving requests on `threads` threads."""
+        from allocator.db import Limits  # noqa: PLC0415 - settings stay importable without SQLAlchemy
+
+        pool = self.db_pool_size or threads
+        return Limits(
+            pool_size=pool,
+            max_overflow=pool,
+            pool_timeout_s=float(self.db_pool_timeout_s),
+            lock_timeout_ms=self.db_lock_timeout_ms,
+            statement_timeout_ms=self.db_statement_timeout_ms,
+        )
 
     @property
     def is_production(self) -> bool:
@@ -119,6 +145,10 @@ class Settings:
             smtp_ca_file=_path(env, "ALLOCATOR_SMTP_CA_FILE"),
             mail_from=env.get("ALLOCATOR_MAIL_FROM", "allocator@localhost"),
             proxy_count=_int(env, "ALLOCATOR_PROXY_COUNT", 0, 0, 5),
+            db_lock_timeout_ms=_int(env, "ALLOCATOR_DB_LOCK_TIMEOUT_MS", 10_000, 100, 600_000),
+            db_statement_timeout_ms=_int(env, "ALLOCATOR_DB_STATEMENT_TIMEOUT_MS", 30_000, 1_000, 3_600_000),
+            db_pool_timeout_s=_int(env, "ALLOCATOR_DB_POOL_TIMEOUT_S", 10, 1, 300),
+            db_pool_size=_int(env, "ALLOCATOR_DB_POOL_SIZE", 0, 0, 1000) or None,
         )
 
 

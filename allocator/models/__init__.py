@@ -3,6 +3,7 @@
 from allocator.models.audit import AuditChainHead, AuditCheckpoint, AuditEvent
 from allocator.models.base import Base
 from allocator.models.dispensation import Administration, Dispensation, PrintedDocument
+from allocator.models.idempotency import IdempotentRequest
 from allocator.models.kit import Batch, Kit, KitEvent, KitList, KitStatus, Shipment
 from allocator.models.notification import Notification
 from allocator.models.randomization import (
@@ -48,6 +49,7 @@ __all__ = [
     "CodeBreakCheckStatus",
     "CodeBreakSheet",
     "Dispensation",
+    "IdempotentRequest",
     "IntegrityCheck",
     "InterimPackage",
     "Kit",

@@ -186,6 +186,10 @@ def _record_in(
     live = current_dispensations(session, subject.id)
     row = live[days[day]]
     kit = session.execute(select(Kit).where(Kit.id == row.kit_id).with_for_update()).scalar_one()
+    # Issue 14, D1: `row` was read before the kit lock was granted. A scan that waited here for
+    # another scan of the same kit must see what that one committed, so re-read the status now,
+    # under the lock (PostgreSQL, READ COMMITTED: a new statement sees the committed row).
+    session.refresh(row, with_for_update=True)
     if scanned.kit_number != kit.kit_number:
         other = session.execute(
             select(Dispensation, Subject.subject_number)

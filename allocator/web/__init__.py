@@ -11,13 +11,27 @@ from allocator.permissions import Permission, Role, public
 from allocator.services.context import ServiceContext
 from allocator.settings import Environment
 from allocator.version import __version__
-from allocator.web import account, admin, api, audit, auth, errors, lists, main, security, subjects, supply
+from allocator.web import (
+    account,
+    admin,
+    api,
+    audit,
+    auth,
+    errors,
+    hygiene,
+    lists,
+    main,
+    security,
+    subjects,
+    supply,
+)
 from allocator.web import codebreak as codebreak_pages
 from allocator.web import reports as report_pages
 from allocator.web import unblinding as unblinding_pages
 
 
 def register(app: Flask, ctx: ServiceContext) -> None:
+    hygiene.install(app)  # first: nothing below may meet a NUL or a lone surrogate (issue 14)
     security.install(app)
     errors.install(app)
     app.register_blueprint(auth.bp)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
-from flask import Blueprint, jsonify, request, url_for
+from flask import Blueprint, g, jsonify, request, url_for
 from werkzeug.wrappers import Response
 
 from allocator.permissions import Permission, requires
 from allocator.services import audit_trail, bedside, dispensing, signatures, trials, unblinding
+from allocator.services import idempotency as stored_answers
 from allocator.services.errors import FieldProblem, ValidationFailed
 from allocator.services.subjects import randomize as subjects_randomize
 from allocator.services.subjects import views
+from allocator.web import hygiene
+from allocator.web import idempotency as idempotent
+from allocator.web.errors import problem
 from allocator.web.openapi import document
 from allocator.web.security import actor, ctx, current_trial, scope
 
@@ -32,15 +34,6 @@ def trial(trial: str) -> Response:
     return jsonify(summary.as_json())
 
 
-def _int_arg(name: str, default: int | None) -> int | None:
-    raw = request.args.get(name, "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit():
-        raise ValidationFailed(f"invalid {name}", errors=[FieldProblem(name, "must be a whole number")])
-    return int(raw)
-
-
 @bp.route("/trials/<trial>/audit")
 @requires(Permission.AUDIT_VIEW)
 def audit(trial: str) -> Response:
@@ -50,8 +43,8 @@ def audit(trial: str) -> Response:
         ctx(),
         current_trial().code,
         flt,
-        after=_int_arg("after", None),
-        limit=_int_arg("limit", 100) or 100,
+        after=hygiene.query_int("after", 0, minimum=0, maximum=hygiene.MAX_SEQUENCE),  # seq starts at 1
+        limit=hygiene.query_int("limit", 100, minimum=1, maximum=1000),
         scope=scope(Permission.AUDIT_VIEW),
     )
     return jsonify({"entries": [e.as_json() for e in page.entries], "next_after": page.next_after})
@@ -82,17 +75,12 @@ _RANDOMIZE_FIELDS = {"site", "screening_number", "eligibility", "strata"}
 
 
 def _json_body() -> dict[str, object]:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise ValidationFailed(
-            "the body must be a JSON object", errors=[FieldProblem("body", "expected a JSON object")]
-        )
-    return body
+    return hygiene.json_body()
 
 
 @bp.route("/trials/<trial>/subjects", methods=["POST"])
 @requires(Permission.SUBJECT_RANDOMIZE)
-def randomize(trial: str) -> tuple[Response, int]:
+def randomize(trial: str) -> Response:
     """Screen and randomize. Any field beyond site, screening_number, eligibility and strata — a
     slot, an arm, a kit — is refused, never used (RND-05)."""
     body = _json_body()
@@ -111,19 +99,43 @@ def randomize(trial: str) -> tuple[Response, int]:
     eligibility, strata = body["eligibility"], body["strata"]
     if not isinstance(eligibility, dict) or not isinstance(strata, dict):  # pragma: no cover - checked above
         raise ValidationFailed("invalid randomization request")
-    result = subjects_randomize.randomize(
-        ctx(),
-        actor(Permission.SUBJECT_RANDOMIZE),
-        trial,
-        subjects_randomize.RandomizationRequest(
-            site=str(body["site"]),
-            screening_number=str(body["screening_number"]),
-            eligibility=eligibility,
-            strata=strata,
-        ),
-        scope(Permission.SUBJECT_RANDOMIZE),
+    wanted = subjects_randomize.RandomizationRequest(
+        site=str(body["site"]),
+        screening_number=str(body["screening_number"]),
+        eligibility=eligibility,
+        strata=strata,
     )
-    return jsonify(result.as_json()), 201
+
+    def run() -> tuple[Response, int]:
+        try:
+            result = subjects_randomize.randomize(
+                ctx(),
+                actor(Permission.SUBJECT_RANDOMIZE),
+                trial,
+                wanted,
+                scope(Permission.SUBJECT_RANDOMIZE),
+            )
+        except subjects_randomize.AlreadyRandomized as error:
+            return _already_randomized(error, trial, wanted.screening_number), 409
+        return jsonify(result.as_json()), 201
+
+    return idempotent.respond(body, run)
+
+
+def _already_randomized(
+    error: subjects_randomize.AlreadyRandomized, trial: str, screening_number: str
+) -> Response:
+    """Issue 14: a client that retries a randomization whose answer it lost learns the subject
+    number it was given, when it randomized that screening number itself."""
+    number = stored_answers.existing_subject_number(ctx(), trial, screening_number, g.auth.user_id)
+    return problem(
+        error.status,
+        error.slug,
+        error.title,
+        error.detail,
+        [{"field": e.field, "message": e.message} for e in error.errors],
+        {"subject_number": number} if number else None,
+    )
 
 
 @bp.route("/trials/<trial>/subjects")
@@ -177,7 +189,7 @@ _SCAN_FIELDS = {"payload", "subject_number", "day", "administered_at", "late_rea
 
 @bp.route("/trials/<trial>/scans", methods=["POST"])
 @requires(Permission.ADMINISTRATION_RECORD)
-def scan(trial: str) -> tuple[Response, int]:
+def scan(trial: str) -> Response:
     """Verify a scanned label and record the administration."""
     body = _json_body()
     problems = [FieldProblem(key, "is not accepted") for key in sorted(set(body) - _SCAN_FIELDS)]
@@ -187,23 +199,27 @@ def scan(trial: str) -> tuple[Response, int]:
     given = None
     if body.get("administered_at") is not None:
         try:
-            given = datetime.fromisoformat(str(body["administered_at"]).replace("Z", "+00:00"))
-        except ValueError:
-            problems.append(FieldProblem("administered_at", "must be an ISO 8601 time with a zone"))
+            given = hygiene.parse_time("administered_at", body["administered_at"])
+        except ValidationFailed as exc:
+            problems.extend(exc.errors)
     if problems:
         raise ValidationFailed("invalid scan", errors=problems)
-    result = bedside.record_scan(
-        ctx(),
-        actor(Permission.ADMINISTRATION_RECORD),
-        trial,
-        payload=str(body["payload"]),
-        subject_number=str(body["subject_number"]),
-        day=str(body["day"]),
-        scope=scope(Permission.ADMINISTRATION_RECORD),
-        administered_at=given,
-        late_reason=str(body.get("late_reason") or ""),
-    )
-    return jsonify(result.as_json()), 201
+
+    def run() -> tuple[Response, int]:
+        result = bedside.record_scan(
+            ctx(),
+            actor(Permission.ADMINISTRATION_RECORD),
+            trial,
+            payload=str(body["payload"]),
+            subject_number=str(body["subject_number"]),
+            day=str(body["day"]),
+            scope=scope(Permission.ADMINISTRATION_RECORD),
+            administered_at=given,
+            late_reason=str(body.get("late_reason") or ""),
+        )
+        return jsonify(result.as_json()), 201
+
+    return idempotent.respond(body, run)
 
 
 _UNBLIND_FIELDS = {"reason_category", "reason", "password", "otp"}
@@ -214,7 +230,8 @@ _UNBLIND_FIELDS = {"reason_category", "reason", "password", "otp"}
 def unblind(trial: str, subject: str) -> tuple[Response, int]:
     """Emergency unblinding of ONE subject by an investigator of its site (UNB-01..05). The call
     itself is the explicit confirmation; the password (and code) sign it. The arm is in this
-    answer only."""
+    answer only. An Idempotency-Key is not honoured here yet (issue 14): replaying the arm would
+    have to re-verify the signature first."""
     body = _json_body()
     wrong_type = [k for k, v in body.items() if v is not None and not isinstance(v, str)]
     if wrong_type:

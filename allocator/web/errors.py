@@ -10,9 +10,11 @@ import logging
 
 from flask import Flask, g, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
+from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
+from allocator.db import is_busy
 from allocator.logs import log_event
 from allocator.services.errors import DomainError
 from allocator.web.security import is_api_request
@@ -21,7 +23,12 @@ PROBLEM_JSON = "application/problem+json"
 
 
 def problem(
-    status: int, slug: str, title: str, detail: str, errors: list[dict[str, str]] | None = None
+    status: int,
+    slug: str,
+    title: str,
+    detail: str,
+    errors: list[dict[str, str]] | None = None,
+    extensions: dict[str, str] | None = None,
 ) -> Response:
     body: dict[str, object] = {
         "type": f"urn:allocator:problem:{slug}",
@@ -32,6 +39,7 @@ def problem(
     }
     if errors:
         body["errors"] = errors
+    body.update(extensions or {})  # RFC 9457 extension members
     response = jsonify(body)
     response.status_code = status
     response.mimetype = PROBLEM_JSON
@@ -50,6 +58,11 @@ def _page(status: int, title: str, detail: str, errors: list[dict[str, str]] | N
     return Response(html, status=status, mimetype="text/html")
 
 
+def render_domain(error: DomainError) -> Response:
+    """The response a domain error gets (for callers that store it, e.g. an idempotent request)."""
+    return _domain(error)
+
+
 def _domain(error: DomainError) -> Response:
     errors = [{"field": e.field, "message": e.message} for e in error.errors]
     if is_api_request():
@@ -62,9 +75,7 @@ def _http(error: HTTPException) -> Response:
     slug = (error.name or "error").lower().replace(" ", "-")
     title = error.name or "Error"
     detail = error.description or title
-    if is_api_request():
-        return problem(status, slug, title, detail)
-    response = _page(status, title, detail)
+    response = problem(status, slug, title, detail) if is_api_request() else _page(status, title, detail)
     allowed = getattr(error, "valid_methods", None)
     if status == 405 and allowed:
         response.headers["Allow"] = ", ".join(allowed)
@@ -94,8 +105,36 @@ def _unexpected(error: Exception) -> Response:
     return _page(500, "Internal error", detail)
 
 
+RETRY_AFTER_SECONDS = 2
+
+
+def _database(error: Exception) -> Response:
+    """Issue 14: a wait that ran out (lock or statement timeout, no pooled connection, SQLite busy)
+    is a 503 with Retry-After; the unit of work has rolled back, so nothing was written. Any other
+    database error is a bug: a 500."""
+    if not is_busy(error):
+        return _unexpected(error)
+    log_event(
+        "database busy",
+        level=logging.WARNING,
+        request_id=g.get("request_id", "-"),
+        endpoint=request.endpoint,
+        exception=type(error).__name__,
+    )
+    title = "The database is busy"
+    detail = "The request waited too long for the database. Nothing was changed. Try again shortly."
+    if is_api_request():
+        response = problem(503, "database-busy", title, detail)
+    else:
+        response = _page(503, title, detail)
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
 def install(app: Flask) -> None:
     app.register_error_handler(DomainError, _domain)
     app.register_error_handler(CSRFError, _csrf)
     app.register_error_handler(HTTPException, _http)
+    app.register_error_handler(sa_exc.DBAPIError, _database)
+    app.register_error_handler(sa_exc.TimeoutError, _database)
     app.register_error_handler(Exception, _unexpected)

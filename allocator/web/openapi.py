@@ -18,6 +18,23 @@ _COMMON_ERRORS = {
     "401": _problem_response("No valid bearer token or session"),
     "403": _problem_response("The user's roles do not allow this (audited)"),
     "404": _problem_response("Unknown trial or object, or outside the user's sites"),
+    "414": _problem_response("The path and query exceed 4096 bytes"),
+    "503": {
+        **_problem_response("database-busy: a lock or statement timed out; nothing was changed, retry later"),
+        "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
+    },
+}
+_BODY_ERRORS = {
+    "413": _problem_response("The body exceeds 64 KiB"),
+}
+
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"},
+    "description": "The same key, user and body get the original answer again (Idempotent-Replayed: "
+    "true) without doing anything twice; the same key with another body is a 422",
 }
 
 _SUBJECT = {
@@ -56,7 +73,10 @@ def document() -> dict[str, Any]:
                     "summary": "This document",
                     "operationId": "getOpenApi",
                     "responses": {
-                        "200": {"description": "The OpenAPI document"},
+                        "200": {
+                            "description": "The OpenAPI document",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        },
                         "401": _COMMON_ERRORS["401"],
                     },
                 }
@@ -86,8 +106,9 @@ def document() -> dict[str, Any]:
                         {
                             "name": "after",
                             "in": "query",
-                            "schema": {"type": "integer", "minimum": 0},
-                            "description": "Return entries with a sequence number above this one",
+                            "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+                            "description": "Return entries with a sequence number above this one "
+                            "(ASCII digits, given once)",
                         },
                         {
                             "name": "limit",
@@ -136,7 +157,7 @@ def document() -> dict[str, Any]:
                 "post": {
                     "summary": "Screen and randomize a patient (investigator of the site)",
                     "operationId": "randomizeSubject",
-                    "parameters": [_TRIAL],
+                    "parameters": [_TRIAL, _IDEMPOTENCY_KEY],
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -155,7 +176,8 @@ def document() -> dict[str, Any]:
                             },
                         },
                         "409": _problem_response(
-                            "already-randomized, kits-unavailable, stratum-exhausted, no-active-list or "
+                            "already-randomized (with subject_number when the caller randomized it), "
+                            "kits-unavailable, stratum-exhausted, no-active-list or "
                             "list-integrity-failure (each its own problem type)"
                         ),
                         "422": _problem_response(
@@ -163,6 +185,7 @@ def document() -> dict[str, Any]:
                             "screening log, with the failed criteria in errors)"
                         ),
                         **_COMMON_ERRORS,
+                        **_BODY_ERRORS,
                     },
                 },
                 "get": {
@@ -324,6 +347,7 @@ def document() -> dict[str, Any]:
                         "422": _problem_response("Missing or unknown reason category, or too short a reason"),
                         "429": _problem_response("Account locked, or an evident runaway of unblindings"),
                         **_COMMON_ERRORS,
+                        **_BODY_ERRORS,
                     },
                 }
             },
@@ -331,7 +355,7 @@ def document() -> dict[str, Any]:
                 "post": {
                     "summary": "Verify a scanned label at the bedside and record the administration",
                     "operationId": "recordScan",
-                    "parameters": [_TRIAL],
+                    "parameters": [_TRIAL, _IDEMPOTENCY_KEY],
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -343,14 +367,16 @@ def document() -> dict[str, Any]:
                                     "properties": {
                                         "payload": {
                                             "type": "string",
+                                            "minLength": 1,
                                             "description": "The QR text of the syringe or kit label",
                                         },
-                                        "subject_number": {"type": "string"},
-                                        "day": {"type": "string", "examples": ["D1"]},
+                                        "subject_number": {"type": "string", "minLength": 1},
+                                        "day": {"type": "string", "minLength": 1, "examples": ["D1"]},
                                         "administered_at": {
                                             "type": "string",
                                             "format": "date-time",
-                                            "description": "When given, if not now",
+                                            "description": "When given, if not now; with a zone, "
+                                            "the year from 2000 to 9998",
                                         },
                                         "late_reason": {
                                             "type": "string",
@@ -385,6 +411,7 @@ def document() -> dict[str, Any]:
                         ),
                         "422": _problem_response("Unreadable or forged label, or an invalid time"),
                         **_COMMON_ERRORS,
+                        **_BODY_ERRORS,
                     },
                 }
             },
@@ -406,6 +433,10 @@ def document() -> dict[str, Any]:
                         "title": {"type": "string"},
                         "status": {"type": "integer"},
                         "detail": {"type": "string"},
+                        "subject_number": {
+                            "type": "string",
+                            "description": "already-randomized: the subject number the caller was given",
+                        },
                         "instance": {"type": "string", "description": "The request's reference number"},
                         "errors": {
                             "type": "array",
@@ -423,13 +454,15 @@ def document() -> dict[str, Any]:
                     "required": ["site", "screening_number", "eligibility", "strata"],
                     "description": "Nothing else is accepted: no slot, arm or kit can be chosen (RND-05).",
                     "properties": {
-                        "site": {"type": "string", "examples": ["P1"]},
+                        "site": {"type": "string", "minLength": 1, "examples": ["P1"]},
                         "screening_number": {
                             "type": "string",
+                            "minLength": 1,
                             "description": "The site's pseudonymous number",
                         },
                         "eligibility": {
                             "type": "object",
+                            "minProperties": 1,
                             "description": "One answer per criterion id of the trial",
                         },
                         "strata": {

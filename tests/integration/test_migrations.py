@@ -76,6 +76,7 @@ APPEND_ONLY = {
     "code_break_check",
     "interim_package",
     "audit_review",
+    "idempotent_request",
 }
 NO_DELETE = {
     "trial",

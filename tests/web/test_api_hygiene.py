@@ -1,0 +1,298 @@
+"""Issue 14, D2-D6: hostile input to the JSON API gets a 4xx problem document naming the field and
+changes nothing, on SQLite and PostgreSQL; never a 500. Each test cites the finding it reproduces."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import pytest
+from flask import Flask
+from sqlalchemy import func, select
+
+import kits as kitlib
+from allocator import audit
+from allocator.models import AuditEvent, ScreeningEntry, Subject
+from allocator.permissions import Scope
+from allocator.services import dispensing, signatures
+from allocator.services.accounts import users
+from allocator.services.context import ServiceContext
+from allocator.services.subjects import randomize
+from allocator.services.supply import kit_rules
+from tests.support import CLI_ACTOR, ELIGIBLE, GOOD_PASSWORD, ReadyTrial, make_actor, ready_trial
+
+TRIAL = "IFNG-PAIS"
+ALL = Scope(all_sites=True, site_ids=frozenset())
+PROBLEM = "application/problem+json"
+
+Call = Callable[..., tuple[int, dict[str, object]]]
+
+
+@pytest.fixture
+def world(ctx: ServiceContext) -> ReadyTrial:
+    return ready_trial(ctx)
+
+
+def _caller(app: Flask, token: str) -> Call:
+    client = app.test_client()
+
+    def call(method: str, path: str, raw: str | bytes | None = None) -> tuple[int, dict[str, object]]:
+        response = client.open(
+            path,
+            method=method,
+            data=raw,
+            content_type="application/json" if raw is not None else None,
+            headers={"Authorization": f"Bearer {token}"},
+            base_url="https://localhost",
+        )
+        assert response.status_code < 500, response.get_data(as_text=True)[:500]
+        assert response.mimetype in (PROBLEM, "application/json"), response.mimetype
+        return response.status_code, response.get_json() or {}
+
+    return call
+
+
+@pytest.fixture
+def investigator(app: Flask, ctx: ServiceContext, world: ReadyTrial) -> Call:
+    return _caller(app, users.create_token(ctx, CLI_ACTOR, "inv-p1", "edc").token)
+
+
+@pytest.fixture
+def monitor(app: Flask, ctx: ServiceContext, world: ReadyTrial) -> Call:
+    make_actor(ctx, "mon", "monitor")
+    return _caller(app, users.create_token(ctx, CLI_ACTOR, "mon", "cro").token)
+
+
+def fields(problem: dict[str, object]) -> set[str]:
+    errors = problem.get("errors") or []
+    assert isinstance(errors, list)
+    return {e["field"] for e in errors}
+
+
+def counts(ctx: ServiceContext) -> tuple[int, int, int]:
+    with ctx.db.reading() as s:
+        return (
+            s.execute(select(func.count()).select_from(Subject)).scalar_one(),
+            s.execute(select(func.count()).select_from(ScreeningEntry)).scalar_one(),
+            s.execute(select(func.count()).select_from(AuditEvent)).scalar_one(),
+        )
+
+
+def randomization(**changes: object) -> dict[str, object]:
+    body: dict[str, object] = {
+        "site": "P1",
+        "screening_number": "P1-0001",
+        "eligibility": dict(ELIGIBLE),
+        "strata": {"admission_cause": "septic"},
+    }
+    body.update(changes)
+    return body
+
+
+def dispensed_subject(ctx: ServiceContext, world: ReadyTrial) -> tuple[str, dict[str, str]]:
+    request = randomize.RandomizationRequest(
+        site="P1",
+        screening_number="P1-0001",
+        eligibility=dict(ELIGIBLE),
+        strata={"admission_cause": "septic"},
+    )
+    first = randomize.randomize(ctx, world.investigator, TRIAL, request, ALL)
+    kits_of = {k.day: k.kit_number for k in first.kits}
+    dispensing.dispense(
+        ctx,
+        world.pharmacist,
+        TRIAL,
+        first.subject_number,
+        kits_of,
+        scope=ALL,
+        signature=signatures.SignatureRequest(password=GOOD_PASSWORD),
+    )
+    return first.subject_number, {
+        d: kitlib.build_payload(TRIAL, n, d, kit_rules.mac(ctx)) for d, n in kits_of.items()
+    }
+
+
+# --- D2: nesting and size -------------------------------------------------------------------
+
+
+@pytest.mark.req("RND-05")
+def test_d2_deeply_nested_json_is_refused_not_a_500(investigator: Call, ctx: ServiceContext) -> None:
+    before = counts(ctx)
+    status, problem = investigator("POST", f"/api/v1/trials/{TRIAL}/subjects", "[" * 100_000 + "]" * 100_000)
+    assert status in (400, 413, 422)
+    status, problem = investigator("POST", f"/api/v1/trials/{TRIAL}/subjects", "[" * 5_000 + "]" * 5_000)
+    assert status in (400, 422) and fields(problem) == {"body"}
+    nested = '{"a":' * 5_000 + "1" + "}" * 5_000
+    raw = json.dumps(randomization(eligibility={})).replace('"eligibility": {}', f'"eligibility": {nested}')
+    status, problem = investigator("POST", f"/api/v1/trials/{TRIAL}/subjects", raw)
+    assert status in (400, 422) and fields(problem) == {"body"}
+    status, problem = investigator("POST", f"/api/v1/trials/{TRIAL}/scans", "[" * 100_000 + "]" * 100_000)
+    assert status in (400, 413, 422)
+    assert counts(ctx) == before
+
+
+def test_d2_an_oversized_body_is_a_413_problem(investigator: Call) -> None:
+    big = json.dumps(randomization(screening_number="x" * (2 * 1024 * 1024)))
+    status, problem = investigator("POST", f"/api/v1/trials/{TRIAL}/subjects", big)
+    assert status == 413 and problem["status"] == 413
+
+
+def test_d2_malformed_json_names_the_body(investigator: Call) -> None:
+    status, problem = investigator("POST", f"/api/v1/trials/{TRIAL}/subjects", '{"site": ')
+    assert status == 422 and fields(problem) == {"body"}
+
+
+# --- D3 / D4: lone surrogates, NUL and other non-characters ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"site": "S\udfff1"}, "site"),
+        ({"screening_number": "S01-\ud800"}, "screening_number"),
+        ({"site": "S0\x001"}, "site"),
+        ({"screening_number": "P1-\ufffe"}, "screening_number"),
+        ({"strata": {"admission_cause": "sep\x00tic"}}, "strata.admission_cause"),
+        ({"eligibility": {**ELIGIBLE, "age\ud800": 64}}, "eligibility"),
+    ],
+)
+def test_d3_d4_bad_characters_in_a_randomization_are_named(
+    investigator: Call, ctx: ServiceContext, changes: dict[str, object], field: str
+) -> None:
+    before = counts(ctx)
+    status, problem = investigator(
+        "POST", f"/api/v1/trials/{TRIAL}/subjects", json.dumps(randomization(**changes))
+    )
+    assert status == 422, problem
+    assert any(f == field or f.startswith(field + ".") for f in fields(problem)), problem
+    assert counts(ctx) == before
+
+
+@pytest.mark.parametrize("value", ["S01-\ud800", "S0\x001"])
+def test_d3_d4_bad_characters_in_a_scan_are_named(
+    investigator: Call, ctx: ServiceContext, world: ReadyTrial, value: str
+) -> None:
+    _, labels = dispensed_subject(ctx, world)
+    before = counts(ctx)
+    raw = json.dumps({"payload": labels["D1"], "subject_number": value, "day": "D1"})
+    status, problem = investigator("POST", f"/api/v1/trials/{TRIAL}/scans", raw)
+    assert status == 422 and fields(problem) == {"subject_number"}
+    assert counts(ctx) == before
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/trials/%00",
+        f"/api/v1/trials/{TRIAL}/subjects/%00",
+        "/api/v1/trials/%EF%BF%BF",
+    ],
+)
+def test_d4_nul_in_a_path_is_a_404(investigator: Call, path: str) -> None:
+    status, problem = investigator("GET", path)
+    assert status == 404 and problem["status"] == 404
+
+
+@pytest.mark.parametrize("query", ["user=%00", "action=a%00b", "object_id=%EF%BF%BE", "since=%00"])
+def test_d4_nul_in_a_query_is_a_422_naming_it(monitor: Call, query: str) -> None:
+    status, problem = monitor("GET", f"/api/v1/trials/{TRIAL}/audit?{query}")
+    assert status == 422 and fields(problem) == {query.split("=", maxsplit=1)[0]}
+
+
+def test_d3_an_audit_entry_stores_what_it_cannot_store_escaped(ctx: ServiceContext) -> None:
+    """The audit trail records a refusal whatever characters it holds (D3): lone surrogates and NUL
+    are written as visible escapes, and the chain still verifies."""
+    with ctx.db.unit_of_work() as s:
+        ctx.audit.record(
+            s,
+            actor=CLI_ACTOR,
+            chain="hygiene",
+            action=audit.Action.SCAN_REFUSED,
+            object_type="subject",
+            object_id="S01-\ud800\x00",
+            new={"day\udfff": "D\x001", "list": ["\ud800"]},
+            reason="why\x00\udc80",
+            site_code="S\udfff1",
+            at=ctx.now(),
+        )
+    with ctx.db.reading() as s:
+        entry = s.execute(select(AuditEvent).where(AuditEvent.chain == "hygiene")).scalar_one()
+        assert audit.verify_chain(s.connection(), ctx.ring, "hygiene").ok
+    assert entry.object_id == "S01-\\ud800\\x00"
+    assert entry.new_values is not None and "\\ud800" in entry.new_values and "\x00" not in entry.new_values
+    assert entry.reason == "why\\x00\\udc80" and entry.site_code == "S\\udfff1"
+
+
+# --- D5: paging numbers ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "after=99999999999999999999999",
+        "after=9223372036854775808",
+        "after=%C2%B2",
+        "after=%D9%A1%D9%A2",  # Arabic-Indic digits
+        "after=%EF%BC%91",  # full-width 1
+        "after=-1",
+        "after=1&after=2",
+        "limit=0",
+        "limit=1001",
+        "limit=%EF%BC%95",
+    ],
+)
+def test_d5_paging_numbers_are_ascii_digits_within_range(monitor: Call, query: str) -> None:
+    status, problem = monitor("GET", f"/api/v1/trials/{TRIAL}/audit?{query}")
+    assert status == 422 and fields(problem) == {query.split("=", maxsplit=1)[0]}, problem
+
+
+def test_d5_paging_at_the_limits_is_accepted(monitor: Call) -> None:
+    status, page = monitor("GET", f"/api/v1/trials/{TRIAL}/audit?after=9223372036854775807&limit=1000")
+    assert status == 200 and page["entries"] == []
+    status, page = monitor("GET", f"/api/v1/trials/{TRIAL}/audit?after=0&limit=1")
+    assert status == 200 and len(page["entries"]) == 1
+
+
+# --- D6: dates are range-checked before any arithmetic ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "when", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "1899-12-31T00:00:00Z"]
+)
+def test_d6_an_administration_time_out_of_range_is_a_422(
+    investigator: Call, ctx: ServiceContext, world: ReadyTrial, when: str
+) -> None:
+    number, labels = dispensed_subject(ctx, world)
+    before = counts(ctx)
+    raw = json.dumps(
+        {
+            "payload": labels["D1"],
+            "subject_number": number,
+            "day": "D1",
+            "administered_at": when,
+            "late_reason": "entered from the paper chart",
+        }
+    )
+    status, problem = investigator("POST", f"/api/v1/trials/{TRIAL}/scans", raw)
+    assert status == 422 and fields(problem) == {"administered_at"}
+    assert counts(ctx) == before
+
+
+# --- Every error of the API is a problem document ---------------------------------------------
+
+
+def test_405_is_a_problem_with_allow(app: Flask, ctx: ServiceContext, world: ReadyTrial) -> None:
+    token = users.create_token(ctx, CLI_ACTOR, "inv-p1", "edc").token
+    response = app.test_client().open(
+        f"/api/v1/trials/{TRIAL}/scans",
+        method="TRACE",
+        headers={"Authorization": f"Bearer {token}"},
+        base_url="https://localhost",
+    )
+    assert response.status_code == 405 and response.mimetype == PROBLEM
+    assert "POST" in response.headers["Allow"]
+
+
+def test_an_overlong_request_line_is_a_414_problem(investigator: Call) -> None:
+    status, problem = investigator("GET", f"/api/v1/trials/{TRIAL}/subjects/{'P' * 5000}")
+    assert status == 414 and problem["status"] == 414
