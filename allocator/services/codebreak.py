@@ -23,8 +23,6 @@ Blinding (BLD-01, BLD-05, BLD-08):
 
 from __future__ import annotations
 
-import csv
-import io
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,9 +48,9 @@ from allocator.models import (
     UnblindingChannel,
 )
 from allocator.permissions import Scope
+from allocator.printing.safe_csv import csv_text
 from allocator.services import arm_access, signatures
 from allocator.services import documents as services_documents
-from allocator.services.audit_trail import neutralise_cell
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed
 from allocator.services.lookups import current_definition, get_trial
@@ -984,9 +982,7 @@ CSV_COLUMNS = (
 
 def reconciliation_csv(report: CodeBreakReconciliation) -> str:
     """One row per sheet, then one SUMMARY row per site and the total (formula cells neutralised)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    writer.writerow(CSV_COLUMNS)
+    rows: list[Sequence[object]] = [CSV_COLUMNS]
 
     def when(value: datetime | None) -> str:
         return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else ""
@@ -1009,14 +1005,14 @@ def reconciliation_csv(report: CodeBreakReconciliation) -> str:
             row.state,
             row.discrepancy,
         ]
-        writer.writerow([neutralise_cell(cell) for cell in cells])
-    writer.writerow([])
-    writer.writerow(["SUMMARY", "site", "generated", *STATES, "reprints", "discrepancies"])
+        rows.append(cells)
+    rows.append([])
+    rows.append(["SUMMARY", "site", "generated", *STATES, "reprints", "discrepancies"])
     for summary in (*report.sites, report.total):
-        writer.writerow(
+        rows.append(
             [
                 "SUMMARY",
-                neutralise_cell(summary.site),
+                summary.site,
                 summary.generated,
                 *(summary.counts[state] for state in STATES),
                 summary.reprints,
@@ -1024,5 +1020,5 @@ def reconciliation_csv(report: CodeBreakReconciliation) -> str:
             ]
         )
     if report.kits_without_sheet:
-        writer.writerow(["KITS WITHOUT SHEET", report.kits_without_sheet])
-    return buffer.getvalue()
+        rows.append(["KITS WITHOUT SHEET", report.kits_without_sheet])
+    return csv_text(rows)
