@@ -1,4 +1,4 @@
-"""Extend an active list with more blocks, signed (RND-08)."""
+"""Extend an active list with more blocks, signed (RND-10, RND-11)."""
 
 from __future__ import annotations
 
