@@ -7,10 +7,8 @@ arm accessor (BLD-08).
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -21,6 +19,7 @@ from allocator import audit
 from allocator.audit import Action, Actor
 from allocator.models import AuditEvent, Signature, Site, Trial
 from allocator.permissions import Scope
+from allocator.printing.safe_csv import csv_text
 from allocator.services import arm_access, signatures
 from allocator.services.context import ServiceContext
 from allocator.services.errors import FieldProblem, ValidationFailed
@@ -277,20 +276,10 @@ _CSV_COLUMNS = (
 )
 
 
-def neutralise_cell(value: str) -> str:
-    """Stop spreadsheet formula injection (ACC-11): a cell starting with = + - @ TAB or CR is
-    prefixed with an apostrophe."""
-    if value and value[0] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
-
-
 def export_csv(ctx: ServiceContext, actor: Actor, chain: str, flt: AuditFilter, scope: Scope | None) -> str:
     """The blinded audit trail as CSV (every matching entry). The export itself is audited."""
     site_codes = _site_codes(ctx, chain) if scope is not None and not scope.all_sites else {}
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    writer.writerow(_CSV_COLUMNS)
+    rows: list[Sequence[str]] = [_CSV_COLUMNS]
     count = 0
     with ctx.db.reading() as session:
         for event in session.execute(
@@ -317,7 +306,7 @@ def export_csv(ctx: ServiceContext, actor: Actor, chain: str, flt: AuditFilter, 
                 event.prev_hash,
                 event.hash,
             ]
-            writer.writerow([neutralise_cell(cell) for cell in row])
+            rows.append(row)
     with ctx.db.unit_of_work() as session:
         ctx.audit.record(
             session,
@@ -329,7 +318,7 @@ def export_csv(ctx: ServiceContext, actor: Actor, chain: str, flt: AuditFilter, 
             new={"entries": count, "filter": flt.query_args()},
             at=ctx.now(),
         )
-    return buffer.getvalue()
+    return csv_text(rows)
 
 
 def verify(ctx: ServiceContext, chain: str) -> audit.VerifyResult:

@@ -1,5 +1,7 @@
-"""The bedside administration scan: the nurse scans the kit
-and the subject, and the dose given is recorded or refused (wrong patient, wrong day, twice)."""
+"""The bedside scan (nurse, investigator or pharmacist of the site): right trial, right subject,
+right day, dispensed, not expired, not given twice, previous day given — then the administration
+is recorded with its time (LBL-06, LBL-09, DIB-01, DIB-09). Every refused scan is audited, for the
+protocol-deviation listings (REP-07)."""
 
 from __future__ import annotations
 

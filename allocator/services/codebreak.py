@@ -23,8 +23,6 @@ Blinding (BLD-01, BLD-05, BLD-08):
 
 from __future__ import annotations
 
-import csv
-import io
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,13 +48,13 @@ from allocator.models import (
     UnblindingChannel,
 )
 from allocator.permissions import Scope
+from allocator.printing.safe_csv import csv_text
 from allocator.services import arm_access, signatures
-from allocator.services.audit_trail import neutralise_cell
+from allocator.services import documents as services_documents
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed
 from allocator.services.lookups import current_definition, get_trial
 from allocator.services.supply import kit_rules
-from allocator.services.supply import labels as supply_labels
 from allocator.trialdef import TrialDefinition
 
 KIND = "code_break_sheets"  # printed_document.kind; its items are the sheet numbers printed
@@ -255,20 +253,19 @@ def _print(
     except kitlib.KitsError as exc:
         # The kits library never quotes the sealed text in its messages.
         raise Conflict(f"the code-break sheets cannot be printed: {exc}") from None
-    session.add(
-        PrintedDocument(
-            trial_id=trial.id,
-            kind=KIND,
-            document_id=document_id,
-            subject_id=None,
-            items=[item.sheet.sheet_number for item in items],
-            reprint_of=reprint_of,
-            reprint_number=reprint_number,
-            content_sha256=_digest(ctx, pdf),
-            printed_at=now,
-            printed_by_id=actor.user_id,
-            printed_by_name=actor.name,
-        )
+    services_documents.record_print(
+        ctx,
+        session,
+        actor,
+        trial,
+        kind=KIND,
+        document_id=document_id,
+        pdf=pdf,
+        items=[item.sheet.sheet_number for item in items],
+        now=now,
+        reprint_number=reprint_number,
+        reprint_of=reprint_of,
+        content_sha256=_digest(ctx, pdf),
     )
     return pdf
 
@@ -343,7 +340,7 @@ def generate_sheets(
         if not kits:
             raise Conflict("every kit of the trial already has a code-break sheet: nothing to generate")
         sheet_numbers = _next_sheet_numbers(session, trial, len(kits))
-        document_id = supply_labels.next_document_id(session, trial, DOCUMENT_PREFIX)
+        document_id = services_documents.next_document_id(session, trial, DOCUMENT_PREFIX)
         signed = signatures.sign(
             ctx,
             session,
@@ -488,7 +485,7 @@ def reprint_document(
             ).scalar_one()
             + 1
         )
-        new_id = supply_labels.next_document_id(session, trial, DOCUMENT_PREFIX)
+        new_id = services_documents.next_document_id(session, trial, DOCUMENT_PREFIX)
         signed = signatures.sign(
             ctx,
             session,
@@ -581,7 +578,7 @@ def replace_sheet(
         if kit is None:  # pragma: no cover - a foreign key guarantees it
             raise NotFound("the sheet's kit is missing")
         (number,) = _next_sheet_numbers(session, trial, 1)
-        document_id = supply_labels.next_document_id(session, trial, DOCUMENT_PREFIX)
+        document_id = services_documents.next_document_id(session, trial, DOCUMENT_PREFIX)
         signed = signatures.sign(
             ctx,
             session,
@@ -985,9 +982,7 @@ CSV_COLUMNS = (
 
 def reconciliation_csv(report: CodeBreakReconciliation) -> str:
     """One row per sheet, then one SUMMARY row per site and the total (formula cells neutralised)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    writer.writerow(CSV_COLUMNS)
+    rows: list[Sequence[object]] = [CSV_COLUMNS]
 
     def when(value: datetime | None) -> str:
         return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else ""
@@ -1010,14 +1005,14 @@ def reconciliation_csv(report: CodeBreakReconciliation) -> str:
             row.state,
             row.discrepancy,
         ]
-        writer.writerow([neutralise_cell(cell) for cell in cells])
-    writer.writerow([])
-    writer.writerow(["SUMMARY", "site", "generated", *STATES, "reprints", "discrepancies"])
+        rows.append(cells)
+    rows.append([])
+    rows.append(["SUMMARY", "site", "generated", *STATES, "reprints", "discrepancies"])
     for summary in (*report.sites, report.total):
-        writer.writerow(
+        rows.append(
             [
                 "SUMMARY",
-                neutralise_cell(summary.site),
+                summary.site,
                 summary.generated,
                 *(summary.counts[state] for state in STATES),
                 summary.reprints,
@@ -1025,5 +1020,5 @@ def reconciliation_csv(report: CodeBreakReconciliation) -> str:
             ]
         )
     if report.kits_without_sheet:
-        writer.writerow(["KITS WITHOUT SHEET", report.kits_without_sheet])
-    return buffer.getvalue()
+        rows.append(["KITS WITHOUT SHEET", report.kits_without_sheet])
+    return csv_text(rows)

@@ -8,7 +8,6 @@ subject's, or already dispensed — is refused and the attempt is audited.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -18,18 +17,9 @@ from sqlalchemy.orm import Session
 
 import kits as kitlib
 from allocator.audit import Action, Actor
-from allocator.models import (
-    Batch,
-    Dispensation,
-    Kit,
-    KitStatus,
-    PrintedDocument,
-    Signature,
-    Site,
-    Subject,
-)
+from allocator.models import Batch, Dispensation, Kit, KitStatus, PrintedDocument, Signature, Site, Subject
 from allocator.permissions import Scope
-from allocator.services import arm_access, lookups, signatures
+from allocator.services import arm_access, documents, lookups, signatures
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, DomainError, FieldProblem, NotFound, ValidationFailed
 from allocator.services.lookups import current_definition, current_dispensations, get_trial, subject_in_reach
@@ -37,7 +27,6 @@ from allocator.services.subjects.randomize import KitsUnavailable
 from allocator.services.subjects.views import withdrawal_of
 from allocator.services.subjects.withdrawal import withdrawn_refusal
 from allocator.services.supply import kit_rules
-from allocator.services.supply import labels as supply_labels
 from allocator.services.supply import stock as supply_stock
 from allocator.trialdef import TrialDefinition
 
@@ -343,7 +332,7 @@ def dispensation_sheet(
             .order_by(PrintedDocument.id)
             .limit(1)
         ).scalar_one_or_none()
-        document_id = supply_labels.next_document_id(session, trial, "DISP")
+        document_id = documents.next_document_id(session, trial, "DISP")
         sheet = kitlib.DispensationSheet(
             site_code=site.code,
             site_name=site.name,
@@ -359,32 +348,22 @@ def dispensation_sheet(
             document=kitlib.DocumentMeta(document_id=document_id, created_at=now, reprint_number=previous),
         )
         pdf = kitlib.render_dispensation_sheet(kit_rules.label_info(definition, ctx.settings.env), sheet)
-        session.add(
-            PrintedDocument(
-                trial_id=trial.id,
-                kind="dispensation_sheet",
-                document_id=document_id,
-                subject_id=subject.id,
-                items=[r.kit_number for r in rows],
-                reprint_of=original,
-                reprint_number=previous,
-                content_sha256=hashlib.sha256(pdf).hexdigest(),
-                content=pdf,
-                printed_at=now,
-                printed_by_id=actor.user_id,
-                printed_by_name=actor.name,
-            )
-        )
-        ctx.audit.record(
+        documents.record_print(
+            ctx,
             session,
-            actor=actor,
-            chain=trial.code,
-            action=Action.DOCUMENT_PRINTED,
-            object_type="printed_document",
-            object_id=document_id,
+            actor,
+            trial,
+            kind="dispensation_sheet",
+            document_id=document_id,
+            pdf=pdf,
+            items=[r.kit_number for r in rows],
+            now=now,
+            subject_id=subject.id,
+            reprint_number=previous,
+            reprint_of=original,
+            audit={"kind": "dispensation_sheet", "subject": number, "reprint": previous},
             site_code=site.code,
-            new={"kind": "dispensation_sheet", "subject": number, "reprint": previous},
-            at=now,
+            keep_content=True,
         )
         return document_id, pdf
 

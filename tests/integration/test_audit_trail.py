@@ -12,6 +12,7 @@ from sqlalchemy import select
 from allocator.audit import Action, Actor
 from allocator.models import AuditEvent, Site
 from allocator.permissions import Scope
+from allocator.printing import safe_csv
 from allocator.services import audit_trail
 from allocator.services.audit_trail import AuditFilter
 from allocator.services.context import ServiceContext
@@ -128,7 +129,7 @@ def test_csv_export_neutralises_formulas_and_is_audited(ctx: ServiceContext) -> 
     assert sealed_row[header.index("sealed_value")] == "present"
     assert "=HYPERLINK" in sealed_row[header.index("new_values")]  # inside JSON, not at the start of a cell
     assert not any(cell.startswith(("=", "+", "-", "@")) for row in data for cell in row)
-    assert audit_trail.neutralise_cell("-1") == "'-1" and audit_trail.neutralise_cell("@x") == "'@x"
+    assert safe_csv.neutralise_cell("-1") == "'-1" and safe_csv.neutralise_cell("@x") == "'@x"
     with ctx.db.reading() as s:
         export = s.execute(select(AuditEvent).where(AuditEvent.action == "audit.exported")).scalar_one()
     assert export.actor_username == "mon"

@@ -262,3 +262,28 @@ def test_the_checks_catch_a_planted_private_import_and_circle(tmp_path: Path) ->
     )
     edges, _ = import_graph(tmp_path, ("app",))
     assert import_circles(edges) == [["app.high", "app.low"]]
+
+
+# --- one safe CSV writer (issue 12, ACC-11) ---------------------------------------------------------
+
+
+def csv_writers(root: Path, top: str = "allocator") -> list[str]:
+    """Modules that write CSV themselves instead of through allocator/printing/safe_csv.py."""
+    return [
+        path.relative_to(root).as_posix()
+        for path in sorted((root / top).rglob("*.py"))
+        if path.relative_to(root).as_posix() != f"{top}/printing/safe_csv.py"
+        and ("csv.writer(" in (text := path.read_text(encoding="utf-8")) or "csv.DictWriter(" in text)
+    ]
+
+
+def test_every_csv_is_written_by_the_safe_writer() -> None:
+    assert (ROOT / "allocator/printing/safe_csv.py").is_file()
+    assert csv_writers(ROOT) == []
+
+
+def test_the_csv_check_catches_a_planted_writer(tmp_path: Path) -> None:
+    _plant(tmp_path, {"allocator/printing/safe_csv.py": "w = csv.writer(b)\n", "allocator/a.py": "x = 1\n"})
+    assert csv_writers(tmp_path) == []
+    _plant(tmp_path, {"allocator/services/b.py": "w = csv.writer(buffer, lineterminator='\\n')\n"})
+    assert csv_writers(tmp_path) == ["allocator/services/b.py"]

@@ -3,9 +3,7 @@ package and an investigator's own subject's arm after the final unblinding (UNB-
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -15,8 +13,8 @@ from sqlalchemy.orm import Session
 from allocator.audit import Action, Actor
 from allocator.models import InterimPackage, Site, Subject, Trial, TrialStatus
 from allocator.permissions import Scope
+from allocator.printing.safe_csv import csv_text
 from allocator.services import arm_access, signatures
-from allocator.services.audit_trail import neutralise_cell
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, FieldProblem, ValidationFailed
 from allocator.services.lookups import current_definition, get_trial, require_unblinded
@@ -124,13 +122,13 @@ def _strata(values: dict[str, str]) -> str:
 
 
 def _csv(title: str, trial: Trial, rows: list[ListingRow], now: datetime, by: str) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([f"# {title}", trial.code, f"released {now:%Y-%m-%dT%H:%M:%SZ}", f"by {by}"])
-    writer.writerow(LISTING_COLUMNS)
-    for row in rows:
-        writer.writerow([neutralise_cell(c) for c in row.cells()])
-    return out.getvalue()
+    return csv_text(
+        [
+            [f"# {title}", trial.code, f"released {now:%Y-%m-%dT%H:%M:%SZ}", f"by {by}"],
+            LISTING_COLUMNS,
+            *(row.cells() for row in rows),
+        ]
+    )
 
 
 def unblinded_listing(

@@ -1,5 +1,4 @@
-"""Generate the randomization lists of a trial: blocks per stratum, or minimization strata
-(RND-01, RND-03, RND-13)."""
+"""Generate the randomization lists of a trial: blocks per stratum, or minimization strata."""
 
 from __future__ import annotations
 

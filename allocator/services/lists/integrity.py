@@ -1,5 +1,5 @@
 """Integrity of the stored lists: storage and signature checks, and the independent
-re-generation from the seeds (verify)."""
+re-generation from the seeds (verify) (RND-10, ACC-15, RND-03)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The design quality report of a trial's lists: computed, as a page, as a PDF (RND-12)."""
+"""The design quality report of a trial's lists: computed, as a page, as a PDF (RND-01, REP-01)."""
 
 from __future__ import annotations
 

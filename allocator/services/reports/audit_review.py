@@ -1,4 +1,4 @@
-"""Audit review report (AUD-05, AUD-09) and its signed
+"""Audit review report (AUD-09) and its signed
 reviews."""
 
 from __future__ import annotations

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from allocator.audit import Action, Actor
 from allocator.permissions import Scope
-from allocator.printing import monitoring_reports
-from allocator.services import audit_trail
+from allocator.printing import monitoring_reports, safe_csv
 from allocator.services.context import ServiceContext
 from allocator.services.errors import FieldProblem, ValidationFailed
 from allocator.services.reports.catalogue import ReportView, build
@@ -21,22 +18,11 @@ from allocator.services.reports.filters import ReportFilter
 def to_csv(view: ReportView) -> str:
     """Metadata rows ("# key", value), summary rows ("# summary", key, value), then each table as a
     "# section" row, its header and its rows. Every cell is neutralised against formula injection."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
-
-    def row(cells: Iterable[str]) -> None:
-        writer.writerow([audit_trail.neutralise_cell(c) for c in cells])
-
-    for key, value in view.metadata():
-        row((f"# {key.lower()}", value))
-    for key, value in view.facts:
-        row(("# summary", key, value))
+    rows: list[Sequence[str]] = [(f"# {key.lower()}", value) for key, value in view.metadata()]
+    rows += [("# summary", key, value) for key, value in view.facts]
     for table in view.tables:
-        row(("# section", table.title))
-        row(table.columns)
-        for cells in table.rows:
-            row(cells)
-    return buffer.getvalue()
+        rows += [("# section", table.title), table.columns, *table.rows]
+    return safe_csv.csv_text(rows)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,5 @@
-"""Sequence generation and concealment report (CONSORT
-items 8-10)."""
+"""Sequence generation and concealment report (REP-01, REP-02,
+BLD-13)."""
 
 from __future__ import annotations
 

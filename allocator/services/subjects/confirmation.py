@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
-
 from sqlalchemy import func, select
 
 import kits as kitlib
-from allocator.audit import Action, Actor
+from allocator.audit import Actor
 from allocator.models import Kit, PrintedDocument, Site
 from allocator.permissions import Scope
+from allocator.services import documents
 from allocator.services.context import ServiceContext
 from allocator.services.errors import NotFound
 from allocator.services.lookups import current_definition, current_dispensations, get_trial, subject_in_reach
 from allocator.services.supply import kit_rules
-from allocator.services.supply import labels as supply_labels
 
 
 def confirmation_pdf(
@@ -44,7 +42,7 @@ def confirmation_pdf(
                 PrintedDocument.subject_id == subject.id, PrintedDocument.kind == "randomization_confirmation"
             )
         ).scalar_one()
-        document_id = supply_labels.next_document_id(session, trial, "RAND")
+        document_id = documents.next_document_id(session, trial, "RAND")
         pdf = kitlib.render_randomization_confirmation(
             kit_rules.label_info(definition, ctx.settings.env),
             kitlib.RandomizationConfirmation(
@@ -62,29 +60,19 @@ def confirmation_pdf(
                 ),
             ),
         )
-        session.add(
-            PrintedDocument(
-                trial_id=trial.id,
-                kind="randomization_confirmation",
-                document_id=document_id,
-                subject_id=subject.id,
-                items=[k.kit_number for k in kit_rows],
-                reprint_number=previous,
-                content_sha256=hashlib.sha256(pdf).hexdigest(),
-                printed_at=now,
-                printed_by_id=actor.user_id,
-                printed_by_name=actor.name,
-            )
-        )
-        ctx.audit.record(
+        documents.record_print(
+            ctx,
             session,
-            actor=actor,
-            chain=trial.code,
-            action=Action.DOCUMENT_PRINTED,
-            object_type="printed_document",
-            object_id=document_id,
+            actor,
+            trial,
+            kind="randomization_confirmation",
+            document_id=document_id,
+            pdf=pdf,
+            items=[k.kit_number for k in kit_rows],
+            now=now,
+            subject_id=subject.id,
+            reprint_number=previous,
+            audit={"kind": "randomization_confirmation", "subject": number, "reprint": previous},
             site_code=site.code,
-            new={"kind": "randomization_confirmation", "subject": number, "reprint": previous},
-            at=now,
         )
         return document_id, pdf

@@ -1,8 +1,16 @@
-"""Randomize a subject: the hot path (RND-01..RND-13).
+"""Randomize a subject: the hot path.
 
-Preview and randomize; the site, screening-number and stratum locks; the next slot of the active
-list (or a minimization decision); the kits drawn and the dispensation, kit event and notification
-rows written in the same unit of work."""
+The allocation is ONE transaction (RND-08): the screening entry, the next unused slot of the
+stratum (or the minimization decision), a random usable kit of that arm for every dispensing day
+at the site, the subject, its dispensation requests, the pharmacy notification and the audit
+entries. Locks are always taken in the same order — site, then stratum (or list), then kits, then
+the audit chain head — so concurrent allocations queue instead of deadlocking; on SQLite the write
+transaction (BEGIN IMMEDIATE) serialises them. Unique constraints back every rule: one subject per
+screening number, one subject per slot, one subject per kit.
+
+Refusals that must leave a trace (an ineligible patient in the screening log) are committed before
+the error is raised; every other refusal changes nothing.
+"""
 
 from __future__ import annotations
 

@@ -132,7 +132,7 @@ LIFECYCLE: dict[KitStatus, frozenset[KitStatus]] = {
 def move_kit(
     session: Session, kit: Kit, to_status: KitStatus, actor: Actor, reason: str, now: datetime
 ) -> None:
-    """The one way a kit changes status (BLD-04, LBL-11): the change must be in the lifecycle, its
+    """The one way a kit changes status (LBL-11): the change must be in the lifecycle, its
     history row (KitEvent) is written in the caller's transaction, then the status is set.
     Raises Conflict for a change the lifecycle does not hold. The randomization hot path allocates
     its kits with one bulk statement instead (subjects.randomize), a step listed here."""

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from datetime import date
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import select
 
 import kits as kitlib
-from allocator.audit import Action, Actor
-from allocator.models import Batch, Kit, PrintedDocument, Site, Trial
+from allocator.audit import Actor
+from allocator.models import Batch, Kit, PrintedDocument, Site
 from allocator.permissions import Scope
+from allocator.services import documents
 from allocator.services.context import ServiceContext
+from allocator.services.documents import next_document_id
 from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed
 from allocator.services.lookups import current_definition, get_trial
 from allocator.services.supply.kit_rules import KIT_UNIT, label_info, mac, number_from_scan
@@ -25,13 +25,6 @@ def _expiry(value: date | None) -> kitlib.Expiry:
     if value is None:  # pragma: no cover - every stored kit has an expiry
         raise Conflict("a kit without an expiry date cannot be labelled")
     return kitlib.Expiry(value.year, value.month)
-
-
-def next_document_id(session: Session, trial: Trial, prefix: str) -> str:
-    count = session.execute(
-        select(func.count()).select_from(PrintedDocument).where(PrintedDocument.trial_id == trial.id)
-    ).scalar_one()
-    return f"{prefix}-{trial.code}-{count + 1:06d}"
 
 
 def print_kit_labels(
@@ -135,32 +128,21 @@ def print_kit_labels(
         pdf = kitlib.render_label_sheet(
             label_info(definition, ctx.settings.env), labels, kind=label_kind, document=meta
         )
-        session.add(
-            PrintedDocument(
-                trial_id=trial.id,
-                kind=f"kit_labels_{label_kind.value}",
-                document_id=document_id,
-                subject_id=None,
-                items=numbers,
-                reprint_number=meta.reprint_number,
-                content_sha256=hashlib.sha256(pdf).hexdigest(),
-                printed_at=now,
-                printed_by_id=actor.user_id,
-                printed_by_name=actor.name,
-            )
-        )
-        ctx.audit.record(
+        documents.record_print(
+            ctx,
             session,
-            actor=actor,
-            chain=trial.code,
-            action=Action.DOCUMENT_PRINTED,
-            object_type="printed_document",
-            object_id=document_id,
-            new={
+            actor,
+            trial,
+            kind=f"kit_labels_{label_kind.value}",
+            document_id=document_id,
+            pdf=pdf,
+            items=numbers,
+            now=now,
+            reprint_number=meta.reprint_number,
+            audit={
                 "kind": f"kit_labels_{label_kind.value}",
                 "kits": len(numbers),
                 "reprint": meta.reprint_number,
             },
-            at=now,
         )
         return document_id, pdf

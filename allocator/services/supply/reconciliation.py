@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -13,6 +12,7 @@ from sqlalchemy.orm import Session
 import kits as kitlib
 from allocator.models import Batch, Kit, KitEvent, KitStatus, PrintedDocument, Shipment, Site, Trial
 from allocator.permissions import Scope
+from allocator.printing.safe_csv import csv_text
 from allocator.services.context import ServiceContext
 from allocator.services.lookups import get_trial
 from allocator.services.supply.kit_rules import S
@@ -176,10 +176,10 @@ def _shipment_discrepancies(session: Session, trial: Trial, scope: Scope) -> lis
 
 
 def reconciliation_csv(report: Reconciliation) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
+    """One row per site and batch, then one DISCREPANCY row per problem (ACC-11: text cells
+    neutralised, like every CSV of the service)."""
     statuses = [s.value for s in KitStatus]
-    writer.writerow(
+    rows: list[Sequence[object]] = [
         [
             "site",
             "batch",
@@ -189,9 +189,9 @@ def reconciliation_csv(report: Reconciliation) -> str:
             "labels_printed",
             "labels_reprinted",
         ]
-    )
+    ]
     for row in report.rows:
-        writer.writerow(
+        rows.append(
             [
                 row.site,
                 row.batch,
@@ -202,6 +202,5 @@ def reconciliation_csv(report: Reconciliation) -> str:
                 row.labels_reprinted,
             ]
         )
-    for problem in report.discrepancies:
-        writer.writerow(["DISCREPANCY", problem])
-    return buffer.getvalue()
+    rows += [["DISCREPANCY", problem] for problem in report.discrepancies]
+    return csv_text(rows)

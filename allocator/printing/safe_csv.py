@@ -1,0 +1,26 @@
+"""CSV exports that open safely in a spreadsheet: one line ending (CRLF, RFC 4180) and no text
+cell that can start a formula (ACC-11). Every CSV the service writes goes through `csv_text`."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Sequence
+
+
+def neutralise_cell(value: str) -> str:
+    """Stop spreadsheet formula injection (ACC-11): a cell starting with = + - @ TAB or CR is
+    prefixed with an apostrophe."""
+    if value and value[0] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def csv_text(rows: Iterable[Sequence[object]]) -> str:
+    """The rows as CSV text, CRLF line ends; each text cell neutralised (`neutralise_cell`), numbers
+    written as they are. An empty row is an empty line."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    for row in rows:
+        writer.writerow([neutralise_cell(cell) if isinstance(cell, str) else cell for cell in row])
+    return buffer.getvalue()

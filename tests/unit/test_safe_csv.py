@@ -1,0 +1,22 @@
+"""One safe CSV writer (issue 12, ACC-11): CRLF line ends, and no text cell that a spreadsheet
+would read as a formula; numbers are written as they are."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from allocator.printing.safe_csv import csv_text, neutralise_cell
+
+
+def test_text_cells_that_could_start_a_formula_are_neutralised_numbers_are_not() -> None:
+    text = csv_text([["site", "note", "count"], ["75-01", "=HYPERLINK(1)", -3], ["@SUM(A1)", "+1", 0], []])
+    assert text == "site,note,count\r\n75-01,'=HYPERLINK(1),-3\r\n'@SUM(A1),'+1,0\r\n\r\n"
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[1] == ["75-01", "'=HYPERLINK(1)", "-3"]
+
+
+def test_neutralise_cell_prefixes_every_formula_start() -> None:
+    for start in ("=", "+", "-", "@", "\t", "\r"):
+        assert neutralise_cell(f"{start}x") == f"'{start}x"
+    assert neutralise_cell("") == "" and neutralise_cell("a=b") == "a=b"
