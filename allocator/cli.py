@@ -25,12 +25,22 @@ from typing import Any, NoReturn
 import click
 from sqlalchemy import select
 
-from allocator import audit, crypto, migrate, resources
+from allocator import audit, crypto, manifest, migrate, resources
 from allocator.audit import Actor
 from allocator.db import Database
 from allocator.models import User
 from allocator.permissions import Scope
-from allocator.services import accounts, admin, codebreak, kits, lists, notifications, signatures, trials
+from allocator.services import (
+    accounts,
+    admin,
+    codebreak,
+    exports,
+    kits,
+    lists,
+    notifications,
+    signatures,
+    trials,
+)
 from allocator.services.context import ServiceContext
 from allocator.services.errors import DomainError
 from allocator.settings import Environment, Settings, SettingsError
@@ -566,3 +576,108 @@ def _serve(settings: Settings, host: str, port: int, *, workers: int) -> None:
 
     hide_server_header()
     _Server().run()
+
+
+# --- data leaving the instance: exports (DIB-04, DIB-07) ---------------------------------------
+
+
+class _TrialOrSubcommand(click.Group):
+    """`allocator export TRIAL ...` beside `allocator export verify PATH`: a first argument that names
+    no subcommand is a trial code (trial codes are upper case, subcommands lower case), handled by
+    the group's hidden default command."""
+
+    default_command = "run"
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+
+def _trusted_keys(public_keys: tuple[Path, ...]) -> list[str] | None:
+    """The public keys a manifest must be signed by: the files given, else this instance's audit
+    keys when its key directory is readable, else None (the manifest's own key, reported as such)."""
+    if public_keys:
+        try:
+            return [p.read_text("ascii") for p in public_keys]
+        except (OSError, UnicodeDecodeError) as exc:
+            _fail(f"--public-key: {exc}")
+    key_dir = os.environ.get("ALLOCATOR_KEY_DIR")
+    if key_dir:
+        try:
+            return list(crypto.audit_public_keys_pem(crypto.KeyRing.load(Path(key_dir))).values())
+        except (crypto.KeyError_, OSError):
+            return None
+    return None
+
+
+@main.group("export", cls=_TrialOrSubcommand)
+def export_group() -> None:
+    """Export a trial (`allocator export TRIAL --format odm|fhir|redcap|csv --out PATH [--unblinded]`)
+    with a signed manifest PATH.manifest.json, or check one (`allocator export verify PATH`)."""
+
+
+@export_group.command("run", hidden=True)
+@click.argument("trial")
+@click.option(
+    "--format", "fmt", type=click.Choice(exports.FORMATS), required=True, help="odm, fhir, redcap or csv"
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The file to write (for csv: a folder of tables); PATH.manifest.json is written beside it",
+)
+@click.option("--unblinded", is_flag=True, help="Add the arm (after the final unblinding; signed)")
+@click.option("--signer", help="With --unblinded: the unblinded statistician's user name (password asked)")
+@_domain
+def export_command(trial: str, fmt: str, out: Path, unblinded: bool, signer: str | None) -> None:
+    """Export TRIAL in a standard format, blinded unless --unblinded."""
+    target = manifest.manifest_path(out)
+    for path in (out, target):
+        if path.exists():
+            _fail(f"--out: {path} already exists (an export never overwrites a file)")
+    if not out.parent.is_dir():
+        _fail(f"--out: the folder {out.parent} does not exist")
+    settings = _settings()
+    with _context(settings) as ctx:
+        request_id = f"cli-{secrets.token_hex(6)}"
+        if unblinded:
+            if not signer:
+                _fail("--signer: an unblinded export is signed by the unblinded statistician")
+            actor = exports.unblinded_signer(ctx, signer, trial, request_id)
+            password = click.prompt(f"password of {signer}", hide_input=True, err=True)
+            otp = click.prompt("authenticator code (empty if none)", default="", show_default=False, err=True)
+            request = signatures.SignatureRequest(password=password, totp=otp or None)
+            made = exports.export_trial(
+                ctx, actor, trial, fmt, name=out.name, unblinded=True, signature=request
+            )
+        else:
+            made = exports.export_trial(ctx, _actor(), trial, fmt, name=out.name)
+    for relative, content in made.files.items():
+        path = out.parent / relative
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(content)
+    manifest.write(out, made.manifest)
+    rows = ", ".join(f"{n} {table}" for table, n in made.rows.items())
+    kind = "blinded" if made.blinded else "UNBLINDED"
+    click.echo(f"wrote {kind} {fmt} export of {trial} to {out} ({rows}) and {target.name}")
+
+
+@export_group.command("verify")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option(
+    "--public-key",
+    "public_keys",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A trusted audit public key (PEM); default: this instance's, when its key directory is readable",
+)
+def export_verify_command(path: Path, public_keys: tuple[Path, ...]) -> None:
+    """Check an export against its signed manifest: every file's SHA-256 and the signature."""
+    result = manifest.verify(path, _trusted_keys(public_keys))
+    click.echo(result.summary())
+    for problem in result.problems:
+        click.echo(f"  {problem}")
+    if not result.ok:
+        sys.exit(1)
