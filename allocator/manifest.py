@@ -60,9 +60,13 @@ def sign(ring: crypto.KeyRing, body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def dumps(manifest: Mapping[str, Any]) -> str:
+    return json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
 def write(path: Path, manifest: Mapping[str, Any]) -> Path:
     target = manifest_path(path)
-    target.write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n", "utf-8")
+    target.write_text(dumps(manifest), "utf-8")
     return target
 
 

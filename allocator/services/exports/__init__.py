@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -53,6 +54,16 @@ class Export:
     files: Mapping[str, bytes]
     rows: Mapping[str, int]
     manifest: Mapping[str, Any]
+
+
+def stamp(moment: datetime) -> str:
+    """A UTC time stamp for file names (20260302T093000Z)."""
+    return moment.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def manifest_text(signed: Mapping[str, Any]) -> str:
+    """The manifest as written beside an export (the command line and the web write the same)."""
+    return manifest.dumps(signed)
 
 
 def _check_format(fmt: str) -> None:
