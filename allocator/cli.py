@@ -33,6 +33,7 @@ from allocator.permissions import Scope
 from allocator.services import (
     accounts,
     admin,
+    archive,
     codebreak,
     exports,
     kits,
@@ -676,6 +677,46 @@ def export_command(trial: str, fmt: str, out: Path, unblinded: bool, signer: str
 def export_verify_command(path: Path, public_keys: tuple[Path, ...]) -> None:
     """Check an export against its signed manifest: every file's SHA-256 and the signature."""
     result = manifest.verify(path, _trusted_keys(public_keys))
+    click.echo(result.summary())
+    for problem in result.problems:
+        click.echo(f"  {problem}")
+    if not result.ok:
+        sys.exit(1)
+
+
+# --- the closing archive (DIB-05, AUD-08) --------------------------------------------------------
+
+
+@main.group("archive", cls=_TrialOrSubcommand)
+def archive_group() -> None:
+    """Write a trial's closing archive (`allocator archive TRIAL --out DIR`, after the database lock)
+    or check one offline (`allocator archive verify DIR`)."""
+
+
+@archive_group.command("run", hidden=True)
+@click.argument("trial")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="A new folder")
+@_domain
+def archive_command(trial: str, out: Path) -> None:
+    """Write the closing archive of TRIAL into the new folder --out."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        _fail(f"--out: {out} exists and is not an empty folder")
+    settings = _settings()
+    with _context(settings) as ctx:
+        done = archive.build(ctx, _actor(), trial, out)
+    kind = "with the lists and seeds (unblinded)" if done.unblinded else "blinded"
+    click.echo(
+        f"wrote the closing archive of {trial} to {out}: {done.files} files, {kind}, {done.manifest.name}"
+    )
+
+
+@archive_group.command("verify")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+def archive_verify_command(folder: Path) -> None:
+    """Check an archive with its files alone: hashes, manifest signature, audit chain end to end."""
+    if not folder.is_dir():
+        _fail(f"{folder}: no such folder")
+    result = archive.verify(folder)
     click.echo(result.summary())
     for problem in result.problems:
         click.echo(f"  {problem}")
