@@ -157,7 +157,10 @@ def _run(args: list[str]) -> None:
 
 
 def _snapshot_sqlite(url: str, work: Path) -> tuple[Path, Snapshot]:
-    source = sqlite3.connect(_sqlite_path(url))
+    path = _sqlite_path(url)
+    if not path.is_file():  # sqlite3.connect would create an empty file and back it up
+        raise BackupError(f"no database at {path}", errors=[FieldProblem("database_url", "no such file")])
+    source = sqlite3.connect(path)
     target_path = work / SQLITE_FILE
     target = sqlite3.connect(target_path)
     try:
@@ -357,78 +360,87 @@ class DrillReport:
         return out
 
 
+def _check_restored(
+    ctx: ServiceContext, actor: Actor, opened: Opened, url: str, checks: list[tuple[str, bool, str]]
+) -> None:
+    """The drill's checks of a restored scratch database, appended to `checks`."""
+    manifest = opened.manifest
+    revision = migrate.current_revision(url)
+    head = migrate.head_revision()
+    checks.append(("schema", revision == head, f"at {revision}, head is {head}"))
+    engine = connect_once(url)
+    try:
+        with engine.connect() as connection:
+            found = describe(connection)
+            expected = manifest.get("tables", {})
+            differing = sorted(
+                t for t in set(expected) | set(found.tables) if expected.get(t) != found.tables.get(t)
+            )
+            checks.append(
+                (
+                    "row counts",
+                    not differing,
+                    f"{len(found.tables)} tables as in the manifest"
+                    if not differing
+                    else "differ in " + ", ".join(differing),
+                )
+            )
+            heads_ok = {k: list(v) for k, v in found.audit_heads.items()} == manifest.get("audit_heads")
+            checks.append(("audit heads", heads_ok, f"{len(found.audit_heads)} chains as in the manifest"))
+            digests_ok = dict(found.list_digests) == manifest.get("list_digests")
+            checks.append(
+                (
+                    "list digests",
+                    digests_ok,
+                    f"{len(found.list_digests)} list versions as in the manifest",
+                )
+            )
+            results = [audit.verify_chain(connection, ctx.ring, chain) for chain in audit.chains(connection)]
+            broken = [r.summary() for r in results if not r.ok]
+            checks.append(
+                (
+                    "audit chains",
+                    not broken,
+                    f"{len(results)} chains, {sum(r.entries for r in results)} entries intact"
+                    if not broken
+                    else "; ".join(broken),
+                )
+            )
+    finally:
+        engine.dispose()
+    scratch = Database.connect(url)
+    try:
+        scratch_ctx = ServiceContext.build(
+            replace(ctx.settings, database_url=url, audit_witness=None),
+            scratch,
+            ctx.ring,
+            clock=ctx.clock,
+        )
+        integrity = lists.check_integrity(scratch_ctx, actor)
+    finally:
+        scratch.dispose()
+    bad = [r.label for r in integrity if not r.ok]
+    checks.append(
+        (
+            "list integrity",
+            not bad,
+            f"{len(integrity)} lists match their digests" if not bad else "differ: " + ", ".join(bad),
+        )
+    )
+
+
 def drill(ctx: ServiceContext, actor: Actor, opened: Opened) -> DrillReport:
     """Restore into scratch and check it; record the drill in the live audit trail (VAL-06)."""
     manifest = opened.manifest
     checks: list[tuple[str, bool, str]] = []
     with scratch_database(ctx.settings.database_url) as url:
-        restore(opened, url)
-        revision = migrate.current_revision(url)
-        head = migrate.head_revision()
-        checks.append(("schema", revision == head, f"at {revision}, head is {head}"))
-        engine = connect_once(url)
         try:
-            with engine.connect() as connection:
-                found = describe(connection)
-                expected = manifest.get("tables", {})
-                differing = sorted(
-                    t for t in set(expected) | set(found.tables) if expected.get(t) != found.tables.get(t)
-                )
-                checks.append(
-                    (
-                        "row counts",
-                        not differing,
-                        f"{len(found.tables)} tables as in the manifest"
-                        if not differing
-                        else "differ in " + ", ".join(differing),
-                    )
-                )
-                heads_ok = {k: list(v) for k, v in found.audit_heads.items()} == manifest.get("audit_heads")
-                checks.append(
-                    ("audit heads", heads_ok, f"{len(found.audit_heads)} chains as in the manifest")
-                )
-                digests_ok = dict(found.list_digests) == manifest.get("list_digests")
-                checks.append(
-                    (
-                        "list digests",
-                        digests_ok,
-                        f"{len(found.list_digests)} list versions as in the manifest",
-                    )
-                )
-                results = [
-                    audit.verify_chain(connection, ctx.ring, chain) for chain in audit.chains(connection)
-                ]
-                broken = [r.summary() for r in results if not r.ok]
-                checks.append(
-                    (
-                        "audit chains",
-                        not broken,
-                        f"{len(results)} chains, {sum(r.entries for r in results)} entries intact"
-                        if not broken
-                        else "; ".join(broken),
-                    )
-                )
-        finally:
-            engine.dispose()
-        scratch = Database.connect(url)
-        try:
-            scratch_ctx = ServiceContext.build(
-                replace(ctx.settings, database_url=url, audit_witness=None),
-                scratch,
-                ctx.ring,
-                clock=ctx.clock,
-            )
-            integrity = lists.check_integrity(scratch_ctx, actor)
-        finally:
-            scratch.dispose()
-        bad = [r.label for r in integrity if not r.ok]
-        checks.append(
-            (
-                "list integrity",
-                not bad,
-                f"{len(integrity)} lists match their digests" if not bad else "differ: " + ", ".join(bad),
-            )
-        )
+            restore(opened, url)
+        except BackupError as exc:
+            checks.append(("restore", False, exc.detail))
+        else:
+            checks.append(("restore", True, f"{opened.database_file} loaded into a scratch database"))
+            _check_restored(ctx, actor, opened, url, checks)
     report = DrillReport(str(manifest.get("taken_at")), all(good for _, good, _ in checks), tuple(checks))
     with ctx.db.unit_of_work() as session:
         ctx.audit.record(

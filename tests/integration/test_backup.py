@@ -180,6 +180,7 @@ def test_a_backup_under_write_load_restores_identically_and_the_drill_passes(
     report = backup.drill(ctx, CLI_ACTOR, opened)
     assert report.ok, report.lines()
     assert [name for name, _, _ in report.checks] == [
+        "restore",
         "schema",
         "row counts",
         "audit heads",
@@ -192,6 +193,21 @@ def test_a_backup_under_write_load_restores_identically_and_the_drill_passes(
             select(AuditEvent).where(AuditEvent.action == "backup.restore_drill")
         ).scalar_one()
     assert recorded.chain == "system" and '"ok":true' in (recorded.new_values or "")
+    # A drill can fail: a manifest that does not describe the data is caught, and recorded as failed.
+    wrong = backup.Opened(
+        {**opened.manifest, "tables": {**opened.manifest["tables"], "subject": 999}},
+        opened.database_file,
+        opened.data,
+    )
+    failed = backup.drill(ctx, CLI_ACTOR, wrong)
+    assert not failed.ok and "  [FAIL] row counts: differ in subject" in failed.lines()
+    with ctx.db.reading() as session:
+        drills = session.execute(
+            select(AuditEvent.new_values)
+            .where(AuditEvent.action == "backup.restore_drill")
+            .order_by(AuditEvent.seq)
+        ).scalars()
+        assert ['"ok":false' in (v or "") for v in drills] == [False, True]
 
 
 @pytest.mark.req("DIB-02")
