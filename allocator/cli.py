@@ -590,10 +590,13 @@ class _TrialOrSubcommand(click.Group):
 
     default_command = "run"
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
         if args and args[0] not in self.commands and not args[0].startswith("-"):
-            args = [self.default_command, *args]
-        return super().parse_args(ctx, args)
+            # An empty name: usage and errors read "allocator export  TRIAL ...", not "... run TRIAL".
+            return "", self.commands[self.default_command], args
+        return super().resolve_command(ctx, args)
 
 
 def _trusted_keys(public_keys: tuple[Path, ...]) -> list[str] | None:
