@@ -144,6 +144,10 @@ class Action(enum.StrEnum):
     # every read of an arm, by anyone, for any purpose (BLD-08)
     ARM_READ = "arm.read"
     AUDIT_REVIEWED = "audit.reviewed"
+    # data leaving the instance (DIB-04, DIB-05, DIB-07) and proven restores (DIB-02, VAL-06)
+    TRIAL_EXPORTED = "trial.exported"
+    TRIAL_ARCHIVED = "trial.archived"
+    RESTORE_DRILL = "backup.restore_drill"
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,12 +25,12 @@ from typing import Any, NoReturn
 import click
 from sqlalchemy import select
 
-from allocator import audit, crypto, migrate, resources
+from allocator import audit, crypto, manifest, migrate, resources
 from allocator.audit import Actor
 from allocator.db import Database, connection_budget_problem, server_connection_limit
 from allocator.models import User
 from allocator.permissions import Scope
-from allocator.services import codebreak, notifications, signatures, sites, trials
+from allocator.services import archive, backup, codebreak, exports, notifications, signatures, sites, trials
 from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
 from allocator.services.errors import DomainError
@@ -585,3 +585,212 @@ def _serve(settings: Settings, host: str, port: int, *, workers: int) -> None:
 
     hide_server_header()
     _Server().run()
+
+
+# --- data leaving the instance: exports (DIB-04, DIB-07) ---------------------------------------
+
+
+class _TrialOrSubcommand(click.Group):
+    """`allocator export TRIAL ...` beside `allocator export verify PATH`: a first argument that names
+    no subcommand is a trial code (trial codes are upper case, subcommands lower case), handled by
+    the group's hidden default command."""
+
+    default_command = "run"
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            # An empty name: usage and errors read "allocator export  TRIAL ...", not "... run TRIAL".
+            return "", self.commands[self.default_command], args
+        return super().resolve_command(ctx, args)
+
+
+def _trusted_keys(public_keys: tuple[Path, ...]) -> list[str] | None:
+    """The public keys a manifest must be signed by: the files given, else this instance's audit
+    keys when its key directory is readable, else None (the manifest's own key, reported as such)."""
+    if public_keys:
+        try:
+            return [p.read_text("ascii") for p in public_keys]
+        except (OSError, UnicodeDecodeError) as exc:
+            _fail(f"--public-key: {exc}")
+    key_dir = os.environ.get("ALLOCATOR_KEY_DIR")
+    if key_dir:
+        try:
+            return list(crypto.audit_public_keys_pem(crypto.KeyRing.load(Path(key_dir))).values())
+        except (crypto.KeyError_, OSError):
+            return None
+    return None
+
+
+@main.group("export", cls=_TrialOrSubcommand)
+def export_group() -> None:
+    """Export a trial (`allocator export TRIAL --format odm|fhir|redcap|csv --out PATH [--unblinded]`)
+    with a signed manifest PATH.manifest.json, or check one (`allocator export verify PATH`)."""
+
+
+@export_group.command("run", hidden=True)
+@click.argument("trial")
+@click.option(
+    "--format", "fmt", type=click.Choice(exports.FORMATS), required=True, help="odm, fhir, redcap or csv"
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The file to write (for csv: a folder of tables); PATH.manifest.json is written beside it",
+)
+@click.option("--unblinded", is_flag=True, help="Add the arm (after the final unblinding; signed)")
+@click.option("--signer", help="With --unblinded: the unblinded statistician's user name (password asked)")
+@_domain
+def export_command(trial: str, fmt: str, out: Path, unblinded: bool, signer: str | None) -> None:
+    """Export TRIAL in a standard format, blinded unless --unblinded."""
+    target = manifest.manifest_path(out)
+    for path in (out, target):
+        if path.exists():
+            _fail(f"--out: {path} already exists (an export never overwrites a file)")
+    if not out.parent.is_dir():
+        _fail(f"--out: the folder {out.parent} does not exist")
+    settings = _settings()
+    with _context(settings) as ctx:
+        request_id = f"cli-{secrets.token_hex(6)}"
+        if unblinded:
+            if not signer:
+                _fail("--signer: an unblinded export is signed by the unblinded statistician")
+            actor = exports.unblinded_signer(ctx, signer, trial, request_id)
+            password = click.prompt(f"password of {signer}", hide_input=True, err=True)
+            otp = click.prompt("authenticator code (empty if none)", default="", show_default=False, err=True)
+            request = signatures.SignatureRequest(password=password, totp=otp or None)
+            made = exports.export_trial(
+                ctx, actor, trial, fmt, name=out.name, unblinded=True, signature=request
+            )
+        else:
+            made = exports.export_trial(ctx, _actor(), trial, fmt, name=out.name)
+    for relative, content in made.files.items():
+        path = out.parent / relative
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(content)
+    manifest.write(out, made.manifest)
+    rows = ", ".join(f"{n} {table}" for table, n in made.rows.items())
+    kind = "blinded" if made.blinded else "UNBLINDED"
+    click.echo(f"wrote {kind} {fmt} export of {trial} to {out} ({rows}) and {target.name}")
+
+
+@export_group.command("verify")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option(
+    "--public-key",
+    "public_keys",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A trusted audit public key (PEM); default: this instance's, when its key directory is readable",
+)
+def export_verify_command(path: Path, public_keys: tuple[Path, ...]) -> None:
+    """Check an export against its signed manifest: every file's SHA-256 and the signature."""
+    result = manifest.verify(path, _trusted_keys(public_keys))
+    click.echo(result.summary())
+    for problem in result.problems:
+        click.echo(f"  {problem}")
+    if not result.ok:
+        sys.exit(1)
+
+
+# --- the closing archive (DIB-05, AUD-08) --------------------------------------------------------
+
+
+@main.group("archive", cls=_TrialOrSubcommand)
+def archive_group() -> None:
+    """Write a trial's closing archive (`allocator archive TRIAL --out DIR`, after the database lock)
+    or check one offline (`allocator archive verify DIR`)."""
+
+
+@archive_group.command("run", hidden=True)
+@click.argument("trial")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="A new folder")
+@_domain
+def archive_command(trial: str, out: Path) -> None:
+    """Write the closing archive of TRIAL into the new folder --out."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        _fail(f"--out: {out} exists and is not an empty folder")
+    settings = _settings()
+    with _context(settings) as ctx:
+        done = archive.build(ctx, _actor(), trial, out)
+    kind = "with the lists and seeds (unblinded)" if done.unblinded else "blinded"
+    click.echo(
+        f"wrote the closing archive of {trial} to {out}: {done.files} files, {kind}, {done.manifest.name}"
+    )
+
+
+@archive_group.command("verify")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+def archive_verify_command(folder: Path) -> None:
+    """Check an archive with its files alone: hashes, manifest signature, audit chain end to end."""
+    if not folder.is_dir():
+        _fail(f"{folder}: no such folder")
+    result = archive.verify(folder)
+    click.echo(result.summary())
+    for problem in result.problems:
+        click.echo(f"  {problem}")
+    if not result.ok:
+        sys.exit(1)
+
+
+# --- backups and restore drills (DIB-02, VAL-06) -------------------------------------------------
+
+
+@main.command("backup")
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The backup file to write"
+)
+@click.option(
+    "--recipient",
+    envvar="ALLOCATOR_BACKUP_RECIPIENT",
+    required=True,
+    help="The age public key the backup is encrypted to (default: ALLOCATOR_BACKUP_RECIPIENT)",
+)
+@_domain
+def backup_command(out: Path, recipient: str) -> None:
+    """Write an encrypted, consistent backup of the database while the service runs (never the keys)."""
+    if out.exists():
+        _fail(f"--out: {out} already exists (a backup never overwrites a file)")
+    settings = _settings()
+    blob, made = backup.create(settings.database_url, recipient)
+    out.write_bytes(blob)
+    out.chmod(0o600)
+    rows = sum(made["tables"].values())
+    click.echo(
+        f"wrote {out}: {made['backend']} backup taken at {made['taken_at']}, schema {made['schema_revision']}, "
+        f"{rows} rows, {len(made['audit_heads'])} audit chains, encrypted to {recipient[:12]}..."
+    )
+
+
+@main.command("restore")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--identity",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    envvar="ALLOCATOR_BACKUP_IDENTITY",
+    required=True,
+    help="The age identity (secret key) file that decrypts the backup (default: ALLOCATOR_BACKUP_IDENTITY)",
+)
+@click.option(
+    "--drill", is_flag=True, help="Restore into a scratch database, check it, report, record the drill"
+)
+@_domain
+def restore_command(file: Path, identity: Path, drill: bool) -> None:
+    """Restore FILE into the empty database of ALLOCATOR_DATABASE_URL, or run a restore drill."""
+    settings = _settings()
+    opened = backup.open_backup(file.read_bytes(), identity.read_text("ascii", errors="replace"))
+    if not drill:
+        backup.restore(opened, settings.database_url)
+        click.echo(
+            f"restored the backup taken at {opened.manifest['taken_at']} "
+            f"(schema {opened.manifest['schema_revision']}); keys are restored apart (README)"
+        )
+        return
+    with _context(settings) as ctx:
+        report = backup.drill(ctx, _actor(), opened)
+    for line in report.lines():
+        click.echo(line)
+    if not report.ok:
+        sys.exit(1)

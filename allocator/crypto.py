@@ -35,11 +35,11 @@ from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
 from cryptography.hazmat.primitives.twofactor import InvalidToken
 from cryptography.hazmat.primitives.twofactor.totp import TOTP
 
@@ -445,6 +445,50 @@ def sign_head(ring: KeyRing, message: bytes) -> CheckpointSignature:
 def verify_head(ring: KeyRing, key_id: str, message: bytes, signature: bytes) -> bool:
     """True when `signature` is a valid head signature of `message` by key `key_id`."""
     return _verify_audit(ring, key_id, _HEAD_DOMAIN + message, signature)
+
+
+_MANIFEST_DOMAIN = b"allocator/manifest/v1|"
+
+
+def sign_manifest(ring: KeyRing, message: bytes) -> CheckpointSignature:
+    """Ed25519 signature, with the audit key, over the manifest of an export or an archive (DIB-07).
+    Its own domain tag: a manifest signature never passes for a checkpoint or a head, nor the reverse."""
+    return _sign_audit(ring, _MANIFEST_DOMAIN + message)
+
+
+def verify_manifest_public(public_key_pem: str, message: bytes, signature: bytes) -> bool:
+    """Check a manifest signature with a public key alone (no key directory): for `export verify`
+    and `archive verify` on a machine that holds no secret."""
+    return _verify_public(public_key_pem, _MANIFEST_DOMAIN + message, signature)
+
+
+def verify_checkpoint_public(public_key_pem: str, message: bytes, signature: bytes) -> bool:
+    """`verify_checkpoint` with a public key alone (an archived audit chain, DIB-05)."""
+    return _verify_public(public_key_pem, _CHECKPOINT_DOMAIN + message, signature)
+
+
+def verify_head_public(public_key_pem: str, message: bytes, signature: bytes) -> bool:
+    """`verify_head` with a public key alone (an archived audit chain, DIB-05)."""
+    return _verify_public(public_key_pem, _HEAD_DOMAIN + message, signature)
+
+
+def _verify_public(public_key_pem: str, message: bytes, signature: bytes) -> bool:
+    try:
+        public = load_pem_public_key(public_key_pem.encode("ascii"))
+    except (ValueError, UnsupportedAlgorithm):
+        return False
+    if not isinstance(public, Ed25519PublicKey):
+        return False
+    return _verify_ed25519(public, message, signature)
+
+
+def audit_public_keys_pem(ring: KeyRing) -> dict[str, str]:
+    """Every audit key's public half by key id (old keys included: they verify old checkpoints)."""
+    out = {}
+    for key in ring.keyset(Purpose.AUDIT).keys.values():
+        public = Ed25519PrivateKey.from_private_bytes(key.material).public_key()
+        out[key.key_id] = public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode("ascii")
+    return out
 
 
 def _sign_audit(ring: KeyRing, message: bytes) -> CheckpointSignature:

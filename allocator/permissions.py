@@ -93,6 +93,8 @@ class Permission(enum.StrEnum):
     AUDIT_REVIEW = "audit:review"  # sign off an audit-trail review period (AUD-09)
     TRIAL_LOCK = "trial:lock"
     TRIAL_UNBLIND = "trial:unblind"
+    EXPORT_BLINDED = "export:blinded"  # CDISC ODM, FHIR, REDCap, CSV without any arm (DIB-07)
+    EXPORT_UNBLINDED = "export:unblinded"  # the same with the arm, after the final unblinding, signed
     SITE_MANAGE = "site:manage"
     USER_MANAGE = "user:manage"
     ROLE_MANAGE = "role:manage"
@@ -149,9 +151,18 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         P.UNBLINDING_REPORT,
         P.CODE_BREAK_CHECK,
         P.AUDIT_REVIEW,
+        P.EXPORT_BLINDED,
     },
     Role.AUDITOR: _COMMON
-    | {P.SUBJECT_VIEW, P.SCREENING_VIEW, P.DISPENSATION_VIEW, P.KIT_VIEW, P.AUDIT_VIEW, P.REPORT_VIEW},
+    | {
+        P.SUBJECT_VIEW,
+        P.SCREENING_VIEW,
+        P.DISPENSATION_VIEW,
+        P.KIT_VIEW,
+        P.AUDIT_VIEW,
+        P.REPORT_VIEW,
+        P.EXPORT_BLINDED,
+    },
     Role.TRIAL_MANAGER: _COMMON
     | {
         P.SUBJECT_VIEW,
@@ -168,6 +179,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         P.UNBLINDING_REPORT,
         P.CODE_BREAK_CHECK,
         P.AUDIT_REVIEW,
+        P.EXPORT_BLINDED,
     },
     Role.ADMIN: frozenset(
         {
@@ -193,6 +205,8 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         P.TRIAL_UNBLIND,
         P.UNBLINDING_REPORT,
         P.CODE_BREAK_GENERATE,
+        P.EXPORT_BLINDED,
+        P.EXPORT_UNBLINDED,
     },
     Role.PHARMACOVIGILANCE: _COMMON | {P.SUBJECT_VIEW, P.UNBLINDING_PV, P.UNBLINDING_REPORT},
 }

@@ -239,6 +239,40 @@ class Unconfirmed:
     note: str
 
 
+_REDCAP_NAME = re.compile(r"^[a-z][a-z0-9_]{0,99}$")  # REDCap's rule for variable names
+_REDCAP_PREFIX = re.compile(r"^[a-z][a-z0-9_]{0,60}$")
+
+
+@dataclass(frozen=True, slots=True)
+class RedcapFields:
+    """Where the IWRS data go in the REDCap project used as the trial's EDC (`[exports.redcap]`,
+    DIB-07). Every name is a REDCap variable name; a kit field is `kit_prefix` + the day label in
+    lower case (`kit_d1`), a stratum field `strata_prefix` + the factor code, and the corrected
+    stratum `corrected_prefix` + the factor code."""
+
+    record_id: str = "record_id"
+    site: str = "site"
+    screening_number: str = "screening_number"
+    randomization_number: str = "rand_number"
+    randomization_datetime: str = "rand_datetime"
+    randomized_in_error: str = "rand_in_error"
+    blind_broken: str = "blind_broken"
+    withdrawal: str = "withdrawal"
+    withdrawal_date: str = "withdrawal_date"
+    arm: str = "rand_arm"  # only in an unblinded export, after the final unblinding
+    kit_prefix: str = "kit_"
+    dispensed_prefix: str = "dispensed_"
+    administered_prefix: str = "administered_"
+    strata_prefix: str = "strat_"
+    corrected_prefix: str = "strat_corr_"
+    event_name: str | None = None  # redcap_event_name, for a longitudinal project
+
+
+@dataclass(frozen=True, slots=True)
+class Exports:
+    redcap: RedcapFields = field(default_factory=RedcapFields)
+
+
 @dataclass(frozen=True, slots=True)
 class TrialDefinition:
     """A validated trial definition. Build it with `parse_definition` or `load_definition`."""
@@ -267,6 +301,7 @@ class TrialDefinition:
     labels: Labels
     sites: tuple[SiteDef, ...]
     unconfirmed: tuple[Unconfirmed, ...] = field(default=())
+    exports: Exports = field(default_factory=Exports)
 
     @property
     def arm_codes(self) -> tuple[str, ...]:
@@ -566,6 +601,7 @@ class _Parser:
         dispensing = _guard(self.dispensing, root, kit_types)
         labels = _guard(self.labels, root)
         unconfirmed = _guard(self.unconfirmed, root) or ()
+        exports = _guard(self.exports, root) or Exports()
         root.done()
         if (
             self.problems
@@ -591,6 +627,7 @@ class _Parser:
             labels=labels,
             sites=sites,
             unconfirmed=unconfirmed,
+            exports=exports,
             **trial,
         )
 
@@ -1059,6 +1096,32 @@ class _Parser:
                 continue
             out.append(item)
         return tuple(out)
+
+    def exports(self, root: _Node) -> Exports:
+        node = root.table("exports", required=False)
+        if node is None:
+            return Exports()
+        redcap_node = node.table("redcap", required=False)
+        node.done()
+        if redcap_node is None:
+            return Exports()
+        defaults = RedcapFields()
+        values: dict[str, Any] = {}
+        for name in RedcapFields.__dataclass_fields__:
+            prefix = name.endswith("_prefix")
+            value = _guard(
+                redcap_node.get_str,
+                name,
+                required=False,
+                pattern=_REDCAP_PREFIX if prefix else _REDCAP_NAME,
+                hint="a REDCap variable name: lower-case letters, digits and _, starting with a letter",
+            )
+            values[name] = value if value is not None else getattr(defaults, name)
+        redcap_node.done()
+        names = [v for k, v in values.items() if not k.endswith("_prefix") and v is not None]
+        for duplicate in sorted({n for n in names if names.count(n) > 1}):
+            redcap_node.problem("", f"the REDCap field {duplicate!r} is mapped twice")
+        return Exports(redcap=RedcapFields(**values))
 
 
 def _path_exists(data: Any, dotted: str) -> bool:

@@ -35,6 +35,7 @@ import html
 import io
 import json
 import re
+import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -686,11 +687,33 @@ class LeakChecker:
             return self.json_value(where, document, "log")
         return self.lines(where, line, "log")
 
+    def zip(self, where: str, data: bytes) -> list[Finding]:
+        """Every member of a ZIP (an export and its manifest), by its file name's type."""
+        self.seen.count("zip")
+        types = {
+            ".xml": "application/xml",
+            ".json": "application/json",
+            ".csv": "text/csv",
+            ".pdf": "application/pdf",
+        }
+        findings: list[Finding] = []
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            for name in archive.namelist():
+                findings += self.file_name(f"{where} {name}", name)
+                kind = types.get(name[name.rfind(".") :].lower(), "text/plain")
+                findings += self.body(f"{where} {name}", kind, archive.read(name))
+        return findings
+
     def body(self, where: str, mimetype: str, data: bytes) -> list[Finding]:
         """A response body, by media type."""
         if mimetype == "application/pdf" or data.startswith(b"%PDF"):
             return self.pdf(where, data)
+        if mimetype == "application/zip" or data.startswith(b"PK\x03\x04"):
+            return self.zip(where, data)
         text = data.decode("utf-8", "replace")
+        if mimetype in ("application/xml", "text/xml"):
+            self.seen.count("xml")
+            return self.html(where, text)  # elements, attributes and text, as for a page
         if mimetype == "text/html":
             return self.html(where, text)
         if mimetype.endswith("json"):

@@ -26,6 +26,7 @@ from allocator.web import (
     supply,
 )
 from allocator.web import codebreak as codebreak_pages
+from allocator.web import exports as export_pages
 from allocator.web import reports as report_pages
 from allocator.web import unblinding as unblinding_pages
 
@@ -45,6 +46,7 @@ def register(app: Flask, ctx: ServiceContext) -> None:
     app.register_blueprint(unblinding_pages.bp)
     app.register_blueprint(codebreak_pages.bp)
     app.register_blueprint(report_pages.bp)
+    app.register_blueprint(export_pages.bp)
     app.register_blueprint(api.bp)
     security.csrf.exempt(api.bp)
     # Static files (CSS) are on the short public list: the login page needs them.

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+
 from flask import Blueprint, g, jsonify, request, url_for
 from werkzeug.wrappers import Response
 
 from allocator.permissions import Permission, requires
-from allocator.services import audit_trail, bedside, dispensing, signatures, trials, unblinding
+from allocator.services import audit_trail, bedside, dispensing, exports, signatures, trials, unblinding
 from allocator.services import idempotency as stored_answers
 from allocator.services.errors import FieldProblem, ValidationFailed
 from allocator.services.subjects import randomize as subjects_randomize
@@ -72,6 +75,26 @@ def audit_verify(trial: str) -> Response:
 # --- subjects, dispensing, bedside (contract.md) -----------------------------------------------
 
 _RANDOMIZE_FIELDS = {"site", "screening_number", "eligibility", "strata"}
+
+
+@bp.route("/trials/<trial>/exports/odm")
+@requires(Permission.EXPORT_BLINDED)
+def export_odm(trial: str) -> Response:
+    """The blinded ODM snapshot for an EDC (DIB-07); audited with its SHA-256, sent as Repr-Digest."""
+    code = current_trial().code
+    name = f"{code}-odm-{exports.stamp(ctx().now())}.xml"
+    made = exports.export_trial(ctx(), actor(Permission.EXPORT_BLINDED), code, "odm", name=name)
+    body = made.files[name]
+    digest = base64.b64encode(hashlib.sha256(body).digest()).decode("ascii")
+    return Response(
+        body,
+        mimetype="application/xml",
+        headers={
+            "Repr-Digest": f"sha-256=:{digest}:",
+            "Content-Disposition": f'attachment; filename="{name}"',
+            "Cache-Control": "no-store",
+        },
+    )
 
 
 def _json_body() -> dict[str, object]:

@@ -153,6 +153,30 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            "/trials/{trial}/exports/odm": {
+                "get": {
+                    "summary": "Blinded CDISC ODM 1.3.2 snapshot of the trial, for an EDC to pull (audited)",
+                    "description": "Every subject with its randomization number and time, strata as used and as "
+                    "corrected, kits per day, dispensing and administration times, withdrawal and blind broken; "
+                    "never an arm, a block or a list position. `Repr-Digest` (RFC 9530) carries the SHA-256 "
+                    "recorded in the audit trail.",
+                    "operationId": "exportOdm",
+                    "parameters": [_TRIAL],
+                    "responses": {
+                        "200": {
+                            "description": "The ODM document (validates against the ODM 1.3.2 schema)",
+                            "headers": {
+                                "Repr-Digest": {
+                                    "description": "sha-256 of the body",
+                                    "schema": {"type": "string"},
+                                }
+                            },
+                            "content": {"application/xml": {"schema": {"type": "string"}}},
+                        },
+                        **_COMMON_ERRORS,
+                    },
+                }
+            },
             "/trials/{trial}/subjects": {
                 "post": {
                     "summary": "Screen and randomize a patient (investigator of the site)",

@@ -667,6 +667,18 @@ MATRIX = [
         frozenset({"monitor", "trial_manager"}),
         "reports.sign",
     ),
+    # Data exports (DIB-07): blinded for the readers, unblinded for the unblinded statistician alone.
+    Row("exports", "GET", "/trials/IFNG-PAIS/exports", READERS, "exports.index"),
+    Row("ODM export", "GET", "/trials/IFNG-PAIS/exports/odm", READERS, "exports.download"),
+    Row("CSV export", "GET", "/trials/IFNG-PAIS/exports/csv", READERS, "exports.download"),
+    Row(
+        "unblinded export",
+        "POST",
+        "/trials/IFNG-PAIS/exports/unblinded",
+        frozenset({"unblinded_statistician"}),
+        "exports.unblinded",
+    ),
+    Row("API ODM export", "GET", "/api/v1/trials/IFNG-PAIS/exports/odm", READERS, "api.export_odm"),
     Row("sign out", "POST", "/logout", ALL, "auth.logout"),
 ]
 PUBLIC = {("auth.login", "GET"), ("auth.login", "POST"), ("main.health", "GET"), ("static", "GET")}
