@@ -91,6 +91,8 @@ def populated(ctx: ServiceContext) -> Populated:
         reason="the patient's family withdrew consent",
         scope=ALL,
         signature=SIGNED,
+        agreement_ref=None,
+        is_investigator=True,
     )
     corrections.correct_stratum(
         ctx,
