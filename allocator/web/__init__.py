@@ -11,7 +11,20 @@ from allocator.permissions import Permission, Role, public
 from allocator.services.context import ServiceContext
 from allocator.settings import Environment
 from allocator.version import __version__
-from allocator.web import account, admin, api, audit, auth, errors, lists, main, security, subjects, supply
+from allocator.web import (
+    account,
+    admin,
+    api,
+    audit,
+    auth,
+    errors,
+    i18n,
+    lists,
+    main,
+    security,
+    subjects,
+    supply,
+)
 from allocator.web import codebreak as codebreak_pages
 from allocator.web import reports as report_pages
 from allocator.web import unblinding as unblinding_pages
@@ -19,6 +32,7 @@ from allocator.web import unblinding as unblinding_pages
 
 def register(app: Flask, ctx: ServiceContext) -> None:
     security.install(app)
+    i18n.install(app)
     errors.install(app)
     app.register_blueprint(auth.bp)
     app.register_blueprint(main.bp)

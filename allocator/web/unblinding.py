@@ -10,12 +10,14 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from allocator.permissions import Permission, requires
 from allocator.services import signatures, trial_state, unblinding
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
 from allocator.services.trials import trial_definition
+from allocator.web import forms
 from allocator.web.security import actor, ctx, scope
 
 bp = Blueprint("unblinding", __name__)
@@ -55,6 +57,17 @@ def _page(template: str, http_status: int = 200, **values: object) -> Response:
 # --- emergency unblinding -------------------------------------------------------------------
 
 
+def _unblinding_labels() -> dict[str, str]:
+    return {
+        "subject": _("Subject number"),
+        "reason_category": _("Reason"),
+        "reason": _("Details"),
+        "confirm": _("Confirmation"),
+        "password": _("Your password (electronic signature)"),
+        "otp": _("Authenticator code"),
+    }
+
+
 @bp.route("/trials/<trial>/unblind", methods=["GET", "POST"])
 @requires(Permission.SUBJECT_UNBLIND)
 def emergency(trial: str) -> Response:
@@ -66,7 +79,7 @@ def emergency(trial: str) -> Response:
             trial=trial,
             reasons=reasons,
             values={"subject": request.args.get("subject", "")},
-            errors=[],
+            form=forms.FormState(),
             kind="emergency",
         )
     try:
@@ -88,8 +101,7 @@ def emergency(trial: str) -> Response:
             trial=trial,
             reasons=reasons,
             values=request.form,
-            errors=exc.errors,
-            detail=exc.detail,
+            form=forms.shown(exc, _unblinding_labels()),
             kind="emergency",
         )
     return _page("unblinding/revealed.html", trial=trial, revealed=revealed, kind="emergency")
@@ -105,7 +117,7 @@ def pharmacovigilance(trial: str) -> Response:
             trial=trial,
             reasons=reasons,
             values={"subject": request.args.get("subject", "")},
-            errors=[],
+            form=forms.FormState(),
             kind="pharmacovigilance",
         )
     try:
@@ -127,8 +139,7 @@ def pharmacovigilance(trial: str) -> Response:
             trial=trial,
             reasons=reasons,
             values=request.form,
-            errors=exc.errors,
-            detail=exc.detail,
+            form=forms.shown(exc, _unblinding_labels()),
             kind="pharmacovigilance",
         )
     return _page("unblinding/revealed.html", trial=trial, revealed=revealed, kind="pharmacovigilance")

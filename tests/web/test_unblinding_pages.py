@@ -115,14 +115,15 @@ def test_an_incomplete_form_names_its_fields_and_reveals_nothing(
     )
     page = response.get_data(as_text=True)
     assert response.status_code == 422
-    for field in ("reason_category", "reason", "confirm"):
-        assert f"<strong>{field}</strong>" in page
+    for field in ("reason_category", "reason", "confirm"):  # each error beside its field (issue 13)
+        assert f'id="{field}-error"' in page and f'href="#{field}"' in page
     assert not TREATMENT.search(text_of(page).replace("Emergency unblinding", ""))
     wrong = investigator.post(
         path,
         data={**FORM, "subject": number, "password": "wrong", "csrf_token": csrf_token(investigator, path)},
     )
-    assert wrong.status_code == 401 and "<strong>password</strong>" in wrong.get_data(as_text=True)
+    wrong_page = wrong.get_data(as_text=True)
+    assert wrong.status_code == 401 and 'id="password-error">is wrong' in wrong_page
     many = investigator.post(
         path, data={**FORM, "subject": "*", "csrf_token": csrf_token(investigator, path)}
     )
