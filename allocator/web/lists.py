@@ -8,21 +8,16 @@ from flask import Blueprint, Response, flash, redirect, render_template, request
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from allocator.permissions import Permission, requires
-from allocator.services import lists, signatures
+from allocator.services import lists
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
+from allocator.web import forms
 from allocator.web.security import actor, ctx, current_trial
 
 bp = Blueprint("lists", __name__)
 
 
-def _signature() -> signatures.SignatureRequest:
-    return signatures.SignatureRequest(
-        password=request.form.get("password", ""), totp=request.form.get("otp") or None
-    )
-
-
-def _flash_error(exc: DomainError) -> None:
-    flash(exc.detail + "".join(f" ({e.field}: {e.message})" for e in exc.errors), "error")
+_signature = forms.signature
+_flash_error = forms.flash_error
 
 
 def _done(trial: str, message: str, action: object) -> WerkzeugResponse:

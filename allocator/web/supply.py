@@ -11,28 +11,17 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 
 import kits as kitlib
 from allocator.permissions import NO_SCOPE, Permission, requires
-from allocator.services import admin, kits, signatures
+from allocator.services import admin, kits
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
+from allocator.web import forms
 from allocator.web.security import actor, ctx, current_user, scope
 
 bp = Blueprint("supply", __name__)
 
 
-def _form(name: str) -> str:
-    return (request.form.get(name) or "").strip()
-
-
-def _signature() -> signatures.SignatureRequest | None:
-    password = request.form.get("password") or ""
-    return (
-        signatures.SignatureRequest(password=password, totp=request.form.get("otp") or None)
-        if password
-        else None
-    )
-
-
-def _flash_error(exc: DomainError) -> None:
-    flash(exc.detail + "".join(f" ({e.field}: {e.message})" for e in exc.errors[:10]), "error")
+_form = forms.text
+_signature = forms.optional_signature
+_flash_error = forms.flash_error
 
 
 def _perform(action: Callable[[], object], success: str, target: str) -> WerkzeugResponse:

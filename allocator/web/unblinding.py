@@ -14,7 +14,7 @@ from flask_babel import gettext as _
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from allocator.permissions import Permission, requires
-from allocator.services import signatures, trial_state, unblinding
+from allocator.services import trial_state, unblinding
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
 from allocator.services.trials import trial_definition
 from allocator.web import forms
@@ -23,14 +23,8 @@ from allocator.web.security import actor, ctx, scope
 bp = Blueprint("unblinding", __name__)
 
 
-def _form(name: str) -> str:
-    return (request.form.get(name) or "").strip()
-
-
-def _signature() -> signatures.SignatureRequest:
-    return signatures.SignatureRequest(
-        password=request.form.get("password") or "", totp=request.form.get("otp") or None
-    )
+_form = forms.text
+_signature = forms.signature
 
 
 def _local_time(name: str, trial: str) -> datetime:
@@ -235,7 +229,7 @@ def _step(trial: str, change: str) -> WerkzeugResponse:
     try:
         step = action(ctx(), actor(permission), trial, reason=_form("reason"), signature=_signature())
     except DomainError as exc:
-        flash(exc.detail + "".join(f" ({e.field}: {e.message})" for e in exc.errors[:10]), "error")
+        forms.flash_error(exc)
     else:
         flash(f"{trial} is now {step.to_status} ({step.signature.line()}).", "ok")
     return redirect(url_for("unblinding.closeout", trial=trial), code=303)
