@@ -93,6 +93,15 @@ KNOWN = frozenset(
         N_("confirm that you want to break the blind of this subject"),
         N_("give a date and time"),
         N_("give the time with its time zone"),
+        N_("name the person who opened the sheet"),
+        N_("investigator, physician, pharmacist or other"),
+        N_("the offline unblinding cannot be registered"),
+        N_("opened before the subject was randomized"),
+        N_("is before the randomization of the kit's subject"),
+        N_("the report is incomplete"),
+        N_("the report names a treatment"),
+        N_("do not write the treatment in this report: it is read by blinded staff"),
+        N_("name the subject or the site"),
         # corrections and withdrawals
         N_("is longer than allowed"),
     }

@@ -48,6 +48,31 @@ def _page(template: str, http_status: int = 200, **values: object) -> Response:
     return Response(html, status=http_status, mimetype="text/html")
 
 
+def _offline_labels() -> dict[str, str]:
+    return {
+        "sheet_number": _("Sheet number (scan or type)"),
+        "opened_at": _("Opened at (site time)"),
+        "opened_by": _("Opened by (name)"),
+        "opened_by_role": _("Their role"),
+        "reason_category": _("Reason"),
+        "reason": _("Details"),
+        "password": _("Your password (electronic signature)"),
+        "otp": _("Authenticator code"),
+    }
+
+
+def _accidental_labels() -> dict[str, str]:
+    return {
+        "subject": _("Subject number (if one subject's treatment was exposed)"),
+        "site": _("Or the site concerned"),
+        "occurred_at": _("When it happened (site time)"),
+        "persons_unblinded": _("Who was unblinded (names and roles)"),
+        "how": _("How"),
+        "impact": _("Impact on the trial"),
+        "actions": _("Actions taken"),
+    }
+
+
 # --- emergency unblinding -------------------------------------------------------------------
 
 
@@ -145,7 +170,9 @@ def offline(trial: str) -> Response | WerkzeugResponse:
     """Register the opening of a sealed code-break sheet once the service is back (UNB-06)."""
     reasons = unblinding.EMERGENCY_REASONS
     if request.method == "GET":
-        return _page("unblinding/offline.html", trial=trial, reasons=reasons, values={}, errors=[])
+        return _page(
+            "unblinding/offline.html", trial=trial, reasons=reasons, values={}, form=forms.FormState()
+        )
     try:
         recorded = unblinding.register_offline(
             ctx(),
@@ -167,12 +194,15 @@ def offline(trial: str) -> Response | WerkzeugResponse:
             trial=trial,
             reasons=reasons,
             values=request.form,
-            errors=exc.errors,
-            detail=exc.detail,
+            form=forms.shown(exc, _offline_labels()),
         )
     flash(
-        f"The opening of sheet {recorded.sheet_number} is registered: {recorded.subject_number} is marked "
-        "blind broken and the sponsor and monitors are notified.",
+        _(
+            "The opening of sheet %(sheet)s is registered: %(subject)s is marked blind broken and the "
+            "sponsor and monitors are notified.",
+            sheet=recorded.sheet_number,
+            subject=recorded.subject_number,
+        ),
         "ok",
     )
     return redirect(url_for("subjects.subject_page", trial=trial, subject=recorded.subject_number), code=303)
@@ -183,7 +213,7 @@ def offline(trial: str) -> Response | WerkzeugResponse:
 def accidental(trial: str) -> Response | WerkzeugResponse:
     """Report an accidental or unplanned unblinding (UNB-09)."""
     if request.method == "GET":
-        return _page("unblinding/accidental.html", trial=trial, values={}, errors=[])
+        return _page("unblinding/accidental.html", trial=trial, values={}, form=forms.FormState())
     try:
         unblinding.report_accidental(
             ctx(),
@@ -206,10 +236,9 @@ def accidental(trial: str) -> Response | WerkzeugResponse:
             exc.status,
             trial=trial,
             values=request.form,
-            errors=exc.errors,
-            detail=exc.detail,
+            form=forms.shown(exc, _accidental_labels()),
         )
-    flash("The accidental unblinding is recorded; the trial manager and the monitors are notified.", "ok")
+    flash(_("The accidental unblinding is recorded; the trial manager and the monitors are notified."), "ok")
     return redirect(url_for("main.trial", trial=trial), code=303)
 
 

@@ -41,10 +41,8 @@ NOT_YET_CONVERTED = {
     "supply/reconciliation.html",
     "supply/shipments.html",
     "supply/stock.html",
-    "unblinding/accidental.html",
     "unblinding/closeout.html",
     "unblinding/not_yet.html",
-    "unblinding/offline.html",
     "unblinding/release.html",
     "unblinding/treatment.html",
 }

@@ -219,7 +219,7 @@ def test_an_accidental_unblinding_form_refuses_a_treatment_name_and_records_the_
         "actions": "Note removed; pharmacy retrained.",
     }
     refused = nurse.post(path, data={**data, "csrf_token": csrf_token(nurse, path)})
-    assert refused.status_code == 422 and "<strong>how</strong>" in refused.get_data(as_text=True)
+    assert refused.status_code == 422 and 'id="how-error"' in refused.get_data(as_text=True)
     data["how"] = "The pharmacy's preparation note was left with the syringe."
     done = nurse.post(path, data={**data, "csrf_token": csrf_token(nurse, path)})
     assert done.status_code == 303
@@ -297,7 +297,7 @@ def test_the_offline_registration_form_names_bad_fields(
         path,
         data={"sheet_number": "", "opened_at": "yesterday", "csrf_token": csrf_token(investigator, path)},
     )
-    assert response.status_code == 422 and "<strong>opened_at</strong>" in response.get_data(as_text=True)
+    assert response.status_code == 422 and 'id="opened_at-error"' in response.get_data(as_text=True)
     response = investigator.post(
         path,
         data={
@@ -309,4 +309,4 @@ def test_the_offline_registration_form_names_bad_fields(
             "csrf_token": csrf_token(investigator, path),
         },
     )
-    assert response.status_code == 404 and "<strong>sheet_number</strong>" in response.get_data(as_text=True)
+    assert response.status_code == 404 and 'id="sheet_number-error"' in response.get_data(as_text=True)
