@@ -19,7 +19,6 @@ TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 
 # Templates whose texts are still English only. Convert one, then remove it from here.
 NOT_YET_CONVERTED = {
-    "account/token_issued.html",
     "admin/_sessions.html",
     "admin/password_issued.html",
     "admin/sessions.html",
@@ -39,9 +38,7 @@ NOT_YET_CONVERTED = {
     "reports/index.html",
     "reports/report.html",
     "unblinding/closeout.html",
-    "unblinding/not_yet.html",
     "unblinding/release.html",
-    "unblinding/treatment.html",
 }
 
 # Texts that are the same in both languages on purpose.
