@@ -11,6 +11,7 @@ from allocator.permissions import Permission, requires
 from allocator.services import lists
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
 from allocator.web import forms
+from allocator.web.i18n import plain_number
 from allocator.web.security import actor, ctx, current_trial
 
 bp = Blueprint("lists", __name__)
@@ -115,7 +116,7 @@ def verify(trial: str) -> WerkzeugResponse:
 @bp.route("/trials/<trial>/lists/<int:list_id>/extend", methods=["POST"])
 @requires(Permission.LIST_MANAGE)
 def extend(trial: str, list_id: int) -> WerkzeugResponse:
-    raw = (request.form.get("additional") or "").strip()
+    raw = plain_number(request.form.get("additional") or "")  # "1 200" as French users type it
     chosen = request.form.getlist("stratum") or None
 
     def run() -> None:

@@ -14,6 +14,7 @@ from allocator.permissions import NO_SCOPE, Permission, requires
 from allocator.services import admin, kits
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
 from allocator.web import forms
+from allocator.web.i18n import plain_number
 from allocator.web.security import actor, ctx, current_user, scope
 
 bp = Blueprint("supply", __name__)
@@ -35,7 +36,7 @@ def _perform(action: Callable[[], object], success: str, target: str) -> Werkzeu
 
 
 def _int(name: str) -> int:
-    raw = _form(name)
+    raw = plain_number(_form(name))  # "1 200" as French users type it
     if not raw.isdigit():
         raise ValidationFailed(
             f"{name} must be a whole number", errors=[FieldProblem(name, "must be a whole number")]
