@@ -47,7 +47,8 @@ setup(
     packages=[*find_packages(include=["allocator", "allocator.*", "kits", "kits.*"]), *BUNDLED_PACKAGES],
     package_dir=BUNDLED_PACKAGES,
     package_data={
-        "allocator": ["data/*.txt"],
+        # the compiled French catalogue (committed, so the wheel needs no build step) and its source
+        "allocator": ["data/*.txt", "translations/*/LC_MESSAGES/*.mo", "translations/*/LC_MESSAGES/*.po"],
         **{name: BUNDLED[path.split(os.sep)[0]] for name, path in BUNDLED_PACKAGES.items()},
     },
 )

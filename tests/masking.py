@@ -66,6 +66,14 @@ GENERIC_MASKS = [
         "<TIME>",
     ),
     (re.compile(r"D:\d{14}[+-]\d{2}'\d{2}'"), "<PDF-TIME>"),
+    # Moments as the pages show them (issue 13): the site's time in the reader's language, UTC beside.
+    (
+        re.compile(
+            r"(?:[A-Z][a-z]{2,3} \d{1,2}, \d{4}|\d{1,2} [a-zéû]+\.? \d{4}), \d{2}:\d{2}"
+            r"(?: \((?:[A-Z][a-z]{2,3} \d{1,2}|\d{1,2} [a-zéû]+\.?), \d{2}:\d{2} UTC\)| \(\d{2}:\d{2} UTC\))?"
+        ),
+        "<TIME>",
+    ),
 ]
 
 

@@ -25,6 +25,8 @@ class User(Base):
     totp_enabled_at: Mapped[datetime | None]
     totp_last_step: Mapped[int | None] = mapped_column(BigInteger)  # replay protection (RFC 6238 §5.2)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # The interface language the user chose ("fr" or "en"); None: the browser's Accept-Language.
+    language: Mapped[str | None] = mapped_column(String(8))
     created_at: Mapped[datetime]
     deactivated_at: Mapped[datetime | None]
 

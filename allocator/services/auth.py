@@ -242,6 +242,7 @@ class Authenticated:
     mfa_pending: bool  # enrolled, code not yet entered in this session
     mfa_enrollment_required: bool
     totp_enrolled: bool
+    language: str | None = None  # the interface language chosen on the account, if any
 
 
 def resolve_session(
@@ -288,6 +289,7 @@ def resolve_session(
         grants=active_grants(session, user.id, now),
         session_id=row.id,
         mfa_verified=row.mfa_verified,
+        language=user.language,
     )
     if now - row.last_seen_at > _TOUCH_EVERY:
         pending.append(
@@ -311,6 +313,7 @@ def _authenticated(
     grants: tuple[Grant, ...],
     session_id: int | None,
     mfa_verified: bool,
+    language: str | None = None,
 ) -> Authenticated:
     access = Access(grants)
     return Authenticated(
@@ -323,6 +326,7 @@ def _authenticated(
         mfa_pending=totp_enrolled and not mfa_verified and session_id is not None,
         mfa_enrollment_required=not totp_enrolled and access.needs_mfa(),
         totp_enrolled=totp_enrolled,
+        language=language,
     )
 
 

@@ -19,6 +19,7 @@ from allocator.web import (
     auth,
     errors,
     hygiene,
+    i18n,
     lists,
     main,
     security,
@@ -34,6 +35,7 @@ from allocator.web import unblinding as unblinding_pages
 def register(app: Flask, ctx: ServiceContext) -> None:
     hygiene.install(app)  # first: nothing below may meet a NUL or a lone surrogate (issue 14)
     security.install(app)
+    i18n.install(app)
     errors.install(app)
     app.register_blueprint(auth.bp)
     app.register_blueprint(main.bp)

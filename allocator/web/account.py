@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
 from werkzeug.wrappers import Response
 
 from allocator.permissions import Permission, requires
 from allocator.services.accounts import user_admin, users
 from allocator.services.errors import DomainError
+from allocator.web import forms
 from allocator.web.security import actor, ctx, current_user
 
 bp = Blueprint("account", __name__)
@@ -34,7 +36,7 @@ def create_token() -> Response | str:
             ctx(), actor(Permission.ACCOUNT_SELF), me.username, request.form.get("name", "")
         )
     except DomainError as exc:
-        flash(exc.detail, "error")
+        forms.flash_error(exc, {"name": _("New token for")})
         return redirect(url_for("account.profile"), code=303)
     # Shown once, in this response only; only a digest is stored.
     return render_template("account/token_issued.html", token=created.token)
@@ -47,7 +49,7 @@ def revoke_token(token_id: int) -> Response:
     try:
         user_admin.revoke_token(ctx(), actor(Permission.ACCOUNT_SELF), token_id, owner_id=me.user_id)
     except DomainError as exc:
-        flash(exc.detail, "error")
+        forms.flash_error(exc, {"name": _("New token for")})
     else:
-        flash("Token revoked.", "ok")
+        flash(_("Token revoked."), "ok")
     return redirect(url_for("account.profile"), code=303)

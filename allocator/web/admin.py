@@ -13,18 +13,14 @@ from allocator.services import audit_trail, codebreak, sites
 from allocator.services.accounts import user_admin
 from allocator.services.accounts import users as accounts_users
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
+from allocator.web import forms
 from allocator.web.security import actor, ctx, safe_path, scope
 
 bp = Blueprint("admin", __name__)
 
 
-def _form(name: str) -> str:
-    return (request.form.get(name) or "").strip()
-
-
-def _flash_error(exc: DomainError) -> None:
-    details = "; ".join(f"{e.field}: {e.message}" for e in exc.errors)
-    flash(f"{exc.detail}" + (f" ({details})" if details else ""), "error")
+_form = forms.text
+_flash_error = forms.flash_error
 
 
 def _perform(action: Callable[[], object], success: str, target: str) -> Response:

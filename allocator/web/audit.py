@@ -9,6 +9,7 @@ from allocator.audit import SYSTEM_CHAIN, Action
 from allocator.permissions import Permission, requires
 from allocator.services import audit_trail, signatures
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
+from allocator.web import forms
 from allocator.web.security import actor, ctx, current_trial, scope
 
 bp = Blueprint("audit", __name__)
@@ -103,7 +104,7 @@ def review(trial: str) -> WerkzeugResponse:
             ),
         )
     except DomainError as exc:
-        flash(exc.detail + "".join(f" ({e.field}: {e.message})" for e in exc.errors), "error")
+        forms.flash_error(exc)
     else:
         flash(f"Review signed up to entry {raw}.", "ok")
     return redirect(url_for("audit.trail", trial=trial), code=303)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from flask import Blueprint, redirect, render_template, request, session, url_for
+from flask_babel import gettext as _
 from werkzeug.wrappers import Response
 
 from allocator.permissions import Permission, public, requires
 from allocator.services import auth as auth_service
 from allocator.services.errors import DomainError, FieldProblem
+from allocator.web import forms
 from allocator.web.qr import svg_data_uri
 from allocator.web.security import (
     DEVICE_COOKIE,
     SESSION_KEY,
+    clear_session,
     client,
     ctx,
     current_user,
@@ -26,7 +29,7 @@ bp = Blueprint("auth", __name__)
 @public
 def login() -> Response | str:
     if request.method == "GET":
-        return render_template("auth/login.html", next=request.args.get("next", ""), error=None)
+        return render_template("auth/login.html", next=request.args.get("next", ""), form=forms.FormState())
     username = request.form.get("username", "")
     password = request.form.get("password", "")
     try:
@@ -34,7 +37,7 @@ def login() -> Response | str:
     except DomainError as exc:
         status = exc.status
         html = render_template(
-            "auth/login.html", next=request.form.get("next", ""), error=exc.detail, username=username
+            "auth/login.html", next=request.form.get("next", ""), form=forms.shown(exc), username=username
         )
         return Response(html, status=status, mimetype="text/html")
     start_session(outcome.session_token)
@@ -58,7 +61,7 @@ def logout() -> Response:
     token = session.get(SESSION_KEY)
     if isinstance(token, str):
         auth_service.end_session(ctx(), token, "logout", client())
-    session.clear()
+    clear_session()
     return redirect(url_for("auth.login"))
 
 
@@ -66,7 +69,7 @@ def logout() -> Response:
 @requires(Permission.ACCOUNT_SELF)
 def change_password() -> Response | str:
     user = current_user()
-    errors: list[FieldProblem] = []
+    form = forms.FormState()
     if request.method == "POST":
         try:
             auth_service.change_password(
@@ -78,11 +81,21 @@ def change_password() -> Response | str:
                 client(),
             )
         except DomainError as exc:
-            errors = list(exc.errors)
+            form = forms.shown(exc, _password_labels())
         else:
             return redirect(url_for("main.home"))
-    html = render_template("auth/password.html", forced=user.must_change_password, errors=errors)
-    return Response(html, status=422 if errors else 200, mimetype="text/html")
+    html = render_template("auth/password.html", forced=user.must_change_password, form=form)
+    return Response(html, status=422 if form else 200, mimetype="text/html")
+
+
+def _password_labels() -> dict[str, str]:
+    return {
+        "current": _("Current (or one-time) password"),
+        "new": _("New password"),
+        "confirm": _("New password again"),
+        "password": _("Your password"),
+        "code": _("Code"),
+    }
 
 
 @bp.route("/account/totp", methods=["GET", "POST"])
@@ -92,18 +105,25 @@ def totp() -> Response | str:
     user = current_user()
     if not user.mfa_pending:
         return redirect(url_for("main.home"))
-    errors: list[FieldProblem] = []
+    form = forms.FormState()
     if request.method == "POST" and user.session_id is not None:
         try:
             auth_service.verify_second_factor(
                 ctx(), user.user_id, user.session_id, request.form.get("code", ""), client()
             )
         except DomainError as exc:
-            errors = list(exc.errors) or [FieldProblem("code", exc.detail)]
+            form = forms.shown(_on_code(exc), _password_labels())
         else:
             return redirect(url_for("main.home"))
-    html = render_template("auth/totp.html", errors=errors)
-    return Response(html, status=422 if errors else 200, mimetype="text/html")
+    html = render_template("auth/totp.html", form=form)
+    return Response(html, status=422 if form else 200, mimetype="text/html")
+
+
+def _on_code(exc: DomainError) -> DomainError:
+    """An error without a field is about the code (the only field of the form)."""
+    if exc.errors:
+        return exc
+    return type(exc)(exc.detail, errors=[FieldProblem("code", exc.detail)])
 
 
 @bp.route("/account/totp/enroll", methods=["GET", "POST"])
@@ -115,7 +135,7 @@ def totp_enroll() -> Response | str:
     user = current_user()
     if user.mfa_pending:
         return redirect(url_for("auth.totp"))
-    errors: list[FieldProblem] = []
+    form = forms.FormState()
     ticket = request.form.get("ticket", "")
     enrollment = None
     if request.method == "POST":
@@ -130,7 +150,7 @@ def totp_enroll() -> Response | str:
                 current_password=request.form.get("password"),
             )
         except DomainError as exc:
-            errors = list(exc.errors) or [FieldProblem("code", exc.detail)]
+            form = forms.shown(_on_code(exc), _password_labels())
             try:
                 enrollment = auth_service.enrollment_from_ticket(ctx(), user.user_id, ticket)
             except DomainError:
@@ -144,8 +164,8 @@ def totp_enroll() -> Response | str:
         secret=enrollment.secret_base32,
         ticket=enrollment.ticket,
         qr=svg_data_uri(enrollment.uri),
-        errors=errors,
+        form=form,
         required=user.mfa_enrollment_required,
         replacing=user.totp_enrolled,
     )
-    return Response(html, status=422 if errors else 200, mimetype="text/html")
+    return Response(html, status=422 if form else 200, mimetype="text/html")

@@ -11,28 +11,23 @@ from flask import Blueprint, Response, flash, redirect, render_template, request
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from allocator.permissions import Permission, requires
-from allocator.services import codebreak, signatures
+from allocator.services import codebreak
 from allocator.services.errors import DomainError
+from allocator.web import forms
 from allocator.web.security import actor, ctx, scope
 
 bp = Blueprint("codebreak", __name__)
 
 
-def _form(name: str) -> str:
-    return (request.form.get(name) or "").strip()
+_form = forms.text
 
 
 def _lines(name: str) -> list[str]:
     return [line.strip() for line in (request.form.get(name) or "").splitlines() if line.strip()]
 
 
-def _signature() -> signatures.SignatureRequest | None:
-    password = request.form.get("password") or ""
-    return signatures.SignatureRequest(password, request.form.get("otp") or None) if password else None
-
-
-def _flash_error(exc: DomainError) -> None:
-    flash(exc.detail + "".join(f" ({e.field}: {e.message})" for e in exc.errors[:10]), "error")
+_signature = forms.optional_signature
+_flash_error = forms.flash_error
 
 
 def _pdf(trial: str, make: Callable[[], codebreak.SheetDocument]) -> WerkzeugResponse:

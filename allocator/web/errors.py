@@ -7,8 +7,10 @@ key (ACC-13); the exception goes to the log under the same reference.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from flask import Flask, g, jsonify, render_template, request
+from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
@@ -17,6 +19,7 @@ from werkzeug.wrappers import Response
 from allocator.db import is_busy
 from allocator.logs import log_event
 from allocator.services.errors import DomainError
+from allocator.web import forms, messages
 from allocator.web.security import is_api_request
 
 PROBLEM_JSON = "application/problem+json"
@@ -46,13 +49,15 @@ def problem(
     return response
 
 
-def _page(status: int, title: str, detail: str, errors: list[dict[str, str]] | None = None) -> Response:
+def _page(status: int, title: str, detail: str, errors: Sequence[str] = ()) -> Response:
+    """The error page, in the reader's language: the title by status, the detail in plain words
+    (the API's problem documents keep the services' English)."""
     html = render_template(
         "errors/error.html",
         status=status,
         title=title,
         detail=detail,
-        errors=errors or [],
+        errors=list(errors),
         reference=g.get("request_id", "-"),
     )
     return Response(html, status=status, mimetype="text/html")
@@ -63,11 +68,37 @@ def render_domain(error: DomainError) -> Response:
     return _domain(error)
 
 
+def _titles() -> dict[int, str]:
+    return {
+        400: _("The request cannot be processed"),
+        401: _("Sign in first"),
+        403: _("Not allowed"),
+        404: _("Not found"),
+        405: _("Not possible this way"),
+        409: _("This conflicts with what is already recorded"),
+        413: _("Too large"),
+        422: _("Some answers need correcting"),
+        429: _("Too many attempts"),
+        500: _("Internal error"),
+    }
+
+
+def _http_details() -> dict[int, str]:
+    return {
+        403: _("Your roles do not allow this."),
+        404: _("There is no such page. Check the address, or go back to the home page."),
+        405: _("This page cannot be used this way. Go back and use its buttons."),
+        413: _("What was sent is too large."),
+    }
+
+
 def _domain(error: DomainError) -> Response:
     errors = [{"field": e.field, "message": e.message} for e in error.errors]
     if is_api_request():
         return problem(error.status, error.slug, error.title, error.detail, errors)
-    return _page(error.status, error.title, error.detail, errors)
+    state = forms.shown(error)
+    title = messages.title(error.title) or _titles().get(error.status, error.title)
+    return _page(error.status, title, state.summary, [e.line for e in state.errors])
 
 
 def _http(error: HTTPException) -> Response:
@@ -75,7 +106,10 @@ def _http(error: HTTPException) -> Response:
     slug = (error.name or "error").lower().replace(" ", "-")
     title = error.name or "Error"
     detail = error.description or title
-    response = problem(status, slug, title, detail) if is_api_request() else _page(status, title, detail)
+    if is_api_request():
+        response = problem(status, slug, title, detail)
+    else:
+        response = _page(status, _titles().get(status, title), _http_details().get(status, detail))
     allowed = getattr(error, "valid_methods", None)
     if status == 405 and allowed:
         response.headers["Allow"] = ", ".join(allowed)
@@ -86,7 +120,11 @@ def _csrf(error: CSRFError) -> Response:
     detail = "The form expired or was not sent from this site. Reload the page and try again."
     if is_api_request():
         return problem(400, "csrf", "Missing or invalid CSRF token", detail)
-    return _page(400, "The form could not be accepted", detail)
+    return _page(
+        400,
+        _("The form could not be accepted"),
+        _("The form expired or was not sent from this site. Reload the page and try again."),
+    )
 
 
 def _unexpected(error: Exception) -> Response:
@@ -102,7 +140,11 @@ def _unexpected(error: Exception) -> Response:
     detail = "Something went wrong on the server. Nothing was changed. Give this reference to support."
     if is_api_request():
         return problem(500, "internal-error", "Internal error", detail)
-    return _page(500, "Internal error", detail)
+    return _page(
+        500,
+        _("Internal error"),  # the title
+        _("Something went wrong on the server. Nothing was changed. Give this reference to support."),
+    )
 
 
 RETRY_AFTER_SECONDS = 2

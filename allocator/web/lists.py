@@ -8,25 +8,21 @@ from flask import Blueprint, Response, flash, redirect, render_template, request
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from allocator.permissions import Permission, requires
-from allocator.services import lookups, signatures
+from allocator.services import lookups
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
 from allocator.services.lists import approval, extension, generation, integrity, storage
 from allocator.services.lists import export as lists_export
 from allocator.services.lists import overview as lists_overview
 from allocator.services.lists import quality as lists_quality
+from allocator.web import forms
+from allocator.web.i18n import plain_number
 from allocator.web.security import actor, ctx, current_trial, current_user
 
 bp = Blueprint("lists", __name__)
 
 
-def _signature() -> signatures.SignatureRequest:
-    return signatures.SignatureRequest(
-        password=request.form.get("password", ""), totp=request.form.get("otp") or None
-    )
-
-
-def _flash_error(exc: DomainError) -> None:
-    flash(exc.detail + "".join(f" ({e.field}: {e.message})" for e in exc.errors), "error")
+_signature = forms.signature
+_flash_error = forms.flash_error
 
 
 def _done(trial: str, message: str, action: object) -> WerkzeugResponse:
@@ -128,7 +124,7 @@ def verify(trial: str) -> WerkzeugResponse:
 @requires(Permission.LIST_MANAGE)
 def extend(trial: str, list_id: int) -> WerkzeugResponse:
     """The first signature of an extension (RND-10): a proposal, applied once another person approves."""
-    raw = (request.form.get("additional") or "").strip()
+    raw = plain_number(request.form.get("additional") or "")  # "1 200" as French users type it
     chosen = request.form.getlist("stratum") or None
 
     def run() -> None:

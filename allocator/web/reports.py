@@ -15,6 +15,7 @@ from allocator.permissions import Permission, requires
 from allocator.services import signatures
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
 from allocator.services.reports import audit_review, catalogue, export, filters
+from allocator.web import forms
 from allocator.web.security import actor, ctx, current_trial, scope
 
 bp = Blueprint("reports", __name__)
@@ -159,7 +160,7 @@ def sign(trial: str, name: str) -> WerkzeugResponse:
             hours=(hours.hours_from, hours.hours_to),
         )
     except DomainError as exc:
-        flash(exc.detail + "".join(f" ({e.field}: {e.message})" for e in exc.errors), "error")
+        forms.flash_error(exc)
         args = {k: request.form.get(k, "") for k in ("since", "until", "hours_from", "hours_to")}
     else:
         flash(

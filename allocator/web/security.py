@@ -132,7 +132,7 @@ def _authenticate(
     g.auth_method = "session"
     auth = auth_service.resolve_session(service, token, db_session, later)
     if auth is None:
-        session.clear()
+        clear_session()
     return auth
 
 
@@ -286,10 +286,19 @@ def install(app: Flask) -> None:
 
 
 def start_session(token: str) -> None:
-    """Begin a fresh browser session holding only the server-side session id (new id at login)."""
-    session.clear()
+    """Begin a fresh browser session holding only the server-side session id (new id at login)
+    and the interface language chosen before signing in, if any."""
+    clear_session()
     session[SESSION_KEY] = token
     session.permanent = True
+
+
+def clear_session() -> None:
+    """Forget everything in the session cookie but the interface language the visitor chose."""
+    chosen = session.get("lang")
+    session.clear()
+    if isinstance(chosen, str):
+        session["lang"] = chosen
 
 
 def safe_path(target: str | None, default: str) -> str:

@@ -8,11 +8,12 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from allocator.permissions import Permission, Role, requires
 from allocator.services import bedside as services_bedside
-from allocator.services import dispensing, signatures
+from allocator.services import dispensing
 from allocator.services import sites as services_sites
 from allocator.services.closeout import state
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
@@ -21,34 +22,44 @@ from allocator.services.subjects import confirmation as subjects_confirmation
 from allocator.services.subjects import corrections, views
 from allocator.services.subjects import randomize as subjects_randomize
 from allocator.services.subjects import withdrawal as subjects_withdrawal
-from allocator.trialdef import BooleanCriterion, NumberCriterion
+from allocator.trialdef import BooleanCriterion, NumberCriterion, TrialDefinition
+from allocator.web import forms, messages
+from allocator.web.i18n import plain_number, tr
 from allocator.web.security import actor, ctx, current_trial, current_user, scope
 
 bp = Blueprint("subjects", __name__)
 
 
-def _form(name: str) -> str:
-    return (request.form.get(name) or "").strip()
+_form = forms.text
+_signature = forms.signature
+SUBJECT_FORMS = ("dispense", "replace", "stratum", "in-error", "withdrawal")
 
 
-def _signature() -> signatures.SignatureRequest:
-    return signatures.SignatureRequest(
-        password=request.form.get("password") or "", totp=request.form.get("otp") or None
-    )
-
-
-def _flash_error(exc: DomainError) -> None:
-    flash(exc.detail + "".join(f" ({e.field}: {e.message})" for e in exc.errors[:10]), "error")
-
-
-def _perform(action: Callable[[], object], success: str, target: str) -> WerkzeugResponse:
+def _perform(
+    action: Callable[[], object],
+    success: str,
+    target: str,
+    form_id: str | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> WerkzeugResponse:
+    """Run one service call for a form posted from another page, then go back there (PRG): on
+    success with a message; on a refusal with the errors beside the fields of form `form_id` and
+    what was typed kept (flashed at the top when there is no such form)."""
     try:
         action()
     except DomainError as exc:
-        _flash_error(exc)
+        if form_id is None or not exc.errors:  # about the subject's state, not a field: at the top
+            forms.flash_error(exc, labels)
+        else:
+            forms.remember(f"{target}#{form_id}", forms.shown(exc, labels))  # this subject's page only
+            return redirect(f"{target}#{form_id}", code=303)
     else:
         flash(success, "ok")
     return redirect(target, code=303)
+
+
+def _signature_labels() -> dict[str, str]:
+    return {"password": _("Your password (electronic signature)"), "otp": _("Authenticator code")}
 
 
 def _pdf(document_id: str, pdf: bytes) -> Response:
@@ -68,7 +79,8 @@ def _request_from_form() -> subjects_randomize.RandomizationRequest:
     for criterion in definition.eligibility:
         value = request.form.get(f"eligibility.{criterion.id}")
         if value is not None and value != "":
-            answers[criterion.id] = value
+            # "4 200" and "2,5" as French users type them (the form keeps what was typed).
+            answers[criterion.id] = plain_number(value) if isinstance(criterion, NumberCriterion) else value
     strata = {
         f.code: request.form.get(f"strata.{f.code}", "")
         for f in definition.stratification
@@ -79,7 +91,23 @@ def _request_from_form() -> subjects_randomize.RandomizationRequest:
     )
 
 
-def _randomize_page(errors: list[FieldProblem] | None = None, status: int = 200) -> Response:
+def _randomize_labels(definition: TrialDefinition) -> tuple[dict[str, str], dict[str, str]]:
+    """The form's labels by field name, and each English criterion, factor and level label in the
+    page's language (the services' messages name them in English)."""
+    labels = {"site": _("Site"), "screening_number": _("Screening number")}
+    names: dict[str, str] = {}
+    for criterion in definition.eligibility:
+        labels[f"eligibility.{criterion.id}"] = tr(criterion.label)
+        names[criterion.label.en] = tr(criterion.label)
+        names[criterion.id] = tr(criterion.label)  # a date window names its reference by id
+    for factor in definition.stratification:
+        labels[f"strata.{factor.code}"] = tr(factor.label)
+        names[factor.label.en] = tr(factor.label)
+        names.update({level.label.en: tr(level.label) for level in factor.levels})
+    return labels, names
+
+
+def _randomize_page(form: forms.FormState | None = None, status: int = 200) -> Response:
     definition = trial_definition(ctx(), current_trial().code)
     visible = scope(Permission.SUBJECT_RANDOMIZE)
     sites = [s for s in services_sites.sites(ctx(), current_trial().code) if visible.allows_site(s.id)]
@@ -89,8 +117,8 @@ def _randomize_page(errors: list[FieldProblem] | None = None, status: int = 200)
         definition=definition,
         sites=sites,
         values=request.form,
-        errors=errors or [],
-        error_fields={e.field for e in errors or []},
+        form=form or forms.FormState(),
+        criteria={c.id: c for c in definition.eligibility},
         BooleanCriterion=BooleanCriterion,
         NumberCriterion=NumberCriterion,
     )
@@ -111,6 +139,8 @@ def randomize(trial: str) -> Response:
     req = _request_from_form()
     if _form("step") == "edit":  # back from the confirmation step, every answer kept
         return _randomize_page()
+    definition = trial_definition(ctx(), trial)
+    labels, names = _randomize_labels(definition)
     try:
         if _form("step") != "confirm":
             preview = subjects_randomize.preview(ctx(), trial, req, scope(Permission.SUBJECT_RANDOMIZE))
@@ -121,8 +151,15 @@ def randomize(trial: str) -> Response:
                     "subjects/confirm.html",
                     trial=trial,
                     preview=preview,
+                    failures=[forms.plain(message, names) for _criterion, message in preview.failures],
+                    strata=[
+                        (names.get(factor, factor), names.get(level, level))
+                        for factor, level in preview.strata_labels.items()
+                        if factor != site_factor
+                    ],
+                    site_level=names.get(preview.strata_labels.get(site_factor, ""), ""),
                     values=request.form,
-                    site_factor=site_factor,
+                    site_label=names.get(site_factor, site_factor),
                 ),
                 mimetype="text/html",
             )
@@ -131,11 +168,14 @@ def randomize(trial: str) -> Response:
         )
     except subjects_randomize.Ineligible as exc:
         html = render_template(
-            "subjects/ineligible.html", trial=trial, error=exc, screening_number=req.screening_number
+            "subjects/ineligible.html",
+            trial=trial,
+            form=forms.shown(exc, labels, names),
+            screening_number=req.screening_number,
         )
         return Response(html, status=422, mimetype="text/html")
     except ValidationFailed as exc:
-        return _randomize_page(list(exc.errors), 422)
+        return _randomize_page(forms.shown(exc, labels, names), 422)
     return Response(
         render_template("subjects/randomized.html", trial=trial, result=result),
         status=201,
@@ -163,13 +203,14 @@ def subject_page(trial: str, subject: str) -> str:
     definition = trial_definition(ctx(), trial)
     access = current_user().access
     trial_id = current_trial().id
-    level_labels = {f.code: {lv.code: lv.label.en for lv in f.levels} for f in definition.stratification}
+    level_labels = {f.code: {lv.code: tr(lv.label) for lv in f.levels} for f in definition.stratification}
     return render_template(
         "subjects/detail.html",
         trial=trial,
         subject=view,
         definition=definition,
-        factor_labels={f.code: f.label.en for f in definition.stratification},
+        form_states={form_id: forms.recall(f"{request.path}#{form_id}") for form_id in SUBJECT_FORMS},
+        factor_labels={f.code: tr(f.label) for f in definition.stratification},
         level_labels=level_labels,
         can_correct=access.has(Permission.SUBJECT_CORRECT, trial_id),
         can_dispense=access.has(Permission.DISPENSATION_DISPENSE, trial_id),
@@ -203,8 +244,13 @@ def in_error(trial: str, subject: str) -> WerkzeugResponse:
             scope=scope(Permission.SUBJECT_CORRECT),
             signature=_signature(),
         ),
-        f"{subject} is flagged as randomized in error (signed). It stays in every report.",
+        _(
+            "%(subject)s is flagged as randomized in error (signed). It stays in every report.",
+            subject=subject,
+        ),
         url_for("subjects.subject_page", trial=trial, subject=subject),
+        "in-error",
+        {"reason": _("Reason"), **_signature_labels()},
     )
 
 
@@ -226,9 +272,22 @@ def withdrawal(trial: str, subject: str) -> WerkzeugResponse:
             agreement_ref=_form("investigator_agreement_ref") or None,
             is_investigator=is_investigator,
         ),
-        f"The withdrawal of {subject} is recorded (signed). No further dose will be dispensed or given; "
-        "the subject stays in every report.",
+        _(
+            "The withdrawal of %(subject)s is recorded (signed). No further dose will be dispensed or given; "
+            "the subject stays in every report.",
+            subject=subject,
+        ),
         url_for("subjects.subject_page", trial=trial, subject=subject),
+        "withdrawal",
+        {
+            "kind": _("Kind"),
+            "effective_date": _("Effective date (site's calendar date)"),
+            "reason": _("Reason"),
+            "investigator_agreement_ref": _(
+                "Reference of the investigator's agreement (if you are not the investigator)"
+            ),
+            **_signature_labels(),
+        },
     )
 
 
@@ -249,8 +308,17 @@ def stratum(trial: str, subject: str) -> WerkzeugResponse:
             agreement_ref=_form("investigator_agreement_ref") or None,
             is_investigator=is_investigator,
         ),
-        "The corrected value is recorded beside the one used at randomization (no re-randomization).",
+        _("The corrected value is recorded beside the one used at randomization (no re-randomization)."),
         url_for("subjects.subject_page", trial=trial, subject=subject),
+        "stratum",
+        {
+            "factor": _("Factor"),
+            "level": _("Correct level"),
+            "reason": _("Reason"),
+            "investigator_agreement_ref": _(
+                "Reference of the investigator's agreement (if you are not the investigator)"
+            ),
+        },
     )
 
 
@@ -261,6 +329,7 @@ def screening(trial: str) -> str:
         "subjects/screening.html",
         trial=trial,
         entries=views.screening_log(ctx(), trial, scope(Permission.SCREENING_VIEW)),
+        names=_randomize_labels(trial_definition(ctx(), trial))[1],
     )
 
 
@@ -296,8 +365,13 @@ def dispense(trial: str, subject: str) -> WerkzeugResponse:
             scope=scope(Permission.DISPENSATION_DISPENSE),
             signature=_signature(),
         ),
-        "Dispensed (signed). Print the dispensation sheet.",
+        _("Dispensed (signed). Print the dispensation sheet."),
         url_for("subjects.subject_page", trial=trial, subject=subject),
+        "dispense",
+        {
+            **{f"scans.{d.label}": _("%(day)s kit", day=d.label) for d in definition.dispensing.schedule},
+            **_signature_labels(),
+        },
     )
 
 
@@ -315,7 +389,7 @@ def print_sheet(trial: str, subject: str) -> WerkzeugResponse:
             scope(Permission.DISPENSATION_DISPENSE),
         )
     except DomainError as exc:
-        _flash_error(exc)
+        forms.flash_error(exc)
         return redirect(url_for("subjects.subject_page", trial=trial, subject=subject), code=303)
     return redirect(url_for("subjects.sheet", trial=trial, subject=subject, document=document_id), code=303)
 
@@ -344,8 +418,10 @@ def replace(trial: str, subject: str) -> WerkzeugResponse:
             reason=_form("reason"),
             scope=scope(Permission.DISPENSATION_DISPENSE),
         ),
-        "A replacement kit was allocated.",
+        _("A replacement kit was allocated."),
         url_for("subjects.subject_page", trial=trial, subject=subject),
+        "replace",
+        {"day": _("Day"), "cause": _("What happened"), "reason": _("Reason")},
     )
 
 
@@ -376,7 +452,8 @@ def bedside(trial: str) -> Response:
     """The nurse's phone page: scan the syringe label, check, record."""
     definition = trial_definition(ctx(), trial)
     result = None
-    error: DomainError | None = None
+    form = forms.FormState()
+    error_title = ""
     status = 200
     if request.method == "POST":
         try:
@@ -393,16 +470,34 @@ def bedside(trial: str) -> Response:
                 late_reason=_form("late_reason"),
             )
         except DomainError as exc:
-            error, status = exc, exc.status
+            form, status = forms.shown(exc, _bedside_labels()), exc.status
+            error_title = messages.title(exc.title) or _("The scan is refused")
     days = [d.label for d in definition.dispensing.schedule]
-    values: Mapping[str, str] = request.form if error else {}
+    values: Mapping[str, str] = form.values if form else {}
     if result is not None and result.day in days[:-1]:
         # Ready for the same patient's next dose; the label field stays empty for the next scan.
         values = {"subject_number": result.subject_number, "day": days[days.index(result.day) + 1]}
     html = render_template(
-        "subjects/bedside.html", trial=trial, days=days, result=result, error=error, values=values
+        "subjects/bedside.html",
+        trial=trial,
+        days=days,
+        result=result,
+        warnings=[forms.plain(w) for w in result.warnings] if result else [],
+        form=form,
+        error_title=error_title,
+        values=values,
     )
     return Response(html, status=status, mimetype="text/html")
+
+
+def _bedside_labels() -> dict[str, str]:
+    return {
+        "subject_number": _("Patient's subject number"),
+        "day": _("Dose"),
+        "payload": _("Syringe label"),
+        "administered_at": _("Time given (local time)"),
+        "late_reason": _("Why recorded late"),
+    }
 
 
 def _administered_at(zone: str) -> datetime | None:

@@ -11,7 +11,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 
 import kits as kitlib
 from allocator.permissions import NO_SCOPE, Permission, requires
-from allocator.services import signatures, sites
+from allocator.services import sites
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
 from allocator.services.supply import kit_lists, kit_rules
 from allocator.services.supply import kit_status as supply_kit_status
@@ -19,26 +19,16 @@ from allocator.services.supply import labels as supply_labels
 from allocator.services.supply import reconciliation as supply_reconciliation
 from allocator.services.supply import shipments as supply_shipments
 from allocator.services.supply import stock as supply_stock
+from allocator.web import forms
+from allocator.web.i18n import plain_number
 from allocator.web.security import actor, ctx, current_user, scope
 
 bp = Blueprint("supply", __name__)
 
 
-def _form(name: str) -> str:
-    return (request.form.get(name) or "").strip()
-
-
-def _signature() -> signatures.SignatureRequest | None:
-    password = request.form.get("password") or ""
-    return (
-        signatures.SignatureRequest(password=password, totp=request.form.get("otp") or None)
-        if password
-        else None
-    )
-
-
-def _flash_error(exc: DomainError) -> None:
-    flash(exc.detail + "".join(f" ({e.field}: {e.message})" for e in exc.errors[:10]), "error")
+_form = forms.text
+_signature = forms.optional_signature
+_flash_error = forms.flash_error
 
 
 def _perform(action: Callable[[], object], success: str, target: str) -> WerkzeugResponse:
@@ -52,7 +42,7 @@ def _perform(action: Callable[[], object], success: str, target: str) -> Werkzeu
 
 
 def _int(name: str) -> int:
-    raw = _form(name)
+    raw = plain_number(_form(name))  # "1 200" as French users type it
     if not raw.isdigit():
         raise ValidationFailed(
             f"{name} must be a whole number", errors=[FieldProblem(name, "must be a whole number")]

@@ -10,26 +10,22 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from allocator.permissions import Permission, requires
-from allocator.services import signatures, unblinding
+from allocator.services import unblinding
 from allocator.services.closeout import releases, state
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
 from allocator.services.lookups import trial_definition
+from allocator.web import forms
 from allocator.web.security import actor, ctx, scope
 
 bp = Blueprint("unblinding", __name__)
 
 
-def _form(name: str) -> str:
-    return (request.form.get(name) or "").strip()
-
-
-def _signature() -> signatures.SignatureRequest:
-    return signatures.SignatureRequest(
-        password=request.form.get("password") or "", totp=request.form.get("otp") or None
-    )
+_form = forms.text
+_signature = forms.signature
 
 
 def _local_time(name: str, trial: str) -> datetime:
@@ -53,7 +49,43 @@ def _page(template: str, http_status: int = 200, **values: object) -> Response:
     return Response(html, status=http_status, mimetype="text/html")
 
 
+def _offline_labels() -> dict[str, str]:
+    return {
+        "sheet_number": _("Sheet number (scan or type)"),
+        "opened_at": _("Opened at (site time)"),
+        "opened_by": _("Opened by (name)"),
+        "opened_by_role": _("Their role"),
+        "reason_category": _("Reason"),
+        "reason": _("Details"),
+        "password": _("Your password (electronic signature)"),
+        "otp": _("Authenticator code"),
+    }
+
+
+def _accidental_labels() -> dict[str, str]:
+    return {
+        "subject": _("Subject number (if one subject's treatment was exposed)"),
+        "site": _("Or the site concerned"),
+        "occurred_at": _("When it happened (site time)"),
+        "persons_unblinded": _("Who was unblinded (names and roles)"),
+        "how": _("How"),
+        "impact": _("Impact on the trial"),
+        "actions": _("Actions taken"),
+    }
+
+
 # --- emergency unblinding -------------------------------------------------------------------
+
+
+def _unblinding_labels() -> dict[str, str]:
+    return {
+        "subject": _("Subject number"),
+        "reason_category": _("Reason"),
+        "reason": _("Details"),
+        "confirm": _("Confirmation"),
+        "password": _("Your password (electronic signature)"),
+        "otp": _("Authenticator code"),
+    }
 
 
 @bp.route("/trials/<trial>/unblind", methods=["GET", "POST"])
@@ -67,7 +99,7 @@ def emergency(trial: str) -> Response:
             trial=trial,
             reasons=reasons,
             values={"subject": request.args.get("subject", "")},
-            errors=[],
+            form=forms.FormState(),
             kind="emergency",
         )
     try:
@@ -89,8 +121,7 @@ def emergency(trial: str) -> Response:
             trial=trial,
             reasons=reasons,
             values=request.form,
-            errors=exc.errors,
-            detail=exc.detail,
+            form=forms.shown(exc, _unblinding_labels()),
             kind="emergency",
         )
     return _page("unblinding/revealed.html", trial=trial, revealed=revealed, kind="emergency")
@@ -106,7 +137,7 @@ def pharmacovigilance(trial: str) -> Response:
             trial=trial,
             reasons=reasons,
             values={"subject": request.args.get("subject", "")},
-            errors=[],
+            form=forms.FormState(),
             kind="pharmacovigilance",
         )
     try:
@@ -128,8 +159,7 @@ def pharmacovigilance(trial: str) -> Response:
             trial=trial,
             reasons=reasons,
             values=request.form,
-            errors=exc.errors,
-            detail=exc.detail,
+            form=forms.shown(exc, _unblinding_labels()),
             kind="pharmacovigilance",
         )
     return _page("unblinding/revealed.html", trial=trial, revealed=revealed, kind="pharmacovigilance")
@@ -141,7 +171,9 @@ def offline(trial: str) -> Response | WerkzeugResponse:
     """Register the opening of a sealed code-break sheet once the service is back (UNB-06)."""
     reasons = unblinding.EMERGENCY_REASONS
     if request.method == "GET":
-        return _page("unblinding/offline.html", trial=trial, reasons=reasons, values={}, errors=[])
+        return _page(
+            "unblinding/offline.html", trial=trial, reasons=reasons, values={}, form=forms.FormState()
+        )
     try:
         recorded = unblinding.register_offline(
             ctx(),
@@ -163,12 +195,15 @@ def offline(trial: str) -> Response | WerkzeugResponse:
             trial=trial,
             reasons=reasons,
             values=request.form,
-            errors=exc.errors,
-            detail=exc.detail,
+            form=forms.shown(exc, _offline_labels()),
         )
     flash(
-        f"The opening of sheet {recorded.sheet_number} is registered: {recorded.subject_number} is marked "
-        "blind broken and the sponsor and monitors are notified.",
+        _(
+            "The opening of sheet %(sheet)s is registered: %(subject)s is marked blind broken and the "
+            "sponsor and monitors are notified.",
+            sheet=recorded.sheet_number,
+            subject=recorded.subject_number,
+        ),
         "ok",
     )
     return redirect(url_for("subjects.subject_page", trial=trial, subject=recorded.subject_number), code=303)
@@ -179,7 +214,7 @@ def offline(trial: str) -> Response | WerkzeugResponse:
 def accidental(trial: str) -> Response | WerkzeugResponse:
     """Report an accidental or unplanned unblinding (UNB-09)."""
     if request.method == "GET":
-        return _page("unblinding/accidental.html", trial=trial, values={}, errors=[])
+        return _page("unblinding/accidental.html", trial=trial, values={}, form=forms.FormState())
     try:
         unblinding.report_accidental(
             ctx(),
@@ -202,10 +237,9 @@ def accidental(trial: str) -> Response | WerkzeugResponse:
             exc.status,
             trial=trial,
             values=request.form,
-            errors=exc.errors,
-            detail=exc.detail,
+            form=forms.shown(exc, _accidental_labels()),
         )
-    flash("The accidental unblinding is recorded; the trial manager and the monitors are notified.", "ok")
+    flash(_("The accidental unblinding is recorded; the trial manager and the monitors are notified."), "ok")
     return redirect(url_for("main.trial", trial=trial), code=303)
 
 
@@ -225,7 +259,7 @@ def _step(trial: str, change: str) -> WerkzeugResponse:
     try:
         step = action(ctx(), actor(permission), trial, reason=_form("reason"), signature=_signature())
     except DomainError as exc:
-        flash(exc.detail + "".join(f" ({e.field}: {e.message})" for e in exc.errors[:10]), "error")
+        forms.flash_error(exc)
     else:
         flash(f"{trial} is now {step.to_status} ({step.signature.line()}).", "ok")
     return redirect(url_for("unblinding.closeout", trial=trial), code=303)

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
+from babel.dates import format_date
 from playwright.sync_api import expect
 
 from allocator.permissions import Scope
@@ -54,6 +55,8 @@ def test_a_withdrawal_stops_the_pharmacy_and_is_counted(live_server: LiveServer,
     patient, other = patients
     make_actor(ctx, "monitor1", "monitor")
     today = datetime.now(ZoneInfo("Europe/Paris")).date().isoformat()  # the trial's calendar date
+    # ... as the English pages write it (issue 13: dates in the reader's language)
+    shown_today = format_date(datetime.now(ZoneInfo("Europe/Paris")).date(), "medium", locale="en")
 
     # a. The investigator, on a phone: the subject's page, the withdrawal form, signed.
     inv = sign_in(new_page, live_server, "inv-p1", PHONE)
@@ -68,7 +71,7 @@ def test_a_withdrawal_stops_the_pharmacy_and_is_counted(live_server: LiveServer,
     form.get_by_role("button", name="Record the withdrawal (signed)").click()
     expect(inv.get_by_text(f"The withdrawal of {patient} is recorded (signed)")).to_be_visible()
     expect(inv.get_by_role("heading", name=re.compile(f"{patient}.*withdrawn"))).to_be_visible()
-    expect(inv.get_by_text(f"withdrawn (consent withdrawn) on {today}")).to_be_visible()
+    expect(inv.get_by_text(f"withdrawn (consent withdrawn) on {shown_today}")).to_be_visible()
     expect(inv.get_by_role("heading", name="Record a withdrawal")).to_have_count(0)
     assert not TREATMENT.search(inv.locator("main").inner_text())
     shot(inv, "51-investigator-withdrawn")

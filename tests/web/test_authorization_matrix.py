@@ -681,7 +681,13 @@ MATRIX = [
     Row("API ODM export", "GET", "/api/v1/trials/IFNG-PAIS/exports/odm", READERS, "api.export_odm"),
     Row("sign out", "POST", "/logout", ALL, "auth.logout"),
 ]
-PUBLIC = {("auth.login", "GET"), ("auth.login", "POST"), ("main.health", "GET"), ("static", "GET")}
+PUBLIC = {
+    ("auth.login", "GET"),
+    ("auth.login", "POST"),
+    ("language.choose", "POST"),  # the language switch, on the sign-in page too
+    ("main.health", "GET"),
+    ("static", "GET"),
+}
 
 
 def _secret(base32: str) -> bytes:

@@ -19,7 +19,7 @@ from allocator.web.openapi import document
 from tests.support import CLI_ACTOR, GOOD_PASSWORD, IFN_TRIAL, load_ifn, make_user
 from tests.web.conftest import csrf_token, https_client, sign_in
 
-PUBLIC_ENDPOINTS = {"auth.login", "main.health", "static"}
+PUBLIC_ENDPOINTS = {"auth.login", "language.choose", "main.health", "static"}
 
 
 def test_every_endpoint_declares_a_permission_or_is_on_the_public_list(app: Flask) -> None:

@@ -451,9 +451,14 @@ def test_a_withdrawal_is_recorded_from_the_subject_page_and_stops_the_bedside(
         },
         follow_redirects=True,
     )
-    assert refused.status_code == 200 and "effective_date: is not a date" in refused.get_data(as_text=True)
+    # Beside its field, named as the form labels it (issue 13), not by its code name.
+    refused_page = refused.get_data(as_text=True)
+    assert refused.status_code == 200 and 'id="effective_date-error">is not a date' in refused_page
+    assert "Effective date (site&#39;s calendar date): is not a date" in refused_page
+    assert "allergic reaction</textarea>" in refused_page  # what was typed is kept
     unsigned = inv.post(path, data={**data, "csrf_token": csrf_token(inv, page_path)}, follow_redirects=True)
-    assert "password: is wrong" in unsigned.get_data(as_text=True)
+    unsigned_page = unsigned.get_data(as_text=True)
+    assert 'id="password-error">is wrong' in unsigned_page and "allergic reaction</textarea>" in unsigned_page
     assert views.subject(ctx, TRIAL, number, ALL).withdrawal is None
 
     done = inv.post(
@@ -463,7 +468,7 @@ def test_a_withdrawal_is_recorded_from_the_subject_page_and_stops_the_bedside(
     )
     text = done.get_data(as_text=True)
     assert f"The withdrawal of {number} is recorded (signed)" in text
-    assert "withdrawn (treatment discontinued) on 2026-03-02" in text
+    assert "withdrawn (treatment discontinued) on Mar 2, 2026" in text
     assert "Record a withdrawal" not in text
     again = inv.post(
         path,

@@ -117,14 +117,15 @@ def test_an_incomplete_form_names_its_fields_and_reveals_nothing(
     )
     page = response.get_data(as_text=True)
     assert response.status_code == 422
-    for field in ("reason_category", "reason", "confirm"):
-        assert f"<strong>{field}</strong>" in page
+    for field in ("reason_category", "reason", "confirm"):  # each error beside its field (issue 13)
+        assert f'id="{field}-error"' in page and f'href="#{field}"' in page
     assert not TREATMENT.search(text_of(page).replace("Emergency unblinding", ""))
     wrong = investigator.post(
         path,
         data={**FORM, "subject": number, "password": "wrong", "csrf_token": csrf_token(investigator, path)},
     )
-    assert wrong.status_code == 401 and "<strong>password</strong>" in wrong.get_data(as_text=True)
+    wrong_page = wrong.get_data(as_text=True)
+    assert wrong.status_code == 401 and 'id="password-error">is wrong' in wrong_page
     many = investigator.post(
         path, data={**FORM, "subject": "*", "csrf_token": csrf_token(investigator, path)}
     )
@@ -220,7 +221,7 @@ def test_an_accidental_unblinding_form_refuses_a_treatment_name_and_records_the_
         "actions": "Note removed; pharmacy retrained.",
     }
     refused = nurse.post(path, data={**data, "csrf_token": csrf_token(nurse, path)})
-    assert refused.status_code == 422 and "<strong>how</strong>" in refused.get_data(as_text=True)
+    assert refused.status_code == 422 and 'id="how-error"' in refused.get_data(as_text=True)
     data["how"] = "The pharmacy's preparation note was left with the syringe."
     done = nurse.post(path, data={**data, "csrf_token": csrf_token(nurse, path)})
     assert done.status_code == 303
@@ -298,7 +299,7 @@ def test_the_offline_registration_form_names_bad_fields(
         path,
         data={"sheet_number": "", "opened_at": "yesterday", "csrf_token": csrf_token(investigator, path)},
     )
-    assert response.status_code == 422 and "<strong>opened_at</strong>" in response.get_data(as_text=True)
+    assert response.status_code == 422 and 'id="opened_at-error"' in response.get_data(as_text=True)
     response = investigator.post(
         path,
         data={
@@ -310,4 +311,4 @@ def test_the_offline_registration_form_names_bad_fields(
             "csrf_token": csrf_token(investigator, path),
         },
     )
-    assert response.status_code == 404 and "<strong>sheet_number</strong>" in response.get_data(as_text=True)
+    assert response.status_code == 404 and 'id="sheet_number-error"' in response.get_data(as_text=True)

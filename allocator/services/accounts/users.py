@@ -340,3 +340,34 @@ def _user(session: Session, username: str) -> User:
     if user is None:
         raise NotFound(f"no user {username!r}", errors=[FieldProblem("username", "unknown user")])
     return user
+
+
+LANGUAGES = ("fr", "en")  # the interface languages, French first (the trial's sites are in France)
+
+
+def set_language(ctx: ServiceContext, actor: Actor, user_id: int, language: str) -> None:
+    """Store the interface language a user chose for themselves.
+
+    Effects: the account's language; audited as a user update on the system chain. Raises
+    ValidationFailed for a language the interface does not speak."""
+    if language not in LANGUAGES:
+        raise ValidationFailed(
+            "unknown language", errors=[FieldProblem("language", f"one of {', '.join(LANGUAGES)}")]
+        )
+    with ctx.db.unit_of_work() as session:
+        user = require(session, User, user_id)
+        if user.language == language:
+            return
+        old = user.language
+        user.language = language
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=SYSTEM_CHAIN,
+            action=Action.USER_UPDATED,
+            object_type="user",
+            object_id=user.username,
+            old={"language": old},
+            new={"language": language},
+            at=ctx.now(),
+        )

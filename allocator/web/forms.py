@@ -1,0 +1,156 @@
+"""What every blueprint does with a form: read its fields, read a signature, and show what was
+wrong in plain words beside each field, in the reader's language (issue 12 point 2, issue 13).
+
+A refused form either renders again at once (the page keeps what was typed) or, when it was posted
+from another page, goes back there through a redirect (Post/Redirect/Get): `remember` keeps the
+errors and the typed values (never a password or a code) in the session for that one next view of
+the page, where `recall` takes them back.
+
+The services speak the code's language (`eligibility.sofa_24h: must be a whole number (RND-07)`),
+which the audit trail and the logs keep; `plain` turns it into the words of the screen: the field is
+named as the form labels it, requirement ids and lists of internal codes are dropped, and the
+message is translated (allocator/web/messages.py holds the known service messages).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from flask import flash, request, session
+from flask_babel import gettext
+
+from allocator.services import signatures
+from allocator.services.errors import DomainError, FieldProblem
+from allocator.web import messages
+
+# Never carried across a redirect, never shown back.
+SECRET_FIELDS = frozenset({"password", "otp", "current", "new", "confirm", "csrf_token", "code"})
+_REQUIREMENT_ID = re.compile(r"\s*\((?:[A-Z]{2,4}-\d{2,3})(?:[,;/ ]+[A-Z]{2,4}-\d{2,3})*\)")
+_INLINE_REQUIREMENT = re.compile(r"\s*\b[A-Z]{2,4}-\d{2,3}\b:?")
+_CODE_LIST = re.compile(r"\s*\((?:one of|YYYY-MM-DD)[^)]*\)")
+_CODE_FIELD = re.compile(r"\b[a-z_]+\.[a-z0-9_]+\b: ?")
+_FORM_KEY = "forms"
+
+
+def text(name: str) -> str:
+    """A text field, trimmed ("" when absent)."""
+    return (request.form.get(name) or "").strip()
+
+
+def signature() -> signatures.SignatureRequest:
+    """The e-signature fields of the form (password and, for roles that need it, the code). An
+    empty password is passed on: the service refuses it with a message naming the field."""
+    return signatures.SignatureRequest(
+        password=request.form.get("password") or "", totp=request.form.get("otp") or None
+    )
+
+
+def optional_signature() -> signatures.SignatureRequest | None:
+    """The e-signature when the form was signed, else None: for the actions that a signature
+    upgrades but does not require (the service decides whether one is needed)."""
+    return signature() if request.form.get("password") else None
+
+
+@dataclass(frozen=True, slots=True)
+class ShownError:
+    """One error as the screen shows it: the field's id, its label and the message."""
+
+    field: str
+    label: str
+    message: str
+
+    @property
+    def line(self) -> str:
+        separator = gettext(": ")  # French sets the colon apart: "Motif : obligatoire"
+        return f"{self.label}{separator}{self.message}" if self.label else self.message
+
+
+@dataclass(frozen=True, slots=True)
+class FormState:
+    """A form's errors and typed values, for rendering it again."""
+
+    summary: str = ""
+    errors: tuple[ShownError, ...] = ()
+    values: Mapping[str, str] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.summary or self.errors)
+
+    def error(self, name: str) -> str:
+        """The message beside field `name` ("" when it is right)."""
+        return " ".join(e.message for e in self.errors if e.field == name)
+
+    def value(self, name: str, default: str = "") -> str:
+        return self.values.get(name, default)
+
+    @property
+    def fields(self) -> frozenset[str]:
+        return frozenset(e.field for e in self.errors)
+
+
+def plain(message: str, names: Mapping[str, str] | None = None) -> str:
+    """A service message in the words of the screen and the reader's language."""
+    cleaned = _CODE_LIST.sub("", _REQUIREMENT_ID.sub("", message)).strip()
+    cleaned = _INLINE_REQUIREMENT.sub("", cleaned).strip()
+    translated = messages.translate(cleaned, names or {})
+    if translated is None:
+        translated = _CODE_FIELD.sub("", cleaned)
+    return translated  # the style sheet capitalises the first letter; the text stays the service's
+
+
+def shown(
+    exc: DomainError, labels: Mapping[str, str] | None = None, names: Mapping[str, str] | None = None
+) -> FormState:
+    """The errors of `exc` as a form shows them; `labels` maps field names to their labels on the
+    form (a field without a label is named by nothing rather than by its code name)."""
+    labels = labels or {}
+    errors = tuple(
+        ShownError(problem.field, str(labels.get(problem.field, "")), plain(problem.message, names))
+        for problem in exc.errors
+    )
+    return FormState(summary=plain(exc.detail, names), errors=errors, values=typed_values())
+
+
+def typed_values() -> dict[str, str]:
+    return {key: value for key, value in request.form.items() if key not in SECRET_FIELDS}
+
+
+def problems(state: FormState) -> Iterable[FieldProblem]:
+    return (FieldProblem(e.field, e.message) for e in state.errors)
+
+
+def remember(form_id: str, state: FormState) -> None:
+    """Keep a refused form's errors and values for the next view of the page (PRG)."""
+    stored = dict(session.get(_FORM_KEY) or {})
+    stored[form_id] = {
+        "summary": state.summary,
+        "errors": [[e.field, e.label, e.message] for e in state.errors],
+        "values": dict(state.values),
+    }
+    session[_FORM_KEY] = stored
+
+
+def recall(form_id: str) -> FormState:
+    """The errors and values that `remember` kept for `form_id`, once; empty if none."""
+    stored = dict(session.get(_FORM_KEY) or {})
+    kept = stored.pop(form_id, None)
+    if kept is None:
+        return FormState()
+    session[_FORM_KEY] = stored
+    return FormState(
+        summary=str(kept.get("summary", "")),
+        errors=tuple(ShownError(str(f), str(label), str(m)) for f, label, m in kept.get("errors", [])),
+        values={str(k): str(v) for k, v in (kept.get("values") or {}).items()},
+    )
+
+
+def flash_error(exc: DomainError, labels: Mapping[str, str] | None = None) -> None:
+    """For actions whose page has no form to mark: the error as one flash message, in plain words.
+
+    Without `labels` (the screens not converted yet: administration, lists, supply, code-break
+    sheets) each field is still named by its code name, as those pages showed it so far."""
+    state = shown(exc, labels if labels is not None else {p.field: p.field for p in exc.errors})
+    details = "; ".join(e.line for e in state.errors[:10])
+    flash(f"{state.summary} ({details})" if details else state.summary, "error")

@@ -1,0 +1,324 @@
+"""The service messages that site staff meet, as msgids of the catalogue, so that the screens can
+show them in French. The services keep speaking English: the API, the CLI, the audit trail and the
+logs read them as they are.
+
+`KNOWN` is matched exactly; `PATTERNS` carry values (a number, a date, a subject), and a value that
+is a criterion's or a factor's English label is swapped for its label in the page's language.
+A message found in neither is shown as it is, less its code field names (forms.plain).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from flask_babel import gettext
+
+
+def N_(message: str) -> str:
+    """Mark a message for extraction without translating it here."""
+    return message
+
+
+KNOWN = frozenset(
+    {
+        # sign-in, passwords, second factor
+        N_("the user name or the password is wrong"),
+        N_("the passwords differ"),
+        N_("does not match the new password"),
+        N_("the current password is wrong"),
+        N_("is wrong"),
+        N_("the new password is not acceptable"),
+        N_("is a commonly used password"),
+        N_("repeats the same characters"),
+        N_("is a simple sequence"),
+        N_("must not contain your user name or your name"),
+        N_("the enrolment expired; scan the new code"),
+        N_("start again"),
+        N_("does not match; check the time on your phone"),
+        N_("the code is wrong"),
+        N_("is wrong or already used"),
+        # e-signatures
+        N_("the password is wrong"),
+        N_("the authenticator code is wrong"),
+        N_("is wrong, missing or already used"),
+        N_("too many failed attempts: the account is locked for a while"),
+        # common
+        N_("is required"),
+        N_("unknown"),
+        N_("unknown site"),
+        N_("a reason is required"),
+        N_("is in the future"),
+        N_("must be a date"),
+        N_("is not a date"),
+        N_("unknown day"),
+        N_("is not a dispensing day"),
+        # randomization and eligibility
+        N_("the eligibility data are invalid"),
+        N_("the stratification data are invalid"),
+        N_("invalid screening number"),
+        N_("is already randomized"),
+        N_("must be a whole number"),
+        N_("must be a number"),
+        N_("must be yes or no"),
+        N_("is not a criterion of this trial"),
+        N_("is not an entered stratification factor of this trial"),
+        # dispensing
+        N_("scan at least one kit"),
+        N_("no kit scanned"),
+        N_("some scans are not valid"),
+        N_("wrong kit"),
+        N_("already dispensed"),
+        N_("expired: replace the kit"),
+        N_("invalid cause"),
+        N_("lost, damaged or expired"),
+        # bedside
+        N_("the time needs a time zone"),
+        N_("no time zone"),
+        N_("invalid administration time"),
+        N_("a late entry needs a reason"),
+        N_("the label cannot be verified"),
+        N_("another patient's or an unallocated kit"),
+        N_("already given"),
+        N_("not dispensed"),
+        N_("expired"),
+        N_("before randomization"),
+        N_("is before randomization"),
+        N_("invalid time"),
+        N_("date and time"),
+        # unblinding
+        N_("give exactly one subject number; nothing was revealed"),
+        N_("one subject number, no list or wildcard"),
+        N_("the unblinding request is incomplete; nothing was revealed"),
+        N_("confirm that you want to break the blind of this subject"),
+        N_("give a date and time"),
+        N_("give the time with its time zone"),
+        N_("name the person who opened the sheet"),
+        N_("investigator, physician, pharmacist or other"),
+        N_("the offline unblinding cannot be registered"),
+        N_("opened before the subject was randomized"),
+        N_("is before the randomization of the kit's subject"),
+        N_("the report is incomplete"),
+        N_("the report names a treatment"),
+        N_("do not write the treatment in this report: it is read by blinded staff"),
+        N_("name the subject or the site"),
+        # corrections and withdrawals
+        N_("is longer than allowed"),
+    }
+)
+
+# The titles of the services' errors (DomainError.title) that site staff meet.
+TITLES = frozenset(
+    {
+        N_("The scanned label does not match"),
+        N_("This label belongs to another patient"),
+        N_("This label is for another day"),
+        N_("This dose was already given"),
+        N_("The patient is not eligible"),
+        N_("This screening number is already randomized"),
+        N_("Kits of every arm are not available at the site"),
+        N_("The stratum's randomization list is exhausted"),
+        N_("No randomization list is active"),
+        N_("The site is not activated for randomization"),
+        N_("The subject was withdrawn: no further dose"),
+        N_("Exactly one subject per unblinding"),
+        N_("The electronic signature was not accepted"),
+        N_("This is not the kit allocated to this subject and day"),
+        N_("The kit was already dispensed"),
+        N_("Some fields are invalid"),
+        N_("Conflict with the current state"),
+    }
+)
+
+# The role titles of allocator.permissions.ROLE_TITLES, for the catalogue.
+ROLE_TITLES = (
+    N_("Investigator"),
+    N_("Pharmacist"),
+    N_("Unblinded pharmacist"),
+    N_("Nurse"),
+    N_("Monitor"),
+    N_("Auditor"),
+    N_("Trial manager"),
+    N_("Administrator"),
+    N_("Unblinded statistician"),
+    N_("Pharmacovigilance"),
+)
+
+# Status words (trial, site, kit) and the labels of the services' fixed choices, for the catalogue.
+STATUS_WORDS = frozenset(
+    {
+        N_("setup"),
+        N_("active"),
+        N_("locked"),
+        N_("unblinded"),
+        N_("pending"),
+        N_("closed"),
+        N_("at_depot"),
+        N_("in_transit"),
+        N_("available"),
+        N_("allocated"),
+        N_("dispensed"),
+        N_("administered"),
+        N_("returned"),
+        N_("damaged"),
+        N_("lost"),
+        N_("quarantined"),
+        N_("expired"),
+        N_("destroyed"),
+    }
+)
+CHOICE_LABELS = frozenset(
+    {
+        N_("treatment discontinued"),
+        N_("consent withdrawn"),
+        N_("lost to follow-up"),
+        N_("Serious adverse event: the treatment of the event depends on the product"),
+        N_("Overdose or medication error"),
+        N_("Interaction with a treatment the patient needs"),
+        N_("Pregnancy"),
+        N_("Other medical emergency"),
+        N_("Suspected unexpected serious adverse reaction (expedited report)"),
+        N_("Other expedited safety report"),
+        # units of the shipped trial's criteria
+        N_("years"),
+        N_("points"),
+        N_("days"),
+    }
+)
+
+PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (
+        re.compile(r"^must be at least (?P<count>\d+) characters long$"),
+        N_("must be at least %(count)s characters long"),
+    ),
+    (
+        re.compile(r"^must be at most (?P<count>\d+) characters long$"),
+        N_("must be at most %(count)s characters long"),
+    ),
+    (
+        re.compile(r"^too many failed attempts: try again after (?P<time>\S+) UTC, or ask an administrator$"),
+        N_("too many failed attempts: try again after %(time)s UTC, or ask an administrator"),
+    ),
+    (
+        re.compile(r"^must look like (?P<example>\S+) \(a pseudonymous number, no name\)$"),
+        N_("must look like %(example)s (a pseudonymous number, no name)"),
+    ),
+    (
+        re.compile(r"^(?P<value>\S+) is below the plausible minimum (?P<limit>\S+) (?P<unit>.*)$"),
+        N_("%(value)s is below the plausible minimum %(limit)s %(unit)s"),
+    ),
+    (
+        re.compile(r"^(?P<value>\S+) is above the plausible maximum (?P<limit>\S+) (?P<unit>.*)$"),
+        N_("%(value)s is above the plausible maximum %(limit)s %(unit)s"),
+    ),
+    (re.compile(r"^(?P<date>\d{4}-\d\d-\d\d) is in the future$"), N_("%(date)s is in the future")),
+    (
+        re.compile(r"^(?P<date>\d{4}-\d\d-\d\d) is more than (?P<days>\d+) days ago$"),
+        N_("%(date)s is more than %(days)s days ago"),
+    ),
+    (
+        re.compile(r"^exclusion criterion present: (?P<label>.+)$"),
+        N_("exclusion criterion present: %(label)s"),
+    ),
+    (
+        re.compile(r"^inclusion criterion not met: (?P<label>.+)$"),
+        N_("inclusion criterion not met: %(label)s"),
+    ),
+    (
+        re.compile(r"^(?P<label>.+): (?P<value>\S+) (?P<unit>.*) is not (?P<range>[≥>≤<].*)$"),
+        N_("%(label)s: %(value)s %(unit)s is not %(range)s"),
+    ),
+    (re.compile(r"^'(?P<value>.*)' is not one of .*$"), N_("%(value)s is not one of the choices")),
+    (re.compile(r"^no site '(?P<site>.*)' within your reach$"), N_("no site %(site)s within your reach")),
+    (
+        re.compile(r"^site (?P<site>\S+) is (?P<status>\S+): it cannot randomize$"),
+        N_("site %(site)s is %(status)s: it cannot randomize"),
+    ),
+    (
+        re.compile(r"^no subject (?P<subject>\S+) within your reach$"),
+        N_("no subject %(subject)s within your reach"),
+    ),
+    (
+        re.compile(r"^no subject (?P<subject>\S+) in (?P<trial>\S+)$"),
+        N_("no subject %(subject)s in %(trial)s"),
+    ),
+    (
+        re.compile(r"^this label is (?P<subject>\S+)'s (?P<label>\S+) dose, not (?P<day>\S+)$"),
+        N_("this label is %(subject)s's %(label)s dose, not %(day)s"),
+    ),
+    (
+        re.compile(r"^STOP: this label does not belong to (?P<subject>\S+)$"),
+        N_("STOP: this label does not belong to %(subject)s"),
+    ),
+    (
+        re.compile(r"^this label is printed for (?P<unit>\S+), not (?P<day>\S+)$"),
+        N_("this label is printed for %(unit)s, not %(day)s"),
+    ),
+    (
+        re.compile(r"^the (?P<day>\S+) dose of (?P<subject>\S+) was already given$"),
+        N_("the %(day)s dose of %(subject)s was already given"),
+    ),
+    (
+        re.compile(r"^the (?P<day>\S+) kit of (?P<subject>\S+) was not dispensed by the pharmacy$"),
+        N_("the %(day)s kit of %(subject)s was not dispensed by the pharmacy"),
+    ),
+    (
+        re.compile(r"^the (?P<day>\S+) kit of (?P<subject>\S+) is expired: do not give it$"),
+        N_("the %(day)s kit of %(subject)s is expired: do not give it"),
+    ),
+    (
+        re.compile(r"^(?P<screening>\S+) is not eligible: recorded in the screening log, not randomized$"),
+        N_("%(screening)s is not eligible: recorded in the screening log, not randomized"),
+    ),
+    (
+        re.compile(
+            r"^(?P<label>.+): day (?P<days>-?\d+) after (?P<reference>\S+) is outside the window "
+            r"day (?P<first>\d+) to day (?P<last>\d+)$"
+        ),
+        N_("%(label)s: day %(days)s after %(reference)s is outside the window day %(first)s to day %(last)s"),
+    ),
+    (
+        re.compile(r"^(?P<days>.+) not recorded as given before (?P<day>\S+)$"),
+        N_("%(days)s not recorded as given before %(day)s"),
+    ),
+    (re.compile(r"^(?P<day>\S+) was planned for (?P<date>\S+)$"), N_("%(day)s was planned for %(date)s")),
+    (
+        re.compile(r"^(?P<subject>\S+) was already withdrawn on (?P<date>\S+)$"),
+        N_("%(subject)s was already withdrawn on %(date)s"),
+    ),
+    (re.compile(r"^the label is for (?P<day>\S+)$"), N_("the label is for %(day)s")),
+    (re.compile(r"^one of:? (?P<choices>.+)$"), N_("choose one of the proposed answers")),
+    (
+        re.compile(r"^describe the reason \(at least (?P<count>\d+) characters\)$"),
+        N_("describe the reason (at least %(count)s characters)"),
+    ),
+    (
+        re.compile(r"^the subject was withdrawn on (?P<date>\S+)$"),
+        N_("the subject was withdrawn on %(date)s"),
+    ),
+    (re.compile(r"^is longer than (?P<count>\d+) characters$"), N_("is longer than %(count)s characters")),
+)
+
+
+def title(text: str) -> str | None:
+    """An error title in the page's language, or None when it is not a known one."""
+    return gettext(text) if text in TITLES else None
+
+
+def word(code: str) -> str:
+    """A status word or a fixed choice's label in the page's language (unknown ones unchanged)."""
+    if code in STATUS_WORDS or code in CHOICE_LABELS:
+        return gettext(code)
+    return code
+
+
+def translate(message: str, names: Mapping[str, str]) -> str | None:
+    """`message` in the page's language, or None when it is not a known service message."""
+    if message in KNOWN:
+        return gettext(message)
+    for pattern, template in PATTERNS:
+        match = pattern.match(message)
+        if match:
+            values = {key: names.get(value, value) for key, value in match.groupdict().items()}
+            return gettext(template, **values)
+    return None

@@ -1,0 +1,111 @@
+"""Every text of the interface exists in French (issue 13): a template text outside `_()` or
+`{% trans %}` fails, and so does a message of the code or the templates without a French
+translation in the catalogue, or a compiled catalogue older than its source.
+
+Templates not converted yet are listed in NOT_YET_CONVERTED; the list only shrinks (a test fails
+when a listed template has no bare text left)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import jinja2
+import pytest
+
+from tools import translations
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
+
+# Templates whose texts are still English only. Convert one, then remove it from here.
+NOT_YET_CONVERTED = {
+    "admin/_sessions.html",
+    "admin/password_issued.html",
+    "admin/sessions.html",
+    "admin/trial_roles.html",
+    "admin/trial_sites.html",
+    "admin/unblinded_roles.html",
+    "admin/user.html",
+    "admin/users.html",
+    "audit/trail.html",
+    "codebreak/_summary.html",
+    "codebreak/overview.html",
+    "codebreak/sheets.html",
+    "exports/index.html",
+    "lists/manage.html",
+    "lists/quality.html",
+    "lists/review.html",
+    "lists/strata.html",
+    "reports/index.html",
+    "reports/report.html",
+    "unblinding/closeout.html",
+    "unblinding/release.html",
+}
+
+# Texts that are the same in both languages on purpose.
+SAME_IN_BOTH = {"allocator", "TEST", "TEST – NE PAS UTILISER · TEST – DO NOT USE"}
+
+_HOLE = "\x00"  # stands for a Jinja expression or statement in the page skeleton
+_TAG = re.compile(r"<!--.*?-->|<script\b.*?</script>|<[^>]*>", re.S)
+_SHOWN_ATTRIBUTE = re.compile(r'\b(?:alt|placeholder|title|aria-label)="([^"]*)"')
+_LETTER = re.compile(r"[^\W\d_]")
+_ATTRIBUTES = re.compile(
+    r'^(?:[\w.-]*"\s*)?(?:[\w:-]+="[^"]*"?\s*)*$'
+)  # a macro writing attributes, not text
+_ENV = jinja2.Environment(extensions=["jinja2.ext.i18n"], autoescape=True)
+
+
+def bare_texts(source: str) -> list[str]:
+    """The texts a reader would see that are neither translated nor Jinja output."""
+    skeleton: list[str] = []
+    tokens = [token for token in _ENV.lex(source) if token[1] != "whitespace"]
+    in_trans = False
+    for index, (_line, kind, value) in enumerate(tokens):
+        if kind == "name" and index > 0 and tokens[index - 1][1] == "block_begin":
+            in_trans = {"trans": True, "endtrans": False}.get(value, in_trans)
+        if kind == "data" and not in_trans:
+            skeleton.append(value)
+        elif not skeleton or skeleton[-1] != _HOLE:
+            skeleton.append(_HOLE)
+    page = "".join(skeleton)
+    found = [value for value in _SHOWN_ATTRIBUTE.findall(page) if _visible(value)]
+    for chunk in _TAG.sub(_HOLE, page).split(_HOLE):
+        text = " ".join(chunk.split())
+        if _visible(text) and text.strip(" ·–-:|") not in SAME_IN_BOTH and not _ATTRIBUTES.match(text):
+            found.append(text)
+    return found
+
+
+def _visible(text: str) -> bool:
+    return any(_LETTER.search(part) for part in text.split(_HOLE))
+
+
+def _templates() -> list[str]:
+    return sorted(str(path.relative_to(TEMPLATES)) for path in TEMPLATES.rglob("*.html"))
+
+
+@pytest.mark.parametrize("name", [n for n in _templates() if n not in NOT_YET_CONVERTED])
+def test_template_texts_are_translated(name: str) -> None:
+    assert bare_texts((TEMPLATES / name).read_text(encoding="utf-8")) == []
+
+
+@pytest.mark.parametrize("name", sorted(NOT_YET_CONVERTED))
+def test_unconverted_list_only_shrinks(name: str) -> None:
+    assert (TEMPLATES / name).exists(), f"{name} is gone: remove it from NOT_YET_CONVERTED"
+    assert bare_texts((TEMPLATES / name).read_text(encoding="utf-8")), (
+        f"{name} is converted: remove it from NOT_YET_CONVERTED"
+    )
+
+
+def test_every_message_has_a_french_translation() -> None:
+    assert translations.problems() == []
+
+
+def test_the_checker_sees_bare_text() -> None:
+    """The checker itself: bare text, a shown attribute and a title block are caught; translated
+    text, Jinja output and tags are not."""
+    source = (
+        '{% block title %}Sign in{% endblock %}<p title="Help">{{ _("Yes") }} {{ name }}</p>'
+        '{% trans %}Hello{% endtrans %}<input value="{{ v }}"> · Bonjour'
+    )
+    assert bare_texts(source) == ["Help", "Sign in", "· Bonjour"]
