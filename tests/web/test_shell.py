@@ -91,7 +91,10 @@ def test_first_sign_in_forces_a_password_change_then_shows_the_users_trials(
         "/login", data={"username": "inv", "password": created.one_time_password, "csrf_token": token}
     )
     assert response.status_code == 302
-    cookie = response.headers["Set-Cookie"]
+    cookies = response.headers.getlist("Set-Cookie")
+    cookie = next(c for c in cookies if c.startswith("__Host-allocator="))
+    device = next(c for c in cookies if c.startswith("allocator_device="))  # issue 15: lockout per device
+    assert "Secure" in device and "HttpOnly" in device and "SameSite=Lax" in device
     assert (
         cookie.startswith("__Host-allocator=")
         and "Secure" in cookie
