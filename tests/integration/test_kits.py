@@ -1021,7 +1021,7 @@ def test_the_kit_draw_audit_entry_says_nothing_about_the_stock_composition(s: Su
         assert entry.object_id == "kit draw"
         assert json.loads(entry.new_values or "{}") == {
             "purpose": "choosing kits for an allocation",
-            "kits_each": 1,
+            "share": 1,
         }
 
 

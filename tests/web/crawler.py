@@ -92,6 +92,7 @@ class Resolver:
         ("name", "restricted"): "report",
         ("name", "review"): "review",
         ("document_id", "documents"): "code_break_document",
+        ("document", "dispensation-sheets"): "dispensation_sheet",
     }
     UNKNOWN: ClassVar[dict[str, str]] = {
         "trial": "NOPE",
@@ -109,6 +110,7 @@ class Resolver:
         "report": "no-such-report",
         "review": "no-such-review",
         "code_break_document": "CBDOC-NONE",
+        "dispensation_sheet": "DISP-NONE",
     }
 
     def __init__(self, world: World) -> None:
@@ -363,6 +365,9 @@ class Crawler:
         state = self._twin_state(subject)
         if state is None:
             return None
+        if "document" in args:  # a printed sheet belongs to one subject: pair "its own" with "its own"
+            owners = dict(v.split("=", 1) for v in self.world.values.get("dispensation_sheet_owner", []))
+            args = {**args, "document": "own" if owners.get(args["document"]) == subject else "other"}
         rest = ",".join(f"{k}={v}" for k, v in sorted(args.items()) if k != "subject")
         query = urlsplit(url).query
         return f"{principal.role}|{channel}|{method}|{endpoint}|{rest}|{query}|{via}|{state}"

@@ -347,7 +347,10 @@ def _apply_states(
 
     def dispense(number: str, _arm: str) -> object:
         scans = {day: kitlib.format_kit_number(n) for day, n in _identifiers(ctx, number).kits.items()}
-        return dispensing.dispense(ctx, pharm, TRIAL, number, scans, scope=EVERYWHERE, signature=SIGNED)
+        done = dispensing.dispense(ctx, pharm, TRIAL, number, scans, scope=EVERYWHERE, signature=SIGNED)
+        # Printed once (a POST since issue 15, point 5), so that the crawler views a printed sheet.
+        dispensing.dispensation_sheet(ctx, pharm, TRIAL, number, EVERYWHERE)
+        return done
 
     def scan(number: str, payload: str, day: str) -> object:
         return bedside.record_scan(
@@ -615,6 +618,22 @@ def _values(
             "day": [d.label for d in definition.dispensing.schedule],
             "report": sorted(catalogue.REPORTS) if catalogue else [],
             "review": sorted(audit_review.REVIEW_KINDS) if audit_review else [],
+            "dispensation_sheet": list(
+                s.execute(
+                    select(PrintedDocument.document_id)
+                    .where(PrintedDocument.kind == "dispensation_sheet")
+                    .order_by(PrintedDocument.id)
+                ).scalars()
+            ),
+            # document=subject, so that the crawler pairs each twin's own sheet with the other's.
+            "dispensation_sheet_owner": [
+                f"{document}={number}"
+                for document, number in s.execute(
+                    select(PrintedDocument.document_id, SubjectRow.subject_number)
+                    .join(SubjectRow, SubjectRow.id == PrintedDocument.subject_id)
+                    .where(PrintedDocument.kind == "dispensation_sheet")
+                )
+            ],
             "code_break_document": list(
                 s.execute(
                     select(PrintedDocument.document_id)
