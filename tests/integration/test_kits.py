@@ -240,16 +240,16 @@ def test_a_generated_kit_list_has_random_checked_numbers_and_arms_in_balanced_se
     numbers = [k.kit_number for k in kits]
     assert len(numbers) == 200 and len(set(numbers)) == 200
     assert all(re.fullmatch(r"[0-9]{8}", n) and kitlib.is_valid_kit_number(n) for n in numbers)
-    # Random, not issued in sequence: creation order does not follow number order, and the numbers
-    # spread over the whole range (200 sequential numbers would share their first four digits).
-    assert numbers != sorted(numbers) and numbers != sorted(numbers, reverse=True)
+    # Random, not issued in sequence: the numbers spread over the whole range (200 sequential numbers
+    # would share their first four digits). Rows are stored in number order (issue 15), so that their
+    # order says nothing of the list's blocks.
+    assert numbers == sorted(numbers)
     assert len({n[0] for n in numbers}) >= 8 and len({n[:4] for n in numbers}) > 100
 
     arms = [arm_of(ctx, k) for k in kits]
+    # Balanced overall; the balance of each block of the generated sequence is the generator's
+    # (tests/unit/randomization/test_randomization_kitlist.py), no longer visible in row order.
     assert Counter(arms) == {"A": 100, "B": 100}
-    for start in range(0, 200, 4):
-        assert Counter(arms[start : start + 4]) == {"A": 2, "B": 2}, f"block at kit {start}"
-    assert len(set(map(tuple, (arms[i : i + 4] for i in range(0, 200, 4))))) > 1  # blocks vary
 
     lengths = {len(k.sealed_arm) for k in kits}
     assert len(lengths) == 1
