@@ -16,11 +16,16 @@ def neutralise_cell(value: str) -> str:
     return value
 
 
-def csv_text(rows: Iterable[Sequence[object]]) -> str:
+def csv_text(rows: Iterable[Sequence[object]], *, neutralise: bool = True) -> str:
     """The rows as CSV text, CRLF line ends; each text cell neutralised (`neutralise_cell`), numbers
-    written as they are. An empty row is an empty line."""
+    written as they are. An empty row is an empty line.
+
+    `neutralise=False` is for files read by programs, not people (the closing archive's tables, a
+    REDCap data import): there the apostrophe would change the data itself."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     for row in rows:
-        writer.writerow([neutralise_cell(cell) if isinstance(cell, str) else cell for cell in row])
+        writer.writerow(
+            [neutralise_cell(cell) if neutralise and isinstance(cell, str) else cell for cell in row]
+        )
     return buffer.getvalue()

@@ -26,8 +26,6 @@ the manifest's signature, and the audit chain recomputed from end to end with th
 from __future__ import annotations
 
 import base64
-import csv
-import io
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -77,6 +75,7 @@ from allocator.models import (
 )
 from allocator.models.unblinding import UnblindingKind
 from allocator.permissions import Scope
+from allocator.printing import safe_csv
 from allocator.services import arm_access, exports
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, DomainError
@@ -116,12 +115,9 @@ def _cell(value: object) -> str:
 
 
 def _csv(header: Sequence[str], rows: Iterable[Sequence[object]]) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    writer.writerow(header)
-    for row in rows:
-        writer.writerow([_cell(v) for v in row])
-    return buffer.getvalue().encode("utf-8")
+    # The archive keeps the data as stored: no formula guard, which would change the values.
+    table = [list(header), *([_cell(v) for v in row] for row in rows)]
+    return safe_csv.csv_text(table, neutralise=False).encode("utf-8")
 
 
 def _table(

@@ -11,11 +11,10 @@ unblinded export. Pure: takes a Dataset, returns UTF-8 CSV bytes.
 
 from __future__ import annotations
 
-import csv
-import io
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from allocator.printing import safe_csv
 from allocator.services.exports.dataset import Dataset
 from allocator.trialdef import RedcapFields
 
@@ -49,9 +48,7 @@ def render(data: Dataset) -> bytes:
     def local(moment: datetime | None) -> str:
         return moment.astimezone(zone).strftime("%Y-%m-%d %H:%M") if moment is not None else ""
 
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    writer.writerow(columns(data))
+    table: list[list[str]] = [columns(data)]
     for s in data.subjects:
         row = [s.subject_number]
         if f.event_name is not None:
@@ -78,5 +75,6 @@ def render(data: Dataset) -> bytes:
             )
         if not data.blinded:
             row.append(s.arm or "")
-        writer.writerow(row)
-    return buffer.getvalue().encode("utf-8")
+        table.append(row)
+    # A data-import file read by REDCap, not opened by people: the values go as they are.
+    return safe_csv.csv_text(table, neutralise=False).encode("utf-8")

@@ -7,10 +7,7 @@ The arm column exists only in an unblinded export. Pure: takes a Dataset, return
 
 from __future__ import annotations
 
-import csv
-import io
-
-from allocator.printing.safe_csv import neutralise_cell
+from allocator.printing import safe_csv
 from allocator.services.exports.dataset import DOSE_STATUSES, WITHDRAWAL_KINDS, Dataset, utc_text
 
 SUBJECTS = "subjects.csv"
@@ -76,11 +73,7 @@ def dictionary(data: Dataset) -> list[list[str]]:
 
 
 def _csv(rows: list[list[str]]) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    for row in rows:
-        writer.writerow([neutralise_cell(cell) for cell in row])
-    return buffer.getvalue().encode("utf-8")
+    return safe_csv.csv_text(rows).encode("utf-8")
 
 
 def subject_rows(data: Dataset) -> list[list[str]]:
