@@ -35,6 +35,7 @@ from allocator.services import (
 from allocator.services.context import ServiceContext
 from allocator.services.errors import DomainError
 from tests.support import GOOD_PASSWORD, Clock, ReadyTrial, eligible_on, make_user, ready_trial
+from tests.support.worlds import replayed
 
 TRIAL = "IFNG-PAIS"
 ALL = Scope(all_sites=True, site_ids=frozenset())
@@ -191,6 +192,12 @@ def _code_break_sheet(ctx: ServiceContext, truth: Truth, kit_number: str) -> str
 
 
 def build(ctx: ServiceContext, clock: Clock) -> Truth:
+    """The history above, built once per process and then replayed (tests.support.worlds)."""
+    assert clock is ctx.clock
+    return replayed(ctx, "report-history", lambda c: _build(c, clock))
+
+
+def _build(ctx: ServiceContext, clock: Clock) -> Truth:
     assert clock() == START
     ready = ready_trial(ctx)
     pv = person(ctx, "pv-officer", "pharmacovigilance", full_name="Pat Vigil")

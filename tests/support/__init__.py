@@ -10,7 +10,7 @@ from allocator.audit import Actor
 from allocator.services import accounts, trials
 from allocator.services.context import ServiceContext
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 IFN_TRIAL = ROOT / "trials" / "ifn-gamma-pais.toml"
 GOOD_PASSWORD = "correct horse battery staple 42"
 
@@ -181,6 +181,21 @@ class ReadyTrial:
 
 
 def ready_trial(ctx: ServiceContext, *, kits_per_site: int = 24, slots_text: str | None = None) -> ReadyTrial:
+    """Load IFNG-PAIS (or `slots_text`), create the actors, generate, approve and activate the
+    list, generate `kits_per_site` kits per site with their code-break sheets, activate both
+    sites and ship and receive the kits. Built once per process, then replayed (tests.support.worlds)."""
+    from tests.support.worlds import replayed
+
+    return replayed(
+        ctx,
+        "ready_trial",
+        lambda c: build_ready_trial(c, kits_per_site=kits_per_site, slots_text=slots_text),
+        kits_per_site=kits_per_site,
+        slots_text=slots_text,
+    )
+
+
+def build_ready_trial(ctx: ServiceContext, *, kits_per_site: int, slots_text: str | None) -> ReadyTrial:
     from datetime import date, timedelta
 
     from allocator.permissions import Scope
