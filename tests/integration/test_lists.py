@@ -38,7 +38,17 @@ from allocator.services.errors import Conflict, NotFound, ValidationFailed
 from allocator.services.signatures import SignatureRefused, SignatureRequest
 from allocator.settings import Environment, Settings
 from tests.conftest import FreshDatabase
-from tests.support import CLI_ACTOR, GOOD_PASSWORD, IFN_TRIAL, Clock, enroll_totp, load_ifn, make_user
+from tests.support import (
+    CLI_ACTOR,
+    GOOD_PASSWORD,
+    IFN_TRIAL,
+    Clock,
+    enroll_totp,
+    events,
+    load_ifn,
+    make_user,
+    tamper,
+)
 
 TRIAL = "IFNG-PAIS"
 LABEL = "IFNG-PAIS/TEST/1"
@@ -97,17 +107,6 @@ def activated(ctx: ServiceContext, stat: Statistician) -> lists.Generated:
     lists.approve_list(ctx, stat.actor, TRIAL, generated.list_id, stat.sign())
     lists.activate_list(ctx, stat.actor, TRIAL, generated.list_id, stat.sign())
     return generated
-
-
-def events(ctx: ServiceContext, action: str) -> list[AuditEvent]:
-    with ctx.db.reading() as s:
-        return list(
-            s.execute(
-                select(AuditEvent)
-                .where(AuditEvent.chain == TRIAL, AuditEvent.action == action)
-                .order_by(AuditEvent.seq)
-            ).scalars()
-        )
 
 
 def slot_rows(ctx: ServiceContext, list_id: int) -> list[tuple[str, int, int, str, bytes, int]]:
@@ -180,15 +179,6 @@ def load_minimization_trial(ctx: ServiceContext) -> None:
     trials.load_trial(ctx, CLI_ACTOR, source, source_name="ifn-minimization.toml")
 
 
-def unguarded(ctx: ServiceContext, statement: str, **params: object) -> None:
-    """Change the slot table behind the application's back (the guard triggers dropped first, in the
-    same unit of work, as someone with plain SQL access could)."""
-    with ctx.db.unit_of_work() as session:
-        for ddl in dbguards.unguard(ctx.db.dialect, "slot", updates=False):
-            session.execute(text(ddl))
-        session.execute(text(statement), params)
-
-
 def victim_slot(ctx: ServiceContext, list_id: int, position: int = 7) -> tuple[int, bytes]:
     for key, slot_id, pos, _number, sealed, _version in slot_rows(ctx, list_id):
         if key == VICTIM and pos == position:
@@ -201,14 +191,14 @@ def unused_number(ctx: ServiceContext, list_id: int) -> str:
     return next(f"R-{n:08d}" for n in range(100_000_000) if f"R-{n:08d}" not in used)
 
 
-def tamper(ctx: ServiceContext, stat: Statistician, list_id: int, kind: str) -> None:
+def tamper_list(ctx: ServiceContext, stat: Statistician, list_id: int, kind: str) -> None:
     slot_id, sealed = victim_slot(ctx, list_id)
     stratum = strata_rows(ctx, list_id)[VICTIM]
     if kind == "alter":  # one byte of the ciphertext changed
         changed = sealed[:-1] + bytes([sealed[-1] ^ 0x01])
-        unguarded(ctx, "UPDATE slot SET sealed = :b WHERE id = :i", b=changed, i=slot_id)
+        tamper(ctx.db, "slot", "UPDATE slot SET sealed = :b WHERE id = :i", b=changed, i=slot_id)
     elif kind == "delete":
-        unguarded(ctx, "DELETE FROM slot WHERE id = :i", i=slot_id)
+        tamper(ctx.db, "slot", "DELETE FROM slot WHERE id = :i", i=slot_id)
     elif kind == "insert":  # a well-formed extra slot, sealed with the real key (an insider)
         position = stratum.capacity + 1
         binding = crypto.Binding(
@@ -217,8 +207,9 @@ def tamper(ctx: ServiceContext, stat: Statistician, list_id: int, kind: str) -> 
         extra = crypto.seal_json(
             ctx.ring, crypto.Purpose.LISTS, {"arm": "A", "block": 999, "block_size": 2}, binding
         )
-        unguarded(
-            ctx,
+        tamper(
+            ctx.db,
+            "slot",
             "INSERT INTO slot (list_id, stratum_id, position, list_version, randomization_number, sealed) "
             "VALUES (:l, :s, :p, 1, :n, :b)",
             l=list_id,
@@ -238,7 +229,7 @@ def tamper(ctx: ServiceContext, stat: Statistician, list_id: int, kind: str) -> 
             {"arm": "B" if true.arm == "A" else "A", "block": true.block, "block_size": true.block_size},
             binding,
         )
-        unguarded(ctx, "UPDATE slot SET sealed = :b WHERE id = :i", b=forged, i=slot_id)
+        tamper(ctx.db, "slot", "UPDATE slot SET sealed = :b WHERE id = :i", b=forged, i=slot_id)
         with ctx.db.unit_of_work() as session:
             digest = lists.stratum_storage_digest(session, stratum.id)
             session.execute(update(Stratum).where(Stratum.id == stratum.id).values(storage_sha256=digest))
@@ -349,7 +340,7 @@ def test_the_seed_is_stored_sealed_and_named_by_a_digest(ctx: ServiceContext, st
 @pytest.mark.req("RND-12", "AUD-05")
 def test_the_generation_entry_keeps_the_design_sealed(ctx: ServiceContext, stat: Statistician) -> None:
     generated = generate(ctx, stat)
-    [entry] = events(ctx, "list.generated")
+    [entry] = events(ctx, "list.generated", chain=TRIAL)
     assert entry.object_id == LABEL and entry.actor_username == "stat"
     blinded = entry.new_values or ""
     assert json.loads(blinded) == {
@@ -378,7 +369,7 @@ def test_a_test_instance_generates_test_lists_only(ctx: ServiceContext, stat: St
         lists.generate_lists(ctx, stat.actor, TRIAL, "uat")
     with ctx.db.reading() as s:
         assert s.execute(select(func.count()).select_from(RandomizationList)).scalar_one() == 0
-    assert events(ctx, "list.generated") == []
+    assert events(ctx, "list.generated", chain=TRIAL) == []
 
 
 @pytest.mark.req("RND-13")
@@ -424,7 +415,7 @@ def test_a_list_is_reached_only_through_its_own_trial(ctx: ServiceContext, stat:
     )
     other = lists.generate_lists(ctx, stat.actor, "OTHER", "test")
     generate(ctx, stat)
-    reads = len(events(ctx, "arm.read"))
+    reads = len(events(ctx, "arm.read", chain=TRIAL))
     with pytest.raises(NotFound):
         lists.review_counts(ctx, stat.actor, TRIAL, other.list_id)
     with pytest.raises(NotFound):
@@ -446,7 +437,7 @@ def test_a_list_is_reached_only_through_its_own_trial(ctx: ServiceContext, stat:
             reason="x",
             request=stat.sign(),
         )
-    assert len(events(ctx, "arm.read")) == reads
+    assert len(events(ctx, "arm.read", chain=TRIAL)) == reads
     assert list_row(ctx, other.list_id).approved_signature_id is None
     assert [r.label for r in lists.check_integrity(ctx, stat.actor, TRIAL)] == [LABEL]
     assert {r.label for r in lists.check_integrity(ctx, stat.actor)} == {LABEL, "OTHER/TEST/1"}
@@ -458,13 +449,13 @@ def test_a_list_is_reached_only_through_its_own_trial(ctx: ServiceContext, stat:
 @pytest.mark.req("RND-03", "BLD-08")
 def test_the_stored_list_is_its_regeneration_from_the_seed(ctx: ServiceContext, stat: Statistician) -> None:
     generated = generate(ctx, stat)
-    reads = len(events(ctx, "arm.read"))
+    reads = len(events(ctx, "arm.read", chain=TRIAL))
     seed = seed_of(ctx, stat, generated.list_id)
-    after_seed = events(ctx, "arm.read")
+    after_seed = events(ctx, "arm.read", chain=TRIAL)
     assert len(after_seed) == reads + 1
     assert json.loads(after_seed[-1].new_values or "{}") == {"purpose": "test: regeneration", "scope": "seed"}
     stored = by_stratum(opened(ctx, stat, generated.list_id))
-    after_slots = events(ctx, "arm.read")
+    after_slots = events(ctx, "arm.read", chain=TRIAL)
     assert len(after_slots) == reads + 2
     assert after_slots[-1].object_id == LABEL and after_slots[-1].actor_username == "stat"
     assert json.loads(after_slots[-1].new_values or "{}")["scope"] == "every slot"
@@ -484,8 +475,8 @@ def test_the_stored_list_is_its_regeneration_from_the_seed(ctx: ServiceContext, 
     results = lists.verify_lists(ctx, stat.actor, TRIAL)
     assert results == [lists.VerifyResult(LABEL, True, generated.slots, ())]
     # verify_lists opened the seed and every slot: two more audited reads, and its own entry.
-    assert len(events(ctx, "arm.read")) == reads + 4
-    [verified] = events(ctx, "list.verified")
+    assert len(events(ctx, "arm.read", chain=TRIAL)) == reads + 4
+    [verified] = events(ctx, "list.verified", chain=TRIAL)
     assert json.loads(verified.new_values or "{}")["ok"] is True
 
 
@@ -494,13 +485,13 @@ def test_the_qc_review_counts_arms_per_stratum_and_is_audited(
     ctx: ServiceContext, stat: Statistician
 ) -> None:
     generated = generate(ctx, stat)
-    before = len(events(ctx, "arm.read"))
+    before = len(events(ctx, "arm.read", chain=TRIAL))
     counts = lists.review_counts(ctx, stat.actor, TRIAL, generated.list_id)
     strata = strata_rows(ctx, generated.list_id)
     assert set(counts) == set(KEYS)
     for key, by_arm in counts.items():
         assert by_arm == {"A": strata[key].capacity // 2, "B": strata[key].capacity // 2}
-    reads = events(ctx, "arm.read")
+    reads = events(ctx, "arm.read", chain=TRIAL)
     assert len(reads) == before + 1
     assert json.loads(reads[-1].new_values or "{}")["purpose"] == "QC review of the list"
 
@@ -521,7 +512,7 @@ def test_activation_needs_a_signed_approval_and_both_signatures_link_to_the_list
         lists.approve_list(ctx, stat.actor, TRIAL, list_id, stat.sign("not my password at all"))
     with pytest.raises(SignatureRefused):  # the second factor is part of the signature once enrolled
         lists.approve_list(ctx, stat.actor, TRIAL, list_id, stat.sign(totp=False))
-    failed = events(ctx, "signature.failed")
+    failed = events(ctx, "signature.failed", chain=TRIAL)
     assert len(failed) == 2
     assert all(json.loads(f.new_values or "{}") == {"meaning": "randomization list approval"} for f in failed)
     assert list_row(ctx, list_id).approved_signature_id is None
@@ -533,9 +524,9 @@ def test_activation_needs_a_signed_approval_and_both_signatures_link_to_the_list
 
     with pytest.raises(SignatureRefused):
         lists.activate_list(ctx, stat.actor, TRIAL, list_id, stat.sign("wrong again, sorry"))
-    assert [json.loads(f.new_values or "{}")["meaning"] for f in events(ctx, "signature.failed")][-1] == (
-        "randomization list activation"
-    )
+    assert [
+        json.loads(f.new_values or "{}")["meaning"] for f in events(ctx, "signature.failed", chain=TRIAL)
+    ][-1] == ("randomization list activation")
     with ctx.db.reading() as s:
         assert s.execute(select(Trial.status).where(Trial.code == TRIAL)).scalar_one() == "setup"
     assert list_row(ctx, list_id).status == "draft"
@@ -568,8 +559,11 @@ def test_activation_needs_a_signed_approval_and_both_signatures_link_to_the_list
         assert signature.content_sha256 == signatures.content_hash(signed)
         assert signatures.verify(signature, signed)
         assert not signatures.verify(signature, {**signed, "content_sha256": "0" * 64})
-    assert [e.object_id for e in events(ctx, "trial.status_changed")] == [TRIAL]
-    assert len(events(ctx, "list.approved")) == 1 and len(events(ctx, "list.activated")) == 1
+    assert [e.object_id for e in events(ctx, "trial.status_changed", chain=TRIAL)] == [TRIAL]
+    assert (
+        len(events(ctx, "list.approved", chain=TRIAL)) == 1
+        and len(events(ctx, "list.activated", chain=TRIAL)) == 1
+    )
     with pytest.raises(Conflict):
         lists.activate_list(ctx, stat.actor, TRIAL, list_id, stat.sign())
 
@@ -601,7 +595,7 @@ def test_a_changed_slot_fails_the_integrity_check_and_blocks_the_list(
     assert fresh == lists.IntegrityResult(LABEL, True, ())
     assert not blocked(ctx, list_id)
 
-    tamper(ctx, stat, list_id, kind)
+    tamper_list(ctx, stat, list_id, kind)
     [result] = lists.check_integrity(ctx, stat.actor, TRIAL)
     assert result.label == LABEL and not result.ok
     if kind == "forge":  # the stratum digest was rewritten too: the list digest still tells
@@ -618,7 +612,7 @@ def test_a_changed_slot_fails_the_integrity_check_and_blocks_the_list(
         )
     assert [c.ok for c in checks] == [True, False]
     assert checks[-1].detail == "; ".join(result.problems) and checks[-1].checked_by == NAME
-    [alert] = events(ctx, "list.integrity_failed")
+    [alert] = events(ctx, "list.integrity_failed", chain=TRIAL)
     # The problems (slot counts, positions) are design information: only their number is in clear.
     assert alert.object_id == LABEL and json.loads(alert.new_values or "{}") == {
         "problem_count": len(result.problems)
@@ -641,7 +635,7 @@ def test_rewriting_slots_and_every_digest_is_caught_by_the_approval_signature(
     generated = generate(ctx, stat)
     list_id = generated.list_id
     lists.approve_list(ctx, stat.actor, TRIAL, list_id, stat.sign())
-    tamper(ctx, stat, list_id, "forge")
+    tamper_list(ctx, stat, list_id, "forge")
     with ctx.db.unit_of_work() as session:
         for ddl in dbguards.unguard(ctx.db.dialect, "list_version", updates=False):
             session.execute(text(ddl))
@@ -668,11 +662,11 @@ def test_verification_by_regeneration_reports_a_changed_list(
     ctx: ServiceContext, stat: Statistician, kind: str
 ) -> None:
     generated = generate(ctx, stat)
-    tamper(ctx, stat, generated.list_id, kind)
+    tamper_list(ctx, stat, generated.list_id, kind)
     [result] = lists.verify_lists(ctx, stat.actor, TRIAL)
     assert not result.ok and result.label == LABEL
     assert any(f"stratum {VICTIM}" in p for p in result.problems), result.problems
-    [verified] = events(ctx, "list.verified")
+    [verified] = events(ctx, "list.verified", chain=TRIAL)
     assert json.loads(verified.new_values or "{}")["ok"] is False
 
 
@@ -681,7 +675,7 @@ def test_verification_reports_a_slot_whose_ciphertext_was_altered(
     ctx: ServiceContext, stat: Statistician
 ) -> None:
     generated = generate(ctx, stat)
-    tamper(ctx, stat, generated.list_id, "alter")
+    tamper_list(ctx, stat, generated.list_id, "alter")
     [result] = lists.verify_lists(ctx, stat.actor, TRIAL)
     assert not result.ok
     assert any(VICTIM in p for p in result.problems)
@@ -695,14 +689,14 @@ def test_a_tampered_approved_list_cannot_be_activated_until_a_check_passes_again
     list_id = generated.list_id
     lists.approve_list(ctx, stat.actor, TRIAL, list_id, stat.sign())
     slot_id, original = victim_slot(ctx, list_id)
-    tamper(ctx, stat, list_id, "alter")
+    tamper_list(ctx, stat, list_id, "alter")
     with pytest.raises(lists.ListIntegrityFailure, match=re.escape(VICTIM)):
         lists.activate_list(ctx, stat.actor, TRIAL, list_id, stat.sign())
     assert list_row(ctx, list_id).status == "draft"
     assert not lists.check_integrity(ctx, stat.actor, TRIAL)[0].ok
     assert blocked(ctx, list_id)
     # Put the original bytes back: the next check passes and lifts the block.
-    unguarded(ctx, "UPDATE slot SET sealed = :b WHERE id = :i", b=original, i=slot_id)
+    tamper(ctx.db, "slot", "UPDATE slot SET sealed = :b WHERE id = :i", b=original, i=slot_id)
     assert lists.check_integrity(ctx, stat.actor, TRIAL)[0].ok
     assert not blocked(ctx, list_id)
     lists.activate_list(ctx, stat.actor, TRIAL, list_id, stat.sign())
@@ -712,7 +706,7 @@ def test_a_tampered_approved_list_cannot_be_activated_until_a_check_passes_again
 @pytest.mark.req("RND-10", "ACC-15")
 def test_a_tampered_active_list_is_not_extended(ctx: ServiceContext, stat: Statistician) -> None:
     generated = activated(ctx, stat)
-    tamper(ctx, stat, generated.list_id, "delete")
+    tamper_list(ctx, stat, generated.list_id, "delete")
     with pytest.raises(lists.ListIntegrityFailure):
         lists.extend_list(
             ctx,
@@ -831,7 +825,7 @@ def test_extension_appends_whole_blocks_as_a_signed_version(ctx: ServiceContext,
         ).encode()
     ).hexdigest()
     assert versions[1].content_sha256 == expected
-    [entry] = events(ctx, "list.extended")
+    [entry] = events(ctx, "list.extended", chain=TRIAL)
     assert entry.reason == "recruitment extended by the steering committee"
     assert "added" not in (entry.new_values or "") and entry.sealed_values is not None
     assert list_row(ctx, list_id).current_version == 2 and list_row(ctx, list_id).status == "active"
@@ -979,7 +973,7 @@ def test_export_is_encrypted_for_openssl_and_reproduces_the_list(
         lists.export_list(
             ctx, stat.actor, TRIAL, generated.list_id, passphrase=PASSPHRASE, reason=" ", request=stat.sign()
         )
-    reads = len(events(ctx, "arm.read"))
+    reads = len(events(ctx, "arm.read", chain=TRIAL))
     name, blob = lists.export_list(
         ctx,
         stat.actor,
@@ -1029,10 +1023,10 @@ def test_export_is_encrypted_for_openssl_and_reproduces_the_list(
         r[3] for r in slot_rows(ctx, generated.list_id)
     }
 
-    [exported_entry] = events(ctx, "list.exported")
+    [exported_entry] = events(ctx, "list.exported", chain=TRIAL)
     assert exported_entry.reason == "independent verification by the CRO"
     assert "seed_hex" not in (exported_entry.new_values or "")
-    assert len(events(ctx, "arm.read")) == reads + 2  # the seed and the slots, both audited
+    assert len(events(ctx, "arm.read", chain=TRIAL)) == reads + 2  # the seed and the slots, both audited
     with ctx.db.reading() as s:
         meanings = s.execute(select(Signature.meaning).order_by(Signature.id)).scalars().all()
     assert meanings[-1] == "randomization list export"
@@ -1068,7 +1062,7 @@ def test_a_refused_export_signature_is_audited_and_reveals_nothing(
     ctx: ServiceContext, stat: Statistician
 ) -> None:
     generated = generate(ctx, stat)
-    reads = len(events(ctx, "arm.read"))
+    reads = len(events(ctx, "arm.read", chain=TRIAL))
     with pytest.raises(SignatureRefused):
         lists.export_list(
             ctx,
@@ -1079,11 +1073,11 @@ def test_a_refused_export_signature_is_audited_and_reveals_nothing(
             reason="verification",
             request=stat.sign("wrong password here"),
         )
-    assert len(events(ctx, "arm.read")) == reads
-    assert [json.loads(e.new_values or "{}")["meaning"] for e in events(ctx, "signature.failed")] == [
-        "randomization list export"
-    ]
-    assert events(ctx, "list.exported") == []
+    assert len(events(ctx, "arm.read", chain=TRIAL)) == reads
+    assert [
+        json.loads(e.new_values or "{}")["meaning"] for e in events(ctx, "signature.failed", chain=TRIAL)
+    ] == ["randomization list export"]
+    assert events(ctx, "list.exported", chain=TRIAL) == []
 
 
 # --- blinded overview ---------------------------------------------------------------------------
@@ -1151,7 +1145,7 @@ def test_the_blinded_audit_values_never_reveal_list_lengths_or_positions(
         reason="more subjects",
         request=stat.sign(),
     )
-    tamper(ctx, stat, generated.list_id, "delete")
+    tamper_list(ctx, stat, generated.list_id, "delete")
     lists.check_integrity(ctx, stat.actor, TRIAL)
     lists.verify_lists(ctx, stat.actor, TRIAL)
     with ctx.db.reading() as s:

@@ -22,17 +22,10 @@ from allocator.models import Kit, Notification, RoleAssignment, User
 from allocator.permissions import Scope
 from allocator.services import accounts, admin, notifications, subjects
 from allocator.services.context import ServiceContext
-from tests.support import CLI_ACTOR, ELIGIBLE, make_user, ready_trial
+from tests.support import CLI_ACTOR, ELIGIBLE, make_user, randomization, ready_trial
 
 ALL = Scope(all_sites=True, site_ids=frozenset())
 TRIAL = "IFNG-PAIS"
-
-
-def randomize(ctx: ServiceContext, investigator: object, number: str) -> subjects.RandomizationResult:
-    request = subjects.RandomizationRequest(
-        site="P1", screening_number=number, eligibility=dict(ELIGIBLE), strata={"admission_cause": "septic"}
-    )
-    return subjects.randomize(ctx, investigator, TRIAL, request, ALL)  # type: ignore[arg-type]
 
 
 def arm_of_subject(ctx: ServiceContext, result: subjects.RandomizationResult) -> str:
@@ -67,7 +60,7 @@ def test_a_dispensation_request_is_mailed_to_the_sites_pharmacists_only(ctx: Ser
     ready = ready_trial(ctx)
     people(ctx)
     admin.set_active(ctx, CLI_ACTOR, "ph1-other", False, "left the unit")
-    result = randomize(ctx, ready.investigator, "P1-0001")
+    result = randomization(ctx, ready.investigator, "P1-0001")
     outbox = Outbox()
 
     report = notifications.send_pending(ctx, transport=outbox)
@@ -90,7 +83,7 @@ def test_a_dispensation_request_is_mailed_to_the_sites_pharmacists_only(ctx: Ser
 def test_recipients_are_those_holding_the_role_when_the_mail_is_sent(ctx: ServiceContext) -> None:
     ready = ready_trial(ctx)
     people(ctx)
-    randomize(ctx, ready.investigator, "P1-0001")
+    randomization(ctx, ready.investigator, "P1-0001")
     with ctx.db.reading() as s:
         notification = s.execute(select(Notification)).scalar_one()
         assert notifications.recipients(s, notification, ctx.now()) == ["other@p1.example", "ph1@p1.example"]
@@ -110,7 +103,7 @@ def test_recipients_are_those_holding_the_role_when_the_mail_is_sent(ctx: Servic
 def test_a_failed_delivery_is_recorded_and_tried_again(ctx: ServiceContext) -> None:
     ready = ready_trial(ctx)
     people(ctx)
-    randomize(ctx, ready.investigator, "P1-0001")
+    randomization(ctx, ready.investigator, "P1-0001")
     outbox = Outbox()
     outbox.fail = True
     assert notifications.send_pending(ctx, transport=outbox) == notifications.MailReport(0, 0, 1)
@@ -129,7 +122,7 @@ def test_a_failed_delivery_is_recorded_and_tried_again(ctx: ServiceContext) -> N
 @pytest.mark.req("BLD-10")
 def test_a_notification_nobody_can_receive_is_closed_with_a_reason(ctx: ServiceContext) -> None:
     ready = ready_trial(ctx)
-    randomize(ctx, ready.investigator, "P1-0001")  # pharm-p1 has no e-mail address
+    randomization(ctx, ready.investigator, "P1-0001")  # pharm-p1 has no e-mail address
     outbox = Outbox()
     assert notifications.send_pending(ctx, transport=outbox) == notifications.MailReport(0, 1, 0)
     with ctx.db.reading() as s:
@@ -147,7 +140,7 @@ def test_mails_for_subjects_of_either_arm_are_identical_but_for_their_identifier
     n = 0
     while len(by_arm) < 2:
         n += 1
-        result = randomize(ctx, ready.investigator, f"P1-{n:04d}")
+        result = randomization(ctx, ready.investigator, f"P1-{n:04d}")
         by_arm.setdefault(arm_of_subject(ctx, result), result)
     outbox = Outbox()
     notifications.send_pending(ctx, transport=outbox)
@@ -228,7 +221,7 @@ def test_the_outbox_delivers_through_smtp_in_the_background(
     mailing = replace(ctx, settings=replace(ctx.settings, smtp_host="127.0.0.1", smtp_port=port))
     ready = ready_trial(mailing)
     make_user(mailing, "ph1-mail", "pharmacist", site="P1", email="ph1@p1.example")
-    result = randomize(mailing, ready.investigator, "P1-0001")
+    result = randomization(mailing, ready.investigator, "P1-0001")
     outbox = notifications.Outbox(mailing)
     outbox.wake()
     outbox.join(timeout=30)

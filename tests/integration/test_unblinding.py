@@ -17,7 +17,6 @@ from sqlalchemy.exc import DBAPIError
 from allocator import crypto
 from allocator.audit import Actor
 from allocator.models import (
-    AuditEvent,
     CodeBreakSheet,
     Kit,
     Notification,
@@ -37,7 +36,15 @@ from allocator.services import (
 )
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, Forbidden, NotFound, TooManyRequests, ValidationFailed
-from tests.support import ELIGIBLE, GOOD_PASSWORD, Clock, ReadyTrial, make_actor, ready_trial
+from tests.support import (
+    GOOD_PASSWORD,
+    Clock,
+    ReadyTrial,
+    events,
+    make_actor,
+    randomize,
+    ready_trial,
+)
 
 TRIAL = "IFNG-PAIS"
 ALL = Scope(all_sites=True, site_ids=frozenset())
@@ -53,14 +60,6 @@ def site_scope(ctx: ServiceContext, code: str) -> Scope:
     with ctx.db.reading() as s:
         site_id = s.execute(select(Site.id).where(Site.code == code)).scalar_one()
     return Scope(all_sites=False, site_ids=frozenset({site_id}))
-
-
-def randomize(ctx: ServiceContext, ready: ReadyTrial, number: str, site: str = "P1") -> str:
-    investigator = ready.investigator if site == "P1" else ready.investigator_p2
-    request = subjects.RandomizationRequest(
-        site=site, screening_number=number, eligibility=dict(ELIGIBLE), strata={"admission_cause": "septic"}
-    )
-    return subjects.randomize(ctx, investigator, TRIAL, request, ALL).subject_number
 
 
 def true_arm(ctx: ServiceContext, subject_number: str) -> str:
@@ -83,15 +82,6 @@ def true_arm(ctx: ServiceContext, subject_number: str) -> str:
     return crypto.open_arm(
         ctx.ring, kit.sealed_arm, crypto.Binding(TRIAL, "kit", kit.kit_number, "sealed_arm")
     )
-
-
-def events(ctx: ServiceContext, action: str) -> list[AuditEvent]:
-    with ctx.db.reading() as s:
-        return list(
-            s.execute(
-                select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.seq)
-            ).scalars()
-        )
 
 
 def unblind(

@@ -68,13 +68,14 @@ from allocator.services.context import ServiceContext
 from allocator.services.errors import DomainError
 from allocator.services.trials import trial_definition
 from allocator.trialdef import TrialDefinition
-from tests.masking import Subject, arm_of
+from tests.masking import Subject
 from tests.support import (
     CLI_ACTOR,
     ELIGIBLE,
     GOOD_PASSWORD,
     Clock,
     ReadyTrial,
+    arm_of,
     enroll_totp,
     make_user,
     ready_trial,

@@ -30,7 +30,6 @@ from allocator.services import accounts, kits
 from allocator.services.context import ServiceContext
 from tests.masking import (
     Subject,
-    arm_of,
     assert_same_response,
     decoded_qr,
     key_shape,
@@ -38,7 +37,7 @@ from tests.masking import (
     pdf_fingerprint,
     pdf_text,
 )
-from tests.support import CLI_ACTOR, ELIGIBLE, GOOD_PASSWORD, ready_trial
+from tests.support import CLI_ACTOR, ELIGIBLE, GOOD_PASSWORD, arm_of, ready_trial
 from tests.web.conftest import csrf_token
 
 pytestmark = [pytest.mark.req("BLD-02"), pytest.mark.req("BLD-01")]

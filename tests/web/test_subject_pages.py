@@ -15,7 +15,7 @@ from allocator.models import ScreeningEntry, Subject
 from allocator.permissions import Scope
 from allocator.services import accounts, dispensing, kits, signatures, subjects
 from allocator.services.context import ServiceContext
-from tests.support import CLI_ACTOR, ELIGIBLE, GOOD_PASSWORD, Clock, ReadyTrial, ready_trial
+from tests.support import CLI_ACTOR, ELIGIBLE, GOOD_PASSWORD, Clock, ReadyTrial
 from tests.web.conftest import csrf_token, https_client, sign_in
 
 TRIAL = "IFNG-PAIS"
@@ -36,11 +36,6 @@ def counts(ctx: ServiceContext) -> tuple[int, int]:
             s.execute(select(func.count()).select_from(Subject)).scalar_one(),
             s.execute(select(func.count()).select_from(ScreeningEntry)).scalar_one(),
         )
-
-
-@pytest.fixture
-def world(ctx: ServiceContext) -> ReadyTrial:
-    return ready_trial(ctx)
 
 
 def client_for(app: Flask, username: str) -> FlaskClient:

@@ -15,9 +15,16 @@ from sqlalchemy import select
 from allocator import crypto
 from allocator.models import AuditEvent, Dispensation, Kit, Subject
 from allocator.permissions import Scope
-from allocator.services import accounts, subjects, trials
+from allocator.services import accounts, trials
 from allocator.services.context import ServiceContext
-from tests.support import CLI_ACTOR, ELIGIBLE, GOOD_PASSWORD, Clock, ReadyTrial, make_actor, ready_trial
+from tests.support import (
+    CLI_ACTOR,
+    GOOD_PASSWORD,
+    Clock,
+    ReadyTrial,
+    make_actor,
+    randomize,
+)
 from tests.web.conftest import TotpSignedIn, csrf_token, https_client, sign_in
 
 TRIAL = "IFNG-PAIS"
@@ -30,14 +37,6 @@ FORM = {
     "confirm": "yes",
     "password": GOOD_PASSWORD,
 }
-
-
-def randomize(ctx: ServiceContext, ready: ReadyTrial, number: str, site: str = "P1") -> str:
-    investigator = ready.investigator if site == "P1" else ready.investigator_p2
-    request = subjects.RandomizationRequest(
-        site=site, screening_number=number, eligibility=dict(ELIGIBLE), strata={"admission_cause": "septic"}
-    )
-    return subjects.randomize(ctx, investigator, TRIAL, request, ALL).subject_number
 
 
 def true_arm(ctx: ServiceContext, number: str) -> str:
@@ -65,11 +64,6 @@ def text_of(html: str, ctx: ServiceContext | None = None) -> str:
     if ctx is not None:
         text = text.replace(trials.trial_definition(ctx, TRIAL).title, "")
     return text
-
-
-@pytest.fixture
-def world(ctx: ServiceContext) -> ReadyTrial:
-    return ready_trial(ctx)
 
 
 @pytest.fixture
