@@ -11,7 +11,7 @@ LINT_PATHS := allocator kits tests bench migrations tools wsgi.py setup.py
 
 help:
 	@echo "make demo       install into $(VENV), create a demo database and serve http://127.0.0.1:$(PORT)"
-	@echo "make test       install with test extras and run the whole test suite"
+	@echo "make test       install with test extras and run the whole test suite (PYTEST_WORKERS=auto)"
 	@echo "make lint       ruff (with security rules) and mypy"
 	@echo "make check      lint + test (what CI runs)"
 	@echo "make wheel      build the wheel a hospital installs, in dist/"
@@ -41,8 +41,11 @@ venv: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/allocator demo --port $(PORT)
 
+# pytest-xdist: one worker per core by default; PYTEST_WORKERS=0 runs the tests in one process.
+# loadgroup keeps the tests that share a module-wide world on one worker (tests/conftest.py).
+PYTEST_WORKERS ?= auto
 test: $(BIN)/.installed-test
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(BIN)/.installed-test
 	$(BIN)/ruff check $(LINT_PATHS)

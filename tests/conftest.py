@@ -35,10 +35,22 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"allocator database backends: {', '.join(BACKENDS)}"
 
 
+# Modules whose tests share a module-scoped world (built per backend): under pytest-xdist
+# (`--dist loadgroup`) each backend's share of such a module runs on one worker, which builds that
+# world once; everything else is spread test by test.
+SHARED_WORLD_MODULES = ("tests/web/test_leak_crawler.py",)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A `req` marker naming an ID that is not in the requirements document is a collection error."""
     known = known_requirement_ids()
+    grouping = config.pluginmanager.hasplugin("xdist")
     for item in items:
+        if grouping and item.nodeid.split("::")[0] in SHARED_WORLD_MODULES:
+            params = getattr(item, "callspec", None)
+            backend = params.params.get("backend", "") if params is not None else ""
+            item.add_marker(pytest.mark.xdist_group(f"{item.nodeid.split('::')[0]}-{backend}"))
         for marker in item.iter_markers("req"):
             unknown = [rid for rid in marker.args if rid not in known]
             if unknown or not marker.args:
@@ -88,11 +100,28 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def migrated(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FreshDatabase]:
-    """One migrated database per backend for the whole run; tests roll their changes back."""
-    fresh = FreshDatabase(backend, tmp_path_factory.mktemp(f"db-{backend}")).migrate()
-    yield fresh
-    fresh.drop()
+def _migrated_databases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, FreshDatabase]]:
+    """The migrated database of each backend, made on first use and kept for the whole run.
+
+    Not a fixture parametrized by backend: pytest keeps one instance of such a fixture at a time,
+    so a run that alternates backends (pytest-xdist hands out whole modules, each with its SQLite
+    and its PostgreSQL tests) would drop and migrate the database again at every switch."""
+    databases: dict[str, FreshDatabase] = {}
+    yield databases
+    for fresh in databases.values():
+        fresh.drop()
+
+
+@pytest.fixture
+def migrated(
+    backend: str, _migrated_databases: dict[str, FreshDatabase], tmp_path_factory: pytest.TempPathFactory
+) -> FreshDatabase:
+    """The migrated database of the backend, shared by the whole run; tests roll their changes back."""
+    if backend not in _migrated_databases:
+        _migrated_databases[backend] = FreshDatabase(
+            backend, tmp_path_factory.mktemp(f"db-{backend}")
+        ).migrate()
+    return _migrated_databases[backend]
 
 
 @pytest.fixture

@@ -14,12 +14,7 @@ from dataclasses import dataclass, field
 import pypdf
 import pypdfium2 as pdfium
 import zxingcpp
-from sqlalchemy import select
 from werkzeug.test import TestResponse
-
-from allocator import crypto
-from allocator.models import Kit
-from allocator.services.context import ServiceContext
 
 # Headers whose value is expected to differ from one request to the next whatever the subject.
 VOLATILE_HEADERS = {"X-Request-ID", "Set-Cookie"}
@@ -163,10 +158,3 @@ def decoded_qr(pdf: bytes) -> list[tuple[str, str]]:
         for image in images
         for code in zxingcpp.read_barcodes(image, formats=zxingcpp.BarcodeFormat.QRCode)
     ]
-
-
-def arm_of(ctx: ServiceContext, kit_number: str, trial: str = "IFNG-PAIS") -> str:
-    """The arm of a kit, opened from its sealed column — for the test's eyes only."""
-    with ctx.db.reading() as s:
-        kit = s.execute(select(Kit).where(Kit.kit_number == kit_number)).scalar_one()
-    return crypto.open_arm(ctx.ring, kit.sealed_arm, crypto.Binding(trial, "kit", kit_number, "sealed_arm"))

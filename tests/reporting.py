@@ -28,7 +28,8 @@ from allocator.services.context import ServiceContext
 from allocator.services.errors import DomainError
 from allocator.services.subjects import confirmation, corrections, randomize
 from allocator.services.supply import kit_rules, kit_status
-from tests.support import GOOD_PASSWORD, Clock, ReadyTrial, eligible_on, make_user, ready_trial
+from tests.support import GOOD_PASSWORD, Clock, ReadyTrial, eligible_on, make_user, person, ready_trial
+from tests.support.worlds import replayed
 
 TRIAL = "IFNG-PAIS"
 ALL = Scope(all_sites=True, site_ids=frozenset())
@@ -185,9 +186,21 @@ def _code_break_sheet(ctx: ServiceContext, truth: Truth, kit_number: str) -> str
 
 
 def build(ctx: ServiceContext, clock: Clock) -> Truth:
+    """The history above, built once per process and then replayed (tests.support.worlds)."""
+    assert clock is ctx.clock
+    return replayed(ctx, "report-history", lambda c: _build(c, clock))
+
+
+def _build(ctx: ServiceContext, clock: Clock) -> Truth:
     assert clock() == START
     ready = ready_trial(ctx)
-    pv = person(ctx, "pv-officer", "pharmacovigilance", full_name="Pat Vigil")
+    pv = person(
+        ctx,
+        "pv-officer",
+        "pharmacovigilance",
+        full_name="Pat Vigil",
+        client=auth.Client("192.0.2.1", "t", "r"),
+    )
     truth = Truth(ready, pv)
     inv1, inv2, pharm, nurse = ready.investigator, ready.investigator_p2, ready.pharmacist, ready.nurse
 
@@ -352,19 +365,3 @@ def p1_scope(ctx: ServiceContext) -> Scope:
 
 
 MONITOR = Actor(None, "monitor-x", "Mona Itor", "monitor", request_id="test")
-
-
-def person(
-    ctx: ServiceContext, username: str, role: str, *, full_name: str, site: str | None = None
-) -> Actor:
-    """A user with a role and the password GOOD_PASSWORD (able to sign), as an audit actor."""
-    created = make_user(ctx, username, role, site=site, full_name=full_name)
-    auth.change_password(
-        ctx,
-        created.user_id,
-        created.one_time_password,
-        GOOD_PASSWORD,
-        GOOD_PASSWORD,
-        auth.Client("192.0.2.1", "t", "r"),
-    )
-    return Actor(created.user_id, username, full_name, role, request_id="test")

@@ -12,7 +12,7 @@ from allocator import audit, dbguards
 from allocator.audit import Action, AuditLog
 from allocator.models import AuditCheckpoint, AuditEvent
 from allocator.services.context import ServiceContext
-from tests.support import CLI_ACTOR
+from tests.support import CLI_ACTOR, tamper
 
 CHAIN = "TESTCHAIN"
 
@@ -45,13 +45,6 @@ def unguard(ctx: ServiceContext, session) -> None:  # type: ignore[no-untyped-de
         session.execute(text(statement))
 
 
-def tamper(ctx: ServiceContext, *statements: str, **params: object) -> None:
-    with ctx.db.unit_of_work() as session:
-        unguard(ctx, session)
-        for statement in statements:
-            session.execute(text(statement), params)
-
-
 @pytest.mark.req("AUD-03")
 def test_entries_chain_and_verify(ctx: ServiceContext) -> None:
     fill(ctx, 250)
@@ -72,7 +65,12 @@ def test_entries_chain_and_verify(ctx: ServiceContext) -> None:
 @pytest.mark.req("AUD-03")
 def test_an_altered_entry_is_named(ctx: ServiceContext) -> None:
     fill(ctx, 250)
-    tamper(ctx, "UPDATE audit_event SET reason = 'nothing happened' WHERE chain = :c AND seq = 57", c=CHAIN)
+    tamper(
+        ctx.db,
+        "audit_event",
+        "UPDATE audit_event SET reason = 'nothing happened' WHERE chain = :c AND seq = 57",
+        c=CHAIN,
+    )
     result = verify(ctx)
     assert not result.ok and result.first_bad == 57
     assert "altered" in result.problems[0].message
@@ -81,7 +79,7 @@ def test_an_altered_entry_is_named(ctx: ServiceContext) -> None:
 @pytest.mark.req("AUD-03")
 def test_a_deleted_entry_is_named(ctx: ServiceContext) -> None:
     fill(ctx, 250)
-    tamper(ctx, "DELETE FROM audit_event WHERE chain = :c AND seq = 57", c=CHAIN)
+    tamper(ctx.db, "audit_event", "DELETE FROM audit_event WHERE chain = :c AND seq = 57", c=CHAIN)
     result = verify(ctx)
     assert (result.ok, result.first_bad) == (False, 57)
     assert "missing" in result.problems[0].message
@@ -90,7 +88,7 @@ def test_a_deleted_entry_is_named(ctx: ServiceContext) -> None:
 @pytest.mark.req("AUD-03")
 def test_a_deleted_last_entry_is_named(ctx: ServiceContext) -> None:
     fill(ctx, 250)
-    tamper(ctx, "DELETE FROM audit_event WHERE chain = :c AND seq = 250", c=CHAIN)
+    tamper(ctx.db, "audit_event", "DELETE FROM audit_event WHERE chain = :c AND seq = 250", c=CHAIN)
     result = verify(ctx)
     assert (result.ok, result.first_bad) == (False, 250)
 
@@ -99,7 +97,8 @@ def test_a_deleted_last_entry_is_named(ctx: ServiceContext) -> None:
 def test_reordered_entries_are_named(ctx: ServiceContext) -> None:
     fill(ctx, 250)
     tamper(
-        ctx,
+        ctx.db,
+        "audit_event",
         "UPDATE audit_event SET seq = -1 WHERE chain = :c AND seq = 57",
         "UPDATE audit_event SET seq = 57 WHERE chain = :c AND seq = 58",
         "UPDATE audit_event SET seq = 58 WHERE chain = :c AND seq = -1",
@@ -127,7 +126,8 @@ def test_an_inserted_entry_is_named_even_with_a_valid_hash(ctx: ServiceContext) 
     forged.prev_hash = prev.hash
     forged.hash = audit.entry_hash(audit.canonical_fields(forged))
     tamper(
-        ctx,
+        ctx.db,
+        "audit_event",
         "UPDATE audit_event SET seq = -seq WHERE chain = :c AND seq >= 57",
         "UPDATE audit_event SET seq = 1 - seq WHERE chain = :c AND seq < 0",
         c=CHAIN,

@@ -23,7 +23,6 @@ from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
 import kits as kitlib
-from allocator import crypto
 from allocator.audit import Actor
 from allocator.models import (
     AuditEvent,
@@ -50,9 +49,10 @@ from tests.support import (
     ELIGIBLE,
     GOOD_PASSWORD,
     Clock,
+    arm_of,
     code_break_sheets,
     load_ifn,
-    make_user,
+    person,
     ready_trial,
 )
 from tests.unit.kits.kits_testdata import decode_qr_codes, flat, page_count, text_runs
@@ -64,21 +64,6 @@ SIGNED = SignatureRequest(password=GOOD_PASSWORD)
 HERE = auth.Client("192.0.2.1", "pytest", "req")
 LABELS = {"A": "Interferon gamma-1b", "B": "Placebo"}
 ARM_WORDS = ("placebo", "interferon", "interféron", "gamma")
-
-
-def person(ctx: ServiceContext, username: str, role: str, site: str | None = None) -> Actor:
-    name = username.replace("-", " ").title()
-    created = make_user(ctx, username, role, site=site, full_name=name)
-    auth.change_password(ctx, created.user_id, created.one_time_password, GOOD_PASSWORD, GOOD_PASSWORD, HERE)
-    return Actor(user_id=created.user_id, username=username, name=name, role=role, request_id="test")
-
-
-def arm_of(ctx: ServiceContext, kit_number: str) -> str:
-    with ctx.db.reading() as s:
-        sealed = s.execute(select(Kit.sealed_arm).where(Kit.kit_number == kit_number)).scalar_one()
-    return crypto.open_arm(
-        ctx.ring, sealed, crypto.Binding(trial=TRIAL, table="kit", row=kit_number, column="sealed_arm")
-    )
 
 
 def audit(ctx: ServiceContext, action: str) -> list[AuditEvent]:

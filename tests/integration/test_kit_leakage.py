@@ -29,11 +29,10 @@ from scipy import linalg, special, stats
 from sqlalchemy import select
 
 import kits as kitlib
-from allocator import crypto
 from allocator.models import Kit
 from allocator.services.context import ServiceContext
 from allocator.services.supply import kit_lists
-from tests.support import CLI_ACTOR, load_ifn
+from tests.support import CLI_ACTOR, arm_of, load_ifn
 
 TRIAL = "IFNG-PAIS"
 COUNT = 4000
@@ -197,11 +196,6 @@ def report(findings: list[Finding]) -> str:
 
 
 # --- the tests -------------------------------------------------------------------------------
-
-
-def arm_of(ctx: ServiceContext, kit: Kit) -> str:
-    binding = crypto.Binding(trial=TRIAL, table="kit", row=kit.kit_number, column="sealed_arm")
-    return crypto.open_arm(ctx.ring, kit.sealed_arm, binding)
 
 
 @pytest.mark.req("BLD-03")

@@ -46,7 +46,15 @@ from allocator.services.lookups import current_definition, get_trial
 from allocator.services.signatures import SignatureRefused, SignatureRequest
 from allocator.services.supply import kit_lists, kit_rules, kit_status, labels, reconciliation, shipments
 from allocator.services.supply import stock as supply_stock
-from tests.support import CLI_ACTOR, GOOD_PASSWORD, Clock, code_break_sheets, load_ifn, make_user
+from tests.support import (
+    CLI_ACTOR,
+    GOOD_PASSWORD,
+    Clock,
+    arm_of,
+    code_break_sheets,
+    load_ifn,
+    person,
+)
 from tests.unit.kits.kits_testdata import all_text, decode_qr_codes, flat, page_count
 
 T = TypeVar("T")
@@ -65,23 +73,9 @@ ARM_WORDS = re.compile(r"\b[AB]\b|(?i:placebo|interf[eé]ron|\barms?\b)")
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def person(ctx: ServiceContext, username: str, role: str, site: str | None = None) -> Actor:
-    """A user with a known password (so that they can sign), as a service actor."""
-    name = username.replace("-", " ").title()
-    created = make_user(ctx, username, role, site=site, full_name=name)
-    auth.change_password(ctx, created.user_id, created.one_time_password, GOOD_PASSWORD, GOOD_PASSWORD, HERE)
-    return Actor(user_id=created.user_id, username=username, name=name, role=role, request_id="test")
-
-
 def site_id(ctx: ServiceContext, code: str) -> int:
     with ctx.db.reading() as s:
         return s.execute(select(Site.id).where(Site.code == code)).scalar_one()
-
-
-def arm_of(ctx: ServiceContext, kit: Kit) -> str:
-    """The test's own look at a kit's arm (the application reads arms through arm_access only)."""
-    binding = crypto.Binding(trial=TRIAL, table="kit", row=kit.kit_number, column="sealed_arm")
-    return crypto.open_arm(ctx.ring, kit.sealed_arm, binding)
 
 
 def all_kits(ctx: ServiceContext) -> list[Kit]:

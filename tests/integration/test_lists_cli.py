@@ -12,14 +12,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from pypdf import PdfReader
-from sqlalchemy import select, text
+from sqlalchemy import select
 
-from allocator import dbguards
 from allocator.cli import main
-from allocator.db import Database, connect_once
+from allocator.db import Database
 from allocator.models import IntegrityCheck, Slot, Stratum
 from tests.conftest import FreshDatabase
-from tests.support import IFN_TRIAL
+from tests.support import IFN_TRIAL, tamper
 
 LABEL = "IFNG-PAIS/TEST/1"
 VICTIM = "site=P2;admission_cause=septic"
@@ -47,18 +46,6 @@ def loaded(run: Run) -> Run:
     code, out = run("load-trial", str(IFN_TRIAL))
     assert code == 0, out
     return run
-
-
-def tamper(url: str, statement: str, **params: object) -> None:
-    """Change the slot table with plain SQL, the guard triggers dropped first."""
-    engine = connect_once(url)
-    try:
-        with engine.begin() as conn:
-            for ddl in dbguards.unguard(conn.dialect.name, "slot", updates=False):
-                conn.execute(text(ddl))
-            conn.execute(text(statement), params)
-    finally:
-        engine.dispose()
 
 
 def victim_slot(url: str) -> tuple[int, bytes]:
@@ -113,7 +100,7 @@ def test_generate_verify_and_check_a_list_from_the_command_line(
     assert run("integrity-check", "IFNG-PAIS") == (0, f"{LABEL}: intact\n")
 
     slot_id, _ = victim_slot(fresh_database.url)
-    tamper(fresh_database.url, "DELETE FROM slot WHERE id = :i", i=slot_id)
+    tamper(fresh_database.url, "slot", "DELETE FROM slot WHERE id = :i", i=slot_id)
     code, out = run("integrity-check")
     assert code == 1
     assert out.startswith(f"{LABEL}: FAILED: stratum {VICTIM}: stored slots differ from the recorded digest")
@@ -129,13 +116,14 @@ def test_integrity_check_fails_on_an_altered_ciphertext(loaded: Run, fresh_datab
     slot_id, sealed = victim_slot(fresh_database.url)
     tamper(
         fresh_database.url,
+        "slot",
         "UPDATE slot SET sealed = :b WHERE id = :i",
         b=sealed[:-1] + bytes([sealed[-1] ^ 0x80]),
         i=slot_id,
     )
     code, out = run("integrity-check", "IFNG-PAIS")
     assert code == 1 and "FAILED" in out and VICTIM in out
-    tamper(fresh_database.url, "UPDATE slot SET sealed = :b WHERE id = :i", b=sealed, i=slot_id)
+    tamper(fresh_database.url, "slot", "UPDATE slot SET sealed = :b WHERE id = :i", b=sealed, i=slot_id)
     assert run("integrity-check", "IFNG-PAIS") == (0, f"{LABEL}: intact\n")
 
 
@@ -146,6 +134,7 @@ def test_verify_list_reports_an_altered_ciphertext(loaded: Run, fresh_database: 
     slot_id, sealed = victim_slot(fresh_database.url)
     tamper(
         fresh_database.url,
+        "slot",
         "UPDATE slot SET sealed = :b WHERE id = :i",
         b=sealed[:-1] + bytes([sealed[-1] ^ 0x80]),
         i=slot_id,

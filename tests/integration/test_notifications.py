@@ -24,19 +24,10 @@ from allocator.services import notifications
 from allocator.services.accounts import user_admin, users
 from allocator.services.context import ServiceContext
 from allocator.services.subjects import randomize as subjects_randomize
-from tests.support import CLI_ACTOR, ELIGIBLE, make_user, ready_trial
+from tests.support import CLI_ACTOR, ELIGIBLE, make_user, randomization, ready_trial
 
 ALL = Scope(all_sites=True, site_ids=frozenset())
 TRIAL = "IFNG-PAIS"
-
-
-def randomize(
-    ctx: ServiceContext, investigator: object, number: str
-) -> subjects_randomize.RandomizationResult:
-    request = subjects_randomize.RandomizationRequest(
-        site="P1", screening_number=number, eligibility=dict(ELIGIBLE), strata={"admission_cause": "septic"}
-    )
-    return subjects_randomize.randomize(ctx, investigator, TRIAL, request, ALL)  # type: ignore[arg-type]
 
 
 def arm_of_subject(ctx: ServiceContext, result: subjects_randomize.RandomizationResult) -> str:
@@ -71,7 +62,7 @@ def test_a_dispensation_request_is_mailed_to_the_sites_pharmacists_only(ctx: Ser
     ready = ready_trial(ctx)
     people(ctx)
     user_admin.set_active(ctx, CLI_ACTOR, "ph1-other", False, "left the unit")
-    result = randomize(ctx, ready.investigator, "P1-0001")
+    result = randomization(ctx, ready.investigator, "P1-0001")
     outbox = Outbox()
 
     report = notifications.send_pending(ctx, transport=outbox)
@@ -94,7 +85,7 @@ def test_a_dispensation_request_is_mailed_to_the_sites_pharmacists_only(ctx: Ser
 def test_recipients_are_those_holding_the_role_when_the_mail_is_sent(ctx: ServiceContext) -> None:
     ready = ready_trial(ctx)
     people(ctx)
-    randomize(ctx, ready.investigator, "P1-0001")
+    randomization(ctx, ready.investigator, "P1-0001")
     with ctx.db.reading() as s:
         notification = s.execute(select(Notification)).scalar_one()
         assert notifications.recipients(s, notification, ctx.now()) == ["other@p1.example", "ph1@p1.example"]
@@ -114,7 +105,7 @@ def test_recipients_are_those_holding_the_role_when_the_mail_is_sent(ctx: Servic
 def test_a_failed_delivery_is_recorded_and_tried_again(ctx: ServiceContext) -> None:
     ready = ready_trial(ctx)
     people(ctx)
-    randomize(ctx, ready.investigator, "P1-0001")
+    randomization(ctx, ready.investigator, "P1-0001")
     outbox = Outbox()
     outbox.fail = True
     assert notifications.send_pending(ctx, transport=outbox) == notifications.MailReport(0, 0, 1)
@@ -133,7 +124,7 @@ def test_a_failed_delivery_is_recorded_and_tried_again(ctx: ServiceContext) -> N
 @pytest.mark.req("BLD-10")
 def test_a_notification_nobody_can_receive_is_closed_with_a_reason(ctx: ServiceContext) -> None:
     ready = ready_trial(ctx)
-    randomize(ctx, ready.investigator, "P1-0001")  # pharm-p1 has no e-mail address
+    randomization(ctx, ready.investigator, "P1-0001")  # pharm-p1 has no e-mail address
     outbox = Outbox()
     assert notifications.send_pending(ctx, transport=outbox) == notifications.MailReport(0, 1, 0)
     with ctx.db.reading() as s:
@@ -151,7 +142,7 @@ def test_mails_for_subjects_of_either_arm_are_identical_but_for_their_identifier
     n = 0
     while len(by_arm) < 2:
         n += 1
-        result = randomize(ctx, ready.investigator, f"P1-{n:04d}")
+        result = randomization(ctx, ready.investigator, f"P1-{n:04d}")
         by_arm.setdefault(arm_of_subject(ctx, result), result)
     outbox = Outbox()
     notifications.send_pending(ctx, transport=outbox)
@@ -234,7 +225,7 @@ def test_the_outbox_delivers_through_smtp_in_the_background(
     )
     ready = ready_trial(mailing)
     make_user(mailing, "ph1-mail", "pharmacist", site="P1", email="ph1@p1.example")
-    result = randomize(mailing, ready.investigator, "P1-0001")
+    result = randomization(mailing, ready.investigator, "P1-0001")
     outbox = notifications.Outbox(mailing)
     outbox.wake()
     outbox.join(timeout=30)

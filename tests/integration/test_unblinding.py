@@ -16,15 +16,22 @@ from sqlalchemy.exc import DBAPIError
 
 from allocator import crypto
 from allocator.audit import Actor
-from allocator.models import AuditEvent, CodeBreakSheet, Kit, Notification, Signature, Subject, Unblinding
+from allocator.models import CodeBreakSheet, Kit, Notification, Signature, Subject, Unblinding
 from allocator.permissions import Scope
 from allocator.services import auth, dispensing, lookups, notifications, signatures, unblinding
 from allocator.services.closeout import releases, state
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, Forbidden, NotFound, TooManyRequests, ValidationFailed
-from allocator.services.subjects import randomize as subjects_randomize
 from allocator.services.subjects import views as subjects_views
-from tests.support import ELIGIBLE, GOOD_PASSWORD, Clock, ReadyTrial, make_actor, ready_trial
+from tests.support import (
+    GOOD_PASSWORD,
+    Clock,
+    ReadyTrial,
+    events,
+    make_actor,
+    randomize,
+    ready_trial,
+)
 
 TRIAL = "IFNG-PAIS"
 ALL = Scope(all_sites=True, site_ids=frozenset())
@@ -40,14 +47,6 @@ def site_scope(ctx: ServiceContext, code: str) -> Scope:
     with ctx.db.reading() as s:
         site_id = s.execute(select(Site.id).where(Site.code == code)).scalar_one()
     return Scope(all_sites=False, site_ids=frozenset({site_id}))
-
-
-def randomize(ctx: ServiceContext, ready: ReadyTrial, number: str, site: str = "P1") -> str:
-    investigator = ready.investigator if site == "P1" else ready.investigator_p2
-    request = subjects_randomize.RandomizationRequest(
-        site=site, screening_number=number, eligibility=dict(ELIGIBLE), strata={"admission_cause": "septic"}
-    )
-    return subjects_randomize.randomize(ctx, investigator, TRIAL, request, ALL).subject_number
 
 
 def true_arm(ctx: ServiceContext, subject_number: str) -> str:
@@ -70,15 +69,6 @@ def true_arm(ctx: ServiceContext, subject_number: str) -> str:
     return crypto.open_arm(
         ctx.ring, kit.sealed_arm, crypto.Binding(TRIAL, "kit", kit.kit_number, "sealed_arm")
     )
-
-
-def events(ctx: ServiceContext, action: str) -> list[AuditEvent]:
-    with ctx.db.reading() as s:
-        return list(
-            s.execute(
-                select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.seq)
-            ).scalars()
-        )
 
 
 def unblind(

@@ -17,7 +17,7 @@ from allocator.services.context import ServiceContext
 from allocator.services.errors import NotFound, ValidationFailed
 from allocator.services.subjects import corrections, randomize, views
 from allocator.services.supply import kit_rules
-from tests.support import ELIGIBLE, GOOD_PASSWORD, Clock, ready_trial
+from tests.support import ELIGIBLE, GOOD_PASSWORD, Clock, arm_of, ready_trial
 
 ALL = Scope(all_sites=True, site_ids=frozenset())
 SIGNED = signatures.SignatureRequest(password=GOOD_PASSWORD)
@@ -31,14 +31,6 @@ def request(
         screening_number=number,
         eligibility={**ELIGIBLE, **changes},
         strata={"admission_cause": cause},
-    )
-
-
-def arm_of(ctx: ServiceContext, kit_number: str) -> str:
-    with ctx.db.reading() as s:
-        kit = s.execute(select(Kit).where(Kit.kit_number == kit_number)).scalar_one()
-    return crypto.open_arm(
-        ctx.ring, kit.sealed_arm, crypto.Binding("IFNG-PAIS", "kit", kit_number, "sealed_arm")
     )
 
 

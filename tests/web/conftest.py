@@ -14,9 +14,15 @@ from allocator.app import create_app
 from allocator.db import Database
 from allocator.services.context import ServiceContext
 from allocator.settings import Settings
-from tests.support import GOOD_PASSWORD, Clock
+from tests.support import GOOD_PASSWORD, Clock, ReadyTrial, ready_trial
 
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+@pytest.fixture
+def world(ctx: ServiceContext) -> ReadyTrial:
+    """IFNG-PAIS ready to randomize (tests.support.ready_trial): lists active, kits at both sites."""
+    return ready_trial(ctx)
 
 
 @pytest.fixture

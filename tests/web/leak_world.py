@@ -61,13 +61,14 @@ from allocator.services.lookups import trial_definition
 from allocator.services.subjects import corrections, randomize, withdrawal
 from allocator.services.supply import kit_rules, kit_status, shipments
 from allocator.trialdef import TrialDefinition
-from tests.masking import Subject, arm_of
+from tests.masking import Subject
 from tests.support import (
     CLI_ACTOR,
     ELIGIBLE,
     GOOD_PASSWORD,
     Clock,
     ReadyTrial,
+    arm_of,
     enroll_totp,
     make_user,
     ready_trial,

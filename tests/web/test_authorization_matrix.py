@@ -19,6 +19,7 @@ from allocator.services import auth, trials
 from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
 from tests.support import CLI_ACTOR, GOOD_PASSWORD, IFN_TRIAL, Clock, enroll_totp, load_ifn, make_user
+from tests.support.worlds import replayed
 from tests.web.conftest import csrf_token, https_client
 
 ALL = frozenset(
@@ -694,16 +695,8 @@ def _secret(base32: str) -> bytes:
     return base64.b32decode(base32 + "=" * (-len(base32) % 8))
 
 
-@pytest.fixture
-def principals(app: Flask, ctx: ServiceContext, clock: Clock) -> dict[str, FlaskClient]:
-    """A signed-in client per principal (second factor completed where the role requires it)."""
-    load_ifn(ctx)
-    trials.load_trial(
-        ctx,
-        CLI_ACTOR,
-        IFN_TRIAL.read_text().replace('code = "IFNG-PAIS"', 'code = "OTHER"'),
-        source_name="other.toml",
-    )
+def _specs() -> dict[str, tuple[str, str | None, str]]:
+    """principal name: (role, site, trial)."""
     specs = {
         role.value: (
             role.value,
@@ -714,9 +707,20 @@ def principals(app: Flask, ctx: ServiceContext, clock: Clock) -> dict[str, Flask
     }
     specs["investigator_p2"] = ("investigator", "P2", "IFNG-PAIS")
     specs["monitor_other_trial"] = ("monitor", None, "OTHER")
-    clients: dict[str, FlaskClient] = {}
+    return specs
+
+
+def _accounts(ctx: ServiceContext) -> dict[str, bytes]:
+    """Both trials and an account per principal; the authenticator secrets of those enrolled."""
+    load_ifn(ctx)
+    trials.load_trial(
+        ctx,
+        CLI_ACTOR,
+        IFN_TRIAL.read_text().replace('code = "IFNG-PAIS"', 'code = "OTHER"'),
+        source_name="other.toml",
+    )
     secrets: dict[str, bytes] = {}
-    for name, (role, site, trial) in specs.items():
+    for name, (role, site, trial) in _specs().items():
         username = name.replace("_", "-")
         created = make_user(ctx, username, role, site=site, trial=trial)
         auth.change_password(
@@ -728,7 +732,18 @@ def principals(app: Flask, ctx: ServiceContext, clock: Clock) -> dict[str, Flask
             auth.Client("192.0.2.1", "t", "r"),
         )
         if Role(role) in MFA_REQUIRED_ROLES:
-            secrets[name] = enroll_totp(ctx, created.user_id, clock)
+            secrets[name] = enroll_totp(ctx, created.user_id, ctx.clock)  # type: ignore[arg-type]
+    return secrets
+
+
+@pytest.fixture
+def principals(app: Flask, ctx: ServiceContext, clock: Clock) -> dict[str, FlaskClient]:
+    """A signed-in client per principal (second factor completed where the role requires it). The
+    accounts are built once per process and replayed (tests.support.worlds); the sign-ins are real."""
+    assert ctx.clock is clock
+    specs = _specs()
+    secrets = replayed(ctx, "authorization-matrix-accounts", _accounts)
+    clients: dict[str, FlaskClient] = {}
     clock.advance(seconds=31)  # a fresh TOTP step for the sign-ins below
     for name in specs:
         client = https_client(app)

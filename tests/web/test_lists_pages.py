@@ -20,13 +20,13 @@ from allocator import crypto
 from allocator.app import StartupError, create_app
 from allocator.audit import Actor
 from allocator.db import Database
-from allocator.models import AuditEvent, RandomizationList, Stratum
+from allocator.models import RandomizationList, Stratum
 from allocator.services import auth, trials
 from allocator.services.context import ServiceContext
 from allocator.services.lists import approval, generation
 from allocator.services.signatures import SignatureRequest
 from allocator.settings import Environment, Settings
-from tests.support import CLI_ACTOR, GOOD_PASSWORD, IFN_TRIAL, Clock, enroll_totp, load_ifn, make_user
+from tests.support import CLI_ACTOR, GOOD_PASSWORD, IFN_TRIAL, Clock, enroll_totp, events, load_ifn, make_user
 from tests.web.conftest import csrf_token, https_client
 
 SignedIn = Callable[[str, str], FlaskClient]
@@ -112,17 +112,6 @@ def list_id(ctx: ServiceContext) -> int:
         return s.execute(select(RandomizationList.id).where(RandomizationList.label == LABEL)).scalar_one()
 
 
-def events(ctx: ServiceContext, action: str) -> list[AuditEvent]:
-    with ctx.db.reading() as s:
-        return list(
-            s.execute(
-                select(AuditEvent)
-                .where(AuditEvent.chain == TRIAL, AuditEvent.action == action)
-                .order_by(AuditEvent.seq)
-            ).scalars()
-        )
-
-
 def active_list(ctx: ServiceContext, stat: Statistician) -> generation.Generated:
     generated = generation.generate_lists(ctx, stat.actor, TRIAL, "test")
     approval.approve_list(ctx, stat.actor, TRIAL, generated.list_id, stat.request())
@@ -154,14 +143,14 @@ def test_the_statistician_generates_reviews_approves_and_activates_a_list(
     page = stat.post(LISTS, mode="production")
     assert "(RND-13)" in page
 
-    reads = len(events(ctx, "arm.read"))
+    reads = len(events(ctx, "arm.read", chain=TRIAL))
     review = stat.client.get(f"{LISTS}/{identifier}/review")
     assert review.status_code == 200
     html = review.get_data(as_text=True)
     assert "Arm A" in html and "Arm B" in html and "this read was audited" in html
     for key, capacity in capacities(ctx, identifier).items():
         assert re.search(rf"<td>{re.escape(key)}</td><td>{capacity // 2}</td><td>{capacity // 2}</td>", html)
-    audited = events(ctx, "arm.read")
+    audited = events(ctx, "arm.read", chain=TRIAL)
     assert len(audited) == reads + 1
     assert audited[-1].actor_username == "stat" and audited[-1].object_id == LABEL
     assert json.loads(audited[-1].new_values or "{}")["purpose"] == "QC review of the list"
@@ -173,7 +162,7 @@ def test_the_statistician_generates_reviews_approves_and_activates_a_list(
     assert "the password is wrong" in page and "List approved" not in page
     page = stat.post(f"{LISTS}/{identifier}/approve", password=GOOD_PASSWORD)  # no authenticator code
     assert "the authenticator code is wrong" in page
-    assert len(events(ctx, "signature.failed")) == 2
+    assert len(events(ctx, "signature.failed", chain=TRIAL)) == 2
 
     page = stat.post(f"{LISTS}/{identifier}/approve", **stat.signature())
     assert "List approved (signed)." in page
@@ -255,7 +244,7 @@ def test_the_statistician_extends_and_exports_an_active_list(
     document = json.loads(crypto.decrypt_download(download.data, passphrase))
     assert document["label"] == LABEL and len(document["slots"]) == sum(after.values())
     assert [v["version"] for v in document["versions"]] == [1, 2]
-    assert [e.reason for e in events(ctx, "list.exported")] == ["independent verification"]
+    assert [e.reason for e in events(ctx, "list.exported", chain=TRIAL)] == ["independent verification"]
 
 
 @pytest.mark.req("RND-01", "REP-01")

@@ -31,7 +31,6 @@ from allocator.services.context import ServiceContext
 from allocator.services.supply import kit_rules
 from tests.masking import (
     Subject,
-    arm_of,
     assert_same_response,
     decoded_qr,
     key_shape,
@@ -39,7 +38,7 @@ from tests.masking import (
     pdf_fingerprint,
     pdf_text,
 )
-from tests.support import CLI_ACTOR, ELIGIBLE, GOOD_PASSWORD, ready_trial
+from tests.support import CLI_ACTOR, ELIGIBLE, GOOD_PASSWORD, arm_of, ready_trial
 from tests.web.conftest import csrf_token
 
 pytestmark = [pytest.mark.req("BLD-02"), pytest.mark.req("BLD-01")]

@@ -76,27 +76,27 @@ def new_user(ctx: ServiceContext, username: str, role: str, site: str | None = N
 
 
 @pytest.fixture
-def world(ctx: ServiceContext, clock: Clock) -> Truth:
+def truth(ctx: ServiceContext, clock: Clock) -> Truth:
     return build(ctx, clock)
 
 
 @pytest.fixture
-def monitor(app: Flask, ctx: ServiceContext, clock: Clock, world: Truth) -> FlaskClient:
+def monitor(app: Flask, ctx: ServiceContext, clock: Clock, truth: Truth) -> FlaskClient:
     return login(app, ctx, clock, "mon-all", new_user(ctx, "mon-all", "monitor"), mfa=False)
 
 
 @pytest.fixture
-def stat_secret(ctx: ServiceContext, clock: Clock, world: Truth) -> bytes:
+def stat_secret(ctx: ServiceContext, clock: Clock, truth: Truth) -> bytes:
     """The statistician's authenticator, for signing as well as signing in."""
-    assert world.ready.statistician.user_id is not None
-    return enroll_totp(ctx, world.ready.statistician.user_id, clock)
+    assert truth.ready.statistician.user_id is not None
+    return enroll_totp(ctx, truth.ready.statistician.user_id, clock)
 
 
 @pytest.fixture
 def statistician(
-    app: Flask, ctx: ServiceContext, clock: Clock, world: Truth, stat_secret: bytes
+    app: Flask, ctx: ServiceContext, clock: Clock, truth: Truth, stat_secret: bytes
 ) -> FlaskClient:
-    user_id = world.ready.statistician.user_id
+    user_id = truth.ready.statistician.user_id
     assert user_id is not None
     return login(app, ctx, clock, "stat", user_id, mfa=True, secret=stat_secret)
 
@@ -108,7 +108,7 @@ def blinded_pages() -> list[str]:
 @pytest.mark.req("BLD-07")
 @pytest.mark.req("REP-08")
 @pytest.mark.req("BLD-14")
-def test_every_blinded_page_and_download_for_a_monitor(monitor: FlaskClient, world: Truth) -> None:
+def test_every_blinded_page_and_download_for_a_monitor(monitor: FlaskClient, truth: Truth) -> None:
     index = monitor.get(BASE)
     assert index.status_code == 200
     for path in blinded_pages():
@@ -130,7 +130,7 @@ def test_every_blinded_page_and_download_for_a_monitor(monitor: FlaskClient, wor
             assert arm_leaks(content.decode() if fmt == "csv" else pdf_text(content)) == [], (path, fmt)
     # The unblinding page lists the emergency and accidental events, never the PV one (UNB-08).
     unblinding = text_of(monitor.get(f"{BASE}/unblinding").get_data(as_text=True))
-    s = world.subjects
+    s = truth.subjects
     assert s["S1"] in unblinding and s["S3"] in unblinding and s["S5"] in unblinding
     assert s["S4"] not in unblinding
     metadata, sections = csv_sections(monitor.get(f"{BASE}/unblinding/csv").get_data(as_text=True))
@@ -164,14 +164,14 @@ def test_bad_input_is_a_clear_error(monitor: FlaskClient) -> None:
 @pytest.mark.req("REP-01")
 @pytest.mark.req("BLD-09")
 def test_restricted_versions_for_the_unblinded_statistician(
-    statistician: FlaskClient, world: Truth, ctx: ServiceContext, clock: Clock, stat_secret: bytes
+    statistician: FlaskClient, truth: Truth, ctx: ServiceContext, clock: Clock, stat_secret: bytes
 ) -> None:
     early = statistician.get(f"{BASE}/restricted/participant-flow")
     assert early.status_code == 409 and "unblind" in early.get_data(as_text=True)
     sequence = text_of(statistician.get(f"{BASE}/restricted/sequence").get_data(as_text=True))
     assert "2, 4, 6" in sequence and "RESTRICTED" in sequence
     restricted = statistician.get(f"{BASE}/restricted/unblinding")
-    assert world.subjects["S4"] in text_of(restricted.get_data(as_text=True))
+    assert truth.subjects["S4"] in text_of(restricted.get_data(as_text=True))
     download = statistician.get(f"{BASE}/restricted/unblinding/pdf")
     assert (
         download.status_code == 200
@@ -180,7 +180,7 @@ def test_restricted_versions_for_the_unblinded_statistician(
     blinded = text_of(statistician.get(f"{BASE}/sequence").get_data(as_text=True))
     assert "2, 4, 6" not in blinded
     # After the signed final unblinding, the per-arm flow is there as page, CSV and PDF.
-    stat = world.ready.statistician
+    stat = truth.ready.statistician
     for step, reason in ((state.lock, "database lock"), (state.unblind_trial, "final analysis")):
         clock.advance(seconds=31)  # a fresh authenticator code for each signature
         signed = signatures.SignatureRequest(GOOD_PASSWORD, totp=crypto.totp_now(stat_secret, clock()))
@@ -200,14 +200,14 @@ def test_restricted_versions_for_the_unblinded_statistician(
 
 @pytest.mark.req("UNB-08")
 def test_pharmacovigilance_reads_its_own_unblinding_report(
-    app: Flask, ctx: ServiceContext, clock: Clock, world: Truth
+    app: Flask, ctx: ServiceContext, clock: Clock, truth: Truth
 ) -> None:
-    assert world.pv.user_id is not None
-    pv = login(app, ctx, clock, "pv-officer", world.pv.user_id, mfa=True)
+    assert truth.pv.user_id is not None
+    pv = login(app, ctx, clock, "pv-officer", truth.pv.user_id, mfa=True)
     trial_page = pv.get("/trials/IFNG-PAIS").get_data(as_text=True)
     assert f'href="{BASE}/safety/unblinding"' in trial_page and f'href="{BASE}"' not in trial_page
     page = text_of(pv.get(f"{BASE}/safety/unblinding").get_data(as_text=True))
-    assert world.subjects["S4"] in page and "Pat Vigil" in page
+    assert truth.subjects["S4"] in page and "Pat Vigil" in page
     assert pv.get(f"{BASE}/safety/unblinding/csv").status_code == 200
     assert pv.get(f"{BASE}/unblinding").status_code == 403
 

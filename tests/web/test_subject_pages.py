@@ -18,7 +18,7 @@ from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
 from allocator.services.subjects import randomize, views
 from allocator.services.supply import kit_rules
-from tests.support import CLI_ACTOR, ELIGIBLE, GOOD_PASSWORD, Clock, ReadyTrial, make_user, ready_trial
+from tests.support import CLI_ACTOR, ELIGIBLE, GOOD_PASSWORD, Clock, ReadyTrial, make_user
 from tests.web.conftest import csrf_token, https_client, sign_in
 
 TRIAL = "IFNG-PAIS"
@@ -39,11 +39,6 @@ def counts(ctx: ServiceContext) -> tuple[int, int]:
             s.execute(select(func.count()).select_from(Subject)).scalar_one(),
             s.execute(select(func.count()).select_from(ScreeningEntry)).scalar_one(),
         )
-
-
-@pytest.fixture
-def world(ctx: ServiceContext) -> ReadyTrial:
-    return ready_trial(ctx)
 
 
 def client_for(app: Flask, username: str) -> FlaskClient:

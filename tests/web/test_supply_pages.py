@@ -25,7 +25,16 @@ from allocator.services import auth
 from allocator.services.context import ServiceContext
 from allocator.services.supply import kit_lists, kit_rules
 from allocator.services.supply import shipments as supply_shipments
-from tests.support import CLI_ACTOR, GOOD_PASSWORD, Clock, code_break_sheets, enroll_totp, load_ifn, make_user
+from tests.support import (
+    CLI_ACTOR,
+    GOOD_PASSWORD,
+    Clock,
+    arm_of,
+    code_break_sheets,
+    enroll_totp,
+    load_ifn,
+    make_user,
+)
 from tests.web.conftest import csrf_token, https_client
 
 SignedIn = Callable[[str, str], FlaskClient]
@@ -45,14 +54,6 @@ def flashes(response: object) -> list[str]:
 def status_of(ctx: ServiceContext, number: str) -> str:
     with ctx.db.reading() as s:
         return s.execute(select(Kit.status).where(Kit.kit_number == number)).scalar_one()
-
-
-def arm_of(ctx: ServiceContext, number: str) -> str:
-    with ctx.db.reading() as s:
-        sealed = s.execute(select(Kit.sealed_arm).where(Kit.kit_number == number)).scalar_one()
-    return crypto.open_arm(
-        ctx.ring, sealed, crypto.Binding(trial=TRIAL, table="kit", row=number, column="sealed_arm")
-    )
 
 
 def kit_count(ctx: ServiceContext) -> int:

@@ -18,8 +18,14 @@ from allocator.permissions import Scope
 from allocator.services import lookups
 from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
-from allocator.services.subjects import randomize as subjects_randomize
-from tests.support import CLI_ACTOR, ELIGIBLE, GOOD_PASSWORD, Clock, ReadyTrial, make_actor, ready_trial
+from tests.support import (
+    CLI_ACTOR,
+    GOOD_PASSWORD,
+    Clock,
+    ReadyTrial,
+    make_actor,
+    randomize,
+)
 from tests.web.conftest import TotpSignedIn, csrf_token, https_client, sign_in
 
 TRIAL = "IFNG-PAIS"
@@ -32,14 +38,6 @@ FORM = {
     "confirm": "yes",
     "password": GOOD_PASSWORD,
 }
-
-
-def randomize(ctx: ServiceContext, ready: ReadyTrial, number: str, site: str = "P1") -> str:
-    investigator = ready.investigator if site == "P1" else ready.investigator_p2
-    request = subjects_randomize.RandomizationRequest(
-        site=site, screening_number=number, eligibility=dict(ELIGIBLE), strata={"admission_cause": "septic"}
-    )
-    return subjects_randomize.randomize(ctx, investigator, TRIAL, request, ALL).subject_number
 
 
 def true_arm(ctx: ServiceContext, number: str) -> str:
@@ -67,11 +65,6 @@ def text_of(html: str, ctx: ServiceContext | None = None) -> str:
     if ctx is not None:
         text = text.replace(lookups.trial_definition(ctx, TRIAL).title, "")
     return text
-
-
-@pytest.fixture
-def world(ctx: ServiceContext) -> ReadyTrial:
-    return ready_trial(ctx)
 
 
 @pytest.fixture

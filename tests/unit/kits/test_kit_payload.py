@@ -196,6 +196,9 @@ def test_error_types_are_distinct() -> None:
         ("APHP/1", KITS[0], "D1"),
         (TRIAL_CODE, KITS[0], "d1"),
     ],
+    # Named, not derived from the values: KITS is random, and pytest-xdist needs every worker to
+    # collect the same test ids.
+    ids=["lowercase-trial", "one-letter-trial", "slash-in-trial", "lowercase-unit"],
 )
 def test_build_refuses_fields_outside_the_format(trial_code: str, kit: str, unit: str) -> None:
     with pytest.raises(ValueError, match="not allowed"):

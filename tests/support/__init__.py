@@ -1,4 +1,7 @@
-"""Small test helpers: a controllable clock and factories (fixtures use them)."""
+"""The suite's shared helpers: a controllable clock, factories of users and worlds, and the test's
+own looks behind the application's back (a kit's arm, audit entries, tampering with guarded rows).
+
+Expensive worlds are built once per process and replayed: see tests/support/worlds.py."""
 
 from __future__ import annotations
 
@@ -6,15 +9,25 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+from sqlalchemy import select, text
+
+from allocator import crypto, dbguards
 from allocator.audit import Actor
-from allocator.services import sites, trials
+from allocator.db import Database, connect_once
+from allocator.models import AuditEvent, Kit
+from allocator.permissions import Scope
+from allocator.services import auth, sites, trials
 from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
+from allocator.services.subjects import randomize as subjects_randomize
 from allocator.services.supply import kit_lists, shipments
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 IFN_TRIAL = ROOT / "trials" / "ifn-gamma-pais.toml"
 GOOD_PASSWORD = "correct horse battery staple 42"
+TRIAL = "IFNG-PAIS"
+ALL_SITES = Scope(all_sites=True, site_ids=frozenset())
+HERE = auth.Client("192.0.2.1", "pytest", "req")
 
 
 @dataclass
@@ -183,6 +196,21 @@ class ReadyTrial:
 
 
 def ready_trial(ctx: ServiceContext, *, kits_per_site: int = 24, slots_text: str | None = None) -> ReadyTrial:
+    """Load IFNG-PAIS (or `slots_text`), create the actors, generate, approve and activate the
+    list, generate `kits_per_site` kits per site with their code-break sheets, activate both
+    sites and ship and receive the kits. Built once per process, then replayed (tests.support.worlds)."""
+    from tests.support.worlds import replayed
+
+    return replayed(
+        ctx,
+        "ready_trial",
+        lambda c: build_ready_trial(c, kits_per_site=kits_per_site, slots_text=slots_text),
+        kits_per_site=kits_per_site,
+        slots_text=slots_text,
+    )
+
+
+def build_ready_trial(ctx: ServiceContext, *, kits_per_site: int, slots_text: str | None) -> ReadyTrial:
     from datetime import date, timedelta
 
     from allocator.permissions import Scope
@@ -268,3 +296,88 @@ def eligible_on(today: date) -> dict[str, object]:
         "icu_admission_date": (today - timedelta(days=7)).isoformat(),
         "mhladr_date": (today - timedelta(days=1)).isoformat(),
     }
+
+
+# --- the test's own looks and hands, behind the application's back --------------------------------
+
+
+def arm_of(ctx: ServiceContext, kit: Kit | str, trial: str = TRIAL) -> str:
+    """The arm of a kit (a row, or its number), opened from its sealed column — for the test's eyes
+    only (the application reads arms through arm_access alone)."""
+    if isinstance(kit, str):
+        with ctx.db.reading() as s:
+            kit = s.execute(select(Kit).where(Kit.kit_number == kit)).scalar_one()
+    binding = crypto.Binding(trial=trial, table="kit", row=kit.kit_number, column="sealed_arm")
+    return crypto.open_arm(ctx.ring, kit.sealed_arm, binding)
+
+
+def events(ctx: ServiceContext, action: str, *, chain: str | None = None) -> list[AuditEvent]:
+    """The audit entries of `action` (in `chain` only, if given), in order."""
+    query = select(AuditEvent).where(AuditEvent.action == action)
+    if chain is not None:
+        query = query.where(AuditEvent.chain == chain)
+    with ctx.db.reading() as s:
+        return list(s.execute(query.order_by(AuditEvent.seq)).scalars())
+
+
+def tamper(db: Database | str, table: str, *statements: str, **params: object) -> None:
+    """Change `table` with plain SQL as an insider could: its guard triggers are dropped first, in
+    the same transaction. `db` is the test's Database, or the URL of a database of its own (the
+    change is then committed)."""
+    if isinstance(db, str):
+        engine = connect_once(db)
+        try:
+            with engine.begin() as conn:
+                for ddl in dbguards.unguard(conn.dialect.name, table, updates=False):
+                    conn.execute(text(ddl))
+                for statement in statements:
+                    conn.execute(text(statement), params)
+        finally:
+            engine.dispose()
+        return
+    with db.unit_of_work() as session:
+        for ddl in dbguards.unguard(db.dialect, table, updates=False):
+            session.execute(text(ddl))
+        for statement in statements:
+            session.execute(text(statement), params)
+
+
+# --- people and subjects ---------------------------------------------------------------------------
+
+
+def person(
+    ctx: ServiceContext,
+    username: str,
+    role: str,
+    site: str | None = None,
+    *,
+    full_name: str | None = None,
+    client: auth.Client = HERE,
+) -> Actor:
+    """A user of IFNG-PAIS with `role` (at `site`) whose password is GOOD_PASSWORD (so that they
+    can sign), as a service actor named `full_name` (by default from the username)."""
+    name = full_name or username.replace("-", " ").title()
+    created = make_user(ctx, username, role, site=site, full_name=name)
+    auth.change_password(
+        ctx, created.user_id, created.one_time_password, GOOD_PASSWORD, GOOD_PASSWORD, client
+    )
+    return Actor(user_id=created.user_id, username=username, name=name, role=role, request_id="test")
+
+
+def randomization(
+    ctx: ServiceContext, investigator: Actor, screening_number: str, site: str = "P1"
+) -> subjects_randomize.RandomizationResult:
+    """Randomize an eligible septic patient at `site` through the service."""
+    request = subjects_randomize.RandomizationRequest(
+        site=site,
+        screening_number=screening_number,
+        eligibility=dict(ELIGIBLE),
+        strata={"admission_cause": "septic"},
+    )
+    return subjects_randomize.randomize(ctx, investigator, TRIAL, request, ALL_SITES)
+
+
+def randomize(ctx: ServiceContext, ready: ReadyTrial, screening_number: str, site: str = "P1") -> str:
+    """Randomize an eligible septic patient at `site` (P1 or P2) in a ready trial; its subject number."""
+    investigator = ready.investigator if site == "P1" else ready.investigator_p2
+    return randomization(ctx, investigator, screening_number, site).subject_number
