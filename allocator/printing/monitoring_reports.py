@@ -11,9 +11,10 @@ person), "Page n of N", the generation time and author and the software version 
 the TEST watermark on a non-production instance (RND-13, LBL-15). Text outside Windows-1252 is
 transliterated or replaced by "?" rather than refused: a report must print whatever users typed.
 
-SVG: a standalone document with no script, no style attribute, no link and no external resource,
-so that it can be inlined in a page under the strict Content-Security-Policy (ACC-09). Text is
-XML-escaped.
+SVG: an inline SVG element with no script, no style attribute, no link and no external resource, so
+that it can be inlined in a page under the strict Content-Security-Policy (ACC-09). Text is
+XML-escaped. This module only builds the step chart's primitives; `allocator.printing.charts`
+writes them as SVG and as the PDF's reportlab drawing.
 """
 
 from __future__ import annotations
@@ -25,9 +26,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from reportlab.graphics.shapes import Drawing, Group, Line, PolyLine, String
 from reportlab.lib import colors
-from reportlab.lib.colors import HexColor
 from reportlab.lib.pagesizes import A4, landscape
 from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.units import mm
@@ -36,6 +35,7 @@ from reportlab.pdfgen.canvas import Canvas
 from reportlab.platypus import KeepTogether, Paragraph, SimpleDocTemplate, Spacer, TableStyle
 from reportlab.platypus import Table as PdfTable
 
+from allocator.printing import charts
 from kits.pdf import BOLD, REGULAR, WATERMARK_COLOR, WATERMARK_EN, WATERMARK_FR, utc_text
 
 __all__ = [
@@ -130,39 +130,6 @@ _PALETTE = ("#1d4ed8", "#b45309", "#047857", "#7c3aed", "#be123c", "#0f766e")
 _DASHES: tuple[tuple[float, ...], ...] = ((), (6.0, 3.0), (2.0, 2.0), (8.0, 3.0, 2.0, 3.0))
 
 
-@dataclass(frozen=True)
-class _Line:
-    x1: float
-    y1: float
-    x2: float
-    y2: float
-    color: str
-    width: float
-    dash: tuple[float, ...] = ()
-
-
-@dataclass(frozen=True)
-class _Poly:
-    points: tuple[tuple[float, float], ...]
-    color: str
-    width: float
-    dash: tuple[float, ...]
-
-
-@dataclass(frozen=True)
-class _Text:
-    x: float
-    y: float
-    text: str
-    size: float
-    anchor: str = "start"  # start | middle | end
-    bold: bool = False
-    vertical: bool = False
-
-
-_Primitive = _Line | _Poly | _Text
-
-
 def _y_ticks(top: int) -> list[int]:
     step = 1
     for candidate in (1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000):
@@ -180,7 +147,7 @@ def _x_step(span: int) -> int:
     return 7 * -(-span // 56)
 
 
-def _chart_primitives(chart: StepChart) -> list[_Primitive]:
+def _chart(chart: StepChart) -> charts.Chart:
     """The chart in a y-down coordinate system of _WIDTH x _HEIGHT points. Each day is the interval
     [day, day + 1): the axis ends one day after the last point, so that the last day's count is a
     visible step rather than a jump at the edge."""
@@ -198,19 +165,19 @@ def _chart_primitives(chart: StepChart) -> list[_Primitive]:
     def py(count: float) -> float:
         return _TOP + _PLOT_H - count / top * _PLOT_H
 
-    out: list[_Primitive] = [_Text(_LEFT + _PLOT_W / 2, 20, chart.title, 12, "middle", bold=True)]
+    out: list[charts.Primitive] = [charts.Text(_LEFT + _PLOT_W / 2, 20, chart.title, 12, "middle", bold=True)]
     for tick in ticks:
-        out.append(_Line(_LEFT, py(tick), _LEFT + _PLOT_W, py(tick), "#dddddd", 0.6))
-        out.append(_Text(_LEFT - 6, py(tick) + 3.5, str(tick), 9, "end"))
+        out.append(charts.Line(_LEFT, py(tick), _LEFT + _PLOT_W, py(tick), "#dddddd", 0.6))
+        out.append(charts.Text(_LEFT - 6, py(tick) + 3.5, str(tick), 9, "end"))
     step = _x_step(span)
     for offset in range(0, span + 1, step):
         day = first + timedelta(days=offset)
-        out.append(_Line(px(day), _TOP + _PLOT_H, px(day), _TOP + _PLOT_H + 4, "#333333", 0.8))
-        out.append(_Text(px(day), _TOP + _PLOT_H + 16, day.isoformat(), 8.5, "middle"))
-    out.append(_Line(_LEFT, _TOP + _PLOT_H, _LEFT + _PLOT_W, _TOP + _PLOT_H, "#333333", 1.0))
-    out.append(_Line(_LEFT, _TOP, _LEFT, _TOP + _PLOT_H, "#333333", 1.0))
-    out.append(_Text(_LEFT + _PLOT_W / 2, _TOP + _PLOT_H + 34, "Date", 10, "middle"))
-    out.append(_Text(_LEFT - 40, _TOP + _PLOT_H / 2, chart.y_label, 10, "middle", vertical=True))
+        out.append(charts.Line(px(day), _TOP + _PLOT_H, px(day), _TOP + _PLOT_H + 4, "#333333", 0.8))
+        out.append(charts.Text(px(day), _TOP + _PLOT_H + 16, day.isoformat(), 8.5, "middle"))
+    out.append(charts.Line(_LEFT, _TOP + _PLOT_H, _LEFT + _PLOT_W, _TOP + _PLOT_H, "#333333", 1.0))
+    out.append(charts.Line(_LEFT, _TOP, _LEFT, _TOP + _PLOT_H, "#333333", 1.0))
+    out.append(charts.Text(_LEFT + _PLOT_W / 2, _TOP + _PLOT_H + 34, "Date", 10, "middle"))
+    out.append(charts.Text(_LEFT - 40, _TOP + _PLOT_H / 2, chart.y_label, 10, "middle", vertical=True))
     for index, series in enumerate(chart.series):
         color = _PALETTE[index % len(_PALETTE)]
         dash = _DASHES[index % len(_DASHES)]
@@ -221,96 +188,18 @@ def _chart_primitives(chart: StepChart) -> list[_Primitive]:
             points.append((px(day), py(value)))
             level = value
         points.append((px(last), py(level)))
-        out.append(_Poly(tuple(points), color, 2.0, dash))
+        out.append(charts.Polyline(tuple(points), color, 2.0, dash))
         legend_y = _TOP + 8 + 16 * index
-        out.append(_Line(_LEFT + _PLOT_W + 24, legend_y, _LEFT + _PLOT_W + 48, legend_y, color, 2.0, dash))
-        out.append(_Text(_LEFT + _PLOT_W + 54, legend_y + 3.5, f"{series.label} ({level})", 9.5))
-    return out
-
-
-def _f(value: float) -> str:
-    return f"{value:.2f}"
+        out.append(
+            charts.Line(_LEFT + _PLOT_W + 24, legend_y, _LEFT + _PLOT_W + 48, legend_y, color, 2.0, dash)
+        )
+        out.append(charts.Text(_LEFT + _PLOT_W + 54, legend_y + 3.5, f"{series.label} ({level})", 9.5))
+    return charts.Chart(_WIDTH, _HEIGHT, chart.title, tuple(out))
 
 
 def render_step_chart_svg(chart: StepChart) -> str:
-    """The chart as a standalone SVG element (no XML prolog, so that it can be inlined in HTML)."""
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="100%" height="{_f(_HEIGHT)}" '
-        f'viewBox="0 0 {_f(_WIDTH)} {_f(_HEIGHT)}" role="img" aria-label="{html.escape(chart.title)}">',
-        f"<title>{html.escape(chart.title)}</title>",
-        f'<rect x="0" y="0" width="{_f(_WIDTH)}" height="{_f(_HEIGHT)}" fill="#ffffff"/>',
-        '<g font-family="Helvetica, Arial, sans-serif" fill="#222222">',
-    ]
-    for item in _chart_primitives(chart):
-        if isinstance(item, _Line):
-            dash = f' stroke-dasharray="{",".join(_f(d) for d in item.dash)}"' if item.dash else ""
-            parts.append(
-                f'<line x1="{_f(item.x1)}" y1="{_f(item.y1)}" x2="{_f(item.x2)}" y2="{_f(item.y2)}" '
-                f'stroke="{item.color}" stroke-width="{_f(item.width)}"{dash}/>'
-            )
-        elif isinstance(item, _Poly):
-            dash = f' stroke-dasharray="{",".join(_f(d) for d in item.dash)}"' if item.dash else ""
-            points = " ".join(f"{_f(x)},{_f(y)}" for x, y in item.points)
-            parts.append(
-                f'<polyline points="{points}" fill="none" stroke="{item.color}" '
-                f'stroke-width="{_f(item.width)}"{dash}/>'
-            )
-        else:
-            anchor = f' text-anchor="{item.anchor}"' if item.anchor != "start" else ""
-            weight = ' font-weight="bold"' if item.bold else ""
-            rotate = f' transform="rotate(-90 {_f(item.x)} {_f(item.y)})"' if item.vertical else ""
-            parts.append(
-                f'<text x="{_f(item.x)}" y="{_f(item.y)}" font-size="{_f(item.size)}"{anchor}{weight}{rotate}>'
-                f"{html.escape(item.text)}</text>"
-            )
-    parts += ["</g>", "</svg>"]
-    return "\n".join(parts)
-
-
-def _drawing(chart: StepChart, scale: float) -> Any:
-    drawing = Drawing(_WIDTH * scale, _HEIGHT * scale)
-    group = Group()
-    group.transform = (scale, 0, 0, -scale, 0, _HEIGHT * scale)  # flip the y-down chart
-    for item in _chart_primitives(chart):
-        if isinstance(item, _Line):
-            group.add(
-                Line(
-                    item.x1,
-                    item.y1,
-                    item.x2,
-                    item.y2,
-                    strokeColor=HexColor(item.color),
-                    strokeWidth=item.width,
-                    strokeDashArray=list(item.dash) or None,
-                )
-            )
-        elif isinstance(item, _Poly):
-            group.add(
-                PolyLine(
-                    [c for point in item.points for c in point],
-                    strokeColor=HexColor(item.color),
-                    strokeWidth=item.width,
-                    strokeDashArray=list(item.dash) or None,
-                )
-            )
-        else:
-            label = Group(
-                String(
-                    0,
-                    0,
-                    printable(item.text),
-                    fontName=BOLD if item.bold else REGULAR,
-                    fontSize=item.size,
-                    textAnchor=item.anchor,
-                    fillColor=HexColor("#222222"),
-                )
-            )
-            label.transform = (
-                (0, -1, -1, 0, item.x, item.y) if item.vertical else (1, 0, 0, -1, item.x, item.y)
-            )
-            group.add(label)
-    drawing.add(group)
-    return drawing
+    """The chart as an SVG element (no XML prolog, so that it can be inlined in HTML)."""
+    return charts.svg(_chart(chart), standalone=False)
 
 
 # --- PDF ---------------------------------------------------------------------------------------------
@@ -386,7 +275,7 @@ def render_report_pdf(document: ReportDocument) -> bytes:
         )
         story.append(facts)
     if document.chart is not None:
-        story += [Spacer(1, 3 * mm), _drawing(document.chart, 0.85)]
+        story += [Spacer(1, 3 * mm), charts.drawing(_chart(document.chart), 0.85, text=printable)]
     for table in document.tables:
         header = [para(column, head) for column in table.columns]
         intro = [para(table.title, heading)]

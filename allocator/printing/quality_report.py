@@ -10,7 +10,8 @@ Constraints kept here on purpose:
 
 * SVG: standalone documents with no script, no event attribute, no link and no external resource,
   so that they can be embedded in a page under a strict Content-Security-Policy (ACC-09) or opened
-  from disk safely. Text is XML-escaped.
+  from disk safely. Text is XML-escaped. This module only builds the charts' primitives;
+  `allocator.printing.charts` writes them as SVG and as the PDF's reportlab drawings.
 * PDF: only the standard Helvetica fonts, which reportlab writes with WinAnsi (cp1252) encoding; any
   text outside cp1252 is refused rather than silently turned into wrong glyphs. A non-production
   PDF carries the "TEST – NE PAS UTILISER" watermark (RND-13, LBL-15); every page shows the software
@@ -26,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from allocator.printing import charts
 from allocator.randomization.quality import DesignFigures, Figure, QualityReport
 
 __all__ = [
@@ -240,47 +242,6 @@ _DASHES: Final = ((), (6.0, 3.0), (2.0, 2.0), (8.0, 3.0, 2.0, 3.0))
 
 
 @dataclass(frozen=True, slots=True)
-class _Line:
-    x1: float
-    y1: float
-    x2: float
-    y2: float
-    color: str
-    width: float
-    dash: tuple[float, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class _Poly:
-    points: tuple[tuple[float, float], ...]
-    color: str
-    width: float
-    dash: tuple[float, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class _Text:
-    x: float
-    y: float
-    text: str
-    size: float
-    anchor: str = "start"  # start | middle | end
-    bold: bool = False
-    vertical: bool = False  # rotated 90 degrees counter-clockwise
-
-
-@dataclass(frozen=True, slots=True)
-class _Dot:
-    x: float
-    y: float
-    radius: float
-    color: str
-
-
-_Primitive = _Line | _Poly | _Text | _Dot
-
-
-@dataclass(frozen=True, slots=True)
 class _Series:
     label: str
     points: tuple[tuple[float, float], ...]
@@ -329,9 +290,9 @@ def _panel(
     y_range: tuple[float, float],
     integer_x: bool,
     dots: bool,
-) -> list[_Primitive]:
+) -> list[charts.Primitive]:
     """One chart panel in a y-down coordinate system; values outside y_range are clipped."""
-    out: list[_Primitive] = []
+    out: list[charts.Primitive] = []
     x0, x1 = x_range
     y0, y1 = y_range
     if x1 <= x0:
@@ -345,55 +306,51 @@ def _panel(
     def py(y: float) -> float:
         return top + height - (min(max(y, y0), y1) - y0) / (y1 - y0) * height
 
-    out.append(_Text(left + width / 2, top - 10, title, 12, "middle", bold=True))
+    out.append(charts.Text(left + width / 2, top - 10, title, 12, "middle", bold=True))
     for tick in _ticks(y0, y1, 5, integer=False):
-        out.append(_Line(left, py(tick), left + width, py(tick), "#dddddd", 0.6))
-        out.append(_Text(left - 6, py(tick) + 3.5, _tick_label(tick), 9, "end"))
+        out.append(charts.Line(left, py(tick), left + width, py(tick), "#dddddd", 0.6))
+        out.append(charts.Text(left - 6, py(tick) + 3.5, _tick_label(tick), 9, "end"))
     for tick in _ticks(x0, x1, 8, integer=integer_x):
-        out.append(_Line(px(tick), top + height, px(tick), top + height + 4, "#333333", 0.8))
-        out.append(_Text(px(tick), top + height + 15, _tick_label(tick), 9, "middle"))
-    out.append(_Line(left, top + height, left + width, top + height, "#333333", 1.0))
-    out.append(_Line(left, top, left, top + height, "#333333", 1.0))
-    out.append(_Text(left + width / 2, top + height + 32, x_label, 10, "middle"))
-    out.append(_Text(left - 40, top + height / 2, y_label, 10, "middle", vertical=True))
+        out.append(charts.Line(px(tick), top + height, px(tick), top + height + 4, "#333333", 0.8))
+        out.append(charts.Text(px(tick), top + height + 15, _tick_label(tick), 9, "middle"))
+    out.append(charts.Line(left, top + height, left + width, top + height, "#333333", 1.0))
+    out.append(charts.Line(left, top, left, top + height, "#333333", 1.0))
+    out.append(charts.Text(left + width / 2, top + height + 32, x_label, 10, "middle"))
+    out.append(charts.Text(left - 40, top + height / 2, y_label, 10, "middle", vertical=True))
     for k, item in enumerate(series):
         color = _PALETTE[k % len(_PALETTE)]
         dash = _DASHES[(k // len(_PALETTE) + (0 if k % 2 == 0 else 1)) % len(_DASHES)]
         points = tuple((px(x), py(y)) for x, y in item.points)
         line_width = 2.4 if item.emphasis else 1.2
         if len(points) > 1:
-            out.append(_Poly(points, color, line_width, () if item.emphasis else dash))
+            out.append(
+                charts.Polyline(points, color, line_width, () if item.emphasis else dash, round_join=True)
+            )
         if dots:
-            out += [_Dot(x, y, 2.2 if item.emphasis else 1.6, color) for x, y in points]
+            out += [charts.Dot(x, y, 2.2 if item.emphasis else 1.6, color) for x, y in points]
     return out
 
 
-def _legend(left: float, top: float, series: Sequence[_Series]) -> list[_Primitive]:
-    out: list[_Primitive] = []
+def _legend(left: float, top: float, series: Sequence[_Series]) -> list[charts.Primitive]:
+    out: list[charts.Primitive] = []
     for k, item in enumerate(series):
         color = _PALETTE[k % len(_PALETTE)]
         dash = _DASHES[(k // len(_PALETTE) + (0 if k % 2 == 0 else 1)) % len(_DASHES)]
         y = top + 15 * k
         out.append(
-            _Line(left, y, left + 22, y, color, 2.4 if item.emphasis else 1.2, () if item.emphasis else dash)
+            charts.Line(
+                left, y, left + 22, y, color, 2.4 if item.emphasis else 1.2, () if item.emphasis else dash
+            )
         )
-        out.append(_Text(left + 28, y + 3.5, item.label, 9.5, "start", bold=item.emphasis))
+        out.append(charts.Text(left + 28, y + 3.5, item.label, 9.5, "start", bold=item.emphasis))
     return out
-
-
-@dataclass(frozen=True, slots=True)
-class _Chart:
-    width: float
-    height: float
-    title: str
-    primitives: tuple[_Primitive, ...]
 
 
 def _legend_label(figures: DesignFigures) -> str:
     return figures.design.short_name
 
 
-def _balance_chart(report: QualityReport, y_max: float | None) -> _Chart:
+def _balance_chart(report: QualityReport, y_max: float | None) -> charts.Chart:
     peak = max(max(figures.abs_imbalance_by_step) for figures in report.designs)
     top_value = peak * 1.05 if y_max is None else y_max
     series = []
@@ -418,7 +375,7 @@ def _balance_chart(report: QualityReport, y_max: float | None) -> _Chart:
         dots=False,
     )
     primitives += _legend(650, 50, series)
-    return _Chart(820, 420, title, tuple(primitives))
+    return charts.Chart(820, 420, title, tuple(primitives))
 
 
 def _folded(distribution: Sequence[tuple[int, float]]) -> dict[int, float]:
@@ -449,7 +406,7 @@ def _distribution_panel_series(
     return series, last, peak
 
 
-def _distribution_chart(report: QualityReport) -> _Chart:
+def _distribution_chart(report: QualityReport) -> charts.Chart:
     final_series, final_last, final_peak = _distribution_panel_series(
         # |D_n| has the parity of n: the other values have probability 0 and would only add noise.
         report,
@@ -490,67 +447,17 @@ def _distribution_chart(report: QualityReport) -> _Chart:
         dots=True,
     )
     primitives.append(
-        _Text(
+        charts.Text(
             410, 20, title + f"; values of probability below {_SHOWN_PROBABILITY} are not shown", 11, "middle"
         )
     )
     primitives += _legend(780, 60, final_series)
-    return _Chart(940, 410, title, tuple(primitives))
+    return charts.Chart(940, 410, title, tuple(primitives))
 
 
 # --------------------------------------------------------------------------------------------------
 # SVG
 # --------------------------------------------------------------------------------------------------
-
-
-def _esc(text: str) -> str:
-    return html.escape(text, quote=True)
-
-
-def _f(value: float) -> str:
-    return f"{value:.2f}"
-
-
-def _svg_dash(dash: tuple[float, ...]) -> str:
-    return f' stroke-dasharray="{",".join(_f(d) for d in dash)}"' if dash else ""
-
-
-def _svg(chart: _Chart) -> str:
-    parts = [
-        '<?xml version="1.0" encoding="UTF-8"?>',
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{_f(chart.width)}" height="{_f(chart.height)}" '
-        f'viewBox="0 0 {_f(chart.width)} {_f(chart.height)}" role="img">',
-        f"<title>{_esc(chart.title)}</title>",
-        f'<rect x="0" y="0" width="{_f(chart.width)}" height="{_f(chart.height)}" fill="#ffffff"/>',
-        '<g font-family="Helvetica, Arial, sans-serif" fill="#222222">',
-    ]
-    for item in chart.primitives:
-        if isinstance(item, _Line):
-            parts.append(
-                f'<line x1="{_f(item.x1)}" y1="{_f(item.y1)}" x2="{_f(item.x2)}" y2="{_f(item.y2)}" '
-                f'stroke="{item.color}" stroke-width="{_f(item.width)}"{_svg_dash(item.dash)}/>'
-            )
-        elif isinstance(item, _Poly):
-            points = " ".join(f"{_f(x)},{_f(y)}" for x, y in item.points)
-            parts.append(
-                f'<polyline points="{points}" fill="none" stroke="{item.color}" '
-                f'stroke-width="{_f(item.width)}" stroke-linejoin="round"{_svg_dash(item.dash)}/>'
-            )
-        elif isinstance(item, _Dot):
-            parts.append(
-                f'<circle cx="{_f(item.x)}" cy="{_f(item.y)}" r="{_f(item.radius)}" fill="{item.color}"/>'
-            )
-        else:
-            anchor = f' text-anchor="{item.anchor}"' if item.anchor != "start" else ""
-            weight = ' font-weight="bold"' if item.bold else ""
-            rotate = f' transform="rotate(-90 {_f(item.x)} {_f(item.y)})"' if item.vertical else ""
-            parts.append(
-                f'<text x="{_f(item.x)}" y="{_f(item.y)}" font-size="{_f(item.size)}"'
-                f"{anchor}{weight}{rotate}>"
-                f"{_esc(item.text)}</text>"
-            )
-    parts += ["</g>", "</svg>", ""]
-    return "\n".join(parts)
 
 
 def render_svg_balance(report: QualityReport, *, y_max: float | None = None) -> str:
@@ -561,12 +468,12 @@ def render_svg_balance(report: QualityReport, *, y_max: float | None = None) -> 
     """
     if y_max is not None and not (math.isfinite(y_max) and y_max > 0):
         raise ValueError(f"y_max must be a positive finite number, got {y_max}")
-    return _svg(_balance_chart(report, y_max))
+    return charts.svg(_balance_chart(report, y_max), standalone=True)
 
 
 def render_svg_imbalance_distribution(report: QualityReport) -> str:
     """Two-panel chart: the distribution of |D_n| and of max_i |D_i|, as a standalone SVG document."""
-    return _svg(_distribution_chart(report))
+    return charts.svg(_distribution_chart(report), standalone=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -583,60 +490,8 @@ def _pdf_safe(kind: str, text: str) -> str:
     return text
 
 
-def _drawing(chart: _Chart, scale: float) -> Any:
-    from reportlab.graphics.shapes import Circle, Drawing, Group, Line, PolyLine, String  # noqa: PLC0415
-    from reportlab.lib.colors import HexColor  # noqa: PLC0415
-
-    drawing = Drawing(chart.width * scale, chart.height * scale)
-    group = Group()
-    # reportlab's y axis points up: flip the chart's y-down coordinates, then scale.
-    group.transform = (scale, 0, 0, -scale, 0, chart.height * scale)
-    for item in chart.primitives:
-        if isinstance(item, _Line):
-            group.add(
-                Line(
-                    item.x1,
-                    item.y1,
-                    item.x2,
-                    item.y2,
-                    strokeColor=HexColor(item.color),
-                    strokeWidth=item.width,
-                    strokeDashArray=list(item.dash) or None,
-                )
-            )
-        elif isinstance(item, _Poly):
-            flat = [coord for point in item.points for coord in point]
-            group.add(
-                PolyLine(
-                    flat,
-                    strokeColor=HexColor(item.color),
-                    strokeWidth=item.width,
-                    strokeDashArray=list(item.dash) or None,
-                    strokeLineJoin=1,
-                )
-            )
-        elif isinstance(item, _Dot):
-            group.add(Circle(item.x, item.y, item.radius, fillColor=HexColor(item.color), strokeColor=None))
-        else:
-            anchor = {"start": "start", "middle": "middle", "end": "end"}[item.anchor]
-            label = Group(
-                String(
-                    0,
-                    0,
-                    _pdf_safe("chart text", item.text),
-                    fontName="Helvetica-Bold" if item.bold else "Helvetica",
-                    fontSize=item.size,
-                    textAnchor=anchor,
-                    fillColor=HexColor("#222222"),
-                )
-            )
-            # Undo the flip for text so that it reads upright; rotate the vertical axis label.
-            label.transform = (
-                (0, -1, -1, 0, item.x, item.y) if item.vertical else (1, 0, 0, -1, item.x, item.y)
-            )
-            group.add(label)
-    drawing.add(group)
-    return drawing
+def _chart_text(text: str) -> str:
+    return _pdf_safe("chart text", text)
 
 
 def _cell(figure: Figure) -> str:
@@ -780,15 +635,15 @@ def render_pdf(
             )
         )
     story += [PageBreak(), para("Balance over the course of the trial", heading)]
-    story.append(_drawing(_balance_chart(report, None), 0.9))
+    story.append(charts.drawing(_balance_chart(report, None), 0.9, text=_chart_text))
     zoom = max(1.0, 2.0 * max(report.configured.abs_imbalance_by_step))
     story += [
         PageBreak(),
         para(f"Balance over the course of the trial, vertical axis up to {zoom:.2f}", heading),
     ]
-    story.append(_drawing(_balance_chart(report, zoom), 0.9))
+    story.append(charts.drawing(_balance_chart(report, zoom), 0.9, text=_chart_text))
     story += [PageBreak(), para("Final and maximum imbalance", heading)]
-    story.append(_drawing(_distribution_chart(report), 0.8))
+    story.append(charts.drawing(_distribution_chart(report), 0.8, text=_chart_text))
     steps = _selected_steps(report.n)
     step_rows = [["Design", *(f"i = {step}" for step in steps)]]
     step_rows += [

@@ -39,7 +39,7 @@ def allowed_internal(path: Path, module: str) -> bool:
     if rel == "allocator/trialdef.py":
         return False
     if rel.startswith("allocator/printing/"):  # renders what the randomization core computes
-        return module.startswith("allocator.randomization")
+        return module.startswith(("allocator.randomization", "allocator.printing"))
     return False  # kits/ imports nothing of allocator
 
 
@@ -267,14 +267,20 @@ def test_the_checks_catch_a_planted_private_import_and_circle(tmp_path: Path) ->
 # --- one safe CSV writer (issue 12, ACC-11) ---------------------------------------------------------
 
 
+def bypassing(root: Path, top: str, owner: str, needles: tuple[str, ...]) -> list[str]:
+    """Modules under `top`, other than `owner`, whose text holds one of `needles`: code that does by
+    hand what the one helper `owner` is there for."""
+    return [
+        rel
+        for path in sorted((root / top).rglob("*.py"))
+        if (rel := path.relative_to(root).as_posix()) != f"{top}/{owner}"
+        and any(needle in path.read_text(encoding="utf-8") for needle in needles)
+    ]
+
+
 def csv_writers(root: Path, top: str = "allocator") -> list[str]:
     """Modules that write CSV themselves instead of through allocator/printing/safe_csv.py."""
-    return [
-        path.relative_to(root).as_posix()
-        for path in sorted((root / top).rglob("*.py"))
-        if path.relative_to(root).as_posix() != f"{top}/printing/safe_csv.py"
-        and ("csv.writer(" in (text := path.read_text(encoding="utf-8")) or "csv.DictWriter(" in text)
-    ]
+    return bypassing(root, top, "printing/safe_csv.py", ("csv.writer(", "csv.DictWriter("))
 
 
 def test_every_csv_is_written_by_the_safe_writer() -> None:
@@ -287,3 +293,25 @@ def test_the_csv_check_catches_a_planted_writer(tmp_path: Path) -> None:
     assert csv_writers(tmp_path) == []
     _plant(tmp_path, {"allocator/services/b.py": "w = csv.writer(buffer, lineterminator='\\n')\n"})
     assert csv_writers(tmp_path) == ["allocator/services/b.py"]
+
+
+# --- one chart drawer (issue 12) -----------------------------------------------------------------------
+
+
+def chart_writers(root: Path, top: str = "allocator") -> list[str]:
+    """Modules that write SVG or reportlab drawings themselves instead of through printing/charts.py."""
+    needles = ("<svg", "<polyline", "<line ", "<text ", "reportlab.graphics")
+    return bypassing(root, top, "printing/charts.py", needles)
+
+
+def test_every_chart_is_drawn_by_the_one_chart_module() -> None:
+    assert (ROOT / "allocator/printing/charts.py").is_file()
+    assert chart_writers(ROOT) == []
+
+
+def test_the_chart_check_catches_a_planted_writer(tmp_path: Path) -> None:
+    _plant(tmp_path, {"allocator/printing/charts.py": "s = '<svg'\n", "allocator/a.py": "x = 1\n"})
+    assert chart_writers(tmp_path) == []
+    _plant(tmp_path, {"allocator/printing/b.py": "from reportlab.graphics.shapes import Drawing\n"})
+    _plant(tmp_path, {"allocator/services/c.py": "parts = ['<polyline points=\"0,0\"/>']\n"})
+    assert chart_writers(tmp_path) == ["allocator/printing/b.py", "allocator/services/c.py"]

@@ -16,6 +16,7 @@ import pytest
 from pypdf import PdfReader
 from pypdf.generic import DictionaryObject
 
+from allocator.printing import charts
 from allocator.printing.quality_report import (
     TEST_WATERMARK,
     format_figure,
@@ -193,13 +194,12 @@ def test_distribution_svg_is_inert_and_has_both_panels(report: QualityReport) ->
 
 @pytest.mark.req("REP-01")
 def test_svg_text_is_escaped() -> None:
-    from allocator.printing.quality_report import _Chart, _svg, _Text
-
     hostile = '<script>alert("x")</script> & "quotes"'
-    svg = _svg(_Chart(100, 100, hostile, (_Text(1, 2, hostile, 9),)))
-    root = _assert_inert_svg(svg)
-    assert root.find(f"{SVG_NS}title") is not None
-    assert [t.text for t in root.iter(f"{SVG_NS}text")] == [hostile]
+    chart = charts.Chart(100, 100, hostile, (charts.Text(1, 2, hostile, 9),))
+    for standalone in (True, False):
+        root = _assert_inert_svg(charts.svg(chart, standalone=standalone))
+        assert root.find(f"{SVG_NS}title") is not None
+        assert [t.text for t in root.iter(f"{SVG_NS}text")] == [hostile]
 
 
 # --------------------------------------------------------------------------------------------------
