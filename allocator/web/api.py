@@ -127,6 +127,7 @@ def randomize(trial: str) -> Response:
         screening_number=str(body["screening_number"]),
         eligibility=eligibility,
         strata=strata,
+        json_numbers=True,
     )
 
     def run() -> tuple[Response, int]:

@@ -487,13 +487,26 @@ def document() -> dict[str, Any]:
                         "eligibility": {
                             "type": "object",
                             "minProperties": 1,
-                            "description": "One answer per criterion id of the trial",
+                            "description": "One answer per criterion id of the trial (its definition lists "
+                            'them): a number criterion takes a JSON number, never text (`"age": "64"` is '
+                            'a 422 naming `eligibility.age`); a yes/no criterion true/false or "yes"/"no"; '
+                            'a date criterion "YYYY-MM-DD"',
+                            "additionalProperties": {"$ref": "#/components/schemas/EligibilityAnswer"},
                         },
                         "strata": {
                             "type": "object",
                             "description": "One level per entered stratification factor",
                         },
                     },
+                },
+                "EligibilityAnswer": {
+                    "description": "A number (number criteria), a boolean or yes/no text (yes/no criteria), "
+                    "or a YYYY-MM-DD date (date criteria)",
+                    "oneOf": [
+                        {"type": "number"},
+                        {"type": "boolean"},
+                        {"type": "string", "minLength": 1},
+                    ],
                 },
                 "RandomizationResult": {
                     "type": "object",
