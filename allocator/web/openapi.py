@@ -341,7 +341,18 @@ def document() -> dict[str, Any]:
                         "marked blind broken and the sponsor and monitors are notified without the arm."
                     ),
                     "operationId": "emergencyUnblind",
-                    "parameters": [_TRIAL, _SUBJECT],
+                    "parameters": [
+                        _TRIAL,
+                        _SUBJECT,
+                        {
+                            **_IDEMPOTENCY_KEY,
+                            "description": "A replay by the same user with the same body (the password "
+                            "and code aside) gets the original 200 answer again (Idempotent-Replayed: true) "
+                            "once the password is checked again, audited as an arm.read: nothing is "
+                            "unblinded, signed or notified twice. Only the 200 answer is stored, sealed; a "
+                            "refusal's retry runs afresh. The same key with another body is a 422",
+                        },
+                    ],
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -405,7 +416,10 @@ def document() -> dict[str, Any]:
                         ),
                         "401": _problem_response("Wrong password or code (audited, counts toward lockout)"),
                         "403": _problem_response("The subject is not at your site (audited)"),
-                        "422": _problem_response("Missing or unknown reason category, or too short a reason"),
+                        "422": _problem_response(
+                            "Missing or unknown reason category, too short a reason, or an Idempotency-Key "
+                            "already used with another body"
+                        ),
                         "429": _problem_response("Account locked, or an evident runaway of unblindings"),
                         **_COMMON_ERRORS,
                         **_BODY_ERRORS,
