@@ -70,14 +70,22 @@ class EligibilityResult:
         return out
 
 
-def check(criteria: Sequence[Criterion], raw: Mapping[str, object], today: date) -> EligibilityResult:
+def check(
+    criteria: Sequence[Criterion], raw: Mapping[str, object], today: date, *, json_numbers: bool = False
+) -> EligibilityResult:
     """Parse `raw` answers and evaluate them. Raises EligibilityInputError on invalid input."""
-    answers = parse_answers(criteria, raw, today)
+    answers = parse_answers(criteria, raw, today, json_numbers=json_numbers)
     return evaluate(criteria, answers)
 
 
-def parse_answers(criteria: Sequence[Criterion], raw: Mapping[str, object], today: date) -> dict[str, Answer]:
-    """Turn raw form or JSON values into typed answers, or raise EligibilityInputError."""
+def parse_answers(
+    criteria: Sequence[Criterion], raw: Mapping[str, object], today: date, *, json_numbers: bool = False
+) -> dict[str, Answer]:
+    """Turn raw form or JSON values into typed answers, or raise EligibilityInputError.
+
+    A form sends text, so a number may be typed ("4 200" is refused, "2,5" is read as 2.5). With
+    `json_numbers` (the JSON API, issue 14), a number criterion takes a JSON number only: text in
+    its place is an input error, as the API's contract says."""
     errors: list[FieldError] = []
     known = {c.id for c in criteria}
     for key in raw:
@@ -90,6 +98,8 @@ def parse_answers(criteria: Sequence[Criterion], raw: Mapping[str, object], toda
             errors.append(FieldError(criterion.id, "is required"))
             continue
         try:
+            if json_numbers and isinstance(criterion, NumberCriterion) and isinstance(value, str):
+                raise ValueError("must be a JSON number, not text")
             answers[criterion.id] = _parse_one(criterion, value, today)
         except ValueError as exc:
             errors.append(FieldError(criterion.id, str(exc)))

@@ -302,6 +302,9 @@ def _draw_row(canvas: Any, row: DispensationRow, top: float, label: LabelPlan, k
     canvas.restoreState()
 
 
+STATUS_MIN_SIZE = 7.5  # points
+
+
 def _status_line(canvas: Any, trial: TrialLabelInfo, document: DocumentMeta) -> None:
     # The line is reserved on every sheet so that the layout below it never moves.
     y = PAGE_HEIGHT - MARGIN - 22 - STATUS_HEIGHT + 5
@@ -316,10 +319,14 @@ def _status_line(canvas: Any, trial: TrialLabelInfo, document: DocumentMeta) -> 
     canvas.saveState()
     canvas.setFillColorRGB(*MARK_COLOR)
     canvas.setStrokeColorRGB(*MARK_COLOR)
-    canvas.setFont(BOLD, 9.5)
-    if width(text, BOLD, 9.5) > PAGE_WIDTH - 2 * MARGIN - 8:
+    # From the 100th reprint of a test-mode sheet the line no longer fits at 9.5 pt: it shrinks.
+    size = 9.5
+    while width(text, BOLD, size) > PAGE_WIDTH - 2 * MARGIN - 8 and size > STATUS_MIN_SIZE:
+        size -= 0.5
+    if width(text, BOLD, size) > PAGE_WIDTH - 2 * MARGIN - 8:
         raise LabelLayoutError("the status line is too long")
-    canvas.rect(MARGIN, y - 4, width(text, BOLD, 9.5) + 8, 14, stroke=1, fill=0)
+    canvas.setFont(BOLD, size)
+    canvas.rect(MARGIN, y - 4, width(text, BOLD, size) + 8, 14, stroke=1, fill=0)
     canvas.drawString(MARGIN + 4, y, text)
     canvas.restoreState()
 

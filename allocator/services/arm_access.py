@@ -9,6 +9,7 @@ route guard, and pass the reader as the audit actor.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -386,3 +387,41 @@ def subject_arm_in(
     if not isinstance(value, dict):
         raise crypto.SealError("the subject's minimization decision is not readable")
     return str(value["decision"]["arm"])
+
+
+# --- stored answers of emergency unblindings (issue 14, Idempotency-Key) ----------------------------
+
+
+def _stored_answer_binding(trial_code: str, user_id: int, key: str) -> crypto.Binding:
+    return crypto.Binding(trial=trial_code, table="idempotent_request", row=f"{user_id}:{key}", column="body")
+
+
+def seal_stored_answer(ctx: ServiceContext, trial_code: str, user_id: int, key: str, answer: object) -> str:
+    """Seal an answer that reveals an arm, for `idempotent_request.body` (base64 text): the arm is
+    never in clear in the database (BLD-05)."""
+    sealed = crypto.seal_json(
+        ctx.ring, crypto.Purpose.LISTS, answer, _stored_answer_binding(trial_code, user_id, key)
+    )
+    return base64.b64encode(sealed).decode("ascii")
+
+
+def open_stored_answer(
+    ctx: ServiceContext, reader: Actor, trial_code: str, key: str, subject_number: str, stored: str
+) -> object:
+    """The sealed answer of an emergency unblinding, for its replay to the same user: an `arm.read`
+    entry records the reading, in the same unit of work, before the answer is opened."""
+    if reader.user_id is None:  # pragma: no cover - an API caller is always a user
+        raise crypto.SealError("only a signed-in user's own answer can be replayed")
+    with ctx.db.unit_of_work() as session:
+        ctx.audit.record(
+            session,
+            actor=reader,
+            chain=trial_code,
+            action=Action.ARM_READ,
+            object_type="subject",
+            object_id=subject_number,
+            new={"purpose": "replay of an emergency unblinding (Idempotency-Key)"},
+            at=ctx.now(),
+        )
+        binding = _stored_answer_binding(trial_code, reader.user_id, key)
+        return crypto.open_json(ctx.ring, crypto.Purpose.LISTS, base64.b64decode(stored), binding)

@@ -136,6 +136,26 @@ def sign(
     return signature
 
 
+def check_password(ctx: ServiceContext, actor: Actor, password: str) -> None:
+    """Check a signed-in person's password again without signing anything (the replay of a signed
+    act, issue 14). Raises SignatureRefused (wrong password; the caller records it with
+    `record_failure`) or TooManyRequests (account locked)."""
+    from allocator.services.auth import throttle_row  # noqa: PLC0415 - avoids an import cycle
+
+    if actor.user_id is None:
+        raise SignatureRefused(
+            "only a signed-in person can sign", errors=[FieldProblem("password", "no user")]
+        )
+    now = ctx.now()
+    with ctx.db.unit_of_work() as session:  # the throttle row may be created
+        user = require(session, User, actor.user_id)
+        throttle = throttle_row(session, f"account:{user.username}", now, ctx)
+        if throttle.locked_until is not None and throttle.locked_until > now:
+            raise TooManyRequests("too many failed attempts: the account is locked for a while")
+        if not crypto.verify_password(user.password_hash, passwords.normalise(password), ctx.passwords):
+            raise SignatureRefused("the password is wrong", errors=[FieldProblem("password", "is wrong")])
+
+
 def record_failure(
     ctx: ServiceContext, *, actor: Actor, chain: str, meaning: str, object_type: str, object_id: object
 ) -> None:

@@ -238,6 +238,35 @@ def emergency_unblind(
     )
 
 
+def replay_emergency_unblinding(
+    ctx: ServiceContext,
+    actor: Actor,
+    trial_code: str,
+    subject_number: str,
+    *,
+    key: str,
+    stored: str,
+    password: str,
+) -> object:
+    """The sealed answer of an emergency unblinding this user already made with this
+    Idempotency-Key (issue 14): the password is checked again (a wrong one is recorded and counts
+    toward the lockout), then the answer is opened through arm_access, audited as an `arm.read`;
+    nothing is unblinded, signed or notified a second time."""
+    try:
+        signatures.check_password(ctx, actor, password)
+    except signatures.SignatureRefused as exc:
+        signatures.record_failure(
+            ctx,
+            actor=actor,
+            chain=trial_code,
+            meaning=EMERGENCY_MEANING,
+            object_type="subject",
+            object_id=subject_number,
+        )
+        raise SignatureNotAccepted(exc.detail, errors=list(exc.errors)) from None
+    return arm_access.open_stored_answer(ctx, actor, trial_code, key, subject_number, stored)
+
+
 def pharmacovigilance_unblind(
     ctx: ServiceContext,
     actor: Actor,

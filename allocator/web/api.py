@@ -127,6 +127,7 @@ def randomize(trial: str) -> Response:
         screening_number=str(body["screening_number"]),
         eligibility=eligibility,
         strata=strata,
+        json_numbers=True,
     )
 
     def run() -> tuple[Response, int]:
@@ -250,11 +251,11 @@ _UNBLIND_FIELDS = {"reason_category", "reason", "password", "otp"}
 
 @bp.route("/trials/<trial>/subjects/<subject>/unblind", methods=["POST"])
 @requires(Permission.SUBJECT_UNBLIND)
-def unblind(trial: str, subject: str) -> tuple[Response, int]:
+def unblind(trial: str, subject: str) -> Response:
     """Emergency unblinding of ONE subject by an investigator of its site (UNB-01..05). The call
     itself is the explicit confirmation; the password (and code) sign it. The arm is in this
-    answer only. An Idempotency-Key is not honoured here yet (issue 14): replaying the arm would
-    have to re-verify the signature first."""
+    answer only. With an Idempotency-Key, a replay by the same user with the same body gets that
+    answer again after its password is checked again, audited as an arm.read (issue 14)."""
     body = _json_body()
     wrong_type = [k for k, v in body.items() if v is not None and not isinstance(v, str)]
     if wrong_type:
@@ -265,17 +266,21 @@ def unblind(trial: str, subject: str) -> tuple[Response, int]:
     problems = [FieldProblem(key, "is not accepted") for key in sorted(set(body) - _UNBLIND_FIELDS)]
     if problems:
         raise ValidationFailed("invalid unblinding request", errors=problems)
-    revealed = unblinding.emergency_unblind(
-        ctx(),
-        actor(Permission.SUBJECT_UNBLIND),
-        trial,
-        subject,
-        reason_category=str(body.get("reason_category") or ""),
-        reason=str(body.get("reason") or ""),
-        confirmed=True,
-        signature=signatures.SignatureRequest(
-            password=str(body.get("password") or ""), totp=str(body["otp"]) if body.get("otp") else None
-        ),
-        scope=scope(Permission.SUBJECT_UNBLIND),
-    )
-    return jsonify(revealed.as_json()), 200
+
+    def run() -> Response:
+        revealed = unblinding.emergency_unblind(
+            ctx(),
+            actor(Permission.SUBJECT_UNBLIND),
+            trial,
+            subject,
+            reason_category=str(body.get("reason_category") or ""),
+            reason=str(body.get("reason") or ""),
+            confirmed=True,
+            signature=signatures.SignatureRequest(
+                password=str(body.get("password") or ""), totp=str(body["otp"]) if body.get("otp") else None
+            ),
+            scope=scope(Permission.SUBJECT_UNBLIND),
+        )
+        return jsonify(revealed.as_json())
+
+    return idempotent.respond_unblinding(body, subject, run, Permission.SUBJECT_UNBLIND)

@@ -17,10 +17,11 @@ from flask import g, request
 from werkzeug.wrappers import Response
 
 from allocator.audit import canonical_json
-from allocator.services import idempotency
+from allocator.permissions import Permission
+from allocator.services import arm_access, idempotency, unblinding
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
 from allocator.web.errors import render_domain
-from allocator.web.security import ctx, current_trial
+from allocator.web.security import actor, ctx, current_trial
 
 HEADER = "Idempotency-Key"
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")  # visible ASCII, e.g. a UUID
@@ -90,4 +91,82 @@ def respond(
         if stored is None:  # pragma: no cover - the conflicting row is committed before we get here
             raise ValidationFailed(f"{HEADER} in use", errors=[FieldProblem(HEADER, "retry")])
         return _replay(stored, fingerprint)
+    return response
+
+
+# --- the emergency unblinding: an answer that reveals an arm ----------------------------------------
+
+_SIGNING_FIELDS = ("password", "otp")
+
+
+def respond_unblinding(
+    body: Mapping[str, object],
+    subject_number: str,
+    action: Callable[[], Response],
+    permission: Permission,
+) -> Response:
+    """Like `respond`, for the emergency unblinding, whose answer reveals the arm.
+
+    Only the 200 answer is stored, sealed (never the arm in clear in the database); a refusal is
+    not stored (its audit entries are kept), so a retry runs afresh. The fingerprint leaves out the
+    password and code (no hash of a password is stored). A replay checks the password again and
+    opens the sealed answer through arm_access, audited as an `arm.read`: nothing is unblinded,
+    signed or notified twice. The authenticator code is not checked again (it is single-use)."""
+    key = request.headers.get(HEADER)
+    if key is None:
+        return action()
+    if not _KEY.fullmatch(key):
+        raise ValidationFailed(
+            f"invalid {HEADER}", errors=[FieldProblem(HEADER, "1 to 255 visible ASCII characters")]
+        )
+    service = ctx()
+    user_id: int = g.auth.user_id
+    trial_code = current_trial().code
+    fingerprint = _fingerprint({k: v for k, v in body.items() if k not in _SIGNING_FIELDS})
+    stored = idempotency.find(service, user_id, key)
+    if stored is None:
+        taken = False
+        with service.db.shared_transaction() as shared:
+            try:
+                response = action()
+            except DomainError as error:
+                response = render_domain(error)
+            if response.status_code == 200:
+                taken = not idempotency.store(
+                    service,
+                    user_id=user_id,
+                    key=key,
+                    endpoint=request.endpoint or "",
+                    fingerprint=fingerprint,
+                    trial_code=trial_code,
+                    status=200,
+                    content_type=response.mimetype or "application/json",
+                    body=arm_access.seal_stored_answer(
+                        service, trial_code, user_id, key, response.get_json()
+                    ),
+                )
+            if response.status_code < 500 and not taken:
+                shared.keep()  # a refusal's audit entries and lockout count are kept too
+        if not taken:
+            return response
+        stored = idempotency.find(service, user_id, key)  # a concurrent request answered first
+        if stored is None:  # pragma: no cover - the conflicting row is committed before we get here
+            raise ValidationFailed(f"{HEADER} in use", errors=[FieldProblem(HEADER, "retry")])
+    if stored.endpoint != request.endpoint or stored.fingerprint != fingerprint:
+        raise ValidationFailed(
+            "this Idempotency-Key was used for another request",
+            errors=[FieldProblem(HEADER, "already used with another body or path; use a new key")],
+        )
+    answer = unblinding.replay_emergency_unblinding(
+        service,
+        actor(permission),
+        trial_code,
+        subject_number,
+        key=key,
+        stored=stored.body,
+        password=str(body.get("password") or ""),
+    )
+    response = Response(canonical_json(answer), status=stored.status, mimetype=stored.content_type)
+    response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Cache-Control"] = "no-store"
     return response

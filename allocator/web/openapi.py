@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from allocator.services.subjects.withdrawal import WITHDRAWAL_KINDS
 from allocator.services.unblinding import EMERGENCY_REASONS
 from allocator.version import __version__
 
@@ -37,18 +38,24 @@ _IDEMPOTENCY_KEY = {
     "true) without doing anything twice; the same key with another body is a 422",
 }
 
+# What an identifier (a subject number, a document id) may hold: no control character, surrogate,
+# slash or non-character (allocator/web/hygiene.py answers 404 for those).
+_IDENTIFIER = "^[^\\x00-\\x1f\\x7f-\\x9f/]+$"
+_TEXT = {"type": "string", "minLength": 1}
+_TIME = {"type": "string", "format": "date-time"}
+
 _SUBJECT = {
     "name": "subject",
     "in": "path",
     "required": True,
-    "schema": {"type": "string"},
+    "schema": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": _IDENTIFIER},
     "description": "Subject number, e.g. P1-001",
 }
 _TRIAL = {
     "name": "trial",
     "in": "path",
     "required": True,
-    "schema": {"type": "string", "pattern": "^[A-Z0-9-]+$"},
+    "schema": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[A-Z0-9-]+$"},
     "description": "Trial code, e.g. IFNG-PAIS",
 }
 
@@ -115,10 +122,14 @@ def document() -> dict[str, Any]:
                             "in": "query",
                             "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
                         },
-                        {"name": "user", "in": "query", "schema": {"type": "string"}},
-                        {"name": "action", "in": "query", "schema": {"type": "string"}},
-                        {"name": "object_type", "in": "query", "schema": {"type": "string"}},
-                        {"name": "object_id", "in": "query", "schema": {"type": "string"}},
+                        {"name": "user", "in": "query", "schema": {"type": "string", "maxLength": 200}},
+                        {"name": "action", "in": "query", "schema": {"type": "string", "maxLength": 200}},
+                        {
+                            "name": "object_type",
+                            "in": "query",
+                            "schema": {"type": "string", "maxLength": 200},
+                        },
+                        {"name": "object_id", "in": "query", "schema": {"type": "string", "maxLength": 200}},
                         {"name": "since", "in": "query", "schema": {"type": "string", "format": "date"}},
                         {"name": "until", "in": "query", "schema": {"type": "string", "format": "date"}},
                     ],
@@ -223,6 +234,8 @@ def document() -> dict[str, Any]:
                                 "application/json": {
                                     "schema": {
                                         "type": "object",
+                                        "additionalProperties": False,
+                                        "required": ["subjects"],
                                         "properties": {
                                             "subjects": {
                                                 "type": "array",
@@ -271,10 +284,17 @@ def document() -> dict[str, Any]:
                                 "application/json": {
                                     "schema": {
                                         "type": "object",
+                                        "additionalProperties": False,
                                         "required": ["document_id", "href"],
                                         "properties": {
-                                            "document_id": {"type": "string"},
-                                            "href": {"type": "string"},
+                                            "document_id": {
+                                                "type": "string",
+                                                "pattern": "^DISP-[A-Z0-9-]+-[0-9]+$",
+                                            },
+                                            "href": {
+                                                "type": "string",
+                                                "pattern": "^/api/v1/trials/.+\\.pdf$",
+                                            },
                                         },
                                     }
                                 }
@@ -296,7 +316,12 @@ def document() -> dict[str, Any]:
                             "name": "document",
                             "in": "path",
                             "required": True,
-                            "schema": {"type": "string"},
+                            "schema": {
+                                "type": "string",
+                                "minLength": 1,
+                                "maxLength": 100,
+                                "pattern": _IDENTIFIER,
+                            },
                             "description": "Printed document id, e.g. DISP-IFNG-PAIS-000003",
                         },
                     ],
@@ -316,7 +341,18 @@ def document() -> dict[str, Any]:
                         "marked blind broken and the sponsor and monitors are notified without the arm."
                     ),
                     "operationId": "emergencyUnblind",
-                    "parameters": [_TRIAL, _SUBJECT],
+                    "parameters": [
+                        _TRIAL,
+                        _SUBJECT,
+                        {
+                            **_IDEMPOTENCY_KEY,
+                            "description": "A replay by the same user with the same body (the password "
+                            "and code aside) gets the original 200 answer again (Idempotent-Replayed: true) "
+                            "once the password is checked again, audited as an arm.read: nothing is "
+                            "unblinded, signed or notified twice. Only the 200 answer is stored, sealed; a "
+                            "refusal's retry runs afresh. The same key with another body is a 422",
+                        },
+                    ],
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -331,9 +367,10 @@ def document() -> dict[str, Any]:
                                             "enum": list(EMERGENCY_REASONS),
                                         },
                                         "reason": {"type": "string", "minLength": 10},
-                                        "password": {"type": "string", "format": "password"},
+                                        "password": {"type": "string", "minLength": 1, "format": "password"},
                                         "otp": {
                                             "type": "string",
+                                            "pattern": "^[0-9]{6}$",
                                             "description": "When a second factor is enrolled",
                                         },
                                     },
@@ -349,15 +386,26 @@ def document() -> dict[str, Any]:
                                 "application/json": {
                                     "schema": {
                                         "type": "object",
+                                        "additionalProperties": False,
+                                        "required": [
+                                            "unblinding_id",
+                                            "subject_number",
+                                            "site",
+                                            "arm",
+                                            "arm_label",
+                                            "product",
+                                            "unblinded_at",
+                                            "signature",
+                                        ],
                                         "properties": {
-                                            "arm": {"type": "string"},
-                                            "arm_label": {"type": "string"},
+                                            "arm": _TEXT,
+                                            "arm_label": _TEXT,
                                             "product": {"type": "string"},
-                                            "subject_number": {"type": "string"},
-                                            "site": {"type": "string"},
-                                            "unblinding_id": {"type": "integer"},
-                                            "unblinded_at": {"type": "string", "format": "date-time"},
-                                            "signature": {"type": "string"},
+                                            "subject_number": _TEXT,
+                                            "site": _TEXT,
+                                            "unblinding_id": {"type": "integer", "minimum": 1},
+                                            "unblinded_at": _TIME,
+                                            "signature": _TEXT,
                                         },
                                     }
                                 }
@@ -368,7 +416,10 @@ def document() -> dict[str, Any]:
                         ),
                         "401": _problem_response("Wrong password or code (audited, counts toward lockout)"),
                         "403": _problem_response("The subject is not at your site (audited)"),
-                        "422": _problem_response("Missing or unknown reason category, or too short a reason"),
+                        "422": _problem_response(
+                            "Missing or unknown reason category, too short a reason, or an Idempotency-Key "
+                            "already used with another body"
+                        ),
                         "429": _problem_response("Account locked, or an evident runaway of unblindings"),
                         **_COMMON_ERRORS,
                         **_BODY_ERRORS,
@@ -404,6 +455,7 @@ def document() -> dict[str, Any]:
                                         },
                                         "late_reason": {
                                             "type": "string",
+                                            "maxLength": 1000,
                                             "description": "Required when recorded over 1 h late",
                                         },
                                     },
@@ -418,12 +470,21 @@ def document() -> dict[str, Any]:
                                 "application/json": {
                                     "schema": {
                                         "type": "object",
+                                        "additionalProperties": False,
+                                        "required": [
+                                            "ok",
+                                            "subject_number",
+                                            "day",
+                                            "kit_number",
+                                            "administered_at",
+                                            "warnings",
+                                        ],
                                         "properties": {
-                                            "ok": {"type": "boolean"},
-                                            "subject_number": {"type": "string"},
-                                            "day": {"type": "string"},
-                                            "kit_number": {"type": "string"},
-                                            "administered_at": {"type": "string"},
+                                            "ok": {"type": "boolean", "const": True},
+                                            "subject_number": _TEXT,
+                                            "day": _TEXT,
+                                            "kit_number": _TEXT,
+                                            "administered_at": _TIME,
                                             "warnings": {"type": "array", "items": {"type": "string"}},
                                         },
                                     }
@@ -451,11 +512,16 @@ def document() -> dict[str, Any]:
             "schemas": {
                 "Problem": {
                     "type": "object",
+                    "additionalProperties": False,
                     "required": ["type", "title", "status", "detail"],
                     "properties": {
-                        "type": {"type": "string", "format": "uri"},
-                        "title": {"type": "string"},
-                        "status": {"type": "integer"},
+                        "type": {
+                            "type": "string",
+                            "format": "uri",
+                            "pattern": "^urn:allocator:problem:[a-z0-9-]+$",
+                        },
+                        "title": _TEXT,
+                        "status": {"type": "integer", "minimum": 400, "maximum": 599},
                         "detail": {"type": "string"},
                         "subject_number": {
                             "type": "string",
@@ -466,6 +532,7 @@ def document() -> dict[str, Any]:
                             "type": "array",
                             "items": {
                                 "type": "object",
+                                "additionalProperties": False,
                                 "required": ["field", "message"],
                                 "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
                             },
@@ -478,36 +545,52 @@ def document() -> dict[str, Any]:
                     "required": ["site", "screening_number", "eligibility", "strata"],
                     "description": "Nothing else is accepted: no slot, arm or kit can be chosen (RND-05).",
                     "properties": {
-                        "site": {"type": "string", "minLength": 1, "examples": ["P1"]},
+                        "site": {"type": "string", "minLength": 1, "maxLength": 32, "examples": ["P1"]},
                         "screening_number": {
                             "type": "string",
                             "minLength": 1,
+                            "maxLength": 64,
                             "description": "The site's pseudonymous number",
                         },
                         "eligibility": {
                             "type": "object",
                             "minProperties": 1,
-                            "description": "One answer per criterion id of the trial",
+                            "description": "One answer per criterion id of the trial (its definition lists "
+                            'them): a number criterion takes a JSON number, never text (`"age": "64"` is '
+                            'a 422 naming `eligibility.age`); a yes/no criterion true/false or "yes"/"no"; '
+                            'a date criterion "YYYY-MM-DD"',
+                            "additionalProperties": {"$ref": "#/components/schemas/EligibilityAnswer"},
                         },
                         "strata": {
                             "type": "object",
-                            "description": "One level per entered stratification factor",
+                            "description": "One level code per entered stratification factor",
+                            "additionalProperties": {"type": "string", "minLength": 1},
                         },
                     },
+                },
+                "EligibilityAnswer": {
+                    "description": "A number (number criteria), a boolean or yes/no text (yes/no criteria), "
+                    "or a YYYY-MM-DD date (date criteria)",
+                    "oneOf": [
+                        {"type": "number"},
+                        {"type": "boolean"},
+                        {"type": "string", "minLength": 1},
+                    ],
                 },
                 "RandomizationResult": {
                     "type": "object",
                     "additionalProperties": False,
                     "required": ["subject_number", "randomization_number", "kits", "randomized_at"],
                     "properties": {
-                        "subject_number": {"type": "string"},
-                        "randomization_number": {"type": "string"},
+                        "subject_number": _TEXT,
+                        "randomization_number": _TEXT,
                         "kits": {
                             "type": "array",
                             "items": {
                                 "type": "object",
                                 "additionalProperties": False,
-                                "properties": {"kit_number": {"type": "string"}, "day": {"type": "string"}},
+                                "required": ["kit_number", "day"],
+                                "properties": {"kit_number": _TEXT, "day": _TEXT},
                             },
                         },
                         "randomized_at": {"type": "string", "format": "date-time"},
@@ -516,31 +599,81 @@ def document() -> dict[str, Any]:
                 "Subject": {
                     "type": "object",
                     "description": "Blinded: no arm field exists (BLD-06).",
+                    "additionalProperties": False,
+                    "required": [
+                        "subject_number",
+                        "screening_number",
+                        "randomization_number",
+                        "site",
+                        "randomized_at",
+                        "strata",
+                        "strata_corrected",
+                        "randomized_in_error",
+                        "blind_broken",
+                        "withdrawal",
+                        "kits",
+                    ],
                     "properties": {
-                        "subject_number": {"type": "string"},
-                        "screening_number": {"type": "string"},
-                        "randomization_number": {"type": "string"},
-                        "site": {"type": "string"},
-                        "randomized_at": {"type": "string", "format": "date-time"},
-                        "strata": {"type": "object"},
-                        "strata_corrected": {"type": ["object", "null"]},
+                        "subject_number": _TEXT,
+                        "screening_number": _TEXT,
+                        "randomization_number": _TEXT,
+                        "site": _TEXT,
+                        "randomized_at": _TIME,
+                        "strata": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "strata_corrected": {
+                            "type": ["object", "null"],
+                            "additionalProperties": {"type": "string"},
+                        },
                         "randomized_in_error": {"type": "boolean"},
                         "blind_broken": {"type": "boolean"},
                         "withdrawal": {
-                            "type": ["object", "null"],
                             "description": "kind and effective_date once withdrawn (REP-04)",
+                            "oneOf": [
+                                {"type": "null"},
+                                {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "required": ["kind", "effective_date"],
+                                    "properties": {
+                                        "kind": {"type": "string", "enum": list(WITHDRAWAL_KINDS)},
+                                        "effective_date": {"type": "string", "format": "date"},
+                                    },
+                                },
+                            ],
                         },
-                        "kits": {"type": "array", "items": {"type": "object"}},
+                        "kits": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "required": ["day", "kit_number", "status", "administered_at"],
+                                "properties": {
+                                    "day": _TEXT,
+                                    "kit_number": _TEXT,
+                                    "status": {
+                                        "type": "string",
+                                        "enum": ["allocated", "dispensed", "administered", "replaced"],
+                                    },
+                                    "administered_at": {"type": ["string", "null"], "format": "date-time"},
+                                },
+                            },
+                        },
                     },
                 },
                 "AuditEntry": {
                     "type": "object",
+                    "additionalProperties": False,
                     "required": ["seq", "at", "actor", "action", "object", "hash", "prev_hash"],
                     "properties": {
-                        "seq": {"type": "integer"},
-                        "at": {"type": "string", "description": "UTC, ISO 8601 with microseconds"},
+                        "seq": {"type": "integer", "minimum": 1},
+                        "at": {
+                            "type": "string",
+                            "minLength": 1,
+                            "description": "UTC, ISO 8601 with microseconds",
+                        },
                         "actor": {
                             "type": "object",
+                            "additionalProperties": False,
                             "properties": {
                                 "username": {"type": "string"},
                                 "name": {"type": "string"},
@@ -551,6 +684,7 @@ def document() -> dict[str, Any]:
                         "action": {"type": "string"},
                         "object": {
                             "type": "object",
+                            "additionalProperties": False,
                             "properties": {
                                 "type": {"type": "string"},
                                 "id": {"type": "string"},
@@ -567,12 +701,17 @@ def document() -> dict[str, Any]:
                             "enum": ["present", None],
                             "description": "Says that a sealed (unblinded) value exists, never what it is",
                         },
+                        "sealed": {
+                            "type": "object",
+                            "description": "The sealed value itself: only for unblinded readers",
+                        },
                         "prev_hash": {"type": "string"},
                         "hash": {"type": "string"},
                     },
                 },
                 "AuditPage": {
                     "type": "object",
+                    "additionalProperties": False,
                     "required": ["entries", "next_after"],
                     "properties": {
                         "entries": {"type": "array", "items": {"$ref": "#/components/schemas/AuditEntry"}},
@@ -584,12 +723,31 @@ def document() -> dict[str, Any]:
                 },
                 "AuditVerification": {
                     "type": "object",
-                    "required": ["ok", "entries", "first_bad"],
+                    "additionalProperties": False,
+                    "required": [
+                        "ok",
+                        "entries",
+                        "first_bad",
+                        "problems",
+                        "checkpoints",
+                        "unsigned_tail",
+                        "witness_configured",
+                        "witnessed_upto",
+                        "unwitnessed",
+                    ],
                     "properties": {
                         "ok": {"type": "boolean"},
                         "entries": {"type": "integer"},
                         "first_bad": {"type": ["integer", "null"]},
-                        "problems": {"type": "array", "items": {"type": "object"}},
+                        "problems": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "required": ["seq", "message"],
+                                "properties": {"seq": {"type": "integer"}, "message": {"type": "string"}},
+                            },
+                        },
                         "checkpoints": {"type": "integer"},
                         "unsigned_tail": {
                             "type": "integer",
@@ -644,6 +802,7 @@ def document() -> dict[str, Any]:
                             "description": "Fields of the definition still to be confirmed against the protocol",
                             "items": {
                                 "type": "object",
+                                "additionalProperties": False,
                                 "properties": {"field": {"type": "string"}, "note": {"type": "string"}},
                             },
                         },

@@ -128,3 +128,14 @@ def test_decimal_comma_is_accepted_and_integers_are_enforced() -> None:
     assert not check([lactate], {"lactate": "2"}, TODAY).eligible  # strictly greater than 2
     with pytest.raises(EligibilityInputError, match="must be a whole number"):
         check(DEFINITION.eligibility, eligible_answers(mhladr="7999,5"), TODAY)
+
+
+def test_json_numbers_refuse_text_where_a_number_is_asked() -> None:
+    """Issue 14: the JSON API is strict ("age": "64" is text, not a number); a form is not."""
+    answers = eligible_answers(age="64", mhladr=5400)
+    assert check(DEFINITION.eligibility, answers, TODAY).eligible  # a form's typed text
+    with pytest.raises(EligibilityInputError) as raised:
+        check(DEFINITION.eligibility, answers, TODAY, json_numbers=True)
+    assert [(e.field, e.message) for e in raised.value.errors] == [("age", "must be a JSON number, not text")]
+    typed = eligible_answers(age=64, mhladr=5400.0, invasive_ventilation=True)
+    assert check(DEFINITION.eligibility, typed, TODAY, json_numbers=True).eligible

@@ -42,9 +42,11 @@ def _operation(path: str, method: str) -> tuple[str, dict[str, Any]]:
     raise AssertionError(f"{method} {relative} is not in the document")
 
 
-def conforms(response: Response, path: str, method: str) -> None:
+def conforms(response: Response, path: str, method: str, seen: set[tuple[str, str]] | None = None) -> None:
     """Fail unless `response` is a documented answer of the operation at `path`."""
     template, operation = _operation(path, method)
+    if seen is not None:
+        seen.add((method.lower(), template))
     status = str(response.status_code)
     assert status in operation["responses"], f"{method} {template}: {status} is not documented"
     content = operation["responses"][status].get("content", {})
@@ -64,7 +66,7 @@ def world(ctx: ServiceContext) -> ReadyTrial:
     return ready_trial(ctx)
 
 
-def caller(app: Flask, ctx: ServiceContext, username: str) -> Call:
+def caller(app: Flask, ctx: ServiceContext, username: str, seen: set[tuple[str, str]] | None = None) -> Call:
     token = users.create_token(ctx, CLI_ACTOR, username, "edc").token
     client = app.test_client()
 
@@ -79,7 +81,7 @@ def caller(app: Flask, ctx: ServiceContext, username: str) -> Call:
             base_url="https://localhost",
         )
         assert response.status_code < 500, response.get_data(as_text=True)[:300]
-        conforms(response, path, method)
+        conforms(response, path, method, seen)
         return response
 
     return call
@@ -90,8 +92,32 @@ def test_the_document_itself_is_valid_json_schema() -> None:
         Draft202012Validator.check_schema(schema), name
 
 
+def test_the_document_is_strict() -> None:
+    """Issue 14: every object schema says what else it accepts, so that nothing extra slips by."""
+    loose: list[str] = []
+
+    def walk(node: object, where: str) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "object" and "properties" in node and "additionalProperties" not in node:
+                loose.append(where)
+            for key, inner in node.items():
+                walk(inner, f"{where}/{key}")
+        elif isinstance(node, list):
+            for i, inner in enumerate(node):
+                walk(inner, f"{where}/{i}")
+
+    walk(DOC, "#")
+    assert not loose, loose
+
+
+def _operations() -> set[tuple[str, str]]:
+    return {(method, template) for template, item in DOC["paths"].items() for method in item}
+
+
 def test_real_answers_match_the_document(app: Flask, ctx: ServiceContext, world: ReadyTrial) -> None:
-    inv = caller(app, ctx, "inv-p1")
+    """Every operation, called by a role that may call it, answers as documented."""
+    seen: set[tuple[str, str]] = set()
+    inv = caller(app, ctx, "inv-p1", seen)
     body = {
         "site": "P1",
         "screening_number": "P1-0001",
@@ -112,15 +138,21 @@ def test_real_answers_match_the_document(app: Flask, ctx: ServiceContext, world:
     assert inv("GET", f"/api/v1/trials/{TRIAL}/subjects/{number}").status_code == 200
     assert inv("GET", f"/api/v1/trials/{TRIAL}/subjects/P9-999").status_code == 404
     assert inv("GET", f"/api/v1/trials/{TRIAL}/audit").status_code in (200, 403)
-    wrong = {"reason_category": "other", "reason": "a serious adverse event", "password": "wrong"}
-    assert inv("POST", f"/api/v1/trials/{TRIAL}/subjects/{number}/unblind", wrong).status_code in (401, 422)
+    wrong = {
+        "reason_category": "other_medical_emergency",
+        "reason": "a serious adverse event",
+        "password": "wrong",
+    }
+    assert inv("POST", f"/api/v1/trials/{TRIAL}/subjects/{number}/unblind", wrong).status_code == 401
 
     mon = make_actor(ctx, "mon", "monitor")
-    monitor = caller(app, ctx, mon.username)
+    monitor = caller(app, ctx, mon.username, seen)
     assert monitor("GET", f"/api/v1/trials/{TRIAL}/audit?limit=5").status_code == 200
     assert monitor("GET", f"/api/v1/trials/{TRIAL}/audit?after=%C2%B2").status_code == 422
     assert monitor("GET", f"/api/v1/trials/{TRIAL}/audit/verify").status_code == 200
     assert monitor("POST", f"/api/v1/trials/{TRIAL}/subjects", body).status_code == 403
+    assert monitor("GET", f"/api/v1/trials/{TRIAL}/exports/odm").status_code == 200
+    assert monitor("GET", "/api/v1/trials/NO-SUCH").status_code == 404
 
     first = randomize.randomize(
         ctx,
@@ -144,7 +176,17 @@ def test_real_answers_match_the_document(app: Flask, ctx: ServiceContext, world:
         scope=ALL,
         signature=signatures.SignatureRequest(password=GOOD_PASSWORD),
     )
-    nurse = caller(app, ctx, "nurse-p1")
+    pharmacist = caller(app, ctx, "pharm-p1", seen)
+    sheets = f"/api/v1/trials/{TRIAL}/subjects/{first.subject_number}/dispensation-sheets"
+    printed = pharmacist("POST", sheets)
+    assert printed.status_code == 201
+    assert pharmacist("GET", printed.get_json()["href"]).status_code == 200
+    assert pharmacist("GET", f"{sheets}/DISP-NONE-1.pdf").status_code == 404
+    assert (
+        pharmacist("POST", f"/api/v1/trials/{TRIAL}/subjects/{number}/dispensation-sheets").status_code == 409
+    )
+
+    nurse = caller(app, ctx, "nurse-p1", seen)
     scan = {
         "payload": kitlib.build_payload(TRIAL, kits_of["D1"], "D1", kit_rules.mac(ctx)),
         "subject_number": first.subject_number,
@@ -153,6 +195,12 @@ def test_real_answers_match_the_document(app: Flask, ctx: ServiceContext, world:
     assert nurse("POST", f"/api/v1/trials/{TRIAL}/scans", scan).status_code == 201
     assert nurse("POST", f"/api/v1/trials/{TRIAL}/scans", scan).status_code == 409
     assert nurse("POST", f"/api/v1/trials/{TRIAL}/scans", {**scan, "payload": "garbage"}).status_code == 422
+    assert nurse("GET", f"/api/v1/trials/{TRIAL}/subjects/{first.subject_number}").status_code == 200
+
+    right = {**wrong, "password": GOOD_PASSWORD}
+    revealed = inv("POST", f"/api/v1/trials/{TRIAL}/subjects/{number}/unblind", right)
+    assert revealed.status_code == 200, revealed.get_json()
+    assert seen == _operations(), _operations() - seen
 
 
 # --- a bounded fuzz run of the POST endpoints ----------------------------------------------------

@@ -137,6 +137,19 @@ def test_d2_an_oversized_body_is_a_413_problem(investigator: Call) -> None:
     assert status == 413 and problem["status"] == 413
 
 
+@pytest.mark.parametrize(("criterion", "text"), [("age", "64"), ("mhladr", "5400"), ("sofa_24h", "9")])
+def test_text_where_a_number_is_asked_is_refused(
+    investigator: Call, ctx: ServiceContext, criterion: str, text: str
+) -> None:
+    """Issue 14: "age": "64" was silently read as a number; the contract says a number."""
+    before = counts(ctx)
+    body = randomization(eligibility={**ELIGIBLE, criterion: text})
+    status, problem = investigator("POST", f"/api/v1/trials/{TRIAL}/subjects", json.dumps(body))
+    assert status == 422, problem
+    assert fields(problem) == {f"eligibility.{criterion}"}
+    assert counts(ctx) == before
+
+
 def test_d2_malformed_json_names_the_body(investigator: Call) -> None:
     status, problem = investigator("POST", f"/api/v1/trials/{TRIAL}/subjects", '{"site": ')
     assert status == 422 and fields(problem) == {"body"}

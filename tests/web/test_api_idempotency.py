@@ -5,6 +5,7 @@ own investigator the subject number it got."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from pathlib import Path
 
@@ -205,3 +206,82 @@ def test_against_a_committed_database_the_answer_commits_with_the_action(
         assert busy.status_code == 422 and count(live, Subject) == 1
     finally:
         db.dispose()
+
+
+# --- the emergency unblinding (its answer reveals the arm) ------------------------------------------
+
+
+def _randomized(ctx: ServiceContext, world: ReadyTrial) -> str:
+    request = randomize.RandomizationRequest(
+        site="P1",
+        screening_number="P1-0009",
+        eligibility=dict(ELIGIBLE),
+        strata={"admission_cause": "septic"},
+    )
+    return randomize.randomize(ctx, world.investigator, TRIAL, request, ALL).subject_number
+
+
+def _actions(ctx: ServiceContext) -> list[str]:
+    with ctx.db.reading() as s:
+        return list(s.execute(select(AuditEvent.action).order_by(AuditEvent.id)).scalars())
+
+
+def test_an_unblinding_replayed_with_its_key_is_read_again_not_unblinded_twice(
+    app: Flask, ctx: ServiceContext, world: ReadyTrial
+) -> None:
+    from allocator.models import Unblinding
+
+    number = _randomized(ctx, world)
+    path = f"/api/v1/trials/{TRIAL}/subjects/{number}/unblind"
+    body = {
+        "reason_category": "other_medical_emergency",
+        "reason": "anaphylaxis in the ICU",
+        "password": GOOD_PASSWORD,
+    }
+    post = poster(app, ctx, "inv-p1")
+    first = post(path, body, key="unblind-1")
+    assert first.status_code == 200, first.get_json()
+    arm = first.get_json()["arm"]
+    before = len(_actions(ctx))
+
+    again = post(path, body, key="unblind-1")
+    assert again.status_code == 200 and again.get_json() == first.get_json()
+    assert again.headers["Idempotent-Replayed"] == "true" and again.headers["Cache-Control"] == "no-store"
+    assert count(ctx, Unblinding) == 1
+    assert _actions(ctx)[before:] == ["arm.read"]  # no second unblinding, signature or notice
+
+    with ctx.db.reading() as s:
+        stored = s.execute(select(IdempotentRequest)).scalar_one()
+    assert stored.status == 200 and stored.body is not None
+    label = first.get_json()["arm_label"]
+    assert '"arm"' not in stored.body and label not in stored.body  # sealed, never in clear
+    assert label.encode() not in base64.b64decode(
+        stored.body
+    ) and f'"{arm}"'.encode() not in base64.b64decode(stored.body)
+    assert GOOD_PASSWORD not in stored.body and GOOD_PASSWORD not in stored.fingerprint
+
+    wrong = post(path, {**body, "password": "not the password"}, key="unblind-1")
+    assert wrong.status_code == 401 and "arm" not in (wrong.get_json() or {})
+    assert _actions(ctx)[-1] == "signature.failed"
+
+    other = post(path, {**body, "reason": "another reason entirely"}, key="unblind-1")
+    assert other.status_code == 422
+    assert [e["field"] for e in other.get_json()["errors"]] == ["Idempotency-Key"]
+    assert count(ctx, Unblinding) == 1
+
+
+def test_a_refused_unblinding_is_not_stored_and_its_retry_runs_afresh(
+    app: Flask, ctx: ServiceContext, world: ReadyTrial
+) -> None:
+    number = _randomized(ctx, world)
+    path = f"/api/v1/trials/{TRIAL}/subjects/{number}/unblind"
+    body = {
+        "reason_category": "other_medical_emergency",
+        "reason": "anaphylaxis in the ICU",
+        "password": "wrong",
+    }
+    post = poster(app, ctx, "inv-p1")
+    assert post(path, body, key="unblind-2").status_code == 401
+    assert _actions(ctx)[-1] == "signature.failed"  # the refusal is audited all the same
+    assert count(ctx, IdempotentRequest) == 0
+    assert post(path, {**body, "password": GOOD_PASSWORD}, key="unblind-2").status_code == 200

@@ -102,6 +102,8 @@ class RandomizationRequest:
     screening_number: str
     eligibility: Mapping[str, object]
     strata: Mapping[str, object]
+    json_numbers: bool = False
+    """The JSON API's contract: a number criterion's answer is a JSON number, never text."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +207,7 @@ def preview(ctx: ServiceContext, trial_code: str, request: RandomizationRequest,
         raise SiteNotActive(f"site {site.code} is {site.status}: it cannot randomize (RND-14)")
     screening = _screening_number(definition, request.screening_number)
     levels = _strata_levels(definition, site.code, request.strata)
-    result = _eligibility(definition, request.eligibility, ctx.now())
+    result = _eligibility(definition, request.eligibility, ctx.now(), json_numbers=request.json_numbers)
     labels = {}
     for factor in definition.stratification:
         level = next((lv for lv in factor.levels if lv.code == levels[factor.code]), None)
@@ -220,9 +222,13 @@ def preview(ctx: ServiceContext, trial_code: str, request: RandomizationRequest,
     )
 
 
-def _eligibility(definition: TrialDefinition, raw: Mapping[str, object], now: datetime) -> EligibilityResult:
+def _eligibility(
+    definition: TrialDefinition, raw: Mapping[str, object], now: datetime, *, json_numbers: bool = False
+) -> EligibilityResult:
     try:
-        return check_eligibility(definition.eligibility, raw, definition.local_date(now))
+        return check_eligibility(
+            definition.eligibility, raw, definition.local_date(now), json_numbers=json_numbers
+        )
     except EligibilityInputError as exc:
         raise ValidationFailed(
             "the eligibility data are invalid",
@@ -248,7 +254,7 @@ def randomize(
         # Every check of the input comes before the first write: a refusal changes nothing.
         screening = _screening_number(definition, request.screening_number)
         levels = _strata_levels(definition, request.site, request.strata)
-        eligibility = _eligibility(definition, request.eligibility, now)
+        eligibility = _eligibility(definition, request.eligibility, now, json_numbers=request.json_numbers)
         outcome = _randomize_in(
             ctx,
             session,

@@ -147,6 +147,16 @@ def test_duplicate_marking_and_reprint_number_iff_reprint() -> None:
     assert "DUPLICATA" not in original and "DUPLICATE" not in original
 
 
+@pytest.mark.req("LBL-12")
+@pytest.mark.parametrize("reprint_number", [100, 999])
+def test_a_hundredth_reprint_in_test_mode_still_prints(reprint_number: int) -> None:
+    """Issue 14's schemathesis run: from the 100th reprint of a test-mode sheet, the status line
+    (duplicate mark and test mark) was wider than the page and printing answered 500."""
+    reprint = make_sheet(KITS[:3], document=make_document("DISP-2025-000042", reprint_number=reprint_number))
+    text = flat(all_text(render_dispensation_sheet(make_trial(test_mode=True), reprint)))
+    assert f"DUPLICATE – reprint no. {reprint_number} – TEST – NE PAS UTILISER / TEST – DO NOT USE" in text
+
+
 def _masked(sheet_kits: list[str]) -> object:
     sheet = make_sheet(sheet_kits)
     rows = tuple(
