@@ -90,7 +90,7 @@ def _unblinding_labels() -> dict[str, str]:
 
 @bp.route("/trials/<trial>/unblind", methods=["GET", "POST"])
 @requires(Permission.SUBJECT_UNBLIND)
-def emergency(trial: str) -> Response:
+def emergency(trial: str) -> Response | WerkzeugResponse:
     """Screen 2 (the form) and screen 3 (the arm, once)."""
     reasons = unblinding.EMERGENCY_REASONS
     if request.method == "GET":
@@ -124,12 +124,12 @@ def emergency(trial: str) -> Response:
             form=forms.shown(exc, _unblinding_labels()),
             kind="emergency",
         )
-    return _page("unblinding/revealed.html", trial=trial, revealed=revealed, kind="emergency")
+    return _result_redirect(trial, revealed, "unblinding.emergency_result")
 
 
 @bp.route("/trials/<trial>/pv-unblind", methods=["GET", "POST"])
 @requires(Permission.UNBLINDING_PV)
-def pharmacovigilance(trial: str) -> Response:
+def pharmacovigilance(trial: str) -> Response | WerkzeugResponse:
     reasons = unblinding.PV_REASONS
     if request.method == "GET":
         return _page(
@@ -162,7 +162,42 @@ def pharmacovigilance(trial: str) -> Response:
             form=forms.shown(exc, _unblinding_labels()),
             kind="pharmacovigilance",
         )
-    return _page("unblinding/revealed.html", trial=trial, revealed=revealed, kind="pharmacovigilance")
+    return _result_redirect(trial, revealed, "unblinding.pharmacovigilance_result")
+
+
+def _result_redirect(trial: str, revealed: unblinding.RevealedArm, endpoint: str) -> WerkzeugResponse:
+    """Post/Redirect/Get (issue 13): the POST records the unblinding; the arm is shown by the GET it
+    redirects to, once, so a reload or the back button never unblinds a second time."""
+    if revealed.alert_raised:
+        flash(
+            _("Several unblindings within an hour: the trial manager and the monitors have been alerted."),
+            "info",
+        )
+    return redirect(url_for(endpoint, trial=trial, unblinding_id=revealed.unblinding_id), code=303)
+
+
+def _result(trial: str, unblinding_id: int, permission: Permission) -> Response:
+    result = unblinding.show_result(ctx(), actor(permission), trial, unblinding_id)
+    if isinstance(result, unblinding.ShownBefore):
+        return _page("unblinding/shown.html", trial=trial, shown=result)
+    return _page("unblinding/revealed.html", trial=trial, revealed=result, kind=result_kind(permission))
+
+
+def result_kind(permission: Permission) -> str:
+    return "emergency" if permission is Permission.SUBJECT_UNBLIND else "pharmacovigilance"
+
+
+@bp.route("/trials/<trial>/unblind/<int:unblinding_id>")
+@requires(Permission.SUBJECT_UNBLIND)
+def emergency_result(trial: str, unblinding_id: int) -> Response:
+    """Screen 3: the arm, once, to the person who unblinded; afterwards when and to whom it was shown."""
+    return _result(trial, unblinding_id, Permission.SUBJECT_UNBLIND)
+
+
+@bp.route("/trials/<trial>/pv-unblind/<int:unblinding_id>")
+@requires(Permission.UNBLINDING_PV)
+def pharmacovigilance_result(trial: str, unblinding_id: int) -> Response:
+    return _result(trial, unblinding_id, Permission.UNBLINDING_PV)
 
 
 @bp.route("/trials/<trial>/unblind/offline", methods=["GET", "POST"])

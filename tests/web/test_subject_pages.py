@@ -82,7 +82,16 @@ def test_the_confirmation_step_shows_the_strata_once_and_lets_the_answers_be_cor
     done = inv.post(
         RANDOMIZE, data={**form("P1-0042"), "step": "confirm", "csrf_token": csrf_token(inv, RANDOMIZE)}
     )
-    assert done.status_code == 201 and "P1-001" in done.get_data(as_text=True)
+    # Post/Redirect/Get (issue 13): the result is a GET; reloading it shows it again, read-only,
+    # where re-sending the POST had shown a 409 page that looked like a failure.
+    assert done.status_code == 303
+    result = done.headers["Location"]
+    assert result.endswith(f"/trials/{TRIAL}/subjects/P1-001/randomized")
+    first = inv.get(result).get_data(as_text=True)
+    reload = inv.get(result)
+    assert reload.status_code == 200 and reload.get_data(as_text=True) == first
+    assert 'data-testid="subject-number">P1-001<' in first and 'class="kit"' in first
+    assert counts(ctx) == (1, 1)
     subject_page = inv.get(f"/trials/{TRIAL}/subjects/P1-001").get_data(as_text=True)
     assert "<dt>Cause of ICU admission</dt><dd>Septic" in subject_page  # labels, not codes
     again = inv.post(

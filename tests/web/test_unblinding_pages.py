@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from allocator import crypto
-from allocator.models import AuditEvent, Dispensation, Kit, Subject
+from allocator.models import AuditEvent, Dispensation, Kit, Subject, Unblinding
 from allocator.permissions import Scope
 from allocator.services import lookups
 from allocator.services.accounts import users
@@ -93,10 +93,12 @@ def test_an_investigator_unblinds_in_three_screens_from_the_home_page(
     # Screen 2: the form.
     form = investigator.get(link.group(1))
     assert form.status_code == 200 and "Emergency unblinding" in form.get_data(as_text=True)
-    # Screen 3: the arm, once, not cached.
-    result = investigator.post(
+    # Screen 3: the arm, once, not cached, on the GET the POST redirects to (Post/Redirect/Get).
+    posted = investigator.post(
         link.group(1), data={**FORM, "subject": number, "csrf_token": csrf_token(investigator, link.group(1))}
     )
+    assert posted.status_code == 303
+    result = investigator.get(posted.headers["Location"])
     page = result.get_data(as_text=True)
     assert result.status_code == 200 and result.headers["Cache-Control"] == "no-store"
     assert LABELS[true_arm(ctx, number)] in page and "meaning: emergency unblinding" in page
@@ -312,3 +314,62 @@ def test_the_offline_registration_form_names_bad_fields(
         },
     )
     assert response.status_code == 404 and 'id="sheet_number-error"' in response.get_data(as_text=True)
+
+
+def unblinding_count(ctx: ServiceContext) -> int:
+    with ctx.db.reading() as s:
+        return len(s.execute(select(Unblinding)).scalars().all())
+
+
+@pytest.mark.req("UNB-05")
+def test_a_reload_or_the_back_button_never_unblinds_again_and_shows_the_arm_once(
+    ctx: ServiceContext, world: ReadyTrial, investigator: FlaskClient
+) -> None:
+    """Issue 13 point 3: reloading the result created a second unblinding (a second signature,
+    record and notifications). Now the POST redirects; the GET shows the arm once to the person who
+    unblinded, audited; a reload says when and to whom it was shown, without the arm."""
+    number = randomize(ctx, world, "P1-0001")
+    path = f"/trials/{TRIAL}/unblind"
+    posted = investigator.post(
+        path, data={**FORM, "subject": number, "csrf_token": csrf_token(investigator, path)}
+    )
+    assert posted.status_code == 303 and unblinding_count(ctx) == 1
+    result = posted.headers["Location"]
+    first = investigator.get(result)
+    assert first.status_code == 200 and LABELS[true_arm(ctx, number)] in first.get_data(as_text=True)
+    for _again in range(2):  # a reload, then the back button: the same GET
+        again = investigator.get(result)
+        text = again.get_data(as_text=True)
+        assert again.status_code == 200 and again.headers["Cache-Control"] == "no-store"
+        assert "was shown once" in text
+        assert number in text and not TREATMENT.search(text_of(text, ctx)), text
+    assert unblinding_count(ctx) == 1
+    with ctx.db.reading() as s:
+        shown = (
+            s.execute(select(AuditEvent).where(AuditEvent.action == "unblinding.result_shown"))
+            .scalars()
+            .all()
+        )
+        signed = (
+            s.execute(select(AuditEvent).where(AuditEvent.action == "unblinding.emergency")).scalars().all()
+        )
+    assert len(shown) == 1 and len(signed) == 1
+
+
+def test_the_result_page_is_for_the_person_who_unblinded_only(
+    app: Flask, ctx: ServiceContext, world: ReadyTrial, investigator: FlaskClient
+) -> None:
+    number = randomize(ctx, world, "P1-0001")
+    path = f"/trials/{TRIAL}/unblind"
+    posted = investigator.post(
+        path, data={**FORM, "subject": number, "csrf_token": csrf_token(investigator, path)}
+    )
+    other = https_client(app)
+    sign_in(other, "inv-p2", GOOD_PASSWORD)
+    response = other.get(posted.headers["Location"])
+    assert response.status_code in (403, 404)
+    assert not TREATMENT.search(text_of(response.get_data(as_text=True), ctx))
+    # The unblinder still sees it once afterwards.
+    assert LABELS[true_arm(ctx, number)] in investigator.get(posted.headers["Location"]).get_data(
+        as_text=True
+    )
