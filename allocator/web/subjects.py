@@ -135,7 +135,8 @@ def randomize_form(trial: str) -> Response:
 @requires(Permission.SUBJECT_RANDOMIZE)
 def randomize(trial: str) -> Response | WerkzeugResponse:
     """Two steps: `preview` shows the strata back (the commonest field error is a wrong stratum);
-    `confirm` allocates. Ineligible patients are recorded in the screening log at `confirm`."""
+    `confirm` allocates. An ineligible check is recorded in the screening log at `preview` already,
+    so that it is counted even if the investigator walks away (issue 13)."""
     req = _request_from_form()
     if _form("step") == "edit":  # back from the confirmation step, every answer kept
         return _randomize_page()
@@ -143,7 +144,10 @@ def randomize(trial: str) -> Response | WerkzeugResponse:
     labels, names = _randomize_labels(definition)
     try:
         if _form("step") != "confirm":
-            preview = subjects_randomize.preview(ctx(), trial, req, scope(Permission.SUBJECT_RANDOMIZE))
+            # An ineligible check is recorded in the screening log here, at once (issue 13).
+            preview = subjects_randomize.check(
+                ctx(), actor(Permission.SUBJECT_RANDOMIZE), trial, req, scope(Permission.SUBJECT_RANDOMIZE)
+            )
             definition = trial_definition(ctx(), trial)
             site_factor = next(f.label.en for f in definition.stratification if f.source == "site")
             return Response(
