@@ -75,7 +75,9 @@ def test_emergency_unblinding_then_the_planned_unblinding(live_server: LiveServe
     inv.get_by_role("link", name="Emergency unblinding").first.click()
     inv.wait_for_url(f"**/trials/{TRIAL}/unblind")
     screens.append(inv.url)
-    inv.get_by_label("Subject number").fill(patient)
+    # The subject is chosen in the site's list, never typed, and shown back large (issue 13).
+    inv.get_by_label("Subject number").select_option(patient)
+    expect(inv.get_by_test_id("chosen-subject")).to_have_text(patient)
     inv.get_by_label("Reason").select_option("serious_adverse_event")
     inv.get_by_label("Details").fill(
         "Anaphylactic shock 20 min after D2; the treatment depends on the product."

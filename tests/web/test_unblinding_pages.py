@@ -373,3 +373,53 @@ def test_the_result_page_is_for_the_person_who_unblinded_only(
     assert LABELS[true_arm(ctx, number)] in investigator.get(posted.headers["Location"]).get_data(
         as_text=True
     )
+
+
+def test_the_subject_is_chosen_in_a_list_of_the_sites_subjects_and_shown_back_large(
+    ctx: ServiceContext, world: ReadyTrial, investigator: FlaskClient
+) -> None:
+    """Issue 13 point 8: the subject was typed (P1-001 and the screening number P1-0001 differ by
+    one zero). Now it is chosen in a list of the site's subjects with their randomization date,
+    and the chosen number is shown back large beside the confirmation."""
+    mine = randomize(ctx, world, "P1-0001")
+    theirs = randomize(ctx, world, "P2-0001", site="P2")
+    path = f"/trials/{TRIAL}/unblind"
+    page = investigator.get(path).get_data(as_text=True)
+    select_html = re.search(r'<select id="subject" name="subject"[^>]*>(.*?)</select>', page, re.S)
+    assert select_html is not None and '<input id="subject"' not in page
+    options = re.findall(r'<option value="([^"]*)"', select_html.group(1))
+    assert options == ["", mine] and theirs not in page  # own site only
+    assert re.search(rf"{mine} · randomized \w", select_html.group(1))
+    assert re.search(r'data-testid="chosen-subject"><output[^>]*>—<', page)
+    chosen = investigator.get(f"{path}?subject={mine}").get_data(as_text=True)
+    assert f'<option value="{mine}" selected>' in chosen
+    assert re.search(rf'data-testid="chosen-subject"><output[^>]*>{mine}<', chosen)
+    other = investigator.get(f"{path}?subject={theirs}").get_data(as_text=True)
+    assert (
+        re.search(r'data-testid="chosen-subject"><output[^>]*>—<', other)
+        and "selected>" not in other.split('id="subject"')[1].split("</select>")[0]
+    )
+    # A refused form keeps the choice and shows it again, large.
+    wrong = investigator.post(
+        path,
+        data={**FORM, "subject": mine, "password": "wrong", "csrf_token": csrf_token(investigator, path)},
+    ).get_data(as_text=True)
+    assert re.search(rf'data-testid="chosen-subject"><output[^>]*>{mine}<', wrong)
+    # In French, the same choice, in French words.
+    switched = investigator.post(
+        "/language", data={"language": "fr", "next": path, "csrf_token": csrf_token(investigator, path)}
+    )
+    assert switched.status_code == 303
+    french = investigator.get(f"{path}?subject={mine}").get_data(as_text=True)
+    assert "— choisir le patient —" in french and re.search(rf"{mine} · randomisé le \w", french)
+    assert re.search(rf'data-testid="chosen-subject"><output[^>]*>{mine}<', french)
+
+
+def test_withdrawal_and_correction_forms_show_the_subject_large(
+    app: Flask, ctx: ServiceContext, world: ReadyTrial, investigator: FlaskClient
+) -> None:
+    number = randomize(ctx, world, "P1-0001")
+    page = investigator.get(f"/trials/{TRIAL}/subjects/{number}").get_data(as_text=True)
+    assert page.count(f'<p class="big" data-testid="form-subject">Subject {number}</p>') == 3
+    listing = investigator.get(f"/trials/{TRIAL}/subjects").get_data(as_text=True)
+    assert f"/trials/{TRIAL}/subjects/{number}" in listing
