@@ -423,3 +423,33 @@ def test_withdrawal_and_correction_forms_show_the_subject_large(
     assert page.count(f'<p class="big" data-testid="form-subject">Subject {number}</p>') == 3
     listing = investigator.get(f"/trials/{TRIAL}/subjects").get_data(as_text=True)
     assert f"/trials/{TRIAL}/subjects/{number}" in listing
+
+
+@pytest.mark.req("UNB-08")
+def test_a_pharmacovigilance_result_is_shown_once_and_its_showing_stays_hidden_from_trial_staff(
+    app: Flask, ctx: ServiceContext, world: ReadyTrial, clock: Clock
+) -> None:
+    number = randomize(ctx, world, "P1-0001")
+    pv_actor = make_actor(ctx, "pv1", "pharmacovigilance")
+    make_actor(ctx, "monitor1", "monitor")
+    assert pv_actor.user_id is not None
+    pv = TotpSignedIn(app, ctx, clock, pv_actor.user_id, "pv1")
+    path = f"/trials/{TRIAL}/pv-unblind"
+    posted = pv.client.post(
+        path,
+        data={
+            **FORM,
+            **pv.signature(),
+            "reason_category": "susar",
+            "subject": number,
+            "csrf_token": csrf_token(pv.client, path),
+        },
+    )
+    assert posted.status_code == 303, posted.get_data(as_text=True)[:500]
+    assert LABELS[true_arm(ctx, number)] in pv.client.get(posted.headers["Location"]).get_data(as_text=True)
+    again = pv.client.get(posted.headers["Location"]).get_data(as_text=True)
+    assert "was shown once" in again and not TREATMENT.search(text_of(again, ctx))
+    monitor = https_client(app)
+    sign_in(monitor, "monitor1", GOOD_PASSWORD)
+    review = monitor.get(f"/trials/{TRIAL}/reports/review/unblindings").get_data(as_text=True)
+    assert review.count("<tr") >= 1 and "unblinding.result_shown" not in review and number not in review
