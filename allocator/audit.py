@@ -129,6 +129,7 @@ class Action(enum.StrEnum):
     # unblinding (UNB-01..11) and reports (REP, BLD-09)
     UNBLINDING_EMERGENCY = "unblinding.emergency"
     UNBLINDING_PV = "unblinding.pharmacovigilance"
+    UNBLINDING_RESULT_SHOWN = "unblinding.result_shown"  # the arm shown to the unblinder, once (issue 13)
     UNBLINDING_OFFLINE = "unblinding.offline_registered"
     UNBLINDING_REFUSED = "unblinding.refused"
     UNBLINDING_RATE_ALERT = "unblinding.rate_alert"

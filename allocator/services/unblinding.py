@@ -28,10 +28,12 @@ from sqlalchemy.orm import Session
 from allocator.audit import Action, Actor
 from allocator.models import (
     AccidentalUnblinding,
+    AuditEvent,
     CodeBreakSheet,
     Dispensation,
     Kit,
     Notification,
+    Signature,
     Site,
     Subject,
     Trial,
@@ -115,6 +117,18 @@ class RevealedArm:
             "unblinded_at": self.unblinded_at.isoformat(),
             "signature": self.signature.line(),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class ShownBefore:
+    """An unblinding result already shown: when and to whom, never the arm (issue 13)."""
+
+    unblinding_id: int
+    subject_number: str
+    site: str
+    kind: str
+    shown_at: datetime
+    shown_to: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,6 +432,83 @@ def _unblind(
             ctx, actor=actor, chain=trial_code, meaning=meaning, object_type="subject", object_id=number
         )
         raise SignatureNotAccepted(exc.detail, errors=list(exc.errors)) from None
+
+
+def show_result(
+    ctx: ServiceContext, actor: Actor, trial_code: str, unblinding_id: int
+) -> RevealedArm | ShownBefore:
+    """The result page of an online unblinding, reached by a GET after the POST that recorded it
+    (Post/Redirect/Get, issue 13). The first visit by the person who unblinded shows the arm, read
+    and audited again, and records that it was shown; any later visit (a reload, the back button)
+    says when and to whom it was shown, without the arm. Anyone else, or another trial's id: 404."""
+    with ctx.db.unit_of_work() as session:
+        trial = get_trial(session, trial_code)
+        # Locked, so that two visits at the same instant cannot both be the first.
+        row = session.execute(
+            select(Unblinding).where(Unblinding.id == unblinding_id).with_for_update()
+        ).scalar_one_or_none()
+        if (
+            row is None
+            or row.trial_id != trial.id
+            or row.channel != UnblindingChannel.ONLINE.value
+            or actor.user_id is None
+            or row.recorded_by_id != actor.user_id
+        ):
+            raise NotFound(f"no unblinding {unblinding_id} of yours in {trial.code}")
+        subject = session.get(Subject, row.subject_id)
+        site = session.get(Site, row.site_id)
+        if subject is None or site is None:  # pragma: no cover - foreign keys guarantee them
+            raise NotFound("no subject")
+        shown = session.execute(
+            select(AuditEvent)
+            .where(
+                AuditEvent.chain == trial.code,
+                AuditEvent.action == Action.UNBLINDING_RESULT_SHOWN.value,
+                AuditEvent.object_type == "unblinding",
+                AuditEvent.object_id == str(row.id),
+            )
+            .order_by(AuditEvent.seq)
+            .limit(1)
+        ).scalar_one_or_none()
+        if shown is not None:
+            return ShownBefore(
+                unblinding_id=row.id,
+                subject_number=subject.subject_number,
+                site=site.code,
+                kind=row.kind,
+                shown_at=datetime.fromisoformat(shown.at.replace("Z", "+00:00")),
+                shown_to=shown.actor_name,
+            )
+        now = ctx.now()
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=trial.code,
+            action=Action.UNBLINDING_RESULT_SHOWN,
+            object_type="unblinding",
+            object_id=row.id,
+            site_code=site.code,
+            new={"subject": subject.subject_number, "kind": row.kind},
+            at=now,
+        )
+        meaning = EMERGENCY_MEANING if row.kind == UnblindingKind.EMERGENCY.value else PV_MEANING
+        arm = arm_access.subject_arm_in(session, ctx, actor, trial.code, subject, meaning)
+        definition = current_definition(session, trial)
+        signed = session.get(Signature, row.signature_id)
+        if signed is None:  # pragma: no cover - a foreign key guarantees it
+            raise NotFound("no signature")
+        label, product = _arm(definition, arm)
+        return RevealedArm(
+            unblinding_id=row.id,
+            subject_number=subject.subject_number,
+            site=site.code,
+            arm_code=arm,
+            arm_label=label,
+            product=product,
+            unblinded_at=row.unblinded_at,
+            signature=signatures.manifestation(signed),
+            alert_raised=False,
+        )
 
 
 def _arm(definition: TrialDefinition, code: str) -> tuple[str, str]:

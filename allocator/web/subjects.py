@@ -133,9 +133,10 @@ def randomize_form(trial: str) -> Response:
 
 @bp.route("/trials/<trial>/randomize", methods=["POST"])
 @requires(Permission.SUBJECT_RANDOMIZE)
-def randomize(trial: str) -> Response:
+def randomize(trial: str) -> Response | WerkzeugResponse:
     """Two steps: `preview` shows the strata back (the commonest field error is a wrong stratum);
-    `confirm` allocates. Ineligible patients are recorded in the screening log at `confirm`."""
+    `confirm` allocates. An ineligible check is recorded in the screening log at `preview` already,
+    so that it is counted even if the investigator walks away (issue 13)."""
     req = _request_from_form()
     if _form("step") == "edit":  # back from the confirmation step, every answer kept
         return _randomize_page()
@@ -143,7 +144,10 @@ def randomize(trial: str) -> Response:
     labels, names = _randomize_labels(definition)
     try:
         if _form("step") != "confirm":
-            preview = subjects_randomize.preview(ctx(), trial, req, scope(Permission.SUBJECT_RANDOMIZE))
+            # An ineligible check is recorded in the screening log here, at once (issue 13).
+            preview = subjects_randomize.check(
+                ctx(), actor(Permission.SUBJECT_RANDOMIZE), trial, req, scope(Permission.SUBJECT_RANDOMIZE)
+            )
             definition = trial_definition(ctx(), trial)
             site_factor = next(f.label.en for f in definition.stratification if f.source == "site")
             return Response(
@@ -176,11 +180,24 @@ def randomize(trial: str) -> Response:
         return Response(html, status=422, mimetype="text/html")
     except ValidationFailed as exc:
         return _randomize_page(forms.shown(exc, labels, names), 422)
-    return Response(
-        render_template("subjects/randomized.html", trial=trial, result=result),
-        status=201,
-        mimetype="text/html",
+    # Post/Redirect/Get (issue 13): a reload of the result is a GET that shows it again.
+    return redirect(url_for("subjects.randomized", trial=trial, subject=result.subject_number), code=303)
+
+
+@bp.route("/trials/<trial>/subjects/<subject>/randomized")
+@requires(Permission.SUBJECT_RANDOMIZE)
+def randomized(trial: str, subject: str) -> str:
+    """The randomization result (subject number, kits), read-only: what the POST redirects to, and
+    what a reload or the back button shows again without randomizing anything."""
+    view = views.subject(ctx(), trial, subject, scope(Permission.SUBJECT_RANDOMIZE))
+    result = subjects_randomize.RandomizationResult(
+        subject_number=view.subject_number,
+        randomization_number=view.randomization_number,
+        kits=tuple(subjects_randomize.AllocatedKit(d.kit_number, d.label) for d in view.days),
+        randomized_at=view.randomized_at,
+        site=view.site,
     )
+    return render_template("subjects/randomized.html", trial=trial, result=result)
 
 
 # --- subjects ----------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ packages. The arm appears only on the result of an unblinding, once, with Cache-
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -18,6 +19,7 @@ from allocator.services import unblinding
 from allocator.services.closeout import releases, state
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
 from allocator.services.lookups import trial_definition
+from allocator.services.subjects import views
 from allocator.web import forms
 from allocator.web.security import actor, ctx, scope
 
@@ -88,19 +90,46 @@ def _unblinding_labels() -> dict[str, str]:
     }
 
 
+def _form_page(
+    trial: str,
+    kind: str,
+    permission: Permission,
+    values: Mapping[str, str],
+    form: forms.FormState,
+    http_status: int = 200,
+) -> Response:
+    """The unblinding form: the subject is chosen in a list of the subjects within reach (subject
+    number, randomization date), never typed (issue 13), and shown back large by the confirmation."""
+    subjects = sorted(
+        views.subjects(ctx(), trial, scope(permission)), key=lambda s: (s.site, s.subject_number)
+    )
+    numbers = {s.subject_number for s in subjects}
+    wanted = values.get("subject", "")
+    return _page(
+        "unblinding/emergency.html",
+        http_status,
+        trial=trial,
+        reasons=unblinding.EMERGENCY_REASONS if kind == "emergency" else unblinding.PV_REASONS,
+        values=values,
+        form=form,
+        kind=kind,
+        subjects=subjects,
+        subjects_sites={s.site for s in subjects},
+        chosen=wanted if wanted in numbers else "",
+    )
+
+
 @bp.route("/trials/<trial>/unblind", methods=["GET", "POST"])
 @requires(Permission.SUBJECT_UNBLIND)
-def emergency(trial: str) -> Response:
+def emergency(trial: str) -> Response | WerkzeugResponse:
     """Screen 2 (the form) and screen 3 (the arm, once)."""
-    reasons = unblinding.EMERGENCY_REASONS
     if request.method == "GET":
-        return _page(
-            "unblinding/emergency.html",
-            trial=trial,
-            reasons=reasons,
-            values={"subject": request.args.get("subject", "")},
-            form=forms.FormState(),
-            kind="emergency",
+        return _form_page(
+            trial,
+            "emergency",
+            Permission.SUBJECT_UNBLIND,
+            {"subject": request.args.get("subject", "")},
+            forms.FormState(),
         )
     try:
         revealed = unblinding.emergency_unblind(
@@ -115,30 +144,27 @@ def emergency(trial: str) -> Response:
             scope=scope(Permission.SUBJECT_UNBLIND),
         )
     except DomainError as exc:
-        return _page(
-            "unblinding/emergency.html",
+        return _form_page(
+            trial,
+            "emergency",
+            Permission.SUBJECT_UNBLIND,
+            request.form,
+            forms.shown(exc, _unblinding_labels()),
             exc.status,
-            trial=trial,
-            reasons=reasons,
-            values=request.form,
-            form=forms.shown(exc, _unblinding_labels()),
-            kind="emergency",
         )
-    return _page("unblinding/revealed.html", trial=trial, revealed=revealed, kind="emergency")
+    return _result_redirect(trial, revealed, "unblinding.emergency_result")
 
 
 @bp.route("/trials/<trial>/pv-unblind", methods=["GET", "POST"])
 @requires(Permission.UNBLINDING_PV)
-def pharmacovigilance(trial: str) -> Response:
-    reasons = unblinding.PV_REASONS
+def pharmacovigilance(trial: str) -> Response | WerkzeugResponse:
     if request.method == "GET":
-        return _page(
-            "unblinding/emergency.html",
-            trial=trial,
-            reasons=reasons,
-            values={"subject": request.args.get("subject", "")},
-            form=forms.FormState(),
-            kind="pharmacovigilance",
+        return _form_page(
+            trial,
+            "pharmacovigilance",
+            Permission.UNBLINDING_PV,
+            {"subject": request.args.get("subject", "")},
+            forms.FormState(),
         )
     try:
         revealed = unblinding.pharmacovigilance_unblind(
@@ -153,16 +179,50 @@ def pharmacovigilance(trial: str) -> Response:
             scope=scope(Permission.UNBLINDING_PV),
         )
     except DomainError as exc:
-        return _page(
-            "unblinding/emergency.html",
+        return _form_page(
+            trial,
+            "pharmacovigilance",
+            Permission.UNBLINDING_PV,
+            request.form,
+            forms.shown(exc, _unblinding_labels()),
             exc.status,
-            trial=trial,
-            reasons=reasons,
-            values=request.form,
-            form=forms.shown(exc, _unblinding_labels()),
-            kind="pharmacovigilance",
         )
-    return _page("unblinding/revealed.html", trial=trial, revealed=revealed, kind="pharmacovigilance")
+    return _result_redirect(trial, revealed, "unblinding.pharmacovigilance_result")
+
+
+def _result_redirect(trial: str, revealed: unblinding.RevealedArm, endpoint: str) -> WerkzeugResponse:
+    """Post/Redirect/Get (issue 13): the POST records the unblinding; the arm is shown by the GET it
+    redirects to, once, so a reload or the back button never unblinds a second time."""
+    if revealed.alert_raised:
+        flash(
+            _("Several unblindings within an hour: the trial manager and the monitors have been alerted."),
+            "info",
+        )
+    return redirect(url_for(endpoint, trial=trial, unblinding_id=revealed.unblinding_id), code=303)
+
+
+def _result(trial: str, unblinding_id: int, permission: Permission) -> Response:
+    result = unblinding.show_result(ctx(), actor(permission), trial, unblinding_id)
+    if isinstance(result, unblinding.ShownBefore):
+        return _page("unblinding/shown.html", trial=trial, shown=result)
+    return _page("unblinding/revealed.html", trial=trial, revealed=result, kind=result_kind(permission))
+
+
+def result_kind(permission: Permission) -> str:
+    return "emergency" if permission is Permission.SUBJECT_UNBLIND else "pharmacovigilance"
+
+
+@bp.route("/trials/<trial>/unblind/<int:unblinding_id>")
+@requires(Permission.SUBJECT_UNBLIND)
+def emergency_result(trial: str, unblinding_id: int) -> Response:
+    """Screen 3: the arm, once, to the person who unblinded; afterwards when and to whom it was shown."""
+    return _result(trial, unblinding_id, Permission.SUBJECT_UNBLIND)
+
+
+@bp.route("/trials/<trial>/pv-unblind/<int:unblinding_id>")
+@requires(Permission.UNBLINDING_PV)
+def pharmacovigilance_result(trial: str, unblinding_id: int) -> Response:
+    return _result(trial, unblinding_id, Permission.UNBLINDING_PV)
 
 
 @bp.route("/trials/<trial>/unblind/offline", methods=["GET", "POST"])

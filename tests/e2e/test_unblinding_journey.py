@@ -12,8 +12,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from playwright.sync_api import expect
+from sqlalchemy import select
 
 from allocator import crypto
+from allocator.models import Unblinding
 from allocator.permissions import Scope
 from allocator.services import auth
 from allocator.services.subjects import randomize
@@ -73,7 +75,9 @@ def test_emergency_unblinding_then_the_planned_unblinding(live_server: LiveServe
     inv.get_by_role("link", name="Emergency unblinding").first.click()
     inv.wait_for_url(f"**/trials/{TRIAL}/unblind")
     screens.append(inv.url)
-    inv.get_by_label("Subject number").fill(patient)
+    # The subject is chosen in the site's list, never typed, and shown back large (issue 13).
+    inv.get_by_label("Subject number").select_option(patient)
+    expect(inv.get_by_test_id("chosen-subject")).to_have_text(patient)
     inv.get_by_label("Reason").select_option("serious_adverse_event")
     inv.get_by_label("Details").fill(
         "Anaphylactic shock 20 min after D2; the treatment depends on the product."
@@ -89,10 +93,23 @@ def test_emergency_unblinding_then_the_planned_unblinding(live_server: LiveServe
     assert treatment in ("Interferon gamma-1b", "Placebo")
     expect(inv.get_by_text("meaning: emergency unblinding")).to_be_visible()
     shot(inv, "42-investigator-treatment-shown-once")
+    # A reload shows when and to whom it was shown, never the arm again, and unblinds nothing (issue 13).
+    inv.reload()
+    expect(inv.get_by_text("was shown once")).to_be_visible()
+    assert not TREATMENT.search(inv.locator("main").inner_text())
+    shot(inv, "42b-investigator-result-reloaded")
     # Going back to the subject shows the flag, not the treatment.
     inv.get_by_role("link", name="Back to the subject").click()
     expect(inv.get_by_role("heading", name=re.compile(f"{patient}.*blind broken"))).to_be_visible()
     assert not TREATMENT.search(inv.locator("main").inner_text())
+    # The back button returns to the result (shown before, no arm), then to an empty form.
+    inv.go_back()
+    expect(inv.get_by_text("was shown once")).to_be_visible()
+    assert not TREATMENT.search(inv.locator("main").inner_text())
+    inv.go_back()
+    inv.wait_for_url(f"**/trials/{TRIAL}/unblind")
+    with ctx.db.reading() as session:
+        assert len(session.execute(select(Unblinding)).scalars().all()) == 1
 
     # b. The monitor, at a desk: the flag and the event, never the arm.
     monitor = sign_in(new_page, live_server, "monitor1", DESKTOP)

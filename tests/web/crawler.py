@@ -83,6 +83,7 @@ class Resolver:
         "token_id": "token_id",
         "session_id": "session_id",
         "assignment_id": "assignment_id",
+        "unblinding_id": "unblinding_id",
     }
     # (generic parameter name, path segment before it) -> kind
     CONTEXTUAL: ClassVar[dict[tuple[str, str], str]] = {
@@ -105,6 +106,7 @@ class Resolver:
         "token_id": "999999",
         "session_id": "999999",
         "assignment_id": "999999",
+        "unblinding_id": "999999",
         "shipment": "SH-9999",
         "static": "missing.css",
         "report": "no-such-report",

@@ -49,6 +49,7 @@ from allocator.models import (
     RoleAssignment,
     Shipment,
     Trial,
+    Unblinding,
     User,
 )
 from allocator.models import Subject as SubjectRow
@@ -642,6 +643,11 @@ def _values(
                     .order_by(PrintedDocument.id)
                 ).scalars()
             ),
+            # The world's unblindings: their result pages are for the person who unblinded only
+            # (a service actor, not a crawled principal), so every role must get nothing there.
+            "unblinding_id": [
+                str(i) for i in s.execute(select(Unblinding.id).order_by(Unblinding.id)).scalars()
+            ],
             # Objects of the spare user only: the crawler submits forms that act on them.
             "username": [SPARE] if spare_id is not None else [],
             "token_id": ids(ApiToken),

@@ -276,6 +276,13 @@ MATRIX = [
     Row("other trial's lists", "GET", "/trials/OTHER/lists", NONE, "lists.manage"),
     Row("randomize form", "GET", "/trials/IFNG-PAIS/randomize", INV, "subjects.randomize_form"),
     Row("randomize", "POST", "/trials/IFNG-PAIS/randomize", INV, "subjects.randomize"),
+    Row(
+        "randomization result",
+        "GET",
+        "/trials/IFNG-PAIS/subjects/P1-001/randomized",
+        INV,
+        "subjects.randomized",
+    ),
     Row("subjects", "GET", "/trials/IFNG-PAIS/subjects", SUBJECT_VIEWERS, "subjects.subject_list"),
     Row("subject", "GET", "/trials/IFNG-PAIS/subjects/P1-001", SUBJECT_VIEWERS, "subjects.subject_page"),
     Row(
@@ -516,6 +523,20 @@ MATRIX = [
     # accidental reports by every role at work in the trial but the auditor and the administrator.
     Row("emergency unblinding form", "GET", "/trials/IFNG-PAIS/unblind", INV, "unblinding.emergency"),
     Row("emergency unblinding", "POST", "/trials/IFNG-PAIS/unblind", INV, "unblinding.emergency"),
+    Row(
+        "emergency unblinding result",
+        "GET",
+        "/trials/IFNG-PAIS/unblind/1",
+        INV,
+        "unblinding.emergency_result",
+    ),
+    Row(
+        "PV unblinding result",
+        "GET",
+        "/trials/IFNG-PAIS/pv-unblind/1",
+        frozenset({"pharmacovigilance"}),
+        "unblinding.pharmacovigilance_result",
+    ),
     Row(
         "PV unblinding form",
         "GET",

@@ -150,8 +150,10 @@ def randomize_web(client: FlaskClient, ctx: ServiceContext, screening: str) -> R
     }
     preview = client.post(f"{BASE}/randomize", data={**form, "step": "preview"})
     assert preview.status_code == 200, preview.get_data(as_text=True)[:2000]
-    done = client.post(f"{BASE}/randomize", data={**form, "step": "confirm"})
-    assert done.status_code == 201, done.get_data(as_text=True)[:2000]
+    posted = client.post(f"{BASE}/randomize", data={**form, "step": "confirm"})
+    assert posted.status_code == 303, posted.get_data(as_text=True)[:2000]
+    done = client.get(posted.headers["Location"])  # Post/Redirect/Get (issue 13)
+    assert done.status_code == 200, done.get_data(as_text=True)[:2000]
     html = done.get_data(as_text=True)
     subject = Subject(screening)
     subject.subject_number = re.search(r'data-testid="subject-number">([^<]+)<', html).group(1)  # type: ignore[union-attr]

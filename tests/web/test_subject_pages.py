@@ -16,6 +16,8 @@ from allocator.permissions import Scope
 from allocator.services import dispensing, signatures
 from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
+from allocator.services.reports import participant_flow
+from allocator.services.reports.filters import ReportFilter
 from allocator.services.subjects import randomize, views
 from allocator.services.supply import kit_rules
 from tests.support import CLI_ACTOR, ELIGIBLE, GOOD_PASSWORD, Clock, ReadyTrial, make_user
@@ -77,7 +79,16 @@ def test_the_confirmation_step_shows_the_strata_once_and_lets_the_answers_be_cor
     done = inv.post(
         RANDOMIZE, data={**form("P1-0042"), "step": "confirm", "csrf_token": csrf_token(inv, RANDOMIZE)}
     )
-    assert done.status_code == 201 and "P1-001" in done.get_data(as_text=True)
+    # Post/Redirect/Get (issue 13): the result is a GET; reloading it shows it again, read-only,
+    # where re-sending the POST had shown a 409 page that looked like a failure.
+    assert done.status_code == 303
+    result = done.headers["Location"]
+    assert result.endswith(f"/trials/{TRIAL}/subjects/P1-001/randomized")
+    first = inv.get(result).get_data(as_text=True)
+    reload = inv.get(result)
+    assert reload.status_code == 200 and reload.get_data(as_text=True) == first
+    assert 'data-testid="subject-number">P1-001<' in first and 'class="kit"' in first
+    assert counts(ctx) == (1, 1)
     subject_page = inv.get(f"/trials/{TRIAL}/subjects/P1-001").get_data(as_text=True)
     assert "<dt>Cause of ICU admission</dt><dd>Septic" in subject_page  # labels, not codes
     again = inv.post(
@@ -120,7 +131,8 @@ def test_an_ineligible_patient_goes_to_the_screening_log_only(
     inv = client_for(app, "inv-p1")
     bad = form("P1-0043", **{"eligibility.sofa_24h": "3"})
     preview = inv.post(RANDOMIZE, data={**bad, "step": "preview", "csrf_token": csrf_token(inv, RANDOMIZE)})
-    assert "The patient is not eligible" in preview.get_data(as_text=True) and counts(ctx) == (0, 0)
+    # Recorded at the check already (issue 13); the click that follows records nothing more.
+    assert "The patient is not eligible" in preview.get_data(as_text=True) and counts(ctx) == (0, 1)
     recorded = inv.post(RANDOMIZE, data={**bad, "step": "confirm", "csrf_token": csrf_token(inv, RANDOMIZE)})
     assert recorded.status_code == 422 and counts(ctx) == (0, 1)
     log = inv.get(f"/trials/{TRIAL}/screening").get_data(as_text=True)
@@ -489,3 +501,49 @@ def test_a_withdrawal_is_recorded_from_the_subject_page_and_stops_the_bedside(
     )
     assert response.status_code == 409
     assert f"{number} was withdrawn on 2026-03-02: no further dose" in response.get_data(as_text=True)
+
+
+def flow_counts(ctx: ServiceContext) -> tuple[int | None, int | None, int]:
+    total = participant_flow.participant_flow(ctx, TRIAL, ALL, ReportFilter()).counts[0]
+    return total.screened, total.ineligible, total.randomized
+
+
+@pytest.mark.req("RND-06")
+def test_an_ineligible_check_is_logged_and_counted_even_if_the_investigator_walks_away(
+    app: Flask, ctx: ServiceContext, world: ReadyTrial
+) -> None:
+    """Issue 13 point 4: a screening checked as ineligible and then left was not recorded (the
+    participant flow showed 2 screened, 0 ineligible). Now the check itself records it, once."""
+    inv = client_for(app, "inv-p1")
+    bad = form("P1-0043", **{"eligibility.sofa_24h": "3"})
+    for _reload in range(2):  # the check, then a reload of it: one entry
+        page = inv.post(RANDOMIZE, data={**bad, "step": "preview", "csrf_token": csrf_token(inv, RANDOMIZE)})
+        assert page.status_code == 200 and "The patient is not eligible" in page.get_data(as_text=True)
+    # ... and the investigator walks away.
+    assert counts(ctx) == (0, 1) and flow_counts(ctx) == (1, 1, 0)
+    with ctx.db.reading() as s:
+        audited = (
+            s.execute(select(AuditEvent).where(AuditEvent.action == "screening.ineligible")).scalars().all()
+        )
+    assert [e.object_id for e in audited] == ["P1-0043"]
+    log = inv.get(f"/trials/{TRIAL}/screening").get_data(as_text=True)
+    assert "P1-0043" in log and "not eligible" in log
+
+
+@pytest.mark.req("RND-06")
+def test_corrected_answers_are_kept_as_history_and_the_patient_counted_once(
+    app: Flask, ctx: ServiceContext, world: ReadyTrial
+) -> None:
+    inv = client_for(app, "inv-p1")
+    wrong = form("P1-0044", **{"eligibility.sofa_24h": "3"})  # a typo: the SOFA score was 8
+    inv.post(RANDOMIZE, data={**wrong, "step": "preview", "csrf_token": csrf_token(inv, RANDOMIZE)})
+    right = form("P1-0044")
+    confirm = inv.post(RANDOMIZE, data={**right, "step": "preview", "csrf_token": csrf_token(inv, RANDOMIZE)})
+    assert "Confirm the randomization" in confirm.get_data(as_text=True) and counts(ctx) == (0, 1)
+    done = inv.post(RANDOMIZE, data={**right, "step": "confirm", "csrf_token": csrf_token(inv, RANDOMIZE)})
+    assert done.status_code == 303 and counts(ctx) == (1, 2)  # both checks kept
+    assert flow_counts(ctx) == (1, 0, 1)  # one patient screened, eligible, randomized
+    log = inv.get(f"/trials/{TRIAL}/screening").get_data(as_text=True)
+    assert "answers corrected later" in log and "randomized as P1-001" in log
+    entries = views.screening_log(ctx, TRIAL, ALL)
+    assert [(e.eligible, e.superseded) for e in entries] == [(True, False), (False, True)]

@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from allocator import crypto
-from allocator.models import AuditEvent, Dispensation, Kit, Subject
+from allocator.models import AuditEvent, Dispensation, Kit, Subject, Unblinding
 from allocator.permissions import Scope
 from allocator.services import lookups
 from allocator.services.accounts import users
@@ -86,10 +86,12 @@ def test_an_investigator_unblinds_in_three_screens_from_the_home_page(
     # Screen 2: the form.
     form = investigator.get(link.group(1))
     assert form.status_code == 200 and "Emergency unblinding" in form.get_data(as_text=True)
-    # Screen 3: the arm, once, not cached.
-    result = investigator.post(
+    # Screen 3: the arm, once, not cached, on the GET the POST redirects to (Post/Redirect/Get).
+    posted = investigator.post(
         link.group(1), data={**FORM, "subject": number, "csrf_token": csrf_token(investigator, link.group(1))}
     )
+    assert posted.status_code == 303
+    result = investigator.get(posted.headers["Location"])
     page = result.get_data(as_text=True)
     assert result.status_code == 200 and result.headers["Cache-Control"] == "no-store"
     assert LABELS[true_arm(ctx, number)] in page and "meaning: emergency unblinding" in page
@@ -305,3 +307,142 @@ def test_the_offline_registration_form_names_bad_fields(
         },
     )
     assert response.status_code == 404 and 'id="sheet_number-error"' in response.get_data(as_text=True)
+
+
+def unblinding_count(ctx: ServiceContext) -> int:
+    with ctx.db.reading() as s:
+        return len(s.execute(select(Unblinding)).scalars().all())
+
+
+@pytest.mark.req("UNB-05")
+def test_a_reload_or_the_back_button_never_unblinds_again_and_shows_the_arm_once(
+    ctx: ServiceContext, world: ReadyTrial, investigator: FlaskClient
+) -> None:
+    """Issue 13 point 3: reloading the result created a second unblinding (a second signature,
+    record and notifications). Now the POST redirects; the GET shows the arm once to the person who
+    unblinded, audited; a reload says when and to whom it was shown, without the arm."""
+    number = randomize(ctx, world, "P1-0001")
+    path = f"/trials/{TRIAL}/unblind"
+    posted = investigator.post(
+        path, data={**FORM, "subject": number, "csrf_token": csrf_token(investigator, path)}
+    )
+    assert posted.status_code == 303 and unblinding_count(ctx) == 1
+    result = posted.headers["Location"]
+    first = investigator.get(result)
+    assert first.status_code == 200 and LABELS[true_arm(ctx, number)] in first.get_data(as_text=True)
+    for _again in range(2):  # a reload, then the back button: the same GET
+        again = investigator.get(result)
+        text = again.get_data(as_text=True)
+        assert again.status_code == 200 and again.headers["Cache-Control"] == "no-store"
+        assert "was shown once" in text
+        assert number in text and not TREATMENT.search(text_of(text, ctx)), text
+    assert unblinding_count(ctx) == 1
+    with ctx.db.reading() as s:
+        shown = (
+            s.execute(select(AuditEvent).where(AuditEvent.action == "unblinding.result_shown"))
+            .scalars()
+            .all()
+        )
+        signed = (
+            s.execute(select(AuditEvent).where(AuditEvent.action == "unblinding.emergency")).scalars().all()
+        )
+    assert len(shown) == 1 and len(signed) == 1
+
+
+def test_the_result_page_is_for_the_person_who_unblinded_only(
+    app: Flask, ctx: ServiceContext, world: ReadyTrial, investigator: FlaskClient
+) -> None:
+    number = randomize(ctx, world, "P1-0001")
+    path = f"/trials/{TRIAL}/unblind"
+    posted = investigator.post(
+        path, data={**FORM, "subject": number, "csrf_token": csrf_token(investigator, path)}
+    )
+    other = https_client(app)
+    sign_in(other, "inv-p2", GOOD_PASSWORD)
+    response = other.get(posted.headers["Location"])
+    assert response.status_code in (403, 404)
+    assert not TREATMENT.search(text_of(response.get_data(as_text=True), ctx))
+    # The unblinder still sees it once afterwards.
+    assert LABELS[true_arm(ctx, number)] in investigator.get(posted.headers["Location"]).get_data(
+        as_text=True
+    )
+
+
+def test_the_subject_is_chosen_in_a_list_of_the_sites_subjects_and_shown_back_large(
+    ctx: ServiceContext, world: ReadyTrial, investigator: FlaskClient
+) -> None:
+    """Issue 13 point 8: the subject was typed (P1-001 and the screening number P1-0001 differ by
+    one zero). Now it is chosen in a list of the site's subjects with their randomization date,
+    and the chosen number is shown back large beside the confirmation."""
+    mine = randomize(ctx, world, "P1-0001")
+    theirs = randomize(ctx, world, "P2-0001", site="P2")
+    path = f"/trials/{TRIAL}/unblind"
+    page = investigator.get(path).get_data(as_text=True)
+    select_html = re.search(r'<select id="subject" name="subject"[^>]*>(.*?)</select>', page, re.S)
+    assert select_html is not None and '<input id="subject"' not in page
+    options = re.findall(r'<option value="([^"]*)"', select_html.group(1))
+    assert options == ["", mine] and theirs not in page  # own site only
+    assert re.search(rf"{mine} · randomized \w", select_html.group(1))
+    assert re.search(r'data-testid="chosen-subject"><output[^>]*>—<', page)
+    chosen = investigator.get(f"{path}?subject={mine}").get_data(as_text=True)
+    assert f'<option value="{mine}" selected>' in chosen
+    assert re.search(rf'data-testid="chosen-subject"><output[^>]*>{mine}<', chosen)
+    other = investigator.get(f"{path}?subject={theirs}").get_data(as_text=True)
+    assert (
+        re.search(r'data-testid="chosen-subject"><output[^>]*>—<', other)
+        and "selected>" not in other.split('id="subject"')[1].split("</select>")[0]
+    )
+    # A refused form keeps the choice and shows it again, large.
+    wrong = investigator.post(
+        path,
+        data={**FORM, "subject": mine, "password": "wrong", "csrf_token": csrf_token(investigator, path)},
+    ).get_data(as_text=True)
+    assert re.search(rf'data-testid="chosen-subject"><output[^>]*>{mine}<', wrong)
+    # In French, the same choice, in French words.
+    switched = investigator.post(
+        "/language", data={"language": "fr", "next": path, "csrf_token": csrf_token(investigator, path)}
+    )
+    assert switched.status_code == 303
+    french = investigator.get(f"{path}?subject={mine}").get_data(as_text=True)
+    assert "— choisir le patient —" in french and re.search(rf"{mine} · randomisé le \w", french)
+    assert re.search(rf'data-testid="chosen-subject"><output[^>]*>{mine}<', french)
+
+
+def test_withdrawal_and_correction_forms_show_the_subject_large(
+    app: Flask, ctx: ServiceContext, world: ReadyTrial, investigator: FlaskClient
+) -> None:
+    number = randomize(ctx, world, "P1-0001")
+    page = investigator.get(f"/trials/{TRIAL}/subjects/{number}").get_data(as_text=True)
+    assert page.count(f'<p class="big" data-testid="form-subject">Subject {number}</p>') == 3
+    listing = investigator.get(f"/trials/{TRIAL}/subjects").get_data(as_text=True)
+    assert f"/trials/{TRIAL}/subjects/{number}" in listing
+
+
+@pytest.mark.req("UNB-08")
+def test_a_pharmacovigilance_result_is_shown_once_and_its_showing_stays_hidden_from_trial_staff(
+    app: Flask, ctx: ServiceContext, world: ReadyTrial, clock: Clock
+) -> None:
+    number = randomize(ctx, world, "P1-0001")
+    pv_actor = make_actor(ctx, "pv1", "pharmacovigilance")
+    make_actor(ctx, "monitor1", "monitor")
+    assert pv_actor.user_id is not None
+    pv = TotpSignedIn(app, ctx, clock, pv_actor.user_id, "pv1")
+    path = f"/trials/{TRIAL}/pv-unblind"
+    posted = pv.client.post(
+        path,
+        data={
+            **FORM,
+            **pv.signature(),
+            "reason_category": "susar",
+            "subject": number,
+            "csrf_token": csrf_token(pv.client, path),
+        },
+    )
+    assert posted.status_code == 303, posted.get_data(as_text=True)[:500]
+    assert LABELS[true_arm(ctx, number)] in pv.client.get(posted.headers["Location"]).get_data(as_text=True)
+    again = pv.client.get(posted.headers["Location"]).get_data(as_text=True)
+    assert "was shown once" in again and not TREATMENT.search(text_of(again, ctx))
+    monitor = https_client(app)
+    sign_in(monitor, "monitor1", GOOD_PASSWORD)
+    review = monitor.get(f"/trials/{TRIAL}/reports/review/unblindings").get_data(as_text=True)
+    assert review.count("<tr") >= 1 and "unblinding.result_shown" not in review and number not in review

@@ -40,10 +40,11 @@ REVIEW_KINDS: dict[str, ReviewKind] = {
         ReviewKind(
             "unblindings",
             "Unblindings",
-            "Emergency unblindings (online and offline), refusals, rate alerts, accidental reports, "
-            "code-break sheets and trial state changes.",
+            "Emergency unblindings (online and offline) and when their result was shown, refusals, rate "
+            "alerts, accidental reports, code-break sheets and trial state changes.",
             (
                 A.UNBLINDING_EMERGENCY,
+                A.UNBLINDING_RESULT_SHOWN,
                 A.UNBLINDING_OFFLINE,
                 A.UNBLINDING_REFUSED,
                 A.UNBLINDING_RATE_ALERT,
@@ -237,6 +238,8 @@ def _pharmacovigilance(entry: audit_trail.EntryView) -> bool:
     """UNB-08: entries that would tell trial staff that a pharmacovigilance unblinding happened."""
     new = entry.new or {}
     if entry.action == Action.UNBLINDING_PV.value:
+        return True
+    if entry.action == Action.UNBLINDING_RESULT_SHOWN.value and new.get("kind") == "pharmacovigilance":
         return True
     if entry.action == Action.ARM_READ.value and new.get("purpose") == unblinding.PV_MEANING:
         return True

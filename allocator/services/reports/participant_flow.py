@@ -164,15 +164,20 @@ def _flow(
 
 
 def _screening(ctx: ServiceContext, frame: Frame) -> list[tuple[str, bool, list[str]]]:
-    """(site, eligible, failed criterion ids) of each screening in reach and period."""
+    """(site, eligible, failed criterion ids) of each patient screened in reach and period: one per
+    screening number at a site, its latest check (earlier checks with corrected answers are history,
+    kept in the screening log, not counted again)."""
     with ctx.db.reading() as session:
+        latest: dict[tuple[int, str], ScreeningEntry] = {}
+        for e in session.execute(
+            select(ScreeningEntry)
+            .where(ScreeningEntry.trial_id == frame.trial_id)
+            .order_by(ScreeningEntry.id)
+        ).scalars():
+            latest[(e.site_id, e.screening_number)] = e
         return [
             (frame.sites[e.site_id], e.eligible, [str(f.get("criterion", "")) for f in e.failures])
-            for e in session.execute(
-                select(ScreeningEntry)
-                .where(ScreeningEntry.trial_id == frame.trial_id)
-                .order_by(ScreeningEntry.id)
-            ).scalars()
+            for e in sorted(latest.values(), key=lambda entry: entry.id)
             if frame.visible(e.site_id) and (frame.flt.in_period(e.screened_at))
         ]
 

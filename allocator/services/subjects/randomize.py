@@ -193,6 +193,94 @@ class Preview:
 def preview(ctx: ServiceContext, trial_code: str, request: RandomizationRequest, scope: Scope) -> Preview:
     """Validate everything without writing anything (the confirmation screen): the same checks,
     in the same words, as `randomize`, so that nothing is confirmed that would then be refused."""
+    return _preview(ctx, trial_code, request, scope)[0]
+
+
+def check(
+    ctx: ServiceContext, actor: Actor, trial_code: str, request: RandomizationRequest, scope: Scope
+) -> Preview:
+    """The confirmation screen, as `preview`, except that an eligibility check that fails is
+    recorded in the screening log at once (issue 13): the participant flow counts it even if the
+    investigator walks away. Corrected answers checked again are recorded again, as history; the
+    same answers checked twice (a reload, then "Record in the screening log") are recorded once. An
+    eligible check records nothing until the randomization itself."""
+    shown, eligibility = _preview(ctx, trial_code, request, scope)
+    if shown.eligible:
+        return shown
+    now = ctx.now()
+    with ctx.db.unit_of_work() as session:
+        trial = get_trial(session, trial_code)
+        lookups.require_open(trial)
+        site = session.execute(
+            select(Site).where(Site.trial_id == trial.id, Site.code == shown.site).with_for_update()
+        ).scalar_one()
+        _record_ineligible(
+            ctx, session, actor, trial, site.id, site.code, shown.screening_number, eligibility, now
+        )
+    return shown
+
+
+def _record_ineligible(
+    ctx: ServiceContext,
+    session: Session,
+    actor: Actor,
+    trial: Trial,
+    site_id: int,
+    site_code: str,
+    screening: str,
+    eligibility: EligibilityResult,
+    now: datetime,
+) -> None:
+    """One screening-log entry and its audit entry for a failed eligibility check, unless the last
+    entry of this screening number already holds these answers, or the number is randomized."""
+    taken = session.execute(
+        select(Subject.id).where(Subject.trial_id == trial.id, Subject.screening_number == screening)
+    ).first()
+    if taken is not None:
+        return
+    answers = eligibility.answers_json()
+    last = session.execute(
+        select(ScreeningEntry)
+        .where(
+            ScreeningEntry.trial_id == trial.id,
+            ScreeningEntry.site_id == site_id,
+            ScreeningEntry.screening_number == screening,
+        )
+        .order_by(ScreeningEntry.id.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    if last is not None and not last.eligible and last.answers == answers:
+        return
+    session.execute(
+        _INSERT_SCREENING_ENTRY,
+        {
+            "trial_id": trial.id,
+            "site_id": site_id,
+            "screening_number": screening,
+            "screened_at": now,
+            "screened_by_id": actor.user_id,
+            "screened_by_name": actor.name,
+            "eligible": False,
+            "answers": answers,
+            "failures": [{"criterion": f.criterion, "message": f.message} for f in eligibility.failures],
+        },
+    )
+    ctx.audit.record(
+        session,
+        actor=actor,
+        chain=trial.code,
+        action=Action.SCREENING_FAILED,
+        object_type="screening_entry",
+        object_id=screening,
+        site_code=site_code,
+        new={"failures": [f.criterion for f in eligibility.failures]},
+        at=now,
+    )
+
+
+def _preview(
+    ctx: ServiceContext, trial_code: str, request: RandomizationRequest, scope: Scope
+) -> tuple[Preview, EligibilityResult]:
     with ctx.db.reading() as session:
         trial = get_trial(session, trial_code)
         definition = current_definition(session, trial)
@@ -212,13 +300,16 @@ def preview(ctx: ServiceContext, trial_code: str, request: RandomizationRequest,
     for factor in definition.stratification:
         level = next((lv for lv in factor.levels if lv.code == levels[factor.code]), None)
         labels[factor.label.en] = level.label.en if level else levels[factor.code]
-    return Preview(
-        site.code,
-        screening,
-        result.eligible,
-        tuple((f.criterion, f.message) for f in result.failures),
-        levels,
-        labels,
+    return (
+        Preview(
+            site.code,
+            screening,
+            result.eligible,
+            tuple((f.criterion, f.message) for f in result.failures),
+            levels,
+            labels,
+        ),
+        result,
     )
 
 
@@ -388,6 +479,12 @@ def _randomize_in(
             f"screening number {screening} is already randomized (RND-07)",
             errors=[FieldProblem("screening_number", "is already randomized")],
         )
+    if not eligibility.eligible:
+        _record_ineligible(ctx, session, actor, trial, site.id, site.code, screening, eligibility, now)
+        return Ineligible(
+            f"{screening} is not eligible: recorded in the screening log, not randomized",
+            errors=[FieldProblem(f"eligibility.{f.criterion}", f.message) for f in eligibility.failures],
+        )
     entry_id = connection.execute(
         _INSERT_SCREENING_ENTRY,
         {
@@ -397,27 +494,11 @@ def _randomize_in(
             "screened_at": now,
             "screened_by_id": actor.user_id,
             "screened_by_name": actor.name,
-            "eligible": eligibility.eligible,
+            "eligible": True,
             "answers": eligibility.answers_json(),
-            "failures": [{"criterion": f.criterion, "message": f.message} for f in eligibility.failures],
+            "failures": [],
         },
     ).scalar_one()
-    if not eligibility.eligible:
-        ctx.audit.record(
-            session,
-            actor=actor,
-            chain=trial.code,
-            action=Action.SCREENING_FAILED,
-            object_type="screening_entry",
-            object_id=screening,
-            site_code=site.code,
-            new={"failures": [f.criterion for f in eligibility.failures]},
-            at=now,
-        )
-        return Ineligible(
-            f"{screening} is not eligible: recorded in the screening log, not randomized",
-            errors=[FieldProblem(f"eligibility.{f.criterion}", f.message) for f in eligibility.failures],
-        )
     key = stratum_key(list(levels.items()))
     target = _lock_target(session, trial, lookups.instance_mode(ctx.settings.env), key)
     schedule = definition.dispensing.schedule

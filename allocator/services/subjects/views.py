@@ -247,6 +247,7 @@ class ScreeningView:
     eligible: bool
     failures: tuple[str, ...]
     subject_number: str | None
+    superseded: bool = False  # a later check of the same screening number corrected the answers
 
 
 def screening_log(ctx: ServiceContext, trial_code: str, scope: Scope) -> list[ScreeningView]:
@@ -261,23 +262,30 @@ def screening_log(ctx: ServiceContext, trial_code: str, scope: Scope) -> list[Sc
                 select(Subject.screening_entry_id, Subject.subject_number).where(Subject.trial_id == trial.id)
             )
         }
-        return [
-            ScreeningView(
-                e.screening_number,
-                site_codes[e.site_id],
-                e.screened_at,
-                e.screened_by_name,
-                e.eligible,
-                tuple(f["message"] for f in e.failures),
-                subjects_by_entry.get(e.id),
+        seen: set[tuple[int, str]] = set()  # newest first: an entry seen before is superseded
+        views: list[ScreeningView] = []
+        for e in session.execute(
+            select(ScreeningEntry)
+            .where(ScreeningEntry.trial_id == trial.id)
+            .order_by(ScreeningEntry.id.desc())
+        ).scalars():
+            if not scope.allows_site(e.site_id):
+                continue
+            key = (e.site_id, e.screening_number)
+            views.append(
+                ScreeningView(
+                    e.screening_number,
+                    site_codes[e.site_id],
+                    e.screened_at,
+                    e.screened_by_name,
+                    e.eligible,
+                    tuple(f["message"] for f in e.failures),
+                    subjects_by_entry.get(e.id),
+                    superseded=key in seen,
+                )
             )
-            for e in session.execute(
-                select(ScreeningEntry)
-                .where(ScreeningEntry.trial_id == trial.id)
-                .order_by(ScreeningEntry.id.desc())
-            ).scalars()
-            if scope.allows_site(e.site_id)
-        ]
+            seen.add(key)
+        return views
 
 
 def notifications(
