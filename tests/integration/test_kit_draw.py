@@ -25,8 +25,14 @@ class _Result:
         return iter(self.rows)
 
 
+class _Dialect:
+    name = "sqlite"
+
+
 class FakeConnection:
     """Answers the draw's three statements from a set of usable ids, counting them."""
+
+    dialect = _Dialect()
 
     def __init__(self, usable: set[int], lo: int, hi: int) -> None:
         self.usable, self.lo, self.hi = usable, lo, hi
@@ -36,7 +42,7 @@ class FakeConnection:
         if statement is supply_stock._AVAILABLE_ID_RANGE:
             self.calls["range"] += 1
             return _Result([(self.lo, self.hi)])
-        if statement is supply_stock._USABLE_AMONG:
+        if statement is supply_stock._USABLE_AMONG["sqlite"]:
             self.calls["probe"] += 1
             assert len(params["ids"]) <= max(supply_stock._PROBES)
             return _Result([i for i in params["ids"] if i in self.usable])
@@ -101,3 +107,12 @@ def test_the_lazy_shuffle_of_a_range_is_a_uniform_permutation() -> None:
     counts = Counter(tuple(supply_stock._random_order_of_range(10, 13)) for _ in range(12_000))
     assert len(counts) == 24 and all(sorted(p) == [10, 11, 12, 13] for p in counts)
     assert stats.chisquare(list(counts.values())).pvalue > 1e-4
+
+
+def test_the_draws_below_a_bound_are_uniform() -> None:
+    draws = supply_stock._below()
+    next(draws)
+    counts = Counter(draws.send(6) for _ in range(12_000))
+    assert sorted(counts) == [0, 1, 2, 3, 4, 5]
+    assert stats.chisquare([counts[i] for i in range(6)]).pvalue > 1e-4
+    assert {draws.send(1) for _ in range(50)} == {0}
