@@ -733,7 +733,7 @@ def run_backend(
         # Cheap Argon2 for the set-up accounts only: the API authenticates by token digest.
         ctx = ServiceContext.build(settings, db, ring, passwords=crypto.FAST_PASSWORD_HASHING)
         sites = site_codes(sites_count or args.sites)
-        warmup = 4 * args.workers * args.servers
+        warmup = args.warmup if args.warmup is not None else 4 * args.workers * args.servers
         total = warmup + sum(n for _, n in levels)
         prepared = prepare(ctx, sites, total, slots, kits)
         if backend == "postgresql":
@@ -896,14 +896,17 @@ def sweep(args: argparse.Namespace, configurations: tuple[tuple[int, int], ...] 
     ok = True
     base = None
     for slots, kits in configurations:
-        run = run_backend("postgresql", args, [(8, 400)], slots=slots, kits=kits, sites_count=2, quiet=True)
+        # Enough kits for every randomization: 3 kits per subject, arms within a few subjects of
+        # each other per site (2 sites, 2 arms); the warm-up takes its share.
+        count = max(20, min(400, int(0.7 * 2 * kits / 3) - args.warmup))
+        run = run_backend("postgresql", args, [(8, count)], slots=slots, kits=kits, sites_count=2, quiet=True)
         ok = ok and run.ok
         row = run.rows[0]
         server_cpu, pg_cpu = (1000 * c / max(row.ok, 1) for c in row.cpu[:2])
         total = server_cpu + pg_cpu
         base = base if base is not None else total
         print(
-            f"{slots:>13,} {kits:>9,} {row.rate:>7.1f} {1000 * percentile(row.latencies, 99):>7.1f} "
+            f"{slots:>13,} {kits:>9,} {row.ok:>4}/{count:<4} {row.rate:>7.1f} {1000 * percentile(row.latencies, 99):>7.1f} "
             f"{server_cpu:>9.2f} {pg_cpu:>9.2f} {total:>7.2f}  ({100 * (total / base - 1):+.0f} % vs first)"
             + ("" if run.ok else "  ERRORS or consistency FAILED")
         )
@@ -943,6 +946,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     if args.sweep:
+        args.warmup = 8 if args.warmup is None else args.warmup
         configurations = tuple(
             (int(a), int(b)) for a, b in (part.split(":") for part in args.sweep.split(","))
         )
