@@ -16,7 +16,7 @@ missed: the pools keep their connections, so there are none once warmed up). A F
 same run; its rate is printed beside the randomization figures with their ratio. --servers 2 runs
 two gunicorn instances on two ports against the one database, clients split between them. --sweep
 prints CPU per randomization for lists of 100, 10,000 and 100,000 slots per stratum and 100 and
-10,000 kits at the site (PostgreSQL, 2 sites, 8 clients).
+10,000 kits at the site (PostgreSQL, 8 clients; 8 sites below 1,000 kits per site, else 2).
 
 For each backend: a fresh database (PostgreSQL: a new database `bench_rand_<pid>` on the server of
 --pg, dropped afterwards unless --keep; SQLite: a file in a temporary folder), migrations, keys,
@@ -885,8 +885,9 @@ SWEEP = ((100, 100), (10_000, 100), (100_000, 100), (100, 10_000), (100_000, 10_
 
 
 def sweep(args: argparse.Namespace, configurations: tuple[tuple[int, int], ...] = SWEEP) -> bool:
-    """CPU per randomization against the list's length and the site's stock (PostgreSQL, 2 sites,
-    8 clients, 400 randomizations per configuration)."""
+    """CPU per randomization against the list's length and the site's stock (PostgreSQL, 8
+    clients; 8 sites when each holds fewer than 1,000 kits, else 2; up to 400 randomizations per
+    configuration, as many as the kits allow)."""
     print(
         "\n== sweep: CPU per randomization (ms, own gunicorn + own backends), PostgreSQL, 2 sites, 8 clients"
     )
@@ -897,9 +898,14 @@ def sweep(args: argparse.Namespace, configurations: tuple[tuple[int, int], ...] 
     base = None
     for slots, kits in configurations:
         # Enough kits for every randomization: 3 kits per subject, arms within a few subjects of
-        # each other per site (2 sites, 2 arms); the warm-up takes its share.
-        count = max(20, min(400, int(0.7 * 2 * kits / 3) - args.warmup))
-        run = run_backend("postgresql", args, [(8, count)], slots=slots, kits=kits, sites_count=2, quiet=True)
+        # each other per site (2 arms); the warm-up takes its share. 8 sites when each holds few
+        # kits, so that the count is large enough for CPU figures read in 10 ms ticks; the number
+        # of sites does not change the work of one allocation.
+        sites = 8 if kits < 1_000 else 2
+        count = max(20, min(400, int(0.7 * sites * kits / 3) - args.warmup))
+        run = run_backend(
+            "postgresql", args, [(8, count)], slots=slots, kits=kits, sites_count=sites, quiet=True
+        )
         ok = ok and run.ok
         row = run.rows[0]
         server_cpu, pg_cpu = (1000 * c / max(row.ok, 1) for c in row.cpu[:2])
@@ -930,6 +936,9 @@ def main() -> int:
     parser.add_argument("--levels", default=None, help="clients:count list, e.g. 1:200,8:1000,32:1000")
     parser.add_argument("--pg", default=DEFAULT_PG, help=f"PostgreSQL server URL (default {DEFAULT_PG})")
     parser.add_argument("--keep", action="store_true", help="keep the database, keys and server log")
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="warm-up randomizations (default 4 x workers)"
+    )
     parser.add_argument(
         "--servers", type=int, default=1, help="gunicorn instances on as many ports (default 1)"
     )
