@@ -889,10 +889,12 @@ def sweep(args: argparse.Namespace, configurations: tuple[tuple[int, int], ...] 
     clients; 8 sites when each holds fewer than 1,000 kits, else 2; up to 400 randomizations per
     configuration, as many as the kits allow)."""
     print(
-        "\n== sweep: CPU per randomization (ms, own gunicorn + own backends), PostgreSQL, 2 sites, 8 clients"
+        "\n== sweep: CPU per randomization (ms, own gunicorn + own backends), PostgreSQL, 8 clients "
+        "(8 sites below 1,000 kits per site, else 2)"
     )
     print(
-        f"{'slots/stratum':>13} {'kits/site':>9} {'rand/s':>7} {'p99 ms':>7} {'gunicorn':>9} {'backends':>9} {'total':>7}"
+        f"{'slots/stratum':>13} {'kits/site':>9} {'ok/sent':>9} {'rand/s':>7} {'p99 ms':>7} "
+        f"{'gunicorn':>9} {'backends':>9} {'total':>7}"
     )
     ok = True
     base = None
