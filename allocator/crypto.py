@@ -372,6 +372,59 @@ def label_mac(ring: KeyRing, message: bytes) -> bytes:
     return hmac.new(key.material, b"allocator/label/v1|" + message, hashlib.sha256).digest()
 
 
+class SlotMacer:
+    """Per-slot MACs of a randomization list (issue 16): HMAC-SHA256, under a key derived from the
+    lists key, over the slot's trial, list, stratum, position, randomization number and the SHA-256
+    of its sealed record. An allocation checks the one slot it uses in O(1) instead of re-hashing
+    the whole stratum; the stratum digest still covers every slot in the full integrity check.
+
+    Layout: key-id length (1 byte) | key id | MAC (32). The key id names the lists key the MAC was
+    made with, so that a rotated lists key still verifies older slots."""
+
+    _DOMAIN = b"allocator/slot-mac/v1"
+
+    def __init__(self, ring: KeyRing) -> None:
+        self._keys = ring.keyset(Purpose.LISTS)
+        self._derived: dict[str, bytes] = {}
+
+    def _key(self, key_id: str) -> bytes:
+        derived = self._derived.get(key_id)
+        if derived is None:
+            material = self._keys.get(key_id).material
+            derived = hmac.new(material, self._DOMAIN, hashlib.sha256).digest()
+            self._derived[key_id] = derived
+        return derived
+
+    @staticmethod
+    def _message(trial: str, label: str, stratum: str, position: int, number: str, sealed: bytes) -> bytes:
+        return _frame([trial, label, stratum, str(position), number, hashlib.sha256(sealed).hexdigest()])
+
+    def mac(self, trial: str, label: str, stratum: str, position: int, number: str, sealed: bytes) -> bytes:
+        key_id = self._keys.active_id
+        tag = hmac.new(
+            self._key(key_id), self._message(trial, label, stratum, position, number, sealed), hashlib.sha256
+        ).digest()
+        encoded = key_id.encode("ascii")
+        return bytes([len(encoded)]) + encoded + tag
+
+    def verify(
+        self, mac: bytes, trial: str, label: str, stratum: str, position: int, number: str, sealed: bytes
+    ) -> bool:
+        """Whether `mac` was made for exactly this slot. False (never an exception) for a MAC that is
+        malformed, altered, made for another slot, or names a key the ring does not hold."""
+        if len(mac) < 2 or len(mac) != 1 + mac[0] + 32:
+            return False
+        key_id = mac[1 : 1 + mac[0]].decode("ascii", errors="replace")
+        try:
+            key = self._key(key_id)
+        except KeyMissingError:
+            return False
+        expected = hmac.new(
+            key, self._message(trial, label, stratum, position, number, sealed), hashlib.sha256
+        ).digest()
+        return hmac.compare_digest(expected, mac[1 + mac[0] :])
+
+
 def device_cookie(ring: KeyRing, username: str, nonce: str | None = None) -> str:
     """A cookie naming a browser in which `username` has signed in (issue 15, ACC-05): `v1.key.nonce.mac`,
     the MAC binding the user name, which the cookie itself does not reveal."""

@@ -21,13 +21,23 @@ Bounded waits (issue 14): the application sets PostgreSQL's `lock_timeout` and
 `statement_timeout` on each connection and bounds the wait for a pooled connection; a wait that
 runs out raises, the unit of work rolls back (nothing half-written), and `is_busy` tells the web
 layer to answer 503 with Retry-After instead of 500. On SQLite the busy timeout bounds the wait.
+
+Prepared statements (issue 16): psycopg 3 prepares a statement on the server once it has run
+`prepare_threshold` times on a connection, and forgets every prepared statement (DEALLOCATE ALL)
+whenever it sends ROLLBACK. Read-only transactions therefore end with COMMIT (`reading`), so that
+the guard's and the allocation's statements stay prepared across requests; the pool's
+reset-on-return sends nothing after a transaction that already ended. There is no ping per
+checkout (`pool_pre_ping` costs a round trip on every request): a connection the server dropped
+fails its first statement, SQLAlchemy's disconnect handling invalidates it and the older ones of
+the pool, a read is retried once on a fresh connection (`read`), and a write is never retried
+blindly: it answers 503 (`is_busy`), and the client retries with its Idempotency-Key.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -173,10 +183,13 @@ _BUSY_SQLSTATES = frozenset({"55P03", "57014", "40001", "40P01"})
 
 def is_busy(error: BaseException) -> bool:
     """Whether `error` means "the database is busy, try again": a lock or statement timeout, a
-    deadlock victim, SQLite's "database is locked", or no pooled connection free in time."""
+    deadlock victim, SQLite's "database is locked", no pooled connection free in time, or a
+    connection the server dropped (already invalidated: the retry gets a fresh one)."""
     if isinstance(error, sa_exc.TimeoutError):
         return True
     if isinstance(error, sa_exc.DBAPIError):
+        if error.connection_invalidated:
+            return True
         if getattr(error.orig, "sqlstate", None) in _BUSY_SQLSTATES:
             return True
         return "database is locked" in str(error.orig)
@@ -246,7 +259,7 @@ class Database:
             write = _sqlite_engine(url, begin="BEGIN IMMEDIATE")
             read = _sqlite_engine(url, begin="BEGIN")
         elif limits is None:
-            write = create_engine(url, pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=True)
+            write = create_engine(url, pool_size=pool_size, max_overflow=pool_size * 2)
             read = write
         else:
             write = create_engine(
@@ -254,7 +267,6 @@ class Database:
                 pool_size=limits.pool_size,
                 max_overflow=limits.max_overflow,
                 pool_timeout=limits.pool_timeout_s,
-                pool_pre_ping=True,
             )
             _set_timeouts(write, limits)
             read = write
@@ -350,9 +362,27 @@ class Database:
     @contextmanager
     def reading(self) -> Iterator[Session]:
         """A read-only transaction. Closing it rolls back anything flushed, and leaves the loaded
-        objects usable (detached, not expired) by the caller."""
+        objects usable (detached, not expired) by the caller.
+
+        A transaction that wrote nothing ends with COMMIT, not ROLLBACK: on PostgreSQL a ROLLBACK
+        makes psycopg discard every prepared statement of the connection (module docstring)."""
         with self._sessions(self._read_sessions)() as session:
             yield session
+            if session.in_transaction() and not session.info.get(_FLUSHED):
+                session.commit()
+
+    def read(self, work: Callable[[Session], T]) -> T:
+        """`work(session)` in a read-only transaction, run once more on a fresh connection when the
+        first attempt met a connection the server had dropped (after a restart, a failover or an
+        idle timeout). Only for reads: running `work` twice must be harmless."""
+        try:
+            with self.reading() as session:
+                return work(session)
+        except sa_exc.DBAPIError as error:
+            if not error.connection_invalidated or _SHARED.get() is not None or self._bound is not None:
+                raise
+        with self.reading() as session:
+            return work(session)
 
     def dispose(self) -> None:
         self.write_engine.dispose()
@@ -369,6 +399,20 @@ class SharedTransaction:
 
     def keep(self) -> None:
         self.kept = True
+
+
+# Set in session.info by a flush: a read session that flushed something rolls it back on close.
+_FLUSHED = "allocator_flushed"
+
+
+@event.listens_for(Session, "after_flush")
+def _remember_flush(session: Session, _context: Any) -> None:
+    session.info[_FLUSHED] = True
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_flush(session: Session, _transaction: Any) -> None:
+    session.info.pop(_FLUSHED, None)
 
 
 _SHARED: ContextVar[tuple[Database, SharedTransaction] | None] = ContextVar("allocator_shared", default=None)

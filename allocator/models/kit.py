@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from datetime import date, datetime
 
-from sqlalchemy import ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from allocator.models.base import Base
@@ -75,7 +75,11 @@ class Shipment(Base):
 
 class Kit(Base):
     __tablename__ = "kit"
-    __table_args__ = (UniqueConstraint("trial_id", "kit_number"),)
+    __table_args__ = (
+        UniqueConstraint("trial_id", "kit_number"),
+        # The kit draw's id range of a site's available kits, in two index look-ups (issue 16).
+        Index("ix_kit_site_status_id", "site_id", "status", "id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     trial_id: Mapped[int] = mapped_column(ForeignKey("trial.id"), index=True)

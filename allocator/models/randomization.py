@@ -139,6 +139,9 @@ class Slot(Base):
     list_version: Mapped[int] = mapped_column(Integer)
     randomization_number: Mapped[str] = mapped_column(String(16))
     sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    # crypto.SlotMacer over this slot (issue 16): an allocation checks the slot it uses in O(1).
+    # NULL for slots stored before migration 0012: their stratum is checked whole, as before.
+    mac: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
 
 class IntegrityCheck(Base):

@@ -160,7 +160,11 @@ def _guard() -> BaseResponse | None:
     trial_code = (request.view_args or {}).get("trial")
     # One read transaction for the user, their roles as of now (BLD-11) and the trial.
     later: list[Callable[[], None]] = []  # writes (session expiry, last use) run after the read
-    with service.db.reading() as db_session:
+
+    def read(
+        db_session: Session,
+    ) -> tuple[Authenticated | None, Sequence[Row[int, str, int, str]]]:
+        later.clear()  # a read retried after a dropped connection starts afresh
         auth = _authenticate(service, db_session, later)
         rows: Sequence[Row[int, str, int, str]] = ()
         if auth is not None and trial_code is not None:
@@ -168,6 +172,9 @@ def _guard() -> BaseResponse | None:
             rows = db_session.execute(
                 _TRIAL_AND_GRANTED_SITES, {"code": trial_code, "site_ids": granted}
             ).all()
+        return auth, rows
+
+    auth, rows = service.db.read(read)
     for write in later:
         write()
     if auth is None:

@@ -169,34 +169,6 @@ def test_an_exhausted_stratum_answers_with_its_own_error(ctx: ServiceContext) ->
         assert s.execute(select(func.count()).select_from(Subject)).scalar_one() == 0
 
 
-@pytest.mark.req("RND-10")
-def test_a_tampered_slot_blocks_its_stratum(ctx: ServiceContext) -> None:
-    from sqlalchemy import text
-
-    from allocator import dbguards
-
-    ready = ready_trial(ctx)
-    with ctx.db.unit_of_work() as s:
-        for statement in dbguards.unguard(ctx.db.dialect, "slot", updates=False):
-            s.execute(text(statement))
-        stratum_id = s.execute(
-            select(Stratum.id).where(Stratum.key == "site=P1;admission_cause=septic")
-        ).scalar_one()
-        s.execute(
-            text(
-                "UPDATE slot SET randomization_number = 'R-00000000' WHERE stratum_id = :s AND position = 5"
-            ),
-            {"s": stratum_id},
-        )
-    from allocator.services.lists import storage
-
-    with pytest.raises(storage.ListIntegrityFailure):
-        randomize.randomize(ctx, ready.investigator, "IFNG-PAIS", request("P1-0001"), ALL)
-    randomize.randomize(
-        ctx, ready.investigator, "IFNG-PAIS", request("P1-0002", cause="non_septic"), ALL
-    )  # other strata go on
-
-
 @pytest.mark.req("LBL-09")
 @pytest.mark.req("LBL-06")
 def test_dispense_print_and_administer(ctx: ServiceContext, clock: Clock) -> None:

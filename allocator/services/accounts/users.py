@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from email import errors, headerregistry, utils
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from allocator import crypto
@@ -264,19 +264,24 @@ def revoke_role(
         )
 
 
+# Built once at import (issue 16): the request guard runs it on every request, and building an ORM
+# select and computing its cache key cost more CPU than PostgreSQL spends running it.
+_ACTIVE_GRANTS = (
+    select(RoleAssignment.id, RoleAssignment.role, RoleAssignment.trial_id, RoleAssignment.site_id)
+    .outerjoin(RoleRevocation, RoleRevocation.assignment_id == RoleAssignment.id)
+    .where(
+        RoleAssignment.user_id == bindparam("user_id"),
+        RoleRevocation.id.is_(None),
+        RoleAssignment.starts_at <= bindparam("now"),
+        (RoleAssignment.ends_at.is_(None)) | (RoleAssignment.ends_at > bindparam("now")),
+    )
+    .order_by(RoleAssignment.id)
+)
+
+
 def active_grants(session: Session, user_id: int, now: datetime) -> tuple[Grant, ...]:
     """The user's roles in force at `now`: started, not ended, not revoked."""
-    rows = session.execute(
-        select(RoleAssignment)
-        .outerjoin(RoleRevocation, RoleRevocation.assignment_id == RoleAssignment.id)
-        .where(
-            RoleAssignment.user_id == user_id,
-            RoleRevocation.id.is_(None),
-            RoleAssignment.starts_at <= now,
-            (RoleAssignment.ends_at.is_(None)) | (RoleAssignment.ends_at > now),
-        )
-        .order_by(RoleAssignment.id)
-    ).scalars()
+    rows = session.connection().execute(_ACTIVE_GRANTS, {"user_id": user_id, "now": now})
     grants = []
     for row in rows:
         try:

@@ -320,6 +320,7 @@ def _append_blocks(
     # In this transaction: a second write transaction would wait for this one on SQLite.
     seed = arm_access.list_seed_in(session, ctx, actor, trial.code, row, "list extension")
     sealer = crypto.BulkSealer(ctx.ring, crypto.Purpose.LISTS)
+    macer = crypto.SlotMacer(ctx.ring)
     numbers = RandomizationNumbers(
         session.execute(select(Slot.randomization_number).where(Slot.list_id == row.id)).scalars()
     )
@@ -353,7 +354,9 @@ def _append_blocks(
                 slot_record(slot.arm, slot.block, slot.block_size),
                 slot_binding(trial.code, row.label, stratum.key, slot.position),
             )
-            rows.append((row.id, stratum.id, slot.position, new_version, numbers.next(), sealed))
+            number = numbers.next()
+            mac = macer.mac(trial.code, row.label, stratum.key, slot.position, number, sealed)
+            rows.append((row.id, stratum.id, slot.position, new_version, number, sealed, mac))
         if rows:
             insert_slots(session, rows)
             stratum.capacity = len(sequence)

@@ -29,6 +29,7 @@ from allocator.services.lists.storage import (
     ListEnvironmentMismatch,
     ProgressCallback,
     RandomizationNumbers,
+    SlotValues,
     design_of,
     insert_slots,
     list_storage_digest,
@@ -187,6 +188,7 @@ def _write_blocks(
     on the way, without holding the list in memory)."""
     design = design_of(definition)
     sealer = crypto.BulkSealer(ctx.ring, crypto.Purpose.LISTS)
+    macer = crypto.SlotMacer(ctx.ring)
     numbers = RandomizationNumbers()
     content = hashlib.sha256()
     stratum_digests: list[tuple[str, str]] = []
@@ -217,7 +219,7 @@ def _write_blocks(
         session.add(stratum)
         session.flush()
         storage = hashlib.sha256()
-        batch: list[tuple[int, int, int, int, str, bytes]] = []
+        batch: list[SlotValues] = []
         for slot in sequence:
             content.update(
                 canonical_line(ListRow(key, slot.position, slot.block, slot.block_size, slot.arm)).encode()
@@ -228,7 +230,8 @@ def _write_blocks(
             )
             number = numbers.next()
             storage.update(storage_line(slot.position, number, sealed))
-            batch.append((row.id, stratum.id, slot.position, 1, number, sealed))
+            mac = macer.mac(trial_code, row.label, key, slot.position, number, sealed)
+            batch.append((row.id, stratum.id, slot.position, 1, number, sealed, mac))
             if len(batch) >= _BATCH:
                 insert_slots(session, batch)
                 batch = []

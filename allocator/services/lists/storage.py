@@ -94,10 +94,11 @@ def slot_record(arm: str, block: int, block_size: int) -> str:
     return f'{{"arm":"{arm}","block":{block},"block_size":{block_size}}}'
 
 
-_SLOT_COLUMNS = "list_id, stratum_id, position, list_version, randomization_number, sealed"
+_SLOT_COLUMNS = "list_id, stratum_id, position, list_version, randomization_number, sealed, mac"
+SlotValues = tuple[int, int, int, int, str, bytes, bytes]
 
 
-def insert_slots(session: Session, rows: list[tuple[int, int, int, int, str, bytes]]) -> None:
+def insert_slots(session: Session, rows: list[SlotValues]) -> None:
     """Bulk insert straight through the driver in the session's transaction: COPY on PostgreSQL,
     executemany on SQLite (the ORM's per-row work would dominate a million-slot list)."""
     connection = session.connection()
@@ -111,7 +112,7 @@ def insert_slots(session: Session, rows: list[tuple[int, int, int, int, str, byt
                 for values in rows:
                     copy.write_row(values)
         else:
-            cursor.executemany(f"INSERT INTO slot ({_SLOT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", rows)  # noqa: S608 - constant column list
+            cursor.executemany(f"INSERT INTO slot ({_SLOT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)  # noqa: S608 - constant column list
     finally:
         cursor.close()
 

@@ -3,14 +3,17 @@ draws from."""
 
 from __future__ import annotations
 
+import os
 import secrets
+import struct
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 from itertools import islice
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Connection, Integer, any_, bindparam, func, select
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from allocator.audit import Actor
@@ -105,11 +108,31 @@ _USABLE_AT_SITE = (
     Kit.expiry_date >= bindparam("needed"),
 )
 _USABLE_IDS = select(Kit.id).where(*_USABLE_AT_SITE)
-_LOCK_USABLE = (
-    select(Kit.id, Kit.kit_number, Kit.sealed_arm)
-    .where(Kit.id.in_(bindparam("ids", expanding=True)), *_USABLE_AT_SITE)
-    .with_for_update()
+# The id range of the site's available kits: two look-ups in the index (site_id, status, id).
+_AVAILABLE_ID_RANGE = select(
+    select(func.min(Kit.id))
+    .where(Kit.site_id == bindparam("site_id"), Kit.status == S.AVAILABLE.value)
+    .scalar_subquery(),
+    select(func.max(Kit.id))
+    .where(Kit.site_id == bindparam("site_id"), Kit.status == S.AVAILABLE.value)
+    .scalar_subquery(),
 )
+# Which of a batch of candidate ids are usable kits of the site (nothing locked, nothing opened),
+# and the locking read of a batch. On PostgreSQL the ids go as one array parameter (`= ANY`), so
+# that a batch of any length is one statement, prepared once; SQLite expands an IN list.
+_IDS_IN = Kit.id.in_(bindparam("ids", expanding=True))
+_IDS_ANY = Kit.id == any_(bindparam("ids", type_=postgresql.ARRAY(Integer)))
+_USABLE_AMONG = {
+    "sqlite": select(Kit.id).where(_IDS_IN, *_USABLE_AT_SITE),
+    "postgresql": select(Kit.id).where(_IDS_ANY, *_USABLE_AT_SITE),
+}
+_LOCK_USABLE = {
+    dialect: select(Kit.id, Kit.kit_number, Kit.sealed_arm).where(ids, *_USABLE_AT_SITE).with_for_update()
+    for dialect, ids in (("sqlite", _IDS_IN), ("postgresql", _IDS_ANY))
+}
+# Candidate ids probed before falling back to reading every usable id of the site: the stock is
+# then sparse in its id range, so that read is short.
+_PROBES = (64, 128, 256, 512)
 
 
 def draw_usable_kits(
@@ -125,26 +148,29 @@ def draw_usable_kits(
     """`per_arm` kits of every arm drawn uniformly at random from the site's usable kits (those
     `usable_kits_by_arm` returns), rows locked; fewer for an arm that has fewer. For allocations:
     the result is the same draw as picking from `usable_kits_by_arm`, but only the kits needed to
-    find `per_arm` of each arm are locked and opened (a handful, instead of the whole stock).
+    find `per_arm` of each arm are locked and opened, and the site's stock is not read whole
+    (issue 16): the cost does not grow with the stock.
 
-    How (BLD-04, RND-08): the ids of the usable kits are read without opening anything and put in
-    a uniformly random order (Fisher-Yates on the OS CSPRNG); kits are then locked and opened in
-    that order, in small batches, until every arm has `per_arm`. The first `per_arm` kits of an arm
-    in a uniformly random order of all usable kits are a uniformly random choice among that arm's
-    kits, so nothing favours a kit number, a position in the stock or an arm. The locking query
-    repeats the usability conditions: on PostgreSQL a kit changed by a concurrent transaction is
-    re-checked once its lock is granted and dropped if no longer usable; on SQLite the write
-    transaction (BEGIN IMMEDIATE) already excludes every other writer. The caller holds the site's
-    row lock, so no concurrent allocation at the site can take the same kits."""
+    How (BLD-04, RND-08): `_usable_in_random_order` yields the ids of the usable kits in a
+    uniformly random order (see there); kits are then locked and opened in that order, in small
+    batches, until every arm has `per_arm`. The first `per_arm` kits of an arm in a uniformly
+    random order of all usable kits are a uniformly random choice among that arm's kits, so nothing
+    favours a kit number, a position in the stock or an arm; and the kits of every arm are drawn
+    before the slot's arm is read, so the draw cannot depend on it. The locking query repeats the
+    usability conditions: on PostgreSQL a kit changed by a concurrent transaction is re-checked
+    once its lock is granted and dropped if no longer usable; on SQLite the write transaction
+    (BEGIN IMMEDIATE) already excludes every other writer. The caller holds the site's row lock, so
+    no concurrent allocation at the site can take the same kits."""
     connection = session.connection()
     where = {"trial_id": trial.id, "site_id": site_id, "needed": needed_until(definition, today)}
-    order = _random_order(connection.execute(_USABLE_IDS, where).scalars().all())
+    order = _usable_in_random_order(connection, where)
+    lock = _LOCK_USABLE[connection.dialect.name]
 
     def batches() -> Iterator[list[arm_access.SealedKit]]:
         size = 2 * per_arm * max(1, len(definition.arm_codes))
         while batch := list(islice(order, size)):
             rank = {kit_id: i for i, kit_id in enumerate(batch)}
-            rows = connection.execute(_LOCK_USABLE, {**where, "ids": batch})
+            rows = connection.execute(lock, {**where, "ids": batch})
             yield sorted((arm_access.SealedKit(*row) for row in rows), key=lambda kit: rank[kit.id])
             size *= 2
 
@@ -158,6 +184,62 @@ def draw_usable_kits(
         per_arm,
         "choosing kits for an allocation",
     )
+
+
+def _usable_in_random_order(connection: Connection, where: dict[str, object]) -> Iterator[int]:
+    """The ids of the site's usable kits in a uniformly random order, drawn lazily without reading
+    the whole stock (issue 16).
+
+    Rejection sampling over ids: the integers of [lo, hi], the id range of the site's available
+    kits, are put in a uniformly random order (a lazy Fisher-Yates on the OS CSPRNG) and probed in
+    batches; the usable ones are yielded in that order. Restricting a uniformly random order of
+    the range to the usable ids gives a uniformly random order of the usable kits: every usable kit
+    has exactly one id in the range, and each order of them is equally likely. If the probes
+    (`_PROBES`) end before the caller has enough, the stock is sparse in its range: the remaining
+    usable ids (those not yet probed) are read and follow in a fresh uniformly random order, which
+    keeps the whole sequence a uniformly random order (the first part is a uniformly random subset
+    of the usable kits, in random order, the rest the others, in random order). Whether the
+    fallback is needed depends on where the usable ids lie, never on which arm a kit holds."""
+    among = _USABLE_AMONG[connection.dialect.name]
+    lo, hi = connection.execute(_AVAILABLE_ID_RANGE, {"site_id": where["site_id"]}).one()
+    probed: set[int] = set()
+    if lo is not None and hi is not None:
+        candidates = _random_order_of_range(lo, hi)
+        for size in _PROBES:
+            batch = list(islice(candidates, size))
+            if not batch:
+                return  # every id of the range was probed: every usable kit was yielded
+            probed.update(batch)
+            usable = set(connection.execute(among, {**where, "ids": batch}).scalars())
+            yield from (kit_id for kit_id in batch if kit_id in usable)
+            if len(batch) < size:
+                return
+    rest = [kit_id for kit_id in connection.execute(_USABLE_IDS, where).scalars() if kit_id not in probed]
+    yield from _random_order(rest)
+
+
+def _random_order_of_range(lo: int, hi: int) -> Iterator[int]:
+    """The integers lo..hi in a uniformly random order, drawn lazily: a Fisher-Yates shuffle that
+    stores only the positions it has moved, so that taking k of n costs k draws and O(k) memory."""
+    draws = _below()
+    next(draws)
+    moved: dict[int, int] = {}
+    for last in range(hi - lo, -1, -1):
+        j = draws.send(last + 1)
+        chosen = moved.get(j, j)
+        moved[j] = moved.pop(last, last)
+        yield lo + chosen
+
+
+def _below() -> Generator[int, int, None]:
+    """Exactly uniform integers in [0, m) for each m sent, from the OS CSPRNG read 256 bytes at a
+    time (one system call per 32 draws instead of one per draw): a 64-bit value v is used only when
+    v < m * floor(2**64 / m), so v % m has no bias (rejection sampling)."""
+    m = yield 0
+    while True:
+        for (value,) in struct.iter_unpack("<Q", os.urandom(256)):
+            if value < (1 << 64) - (1 << 64) % m:
+                m = yield value % m
 
 
 def _random_order(items: Sequence[int]) -> Iterator[int]:

@@ -1,0 +1,118 @@
+"""Issue 16, point 2: the kit draw finds usable kits in a uniformly random order without reading
+the site's whole stock (rejection sampling over the id range, then a fallback read of the ids not
+yet probed when the stock is sparse), and the order stays uniform on both paths (BLD-04)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from scipy import stats
+
+from allocator.services.supply import stock as supply_stock
+
+
+class _Result:
+    def __init__(self, rows: list[Any]) -> None:
+        self.rows = rows
+
+    def one(self) -> Any:
+        return self.rows[0]
+
+    def scalars(self) -> Iterator[Any]:
+        return iter(self.rows)
+
+
+class _Dialect:
+    name = "sqlite"
+
+
+class FakeConnection:
+    """Answers the draw's three statements from a set of usable ids, counting them."""
+
+    dialect = _Dialect()
+
+    def __init__(self, usable: set[int], lo: int, hi: int) -> None:
+        self.usable, self.lo, self.hi = usable, lo, hi
+        self.calls: Counter[str] = Counter()
+
+    def execute(self, statement: object, params: dict[str, Any]) -> _Result:
+        if statement is supply_stock._AVAILABLE_ID_RANGE:
+            self.calls["range"] += 1
+            return _Result([(self.lo, self.hi)])
+        if statement is supply_stock._USABLE_AMONG["sqlite"]:
+            self.calls["probe"] += 1
+            assert len(params["ids"]) <= max(supply_stock._PROBES)
+            return _Result([i for i in params["ids"] if i in self.usable])
+        if statement is supply_stock._USABLE_IDS:
+            self.calls["whole stock"] += 1
+            return _Result(sorted(self.usable))
+        raise AssertionError(statement)
+
+
+def _order(usable: set[int], lo: int, hi: int) -> tuple[list[int], FakeConnection]:
+    connection = FakeConnection(usable, lo, hi)
+    where = {"trial_id": 1, "site_id": 1, "needed": None}
+    return list(supply_stock._usable_in_random_order(connection, where)), connection  # type: ignore[arg-type]
+
+
+def test_a_dense_stock_is_drawn_without_reading_it_whole() -> None:
+    usable = set(range(1_000, 101_000, 2))  # 50,000 usable kits, one id in two
+    connection = FakeConnection(usable, 1_000, 100_999)
+    where = {"trial_id": 1, "site_id": 1, "needed": None}
+    order = supply_stock._usable_in_random_order(connection, where)  # type: ignore[arg-type]
+    first = [next(order) for _ in range(12)]  # what an allocation takes
+    assert len(set(first)) == 12 and set(first) <= usable
+    assert connection.calls == Counter({"range": 1, "probe": 1})
+
+
+@pytest.mark.parametrize(
+    ("usable", "lo", "hi"),
+    [
+        (set(range(1, 51)), 1, 50),  # the whole range is probed: no fallback needed
+        ({5, 900, 1_700, 40_000, 70_001, 99_999}, 5, 99_999),  # sparse: the probes end, fallback
+        (set(), None, None),  # no kit available at the site
+    ],
+)
+def test_every_usable_kit_comes_exactly_once(usable: set[int], lo: int, hi: int) -> None:
+    order, connection = _order(usable, lo, hi)
+    assert sorted(order) == sorted(usable)
+    if hi is not None and hi - lo + 1 > sum(supply_stock._PROBES):
+        assert connection.calls["whole stock"] == 1
+
+
+@pytest.mark.req("BLD-04")
+@pytest.mark.parametrize(
+    ("usable", "lo", "hi"),
+    [
+        ({2, 3, 5, 7, 11}, 2, 11),  # dense: probes only
+        ({1, 400, 700, 1_500, 1_999}, 1, 1_999),  # sparse: probes, then the fallback, mixed
+    ],
+)
+def test_the_order_is_uniform_on_both_paths(usable: set[int], lo: int, hi: int) -> None:
+    kits = sorted(usable)
+    first = Counter()
+    second = Counter()
+    for _ in range(3_000):
+        order, _ = _order(usable, lo, hi)
+        first[order[0]] += 1
+        second[order[1]] += 1
+    for counts in (first, second):
+        assert stats.chisquare([counts[k] for k in kits]).pvalue > 1e-4, counts
+
+
+def test_the_lazy_shuffle_of_a_range_is_a_uniform_permutation() -> None:
+    counts = Counter(tuple(supply_stock._random_order_of_range(10, 13)) for _ in range(12_000))
+    assert len(counts) == 24 and all(sorted(p) == [10, 11, 12, 13] for p in counts)
+    assert stats.chisquare(list(counts.values())).pvalue > 1e-4
+
+
+def test_the_draws_below_a_bound_are_uniform() -> None:
+    draws = supply_stock._below()
+    next(draws)
+    counts = Counter(draws.send(6) for _ in range(12_000))
+    assert sorted(counts) == [0, 1, 2, 3, 4, 5]
+    assert stats.chisquare([counts[i] for i in range(6)]).pvalue > 1e-4
+    assert {draws.send(1) for _ in range(50)} == {0}
