@@ -26,8 +26,16 @@ from allocator.settings import Environment, Settings
 from allocator.trialdef import parse_definition
 from tests.conftest import FreshDatabase
 from tests.leakcheck import AllowedPhrase, LeakChecker, Vocabulary
-from tests.masking import arm_of
-from tests.support import CLI_ACTOR, ELIGIBLE, GOOD_PASSWORD, IFN_TRIAL, Clock, ReadyTrial, ready_trial
+from tests.support import (
+    CLI_ACTOR,
+    ELIGIBLE,
+    GOOD_PASSWORD,
+    IFN_TRIAL,
+    Clock,
+    ReadyTrial,
+    arm_of,
+    ready_trial,
+)
 
 TRIAL = "IFNG-PAIS"
 ALL = Scope(all_sites=True, site_ids=frozenset())

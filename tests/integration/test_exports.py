@@ -32,8 +32,7 @@ from allocator.services.subjects import corrections, randomize, withdrawal
 from allocator.trialdef import parse_definition
 from tests.conftest import FreshDatabase
 from tests.leakcheck import LeakChecker, Vocabulary
-from tests.masking import arm_of
-from tests.support import CLI_ACTOR, ELIGIBLE, GOOD_PASSWORD, IFN_TRIAL, ReadyTrial, ready_trial
+from tests.support import CLI_ACTOR, ELIGIBLE, GOOD_PASSWORD, IFN_TRIAL, ReadyTrial, arm_of, ready_trial
 
 TRIAL = "IFNG-PAIS"
 ALL = Scope(all_sites=True, site_ids=frozenset())

@@ -103,6 +103,12 @@ UNBLINDED_ALLOWED: dict[str, Allowed] = {
         "list review shows the slots per stratum and arm before approval (RND-02); an audited read",
         reads_arm=True,
     ),
+    "unblinding.pharmacovigilance_result": Allowed(
+        frozenset({"pharmacovigilance"}),
+        "the result of a pharmacovigilance unblinding shows the arm once, to the person who unblinded "
+        "(UNB-08, issue 13 point 3); later visits say when it was shown, without the arm; an audited read",
+        reads_arm=True,
+    ),
 }
 
 
@@ -156,6 +162,10 @@ LENGTH_FOLLOWS_KIT_NUMBER: dict[str, str] = {
 }
 # GET routes no role can open in a trial in progress (the coverage test accepts their refusal).
 NOT_YET: dict[str, str] = {
+    "unblinding.emergency_result": "the result of an emergency unblinding answers only the investigator "
+    "who unblinded, once with the arm; the crawled investigators' emergency forms are refused (no "
+    "confirmed subject), so no crawled role owns one: covered by tests/web/test_unblinding_pages.py and "
+    "the Chromium unblinding journey",
     "unblinding.listing": "the unblinded listing answers 409 until the final unblinding (UNB-10, BLD-09); "
     "the world is a trial in progress, whose blind the suite exists to protect",
 }
