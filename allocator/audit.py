@@ -652,9 +652,12 @@ def read_witness(path: Path, ring: crypto.KeyRing, chain: str) -> Witnessed:
     top = 0
     count = 0
     try:
-        text = path.read_text(encoding="utf-8")
+        # Bytes that are not UTF-8 become U+FFFD: their line is then reported as damaged.
+        text = path.read_bytes().decode("utf-8", errors="replace")
     except FileNotFoundError:
         return Witnessed(path, pinned, 0, 0)
+    except OSError as exc:
+        return Witnessed(path, pinned, 0, 0, Problem(1, f"the witness file cannot be read ({exc.strerror})"))
     for number, raw in enumerate(text.splitlines(), start=1):
         try:
             record = json.loads(raw)

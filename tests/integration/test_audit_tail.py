@@ -373,3 +373,14 @@ def test_audit_verify_takes_a_witness_on_the_command_line(
     assert "seen up to entry" in out
     result = runner.invoke(main, ["audit", "verify", "--witness", str(tmp_path / "nope.log")])
     assert result.exit_code == 1 and "--witness: no witness file" in result.output
+
+
+@pytest.mark.req("AUD-04")
+def test_a_witness_file_with_broken_bytes_or_no_access_is_reported_not_a_crash(
+    ctx: ServiceContext, log: AuditLog, witness: Path
+) -> None:
+    append(ctx, log, 20)
+    witness.write_bytes(witness.read_bytes() + b"\xff\xfe garbage\n")
+    result = verify(ctx, witness)
+    assert not result.ok and "witness line 3 is damaged" in result.problems[0].message
+    assert not verify(ctx, witness.parent).ok  # a folder where the file should be: cannot be read
