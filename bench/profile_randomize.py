@@ -5,7 +5,11 @@ the database counts nothing), then the self time grouped by package, the top fun
 statements sent per randomization. cProfile's own overhead inflates the absolute figures; the
 shares are what it is for. Request log lines go to stderr: 2>/dev/null.
 
-Usage: python bench/profile_randomize.py [--count N] [--pg URL] [--slots N] [--kits-per-site N]
+Usage: python bench/profile_randomize.py [--count N] [--pg URL] [--slots N] [--kits-per-site N] [--plain]
+
+--plain runs the same randomizations without the profiler and prints the CPU per randomization of
+this process and of the benchmark database's own backends: the figure to compare two versions of
+the code with, in the same conditions.
 """
 
 from __future__ import annotations
@@ -59,6 +63,11 @@ def main() -> int:
     parser.add_argument("--pg", default=bench.DEFAULT_PG)
     parser.add_argument("--slots", type=int, default=None)
     parser.add_argument("--kits-per-site", type=int, default=None)
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="no profiler: CPU per randomization of this process and of its own database backends",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="profile_rand_"))
     name = f"profile_rand_{os.getpid()}"
@@ -103,6 +112,23 @@ def main() -> int:
         one()
         event.remove(db.write_engine, "before_cursor_execute", seen)
 
+        if args.plain:
+            meter = bench.CpuMeter([], url)
+            _, before = meter.sample()
+            t0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(args.count):
+                one()
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            _, after = meter.sample()
+            backends = meter.used(before, after)
+            meter.close()
+            print(
+                f"{args.count} randomizations in-process (Flask test client), PostgreSQL, not profiled: "
+                f"wall {1000 * wall / args.count:.2f} ms, CPU per randomization: process "
+                f"{1000 * cpu / args.count:.2f} ms + own backends {1000 * backends / args.count:.2f} ms "
+                f"= {1000 * (cpu + backends) / args.count:.2f} ms; {sum(statements.values())} statements"
+            )
+            return 0
         profiler = cProfile.Profile(time.process_time)  # CPU time, not time spent waiting
         t0, c0 = time.perf_counter(), time.process_time()
         profiler.enable()
