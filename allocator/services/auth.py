@@ -21,7 +21,7 @@ from allocator.audit import SYSTEM_CHAIN, Action, Actor
 from allocator.db import insert_if_absent, require
 from allocator.models import ApiToken, LoginSession, LoginThrottle, User
 from allocator.permissions import Access, Grant
-from allocator.services.accounts.users import active_grants
+from allocator.services.accounts.users import GRANTS_IN_FORCE, active_grants, grants_from_rows
 from allocator.services.context import ServiceContext
 from allocator.services.errors import (
     DomainError,
@@ -330,7 +330,8 @@ def _authenticated(
     )
 
 
-# The token and its user in one statement (every API request runs it).
+# The token, its user and the user's roles in force, in one statement (every API request runs it):
+# one row per role, or one row without a role.
 _BEARER = (
     select(
         ApiToken.id,
@@ -343,9 +344,15 @@ _BEARER = (
         User.is_active,
         User.must_change_password,
         User.totp_enabled_at,
+        GRANTS_IN_FORCE.c.id.label("assignment_id"),
+        GRANTS_IN_FORCE.c.role,
+        GRANTS_IN_FORCE.c.trial_id,
+        GRANTS_IN_FORCE.c.site_id,
     )
     .join(User, User.id == ApiToken.user_id)
+    .outerjoin(GRANTS_IN_FORCE, GRANTS_IN_FORCE.c.user_id == User.id)
     .where(ApiToken.token_digest == bindparam("digest"))
+    .order_by(GRANTS_IN_FORCE.c.id)
 )
 
 
@@ -370,7 +377,8 @@ def resolve_bearer(
         return result
     pending = later if later is not None else []
     now = ctx.now()
-    row = session.execute(_BEARER, {"digest": crypto.token_digest(token)}).one_or_none()
+    rows = session.connection().execute(_BEARER, {"digest": crypto.token_digest(token), "now": now}).all()
+    row = rows[0] if rows else None
     if (
         row is None
         or row.revoked_at is not None
@@ -385,7 +393,7 @@ def resolve_bearer(
         row.full_name,
         totp_enrolled=row.totp_enabled_at is not None,
         must_change_password=row.must_change_password,
-        grants=active_grants(session, row.user_id, now),
+        grants=grants_from_rows((r.assignment_id, r.role, r.trial_id, r.site_id) for r in rows),
         session_id=None,
         mfa_verified=True,
     )

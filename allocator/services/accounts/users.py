@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from email import errors, headerregistry, utils
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from allocator import crypto
@@ -266,30 +267,54 @@ def revoke_role(
 
 # Built once at import (issue 16): the request guard runs it on every request, and building an ORM
 # select and computing its cache key cost more CPU than PostgreSQL spends running it.
-_ACTIVE_GRANTS = (
-    select(RoleAssignment.id, RoleAssignment.role, RoleAssignment.trial_id, RoleAssignment.site_id)
-    .outerjoin(RoleRevocation, RoleRevocation.assignment_id == RoleAssignment.id)
-    .where(
-        RoleAssignment.user_id == bindparam("user_id"),
-        RoleRevocation.id.is_(None),
-        RoleAssignment.starts_at <= bindparam("now"),
-        (RoleAssignment.ends_at.is_(None)) | (RoleAssignment.ends_at > bindparam("now")),
+def _grants_in_force() -> Select[int, int, str, int | None, int | None]:
+    """Every role assignment in force at the bound `now`: started, not ended, not revoked."""
+    return (
+        select(
+            RoleAssignment.user_id,
+            RoleAssignment.id,
+            RoleAssignment.role,
+            RoleAssignment.trial_id,
+            RoleAssignment.site_id,
+        )
+        .outerjoin(RoleRevocation, RoleRevocation.assignment_id == RoleAssignment.id)
+        .where(
+            RoleRevocation.id.is_(None),
+            RoleAssignment.starts_at <= bindparam("now"),
+            (RoleAssignment.ends_at.is_(None)) | (RoleAssignment.ends_at > bindparam("now")),
+        )
     )
-    .order_by(RoleAssignment.id)
+
+
+_ACTIVE_GRANTS = (
+    _grants_in_force().where(RoleAssignment.user_id == bindparam("user_id")).order_by(RoleAssignment.id)
 )
+# For statements that read a user and their roles at once (the API's bearer look-up): outer-join
+# this on `user_id`, order by `assignment_id`, and give the rows to `grants_from_rows`.
+GRANTS_IN_FORCE = _grants_in_force().subquery("grants_in_force")
+
+
+def grants_from_rows(
+    rows: Iterable[tuple[int | None, str | None, int | None, int | None]],
+) -> tuple[Grant, ...]:
+    """Grants from (assignment id, role, trial id, site id) rows; a row without an assignment (an
+    outer join that found none) or with a role retired from the vocabulary grants nothing."""
+    grants = []
+    for assignment_id, role_name, trial_id, site_id in rows:
+        if assignment_id is None or role_name is None:
+            continue
+        try:
+            role = Role(role_name)
+        except ValueError:  # a role retired from the vocabulary grants nothing
+            continue
+        grants.append(Grant(role=role, trial_id=trial_id, site_id=site_id, assignment_id=assignment_id))
+    return tuple(grants)
 
 
 def active_grants(session: Session, user_id: int, now: datetime) -> tuple[Grant, ...]:
     """The user's roles in force at `now`: started, not ended, not revoked."""
     rows = session.connection().execute(_ACTIVE_GRANTS, {"user_id": user_id, "now": now})
-    grants = []
-    for row in rows:
-        try:
-            role = Role(row.role)
-        except ValueError:  # a role retired from the vocabulary grants nothing
-            continue
-        grants.append(Grant(role=role, trial_id=row.trial_id, site_id=row.site_id, assignment_id=row.id))
-    return tuple(grants)
+    return grants_from_rows((row.id, row.role, row.trial_id, row.site_id) for row in rows)
 
 
 @dataclass(frozen=True, slots=True)
