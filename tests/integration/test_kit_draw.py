@@ -1,6 +1,8 @@
 """Issue 16, point 2: the kit draw finds usable kits in a uniformly random order without reading
 the site's whole stock (rejection sampling over the id range, then a fallback read of the ids not
-yet probed when the stock is sparse), and the order stays uniform on both paths (BLD-04)."""
+yet probed when the stock is sparse), and the order stays uniform on both paths (BLD-04). On
+PostgreSQL one statement finds and locks the first usable kits among the candidates; the same
+properties are checked for that form."""
 
 from __future__ import annotations
 
@@ -100,6 +102,100 @@ def test_the_order_is_uniform_on_both_paths(usable: set[int], lo: int, hi: int) 
         first[order[0]] += 1
         second[order[1]] += 1
     for counts in (first, second):
+        assert stats.chisquare([counts[k] for k in kits]).pvalue > 1e-4, counts
+
+
+class _Row:
+    def __init__(self, kit_id: int, ord_: int) -> None:
+        self.id, self.kit_number, self.sealed_arm, self.ord = kit_id, f"K{kit_id}", b"", ord_
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.id, self.kit_number, self.sealed_arm))
+
+
+class _RowsResult(_Result):
+    def all(self) -> list[Any]:
+        return self.rows
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.rows)
+
+
+class _PostgreSQL:
+    name = "postgresql"
+
+
+class FakePostgreSQL(FakeConnection):
+    """The PostgreSQL form of the draw: one statement finds and locks the first usable kits among
+    the candidates (`_LOCK_FIRST_USABLE`); the fallback locks batches with `_LOCK_USABLE`."""
+
+    dialect = _PostgreSQL()  # type: ignore[assignment]
+
+    def execute(self, statement: object, params: dict[str, Any]) -> _Result:
+        if statement is supply_stock._LOCK_FIRST_USABLE:
+            self.calls["lock first usable"] += 1
+            found = [_Row(i, n) for n, i in enumerate(params["ids"], start=1) if i in self.usable]
+            return _RowsResult(found[: params["size"]])
+        if statement is supply_stock._LOCK_USABLE["postgresql"]:
+            self.calls["lock batch"] += 1
+            return _RowsResult([_Row(i, 0) for i in params["ids"] if i in self.usable])
+        return super().execute(statement, params)
+
+
+def _locked_order(usable: set[int], lo: int, hi: int, size: int = 12) -> tuple[list[int], FakePostgreSQL]:
+    connection = FakePostgreSQL(usable, lo, hi)
+    where = {"trial_id": 1, "site_id": 1, "needed": None}
+    batches = supply_stock._locked_in_random_order(connection, where, size)  # type: ignore[arg-type]
+    return [kit.id for batch in batches for kit in batch], connection
+
+
+def test_postgresql_draws_a_dense_stock_in_two_statements() -> None:
+    usable = set(range(1_000, 101_000, 2))
+    connection = FakePostgreSQL(usable, 1_000, 100_999)
+    where = {"trial_id": 1, "site_id": 1, "needed": None}
+    batches = supply_stock._locked_in_random_order(connection, where, 12)  # type: ignore[arg-type]
+    first = next(batches)  # what an allocation usually takes
+    assert len({kit.id for kit in first}) == 12 and {kit.id for kit in first} <= usable
+    assert connection.calls == Counter({"range": 1, "lock first usable": 1})
+
+
+@pytest.mark.parametrize(
+    ("usable", "lo", "hi", "size"),
+    [
+        (set(range(1, 51)), 1, 50, 12),  # the whole range is probed: no fallback
+        (set(range(1, 3_000, 3)), 1, 2_998, 5),  # several statements within one probe
+        ({5, 900, 1_700, 40_000, 70_001, 99_999}, 5, 99_999, 12),  # sparse: fallback
+        (set(), None, None, 12),  # no kit available at the site
+    ],
+)
+def test_postgresql_yields_every_usable_kit_exactly_once(
+    usable: set[int], lo: int, hi: int, size: int
+) -> None:
+    order, connection = _locked_order(usable, lo, hi, size)
+    assert len(order) == len(set(order)) and set(order) == usable
+    if hi is not None and hi - lo + 1 > sum(supply_stock._PROBES):
+        assert connection.calls["whole stock"] == 1
+
+
+@pytest.mark.req("BLD-04")
+@pytest.mark.parametrize(
+    ("usable", "lo", "hi", "size"),
+    [
+        ({2, 3, 5, 7, 11}, 2, 11, 2),  # dense: probes only, two statements
+        ({1, 400, 700, 1_500, 1_999}, 1, 1_999, 12),  # sparse: probes, then the fallback, mixed
+    ],
+)
+def test_postgresql_order_is_uniform_on_both_paths(usable: set[int], lo: int, hi: int, size: int) -> None:
+    kits = sorted(usable)
+    first: Counter[int] = Counter()
+    second: Counter[int] = Counter()
+    third: Counter[int] = Counter()
+    for _ in range(3_000):
+        order, _ = _locked_order(usable, lo, hi, size)
+        first[order[0]] += 1
+        second[order[1]] += 1
+        third[order[2]] += 1
+    for counts in (first, second, third):
         assert stats.chisquare([counts[k] for k in kits]).pvalue > 1e-4, counts
 
 

@@ -163,27 +163,86 @@ def draw_usable_kits(
     no concurrent allocation at the site can take the same kits."""
     connection = session.connection()
     where = {"trial_id": trial.id, "site_id": site_id, "needed": needed_until(definition, today)}
-    order = _usable_in_random_order(connection, where)
-    lock = _LOCK_USABLE[connection.dialect.name]
-
-    def batches() -> Iterator[list[arm_access.SealedKit]]:
-        size = 2 * per_arm * max(1, len(definition.arm_codes))
-        while batch := list(islice(order, size)):
-            rank = {kit_id: i for i, kit_id in enumerate(batch)}
-            rows = connection.execute(lock, {**where, "ids": batch})
-            yield sorted((arm_access.SealedKit(*row) for row in rows), key=lambda kit: rank[kit.id])
-            size *= 2
-
+    size = 2 * per_arm * max(1, len(definition.arm_codes))
+    if connection.dialect.name == "postgresql":
+        batches = _locked_in_random_order(connection, where, size)
+    else:
+        batches = _locked_batches(connection, _usable_in_random_order(connection, where), where, size)
     return arm_access.kits_by_arm_until(
         session,
         ctx,
         reader,
         trial.code,
-        batches(),
+        batches,
         definition.arm_codes,
         per_arm,
         "choosing kits for an allocation",
     )
+
+
+def _locked_batches(
+    connection: Connection, order: Iterator[int], where: dict[str, object], size: int
+) -> Iterator[list[arm_access.SealedKit]]:
+    """The kits of the ids of `order` that are still usable, locked and read in batches of
+    `size`, then twice as many each time, in the order of `order`."""
+    lock = _LOCK_USABLE[connection.dialect.name]
+    while batch := list(islice(order, size)):
+        rank = {kit_id: i for i, kit_id in enumerate(batch)}
+        rows = connection.execute(lock, {**where, "ids": batch})
+        yield sorted((arm_access.SealedKit(*row) for row in rows), key=lambda kit: rank[kit.id])
+        size *= 2
+
+
+# PostgreSQL: the first `size` usable kits among candidate ids, in the candidates' order, locked,
+# in one statement (the probe and the lock of `_usable_in_random_order` and `_locked_batches`
+# together; issue 16). LIMIT applies after the rows are locked and re-checked, so a kit changed by
+# a concurrent transaction is skipped and the next usable candidate takes its place; fewer than
+# `size` rows therefore means that no usable kit is left among the candidates given.
+_CANDIDATES = (
+    func.unnest(bindparam("ids", type_=postgresql.ARRAY(Integer)))
+    .table_valued("id", with_ordinality="ord")
+    .render_derived(name="candidates")
+)
+_LOCK_FIRST_USABLE = (
+    select(Kit.id, Kit.kit_number, Kit.sealed_arm, _CANDIDATES.c.ord)
+    .join_from(_CANDIDATES, Kit, Kit.id == _CANDIDATES.c.id)
+    .where(*_USABLE_AT_SITE)
+    .order_by(_CANDIDATES.c.ord)
+    .limit(bindparam("size"))
+    .with_for_update(of=Kit)
+)
+
+
+def _locked_in_random_order(
+    connection: Connection, where: dict[str, object], size: int
+) -> Iterator[list[arm_access.SealedKit]]:
+    """PostgreSQL: the same sequence of kits as `_locked_batches` over `_usable_in_random_order`
+    (the usable kits in the uniformly random order of the probed id range, then the others in a
+    fresh random order), each batch found and locked by one statement instead of two."""
+    lo, hi = connection.execute(_AVAILABLE_ID_RANGE, {"site_id": where["site_id"]}).one()
+    probed: set[int] = set()
+    if lo is not None and hi is not None:
+        candidates = _random_order_of_range(lo, hi)
+        for probe in _PROBES:
+            batch = list(islice(candidates, probe))
+            if not batch:
+                return  # every id of the range was probed: every usable kit was yielded
+            probed.update(batch)
+            start = 0
+            while start < len(batch):
+                rows = connection.execute(
+                    _LOCK_FIRST_USABLE, {**where, "ids": batch[start:], "size": size}
+                ).all()
+                if rows:
+                    yield [arm_access.SealedKit(row.id, row.kit_number, row.sealed_arm) for row in rows]
+                if len(rows) < size:
+                    break  # no usable kit left among this probe's candidates
+                start += rows[-1].ord  # ord counts from 1 within batch[start:]
+                size *= 2
+            if len(batch) < probe:
+                return
+    rest = [kit_id for kit_id in connection.execute(_USABLE_IDS, where).scalars() if kit_id not in probed]
+    yield from _locked_batches(connection, _random_order(rest), where, size)
 
 
 def _usable_in_random_order(connection: Connection, where: dict[str, object]) -> Iterator[int]:
