@@ -53,6 +53,8 @@ KNOWN = frozenset(
         N_("is not a date"),
         N_("unknown day"),
         N_("is not a dispensing day"),
+        # printed documents (LBL-12; allocator/services/documents.py)
+        N_("this document has been reprinted 999 times, the most allowed: use a printed copy"),
         # randomization and eligibility
         N_("the eligibility data are invalid"),
         N_("the stratification data are invalid"),
@@ -127,6 +129,7 @@ TITLES = frozenset(
         N_("The kit was already dispensed"),
         N_("Some fields are invalid"),
         N_("Conflict with the current state"),
+        N_("No more reprints of this document"),
     }
 )
 

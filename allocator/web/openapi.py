@@ -271,7 +271,8 @@ def document() -> dict[str, Any]:
                     "summary": "Print the QR-labelled dispensation sheet (pharmacist of the site; after dispensing)",
                     "description": (
                         "Printing is an action: each call records a printed document and an audit entry; "
-                        "a reprint is marked DUPLICATA and counted. Download the printed document from "
+                        "a reprint is marked DUPLICATA and counted (at most 999 reprints: the next is a "
+                        "409 reprint-limit problem and prints nothing). Download the printed document from "
                         "the Location of the answer."
                     ),
                     "operationId": "printDispensationSheet",
@@ -300,7 +301,10 @@ def document() -> dict[str, Any]:
                                 }
                             },
                         },
-                        "409": _problem_response("Nothing dispensed yet"),
+                        "409": _problem_response(
+                            "Nothing dispensed yet; or reprint-limit: the sheet was already reprinted "
+                            "999 times, the most a document may be"
+                        ),
                         **_COMMON_ERRORS,
                     },
                 }
