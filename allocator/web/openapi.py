@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from allocator.services import signatures
 from allocator.services.subjects.withdrawal import WITHDRAWAL_KINDS
 from allocator.services.unblinding import EMERGENCY_REASONS
 from allocator.version import __version__
@@ -373,9 +374,11 @@ def document() -> dict[str, Any]:
                                         "reason": {"type": "string", "minLength": 10},
                                         "password": {"type": "string", "minLength": 1, "format": "password"},
                                         "otp": {
-                                            "type": "string",
-                                            "pattern": "^[0-9]{6}$",
-                                            "description": "When a second factor is enrolled",
+                                            "type": ["string", "null"],
+                                            "pattern": signatures.CODE_PATTERN,
+                                            "description": "When a second factor is enrolled: the six "
+                                            "digits (ASCII) of the authenticator app; white space around "
+                                            "them is ignored; null or an empty string is no code",
                                         },
                                     },
                                 }
