@@ -50,6 +50,8 @@ KNOWN = frozenset(
         N_("a reason is required"),
         N_("is in the future"),
         N_("must be a date"),
+        N_("must be a date (YYYY-MM-DD)"),
+        N_("must be a date from 2000-01-01 to 2999-12-31"),  # services/periods.py
         N_("is not a date"),
         N_("unknown day"),
         N_("is not a dispensing day"),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from allocator.services import signatures
+from allocator.audit import Action
+from allocator.services import periods, signatures
+from allocator.services.audit_trail import MAX_FILTER_TEXT
 from allocator.services.subjects.withdrawal import WITHDRAWAL_KINDS
 from allocator.services.unblinding import EMERGENCY_REASONS
 from allocator.version import __version__
@@ -43,6 +45,29 @@ _IDEMPOTENCY_KEY = {
 # slash or non-character (allocator/web/hygiene.py answers 404 for those).
 _IDENTIFIER = "^[^\\x00-\\x1f\\x7f-\\x9f/]+$"
 _TEXT = {"type": "string", "minLength": 1}
+# A query value holds no control character (tab, line feed and carriage return aside) and no
+# non-character (allocator/web/hygiene.py answers 422 naming the parameter).
+_QUERY_TEXT = "^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f\\ufdd0-\\ufdef\\ufffe\\uffff]*$"
+
+
+def _audit_text(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "schema": {"type": "string", "maxLength": MAX_FILTER_TEXT, "pattern": _QUERY_TEXT},
+        "description": f"{description}; exact match, at most {MAX_FILTER_TEXT} characters",
+    }
+
+
+def _audit_date(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "schema": {"type": "string", "format": "date", "pattern": periods.DATE_PATTERN},
+        "description": f"{description} (YYYY-MM-DD, years {periods.FIRST_YEAR} to {periods.LAST_YEAR})",
+    }
+
+
 _TIME = {"type": "string", "format": "date-time"}
 
 _SUBJECT = {
@@ -123,16 +148,17 @@ def document() -> dict[str, Any]:
                             "in": "query",
                             "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
                         },
-                        {"name": "user", "in": "query", "schema": {"type": "string", "maxLength": 200}},
-                        {"name": "action", "in": "query", "schema": {"type": "string", "maxLength": 200}},
+                        _audit_text("user", "The actor's user name"),
                         {
-                            "name": "object_type",
+                            "name": "action",
                             "in": "query",
-                            "schema": {"type": "string", "maxLength": 200},
+                            "schema": {"type": "string", "enum": sorted(a.value for a in Action)},
+                            "description": "One audited action",
                         },
-                        {"name": "object_id", "in": "query", "schema": {"type": "string", "maxLength": 200}},
-                        {"name": "since", "in": "query", "schema": {"type": "string", "format": "date"}},
-                        {"name": "until", "in": "query", "schema": {"type": "string", "format": "date"}},
+                        _audit_text("object_type", "e.g. subject, kit, printed_document"),
+                        _audit_text("object_id", "e.g. a subject number"),
+                        _audit_date("since", "From this UTC date"),
+                        _audit_date("until", "To this UTC date, inclusive"),
                     ],
                     "responses": {
                         "200": {

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pytest
 from flask import Flask
+from jsonschema import Draft202012Validator
 from sqlalchemy import func, select
 
 import kits as kitlib
@@ -344,8 +345,6 @@ def _otp_schema() -> dict[str, object]:
 
 @pytest.mark.req("UNB-04")
 def test_the_otp_document_admits_exactly_what_the_service_strips() -> None:
-    from jsonschema import Draft202012Validator
-
     from allocator.web.hygiene import bad_character
 
     validator = Draft202012Validator(_otp_schema())
@@ -402,3 +401,55 @@ def test_a_good_code_between_spaces_signs_the_unblinding(
         "POST", f"/api/v1/trials/{TRIAL}/subjects/{subject}/unblind", _unblind_body(f"\u00a0{code}\t")
     )
     assert status == 200 and answer["subject_number"] == subject, answer
+
+
+# --- The audit filters: the service and the OpenAPI document refuse the same values ------------
+
+
+def _audit_parameter(name: str) -> Draft202012Validator:
+    from allocator.web.openapi import document
+
+    (parameter,) = [
+        p for p in document()["paths"]["/trials/{trial}/audit"]["get"]["parameters"] if p["name"] == name
+    ]
+    return Draft202012Validator(parameter["schema"], format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+@pytest.mark.req("AUD-05")
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("until", "9999-12-31"),  # was a 500: the day after the period overflowed
+        ("since", "0001-01-01"),
+        ("since", "20260301"),  # date.fromisoformat reads these; the document does not
+        ("since", "2026-W10-1"),
+        ("until", "2026-02-30"),
+        ("user", "u" * 201),
+        ("object_type", "t" * 201),
+        ("object_id", "i" * 201),
+        ("action", "subject.eaten"),
+    ],
+)
+def test_an_audit_filter_the_document_refuses_is_a_422_naming_it(
+    monitor: Call, name: str, value: str
+) -> None:
+    assert not _audit_parameter(name).is_valid(value)
+    status, problem = monitor("GET", f"/api/v1/trials/{TRIAL}/audit?{name}={value}")
+    assert status == 422 and fields(problem) == {name}, problem
+
+
+@pytest.mark.req("AUD-05")
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("since", "2000-01-01"),
+        ("until", "2999-12-31"),
+        ("user", "u" * 200),
+        ("object_id", "P1-001"),
+        ("action", "subject.randomized"),
+    ],
+)
+def test_an_audit_filter_the_document_admits_is_served(monitor: Call, name: str, value: str) -> None:
+    assert _audit_parameter(name).is_valid(value)
+    status, answer = monitor("GET", f"/api/v1/trials/{TRIAL}/audit?{name}={value}")
+    assert status == 200 and "entries" in answer, answer
