@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import getpass
 import html
+import json
 import os
 import secrets
 import shutil
@@ -37,6 +38,7 @@ from allocator.services.errors import DomainError
 from allocator.services.lists import approval, generation, integrity, quality
 from allocator.services.supply import kit_lists, shipments
 from allocator.settings import SERVE_THREADS, Environment, Settings, SettingsError
+from allocator.web.hygiene import MAX_URL_BYTES
 
 DEMO_TRIAL = "ifn-gamma-pais"  # shipped with the package (allocator.resources)
 
@@ -562,6 +564,66 @@ def hide_server_header() -> None:
     wsgi.Response = QuietResponse
 
 
+# gunicorn's own refusals, made before the application sees the request (issue 14: every error from
+# anywhere in the stack is a problem document). Slugs and titles are those the application gives the
+# same statuses (allocator/web/errors.py names them after werkzeug's exceptions); the details are
+# plain words of our own, never gunicorn's message, which quotes the client's bytes.
+_GUNICORN_REFUSALS: dict[int, tuple[str, str, str]] = {
+    400: ("bad-request", "Bad Request", "The request is not valid HTTP: check its request line and headers."),
+    403: ("forbidden", "Forbidden", "The request was refused before it reached the service."),
+    414: (
+        "request-uri-too-long",
+        "Request URI Too Long",
+        f"The request line is too long: the path and query may be at most {MAX_URL_BYTES} bytes.",
+    ),
+    417: ("expectation-failed", "Expectation Failed", "The request's Expect header cannot be met."),
+    431: (
+        "request-header-fields-too-large",
+        "Request Header Fields Too Large",
+        "The request has too many header fields (at most 100), or one longer than 8190 bytes.",
+    ),
+    501: ("not-implemented", "Not Implemented", "The request's transfer coding is not supported."),
+}
+_GUNICORN_INTERNAL = ("internal-error", "Internal error", "The request could not be handled.")
+
+
+def gunicorn_problem(status: int, reason: str) -> bytes:
+    """The whole HTTP response gunicorn writes for a request it refuses itself: a problem document
+    (RFC 9457) instead of its HTML page, with the headers the application puts on every answer."""
+    slug, title, detail = _GUNICORN_REFUSALS.get(status, _GUNICORN_INTERNAL)
+    if status not in _GUNICORN_REFUSALS and status < 500:
+        slug, title, detail = "bad-request", reason, "The request cannot be processed."
+    body = json.dumps(
+        {"type": f"urn:allocator:problem:{slug}", "title": title, "status": status, "detail": detail}
+    ).encode("ascii")
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\n"
+        "Connection: close\r\n"
+        "Content-Type: application/problem+json\r\n"
+        "Cache-Control: no-store\r\n"
+        "X-Content-Type-Options: nosniff\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode("latin-1") + body
+
+
+def refuse_with_problems() -> None:
+    """gunicorn answers what it refuses itself (a request line over its 8190-byte limit, too many or
+    too large headers, a request that is not HTTP) with an HTML page written by `util.write_error`,
+    which its workers look up at each refusal; replace it for this process (issue 14)."""
+    from gunicorn import util  # noqa: PLC0415 - only the serving commands need it
+
+    if getattr(util.write_error, "allocator_problem", False):
+        return
+
+    def write_problem(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+        del mesg  # gunicorn's words quote the client's bytes; the problem document says its own
+        util.write_nonblock(sock, gunicorn_problem(status_int, reason))
+
+    write_problem.allocator_problem = True  # type: ignore[attr-defined]
+    util.write_error = write_problem
+
+
 def _serve(settings: Settings, host: str, port: int, *, workers: int) -> None:
     from gunicorn.app.base import BaseApplication  # noqa: PLC0415 - only the serving commands need it
 
@@ -576,14 +638,16 @@ def _serve(settings: Settings, host: str, port: int, *, workers: int) -> None:
             self.cfg.set("accesslog", None)  # the app logs every request as structured JSON
             self.cfg.set("timeout", 60)
             self.cfg.set("graceful_timeout", 10)
-            # gunicorn's own 414 is an HTML page; let the app refuse long lines (over 4096 bytes)
-            # with a problem document instead (issue 14).
+            # The app refuses lines over 4096 bytes with its own problem document (issue 14);
+            # gunicorn's hard limit is 8190, and what it refuses is a problem too
+            # (refuse_with_problems).
             self.cfg.set("limit_request_line", 8190)
 
         def load(self) -> Any:
             return create_app(replace(settings))
 
     hide_server_header()
+    refuse_with_problems()
     _Server().run()
 
 

@@ -26,6 +26,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 import stat
 from collections.abc import Iterable, Mapping
@@ -620,6 +621,20 @@ def password_needs_rehash(password_hash: str, params: PasswordHashing) -> bool:
 
 TOTP_DIGITS = 6
 TOTP_STEP = 30
+# What may surround a typed or pasted code and is ignored: the white space `str.strip()` removes,
+# less the control characters (VT, FF, U+001C-U+001F, U+0085) that the API refuses in any body
+# (allocator/web/hygiene.py). The OpenAPI document states the same pattern (TOTP_CODE_PATTERN).
+TOTP_SPACES = "\t\n\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+TOTP_CODE_PATTERN = f"^[{TOTP_SPACES}]*([0-9]{{{TOTP_DIGITS}}})[{TOTP_SPACES}]*$"
+_TOTP_CODE = re.compile(TOTP_CODE_PATTERN)
+
+
+def totp_code(text: str) -> str | None:
+    """The six ASCII digits of a typed code (spaces around it ignored), or None when `text` is not
+    one. Only ASCII digits: `str.isdigit()` also admits "²" or Arabic-Indic digits, which the TOTP
+    check cannot encode (a 500 before issue 14's longer fuzz run)."""
+    match = _TOTP_CODE.fullmatch(text)
+    return match.group(1) if match else None
 
 
 def new_totp_secret() -> bytes:
@@ -640,7 +655,8 @@ def totp_verify(secret: bytes, code: str, at: datetime, *, last_step: int | None
     Returns the accepted time step, or None. A step at or before `last_step` is refused so that a
     code cannot be replayed (RFC 6238 §5.2).
     """
-    if not (code.isdigit() and len(code) == TOTP_DIGITS):
+    digits = totp_code(code)
+    if digits is None:
         return None
     now_step = int(at.timestamp()) // TOTP_STEP
     otp = _totp(secret)
@@ -648,7 +664,7 @@ def totp_verify(secret: bytes, code: str, at: datetime, *, last_step: int | None
         if last_step is not None and step <= last_step:
             continue
         try:
-            otp.verify(code.encode("ascii"), step * TOTP_STEP)
+            otp.verify(digits.encode("ascii"), step * TOTP_STEP)
         except InvalidToken:
             continue
         return step

@@ -34,7 +34,7 @@ from kits.errors import (
     WrongTrialError,
 )
 from kits.labels import IMMEDIATE_LAYOUT, OUTER_LAYOUT, LabelKind, LabelLayout, render_label_sheet
-from kits.model import Bilingual, DocumentMeta, Expiry, KitLabel, TrialLabelInfo
+from kits.model import MAX_REPRINT_NUMBER, Bilingual, DocumentMeta, Expiry, KitLabel, TrialLabelInfo
 from kits.numbers import (
     KIT_NUMBER_LENGTH,
     format_kit_number,
@@ -56,6 +56,7 @@ from kits.sheet import DispensationRow, DispensationSheet, ElectronicSignature, 
 __all__ = [
     "IMMEDIATE_LAYOUT",
     "KIT_NUMBER_LENGTH",
+    "MAX_REPRINT_NUMBER",
     "OUTER_LAYOUT",
     "PAYLOAD_PATTERN",
     "BadMacError",

@@ -17,6 +17,11 @@ from kits.numbers import normalize_kit_number
 from kits.payload import parse_payload, validate_trial_code, validate_unit
 from kits.text import check_optional, check_printable, check_required
 
+# LBL-12: the duplicate marking of every document is laid out for reprint numbers of up to three
+# digits (the test-mode status line of a dispensation sheet shrinks to fit no. 999); the services
+# refuse a further reprint before rendering it (allocator/services/documents.py).
+MAX_REPRINT_NUMBER = 999
+
 _EU_CT = re.compile(r"\d{4}-\d{6}-\d{2}-\d{2}")
 _NCT = re.compile(r"NCT\d{8}")
 _PHONE = re.compile(r"\+?[0-9][0-9 .()/-]{5,28}[0-9]")
@@ -91,8 +96,10 @@ class DocumentMeta:
         check_aware(self.created_at, "document creation time")
         if not isinstance(self.reprint_number, int) or isinstance(self.reprint_number, bool):
             raise LabelDataError("reprint number must be an integer")
-        if not 0 <= self.reprint_number <= 999:
-            raise LabelDataError(f"reprint number {self.reprint_number} must be between 0 and 999")
+        if not 0 <= self.reprint_number <= MAX_REPRINT_NUMBER:
+            raise LabelDataError(
+                f"reprint number {self.reprint_number} must be between 0 and {MAX_REPRINT_NUMBER}"
+            )
 
     @property
     def is_reprint(self) -> bool:

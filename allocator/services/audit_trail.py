@@ -20,15 +20,18 @@ from allocator.audit import Action, Actor
 from allocator.models import AuditEvent, Signature, Site, Trial
 from allocator.permissions import Scope
 from allocator.printing.safe_csv import csv_text
-from allocator.services import arm_access, signatures
+from allocator.services import arm_access, periods, signatures
 from allocator.services.context import ServiceContext
 from allocator.services.errors import FieldProblem, ValidationFailed
 
 MAX_PAGE = 1000
+MAX_FILTER_TEXT = 200  # user, object_type, object_id
 
 
 @dataclass(frozen=True, slots=True)
 class AuditFilter:
+    """The filters of the audit trail (page, CSV, API). The OpenAPI document states each bound."""
+
     username: str | None = None
     action: str | None = None
     object_type: str | None = None
@@ -39,26 +42,25 @@ class AuditFilter:
     @classmethod
     def parse(cls, args: dict[str, str]) -> AuditFilter:
         """From query-string values; raises ValidationFailed naming the field."""
-        problems = []
-        dates: dict[str, date | None] = {}
-        for key in ("since", "until"):
-            raw = (args.get(key) or "").strip()
-            try:
-                dates[key] = date.fromisoformat(raw) if raw else None
-            except ValueError:
-                problems.append(FieldProblem(key, "must be a date (YYYY-MM-DD)"))
+        problems: list[FieldProblem] = []
+        since, until = (periods.period_date(args, key, problems) for key in ("since", "until"))
+        texts = {}
+        for key in ("user", "object_type", "object_id"):
+            texts[key] = (args.get(key) or "").strip() or None
+            if texts[key] is not None and len(texts[key] or "") > MAX_FILTER_TEXT:
+                problems.append(FieldProblem(key, f"must be at most {MAX_FILTER_TEXT} characters long"))
         action = (args.get("action") or "").strip() or None
         if action is not None and action not in {a.value for a in Action}:
             problems.append(FieldProblem("action", f"{action!r} is not an audited action"))
         if problems:
             raise ValidationFailed("invalid audit filter", errors=problems)
         return cls(
-            username=(args.get("user") or "").strip() or None,
+            username=texts["user"],
             action=action,
-            object_type=(args.get("object_type") or "").strip() or None,
-            object_id=(args.get("object_id") or "").strip() or None,
-            since=dates["since"],
-            until=dates["until"],
+            object_type=texts["object_type"],
+            object_id=texts["object_id"],
+            since=since,
+            until=until,
         )
 
     def query_args(self) -> dict[str, str]:

@@ -566,7 +566,7 @@ def confirm_totp_enrollment(
                 errors=[FieldProblem("password", "is wrong")],
             )
         secret = _open_ticket(ctx, user, ticket)
-        step = crypto.totp_verify(secret, code.strip(), now, last_step=None)
+        step = crypto.totp_verify(secret, code, now, last_step=None)
         if step is None:
             raise ValidationFailed(
                 "the code does not match",
@@ -602,7 +602,7 @@ def check_totp(ctx: ServiceContext, session: Session, user: User, code: str, now
         user.totp_secret_sealed,
         _totp_binding(user.username, "totp_secret"),
     )
-    step = crypto.totp_verify(secret, code.strip(), now, last_step=user.totp_last_step)
+    step = crypto.totp_verify(secret, code, now, last_step=user.totp_last_step)
     if step is None:
         return False
     user.totp_last_step = step

@@ -477,7 +477,7 @@ def reprint_document(
             items.append(_Printed(sheet, kit, previous.sheet_number if previous else None))
         if not items:
             raise Conflict(f"every sheet of {original} was replaced: reprint the replacements instead")
-        reprint_number = (
+        reprint_number = services_documents.checked_reprint_number(
             session.execute(
                 select(func.count())
                 .select_from(PrintedDocument)

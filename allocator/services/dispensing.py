@@ -321,11 +321,13 @@ def dispensation_sheet(
                     planned_date=planned_date(definition, subject.randomized_at, day),
                 )
             )
-        previous = session.execute(
-            select(func.count())
-            .select_from(PrintedDocument)
-            .where(PrintedDocument.subject_id == subject.id, PrintedDocument.kind == "dispensation_sheet")
-        ).scalar_one()
+        previous = documents.checked_reprint_number(
+            session.execute(
+                select(func.count())
+                .select_from(PrintedDocument)
+                .where(PrintedDocument.subject_id == subject.id, PrintedDocument.kind == "dispensation_sheet")
+            ).scalar_one()
+        )
         original = session.execute(
             select(PrintedDocument.document_id)
             .where(PrintedDocument.subject_id == subject.id, PrintedDocument.kind == "dispensation_sheet")

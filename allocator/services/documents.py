@@ -13,6 +13,21 @@ from sqlalchemy.orm import Session
 from allocator.audit import Action, Actor
 from allocator.models import PrintedDocument, Trial
 from allocator.services.context import ServiceContext
+from allocator.services.errors import ReprintLimitReached
+from kits import MAX_REPRINT_NUMBER
+
+# Shown to site staff (allocator/web/messages.py translates it); the number is MAX_REPRINT_NUMBER.
+REPRINT_LIMIT_MESSAGE = "this document has been reprinted 999 times, the most allowed: use a printed copy"
+
+
+def checked_reprint_number(number: int) -> int:
+    """`number` (0 for an original, n for the n-th reprint) when it can be printed; else
+    ReprintLimitReached (409), raised before anything is rendered or written. Every document
+    carries its reprint number in its duplicate marking (LBL-12), laid out for at most
+    MAX_REPRINT_NUMBER (999) reprints: the 1000th is refused in plain words, never a 500."""
+    if number > MAX_REPRINT_NUMBER:
+        raise ReprintLimitReached(REPRINT_LIMIT_MESSAGE)
+    return number
 
 
 def next_document_id(session: Session, trial: Trial, prefix: str) -> str:

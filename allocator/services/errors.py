@@ -74,6 +74,11 @@ class DefinitionLocked(Conflict):
     title = "The trial definition cannot change this way"
 
 
+class ReprintLimitReached(Conflict):
+    slug = "reprint-limit"
+    title = "No more reprints of this document"
+
+
 class AlreadyExists(Conflict):
     slug = "already-exists"
     title = "Already exists"

@@ -40,6 +40,16 @@ class SignatureRequest:
     totp: str | None = None
 
 
+# The API's document states it (allocator/web/openapi.py): six ASCII digits, spaces around ignored.
+CODE_PATTERN = f"^$|{crypto.TOTP_CODE_PATTERN}"
+
+
+def well_formed_code(code: str) -> bool:
+    """Whether a typed second-factor code can be one at all (six ASCII digits, the white space
+    around it ignored); the empty string stands for no code."""
+    return code == "" or crypto.totp_code(code) is not None
+
+
 @dataclass(frozen=True, slots=True)
 class Manifestation:
     """The human-readable form shown on screens and printed on PDFs (21 CFR 11.50)."""

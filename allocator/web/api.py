@@ -264,6 +264,11 @@ def unblind(trial: str, subject: str) -> Response:
             errors=[FieldProblem(k, "must be a string") for k in sorted(wrong_type)],
         )
     problems = [FieldProblem(key, "is not accepted") for key in sorted(set(body) - _UNBLIND_FIELDS)]
+    otp = body.get("otp")
+    if isinstance(otp, str) and not signatures.well_formed_code(otp):
+        # What the OpenAPI document states (signatures.CODE_PATTERN), whether a factor is enrolled
+        # or not: a code that cannot be one is a 422, before any password is checked.
+        problems.append(FieldProblem("otp", "must be the 6 digits shown by the authenticator app"))
     if problems:
         raise ValidationFailed("invalid unblinding request", errors=problems)
 

@@ -50,9 +50,13 @@ KNOWN = frozenset(
         N_("a reason is required"),
         N_("is in the future"),
         N_("must be a date"),
+        N_("must be a date (YYYY-MM-DD)"),
+        N_("must be a date from 2000-01-01 to 2999-12-31"),  # services/periods.py
         N_("is not a date"),
         N_("unknown day"),
         N_("is not a dispensing day"),
+        # printed documents (LBL-12; allocator/services/documents.py)
+        N_("this document has been reprinted 999 times, the most allowed: use a printed copy"),
         # randomization and eligibility
         N_("the eligibility data are invalid"),
         N_("the stratification data are invalid"),
@@ -127,6 +131,7 @@ TITLES = frozenset(
         N_("The kit was already dispensed"),
         N_("Some fields are invalid"),
         N_("Conflict with the current state"),
+        N_("No more reprints of this document"),
     }
 )
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from allocator.audit import Action
+from allocator.services import periods, signatures
+from allocator.services.audit_trail import MAX_FILTER_TEXT
 from allocator.services.subjects.withdrawal import WITHDRAWAL_KINDS
 from allocator.services.unblinding import EMERGENCY_REASONS
 from allocator.version import __version__
@@ -42,6 +45,29 @@ _IDEMPOTENCY_KEY = {
 # slash or non-character (allocator/web/hygiene.py answers 404 for those).
 _IDENTIFIER = "^[^\\x00-\\x1f\\x7f-\\x9f/]+$"
 _TEXT = {"type": "string", "minLength": 1}
+# A query value holds no control character (tab, line feed and carriage return aside) and no
+# non-character (allocator/web/hygiene.py answers 422 naming the parameter).
+_QUERY_TEXT = "^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f\\ufdd0-\\ufdef\\ufffe\\uffff]*$"
+
+
+def _audit_text(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "schema": {"type": "string", "maxLength": MAX_FILTER_TEXT, "pattern": _QUERY_TEXT},
+        "description": f"{description}; exact match, at most {MAX_FILTER_TEXT} characters",
+    }
+
+
+def _audit_date(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "schema": {"type": "string", "format": "date", "pattern": periods.DATE_PATTERN},
+        "description": f"{description} (YYYY-MM-DD, years {periods.FIRST_YEAR} to {periods.LAST_YEAR})",
+    }
+
+
 _TIME = {"type": "string", "format": "date-time"}
 
 _SUBJECT = {
@@ -122,16 +148,17 @@ def document() -> dict[str, Any]:
                             "in": "query",
                             "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
                         },
-                        {"name": "user", "in": "query", "schema": {"type": "string", "maxLength": 200}},
-                        {"name": "action", "in": "query", "schema": {"type": "string", "maxLength": 200}},
+                        _audit_text("user", "The actor's user name"),
                         {
-                            "name": "object_type",
+                            "name": "action",
                             "in": "query",
-                            "schema": {"type": "string", "maxLength": 200},
+                            "schema": {"type": "string", "enum": sorted(a.value for a in Action)},
+                            "description": "One audited action",
                         },
-                        {"name": "object_id", "in": "query", "schema": {"type": "string", "maxLength": 200}},
-                        {"name": "since", "in": "query", "schema": {"type": "string", "format": "date"}},
-                        {"name": "until", "in": "query", "schema": {"type": "string", "format": "date"}},
+                        _audit_text("object_type", "e.g. subject, kit, printed_document"),
+                        _audit_text("object_id", "e.g. a subject number"),
+                        _audit_date("since", "From this UTC date"),
+                        _audit_date("until", "To this UTC date, inclusive"),
                     ],
                     "responses": {
                         "200": {
@@ -271,7 +298,8 @@ def document() -> dict[str, Any]:
                     "summary": "Print the QR-labelled dispensation sheet (pharmacist of the site; after dispensing)",
                     "description": (
                         "Printing is an action: each call records a printed document and an audit entry; "
-                        "a reprint is marked DUPLICATA and counted. Download the printed document from "
+                        "a reprint is marked DUPLICATA and counted (at most 999 reprints: the next is a "
+                        "409 reprint-limit problem and prints nothing). Download the printed document from "
                         "the Location of the answer."
                     ),
                     "operationId": "printDispensationSheet",
@@ -300,7 +328,10 @@ def document() -> dict[str, Any]:
                                 }
                             },
                         },
-                        "409": _problem_response("Nothing dispensed yet"),
+                        "409": _problem_response(
+                            "Nothing dispensed yet; or reprint-limit: the sheet was already reprinted "
+                            "999 times, the most a document may be"
+                        ),
                         **_COMMON_ERRORS,
                     },
                 }
@@ -369,9 +400,11 @@ def document() -> dict[str, Any]:
                                         "reason": {"type": "string", "minLength": 10},
                                         "password": {"type": "string", "minLength": 1, "format": "password"},
                                         "otp": {
-                                            "type": "string",
-                                            "pattern": "^[0-9]{6}$",
-                                            "description": "When a second factor is enrolled",
+                                            "type": ["string", "null"],
+                                            "pattern": signatures.CODE_PATTERN,
+                                            "description": "When a second factor is enrolled: the six "
+                                            "digits (ASCII) of the authenticator app; white space around "
+                                            "them is ignored; null or an empty string is no code",
                                         },
                                     },
                                 }

@@ -8,10 +8,11 @@ from collections.abc import Callable
 
 import pytest
 from flask import Flask
+from jsonschema import Draft202012Validator
 from sqlalchemy import func, select
 
 import kits as kitlib
-from allocator import audit
+from allocator import audit, crypto
 from allocator.models import AuditEvent, ScreeningEntry, Subject
 from allocator.permissions import Scope
 from allocator.services import dispensing, signatures
@@ -19,7 +20,17 @@ from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
 from allocator.services.subjects import randomize
 from allocator.services.supply import kit_rules
-from tests.support import CLI_ACTOR, ELIGIBLE, GOOD_PASSWORD, ReadyTrial, make_actor, ready_trial
+from tests.support import (
+    CLI_ACTOR,
+    ELIGIBLE,
+    GOOD_PASSWORD,
+    Clock,
+    ReadyTrial,
+    enroll_totp,
+    make_actor,
+    ready_trial,
+)
+from tests.support import randomization as randomize_one
 
 TRIAL = "IFNG-PAIS"
 ALL = Scope(all_sites=True, site_ids=frozenset())
@@ -309,3 +320,136 @@ def test_405_is_a_problem_with_allow(app: Flask, ctx: ServiceContext, world: Rea
 def test_an_overlong_request_line_is_a_414_problem(investigator: Call) -> None:
     status, problem = investigator("GET", f"/api/v1/trials/{TRIAL}/subjects/{'P' * 5000}")
     assert status == 414 and problem["status"] == 414
+
+
+# --- The second-factor code of an unblinding: exactly what the OpenAPI document states ----------
+
+
+def _unblind_body(otp: object) -> str:
+    return json.dumps(
+        {
+            "reason_category": "other_medical_emergency",
+            "reason": "anaphylaxis after the second dose, treatment decision",
+            "password": GOOD_PASSWORD,
+            "otp": otp,
+        }
+    )
+
+
+def _otp_schema() -> dict[str, object]:
+    from allocator.web.openapi import document
+
+    body = document()["paths"]["/trials/{trial}/subjects/{subject}/unblind"]["post"]["requestBody"]
+    return body["content"]["application/json"]["schema"]["properties"]["otp"]
+
+
+@pytest.mark.req("UNB-04")
+def test_the_otp_document_admits_exactly_what_the_service_strips() -> None:
+    from allocator.web.hygiene import bad_character
+
+    validator = Draft202012Validator(_otp_schema())
+    # Whatever str.strip() removes and the body check lets through may surround the six digits.
+    spaces = [chr(c) for c in range(0x110000) if chr(c).isspace() and not bad_character(chr(c))]
+    assert spaces and "\u00a0" in spaces and "\t" in spaces
+    for space in spaces:
+        assert validator.is_valid(f"{space}123456{space}{space}"), hex(ord(space))
+    for good in ("123456", "", None):
+        assert validator.is_valid(good), good
+    for bad in ("12345", "1234567", "123 456", "abcdef", "\u00b2" * 6, "\u0661" * 6, "\x0b123456", " "):
+        assert not validator.is_valid(bad), bad
+
+
+@pytest.mark.req("UNB-04")
+@pytest.mark.parametrize(
+    "otp",
+    ["\u00b2" * 6, "\u0661\u0662\u0663\u0664\u0665\u0666", "\uff11" * 6, "12345", "123 456", " "],
+    ids=["superscripts", "arabic-indic", "full-width", "short", "inner-space", "blank"],
+)
+def test_an_unblinding_with_a_malformed_code_is_a_422_naming_otp(
+    app: Flask,
+    ctx: ServiceContext,
+    world: ReadyTrial,
+    clock: Clock,
+    otp: str,
+) -> None:
+    """Non-ASCII digits passed str.isdigit() and failed at encode("ascii"): a 500 for an enrolled
+    investigator. A code that cannot be one is now refused whatever the enrolment."""
+    subject = randomize_one(ctx, world.investigator, "P1-0001").subject_number
+    assert world.investigator.user_id is not None
+    enroll_totp(ctx, world.investigator.user_id, clock)
+    call = _caller(app, users.create_token(ctx, CLI_ACTOR, "inv-p1", "edc").token)
+    before = counts(ctx)
+    status, problem = call("POST", f"/api/v1/trials/{TRIAL}/subjects/{subject}/unblind", _unblind_body(otp))
+    assert status == 422 and fields(problem) == {"otp"}, problem
+    assert counts(ctx) == before
+
+
+@pytest.mark.req("UNB-04")
+def test_a_good_code_between_spaces_signs_the_unblinding(
+    app: Flask,
+    ctx: ServiceContext,
+    world: ReadyTrial,
+    clock: Clock,
+) -> None:
+    subject = randomize_one(ctx, world.investigator, "P1-0001").subject_number
+    assert world.investigator.user_id is not None
+    secret = enroll_totp(ctx, world.investigator.user_id, clock)
+    clock.advance(seconds=60)
+    call = _caller(app, users.create_token(ctx, CLI_ACTOR, "inv-p1", "edc").token)
+    code = crypto.totp_now(secret, clock())
+    status, answer = call(
+        "POST", f"/api/v1/trials/{TRIAL}/subjects/{subject}/unblind", _unblind_body(f"\u00a0{code}\t")
+    )
+    assert status == 200 and answer["subject_number"] == subject, answer
+
+
+# --- The audit filters: the service and the OpenAPI document refuse the same values ------------
+
+
+def _audit_parameter(name: str) -> Draft202012Validator:
+    from allocator.web.openapi import document
+
+    (parameter,) = [
+        p for p in document()["paths"]["/trials/{trial}/audit"]["get"]["parameters"] if p["name"] == name
+    ]
+    return Draft202012Validator(parameter["schema"], format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+@pytest.mark.req("AUD-05")
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("until", "9999-12-31"),  # was a 500: the day after the period overflowed
+        ("since", "0001-01-01"),
+        ("since", "20260301"),  # date.fromisoformat reads these; the document does not
+        ("since", "2026-W10-1"),
+        ("until", "2026-02-30"),
+        ("user", "u" * 201),
+        ("object_type", "t" * 201),
+        ("object_id", "i" * 201),
+        ("action", "subject.eaten"),
+    ],
+)
+def test_an_audit_filter_the_document_refuses_is_a_422_naming_it(
+    monitor: Call, name: str, value: str
+) -> None:
+    assert not _audit_parameter(name).is_valid(value)
+    status, problem = monitor("GET", f"/api/v1/trials/{TRIAL}/audit?{name}={value}")
+    assert status == 422 and fields(problem) == {name}, problem
+
+
+@pytest.mark.req("AUD-05")
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("since", "2000-01-01"),
+        ("until", "2999-12-31"),
+        ("user", "u" * 200),
+        ("object_id", "P1-001"),
+        ("action", "subject.randomized"),
+    ],
+)
+def test_an_audit_filter_the_document_admits_is_served(monitor: Call, name: str, value: str) -> None:
+    assert _audit_parameter(name).is_valid(value)
+    status, answer = monitor("GET", f"/api/v1/trials/{TRIAL}/audit?{name}={value}")
+    assert status == 200 and "entries" in answer, answer

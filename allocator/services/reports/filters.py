@@ -13,6 +13,7 @@ from sqlalchemy import select
 import kits as kitlib
 from allocator.models import Site
 from allocator.permissions import Scope
+from allocator.services import periods
 from allocator.services.context import ServiceContext
 from allocator.services.errors import FieldProblem, ValidationFailed
 from allocator.services.lookups import current_definition, get_trial
@@ -22,7 +23,6 @@ from kits.pdf import utc_text
 
 WORKDAY = (8, 20)  # default working hours, site local time (AUD-09 "outside working hours")
 _SITE = re.compile(r"^[A-Za-z0-9-]{1,10}$")
-_FIRST_YEAR, _LAST_YEAR = 2000, 2999
 
 
 def time_text(moment: datetime | None) -> str:
@@ -60,22 +60,7 @@ class ReportFilter:
     def parse(cls, args: Mapping[str, str]) -> ReportFilter:
         """From query-string values; raises ValidationFailed naming every bad field."""
         problems: list[FieldProblem] = []
-        dates: dict[str, date | None] = {}
-        for key in ("since", "until"):
-            raw = (args.get(key) or "").strip()
-            dates[key] = None
-            if not raw:
-                continue
-            try:
-                value = date.fromisoformat(raw)
-            except ValueError:
-                problems.append(FieldProblem(key, "must be a date (YYYY-MM-DD)"))
-                continue
-            if not _FIRST_YEAR <= value.year <= _LAST_YEAR:
-                problems.append(FieldProblem(key, f"must be between {_FIRST_YEAR} and {_LAST_YEAR}"))
-                continue
-            dates[key] = value
-        since, until = dates["since"], dates["until"]
+        since, until = (periods.period_date(args, key, problems) for key in ("since", "until"))
         if since is not None and until is not None and until < since:
             problems.append(FieldProblem("until", "is before the start of the period"))
         site = (args.get("site") or "").strip() or None

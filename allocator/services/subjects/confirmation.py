@@ -35,13 +35,16 @@ def confirmation_pdf(
             kit = session.get(Kit, row.kit_id)
             if kit is not None:
                 kit_rows.append(kitlib.ConfirmedKit(labels[day], kit.kit_number))
-        previous = session.execute(
-            select(func.count())
-            .select_from(PrintedDocument)
-            .where(
-                PrintedDocument.subject_id == subject.id, PrintedDocument.kind == "randomization_confirmation"
-            )
-        ).scalar_one()
+        previous = documents.checked_reprint_number(
+            session.execute(
+                select(func.count())
+                .select_from(PrintedDocument)
+                .where(
+                    PrintedDocument.subject_id == subject.id,
+                    PrintedDocument.kind == "randomization_confirmation",
+                )
+            ).scalar_one()
+        )
         document_id = documents.next_document_id(session, trial, "RAND")
         pdf = kitlib.render_randomization_confirmation(
             kit_rules.label_info(definition, ctx.settings.env),

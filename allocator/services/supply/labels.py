@@ -123,7 +123,9 @@ def print_kit_labels(
             )
         document_id = next_document_id(session, trial, "LBL")
         meta = kitlib.DocumentMeta(
-            document_id=document_id, created_at=now, reprint_number=max(printed_before.values())
+            document_id=document_id,
+            created_at=now,
+            reprint_number=documents.checked_reprint_number(max(printed_before.values())),
         )
         pdf = kitlib.render_label_sheet(
             label_info(definition, ctx.settings.env), labels, kind=label_kind, document=meta
