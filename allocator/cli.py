@@ -16,7 +16,7 @@ import secrets
 import shutil
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -304,6 +304,30 @@ def quality_html(document: quality.QualityDocument, generated_at: str) -> str:
         f"<h1>Randomization design quality - {code}</h1><p>{html.escape(generated_at)}</p>"
         f"<pre>{html.escape(document.text)}</pre>{image(document.balance_svg)}{image(document.distribution_svg)}"
     )
+
+
+@main.command("selfcheck")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also write the dated report and its signed manifest (selfcheck-<time>.txt) into this folder",
+)
+def selfcheck_command(out: Path | None) -> None:
+    """Installation qualification: configuration, keys and their permissions, schema at head, audit
+    chains, list digests, time-zone data and the e-mail relay. Exit 1 on any failure."""
+    from allocator.services import selfcheck  # noqa: PLC0415
+
+    report = selfcheck.run(os.environ, _actor(), now=lambda: datetime.now(UTC))
+    for line in report.lines():
+        click.echo(line)
+    if out is not None:
+        ring = None
+        with suppress(crypto.KeyError_, SettingsError):
+            ring = crypto.KeyRing.load(Settings.from_env().key_dir)
+        for path in selfcheck.write_signed(report, out, ring):
+            click.echo(f"written {path}")
+    if not report.ok:
+        sys.exit(1)
 
 
 @main.command("validation-report")
