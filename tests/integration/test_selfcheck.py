@@ -105,7 +105,9 @@ def test_a_schema_behind_head_fails(env: dict[str, str]) -> None:
 def test_a_tampered_audit_entry_or_list_fails(env: dict[str, str]) -> None:
     installed(env)
     url = env["ALLOCATOR_DATABASE_URL"]
-    tamper(url, "slot", "UPDATE slot SET randomization_number = 'R999999' WHERE id = (SELECT min(id) FROM slot)")
+    tamper(
+        url, "slot", "UPDATE slot SET randomization_number = 'R999999' WHERE id = (SELECT min(id) FROM slot)"
+    )
     code, out = run("selfcheck")
     assert code == 1 and failed_checks(out) == ["list digests"], out
     tamper(url, "audit_event", "UPDATE audit_event SET reason = 'rewritten' WHERE seq = 2")
