@@ -7,13 +7,14 @@ PORT   ?= 5000
 LINT_PATHS := allocator kits tests bench migrations tools wsgi.py setup.py
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lint typecheck check serve clean venv wheel wheel-check sbom audit-deps
+.PHONY: help demo test lint typecheck check serve clean venv wheel wheel-check sbom audit-deps validation
 
 help:
 	@echo "make demo       install into $(VENV), create a demo database and serve http://127.0.0.1:$(PORT)"
 	@echo "make test       install with test extras and run the whole test suite (PYTEST_WORKERS=auto)"
 	@echo "make lint       ruff (with security rules) and mypy"
 	@echo "make check      lint + test (what CI runs)"
+	@echo "make validation the whole suite with JUnit output, then the traceability matrix in $(VALIDATION_DIR)/ (VAL-01)"
 	@echo "make wheel      build the wheel a hospital installs, in dist/"
 	@echo "make wheel-check build the wheel, install it outside the checkout and run it from another folder"
 	@echo "make sbom       CycloneDX SBOM of the wheel and its pinned runtime dependencies, in dist/"
@@ -46,6 +47,16 @@ demo: $(BIN)/.installed
 PYTEST_WORKERS ?= auto
 test: $(BIN)/.installed-test
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+
+# The validation report (VAL-01): the suite once, with JUnit XML, then the traceability matrix (HTML,
+# PDF, CSV). The report is written even when tests fail; the target fails when a test failed or a
+# MUST requirement has no passing test.
+VALIDATION_DIR ?= build/validation
+validation: $(BIN)/.installed-test
+	mkdir -p $(VALIDATION_DIR)
+	$(MAKE) test PYTEST_ARGS="$(PYTEST_ARGS) --junitxml=$(VALIDATION_DIR)/junit.xml"; tests=$$?; \
+	$(BIN)/allocator validation-report --junit $(VALIDATION_DIR)/junit.xml --out $(VALIDATION_DIR); report=$$?; \
+	test $$tests -eq 0 && test $$report -eq 0
 
 lint: $(BIN)/.installed-test
 	$(BIN)/ruff check $(LINT_PATHS)

@@ -17,9 +17,9 @@ import secrets
 import shutil
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -306,6 +306,96 @@ def quality_html(document: quality.QualityDocument, generated_at: str) -> str:
         f"<h1>Randomization design quality - {code}</h1><p>{html.escape(generated_at)}</p>"
         f"<pre>{html.escape(document.text)}</pre>{image(document.balance_svg)}{image(document.distribution_svg)}"
     )
+
+
+@main.command("selfcheck")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also write the dated report and its signed manifest (selfcheck-<time>.txt) into this folder",
+)
+def selfcheck_command(out: Path | None) -> None:
+    """Installation qualification: configuration, keys and their permissions, schema at head, audit
+    chains, list digests, time-zone data and the e-mail relay. Exit 1 on any failure."""
+    from allocator.services import selfcheck  # noqa: PLC0415
+
+    report = selfcheck.run(os.environ, _actor(), now=lambda: datetime.now(UTC))
+    for line in report.lines():
+        click.echo(line)
+    if out is not None:
+        ring = None
+        with suppress(crypto.KeyError_, SettingsError):
+            ring = crypto.KeyRing.load(Settings.from_env().key_dir)
+        for path in selfcheck.write_signed(report, out, ring):
+            click.echo(f"written {path}")
+    if not report.ok:
+        sys.exit(1)
+
+
+@main.command("validation-report")
+@click.option(
+    "--junit",
+    "junit_file",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="JUnit XML file of a test run",
+)
+@click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="Folder for the HTML, PDF and CSV"
+)
+@click.option(
+    "--requirements",
+    "requirements_file",
+    default=Path("docs/requirements.md"),
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="The requirements document",
+)
+@click.option(
+    "--sbom",
+    "sbom_file",
+    type=click.Path(path_type=Path),
+    help="CycloneDX SBOM for dependency versions and hashes (default: the newest dist/allocator-*.cdx.json)",
+)
+@click.option(
+    "--database-url",
+    "database_urls",
+    multiple=True,
+    envvar="ALLOCATOR_TEST_DATABASE_URL",
+    help="Database server the tests ran on, to record its version (default: $ALLOCATOR_TEST_DATABASE_URL)",
+)
+def validation_report_command(
+    junit_file: Path,
+    out: Path,
+    requirements_file: Path,
+    sbom_file: Path | None,
+    database_urls: tuple[str, ...],
+) -> None:
+    """Traceability matrix from every requirement to its tests' results in a run (VAL-01). Exit 1
+    when a MUST requirement has no passing test or a citing test failed."""
+    from allocator import validation  # noqa: PLC0415 - reportlab only for this command
+
+    if sbom_file is None:
+        found = sorted(Path("dist").glob("allocator-*.cdx.json"), key=lambda p: p.stat().st_mtime)
+        sbom_file = found[-1] if found else None
+    try:
+        report = validation.build_report(
+            requirements_file=requirements_file,
+            junit_file=junit_file,
+            generated_at=datetime.now(UTC),
+            sbom_file=sbom_file,
+            constraints_file=Path("constraints.txt"),
+            database_urls=list(database_urls),
+            checkout=Path.cwd(),
+        )
+    except validation.ValidationInputError as exc:
+        _fail(str(exc), 2)
+    for path in validation.write_report(report, out):
+        click.echo(f"written {path}")
+    for line in report.summary_lines():
+        click.echo(line)
+    if not report.acceptable:
+        sys.exit(1)
 
 
 @main.group("audit")

@@ -57,6 +57,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 raise pytest.UsageError(
                     f"{item.nodeid}: unknown requirement id(s) {unknown or '(none given)'}"
                 )
+            # In the JUnit XML (--junitxml) for `allocator validation-report` (VAL-01).
+            item.user_properties.extend(("requirement", rid) for rid in marker.args)
 
 
 def pg_url_with_schema(base: str, schema: str) -> str:

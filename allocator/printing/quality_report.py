@@ -28,7 +28,13 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from allocator.printing import charts
-from allocator.randomization.quality import DesignFigures, Figure, QualityReport
+from allocator.randomization.quality import (
+    PER_ALLOCATION_FIGURES,
+    DesignFigures,
+    Figure,
+    QualityReport,
+    StratumSizeFigures,
+)
 
 __all__ = [
     "FIGURE_LABELS",
@@ -54,9 +60,11 @@ FIGURE_LABELS: Final[dict[str, str]] = {
     "final_balance_probability": "Probability of exact balance at the end, P(D_n = 0)",
     "mean_balance_probability": "Probability of exact balance averaged over the trial",
     "final_imbalance_sd": "Standard deviation of the final imbalance, SD(D_n)",
-    "deterministic_proportion": "Proportion of deterministic allocations (guesser knows the design)",
+    "deterministic_proportion": (
+        "Deterministic allocations, block boundaries unknown to the guesser (not Zhao's DA)"
+    ),
     "deterministic_proportion_known_blocks": (
-        "Proportion of deterministic allocations if block boundaries leak"
+        "Deterministic allocations, block boundaries known (Zhao et al. 'DA')"
     ),
     "correct_guess_probability": "Correct-guess probability, convergence strategy (tie = 1/2)",
     "excess_correct_guess": "Excess correct-guess probability over 1/2",
@@ -69,8 +77,8 @@ FIGURE_SHORT_LABELS: Final[dict[str, str]] = {
     "final_balance_probability": "P(Dn=0)",
     "mean_balance_probability": "mean P(Di=0)",
     "final_imbalance_sd": "SD(Dn)",
-    "deterministic_proportion": "Det.",
-    "deterministic_proportion_known_blocks": "Det. (blocks known)",
+    "deterministic_proportion": "Det. (bounds unknown)",
+    "deterministic_proportion_known_blocks": "DA (bounds known)",
     "correct_guess_probability": "CG",
     "excess_correct_guess": "CG - 1/2",
     "allocation_entropy": "Entropy",
@@ -83,8 +91,11 @@ _DEFINITIONS: Final = (
     "sequence of positive probability reaches, and its expectation E[max_i |D_i|]; P(D_n = 0), and "
     "P(D_i = 0) averaged over i; SD(D_n) = sqrt(E[D_n^2]).",
     "Deterministic allocation: its arm is certain for a guesser who knows the design and every past "
-    "allocation (for random block sizes, but not the sizes drawn); 'blocks known' assumes the block "
-    "boundaries have leaked.",
+    "allocation. 'Det. (bounds unknown)': for random block sizes the guesser does not know the sizes "
+    "drawn, hence where blocks end. 'DA (bounds known)': the guesser also knows the block boundaries, "
+    "as Zhao et al. (2012) assume for their DA. For random block sizes the first is much lower than "
+    "the second and must not be compared with published DA values: compare the correct-guess "
+    "probability (CG) instead.",
     "Correct guess: the guesser names the arm with fewer allocations so far (Blackwell & Hodges 1957, "
     "convergence strategy); a tie scores 1/2. 1/2 is no predictability.",
     "Entropy: mean binary Shannon entropy of each allocation given the generator's state, in nats "
@@ -92,7 +103,11 @@ _DEFINITIONS: Final = (
     "Exact figures come from dynamic programming over the allocation states and have no sampling "
     "error; simulated figures show their Monte Carlo standard error (SE).",
     "Zhao et al. (2012) names: EB = mean P(Di=0), Dn = SD(Dn), MI = E max|Di|, ET = entropy, "
-    "DA = Det., CG = CG.",
+    "DA = DA (bounds known), CG = CG.",
+    "Each stratum runs its own sequence, so the per-stratum figures at the expected stratum sizes are "
+    "the trial's figures; the trial total averages the per-allocation figures over every allocation "
+    "of every stratum, (1/n) sum_k n_k x figure_k, and sums the strata's final imbalances. The "
+    "figures for n allocations as one sequence are an unstratified reference.",
 )
 _REFERENCES: Final = (
     "Blackwell D, Hodges JL. Design for the control of selection bias. Ann Math Stat 1957;28:449-460.",
@@ -154,7 +169,8 @@ def render_text(report: QualityReport) -> str:
     lines = [
         "RANDOMIZATION DESIGN QUALITY REPORT",
         RESTRICTED_NOTICE,
-        f"Sample size: n = {report.n} allocations analysed as one sequence.",
+        f"Sample size: n = {report.n} allocations; the figures per design below analyse them as one "
+        "sequence (an unstratified reference); the per-stratum tables and the trial total follow the comparison.",
         _strata_line(report),
         _method_line(report),
         "",
@@ -180,7 +196,13 @@ def render_text(report: QualityReport) -> str:
                 f"{strat.worst_total_imbalance}"
             )
         lines.append("")
-    lines += _comparison_table(report)
+    lines += _comparison_table(report.designs, "Comparison (one sequence of n allocations):")
+    for group in report.per_stratum:
+        lines.append("")
+        lines += _comparison_table(group.designs, _stratum_title(group))
+    if report.per_stratum:
+        lines.append("")
+        lines += _total_table(report)
     lines.append("")
     lines.append("Expected |D_i| at selected steps i (balance over the course of the trial):")
     steps = _selected_steps(report.n)
@@ -197,8 +219,48 @@ def render_text(report: QualityReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _comparison_table(report: QualityReport) -> list[str]:
-    names = [name for name, _ in report.designs[0].figures()]
+def _stratum_title(group: StratumSizeFigures) -> str:
+    strata = f"{group.strata} stratum" if group.strata == 1 else f"{group.strata} strata"
+    return f"Per stratum: one stratum of n = {group.size} allocations ({strata} of this expected size):"
+
+
+def _total_rows(report: QualityReport) -> tuple[list[str], list[list[str]]]:
+    """The trial total over the strata: per-allocation figures averaged over every allocation,
+    and the trial's final balance (sum of the strata's D_n)."""
+    headers = [
+        "Design",
+        *(FIGURE_SHORT_LABELS[name] for name in PER_ALLOCATION_FIGURES),
+        "E|sum Dn|",
+        "P(sum Dn=0)",
+    ]
+    body = []
+    for index, figures in enumerate(report.designs):
+        strat = figures.stratified
+        body.append(
+            [
+                figures.design.short_name,
+                *(format_figure(figure) for _, figure in report.trial_total(index)),
+                format_figure(strat.total_abs_imbalance) if strat else "-",
+                format_figure(strat.total_balance_probability) if strat else "-",
+            ]
+        )
+    return headers, body
+
+
+def _total_title(report: QualityReport) -> str:
+    return (
+        f"Trial total over the {len(report.stratum_sizes)} strata (n = {sum(report.stratum_sizes)}): "
+        "per-allocation figures averaged over every allocation; final balance of the summed strata:"
+    )
+
+
+def _total_table(report: QualityReport) -> list[str]:
+    headers, body = _total_rows(report)
+    return _aligned(_total_title(report), headers, body)
+
+
+def _comparison_table(designs: Sequence[DesignFigures], title: str) -> list[str]:
+    names = [name for name, _ in designs[0].figures()]
     headers = ["Design", *(FIGURE_SHORT_LABELS[name] for name in names), "max|Di|"]
     body = [
         [
@@ -206,8 +268,12 @@ def _comparison_table(report: QualityReport) -> list[str]:
             *(format_figure(figure) for _, figure in figures.figures()),
             str(figures.max_possible_imbalance),
         ]
-        for figures in report.designs
+        for figures in designs
     ]
+    return _aligned(title, headers, body)
+
+
+def _aligned(title: str, headers: list[str], body: list[list[str]]) -> list[str]:
     widths = [max(len(row[k]) for row in (headers, *body)) for k in range(len(headers))]
 
     def line(cells: list[str]) -> str:
@@ -218,7 +284,7 @@ def _comparison_table(report: QualityReport) -> list[str]:
             + "".join(f"  {cell:>{width}}" for cell, width in zip(cells[1:], widths[1:], strict=True))
         )
 
-    return ["Comparison (one sequence of n allocations):", line(headers), *(line(row) for row in body)]
+    return [title, line(headers), *(line(row) for row in body)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -559,7 +625,10 @@ def render_pdf(
         para(RESTRICTED_NOTICE, notice),
         para(f"Generated at: {generated_at}"),
         para(f"Software: allocator {software_version}"),
-        para(f"Sample size: n = {report.n} allocations analysed as one sequence."),
+        para(
+            f"Sample size: n = {report.n} allocations. The first table analyses them as one sequence "
+            "(an unstratified reference); the per-stratum tables and the trial total follow."
+        ),
         para(_strata_line(report)),
         para(_method_line(report)),
         Spacer(1, 3 * mm),
@@ -631,6 +700,48 @@ def render_pdf(
                         small,
                     ),
                     strat_table,
+                ]
+            )
+        )
+
+    def small_table(rows: list[list[str]]) -> Any:
+        grid = Table(rows, repeatRows=1, hAlign="LEFT")
+        grid.setStyle(
+            TableStyle(
+                [
+                    ("FONT", (0, 0), (-1, -1), "Helvetica", 7.5),
+                    ("FONT", (0, 0), (-1, 0), "Helvetica-Bold", 7.5),
+                    ("ALIGN", (1, 0), (-1, -1), "RIGHT"),
+                    ("LINEBELOW", (0, 0), (-1, 0), 0.8, colors.black),
+                    ("ROWBACKGROUNDS", (0, 1), (-1, -1), [colors.white, colors.HexColor("#f2f2f2")]),
+                    ("BACKGROUND", (0, 1), (-1, 1), colors.HexColor("#e3ecf7")),
+                ]
+            )
+        )
+        return grid
+
+    if report.per_stratum:
+        story += [PageBreak(), para("Per stratum, at the expected stratum sizes", heading)]
+        for group in report.per_stratum:
+            rows = [header]
+            rows += [
+                [
+                    f.design.short_name,
+                    *(_cell(figure) for _, figure in f.figures()),
+                    str(f.max_possible_imbalance),
+                ]
+                for f in group.designs
+            ]
+            story.append(
+                KeepTogether([para(_stratum_title(group), small), small_table(rows), Spacer(1, 2 * mm)])
+            )
+        total_headers, total_body = _total_rows(report)
+        story.append(
+            KeepTogether(
+                [
+                    para("Trial total", heading),
+                    para(_total_title(report), small),
+                    small_table([total_headers, *total_body]),
                 ]
             )
         )

@@ -90,6 +90,7 @@ __all__ = [
     "QualityReport",
     "RandomAllocationRule",
     "StratifiedFigures",
+    "StratumSizeFigures",
     "design_figures",
     "exact_figures",
     "quality_report",
@@ -386,10 +387,11 @@ class DesignFigures:
             guesser who knows the design and every past allocation but not the list itself: the
             allocation is deterministic when every list of positive probability that agrees with
             the past continues with the same arm. For random block sizes the guesser does not know
-            where blocks end (RND-12 keeps the sizes confidential). Zhao et al.: "DA".
+            where blocks end (RND-12 keeps the sizes confidential). This is NOT Zhao et al.'s "DA",
+            which assumes known boundaries; for random block sizes it is much lower than DA.
         deterministic_proportion_known_blocks: the same for a guesser who also knows the realized
             block boundaries (what leaked block sizes would give away); equal to
-            ``deterministic_proportion`` for every design but random-size blocks.
+            ``deterministic_proportion`` for every design but random-size blocks. Zhao et al.: "DA".
         correct_guess_probability: expected proportion of correct guesses, (1/n) sum_i P(guess i
             right), under the convergence strategy (Blackwell & Hodges 1957): guess the arm with
             fewer allocations so far; a tie (D_{i-1} = 0) counts 1/2. Zhao et al.: "CG".
@@ -450,6 +452,35 @@ class DesignFigures:
         )
 
 
+# Figures that are averages over the allocations of a sequence: their trial total over strata is the
+# average over every allocation of the trial, (1/n) sum_k n_k * figure_k.
+PER_ALLOCATION_FIGURES: Final = (
+    "mean_abs_imbalance",
+    "mean_balance_probability",
+    "deterministic_proportion",
+    "deterministic_proportion_known_blocks",
+    "correct_guess_probability",
+    "excess_correct_guess",
+    "allocation_entropy",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StratumSizeFigures:
+    """Every design's figures for one stratum of an expected size: each stratum runs its own
+    sequence (RND-01), so these are the figures a stratum of the trial actually has.
+
+    Attributes:
+        size: the expected number of subjects of the stratum.
+        strata: how many of the trial's strata are expected to have this size.
+        designs: figures per design at n = size, in the report's design order.
+    """
+
+    size: int
+    strata: int
+    designs: tuple[DesignFigures, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class QualityReport:
     """The design quality report: the configured design first, then the alternatives.
@@ -460,6 +491,8 @@ class QualityReport:
         stratum_sizes: assumed subjects per stratum (empty when not stratified).
         simulation_seed: the seed simulations would use (reproducibility; not secret).
         simulations: sequences per simulated design.
+        per_stratum: every design's figures at each expected stratum size, largest first (empty
+            when not stratified).
     """
 
     n: int
@@ -467,6 +500,25 @@ class QualityReport:
     stratum_sizes: tuple[int, ...]
     simulation_seed: int
     simulations: int
+    per_stratum: tuple[StratumSizeFigures, ...] = ()
+
+    def trial_total(self, index: int) -> tuple[tuple[str, Figure], ...]:
+        """Design ``index``'s per-allocation figures for the whole stratified trial: the average over
+        every allocation of every stratum, (1/n) sum_k n_k * figure_k (strata are independent). The
+        final-balance figures of the trial are in `DesignFigures.stratified`."""
+        if not self.per_stratum:
+            return ()
+        total = sum(group.size * group.strata for group in self.per_stratum)
+        out = []
+        for name in PER_ALLOCATION_FIGURES:
+            parts = [
+                (group.size * group.strata / total, getattr(group.designs[index], name))
+                for group in self.per_stratum
+            ]
+            value = sum(w * f.value for w, f in parts)
+            error = math.sqrt(sum((w * f.standard_error) ** 2 for w, f in parts))
+            out.append((name, Figure(value, error, all(f.exact for _, f in parts))))
+        return tuple(out)
 
     @property
     def configured(self) -> DesignFigures:
@@ -1263,7 +1315,8 @@ def quality_report(
         simulation_seed: seed of the Monte Carlo fallback (reproducible reports; not secret).
         simulations: sequences simulated per design that cannot be computed exactly.
         stratum_sizes: subjects per stratum; when given, each design also gets the trial-level
-            balance of independent per-stratum sequences (`StratifiedFigures`).
+            balance of independent per-stratum sequences (`StratifiedFigures`), and every design is
+            computed again at each distinct stratum size (`QualityReport.per_stratum`).
         max_exact_states: state-space limit above which a design is simulated.
     """
     n = _check_n(n)
@@ -1284,4 +1337,29 @@ def quality_report(
         )
         for k, item in enumerate(designs)
     )
-    return QualityReport(n=n, designs=results, stratum_sizes=sizes, simulation_seed=seed, simulations=sims)
+    per_stratum = tuple(
+        StratumSizeFigures(
+            size=size,
+            strata=sizes.count(size),
+            designs=tuple(
+                design_figures(
+                    item,
+                    size,
+                    simulation_seed=seed,
+                    simulations=sims,
+                    max_exact_states=max_exact_states,
+                    index=k,
+                )
+                for k, item in enumerate(designs)
+            ),
+        )
+        for size in sorted(set(sizes), reverse=True)
+    )
+    return QualityReport(
+        n=n,
+        designs=results,
+        stratum_sizes=sizes,
+        simulation_seed=seed,
+        simulations=sims,
+        per_stratum=per_stratum,
+    )

@@ -16,6 +16,7 @@ from allocator.services.errors import AlreadyExists, NotFound, ValidationFailed
 from tests.support import CLI_ACTOR, Clock, load_ifn, make_user
 
 
+@pytest.mark.req("ACC-01")
 def test_create_user_with_a_one_time_password(ctx: ServiceContext) -> None:
     load_ifn(ctx)
     created = make_user(ctx, "inv-p1", "investigator", site="P1")
@@ -62,6 +63,7 @@ def test_invalid_accounts_name_the_field_and_write_nothing(
         assert s.execute(select(User).where(User.username == username.lower())).first() is None
 
 
+@pytest.mark.req("ACC-01")
 def test_usernames_are_unique(ctx: ServiceContext) -> None:
     load_ifn(ctx)
     make_user(ctx, "mon1", "monitor")
@@ -69,6 +71,7 @@ def test_usernames_are_unique(ctx: ServiceContext) -> None:
         make_user(ctx, "MON1", "monitor")
 
 
+@pytest.mark.req("ACC-02")
 @pytest.mark.req("BLD-13")
 def test_revocation_and_end_dates_keep_history(ctx: ServiceContext, clock: Clock) -> None:
     load_ifn(ctx)

@@ -68,6 +68,7 @@ def test_filters_and_paging(ctx: ServiceContext) -> None:
     assert {e.field for e in caught.value.errors} == {"since", "action"}
 
 
+@pytest.mark.req("ACC-10")
 @pytest.mark.req("BLD-07")
 def test_a_monitor_limited_to_a_site_sees_trial_entries_and_that_site_only(ctx: ServiceContext) -> None:
     trail(ctx)
@@ -117,6 +118,7 @@ def test_the_unblinded_view_opens_sealed_values_and_audits_the_read(ctx: Service
     assert read.actor_username == "stat" and str(page.entries[0].seq) in (read.new_values or "")
 
 
+@pytest.mark.req("AUD-01")
 @pytest.mark.req("ACC-11")
 def test_csv_export_neutralises_formulas_and_is_audited(ctx: ServiceContext) -> None:
     trail(ctx)

@@ -46,6 +46,7 @@ def count(ctx: ServiceContext, action: str) -> int:
         ).scalar_one()
 
 
+@pytest.mark.req("AUD-06")
 @pytest.mark.req("ACC-05")
 def test_repeated_bad_passwords_lock_the_account_even_for_the_right_password(
     ctx: ServiceContext, clock: Clock

@@ -275,6 +275,7 @@ def test_generation_covers_only_kits_without_a_sheet_and_refuses_when_there_is_n
     assert len(audit(ctx, "code_break.generated")) == 3
 
 
+@pytest.mark.req("AUD-01")
 @pytest.mark.req("UNB-06", "LBL-12")
 def test_a_reprint_is_reasoned_signed_marked_duplicata_audited_and_counted(
     ctx: ServiceContext, stat: Actor

@@ -688,6 +688,7 @@ BLINDED = [(name, "blinded") for name in catalogue.REPORTS] + [
 ]
 
 
+@pytest.mark.req("AUD-01")
 @pytest.mark.req("BLD-07")
 @pytest.mark.req("AUD-05")
 @pytest.mark.req("DIB-04")

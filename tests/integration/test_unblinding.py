@@ -176,6 +176,7 @@ def test_the_sponsor_and_the_monitors_are_notified_without_the_arm(
         assert not any(word in mail.lower() for word in TREATMENT_WORDS)
 
 
+@pytest.mark.req("ACC-10", "AUD-06")
 @pytest.mark.req("UNB-03", "ACC-06")
 def test_another_sites_investigator_is_refused_and_the_attempt_audited(
     ctx: ServiceContext, ready: ReadyTrial

@@ -795,6 +795,7 @@ def _call(client: FlaskClient, row: Row) -> int:
     return client.open(path, method=row.method, data={"csrf_token": token}).status_code
 
 
+@pytest.mark.req("ACC-02", "ACC-10")
 @pytest.mark.req("BLD-06")
 @pytest.mark.parametrize("row", MATRIX, ids=lambda r: r.name)
 def test_matrix(row: Row, principals: dict[str, FlaskClient]) -> None:

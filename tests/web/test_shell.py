@@ -158,6 +158,7 @@ def test_logout_ends_the_server_side_session(client: FlaskClient, ctx: ServiceCo
     assert client.get("/").status_code == 302
 
 
+@pytest.mark.req("ACC-10", "AUD-06")
 def test_other_trials_are_not_found_and_other_roles_are_refused_and_audited(
     client: FlaskClient, ctx: ServiceContext
 ) -> None:

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 
@@ -150,9 +151,11 @@ def spec_minimization(
 
 from allocator.randomization import (  # noqa: E402  (imported only after the independent code above)
     BlockDesign,
+    Domain,
     Factor,
     ImbalanceMeasure,
     MinimizationDesign,
+    Stream,
     generate_list,
     kit_arm_sequence,
     replay,
@@ -263,3 +266,70 @@ def test_independent_implementation_gives_the_identical_minimization_decisions(
     )
     decisions = replay(seed, design, arrivals, trial_code="IFNG-ICU", list_label="MIN-1")
     assert [d.arm for d in decisions] == expected
+
+
+# --- the extended worked examples of docs/randomization.md section 10 (issue 18) -----------------------
+
+SPEC = Path(__file__).resolve().parents[3] / "docs" / "randomization.md"
+SECOND_EXAMPLE_DIGEST = "93385235b0edafb8e8fe0ae53142fe3ab27629baaabb532c78416dae820516dd"
+SECOND_EXAMPLE_BLOCKS = {
+    "site=01": ["A B A B A A"],
+    "site=Créteil": [
+        "A A B B A A",
+        "B A B A A A",
+        "A B B A A A",
+        "A B A A B A",
+        "A A B A B A",
+        "B A A A A B",
+        "A A A B A B",
+    ],
+}
+
+
+@pytest.mark.req("RND-03")
+def test_the_second_worked_example_2_to_1_one_block_size_42_slots_non_ascii_key() -> None:
+    strata = {"site=01": 3, "site=Créteil": 40}
+    spec_bytes, spec_digest = spec_list(
+        TEST_SEED, SpecDesign(["A", "B"], [2, 1], [6]), "EXAMPLE", "LIST-2", strata
+    )
+    real = generate_list(
+        TEST_SEED,
+        BlockDesign(("A", "B"), (2, 1), (6,)),
+        trial_code="EXAMPLE",
+        list_label="LIST-2",
+        strata=strata,
+    )
+    assert real.serialize() == spec_bytes and real.digest == spec_digest == SECOND_EXAMPLE_DIGEST
+    for key, blocks in SECOND_EXAMPLE_BLOCKS.items():
+        arms = real.stratum(key).arms()
+        assert [" ".join(arms[k : k + 6]) for k in range(0, len(arms), 6)] == blocks
+    assert len(real.stratum("site=Créteil")) == 42
+    # 42 words: the counter reaches 5; a little-endian counter would differ from B_1 on.
+    stream = SpecStream(TEST_SEED, ["EXAMPLE", "LIST-2", "blocks", "site=Créteil"])
+    assert (
+        spec_encode([TAG, "EXAMPLE", "LIST-2", "blocks", "site=Créteil"])
+        .hex()
+        .endswith("0000000d736974653d4372c3a97465696c")
+    )
+    words = [stream.word() for _ in range(42)]
+    assert stream.counter == 6 and words[8] == 2521784988
+    spec = " ".join(SPEC.read_text(encoding="utf-8").split())
+    assert SECOND_EXAMPLE_DIGEST in spec and "0000000d 736974653d4372c3a97465696c" in spec
+    for key, blocks in SECOND_EXAMPLE_BLOCKS.items():
+        for number, arms in enumerate(blocks, start=1):
+            assert f"| `{key}` | {number} |" in spec and f"| `{arms}` |" in spec
+
+
+@pytest.mark.req("RND-03")
+def test_the_third_worked_example_a_rejected_word() -> None:
+    fields = ["EXAMPLE", "LIST-1", "blocks", "site=01"]
+    spec_stream = SpecStream(TEST_SEED, fields)
+    first = spec_stream.word()
+    assert first == 3086200499 and first >= 2**32 - (2**32 % 3_000_000_000) == 3_000_000_000
+    spec_stream = SpecStream(TEST_SEED, fields)
+    assert spec_stream.randbelow(3_000_000_000) == 1877527243 and spec_stream.word() == 4265769690
+    real = Stream(TEST_SEED, Domain("EXAMPLE", "LIST-1", "blocks", ("site=01",)))
+    assert real.randbelow(3_000_000_000) == 1877527243 and real.next_word() == 4265769690
+    spec = " ".join(SPEC.read_text(encoding="utf-8").split())
+    for number in ("3086200499", "1877527243", "4265769690", "randbelow(3000000000)"):
+        assert number in spec
