@@ -501,6 +501,20 @@ def verify_head(ring: KeyRing, key_id: str, message: bytes, signature: bytes) ->
     return _verify_audit(ring, key_id, _HEAD_DOMAIN + message, signature)
 
 
+_VERIFIED_DOMAIN = b"allocator/verified/v1|"
+
+
+def sign_verification(ring: KeyRing, message: bytes) -> CheckpointSignature:
+    """Ed25519 signature over the kept result of an audit-chain verification (issue 21). Its own
+    domain tag: it never passes for a checkpoint, a head or a manifest, nor the reverse."""
+    return _sign_audit(ring, _VERIFIED_DOMAIN + message)
+
+
+def verify_verification(ring: KeyRing, key_id: str, message: bytes, signature: bytes) -> bool:
+    """True when `signature` is a valid signature of a kept verification `message` by `key_id`."""
+    return _verify_audit(ring, key_id, _VERIFIED_DOMAIN + message, signature)
+
+
 _MANIFEST_DOMAIN = b"allocator/manifest/v1|"
 
 
