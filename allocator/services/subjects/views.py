@@ -26,6 +26,7 @@ from allocator.models import (
 from allocator.permissions import Scope
 from allocator.services import unblinding
 from allocator.services.context import ServiceContext
+from allocator.services.errors import FieldProblem, ValidationFailed
 from allocator.services.lookups import current_definition, get_trial, subject_in_reach
 from allocator.trialdef import TrialDefinition
 
@@ -277,6 +278,71 @@ def subjects(ctx: ServiceContext, trial_code: str, scope: Scope) -> list[Subject
             query = query.where(Subject.site_id.in_(sorted(scope.site_ids)))
         rows = list(session.execute(query).scalars())
         return subject_views(session, definition, rows, _site_codes(session, trial.id))
+
+
+def site_choices(ctx: ServiceContext, trial_code: str, scope: Scope) -> list[str]:
+    """The codes of the trial's sites within `scope`, for a site filter."""
+    with ctx.db.reading() as session:
+        trial = get_trial(session, trial_code)
+        return sorted(code for sid, code in _site_codes(session, trial.id).items() if scope.allows_site(sid))
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectPage:
+    subjects: list[SubjectView]
+    next_after: str | None  # the subject number to pass as `after` for the next page; None: last page
+
+
+MAX_PAGE = 1000
+
+
+def subjects_page(
+    ctx: ServiceContext,
+    trial_code: str,
+    scope: Scope,
+    *,
+    after: str | None = None,
+    limit: int = 100,
+    site: str | None = None,
+) -> SubjectPage:
+    """One page of the subjects within `scope` (and at `site`, when given), in randomization order,
+    after the subject numbered `after`: a few queries and `limit` views, whatever the size of the
+    trial (issue 21). Raises ValidationFailed naming `after`, `site` or `limit`."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise ValidationFailed("invalid limit", errors=[FieldProblem("limit", f"from 1 to {MAX_PAGE}")])
+    with ctx.db.reading() as session:
+        trial = get_trial(session, trial_code)
+        definition = current_definition(session, trial)
+        codes = _site_codes(session, trial.id)
+        query = select(Subject).where(Subject.trial_id == trial.id).order_by(Subject.id).limit(limit + 1)
+        if not scope.all_sites:
+            query = query.where(Subject.site_id.in_(sorted(scope.site_ids)))
+        if site:
+            found = [sid for sid, code in codes.items() if code == site and scope.allows_site(sid)]
+            if not found:
+                raise ValidationFailed(
+                    "unknown site",
+                    errors=[
+                        FieldProblem("site", f"{site!r} is not a site of {trial.code} within your reach")
+                    ],
+                )
+            query = query.where(Subject.site_id == found[0])
+        if after:
+            start = session.execute(
+                select(Subject.id).where(Subject.trial_id == trial.id, Subject.subject_number == after)
+            ).scalar_one_or_none()
+            if start is None:
+                raise ValidationFailed(
+                    "unknown cursor", errors=[FieldProblem("after", f"no subject {after!r} in {trial.code}")]
+                )
+            query = query.where(Subject.id > start)
+        rows = list(session.execute(query).scalars())
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return SubjectPage(
+            subject_views(session, definition, rows, codes),
+            rows[-1].subject_number if more and rows else None,
+        )
 
 
 def subject(ctx: ServiceContext, trial_code: str, number: str, scope: Scope) -> SubjectView:
