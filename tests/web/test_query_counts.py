@@ -35,6 +35,10 @@ def _counts(app: Flask, db: Database, clients: dict[str, FlaskClient], token: st
     out: dict[str, int] = {}
     for who, paths in (("monitor", MONITOR_PATHS), ("pharmacist", PHARMACIST_PATHS)):
         for path in paths:
+            if path.endswith("/audit"):
+                # The first view after entries were appended keeps its verification (a row written
+                # or updated): measure a view in the same state at both sizes.
+                clients[who].get(path)
             with statements(db) as seen:
                 response = clients[who].get(path)
             assert response.status_code == 200, (who, path, response.get_data(as_text=True)[:300])
@@ -74,5 +78,4 @@ def test_pages_cost_the_same_statements_with_ten_times_the_subjects(
     grow(ctx, crowd, to=LARGE)
     large = _counts(app, db, clients(), token)
     grew = {path: (small[path], large[path]) for path in small if large[path] > small[path]}
-    print({p: (small[p], large[p]) for p in small})
     assert not grew, f"statements per request grew with the subjects (at {SMALL}, at {LARGE}): {grew}"
