@@ -53,7 +53,7 @@ from sqlalchemy.sql.util import find_tables
 
 from allocator import crypto
 from allocator.db import insert_if_absent
-from allocator.models import AuditChainHead, AuditCheckpoint, AuditEvent
+from allocator.models import AuditChainHead, AuditCheckpoint, AuditEvent, AuditVerification
 from allocator.version import __version__
 
 GENESIS = "0" * 64
@@ -680,9 +680,11 @@ class Witnessed:
     problem: Problem | None = None
 
 
-def read_witness(path: Path, ring: crypto.KeyRing, chain: str) -> Witnessed:
+def read_witness(path: Path, ring: crypto.KeyRing, chain: str, *, behind: int = 0) -> Witnessed:
     """Read and check the witness lines of `chain`: each must carry a valid head signature and
-    entry hashes that end in its head. Lines may arrive out of order (concurrent commits)."""
+    entry hashes that end in its head. Lines may arrive out of order (concurrent commits).
+    Lines that end at or before entry `behind` (already verified, see `verify_chain_since`) are
+    not checked again: they cannot tell anything about the entries after it."""
     pinned: dict[int, str] = {}
     top = 0
     count = 0
@@ -699,6 +701,9 @@ def read_witness(path: Path, ring: crypto.KeyRing, chain: str) -> Witnessed:
             if record.get("v") != WITNESS_TAG or record.get("chain") != chain:
                 continue
             after, seq, head_hash = int(record["after"]), int(record["seq"]), str(record["hash"])
+            if seq <= behind:
+                top = max(top, seq)
+                continue
             entries = [str(h) for h in record["entries"]]
             signature = base64.b64decode(record["sig"], validate=True)
             valid = crypto.verify_head(
@@ -819,13 +824,15 @@ def _scan(
     start_prev: str | None,
     signed: bytes,
     pinned: Mapping[int, str] | None = None,
+    signed_from: int = 0,
 ) -> _Segment:
     """Recompute and link every entry of a range. `signed` holds the checkpointed digests of
     entries 1..len(signed)/32, as verified signatures vouch for them; `pinned` the entry hashes a
-    witness saw. With `start_prev` None the link into the range is checked by the caller."""
+    witness saw. With `start_prev` None the link into the range is checked by the caller.
+    With `signed_from`, `signed` starts at entry signed_from + 1 (the range starts after it)."""
     encode = _ENCODER.encode
     sha256 = hashlib.sha256
-    signed_upto = len(signed) // 32
+    signed_upto = signed_from + len(signed) // 32
     expected_seq = start_seq
     prev_hash = start_prev
     count = 0
@@ -851,7 +858,7 @@ def _scan(
             problem = Problem(seq, _diagnose_changed(row, None))
         elif prev_hash is not None and row[18] != prev_hash:
             problem = Problem(seq, f"entry {seq} does not link to entry {seq - 1} (inserted or reordered?)")
-        elif seq <= signed_upto and signed[32 * (seq - 1) : 32 * seq] != digest:
+        elif seq <= signed_upto and signed[32 * (seq - 1 - signed_from) : 32 * (seq - signed_from)] != digest:
             problem = Problem(seq, f"entry {seq} differs from the signed checkpoint (chain rewritten)")
         elif pinned and pinned.get(seq, recomputed) != recomputed:
             problem = Problem(seq, f"entry {seq} differs from what the witness saw (chain rewritten)")
@@ -867,6 +874,22 @@ def _verified_checkpoints(
 ) -> tuple[bytes, int, Problem | None]:
     """Verify every checkpoint signature; return the signed digests of entries 1..n, the number of
     checkpoints, and the first checkpoint problem."""
+    found = _checkpoints_after(connection, ring, chain, 0)
+    return found.signed, found.count, found.problem
+
+
+@dataclass(frozen=True, slots=True)
+class _Checkpoints:
+    signed: bytes  # the signed digests of the entries after the starting point
+    count: int  # checkpoints read
+    problem: Problem | None
+    last_seq: int  # the last valid checkpoint's entry (the starting point when none)
+    last_hash: str | None  # its hash (None when no checkpoint was read)
+    valid: int  # checkpoints found valid
+
+
+def _checkpoints_after(connection: Connection, ring: crypto.KeyRing, chain: str, after: int) -> _Checkpoints:
+    """Verify the signatures of the checkpoints that start at entry `after` or later."""
     rows = connection.execute(
         select(
             AuditCheckpoint.from_seq,
@@ -876,12 +899,13 @@ def _verified_checkpoints(
             AuditCheckpoint.key_id,
             AuditCheckpoint.signature,
         )
-        .where(AuditCheckpoint.chain == chain)
+        .where(AuditCheckpoint.chain == chain, AuditCheckpoint.seq > after)
         .order_by(AuditCheckpoint.seq)
     ).all()
     parts: list[bytes] = []
-    previous_end = 0
-    for from_seq, seq, head_hash, covered_raw, key_id, signature in rows:
+    previous_end = after
+    last_hash: str | None = None
+    for number, (from_seq, seq, head_hash, covered_raw, key_id, signature) in enumerate(rows):
         covered = bytes(covered_raw)
         message = checkpoint_message(chain, from_seq, seq, head_hash, covered)
         try:
@@ -890,10 +914,10 @@ def _verified_checkpoints(
             valid = False
         if not valid or from_seq != previous_end or len(covered) != 32 * (seq - from_seq):
             problem = Problem(from_seq + 1, f"checkpoint at entry {seq} has an invalid signature or range")
-            return b"".join(parts), len(rows), problem
+            return _Checkpoints(b"".join(parts), len(rows), problem, previous_end, last_hash, number)
         parts.append(covered)
-        previous_end = seq
-    return b"".join(parts), len(rows), None
+        previous_end, last_hash = seq, head_hash
+    return _Checkpoints(b"".join(parts), len(rows), None, previous_end, last_hash, len(rows))
 
 
 def verify_chain(
@@ -925,6 +949,134 @@ def verify_chain(
         len(signed) // 32,
         seen,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class KeptVerification:
+    """The last verification of a chain that found it intact (table audit_verification)."""
+
+    chain: str
+    verified_seq: int
+    verified_at: datetime
+    resume_seq: int  # the last signed checkpoint verified
+    resume_hash: str
+    checkpoints: int
+
+    def message(self) -> bytes:
+        at = self.verified_at.astimezone(UTC).isoformat()
+        return (
+            f"{self.chain}|{self.verified_seq}|{at}|{self.resume_seq}|{self.resume_hash}|{self.checkpoints}"
+        ).encode()
+
+
+def kept_verification(connection: Connection, ring: crypto.KeyRing, chain: str) -> KeptVerification | None:
+    """The kept verification of `chain`, or None (none yet, or a row not signed by the audit key:
+    then the chain is verified in full)."""
+    table = cast(Table, AuditVerification.__table__)
+    kept_row = connection.execute(select(table).where(table.c.chain == chain)).first()
+    if kept_row is None:
+        return None
+    kept = KeptVerification(
+        chain,
+        int(kept_row.verified_seq),
+        _aware(kept_row.verified_at),
+        int(kept_row.resume_seq),
+        str(kept_row.resume_hash),
+        int(kept_row.checkpoints),
+    )
+    try:
+        valid = crypto.verify_verification(ring, kept_row.key_id, kept.message(), bytes(kept_row.signature))
+    except crypto.KeyMissingError:
+        valid = False
+    return kept if valid else None
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def keep_verification(connection: Connection, ring: crypto.KeyRing, kept: KeptVerification) -> None:
+    """Store `kept` (signed) unless a verification that reached further is already kept."""
+    signed = crypto.sign_verification(ring, kept.message())
+    values = {
+        "verified_seq": kept.verified_seq,
+        "verified_at": kept.verified_at,
+        "resume_seq": kept.resume_seq,
+        "resume_hash": kept.resume_hash,
+        "checkpoints": kept.checkpoints,
+        "key_id": signed.key_id,
+        "signature": signed.signature,
+    }
+    table = cast(Table, AuditVerification.__table__)
+    changed = connection.execute(
+        table.update()
+        .where(table.c.chain == kept.chain, table.c.verified_seq < kept.verified_seq)
+        .values(**values)
+    ).rowcount
+    if (
+        not changed
+        and connection.execute(select(table.c.chain).where(table.c.chain == kept.chain)).first() is None
+    ):
+        connection.execute(table.insert().values(chain=kept.chain, **values))
+
+
+def verify_chain_since(
+    connection: Connection,
+    ring: crypto.KeyRing,
+    chain: str,
+    kept: KeptVerification | None,
+    now: datetime,
+    witness: Path | None = None,
+) -> tuple[VerifyResult, KeptVerification | None]:
+    """`verify_chain`, starting after the last signed checkpoint that `kept` verified (issue 21):
+    the checkpoints since, every entry after it, the signed head and the witness lines since are
+    checked, so a page view costs what was appended since the last one, not the whole chain. An
+    entry altered behind the kept point is found by a full `verify_chain` (`allocator audit
+    verify`), not here. Returns the result and, when the chain is intact, the verification to
+    keep (None otherwise)."""
+    start_seq = kept.resume_seq if kept is not None else 0
+    start_hash = kept.resume_hash if kept is not None else GENESIS
+    earlier = kept.checkpoints if kept is not None else 0
+    seen = (
+        read_witness(witness, ring, chain, behind=kept.verified_seq if kept is not None else 0)
+        if witness is not None
+        else None
+    )
+    found = _checkpoints_after(connection, ring, chain, start_seq)
+    signed_upto = start_seq + len(found.signed) // 32
+    problem = found.problem or (seen.problem if seen is not None else None)
+    if problem is not None:
+        return _result(
+            chain, _count(connection, chain), [problem], earlier + found.count, signed_upto, seen
+        ), None
+    segment = _scan(
+        _rows(connection, chain, start_seq + 1),
+        start_seq + 1,
+        start_hash,
+        found.signed,
+        seen.pinned if seen else None,
+        signed_from=start_seq,
+    )
+    problems = [segment.problem] if segment.problem else []
+    last_seq = segment.last_seq if segment.count else start_seq
+    last_hash = segment.last_hash if segment.count else start_hash
+    if not problems:
+        problems += _head_problems(connection, ring, chain, last_seq, last_hash, signed_upto, seen)
+    checkpoints = earlier + found.count
+    result = _result(
+        chain,
+        last_seq if not problems else _count(connection, chain),
+        problems,
+        checkpoints,
+        signed_upto,
+        seen,
+    )
+    if problems:
+        return result, None
+    resume_seq, resume_hash = (
+        (found.last_seq, found.last_hash) if found.last_hash else (start_seq, start_hash)
+    )
+    return result, KeptVerification(chain, last_seq, now, resume_seq, resume_hash, checkpoints)
 
 
 def verify_chain_parallel(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import functools
 import hashlib
 import hmac
 import json
@@ -501,6 +502,20 @@ def verify_head(ring: KeyRing, key_id: str, message: bytes, signature: bytes) ->
     return _verify_audit(ring, key_id, _HEAD_DOMAIN + message, signature)
 
 
+_VERIFIED_DOMAIN = b"allocator/verified/v1|"
+
+
+def sign_verification(ring: KeyRing, message: bytes) -> CheckpointSignature:
+    """Ed25519 signature over the kept result of an audit-chain verification (issue 21). Its own
+    domain tag: it never passes for a checkpoint, a head or a manifest, nor the reverse."""
+    return _sign_audit(ring, _VERIFIED_DOMAIN + message)
+
+
+def verify_verification(ring: KeyRing, key_id: str, message: bytes, signature: bytes) -> bool:
+    """True when `signature` is a valid signature of a kept verification `message` by `key_id`."""
+    return _verify_audit(ring, key_id, _VERIFIED_DOMAIN + message, signature)
+
+
 _MANIFEST_DOMAIN = b"allocator/manifest/v1|"
 
 
@@ -540,27 +555,36 @@ def audit_public_keys_pem(ring: KeyRing) -> dict[str, str]:
     """Every audit key's public half by key id (old keys included: they verify old checkpoints)."""
     out = {}
     for key in ring.keyset(Purpose.AUDIT).keys.values():
-        public = Ed25519PrivateKey.from_private_bytes(key.material).public_key()
+        _, public = _ed25519_keys(key.material)
         out[key.key_id] = public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode("ascii")
     return out
 
 
+@functools.lru_cache(maxsize=16)
+def _ed25519_keys(material: bytes) -> tuple[Ed25519PrivateKey, Ed25519PublicKey]:
+    """The key objects of an audit key, derived once per process (issue 21: a verification of the
+    chain checks thousands of signatures, and deriving the public half each time cost as much as
+    the check). Keyed by the material the ring already holds in memory; a handful of keys at most."""
+    private = Ed25519PrivateKey.from_private_bytes(material)
+    return private, private.public_key()
+
+
 def _sign_audit(ring: KeyRing, message: bytes) -> CheckpointSignature:
     key = ring.keyset(Purpose.AUDIT).active
-    private = Ed25519PrivateKey.from_private_bytes(key.material)
+    private, _ = _ed25519_keys(key.material)
     return CheckpointSignature(key_id=key.key_id, signature=private.sign(message))
 
 
 def _verify_audit(ring: KeyRing, key_id: str, message: bytes, signature: bytes) -> bool:
     key = ring.keyset(Purpose.AUDIT).get(key_id)
-    public = Ed25519PrivateKey.from_private_bytes(key.material).public_key()
+    _, public = _ed25519_keys(key.material)
     return _verify_ed25519(public, message, signature)
 
 
 def audit_public_key_pem(ring: KeyRing) -> str:
     """The public half of the active audit key, for verifiers outside the service."""
     key = ring.keyset(Purpose.AUDIT).active
-    public = Ed25519PrivateKey.from_private_bytes(key.material).public_key()
+    _, public = _ed25519_keys(key.material)
     return public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode("ascii")
 
 

@@ -1,6 +1,6 @@
 """SQLAlchemy models, one module per domain noun. Importing this package registers them all."""
 
-from allocator.models.audit import AuditChainHead, AuditCheckpoint, AuditEvent
+from allocator.models.audit import AuditChainHead, AuditCheckpoint, AuditEvent, AuditVerification
 from allocator.models.base import Base
 from allocator.models.dispensation import Administration, Dispensation, PrintedDocument
 from allocator.models.idempotency import IdempotentRequest
@@ -43,6 +43,7 @@ __all__ = [
     "AuditCheckpoint",
     "AuditEvent",
     "AuditReview",
+    "AuditVerification",
     "Base",
     "Batch",
     "CodeBreakCheck",

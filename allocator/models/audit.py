@@ -78,3 +78,22 @@ class AuditCheckpoint(Base):
     at: Mapped[datetime]
     key_id: Mapped[str] = mapped_column(String(64))
     signature: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class AuditVerification(Base):
+    """The last verification of a chain that found it intact (issue 21): the audit pages show it and
+    verify only what was appended since, instead of the whole chain on every view. Signed with the
+    audit key (its own domain), so that a row edited by hand is ignored and the chain verified in
+    full again. `resume_seq`/`resume_hash` are the last signed checkpoint verified: the next
+    verification starts after it (entries after it are re-read, being covered by the next one)."""
+
+    __tablename__ = "audit_verification"
+
+    chain: Mapped[str] = mapped_column(String(24), primary_key=True)
+    verified_seq: Mapped[int] = mapped_column(BigInteger)  # entries 1..verified_seq found intact
+    verified_at: Mapped[datetime]
+    resume_seq: Mapped[int] = mapped_column(BigInteger)
+    resume_hash: Mapped[str] = mapped_column(String(64))
+    checkpoints: Mapped[int] = mapped_column(BigInteger)  # signed checkpoints verified up to resume_seq
+    key_id: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[bytes] = mapped_column(LargeBinary)

@@ -30,6 +30,7 @@ from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4, landscape
 from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.units import mm
+from reportlab.lib.utils import simpleSplit
 from reportlab.pdfbase.pdfmetrics import stringWidth
 from reportlab.pdfgen.canvas import Canvas
 from reportlab.platypus import KeepTogether, Paragraph, SimpleDocTemplate, Spacer, TableStyle
@@ -104,6 +105,8 @@ class ReportDocument:
 def printable(text: str) -> str:
     """`text` with every character the standard PDF fonts cannot show replaced: control characters
     by a space, others by their decomposition when it is printable (e.g. "ł" -> "l"), else "?"."""
+    if text.isascii() and text.isprintable():  # nearly every cell: no character to look at (issue 21)
+        return text
     out = []
     for char in text:
         if unicodedata.category(char) in {"Cc", "Cf", "Zl", "Zp"}:
@@ -207,6 +210,8 @@ def render_step_chart_svg(chart: StepChart) -> str:
 
 _CELL_SIZE = 7.0
 _PADDING = 6.0
+_CELL_PAD = 2.5  # left and right padding inside a cell
+_CHUNK = 200  # rows per table flowable: splitting one long table across pages costs rows x pages
 
 
 def _widths(table: Table, available: float) -> list[float]:
@@ -235,6 +240,15 @@ def _widths(table: Table, available: float) -> list[float]:
     else:
         grow = [spare * e / sum(extra) for e in extra]
     return [m + g for m, g in zip(minimum, grow, strict=True)]
+
+
+def _wrapped(text: str, width: float) -> str:
+    """`text` broken into lines that fit a cell of `width` points (between words; a word longer than
+    the line keeps its own line, as a paragraph would)."""
+    clean = printable(text)
+    if stringWidth(clean, REGULAR, _CELL_SIZE) <= width - 2 * _CELL_PAD:
+        return clean
+    return "\n".join(simpleSplit(clean, REGULAR, _CELL_SIZE, width - 2 * _CELL_PAD))
 
 
 def render_report_pdf(document: ReportDocument) -> bytes:
@@ -285,23 +299,32 @@ def render_report_pdf(document: ReportDocument) -> bytes:
             story.append(KeepTogether([*intro, para(f"Columns: {', '.join(table.columns)}.", small)]))
             story.append(para("No entries.", small))
             continue
-        body = [[para(value, cell) for value in row] for row in table.rows]
-        grid = PdfTable([header, *body], colWidths=_widths(table, available), repeatRows=1, hAlign="LEFT")
-        grid.setStyle(
-            TableStyle(
-                [
-                    ("VALIGN", (0, 0), (-1, -1), "TOP"),
-                    ("LEFTPADDING", (0, 0), (-1, -1), 2.5),
-                    ("RIGHTPADDING", (0, 0), (-1, -1), 2.5),
-                    ("TOPPADDING", (0, 0), (-1, -1), 1.5),
-                    ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5),
-                    ("LINEBELOW", (0, 0), (-1, 0), 0.8, colors.black),
-                    ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#eeeeee")),
-                    ("ROWBACKGROUNDS", (0, 1), (-1, -1), [colors.white, colors.HexColor("#f5f5f5")]),
-                ]
-            )
+        widths = _widths(table, available)
+        # Issue 21: a cell is plain text wrapped to its column's fixed width (one measure per word),
+        # not a Paragraph laid out per cell; the rows go in tables of _CHUNK rows, each with the
+        # header, so that no flowable is split again and again across pages.
+        style = TableStyle(
+            [
+                ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                ("FONT", (0, 1), (-1, -1), REGULAR, _CELL_SIZE, _CELL_SIZE * 1.2),
+                ("LEFTPADDING", (0, 0), (-1, -1), _CELL_PAD),
+                ("RIGHTPADDING", (0, 0), (-1, -1), _CELL_PAD),
+                ("TOPPADDING", (0, 0), (-1, -1), 1.5),
+                ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5),
+                ("LINEBELOW", (0, 0), (-1, 0), 0.8, colors.black),
+                ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#eeeeee")),
+                ("ROWBACKGROUNDS", (0, 1), (-1, -1), [colors.white, colors.HexColor("#f5f5f5")]),
+            ]
         )
-        story += [*intro, grid]
+        story += intro
+        for start in range(0, len(table.rows), _CHUNK):
+            body = [
+                [_wrapped(value, width) for value, width in zip(row, widths, strict=True)]
+                for row in table.rows[start : start + _CHUNK]
+            ]
+            grid = PdfTable([header, *body], colWidths=widths, repeatRows=1, hAlign="LEFT")
+            grid.setStyle(style)
+            story.append(grid)
 
     footer = printable(
         document.footer

@@ -14,6 +14,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Select, select
+from sqlalchemy.exc import IntegrityError
 
 from allocator import audit
 from allocator.audit import Action, Actor
@@ -323,9 +324,39 @@ def export_csv(ctx: ServiceContext, actor: Actor, chain: str, flt: AuditFilter, 
     return csv_text(rows)
 
 
+@dataclass(frozen=True, slots=True)
+class Verification:
+    """What the audit pages show: the result, and since when the entries before this view's own
+    checks were found intact (None: the whole chain was verified for this view)."""
+
+    result: audit.VerifyResult
+    earlier: audit.KeptVerification | None
+
+
 def verify(ctx: ServiceContext, chain: str) -> audit.VerifyResult:
+    """The chain verified for a page or an API call: only what was appended since the last
+    verification kept (issue 21); see `verify_since`."""
+    return verify_since(ctx, chain).result
+
+
+def verify_since(ctx: ServiceContext, chain: str) -> Verification:
+    """Verify what was appended to `chain` since the last verification that found it intact, and
+    keep this one when it finds the chain intact (audit.verify_chain_since). The whole chain is
+    verified when nothing (or nothing signed by the audit key) is kept, and by `allocator audit
+    verify` at any time."""
     with ctx.db.reading() as session:
-        return audit.verify_chain(session.connection(), ctx.ring, chain, ctx.settings.audit_witness)
+        connection = session.connection()
+        kept = audit.kept_verification(connection, ctx.ring, chain)
+        result, keep = audit.verify_chain_since(
+            connection, ctx.ring, chain, kept, ctx.now(), ctx.settings.audit_witness
+        )
+    if keep is not None and (kept is None or keep.verified_seq > kept.verified_seq):
+        try:
+            with ctx.db.unit_of_work() as session:
+                audit.keep_verification(session.connection(), ctx.ring, keep)
+        except IntegrityError:
+            pass  # another request kept its own verification of the same entries first
+    return Verification(result, kept)
 
 
 # --- review sign-off (AUD-09, ACC-12) --------------------------------------------------------

@@ -13,18 +13,27 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 import kits as kitlib
 from allocator.audit import Action, Actor
-from allocator.models import Batch, Dispensation, Kit, KitStatus, PrintedDocument, Signature, Site, Subject
+from allocator.models import (
+    Batch,
+    Dispensation,
+    Kit,
+    KitStatus,
+    PrintedDocument,
+    Signature,
+    Site,
+    Subject,
+    SubjectWithdrawal,
+)
 from allocator.permissions import Scope
 from allocator.services import arm_access, documents, lookups, signatures
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, DomainError, FieldProblem, NotFound, ValidationFailed
 from allocator.services.lookups import current_definition, current_dispensations, get_trial, subject_in_reach
 from allocator.services.subjects.randomize import KitsUnavailable
-from allocator.services.subjects.views import withdrawal_of
 from allocator.services.subjects.withdrawal import withdrawn_refusal
 from allocator.services.supply import kit_rules
 from allocator.services.supply import stock as supply_stock
@@ -74,6 +83,8 @@ class QueueItem:
 
 
 def queue(ctx: ServiceContext, trial_code: str, scope: Scope) -> list[QueueItem]:
+    """The subjects within `scope` with kits still to dispense, in randomization order: one query
+    for the whole queue, whatever the number of subjects (issue 21)."""
     with ctx.db.reading() as session:
         trial = get_trial(session, trial_code)
         definition = current_definition(session, trial)
@@ -81,28 +92,46 @@ def queue(ctx: ServiceContext, trial_code: str, scope: Scope) -> list[QueueItem]
         sites = {
             s.id: s.code for s in session.execute(select(Site).where(Site.trial_id == trial.id)).scalars()
         }
-        items = []
-        for subject in session.execute(
-            select(Subject).where(Subject.trial_id == trial.id).order_by(Subject.id)
-        ).scalars():
-            if not scope.allows_site(subject.site_id) or withdrawal_of(session, subject.id) is not None:
-                continue  # REP-04: nothing more is dispensed to a withdrawn subject
-            pending = []
-            for day, row in sorted(current_dispensations(session, subject.id).items()):
-                if row.status == "allocated":
-                    kit = session.get(Kit, row.kit_id)
-                    pending.append((labels.get(day, f"D{day}"), kit.kit_number if kit else "?"))
-            if pending:
-                items.append(
-                    QueueItem(
-                        subject.subject_number,
-                        subject.randomization_number,
-                        sites[subject.site_id],
-                        subject.randomized_at,
-                        tuple(pending),
-                    )
-                )
-        return items
+        # The live dispensation of each day is its latest replacement; only those still "allocated"
+        # wait for the pharmacy. REP-04: nothing more is dispensed to a withdrawn subject.
+        later = aliased(Dispensation)
+        newer_exists = (
+            select(later.id)
+            .where(
+                later.subject_id == Dispensation.subject_id,
+                later.day == Dispensation.day,
+                later.replacement_number > Dispensation.replacement_number,
+            )
+            .exists()
+        )
+        withdrawn = select(SubjectWithdrawal.id).where(SubjectWithdrawal.subject_id == Subject.id).exists()
+        query = (
+            select(Subject, Dispensation.day, Kit.kit_number)
+            .join(Dispensation, Dispensation.subject_id == Subject.id)
+            .join(Kit, Kit.id == Dispensation.kit_id)
+            .where(
+                Subject.trial_id == trial.id,
+                Dispensation.status == "allocated",
+                ~newer_exists,
+                ~withdrawn,
+            )
+            .order_by(Subject.id, Dispensation.day)
+        )
+        if not scope.all_sites:
+            query = query.where(Subject.site_id.in_(sorted(scope.site_ids)))
+        pending: dict[int, tuple[Subject, list[tuple[str, str]]]] = {}
+        for subject, day, kit_number in session.execute(query).all():
+            pending.setdefault(subject.id, (subject, []))[1].append((labels.get(day, f"D{day}"), kit_number))
+        return [
+            QueueItem(
+                subject.subject_number,
+                subject.randomization_number,
+                sites[subject.site_id],
+                subject.randomized_at,
+                tuple(days),
+            )
+            for subject, days in pending.values()
+        ]
 
 
 # --- dispensing -------------------------------------------------------------------------------

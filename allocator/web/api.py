@@ -165,9 +165,16 @@ def _already_randomized(
 @bp.route("/trials/<trial>/subjects")
 @requires(Permission.SUBJECT_VIEW)
 def subject_list(trial: str) -> Response:
-    return jsonify(
-        {"subjects": [s.as_json() for s in views.subjects(ctx(), trial, scope(Permission.SUBJECT_VIEW))]}
+    """A page of subjects in randomization order; follow `next_after` to page (issue 21)."""
+    page = views.subjects_page(
+        ctx(),
+        trial,
+        scope(Permission.SUBJECT_VIEW),
+        after=hygiene.query_text("after", max_length=64),
+        limit=hygiene.query_int("limit", 100, minimum=1, maximum=views.MAX_PAGE),
+        site=hygiene.query_text("site", max_length=10),
     )
+    return jsonify({"subjects": [s.as_json() for s in page.subjects], "next_after": page.next_after})
 
 
 @bp.route("/trials/<trial>/subjects/<subject>")

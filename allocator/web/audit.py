@@ -37,7 +37,8 @@ def _render(chain: str, *, unblinded: bool, permission: Permission, trial: str |
         scope=visible,
         unblinded_reader=actor(permission) if unblinded else None,
     )
-    verification = audit_trail.verify(ctx(), chain)
+    checked = audit_trail.verify_since(ctx(), chain)
+    verification = checked.result
     return render_template(
         "audit/trail.html",
         chain=chain,
@@ -46,6 +47,7 @@ def _render(chain: str, *, unblinded: bool, permission: Permission, trial: str |
         filter=flt,
         actions=[a.value for a in Action],
         verification=verification,
+        verified_earlier=checked.earlier,
         unblinded=unblinded,
         reviews=audit_trail.reviews(ctx(), chain),
         head_seq=verification.entries,

@@ -170,6 +170,21 @@ def query_int(name: str, default: int, *, minimum: int, maximum: int) -> int:
     return number
 
 
+def query_text(name: str, *, max_length: int) -> str | None:
+    """A query parameter given at most once, of at most `max_length` characters; None when absent
+    or empty."""
+    values = request.args.getlist(name)
+    if not values or values == [""]:
+        return None
+    if len(values) > 1:
+        raise ValidationFailed(f"invalid {name}", errors=[FieldProblem(name, "give it once")])
+    if len(values[0]) > max_length or bad_character(values[0]):
+        raise ValidationFailed(
+            f"invalid {name}", errors=[FieldProblem(name, f"at most {max_length} printable characters")]
+        )
+    return values[0]
+
+
 def parse_time(name: str, value: object) -> datetime:
     """An ISO 8601 time with a zone, its local year within [EARLIEST_YEAR, LATEST_YEAR], checked
     before any conversion (D6: year 1 at +14:00 overflowed in the trial's local-date arithmetic)."""

@@ -251,28 +251,51 @@ def document() -> dict[str, Any]:
                     },
                 },
                 "get": {
-                    "summary": "Blinded subject records of the sites within reach",
+                    "summary": "Blinded subject records of the sites within reach, a page at a time",
                     "operationId": "listSubjects",
-                    "parameters": [_TRIAL],
+                    "parameters": [
+                        _TRIAL,
+                        {
+                            "name": "after",
+                            "in": "query",
+                            "schema": {"type": "string", "maxLength": 64},
+                            "description": "Return the subjects randomized after this subject number "
+                            "(the previous page's next_after)",
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                        },
+                        {
+                            "name": "site",
+                            "in": "query",
+                            "schema": {"type": "string", "maxLength": 10},
+                            "description": "Only the subjects of this site",
+                        },
+                    ],
                     "responses": {
                         "200": {
-                            "description": '{"subjects": [Subject]}',
+                            "description": '{"subjects": [Subject], "next_after": subject number or null}, '
+                            "in randomization order",
                             "content": {
                                 "application/json": {
                                     "schema": {
                                         "type": "object",
                                         "additionalProperties": False,
-                                        "required": ["subjects"],
+                                        "required": ["subjects", "next_after"],
                                         "properties": {
                                             "subjects": {
                                                 "type": "array",
                                                 "items": {"$ref": "#/components/schemas/Subject"},
-                                            }
+                                            },
+                                            "next_after": {"type": ["string", "null"]},
                                         },
                                     }
                                 }
                             },
                         },
+                        "422": _problem_response("Invalid cursor, limit or site"),
                         **_COMMON_ERRORS,
                     },
                 },

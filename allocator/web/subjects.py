@@ -23,7 +23,7 @@ from allocator.services.subjects import corrections, views
 from allocator.services.subjects import randomize as subjects_randomize
 from allocator.services.subjects import withdrawal as subjects_withdrawal
 from allocator.trialdef import BooleanCriterion, NumberCriterion, TrialDefinition
-from allocator.web import forms, messages
+from allocator.web import forms, hygiene, messages
 from allocator.web.i18n import plain_number, tr
 from allocator.web.security import actor, ctx, current_trial, current_user, scope
 
@@ -203,13 +203,29 @@ def randomized(trial: str, subject: str) -> str:
 # --- subjects ----------------------------------------------------------------------------------
 
 
+SUBJECT_PAGE = 100  # subjects per page of the list (issue 21: the list is paged, not the whole trial)
+
+
 @bp.route("/trials/<trial>/subjects")
 @requires(Permission.SUBJECT_VIEW)
 def subject_list(trial: str) -> str:
+    """A page of SUBJECT_PAGE subjects in randomization order, optionally of one site (issue 21)."""
+    site = hygiene.query_text("site", max_length=10)
+    page = views.subjects_page(
+        ctx(),
+        trial,
+        scope(Permission.SUBJECT_VIEW),
+        after=hygiene.query_text("after", max_length=64),
+        limit=SUBJECT_PAGE,
+        site=site,
+    )
     return render_template(
         "subjects/list.html",
         trial=trial,
-        subjects=views.subjects(ctx(), trial, scope(Permission.SUBJECT_VIEW)),
+        subjects=page.subjects,
+        next_after=page.next_after,
+        site=site,
+        site_choices=views.site_choices(ctx(), trial, scope(Permission.SUBJECT_VIEW)),
     )
 
 

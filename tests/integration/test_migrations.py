@@ -94,7 +94,7 @@ NO_DELETE = {
     "api_token",
     "list_extension_proposal",
 }
-UNGUARDED = {"login_session", "login_throttle"}
+UNGUARDED = {"login_session", "login_throttle", "audit_verification"}
 
 
 def _triggers(db: Database, table: str) -> set[str]:

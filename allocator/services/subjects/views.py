@@ -3,7 +3,8 @@ the screening log, the notifications, whether a blind is broken (blinded; never 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -25,6 +26,7 @@ from allocator.models import (
 from allocator.permissions import Scope
 from allocator.services import unblinding
 from allocator.services.context import ServiceContext
+from allocator.services.errors import FieldProblem, ValidationFailed
 from allocator.services.lookups import current_definition, get_trial, subject_in_reach
 from allocator.trialdef import TrialDefinition
 
@@ -137,70 +139,119 @@ class SubjectView:
 def subject_view(
     session: Session, definition: TrialDefinition, subject: Subject, site_codes: Mapping[int, str]
 ) -> SubjectView:
+    """One subject's view (a handful of queries, whatever the size of the trial)."""
+    return subject_views(session, definition, [subject], site_codes)[0]
+
+
+def subject_views(
+    session: Session,
+    definition: TrialDefinition,
+    subjects: Sequence[Subject],
+    site_codes: Mapping[int, str],
+) -> list[SubjectView]:
+    """The views of `subjects` (all of one trial), in their order, read with one query per kind of
+    fact (kits, administrations, corrections, withdrawals, broken blinds) for all of them at once:
+    the cost of a list or a report does not grow with its subjects (issue 21)."""
+    if not subjects:
+        return []
+    trial_id = subjects[0].trial_id
+    ids = [s.id for s in subjects]
+    # One subject (a subject page): narrow by id. Many (a list, a report): the trial's rows, which
+    # costs one scan instead of a parameter list that grows with the subjects.
+    if len(ids) == 1:
+        mine: Callable[[Any], Any] = lambda column: column == ids[0]  # noqa: E731
+    else:
+        in_trial = select(Subject.id).where(Subject.trial_id == trial_id).scalar_subquery()
+        mine = lambda column: column.in_(in_trial)  # noqa: E731
     labels = {d.day: d.label for d in definition.dispensing.schedule}
-    rows = session.execute(
+    wanted = set(ids)
+
+    kits: dict[int, dict[int, tuple[Dispensation, str]]] = defaultdict(dict)
+    for dispensation, kit_number in session.execute(
         select(Dispensation, Kit.kit_number)
         .join(Kit, Kit.id == Dispensation.kit_id)
-        .where(Dispensation.subject_id == subject.id)
-        .order_by(Dispensation.day, Dispensation.replacement_number)
-    ).all()
-    administered = {
-        a.dispensation_id: a.administered_at
-        for a in session.execute(
-            select(Administration).where(Administration.subject_id == subject.id)
+        .where(mine(Dispensation.subject_id))
+        .order_by(Dispensation.subject_id, Dispensation.day, Dispensation.replacement_number)
+    ).all():
+        kits[dispensation.subject_id][dispensation.day] = (dispensation, kit_number)  # the last replacement
+    administered = dict(
+        session.execute(
+            select(Administration.dispensation_id, Administration.administered_at).where(
+                mine(Administration.subject_id)
+            )
+        ).all()
+    )
+    corrections: dict[int, list[SubjectCorrection]] = defaultdict(list)
+    for c in session.execute(
+        select(SubjectCorrection).where(mine(SubjectCorrection.subject_id)).order_by(SubjectCorrection.id)
+    ).scalars():
+        corrections[c.subject_id].append(c)
+    withdrawals = {
+        w.subject_id: w
+        for w in session.execute(
+            select(SubjectWithdrawal).where(mine(SubjectWithdrawal.subject_id))
         ).scalars()
     }
-    current: dict[int, tuple[Dispensation, str]] = {}
-    replacements: dict[int, int] = {}
-    for dispensation, kit_number in rows:
-        current[dispensation.day] = (dispensation, kit_number)
-        replacements[dispensation.day] = dispensation.replacement_number
-    days = tuple(
-        DayView(
-            day=day,
-            label=labels.get(day, f"D{day}"),
-            kit_number=kit_number,
-            status=d.status,
-            dispensed_at=d.dispensed_at,
-            administered_at=administered.get(d.id),
-            replacements=replacements[day],
-        )
-        for day, (d, kit_number) in sorted(current.items())
-    )
-    corrections = tuple(
-        CorrectionView(
-            c.kind, c.field, c.old_value, c.new_value, c.reason, c.by_name, c.at, c.investigator_agreement_ref
-        )
-        for c in session.execute(
-            select(SubjectCorrection)
-            .where(SubjectCorrection.subject_id == subject.id)
-            .order_by(SubjectCorrection.id)
-        ).scalars()
-    )
-    return SubjectView(
-        subject_number=subject.subject_number,
-        screening_number=subject.screening_number,
-        randomization_number=subject.randomization_number,
-        site=site_codes[subject.site_id],
-        randomized_at=subject.randomized_at,
-        randomized_by=subject.randomized_by_name,
-        strata_at_randomization=dict(subject.strata),
-        strata_corrected=current_strata(session, subject),
-        in_error=any(c.kind == "randomized_in_error" for c in corrections),
-        blind_broken=blind_broken(session, subject.id),
-        days=days,
-        corrections=corrections,
-        withdrawal=_withdrawal_view(session, subject.id),
-    )
+    broken = unblinding.blind_broken_subject_ids(session, trial_id) & wanted
 
-
-def _withdrawal_view(session: Session, subject_id: int) -> WithdrawalView | None:
-    w = withdrawal_of(session, subject_id)
-    if w is None:
-        return None
-    return WithdrawalView(
-        w.kind, w.effective_date, w.reason, w.recorded_by_name, w.recorded_at, w.investigator_agreement_ref
-    )
+    views: list[SubjectView] = []
+    for subject in subjects:
+        own = corrections.get(subject.id, [])
+        strata = dict(subject.strata)
+        for c in own:  # the stratification values as corrected, in order
+            if c.kind == "stratum" and c.field:
+                strata[c.field] = c.new_value
+        w = withdrawals.get(subject.id)
+        views.append(
+            SubjectView(
+                subject_number=subject.subject_number,
+                screening_number=subject.screening_number,
+                randomization_number=subject.randomization_number,
+                site=site_codes[subject.site_id],
+                randomized_at=subject.randomized_at,
+                randomized_by=subject.randomized_by_name,
+                strata_at_randomization=dict(subject.strata),
+                strata_corrected=strata,
+                in_error=any(c.kind == "randomized_in_error" for c in own),
+                blind_broken=subject.id in broken,
+                days=tuple(
+                    DayView(
+                        day=day,
+                        label=labels.get(day, f"D{day}"),
+                        kit_number=kit_number,
+                        status=d.status,
+                        dispensed_at=d.dispensed_at,
+                        administered_at=administered.get(d.id),
+                        replacements=d.replacement_number,
+                    )
+                    for day, (d, kit_number) in sorted(kits.get(subject.id, {}).items())
+                ),
+                corrections=tuple(
+                    CorrectionView(
+                        c.kind,
+                        c.field,
+                        c.old_value,
+                        c.new_value,
+                        c.reason,
+                        c.by_name,
+                        c.at,
+                        c.investigator_agreement_ref,
+                    )
+                    for c in own
+                ),
+                withdrawal=WithdrawalView(
+                    w.kind,
+                    w.effective_date,
+                    w.reason,
+                    w.recorded_by_name,
+                    w.recorded_at,
+                    w.investigator_agreement_ref,
+                )
+                if w is not None
+                else None,
+            )
+        )
+    return views
 
 
 def blind_broken(session: Session, subject_id: int) -> bool:
@@ -213,29 +264,93 @@ def blind_broken(session: Session, subject_id: int) -> bool:
     )
 
 
+def _site_codes(session: Session, trial_id: int) -> dict[int, str]:
+    return {s.id: s.code for s in session.execute(select(Site).where(Site.trial_id == trial_id)).scalars()}
+
+
 def subjects(ctx: ServiceContext, trial_code: str, scope: Scope) -> list[SubjectView]:
+    """Every subject within `scope`, in randomization order."""
     with ctx.db.reading() as session:
         trial = get_trial(session, trial_code)
         definition = current_definition(session, trial)
-        site_codes = {
-            s.id: s.code for s in session.execute(select(Site).where(Site.trial_id == trial.id)).scalars()
-        }
-        rows = session.execute(
-            select(Subject).where(Subject.trial_id == trial.id).order_by(Subject.id)
-        ).scalars()
-        return [
-            subject_view(session, definition, s, site_codes) for s in rows if scope.allows_site(s.site_id)
-        ]
+        query = select(Subject).where(Subject.trial_id == trial.id).order_by(Subject.id)
+        if not scope.all_sites:
+            query = query.where(Subject.site_id.in_(sorted(scope.site_ids)))
+        rows = list(session.execute(query).scalars())
+        return subject_views(session, definition, rows, _site_codes(session, trial.id))
+
+
+def site_choices(ctx: ServiceContext, trial_code: str, scope: Scope) -> list[str]:
+    """The codes of the trial's sites within `scope`, for a site filter."""
+    with ctx.db.reading() as session:
+        trial = get_trial(session, trial_code)
+        return sorted(code for sid, code in _site_codes(session, trial.id).items() if scope.allows_site(sid))
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectPage:
+    subjects: list[SubjectView]
+    next_after: str | None  # the subject number to pass as `after` for the next page; None: last page
+
+
+MAX_PAGE = 1000
+
+
+def subjects_page(
+    ctx: ServiceContext,
+    trial_code: str,
+    scope: Scope,
+    *,
+    after: str | None = None,
+    limit: int = 100,
+    site: str | None = None,
+) -> SubjectPage:
+    """One page of the subjects within `scope` (and at `site`, when given), in randomization order,
+    after the subject numbered `after`: a few queries and `limit` views, whatever the size of the
+    trial (issue 21). Raises ValidationFailed naming `after`, `site` or `limit`."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise ValidationFailed("invalid limit", errors=[FieldProblem("limit", f"from 1 to {MAX_PAGE}")])
+    with ctx.db.reading() as session:
+        trial = get_trial(session, trial_code)
+        definition = current_definition(session, trial)
+        codes = _site_codes(session, trial.id)
+        query = select(Subject).where(Subject.trial_id == trial.id).order_by(Subject.id).limit(limit + 1)
+        if not scope.all_sites:
+            query = query.where(Subject.site_id.in_(sorted(scope.site_ids)))
+        if site:
+            found = [sid for sid, code in codes.items() if code == site and scope.allows_site(sid)]
+            if not found:
+                raise ValidationFailed(
+                    "unknown site",
+                    errors=[
+                        FieldProblem("site", f"{site!r} is not a site of {trial.code} within your reach")
+                    ],
+                )
+            query = query.where(Subject.site_id == found[0])
+        if after:
+            start = session.execute(
+                select(Subject.id).where(Subject.trial_id == trial.id, Subject.subject_number == after)
+            ).scalar_one_or_none()
+            if start is None:
+                raise ValidationFailed(
+                    "unknown cursor", errors=[FieldProblem("after", f"no subject {after!r} in {trial.code}")]
+                )
+            query = query.where(Subject.id > start)
+        rows = list(session.execute(query).scalars())
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return SubjectPage(
+            subject_views(session, definition, rows, codes),
+            rows[-1].subject_number if more and rows else None,
+        )
 
 
 def subject(ctx: ServiceContext, trial_code: str, number: str, scope: Scope) -> SubjectView:
     with ctx.db.reading() as session:
         trial = get_trial(session, trial_code)
         definition = current_definition(session, trial)
-        site_codes = {
-            s.id: s.code for s in session.execute(select(Site).where(Site.trial_id == trial.id)).scalars()
-        }
-        return subject_view(session, definition, subject_in_reach(session, trial, number, scope), site_codes)
+        found = subject_in_reach(session, trial, number, scope)
+        return subject_view(session, definition, found, _site_codes(session, trial.id))
 
 
 @dataclass(frozen=True, slots=True)
