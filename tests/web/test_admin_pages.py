@@ -104,7 +104,9 @@ def test_site_activation_page(ctx: ServiceContext, signed_in: SignedIn) -> None:
         "csrf_token": token,
     }
     no_evidence = tm.post("/trials/IFNG-PAIS/sites/P1/activate", data=form, follow_redirects=True)
-    assert '<p class="field-error" id="code_break_evidence-error">say where' in no_evidence.get_data(as_text=True)
+    assert '<p class="field-error" id="code_break_evidence-error">say where' in no_evidence.get_data(
+        as_text=True
+    )
     evidence = "sheets of kits 1-4 held by the on-call unblinded pharmacist, receipt 2026-02-01"
     no_sheets = tm.post(
         "/trials/IFNG-PAIS/sites/P1/activate",
@@ -214,13 +216,16 @@ def test_the_audit_trail_reads_in_plain_words_newest_first(ctx: ServiceContext, 
     body = page.split("<tbody>")[1]
     numbers = [int(n) for n in re.findall(r"<tr>\s*<td>(\d+)</td>", body)]
     assert len(numbers) >= 5 and numbers == sorted(numbers, reverse=True)
-    assert '<span title="site.created">Site created</span><br><span class="muted small code-name">site.created' in body
+    assert (
+        '<span title="site.created">Site created</span><br><span class="muted small code-name">site.created'
+        in body
+    )
     assert "Pr Dépret" in body and "\\u00" not in body and '{"' not in body and "&#34;" not in body
     by_name = client.get("/trials/IFNG-PAIS/audit?user=test+runner").get_data(as_text=True)
     assert by_name.count("<tr>") - 1 == len(numbers)  # every entry of the set-up is by the command line
     nobody = client.get("/trials/IFNG-PAIS/audit?user=Nobody").get_data(as_text=True)
     assert "No entry matches." in nobody
-    assert ">Site créé</span>" in _in_french(client)
+    assert ">Centre créé</span>" in _in_french(client)
 
 
 def _in_french(client: FlaskClient) -> str:
