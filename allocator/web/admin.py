@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, date, datetime, time
 
-from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask import Blueprint, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from werkzeug.wrappers import Response
 
@@ -23,9 +23,7 @@ bp = Blueprint("admin", __name__)
 _form = forms.text
 
 
-def _perform(
-    action: Callable[[], object], success: str, target: str, form_id: str | None = None
-) -> Response:
+def _perform(action: Callable[[], object], success: str, target: str, form_id: str | None = None) -> Response:
     """Run one service call for a form: its outcome in plain words, then a redirect (PRG)."""
     return forms.perform(action, success, target, form_id, _labels())
 

@@ -60,9 +60,9 @@ def test_granting_in_a_trial_validates_and_reports_errors(ctx: ServiceContext, s
         follow_redirects=True,
     )
     shown = bad.get_data(as_text=True)  # beside its field, which the summary links to (issue 13)
-    assert '<p class="field-error" id="site-error">the nurse role must be granted for a site</p>' in shown
+    assert '<p class="field-error" id="site-error">this role must be granted for a site</p>' in shown
     assert '<a href="#t-site">Site (site roles; optional for monitors): the nurse role' not in shown
-    assert '<a href="#t-site">Site: the nurse role must be granted for a site</a>' in shown
+    assert '<a href="#t-site">Site: this role must be granted for a site</a>' in shown
     assert 'value="newcomer"' in shown and 'value="cover"' in shown  # what was typed is kept
     ok = tm.post(
         "/trials/IFNG-PAIS/roles",
