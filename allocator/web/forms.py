@@ -150,8 +150,8 @@ def recall(form_id: str) -> FormState:
 def flash_error(exc: DomainError, labels: Mapping[str, str] | None = None) -> None:
     """For actions whose page has no form to mark: the error as one flash message, in plain words.
 
-    Without `labels` (the screens not converted yet: administration, lists, supply, code-break
-    sheets) each field is still named by its code name, as those pages showed it so far."""
+    Without `labels` (the supply pages, whose scan fields are being reworked) each field is still
+    named by its code name, as those pages showed it so far."""
     state = shown(exc, labels if labels is not None else {p.field: p.field for p in exc.errors})
     details = "; ".join(e.line for e in state.errors[:10])
     flash(f"{state.summary} ({details})" if details else state.summary, "error")

@@ -198,6 +198,16 @@ STATUS_WORDS = frozenset(
         N_("opened_unregistered"),
         N_("never_checked"),
         N_("depot"),
+        # randomization lists and their extensions
+        N_("draft"),
+        N_("retired"),
+        N_("permuted_blocks"),
+        N_("minimization"),
+        N_("low"),
+        N_("exhausted"),
+        N_("approved"),
+        N_("declined"),
+        N_("withdrawn"),
     }
 )
 CHOICE_LABELS = frozenset(
