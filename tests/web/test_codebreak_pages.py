@@ -39,7 +39,9 @@ def flashes(response: object) -> list[str]:
     html = response.get_data(as_text=True)  # type: ignore[attr-defined]
     found = re.findall(r'<p class="flash [a-z]+" role="[a-z]+">([^<]*)</p>', html)
     found += re.findall(r'<div class="error-summary"[^>]*>\s*<h2>[^<]*</h2>\s*<p>([^<]*)</p>', html)
-    found += [f"{f}: {m}" for f, m in re.findall(r'<p class="field-error" id="([\w.]+)-error">([^<]*)</p>', html)]
+    found += [
+        f"{f}: {m}" for f, m in re.findall(r'<p class="field-error" id="([\w.]+)-error">([^<]*)</p>', html)
+    ]
     return found
 
 

@@ -141,7 +141,9 @@ def test_the_statistician_generates_reviews_approves_and_activates_a_list(
     page = stat.post(LISTS, mode="test")
     assert "already has a TEST list" in page
     page = stat.post(LISTS, mode="production")
-    assert "RND-13" not in page and "it holds TEST lists only, not PRODUCTION" in page  # the requirement id stays in the logs
+    assert (
+        "RND-13" not in page and "it holds TEST lists only, not PRODUCTION" in page
+    )  # the requirement id stays in the logs
 
     reads = len(events(ctx, "arm.read", chain=TRIAL))
     review = stat.client.get(f"{LISTS}/{identifier}/review")
@@ -228,7 +230,9 @@ def test_the_statistician_extends_and_exports_an_active_list(
         },
     )
     assert short.status_code == 303
-    assert "Passphrase (at least 16 characters): at least 16 characters" in stat.client.get(LISTS).get_data(as_text=True)
+    assert "Passphrase (at least 16 characters): at least 16 characters" in stat.client.get(LISTS).get_data(
+        as_text=True
+    )
     passphrase = "the CRO's own passphrase, 2026"
     download = stat.client.post(
         f"{LISTS}/{generated.list_id}/export",
