@@ -23,6 +23,7 @@ from flask_babel import Babel, get_locale, gettext
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
+from allocator import notices
 from allocator.permissions import Permission, Role, public
 from allocator.services import auth as auth_service
 from allocator.services.accounts import users
@@ -181,6 +182,7 @@ def install(app: Flask) -> None:
     app.add_template_filter(messages.word, "status_name")
     app.add_template_filter(messages.word, "choice_label")
     app.add_template_filter(audit_words.action_label, "action_label")
+    app.add_template_filter(lambda text: notices.translate(text, gettext), "notice")
     app.add_template_filter(audit_words.key_label, "key_label")
     app.add_template_filter(audit_words.detail_lines, "detail_lines")
 

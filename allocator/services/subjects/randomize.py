@@ -22,6 +22,7 @@ from datetime import datetime
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
+import kits as kitlib
 from allocator import crypto
 from allocator.audit import Action, Actor
 from allocator.eligibility import EligibilityInputError, EligibilityResult
@@ -609,7 +610,10 @@ def _randomize_in(
         number,
         f"Dispensation request for {number}",
         f"Subject {number} (randomization number {randomization_number}) was randomized at site {site.code} by "
-        f"{actor.name}. Kits to dispense: " + ", ".join(f"{k.day} {k.kit_number}" for k in allocated) + ".",
+        f"{actor.name}. Kits to dispense: "
+        # printed as on the label, with its dash (issue 13 point 9)
+        + ", ".join(f"{k.day} {kitlib.format_kit_number(k.kit_number)}" for k in allocated)
+        + ".",
         now,
     )
     remaining = target.capacity - position
