@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
 
 from allocator import audit
@@ -136,7 +136,11 @@ def _query(
 ) -> Select[AuditEvent]:
     query = select(AuditEvent).where(AuditEvent.chain == chain)
     if flt.username:
-        query = query.where(AuditEvent.actor_username == flt.username)
+        # A person is looked for by user name or by (part of) their printed name (issue 13 point 9).
+        needle = f"%{flt.username.lower()}%"
+        query = query.where(
+            (AuditEvent.actor_username == flt.username) | func.lower(AuditEvent.actor_name).like(needle)
+        )
     if flt.action:
         query = query.where(AuditEvent.action == flt.action)
     if flt.object_type:
@@ -199,8 +203,10 @@ def page(
     limit: int,
     scope: Scope | None,
     unblinded_reader: Actor | None = None,
+    newest_first: bool = False,
 ) -> Page:
-    """One page of entries in sequence order, starting after `after`.
+    """One page of entries in sequence order, starting after `after`; with `newest_first` (the
+    trail's pages, issue 13 point 9) in reverse order, starting before `after`.
 
     `unblinded_reader` (an unblinded role) opens sealed values; each opening is itself audited."""
     if not 1 <= limit <= MAX_PAGE:
@@ -208,9 +214,10 @@ def page(
             "invalid page size", errors=[FieldProblem("limit", f"must be 1 to {MAX_PAGE}")]
         )
     site_codes = _site_codes(ctx, chain) if scope is not None and not scope.all_sites else {}
-    query = _query(chain, flt, scope, site_codes).order_by(AuditEvent.seq).limit(limit + 1)
+    order = AuditEvent.seq.desc() if newest_first else AuditEvent.seq
+    query = _query(chain, flt, scope, site_codes).order_by(order).limit(limit + 1)
     if after is not None:
-        query = query.where(AuditEvent.seq > after)
+        query = query.where(AuditEvent.seq < after if newest_first else AuditEvent.seq > after)
     with ctx.db.reading() as session:
         events = list(session.execute(query).scalars())
     more = len(events) > limit

@@ -26,6 +26,7 @@ from email.utils import make_msgid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from allocator import notices
 from allocator.models import Notification, RoleAssignment, RoleRevocation, Trial, User
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict
@@ -103,17 +104,34 @@ def recipients(session: Session, notification: Notification, now: datetime) -> l
     return sorted(wanted)
 
 
-def message_for(settings: Settings, trial_code: str, notification: Notification, to: str) -> EmailMessage:
+def languages(session: Session, addresses: list[str]) -> dict[str, str | None]:
+    """The language each address's account chose ("fr", "en"; None: never chose, English)."""
+    if not addresses:
+        return {}
+    rows = session.execute(
+        select(User.email, User.language).where(User.email.in_(addresses), User.is_active.is_(True))
+    ).all()
+    chosen: dict[str, str | None] = {}
+    for email, language in rows:
+        chosen[email] = chosen.get(email) or language
+    return chosen
+
+
+def message_for(
+    settings: Settings, trial_code: str, notification: Notification, to: str, language: str | None = None
+) -> EmailMessage:
+    """The e-mail of `notification` to `to`, in the recipient's language (issue 13)."""
+    gettext = notices.catalogue_gettext(language)
     message = EmailMessage()
     message["From"] = settings.mail_from
     message["To"] = to
-    message["Subject"] = f"[{trial_code}] {notification.title}"
+    message["Subject"] = f"[{trial_code}] {notices.translate(notification.title, gettext)}"
     message["Message-ID"] = make_msgid(domain=settings.mail_from.rpartition("@")[2] or "localhost")
-    message.set_content(
-        f"{notification.body}\n\n"
-        f"Trial {trial_code}, {notification.created_at:%Y-%m-%d %H:%M} UTC.\n"
-        "This message never states a treatment allocation. Sign in to the allocator for details.\n"
-    )
+    footer = gettext(notices.MAIL_FOOTER) % {
+        "trial": trial_code,
+        "when": f"{notification.created_at:%Y-%m-%d %H:%M}",
+    }
+    message.set_content(f"{notices.translate(notification.body, gettext)}\n\n{footer}\n")
     return message
 
 
@@ -143,12 +161,13 @@ def send_pending(ctx: ServiceContext, *, transport: Transport | None = None, lim
                 continue
             trial_code = session.execute(select(Trial.code).where(Trial.id == row.trial_id)).scalar_one()
             to = recipients(session, row, now)
+            language = languages(session, to)
             # Recipients already written to by an earlier, interrupted run are not written to again.
             delivered = [a for a in (row.email_to or "").split(", ") if a]
             try:
                 for address in to:
                     if address not in delivered:
-                        send(message_for(ctx.settings, trial_code, row, address))
+                        send(message_for(ctx.settings, trial_code, row, address, language.get(address)))
                         delivered.append(address)
                         sent += 1
             except (OSError, smtplib.SMTPException) as exc:

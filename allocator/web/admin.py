@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, date, datetime, time
 
-from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask import Blueprint, redirect, render_template, request, url_for
+from flask_babel import gettext as _
 from werkzeug.wrappers import Response
 
 from allocator.permissions import ROLE_TITLES, Permission, Role, requires
@@ -20,18 +21,28 @@ bp = Blueprint("admin", __name__)
 
 
 _form = forms.text
-_flash_error = forms.flash_error
 
 
-def _perform(action: Callable[[], object], success: str, target: str) -> Response:
-    """Run one service call for a form: flash its outcome and redirect (post/redirect/get)."""
-    try:
-        action()
-    except DomainError as exc:
-        _flash_error(exc)
-    else:
-        flash(success, "ok")
-    return redirect(target, code=303)
+def _perform(action: Callable[[], object], success: str, target: str, form_id: str | None = None) -> Response:
+    """Run one service call for a form: its outcome in plain words, then a redirect (PRG)."""
+    return forms.perform(action, success, target, form_id, _labels())
+
+
+def _labels() -> dict[str, str]:
+    """The administration forms' fields as their labels name them."""
+    return {
+        "username": _("User name"),
+        "full_name": _("Printed name (shown on signatures)"),
+        "email": _("E-mail (optional)"),
+        "role": _("Role"),
+        "trial": _("Trial code"),
+        "site": _("Site"),
+        "ends_on": _("Ends on (optional)"),
+        "reason": _("Reason"),
+        "approval_date": _("Approval date"),
+        "delegation_log_date": _("Delegation log date"),
+        "code_break_evidence": _("Code-break material"),
+    }
 
 
 def _date_field(name: str, *, required: bool) -> date | None:
@@ -73,6 +84,7 @@ def users() -> str:
         "admin/users.html",
         users=user_admin.list_users(ctx()),
         roles=_role_choices(False) + _role_choices(True),
+        form=forms.recall_for(request.path, "new-user"),
     )
 
 
@@ -97,8 +109,8 @@ def create_user() -> Response | str:
             else None,
         )
     except DomainError as exc:
-        _flash_error(exc)
-        return redirect(url_for("admin.users"), code=303)
+        forms.remember(f"{url_for('admin.users')}#new-user", forms.shown(exc, _labels()))
+        return redirect(f"{url_for('admin.users')}#new-user", code=303)
     # The one-time password is shown once, in this response only (never in a cookie or a log).
     return render_template(
         "admin/password_issued.html", username=created.username, password=created.one_time_password
@@ -115,6 +127,7 @@ def user(username: str) -> str:
         sessions=user_admin.active_sessions(ctx(), row.id),
         tokens=user_admin.tokens(ctx(), row.id),
         roles=_role_choices(trial_level=False) + _role_choices(trial_level=True),
+        form=forms.recall_for(request.path, "grant"),
     )
 
 
@@ -134,8 +147,9 @@ def grant(username: str) -> Response:
             ),
             ends_at=_end_of(_date_field("ends_on", required=False)),
         ),
-        f"Role granted to {username}.",
+        _("Role granted to %(username)s.", username=username),
         url_for("admin.user", username=username),
+        "grant",
     )
 
 
@@ -146,7 +160,7 @@ def revoke(username: str, assignment_id: int) -> Response:
         lambda: accounts_users.revoke_role(
             ctx(), actor(Permission.USER_MANAGE), assignment_id, _form("reason")
         ),
-        "Role revoked. It stops at the user's next request.",
+        _("Role revoked. It stops at the user's next request."),
         url_for("admin.user", username=username),
     )
 
@@ -159,7 +173,11 @@ def set_active(username: str, change: str) -> Response:
         lambda: user_admin.set_active(
             ctx(), actor(Permission.USER_MANAGE), username, reactivate, _form("reason")
         ),
-        f"{username} {'reactivated' if reactivate else 'deactivated; every session ended'}.",
+        (
+            _("%(username)s reactivated.", username=username)
+            if reactivate
+            else _("%(username)s deactivated; every session ended.", username=username)
+        ),
         url_for("admin.user", username=username),
     )
 
@@ -170,7 +188,7 @@ def reset_password(username: str) -> Response | str:
     try:
         password = user_admin.reset_password(ctx(), actor(Permission.USER_MANAGE), username, _form("reason"))
     except DomainError as exc:
-        _flash_error(exc)
+        forms.flash_error(exc, _labels())
         return redirect(url_for("admin.user", username=username), code=303)
     return render_template("admin/password_issued.html", username=username, password=password)
 
@@ -180,7 +198,7 @@ def reset_password(username: str) -> Response | str:
 def reset_totp(username: str) -> Response:
     return _perform(
         lambda: user_admin.reset_totp(ctx(), actor(Permission.USER_MANAGE), username, _form("reason")),
-        f"The authenticator of {username} was removed.",
+        _("The authenticator of %(username)s was removed.", username=username),
         url_for("admin.user", username=username),
     )
 
@@ -190,7 +208,7 @@ def reset_totp(username: str) -> Response:
 def revoke_token(token_id: int) -> Response:
     return _perform(
         lambda: user_admin.revoke_token(ctx(), actor(Permission.USER_MANAGE), token_id),
-        "Token revoked.",
+        _("Token revoked."),
         safe_path(request.form.get("back"), url_for("admin.users")),
     )
 
@@ -215,7 +233,7 @@ def terminate(session_id: int) -> Response:
         lambda: user_admin.terminate_session(
             ctx(), actor(Permission.SESSION_MANAGE), session_id, _form("reason")
         ),
-        "Session ended.",
+        _("Session ended."),
         safe_path(request.form.get("back"), url_for("admin.sessions")),
     )
 
@@ -232,6 +250,7 @@ def trial_roles(trial: str) -> str:
         rows=user_admin.trial_roles(ctx(), trial),
         sites=sites.sites(ctx(), trial),
         roles=_role_choices(trial_level=True),
+        form=forms.recall_for(request.path, "grant"),
     )
 
 
@@ -248,8 +267,9 @@ def trial_grant(trial: str) -> Response:
             ),
             ends_at=_end_of(_date_field("ends_on", required=False)),
         ),
-        "Role granted.",
+        _("Role granted."),
         url_for("admin.trial_roles", trial=trial),
+        "grant",
     )
 
 
@@ -260,7 +280,7 @@ def trial_revoke(trial: str, assignment_id: int) -> Response:
         lambda: accounts_users.revoke_role(
             ctx(), actor(Permission.ROLE_MANAGE), assignment_id, _form("reason"), only_trial=trial
         ),
-        "Role revoked. It stops at the user's next request.",
+        _("Role revoked. It stops at the user's next request."),
         url_for("admin.trial_roles", trial=trial),
     )
 
@@ -284,6 +304,7 @@ def trial_sites(trial: str) -> str:
         trial=trial,
         sites=rows,
         today=ctx().now().date(),
+        form_states={s.code: forms.recall_for(request.path, f"site-{s.code}") for s in rows},
         kits_without_sheet=codebreak.missing_sheets(ctx(), trial),  # UNB-07 checklist
     )
 
@@ -312,6 +333,11 @@ def site_change(trial: str, site: str, change: str) -> Response:
 
     return _perform(
         act,
-        f"Site {site} {'activated' if change == 'activate' else 'closed'}.",
+        (
+            _("Site %(site)s activated.", site=site)
+            if change == "activate"
+            else _("Site %(site)s closed.", site=site)
+        ),
         url_for("admin.trial_sites", trial=trial),
+        f"site-{site}",
     )

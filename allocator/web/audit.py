@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from allocator.audit import SYSTEM_CHAIN, Action
@@ -36,6 +37,7 @@ def _render(chain: str, *, unblinded: bool, permission: Permission, trial: str |
         limit=PAGE,
         scope=visible,
         unblinded_reader=actor(permission) if unblinded else None,
+        newest_first=True,  # issue 13 point 9: what happened last is what the reader looks for
     )
     checked = audit_trail.verify_since(ctx(), chain)
     verification = checked.result
@@ -106,10 +108,19 @@ def review(trial: str) -> WerkzeugResponse:
             ),
         )
     except DomainError as exc:
-        forms.flash_error(exc)
+        forms.flash_error(exc, _review_labels())
     else:
-        flash(f"Review signed up to entry {raw}.", "ok")
+        flash(_("Review signed up to entry %(entry)s.", entry=raw), "ok")
     return redirect(url_for("audit.trail", trial=trial), code=303)
+
+
+def _review_labels() -> dict[str, str]:
+    return {
+        "up_to_seq": _("Reviewed up to entry"),
+        "comment": _("Findings (optional)"),
+        "password": _("Your password (electronic signature)"),
+        "otp": _("Authenticator code"),
+    }
 
 
 @bp.route("/admin/audit")

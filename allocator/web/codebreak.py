@@ -8,12 +8,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from allocator.permissions import Permission, requires
 from allocator.services import codebreak
 from allocator.services.errors import DomainError
-from allocator.web import forms
+from allocator.web import forms, messages
 from allocator.web.security import actor, ctx, scope
 
 bp = Blueprint("codebreak", __name__)
@@ -27,16 +28,37 @@ def _lines(name: str) -> list[str]:
 
 
 _signature = forms.optional_signature
-_flash_error = forms.flash_error
+SHEET_FORMS = ("generate", "replace", "reprint")
 
 
-def _pdf(trial: str, make: Callable[[], codebreak.SheetDocument]) -> WerkzeugResponse:
+def _labels() -> dict[str, str]:
+    """The code-break forms' fields as their labels name them."""
+    return {
+        "sheet_number": _("Sheet number"),
+        "status": _("Found"),
+        "note": _("Note (required when opened or missing)"),
+        "kits": _("Kit numbers"),
+        "reason": _("Reason"),
+        "password": _("Your password (electronic signature)"),
+        "otp": _("Authenticator code"),
+    }
+
+
+def _refused(exc: DomainError, target: str, form_id: str) -> WerkzeugResponse:
+    """Back to the form's page, with the errors beside its fields (or at the top) (PRG)."""
+    if not exc.errors:
+        forms.flash_error(exc, _labels())
+        return redirect(target, code=303)
+    forms.remember(f"{target}#{form_id}", forms.shown(exc, _labels()))
+    return redirect(f"{target}#{form_id}", code=303)
+
+
+def _pdf(trial: str, make: Callable[[], codebreak.SheetDocument], form_id: str) -> WerkzeugResponse:
     """Run a generation, reprint or replacement: the PDF as an attachment, or back to the page."""
     try:
         document = make()
     except DomainError as exc:
-        _flash_error(exc)
-        return redirect(url_for("codebreak.sheets", trial=trial), code=303)
+        return _refused(exc, url_for("codebreak.sheets", trial=trial), form_id)
     return Response(
         document.pdf,
         mimetype="application/pdf",
@@ -54,6 +76,7 @@ def overview(trial: str) -> str:
         report=codebreak.reconciliation(ctx(), trial, scope(Permission.CODE_BREAK_CHECK)),
         states=codebreak.STATES,
         statuses=codebreak.CHECK_STATUSES,
+        form=forms.recall_for(request.path, "check"),
     )
 
 
@@ -83,11 +106,18 @@ def check(trial: str) -> WerkzeugResponse:
             scope(Permission.CODE_BREAK_CHECK),
         )
     except DomainError as exc:
-        _flash_error(exc)
+        return _refused(exc, url_for("codebreak.overview", trial=trial), "check")
     else:
-        flash(f"Sheet {recorded.sheet_number} recorded as {recorded.status}.", "ok")
+        flash(
+            _(
+                "Sheet %(sheet)s recorded as %(status)s.",
+                sheet=recorded.sheet_number,
+                status=messages.word(recorded.status),
+            ),
+            "ok",
+        )
         if recorded.discrepancy:
-            flash(recorded.discrepancy, "error")
+            flash(forms.plain(recorded.discrepancy), "error")
     return redirect(url_for("codebreak.overview", trial=trial), code=303)
 
 
@@ -102,6 +132,7 @@ def sheets(trial: str) -> str:
         documents=codebreak.documents(ctx(), trial),
         report=codebreak.reconciliation(ctx(), trial, scope(Permission.CODE_BREAK_GENERATE)),
         states=codebreak.STATES,
+        form_states={form_id: forms.recall_for(request.path, form_id) for form_id in SHEET_FORMS},
     )
 
 
@@ -118,6 +149,7 @@ def generate(trial: str) -> WerkzeugResponse:
             signature=_signature(),
             kit_numbers=kit_numbers,
         ),
+        "generate",
     )
 
 
@@ -134,6 +166,7 @@ def reprint(trial: str, document_id: str) -> WerkzeugResponse:
             reason=_form("reason"),
             signature=_signature(),
         ),
+        "reprint",
     )
 
 
@@ -150,4 +183,5 @@ def replace(trial: str) -> WerkzeugResponse:
             reason=_form("reason"),
             signature=_signature(),
         ),
+        "replace",
     )

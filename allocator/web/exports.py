@@ -10,10 +10,12 @@ import io
 import zipfile
 
 from flask import Blueprint, Response, render_template, request
+from flask_babel import gettext as _
 
 from allocator.permissions import Permission, requires
 from allocator.services import exports, signatures
 from allocator.services.errors import DomainError
+from allocator.web import forms
 from allocator.web.security import actor, ctx, current_trial
 
 bp = Blueprint("exports", __name__)
@@ -53,7 +55,7 @@ def _page(http_status: int = 200, **values: object) -> Response:
         trial=current_trial().code,
         formats=exports.FORMATS,
         meaning=exports.UNBLINDED_EXPORT_MEANING,
-        **values,
+        **{"form": forms.FormState(), **values},
     )
     return Response(html, status=http_status, mimetype="text/html")
 
@@ -94,5 +96,10 @@ def unblinded(trial: str) -> Response:
             ),
         )
     except DomainError as exc:
-        return _page(exc.status, detail=exc.detail, errors=exc.errors)
+        labels = {
+            "format": _("Format"),
+            "password": _("Your password (electronic signature)"),
+            "otp": _("Authenticator code"),
+        }
+        return _page(exc.status, form=forms.shown(exc, labels))
     return _download(made, name)

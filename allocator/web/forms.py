@@ -15,11 +15,12 @@ message is translated (allocator/web/messages.py holds the known service message
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from flask import flash, request, session
+from flask import flash, redirect, request, session
 from flask_babel import gettext
+from werkzeug.wrappers import Response
 
 from allocator.services import signatures
 from allocator.services.errors import DomainError, FieldProblem
@@ -149,8 +150,37 @@ def recall(form_id: str) -> FormState:
 def flash_error(exc: DomainError, labels: Mapping[str, str] | None = None) -> None:
     """For actions whose page has no form to mark: the error as one flash message, in plain words.
 
-    Without `labels` (the screens not converted yet: administration, lists, supply, code-break
-    sheets) each field is still named by its code name, as those pages showed it so far."""
+    Without `labels` (the supply pages, whose scan fields are being reworked) each field is still
+    named by its code name, as those pages showed it so far."""
     state = shown(exc, labels if labels is not None else {p.field: p.field for p in exc.errors})
     details = "; ".join(e.line for e in state.errors[:10])
     flash(f"{state.summary} ({details})" if details else state.summary, "error")
+
+
+def perform(
+    action: Callable[[], object],
+    success: str,
+    target: str,
+    form_id: str | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> Response:
+    """Run one service call for a form, then go to `target` (Post/Redirect/Get): on success with
+    the message `success`; on a refusal with the errors beside the fields of form `form_id` on that
+    page and what was typed kept (flashed at the top, in plain words, when there is no such form or
+    the refusal is about no field)."""
+    try:
+        action()
+    except DomainError as exc:
+        if form_id is None or not exc.errors:
+            flash_error(exc, labels)
+        else:
+            remember(f"{target.split('#', maxsplit=1)[0]}#{form_id}", shown(exc, labels))
+            return redirect(f"{target.split('#', maxsplit=1)[0]}#{form_id}", code=303)
+    else:
+        flash(success, "ok")
+    return redirect(target, code=303)
+
+
+def recall_for(path: str, form_id: str) -> FormState:
+    """What `perform` kept for form `form_id` of the page at `path`."""
+    return recall(f"{path}#{form_id}")

@@ -23,13 +23,14 @@ from flask_babel import Babel, get_locale, gettext
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
+from allocator import notices
 from allocator.permissions import Permission, Role, public
 from allocator.services import auth as auth_service
 from allocator.services.accounts import users
 from allocator.services.accounts.users import LANGUAGES
 from allocator.services.lookups import trial_definition
 from allocator.trialdef import Text
-from allocator.web import forms, messages
+from allocator.web import audit_words, forms, messages
 from allocator.web.security import SESSION_KEY, actor, ctx, safe_path
 
 TRANSLATIONS = Path(__file__).resolve().parent.parent / "translations"
@@ -180,6 +181,10 @@ def install(app: Flask) -> None:
     app.add_template_filter(forms.plain, "plain")
     app.add_template_filter(messages.word, "status_name")
     app.add_template_filter(messages.word, "choice_label")
+    app.add_template_filter(audit_words.action_label, "action_label")
+    app.add_template_filter(lambda text: notices.translate(text, gettext), "notice")
+    app.add_template_filter(audit_words.key_label, "key_label")
+    app.add_template_filter(audit_words.detail_lines, "detail_lines")
 
     @app.context_processor
     def _language() -> dict[str, object]:

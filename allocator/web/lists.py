@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 
 from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from allocator.permissions import Permission, requires
@@ -15,14 +16,31 @@ from allocator.services.lists import export as lists_export
 from allocator.services.lists import overview as lists_overview
 from allocator.services.lists import quality as lists_quality
 from allocator.web import forms
-from allocator.web.i18n import plain_number
+from allocator.web.i18n import plain_number, tr
 from allocator.web.security import actor, ctx, current_trial, current_user
 
 bp = Blueprint("lists", __name__)
 
 
 _signature = forms.signature
-_flash_error = forms.flash_error
+
+
+def _labels() -> dict[str, str]:
+    """The list forms' fields as their labels name them."""
+    return {
+        "additional": _("Slots to add per stratum (whole blocks)"),
+        "stratum": _("Strata"),
+        "reason": _("Reason"),
+        "passphrase": _("Passphrase (at least 16 characters)"),
+        "proposal": _("Extension"),
+        "mode": _("List"),
+        "password": _("Your password (electronic signature)"),
+        "otp": _("Authenticator code"),
+    }
+
+
+def _flash_error(exc: DomainError) -> None:
+    forms.flash_error(exc, _labels())
 
 
 def _done(trial: str, message: str, action: object) -> WerkzeugResponse:
@@ -40,8 +58,13 @@ def _done(trial: str, message: str, action: object) -> WerkzeugResponse:
 @requires(Permission.LIST_VIEW)
 def strata(trial: str) -> str:
     """Every role: subjects randomized per stratum and whether capacity runs low — nothing else."""
+    definition = lookups.trial_definition(ctx(), trial)
     return render_template(
-        "lists/strata.html", trial=trial, strata=lists_overview.stratum_overview(ctx(), trial)
+        "lists/strata.html",
+        trial=trial,
+        strata=lists_overview.stratum_overview(ctx(), trial),
+        factor_labels={f.code: tr(f.label) for f in definition.stratification},
+        level_labels={f.code: {lv.code: tr(lv.label) for lv in f.levels} for f in definition.stratification},
     )
 
 
@@ -64,7 +87,7 @@ def generate(trial: str) -> WerkzeugResponse:
     mode = request.form.get("mode", "")
     return _done(
         trial,
-        "List generated (DRAFT): review it, then approve it.",
+        _("List generated (DRAFT): review it, then approve it."),
         lambda: generation.generate_lists(ctx(), actor(Permission.LIST_MANAGE), trial, mode),
     )
 
@@ -86,12 +109,12 @@ def sign_step(trial: str, list_id: int, step: str) -> WerkzeugResponse:
     if step == "approve":
         return _done(
             trial,
-            "List approved (signed).",
+            _("List approved (signed)."),
             lambda: approval.approve_list(ctx(), who, trial, list_id, _signature()),
         )
     return _done(
         trial,
-        "List activated (signed): randomization can start at active sites.",
+        _("List activated (signed): randomization can start at active sites."),
         lambda: approval.activate_list(ctx(), who, trial, list_id, _signature()),
     )
 
@@ -105,7 +128,7 @@ def check(trial: str) -> WerkzeugResponse:
         if failed:
             raise storage.ListIntegrityFailure("; ".join(p for r in failed for p in r.problems))
 
-    return _done(trial, "Integrity check passed.", run)
+    return _done(trial, _("Integrity check passed."), run)
 
 
 @bp.route("/trials/<trial>/lists/verify", methods=["POST"])
@@ -117,7 +140,7 @@ def verify(trial: str) -> WerkzeugResponse:
         if failed:
             raise storage.ListIntegrityFailure("; ".join(p for r in failed for p in r.problems[:5]))
 
-    return _done(trial, "Every list is identical to its regeneration from the seed.", run)
+    return _done(trial, _("Every list is identical to its regeneration from the seed."), run)
 
 
 @bp.route("/trials/<trial>/lists/<int:list_id>/extend", methods=["POST"])
@@ -143,7 +166,9 @@ def extend(trial: str, list_id: int) -> WerkzeugResponse:
             request=_signature(),
         )
 
-    return _done(trial, "Extension proposed (signed): another unblinded statistician must approve it.", run)
+    return _done(
+        trial, _("Extension proposed (signed): another unblinded statistician must approve it."), run
+    )
 
 
 def _proposal() -> int:
@@ -165,7 +190,7 @@ def approve_extension(trial: str, list_id: int) -> WerkzeugResponse:
             ctx(), actor(Permission.LIST_MANAGE), trial, list_id, _proposal(), _signature()
         )
 
-    return _done(trial, "Extension approved (signed): a new version was appended.", run)
+    return _done(trial, _("Extension approved (signed): a new version was appended."), run)
 
 
 @bp.route("/trials/<trial>/lists/<int:list_id>/extension/decline", methods=["POST"])
@@ -183,7 +208,7 @@ def decline_extension(trial: str, list_id: int) -> WerkzeugResponse:
             reason=request.form.get("reason", ""),
         )
 
-    return _done(trial, "Extension proposal declined: the list is unchanged.", run)
+    return _done(trial, _("Extension proposal declined: the list is unchanged."), run)
 
 
 @bp.route("/trials/<trial>/lists/<int:list_id>/export", methods=["POST"])

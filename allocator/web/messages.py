@@ -108,6 +108,30 @@ KNOWN = frozenset(
         N_("name the subject or the site"),
         # corrections and withdrawals
         N_("is longer than allowed"),
+        # administration, code-break sheets, lists, close-out
+        N_("unknown sheet"),
+        N_("must be a date (YYYY-MM-DD)"),
+        N_("must be an entry number"),
+        N_("the code-break sheets cannot be printed"),
+        N_("an offline unblinding names this sheet, but it was last found intact"),
+        N_(
+            "found opened without a registered offline unblinding (protocol deviation): register the "
+            "opening or report an accidental unblinding"
+        ),
+        N_("missing and not replaced: generate a replacement"),
+        N_("is taken"),
+        N_("unknown trial"),
+        N_("unknown user"),
+        N_("is deactivated"),
+        N_("is in the past"),
+        N_("the account cannot be created"),
+        N_("is required (the printed name on signatures)"),
+        N_("must be one e-mail address, such as name@hospital.fr"),
+        N_("3-64 characters: lower-case letters, digits, '.', '_' or '-'"),
+        N_("a site needs a trial"),
+        N_("you cannot grant a role to your own account"),
+        N_("the end must be in the future"),
+        N_("this role assignment is already revoked"),
     }
 )
 
@@ -170,6 +194,25 @@ STATUS_WORDS = frozenset(
         N_("quarantined"),
         N_("expired"),
         N_("destroyed"),
+        # code-break sheets: what a check found, and the reconciliation's states (UNB-06)
+        N_("intact"),
+        N_("opened"),
+        N_("missing"),
+        N_("replaced"),
+        N_("opened_registered"),
+        N_("opened_unregistered"),
+        N_("never_checked"),
+        N_("depot"),
+        # randomization lists and their extensions
+        N_("draft"),
+        N_("retired"),
+        N_("permuted_blocks"),
+        N_("minimization"),
+        N_("low"),
+        N_("exhausted"),
+        N_("approved"),
+        N_("declined"),
+        N_("withdrawn"),
     }
 )
 CHOICE_LABELS = frozenset(
@@ -302,6 +345,38 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         N_("the subject was withdrawn on %(date)s"),
     ),
     (re.compile(r"^is longer than (?P<count>\d+) characters$"), N_("is longer than %(count)s characters")),
+    (re.compile(r"^at most (?P<count>\d+) characters$"), N_("at most %(count)s characters")),
+    (re.compile(r"^at most (?P<count>\d+)$"), N_("at most %(count)s")),
+    (re.compile(r"^no code-break sheet (?P<sheet>\S+)$"), N_("no code-break sheet %(sheet)s")),
+    (
+        re.compile(r"^no code-break sheet (?P<sheet>\S+) within your reach$"),
+        N_("no code-break sheet %(sheet)s within your reach"),
+    ),
+    (
+        re.compile(r"^describe what was found \(required for a (?P<status>\S+) sheet\)$"),
+        N_("describe what was found (required for an opened or missing sheet)"),
+    ),
+    (
+        re.compile(
+            r"^sheet (?P<sheet>\S+) is opened but no offline unblinding names it: register the opening, "
+            r"or report an accidental unblinding \(protocol deviation\)$"
+        ),
+        N_(
+            "sheet %(sheet)s is opened but no offline unblinding names it: register the opening, or "
+            "report an accidental unblinding (protocol deviation)"
+        ),
+    ),
+    (
+        re.compile(r"^sheet (?P<sheet>\S+) was already replaced by (?P<other>\S+)$"),
+        N_("sheet %(sheet)s was already replaced by %(other)s"),
+    ),
+    (re.compile(r"^no kit (?P<kit>\S+) in (?P<trial>\S+)$"), N_("no kit %(kit)s in %(trial)s")),
+    (re.compile(r"^kit (?P<kit>\S+) has sheet (?P<sheet>\S+)$"), N_("kit %(kit)s has sheet %(sheet)s")),
+    (
+        re.compile(r"^the (?P<role>\S+) role must be granted for a site$"),
+        N_("this role must be granted for a site"),
+    ),
+    (re.compile(r"^no user '?(?P<user>[^']+)'?$"), N_("no user %(user)s")),
 )
 
 
@@ -311,9 +386,11 @@ def title(text: str) -> str | None:
 
 
 def word(code: str) -> str:
-    """A status word or a fixed choice's label in the page's language (unknown ones unchanged)."""
+    """A status word or a fixed choice's label in the page's language (unknown ones unchanged).
+    A code is never shown as it is: `in_transit` reads "in transit" in English."""
     if code in STATUS_WORDS or code in CHOICE_LABELS:
-        return gettext(code)
+        shown = gettext(code)
+        return shown.replace("_", " ") if shown == code else shown
     return code
 
 

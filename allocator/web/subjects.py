@@ -3,11 +3,11 @@ the pharmacy queue, dispensing and the sheet; the bedside scan. All blinded."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
+from flask import Blueprint, Response, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from werkzeug.wrappers import Response as WerkzeugResponse
 
@@ -35,27 +35,7 @@ _signature = forms.signature
 SUBJECT_FORMS = ("dispense", "replace", "stratum", "in-error", "withdrawal")
 
 
-def _perform(
-    action: Callable[[], object],
-    success: str,
-    target: str,
-    form_id: str | None = None,
-    labels: Mapping[str, str] | None = None,
-) -> WerkzeugResponse:
-    """Run one service call for a form posted from another page, then go back there (PRG): on
-    success with a message; on a refusal with the errors beside the fields of form `form_id` and
-    what was typed kept (flashed at the top when there is no such form)."""
-    try:
-        action()
-    except DomainError as exc:
-        if form_id is None or not exc.errors:  # about the subject's state, not a field: at the top
-            forms.flash_error(exc, labels)
-        else:
-            forms.remember(f"{target}#{form_id}", forms.shown(exc, labels))  # this subject's page only
-            return redirect(f"{target}#{form_id}", code=303)
-    else:
-        flash(success, "ok")
-    return redirect(target, code=303)
+_perform = forms.perform
 
 
 def _signature_labels() -> dict[str, str]:

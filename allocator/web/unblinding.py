@@ -20,7 +20,7 @@ from allocator.services.closeout import releases, state
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
 from allocator.services.lookups import trial_definition
 from allocator.services.subjects import views
-from allocator.web import forms
+from allocator.web import forms, messages
 from allocator.web.security import actor, ctx, scope
 
 bp = Blueprint("unblinding", __name__)
@@ -319,9 +319,17 @@ def _step(trial: str, change: str) -> WerkzeugResponse:
     try:
         step = action(ctx(), actor(permission), trial, reason=_form("reason"), signature=_signature())
     except DomainError as exc:
-        forms.flash_error(exc)
+        forms.flash_error(exc, _release_labels())
     else:
-        flash(f"{trial} is now {step.to_status} ({step.signature.line()}).", "ok")
+        flash(
+            _(
+                "%(trial)s is now %(status)s (%(signature)s).",
+                trial=trial,
+                status=messages.word(step.to_status),
+                signature=step.signature.line(),
+            ),
+            "ok",
+        )
     return redirect(url_for("unblinding.closeout", trial=trial), code=303)
 
 
@@ -335,6 +343,15 @@ def lock(trial: str) -> WerkzeugResponse:
 @requires(Permission.TRIAL_UNBLIND)
 def final_unblinding(trial: str) -> WerkzeugResponse:
     return _step(trial, "unblind")
+
+
+def _release_labels() -> dict[str, str]:
+    return {
+        "reason": _("Reason"),
+        "purpose": _("Purpose (e.g. DSMB look 1 after 60 patients)"),
+        "password": _("Your password (electronic signature)"),
+        "otp": _("Authenticator code"),
+    }
 
 
 def _csv(release: releases.Release, name: str) -> Response:
@@ -353,7 +370,7 @@ def listing(trial: str) -> Response:
     if status != "unblinded":
         return _page("unblinding/not_yet.html", 409, trial=trial, status=status)
     if request.method == "GET":
-        return _page("unblinding/release.html", trial=trial, errors=[], what="listing")
+        return _page("unblinding/release.html", trial=trial, form=forms.FormState(), what="listing")
     try:
         release = releases.unblinded_listing(
             ctx(), actor(Permission.REPORT_VIEW_UNBLINDED), trial, signature=_signature()
@@ -363,8 +380,7 @@ def listing(trial: str) -> Response:
             "unblinding/release.html",
             exc.status,
             trial=trial,
-            errors=exc.errors,
-            detail=exc.detail,
+            form=forms.shown(exc, _release_labels()),
             what="listing",
         )
     return _csv(release, f"{trial}-unblinded-listing-{release.released_at:%Y%m%dT%H%M%SZ}.csv")
@@ -375,7 +391,7 @@ def listing(trial: str) -> Response:
 def interim(trial: str) -> Response:
     """REP-08: a signed, audited unblinded package for a DSMB look."""
     if request.method == "GET":
-        return _page("unblinding/release.html", trial=trial, errors=[], what="interim")
+        return _page("unblinding/release.html", trial=trial, form=forms.FormState(), what="interim")
     try:
         release = releases.interim_package(
             ctx(),
@@ -389,8 +405,7 @@ def interim(trial: str) -> Response:
             "unblinding/release.html",
             exc.status,
             trial=trial,
-            errors=exc.errors,
-            detail=exc.detail,
+            form=forms.shown(exc, _release_labels()),
             what="interim",
         )
     return _csv(release, f"{trial}-interim-package-{release.released_at:%Y%m%dT%H%M%SZ}.csv")

@@ -24,6 +24,7 @@ from allocator.services import notifications
 from allocator.services.accounts import user_admin, users
 from allocator.services.context import ServiceContext
 from allocator.services.subjects import randomize as subjects_randomize
+from kits import format_kit_number
 from tests.support import CLI_ACTOR, ELIGIBLE, make_user, randomization, ready_trial
 
 ALL = Scope(all_sites=True, site_ids=frozenset())
@@ -71,7 +72,8 @@ def test_a_dispensation_request_is_mailed_to_the_sites_pharmacists_only(ctx: Ser
     assert message["To"] == "ph1@p1.example" and message["From"] == ctx.settings.mail_from
     assert message["Subject"] == f"[{TRIAL}] Dispensation request for {result.subject_number}"
     body = message.get_content()
-    assert result.subject_number in body and all(k.kit_number in body for k in result.kits)
+    # The kit numbers as printed on their labels, with the dash (issue 13 point 9).
+    assert result.subject_number in body and all(format_kit_number(k.kit_number) in body for k in result.kits)
     with ctx.db.reading() as s:
         row = s.execute(select(Notification)).scalar_one()
     assert (row.email_to, row.emailed_at, row.email_error) == ("ph1@p1.example", ctx.now(), None)
@@ -79,6 +81,28 @@ def test_a_dispensation_request_is_mailed_to_the_sites_pharmacists_only(ctx: Ser
     # Sent once: a second run has nothing to do.
     assert notifications.send_pending(ctx, transport=outbox) == notifications.MailReport(0, 0, 0)
     assert len(outbox.messages) == 1
+
+
+@pytest.mark.req("BLD-10")
+def test_each_recipient_reads_the_mail_in_the_language_of_their_account(ctx: ServiceContext) -> None:
+    """Issue 13: the e-mail speaks the language the recipient chose (English when none)."""
+    ready = ready_trial(ctx)
+    french = make_user(ctx, "ph1-mail", "pharmacist", site="P1", email="ph1@p1.example")
+    make_user(ctx, "ph1-other", "pharmacist", site="P1", email="other@p1.example")
+    users.set_language(ctx, CLI_ACTOR, french.user_id, "fr")
+    result = randomization(ctx, ready.investigator, "P1-0001")
+    outbox = Outbox()
+    notifications.send_pending(ctx, transport=outbox)
+    by_address = {m["To"]: m for m in outbox.messages}
+    fr, en = by_address["ph1@p1.example"], by_address["other@p1.example"]
+    number = result.subject_number
+    assert fr["Subject"] == f"[{TRIAL}] Demande de dispensation pour {number}"
+    assert en["Subject"] == f"[{TRIAL}] Dispensation request for {number}"
+    fr_body, en_body = fr.get_content(), en.get_content()
+    assert f"Le patient {number} (numéro de randomisation" in fr_body and "Kits à dispenser : D1 " in fr_body
+    assert "Ce message n'indique jamais une allocation de traitement." in fr_body
+    assert f"Subject {number} (randomization number" in en_body and "never states a treatment" in en_body
+    assert all(format_kit_number(k.kit_number) in fr_body for k in result.kits)
 
 
 @pytest.mark.req("BLD-10", "BLD-11")
@@ -154,7 +178,7 @@ def test_mails_for_subjects_of_either_arm_are_identical_but_for_their_identifier
         for value in (
             result.subject_number,
             result.randomization_number,
-            *(k.kit_number for k in result.kits),
+            *(format_kit_number(k.kit_number) for k in result.kits),
         ):
             text = text.replace(value, "<id>")
         text = re.sub(r"Message-ID: <[^>]+>", "Message-ID: <id>", text)

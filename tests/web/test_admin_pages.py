@@ -59,7 +59,11 @@ def test_granting_in_a_trial_validates_and_reports_errors(ctx: ServiceContext, s
         data={"username": "newcomer", "role": "nurse", "reason": "cover", "csrf_token": token},
         follow_redirects=True,
     )
-    assert "site: the nurse role must be granted for a site" in bad.get_data(as_text=True)
+    shown = bad.get_data(as_text=True)  # beside its field, which the summary links to (issue 13)
+    assert '<p class="field-error" id="site-error">this role must be granted for a site</p>' in shown
+    assert '<a href="#t-site">Site (site roles; optional for monitors): the nurse role' not in shown
+    assert '<a href="#t-site">Site: this role must be granted for a site</a>' in shown
+    assert 'value="newcomer"' in shown and 'value="cover"' in shown  # what was typed is kept
     ok = tm.post(
         "/trials/IFNG-PAIS/roles",
         data={
@@ -73,7 +77,7 @@ def test_granting_in_a_trial_validates_and_reports_errors(ctx: ServiceContext, s
         follow_redirects=True,
     )
     page = ok.get_data(as_text=True)
-    assert "Role granted." in page and "night cover" in page and "2026-04-01 23:59 UTC" in page
+    assert "Role granted." in page and "night cover" in page and "(Apr 1, 23:59 UTC)" in page
 
 
 @pytest.mark.req("RND-14", "UNB-07")
@@ -90,7 +94,9 @@ def test_site_activation_page(ctx: ServiceContext, signed_in: SignedIn) -> None:
         data={"reason": "ok", "csrf_token": token},
         follow_redirects=True,
     )
-    assert "approval_date: is required" in missing.get_data(as_text=True)
+    refused = missing.get_data(as_text=True)
+    assert '<p class="field-error" id="approval_date-error">is required</p>' in refused
+    assert '<a href="#ap-P1">Approval date: is required</a>' in refused and "approval_date:" not in refused
     form = {
         "approval_date": "2026-01-10",
         "delegation_log_date": "2026-02-01",
@@ -98,7 +104,9 @@ def test_site_activation_page(ctx: ServiceContext, signed_in: SignedIn) -> None:
         "csrf_token": token,
     }
     no_evidence = tm.post("/trials/IFNG-PAIS/sites/P1/activate", data=form, follow_redirects=True)
-    assert "code_break_evidence: say where" in no_evidence.get_data(as_text=True)
+    assert '<p class="field-error" id="code_break_evidence-error">say where' in no_evidence.get_data(
+        as_text=True
+    )
     evidence = "sheets of kits 1-4 held by the on-call unblinded pharmacist, receipt 2026-02-01"
     no_sheets = tm.post(
         "/trials/IFNG-PAIS/sites/P1/activate",
@@ -114,7 +122,7 @@ def test_site_activation_page(ctx: ServiceContext, signed_in: SignedIn) -> None:
         follow_redirects=True,
     )
     text = done.get_data(as_text=True)
-    assert "Site P1 activated." in text and "Approved 2026-01-10" in text
+    assert "Site P1 activated." in text and "Approved Jan 10, 2026" in text
     assert f"Code-break material: {evidence}" in text
     trial_page = tm.get("/trials/IFNG-PAIS").get_data(as_text=True)
     assert re.search(r"P1 – Paris site 1.*?<td>active</td>", trial_page, re.S)
@@ -187,7 +195,7 @@ def test_audit_page_filters_and_csv(ctx: ServiceContext, signed_in: SignedIn) ->
     created = make_user(ctx, "mon", "monitor")
     client = signed_in("mon", created.one_time_password)
     page = client.get("/trials/IFNG-PAIS/audit?action=site.created").get_data(as_text=True)
-    assert "Chain verified" in page and page.count("<td>site.created</td>") == 2
+    assert "Chain verified" in page and page.count(">Site created</span>") == 2
     assert "trial.created" not in page.split("<tbody>")[1]
     bad = client.get("/trials/IFNG-PAIS/audit?since=never")
     assert bad.status_code == 422 and "since" in bad.get_data(as_text=True)
@@ -195,6 +203,32 @@ def test_audit_page_filters_and_csv(ctx: ServiceContext, signed_in: SignedIn) ->
     assert csv_response.mimetype == "text/csv" and csv_response.headers["Cache-Control"] == "no-store"
     assert 'filename="audit-IFNG-PAIS.csv"' in csv_response.headers["Content-Disposition"]
     assert csv_response.get_data(as_text=True).startswith("seq,at_utc,actor_username")
+
+
+@pytest.mark.req("AUD-05")
+def test_the_audit_trail_reads_in_plain_words_newest_first(ctx: ServiceContext, signed_in: SignedIn) -> None:
+    """Issue 13 point 9: newest first; each action a label with its code kept smaller; the person
+    filter takes a printed name; the values as "key: value" lines, no JSON, no escaped accents."""
+    load_ifn(ctx)
+    created = make_user(ctx, "mon", "monitor")
+    client = signed_in("mon", created.one_time_password)
+    page = client.get("/trials/IFNG-PAIS/audit").get_data(as_text=True)
+    body = page.split("<tbody>")[1]
+    numbers = [int(n) for n in re.findall(r"<tr>\s*<td>(\d+)</td>", body)]
+    assert len(numbers) >= 5 and numbers == sorted(numbers, reverse=True)
+    assert '<span>Site created</span><br><span class="muted small code-name">site.created' in body
+    assert "Pr Dépret" in body and "\\u00" not in body and '{"' not in body and "&#34;" not in body
+    by_name = client.get("/trials/IFNG-PAIS/audit?user=test+runner").get_data(as_text=True)
+    assert by_name.count("<tr>") - 1 == len(numbers)  # every entry of the set-up is by the command line
+    nobody = client.get("/trials/IFNG-PAIS/audit?user=Nobody").get_data(as_text=True)
+    assert "No entry matches." in nobody
+    assert ">Centre créé</span>" in _in_french(client)
+
+
+def _in_french(client: FlaskClient) -> str:
+    token = csrf_token(client, "/")
+    client.post("/language", data={"language": "fr", "next": "/", "csrf_token": token})
+    return client.get("/trials/IFNG-PAIS/audit").get_data(as_text=True)
 
 
 def test_api_audit_pages_and_verify(ctx: ServiceContext, client: FlaskClient) -> None:
@@ -245,7 +279,7 @@ def test_a_monitor_signs_off_an_audit_review(ctx: ServiceContext, signed_in: Sig
         data={"up_to_seq": "3", "password": "nope nope nope", "csrf_token": token},
         follow_redirects=True,
     )
-    assert "password: is wrong" in wrong.get_data(as_text=True)
+    assert "Your password (electronic signature): is wrong" in wrong.get_data(as_text=True)
     ok = client.post(
         "/trials/IFNG-PAIS/audit/review",
         data={"up_to_seq": "3", "comment": "no findings", "password": GOOD_PASSWORD, "csrf_token": token},

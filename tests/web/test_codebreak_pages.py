@@ -34,8 +34,15 @@ ARM_HEADER = re.compile(r"<th[^>]*>[^<]*\b(arm|bras|treatment|traitement)\b", re
 
 
 def flashes(response: object) -> list[str]:
+    """The messages at the top of the page, and each error beside its field as `field: message`
+    (the field named by the id of its message, which the form's field points to)."""
     html = response.get_data(as_text=True)  # type: ignore[attr-defined]
-    return re.findall(r'<p class="flash [a-z]+" role="[a-z]+">([^<]*)</p>', html)
+    found = re.findall(r'<p class="flash [a-z]+" role="[a-z]+">([^<]*)</p>', html)
+    found += re.findall(r'<div class="error-summary"[^>]*>\s*<h2>[^<]*</h2>\s*<p>([^<]*)</p>', html)
+    found += [
+        f"{f}: {m}" for f, m in re.findall(r'<p class="field-error" id="([\w.]+)-error">([^<]*)</p>', html)
+    ]
+    return found
 
 
 def post(client: FlaskClient, path: str, page: str, **data: str) -> object:
@@ -101,7 +108,7 @@ def test_generate_check_reconcile_and_activate_through_the_pages(
 
     # The statistician generates: the signature is required, then the PDF comes back.
     html = stat.client.get(page).get_data(as_text=True)
-    assert "<strong>8</strong> kit(s) have no sheet yet" in html and 'name="password"' in html
+    assert "8 kit(s) have no sheet yet" in html and 'name="password"' in html
     unsigned = post(stat.client, page, page)
     assert any("password: is required" in f for f in flashes(unsigned))
     wrong = post(stat.client, page, page, password="not my password", otp=stat.code())

@@ -22,6 +22,7 @@ from datetime import datetime
 from sqlalchemy import JSON, Connection, bindparam, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
+import kits as kitlib
 from allocator import crypto
 from allocator.audit import Action, Actor
 from allocator.eligibility import EligibilityInputError, EligibilityResult
@@ -632,7 +633,8 @@ def _randomize_in(
         "title": f"Dispensation request for {number}",
         "body": f"Subject {number} (randomization number {randomization_number}) was randomized at site "
         f"{site.code} by {actor.name}. Kits to dispense: "
-        + ", ".join(f"{day.label} {kit.kit_number}" for day, kit in days)
+        # printed as on the label, with its dash (issue 13 point 9)
+        + ", ".join(f"{day.label} {kitlib.format_kit_number(kit.kit_number)}" for day, kit in days)
         + ".",
     }
     subject = {

@@ -1,0 +1,37 @@
+"""Notifications in the reader's language (issue 13): each sentence the services write is
+recognised and rebuilt in French, the values it carries translated; unknown text is left alone."""
+
+from __future__ import annotations
+
+import pytest
+
+from allocator import notices
+
+FR = notices.catalogue_gettext("fr")
+
+
+@pytest.mark.parametrize(
+    ("english", "french"),
+    [
+        (
+            "Dr Who (investigator, site P1) broke the blind of subject P1-013 on 2026-03-02 10:16 UTC, offline "
+            "(code-break sheet, registered by Ann). Reason: Pregnancy. The treatment is not stated here; the "
+            "unblinding is recorded in the service.",
+            "Dr Who (Investigateur, centre P1) a levé l'aveugle du patient P1-013 le 2026-03-02 10:16 UTC, hors "
+            "ligne (fiche de levée d'aveugle, enregistrée par Ann). Motif : Grossesse. Le traitement n'est pas "
+            "indiqué ici ; la levée d'aveugle est enregistrée dans le service.",
+        ),
+        (
+            "Subject P1-014 was withdrawn (consent withdrawn) on 2026-03-02, recorded by Inv-P1. Dispense no "
+            "further kit; the kits allocated to P1-014 stay assigned to it.",
+            "Le patient P1-014 est sorti de l'étude (retrait du consentement) le 2026-03-02, enregistré par "
+            "Inv-P1. Ne dispensez plus aucun kit ; les kits alloués à P1-014 lui restent attribués.",
+        ),
+        ("Withdrawal of P1-014", "Sortie d'étude de P1-014"),
+        ("Something nobody wrote a pattern for.", "Something nobody wrote a pattern for."),
+    ],
+)
+def test_notifications_read_in_french(english: str, french: str) -> None:
+    assert notices.translate(english, FR) == french
+    in_english = notices.translate(english, notices.catalogue_gettext("en"))
+    assert in_english == english.replace("(investigator,", "(Investigator,")  # a role by its title
