@@ -82,7 +82,9 @@ def test_each_dispensing_scan_is_checked_on_its_own_field_in_words_that_name_no_
     nurse = client_for(app, "nurse-p1")
     assert (
         nurse.post(
-            url, json={"field": "scan.D1", "scan": kits_of["D1"]}, headers={"X-CSRFToken": csrf_token(nurse, "/")}
+            url,
+            json={"field": "scan.D1", "scan": kits_of["D1"]},
+            headers={"X-CSRFToken": csrf_token(nurse, "/")},
         ).status_code
         == 403
     )
@@ -115,7 +117,9 @@ def test_each_dispensing_scan_is_checked_on_its_own_field_in_words_that_name_no_
     assert len(events(ctx, "dispensation.refused")) == refused_before + 3
 
     assert check("scan.D1", "not a label")["message"] == "unreadable: not a kit label or a kit number"
-    assert check("scan.D1", label(ctx, kits_of["D1"], trial="OTHER-1"))["message"] == "a label of another trial"
+    assert (
+        check("scan.D1", label(ctx, kits_of["D1"], trial="OTHER-1"))["message"] == "a label of another trial"
+    )
     forged = label(ctx, kits_of["D1"])[:-1] + ("A" if label(ctx, kits_of["D1"])[-1] != "A" else "B")
     assert check("scan.D1", forged)["message"].startswith("the label's security code is wrong")
     typo = kits_of["D1"][:-1] + str((int(kits_of["D1"][-1]) + 1) % 10)
@@ -201,7 +205,11 @@ def test_a_label_scanned_into_the_password_field_is_not_a_failed_signature(
     # A wrong password is still a failed signature.
     pharm.post(
         f"{page}/dispense",
-        data={"scan.D1": kits_of["D1"], "password": "not my password at all", "csrf_token": csrf_token(pharm, page)},
+        data={
+            "scan.D1": kits_of["D1"],
+            "password": "not my password at all",
+            "csrf_token": csrf_token(pharm, page),
+        },
     )
     assert len(events(ctx, "signature.failed")) == before[0] + 1
 
