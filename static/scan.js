@@ -138,10 +138,14 @@
         }
       });
       field.addEventListener("change", function () { check(field); });
+      var pause = null;
       field.addEventListener("input", function () {
         if (status[field.id] && field.value.trim() !== checked[field.id]) {
           mark(field, "", "");
         }
+        // Typed by hand (no Enter): checked once the typing pauses.
+        window.clearTimeout(pause);
+        pause = window.setTimeout(function () { check(field); }, 700);
       });
     });
 

@@ -3,8 +3,9 @@ the pharmacy queue, dispensing and the sheet; the bedside scan. All blinded."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+import re
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
 
 from flask import Blueprint, Response, flash, redirect, render_template, request, session, url_for
@@ -24,6 +25,7 @@ from allocator.services.subjects import randomize as subjects_randomize
 from allocator.services.subjects import withdrawal as subjects_withdrawal
 from allocator.trialdef import BooleanCriterion, NumberCriterion, TrialDefinition
 from allocator.web import forms, messages
+from allocator.web.i18n import day as shown_day
 from allocator.web.i18n import plain_number, tr
 from allocator.web.security import actor, ctx, current_trial, current_user, scope
 
@@ -543,7 +545,7 @@ def bedside_record(trial: str) -> WerkzeugResponse:
     except services_bedside.ConfirmationNeeded as exc:
         session[_BEDSIDE] = {
             "stop": {
-                "warnings": [forms.plain(w) for w in exc.warnings],
+                "warnings": _warnings_shown(exc.warnings),
                 "values": forms.typed_values(),
                 "refused": _form("step") == "confirm",  # confirmed without a reason
             }
@@ -558,7 +560,7 @@ def bedside_record(trial: str) -> WerkzeugResponse:
                 "day": result.day,
                 "kit": result.kit_number,
                 "at": result.administered_at.isoformat(),
-                "warnings": [forms.plain(w) for w in result.warnings],
+                "warnings": _warnings_shown(result.warnings),
             }
         }
     return redirect(target, code=303)
@@ -583,8 +585,20 @@ def bedside_check(trial: str) -> Response:
         ),
         _bedside_labels(),
         ok_message=_("right patient, right dose"),
-        notes=lambda r: [forms.plain(w) for w in getattr(r, "warnings", ())],
+        notes=lambda r: _warnings_shown(getattr(r, "warnings", ())),
     )
+
+
+_ISO_DATE = re.compile(r"\b\d{4}-\d\d-\d\d\b")
+
+
+def _warnings_shown(warnings: Iterable[str]) -> list[str]:
+    """The bedside warnings in the reader's words, the planned date as the reader writes dates."""
+    shown = []
+    for warning in warnings:
+        names = {iso: shown_day(date.fromisoformat(iso)) for iso in _ISO_DATE.findall(warning)}
+        shown.append(forms.plain(warning, names))
+    return shown
 
 
 def _bedside_labels() -> dict[str, str]:

@@ -267,7 +267,7 @@ def test_the_bedside_label_is_checked_before_anything_is_recorded(
         scope=ALL,
     )
     early = check("D2", label(ctx, kits_of["D2"], "D2"))  # minutes after D1: a day early
-    assert early["ok"] is True and re.fullmatch(r"D2 was planned for \d{4}-\d\d-\d\d", early["notes"][0])
+    assert early["ok"] is True and re.fullmatch(r"D2 was planned for [A-Z][a-z]{2} \d{1,2}, \d{4}", early["notes"][0])
     assert check("D3", label(ctx, second.kits[2].kit_number, "D3")) == {
         "ok": False,
         "field": "payload",
