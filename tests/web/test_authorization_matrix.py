@@ -325,6 +325,13 @@ MATRIX = [
     ),
     Row("dispense", "POST", "/trials/IFNG-PAIS/subjects/P1-001/dispense", PHARM, "subjects.dispense"),
     Row(
+        "dispensing scan check",
+        "POST",
+        "/trials/IFNG-PAIS/subjects/P1-001/dispense/check",
+        PHARM,
+        "subjects.dispense_check",
+    ),
+    Row(
         "print a dispensation sheet",
         "POST",
         "/trials/IFNG-PAIS/subjects/P1-001/dispensation-sheets",
@@ -347,7 +354,8 @@ MATRIX = [
         "subjects.preparation",
     ),
     Row("bedside page", "GET", "/trials/IFNG-PAIS/bedside", ADMINISTERS, "subjects.bedside"),
-    Row("bedside scan", "POST", "/trials/IFNG-PAIS/bedside", ADMINISTERS, "subjects.bedside"),
+    Row("bedside scan", "POST", "/trials/IFNG-PAIS/bedside", ADMINISTERS, "subjects.bedside_record"),
+    Row("bedside scan check", "POST", "/trials/IFNG-PAIS/bedside/check", ADMINISTERS, "subjects.bedside_check"),
     Row(
         "stock",
         "GET",
