@@ -27,6 +27,7 @@
     if (!url || !fields.length) {
       return;
     }
+    list(form.querySelectorAll("[data-scan-only]")).forEach(function (part) { part.hidden = false; });
     var contexts = list(form.querySelectorAll("[data-scan-context]"));
     var secrets = list(form.querySelectorAll(SECRETS));
     var submit = form.querySelector('button[type="submit"]');
@@ -81,6 +82,35 @@
       gate();
     }
 
+    // A list of scans (shipment receipt): each right scan joins the form's list (the textarea
+    // that the form posts, one kit per line) and the field is cleared for the next one; a wrong
+    // one stays in the field, named, and joins nothing. Each scan is listed with its verdict.
+    function collect(field, value, answer) {
+      var target = document.getElementById(field.getAttribute("data-scan-collect"));
+      var log = document.getElementById(field.id + "-list");
+      var lines = target ? target.value.split("\n").map(function (l) { return l.trim(); }) : [];
+      var repeated = answer.ok && lines.indexOf(value) >= 0;
+      if (answer.ok && !repeated && target) {
+        target.value = lines.filter(function (l) { return l; }).concat([value]).join("\n") + "\n";
+      }
+      if (log) {
+        var item = document.createElement("li");
+        var message = repeated ? (form.getAttribute("data-repeated") || "already scanned") : answer.message;
+        var notes = answer.notes && answer.notes.length ? " — " + answer.notes.join(" — ") : "";
+        item.textContent = (answer.ok && !repeated ? "✔ " : "✖ ") + value + " · " + message + notes;
+        item.className = answer.ok && !repeated ? "right" : "wrong";
+        log.insertBefore(item, log.firstChild);
+      }
+      if (answer.ok) {
+        field.value = "";
+        checked[field.id] = "";
+        mark(field, "", "");
+      } else {
+        mark(field, "wrong", answer.message);
+        field.select();
+      }
+    }
+
     function check(field) {
       var value = field.value.trim();
       if (!value) {
@@ -111,7 +141,12 @@
         }
         return response.json();
       }).then(function (answer) {
-        if (field.value.trim() === value) {
+        if (field.value.trim() !== value) {
+          return;
+        }
+        if (field.hasAttribute("data-scan-collect")) {
+          collect(field, value, answer);
+        } else {
           mark(field, answer.ok ? "right" : "wrong", answer.message, answer.notes);
         }
       }).catch(function () {

@@ -83,6 +83,10 @@ KNOWN = frozenset(
         N_("some scans are refused"),
         N_("scan the kit"),
         N_("confirm with a reason, or do not give this dose"),
+        N_("not in this shipment"),
+        N_("a kit label, not a code-break sheet"),
+        N_("a sheet of another trial"),
+        N_("unknown sheet"),
         # bedside
         N_("the time needs a time zone"),
         N_("no time zone"),
@@ -299,6 +303,14 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         N_("%(subject)s was already withdrawn on %(date)s"),
     ),
     (re.compile(r"^the label is for (?P<day>\S+)$"), N_("the label is for %(day)s")),
+    (
+        re.compile(r"^(?P<status>\S+): keep it aside, it will not be made available$"),
+        N_("%(status)s: keep it aside, it will not be made available"),
+    ),
+    (
+        re.compile(r"^the shipment is (?P<status>\S+), not in transit$"),
+        N_("the shipment is %(status)s, not in transit"),
+    ),
     (
         re.compile(r"^this patient's kit for (?P<other>\S+), not (?P<day>\S+)$"),
         N_("this patient's kit for %(other)s, not %(day)s"),

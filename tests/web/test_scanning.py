@@ -22,7 +22,7 @@ from allocator.services import dispensing, signatures
 from allocator.services.context import ServiceContext
 from allocator.services.subjects import randomize, views
 from allocator.services.supply import kit_rules
-from tests.support import ELIGIBLE, GOOD_PASSWORD, ReadyTrial, arm_of, events
+from tests.support import ELIGIBLE, GOOD_PASSWORD, ReadyTrial, arm_of, code_break_sheets, events
 from tests.web.conftest import csrf_token, https_client, sign_in
 
 TRIAL = "IFNG-PAIS"
@@ -267,7 +267,9 @@ def test_the_bedside_label_is_checked_before_anything_is_recorded(
         scope=ALL,
     )
     early = check("D2", label(ctx, kits_of["D2"], "D2"))  # minutes after D1: a day early
-    assert early["ok"] is True and re.fullmatch(r"D2 was planned for [A-Z][a-z]{2} \d{1,2}, \d{4}", early["notes"][0])
+    assert early["ok"] is True and re.fullmatch(
+        r"D2 was planned for [A-Z][a-z]{2} \d{1,2}, \d{4}", early["notes"][0]
+    )
     assert check("D3", label(ctx, second.kits[2].kit_number, "D3")) == {
         "ok": False,
         "field": "payload",
@@ -277,3 +279,50 @@ def test_the_bedside_label_is_checked_before_anything_is_recorded(
     assert len(events(ctx, "administration.scan_refused")) == refused_before + 3
     statuses = [d.status for d in views.subject(ctx, TRIAL, first.subject_number, ALL).days]
     assert statuses == ["administered", "dispensed", "dispensed"]  # the checks recorded nothing
+
+
+@pytest.mark.req("UNB-06", "BLD-01")
+def test_a_scanned_code_break_sheet_number_is_checked_as_it_arrives(
+    app: Flask, ctx: ServiceContext, world: ReadyTrial
+) -> None:
+    """The sheet-number fields (registration of an opened sheet, the monitor's check) are scan
+    fields too: a sheet of this trial within reach, a kit label scanned by mistake, another trial's
+    sheet, an unknown one. Nothing about the arm, nothing recorded."""
+    from allocator.models import CodeBreakSheet, Kit, Site
+
+    with ctx.db.reading() as s:
+        if s.execute(select(CodeBreakSheet.id).limit(1)).first() is None:
+            code_break_sheets(ctx)
+        rows = s.execute(
+            select(CodeBreakSheet.sheet_number, Site.code, Kit.kit_number)
+            .join(Kit, Kit.id == CodeBreakSheet.kit_id)
+            .join(Site, Site.id == Kit.site_id)
+        ).all()
+    mine = next(r for r in rows if r[1] == "P1")
+    theirs = next(r for r in rows if r[1] == "P2")
+    for username, page, url in (
+        ("inv-p1", f"/trials/{TRIAL}/unblind/offline", f"/trials/{TRIAL}/unblind/offline/check"),
+        ("pharm-p1", f"/trials/{TRIAL}/code-break", f"/trials/{TRIAL}/code-break/sheet-check"),
+    ):
+        client = client_for(app, username)
+        html = client.get(page).get_data(as_text=True)
+        assert f'data-scan-check="{url}"' in html and 'data-scan="sheet_number"' in html
+        token = csrf_token(client, page)
+
+        def check(scan: str, client: FlaskClient = client, url: str = url, token: str = token) -> object:
+            response = client.post(
+                url, json={"field": "sheet_number", "scan": scan}, headers={"X-CSRFToken": token}
+            )
+            assert response.status_code == 200
+            return response.get_json()
+
+        assert check(mine[0].lower()) == {
+            "ok": True,
+            "field": "sheet_number",
+            "message": "sheet found",
+            "notes": [],
+        }
+        assert check(theirs[0]) == {"ok": False, "field": "sheet_number", "message": "unknown sheet"}  # P2's
+        assert check(label(ctx, mine[2]))["message"] == "a kit label, not a code-break sheet"
+        assert check("CB-OTHER-000001")["message"] == "a sheet of another trial"
+        assert check(mine[0][:-1] + "X")["message"] == "unknown sheet"
