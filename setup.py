@@ -18,7 +18,7 @@ from setuptools import find_packages, setup
 # subfolder; the .py files of migrations/ come along as modules)
 BUNDLED = {
     "templates": ["*.html"],
-    "static": ["*.css", "*.js"],
+    "static": ["*.css", "*.js", "LICENSE", "README.txt"],  # jsqr/ keeps its licence
     "migrations": ["*.mako"],
     "trials": ["*.toml"],
 }

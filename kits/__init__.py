@@ -48,6 +48,7 @@ from kits.payload import (
     KitPayload,
     MacFunction,
     build_payload,
+    looks_like_scan,
     parse_payload,
     verify_payload,
 )
@@ -95,6 +96,7 @@ __all__ = [
     "generate_kit_number",
     "generate_kit_numbers",
     "is_valid_kit_number",
+    "looks_like_scan",
     "normalize_kit_number",
     "parse_payload",
     "render_code_break_sheets",

@@ -229,7 +229,7 @@ def outer_plan(
                 FieldSpec(
                     "kit", CAPTION_KIT, BOLD, 9.5, room=width(_KIT_SAMPLE, BOLD, 9.5) + 1, underline=False
                 ),
-                FieldSpec("unit", CAPTION_DAY, BOLD, 8.0, underline=False),
+                FieldSpec("unit", CAPTION_DAY, BOLD, 8.0),  # a line to write the day on
             ],
             REGULAR,
             5.8,
@@ -368,7 +368,9 @@ def draw_label(
     slots = label.plan.slots
     values = {
         "kit": format_kit_number(kit.kit_number),
-        "unit": unit_display(kit.unit),
+        # A unit that is not an injection day (the kit's own label, printed before the kit is
+        # allocated to a day) leaves the day to be written in: never "Jour / Day : K" (issue 13).
+        "unit": unit_display(kit.unit) if _UNIT_DAY.fullmatch(kit.unit) else "",
         "site": kit.site_code,
         "subject": kit.subject_number or "",
         "investigator": kit.investigator_name or "",

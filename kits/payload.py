@@ -194,3 +194,17 @@ def verify_payload(text: str, expected_trial: str, mac: MacFunction) -> KitPaylo
             "the label's authentication code is wrong: it was not printed by this service or was altered"
         )
     return payload
+
+
+def looks_like_scan(text: str) -> bool:
+    """True for a kit label's payload or a kit number (check digit right): what a keyboard-wedge
+    scanner types. A password field given one of these received a scan, not a password (issue 13);
+    a kit number is 8 digits, shorter than any acceptable password."""
+    cleaned = text.strip().upper()
+    if PAYLOAD_PATTERN.fullmatch(cleaned):
+        return True
+    try:
+        normalize_kit_number(cleaned)
+    except KitNumberError:
+        return False
+    return True

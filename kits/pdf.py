@@ -185,6 +185,30 @@ class Slot:
         canvas.drawString(self.x, self.y, value)
 
 
+_POWER_OF_TEN = re.compile(r"(?<=10)\^(\d{1,2})")
+
+
+def draw_text(canvas: Any, x: float, y: float, text: str, font: str, size: float) -> None:
+    """Draw `text` at (x, y); a power of ten written `10^6` (the standard fonts have no superscript
+    six) is printed as 10 with a raised, smaller 6, never as a caret (issue 13). The width is then
+    a little less than `width(text)`, so a line measured with the caret still fits."""
+    parts = _POWER_OF_TEN.split(text)
+    if len(parts) == 1:
+        canvas.drawString(x, y, text)
+        return
+    for index, part in enumerate(parts):
+        if index % 2 == 0:
+            canvas.setFont(font, size)
+            canvas.drawString(x, y, part)
+            x += width(part, font, size)
+        else:
+            small = size * 0.62
+            canvas.setFont(font, small)
+            canvas.drawString(x, y + size * 0.4, part)
+            x += width(part, font, small)
+    canvas.setFont(font, size)
+
+
 @dataclass
 class Plan:
     """Fixed operations of a box (label, sheet block) and the slots for its variable values."""
@@ -204,7 +228,7 @@ class Plan:
                 if color != op.color:
                     color = op.color
                     canvas.setFillColorRGB(*op.color)
-                canvas.drawString(op.x, op.y, op.text)
+                draw_text(canvas, op.x, op.y, op.text, op.font, op.size)
             else:
                 canvas.saveState()
                 canvas.setLineWidth(op.line_width)

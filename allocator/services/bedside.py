@@ -47,6 +47,21 @@ class AlreadyAdministered(ScanRefused):
     title = "This dose was already given"
 
 
+class ConfirmationNeeded(Conflict):
+    """Check, then record (issue 13): a dose outside its planned day, or given before an earlier
+    dose, is a stop. Nothing is recorded until the person confirms it with a reason."""
+
+    slug = "confirmation-needed"
+    title = "Check before giving this dose"
+
+    def __init__(self, warnings: tuple[str, ...]) -> None:
+        super().__init__(
+            "; ".join(warnings),
+            errors=[FieldProblem("confirmation", "confirm with a reason, or do not give this dose")],
+        )
+        self.warnings = warnings
+
+
 @dataclass(frozen=True, slots=True)
 class ScanResult:
     subject_number: str
@@ -77,12 +92,77 @@ def record_scan(
     scope: Scope,
     administered_at: datetime | None = None,
     late_reason: str = "",
+    confirmation: str = "",
+    warnings_stop: bool = True,
 ) -> ScanResult:
     """Verify a scanned syringe (or kit) label for a subject and day, and record the administration.
+
+    Check, then record (issue 13): when the dose is outside its planned day or an earlier dose was
+    not given, nothing is recorded and ConfirmationNeeded is raised, unless `confirmation` gives the
+    reason for giving it all the same; the warnings and that reason are then in the audit entry. A
+    right kit for the right patient and day is recorded at once. `warnings_stop=False` keeps the
+    API's contract (recorded, the warnings in the answer).
 
     Raises ValidationFailed (unreadable or forged label, bad time), NotFound (subject out of reach),
     WrongPatient, WrongDay, AlreadyAdministered or ScanRefused (not dispensed, expired, previous day
     not given when the trial refuses that) — refusals are audited."""
+    return _scan(
+        ctx,
+        actor,
+        trial_code,
+        payload=payload,
+        subject_number=subject_number,
+        day=day,
+        scope=scope,
+        administered_at=administered_at,
+        late_reason=late_reason,
+        confirmation=confirmation if warnings_stop else None,
+        record=True,
+    )
+
+
+def check_scan(
+    ctx: ServiceContext,
+    actor: Actor,
+    trial_code: str,
+    *,
+    payload: str,
+    subject_number: str,
+    day: str,
+    scope: Scope,
+) -> ScanResult:
+    """The bedside checks of `record_scan` as soon as the label is scanned, recording nothing but a
+    refusal (audited as when recording): the answer is the result that recording would have, its
+    warnings included (each one a stop at recording). The time is now."""
+    return _scan(
+        ctx,
+        actor,
+        trial_code,
+        payload=payload,
+        subject_number=subject_number,
+        day=day,
+        scope=scope,
+        administered_at=None,
+        late_reason="",
+        confirmation=None,
+        record=False,
+    )
+
+
+def _scan(
+    ctx: ServiceContext,
+    actor: Actor,
+    trial_code: str,
+    *,
+    payload: str,
+    subject_number: str,
+    day: str,
+    scope: Scope,
+    administered_at: datetime | None,
+    late_reason: str,
+    confirmation: str | None,
+    record: bool,
+) -> ScanResult:
     now = ctx.now()
     when = administered_at or now
     if when.tzinfo is None:
@@ -101,11 +181,23 @@ def record_scan(
     except kitlib.PayloadError as exc:
         _refusal(ctx, actor, trial_code, subject_number, day, "unreadable-label", str(exc), None)
         raise ValidationFailed(
-            "the label cannot be verified", errors=[FieldProblem("payload", str(exc))]
+            "the label cannot be verified", errors=[FieldProblem("payload", kit_rules.unreadable(exc))]
         ) from None
     with ctx.db.unit_of_work() as session:
         outcome = _record_in(
-            ctx, session, actor, trial_code, scanned, subject_number, day, scope, when, now, late_reason
+            ctx,
+            session,
+            actor,
+            trial_code,
+            scanned,
+            subject_number,
+            day,
+            scope,
+            when,
+            now,
+            late_reason,
+            confirmation,
+            record,
         )
     if isinstance(outcome, DomainError):
         raise outcome
@@ -155,6 +247,8 @@ def _record_in(
     when: datetime,
     now: datetime,
     late_reason: str,
+    confirmation: str | None,
+    record: bool,
 ) -> ScanResult | DomainError:
     trial = get_trial(session, trial_code)
     lookups.require_open(trial)  # no new data once the database is locked
@@ -265,6 +359,11 @@ def _record_in(
     planned = planned_date(definition, subject.randomized_at, days[day])
     if definition.local_date(when) != planned:
         warnings.append(f"{day} was planned for {planned.isoformat()}")
+    if not record:
+        return ScanResult(subject.subject_number, day, kit.kit_number, when, tuple(warnings))
+    if warnings and confirmation is not None and not confirmation.strip():
+        return ConfirmationNeeded(tuple(warnings))  # a stop: nothing recorded (issue 13)
+    confirmed = (confirmation or "").strip() if warnings else ""
     administration = Administration(
         dispensation_id=row.id,
         subject_id=subject.id,
@@ -288,7 +387,13 @@ def _record_in(
         object_type="subject",
         object_id=subject.subject_number,
         site_code=site_code,
-        new={"day": day, "kit": kit.kit_number, "administered_at": when.isoformat(), "warnings": warnings},
+        new={
+            "day": day,
+            "kit": kit.kit_number,
+            "administered_at": when.isoformat(),
+            "warnings": warnings,
+            **({"confirmed_despite_warnings": confirmed[:500]} if confirmed else {}),
+        },
         reason=late_reason.strip() or None,
         at=now,
     )

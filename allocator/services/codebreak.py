@@ -117,6 +117,35 @@ def sheet_for(session: Session, trial: Trial, sheet_number: str) -> CodeBreakShe
     return sheet
 
 
+def check_sheet(ctx: ServiceContext, trial_code: str, raw: str, scope: Scope) -> str:
+    """A scanned or typed sheet number, checked as it arrives (issue 13): the sheet number when it
+    is a sheet of this trial within reach. Records nothing, reads no arm. Raises ValidationFailed
+    (empty, a kit label, another trial's sheet) or NotFound (unknown or out of reach), naming the
+    field `sheet_number` in plain words."""
+    number = normalize_sheet_number(raw)
+    if not number:
+        raise ValidationFailed("give the sheet number", errors=[FieldProblem("sheet_number", "is required")])
+    if kitlib.looks_like_scan(number):
+        raise ValidationFailed(
+            "a kit label, not a sheet",
+            errors=[FieldProblem("sheet_number", "a kit label, not a code-break sheet")],
+        )
+    if number.startswith(f"{SHEET_PREFIX}-") and not number.startswith(f"{SHEET_PREFIX}-{trial_code}-"):
+        raise ValidationFailed(
+            "another trial's sheet", errors=[FieldProblem("sheet_number", "a sheet of another trial")]
+        )
+    with ctx.db.reading() as session:
+        trial = get_trial(session, trial_code)
+        sheet = sheet_for(session, trial, number)
+        kit = session.get(Kit, sheet.kit_id)
+        if kit is None or not _within(scope, kit.site_id):
+            raise NotFound(
+                f"no code-break sheet {number} within your reach",
+                errors=[FieldProblem("sheet_number", "unknown sheet")],
+            )
+        return sheet.sheet_number
+
+
 def kits_without_sheet(session: Session, trial: Trial) -> int:
     """How many kits of `trial` have no code-break sheet yet (UNB-07: no activation, no shipment)."""
     covered = select(CodeBreakSheet.kit_id).where(CodeBreakSheet.trial_id == trial.id)

@@ -144,6 +144,20 @@ class Dispensed:
     signature: signatures.Manifestation
 
 
+def _read_scans(
+    ctx: ServiceContext, trial_code: str, scans: Mapping[str, str]
+) -> tuple[dict[str, str], list[FieldProblem]]:
+    """The kit number of each readable scan, and a problem, in plain words, for each other one."""
+    parsed: dict[str, str] = {}
+    problems = []
+    for day, text in scans.items():
+        try:
+            parsed[day], _ = kit_from_scan(ctx, trial_code, text)
+        except kitlib.KitsError as exc:
+            problems.append(FieldProblem(f"scans.{day}", kit_rules.unreadable(exc)))
+    return parsed, problems
+
+
 def dispense(
     ctx: ServiceContext,
     actor: Actor,
@@ -156,21 +170,15 @@ def dispense(
 ) -> Dispensed:
     """Dispense the scanned kits of a subject (any subset of its days), signed (ACC-12).
 
-    Every scan must be the kit allocated to that day (LBL-09); a wrong or already dispensed kit
-    refuses the whole dispensing and the attempt is audited. Expired kits are never dispensed
-    (LBL-05): they are replaced first."""
+    Every scan must be the kit allocated to that day (LBL-09); a wrong, unreadable or already
+    dispensed kit refuses the whole dispensing, each refused kit is audited, and the error names
+    every wrong scan on its own field (issue 13: the right ones are kept by the form). Expired kits
+    are never dispensed (LBL-05): they are replaced first. The signature is checked only when every
+    scan is right, so a wrong kit is never a failed signature."""
     scans = {day: text for day, text in scans.items() if text and text.strip()}
     if not scans:
         raise ValidationFailed("scan at least one kit", errors=[FieldProblem("scans", "no kit scanned")])
-    parsed: dict[str, str] = {}
-    problems = []
-    for day, text in scans.items():
-        try:
-            parsed[day], _ = kit_from_scan(ctx, trial_code, text)
-        except (kitlib.KitNumberError, kitlib.PayloadError) as exc:
-            problems.append(FieldProblem(f"scans.{day}", str(exc)))
-    if problems:
-        raise ValidationFailed("some scans are not valid", errors=problems)
+    parsed, unreadable = _read_scans(ctx, trial_code, scans)
     now = ctx.now()
     with (
         signatures.failures_recorded(
@@ -183,10 +191,129 @@ def dispense(
         ),
         ctx.db.unit_of_work() as session,
     ):
-        outcome = _dispense_in(ctx, session, actor, trial_code, number, parsed, scope, signature, now)
+        outcome = _dispense_in(
+            ctx, session, actor, trial_code, number, parsed, unreadable, scope, signature, now
+        )
     if isinstance(outcome, DomainError):
         raise outcome
     return outcome
+
+
+def check_scan(
+    ctx: ServiceContext, actor: Actor, trial_code: str, number: str, day: str, text: str, *, scope: Scope
+) -> str:
+    """One scan of the dispensing form, checked as soon as it is scanned (issue 13): the canonical
+    kit number when it is the kit allocated to `number` for `day`, still to dispense and not
+    expired. Records nothing but the refusal: a wrong kit is audited as when dispensing (LBL-09).
+    Raises ValidationFailed (unreadable, unknown day) or the refusal (WrongKit, AlreadyDispensed,
+    Conflict for an expired kit, SubjectWithdrawn), each naming the field `scans.<day>` in words
+    that never depend on the arm."""
+    if not text.strip():
+        raise ValidationFailed("scan the kit", errors=[FieldProblem(f"scans.{day}", "is required")])
+    parsed, unreadable = _read_scans(ctx, trial_code, {day: text})
+    if unreadable:
+        raise ValidationFailed("some scans are not valid", errors=unreadable)
+    now = ctx.now()
+    with ctx.db.unit_of_work() as session:
+        trial = get_trial(session, trial_code)
+        definition = current_definition(session, trial)
+        subject = subject_in_reach(session, trial, number, scope)
+        days = _day_numbers(definition)
+        if day not in days:
+            raise ValidationFailed(
+                "unknown day", errors=[FieldProblem(f"scans.{day}", "is not a dispensing day")]
+            )
+        site = session.get(Site, subject.site_id)
+        site_code = site.code if site else None
+        withdrawn = withdrawn_refusal(session, subject, f"scans.{day}")
+        refusal: DomainError | None = withdrawn
+        if refusal is None:
+            live = current_dispensations(session, subject.id)
+            row = live[days[day]]
+            kit = session.get(Kit, row.kit_id)
+            if kit is None:  # pragma: no cover - a foreign key guarantees it
+                raise NotFound("no kit")
+            refusal = _kit_refusal(session, definition, subject, day, parsed[day], row, kit, live)
+        if refusal is not None:
+            _audit_refusal(ctx, session, actor, trial.code, number, site_code, day, parsed[day], refusal, now)
+            outcome: str | DomainError = refusal
+        else:
+            outcome = parsed[day]
+    if isinstance(outcome, DomainError):  # the unit of work committed the refusal's audit entry
+        raise outcome
+    return outcome
+
+
+def _kit_refusal(
+    session: Session,
+    definition: TrialDefinition,
+    subject: Subject,
+    label: str,
+    kit_number: str,
+    row: Dispensation,
+    kit: Kit,
+    live: Mapping[int, Dispensation],
+) -> DomainError | None:
+    """Why `kit_number`, scanned for the `label` day of `subject`, may not be dispensed, or None.
+    The words name the patient and the day, never anything from which the arm could be inferred:
+    another kit is "not this patient's kit", whoever it belongs to (BLD-01)."""
+    number = subject.subject_number
+    field = f"scans.{label}"
+    if kit.kit_number != kit_number:
+        labels = {d.day: d.label for d in definition.dispensing.schedule}
+        mine = {
+            labels.get(day, "?")
+            for day, other in live.items()
+            if other.kit_id is not None
+            and session.execute(select(Kit.kit_number).where(Kit.id == other.kit_id)).scalar_one()
+            == kit_number
+        }
+        if mine:
+            other_day = sorted(mine)[0]
+            return WrongKit(
+                f"kit {kitlib.format_kit_number(kit_number)} is the {other_day} kit of {number}, not {label}",
+                errors=[FieldProblem(field, f"this patient's kit for {other_day}, not {label}")],
+            )
+        return WrongKit(
+            f"kit {kitlib.format_kit_number(kit_number)} is not the kit allocated to {number} for {label}",
+            errors=[FieldProblem(field, "not this patient's kit")],
+        )
+    if row.status != "allocated":
+        return AlreadyDispensed(
+            f"the {label} kit of {number} was already dispensed",
+            errors=[FieldProblem(field, "already dispensed")],
+        )
+    if kit.expiry_date is None or kit.expiry_date < planned_date(definition, subject.randomized_at, row.day):
+        return Conflict(
+            f"the {label} kit of {number} expires before its day: replace it",
+            errors=[FieldProblem(field, "expired: replace the kit")],
+        )
+    return None
+
+
+def _audit_refusal(
+    ctx: ServiceContext,
+    session: Session,
+    actor: Actor,
+    chain: str,
+    number: str,
+    site_code: str | None,
+    label: str,
+    kit_number: str,
+    refusal: DomainError,
+    now: datetime,
+) -> None:
+    ctx.audit.record(
+        session,
+        actor=actor,
+        chain=chain,
+        action=Action.DISPENSING_REFUSED,
+        object_type="subject",
+        object_id=number,
+        site_code=site_code,
+        new={"day": label, "scanned": kit_number, "cause": refusal.slug},
+        at=now,
+    )
 
 
 def _dispense_in(
@@ -196,6 +323,7 @@ def _dispense_in(
     trial_code: str,
     number: str,
     parsed: Mapping[str, str],
+    unreadable: list[FieldProblem],
     scope: Scope,
     signature: signatures.SignatureRequest,
     now: datetime,
@@ -230,41 +358,32 @@ def _dispense_in(
         return withdrawn
     live = current_dispensations(session, subject.id)
     chosen: list[tuple[str, Dispensation, Kit]] = []
+    refusals: list[DomainError] = []
     for label, kit_number in parsed.items():
         row = live[days[label]]
         kit = session.execute(select(Kit).where(Kit.id == row.kit_id).with_for_update()).scalar_one()
-        refusal: DomainError | None = None
-        if kit.kit_number != kit_number:
-            refusal = WrongKit(
-                f"kit {kitlib.format_kit_number(kit_number)} is not the kit allocated to {number} for {label}",
-                errors=[FieldProblem(f"scans.{label}", "wrong kit")],
-            )
-        elif row.status != "allocated":
-            refusal = AlreadyDispensed(
-                f"the {label} kit of {number} was already dispensed",
-                errors=[FieldProblem(f"scans.{label}", "already dispensed")],
-            )
-        elif kit.expiry_date is None or kit.expiry_date < planned_date(
-            definition, subject.randomized_at, row.day
-        ):
-            refusal = Conflict(
-                f"the {label} kit of {number} expires before its day: replace it",
-                errors=[FieldProblem(f"scans.{label}", "expired: replace the kit")],
-            )
+        refusal = _kit_refusal(session, definition, subject, label, kit_number, row, kit, live)
         if refusal is not None:
-            ctx.audit.record(
+            _audit_refusal(
+                ctx,
                 session,
-                actor=actor,
-                chain=trial.code,
-                action=Action.DISPENSING_REFUSED,
-                object_type="subject",
-                object_id=number,
-                site_code=site.code if site else None,
-                new={"day": label, "scanned": kit_number, "cause": refusal.slug},
-                at=now,
+                actor,
+                trial.code,
+                number,
+                site.code if site else None,
+                label,
+                kit_number,
+                refusal,
+                now,
             )
-            return refusal
-        chosen.append((label, row, kit))
+            refusals.append(refusal)
+        else:
+            chosen.append((label, row, kit))
+    if refusals or unreadable:
+        # Issue 13: every wrong scan named on its own field, not the first one only.
+        problems = [*unreadable, *(p for r in refusals for p in r.errors)]
+        first = refusals[0] if refusals else ValidationFailed("some scans are not valid")
+        return type(first)(first.detail if len(problems) == 1 else "some scans are refused", errors=problems)
     content = {"subject": number, "kits": {label: kit.kit_number for label, _, kit in chosen}}
     signed = signatures.sign(
         ctx,

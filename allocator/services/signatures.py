@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+import kits as kitlib
 from allocator import crypto, passwords
 from allocator.audit import Action, Actor
 from allocator.db import require
@@ -99,6 +100,7 @@ def sign(
         raise SignatureRefused(
             "only a signed-in person can sign", errors=[FieldProblem("password", "no user")]
         )
+    refuse_a_scan(request.password)
     user = require(session, User, actor.user_id)
     throttle = throttle_row(session, f"account:{user.username}", now, ctx)
     if throttle.locked_until is not None and throttle.locked_until > now:
@@ -146,6 +148,19 @@ def sign(
     return signature
 
 
+def refuse_a_scan(password: str) -> None:
+    """Issue 13: a keyboard-wedge scanner types a label and presses Enter; on a form whose Enter
+    jumped to the password field, the next label landed there. A kit label or a kit number is never
+    a password (a label carries a MAC; a kit number is shorter than any acceptable password), so it
+    is refused as what it is: nothing is signed, and it is neither a failed signature in the audit
+    trail nor a step toward the account's lockout."""
+    if kitlib.looks_like_scan(password):
+        raise ValidationFailed(
+            "a scanned label was typed into the password field: nothing was signed",
+            errors=[FieldProblem("password", "this is a scanned label, not your password")],
+        )
+
+
 def check_password(ctx: ServiceContext, actor: Actor, password: str) -> None:
     """Check a signed-in person's password again without signing anything (the replay of a signed
     act, issue 14). Raises SignatureRefused (wrong password; the caller records it with
@@ -156,6 +171,7 @@ def check_password(ctx: ServiceContext, actor: Actor, password: str) -> None:
         raise SignatureRefused(
             "only a signed-in person can sign", errors=[FieldProblem("password", "no user")]
         )
+    refuse_a_scan(password)
     now = ctx.now()
     with ctx.db.unit_of_work() as session:  # the throttle row may be created
         user = require(session, User, actor.user_id)

@@ -247,6 +247,9 @@ def scan(trial: str) -> Response:
             scope=scope(Permission.ADMINISTRATION_RECORD),
             administered_at=given,
             late_reason=str(body.get("late_reason") or ""),
+            # The API's contract (issue 14): recorded, with the warnings in the 201 answer. The
+            # check-then-record stop of issue 13 is the web page's (a person at the bedside).
+            warnings_stop=False,
         )
         return jsonify(result.as_json()), 201
 

@@ -126,6 +126,9 @@ def _on_code(exc: DomainError) -> DomainError:
     return type(exc)(exc.detail, errors=[FieldProblem("code", exc.detail)])
 
 
+_PENDING_TOTP = "pending_totp"  # the sealed ticket of the key being enrolled (issue 13)
+
+
 @bp.route("/account/totp/enroll", methods=["GET", "POST"])
 @requires(Permission.ACCOUNT_SELF)
 def totp_enroll() -> Response | str:
@@ -136,8 +139,20 @@ def totp_enroll() -> Response | str:
     if user.mfa_pending:
         return redirect(url_for("auth.totp"))
     form = forms.FormState()
+    if request.method == "POST" and request.form.get("action") == "cancel":
+        session.pop(_PENDING_TOTP, None)  # the pending key is forgotten; the next visit shows a new one
+        return redirect(url_for("account.profile"), code=303)
     ticket = request.form.get("ticket", "")
     enrollment = None
+    if request.method == "GET":
+        # Issue 13: a reload showed a new key, so a key already typed into the app stopped working.
+        # The pending key (its sealed ticket) is kept in the session until confirmed or cancelled.
+        pending = session.get(_PENDING_TOTP)
+        if isinstance(pending, str):
+            try:
+                enrollment = auth_service.enrollment_from_ticket(ctx(), user.user_id, pending)
+            except DomainError:
+                enrollment = None  # expired (15 minutes) or another account's: a new key
     if request.method == "POST":
         try:
             auth_service.confirm_totp_enrollment(
@@ -156,12 +171,16 @@ def totp_enroll() -> Response | str:
             except DomainError:
                 enrollment = None  # expired or forged ticket: offer a new code
         else:
+            session.pop(_PENDING_TOTP, None)
             return redirect(url_for("main.home"))
     if enrollment is None:
         enrollment = auth_service.start_totp_enrollment(ctx(), user.user_id)
+    session[_PENDING_TOTP] = enrollment.ticket
+    secret = enrollment.secret_base32
     html = render_template(
         "auth/totp_enroll.html",
-        secret=enrollment.secret_base32,
+        secret=secret,
+        secret_groups=[secret[i : i + 4] for i in range(0, len(secret), 4)],
         ticket=enrollment.ticket,
         qr=svg_data_uri(enrollment.uri),
         form=form,

@@ -15,7 +15,7 @@ from allocator.permissions import Permission, requires
 from allocator.services import codebreak
 from allocator.services.errors import DomainError
 from allocator.web import forms, messages
-from allocator.web.security import actor, ctx, scope
+from allocator.web.security import actor, ctx, current_trial, scope
 
 bp = Blueprint("codebreak", __name__)
 
@@ -119,6 +119,28 @@ def check(trial: str) -> WerkzeugResponse:
         if recorded.discrepancy:
             flash(forms.plain(recorded.discrepancy), "error")
     return redirect(url_for("codebreak.overview", trial=trial), code=303)
+
+
+def _sheet_verdict(permission: Permission) -> Response:
+    return forms.scan_verdict(
+        "sheet_number",
+        lambda: codebreak.check_sheet(ctx(), current_trial().code, forms.scanned("scan"), scope(permission)),
+        ok_message=_("sheet found"),
+    )
+
+
+@bp.route("/trials/<trial>/code-break/sheet-check", methods=["POST"])
+@requires(Permission.CODE_BREAK_CHECK)
+def sheet_check(trial: str) -> Response:
+    """A sheet number scanned on the check form, checked as it arrives (issue 13; JSON)."""
+    return _sheet_verdict(Permission.CODE_BREAK_CHECK)
+
+
+@bp.route("/trials/<trial>/code-break/replacements/check", methods=["POST"])
+@requires(Permission.CODE_BREAK_GENERATE)
+def replacement_check(trial: str) -> Response:
+    """The lost sheet's number scanned on the replacement form, checked as it arrives (JSON)."""
+    return _sheet_verdict(Permission.CODE_BREAK_GENERATE)
 
 
 @bp.route("/trials/<trial>/code-break/sheets")

@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from flask import flash, redirect, request, session
+from flask import flash, jsonify, redirect, request, session
 from flask_babel import gettext
 from werkzeug.wrappers import Response
 
@@ -184,3 +184,28 @@ def perform(
 def recall_for(path: str, form_id: str) -> FormState:
     """What `perform` kept for form `form_id` of the page at `path`."""
     return recall(f"{path}#{form_id}")
+def scanned(name: str) -> str:
+    """A scan sent to a check endpoint (issue 13): a JSON body or a form field, trimmed."""
+    body = request.get_json(silent=True)
+    value = body.get(name) if isinstance(body, dict) else request.form.get(name)
+    return value.strip() if isinstance(value, str) else ""
+
+
+def scan_verdict(
+    field_id: str,
+    check: Callable[[], object],
+    labels: Mapping[str, str] | None = None,
+    ok_message: str = "",
+    notes: Callable[[object], list[str]] | None = None,
+) -> Response:
+    """The answer of a scan-check endpoint (issue 13), as JSON for the page's script (static/scan.js):
+    `ok`, and `message`, what is wrong with the scan of field `field_id` in plain words and the
+    reader's language (the service's words: never an arm). `notes` (for a right scan) are
+    warnings to show beside it. The service records the refusals it audits; nothing else."""
+    try:
+        outcome = check()
+    except DomainError as exc:
+        state = shown(exc, labels)
+        message = state.error(field_id) or "; ".join(e.line for e in state.errors) or state.summary
+        return jsonify(ok=False, field=field_id, message=message)
+    return jsonify(ok=True, field=field_id, message=ok_message, notes=notes(outcome) if notes else [])

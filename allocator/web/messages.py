@@ -76,6 +76,21 @@ KNOWN = frozenset(
         N_("expired: replace the kit"),
         N_("invalid cause"),
         N_("lost, damaged or expired"),
+        # scanning (issue 13): what is wrong with one scan, beside its field
+        N_("not this patient's kit"),
+        N_("a label of another trial"),
+        N_("the label's security code is wrong: not printed by this service, or altered"),
+        N_("wrong check digit: scan or type the number again"),
+        N_("unreadable: not a kit label or a kit number"),
+        N_("this is a scanned label, not your password"),
+        N_("a scanned label was typed into the password field: nothing was signed"),
+        N_("some scans are refused"),
+        N_("scan the kit"),
+        N_("confirm with a reason, or do not give this dose"),
+        N_("not in this shipment"),
+        N_("a kit label, not a code-break sheet"),
+        N_("a sheet of another trial"),
+        N_("unknown sheet"),
         # bedside
         N_("the time needs a time zone"),
         N_("no time zone"),
@@ -139,6 +154,7 @@ KNOWN = frozenset(
 TITLES = frozenset(
     {
         N_("The scanned label does not match"),
+        N_("Check before giving this dose"),
         N_("This label belongs to another patient"),
         N_("This label is for another day"),
         N_("This dose was already given"),
@@ -335,6 +351,34 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         N_("%(subject)s was already withdrawn on %(date)s"),
     ),
     (re.compile(r"^the label is for (?P<day>\S+)$"), N_("the label is for %(day)s")),
+    (
+        re.compile(r"^(?P<status>\S+): keep it aside, it will not be made available$"),
+        N_("%(status)s: keep it aside, it will not be made available"),
+    ),
+    (
+        re.compile(r"^the shipment is (?P<status>\S+), not in transit$"),
+        N_("the shipment is %(status)s, not in transit"),
+    ),
+    (
+        re.compile(r"^this patient's kit for (?P<other>\S+), not (?P<day>\S+)$"),
+        N_("this patient's kit for %(other)s, not %(day)s"),
+    ),
+    (
+        re.compile(r"^kit (?P<kit>\S+) is the (?P<other>\S+) kit of (?P<subject>\S+), not (?P<day>\S+)$"),
+        N_("kit %(kit)s is the %(other)s kit of %(subject)s, not %(day)s"),
+    ),
+    (
+        re.compile(r"^kit (?P<kit>\S+) is not the kit allocated to (?P<subject>\S+) for (?P<day>\S+)$"),
+        N_("kit %(kit)s is not the kit allocated to %(subject)s for %(day)s"),
+    ),
+    (
+        re.compile(r"^the (?P<day>\S+) kit of (?P<subject>\S+) was already dispensed$"),
+        N_("the %(day)s kit of %(subject)s was already dispensed"),
+    ),
+    (
+        re.compile(r"^the (?P<day>\S+) kit of (?P<subject>\S+) expires before its day: replace it$"),
+        N_("the %(day)s kit of %(subject)s expires before its day: replace it"),
+    ),
     (re.compile(r"^one of:? (?P<choices>.+)$"), N_("choose one of the proposed answers")),
     (
         re.compile(r"^describe the reason \(at least (?P<count>\d+) characters\)$"),

@@ -3,11 +3,12 @@ the pharmacy queue, dispensing and the sheet; the bedside scan. All blinded."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from datetime import UTC, datetime
+import re
+from collections.abc import Iterable, Mapping
+from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
 
-from flask import Blueprint, Response, redirect, render_template, request, url_for
+from flask import Blueprint, Response, redirect, render_template, request, session, url_for
 from flask_babel import gettext as _
 from werkzeug.wrappers import Response as WerkzeugResponse
 
@@ -24,6 +25,7 @@ from allocator.services.subjects import randomize as subjects_randomize
 from allocator.services.subjects import withdrawal as subjects_withdrawal
 from allocator.trialdef import BooleanCriterion, NumberCriterion, TrialDefinition
 from allocator.web import forms, hygiene, messages
+from allocator.web.i18n import day as shown_day
 from allocator.web.i18n import plain_number, tr
 from allocator.web.security import actor, ctx, current_trial, current_user, scope
 
@@ -388,6 +390,27 @@ def dispense(trial: str, subject: str) -> WerkzeugResponse:
     )
 
 
+@bp.route("/trials/<trial>/subjects/<subject>/dispense/check", methods=["POST"])
+@requires(Permission.DISPENSATION_DISPENSE)
+def dispense_check(trial: str, subject: str) -> Response:
+    """One scan of the dispensing form, checked as it arrives (issue 13; JSON for static/scan.js):
+    right, or what is wrong with it. A wrong kit is audited as when dispensing."""
+    day = forms.scanned("field").removeprefix("scan.")
+    return forms.scan_verdict(
+        f"scans.{day}",
+        lambda: dispensing.check_scan(
+            ctx(),
+            actor(Permission.DISPENSATION_DISPENSE),
+            trial,
+            subject,
+            day,
+            forms.scanned("scan"),
+            scope=scope(Permission.DISPENSATION_DISPENSE),
+        ),
+        ok_message=_("right kit"),
+    )
+
+
 @bp.route("/trials/<trial>/subjects/<subject>/dispensation-sheets", methods=["POST"])
 @requires(Permission.DISPENSATION_DISPENSE)
 def print_sheet(trial: str, subject: str) -> WerkzeugResponse:
@@ -459,48 +482,119 @@ def preparation(trial: str, subject: str, day: str) -> Response:
 # --- bedside ----------------------------------------------------------------------------------
 
 
-@bp.route("/trials/<trial>/bedside", methods=["GET", "POST"])
+_BEDSIDE = "bedside"  # the session key of what the bedside POST hands to the next GET (PRG)
+
+
+@bp.route("/trials/<trial>/bedside")
 @requires(Permission.ADMINISTRATION_RECORD)
 def bedside(trial: str) -> Response:
-    """The nurse's phone page: scan the syringe label, check, record."""
+    """The nurse's phone page: scan the syringe label, check, record. What the last POST did (a
+    dose recorded, a refusal, or a stop to confirm) is shown once, by this GET (Post/Redirect/Get:
+    a reload records nothing)."""
     definition = trial_definition(ctx(), trial)
-    result = None
-    form = forms.FormState()
-    error_title = ""
-    status = 200
-    if request.method == "POST":
-        try:
-            given = _administered_at(definition.timezone)
-            result = services_bedside.record_scan(
-                ctx(),
-                actor(Permission.ADMINISTRATION_RECORD),
-                trial,
-                payload=_form("payload"),
-                subject_number=_form("subject_number"),
-                day=_form("day"),
-                scope=scope(Permission.ADMINISTRATION_RECORD),
-                administered_at=given,
-                late_reason=_form("late_reason"),
-            )
-        except DomainError as exc:
-            form, status = forms.shown(exc, _bedside_labels()), exc.status
-            error_title = messages.title(exc.title) or _("The scan is refused")
+    outcome = session.pop(_BEDSIDE, None) or {}
+    form = forms.recall(f"{request.path}#scan")
+    result = outcome.get("result")
+    if result:
+        result = {**result, "at": datetime.fromisoformat(result["at"])}
     days = [d.label for d in definition.dispensing.schedule]
-    values: Mapping[str, str] = form.values if form else {}
-    if result is not None and result.day in days[:-1]:
+    values: Mapping[str, str] = form.values
+    if result and result["day"] in days[:-1]:
         # Ready for the same patient's next dose; the label field stays empty for the next scan.
-        values = {"subject_number": result.subject_number, "day": days[days.index(result.day) + 1]}
+        values = {"subject_number": result["subject_number"], "day": days[days.index(result["day"]) + 1]}
+    stop = outcome.get("stop")
     html = render_template(
         "subjects/bedside.html",
         trial=trial,
         days=days,
         result=result,
-        warnings=[forms.plain(w) for w in result.warnings] if result else [],
+        stop=stop,
         form=form,
-        error_title=error_title,
-        values=values,
+        error_title=outcome.get("title", ""),
+        values=stop["values"] if stop else values,
     )
-    return Response(html, status=status, mimetype="text/html")
+    return Response(html, mimetype="text/html")
+
+
+@bp.route("/trials/<trial>/bedside", methods=["POST"])
+@requires(Permission.ADMINISTRATION_RECORD)
+def bedside_record(trial: str) -> WerkzeugResponse:
+    """Check, then record (issue 13): a right kit for the right patient and day is recorded at
+    once; a dose outside its planned day (or any other warning) is a stop, recorded only when the
+    next POST confirms it with a reason. Every outcome goes back to the GET page."""
+    definition = trial_definition(ctx(), trial)
+    target = url_for("subjects.bedside", trial=trial)
+    try:
+        given = _administered_at(definition.timezone)
+        result = services_bedside.record_scan(
+            ctx(),
+            actor(Permission.ADMINISTRATION_RECORD),
+            trial,
+            payload=_form("payload"),
+            subject_number=_form("subject_number"),
+            day=_form("day"),
+            scope=scope(Permission.ADMINISTRATION_RECORD),
+            administered_at=given,
+            late_reason=_form("late_reason"),
+            confirmation=_form("confirmation"),
+        )
+    except services_bedside.ConfirmationNeeded as exc:
+        session[_BEDSIDE] = {
+            "stop": {
+                "warnings": _warnings_shown(exc.warnings),
+                "values": forms.typed_values(),
+                "refused": _form("step") == "confirm",  # confirmed without a reason
+            }
+        }
+    except DomainError as exc:
+        forms.remember(f"{target}#scan", forms.shown(exc, _bedside_labels()))
+        session[_BEDSIDE] = {"title": messages.title(exc.title) or _("The scan is refused")}
+    else:
+        session[_BEDSIDE] = {
+            "result": {
+                "subject_number": result.subject_number,
+                "day": result.day,
+                "kit": result.kit_number,
+                "at": result.administered_at.isoformat(),
+                "warnings": _warnings_shown(result.warnings),
+            }
+        }
+    return redirect(target, code=303)
+
+
+@bp.route("/trials/<trial>/bedside/check", methods=["POST"])
+@requires(Permission.ADMINISTRATION_RECORD)
+def bedside_check(trial: str) -> Response:
+    """The syringe label checked as soon as it is scanned (issue 13; JSON for static/scan.js),
+    before anything is recorded: right, right but outside its planned day (a stop at recording),
+    or what is wrong with it. Refusals are audited as when recording."""
+    return forms.scan_verdict(
+        "payload",
+        lambda: services_bedside.check_scan(
+            ctx(),
+            actor(Permission.ADMINISTRATION_RECORD),
+            trial,
+            payload=forms.scanned("scan"),
+            subject_number=forms.scanned("subject_number"),
+            day=forms.scanned("day"),
+            scope=scope(Permission.ADMINISTRATION_RECORD),
+        ),
+        _bedside_labels(),
+        ok_message=_("right patient, right dose"),
+        notes=lambda r: _warnings_shown(getattr(r, "warnings", ())),
+    )
+
+
+_ISO_DATE = re.compile(r"\b\d{4}-\d\d-\d\d\b")
+
+
+def _warnings_shown(warnings: Iterable[str]) -> list[str]:
+    """The bedside warnings in the reader's words, the planned date as the reader writes dates."""
+    shown = []
+    for warning in warnings:
+        names = {iso: shown_day(date.fromisoformat(iso)) for iso in _ISO_DATE.findall(warning)}
+        shown.append(forms.plain(warning, names))
+    return shown
 
 
 def _bedside_labels() -> dict[str, str]:
@@ -510,6 +604,7 @@ def _bedside_labels() -> dict[str, str]:
         "payload": _("Syringe label"),
         "administered_at": _("Time given (local time)"),
         "late_reason": _("Why recorded late"),
+        "confirmation": _("Why give it now"),
     }
 
 

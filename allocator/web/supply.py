@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import date
 
 from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 import kits as kitlib
@@ -19,7 +20,7 @@ from allocator.services.supply import labels as supply_labels
 from allocator.services.supply import reconciliation as supply_reconciliation
 from allocator.services.supply import shipments as supply_shipments
 from allocator.services.supply import stock as supply_stock
-from allocator.web import forms
+from allocator.web import forms, messages
 from allocator.web.i18n import plain_number
 from allocator.web.security import actor, ctx, current_user, scope
 
@@ -209,6 +210,25 @@ def receive(trial: str, number: str) -> WerkzeugResponse:
             flash(f"Kept in their current status (not in transit): {shown}.", "error")
 
     return _perform(act, f"Shipment {number} received.", url_for("supply.shipments", trial=trial))
+
+
+def _held_note(note: str) -> str:
+    status = note.split(":", 1)[0]
+    return forms.plain(note, {status: messages.word(status)})
+
+
+@bp.route("/trials/<trial>/shipments/<number>/receive/check", methods=["POST"])
+@requires(Permission.KIT_MANAGE)
+def receive_check(trial: str, number: str) -> Response:
+    """One kit scanned at the receipt, checked as it arrives (issue 13; JSON for static/scan.js)."""
+    return forms.scan_verdict(
+        "kits",
+        lambda: supply_shipments.check_received_kit(
+            ctx(), trial, number, forms.scanned("scan"), scope=scope(Permission.KIT_MANAGE)
+        ),
+        ok_message=_("in this shipment"),
+        notes=lambda found: [_held_note(found[1])] if isinstance(found, tuple) and found[1] else [],
+    )
 
 
 @bp.route("/trials/<trial>/reconciliation")

@@ -15,7 +15,7 @@ from flask_babel import gettext as _
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from allocator.permissions import Permission, requires
-from allocator.services import unblinding
+from allocator.services import codebreak, unblinding
 from allocator.services.closeout import releases, state
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
 from allocator.services.lookups import trial_definition
@@ -223,6 +223,18 @@ def emergency_result(trial: str, unblinding_id: int) -> Response:
 @requires(Permission.UNBLINDING_PV)
 def pharmacovigilance_result(trial: str, unblinding_id: int) -> Response:
     return _result(trial, unblinding_id, Permission.UNBLINDING_PV)
+
+
+@bp.route("/trials/<trial>/unblind/offline/check", methods=["POST"])
+@requires(Permission.SUBJECT_UNBLIND)
+def offline_check(trial: str) -> Response:
+    """The sheet number scanned on the registration form, checked as it arrives (issue 13; JSON
+    for static/scan.js): a sheet of this trial within reach. Reads no arm, records nothing."""
+    return forms.scan_verdict(
+        "sheet_number",
+        lambda: codebreak.check_sheet(ctx(), trial, forms.scanned("scan"), scope(Permission.SUBJECT_UNBLIND)),
+        ok_message=_("sheet found"),
+    )
 
 
 @bp.route("/trials/<trial>/unblind/offline", methods=["GET", "POST"])

@@ -115,11 +115,11 @@ def test_randomize_dispense_print_and_give_three_doses(live_server: LiveServer, 
         "SOFA score over the first 24 h after admission: 3 points"
     )
     shot(inv, "23-investigator-ineligible-confirm")
-    inv.get_by_role("button", name="Record in the screening log").click()
-    expect(inv.get_by_role("heading", name="Not randomized", exact=True)).to_be_visible()
-    assert "P1-0043 is not eligible" in inv.get_by_role("alert").inner_text()
-    shot(inv, "24-investigator-not-randomized")
-    inv.get_by_role("link", name="Screening log").click()
+    # Issue 13: the check already wrote the screening log; "Close" records nothing more.
+    inv.get_by_role("link", name="Close", exact=True).click()
+    inv.wait_for_url(f"**/trials/{TRIAL}")
+    shot(inv, "24-investigator-closed")
+    inv.goto(f"{live_server.url}/trials/{TRIAL}/screening")
     refused_row = inv.locator("tr").filter(has_text="P1-0043")
     assert "not eligible" in refused_row.inner_text()
     assert "randomized as P1-001" in inv.locator("tr").filter(has_text="P1-0042").inner_text()
@@ -172,10 +172,15 @@ def test_randomize_dispense_print_and_give_three_doses(live_server: LiveServer, 
     nurse.get_by_role("link", name="Bedside scan").click()
     expect(nurse.get_by_role("heading", name="Bedside check", exact=True)).to_be_visible()
     # D1 is on its day: green. D2 and D3, given minutes later for the test, are a day or two early:
-    # recorded, but in amber with the planned date in large type, so that it cannot be missed.
+    # a stop first (issue 13: nothing recorded), then, confirmed with a reason, recorded in amber
+    # with the planned date in large type, so that it cannot be missed.
     for letter, day in zip("abc", DAYS, strict=True):
         scan_at_bedside(nurse, subject_number, day, payloads[day])
         early = day != "D1"
+        if early:
+            expect(nurse.locator("#stop")).to_contain_text("Stop: check before giving this dose")
+            nurse.get_by_label("Why give it now (recorded with the dose)").fill("test: doses minutes apart")
+            nurse.get_by_role("button", name="Record the dose anyway").click()
         ok = nurse.locator(".scan-warn" if early else ".scan-ok")
         expect(ok).to_be_visible()
         assert f"{'⚠' if early else '✔'} {subject_number} · {day}" in ok.inner_text()

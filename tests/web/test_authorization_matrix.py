@@ -325,6 +325,13 @@ MATRIX = [
     ),
     Row("dispense", "POST", "/trials/IFNG-PAIS/subjects/P1-001/dispense", PHARM, "subjects.dispense"),
     Row(
+        "dispensing scan check",
+        "POST",
+        "/trials/IFNG-PAIS/subjects/P1-001/dispense/check",
+        PHARM,
+        "subjects.dispense_check",
+    ),
+    Row(
         "print a dispensation sheet",
         "POST",
         "/trials/IFNG-PAIS/subjects/P1-001/dispensation-sheets",
@@ -347,7 +354,10 @@ MATRIX = [
         "subjects.preparation",
     ),
     Row("bedside page", "GET", "/trials/IFNG-PAIS/bedside", ADMINISTERS, "subjects.bedside"),
-    Row("bedside scan", "POST", "/trials/IFNG-PAIS/bedside", ADMINISTERS, "subjects.bedside"),
+    Row("bedside scan", "POST", "/trials/IFNG-PAIS/bedside", ADMINISTERS, "subjects.bedside_record"),
+    Row(
+        "bedside scan check", "POST", "/trials/IFNG-PAIS/bedside/check", ADMINISTERS, "subjects.bedside_check"
+    ),
     Row(
         "stock",
         "GET",
@@ -386,6 +396,13 @@ MATRIX = [
         "supply.ship",
     ),
     Row("receive", "POST", "/trials/IFNG-PAIS/shipments/SH-9999/receive", PHARM, "supply.receive"),
+    Row(
+        "receipt scan check",
+        "POST",
+        "/trials/IFNG-PAIS/shipments/SH-9999/receive/check",
+        PHARM,
+        "supply.receive_check",
+    ),
     Row(
         "reconciliation",
         "GET",
@@ -445,6 +462,13 @@ MATRIX = [
         "codebreak.check",
     ),
     Row(
+        "code-break check scan",
+        "POST",
+        "/trials/IFNG-PAIS/code-break/sheet-check",
+        PHARM | frozenset({"monitor", "trial_manager"}),
+        "codebreak.sheet_check",
+    ),
+    Row(
         "code-break generation page",
         "GET",
         "/trials/IFNG-PAIS/code-break/sheets",
@@ -471,6 +495,13 @@ MATRIX = [
         "/trials/IFNG-PAIS/code-break/replacements",
         frozenset({"unblinded_statistician", "unblinded_pharmacist"}),
         "codebreak.replace",
+    ),
+    Row(
+        "code-break replacement scan",
+        "POST",
+        "/trials/IFNG-PAIS/code-break/replacements/check",
+        frozenset({"unblinded_statistician", "unblinded_pharmacist"}),
+        "codebreak.replacement_check",
     ),
     Row("API randomize", "POST", "/api/v1/trials/IFNG-PAIS/subjects", INV, "api.randomize"),
     Row("API subjects", "GET", "/api/v1/trials/IFNG-PAIS/subjects", SUBJECT_VIEWERS, "api.subject_list"),
@@ -553,6 +584,13 @@ MATRIX = [
     ),
     Row("offline unblinding form", "GET", "/trials/IFNG-PAIS/unblind/offline", INV, "unblinding.offline"),
     Row("offline unblinding", "POST", "/trials/IFNG-PAIS/unblind/offline", INV, "unblinding.offline"),
+    Row(
+        "offline sheet scan check",
+        "POST",
+        "/trials/IFNG-PAIS/unblind/offline/check",
+        INV,
+        "unblinding.offline_check",
+    ),
     Row(
         "accidental unblinding form",
         "GET",

@@ -291,10 +291,13 @@ def kitlib_text(pdf: bytes) -> str:
     return flat(all_text(pdf))
 
 
-@pytest.mark.req("DIB-01", "LBL-09")
-def test_the_bedside_page_keeps_the_patient_for_the_next_dose_and_flags_an_early_one(
+@pytest.mark.req("DIB-01", "LBL-09", "DIB-09")
+def test_the_bedside_page_keeps_the_patient_for_the_next_dose_and_stops_an_early_one(
     app: Flask, ctx: ServiceContext, world: ReadyTrial, clock: Clock
 ) -> None:
+    """Issue 13: check, then record. A right kit for the right patient and day is recorded in one
+    step; a dose a day early is a stop (nothing recorded) until it is confirmed with a reason, which
+    is audited with the warning. Every POST redirects (a reload records nothing)."""
     request = randomize.RandomizationRequest(
         site="P1",
         screening_number="P1-0001",
@@ -316,7 +319,7 @@ def test_the_bedside_page_keeps_the_patient_for_the_next_dose_and_flags_an_early
     nurse = client_for(app, "nurse-p1")
     path = f"/trials/{TRIAL}/bedside"
 
-    def scan(day: str, payload: str) -> tuple[int, str]:
+    def scan(day: str, payload: str, **extra: str) -> str:
         response = nurse.post(
             path,
             data={
@@ -324,20 +327,46 @@ def test_the_bedside_page_keeps_the_patient_for_the_next_dose_and_flags_an_early
                 "day": day,
                 "payload": payload,
                 "csrf_token": csrf_token(nurse, path),
+                **extra,
             },
         )
-        return response.status_code, response.get_data(as_text=True)
+        assert response.status_code == 303 and response.headers["Location"] == path
+        shown = nurse.get(path)
+        assert shown.status_code == 200
+        return shown.get_data(as_text=True)
 
-    status, page = scan("D1", label["D2"])
-    assert status == 409 and "scan-bad" in page and "another day" in page.lower()
-    status, page = scan("D1", label["D1"])
-    assert status == 200 and 'class="scan-ok"' in page
-    # Ready for the same patient's next dose.
+    def statuses() -> list[str]:
+        return [d.status for d in views.subject(ctx, TRIAL, first.subject_number, ALL).days]
+
+    page = scan("D1", label["D2"])
+    assert "scan-bad" in page and "another day" in page.lower()
+    page = scan("D1", label["D1"])
+    assert 'class="scan-ok"' in page and statuses() == ["administered", "dispensed", "dispensed"]
+    # Ready for the same patient's next dose; the result is shown once: a reload shows the form.
     assert f'value="{first.subject_number}"' in page and "<option selected>D2</option>" in page
-    status, page = scan("D2", label["D2"])  # minutes after D1: recorded, but a day early
-    assert status == 200 and 'class="scan-warn"' in page and "Check: D2 was planned for" in page
-    status, page = scan("D2", label["D2"])
-    assert status == 409 and "scan-bad" in page
+    assert "scan-ok" not in nurse.get(path).get_data(as_text=True)
+
+    page = scan("D2", label["D2"])  # minutes after D1: a day early, so a stop
+    assert "Stop: check before giving this dose" in page and "Check: D2 was planned for" in page
+    assert 'name="confirmation"' in page and "scan-ok" not in page
+    assert statuses() == ["administered", "dispensed", "dispensed"]  # nothing recorded
+    page = scan("D2", label["D2"], step="confirm", confirmation="  ")
+    assert "Say why, or do not give this dose." in page and 'aria-invalid="true"' in page
+    assert statuses() == ["administered", "dispensed", "dispensed"]
+    page = scan("D2", label["D2"], step="confirm", confirmation="prescribed early by Dr Martin")
+    assert 'class="scan-warn"' in page and "Check: D2 was planned for" in page and "recorded as given" in page
+    assert statuses() == ["administered", "administered", "dispensed"]
+    with ctx.db.reading() as s:
+        entry = s.execute(
+            select(AuditEvent)
+            .where(AuditEvent.action == "administration.recorded")
+            .order_by(AuditEvent.id.desc())
+            .limit(1)
+        ).scalar_one()
+    assert '"confirmed_despite_warnings":"prescribed early by Dr Martin"' in (entry.new_values or "")
+    assert "D2 was planned for" in (entry.new_values or "")
+    page = scan("D2", label["D2"])
+    assert "scan-bad" in page and statuses() == ["administered", "administered", "dispensed"]
 
 
 @pytest.mark.req("RND-05", "RND-07")
@@ -504,8 +533,9 @@ def test_a_withdrawal_is_recorded_from_the_subject_page_and_stops_the_bedside(
             "csrf_token": csrf_token(nurse, bedside),
         },
     )
-    assert response.status_code == 409
-    assert f"{number} was withdrawn on 2026-03-02: no further dose" in response.get_data(as_text=True)
+    assert response.status_code == 303  # Post/Redirect/Get (issue 13): the refusal is shown by the GET
+    shown = nurse.get(bedside).get_data(as_text=True)
+    assert f"{number} was withdrawn on 2026-03-02: no further dose" in shown
 
 
 def flow_counts(ctx: ServiceContext) -> tuple[int | None, int | None, int]:

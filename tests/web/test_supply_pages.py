@@ -366,3 +366,47 @@ def test_supply_pages_show_counts_without_arms_and_only_the_sites_in_reach(peopl
     ]
     page = people.monitor.get(f"{BASE}/reconciliation").get_data(as_text=True)
     assert "Every kit's history balances with its status." in page
+
+
+@pytest.mark.req("LBL-09")
+def test_each_kit_scanned_at_receipt_is_checked_as_it_arrives(people: People) -> None:
+    """Issue 13: at receipt, each scan is checked at once (JSON for static/scan.js): in this
+    shipment, not in it, unreadable, another trial's; the receipt page offers the scan field."""
+    ctx = people.ctx
+    generate(ctx, 12)
+    view = supply_shipments.create_shipment(ctx, CLI_ACTOR, TRIAL, "P1", 6)
+    supply_shipments.ship(ctx, CLI_ACTOR, TRIAL, view.number)
+    page = f"{BASE}/shipments"
+    url = f"{BASE}/shipments/{view.number}/receive/check"
+    html = people.pharmacist.get(page).get_data(as_text=True)
+    assert f'data-scan-check="{url}"' in html and 'data-scan-collect="rc-' in html
+    token = csrf_token(people.pharmacist, page)
+
+    def check(scan: str) -> dict[str, object]:
+        response = people.pharmacist.post(
+            url, json={"field": "", "scan": scan}, headers={"X-CSRFToken": token}
+        )
+        assert response.status_code == 200
+        return response.get_json()
+
+    kit = view.kits[0]
+    label = kitlib.build_payload(TRIAL, kit, kit_rules.KIT_UNIT, kit_rules.mac(ctx))
+    assert check(kitlib.format_kit_number(kit)) == {
+        "ok": True,
+        "field": "kits",
+        "message": "in this shipment",
+        "notes": [],
+    }
+    assert check(label)["ok"] is True
+    with ctx.db.reading() as s:
+        elsewhere = (
+            s.execute(select(Kit.kit_number).where(Kit.kit_number.not_in(view.kits))).scalars().first()
+        )
+    assert elsewhere is not None
+    assert check(elsewhere) == {"ok": False, "field": "kits", "message": "not in this shipment"}
+    assert check("hello")["message"] == "unreadable: not a kit label or a kit number"
+    other = kitlib.build_payload("OTHER-1", kit, kit_rules.KIT_UNIT, kit_rules.mac(ctx))
+    assert check(other)["message"] == "a label of another trial"
+    assert status_of(ctx, kit) == "in_transit"  # a check records nothing
+    supply_shipments.receive(ctx, CLI_ACTOR, TRIAL, view.number, list(view.kits), scope=ALL)
+    assert check(kit)["message"] == "the shipment is received, not in transit"

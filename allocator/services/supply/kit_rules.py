@@ -73,6 +73,18 @@ def needed_until(definition: TrialDefinition, today: date) -> date:
     return today + timedelta(days=-(-last_offset // 24) + definition.dispensing.expiry_margin_days)
 
 
+def unreadable(exc: kitlib.KitsError) -> str:
+    """What is wrong with a scan that is neither a label of this trial nor a kit number, in the plain
+    words every scan field shows (issue 13): never the parser's technical message."""
+    if isinstance(exc, kitlib.WrongTrialError):
+        return "a label of another trial"
+    if isinstance(exc, kitlib.BadMacError):
+        return "the label's security code is wrong: not printed by this service, or altered"
+    if isinstance(exc, kitlib.KitNumberCheckDigitError):
+        return "wrong check digit: scan or type the number again"
+    return "unreadable: not a kit label or a kit number"
+
+
 def number_from_scan(raw: str, trial_code: str, ctx: ServiceContext) -> str:
     """A typed kit number, or a scanned kit label (its MAC checked)."""
     text = raw.strip()

@@ -19,7 +19,7 @@ from allocator.services import arm_access
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed
 from allocator.services.lookups import current_definition, get_trial
-from allocator.services.supply.kit_rules import S, move_kit, needed_until, number_from_scan
+from allocator.services.supply.kit_rules import S, move_kit, needed_until, number_from_scan, unreadable
 
 # --- shipments (BLD-04) ----------------------------------------------------------------------
 
@@ -165,6 +165,40 @@ class Receipt:
     # Scanned kits that were not in transit (quarantined or lost on the way): they keep their status,
     # since releasing a quarantined kit needs its own signed decision (ACC-12, LBL-05).
     held: tuple[str, ...] = ()
+
+
+def check_received_kit(
+    ctx: ServiceContext, trial_code: str, number: str, raw: str, *, scope: Scope
+) -> tuple[str, str | None]:
+    """One kit scanned at the receipt of shipment `number`, checked as it arrives (issue 13):
+    (its kit number, a note when it will be kept aside, e.g. quarantined on the way). Records
+    nothing. Raises ValidationFailed (unreadable, another trial's label, not in this shipment),
+    NotFound (no such shipment within reach) or Conflict (the shipment is not in transit), each
+    naming the field `kits` in plain words."""
+    try:
+        kit_number = number_from_scan(raw, trial_code, ctx)
+    except kitlib.KitsError as exc:
+        raise ValidationFailed(
+            "the kit cannot be read", errors=[FieldProblem("kits", unreadable(exc))]
+        ) from None
+    with ctx.db.reading() as session:
+        trial = get_trial(session, trial_code)
+        shipment = _shipment(session, trial, number)
+        if not scope.allows_site(shipment.site_id):
+            raise NotFound(f"no shipment {number}")
+        if shipment.status != "shipped":
+            raise Conflict(
+                f"shipment {number} is {shipment.status}, not shipped",
+                errors=[FieldProblem("kits", f"the shipment is {shipment.status}, not in transit")],
+            )
+        kit = next((k for k in _shipment_kits(session, shipment) if k.kit_number == kit_number), None)
+        if kit is None:
+            raise ValidationFailed(
+                "kit not in this shipment", errors=[FieldProblem("kits", "not in this shipment")]
+            )
+        if kit.status != S.IN_TRANSIT.value:
+            return kit_number, f"{kit.status}: keep it aside, it will not be made available"
+        return kit_number, None
 
 
 def receive(

@@ -22,7 +22,7 @@ from kits.labels import (
 from kits.model import Bilingual, DocumentMeta, Expiry, KitLabel, TrialLabelInfo
 from kits.numbers import format_kit_number, generate_kit_numbers
 from kits.payload import build_payload
-from kits.pdf import ASCENT, DESCENT, TextOp, width
+from kits.pdf import ASCENT, DESCENT, TextOp, draw_text, width
 from kits.sheet import DispensationRow, DispensationSheet, ElectronicSignature
 from tests.unit.kits.kits_testdata import (
     TRIAL_CODE,
@@ -68,7 +68,8 @@ def test_outer_label_carries_every_annex_vi_particular() -> None:
         "a": [trial.sponsor_name, trial.sponsor_address, trial.main_contact_name, trial.main_contact_phone],
         "a-emergency": ["levée d'aveugle", "emergency unblinding", trial.emergency_phone],
         # (b) substance and strength, placebo named with the active substance
-        "b": [trial.product_name.fr, trial.product_name.en],
+        # (10^6 is printed as 10 with a raised 6, which the text layer reads as "10 6": issue 13)
+        "b": [trial.product_name.fr.replace("10^6", "10 6"), trial.product_name.en.replace("10^6", "10 6")],
         # (c) pharmaceutical form, route, quantity of dosage units
         "c": [
             trial.pharmaceutical_form.fr,
@@ -95,6 +96,7 @@ def test_outer_label_carries_every_annex_vi_particular() -> None:
         for phrase in phrases:
             assert text.count(flat(phrase)) >= 8, (letter, phrase)
     assert text.count("placebo") >= 16  # (b) on every label, in both languages
+    assert "^" not in text  # never a caret for a power of ten
     for label in labels:
         assert format_kit_number(label.kit_number) in text
     for day in ("J1 / D1", "J2 / D2", "J3 / D3"):
@@ -358,3 +360,30 @@ def test_input_types_have_no_arm_field(data_type: type) -> None:
     names = [field.name for field in dataclasses.fields(data_type)]
     assert names
     assert not [name for name in names if set(name.split("_")) & _ARM_WORDS], names
+
+
+@pytest.mark.req("LBL-04", "LBL-06")
+def test_the_kit_label_prints_the_power_of_ten_raised_and_leaves_an_unknown_day_to_write_in() -> None:
+    """Issue 13: the kit's own label (unit K, printed before the kit has a day) read
+    "Jour / Day : K", and the strength "2 x 10^6 UI" kept its caret. The day is a line to write on
+    now, and the 6 is printed smaller above the line of text (rendered and looked at)."""
+    kit_label = make_label(KITS[0], "K")
+    pdf = render_label_sheet(make_trial(), [kit_label], kind=LabelKind.OUTER, document=make_document())
+    text = flat(all_text(pdf))
+    assert "Jour / Day :" in text and "Day : K" not in text and "Day :K" not in text
+    assert "2 x 10 6 UI" in text and "^" not in text
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, object, object]] = []
+            self.font: tuple[str, float] = ("", 0.0)
+
+        def setFont(self, font: str, size: float) -> None:
+            self.font = (font, size)
+
+        def drawString(self, x: float, y: float, text: str) -> None:
+            self.calls.append((text, round(y, 2), self.font[1]))
+
+    canvas = Recorder()
+    draw_text(canvas, 0, 100, "2 x 10^6 UI", "Helvetica", 10)
+    assert canvas.calls == [("2 x 10", 100, 10), ("6", 104.0, 6.2), (" UI", 100, 10)]

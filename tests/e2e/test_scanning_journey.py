@@ -1,0 +1,325 @@
+"""Issue 13's scanning journeys in Debian's Chromium, in English and in French, with screenshots in
+test-artifacts/e2e/ (looked at by eye):
+
+- the pharmacist dispenses with a simulated keyboard-wedge scanner: each label typed fast, then
+  Enter, three kits in a row with another patient's kit among them; the wrong one is named on its
+  field, the right ones stay, the signature opens only when every scan is right; one dispensing,
+  no failed signature;
+- the nurse at the bedside on a 390x844 phone: D1 recorded in one step; D2, a day early, is a stop
+  that records nothing until it is confirmed with a reason;
+- the camera: Chromium's fake video capture is fed a rendered kit label. Headless Linux Chromium has
+  no BarcodeDetector, so this exercises the shipped decoder (jsQR), which the page says it used.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pypdfium2 as pdfium
+import pytest
+from PIL import Image
+from playwright.sync_api import expect
+
+import kits as kitlib
+from allocator.audit import Action
+from allocator.permissions import Scope
+from allocator.services import dispensing, signatures
+from allocator.services.subjects import randomize, views
+from allocator.services.supply import kit_rules
+from allocator.services.supply import labels as supply_labels
+from tests.e2e.conftest import ARTIFACTS, CHROMIUM, CHROMIUM_FLAGS, LiveServer, shot
+from tests.support import GOOD_PASSWORD, ReadyTrial, eligible_on, events, ready_trial
+
+pytestmark = pytest.mark.e2e
+
+TRIAL = "IFNG-PAIS"
+ALL = Scope(all_sites=True, site_ids=frozenset())
+KITS_DISPENSED = Action.KITS_DISPENSED.value
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1280, "height": 1000}
+WORDS = {
+    "en": {
+        "user": "User name",
+        "password": "Password",
+        "sign_in": "Sign in",
+        "wrong": "not this patient's kit",
+        "right": "right kit",
+        "dispensed": "Dispensed (signed). Print the dispensation sheet.",
+        "bedside_right": "right patient, right dose",
+        "stop": "Stop: check before giving this dose",
+        "anyway": "Record the dose anyway",
+        "record": "Check and record",
+        "planned": "Check: D2 was planned for",
+        "given": "recorded as given",
+    },
+    "fr": {
+        "user": "Identifiant",
+        "password": "Mot de passe",
+        "sign_in": "Se connecter",
+        "wrong": "pas le kit de ce patient",
+        "right": "bon kit",
+        "dispensed": None,  # checked through the database
+        "bedside_right": "bon patient, bonne dose",
+        "stop": "Stop : vérifiez avant de donner cette dose",
+        "anyway": "Enregistrer la dose quand même",
+        "record": None,
+        "planned": None,
+        "given": None,
+    },
+}
+
+
+def sign_in(new_page, live: LiveServer, username: str, viewport: dict[str, int], language: str):  # type: ignore[no-untyped-def]
+    page = new_page(viewport)
+    page.goto(live.url + "/login")
+    if language == "fr":
+        page.get_by_role("button", name="Français").click()
+        expect(page.locator("html")).to_have_attribute("lang", "fr")
+    words = WORDS[language]
+    page.get_by_label(words["user"]).fill(username)
+    page.get_by_label(words["password"]).fill(GOOD_PASSWORD)
+    page.get_by_role("button", name=words["sign_in"]).click()
+    page.wait_for_url(live.url + "/")
+    return page
+
+
+def subjects(ctx, ready: ReadyTrial, count: int) -> list[randomize.RandomizationResult]:  # type: ignore[no-untyped-def]
+    return [
+        randomize.randomize(
+            ctx,
+            ready.investigator,
+            TRIAL,
+            randomize.RandomizationRequest(
+                "P1", f"P1-{i + 1:04d}", eligible_on(datetime.now(UTC).date()), {"admission_cause": "septic"}
+            ),
+            ALL,
+        )
+        for i in range(count)
+    ]
+
+
+def wedge(page, text: str) -> None:  # type: ignore[no-untyped-def]
+    """A keyboard-wedge scanner: the label typed fast into whatever has the focus, then Enter."""
+    page.keyboard.type(text, delay=4)
+    page.keyboard.press("Enter")
+
+
+@pytest.mark.req("LBL-09", "ACC-12")
+@pytest.mark.parametrize("language", ["en", "fr"])
+def test_dispensing_with_a_wedge_scanner_one_wrong_kit_then_the_signature(
+    live_server: LiveServer, new_page, language: str
+) -> None:  # type: ignore[no-untyped-def]
+    ctx = live_server.ctx
+    ready = ready_trial(ctx)
+    first, second = subjects(ctx, ready, 2)
+    label = {
+        k.day: kitlib.build_payload(TRIAL, k.kit_number, kit_rules.KIT_UNIT, kit_rules.mac(ctx))
+        for k in first.kits
+    }
+    other = kitlib.build_payload(TRIAL, second.kits[1].kit_number, kit_rules.KIT_UNIT, kit_rules.mac(ctx))
+    words = WORDS[language]
+
+    pharm = sign_in(new_page, live_server, "pharm-p1", DESKTOP, language)
+    pharm.goto(f"{live_server.url}/trials/{TRIAL}/subjects/{first.subject_number}")
+    field = {day: pharm.locator(f'[id="scans.{day}"]') for day in ("D1", "D2", "D3")}
+    password = pharm.locator("#disp-password")
+    submit = pharm.locator("#dispense button[type=submit]")
+    expect(password).to_be_disabled()  # nothing scanned yet
+    expect(submit).to_be_disabled()
+
+    # Three labels in a row, the scanner's Enter after each: D1 right, D2 another patient's, D3 right.
+    field["D1"].click()
+    wedge(pharm, label["D1"])
+    expect(field["D2"]).to_be_focused()  # Enter moved on; it submitted nothing
+    wedge(pharm, other)
+    expect(field["D3"]).to_be_focused()
+    wedge(pharm, label["D3"])
+    expect(pharm.locator('[id="scans.D2-verdict"]')).to_have_text(f"✖ {words['wrong']}")
+    for day in ("D1", "D3"):
+        expect(pharm.locator(f'[id="scans.{day}-verdict"]')).to_have_text(f"✔ {words['right']}")
+        expect(field[day]).to_have_value(label[day])  # the right scans are kept
+    expect(field["D3"]).to_be_focused()  # the focus never jumps to the password
+    expect(password).to_be_disabled()
+    expect(password).to_have_value("")
+    shot(pharm, f"scan-{language}-01-dispense-one-wrong-kit")
+
+    # One more scan by mistake: it replaces the selected D3 scan and goes nowhere else.
+    wedge(pharm, label["D3"])
+    expect(password).to_have_value("")
+    # The right D2 kit, then the signature opens.
+    field["D2"].click()
+    field["D2"].select_text()
+    wedge(pharm, label["D2"])
+    expect(pharm.locator('[id="scans.D2-verdict"]')).to_have_text(f"✔ {words['right']}")
+    expect(password).to_be_enabled()
+    expect(submit).to_be_enabled()
+    shot(pharm, f"scan-{language}-02-dispense-all-right")
+    password.fill(GOOD_PASSWORD)
+    submit.click()
+    if words["dispensed"]:
+        expect(pharm.get_by_text(words["dispensed"])).to_be_visible()
+    else:
+        expect(pharm.locator(".flash.ok")).to_be_visible()
+    shot(pharm, f"scan-{language}-03-dispensed")
+    assert [d.status for d in views.subject(ctx, TRIAL, first.subject_number, ALL).days] == ["dispensed"] * 3
+    assert len(events(ctx, KITS_DISPENSED)) == 1
+    assert events(ctx, "signature.failed") == []
+    refused = events(ctx, "dispensation.refused")
+    assert len(refused) == 1 and '"cause":"wrong-kit"' in (refused[0].new_values or "")
+
+
+@pytest.mark.req("DIB-01", "DIB-09", "LBL-09")
+@pytest.mark.parametrize("language", ["en", "fr"])
+def test_bedside_on_a_phone_an_early_dose_is_refused_until_confirmed_with_a_reason(
+    live_server: LiveServer, new_page, language: str
+) -> None:  # type: ignore[no-untyped-def]
+    ctx = live_server.ctx
+    ready = ready_trial(ctx)
+    (first,) = subjects(ctx, ready, 1)
+    kits_of = {k.day: k.kit_number for k in first.kits}
+    dispensing.dispense(
+        ctx,
+        ready.pharmacist,
+        TRIAL,
+        first.subject_number,
+        kits_of,
+        scope=ALL,
+        signature=signatures.SignatureRequest(password=GOOD_PASSWORD),
+    )
+    label = {d: kitlib.build_payload(TRIAL, n, d, kit_rules.mac(ctx)) for d, n in kits_of.items()}
+    words = WORDS[language]
+
+    def statuses() -> list[str]:
+        return [d.status for d in views.subject(ctx, TRIAL, first.subject_number, ALL).days]
+
+    nurse = sign_in(new_page, live_server, "nurse-p1", PHONE, language)
+    nurse.goto(f"{live_server.url}/trials/{TRIAL}/bedside")
+    record = nurse.locator("#scan button[type=submit]")
+    # The wristband, scanned (Enter moves on to the label), then the D1 label.
+    nurse.locator("#subject_number").click()
+    wedge(nurse, first.subject_number)
+    expect(nurse.locator("#payload")).to_be_focused()
+    wedge(nurse, label["D1"])
+    expect(nurse.locator("#payload-verdict")).to_have_text(f"✔ {words['bedside_right']}")
+    assert statuses() == ["dispensed"] * 3  # checked, not recorded: Enter submitted nothing
+    shot(nurse, f"scan-{language}-10-bedside-d1-checked")
+    record.click()  # a right kit for the right patient and day: recorded in one step
+    expect(nurse.locator(".scan-ok")).to_be_visible()
+    assert statuses() == ["administered", "dispensed", "dispensed"]
+    shot(nurse, f"scan-{language}-11-bedside-d1-given")
+
+    # D2 minutes later, a day early: marked on its field at once, then a stop when recorded.
+    expect(nurse.locator("#day")).to_have_value("D2")
+    nurse.locator("#payload").click()
+    wedge(nurse, label["D2"])
+    expect(nurse.locator("#payload-verdict")).to_contain_text("⚠")
+    expect(nurse.locator("#payload-verdict")).to_contain_text("D2")
+    shot(nurse, f"scan-{language}-12-bedside-d2-checked-early")
+    record.click()
+    stop = nurse.locator("#stop")
+    expect(stop).to_contain_text(words["stop"])
+    assert statuses() == ["administered", "dispensed", "dispensed"]  # nothing recorded
+    shot(nurse, f"scan-{language}-13-bedside-d2-stop")
+    anyway = nurse.get_by_role("button", name=words["anyway"])
+    anyway.click()  # no reason: the browser refuses it, nothing is posted
+    expect(stop).to_be_visible()
+    assert statuses() == ["administered", "dispensed", "dispensed"]
+    nurse.locator("#confirmation").fill("prescrit en avance par le Dr Martin")
+    anyway.click()
+    expect(nurse.locator(".scan-warn")).to_be_visible()
+    expect(nurse.locator("#stop")).to_have_count(0)
+    assert statuses() == ["administered", "administered", "dispensed"]
+    shot(nurse, f"scan-{language}-14-bedside-d2-given-after-confirmation")
+    recorded = events(ctx, "administration.recorded")
+    assert len(recorded) == 2
+    assert '"confirmed_despite_warnings":"prescrit en avance par le Dr Martin"' in (
+        recorded[1].new_values or ""
+    )
+    nurse.reload()  # Post/Redirect/Get: a reload records nothing more
+    assert len(events(ctx, "administration.recorded")) == 2
+
+
+def y4m_of_label(pdf: bytes, path: Path) -> Path:
+    """The first label of a label sheet, rendered with pypdfium2 and written as a short Y4M video
+    (grey: luma only, chroma flat) for Chromium's fake camera."""
+    document = pdfium.PdfDocument(pdf)
+    try:
+        page = document[0].render(scale=4, grayscale=True).to_pil().convert("L")
+    finally:
+        document.close()
+    # The label is the first box at the top left of the A4 sheet: keep it, with a margin.
+    width, height = page.size
+    label = page.crop((0, 0, width // 2, int(height * 0.25)))
+    frame = Image.new("L", (640, 480), 255)
+    label.thumbnail((620, 460))
+    frame.paste(label, ((640 - label.width) // 2, (480 - label.height) // 2))
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    frame.save(ARTIFACTS / "scan-en-19-camera-frame.png")  # what the fake camera shows
+    luma = frame.tobytes()
+    chroma = bytes([128]) * (320 * 240)
+    with path.open("wb") as out:
+        out.write(b"YUV4MPEG2 W640 H480 F10:1 Ip A1:1 C420jpeg\n")
+        for _ in range(10):
+            out.write(b"FRAME\n" + luma + chroma + chroma)
+    return path
+
+
+@pytest.mark.req("LBL-09", "DIB-01")
+def test_the_bedside_camera_reads_a_rendered_kit_label(
+    live_server: LiveServer, browser, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    ctx = live_server.ctx
+    ready = ready_trial(ctx)
+    (first,) = subjects(ctx, ready, 1)
+    kits_of = {k.day: k.kit_number for k in first.kits}
+    dispensing.dispense(
+        ctx,
+        ready.pharmacist,
+        TRIAL,
+        first.subject_number,
+        kits_of,
+        scope=ALL,
+        signature=signatures.SignatureRequest(password=GOOD_PASSWORD),
+    )
+    # The kit's own label (unit K, accepted for any day), printed as the depot prints it.
+    _document, pdf = supply_labels.print_kit_labels(
+        ctx, ready.pharmacist, TRIAL, [kits_of["D1"]], kind="outer", scope=ALL, depot=False
+    )
+    video = y4m_of_label(pdf, tmp_path / "label.y4m")
+    flags = [
+        *CHROMIUM_FLAGS,
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-video-capture={video}",
+    ]
+    # A second Chromium of the same Playwright (the camera flags are launch flags).
+    camera_browser = browser.browser_type.launch(executable_path=str(CHROMIUM), args=flags, headless=True)
+    try:
+        context = camera_browser.new_context(viewport=PHONE, permissions=["camera"])
+        nurse = context.new_page()
+        nurse.set_default_timeout(15_000)
+        nurse.goto(live_server.url + "/login")
+        nurse.get_by_label("User name").fill("nurse-p1")
+        nurse.get_by_label("Password").fill(GOOD_PASSWORD)
+        nurse.get_by_role("button", name="Sign in").click()
+        nurse.wait_for_url(live_server.url + "/")
+        nurse.goto(f"{live_server.url}/trials/{TRIAL}/bedside")
+        # Said plainly: this Chromium has no BarcodeDetector, so the shipped decoder is used.
+        assert nurse.evaluate("'BarcodeDetector' in window") is False
+        nurse.locator("#subject_number").fill(first.subject_number)
+        camera = nurse.locator("#camera")
+        expect(camera).to_be_visible()
+        camera.click()
+        expect(nurse.locator("#payload")).to_have_value(
+            kitlib.build_payload(TRIAL, kits_of["D1"], kit_rules.KIT_UNIT, kit_rules.mac(ctx))
+        )
+        expect(camera).to_have_attribute("data-decoder-used", "jsQR")
+        expect(nurse.locator("#payload-verdict")).to_have_text("✔ right patient, right dose")
+        shot(nurse, "scan-en-20-bedside-camera-read")
+        nurse.locator("#scan button[type=submit]").click()
+        expect(nurse.locator(".scan-ok")).to_be_visible()
+        shot(nurse, "scan-en-21-bedside-camera-given")
+    finally:
+        camera_browser.close()
+    assert views.subject(ctx, TRIAL, first.subject_number, ALL).days[0].status == "administered"

@@ -1,0 +1,328 @@
+"""Scanner-safe scanning (issue 13): each scan is checked as soon as it arrives by a small JSON
+endpoint (signed in, CSRF-protected, refusals audited as when recording), marked right or wrong on
+its own field in plain words that never depend on the arm; a refused dispensing names every wrong
+scan and keeps the right ones; a label scanned into the password field is not a failed signature.
+The browser side (Enter never submits, the signature opens when every scan is right) is in
+tests/e2e/test_scanning_journey.py."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+import kits as kitlib
+from allocator.models import LoginThrottle
+from allocator.permissions import Scope
+from allocator.services import bedside as services_bedside
+from allocator.services import dispensing, signatures
+from allocator.services.context import ServiceContext
+from allocator.services.subjects import randomize, views
+from allocator.services.supply import kit_rules
+from tests.support import ELIGIBLE, GOOD_PASSWORD, ReadyTrial, arm_of, code_break_sheets, events
+from tests.web.conftest import csrf_token, https_client, sign_in
+
+TRIAL = "IFNG-PAIS"
+ALL = Scope(all_sites=True, site_ids=frozenset())
+
+
+def subjects(ctx: ServiceContext, world: ReadyTrial, count: int) -> list[randomize.RandomizationResult]:
+    return [
+        randomize.randomize(
+            ctx,
+            world.investigator,
+            TRIAL,
+            randomize.RandomizationRequest(
+                site="P1",
+                screening_number=f"P1-{i + 1:04d}",
+                eligibility=dict(ELIGIBLE),
+                strata={"admission_cause": "septic"},
+            ),
+            ALL,
+        )
+        for i in range(count)
+    ]
+
+
+def client_for(app: Flask, username: str) -> FlaskClient:
+    client = https_client(app)
+    sign_in(client, username, GOOD_PASSWORD)
+    return client
+
+
+def label(ctx: ServiceContext, kit_number: str, unit: str = kit_rules.KIT_UNIT, trial: str = TRIAL) -> str:
+    return kitlib.build_payload(trial, kit_number, unit, kit_rules.mac(ctx))
+
+
+@pytest.mark.req("LBL-09", "BLD-01")
+def test_each_dispensing_scan_is_checked_on_its_own_field_in_words_that_name_no_arm(
+    app: Flask, ctx: ServiceContext, world: ReadyTrial
+) -> None:
+    people = subjects(ctx, world, 6)
+    first, others = people[0], people[1:]
+    kits_of = {k.day: k.kit_number for k in first.kits}
+    page = f"/trials/{TRIAL}/subjects/{first.subject_number}"
+    url = f"{page}/dispense/check"
+    pharm = client_for(app, "pharm-p1")
+    token = csrf_token(pharm, page)
+
+    def check(field: str, scan: str, client: FlaskClient = pharm) -> dict[str, object]:
+        response = client.post(url, json={"field": field, "scan": scan}, headers={"X-CSRFToken": token})
+        assert response.status_code == 200 and response.mimetype == "application/json"
+        answer = response.get_json()
+        assert answer["field"] == "scans." + field.removeprefix("scan.")
+        return answer
+
+    # Signed in and CSRF-protected like any other POST; a blinded nurse may not check dispensing.
+    assert pharm.post(url, json={"field": "scan.D1", "scan": kits_of["D1"]}).status_code == 400
+    assert https_client(app).post(url, json={"field": "scan.D1", "scan": "x"}).status_code in (302, 400, 401)
+    nurse = client_for(app, "nurse-p1")
+    assert (
+        nurse.post(
+            url,
+            json={"field": "scan.D1", "scan": kits_of["D1"]},
+            headers={"X-CSRFToken": csrf_token(nurse, "/")},
+        ).status_code
+        == 403
+    )
+
+    refused_before = len(events(ctx, "dispensation.refused"))
+    assert check("scan.D1", kits_of["D1"]) == {
+        "ok": True,
+        "field": "scans.D1",
+        "message": "right kit",
+        "notes": [],
+    }
+    assert check("scan.D2", label(ctx, kits_of["D2"]))["ok"] is True  # the label, MAC checked
+    assert len(events(ctx, "dispensation.refused")) == refused_before  # a right scan records nothing
+
+    # This patient's kit of another day, then the kits of other patients of either arm: the
+    # same words whatever the arm (BLD-01), audited as a refused dispensing (LBL-09).
+    assert check("scan.D2", kits_of["D3"]) == {
+        "ok": False,
+        "field": "scans.D2",
+        "message": "this patient's kit for D3, not D2",
+    }
+    mine = arm_of(ctx, kits_of["D2"])
+    by_arm: dict[bool, str] = {}
+    for other in others:
+        for kit in other.kits:
+            by_arm.setdefault(arm_of(ctx, kit.kit_number) == mine, kit.kit_number)
+    assert set(by_arm) == {True, False}, "the test needs another patient's kit of each arm"
+    answers = [check("scan.D2", number) for number in by_arm.values()]
+    assert answers[0] == answers[1] == {"ok": False, "field": "scans.D2", "message": "not this patient's kit"}
+    assert len(events(ctx, "dispensation.refused")) == refused_before + 3
+
+    assert check("scan.D1", "not a label")["message"] == "unreadable: not a kit label or a kit number"
+    assert (
+        check("scan.D1", label(ctx, kits_of["D1"], trial="OTHER-1"))["message"] == "a label of another trial"
+    )
+    forged = label(ctx, kits_of["D1"])[:-1] + ("A" if label(ctx, kits_of["D1"])[-1] != "A" else "B")
+    assert check("scan.D1", forged)["message"].startswith("the label's security code is wrong")
+    typo = kits_of["D1"][:-1] + str((int(kits_of["D1"][-1]) + 1) % 10)
+    assert check("scan.D1", typo)["message"] == "wrong check digit: scan or type the number again"
+    assert {d.status for d in views.subject(ctx, TRIAL, first.subject_number, ALL).days} == {"allocated"}
+
+    # Once dispensed: "already dispensed".
+    dispensing.dispense(
+        ctx,
+        world.pharmacist,
+        TRIAL,
+        first.subject_number,
+        {"D1": kits_of["D1"]},
+        scope=ALL,
+        signature=signatures.SignatureRequest(password=GOOD_PASSWORD),
+    )
+    assert check("scan.D1", kits_of["D1"])["message"] == "already dispensed"
+
+
+@pytest.mark.req("LBL-09", "ACC-12")
+def test_a_refused_dispensing_names_every_wrong_scan_keeps_the_right_one_and_signs_nothing(
+    app: Flask, ctx: ServiceContext, world: ReadyTrial
+) -> None:
+    """Issue 13 point 7: one wrong kit cleared all three scans and only the first wrong one was
+    named. Without JavaScript the server now names each wrong scan beside its field and the form
+    comes back with every scan as it was typed."""
+    first, second = subjects(ctx, world, 2)
+    kits_of = {k.day: k.kit_number for k in first.kits}
+    page = f"/trials/{TRIAL}/subjects/{first.subject_number}"
+    pharm = client_for(app, "pharm-p1")
+    signed_before = len(events(ctx, "signature.applied")), len(events(ctx, "signature.failed"))
+    refused = pharm.post(
+        f"{page}/dispense",
+        data={
+            "scan.D1": kits_of["D1"],
+            "scan.D2": second.kits[1].kit_number,
+            "scan.D3": "12",
+            "password": GOOD_PASSWORD,
+            "csrf_token": csrf_token(pharm, page),
+        },
+    )
+    assert refused.status_code == 303 and refused.headers["Location"].endswith("#dispense")
+    html = pharm.get(page).get_data(as_text=True)
+    assert 'id="scans.D2-error">not this patient&#39;s kit</p>' in html
+    assert 'id="scans.D3-error">unreadable: not a kit label or a kit number</p>' in html
+    assert "scans.D1-error" not in html
+    for day, value in (("D1", kits_of["D1"]), ("D2", second.kits[1].kit_number), ("D3", "12")):
+        assert re.search(rf'name="scan\.{day}"[^>]*value="{value}"', html), day  # kept as typed
+    assert 'value="correct horse' not in html  # never the password
+    assert (len(events(ctx, "signature.applied")), len(events(ctx, "signature.failed"))) == signed_before
+    assert {d.status for d in views.subject(ctx, TRIAL, first.subject_number, ALL).days} == {"allocated"}
+
+
+@pytest.mark.req("ACC-05", "ACC-12")
+def test_a_label_scanned_into_the_password_field_is_not_a_failed_signature(
+    app: Flask, ctx: ServiceContext, world: ReadyTrial
+) -> None:
+    """Issue 13 point 1: the D2 label, typed by the scanner into the password field, was audited as
+    a failed signature and counted toward the lockout. It is refused as a scan now."""
+    (first,) = subjects(ctx, world, 1)
+    kits_of = {k.day: k.kit_number for k in first.kits}
+    page = f"/trials/{TRIAL}/subjects/{first.subject_number}"
+    pharm = client_for(app, "pharm-p1")
+
+    def throttle_failures() -> int:
+        with ctx.db.reading() as s:
+            row = s.execute(
+                select(LoginThrottle).where(LoginThrottle.key == "account:pharm-p1")
+            ).scalar_one_or_none()
+            return row.failures if row else 0
+
+    before = len(events(ctx, "signature.failed")), throttle_failures()
+    for scanned in (label(ctx, kits_of["D2"], "D2"), kitlib.format_kit_number(kits_of["D2"])):
+        pharm.post(
+            f"{page}/dispense",
+            data={"scan.D1": kits_of["D1"], "password": scanned, "csrf_token": csrf_token(pharm, page)},
+        )
+        html = pharm.get(page).get_data(as_text=True)
+        assert 'id="password-error">this is a scanned label, not your password</p>' in html
+        assert f'value="{scanned}"' not in html  # never shown back in a field
+    assert (len(events(ctx, "signature.failed")), throttle_failures()) == before
+    assert {d.status for d in views.subject(ctx, TRIAL, first.subject_number, ALL).days} == {"allocated"}
+    # A wrong password is still a failed signature.
+    pharm.post(
+        f"{page}/dispense",
+        data={
+            "scan.D1": kits_of["D1"],
+            "password": "not my password at all",
+            "csrf_token": csrf_token(pharm, page),
+        },
+    )
+    assert len(events(ctx, "signature.failed")) == before[0] + 1
+
+
+@pytest.mark.req("DIB-01", "LBL-09")
+def test_the_bedside_label_is_checked_before_anything_is_recorded(
+    app: Flask, ctx: ServiceContext, world: ReadyTrial
+) -> None:
+    first, second = subjects(ctx, world, 2)
+    for person in (first, second):
+        dispensing.dispense(
+            ctx,
+            world.pharmacist,
+            TRIAL,
+            person.subject_number,
+            {k.day: k.kit_number for k in person.kits},
+            scope=ALL,
+            signature=signatures.SignatureRequest(password=GOOD_PASSWORD),
+        )
+    kits_of = {k.day: k.kit_number for k in first.kits}
+    nurse = client_for(app, "nurse-p1")
+    url = f"/trials/{TRIAL}/bedside/check"
+    token = csrf_token(nurse, f"/trials/{TRIAL}/bedside")
+
+    def check(day: str, scan: str) -> dict[str, object]:
+        response = nurse.post(
+            url,
+            json={"field": "payload", "scan": scan, "subject_number": first.subject_number, "day": day},
+            headers={"X-CSRFToken": token},
+        )
+        assert response.status_code == 200
+        return response.get_json()
+
+    assert nurse.post(url, json={"scan": "x"}).status_code == 400  # no CSRF token
+    refused_before = len(events(ctx, "administration.scan_refused"))
+    assert check("D1", label(ctx, kits_of["D1"], "D1")) == {
+        "ok": True,
+        "field": "payload",
+        "message": "right patient, right dose",
+        "notes": [],
+    }
+    # The trial refuses a dose before the previous one is given (out_of_order = "refuse").
+    assert check("D2", label(ctx, kits_of["D2"], "D2")) == {
+        "ok": False,
+        "field": "payload",
+        "message": "Dose: D1 not recorded as given before D2",
+    }
+    services_bedside.record_scan(
+        ctx,
+        world.nurse,
+        TRIAL,
+        payload=label(ctx, kits_of["D1"], "D1"),
+        subject_number=first.subject_number,
+        day="D1",
+        scope=ALL,
+    )
+    early = check("D2", label(ctx, kits_of["D2"], "D2"))  # minutes after D1: a day early
+    assert early["ok"] is True and re.fullmatch(
+        r"D2 was planned for [A-Z][a-z]{2} \d{1,2}, \d{4}", early["notes"][0]
+    )
+    assert check("D3", label(ctx, second.kits[2].kit_number, "D3")) == {
+        "ok": False,
+        "field": "payload",
+        "message": "another patient's or an unallocated kit",
+    }
+    assert check("D3", "garbage")["message"] == "unreadable: not a kit label or a kit number"
+    assert len(events(ctx, "administration.scan_refused")) == refused_before + 3
+    statuses = [d.status for d in views.subject(ctx, TRIAL, first.subject_number, ALL).days]
+    assert statuses == ["administered", "dispensed", "dispensed"]  # the checks recorded nothing
+
+
+@pytest.mark.req("UNB-06", "BLD-01")
+def test_a_scanned_code_break_sheet_number_is_checked_as_it_arrives(
+    app: Flask, ctx: ServiceContext, world: ReadyTrial
+) -> None:
+    """The sheet-number fields (registration of an opened sheet, the monitor's check) are scan
+    fields too: a sheet of this trial within reach, a kit label scanned by mistake, another trial's
+    sheet, an unknown one. Nothing about the arm, nothing recorded."""
+    from allocator.models import CodeBreakSheet, Kit, Site
+
+    with ctx.db.reading() as s:
+        if s.execute(select(CodeBreakSheet.id).limit(1)).first() is None:
+            code_break_sheets(ctx)
+        rows = s.execute(
+            select(CodeBreakSheet.sheet_number, Site.code, Kit.kit_number)
+            .join(Kit, Kit.id == CodeBreakSheet.kit_id)
+            .join(Site, Site.id == Kit.site_id)
+        ).all()
+    mine = next(r for r in rows if r[1] == "P1")
+    theirs = next(r for r in rows if r[1] == "P2")
+    for username, page, url in (
+        ("inv-p1", f"/trials/{TRIAL}/unblind/offline", f"/trials/{TRIAL}/unblind/offline/check"),
+        ("pharm-p1", f"/trials/{TRIAL}/code-break", f"/trials/{TRIAL}/code-break/sheet-check"),
+    ):
+        client = client_for(app, username)
+        html = client.get(page).get_data(as_text=True)
+        assert f'data-scan-check="{url}"' in html and 'data-scan="sheet_number"' in html
+        token = csrf_token(client, page)
+
+        def check(scan: str, client: FlaskClient = client, url: str = url, token: str = token) -> object:
+            response = client.post(
+                url, json={"field": "sheet_number", "scan": scan}, headers={"X-CSRFToken": token}
+            )
+            assert response.status_code == 200
+            return response.get_json()
+
+        assert check(mine[0].lower()) == {
+            "ok": True,
+            "field": "sheet_number",
+            "message": "sheet found",
+            "notes": [],
+        }
+        assert check(theirs[0]) == {"ok": False, "field": "sheet_number", "message": "unknown sheet"}  # P2's
+        assert check(label(ctx, mine[2]))["message"] == "a kit label, not a code-break sheet"
+        assert check("CB-OTHER-000001")["message"] == "a sheet of another trial"
+        assert check(mine[0][:-1] + "X")["message"] == "unknown sheet"
