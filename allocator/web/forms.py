@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from flask import Response as JsonResponse
 from flask import flash, jsonify, redirect, request, session
 from flask_babel import gettext
 from werkzeug.wrappers import Response
@@ -184,6 +185,8 @@ def perform(
 def recall_for(path: str, form_id: str) -> FormState:
     """What `perform` kept for form `form_id` of the page at `path`."""
     return recall(f"{path}#{form_id}")
+
+
 def scanned(name: str) -> str:
     """A scan sent to a check endpoint (issue 13): a JSON body or a form field, trimmed."""
     body = request.get_json(silent=True)
@@ -197,7 +200,7 @@ def scan_verdict(
     labels: Mapping[str, str] | None = None,
     ok_message: str = "",
     notes: Callable[[object], list[str]] | None = None,
-) -> Response:
+) -> JsonResponse:
     """The answer of a scan-check endpoint (issue 13), as JSON for the page's script (static/scan.js):
     `ok`, and `message`, what is wrong with the scan of field `field_id` in plain words and the
     reader's language (the service's words: never an arm). `notes` (for a right scan) are
