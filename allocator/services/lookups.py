@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
+from typing import Protocol
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
@@ -46,6 +48,47 @@ _TRIAL_AND_LATEST_VERSION = (
 )
 
 
+class TrialRef(Protocol):
+    """What the randomization path needs of a trial: an ORM `Trial` is one, and so is `TrialRow`."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def code(self) -> str: ...
+
+    @property
+    def status(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TrialRow:
+    """A trial's id, code and status read with Core (no ORM object to build: issue 16)."""
+
+    id: int
+    code: str
+    status: str
+
+
+_TRIAL_ROW_AND_LATEST_VERSION = (
+    select(Trial.id, Trial.code, Trial.status, TrialDefinitionVersion.version, TrialDefinitionVersion.sha256)
+    .join(TrialDefinitionVersion, TrialDefinitionVersion.trial_id == Trial.id)
+    .where(Trial.code == bindparam("code"))
+    .order_by(TrialDefinitionVersion.version.desc())
+    .limit(1)
+)
+
+
+def trial_row_and_definition(session: Session, code: str) -> tuple[TrialRow, TrialDefinition]:
+    """`trial_and_definition` for the randomization path: the trial as a `TrialRow`, in one Core
+    statement. Raises NotFound."""
+    row = session.connection().execute(_TRIAL_ROW_AND_LATEST_VERSION, {"code": code}).one_or_none()
+    if row is None:
+        raise NotFound(f"no trial {code!r}")
+    trial = TrialRow(row.id, row.code, row.status)
+    return trial, _definition(session, trial, row.version, row.sha256)
+
+
 def trial_and_definition(session: Session, code: str) -> tuple[Trial, TrialDefinition]:
     """`get_trial` and `current_definition` in one statement (the randomization path). Raises
     NotFound."""
@@ -64,7 +107,7 @@ _PARSED: dict[tuple[str, int, str], TrialDefinition] = {}
 _PARSED_MAX = 64
 
 
-def _definition(session: Session, trial: Trial, version: int, sha256: str) -> TrialDefinition:
+def _definition(session: Session, trial: TrialRef, version: int, sha256: str) -> TrialDefinition:
     key = (trial.code, version, sha256)
     parsed = _PARSED.get(key)
     if parsed is not None:
@@ -104,7 +147,7 @@ class NotUnblinded(Conflict):
     title = "The trial is not unblinded yet"
 
 
-def require_open(trial: Trial) -> None:
+def require_open(trial: TrialRef) -> None:
     """Refuse new trial data once the database is locked (UNB-10)."""
     if trial.status in (TrialStatus.LOCKED.value, TrialStatus.UNBLINDED.value):
         raise TrialLocked(f"{trial.code} is {trial.status}: no new data can be recorded")

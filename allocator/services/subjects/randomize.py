@@ -44,7 +44,6 @@ from allocator.models import (
     Slot,
     Stratum,
     Subject,
-    Trial,
 )
 from allocator.models.base import UTCDateTime
 from allocator.permissions import Scope
@@ -60,7 +59,7 @@ from allocator.services.errors import (
     ValidationFailed,
 )
 from allocator.services.lists import integrity, overview, storage
-from allocator.services.lookups import current_definition, get_trial, trial_and_definition
+from allocator.services.lookups import TrialRef, current_definition, get_trial, trial_row_and_definition
 from allocator.services.supply import stock as supply_stock
 from allocator.trialdef import DispensingDay, MinimizationRandomization, TrialDefinition, stratum_key
 
@@ -226,7 +225,7 @@ def _record_ineligible(
     ctx: ServiceContext,
     session: Session,
     actor: Actor,
-    trial: Trial,
+    trial: TrialRef,
     site_id: int,
     site_code: str,
     screening: str,
@@ -342,7 +341,7 @@ def randomize(
     lists.ListIntegrityFailure — each before any slot or kit is used."""
     now = ctx.now()
     with ctx.db.unit_of_work() as session:
-        trial, definition = trial_and_definition(session, trial_code)
+        trial, definition = trial_row_and_definition(session, trial_code)
         lookups.require_open(trial)  # no new subject once the database is locked
         # Every check of the input comes before the first write: a refusal changes nothing.
         screening = _screening_number(definition, request.screening_number)
@@ -552,7 +551,7 @@ def _randomize_in(
     ctx: ServiceContext,
     session: Session,
     actor: Actor,
-    trial: Trial,
+    trial: TrialRef,
     definition: TrialDefinition,
     site_code: str,
     screening: str,
@@ -738,7 +737,7 @@ class _NoStratum:
     label: str
 
 
-def _lock_target(session: Session, trial: Trial, mode: ListMode, key: str) -> _Target | _NoStratum:
+def _lock_target(session: Session, trial: TrialRef, mode: ListMode, key: str) -> _Target | _NoStratum:
     """The active list and its stratum `key`, the stratum's row locked. Raises NoActiveList, or
     ListIntegrityFailure while the list's last integrity check failed (RND-10, ACC-15). One
     statement unless something is wrong."""
@@ -773,7 +772,7 @@ def _lock_target(session: Session, trial: Trial, mode: ListMode, key: str) -> _T
 
 
 def _next_slot(
-    ctx: ServiceContext, session: Session, actor: Actor, trial: Trial, target: _Target
+    ctx: ServiceContext, session: Session, actor: Actor, trial: TrialRef, target: _Target
 ) -> tuple[str, str, int]:
     """The next unused slot of the stratum (RND-05), checked before it is used (RND-10): its MAC
     must match its position, randomization number and sealed record, and its sealed record must
@@ -833,7 +832,7 @@ def _minimize(
     ctx: ServiceContext,
     session: Session,
     actor: Actor,
-    trial: Trial,
+    trial: TrialRef,
     target: _Target,
     levels: dict[str, str],
     definition: TrialDefinition,
@@ -899,7 +898,7 @@ def _minimize(
 
 def notify_unblinded_roles(
     session: Session,
-    trial: Trial,
+    trial: TrialRef,
     site_id: int | None,
     audience: str,
     kind: str,

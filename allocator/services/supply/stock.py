@@ -21,7 +21,7 @@ from allocator.models import Kit, Site, Trial
 from allocator.permissions import Scope
 from allocator.services import arm_access
 from allocator.services.context import ServiceContext
-from allocator.services.lookups import current_definition, get_trial
+from allocator.services.lookups import TrialRef, current_definition, get_trial
 from allocator.services.supply.kit_rules import K, S, needed_until
 from allocator.trialdef import TrialDefinition
 
@@ -139,7 +139,7 @@ def draw_usable_kits(
     ctx: ServiceContext,
     session: Session,
     reader: Actor,
-    trial: Trial,
+    trial: TrialRef,
     definition: TrialDefinition,
     site_id: int,
     today: date,
