@@ -13,7 +13,18 @@ from zoneinfo import ZoneInfo
 
 from kits.model import DocumentMeta, TrialLabelInfo, check_aware
 from kits.numbers import format_kit_number, normalize_kit_number
-from kits.pdf import BOLD, PAGE_HEIGHT, PAGE_WIDTH, REGULAR, draw_page_watermark, finish, new_canvas, utc_text
+from kits.pdf import (
+    BOLD,
+    MARK_COLOR,
+    PAGE_HEIGHT,
+    PAGE_WIDTH,
+    REGULAR,
+    draw_page_watermark,
+    duplicate_text,
+    finish,
+    new_canvas,
+    utc_text,
+)
 from kits.text import check_printable, check_required
 
 MARGIN = 56.0
@@ -79,6 +90,10 @@ def render_randomization_confirmation(
 
     local = confirmation.randomized_at.astimezone(ZoneInfo(confirmation.local_zone))
     line("CONFIRMATION DE RANDOMISATION / RANDOMIZATION CONFIRMATION", BOLD, 14, 22)
+    if confirmation.document.is_reprint:  # LBL-12: a reprint is printed as a duplicate
+        canvas.setFillColorRGB(*MARK_COLOR)
+        line(duplicate_text(confirmation.document.reprint_number), BOLD, 11, 18)
+        canvas.setFillColorRGB(0, 0, 0)
     line(trial.short_title, BOLD, 11)
     line(
         f"EU CT {trial.eu_ct_number} \u2013 Protocole / Protocol {trial.protocol_code}"

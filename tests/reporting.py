@@ -252,8 +252,8 @@ def _build(ctx: ServiceContext, clock: Clock) -> Truth:
         agreement_ref=None,
         is_investigator=True,
     )
-    confirmation.confirmation_pdf(ctx, inv1, TRIAL, s1, ALL)
-    confirmation.confirmation_pdf(ctx, inv1, TRIAL, s1, ALL)  # a reprint
+    confirmation.print_confirmation(ctx, inv1, TRIAL, s1, ALL)
+    confirmation.print_confirmation(ctx, inv1, TRIAL, s1, ALL)  # a reprint
     _refused(lambda: auth.login(ctx, "inv-p1", "wrong password!", auth.Client("192.0.2.9", "t", "r")))
 
     # Tuesday 3 March: a subject at P2; S1's second dose.

@@ -12,6 +12,7 @@ from allocator.permissions import Permission, requires
 from allocator.services import audit_trail, bedside, dispensing, exports, signatures, trials, unblinding
 from allocator.services import idempotency as stored_answers
 from allocator.services.errors import FieldProblem, ValidationFailed
+from allocator.services.subjects import confirmation as subjects_confirmation
 from allocator.services.subjects import randomize as subjects_randomize
 from allocator.services.subjects import views
 from allocator.web import hygiene
@@ -215,7 +216,36 @@ def dispensation_sheet(trial: str, subject: str, document: str) -> Response:
     )
 
 
+@bp.route("/trials/<trial>/subjects/<subject>/confirmations", methods=["POST"])
+@requires(Permission.SUBJECT_VIEW)
+def print_confirmation(trial: str, subject: str) -> tuple[Response, int]:
+    """Print the randomization confirmation (recorded and audited; a reprint is a DUPLICATA). The
+    answer names the printed document; GET its location to download it."""
+    document_id, _ = subjects_confirmation.print_confirmation(
+        ctx(), actor(Permission.SUBJECT_VIEW), trial, subject, scope(Permission.SUBJECT_VIEW)
+    )
+    location = url_for("api.confirmation", trial=trial, subject=subject, document=document_id)
+    response = jsonify({"document_id": document_id, "href": location})
+    response.headers["Location"] = location
+    return response, 201
+
+
+@bp.route("/trials/<trial>/subjects/<subject>/confirmations/<document>.pdf")
+@requires(Permission.SUBJECT_VIEW)
+def confirmation(trial: str, subject: str, document: str) -> Response:
+    """A printed randomization confirmation, exactly as printed; downloading it creates nothing."""
+    pdf = subjects_confirmation.printed_confirmation(
+        ctx(), trial, subject, document, scope(Permission.SUBJECT_VIEW)
+    )
+    return Response(
+        pdf,
+        mimetype="application/pdf",
+        headers={"Content-Disposition": f'attachment; filename="{document}.pdf"'},
+    )
+
+
 _SCAN_FIELDS = {"payload", "subject_number", "day", "administered_at", "late_reason"}
+MAX_LATE_REASON = 1000
 
 
 @bp.route("/trials/<trial>/scans", methods=["POST"])
@@ -227,6 +257,13 @@ def scan(trial: str) -> Response:
     for key in ("payload", "subject_number", "day"):
         if not isinstance(body.get(key), str) or not str(body.get(key)).strip():
             problems.append(FieldProblem(key, "is required"))
+    late_reason = body.get("late_reason")
+    if late_reason is not None and (not isinstance(late_reason, str) or len(late_reason) > MAX_LATE_REASON):
+        # As the OpenAPI document states: a string of at most 1000 characters (a number was read
+        # as its text, and any length was taken).
+        problems.append(
+            FieldProblem("late_reason", f"must be a text of at most {MAX_LATE_REASON} characters")
+        )
     given = None
     if body.get("administered_at") is not None:
         try:

@@ -45,6 +45,7 @@ _IDEMPOTENCY_KEY = {
 # slash or non-character (allocator/web/hygiene.py answers 404 for those).
 _IDENTIFIER = "^[^\\x00-\\x1f\\x7f-\\x9f/]+$"
 _TEXT = {"type": "string", "minLength": 1}
+_NOT_BLANK = "\\S"  # white space alone is refused as missing
 # A query value holds no control character (tab, line feed and carriage return aside) and no
 # non-character (allocator/web/hygiene.py answers 422 naming the parameter).
 _QUERY_TEXT = "^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f\\ufdd0-\\ufdef\\ufffe\\uffff]*$"
@@ -84,6 +85,79 @@ _TRIAL = {
     "schema": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[A-Z0-9-]+$"},
     "description": "Trial code, e.g. IFNG-PAIS",
 }
+
+
+def _printed_document(
+    collection: str, prefix: str, *, operation: str, what: str, conflict: str
+) -> dict[str, Any]:
+    """A printed document's two paths: POST prints (an action, recorded and audited), GET serves
+    the printed bytes and creates nothing (issue 15 point 5, and the confirmation since)."""
+    base = f"/trials/{{trial}}/subjects/{{subject}}/{collection}"
+    return {
+        base: {
+            "post": {
+                "summary": f"Print {what}",
+                "description": (
+                    "Printing is an action: each call records a printed document and an audit entry; "
+                    "a reprint is marked DUPLICATA and counted (at most 999 reprints: the next is a "
+                    "409 reprint-limit problem and prints nothing). Download the printed document from "
+                    "the Location of the answer."
+                ),
+                "operationId": f"print{operation}",
+                "parameters": [_TRIAL, _SUBJECT],
+                "responses": {
+                    "201": {
+                        "description": "The printed document's id and where to download it",
+                        "headers": {"Location": {"schema": {"type": "string"}}},
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "required": ["document_id", "href"],
+                                    "properties": {
+                                        "document_id": {
+                                            "type": "string",
+                                            "pattern": f"^{prefix}-[A-Z0-9-]+-[0-9]+$",
+                                        },
+                                        "href": {"type": "string", "pattern": "^/api/v1/trials/.+\\.pdf$"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "409": _problem_response(conflict),
+                    **_COMMON_ERRORS,
+                },
+            }
+        },
+        f"{base}/{{document}}.pdf": {
+            "get": {
+                "summary": f"{what[0].upper()}{what[1:]}, exactly as printed (creates nothing)",
+                "operationId": f"get{operation}",
+                "parameters": [
+                    _TRIAL,
+                    _SUBJECT,
+                    {
+                        "name": "document",
+                        "in": "path",
+                        "required": True,
+                        "schema": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 100,
+                            "pattern": _IDENTIFIER,
+                        },
+                        "description": f"Printed document id, e.g. {prefix}-IFNG-PAIS-000003",
+                    },
+                ],
+                "responses": {
+                    "200": {"description": "PDF", "content": {"application/pdf": {}}},
+                    **_COMMON_ERRORS,
+                },
+            }
+        },
+    }
 
 
 def document() -> dict[str, Any]:
@@ -316,75 +390,22 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
-            "/trials/{trial}/subjects/{subject}/dispensation-sheets": {
-                "post": {
-                    "summary": "Print the QR-labelled dispensation sheet (pharmacist of the site; after dispensing)",
-                    "description": (
-                        "Printing is an action: each call records a printed document and an audit entry; "
-                        "a reprint is marked DUPLICATA and counted (at most 999 reprints: the next is a "
-                        "409 reprint-limit problem and prints nothing). Download the printed document from "
-                        "the Location of the answer."
-                    ),
-                    "operationId": "printDispensationSheet",
-                    "parameters": [_TRIAL, _SUBJECT],
-                    "responses": {
-                        "201": {
-                            "description": "The printed document's id and where to download it",
-                            "headers": {"Location": {"schema": {"type": "string"}}},
-                            "content": {
-                                "application/json": {
-                                    "schema": {
-                                        "type": "object",
-                                        "additionalProperties": False,
-                                        "required": ["document_id", "href"],
-                                        "properties": {
-                                            "document_id": {
-                                                "type": "string",
-                                                "pattern": "^DISP-[A-Z0-9-]+-[0-9]+$",
-                                            },
-                                            "href": {
-                                                "type": "string",
-                                                "pattern": "^/api/v1/trials/.+\\.pdf$",
-                                            },
-                                        },
-                                    }
-                                }
-                            },
-                        },
-                        "409": _problem_response(
-                            "Nothing dispensed yet; or reprint-limit: the sheet was already reprinted "
-                            "999 times, the most a document may be"
-                        ),
-                        **_COMMON_ERRORS,
-                    },
-                }
-            },
-            "/trials/{trial}/subjects/{subject}/dispensation-sheets/{document}.pdf": {
-                "get": {
-                    "summary": "A printed dispensation sheet, exactly as printed (creates nothing)",
-                    "operationId": "getDispensationSheet",
-                    "parameters": [
-                        _TRIAL,
-                        _SUBJECT,
-                        {
-                            "name": "document",
-                            "in": "path",
-                            "required": True,
-                            "schema": {
-                                "type": "string",
-                                "minLength": 1,
-                                "maxLength": 100,
-                                "pattern": _IDENTIFIER,
-                            },
-                            "description": "Printed document id, e.g. DISP-IFNG-PAIS-000003",
-                        },
-                    ],
-                    "responses": {
-                        "200": {"description": "PDF", "content": {"application/pdf": {}}},
-                        **_COMMON_ERRORS,
-                    },
-                }
-            },
+            **_printed_document(
+                "dispensation-sheets",
+                "DISP",
+                operation="DispensationSheet",
+                what="the QR-labelled dispensation sheet (pharmacist of the site; after dispensing)",
+                conflict="Nothing dispensed yet; or reprint-limit: the sheet was already reprinted 999 "
+                "times, the most a document may be",
+            ),
+            **_printed_document(
+                "confirmations",
+                "RAND",
+                operation="Confirmation",
+                what="the randomization confirmation (no arm; whoever may see the subject)",
+                conflict="reprint-limit: the confirmation was already reprinted 999 times, the most a "
+                "document may be",
+            ),
             "/trials/{trial}/subjects/{subject}/unblind": {
                 "post": {
                     "summary": "Emergency unblinding of one subject (investigator of its site)",
@@ -499,13 +520,24 @@ def document() -> dict[str, Any]:
                                         "payload": {
                                             "type": "string",
                                             "minLength": 1,
+                                            "pattern": _NOT_BLANK,
                                             "description": "The QR text of the syringe or kit label",
                                         },
-                                        "subject_number": {"type": "string", "minLength": 1},
-                                        "day": {"type": "string", "minLength": 1, "examples": ["D1"]},
+                                        "subject_number": {
+                                            "type": "string",
+                                            "minLength": 1,
+                                            "pattern": _NOT_BLANK,
+                                        },
+                                        "day": {
+                                            "type": "string",
+                                            "minLength": 1,
+                                            "pattern": _NOT_BLANK,
+                                            "examples": ["D1"],
+                                        },
                                         "administered_at": {
                                             "type": "string",
                                             "format": "date-time",
+                                            "maxLength": 64,
                                             "description": "When given, if not now; with a zone, "
                                             "the year from 2000 to 9998",
                                         },

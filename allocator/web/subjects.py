@@ -236,14 +236,31 @@ def subject_page(trial: str, subject: str) -> str:
     )
 
 
-@bp.route("/trials/<trial>/subjects/<subject>/confirmation.pdf")
+@bp.route("/trials/<trial>/subjects/<subject>/confirmations", methods=["POST"])
 @requires(Permission.SUBJECT_VIEW)
-def confirmation(trial: str, subject: str) -> Response:
-    return _pdf(
-        *subjects_confirmation.confirmation_pdf(
+def print_confirmation(trial: str, subject: str) -> WerkzeugResponse:
+    """Print the randomization confirmation (an action: a printed document and an audit entry),
+    then redirect to the printed document (POST-redirect-GET: reloading it prints nothing)."""
+    try:
+        document_id, _ = subjects_confirmation.print_confirmation(
             ctx(), actor(Permission.SUBJECT_VIEW), trial, subject, scope(Permission.SUBJECT_VIEW)
         )
+    except DomainError as exc:
+        forms.flash_error(exc)
+        return redirect(url_for("subjects.subject_page", trial=trial, subject=subject), code=303)
+    return redirect(
+        url_for("subjects.confirmation", trial=trial, subject=subject, document=document_id), code=303
     )
+
+
+@bp.route("/trials/<trial>/subjects/<subject>/confirmations/<document>.pdf")
+@requires(Permission.SUBJECT_VIEW)
+def confirmation(trial: str, subject: str, document: str) -> Response:
+    """A printed randomization confirmation, exactly as printed; viewing it creates nothing."""
+    pdf = subjects_confirmation.printed_confirmation(
+        ctx(), trial, subject, document, scope(Permission.SUBJECT_VIEW)
+    )
+    return _pdf(document, pdf)
 
 
 @bp.route("/trials/<trial>/subjects/<subject>/in-error", methods=["POST"])

@@ -20,6 +20,7 @@ from allocator.services.errors import ReprintLimitReached
 from allocator.services.subjects import confirmation
 from allocator.services.supply import kit_lists
 from tests.support import CLI_ACTOR, GOOD_PASSWORD, TRIAL, load_ifn, person, randomization, ready_trial
+from tests.unit.kits.kits_testdata import all_text, flat
 
 ALL = Scope(all_sites=True, site_ids=frozenset())
 SIGNED = signatures.SignatureRequest(password=GOOD_PASSWORD)
@@ -96,9 +97,12 @@ def test_the_1000th_reprint_of_a_dispensation_sheet_and_a_confirmation_is_refuse
         dispensing.dispensation_sheet(ctx, ready.pharmacist, TRIAL, number, ALL)
     assert counts(ctx) == before
 
-    printed, _ = confirmation.confirmation_pdf(ctx, ready.investigator, TRIAL, number, ALL)
-    add_earlier_prints(ctx, printed, 999)
+    printed, _ = confirmation.print_confirmation(ctx, ready.investigator, TRIAL, number, ALL)
+    add_earlier_prints(ctx, printed, 998)
+    _, last = confirmation.print_confirmation(ctx, ready.investigator, TRIAL, number, ALL)
+    text = " ".join(flat(all_text(last)).split())
+    assert "DUPLICATA – réimpression n° 999 / DUPLICATE – reprint no. 999" in text
     before = counts(ctx)
     with pytest.raises(ReprintLimitReached):
-        confirmation.confirmation_pdf(ctx, ready.investigator, TRIAL, number, ALL)
+        confirmation.print_confirmation(ctx, ready.investigator, TRIAL, number, ALL)
     assert counts(ctx) == before

@@ -94,6 +94,7 @@ class Resolver:
         ("name", "review"): "review",
         ("document_id", "documents"): "code_break_document",
         ("document", "dispensation-sheets"): "dispensation_sheet",
+        ("document", "confirmations"): "confirmation",
     }
     UNKNOWN: ClassVar[dict[str, str]] = {
         "trial": "NOPE",
@@ -113,6 +114,7 @@ class Resolver:
         "review": "no-such-review",
         "code_break_document": "CBDOC-NONE",
         "dispensation_sheet": "DISP-NONE",
+        "confirmation": "RAND-NONE",
     }
 
     def __init__(self, world: World) -> None:

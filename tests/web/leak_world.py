@@ -59,7 +59,7 @@ from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
 from allocator.services.errors import DomainError
 from allocator.services.lookups import trial_definition
-from allocator.services.subjects import corrections, randomize, withdrawal
+from allocator.services.subjects import confirmation, corrections, randomize, withdrawal
 from allocator.services.supply import kit_rules, kit_status, shipments
 from allocator.trialdef import TrialDefinition
 from tests.masking import Subject
@@ -322,6 +322,8 @@ def _randomize_twins(
             ),
             EVERYWHERE,
         )
+        # Printed once (a POST), so that the crawler views a printed confirmation of every subject.
+        confirmation.print_confirmation(ctx, ready.investigator, TRIAL, result.subject_number, EVERYWHERE)
         arm = arm_of(ctx, result.kits[0].kit_number, TRIAL)
         state = next((s for s in states if arm not in by_state[s]), None)
         if state is None:
@@ -627,13 +629,21 @@ def _values(
                     .order_by(PrintedDocument.id)
                 ).scalars()
             ),
-            # document=subject, so that the crawler pairs each twin's own sheet with the other's.
+            "confirmation": list(
+                s.execute(
+                    select(PrintedDocument.document_id)
+                    .where(PrintedDocument.kind == "randomization_confirmation")
+                    .order_by(PrintedDocument.id)
+                ).scalars()
+            ),
+            # document=subject, so that the crawler pairs each twin's own sheet (or confirmation)
+            # with the other's.
             "dispensation_sheet_owner": [
                 f"{document}={number}"
                 for document, number in s.execute(
                     select(PrintedDocument.document_id, SubjectRow.subject_number)
                     .join(SubjectRow, SubjectRow.id == PrintedDocument.subject_id)
-                    .where(PrintedDocument.kind == "dispensation_sheet")
+                    .where(PrintedDocument.kind.in_(("dispensation_sheet", "randomization_confirmation")))
                 )
             ],
             "code_break_document": list(

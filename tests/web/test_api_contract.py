@@ -137,6 +137,11 @@ def test_real_answers_match_the_document(app: Flask, ctx: ServiceContext, world:
     assert inv("GET", f"/api/v1/trials/{TRIAL}/subjects").status_code == 200
     assert inv("GET", f"/api/v1/trials/{TRIAL}/subjects/{number}").status_code == 200
     assert inv("GET", f"/api/v1/trials/{TRIAL}/subjects/P9-999").status_code == 404
+    confirmations = f"/api/v1/trials/{TRIAL}/subjects/{number}/confirmations"
+    confirmed = inv("POST", confirmations)
+    assert confirmed.status_code == 201
+    assert inv("GET", confirmed.get_json()["href"]).status_code == 200
+    assert inv("GET", f"{confirmations}/RAND-NONE-1.pdf").status_code == 404
     assert inv("GET", f"/api/v1/trials/{TRIAL}/audit").status_code in (200, 403)
     wrong = {
         "reason_category": "other_medical_emergency",

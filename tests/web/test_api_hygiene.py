@@ -453,3 +453,36 @@ def test_an_audit_filter_the_document_admits_is_served(monitor: Call, name: str,
     assert _audit_parameter(name).is_valid(value)
     status, answer = monitor("GET", f"/api/v1/trials/{TRIAL}/audit?{name}={value}")
     assert status == 200 and "entries" in answer, answer
+
+
+def _scan_property(name: str) -> Draft202012Validator:
+    from allocator.web.openapi import document
+
+    body = document()["paths"]["/trials/{trial}/scans"]["post"]["requestBody"]
+    schema = body["content"]["application/json"]["schema"]["properties"][name]
+    return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+@pytest.mark.req("DIB-09")
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("late_reason", "r" * 1001),  # was taken whatever its length
+        ("late_reason", 5),  # was read as the text "5"
+        ("payload", "   "),  # refused as missing; the document now says so
+        ("subject_number", "\t"),
+        ("day", " "),
+        ("administered_at", "2026-03-02T09:30:00" + "0" * 60 + "+00:00"),
+    ],
+)
+def test_a_scan_field_the_document_refuses_is_a_422_naming_it(
+    app: Flask, ctx: ServiceContext, world: ReadyTrial, name: str, value: object
+) -> None:
+    number, payloads = dispensed_subject(ctx, world)
+    assert not _scan_property(name).is_valid(value)
+    nurse = _caller(app, users.create_token(ctx, CLI_ACTOR, "nurse-p1", "ward").token)
+    body = {"payload": payloads["D1"], "subject_number": number, "day": "D1", name: value}
+    before = counts(ctx)
+    status, problem = nurse("POST", f"/api/v1/trials/{TRIAL}/scans", json.dumps(body))
+    assert status == 422 and fields(problem) == {name}, problem
+    assert counts(ctx) == before

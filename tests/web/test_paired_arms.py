@@ -275,14 +275,15 @@ def test_an_active_and_a_placebo_subject_are_indistinguishable(
             sa,
             sb,
         )
-        text_a, text_b = assert_same_pdf(
-            "confirmation PDF",
-            investigator.get(f"{BASE}/subjects/{sa.subject_number}/confirmation.pdf"),
-            investigator.get(f"{BASE}/subjects/{sb.subject_number}/confirmation.pdf"),
-            sa,
-            sb,
-            seen,
-        )
+        confirmations = []
+        for s in (sa, sb):
+            token = csrf_token(investigator, f"{BASE}/subjects/{s.subject_number}")
+            posted = investigator.post(
+                f"{BASE}/subjects/{s.subject_number}/confirmations", data={"csrf_token": token}
+            )
+            assert posted.status_code == 303
+            confirmations.append(investigator.get(posted.headers["Location"]))
+        text_a, text_b = assert_same_pdf("confirmation PDF", *confirmations, sa, sb, seen)
         assert sa.subject_number in text_a and sb.subject_number in text_b
         refused = []
         for s in (sa, sb):

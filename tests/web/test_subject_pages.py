@@ -285,6 +285,74 @@ def test_printing_a_dispensation_sheet_is_a_post_and_viewing_it_creates_nothing(
     assert missing.status_code == 404
 
 
+@pytest.mark.req("LBL-12")
+def test_printing_a_confirmation_is_a_post_and_viewing_it_creates_nothing(
+    app: Flask, ctx: ServiceContext, world: ReadyTrial
+) -> None:
+    """Each view of GET .../confirmation.pdf recorded a printed document and an audit entry (a
+    DUPLICATA at every reload). As for the dispensation sheet (issue 15, point 5): printing is a
+    POST (CSRF, then a redirect), the printed bytes are served by a GET that creates nothing, on the
+    web and the API; the result page and the subject page print through a form."""
+    numbers = []
+    for screening in ("P1-0001", "P1-0002"):
+        request = randomize.RandomizationRequest(
+            site="P1",
+            screening_number=screening,
+            eligibility=dict(ELIGIBLE),
+            strata={"admission_cause": "septic"},
+        )
+        numbers.append(randomize.randomize(ctx, world.investigator, TRIAL, request, ALL).subject_number)
+    first, second = numbers
+    inv = client_for(app, "inv-p1")
+    page = f"/trials/{TRIAL}/subjects/{first}"
+    before = printed(ctx)
+
+    assert f'action="{page}/confirmations"' in inv.get(page).get_data(as_text=True)
+    assert f'action="{page}/confirmations"' in inv.get(f"{page}/randomized").get_data(as_text=True)
+    assert inv.get(f"{page}/confirmation.pdf").status_code == 404  # the old GET is gone
+    assert inv.get(f"{page}/confirmations").status_code == 405
+    assert inv.post(f"{page}/confirmations").status_code == 400  # no CSRF token
+    assert printed(ctx) == before
+
+    posted = inv.post(f"{page}/confirmations", data={"csrf_token": csrf_token(inv, page)})
+    assert posted.status_code == 303
+    location = posted.headers["Location"]
+    assert re.search(rf"{page}/confirmations/RAND-{TRIAL}-\d{{6}}\.pdf$", location)
+    assert printed(ctx) == (before[0] + 1, before[1] + 1)
+    views_of = [inv.get(location) for _ in range(3)]
+    assert {(v.status_code, v.mimetype) for v in views_of} == {(200, "application/pdf")}
+    original = views_of[0].get_data()
+    assert original.startswith(b"%PDF") and all(v.get_data() == original for v in views_of)
+    assert printed(ctx) == (before[0] + 1, before[1] + 1)  # viewing created nothing
+    with ctx.db.reading() as s:
+        row = s.execute(select(PrintedDocument).order_by(PrintedDocument.id.desc()).limit(1)).scalar_one()
+    assert row.content == original and row.reprint_number == 0 and row.kind == "randomization_confirmation"
+
+    again = inv.post(f"{page}/confirmations", data={"csrf_token": csrf_token(inv, page)})
+    assert again.status_code == 303 and again.headers["Location"] != location
+    assert "DUPLICATA" in " ".join(kitlib_text(inv.get(again.headers["Location"]).get_data()).split())
+    assert inv.get(location).get_data() == original
+    assert inv.get(location.replace(f"/subjects/{first}/", f"/subjects/{second}/")).status_code == 404
+    assert inv.get(f"{page}/confirmations/RAND-{TRIAL}-999999.pdf").status_code == 404
+
+    # The API: POST prints (201, Location), GET downloads the same bytes and creates nothing.
+    token = users.create_token(ctx, CLI_ACTOR, "inv-p1", "edc").token
+    api = app.test_client()
+    auth = {"Authorization": f"Bearer {token}"}
+    base = f"/api/v1/trials/{TRIAL}/subjects/{first}"
+    made = api.post(f"{base}/confirmations", headers=auth, base_url="https://localhost")
+    assert made.status_code == 201
+    body = made.get_json()
+    assert made.headers["Location"].endswith(body["href"]) and body["href"] == (
+        f"{base}/confirmations/{body['document_id']}.pdf"
+    )
+    count = printed(ctx)
+    downloads = [api.get(body["href"], headers=auth, base_url="https://localhost") for _ in range(2)]
+    assert downloads[0].status_code == 200 and downloads[0].get_data() == downloads[1].get_data()
+    assert downloads[0].get_data().startswith(b"%PDF")
+    assert printed(ctx) == count
+
+
 def kitlib_text(pdf: bytes) -> str:
     from tests.unit.kits.kits_testdata import all_text, flat
 

@@ -1,4 +1,4 @@
-"""The randomization confirmation PDF of a subject."""
+"""The randomization confirmation PDF of a subject: printed by an action, then served as printed."""
 
 from __future__ import annotations
 
@@ -15,11 +15,13 @@ from allocator.services.lookups import current_definition, current_dispensations
 from allocator.services.supply import kit_rules
 
 
-def confirmation_pdf(
+def print_confirmation(
     ctx: ServiceContext, actor: Actor, trial_code: str, number: str, scope: Scope
 ) -> tuple[str, bytes]:
-    """The randomization confirmation of a subject as a PDF (no arm). Every print is recorded; a
-    reprint is counted like any document (LBL-12)."""
+    """Print the randomization confirmation of a subject (no arm): its document id and bytes.
+    Printing is an action (a POST): it records a printed document with its bytes and an audit
+    entry; a reprint is marked DUPLICATA and counted (LBL-12), at most 999 times
+    (ReprintLimitReached). `printed_confirmation` serves a printed one again, creating nothing."""
     now = ctx.now()
     with ctx.db.unit_of_work() as session:
         trial = get_trial(session, trial_code)
@@ -77,5 +79,28 @@ def confirmation_pdf(
             reprint_number=previous,
             audit={"kind": "randomization_confirmation", "subject": number, "reprint": previous},
             site_code=site.code,
+            keep_content=True,
         )
         return document_id, pdf
+
+
+def printed_confirmation(
+    ctx: ServiceContext, trial_code: str, number: str, document_id: str, scope: Scope
+) -> bytes:
+    """The bytes of a randomization confirmation printed earlier for this subject, exactly as
+    printed (a read: nothing is recorded). NotFound for another subject's document, another
+    trial's, a subject out of scope, or a confirmation printed before its bytes were kept."""
+    with ctx.db.reading() as session:
+        trial = get_trial(session, trial_code)
+        subject = subject_in_reach(session, trial, number, scope)
+        content = session.execute(
+            select(PrintedDocument.content).where(
+                PrintedDocument.trial_id == trial.id,
+                PrintedDocument.subject_id == subject.id,
+                PrintedDocument.kind == "randomization_confirmation",
+                PrintedDocument.document_id == document_id,
+            )
+        ).scalar_one_or_none()
+        if content is None:
+            raise NotFound(f"no printed confirmation {document_id} for {number}")
+        return content
