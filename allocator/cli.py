@@ -609,6 +609,45 @@ def _prepare_demo_trial(ctx: ServiceContext, actor: Actor, code: str, passwords:
         shipments.receive(ctx, actor, code, shipment.number, shipment.kits, scope=everywhere)
 
 
+@main.group("uat")
+def uat_group() -> None:
+    """UAT scenario fixtures on a TEST or development instance (VAL-05)."""
+
+
+@uat_group.command("reset")
+@click.argument("trial")
+@click.option("--scenario", required=True, help="empty or mid-recruitment (see the README)")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation")
+def uat_reset_command(trial: str, scenario: str, yes: bool) -> None:
+    """Rebuild this TEST or development instance's database with a named scenario (refused in
+    production). Every existing record of the instance is dropped; the keys are kept."""
+    from allocator import uat  # noqa: PLC0415
+
+    settings = _settings()
+    try:
+        uat.check_allowed(settings, trial, scenario)
+    except uat.UatRefused as exc:
+        _fail(str(exc))
+    if not yes:
+        click.confirm(
+            f"Drop every record of the {settings.env.value} instance at {settings.database_url.split('://', 1)[0]} "
+            f"and build the UAT scenario {scenario!r}?",
+            abort=True,
+        )
+    crypto.KeyRing.create_missing(settings.key_dir)
+    uat.rebuild_database(settings.database_url)
+    with _context(settings) as ctx:
+        result = uat.build(ctx, _actor(), scenario, demo_users=DEMO_USERS, prepare=_prepare_demo_trial)
+    click.secho(
+        f"UAT scenario {result.scenario!r} of {result.trial_code} ready: {uat.SCENARIOS[scenario]}", bold=True
+    )
+    if result.subjects:
+        click.echo(f"Subjects: {', '.join(result.subjects)}")
+    click.echo(f"  {'user':<22}{'role':<24}{'site':<6}one-time password")
+    for username, role, site, password in result.users:
+        click.echo(f"  {username:<22}{role:<24}{site:<6}{password}")
+
+
 @main.command("serve")
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (put TLS in front)")

@@ -256,6 +256,9 @@ def render_html(report: ValidationReport) -> str:
 
 # --- PDF ----------------------------------------------------------------------------------------
 
+# The PDF lists at most this many test functions per requirement (the HTML and the CSV list all).
+PDF_MAX_TESTS: Final = 12
+
 # Characters of the requirements file that the standard PDF fonts (cp1252) cannot show.
 _PDF_REPLACEMENTS: Final = {
     "→": "->",
@@ -331,7 +334,8 @@ def render_pdf(report: ValidationReport) -> bytes:
         return Paragraph(html.escape(pdf_text(text), quote=False), style)
 
     def grid(rows: list[list[Any]], widths: list[float], extra: list[tuple[Any, ...]] | None = None) -> Any:
-        table = Table(rows, colWidths=widths, repeatRows=1, hAlign="LEFT")
+        # splitInRow: a row taller than what is left of the page continues on the next one.
+        table = Table(rows, colWidths=widths, repeatRows=1, hAlign="LEFT", splitInRow=1)
         table.setStyle(
             TableStyle(
                 [
@@ -374,10 +378,15 @@ def render_pdf(report: ValidationReport) -> bytes:
     colouring: list[tuple[Any, ...]] = []
     for index, trace in enumerate(report.traces, start=1):
         req = trace.requirement
-        tests = "<br/>".join(
-            html.escape(pdf_text(f"{name} ({_outcome_text(counts)})"), quote=False)
-            for name, counts in trace.by_function()
-        )
+        # Failed and errored tests first, so that the PDF never hides them behind the cut.
+        functions = sorted(trace.by_function(), key=lambda f: (not (f[1]["failed"] or f[1]["error"]), f[0]))
+        shown = [f"{name} ({_outcome_text(counts)})" for name, counts in functions[:PDF_MAX_TESTS]]
+        if len(functions) > PDF_MAX_TESTS:
+            shown.append(
+                f"... and {len(functions) - PDF_MAX_TESTS} more test functions "
+                f"({_outcome_text(Counter(t.outcome for t in trace.tests))} in all; every one in the HTML and CSV)"
+            )
+        tests = "<br/>".join(html.escape(pdf_text(line), quote=False) for line in shown)
         rows.append(
             [
                 req.id,

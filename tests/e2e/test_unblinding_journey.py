@@ -32,7 +32,10 @@ DESKTOP = {"width": 1280, "height": 900}
 TREATMENT = re.compile(r"interferon|placebo|imukin|saline|nacl", re.IGNORECASE)
 
 
-@pytest.mark.req("UNB-01", "UNB-04", "UNB-05", "UNB-10", "BLD-07")
+# UNB-11: this is the end-to-end emergency unblinding test that the requirement's "how to test" asks
+# the release pipeline to run (CI runs it in Chromium). The periodic production drill on a drill
+# site or subject excluded from every count (issue 18) is not built yet.
+@pytest.mark.req("UNB-01", "UNB-04", "UNB-05", "UNB-10", "UNB-11", "BLD-07")
 def test_emergency_unblinding_then_the_planned_unblinding(live_server: LiveServer, new_page) -> None:  # type: ignore[no-untyped-def]
     ctx = live_server.ctx
     ready = ready_trial(ctx)

@@ -179,3 +179,20 @@ def test_the_command_exits_1_on_a_gap_and_0_when_every_must_passes(tmp_path: Pat
     (tmp_path / "junit.xml").write_text("not xml", encoding="utf-8")
     code, output = run(b"not xml")
     assert code == 2 and "the JUnit file is not XML" in output
+
+
+@pytest.mark.req("VAL-01")
+def test_a_requirement_cited_by_hundreds_of_tests_still_renders_and_shows_its_failure_first(
+    tmp_path: Path,
+) -> None:
+    cases = [
+        (f"test_{'a_rather_long_descriptive_name_' * 3}{k}[sqlite]", "passed", ("THG-01",))
+        for k in range(300)
+    ]
+    cases.append(("test_zz_the_one_that_failed", "failed", ("THG-01",)))
+    built = report(tmp_path, junit(*cases))
+    reader = pypdf.PdfReader(io.BytesIO(render_pdf(built)))  # a row taller than a page raised LayoutError
+    text = " ".join(" ".join((p.extract_text() or "").split()) for p in reader.pages)
+    assert "test_zz_the_one_that_failed (1 failed)" in text
+    assert "more test functions (300 passed, 1 failed in all; every one in the HTML and CSV)" in text
+    assert render_html(built).count("a_rather_long") == 300 * 3

@@ -1,0 +1,202 @@
+"""UAT scenario fixtures (VAL-05): `allocator uat reset TRIAL --scenario NAME` puts a TEST or
+development instance into a known state, so that a sponsor runs its own UAT scripts repeatably.
+
+A reset rebuilds the instance's database from nothing (every table dropped by the migrations, then
+recreated at head) and builds the scenario through the services, as a user would; the key directory
+is kept. It is refused on a production instance, before anything is touched: there, nothing is ever
+deleted. The scenarios are built for the shipped IFN-gamma trial (its eligibility answers and
+strata); another trial is refused with a message.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+from sqlalchemy import select, text
+from sqlalchemy.engine import make_url
+
+from allocator import migrate, resources
+from allocator.audit import Actor
+from allocator.db import connect_once
+from allocator.models import User
+from allocator.permissions import Scope
+from allocator.services import signatures, trials, unblinding
+from allocator.services.accounts import users
+from allocator.services.context import ServiceContext
+from allocator.services.subjects import randomize
+from allocator.services.supply import shipments
+from allocator.settings import Settings
+
+UAT_TRIAL = "ifn-gamma-pais"  # the shipped definition the scenarios are written for
+# Beside the demo's users (one per role): an investigator at the second site.
+EXTRA_USERS: tuple[tuple[str, str, str, str | None], ...] = (
+    ("investigator-p2", "Dr Pierre Deux", "investigator", "P2"),
+)
+
+SCENARIOS = {
+    "empty": "the trial loaded, one user per role, the TEST list active, kits at both sites, no subject",
+    "mid-recruitment": "as empty, then 24 subjects randomized at 2 sites (12 each, both causes) and one "
+    "emergency unblinding (the first subject of P1)",
+}
+
+
+class UatRefused(Exception):
+    """The reset is not allowed here, or the scenario or trial is unknown; nothing was changed."""
+
+
+@dataclass(frozen=True)
+class UatResult:
+    trial_code: str
+    scenario: str
+    users: tuple[tuple[str, str, str, str], ...]  # (username, role, site, one-time password)
+    subjects: tuple[str, ...]
+
+
+def check_allowed(settings: Settings, trial: str, scenario: str) -> None:
+    """Refuse production, an unknown scenario and a trial the scenarios are not written for."""
+    if settings.is_production:
+        raise UatRefused(
+            "refused: this is a production instance (ALLOCATOR_ENV=production); "
+            "UAT resets run on TEST or development instances only"
+        )
+    if scenario not in SCENARIOS:
+        raise UatRefused(f"--scenario: unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
+    definition = resources.shipped_trial(UAT_TRIAL)
+    if definition is None:
+        raise UatRefused(f"the {UAT_TRIAL} definition is not installed: reinstall allocator")
+    code = str(tomllib.loads(definition.read_text(encoding="utf-8")).get("trial", {}).get("code", ""))
+    if code != trial:
+        raise UatRefused(f"the UAT scenarios are written for {code}, not {trial!r}")
+
+
+def rebuild_database(url: str) -> None:
+    """Every table dropped and the schema recreated at head by the migrations. SQLite: the database
+    file (and its WAL files) removed; PostgreSQL: every table of the current schema dropped."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = Path(parsed.database or "")
+        for extra in ("", "-wal", "-shm"):
+            Path(f"{path}{extra}").unlink(missing_ok=True)
+    else:
+        engine = connect_once(url)
+        try:
+            with engine.begin() as conn:
+                names = conn.execute(
+                    text("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
+                ).scalars()
+                for name in list(names):
+                    conn.execute(text(f'DROP TABLE IF EXISTS "{name}" CASCADE'))
+        finally:
+            engine.dispose()
+    migrate.upgrade(url)
+
+
+def _eligible_on(today: date) -> dict[str, object]:
+    return {
+        "age": 64,
+        "icu_admission_date": (today - timedelta(days=7)).isoformat(),
+        "sofa_24h": 9,
+        "invasive_ventilation": "yes",
+        "mhladr": 5400,
+        "mhladr_date": (today - timedelta(days=1)).isoformat(),
+        "social_security": "yes",
+        "consent": "yes",
+        "short_icu_stay": "no",
+        "preexisting_immunosuppression": "no",
+        "prolonged_ventilation_expected": "no",
+        "pregnancy_breastfeeding": "no",
+        "imukin_contraindication": "no",
+        "immunosuppressive_therapy": "no",
+        "severe_hepatic_renal_failure": "no",
+        "other_interventional_trial": "no",
+        "legal_protection": "no",
+    }
+
+
+def _user_actor(ctx: ServiceContext, username: str, role: str, site: str | None, request_id: str) -> Actor:
+    with ctx.db.reading() as session:
+        user = session.execute(select(User).where(User.username == username)).scalar_one()
+    return Actor(
+        user_id=user.id,
+        username=user.username,
+        name=user.full_name,
+        role=role,
+        site_code=site,
+        request_id=request_id,
+    )
+
+
+def build(
+    ctx: ServiceContext,
+    actor: Actor,
+    scenario: str,
+    *,
+    demo_users: tuple[tuple[str, str, str, str | None], ...],
+    prepare: Callable[[ServiceContext, Actor, str, dict[str, str]], None],
+) -> UatResult:
+    """Build `scenario` in an empty, migrated database: the users of `demo_users`, the trial made
+    ready by `prepare` (the demo's preparation), then the scenario's own steps."""
+    definition = resources.shipped_trial(UAT_TRIAL)
+    if definition is None:  # checked by check_allowed
+        raise UatRefused(f"the {UAT_TRIAL} definition is not installed")
+    loaded = trials.load_trial(
+        ctx,
+        actor,
+        definition.read_text(encoding="utf-8"),
+        source_name=resources.shipped_source_name(definition),
+    )
+    code = loaded.trial_code
+    created = []
+    for username, name, role, site in (*demo_users, *EXTRA_USERS):
+        made = users.create_user(
+            ctx,
+            actor,
+            users.NewUser(username=username, full_name=name),
+            users.RoleRequest(
+                role=role,
+                trial_code=None if role == "admin" else code,
+                site_code=site,
+                reason=f"UAT scenario {scenario}",
+            ),
+        )
+        created.append((username, role, site or "-", made.one_time_password))
+    passwords = {row[0]: row[3] for row in created}
+    prepare(ctx, actor, code, passwords)
+    subjects: list[str] = []
+    if scenario == "mid-recruitment":
+        everywhere = Scope(all_sites=True, site_ids=frozenset())
+        investigators = {
+            "P1": _user_actor(ctx, "investigator", "investigator", "P1", actor.request_id),
+            "P2": _user_actor(ctx, "investigator-p2", "investigator", "P2", actor.request_id),
+        }
+        for site in ("P1", "P2"):  # the rest of the depot: 48 kits per site for 12 subjects x 3 days
+            shipment = shipments.create_shipment(ctx, actor, code, site, 24)
+            shipments.ship(ctx, actor, code, shipment.number)
+            shipments.receive(ctx, actor, code, shipment.number, shipment.kits, scope=everywhere)
+        for k in range(24):
+            site = "P1" if k % 2 == 0 else "P2"
+            cause = "septic" if k % 4 < 2 else "non_septic"
+            request = randomize.RandomizationRequest(
+                site=site,
+                screening_number=f"{site}-{k // 2 + 1:04d}",
+                eligibility=_eligible_on(ctx.now().date()),
+                strata={"admission_cause": cause},
+            )
+            result = randomize.randomize(ctx, investigators[site], code, request, everywhere)
+            subjects.append(result.subject_number)
+        unblinding.emergency_unblind(
+            ctx,
+            investigators["P1"],
+            code,
+            subjects[0],
+            reason_category="serious_adverse_event",
+            reason="UAT scenario: emergency unblinding of the first subject",
+            confirmed=True,
+            signature=signatures.SignatureRequest(password=passwords["investigator"]),
+            scope=everywhere,
+        )
+    return UatResult(code, scenario, tuple(created), tuple(subjects))

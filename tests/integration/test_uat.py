@@ -1,0 +1,82 @@
+"""UAT scenario fixtures (VAL-05): `allocator uat reset TRIAL --scenario NAME` rebuilds a TEST
+instance into a named scenario, the same every time, and is refused in production before anything
+is touched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import func, select
+
+from allocator.cli import main
+from allocator.db import Database
+from allocator.models import AuditEvent, Subject, Unblinding, User
+from tests.conftest import FreshDatabase
+
+
+@pytest.fixture
+def instance(fresh_database: FreshDatabase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("ALLOCATOR_DATABASE_URL", fresh_database.url)
+    monkeypatch.setenv("ALLOCATOR_KEY_DIR", str(tmp_path / "keys"))
+    monkeypatch.setenv("ALLOCATOR_ENV", "test")
+    return fresh_database.url
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def counts(url: str) -> dict[str, int]:
+    db = Database.connect(url)
+    try:
+        with db.reading() as s:
+            return {
+                model.__tablename__: s.execute(select(func.count()).select_from(model)).scalar_one()
+                for model in (Subject, Unblinding, User)
+            } | {
+                "randomized": s.execute(
+                    select(func.count())
+                    .select_from(AuditEvent)
+                    .where(AuditEvent.action == "subject.randomized")
+                ).scalar_one()
+            }
+    finally:
+        db.dispose()
+
+
+@pytest.mark.req("VAL-05")
+def test_a_scenario_is_rebuilt_the_same_every_time(instance: str) -> None:
+    code, out = run("uat", "reset", "IFNG-PAIS", "--scenario", "mid-recruitment", "--yes")
+    assert code == 0, out
+    assert "UAT scenario 'mid-recruitment' of IFNG-PAIS ready" in out and "investigator-p2" in out
+    first = counts(instance)
+    assert first == {"subject": 24, "unblinding": 1, "app_user": 12, "randomized": 24}
+    assert run("init")[0] == 0 and run("selfcheck")[0] == 0  # a sound instance
+    code, out = run("uat", "reset", "IFNG-PAIS", "--scenario", "mid-recruitment", "--yes")
+    assert code == 0, out
+    assert counts(instance) == first  # rebuilt, not added to
+    code, out = run("uat", "reset", "IFNG-PAIS", "--scenario", "empty", "--yes")
+    assert code == 0 and counts(instance) == {"subject": 0, "unblinding": 0, "app_user": 12, "randomized": 0}
+
+
+@pytest.mark.req("VAL-05", "RND-13")
+def test_production_refuses_and_touches_nothing(instance: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert run("uat", "reset", "IFNG-PAIS", "--scenario", "empty", "--yes")[0] == 0
+    before = counts(instance)
+    monkeypatch.setenv("ALLOCATOR_ENV", "production")
+    code, out = run("uat", "reset", "IFNG-PAIS", "--scenario", "mid-recruitment", "--yes")
+    assert code == 1 and "refused: this is a production instance" in out
+    assert counts(instance) == before
+
+
+@pytest.mark.req("VAL-05")
+def test_an_unknown_scenario_or_trial_is_refused_before_anything_is_touched(instance: str) -> None:
+    code, out = run("uat", "reset", "IFNG-PAIS", "--scenario", "everything", "--yes")
+    assert code == 1 and "unknown scenario 'everything'; known: empty, mid-recruitment" in out
+    code, out = run("uat", "reset", "OTHER", "--scenario", "empty", "--yes")
+    assert code == 1 and "written for IFNG-PAIS, not 'OTHER'" in out
+    result = CliRunner().invoke(main, ["uat", "reset", "IFNG-PAIS", "--scenario", "empty"], input="n\n")
+    assert result.exit_code == 1 and "Aborted" in result.output  # no confirmation, nothing done
