@@ -357,10 +357,19 @@ def stratum(trial: str, subject: str) -> WerkzeugResponse:
 @bp.route("/trials/<trial>/screening")
 @requires(Permission.SCREENING_VIEW)
 def screening(trial: str) -> str:
+    """A page of SUBJECT_PAGE screenings, newest first (issue 21)."""
+    page = views.screening_page(
+        ctx(),
+        trial,
+        scope(Permission.SCREENING_VIEW),
+        before=hygiene.query_int("before", 0, minimum=0, maximum=hygiene.MAX_SEQUENCE) or None,
+        limit=SUBJECT_PAGE,
+    )
     return render_template(
         "subjects/screening.html",
         trial=trial,
-        entries=views.screening_log(ctx(), trial, scope(Permission.SCREENING_VIEW)),
+        entries=page.entries,
+        next_before=page.next_before,
         names=_randomize_labels(trial_definition(ctx(), trial))[1],
     )
 

@@ -101,3 +101,24 @@ def test_the_web_list_pages_with_a_next_link_and_a_site_filter(
 
     bad = client.get(f"{PAGE}?after=NOPE-0001")
     assert bad.status_code == 422 and "after" in bad.get_data(as_text=True)
+
+
+@pytest.mark.req("REP-04")
+def test_the_screening_log_pages_newest_first(
+    app: Flask, ctx: ServiceContext, numbers: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(web_subjects, "SUBJECT_PAGE", 8)
+    client = https_client(app)
+    sign_in(client, "mon-all", GOOD_PASSWORD)
+    seen: list[str] = []
+    path: str | None = "/trials/IFNG-PAIS/screening"
+    while path is not None:
+        page = client.get(path)
+        assert page.status_code == 200
+        text = page.get_data(as_text=True)
+        seen += re.findall(r"<tr><td>(P\d-\d{4})</td>", text)
+        following = re.search(r'href="\?(before=\d+)"', text)
+        path = f"/trials/IFNG-PAIS/screening?{following.group(1)}" if following else None
+    assert seen == [e.screening_number for e in views.screening_log(ctx, TRIAL, ALL_SITES)]
+    assert len(seen) == 20 and seen[0] == "P2-0019"
+    assert client.get("/trials/IFNG-PAIS/screening?before=x").status_code == 422

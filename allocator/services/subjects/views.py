@@ -10,7 +10,7 @@ from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from allocator.models import (
     Administration,
@@ -366,41 +366,67 @@ class ScreeningView:
 
 
 def screening_log(ctx: ServiceContext, trial_code: str, scope: Scope) -> list[ScreeningView]:
+    """Every screening within `scope`, newest first."""
+    return screening_page(ctx, trial_code, scope, limit=None).entries
+
+
+@dataclass(frozen=True, slots=True)
+class ScreeningPage:
+    entries: list[ScreeningView]
+    next_before: int | None  # pass as `before` for the next (older) page; None: last page
+
+
+def screening_page(
+    ctx: ServiceContext, trial_code: str, scope: Scope, *, before: int | None = None, limit: int | None = 100
+) -> ScreeningPage:
+    """One page of the screening log within `scope`, newest first, older than the entry `before`:
+    one query, whatever the size of the log (issue 21). An entry is `superseded` when a later
+    check of the same screening number at the same site exists."""
     with ctx.db.reading() as session:
         trial = get_trial(session, trial_code)
-        site_codes = {
-            s.id: s.code for s in session.execute(select(Site).where(Site.trial_id == trial.id)).scalars()
-        }
-        subjects_by_entry = {
-            row.screening_entry_id: row.subject_number
-            for row in session.execute(
-                select(Subject.screening_entry_id, Subject.subject_number).where(Subject.trial_id == trial.id)
+        codes = _site_codes(session, trial.id)
+        later = aliased(ScreeningEntry)
+        superseded = (
+            select(later.id)
+            .where(
+                later.trial_id == ScreeningEntry.trial_id,
+                later.site_id == ScreeningEntry.site_id,
+                later.screening_number == ScreeningEntry.screening_number,
+                later.id > ScreeningEntry.id,
             )
-        }
-        seen: set[tuple[int, str]] = set()  # newest first: an entry seen before is superseded
-        views: list[ScreeningView] = []
-        for e in session.execute(
-            select(ScreeningEntry)
+            .exists()
+        )
+        query = (
+            select(ScreeningEntry, Subject.subject_number, superseded)
+            .outerjoin(Subject, Subject.screening_entry_id == ScreeningEntry.id)
             .where(ScreeningEntry.trial_id == trial.id)
             .order_by(ScreeningEntry.id.desc())
-        ).scalars():
-            if not scope.allows_site(e.site_id):
-                continue
-            key = (e.site_id, e.screening_number)
-            views.append(
+        )
+        if not scope.all_sites:
+            query = query.where(ScreeningEntry.site_id.in_(sorted(scope.site_ids)))
+        if before is not None:
+            query = query.where(ScreeningEntry.id < before)
+        if limit is not None:
+            query = query.limit(limit + 1)
+        rows = session.execute(query).all()
+        more = limit is not None and len(rows) > limit
+        rows = rows[:limit] if limit is not None else rows
+        return ScreeningPage(
+            [
                 ScreeningView(
                     e.screening_number,
-                    site_codes[e.site_id],
+                    codes[e.site_id],
                     e.screened_at,
                     e.screened_by_name,
                     e.eligible,
                     tuple(f["message"] for f in e.failures),
-                    subjects_by_entry.get(e.id),
-                    superseded=key in seen,
+                    number,
+                    superseded=bool(is_superseded),
                 )
-            )
-            seen.add(key)
-        return views
+                for e, number, is_superseded in rows
+            ],
+            rows[-1][0].id if more and rows else None,
+        )
 
 
 def notifications(

@@ -1,0 +1,326 @@
+"""Every list, report page, CSV and PDF of a large trial, as a monitor and as the unblinded
+statistician: wall time, CPU, SQL statements and peak memory per request (issue 21).
+
+Usage: python bench/bench_scale.py [--backend sqlite|postgresql|both] [--subjects N] [--sites N]
+                                   [--repeat R] [--pg URL] [--only SUBSTRING] [--no-pdf] [--keep]
+Targets (issue 21, 2-core machine, 5,000 subjects over 50 sites): every page and CSV < 1 s, every
+PDF < 5 s, a page's statement count independent of the number of subjects, peak memory < 300 MB
+for any single request, and the same figures at 500 subjects within 20 %.
+
+The trial is bench_randomize's (the IFN-gamma definition with --sites sites), prepared with the
+services as an operator would, then --subjects subjects are randomized through the randomization
+service (site j mod N, the admission cause alternating), one in four dispensed with its first dose
+given at the bedside, one in ten with a stratum correction, one in fifty withdrawn.
+
+The requests are served in this process by the Flask application (the test client, no network),
+one at a time, each --repeat times (the median is printed): what is measured is the application
+and its database, not a server. CPU is this process's own (time.process_time) plus, on
+PostgreSQL, the backends connected to the benchmark's own database (bench_randomize.CpuMeter);
+statements are counted with an engine event listener; peak memory is the process's peak resident
+set (VmHWM), reset before each request (/proc/self/clear_refs). A hello-world request
+(bench/hello_app.py) is timed the same way in the same run, as the floor of this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import bench_randomize as br
+import hello_app
+
+import kits as kitlib
+from allocator import crypto, migrate
+from allocator.app import create_app
+from allocator.db import Database
+from allocator.services import auth, bedside, dispensing, signatures
+from allocator.services.accounts import users
+from allocator.services.context import ServiceContext
+from allocator.services.reports.audit_review import REVIEW_KINDS
+from allocator.services.reports.catalogue import REPORTS
+from allocator.services.subjects import corrections, withdrawal
+from allocator.services.subjects import randomize as subjects_randomize
+from allocator.services.supply import kit_rules
+from allocator.settings import Environment, Settings
+
+T = f"/trials/{br.TRIAL}"
+SIGNED = signatures.SignatureRequest(password=br.PASSWORD)
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def peak_rss_reset() -> None:
+    with contextlib.suppress(OSError):  # not Linux: the peak is then the process's own
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def populate(ctx: ServiceContext, sites: list[str], count: int) -> float:
+    """Randomize `count` subjects through the services; returns the seconds it took."""
+    started = time.perf_counter()
+    investigators = {code: br._user(ctx, f"inv-b-{code.lower()}", "investigator", code) for code in sites}
+    pharmacists = {code: br._user(ctx, f"ph-{code.lower()}", "pharmacist", code) for code in sites}
+    nurses = {code: br._user(ctx, f"nu-{code.lower()}", "nurse", code) for code in sites}
+    mac = kit_rules.mac(ctx)
+    for j in range(count):
+        site = sites[j % len(sites)]
+        result = subjects_randomize.randomize(
+            ctx,
+            investigators[site],
+            br.TRIAL,
+            subjects_randomize.RandomizationRequest(
+                site=site,
+                screening_number=f"{site}-{j:05d}",
+                eligibility=br.eligible_answers(ctx.now().date()),
+                strata={"admission_cause": br.CAUSES[(j // len(sites)) % 2]},
+            ),
+            br.EVERYWHERE,
+        )
+        number = result.subject_number
+        kits = {k.day: k.kit_number for k in result.kits}
+        if j % 4 == 0:
+            dispensing.dispense(
+                ctx, pharmacists[site], br.TRIAL, number, kits, scope=br.EVERYWHERE, signature=SIGNED
+            )
+            bedside.record_scan(
+                ctx,
+                nurses[site],
+                br.TRIAL,
+                payload=kitlib.build_payload(br.TRIAL, kits["D1"], "D1", mac),
+                subject_number=number,
+                day="D1",
+                scope=br.EVERYWHERE,
+            )
+        if j % 10 == 1:
+            corrections.correct_stratum(
+                ctx,
+                investigators[site],
+                br.TRIAL,
+                number,
+                factor="admission_cause",
+                level=br.CAUSES[(j // len(sites) + 1) % 2],
+                reason="cause of admission re-assessed",
+                scope=br.EVERYWHERE,
+                agreement_ref=None,
+                is_investigator=True,
+            )
+        if j % 50 == 7:
+            withdrawal.withdraw(
+                ctx,
+                investigators[site],
+                br.TRIAL,
+                number,
+                kind="consent_withdrawn",
+                effective_date=ctx.now().date(),
+                reason="the patient asked",
+                scope=br.EVERYWHERE,
+                signature=SIGNED,
+                agreement_ref=None,
+                is_investigator=True,
+            )
+        if (j + 1) % 500 == 0:
+            print(f"  {j + 1} subjects ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+    return time.perf_counter() - started
+
+
+def sign_in(app: Any, ctx: ServiceContext, username: str, *, totp: bool) -> Any:
+    client = app.test_client()
+    client.environ_base["wsgi.url_scheme"] = "https"
+    token = CSRF.search(client.get("/login").get_data(as_text=True)).group(1)  # type: ignore[union-attr]
+    response = client.post(
+        "/login", data={"username": username, "password": br.PASSWORD, "csrf_token": token}
+    )
+    assert response.status_code == 302, response.get_data(as_text=True)[:300]
+    if totp:
+        from sqlalchemy import select
+
+        from allocator.models import User
+
+        with ctx.db.reading() as session:
+            user_id = session.execute(select(User.id).where(User.username == username)).scalar_one()
+        enrollment = auth.start_totp_enrollment(ctx, user_id)
+        import base64
+
+        secret = base64.b32decode(enrollment.secret_base32 + "=" * (-len(enrollment.secret_base32) % 8))
+        auth.confirm_totp_enrollment(
+            ctx,
+            user_id,
+            None,
+            crypto.totp_now(secret, ctx.now()),
+            auth.Client("127.0.0.1", "bench", "enrol"),
+            ticket=enrollment.ticket,
+        )
+        time.sleep(31)  # a code is never accepted twice
+        page = client.get("/account/totp").get_data(as_text=True)
+        done = client.post(
+            "/account/totp",
+            data={"code": crypto.totp_now(secret, ctx.now()), "csrf_token": CSRF.search(page).group(1)},  # type: ignore[union-attr]
+        )
+        assert done.status_code == 302, done.get_data(as_text=True)[:300]
+    return client
+
+
+@dataclass
+class Row:
+    who: str
+    path: str
+    status: int
+    size: int
+    wall: float
+    cpu: float
+    statements: int
+    peak_mb: float
+
+
+def measure(
+    who: str, path: str, call: Callable[[], Any], db: Database, meter: br.CpuMeter, repeat: int
+) -> Row:
+    seen: list[int] = []
+    walls, cpus, peaks = [], [], []
+    status = size = 0
+
+    def note(*_args: Any) -> None:
+        seen.append(1)
+
+    for _ in range(repeat):
+        seen.clear()
+        peak_rss_reset()
+        event.listen(db.write_engine, "before_cursor_execute", note)
+        if db.read_engine is not db.write_engine:
+            event.listen(db.read_engine, "before_cursor_execute", note)
+        _, backends_before = meter.sample()
+        cpu_before, wall_before = time.process_time(), time.perf_counter()
+        response = call()
+        body = response.get_data()
+        wall = time.perf_counter() - wall_before
+        cpu = time.process_time() - cpu_before
+        _, backends_after = meter.sample()
+        event.remove(db.write_engine, "before_cursor_execute", note)
+        if db.read_engine is not db.write_engine:
+            event.remove(db.read_engine, "before_cursor_execute", note)
+        walls.append(wall)
+        cpus.append(cpu + meter.used(backends_before, backends_after))
+        peaks.append(peak_rss_mb())
+        status, size = response.status_code, len(body)
+    return Row(
+        who, path, status, size, statistics.median(walls), statistics.median(cpus), len(seen), max(peaks)
+    )
+
+
+def run_backend(backend: str, args: argparse.Namespace) -> list[Row]:
+    keys = Path(tempfile.mkdtemp(prefix="bench-scale-keys-"))
+    crypto.KeyRing.create_missing(keys)
+    name = f"bench_scale_{os.getpid()}"
+    if backend == "postgresql":
+        url = br.create_pg_database(args.pg, name)
+    else:
+        url = f"sqlite:///{tempfile.mkdtemp(prefix='bench-scale-')}/allocator.db"
+    try:
+        migrate.upgrade(url)
+        settings = Settings(env=Environment.TEST, database_url=url, key_dir=keys)
+        db = Database.connect(url)
+        ring = crypto.KeyRing.load(keys)
+        ctx = ServiceContext.build(settings, db, ring, passwords=crypto.FAST_PASSWORD_HASHING)
+        sites = br.site_codes(args.sites)
+        prepared = br.prepare(ctx, sites, args.subjects)
+        took = populate(ctx, sites, args.subjects)
+        print(
+            f"{backend}: trial prepared in {prepared.setup_seconds:.0f} s, {args.subjects} subjects in {took:.0f} s",
+            file=sys.stderr,
+        )
+        br._user(ctx, "monitor", "monitor", None)
+        app = create_app(settings, db=db, ring=ring, passwords=crypto.FAST_PASSWORD_HASHING)
+        logging.getLogger("allocator").setLevel(logging.WARNING)  # one JSON line per request otherwise
+        monitor = sign_in(app, ctx, "monitor", totp=False)
+        statistician = sign_in(app, ctx, "statistician", totp=True)
+        token = users.create_token(ctx, br.ACTOR, "monitor", "bench").token
+        api = app.test_client()
+        api.environ_base["wsgi.url_scheme"] = "https"
+        hello = hello_app.app.test_client()
+        meter = br.CpuMeter([], url if backend == "postgresql" else None)
+        plan: list[tuple[str, str, Callable[[], Any]]] = [("-", "hello world", lambda: hello.get("/hello"))]
+        monitor_paths = [
+            f"{T}/subjects",
+            f"{T}/screening",
+            *(f"{T}/reports/{n}{s}" for n in REPORTS for s in ("", "/csv", "/pdf")),
+            *(f"{T}/reports/review/{n}{s}" for n in REVIEW_KINDS for s in ("", "/csv", "/pdf")),
+            f"{T}/audit",
+        ]
+        plan += [("monitor", p, lambda p=p: monitor.get(p)) for p in monitor_paths]
+        plan += [
+            ("monitor", f"API {p}", lambda p=p: api.get(p, headers={"Authorization": f"Bearer {token}"}))
+            for p in (f"/api/v1{T}/subjects", f"/api/v1{T}/audit", f"/api/v1{T}/audit/verify")
+        ]
+        restricted = [
+            f"{T}/reports/restricted/{n}{s}"
+            for n, r in REPORTS.items()
+            if r.restricted
+            for s in ("", "/csv", "/pdf")
+        ]
+        plan += [("statistician", p, lambda p=p: statistician.get(p)) for p in restricted]
+        rows = []
+        for who, path, call in plan:
+            if (args.only and args.only not in path) or (args.no_pdf and path.endswith("/pdf")):
+                continue
+            row = measure(who, path, call, db, meter, args.repeat)
+            rows.append(row)
+            print(
+                f"{backend:10} {row.who:12} {row.path:58} {row.status} {row.size / 1024:9.0f} KB "
+                f"{row.wall:7.2f} s {row.cpu:7.2f} s cpu {row.statements:6} sql {row.peak_mb:7.0f} MB",
+                flush=True,
+            )
+        meter.close()
+        return rows
+    finally:
+        if backend == "postgresql" and not args.keep:
+            br.drop_pg_database(args.pg, name)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="sqlite")
+    parser.add_argument("--subjects", type=int, default=5000)
+    parser.add_argument("--sites", type=int, default=50)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--pg", default=br.DEFAULT_PG)
+    parser.add_argument("--only", default="")
+    parser.add_argument("--keep", action="store_true", help="keep the PostgreSQL database")
+    parser.add_argument("--no-pdf", action="store_true", help="skip the PDFs (the longest requests)")
+    args = parser.parse_args()
+    backends = ("sqlite", "postgresql") if args.backend == "both" else (args.backend,)
+    print(
+        f"bench_scale: {args.subjects} subjects over {args.sites} sites; median of {args.repeat}; "
+        "columns: backend, reader, request, status, size, wall, CPU, SQL statements, peak RSS",
+        flush=True,
+    )
+    for backend in backends:
+        run_backend(backend, args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
