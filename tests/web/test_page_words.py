@@ -16,8 +16,9 @@ hashes, file headers a user types or compares, and the audit trail's recorded va
 the small secondary text that keeps an audit action's code beside its label (`class="code-name"`),
 and `<pre>` (the design quality report of the unblinded statistician, printed as its PDF is).
 
-The report pages (templates/reports/*, still in NOT_YET_CONVERTED of tests/unit/test_translations.py,
-being reworked for performance) are left out until they are converted: `NOT_YET_CHECKED`.
+The report pages are left out (`NOT_YET_CHECKED`): their own texts are translated, but their content
+(report titles, columns, facts and the audit-review rows, as raw JSON) comes in English from
+services/reports, which another engineer is reworking for performance.
 
 The checker is proven able to fail (`test_the_checks_catch_each_kind_of_word`).
 """
@@ -51,7 +52,7 @@ _DOTTED = re.compile(r"\b(?:eligibility|strata|scans)\.[A-Za-z0-9_]+\b|\b[a-z]+\
 _JSON = re.compile(r"[{\[]\s*\"[^\"]*\"\s*:|\\u[0-9a-fA-F]{4}")
 _SHOWN_ATTRIBUTES = ("title", "placeholder", "alt", "aria-label")
 _HIDDEN = {"script", "style", "code", "pre", "template"}
-# The report pages are converted last (see the docstring); remove them from here when they are.
+# The report pages' content is still English and raw (see the docstring): remove them when it is not.
 NOT_YET_CHECKED = frozenset(
     {"reports.index", "reports.page", "reports.restricted_page", "reports.review_page", "reports.safety_page"}
 )
