@@ -152,12 +152,12 @@ def _value(value: Any) -> tuple[str, bool]:
     if isinstance(value, bool):
         return (gettext("yes") if value else gettext("no")), False
     if isinstance(value, list | tuple):
-        parts = [_value(item) for item in value]
-        return ", ".join(p for p, _ in parts) or "—", any(code for _, code in parts)
+        items = [_value(item) for item in value]
+        return ", ".join(p for p, _ in items) or "—", any(code for _, code in items)
     if isinstance(value, dict):
-        parts = [(key_label(str(k)), *_value(v)) for k, v in value.items()]
-        text = "; ".join(f"{k}{gettext(': ')}{v}" for k, v, _ in parts)
-        return text or "—", any(code for _, _, code in parts)
+        pairs = [(key_label(str(k)), _value(v)) for k, v in value.items()]
+        text = "; ".join(f"{k}{gettext(': ')}{v}" for k, (v, _) in pairs)
+        return text or "—", any(code for _, (_, code) in pairs)
     text = str(value)
     word = _word(text)
     if word is not None:
