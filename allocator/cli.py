@@ -13,10 +13,11 @@ import getpass
 import html
 import json
 import os
+import re
 import secrets
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -26,7 +27,7 @@ from typing import Any, NoReturn
 import click
 from sqlalchemy import select
 
-from allocator import audit, crypto, manifest, migrate, resources
+from allocator import audit, crypto, manifest, migrate, notices, resources
 from allocator.audit import Actor
 from allocator.db import Database, connection_budget_problem, server_connection_limit
 from allocator.models import User
@@ -41,10 +42,35 @@ from allocator.settings import SERVE_THREADS, Environment, Settings, SettingsErr
 from allocator.web.hygiene import MAX_URL_BYTES
 
 DEMO_TRIAL = "ifn-gamma-pais"  # shipped with the package (allocator.resources)
+LANGUAGES = ("en", "fr")
+_REQUIREMENT_ID = re.compile(r"\s*\((?:[A-Z]{2,4}-\d{2,3})(?:[,;/ ]+[A-Z]{2,4}-\d{2,3})*\)")
+_CHOSEN = {"language": "en"}  # set by `main` from --lang or the environment
+
+
+def language_of_environment(environ: Mapping[str, str]) -> str:
+    """The language of the messages as the shell asks for it: LC_ALL, then LC_MESSAGES, then LANG
+    ("fr_FR.UTF-8" -> French); English otherwise (issue 13)."""
+    for name in ("LC_ALL", "LC_MESSAGES", "LANG"):
+        value = environ.get(name, "")
+        if value:
+            return "fr" if value.lower().startswith("fr") else "en"
+    return "en"
+
+
+def _(msgid: str, /, **values: object) -> str:
+    """A message of the command in the chosen language (--lang, or the environment's)."""
+    translated = notices.catalogue_gettext(_CHOSEN["language"])(msgid)
+    return translated % values if values else translated
+
+
+def _plain(message: str) -> str:
+    """A service's message for the operator's screen: translated when the catalogue knows it, and
+    without requirement ids (they stay in the audit trail and the logs)."""
+    return _(_REQUIREMENT_ID.sub("", message).strip())
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
-    click.secho(f"error: {message}", fg="red", err=True)
+    click.secho(_("error: %(message)s", message=message), fg="red", err=True)
     sys.exit(code)
 
 
@@ -89,9 +115,9 @@ def _domain(func: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return func(*args, **kwargs)
         except DomainError as exc:
-            click.secho(f"error: {exc.detail}", fg="red", err=True)
+            click.secho(_("error: %(message)s", message=_plain(exc.detail)), fg="red", err=True)
             for problem in exc.errors:
-                click.echo(f"  {problem.field}: {problem.message}", err=True)
+                click.echo(f"  {problem.field}: {_plain(problem.message)}", err=True)
             sys.exit(1)
 
     wrapper.__name__ = func.__name__
@@ -100,8 +126,15 @@ def _domain(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
+@click.option(
+    "--lang",
+    type=click.Choice(LANGUAGES),
+    default=None,
+    help="Language of the messages (default: from LC_ALL / LANG, else English).",
+)
+def main(lang: str | None) -> None:
     """allocator: randomization and blinded drug allocation for double-blind trials."""
+    _CHOSEN["language"] = lang or language_of_environment(os.environ)
 
 
 @main.command("init")
@@ -110,14 +143,16 @@ def init_command() -> None:
     settings = _settings()
     created = crypto.KeyRing.create_missing(settings.key_dir)
     for purpose in created:
-        click.echo(f"created {purpose.value} key in {settings.key_dir}")
+        click.echo(_("created %(purpose)s key in %(where)s", purpose=purpose.value, where=settings.key_dir))
     before = migrate.current_revision(settings.database_url)
     migrate.upgrade(settings.database_url)
     after = migrate.current_revision(settings.database_url)
     if before == after:
-        click.echo(f"database already at the latest schema ({after})")
+        click.echo(_("database already at the latest schema (%(revision)s)", revision=after))
     else:
-        click.echo(f"database migrated from {before or '(empty)'} to {after}")
+        click.echo(
+            _("database migrated from %(before)s to %(after)s", before=before or _("(empty)"), after=after)
+        )
 
 
 @main.command("load-trial")
@@ -131,24 +166,38 @@ def load_trial_command(path: Path) -> None:
     settings = _settings()
     source_name = str(path)
     if not path.exists() and len(path.parts) == 1 and (shipped := _shipped(path.name)):
-        click.echo(f"loading the definition shipped with allocator: {shipped}")
+        click.echo(_("loading the definition shipped with allocator: %(path)s", path=shipped))
         path, source_name = shipped, resources.shipped_source_name(shipped)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        _fail(f"{path}: file not found (definitions shipped with allocator: {_shipped_names()})")
+        _fail(
+            _(
+                "%(path)s: file not found (definitions shipped with allocator: %(names)s)",
+                path=path,
+                names=_shipped_names(),
+            )
+        )
     except UnicodeDecodeError:
-        _fail(f"{path}: not UTF-8 text")
+        _fail(_("%(path)s: not UTF-8 text", path=path))
     with _context(settings) as ctx:
         result = trials.load_trial(ctx, _actor(), text, source_name=source_name)
     messages = {
-        "created": f"loaded trial {result.trial_code} (definition version 1)",
-        "new_version": f"loaded definition version {result.version} of trial {result.trial_code}",
-        "unchanged": f"trial {result.trial_code} already has this definition (version {result.version}); nothing changed",
+        "created": _("loaded trial %(trial)s (definition version 1)", trial=result.trial_code),
+        "new_version": _(
+            "loaded definition version %(version)s of trial %(trial)s",
+            version=result.version,
+            trial=result.trial_code,
+        ),
+        "unchanged": _(
+            "trial %(trial)s already has this definition (version %(version)s); nothing changed",
+            trial=result.trial_code,
+            version=result.version,
+        ),
     }
     click.echo(messages[result.outcome])
     if result.sites_added:
-        click.echo(f"sites added (pending activation): {', '.join(result.sites_added)}")
+        click.echo(_("sites added (pending activation): %(sites)s", sites=", ".join(result.sites_added)))
 
 
 def _shipped(name: str) -> Path | None:
@@ -190,7 +239,12 @@ def create_user_command(
             users.NewUser(username=username, full_name=full_name or username, email=email),
             users.RoleRequest(role=role, trial_code=trial_code, site_code=site_code),
         )
-    click.echo(f"user {created.username} created; one-time password (change it at first sign-in):")
+    click.echo(
+        _(
+            "user %(username)s created; one-time password (change it at first sign-in):",
+            username=created.username,
+        )
+    )
     click.echo(created.one_time_password)
 
 
@@ -229,7 +283,9 @@ def generate_lists_command(trial: str, mode: str) -> None:
         f"generated {generated.label}: {generated.strata} strata, {generated.slots} slots ({generated.method})"
     )
     click.echo(f"storage digest {generated.storage_sha256}")
-    click.echo("next: the unblinded statistician reviews, approves and activates it (signed) in the web UI")
+    click.echo(
+        _("next: the unblinded statistician reviews, approves and activates it (signed) in the web UI")
+    )
 
 
 @main.command("verify-list")
@@ -244,9 +300,15 @@ def verify_list_command(trial: str) -> None:
         _fail(f"{trial} has no randomization list")
     for result in results:
         if result.ok:
-            click.echo(f"{result.label}: identical to its regeneration ({result.slots} slots)")
+            click.echo(
+                _(
+                    "%(list)s: identical to its regeneration (%(count)s slots)",
+                    list=result.label,
+                    count=result.slots,
+                )
+            )
         else:
-            click.secho(f"{result.label}: DIFFERS", fg="red")
+            click.secho(_("%(list)s: DIFFERS", list=result.label), fg="red")
             for problem in result.problems[:20]:
                 click.echo(f"  {problem}")
     if not all(r.ok for r in results):
@@ -261,7 +323,11 @@ def integrity_check_command(trial: str | None) -> None:
     with _context(settings) as ctx:
         results = integrity.check_integrity(ctx, _actor(), trial)
     for result in results:
-        click.echo(f"{result.label}: {'intact' if result.ok else 'FAILED: ' + '; '.join(result.problems)}")
+        click.echo(
+            _("%(list)s: intact", list=result.label)
+            if result.ok
+            else _("%(list)s: FAILED: %(problems)s", list=result.label, problems="; ".join(result.problems))
+        )
     if not all(r.ok for r in results):
         sys.exit(1)
 
@@ -291,7 +357,7 @@ def quality_report_command(trial: str, out: Path | None) -> None:
             else:
                 _fail("--out must end in .txt, .pdf or .html", 2)
     if out is not None:
-        click.echo(f"written {out}")
+        click.echo(_("written %(path)s", path=out))
 
 
 def quality_html(document: quality.QualityDocument, generated_at: str) -> str:
@@ -435,7 +501,7 @@ def audit_verify_command(trial: str | None, witness: Path | None) -> None:
     for result in results:
         click.echo(result.summary())
         for problem in result.problems[1:5]:
-            click.echo(f"  also: {problem.message}")
+            click.echo(_("  also: %(problem)s", problem=problem.message))
     if broken:
         sys.exit(1)
 
@@ -459,8 +525,9 @@ def audit_checkpoint_command() -> None:
             with ctx.db.unit_of_work() as session:
                 checkpoint = ctx.audit.checkpoint(session, name, ctx.now())
             click.echo(
-                f"{name}: "
-                + (f"signed up to entry {checkpoint.seq}" if checkpoint else "nothing new to sign")
+                _("%(chain)s: signed up to entry %(entry)s", chain=name, entry=checkpoint.seq)
+                if checkpoint
+                else _("%(chain)s: nothing new to sign", chain=name)
             )
 
 
@@ -470,12 +537,17 @@ def send_mail_command() -> None:
     also sends them in the background when ALLOCATOR_SMTP_HOST is set)."""
     settings = _settings()
     if not settings.smtp_host:
-        _fail("no SMTP relay is configured: set ALLOCATOR_SMTP_HOST (and ALLOCATOR_SMTP_PORT)")
+        _fail(_("no SMTP relay is configured: set ALLOCATOR_SMTP_HOST (and ALLOCATOR_SMTP_PORT)"))
     with _context(settings) as ctx:
         report = notifications.send_pending(ctx)
     click.echo(
-        f"{report.sent} message(s) sent for {report.notifications} notification(s); "
-        f"{report.failed} notification(s) failed and will be tried again"
+        _(
+            "%(sent)s message(s) sent for %(notifications)s notification(s); %(failed)s notification(s) "
+            "failed and will be tried again",
+            sent=report.sent,
+            notifications=report.notifications,
+            failed=report.failed,
+        )
     )
     if report.failed:
         sys.exit(1)

@@ -113,7 +113,8 @@ def languages(session: Session, addresses: list[str]) -> dict[str, str | None]:
     ).all()
     chosen: dict[str, str | None] = {}
     for email, language in rows:
-        chosen[email] = chosen.get(email) or language
+        if email is not None:
+            chosen[email] = chosen.get(email) or language
     return chosen
 
 

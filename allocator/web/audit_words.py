@@ -7,12 +7,16 @@ The audit rows themselves keep their codes and JSON; only the screens read them 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from flask_babel import gettext
 
 from allocator.audit import Action
+from allocator.permissions import ROLE_TITLES, Role
+from allocator.web import messages
 from allocator.web.messages import N_
 
 ACTION_LABELS: Mapping[Action, str] = {
@@ -103,26 +107,67 @@ def action_label(code: str) -> str:
         return code
 
 
+# A value written as the code writes it (`serious_adverse_event`, `admin.trial_roles`,
+# `code_break:check`, `site=P1;admission_cause=septic`): shown as code, on purpose, not as words.
+_CODE = re.compile(r"^[\w.:;=/,-]*(?:[a-z0-9]_[a-z0-9]|[a-z]\.[a-z]|[a-z]:[a-z])[\w.:;=/,-]*$")
+
+
 def key_label(key: str) -> str:
     """A recorded value's key as words: `screening_number` -> `screening number`."""
     return key.replace("_", " ").replace(".", " · ").strip()
 
 
-def _value(value: Any) -> str:
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One recorded value: its key as words, its value, and whether the value is code."""
+
+    key: str
+    value: str
+    code: bool = False
+
+
+def looks_like_code(value: object) -> bool:
+    return isinstance(value, str) and bool(_CODE.match(value))
+
+
+def _word(value: str) -> str | None:
+    """A recorded code or English text in the reader's words, None when it has none."""
+    try:
+        return gettext(ROLE_TITLES[Role(value)])
+    except ValueError:
+        pass
+    shown = messages.word(value)
+    if shown != value:
+        return shown
+    translated = messages.translate(value, {})
+    if translated is not None:
+        return translated
+    translated = gettext(value)  # a sentence of the catalogue (a signature's meaning, a purpose)
+    return translated if translated != value else None
+
+
+def _value(value: Any) -> tuple[str, bool]:
     if value is None:
-        return "—"
+        return "—", False
     if isinstance(value, bool):
-        return gettext("yes") if value else gettext("no")
+        return (gettext("yes") if value else gettext("no")), False
     if isinstance(value, list | tuple):
-        return ", ".join(_value(item) for item in value) or "—"
+        items = [_value(item) for item in value]
+        return ", ".join(p for p, _ in items) or "—", any(code for _, code in items)
     if isinstance(value, dict):
-        return "; ".join(f"{key_label(str(k))}{gettext(': ')}{_value(v)}" for k, v in value.items()) or "—"
-    return str(value)
+        pairs = [(key_label(str(k)), _value(v)) for k, v in value.items()]
+        text = "; ".join(f"{k}{gettext(': ')}{v}" for k, (v, _) in pairs)
+        return text or "—", any(code for _, (_, code) in pairs)
+    text = str(value)
+    word = _word(text)
+    if word is not None:
+        return word, False
+    return text, looks_like_code(text)
 
 
-def detail_lines(values: Mapping[str, Any] | None) -> list[tuple[str, str]]:
-    """The recorded values as (key, value) lines, nested values flattened into readable text, with
-    no JSON and no escaped characters."""
+def detail_lines(values: Mapping[str, Any] | None) -> list[Line]:
+    """The recorded values as key: value lines, nested values flattened into readable text, with
+    no JSON and no escaped characters; a value that is code is marked so."""
     if not values:
         return []
-    return [(key_label(str(key)), _value(value)) for key, value in values.items()]
+    return [Line(key_label(str(key)), *_value(value)) for key, value in values.items()]

@@ -26,6 +26,7 @@ from werkzeug.wrappers import Response
 from allocator import notices
 from allocator.permissions import Permission, Role, public
 from allocator.services import auth as auth_service
+from allocator.services import signatures
 from allocator.services.accounts import users
 from allocator.services.accounts.users import LANGUAGES
 from allocator.services.lookups import trial_definition
@@ -140,6 +141,20 @@ def role_name(code: str) -> str:
         return code
 
 
+def signed(manifestation: signatures.Manifestation) -> str:
+    """An electronic signature's manifestation in the page's language (ACC-12): who, when (UTC, as
+    signed), what it means."""
+    return gettext(
+        "Signed electronically by %(name)s (%(username)s) on %(when)s, meaning: %(meaning)s "
+        "[signature #%(number)s]",
+        name=manifestation.printed_name,
+        username=manifestation.username,
+        when=manifestation.signed_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
+        meaning=gettext(manifestation.meaning),
+        number=manifestation.signature_id,
+    )
+
+
 def _back_to() -> str:
     """Where the language switch returns: this page when it can be fetched again, else home."""
     if request.method == "GET":
@@ -185,6 +200,8 @@ def install(app: Flask) -> None:
     app.add_template_filter(lambda text: notices.translate(text, gettext), "notice")
     app.add_template_filter(audit_words.key_label, "key_label")
     app.add_template_filter(audit_words.detail_lines, "detail_lines")
+    app.add_template_filter(audit_words.looks_like_code, "looks_like_code")
+    app.add_template_filter(signed, "signed")
 
     @app.context_processor
     def _language() -> dict[str, object]:

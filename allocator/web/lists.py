@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 
 from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
@@ -54,6 +55,26 @@ def _done(trial: str, message: str, action: object) -> WerkzeugResponse:
     return redirect(url_for("lists.manage", trial=trial), code=303)
 
 
+def _stratum_label(trial: str) -> Callable[[str], str]:
+    """A stratum's key (`site=P1;admission_cause=septic`) in words: `Site: P1 · Cause: Septic`."""
+    definition = lookups.trial_definition(ctx(), trial)
+    factors = {f.code: f for f in definition.stratification}
+
+    def label(key: str) -> str:
+        parts = []
+        for pair in key.split(";"):
+            code, _sep, level = pair.partition("=")
+            factor = factors.get(code)
+            if factor is None:
+                parts.append(pair)
+                continue
+            levels = {lv.code: tr(lv.label) for lv in factor.levels}
+            parts.append(f"{tr(factor.label)}{_(': ')}{levels.get(level, level)}")
+        return " · ".join(parts)
+
+    return label
+
+
 @bp.route("/trials/<trial>/strata")
 @requires(Permission.LIST_VIEW)
 def strata(trial: str) -> str:
@@ -77,6 +98,7 @@ def manage(trial: str) -> Response:
         lists=lists_overview.lists(ctx(), trial),
         instance_mode=lookups.instance_mode(ctx().settings.env).value,
         me=current_user().user_id,
+        stratum_label=_stratum_label(trial),
     )
     return Response(html, mimetype="text/html")
 
@@ -98,7 +120,13 @@ def review(trial: str, list_id: int) -> Response:
     """Slots per stratum and arm (an audited read of the list, BLD-08)."""
     counts = lists_overview.review_counts(ctx(), actor(Permission.LIST_MANAGE), trial, list_id)
     overview = next((o for o in lists_overview.lists(ctx(), trial) if o.id == list_id), None)
-    html = render_template("lists/review.html", trial=trial, counts=counts, overview=overview)
+    html = render_template(
+        "lists/review.html",
+        trial=trial,
+        counts=counts,
+        overview=overview,
+        stratum_label=_stratum_label(trial),
+    )
     return Response(html, mimetype="text/html")
 
 

@@ -229,6 +229,9 @@ STATUS_WORDS = frozenset(
         N_("approved"),
         N_("declined"),
         N_("withdrawn"),
+        # corrections of a subject
+        N_("stratum"),
+        N_("randomized_in_error"),
     }
 )
 CHOICE_LABELS = frozenset(

@@ -21,6 +21,7 @@ from allocator.services.errors import DomainError, FieldProblem, ValidationFaile
 from allocator.services.lookups import trial_definition
 from allocator.services.subjects import views
 from allocator.web import forms, messages
+from allocator.web.i18n import signed
 from allocator.web.security import actor, ctx, scope
 
 bp = Blueprint("unblinding", __name__)
@@ -338,7 +339,7 @@ def _step(trial: str, change: str) -> WerkzeugResponse:
                 "%(trial)s is now %(status)s (%(signature)s).",
                 trial=trial,
                 status=messages.word(step.to_status),
-                signature=step.signature.line(),
+                signature=signed(step.signature),
             ),
             "ok",
         )

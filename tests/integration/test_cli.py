@@ -19,6 +19,8 @@ def run(fresh_database: FreshDatabase, tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("ALLOCATOR_DATABASE_URL", fresh_database.url)
     monkeypatch.setenv("ALLOCATOR_KEY_DIR", str(tmp_path / "keys"))
     monkeypatch.setenv("ALLOCATOR_ENV", "test")
+    for name in ("LC_ALL", "LC_MESSAGES", "LANG"):  # English, whatever the shell running the tests
+        monkeypatch.delenv(name, raising=False)
     runner = CliRunner()
 
     def invoke(*args: str) -> tuple[int, str]:
@@ -26,6 +28,25 @@ def run(fresh_database: FreshDatabase, tmp_path: Path, monkeypatch: pytest.Monke
         return result.exit_code, result.output
 
     return invoke
+
+
+def test_messages_speak_the_language_asked_for(run, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Issue 13: --lang, else LC_ALL / LC_MESSAGES / LANG; English by default; requirement ids stay
+    out of the operator's screen."""
+    code, out = run("init")
+    assert code == 0 and "database migrated from (empty) to" in out
+    code, out = run("--lang", "fr", "init")
+    assert code == 0 and "base déjà au dernier schéma" in out
+    monkeypatch.setenv("LANG", "fr_FR.UTF-8")
+    code, out = run("load-trial", "no-such-trial")
+    assert code == 1 and "erreur : no-such-trial : fichier introuvable" in out
+    code, out = run("--lang", "en", "load-trial", "no-such-trial")
+    assert code == 1 and "error: no-such-trial: file not found" in out
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")  # LC_ALL wins over LANG
+    code, out = run("init")
+    assert "database already at the latest schema" in out
+    code, out = run("generate-lists", "--trial", "NOPE", "--mode", "production")
+    assert code != 0 and not re.search(r"\b[A-Z]{3}-\d{2}\b", out)
 
 
 def test_commands_refuse_an_uninitialised_database(run) -> None:  # type: ignore[no-untyped-def]

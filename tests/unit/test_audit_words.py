@@ -28,15 +28,22 @@ def test_values_read_as_key_value_lines_without_json() -> None:
                 "name": "Pr Dépret",
                 "ok": True,
                 "ends_at": None,
+                "role": "unblinded_pharmacist",
+                "kind": "consent_withdrawn",
+                "endpoint": "admin.trial_roles",
             }
         )
         assert audit_words.action_label("site.created") == "Site created"
         assert audit_words.action_label("not.a.code") == "not.a.code"
+    Line = audit_words.Line
     assert lines == [
-        ("screening number", "P1-0001"),
-        ("strata", "admission cause: septic"),
-        ("kits", "K-1, K-2"),
-        ("name", "Pr Dépret"),
-        ("ok", "yes"),
-        ("ends at", "—"),
+        Line("screening number", "P1-0001"),
+        Line("strata", "admission cause: septic"),
+        Line("kits", "K-1, K-2"),
+        Line("name", "Pr Dépret"),
+        Line("ok", "yes"),
+        Line("ends at", "—"),
+        Line("role", "Unblinded pharmacist"),  # a code with words is shown in words
+        Line("kind", "consent_withdrawn", code=True),  # one without is shown as code, on purpose
+        Line("endpoint", "admin.trial_roles", code=True),
     ]
