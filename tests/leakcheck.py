@@ -168,13 +168,20 @@ class Vocabulary:
             (definition.design, "the registered design ('placebo-controlled') describes the whole trial"),
         ]
         for texts in (definition.labels.fr, definition.labels.en):
-            candidates.append(
-                (
-                    texts.product_name,
-                    "the blinded product name printed on every label names both possibilities "
-                    "(CTR Annex VI), identically for both arms",
+            # As printed too: 10^6 is drawn with a raised 6 (issue 13), which text extractors read
+            # as "106" or "10 6".
+            for printed in {
+                texts.product_name,
+                re.sub(r"(?<=10)\^(\d{1,2})", r"\1", texts.product_name),
+                re.sub(r"(?<=10)\^(\d{1,2})", r" \1", texts.product_name),
+            }:
+                candidates.append(
+                    (
+                        printed,
+                        "the blinded product name printed on every label names both possibilities "
+                        "(CTR Annex VI), identically for both arms",
+                    )
                 )
-            )
         for kit_type in definition.kit_types:
             candidates.append(
                 (kit_type.description, "the kit type names both possibilities and says they look identical")

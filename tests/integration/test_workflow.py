@@ -425,8 +425,9 @@ def test_dose_days_are_judged_on_the_sites_calendar_not_the_utc_date(
     )
     clock.advance(minutes=10)
     mac = kit_rules.mac(ctx)
-    given = [
-        bedside.record_scan(
+
+    def scan(day: str, confirmation: str = "") -> bedside.ScanResult:
+        return bedside.record_scan(
             ctx,
             ready.nurse,
             "IFNG-PAIS",
@@ -434,8 +435,12 @@ def test_dose_days_are_judged_on_the_sites_calendar_not_the_utc_date(
             subject_number=first.subject_number,
             day=day,
             scope=ALL,
+            confirmation=confirmation,
         )
-        for day in ("D1", "D2")
-    ]
-    assert given[0].warnings == ()
-    assert given[1].warnings == ("D2 was planned for 2026-03-04",)
+
+    assert scan("D1").warnings == ()
+    # Issue 13: check, then record: the early D2 is a stop until confirmed with a reason.
+    with pytest.raises(bedside.ConfirmationNeeded) as stop:
+        scan("D2")
+    assert stop.value.warnings == ("D2 was planned for 2026-03-04",)
+    assert scan("D2", "prescribed early").warnings == ("D2 was planned for 2026-03-04",)

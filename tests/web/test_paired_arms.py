@@ -382,6 +382,7 @@ def test_an_active_and_a_placebo_subject_are_indistinguishable(
                 "payload": payload,
                 "csrf_token": token,
             },
+            follow_redirects=True,  # Post/Redirect/Get since issue 13: the outcome is the GET page
         )
 
     def api_scan(subject: Subject, payload: str, day: str) -> TestResponse:
@@ -395,18 +396,19 @@ def test_an_active_and_a_placebo_subject_are_indistinguishable(
         wrong_patient = (scan(sa, sb.payloads["D1"], "D1"), scan(sb, sa.payloads["D1"], "D1"))
         # The partner's label is masked as a foreign value: compare after masking it too.
         partner = {id(sa): sb, id(sb): sa}
+        refused = 200 if label == "page" else 409
         for response, s in zip(wrong_patient, (sa, sb), strict=True):
-            assert response.status_code == 409, response.get_data(as_text=True)
+            assert response.status_code == refused, response.get_data(as_text=True)
             assert partner[id(s)].payloads["D1"] not in response.get_data(as_text=True)
         same(f"bedside wrong patient ({label})", *wrong_patient, sa, sb)
         wrong_day = (scan(sa, sa.payloads["D2"], "D1"), scan(sb, sb.payloads["D2"], "D1"))
-        assert wrong_day[0].status_code == 409
+        assert wrong_day[0].status_code == refused
         same(f"bedside wrong day ({label})", *wrong_day, sa, sb)
         given = (scan(sa, sa.payloads["D1"], "D1"), scan(sb, sb.payloads["D1"], "D1"))
         assert given[0].status_code == (200 if label == "page" else 201), given[0].get_data(as_text=True)
         same(f"bedside D1 ({label})", *given, sa, sb)
         again = (scan(sa, sa.payloads["D1"], "D1"), scan(sb, sb.payloads["D1"], "D1"))
-        assert again[0].status_code == 409
+        assert again[0].status_code == refused
         same(f"bedside D1 again ({label})", *again, sa, sb)
         same(
             f"subject JSON (D1 given, {label})",
