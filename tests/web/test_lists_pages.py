@@ -150,8 +150,15 @@ def test_the_statistician_generates_reviews_approves_and_activates_a_list(
     assert review.status_code == 200
     html = review.get_data(as_text=True)
     assert "Arm A" in html and "Arm B" in html and "this read was audited" in html
+    # each stratum named by its factors' and levels' labels, not by its key
+    words = {"septic": "Septic", "non_septic": "Non-septic", "P1": "Paris site 1 (Pr Dépret)"}
+    words["P2"] = "Paris site 2 (Dr de Roquetaillade)"
     for key, capacity in capacities(ctx, identifier).items():
-        assert re.search(rf"<td>{re.escape(key)}</td><td>{capacity // 2}</td><td>{capacity // 2}</td>", html)
+        site, cause = (part.split("=")[1] for part in key.split(";"))
+        label = f"Site: {words[site]} · Cause of ICU admission: {words[cause]}"
+        assert re.search(
+            rf"<td>{re.escape(label)}</td><td>{capacity // 2}</td><td>{capacity // 2}</td>", html
+        )
     audited = events(ctx, "arm.read", chain=TRIAL)
     assert len(audited) == reads + 1
     assert audited[-1].actor_username == "stat" and audited[-1].object_id == LABEL
