@@ -78,7 +78,7 @@ def test_generate_verify_and_check_a_list_from_the_command_line(
     run = loaded
     code, out = run("generate-lists", "IFNG-PAIS", "--mode", "production")
     assert code == 1
-    assert "holds TEST lists only, not PRODUCTION (RND-13)" in out
+    assert "holds TEST lists only, not PRODUCTION" in out and "RND-13" not in out
     code, out = run("integrity-check")
     assert (code, out) == (0, "")  # nothing to check yet
 
@@ -149,7 +149,7 @@ def test_a_production_instance_refuses_test_lists_and_an_unconfirmed_definition(
 ) -> None:
     monkeypatch.setenv("ALLOCATOR_ENV", "production")
     code, out = loaded("generate-lists", "IFNG-PAIS", "--mode", "test")
-    assert code == 1 and "holds PRODUCTION lists only, not TEST (RND-13)" in out
+    assert code == 1 and "holds PRODUCTION lists only, not TEST" in out and "RND-13" not in out
     code, out = loaded("generate-lists", "IFNG-PAIS", "--mode", "production")
     assert code == 1 and "needs a confirmed definition" in out
 

@@ -146,7 +146,12 @@ class Statements:
             for i, sql in enumerate(self.sql)
             if sql.lstrip().upper().startswith("INSERT INTO AUDIT_CHECKPOINT")
         ]
-        return len(self.sql) - 2 * len(signing)
+        # On PostgreSQL (psycopg's `%(name)s` parameters) an append is one statement with the
+        # head's move (`WITH appended AS (INSERT INTO audit_event ...) UPDATE audit_chain_head`); a
+        # checkpoint splits it back into the insert and the update: one statement more, the
+        # signing's too.
+        postgresql = any("%(" in sql for sql in self.sql)
+        return len(self.sql) - (3 if postgresql else 2) * len(signing)
 
 
 @contextmanager
