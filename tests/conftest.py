@@ -38,7 +38,7 @@ def pytest_report_header(config: pytest.Config) -> str:
 # Modules whose tests share a module-scoped world (built per backend): under pytest-xdist
 # (`--dist loadgroup`) each backend's share of such a module runs on one worker, which builds that
 # world once; everything else is spread test by test.
-SHARED_WORLD_MODULES = ("tests/web/test_leak_crawler.py",)
+SHARED_WORLD_MODULES = ("tests/web/test_leak_crawler.py", "tests/web/test_page_words.py")
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group markers
