@@ -93,15 +93,13 @@ def record_scan(
     administered_at: datetime | None = None,
     late_reason: str = "",
     confirmation: str = "",
-    warnings_stop: bool = True,
 ) -> ScanResult:
     """Verify a scanned syringe (or kit) label for a subject and day, and record the administration.
 
     Check, then record (issue 13): when the dose is outside its planned day or an earlier dose was
     not given, nothing is recorded and ConfirmationNeeded is raised, unless `confirmation` gives the
     reason for giving it all the same; the warnings and that reason are then in the audit entry. A
-    right kit for the right patient and day is recorded at once. `warnings_stop=False` keeps the
-    API's contract (recorded, the warnings in the answer).
+    right kit for the right patient and day is recorded at once (web page and API alike).
 
     Raises ValidationFailed (unreadable or forged label, bad time), NotFound (subject out of reach),
     WrongPatient, WrongDay, AlreadyAdministered or ScanRefused (not dispensed, expired, previous day
@@ -116,7 +114,7 @@ def record_scan(
         scope=scope,
         administered_at=administered_at,
         late_reason=late_reason,
-        confirmation=confirmation if warnings_stop else None,
+        confirmation=confirmation,
         record=True,
     )
 

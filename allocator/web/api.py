@@ -244,7 +244,7 @@ def confirmation(trial: str, subject: str, document: str) -> Response:
     )
 
 
-_SCAN_FIELDS = {"payload", "subject_number", "day", "administered_at", "late_reason"}
+_SCAN_FIELDS = {"payload", "subject_number", "day", "administered_at", "late_reason", "confirmation"}
 MAX_LATE_REASON = 1000
 
 
@@ -263,6 +263,13 @@ def scan(trial: str) -> Response:
         # as its text, and any length was taken).
         problems.append(
             FieldProblem("late_reason", f"must be a text of at most {MAX_LATE_REASON} characters")
+        )
+    confirmation = body.get("confirmation")
+    if confirmation is not None and (
+        not isinstance(confirmation, str) or len(confirmation) > MAX_LATE_REASON
+    ):
+        problems.append(
+            FieldProblem("confirmation", f"must be a text of at most {MAX_LATE_REASON} characters")
         )
     given = None
     if body.get("administered_at") is not None:
@@ -284,9 +291,10 @@ def scan(trial: str) -> Response:
             scope=scope(Permission.ADMINISTRATION_RECORD),
             administered_at=given,
             late_reason=str(body.get("late_reason") or ""),
-            # The API's contract (issue 14): recorded, with the warnings in the 201 answer. The
-            # check-then-record stop of issue 13 is the web page's (a person at the bedside).
-            warnings_stop=False,
+            # Check, then record (issue 13), as on the bedside page: a dose outside its planned day
+            # (or before an earlier dose) is a 409 confirmation-needed and nothing is recorded,
+            # until the same scan comes back with `confirmation`, the reason for giving it.
+            confirmation=str(confirmation or ""),
         )
         return jsonify(result.as_json()), 201
 

@@ -546,6 +546,14 @@ def document() -> dict[str, Any]:
                                             "maxLength": 1000,
                                             "description": "Required when recorded over 1 h late",
                                         },
+                                        "confirmation": {
+                                            "type": "string",
+                                            "maxLength": 1000,
+                                            "description": "Why this dose is given although the "
+                                            "check warned (outside its planned day, or before an "
+                                            "earlier dose). Without it such a scan is a 409 "
+                                            "confirmation-needed and nothing is recorded",
+                                        },
                                     },
                                 }
                             }
@@ -580,7 +588,9 @@ def document() -> dict[str, Any]:
                             },
                         },
                         "409": _problem_response(
-                            "wrong-patient, wrong-day, already-administered or scan-refused (audited)"
+                            "wrong-patient, wrong-day, already-administered or scan-refused "
+                            "(audited); confirmation-needed when the check warned and no "
+                            "`confirmation` was given (nothing recorded)"
                         ),
                         "422": _problem_response("Unreadable or forged label, or an invalid time"),
                         **_COMMON_ERRORS,

@@ -200,6 +200,23 @@ def test_real_answers_match_the_document(app: Flask, ctx: ServiceContext, world:
     assert nurse("POST", f"/api/v1/trials/{TRIAL}/scans", scan).status_code == 201
     assert nurse("POST", f"/api/v1/trials/{TRIAL}/scans", scan).status_code == 409
     assert nurse("POST", f"/api/v1/trials/{TRIAL}/scans", {**scan, "payload": "garbage"}).status_code == 422
+    # Check, then record (issue 13), through the API as on the bedside page: D2 scanned the day of
+    # D1 is a stop that records nothing, until the same scan comes back with a reason.
+    early = {
+        "payload": kitlib.build_payload(TRIAL, kits_of["D2"], "D2", kit_rules.mac(ctx)),
+        "subject_number": first.subject_number,
+        "day": "D2",
+    }
+    stopped = nurse("POST", f"/api/v1/trials/{TRIAL}/scans", early)
+    assert stopped.status_code == 409, stopped.get_json()
+    problem = stopped.get_json()
+    assert problem["type"].endswith("confirmation-needed") and "D2 was planned for" in problem["detail"]
+    assert [e["field"] for e in problem["errors"]] == ["confirmation"]
+    # Nothing was recorded by the stop: else this would be a 409 already-administered.
+    given = nurse("POST", f"/api/v1/trials/{TRIAL}/scans", {**early, "confirmation": "prescribed early"})
+    assert given.status_code == 201, given.get_json()
+    assert given.get_json()["warnings"] and "D2 was planned for" in given.get_json()["warnings"][0]
+    assert nurse("POST", f"/api/v1/trials/{TRIAL}/scans", {**early, "confirmation": 7}).status_code == 422
     assert nurse("GET", f"/api/v1/trials/{TRIAL}/subjects/{first.subject_number}").status_code == 200
 
     right = {**wrong, "password": GOOD_PASSWORD}
@@ -239,6 +256,7 @@ _SCAN = st.fixed_dictionaries(
         "administered_at": st.sampled_from(["0001-01-01T00:00:00+14:00", "2026-03-02T10:00:00Z", "x"])
         | _JSON,
         "late_reason": _JSON,
+        "confirmation": _JSON,
     },
 )
 _FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
