@@ -21,7 +21,7 @@ from allocator.models import (
     TrialDefinitionVersion,
     TrialStatus,
 )
-from allocator.permissions import Access
+from allocator.permissions import Access, Permission
 from allocator.services.context import ServiceContext
 from allocator.services.errors import DefinitionLocked, FieldProblem, ValidationFailed
 from allocator.services.lookups import current_definition, get_trial
@@ -291,6 +291,11 @@ class TrialSummary:
         data = asdict(self)
         data["unconfirmed"] = [{"field": f, "note": n} for f, n in self.unconfirmed]
         return data
+
+
+# Who sees the definition's "to be confirmed" notes (they name file fields): those who set the trial
+# up, not site staff (issue 13).
+SETUP_NOTE_READERS = (Permission.LIST_MANAGE, Permission.SITE_MANAGE)
 
 
 def trial_summary(ctx: ServiceContext, code: str, site_ids: frozenset[int] | None) -> TrialSummary:

@@ -19,7 +19,7 @@ from allocator.web import hygiene
 from allocator.web import idempotency as idempotent
 from allocator.web.errors import problem
 from allocator.web.openapi import document
-from allocator.web.security import actor, ctx, current_trial, scope
+from allocator.web.security import actor, ctx, current_trial, holds_any, scope
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -35,7 +35,10 @@ def openapi() -> Response:
 def trial(trial: str) -> Response:
     visible = scope(Permission.TRIAL_VIEW)
     summary = trials.trial_summary(ctx(), trial, None if visible.all_sites else visible.site_ids)
-    return jsonify(summary.as_json())
+    data = summary.as_json()
+    if not holds_any(*trials.SETUP_NOTE_READERS):
+        del data["unconfirmed"]
+    return jsonify(data)
 
 
 @bp.route("/trials/<trial>/audit")

@@ -6,7 +6,7 @@ from flask import Blueprint, render_template
 
 from allocator.permissions import Permission, public, requires
 from allocator.services import trials
-from allocator.web.security import ctx, current_user, scope
+from allocator.web.security import ctx, current_user, holds_any, scope
 
 bp = Blueprint("main", __name__)
 
@@ -23,7 +23,9 @@ def home() -> str:
 def trial(trial: str) -> str:
     visible = scope(Permission.TRIAL_VIEW)
     summary = trials.trial_summary(ctx(), trial, None if visible.all_sites else visible.site_ids)
-    return render_template("main/trial.html", trial=summary)
+    return render_template(
+        "main/trial.html", trial=summary, setup_notes=holds_any(*trials.SETUP_NOTE_READERS)
+    )
 
 
 @bp.route("/healthz")

@@ -897,7 +897,8 @@ def document() -> dict[str, Any]:
                         },
                         "unconfirmed": {
                             "type": "array",
-                            "description": "Fields of the definition still to be confirmed against the protocol",
+                            "description": "Fields of the definition still to be confirmed against the protocol; "
+                            "only for users who may manage the lists or the sites",
                             "items": {
                                 "type": "object",
                                 "additionalProperties": False,

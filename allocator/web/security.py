@@ -81,6 +81,12 @@ def current_trial() -> TrialContext:
     return trial
 
 
+def holds_any(*permissions: Permission) -> bool:
+    """Whether the current user holds one of `permissions` in the current trial."""
+    user, trial = current_user(), current_trial()
+    return any(user.access.has(p, trial.id) for p in permissions)
+
+
 def scope(permission: Permission) -> Scope:
     """Sites of the current trial where the current user holds `permission`."""
     return current_user().access.scope(permission, current_trial().id)

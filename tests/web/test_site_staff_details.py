@@ -12,8 +12,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
-from tests.support import ELIGIBLE, GOOD_PASSWORD, Clock, ReadyTrial, make_user
+from tests.support import CLI_ACTOR, ELIGIBLE, GOOD_PASSWORD, Clock, ReadyTrial, make_user
 from tests.web.conftest import csrf_token, https_client, sign_in
 
 TRIAL = "IFNG-PAIS"
@@ -97,6 +98,17 @@ def test_the_definitions_to_be_confirmed_notes_are_not_shown_to_site_staff(
     sign_in(manager_client, "manager-1", manager.one_time_password)
     shown = manager_client.get(page_path, follow_redirects=True).get_data(as_text=True)
     assert "To be confirmed against the protocol" in shown and "sponsor.address" in shown
+    # The API's trial summary keeps the same rule (it gave the notes to every role).
+    for username, sees in (("inv-p1", False), ("nurse-p1", False), ("manager-1", True)):
+        token = users.create_token(ctx, CLI_ACTOR, username, "edc").token
+        summary = app.test_client().get(
+            f"/api/v1/trials/{TRIAL}",
+            headers={"Authorization": f"Bearer {token}"},
+            base_url="https://localhost",
+        )
+        assert summary.status_code == 200
+        notes = summary.get_json().get("unconfirmed")
+        assert bool(notes and any(n["field"] == "sponsor.address" for n in notes)) is sees, username
 
 
 @pytest.mark.req("RND-05")
