@@ -30,6 +30,21 @@ def checked_reprint_number(number: int) -> int:
     return number
 
 
+def kept_content(
+    session: Session, trial: Trial, subject_id: int, kind: str, document_id: str
+) -> bytes | None:
+    """The bytes of a document of `kind` printed earlier for this subject, exactly as printed; None
+    for another subject's or trial's document, or one printed before its bytes were kept."""
+    return session.execute(
+        select(PrintedDocument.content).where(
+            PrintedDocument.trial_id == trial.id,
+            PrintedDocument.subject_id == subject_id,
+            PrintedDocument.kind == kind,
+            PrintedDocument.document_id == document_id,
+        )
+    ).scalar_one_or_none()
+
+
 def next_document_id(session: Session, trial: Trial, prefix: str) -> str:
     count = session.execute(
         select(func.count()).select_from(PrintedDocument).where(PrintedDocument.trial_id == trial.id)

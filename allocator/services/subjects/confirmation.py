@@ -93,14 +93,9 @@ def printed_confirmation(
     with ctx.db.reading() as session:
         trial = get_trial(session, trial_code)
         subject = subject_in_reach(session, trial, number, scope)
-        content = session.execute(
-            select(PrintedDocument.content).where(
-                PrintedDocument.trial_id == trial.id,
-                PrintedDocument.subject_id == subject.id,
-                PrintedDocument.kind == "randomization_confirmation",
-                PrintedDocument.document_id == document_id,
-            )
-        ).scalar_one_or_none()
+        content = documents.kept_content(
+            session, trial, subject.id, "randomization_confirmation", document_id
+        )
         if content is None:
             raise NotFound(f"no printed confirmation {document_id} for {number}")
         return content
