@@ -95,7 +95,9 @@ def rebuild_database(url: str) -> None:
     migrate.upgrade(url)
 
 
-def _eligible_on(today: date) -> dict[str, object]:
+def eligible_on(today: date) -> dict[str, object]:
+    """The answers of an eligible patient of the shipped trial: admitted to the ICU 7 days and the
+    mHLA-DR measured 1 day before `today` (the scenarios, the tests and the benchmarks use them)."""
     return {
         "age": 64,
         "icu_admission_date": (today - timedelta(days=7)).isoformat(),
@@ -183,7 +185,7 @@ def build(
             request = randomize.RandomizationRequest(
                 site=site,
                 screening_number=f"{site}-{k // 2 + 1:04d}",
-                eligibility=_eligible_on(ctx.now().date()),
+                eligibility=eligible_on(ctx.now().date()),
                 strata={"admission_cause": cause},
             )
             result = randomize.randomize(ctx, investigators[site], code, request, everywhere)

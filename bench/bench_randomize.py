@@ -74,6 +74,7 @@ from allocator.services.context import ServiceContext
 from allocator.services.lists import approval, generation
 from allocator.services.supply import kit_lists, shipments
 from allocator.settings import Environment, Settings
+from allocator.uat import eligible_on
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -107,29 +108,6 @@ def definition(sites: list[str], slots_per_stratum: int) -> str:
     if replaced != 1:
         raise SystemExit("bench: could not replace the sites of trials/ifn-gamma-pais.toml")
     return text
-
-
-def eligible_answers(today: date) -> dict[str, object]:
-    """Eligible answers relative to the trial's local date (as tests/support.py eligible_on)."""
-    return {
-        "age": 64,
-        "icu_admission_date": (today - timedelta(days=7)).isoformat(),
-        "sofa_24h": 9,
-        "invasive_ventilation": "yes",
-        "mhladr": 5400,
-        "mhladr_date": (today - timedelta(days=1)).isoformat(),
-        "social_security": "yes",
-        "consent": "yes",
-        "short_icu_stay": "no",
-        "preexisting_immunosuppression": "no",
-        "prolonged_ventilation_expected": "no",
-        "pregnancy_breastfeeding": "no",
-        "imukin_contraindication": "no",
-        "immunosuppressive_therapy": "no",
-        "severe_hepatic_renal_failure": "no",
-        "other_interventional_trial": "no",
-        "legal_protection": "no",
-    }
 
 
 @dataclass
@@ -380,7 +358,7 @@ class Load:
     def __init__(self, sites: list[str], tokens: dict[str, str], today: date) -> None:
         self.sites = sites
         self.tokens = tokens
-        self.eligibility = eligible_answers(today)
+        self.eligibility = eligible_on(today)
         self._next = 0
         self._lock = threading.Lock()
 

@@ -21,6 +21,7 @@ from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
 from allocator.services.subjects import randomize as subjects_randomize
 from allocator.services.supply import kit_lists, shipments
+from allocator.uat import eligible_on as eligible_on  # the tests import it from here
 
 ROOT = Path(__file__).resolve().parents[2]
 IFN_TRIAL = ROOT / "trials" / "ifn-gamma-pais.toml"
@@ -211,7 +212,7 @@ def ready_trial(ctx: ServiceContext, *, kits_per_site: int = 24, slots_text: str
 
 
 def build_ready_trial(ctx: ServiceContext, *, kits_per_site: int, slots_text: str | None) -> ReadyTrial:
-    from datetime import date, timedelta
+    from datetime import timedelta
 
     from allocator.permissions import Scope
     from allocator.services import auth, signatures
@@ -285,17 +286,6 @@ def build_ready_trial(ctx: ServiceContext, *, kits_per_site: int, slots_text: st
         actors["stat"],
         generated.list_id,
     )
-
-
-def eligible_on(today: date) -> dict[str, object]:
-    """The eligible answers, with the ICU admission 7 days and the mHLA-DR 1 day before `today`."""
-    from datetime import timedelta
-
-    return {
-        **ELIGIBLE,
-        "icu_admission_date": (today - timedelta(days=7)).isoformat(),
-        "mhladr_date": (today - timedelta(days=1)).isoformat(),
-    }
 
 
 # --- the test's own looks and hands, behind the application's back --------------------------------
