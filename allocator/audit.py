@@ -47,9 +47,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, Update, bindparam, event, func, insert, select, update
+from sqlalchemy import Connection, String, Table, Text, Update, bindparam, event, func, insert, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 from sqlalchemy.sql.util import find_tables
+from sqlalchemy.types import TypeEngine
 
 from allocator import crypto
 from allocator.db import insert_if_absent
@@ -317,10 +319,10 @@ class AuditLog:
             "head_key_id": signed.key_id,
             "head_signature": signed.signature,
         }
-        if rows and len(rows) <= _APPEND_IN_ONE_STATEMENT_MAX and connection.dialect.name == "postgresql":
-            for i, row in enumerate(rows):
-                parameters.update({f"{column}_{i}": value for column, value in row.items()})
-            connection.execute(_append_and_update_head(len(rows)), parameters)
+        if rows and connection.dialect.name == "postgresql":
+            for column in _INSERTED_COLUMNS:
+                parameters[f"{column}_all"] = [row[column] for row in rows]
+            connection.execute(_APPEND_AND_UPDATE_HEAD, parameters)
             return
         _insert_entries(connection, rows or [])
         connection.execute(_UPDATE_HEAD, parameters)
@@ -482,33 +484,29 @@ _UPDATE_HEAD = (
 )
 
 
-_APPEND_AND_UPDATE_HEAD: dict[int, Update] = {}
-# Larger appends (bulk kit generation, imports) insert their rows as before: a statement's bound
-# values stay far below PostgreSQL's 65,535, and one statement is kept per count up to this.
-_APPEND_IN_ONE_STATEMENT_MAX = 8
+def _unbounded(type_: TypeEngine[Any]) -> TypeEngine[Any]:
+    return String() if isinstance(type_, String) and not isinstance(type_, Text) else type_
 
 
-def _append_and_update_head(count: int) -> Update:
-    """`_UPDATE_HEAD` with the insertion of `count` entries as a data-modifying CTE (PostgreSQL),
-    their values bound as `<column>_<i>`. Built once per count."""
-    statement = _APPEND_AND_UPDATE_HEAD.get(count)
-    if statement is None:
-        # One single-row INSERT per entry, each its own CTE: SQLAlchemy gives a multi-row
-        # `.values([...])` no cache key, and compiled that statement again for every transaction
-        # (a third of a randomization's CPU, issue 16); single-row inserts are compiled once.
-        appended = [
-            insert(_AUDIT_EVENT)
-            .values(
-                {
-                    column: bindparam(f"{column}_{i}", type_=_AUDIT_EVENT.c[column].type)
-                    for column in _INSERTED_COLUMNS
-                }
-            )
-            .cte(f"appended_{i}")
-            for i in range(count)
-        ]
-        statement = _APPEND_AND_UPDATE_HEAD[count] = _UPDATE_HEAD.add_cte(*appended)
-    return statement
+def _append_and_update_head() -> Update:
+    """`_UPDATE_HEAD` with the insertion of the entries as a data-modifying CTE (PostgreSQL): one
+    array parameter per column (`<column>_all`), unnested into rows. One statement for any number
+    of entries, with 27 parameters: SQLAlchemy caches its compiled form (a multi-row
+    `VALUES (…), (…)` has no cache key and was compiled in every transaction, issue 16) and psycopg
+    its parsed form (it does not for statements of over 50 parameters)."""
+    # Arrays of VARCHAR without a length: an explicit cast to VARCHAR(n) would cut a longer text
+    # silently, where the insert into the column refuses it.
+    arrays = [
+        bindparam(f"{column}_all", type_=ARRAY(_unbounded(_AUDIT_EVENT.c[column].type)))
+        for column in _INSERTED_COLUMNS
+    ]
+    rows = func.unnest(*arrays).table_valued(*_INSERTED_COLUMNS).render_derived()
+    appended = (
+        insert(_AUDIT_EVENT)
+        .from_select(list(_INSERTED_COLUMNS), select(*(rows.c[column] for column in _INSERTED_COLUMNS)))
+        .cte("appended")
+    )
+    return _UPDATE_HEAD.add_cte(appended)
 
 
 def _lock_head(connection: Connection, chain: str) -> _Head:
@@ -535,6 +533,7 @@ _AUDIT_TABLES = frozenset({"audit_event", "audit_chain_head", "audit_checkpoint"
 _AUDIT_EVENT = cast(Table, AuditEvent.__table__)
 _AUDIT_CHECKPOINT = cast(Table, AuditCheckpoint.__table__)
 _INSERTED_COLUMNS = tuple(c.key for c in _AUDIT_EVENT.columns if c.key != "id")
+_APPEND_AND_UPDATE_HEAD = _append_and_update_head()
 
 
 @dataclass(slots=True)
