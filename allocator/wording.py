@@ -20,7 +20,7 @@ from babel import Locale
 from babel.dates import format_date, format_skeleton, format_time
 from babel.numbers import format_decimal
 
-from allocator import notices
+from allocator import notices, service_messages
 from allocator.permissions import ROLE_TITLES, Role
 from allocator.trialdef import Text, TrialDefinition
 
@@ -96,6 +96,11 @@ class Words:
             return self(ROLE_TITLES[Role(code)])
         except ValueError:
             return self.word(code)
+
+    def message(self, text: str) -> str:
+        """A service's message (an error, a refusal's detail recorded in the audit trail) in the
+        reader's language when it is a known one, else as it is."""
+        return service_messages.translate(text, {}, self.gettext) or text
 
     def word(self, code: str) -> str:
         """A status or kind code in words (`in_transit` -> "in transit" / "en transit"): the

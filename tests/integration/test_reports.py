@@ -544,7 +544,10 @@ def test_sequence_generation_and_concealment(ctx: ServiceContext, truth: Truth) 
     state.unblind_trial(ctx, stat, TRIAL, reason="final analysis", signature=SIGNED)
     public = sequence.sequence_report(ctx, TRIAL, restricted=False)
     assert public.lists[0].block_sizes == (2, 4, 6) and public.factors == restricted.factors
-    assert "Cause of ICU admission (Septic, Non-septic)" in facts(view(ctx, "sequence"))["Stratification factors"]
+    assert (
+        "Cause of ICU admission (Septic, Non-septic)"
+        in facts(view(ctx, "sequence"))["Stratification factors"]
+    )
 
 
 @pytest.mark.req("AUD-09")

@@ -6,8 +6,8 @@ import pytest
 from flask import Flask
 from flask_babel import Babel
 
-from allocator.audit import Action
 from allocator import audit_labels
+from allocator.audit import Action
 from allocator.web import audit_words
 
 

@@ -188,7 +188,9 @@ class Deviations:
                         r.subject_number,
                         r.day,
                         _(_CAUSES.get(r.cause, r.cause)),
-                        _("scanned kit %(kit)s", kit=r.detail) if r.kind == "dispensing" else _(r.detail),
+                        _("scanned kit %(kit)s", kit=r.detail)
+                        if r.kind == "dispensing"
+                        else _.message(r.detail),
                         r.by,
                         _.role(r.role),
                     )

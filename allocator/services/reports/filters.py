@@ -24,6 +24,17 @@ from allocator.wording import ENGLISH, Words
 from kits.pdf import utc_text
 
 ALL_SITES = N_("All sites")  # the total row or series of a report, translated where shown
+# Codes recorded by the services that report cells show as words (`Words.word`), for the catalogue:
+# unblinding kinds and channels, list modes.
+CELL_WORDS = (
+    N_("emergency"),
+    N_("pharmacovigilance"),
+    N_("accidental"),
+    N_("offline"),
+    N_("reported"),
+    N_("test"),
+    N_("production"),
+)
 WORKDAY = (8, 20)  # default working hours, site local time (AUD-09 "outside working hours")
 _SITE = re.compile(r"^[A-Za-z0-9-]{1,10}$")
 

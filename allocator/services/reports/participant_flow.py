@@ -60,13 +60,16 @@ class ParticipantFlow:
             (_("Received all %(n)s doses", n=len(self.day_labels)), _.n(total.complete)),
         ]
         if total.screened is not None:
-            out[:0] = [(_("Screened"), _.n(total.screened)), (_("Ineligible"), _.n(total.ineligible))]
+            out[:0] = [
+                (_("Patients screened"), _.n(total.screened)),
+                (_("Ineligible"), _.n(total.ineligible)),
+            ]
         return tuple(out)
 
     def _measures(self, counts: Sequence[FlowCounts], _: Words) -> tuple[tuple[str, ...], ...]:
         rows: list[tuple[str, ...]] = []
         if not self.per_arm:
-            rows.append((_("Screened"), *(_.n(c.screened) for c in counts)))
+            rows.append((_("Patients screened"), *(_.n(c.screened) for c in counts)))
             rows.append((_("Ineligible"), *(_.n(c.ineligible) for c in counts)))
         rows.append((_("Randomized"), *(_.n(c.randomized) for c in counts)))
         rows.append((_("Randomized in error"), *(_.n(c.in_error) for c in counts)))
