@@ -66,7 +66,10 @@ def test_demo_speaks_french_with_lang_fr(tmp_path: Path, monkeypatch: pytest.Mon
     out.write_bytes(b"")
     refused = CliRunner().invoke(main, ["--lang", "fr", "backup", "--out", str(out), "--recipient", "age1x"])
     assert refused.exit_code == 1
-    assert "erreur : --out : " in refused.output and "existe déjà (une sauvegarde n'écrase jamais" in refused.output
+    assert (
+        "erreur : --out : " in refused.output
+        and "existe déjà (une sauvegarde n'écrase jamais" in refused.output
+    )
 
 
 def test_commands_refuse_an_uninitialised_database(run) -> None:  # type: ignore[no-untyped-def]

@@ -248,3 +248,43 @@ def test_a_monitor_signs_off_a_review_period(monitor: FlaskClient, ctx: ServiceC
 def test_the_trial_page_links_to_the_reports(monitor: FlaskClient) -> None:
     page = monitor.get("/trials/IFNG-PAIS").get_data(as_text=True)
     assert f'href="{BASE}"' in page and f'href="{BASE}/safety/unblinding"' not in page
+
+
+@pytest.mark.req("BLD-07")
+def test_reports_page_csv_and_pdf_in_french(monitor: FlaskClient) -> None:
+    """Issue 13: a French reader gets the report's titles, headings, labels and notes in French on
+    the page, in the CSV and in the PDF; numbers and dates in the French way; still no arm."""
+    switched = monitor.post(
+        "/language", data={"language": "fr", "next": "/", "csrf_token": csrf_token(monitor, "/account")}
+    )
+    assert switched.status_code == 303
+    index = text_of(monitor.get(BASE).get_data(as_text=True))
+    assert "Historique des attributions" in index and "Allocation history" not in index
+    assert not re.search(r"\b[A-Z]{3}-\d{2}\b", index)  # requirement ids stay off the screen
+
+    page = text_of(monitor.get(f"{BASE}/allocation-history").get_data(as_text=True))
+    assert (
+        "Historique des attributions" in page
+        and "Généré par" in page
+        and "Mon All (Attaché de recherche clinique (moniteur))" in page
+    )
+    assert "Strate à la randomisation" in page and "Motif d'admission en réanimation : Septique" in page
+    assert "Stratum at randomization" not in page and "admission_cause" not in page
+    assert re.search(
+        r"\d{1,2} [a-zéû]+\.? 2026,? \d{2}:\d{2}:\d{2} UTC", page
+    )  # e.g. 9 mars 2026, 09:00:00 UTC
+
+    csv = monitor.get(f"{BASE}/dispensing/csv")
+    metadata, sections = csv_sections(csv.get_data(as_text=True))
+    assert metadata["essai"] == "IFNG-PAIS" and metadata["filtres"].startswith("tous les centres")
+    assert set(sections) == {"Doses par centre", "Doses par patient"}
+    assert sections["Doses par centre"][-1]["Centre"] == "Tous les centres"
+    assert not arm_leaks(csv.get_data(as_text=True))
+
+    pdf = pdf_text(monitor.get(f"{BASE}/accountability/pdf").data)
+    assert "Comptabilité des kits" in pdf and "Synthèse" in pdf and "Page 1 sur" in pdf
+    assert "Kit accountability" not in pdf and "Summary" not in pdf
+
+    review = text_of(monitor.get(f"{BASE}/review/role-changes").get_data(as_text=True))
+    assert "Rôle attribué" in review and "role.granted" not in review
+    assert '{"' not in review  # recorded values as words, never JSON
