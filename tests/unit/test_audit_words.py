@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 from flask import Flask
 from flask_babel import Babel
@@ -52,9 +55,6 @@ def test_values_read_as_key_value_lines_without_json() -> None:
 
 def _recorded_keys() -> set[str]:
     """The literal keys of the values the code records in audit entries (`new=`, `old=`, `sealed=`)."""
-    import ast  # noqa: PLC0415 - only this check reads the code
-    from pathlib import Path  # noqa: PLC0415
-
     keys: set[str] = set()
     for path in (Path(__file__).resolve().parents[2] / "allocator").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):

@@ -5,11 +5,13 @@ French translation in the catalogue, or a compiled catalogue older than its sour
 from __future__ import annotations
 
 import re
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import jinja2
 import pytest
 
+from allocator.wording import Words
 from tools import translations
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
@@ -90,10 +92,6 @@ def test_the_checker_sees_bare_text() -> None:
 def test_report_words_in_french_and_english() -> None:
     """Issue 13: what the reports build outside a request (allocator/wording.py) speaks the reader's
     language: messages, numbers, dates, times in UTC, yes/no, status codes and roles."""
-    from datetime import UTC, date, datetime  # noqa: PLC0415
-
-    from allocator.wording import Words  # noqa: PLC0415
-
     fr, en = Words.of("fr"), Words.of("en")
     moment = datetime(2026, 12, 5, 13, 9, 30, tzinfo=UTC)
     assert (
