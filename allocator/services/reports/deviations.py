@@ -266,7 +266,7 @@ class Deviations:
                         e.day,
                         _.utc(e.administered_at),
                         _.utc(e.recorded_at),
-                        _duration(e.delay),
+                        _duration(e.delay, _),
                         e.reason,
                         e.by,
                     )
@@ -291,10 +291,10 @@ _CAUSES = {
 }
 
 
-def _duration(delta: timedelta) -> str:
+def _duration(delta: timedelta, _: Words) -> str:
     minutes = int(delta.total_seconds() // 60)
     days, rest = divmod(minutes, 24 * 60)
-    return (f"{days} d " if days else "") + f"{rest // 60} h {rest % 60:02d} min"
+    return (_("%(days)s d", days=days) + " " if days else "") + f"{rest // 60} h {rest % 60:02d} min"
 
 
 def _refused(ctx: ServiceContext, frame: Frame) -> list[RefusedAttempt]:
