@@ -598,7 +598,13 @@ def demo_command(port: int, host: str, demo_dir: Path, no_serve: bool) -> None:
     with _context(settings) as ctx:
         definition = resources.shipped_trial(DEMO_TRIAL)
         if definition is None:
-            _fail(f"the {DEMO_TRIAL} definition is not in {resources.trials()}: reinstall allocator")
+            _fail(
+                _(
+                    "the %(trial)s definition is not in %(folder)s: reinstall allocator",
+                    trial=DEMO_TRIAL,
+                    folder=resources.trials(),
+                )
+            )
         loaded = trials.load_trial(
             ctx,
             actor,
@@ -622,18 +628,28 @@ def demo_command(port: int, host: str, demo_dir: Path, no_serve: bool) -> None:
             rows.append((username, role, site or "-", created.one_time_password))
         _prepare_demo_trial(ctx, actor, code, {row[0]: row[3] for row in rows})
     click.echo("")
-    click.secho(f"Demo instance of {code} (TEST) in {demo_dir}", bold=True)
-    click.echo("One-time passwords (each must be changed at first sign-in; admin and unblinded roles")
-    click.echo("also enrol an authenticator app):")
+    click.secho(_("Demo instance of %(trial)s (TEST) in %(folder)s", trial=code, folder=demo_dir), bold=True)
+    click.echo(
+        _(
+            "One-time passwords (each must be changed at first sign-in; admin and unblinded roles also "
+            "enrol an authenticator app):"
+        )
+    )
     click.echo("")
-    click.echo(f"  {'user':<22}{'role':<24}{'site':<6}one-time password")
-    for username, role, site, password in rows:
-        click.echo(f"  {username:<22}{role:<24}{site:<6}{password}")
+    _echo_passwords(rows)
     click.echo("")
     if no_serve:
         return
-    click.secho(f"Serving on http://{host}:{port}  (Ctrl-C to stop)", bold=True)
+    click.secho(_("Serving on http://%(host)s:%(port)s  (Ctrl-C to stop)", host=host, port=port), bold=True)
     _serve(settings, host, port, workers=2)
+
+
+def _echo_passwords(rows: list[tuple[str, str, str, str]]) -> None:
+    """The demo's (or a UAT scenario's) users and their one-time passwords, as a table."""
+    heading = (_("user"), _("role"), _("site"), _("one-time password"))
+    click.echo(f"  {heading[0]:<22}{heading[1]:<24}{heading[2]:<8}{heading[3]}")
+    for username, role, site, password in rows:
+        click.echo(f"  {username:<22}{role:<24}{site:<8}{password}")
 
 
 def _prepare_demo_trial(ctx: ServiceContext, actor: Actor, code: str, passwords: dict[str, str]) -> None:
@@ -715,9 +731,7 @@ def uat_reset_command(trial: str, scenario: str, yes: bool) -> None:
     )
     if result.subjects:
         click.echo(f"Subjects: {', '.join(result.subjects)}")
-    click.echo(f"  {'user':<22}{'role':<24}{'site':<6}one-time password")
-    for username, role, site, password in result.users:
-        click.echo(f"  {username:<22}{role:<24}{site:<6}{password}")
+    _echo_passwords(list(result.users))
 
 
 @main.command("serve")
@@ -913,18 +927,20 @@ def export_command(trial: str, fmt: str, out: Path, unblinded: bool, signer: str
     target = manifest.manifest_path(out)
     for path in (out, target):
         if path.exists():
-            _fail(f"--out: {path} already exists (an export never overwrites a file)")
+            _fail(_("--out: %(path)s already exists (an export never overwrites a file)", path=path))
     if not out.parent.is_dir():
-        _fail(f"--out: the folder {out.parent} does not exist")
+        _fail(_("--out: the folder %(folder)s does not exist", folder=out.parent))
     settings = _settings()
     with _context(settings) as ctx:
         request_id = f"cli-{secrets.token_hex(6)}"
         if unblinded:
             if not signer:
-                _fail("--signer: an unblinded export is signed by the unblinded statistician")
+                _fail(_("--signer: an unblinded export is signed by the unblinded statistician"))
             actor = exports.unblinded_signer(ctx, signer, trial, request_id)
-            password = click.prompt(f"password of {signer}", hide_input=True, err=True)
-            otp = click.prompt("authenticator code (empty if none)", default="", show_default=False, err=True)
+            password = click.prompt(_("password of %(user)s", user=signer), hide_input=True, err=True)
+            otp = click.prompt(
+                _("authenticator code (empty if none)"), default="", show_default=False, err=True
+            )
             request = signatures.SignatureRequest(password=password, totp=otp or None)
             made = exports.export_trial(
                 ctx, actor, trial, fmt, name=out.name, unblinded=True, signature=request
@@ -937,8 +953,17 @@ def export_command(trial: str, fmt: str, out: Path, unblinded: bool, signer: str
         path.write_bytes(content)
     manifest.write(out, made.manifest)
     rows = ", ".join(f"{n} {table}" for table, n in made.rows.items())
-    kind = "blinded" if made.blinded else "UNBLINDED"
-    click.echo(f"wrote {kind} {fmt} export of {trial} to {out} ({rows}) and {target.name}")
+    click.echo(
+        _(
+            "wrote %(kind)s %(format)s export of %(trial)s to %(path)s (%(rows)s) and %(manifest)s",
+            kind=_("blinded") if made.blinded else _("UNBLINDED"),
+            format=fmt,
+            trial=trial,
+            path=out,
+            rows=rows,
+            manifest=target.name,
+        )
+    )
 
 
 @export_group.command("verify")
@@ -976,13 +1001,19 @@ def archive_group() -> None:
 def archive_command(trial: str, out: Path) -> None:
     """Write the closing archive of TRIAL into the new folder --out."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        _fail(f"--out: {out} exists and is not an empty folder")
+        _fail(_("--out: %(path)s exists and is not an empty folder", path=out))
     settings = _settings()
     with _context(settings) as ctx:
         done = archive.build(ctx, _actor(), trial, out)
-    kind = "with the lists and seeds (unblinded)" if done.unblinded else "blinded"
     click.echo(
-        f"wrote the closing archive of {trial} to {out}: {done.files} files, {kind}, {done.manifest.name}"
+        _(
+            "wrote the closing archive of %(trial)s to %(path)s: %(files)s files, %(kind)s, %(manifest)s",
+            trial=trial,
+            path=out,
+            files=done.files,
+            kind=_("with the lists and seeds (unblinded)") if done.unblinded else _("blinded"),
+            manifest=done.manifest.name,
+        )
     )
 
 
@@ -991,7 +1022,7 @@ def archive_command(trial: str, out: Path) -> None:
 def archive_verify_command(folder: Path) -> None:
     """Check an archive with its files alone: hashes, manifest signature, audit chain end to end."""
     if not folder.is_dir():
-        _fail(f"{folder}: no such folder")
+        _fail(_("%(folder)s: no such folder", folder=folder))
     result = archive.verify(folder)
     click.echo(result.summary())
     for problem in result.problems:
@@ -1017,15 +1048,24 @@ def archive_verify_command(folder: Path) -> None:
 def backup_command(out: Path, recipient: str) -> None:
     """Write an encrypted, consistent backup of the database while the service runs (never the keys)."""
     if out.exists():
-        _fail(f"--out: {out} already exists (a backup never overwrites a file)")
+        _fail(_("--out: %(path)s already exists (a backup never overwrites a file)", path=out))
     settings = _settings()
     blob, made = backup.create(settings.database_url, recipient)
     out.write_bytes(blob)
     out.chmod(0o600)
     rows = sum(made["tables"].values())
     click.echo(
-        f"wrote {out}: {made['backend']} backup taken at {made['taken_at']}, schema {made['schema_revision']}, "
-        f"{rows} rows, {len(made['audit_heads'])} audit chains, encrypted to {recipient[:12]}..."
+        _(
+            "wrote %(path)s: %(backend)s backup taken at %(at)s, schema %(schema)s, %(rows)s rows, "
+            "%(chains)s audit chains, encrypted to %(recipient)s...",
+            path=out,
+            backend=made["backend"],
+            at=made["taken_at"],
+            schema=made["schema_revision"],
+            rows=rows,
+            chains=len(made["audit_heads"]),
+            recipient=recipient[:12],
+        )
     )
 
 
@@ -1049,8 +1089,11 @@ def restore_command(file: Path, identity: Path, drill: bool) -> None:
     if not drill:
         backup.restore(opened, settings.database_url)
         click.echo(
-            f"restored the backup taken at {opened.manifest['taken_at']} "
-            f"(schema {opened.manifest['schema_revision']}); keys are restored apart (README)"
+            _(
+                "restored the backup taken at %(at)s (schema %(schema)s); keys are restored apart (README)",
+                at=opened.manifest["taken_at"],
+                schema=opened.manifest["schema_revision"],
+            )
         )
         return
     with _context(settings) as ctx:

@@ -40,6 +40,7 @@ from allocator.printing import charts
 from kits.pdf import BOLD, REGULAR, WATERMARK_COLOR, WATERMARK_EN, WATERMARK_FR, utc_text
 
 __all__ = [
+    "Labels",
     "ReportDocument",
     "Series",
     "StepChart",
@@ -82,6 +83,17 @@ class StepChart:
     title: str
     y_label: str
     series: tuple[Series, ...]
+    x_label: str = "Date"
+
+
+@dataclass(frozen=True)
+class Labels:
+    """The renderer's own words, in the reader's language (the caller translates them)."""
+
+    summary: str = "Summary"
+    columns: str = "Columns: %(columns)s."
+    no_entries: str = "No entries."
+    page: str = "Page %(page)s of %(total)s"
 
 
 @dataclass(frozen=True)
@@ -97,6 +109,7 @@ class ReportDocument:
     chart: StepChart | None = None
     notice: str | None = None  # a restricted report says so on every page
     footer: str = field(default="")
+    labels: Labels = field(default_factory=Labels)
 
 
 # --- text --------------------------------------------------------------------------------------------
@@ -179,7 +192,7 @@ def _chart(chart: StepChart) -> charts.Chart:
         out.append(charts.Text(px(day), _TOP + _PLOT_H + 16, day.isoformat(), 8.5, "middle"))
     out.append(charts.Line(_LEFT, _TOP + _PLOT_H, _LEFT + _PLOT_W, _TOP + _PLOT_H, "#333333", 1.0))
     out.append(charts.Line(_LEFT, _TOP, _LEFT, _TOP + _PLOT_H, "#333333", 1.0))
-    out.append(charts.Text(_LEFT + _PLOT_W / 2, _TOP + _PLOT_H + 34, "Date", 10, "middle"))
+    out.append(charts.Text(_LEFT + _PLOT_W / 2, _TOP + _PLOT_H + 34, chart.x_label, 10, "middle"))
     out.append(charts.Text(_LEFT - 40, _TOP + _PLOT_H / 2, chart.y_label, 10, "middle", vertical=True))
     for index, series in enumerate(chart.series):
         color = _PALETTE[index % len(_PALETTE)]
@@ -273,7 +286,7 @@ def render_report_pdf(document: ReportDocument) -> bytes:
         story.append(para(document.notice, notice_style))
     story += [para(f"{key}: {value}", small) for key, value in document.metadata]
     if document.facts:
-        story.append(para("Summary", heading))
+        story.append(para(document.labels.summary, heading))
         facts = PdfTable(
             [[para(key, head), para(value, cell)] for key, value in document.facts],
             colWidths=[available * 0.3, available * 0.7],
@@ -296,8 +309,9 @@ def render_report_pdf(document: ReportDocument) -> bytes:
         if table.note:
             intro.append(para(table.note, small))
         if not table.rows:
-            story.append(KeepTogether([*intro, para(f"Columns: {', '.join(table.columns)}.", small)]))
-            story.append(para("No entries.", small))
+            columns = document.labels.columns % {"columns": ", ".join(table.columns)}
+            story.append(KeepTogether([*intro, para(columns, small)]))
+            story.append(para(document.labels.no_entries, small))
             continue
         widths = _widths(table, available)
         # Issue 21: a cell is plain text wrapped to its column's fixed width (one measure per word),
@@ -365,11 +379,16 @@ def render_report_pdf(document: ReportDocument) -> bytes:
         creator=f"allocator {printable(document.software_version)}",
         invariant=1,
     )
-    template.build(story, onFirstPage=decorate, onLaterPages=decorate, canvasmaker=_page_numbering_canvas())
+    template.build(
+        story,
+        onFirstPage=decorate,
+        onLaterPages=decorate,
+        canvasmaker=_page_numbering_canvas(document.labels.page),
+    )
     return buffer.getvalue()
 
 
-def _page_numbering_canvas() -> Any:
+def _page_numbering_canvas(label: str) -> Any:
     """A reportlab canvas class that stamps "Page n of N" on every page at save time."""
 
     class NumberedCanvas(Canvas):  # type: ignore[misc]
@@ -388,7 +407,9 @@ def _page_numbering_canvas() -> Any:
                 width = self._pagesize[0]
                 self.saveState()
                 self.setFont(REGULAR, 7)
-                self.drawRightString(width - 12 * mm, 7 * mm, f"Page {self._pageNumber} of {total}")
+                self.drawRightString(
+                    width - 12 * mm, 7 * mm, label % {"page": self._pageNumber, "total": total}
+                )
                 self.restoreState()
                 super().showPage()
             super().save()

@@ -16,14 +16,14 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from babel import Locale
-from babel.dates import format_date, format_skeleton, format_time
+from babel.dates import format_date, format_time
 from babel.numbers import format_decimal
 from flask import Blueprint, Flask, current_app, g, redirect, request, session, url_for
 from flask_babel import Babel, get_locale, gettext
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
-from allocator import notices
+from allocator import notices, wording
 from allocator.permissions import Permission, Role, public
 from allocator.services import auth as auth_service
 from allocator.services import signatures
@@ -69,6 +69,11 @@ def language() -> str:
     return locale.language if locale is not None else DEFAULT_LANGUAGE
 
 
+def words() -> wording.Words:
+    """The page's language as a value for the services that build text (reports and their files)."""
+    return wording.Words.of(language())
+
+
 def _locale() -> Locale:
     return get_locale() or Locale.parse(DEFAULT_LANGUAGE)
 
@@ -91,13 +96,7 @@ def when(value: datetime | None, zone: str | None = None, *, with_utc: bool = Tr
 
 
 def _date_and_time(moment: datetime, date_skeleton: str) -> str:
-    """A date and a 24-hour time joined as the page's language joins them (24-hour everywhere:
-    a ward reads 00:30, not 12:30 AM)."""
-    locale = _locale()
-    shown_date = format_skeleton(date_skeleton, moment, tzinfo=moment.tzinfo, locale=locale)
-    shown_time = format_time(moment, "HH:mm", tzinfo=moment.tzinfo, locale=locale)
-    pattern = str(locale.datetime_formats["medium"])
-    return pattern.replace("{1}", shown_date).replace("{0}", shown_time).replace("'", "")
+    return wording.date_and_time(moment, date_skeleton, _locale())
 
 
 def day(value: date | None) -> str:
@@ -201,6 +200,7 @@ def install(app: Flask) -> None:
     app.add_template_filter(audit_words.key_label, "key_label")
     app.add_template_filter(audit_words.detail_lines, "detail_lines")
     app.add_template_filter(audit_words.looks_like_code, "looks_like_code")
+    app.add_template_filter(audit_words.code_marked, "code_marked")
     app.add_template_filter(signed, "signed")
 
     @app.context_processor

@@ -1,154 +1,26 @@
-"""The service messages that site staff meet, as msgids of the catalogue, so that the screens can
-show them in French. The services keep speaking English: the API, the CLI, the audit trail and the
-logs read them as they are.
+"""The service messages that site staff meet, in the page's language. The services keep speaking
+English: the API, the CLI, the audit trail and the logs read them as they are.
 
-`KNOWN` is matched exactly; `PATTERNS` carry values (a number, a date, a subject), and a value that
-is a criterion's or a factor's English label is swapped for its label in the page's language.
-A message found in neither is shown as it is, less its code field names (forms.plain).
+The messages themselves (`KNOWN`, matched exactly, and `PATTERNS`, which carry values) are in
+allocator/service_messages.py, which the reports read too; here, a value that is a criterion's or a
+factor's English label is swapped for its label in the page's language. A message found in neither
+is shown as it is, less its code field names (forms.plain). The error titles, status words and
+fixed choices are listed here for the catalogue.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 from flask_babel import gettext
+
+from allocator import service_messages
 
 
 def N_(message: str) -> str:
     """Mark a message for extraction without translating it here."""
     return message
 
-
-KNOWN = frozenset(
-    {
-        # sign-in, passwords, second factor
-        N_("the user name or the password is wrong"),
-        N_("the passwords differ"),
-        N_("does not match the new password"),
-        N_("the current password is wrong"),
-        N_("is wrong"),
-        N_("the new password is not acceptable"),
-        N_("is a commonly used password"),
-        N_("repeats the same characters"),
-        N_("is a simple sequence"),
-        N_("must not contain your user name or your name"),
-        N_("the enrolment expired; scan the new code"),
-        N_("start again"),
-        N_("does not match; check the time on your phone"),
-        N_("the code is wrong"),
-        N_("is wrong or already used"),
-        # e-signatures
-        N_("the password is wrong"),
-        N_("the authenticator code is wrong"),
-        N_("is wrong, missing or already used"),
-        N_("too many failed attempts: the account is locked for a while"),
-        # common
-        N_("is required"),
-        N_("unknown"),
-        N_("unknown site"),
-        N_("a reason is required"),
-        N_("is in the future"),
-        N_("must be a date"),
-        N_("must be a date (YYYY-MM-DD)"),
-        N_("must be a date from 2000-01-01 to 2999-12-31"),  # services/periods.py
-        N_("is not a date"),
-        N_("unknown day"),
-        N_("is not a dispensing day"),
-        # printed documents (LBL-12; allocator/services/documents.py)
-        N_("this document has been reprinted 999 times, the most allowed: use a printed copy"),
-        # randomization and eligibility
-        N_("the eligibility data are invalid"),
-        N_("the stratification data are invalid"),
-        N_("invalid screening number"),
-        N_("is already randomized"),
-        N_("must be a whole number"),
-        N_("must be a number"),
-        N_("must be yes or no"),
-        N_("is not a criterion of this trial"),
-        N_("is not an entered stratification factor of this trial"),
-        # dispensing
-        N_("scan at least one kit"),
-        N_("no kit scanned"),
-        N_("some scans are not valid"),
-        N_("wrong kit"),
-        N_("already dispensed"),
-        N_("expired: replace the kit"),
-        N_("invalid cause"),
-        N_("lost, damaged or expired"),
-        # scanning (issue 13): what is wrong with one scan, beside its field
-        N_("not this patient's kit"),
-        N_("a label of another trial"),
-        N_("the label's security code is wrong: not printed by this service, or altered"),
-        N_("wrong check digit: scan or type the number again"),
-        N_("unreadable: not a kit label or a kit number"),
-        N_("this is a scanned label, not your password"),
-        N_("a scanned label was typed into the password field: nothing was signed"),
-        N_("some scans are refused"),
-        N_("scan the kit"),
-        N_("confirm with a reason, or do not give this dose"),
-        N_("not in this shipment"),
-        N_("a kit label, not a code-break sheet"),
-        N_("a sheet of another trial"),
-        N_("unknown sheet"),
-        # bedside
-        N_("the time needs a time zone"),
-        N_("no time zone"),
-        N_("invalid administration time"),
-        N_("a late entry needs a reason"),
-        N_("the label cannot be verified"),
-        N_("another patient's or an unallocated kit"),
-        N_("already given"),
-        N_("not dispensed"),
-        N_("expired"),
-        N_("before randomization"),
-        N_("is before randomization"),
-        N_("invalid time"),
-        N_("date and time"),
-        # unblinding
-        N_("give exactly one subject number; nothing was revealed"),
-        N_("one subject number, no list or wildcard"),
-        N_("the unblinding request is incomplete; nothing was revealed"),
-        N_("confirm that you want to break the blind of this subject"),
-        N_("give a date and time"),
-        N_("give the time with its time zone"),
-        N_("name the person who opened the sheet"),
-        N_("investigator, physician, pharmacist or other"),
-        N_("the offline unblinding cannot be registered"),
-        N_("opened before the subject was randomized"),
-        N_("is before the randomization of the kit's subject"),
-        N_("the report is incomplete"),
-        N_("the report names a treatment"),
-        N_("do not write the treatment in this report: it is read by blinded staff"),
-        N_("name the subject or the site"),
-        # corrections and withdrawals
-        N_("is longer than allowed"),
-        # administration, code-break sheets, lists, close-out
-        N_("unknown sheet"),
-        N_("must be a date (YYYY-MM-DD)"),
-        N_("must be an entry number"),
-        N_("the code-break sheets cannot be printed"),
-        N_("an offline unblinding names this sheet, but it was last found intact"),
-        N_(
-            "found opened without a registered offline unblinding (protocol deviation): register the "
-            "opening or report an accidental unblinding"
-        ),
-        N_("missing and not replaced: generate a replacement"),
-        N_("is taken"),
-        N_("unknown trial"),
-        N_("unknown user"),
-        N_("is deactivated"),
-        N_("is in the past"),
-        N_("the account cannot be created"),
-        N_("is required (the printed name on signatures)"),
-        N_("must be one e-mail address, such as name@hospital.fr"),
-        N_("3-64 characters: lower-case letters, digits, '.', '_' or '-'"),
-        N_("a site needs a trial"),
-        N_("you cannot grant a role to your own account"),
-        N_("the end must be in the future"),
-        N_("this role assignment is already revoked"),
-    }
-)
 
 # The titles of the services' errors (DomainError.title) that site staff meet.
 TITLES = frozenset(
@@ -253,179 +125,6 @@ CHOICE_LABELS = frozenset(
     }
 )
 
-PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (
-        re.compile(r"^must be at least (?P<count>\d+) characters long$"),
-        N_("must be at least %(count)s characters long"),
-    ),
-    (
-        re.compile(r"^must be at most (?P<count>\d+) characters long$"),
-        N_("must be at most %(count)s characters long"),
-    ),
-    (
-        re.compile(r"^too many failed attempts: try again after (?P<time>\S+) UTC, or ask an administrator$"),
-        N_("too many failed attempts: try again after %(time)s UTC, or ask an administrator"),
-    ),
-    (
-        re.compile(r"^must look like (?P<example>\S+) \(a pseudonymous number, no name\)$"),
-        N_("must look like %(example)s (a pseudonymous number, no name)"),
-    ),
-    (
-        re.compile(r"^(?P<value>\S+) is below the plausible minimum (?P<limit>\S+) (?P<unit>.*)$"),
-        N_("%(value)s is below the plausible minimum %(limit)s %(unit)s"),
-    ),
-    (
-        re.compile(r"^(?P<value>\S+) is above the plausible maximum (?P<limit>\S+) (?P<unit>.*)$"),
-        N_("%(value)s is above the plausible maximum %(limit)s %(unit)s"),
-    ),
-    (re.compile(r"^(?P<date>\d{4}-\d\d-\d\d) is in the future$"), N_("%(date)s is in the future")),
-    (
-        re.compile(r"^(?P<date>\d{4}-\d\d-\d\d) is more than (?P<days>\d+) days ago$"),
-        N_("%(date)s is more than %(days)s days ago"),
-    ),
-    (
-        re.compile(r"^exclusion criterion present: (?P<label>.+)$"),
-        N_("exclusion criterion present: %(label)s"),
-    ),
-    (
-        re.compile(r"^inclusion criterion not met: (?P<label>.+)$"),
-        N_("inclusion criterion not met: %(label)s"),
-    ),
-    (
-        re.compile(r"^(?P<label>.+): (?P<value>\S+) (?P<unit>.*) is not (?P<range>[≥>≤<].*)$"),
-        N_("%(label)s: %(value)s %(unit)s is not %(range)s"),
-    ),
-    (re.compile(r"^'(?P<value>.*)' is not one of .*$"), N_("%(value)s is not one of the choices")),
-    (re.compile(r"^no site '(?P<site>.*)' within your reach$"), N_("no site %(site)s within your reach")),
-    (
-        re.compile(r"^site (?P<site>\S+) is (?P<status>\S+): it cannot randomize$"),
-        N_("site %(site)s is %(status)s: it cannot randomize"),
-    ),
-    (
-        re.compile(r"^no subject (?P<subject>\S+) within your reach$"),
-        N_("no subject %(subject)s within your reach"),
-    ),
-    (
-        re.compile(r"^no subject (?P<subject>\S+) in (?P<trial>\S+)$"),
-        N_("no subject %(subject)s in %(trial)s"),
-    ),
-    (
-        re.compile(r"^this label is (?P<subject>\S+)'s (?P<label>\S+) dose, not (?P<day>\S+)$"),
-        N_("this label is %(subject)s's %(label)s dose, not %(day)s"),
-    ),
-    (
-        re.compile(r"^STOP: this label does not belong to (?P<subject>\S+)$"),
-        N_("STOP: this label does not belong to %(subject)s"),
-    ),
-    (
-        re.compile(r"^this label is printed for (?P<unit>\S+), not (?P<day>\S+)$"),
-        N_("this label is printed for %(unit)s, not %(day)s"),
-    ),
-    (
-        re.compile(r"^the (?P<day>\S+) dose of (?P<subject>\S+) was already given$"),
-        N_("the %(day)s dose of %(subject)s was already given"),
-    ),
-    (
-        re.compile(r"^the (?P<day>\S+) kit of (?P<subject>\S+) was not dispensed by the pharmacy$"),
-        N_("the %(day)s kit of %(subject)s was not dispensed by the pharmacy"),
-    ),
-    (
-        re.compile(r"^the (?P<day>\S+) kit of (?P<subject>\S+) is expired: do not give it$"),
-        N_("the %(day)s kit of %(subject)s is expired: do not give it"),
-    ),
-    (
-        re.compile(r"^(?P<screening>\S+) is not eligible: recorded in the screening log, not randomized$"),
-        N_("%(screening)s is not eligible: recorded in the screening log, not randomized"),
-    ),
-    (
-        re.compile(
-            r"^(?P<label>.+): day (?P<days>-?\d+) after (?P<reference>\S+) is outside the window "
-            r"day (?P<first>\d+) to day (?P<last>\d+)$"
-        ),
-        N_("%(label)s: day %(days)s after %(reference)s is outside the window day %(first)s to day %(last)s"),
-    ),
-    (
-        re.compile(r"^(?P<days>.+) not recorded as given before (?P<day>\S+)$"),
-        N_("%(days)s not recorded as given before %(day)s"),
-    ),
-    (re.compile(r"^(?P<day>\S+) was planned for (?P<date>\S+)$"), N_("%(day)s was planned for %(date)s")),
-    (
-        re.compile(r"^(?P<subject>\S+) was already withdrawn on (?P<date>\S+)$"),
-        N_("%(subject)s was already withdrawn on %(date)s"),
-    ),
-    (re.compile(r"^the label is for (?P<day>\S+)$"), N_("the label is for %(day)s")),
-    (
-        re.compile(r"^(?P<status>\S+): keep it aside, it will not be made available$"),
-        N_("%(status)s: keep it aside, it will not be made available"),
-    ),
-    (
-        re.compile(r"^the shipment is (?P<status>\S+), not in transit$"),
-        N_("the shipment is %(status)s, not in transit"),
-    ),
-    (
-        re.compile(r"^this patient's kit for (?P<other>\S+), not (?P<day>\S+)$"),
-        N_("this patient's kit for %(other)s, not %(day)s"),
-    ),
-    (
-        re.compile(r"^kit (?P<kit>\S+) is the (?P<other>\S+) kit of (?P<subject>\S+), not (?P<day>\S+)$"),
-        N_("kit %(kit)s is the %(other)s kit of %(subject)s, not %(day)s"),
-    ),
-    (
-        re.compile(r"^kit (?P<kit>\S+) is not the kit allocated to (?P<subject>\S+) for (?P<day>\S+)$"),
-        N_("kit %(kit)s is not the kit allocated to %(subject)s for %(day)s"),
-    ),
-    (
-        re.compile(r"^the (?P<day>\S+) kit of (?P<subject>\S+) was already dispensed$"),
-        N_("the %(day)s kit of %(subject)s was already dispensed"),
-    ),
-    (
-        re.compile(r"^the (?P<day>\S+) kit of (?P<subject>\S+) expires before its day: replace it$"),
-        N_("the %(day)s kit of %(subject)s expires before its day: replace it"),
-    ),
-    (re.compile(r"^one of:? (?P<choices>.+)$"), N_("choose one of the proposed answers")),
-    (
-        re.compile(r"^describe the reason \(at least (?P<count>\d+) characters\)$"),
-        N_("describe the reason (at least %(count)s characters)"),
-    ),
-    (
-        re.compile(r"^the subject was withdrawn on (?P<date>\S+)$"),
-        N_("the subject was withdrawn on %(date)s"),
-    ),
-    (re.compile(r"^is longer than (?P<count>\d+) characters$"), N_("is longer than %(count)s characters")),
-    (re.compile(r"^at most (?P<count>\d+) characters$"), N_("at most %(count)s characters")),
-    (re.compile(r"^at most (?P<count>\d+)$"), N_("at most %(count)s")),
-    (re.compile(r"^no code-break sheet (?P<sheet>\S+)$"), N_("no code-break sheet %(sheet)s")),
-    (
-        re.compile(r"^no code-break sheet (?P<sheet>\S+) within your reach$"),
-        N_("no code-break sheet %(sheet)s within your reach"),
-    ),
-    (
-        re.compile(r"^describe what was found \(required for a (?P<status>\S+) sheet\)$"),
-        N_("describe what was found (required for an opened or missing sheet)"),
-    ),
-    (
-        re.compile(
-            r"^sheet (?P<sheet>\S+) is opened but no offline unblinding names it: register the opening, "
-            r"or report an accidental unblinding \(protocol deviation\)$"
-        ),
-        N_(
-            "sheet %(sheet)s is opened but no offline unblinding names it: register the opening, or "
-            "report an accidental unblinding (protocol deviation)"
-        ),
-    ),
-    (
-        re.compile(r"^sheet (?P<sheet>\S+) was already replaced by (?P<other>\S+)$"),
-        N_("sheet %(sheet)s was already replaced by %(other)s"),
-    ),
-    (re.compile(r"^no kit (?P<kit>\S+) in (?P<trial>\S+)$"), N_("no kit %(kit)s in %(trial)s")),
-    (re.compile(r"^kit (?P<kit>\S+) has sheet (?P<sheet>\S+)$"), N_("kit %(kit)s has sheet %(sheet)s")),
-    (
-        re.compile(r"^the (?P<role>\S+) role must be granted for a site$"),
-        N_("this role must be granted for a site"),
-    ),
-    (re.compile(r"^no user '?(?P<user>[^']+)'?$"), N_("no user %(user)s")),
-)
-
 
 def title(text: str) -> str | None:
     """An error title in the page's language, or None when it is not a known one."""
@@ -443,11 +142,4 @@ def word(code: str) -> str:
 
 def translate(message: str, names: Mapping[str, str]) -> str | None:
     """`message` in the page's language, or None when it is not a known service message."""
-    if message in KNOWN:
-        return gettext(message)
-    for pattern, template in PATTERNS:
-        match = pattern.match(message)
-        if match:
-            values = {key: names.get(value, value) for key, value in match.groupdict().items()}
-            return gettext(template, **values)
-    return None
+    return service_messages.translate(message, names, gettext)

@@ -8,6 +8,7 @@ from datetime import date
 from urllib.parse import urlencode
 
 from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
+from flask_babel import gettext
 from markupsafe import Markup
 from werkzeug.wrappers import Response as WerkzeugResponse
 
@@ -15,7 +16,7 @@ from allocator.permissions import Permission, requires
 from allocator.services import signatures
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
 from allocator.services.reports import audit_review, catalogue, export, filters
-from allocator.web import forms
+from allocator.web import forms, i18n
 from allocator.web.security import actor, ctx, current_trial, scope
 
 bp = Blueprint("reports", __name__)
@@ -31,6 +32,7 @@ def _page(name: str, version: str, permission: Permission) -> str:
         filters.ReportFilter.parse(request.args.to_dict()),
         scope(permission),
         version=version,
+        words=i18n.words(),
     )
     return render_template(
         "reports/report.html",
@@ -51,6 +53,7 @@ def _download(name: str, fmt: str, version: str, permission: Permission) -> Resp
         scope(permission),
         fmt,
         version=version,
+        words=i18n.words(),
     )
     return Response(
         exported.body,
@@ -164,8 +167,13 @@ def sign(trial: str, name: str) -> WerkzeugResponse:
         args = {k: request.form.get(k, "") for k in ("since", "until", "hours_from", "hours_to")}
     else:
         flash(
-            f"Review of {done.period_start} to {done.period_end} signed: {done.entries} entries, "
-            f"SHA-256 {done.content_sha256[:16]}...",
+            gettext(
+                "Review of %(start)s to %(end)s signed: %(entries)s entries, SHA-256 %(sha)s…",
+                start=i18n.day(done.period_start),
+                end=i18n.day(done.period_end),
+                entries=i18n.number(done.entries),
+                sha=done.content_sha256[:16],
+            ),
             "ok",
         )
         args = {"since": done.period_start.isoformat(), "until": done.period_end.isoformat()}

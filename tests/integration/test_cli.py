@@ -49,6 +49,29 @@ def test_messages_speak_the_language_asked_for(run, monkeypatch: pytest.MonkeyPa
     assert code != 0 and not re.search(r"\b[A-Z]{3}-\d{2}\b", out)
 
 
+def test_demo_speaks_french_with_lang_fr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13: the demo's messages (and those of backup, archive and export) follow --lang."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("LC_ALL", "LC_MESSAGES", "LANG"):
+        monkeypatch.delenv(name, raising=False)
+    result = CliRunner().invoke(
+        main, ["--lang", "fr", "demo", "--no-serve", "--dir", str(tmp_path / "demo")], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    assert "Instance de démonstration de IFNG-PAIS (TEST)" in result.output
+    assert "Mots de passe à usage unique" in result.output and "One-time passwords" not in result.output
+    assert re.search(r"utilisateur\s+rôle\s+centre\s+mot de passe à usage unique", result.output)
+    # A refusal of the same family of commands, in French too.
+    out = tmp_path / "taken.age"
+    out.write_bytes(b"")
+    refused = CliRunner().invoke(main, ["--lang", "fr", "backup", "--out", str(out), "--recipient", "age1x"])
+    assert refused.exit_code == 1
+    assert (
+        "erreur : --out : " in refused.output
+        and "existe déjà (une sauvegarde n'écrase jamais" in refused.output
+    )
+
+
 def test_commands_refuse_an_uninitialised_database(run) -> None:  # type: ignore[no-untyped-def]
     code, out = run("load-trial", str(IFN_TRIAL))
     assert code == 1 and "run `allocator init`" in out

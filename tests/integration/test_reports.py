@@ -21,6 +21,7 @@ from allocator.services.accounts import users
 from allocator.services.closeout import state
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, NotFound, ValidationFailed
+from allocator.services.lookups import trial_definition
 from allocator.services.reports import (
     accountability,
     allocation_history,
@@ -38,6 +39,7 @@ from allocator.services.reports import (
 from allocator.services.reports import unblindings as reports_unblindings
 from allocator.services.subjects import corrections, withdrawal
 from allocator.services.supply import reconciliation
+from allocator.wording import ENGLISH
 from tests.reporting import (
     ALL,
     MONITOR,
@@ -403,8 +405,10 @@ def test_participant_flow_in_total_per_site_and_stratum(ctx: ServiceContext, tru
     assert measures["3/3 doses administered"]["All sites"] == "1"
     assert facts(flow_view)["Withdrawn (kept in every count, intention to treat)"] == "1"
     per_stratum = table(flow_view, "Per stratum")
+    in_words = ENGLISH.with_trial(trial_definition(ctx, TRIAL)).strata  # as the report shows a stratum
+    assert in_words("admission_cause=septic") == "Cause of ICU admission: Septic"
     assert {(r["Site"], r["Stratum"]): r["Withdrawn"] for r in per_stratum} == {
-        key: str(n) for key, n in withdrawn.items()
+        (site, in_words(stratum)): str(n) for (site, stratum), n in withdrawn.items()
     }
     # The allocation history shows the withdrawal beside the subject (a withdrawal is not a deviation).
     history = {
@@ -413,7 +417,7 @@ def test_participant_flow_in_total_per_site_and_stratum(ctx: ServiceContext, tru
     assert [n for n, r in history.items() if r.withdrawal is not None] == [s4]
     cells = {r["Subject"]: r for r in table(view(ctx, "allocation-history"), "Allocation history")}
     assert cells[s4]["Withdrawal"].startswith(
-        "consent withdrawn on 2026-03-09: consent withdrawn by the patient"
+        "consent withdrawn on Mar 9, 2026: consent withdrawn by the patient"
     )
     assert all(cells[n]["Withdrawal"] == "" for n in cells if n != s4)
 
@@ -466,7 +470,8 @@ def test_the_flow_per_arm_exists_only_after_the_final_unblinding(ctx: ServiceCon
     want: dict[tuple[str, str, str], int] = {}
     for key, (site, cause) in placed.items():
         column = arm_column[arm_of_subject(ctx, truth, truth.subjects[key])]
-        for stratum in (f"admission_cause={cause}", "all strata"):
+        in_words = ENGLISH.with_trial(trial_definition(ctx, TRIAL)).strata
+        for stratum in (in_words(f"admission_cause={cause}"), "all strata"):
             want[(site, stratum, column)] = want.get((site, stratum, column), 0) + 1
     cells = table(restricted, "Participant flow per arm, site and stratum")
     assert len(cells) == 2 * (2 + 1) * 2  # two sites, two strata each plus the site's total, two arms
@@ -477,7 +482,7 @@ def test_the_flow_per_arm_exists_only_after_the_final_unblinding(ctx: ServiceCon
     s1_row = next(r for r in cells if (r["Site"], r["Stratum"], r["Arm"]) == ("P1", "all strata", s1_arm))
     assert s1_row["3/3"] == "1"  # S1 is the only subject with all three doses
     assert {(r["Site"], r["Stratum"], r["Arm"]) for r in cells if r["Withdrawn"] != "0"} == {
-        ("P1", "admission_cause=septic", s4_column),
+        ("P1", "Cause of ICU admission: Septic", s4_column),
         ("P1", "all strata", s4_column),
     }
     assert all(r["Withdrawn"] in ("0", "1") for r in cells)
@@ -527,7 +532,8 @@ def test_sequence_generation_and_concealment(ctx: ServiceContext, truth: Truth) 
     assert "2, 4, 6" not in export.to_csv(view(ctx, "sequence"))
     restricted = sequence.sequence_report(ctx, TRIAL, restricted=True)
     assert restricted.lists[0].block_sizes == (2, 4, 6) and restricted.lists[0].slot_count
-    assert "Site (P1, P2)" in facts(view(ctx, "sequence", version="restricted"))["Stratification factors"]
+    factors_shown = facts(view(ctx, "sequence", version="restricted"))["Stratification factors"]
+    assert "Cause of ICU admission (Septic, Non-septic)" in factors_shown
     assert restricted.factors is not None and [code for code, _, _ in restricted.factors] == [
         "site",
         "admission_cause",
@@ -538,7 +544,10 @@ def test_sequence_generation_and_concealment(ctx: ServiceContext, truth: Truth) 
     state.unblind_trial(ctx, stat, TRIAL, reason="final analysis", signature=SIGNED)
     public = sequence.sequence_report(ctx, TRIAL, restricted=False)
     assert public.lists[0].block_sizes == (2, 4, 6) and public.factors == restricted.factors
-    assert "Site (P1, P2)" in facts(view(ctx, "sequence"))["Stratification factors"]
+    assert (
+        "Cause of ICU admission (Septic, Non-septic)"
+        in facts(view(ctx, "sequence"))["Stratification factors"]
+    )
 
 
 @pytest.mark.req("AUD-09")
@@ -709,7 +718,7 @@ def test_blinded_exports_round_trip_name_no_arm_and_are_audited(
         if t.rows:
             assert tuple(sections[t.title][0]) == t.columns
     assert csv_export.rows == shown.rows == sum(len(r) for r in sections.values())
-    assert metadata["trial"] == TRIAL and metadata["generated by"] == "Mona Itor (monitor)"
+    assert metadata["trial"] == TRIAL and metadata["generated by"] == "Mona Itor (Monitor)"
     assert metadata["filters"].startswith("every site")
     # The PDF holds every column, the metadata and page numbers.
     pdf = flat(pdf_text(pdf_export.body))
@@ -718,7 +727,7 @@ def test_blinded_exports_round_trip_name_no_arm_and_are_audited(
         assert flat(t.title) in pdf
         for column in t.columns:
             assert flat(column) in pdf, column
-    assert "Generated by: Mona Itor (monitor)" in pdf and "Page 1 of" in pdf
+    assert "Generated by: Mona Itor (Monitor)" in pdf and "Page 1 of" in pdf
     # BLD-07: no arm word, no arm code, in the rows, the CSV, the PDF text and its metadata, the name.
     assert arm_leaks(str(shown.tables) + str(shown.facts)) == []
     assert arm_leaks(text) == [] and arm_leaks(pdf) == []
@@ -810,5 +819,6 @@ def test_restricted_exports_seal_their_row_count(ctx: ServiceContext, truth: Tru
         "report": "unblinding",
         "version": "restricted",
         "format": "csv",
+        "language": "en",
         "filters": {},
     }

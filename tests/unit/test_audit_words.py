@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 from flask import Flask
 from flask_babel import Babel
 
+from allocator import audit_labels, notices
 from allocator.audit import Action
 from allocator.web import audit_words
 
 
 def test_every_audited_action_has_a_label() -> None:
-    assert set(audit_words.ACTION_LABELS) == set(Action)
-    assert len(set(audit_words.ACTION_LABELS.values())) == len(Action)  # no two alike
+    assert set(audit_labels.ACTION_LABELS) == set(Action)
+    assert len(set(audit_labels.ACTION_LABELS.values())) == len(Action)  # no two alike
 
 
 @pytest.mark.req("AUD-05")
@@ -41,9 +45,42 @@ def test_values_read_as_key_value_lines_without_json() -> None:
         Line("strata", "admission cause: septic"),
         Line("kits", "K-1, K-2"),
         Line("name", "Pr Dépret"),
-        Line("ok", "yes"),
+        Line("correct", "yes"),
         Line("ends at", "—"),
         Line("role", "Unblinded pharmacist"),  # a code with words is shown in words
         Line("kind", "consent_withdrawn", code=True),  # one without is shown as code, on purpose
-        Line("endpoint", "admin.trial_roles", code=True),
+        Line("page", "admin.trial_roles", code=True),
     ]
+
+
+def _recorded_keys() -> set[str]:
+    """The literal keys of the values the code records in audit entries (`new=`, `old=`, `sealed=`)."""
+    keys: set[str] = set()
+    for path in (Path(__file__).resolve().parents[2] / "allocator").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call):
+                for keyword in node.keywords:
+                    if keyword.arg in ("new", "old", "sealed"):
+                        keys |= {
+                            key.value
+                            for found in ast.walk(keyword.value)
+                            if isinstance(found, ast.Dict)
+                            for key in found.keys
+                            if isinstance(key, ast.Constant) and isinstance(key.value, str)
+                        }
+    return keys
+
+
+@pytest.mark.req("AUD-05")
+def test_every_recorded_key_has_words_in_both_languages() -> None:
+    """Issue 13: the keys shown under an audit entry are words, in French and English; the records
+    keep their codes. A key added to a record without a label fails here."""
+    keys = _recorded_keys()
+    assert {"screening_number", "reason_category", "confirmed_despite_warnings"} <= keys  # the scan works
+    assert sorted(keys - set(audit_labels.KEY_LABELS)) == []
+    french = notices.catalogue_gettext("fr")
+    assert audit_labels.key_label("screening_number", french) == "numéro de sélection"
+    assert audit_labels.key_label("reason_category", french) == "catégorie de motif"
+    assert audit_labels.action_label("role.granted", french) == "Rôle attribué"
+    # An unknown key is still shown, as words, never as a code name.
+    assert audit_labels.key_label("some_new_key", french) == "some new key"

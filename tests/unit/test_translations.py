@@ -5,11 +5,13 @@ French translation in the catalogue, or a compiled catalogue older than its sour
 from __future__ import annotations
 
 import re
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import jinja2
 import pytest
 
+from allocator.wording import Words
 from tools import translations
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
@@ -85,3 +87,31 @@ def test_the_checker_sees_bare_text() -> None:
         '{% trans %}Hello{% endtrans %}<input value="{{ v }}"> · Bonjour'
     )
     assert bare_texts(source) == ["Help", "Sign in", "· Bonjour"]
+
+
+def test_report_words_in_french_and_english() -> None:
+    """Issue 13: what the reports build outside a request (allocator/wording.py) speaks the reader's
+    language: messages, numbers, dates, times in UTC, yes/no, status codes and roles."""
+    fr, en = Words.of("fr"), Words.of("en")
+    moment = datetime(2026, 12, 5, 13, 9, 30, tzinfo=UTC)
+    assert (
+        fr("Subjects randomized") == "Patients randomisés"
+        and en("Subjects randomized") == "Subjects randomized"
+    )
+    assert fr("%(day)s dispensed", day="D1") == "D1 dispensé"
+    assert fr.n(4200.5) == "4\u202f200,5" and en.n(4200.5) == "4,200.5"
+    assert fr.day(date(2026, 12, 5)) == "5 déc. 2026" and en.day(date(2026, 12, 5)) == "Dec 5, 2026"
+    assert fr.utc(moment) == "5 déc. 2026, 13:09:30 UTC" and en.utc(moment) == "Dec 5, 2026, 13:09:30 UTC"
+    assert (fr.yes_no(True), en.yes_no(False)) == ("oui", "no")
+    assert (fr.word("in_transit"), en.word("in_transit"), fr.word("never_seen_code")) == (
+        "en transit",
+        "in transit",
+        "never seen code",
+    )
+    assert fr.role("trial_manager") != "trial_manager" and en.role("monitor").startswith("Monitor")
+    assert fr.message("STOP: this label does not belong to P1-007").endswith("P1-007")
+    assert (
+        fr.message("STOP: this label does not belong to P1-007")
+        != "STOP: this label does not belong to P1-007"
+    )
+    assert Words.of(None).language == "en" and Words.of("de").language == "en"

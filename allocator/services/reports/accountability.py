@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from allocator.permissions import Scope
 from allocator.printing import monitoring_reports
 from allocator.services.context import ServiceContext
-from allocator.services.reports.filters import ReportFilter, scoped_frame, yes_no
+from allocator.services.reports.filters import ReportFilter, scoped_frame
 from allocator.services.supply import kit_rules
 from allocator.services.supply import reconciliation as supply_reconciliation
+from allocator.wording import Words
 
 # --- kit accountability (REP-09, LBL-11) ----------------------------------------------------------
 
@@ -18,56 +19,51 @@ from allocator.services.supply import reconciliation as supply_reconciliation
 class Accountability:
     reconciliation: supply_reconciliation.Reconciliation
 
-    def facts(self) -> tuple[tuple[str, str], ...]:
+    def facts(self, _: Words) -> tuple[tuple[str, str], ...]:
         rows = self.reconciliation.rows
         return (
-            ("Kits", str(sum(r.total for r in rows))),
-            ("Records balance", yes_no(self.reconciliation.balanced)),
-            ("Note", "Kit statuses as of now; the period filter does not apply."),
+            (_("Kits"), _.n(sum(r.total for r in rows))),
+            (_("Records balance"), _.yes_no(self.reconciliation.balanced)),
+            (_("Note"), _("Kit statuses as of now; the period filter does not apply.")),
         )
 
-    def tables(self) -> tuple[monitoring_reports.Table, ...]:
+    def tables(self, _: Words) -> tuple[monitoring_reports.Table, ...]:
         rows = self.reconciliation.rows
         flow = [s.value for s in supply_reconciliation.FLOW_STATUSES]
         return (
             monitoring_reports.Table(
-                "Kits per site and batch, by current status",
+                _("Kits per site and batch, by current status"),
                 (
-                    "Site",
-                    "Batch",
-                    "Total",
-                    *(_words(s) for s in kit_rules.STATUSES),
-                    "Labels printed",
-                    "Labels reprinted",
+                    _("Site"),
+                    _("Batch"),
+                    _("Total"),
+                    *(_.word(s) for s in kit_rules.STATUSES),
+                    _("Labels printed"),
+                    _("Labels reprinted"),
                 ),
                 tuple(
                     (
                         r.site,
                         r.batch,
-                        str(r.total),
-                        *(str(r.current.get(s, 0)) for s in kit_rules.STATUSES),
-                        str(r.labels_printed),
-                        str(r.labels_reprinted),
+                        _.n(r.total),
+                        *(_.n(r.current.get(s, 0)) for s in kit_rules.STATUSES),
+                        _.n(r.labels_printed),
+                        _.n(r.labels_reprinted),
                     )
                     for r in rows
                 ),
             ),
             monitoring_reports.Table(
-                "Kits that were ever in each status",
-                ("Site", "Batch", *(f"ever {_words(s)}" for s in flow)),
-                tuple((r.site, r.batch, *(str(r.ever.get(s, 0)) for s in flow)) for r in rows),
+                _("Kits that were ever in each status"),
+                (_("Site"), _("Batch"), *(_("ever %(status)s", status=_.word(s)) for s in flow)),
+                tuple((r.site, r.batch, *(_.n(r.ever.get(s, 0)) for s in flow)) for r in rows),
             ),
             monitoring_reports.Table(
-                "Discrepancies",
-                ("Discrepancy",),
+                _("Discrepancies"),
+                (_("Discrepancy"),),
                 tuple((problem,) for problem in self.reconciliation.discrepancies),
             ),
         )
-
-
-def _words(status: str) -> str:
-    """A status as column words: "in_transit" -> "in transit"."""
-    return status.replace("_", " ")
 
 
 def accountability(ctx: ServiceContext, trial_code: str, scope: Scope, flt: ReportFilter) -> Accountability:

@@ -18,13 +18,12 @@ from allocator.services.reports.filters import (
     ReportFilter,
     kit_text,
     scoped_frame,
-    strata_text,
     subject_views,
-    time_text,
 )
 from allocator.services.reports.unblindings import accidental_events
 from allocator.services.subjects import views as subjects_views
 from allocator.services.subjects import withdrawal as subjects_withdrawal
+from allocator.wording import Words
 
 # --- allocation history (REP-05, BLD-07, RND-07, RND-09) -------------------------------------------
 
@@ -43,10 +42,15 @@ class KitDay:
     status: str
     replaced: tuple[ReplacedKit, ...]
 
-    def cell(self) -> str:
-        text = f"{kit_text(self.kit_number)} ({self.status})"
+    def cell(self, _: Words) -> str:
+        text = f"{kit_text(self.kit_number)} ({_.word(self.status)})"
         for old in self.replaced:
-            text += f"; replaces {kit_text(old.kit_number)} ({old.reason}, {time_text(old.replaced_at)})"
+            text += "; " + _(
+                "replaces %(kit)s (%(reason)s, %(at)s)",
+                kit=kit_text(old.kit_number),
+                reason=old.reason,
+                at=_.utc(old.replaced_at),
+            )
         return text
 
 
@@ -61,8 +65,15 @@ class BlindBreak:
     by: str
     role: str
 
-    def cell(self) -> str:
-        return f"{self.kind} ({self.channel}) {time_text(self.at)} by {self.by} ({self.role})"
+    def cell(self, _: Words) -> str:
+        return _(
+            "%(kind)s (%(channel)s) %(at)s by %(by)s (%(role)s)",
+            kind=_.word(self.kind),
+            channel=_.word(self.channel),
+            at=_.utc(self.at),
+            by=self.by,
+            role=_.role(self.role),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,69 +98,89 @@ class AllocationHistory:
     day_labels: tuple[str, ...]
     rows: tuple[AllocationRow, ...]
 
-    def facts(self) -> tuple[tuple[str, str], ...]:
+    def facts(self, _: Words) -> tuple[tuple[str, str], ...]:
         return (
-            ("Subjects randomized", str(len(self.rows))),
-            ("Randomized in error (kept, intention to treat)", str(sum(r.in_error for r in self.rows))),
-            ("With a stratum correction", str(sum(bool(r.corrections) for r in self.rows))),
-            ("With a blind-break event", str(sum(bool(r.blind_breaks) for r in self.rows))),
-            ("Withdrawn (kept, intention to treat)", str(sum(r.withdrawal is not None for r in self.rows))),
-            ("Kit replacements", str(sum(len(k.replaced) for r in self.rows for k in r.kits))),
+            (_("Subjects randomized"), _.n(len(self.rows))),
+            (_("Randomized in error (kept, intention to treat)"), _.n(sum(r.in_error for r in self.rows))),
+            (_("With a stratum correction"), _.n(sum(bool(r.corrections) for r in self.rows))),
+            (_("With a blind-break event"), _.n(sum(bool(r.blind_breaks) for r in self.rows))),
+            (
+                _("Withdrawn (kept, intention to treat)"),
+                _.n(sum(r.withdrawal is not None for r in self.rows)),
+            ),
+            (_("Kit replacements"), _.n(sum(len(k.replaced) for r in self.rows for k in r.kits))),
         )
 
-    def tables(self) -> tuple[monitoring_reports.Table, ...]:
+    def tables(self, _: Words) -> tuple[monitoring_reports.Table, ...]:
         columns = (
-            "Subject",
-            "Site",
-            "Stratum at randomization",
-            "Stratum corrected",
-            "Randomization number",
-            "Randomized at (UTC)",
-            "Randomized by",
-            *(f"{label} kit" for label in self.day_labels),
-            "Randomized in error",
-            "Stratum corrections",
-            "Blind-break events",
-            "Withdrawal",
+            _("Subject"),
+            _("Site"),
+            _("Stratum at randomization"),
+            _("Stratum corrected"),
+            _("Randomization number"),
+            _("Randomized at (UTC)"),
+            _("Randomized by"),
+            *(_("%(day)s kit", day=label) for label in self.day_labels),
+            _("Randomized in error"),
+            _("Stratum corrections"),
+            _("Blind-break events"),
+            _("Withdrawal"),
         )
         rows = []
         for r in self.rows:
-            by_day = {k.day: k.cell() for k in r.kits}
+            by_day = {k.day: k.cell(_) for k in r.kits}
             rows.append(
                 (
                     r.subject_number,
                     r.site,
-                    strata_text(r.strata_at_randomization),
-                    strata_text(r.strata_corrected) if r.strata_corrected is not None else "",
+                    _.strata(r.strata_at_randomization),
+                    _.strata(r.strata_corrected) if r.strata_corrected is not None else "",
                     r.randomization_number,
-                    time_text(r.randomized_at),
+                    _.utc(r.randomized_at),
                     r.randomized_by,
                     *(by_day.get(label, "") for label in self.day_labels),
-                    f"yes: {r.in_error_reason}" if r.in_error else "no",
+                    _("yes: %(reason)s", reason=r.in_error_reason) if r.in_error else _("no"),
                     " | ".join(
-                        f"{c.field}: {c.old} -> {c.new} ({c.reason}; {c.by}, {time_text(c.at)})"
+                        _(
+                            "%(factor)s: %(old)s -> %(new)s (%(reason)s; %(by)s, %(at)s)",
+                            factor=_.label(c.field or ""),
+                            old=_.label(f"{c.field}={c.old}"),
+                            new=_.label(f"{c.field}={c.new}"),
+                            reason=c.reason,
+                            by=c.by,
+                            at=_.utc(c.at),
+                        )
                         for c in r.corrections
                     ),
-                    " | ".join(b.cell() for b in r.blind_breaks),
-                    _withdrawal_cell(r.withdrawal),
+                    " | ".join(b.cell(_) for b in r.blind_breaks),
+                    _withdrawal_cell(r.withdrawal, _),
                 )
             )
         return (
             monitoring_reports.Table(
-                "Allocation history",
+                _("Allocation history"),
                 columns,
                 tuple(rows),
-                "Who randomized whom, when, and which kits; corrections are shown beside the values used "
-                "at randomization, which never change (RND-09).",
+                _(
+                    "Who randomized whom, when, and which kits; corrections are shown beside the values "
+                    "used at randomization, which never change."
+                ),
             ),
         )
 
 
-def _withdrawal_cell(w: subjects_views.WithdrawalView | None) -> str:
+def _withdrawal_cell(w: subjects_views.WithdrawalView | None, _: Words) -> str:
     if w is None:
         return ""
     kind = subjects_withdrawal.WITHDRAWAL_KINDS.get(w.kind, w.kind)
-    return f"{kind} on {w.effective_date.isoformat()}: {w.reason} ({w.by}, {time_text(w.at)})"
+    return _(
+        "%(kind)s on %(date)s: %(reason)s (%(by)s, %(at)s)",
+        kind=_(kind),
+        date=_.day(w.effective_date),
+        reason=w.reason,
+        by=w.by,
+        at=_.utc(w.at),
+    )
 
 
 def _replaced_kits(ctx: ServiceContext, frame: Frame) -> dict[tuple[str, int], list[ReplacedKit]]:

@@ -5,21 +5,31 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
-from datetime import UTC, date, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
+from allocator import audit_labels
 from allocator.audit import SYSTEM_CHAIN, Action, Actor
 from allocator.models import AuditReview, RoleAssignment, Signature, User
+from allocator.notices import N_
 from allocator.permissions import Scope
 from allocator.printing import monitoring_reports
 from allocator.services import audit_trail, signatures, unblinding
 from allocator.services.context import ServiceContext
 from allocator.services.errors import FieldProblem, NotFound, ValidationFailed
 from allocator.services.lookups import get_trial
-from allocator.services.reports.filters import WORKDAY, ReportFilter, audit_time, scoped_frame, time_text
+from allocator.services.reports.filters import (
+    WORKDAY,
+    ReportFilter,
+    audit_time,
+    scoped_frame,
+    signature_text,
+    time_text,
+)
+from allocator.wording import Words
 
 # --- audit-trail review reports and their sign-off (AUD-09) ---------------------------------------
 
@@ -39,9 +49,11 @@ REVIEW_KINDS: dict[str, ReviewKind] = {
     for kind in (
         ReviewKind(
             "unblindings",
-            "Unblindings",
-            "Emergency unblindings (online and offline) and when their result was shown, refusals, rate "
-            "alerts, accidental reports, code-break sheets and trial state changes.",
+            N_("Unblindings"),
+            N_(
+                "Emergency unblindings (online and offline) and when their result was shown, refusals, rate "
+                "alerts, accidental reports, code-break sheets and trial state changes."
+            ),
             (
                 A.UNBLINDING_EMERGENCY,
                 A.UNBLINDING_RESULT_SHOWN,
@@ -56,33 +68,42 @@ REVIEW_KINDS: dict[str, ReviewKind] = {
         ),
         ReviewKind(
             "arm-reads",
-            "Accesses to the arm",
-            "Every audited read of an arm (BLD-08): who, when and for what purpose; never the arm.",
+            N_("Accesses to the arm"),
+            N_("Every audited read of an arm: who, when and for what purpose; never the arm."),
             (A.ARM_READ,),
         ),
         ReviewKind(
             "sign-ins",
-            "Failed sign-ins, lockouts and refused signatures",
-            "Failed sign-ins and lockouts of the trial's users, refused electronic signatures and refused "
-            "permissions in the trial.",
+            N_("Failed sign-ins, lockouts and refused signatures"),
+            N_(
+                "Failed sign-ins and lockouts of the trial's users, refused electronic signatures and refused "
+                "permissions in the trial."
+            ),
             (A.SIGNATURE_FAILED, A.PERMISSION_DENIED),
             (A.LOGIN_FAILED, A.LOCKED_OUT),
         ),
         ReviewKind(
             "off-hours",
-            "Actions outside working hours",
-            "Every entry recorded before or after the working hours, or on a Saturday or Sunday, in the "
-            "trial's time zone.",
+            N_("Actions outside working hours"),
+            N_(
+                "Every entry recorded before or after the working hours, or on a Saturday or Sunday, in the "
+                "trial's time zone."
+            ),
             None,
         ),
         ReviewKind(
-            "reprints", "Reprints", "Every reprinted document (marked DUPLICATA).", (A.DOCUMENT_PRINTED,)
+            "reprints",
+            N_("Reprints"),
+            N_("Every reprinted document (marked DUPLICATA)."),
+            (A.DOCUMENT_PRINTED,),
         ),
         ReviewKind(
             "corrections",
-            "Manual corrections",
-            "Randomizations flagged in error, stratum corrections, manual kit status changes and batch "
-            "expiry changes.",
+            N_("Manual corrections"),
+            N_(
+                "Randomizations flagged in error, stratum corrections, manual kit status changes and batch "
+                "expiry changes."
+            ),
             (
                 A.SUBJECT_FLAGGED_IN_ERROR,
                 A.SUBJECT_STRATUM_CORRECTED,
@@ -92,41 +113,43 @@ REVIEW_KINDS: dict[str, ReviewKind] = {
         ),
         ReviewKind(
             "mis-stratifications",
-            "Mis-stratifications",
-            "Stratum corrections recorded beside the values used at randomization.",
+            N_("Mis-stratifications"),
+            N_("Stratum corrections recorded beside the values used at randomization."),
             (A.SUBJECT_STRATUM_CORRECTED,),
         ),
         ReviewKind(
             "kit-replacements",
-            "Kit replacements",
-            "Lost, damaged or expired kits replaced.",
+            N_("Kit replacements"),
+            N_("Lost, damaged or expired kits replaced."),
             (A.KIT_REPLACED,),
         ),
         ReviewKind(
             "withdrawals",
-            "Withdrawals",
-            "Subjects withdrawn (treatment discontinued, consent withdrawn, lost to follow-up), each signed.",
+            N_("Withdrawals"),
+            N_(
+                "Subjects withdrawn (treatment discontinued, consent withdrawn, lost to follow-up), each signed."
+            ),
             (A.SUBJECT_WITHDRAWN,),
         ),
         ReviewKind(
             "role-changes",
-            "Role changes",
-            "Roles granted and revoked in the trial.",
+            N_("Role changes"),
+            N_("Roles granted and revoked in the trial."),
             (A.ROLE_GRANTED, A.ROLE_REVOKED),
         ),
     )
 }
-_REVIEW_COLUMNS = (
-    "Entry",
-    "At (UTC)",
-    "Local time",
-    "Who",
-    "Username",
-    "Role",
-    "Site",
-    "Action",
-    "Object",
-    "Details",
+_REVIEW_COLUMNS = (  # the digest's column names: stable, whatever the reader's language
+    N_("Entry"),
+    N_("At (UTC)"),
+    N_("Local time"),
+    N_("Who"),
+    N_("Username"),
+    N_("Role"),
+    N_("Site"),
+    N_("Action"),
+    N_("Object"),
+    N_("Details"),
 )
 
 
@@ -142,6 +165,28 @@ class ReviewEntry:
     action: str
     object: str
     details: str
+    # What the page shows in the reader's words (the cells above are what the digest covers).
+    source: audit_trail.EntryView | None = field(default=None, compare=False)
+    moment: datetime | None = field(default=None, compare=False)  # in the trial's time zone
+
+    def shown(self, _: Words) -> tuple[str, ...]:
+        """The entry in the reader's words: times in their language, the action's label, the
+        object's type and the recorded values as words ("key: value"), never JSON."""
+        entry, moment = self.source, self.moment
+        if entry is None or moment is None:
+            return self.cells()
+        return (
+            self.entry,
+            _.utc(moment),
+            _.local(moment),
+            self.who,
+            self.username,
+            _.role(self.role),
+            self.site,
+            audit_labels.action_label(self.action, _.gettext),
+            f"{audit_labels.key_label(entry.object_type, _.gettext)} {entry.object_id}",
+            details_text(entry, _),
+        )
 
     def cells(self) -> tuple[str, ...]:
         return (
@@ -194,39 +239,48 @@ class AuditReviewReport:
         )
         return hashlib.sha256(raw.encode("utf-8")).hexdigest()
 
-    def facts(self) -> tuple[tuple[str, str], ...]:
+    def facts(self, _: Words) -> tuple[tuple[str, str], ...]:
         out = [
-            ("Review report", f"{self.kind.title}: {self.kind.description}"),
-            ("Entries listed", str(len(self.entries))),
-            ("SHA-256 of the listed entries", self.digest),
+            (_("Review report"), f"{_(self.kind.title)}{_(': ')}{_(self.kind.description)}"),
+            (_("Entries listed"), _.n(len(self.entries))),
+            (_("SHA-256 of the listed entries"), self.digest),
         ]
         if self.kind.name == "off-hours":
+            start, end = (f"{hour:02d}" for hour in self.hours)
             out.append(
                 (
-                    "Working hours",
-                    f"{self.hours[0]:02d}:00 to {self.hours[1]:02d}:00, Monday to Friday ({self.timezone})",
+                    _("Working hours"),
+                    _(
+                        "%(start)s:00 to %(end)s:00, Monday to Friday (%(zone)s)",
+                        start=start,
+                        end=end,
+                        zone=self.timezone,
+                    ),
                 )
             )
         return tuple(out)
 
-    def tables(self) -> tuple[monitoring_reports.Table, ...]:
+    def tables(self, _: Words) -> tuple[monitoring_reports.Table, ...]:
         return (
             monitoring_reports.Table(
-                self.kind.title,
-                _REVIEW_COLUMNS,
-                self.rows,
-                "Clear values only: sealed values are never shown.",
+                _(self.kind.title),
+                tuple(_(column) for column in _REVIEW_COLUMNS),
+                tuple(e.shown(_) for e in self.entries),
+                _(
+                    "Clear values only: sealed values are never shown. The SHA-256 covers the entries as "
+                    "recorded (codes and values), whatever the language they are read in."
+                ),
             ),
             monitoring_reports.Table(
-                "Signed reviews of this report",
-                ("Period", "Entries", "SHA-256", "Findings", "Signature"),
+                _("Signed reviews of this report"),
+                (_("Period"), _("Entries"), _("SHA-256"), _("Findings"), _("Signature")),
                 tuple(
                     (
-                        f"{p.period_start} to {p.period_end}",
-                        str(p.entries),
+                        _("%(start)s to %(end)s", start=_.day(p.period_start), end=_.day(p.period_end)),
+                        _.n(p.entries),
                         p.content_sha256,
                         p.comment,
-                        p.signature.line(),
+                        signature_text(p.signature, _),
                     )
                     for p in self.past
                 ),
@@ -257,6 +311,37 @@ def _details(entry: audit_trail.EntryView) -> str:
     if entry.reason:
         parts.append(f"reason: {entry.reason}")
     return "; ".join(parts)
+
+
+def _value_text(value: object, _: Words) -> str:
+    """A recorded value in words: yes/no, lists joined, nested values as "key: value", a role or a
+    status code in words; any other text as recorded."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return _.yes_no(value)
+    if isinstance(value, list | tuple):
+        return ", ".join(_value_text(item, _) for item in value) or "—"
+    if isinstance(value, dict):
+        return "; ".join(
+            f"{audit_labels.key_label(str(k), _.gettext)}{_(': ')}{_value_text(v, _)}"
+            for k, v in value.items()
+        )
+    text = str(value)
+    role = _.role(text)
+    return role if role != text.replace("_", " ") else _(text)
+
+
+def details_text(entry: audit_trail.EntryView, _: Words) -> str:
+    """An entry's recorded values (before, after, reason) as "key: value" words, never JSON."""
+    parts = []
+    if entry.old:
+        parts.append(f"{_('before')}{_(': ')}{_value_text(entry.old, _)}")
+    if entry.new:
+        parts.append(_value_text(entry.new, _))
+    if entry.reason:
+        parts.append(f"{_('reason')}{_(': ')}{entry.reason}")
+    return " | ".join(parts)
 
 
 def _trial_usernames(ctx: ServiceContext, trial_id: int, scope: Scope) -> set[str]:
@@ -321,6 +406,8 @@ def audit_review(
                 entry.action,
                 f"{entry.object_type} {entry.object_id}",
                 _details(entry),
+                entry,
+                moment,
             )
         )
     today = ctx.now().astimezone(UTC).date()

@@ -12,6 +12,7 @@ from allocator.permissions import Scope
 from allocator.printing import monitoring_reports
 from allocator.services.context import ServiceContext
 from allocator.services.reports.filters import ReportFilter, scoped_frame, strata_text
+from allocator.wording import Words
 
 # --- blinded balance (REP-08) ------------------------------------------------------------------------
 
@@ -30,32 +31,40 @@ class Balance:
     strata: tuple[StratumCount, ...]
     sites: tuple[tuple[str, int], ...]
 
-    def facts(self) -> tuple[tuple[str, str], ...]:
+    def facts(self, _: Words) -> tuple[tuple[str, str], ...]:
         return (
-            ("Subjects randomized", str(sum(n for _, n in self.sites))),
+            (_("Subjects randomized"), _.n(sum(n for _site, n in self.sites))),
             (
-                "Note",
-                "Totals only: the balance between arms is not shown to blinded roles (BLD-01); "
-                "list capacities and block structure stay with the unblinded statistician (RND-12).",
+                _("Note"),
+                _(
+                    "Totals only: the balance between arms is not shown to blinded roles; list capacities "
+                    "and block structure stay with the unblinded statistician."
+                ),
             ),
         )
 
-    def tables(self) -> tuple[monitoring_reports.Table, ...]:
+    def tables(self, _: Words) -> tuple[monitoring_reports.Table, ...]:
         return (
             monitoring_reports.Table(
-                "Subjects per stratum",
-                ("Site", "Stratum", "Randomized (stratum used)", "After corrections", "Randomized in error"),
+                _("Subjects per stratum"),
+                (
+                    _("Site"),
+                    _("Stratum"),
+                    _("Randomized (stratum used)"),
+                    _("After corrections"),
+                    _("Randomized in error"),
+                ),
                 tuple(
-                    (s.site, s.stratum, str(s.randomized), str(s.after_correction), str(s.in_error))
+                    (s.site, _.strata(s.stratum), _.n(s.randomized), _.n(s.after_correction), _.n(s.in_error))
                     for s in self.strata
                 ),
             ),
             monitoring_reports.Table(
-                "Subjects per site",
-                ("Site", "Randomized"),
+                _("Subjects per site"),
+                (_("Site"), _("Randomized")),
                 (
-                    *((site, str(n)) for site, n in self.sites),
-                    ("All sites", str(sum(n for _, n in self.sites))),
+                    *((site, _.n(n)) for site, n in self.sites),
+                    (_("All sites"), _.n(sum(n for _site, n in self.sites))),
                 ),
             ),
         )

@@ -10,11 +10,12 @@ from sqlalchemy import select
 
 from allocator.audit import Actor
 from allocator.models import Site
+from allocator.notices import N_
 from allocator.permissions import Scope
 from allocator.printing import monitoring_reports
 from allocator.services.context import ServiceContext
 from allocator.services.errors import FieldProblem, NotFound
-from allocator.services.lookups import get_trial
+from allocator.services.lookups import get_trial, trial_definition
 from allocator.services.reports.accountability import Accountability, accountability
 from allocator.services.reports.allocation_history import AllocationHistory, allocation_history
 from allocator.services.reports.audit_review import REVIEW_KINDS, AuditReviewReport, audit_review
@@ -33,7 +34,7 @@ from allocator.services.reports.sequence import SequenceReport, sequence_report
 from allocator.services.reports.unblindings import UnblindingReport, unblinding_report
 from allocator.settings import Environment
 from allocator.version import __version__
-from kits.pdf import utc_text
+from allocator.wording import ENGLISH, Words
 
 # --- the report catalogue, views and exports ------------------------------------------------------
 
@@ -53,65 +54,79 @@ REPORTS: dict[str, ReportSpec] = {
     for spec in (
         ReportSpec(
             "allocation-history",
-            "Allocation history",
-            "Who randomized whom and when, strata as entered and corrected, kits per day with replacements, "
-            "randomizations in error and blind-break events.",
+            N_("Allocation history"),
+            N_(
+                "Who randomized whom and when, strata as entered and corrected, kits per day with replacements, "
+                "randomizations in error and blind-break events."
+            ),
             "REP-05, BLD-07",
             False,
         ),
         ReportSpec(
             "enrolment",
-            "Recruitment and enrolment",
-            "First and last randomization per site, accrual per week, cumulative enrolment chart.",
+            N_("Recruitment and enrolment"),
+            N_("First and last randomization per site, accrual per week, cumulative enrolment chart."),
             "REP-05, REP-08",
             False,
         ),
         ReportSpec(
-            "balance", "Blinded balance", "Subjects per stratum and site (totals only).", "REP-08", False
+            "balance",
+            N_("Blinded balance"),
+            N_("Subjects per stratum and site (totals only)."),
+            "REP-08",
+            False,
         ),
         ReportSpec(
             "dispensing",
-            "Dispensing completeness",
-            "Kits dispensed and administered per subject and day; complete treatments per site.",
+            N_("Dispensing completeness"),
+            N_("Kits dispensed and administered per subject and day; complete treatments per site."),
             "REP-08",
             False,
         ),
         ReportSpec(
             "accountability",
-            "Kit accountability",
-            "Kits per site and batch by status, labels printed, discrepancies.",
+            N_("Kit accountability"),
+            N_("Kits per site and batch by status, labels printed, discrepancies."),
             "REP-09",
             False,
             period=False,
         ),
         ReportSpec(
             "unblinding",
-            "Unblinding report",
-            "Every emergency unblinding (online and offline) and accidental report, with reason, role and "
-            "signature; how the blind is kept.",
+            N_("Unblinding report"),
+            N_(
+                "Every emergency unblinding (online and offline) and accidental report, with reason, role and "
+                "signature; how the blind is kept."
+            ),
             "REP-03, UNB-05, UNB-09",
             True,
         ),
         ReportSpec(
             "deviations",
-            "Protocol-deviation listings",
-            "Mis-stratifications, randomizations in error, refused scans and dispensing, blocked kits, "
-            "replacements, late entries.",
+            N_("Protocol-deviation listings"),
+            N_(
+                "Mis-stratifications, randomizations in error, refused scans and dispensing, blocked kits, "
+                "replacements, late entries."
+            ),
             "REP-07",
             False,
         ),
         ReportSpec(
             "participant-flow",
-            "Participant flow (CONSORT)",
-            "Screened, ineligible with reasons, randomized, in error, doses received; per site and stratum.",
+            N_("Participant flow (CONSORT)"),
+            N_(
+                "Screened, ineligible with reasons, randomized, in error, doses received; per site and stratum."
+            ),
             "REP-04",
             True,
         ),
         ReportSpec(
             "sequence",
-            "Sequence generation and allocation concealment",
-            "Who generated the list, method, software, seed custodian, strata, concealment, who enrolled and "
-            "who assigned, everyone who ever held an unblinded role.",
+            N_("Sequence generation and allocation concealment"),
+            N_(
+                "Who generated the list, method, software, seed custodian, strata, concealment, who enrolled and "
+                "who assigned, everyone who ever held an unblinded role."
+            ),
             "REP-01, REP-02, BLD-13",
             True,
             period=False,
@@ -120,9 +135,16 @@ REPORTS: dict[str, ReportSpec] = {
 }
 VERSIONS = ("blinded", "restricted", "safety", "review")
 _NOTICES = {
-    "restricted": "RESTRICTED - unblinded version for the unblinded statistician (BLD-09): do not pass to "
-    "blinded trial staff.",
-    "safety": "RESTRICTED - pharmacovigilance version: includes pharmacovigilance unblindings (UNB-08).",
+    "restricted": N_(
+        "RESTRICTED - unblinded version for the unblinded statistician: do not pass to blinded trial staff."
+    ),
+    "safety": N_("RESTRICTED - pharmacovigilance version: includes pharmacovigilance unblindings."),
+}
+_VERSION_NAMES = {
+    "blinded": N_("blinded"),
+    "restricted": N_("restricted (unblinded statistician)"),
+    "safety": N_("restricted (pharmacovigilance)"),
+    "review": N_("audit-trail review (blinded)"),
 }
 
 
@@ -159,10 +181,11 @@ class ReportView:
     tables: tuple[monitoring_reports.Table, ...]
     notice: str | None = None
     test_mode: bool = field(default=True)
+    words: Words = field(default=ENGLISH, compare=False)
 
     @property
     def chart(self) -> monitoring_reports.StepChart | None:
-        return self.data.chart if isinstance(self.data, Enrolment) else None
+        return self.data.chart_in(self.words) if isinstance(self.data, Enrolment) else None
 
     @property
     def svg(self) -> str | None:
@@ -179,23 +202,19 @@ class ReportView:
         return sum(len(t.rows) for t in self.tables)
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        version = {
-            "blinded": "blinded",
-            "restricted": "restricted (unblinded statistician)",
-            "safety": "restricted (pharmacovigilance)",
-            "review": "audit-trail review (blinded)",
-        }[self.version]
+        _ = self.words
         return (
-            ("Trial", self.trial),
-            ("Report", self.title),
-            ("Version", version),
-            ("Generated at", utc_text(self.generated_at)),
-            ("Generated by", self.generated_by),
-            ("Filters", self.filter.describe() if self.uses_period else self.filter.describe().split(";")[0]),
-            ("Software", f"allocator {__version__}"),
+            (_("Trial"), self.trial),
+            (_("Report"), self.title),
+            (_("Version"), _(_VERSION_NAMES[self.version])),
+            (_("Generated at"), _.utc(self.generated_at)),
+            (_("Generated by"), self.generated_by),
+            (_("Filters"), self.filter.describe(_, with_period=self.uses_period)),
+            (_("Software"), f"allocator {__version__}"),
         )
 
     def document(self) -> monitoring_reports.ReportDocument:
+        _ = self.words
         return monitoring_reports.ReportDocument(
             title=self.title,
             document_id=f"{self.trial}/{self.name}",
@@ -207,8 +226,20 @@ class ReportView:
             tables=self.tables,
             chart=self.chart,
             notice=self.notice,
-            footer=f"{self.title} | {self.trial} | generated {utc_text(self.generated_at)} by "
-            f"{self.generated_by} | allocator {__version__}",
+            footer=_(
+                "%(title)s | %(trial)s | generated %(at)s by %(by)s | allocator %(version)s",
+                title=self.title,
+                trial=self.trial,
+                at=_.utc(self.generated_at),
+                by=self.generated_by,
+                version=__version__,
+            ),
+            labels=monitoring_reports.Labels(
+                summary=_("Summary"),
+                columns=_("Columns: %(columns)s."),
+                no_entries=_("No entries."),
+                page=_("Page %(page)s of %(total)s"),
+            ),
         )
 
     @property
@@ -255,20 +286,23 @@ def build(
     scope: Scope,
     *,
     version: str = "blinded",
+    words: Words = ENGLISH,
 ) -> ReportView:
     """One report for the reader, within `scope`. `version` is "blinded" (every report), "restricted"
     (unblinding, participant-flow, sequence: for REPORT_VIEW_UNBLINDED), "safety" (the unblinding
     report with pharmacovigilance unblindings, for pharmacovigilance) or "review" (AUD-09 review
     reports). Raises NotFound for an unknown report, ValidationFailed for a bad filter, and
-    trial_state.NotUnblinded (409) for the per-arm participant flow before the final unblinding."""
+    trial_state.NotUnblinded (409) for the per-arm participant flow before the final unblinding.
+    Its titles, headings, labels and notes are in the language of `words` (the data are not)."""
     if version not in VERSIONS:
         raise NotFound(
             f"no report version {version!r}", errors=[FieldProblem("version", ", ".join(VERSIONS))]
         )
+    _ = words.with_trial(trial_definition(ctx, trial_code))
     data: Report
     if version == "review":
         data = audit_review(ctx, trial_code, name, scope, flt)
-        title, uses_period = f"Audit-trail review: {data.kind.title}", True
+        title, uses_period = _("Audit-trail review: %(report)s", report=_(data.kind.title)), True
     else:
         spec = REPORTS.get(name)
         allowed = spec is not None and (
@@ -277,7 +311,7 @@ def build(
         if spec is None or not allowed:
             raise _unknown(name, version)
         data = _compute(ctx, reader, trial_code, name, flt, scope, version)
-        title = spec.title + (" (restricted)" if version != "blinded" else "")
+        title = _(spec.title) if version == "blinded" else _("%(report)s (restricted)", report=_(spec.title))
         uses_period = spec.period
     return ReportView(
         name=name,
@@ -285,15 +319,16 @@ def build(
         version=version,
         trial=trial_code,
         generated_at=ctx.now(),
-        generated_by=f"{reader.name} ({reader.role})",
+        generated_by=f"{reader.name} ({_.role(reader.role)})",
         filter=flt,
         uses_period=uses_period,
         site_choices=_site_choices(ctx, trial_code, scope),
         data=data,
-        facts=data.facts(),
-        tables=data.tables(),
-        notice=_NOTICES.get(version),
+        facts=data.facts(_),
+        tables=data.tables(_),
+        notice=_(_NOTICES[version]) if version in _NOTICES else None,
         test_mode=ctx.settings.env is not Environment.PRODUCTION,
+        words=_,
     )
 
 

@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from allocator.audit import Action
 from allocator.models import Administration, Batch, Dispensation, Kit, KitEvent, KitStatus, Subject
+from allocator.notices import N_
 from allocator.permissions import Scope
 from allocator.printing import monitoring_reports
 from allocator.services import audit_trail
@@ -21,9 +22,9 @@ from allocator.services.reports.filters import (
     audit_time,
     kit_text,
     scoped_frame,
-    time_text,
 )
 from allocator.services.subjects import views
+from allocator.wording import Words
 
 # --- protocol-deviation listings (REP-07) ----------------------------------------------------------
 
@@ -112,86 +113,110 @@ class Deviations:
     replacements: tuple[Replacement, ...]
     late_entries: tuple[LateEntry, ...]
 
-    def facts(self) -> tuple[tuple[str, str], ...]:
+    def facts(self, _: Words) -> tuple[tuple[str, str], ...]:
         return (
-            ("Mis-stratifications", str(len(self.mis_stratifications))),
-            ("Randomizations in error", str(len(self.in_error))),
-            ("Refused scans", str(sum(r.kind == "scan" for r in self.refused))),
-            ("Refused dispensing attempts", str(sum(r.kind == "dispensing" for r in self.refused))),
-            ("Kits blocked (expired or quarantined)", str(len(self.blocked_kits))),
-            ("Kit replacements", str(len(self.replacements))),
+            (_("Mis-stratifications"), _.n(len(self.mis_stratifications))),
+            (_("Randomizations in error"), _.n(len(self.in_error))),
+            (_("Refused scans"), _.n(sum(r.kind == "scan" for r in self.refused))),
+            (_("Refused dispensing attempts"), _.n(sum(r.kind == "dispensing" for r in self.refused))),
+            (_("Kits blocked (expired or quarantined)"), _.n(len(self.blocked_kits))),
+            (_("Kit replacements"), _.n(len(self.replacements))),
             (
-                f"Late entries (recorded more than {_hours(LATE_AFTER)} after the administration)",
-                str(len(self.late_entries)),
+                _(
+                    "Late entries (recorded more than %(hours)s h after the administration)",
+                    hours=_.n(LATE_AFTER.total_seconds() / 3600),
+                ),
+                _.n(len(self.late_entries)),
             ),
         )
 
-    def tables(self) -> tuple[monitoring_reports.Table, ...]:
+    def tables(self, _: Words) -> tuple[monitoring_reports.Table, ...]:
         return (
             monitoring_reports.Table(
-                "Mis-stratifications",
+                _("Mis-stratifications"),
                 (
-                    "Subject",
-                    "Site",
-                    "Factor",
-                    "At randomization",
-                    "Corrected",
-                    "Reason",
-                    "Investigator agreement",
-                    "Corrected by",
-                    "Corrected at (UTC)",
+                    _("Subject"),
+                    _("Site"),
+                    _("Factor"),
+                    _("At randomization"),
+                    _("Corrected"),
+                    _("Reason"),
+                    _("Investigator agreement"),
+                    _("Corrected by"),
+                    _("Corrected at (UTC)"),
                 ),
                 tuple(
                     (
                         m.subject_number,
                         m.site,
-                        m.factor,
-                        m.at_randomization,
-                        m.corrected,
+                        _.label(m.factor),
+                        _.label(f"{m.factor}={m.at_randomization}"),
+                        _.label(f"{m.factor}={m.corrected}"),
                         m.reason,
                         m.agreement or "",
                         m.by,
-                        time_text(m.at),
+                        _.utc(m.at),
                     )
                     for m in self.mis_stratifications
                 ),
-                "The allocation and the kits were kept: a correction never re-randomizes (RND-09).",
+                _("The allocation and the kits were kept: a correction never re-randomizes."),
             ),
             monitoring_reports.Table(
-                "Randomizations in error",
-                ("Subject", "Site", "Reason", "Flagged by", "Flagged at (UTC)"),
-                tuple((r.subject_number, r.site, r.reason, r.by, time_text(r.at)) for r in self.in_error),
-                "These subjects stay in every report (intention to treat, RND-07).",
+                _("Randomizations in error"),
+                (_("Subject"), _("Site"), _("Reason"), _("Flagged by"), _("Flagged at (UTC)")),
+                tuple((r.subject_number, r.site, r.reason, r.by, _.utc(r.at)) for r in self.in_error),
+                _("These subjects stay in every report (intention to treat)."),
             ),
             monitoring_reports.Table(
-                "Refused scans and dispensing attempts",
-                ("At (UTC)", "Kind", "Site", "Subject", "Day", "Cause", "Detail", "By", "Role"),
+                _("Refused scans and dispensing attempts"),
+                (
+                    _("At (UTC)"),
+                    _("Kind"),
+                    _("Site"),
+                    _("Subject"),
+                    _("Day"),
+                    _("Cause"),
+                    _("Detail"),
+                    _("By"),
+                    _("Role"),
+                ),
                 tuple(
                     (
-                        time_text(r.at),
-                        r.kind,
+                        _.utc(r.at),
+                        _(_KINDS[r.kind]),
                         r.site,
                         r.subject_number,
                         r.day,
-                        r.cause,
-                        r.detail,
+                        _(_CAUSES.get(r.cause, r.cause)),
+                        _("scanned kit %(kit)s", kit=r.detail)
+                        if r.kind == "dispensing"
+                        else _.message(r.detail),
                         r.by,
-                        r.role,
+                        _.role(r.role),
                     )
                     for r in self.refused
                 ),
             ),
             monitoring_reports.Table(
-                "Expired or quarantined kits blocked",
-                ("At (UTC)", "Kit", "Site", "Batch", "Blocked as", "Previous status", "Reason", "By"),
+                _("Expired or quarantined kits blocked"),
+                (
+                    _("At (UTC)"),
+                    _("Kit"),
+                    _("Site"),
+                    _("Batch"),
+                    _("Blocked as"),
+                    _("Previous status"),
+                    _("Reason"),
+                    _("By"),
+                ),
                 tuple(
                     (
-                        time_text(b.at),
+                        _.utc(b.at),
                         kit_text(b.kit_number),
                         b.site,
                         b.batch,
-                        b.status,
-                        b.from_status,
+                        _.word(b.status),
+                        _.word(b.from_status),
                         b.reason,
                         b.by,
                     )
@@ -199,41 +224,49 @@ class Deviations:
                 ),
             ),
             monitoring_reports.Table(
-                "Kit replacements",
-                ("Replaced at (UTC)", "Subject", "Site", "Day", "Replaced kit", "New kit", "Reason"),
+                _("Kit replacements"),
+                (
+                    _("Replaced at (UTC)"),
+                    _("Subject"),
+                    _("Site"),
+                    _("Day"),
+                    _("Replaced kit"),
+                    _("New kit"),
+                    _("Reason"),
+                ),
                 tuple(
                     (
-                        time_text(r.at),
+                        _.utc(r.at),
                         r.subject_number,
                         r.site,
                         r.day,
                         kit_text(r.old_kit),
                         kit_text(r.new_kit) if r.new_kit else "",
-                        r.reason,
+                        _.word(r.reason),
                     )
                     for r in self.replacements
                 ),
             ),
             monitoring_reports.Table(
-                "Late entries",
+                _("Late entries"),
                 (
-                    "Subject",
-                    "Site",
-                    "Day",
-                    "Administered at (UTC)",
-                    "Recorded at (UTC)",
-                    "Delay",
-                    "Reason given",
-                    "Recorded by",
+                    _("Subject"),
+                    _("Site"),
+                    _("Day"),
+                    _("Administered at (UTC)"),
+                    _("Recorded at (UTC)"),
+                    _("Delay"),
+                    _("Reason given"),
+                    _("Recorded by"),
                 ),
                 tuple(
                     (
                         e.subject_number,
                         e.site,
                         e.day,
-                        time_text(e.administered_at),
-                        time_text(e.recorded_at),
-                        _duration(e.delay),
+                        _.utc(e.administered_at),
+                        _.utc(e.recorded_at),
+                        _duration(e.delay, _),
                         e.reason,
                         e.by,
                     )
@@ -243,15 +276,25 @@ class Deviations:
         )
 
 
-def _hours(delta: timedelta) -> str:
-    hours = delta.total_seconds() / 3600
-    return f"{hours:g} hour" + ("" if hours == 1 else "s")
+_KINDS = {"scan": N_("bedside scan"), "dispensing": N_("dispensing")}
+# The refusal causes recorded in the audit entries (services/bedside.py, services/dispensing.py).
+_CAUSES = {
+    "unreadable-label": N_("unreadable label"),
+    "wrong-patient": N_("wrong patient"),
+    "wrong-day": N_("wrong day"),
+    "already-administered": N_("already given"),
+    "not-dispensed": N_("not dispensed"),
+    "confirmation-needed": N_("confirmation needed"),
+    "wrong-kit": N_("wrong kit"),
+    "already-dispensed": N_("already dispensed"),
+    "scan-refused": N_("scan refused"),
+}
 
 
-def _duration(delta: timedelta) -> str:
+def _duration(delta: timedelta, _: Words) -> str:
     minutes = int(delta.total_seconds() // 60)
     days, rest = divmod(minutes, 24 * 60)
-    return (f"{days} d " if days else "") + f"{rest // 60} h {rest % 60:02d} min"
+    return (_("%(days)s d", days=days) + " " if days else "") + f"{rest // 60} h {rest % 60:02d} min"
 
 
 def _refused(ctx: ServiceContext, frame: Frame) -> list[RefusedAttempt]:
@@ -278,7 +321,7 @@ def _refused(ctx: ServiceContext, frame: Frame) -> list[RefusedAttempt]:
                 subject_number=entry.object_id,
                 day=str(new.get("day", "")),
                 cause=str(new.get("cause", "")),
-                detail=str(new.get("detail", "")) if scan else f"scanned kit {new.get('scanned', '')}",
+                detail=str(new.get("detail", "")) if scan else str(new.get("scanned", "")),
                 by=entry.actor_name,
                 role=entry.actor_role,
             )

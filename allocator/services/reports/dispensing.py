@@ -11,15 +11,15 @@ from allocator.permissions import Scope
 from allocator.printing import monitoring_reports
 from allocator.services.context import ServiceContext
 from allocator.services.reports.filters import (
+    ALL_SITES,
     Frame,
     ReportFilter,
     scoped_frame,
     strata_text,
     subject_views,
-    time_text,
-    yes_no,
 )
 from allocator.services.subjects import views as subjects_views
+from allocator.wording import Words
 
 # --- dispensing completeness (REP-08, REP-04) -----------------------------------------------------
 
@@ -65,53 +65,63 @@ class DispensingCompleteness:
     subjects: tuple[SubjectDoses, ...]
     sites: tuple[SiteDoses, ...]  # each site, then "All sites"
 
-    def facts(self) -> tuple[tuple[str, str], ...]:
+    def facts(self, _: Words) -> tuple[tuple[str, str], ...]:
         total = self.sites[-1]
-        share = f"{100 * total.complete / total.subjects:.0f} %" if total.subjects else "-"
+        share = f"{_.n(round(100 * total.complete / total.subjects))} %" if total.subjects else "-"
         return (
-            ("Subjects", str(total.subjects)),
-            (f"All {len(self.day_labels)} doses administered", f"{total.complete} ({share})"),
+            (_("Subjects"), _.n(total.subjects)),
+            (
+                _("All %(n)s doses administered", n=len(self.day_labels)),
+                f"{_.n(total.complete)} ({share})",
+            ),
         )
 
-    def tables(self) -> tuple[monitoring_reports.Table, ...]:
+    def tables(self, _: Words) -> tuple[monitoring_reports.Table, ...]:
         def dose(d: Dose) -> str:
             if d.administered:
-                return f"administered {time_text(d.administered_at)}"
-            return "dispensed" if d.dispensed else "not dispensed"
+                return _("administered %(at)s", at=_.utc(d.administered_at))
+            return _("dispensed") if d.dispensed else _("not dispensed")
 
         n = len(self.day_labels)
         return (
             monitoring_reports.Table(
-                "Doses per site",
+                _("Doses per site"),
                 (
-                    "Site",
-                    "Subjects",
-                    *(f"{label} dispensed" for label in self.day_labels),
-                    *(f"{label} administered" for label in self.day_labels),
-                    f"{n}/{n} administered",
+                    _("Site"),
+                    _("Subjects"),
+                    *(_("%(day)s dispensed", day=label) for label in self.day_labels),
+                    *(_("%(day)s administered", day=label) for label in self.day_labels),
+                    _("%(n)s/%(n)s administered", n=n),
                 ),
                 tuple(
                     (
-                        s.site,
-                        str(s.subjects),
-                        *(str(x) for x in s.dispensed),
-                        *(str(x) for x in s.administered),
-                        str(s.complete),
+                        _(s.site) if s is self.sites[-1] else s.site,
+                        _.n(s.subjects),
+                        *(_.n(x) for x in s.dispensed),
+                        *(_.n(x) for x in s.administered),
+                        _.n(s.complete),
                     )
                     for s in self.sites
                 ),
             ),
             monitoring_reports.Table(
-                "Doses per subject",
-                ("Subject", "Site", "Randomized in error", *self.day_labels, "Administered", "Complete"),
+                _("Doses per subject"),
+                (
+                    _("Subject"),
+                    _("Site"),
+                    _("Randomized in error"),
+                    *self.day_labels,
+                    _("Administered"),
+                    _("Complete"),
+                ),
                 tuple(
                     (
                         s.subject_number,
                         s.site,
-                        yes_no(s.in_error),
+                        _.yes_no(s.in_error),
                         *(dose(d) for d in s.doses),
                         f"{s.given}/{len(s.doses)}",
-                        yes_no(s.complete),
+                        _.yes_no(s.complete),
                     )
                     for s in self.subjects
                 ),
@@ -166,5 +176,5 @@ def dispensing_completeness(
     rows = subject_doses(frame, subject_views(ctx, frame))
     n = len(frame.day_labels)
     sites = [_site_doses(code, [r for r in rows if r.site == code], n) for code in frame.site_codes]
-    sites.append(_site_doses("All sites", rows, n))
+    sites.append(_site_doses(ALL_SITES, rows, n))
     return DispensingCompleteness(frame.day_labels, tuple(rows), tuple(sites))

@@ -10,10 +10,12 @@ from datetime import date, datetime, timedelta
 from sqlalchemy import select
 
 from allocator.models import Subject
+from allocator.notices import N_
 from allocator.permissions import Scope
 from allocator.printing import monitoring_reports
 from allocator.services.context import ServiceContext
-from allocator.services.reports.filters import ReportFilter, scoped_frame, time_text
+from allocator.services.reports.filters import ALL_SITES, ReportFilter, scoped_frame
+from allocator.wording import Words
 
 # --- recruitment and enrolment (REP-05, REP-08) ---------------------------------------------------
 
@@ -42,33 +44,45 @@ class Enrolment:
     weeks: tuple[WeekAccrual, ...]
     chart: monitoring_reports.StepChart | None
 
-    def facts(self) -> tuple[tuple[str, str], ...]:
+    def facts(self, _: Words) -> tuple[tuple[str, str], ...]:
         return (
-            ("Subjects randomized", str(self.overall.randomized)),
-            ("First randomization (UTC)", time_text(self.overall.first)),
-            ("Last randomization (UTC)", time_text(self.overall.last)),
+            (_("Subjects randomized"), _.n(self.overall.randomized)),
+            (_("First randomization (UTC)"), _.utc(self.overall.first)),
+            (_("Last randomization (UTC)"), _.utc(self.overall.last)),
         )
 
-    def tables(self) -> tuple[monitoring_reports.Table, ...]:
+    def tables(self, _: Words) -> tuple[monitoring_reports.Table, ...]:
         per_site = tuple(
-            (s.site, str(s.randomized), time_text(s.first), time_text(s.last))
+            (_(s.site) if s is self.overall else s.site, _.n(s.randomized), _.utc(s.first), _.utc(s.last))
             for s in (*self.sites, self.overall)
         )
-        weeks = tuple(
-            (w.week_start.isoformat(), w.site, str(w.randomized), str(w.cumulative)) for w in self.weeks
-        )
+        weeks = tuple((_.day(w.week_start), w.site, _.n(w.randomized), _.n(w.cumulative)) for w in self.weeks)
         return (
             monitoring_reports.Table(
-                "Recruitment dates per site",
-                ("Site", "Randomized", "First randomization (UTC)", "Last randomization (UTC)"),
+                _("Recruitment dates per site"),
+                (_("Site"), _("Randomized"), _("First randomization (UTC)"), _("Last randomization (UTC)")),
                 per_site,
             ),
             monitoring_reports.Table(
-                "Accrual per week and site",
-                ("Week starting", "Site", "Randomized", "Cumulative"),
+                _("Accrual per week and site"),
+                (_("Week starting"), _("Site"), _("Randomized"), _("Cumulative")),
                 weeks,
-                f"Weeks start on Monday, dates in the trial's time zone ({self.timezone}).",
+                _("Weeks start on Monday, dates in the trial's time zone (%(zone)s).", zone=self.timezone),
             ),
+        )
+
+    def chart_in(self, _: Words) -> monitoring_reports.StepChart | None:
+        """The chart with its title, axis and the all-sites series in the reader's words."""
+        if self.chart is None:
+            return None
+        return monitoring_reports.StepChart(
+            _(self.chart.title),
+            _(self.chart.y_label),
+            tuple(
+                monitoring_reports.Series(_(s.label) if s.label == ALL_SITES else s.label, s.points)
+                for s in self.chart.series
+            ),
+            x_label=_("Date"),
         )
 
 
@@ -96,7 +110,7 @@ def enrolment(ctx: ServiceContext, trial_code: str, scope: Scope, flt: ReportFil
         for code, times in sorted(by_site.items())
     )
     overall = SiteAccrual(
-        "All sites", len(everything), min(everything, default=None), max(everything, default=None)
+        ALL_SITES, len(everything), min(everything, default=None), max(everything, default=None)
     )
     local = frame.definition.local_date
     weeks: list[WeekAccrual] = []
@@ -115,9 +129,9 @@ def enrolment(ctx: ServiceContext, trial_code: str, scope: Scope, flt: ReportFil
     if everything:
         series = [_cumulative(code, [local(at) for at in times]) for code, times in sorted(by_site.items())]
         if len(by_site) > 1:
-            series.append(_cumulative("All sites", [local(at) for at in everything]))
+            series.append(_cumulative(ALL_SITES, [local(at) for at in everything]))
         chart = monitoring_reports.StepChart(
-            "Cumulative enrolment per site", "Subjects randomized", tuple(series)
+            N_("Cumulative enrolment per site"), N_("Subjects randomized"), tuple(series)
         )
     weeks.sort(key=lambda w: (w.week_start, w.site))
     return Enrolment(frame.definition.timezone, sites, overall, tuple(weeks), chart)

@@ -13,11 +13,14 @@ from allocator.services.context import ServiceContext
 from allocator.services.errors import FieldProblem, ValidationFailed
 from allocator.services.reports.catalogue import ReportView, build
 from allocator.services.reports.filters import ReportFilter
+from allocator.wording import ENGLISH, Words
 
 
 def to_csv(view: ReportView) -> str:
     """Metadata rows ("# key", value), summary rows ("# summary", key, value), then each table as a
-    "# section" row, its header and its rows. Every cell is neutralised against formula injection."""
+    "# section" row, its header and its rows. Every cell is neutralised against formula injection.
+    Keys, headers and cells are in the reader's language, as on the page and in the PDF; the
+    markers "# summary" and "# section" stay as they are, so that a script can split the file."""
     rows: list[Sequence[str]] = [(f"# {key.lower()}", value) for key, value in view.metadata()]
     rows += [("# summary", key, value) for key, value in view.facts]
     for table in view.tables:
@@ -43,12 +46,13 @@ def export(
     fmt: str,
     *,
     version: str = "blinded",
+    words: Words = ENGLISH,
 ) -> Export:
-    """A report as CSV or PDF, and its `report.exported` audit entry (report, version, format,
-    filters, row count, SHA-256 of the file)."""
+    """A report as CSV or PDF in the language of `words`, and its `report.exported` audit entry
+    (report, version, format, language, filters, row count, SHA-256 of the file)."""
     if fmt not in ("csv", "pdf"):
         raise ValidationFailed("unknown format", errors=[FieldProblem("format", "csv or pdf")])
-    view = build(ctx, actor, trial_code, name, flt, scope, version=version)
+    view = build(ctx, actor, trial_code, name, flt, scope, version=version, words=words)
     if fmt == "csv":
         body, mimetype = to_csv(view).encode("utf-8"), "text/csv"
     else:
@@ -70,6 +74,7 @@ def export(
                 "report": name,
                 "version": view.version,
                 "format": fmt,
+                "language": words.language,
                 "filters": flt.query_args(),
                 **({} if restricted else counted),
             },

@@ -12,15 +12,29 @@ from sqlalchemy import select
 
 import kits as kitlib
 from allocator.models import Site
+from allocator.notices import N_
 from allocator.permissions import Scope
-from allocator.services import periods
+from allocator.services import periods, signatures
 from allocator.services.context import ServiceContext
 from allocator.services.errors import FieldProblem, ValidationFailed
 from allocator.services.lookups import current_definition, get_trial
 from allocator.services.subjects import views
 from allocator.trialdef import TrialDefinition
+from allocator.wording import ENGLISH, Words
 from kits.pdf import utc_text
 
+ALL_SITES = N_("All sites")  # the total row or series of a report, translated where shown
+# Codes recorded by the services that report cells show as words (`Words.word`), for the catalogue:
+# unblinding kinds and channels, list modes.
+CELL_WORDS = (
+    N_("emergency"),
+    N_("pharmacovigilance"),
+    N_("accidental"),
+    N_("offline"),
+    N_("reported"),
+    N_("test"),
+    N_("production"),
+)
 WORKDAY = (8, 20)  # default working hours, site local time (AUD-09 "outside working hours")
 _SITE = re.compile(r"^[A-Za-z0-9-]{1,10}$")
 
@@ -29,13 +43,24 @@ def time_text(moment: datetime | None) -> str:
     return utc_text(moment) if moment is not None else ""
 
 
+def signature_text(signed: signatures.Manifestation | None, _: Words) -> str:
+    """An electronic signature's manifestation (ACC-12) in the reader's words."""
+    if signed is None:
+        return ""
+    return _(
+        "Signed electronically by %(name)s (%(username)s) on %(when)s, meaning: %(meaning)s "
+        "[signature #%(number)s]",
+        name=signed.printed_name,
+        username=signed.username,
+        when=_.utc(signed.signed_at),
+        meaning=_(signed.meaning),
+        number=signed.signature_id,
+    )
+
+
 def audit_time(at: str) -> datetime:
     """An audit entry's time (ISO 8601 UTC text, AUD-07) as an aware datetime."""
     return datetime.strptime(at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-
-
-def yes_no(flag: bool) -> str:
-    return "yes" if flag else "no"
 
 
 def kit_text(number: str) -> str:
@@ -114,12 +139,19 @@ class ReportFilter:
         }
         return {k: v for k, v in out.items() if v}
 
-    def describe(self) -> str:
-        site = f"site {self.site}" if self.site else "every site within the reader's reach"
+    def describe(self, _: Words = ENGLISH, *, with_period: bool = True) -> str:
+        """The filter in the reader's words: the site, then (`with_period`) the period."""
+        site = _("site %(site)s", site=self.site) if self.site else _("every site within the reader's reach")
+        if not with_period:
+            return site
         if self.since or self.until:
-            period = f"{self.since or 'start'} to {self.until or 'today'} (UTC dates, inclusive)"
+            period = _(
+                "%(start)s to %(end)s (UTC dates, inclusive)",
+                start=_.day(self.since) if self.since else _("start"),
+                end=_.day(self.until) if self.until else _("today"),
+            )
         else:
-            period = "whole trial"
+            period = _("whole trial")
         return f"{site}; {period}"
 
 

@@ -11,18 +11,21 @@ from sqlalchemy import select
 
 from allocator.audit import Actor
 from allocator.models import ScreeningEntry, Subject
+from allocator.notices import N_
 from allocator.permissions import Scope
 from allocator.printing import monitoring_reports
 from allocator.services import arm_access, lookups
 from allocator.services.context import ServiceContext
 from allocator.services.lookups import get_trial
 from allocator.services.reports.dispensing import SubjectDoses, subject_doses
-from allocator.services.reports.filters import Frame, ReportFilter, scoped_frame, subject_views
+from allocator.services.reports.filters import ALL_SITES, Frame, ReportFilter, scoped_frame, subject_views
+from allocator.wording import Words
 
 # --- CONSORT-style participant flow (REP-04) ------------------------------------------------------
 
 
-ALL_STRATA = "all strata"  # the site-total rows of the per-arm flow
+ALL_STRATA = N_("all strata")  # the site-total rows of the per-arm flow
+ALL_ARMS = N_("All arms")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,102 +51,99 @@ class ParticipantFlow:
     # per arm only: (site, stratum or ALL_STRATA, arm column, counts) for each site and stratum (REP-04)
     by_arm_and_stratum: tuple[tuple[str, str, str, FlowCounts], ...] = ()
 
-    def facts(self) -> tuple[tuple[str, str], ...]:
+    def facts(self, _: Words) -> tuple[tuple[str, str], ...]:
         total = self.counts[0]
         out = [
-            ("Randomized", str(total.randomized)),
-            ("Randomized in error (kept in every count, intention to treat)", str(total.in_error)),
-            ("Withdrawn (kept in every count, intention to treat)", str(total.withdrawn)),
-            (f"Received all {len(self.day_labels)} doses", str(total.complete)),
+            (_("Randomized"), _.n(total.randomized)),
+            (_("Randomized in error (kept in every count, intention to treat)"), _.n(total.in_error)),
+            (_("Withdrawn (kept in every count, intention to treat)"), _.n(total.withdrawn)),
+            (_("Received all %(n)s doses", n=len(self.day_labels)), _.n(total.complete)),
         ]
         if total.screened is not None:
-            out[:0] = [("Screened", str(total.screened)), ("Ineligible", str(total.ineligible))]
+            out[:0] = [
+                (_("Patients screened"), _.n(total.screened)),
+                (_("Ineligible"), _.n(total.ineligible)),
+            ]
         return tuple(out)
 
-    def _measures(self, counts: Sequence[FlowCounts]) -> tuple[tuple[str, ...], ...]:
+    def _measures(self, counts: Sequence[FlowCounts], _: Words) -> tuple[tuple[str, ...], ...]:
         rows: list[tuple[str, ...]] = []
         if not self.per_arm:
-            rows.append(("Screened", *(str(c.screened) for c in counts)))
-            rows.append(("Ineligible", *(str(c.ineligible) for c in counts)))
-        rows.append(("Randomized", *(str(c.randomized) for c in counts)))
-        rows.append(("Randomized in error", *(str(c.in_error) for c in counts)))
-        rows.append(("Withdrawn", *(str(c.withdrawn) for c in counts)))
+            rows.append((_("Patients screened"), *(_.n(c.screened) for c in counts)))
+            rows.append((_("Ineligible"), *(_.n(c.ineligible) for c in counts)))
+        rows.append((_("Randomized"), *(_.n(c.randomized) for c in counts)))
+        rows.append((_("Randomized in error"), *(_.n(c.in_error) for c in counts)))
+        rows.append((_("Withdrawn"), *(_.n(c.withdrawn) for c in counts)))
         for i, label in enumerate(self.day_labels):
-            rows.append((f"{label} dispensed", *(str(c.dispensed[i]) for c in counts)))
-            rows.append((f"{label} administered", *(str(c.administered[i]) for c in counts)))
+            rows.append((_("%(day)s dispensed", day=label), *(_.n(c.dispensed[i]) for c in counts)))
+            rows.append((_("%(day)s administered", day=label), *(_.n(c.administered[i]) for c in counts)))
         n = len(self.day_labels)
-        rows.append((f"{n}/{n} doses administered", *(str(c.complete) for c in counts)))
+        rows.append((_("%(n)s/%(n)s doses administered", n=n), *(_.n(c.complete) for c in counts)))
         return tuple(rows)
 
-    def arm_strata_table(self) -> monitoring_reports.Table:
-        """The per-arm counts of each site and stratum (restricted, REP-04)."""
+    def _stratum_columns(self, _: Words, *, arm: bool) -> tuple[str, ...]:
         n = len(self.day_labels)
+        return (
+            _("Site"),
+            _("Stratum"),
+            *((_("Arm"),) if arm else ()),
+            _("Randomized"),
+            _("Randomized in error"),
+            _("Withdrawn"),
+            *(_("%(day)s administered", day=d) for d in self.day_labels),
+            f"{n}/{n}",
+        )
+
+    @staticmethod
+    def _stratum_counts(c: FlowCounts, _: Words) -> tuple[str, ...]:
+        return (
+            _.n(c.randomized),
+            _.n(c.in_error),
+            _.n(c.withdrawn),
+            *(_.n(x) for x in c.administered),
+            _.n(c.complete),
+        )
+
+    def arm_strata_table(self, _: Words) -> monitoring_reports.Table:
+        """The per-arm counts of each site and stratum (restricted, REP-04)."""
         return monitoring_reports.Table(
-            "Participant flow per arm, site and stratum",
-            (
-                "Site",
-                "Stratum",
-                "Arm",
-                "Randomized",
-                "Randomized in error",
-                "Withdrawn",
-                *(f"{d} administered" for d in self.day_labels),
-                f"{n}/{n}",
-            ),
+            _("Participant flow per arm, site and stratum"),
+            self._stratum_columns(_, arm=True),
             tuple(
                 (
                     site,
-                    stratum,
+                    _(stratum) if stratum == ALL_STRATA else _.strata(stratum),
                     arm,
-                    str(c.randomized),
-                    str(c.in_error),
-                    str(c.withdrawn),
-                    *(str(x) for x in c.administered),
-                    str(c.complete),
+                    *self._stratum_counts(c, _),
                 )
                 for site, stratum, arm, c in self.by_arm_and_stratum
             ),
-            "Strata as used at randomization.",
+            _("Strata as used at randomization."),
         )
 
-    def tables(self) -> tuple[monitoring_reports.Table, ...]:
-        n = len(self.day_labels)
+    def tables(self, _: Words) -> tuple[monitoring_reports.Table, ...]:
         return (
             monitoring_reports.Table(
-                "Participant flow per arm" if self.per_arm else "Participant flow",
-                ("Measure", *self.columns),
-                self._measures(self.counts),
-                "Every randomized subject is counted where randomized, including those randomized in error.",
+                _("Participant flow per arm") if self.per_arm else _("Participant flow"),
+                (_("Measure"), *(_(c) if c in (ALL_SITES, ALL_ARMS) else c for c in self.columns)),
+                self._measures(self.counts, _),
+                _(
+                    "Every randomized subject is counted where randomized, including those randomized in error."
+                ),
             ),
             monitoring_reports.Table(
-                "Per stratum",
-                (
-                    "Site",
-                    "Stratum",
-                    "Randomized",
-                    "Randomized in error",
-                    "Withdrawn",
-                    *(f"{d} administered" for d in self.day_labels),
-                    f"{n}/{n}",
-                ),
+                _("Per stratum"),
+                self._stratum_columns(_, arm=False),
                 tuple(
-                    (
-                        site,
-                        stratum,
-                        str(c.randomized),
-                        str(c.in_error),
-                        str(c.withdrawn),
-                        *(str(x) for x in c.administered),
-                        str(c.complete),
-                    )
+                    (site, _.strata(stratum), *self._stratum_counts(c, _))
                     for site, stratum, c in self.by_stratum
                 ),
             ),
             monitoring_reports.Table(
-                "Ineligible: failed criteria",
-                ("Criterion", "Patients"),
-                tuple((label, str(n)) for label, n in self.ineligible_reasons),
-                "Patients may fail several criteria.",
+                _("Ineligible: failed criteria"),
+                (_("Criterion"), _("Patients")),
+                tuple((_.criterion(label), _.n(n)) for label, n in self.ineligible_reasons),
+                _("Patients may fail several criteria."),
             ),
         )
 
@@ -192,7 +192,7 @@ def participant_flow(
     rows = subject_doses(frame, subject_views(ctx, frame))
     screening = _screening(ctx, frame)
     n = len(frame.day_labels)
-    columns = ("All sites", *frame.site_codes)
+    columns = (ALL_SITES, *frame.site_codes)
     counts = [_flow([(e, f) for _, e, f in screening], rows, n)]
     for code in frame.site_codes:
         counts.append(
@@ -260,7 +260,7 @@ def participant_flow_by_arm(
                 by_arm.append((site, stratum, f"{code}: {label}", _flow(None, chosen, n)))
     return ParticipantFlow(
         frame.day_labels,
-        ("All arms", *(f"{code}: {label}" for code, label in labels)),
+        (ALL_ARMS, *(f"{code}: {label}" for code, label in labels)),
         tuple(counts),
         _by_stratum(frame, rows),
         (),
@@ -276,8 +276,8 @@ class RestrictedFlow:
     blinded: ParticipantFlow
     per_arm: ParticipantFlow
 
-    def facts(self) -> tuple[tuple[str, str], ...]:
-        return self.blinded.facts()
+    def facts(self, _: Words) -> tuple[tuple[str, str], ...]:
+        return self.blinded.facts(_)
 
-    def tables(self) -> tuple[monitoring_reports.Table, ...]:
-        return (self.per_arm.tables()[0], self.per_arm.arm_strata_table(), *self.blinded.tables())
+    def tables(self, _: Words) -> tuple[monitoring_reports.Table, ...]:
+        return (self.per_arm.tables(_)[0], self.per_arm.arm_strata_table(_), *self.blinded.tables(_))

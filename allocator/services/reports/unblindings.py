@@ -10,11 +10,13 @@ from datetime import datetime
 from sqlalchemy import select
 
 from allocator.models import AccidentalUnblinding, Signature, Subject, Unblinding
+from allocator.notices import N_
 from allocator.permissions import Scope
 from allocator.printing import monitoring_reports
 from allocator.services import signatures, unblinding
 from allocator.services.context import ServiceContext
-from allocator.services.reports.filters import Frame, ReportFilter, scoped_frame, time_text
+from allocator.services.reports.filters import Frame, ReportFilter, scoped_frame, signature_text
+from allocator.wording import Words
 
 # --- unblinding report (REP-03, UNB-05, UNB-08, UNB-09) ------------------------------------------
 
@@ -34,6 +36,7 @@ class UnblindingEvent:
     recorded_by: str
     sheet_number: str | None
     signature: str
+    signed: signatures.Manifestation | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,16 +54,23 @@ class AccidentalEvent:
 
 
 _BLINDING_STATEMENT = (
-    ("Blinded", "Investigators, pharmacists, nurses, monitors, auditors, trial managers and administrators."),
     (
-        "Unblinded",
-        "The unblinded statistician, pharmacovigilance (per subject), an unblinded pharmacist where the "
-        "preparation model needs one; see the sequence-generation report for every holder of these roles.",
+        N_("Blinded"),
+        N_("Investigators, pharmacists, nurses, monitors, auditors, trial managers and administrators."),
     ),
     (
-        "How the blind is kept",
-        "Identical kits and labels for every arm, random opaque kit and randomization "
-        "numbers, random kit choice at the site, arms stored only encrypted, blinded notifications and reports.",
+        N_("Unblinded"),
+        N_(
+            "The unblinded statistician, pharmacovigilance (per subject), an unblinded pharmacist where the "
+            "preparation model needs one; see the sequence-generation report for every holder of these roles."
+        ),
+    ),
+    (
+        N_("How the blind is kept"),
+        N_(
+            "Identical kits and labels for every arm, random opaque kit and randomization numbers, random kit "
+            "choice at the site, arms stored only encrypted, blinded notifications and reports."
+        ),
     ),
 )
 
@@ -71,89 +81,85 @@ class UnblindingReport:
     accidental: tuple[AccidentalEvent, ...]
     includes_pharmacovigilance: bool
 
-    def facts(self) -> tuple[tuple[str, str], ...]:
+    def facts(self, _: Words) -> tuple[tuple[str, str], ...]:
         kinds = Counter((e.kind, e.channel) for e in self.events)
         out = [
-            ("Emergency unblindings online", str(kinds[("emergency", "online")])),
-            ("Emergency unblindings offline (code-break sheet)", str(kinds[("emergency", "offline")])),
-            ("Accidental unblinding reports", str(len(self.accidental))),
+            (_("Emergency unblindings online"), _.n(kinds[("emergency", "online")])),
+            (_("Emergency unblindings offline (code-break sheet)"), _.n(kinds[("emergency", "offline")])),
+            (_("Accidental unblinding reports"), _.n(len(self.accidental))),
         ]
         if self.includes_pharmacovigilance:
-            out.append(
-                (
-                    "Pharmacovigilance unblindings",
-                    str(sum(n for (k, _), n in kinds.items() if k == "pharmacovigilance")),
-                )
-            )
+            pv = sum(n for (kind, _channel), n in kinds.items() if kind == "pharmacovigilance")
+            out.append((_("Pharmacovigilance unblindings"), _.n(pv)))
         else:
-            out.append(("Pharmacovigilance unblindings", "not shown to trial staff (UNB-08)"))
-        return (*out, *_BLINDING_STATEMENT)
+            out.append((_("Pharmacovigilance unblindings"), _("not shown to trial staff")))
+        return (*out, *((_(key), _(value)) for key, value in _BLINDING_STATEMENT))
 
-    def tables(self) -> tuple[monitoring_reports.Table, ...]:
+    def tables(self, _: Words) -> tuple[monitoring_reports.Table, ...]:
         return (
             monitoring_reports.Table(
-                "Unblinding events",
+                _("Unblinding events"),
                 (
-                    "Unblinded at (UTC)",
-                    "Site",
-                    "Subject",
-                    "Kind",
-                    "Channel",
-                    "Unblinded by",
-                    "Role",
-                    "Reason category",
-                    "Reason",
-                    "Code-break sheet",
-                    "Recorded at (UTC)",
-                    "Recorded by",
-                    "Electronic signature",
+                    _("Unblinded at (UTC)"),
+                    _("Site"),
+                    _("Subject"),
+                    _("Kind"),
+                    _("Channel"),
+                    _("Unblinded by"),
+                    _("Role"),
+                    _("Reason category"),
+                    _("Reason"),
+                    _("Code-break sheet"),
+                    _("Recorded at (UTC)"),
+                    _("Recorded by"),
+                    _("Electronic signature"),
                 ),
                 tuple(
                     (
-                        time_text(e.unblinded_at),
+                        _.utc(e.unblinded_at),
                         e.site,
                         e.subject_number,
-                        e.kind,
-                        e.channel,
+                        _.word(e.kind),
+                        _.word(e.channel),
                         e.unblinded_by,
-                        e.role,
-                        e.reason_category,
+                        _.role(e.role),
+                        _(e.reason_category),
                         e.reason,
                         e.sheet_number or "",
-                        time_text(e.recorded_at),
+                        _.utc(e.recorded_at),
                         e.recorded_by,
-                        e.signature,
+                        signature_text(e.signed, _) if e.signed is not None else e.signature,
                     )
                     for e in self.events
                 ),
-                "Every unblinding is recorded and cannot be hidden (UNB-05); the arm is never part of this report.",
+                _("Every unblinding is recorded and cannot be hidden; the arm is never part of this report."),
             ),
             monitoring_reports.Table(
-                "Accidental or unplanned unblinding reports",
+                _("Accidental or unplanned unblinding reports"),
                 (
-                    "Occurred at (UTC)",
-                    "Site",
-                    "Subject",
-                    "Persons unblinded",
-                    "How",
-                    "Impact",
-                    "Actions taken",
-                    "Reported at (UTC)",
-                    "Reported by",
-                    "Role",
+                    _("Occurred at (UTC)"),
+                    _("Site"),
+                    _("Subject"),
+                    _("Persons unblinded"),
+                    _("How"),
+                    _("Impact"),
+                    _("Actions taken"),
+                    _("Reported at (UTC)"),
+                    _("Reported by"),
+                    _("Role"),
                 ),
                 tuple(
                     (
-                        time_text(a.occurred_at),
+                        _.utc(a.occurred_at),
                         a.site or "",
                         a.subject_number or "",
                         a.persons_unblinded,
                         a.how,
                         a.impact,
                         a.actions,
-                        time_text(a.reported_at),
+                        _.utc(a.reported_at),
                         a.reported_by,
-                        a.reported_by_role,
+                        _.role(a.reported_by_role),
                     )
                     for a in self.accidental
                 ),
@@ -203,7 +209,7 @@ def unblinding_report(
     ]
     with ctx.db.reading() as session:
         signed = {
-            unblinding_id: signatures.manifestation(signature).line()
+            unblinding_id: signatures.manifestation(signature)
             for unblinding_id, signature in session.execute(
                 select(Unblinding.id, Signature)
                 .join(Signature, Signature.id == Unblinding.signature_id)
@@ -225,7 +231,8 @@ def unblinding_report(
             e.reason,
             e.recorded_by,
             e.sheet_number,
-            signed.get(e.unblinding_id, ""),
+            manifestation.line() if (manifestation := signed.get(e.unblinding_id)) is not None else "",
+            signed.get(e.unblinding_id),
         )
         for e in sorted(recorded, key=lambda e: (e.unblinded_at, e.unblinding_id))
     )
