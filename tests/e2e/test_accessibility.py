@@ -290,6 +290,7 @@ def roles(world: World, language: str) -> list[tuple[str, dict[str, int], list[V
                 Visit("audit trail", f"{T}/audit"),
                 Visit("reports index", f"{T}/reports"),
                 Visit("participant flow report", f"{T}/reports/participant-flow"),
+                Visit("allocation history report", f"{T}/reports/allocation-history"),  # a wide table
             ],
         ),
         (
