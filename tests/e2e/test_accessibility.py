@@ -41,6 +41,7 @@ DESKTOP = {"width": 1280, "height": 900}
 BLOCKING = ("serious", "critical")
 LANGUAGES = ("en", "fr")
 SWITCH = {"fr": "Français", "en": "English"}
+CLIENT = auth.Client("127.0.0.1", "e2e", "setup")
 
 
 @dataclass(frozen=True)
@@ -147,17 +148,13 @@ def wedge(page: Page, text: str) -> None:
     page.keyboard.press("Enter")
 
 
-def admin_with_authenticator(live: LiveServer) -> bytes:
-    created = make_user(live.ctx, "admin", "admin", full_name="Ada Admin")
-    client = auth.Client("127.0.0.1", "e2e", "setup")
-    auth.change_password(
-        live.ctx, created.user_id, created.one_time_password, GOOD_PASSWORD, GOOD_PASSWORD, client
-    )
-    enrollment = auth.start_totp_enrollment(live.ctx, created.user_id)
+def authenticator(live: LiveServer, user_id: int) -> bytes:
+    """Enrol an authenticator for the user; returns its secret."""
+    enrollment = auth.start_totp_enrollment(live.ctx, user_id)
     secret = base64.b32decode(enrollment.secret_base32 + "=" * (-len(enrollment.secret_base32) % 8))
     # Enrolled with the previous time step, so that the sign-in may use the current one (no replay).
     previous = crypto.totp_now(secret, datetime.now(UTC) - timedelta(seconds=30))
-    auth.confirm_totp_enrollment(live.ctx, created.user_id, None, previous, client, ticket=enrollment.ticket)
+    auth.confirm_totp_enrollment(live.ctx, user_id, None, previous, CLIENT, ticket=enrollment.ticket)
     return secret
 
 
@@ -167,7 +164,7 @@ class World:
     labels: dict[str, str]  # the patient's kit labels by day
     other_label: str  # another patient's kit: a wrong scan
     bedside: dict[str, tuple[str, dict[str, str]]]  # by language: a dispensed patient and its labels
-    admin_secret: bytes
+    authenticators: dict[str, bytes]  # the second factor of the roles that must have one
 
 
 def build_world(live: LiveServer) -> World:
@@ -202,6 +199,10 @@ def build_world(live: LiveServer) -> World:
         )
     make_actor(ctx, "monitor1", "monitor")
     make_actor(ctx, "manager", "trial_manager")
+    admin = make_user(ctx, "admin", "admin", full_name="Ada Admin")
+    auth.change_password(ctx, admin.user_id, admin.one_time_password, GOOD_PASSWORD, GOOD_PASSWORD, CLIENT)
+    assert ready.statistician.user_id is not None
+    statistician = ready.statistician.user_id
     return World(
         patient=results[0].subject_number,
         labels={d: kitlib.build_payload(TRIAL, n, kit_rules.KIT_UNIT, mac) for d, n in kits[0].items()},
@@ -213,7 +214,10 @@ def build_world(live: LiveServer) -> World:
             )
             for language, result, kits_of in zip(LANGUAGES, results[1:], kits[1:], strict=True)
         },
-        admin_secret=admin_with_authenticator(live),
+        authenticators={
+            "admin": authenticator(live, admin.user_id),
+            "stat": authenticator(live, statistician),
+        },
     )
 
 
@@ -251,7 +255,6 @@ def roles(world: World, language: str) -> list[tuple[str, dict[str, int], list[V
             [
                 Visit("investigator home", "/"),
                 Visit("trial page", T),
-                Visit("randomize form", f"{T}/randomize"),
                 Visit("randomize form with errors", f"{T}/randomize", submit_unchecked),
                 Visit("randomize confirmation", f"{T}/randomize", fill_eligible),
                 Visit("randomization result", f"{T}/subjects/{world.patient}/randomized"),
@@ -268,7 +271,6 @@ def roles(world: World, language: str) -> list[tuple[str, dict[str, int], list[V
             DESKTOP,
             [
                 Visit("pharmacy queue", f"{T}/pharmacy"),
-                Visit("dispense form", f"{T}/subjects/{world.patient}"),
                 Visit("dispense form, one wrong scan", f"{T}/subjects/{world.patient}", scans_one_wrong),
             ],
         ),
@@ -302,6 +304,8 @@ def roles(world: World, language: str) -> list[tuple[str, dict[str, int], list[V
                 Visit("reconciliation", f"{T}/reconciliation"),
             ],
         ),
+        # A wide block of text, scrolled sideways on a small screen.
+        ("stat", PHONE, [Visit("design quality report", f"{T}/quality")]),
         (
             "admin",
             DESKTOP,
@@ -325,7 +329,7 @@ def test_main_pages_have_no_serious_or_critical_accessibility_violation(
     for language in LANGUAGES:
         for username, viewport, visits in roles(world, language):
             if username not in pages:
-                totp = world.admin_secret if username == "admin" else None
+                totp = world.authenticators.get(username)
                 pages[username] = signed_in(browser, live_server, username, viewport, totp)
             page = pages[username]
             switch_to(page, language)
