@@ -5,8 +5,9 @@ checks the file) and evaluated in each page after it has loaded; nothing is fetc
 with the impact "serious" or "critical" fails the test, which names the page, the language, the rule,
 the elements and axe's help text. Lesser impacts ("moderate", "minor") are not checked here.
 
-One world (a ready trial, one randomized patient), one browser context per role; each role's pages
-are checked in English, then again after the role switches the interface to French.
+One world (a ready trial; one patient randomized for the investigator's and the pharmacist's pages,
+and one dispensed patient per language for the bedside's doses), one browser context per role; each
+role's pages are checked in English, then again after the role switches the interface to French.
 """
 
 from __future__ import annotations
