@@ -105,9 +105,12 @@ class RevealedArm:
     unblinded_at: datetime
     signature: signatures.Manifestation
     alert_raised: bool
+    # UNB-11: a drill subject's value, drawn at random for the drill: nobody's treatment.
+    drill: bool = False
 
     def as_json(self) -> dict[str, object]:
         return {
+            "drill": self.drill,
             "unblinding_id": self.unblinding_id,
             "subject_number": self.subject_number,
             "site": self.site,
@@ -129,6 +132,7 @@ class ShownBefore:
     kind: str
     shown_at: datetime
     shown_to: str
+    drill: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +157,7 @@ class RecordedUnblinding:
 # --- validation --------------------------------------------------------------------------------
 
 
-def _check_request(
+def check_request(
     subject_number: object,
     reason_category: str,
     reason: str,
@@ -324,7 +328,7 @@ def _unblind(
     emergency = kind is UnblindingKind.EMERGENCY
     categories = EMERGENCY_REASONS if emergency else PV_REASONS
     meaning = EMERGENCY_MEANING if emergency else PV_MEANING
-    number = _check_request(subject_number, reason_category, reason, categories, confirmed=confirmed)
+    number = check_request(subject_number, reason_category, reason, categories, confirmed=confirmed)
     reason = reason.strip()
     now = ctx.now()
     try:
