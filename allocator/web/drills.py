@@ -8,6 +8,7 @@ from flask import Blueprint, Response, flash, redirect, render_template, request
 from flask_babel import gettext as _
 from werkzeug.wrappers import Response as WerkzeugResponse
 
+from allocator.notices import N_
 from allocator.permissions import Permission, requires
 from allocator.services import sites, unblinding_drills
 from allocator.services.errors import DomainError
@@ -15,6 +16,13 @@ from allocator.web import forms
 from allocator.web.security import actor, ctx, scope
 
 bp = Blueprint("drills", __name__)
+
+# The meanings of the drills' signatures, as pages show them in the reader's language.
+SIGNATURE_MEANINGS = (
+    N_("emergency unblinding drill"),
+    N_("registration of an offline unblinding drill"),
+    N_("drill code-break sheet generation"),
+)
 
 
 def _labels() -> dict[str, str]:
