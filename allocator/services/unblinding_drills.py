@@ -19,6 +19,7 @@ row of `unblinding_drill` and appears in the drill log (reports), never in the u
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -28,7 +29,7 @@ from sqlalchemy.orm import Session
 import kits as kitlib
 from allocator import crypto
 from allocator.audit import Action, Actor
-from allocator.models import AuditEvent, DrillSubject, Notification, Signature, Site, Trial, UnblindingDrill
+from allocator.models import DrillSubject, Notification, Signature, Site, Trial, UnblindingDrill
 from allocator.permissions import Scope
 from allocator.services import arm_access, signatures
 from allocator.services import documents as services_documents
@@ -39,14 +40,15 @@ from allocator.services.supply import kit_rules
 from allocator.services.unblinding import (
     EMERGENCY_AUDIENCES,
     EMERGENCY_REASONS,
-    MIN_REASON_LENGTH,
     OneSubjectOnly,
     RevealedArm,
     ShownBefore,
     SignatureNotAccepted,
+    arm_words,
     check_request,
+    first_shown,
+    opening_problems,
 )
-from allocator.trialdef import TrialDefinition
 
 DRILL_PREFIX = "DRILL-"
 SHEET_PREFIX = "DRILL-CB-"
@@ -220,13 +222,6 @@ def check_drill_sheet(ctx: ServiceContext, trial_code: str, raw: str, scope: Sco
     return number
 
 
-def _arm_words(definition: TrialDefinition, code: str) -> tuple[str, str]:
-    for arm in definition.arms:
-        if arm.code == code:
-            return arm.label, arm.product
-    return code, ""  # pragma: no cover - drill values are drawn from the definition's arms
-
-
 def _notify_drill(
     session: Session, trial: Trial, site: Site, row: UnblindingDrill, number: str, now: datetime
 ) -> None:
@@ -252,6 +247,67 @@ def _notify_drill(
                 created_at=now,
             )
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Opening:
+    """How a drill subject's value was learnt: online now, or from its drill sheet at a time."""
+
+    channel: str
+    reason_category: str
+    reason: str
+    at: datetime
+    by: str
+    role: str
+    sheet_number: str | None
+
+
+def _record(
+    ctx: ServiceContext,
+    session: Session,
+    actor: Actor,
+    trial: Trial,
+    site: Site,
+    drill_subject: DrillSubject,
+    opening: _Opening,
+    signed: Signature,
+    details: Mapping[str, object],
+) -> UnblindingDrill:
+    """The drill's row, its audit entry and its DRILL notifications, in the caller's unit of work."""
+    now = ctx.now()
+    row = UnblindingDrill(
+        trial_id=trial.id,
+        drill_subject_id=drill_subject.id,
+        site_id=site.id,
+        channel=opening.channel,
+        reason_category=opening.reason_category,
+        reason=opening.reason,
+        unblinded_at=opening.at,
+        unblinded_by_name=opening.by,
+        unblinded_by_role=opening.role,
+        sheet_number=opening.sheet_number,
+        recorded_at=now,
+        recorded_by_id=actor.user_id,
+        recorded_by_name=actor.name,
+        signature_id=signed.id,
+        request_id=actor.request_id,
+    )
+    session.add(row)
+    session.flush()
+    ctx.audit.record(
+        session,
+        actor=actor,
+        chain=trial.code,
+        action=Action.DRILL_UNBLINDING if opening.channel == ONLINE else Action.DRILL_OFFLINE_REGISTERED,
+        object_type="drill_subject",
+        object_id=drill_subject.drill_number,
+        site_code=site.code,
+        new={"drill": row.id, "channel": opening.channel, **details, "signature": signed.id},
+        reason=opening.reason,
+        at=now,
+    )
+    _notify_drill(session, trial, site, row, drill_subject.drill_number, now)
+    return row
 
 
 # --- the online drill ------------------------------------------------------------------------------
@@ -299,44 +355,18 @@ def drill_unblind(
             arm = arm_access.drill_arm_in(
                 session, ctx, actor, trial.code, number, drill_subject.sealed_arm, DRILL_MEANING
             )
-            row = UnblindingDrill(
-                trial_id=trial.id,
-                drill_subject_id=drill_subject.id,
-                site_id=site.id,
-                channel=ONLINE,
-                reason_category=reason_category,
-                reason=reason,
-                unblinded_at=now,
-                unblinded_by_name=actor.name,
-                unblinded_by_role=actor.role,
-                sheet_number=None,
-                recorded_at=now,
-                recorded_by_id=actor.user_id,
-                recorded_by_name=actor.name,
-                signature_id=signed.id,
-                request_id=actor.request_id,
-            )
-            session.add(row)
-            session.flush()
-            ctx.audit.record(
+            row = _record(
+                ctx,
                 session,
-                actor=actor,
-                chain=trial.code,
-                action=Action.DRILL_UNBLINDING,
-                object_type="drill_subject",
-                object_id=number,
-                site_code=site.code,
-                new={
-                    "drill": row.id,
-                    "channel": ONLINE,
-                    "reason_category": reason_category,
-                    "signature": signed.id,
-                },
-                reason=reason,
-                at=now,
+                actor,
+                trial,
+                site,
+                drill_subject,
+                _Opening(ONLINE, reason_category, reason, now, actor.name, actor.role, None),
+                signed,
+                {"reason_category": reason_category},
             )
-            _notify_drill(session, trial, site, row, number, now)
-            label, product = _arm_words(definition, arm)
+            label, product = arm_words(definition, arm)
             return RevealedArm(
                 unblinding_id=row.id,
                 subject_number=number,
@@ -385,17 +415,7 @@ def show_drill_result(
         if drill_subject is None or site is None or signed is None:  # pragma: no cover - foreign keys
             raise NotFound("no drill subject")
         number = drill_subject.drill_number
-        shown = session.execute(
-            select(AuditEvent)
-            .where(
-                AuditEvent.chain == trial.code,
-                AuditEvent.action == Action.DRILL_RESULT_SHOWN.value,
-                AuditEvent.object_type == "unblinding_drill",
-                AuditEvent.object_id == str(row.id),
-            )
-            .order_by(AuditEvent.seq)
-            .limit(1)
-        ).scalar_one_or_none()
+        shown = first_shown(session, trial.code, Action.DRILL_RESULT_SHOWN, "unblinding_drill", row.id)
         if shown is not None:
             return ShownBefore(
                 unblinding_id=row.id,
@@ -420,7 +440,7 @@ def show_drill_result(
         arm = arm_access.drill_arm_in(
             session, ctx, actor, trial.code, number, drill_subject.sealed_arm, DRILL_MEANING
         )
-        label, product = _arm_words(current_definition(session, trial), arm)
+        label, product = arm_words(current_definition(session, trial), arm)
         return RevealedArm(
             unblinding_id=row.id,
             subject_number=number,
@@ -493,7 +513,7 @@ def generate_drill_sheet(
         arm = arm_access.drill_arm_in(
             session, ctx, actor, trial.code, number, drill_subject.sealed_arm, SHEET_MEANING
         )
-        label, _product = _arm_words(definition, arm)
+        label, _product = arm_words(definition, arm)
         at = signed.signed_at if signed.signed_at.tzinfo is not None else signed.signed_at.replace(tzinfo=UTC)
         info = kit_rules.label_info(definition, ctx.settings.env)
         try:
@@ -563,24 +583,13 @@ def register_offline_drill(
     ValidationFailed naming each field, NotFound (unknown drill sheet or out of scope), Conflict
     (already registered), SignatureNotAccepted."""
     sheet_number = sheet_number.strip().upper()
-    problems = []
-    if not sheet_number.startswith(SHEET_PREFIX):
-        problems.append(FieldProblem("sheet_number", "not a drill sheet number"))
-    if not opened_by.strip():
-        problems.append(FieldProblem("opened_by", "name the person who opened the sheet"))
-    if opened_by_role.strip() not in {"investigator", "physician", "pharmacist", "other"}:
-        problems.append(FieldProblem("opened_by_role", "investigator, physician, pharmacist or other"))
-    if reason_category not in EMERGENCY_REASONS:
-        problems.append(FieldProblem("reason_category", f"one of: {', '.join(EMERGENCY_REASONS)}"))
-    if len(reason.strip()) < MIN_REASON_LENGTH:
-        problems.append(
-            FieldProblem("reason", f"describe the reason (at least {MIN_REASON_LENGTH} characters)")
-        )
     now = ctx.now()
-    if opened_at.tzinfo is None:
-        problems.append(FieldProblem("opened_at", "give the time with its time zone"))
-    elif opened_at > now:
-        problems.append(FieldProblem("opened_at", "is in the future"))
+    problems = (
+        []
+        if sheet_number.startswith(SHEET_PREFIX)
+        else [FieldProblem("sheet_number", "not a drill sheet number")]
+    )
+    problems += opening_problems(opened_at, opened_by, opened_by_role, reason_category, reason, now)
     if problems:
         raise ValidationFailed("the offline drill cannot be registered", errors=problems)
     number = DRILL_PREFIX + sheet_number.removeprefix(SHEET_PREFIX)
@@ -629,45 +638,21 @@ def register_offline_drill(
                 },
                 now=now,
             )
-            row = UnblindingDrill(
-                trial_id=trial.id,
-                drill_subject_id=drill_subject.id,
-                site_id=site.id,
-                channel=OFFLINE,
-                reason_category=reason_category,
-                reason=reason,
-                unblinded_at=opened_at,
-                unblinded_by_name=opened_by.strip(),
-                unblinded_by_role=opened_by_role.strip(),
-                sheet_number=sheet_number,
-                recorded_at=now,
-                recorded_by_id=actor.user_id,
-                recorded_by_name=actor.name,
-                signature_id=signed.id,
-                request_id=actor.request_id,
+            opening = _Opening(
+                OFFLINE,
+                reason_category,
+                reason,
+                opened_at,
+                opened_by.strip(),
+                opened_by_role.strip(),
+                sheet_number,
             )
-            session.add(row)
-            session.flush()
-            ctx.audit.record(
-                session,
-                actor=actor,
-                chain=trial.code,
-                action=Action.DRILL_OFFLINE_REGISTERED,
-                object_type="drill_subject",
-                object_id=number,
-                site_code=site.code,
-                new={
-                    "drill": row.id,
-                    "channel": OFFLINE,
-                    "sheet": sheet_number,
-                    "opened_at": opened_at.isoformat(),
-                    "opened_by": opened_by.strip(),
-                    "signature": signed.id,
-                },
-                reason=reason,
-                at=now,
-            )
-            _notify_drill(session, trial, site, row, number, now)
+            extra = {
+                "sheet": sheet_number,
+                "opened_at": opened_at.isoformat(),
+                "opened_by": opened_by.strip(),
+            }
+            row = _record(ctx, session, actor, trial, site, drill_subject, opening, signed, extra)
             return _event(row, number, site.code, signatures.manifestation(signed).line())
     except signatures.SignatureRefused as exc:
         signatures.record_failure(
