@@ -745,7 +745,9 @@ class _Parser:
                 continue
             if site.code.startswith("DRILL"):
                 # UNB-11: subject numbers start with the site code; DRILL- numbers are drill subjects.
-                node.problem("code", f"site code {site.code!r}: codes starting with DRILL are reserved for drills")
+                node.problem(
+                    "code", f"site code {site.code!r}: codes starting with DRILL are reserved for drills"
+                )
                 continue
             sites.append(site)
         if len(sites) != len(nodes):
