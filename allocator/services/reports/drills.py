@@ -79,7 +79,7 @@ class DrillLog:
                     )
                     for e in self.events
                 ),
-                "A drill's value is never part of this log. Offline drills: the time from the opening of the "
+                "The value of a drill is never part of this log. Offline drills: the time from the opening of the "
                 "sheet to its registration in the service.",
             ),
             monitoring_reports.Table(
