@@ -137,6 +137,12 @@ class Action(enum.StrEnum):
     UNBLINDING_RATE_ALERT = "unblinding.rate_alert"
     UNBLINDING_ACCIDENTAL = "unblinding.accidental_reported"
     CODE_BREAK_GENERATED = "code_break.generated"
+    # unblinding drills (UNB-11): kept apart from the unblinding actions that reviews count
+    DRILL_SUBJECT_CREATED = "drill.subject_created"
+    DRILL_UNBLINDING = "drill.unblinding"
+    DRILL_RESULT_SHOWN = "drill.result_shown"
+    DRILL_SHEET_GENERATED = "drill.sheet_generated"
+    DRILL_OFFLINE_REGISTERED = "drill.offline_registered"
     CODE_BREAK_CHECKED = "code_break.checked"
     INTERIM_PACKAGE_RELEASED = "report.interim_package"
     UNBLINDED_LISTING_RELEASED = "report.unblinded_listing"

@@ -704,7 +704,7 @@ def uat_group() -> None:
 
 @uat_group.command("reset")
 @click.argument("trial")
-@click.option("--scenario", required=True, help="empty or mid-recruitment (see the README)")
+@click.option("--scenario", required=True, help="empty, mid-recruitment or close-out-ready (see the README)")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation")
 def uat_reset_command(trial: str, scenario: str, yes: bool) -> None:
     """Rebuild this TEST or development instance's database with a named scenario (refused in

@@ -84,6 +84,25 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
             N_("offline (code-break sheet, registered by %(who)s)"),
         ),
         (
+            r"DRILL: emergency unblinding drill on (?P<subject>\S+) at site (?P<site>\S+)",
+            N_("DRILL: emergency unblinding drill on %(subject)s at site %(site)s"),
+        ),
+        (
+            r"(?P<who>.+) \((?P<role>[^,()]+), site (?P<site>\S+)\) ran an emergency unblinding drill on drill "
+            r"subject (?P<subject>\S+) on (?P<when>.+?) UTC, (?P<how>online|offline \(drill code-break sheet, "
+            r"registered by .+\))\. This is a drill: no patient's blind is broken and it is counted nowhere but "
+            r"in the drill log\.",
+            N_(
+                "%(who)s (%(role)s, site %(site)s) ran an emergency unblinding drill on drill subject %(subject)s "
+                "on %(when)s UTC, %(how)s. This is a drill: no patient's blind is broken and it is counted "
+                "nowhere but in the drill log."
+            ),
+        ),
+        (
+            r"offline \(drill code-break sheet, registered by (?P<who>.+)\)",
+            N_("offline (drill code-break sheet, registered by %(who)s)"),
+        ),
+        (
             r"Unusual number of emergency unblindings by (?P<who>.+)",
             N_("Unusual number of emergency unblindings by %(who)s"),
         ),

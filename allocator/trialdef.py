@@ -743,6 +743,12 @@ class _Parser:
             if any(s.code == site.code for s in sites):
                 node.problem("code", f"duplicate site code {site.code!r}")
                 continue
+            if site.code.startswith("DRILL"):
+                # UNB-11: subject numbers start with the site code; DRILL- numbers are drill subjects.
+                node.problem(
+                    "code", f"site code {site.code!r}: codes starting with DRILL are reserved for drills"
+                )
+                continue
             sites.append(site)
         if len(sites) != len(nodes):
             raise _Missing

@@ -24,7 +24,7 @@ from allocator.audit import Actor
 from allocator.db import connect_once
 from allocator.models import User
 from allocator.permissions import Scope
-from allocator.services import signatures, trials, unblinding
+from allocator.services import dispensing, signatures, sites, trials, unblinding
 from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
 from allocator.services.subjects import randomize
@@ -35,13 +35,17 @@ UAT_TRIAL = "ifn-gamma-pais"  # the shipped definition the scenarios are written
 # Beside the demo's users (one per role): an investigator at the second site.
 EXTRA_USERS: tuple[tuple[str, str, str, str | None], ...] = (
     ("investigator-p2", "Dr Pierre Deux", "investigator", "P2"),
+    ("pharmacist-p2", "Pauline Deux", "pharmacist", "P2"),
 )
 
 SCENARIOS = {
     "empty": "the trial loaded, one user per role, the TEST list active, kits at both sites, no subject",
     "mid-recruitment": "as empty, then 24 subjects randomized at 2 sites (12 each, both causes) and one "
     "emergency unblinding (the first subject of P1)",
+    "close-out-ready": "as empty, then 12 subjects randomized at 2 sites (6 each), every kit of every "
+    "subject dispensed, both sites closed to recruitment: ready for the database lock",
 }
+CLOSE_OUT_SUBJECTS = 12
 
 
 class UatRefused(Exception):
@@ -169,30 +173,13 @@ def build(
     passwords = {row[0]: row[3] for row in created}
     prepare(ctx, actor, code, passwords)
     subjects: list[str] = []
+    everywhere = Scope(all_sites=True, site_ids=frozenset())
     if scenario == "mid-recruitment":
-        everywhere = Scope(all_sites=True, site_ids=frozenset())
-        investigators = {
-            "P1": _user_actor(ctx, "investigator", "investigator", "P1", actor.request_id),
-            "P2": _user_actor(ctx, "investigator-p2", "investigator", "P2", actor.request_id),
-        }
-        for site in ("P1", "P2"):  # the rest of the depot: 48 kits per site for 12 subjects x 3 days
-            shipment = shipments.create_shipment(ctx, actor, code, site, 24)
-            shipments.ship(ctx, actor, code, shipment.number)
-            shipments.receive(ctx, actor, code, shipment.number, shipment.kits, scope=everywhere)
-        for k in range(24):
-            site = "P1" if k % 2 == 0 else "P2"
-            cause = "septic" if k % 4 < 2 else "non_septic"
-            request = randomize.RandomizationRequest(
-                site=site,
-                screening_number=f"{site}-{k // 2 + 1:04d}",
-                eligibility=eligible_on(ctx.now().date()),
-                strata={"admission_cause": cause},
-            )
-            result = randomize.randomize(ctx, investigators[site], code, request, everywhere)
-            subjects.append(result.subject_number)
+        results = _recruit(ctx, actor, code, 24)
+        subjects = [r.subject_number for r in results]
         unblinding.emergency_unblind(
             ctx,
-            investigators["P1"],
+            _user_actor(ctx, "investigator", "investigator", "P1", actor.request_id),
             code,
             subjects[0],
             reason_category="serious_adverse_event",
@@ -201,4 +188,52 @@ def build(
             signature=signatures.SignatureRequest(password=passwords["investigator"]),
             scope=everywhere,
         )
+    elif scenario == "close-out-ready":
+        results = _recruit(ctx, actor, code, CLOSE_OUT_SUBJECTS)
+        subjects = [r.subject_number for r in results]
+        pharmacists = {
+            "P1": (_user_actor(ctx, "pharmacist", "pharmacist", "P1", actor.request_id), "pharmacist"),
+            "P2": (_user_actor(ctx, "pharmacist-p2", "pharmacist", "P2", actor.request_id), "pharmacist-p2"),
+        }
+        for k, result in enumerate(results):  # every day of every subject, by its site's pharmacist
+            pharmacist, username = pharmacists["P1" if k % 2 == 0 else "P2"]
+            dispensing.dispense(
+                ctx,
+                pharmacist,
+                code,
+                result.subject_number,
+                {kit.day: kit.kit_number for kit in result.kits},
+                scope=everywhere,
+                signature=signatures.SignatureRequest(password=passwords[username]),
+            )
+        for site in ("P1", "P2"):
+            sites.close_site(
+                ctx, actor, code, site, scope=everywhere, reason="UAT scenario: recruitment complete"
+            )
     return UatResult(code, scenario, tuple(created), tuple(subjects))
+
+
+def _recruit(ctx: ServiceContext, actor: Actor, code: str, count: int) -> list[randomize.RandomizationResult]:
+    """The rest of the depot received (48 kits per site: 12 subjects x 3 days at most), then `count`
+    subjects randomized, alternately at P1 and P2, both admission causes."""
+    everywhere = Scope(all_sites=True, site_ids=frozenset())
+    investigators = {
+        "P1": _user_actor(ctx, "investigator", "investigator", "P1", actor.request_id),
+        "P2": _user_actor(ctx, "investigator-p2", "investigator", "P2", actor.request_id),
+    }
+    for site in ("P1", "P2"):
+        shipment = shipments.create_shipment(ctx, actor, code, site, 24)
+        shipments.ship(ctx, actor, code, shipment.number)
+        shipments.receive(ctx, actor, code, shipment.number, shipment.kits, scope=everywhere)
+    results = []
+    for k in range(count):
+        site = "P1" if k % 2 == 0 else "P2"
+        cause = "septic" if k % 4 < 2 else "non_septic"
+        request = randomize.RandomizationRequest(
+            site=site,
+            screening_number=f"{site}-{k // 2 + 1:04d}",
+            eligibility=eligible_on(ctx.now().date()),
+            strata={"admission_cause": cause},
+        )
+        results.append(randomize.randomize(ctx, investigators[site], code, request, everywhere))
+    return results

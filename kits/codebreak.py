@@ -52,6 +52,7 @@ from kits.pdf import (
     PAGE_HEIGHT,
     PAGE_WIDTH,
     REGULAR,
+    WATERMARK_COLOR,
     WATERMARK_EN,
     WATERMARK_FR,
     FieldSpec,
@@ -190,6 +191,8 @@ class CodeBreakDocument:
     sheets: tuple[SealedSheet, ...]
     signature: ElectronicSignature
     document: DocumentMeta
+    # UNB-11: the sheet of a drill subject, for an offline unblinding drill: marked on every page.
+    drill: bool = False
 
     def __post_init__(self) -> None:
         sheets = tuple(self.sheets)
@@ -516,6 +519,23 @@ def _draw_sheet(canvas: Any, plan: Plan, sheet: SealedSheet, page: int, pages: i
     canvas.drawCentredString(PAGE_WIDTH / 2, BOX_Y - 14, f"{french} / {english}")
 
 
+DRILL_TEXT = "EXERCICE / DRILL"
+DRILL_NOTE = "Pas un patient / Not a patient"
+
+
+def _draw_drill_mark(canvas: Any) -> None:
+    """UNB-11: a drill sheet says so across the page, so that it is never mistaken for a patient's."""
+    canvas.saveState()
+    canvas.setFillColorRGB(*WATERMARK_COLOR)
+    canvas.translate(PAGE_WIDTH / 2, PAGE_HEIGHT / 2)
+    canvas.rotate(-35)
+    canvas.setFont(BOLD, 40)
+    canvas.drawCentredString(0, 10, DRILL_TEXT)
+    canvas.setFont(BOLD, 22)
+    canvas.drawCentredString(0, -24, DRILL_NOTE)
+    canvas.restoreState()
+
+
 def render_code_break_sheets(trial: TrialLabelInfo, document: CodeBreakDocument) -> bytes:
     """The PDF of `document`: one A4 page per sheet, in the order given."""
     if not isinstance(trial, TrialLabelInfo) or not isinstance(document, CodeBreakDocument):
@@ -529,6 +549,8 @@ def render_code_break_sheets(trial: TrialLabelInfo, document: CodeBreakDocument)
             ) from None
     plan = _visible_plan(trial, document)
     title = f"TEST \u2013 {DOCUMENT_TITLE}" if trial.test_mode else DOCUMENT_TITLE
+    if document.drill:
+        title = f"{DRILL_TEXT} \u2013 {title}"
     buffer = io.BytesIO()
     canvas = new_canvas(
         buffer, title=title, document=document.document, software_version=trial.software_version
@@ -538,6 +560,8 @@ def render_code_break_sheets(trial: TrialLabelInfo, document: CodeBreakDocument)
     for page, sheet in enumerate(document.sheets, start=1):
         if trial.test_mode:
             draw_page_watermark(canvas)
+        if document.drill:
+            _draw_drill_mark(canvas)
         _draw_sheet(canvas, plan, sheet, page, pages)
         canvas.showPage()
     return finish(canvas, buffer)

@@ -3,6 +3,7 @@
 from allocator.models.audit import AuditChainHead, AuditCheckpoint, AuditEvent, AuditVerification
 from allocator.models.base import Base
 from allocator.models.dispensation import Administration, Dispensation, PrintedDocument
+from allocator.models.drill import DrillSubject, UnblindingDrill
 from allocator.models.idempotency import IdempotentRequest
 from allocator.models.kit import Batch, Kit, KitEvent, KitList, KitStatus, Shipment
 from allocator.models.notification import Notification
@@ -50,6 +51,7 @@ __all__ = [
     "CodeBreakCheckStatus",
     "CodeBreakSheet",
     "Dispensation",
+    "DrillSubject",
     "IdempotentRequest",
     "IntegrityCheck",
     "InterimPackage",
@@ -85,6 +87,7 @@ __all__ = [
     "TrialStatus",
     "Unblinding",
     "UnblindingChannel",
+    "UnblindingDrill",
     "UnblindingKind",
     "User",
 ]

@@ -7,7 +7,8 @@ signed manifest, checkable in 25 years without this software's database or any s
 * `definitions/` — every version of the trial definition as loaded (TOML) and `versions.csv`;
 * `tables/` — one CSV per table of the trial (lists' parameters and digests, strata, kits and
   their histories, screening log, subjects, corrections, withdrawals, dispensing, administrations,
-  unblindings, signatures, notifications, printed documents, reviews...). Binary columns (sealed
+  unblindings, unblinding drills apart from them, signatures, notifications, printed documents,
+  reviews...). Binary columns (sealed
   arms and seeds: ciphertexts no one could open without the instance's key) are left out;
 * `lists/` — after the final unblinding only: every slot with its arm, and each list's seed
   (audited reads, BLD-08), so that the lists can be regenerated and checked;
@@ -49,6 +50,7 @@ from allocator.models import (
     CodeBreakCheck,
     CodeBreakSheet,
     Dispensation,
+    DrillSubject,
     IntegrityCheck,
     InterimPackage,
     Kit,
@@ -72,6 +74,7 @@ from allocator.models import (
     TrialStateChange,
     TrialStatus,
     Unblinding,
+    UnblindingDrill,
 )
 from allocator.models.unblinding import UnblindingKind
 from allocator.permissions import Scope
@@ -269,6 +272,19 @@ def _tables(session: Session, trial: Trial, unblinded: bool) -> dict[str, tuple[
             "code_break_checks",
             CodeBreakCheck,
             select(CodeBreakCheck).where(CodeBreakCheck.sheet_id.in_(sheets)).order_by(CodeBreakCheck.id),
+            frozenset(),
+        ),
+        # UNB-11: drills, apart from the subjects and unblindings (the drill value is sealed: left out).
+        (
+            "drill_subjects",
+            DrillSubject,
+            select(DrillSubject).where(DrillSubject.trial_id == tid).order_by(DrillSubject.id),
+            frozenset(),
+        ),
+        (
+            "unblinding_drills",
+            UnblindingDrill,
+            select(UnblindingDrill).where(UnblindingDrill.trial_id == tid).order_by(UnblindingDrill.id),
             frozenset(),
         ),
         (

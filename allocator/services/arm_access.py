@@ -425,3 +425,35 @@ def open_stored_answer(
         )
         binding = _stored_answer_binding(trial_code, reader.user_id, key)
         return crypto.open_json(ctx.ring, crypto.Purpose.LISTS, base64.b64decode(stored), binding)
+
+
+# --- drill subjects (UNB-11) ------------------------------------------------------------------------
+
+
+def drill_binding(trial_code: str, drill_number: str) -> crypto.Binding:
+    return crypto.Binding(trial=trial_code, table="drill_subject", row=drill_number, column="sealed_arm")
+
+
+def drill_arm_in(
+    session: Session,
+    ctx: ServiceContext,
+    reader: Actor,
+    trial_code: str,
+    drill_number: str,
+    sealed: bytes,
+    purpose: str,
+) -> str:
+    """The value sealed for a drill subject (a trial arm drawn at random, nobody's treatment), read
+    for an unblinding drill or its drill code-break sheet: audited like any arm read, so that a
+    drill exercises the same path and proves the list key opens."""
+    ctx.audit.record(
+        session,
+        actor=reader,
+        chain=trial_code,
+        action=Action.ARM_READ,
+        object_type="drill_subject",
+        object_id=drill_number,
+        new={"purpose": purpose},
+        at=ctx.now(),
+    )
+    return crypto.open_arm(ctx.ring, sealed, drill_binding(trial_code, drill_number))

@@ -105,9 +105,12 @@ class RevealedArm:
     unblinded_at: datetime
     signature: signatures.Manifestation
     alert_raised: bool
+    # UNB-11: a drill subject's value, drawn at random for the drill: nobody's treatment.
+    drill: bool = False
 
     def as_json(self) -> dict[str, object]:
         return {
+            "drill": self.drill,
             "unblinding_id": self.unblinding_id,
             "subject_number": self.subject_number,
             "site": self.site,
@@ -129,6 +132,7 @@ class ShownBefore:
     kind: str
     shown_at: datetime
     shown_to: str
+    drill: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +157,7 @@ class RecordedUnblinding:
 # --- validation --------------------------------------------------------------------------------
 
 
-def _check_request(
+def check_request(
     subject_number: object,
     reason_category: str,
     reason: str,
@@ -324,7 +328,7 @@ def _unblind(
     emergency = kind is UnblindingKind.EMERGENCY
     categories = EMERGENCY_REASONS if emergency else PV_REASONS
     meaning = EMERGENCY_MEANING if emergency else PV_MEANING
-    number = _check_request(subject_number, reason_category, reason, categories, confirmed=confirmed)
+    number = check_request(subject_number, reason_category, reason, categories, confirmed=confirmed)
     reason = reason.strip()
     now = ctx.now()
     try:
@@ -419,8 +423,8 @@ def _unblind(
                 subject_number=number,
                 site=site.code,
                 arm_code=arm,
-                arm_label=_arm(definition, arm)[0],
-                product=_arm(definition, arm)[1],
+                arm_label=arm_words(definition, arm)[0],
+                product=arm_words(definition, arm)[1],
                 unblinded_at=now,
                 signature=signatures.manifestation(signed),
                 alert_raised=alert,
@@ -459,17 +463,7 @@ def show_result(
         site = session.get(Site, row.site_id)
         if subject is None or site is None:  # pragma: no cover - foreign keys guarantee them
             raise NotFound("no subject")
-        shown = session.execute(
-            select(AuditEvent)
-            .where(
-                AuditEvent.chain == trial.code,
-                AuditEvent.action == Action.UNBLINDING_RESULT_SHOWN.value,
-                AuditEvent.object_type == "unblinding",
-                AuditEvent.object_id == str(row.id),
-            )
-            .order_by(AuditEvent.seq)
-            .limit(1)
-        ).scalar_one_or_none()
+        shown = first_shown(session, trial.code, Action.UNBLINDING_RESULT_SHOWN, "unblinding", row.id)
         if shown is not None:
             return ShownBefore(
                 unblinding_id=row.id,
@@ -497,7 +491,7 @@ def show_result(
         signed = session.get(Signature, row.signature_id)
         if signed is None:  # pragma: no cover - a foreign key guarantees it
             raise NotFound("no signature")
-        label, product = _arm(definition, arm)
+        label, product = arm_words(definition, arm)
         return RevealedArm(
             unblinding_id=row.id,
             subject_number=subject.subject_number,
@@ -511,7 +505,25 @@ def show_result(
         )
 
 
-def _arm(definition: TrialDefinition, code: str) -> tuple[str, str]:
+def first_shown(
+    session: Session, chain: str, action: Action, object_type: str, object_id: int
+) -> AuditEvent | None:
+    """The audit entry of the first showing of a result (issue 13), if it was shown."""
+    return session.execute(
+        select(AuditEvent)
+        .where(
+            AuditEvent.chain == chain,
+            AuditEvent.action == action.value,
+            AuditEvent.object_type == object_type,
+            AuditEvent.object_id == str(object_id),
+        )
+        .order_by(AuditEvent.seq)
+        .limit(1)
+    ).scalar_one_or_none()
+
+
+def arm_words(definition: TrialDefinition, code: str) -> tuple[str, str]:
+    """An arm code's label and product, as the definition names them."""
     for arm in definition.arms:
         if arm.code == code:
             return arm.label, arm.product
@@ -622,6 +634,28 @@ def _alert_unusual(
 # --- offline code-break sheets (UNB-06) --------------------------------------------------------
 
 
+def opening_problems(
+    opened_at: datetime, opened_by: str, opened_by_role: str, reason_category: str, reason: str, now: datetime
+) -> list[FieldProblem]:
+    """What is wrong with the registration of a sheet's opening (a real or a drill sheet), by field."""
+    problems = []
+    if not opened_by.strip():
+        problems.append(FieldProblem("opened_by", "name the person who opened the sheet"))
+    if opened_by_role.strip() not in {"investigator", "physician", "pharmacist", "other"}:
+        problems.append(FieldProblem("opened_by_role", "investigator, physician, pharmacist or other"))
+    if reason_category not in EMERGENCY_REASONS:
+        problems.append(FieldProblem("reason_category", f"one of: {', '.join(EMERGENCY_REASONS)}"))
+    if len(reason.strip()) < MIN_REASON_LENGTH:
+        problems.append(
+            FieldProblem("reason", f"describe the reason (at least {MIN_REASON_LENGTH} characters)")
+        )
+    if opened_at.tzinfo is None:
+        problems.append(FieldProblem("opened_at", "give the time with its time zone"))
+    elif opened_at > now:
+        problems.append(FieldProblem("opened_at", "is in the future"))
+    return problems
+
+
 def register_offline(
     ctx: ServiceContext,
     actor: Actor,
@@ -639,25 +673,10 @@ def register_offline(
     """Register, once the service is back, the opening of a sealed code-break sheet: the same
     unblinding record as online, with channel "offline", the real opening time and who opened it
     (DIB-09). The arm is not shown: the person who opened the sheet has read it on paper."""
-    problems = []
     sheet_number = sheet_number.strip().upper()
-    if not sheet_number:
-        problems.append(FieldProblem("sheet_number", "is required"))
-    if not opened_by.strip():
-        problems.append(FieldProblem("opened_by", "name the person who opened the sheet"))
-    if opened_by_role.strip() not in {"investigator", "physician", "pharmacist", "other"}:
-        problems.append(FieldProblem("opened_by_role", "investigator, physician, pharmacist or other"))
-    if reason_category not in EMERGENCY_REASONS:
-        problems.append(FieldProblem("reason_category", f"one of: {', '.join(EMERGENCY_REASONS)}"))
-    if len(reason.strip()) < MIN_REASON_LENGTH:
-        problems.append(
-            FieldProblem("reason", f"describe the reason (at least {MIN_REASON_LENGTH} characters)")
-        )
     now = ctx.now()
-    if opened_at.tzinfo is None:
-        problems.append(FieldProblem("opened_at", "give the time with its time zone"))
-    elif opened_at > now:
-        problems.append(FieldProblem("opened_at", "is in the future"))
+    problems = [] if sheet_number else [FieldProblem("sheet_number", "is required")]
+    problems += opening_problems(opened_at, opened_by, opened_by_role, reason_category, reason, now)
     if problems:
         raise ValidationFailed("the offline unblinding cannot be registered", errors=problems)
     reason = reason.strip()

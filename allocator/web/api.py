@@ -9,7 +9,16 @@ from flask import Blueprint, g, jsonify, request, url_for
 from werkzeug.wrappers import Response
 
 from allocator.permissions import Permission, requires
-from allocator.services import audit_trail, bedside, dispensing, exports, signatures, trials, unblinding
+from allocator.services import (
+    audit_trail,
+    bedside,
+    dispensing,
+    exports,
+    signatures,
+    trials,
+    unblinding,
+    unblinding_drills,
+)
 from allocator.services import idempotency as stored_answers
 from allocator.services.errors import FieldProblem, ValidationFailed
 from allocator.services.subjects import confirmation as subjects_confirmation
@@ -330,8 +339,15 @@ def unblind(trial: str, subject: str) -> Response:
     if problems:
         raise ValidationFailed("invalid unblinding request", errors=problems)
 
+    # A drill subject (DRILL-...) runs an unblinding drill (UNB-11): same checks, answer marked drill.
+    unblind = (
+        unblinding_drills.drill_unblind
+        if unblinding_drills.is_drill_number(subject)
+        else unblinding.emergency_unblind
+    )
+
     def run() -> Response:
-        revealed = unblinding.emergency_unblind(
+        revealed = unblind(
             ctx(),
             actor(Permission.SUBJECT_UNBLIND),
             trial,

@@ -413,7 +413,11 @@ def document() -> dict[str, Any]:
                         "No approval step. One subject per call; the call is the explicit confirmation "
                         "and the password (and authenticator code when enrolled) sign it with the meaning "
                         "'emergency unblinding'. The arm is returned in this answer only; the subject is "
-                        "marked blind broken and the sponsor and monitors are notified without the arm."
+                        "marked blind broken and the sponsor and monitors are notified without the arm. "
+                        "A drill subject (number DRILL-<site>-<n>, UNB-11) runs an unblinding drill "
+                        "instead: the same checks and signature (meaning 'emergency unblinding drill'), "
+                        "'drill': true and a value drawn at random for the drill, nobody's treatment; it is "
+                        "recorded in the drill log only and the notifications say DRILL."
                     ),
                     "operationId": "emergencyUnblind",
                     "parameters": [
@@ -465,6 +469,7 @@ def document() -> dict[str, Any]:
                                         "type": "object",
                                         "additionalProperties": False,
                                         "required": [
+                                            "drill",
                                             "unblinding_id",
                                             "subject_number",
                                             "site",
@@ -475,6 +480,11 @@ def document() -> dict[str, Any]:
                                             "signature",
                                         ],
                                         "properties": {
+                                            "drill": {
+                                                "type": "boolean",
+                                                "description": "true for an unblinding drill on a drill "
+                                                "subject (UNB-11): unblinding_id is then the drill's id",
+                                            },
                                             "arm": _TEXT,
                                             "arm_label": _TEXT,
                                             "product": {"type": "string"},

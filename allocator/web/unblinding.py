@@ -15,7 +15,7 @@ from flask_babel import gettext as _
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from allocator.permissions import Permission, requires
-from allocator.services import codebreak, unblinding
+from allocator.services import codebreak, unblinding, unblinding_drills
 from allocator.services.closeout import releases, state
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
 from allocator.services.lookups import trial_definition
@@ -104,7 +104,9 @@ def _form_page(
     subjects = sorted(
         views.subjects(ctx(), trial, scope(permission)), key=lambda s: (s.site, s.subject_number)
     )
-    numbers = {s.subject_number for s in subjects}
+    # UNB-11: the drill subjects of the investigator's sites, offered apart and marked DRILL.
+    drills = unblinding_drills.drill_subjects(ctx(), trial, scope(permission)) if kind == "emergency" else []
+    numbers = {s.subject_number for s in subjects} | {d.drill_number for d in drills}
     wanted = values.get("subject", "")
     return _page(
         "unblinding/emergency.html",
@@ -115,6 +117,7 @@ def _form_page(
         form=form,
         kind=kind,
         subjects=subjects,
+        drills=drills,
         subjects_sites={s.site for s in subjects},
         chosen=wanted if wanted in numbers else "",
     )
@@ -132,8 +135,14 @@ def emergency(trial: str) -> Response | WerkzeugResponse:
             {"subject": request.args.get("subject", "")},
             forms.FormState(),
         )
+    # A drill subject runs the drill (UNB-11); any other number the emergency unblinding.
+    unblind = (
+        unblinding_drills.drill_unblind
+        if unblinding_drills.is_drill_number(_form("subject"))
+        else unblinding.emergency_unblind
+    )
     try:
-        revealed = unblinding.emergency_unblind(
+        revealed = unblind(
             ctx(),
             actor(Permission.SUBJECT_UNBLIND),
             trial,
@@ -199,6 +208,10 @@ def _result_redirect(trial: str, revealed: unblinding.RevealedArm, endpoint: str
             _("Several unblindings within an hour: the trial manager and the monitors have been alerted."),
             "info",
         )
+    if revealed.drill:
+        return redirect(
+            url_for("unblinding.drill_result", trial=trial, drill_id=revealed.unblinding_id), code=303
+        )
     return redirect(url_for(endpoint, trial=trial, unblinding_id=revealed.unblinding_id), code=303)
 
 
@@ -220,10 +233,30 @@ def emergency_result(trial: str, unblinding_id: int) -> Response:
     return _result(trial, unblinding_id, Permission.SUBJECT_UNBLIND)
 
 
+@bp.route("/trials/<trial>/unblind/drill/<int:drill_id>")
+@requires(Permission.SUBJECT_UNBLIND)
+def drill_result(trial: str, drill_id: int) -> Response:
+    """Screen 3 of an unblinding drill (UNB-11): the drill value, marked DRILL, once."""
+    result = unblinding_drills.show_drill_result(ctx(), actor(Permission.SUBJECT_UNBLIND), trial, drill_id)
+    if isinstance(result, unblinding.ShownBefore):
+        return _page("unblinding/shown.html", trial=trial, shown=result)
+    return _page("unblinding/revealed.html", trial=trial, revealed=result, kind="emergency")
+
+
 @bp.route("/trials/<trial>/pv-unblind/<int:unblinding_id>")
 @requires(Permission.UNBLINDING_PV)
 def pharmacovigilance_result(trial: str, unblinding_id: int) -> Response:
     return _result(trial, unblinding_id, Permission.UNBLINDING_PV)
+
+
+def _check_sheet(trial: str, scanned: str) -> str:
+    """A real sheet, or a drill subject's drill sheet (UNB-11)."""
+    check = (
+        unblinding_drills.check_drill_sheet
+        if unblinding_drills.is_drill_number(scanned)
+        else codebreak.check_sheet
+    )
+    return check(ctx(), trial, scanned, scope(Permission.SUBJECT_UNBLIND))
 
 
 @bp.route("/trials/<trial>/unblind/offline/check", methods=["POST"])
@@ -233,7 +266,7 @@ def offline_check(trial: str) -> Response:
     for static/scan.js): a sheet of this trial within reach. Reads no arm, records nothing."""
     return forms.scan_verdict(
         "sheet_number",
-        lambda: codebreak.check_sheet(ctx(), trial, forms.scanned("scan"), scope(Permission.SUBJECT_UNBLIND)),
+        lambda: _check_sheet(trial, forms.scanned("scan")),
         ok_message=_("sheet found"),
     )
 
@@ -247,8 +280,14 @@ def offline(trial: str) -> Response | WerkzeugResponse:
         return _page(
             "unblinding/offline.html", trial=trial, reasons=reasons, values={}, form=forms.FormState()
         )
+    # A drill sheet registers an offline drill (UNB-11); any other sheet an offline unblinding.
+    register = (
+        unblinding_drills.register_offline_drill
+        if unblinding_drills.is_drill_number(_form("sheet_number"))
+        else unblinding.register_offline
+    )
     try:
-        recorded = unblinding.register_offline(
+        recorded = register(
             ctx(),
             actor(Permission.SUBJECT_UNBLIND),
             trial,
@@ -270,6 +309,16 @@ def offline(trial: str) -> Response | WerkzeugResponse:
             values=request.form,
             form=forms.shown(exc, _offline_labels()),
         )
+    if isinstance(recorded, unblinding_drills.DrillEvent):
+        flash(
+            _(
+                "DRILL: the opening of drill sheet %(sheet)s is registered in the drill log. No patient's "
+                "blind is broken; the people notified are told it was a drill.",
+                sheet=recorded.sheet_number,
+            ),
+            "ok",
+        )
+        return redirect(url_for("main.trial", trial=trial), code=303)
     flash(
         _(
             "The opening of sheet %(sheet)s is registered: %(subject)s is marked blind broken and the "

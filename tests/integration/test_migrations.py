@@ -77,6 +77,8 @@ APPEND_ONLY = {
     "interim_package",
     "audit_review",
     "idempotent_request",
+    "drill_subject",
+    "unblinding_drill",
 }
 NO_DELETE = {
     "trial",

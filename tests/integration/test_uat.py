@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from allocator.cli import main
 from allocator.db import Database
-from allocator.models import AuditEvent, Subject, Unblinding, User
+from allocator.models import AuditEvent, Dispensation, Site, Subject, Trial, Unblinding, User
 from tests.conftest import FreshDatabase
 
 
@@ -53,13 +53,13 @@ def test_a_scenario_is_rebuilt_the_same_every_time(instance: str) -> None:
     assert code == 0, out
     assert "UAT scenario 'mid-recruitment' of IFNG-PAIS ready" in out and "investigator-p2" in out
     first = counts(instance)
-    assert first == {"subject": 24, "unblinding": 1, "app_user": 12, "randomized": 24}
+    assert first == {"subject": 24, "unblinding": 1, "app_user": 13, "randomized": 24}
     assert run("init")[0] == 0 and run("selfcheck")[0] == 0  # a sound instance
     code, out = run("uat", "reset", "IFNG-PAIS", "--scenario", "mid-recruitment", "--yes")
     assert code == 0, out
     assert counts(instance) == first  # rebuilt, not added to
     code, out = run("uat", "reset", "IFNG-PAIS", "--scenario", "empty", "--yes")
-    assert code == 0 and counts(instance) == {"subject": 0, "unblinding": 0, "app_user": 12, "randomized": 0}
+    assert code == 0 and counts(instance) == {"subject": 0, "unblinding": 0, "app_user": 13, "randomized": 0}
 
 
 @pytest.mark.req("VAL-05", "RND-13")
@@ -75,8 +75,31 @@ def test_production_refuses_and_touches_nothing(instance: str, monkeypatch: pyte
 @pytest.mark.req("VAL-05")
 def test_an_unknown_scenario_or_trial_is_refused_before_anything_is_touched(instance: str) -> None:
     code, out = run("uat", "reset", "IFNG-PAIS", "--scenario", "everything", "--yes")
-    assert code == 1 and "unknown scenario 'everything'; known: empty, mid-recruitment" in out
+    assert (
+        code == 1 and "unknown scenario 'everything'; known: empty, mid-recruitment, close-out-ready" in out
+    )
     code, out = run("uat", "reset", "OTHER", "--scenario", "empty", "--yes")
     assert code == 1 and "written for IFNG-PAIS, not 'OTHER'" in out
     result = CliRunner().invoke(main, ["uat", "reset", "IFNG-PAIS", "--scenario", "empty"], input="n\n")
     assert result.exit_code == 1 and "Aborted" in result.output  # no confirmation, nothing done
+
+
+@pytest.mark.req("VAL-05")
+def test_the_close_out_ready_scenario_is_ready_for_the_database_lock(instance: str) -> None:
+    code, out = run("uat", "reset", "IFNG-PAIS", "--scenario", "close-out-ready", "--yes")
+    assert code == 0, out
+    assert "ready for the database lock" in out and "pharmacist-p2" in out
+    assert counts(instance) == {"subject": 12, "unblinding": 0, "app_user": 13, "randomized": 12}
+    db = Database.connect(instance)
+    try:
+        with db.reading() as s:
+            # Every day of every subject dispensed (3 kits each), both sites closed, the trial open.
+            per_subject = s.execute(
+                select(Dispensation.subject_id, func.count()).group_by(Dispensation.subject_id)
+            ).all()
+            assert len(per_subject) == 12 and {n for _, n in per_subject} == {3}
+            assert set(s.execute(select(Site.status)).scalars()) == {"closed"}
+            assert s.execute(select(Trial.status)).scalar_one() == "active"
+    finally:
+        db.dispose()
+    assert run("selfcheck")[0] == 0

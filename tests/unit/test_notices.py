@@ -28,6 +28,19 @@ FR = notices.catalogue_gettext("fr")
             "Inv-P1. Ne dispensez plus aucun kit ; les kits alloués à P1-014 lui restent attribués.",
         ),
         ("Withdrawal of P1-014", "Sortie d'étude de P1-014"),
+        (
+            "DRILL: emergency unblinding drill on DRILL-P1-01 at site P1",
+            "EXERCICE : exercice de levée d'aveugle en urgence sur DRILL-P1-01 au centre P1",
+        ),
+        (
+            "Dr Who (investigator, site P1) ran an emergency unblinding drill on drill subject DRILL-P1-01 on "
+            "2026-03-02 10:16 UTC, offline (drill code-break sheet, registered by Ann). This is a drill: no "
+            "patient's blind is broken and it is counted nowhere but in the drill log.",
+            "Dr Who (Investigateur, centre P1) a réalisé un exercice de levée d'aveugle en urgence sur le sujet "
+            "d'exercice DRILL-P1-01 le 2026-03-02 10:16 UTC, hors ligne (fiche de levée d'aveugle d'exercice, "
+            "enregistrée par Ann). Ceci est un exercice : l'aveugle d'aucun patient n'est levé et il n'est "
+            "compté nulle part ailleurs que dans le journal des exercices.",
+        ),
         ("Something nobody wrote a pattern for.", "Something nobody wrote a pattern for."),
     ],
 )

@@ -126,6 +126,12 @@ INVALID = [
         broken('code = "A"\n', 'code = "B"\n'), "arms[1].code", "duplicate arm code 'B'", id="duplicate-arm"
     ),
     pytest.param(
+        broken('code = "P2"\n', 'code = "DRILL"\n'),
+        "sites[1].code",
+        "codes starting with DRILL are reserved for drills",
+        id="site-code-reserved-for-drills",
+    ),
+    pytest.param(
         broken('relative_to = "icu_admission_date"', 'relative_to = "admission"'),
         "eligibility[5].relative_to",
         "unknown criterion 'admission'",

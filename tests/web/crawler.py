@@ -84,6 +84,7 @@ class Resolver:
         "session_id": "session_id",
         "assignment_id": "assignment_id",
         "unblinding_id": "unblinding_id",
+        "drill_id": "drill_id",
     }
     # (generic parameter name, path segment before it) -> kind
     CONTEXTUAL: ClassVar[dict[tuple[str, str], str]] = {
@@ -108,6 +109,7 @@ class Resolver:
         "session_id": "999999",
         "assignment_id": "999999",
         "unblinding_id": "999999",
+        "drill_id": "999999",
         "shipment": "SH-9999",
         "static": "missing.css",
         "report": "no-such-report",

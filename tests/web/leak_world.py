@@ -50,11 +50,20 @@ from allocator.models import (
     Shipment,
     Trial,
     Unblinding,
+    UnblindingDrill,
     User,
 )
 from allocator.models import Subject as SubjectRow
 from allocator.permissions import MFA_REQUIRED_ROLES, SITE_ROLES, UNBLINDED_ROLES, Role, Scope
-from allocator.services import audit_trail, auth, bedside, dispensing, notifications, signatures
+from allocator.services import (
+    audit_trail,
+    auth,
+    bedside,
+    dispensing,
+    notifications,
+    signatures,
+    unblinding_drills,
+)
 from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
 from allocator.services.errors import DomainError
@@ -544,6 +553,36 @@ def _extras(
             "a code-break sheet checked intact",
             lambda: codebreak.record_check(ctx, monitor, TRIAL, sheet, "intact", "", EVERYWHERE),
         )
+    # UNB-11: a drill subject at P1 and an online drill on it, so that the drill pages, the drill
+    # log, the DRILL notifications and the emergency form's drill option are crawled too.
+    manager = _actor(principals[Role.TRIAL_MANAGER.value], None)
+    drill: list[str] = []
+    _step(
+        clock,
+        steps,
+        "a drill subject at P1",
+        lambda: drill.append(
+            unblinding_drills.create_drill_subject(
+                ctx, manager, TRIAL, "P1", "yearly drill", scope=EVERYWHERE
+            )
+        ),
+    )
+    _step(
+        clock,
+        steps,
+        "an online unblinding drill",
+        lambda: unblinding_drills.drill_unblind(
+            ctx,
+            ready.investigator,
+            TRIAL,
+            drill[0],
+            reason_category="other_medical_emergency",
+            reason="yearly drill of the night shift",
+            confirmed=True,
+            signature=SIGNED,
+            scope=EVERYWHERE,
+        ),
+    )
     with ctx.db.reading() as s:
         kit = s.execute(
             select(Kit.kit_number).where(Kit.status == "available").order_by(Kit.kit_number).limit(1)
@@ -657,6 +696,11 @@ def _values(
             # (a service actor, not a crawled principal), so every role must get nothing there.
             "unblinding_id": [
                 str(i) for i in s.execute(select(Unblinding.id).order_by(Unblinding.id)).scalars()
+            ],
+            # The world's drill (UNB-11): its result page, like an unblinding's, is for the
+            # investigator who ran it only (a service actor), so every crawled role gets nothing.
+            "drill_id": [
+                str(i) for i in s.execute(select(UnblindingDrill.id).order_by(UnblindingDrill.id)).scalars()
             ],
             # Objects of the spare user only: the crawler submits forms that act on them.
             "username": [SPARE] if spare_id is not None else [],

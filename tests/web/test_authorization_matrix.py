@@ -510,6 +510,36 @@ MATRIX = [
         frozenset({"unblinded_statistician", "unblinded_pharmacist"}),
         "codebreak.replacement_check",
     ),
+    # Unblinding drills (UNB-11): drill subjects by the trial manager and the administrator (site
+    # management); drill sheets by the roles that generate code-break sheets.
+    Row(
+        "drill subjects",
+        "GET",
+        "/trials/IFNG-PAIS/drills",
+        frozenset({"admin", "trial_manager"}),
+        "drills.index",
+    ),
+    Row(
+        "create a drill subject",
+        "POST",
+        "/trials/IFNG-PAIS/drills",
+        frozenset({"admin", "trial_manager"}),
+        "drills.create",
+    ),
+    Row(
+        "drill sheets page",
+        "GET",
+        "/trials/IFNG-PAIS/drills/sheets",
+        frozenset({"unblinded_statistician", "unblinded_pharmacist"}),
+        "drills.sheets",
+    ),
+    Row(
+        "print a drill sheet",
+        "POST",
+        "/trials/IFNG-PAIS/drills/sheets",
+        frozenset({"unblinded_statistician", "unblinded_pharmacist"}),
+        "drills.generate_sheet",
+    ),
     Row("API randomize", "POST", "/api/v1/trials/IFNG-PAIS/subjects", INV, "api.randomize"),
     Row("API subjects", "GET", "/api/v1/trials/IFNG-PAIS/subjects", SUBJECT_VIEWERS, "api.subject_list"),
     Row(
@@ -581,6 +611,9 @@ MATRIX = [
         "/trials/IFNG-PAIS/unblind/1",
         INV,
         "unblinding.emergency_result",
+    ),
+    Row(
+        "unblinding drill result", "GET", "/trials/IFNG-PAIS/unblind/drill/1", INV, "unblinding.drill_result"
     ),
     Row(
         "PV unblinding result",

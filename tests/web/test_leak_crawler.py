@@ -166,6 +166,9 @@ NOT_YET: dict[str, str] = {
     "who unblinded, once with the arm; the crawled investigators' emergency forms are refused (no "
     "confirmed subject), so no crawled role owns one: covered by tests/web/test_unblinding_pages.py and "
     "the Chromium unblinding journey",
+    "unblinding.drill_result": "the result of an unblinding drill (UNB-11) answers only the investigator "
+    "who ran the drill, once with the drill value; no crawled role runs one: covered by "
+    "tests/web/test_drill_pages.py",
     "unblinding.listing": "the unblinded listing answers 409 until the final unblinding (UNB-10, BLD-09); "
     "the world is a trial in progress, whose blind the suite exists to protect",
 }

@@ -187,7 +187,9 @@ def test_the_api_unblinds_one_subject_of_ones_own_site(
     status, body, cache = call(number, good)
     assert status == 200 and cache == "no-store"
     assert body["arm"] == true_arm(ctx, number) and body["subject_number"] == number
+    assert body["drill"] is False  # UNB-11: only a drill subject's answer says drill
     assert set(body) == {
+        "drill",
         "arm",
         "arm_label",
         "product",

@@ -22,6 +22,7 @@ from allocator.services.reports.audit_review import REVIEW_KINDS, AuditReviewRep
 from allocator.services.reports.balance import Balance, balance
 from allocator.services.reports.deviations import Deviations, deviations
 from allocator.services.reports.dispensing import DispensingCompleteness, dispensing_completeness
+from allocator.services.reports.drills import DrillLog, drill_log
 from allocator.services.reports.enrolment import Enrolment, enrolment
 from allocator.services.reports.filters import ReportFilter
 from allocator.services.reports.participant_flow import (
@@ -102,6 +103,16 @@ REPORTS: dict[str, ReportSpec] = {
             True,
         ),
         ReportSpec(
+            "drill-log",
+            N_("Unblinding drill log"),
+            N_(
+                "Every emergency-unblinding drill (online and with a drill code-break sheet) on the drill "
+                "subjects, which are in no other report, count or export."
+            ),
+            "UNB-11",
+            False,
+        ),
+        ReportSpec(
             "deviations",
             N_("Protocol-deviation listings"),
             N_(
@@ -155,6 +166,7 @@ Report = (
     | DispensingCompleteness
     | Accountability
     | UnblindingReport
+    | DrillLog
     | Deviations
     | ParticipantFlow
     | RestrictedFlow
@@ -354,6 +366,8 @@ def _compute(
         return accountability(ctx, trial_code, scope, flt)
     if name == "unblinding":
         return unblinding_report(ctx, trial_code, scope, flt, include_pharmacovigilance=unblinded)
+    if name == "drill-log":
+        return drill_log(ctx, trial_code, scope, flt)
     if name == "deviations":
         return deviations(ctx, trial_code, scope, flt)
     if name == "participant-flow":
