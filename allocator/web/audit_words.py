@@ -65,6 +65,7 @@ ACTION_LABELS: Mapping[Action, str] = {
     Action.SHIPMENT_RECEIVED: N_("Shipment received"),
     Action.KIT_STATUS_CHANGED: N_("Kit status changed"),
     Action.BATCH_EXPIRY_CHANGED: N_("Batch expiry changed"),
+    Action.RESUPPLY_IMPOSSIBLE: N_("Site cannot be resupplied"),
     Action.DOCUMENT_PRINTED: N_("Document printed"),
     Action.SCREENING_FAILED: N_("Screening: not eligible"),
     Action.SUBJECT_RANDOMIZED: N_("Subject randomized"),
