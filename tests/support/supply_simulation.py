@@ -255,10 +255,11 @@ class SupplySimulation:
         for number, status, created_at, site in open_shipments:
             lead = self.definition.supply.for_site(site).lead_time_days if self.definition.supply else 1
             prepared_on = self.definition.local_date(created_at)
-            if status == "prepared" and prepared_on < today:  # the depot ships the next morning
+            shipped = status == "shipped"
+            if not shipped and prepared_on < today:  # the depot ships the next morning
                 shipments.ship(ctx, CLI_ACTOR, TRIAL, number)
-                status = "shipped"
-            if status == "shipped" and (today - prepared_on).days >= lead:
+                shipped = True
+            if shipped and (today - prepared_on).days >= lead:
                 with ctx.db.reading() as session:
                     kits = list(
                         session.execute(
