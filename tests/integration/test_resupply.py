@@ -9,7 +9,7 @@ import json
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from allocator.audit import Action
 from allocator.models import Batch, Kit, Notification, Shipment
@@ -186,5 +186,35 @@ def test_without_supply_settings_nothing_is_shipped_automatically(ctx: ServiceCo
     assert resupply.check_sites(ctx, CLI_ACTOR, TRIAL) == []
     shipment = shipments.create_shipment(ctx, CLI_ACTOR, TRIAL, "P1", 6)  # by hand, as before
     deliver(ctx, shipment.number)
-    randomization(ctx, people["inv"], "P1-0001")  # type: ignore[arg-type]
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(statement)
+
+    event.listen(ctx.db.write_engine, "before_cursor_execute", seen)
+    try:
+        randomization(ctx, people["inv"], "P1-0001")  # type: ignore[arg-type]
+    finally:
+        event.remove(ctx.db.write_engine, "before_cursor_execute", seen)
+    assert not [s for s in statements if "shipment" in s.lower()]  # not even the count
     assert open_shipments(ctx) == [] and notes(ctx, "resupply_request") == []
+
+
+def test_above_the_trigger_a_randomization_pays_one_statement(ctx: ServiceContext) -> None:
+    """Issue 16's hot path: the resupply check is one statement when nothing is due."""
+    people = world(ctx, LEVELS, {"LOT-1": (48, 365)})
+    activate(ctx)
+    deliver(ctx, "SH-0001")
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(statement)
+
+    event.listen(ctx.db.write_engine, "before_cursor_execute", seen)
+    try:
+        randomization(ctx, people["inv"], "P1-0001")  # type: ignore[arg-type]
+    finally:
+        event.remove(ctx.db.write_engine, "before_cursor_execute", seen)
+    resupply_statements = [s for s in statements if "shipment" in s.lower()]
+    assert len(resupply_statements) == 1 and "sum(shipment.kit_count)" in resupply_statements[0]
+    assert open_shipments(ctx) == []
