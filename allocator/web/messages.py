@@ -67,6 +67,9 @@ KNOWN = frozenset(
         N_("must be yes or no"),
         N_("is not a criterion of this trial"),
         N_("is not an entered stratification factor of this trial"),
+        # the supply dashboard (issue 19)
+        N_("invalid number of days"),
+        N_("a whole number of days from 1 to 365"),
         # dispensing
         N_("scan at least one kit"),
         N_("no kit scanned"),
