@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -100,6 +101,7 @@ def main() -> int:
             db.dispose()
         if args.pg:
             br.drop_pg_database(args.pg, name)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
