@@ -6,6 +6,7 @@ nothing of it without `[supply]`."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -88,6 +89,21 @@ def open_shipments(ctx: ServiceContext) -> list[tuple[str, str, int]]:
 def notes(ctx: ServiceContext, kind: str) -> list[Notification]:
     with ctx.db.reading() as s:
         return list(s.execute(select(Notification).where(Notification.kind == kind)).scalars())
+
+
+def statements_of(ctx: ServiceContext, action: Callable[[], object]) -> list[str]:
+    """The SQL statements `action` sends on the write engine."""
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(statement)
+
+    event.listen(ctx.db.write_engine, "before_cursor_execute", seen)
+    try:
+        action()
+    finally:
+        event.remove(ctx.db.write_engine, "before_cursor_execute", seen)
+    return statements
 
 
 def deliver(ctx: ServiceContext, number: str) -> None:
@@ -186,16 +202,7 @@ def test_without_supply_settings_nothing_is_shipped_automatically(ctx: ServiceCo
     assert resupply.check_sites(ctx, CLI_ACTOR, TRIAL) == []
     shipment = shipments.create_shipment(ctx, CLI_ACTOR, TRIAL, "P1", 6)  # by hand, as before
     deliver(ctx, shipment.number)
-    statements: list[str] = []
-
-    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        statements.append(statement)
-
-    event.listen(ctx.db.write_engine, "before_cursor_execute", seen)
-    try:
-        randomization(ctx, people["inv"], "P1-0001")  # type: ignore[arg-type]
-    finally:
-        event.remove(ctx.db.write_engine, "before_cursor_execute", seen)
+    statements = statements_of(ctx, lambda: randomization(ctx, people["inv"], "P1-0001"))  # type: ignore[arg-type]
     assert not [s for s in statements if "shipment" in s.lower()]  # not even the count
     assert open_shipments(ctx) == [] and notes(ctx, "resupply_request") == []
 
@@ -205,16 +212,7 @@ def test_above_the_trigger_a_randomization_pays_one_statement(ctx: ServiceContex
     people = world(ctx, LEVELS, {"LOT-1": (48, 365)})
     activate(ctx)
     deliver(ctx, "SH-0001")
-    statements: list[str] = []
-
-    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        statements.append(statement)
-
-    event.listen(ctx.db.write_engine, "before_cursor_execute", seen)
-    try:
-        randomization(ctx, people["inv"], "P1-0001")  # type: ignore[arg-type]
-    finally:
-        event.remove(ctx.db.write_engine, "before_cursor_execute", seen)
+    statements = statements_of(ctx, lambda: randomization(ctx, people["inv"], "P1-0001"))  # type: ignore[arg-type]
     resupply_statements = [s for s in statements if "shipment" in s.lower()]
     assert len(resupply_statements) == 1 and "sum(shipment.kit_count)" in resupply_statements[0]
     assert open_shipments(ctx) == []
