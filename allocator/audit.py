@@ -115,6 +115,7 @@ class Action(enum.StrEnum):
     SHIPMENT_RECEIVED = "shipment.received"
     KIT_STATUS_CHANGED = "kit.status_changed"
     BATCH_EXPIRY_CHANGED = "batch.expiry_changed"
+    RESUPPLY_IMPOSSIBLE = "supply.resupply_impossible"  # issue 19: the depot cannot resupply a site
     DOCUMENT_PRINTED = "document.printed"
     # subjects (RND-05..09)
     SCREENING_FAILED = "screening.ineligible"

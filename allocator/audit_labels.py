@@ -94,6 +94,7 @@ ACTION_LABELS: Mapping[Action, str] = {
     Action.TRIAL_EXPORTED: N_("Trial data exported"),
     Action.TRIAL_ARCHIVED: N_("Trial archived"),
     Action.RESTORE_DRILL: N_("Restore drill"),
+    Action.RESUPPLY_IMPOSSIBLE: N_("Site cannot be resupplied"),
 }
 
 

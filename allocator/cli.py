@@ -37,7 +37,7 @@ from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
 from allocator.services.errors import DomainError
 from allocator.services.lists import approval, generation, integrity, quality
-from allocator.services.supply import kit_lists, shipments
+from allocator.services.supply import kit_lists, resupply, shipments
 from allocator.settings import SERVE_THREADS, Environment, Settings, SettingsError
 from allocator.web.hygiene import MAX_URL_BYTES
 
@@ -550,6 +550,38 @@ def send_mail_command() -> None:
         )
     )
     if report.failed:
+        sys.exit(1)
+
+
+@main.command("resupply")
+@click.argument("trial")
+@_domain
+def resupply_command(trial: str) -> None:
+    """Check every active site of TRIAL against its resupply levels and request the shipments due
+    (run it daily from cron: kits passing their usable date between two events are noticed then).
+    Exit 1 when a site cannot be resupplied."""
+    settings = _settings()
+    with _context(settings) as ctx:
+        checks = resupply.check_sites(ctx, _actor(), trial)
+    if not checks:
+        click.echo(_("%(trial)s: no active site to check, or no [supply] in its definition", trial=trial))
+    for check in checks:
+        if check.shipment:
+            line = _("shipment %(shipment)s requested", shipment=check.shipment)
+        elif check.impossible:
+            line = _("cannot be resupplied: the depot lacks usable kits")
+        else:
+            line = _("nothing due")
+        click.echo(
+            _(
+                "%(site)s: %(courses)s course(s), level %(level)s: %(outcome)s",
+                site=check.site,
+                courses=check.courses,
+                level=check.trigger,
+                outcome=line,
+            )
+        )
+    if any(check.impossible for check in checks):
         sys.exit(1)
 
 

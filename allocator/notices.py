@@ -139,6 +139,31 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
                 "to pharmacovigilance only."
             ),
         ),
+        (
+            r"Resupply (?P<shipment>\S+) for site (?P<site>\S+)",
+            N_("Resupply %(shipment)s for site %(site)s"),
+        ),
+        (
+            r"Shipment (?P<shipment>\S+) of (?P<kits>\d+) kits for site (?P<site>\S+) was prepared "
+            r"automatically: the site holds (?P<courses>\d+) treatment course\(s\), below its level of "
+            r"(?P<level>\d+)\. Ship it from the depot\.",
+            N_(
+                "Shipment %(shipment)s of %(kits)s kits for site %(site)s was prepared automatically: the "
+                "site holds %(courses)s treatment course(s), below its level of %(level)s. Ship it from the "
+                "depot."
+            ),
+        ),
+        (r"Site (?P<site>\S+) cannot be resupplied", N_("Site %(site)s cannot be resupplied")),
+        (
+            r"Site (?P<site>\S+) holds (?P<courses>\d+) treatment course\(s\), below its level of "
+            r"(?P<level>\d+), and the depot does not hold enough usable kits for a balanced shipment of "
+            r"(?P<kits>\d+) kits\. Add kits to the depot, with their code-break sheets\.",
+            N_(
+                "Site %(site)s holds %(courses)s treatment course(s), below its level of %(level)s, and the "
+                "depot does not hold enough usable kits for a balanced shipment of %(kits)s kits. Add kits "
+                "to the depot, with their code-break sheets."
+            ),
+        ),
         (r"Extension of (?P<list>\S+) to approve", N_("Extension of %(list)s to approve")),
         (
             r"(?P<who>.+) proposed extension #(?P<number>\d+) of (?P<list>\S+): (?P<reason>.*)\. Another "

@@ -50,6 +50,9 @@ KNOWN = frozenset(
         N_("is not a date"),
         N_("unknown day"),
         N_("is not a dispensing day"),
+        # the supply dashboard (issue 19)
+        N_("invalid number of days"),
+        N_("a whole number of days from 1 to 365"),
         # printed documents (LBL-12; allocator/services/documents.py)
         N_("this document has been reprinted 999 times, the most allowed: use a printed copy"),
         # randomization and eligibility

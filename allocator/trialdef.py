@@ -234,6 +234,32 @@ class SiteDef:
 
 
 @dataclass(frozen=True, slots=True)
+class SiteSupply:
+    """The automatic resupply levels of one site, in treatment courses (one course: the kits one
+    subject needs, one per dispensing day)."""
+
+    initial_courses: int  # shipped when the site is activated
+    trigger_courses: int  # a shipment is requested when the site's courses fall below this
+    resupply_courses: int  # ... of enough courses to bring it back to this
+    lead_time_days: int  # from the request to the receipt at the site
+
+
+@dataclass(frozen=True, slots=True)
+class Supply:
+    """`[supply]`: automatic resupply of the sites from the depot (issue 19). Absent: shipments are
+    made by hand only."""
+
+    levels: SiteSupply  # every site's, unless `overrides` names it
+    do_not_ship_days: int  # a shipped kit must stay usable this many days after its arrival + a course
+    predictive: bool  # raise the trigger to the courses the recent enrolment would use in the lead time
+    enrolment_window_days: int  # the "recent" of the enrolment rate
+    overrides: tuple[tuple[str, SiteSupply], ...] = ()
+
+    def for_site(self, code: str) -> SiteSupply:
+        return dict(self.overrides).get(code, self.levels)
+
+
+@dataclass(frozen=True, slots=True)
 class Unconfirmed:
     field: str
     note: str
@@ -302,6 +328,7 @@ class TrialDefinition:
     sites: tuple[SiteDef, ...]
     unconfirmed: tuple[Unconfirmed, ...] = field(default=())
     exports: Exports = field(default_factory=Exports)
+    supply: Supply | None = None
 
     @property
     def arm_codes(self) -> tuple[str, ...]:
@@ -602,6 +629,7 @@ class _Parser:
         labels = _guard(self.labels, root)
         unconfirmed = _guard(self.unconfirmed, root) or ()
         exports = _guard(self.exports, root) or Exports()
+        supply = _guard(self.supply, root, sites)
         root.done()
         if (
             self.problems
@@ -628,6 +656,7 @@ class _Parser:
             sites=sites,
             unconfirmed=unconfirmed,
             exports=exports,
+            supply=supply,
             **trial,
         )
 
@@ -1021,6 +1050,56 @@ class _Parser:
         if margin is None or order is None or len(days) != len(nodes):
             raise _Missing
         return Dispensing(expiry_margin_days=margin, out_of_order=order, schedule=tuple(days))
+
+    def supply(self, root: _Node, sites: tuple[SiteDef, ...]) -> Supply | None:
+        node = root.table("supply", required=False)
+        if node is None:
+            return None
+        levels = _guard(self.site_supply, node, None)
+        do_not_ship = _guard(node.get_int, "do_not_ship_days", low=0, high=3650)
+        predictive = _guard(node.get_bool, "predictive", required=False, default=False)
+        window = _guard(node.get_int, "enrolment_window_days", required=False, low=1, high=3650)
+        overrides: list[tuple[str, SiteSupply]] = []
+        nodes = node.tables("sites", required=False, min_items=0)
+        for site_node in nodes:
+            code = _guard(site_node.get_str, "code")
+            if code is not None and code not in {s.code for s in sites}:
+                site_node.problem("code", f"{code!r} is not a site of this definition")
+            elif code is not None and any(c == code for c, _ in overrides):
+                site_node.problem("code", f"site {code!r} is given twice")
+            elif code is not None and levels is not None:
+                site_levels = _guard(self.site_supply, site_node, levels)
+                if site_levels is not None:
+                    overrides.append((code, site_levels))
+            site_node.done()
+        node.done()
+        if levels is None or do_not_ship is None or predictive is None or len(overrides) != len(nodes):
+            raise _Missing
+        return Supply(
+            levels=levels,
+            do_not_ship_days=do_not_ship,
+            predictive=predictive,
+            enrolment_window_days=window if window is not None else 60,
+            overrides=tuple(overrides),
+        )
+
+    @staticmethod
+    def site_supply(node: _Node, defaults: SiteSupply | None) -> SiteSupply:
+        """The levels of `[supply]` (every one required) or of one `[[supply.sites]]` entry (each
+        defaulting to `[supply]`'s)."""
+        values: dict[str, int] = {}
+        for key in ("initial_courses", "trigger_courses", "resupply_courses", "lead_time_days"):
+            value = node.get_int(
+                key, required=defaults is None, low=0 if key == "lead_time_days" else 1, high=1000
+            )
+            values[key] = value if value is not None else getattr(defaults, key)
+        if values["resupply_courses"] <= values["trigger_courses"]:
+            node.problem("resupply_courses", "must be above trigger_courses")
+            raise _Missing
+        if values["initial_courses"] < values["trigger_courses"]:
+            node.problem("initial_courses", "must be at least trigger_courses")
+            raise _Missing
+        return SiteSupply(**values)
 
     def labels(self, root: _Node) -> Labels:
         node = root.need_table("labels")

@@ -35,7 +35,7 @@ from allocator.services.errors import Conflict, DomainError, FieldProblem, NotFo
 from allocator.services.lookups import current_definition, current_dispensations, get_trial, subject_in_reach
 from allocator.services.subjects.randomize import KitsUnavailable
 from allocator.services.subjects.withdrawal import withdrawn_refusal
-from allocator.services.supply import kit_rules
+from allocator.services.supply import kit_rules, resupply
 from allocator.services.supply import stock as supply_stock
 from allocator.trialdef import TrialDefinition
 
@@ -418,6 +418,8 @@ def _dispense_in(
         new={**content, "signature": signed.id},
         at=now,
     )
+    if site is not None:
+        resupply.after_stock_change(ctx, session, actor, trial, definition, site, now)
     return Dispensed(number, tuple(label for label, _, _ in chosen), signatures.manifestation(signed))
 
 
@@ -658,6 +660,8 @@ def _replace_in(
         sealed={"arm": arm},
         at=now,
     )
+    session.flush()
+    resupply.after_stock_change(ctx, session, actor, trial, definition, site_row, now)
     return day_label, new.kit_number
 
 

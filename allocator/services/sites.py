@@ -14,6 +14,8 @@ from allocator.services import codebreak
 from allocator.services.accounts.user_admin import required_reason, trial_by_code
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed
+from allocator.services.lookups import current_definition
+from allocator.services.supply import resupply
 
 # --- sites (RND-14) --------------------------------------------------------------------------
 
@@ -131,6 +133,8 @@ def activate_site(
             reason=reason,
             at=now,
         )
+        # Issue 19: the initial shipment, when the trial resupplies its sites automatically.
+        resupply.at_activation(ctx, session, actor, trial, current_definition(session, trial), site, now)
 
 
 def close_site(

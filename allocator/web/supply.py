@@ -14,6 +14,7 @@ import kits as kitlib
 from allocator.permissions import NO_SCOPE, Permission, requires
 from allocator.services import sites
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
+from allocator.services.supply import dashboard as supply_dashboard
 from allocator.services.supply import kit_lists, kit_rules
 from allocator.services.supply import kit_status as supply_kit_status
 from allocator.services.supply import labels as supply_labels
@@ -229,6 +230,20 @@ def receive_check(trial: str, number: str) -> Response:
         ok_message=_("in this shipment"),
         notes=lambda found: [_held_note(found[1])] if isinstance(found, tuple) and found[1] else [],
     )
+
+
+@bp.route("/trials/<trial>/supply")
+@requires(Permission.KIT_VIEW)
+def dashboard(trial: str) -> str:
+    """Per site: courses on hand, days of supply, shipments on the way, kits expiring within
+    `within` days (default 30), quarantined kits. Counts only, never by arm (issue 19)."""
+    raw = (request.args.get("within") or "30").strip()
+    if not raw.isdigit():
+        raise ValidationFailed(
+            "invalid number of days", errors=[FieldProblem("within", "a whole number of days from 1 to 365")]
+        )
+    view = supply_dashboard.dashboard(ctx(), trial, scope(Permission.KIT_VIEW), within_days=int(raw))
+    return render_template("supply/dashboard.html", trial=trial, board=view)
 
 
 @bp.route("/trials/<trial>/reconciliation")

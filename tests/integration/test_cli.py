@@ -182,3 +182,20 @@ def test_demo_prepares_a_test_instance(tmp_path: Path, monkeypatch: pytest.Monke
     assert re.search(r"statistician-2\s+unblinded_statistician\s", result.output)  # RND-10's second signer
     assert (tmp_path / "demo" / "allocator-demo.db").exists()
     assert (tmp_path / "demo" / "keys" / "lists.key").stat().st_mode & 0o077 == 0
+
+
+def test_resupply_checks_the_active_sites(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Issue 19: the daily check of `[supply]` levels; a trial without active sites has none to check."""
+    definition = tmp_path / "trial.toml"
+    definition.write_text(
+        IFN_TRIAL.read_text(encoding="utf-8")
+        + "\n[supply]\ninitial_courses = 4\ntrigger_courses = 2\nresupply_courses = 5\nlead_time_days = 3\n"
+        "do_not_ship_days = 30\n",
+        encoding="utf-8",
+    )
+    assert run("init")[0] == 0
+    assert run("load-trial", str(definition))[0] == 0
+    code, out = run("resupply", "IFNG-PAIS")
+    assert code == 0 and "IFNG-PAIS: no active site to check, or no [supply] in its definition" in out
+    code, out = run("resupply", "NOPE")
+    assert code == 1 and "no trial" in out

@@ -41,6 +41,20 @@ FR = notices.catalogue_gettext("fr")
             "enregistrée par Ann). Ceci est un exercice : l'aveugle d'aucun patient n'est levé et il n'est "
             "compté nulle part ailleurs que dans le journal des exercices.",
         ),
+        ("Resupply SH-0004 for site P2", "Réapprovisionnement SH-0004 pour le centre P2"),
+        (
+            "Shipment SH-0004 of 12 kits for site P2 was prepared automatically: the site holds 3 treatment "
+            "course(s), below its level of 4. Ship it from the depot.",
+            "L'envoi SH-0004 de 12 kits pour le centre P2 a été préparé automatiquement : le centre détient 3 "
+            "traitement(s) complet(s), sous son seuil de 4. Expédiez-le depuis le dépôt.",
+        ),
+        (
+            "Site P2 holds 3 treatment course(s), below its level of 4, and the depot does not hold enough "
+            "usable kits for a balanced shipment of 12 kits. Add kits to the depot, with their code-break sheets.",
+            "Le centre P2 détient 3 traitement(s) complet(s), sous son seuil de 4, et le dépôt ne détient pas "
+            "assez de kits utilisables pour un envoi équilibré de 12 kits. Ajoutez des kits au dépôt, avec leurs "
+            "fiches de levée d'aveugle.",
+        ),
         ("Something nobody wrote a pattern for.", "Something nobody wrote a pattern for."),
     ],
 )

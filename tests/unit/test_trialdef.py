@@ -230,3 +230,54 @@ def test_minimization_designs_are_validated() -> None:
         parse_definition(minim.replace('factors = ["site", "admission_cause"]', 'factors = ["site", "sex"]'))
     with pytest.raises(DefinitionError, match=r"p_preferred: 0\.3 must be between 0\.5 and 1"):
         parse_definition(minim.replace("p_preferred = 0.8", "p_preferred = 0.3"))
+
+
+# --- [supply]: automatic resupply (issue 19) ---------------------------------------------------
+
+SUPPLY = """
+[supply]
+initial_courses = 8
+trigger_courses = 4
+resupply_courses = 10
+lead_time_days = 3
+do_not_ship_days = 60
+predictive = true
+
+[[supply.sites]]
+code = "P2"
+lead_time_days = 5
+trigger_courses = 6
+"""
+
+
+def test_supply_levels_are_read_per_site_with_the_trial_s_as_defaults() -> None:
+    assert parse_definition(TEXT).supply is None  # without [supply]: shipments by hand only
+    supply = parse_definition(TEXT + SUPPLY).supply
+    assert supply is not None
+    assert supply.predictive and supply.do_not_ship_days == 60 and supply.enrolment_window_days == 60
+    p1, p2 = supply.for_site("P1"), supply.for_site("P2")
+    assert (p1.initial_courses, p1.trigger_courses, p1.resupply_courses, p1.lead_time_days) == (8, 4, 10, 3)
+    assert (p2.initial_courses, p2.trigger_courses, p2.resupply_courses, p2.lead_time_days) == (8, 6, 10, 5)
+
+
+@pytest.mark.req("VAL-03")
+@pytest.mark.parametrize(
+    ("old", "new", "field", "problem"),
+    [
+        ("resupply_courses = 10", "resupply_courses = 4", "supply.resupply_courses", "must be above"),
+        ("initial_courses = 8", "initial_courses = 2", "supply.initial_courses", "at least trigger"),
+        ("do_not_ship_days = 60\n", "", "supply.do_not_ship_days", "is required"),
+        ('code = "P2"\nlead', 'code = "P9"\nlead', "supply.sites[0].code", "is not a site"),
+        ("trigger_courses = 6", "trigger_courses = 12", "supply.sites[0].resupply_courses", "must be above"),
+        ("predictive = true", 'predictive = "yes"', "supply.predictive", "must be true or false"),
+        ("lead_time_days = 3", "lead_time_days = -1", "supply.lead_time_days", "below the minimum"),
+        ("lead_time_days = 5", "lead_days = 5", "supply.sites[0].lead_days", "is not a known field"),
+    ],
+)
+def test_invalid_supply_levels_name_the_field(old: str, new: str, field: str, problem: str) -> None:
+    assert SUPPLY.count(old) == 1, old
+    with pytest.raises(DefinitionError) as caught:
+        parse_definition(TEXT + SUPPLY.replace(old, new), source="trials/x.toml")
+    assert re.search(
+        rf"^trials/x\.toml: {re.escape(field)}: .*{re.escape(problem)}", str(caught.value), re.M
+    ), str(caught.value)

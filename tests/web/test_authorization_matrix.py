@@ -372,6 +372,13 @@ MATRIX = [
         PHARM | frozenset({"monitor", "auditor", "trial_manager"}),
         "supply.stock",
     ),
+    Row(
+        "supply dashboard",
+        "GET",
+        "/trials/IFNG-PAIS/supply",
+        PHARM | frozenset({"monitor", "auditor", "trial_manager"}),
+        "supply.dashboard",
+    ),
     Row("kit status", "POST", "/trials/IFNG-PAIS/kits/status", PHARM, "supply.kit_status"),
     Row(
         "depot kit status",

@@ -9,7 +9,7 @@ import io
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 
 import pytest
 from flask import Flask
@@ -324,7 +324,7 @@ def test_supply_pages_show_counts_without_arms_and_only_the_sites_in_reach(peopl
     generate(ctx, 20)
     kits_at(ctx, "P1", 6)
     kits_at(ctx, "P2", 4)
-    pages = [f"{BASE}/stock", f"{BASE}/shipments", f"{BASE}/reconciliation"]
+    pages = [f"{BASE}/stock", f"{BASE}/shipments", f"{BASE}/reconciliation", f"{BASE}/supply"]
     for who in (people.monitor, people.pharmacist, people.manager):
         for path in pages:
             response = who.get(path)
@@ -366,6 +366,56 @@ def test_supply_pages_show_counts_without_arms_and_only_the_sites_in_reach(peopl
     ]
     page = people.monitor.get(f"{BASE}/reconciliation").get_data(as_text=True)
     assert "Every kit's history balances with its status." in page
+
+
+@pytest.mark.req("BLD-12")
+def test_the_supply_dashboard_counts_courses_per_site_in_reach(people: People) -> None:
+    """Issue 19: courses on hand, shipments on the way, kits expiring soon, quarantined kits; counts
+    only, per site within reach; a bad number of days names its field."""
+    ctx = people.ctx
+    soon = ctx.now().date() + timedelta(days=20)
+    kit_lists.generate_kit_list(ctx, CLI_ACTOR, TRIAL, count=4, lot_code="LOT-SOON", expiry=soon)
+    code_break_sheets(ctx)
+    kits_at(ctx, "P2", 4)  # the LOT-SOON kits, the only ones at the depot
+    generate(ctx, 24)
+    quarantined = kits_at(ctx, "P1", 8)[0]
+    supply_shipments.create_shipment(ctx, CLI_ACTOR, TRIAL, "P2", 4)  # prepared, on its way
+    people.post(
+        people.pharmacist,
+        f"{BASE}/kits/status",
+        f"{BASE}/stock",
+        kit_number=quarantined,
+        status="quarantined",
+        reason="temperature excursion",
+        password=GOOD_PASSWORD,
+    )
+    assert status_of(ctx, quarantined) == "quarantined"
+
+    def rows(client: FlaskClient, query: str = "") -> list[list[str]]:
+        response = client.get(f"{BASE}/supply{query}")
+        html = response.get_data(as_text=True)
+        assert response.status_code == 200 and not ARM_TEXT.search(html) and not ARM_HEADER.search(html)
+        body = html.split("<tbody>")[1].split("</tbody>")[0]
+        return [
+            [
+                " ".join(re.sub(r"<[^>]+>", " ", cell).split())
+                for cell in re.findall(r"<td>(.*?)</td>", row, re.S)
+            ]
+            for row in re.findall(r"<tr>(.*?)</tr>", body, re.S)
+        ]
+
+    monitor = rows(people.monitor)
+    # site, courses (usable kits), trigger, days of supply, open shipments, kits on the way,
+    # expiring within 30 days, quarantined. No [supply]: no trigger; nobody randomized yet.
+    assert monitor == [
+        ["P1 pending", "2 (7 kits)", "—", "no recent enrolment", "0", "0", "0", "1"],
+        ["P2 pending", "1 (4 kits)", "—", "no recent enrolment", "1", "4", "4", "0"],
+    ]
+    assert [r[0] for r in rows(people.pharmacist)] == ["P1 pending"]
+    assert [r[6] for r in rows(people.monitor, "?within=5")] == ["0", "0"]
+    refused = people.monitor.get(f"{BASE}/supply?within=soon")
+    assert refused.status_code == 422 and "within" in refused.get_data(as_text=True)
+    assert people.monitor.get(f"{BASE}/supply?within=0").status_code == 422
 
 
 @pytest.mark.req("LBL-09")

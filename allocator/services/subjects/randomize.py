@@ -60,6 +60,7 @@ from allocator.services.errors import (
 )
 from allocator.services.lists import integrity, overview, storage
 from allocator.services.lookups import TrialRef, current_definition, get_trial, trial_row_and_definition
+from allocator.services.supply import resupply
 from allocator.services.supply import stock as supply_stock
 from allocator.trialdef import DispensingDay, MinimizationRandomization, TrialDefinition, stratum_key
 
@@ -726,6 +727,8 @@ def _randomize_in(
             f"The stratum {key} of {target.label} has {remaining} unused slot(s) left. Consider an extension.",
             now,
         )
+    # Issue 19: the site's stock fell; one blind count (none without [supply]) decides a resupply.
+    resupply.after_stock_change(ctx, session, actor, trial, definition, site, now)
     return RandomizationResult(number, randomization_number, tuple(allocated), now, site.code)
 
 

@@ -15,7 +15,8 @@ from allocator.permissions import Scope
 from allocator.services import signatures
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed
-from allocator.services.lookups import get_trial
+from allocator.services.lookups import current_definition, get_trial
+from allocator.services.supply import resupply
 from allocator.services.supply.kit_rules import (
     MANUAL_TRANSITIONS,
     SIGNED_SOURCES,
@@ -123,6 +124,11 @@ def change_status(
             reason=reason.strip(),
             at=now,
         )
+        if site is not None:  # issue 19: a kit leaving or rejoining a site's usable stock
+            session.flush()
+            resupply.after_stock_change(
+                ctx, session, actor, trial, current_definition(session, trial), site, now
+            )
 
 
 def update_batch_expiry(
@@ -188,6 +194,8 @@ def update_batch_expiry(
             reason=reason.strip(),
             at=now,
         )
+        session.flush()  # issue 19: a shorter expiry may take courses from every site
+        resupply.check_sites_in(ctx, session, actor, trial, current_definition(session, trial), now)
         return len(kits)
 
 

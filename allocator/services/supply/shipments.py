@@ -3,22 +3,21 @@ receipt scan) and list them."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import kits as kitlib
 from allocator.audit import Action, Actor
-from allocator.models import CodeBreakSheet, Kit, Shipment, Site, Trial
+from allocator.models import Kit, Shipment, Site, Trial
 from allocator.permissions import Scope
-from allocator.services import arm_access
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed
 from allocator.services.lookups import current_definition, get_trial
+from allocator.services.supply import depot, resupply
 from allocator.services.supply.kit_rules import S, move_kit, needed_until, number_from_scan, unreadable
 
 # --- shipments (BLD-04) ----------------------------------------------------------------------
@@ -44,7 +43,8 @@ def create_shipment(
     """Prepare a shipment of `count` kits from the depot to an active or pending site: the same
     number of kits of each arm (by ratio), chosen at random among the depot's usable kits of that
     arm (an audited machine read of the depot's arms; nobody sees them). Only kits that have their
-    sealed code-break sheet are eligible (UNB-07)."""
+    sealed code-break sheet are eligible (UNB-07). The kits are chosen by `depot.prepare_shipment`,
+    as for an automatic resupply."""
     now = ctx.now()
     with ctx.db.unit_of_work() as session:
         trial = get_trial(session, trial_code)
@@ -55,67 +55,23 @@ def create_shipment(
             raise ValidationFailed(
                 "invalid count", errors=[FieldProblem("count", f"a multiple of {total}, at most 10000")]
             )
-        needed = needed_until(definition, definition.local_date(now))
-        depot = list(
-            session.execute(
-                select(Kit)
-                .where(
-                    Kit.trial_id == trial.id,
-                    Kit.status == S.AT_DEPOT.value,
-                    Kit.site_id.is_(None),
-                    Kit.shipment_id.is_(None),  # not already in a prepared shipment
-                    # UNB-07: a kit leaves the depot only once its sealed code-break sheet exists.
-                    Kit.id.in_(select(CodeBreakSheet.kit_id).where(CodeBreakSheet.trial_id == trial.id)),
-                )
-                .with_for_update()
-            ).scalars()
-        )
-        depot = [k for k in depot if k.expiry_date is None or k.expiry_date >= needed]
-        arms = arm_access.kit_arms_in(session, ctx, actor, trial.code, depot, "balancing a shipment")
-        by_arm: dict[str, list[Kit]] = {}
-        for kit in depot:
-            by_arm.setdefault(arms[kit.id], []).append(kit)
-        chosen: list[Kit] = []
-        rng = secrets.SystemRandom()
-        for arm, weight in definition.ratio:
-            wanted = count // total * weight
-            pool = by_arm.get(arm, [])
-            if len(pool) < wanted:
-                # The message says only that the depot lacks balanced stock, never which arm (BLD-12).
-                raise Conflict(
-                    "the depot does not hold enough usable kits for a balanced shipment of that size "
-                    "(a kit is shipped only once its code-break sheet exists)"
-                )
-            chosen.extend(rng.sample(pool, wanted))
-        rng.shuffle(chosen)
-        shipped_before = session.execute(
-            select(func.count()).select_from(Shipment).where(Shipment.trial_id == trial.id)
-        ).scalar_one()
-        number = f"SH-{shipped_before + 1:04d}"
-        shipment = Shipment(
-            trial_id=trial.id,
-            site_id=site.id,
-            number=number,
-            status="prepared",
-            kit_count=count,
-            created_at=now,
-            created_by_name=actor.name,
-        )
-        session.add(shipment)
-        session.flush()
-        for kit in chosen:
-            kit.shipment_id = shipment.id
-        ctx.audit.record(
+        shipment = depot.prepare_shipment(
+            ctx,
             session,
-            actor=actor,
-            chain=trial.code,
-            action=Action.SHIPMENT_PREPARED,
-            object_type="shipment",
-            object_id=number,
-            site_code=site.code,
-            new={"site": site.code, "kits": count},
-            at=now,
+            actor,
+            trial,
+            definition,
+            site,
+            count,
+            needed_until(definition, definition.local_date(now)),
+            now,
         )
+        if shipment is None:
+            # The message says only that the depot lacks balanced stock, never which arm (BLD-12).
+            raise Conflict(
+                "the depot does not hold enough usable kits for a balanced shipment of that size "
+                "(a kit is shipped only once its code-break sheet exists)"
+            )
         return _shipment_view(session, shipment, site.code)
 
 
@@ -272,6 +228,8 @@ def receive(
         shipment.status = "received"
         shipment.received_at = now
         shipment.received_by_name = actor.name
+        session.flush()
+        resupply.after_stock_change(ctx, session, actor, trial, current_definition(session, trial), site, now)
         ctx.audit.record(
             session,
             actor=actor,

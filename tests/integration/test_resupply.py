@@ -1,0 +1,218 @@
+"""Automatic resupply (issue 19): the initial shipment at activation, a shipment requested in the
+transaction of the randomization that takes a site below its trigger, kits with enough shelf life,
+the depot's staff told, an alert when the depot cannot resupply, the predictive trigger — and
+nothing of it without `[supply]`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import event, select
+
+from allocator.audit import Action
+from allocator.models import Batch, Kit, Notification, Shipment
+from allocator.services import signatures, sites, trials
+from allocator.services.context import ServiceContext
+from allocator.services.lists import approval, generation
+from allocator.services.supply import kit_lists, resupply, shipments
+from tests.support import (
+    ALL_SITES,
+    CLI_ACTOR,
+    CODE_BREAK_EVIDENCE,
+    GOOD_PASSWORD,
+    IFN_TRIAL,
+    TRIAL,
+    Clock,
+    arm_of,
+    code_break_sheets,
+    events,
+    person,
+    randomization,
+)
+from tests.support.supply_simulation import with_supply
+
+LEVELS = """
+[supply]
+initial_courses = 6
+trigger_courses = 4
+resupply_courses = 7
+lead_time_days = 2
+do_not_ship_days = 30
+"""
+
+
+def world(ctx: ServiceContext, supply: str, batches: dict[str, tuple[int, int]]) -> dict[str, object]:
+    """IFNG-PAIS with `supply` (or none when empty), its list active, the kits of `batches`
+    (lot -> (count, days to expiry)) at the depot with their code-break sheets; P1 not yet active."""
+    text = IFN_TRIAL.read_text(encoding="utf-8")
+    trials.load_trial(ctx, CLI_ACTOR, with_supply(text, supply) if supply else text, source_name="t.toml")
+    stat = person(ctx, "stat", "unblinded_statistician")
+    inv = person(ctx, "inv-p1", "investigator", "P1")
+    signed = signatures.SignatureRequest(password=GOOD_PASSWORD)
+    generated = generation.generate_lists(ctx, CLI_ACTOR, TRIAL, "test")
+    approval.approve_list(ctx, stat, TRIAL, generated.list_id, signed)
+    approval.activate_list(ctx, stat, TRIAL, generated.list_id, signed)
+    for lot, (count, days) in batches.items():
+        kit_lists.generate_kit_list(
+            ctx, CLI_ACTOR, TRIAL, count=count, lot_code=lot, expiry=ctx.now().date() + timedelta(days=days)
+        )
+    code_break_sheets(ctx, stat)
+    return {"stat": stat, "inv": inv}
+
+
+def activate(ctx: ServiceContext, site: str = "P1") -> None:
+    sites.activate_site(
+        ctx,
+        CLI_ACTOR,
+        TRIAL,
+        site,
+        approval_date=ctx.now().date(),
+        delegation_log_date=ctx.now().date(),
+        code_break_evidence=CODE_BREAK_EVIDENCE,
+        scope=ALL_SITES,
+        reason="approved",
+    )
+
+
+def open_shipments(ctx: ServiceContext) -> list[tuple[str, str, int]]:
+    with ctx.db.reading() as s:
+        return [
+            (row.number, row.status, row.kit_count)
+            for row in s.execute(select(Shipment).order_by(Shipment.id)).scalars()
+            if row.status in ("prepared", "shipped")
+        ]
+
+
+def notes(ctx: ServiceContext, kind: str) -> list[Notification]:
+    with ctx.db.reading() as s:
+        return list(s.execute(select(Notification).where(Notification.kind == kind)).scalars())
+
+
+def statements_of(ctx: ServiceContext, action: Callable[[], object]) -> list[str]:
+    """The SQL statements `action` sends on the write engine."""
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(statement)
+
+    event.listen(ctx.db.write_engine, "before_cursor_execute", seen)
+    try:
+        action()
+    finally:
+        event.remove(ctx.db.write_engine, "before_cursor_execute", seen)
+    return statements
+
+
+def deliver(ctx: ServiceContext, number: str) -> None:
+    view = next(v for v in shipments.shipments(ctx, TRIAL, ALL_SITES) if v.number == number)
+    shipments.ship(ctx, CLI_ACTOR, TRIAL, number)
+    shipments.receive(ctx, CLI_ACTOR, TRIAL, number, view.kits, scope=ALL_SITES)
+
+
+@pytest.mark.req("BLD-04")
+def test_activation_ships_the_initial_courses_balanced_by_arm_and_tells_the_depot(
+    ctx: ServiceContext,
+) -> None:
+    world(ctx, LEVELS, {"LOT-1": (48, 365)})
+    activate(ctx)
+    assert open_shipments(ctx) == [("SH-0001", "prepared", 18)]  # 6 courses of 3 kits
+    view = shipments.shipments(ctx, TRIAL, ALL_SITES)[0]
+    arms = [arm_of(ctx, number) for number in view.kits]
+    assert arms.count("A") == arms.count("B") == 9
+    (note,) = notes(ctx, "resupply_request")
+    assert note.audience == "trial_manager" and note.site_id is None
+    assert "SH-0001" in note.title and "P1" in note.body
+    assert "A" not in note.body.split() and "B" not in note.body.split()  # no arm is ever named
+    (entry,) = events(ctx, Action.SHIPMENT_PREPARED.value)
+    assert entry.actor_username == "system:resupply"
+    assert json.loads(entry.new_values or "{}")["automatic"] is True
+
+
+def test_a_randomization_below_the_trigger_requests_a_shipment_once(ctx: ServiceContext) -> None:
+    people = world(ctx, LEVELS, {"LOT-1": (48, 365)})
+    activate(ctx)
+    deliver(ctx, "SH-0001")
+    inv = people["inv"]
+    randomization(ctx, inv, "P1-0001")  # type: ignore[arg-type]
+    randomization(ctx, inv, "P1-0002")  # type: ignore[arg-type]
+    assert open_shipments(ctx) == []  # 4 courses: at the trigger, not below
+    randomization(ctx, inv, "P1-0003")  # type: ignore[arg-type]
+    # 3 courses: below 4, so up to 7 -> 4 courses -> 12 kits (whole courses of both arms).
+    assert open_shipments(ctx) == [("SH-0002", "prepared", 12)]
+    assert resupply.check_sites(ctx, CLI_ACTOR, TRIAL) == [resupply.ResupplyCheck("P1", 7, 4)]
+    assert len(open_shipments(ctx)) == 1  # what is on order counts: no second request
+    assert len(notes(ctx, "resupply_request")) == 2
+
+
+def test_kits_that_would_expire_too_soon_are_not_shipped(ctx: ServiceContext) -> None:
+    world(ctx, LEVELS, {"LOT-SHORT": (24, 20), "LOT-LONG": (24, 365)})  # do_not_ship_days = 30
+    activate(ctx)
+    with ctx.db.reading() as s:
+        lots = set(
+            s.execute(
+                select(Batch.lot_code).join(Kit, Kit.batch_id == Batch.id).where(Kit.shipment_id.is_not(None))
+            ).scalars()
+        )
+    assert lots == {"LOT-LONG"}
+
+
+@pytest.mark.req("BLD-12")
+def test_a_site_the_depot_cannot_resupply_raises_one_alert_a_day(ctx: ServiceContext, clock: Clock) -> None:
+    people = world(ctx, LEVELS, {"LOT-1": (20, 365)})
+    activate(ctx)  # 18 of the 20 kits leave
+    deliver(ctx, "SH-0001")
+    for k in range(1, 4):
+        randomization(ctx, people["inv"], f"P1-000{k}")  # type: ignore[arg-type]
+    assert open_shipments(ctx) == []  # the randomization went ahead; no shipment could be made
+    alerts = notes(ctx, "resupply_impossible")
+    assert sorted(a.audience for a in alerts) == ["trial_manager", "unblinded_statistician"]
+    assert all("P1" in a.title and "A" not in a.body.split() for a in alerts)
+    (entry,) = events(ctx, Action.RESUPPLY_IMPOSSIBLE.value)
+    assert json.loads(entry.new_values or "{}") == {"courses": 3, "level": 4, "kits_wanted": 12}
+    assert resupply.check_sites(ctx, CLI_ACTOR, TRIAL)[0].impossible
+    assert len(notes(ctx, "resupply_impossible")) == 2  # not again the same day
+    clock.advance(days=1, minutes=1)
+    resupply.check_sites(ctx, CLI_ACTOR, TRIAL)
+    assert len(notes(ctx, "resupply_impossible")) == 4
+
+
+@pytest.mark.parametrize("predictive", [False, True])
+def test_the_predictive_trigger_follows_the_recent_enrolment(ctx: ServiceContext, predictive: bool) -> None:
+    levels = (
+        "[supply]\ninitial_courses = 6\ntrigger_courses = 1\nresupply_courses = 2\nlead_time_days = 30\n"
+        f"do_not_ship_days = 30\npredictive = {'true' if predictive else 'false'}\nenrolment_window_days = 10\n"
+    )
+    people = world(ctx, levels, {"LOT-1": (48, 365)})
+    activate(ctx)
+    deliver(ctx, "SH-0001")
+    randomization(ctx, people["inv"], "P1-0001")  # type: ignore[arg-type]
+    randomization(ctx, people["inv"], "P1-0002")  # type: ignore[arg-type]
+    # 4 courses left; 2 subjects in 10 days over a 30-day lead time predicts 6 courses.
+    expected = [("SH-0002", "prepared", 12)] if predictive else []  # up to 6 + 1: 3 courses more
+    assert open_shipments(ctx) == expected
+
+
+def test_without_supply_settings_nothing_is_shipped_automatically(ctx: ServiceContext) -> None:
+    people = world(ctx, "", {"LOT-1": (48, 365)})
+    activate(ctx)
+    assert open_shipments(ctx) == []
+    assert resupply.check_sites(ctx, CLI_ACTOR, TRIAL) == []
+    shipment = shipments.create_shipment(ctx, CLI_ACTOR, TRIAL, "P1", 6)  # by hand, as before
+    deliver(ctx, shipment.number)
+    statements = statements_of(ctx, lambda: randomization(ctx, people["inv"], "P1-0001"))  # type: ignore[arg-type]
+    assert not [s for s in statements if "shipment" in s.lower()]  # not even the count
+    assert open_shipments(ctx) == [] and notes(ctx, "resupply_request") == []
+
+
+def test_above_the_trigger_a_randomization_pays_one_statement(ctx: ServiceContext) -> None:
+    """Issue 16's hot path: the resupply check is one statement when nothing is due."""
+    people = world(ctx, LEVELS, {"LOT-1": (48, 365)})
+    activate(ctx)
+    deliver(ctx, "SH-0001")
+    statements = statements_of(ctx, lambda: randomization(ctx, people["inv"], "P1-0001"))  # type: ignore[arg-type]
+    resupply_statements = [s for s in statements if "shipment" in s.lower()]
+    assert len(resupply_statements) == 1 and "sum(shipment.kit_count)" in resupply_statements[0]
+    assert open_shipments(ctx) == []

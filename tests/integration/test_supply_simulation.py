@@ -1,0 +1,54 @@
+"""Issue 19's simulation: the IFN-gamma trial's 170 subjects over its two sites at random times over
+two years, on a simulated clock, supplied by the automatic resupply alone: the trial's dosing (three
+daily kits), a lead time of 3 days to P1 and 5 to P2, and a first batch that expires in the middle of
+the trial while a second arrives at the depot. No randomization is refused for lack of kits, no kit
+is dispensed past its usable date, the waste is printed, and the reconciliation balances."""
+
+from __future__ import annotations
+
+import pytest
+
+from allocator.services.context import ServiceContext
+from tests.support import IFN_TRIAL, Clock
+from tests.support.supply_simulation import BatchPlan, SupplySimulation, with_supply
+
+SUPPLY = """
+[supply]
+initial_courses = 12
+trigger_courses = 9
+resupply_courses = 13
+lead_time_days = 3
+do_not_ship_days = 60
+
+[[supply.sites]]
+code = "P2"
+lead_time_days = 5
+"""
+
+
+@pytest.mark.req("LBL-05", "BLD-04")
+def test_two_years_of_automatic_resupply_never_leave_a_site_without_kits(
+    ctx: ServiceContext, clock: Clock
+) -> None:
+    simulation = SupplySimulation(
+        ctx,
+        clock,
+        definition_text=with_supply(IFN_TRIAL.read_text(encoding="utf-8"), SUPPLY),
+        site_codes=["P1", "P2"],
+        subjects=170,
+        days=730,
+        batches=[
+            BatchPlan("LOT-A", kits=240, arrives_day=0, expires_day=300),  # expires mid-trial
+            BatchPlan("LOT-B", kits=720, arrives_day=200, expires_day=1100),
+        ],
+        seed=19,
+    )
+    outcome = simulation.run()
+    print(f"\nsupply simulation: {outcome.summary()}")
+    assert outcome.randomized == 170
+    assert outcome.refused_for_kits == 0
+    assert outcome.dispensed == 3 * 170
+    assert outcome.dispensed_past_usable == 0 and outcome.dispensing_refused == 0
+    assert outcome.wasted_by_lot["LOT-A"] > 0  # the first batch did expire in the trial
+    assert outcome.resupply_alerts == 0
+    assert outcome.discrepancies == ()
