@@ -319,6 +319,33 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         N_("this role must be granted for a site"),
     ),
     (re.compile(r"^no user '?(?P<user>[^']+)'?$"), N_("no user %(user)s")),
+    # kit reconciliation (services/supply/reconciliation.py): statuses are given words by the caller
+    (
+        re.compile(
+            r"^kit (?P<kit>\S+): the event at (?P<time>\S+ \S+) starts from (?P<status>\S+), not (?P<previous>\S+)$"
+        ),
+        N_("kit %(kit)s: the event of %(time)s starts from %(status)s, not from %(previous)s"),
+    ),
+    (
+        re.compile(r"^kit (?P<kit>\S+) is (?P<status>\S+) but its history ends at (?P<previous>\S+)$"),
+        N_("kit %(kit)s is %(status)s but its history ends at %(previous)s"),
+    ),
+    (
+        re.compile(r"^kit (?P<kit>\S+) is (?P<status>\S+) but at no site$"),
+        N_("kit %(kit)s is %(status)s but at no site"),
+    ),
+    (
+        re.compile(
+            r"^shipment (?P<shipment>\S+) records (?P<count>\d+) kits but (?P<found>\d+) kits belong to it$"
+        ),
+        N_("shipment %(shipment)s records %(count)s kits but %(found)s kits belong to it"),
+    ),
+    (
+        re.compile(
+            r"^shipment (?P<shipment>\S+) was received but (?P<count>\d+) of its kits are still in transit$"
+        ),
+        N_("shipment %(shipment)s was received but %(count)s of its kits are still in transit"),
+    ),
 )
 
 

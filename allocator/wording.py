@@ -21,6 +21,7 @@ from babel.dates import format_date, format_skeleton, format_time
 from babel.numbers import format_decimal
 
 from allocator import notices, service_messages
+from allocator.models.kit import KitStatus
 from allocator.permissions import ROLE_TITLES, Role
 from allocator.trialdef import Text, TrialDefinition
 
@@ -98,9 +99,11 @@ class Words:
             return self.word(code)
 
     def message(self, text: str) -> str:
-        """A service's message (an error, a refusal's detail recorded in the audit trail) in the
-        reader's language when it is a known one, else as it is."""
-        return service_messages.translate(text, {}, self.gettext) or text
+        """A service's message (an error, a refusal's detail recorded in the audit trail, a
+        reconciliation discrepancy) in the reader's language when it is a known one, else as it
+        is. A kit status inside it is given in words."""
+        statuses = {status.value: self.word(status.value) for status in KitStatus}
+        return service_messages.translate(text, statuses, self.gettext) or text
 
     def word(self, code: str) -> str:
         """A status or kind code in words (`in_transit` -> "in transit" / "en transit"): the

@@ -252,7 +252,11 @@ def reconciliation(trial: str) -> str:
     visible = scope(Permission.KIT_VIEW)
     report = supply_reconciliation.reconciliation(ctx(), trial, visible, include_depot=visible.all_sites)
     return render_template(
-        "supply/reconciliation.html", trial=trial, report=report, statuses=kit_rules.STATUSES
+        "supply/reconciliation.html",
+        trial=trial,
+        report=report,
+        statuses=kit_rules.STATUSES,
+        status_words={status: messages.word(status) for status in kit_rules.STATUSES},
     )
 
 

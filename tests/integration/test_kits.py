@@ -46,6 +46,7 @@ from allocator.services.lookups import current_definition, get_trial
 from allocator.services.signatures import SignatureRefused, SignatureRequest
 from allocator.services.supply import kit_lists, kit_rules, kit_status, labels, reconciliation, shipments
 from allocator.services.supply import stock as supply_stock
+from allocator.wording import Words
 from tests.support import (
     CLI_ACTOR,
     GOOD_PASSWORD,
@@ -1231,6 +1232,16 @@ def test_reconciliation_balances_with_the_simulated_truth_and_shows_a_tampered_k
     assert shipment_problems(ALL, True) == [received_problem, count_problem]
     assert shipment_problems(s.p1, False) == [received_problem]  # each reader: their own sites only
     assert shipment_problems(s.p2, False) == [count_problem]
+    # Shown to French readers in French, the statuses in words (issue 13: the accountability report
+    # and the reconciliation page showed these sentences in English).
+    french = Words.of("fr")
+    for shown in (problem, received_problem, count_problem):
+        assert french.message(shown) != shown, shown
+    assert "lost" not in french.message(problem) and french.word("lost") in french.message(problem)
+    assert (
+        french.message(count_problem)
+        == f"l'envoi {in_transit.number} indique 5 kits mais 4 kits lui appartiennent"
+    )
     with ctx.db.unit_of_work() as session:
         session.execute(
             text("UPDATE shipment SET kit_count = kit_count - 1 WHERE number = :n"), {"n": in_transit.number}

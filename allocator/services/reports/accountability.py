@@ -61,7 +61,7 @@ class Accountability:
             monitoring_reports.Table(
                 _("Discrepancies"),
                 (_("Discrepancy"),),
-                tuple((problem,) for problem in self.reconciliation.discrepancies),
+                tuple((_.message(problem),) for problem in self.reconciliation.discrepancies),
             ),
         )
 
