@@ -747,11 +747,15 @@ def uat_reset_command(trial: str, scenario: str, yes: bool) -> None:
     try:
         uat.check_allowed(settings, trial, scenario)
     except uat.UatRefused as exc:
-        _fail(str(exc))
+        _fail(_(exc.message, **exc.values))
     if not yes:
         click.confirm(
-            f"Drop every record of the {settings.env.value} instance at {settings.database_url.split('://', 1)[0]} "
-            f"and build the UAT scenario {scenario!r}?",
+            _(
+                "Drop every record of the %(env)s instance at %(backend)s and build the UAT scenario %(scenario)s?",
+                env=settings.env.value,
+                backend=settings.database_url.split("://", 1)[0],
+                scenario=repr(scenario),
+            ),
             abort=True,
         )
     crypto.KeyRing.create_missing(settings.key_dir)
@@ -759,10 +763,16 @@ def uat_reset_command(trial: str, scenario: str, yes: bool) -> None:
     with _context(settings) as ctx:
         result = uat.build(ctx, _actor(), scenario, demo_users=DEMO_USERS, prepare=_prepare_demo_trial)
     click.secho(
-        f"UAT scenario {result.scenario!r} of {result.trial_code} ready: {uat.SCENARIOS[scenario]}", bold=True
+        _(
+            "UAT scenario %(scenario)s of %(trial)s ready: %(what)s",
+            scenario=repr(result.scenario),
+            trial=result.trial_code,
+            what=_(uat.SCENARIOS[scenario]),
+        ),
+        bold=True,
     )
     if result.subjects:
-        click.echo(f"Subjects: {', '.join(result.subjects)}")
+        click.echo(_("Subjects: %(subjects)s", subjects=", ".join(result.subjects)))
     _echo_passwords(list(result.users))
 
 

@@ -23,6 +23,7 @@ from allocator import migrate, resources
 from allocator.audit import Actor
 from allocator.db import connect_once
 from allocator.models import User
+from allocator.notices import N_
 from allocator.permissions import Scope
 from allocator.services import dispensing, signatures, sites, trials, unblinding
 from allocator.services.accounts import users
@@ -38,18 +39,28 @@ EXTRA_USERS: tuple[tuple[str, str, str, str | None], ...] = (
     ("pharmacist-p2", "Pauline Deux", "pharmacist", "P2"),
 )
 
-SCENARIOS = {
-    "empty": "the trial loaded, one user per role, the TEST list active, kits at both sites, no subject",
-    "mid-recruitment": "as empty, then 24 subjects randomized at 2 sites (12 each, both causes) and one "
-    "emergency unblinding (the first subject of P1)",
-    "close-out-ready": "as empty, then 12 subjects randomized at 2 sites (6 each), every kit of every "
-    "subject dispensed, both sites closed to recruitment: ready for the database lock",
+SCENARIOS = {  # what each builds, in the operator's language at the command (allocator/cli.py)
+    "empty": N_("the trial loaded, one user per role, the TEST list active, kits at both sites, no subject"),
+    "mid-recruitment": N_(
+        "as empty, then 24 subjects randomized at 2 sites (12 each, both causes) and one "
+        "emergency unblinding (the first subject of P1)"
+    ),
+    "close-out-ready": N_(
+        "as empty, then 12 subjects randomized at 2 sites (6 each), every kit of every "
+        "subject dispensed, both sites closed to recruitment: ready for the database lock"
+    ),
 }
 CLOSE_OUT_SUBJECTS = 12
 
 
 class UatRefused(Exception):
-    """The reset is not allowed here, or the scenario or trial is unknown; nothing was changed."""
+    """The reset is not allowed here, or the scenario or trial is unknown; nothing was changed.
+    `message` is a catalogue message and `values` its values, for the operator's language."""
+
+    def __init__(self, message: str, **values: object) -> None:
+        super().__init__(message % values if values else message)
+        self.message = message
+        self.values = values
 
 
 @dataclass(frozen=True)
@@ -64,17 +75,27 @@ def check_allowed(settings: Settings, trial: str, scenario: str) -> None:
     """Refuse production, an unknown scenario and a trial the scenarios are not written for."""
     if settings.is_production:
         raise UatRefused(
-            "refused: this is a production instance (ALLOCATOR_ENV=production); "
-            "UAT resets run on TEST or development instances only"
+            N_(
+                "refused: this is a production instance (ALLOCATOR_ENV=production); "
+                "UAT resets run on TEST or development instances only"
+            )
         )
     if scenario not in SCENARIOS:
-        raise UatRefused(f"--scenario: unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
+        raise UatRefused(
+            N_("--scenario: unknown scenario %(scenario)s; known: %(known)s"),
+            scenario=repr(scenario),
+            known=", ".join(SCENARIOS),
+        )
     definition = resources.shipped_trial(UAT_TRIAL)
     if definition is None:
-        raise UatRefused(f"the {UAT_TRIAL} definition is not installed: reinstall allocator")
+        raise UatRefused(
+            N_("the %(trial)s definition is not installed: reinstall allocator"), trial=UAT_TRIAL
+        )
     code = str(tomllib.loads(definition.read_text(encoding="utf-8")).get("trial", {}).get("code", ""))
     if code != trial:
-        raise UatRefused(f"the UAT scenarios are written for {code}, not {trial!r}")
+        raise UatRefused(
+            N_("the UAT scenarios are written for %(code)s, not %(trial)s"), code=code, trial=repr(trial)
+        )
 
 
 def rebuild_database(url: str) -> None:
@@ -148,7 +169,9 @@ def build(
     ready by `prepare` (the demo's preparation), then the scenario's own steps."""
     definition = resources.shipped_trial(UAT_TRIAL)
     if definition is None:  # checked by check_allowed
-        raise UatRefused(f"the {UAT_TRIAL} definition is not installed")
+        raise UatRefused(
+            N_("the %(trial)s definition is not installed: reinstall allocator"), trial=UAT_TRIAL
+        )
     loaded = trials.load_trial(
         ctx,
         actor,

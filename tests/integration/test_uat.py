@@ -82,6 +82,13 @@ def test_an_unknown_scenario_or_trial_is_refused_before_anything_is_touched(inst
     assert code == 1 and "written for IFNG-PAIS, not 'OTHER'" in out
     result = CliRunner().invoke(main, ["uat", "reset", "IFNG-PAIS", "--scenario", "empty"], input="n\n")
     assert result.exit_code == 1 and "Aborted" in result.output  # no confirmation, nothing done
+    # In the operator's language (issue 13): --lang fr, or a French LANG.
+    code, out = run("--lang", "fr", "uat", "reset", "IFNG-PAIS", "--scenario", "everything", "--yes")
+    assert code == 1 and "scénario 'everything' inconnu ; scénarios connus : empty" in out, out
+    result = CliRunner().invoke(
+        main, ["--lang", "fr", "uat", "reset", "IFNG-PAIS", "--scenario", "empty"], input="n\n"
+    )
+    assert "Supprimer tous les enregistrements de l'instance test" in result.output, result.output
 
 
 @pytest.mark.req("VAL-05")
