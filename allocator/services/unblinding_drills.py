@@ -99,7 +99,7 @@ class DrillEvent:
     sheet_number: str | None
     recorded_at: datetime
     recorded_by: str
-    signature: str
+    signature: signatures.Manifestation
 
 
 def sheet_number_of(drill_number: str) -> str:
@@ -653,7 +653,7 @@ def register_offline_drill(
                 "opened_by": opened_by.strip(),
             }
             row = _record(ctx, session, actor, trial, site, drill_subject, opening, signed, extra)
-            return _event(row, number, site.code, signatures.manifestation(signed).line())
+            return _event(row, number, site.code, signatures.manifestation(signed))
     except signatures.SignatureRefused as exc:
         signatures.record_failure(
             ctx,
@@ -669,7 +669,7 @@ def register_offline_drill(
 # --- the drill log ---------------------------------------------------------------------------------
 
 
-def _event(row: UnblindingDrill, number: str, site: str, signature: str) -> DrillEvent:
+def _event(row: UnblindingDrill, number: str, site: str, signature: signatures.Manifestation) -> DrillEvent:
     return DrillEvent(
         drill_id=row.id,
         drill_number=number,
@@ -700,7 +700,7 @@ def drills(ctx: ServiceContext, trial_code: str, scope: Scope) -> list[DrillEven
             .order_by(UnblindingDrill.unblinded_at, UnblindingDrill.id)
         ).all()
     return [
-        _event(row, number, code, signatures.manifestation(signed).line())
+        _event(row, number, code, signatures.manifestation(signed))
         for row, number, code, signed in rows
         if scope.allows_site(row.site_id)
     ]

@@ -17,7 +17,7 @@ from allocator.permissions import Scope
 from allocator.printing import monitoring_reports
 from allocator.services import unblinding, unblinding_drills
 from allocator.services.context import ServiceContext
-from allocator.services.reports.filters import ReportFilter, scoped_frame
+from allocator.services.reports.filters import ReportFilter, scoped_frame, signature_text
 from allocator.wording import Words
 
 _WHAT_A_DRILL_IS = N_(
@@ -78,7 +78,7 @@ class DrillLog:
                         _.utc(e.recorded_at),
                         e.recorded_by,
                         _delay(e.unblinded_at, e.recorded_at, _),
-                        e.signature,
+                        signature_text(e.signature, _),
                     )
                     for e in self.events
                 ),
