@@ -7,8 +7,9 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar, cast
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -24,6 +25,7 @@ REQUIREMENTS_FILE = Path(__file__).resolve().parent.parent / "docs" / "requireme
 _REQ_ID = re.compile(r"^\| ([A-Z]{3}-\d{2}) \|", re.MULTILINE)
 PG_URL = os.environ.get("ALLOCATOR_TEST_DATABASE_URL", "").strip()
 BACKENDS = ["sqlite", "postgresql"] if PG_URL else ["sqlite"]
+T = TypeVar("T")
 
 
 def known_requirement_ids() -> frozenset[str]:
@@ -99,6 +101,37 @@ class FreshDatabase:
 @pytest.fixture(scope="session", params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+class Kept:
+    """Costly worlds built once per test process, whatever order the tests run in. A module-scoped
+    fixture is torn down and built again whenever the process runs another module's test (or the
+    other backend's) in between, as random order and xdist make it do: the leak crawl and the
+    page-words walk were each built twice per backend in CI (about 200 s and 120 s each time)."""
+
+    def __init__(self) -> None:
+        self._values: dict[tuple[str, ...], object] = {}
+        self._cleanups: list[Callable[[], None]] = []
+
+    def get(self, key: tuple[str, ...], build: Callable[[], tuple[T, Callable[[], None]]]) -> T:
+        """The value kept under `key`, built by `build` (value, cleanup) the first time."""
+        if key not in self._values:
+            value, cleanup = build()
+            self._values[key] = value
+            self._cleanups.append(cleanup)
+        return cast(T, self._values[key])
+
+    def close(self) -> None:
+        for cleanup in reversed(self._cleanups):
+            cleanup()
+
+
+@pytest.fixture(scope="session")
+def kept() -> Iterator[Kept]:
+    """Worlds kept for the whole run of this process; see Kept."""
+    worlds = Kept()
+    yield worlds
+    worlds.close()
 
 
 @pytest.fixture(scope="session")

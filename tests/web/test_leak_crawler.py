@@ -49,7 +49,7 @@ from allocator.permissions import ROLE_PERMISSIONS, UNBLINDED_ROLES, Permission,
 from allocator.services.context import ServiceContext
 from allocator.settings import Environment, Settings
 from allocator.web.qr import svg_data_uri
-from tests.conftest import FreshDatabase
+from tests.conftest import FreshDatabase, Kept
 from tests.leakcheck import AllowedPhrase, Finding, LeakChecker, Vocabulary
 from tests.masking import (
     VOLATILE_HEADERS,
@@ -234,14 +234,6 @@ class CrawlResult:
         return [f for name, line in self.logs for f in self.checker.log_line(f"log {name}", line)]
 
 
-@pytest.fixture(scope="module")
-def leak_database(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FreshDatabase]:
-    """A database of its own: the world is built once and crawled by every test of this module."""
-    fresh = FreshDatabase(backend, tmp_path_factory.mktemp(f"leak-{backend}")).migrate()
-    yield fresh
-    fresh.drop()
-
-
 def make_app(
     fresh: FreshDatabase, key_dir: Path, ring: crypto.KeyRing, clock: Clock
 ) -> tuple[Flask, ServiceContext]:
@@ -280,17 +272,27 @@ def run_crawl(
     return CrawlResult(world, crawler, checker, mail, list(captured.lines), seconds)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def crawl(
-    leak_database: FreshDatabase, key_dir: Path, ring: crypto.KeyRing, backend: str
-) -> Iterator[CrawlResult]:
-    """The whole world, crawled by every role; the summary is written before any test looks."""
-    clock = Clock()
-    app, ctx = make_app(leak_database, key_dir, ring, clock)
-    result = run_crawl(app, ctx, lambda: build_world(ctx, clock))
-    write_summary(result, backend)
-    yield result
-    ctx.db.dispose()
+    kept: Kept, tmp_path_factory: pytest.TempPathFactory, key_dir: Path, ring: crypto.KeyRing, backend: str
+) -> CrawlResult:
+    """The whole world in a database of its own, crawled by every role, once per backend and test
+    process (tests.conftest.Kept); the summary is written before any test looks."""
+
+    def build() -> tuple[CrawlResult, Callable[[], None]]:
+        fresh = FreshDatabase(backend, tmp_path_factory.mktemp(f"leak-{backend}")).migrate()
+        clock = Clock()
+        app, ctx = make_app(fresh, key_dir, ring, clock)
+        result = run_crawl(app, ctx, lambda: build_world(ctx, clock))
+        write_summary(result, backend)
+
+        def cleanup() -> None:
+            ctx.db.dispose()
+            fresh.drop()
+
+        return result, cleanup
+
+    return kept.get(("leak-crawl", backend), build)
 
 
 # --- checking the crawl ---------------------------------------------------------------------------
@@ -898,29 +900,38 @@ def leak_blueprint(world_of: Callable[[], World]) -> Blueprint:
     return bp
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def leaky(
-    tmp_path_factory: pytest.TempPathFactory, backend: str, key_dir: Path, ring: crypto.KeyRing
-) -> Iterator[CrawlResult]:
+    kept: Kept, tmp_path_factory: pytest.TempPathFactory, backend: str, key_dir: Path, ring: crypto.KeyRing
+) -> CrawlResult:
     """A fresh app with the leaking routes registered before its first request, a small world
     (twins allocated and administered), crawled by the monitor (a blinded role that may view
-    subjects) on those routes only, through the same checks as the real crawl."""
-    fresh = FreshDatabase(backend, tmp_path_factory.mktemp(f"leaky-{backend}")).migrate()
-    clock = Clock()
-    app, ctx = make_app(fresh, key_dir, ring, clock)
-    holder: list[World] = []
-    app.register_blueprint(leak_blueprint(lambda: holder[0]))
+    subjects) on those routes only, through the same checks as the real crawl. Once per backend
+    and test process (tests.conftest.Kept)."""
 
-    def build() -> World:
-        holder.append(build_world(ctx, clock, states=("allocated", "administered"), extras=False))
-        return holder[0]
+    def build_and_crawl() -> tuple[CrawlResult, Callable[[], None]]:
+        fresh = FreshDatabase(backend, tmp_path_factory.mktemp(f"leaky-{backend}")).migrate()
+        clock = Clock()
+        app, ctx = make_app(fresh, key_dir, ring, clock)
+        holder: list[World] = []
+        app.register_blueprint(leak_blueprint(lambda: holder[0]))
 
-    only = frozenset(f"leak.{leak.name}" for leak in LEAKS)
-    try:
-        yield run_crawl(app, ctx, build, roles=["monitor"], only=only)
-    finally:
-        ctx.db.dispose()
-        fresh.drop()
+        def build() -> World:
+            holder.append(build_world(ctx, clock, states=("allocated", "administered"), extras=False))
+            return holder[0]
+
+        def cleanup() -> None:
+            ctx.db.dispose()
+            fresh.drop()
+
+        only = frozenset(f"leak.{leak.name}" for leak in LEAKS)
+        try:
+            return run_crawl(app, ctx, build, roles=["monitor"], only=only), cleanup
+        except BaseException:
+            cleanup()
+            raise
+
+    return kept.get(("leaky-crawl", backend), build_and_crawl)
 
 
 def caught(result: CrawlResult, leak: Leak) -> list[tuple[str, str]]:

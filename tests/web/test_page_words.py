@@ -27,7 +27,7 @@ The checker is proven able to fail (`test_the_checks_catch_each_kind_of_word`).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -36,7 +36,7 @@ import pytest
 from babel.messages.pofile import read_po
 
 from allocator import crypto
-from tests.conftest import FreshDatabase
+from tests.conftest import FreshDatabase, Kept
 from tests.leakcheck import Finding, LeakChecker, Vocabulary
 from tests.support import Clock
 from tests.web import crawler as crawler_module
@@ -169,30 +169,31 @@ class WordsOnly(LeakChecker):
         return []
 
 
-@pytest.fixture(scope="module")
-def words_database(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FreshDatabase]:
-    fresh = FreshDatabase(backend, tmp_path_factory.mktemp(f"words-{backend}")).migrate()
-    yield fresh
-    fresh.drop()
-
-
-@pytest.fixture(scope="module")
-def walk(words_database: FreshDatabase, key_dir: Path, ring: crypto.KeyRing) -> Iterator[Walk]:
+@pytest.fixture
+def walk(
+    kept: Kept, backend: str, tmp_path_factory: pytest.TempPathFactory, key_dir: Path, ring: crypto.KeyRing
+) -> Walk:
     """Every role, in both languages: every GET route with every real id (the crawler's seeds),
     then the links and GET forms of those pages, one level deep, a few query strings per route
-    (the leak crawl goes deeper; words do not change with the depth of a filter)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(crawler_module, "MAX_DEPTH", 1)
-        patch.setattr(crawler_module, "MAX_VARIANTS", 4)
-        # Every subject with every other subject's document is a 404 page whose words are those of
-        # any 404: the leak crawl tries all of them, the words need a few.
-        patch.setattr(crawler_module, "MAX_COMBINATIONS", 24)
-        yield from _walk(words_database, key_dir, ring)
+    (the leak crawl goes deeper; words do not change with the depth of a filter). In a database of
+    its own, once per backend and test process (tests.conftest.Kept)."""
+
+    def build() -> tuple[Walk, Callable[[], None]]:
+        fresh = FreshDatabase(backend, tmp_path_factory.mktemp(f"words-{backend}")).migrate()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(crawler_module, "MAX_DEPTH", 1)
+            patch.setattr(crawler_module, "MAX_VARIANTS", 4)
+            # Every subject with every other subject's document is a 404 page whose words are those
+            # of any 404: the leak crawl tries all of them, the words need a few.
+            patch.setattr(crawler_module, "MAX_COMBINATIONS", 24)
+            return _walk(fresh, key_dir, ring)
+
+    return kept.get(("page-words", backend), build)
 
 
-def _walk(words_database: FreshDatabase, key_dir: Path, ring: crypto.KeyRing) -> Iterator[Walk]:
+def _walk(fresh: FreshDatabase, key_dir: Path, ring: crypto.KeyRing) -> tuple[Walk, Callable[[], None]]:
     clock = Clock()
-    app, ctx = make_app(words_database, key_dir, ring, clock)
+    app, ctx = make_app(fresh, key_dir, ring, clock)
     world = build_world(ctx, clock)
     crawler = Crawler(app, world, WordsOnly(Vocabulary.of(world.definition, EXTRA_ALLOWED)))
     result = Walk(world)
@@ -204,8 +205,12 @@ def _walk(words_database: FreshDatabase, key_dir: Path, ring: crypto.KeyRing) ->
             client.post("/language", data={"language": language, "next": "/", "csrf_token": token})
             crawler.walk(principal, client)
             result.pages[f"{role} {language}"] = crawler.fetched[start:]
-    yield result
-    ctx.db.dispose()
+
+    def cleanup() -> None:
+        ctx.db.dispose()
+        fresh.drop()
+
+    return result, cleanup
 
 
 def test_the_walk_reaches_every_page_in_both_languages(walk: Walk) -> None:
