@@ -43,10 +43,12 @@ demo: $(BIN)/.installed
 	$(BIN)/allocator demo --port $(PORT)
 
 # pytest-xdist: one worker per core by default; PYTEST_WORKERS=0 runs the tests in one process.
-# loadgroup keeps the tests that share a module-wide world on one worker (tests/conftest.py).
+# loadfile sends each test file to one worker, so that a world kept for a file's tests
+# (tests.conftest.Kept: the leak crawl, the page-words walk) is built once per backend. (The
+# xdist_group markers used before were never applied: each world was built on both workers.)
 PYTEST_WORKERS ?= auto
 test: $(BIN)/.installed-test
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The validation report (VAL-01): the suite once, with JUnit XML, then the traceability matrix (HTML,
 # PDF, CSV). The report is written even when tests fail; the target fails when a test failed or a

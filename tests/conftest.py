@@ -37,22 +37,11 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"allocator database backends: {', '.join(BACKENDS)}"
 
 
-# Modules whose tests share a module-scoped world (built per backend): under pytest-xdist
-# (`--dist loadgroup`) each backend's share of such a module runs on one worker, which builds that
-# world once; everything else is spread test by test.
-SHARED_WORLD_MODULES = ("tests/web/test_leak_crawler.py", "tests/web/test_page_words.py")
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group markers
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A `req` marker naming an ID that is not in the requirements document is a collection error."""
     known = known_requirement_ids()
-    grouping = config.pluginmanager.hasplugin("xdist")
     for item in items:
-        if grouping and item.nodeid.split("::")[0] in SHARED_WORLD_MODULES:
-            params = getattr(item, "callspec", None)
-            backend = params.params.get("backend", "") if params is not None else ""
-            item.add_marker(pytest.mark.xdist_group(f"{item.nodeid.split('::')[0]}-{backend}"))
         for marker in item.iter_markers("req"):
             unknown = [rid for rid in marker.args if rid not in known]
             if unknown or not marker.args:
