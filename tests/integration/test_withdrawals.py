@@ -191,7 +191,8 @@ def test_a_subject_is_withdrawn_once_within_reach_while_the_trial_is_open(ctx: S
 @pytest.mark.req("REP-07")
 @pytest.mark.req("BLD-01")
 def test_no_further_dose_after_a_withdrawal_for_either_arm(ctx: ServiceContext, clock: Clock) -> None:
-    ready = ready_trial(ctx)
+    # Six subjects at P1 need up to 15 kits of one arm (3 usable of every arm at each randomization).
+    ready = ready_trial(ctx, kits_per_site=36)
     results = [_randomize(ctx, ready, f"P1-{i:04d}") for i in range(1, 7)]  # one block: both arms
     arms = {r.subject_number: _arm(ctx, r.kits[0].kit_number) for r in results}
     one_of_each = [next(n for n, a in arms.items() if a == arm) for arm in ("A", "B")]

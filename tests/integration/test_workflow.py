@@ -37,7 +37,10 @@ def request(
 @pytest.mark.req("RND-05")
 @pytest.mark.req("RND-08")
 def test_randomization_takes_the_next_slot_and_kits_of_its_arm(ctx: ServiceContext) -> None:
-    ready = ready_trial(ctx)
+    # Six subjects at P1: up to four of one arm among the first five (blocks of 4 then 6), and a
+    # randomization needs 3 usable kits of every arm (BLD-04). 12 kits per arm ran out for some
+    # lists (a flaky KitsUnavailable in CI); 18 per arm never do.
+    ready = ready_trial(ctx, kits_per_site=36)
     results = [
         randomize.randomize(ctx, ready.investigator, "IFNG-PAIS", request(f"P1-{i:04d}"), ALL)
         for i in range(1, 7)
