@@ -115,6 +115,8 @@ class Action(enum.StrEnum):
     SHIPMENT_RECEIVED = "shipment.received"
     KIT_STATUS_CHANGED = "kit.status_changed"
     BATCH_EXPIRY_CHANGED = "batch.expiry_changed"
+    EXCURSION_REPORTED = "excursion.reported"  # issue 19: kits quarantined after a temperature excursion
+    EXCURSION_DECIDED = "excursion.decided"  # the sponsor's signed release or destruction
     RESUPPLY_IMPOSSIBLE = "supply.resupply_impossible"  # issue 19: the depot cannot resupply a site
     DOCUMENT_PRINTED = "document.printed"
     # subjects (RND-05..09)

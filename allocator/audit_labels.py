@@ -58,6 +58,8 @@ ACTION_LABELS: Mapping[Action, str] = {
     Action.SHIPMENT_RECEIVED: N_("Shipment received"),
     Action.KIT_STATUS_CHANGED: N_("Kit status changed"),
     Action.BATCH_EXPIRY_CHANGED: N_("Batch expiry changed"),
+    Action.EXCURSION_REPORTED: N_("Temperature excursion reported"),
+    Action.EXCURSION_DECIDED: N_("Temperature excursion decided"),
     Action.DOCUMENT_PRINTED: N_("Document printed"),
     Action.SCREENING_FAILED: N_("Screening: not eligible"),
     Action.SUBJECT_RANDOMIZED: N_("Subject randomized"),
@@ -235,6 +237,11 @@ KEY_LABELS: Mapping[str, str] = {
     "username": N_("username"),
     "version": N_("version"),
     "warnings": N_("warnings"),
+    "place": N_("place"),
+    "minimum": N_("minimum"),
+    "maximum": N_("maximum"),
+    "duration_minutes": N_("duration (minutes)"),
+    "logger_excursion": N_("excursion on the logger"),
     "why": N_("why"),
 }
 

@@ -4,6 +4,7 @@ from allocator.models.audit import AuditChainHead, AuditCheckpoint, AuditEvent, 
 from allocator.models.base import Base
 from allocator.models.dispensation import Administration, Dispensation, PrintedDocument
 from allocator.models.drill import DrillSubject, UnblindingDrill
+from allocator.models.excursion import ExcursionKit, TemperatureExcursion
 from allocator.models.idempotency import IdempotentRequest
 from allocator.models.kit import Batch, Kit, KitEvent, KitList, KitStatus, Shipment
 from allocator.models.notification import Notification
@@ -52,6 +53,7 @@ __all__ = [
     "CodeBreakSheet",
     "Dispensation",
     "DrillSubject",
+    "ExcursionKit",
     "IdempotentRequest",
     "IntegrityCheck",
     "InterimPackage",
@@ -81,6 +83,7 @@ __all__ = [
     "Subject",
     "SubjectCorrection",
     "SubjectWithdrawal",
+    "TemperatureExcursion",
     "Trial",
     "TrialDefinitionVersion",
     "TrialStateChange",

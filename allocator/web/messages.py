@@ -82,6 +82,7 @@ STATUS_WORDS = frozenset(
         N_("quarantined"),
         N_("expired"),
         N_("destroyed"),
+        N_("released"),  # a temperature excursion's decision (issue 19)
         # code-break sheets: what a check found, and the reconciliation's states (UNB-06)
         N_("intact"),
         N_("opened"),

@@ -192,9 +192,19 @@ def ship(trial: str, number: str) -> WerkzeugResponse:
 @bp.route("/trials/<trial>/shipments/<number>/receive", methods=["POST"])
 @requires(Permission.KIT_MANAGE)
 def receive(trial: str, number: str) -> WerkzeugResponse:
-    """The site pharmacist scans (or types) every kit of the shipment."""
+    """The site pharmacist scans (or types) every kit of the shipment, after answering whether the
+    parcel's temperature logger shows an excursion: yes opens the excursion report (issue 19)."""
+    answer = _form("logger_excursion")
+    if answer == "yes":
+        flash(_("Report the excursion first: the kits are quarantined, then confirm the receipt."), "error")
+        return redirect(url_for("excursions.excursions", trial=trial, shipment=number) + "#report", code=303)
 
     def act() -> None:
+        if answer != "no":
+            raise ValidationFailed(
+                "does the logger show an excursion?",
+                errors=[FieldProblem("logger_excursion", "answer yes or no")],
+            )
         receipt = supply_shipments.receive(
             ctx(),
             actor(Permission.KIT_MANAGE),
@@ -203,6 +213,7 @@ def receive(trial: str, number: str) -> WerkzeugResponse:
             _lines("kits"),
             scope=scope(Permission.KIT_MANAGE),
             missing_reason=_form("missing_reason"),
+            logger_excursion=False,
         )
         if receipt.missing:
             flash(f"{len(receipt.missing)} kit(s) recorded lost.", "error")

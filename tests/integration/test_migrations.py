@@ -79,6 +79,7 @@ APPEND_ONLY = {
     "idempotent_request",
     "drill_subject",
     "unblinding_drill",
+    "excursion_kit",
 }
 NO_DELETE = {
     "trial",
@@ -95,6 +96,7 @@ NO_DELETE = {
     "notification",
     "api_token",
     "list_extension_proposal",
+    "temperature_excursion",  # and no change once decided (guard_decided)
 }
 UNGUARDED = {"login_session", "login_throttle", "audit_verification"}
 

@@ -17,7 +17,8 @@ so that every page about one must equal the page about the other once identifier
 * withdrawn      dispensed; D1 given; withdrawn (consent withdrawn, signed); the D2 scan refused
 
 Further: one subject at site P2, an ineligible patient in the screening log, a quarantined kit, a
-prepared (not shipped) shipment, a signed audit review, a spare user (target of the admin forms
+shipment in transit with a temperature excursion awaiting the sponsor's decision, a prepared (not
+shipped) shipment, a signed audit review, a spare user (target of the admin forms
 the crawler submits), and one user per role with an e-mail address (the crawler's principals).
 
 (*) The unblinding steps use allocator.services.unblinding; they are the only conditional part of
@@ -48,6 +49,7 @@ from allocator.models import (
     RandomizationList,
     RoleAssignment,
     Shipment,
+    TemperatureExcursion,
     Trial,
     Unblinding,
     UnblindingDrill,
@@ -69,7 +71,7 @@ from allocator.services.context import ServiceContext
 from allocator.services.errors import DomainError
 from allocator.services.lookups import trial_definition
 from allocator.services.subjects import confirmation, corrections, randomize, withdrawal
-from allocator.services.supply import kit_rules, kit_status, shipments
+from allocator.services.supply import excursions, kit_rules, kit_status, shipments
 from allocator.trialdef import TrialDefinition
 from tests.masking import Subject
 from tests.support import (
@@ -603,6 +605,34 @@ def _extras(
             signature=SIGNED,
         ),
     )
+    # Issue 19: a shipment to P2 whose logger showed an excursion, reported by the depot and waiting
+    # for the sponsor's decision: its kits (both arms) are quarantined.
+    in_transit: list[str] = []
+    _step(
+        clock,
+        steps,
+        "ship a shipment to P2",
+        lambda: in_transit.append(_shipped(ctx, "P2", 4)),
+    )
+    _step(
+        clock,
+        steps,
+        "a temperature excursion reported for it",
+        lambda: excursions.report_excursion(
+            ctx,
+            manager,
+            TRIAL,
+            place="shipment",
+            shipment_number=in_transit[0],
+            minimum="3.5",
+            maximum="14.0",
+            duration_minutes="120",
+            note="parcel held at customs",
+            logger=excursions.LoggerFile("logger.csv", b"time,temperature\n10:00,14.0\n"),
+            scope=EVERYWHERE,
+            signature=SIGNED,
+        ),
+    )
     _step(
         clock,
         steps,
@@ -634,6 +664,12 @@ def _extras(
     return p2
 
 
+def _shipped(ctx: ServiceContext, site: str, count: int) -> str:
+    number = shipments.create_shipment(ctx, CLI_ACTOR, TRIAL, site, count).number
+    shipments.ship(ctx, CLI_ACTOR, TRIAL, number)
+    return number
+
+
 def _trial_id(ctx: ServiceContext) -> int:
     with ctx.db.reading() as s:
         return s.execute(select(Trial.id).where(Trial.code == TRIAL)).scalar_one()
@@ -656,6 +692,9 @@ def _values(
             "subject": [w.subject.subject_number for w in world_subjects],
             "site": [site.code for site in definition.sites],
             "shipment": list(s.execute(select(Shipment.number).order_by(Shipment.id)).scalars()),
+            "excursion": list(
+                s.execute(select(TemperatureExcursion.number).order_by(TemperatureExcursion.id)).scalars()
+            ),
             "list_id": [str(i) for i in s.execute(select(RandomizationList.id)).scalars()],
             "lot": list(s.execute(select(Batch.lot_code)).scalars()),
             "day": [d.label for d in definition.dispensing.schedule],

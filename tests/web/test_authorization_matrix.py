@@ -438,6 +438,44 @@ MATRIX = [
         frozenset({"trial_manager"}),
         "supply.batch_expiry",
     ),
+    # Temperature excursions (issue 19): reported by site pharmacists and the depot, decided by the
+    # sponsor (shipment:manage), read by every holder of kit:view.
+    Row(
+        "excursions",
+        "GET",
+        "/trials/IFNG-PAIS/excursions",
+        PHARM | frozenset({"monitor", "auditor", "trial_manager"}),
+        "excursions.excursions",
+    ),
+    Row("report an excursion", "POST", "/trials/IFNG-PAIS/excursions", PHARM, "excursions.report"),
+    Row(
+        "depot excursion report",
+        "POST",
+        "/trials/IFNG-PAIS/depot/excursions",
+        frozenset({"trial_manager"}),
+        "excursions.depot_report",
+    ),
+    Row(
+        "excursion",
+        "GET",
+        "/trials/IFNG-PAIS/excursions/EXC-9999",
+        PHARM | frozenset({"monitor", "auditor", "trial_manager"}),
+        "excursions.excursion",
+    ),
+    Row(
+        "excursion logger file",
+        "GET",
+        "/trials/IFNG-PAIS/excursions/EXC-9999/logger",
+        PHARM | frozenset({"monitor", "auditor", "trial_manager"}),
+        "excursions.logger",
+    ),
+    Row(
+        "excursion decision",
+        "POST",
+        "/trials/IFNG-PAIS/excursions/EXC-9999/decision",
+        frozenset({"trial_manager"}),
+        "excursions.decide",
+    ),
     Row(
         "generate kits",
         "POST",

@@ -133,6 +133,8 @@ KIT_STEPS: tuple[tuple[str, frozenset[KitStatus], frozenset[KitStatus]], ...] = 
         frozenset({S.ALLOCATED}) | _CHANGED_AFTER_DISPENSING,
         frozenset({S.LOST, S.DAMAGED, S.EXPIRED}),
     ),
+    # issue 19: a kit quarantined in transit by a temperature excursion, released before receipt.
+    ("excursion released in transit", frozenset({S.QUARANTINED}), frozenset({S.IN_TRANSIT})),
     *(("manual change", frozenset({source}), targets) for source, targets in MANUAL_TRANSITIONS.items()),
 )
 LIFECYCLE: dict[KitStatus, frozenset[KitStatus]] = {

@@ -166,10 +166,13 @@ def receive(
     *,
     scope: Scope,
     missing_reason: str = "",
+    logger_excursion: bool | None = None,
 ) -> Receipt:
     """Receive a shipment at the site: every kit is scanned or typed (check digit verified, LBL-09).
     A kit that does not belong to the shipment refuses the whole receipt; kits of the shipment not
-    scanned are recorded lost, which needs a reason."""
+    scanned are recorded lost, which needs a reason. `logger_excursion` is the receiver's answer
+    to "does the parcel's temperature logger show an excursion?" (recorded when given; a yes is
+    reported first, `excursions.report_excursion`)."""
     now = ctx.now()
     problems = []
     numbers: list[str] = []
@@ -244,6 +247,7 @@ def receive(
                 "received": len(kits) - len(missing) - len(held),
                 "missing": missing,
                 "held": sorted(held),
+                **({} if logger_excursion is None else {"logger_excursion": logger_excursion}),
             },
             reason=missing_reason.strip() or None,
             at=now,

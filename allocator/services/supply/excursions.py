@@ -1,0 +1,533 @@
+"""Temperature excursions (issue 19; LBL-05, ACC-12). Interferon gamma-1b is stored at 2-8 °C.
+
+A site pharmacist (for a shipment to their site or their site's refrigerator) or the depot (for any
+shipment) reports an excursion: the minimum and maximum temperature, how long, and the data
+logger's file. The report is signed (it puts kits into quarantine, a signed act as for one kit) and,
+in the same transaction, every affected kit goes to quarantine: the kits of the shipment still in
+transit (or received and still available), or every available kit of the site. All of them, whatever
+their arm — placebo is stored the same way — so nothing about a report or its kits depends on an arm,
+and no arm is read (BLD-04, BLD-12).
+
+The sponsor (shipment:manage) then decides once per excursion, signed: *release* (the kits go back
+to where they were: available at the site, or in transit when the shipment has not been received)
+or *destroy* (the kits become damaged, i.e. unusable, until their destruction is recorded). The
+decision is final (a database trigger refuses any later change to a decided report).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from allocator.audit import Action, Actor
+from allocator.db import require
+from allocator.models import ExcursionKit, Kit, Shipment, Site, TemperatureExcursion, Trial
+from allocator.permissions import Scope
+from allocator.services import signatures
+from allocator.services.context import ServiceContext
+from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed
+from allocator.services.lookups import current_definition, get_trial
+from allocator.services.supply import resupply
+from allocator.services.supply.kit_rules import S, move_kit
+
+PLACES = ("shipment", "site")
+DECISIONS = {"release": "released", "destroy": "destroyed"}
+# The labelled storage range, in tenths of a degree Celsius (the trial's product: 2-8 °C).
+STORAGE_MIN, STORAGE_MAX = 20, 80
+# The data logger's file: its kind is decided by its name and checked against its content.
+LOGGER_TYPES = {"csv": "text/csv", "txt": "text/plain", "pdf": "application/pdf"}
+LOGGER_MAX_BYTES = 2 * 1024 * 1024
+_TEMPERATURE = re.compile(r"^[+-]?\d{1,2}(?:[.,]\d)?$")
+
+
+@dataclass(frozen=True, slots=True)
+class LoggerFile:
+    name: str
+    content: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ExcursionKitView:
+    number: str
+    status: str  # the kit's status now
+
+
+@dataclass(frozen=True, slots=True)
+class ExcursionView:
+    number: str
+    place: str
+    site: str
+    shipment: str | None
+    minimum: Decimal  # °C, one decimal
+    maximum: Decimal
+    duration_minutes: int
+    note: str
+    kit_count: int
+    logger_name: str
+    logger_size: int
+    logger_sha256: str
+    reported_at: datetime
+    reported_by: str
+    status: str  # pending | released | destroyed
+    decided_at: datetime | None
+    decided_by: str | None
+    decision_reason: str | None
+    kits: tuple[ExcursionKitView, ...] = ()
+
+
+def celsius(tenths: int) -> str:
+    sign = "-" if tenths < 0 else ""
+    return f"{sign}{abs(tenths) // 10}.{abs(tenths) % 10}"
+
+
+def _tenths(field: str, raw: str) -> int:
+    text = raw.strip().replace("\u2212", "-")
+    if not _TEMPERATURE.match(text):
+        raise ValidationFailed(
+            "not a temperature",
+            errors=[FieldProblem(field, "a temperature in °C, e.g. 9.5 (from -50 to 60)")],
+        )
+    whole, _, tenth = text.replace(",", ".").partition(".")
+    value = abs(int(whole)) * 10 + int(tenth or "0")
+    value = -value if whole.startswith("-") else value
+    if not -500 <= value <= 600:
+        raise ValidationFailed(
+            "not a temperature",
+            errors=[FieldProblem(field, "a temperature in °C, e.g. 9.5 (from -50 to 60)")],
+        )
+    return value
+
+
+def _duration(raw: str) -> int:
+    text = raw.strip()
+    if not text.isdigit() or not 1 <= int(text) <= 100_000:
+        raise ValidationFailed(
+            "invalid duration",
+            errors=[FieldProblem("duration_minutes", "a whole number of minutes from 1 to 100000")],
+        )
+    return int(text)
+
+
+def check_logger(logger: LoggerFile | None) -> tuple[str, str, bytes]:
+    """The logger file's kind, the name kept for it and its content; raises ValidationFailed naming
+    `logger`."""
+    if logger is None or not logger.name.strip():
+        raise ValidationFailed("attach the logger's file", errors=[FieldProblem("logger", "is required")])
+    if not logger.content:
+        raise ValidationFailed("the logger's file is empty", errors=[FieldProblem("logger", "is empty")])
+    if len(logger.content) > LOGGER_MAX_BYTES:
+        raise ValidationFailed(
+            "the logger's file is too large", errors=[FieldProblem("logger", "is larger than 2 MB")]
+        )
+    kind = logger.name.rsplit(".", 1)[-1].lower() if "." in logger.name else ""
+    if kind not in LOGGER_TYPES:
+        raise ValidationFailed(
+            "the logger's file is not accepted",
+            errors=[FieldProblem("logger", "must be a CSV, text or PDF file")],
+        )
+    if kind == "pdf":
+        readable = logger.content.startswith(b"%PDF-")
+    else:
+        try:
+            readable = b"\x00" not in logger.content and bool(logger.content.decode("utf-8-sig"))
+        except UnicodeDecodeError:
+            readable = False
+    if not readable:
+        raise ValidationFailed(
+            "the logger's file is not what its name says",
+            errors=[FieldProblem("logger", "its content does not match its type (CSV, text or PDF)")],
+        )
+    # Only the last part of the name is kept, printable and short: it is shown, never used as a path.
+    name = re.sub(r"[^\w .()-]", "_", logger.name.replace("\\", "/").rsplit("/", 1)[-1])[-120:]
+    return kind, name, logger.content
+
+
+def report_excursion(
+    ctx: ServiceContext,
+    actor: Actor,
+    trial_code: str,
+    *,
+    place: str,
+    shipment_number: str = "",
+    site_code: str = "",
+    minimum: str,
+    maximum: str,
+    duration_minutes: str,
+    note: str,
+    logger: LoggerFile | None,
+    scope: Scope,
+    signature: signatures.SignatureRequest | None,
+) -> ExcursionView:
+    """Record an excursion and quarantine every affected kit, in one transaction with its signature
+    and audit entry; then re-check the site's resupply. Bad input changes nothing."""
+    if place not in PLACES:
+        raise ValidationFailed(
+            "where did it happen?", errors=[FieldProblem("place", "a shipment or a site's refrigerator")]
+        )
+    low, high = _tenths("minimum", minimum), _tenths("maximum", maximum)
+    if low > high:
+        raise ValidationFailed(
+            "the minimum is above the maximum", errors=[FieldProblem("minimum", "is above the maximum")]
+        )
+    if low >= STORAGE_MIN and high <= STORAGE_MAX:
+        raise ValidationFailed(
+            "not an excursion", errors=[FieldProblem("maximum", "both temperatures are within 2-8 °C")]
+        )
+    minutes = _duration(duration_minutes)
+    kind, logger_name, content = check_logger(logger)
+    if signature is None:
+        raise ValidationFailed("this report is signed", errors=[FieldProblem("password", "is required")])
+    meaning = "temperature excursion: kit quarantine"
+    now = ctx.now()
+    subject = shipment_number.strip() if place == "shipment" else site_code.strip()
+    with (
+        signatures.failures_recorded(
+            ctx, actor=actor, chain=trial_code, meaning=meaning, object_type="excursion", object_id=subject
+        ),
+        ctx.db.unit_of_work() as session,
+    ):
+        trial = get_trial(session, trial_code)
+        shipment: Shipment | None = None
+        if place == "shipment":
+            shipment, site, kits = _shipment_kits(session, trial, shipment_number.strip(), scope)
+        else:
+            site, kits = _site_kits(session, trial, site_code.strip(), scope)
+        if not kits:
+            raise Conflict(
+                "no kit there can be quarantined (no kit in transit or available)",
+                errors=[FieldProblem(place, "holds no kit in transit or available")],
+            )
+        before = session.execute(
+            select(func.count())
+            .select_from(TemperatureExcursion)
+            .where(TemperatureExcursion.trial_id == trial.id)
+        ).scalar_one()
+        number = f"EXC-{before + 1:04d}"
+        digest = hashlib.sha256(content).hexdigest()
+        kit_numbers = sorted(k.kit_number for k in kits)
+        signed = signatures.sign(
+            ctx,
+            session,
+            actor=actor,
+            chain=trial.code,
+            trial_id=trial.id,
+            request=signature,
+            meaning=meaning,
+            object_type="excursion",
+            object_id=number,
+            content={
+                "excursion": number,
+                "place": place,
+                "site": site.code,
+                "shipment": shipment.number if shipment else None,
+                "minimum": celsius(low),
+                "maximum": celsius(high),
+                "duration_minutes": minutes,
+                "logger_sha256": digest,
+                "kits": kit_numbers,
+            },
+            now=now,
+        )
+        excursion = TemperatureExcursion(
+            trial_id=trial.id,
+            number=number,
+            place=place,
+            site_id=site.id,
+            shipment_id=shipment.id if shipment else None,
+            min_tenths=low,
+            max_tenths=high,
+            duration_minutes=minutes,
+            note=note.strip(),
+            kit_count=len(kits),
+            logger_name=logger_name,
+            logger_type=kind,
+            logger_size=len(content),
+            logger_sha256=digest,
+            logger_content=content,
+            reported_at=now,
+            reported_by_id=actor.user_id,
+            reported_by_name=actor.name,
+            report_signature_id=signed.id,
+            status="pending",
+        )
+        session.add(excursion)
+        session.flush()
+        for kit in kits:
+            move_kit(session, kit, S.QUARANTINED, actor, f"temperature excursion {number}", now)
+            session.add(ExcursionKit(excursion_id=excursion.id, kit_id=kit.id))
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=trial.code,
+            action=Action.EXCURSION_REPORTED,
+            object_type="excursion",
+            object_id=number,
+            site_code=site.code,
+            new={
+                "place": place,
+                "shipment": shipment.number if shipment else None,
+                "minimum": celsius(low),
+                "maximum": celsius(high),
+                "duration_minutes": minutes,
+                "file": logger_name,
+                "sha256": digest,
+                "kits": kit_numbers,
+                "signature": signed.id,
+            },
+            reason=note.strip() or None,
+            at=now,
+        )
+        session.flush()
+        resupply.after_stock_change(ctx, session, actor, trial, current_definition(session, trial), site, now)
+        return _view(session, excursion, site.code, shipment.number if shipment else None)
+
+
+def decide_excursion(
+    ctx: ServiceContext,
+    actor: Actor,
+    trial_code: str,
+    number: str,
+    decision: str,
+    *,
+    reason: str,
+    signature: signatures.SignatureRequest | None,
+) -> int:
+    """The sponsor's signed decision on an excursion: release its kits or destroy them. Only the
+    kits still quarantined by it move (a kit changed since keeps its status). Returns how many moved."""
+    if decision not in DECISIONS:
+        raise ValidationFailed("release or destroy?", errors=[FieldProblem("decision", "release or destroy")])
+    if not reason.strip():
+        raise ValidationFailed("a reason is required", errors=[FieldProblem("reason", "is required")])
+    if signature is None:
+        raise ValidationFailed("this decision is signed", errors=[FieldProblem("password", "is required")])
+    meaning = f"temperature excursion decision: {decision}"
+    now = ctx.now()
+    with (
+        signatures.failures_recorded(
+            ctx, actor=actor, chain=trial_code, meaning=meaning, object_type="excursion", object_id=number
+        ),
+        ctx.db.unit_of_work() as session,
+    ):
+        trial = get_trial(session, trial_code)
+        excursion = session.execute(
+            select(TemperatureExcursion)
+            .where(TemperatureExcursion.trial_id == trial.id, TemperatureExcursion.number == number)
+            .with_for_update()
+        ).scalar_one_or_none()
+        if excursion is None:
+            raise NotFound(f"no excursion {number}")
+        if excursion.status != "pending":
+            raise Conflict(f"excursion {number} is already decided")
+        kits = list(
+            session.execute(
+                select(Kit)
+                .join(ExcursionKit, ExcursionKit.kit_id == Kit.id)
+                .where(ExcursionKit.excursion_id == excursion.id, Kit.status == S.QUARANTINED.value)
+                .order_by(Kit.kit_number)
+                .with_for_update(of=Kit)
+            ).scalars()
+        )
+        signed = signatures.sign(
+            ctx,
+            session,
+            actor=actor,
+            chain=trial.code,
+            trial_id=trial.id,
+            request=signature,
+            meaning=meaning,
+            object_type="excursion",
+            object_id=number,
+            content={
+                "excursion": number,
+                "decision": decision,
+                "kits": [k.kit_number for k in kits],
+                "reason": reason.strip(),
+            },
+            now=now,
+        )
+        shipment = session.get(Shipment, excursion.shipment_id) if excursion.shipment_id else None
+        for kit in kits:
+            if decision == "destroy":
+                target = S.DAMAGED
+                why = f"temperature excursion {number}: the sponsor decided destruction"
+            elif kit.site_id is None and shipment is not None and shipment.status == "shipped":
+                target, why = S.IN_TRANSIT, f"temperature excursion {number}: released by the sponsor"
+            else:
+                target, why = S.AVAILABLE, f"temperature excursion {number}: released by the sponsor"
+            move_kit(session, kit, target, actor, why, now)
+        excursion.status = DECISIONS[decision]
+        excursion.decided_at = now
+        excursion.decided_by_name = actor.name
+        excursion.decision_reason = reason.strip()
+        excursion.decision_signature_id = signed.id
+        site = session.get(Site, excursion.site_id)
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=trial.code,
+            action=Action.EXCURSION_DECIDED,
+            object_type="excursion",
+            object_id=number,
+            site_code=site.code if site else None,
+            old={"status": "pending"},
+            new={
+                "status": excursion.status,
+                "decision": decision,
+                "kits": [k.kit_number for k in kits],
+                "signature": signed.id,
+            },
+            reason=reason.strip(),
+            at=now,
+        )
+        if site is not None:
+            session.flush()
+            resupply.after_stock_change(
+                ctx, session, actor, trial, current_definition(session, trial), site, now
+            )
+        return len(kits)
+
+
+def excursions(ctx: ServiceContext, trial_code: str, scope: Scope) -> list[ExcursionView]:
+    """The excursions of the sites within `scope`, newest first (without their kits)."""
+    with ctx.db.reading() as session:
+        trial = get_trial(session, trial_code)
+        sites = {
+            s.id: s.code for s in session.execute(select(Site).where(Site.trial_id == trial.id)).scalars()
+        }
+        shipments = dict(
+            session.execute(select(Shipment.id, Shipment.number).where(Shipment.trial_id == trial.id)).all()
+        )
+        rows = session.execute(
+            select(TemperatureExcursion)
+            .where(TemperatureExcursion.trial_id == trial.id)
+            .order_by(TemperatureExcursion.id.desc())
+        ).scalars()
+        return [
+            _view(
+                session,
+                e,
+                sites[e.site_id],
+                shipments.get(e.shipment_id) if e.shipment_id else None,
+                kits=False,
+            )
+            for e in rows
+            if scope.allows_site(e.site_id)
+        ]
+
+
+def excursion(ctx: ServiceContext, trial_code: str, number: str, scope: Scope) -> ExcursionView:
+    with ctx.db.reading() as session:
+        trial = get_trial(session, trial_code)
+        found = _find(session, trial, number, scope)
+        site = session.get(Site, found.site_id)
+        shipment = session.get(Shipment, found.shipment_id) if found.shipment_id else None
+        return _view(session, found, site.code if site else "", shipment.number if shipment else None)
+
+
+def logger_file(ctx: ServiceContext, trial_code: str, number: str, scope: Scope) -> tuple[str, bytes]:
+    """The logger's file as reported: (its kind, its bytes)."""
+    with ctx.db.reading() as session:
+        found = _find(session, get_trial(session, trial_code), number, scope)
+        return found.logger_type, found.logger_content
+
+
+def _find(session: Session, trial: Trial, number: str, scope: Scope) -> TemperatureExcursion:
+    found = session.execute(
+        select(TemperatureExcursion).where(
+            TemperatureExcursion.trial_id == trial.id, TemperatureExcursion.number == number
+        )
+    ).scalar_one_or_none()
+    if found is None or not scope.allows_site(found.site_id):
+        raise NotFound(f"no excursion {number}")
+    return found
+
+
+def _view(
+    session: Session, e: TemperatureExcursion, site: str, shipment: str | None, *, kits: bool = True
+) -> ExcursionView:
+    kit_views: tuple[ExcursionKitView, ...] = ()
+    if kits:
+        kit_views = tuple(
+            ExcursionKitView(number, status)
+            for number, status in session.execute(
+                select(Kit.kit_number, Kit.status)
+                .join(ExcursionKit, ExcursionKit.kit_id == Kit.id)
+                .where(ExcursionKit.excursion_id == e.id)
+                .order_by(Kit.kit_number)
+            ).all()
+        )
+    return ExcursionView(
+        number=e.number,
+        place=e.place,
+        site=site,
+        shipment=shipment,
+        minimum=Decimal(e.min_tenths).scaleb(-1),
+        maximum=Decimal(e.max_tenths).scaleb(-1),
+        duration_minutes=e.duration_minutes,
+        note=e.note,
+        kit_count=e.kit_count,
+        logger_name=e.logger_name,
+        logger_size=e.logger_size,
+        logger_sha256=e.logger_sha256,
+        reported_at=e.reported_at,
+        reported_by=e.reported_by_name,
+        status=e.status,
+        decided_at=e.decided_at,
+        decided_by=e.decided_by_name,
+        decision_reason=e.decision_reason,
+        kits=kit_views,
+    )
+
+
+def _shipment_kits(
+    session: Session, trial: Trial, number: str, scope: Scope
+) -> tuple[Shipment, Site, list[Kit]]:
+    shipment = session.execute(
+        select(Shipment).where(Shipment.trial_id == trial.id, Shipment.number == number).with_for_update()
+    ).scalar_one_or_none()
+    if shipment is None or not scope.allows_site(shipment.site_id):
+        raise NotFound(
+            f"no shipment {number!r} within your reach", errors=[FieldProblem("shipment", "unknown shipment")]
+        )
+    if shipment.status not in ("shipped", "received"):
+        raise Conflict(
+            "the shipment has not been shipped yet",
+            errors=[FieldProblem("shipment", "has not been shipped yet")],
+        )
+    site = require(session, Site, shipment.site_id)
+    kits = list(
+        session.execute(
+            select(Kit)
+            .where(Kit.shipment_id == shipment.id)
+            .where(
+                (Kit.status == S.IN_TRANSIT.value)
+                | ((Kit.status == S.AVAILABLE.value) & (Kit.site_id == shipment.site_id))
+            )
+            .order_by(Kit.id)
+            .with_for_update()
+        ).scalars()
+    )
+    return shipment, site, kits
+
+
+def _site_kits(session: Session, trial: Trial, code: str, scope: Scope) -> tuple[Site, list[Kit]]:
+    site = session.execute(
+        select(Site).where(Site.trial_id == trial.id, Site.code == code)
+    ).scalar_one_or_none()
+    if site is None or not scope.allows_site(site.id):
+        raise NotFound(f"no site {code!r} within your reach", errors=[FieldProblem("site", "unknown site")])
+    kits = list(
+        session.execute(
+            select(Kit)
+            .where(Kit.site_id == site.id, Kit.status == S.AVAILABLE.value)
+            .order_by(Kit.id)
+            .with_for_update()
+        ).scalars()
+    )
+    return site, kits

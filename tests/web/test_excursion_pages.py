@@ -1,0 +1,183 @@
+"""Temperature excursion pages as people use them (issue 19): the receipt asks about the logger, a
+yes opens the report for that shipment; the pharmacist reports with the logger's file and signs;
+the kits are quarantined; the sponsor signs the decision; the monitor only reads; nothing is split
+by arm; French and English (LBL-05, ACC-12, BLD-12)."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Callable
+from datetime import date
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from allocator.models import Kit
+from allocator.services.context import ServiceContext
+from allocator.services.supply import kit_lists
+from allocator.services.supply import shipments as supply_shipments
+from tests.support import CLI_ACTOR, GOOD_PASSWORD, code_break_sheets, load_ifn, make_user
+from tests.web.conftest import csrf_token
+
+SignedIn = Callable[[str, str], FlaskClient]
+TRIAL = "IFNG-PAIS"
+BASE = f"/trials/{TRIAL}"
+ARM_TEXT = re.compile(r"placebo|interf[eé]ron|\bbras\b|\barms?\b", re.IGNORECASE)
+LOGGER = b"time,temperature\n2026-12-05 10:00,5.0\n2026-12-05 11:30,12.4\n"
+
+
+def flashes(response: object) -> list[str]:
+    html = response.get_data(as_text=True)  # type: ignore[attr-defined]
+    return re.findall(r'<p class="flash [a-z]+" role="[a-z]+">([^<]*)</p>', html)
+
+
+def statuses(ctx: ServiceContext, numbers: tuple[str, ...]) -> set[str]:
+    with ctx.db.reading() as s:
+        return set(s.execute(select(Kit.status).where(Kit.kit_number.in_(numbers))).scalars())
+
+
+@pytest.fixture
+def clients(ctx: ServiceContext, signed_in: SignedIn) -> dict[str, FlaskClient]:
+    load_ifn(ctx)
+    kit_lists.generate_kit_list(ctx, CLI_ACTOR, TRIAL, count=12, lot_code="LOT-WEB", expiry=date(2027, 6, 30))
+    code_break_sheets(ctx)
+    made = {}
+    for username, role, site in (
+        ("tman", "trial_manager", None),
+        ("pharma-p1", "pharmacist", "P1"),
+        ("pharma-p2", "pharmacist", "P2"),
+        ("mon", "monitor", None),
+    ):
+        created = make_user(ctx, username, role, site=site)
+        made[username] = signed_in(username, created.one_time_password)
+    return made
+
+
+def report_form(**overrides: object) -> dict[str, object]:
+    return {
+        "place": "shipment",
+        "shipment": "SH-0001",
+        "minimum": "4,8",
+        "maximum": "12.4",
+        "duration_minutes": "90",
+        "note": "parcel left on the loading dock",
+        "password": GOOD_PASSWORD,
+        "logger": (io.BytesIO(LOGGER), "logger.csv"),
+        **overrides,
+    }
+
+
+@pytest.mark.req("LBL-05", "ACC-12", "BLD-12")
+def test_the_receipt_asks_about_the_logger_and_the_excursion_runs_to_a_signed_release(
+    ctx: ServiceContext, clients: dict[str, FlaskClient]
+) -> None:
+    pharmacist, manager, monitor = clients["pharma-p1"], clients["tman"], clients["mon"]
+    view = supply_shipments.create_shipment(ctx, CLI_ACTOR, TRIAL, "P1", 6)
+    supply_shipments.ship(ctx, CLI_ACTOR, TRIAL, view.number)
+    shipments_page = f"{BASE}/shipments"
+    assert 'name="logger_excursion"' in pharmacist.get(shipments_page).get_data(as_text=True)
+
+    # No answer: nothing received. A yes: nothing received, the report opens for this shipment.
+    token = csrf_token(pharmacist, shipments_page)
+    kits = "\n".join(view.kits)
+    unanswered = pharmacist.post(
+        f"{shipments_page}/SH-0001/receive", data={"kits": kits, "csrf_token": token}, follow_redirects=True
+    )
+    assert any("logger_excursion" in f for f in flashes(unanswered))
+    yes = pharmacist.post(
+        f"{shipments_page}/SH-0001/receive",
+        data={"kits": kits, "logger_excursion": "yes", "csrf_token": token},
+    )
+    assert yes.status_code == 303 and yes.headers["Location"].endswith("/excursions?shipment=SH-0001#report")
+    assert statuses(ctx, view.kits) == {"in_transit"}
+    page = pharmacist.get(f"{BASE}/excursions?shipment=SH-0001").get_data(as_text=True)
+    assert 'value="SH-0001"' in page and 'enctype="multipart/form-data"' in page
+
+    # A bad file is refused beside its field, nothing changes; the signed report quarantines all six.
+    token = csrf_token(pharmacist, f"{BASE}/excursions")
+    bad = pharmacist.post(
+        f"{BASE}/excursions",
+        data={**report_form(logger=(io.BytesIO(b"MZ\x90\x00"), "logger.exe")), "csrf_token": token},
+        content_type="multipart/form-data",
+        follow_redirects=True,
+    )
+    assert "must be a CSV, text or PDF file" in bad.get_data(as_text=True)
+    assert statuses(ctx, view.kits) == {"in_transit"}
+    done = pharmacist.post(
+        f"{BASE}/excursions",
+        data={**report_form(), "csrf_token": token},
+        content_type="multipart/form-data",
+        follow_redirects=True,
+    )
+    assert flashes(done) == ["Excursion EXC-0001 reported: 6 kit(s) in quarantine until the sponsor decides."]
+    assert statuses(ctx, view.kits) == {"quarantined"}
+    detail = done.get_data(as_text=True)
+    assert "4.8 to 12.4 °C" in detail and "logger.csv" in detail and "/decision" not in detail
+
+    # Everyone with kit:view reads it, blinded; the logger downloads under our own name.
+    for client in (pharmacist, manager, monitor):
+        for path in (f"{BASE}/excursions", f"{BASE}/excursions/EXC-0001"):
+            html = client.get(path).get_data(as_text=True)
+            assert "EXC-0001" in html and not ARM_TEXT.search(html), path
+    logger = monitor.get(f"{BASE}/excursions/EXC-0001/logger")
+    assert logger.data == LOGGER and logger.mimetype == "text/csv"
+    assert logger.headers["Content-Disposition"] == 'attachment; filename="logger-EXC-0001.csv"'
+    assert clients["pharma-p2"].get(f"{BASE}/excursions/EXC-0001").status_code == 404
+    assert "EXC-0001" not in clients["pharma-p2"].get(f"{BASE}/excursions").get_data(as_text=True)
+    monitor_token = csrf_token(monitor, f"{BASE}/excursions")
+    assert monitor.post(f"{BASE}/excursions", data={"csrf_token": monitor_token}).status_code == 403
+
+    # The sponsor's decision: refused unsigned, then signed; final.
+    decision = f"{BASE}/excursions/EXC-0001/decision"
+    token = csrf_token(manager, f"{BASE}/excursions/EXC-0001")
+    form = {"decision": "release", "reason": "stable 72 h at 25 °C", "csrf_token": token}
+    unsigned = manager.post(decision, data=form, follow_redirects=True)
+    assert any("is required" in f for f in flashes(unsigned))
+    assert statuses(ctx, view.kits) == {"quarantined"}
+    pharmacist_token = csrf_token(pharmacist, f"{BASE}/excursions/EXC-0001")
+    assert pharmacist.post(decision, data={**form, "csrf_token": pharmacist_token}).status_code == 403
+    released = manager.post(decision, data={**form, "password": GOOD_PASSWORD}, follow_redirects=True)
+    assert flashes(released) == ["Decision recorded (signed): the kits are released."]
+    assert statuses(ctx, view.kits) == {"in_transit"}  # not received yet: back in transit
+    again = manager.post(decision, data={**form, "password": GOOD_PASSWORD}, follow_redirects=True)
+    assert any("already decided" in f for f in flashes(again))
+
+    # Now the receipt goes through with a no.
+    token = csrf_token(pharmacist, shipments_page)
+    received = pharmacist.post(
+        f"{shipments_page}/SH-0001/receive",
+        data={"kits": kits, "logger_excursion": "no", "csrf_token": token},
+        follow_redirects=True,
+    )
+    assert "Shipment SH-0001 received." in flashes(received)
+    assert statuses(ctx, view.kits) == {"available"}
+
+
+def test_the_excursion_pages_speak_french(ctx: ServiceContext, clients: dict[str, FlaskClient]) -> None:
+    manager = clients["tman"]
+    view = supply_shipments.create_shipment(ctx, CLI_ACTOR, TRIAL, "P2", 4)
+    supply_shipments.ship(ctx, CLI_ACTOR, TRIAL, view.number)
+    token = csrf_token(manager, f"{BASE}/excursions")
+    manager.post(
+        f"{BASE}/depot/excursions",
+        data={**report_form(shipment=view.number, minimum="-2", maximum="3"), "csrf_token": token},
+        content_type="multipart/form-data",
+    )
+    assert statuses(ctx, view.kits) == {"quarantined"}
+    manager.post("/language", data={"language": "fr", "next": "/", "csrf_token": csrf_token(manager, "/")})
+    listing = manager.get(f"{BASE}/excursions").get_data(as_text=True)
+    assert "Excursions de température" in listing and "Déclarer une excursion de température" in listing
+    assert "de -2 à 3 °C" in listing and "envoi SH-0001 vers P2" in listing
+    detail = manager.get(f"{BASE}/excursions/EXC-0001").get_data(as_text=True)
+    assert "La décision du promoteur" in detail and "quarantaine" in detail
+    # A refusal in plain French, beside its field.
+    token = csrf_token(manager, f"{BASE}/excursions")
+    refused = manager.post(
+        f"{BASE}/depot/excursions",
+        data={**report_form(minimum="3", maximum="7,5"), "csrf_token": token},
+        content_type="multipart/form-data",
+        follow_redirects=True,
+    ).get_data(as_text=True)
+    assert "les deux températures sont entre 2 et 8 °C" in refused
