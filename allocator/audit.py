@@ -117,6 +117,7 @@ class Action(enum.StrEnum):
     BATCH_EXPIRY_CHANGED = "batch.expiry_changed"
     EXCURSION_REPORTED = "excursion.reported"  # issue 19: kits quarantined after a temperature excursion
     EXCURSION_DECIDED = "excursion.decided"  # the sponsor's signed release or destruction
+    KIT_RELABELLED = "kit.relabelled"  # issue 19: a new expiry label confirmed by scan
     RESUPPLY_IMPOSSIBLE = "supply.resupply_impossible"  # issue 19: the depot cannot resupply a site
     DOCUMENT_PRINTED = "document.printed"
     # subjects (RND-05..09)

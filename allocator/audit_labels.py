@@ -60,6 +60,7 @@ ACTION_LABELS: Mapping[Action, str] = {
     Action.BATCH_EXPIRY_CHANGED: N_("Batch expiry changed"),
     Action.EXCURSION_REPORTED: N_("Temperature excursion reported"),
     Action.EXCURSION_DECIDED: N_("Temperature excursion decided"),
+    Action.KIT_RELABELLED: N_("Kit relabelled"),
     Action.DOCUMENT_PRINTED: N_("Document printed"),
     Action.SCREENING_FAILED: N_("Screening: not eligible"),
     Action.SUBJECT_RANDOMIZED: N_("Subject randomized"),
@@ -242,6 +243,7 @@ KEY_LABELS: Mapping[str, str] = {
     "maximum": N_("maximum"),
     "duration_minutes": N_("duration (minutes)"),
     "logger_excursion": N_("excursion on the logger"),
+    "relabel": N_("kits to relabel"),
     "why": N_("why"),
 }
 

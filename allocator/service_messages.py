@@ -81,6 +81,16 @@ KNOWN = frozenset(
         N_("unknown shipment"),
         N_("does the logger show an excursion?"),
         N_("answer yes or no"),
+        # relabelling after an expiry change (issue 19; services/supply/relabelling.py, dispensing)
+        N_("awaits its new expiry label: relabel it first"),
+        N_("no kit there awaits relabelling"),
+        N_("no kit to relabel"),
+        N_("this kit awaits no relabelling"),
+        N_("awaits no relabelling"),
+        N_("print the relabelling sheet first"),
+        N_("its new label has not been printed yet"),
+        N_("the kit cannot be read"),
+        N_("not within your reach"),
         # the supply dashboard (issue 19)
         N_("invalid number of days"),
         N_("a whole number of days from 1 to 365"),
@@ -228,6 +238,16 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         N_("no shipment %(shipment)s within your reach"),
     ),
     (re.compile(r"^no excursion (?P<excursion>\S+)$"), N_("no excursion %(excursion)s")),
+    (re.compile(r"^no kit (?P<kit>\S+) within your reach$"), N_("no kit %(kit)s within your reach")),
+    (
+        re.compile(
+            r"^the (?P<day>\S+) kit of (?P<subject>\S+) awaits its new expiry label: relabel it and confirm by "
+            r"scan first$"
+        ),
+        N_(
+            "the %(day)s kit of %(subject)s awaits its new expiry label: relabel it and confirm by scan first"
+        ),
+    ),
     (
         re.compile(r"^excursion (?P<excursion>\S+) is already decided$"),
         N_("excursion %(excursion)s is already decided"),

@@ -93,6 +93,10 @@ class Kit(Base):
     site_id: Mapped[int | None] = mapped_column(ForeignKey("site.id"), index=True)
     shipment_id: Mapped[int | None] = mapped_column(ForeignKey("shipment.id"))
     created_at: Mapped[datetime]
+    # Issue 19: set when its batch's expiry changed and its printed label no longer shows the right
+    # date; cleared when the new label is confirmed by scan. Until then it is neither drawn for an
+    # allocation nor dispensed.
+    relabel_requested_at: Mapped[datetime | None]
 
 
 class KitEvent(Base):

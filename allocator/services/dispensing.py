@@ -288,6 +288,11 @@ def _kit_refusal(
             f"the {label} kit of {number} expires before its day: replace it",
             errors=[FieldProblem(field, "expired: replace the kit")],
         )
+    if kit.relabel_requested_at is not None:  # issue 19: its label shows the old expiry
+        return Conflict(
+            f"the {label} kit of {number} awaits its new expiry label: relabel it and confirm by scan first",
+            errors=[FieldProblem(field, "awaits its new expiry label: relabel it first")],
+        )
     return None
 
 

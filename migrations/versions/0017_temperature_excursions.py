@@ -1,4 +1,5 @@
-"""Temperature excursions (issue 19): the report, its logger file, its kits and the sponsor's decision.
+"""Temperature excursions (issue 19): the report, its logger file, its kits and the sponsor's decision;
+and the kits awaiting a new expiry label after a batch's expiry changed (`kit.relabel_requested_at`).
 
 `temperature_excursion` rows are never deleted and, once decided, never changed; `excursion_kit` is
 append-only.
@@ -95,6 +96,9 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_excursion_kit_excursion_id"), ["excursion_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_excursion_kit_kit_id"), ["kit_id"], unique=False)
 
+    with op.batch_alter_table("kit", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("relabel_requested_at", sa.DateTime(), nullable=True))
+
     dialect = op.get_bind().dialect.name
     for statement in dbguards.guard(dialect, "temperature_excursion", updates=True) + dbguards.guard_decided(
         dialect, "temperature_excursion"
@@ -112,6 +116,8 @@ def downgrade() -> None:
         dialect, "temperature_excursion", updates=True
     ):
         op.execute(statement)
+    with op.batch_alter_table("kit", schema=None) as batch_op:
+        batch_op.drop_column("relabel_requested_at")
     with op.batch_alter_table("excursion_kit", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_excursion_kit_kit_id"))
         batch_op.drop_index(batch_op.f("ix_excursion_kit_excursion_id"))

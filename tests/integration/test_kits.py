@@ -44,7 +44,15 @@ from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, DomainError, NotFound, ValidationFailed
 from allocator.services.lookups import current_definition, get_trial
 from allocator.services.signatures import SignatureRefused, SignatureRequest
-from allocator.services.supply import kit_lists, kit_rules, kit_status, labels, reconciliation, shipments
+from allocator.services.supply import (
+    kit_lists,
+    kit_rules,
+    kit_status,
+    labels,
+    reconciliation,
+    relabelling,
+    shipments,
+)
 from allocator.services.supply import stock as supply_stock
 from allocator.wording import Words
 from tests.support import (
@@ -886,6 +894,7 @@ def test_a_batch_expiry_change_is_signed_reasoned_and_applies_to_every_kit_of_th
     assert json.loads(entry.new_values or "{}") == {
         "expiry": new.isoformat(),
         "kits": 8,
+        "relabel": 8,  # issue 19: none dispensed yet, every kit of the batch awaits its new label
         "signature": signature.id,
     }
     assert (signature.meaning, signature.username) == ("expiry change", "tman")
@@ -916,6 +925,11 @@ def test_usable_kits_exclude_expired_short_dated_quarantined_damaged_and_other_s
     ):
         kit_status.update_batch_expiry(ctx, s.manager, TRIAL, lot, expiry, reason="re-test", signature=SIGNED)
     lot_of = lots(ctx)
+    # Issue 19: the changed batches await their new labels; LOT-EDGE's are relabelled and scanned.
+    relabelling.print_sheet(ctx, s.manager, TRIAL, "P1", scope=ALL, depot=False)
+    for n in at_p1:
+        if lot_of[n] == "LOT-EDGE":
+            relabelling.confirm(ctx, s.manager, TRIAL, n, scope=ALL, depot=False)
     good = sorted(n for n in at_p1 if lot_of[n] == "LOT-GOOD")
     quarantined, damaged, expired, lost = good[:4]
     s.change(quarantined, "quarantined", signed=True)

@@ -17,9 +17,10 @@ so that every page about one must equal the page about the other once identifier
 * withdrawn      dispensed; D1 given; withdrawn (consent withdrawn, signed); the D2 scan refused
 
 Further: one subject at site P2, an ineligible patient in the screening log, a quarantined kit, a
-shipment in transit with a temperature excursion awaiting the sponsor's decision, a prepared (not
-shipped) shipment, a signed audit review, a spare user (target of the admin forms
-the crawler submits), and one user per role with an e-mail address (the crawler's principals).
+shipment in transit with a temperature excursion awaiting the sponsor's decision, a batch at the
+depot awaiting relabelling after an expiry change, a prepared (not shipped) shipment, a signed audit
+review, a spare user (target of the admin forms the crawler submits), and one user per role with an
+e-mail address (the crawler's principals).
 
 (*) The unblinding steps use allocator.services.unblinding; they are the only conditional part of
 the world (`World.unblinding` says whether they ran), for the time the service is being written.
@@ -71,7 +72,7 @@ from allocator.services.context import ServiceContext
 from allocator.services.errors import DomainError
 from allocator.services.lookups import trial_definition
 from allocator.services.subjects import confirmation, corrections, randomize, withdrawal
-from allocator.services.supply import excursions, kit_rules, kit_status, shipments
+from allocator.services.supply import excursions, kit_lists, kit_rules, kit_status, shipments
 from allocator.trialdef import TrialDefinition
 from tests.masking import Subject
 from tests.support import (
@@ -630,6 +631,30 @@ def _extras(
             note="parcel held at customs",
             logger=excursions.LoggerFile("logger.csv", b"time,temperature\n10:00,14.0\n"),
             scope=EVERYWHERE,
+            signature=SIGNED,
+        ),
+    )
+    # Issue 19: a small batch at the depot whose expiry was changed (signed): its kits await their
+    # new labels on the relabelling page.
+    _step(
+        clock,
+        steps,
+        "a second batch at the depot",
+        lambda: kit_lists.generate_kit_list(
+            ctx, CLI_ACTOR, TRIAL, count=4, lot_code="LOT-RL", expiry=ctx.now().date() + timedelta(days=400)
+        ),
+    )
+    _step(
+        clock,
+        steps,
+        "its expiry shortened (signed): its kits await relabelling",
+        lambda: kit_status.update_batch_expiry(
+            ctx,
+            manager,
+            TRIAL,
+            "LOT-RL",
+            ctx.now().date() + timedelta(days=300),
+            reason="stability data revised",
             signature=SIGNED,
         ),
     )

@@ -476,6 +476,31 @@ MATRIX = [
         frozenset({"trial_manager"}),
         "excursions.decide",
     ),
+    # Relabelling after an expiry change (issue 19): sheets and scans by site pharmacists for their
+    # site and by the depot for its kits; the list for every holder of kit:view.
+    Row(
+        "relabelling",
+        "GET",
+        "/trials/IFNG-PAIS/relabelling",
+        PHARM | frozenset({"monitor", "auditor", "trial_manager"}),
+        "relabelling.page",
+    ),
+    Row("relabelling sheet", "POST", "/trials/IFNG-PAIS/relabelling/sheet", PHARM, "relabelling.sheet"),
+    Row(
+        "depot relabelling sheet",
+        "POST",
+        "/trials/IFNG-PAIS/depot/relabelling/sheet",
+        frozenset({"trial_manager"}),
+        "relabelling.depot_sheet",
+    ),
+    Row("relabel scan", "POST", "/trials/IFNG-PAIS/relabelling/confirm", PHARM, "relabelling.confirm"),
+    Row(
+        "depot relabel scan",
+        "POST",
+        "/trials/IFNG-PAIS/depot/relabelling/confirm",
+        frozenset({"trial_manager"}),
+        "relabelling.depot_confirm",
+    ),
     Row(
         "generate kits",
         "POST",

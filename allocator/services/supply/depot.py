@@ -44,10 +44,10 @@ def prepare_shipment(
     """Prepare a shipment of `count` kits (a multiple of the ratio total) from the depot to `site`,
     in the caller's transaction: the same number of kits of each arm (by ratio), chosen at random
     among the depot's kits of that arm that expire on or after `usable_until` and have their sealed
-    code-break sheet (UNB-07). The arms are read by an audited machine read; nobody sees them, and
-    nothing about the shipment depends on which arm a subject received (BLD-04). Returns None, having
-    changed nothing, when the depot lacks such kits for one arm; the caller says so without naming
-    the arm (BLD-12)."""
+    code-break sheet (UNB-07) and await no new expiry label (issue 19). The arms are read by an
+    audited machine read; nobody sees them, and nothing about the shipment depends on which arm a
+    subject received (BLD-04). Returns None, having changed nothing, when the depot lacks such kits
+    for one arm; the caller says so without naming the arm (BLD-12)."""
     depot = [
         kit
         for kit in session.execute(
@@ -57,6 +57,7 @@ def prepare_shipment(
                 Kit.status == "at_depot",
                 Kit.site_id.is_(None),
                 Kit.shipment_id.is_(None),  # not already in a prepared shipment
+                Kit.relabel_requested_at.is_(None),  # issue 19: relabelled first, then shipped
                 # UNB-07: a kit leaves the depot only once its sealed code-break sheet exists.
                 Kit.id.in_(select(CodeBreakSheet.kit_id).where(CodeBreakSheet.trial_id == trial.id)),
             )

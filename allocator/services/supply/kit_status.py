@@ -26,6 +26,11 @@ from allocator.services.supply.kit_rules import (
     number_from_scan,
 )
 
+# Kits whose printed label must show a batch's new expiry: those not yet dispensed (issue 19).
+RELABEL_STATUSES = frozenset(
+    {S.AT_DEPOT.value, S.IN_TRANSIT.value, S.AVAILABLE.value, S.ALLOCATED.value, S.QUARANTINED.value}
+)
+
 # --- status changes --------------------------------------------------------------------------
 
 
@@ -142,7 +147,10 @@ def update_batch_expiry(
     signature: signatures.SignatureRequest,
 ) -> int:
     """Change a batch's expiry (re-test, shortened shelf life): every kit of the batch follows.
-    Signed and reasoned (LBL-05, ACC-12). Returns the number of kits updated."""
+    Signed and reasoned (LBL-05, ACC-12). Every kit of the batch not yet dispensed (at the depot,
+    in transit, at a site, allocated or quarantined) then awaits a new expiry label (issue 19,
+    `relabelling`): it is neither drawn nor dispensed until its relabelling is confirmed by scan.
+    Returns the number of kits updated."""
     if not reason.strip():
         raise ValidationFailed("a reason is required", errors=[FieldProblem("reason", "is required")])
     now = ctx.now()
@@ -180,8 +188,12 @@ def update_batch_expiry(
         )
         batch.expiry_date = expiry
         kits = list(session.execute(select(Kit).where(Kit.batch_id == batch.id)).scalars())
+        relabel = 0
         for kit in kits:
             kit.expiry_date = expiry
+            if kit.status in RELABEL_STATUSES:
+                kit.relabel_requested_at = now
+                relabel += 1
         ctx.audit.record(
             session,
             actor=actor,
@@ -190,7 +202,7 @@ def update_batch_expiry(
             object_type="batch",
             object_id=lot_code,
             old={"expiry": old.isoformat()},
-            new={"expiry": expiry.isoformat(), "kits": len(kits), "signature": signed.id},
+            new={"expiry": expiry.isoformat(), "kits": len(kits), "relabel": relabel, "signature": signed.id},
             reason=reason.strip(),
             at=now,
         )

@@ -82,8 +82,8 @@ def usable_kits_by_arm(
     site_id: int,
     today: date,
 ) -> dict[str, list[Kit]]:
-    """The site's available kits that do not expire before a full treatment plus the margin,
-    grouped by arm (an audited machine read, in the caller's transaction), rows locked."""
+    """The site's available kits that do not expire before a full treatment plus the margin and
+    await no relabelling, grouped by arm (an audited machine read, in the caller's transaction), rows locked."""
     needed = needed_until(definition, today)
     candidates = list(
         session.execute(
@@ -93,7 +93,11 @@ def usable_kits_by_arm(
             .with_for_update()
         ).scalars()
     )
-    usable = [k for k in candidates if k.expiry_date is not None and k.expiry_date >= needed]
+    usable = [
+        k
+        for k in candidates
+        if k.expiry_date is not None and k.expiry_date >= needed and k.relabel_requested_at is None
+    ]
     arms = arm_access.kit_arms_in(session, ctx, reader, trial.code, usable, "choosing kits for an allocation")
     grouped: dict[str, list[Kit]] = {arm: [] for arm in definition.arm_codes}
     for kit in usable:
@@ -106,6 +110,9 @@ _USABLE_AT_SITE = (
     Kit.site_id == bindparam("site_id"),
     Kit.status == S.AVAILABLE.value,
     Kit.expiry_date >= bindparam("needed"),
+    # Issue 19: a kit awaiting its new expiry label is not drawn. Checked on rows the draw reads
+    # anyway (by id), so the draw's cost stays flat.
+    Kit.relabel_requested_at.is_(None),
 )
 _USABLE_IDS = select(Kit.id).where(*_USABLE_AT_SITE)
 # The id range of the site's available kits: two look-ups in the index (site_id, status, id).
