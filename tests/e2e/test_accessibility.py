@@ -298,6 +298,8 @@ def roles(world: World, language: str) -> list[tuple[str, dict[str, int], list[V
                 Visit("stock", f"{T}/stock"),
                 Visit("shipments", f"{T}/shipments"),
                 Visit("reconciliation", f"{T}/reconciliation"),
+                Visit("temperature excursions, the report form", f"{T}/excursions"),  # issue 19
+                Visit("relabelling", f"{T}/relabelling"),
             ],
         ),
         # A wide block of text, scrolled sideways on a small screen.
