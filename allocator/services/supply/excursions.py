@@ -203,6 +203,8 @@ def report_excursion(
                 "no kit there can be quarantined (no kit in transit or available)",
                 errors=[FieldProblem(place, "holds no kit in transit or available")],
             )
+        # The trial's row, locked: two reports at once get consecutive numbers, not a clash.
+        session.execute(select(Trial.id).where(Trial.id == trial.id).with_for_update())
         before = session.execute(
             select(func.count())
             .select_from(TemperatureExcursion)
