@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pypdfium2 as pdfium
 import pytest
 from playwright.sync_api import expect
 from sqlalchemy import select
@@ -23,7 +24,7 @@ from allocator.models import Kit, Site
 from allocator.permissions import Scope
 from allocator.services.supply import kit_rules
 from allocator.services.supply import shipments as supply_shipments
-from tests.e2e.conftest import LiveServer, shot
+from tests.e2e.conftest import ARTIFACTS, LiveServer, shot
 from tests.support import CLI_ACTOR, GOOD_PASSWORD, person, ready_trial
 
 pytestmark = pytest.mark.e2e
@@ -138,6 +139,8 @@ def test_relabelling_after_an_expiry_change_in_french(live_server: LiveServer, n
         pharm.get_by_role("button", name="Imprimer la planche de réétiquetage (PDF)").click()
     pdf = download.value.path().read_bytes()
     assert pdf.startswith(b"%PDF") and download.value.suggested_filename.startswith("RLB-")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)  # the sheet's first page, to be looked at
+    pdfium.PdfDocument(pdf)[0].render(scale=1.5).to_pil().save(ARTIFACTS / "relabelling-sheet.png")
 
     with ctx.db.reading() as s:
         number = s.execute(
