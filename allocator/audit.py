@@ -116,6 +116,8 @@ class Action(enum.StrEnum):
     KIT_STATUS_CHANGED = "kit.status_changed"
     BATCH_EXPIRY_CHANGED = "batch.expiry_changed"
     RESUPPLY_IMPOSSIBLE = "supply.resupply_impossible"  # issue 19: the depot cannot resupply a site
+    KITS_RETURNED = "supply.kits_returned"  # issue 19: a batch of kits sent back to the depot
+    KITS_DESTROYED = "supply.kits_destroyed"  # issue 19: a batch of kits destroyed on site (signed)
     DOCUMENT_PRINTED = "document.printed"
     # subjects (RND-05..09)
     SCREENING_FAILED = "screening.ineligible"

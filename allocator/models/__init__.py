@@ -3,6 +3,7 @@
 from allocator.models.audit import AuditChainHead, AuditCheckpoint, AuditEvent, AuditVerification
 from allocator.models.base import Base
 from allocator.models.dispensation import Administration, Dispensation, PrintedDocument
+from allocator.models.disposal import KitDisposal, KitDisposalItem
 from allocator.models.drill import DrillSubject, UnblindingDrill
 from allocator.models.idempotency import IdempotentRequest
 from allocator.models.kit import Batch, Kit, KitEvent, KitList, KitStatus, Shipment
@@ -56,6 +57,8 @@ __all__ = [
     "IntegrityCheck",
     "InterimPackage",
     "Kit",
+    "KitDisposal",
+    "KitDisposalItem",
     "KitEvent",
     "KitList",
     "KitStatus",

@@ -79,6 +79,8 @@ APPEND_ONLY = {
     "idempotent_request",
     "drill_subject",
     "unblinding_drill",
+    "kit_disposal",
+    "kit_disposal_item",
 }
 NO_DELETE = {
     "trial",
