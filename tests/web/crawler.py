@@ -89,6 +89,7 @@ class Resolver:
     # (generic parameter name, path segment before it) -> kind
     CONTEXTUAL: ClassVar[dict[tuple[str, str], str]] = {
         ("number", "shipments"): "shipment",
+        ("number", "returns"): "kit_disposal",
         ("filename", "static"): "static",
         ("name", "reports"): "report",
         ("name", "restricted"): "report",
@@ -111,6 +112,7 @@ class Resolver:
         "unblinding_id": "999999",
         "drill_id": "999999",
         "shipment": "SH-9999",
+        "kit_disposal": "DES-P9-9999",
         "static": "missing.css",
         "report": "no-such-report",
         "review": "no-such-review",

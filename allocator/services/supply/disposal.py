@@ -80,6 +80,17 @@ def condition_of(kit: Kit, today: date) -> str:
     return "unused"
 
 
+def _why_not(status: S, shown: str) -> str:
+    """Why a kit of this status cannot be returned or destroyed, in plain words."""
+    if status in (S.RETURNED, S.DESTROYED, S.LOST):
+        return f"kit {shown} has already left the site's stock"
+    if status is S.QUARANTINED:
+        return f"kit {shown} is in quarantine: it waits for the sponsor's decision"
+    if status is S.ALLOCATED:
+        return f"kit {shown} is allocated to a subject: replace it through the subject first"
+    return f"kit {shown} is not in the site's stock"
+
+
 def _numbers(trial_code: str, scanned: Sequence[str], ctx: ServiceContext) -> list[str]:
     """The kit numbers of the scans, in order; every unreadable line named (kits[i])."""
     numbers: list[str] = []
@@ -161,9 +172,7 @@ def record(
                     FieldProblem(f"kits[{index}]", f"kit {shown} is at no site within your reach")
                 )
             elif S(kit.status) not in sources:
-                problems.append(
-                    FieldProblem(f"kits[{index}]", f"kit {shown} is {kit.status}: it cannot be recorded here")
-                )
+                problems.append(FieldProblem(f"kits[{index}]", _why_not(S(kit.status), shown)))
         if problems:
             raise ValidationFailed("some kits cannot be recorded", errors=problems)
         site_ids = {kits[n].site_id for n in numbers}
