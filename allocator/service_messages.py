@@ -346,6 +346,12 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         re.compile(r"^no record (?P<record>\S+) within your reach$"),
         N_("no record %(record)s within your reach"),
     ),
+    (
+        re.compile(
+            r"^site (?P<site>\S+): (?P<shipped>\d+) kits shipped but (?P<accounted>\d+) accounted for$"
+        ),
+        N_("site %(site)s: %(shipped)s kits shipped but %(accounted)s accounted for"),
+    ),
     (re.compile(r"^kit (?P<kit>\S+) has sheet (?P<sheet>\S+)$"), N_("kit %(kit)s has sheet %(sheet)s")),
     (
         re.compile(r"^the (?P<role>\S+) role must be granted for a site$"),

@@ -6,14 +6,15 @@ change nothing."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 import kits as kitlib
 from allocator.models import AuditEvent, KitDisposal, KitDisposalItem, KitEvent, PrintedDocument, Signature
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, NotFound, ValidationFailed
 from allocator.services.signatures import SignatureRefused
-from allocator.services.supply import disposal, kit_rules, reconciliation
+from allocator.services.supply import disposal, kit_rules, reconciliation, shipments
+from allocator.wording import Words
 from tests.integration import test_kits
 from tests.integration.test_kits import (
     ALL,
@@ -169,3 +170,49 @@ def test_a_return_records_used_and_unused_kits_with_a_return_form(s: Supply) -> 
         assert expected in text, expected
     assert "Signed electronically" not in text
     assert reconciliation.reconciliation(ctx, TRIAL, ALL, include_depot=True).balanced
+
+
+@pytest.mark.req("LBL-11", "REP-09", "BLD-12")
+def test_reconciliation_closes_every_kits_life_per_site(s: Supply) -> None:
+    """shipped = dispensed + returned + destroyed + lost + on hand + in transit, per site, counted
+    from the shipments on one side and the kits on the other; a kit that went missing from the
+    records is a discrepancy."""
+    ctx = s.ctx
+    s.generate(40)
+    p1 = s.deliver("P1", 8)
+    on_the_way = s.prepare("P2", 4)
+    shipments.ship(ctx, s.manager, TRIAL, on_the_way.number)
+    s.change(p1[0], "damaged")
+    disposal.record(ctx, s.pharmacist, TRIAL, "return", p1[1:3], method="courier", scope=s.p1)
+    disposal.record(
+        ctx, s.pharmacist, TRIAL, "destruction", p1[:1], method="incineration", scope=s.p1, signature=SIGNED
+    )
+    s.change(p1[3], "lost")
+    report = reconciliation.reconciliation(ctx, TRIAL, ALL, include_depot=True)
+    assert report.balanced, report.discrepancies
+    assert [(b.site, b.shipped, b.terms, b.open) for b in report.balances] == [
+        (
+            "P1",
+            8,
+            {"dispensed": 0, "returned": 2, "destroyed": 1, "lost": 1, "on_hand": 4, "in_transit": 0},
+            4,
+        ),
+        (
+            "P2",
+            4,
+            {"dispensed": 0, "returned": 0, "destroyed": 0, "lost": 0, "on_hand": 0, "in_transit": 4},
+            4,
+        ),
+    ]
+    assert [
+        b.site for b in reconciliation.reconciliation(ctx, TRIAL, s.p2, include_depot=False).balances
+    ] == ["P2"]
+    assert not ARM_WORDS.search(repr(report.balances))
+    # A returned kit taken off the site's records behind the service's back is unaccounted for.
+    with ctx.db.unit_of_work() as session:
+        session.execute(text("UPDATE kit SET site_id = NULL WHERE kit_number = :n"), {"n": p1[1]})
+    tampered = reconciliation.reconciliation(ctx, TRIAL, ALL, include_depot=True)
+    assert "site P1: 8 kits shipped but 7 accounted for" in tampered.discrepancies
+    assert Words.of("fr").message("site P1: 8 kits shipped but 7 accounted for") != (
+        "site P1: 8 kits shipped but 7 accounted for"
+    )
