@@ -374,8 +374,24 @@ def _dispose(trial: str, kind: str) -> WerkzeugResponse:
     try:
         act()
     except DomainError as exc:
-        _flash_error(exc)
+        _flash_error(exc, _disposal_labels(exc))
     return redirect(url_for("supply.returns", trial=trial), code=303)
+
+
+def _disposal_labels(exc: DomainError) -> dict[str, str]:
+    """The fields of the returns and destruction forms as their labels name them; a scanned line
+    by its number (kits[0] is line 1)."""
+    labels = {
+        "kits": _("Kits"),
+        "method": _("Method"),
+        "witness": _("Witness"),
+        "password": _("Your password (electronic signature)"),
+        "otp": _("Authenticator code (if you use one)"),
+    }
+    for problem in exc.errors:
+        if problem.field.startswith("kits[") and problem.field[5:-1].isdigit():
+            labels[problem.field] = _("Kit line %(number)s", number=int(problem.field[5:-1]) + 1)
+    return labels
 
 
 @bp.route("/trials/<trial>/returns", methods=["POST"])
