@@ -156,8 +156,12 @@ def test_a_return_records_used_and_unused_kits_with_a_return_form(s: Supply) -> 
         ctx, s.pharmacist, TRIAL, "return", [p1[0], p1[2]], method="courier, box 3", scope=s.p1
     )
     assert number == "RET-P1-0001"
+    assert (  # numbered per site
+        disposal.record(ctx, s.other_pharmacist, TRIAL, "return", p2[:1], method="courier", scope=s.p2)
+        == "RET-P2-0001"
+    )
     assert {kit(ctx, n).status for n in (p1[0], p1[2])} == {"returned"}
-    (entry,) = audit(ctx, "supply.kits_returned")
+    entry, _ = audit(ctx, "supply.kits_returned")
     assert entry.object_id == number
     _, pdf = disposal.document(ctx, TRIAL, number, s.p1)
     text = flat(all_text(pdf))

@@ -179,10 +179,12 @@ def record(
         if len(site_ids) != 1:
             raise Conflict("the kits are at different sites: record one site at a time")
         site = require(session, Site, site_ids.pop())
+        # The site's row lock numbers its records one at a time (two recorders at once).
+        session.execute(select(Site.id).where(Site.id == site.id).with_for_update()).one()
         count = session.execute(
             select(func.count())
             .select_from(KitDisposal)
-            .where(KitDisposal.trial_id == trial.id, KitDisposal.kind == kind)
+            .where(KitDisposal.site_id == site.id, KitDisposal.kind == kind)
         ).scalar_one()
         record_number = f"{_PREFIX[kind]}-{site.code}-{count + 1:04d}"
         items = [(n, condition_of(kits[n], today)) for n in sorted(numbers)]
