@@ -77,6 +77,8 @@ class _Page:
         fr, en = TITLES[self.doc.kind]
         self.line(fr, BOLD, 15)
         self.line(en, BOLD, 13)
+        if self.page > 1:  # a continuation page names its record
+            self.line(f"{self.doc.number} \u2013 {self.doc.site_code} (suite / continued)", REGULAR, 10)
         self.y -= 6
 
     def footer(self) -> None:
@@ -128,6 +130,7 @@ def render(doc: DisposalDocument) -> bytes:
             )
         page.y -= 13
     page.y -= 10
+    page.room(80)  # the closing block stays together, with its heading
     if doc.signature_lines:
         page.line("Signature \u00e9lectronique / Electronic signature", BOLD, 11)
         for line in doc.signature_lines:
