@@ -119,6 +119,8 @@ class Action(enum.StrEnum):
     EXCURSION_DECIDED = "excursion.decided"  # the sponsor's signed release or destruction
     KIT_RELABELLED = "kit.relabelled"  # issue 19: a new expiry label confirmed by scan
     RESUPPLY_IMPOSSIBLE = "supply.resupply_impossible"  # issue 19: the depot cannot resupply a site
+    KITS_RETURNED = "supply.kits_returned"  # issue 19: a batch of kits sent back to the depot
+    KITS_DESTROYED = "supply.kits_destroyed"  # issue 19: a batch of kits destroyed on site (signed)
     DOCUMENT_PRINTED = "document.printed"
     # subjects (RND-05..09)
     SCREENING_FAILED = "screening.ineligible"

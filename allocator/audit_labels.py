@@ -98,6 +98,8 @@ ACTION_LABELS: Mapping[Action, str] = {
     Action.TRIAL_ARCHIVED: N_("Trial archived"),
     Action.RESTORE_DRILL: N_("Restore drill"),
     Action.RESUPPLY_IMPOSSIBLE: N_("Site cannot be resupplied"),
+    Action.KITS_RETURNED: N_("Kits returned to the depot"),
+    Action.KITS_DESTROYED: N_("Kits destroyed on site"),
 }
 
 
@@ -181,6 +183,10 @@ KEY_LABELS: Mapping[str, str] = {
     "missing": N_("missing"),
     "mode": N_("mode"),
     "kits_wanted": N_("kits wanted"),
+    "conditions": N_("conditions"),
+    "document": N_("document"),
+    "record": N_("record"),
+    "witness": N_("witness"),
     "level": N_("level"),
     "name": N_("name"),
     "note": N_("note"),

@@ -129,6 +129,15 @@ KNOWN = frozenset(
         N_("not in this shipment"),
         N_("a kit label, not a code-break sheet"),
         N_("a sheet of another trial"),
+        # kit returns and destruction (issue 19)
+        N_("this kit is scanned twice"),
+        N_("some kit numbers are not valid"),
+        N_("the method is required"),
+        N_("this record is signed"),
+        N_("unknown record"),
+        N_("must be return or destruction"),
+        N_("some kits cannot be recorded"),
+        N_("the kits are at different sites: record one site at a time"),
         N_("unknown sheet"),
         # bedside
         N_("the time needs a time zone"),
@@ -373,6 +382,36 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         N_("sheet %(sheet)s was already replaced by %(other)s"),
     ),
     (re.compile(r"^no kit (?P<kit>\S+) in (?P<trial>\S+)$"), N_("no kit %(kit)s in %(trial)s")),
+    (
+        re.compile(r"^kit (?P<kit>\S+) is at no site within your reach$"),
+        N_("kit %(kit)s is at no site within your reach"),
+    ),
+    (
+        re.compile(r"^kit (?P<kit>\S+) has already left the site's stock$"),
+        N_("kit %(kit)s has already left the site's stock"),
+    ),
+    (
+        re.compile(r"^kit (?P<kit>\S+) is in quarantine: it waits for the sponsor's decision$"),
+        N_("kit %(kit)s is in quarantine: it waits for the sponsor's decision"),
+    ),
+    (
+        re.compile(r"^kit (?P<kit>\S+) is allocated to a subject: replace it through the subject first$"),
+        N_("kit %(kit)s is allocated to a subject: replace it through the subject first"),
+    ),
+    (
+        re.compile(r"^kit (?P<kit>\S+) is not in the site's stock$"),
+        N_("kit %(kit)s is not in the site's stock"),
+    ),
+    (
+        re.compile(r"^no record (?P<record>\S+) within your reach$"),
+        N_("no record %(record)s within your reach"),
+    ),
+    (
+        re.compile(
+            r"^site (?P<site>\S+): (?P<shipped>\d+) kits shipped but (?P<accounted>\d+) accounted for$"
+        ),
+        N_("site %(site)s: %(shipped)s kits shipped but %(accounted)s accounted for"),
+    ),
     (re.compile(r"^kit (?P<kit>\S+) has sheet (?P<sheet>\S+)$"), N_("kit %(kit)s has sheet %(sheet)s")),
     (
         re.compile(r"^the (?P<role>\S+) role must be granted for a site$"),

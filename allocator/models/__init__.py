@@ -3,6 +3,7 @@
 from allocator.models.audit import AuditChainHead, AuditCheckpoint, AuditEvent, AuditVerification
 from allocator.models.base import Base
 from allocator.models.dispensation import Administration, Dispensation, PrintedDocument
+from allocator.models.disposal import KitDisposal, KitDisposalItem
 from allocator.models.drill import DrillSubject, UnblindingDrill
 from allocator.models.excursion import ExcursionKit, TemperatureExcursion
 from allocator.models.idempotency import IdempotentRequest
@@ -58,6 +59,8 @@ __all__ = [
     "IntegrityCheck",
     "InterimPackage",
     "Kit",
+    "KitDisposal",
+    "KitDisposalItem",
     "KitEvent",
     "KitList",
     "KitStatus",

@@ -15,6 +15,7 @@ from allocator.permissions import NO_SCOPE, Permission, requires
 from allocator.services import sites
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
 from allocator.services.supply import dashboard as supply_dashboard
+from allocator.services.supply import disposal as supply_disposal
 from allocator.services.supply import kit_lists, kit_rules
 from allocator.services.supply import kit_status as supply_kit_status
 from allocator.services.supply import labels as supply_labels
@@ -336,4 +337,95 @@ def import_kit_list(trial: str) -> WerkzeugResponse:
 
     return _perform(
         act, "Kit list imported: the kits are at the depot.", url_for("lists.manage", trial=trial)
+    )
+
+
+# --- returns and destruction (issue 19) -------------------------------------------------------
+
+
+@bp.route("/trials/<trial>/returns")
+@requires(Permission.KIT_VIEW)
+def returns(trial: str) -> str:
+    """Kits returned to the depot or destroyed on site, with their documents (never by arm)."""
+    return render_template(
+        "supply/returns.html",
+        trial=trial,
+        records=supply_disposal.disposals(ctx(), trial, scope(Permission.KIT_VIEW)),
+        can_manage=current_user().access.has(Permission.KIT_MANAGE, None),
+    )
+
+
+def _dispose(trial: str, kind: str) -> WerkzeugResponse:
+    def act() -> None:
+        number = supply_disposal.record(
+            ctx(),
+            actor(Permission.KIT_MANAGE),
+            trial,
+            kind,
+            _lines("kits"),
+            method=_form("method"),
+            witness=_form("witness"),
+            scope=scope(Permission.KIT_MANAGE),
+            signature=_signature() if kind == supply_disposal.DESTRUCTION else None,
+        )
+        if kind == supply_disposal.DESTRUCTION:
+            flash(
+                _("Destruction %(number)s recorded (signed): download its certificate below.", number=number),
+                "ok",
+            )
+        else:
+            flash(
+                _(
+                    "Return %(number)s recorded: print its return form below and send it with the kits.",
+                    number=number,
+                ),
+                "ok",
+            )
+
+    try:
+        act()
+    except DomainError as exc:
+        _flash_error(exc, _disposal_labels(exc))
+    return redirect(url_for("supply.returns", trial=trial), code=303)
+
+
+def _disposal_labels(exc: DomainError) -> dict[str, str]:
+    """The fields of the returns and destruction forms as their labels name them; a scanned line
+    by its number (kits[0] is line 1)."""
+    labels = {
+        "kits": _("Kits"),
+        "method": _("Method"),
+        "witness": _("Witness"),
+        "password": _("Your password (electronic signature)"),
+        "otp": _("Authenticator code (if you use one)"),
+    }
+    for problem in exc.errors:
+        if problem.field.startswith("kits[") and problem.field[5:-1].isdigit():
+            labels[problem.field] = _("Kit line %(number)s", number=int(problem.field[5:-1]) + 1)
+    return labels
+
+
+@bp.route("/trials/<trial>/returns", methods=["POST"])
+@requires(Permission.KIT_MANAGE)
+def record_return(trial: str) -> WerkzeugResponse:
+    """A site pharmacist scans the kits sent back to the depot."""
+    return _dispose(trial, supply_disposal.RETURN)
+
+
+@bp.route("/trials/<trial>/destructions", methods=["POST"])
+@requires(Permission.KIT_MANAGE)
+def record_destruction(trial: str) -> WerkzeugResponse:
+    """A site pharmacist scans the kits destroyed on site and signs (re-authentication)."""
+    return _dispose(trial, supply_disposal.DESTRUCTION)
+
+
+@bp.route("/trials/<trial>/returns/<number>.pdf")
+@requires(Permission.KIT_VIEW)
+def disposal_document(trial: str, number: str) -> Response:
+    """The return form or destruction certificate exactly as printed (creates nothing)."""
+    document_id, pdf = supply_disposal.document(ctx(), trial, number, scope(Permission.KIT_VIEW))
+    return Response(
+        pdf,
+        mimetype="application/pdf",
+        headers={"Content-Disposition": f'attachment; filename="{document_id}.pdf"'},
     )

@@ -1269,7 +1269,8 @@ def test_reconciliation_balances_with_the_simulated_truth_and_shows_a_tampered_k
     header = rows[0]
     assert header[:3] == ["site", "batch", "total"] and header[-2:] == ["labels_printed", "labels_reprinted"]
     assert {f"now_{st}" for st in kit_rules.STATUSES} <= set(header)
-    assert len(rows) == 1 + len(tampered.rows) + 1
+    assert len(rows) == 1 + len(tampered.rows) + len(tampered.balances) + 1
+    assert [r[:3] for r in rows if r[0] == "BALANCE"] == [["BALANCE", "P1", "8"], ["BALANCE", "P2", "4"]]
     assert rows[-1][0] == "DISCREPANCY" and kitlib.format_kit_number(lost) in rows[-1][1]
     p1_rows = [dict(zip(header, r, strict=True)) for r in rows[1:-1] if r[0] == "P1"]
     assert sum(int(r["now_available"]) for r in p1_rows) == 6  # 5 received and available + the tampered one

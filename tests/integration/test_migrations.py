@@ -80,6 +80,8 @@ APPEND_ONLY = {
     "drill_subject",
     "unblinding_drill",
     "excursion_kit",
+    "kit_disposal",
+    "kit_disposal_item",
 }
 NO_DELETE = {
     "trial",

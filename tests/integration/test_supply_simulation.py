@@ -51,4 +51,7 @@ def test_two_years_of_automatic_resupply_never_leave_a_site_without_kits(
     assert outcome.dispensed_past_usable == 0 and outcome.dispensing_refused == 0
     assert outcome.wasted_by_lot["LOT-A"] > 0  # the first batch did expire in the trial
     assert outcome.resupply_alerts == 0
+    # The close-out returns the used kits and destroys the leftovers: every kit's life is closed.
+    assert outcome.returned == 3 * 170 and outcome.destroyed > 0
+    assert outcome.left_open == 0
     assert outcome.discrepancies == ()

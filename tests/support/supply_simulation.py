@@ -28,7 +28,7 @@ from allocator.services.lists import approval, generation
 from allocator.services.lookups import current_definition, get_trial
 from allocator.services.subjects import randomize
 from allocator.services.subjects.randomize import KitsUnavailable
-from allocator.services.supply import kit_lists, kit_status, reconciliation, resupply, shipments
+from allocator.services.supply import disposal, kit_lists, kit_status, reconciliation, resupply, shipments
 from allocator.services.supply.kit_rules import needed_until
 from tests.support import (
     ALL_SITES,
@@ -70,6 +70,9 @@ class Outcome:
     resupply_alerts: int = 0
     discrepancies: tuple[str, ...] = ()
     wasted_by_lot: Counter[str] = field(default_factory=Counter)
+    returned: int = 0  # at the close-out: used kits sent back to the depot
+    destroyed: int = 0  # at the close-out: leftover kits destroyed on site (signed)
+    left_open: int = 0  # kits still on hand or in transit at a site after the close-out
 
     def summary(self) -> str:
         return (
@@ -78,7 +81,8 @@ class Outcome:
             f"refused: {self.dispensing_refused}), shipments {self.shipments}, "
             f"resupply alerts {self.resupply_alerts}, kits wasted to expiry: {self.wasted_at_sites} at "
             f"the sites, {self.wasted_at_depot} at the depot (by batch: {dict(sorted(self.wasted_by_lot.items()))}), "
-            f"reconciliation discrepancies {len(self.discrepancies)}"
+            f"close-out: {self.returned} used kits returned, {self.destroyed} leftover kits destroyed, "
+            f"{self.left_open} left open; reconciliation discrepancies {len(self.discrepancies)}"
         )
 
 
@@ -316,6 +320,59 @@ class SupplySimulation:
             elif status == "at_depot" and expiry is not None and expiry < end:
                 self.outcome.wasted_at_depot += 1
                 self.outcome.wasted_by_lot[lot_codes[batch_id]] += 1
-        self.outcome.discrepancies = reconciliation.reconciliation(
-            ctx, TRIAL, ALL_SITES, include_depot=True
-        ).discrepancies
+        self._close_out()
+        report = reconciliation.reconciliation(ctx, TRIAL, ALL_SITES, include_depot=True)
+        self.outcome.discrepancies = report.discrepancies
+        self.outcome.left_open = sum(b.open for b in report.balances)
+
+    def _close_out(self) -> None:
+        """The end of the trial at the sites (issue 19): shipments still on the way are received,
+        then each site's pharmacist returns the used kits to the depot and destroys the leftovers
+        (unused, damaged, expired) on site, each site in one record of each kind."""
+        ctx = self.ctx
+        with ctx.db.reading() as session:
+            on_the_way = session.execute(
+                select(Shipment.number, Site.code)
+                .join(Site, Site.id == Shipment.site_id)
+                .where(Shipment.status == "shipped")
+                .order_by(Shipment.id)
+            ).all()
+        for number, site in on_the_way:
+            with ctx.db.reading() as session:
+                kits = list(
+                    session.execute(
+                        select(Kit.kit_number)
+                        .join(Shipment, Shipment.id == Kit.shipment_id)
+                        .where(Shipment.number == number)
+                    ).scalars()
+                )
+            shipments.receive(ctx, self.pharmacists[site], TRIAL, number, kits, scope=ALL_SITES)
+        for kind, statuses in (
+            ("return", ("dispensed", "administered")),
+            ("destruction", ("available", "damaged", "expired")),
+        ):
+            with ctx.db.reading() as session:
+                rows = session.execute(
+                    select(Kit.kit_number, Site.code)
+                    .join(Site, Site.id == Kit.site_id)
+                    .where(Kit.status.in_(statuses))
+                    .order_by(Kit.kit_number)
+                ).all()
+            by_site: dict[str, list[str]] = {}
+            for kit_number, site_code in rows:
+                by_site.setdefault(site_code, []).append(kit_number)
+            for site_code, numbers in sorted(by_site.items()):
+                disposal.record(
+                    ctx,
+                    self.pharmacists[site_code],
+                    TRIAL,
+                    kind,
+                    numbers,
+                    method="courier to the depot" if kind == "return" else "incineration by the pharmacy",
+                    scope=ALL_SITES,
+                    signature=SIGNED if kind == "destruction" else None,
+                )
+                if kind == "return":
+                    self.outcome.returned += len(numbers)
+                else:
+                    self.outcome.destroyed += len(numbers)

@@ -90,6 +90,7 @@ class Resolver:
     CONTEXTUAL: ClassVar[dict[tuple[str, str], str]] = {
         ("number", "shipments"): "shipment",
         ("number", "excursions"): "excursion",
+        ("number", "returns"): "kit_disposal",
         ("filename", "static"): "static",
         ("name", "reports"): "report",
         ("name", "restricted"): "report",
@@ -113,6 +114,7 @@ class Resolver:
         "drill_id": "999999",
         "shipment": "SH-9999",
         "excursion": "EXC-9999",
+        "kit_disposal": "DES-P9-9999",
         "static": "missing.css",
         "report": "no-such-report",
         "review": "no-such-review",

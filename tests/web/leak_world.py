@@ -45,6 +45,7 @@ from allocator.models import (
     CodeBreakSheet,
     Dispensation,
     Kit,
+    KitDisposal,
     LoginSession,
     PrintedDocument,
     RandomizationList,
@@ -72,7 +73,7 @@ from allocator.services.context import ServiceContext
 from allocator.services.errors import DomainError
 from allocator.services.lookups import trial_definition
 from allocator.services.subjects import confirmation, corrections, randomize, withdrawal
-from allocator.services.supply import excursions, kit_lists, kit_rules, kit_status, shipments
+from allocator.services.supply import disposal, excursions, kit_lists, kit_rules, kit_status, shipments
 from allocator.trialdef import TrialDefinition
 from tests.masking import Subject
 from tests.support import (
@@ -658,6 +659,38 @@ def _extras(
             signature=SIGNED,
         ),
     )
+    # Issue 19: a kit destroyed on site (signed, with its certificate) and one returned to the depot
+    # (with its return form), so that the returns page and both documents are crawled.
+    with ctx.db.reading() as s:
+        spare = list(
+            s.execute(
+                select(Kit.kit_number).where(Kit.status == "available").order_by(Kit.kit_number).limit(2)
+            ).scalars()
+        )
+    _step(
+        clock,
+        steps,
+        "destroy a kit on site",
+        lambda: disposal.record(
+            ctx,
+            ready.pharmacist,
+            TRIAL,
+            "destruction",
+            spare[:1],
+            method="incineration",
+            witness="hospital pharmacist",
+            scope=EVERYWHERE,
+            signature=SIGNED,
+        ),
+    )
+    _step(
+        clock,
+        steps,
+        "return a kit to the depot",
+        lambda: disposal.record(
+            ctx, ready.pharmacist, TRIAL, "return", spare[1:], method="courier", scope=EVERYWHERE
+        ),
+    )
     _step(
         clock,
         steps,
@@ -720,6 +753,7 @@ def _values(
             "excursion": list(
                 s.execute(select(TemperatureExcursion.number).order_by(TemperatureExcursion.id)).scalars()
             ),
+            "kit_disposal": list(s.execute(select(KitDisposal.number).order_by(KitDisposal.id)).scalars()),
             "list_id": [str(i) for i in s.execute(select(RandomizationList.id)).scalars()],
             "lot": list(s.execute(select(Batch.lot_code)).scalars()),
             "day": [d.label for d in definition.dispensing.schedule],

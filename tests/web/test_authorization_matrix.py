@@ -432,6 +432,22 @@ MATRIX = [
         "supply.reconciliation_csv",
     ),
     Row(
+        "returns and destruction",
+        "GET",
+        "/trials/IFNG-PAIS/returns",
+        PHARM | frozenset({"monitor", "auditor", "trial_manager"}),
+        "supply.returns",
+    ),
+    Row("record a return", "POST", "/trials/IFNG-PAIS/returns", PHARM, "supply.record_return"),
+    Row("record a destruction", "POST", "/trials/IFNG-PAIS/destructions", PHARM, "supply.record_destruction"),
+    Row(
+        "return or destruction document",
+        "GET",
+        "/trials/IFNG-PAIS/returns/DES-P1-9999.pdf",
+        PHARM | frozenset({"monitor", "auditor", "trial_manager"}),
+        "supply.disposal_document",
+    ),
+    Row(
         "batch expiry",
         "POST",
         "/trials/IFNG-PAIS/batches/LOT-1/expiry",

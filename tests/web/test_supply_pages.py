@@ -364,7 +364,7 @@ def test_supply_pages_show_counts_without_arms_and_only_the_sites_in_reach(peopl
     rows = list(
         csv.reader(io.StringIO(people.pharmacist.get(f"{BASE}/reconciliation.csv").get_data(as_text=True)))
     )
-    assert rows[0][:3] == ["site", "batch", "total"] and [r[0] for r in rows[1:]] == ["P1"]
+    assert rows[0][:3] == ["site", "batch", "total"] and [r[0] for r in rows[1:]] == ["P1", "BALANCE"]
     monitor_rows = list(
         csv.reader(io.StringIO(people.monitor.get(f"{BASE}/reconciliation.csv").get_data(as_text=True)))
     )
@@ -372,6 +372,8 @@ def test_supply_pages_show_counts_without_arms_and_only_the_sites_in_reach(peopl
         ["P1", "LOT-WEB", "6"],
         ["P2", "LOT-WEB", "4"],
         ["depot", "LOT-WEB", "10"],
+        ["BALANCE", "P1", "6"],  # issue 19: each site's kits shipped, then where they are
+        ["BALANCE", "P2", "4"],
     ]
     page = people.monitor.get(f"{BASE}/reconciliation").get_data(as_text=True)
     assert "Every kit's history balances with its status." in page

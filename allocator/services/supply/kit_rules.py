@@ -121,6 +121,10 @@ _CHANGED_AFTER_DISPENSING = frozenset({S.DISPENSED, S.RETURNED, S.DAMAGED, S.LOS
 _IN_A_SHIPPED_SHIPMENT = frozenset(
     {S.IN_TRANSIT, S.QUARANTINED, S.DAMAGED, S.AVAILABLE, S.EXPIRED, S.RETURNED, S.DESTROYED}
 )
+# Issue 19: kits leaving a site's stock for good, scanned in batches (services/supply/disposal.py).
+# A quarantined kit waits for the sponsor's decision; returned kits are destroyed at the depot.
+RETURN_SOURCES = frozenset({S.AVAILABLE, S.DISPENSED, S.ADMINISTERED, S.DAMAGED, S.EXPIRED})
+DESTRUCTION_SOURCES = frozenset({S.AVAILABLE, S.DISPENSED, S.ADMINISTERED, S.DAMAGED, S.EXPIRED})
 KIT_STEPS: tuple[tuple[str, frozenset[KitStatus], frozenset[KitStatus]], ...] = (
     ("shipping", frozenset({S.AT_DEPOT}), frozenset({S.IN_TRANSIT})),
     ("receipt", frozenset({S.IN_TRANSIT}), frozenset({S.AVAILABLE})),
@@ -136,6 +140,8 @@ KIT_STEPS: tuple[tuple[str, frozenset[KitStatus], frozenset[KitStatus]], ...] = 
     # issue 19: a kit quarantined in transit by a temperature excursion, released before receipt.
     ("excursion released in transit", frozenset({S.QUARANTINED}), frozenset({S.IN_TRANSIT})),
     *(("manual change", frozenset({source}), targets) for source, targets in MANUAL_TRANSITIONS.items()),
+    ("return", RETURN_SOURCES, frozenset({S.RETURNED})),
+    ("destruction", DESTRUCTION_SOURCES, frozenset({S.DESTROYED})),
 )
 LIFECYCLE: dict[KitStatus, frozenset[KitStatus]] = {
     status: frozenset(target for _, sources, targets in KIT_STEPS if status in sources for target in targets)

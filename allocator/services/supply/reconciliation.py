@@ -47,10 +47,47 @@ class ReconciliationRow:
         return sum(self.current.values())
 
 
+# Issue 19: where a kit shipped to a site is now, for the balance of every kit's life. Lost kits
+# are recorded with a reason and counted on their own.
+BALANCE_TERMS: dict[str, tuple[KitStatus, ...]] = {
+    "dispensed": (S.DISPENSED, S.ADMINISTERED),
+    "returned": (S.RETURNED,),
+    "destroyed": (S.DESTROYED,),
+    "lost": (S.LOST,),
+    "on_hand": (S.AVAILABLE, S.ALLOCATED, S.QUARANTINED, S.DAMAGED, S.EXPIRED),
+    "in_transit": (S.IN_TRANSIT,),
+}
+_TERM_OF = {status.value: term for term, statuses in BALANCE_TERMS.items() for status in statuses}
+
+
+@dataclass(frozen=True, slots=True)
+class SiteBalance:
+    """One site's kits: shipped (by its shipments' records) against where they are now (by the kits'
+    statuses), never split by arm. Balanced when shipped equals the sum of the terms."""
+
+    site: str
+    shipped: int
+    terms: dict[str, int]  # dispensed, returned, destroyed, lost, on_hand, in_transit
+
+    @property
+    def accounted(self) -> int:
+        return sum(self.terms.values())
+
+    @property
+    def open(self) -> int:
+        """Kits whose life at the site is not closed yet: on hand or on the way."""
+        return self.terms.get("on_hand", 0) + self.terms.get("in_transit", 0)
+
+    @property
+    def balanced(self) -> bool:
+        return self.shipped == self.accounted
+
+
 @dataclass(frozen=True, slots=True)
 class Reconciliation:
     rows: tuple[ReconciliationRow, ...]
     discrepancies: tuple[str, ...]
+    balances: tuple[SiteBalance, ...] = ()
 
     @property
     def balanced(self) -> bool:
@@ -132,6 +169,12 @@ def reconciliation(
                     f"kit {kitlib.format_kit_number(kit.kit_number)} is {kit.status} but at no site"
                 )
         problems += _shipment_discrepancies(session, trial, scope)
+        balances = _balances(session, trial, scope, sites)
+        problems += [
+            f"site {b.site}: {b.shipped} kits shipped but {b.accounted} accounted for"
+            for b in balances
+            if not b.balanced
+        ]
         rows = tuple(
             ReconciliationRow(
                 site=site,
@@ -143,7 +186,48 @@ def reconciliation(
             )
             for (site, lot), g in sorted(groups.items(), key=lambda item: (item[0][0] == "depot", item[0]))
         )
-        return Reconciliation(rows=rows, discrepancies=tuple(problems))
+        return Reconciliation(rows=rows, discrepancies=tuple(problems), balances=balances)
+
+
+def _balances(session: Session, trial: Trial, scope: Scope, sites: dict[int, str]) -> tuple[SiteBalance, ...]:
+    """Per site within reach: the kits its shipped or received shipments record, against the kits
+    that are there now or on their way there (a kit in transit is not at a site yet: its shipment
+    says where it goes), by term of BALANCE_TERMS."""
+    destination: dict[int, int] = {
+        row.id: row.site_id
+        for row in session.execute(select(Shipment.id, Shipment.site_id).where(Shipment.trial_id == trial.id))
+    }
+    shipped: Counter[int] = Counter()
+    for destined, count in session.execute(
+        select(Shipment.site_id, Shipment.kit_count).where(
+            Shipment.trial_id == trial.id, Shipment.status.in_(("shipped", "received"))
+        )
+    ):
+        shipped[destined] += count
+    terms: dict[int, Counter[str]] = {}
+    for kit_site, shipment_id, status in session.execute(
+        select(Kit.site_id, Kit.shipment_id, Kit.status).where(Kit.trial_id == trial.id)
+    ):
+        place = (
+            kit_site
+            if kit_site is not None
+            else destination.get(shipment_id)
+            if status == S.IN_TRANSIT.value and shipment_id is not None
+            else None
+        )
+        term = _TERM_OF.get(status)
+        if place is None or term is None:
+            continue
+        terms.setdefault(place, Counter())[term] += 1
+    return tuple(
+        SiteBalance(
+            site=code,
+            shipped=shipped[site_id],
+            terms={term: terms.get(site_id, Counter())[term] for term in BALANCE_TERMS},
+        )
+        for site_id, code in sorted(sites.items(), key=lambda item: item[1])
+        if scope.allows_site(site_id) and (shipped[site_id] or site_id in terms)
+    )
 
 
 def _shipment_discrepancies(session: Session, trial: Trial, scope: Scope) -> list[str]:
@@ -202,5 +286,10 @@ def reconciliation_csv(report: Reconciliation) -> str:
                 row.labels_reprinted,
             ]
         )
+    # Issue 19: each site's balance of every kit's life, after the site-and-batch rows.
+    rows += [
+        ["BALANCE", b.site, b.shipped, *(f"{term}={b.terms[term]}" for term in BALANCE_TERMS)]
+        for b in report.balances
+    ]
     rows += [["DISCREPANCY", problem] for problem in report.discrepancies]
     return csv_text(rows)
