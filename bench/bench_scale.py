@@ -58,6 +58,7 @@ from allocator.services.subjects import corrections, withdrawal
 from allocator.services.subjects import randomize as subjects_randomize
 from allocator.services.supply import kit_rules
 from allocator.settings import Environment, Settings
+from allocator.uat import eligible_on
 
 T = f"/trials/{br.TRIAL}"
 SIGNED = signatures.SignatureRequest(password=br.PASSWORD)
@@ -95,7 +96,7 @@ def populate(ctx: ServiceContext, sites: list[str], count: int) -> float:
             subjects_randomize.RandomizationRequest(
                 site=site,
                 screening_number=f"{site}-{j:05d}",
-                eligibility=br.eligible_answers(ctx.now().date()),
+                eligibility=eligible_on(ctx.now().date()),
                 strata={"admission_cause": br.CAUSES[(j // len(sites)) % 2]},
             ),
             br.EVERYWHERE,
