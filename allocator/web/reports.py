@@ -24,15 +24,17 @@ FORMATS = "any(csv, pdf)"
 
 
 def _page(name: str, version: str, permission: Permission) -> str:
+    args = request.args.to_dict()
     view = catalogue.build(
         ctx(),
         actor(permission),
         current_trial().code,
         name,
-        filters.ReportFilter.parse(request.args.to_dict()),
+        filters.ReportFilter.parse(args),
         scope(permission),
         version=version,
         words=i18n.words(),
+        window=filters.Window.parse(args),  # a page shows a window of each long table (issue 21)
     )
     return render_template(
         "reports/report.html",

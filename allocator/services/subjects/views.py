@@ -136,6 +136,9 @@ class SubjectView:
         }
 
 
+MAX_PAGE = 1000  # subjects of one page of a list or a report
+
+
 def subject_view(
     session: Session, definition: TrialDefinition, subject: Subject, site_codes: Mapping[int, str]
 ) -> SubjectView:
@@ -156,10 +159,13 @@ def subject_views(
         return []
     trial_id = subjects[0].trial_id
     ids = [s.id for s in subjects]
-    # One subject (a subject page): narrow by id. Many (a list, a report): the trial's rows, which
-    # costs one scan instead of a parameter list that grows with the subjects.
+    # One subject (a subject page): narrow by id; a page of a list or a report (at most MAX_PAGE):
+    # by its ids, a bounded parameter list. More (a whole report): the trial's rows, which costs
+    # one scan instead of a parameter list that grows with the subjects.
     if len(ids) == 1:
         mine: Callable[[Any], Any] = lambda column: column == ids[0]  # noqa: E731
+    elif len(ids) <= MAX_PAGE:
+        mine = lambda column: column.in_(ids)  # noqa: E731
     else:
         in_trial = select(Subject.id).where(Subject.trial_id == trial_id).scalar_subquery()
         mine = lambda column: column.in_(in_trial)  # noqa: E731
@@ -291,9 +297,6 @@ def site_choices(ctx: ServiceContext, trial_code: str, scope: Scope) -> list[str
 class SubjectPage:
     subjects: list[SubjectView]
     next_after: str | None  # the subject number to pass as `after` for the next page; None: last page
-
-
-MAX_PAGE = 1000
 
 
 def subjects_page(
