@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time
 from decimal import Decimal
+from functools import lru_cache
 
 from babel import Locale
 from babel.dates import format_date, format_skeleton, format_time
@@ -33,6 +34,13 @@ def date_and_time(moment: datetime, date_skeleton: str, locale: Locale, time_pat
     shown_time = format_time(moment, time_pattern, tzinfo=moment.tzinfo, locale=locale)
     pattern = str(locale.datetime_formats["medium"])
     return pattern.replace("{1}", shown_date).replace("{0}", shown_time).replace("'", "")
+
+
+@lru_cache(maxsize=4096)
+def _utc_day_pattern(language: str, day: date) -> str:
+    """`date_and_time`'s text for a UTC day with `{0}` where the time goes: a report shows
+    thousands of moments, and babel's formatting of each date cost more than the report (issue 21)."""
+    return date_and_time(datetime.combine(day, time(), UTC), "yMMMd", Locale.parse(language), "'{0}'")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +89,8 @@ class Words:
         if moment is None:
             return ""
         aware = (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).astimezone(UTC)
-        return f"{date_and_time(aware, 'yMMMd', self.locale, 'HH:mm:ss')} UTC"
+        # The same text as date_and_time(aware, "yMMMd", locale, "HH:mm:ss"): 24-hour, Latin digits.
+        return f"{_utc_day_pattern(self.language, aware.date()).replace('{0}', f'{aware:%H:%M:%S}')} UTC"
 
     def local(self, moment: datetime) -> str:
         """An aware moment in its own time zone, with the weekday and the zone's abbreviation:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from sqlalchemy import select
@@ -319,6 +319,8 @@ def build(
     data: Report
     if version == "review":
         data = audit_review(ctx, trial_code, name, scope, flt)
+        if window is not None:
+            data = replace(data, window=window)
         title, uses_period = _("Audit-trail review: %(report)s", report=_(data.kind.title)), True
     else:
         spec = REPORTS.get(name)
