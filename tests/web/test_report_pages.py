@@ -188,7 +188,10 @@ def test_a_report_page_shows_a_window_of_its_long_tables(
     p1 = monitor.get(f"{BASE}/dispensing?site=P1&offset=2").get_data(as_text=True)
     assert 'href="/trials/IFNG-PAIS/reports/dispensing?site=P1&amp;offset=0"' in p1
     assert "Rows 3 to 3 of 3" in text_of(p1)
-    _, sections = csv_sections(monitor.get(f"{BASE}/allocation-history/csv?offset=2").get_data(as_text=True))
+    streamed = monitor.get(f"{BASE}/allocation-history/csv?offset=2")
+    assert streamed.is_streamed and "Content-Length" not in streamed.headers  # written as it is sent
+    assert streamed.headers["Cache-Control"] == "no-store"
+    _, sections = csv_sections(streamed.get_data(as_text=True))
     assert [row["Subject"] for row in sections["Allocation history"]] == numbers
     switched = monitor.post(
         "/language", data={"language": "fr", "next": "/", "csrf_token": csrf_token(monitor, "/account")}
