@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import jinja2
 import pytest
@@ -107,6 +108,12 @@ def test_report_words_in_french_and_english() -> None:
     assert fr.utc(later) == "5 déc. 2026, 23:59:01 UTC" and en.utc(later) == "Dec 5, 2026, 23:59:01 UTC"
     east = datetime(2026, 12, 6, 0, 30, 2, tzinfo=timezone(timedelta(hours=2)))
     assert fr.utc(east) == "5 déc. 2026, 22:30:02 UTC" and en.utc(east) == "Dec 5, 2026, 22:30:02 UTC"
+    paris = datetime(2026, 12, 5, 13, 9, 30, tzinfo=ZoneInfo("Europe/Paris"))
+    assert (
+        fr.local(paris) == "sam. 5 déc. 2026, 13:09 CET" and en.local(paris) == "Sat, Dec 5, 2026, 13:09 CET"
+    )
+    summer = datetime(2026, 7, 4, 0, 5, tzinfo=ZoneInfo("Europe/Paris"))
+    assert fr.local(summer) == "sam. 4 juil. 2026, 00:05 CEST"
     assert (fr.yes_no(True), en.yes_no(False)) == ("oui", "no")
     assert (fr.word("in_transit"), en.word("in_transit"), fr.word("never_seen_code")) == (
         "en transit",

@@ -62,6 +62,8 @@ def signature_text(signed: signatures.Manifestation | None, _: Words) -> str:
 
 def audit_time(at: str) -> datetime:
     """An audit entry's time (ISO 8601 UTC text, AUD-07) as an aware datetime."""
+    if len(at) == 27 and at[-1] == "Z":  # as recorded, "2026-12-05T12:09:30.123456Z": parsed in C
+        return datetime.fromisoformat(at[:-1]).replace(tzinfo=UTC)
     return datetime.strptime(at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 
