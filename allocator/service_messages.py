@@ -94,6 +94,8 @@ KNOWN = frozenset(
         # the supply dashboard (issue 19)
         N_("invalid number of days"),
         N_("a whole number of days from 1 to 365"),
+        # report pages (issue 21): the first row of a page of a long table
+        N_("must be a whole number from 0"),
         # printed documents (LBL-12; allocator/services/documents.py)
         N_("this document has been reprinted 999 times, the most allowed: use a printed copy"),
         # randomization and eligibility

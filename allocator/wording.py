@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time
 from decimal import Decimal
+from functools import lru_cache
 
 from babel import Locale
 from babel.dates import format_date, format_skeleton, format_time
@@ -33,6 +34,16 @@ def date_and_time(moment: datetime, date_skeleton: str, locale: Locale, time_pat
     shown_time = format_time(moment, time_pattern, tzinfo=moment.tzinfo, locale=locale)
     pattern = str(locale.datetime_formats["medium"])
     return pattern.replace("{1}", shown_date).replace("{0}", shown_time).replace("'", "")
+
+
+_ROLES = {role.value: role for role in Role}
+
+
+@lru_cache(maxsize=4096)
+def _day_pattern(language: str, day: date, skeleton: str) -> str:
+    """`date_and_time`'s text for a day with `{0}` where the time goes: a report shows thousands of
+    moments, and babel's formatting of each date cost more than the report (issue 21)."""
+    return date_and_time(datetime.combine(day, time(12), UTC), skeleton, Locale.parse(language), "'{0}'")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,22 +92,23 @@ class Words:
         if moment is None:
             return ""
         aware = (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).astimezone(UTC)
-        return f"{date_and_time(aware, 'yMMMd', self.locale, 'HH:mm:ss')} UTC"
+        # The same text as date_and_time(aware, "yMMMd", locale, "HH:mm:ss"): 24-hour, Latin digits.
+        return f"{_day_pattern(self.language, aware.date(), 'yMMMd').replace('{0}', f'{aware:%H:%M:%S}')} UTC"
 
     def local(self, moment: datetime) -> str:
         """An aware moment in its own time zone, with the weekday and the zone's abbreviation:
         `sam. 5 déc. 2026, 13:09 CET`."""
-        return f"{date_and_time(moment, 'yMMMEd', self.locale)} {moment.tzname() or ''}".strip()
+        # The same text as date_and_time(moment, "yMMMEd", locale): the day's text is kept.
+        shown = _day_pattern(self.language, moment.date(), "yMMMEd").replace("{0}", f"{moment:%H:%M}")
+        return f"{shown} {moment.tzname() or ''}".strip()
 
     def yes_no(self, flag: bool) -> str:
         return self("yes") if flag else self("no")
 
     def role(self, code: str) -> str:
         """A role's title (`trial_manager` -> "Trial manager" / "Gestionnaire de l'essai")."""
-        try:
-            return self(ROLE_TITLES[Role(code)])
-        except ValueError:
-            return self.word(code)
+        member = _ROLES.get(code)  # a look-up, not Role(code): a review asks for every recorded value
+        return self(ROLE_TITLES[member]) if member is not None else self.word(code)
 
     def message(self, text: str) -> str:
         """A service's message (an error, a refusal's detail recorded in the audit trail, a

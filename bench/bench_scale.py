@@ -3,6 +3,7 @@ statistician: wall time, CPU, SQL statements and peak memory per request (issue 
 
 Usage: python bench/bench_scale.py [--backend sqlite|postgresql|both] [--subjects N] [--sites N]
                                    [--repeat R] [--pg URL] [--only SUBSTRING] [--no-pdf] [--keep]
+                                   [--worker-memory]
 Targets (issue 21, 2-core machine, 5,000 subjects over 50 sites): every page and CSV < 1 s, every
 PDF < 5 s, a page's statement count independent of the number of subjects, peak memory < 300 MB
 for any single request, and the same figures at 500 subjects within 20 %.
@@ -19,16 +20,24 @@ PostgreSQL, the backends connected to the benchmark's own database (bench_random
 statements are counted with an engine event listener; peak memory is the process's peak resident
 set (VmHWM), reset before each request (/proc/self/clear_refs). A hello-world request
 (bench/hello_app.py) is timed the same way in the same run, as the floor of this machine.
+
+That peak includes everything the benchmark process holds after building the trial. With
+--worker-memory, each request is also served once more by a fresh process that only loads the
+application on the same database and serves that one request with the reader's session cookie or
+token (`--one`): its peak resident set (VmHWM, from its start) is what a worker that served only
+this request would reach, and "worker MB" is printed beside its size before the request.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -58,6 +67,7 @@ from allocator.services.subjects import corrections, withdrawal
 from allocator.services.subjects import randomize as subjects_randomize
 from allocator.services.supply import kit_rules
 from allocator.settings import Environment, Settings
+from allocator.uat import eligible_on
 
 T = f"/trials/{br.TRIAL}"
 SIGNED = signatures.SignatureRequest(password=br.PASSWORD)
@@ -95,7 +105,7 @@ def populate(ctx: ServiceContext, sites: list[str], count: int) -> float:
             subjects_randomize.RandomizationRequest(
                 site=site,
                 screening_number=f"{site}-{j:05d}",
-                eligibility=br.eligible_answers(ctx.now().date()),
+                eligibility=eligible_on(ctx.now().date()),
                 strata={"admission_cause": br.CAUSES[(j // len(sites)) % 2]},
             ),
             br.EVERYWHERE,
@@ -194,6 +204,58 @@ class Row:
     cpu: float
     statements: int
     peak_mb: float
+    worker_mb: float = float("nan")  # --worker-memory: a fresh process's peak serving this request
+    worker_base_mb: float = float("nan")  # that process's size before the request
+
+
+@dataclass(frozen=True)
+class Reader:
+    """How a fresh process presents itself as one reader: a session cookie or a bearer token."""
+
+    cookie: str | None = None
+    token: str | None = None
+
+
+def serve_one(url: str, keys: str, path: str, reader: Reader) -> dict[str, Any]:
+    """In this (fresh) process: load the application on `url`, serve `path` once as `reader`, and
+    return its status, size, and this process's resident size before the request and its peak."""
+    settings = Settings(env=Environment.TEST, database_url=url, key_dir=Path(keys))
+    db = Database.connect(url)
+    ring = crypto.KeyRing.load(Path(keys))
+    app = create_app(settings, db=db, ring=ring, passwords=crypto.FAST_PASSWORD_HASHING)
+    logging.getLogger("allocator").setLevel(logging.WARNING)
+    client = app.test_client()
+    client.environ_base["wsgi.url_scheme"] = "https"
+    headers = {}
+    if reader.cookie is not None:
+        client.set_cookie(app.config["SESSION_COOKIE_NAME"], reader.cookie)
+    if reader.token is not None:
+        headers["Authorization"] = f"Bearer {reader.token}"
+    client.get("/login")  # the first request's one-time costs (templates, catalogues) are not this one's
+    base = current_rss_mb()
+    response = client.get(path, headers=headers)
+    size = len(response.get_data())
+    return {"status": response.status_code, "size": size, "base_mb": base, "peak_mb": peak_rss_mb()}
+
+
+def current_rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def in_fresh_process(url: str, keys: Path, path: str, reader: Reader) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--one", path, "--url", url, "--keys", str(keys)]
+    if reader.cookie is not None:
+        command += ["--cookie", reader.cookie]
+    if reader.token is not None:
+        command += ["--token", reader.token]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=900)
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def measure(
@@ -271,10 +333,17 @@ def run_backend(backend: str, args: argparse.Namespace) -> list[Row]:
             f"{T}/audit",
         ]
         plan += [("monitor", p, lambda p=p: monitor.get(p)) for p in monitor_paths]
+        api_paths = (f"/api/v1{T}/subjects", f"/api/v1{T}/audit", f"/api/v1{T}/audit/verify")
         plan += [
             ("monitor", f"API {p}", lambda p=p: api.get(p, headers={"Authorization": f"Bearer {token}"}))
-            for p in (f"/api/v1{T}/subjects", f"/api/v1{T}/audit", f"/api/v1{T}/audit/verify")
+            for p in api_paths
         ]
+        cookie = app.config["SESSION_COOKIE_NAME"]
+        readers = {
+            "monitor": Reader(cookie=monitor.get_cookie(cookie).value),
+            "statistician": Reader(cookie=statistician.get_cookie(cookie).value),
+            "API": Reader(token=token),
+        }
         restricted = [
             f"{T}/reports/restricted/{n}{s}"
             for n, r in REPORTS.items()
@@ -287,10 +356,23 @@ def run_backend(backend: str, args: argparse.Namespace) -> list[Row]:
             if (args.only and args.only not in path) or (args.no_pdf and path.endswith("/pdf")):
                 continue
             row = measure(who, path, call, db, meter, args.repeat)
+            if args.worker_memory and who != "-":
+                api_call = path.startswith("API ")
+                one = in_fresh_process(
+                    url, keys, path.removeprefix("API "), readers["API" if api_call else who]
+                )
+                assert one["status"] == row.status, (path, one)
+                row.worker_mb, row.worker_base_mb = one["peak_mb"], one["base_mb"]
             rows.append(row)
+            worker = (
+                f" {row.worker_mb:6.0f} MB worker ({row.worker_base_mb:.0f} before)"
+                if args.worker_memory
+                else ""
+            )
             print(
                 f"{backend:10} {row.who:12} {row.path:58} {row.status} {row.size / 1024:9.0f} KB "
-                f"{row.wall:7.2f} s {row.cpu:7.2f} s cpu {row.statements:6} sql {row.peak_mb:7.0f} MB",
+                f"{row.wall:7.2f} s {row.cpu:7.2f} s cpu {row.statements:6} sql {row.peak_mb:7.0f} MB"
+                + worker,
                 flush=True,
             )
         meter.close()
@@ -310,7 +392,21 @@ def main() -> int:
     parser.add_argument("--only", default="")
     parser.add_argument("--keep", action="store_true", help="keep the PostgreSQL database")
     parser.add_argument("--no-pdf", action="store_true", help="skip the PDFs (the longest requests)")
+    parser.add_argument(
+        "--worker-memory",
+        action="store_true",
+        help="also serve each request in a fresh process and print its peak resident size",
+    )
+    # --one: the fresh process of --worker-memory (internal)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--keys", help=argparse.SUPPRESS)
+    parser.add_argument("--cookie", help=argparse.SUPPRESS)
+    parser.add_argument("--token", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one:
+        print(json.dumps(serve_one(args.url, args.keys, args.one, Reader(args.cookie, args.token))))
+        return 0
     backends = ("sqlite", "postgresql") if args.backend == "both" else (args.backend,)
     print(
         f"bench_scale: {args.subjects} subjects over {args.sites} sites; median of {args.repeat}; "

@@ -59,6 +59,10 @@ class Table:
     columns: tuple[str, ...]
     rows: tuple[tuple[str, ...], ...]
     note: str = ""
+    # A page shows a window of a long table (issue 21): its rows are rows `start` onwards (0-based)
+    # of `total`. None: the table holds every row (the CSV, the PDF, a short table).
+    total: int | None = None
+    start: int = 0
 
     def __post_init__(self) -> None:
         for index, row in enumerate(self.rows):

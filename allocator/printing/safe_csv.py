@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 
 def neutralise_cell(value: str) -> str:
@@ -22,10 +22,23 @@ def csv_text(rows: Iterable[Sequence[object]], *, neutralise: bool = True) -> st
 
     `neutralise=False` is for files read by programs, not people (the closing archive's tables, a
     REDCap data import): there the apostrophe would change the data itself."""
+    return "".join(csv_chunks(rows, neutralise=neutralise))
+
+
+def csv_chunks(
+    rows: Iterable[Sequence[object]], *, neutralise: bool = True, size: int = 64 * 1024
+) -> Iterator[str]:
+    """`csv_text` of the rows in pieces of about `size` characters, row by row: a file streamed to
+    its reader is never held whole (issue 21)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     for row in rows:
         writer.writerow(
             [neutralise_cell(cell) if neutralise and isinstance(cell, str) else cell for cell in row]
         )
-    return buffer.getvalue()
+        if buffer.tell() >= size:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    if buffer.tell():
+        yield buffer.getvalue()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Row, Select, func, select
 from sqlalchemy.exc import IntegrityError
 
 from allocator import audit
@@ -162,7 +162,8 @@ def _within(query: Select[AuditEvent], scope: Scope | None, site_codes: dict[int
     return query
 
 
-def _view(event: AuditEvent) -> EntryView:
+def _view(event: AuditEvent | Row[Any]) -> EntryView:
+    """An entry (an AuditEvent, or a row of its `_VIEW_COLUMNS`) as readers see it."""
     return EntryView(
         chain=event.chain,
         seq=event.seq,
@@ -260,8 +261,35 @@ def entries(
         query = query.where(AuditEvent.at < audit.format_time(until))
     if usernames is not None:
         query = query.where(AuditEvent.actor_username.in_(list(usernames)))
+    # Columns, not entities: a review of a large trial reads tens of thousands of entries, and an
+    # ORM object for each cost more than the review itself (issue 21).
+    columns = query.with_only_columns(*(getattr(AuditEvent, name) for name in _VIEW_COLUMNS))
     with ctx.db.reading() as session:
-        return [_view(e) for e in session.execute(query.order_by(AuditEvent.seq)).scalars()]
+        return [_view(e) for e in session.execute(columns.order_by(AuditEvent.seq)).all()]
+
+
+# What `_view` reads of an entry.
+_VIEW_COLUMNS = (
+    "chain",
+    "seq",
+    "at",
+    "actor_username",
+    "actor_name",
+    "actor_role",
+    "actor_site",
+    "action",
+    "object_type",
+    "object_id",
+    "site_code",
+    "old_values",
+    "new_values",
+    "sealed_values",
+    "reason",
+    "request_id",
+    "software_version",
+    "prev_hash",
+    "hash",
+)
 
 
 _CSV_COLUMNS = (

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import date
 from urllib.parse import urlencode
 
-from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
+from flask import Blueprint, Response, flash, redirect, render_template, request, stream_with_context, url_for
 from flask_babel import gettext
 from markupsafe import Markup
 from werkzeug.wrappers import Response as WerkzeugResponse
@@ -24,15 +24,17 @@ FORMATS = "any(csv, pdf)"
 
 
 def _page(name: str, version: str, permission: Permission) -> str:
+    args = request.args.to_dict()
     view = catalogue.build(
         ctx(),
         actor(permission),
         current_trial().code,
         name,
-        filters.ReportFilter.parse(request.args.to_dict()),
+        filters.ReportFilter.parse(args),
         scope(permission),
         version=version,
         words=i18n.words(),
+        window=filters.Window.parse(args),  # a page shows a window of each long table (issue 21)
     )
     return render_template(
         "reports/report.html",
@@ -56,7 +58,7 @@ def _download(name: str, fmt: str, version: str, permission: Permission) -> Resp
         words=i18n.words(),
     )
     return Response(
-        exported.body,
+        stream_with_context(exported.chunks()),  # a CSV is written as it is sent, row by row (issue 21)
         mimetype=exported.mimetype,
         headers={"Content-Disposition": f'attachment; filename="{exported.filename}"'},
     )

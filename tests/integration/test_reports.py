@@ -121,6 +121,61 @@ def test_the_allocation_history_is_the_known_history(ctx: ServiceContext, truth:
 
 
 @pytest.mark.req("REP-05")
+@pytest.mark.req("REP-08")
+def test_a_page_window_reads_its_subjects_and_the_summary_counts_them_all(
+    ctx: ServiceContext, truth: Truth
+) -> None:
+    """Issue 21: the allocation history and dispensing completeness read only the window's subjects
+    for a page; their summaries are counted in the database over every subject of the filter."""
+    window = filters.Window(1, 2)
+    full = allocation_history.allocation_history(ctx, TRIAL, ALL, EVERYTHING)
+    part = allocation_history.allocation_history(ctx, TRIAL, ALL, EVERYTHING, window)
+    assert part.rows == full.rows[1:3] and len(full.rows) == 5
+    # S1 corrected and with its D2 kit replaced, S2 in error, blind breaks for S1, S3 and S5.
+    expected = allocation_history.HistoryTotals(
+        subjects=5, in_error=1, corrected=1, blind_broken=3, withdrawn=0, replacements=1
+    )
+    assert part.totals == full.totals == expected
+    assert part.facts(ENGLISH) == full.facts(ENGLISH)
+    (shown,) = part.tables(ENGLISH)
+    assert (shown.total, shown.start, len(shown.rows)) == (5, 1, 2)
+    (every,) = full.tables(ENGLISH)
+    assert every.total is None and every.rows[1:3] == shown.rows
+    p1 = allocation_history.allocation_history(ctx, TRIAL, p1_scope(ctx), EVERYTHING, window)
+    assert p1.totals == allocation_history.HistoryTotals(3, 1, 1, 1, 0, 1)
+    assert [r.subject_number for r in p1.rows] == [truth.subjects["S2"], truth.subjects["S4"]]
+
+    doses = dispensing.dispensing_completeness(ctx, TRIAL, ALL, EVERYTHING)
+    window_doses = dispensing.dispensing_completeness(ctx, TRIAL, ALL, EVERYTHING, window)
+    assert window_doses.sites == doses.sites and window_doses.subjects == doses.subjects[1:3]
+    per_site, per_subject = window_doses.tables(ENGLISH)
+    assert per_site.total is None and (per_subject.total, per_subject.start) == (5, 1)
+    # A report read whole is cut after it is built: a short table stays whole.
+    cut = catalogue.build(ctx, MONITOR, TRIAL, "dispensing", EVERYTHING, ALL, window=filters.Window(2, 2))
+    assert [(t.total, t.start, len(t.rows)) for t in cut.tables] == [(3, 2, 1), (5, 2, 2)]
+    whole = catalogue.build(ctx, MONITOR, TRIAL, "dispensing", EVERYTHING, ALL, window=filters.Window(0, 3))
+    assert [(t.total, len(t.rows)) for t in whole.tables] == [(None, 3), (5, 3)]
+    # A review page words only its window's entries; its summary and digest cover them all.
+    listed = {kind: view(ctx, kind, version="review") for kind in audit_review.REVIEW_KINDS}
+    kind, every_entry = next((k, v) for k, v in listed.items() if len(v.tables[0].rows) >= 3)
+    paged = catalogue.build(
+        ctx, MONITOR, TRIAL, kind, EVERYTHING, ALL, version="review", window=filters.Window(1, 2)
+    )
+    assert paged.facts == every_entry.facts
+    assert paged.tables[0].rows == every_entry.tables[0].rows[1:3]
+    assert (paged.tables[0].total, paged.tables[0].start) == (len(every_entry.tables[0].rows), 1)
+
+
+def test_a_page_window_is_parsed_from_the_offset() -> None:
+    assert filters.Window.parse({}) == filters.Window(0, filters.PAGE_ROWS)
+    assert filters.Window.parse({"offset": " 400 "}) == filters.Window(400, filters.PAGE_ROWS)
+    for bad in ("-1", "1.5", "x", "\u0663", "1" * 12):
+        with pytest.raises(ValidationFailed) as refused:
+            filters.Window.parse({"offset": bad})
+        assert [p.field for p in refused.value.errors] == ["offset"], bad
+
+
+@pytest.mark.req("REP-05")
 def test_reports_are_limited_to_the_readers_sites_and_the_filters(ctx: ServiceContext, truth: Truth) -> None:
     s = truth.subjects
     p1 = p1_scope(ctx)

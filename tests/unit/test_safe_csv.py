@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 
-from allocator.printing.safe_csv import csv_text, neutralise_cell
+from allocator.printing.safe_csv import csv_chunks, csv_text, neutralise_cell
 
 
 def test_text_cells_that_could_start_a_formula_are_neutralised_numbers_are_not() -> None:
@@ -20,3 +20,13 @@ def test_neutralise_cell_prefixes_every_formula_start() -> None:
     for start in ("=", "+", "-", "@", "\t", "\r"):
         assert neutralise_cell(f"{start}x") == f"'{start}x"
     assert neutralise_cell("") == "" and neutralise_cell("a=b") == "a=b"
+
+
+def test_csv_in_pieces_is_the_same_text_row_by_row() -> None:
+    """Issue 21: a streamed CSV is cut between rows, never inside one, and is the same text."""
+    rows = [["=x", f"row {i}", i] for i in range(500)]
+    pieces = list(csv_chunks(rows, size=1000))
+    assert len(pieces) > 5 and "".join(pieces) == csv_text(rows)
+    assert all(piece.endswith("\r\n") for piece in pieces)
+    assert all(1000 <= len(piece) < 1100 for piece in pieces[:-1])
+    assert list(csv_chunks([])) == [] and "".join(csv_chunks([[]])) == "\r\n"

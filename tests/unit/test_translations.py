@@ -5,8 +5,9 @@ French translation in the catalogue, or a compiled catalogue older than its sour
 from __future__ import annotations
 
 import re
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import jinja2
 import pytest
@@ -102,6 +103,17 @@ def test_report_words_in_french_and_english() -> None:
     assert fr.n(4200.5) == "4\u202f200,5" and en.n(4200.5) == "4,200.5"
     assert fr.day(date(2026, 12, 5)) == "5 déc. 2026" and en.day(date(2026, 12, 5)) == "Dec 5, 2026"
     assert fr.utc(moment) == "5 déc. 2026, 13:09:30 UTC" and en.utc(moment) == "Dec 5, 2026, 13:09:30 UTC"
+    # The day's text is kept (issue 21): the same day at another time, naive (UTC) or in another zone.
+    later = datetime(2026, 12, 5, 23, 59, 1)  # noqa: DTZ001 - naive is UTC, as stored
+    assert fr.utc(later) == "5 déc. 2026, 23:59:01 UTC" and en.utc(later) == "Dec 5, 2026, 23:59:01 UTC"
+    east = datetime(2026, 12, 6, 0, 30, 2, tzinfo=timezone(timedelta(hours=2)))
+    assert fr.utc(east) == "5 déc. 2026, 22:30:02 UTC" and en.utc(east) == "Dec 5, 2026, 22:30:02 UTC"
+    paris = datetime(2026, 12, 5, 13, 9, 30, tzinfo=ZoneInfo("Europe/Paris"))
+    assert (
+        fr.local(paris) == "sam. 5 déc. 2026, 13:09 CET" and en.local(paris) == "Sat, Dec 5, 2026, 13:09 CET"
+    )
+    summer = datetime(2026, 7, 4, 0, 5, tzinfo=ZoneInfo("Europe/Paris"))
+    assert fr.local(summer) == "sam. 4 juil. 2026, 00:05 CEST"
     assert (fr.yes_no(True), en.yes_no(False)) == ("oui", "no")
     assert (fr.word("in_transit"), en.word("in_transit"), fr.word("never_seen_code")) == (
         "en transit",

@@ -16,6 +16,7 @@ from allocator.models import AuditReview
 from allocator.services import auth, signatures
 from allocator.services.closeout import state
 from allocator.services.context import ServiceContext
+from allocator.services.reports import filters
 from allocator.services.reports.audit_review import REVIEW_KINDS
 from allocator.services.reports.catalogue import REPORTS
 from tests.reporting import Truth, arm_leaks, build, csv_sections, pdf_text
@@ -158,6 +159,49 @@ def test_bad_input_is_a_clear_error(monitor: FlaskClient) -> None:
     assert unknown.status_code == 404 and "report" in unknown.get_data(as_text=True)
     assert monitor.get(f"{BASE}/review/everything/pdf").status_code == 404
     assert monitor.get(f"{BASE}/balance/xlsx").status_code == 404
+    for offset in ("-1", "two", "1e3", "٣"):
+        bad_offset = monitor.get(f"{BASE}/allocation-history?offset={offset}")
+        assert bad_offset.status_code == 422 and "offset" in bad_offset.get_data(as_text=True), offset
+
+
+@pytest.mark.req("REP-05")
+@pytest.mark.req("REP-08")
+def test_a_report_page_shows_a_window_of_its_long_tables(
+    monitor: FlaskClient, truth: Truth, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page shows a window of each long table with links to the other rows (issue 21); its
+    summary counts every subject, and the CSV holds every row."""
+    monkeypatch.setattr(filters, "PAGE_ROWS", 2)
+    s = truth.subjects
+    numbers = [s[k] for k in ("S1", "S2", "S3", "S4", "S5")]
+    first = text_of(monitor.get(f"{BASE}/allocation-history").get_data(as_text=True))
+    assert "Rows 1 to 2 of 5; the CSV and the PDF hold every row." in first
+    assert numbers[0] in first and numbers[1] in first and numbers[2] not in first
+    assert "Subjects randomized 5" in " ".join(first.split())
+    page = monitor.get(f"{BASE}/allocation-history?offset=2").get_data(as_text=True)
+    assert 'href="/trials/IFNG-PAIS/reports/allocation-history?offset=4"' in page
+    assert 'href="/trials/IFNG-PAIS/reports/allocation-history?offset=0"' in page
+    shown = text_of(page)
+    assert "Rows 3 to 4 of 5" in shown and numbers[2] in shown and numbers[3] in shown
+    assert numbers[0] not in shown and numbers[4] not in shown
+    # The filter travels with the links; the CSV is every row of the filter.
+    p1 = monitor.get(f"{BASE}/dispensing?site=P1&offset=2").get_data(as_text=True)
+    assert 'href="/trials/IFNG-PAIS/reports/dispensing?site=P1&amp;offset=0"' in p1
+    assert "Rows 3 to 3 of 3" in text_of(p1)
+    streamed = monitor.get(f"{BASE}/allocation-history/csv?offset=2")
+    assert streamed.is_streamed and "Content-Length" not in streamed.headers  # written as it is sent
+    assert streamed.headers["Cache-Control"] == "no-store"
+    _, sections = csv_sections(streamed.get_data(as_text=True))
+    assert [row["Subject"] for row in sections["Allocation history"]] == numbers
+    switched = monitor.post(
+        "/language", data={"language": "fr", "next": "/", "csrf_token": csrf_token(monitor, "/account")}
+    )
+    assert switched.status_code == 303
+    french = text_of(monitor.get(f"{BASE}/allocation-history?offset=4").get_data(as_text=True))
+    assert "Lignes 5 à 5 sur 5 ; le CSV et le PDF contiennent toutes les lignes." in french
+    assert "Lignes précédentes" in french and "Lignes suivantes" not in french
+    refused = monitor.get(f"{BASE}/allocation-history?offset=x").get_data(as_text=True)
+    assert "doit être un nombre entier à partir de 0" in refused
 
 
 @pytest.mark.req("REP-04")

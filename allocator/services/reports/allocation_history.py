@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, ScalarSelect, distinct, func, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from allocator.models import Dispensation, Kit, Subject
+from allocator.models import Dispensation, Kit, Subject, SubjectCorrection, SubjectWithdrawal
 from allocator.permissions import Scope
 from allocator.printing import monitoring_reports
 from allocator.services import unblinding
@@ -16,9 +17,10 @@ from allocator.services.context import ServiceContext
 from allocator.services.reports.filters import (
     Frame,
     ReportFilter,
+    Window,
+    frame_subjects,
     kit_text,
     scoped_frame,
-    subject_views,
 )
 from allocator.services.reports.unblindings import accidental_events
 from allocator.services.subjects import views as subjects_views
@@ -94,21 +96,33 @@ class AllocationRow:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryTotals:
+    """The report's summary, counted in the database over every subject of the filter."""
+
+    subjects: int
+    in_error: int
+    corrected: int  # with a stratum correction
+    blind_broken: int
+    withdrawn: int
+    replacements: int
+
+
+@dataclass(frozen=True, slots=True)
 class AllocationHistory:
     day_labels: tuple[str, ...]
     rows: tuple[AllocationRow, ...]
+    totals: HistoryTotals
+    window: Window | None = None  # `rows` are the page's window of the subjects (issue 21)
 
     def facts(self, _: Words) -> tuple[tuple[str, str], ...]:
+        t = self.totals
         return (
-            (_("Subjects randomized"), _.n(len(self.rows))),
-            (_("Randomized in error (kept, intention to treat)"), _.n(sum(r.in_error for r in self.rows))),
-            (_("With a stratum correction"), _.n(sum(bool(r.corrections) for r in self.rows))),
-            (_("With a blind-break event"), _.n(sum(bool(r.blind_breaks) for r in self.rows))),
-            (
-                _("Withdrawn (kept, intention to treat)"),
-                _.n(sum(r.withdrawal is not None for r in self.rows)),
-            ),
-            (_("Kit replacements"), _.n(sum(len(k.replaced) for r in self.rows for k in r.kits))),
+            (_("Subjects randomized"), _.n(t.subjects)),
+            (_("Randomized in error (kept, intention to treat)"), _.n(t.in_error)),
+            (_("With a stratum correction"), _.n(t.corrected)),
+            (_("With a blind-break event"), _.n(t.blind_broken)),
+            (_("Withdrawn (kept, intention to treat)"), _.n(t.withdrawn)),
+            (_("Kit replacements"), _.n(t.replacements)),
         )
 
     def tables(self, _: Words) -> tuple[monitoring_reports.Table, ...]:
@@ -165,6 +179,8 @@ class AllocationHistory:
                     "Who randomized whom, when, and which kits; corrections are shown beside the values "
                     "used at randomization, which never change."
                 ),
+                total=self.totals.subjects if self.window is not None else None,
+                start=self.window.start if self.window is not None else 0,
             ),
         )
 
@@ -220,16 +236,47 @@ def _blind_breaks(ctx: ServiceContext, frame: Frame) -> dict[str, list[BlindBrea
     return out
 
 
+def _totals(session: Session, frame: Frame, broken: set[str]) -> HistoryTotals:
+    """One statement of counts over the frame's subjects, whatever their number."""
+    ids = frame_subjects(frame, Subject.id).scalar_subquery()
+
+    def subjects_with(column: InstrumentedAttribute[int], *where: ColumnElement[bool]) -> ScalarSelect[int]:
+        return select(func.count(distinct(column))).where(column.in_(ids), *where).scalar_subquery()
+
+    counted = session.execute(
+        select(
+            frame_subjects(frame, func.count(Subject.id)).scalar_subquery(),
+            subjects_with(SubjectCorrection.subject_id, SubjectCorrection.kind == "randomized_in_error"),
+            subjects_with(SubjectCorrection.subject_id, SubjectCorrection.kind == "stratum"),
+            frame_subjects(frame, func.count(Subject.id))
+            .where(Subject.subject_number.in_(sorted(broken)))
+            .scalar_subquery(),
+            subjects_with(SubjectWithdrawal.subject_id),
+            select(func.count(Dispensation.id))
+            .where(Dispensation.subject_id.in_(ids), Dispensation.status == "replaced")
+            .scalar_subquery(),
+        )
+    ).one()
+    return HistoryTotals(*(int(n or 0) for n in counted))
+
+
 def allocation_history(
-    ctx: ServiceContext, trial_code: str, scope: Scope, flt: ReportFilter
+    ctx: ServiceContext, trial_code: str, scope: Scope, flt: ReportFilter, window: Window | None = None
 ) -> AllocationHistory:
     """Per subject randomized in the period: site, strata as entered and corrected, randomization
     number, time and author, the kit of each day with its replacements, the in-error flag, the
-    blind-break events and the withdrawal. Never an arm (BLD-07)."""
+    blind-break events and the withdrawal. Never an arm (BLD-07). With a `window` (a page), only
+    its subjects are read; the summary is counted in the database over all of them (issue 21)."""
     frame = scoped_frame(ctx, trial_code, scope, flt)
-    views = subject_views(ctx, frame)
     replaced = _replaced_kits(ctx, frame)
     breaks = _blind_breaks(ctx, frame)
+    with ctx.db.reading() as session:
+        query = frame_subjects(frame).order_by(Subject.id)
+        if window is not None:
+            query = query.offset(window.start).limit(window.size)
+        subjects = list(session.execute(query).scalars())
+        views = subjects_views.subject_views(session, frame.definition, subjects, frame.sites)
+        totals = _totals(session, frame, set(breaks))
     rows = []
     for view in views:
         rows.append(
@@ -258,4 +305,4 @@ def allocation_history(
                 withdrawal=view.withdrawal,
             )
         )
-    return AllocationHistory(frame.day_labels, tuple(rows))
+    return AllocationHistory(frame.day_labels, tuple(rows), totals, window)

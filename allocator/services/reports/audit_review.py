@@ -24,6 +24,7 @@ from allocator.services.lookups import get_trial
 from allocator.services.reports.filters import (
     WORKDAY,
     ReportFilter,
+    Window,
     audit_time,
     scoped_frame,
     signature_text,
@@ -223,6 +224,9 @@ class AuditReviewReport:
     entries: tuple[ReviewEntry, ...]
     past: tuple[PastReview, ...]
     suggested_period: tuple[date, date]
+    # A page's window (issue 21): only its entries are put in the reader's words; the summary and
+    # the digest cover every entry.
+    window: Window | None = None
 
     @property
     def rows(self) -> tuple[tuple[str, ...], ...]:
@@ -261,15 +265,21 @@ class AuditReviewReport:
         return tuple(out)
 
     def tables(self, _: Words) -> tuple[monitoring_reports.Table, ...]:
+        window = self.window
+        if window is not None and len(self.entries) <= window.size:
+            window = None  # a short table is shown whole (Window.cut)
+        shown = self.entries if window is None else self.entries[window.start : window.start + window.size]
         return (
             monitoring_reports.Table(
                 _(self.kind.title),
                 tuple(_(column) for column in _REVIEW_COLUMNS),
-                tuple(e.shown(_) for e in self.entries),
+                tuple(e.shown(_) for e in shown),
                 _(
                     "Clear values only: sealed values are never shown. The SHA-256 covers the entries as "
                     "recorded (codes and values), whatever the language they are read in."
                 ),
+                total=len(self.entries) if window is not None else None,
+                start=window.start if window is not None else 0,
             ),
             monitoring_reports.Table(
                 _("Signed reviews of this report"),

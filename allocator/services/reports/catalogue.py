@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from sqlalchemy import select
@@ -24,7 +24,7 @@ from allocator.services.reports.deviations import Deviations, deviations
 from allocator.services.reports.dispensing import DispensingCompleteness, dispensing_completeness
 from allocator.services.reports.drills import DrillLog, drill_log
 from allocator.services.reports.enrolment import Enrolment, enrolment
-from allocator.services.reports.filters import ReportFilter
+from allocator.services.reports.filters import ReportFilter, Window
 from allocator.services.reports.participant_flow import (
     ParticipantFlow,
     RestrictedFlow,
@@ -194,6 +194,7 @@ class ReportView:
     notice: str | None = None
     test_mode: bool = field(default=True)
     words: Words = field(default=ENGLISH, compare=False)
+    window: Window | None = None  # a page's window of its long tables (issue 21); None: every row
 
     @property
     def chart(self) -> monitoring_reports.StepChart | None:
@@ -299,13 +300,17 @@ def build(
     *,
     version: str = "blinded",
     words: Words = ENGLISH,
+    window: Window | None = None,
 ) -> ReportView:
     """One report for the reader, within `scope`. `version` is "blinded" (every report), "restricted"
     (unblinding, participant-flow, sequence: for REPORT_VIEW_UNBLINDED), "safety" (the unblinding
     report with pharmacovigilance unblindings, for pharmacovigilance) or "review" (AUD-09 review
     reports). Raises NotFound for an unknown report, ValidationFailed for a bad filter, and
     trial_state.NotUnblinded (409) for the per-arm participant flow before the final unblinding.
-    Its titles, headings, labels and notes are in the language of `words` (the data are not)."""
+    Its titles, headings, labels and notes are in the language of `words` (the data are not).
+    With a `window` (a page), each long table holds only the window's rows (issue 21): the
+    allocation history and dispensing completeness read only those subjects, the other reports are
+    cut once built; the summary counts every row."""
     if version not in VERSIONS:
         raise NotFound(
             f"no report version {version!r}", errors=[FieldProblem("version", ", ".join(VERSIONS))]
@@ -314,6 +319,8 @@ def build(
     data: Report
     if version == "review":
         data = audit_review(ctx, trial_code, name, scope, flt)
+        if window is not None:
+            data = replace(data, window=window)
         title, uses_period = _("Audit-trail review: %(report)s", report=_(data.kind.title)), True
     else:
         spec = REPORTS.get(name)
@@ -322,7 +329,7 @@ def build(
         )
         if spec is None or not allowed:
             raise _unknown(name, version)
-        data = _compute(ctx, reader, trial_code, name, flt, scope, version)
+        data = _compute(ctx, reader, trial_code, name, flt, scope, version, window)
         title = _(spec.title) if version == "blinded" else _("%(report)s (restricted)", report=_(spec.title))
         uses_period = spec.period
     return ReportView(
@@ -337,10 +344,11 @@ def build(
         site_choices=_site_choices(ctx, trial_code, scope),
         data=data,
         facts=data.facts(_),
-        tables=data.tables(_),
+        tables=tuple(window.cut(t) for t in data.tables(_)) if window is not None else data.tables(_),
         notice=_(_NOTICES[version]) if version in _NOTICES else None,
         test_mode=ctx.settings.env is not Environment.PRODUCTION,
         words=_,
+        window=window,
     )
 
 
@@ -352,16 +360,17 @@ def _compute(
     flt: ReportFilter,
     scope: Scope,
     version: str,
+    window: Window | None = None,
 ) -> Report:
     unblinded = version != "blinded"
     if name == "allocation-history":
-        return allocation_history(ctx, trial_code, scope, flt)
+        return allocation_history(ctx, trial_code, scope, flt, window)
     if name == "enrolment":
         return enrolment(ctx, trial_code, scope, flt)
     if name == "balance":
         return balance(ctx, trial_code, scope, flt)
     if name == "dispensing":
-        return dispensing_completeness(ctx, trial_code, scope, flt)
+        return dispensing_completeness(ctx, trial_code, scope, flt, window)
     if name == "accountability":
         return accountability(ctx, trial_code, scope, flt)
     if name == "unblinding":

@@ -7,9 +7,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
+from sqlalchemy.orm import aliased
 
 from allocator.audit import Action
-from allocator.models import Administration, Batch, Dispensation, Kit, KitEvent, KitStatus, Subject
+from allocator.models import (
+    Administration,
+    Batch,
+    Dispensation,
+    Kit,
+    KitEvent,
+    KitStatus,
+    Subject,
+    SubjectCorrection,
+)
 from allocator.notices import N_
 from allocator.permissions import Scope
 from allocator.printing import monitoring_reports
@@ -23,7 +33,6 @@ from allocator.services.reports.filters import (
     kit_text,
     scoped_frame,
 )
-from allocator.services.subjects import views
 from allocator.wording import Words
 
 # --- protocol-deviation listings (REP-07) ----------------------------------------------------------
@@ -334,28 +343,43 @@ def deviations(ctx: ServiceContext, trial_code: str, scope: Scope, flt: ReportFi
     error, refused scans and dispensing attempts, expired or quarantined kits blocked, kit
     replacements, late entries."""
     frame = scoped_frame(ctx, trial_code, scope, flt)
-    every = views.subjects(ctx, frame.code, frame.scope)
     mis, errors = [], []
-    for view in every:
-        for c in view.corrections:
-            if not frame.flt.in_period(c.at):
-                continue
+    with ctx.db.reading() as session:
+        # The corrections of the period within reach, with their subjects: one query, in the order
+        # of the subjects' views (issue 21).
+        query = (
+            select(SubjectCorrection, Subject.subject_number, Subject.site_id, Subject.strata)
+            .join(Subject, Subject.id == SubjectCorrection.subject_id)
+            .where(
+                Subject.trial_id == frame.trial_id,
+                SubjectCorrection.kind.in_(("stratum", "randomized_in_error")),
+            )
+            .order_by(Subject.id, SubjectCorrection.id)
+        )
+        if not frame.scope.all_sites:
+            query = query.where(Subject.site_id.in_(sorted(frame.scope.site_ids)))
+        if frame.flt.start is not None:
+            query = query.where(SubjectCorrection.at >= frame.flt.start)
+        if frame.flt.end is not None:
+            query = query.where(SubjectCorrection.at < frame.flt.end)
+        for c, number, site_id, strata in session.execute(query).all():
+            site = frame.sites[site_id]
             if c.kind == "stratum":
                 mis.append(
                     MisStratification(
-                        view.subject_number,
-                        view.site,
+                        number,
+                        site,
                         c.field or "",
-                        str(view.strata_at_randomization.get(c.field or "", c.old)),
-                        str(c.new),
+                        str(dict(strata).get(c.field or "", c.old_value)),
+                        str(c.new_value),
                         c.reason,
-                        c.agreement,
-                        c.by,
+                        c.investigator_agreement_ref,
+                        c.by_name,
                         c.at,
                     )
                 )
-            elif c.kind == "randomized_in_error":
-                errors.append(RandomizedInError(view.subject_number, view.site, c.reason, c.by, c.at))
+            else:
+                errors.append(RandomizedInError(number, site, c.reason, c.by_name, c.at))
     with ctx.db.reading() as session:
         lots = {
             b.id: b.lot_code
@@ -384,41 +408,64 @@ def deviations(ctx: ServiceContext, trial_code: str, scope: Scope, flt: ReportFi
             if frame.visible(event.site_id if event.site_id is not None else kit.site_id)
             and (frame.flt.in_period(event.at))
         ]
+        # Columns, not entities (issue 21): the subjects' numbers, the replaced kits with the kit
+        # that replaced each, the administrations' times.
         numbers = {
-            s.id: (s.subject_number, s.site_id)
-            for s in session.execute(select(Subject).where(Subject.trial_id == frame.trial_id)).scalars()
+            sid: (number, site_id)
+            for sid, number, site_id in session.execute(
+                select(Subject.id, Subject.subject_number, Subject.site_id).where(
+                    Subject.trial_id == frame.trial_id
+                )
+            ).all()
         }
-        dispensations = session.execute(
-            select(Dispensation, Kit.kit_number)
+        after, new_kit = aliased(Dispensation), aliased(Kit)
+        replaced = session.execute(
+            select(
+                Dispensation.subject_id,
+                Dispensation.day,
+                Dispensation.replaced_at,
+                Dispensation.replacement_reason,
+                Kit.kit_number,
+                new_kit.kit_number,
+            )
             .join(Kit, Kit.id == Dispensation.kit_id)
             .join(Subject, Subject.id == Dispensation.subject_id)
-            .where(Subject.trial_id == frame.trial_id)
+            .outerjoin(
+                after,
+                (after.subject_id == Dispensation.subject_id)
+                & (after.day == Dispensation.day)
+                & (after.replacement_number == Dispensation.replacement_number + 1),
+            )
+            .outerjoin(new_kit, new_kit.id == after.kit_id)
+            .where(Subject.trial_id == frame.trial_id, Dispensation.status == "replaced")
             .order_by(Dispensation.id)
         ).all()
-        administrations = list(
-            session.execute(
-                select(Administration)
-                .join(Subject, Subject.id == Administration.subject_id)
-                .where(Subject.trial_id == frame.trial_id)
-                .order_by(Administration.id)
-            ).scalars()
-        )
+        administrations = session.execute(
+            select(
+                Administration.subject_id,
+                Administration.day,
+                Administration.administered_at,
+                Administration.recorded_at,
+                Administration.late_entry_reason,
+                Administration.recorded_by_name,
+            )
+            .join(Subject, Subject.id == Administration.subject_id)
+            .where(Subject.trial_id == frame.trial_id)
+            .order_by(Administration.id)
+        ).all()
     labels = {d.day: d.label for d in frame.definition.dispensing.schedule}
-    kit_of = {(d.subject_id, d.day, d.replacement_number): number for d, number in dispensations}
     replacements = [
         Replacement(
-            d.replaced_at,
-            numbers[d.subject_id][0],
-            frame.sites[numbers[d.subject_id][1]],
-            labels.get(d.day, str(d.day)),
+            replaced_at,
+            numbers[subject_id][0],
+            frame.sites[numbers[subject_id][1]],
+            labels.get(day, str(day)),
             number,
-            kit_of.get((d.subject_id, d.day, d.replacement_number + 1), ""),
-            d.replacement_reason or "",
+            replaced_by or "",
+            reason or "",
         )
-        for d, number in dispensations
-        if d.status == "replaced"
-        and frame.visible(numbers[d.subject_id][1])
-        and (frame.flt.in_period(d.replaced_at))
+        for subject_id, day, replaced_at, reason, number, replaced_by in replaced
+        if frame.visible(numbers[subject_id][1]) and (frame.flt.in_period(replaced_at))
     ]
     late = [
         LateEntry(

@@ -7,6 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import func, select
+
+from allocator.models import Dispensation, Subject
 from allocator.permissions import Scope
 from allocator.printing import monitoring_reports
 from allocator.services.context import ServiceContext
@@ -14,9 +17,10 @@ from allocator.services.reports.filters import (
     ALL_SITES,
     Frame,
     ReportFilter,
+    Window,
+    frame_subjects,
     scoped_frame,
     strata_text,
-    subject_views,
 )
 from allocator.services.subjects import views as subjects_views
 from allocator.wording import Words
@@ -64,6 +68,7 @@ class DispensingCompleteness:
     day_labels: tuple[str, ...]
     subjects: tuple[SubjectDoses, ...]
     sites: tuple[SiteDoses, ...]  # each site, then "All sites"
+    window: Window | None = None  # `subjects` are the page's window of them (issue 21)
 
     def facts(self, _: Words) -> tuple[tuple[str, str], ...]:
         total = self.sites[-1]
@@ -125,6 +130,8 @@ class DispensingCompleteness:
                     )
                     for s in self.subjects
                 ),
+                total=self.sites[-1].subjects if self.window is not None else None,
+                start=self.window.start if self.window is not None else 0,
             ),
         )
 
@@ -157,24 +164,96 @@ def subject_doses(frame: Frame, views: Sequence[subjects_views.SubjectView]) -> 
     return out
 
 
-def _site_doses(site: str, rows: Sequence[SubjectDoses], days: int) -> SiteDoses:
-    return SiteDoses(
-        site,
-        len(rows),
-        tuple(sum(r.doses[i].dispensed for r in rows) for i in range(days)),
-        tuple(sum(r.doses[i].administered for r in rows) for i in range(days)),
-        sum(r.complete for r in rows),
+def _site_totals(ctx: ServiceContext, frame: Frame) -> list[SiteDoses]:
+    """Per site of the frame, then for all of them: subjects, kits dispensed and administered per day,
+    complete treatments; counted in the database (three statements, whatever the number of
+    subjects). A day's kit is the subject's latest for that day (a replaced kit is never dispensed
+    or administered any more)."""
+    schedule = sorted(frame.definition.dispensing.schedule, key=lambda d: d.day)
+    position = {d.day: i for i, d in enumerate(schedule)}
+    n = len(schedule)
+    ids = frame_subjects(frame, Subject.id).scalar_subquery()
+    with ctx.db.reading() as session:
+        subjects: dict[int, int] = dict(
+            session.execute(
+                frame_subjects(frame, Subject.site_id, func.count(Subject.id)).group_by(Subject.site_id)
+            ).all()
+        )
+        kits = session.execute(
+            select(Subject.site_id, Dispensation.day, Dispensation.status, func.count(Dispensation.id))
+            .join(Subject, Subject.id == Dispensation.subject_id)
+            .where(
+                Dispensation.subject_id.in_(ids),
+                Dispensation.status.in_(("dispensed", "administered")),
+                Dispensation.day.in_(list(position)),
+            )
+            .group_by(Subject.site_id, Dispensation.day, Dispensation.status)
+        ).all()
+        all_given = (
+            select(Dispensation.subject_id)
+            .where(
+                Dispensation.subject_id.in_(ids),
+                Dispensation.status == "administered",
+                Dispensation.day.in_(list(position)),
+            )
+            .group_by(Dispensation.subject_id)
+            .having(func.count(func.distinct(Dispensation.day)) == n)
+        )
+        complete: dict[int, int] = dict(
+            session.execute(
+                select(Subject.site_id, func.count(Subject.id))
+                .where(Subject.id.in_(all_given))
+                .group_by(Subject.site_id)
+            ).all()
+            if n
+            else ()
+        )
+    dispensed = {sid: [0] * n for sid in frame.sites}
+    administered = {sid: [0] * n for sid in frame.sites}
+    for site_id, day, status, count in kits:
+        dispensed[site_id][position[day]] += count
+        if status == "administered":
+            administered[site_id][position[day]] += count
+    by_code = {code: sid for sid, code in frame.sites.items()}
+    out = [
+        SiteDoses(
+            code,
+            subjects.get(by_code[code], 0),
+            tuple(dispensed[by_code[code]]),
+            tuple(administered[by_code[code]]),
+            complete.get(by_code[code], 0),
+        )
+        for code in frame.site_codes
+    ]
+    out.append(
+        SiteDoses(
+            ALL_SITES,
+            sum(s.subjects for s in out),
+            tuple(sum(s.dispensed[i] for s in out) for i in range(n)),
+            tuple(sum(s.administered[i] for s in out) for i in range(n)),
+            sum(s.complete for s in out),
+        )
     )
+    return out
+
+
+def frame_doses(ctx: ServiceContext, frame: Frame, window: Window | None = None) -> list[SubjectDoses]:
+    """The doses of the frame's subjects in randomization order (of the `window`'s, when given)."""
+    with ctx.db.reading() as session:
+        query = frame_subjects(frame).order_by(Subject.id)
+        if window is not None:
+            query = query.offset(window.start).limit(window.size)
+        subjects = list(session.execute(query).scalars())
+        views = subjects_views.subject_views(session, frame.definition, subjects, frame.sites)
+    return subject_doses(frame, views)
 
 
 def dispensing_completeness(
-    ctx: ServiceContext, trial_code: str, scope: Scope, flt: ReportFilter
+    ctx: ServiceContext, trial_code: str, scope: Scope, flt: ReportFilter, window: Window | None = None
 ) -> DispensingCompleteness:
     """Per subject randomized in the period, whether each day's kit was dispensed and administered,
-    and per site the totals and the number of complete (3/3) treatments."""
+    and per site the totals and the number of complete (3/3) treatments. With a `window` (a page),
+    only its subjects are read; the per-site totals are counted in the database (issue 21)."""
     frame = scoped_frame(ctx, trial_code, scope, flt)
-    rows = subject_doses(frame, subject_views(ctx, frame))
-    n = len(frame.day_labels)
-    sites = [_site_doses(code, [r for r in rows if r.site == code], n) for code in frame.site_codes]
-    sites.append(_site_doses(ALL_SITES, rows, n))
-    return DispensingCompleteness(frame.day_labels, tuple(rows), tuple(sites))
+    rows = frame_doses(ctx, frame, window)
+    return DispensingCompleteness(frame.day_labels, tuple(rows), tuple(_site_totals(ctx, frame)), window)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from allocator.audit import Action, Actor
@@ -21,19 +21,36 @@ def to_csv(view: ReportView) -> str:
     "# section" row, its header and its rows. Every cell is neutralised against formula injection.
     Keys, headers and cells are in the reader's language, as on the page and in the PDF; the
     markers "# summary" and "# section" stay as they are, so that a script can split the file."""
-    rows: list[Sequence[str]] = [(f"# {key.lower()}", value) for key, value in view.metadata()]
-    rows += [("# summary", key, value) for key, value in view.facts]
+    return "".join(csv_chunks(view))
+
+
+def _csv_rows(view: ReportView) -> Iterator[Sequence[str]]:
+    yield from ((f"# {key.lower()}", value) for key, value in view.metadata())
+    yield from (("# summary", key, value) for key, value in view.facts)
     for table in view.tables:
-        rows += [("# section", table.title), table.columns, *table.rows]
-    return safe_csv.csv_text(rows)
+        yield ("# section", table.title)
+        yield table.columns
+        yield from table.rows
+
+
+def csv_chunks(view: ReportView) -> Iterator[str]:
+    """`to_csv` in pieces, row by row (issue 21)."""
+    return safe_csv.csv_chunks(_csv_rows(view))
 
 
 @dataclass(frozen=True, slots=True)
 class Export:
     filename: str
     mimetype: str
-    body: bytes
+    # The file in pieces, each time it is called: a CSV is written row by row as it is sent, never
+    # held whole (issue 21); a PDF is one piece.
+    chunks: Callable[[], Iterator[bytes]]
     rows: int
+
+    @property
+    def body(self) -> bytes:
+        """The whole file (the closing archive, the tests)."""
+        return b"".join(self.chunks())
 
 
 def export(
@@ -53,11 +70,26 @@ def export(
     if fmt not in ("csv", "pdf"):
         raise ValidationFailed("unknown format", errors=[FieldProblem("format", "csv or pdf")])
     view = build(ctx, actor, trial_code, name, flt, scope, version=version, words=words)
+    digest = hashlib.sha256()
+    chunks: Callable[[], Iterator[bytes]]
     if fmt == "csv":
-        body, mimetype = to_csv(view).encode("utf-8"), "text/csv"
+        # Written twice, row by row, never whole: once for its SHA-256 (recorded before the first
+        # byte leaves), once as it is sent (issue 21).
+        def chunks() -> Iterator[bytes]:
+            return (piece.encode("utf-8") for piece in csv_chunks(view))
+
+        mimetype = "text/csv"
+        for piece in chunks():
+            digest.update(piece)
     else:
-        body, mimetype = monitoring_reports.render_report_pdf(view.document()), "application/pdf"
-    counted = {"rows": view.rows, "sha256": hashlib.sha256(body).hexdigest()}
+        pdf = monitoring_reports.render_report_pdf(view.document())
+        digest.update(pdf)
+
+        def chunks() -> Iterator[bytes]:
+            return iter((pdf,))
+
+        mimetype = "application/pdf"
+    counted = {"rows": view.rows, "sha256": digest.hexdigest()}
     # The row count of a restricted export would tell blinded readers of the audit trail how many
     # pharmacovigilance unblindings there are (UNB-08): it is sealed, like every unblinded value.
     restricted = view.version in ("restricted", "safety")
@@ -81,4 +113,4 @@ def export(
             sealed=counted if restricted else None,
             at=ctx.now(),
         )
-    return Export(f"{view.file_stem}.{fmt}", mimetype, body, view.rows)
+    return Export(f"{view.file_stem}.{fmt}", mimetype, chunks, view.rows)

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 
 import kits as kitlib
-from allocator.models import Site
+from allocator.models import Site, Subject
 from allocator.notices import N_
 from allocator.permissions import Scope
+from allocator.printing import monitoring_reports
 from allocator.services import periods, signatures
 from allocator.services.context import ServiceContext
 from allocator.services.errors import FieldProblem, ValidationFailed
@@ -60,6 +62,8 @@ def signature_text(signed: signatures.Manifestation | None, _: Words) -> str:
 
 def audit_time(at: str) -> datetime:
     """An audit entry's time (ISO 8601 UTC text, AUD-07) as an aware datetime."""
+    if len(at) == 27 and at[-1] == "Z":  # as recorded, "2026-12-05T12:09:30.123456Z": parsed in C
+        return datetime.fromisoformat(at[:-1]).replace(tzinfo=UTC)
     return datetime.strptime(at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 
@@ -211,3 +215,57 @@ def strata_text(values: Mapping[str, object]) -> str:
 def subject_views(ctx: ServiceContext, frame: Frame) -> list[views.SubjectView]:
     """The blinded subject views within reach, randomized in the period."""
     return [v for v in views.subjects(ctx, frame.code, frame.scope) if frame.flt.in_period(v.randomized_at)]
+
+
+def frame_subjects(frame: Frame, *columns: Any) -> Select[Any]:
+    """The subjects of the frame (its trial, the reader's sites narrowed to the filter's, randomized
+    in the period), narrowed in SQL (issue 21): `select(Subject)`, or of `columns` when given."""
+    query = select(*columns) if columns else select(Subject)
+    query = query.where(Subject.trial_id == frame.trial_id)
+    if not frame.scope.all_sites:
+        query = query.where(Subject.site_id.in_(sorted(frame.scope.site_ids)))
+    if frame.flt.start is not None:
+        query = query.where(Subject.randomized_at >= frame.flt.start)
+    if frame.flt.end is not None:
+        query = query.where(Subject.randomized_at < frame.flt.end)
+    return query
+
+
+# --- the rows a page shows (issue 21) --------------------------------------------------------------
+
+PAGE_ROWS = 200  # rows of a long table on a report page; the CSV and the PDF hold every row
+_MAX_OFFSET = 10**9
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The rows of each long table a report page shows: `size` rows from row `start` (0-based).
+    A report that can read only those rows (the allocation history, dispensing completeness) does;
+    the others are cut after they are built, so that a page never grows with the trial."""
+
+    start: int = 0
+    size: int = PAGE_ROWS
+
+    @classmethod
+    def parse(cls, args: Mapping[str, str]) -> Window:
+        """From the query string's `offset`; raises ValidationFailed naming it."""
+        raw = (args.get("offset") or "").strip()
+        if not raw:
+            return cls(0, PAGE_ROWS)
+        if raw.isascii() and raw.isdigit() and int(raw) <= _MAX_OFFSET:
+            return cls(int(raw), PAGE_ROWS)
+        raise ValidationFailed(
+            "invalid offset", errors=[FieldProblem("offset", "must be a whole number from 0")]
+        )
+
+    def cut(self, table: monitoring_reports.Table) -> monitoring_reports.Table:
+        """The table's rows in the window. A short table (one window or less: the per-site totals)
+        is shown whole on every page; a table already read as a window stays as it is."""
+        if table.total is not None or len(table.rows) <= self.size:
+            return table
+        return replace(
+            table,
+            rows=table.rows[self.start : self.start + self.size],
+            start=self.start,
+            total=len(table.rows),
+        )

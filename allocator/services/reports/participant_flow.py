@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 
@@ -17,8 +18,8 @@ from allocator.printing import monitoring_reports
 from allocator.services import arm_access, lookups
 from allocator.services.context import ServiceContext
 from allocator.services.lookups import get_trial
-from allocator.services.reports.dispensing import SubjectDoses, subject_doses
-from allocator.services.reports.filters import ALL_SITES, Frame, ReportFilter, scoped_frame, subject_views
+from allocator.services.reports.dispensing import SubjectDoses, frame_doses
+from allocator.services.reports.filters import ALL_SITES, Frame, ReportFilter, scoped_frame
 from allocator.wording import Words
 
 # --- CONSORT-style participant flow (REP-04) ------------------------------------------------------
@@ -168,12 +169,19 @@ def _screening(ctx: ServiceContext, frame: Frame) -> list[tuple[str, bool, list[
     screening number at a site, its latest check (earlier checks with corrected answers are history,
     kept in the screening log, not counted again)."""
     with ctx.db.reading() as session:
-        latest: dict[tuple[int, str], ScreeningEntry] = {}
-        for e in session.execute(
-            select(ScreeningEntry)
+        latest: dict[tuple[int, str], Any] = {}
+        for e in session.execute(  # columns, not entities: a trial screens thousands (issue 21)
+            select(
+                ScreeningEntry.id,
+                ScreeningEntry.site_id,
+                ScreeningEntry.screening_number,
+                ScreeningEntry.eligible,
+                ScreeningEntry.failures,
+                ScreeningEntry.screened_at,
+            )
             .where(ScreeningEntry.trial_id == frame.trial_id)
             .order_by(ScreeningEntry.id)
-        ).scalars():
+        ).all():
             latest[(e.site_id, e.screening_number)] = e
         return [
             (frame.sites[e.site_id], e.eligible, [str(f.get("criterion", "")) for f in e.failures])
@@ -189,15 +197,19 @@ def participant_flow(
     randomized in error, withdrawn, kits dispensed and administered per day, complete treatments; in
     total, per site and per stratum."""
     frame = scoped_frame(ctx, trial_code, scope, flt)
-    rows = subject_doses(frame, subject_views(ctx, frame))
+    rows = frame_doses(ctx, frame)
     screening = _screening(ctx, frame)
     n = len(frame.day_labels)
     columns = (ALL_SITES, *frame.site_codes)
     counts = [_flow([(e, f) for _, e, f in screening], rows, n)]
+    screened_at: dict[str, list[tuple[bool, list[str]]]] = defaultdict(list)
+    for site, eligible, failed in screening:
+        screened_at[site].append((eligible, failed))
+    randomized_at: dict[str, list[SubjectDoses]] = defaultdict(list)
+    for r in rows:
+        randomized_at[r.site].append(r)
     for code in frame.site_codes:
-        counts.append(
-            _flow([(e, f) for s, e, f in screening if s == code], [r for r in rows if r.site == code], n)
-        )
+        counts.append(_flow(screened_at[code], randomized_at[code], n))
     return ParticipantFlow(
         frame.day_labels,
         columns,
@@ -208,12 +220,11 @@ def participant_flow(
 
 
 def _by_stratum(frame: Frame, rows: Sequence[SubjectDoses]) -> tuple[tuple[str, str, FlowCounts], ...]:
-    keys = sorted({(r.site, r.strata) for r in rows})
+    groups: dict[tuple[str, str], list[SubjectDoses]] = defaultdict(list)
+    for r in rows:
+        groups[(r.site, r.strata)].append(r)
     n = len(frame.day_labels)
-    return tuple(
-        (site, stratum, _flow(None, [r for r in rows if (r.site, r.strata) == (site, stratum)], n))
-        for site, stratum in keys
-    )
+    return tuple((site, stratum, _flow(None, groups[(site, stratum)], n)) for site, stratum in sorted(groups))
 
 
 def _reasons(frame: Frame, screening: Sequence[tuple[str, bool, list[str]]]) -> tuple[tuple[str, int], ...]:
@@ -233,7 +244,7 @@ def participant_flow_by_arm(
     frame = scoped_frame(ctx, trial_code, scope, flt)
     with ctx.db.reading() as session:
         lookups.require_unblinded(get_trial(session, frame.code))
-    rows = subject_doses(frame, subject_views(ctx, frame))
+    rows = frame_doses(ctx, frame)
     wanted = {r.subject_number for r in rows}
     arms: dict[str, str] = {}
     with ctx.db.unit_of_work() as session:

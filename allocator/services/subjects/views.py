@@ -136,6 +136,9 @@ class SubjectView:
         }
 
 
+MAX_PAGE = 1000  # subjects of one page of a list or a report
+
+
 def subject_view(
     session: Session, definition: TrialDefinition, subject: Subject, site_codes: Mapping[int, str]
 ) -> SubjectView:
@@ -156,24 +159,37 @@ def subject_views(
         return []
     trial_id = subjects[0].trial_id
     ids = [s.id for s in subjects]
-    # One subject (a subject page): narrow by id. Many (a list, a report): the trial's rows, which
-    # costs one scan instead of a parameter list that grows with the subjects.
+    # One subject (a subject page): narrow by id; a page of a list or a report (at most MAX_PAGE):
+    # by its ids, a bounded parameter list. More (a whole report): the trial's rows, which costs
+    # one scan instead of a parameter list that grows with the subjects.
     if len(ids) == 1:
         mine: Callable[[Any], Any] = lambda column: column == ids[0]  # noqa: E731
+    elif len(ids) <= MAX_PAGE:
+        mine = lambda column: column.in_(ids)  # noqa: E731
     else:
         in_trial = select(Subject.id).where(Subject.trial_id == trial_id).scalar_subquery()
         mine = lambda column: column.in_(in_trial)  # noqa: E731
     labels = {d.day: d.label for d in definition.dispensing.schedule}
     wanted = set(ids)
 
-    kits: dict[int, dict[int, tuple[Dispensation, str]]] = defaultdict(dict)
-    for dispensation, kit_number in session.execute(
-        select(Dispensation, Kit.kit_number)
+    # Columns, not entities: a report reads three rows per subject, and building an ORM object for
+    # each cost more than the rest of the view.
+    kits: dict[int, dict[int, Any]] = defaultdict(dict)
+    for row in session.execute(
+        select(
+            Dispensation.subject_id,
+            Dispensation.day,
+            Dispensation.id,
+            Dispensation.status,
+            Dispensation.dispensed_at,
+            Dispensation.replacement_number,
+            Kit.kit_number,
+        )
         .join(Kit, Kit.id == Dispensation.kit_id)
         .where(mine(Dispensation.subject_id))
         .order_by(Dispensation.subject_id, Dispensation.day, Dispensation.replacement_number)
     ).all():
-        kits[dispensation.subject_id][dispensation.day] = (dispensation, kit_number)  # the last replacement
+        kits[row.subject_id][row.day] = row  # the last replacement
     administered = dict(
         session.execute(
             select(Administration.dispensation_id, Administration.administered_at).where(
@@ -218,13 +234,13 @@ def subject_views(
                     DayView(
                         day=day,
                         label=labels.get(day, f"D{day}"),
-                        kit_number=kit_number,
+                        kit_number=d.kit_number,
                         status=d.status,
                         dispensed_at=d.dispensed_at,
                         administered_at=administered.get(d.id),
                         replacements=d.replacement_number,
                     )
-                    for day, (d, kit_number) in sorted(kits.get(subject.id, {}).items())
+                    for day, d in sorted(kits.get(subject.id, {}).items())
                 ),
                 corrections=tuple(
                     CorrectionView(
@@ -291,9 +307,6 @@ def site_choices(ctx: ServiceContext, trial_code: str, scope: Scope) -> list[str
 class SubjectPage:
     subjects: list[SubjectView]
     next_after: str | None  # the subject number to pass as `after` for the next page; None: last page
-
-
-MAX_PAGE = 1000
 
 
 def subjects_page(
