@@ -9,7 +9,8 @@ a daily job, so that kits passing their usable date between two events are notic
 
 How many courses a site holds (blinded, BLD-04, BLD-12): its available kits still usable for a
 course allocated when a shipment requested now would arrive (today + lead time), plus the kits of
-its prepared or shipped shipments, divided by the kits of one course (one per dispensing day). The
+its prepared or shipped shipments (less those quarantined on the way after a temperature
+excursion), divided by the kits of one course (one per dispensing day). The
 count never looks at an arm, so whether and when a shipment is requested does not depend on the arm
 of any subject; the shipment itself is balanced by arm (`depot.prepare_shipment`). Because the count
 is blind, the trigger level must cover the difference between the arms that the lists allow at a
@@ -59,6 +60,18 @@ _ON_HAND_AND_ON_ORDER = select(
     .scalar_subquery(),
     select(func.coalesce(func.sum(Shipment.kit_count), 0))
     .where(Shipment.site_id == bindparam("site_id"), Shipment.status.in_(("prepared", "shipped")))
+    .scalar_subquery(),
+    # Kits of those shipments quarantined on the way (a temperature excursion): not on order any
+    # more. The index on (shipment_id, status) bounds this by the site's open shipments.
+    select(func.count())
+    .select_from(Kit)
+    .join(Shipment, Shipment.id == Kit.shipment_id)
+    .where(
+        Shipment.site_id == bindparam("site_id"),
+        Shipment.status.in_(("prepared", "shipped")),
+        Kit.status == S.QUARANTINED.value,
+        Kit.site_id.is_(None),
+    )
     .scalar_subquery(),
 )
 _RECENT_SUBJECTS = (
@@ -182,10 +195,10 @@ def _courses(
     session: Session, definition: TrialDefinition, levels: SiteSupply, site: SiteRef, now: datetime
 ) -> int:
     horizon = needed_until(definition, definition.local_date(now) + timedelta(days=levels.lead_time_days))
-    on_hand, on_order = (
+    on_hand, on_order, held_on_the_way = (
         session.connection().execute(_ON_HAND_AND_ON_ORDER, {"site_id": site.id, "horizon": horizon}).one()
     )
-    return (int(on_hand) + int(on_order)) // course_kits(definition)
+    return (int(on_hand) + int(on_order) - int(held_on_the_way)) // course_kits(definition)
 
 
 def _ensure(
