@@ -79,6 +79,8 @@ class Kit(Base):
         UniqueConstraint("trial_id", "kit_number"),
         # The kit draw's id range of a site's available kits, in two index look-ups (issue 16).
         Index("ix_kit_site_status_id", "site_id", "status", "id"),
+        # The resupply check's kits quarantined on the way, per open shipment (issue 19).
+        Index("ix_kit_shipment_status", "shipment_id", "status"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

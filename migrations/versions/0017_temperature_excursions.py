@@ -1,5 +1,6 @@
 """Temperature excursions (issue 19): the report, its logger file, its kits and the sponsor's decision;
-and the kits awaiting a new expiry label after a batch's expiry changed (`kit.relabel_requested_at`).
+and the kits awaiting a new expiry label after a batch's expiry changed (`kit.relabel_requested_at`);
+an index on kit (shipment_id, status) for the resupply check's kits quarantined on the way.
 
 `temperature_excursion` rows are never deleted and, once decided, never changed; `excursion_kit` is
 append-only.
@@ -98,6 +99,7 @@ def upgrade() -> None:
 
     with op.batch_alter_table("kit", schema=None) as batch_op:
         batch_op.add_column(sa.Column("relabel_requested_at", sa.DateTime(), nullable=True))
+        batch_op.create_index("ix_kit_shipment_status", ["shipment_id", "status"], unique=False)
 
     dialect = op.get_bind().dialect.name
     for statement in dbguards.guard(dialect, "temperature_excursion", updates=True) + dbguards.guard_decided(
@@ -117,6 +119,7 @@ def downgrade() -> None:
     ):
         op.execute(statement)
     with op.batch_alter_table("kit", schema=None) as batch_op:
+        batch_op.drop_index("ix_kit_shipment_status")
         batch_op.drop_column("relabel_requested_at")
     with op.batch_alter_table("excursion_kit", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_excursion_kit_kit_id"))

@@ -19,7 +19,7 @@ from allocator.models import Batch, Kit, Notification, Shipment, Site
 from allocator.services import signatures, sites, trials
 from allocator.services.context import ServiceContext
 from allocator.services.lists import approval, generation
-from allocator.services.supply import kit_lists, kit_status, resupply, shipments
+from allocator.services.supply import excursions, kit_lists, kit_status, resupply, shipments
 from tests.support import (
     ALL_SITES,
     CLI_ACTOR,
@@ -289,3 +289,29 @@ def test_above_the_trigger_a_randomization_pays_one_statement(ctx: ServiceContex
     resupply_statements = [s for s in statements if "shipment" in s.lower()]
     assert len(resupply_statements) == 1 and "sum(shipment.kit_count)" in resupply_statements[0]
     assert open_shipments(ctx) == []
+
+
+@pytest.mark.req("BLD-04", "LBL-05")
+def test_kits_quarantined_on_the_way_are_no_longer_on_order(ctx: ServiceContext) -> None:
+    """Issue 19: an excursion in transit quarantines the whole initial shipment; the site is then
+    below its trigger at once, and a new shipment is requested in the report's transaction."""
+    world(ctx, LEVELS, {"LOT-1": (48, 365)})
+    activate(ctx)
+    shipments.ship(ctx, CLI_ACTOR, TRIAL, "SH-0001")
+    assert open_shipments(ctx) == [("SH-0001", "shipped", 18)]  # 6 courses on the way: nothing due
+    excursions.report_excursion(
+        ctx,
+        person(ctx, "pharma-p1", "pharmacist", "P1"),
+        TRIAL,
+        place="shipment",
+        shipment_number="SH-0001",
+        minimum="4",
+        maximum="15",
+        duration_minutes="240",
+        note="",
+        logger=excursions.LoggerFile("log.csv", b"t,c\n1,15\n"),
+        scope=ALL_SITES,
+        signature=signatures.SignatureRequest(password=GOOD_PASSWORD),
+    )
+    # Up to the resupply level of 7 courses, in whole courses of every arm (units of 6 kits): 24.
+    assert open_shipments(ctx) == [("SH-0001", "shipped", 18), ("SH-0002", "prepared", 24)]

@@ -12,7 +12,8 @@ randomization needs a course of every arm whichever the list gives. Its availabl
 for a course allocated when a shipment requested now would arrive (today + lead time) are counted
 per arm inside the service (one audited machine read, `arm_access.kit_arm_counts_in`), each arm
 scaled by its share of the ratio, and the least of them is taken; the kits of its prepared or
-shipped shipments (balanced by arm) are added whole; divided by the kits of one course. Neither
+shipped shipments (balanced by arm) are added whole, less those quarantined on the way after a
+temperature excursion; divided by the kits of one course. Neither
 arm nor count per arm leaves the check: only whether a shipment is requested and its size. Counting
 all kits without looking at arms (before) let the arms drift apart at a site — the lists allow half
 the largest block per stratum, and kits of one arm expire before the other's — until one arm ran
@@ -59,8 +60,22 @@ _USABLE_SEALED = select(Kit.kit_number, Kit.sealed_arm).where(
     Kit.status == S.AVAILABLE.value,
     Kit.expiry_date >= bindparam("horizon"),
 )
-_ON_ORDER = select(func.coalesce(func.sum(Shipment.kit_count), 0)).where(
-    Shipment.site_id == bindparam("site_id"), Shipment.status.in_(("prepared", "shipped"))
+_ON_ORDER = select(
+    select(func.coalesce(func.sum(Shipment.kit_count), 0))
+    .where(Shipment.site_id == bindparam("site_id"), Shipment.status.in_(("prepared", "shipped")))
+    .scalar_subquery(),
+    # Kits of those shipments quarantined on the way (a temperature excursion): not on order any
+    # more. The index on (shipment_id, status) bounds this by the site's open shipments.
+    select(func.count())
+    .select_from(Kit)
+    .join(Shipment, Shipment.id == Kit.shipment_id)
+    .where(
+        Shipment.site_id == bindparam("site_id"),
+        Shipment.status.in_(("prepared", "shipped")),
+        Kit.status == S.QUARANTINED.value,
+        Kit.site_id.is_(None),
+    )
+    .scalar_subquery(),
 )
 CHECK_PURPOSE = "resupply check: usable treatment courses of the site (the least of its arms)"
 _RECENT_SUBJECTS = (
@@ -204,7 +219,8 @@ def _courses(
         (row.kit_number, row.sealed_arm)
         for row in connection.execute(_USABLE_SEALED, {"site_id": site.id, "horizon": horizon})
     ]
-    on_order = int(connection.execute(_ON_ORDER, {"site_id": site.id}).scalar_one())
+    shipped, held_on_the_way = connection.execute(_ON_ORDER, {"site_id": site.id}).one()
+    on_order = int(shipped) - int(held_on_the_way)
     per_arm = arm_access.kit_arm_counts_in(
         session,
         ctx,
