@@ -46,6 +46,12 @@ def kept_content(
 
 
 def next_document_id(session: Session, trial: Trial, prefix: str) -> str:
+    """The next document id of the trial, counted under the trial row's lock until the caller's
+    commit: two prints at once (at two sites, or a label sheet beside a dispensation sheet) used to
+    count the same documents and clash on the unique document id (a 500). `FOR NO KEY UPDATE` does
+    not block the inserts that merely refer to the trial (randomizations), only other numberings.
+    SQLite serializes writing transactions anyway."""
+    session.execute(select(Trial.id).where(Trial.id == trial.id).with_for_update(key_share=True))
     count = session.execute(
         select(func.count()).select_from(PrintedDocument).where(PrintedDocument.trial_id == trial.id)
     ).scalar_one()

@@ -7,8 +7,10 @@ with its own error and allocated nothing."""
 from __future__ import annotations
 
 import multiprocessing
+import threading
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -18,8 +20,10 @@ from sqlalchemy import func, select
 
 from allocator import audit, crypto
 from allocator.db import Database
-from allocator.models import AuditEvent, Dispensation, Kit, Slot, Stratum, Subject
+from allocator.models import AuditEvent, Dispensation, Kit, PrintedDocument, Site, Slot, Stratum, Subject
+from allocator.permissions import Scope
 from allocator.services.context import ServiceContext
+from allocator.services.supply import disposal
 from allocator.settings import Environment, Settings
 from tests.conftest import FreshDatabase
 from tests.integration import concurrency_worker
@@ -311,3 +315,51 @@ def test_no_dose_commits_after_a_concurrent_withdrawal(live: ServiceContext, ope
     assert isinstance(failure, SubjectWithdrawn), failure
     assert statuses() == before
     assert refusals() == refused_before + 1
+
+
+@pytest.mark.req("LBL-11", "LBL-12")
+def test_documents_printed_at_two_sites_at_once_get_distinct_ids(live: ServiceContext) -> None:
+    """A review of issue 19 found two kit returns recorded at P1 and P2 at the same moment clashing
+    on the printed document's id (counted trial-wide, while each return locked only its own site):
+    a 500 in 5 rounds of 6 on PostgreSQL. Each numbering now holds the trial row until its commit."""
+
+    everywhere = Scope(all_sites=True, site_ids=frozenset())
+    ready = ready_trial(live)
+    with live.db.reading() as s:
+        per_site = {
+            code: list(
+                s.execute(
+                    select(Kit.kit_number)
+                    .join(Site, Site.id == Kit.site_id)
+                    .where(Site.code == code, Kit.status == "available")
+                    .order_by(Kit.kit_number)
+                ).scalars()
+            )
+            for code in ("P1", "P2")
+        }
+    failures: list[str] = []
+    for round_ in range(6):
+        start = threading.Barrier(2)
+
+        def record(code: str, kit: int = round_, barrier: threading.Barrier = start) -> str:
+            barrier.wait()
+            try:
+                return disposal.record(
+                    live,
+                    ready.pharmacist,
+                    "IFNG-PAIS",
+                    "return",
+                    [per_site[code][kit]],
+                    method="courier",
+                    scope=everywhere,
+                )
+            except Exception as exc:
+                failures.append(f"round {kit} at {code}: {type(exc).__name__}: {exc}"[:300])
+                return ""
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            list(pool.map(record, ["P1", "P2"]))
+    assert failures == []
+    with live.db.reading() as s:
+        ids = list(s.execute(select(PrintedDocument.document_id)).scalars())
+    assert len(ids) == len(set(ids)) >= 12
