@@ -275,7 +275,8 @@ class TrialSummary:
     title: str
     short_title: str
     status: str
-    eu_ct_number: str
+    kind: str  # "randomized" or "observational" (issue 20)
+    eu_ct_number: str | None  # None for an observational cohort outside the EU CTR
     nct_number: str
     sponsor_protocol_code: str
     sponsor: str
@@ -329,6 +330,7 @@ def trial_summary(ctx: ServiceContext, code: str, site_ids: frozenset[int] | Non
             title=trial.title,
             short_title=trial.short_title,
             status=trial.status,
+            kind=definition.kind,
             eu_ct_number=definition.eu_ct_number,
             nct_number=definition.nct_number,
             sponsor_protocol_code=definition.sponsor_protocol_code,

@@ -878,7 +878,15 @@ def document() -> dict[str, Any]:
                         "title": {"type": "string"},
                         "short_title": {"type": "string"},
                         "status": {"type": "string", "enum": ["setup", "active", "locked", "unblinded"]},
-                        "eu_ct_number": {"type": "string"},
+                        "kind": {
+                            "type": "string",
+                            "enum": ["randomized", "observational"],
+                            "description": "observational: a cohort with registration and samples, no arms",
+                        },
+                        "eu_ct_number": {
+                            "type": ["string", "null"],
+                            "description": "null for a study outside the EU CTR (an observational cohort)",
+                        },
                         "nct_number": {"type": "string"},
                         "sponsor_protocol_code": {"type": "string"},
                         "sponsor": {"type": "string"},

@@ -141,6 +141,10 @@ def test_load_trial_takes_the_name_of_a_shipped_definition(  # type: ignore[no-u
     assert "loaded trial IFNG-PAIS (definition version 1)" in out
     code, out = run("load-trial", str(IFN_TRIAL))  # the very same file
     assert code == 0 and "nothing changed" in out
+    code, out = run("load-trial", "immunosepsis-4")  # the observational cohort (issue 20)
+    assert code == 0, out
+    assert "loaded trial IMMUNOSEPSIS-4 (definition version 1)" in out
+    assert "sites added (pending activation): L1" in out
 
     (tmp_path / "ifn-gamma-pais").write_text("not = [a definition", encoding="utf-8")
     code, out = run("load-trial", "ifn-gamma-pais")
@@ -148,7 +152,10 @@ def test_load_trial_takes_the_name_of_a_shipped_definition(  # type: ignore[no-u
 
     code, out = run("load-trial", "no-such-trial")
     assert code == 1
-    assert "no-such-trial: file not found (definitions shipped with allocator: ifn-gamma-pais)" in out
+    assert (
+        "no-such-trial: file not found (definitions shipped with allocator: ifn-gamma-pais, immunosepsis-4)"
+        in out
+    )
     code, out = run("load-trial", "elsewhere/ifn-gamma-pais")  # a path is only ever a path
     assert code == 1 and "file not found" in out
 
