@@ -120,6 +120,7 @@ class Action(enum.StrEnum):
     # subjects (RND-05..09)
     SCREENING_FAILED = "screening.ineligible"
     SUBJECT_RANDOMIZED = "subject.randomized"
+    SUBJECT_REGISTERED = "subject.registered"  # an observational study's participant (issue 20)
     SUBJECT_FLAGGED_IN_ERROR = "subject.randomized_in_error"
     SUBJECT_STRATUM_CORRECTED = "subject.stratum_corrected"
     SUBJECT_WITHDRAWN = "subject.withdrawn"  # REP-04

@@ -60,6 +60,7 @@ KNOWN = frozenset(
         N_("the stratification data are invalid"),
         N_("invalid screening number"),
         N_("is already randomized"),
+        N_("is already registered"),  # an observational study (issue 20)
         N_("must be a whole number"),
         N_("must be a number"),
         N_("must be yes or no"),
@@ -231,6 +232,24 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (
         re.compile(r"^(?P<screening>\S+) is not eligible: recorded in the screening log, not randomized$"),
         N_("%(screening)s is not eligible: recorded in the screening log, not randomized"),
+    ),
+    (
+        re.compile(r"^(?P<screening>\S+) is not eligible: recorded in the screening log, not registered$"),
+        N_("%(screening)s is not eligible: recorded in the screening log, not registered"),
+    ),
+    (
+        re.compile(
+            r"^no central-lab working day for the (?P<label>\S+) sample between (?P<first>\S+) and (?P<last>\S+)$"
+        ),
+        N_("no central-lab working day for the %(label)s sample between %(first)s and %(last)s"),
+    ),
+    (
+        re.compile(r"^(?P<trial>\S+) is an observational study: register the patient instead$"),
+        N_("%(trial)s is an observational study: register the patient instead"),
+    ),
+    (
+        re.compile(r"^(?P<trial>\S+) randomizes its patients: use the randomization$"),
+        N_("%(trial)s randomizes its patients: use the randomization"),
     ),
     (
         re.compile(

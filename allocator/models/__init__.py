@@ -2,6 +2,7 @@
 
 from allocator.models.audit import AuditChainHead, AuditCheckpoint, AuditEvent, AuditVerification
 from allocator.models.base import Base
+from allocator.models.cohort import PlannedSample, Registration
 from allocator.models.dispensation import Administration, Dispensation, PrintedDocument
 from allocator.models.drill import DrillSubject, UnblindingDrill
 from allocator.models.idempotency import IdempotentRequest
@@ -67,8 +68,10 @@ __all__ = [
     "LoginThrottle",
     "MinimizationDecision",
     "Notification",
+    "PlannedSample",
     "PrintedDocument",
     "RandomizationList",
+    "Registration",
     "RoleAssignment",
     "RoleRevocation",
     "ScreeningEntry",

@@ -14,6 +14,7 @@ from allocator.models import (
     ListMode,
     ListStatus,
     RandomizationList,
+    Registration,
     Site,
     SiteStatus,
     Subject,
@@ -304,11 +305,13 @@ def trial_summary(ctx: ServiceContext, code: str, site_ids: frozenset[int] | Non
     with ctx.db.reading() as session:
         trial = get_trial(session, code)
         definition = current_definition(session, trial)
+        # An observational study's participants are registered, not randomized (issue 20).
+        enrolled = Registration if definition.observational else Subject
         counts = dict(
             session.execute(
-                select(Subject.site_id, func.count())
-                .where(Subject.trial_id == trial.id)
-                .group_by(Subject.site_id)
+                select(enrolled.site_id, func.count())
+                .where(enrolled.trial_id == trial.id)
+                .group_by(enrolled.site_id)
             ).all()
         )
         sites = [

@@ -22,6 +22,7 @@ from allocator.services.lookups import trial_definition
 from allocator.services.subjects import confirmation as subjects_confirmation
 from allocator.services.subjects import corrections, views
 from allocator.services.subjects import randomize as subjects_randomize
+from allocator.services.subjects import register as subjects_register
 from allocator.services.subjects import withdrawal as subjects_withdrawal
 from allocator.trialdef import BooleanCriterion, NumberCriterion, TrialDefinition
 from allocator.web import forms, hygiene, messages
@@ -90,6 +91,7 @@ def _randomize_labels(definition: TrialDefinition) -> tuple[dict[str, str], dict
 
 
 def _randomize_page(form: forms.FormState | None = None, status: int = 200) -> Response:
+    """The screening form: randomization, or registration in an observational study (issue 20)."""
     definition = trial_definition(ctx(), current_trial().code)
     visible = scope(Permission.SUBJECT_RANDOMIZE)
     sites = [s for s in services_sites.sites(ctx(), current_trial().code) if visible.allows_site(s.id)]
@@ -103,14 +105,71 @@ def _randomize_page(form: forms.FormState | None = None, status: int = 200) -> R
         criteria={c.id: c for c in definition.eligibility},
         BooleanCriterion=BooleanCriterion,
         NumberCriterion=NumberCriterion,
+        cohort=definition.observational,
     )
     return Response(html, status=status, mimetype="text/html")
 
 
 @bp.route("/trials/<trial>/randomize")
 @requires(Permission.SUBJECT_RANDOMIZE)
-def randomize_form(trial: str) -> Response:
+def randomize_form(trial: str) -> Response | WerkzeugResponse:
+    if trial_definition(ctx(), trial).observational:  # issue 20: a cohort registers its patients
+        return redirect(url_for("subjects.register_form", trial=trial), code=303)
     return _randomize_page()
+
+
+# --- registration in an observational study (issue 20) ------------------------------------------
+
+
+def _observational_only(trial: str) -> TrialDefinition:
+    definition = trial_definition(ctx(), trial)
+    if not definition.observational:
+        raise subjects_register.NotObservational(f"{trial} randomizes its patients: use the randomization")
+    return definition
+
+
+@bp.route("/trials/<trial>/register")
+@requires(Permission.SUBJECT_RANDOMIZE)
+def register_form(trial: str) -> Response:
+    _observational_only(trial)
+    return _randomize_page()
+
+
+@bp.route("/trials/<trial>/register", methods=["POST"])
+@requires(Permission.SUBJECT_RANDOMIZE)
+def register(trial: str) -> Response | WerkzeugResponse:
+    """One step (no stratum to check back): an eligible patient is registered and the browser is
+    sent to the subject's page with its sample schedule; an ineligible one is recorded in the
+    screening log with its reasons."""
+    definition = _observational_only(trial)
+    req = _request_from_form()
+    labels, names = _randomize_labels(definition)
+    names.update(
+        {f"sampling.{tp.label}": tp.label for tp in definition.sampling.timepoints}
+        if definition.sampling
+        else {}
+    )
+    try:
+        result = subjects_register.register(
+            ctx(),
+            actor(Permission.SUBJECT_RANDOMIZE),
+            trial,
+            subjects_register.RegistrationRequest(req.site, req.screening_number, req.eligibility),
+            scope(Permission.SUBJECT_RANDOMIZE),
+        )
+    except subjects_randomize.Ineligible as exc:
+        html = render_template(
+            "subjects/ineligible.html",
+            trial=trial,
+            form=forms.shown(exc, labels, names),
+            screening_number=req.screening_number,
+            cohort=True,
+        )
+        return Response(html, status=422, mimetype="text/html")
+    except ValidationFailed as exc:
+        return _randomize_page(forms.shown(exc, labels, names), 422)
+    session["just_registered"] = result.subject_number
+    return redirect(url_for("subjects.subject_page", trial=trial, subject=result.subject_number), code=303)
 
 
 @bp.route("/trials/<trial>/randomize", methods=["POST"])
@@ -123,6 +182,10 @@ def randomize(trial: str) -> Response | WerkzeugResponse:
     if _form("step") == "edit":  # back from the confirmation step, every answer kept
         return _randomize_page()
     definition = trial_definition(ctx(), trial)
+    if definition.observational:
+        raise subjects_randomize.ObservationalStudy(
+            f"{trial} is an observational study: register the patient instead"
+        )
     labels, names = _randomize_labels(definition)
     try:
         if _form("step") != "confirm":
@@ -192,6 +255,12 @@ SUBJECT_PAGE = 100  # subjects per page of the list (issue 21: the list is paged
 @requires(Permission.SUBJECT_VIEW)
 def subject_list(trial: str) -> str:
     """A page of SUBJECT_PAGE subjects in randomization order, optionally of one site (issue 21)."""
+    if trial_definition(ctx(), trial).observational:
+        return render_template(
+            "subjects/registrations.html",
+            trial=trial,
+            registrations=subjects_register.registrations(ctx(), trial, scope(Permission.SUBJECT_VIEW)),
+        )
     site = hygiene.query_text("site", max_length=10)
     page = views.subjects_page(
         ctx(),
@@ -214,8 +283,17 @@ def subject_list(trial: str) -> str:
 @bp.route("/trials/<trial>/subjects/<subject>")
 @requires(Permission.SUBJECT_VIEW)
 def subject_page(trial: str, subject: str) -> str:
-    view = views.subject(ctx(), trial, subject, scope(Permission.SUBJECT_VIEW))
     definition = trial_definition(ctx(), trial)
+    if definition.sampling is not None:  # an observational study's participant (issue 20)
+        anchor = definition.criterion(definition.sampling.anchor)
+        return render_template(
+            "subjects/registration.html",
+            trial=trial,
+            subject=subjects_register.registration(ctx(), trial, subject, scope(Permission.SUBJECT_VIEW)),
+            anchor_label=tr(anchor.label),
+            just_registered=session.pop("just_registered", None) == subject,
+        )
+    view = views.subject(ctx(), trial, subject, scope(Permission.SUBJECT_VIEW))
     access = current_user().access
     trial_id = current_trial().id
     level_labels = {f.code: {lv.code: tr(lv.label) for lv in f.levels} for f in definition.stratification}

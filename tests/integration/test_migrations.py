@@ -79,6 +79,8 @@ APPEND_ONLY = {
     "idempotent_request",
     "drill_subject",
     "unblinding_drill",
+    "registration",
+    "planned_sample",
 }
 NO_DELETE = {
     "trial",

@@ -7,17 +7,17 @@ from collections.abc import Callable
 import pytest
 from flask.testing import FlaskClient
 
-from allocator.services import trials
 from allocator.services.context import ServiceContext
-from tests.support import CLI_ACTOR, ROOT, load_ifn, make_user
-
-COHORT = ROOT / "trials" / "immunosepsis-4.toml"
-
-
-def load_cohort(ctx: ServiceContext) -> trials.LoadResult:
-    return trials.load_trial(
-        ctx, CLI_ACTOR, COHORT.read_text(encoding="utf-8"), source_name="trials/immunosepsis-4.toml"
-    )
+from tests.support import (
+    COHORT,
+    COHORT_ELIGIBLE,
+    GOOD_PASSWORD,
+    load_cohort,
+    load_ifn,
+    make_user,
+    ready_cohort,
+)
+from tests.web.conftest import csrf_token
 
 
 @pytest.mark.req("VAL-03")
@@ -43,3 +43,72 @@ def test_the_cohort_page_shows_the_study_without_randomized_trial_facts(
     # A user of the cohort only has no access to the randomized trial (and does not see it).
     assert "IFN-gamma PAIS" not in home.get_data(as_text=True)
     assert client.get("/trials/IFNG-PAIS").status_code in (403, 404)
+
+
+def _form(ctx: ServiceContext, signed_in: Callable[[str, str], FlaskClient]) -> FlaskClient:
+    ready_cohort(ctx)
+    return signed_in_with(signed_in, "inv-l1")
+
+
+def signed_in_with(signed_in: Callable[[str, str], FlaskClient], username: str) -> FlaskClient:
+    return signed_in(username, GOOD_PASSWORD)
+
+
+@pytest.mark.req("RND-05", "RND-06")
+def test_an_investigator_registers_a_patient_through_the_screening_form(
+    ctx: ServiceContext, signed_in: Callable[[str, str], FlaskClient]
+) -> None:
+    client = _form(ctx, signed_in)
+    trial_page = client.get(f"/trials/{COHORT}").get_data(as_text=True)
+    assert "Register a patient" in trial_page and "Randomize a patient" not in trial_page
+    # The randomization form of a cohort leads to its registration form.
+    moved = client.get(f"/trials/{COHORT}/randomize")
+    assert moved.status_code == 303 and moved.headers["Location"].endswith(f"/trials/{COHORT}/register")
+    form = client.get(f"/trials/{COHORT}/register").get_data(as_text=True)
+    assert "Register a patient" in form and "Stratification" not in form and "Highest lactate" in form
+    data = {f"eligibility.{key}": value for key, value in COHORT_ELIGIBLE.items()}
+    data |= {
+        "site": "L1",
+        "screening_number": "L1-0001",
+        "csrf_token": csrf_token(client, f"/trials/{COHORT}/register"),
+    }
+    done = client.post(f"/trials/{COHORT}/register", data=data)
+    assert done.status_code == 303, done.get_data(as_text=True)[:1500]
+    assert done.headers["Location"].endswith(f"/trials/{COHORT}/subjects/L1-001")
+    page = client.get(done.headers["Location"]).get_data(as_text=True)
+    assert "L1-001" in page and "Registered. Plan the samples below." in page
+    assert "Sample schedule" in page and "D3" in page and "BIOMARKER" in page
+    for randomized_only in ("Randomization number", "Kits", "arm", "Arm", "unblind", "Unblind"):
+        assert randomized_only not in page, randomized_only
+    again = client.get(done.headers["Location"]).get_data(as_text=True)
+    assert "Registered. Plan the samples below." not in again  # said once
+    listing = client.get(f"/trials/{COHORT}/subjects").get_data(as_text=True)
+    assert "L1-001" in listing and "Randomized" not in listing
+
+    data |= {"screening_number": "L1-0002", "eligibility.age": "16", "eligibility.non_opposition": "no"}
+    refused = client.post(f"/trials/{COHORT}/register", data=data)
+    assert refused.status_code == 422
+    text = refused.get_data(as_text=True)
+    assert "Not registered" in text and "Not randomized" not in text
+    assert "Age" in text and "Non-opposition" in text
+    log = client.get(f"/trials/{COHORT}/screening").get_data(as_text=True)
+    assert "L1-0001" in log and "L1-0002" in log
+
+
+def test_the_registration_form_reports_input_errors_by_field(
+    ctx: ServiceContext, signed_in: Callable[[str, str], FlaskClient]
+) -> None:
+    client = _form(ctx, signed_in)
+    data = {f"eligibility.{key}": value for key, value in COHORT_ELIGIBLE.items()}
+    data |= {
+        "site": "L1",
+        "screening_number": "L1-0001",
+        "eligibility.lactate": "high",
+        "csrf_token": csrf_token(client, f"/trials/{COHORT}/register"),
+    }
+    response = client.post(f"/trials/{COHORT}/register", data=data)
+    assert response.status_code == 422
+    assert 'aria-invalid="true"' in response.get_data(as_text=True)
+    # The randomized trial's registration URL does not exist for it.
+    load_ifn(ctx)
+    assert client.get("/trials/IFNG-PAIS/register").status_code in (403, 404, 409)
