@@ -62,6 +62,7 @@ ACTION_LABELS: Mapping[Action, str] = {
     Action.SCREENING_FAILED: N_("Screening: not eligible"),
     Action.SUBJECT_RANDOMIZED: N_("Subject randomized"),
     Action.SUBJECT_REGISTERED: N_("Subject registered (observational study)"),
+    Action.LAB_CLOSURE_ADDED: N_("Central lab closure entered"),
     Action.SUBJECT_FLAGGED_IN_ERROR: N_("Subject flagged as randomized in error"),
     Action.SUBJECT_STRATUM_CORRECTED: N_("Stratum corrected"),
     Action.SUBJECT_WITHDRAWN: N_("Subject withdrawn"),

@@ -41,11 +41,13 @@ def _public_holidays(country: str, year: int) -> frozenset[date]:
     return frozenset(holidays.country_holidays(country, years=year))
 
 
-def public_holiday_name(country: str, day: date) -> str | None:
-    """The English name of the public holiday on `day`, if it is one."""
+def public_holiday_name(country: str, day: date, language: str = "en") -> str | None:
+    """The name of the public holiday on `day` in `language` ("en" or "fr"; the `holidays`
+    package's own names), if it is one."""
     if day not in _public_holidays(country, day.year):
         return None
-    return str(holidays.country_holidays(country, years=day.year).get(day))
+    wanted = "fr" if language == "fr" else "en_US"
+    return str(holidays.country_holidays(country, years=day.year, language=wanted).get(day))
 
 
 def is_working_day(sampling: Sampling, day: date, closures: Collection[date] = ()) -> bool:

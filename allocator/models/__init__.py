@@ -2,7 +2,7 @@
 
 from allocator.models.audit import AuditChainHead, AuditCheckpoint, AuditEvent, AuditVerification
 from allocator.models.base import Base
-from allocator.models.cohort import PlannedSample, Registration
+from allocator.models.cohort import LabClosure, PlannedSample, Registration
 from allocator.models.dispensation import Administration, Dispensation, PrintedDocument
 from allocator.models.drill import DrillSubject, UnblindingDrill
 from allocator.models.idempotency import IdempotentRequest
@@ -60,6 +60,7 @@ __all__ = [
     "KitEvent",
     "KitList",
     "KitStatus",
+    "LabClosure",
     "ListExtensionProposal",
     "ListMode",
     "ListStatus",

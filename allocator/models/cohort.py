@@ -47,3 +47,20 @@ class PlannedSample(Base):
     due_date: Mapped[date] = mapped_column(Date)  # anchor + day
     window_end: Mapped[date] = mapped_column(Date)  # anchor + last_day
     planned_date: Mapped[date] = mapped_column(Date)  # the first lab working day from due_date
+
+
+class LabClosure(Base):
+    """A day the central lab of an observational study is closed, entered by the people who manage
+    the study's sites (beyond weekends and public holidays). Samples planned after it is entered
+    avoid it; nothing already planned moves. Never deleted (append-only)."""
+
+    __tablename__ = "lab_closure"
+    __table_args__ = (UniqueConstraint("trial_id", "day"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    trial_id: Mapped[int] = mapped_column(ForeignKey("trial.id"), index=True)
+    day: Mapped[date] = mapped_column(Date)
+    reason: Mapped[str] = mapped_column(String(500))
+    entered_at: Mapped[datetime]
+    entered_by_id: Mapped[int | None] = mapped_column(ForeignKey("app_user.id"))
+    entered_by_name: Mapped[str] = mapped_column(String(200))

@@ -8,16 +8,19 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
 
+from babel.dates import get_day_names
 from flask import Blueprint, Response, redirect, render_template, request, session, url_for
+from flask_babel import get_locale
 from flask_babel import gettext as _
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from allocator.permissions import Permission, Role, requires
 from allocator.services import bedside as services_bedside
 from allocator.services import dispensing
+from allocator.services import lab_calendar as lab_calendar_service
 from allocator.services import sites as services_sites
 from allocator.services.closeout import state
-from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
+from allocator.services.errors import DomainError, FieldProblem, ObservationalStudy, ValidationFailed
 from allocator.services.lookups import trial_definition
 from allocator.services.subjects import confirmation as subjects_confirmation
 from allocator.services.subjects import corrections, views
@@ -183,9 +186,7 @@ def randomize(trial: str) -> Response | WerkzeugResponse:
         return _randomize_page()
     definition = trial_definition(ctx(), trial)
     if definition.observational:
-        raise subjects_randomize.ObservationalStudy(
-            f"{trial} is an observational study: register the patient instead"
-        )
+        raise ObservationalStudy(f"{trial} is an observational study: register the patient instead")
     labels, names = _randomize_labels(definition)
     try:
         if _form("step") != "confirm":
@@ -243,6 +244,41 @@ def randomized(trial: str, subject: str) -> str:
         site=view.site,
     )
     return render_template("subjects/randomized.html", trial=trial, result=result)
+
+
+# --- the central lab's calendar of an observational study (issue 20) ------------------------------
+
+
+@bp.route("/trials/<trial>/lab-calendar")
+@requires(Permission.TRIAL_VIEW)
+def lab_calendar(trial: str) -> str:
+    """The lab's working days, the coming weekdays off (public holidays, closures) and, for those who
+    manage the sites, the form that enters a closure."""
+    language = str(get_locale() or "en")
+    shown = lab_calendar_service.calendar(ctx(), trial, language=language)
+    names = get_day_names("wide", locale=get_locale())
+    return render_template(
+        "subjects/lab_calendar.html",
+        trial=trial,
+        calendar=shown,
+        weekdays=[names[d - 1] for d in shown.working_weekdays],
+        can_close=current_user().access.has(Permission.SITE_MANAGE, current_trial().id),
+        form=forms.recall(f"{request.path}#closure"),
+    )
+
+
+@bp.route("/trials/<trial>/lab-calendar/closures", methods=["POST"])
+@requires(Permission.SITE_MANAGE)
+def add_lab_closure(trial: str) -> WerkzeugResponse:
+    return _perform(
+        lambda: lab_calendar_service.add_closure(
+            ctx(), actor(Permission.SITE_MANAGE), trial, {"day": _form("day"), "reason": _form("reason")}
+        ),
+        _("The closure is recorded: samples planned from now on avoid that day."),
+        url_for("subjects.lab_calendar", trial=trial) + "#closure",
+        "closure",
+        {"day": _("Day"), "reason": _("Reason")},
+    )
 
 
 # --- subjects ----------------------------------------------------------------------------------

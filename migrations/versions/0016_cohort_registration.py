@@ -1,7 +1,8 @@
-"""Observational studies (issue 20): registered participants and their planned samples.
+"""Observational studies (issue 20): registered participants, their planned samples and the
+central lab's closures.
 
 A participant of a cohort is registered, not randomized (no list, stratum, slot or randomization
-number), so it gets its own table beside `subject`. Both tables are append-only (guarded).
+number), so it gets its own table beside `subject`. The three tables are append-only (guarded).
 
 Revision ID: 0016
 Revises: 0015
@@ -17,7 +18,7 @@ from alembic import op
 
 from allocator import dbguards
 
-APPEND_ONLY = ("registration", "planned_sample")
+APPEND_ONLY = ("registration", "planned_sample", "lab_closure")
 
 revision: str = "0016"
 down_revision: str | None = "0015"
@@ -83,6 +84,25 @@ def upgrade() -> None:
             batch_op.f("ix_planned_sample_registration_id"), ["registration_id"], unique=False
         )
 
+    op.create_table(
+        "lab_closure",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("trial_id", sa.Integer(), nullable=False),
+        sa.Column("day", sa.Date(), nullable=False),
+        sa.Column("reason", sa.String(length=500), nullable=False),
+        sa.Column("entered_at", sa.DateTime(), nullable=False),
+        sa.Column("entered_by_id", sa.Integer(), nullable=True),
+        sa.Column("entered_by_name", sa.String(length=200), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["entered_by_id"], ["app_user.id"], name=op.f("fk_lab_closure_entered_by_id_app_user")
+        ),
+        sa.ForeignKeyConstraint(["trial_id"], ["trial.id"], name=op.f("fk_lab_closure_trial_id_trial")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_lab_closure")),
+        sa.UniqueConstraint("trial_id", "day", name=op.f("uq_lab_closure_trial_id_day")),
+    )
+    with op.batch_alter_table("lab_closure", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_lab_closure_trial_id"), ["trial_id"], unique=False)
+
     dialect = op.get_bind().dialect.name
     for table in APPEND_ONLY:
         for statement in dbguards.guard(dialect, table, updates=False):
@@ -94,6 +114,9 @@ def downgrade() -> None:
     for table in APPEND_ONLY:
         for statement in dbguards.unguard(dialect, table, updates=False):
             op.execute(statement)
+    with op.batch_alter_table("lab_closure", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_lab_closure_trial_id"))
+    op.drop_table("lab_closure")
     with op.batch_alter_table("planned_sample", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_planned_sample_registration_id"))
     op.drop_table("planned_sample")

@@ -81,6 +81,7 @@ APPEND_ONLY = {
     "unblinding_drill",
     "registration",
     "planned_sample",
+    "lab_closure",
 }
 NO_DELETE = {
     "trial",

@@ -9,12 +9,13 @@ from datetime import date
 import pytest
 from sqlalchemy import func, select
 
-from allocator.models import PlannedSample, Registration, ScreeningEntry, Subject
+from allocator.models import LabClosure, PlannedSample, Registration, ScreeningEntry, Subject
+from allocator.services import lab_calendar
 from allocator.services.context import ServiceContext
-from allocator.services.errors import ValidationFailed
+from allocator.services.errors import ObservationalStudy, ValidationFailed
 from allocator.services.subjects import randomize as subjects_randomize
 from allocator.services.subjects import register, views
-from tests.support import ALL_SITES, COHORT, COHORT_ELIGIBLE, events, load_ifn, ready_cohort
+from tests.support import ALL_SITES, CLI_ACTOR, COHORT, COHORT_ELIGIBLE, events, load_ifn, ready_cohort
 
 
 def _request(screening: str = "L1-0001", **changes: object) -> register.RegistrationRequest:
@@ -121,7 +122,7 @@ def test_invalid_input_and_a_second_registration_change_nothing(ctx: ServiceCont
 def test_each_kind_of_study_refuses_the_other_enrolment(ctx: ServiceContext) -> None:
     investigator = ready_cohort(ctx)
     load_ifn(ctx)
-    with pytest.raises(subjects_randomize.ObservationalStudy):
+    with pytest.raises(ObservationalStudy):
         subjects_randomize.randomize(
             ctx,
             investigator,
@@ -133,3 +134,38 @@ def test_each_kind_of_study_refuses_the_other_enrolment(ctx: ServiceContext) -> 
         register.register(ctx, investigator, "IFNG-PAIS", _request(), ALL_SITES)
     assert register.is_observational(ctx, COHORT) and not register.is_observational(ctx, "IFNG-PAIS")
     assert _count(ctx, ScreeningEntry) == 0
+
+
+def test_a_lab_closure_is_audited_and_moves_the_next_registrations(ctx: ServiceContext) -> None:
+    investigator = ready_cohort(ctx)
+    with pytest.raises(ValidationFailed) as invalid:
+        lab_calendar.add_closure(ctx, CLI_ACTOR, COHORT, {"day": "2026-03-01", "reason": ""})
+    assert {(e.field, e.message) for e in invalid.value.errors} == {
+        ("day", "is in the past"),
+        ("reason", "is required"),
+    }
+    with pytest.raises(ValidationFailed) as invalid:
+        lab_calendar.add_closure(ctx, CLI_ACTOR, COHORT, {"day": "4 March", "reason": "x"})
+    assert [e.field for e in invalid.value.errors] == ["day"]
+    assert _count(ctx, LabClosure) == 0
+    closed = lab_calendar.add_closure(
+        ctx, CLI_ACTOR, COHORT, {"day": "2026-03-04", "reason": "flow cytometer maintenance"}
+    )
+    assert closed.day == date(2026, 3, 4)
+    [entry] = events(ctx, "lab.closure_added")
+    assert entry.object_id == "2026-03-04" and "flow cytometer maintenance" in (entry.new_values or "")
+    with pytest.raises(lab_calendar.AlreadyClosed):
+        lab_calendar.add_closure(ctx, CLI_ACTOR, COHORT, {"day": "2026-03-04", "reason": "again"})
+    # The D3 of an onset on Sunday 1 March is Wednesday 4 March, closed: it moves to Thursday 5 (D4).
+    [d3] = register.register(ctx, investigator, COHORT, _request(), ALL_SITES).samples
+    assert (d3.due, d3.planned) == (date(2026, 3, 4), date(2026, 3, 5))
+    shown = lab_calendar.calendar(ctx, COHORT, language="fr")
+    assert shown.working_weekdays == (1, 2, 3, 4, 5) and shown.holidays_country == "FR"
+    assert [(c.day, c.reason) for c in shown.closures] == [(date(2026, 3, 4), "flow cytometer maintenance")]
+    off = {d.day: (d.holiday, d.closure) for d in shown.days_off}
+    assert off[date(2026, 3, 4)] == (None, "flow cytometer maintenance")
+    assert off[date(2026, 4, 6)] == ("Lundi de Pâques", None)  # Easter Monday, named in French
+    # A randomized trial has no lab calendar.
+    load_ifn(ctx)
+    with pytest.raises(lab_calendar.NoLabCalendar):
+        lab_calendar.add_closure(ctx, CLI_ACTOR, "IFNG-PAIS", {"day": "2026-03-10", "reason": "x"})

@@ -122,6 +122,20 @@ MATRIX = [
         "cohort screening log", "GET", "/trials/IMMUNOSEPSIS-4/screening", COHORT_USERS, "subjects.screening"
     ),
     Row(
+        "cohort lab calendar",
+        "GET",
+        "/trials/IMMUNOSEPSIS-4/lab-calendar",
+        COHORT_USERS | {"admin"},
+        "subjects.lab_calendar",
+    ),
+    Row(
+        "cohort lab closure",
+        "POST",
+        "/trials/IMMUNOSEPSIS-4/lab-calendar/closures",
+        frozenset({"admin"}),
+        "subjects.add_lab_closure",
+    ),
+    Row(
         "cohort API register",
         "POST",
         "/api/v1/trials/IMMUNOSEPSIS-4/subjects",

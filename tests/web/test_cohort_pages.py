@@ -112,3 +112,28 @@ def test_the_registration_form_reports_input_errors_by_field(
     # The randomized trial's registration URL does not exist for it.
     load_ifn(ctx)
     assert client.get("/trials/IFNG-PAIS/register").status_code in (403, 404, 409)
+
+
+def test_the_lab_calendar_shows_days_off_and_takes_closures(
+    ctx: ServiceContext, signed_in: Callable[[str, str], FlaskClient]
+) -> None:
+    client = _form(ctx, signed_in)  # the investigator reads the calendar, without the form
+    page = client.get(f"/trials/{COHORT}/lab-calendar").get_data(as_text=True)
+    assert "Central lab calendar" in page and "Easter Monday" in page and "Enter a closure" not in page
+    manager = make_user(ctx, "tm-cohort", "trial_manager", trial=COHORT)
+    tm = signed_in("tm-cohort", manager.one_time_password)
+    path = f"/trials/{COHORT}/lab-calendar"
+    token = csrf_token(tm, path)
+    refused = tm.post(f"{path}/closures", data={"day": "2026-03-04", "reason": "", "csrf_token": token})
+    assert refused.status_code == 303 and refused.headers["Location"].endswith("#closure")
+    again = tm.get(path).get_data(as_text=True)
+    assert 'aria-invalid="true"' in again and "2026-03-04" in again  # what was typed is kept
+    done = tm.post(
+        f"{path}/closures", data={"day": "2026-03-04", "reason": "cytometer maintenance", "csrf_token": token}
+    )
+    assert done.status_code == 303
+    shown = tm.get(path).get_data(as_text=True)
+    assert "The closure is recorded" in shown and "Lab closed: cytometer maintenance" in shown
+    french = tm.post("/language", data={"language": "fr", "csrf_token": csrf_token(tm, path)})
+    assert french.status_code in (302, 303)
+    assert "Lundi de Pâques" in tm.get(path).get_data(as_text=True)

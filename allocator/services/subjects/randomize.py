@@ -56,6 +56,7 @@ from allocator.services.errors import (
     FieldProblem,
     Forbidden,
     NotFound,
+    ObservationalStudy,
     ValidationFailed,
 )
 from allocator.services.lists import integrity, overview, storage
@@ -89,11 +90,6 @@ class StratumExhausted(Conflict):
 class NoActiveList(Conflict):
     slug = "no-active-list"
     title = "No randomization list is active"
-
-
-class ObservationalStudy(Conflict):
-    slug = "observational-study"
-    title = "This study registers its patients: it does not randomize them"
 
 
 def _require_randomized(definition: TrialDefinition) -> None:

@@ -23,7 +23,7 @@ from allocator.audit import Action, Actor
 from allocator.eligibility import EligibilityResult, Failure
 from allocator.models import PlannedSample, Registration, ScreeningEntry, Site, SiteStatus
 from allocator.permissions import Scope
-from allocator.services import lookups
+from allocator.services import lab_calendar, lookups
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed
 from allocator.services.lookups import TrialRef, trial_row_and_definition
@@ -105,7 +105,7 @@ def _sampling_of(definition: TrialDefinition) -> Sampling:
 
 
 def _schedule(
-    plan: Sampling, eligibility: EligibilityResult
+    plan: Sampling, eligibility: EligibilityResult, closed: frozenset[date]
 ) -> tuple[date, tuple[sampling.PlannedDate, ...], EligibilityResult]:
     """The planned samples; a timepoint without a lab working day in its window makes the patient
     ineligible (one more failure, in the screening log like the others)."""
@@ -114,7 +114,7 @@ def _schedule(
         raise ValidationFailed(
             "no anchor date", errors=[FieldProblem(f"eligibility.{plan.anchor}", "is required")]
         )
-    planned = sampling.plan(plan, anchor)
+    planned = sampling.plan(plan, anchor, closed)
     failures = [
         Failure(
             criterion=f"sampling.{p.label}",
@@ -153,7 +153,8 @@ def register(
         eligibility = checked_eligibility(
             definition, request.eligibility, now, json_numbers=request.json_numbers
         )
-        anchor, planned, eligibility = _schedule(plan, eligibility)
+        closed = lab_calendar.closure_days(session, trial.id)
+        anchor, planned, eligibility = _schedule(plan, eligibility, closed)
         outcome = _register_in(
             ctx,
             session,
