@@ -115,9 +115,8 @@ def _randomize_page(form: forms.FormState | None = None, status: int = 200) -> R
 
 @bp.route("/trials/<trial>/randomize")
 @requires(Permission.SUBJECT_RANDOMIZE)
-def randomize_form(trial: str) -> Response | WerkzeugResponse:
-    if trial_definition(ctx(), trial).observational:  # issue 20: a cohort registers its patients
-        return redirect(url_for("subjects.register_form", trial=trial), code=303)
+def randomize_form(trial: str) -> Response:
+    # Issue 20: in an observational study the same form registers (it posts to `register`).
     return _randomize_page()
 
 
