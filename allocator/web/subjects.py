@@ -478,12 +478,14 @@ def screening(trial: str) -> str:
         before=hygiene.query_int("before", 0, minimum=0, maximum=hygiene.MAX_SEQUENCE) or None,
         limit=SUBJECT_PAGE,
     )
+    definition = trial_definition(ctx(), trial)
     return render_template(
         "subjects/screening.html",
         trial=trial,
         entries=page.entries,
         next_before=page.next_before,
-        names=_randomize_labels(trial_definition(ctx(), trial))[1],
+        names=_randomize_labels(definition)[1],
+        cohort=definition.observational,
     )
 
 

@@ -93,6 +93,7 @@ def test_an_investigator_registers_a_patient_through_the_screening_form(
     assert "Age" in text and "Non-opposition" in text
     log = client.get(f"/trials/{COHORT}/screening").get_data(as_text=True)
     assert "L1-0001" in log and "L1-0002" in log
+    assert "registered as L1-001" in log and "randomized" not in log
 
 
 def test_the_registration_form_reports_input_errors_by_field(
