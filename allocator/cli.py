@@ -39,6 +39,7 @@ from allocator.services.errors import DomainError
 from allocator.services.lists import approval, generation, integrity, quality
 from allocator.services.supply import kit_lists, resupply, shipments
 from allocator.settings import SERVE_THREADS, Environment, Settings, SettingsError
+from allocator.trialdef import NotRandomized
 from allocator.web.hygiene import MAX_URL_BYTES
 
 DEMO_TRIAL = "ifn-gamma-pais"  # shipped with the package (allocator.resources)
@@ -119,6 +120,10 @@ def _domain(func: Callable[..., Any]) -> Callable[..., Any]:
             click.secho(_("error: %(message)s", message=_plain(exc.detail)), fg="red", err=True)
             for problem in exc.errors:
                 click.echo(f"  {problem.field}: {_plain(problem.message)}", err=True)
+            sys.exit(1)
+        except NotRandomized as exc:  # issue 20: a randomization-only command on a cohort
+            detail = f"{exc.code} is an observational study: it has no arms, lists or drug kits"
+            click.secho(_("error: %(message)s", message=_plain(detail)), fg="red", err=True)
             sys.exit(1)
 
     wrapper.__name__ = func.__name__

@@ -145,6 +145,8 @@ def test_load_trial_takes_the_name_of_a_shipped_definition(  # type: ignore[no-u
     assert code == 0, out
     assert "loaded trial IMMUNOSEPSIS-4 (definition version 1)" in out
     assert "sites added (pending activation): L1" in out
+    code, out = run("generate-lists", "IMMUNOSEPSIS-4", "--mode", "test")
+    assert code == 1 and "IMMUNOSEPSIS-4 is an observational study: it has no arms, lists or drug kits" in out
 
     (tmp_path / "ifn-gamma-pais").write_text("not = [a definition", encoding="utf-8")
     code, out = run("load-trial", "ifn-gamma-pais")
