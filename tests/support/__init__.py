@@ -414,7 +414,7 @@ def ready_cohort(ctx: ServiceContext) -> Actor:
         "L1",
         approval_date=date(2026, 1, 5),
         delegation_log_date=date(2026, 2, 1),
-        code_break_evidence="not applicable: an observational study has no code-break sheets",
+        code_break_evidence="",  # an observational study has no code-break sheets (issue 20)
         scope=ALL_SITES,
         reason="approved",
     )

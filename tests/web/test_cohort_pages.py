@@ -138,3 +138,25 @@ def test_the_lab_calendar_shows_days_off_and_takes_closures(
     french = tm.post("/language", data={"language": "fr", "csrf_token": csrf_token(tm, path)})
     assert french.status_code in (302, 303)
     assert "Lundi de Pâques" in tm.get(path).get_data(as_text=True)
+
+
+def test_a_cohort_site_is_activated_without_code_break_material(
+    ctx: ServiceContext, signed_in: Callable[[str, str], FlaskClient]
+) -> None:
+    load_cohort(ctx)
+    manager = make_user(ctx, "tm-cohort", "trial_manager", trial=COHORT)
+    client = signed_in("tm-cohort", manager.one_time_password)
+    page = client.get(f"/trials/{COHORT}/sites").get_data(as_text=True)
+    assert "Activate the site" in page and "Code-break material" not in page and "code-break" not in page
+    done = client.post(
+        f"/trials/{COHORT}/sites/L1/activate",
+        data={
+            "approval_date": "2026-01-05",
+            "delegation_log_date": "2026-02-01",
+            "reason": "approvals received",
+            "csrf_token": csrf_token(client, f"/trials/{COHORT}/sites"),
+        },
+    )
+    assert done.status_code in (302, 303)
+    assert "L1 – Lyon site 1" in client.get(f"/trials/{COHORT}").get_data(as_text=True)
+    assert ">active<" in client.get(f"/trials/{COHORT}/sites").get_data(as_text=True)
