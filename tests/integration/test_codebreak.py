@@ -616,7 +616,9 @@ def test_the_demo_generates_the_signed_sheets_before_it_activates_its_sites(
                 for (action,) in s.execute(
                     select(AuditEvent.action)
                     .where(
-                        AuditEvent.action.in_(["code_break.generated", "site.activated", "shipment.prepared"]),
+                        AuditEvent.action.in_(
+                            ["code_break.generated", "site.activated", "shipment.prepared"]
+                        ),
                         AuditEvent.chain == "IFNG-PAIS",
                     )
                     .order_by(AuditEvent.id)
