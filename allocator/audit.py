@@ -125,6 +125,8 @@ class Action(enum.StrEnum):
     # subjects (RND-05..09)
     SCREENING_FAILED = "screening.ineligible"
     SUBJECT_RANDOMIZED = "subject.randomized"
+    SUBJECT_REGISTERED = "subject.registered"  # an observational study's participant (issue 20)
+    LAB_CLOSURE_ADDED = "lab.closure_added"  # a day the central lab of an observational study is closed
     SUBJECT_FLAGGED_IN_ERROR = "subject.randomized_in_error"
     SUBJECT_STRATUM_CORRECTED = "subject.stratum_corrected"
     SUBJECT_WITHDRAWN = "subject.withdrawn"  # REP-04

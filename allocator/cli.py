@@ -39,9 +39,11 @@ from allocator.services.errors import DomainError
 from allocator.services.lists import approval, generation, integrity, quality
 from allocator.services.supply import kit_lists, resupply, shipments
 from allocator.settings import SERVE_THREADS, Environment, Settings, SettingsError
+from allocator.trialdef import NotRandomized
 from allocator.web.hygiene import MAX_URL_BYTES
 
 DEMO_TRIAL = "ifn-gamma-pais"  # shipped with the package (allocator.resources)
+DEMO_COHORT = "immunosepsis-4"  # the observational cohort beside it (issue 20)
 LANGUAGES = ("en", "fr")
 _REQUIREMENT_ID = re.compile(r"\s*\((?:[A-Z]{2,4}-\d{2,3})(?:[,;/ ]+[A-Z]{2,4}-\d{2,3})*\)")
 _CHOSEN = {"language": "en"}  # set by `main` from --lang or the environment
@@ -118,6 +120,10 @@ def _domain(func: Callable[..., Any]) -> Callable[..., Any]:
             click.secho(_("error: %(message)s", message=_plain(exc.detail)), fg="red", err=True)
             for problem in exc.errors:
                 click.echo(f"  {problem.field}: {_plain(problem.message)}", err=True)
+            sys.exit(1)
+        except NotRandomized as exc:  # issue 20: a randomization-only command on a cohort
+            detail = f"{exc.code} is an observational study: it has no arms, lists or drug kits"
+            click.secho(_("error: %(message)s", message=_plain(detail)), fg="red", err=True)
             sys.exit(1)
 
     wrapper.__name__ = func.__name__
@@ -599,6 +605,12 @@ DEMO_USERS = (
     ("statistician-2", "Sophie Econde", "unblinded_statistician", None),
     ("pharmacovigilance", "Victor Igilance", "pharmacovigilance", None),
 )
+# The observational cohort's own users (issue 20): none has a role in the randomized trial.
+DEMO_COHORT_USERS = (
+    ("cohort-investigator", "Dr Corinne Ohorte", "investigator", "L1"),
+    ("cohort-monitor", "Marc Onitor", "monitor", None),
+    ("cohort-manager", "Manon Anager", "trial_manager", None),
+)
 
 
 @main.command("demo")
@@ -659,6 +671,7 @@ def demo_command(port: int, host: str, demo_dir: Path, no_serve: bool) -> None:
             )
             rows.append((username, role, site or "-", created.one_time_password))
         _prepare_demo_trial(ctx, actor, code, {row[0]: row[3] for row in rows})
+        cohort_code, cohort_rows = _prepare_demo_cohort(ctx, actor)
     click.echo("")
     click.secho(_("Demo instance of %(trial)s (TEST) in %(folder)s", trial=code, folder=demo_dir), bold=True)
     click.echo(
@@ -670,10 +683,63 @@ def demo_command(port: int, host: str, demo_dir: Path, no_serve: bool) -> None:
     click.echo("")
     _echo_passwords(rows)
     click.echo("")
+    click.secho(
+        _(
+            "Users of the observational cohort %(trial)s (no role in %(other)s):",
+            trial=cohort_code,
+            other=code,
+        ),
+        bold=True,
+    )
+    click.echo("")
+    _echo_passwords(cohort_rows)
+    click.echo("")
     if no_serve:
         return
     click.secho(_("Serving on http://%(host)s:%(port)s  (Ctrl-C to stop)", host=host, port=port), bold=True)
     _serve(settings, host, port, workers=2)
+
+
+def _prepare_demo_cohort(ctx: ServiceContext, actor: Actor) -> tuple[str, list[tuple[str, str, str, str]]]:
+    """The observational cohort beside the demo trial (issue 20): loaded, its site L1 active, and
+    its own users. Returns its code and the users' rows for the password table."""
+    definition = resources.shipped_trial(DEMO_COHORT)
+    if definition is None:
+        _fail(
+            _(
+                "the %(trial)s definition is not in %(folder)s: reinstall allocator",
+                trial=DEMO_COHORT,
+                folder=resources.trials(),
+            )
+        )
+    code = trials.load_trial(
+        ctx,
+        actor,
+        definition.read_text(encoding="utf-8"),
+        source_name=resources.shipped_source_name(definition),
+    ).trial_code
+    today = ctx.now().date()
+    sites.activate_site(
+        ctx,
+        actor,
+        code,
+        "L1",
+        approval_date=today - timedelta(days=30),
+        delegation_log_date=today - timedelta(days=7),
+        code_break_evidence="demo: not applicable, an observational study has no code-break sheets",
+        scope=Scope(all_sites=True, site_ids=frozenset()),
+        reason="demo: approvals recorded",
+    )
+    rows = []
+    for username, name, role, site in DEMO_COHORT_USERS:
+        created = users.create_user(
+            ctx,
+            actor,
+            users.NewUser(username=username, full_name=name),
+            users.RoleRequest(role=role, trial_code=code, site_code=site, reason="demo user"),
+        )
+        rows.append((username, role, site or "-", created.one_time_password))
+    return code, rows
 
 
 def _echo_passwords(rows: list[tuple[str, str, str, str]]) -> None:

@@ -103,6 +103,9 @@ KNOWN = frozenset(
         N_("the stratification data are invalid"),
         N_("invalid screening number"),
         N_("is already randomized"),
+        N_("is already registered"),  # an observational study (issue 20)
+        N_("is already a closure"),  # the central lab's closures (issue 20)
+        N_("the closure cannot be recorded"),
         N_("must be a whole number"),
         N_("must be a number"),
         N_("must be yes or no"),
@@ -302,6 +305,36 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (
         re.compile(r"^(?P<screening>\S+) is not eligible: recorded in the screening log, not randomized$"),
         N_("%(screening)s is not eligible: recorded in the screening log, not randomized"),
+    ),
+    (
+        re.compile(r"^(?P<screening>\S+) is not eligible: recorded in the screening log, not registered$"),
+        N_("%(screening)s is not eligible: recorded in the screening log, not registered"),
+    ),
+    (
+        re.compile(
+            r"^no central-lab working day for the (?P<label>\S+) sample between (?P<first>\S+) and (?P<last>\S+)$"
+        ),
+        N_("no central-lab working day for the %(label)s sample between %(first)s and %(last)s"),
+    ),
+    (
+        re.compile(r"^(?P<trial>\S+) is an observational study: register the patient instead$"),
+        N_("%(trial)s is an observational study: register the patient instead"),
+    ),
+    (
+        re.compile(r"^(?P<trial>\S+) is an observational study: it has no arms, lists or drug kits$"),
+        N_("%(trial)s is an observational study: it has no arms, lists or drug kits"),
+    ),
+    (
+        re.compile(r"^(?P<trial>\S+) randomizes its patients: it has no central-lab calendar$"),
+        N_("%(trial)s randomizes its patients: it has no central-lab calendar"),
+    ),
+    (
+        re.compile(r"^the lab is already closed on (?P<day>\S+)$"),
+        N_("the lab is already closed on %(day)s"),
+    ),
+    (
+        re.compile(r"^(?P<trial>\S+) randomizes its patients: use the randomization$"),
+        N_("%(trial)s randomizes its patients: use the randomization"),
     ),
     (
         re.compile(

@@ -35,6 +35,7 @@ _IDENT = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 _EU_CT = re.compile(r"^\d{4}-\d{6}-\d{2}-\d{2}$")
 _NCT = re.compile(r"^NCT\d{8}$")
 _DAY_LABEL = re.compile(r"^[A-Z0-9]{1,4}$")
+_COUNTRY = re.compile(r"^[A-Z]{2}$")
 _LANGS = ("en", "fr")
 
 # LBL-01/LBL-04: the texts a label cannot be printed without, in every language.
@@ -134,6 +135,7 @@ class MinimizationRandomization:
 
 
 Randomization = BlockRandomization | MinimizationRandomization
+StudyKind = Literal["randomized", "observational"]
 CriterionKind = Literal["inclusion", "exclusion", "data"]
 
 
@@ -183,10 +185,19 @@ Criterion = BooleanCriterion | NumberCriterion | DateCriterion
 
 
 @dataclass(frozen=True, slots=True)
+class Tube:
+    """One tube of a sample kit (an observational study's pre-labelled tube set)."""
+
+    type: str
+    volume_ml: Fraction
+
+
+@dataclass(frozen=True, slots=True)
 class KitType:
     code: str
     description: str
     units: int
+    tubes: tuple[Tube, ...] = ()  # a sample kit's tubes; empty for a drug kit
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +271,40 @@ class Supply:
 
 
 @dataclass(frozen=True, slots=True)
+class Timepoint:
+    """One sample of an observational study: due `day` days after the anchor date (the anchor's
+    day is day 0), collectable up to day `last_day`, with a kit of `kit_type`."""
+
+    label: str
+    day: int
+    last_day: int
+    kit_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """`[sampling]`: the sample schedule of an observational study. `anchor` is the date criterion
+    the days count from; the samples are moved onto the central lab's working days: ISO weekdays
+    `working_weekdays`, minus the public holidays of `holidays_country` (and closures entered by
+    the lab manager)."""
+
+    anchor: str
+    working_weekdays: tuple[int, ...]
+    holidays_country: str
+    timepoints: tuple[Timepoint, ...]
+
+
+class NotRandomized(LookupError):
+    """A randomization-only part of a definition (randomization, dispensing, drug labels) was asked
+    of an observational study."""
+
+    def __init__(self, code: str, part: str) -> None:
+        self.code = code
+        self.part = part
+        super().__init__(f"{code} is an observational study: it has no {part}")
+
+
+@dataclass(frozen=True, slots=True)
 class Unconfirmed:
     field: str
     note: str
@@ -307,7 +352,7 @@ class TrialDefinition:
     code: str
     title: str
     short_title: str
-    eu_ct_number: str
+    eu_ct_number: str | None  # None for a study outside the EU CTR (an observational cohort)
     nct_number: str
     sponsor_protocol_code: str
     phase: str
@@ -317,18 +362,43 @@ class TrialDefinition:
     screening_number_pattern: str
     screening_number_example: str
     sponsor: Sponsor
-    arms: tuple[Arm, ...]
+    arms: tuple[Arm, ...]  # empty for an observational study
     ratio: tuple[tuple[str, int], ...]  # in arm order
     stratification: tuple[Factor, ...]
-    randomization: Randomization
+    randomization_spec: Randomization | None  # None for an observational study
     eligibility: tuple[Criterion, ...]
     kit_types: tuple[KitType, ...]
-    dispensing: Dispensing
-    labels: Labels
+    dispensing_spec: Dispensing | None
+    labels_spec: Labels | None
     sites: tuple[SiteDef, ...]
     unconfirmed: tuple[Unconfirmed, ...] = field(default=())
     exports: Exports = field(default_factory=Exports)
     supply: Supply | None = None
+    kind: StudyKind = "randomized"
+    sampling: Sampling | None = None  # an observational study's sample schedule
+
+    @property
+    def observational(self) -> bool:
+        return self.kind == "observational"
+
+    @property
+    def randomization(self) -> Randomization:
+        """The randomization parameters; NotRandomized for an observational study."""
+        if self.randomization_spec is None:
+            raise NotRandomized(self.code, "randomization")
+        return self.randomization_spec
+
+    @property
+    def dispensing(self) -> Dispensing:
+        if self.dispensing_spec is None:
+            raise NotRandomized(self.code, "dispensing")
+        return self.dispensing_spec
+
+    @property
+    def labels(self) -> Labels:
+        if self.labels_spec is None:
+            raise NotRandomized(self.code, "drug kit labels")
+        return self.labels_spec
 
     @property
     def arm_codes(self) -> tuple[str, ...]:
@@ -384,7 +454,7 @@ class TrialDefinition:
                 {"code": f.code, "source": f.source, "levels": [lv.code for lv in f.levels]}
                 for f in self.stratification
             ],
-            "randomization": _jsonable(asdict(self.randomization)),
+            "randomization": _jsonable(asdict(self.randomization_spec)) if self.randomization_spec else None,
         }
         raw = json.dumps(relevant, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(raw.encode("utf-8")).hexdigest()
@@ -618,18 +688,23 @@ class _Parser:
             )
         trial = _guard(self.trial, root)
         sponsor = _guard(self.sponsor, root)
+        sites = _guard(self.sites, root) or ()
+        eligibility = _guard(self.eligibility, root)
+        kind = (trial or {}).get("kind") or _peek_kind(root)
+        if kind == "observational":
+            return self.observational(root, trial, sponsor, sites, eligibility)
         arms = _guard(self.arms, root) or ()
         ratio = _guard(self.ratio, root, arms)
-        sites = _guard(self.sites, root) or ()
         factors = _guard(self.factors, root, sites) or ()
         randomization = _guard(self.randomization, root, ratio, factors)
-        eligibility = _guard(self.eligibility, root)
         kit_types = _guard(self.kit_types, root) or ()
         dispensing = _guard(self.dispensing, root, kit_types)
         labels = _guard(self.labels, root)
         unconfirmed = _guard(self.unconfirmed, root) or ()
         exports = _guard(self.exports, root) or Exports()
         supply = _guard(self.supply, root, sites)
+        if trial is not None and trial.get("eu_ct_number") is None:
+            root.problem("trial.eu_ct_number", "is required")
         root.done()
         if (
             self.problems
@@ -648,11 +723,11 @@ class _Parser:
             arms=arms,
             ratio=ratio,
             stratification=factors,
-            randomization=randomization,
+            randomization_spec=randomization,
             eligibility=eligibility,
             kit_types=kit_types,
-            dispensing=dispensing,
-            labels=labels,
+            dispensing_spec=dispensing,
+            labels_spec=labels,
             sites=sites,
             unconfirmed=unconfirmed,
             exports=exports,
@@ -660,15 +735,137 @@ class _Parser:
             **trial,
         )
 
+    def observational(
+        self,
+        root: _Node,
+        trial: dict[str, Any] | None,
+        sponsor: Sponsor | None,
+        sites: tuple[SiteDef, ...],
+        eligibility: tuple[Criterion, ...] | None,
+    ) -> TrialDefinition | None:
+        """An observational study (`kind = "observational"`): no arms, allocation, stratification,
+        randomization, dispensing or drug labels; sample kits and a `[sampling]` schedule instead."""
+        for key in (
+            "arms",
+            "allocation",
+            "stratification",
+            "randomization",
+            "dispensing",
+            "labels",
+            "supply",
+        ):
+            if key in root.data:
+                root.used.add(key)
+                root.problem(key, 'must not be given for an observational study (kind = "observational")')
+        kit_types = _guard(self.kit_types, root) or ()
+        for index, kit in enumerate(kit_types):
+            if not kit.tubes:
+                root.problem(
+                    f"kit_types[{index}].tubes", "a sample kit of an observational study needs its tubes"
+                )
+        sampling = _guard(self.sampling, root, eligibility or (), kit_types)
+        unconfirmed = _guard(self.unconfirmed, root) or ()
+        exports = _guard(self.exports, root) or Exports()
+        root.done()
+        if self.problems or trial is None or sponsor is None or eligibility is None or sampling is None:
+            return None
+        return TrialDefinition(
+            format_version=FORMAT_VERSION,
+            sponsor=sponsor,
+            arms=(),
+            ratio=(),
+            stratification=(),
+            randomization_spec=None,
+            eligibility=eligibility,
+            kit_types=kit_types,
+            dispensing_spec=None,
+            labels_spec=None,
+            sites=sites,
+            unconfirmed=unconfirmed,
+            exports=exports,
+            sampling=sampling,
+            **trial,
+        )
+
+    def sampling(
+        self, root: _Node, criteria: tuple[Criterion, ...], kit_types: tuple[KitType, ...]
+    ) -> Sampling:
+        node = root.need_table("sampling")
+        anchor = _guard(node.get_str, "anchor", pattern=_IDENT, hint="the id of a date criterion")
+        if anchor is not None and not any(c.id == anchor and isinstance(c, DateCriterion) for c in criteria):
+            node.problem("anchor", f"{anchor!r} is not a date criterion of this definition")
+        weekdays_raw = _guard(node.get_list, "working_weekdays")
+        weekdays: list[int] = []
+        for index, value in enumerate(weekdays_raw or []):
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 7:
+                node.problem(
+                    f"working_weekdays[{index}]", f"must be an ISO weekday 1 (Monday) to 7, not {value!r}"
+                )
+            elif value in weekdays:
+                node.problem(f"working_weekdays[{index}]", f"duplicate weekday {value}")
+            else:
+                weekdays.append(value)
+        if weekdays_raw is not None and not weekdays_raw:
+            node.problem("working_weekdays", "needs at least one working weekday")
+        country = _guard(
+            node.get_str, "holidays_country", pattern=_COUNTRY, hint="an ISO 3166 code such as FR"
+        )
+        timepoints: list[Timepoint] = []
+        nodes = _guard(node.tables, "timepoints") or []
+        codes = [k.code for k in kit_types]
+        for tp_node in nodes:
+            tp = _guard(self.timepoint, tp_node)
+            tp_node.done()
+            if tp is None:
+                continue
+            if tp.kit_type not in codes:
+                tp_node.problem("kit_type", f"unknown kit type {tp.kit_type!r}")
+            elif tp.last_day < tp.day:
+                tp_node.problem("last_day", f"{tp.last_day} is before day {tp.day}")
+            elif any(t.label == tp.label for t in timepoints):
+                tp_node.problem("label", f"duplicate label {tp.label!r}")
+            else:
+                timepoints.append(tp)
+        node.done()
+        if anchor is None or country is None or weekdays_raw is None or len(timepoints) != len(nodes):
+            raise _Missing
+        return Sampling(
+            anchor=anchor,
+            working_weekdays=tuple(sorted(weekdays)),
+            holidays_country=country,
+            timepoints=tuple(timepoints),
+        )
+
+    @staticmethod
+    def timepoint(node: _Node) -> Timepoint:
+        day = node.get_int("day", low=0, high=365)
+        return Timepoint(
+            label=node.get_str("label", pattern=_DAY_LABEL, hint="1-4 characters A-Z, 0-9"),
+            day=day,
+            last_day=node.get_int("last_day", required=False, low=0, high=365) or day,
+            kit_type=node.get_str("kit_type"),
+        )
+
     def trial(self, root: _Node) -> dict[str, Any]:
         node = root.need_table("trial")
         out: dict[str, Any] = {}
+        out["kind"] = _guard(node.get_choice, "kind", ("randomized", "observational"), required=False) or (
+            "randomized"
+        )
         for key, pattern, hint in (
             ("code", _CODE, "2-20 characters A-Z, 0-9 and '-', starting with a letter or digit"),
-            ("eu_ct_number", _EU_CT, "an EU CT number such as 2023-506725-11-00"),
             ("nct_number", _NCT, "an NCT number such as NCT06694740"),
         ):
             out[key] = _guard(node.get_str, key, pattern=pattern, hint=hint)
+        # An EU CT number exists for a trial under the EU CTR; an observational cohort may have none
+        # (a randomized trial without one is refused by `definition`).
+        out["eu_ct_number"] = _guard(
+            node.get_str,
+            "eu_ct_number",
+            required=False,
+            pattern=_EU_CT,
+            hint="an EU CT number such as 2023-506725-11-00",
+        )
         for key in (
             "title",
             "short_title",
@@ -1150,11 +1347,21 @@ class _Parser:
 
     @staticmethod
     def kit_type(node: _Node) -> KitType:
-        return KitType(
-            code=node.get_str("code", pattern=_ARM_CODE, hint="an upper-case code"),
-            description=node.get_str("description"),
-            units=node.get_int("units", low=1, high=100),
-        )
+        code = node.get_str("code", pattern=_ARM_CODE, hint="an upper-case code")
+        description = node.get_str("description")
+        units = node.get_int("units", low=1, high=100)
+        tubes: list[Tube] = []
+        for tube_node in node.tables("tubes", required=False):
+            tube = Tube(type=tube_node.get_str("type"), volume_ml=tube_node.need_number("volume_ml"))
+            tube_node.done()
+            if not Fraction(0) < tube.volume_ml <= 100:
+                tube_node.problem("volume_ml", f"{float(tube.volume_ml):g} must be above 0 and at most 100")
+                raise _Missing
+            tubes.append(tube)
+        if tubes and len(tubes) != units:
+            node.problem("units", f"{units} does not match the {len(tubes)} tubes listed")
+            raise _Missing
+        return KitType(code=code, description=description, units=units, tubes=tuple(tubes))
 
     @staticmethod
     def schedule_day(node: _Node) -> DispensingDay:
@@ -1209,6 +1416,13 @@ class _Parser:
         return Exports(redcap=RedcapFields(**values))
 
 
+def _peek_kind(root: _Node) -> str:
+    """The study kind when `[trial]` itself was invalid, so that the right sections are checked."""
+    trial = root.data.get("trial")
+    kind = trial.get("kind") if isinstance(trial, dict) else None
+    return kind if isinstance(kind, str) else "randomized"
+
+
 def _path_exists(data: Any, dotted: str) -> bool:
     """Resolve `a.b.c` where a segment may also select an array element by its code or id."""
     current: Any = data
@@ -1216,7 +1430,11 @@ def _path_exists(data: Any, dotted: str) -> bool:
         if isinstance(current, dict) and segment in current:
             current = current[segment]
         elif isinstance(current, list):
-            matches = [x for x in current if isinstance(x, dict) and segment in (x.get("code"), x.get("id"))]
+            matches = [
+                x
+                for x in current
+                if isinstance(x, dict) and segment in (x.get("code"), x.get("id"), x.get("label"))
+            ]
             if not matches:
                 return False
             current = matches[0]

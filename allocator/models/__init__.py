@@ -2,6 +2,7 @@
 
 from allocator.models.audit import AuditChainHead, AuditCheckpoint, AuditEvent, AuditVerification
 from allocator.models.base import Base
+from allocator.models.cohort import LabClosure, PlannedSample, Registration
 from allocator.models.dispensation import Administration, Dispensation, PrintedDocument
 from allocator.models.disposal import KitDisposal, KitDisposalItem
 from allocator.models.drill import DrillSubject, UnblindingDrill
@@ -64,6 +65,7 @@ __all__ = [
     "KitEvent",
     "KitList",
     "KitStatus",
+    "LabClosure",
     "ListExtensionProposal",
     "ListMode",
     "ListStatus",
@@ -72,8 +74,10 @@ __all__ = [
     "LoginThrottle",
     "MinimizationDecision",
     "Notification",
+    "PlannedSample",
     "PrintedDocument",
     "RandomizationList",
+    "Registration",
     "RoleAssignment",
     "RoleRevocation",
     "ScreeningEntry",

@@ -63,6 +63,14 @@ class Conflict(DomainError):
     title = "Conflict with the current state"
 
 
+class ObservationalStudy(Conflict):
+    """Issue 20: a randomization-only action (randomizing, dispensing, unblinding, lists) asked of
+    an observational study, which registers its patients and has no arm, list or drug kit."""
+
+    slug = "observational-study"
+    title = "This study registers its patients: it does not randomize them"
+
+
 class TooManyRequests(DomainError):
     status = 429
     slug = "too-many-requests"

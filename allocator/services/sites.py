@@ -14,7 +14,7 @@ from allocator.services import codebreak
 from allocator.services.accounts.user_admin import required_reason, trial_by_code
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed
-from allocator.services.lookups import current_definition
+from allocator.services.lookups import current_definition, trial_definition
 from allocator.services.supply import resupply
 
 # --- sites (RND-14) --------------------------------------------------------------------------
@@ -84,7 +84,9 @@ def activate_site(
     if delegation_log_date > today:
         problems.append(FieldProblem("delegation_log_date", "is in the future"))
     evidence = code_break_evidence.strip()
-    if not evidence:
+    # Issue 20: an observational study has no kit to break the code of; the evidence is optional.
+    observational = trial_definition(ctx, trial_code).observational
+    if not evidence and not observational:
         problems.append(
             FieldProblem(
                 "code_break_evidence",

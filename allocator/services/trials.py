@@ -14,6 +14,7 @@ from allocator.models import (
     ListMode,
     ListStatus,
     RandomizationList,
+    Registration,
     Site,
     SiteStatus,
     Subject,
@@ -275,7 +276,8 @@ class TrialSummary:
     title: str
     short_title: str
     status: str
-    eu_ct_number: str
+    kind: str  # "randomized" or "observational" (issue 20)
+    eu_ct_number: str | None  # None for an observational cohort outside the EU CTR
     nct_number: str
     sponsor_protocol_code: str
     sponsor: str
@@ -303,11 +305,13 @@ def trial_summary(ctx: ServiceContext, code: str, site_ids: frozenset[int] | Non
     with ctx.db.reading() as session:
         trial = get_trial(session, code)
         definition = current_definition(session, trial)
+        # An observational study's participants are registered, not randomized (issue 20).
+        enrolled = Registration if definition.observational else Subject
         counts = dict(
             session.execute(
-                select(Subject.site_id, func.count())
-                .where(Subject.trial_id == trial.id)
-                .group_by(Subject.site_id)
+                select(enrolled.site_id, func.count())
+                .where(enrolled.trial_id == trial.id)
+                .group_by(enrolled.site_id)
             ).all()
         )
         sites = [
@@ -329,6 +333,7 @@ def trial_summary(ctx: ServiceContext, code: str, site_ids: frozenset[int] | Non
             title=trial.title,
             short_title=trial.short_title,
             status=trial.status,
+            kind=definition.kind,
             eu_ct_number=definition.eu_ct_number,
             nct_number=definition.nct_number,
             sponsor_protocol_code=definition.sponsor_protocol_code,

@@ -14,6 +14,7 @@ from allocator.services import audit_trail, codebreak, sites
 from allocator.services.accounts import user_admin
 from allocator.services.accounts import users as accounts_users
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
+from allocator.services.lookups import trial_definition
 from allocator.web import forms
 from allocator.web.security import actor, ctx, safe_path, scope
 
@@ -306,6 +307,7 @@ def trial_sites(trial: str) -> str:
         today=ctx().now().date(),
         form_states={s.code: forms.recall_for(request.path, f"site-{s.code}") for s in rows},
         kits_without_sheet=codebreak.missing_sheets(ctx(), trial),  # UNB-07 checklist
+        cohort=trial_definition(ctx(), trial).observational,  # issue 20: no code-break material
     )
 
 

@@ -23,6 +23,7 @@ from allocator.services import idempotency as stored_answers
 from allocator.services.errors import FieldProblem, ValidationFailed
 from allocator.services.subjects import confirmation as subjects_confirmation
 from allocator.services.subjects import randomize as subjects_randomize
+from allocator.services.subjects import register as subjects_register
 from allocator.services.subjects import views
 from allocator.web import hygiene
 from allocator.web import idempotency as idempotent
@@ -120,6 +121,8 @@ def randomize(trial: str) -> Response:
     """Screen and randomize. Any field beyond site, screening_number, eligibility and strata — a
     slot, an arm, a kit — is refused, never used (RND-05)."""
     body = _json_body()
+    if subjects_register.is_observational(ctx(), trial):
+        return _register(trial, body)
     problems = [
         FieldProblem(key, "is not accepted (nobody chooses a slot, an arm or a kit)")
         for key in sorted(set(body) - _RANDOMIZE_FIELDS)
@@ -154,6 +157,40 @@ def randomize(trial: str) -> Response:
             )
         except subjects_randomize.AlreadyRandomized as error:
             return _already_randomized(error, trial, wanted.screening_number), 409
+        return jsonify(result.as_json()), 201
+
+    return idempotent.respond(body, run)
+
+
+_REGISTER_FIELDS = frozenset({"site", "screening_number", "eligibility"})
+
+
+def _register(trial: str, body: dict[str, object]) -> Response:
+    """Issue 20: in an observational study the same request registers the patient — no strata, no
+    randomization fields in the answer, the sample schedule instead."""
+    problems = [
+        FieldProblem(key, "is not accepted (an observational study has no strata, arms or kits to choose)")
+        for key in sorted(set(body) - _REGISTER_FIELDS)
+    ]
+    if not isinstance(body.get("eligibility"), dict):
+        problems.append(FieldProblem("eligibility", "must be an object"))
+    for key in ("site", "screening_number"):
+        if not isinstance(body.get(key), str):
+            problems.append(FieldProblem(key, "must be a string"))
+    eligibility = body.get("eligibility")
+    if problems or not isinstance(eligibility, dict):
+        raise ValidationFailed("invalid registration request", errors=problems)
+    wanted = subjects_register.RegistrationRequest(
+        site=str(body["site"]),
+        screening_number=str(body["screening_number"]),
+        eligibility=eligibility,
+        json_numbers=True,
+    )
+
+    def run() -> tuple[Response, int]:
+        result = subjects_register.register(
+            ctx(), actor(Permission.SUBJECT_RANDOMIZE), trial, wanted, scope(Permission.SUBJECT_RANDOMIZE)
+        )
         return jsonify(result.as_json()), 201
 
     return idempotent.respond(body, run)

@@ -18,7 +18,8 @@ from werkzeug.wrappers import Response
 
 from allocator.db import is_busy
 from allocator.logs import log_event
-from allocator.services.errors import DomainError
+from allocator.services.errors import DomainError, ObservationalStudy
+from allocator.trialdef import NotRandomized
 from allocator.web import forms, messages
 from allocator.web.security import is_api_request
 
@@ -101,6 +102,14 @@ def _domain(error: DomainError) -> Response:
     return _page(error.status, title, state.summary, [e.line for e in state.errors])
 
 
+def _not_randomized(error: NotRandomized) -> Response:
+    """Issue 20: a page or call about arms, lists, dispensing or unblinding, asked of an
+    observational study, is a clear refusal (409), never a server error."""
+    return _domain(
+        ObservationalStudy(f"{error.code} is an observational study: it has no arms, lists or drug kits")
+    )
+
+
 def _http(error: HTTPException) -> Response:
     status = error.code or 500
     slug = (error.name or "error").lower().replace(" ", "-")
@@ -175,6 +184,7 @@ def _database(error: Exception) -> Response:
 
 def install(app: Flask) -> None:
     app.register_error_handler(DomainError, _domain)
+    app.register_error_handler(NotRandomized, _not_randomized)
     app.register_error_handler(CSRFError, _csrf)
     app.register_error_handler(HTTPException, _http)
     app.register_error_handler(sa_exc.DBAPIError, _database)

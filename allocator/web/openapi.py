@@ -291,30 +291,47 @@ def document() -> dict[str, Any]:
             },
             "/trials/{trial}/subjects": {
                 "post": {
-                    "summary": "Screen and randomize a patient (investigator of the site)",
+                    "summary": "Screen and randomize a patient (investigator of the site); in an "
+                    "observational study, screen and register",
+                    "description": "A randomized trial takes a RandomizationRequest and answers a "
+                    "RandomizationResult. An observational study (`kind` observational in the trial "
+                    "summary, issue 20) takes a RegistrationRequest (no strata) and answers a "
+                    "RegistrationResult: the subject number, the registration time and the sample "
+                    "schedule, and no randomization field.",
                     "operationId": "randomizeSubject",
                     "parameters": [_TRIAL, _IDEMPOTENCY_KEY],
                     "requestBody": {
                         "required": True,
                         "content": {
                             "application/json": {
-                                "schema": {"$ref": "#/components/schemas/RandomizationRequest"}
+                                "schema": {
+                                    "oneOf": [
+                                        {"$ref": "#/components/schemas/RandomizationRequest"},
+                                        {"$ref": "#/components/schemas/RegistrationRequest"},
+                                    ]
+                                }
                             }
                         },
                     },
                     "responses": {
                         "201": {
-                            "description": "Randomized; never an arm",
+                            "description": "Randomized (never an arm), or registered in an observational study",
                             "content": {
                                 "application/json": {
-                                    "schema": {"$ref": "#/components/schemas/RandomizationResult"}
+                                    "schema": {
+                                        "oneOf": [
+                                            {"$ref": "#/components/schemas/RandomizationResult"},
+                                            {"$ref": "#/components/schemas/RegistrationResult"},
+                                        ]
+                                    }
                                 }
                             },
                         },
                         "409": _problem_response(
                             "already-randomized (with subject_number when the caller randomized it), "
                             "kits-unavailable, stratum-exhausted, no-active-list or "
-                            "list-integrity-failure (each its own problem type)"
+                            "list-integrity-failure (each its own problem type); already-registered in "
+                            "an observational study"
                         ),
                         "422": _problem_response(
                             "validation-error (nothing recorded) or ineligible (recorded in the "
@@ -676,6 +693,54 @@ def document() -> dict[str, Any]:
                         },
                     },
                 },
+                "RegistrationRequest": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["site", "screening_number", "eligibility"],
+                    "description": "An observational study's registration (issue 20): the screening "
+                    "answers only; there is no stratum, arm or kit to give.",
+                    "properties": {
+                        "site": {"type": "string", "minLength": 1, "maxLength": 32, "examples": ["L1"]},
+                        "screening_number": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 64,
+                            "description": "The site's pseudonymous number",
+                        },
+                        "eligibility": {
+                            "type": "object",
+                            "minProperties": 1,
+                            "description": "One answer per criterion id of the study, as for a randomization",
+                            "additionalProperties": {"$ref": "#/components/schemas/EligibilityAnswer"},
+                        },
+                    },
+                },
+                "RegistrationResult": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["subject_number", "registered_at", "samples"],
+                    "description": "No randomization number, kit or arm: an observational study has none.",
+                    "properties": {
+                        "subject_number": _TEXT,
+                        "registered_at": {"type": "string", "format": "date-time"},
+                        "samples": {
+                            "type": "array",
+                            "description": "The sample schedule, planned on the central lab's working days",
+                            "items": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "required": ["label", "kit_type", "due_date", "window_end", "planned_date"],
+                                "properties": {
+                                    "label": _TEXT,
+                                    "kit_type": _TEXT,
+                                    "due_date": {"type": "string", "format": "date"},
+                                    "window_end": {"type": "string", "format": "date"},
+                                    "planned_date": {"type": "string", "format": "date"},
+                                },
+                            },
+                        },
+                    },
+                },
                 "EligibilityAnswer": {
                     "description": "A number (number criteria), a boolean or yes/no text (yes/no criteria), "
                     "or a YYYY-MM-DD date (date criteria)",
@@ -878,7 +943,15 @@ def document() -> dict[str, Any]:
                         "title": {"type": "string"},
                         "short_title": {"type": "string"},
                         "status": {"type": "string", "enum": ["setup", "active", "locked", "unblinded"]},
-                        "eu_ct_number": {"type": "string"},
+                        "kind": {
+                            "type": "string",
+                            "enum": ["randomized", "observational"],
+                            "description": "observational: a cohort with registration and samples, no arms",
+                        },
+                        "eu_ct_number": {
+                            "type": ["string", "null"],
+                            "description": "null for a study outside the EU CTR (an observational cohort)",
+                        },
                         "nct_number": {"type": "string"},
                         "sponsor_protocol_code": {"type": "string"},
                         "sponsor": {"type": "string"},

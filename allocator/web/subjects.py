@@ -8,20 +8,24 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
 
+from babel.dates import get_day_names
 from flask import Blueprint, Response, redirect, render_template, request, session, url_for
+from flask_babel import get_locale
 from flask_babel import gettext as _
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from allocator.permissions import Permission, Role, requires
 from allocator.services import bedside as services_bedside
 from allocator.services import dispensing
+from allocator.services import lab_calendar as lab_calendar_service
 from allocator.services import sites as services_sites
 from allocator.services.closeout import state
-from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
+from allocator.services.errors import DomainError, FieldProblem, ObservationalStudy, ValidationFailed
 from allocator.services.lookups import trial_definition
 from allocator.services.subjects import confirmation as subjects_confirmation
 from allocator.services.subjects import corrections, views
 from allocator.services.subjects import randomize as subjects_randomize
+from allocator.services.subjects import register as subjects_register
 from allocator.services.subjects import withdrawal as subjects_withdrawal
 from allocator.trialdef import BooleanCriterion, NumberCriterion, TrialDefinition
 from allocator.web import forms, hygiene, messages
@@ -90,6 +94,7 @@ def _randomize_labels(definition: TrialDefinition) -> tuple[dict[str, str], dict
 
 
 def _randomize_page(form: forms.FormState | None = None, status: int = 200) -> Response:
+    """The screening form: randomization, or registration in an observational study (issue 20)."""
     definition = trial_definition(ctx(), current_trial().code)
     visible = scope(Permission.SUBJECT_RANDOMIZE)
     sites = [s for s in services_sites.sites(ctx(), current_trial().code) if visible.allows_site(s.id)]
@@ -103,6 +108,7 @@ def _randomize_page(form: forms.FormState | None = None, status: int = 200) -> R
         criteria={c.id: c for c in definition.eligibility},
         BooleanCriterion=BooleanCriterion,
         NumberCriterion=NumberCriterion,
+        cohort=definition.observational,
     )
     return Response(html, status=status, mimetype="text/html")
 
@@ -110,7 +116,62 @@ def _randomize_page(form: forms.FormState | None = None, status: int = 200) -> R
 @bp.route("/trials/<trial>/randomize")
 @requires(Permission.SUBJECT_RANDOMIZE)
 def randomize_form(trial: str) -> Response:
+    # Issue 20: in an observational study the same form registers (it posts to `register`).
     return _randomize_page()
+
+
+# --- registration in an observational study (issue 20) ------------------------------------------
+
+
+def _observational_only(trial: str) -> TrialDefinition:
+    definition = trial_definition(ctx(), trial)
+    if not definition.observational:
+        raise subjects_register.NotObservational(f"{trial} randomizes its patients: use the randomization")
+    return definition
+
+
+@bp.route("/trials/<trial>/register")
+@requires(Permission.SUBJECT_RANDOMIZE)
+def register_form(trial: str) -> Response:
+    _observational_only(trial)
+    return _randomize_page()
+
+
+@bp.route("/trials/<trial>/register", methods=["POST"])
+@requires(Permission.SUBJECT_RANDOMIZE)
+def register(trial: str) -> Response | WerkzeugResponse:
+    """One step (no stratum to check back): an eligible patient is registered and the browser is
+    sent to the subject's page with its sample schedule; an ineligible one is recorded in the
+    screening log with its reasons."""
+    definition = _observational_only(trial)
+    req = _request_from_form()
+    labels, names = _randomize_labels(definition)
+    names.update(
+        {f"sampling.{tp.label}": tp.label for tp in definition.sampling.timepoints}
+        if definition.sampling
+        else {}
+    )
+    try:
+        result = subjects_register.register(
+            ctx(),
+            actor(Permission.SUBJECT_RANDOMIZE),
+            trial,
+            subjects_register.RegistrationRequest(req.site, req.screening_number, req.eligibility),
+            scope(Permission.SUBJECT_RANDOMIZE),
+        )
+    except subjects_randomize.Ineligible as exc:
+        html = render_template(
+            "subjects/ineligible.html",
+            trial=trial,
+            form=forms.shown(exc, labels, names),
+            screening_number=req.screening_number,
+            cohort=True,
+        )
+        return Response(html, status=422, mimetype="text/html")
+    except ValidationFailed as exc:
+        return _randomize_page(forms.shown(exc, labels, names), 422)
+    session["just_registered"] = result.subject_number
+    return redirect(url_for("subjects.subject_page", trial=trial, subject=result.subject_number), code=303)
 
 
 @bp.route("/trials/<trial>/randomize", methods=["POST"])
@@ -123,6 +184,8 @@ def randomize(trial: str) -> Response | WerkzeugResponse:
     if _form("step") == "edit":  # back from the confirmation step, every answer kept
         return _randomize_page()
     definition = trial_definition(ctx(), trial)
+    if definition.observational:
+        raise ObservationalStudy(f"{trial} is an observational study: register the patient instead")
     labels, names = _randomize_labels(definition)
     try:
         if _form("step") != "confirm":
@@ -182,6 +245,41 @@ def randomized(trial: str, subject: str) -> str:
     return render_template("subjects/randomized.html", trial=trial, result=result)
 
 
+# --- the central lab's calendar of an observational study (issue 20) ------------------------------
+
+
+@bp.route("/trials/<trial>/lab-calendar")
+@requires(Permission.TRIAL_VIEW)
+def lab_calendar(trial: str) -> str:
+    """The lab's working days, the coming weekdays off (public holidays, closures) and, for those who
+    manage the sites, the form that enters a closure."""
+    language = str(get_locale() or "en")
+    shown = lab_calendar_service.calendar(ctx(), trial, language=language)
+    names = get_day_names("wide", locale=get_locale())
+    return render_template(
+        "subjects/lab_calendar.html",
+        trial=trial,
+        calendar=shown,
+        weekdays=[names[d - 1] for d in shown.working_weekdays],
+        can_close=current_user().access.has(Permission.SITE_MANAGE, current_trial().id),
+        form=forms.recall(f"{request.path}#closure"),
+    )
+
+
+@bp.route("/trials/<trial>/lab-calendar/closures", methods=["POST"])
+@requires(Permission.SITE_MANAGE)
+def add_lab_closure(trial: str) -> WerkzeugResponse:
+    return _perform(
+        lambda: lab_calendar_service.add_closure(
+            ctx(), actor(Permission.SITE_MANAGE), trial, {"day": _form("day"), "reason": _form("reason")}
+        ),
+        _("The closure is recorded: samples planned from now on avoid that day."),
+        url_for("subjects.lab_calendar", trial=trial) + "#closure",
+        "closure",
+        {"day": _("Day"), "reason": _("Reason")},
+    )
+
+
 # --- subjects ----------------------------------------------------------------------------------
 
 
@@ -192,6 +290,12 @@ SUBJECT_PAGE = 100  # subjects per page of the list (issue 21: the list is paged
 @requires(Permission.SUBJECT_VIEW)
 def subject_list(trial: str) -> str:
     """A page of SUBJECT_PAGE subjects in randomization order, optionally of one site (issue 21)."""
+    if trial_definition(ctx(), trial).observational:
+        return render_template(
+            "subjects/registrations.html",
+            trial=trial,
+            registrations=subjects_register.registrations(ctx(), trial, scope(Permission.SUBJECT_VIEW)),
+        )
     site = hygiene.query_text("site", max_length=10)
     page = views.subjects_page(
         ctx(),
@@ -214,8 +318,17 @@ def subject_list(trial: str) -> str:
 @bp.route("/trials/<trial>/subjects/<subject>")
 @requires(Permission.SUBJECT_VIEW)
 def subject_page(trial: str, subject: str) -> str:
-    view = views.subject(ctx(), trial, subject, scope(Permission.SUBJECT_VIEW))
     definition = trial_definition(ctx(), trial)
+    if definition.sampling is not None:  # an observational study's participant (issue 20)
+        anchor = definition.criterion(definition.sampling.anchor)
+        return render_template(
+            "subjects/registration.html",
+            trial=trial,
+            subject=subjects_register.registration(ctx(), trial, subject, scope(Permission.SUBJECT_VIEW)),
+            anchor_label=tr(anchor.label),
+            just_registered=session.pop("just_registered", None) == subject,
+        )
+    view = views.subject(ctx(), trial, subject, scope(Permission.SUBJECT_VIEW))
     access = current_user().access
     trial_id = current_trial().id
     level_labels = {f.code: {lv.code: tr(lv.label) for lv in f.levels} for f in definition.stratification}
@@ -365,12 +478,14 @@ def screening(trial: str) -> str:
         before=hygiene.query_int("before", 0, minimum=0, maximum=hygiene.MAX_SEQUENCE) or None,
         limit=SUBJECT_PAGE,
     )
+    definition = trial_definition(ctx(), trial)
     return render_template(
         "subjects/screening.html",
         trial=trial,
         entries=page.entries,
         next_before=page.next_before,
-        names=_randomize_labels(trial_definition(ctx(), trial))[1],
+        names=_randomize_labels(definition)[1],
+        cohort=definition.observational,
     )
 
 

@@ -6,7 +6,7 @@ an index on kit (shipment_id, status) for the resupply check's kits quarantined 
 append-only.
 
 Revision ID: 0017
-Revises: 0015
+Revises: 0016
 Create Date: 2026-12-05 21:30:00.000000
 """
 
@@ -20,7 +20,7 @@ from alembic import op
 from allocator import dbguards
 
 revision: str = "0017"
-down_revision: str | None = "0015"
+down_revision: str | None = "0016"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

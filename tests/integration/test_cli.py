@@ -141,6 +141,12 @@ def test_load_trial_takes_the_name_of_a_shipped_definition(  # type: ignore[no-u
     assert "loaded trial IFNG-PAIS (definition version 1)" in out
     code, out = run("load-trial", str(IFN_TRIAL))  # the very same file
     assert code == 0 and "nothing changed" in out
+    code, out = run("load-trial", "immunosepsis-4")  # the observational cohort (issue 20)
+    assert code == 0, out
+    assert "loaded trial IMMUNOSEPSIS-4 (definition version 1)" in out
+    assert "sites added (pending activation): L1" in out
+    code, out = run("generate-lists", "IMMUNOSEPSIS-4", "--mode", "test")
+    assert code == 1 and "IMMUNOSEPSIS-4 is an observational study: it has no arms, lists or drug kits" in out
 
     (tmp_path / "ifn-gamma-pais").write_text("not = [a definition", encoding="utf-8")
     code, out = run("load-trial", "ifn-gamma-pais")
@@ -148,7 +154,10 @@ def test_load_trial_takes_the_name_of_a_shipped_definition(  # type: ignore[no-u
 
     code, out = run("load-trial", "no-such-trial")
     assert code == 1
-    assert "no-such-trial: file not found (definitions shipped with allocator: ifn-gamma-pais)" in out
+    assert (
+        "no-such-trial: file not found (definitions shipped with allocator: ifn-gamma-pais, immunosepsis-4)"
+        in out
+    )
     code, out = run("load-trial", "elsewhere/ifn-gamma-pais")  # a path is only ever a path
     assert code == 1 and "file not found" in out
 
@@ -180,6 +189,10 @@ def test_demo_prepares_a_test_instance(tmp_path: Path, monkeypatch: pytest.Monke
     ):
         assert re.search(rf"\s{role}\s+\S+\s+[a-z2-9]{{4}}-", result.output), role
     assert re.search(r"statistician-2\s+unblinded_statistician\s", result.output)  # RND-10's second signer
+    # Issue 20: the observational cohort beside it, with its own users.
+    assert "Users of the observational cohort IMMUNOSEPSIS-4 (no role in IFNG-PAIS):" in result.output
+    assert re.search(r"cohort-investigator\s+investigator\s+L1\s+[a-z2-9]{4}-", result.output)
+    assert re.search(r"cohort-monitor\s+monitor\s+-\s+[a-z2-9]{4}-", result.output)
     assert (tmp_path / "demo" / "allocator-demo.db").exists()
     assert (tmp_path / "demo" / "keys" / "lists.key").stat().st_mode & 0o077 == 0
 

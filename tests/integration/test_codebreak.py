@@ -33,6 +33,7 @@ from allocator.models import (
     PrintedDocument,
     Signature,
     Site,
+    Trial,
 )
 from allocator.permissions import Scope
 from allocator.services import auth, codebreak, unblinding
@@ -604,13 +605,21 @@ def test_the_demo_generates_the_signed_sheets_before_it_activates_its_sites(
                     )
                 ).all()
             )
-            sites = s.execute(select(Site.status, Site.code_break_evidence)).all()
+            # The IFN-gamma trial's sites (the demo's observational cohort has no code-break sheets).
+            sites = s.execute(
+                select(Site.status, Site.code_break_evidence)
+                .join(Trial, Trial.id == Site.trial_id)
+                .where(Trial.code == "IFNG-PAIS")
+            ).all()
             order = [
                 action
                 for (action,) in s.execute(
                     select(AuditEvent.action)
                     .where(
-                        AuditEvent.action.in_(["code_break.generated", "site.activated", "shipment.prepared"])
+                        AuditEvent.action.in_(
+                            ["code_break.generated", "site.activated", "shipment.prepared"]
+                        ),
+                        AuditEvent.chain == "IFNG-PAIS",
                     )
                     .order_by(AuditEvent.id)
                 )

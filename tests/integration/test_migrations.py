@@ -82,6 +82,9 @@ APPEND_ONLY = {
     "excursion_kit",
     "kit_disposal",
     "kit_disposal_item",
+    "registration",
+    "planned_sample",
+    "lab_closure",
 }
 NO_DELETE = {
     "trial",

@@ -371,3 +371,60 @@ def randomize(ctx: ServiceContext, ready: ReadyTrial, screening_number: str, sit
     """Randomize an eligible septic patient at `site` (P1 or P2) in a ready trial; its subject number."""
     investigator = ready.investigator if site == "P1" else ready.investigator_p2
     return randomization(ctx, investigator, screening_number, site).subject_number
+
+
+# --- the observational cohort IMMUNOSEPSIS-4 (issue 20) ----------------------------------------------
+
+COHORT_TRIAL = ROOT / "trials" / "immunosepsis-4.toml"
+COHORT = "IMMUNOSEPSIS-4"
+
+COHORT_ELIGIBLE = {
+    "age": 58,
+    "icu_admission_date": "2026-02-28",
+    "septic_shock_onset_date": "2026-03-01",  # a Sunday: D3 is Wednesday 4 March
+    "septic_shock_under_48h": "yes",
+    "infection": "yes",
+    "vasopressors": "yes",
+    "lactate": "3.4",
+    "fluid_resuscitation": "yes",
+    "d3_d4_sample_possible": "yes",
+    "non_opposition": "yes",
+    "pregnancy_breastfeeding": "no",
+    "no_social_security_or_protection": "no",
+    "language_barrier": "no",
+    "interfering_interventional_study": "no",
+}
+"""Answers of a patient eligible for the cohort on the clock's default date (2 March 2026)."""
+
+
+def load_cohort(ctx: ServiceContext) -> trials.LoadResult:
+    return trials.load_trial(
+        ctx, CLI_ACTOR, COHORT_TRIAL.read_text(encoding="utf-8"), source_name="trials/immunosepsis-4.toml"
+    )
+
+
+def ready_cohort(ctx: ServiceContext) -> Actor:
+    """IMMUNOSEPSIS-4 loaded with its site L1 active; returns its investigator at L1 (password
+    GOOD_PASSWORD)."""
+    load_cohort(ctx)
+    sites.activate_site(
+        ctx,
+        CLI_ACTOR,
+        COHORT,
+        "L1",
+        approval_date=date(2026, 1, 5),
+        delegation_log_date=date(2026, 2, 1),
+        code_break_evidence="",  # an observational study has no code-break sheets (issue 20)
+        scope=ALL_SITES,
+        reason="approved",
+    )
+    created = make_user(ctx, "inv-l1", "investigator", trial=COHORT, site="L1")
+    auth.change_password(ctx, created.user_id, created.one_time_password, GOOD_PASSWORD, GOOD_PASSWORD, HERE)
+    return Actor(
+        user_id=created.user_id,
+        username="inv-l1",
+        name="Inv-L1",
+        role="investigator",
+        site_code="L1",
+        request_id="test",
+    )

@@ -42,7 +42,10 @@ def test_in_this_checkout_the_top_level_folders_are_used(
     assert (resources.templates() / "base.html").is_file()
     assert (resources.static() / "style.css").is_file()
     assert (resources.migrations() / "env.py").is_file()
-    assert resources.shipped_trials() == {"ifn-gamma-pais": ROOT / "trials" / "ifn-gamma-pais.toml"}
+    assert resources.shipped_trials() == {
+        "ifn-gamma-pais": ROOT / "trials" / "ifn-gamma-pais.toml",
+        "immunosepsis-4": ROOT / "trials" / "immunosepsis-4.toml",
+    }
 
 
 def test_an_installed_package_uses_its_bundled_folders(site: Path) -> None:

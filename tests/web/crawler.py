@@ -143,7 +143,9 @@ class Resolver:
             )
         return kind
 
-    def values(self, rule: Rule, name: str) -> list[str]:
+    def values(self, rule: Rule, name: str, trial: str | None = None) -> list[str]:
+        """Real values of `name`; within `trial` (a route with a <trial>), that trial's own values of
+        the kind when the world has some (World.trial_values: the cohort's subjects and site)."""
         kind = self.kind(rule, name)
         if kind is None:
             converter = rule._converters[name]
@@ -151,7 +153,8 @@ class Resolver:
             return sorted(converter.items)
         if kind == "static":
             return sorted(p.name for p in STATIC.iterdir() if p.is_file())
-        found = self.world.values.get(kind, [])
+        own = self.world.trial_values.get(trial or "", {}).get(kind)
+        found = own if own is not None else self.world.values.get(kind, [])
         if not found:
             raise UnknownParameter(f"the world holds no value of kind {kind!r} for {rule.rule}")
         return found
@@ -160,9 +163,14 @@ class Resolver:
         """(arguments, via) for every combination of real values, then one error path per
         parameter (an unknown value, the others real)."""
         names = sorted(rule.arguments)
+        # Each trial of the world on its own (issue 20: the cohort beside the trial), so that the
+        # cap on combinations applies per trial and each trial's routes get its own ids.
+        trials = self.values(rule, "trial") if "trial" in names else [None]
+        for trial in trials:
+            own = [[trial] if name == "trial" and trial else self.values(rule, name, trial) for name in names]
+            for combination in itertools.islice(itertools.product(*own), MAX_COMBINATIONS):
+                yield dict(zip(names, combination, strict=True)), "seed"
         choices = [self.values(rule, name) for name in names]
-        for combination in itertools.islice(itertools.product(*choices), MAX_COMBINATIONS):
-            yield dict(zip(names, combination, strict=True)), "seed"
         for name in names:
             kind = self.kind(rule, name)
             if kind is None:
@@ -307,16 +315,17 @@ class Crawler:
                 queue.append((self.build(rule, args), 0, via))
         seen: set[str] = set()
         variants: dict[str, int] = {}
-        denied: set[str | None] = set()
+        denied: set[tuple[str | None, str | None]] = set()  # (endpoint, trial) refused to the role
         while queue:
             url, depth, via = queue.popleft()
             if url in seen:
                 continue
             seen.add(url)
-            endpoint, _ = self.endpoint_of("GET", url)
+            endpoint, url_args = self.endpoint_of("GET", url)
+            refusal = (endpoint, url_args.get("trial"))
             if self.only is not None and endpoint not in self.only:
                 continue
-            if via == "seed" and endpoint in denied:
+            if via == "seed" and refusal in denied:
                 continue  # the role may not open this route at all: one refusal per route is enough
             if "?" in url and endpoint is not None:
                 variants[endpoint] = variants.get(endpoint, 0) + 1
@@ -328,7 +337,7 @@ class Crawler:
                 principal, client, self.record(principal, "session", "GET", url, via, response, pair_key=key)
             )
             if _refused_by_role(response):
-                denied.add(endpoint)
+                denied.add(refusal)
             if depth >= MAX_DEPTH:
                 continue
             for target, how in self._targets(fetched.url, fetched):
@@ -395,9 +404,9 @@ class Crawler:
         for rule in self.rules:
             if not rule.rule.startswith("/api/") or "GET" not in (rule.methods or set()):
                 continue
-            denied = False
+            denied: set[str | None] = set()  # the trials whose route refused the role
             for args, via in self.resolver.expand(rule):
-                if denied and via == "seed":
+                if args.get("trial") in denied and via == "seed":
                     continue
                 url = self.build(rule, args)
                 response = client.get(url, headers=headers)
@@ -410,7 +419,8 @@ class Crawler:
                     response,
                     pair_key=self._pair_key(principal, "bearer", "GET", url, via),
                 )
-                denied = denied or _refused_by_role(response)
+                if _refused_by_role(response):
+                    denied.add(args.get("trial"))
 
     def submit(self, principal: Principal, client: FlaskClient) -> None:
         """Every POST route, with refused input: an empty form (and the CSRF token) on pages, an
@@ -422,10 +432,11 @@ class Crawler:
         for rule in self.rules:
             if "POST" not in (rule.methods or set()) or rule.endpoint in SKIPPED_POSTS:
                 continue
-            denied = False
+            denied: set[str | None] = set()  # the trials whose route refused the role
             for args, via in self.resolver.expand(rule):
                 if via == "seed" and (
-                    denied or ("subject" not in args and _repeats(rule, args, self.resolver))
+                    args.get("trial") in denied
+                    or ("subject" not in args and _repeats(rule, args, self.resolver))
                 ):
                     continue
                 url = self.build(rule, args)
@@ -462,7 +473,8 @@ class Crawler:
                         pair_key=key,
                     )
                     self.follow(principal, client, posted)
-                denied = denied or _refused_by_role(posted.response)
+                if _refused_by_role(posted.response):
+                    denied.add(args.get("trial"))
 
     def follow(self, principal: Principal, client: FlaskClient, origin: Fetched, hops: int = 3) -> Fetched:
         """Follow redirects at once, as a browser does (the target shows the flash messages of the
@@ -615,10 +627,11 @@ def _csrf(page: Fetched) -> str:
 
 
 def _repeats(rule: Rule, args: dict[str, str], resolver: Resolver) -> bool:
-    """POST routes are submitted once per principal with the first real value of each parameter
-    (subject routes: for every subject, so that twins can be compared)."""
+    """POST routes are submitted once per principal and trial with the first real value of each
+    other parameter (subject routes: for every subject, so that twins can be compared)."""
     names = sorted(rule.arguments)
-    first = {n: resolver.values(rule, n)[0] for n in names}
+    trial = args.get("trial")
+    first = {n: trial if n == "trial" else resolver.values(rule, n, trial)[0] for n in names}
     return args != first
 
 

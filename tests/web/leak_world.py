@@ -22,6 +22,10 @@ depot awaiting relabelling after an expiry change, a prepared (not shipped) ship
 review, a spare user (target of the admin forms the crawler submits), and one user per role with an
 e-mail address (the crawler's principals).
 
+Beside it, the observational cohort IMMUNOSEPSIS-4 (issue 20), with a registered participant and an
+ineligible patient at its site L1, and its investigator as one more principal
+(`cohort_investigator`), who has no role in IFNG-PAIS: every principal crawls both studies.
+
 (*) The unblinding steps use allocator.services.unblinding; they are the only conditional part of
 the world (`World.unblinding` says whether they ran), for the time the service is being written.
 """
@@ -31,7 +35,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import date, timedelta
 from email.message import EmailMessage
 from types import ModuleType
 
@@ -66,29 +70,34 @@ from allocator.services import (
     dispensing,
     notifications,
     signatures,
+    sites,
     unblinding_drills,
 )
 from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
 from allocator.services.errors import DomainError
 from allocator.services.lookups import trial_definition
-from allocator.services.subjects import confirmation, corrections, randomize, withdrawal
+from allocator.services.subjects import confirmation, corrections, randomize, register, withdrawal
 from allocator.services.supply import disposal, excursions, kit_lists, kit_rules, kit_status, shipments
 from allocator.trialdef import TrialDefinition
 from tests.masking import Subject
 from tests.support import (
     CLI_ACTOR,
+    COHORT_ELIGIBLE,
     ELIGIBLE,
     GOOD_PASSWORD,
     Clock,
     ReadyTrial,
     arm_of,
     enroll_totp,
+    load_cohort,
     make_user,
     ready_trial,
 )
 
 TRIAL = "IFNG-PAIS"
+COHORT = "IMMUNOSEPSIS-4"
+COHORT_PRINCIPAL = "cohort_investigator"
 ARMS = ("A", "B")
 DAYS = ("D1", "D2", "D3")
 STATES = (
@@ -143,6 +152,8 @@ class World:
     values: dict[str, list[str]]  # what route parameters can be filled with, by kind
     unblinding: bool  # whether the (conditional) unblinding steps ran
     mail: list[EmailMessage] = field(default_factory=list)
+    # Within one trial, its own values of a kind where they differ (the cohort's subjects and site)
+    trial_values: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     steps: list[str] = field(default_factory=list)
 
     def subject(self, number: str) -> WorldSubject | None:
@@ -268,6 +279,7 @@ def build_world(
         for number in arms.values()
     ]
     world_subjects += [WorldSubject(_identifiers(ctx, n), "allocated") for n in surplus]
+    cohort_subjects: list[str] = []
     if extras:
         p2 = _extras(ctx, clock, ready, principals, steps)
         world_subjects.append(WorldSubject(_identifiers(ctx, p2), "allocated", "P2"))
@@ -277,6 +289,9 @@ def build_world(
         if Role(principal.role) in MFA_REQUIRED_ROLES:
             principal.totp_secret = enroll_totp(ctx, principal.user_id, clock)
         principal.token = users.create_token(ctx, CLI_ACTOR, principal.username, "crawler").token
+    if extras:
+        cohort_principal, cohort_subjects = _cohort(ctx, clock, steps)
+        principals[COHORT_PRINCIPAL] = cohort_principal
     clock.advance(seconds=31)  # a fresh TOTP step for the sign-ins
 
     found = {s.subject.subject_number: s.subject for s in world_subjects}
@@ -288,7 +303,8 @@ def build_world(
         principals=principals,
         subjects=world_subjects,
         twins={state: (found[arms[ARMS[0]]], found[arms[ARMS[1]]]) for state, arms in by_state.items()},
-        values=_values(ctx, world_subjects, definition),
+        values=_values(ctx, world_subjects, definition, cohort_subjects),
+        trial_values={COHORT: {"subject": cohort_subjects, "site": ["L1"]}} if cohort_subjects else {},
         unblinding=service is not None,
         steps=steps,
     )
@@ -728,13 +744,72 @@ def _shipped(ctx: ServiceContext, site: str, count: int) -> str:
     return number
 
 
+def _cohort(ctx: ServiceContext, clock: Clock, steps: list[str]) -> tuple[Principal, list[str]]:
+    """IMMUNOSEPSIS-4 at site L1: a registered participant, an ineligible patient in its screening
+    log, and its investigator (no role in IFNG-PAIS) as a principal. Returns the principal and the
+    participants' numbers."""
+    load_cohort(ctx)
+    sites.activate_site(
+        ctx,
+        CLI_ACTOR,
+        COHORT,
+        "L1",
+        approval_date=date(2026, 1, 5),
+        delegation_log_date=date(2026, 2, 1),
+        code_break_evidence="not applicable: an observational study has no code-break sheets",
+        scope=EVERYWHERE,
+        reason="approved",
+    )
+    username = "crawl-cohort-investigator"
+    email = f"{username}@hospital.example"
+    created = make_user(ctx, username, "investigator", trial=COHORT, site="L1", email=email)
+    auth.change_password(
+        ctx, created.user_id, created.one_time_password, GOOD_PASSWORD, GOOD_PASSWORD, CLIENT
+    )
+    actor = Actor(
+        user_id=created.user_id,
+        username=username,
+        name="Crawl Cohort Investigator",
+        role="investigator",
+        site_code="L1",
+        request_id="leak-world",
+    )
+    clock.advance(minutes=1)
+    number = register.register(
+        ctx, actor, COHORT, register.RegistrationRequest("L1", "L1-0001", COHORT_ELIGIBLE), EVERYWHERE
+    ).subject_number
+    steps.append(f"registered {number} in {COHORT}")
+    try:
+        register.register(
+            ctx,
+            actor,
+            COHORT,
+            register.RegistrationRequest("L1", "L1-0900", {**COHORT_ELIGIBLE, "age": 17}),
+            EVERYWHERE,
+        )
+    except randomize.Ineligible:
+        steps.append(f"an ineligible patient in the screening log of {COHORT}")
+    principal = Principal(
+        COHORT_PRINCIPAL,
+        username,
+        email,
+        created.user_id,
+        blinded=True,
+        token=users.create_token(ctx, CLI_ACTOR, username, "crawler").token,
+    )
+    return principal, [number]
+
+
 def _trial_id(ctx: ServiceContext) -> int:
     with ctx.db.reading() as s:
         return s.execute(select(Trial.id).where(Trial.code == TRIAL)).scalar_one()
 
 
 def _values(
-    ctx: ServiceContext, world_subjects: list[WorldSubject], definition: TrialDefinition
+    ctx: ServiceContext,
+    world_subjects: list[WorldSubject],
+    definition: TrialDefinition,
+    cohort_subjects: list[str],
 ) -> dict[str, list[str]]:
     """Real values for route parameters, by kind; the crawler's resolver picks from them."""
     catalogue = _optional("allocator.services.reports.catalogue", ("REPORTS",))
@@ -746,7 +821,7 @@ def _values(
             return [str(i) for i in s.execute(select(model.id).where(model.user_id == spare_id)).scalars()]
 
         return {
-            "trial": [TRIAL],
+            "trial": [TRIAL, COHORT] if cohort_subjects else [TRIAL],
             "subject": [w.subject.subject_number for w in world_subjects],
             "site": [site.code for site in definition.sites],
             "shipment": list(s.execute(select(Shipment.number).order_by(Shipment.id)).scalars()),

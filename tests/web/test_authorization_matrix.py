@@ -18,7 +18,16 @@ from allocator.permissions import MFA_REQUIRED_ROLES, Role
 from allocator.services import auth, trials
 from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
-from tests.support import CLI_ACTOR, GOOD_PASSWORD, IFN_TRIAL, Clock, enroll_totp, load_ifn, make_user
+from tests.support import (
+    CLI_ACTOR,
+    GOOD_PASSWORD,
+    IFN_TRIAL,
+    Clock,
+    enroll_totp,
+    load_cohort,
+    load_ifn,
+    make_user,
+)
 from tests.support.worlds import replayed
 from tests.web.conftest import csrf_token, https_client
 
@@ -36,9 +45,13 @@ ALL = frozenset(
         "pharmacovigilance",
         "investigator_p2",
         "monitor_other_trial",
+        "cohort_investigator",
+        "cohort_monitor",
     }
 )
-IN_TRIAL = ALL - {"monitor_other_trial"}
+# Users of the observational cohort IMMUNOSEPSIS-4 only (issue 20): nothing of IFNG-PAIS is theirs.
+COHORT_USERS = frozenset({"cohort_investigator", "cohort_monitor"})
+IN_TRIAL = ALL - {"monitor_other_trial"} - COHORT_USERS
 NONE: frozenset[str] = frozenset()
 INV = frozenset({"investigator", "investigator_p2"})
 PHARM = frozenset({"pharmacist", "unblinded_pharmacist"})
@@ -81,6 +94,55 @@ MATRIX = [
         frozenset({"admin", "monitor_other_trial"}),
         "main.trial",
     ),
+    # The observational cohort (issue 20): its own users, and the administrator's trial page.
+    Row("cohort trial page", "GET", "/trials/IMMUNOSEPSIS-4", COHORT_USERS | {"admin"}, "main.trial"),
+    Row(
+        "cohort register form",
+        "GET",
+        "/trials/IMMUNOSEPSIS-4/register",
+        frozenset({"cohort_investigator"}),
+        "subjects.register_form",
+    ),
+    Row(
+        "cohort register",
+        "POST",
+        "/trials/IMMUNOSEPSIS-4/register",
+        frozenset({"cohort_investigator"}),
+        "subjects.register",
+    ),
+    Row("cohort subjects", "GET", "/trials/IMMUNOSEPSIS-4/subjects", COHORT_USERS, "subjects.subject_list"),
+    Row(
+        "cohort subject",
+        "GET",
+        "/trials/IMMUNOSEPSIS-4/subjects/L1-001",
+        COHORT_USERS,
+        "subjects.subject_page",
+    ),
+    Row(
+        "cohort screening log", "GET", "/trials/IMMUNOSEPSIS-4/screening", COHORT_USERS, "subjects.screening"
+    ),
+    Row(
+        "cohort lab calendar",
+        "GET",
+        "/trials/IMMUNOSEPSIS-4/lab-calendar",
+        COHORT_USERS | {"admin"},
+        "subjects.lab_calendar",
+    ),
+    Row(
+        "cohort lab closure",
+        "POST",
+        "/trials/IMMUNOSEPSIS-4/lab-calendar/closures",
+        frozenset({"admin"}),
+        "subjects.add_lab_closure",
+    ),
+    Row(
+        "cohort API register",
+        "POST",
+        "/api/v1/trials/IMMUNOSEPSIS-4/subjects",
+        frozenset({"cohort_investigator"}),
+        "api.randomize",
+    ),
+    Row("cohort API summary", "GET", "/api/v1/trials/IMMUNOSEPSIS-4", COHORT_USERS | {"admin"}, "api.trial"),
     Row("users", "GET", "/admin/users", frozenset({"admin"}), "admin.users"),
     Row("create user", "POST", "/admin/users", frozenset({"admin"}), "admin.create_user"),
     Row("user detail", "GET", "/admin/users/monitor", frozenset({"admin"}), "admin.user"),
@@ -906,6 +968,8 @@ def _specs() -> dict[str, tuple[str, str | None, str]]:
     }
     specs["investigator_p2"] = ("investigator", "P2", "IFNG-PAIS")
     specs["monitor_other_trial"] = ("monitor", None, "OTHER")
+    specs["cohort_investigator"] = ("investigator", "L1", "IMMUNOSEPSIS-4")
+    specs["cohort_monitor"] = ("monitor", None, "IMMUNOSEPSIS-4")
     return specs
 
 
@@ -918,6 +982,7 @@ def _accounts(ctx: ServiceContext) -> dict[str, bytes]:
         IFN_TRIAL.read_text().replace('code = "IFNG-PAIS"', 'code = "OTHER"'),
         source_name="other.toml",
     )
+    load_cohort(ctx)
     secrets: dict[str, bytes] = {}
     for name, (role, site, trial) in _specs().items():
         username = name.replace("_", "-")

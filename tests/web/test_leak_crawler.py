@@ -62,7 +62,15 @@ from tests.masking import (
 )
 from tests.support import IFN_TRIAL, ROOT, Clock
 from tests.web.crawler import Crawler, Fetched, Resolver, UnknownParameter
-from tests.web.leak_world import ARMS, TRIAL, World, build_world, capture_mail
+from tests.web.leak_world import (
+    ARMS,
+    COHORT,
+    COHORT_PRINCIPAL,
+    TRIAL,
+    World,
+    build_world,
+    capture_mail,
+)
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "leak-crawl"
 BLINDED = sorted(r.value for r in Role if r not in UNBLINDED_ROLES)
@@ -1000,3 +1008,33 @@ def test_the_leaking_routes_are_clean_apart_from_their_leak(leaky: CrawlResult) 
         for f in x.findings
     ]
     assert others == []
+
+
+# --- the observational cohort beside the trial (issue 20) -----------------------------------------
+
+
+@pytest.mark.req("BLD-01", "BLD-06")
+def test_a_cohort_user_gets_nothing_of_the_randomized_trial(crawl: CrawlResult) -> None:
+    """The investigator of IMMUNOSEPSIS-4 has no role in IFNG-PAIS: every page and call about
+    IFNG-PAIS is refused (the home page does not list it), no answer carries an arm, and the
+    cohort's own pages — registration form, participants, subject page, screening log — were open
+    to it."""
+    mine = [f for f in crawl.crawler.fetched if f.principal == COHORT_PRINCIPAL]
+    assert mine, "the cohort investigator did not crawl"
+    opened = [
+        f"{f.method} {f.url} ({f.status})"
+        for f in mine
+        if f"/{TRIAL}" in f.url and f.status < 400 and f.method == "GET"
+    ]
+    assert opened == [], "IFNG-PAIS pages answered to a user of the cohort only"
+    home = [f for f in mine if f.url == "/" and f.status == 200]
+    assert home and all(TRIAL not in f.response.get_data(as_text=True) for f in home)
+    reached = {f.endpoint for f in mine if f"/{COHORT}" in f.url and 200 <= f.status < 300}
+    assert {
+        "main.trial",
+        "subjects.register_form",
+        "subjects.subject_list",
+        "subjects.subject_page",
+        "subjects.screening",
+    } <= reached
+    assert violations(crawl, COHORT_PRINCIPAL) == []

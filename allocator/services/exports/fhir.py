@@ -50,7 +50,11 @@ def _study(data: Dataset) -> dict[str, object]:
         "identifier": [
             {"system": f"{SYSTEM}:trial", "value": data.trial_code},
             {"system": "https://clinicaltrials.gov", "value": definition.nct_number},
-            {"system": "https://euclinicaltrials.eu", "value": definition.eu_ct_number},
+            *(
+                [{"system": "https://euclinicaltrials.eu", "value": definition.eu_ct_number}]
+                if definition.eu_ct_number
+                else []
+            ),
             {"system": f"{SYSTEM}:sponsor-protocol", "value": definition.sponsor_protocol_code},
         ],
         "title": definition.title,

@@ -56,6 +56,7 @@ from allocator.services.errors import (
     FieldProblem,
     Forbidden,
     NotFound,
+    ObservationalStudy,
     ValidationFailed,
 )
 from allocator.services.lists import integrity, overview, storage
@@ -89,6 +90,12 @@ class StratumExhausted(Conflict):
 class NoActiveList(Conflict):
     slug = "no-active-list"
     title = "No randomization list is active"
+
+
+def _require_randomized(definition: TrialDefinition) -> None:
+    """Issue 20: an observational study has no list, arm or kit to randomize with."""
+    if definition.observational:
+        raise ObservationalStudy(f"{definition.code} is an observational study: register the patient instead")
 
 
 class SiteNotActive(Forbidden):
@@ -165,7 +172,7 @@ def _strata_levels(definition: TrialDefinition, site_code: str, raw: Mapping[str
     return levels
 
 
-def _screening_number(definition: TrialDefinition, raw: str) -> str:
+def normalized_screening_number(definition: TrialDefinition, raw: str) -> str:
     value = raw.strip().upper()
     if not re.match(definition.screening_number_pattern, value):
         raise ValidationFailed(
@@ -216,13 +223,13 @@ def check(
         site = session.execute(
             select(Site).where(Site.trial_id == trial.id, Site.code == shown.site).with_for_update()
         ).scalar_one()
-        _record_ineligible(
+        record_ineligible(
             ctx, session, actor, trial, site.id, site.code, shown.screening_number, eligibility, now
         )
     return shown
 
 
-def _record_ineligible(
+def record_ineligible(
     ctx: ServiceContext,
     session: Session,
     actor: Actor,
@@ -286,6 +293,7 @@ def _preview(
     with ctx.db.reading() as session:
         trial = get_trial(session, trial_code)
         definition = current_definition(session, trial)
+        _require_randomized(definition)
         site = session.execute(
             select(Site).where(Site.trial_id == trial.id, Site.code == request.site.strip())
         ).scalar_one_or_none()
@@ -295,9 +303,11 @@ def _preview(
         )
     if site.status != SiteStatus.ACTIVE.value:
         raise SiteNotActive(f"site {site.code} is {site.status}: it cannot randomize (RND-14)")
-    screening = _screening_number(definition, request.screening_number)
+    screening = normalized_screening_number(definition, request.screening_number)
     levels = _strata_levels(definition, site.code, request.strata)
-    result = _eligibility(definition, request.eligibility, ctx.now(), json_numbers=request.json_numbers)
+    result = checked_eligibility(
+        definition, request.eligibility, ctx.now(), json_numbers=request.json_numbers
+    )
     labels = {}
     for factor in definition.stratification:
         level = next((lv for lv in factor.levels if lv.code == levels[factor.code]), None)
@@ -315,7 +325,7 @@ def _preview(
     )
 
 
-def _eligibility(
+def checked_eligibility(
     definition: TrialDefinition, raw: Mapping[str, object], now: datetime, *, json_numbers: bool = False
 ) -> EligibilityResult:
     try:
@@ -343,11 +353,14 @@ def randomize(
     now = ctx.now()
     with ctx.db.unit_of_work() as session:
         trial, definition = trial_row_and_definition(session, trial_code)
+        _require_randomized(definition)
         lookups.require_open(trial)  # no new subject once the database is locked
         # Every check of the input comes before the first write: a refusal changes nothing.
-        screening = _screening_number(definition, request.screening_number)
+        screening = normalized_screening_number(definition, request.screening_number)
         levels = _strata_levels(definition, request.site, request.strata)
-        eligibility = _eligibility(definition, request.eligibility, now, json_numbers=request.json_numbers)
+        eligibility = checked_eligibility(
+            definition, request.eligibility, now, json_numbers=request.json_numbers
+        )
         outcome = _randomize_in(
             ctx,
             session,
@@ -578,7 +591,7 @@ def _randomize_in(
             errors=[FieldProblem("screening_number", "is already randomized")],
         )
     if not eligibility.eligible:
-        _record_ineligible(ctx, session, actor, trial, site.id, site.code, screening, eligibility, now)
+        record_ineligible(ctx, session, actor, trial, site.id, site.code, screening, eligibility, now)
         return Ineligible(
             f"{screening} is not eligible: recorded in the screening log, not randomized",
             errors=[FieldProblem(f"eligibility.{f.criterion}", f.message) for f in eligibility.failures],

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
 from allocator.models import (
@@ -17,6 +17,7 @@ from allocator.models import (
     Dispensation,
     Kit,
     Notification,
+    Registration,
     ScreeningEntry,
     Site,
     Subject,
@@ -410,8 +411,14 @@ def screening_page(
             .exists()
         )
         query = (
-            select(ScreeningEntry, Subject.subject_number, superseded)
+            # A randomized subject's number, or a registered participant's (observational study).
+            select(
+                ScreeningEntry,
+                func.coalesce(Subject.subject_number, Registration.subject_number),
+                superseded,
+            )
             .outerjoin(Subject, Subject.screening_entry_id == ScreeningEntry.id)
+            .outerjoin(Registration, Registration.screening_entry_id == ScreeningEntry.id)
             .where(ScreeningEntry.trial_id == trial.id)
             .order_by(ScreeningEntry.id.desc())
         )

@@ -17,7 +17,7 @@ from allocator.models import Kit, KitEvent, KitStatus
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict
 from allocator.settings import Environment
-from allocator.trialdef import TrialDefinition
+from allocator.trialdef import NotRandomized, TrialDefinition
 from allocator.version import __version__
 
 STATUSES = tuple(status.value for status in KitStatus)
@@ -39,6 +39,8 @@ def mac(ctx: ServiceContext) -> Callable[[bytes], bytes]:
 def label_info(definition: TrialDefinition, environment: Environment) -> kitlib.TrialLabelInfo:
     """The trial-level particulars of every label and sheet (EU CTR Annex VI; LBL-01, LBL-07)."""
     fr, en = definition.labels.fr, definition.labels.en
+    if definition.eu_ct_number is None:  # pragma: no cover - a randomized definition always has one
+        raise NotRandomized(definition.code, "EU CT number")
     return kitlib.TrialLabelInfo(
         trial_code=definition.code,
         sponsor_name=definition.sponsor.name,

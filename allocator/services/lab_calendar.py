@@ -1,0 +1,142 @@
+"""The central lab's calendar of an observational study (issue 20): its working weekdays and public
+holidays come from the definition's `[sampling]`; the days the lab is otherwise closed are entered
+here by those who manage the study's sites, audited, never deleted. A closure is taken into account
+by the registrations that follow it (allocator.sampling)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from allocator import sampling
+from allocator.audit import Action, Actor
+from allocator.models import LabClosure
+from allocator.services import lookups
+from allocator.services.context import ServiceContext
+from allocator.services.errors import Conflict, FieldProblem, ValidationFailed
+from allocator.services.periods import period_date
+from allocator.trialdef import Sampling, TrialDefinition
+
+REASON_MAX = 500
+
+
+class NoLabCalendar(Conflict):
+    slug = "no-lab-calendar"
+    title = "This trial randomizes its patients: it has no central-lab calendar"
+
+
+class AlreadyClosed(Conflict):
+    slug = "already-closed"
+    title = "The lab is already closed that day"
+
+
+@dataclass(frozen=True, slots=True)
+class Closure:
+    day: date
+    reason: str
+    entered_at: datetime
+    entered_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class DayOff:
+    """A weekday the lab does not work: a public holiday (`holiday` names it) or a closure."""
+
+    day: date
+    holiday: str | None
+    closure: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Calendar:
+    working_weekdays: tuple[int, ...]
+    holidays_country: str
+    closures: tuple[Closure, ...]  # every closure entered, newest day first
+    days_off: tuple[DayOff, ...]  # the coming weekdays off, in date order
+
+
+def _sampling_of(definition: TrialDefinition) -> Sampling:
+    if definition.sampling is None:
+        raise NoLabCalendar(f"{definition.code} randomizes its patients: it has no central-lab calendar")
+    return definition.sampling
+
+
+def closure_days(session: Session, trial_id: int) -> frozenset[date]:
+    return frozenset(session.execute(select(LabClosure.day).where(LabClosure.trial_id == trial_id)).scalars())
+
+
+def calendar(ctx: ServiceContext, trial_code: str, *, ahead_days: int = 90, language: str = "en") -> Calendar:
+    """The lab's working weekdays, every closure entered, and the weekdays off of the coming
+    `ahead_days` (public holidays, named in `language`, and closures)."""
+    with ctx.db.reading() as session:
+        trial, definition = lookups.trial_and_definition(session, trial_code)
+        plan = _sampling_of(definition)
+        rows = session.execute(
+            select(LabClosure).where(LabClosure.trial_id == trial.id).order_by(LabClosure.day.desc())
+        ).scalars()
+        closures = tuple(Closure(r.day, r.reason, r.entered_at, r.entered_by_name) for r in rows)
+    by_day = {c.day: c.reason for c in closures}
+    today = definition.local_date(ctx.now())
+    days_off = []
+    for offset in range(ahead_days + 1):
+        day = today + timedelta(days=offset)
+        if day.isoweekday() not in plan.working_weekdays:
+            continue
+        holiday = sampling.public_holiday_name(plan.holidays_country, day, language)
+        if holiday is not None or day in by_day:
+            days_off.append(DayOff(day, holiday, by_day.get(day)))
+    return Calendar(plan.working_weekdays, plan.holidays_country, closures, tuple(days_off))
+
+
+def add_closure(ctx: ServiceContext, actor: Actor, trial_code: str, form: Mapping[str, str]) -> Closure:
+    """Record that the central lab is closed on `form["day"]` for `form["reason"]` (audited).
+
+    Raises NoLabCalendar (a randomized trial), ValidationFailed (a missing, malformed or past day, no
+    reason; nothing recorded), AlreadyClosed."""
+    problems: list[FieldProblem] = []
+    day = period_date(form, "day", problems)
+    if day is None and not problems:
+        problems.append(FieldProblem("day", "is required"))
+    reason = (form.get("reason") or "").strip()
+    if not reason:
+        problems.append(FieldProblem("reason", "is required"))
+    elif len(reason) > REASON_MAX:
+        problems.append(FieldProblem("reason", "at most 500 characters"))
+    now = ctx.now()
+    with ctx.db.unit_of_work() as session:
+        trial, definition = lookups.trial_and_definition(session, trial_code)
+        _sampling_of(definition)
+        if day is not None and day < definition.local_date(now):
+            problems.append(FieldProblem("day", "is in the past"))
+        if problems or day is None:
+            raise ValidationFailed("the closure cannot be recorded", errors=problems)
+        if day in closure_days(session, trial.id):
+            raise AlreadyClosed(
+                f"the lab is already closed on {day.isoformat()}",
+                errors=[FieldProblem("day", "is already a closure")],
+            )
+        session.add(
+            LabClosure(
+                trial_id=trial.id,
+                day=day,
+                reason=reason,
+                entered_at=now,
+                entered_by_id=actor.user_id,
+                entered_by_name=actor.name,
+            )
+        )
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=trial.code,
+            action=Action.LAB_CLOSURE_ADDED,
+            object_type="lab_closure",
+            object_id=day.isoformat(),
+            new={"day": day.isoformat(), "reason": reason},
+            at=now,
+        )
+    return Closure(day, reason, now, actor.name)

@@ -1,0 +1,162 @@
+"""Pages of the observational cohort IMMUNOSEPSIS-4 (issue 20) hosted beside the randomized trial."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from flask.testing import FlaskClient
+
+from allocator.services.context import ServiceContext
+from tests.support import (
+    COHORT,
+    COHORT_ELIGIBLE,
+    GOOD_PASSWORD,
+    load_cohort,
+    load_ifn,
+    make_user,
+    ready_cohort,
+)
+from tests.web.conftest import csrf_token
+
+
+@pytest.mark.req("VAL-03")
+def test_the_cohort_page_shows_the_study_without_randomized_trial_facts(
+    ctx: ServiceContext, signed_in: Callable[[str, str], FlaskClient]
+) -> None:
+    load_ifn(ctx)
+    load_cohort(ctx)
+    created = make_user(ctx, "tm-cohort", "trial_manager", trial="IMMUNOSEPSIS-4")
+    make_user(ctx, "tm-ifn", "trial_manager")
+    client = signed_in("tm-cohort", created.one_time_password)
+    home = client.get("/")
+    assert home.status_code == 200
+    assert "IMMUNOSEPSIS 4" in home.get_data(as_text=True)
+    page = client.get("/trials/IMMUNOSEPSIS-4")
+    assert page.status_code == 200, page.get_data(as_text=True)[:2000]
+    html = page.get_data(as_text=True)
+    assert "NCT04067674" in html and "69HCL19_0071" in html
+    assert "EU CT number" not in html  # an observational cohort has none
+    for randomized_only in ("Randomization lists", "Code-break sheets", "Strata", "Unblinding", "Randomized"):
+        assert randomized_only not in html, randomized_only
+    assert "Registered" in html
+    # A user of the cohort only has no access to the randomized trial (and does not see it).
+    assert "IFN-gamma PAIS" not in home.get_data(as_text=True)
+    assert client.get("/trials/IFNG-PAIS").status_code in (403, 404)
+
+
+def _form(ctx: ServiceContext, signed_in: Callable[[str, str], FlaskClient]) -> FlaskClient:
+    ready_cohort(ctx)
+    return signed_in_with(signed_in, "inv-l1")
+
+
+def signed_in_with(signed_in: Callable[[str, str], FlaskClient], username: str) -> FlaskClient:
+    return signed_in(username, GOOD_PASSWORD)
+
+
+@pytest.mark.req("RND-05", "RND-06")
+def test_an_investigator_registers_a_patient_through_the_screening_form(
+    ctx: ServiceContext, signed_in: Callable[[str, str], FlaskClient]
+) -> None:
+    client = _form(ctx, signed_in)
+    trial_page = client.get(f"/trials/{COHORT}").get_data(as_text=True)
+    assert "Register a patient" in trial_page and "Randomize a patient" not in trial_page
+    # The randomization form's address shows a cohort its registration form.
+    moved = client.get(f"/trials/{COHORT}/randomize").get_data(as_text=True)
+    assert "Register a patient" in moved and f'action="/trials/{COHORT}/register"' in moved
+    form = client.get(f"/trials/{COHORT}/register").get_data(as_text=True)
+    assert "Register a patient" in form and "Stratification" not in form and "Highest lactate" in form
+    data = {f"eligibility.{key}": value for key, value in COHORT_ELIGIBLE.items()}
+    data |= {
+        "site": "L1",
+        "screening_number": "L1-0001",
+        "csrf_token": csrf_token(client, f"/trials/{COHORT}/register"),
+    }
+    done = client.post(f"/trials/{COHORT}/register", data=data)
+    assert done.status_code == 303, done.get_data(as_text=True)[:1500]
+    assert done.headers["Location"].endswith(f"/trials/{COHORT}/subjects/L1-001")
+    page = client.get(done.headers["Location"]).get_data(as_text=True)
+    assert "L1-001" in page and "Registered. Plan the samples below." in page
+    assert "Sample schedule" in page and "D3" in page and "BIOMARKER" in page
+    for randomized_only in ("Randomization number", "Kits", "arm", "Arm", "unblind", "Unblind"):
+        assert randomized_only not in page, randomized_only
+    again = client.get(done.headers["Location"]).get_data(as_text=True)
+    assert "Registered. Plan the samples below." not in again  # said once
+    listing = client.get(f"/trials/{COHORT}/subjects").get_data(as_text=True)
+    assert "L1-001" in listing and "Randomized" not in listing
+
+    data |= {"screening_number": "L1-0002", "eligibility.age": "16", "eligibility.non_opposition": "no"}
+    refused = client.post(f"/trials/{COHORT}/register", data=data)
+    assert refused.status_code == 422
+    text = refused.get_data(as_text=True)
+    assert "Not registered" in text and "Not randomized" not in text
+    assert "Age" in text and "Non-opposition" in text
+    log = client.get(f"/trials/{COHORT}/screening").get_data(as_text=True)
+    assert "L1-0001" in log and "L1-0002" in log
+    assert "registered as L1-001" in log and "randomized" not in log
+
+
+def test_the_registration_form_reports_input_errors_by_field(
+    ctx: ServiceContext, signed_in: Callable[[str, str], FlaskClient]
+) -> None:
+    client = _form(ctx, signed_in)
+    data = {f"eligibility.{key}": value for key, value in COHORT_ELIGIBLE.items()}
+    data |= {
+        "site": "L1",
+        "screening_number": "L1-0001",
+        "eligibility.lactate": "high",
+        "csrf_token": csrf_token(client, f"/trials/{COHORT}/register"),
+    }
+    response = client.post(f"/trials/{COHORT}/register", data=data)
+    assert response.status_code == 422
+    assert 'aria-invalid="true"' in response.get_data(as_text=True)
+    # The randomized trial's registration URL does not exist for it.
+    load_ifn(ctx)
+    assert client.get("/trials/IFNG-PAIS/register").status_code in (403, 404, 409)
+
+
+def test_the_lab_calendar_shows_days_off_and_takes_closures(
+    ctx: ServiceContext, signed_in: Callable[[str, str], FlaskClient]
+) -> None:
+    client = _form(ctx, signed_in)  # the investigator reads the calendar, without the form
+    page = client.get(f"/trials/{COHORT}/lab-calendar").get_data(as_text=True)
+    assert "Central lab calendar" in page and "Easter Monday" in page and "Enter a closure" not in page
+    manager = make_user(ctx, "tm-cohort", "trial_manager", trial=COHORT)
+    tm = signed_in("tm-cohort", manager.one_time_password)
+    path = f"/trials/{COHORT}/lab-calendar"
+    token = csrf_token(tm, path)
+    refused = tm.post(f"{path}/closures", data={"day": "2026-03-04", "reason": "", "csrf_token": token})
+    assert refused.status_code == 303 and refused.headers["Location"].endswith("#closure")
+    again = tm.get(path).get_data(as_text=True)
+    assert 'aria-invalid="true"' in again and "2026-03-04" in again  # what was typed is kept
+    done = tm.post(
+        f"{path}/closures", data={"day": "2026-03-04", "reason": "cytometer maintenance", "csrf_token": token}
+    )
+    assert done.status_code == 303
+    shown = tm.get(path).get_data(as_text=True)
+    assert "The closure is recorded" in shown and "Lab closed: cytometer maintenance" in shown
+    french = tm.post("/language", data={"language": "fr", "csrf_token": csrf_token(tm, path)})
+    assert french.status_code in (302, 303)
+    assert "Lundi de Pâques" in tm.get(path).get_data(as_text=True)
+
+
+def test_a_cohort_site_is_activated_without_code_break_material(
+    ctx: ServiceContext, signed_in: Callable[[str, str], FlaskClient]
+) -> None:
+    load_cohort(ctx)
+    manager = make_user(ctx, "tm-cohort", "trial_manager", trial=COHORT)
+    client = signed_in("tm-cohort", manager.one_time_password)
+    page = client.get(f"/trials/{COHORT}/sites").get_data(as_text=True)
+    assert "Activate the site" in page and "Code-break material" not in page and "code-break" not in page
+    done = client.post(
+        f"/trials/{COHORT}/sites/L1/activate",
+        data={
+            "approval_date": "2026-01-05",
+            "delegation_log_date": "2026-02-01",
+            "reason": "approvals received",
+            "csrf_token": csrf_token(client, f"/trials/{COHORT}/sites"),
+        },
+    )
+    assert done.status_code in (302, 303)
+    assert "L1 – Lyon site 1" in client.get(f"/trials/{COHORT}").get_data(as_text=True)
+    assert ">active<" in client.get(f"/trials/{COHORT}/sites").get_data(as_text=True)
