@@ -83,6 +83,7 @@ KNOWN = frozenset(
         N_("answer yes or no"),
         # relabelling after an expiry change (issue 19; services/supply/relabelling.py, dispensing)
         N_("awaits its new expiry label: relabel it first"),
+        N_("held by a temperature excursion: wait for the decision or replace it"),
         N_("no kit there awaits relabelling"),
         N_("no kit to relabel"),
         N_("this kit awaits no relabelling"),
@@ -260,6 +261,16 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         ),
         N_(
             "the %(day)s kit of %(subject)s awaits its new expiry label: relabel it and confirm by scan first"
+        ),
+    ),
+    (
+        re.compile(
+            r"^the (?P<day>\S+) kit of (?P<subject>\S+) is held by temperature excursion (?P<excursion>\S+): "
+            r"wait for the sponsor's decision or replace the kit$"
+        ),
+        N_(
+            "the %(day)s kit of %(subject)s is held by temperature excursion %(excursion)s: "
+            "wait for the sponsor's decision or replace the kit"
         ),
     ),
     (

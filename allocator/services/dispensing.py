@@ -20,6 +20,7 @@ from allocator.audit import Action, Actor
 from allocator.models import (
     Batch,
     Dispensation,
+    ExcursionKit,
     Kit,
     KitStatus,
     PrintedDocument,
@@ -27,6 +28,7 @@ from allocator.models import (
     Site,
     Subject,
     SubjectWithdrawal,
+    TemperatureExcursion,
 )
 from allocator.permissions import Scope
 from allocator.services import arm_access, documents, lookups, signatures
@@ -292,6 +294,21 @@ def _kit_refusal(
         return Conflict(
             f"the {label} kit of {number} awaits its new expiry label: relabel it and confirm by scan first",
             errors=[FieldProblem(field, "awaits its new expiry label: relabel it first")],
+        )
+    held = session.execute(
+        select(TemperatureExcursion.number)
+        .join(ExcursionKit, ExcursionKit.excursion_id == TemperatureExcursion.id)
+        .where(ExcursionKit.kit_id == kit.id, TemperatureExcursion.status != "released")
+        .order_by(TemperatureExcursion.id)
+        .limit(1)
+    ).scalar_one_or_none()
+    if held is not None:  # issue 19, LBL-05: it was in the refrigerator of a reported excursion
+        return Conflict(
+            f"the {label} kit of {number} is held by temperature excursion {held}: "
+            "wait for the sponsor's decision or replace the kit",
+            errors=[
+                FieldProblem(field, "held by a temperature excursion: wait for the decision or replace it")
+            ],
         )
     return None
 

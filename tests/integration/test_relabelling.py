@@ -142,3 +142,54 @@ def test_relabelling_is_scoped_and_refuses_bad_scans(ctx: ServiceContext) -> Non
     depot_kit = pending_at(ctx, "depot")[0]
     relabelling.confirm(ctx, manager, TRIAL, depot_kit, scope=ALL, depot=True)
     assert depot_kit not in pending_at(ctx, "depot")
+
+
+@pytest.mark.req("LBL-05")
+@pytest.mark.parametrize("decision", ["release", "destroy"])
+def test_a_refrigerator_excursion_holds_the_kits_already_allocated_there(
+    ctx: ServiceContext, decision: str
+) -> None:
+    """A review of issue 19: a refrigerator excursion quarantined the site's available kits but left
+    the kits already allocated to a patient (in the same refrigerator) dispensable. They stay
+    allocated (no lifecycle step leads from allocated to quarantined) but are refused at dispensing
+    until the sponsor releases the excursion; after a decision to destroy they stay refused (the
+    pharmacist replaces them through the subject)."""
+    from allocator.services.supply import excursions
+
+    ready = ready_trial(ctx, kits_per_site=36)
+    manager = person(ctx, "tman", "trial_manager")
+    first = randomization(ctx, ready.investigator, "P1-0001")
+    scans = {k.day: kitlib.format_kit_number(k.kit_number) for k in first.kits}
+    report = excursions.report_excursion(
+        ctx,
+        ready.pharmacist,
+        TRIAL,
+        place="site",
+        site_code="P1",
+        minimum="1",
+        maximum="12",
+        duration_minutes="90",
+        note="door left open",
+        logger=excursions.LoggerFile("fridge.csv", b"time,temperature\n10:00,12.0\n"),
+        scope=ALL,
+        signature=SIGNED,
+    )
+    with pytest.raises(Conflict) as refused:
+        dispensing.dispense(
+            ctx, ready.pharmacist, TRIAL, first.subject_number, scans, scope=ALL, signature=SIGNED
+        )
+    assert {p.message for p in refused.value.errors} == {
+        "held by a temperature excursion: wait for the decision or replace it"
+    }
+    excursions.decide_excursion(
+        ctx, manager, TRIAL, report.number, decision, reason="logger read", signature=SIGNED
+    )
+    if decision == "destroy":
+        with pytest.raises(Conflict):
+            dispensing.dispense(
+                ctx, ready.pharmacist, TRIAL, first.subject_number, scans, scope=ALL, signature=SIGNED
+            )
+    else:
+        assert dispensing.dispense(
+            ctx, ready.pharmacist, TRIAL, first.subject_number, scans, scope=ALL, signature=SIGNED
+        )

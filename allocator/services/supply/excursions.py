@@ -194,10 +194,12 @@ def report_excursion(
     ):
         trial = get_trial(session, trial_code)
         shipment: Shipment | None = None
+        held: list[Kit] = []  # allocated kits of the refrigerator: held, not quarantined
         if place == "shipment":
             shipment, site, kits = _shipment_kits(session, trial, shipment_number.strip(), scope)
         else:
             site, kits = _site_kits(session, trial, site_code.strip(), scope)
+            held = _allocated_kits(session, site)
         if not kits:
             raise Conflict(
                 "no kit there can be quarantined (no kit in transit or available)",
@@ -262,6 +264,12 @@ def report_excursion(
         session.flush()
         for kit in kits:
             move_kit(session, kit, S.QUARANTINED, actor, f"temperature excursion {number}", now)
+            session.add(ExcursionKit(excursion_id=excursion.id, kit_id=kit.id))
+        for kit in held:
+            # LBL-05: a kit already allocated to a patient stays allocated (the lifecycle has no
+            # step from allocated to quarantined) but cannot be dispensed while the excursion is
+            # undecided, nor after a decision to destroy: the pharmacist replaces it through the
+            # subject's kit replacement, or dispenses it once the sponsor releases the excursion.
             session.add(ExcursionKit(excursion_id=excursion.id, kit_id=kit.id))
         ctx.audit.record(
             session,
@@ -516,6 +524,19 @@ def _shipment_kits(
         ).scalars()
     )
     return shipment, site, kits
+
+
+def _allocated_kits(session: Session, site: Site) -> list[Kit]:
+    """The site's kits allocated to a subject and not yet dispensed, locked (sorted by id: no arm
+    order)."""
+    return list(
+        session.execute(
+            select(Kit)
+            .where(Kit.site_id == site.id, Kit.status == S.ALLOCATED.value)
+            .order_by(Kit.id)
+            .with_for_update()
+        ).scalars()
+    )
 
 
 def _site_kits(session: Session, trial: Trial, code: str, scope: Scope) -> tuple[Site, list[Kit]]:
