@@ -9,7 +9,8 @@ a daily job, so that kits passing their usable date between two events are notic
 
 How many courses a site holds (BLD-04, BLD-12): as many as its scarcest arm allows, since a
 randomization needs a course of every arm whichever the list gives. Its available kits still usable
-for a course allocated when a shipment requested now would arrive (today + lead time) are counted
+for a course allocated the day after a shipment requested now would arrive (today + lead time + 1:
+the shipment comes in at some hour of its arrival day, so the kits must cover that whole day) are counted
 per arm inside the service (one audited machine read, `arm_access.kit_arm_counts_in`), each arm
 scaled by its share of the ratio, and the least of them is taken; the kits of its prepared or
 shipped shipments (balanced by arm) are added whole; divided by the kits of one course. Neither
@@ -198,7 +199,11 @@ def _courses(
     come in shipments balanced by arm (`depot.prepare_shipment`) and are counted whole. The arms
     are opened inside the service in one audited machine read and never leave it: only the
     resulting number of courses does, as before."""
-    horizon = needed_until(definition, definition.local_date(now) + timedelta(days=levels.lead_time_days))
+    # A shipment requested today arrives at some hour of the day `lead_time_days` later: the kits
+    # counted must still serve a course allocated on the next day, or a kit expiring the night of
+    # the arrival leaves the site without it until the shipment comes in (the 2,000-subject bench's
+    # stock-out: a batch expiring at midnight, the resupply arriving that morning).
+    horizon = needed_until(definition, definition.local_date(now) + timedelta(days=levels.lead_time_days + 1))
     connection = session.connection()
     usable = [
         (row.kit_number, row.sealed_arm)
