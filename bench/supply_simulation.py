@@ -92,7 +92,7 @@ def main() -> int:
         )
         outcome = simulation.run()
         print(f"{args.subjects} subjects, {args.sites} sites, {args.days} days: {outcome.summary()}")
-        print(f"stock-outs: {outcome.refused_for_kits}")
+        print(f"stock-outs: {outcome.refused_for_kits} {outcome.stockouts}")
         print(f"kits wasted to expiry: {outcome.wasted_at_sites + outcome.wasted_at_depot}")
         print(f"wall time {time.perf_counter() - started:.0f} s")
         return 0 if not outcome.discrepancies else 1

@@ -17,7 +17,9 @@ from allocator.models import Batch, Kit, Notification, Shipment
 from allocator.services import signatures, sites, trials
 from allocator.services.context import ServiceContext
 from allocator.services.lists import approval, generation
+from allocator.services.lookups import current_definition, get_trial
 from allocator.services.supply import excursions, kit_lists, kit_status, resupply, shipments
+from allocator.services.supply.kit_rules import needed_until
 from tests.support import (
     ALL_SITES,
     CLI_ACTOR,
@@ -280,3 +282,31 @@ def test_whether_a_site_is_resupplied_never_depends_on_which_arms_its_kits_left_
     # 12 usable kits = 4 courses, at the trigger, not below it: nothing is requested, either way.
     assert open_shipments(ctx) == []
     assert len(notes(ctx, "resupply_request")) == requests_before
+
+
+def test_kits_that_would_not_serve_the_day_after_the_arrival_are_not_counted(ctx: ServiceContext) -> None:
+    """A shipment requested today comes in at some hour of the day `lead_time_days` later: kits
+    that serve a course allocated on that day but not on the next leave the site short from the
+    midnight before the arrival (the 2,000-subject bench's stock-out, day 297 at 04:45 UTC, before
+    the morning delivery). They no longer count, so the shipment is requested a day earlier."""
+    people = world(ctx, LEVELS, {"LOT-1": (24, 365)})
+    activate(ctx)
+    deliver(ctx, "SH-0001")  # 6 courses at P1, all of LOT-1
+    kit_lists.generate_kit_list(
+        ctx, CLI_ACTOR, TRIAL, count=48, lot_code="LOT-2", expiry=ctx.now().date() + timedelta(days=365)
+    )
+    code_break_sheets(ctx, people["stat"])  # type: ignore[arg-type]
+    with ctx.db.reading() as s:
+        definition = current_definition(s, get_trial(s, TRIAL))
+    today = definition.local_date(ctx.now())
+    # LOT-1 now serves a course allocated on the arrival day (today + 2), not one on the day after.
+    kit_status.update_batch_expiry(
+        ctx,
+        people["stat"],  # type: ignore[arg-type]
+        TRIAL,
+        "LOT-1",
+        needed_until(definition, today + timedelta(days=2)),
+        reason="shorter shelf life after re-test",
+        signature=signatures.SignatureRequest(password=GOOD_PASSWORD),
+    )
+    assert open_shipments(ctx) == [("SH-0002", "prepared", 24)]  # up to 7 courses from none: 24 kits

@@ -73,6 +73,7 @@ class Outcome:
     returned: int = 0  # at the close-out: used kits sent back to the depot
     destroyed: int = 0  # at the close-out: leftover kits destroyed on site (signed)
     left_open: int = 0  # kits still on hand or in transit at a site after the close-out
+    stockouts: list[str] = field(default_factory=list)  # when and where a randomization was refused
 
     def summary(self) -> str:
         return (
@@ -219,6 +220,8 @@ class SupplySimulation:
             result = randomize.randomize(self.ctx, self.investigators[str(site)], TRIAL, request, ALL_SITES)
         except KitsUnavailable:
             self.outcome.refused_for_kits += 1
+            day = (self.clock.current - self.start).days
+            self.outcome.stockouts.append(f"day {day} {self.clock.current:%H:%M} UTC at {site}")
             return None
         self.outcome.randomized += 1
         return result

@@ -8,7 +8,8 @@ receipt) and at activation (the initial shipment); `check_sites` runs it for eve
 a daily job, so that kits passing their usable date between two events are noticed too.
 
 How many courses a site holds (blinded, BLD-04, BLD-12): its available kits still usable for a
-course allocated when a shipment requested now would arrive (today + lead time), plus the kits of
+course allocated the day after a shipment requested now would arrive (today + lead time + 1: the
+shipment comes in at some hour of its arrival day, so the kits must cover that whole day), plus the kits of
 its prepared or shipped shipments (less those quarantined on the way after a temperature
 excursion), divided by the kits of one course (one per dispensing day). The
 count never looks at an arm, so whether and when a shipment is requested does not depend on the arm
@@ -194,7 +195,11 @@ def _trigger(session: Session, supply: Supply, levels: SiteSupply, site: SiteRef
 def _courses(
     session: Session, definition: TrialDefinition, levels: SiteSupply, site: SiteRef, now: datetime
 ) -> int:
-    horizon = needed_until(definition, definition.local_date(now) + timedelta(days=levels.lead_time_days))
+    # A shipment requested today arrives at some hour of the day `lead_time_days` later: the kits
+    # counted must still serve a course allocated on the next day, or kits expiring the night of
+    # the arrival leave the site short until the shipment comes in (the 2,000-subject bench's
+    # stock-out: a batch no longer usable from midnight, the resupply arriving that morning).
+    horizon = needed_until(definition, definition.local_date(now) + timedelta(days=levels.lead_time_days + 1))
     on_hand, on_order, held_on_the_way = (
         session.connection().execute(_ON_HAND_AND_ON_ORDER, {"site_id": site.id, "horizon": horizon}).one()
     )
