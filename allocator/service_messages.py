@@ -260,6 +260,16 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         ),
     ),
     (
+        re.compile(
+            r"^kit (?P<kit>\S+) is held by excursion (?P<excursion>\S+) until the sponsor's decision$"
+        ),
+        N_("kit %(kit)s is held by excursion %(excursion)s until the sponsor's decision"),
+    ),
+    (
+        re.compile(r"^awaits the sponsor's decision on (?P<excursion>\S+)$"),
+        N_("awaits the sponsor's decision on %(excursion)s"),
+    ),
+    (
         re.compile(r"^excursion (?P<excursion>\S+) is already decided$"),
         N_("excursion %(excursion)s is already decided"),
     ),

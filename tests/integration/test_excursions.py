@@ -214,3 +214,50 @@ def test_a_release_before_receipt_puts_the_kits_back_in_transit(world: ServiceCo
     assert statuses(ctx, view.kits) == ["in_transit"] * 4
     receipt = shipments.receive(ctx, CLI_ACTOR, TRIAL, view.number, list(view.kits), scope=ALL)
     assert receipt.received == 4
+
+
+@pytest.mark.req("LBL-05", "ACC-12")
+@pytest.mark.parametrize("to", ["available", "damaged", "lost"])
+def test_no_one_moves_a_kit_held_by_an_undecided_excursion_by_hand(world: ServiceContext, to: str) -> None:
+    """Review of issue 19: a pharmacist released excursion-quarantined kits without the sponsor."""
+    from allocator.services.supply import kit_status
+
+    ctx = world
+    pharmacist = person(ctx, "pharma-p1", "pharmacist", "P1")
+    manager = person(ctx, "tman", "trial_manager")
+    view = in_transit(ctx, "P1", 4)
+    shipments.receive(ctx, pharmacist, TRIAL, view.number, list(view.kits), scope=ALL)
+    report(ctx, pharmacist, place="site", site_code="P1", scope=site_of(ctx, "P1"))
+    kit = view.kits[0]
+    with pytest.raises(Conflict, match="EXC-0001") as refused:
+        kit_status.change_status(
+            ctx, pharmacist, TRIAL, kit, to, reason="looks fine", scope=ALL, depot=False, signature=SIGNED
+        )
+    assert "kit_number" in {p.field for p in refused.value.errors}
+    assert kit in str(refused.value) or kit.replace("-", "") in str(refused.value).replace("-", "")
+    assert statuses(ctx, view.kits) == ["quarantined"] * 4
+    # Once the sponsor has decided, the kits are ordinary kits again.
+    excursions.decide_excursion(ctx, manager, TRIAL, "EXC-0001", "release", reason="stable", signature=SIGNED)
+    kit_status.change_status(
+        ctx,
+        pharmacist,
+        TRIAL,
+        kit,
+        "quarantined",
+        reason="dented box",
+        scope=ALL,
+        depot=False,
+        signature=SIGNED,
+    )
+    kit_status.change_status(
+        ctx,
+        pharmacist,
+        TRIAL,
+        kit,
+        "available",
+        reason="box checked",
+        scope=ALL,
+        depot=False,
+        signature=SIGNED,
+    )
+    assert statuses(ctx, (kit,)) == ["available"]
