@@ -326,6 +326,16 @@ def decide_excursion(
             raise NotFound(f"no excursion {number}")
         if excursion.status != "pending":
             raise Conflict(f"excursion {number} is already decided")
+        # The shipment's row is locked before its kits, in the order of shipments.receive: a receipt
+        # at the same moment either comes first (the kits are then at the site and become available)
+        # or waits for the decision (the released kits are then in transit and it receives them).
+        shipment = (
+            session.execute(
+                select(Shipment).where(Shipment.id == excursion.shipment_id).with_for_update()
+            ).scalar_one()
+            if excursion.shipment_id
+            else None
+        )
         kits = list(
             session.execute(
                 select(Kit)
@@ -353,7 +363,6 @@ def decide_excursion(
             },
             now=now,
         )
-        shipment = session.get(Shipment, excursion.shipment_id) if excursion.shipment_id else None
         for kit in kits:
             if decision == "destroy":
                 target = S.DAMAGED
