@@ -43,6 +43,7 @@ KNOWN = frozenset(
         N_("unknown"),
         N_("unknown site"),
         N_("a reason is required"),
+        N_("some text is too long"),
         N_("is in the future"),
         N_("must be a date"),
         N_("must be a date (YYYY-MM-DD)"),

@@ -162,6 +162,9 @@ def test_a_refrigerator_excursion_takes_every_available_kit_of_the_site_and_dest
         ({"minimum": "3", "maximum": "7.5"}, "maximum"),  # within 2-8 °C: not an excursion
         ({"duration_minutes": "0"}, "duration_minutes"),
         ({"duration_minutes": "1h"}, "duration_minutes"),
+        ({"duration_minutes": "\u00b2"}, "duration_minutes"),  # a digit to str.isdigit(), not to int()
+        ({"duration_minutes": "\u0663"}, "duration_minutes"),  # an Arabic-Indic three
+        ({"note": "n" * 2001}, "note"),
         ({"logger": None}, "logger"),
         ({"logger": excursions.LoggerFile("log.csv", b"")}, "logger"),
         ({"logger": excursions.LoggerFile("log.exe", b"MZ")}, "logger"),
