@@ -81,6 +81,8 @@ KNOWN = frozenset(
         N_("has not been shipped yet"),
         N_("unknown shipment"),
         N_("does the logger show an excursion?"),
+        N_("report the excursion first"),
+        N_("no excursion is reported for this shipment"),
         N_("answer yes or no"),
         # relabelling after an expiry change (issue 19; services/supply/relabelling.py, dispensing)
         N_("awaits its new expiry label: relabel it first"),

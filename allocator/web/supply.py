@@ -194,14 +194,15 @@ def ship(trial: str, number: str) -> WerkzeugResponse:
 @requires(Permission.KIT_MANAGE)
 def receive(trial: str, number: str) -> WerkzeugResponse:
     """The site pharmacist scans (or types) every kit of the shipment, after answering whether the
-    parcel's temperature logger shows an excursion: yes opens the excursion report (issue 19)."""
+    parcel's temperature logger shows an excursion: yes opens the excursion report (issue 19),
+    and once the excursion is reported ("reported"), the receipt records the yes with it."""
     answer = _form("logger_excursion")
     if answer == "yes":
         flash(_("Report the excursion first: the kits are quarantined, then confirm the receipt."), "error")
         return redirect(url_for("excursions.excursions", trial=trial, shipment=number) + "#report", code=303)
 
     def act() -> None:
-        if answer != "no":
+        if answer not in ("no", "reported"):
             raise ValidationFailed(
                 "does the logger show an excursion?",
                 errors=[FieldProblem("logger_excursion", "answer yes or no")],
@@ -214,7 +215,7 @@ def receive(trial: str, number: str) -> WerkzeugResponse:
             _lines("kits"),
             scope=scope(Permission.KIT_MANAGE),
             missing_reason=_form("missing_reason"),
-            logger_excursion=False,
+            logger_excursion=answer == "reported",
         )
         if receipt.missing:
             flash(f"{len(receipt.missing)} kit(s) recorded lost.", "error")

@@ -264,3 +264,28 @@ def test_no_one_moves_a_kit_held_by_an_undecided_excursion_by_hand(world: Servic
         signature=SIGNED,
     )
     assert statuses(ctx, (kit,)) == ["available"]
+
+
+@pytest.mark.req("LBL-05")
+def test_a_receipt_answering_yes_needs_a_reported_excursion_and_records_it(world: ServiceContext) -> None:
+    """Review of issue 19: the receipt recorded a false "no" once the excursion was reported."""
+    import json
+
+    ctx = world
+    pharmacist = person(ctx, "pharma-p1", "pharmacist", "P1")
+    view = in_transit(ctx, "P1", 4)
+    with pytest.raises(ValidationFailed) as refused:
+        shipments.receive(
+            ctx, pharmacist, TRIAL, view.number, list(view.kits), scope=ALL, logger_excursion=True
+        )
+    assert [p.field for p in refused.value.errors] == ["logger_excursion"]
+    assert statuses(ctx, view.kits) == ["in_transit"] * 4
+    report(ctx, pharmacist, shipment_number=view.number)
+    assert shipments.shipments(ctx, TRIAL, ALL)[0].excursions == ("EXC-0001",)
+    shipments.receive(ctx, pharmacist, TRIAL, view.number, list(view.kits), scope=ALL, logger_excursion=True)
+    with ctx.db.reading() as s:
+        new = s.execute(
+            select(AuditEvent.new_values).where(AuditEvent.action == "shipment.received")
+        ).scalar_one()
+    recorded = json.loads(new or "{}")
+    assert (recorded["logger_excursion"], recorded["excursions"]) == (True, ["EXC-0001"])

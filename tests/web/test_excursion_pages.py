@@ -6,6 +6,7 @@ by arm; French and English (LBL-05, ACC-12, BLD-12)."""
 from __future__ import annotations
 
 import io
+import json
 import re
 from collections.abc import Callable
 from datetime import date
@@ -14,7 +15,7 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from allocator.models import Kit
+from allocator.models import AuditEvent, Kit
 from allocator.services.context import ServiceContext
 from allocator.services.supply import kit_lists
 from allocator.services.supply import shipments as supply_shipments
@@ -144,15 +145,24 @@ def test_the_receipt_asks_about_the_logger_and_the_excursion_runs_to_a_signed_re
     again = manager.post(decision, data={**form, "password": GOOD_PASSWORD}, follow_redirects=True)
     assert any("already decided" in f for f in flashes(again))
 
-    # Now the receipt goes through with a no.
+    # Now the receipt goes through with the truth: yes, reported as EXC-0001 (review of issue 19:
+    # it went through only with a "no", and the audit recorded logger_excursion: false).
+    page = pharmacist.get(shipments_page).get_data(as_text=True)
+    assert 'value="reported"' in page and "Yes, reported as EXC-0001" in page
     token = csrf_token(pharmacist, shipments_page)
     received = pharmacist.post(
         f"{shipments_page}/SH-0001/receive",
-        data={"kits": kits, "logger_excursion": "no", "csrf_token": token},
+        data={"kits": kits, "logger_excursion": "reported", "csrf_token": token},
         follow_redirects=True,
     )
     assert "Shipment SH-0001 received." in flashes(received)
     assert statuses(ctx, view.kits) == {"available"}
+    with ctx.db.reading() as s:
+        entry = s.execute(
+            select(AuditEvent.new_values).where(AuditEvent.action == "shipment.received")
+        ).scalar_one()
+    recorded = json.loads(entry or "{}")
+    assert (recorded["logger_excursion"], recorded["excursions"]) == (True, ["EXC-0001"])
 
 
 def test_the_excursion_pages_speak_french(ctx: ServiceContext, clients: dict[str, FlaskClient]) -> None:
