@@ -289,3 +289,30 @@ def test_a_receipt_answering_yes_needs_a_reported_excursion_and_records_it(world
         ).scalar_one()
     recorded = json.loads(new or "{}")
     assert (recorded["logger_excursion"], recorded["excursions"]) == (True, ["EXC-0001"])
+
+
+@pytest.mark.req("LBL-11", "REP-09")
+@pytest.mark.parametrize("decision", ["pending", "destroy", "destroy then receipt"])
+def test_reconciliation_counts_kits_quarantined_on_the_way_at_the_shipments_site(
+    world: ServiceContext, decision: str
+) -> None:
+    """Review of issue 19: kits quarantined or damaged in transit have no site and are not in
+    transit, and were dropped ("site P1: 6 kits shipped but 0 accounted for")."""
+    from allocator.services.supply import reconciliation
+
+    ctx = world
+    pharmacist = person(ctx, "pharma-p1", "pharmacist", "P1")
+    manager = person(ctx, "tman", "trial_manager")
+    view = in_transit(ctx, "P1", 6)
+    report(ctx, pharmacist, shipment_number=view.number)
+    if decision != "pending":
+        excursions.decide_excursion(
+            ctx, manager, TRIAL, "EXC-0001", "destroy", reason="too warm", signature=SIGNED
+        )
+    if decision == "destroy then receipt":
+        shipments.receive(ctx, pharmacist, TRIAL, view.number, list(view.kits), scope=ALL)
+    found = reconciliation.reconciliation(ctx, TRIAL, ALL, include_depot=True)
+    assert found.balanced, found.discrepancies
+    (p1,) = [b for b in found.balances if b.site == "P1"]
+    where = "on_hand" if decision == "destroy then receipt" else "in_transit"
+    assert (p1.shipped, p1.terms[where], p1.accounted) == (6, 6, 6)
