@@ -191,3 +191,51 @@ def test_the_excursion_pages_speak_french(ctx: ServiceContext, clients: dict[str
         follow_redirects=True,
     ).get_data(as_text=True)
     assert "les deux températures sont entre 2 et 8 °C" in refused
+
+
+@pytest.mark.req("ACC-02")
+def test_forms_are_offered_only_for_the_pages_trial(
+    ctx: ServiceContext, clients: dict[str, FlaskClient], signed_in: SignedIn
+) -> None:
+    """Review of issue 19: a pharmacist and trial manager of another trial who monitors this one saw
+    the report, decision and return forms here, which then answered 403."""
+    from allocator.permissions import Scope
+    from allocator.services import signatures, trials
+    from allocator.services.accounts import users
+    from allocator.services.supply import excursions
+    from tests.support import IFN_TRIAL, person
+
+    trials.load_trial(
+        ctx,
+        CLI_ACTOR,
+        IFN_TRIAL.read_text().replace('code = "IFNG-PAIS"', 'code = "OTHER"'),
+        source_name="other.toml",
+    )
+    view = supply_shipments.create_shipment(ctx, CLI_ACTOR, TRIAL, "P1", 4)
+    supply_shipments.ship(ctx, CLI_ACTOR, TRIAL, view.number)
+    excursions.report_excursion(
+        ctx,
+        person(ctx, "pharma-x", "pharmacist", "P1"),
+        TRIAL,
+        place="shipment",
+        shipment_number=view.number,
+        minimum="2",
+        maximum="15",
+        duration_minutes="60",
+        note="",
+        logger=excursions.LoggerFile("l.csv", LOGGER),
+        scope=Scope(all_sites=True, site_ids=frozenset()),
+        signature=signatures.SignatureRequest(password=GOOD_PASSWORD),
+    )
+    created = make_user(ctx, "mon-tm", "monitor")
+    for role, site in (("trial_manager", None), ("pharmacist", "P1")):
+        users.grant_role(ctx, CLI_ACTOR, "mon-tm", users.RoleRequest(role, "OTHER", site, reason="both"))
+    client = signed_in("mon-tm", created.one_time_password)
+    listing = client.get(f"{BASE}/excursions").get_data(as_text=True)
+    assert "EXC-0001" in listing and 'enctype="multipart/form-data"' not in listing  # no report form
+    detail = client.get(f"{BASE}/excursions/EXC-0001").get_data(as_text=True)
+    assert "/decision" not in detail
+    returns = client.get(f"{BASE}/returns").get_data(as_text=True)
+    assert "<h1" in returns and f'action="{BASE}/returns"' not in returns
+    # The trial's own manager still sees the decision form (the check is not simply always false).
+    assert "/decision" in clients["tman"].get(f"{BASE}/excursions/EXC-0001").get_data(as_text=True)
