@@ -253,6 +253,7 @@ KEY_LABELS: Mapping[str, str] = {
     "maximum": N_("maximum"),
     "duration_minutes": N_("duration (minutes)"),
     "logger_excursion": N_("excursion on the logger"),
+    "excursions": N_("excursions reported"),
     "relabel": N_("kits to relabel"),
     "why": N_("why"),
 }

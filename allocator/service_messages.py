@@ -43,6 +43,7 @@ KNOWN = frozenset(
         N_("unknown"),
         N_("unknown site"),
         N_("a reason is required"),
+        N_("some text is too long"),
         N_("is in the future"),
         N_("must be a date"),
         N_("must be a date (YYYY-MM-DD)"),
@@ -80,6 +81,8 @@ KNOWN = frozenset(
         N_("has not been shipped yet"),
         N_("unknown shipment"),
         N_("does the logger show an excursion?"),
+        N_("report the excursion first"),
+        N_("no excursion is reported for this shipment"),
         N_("answer yes or no"),
         # relabelling after an expiry change (issue 19; services/supply/relabelling.py, dispensing)
         N_("awaits its new expiry label: relabel it first"),
@@ -272,6 +275,16 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
             "the %(day)s kit of %(subject)s is held by temperature excursion %(excursion)s: "
             "wait for the sponsor's decision or replace the kit"
         ),
+    ),
+    (
+        re.compile(
+            r"^kit (?P<kit>\S+) is held by excursion (?P<excursion>\S+) until the sponsor's decision$"
+        ),
+        N_("kit %(kit)s is held by excursion %(excursion)s until the sponsor's decision"),
+    ),
+    (
+        re.compile(r"^awaits the sponsor's decision on (?P<excursion>\S+)$"),
+        N_("awaits the sponsor's decision on %(excursion)s"),
     ),
     (
         re.compile(r"^excursion (?P<excursion>\S+) is already decided$"),

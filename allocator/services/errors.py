@@ -90,3 +90,20 @@ class ReprintLimitReached(Conflict):
 class AlreadyExists(Conflict):
     slug = "already-exists"
     title = "Already exists"
+
+
+# Free text typed into a form and kept in a Text column: a generous bound, so that no field can
+# carry a document's worth of text into the audit trail (issue 19 review).
+FREE_TEXT_MAX = 2000
+
+
+def check_lengths(**fields: tuple[str, int]) -> None:
+    """Refuse, naming every field, free text longer than its column (`field=(text, limit)`); the
+    text is measured as it is kept, stripped."""
+    problems = [
+        FieldProblem(name, f"must be at most {limit} characters long")
+        for name, (text, limit) in fields.items()
+        if len(text.strip()) > limit
+    ]
+    if problems:
+        raise ValidationFailed("some text is too long", errors=problems)

@@ -13,7 +13,7 @@ from allocator.services import sites
 from allocator.services.errors import DomainError
 from allocator.services.supply import excursions as supply_excursions
 from allocator.web import forms
-from allocator.web.security import actor, ctx, current_user, scope
+from allocator.web.security import actor, ctx, holds_any, scope
 
 bp = Blueprint("excursions", __name__)
 
@@ -82,10 +82,9 @@ def _report(trial: str, permission: Permission) -> WerkzeugResponse:
 def excursions(trial: str) -> str:
     """Every excursion of the sites within reach; the report form for the site pharmacist and the
     depot. `?shipment=SH-0001` opens the form for that shipment (the receipt's logger question)."""
-    user = current_user()
     site_scope = scope(Permission.KIT_VIEW)
-    can_site = user.access.has(Permission.KIT_MANAGE, None)
-    can_depot = user.access.has(Permission.SHIPMENT_MANAGE, None)
+    can_site = holds_any(Permission.KIT_MANAGE)
+    can_depot = holds_any(Permission.SHIPMENT_MANAGE)
     reach = scope(Permission.KIT_MANAGE) if can_site else scope(Permission.SHIPMENT_MANAGE)
     return render_template(
         "supply/excursions.html",
@@ -122,7 +121,7 @@ def excursion(trial: str, number: str) -> str:
         "supply/excursion.html",
         trial=trial,
         e=supply_excursions.excursion(ctx(), trial, number, scope(Permission.KIT_VIEW)),
-        can_decide=current_user().access.has(Permission.SHIPMENT_MANAGE, None),
+        can_decide=holds_any(Permission.SHIPMENT_MANAGE),
     )
 
 

@@ -13,7 +13,7 @@ from allocator.permissions import Permission, requires
 from allocator.services.errors import DomainError
 from allocator.services.supply import relabelling as supply_relabelling
 from allocator.web import forms
-from allocator.web.security import actor, ctx, current_user, scope
+from allocator.web.security import actor, ctx, holds_any, scope
 
 bp = Blueprint("relabelling", __name__)
 
@@ -25,15 +25,14 @@ def _labels() -> dict[str, str]:
 @bp.route("/trials/<trial>/relabelling")
 @requires(Permission.KIT_VIEW)
 def page(trial: str) -> str:
-    user = current_user()
     return render_template(
         "supply/relabelling.html",
         trial=trial,
         places=supply_relabelling.pending(
             ctx(), trial, scope(Permission.KIT_VIEW), include_depot=scope(Permission.KIT_VIEW).all_sites
         ),
-        can_site=user.access.has(Permission.KIT_MANAGE, None),
-        can_depot=user.access.has(Permission.SHIPMENT_MANAGE, None),
+        can_site=holds_any(Permission.KIT_MANAGE),
+        can_depot=holds_any(Permission.SHIPMENT_MANAGE),
     )
 
 

@@ -24,7 +24,7 @@ from allocator.services.supply import shipments as supply_shipments
 from allocator.services.supply import stock as supply_stock
 from allocator.web import forms, messages
 from allocator.web.i18n import plain_number
-from allocator.web.security import actor, ctx, current_user, scope
+from allocator.web.security import actor, ctx, holds_any, scope
 
 bp = Blueprint("supply", __name__)
 
@@ -79,7 +79,7 @@ def stock(trial: str) -> str:
         trial=trial,
         rows=supply_stock.stock(ctx(), trial, visible, include_depot=visible.all_sites),
         batches=supply_kit_status.batches(ctx(), trial) if visible.all_sites else [],
-        can_manage=current_user().access.has(Permission.KIT_MANAGE, None),
+        can_manage=holds_any(Permission.KIT_MANAGE),
         statuses=kit_rules.STATUSES,
     )
 
@@ -157,8 +157,7 @@ def shipments(trial: str) -> str:
         trial=trial,
         shipments=supply_shipments.shipments(ctx(), trial, scope(Permission.KIT_VIEW)),
         sites=sites.sites(ctx(), trial),
-        can_ship=current_user().access.has(Permission.SHIPMENT_MANAGE, None)
-        and _trial_wide(Permission.KIT_VIEW),
+        can_ship=holds_any(Permission.SHIPMENT_MANAGE) and _trial_wide(Permission.KIT_VIEW),
     )
 
 
@@ -194,14 +193,15 @@ def ship(trial: str, number: str) -> WerkzeugResponse:
 @requires(Permission.KIT_MANAGE)
 def receive(trial: str, number: str) -> WerkzeugResponse:
     """The site pharmacist scans (or types) every kit of the shipment, after answering whether the
-    parcel's temperature logger shows an excursion: yes opens the excursion report (issue 19)."""
+    parcel's temperature logger shows an excursion: yes opens the excursion report (issue 19),
+    and once the excursion is reported ("reported"), the receipt records the yes with it."""
     answer = _form("logger_excursion")
     if answer == "yes":
         flash(_("Report the excursion first: the kits are quarantined, then confirm the receipt."), "error")
         return redirect(url_for("excursions.excursions", trial=trial, shipment=number) + "#report", code=303)
 
     def act() -> None:
-        if answer != "no":
+        if answer not in ("no", "reported"):
             raise ValidationFailed(
                 "does the logger show an excursion?",
                 errors=[FieldProblem("logger_excursion", "answer yes or no")],
@@ -214,7 +214,7 @@ def receive(trial: str, number: str) -> WerkzeugResponse:
             _lines("kits"),
             scope=scope(Permission.KIT_MANAGE),
             missing_reason=_form("missing_reason"),
-            logger_excursion=False,
+            logger_excursion=answer == "reported",
         )
         if receipt.missing:
             flash(f"{len(receipt.missing)} kit(s) recorded lost.", "error")
@@ -351,7 +351,7 @@ def returns(trial: str) -> str:
         "supply/returns.html",
         trial=trial,
         records=supply_disposal.disposals(ctx(), trial, scope(Permission.KIT_VIEW)),
-        can_manage=current_user().access.has(Permission.KIT_MANAGE, None),
+        can_manage=holds_any(Permission.KIT_MANAGE),
     )
 
 

@@ -162,6 +162,9 @@ def test_a_refrigerator_excursion_takes_every_available_kit_of_the_site_and_dest
         ({"minimum": "3", "maximum": "7.5"}, "maximum"),  # within 2-8 °C: not an excursion
         ({"duration_minutes": "0"}, "duration_minutes"),
         ({"duration_minutes": "1h"}, "duration_minutes"),
+        ({"duration_minutes": "\u00b2"}, "duration_minutes"),  # a digit to str.isdigit(), not to int()
+        ({"duration_minutes": "\u0663"}, "duration_minutes"),  # an Arabic-Indic three
+        ({"note": "n" * 2001}, "note"),
         ({"logger": None}, "logger"),
         ({"logger": excursions.LoggerFile("log.csv", b"")}, "logger"),
         ({"logger": excursions.LoggerFile("log.exe", b"MZ")}, "logger"),
@@ -214,3 +217,102 @@ def test_a_release_before_receipt_puts_the_kits_back_in_transit(world: ServiceCo
     assert statuses(ctx, view.kits) == ["in_transit"] * 4
     receipt = shipments.receive(ctx, CLI_ACTOR, TRIAL, view.number, list(view.kits), scope=ALL)
     assert receipt.received == 4
+
+
+@pytest.mark.req("LBL-05", "ACC-12")
+@pytest.mark.parametrize("to", ["available", "damaged", "lost"])
+def test_no_one_moves_a_kit_held_by_an_undecided_excursion_by_hand(world: ServiceContext, to: str) -> None:
+    """Review of issue 19: a pharmacist released excursion-quarantined kits without the sponsor."""
+    from allocator.services.supply import kit_status
+
+    ctx = world
+    pharmacist = person(ctx, "pharma-p1", "pharmacist", "P1")
+    manager = person(ctx, "tman", "trial_manager")
+    view = in_transit(ctx, "P1", 4)
+    shipments.receive(ctx, pharmacist, TRIAL, view.number, list(view.kits), scope=ALL)
+    report(ctx, pharmacist, place="site", site_code="P1", scope=site_of(ctx, "P1"))
+    kit = view.kits[0]
+    with pytest.raises(Conflict, match="EXC-0001") as refused:
+        kit_status.change_status(
+            ctx, pharmacist, TRIAL, kit, to, reason="looks fine", scope=ALL, depot=False, signature=SIGNED
+        )
+    assert "kit_number" in {p.field for p in refused.value.errors}
+    assert kit in str(refused.value) or kit.replace("-", "") in str(refused.value).replace("-", "")
+    assert statuses(ctx, view.kits) == ["quarantined"] * 4
+    # Once the sponsor has decided, the kits are ordinary kits again.
+    excursions.decide_excursion(ctx, manager, TRIAL, "EXC-0001", "release", reason="stable", signature=SIGNED)
+    kit_status.change_status(
+        ctx,
+        pharmacist,
+        TRIAL,
+        kit,
+        "quarantined",
+        reason="dented box",
+        scope=ALL,
+        depot=False,
+        signature=SIGNED,
+    )
+    kit_status.change_status(
+        ctx,
+        pharmacist,
+        TRIAL,
+        kit,
+        "available",
+        reason="box checked",
+        scope=ALL,
+        depot=False,
+        signature=SIGNED,
+    )
+    assert statuses(ctx, (kit,)) == ["available"]
+
+
+@pytest.mark.req("LBL-05")
+def test_a_receipt_answering_yes_needs_a_reported_excursion_and_records_it(world: ServiceContext) -> None:
+    """Review of issue 19: the receipt recorded a false "no" once the excursion was reported."""
+    import json
+
+    ctx = world
+    pharmacist = person(ctx, "pharma-p1", "pharmacist", "P1")
+    view = in_transit(ctx, "P1", 4)
+    with pytest.raises(ValidationFailed) as refused:
+        shipments.receive(
+            ctx, pharmacist, TRIAL, view.number, list(view.kits), scope=ALL, logger_excursion=True
+        )
+    assert [p.field for p in refused.value.errors] == ["logger_excursion"]
+    assert statuses(ctx, view.kits) == ["in_transit"] * 4
+    report(ctx, pharmacist, shipment_number=view.number)
+    assert shipments.shipments(ctx, TRIAL, ALL)[0].excursions == ("EXC-0001",)
+    shipments.receive(ctx, pharmacist, TRIAL, view.number, list(view.kits), scope=ALL, logger_excursion=True)
+    with ctx.db.reading() as s:
+        new = s.execute(
+            select(AuditEvent.new_values).where(AuditEvent.action == "shipment.received")
+        ).scalar_one()
+    recorded = json.loads(new or "{}")
+    assert (recorded["logger_excursion"], recorded["excursions"]) == (True, ["EXC-0001"])
+
+
+@pytest.mark.req("LBL-11", "REP-09")
+@pytest.mark.parametrize("decision", ["pending", "destroy", "destroy then receipt"])
+def test_reconciliation_counts_kits_quarantined_on_the_way_at_the_shipments_site(
+    world: ServiceContext, decision: str
+) -> None:
+    """Review of issue 19: kits quarantined or damaged in transit have no site and are not in
+    transit, and were dropped ("site P1: 6 kits shipped but 0 accounted for")."""
+    from allocator.services.supply import reconciliation
+
+    ctx = world
+    pharmacist = person(ctx, "pharma-p1", "pharmacist", "P1")
+    manager = person(ctx, "tman", "trial_manager")
+    view = in_transit(ctx, "P1", 6)
+    report(ctx, pharmacist, shipment_number=view.number)
+    if decision != "pending":
+        excursions.decide_excursion(
+            ctx, manager, TRIAL, "EXC-0001", "destroy", reason="too warm", signature=SIGNED
+        )
+    if decision == "destroy then receipt":
+        shipments.receive(ctx, pharmacist, TRIAL, view.number, list(view.kits), scope=ALL)
+    found = reconciliation.reconciliation(ctx, TRIAL, ALL, include_depot=True)
+    assert found.balanced, found.discrepancies
+    (p1,) = [b for b in found.balances if b.site == "P1"]
+    where = "on_hand" if decision == "destroy then receipt" else "in_transit"
+    assert (p1.shipped, p1.terms[where], p1.accounted) == (6, 6, 6)

@@ -220,3 +220,28 @@ def test_reconciliation_closes_every_kits_life_per_site(s: Supply) -> None:
     assert Words.of("fr").message("site P1: 8 kits shipped but 7 accounted for") != (
         "site P1: 8 kits shipped but 7 accounted for"
     )
+
+
+@pytest.mark.req("LBL-11")
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"method": "incineration", "witness": "W" * 201}, "witness"),  # witness_name is String(200)
+        ({"method": "m" * 2001, "witness": "Dr Witness"}, "method"),
+    ],
+)
+def test_text_longer_than_its_column_is_refused_naming_the_field(
+    s: Supply, options: dict[str, str], field: str
+) -> None:
+    """Review of issue 19: a witness longer than its column was a database error (a 500)."""
+    ctx = s.ctx
+    s.generate(12)
+    p1 = s.deliver("P1", 2)
+    before = counts(ctx)
+    with pytest.raises(ValidationFailed) as refused:
+        disposal.record(
+            ctx, s.pharmacist, TRIAL, "destruction", p1[:1], scope=s.p1, signature=SIGNED, **options
+        )
+    assert [p.field for p in refused.value.errors] == [field]
+    assert "must be at most" in refused.value.errors[0].message
+    assert counts(ctx) == before and kit(ctx, p1[0]).status == "available"

@@ -6,6 +6,7 @@ by arm; French and English (LBL-05, ACC-12, BLD-12)."""
 from __future__ import annotations
 
 import io
+import json
 import re
 from collections.abc import Callable
 from datetime import date
@@ -14,7 +15,7 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from allocator.models import Kit
+from allocator.models import AuditEvent, Kit
 from allocator.services.context import ServiceContext
 from allocator.services.supply import kit_lists
 from allocator.services.supply import shipments as supply_shipments
@@ -144,15 +145,24 @@ def test_the_receipt_asks_about_the_logger_and_the_excursion_runs_to_a_signed_re
     again = manager.post(decision, data={**form, "password": GOOD_PASSWORD}, follow_redirects=True)
     assert any("already decided" in f for f in flashes(again))
 
-    # Now the receipt goes through with a no.
+    # Now the receipt goes through with the truth: yes, reported as EXC-0001 (review of issue 19:
+    # it went through only with a "no", and the audit recorded logger_excursion: false).
+    page = pharmacist.get(shipments_page).get_data(as_text=True)
+    assert 'value="reported"' in page and "Yes, reported as EXC-0001" in page
     token = csrf_token(pharmacist, shipments_page)
     received = pharmacist.post(
         f"{shipments_page}/SH-0001/receive",
-        data={"kits": kits, "logger_excursion": "no", "csrf_token": token},
+        data={"kits": kits, "logger_excursion": "reported", "csrf_token": token},
         follow_redirects=True,
     )
     assert "Shipment SH-0001 received." in flashes(received)
     assert statuses(ctx, view.kits) == {"available"}
+    with ctx.db.reading() as s:
+        entry = s.execute(
+            select(AuditEvent.new_values).where(AuditEvent.action == "shipment.received")
+        ).scalar_one()
+    recorded = json.loads(entry or "{}")
+    assert (recorded["logger_excursion"], recorded["excursions"]) == (True, ["EXC-0001"])
 
 
 def test_the_excursion_pages_speak_french(ctx: ServiceContext, clients: dict[str, FlaskClient]) -> None:
@@ -181,3 +191,51 @@ def test_the_excursion_pages_speak_french(ctx: ServiceContext, clients: dict[str
         follow_redirects=True,
     ).get_data(as_text=True)
     assert "les deux températures sont entre 2 et 8 °C" in refused
+
+
+@pytest.mark.req("ACC-02")
+def test_forms_are_offered_only_for_the_pages_trial(
+    ctx: ServiceContext, clients: dict[str, FlaskClient], signed_in: SignedIn
+) -> None:
+    """Review of issue 19: a pharmacist and trial manager of another trial who monitors this one saw
+    the report, decision and return forms here, which then answered 403."""
+    from allocator.permissions import Scope
+    from allocator.services import signatures, trials
+    from allocator.services.accounts import users
+    from allocator.services.supply import excursions
+    from tests.support import IFN_TRIAL, person
+
+    trials.load_trial(
+        ctx,
+        CLI_ACTOR,
+        IFN_TRIAL.read_text().replace('code = "IFNG-PAIS"', 'code = "OTHER"'),
+        source_name="other.toml",
+    )
+    view = supply_shipments.create_shipment(ctx, CLI_ACTOR, TRIAL, "P1", 4)
+    supply_shipments.ship(ctx, CLI_ACTOR, TRIAL, view.number)
+    excursions.report_excursion(
+        ctx,
+        person(ctx, "pharma-x", "pharmacist", "P1"),
+        TRIAL,
+        place="shipment",
+        shipment_number=view.number,
+        minimum="2",
+        maximum="15",
+        duration_minutes="60",
+        note="",
+        logger=excursions.LoggerFile("l.csv", LOGGER),
+        scope=Scope(all_sites=True, site_ids=frozenset()),
+        signature=signatures.SignatureRequest(password=GOOD_PASSWORD),
+    )
+    created = make_user(ctx, "mon-tm", "monitor")
+    for role, site in (("trial_manager", None), ("pharmacist", "P1")):
+        users.grant_role(ctx, CLI_ACTOR, "mon-tm", users.RoleRequest(role, "OTHER", site, reason="both"))
+    client = signed_in("mon-tm", created.one_time_password)
+    listing = client.get(f"{BASE}/excursions").get_data(as_text=True)
+    assert "EXC-0001" in listing and 'enctype="multipart/form-data"' not in listing  # no report form
+    detail = client.get(f"{BASE}/excursions/EXC-0001").get_data(as_text=True)
+    assert "/decision" not in detail
+    returns = client.get(f"{BASE}/returns").get_data(as_text=True)
+    assert "<h1" in returns and f'action="{BASE}/returns"' not in returns
+    # The trial's own manager still sees the decision form (the check is not simply always false).
+    assert "/decision" in clients["tman"].get(f"{BASE}/excursions/EXC-0001").get_data(as_text=True)

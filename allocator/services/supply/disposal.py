@@ -31,7 +31,14 @@ from allocator.permissions import Scope
 from allocator.printing import kit_disposal as printing
 from allocator.services import documents, signatures
 from allocator.services.context import ServiceContext
-from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed
+from allocator.services.errors import (
+    FREE_TEXT_MAX,
+    Conflict,
+    FieldProblem,
+    NotFound,
+    ValidationFailed,
+    check_lengths,
+)
 from allocator.services.lookups import current_definition, get_trial
 from allocator.services.supply import resupply
 from allocator.services.supply.kit_rules import (
@@ -136,6 +143,7 @@ def record(
     numbers = _numbers(trial_code, scanned, ctx)
     if not method.strip():
         raise ValidationFailed("the method is required", errors=[FieldProblem("method", "is required")])
+    check_lengths(method=(method, FREE_TEXT_MAX), witness=(witness, 200))  # witness_name: String(200)
     if kind == DESTRUCTION and (signature is None or not signature.password):
         raise ValidationFailed("this record is signed", errors=[FieldProblem("password", "is required")])
     now = ctx.now()

@@ -31,7 +31,14 @@ from allocator.models import ExcursionKit, Kit, Shipment, Site, TemperatureExcur
 from allocator.permissions import Scope
 from allocator.services import signatures
 from allocator.services.context import ServiceContext
-from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed
+from allocator.services.errors import (
+    FREE_TEXT_MAX,
+    Conflict,
+    FieldProblem,
+    NotFound,
+    ValidationFailed,
+    check_lengths,
+)
 from allocator.services.lookups import current_definition, get_trial
 from allocator.services.supply import resupply
 from allocator.services.supply.kit_rules import S, move_kit
@@ -106,7 +113,8 @@ def _tenths(field: str, raw: str) -> int:
 
 def _duration(raw: str) -> int:
     text = raw.strip()
-    if not text.isdigit() or not 1 <= int(text) <= 100_000:
+    # Only ASCII digits: "²" or "٣" pass str.isdigit() but are no minutes.
+    if not re.fullmatch(r"[0-9]{1,6}", text) or not 1 <= int(text) <= 100_000:
         raise ValidationFailed(
             "invalid duration",
             errors=[FieldProblem("duration_minutes", "a whole number of minutes from 1 to 100000")],
@@ -180,6 +188,7 @@ def report_excursion(
             "not an excursion", errors=[FieldProblem("maximum", "both temperatures are within 2-8 °C")]
         )
     minutes = _duration(duration_minutes)
+    check_lengths(note=(note, FREE_TEXT_MAX))
     kind, logger_name, content = check_logger(logger)
     if signature is None:
         raise ValidationFailed("this report is signed", errors=[FieldProblem("password", "is required")])
@@ -314,6 +323,7 @@ def decide_excursion(
         raise ValidationFailed("release or destroy?", errors=[FieldProblem("decision", "release or destroy")])
     if not reason.strip():
         raise ValidationFailed("a reason is required", errors=[FieldProblem("reason", "is required")])
+    check_lengths(reason=(reason, FREE_TEXT_MAX))
     if signature is None:
         raise ValidationFailed("this decision is signed", errors=[FieldProblem("password", "is required")])
     meaning = f"temperature excursion decision: {decision}"
@@ -334,6 +344,16 @@ def decide_excursion(
             raise NotFound(f"no excursion {number}")
         if excursion.status != "pending":
             raise Conflict(f"excursion {number} is already decided")
+        # The shipment's row is locked before its kits, in the order of shipments.receive: a receipt
+        # at the same moment either comes first (the kits are then at the site and become available)
+        # or waits for the decision (the released kits are then in transit and it receives them).
+        shipment = (
+            session.execute(
+                select(Shipment).where(Shipment.id == excursion.shipment_id).with_for_update()
+            ).scalar_one()
+            if excursion.shipment_id
+            else None
+        )
         kits = list(
             session.execute(
                 select(Kit)
@@ -361,7 +381,6 @@ def decide_excursion(
             },
             now=now,
         )
-        shipment = session.get(Shipment, excursion.shipment_id) if excursion.shipment_id else None
         for kit in kits:
             if decision == "destroy":
                 target = S.DAMAGED

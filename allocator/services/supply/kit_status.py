@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 import kits as kitlib
 from allocator.audit import Action, Actor
-from allocator.models import Batch, Kit, KitStatus, Site
+from allocator.models import Batch, ExcursionKit, Kit, KitStatus, Site, TemperatureExcursion
 from allocator.permissions import Scope
 from allocator.services import signatures
 from allocator.services.context import ServiceContext
@@ -86,6 +86,20 @@ def change_status(
         ):
             raise NotFound(f"no kit {kitlib.format_kit_number(number)} within your reach")
         current = KitStatus(kit.status)
+        # A kit quarantined by an excursion awaits the sponsor's signed decision (issue 19): no one
+        # releases, damages or otherwise moves it by hand meanwhile.
+        holding = session.execute(
+            select(TemperatureExcursion.number)
+            .join(ExcursionKit, ExcursionKit.excursion_id == TemperatureExcursion.id)
+            .where(ExcursionKit.kit_id == kit.id, TemperatureExcursion.status == "pending")
+            .limit(1)
+        ).scalar_one_or_none()
+        if holding is not None and current is S.QUARANTINED:
+            shown = kitlib.format_kit_number(number)
+            raise Conflict(
+                f"kit {shown} is held by excursion {holding} until the sponsor's decision",
+                errors=[FieldProblem("kit_number", f"awaits the sponsor's decision on {holding}")],
+            )
         if target not in MANUAL_TRANSITIONS[current]:
             raise Conflict(f"a {current.value} kit cannot become {target.value}")
         needs_signature = target in SIGNED_TARGETS or current in SIGNED_SOURCES

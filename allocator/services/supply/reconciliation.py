@@ -58,6 +58,9 @@ BALANCE_TERMS: dict[str, tuple[KitStatus, ...]] = {
     "in_transit": (S.IN_TRANSIT,),
 }
 _TERM_OF = {status.value: term for term, statuses in BALANCE_TERMS.items() for status in statuses}
+# What a kit with no site can be in a shipped parcel (a transit excursion's quarantine, the
+# sponsor's destruction decision, a loss on the way).
+_ON_THE_WAY = frozenset(s.value for s in (S.IN_TRANSIT, S.QUARANTINED, S.DAMAGED, S.LOST))
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,10 +195,16 @@ def reconciliation(
 def _balances(session: Session, trial: Trial, scope: Scope, sites: dict[int, str]) -> tuple[SiteBalance, ...]:
     """Per site within reach: the kits its shipped or received shipments record, against the kits
     that are there now or on their way there (a kit in transit is not at a site yet: its shipment
-    says where it goes), by term of BALANCE_TERMS."""
-    destination: dict[int, int] = {
-        row.id: row.site_id
-        for row in session.execute(select(Shipment.id, Shipment.site_id).where(Shipment.trial_id == trial.id))
+    says where it goes), by term of BALANCE_TERMS. A kit of a shipped shipment with no site that is
+    not in transit (quarantined, damaged or lost on the way after a transit excursion) counts at its
+    shipment's destination too: as in transit while the parcel is on its way, else by its status."""
+    destination: dict[int, tuple[int, str]] = {
+        row.id: (row.site_id, row.status)
+        for row in session.execute(
+            select(Shipment.id, Shipment.site_id, Shipment.status).where(
+                Shipment.trial_id == trial.id, Shipment.status.in_(("shipped", "received"))
+            )
+        )
     }
     shipped: Counter[int] = Counter()
     for destined, count in session.execute(
@@ -208,14 +217,12 @@ def _balances(session: Session, trial: Trial, scope: Scope, sites: dict[int, str
     for kit_site, shipment_id, status in session.execute(
         select(Kit.site_id, Kit.shipment_id, Kit.status).where(Kit.trial_id == trial.id)
     ):
-        place = (
-            kit_site
-            if kit_site is not None
-            else destination.get(shipment_id)
-            if status == S.IN_TRANSIT.value and shipment_id is not None
-            else None
-        )
         term = _TERM_OF.get(status)
+        place = kit_site
+        if kit_site is None and shipment_id in destination and status in _ON_THE_WAY:
+            place, shipment_status = destination[shipment_id]
+            if shipment_status == "shipped" and term == "on_hand":
+                term = "in_transit"  # quarantined or damaged in the parcel, still on its way
         if place is None or term is None:
             continue
         terms.setdefault(place, Counter())[term] += 1

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 import kits as kitlib
 from allocator.audit import Action, Actor
-from allocator.models import Kit, Shipment, Site, Trial
+from allocator.models import Kit, Shipment, Site, TemperatureExcursion, Trial
 from allocator.permissions import Scope
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed
@@ -35,6 +35,7 @@ class ShipmentView:
     received_at: datetime | None
     received_by: str | None
     kits: tuple[str, ...] = field(default=())
+    excursions: tuple[str, ...] = field(default=())  # the excursions reported for it (issue 19)
 
 
 def create_shipment(
@@ -171,8 +172,9 @@ def receive(
     """Receive a shipment at the site: every kit is scanned or typed (check digit verified, LBL-09).
     A kit that does not belong to the shipment refuses the whole receipt; kits of the shipment not
     scanned are recorded lost, which needs a reason. `logger_excursion` is the receiver's answer
-    to "does the parcel's temperature logger show an excursion?" (recorded when given; a yes is
-    reported first, `excursions.report_excursion`)."""
+    to "does the parcel's temperature logger show an excursion?", recorded when given: a yes is
+    reported first (`excursions.report_excursion`), and is refused until it is; the receipt then
+    records the excursions reported for the shipment beside the yes."""
     now = ctx.now()
     problems = []
     numbers: list[str] = []
@@ -207,6 +209,12 @@ def receive(
             raise ValidationFailed(
                 f"{len(missing)} kit(s) of the shipment were not scanned",
                 errors=[FieldProblem("missing_reason", "give a reason: unscanned kits are recorded as lost")],
+            )
+        reported = _reported_excursions(session, shipment)
+        if logger_excursion and not reported:
+            raise ValidationFailed(
+                "report the excursion first",
+                errors=[FieldProblem("logger_excursion", "no excursion is reported for this shipment")],
             )
         site = _site_by_id(session, shipment.site_id)
         held: list[str] = []
@@ -248,6 +256,7 @@ def receive(
                 "missing": missing,
                 "held": sorted(held),
                 **({} if logger_excursion is None else {"logger_excursion": logger_excursion}),
+                **({"excursions": list(reported)} if reported else {}),
             },
             reason=missing_reason.strip() or None,
             at=now,
@@ -263,13 +272,37 @@ def shipments(ctx: ServiceContext, trial_code: str, scope: Scope) -> list[Shipme
         sites = {
             s.id: s.code for s in session.execute(select(Site).where(Site.trial_id == trial.id)).scalars()
         }
+        reported: dict[int, tuple[str, ...]] = {}
+        for shipment_id, excursion in session.execute(
+            select(TemperatureExcursion.shipment_id, TemperatureExcursion.number)
+            .where(TemperatureExcursion.trial_id == trial.id, TemperatureExcursion.shipment_id.is_not(None))
+            .order_by(TemperatureExcursion.number)
+        ).all():
+            if shipment_id is not None:
+                reported[shipment_id] = (*reported.get(shipment_id, ()), excursion)
         rows = session.execute(
             select(Shipment).where(Shipment.trial_id == trial.id).order_by(Shipment.id.desc())
         ).scalars()
-        return [_shipment_view(session, s, sites[s.site_id]) for s in rows if scope.allows_site(s.site_id)]
+        return [
+            _shipment_view(session, s, sites[s.site_id], reported.get(s.id, ()))
+            for s in rows
+            if scope.allows_site(s.site_id)
+        ]
 
 
-def _shipment_view(session: Session, shipment: Shipment, site_code: str) -> ShipmentView:
+def _reported_excursions(session: Session, shipment: Shipment) -> tuple[str, ...]:
+    return tuple(
+        session.execute(
+            select(TemperatureExcursion.number)
+            .where(TemperatureExcursion.shipment_id == shipment.id)
+            .order_by(TemperatureExcursion.number)
+        ).scalars()
+    )
+
+
+def _shipment_view(
+    session: Session, shipment: Shipment, site_code: str, excursions: tuple[str, ...] = ()
+) -> ShipmentView:
     kits = tuple(sorted(k.kit_number for k in _shipment_kits(session, shipment)))
     return ShipmentView(
         number=shipment.number,
@@ -282,6 +315,7 @@ def _shipment_view(session: Session, shipment: Shipment, site_code: str) -> Ship
         received_at=shipment.received_at,
         received_by=shipment.received_by_name,
         kits=kits,
+        excursions=excursions,
     )
 
 
