@@ -127,6 +127,7 @@ KNOWN = frozenset(
         # scanning (issue 13): what is wrong with one scan, beside its field
         N_("not this patient's kit"),
         N_("a label of another trial"),
+        N_("a sample kit's label, not a drug kit's"),
         N_("the label's security code is wrong: not printed by this service, or altered"),
         N_("wrong check digit: scan or type the number again"),
         N_("unreadable: not a kit label or a kit number"),

@@ -31,6 +31,7 @@ from kits.errors import (
     PayloadError,
     UnknownPayloadVersionError,
     UnrenderableTextError,
+    WrongKitKindError,
     WrongTrialError,
 )
 from kits.labels import IMMEDIATE_LAYOUT, OUTER_LAYOUT, LabelKind, LabelLayout, render_label_sheet
@@ -45,11 +46,14 @@ from kits.numbers import (
 )
 from kits.payload import (
     PAYLOAD_PATTERN,
+    KitKind,
     KitPayload,
     MacFunction,
     build_payload,
+    kind_of_unit,
     looks_like_scan,
     parse_payload,
+    sample_unit,
     verify_payload,
 )
 from kits.sheet import DispensationRow, DispensationSheet, ElectronicSignature, render_dispensation_sheet
@@ -69,6 +73,7 @@ __all__ = [
     "DocumentMeta",
     "ElectronicSignature",
     "Expiry",
+    "KitKind",
     "KitLabel",
     "KitNumberCharacterError",
     "KitNumberCheckDigitError",
@@ -90,12 +95,14 @@ __all__ = [
     "TrialLabelInfo",
     "UnknownPayloadVersionError",
     "UnrenderableTextError",
+    "WrongKitKindError",
     "WrongTrialError",
     "build_payload",
     "format_kit_number",
     "generate_kit_number",
     "generate_kit_numbers",
     "is_valid_kit_number",
+    "kind_of_unit",
     "looks_like_scan",
     "normalize_kit_number",
     "parse_payload",
@@ -103,5 +110,6 @@ __all__ = [
     "render_dispensation_sheet",
     "render_label_sheet",
     "render_randomization_confirmation",
+    "sample_unit",
     "verify_payload",
 ]

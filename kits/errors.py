@@ -54,6 +54,11 @@ class WrongTrialError(PayloadError):
     """The label belongs to another trial."""
 
 
+class WrongKitKindError(PayloadError):
+    """The label is of another kind of kit: a sample kit's tube set scanned where a drug kit is expected,
+    or the reverse."""
+
+
 class PayloadCheckDigitError(PayloadError, KitNumberCheckDigitError):
     """The kit number inside the payload has a wrong check digit."""
 

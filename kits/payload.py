@@ -10,8 +10,16 @@ Format, version 1::
 * trial code: 2-20 characters ``A-Z 0-9 -`` (20 is also the limit of GS1 AI 7240 "protocol ID"), so a
   label of another trial is refused with a clear message, not as a "bad signature".
 * kit number: the 8-digit canonical form (check digit included), never the display form.
-* unit: 1-4 characters ``A-Z 0-9``, the injection day of the unit (``D1``, ``D2``, ``D3``) - a property of
-  the schedule, identical for both arms.
+* unit: what the label is stuck on, and so which kind of kit it belongs to:
+
+  - a drug kit: 1-4 characters ``A-Z 0-9``, the injection day of the unit (``D1``, ``D2``, ``D3``) - a
+    property of the schedule, identical for both arms - or the kit's own label;
+  - a sample kit (the pre-labelled tube set of an observational cohort, issue 20): ``S-`` and two
+    digits, ``S-00`` for the set's own label and ``S-01`` ... ``S-99`` for its tubes.
+
+  The hyphen can never be in a drug unit, so a sample kit's label can never be taken for a drug kit's
+  (nor the reverse) even where both kinds share a trial code: `verify_payload` is told which kind the
+  scan expects and refuses the other with `WrongKitKindError`.
 * tag: the first 80 bits of a MAC over everything before it, in RFC 4648 base32 without padding
   (exactly 16 characters).
 
@@ -39,6 +47,7 @@ import hmac
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 
 from kits.errors import (
     BadMacError,
@@ -46,6 +55,7 @@ from kits.errors import (
     MalformedPayloadError,
     PayloadCheckDigitError,
     UnknownPayloadVersionError,
+    WrongKitKindError,
     WrongTrialError,
 )
 from kits.numbers import KIT_NUMBER_LENGTH, format_digits, normalize_kit_number
@@ -67,13 +77,38 @@ QR_ALPHANUMERIC = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:")
 
 TRIAL_CODE_PATTERN = re.compile(r"[A-Z0-9][A-Z0-9-]{0,18}[A-Z0-9]")
 UNIT_PATTERN = re.compile(r"[A-Z0-9]{1,4}")
+"""A drug kit's unit."""
+SAMPLE_UNIT_PATTERN = re.compile(r"S-[0-9]{2}")
+"""A sample kit's unit: ``S-00`` for the tube set's own label, ``S-01`` ... for its tubes."""
+MAX_SAMPLE_TUBES = 99
 _TAG_PATTERN = re.compile(r"[A-Z2-7]{16}")
 _VERSION_PATTERN = re.compile(r"AL([0-9]{1,3})/")
 PAYLOAD_PATTERN = re.compile(
-    r"AL1/(?P<trial>[A-Z0-9][A-Z0-9-]{0,18}[A-Z0-9])/(?P<kit>[0-9]{8})/(?P<unit>[A-Z0-9]{1,4})/"
+    r"AL1/(?P<trial>[A-Z0-9][A-Z0-9-]{0,18}[A-Z0-9])/(?P<kit>[0-9]{8})/(?P<unit>[A-Z0-9]{1,4}|S-[0-9]{2})/"
     r"(?P<tag>[A-Z2-7]{16})"
 )
 """Strict pattern of a version-1 payload as generated (LBL-08 tests match decoded codes against it)."""
+
+
+class KitKind(Enum):
+    """Which kind of kit a label belongs to, told by its unit field."""
+
+    DRUG = "drug"
+    SAMPLE = "sample"
+
+
+def kind_of_unit(unit: str) -> KitKind:
+    """The kind of kit whose label carries `unit` (a unit `validate_unit` accepts)."""
+    return KitKind.SAMPLE if SAMPLE_UNIT_PATTERN.fullmatch(unit) else KitKind.DRUG
+
+
+def sample_unit(tube: int) -> str:
+    """The unit of a sample kit's label: 0 for the tube set's own label, 1 ... 99 for its tubes."""
+    if isinstance(tube, bool) or not isinstance(tube, int) or not 0 <= tube <= MAX_SAMPLE_TUBES:
+        raise ValueError(
+            f"tube {tube!r} is not allowed in a label payload: 0 (the set) to {MAX_SAMPLE_TUBES}"
+        )
+    return f"S-{tube:02d}"
 
 
 @dataclass(frozen=True)
@@ -84,6 +119,10 @@ class KitPayload:
     kit_number: str
     unit: str
     tag: str
+
+    @property
+    def kind(self) -> KitKind:
+        return kind_of_unit(self.unit)
 
     @property
     def body(self) -> str:
@@ -108,8 +147,11 @@ def validate_trial_code(trial_code: str) -> str:
 
 def validate_unit(unit: str) -> str:
     """Return `unit` if it can go into a payload, else raise `ValueError` saying why."""
-    if not isinstance(unit, str) or not UNIT_PATTERN.fullmatch(unit):
-        raise ValueError(f"unit {unit!r} is not allowed in a label payload: 1-4 characters A-Z and 0-9")
+    if not isinstance(unit, str) or not (UNIT_PATTERN.fullmatch(unit) or SAMPLE_UNIT_PATTERN.fullmatch(unit)):
+        raise ValueError(
+            f"unit {unit!r} is not allowed in a label payload: 1-4 characters A-Z and 0-9 (a drug kit), "
+            "or S- and two digits (a sample kit)"
+        )
     return unit
 
 
@@ -163,7 +205,7 @@ def parse_payload(text: str) -> KitPayload:
         raise MalformedPayloadError("the trial-code field of the kit label is malformed")
     if len(kit_number) != KIT_NUMBER_LENGTH or not kit_number.isascii() or not kit_number.isdigit():
         raise MalformedPayloadError(f"the kit-number field must have {KIT_NUMBER_LENGTH} digits")
-    if not UNIT_PATTERN.fullmatch(unit):
+    if not (UNIT_PATTERN.fullmatch(unit) or SAMPLE_UNIT_PATTERN.fullmatch(unit)):
         raise MalformedPayloadError("the unit field of the kit label is malformed")
     if not _TAG_PATTERN.fullmatch(tag):
         raise MalformedPayloadError(f"the authentication field must be {TAG_LENGTH} base32 characters")
@@ -176,17 +218,22 @@ def parse_payload(text: str) -> KitPayload:
     return KitPayload(trial_code=trial_code, kit_number=kit_number, unit=unit, tag=tag)
 
 
-def verify_payload(text: str, expected_trial: str, mac: MacFunction) -> KitPayload:
-    """Parse a scanned payload and check that it belongs to `expected_trial` and carries a valid tag.
+def verify_payload(
+    text: str, expected_trial: str, mac: MacFunction, kind: KitKind = KitKind.DRUG
+) -> KitPayload:
+    """Parse a scanned payload and check that it belongs to `expected_trial`, is the label of a kit of
+    the expected `kind` (a drug kit unless told otherwise) and carries a valid tag.
 
     Raises, in this order of checks: `MalformedPayloadError`, `UnknownPayloadVersionError`,
-    `PayloadCheckDigitError`, `WrongTrialError`, `BadMacError`.
+    `PayloadCheckDigitError`, `WrongTrialError`, `WrongKitKindError`, `BadMacError`.
     """
     payload = parse_payload(text)
     if payload.trial_code != expected_trial:
         raise WrongTrialError(
             f"this label belongs to trial {payload.trial_code}, not to trial {expected_trial}"
         )
+    if payload.kind is not kind:
+        raise WrongKitKindError(f"this is the label of a {payload.kind.value} kit, not of a {kind.value} kit")
     expected_tag = _tag(mac, payload.body)
     # Constant-time comparison: the time taken must not tell how many leading characters were right.
     if not hmac.compare_digest(expected_tag.encode("ascii"), payload.tag.encode("ascii")):

@@ -187,7 +187,7 @@ def _kit_numbers(ctx: ServiceContext, trial_code: str, raw: Sequence[str]) -> li
             else:
                 number = kitlib.normalize_kit_number(value)
         except (kitlib.KitNumberError, kitlib.PayloadError) as exc:
-            problems.append(FieldProblem(f"kits[{index}]", str(exc)))
+            problems.append(FieldProblem(f"kits[{index}]", kit_rules.unreadable(exc)))
             continue
         if number not in numbers:
             numbers.append(number)

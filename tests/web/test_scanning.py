@@ -120,6 +120,8 @@ def test_each_dispensing_scan_is_checked_on_its_own_field_in_words_that_name_no_
     assert (
         check("scan.D1", label(ctx, kits_of["D1"], trial="OTHER-1"))["message"] == "a label of another trial"
     )
+    sample = label(ctx, kits_of["D1"], kitlib.sample_unit(0))  # a tube set's label (issue 20)
+    assert check("scan.D1", sample)["message"] == "a sample kit's label, not a drug kit's"
     forged = label(ctx, kits_of["D1"])[:-1] + ("A" if label(ctx, kits_of["D1"])[-1] != "A" else "B")
     assert check("scan.D1", forged)["message"].startswith("the label's security code is wrong")
     typo = kits_of["D1"][:-1] + str((int(kits_of["D1"][-1]) + 1) % 10)
@@ -276,7 +278,26 @@ def test_the_bedside_label_is_checked_before_anything_is_recorded(
         "message": "another patient's or an unallocated kit",
     }
     assert check("D3", "garbage")["message"] == "unreadable: not a kit label or a kit number"
-    assert len(events(ctx, "administration.scan_refused")) == refused_before + 3
+    # A tube set of the observational cohort (issue 20) is refused at the drug bedside: as another
+    # study's label, and even printed under this trial's code and MAC key, as a sample kit.
+    tube = kitlib.sample_unit(1)
+    cohort_label = label(ctx, kits_of["D3"], tube, trial="IMMUNOSEPSIS-4")
+    assert check("D3", cohort_label)["message"] == "a label of another trial"
+    sample_label = label(ctx, kits_of["D3"], tube)
+    assert check("D3", sample_label) == {
+        "ok": False,
+        "field": "payload",
+        "message": "a sample kit's label, not a drug kit's",
+    }
+    french = client_for(app, "nurse-p1")
+    french.post("/language", data={"language": "fr", "next": "/", "csrf_token": csrf_token(french, "/")})
+    answer = french.post(
+        url,
+        json={"field": "payload", "scan": sample_label, "subject_number": first.subject_number, "day": "D3"},
+        headers={"X-CSRFToken": csrf_token(french, f"/trials/{TRIAL}/bedside")},
+    ).get_json()
+    assert answer["message"] == "l'étiquette d'un kit de prélèvement, pas d'un kit de médicament"
+    assert len(events(ctx, "administration.scan_refused")) == refused_before + 6
     statuses = [d.status for d in views.subject(ctx, TRIAL, first.subject_number, ALL).days]
     assert statuses == ["administered", "dispensed", "dispensed"]  # the checks recorded nothing
 

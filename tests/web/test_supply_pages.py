@@ -23,6 +23,7 @@ from allocator.models import Kit, PrintedDocument, Signature
 from allocator.permissions import Scope
 from allocator.services import auth
 from allocator.services.context import ServiceContext
+from allocator.services.errors import ValidationFailed
 from allocator.services.supply import kit_lists, kit_rules
 from allocator.services.supply import shipments as supply_shipments
 from tests.support import (
@@ -468,6 +469,14 @@ def test_each_kit_scanned_at_receipt_is_checked_as_it_arrives(people: People) ->
     assert check("hello")["message"] == "unreadable: not a kit label or a kit number"
     other = kitlib.build_payload("OTHER-1", kit, kit_rules.KIT_UNIT, kit_rules.mac(ctx))
     assert check(other)["message"] == "a label of another trial"
+    # A cohort's tube set (issue 20) is never a drug kit, even printed under this trial's code.
+    tube_set = kitlib.build_payload(TRIAL, kit, kitlib.sample_unit(0), kit_rules.mac(ctx))
+    assert check(tube_set)["message"] == "a sample kit's label, not a drug kit's"
+    with pytest.raises(ValidationFailed) as refused:  # the same plain words when receiving
+        supply_shipments.receive(ctx, CLI_ACTOR, TRIAL, view.number, [tube_set], scope=ALL)
+    assert [(e.field, e.message) for e in refused.value.errors] == [
+        ("kits[0]", "a sample kit's label, not a drug kit's")
+    ]
     assert status_of(ctx, kit) == "in_transit"  # a check records nothing
     supply_shipments.receive(ctx, CLI_ACTOR, TRIAL, view.number, list(view.kits), scope=ALL)
     assert check(kit)["message"] == "the shipment is received, not in transit"

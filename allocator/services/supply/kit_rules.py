@@ -80,6 +80,8 @@ def unreadable(exc: kitlib.KitsError) -> str:
     words every scan field shows (issue 13): never the parser's technical message."""
     if isinstance(exc, kitlib.WrongTrialError):
         return "a label of another trial"
+    if isinstance(exc, kitlib.WrongKitKindError):
+        return "a sample kit's label, not a drug kit's"
     if isinstance(exc, kitlib.BadMacError):
         return "the label's security code is wrong: not printed by this service, or altered"
     if isinstance(exc, kitlib.KitNumberCheckDigitError):

@@ -24,6 +24,7 @@ from allocator.services.supply.kit_rules import (
     S,
     move_kit,
     number_from_scan,
+    unreadable,
 )
 
 # Kits whose printed label must show a batch's new expiry: those not yet dispensed (issue 19).
@@ -60,7 +61,9 @@ def change_status(
     try:
         number = number_from_scan(kit_number, trial_code, ctx)  # typed, or the scanned label (LBL-09)
     except (kitlib.KitNumberError, kitlib.PayloadError) as exc:
-        raise ValidationFailed("invalid kit number", errors=[FieldProblem("kit_number", str(exc))]) from None
+        raise ValidationFailed(
+            "invalid kit number", errors=[FieldProblem("kit_number", unreadable(exc))]
+        ) from None
     now = ctx.now()
     # The meaning states what is signed (21 CFR 11.50): a release only when the kit becomes usable.
     if target is S.QUARANTINED:

@@ -16,7 +16,7 @@ from allocator.services.context import ServiceContext
 from allocator.services.documents import next_document_id
 from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed
 from allocator.services.lookups import current_definition, get_trial
-from allocator.services.supply.kit_rules import KIT_UNIT, label_info, mac, number_from_scan
+from allocator.services.supply.kit_rules import KIT_UNIT, label_info, mac, number_from_scan, unreadable
 
 # --- labels (LBL-01..LBL-04, LBL-12) ---------------------------------------------------------
 
@@ -52,7 +52,7 @@ def print_kit_labels(
         try:
             number = number_from_scan(raw, trial_code, ctx)  # typed or scanned (LBL-09)
         except (kitlib.KitNumberError, kitlib.PayloadError) as exc:
-            problems.append(FieldProblem(f"kits[{index}]", str(exc)))
+            problems.append(FieldProblem(f"kits[{index}]", unreadable(exc)))
         else:
             if number not in numbers:
                 numbers.append(number)

@@ -184,7 +184,7 @@ def receive(
         try:
             numbers.append(number_from_scan(raw, trial_code, ctx))
         except (kitlib.KitNumberError, kitlib.PayloadError) as exc:
-            problems.append(FieldProblem(f"kits[{index}]", str(exc)))
+            problems.append(FieldProblem(f"kits[{index}]", unreadable(exc)))
     if problems:
         raise ValidationFailed("some kit numbers are not valid", errors=problems)
     with ctx.db.unit_of_work() as session:

@@ -19,6 +19,7 @@ from kits.errors import (
     PayloadCheckDigitError,
     PayloadError,
     UnknownPayloadVersionError,
+    WrongKitKindError,
     WrongTrialError,
 )
 from kits.numbers import check_digit, format_kit_number, generate_kit_numbers
@@ -26,8 +27,11 @@ from kits.payload import (
     MAC_CONTEXT,
     PAYLOAD_PATTERN,
     QR_ALPHANUMERIC,
+    KitKind,
     build_payload,
+    kind_of_unit,
     parse_payload,
+    sample_unit,
     verify_payload,
 )
 from tests.unit.kits.kits_testdata import TRIAL_CODE, trial_mac
@@ -179,6 +183,7 @@ def test_error_types_are_distinct() -> None:
         MalformedPayloadError,
         UnknownPayloadVersionError,
         WrongTrialError,
+        WrongKitKindError,
         PayloadCheckDigitError,
         BadMacError,
     ]
@@ -245,3 +250,80 @@ def test_build_and_parse_round_trip(body: int, day: int, trial_code: str) -> Non
         f"D{day}",
         text,
     )
+
+
+# --- sample kits of an observational cohort (issue 20, step 4) ----------------------------------------
+
+
+@pytest.mark.req("LBL-08", "LBL-09")
+def test_a_sample_kit_label_is_refused_where_a_drug_kit_is_expected_and_the_reverse() -> None:
+    # Same trial code and same key on purpose: only the kind of kit tells the labels apart.
+    sample = build_payload(TRIAL_CODE, KITS[0], sample_unit(1), trial_mac)
+    drug = build_payload(TRIAL_CODE, KITS[0], "D1", trial_mac)
+    own_label = build_payload(TRIAL_CODE, KITS[0], "K", trial_mac)
+    with pytest.raises(WrongKitKindError, match="label of a sample kit, not of a drug kit"):
+        verify_payload(sample, TRIAL_CODE, trial_mac)  # a drug scan is the default
+    with pytest.raises(WrongKitKindError, match="label of a sample kit, not of a drug kit"):
+        verify_payload(sample, TRIAL_CODE, trial_mac, KitKind.DRUG)
+    for text in (drug, own_label):
+        with pytest.raises(WrongKitKindError, match="label of a drug kit, not of a sample kit"):
+            verify_payload(text, TRIAL_CODE, trial_mac, KitKind.SAMPLE)
+    scanned = verify_payload(sample, TRIAL_CODE, trial_mac, KitKind.SAMPLE)
+    assert (scanned.kind, scanned.kit_number, scanned.unit) == (KitKind.SAMPLE, KITS[0], "S-01")
+    assert verify_payload(drug, TRIAL_CODE, trial_mac).kind is KitKind.DRUG
+
+
+@pytest.mark.req("LBL-08", "LBL-09")
+def test_another_trials_label_is_refused_as_such_before_its_kind() -> None:
+    sample = build_payload("IMMUNOSEPSIS-4", KITS[1], sample_unit(0), trial_mac)
+    with pytest.raises(WrongTrialError):
+        verify_payload(sample, TRIAL_CODE, trial_mac)
+    with pytest.raises(WrongTrialError):
+        verify_payload(
+            build_payload(TRIAL_CODE, KITS[1], "D1", trial_mac), "IMMUNOSEPSIS-4", trial_mac, KitKind.SAMPLE
+        )
+
+
+@pytest.mark.req("LBL-08")
+def test_a_sample_label_cannot_be_relabelled_as_a_drug_label_without_the_key() -> None:
+    # Changing the unit field of a genuine sample label into a drug unit breaks its tag.
+    sample = build_payload(TRIAL_CODE, KITS[2], sample_unit(1), trial_mac)
+    forged = sample.replace("/S-01/", "/D1/")
+    assert forged != sample
+    with pytest.raises(BadMacError):
+        verify_payload(forged, TRIAL_CODE, trial_mac)
+
+
+@pytest.mark.req("LBL-08", "BLD-02")
+def test_sample_payloads_have_the_documented_fixed_structure() -> None:
+    payloads = [
+        build_payload("IMMUNOSEPSIS-4", kit, sample_unit(tube), trial_mac)
+        for kit in KITS[:50]
+        for tube in (0, 1, 2, 99)
+    ]
+    assert all(PAYLOAD_PATTERN.fullmatch(text) for text in payloads)
+    assert all(set(text) <= QR_ALPHANUMERIC for text in payloads)
+    assert len({len(text) for text in payloads}) == 1
+    assert {parse_payload(text).unit for text in payloads} == {"S-00", "S-01", "S-02", "S-99"}
+
+
+@pytest.mark.req("LBL-08")
+def test_sample_units_and_kinds() -> None:
+    assert [sample_unit(n) for n in (0, 7, 99)] == ["S-00", "S-07", "S-99"]
+    for bad in (-1, 100, True, 1.0, "1"):
+        with pytest.raises(ValueError, match="not allowed"):
+            sample_unit(bad)  # type: ignore[arg-type]
+    assert {unit: kind_of_unit(unit) for unit in ("D1", "K", "S", "S1", "S-01")} == {
+        "D1": KitKind.DRUG,
+        "K": KitKind.DRUG,
+        "S": KitKind.DRUG,
+        "S1": KitKind.DRUG,
+        "S-01": KitKind.SAMPLE,
+    }
+    for bad_unit in ("S-1", "S-001", "X-01", "s-01x"):
+        with pytest.raises(ValueError, match="not allowed"):
+            build_payload(TRIAL_CODE, KITS[0], bad_unit, trial_mac)
+    # parse_payload upper-cases what a keyboard wedge typed, but a malformed sample unit stays malformed.
+    text = build_payload(TRIAL_CODE, KITS[0], "S-01", trial_mac)
+    with pytest.raises(MalformedPayloadError, match="unit field"):
+        parse_payload(text.replace("/S-01/", "/S-1/"))
