@@ -6,6 +6,7 @@ nothing of it without `[supply]`."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -310,3 +311,31 @@ def test_kits_that_would_not_serve_the_day_after_the_arrival_are_not_counted(ctx
         signature=signatures.SignatureRequest(password=GOOD_PASSWORD),
     )
     assert open_shipments(ctx) == [("SH-0002", "prepared", 24)]  # up to 7 courses from none: 24 kits
+
+
+@pytest.mark.req("BLD-04")
+def test_a_shipment_opens_the_arms_of_a_few_depot_kits_not_of_the_whole_depot(
+    ctx: ServiceContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19: each shipment loaded, locked and opened every kit of the depot (three quarters of
+    the 10,000-subject bench's time). Its kits are now found in a uniformly random order of the
+    depot's candidates, opened batch after batch until every arm has its share: a depot of 600
+    kits and a shipment of 18 open a few dozen arms, and the shipment stays balanced."""
+    from allocator import crypto
+
+    world(ctx, LEVELS, {"LOT-1": (600, 365)})
+    opened: list[bytes] = []
+    real = crypto.open_arm
+
+    def counting(ring: crypto.KeyRing, sealed: bytes, binding: crypto.Binding) -> str:
+        opened.append(sealed)
+        return real(ring, sealed, binding)
+
+    monkeypatch.setattr(crypto, "open_arm", counting)
+    activate(ctx)  # the initial shipment: 6 courses, 18 kits
+    monkeypatch.setattr(crypto, "open_arm", real)
+    assert open_shipments(ctx) == [("SH-0001", "prepared", 18)]
+    assert 18 <= len(opened) <= 120, len(opened)
+    with ctx.db.reading() as s:
+        numbers = list(s.execute(select(Kit.kit_number).where(Kit.shipment_id.is_not(None))).scalars())
+    assert sorted(Counter(arm_of(ctx, n) for n in numbers).values()) == [9, 9]

@@ -4,17 +4,20 @@ supply manager's shipments (shipments.create_shipment) and by the automatic resu
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator
 from datetime import date, datetime
+from itertools import islice
 from typing import Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, Connection, func, or_, select
 from sqlalchemy.orm import Session
 
 from allocator.audit import Action, Actor
-from allocator.models import CodeBreakSheet, Kit, Shipment
+from allocator.models import CodeBreakSheet, Kit, Shipment, Trial
 from allocator.services import arm_access
 from allocator.services.context import ServiceContext
 from allocator.services.lookups import TrialRef
+from allocator.services.supply import stock
 from allocator.trialdef import TrialDefinition
 
 
@@ -48,35 +51,40 @@ def prepare_shipment(
     audited machine read; nobody sees them, and nothing about the shipment depends on which arm a
     subject received (BLD-04). Returns None, having changed nothing, when the depot lacks such kits
     for one arm; the caller says so without naming the arm (BLD-12)."""
-    depot = [
-        kit
-        for kit in session.execute(
-            select(Kit)
-            .where(
-                Kit.trial_id == trial.id,
-                Kit.status == "at_depot",
-                Kit.site_id.is_(None),
-                Kit.shipment_id.is_(None),  # not already in a prepared shipment
-                Kit.relabel_requested_at.is_(None),  # issue 19: relabelled first, then shipped
-                # UNB-07: a kit leaves the depot only once its sealed code-break sheet exists.
-                Kit.id.in_(select(CodeBreakSheet.kit_id).where(CodeBreakSheet.trial_id == trial.id)),
-            )
-            .with_for_update()
-        ).scalars()
-        if kit.expiry_date is None or kit.expiry_date >= usable_until
-    ]
-    arms = arm_access.kit_arms_in(session, ctx, actor, trial.code, depot, "balancing a shipment")
-    by_arm: dict[str, list[Kit]] = {}
-    for kit in depot:
-        by_arm.setdefault(arms[kit.id], []).append(kit)
-    chosen: list[Kit] = []
-    rng = secrets.SystemRandom()
-    for arm, weight in definition.ratio:
-        wanted = count // definition.ratio_total * weight
-        pool = by_arm.get(arm, [])
+    # Preparations of the trial queue on its row (FOR NO KEY UPDATE: randomizations' inserts that
+    # merely refer to the trial are not blocked), so that two at once never count the same
+    # shipments for their numbers nor race for the same kits.
+    session.execute(select(Trial.id).where(Trial.id == trial.id).with_for_update(key_share=True))
+    connection = session.connection()
+    conditions = _at_depot(trial.id, usable_until)
+    # Only the candidates' ids are read; their arms are opened in a uniformly random order, batch
+    # after batch, until every arm has its share (the kit draw's method, stock.draw_usable_kits):
+    # the first kits of an arm met in a uniformly random order of the depot's candidates are a
+    # uniformly random choice among that arm's, and the cost follows the shipment's size, not the
+    # depot's (issue 19: the 10,000-subject bench spent three quarters of its time loading, locking
+    # and opening every kit of the depot for each shipment).
+    candidates = list(connection.execute(select(Kit.id).where(*conditions)).scalars())
+    shares = {arm: count // definition.ratio_total * weight for arm, weight in definition.ratio}
+    found = arm_access.kits_by_arm_until(
+        session,
+        ctx,
+        actor,
+        trial.code,
+        _locked_batches(
+            connection, stock._random_order(candidates), conditions, 2 * max(shares.values(), default=1)
+        ),
+        definition.arm_codes,
+        max(shares.values(), default=0),
+        "balancing a shipment",
+    )
+    chosen_ids: list[int] = []
+    for arm, wanted in shares.items():
+        pool = found.get(arm, [])
         if len(pool) < wanted:
             return None
-        chosen.extend(rng.sample(pool, wanted))
+        chosen_ids.extend(kit.id for kit in pool[:wanted])
+    chosen = list(session.execute(select(Kit).where(Kit.id.in_(chosen_ids))).scalars())
+    rng = secrets.SystemRandom()
     rng.shuffle(chosen)
     shipped_before = session.execute(
         select(func.count()).select_from(Shipment).where(Shipment.trial_id == trial.id)
@@ -110,3 +118,34 @@ def prepare_shipment(
         at=now,
     )
     return shipment
+
+
+def _at_depot(trial_id: int, usable_until: date) -> tuple[ColumnElement[bool], ...]:
+    """A kit that can leave the depot in a shipment usable until `usable_until`."""
+    return (
+        Kit.trial_id == trial_id,
+        Kit.status == "at_depot",
+        Kit.site_id.is_(None),
+        Kit.shipment_id.is_(None),  # not already in a prepared shipment
+        Kit.relabel_requested_at.is_(None),  # issue 19: relabelled first, then shipped
+        or_(Kit.expiry_date.is_(None), Kit.expiry_date >= usable_until),
+        # UNB-07: a kit leaves the depot only once its sealed code-break sheet exists.
+        Kit.id.in_(select(CodeBreakSheet.kit_id).where(CodeBreakSheet.trial_id == trial_id)),
+    )
+
+
+def _locked_batches(
+    connection: Connection, order: Iterator[int], conditions: tuple[ColumnElement[bool], ...], size: int
+) -> Iterator[list[arm_access.SealedKit]]:
+    """The kits of the ids of `order` still at the depot and usable, locked (the conditions are
+    checked again once the lock is granted), in batches of `size`, then twice as many each time,
+    in the order of `order`."""
+    while batch := list(islice(order, size)):
+        rank = {kit_id: i for i, kit_id in enumerate(batch)}
+        rows = connection.execute(
+            select(Kit.id, Kit.kit_number, Kit.sealed_arm)
+            .where(Kit.id.in_(batch), *conditions)
+            .with_for_update()
+        )
+        yield sorted((arm_access.SealedKit(*row) for row in rows), key=lambda kit: rank[kit.id])
+        size *= 2
