@@ -66,6 +66,10 @@ def create_app(
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         PERMANENT_SESSION_LIFETIME=settings.session_absolute_lifetime,
+        # The cookie is sent only when the session changes: a request that changes nothing (a scan
+        # check answering late) must not put back the session as it was before a POST that left
+        # its outcome there for the next GET. Its expiry stays login + the absolute lifetime.
+        SESSION_REFRESH_EACH_REQUEST=False,
         WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the (server-side) session
         WTF_CSRF_SSL_STRICT=settings.env is not Environment.DEVELOPMENT,
         MAX_CONTENT_LENGTH=5 * 1024 * 1024,

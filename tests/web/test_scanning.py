@@ -347,3 +347,38 @@ def test_a_scanned_code_break_sheet_number_is_checked_as_it_arrives(
         assert check(label(ctx, mine[2]))["message"] == "a kit label, not a code-break sheet"
         assert check("CB-OTHER-000001")["message"] == "a sheet of another trial"
         assert check(mine[0][:-1] + "X")["message"] == "unknown sheet"
+
+
+@pytest.mark.req("LBL-09")
+def test_a_scan_check_answering_late_cannot_erase_what_the_bedside_post_left_for_its_page(
+    app: Flask, ctx: ServiceContext, world: ReadyTrial
+) -> None:
+    """CI found the bedside page empty after a refused scan (no result, no refusal): the scan's
+    check request, sent as the label arrived, answered after the form's POST and its cookie, the
+    session as it was before the POST, replaced the one holding the POST's outcome. The check
+    endpoints change nothing in the session, so they must not send it back: no Set-Cookie at all."""
+    nurse = client_for(app, "nurse-p1")
+    token = csrf_token(nurse, f"/trials/{TRIAL}/bedside")
+    answer = nurse.post(
+        f"/trials/{TRIAL}/bedside/check",
+        json={"field": "payload", "scan": "not a label", "subject_number": "P1-001", "day": "D1"},
+        headers={"X-CSRFToken": token},
+    )
+    assert answer.status_code == 200 and answer.get_json()["ok"] is False
+    assert "Set-Cookie" not in answer.headers
+    assert "Set-Cookie" not in nurse.get(f"/trials/{TRIAL}/bedside").headers
+    # The race itself: the page's outcome survives a check answered after the POST.
+    stale = nurse.get_cookie(app.config["SESSION_COOKIE_NAME"], domain="localhost")
+    posted = nurse.post(
+        f"/trials/{TRIAL}/bedside",
+        data={"csrf_token": token, "subject_number": "P1-001", "day": "D1", "payload": "not a label"},
+    )
+    assert posted.status_code == 303
+    late = nurse.post(
+        f"/trials/{TRIAL}/bedside/check",
+        json={"field": "payload", "scan": "not a label", "subject_number": "P1-001", "day": "D1"},
+        headers={"X-CSRFToken": token, "Cookie": f"{stale.key}={stale.value}" if stale else ""},
+    )
+    assert late.status_code == 200 and "Set-Cookie" not in late.headers
+    page = nurse.get(f"/trials/{TRIAL}/bedside").get_data(as_text=True)
+    assert "scan-bad" in page and "Nothing was recorded" in page
