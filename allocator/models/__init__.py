@@ -22,6 +22,7 @@ from allocator.models.randomization import (
     Stratum,
 )
 from allocator.models.review import AuditReview
+from allocator.models.sample import LabShipment, LabShipmentStatus, SampleKit, SampleKitEvent, SampleKitStatus
 from allocator.models.signature import Signature
 from allocator.models.site import Site, SiteStatus
 from allocator.models.subject import ScreeningEntry, Subject, SubjectCorrection, SubjectWithdrawal
@@ -65,6 +66,8 @@ __all__ = [
     "KitEvent",
     "KitList",
     "KitStatus",
+    "LabShipment",
+    "LabShipmentStatus",
     "LabClosure",
     "ListExtensionProposal",
     "ListMode",
@@ -78,6 +81,9 @@ __all__ = [
     "PrintedDocument",
     "RandomizationList",
     "Registration",
+    "SampleKit",
+    "SampleKitEvent",
+    "SampleKitStatus",
     "RoleAssignment",
     "RoleRevocation",
     "ScreeningEntry",
