@@ -95,9 +95,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("trial_id", "kit_number", name=op.f("uq_sample_kit_trial_id_kit_number")),
     )
     with op.batch_alter_table("sample_kit", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_sample_kit_site_status_id", ["site_id", "status", "id"], unique=False
-        )
+        batch_op.create_index("ix_sample_kit_site_status_id", ["site_id", "status", "id"], unique=False)
         batch_op.create_index(batch_op.f("ix_sample_kit_lab_shipment_id"), ["lab_shipment_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_sample_kit_trial_id"), ["trial_id"], unique=False)
 
@@ -120,7 +118,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_sample_kit_event")),
     )
     with op.batch_alter_table("sample_kit_event", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_sample_kit_event_sample_kit_id"), ["sample_kit_id"], unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_sample_kit_event_sample_kit_id"), ["sample_kit_id"], unique=False
+        )
 
     dialect = op.get_bind().dialect.name
     for table in ("lab_shipment", "sample_kit"):
