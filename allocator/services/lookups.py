@@ -107,6 +107,11 @@ _PARSED: dict[tuple[str, int, str], TrialDefinition] = {}
 _PARSED_MAX = 64
 
 
+def parsed_definition(code: str, version: int, sha256: str) -> TrialDefinition | None:
+    """The definition of `code` at `version` with that digest, if already parsed (no read)."""
+    return _PARSED.get((code, version, sha256))
+
+
 def _definition(session: Session, trial: TrialRef, version: int, sha256: str) -> TrialDefinition:
     key = (trial.code, version, sha256)
     parsed = _PARSED.get(key)

@@ -160,6 +160,14 @@ def _add_version(
 def _check_change_allowed(
     session: Session, trial: Trial, latest: TrialDefinitionVersion, definition: TrialDefinition
 ) -> None:
+    previous = parse_definition(latest.source_text, source=f"{trial.code} v{latest.version}")
+    if previous.kind != definition.kind:
+        # A randomized trial's subjects, lists and kits mean nothing to a cohort, and the reverse:
+        # the kind of study is fixed when it is first loaded (issue 20).
+        raise DefinitionLocked(
+            f"{trial.code} is {previous.kind}: a study cannot change its kind",
+            errors=[FieldProblem("trial.kind", f"must stay {previous.kind!r}")],
+        )
     existing = {s.code for s in session.execute(select(Site).where(Site.trial_id == trial.id)).scalars()}
     removed = sorted(existing - {s.code for s in definition.sites})
     if removed:

@@ -29,7 +29,7 @@ from allocator.web import hygiene
 from allocator.web import idempotency as idempotent
 from allocator.web.errors import problem
 from allocator.web.openapi import document
-from allocator.web.security import actor, ctx, current_trial, holds_any, scope
+from allocator.web.security import actor, ctx, current_trial, definition_of, holds_any, scope
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -121,7 +121,7 @@ def randomize(trial: str) -> Response:
     """Screen and randomize. Any field beyond site, screening_number, eligibility and strata — a
     slot, an arm, a kit — is refused, never used (RND-05)."""
     body = _json_body()
-    if subjects_register.is_observational(ctx(), trial):
+    if definition_of(trial).observational:
         return _register(trial, body)
     problems = [
         FieldProblem(key, "is not accepted (nobody chooses a slot, an arm or a kit)")

@@ -21,12 +21,14 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from allocator.audit import SYSTEM_CHAIN, Action, Actor
 from allocator.logs import log_event
-from allocator.models import Site, Trial
+from allocator.models import Site, Trial, TrialDefinitionVersion
 from allocator.permissions import Permission, Scope, declared_permission, is_public
 from allocator.services import auth as auth_service
+from allocator.services import lookups
 from allocator.services.auth import Authenticated, Client
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Forbidden, NotFound, Unauthenticated
+from allocator.trialdef import TrialDefinition
 
 csrf = CSRFProtect()
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
@@ -48,11 +50,27 @@ class TrialContext:
     code: str
     # Codes of the trial's sites named in the user's grants (read with the trial, for `actor`).
     site_codes: Mapping[int, str] = field(default_factory=dict)
+    # The definition in force as the guard read it (version and digest): `definition_of` finds it
+    # among the parsed definitions without another read.
+    definition_version: int = 0
+    definition_sha256: str = ""
 
 
 def ctx() -> ServiceContext:
     service_context: ServiceContext = current_app.extensions["allocator"]
     return service_context
+
+
+def definition_of(trial_code: str) -> TrialDefinition:
+    """The definition in force of the request's trial: the one the guard saw, when it is already
+    parsed (no read at all), else read. Issue 16: the API's randomization asked the database again
+    whether its trial registers or randomizes, about 1.2 ms of a randomization's CPU."""
+    seen: TrialContext | None = g.get("trial")
+    if seen is not None and seen.code == trial_code:
+        parsed = lookups.parsed_definition(seen.code, seen.definition_version, seen.definition_sha256)
+        if parsed is not None:
+            return parsed
+    return lookups.trial_definition(ctx(), trial_code)
 
 
 DEVICE_COOKIE = "allocator_device"
@@ -142,9 +160,24 @@ def _authenticate(
     return auth
 
 
-# The trial of the URL and the codes of its sites that the user's grants name, in one statement.
+# The trial of the URL, the digest of its definition in force and the codes of its sites that the
+# user's grants name, in one statement.
 _TRIAL_AND_GRANTED_SITES = (
-    select(Trial.id, Trial.code, Site.id.label("site_id"), Site.code.label("site_code"))
+    select(
+        Trial.id,
+        Trial.code,
+        Site.id.label("site_id"),
+        Site.code.label("site_code"),
+        Trial.definition_version,
+        TrialDefinitionVersion.sha256,
+    )
+    .join(
+        TrialDefinitionVersion,
+        and_(
+            TrialDefinitionVersion.trial_id == Trial.id,
+            TrialDefinitionVersion.version == Trial.definition_version,
+        ),
+    )
     .outerjoin(Site, and_(Site.trial_id == Trial.id, Site.id.in_(bindparam("site_ids", expanding=True))))
     .where(Trial.code == bindparam("code"))
 )
@@ -169,10 +202,10 @@ def _guard() -> BaseResponse | None:
 
     def read(
         db_session: Session,
-    ) -> tuple[Authenticated | None, Sequence[Row[int, str, int, str]]]:
+    ) -> tuple[Authenticated | None, Sequence[Row[int, str, int, str, int, str]]]:
         later.clear()  # a read retried after a dropped connection starts afresh
         auth = _authenticate(service, db_session, later)
-        rows: Sequence[Row[int, str, int, str]] = ()
+        rows: Sequence[Row[int, str, int, str, int, str]] = ()
         if auth is not None and trial_code is not None:
             granted = sorted({grant.site_id for grant in auth.access.grants if grant.site_id is not None})
             rows = db_session.execute(
@@ -201,6 +234,8 @@ def _guard() -> BaseResponse | None:
             id=rows[0].id,
             code=rows[0].code,
             site_codes={row.site_id: row.site_code for row in rows if row.site_id is not None},
+            definition_version=rows[0].definition_version,
+            definition_sha256=rows[0].sha256,
         )
         trial_id = rows[0].id
     if not auth.access.has(permission, trial_id):

@@ -18,16 +18,14 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import func, select
 
-from allocator import audit, crypto
-from allocator.db import Database
+from allocator import audit
 from allocator.models import AuditEvent, Dispensation, Kit, PrintedDocument, Site, Slot, Stratum, Subject
 from allocator.permissions import Scope
 from allocator.services.context import ServiceContext
 from allocator.services.supply import disposal
-from allocator.settings import Environment, Settings
 from tests.conftest import FreshDatabase
 from tests.integration import concurrency_worker
-from tests.support import IFN_TRIAL, eligible_on, ready_trial
+from tests.support import IFN_TRIAL, committed_context, eligible_on, ready_trial
 
 pytestmark = pytest.mark.slow
 PROCESSES, THREADS = 4, 8
@@ -36,12 +34,8 @@ PROCESSES, THREADS = 4, 8
 @pytest.fixture
 def live(fresh_database: FreshDatabase, key_dir: Path) -> Iterator[ServiceContext]:
     fresh_database.migrate()
-    settings = Settings(env=Environment.TEST, database_url=fresh_database.url, key_dir=key_dir)
-    db = Database.connect(fresh_database.url)
-    yield ServiceContext.build(
-        settings, db, crypto.KeyRing.load(key_dir), passwords=crypto.FAST_PASSWORD_HASHING
-    )
-    db.dispose()
+    with committed_context(fresh_database.url, key_dir) as ctx:
+        yield ctx
 
 
 def jobs() -> list[tuple[str, str, str, dict[str, object]]]:

@@ -16,16 +16,13 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from allocator import crypto
-from allocator.db import Database
 from allocator.models import Kit, Shipment
 from allocator.permissions import Scope
 from allocator.services import signatures
 from allocator.services.context import ServiceContext
 from allocator.services.supply import excursions, kit_lists, resupply, shipments
-from allocator.settings import Environment, Settings
 from tests.conftest import FreshDatabase
-from tests.support import CLI_ACTOR, GOOD_PASSWORD, code_break_sheets, load_ifn, person
+from tests.support import CLI_ACTOR, GOOD_PASSWORD, code_break_sheets, committed_context, load_ifn, person
 
 pytestmark = pytest.mark.slow
 TRIAL = "IFNG-PAIS"
@@ -35,12 +32,8 @@ ALL = Scope(all_sites=True, site_ids=frozenset())
 @pytest.fixture
 def live(fresh_database: FreshDatabase, key_dir: Path) -> Iterator[ServiceContext]:
     fresh_database.migrate()
-    settings = Settings(env=Environment.TEST, database_url=fresh_database.url, key_dir=key_dir)
-    db = Database.connect(fresh_database.url, pool_size=4)
-    yield ServiceContext.build(
-        settings, db, crypto.KeyRing.load(key_dir), passwords=crypto.FAST_PASSWORD_HASHING
-    )
-    db.dispose()
+    with committed_context(fresh_database.url, key_dir, pool_size=4) as ctx:
+        yield ctx
 
 
 @pytest.mark.req("LBL-05")

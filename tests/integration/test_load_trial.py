@@ -9,7 +9,7 @@ from allocator.models import AuditEvent, Base, Site, Trial, TrialDefinitionVersi
 from allocator.services import trials
 from allocator.services.context import ServiceContext
 from allocator.services.errors import DefinitionLocked, ValidationFailed
-from tests.support import CLI_ACTOR, IFN_TRIAL, load_ifn
+from tests.support import CLI_ACTOR, COHORT_TRIAL, IFN_TRIAL, load_ifn
 
 TEXT = IFN_TRIAL.read_text(encoding="utf-8")
 
@@ -137,3 +137,18 @@ def test_trial_summary_is_blinded_and_site_scoped(ctx: ServiceContext) -> None:
     with ctx.db.reading() as s:
         p1 = s.execute(select(Site.id).where(Site.code == "P1")).scalar_one()
     assert [s.code for s in trials.trial_summary(ctx, "IFNG-PAIS", frozenset({p1})).sites] == ["P1"]
+
+
+@pytest.mark.req("RND-10")
+def test_a_study_cannot_change_its_kind(ctx: ServiceContext) -> None:
+    """Issue 20: a randomized trial's lists, subjects and kits mean nothing to a cohort (and the
+    request guard finds a trial's kind from its definition in force): a new version keeps the kind."""
+    load_ifn(ctx)
+    cohort_text = COHORT_TRIAL.read_text(encoding="utf-8").replace(
+        'code = "IMMUNOSEPSIS-4"', 'code = "IFNG-PAIS"'
+    )
+    before = row_counts(ctx)
+    with pytest.raises(DefinitionLocked, match="cannot change its kind") as refused:
+        trials.load_trial(ctx, CLI_ACTOR, cohort_text, source_name="cohort.toml")
+    assert [e.field for e in refused.value.errors] == ["trial.kind"]
+    assert row_counts(ctx) == before

@@ -19,7 +19,7 @@ from allocator.services import signatures, sites, trials
 from allocator.services.context import ServiceContext
 from allocator.services.lists import approval, generation
 from allocator.services.lookups import current_definition, get_trial
-from allocator.services.supply import excursions, kit_lists, kit_status, resupply, shipments
+from allocator.services.supply import dashboard, excursions, kit_lists, kit_status, resupply, shipments
 from allocator.services.supply.kit_rules import needed_until
 from tests.support import (
     ALL_SITES,
@@ -339,3 +339,41 @@ def test_a_shipment_opens_the_arms_of_a_few_depot_kits_not_of_the_whole_depot(
     with ctx.db.reading() as s:
         numbers = list(s.execute(select(Kit.kit_number).where(Kit.shipment_id.is_not(None))).scalars())
     assert sorted(Counter(arm_of(ctx, n) for n in numbers).values()) == [9, 9]
+
+
+@pytest.mark.req("LBL-05", "BLD-12")
+def test_kits_awaiting_a_new_expiry_label_do_not_hold_a_site_above_its_trigger(ctx: ServiceContext) -> None:
+    """Closing note of 2026-12-05: a kit awaiting its new expiry label is neither drawn nor
+    dispensed, yet the resupply check counted it as usable, so a site whose whole stock awaited
+    relabelling looked well stocked while every randomization there was refused. It is not usable
+    now: the check sees the site below its trigger and requests a shipment (of kits that await no
+    relabelling), and the dashboard shows the waiting kits apart."""
+    people = world(ctx, LEVELS, {"LOT-1": (24, 365)})
+    activate(ctx)
+    deliver(ctx, "SH-0001")  # 6 courses of LOT-1 at P1
+    kit_lists.generate_kit_list(
+        ctx, CLI_ACTOR, TRIAL, count=48, lot_code="LOT-2", expiry=ctx.now().date() + timedelta(days=365)
+    )
+    code_break_sheets(ctx, people["stat"])  # type: ignore[arg-type]
+    kit_status.update_batch_expiry(
+        ctx,
+        person(ctx, "tman", "trial_manager"),
+        TRIAL,
+        "LOT-1",
+        ctx.now().date() + timedelta(days=400),
+        reason="re-test extended the shelf life",
+        signature=signatures.SignatureRequest(password=GOOD_PASSWORD),
+    )
+    board = {row.site: row for row in dashboard.dashboard(ctx, TRIAL, ALL_SITES).rows}
+    assert (board["P1"].awaiting_relabel, board["P1"].usable_kits, board["P1"].courses) == (18, 0, 0)
+    # 0 courses usable, below 4: up to 7 courses, requested (by the change itself or the check).
+    resupply.check_sites(ctx, CLI_ACTOR, TRIAL)
+    ((number, status, count),) = open_shipments(ctx)
+    assert status == "prepared" and count == 24  # 7 courses in whole units of both arms
+    with ctx.db.reading() as s:
+        shipped = list(
+            s.execute(
+                select(Kit).join(Shipment, Shipment.id == Kit.shipment_id).where(Shipment.number == number)
+            ).scalars()
+        )
+    assert len(shipped) == 24 and all(k.relabel_requested_at is None for k in shipped)

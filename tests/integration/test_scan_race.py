@@ -17,17 +17,15 @@ import pytest
 from sqlalchemy import func, select
 
 import kits as kitlib
-from allocator import audit, crypto
-from allocator.db import Database
+from allocator import audit
 from allocator.models import Administration, AuditEvent
 from allocator.permissions import Scope
 from allocator.services import bedside, dispensing, signatures
 from allocator.services.context import ServiceContext
 from allocator.services.subjects import randomize
 from allocator.services.supply import kit_rules
-from allocator.settings import Environment, Settings
 from tests.conftest import FreshDatabase
-from tests.support import GOOD_PASSWORD, eligible_on, ready_trial
+from tests.support import GOOD_PASSWORD, committed_context, eligible_on, ready_trial
 
 pytestmark = pytest.mark.slow
 TRIAL = "IFNG-PAIS"
@@ -38,12 +36,8 @@ SCANS = 20
 @pytest.fixture
 def live(fresh_database: FreshDatabase, key_dir: Path) -> Iterator[ServiceContext]:
     fresh_database.migrate()
-    settings = Settings(env=Environment.TEST, database_url=fresh_database.url, key_dir=key_dir)
-    db = Database.connect(fresh_database.url, pool_size=SCANS)
-    yield ServiceContext.build(
-        settings, db, crypto.KeyRing.load(key_dir), passwords=crypto.FAST_PASSWORD_HASHING
-    )
-    db.dispose()
+    with committed_context(fresh_database.url, key_dir, pool_size=SCANS) as ctx:
+        yield ctx
 
 
 @pytest.mark.req("DIB-01", "LBL-09")

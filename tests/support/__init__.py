@@ -5,6 +5,8 @@ Expensive worlds are built once per process and replayed: see tests/support/worl
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -21,6 +23,7 @@ from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
 from allocator.services.subjects import randomize as subjects_randomize
 from allocator.services.supply import kit_lists, shipments
+from allocator.settings import Environment, Settings
 from allocator.uat import eligible_on as eligible_on  # the tests import it from here
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -428,3 +431,18 @@ def ready_cohort(ctx: ServiceContext) -> Actor:
         site_code="L1",
         request_id="test",
     )
+
+
+@contextmanager
+def committed_context(url: str, key_dir: Path, pool_size: int | None = None) -> Iterator[ServiceContext]:
+    """A service context on a freshly migrated database `url` whose units of work really commit
+    (the usual `ctx` rolls everything back at the end of a test): for tests that run use cases in
+    several threads or hold locks from another connection."""
+    settings = Settings(env=Environment.TEST, database_url=url, key_dir=key_dir)
+    db = Database.connect(url) if pool_size is None else Database.connect(url, pool_size=pool_size)
+    try:
+        yield ServiceContext.build(
+            settings, db, crypto.KeyRing.load(key_dir), passwords=crypto.FAST_PASSWORD_HASHING
+        )
+    finally:
+        db.dispose()

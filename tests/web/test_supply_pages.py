@@ -21,10 +21,10 @@ import kits as kitlib
 from allocator import crypto
 from allocator.models import Kit, PrintedDocument, Signature
 from allocator.permissions import Scope
-from allocator.services import auth
+from allocator.services import auth, signatures
 from allocator.services.context import ServiceContext
 from allocator.services.errors import ValidationFailed
-from allocator.services.supply import kit_lists, kit_rules
+from allocator.services.supply import kit_lists, kit_rules, kit_status
 from allocator.services.supply import shipments as supply_shipments
 from tests.support import (
     CLI_ACTOR,
@@ -35,6 +35,7 @@ from tests.support import (
     enroll_totp,
     load_ifn,
     make_user,
+    person,
 )
 from tests.web.conftest import csrf_token, https_client
 
@@ -418,16 +419,30 @@ def test_the_supply_dashboard_counts_courses_per_site_in_reach(people: People) -
 
     monitor = rows(people.monitor)
     # site, courses (usable kits), trigger, days of supply, open shipments, kits on the way,
-    # expiring within 30 days, quarantined. No [supply]: no trigger; nobody randomized yet.
+    # expiring within 30 days, quarantined, awaiting a new label. No [supply]: no trigger; nobody
+    # randomized yet.
     assert monitor == [
-        ["P1 pending", "2 (7 kits)", "—", "no recent enrolment", "0", "0", "0", "1"],
-        ["P2 pending", "1 (4 kits)", "—", "no recent enrolment", "1", "4", "4", "0"],
+        ["P1 pending", "2 (7 kits)", "—", "no recent enrolment", "0", "0", "0", "1", "0"],
+        ["P2 pending", "1 (4 kits)", "—", "no recent enrolment", "1", "4", "4", "0", "0"],
     ]
     assert [r[0] for r in rows(people.pharmacist)] == ["P1 pending"]
     assert [r[6] for r in rows(people.monitor, "?within=5")] == ["0", "0"]
     refused = people.monitor.get(f"{BASE}/supply?within=soon")
     assert refused.status_code == 422 and "within" in refused.get_data(as_text=True)
     assert people.monitor.get(f"{BASE}/supply?within=0").status_code == 422
+    # Kits awaiting their new expiry label are not usable (neither drawn nor dispensed): counted
+    # apart, linked to the relabelling page.
+    kit_status.update_batch_expiry(
+        ctx,
+        person(ctx, "tman-dash", "trial_manager"),
+        TRIAL,
+        "LOT-SOON",
+        soon + timedelta(days=300),
+        reason="re-test extended the shelf life",
+        signature=signatures.SignatureRequest(password=GOOD_PASSWORD),
+    )
+    assert [r[1:2] + r[8:] for r in rows(people.monitor)] == [["2 (7 kits)", "0"], ["0 (0 kits)", "4"]]
+    assert f"{BASE}/relabelling" in people.monitor.get(f"{BASE}/supply").get_data(as_text=True)
 
 
 @pytest.mark.req("LBL-09")

@@ -33,6 +33,7 @@ class SiteSupplyRow:
     kits_on_the_way: int
     expiring_soon: int  # available kits that expire within `within_days`
     quarantined: int
+    awaiting_relabel: int  # available kits held until their new expiry label is scanned (not usable)
     trigger: int | None  # the [supply] trigger level, if any
 
 
@@ -73,15 +74,20 @@ def dashboard(
         usable: Counter[int] = Counter()
         expiring: Counter[int] = Counter()
         quarantined: Counter[int] = Counter()
+        relabel: Counter[int] = Counter()
+        awaits = Kit.relabel_requested_at.is_not(None)
         kit_rows = session.execute(
-            select(Kit.site_id, Kit.status, Kit.expiry_date, func.count())
+            select(Kit.site_id, Kit.status, Kit.expiry_date, awaits, func.count())
             .where(Kit.trial_id == trial.id, Kit.site_id.is_not(None))
-            .group_by(Kit.site_id, Kit.status, Kit.expiry_date)
+            .group_by(Kit.site_id, Kit.status, Kit.expiry_date, awaits)
         ).all()
-        for site_id, status, expiry, count in kit_rows:
+        for site_id, status, expiry, awaiting, count in kit_rows:
             if site_id is None:  # pragma: no cover - the query keeps site kits only
                 continue
-            if status == S.AVAILABLE.value and expiry is not None and expiry >= usable_from:
+            if status == S.AVAILABLE.value and awaiting:
+                # Neither drawn nor dispensed until relabelled (issue 19): not usable, shown apart.
+                relabel[site_id] += count
+            elif status == S.AVAILABLE.value and expiry is not None and expiry >= usable_from:
                 usable[site_id] += count
             if status == S.AVAILABLE.value and expiry is not None and expiry <= soon:
                 expiring[site_id] += count
@@ -120,6 +126,7 @@ def dashboard(
                     kits_on_the_way=int(kits),
                     expiring_soon=expiring[site.id],
                     quarantined=quarantined[site.id],
+                    awaiting_relabel=relabel[site.id],
                     trigger=supply.for_site(site.code).trigger_courses if supply else None,
                 )
             )

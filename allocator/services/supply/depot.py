@@ -6,7 +6,6 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from datetime import date, datetime
-from itertools import islice
 from typing import Protocol
 
 from sqlalchemy import ColumnElement, Connection, func, or_, select
@@ -138,14 +137,8 @@ def _locked_batches(
     connection: Connection, order: Iterator[int], conditions: tuple[ColumnElement[bool], ...], size: int
 ) -> Iterator[list[arm_access.SealedKit]]:
     """The kits of the ids of `order` still at the depot and usable, locked (the conditions are
-    checked again once the lock is granted), in batches of `size`, then twice as many each time,
-    in the order of `order`."""
-    while batch := list(islice(order, size)):
-        rank = {kit_id: i for i, kit_id in enumerate(batch)}
-        rows = connection.execute(
-            select(Kit.id, Kit.kit_number, Kit.sealed_arm)
-            .where(Kit.id.in_(batch), *conditions)
-            .with_for_update()
-        )
-        yield sorted((arm_access.SealedKit(*row) for row in rows), key=lambda kit: rank[kit.id])
-        size *= 2
+    checked again once the lock is granted), in the batches of `stock.locked_batches`."""
+    statement = select(Kit.id, Kit.kit_number, Kit.sealed_arm).with_for_update()
+    return stock.locked_batches(
+        order, size, lambda batch: connection.execute(statement.where(Kit.id.in_(batch), *conditions))
+    )

@@ -161,6 +161,22 @@ def record(
         trial = get_trial(session, trial_code)
         definition = current_definition(session, trial)
         today = definition.local_date(now)
+        # Sites before kits, the order of a randomization (site row, then the kits it draws): a
+        # return of an available kit locked the kit, then waited for its site's row while a
+        # randomization at that site held the row and waited for the kit (a PostgreSQL deadlock,
+        # one of the two refused). The sites are read unlocked first; the kits, once locked, are
+        # checked against the sites locked (a kit moved in between is refused below).
+        held_sites = sorted(
+            {
+                site_id
+                for site_id in session.execute(
+                    select(Kit.site_id).where(Kit.trial_id == trial.id, Kit.kit_number.in_(numbers))
+                ).scalars()
+                if site_id is not None
+            }
+        )
+        for site_id in held_sites:
+            session.execute(select(Site.id).where(Site.id == site_id).with_for_update()).one()
         kits = {
             k.kit_number: k
             for k in session.execute(
@@ -175,7 +191,12 @@ def record(
         for index, number in enumerate(numbers):
             kit = kits.get(number)
             shown = kitlib.format_kit_number(number)
-            if kit is None or kit.site_id is None or not scope.allows_site(kit.site_id):
+            if (
+                kit is None
+                or kit.site_id is None
+                or kit.site_id not in held_sites
+                or not scope.allows_site(kit.site_id)
+            ):
                 problems.append(
                     FieldProblem(f"kits[{index}]", f"kit {shown} is at no site within your reach")
                 )
@@ -186,9 +207,8 @@ def record(
         site_ids = {kits[n].site_id for n in numbers}
         if len(site_ids) != 1:
             raise Conflict("the kits are at different sites: record one site at a time")
+        # The site's row, locked above, numbers its records one at a time (two recorders at once).
         site = require(session, Site, site_ids.pop())
-        # The site's row lock numbers its records one at a time (two recorders at once).
-        session.execute(select(Site.id).where(Site.id == site.id).with_for_update()).one()
         count = session.execute(
             select(func.count())
             .select_from(KitDisposal)

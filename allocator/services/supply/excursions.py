@@ -215,7 +215,10 @@ def report_excursion(
                 errors=[FieldProblem(place, "holds no kit in transit or available")],
             )
         # The trial's row, locked: two reports at once get consecutive numbers, not a clash.
-        session.execute(select(Trial.id).where(Trial.id == trial.id).with_for_update())
+        # FOR NO KEY UPDATE (as documents.next_document_id): a randomization's inserts that refer to
+        # the trial take a key-share lock on its row, which a plain FOR UPDATE waited for (every
+        # randomization of the trial queued behind a report, or deadlocked with it).
+        session.execute(select(Trial.id).where(Trial.id == trial.id).with_for_update(key_share=True))
         before = session.execute(
             select(func.count())
             .select_from(TemperatureExcursion)
@@ -564,6 +567,9 @@ def _site_kits(session: Session, trial: Trial, code: str, scope: Scope) -> tuple
     ).scalar_one_or_none()
     if site is None or not scope.allows_site(site.id):
         raise NotFound(f"no site {code!r} within your reach", errors=[FieldProblem("site", "unknown site")])
+    # The site's row before its kits, the order of a randomization (site, then the kits it draws):
+    # kits first waited for nothing here, but a randomization holding the site waited for them.
+    session.execute(select(Site.id).where(Site.id == site.id).with_for_update()).one()
     kits = list(
         session.execute(
             select(Kit)

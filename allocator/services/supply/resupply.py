@@ -57,6 +57,9 @@ _ON_HAND_AND_ON_ORDER = select(
         Kit.site_id == bindparam("site_id"),
         Kit.status == S.AVAILABLE.value,
         Kit.expiry_date >= bindparam("horizon"),
+        # A kit awaiting its new expiry label is neither drawn nor dispensed (issue 19): the site
+        # cannot randomize with it, so it does not hold the site above its trigger either.
+        Kit.relabel_requested_at.is_(None),
     )
     .scalar_subquery(),
     select(func.coalesce(func.sum(Shipment.kit_count), 0))

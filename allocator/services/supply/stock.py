@@ -7,10 +7,11 @@ import os
 import secrets
 import struct
 from collections import Counter
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 from itertools import islice
+from typing import Any
 
 from sqlalchemy import Connection, Integer, any_, bindparam, func, select
 from sqlalchemy.dialects import postgresql
@@ -193,10 +194,19 @@ def _locked_batches(
     """The kits of the ids of `order` that are still usable, locked and read in batches of
     `size`, then twice as many each time, in the order of `order`."""
     lock = _LOCK_USABLE[connection.dialect.name]
+    return locked_batches(order, size, lambda batch: connection.execute(lock, {**where, "ids": batch}))
+
+
+def locked_batches(
+    order: Iterator[int], size: int, lock: Callable[[list[int]], Iterable[Sequence[Any]]]
+) -> Iterator[list[arm_access.SealedKit]]:
+    """The rule of every draw that opens kits in a random order (an allocation's, a shipment's):
+    the ids of `order` in batches of `size`, then twice as many each time; `lock` locks a batch's
+    kits that still qualify and returns their (id, kit number, sealed arm) rows, which come back
+    in the order of `order`."""
     while batch := list(islice(order, size)):
         rank = {kit_id: i for i, kit_id in enumerate(batch)}
-        rows = connection.execute(lock, {**where, "ids": batch})
-        yield sorted((arm_access.SealedKit(*row) for row in rows), key=lambda kit: rank[kit.id])
+        yield sorted((arm_access.SealedKit(*row) for row in lock(batch)), key=lambda kit: rank[kit.id])
         size *= 2
 
 

@@ -1,0 +1,187 @@
+"""The order in which use cases lock rows, against a committed PostgreSQL database (the closing note
+of 2026-12-05: a return or destruction locked its kits, then the site's row; a randomization at the
+same site locks the site's row, then the kits it draws: two transactions each holding what the
+other waits for, a deadlock, one of them refused). Every use case that takes a site's row and some
+of its kits now takes the site's row first.
+
+The test holds a site's row as a randomization does, starts a return of one of the site's kits
+beside it, and checks from a third connection that the kit is not locked while the return waits:
+on the old order the return held the kit (the NOWAIT lock failed)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, text
+
+from allocator.audit import Actor
+from allocator.models import Kit, KitStatus, Site
+from allocator.permissions import Scope
+from allocator.services import signatures
+from allocator.services.context import ServiceContext
+from allocator.services.supply import disposal, excursions, kit_lists, shipments
+from tests.conftest import FreshDatabase
+from tests.support import CLI_ACTOR, GOOD_PASSWORD, code_break_sheets, committed_context, load_ifn, person
+
+pytestmark = pytest.mark.slow
+TRIAL = "IFNG-PAIS"
+ALL = Scope(all_sites=True, site_ids=frozenset())
+
+
+@pytest.fixture
+def live(fresh_database: FreshDatabase, key_dir: Path) -> Iterator[ServiceContext]:
+    fresh_database.migrate()
+    with committed_context(fresh_database.url, key_dir, pool_size=4) as ctx:
+        yield ctx
+
+
+@pytest.mark.req("LBL-11")
+def test_a_return_waits_for_the_site_before_it_locks_any_kit(live: ServiceContext, backend: str) -> None:
+    if backend != "postgresql":
+        pytest.skip("row locks and deadlocks are PostgreSQL's (SQLite serializes writers)")
+    pharmacist, site_id, kit_id = _stocked_site(live)
+    with live.db.write_engine.connect() as probe:
+        returned = probe.execute(select(Kit.kit_number).where(Kit.id == kit_id)).scalar_one()
+    engine = live.db.write_engine
+    outcome: dict[str, object] = {}
+
+    def record_return() -> None:
+        try:
+            outcome["number"] = disposal.record(
+                live, pharmacist, TRIAL, "return", [returned], method="courier", scope=ALL
+            )
+        except Exception as exc:
+            outcome["error"] = exc
+
+    with engine.connect() as randomization:  # holds the site's row, as a randomization does
+        randomization.execute(select(Site.id).where(Site.id == site_id).with_for_update())
+        worker = threading.Thread(target=record_return)
+        worker.start()
+        time.sleep(1.0)  # the return has started and waits for the site's row
+        assert worker.is_alive() and not outcome
+        with engine.connect() as other:
+            # The kit the randomization could draw next is free: the return holds nothing yet.
+            other.execute(text("SET lock_timeout = '200ms'"))
+            locked = other.execute(
+                select(Kit.id).where(Kit.id == kit_id).with_for_update(nowait=True)
+            ).scalar_one()
+            assert locked == kit_id
+            other.rollback()
+        randomization.rollback()
+    worker.join(timeout=30)
+    assert not worker.is_alive()
+    assert "error" not in outcome, outcome.get("error")
+    with engine.connect() as probe:
+        assert (
+            probe.execute(select(Kit.status).where(Kit.id == kit_id)).scalar_one() == KitStatus.RETURNED.value
+        )
+
+
+def _stocked_site(live: ServiceContext) -> tuple[Actor, int, int]:
+    """P1 holding 4 available kits; returns its pharmacist, the site's id and one kit's id."""
+    load_ifn(live)
+    kit_lists.generate_kit_list(
+        live,
+        CLI_ACTOR,
+        TRIAL,
+        count=12,
+        lot_code="LOT-1",
+        expiry=datetime.now(UTC).date() + timedelta(days=400),
+    )
+    code_break_sheets(live)
+    manager = person(live, "tman", "trial_manager")
+    pharmacist = person(live, "pharma-p1", "pharmacist", "P1")
+    view = shipments.create_shipment(live, manager, TRIAL, "P1", 4)
+    shipments.ship(live, manager, TRIAL, view.number)
+    shipments.receive(live, pharmacist, TRIAL, view.number, list(view.kits), scope=ALL)
+    with live.db.write_engine.connect() as probe:
+        kit_id, site_id = probe.execute(
+            select(Kit.id, Kit.site_id).where(Kit.kit_number == view.kits[0])
+        ).one()
+    assert site_id is not None
+    return pharmacist, site_id, kit_id
+
+
+def _report(live: ServiceContext, pharmacist: Actor, outcome: dict[str, object]) -> threading.Thread:
+    def run() -> None:
+        try:
+            outcome["view"] = excursions.report_excursion(
+                live,
+                pharmacist,
+                TRIAL,
+                place="site",
+                site_code="P1",
+                minimum="2",
+                maximum="14",
+                duration_minutes="240",
+                note="door left open",
+                logger=excursions.LoggerFile("fridge.csv", b"t,c\n1,14\n"),
+                scope=ALL,
+                signature=signatures.SignatureRequest(password=GOOD_PASSWORD),
+            )
+        except Exception as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    return worker
+
+
+@pytest.mark.req("LBL-05")
+def test_an_excursion_report_waits_for_the_site_before_it_locks_any_kit(
+    live: ServiceContext, backend: str
+) -> None:
+    if backend != "postgresql":
+        pytest.skip("row locks and deadlocks are PostgreSQL's (SQLite serializes writers)")
+    pharmacist, site_id, kit_id = _stocked_site(live)
+    engine = live.db.write_engine
+    outcome: dict[str, object] = {}
+    with engine.connect() as randomization:
+        randomization.execute(select(Site.id).where(Site.id == site_id).with_for_update())
+        worker = _report(live, pharmacist, outcome)
+        time.sleep(1.0)
+        assert worker.is_alive() and not outcome
+        with engine.connect() as other:
+            other.execute(text("SET lock_timeout = '200ms'"))
+            assert (
+                other.execute(
+                    select(Kit.id).where(Kit.id == kit_id).with_for_update(nowait=True)
+                ).scalar_one()
+                == kit_id
+            )
+            other.rollback()
+        randomization.rollback()
+    worker.join(timeout=30)
+    assert "error" not in outcome, outcome.get("error")
+    with engine.connect() as probe:
+        assert (
+            probe.execute(select(Kit.status).where(Kit.id == kit_id)).scalar_one()
+            == KitStatus.QUARANTINED.value
+        )
+
+
+@pytest.mark.req("LBL-05")
+def test_an_excursion_report_does_not_wait_for_the_randomizations_of_the_trial(
+    live: ServiceContext, backend: str
+) -> None:
+    """A randomization's inserts that refer to the trial hold a key-share lock on the trial's row
+    until it commits; the report's numbering lock must not wait for it (it did: FOR UPDATE)."""
+    if backend != "postgresql":
+        pytest.skip("row locks are PostgreSQL's (SQLite serializes writers)")
+    pharmacist, _site_id, _kit_id = _stocked_site(live)
+    engine = live.db.write_engine
+    outcome: dict[str, object] = {}
+    with engine.connect() as randomization:
+        randomization.execute(text("SELECT id FROM trial WHERE code = :c FOR KEY SHARE"), {"c": TRIAL})
+        worker = _report(live, pharmacist, outcome)
+        worker.join(timeout=15)
+        finished = not worker.is_alive()
+        randomization.rollback()
+    worker.join(timeout=30)
+    assert finished, "the report waited for a transaction that merely refers to the trial"
+    assert "error" not in outcome, outcome.get("error")
