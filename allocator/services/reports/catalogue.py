@@ -20,6 +20,10 @@ from allocator.services.reports.accountability import Accountability, accountabi
 from allocator.services.reports.allocation_history import AllocationHistory, allocation_history
 from allocator.services.reports.audit_review import REVIEW_KINDS, AuditReviewReport, audit_review
 from allocator.services.reports.balance import Balance, balance
+from allocator.services.reports.cohort_flow import StrobeFlow, strobe_flow
+from allocator.services.reports.cohort_recruitment import Recruitment, recruitment
+from allocator.services.reports.cohort_samples import SampleCompleteness, sample_completeness
+from allocator.services.reports.cohort_screening import CohortScreening, cohort_screening
 from allocator.services.reports.deviations import Deviations, deviations
 from allocator.services.reports.dispensing import DispensingCompleteness, dispensing_completeness
 from allocator.services.reports.drills import DrillLog, drill_log
@@ -34,6 +38,7 @@ from allocator.services.reports.participant_flow import (
 from allocator.services.reports.sequence import SequenceReport, sequence_report
 from allocator.services.reports.unblindings import UnblindingReport, unblinding_report
 from allocator.settings import Environment
+from allocator.trialdef import TrialDefinition
 from allocator.version import __version__
 from allocator.wording import ENGLISH, Words
 
@@ -144,6 +149,66 @@ REPORTS: dict[str, ReportSpec] = {
         ),
     )
 }
+# An observational study's reports (issue 20): its own catalogue, nothing of a randomization, arm,
+# balance, unblinding, dispensing or kit in it; the randomized trial's catalogue is unchanged.
+COHORT_REPORTS: dict[str, ReportSpec] = {
+    spec.name: spec
+    for spec in (
+        ReportSpec(
+            "recruitment",
+            N_("Recruitment"),
+            N_(
+                "Registrations per site and per month, cumulative against the target sample size, first and "
+                "last registration per site."
+            ),
+            "REP-05, REP-08",
+            False,
+        ),
+        ReportSpec(
+            "screening-log",
+            N_("Screening log with failure reasons"),
+            N_(
+                "Patients screened, eligible, registered and not eligible, with the patients per failed criterion."
+            ),
+            "REP-04",
+            False,
+        ),
+        ReportSpec(
+            "sample-completeness",
+            N_("Sample completeness"),
+            N_(
+                "Samples planned, collected (on the planned date, within or outside the window), missed with "
+                "reasons, received at the lab, unusable, pending; pre-analytical delays."
+            ),
+            "REP-08",
+            False,
+        ),
+        ReportSpec(
+            "strobe-flow",
+            N_("Participant flow (STROBE)"),
+            N_(
+                "Screened, not eligible with reasons, eligible, registered, samples planned, collected or "
+                "missed, received at the lab or unusable, analysable."
+            ),
+            "REP-04",
+            False,
+        ),
+    )
+}
+# The audit-trail reviews that apply to a study without arms, lists, kits or unblinding.
+COHORT_REVIEW_KINDS = ("sign-ins", "off-hours", "reprints", "role-changes")
+
+
+def reports_for(definition: TrialDefinition) -> dict[str, ReportSpec]:
+    """The catalogue of a study: the cohort's reports for an observational study (issue 20)."""
+    return COHORT_REPORTS if definition.observational else REPORTS
+
+
+def review_kinds_for(definition: TrialDefinition) -> tuple[str, ...]:
+    """The audit-trail review reports of a study."""
+    return COHORT_REVIEW_KINDS if definition.observational else tuple(REVIEW_KINDS)
+
+
 VERSIONS = ("blinded", "restricted", "safety", "review")
 _NOTICES = {
     "restricted": N_(
@@ -172,6 +237,10 @@ Report = (
     | RestrictedFlow
     | SequenceReport
     | AuditReviewReport
+    | Recruitment
+    | CohortScreening
+    | SampleCompleteness
+    | StrobeFlow
 )
 
 
@@ -198,7 +267,7 @@ class ReportView:
 
     @property
     def chart(self) -> monitoring_reports.StepChart | None:
-        return self.data.chart_in(self.words) if isinstance(self.data, Enrolment) else None
+        return self.data.chart_in(self.words) if isinstance(self.data, Enrolment | Recruitment) else None
 
     @property
     def svg(self) -> str | None:
@@ -216,10 +285,12 @@ class ReportView:
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         _ = self.words
+        # An observational study's report has no versions: nothing in it is blinded (issue 20).
+        version = () if self.name in COHORT_REPORTS else ((_("Version"), _(_VERSION_NAMES[self.version])),)
         return (
             (_("Trial"), self.trial),
             (_("Report"), self.title),
-            (_("Version"), _(_VERSION_NAMES[self.version])),
+            *version,
             (_("Generated at"), _.utc(self.generated_at)),
             (_("Generated by"), self.generated_by),
             (_("Filters"), self.filter.describe(_, with_period=self.uses_period)),
@@ -277,16 +348,18 @@ def _site_choices(ctx: ServiceContext, trial_code: str, scope: Scope) -> tuple[s
         )
 
 
-def _unknown(name: str, version: str) -> NotFound:
+def _unknown(name: str, version: str, definition: TrialDefinition) -> NotFound:
+    catalogue = reports_for(definition)
     known = (
-        REVIEW_KINDS
+        list(review_kinds_for(definition))
         if version == "review"
-        else [r.name for r in REPORTS.values() if version == "blinded" or r.restricted]
+        else [r.name for r in catalogue.values() if version == "blinded" or r.restricted]
     )
     if version == "safety":
-        known = ["unblinding"]
+        known = [] if definition.observational else ["unblinding"]
     return NotFound(
-        f"no {version} report {name!r}", errors=[FieldProblem("report", f"one of {', '.join(known)}")]
+        f"no {version} report {name!r}",
+        errors=[FieldProblem("report", f"one of {', '.join(known)}" if known else "none for this study")],
     )
 
 
@@ -315,20 +388,23 @@ def build(
         raise NotFound(
             f"no report version {version!r}", errors=[FieldProblem("version", ", ".join(VERSIONS))]
         )
-    _ = words.with_trial(trial_definition(ctx, trial_code))
+    definition = trial_definition(ctx, trial_code)
+    _ = words.with_trial(definition)
     data: Report
     if version == "review":
+        if name not in review_kinds_for(definition):
+            raise _unknown(name, version, definition)
         data = audit_review(ctx, trial_code, name, scope, flt)
         if window is not None:
             data = replace(data, window=window)
         title, uses_period = _("Audit-trail review: %(report)s", report=_(data.kind.title)), True
     else:
-        spec = REPORTS.get(name)
+        spec = reports_for(definition).get(name)
         allowed = spec is not None and (
             version == "blinded" or (version == "restricted" and spec.restricted) or name == "unblinding"
         )
         if spec is None or not allowed:
-            raise _unknown(name, version)
+            raise _unknown(name, version, definition)
         data = _compute(ctx, reader, trial_code, name, flt, scope, version, window)
         title = _(spec.title) if version == "blinded" else _("%(report)s (restricted)", report=_(spec.title))
         uses_period = spec.period
@@ -363,6 +439,14 @@ def _compute(
     window: Window | None = None,
 ) -> Report:
     unblinded = version != "blinded"
+    if name == "recruitment":
+        return recruitment(ctx, trial_code, scope, flt)
+    if name == "screening-log":
+        return cohort_screening(ctx, trial_code, scope, flt)
+    if name == "sample-completeness":
+        return sample_completeness(ctx, trial_code, scope, flt)
+    if name == "strobe-flow":
+        return strobe_flow(ctx, trial_code, scope, flt)
     if name == "allocation-history":
         return allocation_history(ctx, trial_code, scope, flt, window)
     if name == "enrolment":
