@@ -22,7 +22,7 @@ from allocator.services.reports.cohort_screening import CohortScreening
 from allocator.services.reports.filters import ALL_SITES as ALL_SITES_ROW
 from allocator.services.reports.filters import ReportFilter
 from allocator.services.subjects import participants
-from allocator.wording import Words
+from allocator.wording import ENGLISH, Words
 from tests.support import ALL_SITES, CLI_ACTOR, COHORT, Clock, events
 from tests.support.cohort_reports import CohortWorld, cohort_world
 
@@ -39,7 +39,7 @@ def view(
     name: str,
     flt: ReportFilter | None = None,
     scope: Scope = ALL_SITES,
-    words: Words = Words.of("en"),
+    words: Words = ENGLISH,
 ) -> catalogue.ReportView:
     return catalogue.build(ctx, CLI_ACTOR, COHORT, name, flt or ReportFilter(), scope, words=words)
 
