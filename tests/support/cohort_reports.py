@@ -232,3 +232,31 @@ def cohort_world(ctx: ServiceContext, clock: Clock) -> CohortWorld:
     )
     assert all(s.values()), s
     return world
+
+
+def grow_cohort(ctx: ServiceContext, clock: Clock, *, to: int, start: int = 0) -> None:
+    """Register participants `start` to `to` - 1 over L1 and L2 on today's answers (in a cohort
+    loaded by `two_site_cohort`), with a screening failure every fifth patient and their D3
+    samples in every state in turn: received, missed, collected, unusable, none yet."""
+    today = clock().date()
+    for i in range(start, to):
+        site = "L1" if i % 2 == 0 else "L2"
+        clock.advance(seconds=30)
+        if i % 5 == 4:
+            assert screen(ctx, site, f"{site}-9{i:03d}", answers(today, age=17)) is None
+        number = screen(ctx, site, f"{site}-{i:04d}", answers(today))
+        assert number is not None
+        collected = clock() + timedelta(days=2)
+        state = i % 5
+        if state == 0:
+            record_sample(
+                ctx, number, "received", collected_at=collected, received_at=collected + timedelta(hours=4)
+            )
+        elif state == 1:
+            record_sample(ctx, number, "missed", reason="patient discharged")
+        elif state == 2:
+            record_sample(ctx, number, "collected", collected_at=collected)
+        elif state == 3:
+            record_sample(
+                ctx, number, "unusable", collected_at=collected, received_at=collected, reason="leaked"
+            )
