@@ -85,7 +85,7 @@ def index(trial: str) -> str:
         cohort=definition.observational,
         reports=catalogue.reports_for(definition),
         review_kinds={
-            name: audit_review.REVIEW_KINDS[name] for name in catalogue.review_kinds_for(definition)
+            name: audit_review.REVIEW_KINDS[name] for name in audit_review.review_kinds_for(definition)
         },
     )
 

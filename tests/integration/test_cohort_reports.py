@@ -5,16 +5,18 @@ the API's participant list."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, timedelta
 
 import pytest
 from sqlalchemy import select
 
+from allocator.audit import Actor
 from allocator.models import Site, Trial
 from allocator.permissions import Scope
+from allocator.services import auth, signatures
 from allocator.services.context import ServiceContext
 from allocator.services.errors import NotFound, ValidationFailed
-from allocator.services.reports import catalogue, cohort_common, export
+from allocator.services.reports import audit_review, catalogue, cohort_common, export
 from allocator.services.reports.cohort_flow import StrobeFlow
 from allocator.services.reports.cohort_recruitment import Recruitment
 from allocator.services.reports.cohort_samples import SampleCompleteness
@@ -23,7 +25,7 @@ from allocator.services.reports.filters import ALL_SITES as ALL_SITES_ROW
 from allocator.services.reports.filters import ReportFilter
 from allocator.services.subjects import participants
 from allocator.wording import ENGLISH, Words
-from tests.support import ALL_SITES, CLI_ACTOR, COHORT, Clock, events
+from tests.support import ALL_SITES, CLI_ACTOR, COHORT, GOOD_PASSWORD, HERE, Clock, events, make_user
 from tests.support.cohort_reports import CohortWorld, cohort_world
 
 FR = Words.of("fr")
@@ -280,3 +282,22 @@ def test_the_api_list_pages_the_participants_with_their_samples(
         with pytest.raises(ValidationFailed) as refused:
             participants.participants_page(ctx, COHORT, ALL_SITES, **bad)  # type: ignore[arg-type]
         assert [e.field for e in refused.value.errors] == [field]
+
+
+@pytest.mark.req("AUD-09")
+def test_a_cohort_signs_off_only_its_own_reviews(ctx: ServiceContext, world: CohortWorld) -> None:
+    """The reviews about arms, unblindings or kits do not exist for a cohort: none can be signed."""
+    created = make_user(ctx, "mon-cohort", "monitor", trial=COHORT)
+    auth.change_password(ctx, created.user_id, created.one_time_password, GOOD_PASSWORD, GOOD_PASSWORD, HERE)
+    monitor = Actor(
+        user_id=created.user_id, username="mon-cohort", name="Mon Cohort", role="monitor", request_id="t"
+    )
+    period = (date(2026, 3, 1), date(2026, 3, 31))
+    signed = signatures.SignatureRequest(password=GOOD_PASSWORD)
+    with pytest.raises(ValidationFailed) as refused:
+        audit_review.sign_review(ctx, monitor, COHORT, "arm-reads", *period, "", signed, scope=ALL_SITES)
+    assert [e.field for e in refused.value.errors] == ["report"]
+    done = audit_review.sign_review(
+        ctx, monitor, COHORT, "off-hours", *period, "none", signed, scope=ALL_SITES
+    )
+    assert done.period_start == period[0]

@@ -18,7 +18,11 @@ from allocator.services.errors import FieldProblem, NotFound
 from allocator.services.lookups import get_trial, trial_definition
 from allocator.services.reports.accountability import Accountability, accountability
 from allocator.services.reports.allocation_history import AllocationHistory, allocation_history
-from allocator.services.reports.audit_review import REVIEW_KINDS, AuditReviewReport, audit_review
+from allocator.services.reports.audit_review import (
+    AuditReviewReport,
+    audit_review,
+    review_kinds_for,
+)
 from allocator.services.reports.balance import Balance, balance
 from allocator.services.reports.cohort_flow import StrobeFlow, strobe_flow
 from allocator.services.reports.cohort_recruitment import Recruitment, recruitment
@@ -195,18 +199,11 @@ COHORT_REPORTS: dict[str, ReportSpec] = {
         ),
     )
 }
-# The audit-trail reviews that apply to a study without arms, lists, kits or unblinding.
-COHORT_REVIEW_KINDS = ("sign-ins", "off-hours", "reprints", "role-changes")
 
 
 def reports_for(definition: TrialDefinition) -> dict[str, ReportSpec]:
     """The catalogue of a study: the cohort's reports for an observational study (issue 20)."""
     return COHORT_REPORTS if definition.observational else REPORTS
-
-
-def review_kinds_for(definition: TrialDefinition) -> tuple[str, ...]:
-    """The audit-trail review reports of a study."""
-    return COHORT_REVIEW_KINDS if definition.observational else tuple(REVIEW_KINDS)
 
 
 VERSIONS = ("blinded", "restricted", "safety", "review")
