@@ -60,8 +60,8 @@ def only(ctx: ServiceContext, code: str) -> Scope:
 def test_recruitment_per_site_and_month_against_the_target(ctx: ServiceContext, world: CohortWorld) -> None:
     data = view(ctx, "recruitment").data
     assert isinstance(data, Recruitment)
-    assert data.target == 305 and data.overall.registered == 8
-    assert [(s.site, s.registered) for s in data.sites] == [("L1", 5), ("L2", 3)]
+    assert data.target == 305 and data.overall.registered == 10
+    assert [(s.site, s.registered) for s in data.sites] == [("L1", 5), ("L2", 5)]
     l1 = data.sites[0]
     assert l1.first is not None and l1.last is not None
     assert (l1.first.isoformat(), l1.last.isoformat()) == (
@@ -71,15 +71,15 @@ def test_recruitment_per_site_and_month_against_the_target(ctx: ServiceContext, 
     assert [(m.month, m.site, m.registered, m.cumulative) for m in data.months] == [
         ("2026-03", "L1", 4, 4),
         ("2026-04", "L1", 1, 5),
-        ("2026-03", "L2", 2, 2),
-        ("2026-04", "L2", 1, 3),
-        ("2026-03", ALL_SITES_ROW, 6, 6),
-        ("2026-04", ALL_SITES_ROW, 2, 8),
+        ("2026-03", "L2", 4, 4),
+        ("2026-04", "L2", 1, 5),
+        ("2026-03", ALL_SITES_ROW, 8, 8),
+        ("2026-04", ALL_SITES_ROW, 2, 10),
     ]
     shown = view(ctx, "recruitment", words=FR)
-    assert ("Part de l'objectif", "2,6 %") in shown.facts
+    assert ("Part de l'objectif", "3,3 %") in shown.facts
     against = shown.tables[2]
-    assert against.rows == (("2026-03", "6", "6", "305", "2 %"), ("2026-04", "2", "8", "305", "2,6 %"))
+    assert against.rows == (("2026-03", "8", "8", "305", "2,6 %"), ("2026-04", "2", "10", "305", "3,3 %"))
     assert shown.chart is not None and [s.label for s in shown.chart.series] == [
         "L1",
         "L2",
@@ -88,7 +88,7 @@ def test_recruitment_per_site_and_month_against_the_target(ctx: ServiceContext, 
     ]
     # The filter: site L2 only; the period April only.
     l2 = view(ctx, "recruitment", ReportFilter(site="L2")).data
-    assert isinstance(l2, Recruitment) and l2.overall.registered == 3 and [s.site for s in l2.sites] == ["L2"]
+    assert isinstance(l2, Recruitment) and l2.overall.registered == 5 and [s.site for s in l2.sites] == ["L2"]
     april = view(ctx, "recruitment", ReportFilter.parse({"since": "2026-04-01"})).data
     assert isinstance(april, Recruitment) and april.overall.registered == 2
 
@@ -101,8 +101,8 @@ def test_the_screening_log_counts_each_patient_once_with_its_failed_criteria(
     assert isinstance(data, CohortScreening)
     assert [(c.site, c.screened, c.eligible, c.registered, c.not_eligible) for c in data.counts] == [
         ("L1", 7, 5, 5, 2),
-        ("L2", 4, 3, 3, 1),
-        (ALL_SITES_ROW, 11, 8, 8, 3),
+        ("L2", 6, 5, 5, 1),
+        (ALL_SITES_ROW, 13, 10, 10, 3),
     ]
     # L1-0005 failed on age, then was corrected and registered: counted once, as registered.
     assert data.reasons == (
@@ -120,7 +120,7 @@ def test_the_screening_log_counts_each_patient_once_with_its_failed_criteria(
     assert log["L1-0005"][3] == "inclus sous le numéro L1-004" and log["L1-0005"][4] == ""
     assert log["L2-0901"][3] == "non éligible" and log["L2-0901"][4] == "Âge; Grossesse ou allaitement"
     mine = view(ctx, "screening-log", scope=only(ctx, "L2")).data
-    assert isinstance(mine, CohortScreening) and mine.overall.screened == 4 and mine.sites == ("L2",)
+    assert isinstance(mine, CohortScreening) and mine.overall.screened == 6 and mine.sites == ("L2",)
 
 
 @pytest.mark.req("REP-08")
@@ -143,11 +143,11 @@ def test_sample_completeness_per_timepoint_and_site(ctx: ServiceContext, world: 
     }
     assert figures == {
         ("D3", "L1"): (5, 2, 1, 1, 0, 1, 2, 1, 2),
-        ("D3", "L2"): (3, 2, 1, 0, 1, 0, 1, 0, 1),
-        ("D3", ALL_SITES_ROW): (8, 4, 2, 1, 1, 1, 3, 1, 3),
+        ("D3", "L2"): (5, 3, 1, 1, 1, 0, 1, 2, 1),
+        ("D3", ALL_SITES_ROW): (10, 5, 2, 2, 1, 1, 3, 3, 3),
     }
     l1, l2, everything = data.rows
-    # Delays: L1-001 26 h 30 min, L1-002 6 h (received, then unusable), L2-003 3 h.
+    # Delays: L1-001 26 h 30 min, L1-002 6 h (received, then unusable), L2-005 3 h.
     assert (l1.delay_median, l1.delay_max) == (
         timedelta(hours=16, minutes=15),
         timedelta(hours=26, minutes=30),
@@ -160,6 +160,8 @@ def test_sample_completeness_per_timepoint_and_site(ctx: ServiceContext, world: 
     assert data.reasons == (
         ("D3", "L1", "missed", "patient transferred", 1),
         ("D3", "L1", "unusable", "haemolysed", 1),
+        ("D3", "L2", "unusable", "tube broken at the site", 1),
+        ("D3", "L2", "unusable", "tube set expired", 1),
     )
     french = view(ctx, "sample-completeness", words=FR)
     assert ("Délai pré-analytique, médiane", "6 h 00 min") in french.facts
@@ -181,24 +183,29 @@ def test_the_strobe_flow_accounts_for_every_patient_and_sample(
     assert isinstance(data, StrobeFlow)
     assert data.columns == (ALL_SITES_ROW, "L1", "L2")
     total, l1, l2 = data.counts
-    assert (total.screened, total.not_eligible, total.eligible, total.registered) == (11, 3, 8, 8)
-    assert (l1.screened, l1.not_eligible, l1.registered, l2.screened, l2.registered) == (7, 2, 5, 4, 3)
+    assert (total.screened, total.not_eligible, total.eligible, total.registered) == (13, 3, 10, 10)
+    assert (l1.screened, l1.not_eligible, l1.registered, l2.screened, l2.registered) == (7, 2, 5, 6, 5)
     [d3] = total.samples
-    assert (d3.planned, d3.collected, d3.missed, d3.pending) == (8, 4, 1, 3)
-    assert (d3.received, d3.awaiting_receipt, d3.unusable, d3.analysable) == (3, 1, 1, 2)
-    # Every sample is in one branch: planned = collected + missed + pending (no tube set spoilt
-    # before collection here); collected = received + awaiting receipt; received = analysable +
-    # unusable at the lab.
-    assert d3.planned == d3.collected + d3.missed + d3.pending
-    assert d3.collected == d3.received + d3.awaiting_receipt
-    assert d3.received == d3.analysable + d3.unusable
+    assert (d3.planned, d3.collected, d3.missed, d3.pending) == (10, 5, 1, 3)
+    assert (d3.received, d3.awaiting_receipt, d3.analysable) == (3, 1, 2)
+    assert (d3.unusable, d3.unusable_before_collection, d3.unusable_before_receipt, d3.unusable_at_lab) == (
+        3,
+        1,
+        1,
+        1,
+    )
+    # Every sample is in exactly one branch.
+    assert d3.planned == d3.collected + d3.missed + d3.pending + d3.unusable_before_collection
+    assert d3.collected == d3.received + d3.awaiting_receipt + d3.unusable_before_receipt
+    assert d3.received == d3.analysable + d3.unusable_at_lab
     assert (total.analysable_participants, l1.analysable_participants, l2.analysable_participants) == (
         2,
         1,
         1,
     )
     measures = {row[0]: row[1:] for row in view(ctx, "strobe-flow", words=FR).tables[0].rows}
-    assert measures["Patients sélectionnés"] == ("11", "7", "4")
+    assert measures["Patients sélectionnés"] == ("13", "7", "6")
+    assert measures["D3 inutilisable au laboratoire"] == ("1", "1", "0")
     assert measures["D3 analysable"] == ("2", "1", "1")
 
 
@@ -243,10 +250,24 @@ def test_the_api_list_pages_the_participants_with_their_samples(
     assert [p.subject_number for p in first.participants] == ["L1-001", "L1-002", "L1-003"]
     assert first.next_after == "L1-003"
     rest = participants.participants_page(ctx, COHORT, ALL_SITES, after=first.next_after, limit=10)
-    assert [p.subject_number for p in rest.participants] == ["L2-001", "L2-002", "L1-004", "L1-005", "L2-003"]
+    assert [p.subject_number for p in rest.participants] == [
+        "L2-001",
+        "L2-002",
+        "L2-003",
+        "L2-004",
+        "L1-004",
+        "L1-005",
+        "L2-005",
+    ]
     assert rest.next_after is None
     at_l2 = participants.participants_page(ctx, COHORT, ALL_SITES, site="L2")
-    assert [p.subject_number for p in at_l2.participants] == ["L2-001", "L2-002", "L2-003"]
+    assert [p.subject_number for p in at_l2.participants] == [
+        "L2-001",
+        "L2-002",
+        "L2-003",
+        "L2-004",
+        "L2-005",
+    ]
     a = participants.participant(ctx, COHORT, "l1-001", ALL_SITES).as_json()
     assert a["site"] == "L1" and a["registered_at"] == "2026-03-02T09:31:00Z"
     assert a["samples"] == [
@@ -272,9 +293,11 @@ def test_the_api_list_pages_the_participants_with_their_samples(
         "L1-003": "missed",
         "L2-001": "shipped",
         "L2-002": "planned",
+        "L2-003": "unusable",
+        "L2-004": "unusable",
         "L1-004": "planned",
         "L1-005": "planned",
-        "L2-003": "received",
+        "L2-005": "received",
     }
     with pytest.raises(NotFound):
         participants.participant(ctx, COHORT, "L2-001", only(ctx, "L1"))  # another site's participant

@@ -9,12 +9,12 @@ receipt) without touching the tests that call it."""
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import select
 
+import kits as kitlib
 from allocator.audit import Actor
 from allocator.models import PlannedSample, Registration, SampleKit, SampleKitEvent, SampleKitStatus, Trial
 from allocator.services import sites, trials
@@ -58,7 +58,7 @@ def record_sample(
                 PlannedSample.label == label,
             )
         ).one()
-        number = f"{secrets.randbelow(10**7):07d}9"
+        number = kitlib.generate_kit_number()
         kit = SampleKit(
             trial_id=registration.trial_id,
             kit_number=number,
@@ -178,11 +178,14 @@ def cohort_world(ctx: ServiceContext, clock: Clock) -> CohortWorld:
       L1-003 missed ("patient transferred")
       L2-001 collected on Friday 6 (outside the window), shipped, not yet received
       L2-002 tube set assigned, not collected (pending)
+      L2-003 collected on Thursday 5, unusable at the site before shipping ("tube broken at the site")
+      L2-004 its tube set unusable before collection ("tube set expired")
     Screening: L1-0901 not eligible (age); L2-0901 not eligible (age, pregnancy); L1-0902 not
     eligible (no lab working day in its D3/D4 window: onset Wednesday 25 February, D3 Saturday);
     L1-0005 first not eligible (age), corrected and registered as L1-004 (counted once).
-    April (registered on Thursday 2 April): L1-005, no tube set yet (pending); L2-003 collected on
-    its planned date and received 3 h later: analysable."""
+    April (registered on Thursday 2 April, onset Tuesday 31 March: D3 on Friday 3 April): L1-005,
+    no tube set yet (pending); L2-005 collected on its planned date and received 3 h later:
+    analysable."""
     world = CohortWorld()
     two_site_cohort(ctx)
     today = clock().date()  # Monday 2 March 2026
@@ -197,6 +200,8 @@ def cohort_world(ctx: ServiceContext, clock: Clock) -> CohortWorld:
     s["C"] = screened("L1", "L1-0003", answers(today)) or ""
     s["D"] = screened("L2", "L2-0001", answers(today)) or ""
     s["E"] = screened("L2", "L2-0002", answers(today)) or ""
+    s["I"] = screened("L2", "L2-0003", answers(today)) or ""
+    s["J"] = screened("L2", "L2-0004", answers(today)) or ""
     assert screened("L1", "L1-0901", answers(today, age=17)) is None
     assert screened("L2", "L2-0901", answers(today, age=16, pregnancy_breastfeeding="yes")) is None
     no_lab_day = answers(today, icu_admission_date="2026-02-24", septic_shock_onset_date="2026-02-25")
@@ -219,10 +224,14 @@ def cohort_world(ctx: ServiceContext, clock: Clock) -> CohortWorld:
     k["C"] = record_sample(ctx, s["C"], "missed", reason="patient transferred")
     k["D"] = record_sample(ctx, s["D"], "shipped", collected_at=at(friday, 11))
     k["E"] = record_sample(ctx, s["E"], "assigned")
+    k["I"] = record_sample(
+        ctx, s["I"], "unusable", collected_at=at(thursday, 10), reason="tube broken at the site"
+    )
+    k["J"] = record_sample(ctx, s["J"], "unusable", reason="tube set expired")
     clock.current = datetime(2026, 4, 2, 8, 0, tzinfo=UTC)  # Thursday 2 April (Paris: UTC+2)
     april = answers(clock().date(), icu_admission_date="2026-03-31", septic_shock_onset_date="2026-03-31")
     s["G"] = screened("L1", "L1-0006", april) or ""  # D3 on Friday 3 April
-    s["H"] = screened("L2", "L2-0003", april) or ""
+    s["H"] = screened("L2", "L2-0005", april) or ""
     k["H"] = record_sample(
         ctx,
         s["H"],

@@ -104,7 +104,7 @@ def test_the_csv_and_the_pdf_hold_the_figures(monitor: FlaskClient, world: Cohor
     metadata, sections = csv_sections(monitor.get(f"{BASE}/sample-completeness/csv").get_data(as_text=True))
     assert metadata["trial"] == COHORT and "version" not in metadata
     assert (
-        metadata["summary:Samples planned"] == "8"
+        metadata["summary:Samples planned"] == "10"
         and metadata["summary:Pre-analytical delay, maximum"] == "26 h 30 min"
     )
     [l1, _l2, everything] = sections["Sample completeness per timepoint and site"]
@@ -117,15 +117,15 @@ def test_the_csv_and_the_pdf_hold_the_figures(monitor: FlaskClient, world: Cohor
     )
     assert (everything["Site"], everything["Collected"], everything["Received at the lab"]) == (
         "All sites",
-        "4",
+        "5",
         "3",
     )
     assert sections["Missed and unusable samples: reasons"][0]["Reason"] == "patient transferred"
-    assert len(sections["Samples"]) == 8
+    assert len(sections["Samples"]) == 10
     _, flow = csv_sections(monitor.get(f"{BASE}/strobe-flow/csv?site=L2").get_data(as_text=True))
     measures = {row["Measure"]: row for row in flow["Participant flow (STROBE)"]}
     assert (
-        set(measures["Registered"]) == {"Measure", "All sites", "L2"} and measures["Registered"]["L2"] == "3"
+        set(measures["Registered"]) == {"Measure", "All sites", "L2"} and measures["Registered"]["L2"] == "5"
     )
     pdf = pdf_text(monitor.get(f"{BASE}/screening-log/pdf").get_data())
     assert "Screening log with failure reasons" in pdf and "No central-lab working day" in pdf
@@ -196,7 +196,13 @@ def test_the_api_lists_the_cohort_participants(app: Flask, ctx: ServiceContext, 
     ]
     assert first["next_after"] == "L2-002"
     rest = call("GET", f"{path}?after=L2-002").get_json()
-    assert [s["subject_number"] for s in rest["subjects"]] == ["L1-004", "L1-005", "L2-003"]
+    assert [s["subject_number"] for s in rest["subjects"]] == [
+        "L2-003",
+        "L2-004",
+        "L1-004",
+        "L1-005",
+        "L2-005",
+    ]
     assert rest["next_after"] is None
     for s in first["subjects"] + rest["subjects"]:
         assert not {"randomization_number", "randomized_at", "kits", "strata", "arm"} & set(s)

@@ -39,7 +39,10 @@ class SampleFlow:
     pending: int
     received: int
     awaiting_receipt: int
-    unusable: int
+    unusable: int  # the three below
+    unusable_before_collection: int  # the tube set, before any blood was drawn into it
+    unusable_before_receipt: int  # collected, never received at the lab
+    unusable_at_lab: int  # received, then found unusable
     analysable: int
 
 
@@ -62,6 +65,9 @@ def _samples(rows: Sequence[Sample]) -> SampleFlow:
         received=sum(r.received for r in rows),
         awaiting_receipt=sum(r.collected and not r.received and not r.unusable for r in rows),
         unusable=sum(r.unusable for r in rows),
+        unusable_before_collection=sum(r.unusable and not r.collected for r in rows),
+        unusable_before_receipt=sum(r.unusable and r.collected and not r.received for r in rows),
+        unusable_at_lab=sum(r.unusable and r.received for r in rows),
         analysable=sum(r.analysable for r in rows),
     )
 
@@ -119,9 +125,11 @@ class StrobeFlow:
                 (N_("%(timepoint)s collected"), "collected"),
                 (N_("%(timepoint)s missed"), "missed"),
                 (N_("%(timepoint)s not yet collected"), "pending"),
+                (N_("%(timepoint)s tube set unusable before collection"), "unusable_before_collection"),
                 (N_("%(timepoint)s collected, not yet received"), "awaiting_receipt"),
+                (N_("%(timepoint)s unusable before receipt at the lab"), "unusable_before_receipt"),
                 (N_("%(timepoint)s received at the lab"), "received"),
-                (N_("%(timepoint)s unusable"), "unusable"),
+                (N_("%(timepoint)s unusable at the lab"), "unusable_at_lab"),
                 (N_("%(timepoint)s analysable"), "analysable"),
             ):
                 counted = (int(getattr(x.samples[i], field)) for x in c)

@@ -15,7 +15,7 @@ from allocator.printing import monitoring_reports
 from allocator.services.context import ServiceContext
 from allocator.services.reports import cohort_common
 from allocator.services.reports.cohort_common import MISSED, STATE_WORDS, UNUSABLE, Sample
-from allocator.services.reports.filters import ALL_SITES, ReportFilter, scoped_frame
+from allocator.services.reports.filters import ALL_SITES, ReportFilter, kit_text, scoped_frame
 from allocator.wording import Words
 
 
@@ -149,7 +149,7 @@ class SampleCompleteness:
                         s.label,
                         _.day(s.planned),
                         _("%(start)s to %(end)s", start=_.day(s.due), end=_.day(s.window_end)),
-                        s.kit_number or "",
+                        kit_text(s.kit_number) if s.kit_number else "",
                         _(STATE_WORDS[s.state]),
                         _.utc(s.collected_at),
                         _.utc(s.received_at),
