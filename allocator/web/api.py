@@ -22,9 +22,9 @@ from allocator.services import (
 from allocator.services import idempotency as stored_answers
 from allocator.services.errors import FieldProblem, ValidationFailed
 from allocator.services.subjects import confirmation as subjects_confirmation
+from allocator.services.subjects import participants, views
 from allocator.services.subjects import randomize as subjects_randomize
 from allocator.services.subjects import register as subjects_register
-from allocator.services.subjects import views
 from allocator.web import hygiene
 from allocator.web import idempotency as idempotent
 from allocator.web.errors import problem
@@ -215,7 +215,20 @@ def _already_randomized(
 @bp.route("/trials/<trial>/subjects")
 @requires(Permission.SUBJECT_VIEW)
 def subject_list(trial: str) -> Response:
-    """A page of subjects in randomization order; follow `next_after` to page (issue 21)."""
+    """A page of subjects in randomization order; follow `next_after` to page (issue 21). In an
+    observational study, its registered participants with their samples (issue 20)."""
+    if subjects_register.is_observational(ctx(), trial):
+        cohort = participants.participants_page(
+            ctx(),
+            trial,
+            scope(Permission.SUBJECT_VIEW),
+            after=hygiene.query_text("after", max_length=64),
+            limit=hygiene.query_int("limit", 100, minimum=1, maximum=participants.MAX_PAGE),
+            site=hygiene.query_text("site", max_length=10),
+        )
+        return jsonify(
+            {"subjects": [p.as_json() for p in cohort.participants], "next_after": cohort.next_after}
+        )
     page = views.subjects_page(
         ctx(),
         trial,
@@ -230,6 +243,10 @@ def subject_list(trial: str) -> Response:
 @bp.route("/trials/<trial>/subjects/<subject>")
 @requires(Permission.SUBJECT_VIEW)
 def subject_detail(trial: str, subject: str) -> Response:
+    if subjects_register.is_observational(ctx(), trial):  # a registered participant (issue 20)
+        return jsonify(
+            participants.participant(ctx(), trial, subject, scope(Permission.SUBJECT_VIEW)).as_json()
+        )
     return jsonify(views.subject(ctx(), trial, subject, scope(Permission.SUBJECT_VIEW)).as_json())
 
 

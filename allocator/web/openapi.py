@@ -343,6 +343,9 @@ def document() -> dict[str, Any]:
                 },
                 "get": {
                     "summary": "Blinded subject records of the sites within reach, a page at a time",
+                    "description": "In an observational study (issue 20), its registered participants "
+                    "(Participant: the samples with their planned dates and status, no randomization "
+                    "field), in registration order.",
                     "operationId": "listSubjects",
                     "parameters": [
                         _TRIAL,
@@ -368,7 +371,8 @@ def document() -> dict[str, Any]:
                     "responses": {
                         "200": {
                             "description": '{"subjects": [Subject], "next_after": subject number or null}, '
-                            "in randomization order",
+                            "in randomization order; [Participant] in registration order in an observational "
+                            "study",
                             "content": {
                                 "application/json": {
                                     "schema": {
@@ -378,7 +382,12 @@ def document() -> dict[str, Any]:
                                         "properties": {
                                             "subjects": {
                                                 "type": "array",
-                                                "items": {"$ref": "#/components/schemas/Subject"},
+                                                "items": {
+                                                    "oneOf": [
+                                                        {"$ref": "#/components/schemas/Subject"},
+                                                        {"$ref": "#/components/schemas/Participant"},
+                                                    ]
+                                                },
                                             },
                                             "next_after": {"type": ["string", "null"]},
                                         },
@@ -393,14 +402,21 @@ def document() -> dict[str, Any]:
             },
             "/trials/{trial}/subjects/{subject}": {
                 "get": {
-                    "summary": "One blinded subject record",
+                    "summary": "One blinded subject record (a Participant in an observational study)",
                     "operationId": "getSubject",
                     "parameters": [_TRIAL, _SUBJECT],
                     "responses": {
                         "200": {
                             "description": "The subject",
                             "content": {
-                                "application/json": {"schema": {"$ref": "#/components/schemas/Subject"}}
+                                "application/json": {
+                                    "schema": {
+                                        "oneOf": [
+                                            {"$ref": "#/components/schemas/Subject"},
+                                            {"$ref": "#/components/schemas/Participant"},
+                                        ]
+                                    }
+                                }
                             },
                         },
                         **_COMMON_ERRORS,
@@ -736,6 +752,79 @@ def document() -> dict[str, Any]:
                                     "due_date": {"type": "string", "format": "date"},
                                     "window_end": {"type": "string", "format": "date"},
                                     "planned_date": {"type": "string", "format": "date"},
+                                },
+                            },
+                        },
+                    },
+                },
+                "Participant": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": [
+                        "subject_number",
+                        "screening_number",
+                        "site",
+                        "registered_at",
+                        "anchor_date",
+                        "samples",
+                    ],
+                    "description": "A participant of an observational study (issue 20): registered, "
+                    "never randomized; no randomization field exists.",
+                    "properties": {
+                        "subject_number": _TEXT,
+                        "screening_number": _TEXT,
+                        "site": _TEXT,
+                        "registered_at": {"type": "string", "format": "date-time"},
+                        "anchor_date": {
+                            "type": "string",
+                            "format": "date",
+                            "description": "Day 0 of the sample schedule (the definition's anchor criterion)",
+                        },
+                        "samples": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "required": [
+                                    "label",
+                                    "kit_type",
+                                    "due_date",
+                                    "window_end",
+                                    "planned_date",
+                                    "status",
+                                    "kit_number",
+                                    "collected_at",
+                                    "received_at",
+                                ],
+                                "properties": {
+                                    "label": _TEXT,
+                                    "kit_type": _TEXT,
+                                    "due_date": {"type": "string", "format": "date"},
+                                    "window_end": {"type": "string", "format": "date"},
+                                    "planned_date": {"type": "string", "format": "date"},
+                                    "status": {
+                                        "type": "string",
+                                        "enum": [
+                                            "planned",
+                                            "collected",
+                                            "shipped",
+                                            "received",
+                                            "unusable",
+                                            "missed",
+                                        ],
+                                        "description": "planned until its tube set is collected (or the "
+                                        "sample missed); then the tube set's status",
+                                    },
+                                    "kit_number": {
+                                        "type": ["string", "null"],
+                                        "description": "The tube set assigned to the sample, if any",
+                                    },
+                                    "collected_at": {"type": ["string", "null"], "format": "date-time"},
+                                    "received_at": {
+                                        "type": ["string", "null"],
+                                        "format": "date-time",
+                                        "description": "Receipt at the central lab",
+                                    },
                                 },
                             },
                         },

@@ -15,6 +15,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 from allocator.permissions import Permission, requires
 from allocator.services import signatures
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
+from allocator.services.lookups import trial_definition
 from allocator.services.reports import audit_review, catalogue, export, filters
 from allocator.web import forms, i18n
 from allocator.web.security import actor, ctx, current_trial, scope
@@ -76,8 +77,16 @@ _ENDPOINTS = {
 @bp.route("/trials/<trial>/reports")
 @requires(Permission.REPORT_VIEW)
 def index(trial: str) -> str:
+    # An observational study lists its own reports (issue 20): no randomization, arm or kit report.
+    definition = trial_definition(ctx(), trial)
     return render_template(
-        "reports/index.html", trial=trial, reports=catalogue.REPORTS, review_kinds=audit_review.REVIEW_KINDS
+        "reports/index.html",
+        trial=trial,
+        cohort=definition.observational,
+        reports=catalogue.reports_for(definition),
+        review_kinds={
+            name: audit_review.REVIEW_KINDS[name] for name in audit_review.review_kinds_for(definition)
+        },
     )
 
 

@@ -98,6 +98,7 @@ from tests.support import (
 TRIAL = "IFNG-PAIS"
 COHORT = "IMMUNOSEPSIS-4"
 COHORT_PRINCIPAL = "cohort_investigator"
+COHORT_MONITOR = "cohort_monitor"  # reads the cohort's reports (issue 20); no role in IFNG-PAIS
 ARMS = ("A", "B")
 DAYS = ("D1", "D2", "D3")
 STATES = (
@@ -290,8 +291,8 @@ def build_world(
             principal.totp_secret = enroll_totp(ctx, principal.user_id, clock)
         principal.token = users.create_token(ctx, CLI_ACTOR, principal.username, "crawler").token
     if extras:
-        cohort_principal, cohort_subjects = _cohort(ctx, clock, steps)
-        principals[COHORT_PRINCIPAL] = cohort_principal
+        cohort_principals, cohort_subjects = _cohort(ctx, clock, steps)
+        principals.update(cohort_principals)
     clock.advance(seconds=31)  # a fresh TOTP step for the sign-ins
 
     found = {s.subject.subject_number: s.subject for s in world_subjects}
@@ -304,7 +305,7 @@ def build_world(
         subjects=world_subjects,
         twins={state: (found[arms[ARMS[0]]], found[arms[ARMS[1]]]) for state, arms in by_state.items()},
         values=_values(ctx, world_subjects, definition, cohort_subjects),
-        trial_values={COHORT: {"subject": cohort_subjects, "site": ["L1"]}} if cohort_subjects else {},
+        trial_values={COHORT: _cohort_values(cohort_subjects)} if cohort_subjects else {},
         unblinding=service is not None,
         steps=steps,
     )
@@ -744,10 +745,23 @@ def _shipped(ctx: ServiceContext, site: str, count: int) -> str:
     return number
 
 
-def _cohort(ctx: ServiceContext, clock: Clock, steps: list[str]) -> tuple[Principal, list[str]]:
+def _cohort_values(subjects: list[str]) -> dict[str, list[str]]:
+    """The cohort's own values of a kind: its participants, its site, and its reports (issue 20: a
+    cohort has its own catalogue; the randomized trial's names are its error paths)."""
+    catalogue = _optional("allocator.services.reports.catalogue", ("COHORT_REPORTS",))
+    audit_review = _optional("allocator.services.reports.audit_review", ("COHORT_REVIEW_KINDS",))
+    return {
+        "subject": subjects,
+        "site": ["L1"],
+        **({"report": sorted(catalogue.COHORT_REPORTS)} if catalogue else {}),
+        **({"review": list(audit_review.COHORT_REVIEW_KINDS)} if audit_review else {}),
+    }
+
+
+def _cohort(ctx: ServiceContext, clock: Clock, steps: list[str]) -> tuple[dict[str, Principal], list[str]]:
     """IMMUNOSEPSIS-4 at site L1: a registered participant, an ineligible patient in its screening
-    log, and its investigator (no role in IFNG-PAIS) as a principal. Returns the principal and the
-    participants' numbers."""
+    log, and its investigator and its monitor (no role in IFNG-PAIS) as principals. Returns the
+    principals and the participants' numbers."""
     load_cohort(ctx)
     sites.activate_site(
         ctx,
@@ -789,15 +803,28 @@ def _cohort(ctx: ServiceContext, clock: Clock, steps: list[str]) -> tuple[Princi
         )
     except randomize.Ineligible:
         steps.append(f"an ineligible patient in the screening log of {COHORT}")
-    principal = Principal(
-        COHORT_PRINCIPAL,
-        username,
-        email,
-        created.user_id,
+    principals = {
+        COHORT_PRINCIPAL: Principal(
+            COHORT_PRINCIPAL,
+            username,
+            email,
+            created.user_id,
+            blinded=True,
+            token=users.create_token(ctx, CLI_ACTOR, username, "crawler").token,
+        )
+    }
+    monitor = "crawl-cohort-monitor"
+    made = make_user(ctx, monitor, "monitor", trial=COHORT, email=f"{monitor}@hospital.example")
+    auth.change_password(ctx, made.user_id, made.one_time_password, GOOD_PASSWORD, GOOD_PASSWORD, CLIENT)
+    principals[COHORT_MONITOR] = Principal(
+        COHORT_MONITOR,
+        monitor,
+        f"{monitor}@hospital.example",
+        made.user_id,
         blinded=True,
-        token=users.create_token(ctx, CLI_ACTOR, username, "crawler").token,
+        token=users.create_token(ctx, CLI_ACTOR, monitor, "crawler").token,
     )
-    return principal, [number]
+    return principals, [number]
 
 
 def _trial_id(ctx: ServiceContext) -> int:

@@ -47,10 +47,12 @@ ALL = frozenset(
         "monitor_other_trial",
         "cohort_investigator",
         "cohort_monitor",
+        "cohort_trial_manager",
     }
 )
 # Users of the observational cohort IMMUNOSEPSIS-4 only (issue 20): nothing of IFNG-PAIS is theirs.
-COHORT_USERS = frozenset({"cohort_investigator", "cohort_monitor"})
+COHORT_USERS = frozenset({"cohort_investigator", "cohort_monitor", "cohort_trial_manager"})
+COHORT_READERS = frozenset({"cohort_monitor", "cohort_trial_manager"})  # REPORT_VIEW in the cohort
 IN_TRIAL = ALL - {"monitor_other_trial"} - COHORT_USERS
 NONE: frozenset[str] = frozenset()
 INV = frozenset({"investigator", "investigator_p2"})
@@ -132,7 +134,7 @@ MATRIX = [
         "cohort lab closure",
         "POST",
         "/trials/IMMUNOSEPSIS-4/lab-calendar/closures",
-        frozenset({"admin"}),
+        frozenset({"admin", "cohort_trial_manager"}),
         "subjects.add_lab_closure",
     ),
     Row(
@@ -143,6 +145,51 @@ MATRIX = [
         "api.randomize",
     ),
     Row("cohort API summary", "GET", "/api/v1/trials/IMMUNOSEPSIS-4", COHORT_USERS | {"admin"}, "api.trial"),
+    # The cohort's reports and the API's participant list (issue 20): the cohort's monitor and trial
+    # manager read the reports; nobody of IFNG-PAIS does, and they read nothing of IFNG-PAIS.
+    Row("cohort reports", "GET", "/trials/IMMUNOSEPSIS-4/reports", COHORT_READERS, "reports.index"),
+    Row(
+        "cohort report",
+        "GET",
+        "/trials/IMMUNOSEPSIS-4/reports/sample-completeness",
+        COHORT_READERS,
+        "reports.page",
+    ),
+    Row(
+        "cohort report CSV",
+        "GET",
+        "/trials/IMMUNOSEPSIS-4/reports/strobe-flow/csv",
+        COHORT_READERS,
+        "reports.download",
+    ),
+    Row(
+        "cohort report PDF",
+        "GET",
+        "/trials/IMMUNOSEPSIS-4/reports/recruitment/pdf",
+        COHORT_READERS,
+        "reports.download",
+    ),
+    Row(
+        "cohort review report",
+        "GET",
+        "/trials/IMMUNOSEPSIS-4/reports/review/off-hours",
+        COHORT_READERS,
+        "reports.review_page",
+    ),
+    Row(
+        "cohort API subjects",
+        "GET",
+        "/api/v1/trials/IMMUNOSEPSIS-4/subjects",
+        COHORT_USERS,
+        "api.subject_list",
+    ),
+    Row(
+        "cohort API subject",
+        "GET",
+        "/api/v1/trials/IMMUNOSEPSIS-4/subjects/L1-001",
+        COHORT_USERS,
+        "api.subject_detail",
+    ),
     Row("users", "GET", "/admin/users", frozenset({"admin"}), "admin.users"),
     Row("create user", "POST", "/admin/users", frozenset({"admin"}), "admin.create_user"),
     Row("user detail", "GET", "/admin/users/monitor", frozenset({"admin"}), "admin.user"),
@@ -970,6 +1017,7 @@ def _specs() -> dict[str, tuple[str, str | None, str]]:
     specs["monitor_other_trial"] = ("monitor", None, "OTHER")
     specs["cohort_investigator"] = ("investigator", "L1", "IMMUNOSEPSIS-4")
     specs["cohort_monitor"] = ("monitor", None, "IMMUNOSEPSIS-4")
+    specs["cohort_trial_manager"] = ("trial_manager", None, "IMMUNOSEPSIS-4")
     return specs
 
 

@@ -47,6 +47,7 @@ from allocator.logs import JsonFormatter, log_event
 from allocator.models import AuditEvent, Notification, Trial
 from allocator.permissions import ROLE_PERMISSIONS, UNBLINDED_ROLES, Permission, Role, requires
 from allocator.services.context import ServiceContext
+from allocator.services.reports.catalogue import COHORT_REPORTS
 from allocator.settings import Environment, Settings
 from allocator.web.qr import svg_data_uri
 from tests.conftest import FreshDatabase, Kept
@@ -65,6 +66,7 @@ from tests.web.crawler import Crawler, Fetched, Resolver, UnknownParameter
 from tests.web.leak_world import (
     ARMS,
     COHORT,
+    COHORT_MONITOR,
     COHORT_PRINCIPAL,
     TRIAL,
     World,
@@ -1014,13 +1016,14 @@ def test_the_leaking_routes_are_clean_apart_from_their_leak(leaky: CrawlResult) 
 
 
 @pytest.mark.req("BLD-01", "BLD-06")
-def test_a_cohort_user_gets_nothing_of_the_randomized_trial(crawl: CrawlResult) -> None:
-    """The investigator of IMMUNOSEPSIS-4 has no role in IFNG-PAIS: every page and call about
-    IFNG-PAIS is refused (the home page does not list it), no answer carries an arm, and the
-    cohort's own pages — registration form, participants, subject page, screening log — were open
-    to it."""
-    mine = [f for f in crawl.crawler.fetched if f.principal == COHORT_PRINCIPAL]
-    assert mine, "the cohort investigator did not crawl"
+@pytest.mark.parametrize("principal", [COHORT_PRINCIPAL, COHORT_MONITOR])
+def test_a_cohort_user_gets_nothing_of_the_randomized_trial(crawl: CrawlResult, principal: str) -> None:
+    """The investigator and the monitor of IMMUNOSEPSIS-4 have no role in IFNG-PAIS: every page and
+    call about IFNG-PAIS is refused (the home page does not list it), no answer carries an arm, and
+    the cohort's own pages — registration form, participants, subject page, screening log; for the
+    monitor the cohort's reports, their CSV and PDF — were open to them."""
+    mine = [f for f in crawl.crawler.fetched if f.principal == principal]
+    assert mine, f"{principal} did not crawl"
     opened = [
         f"{f.method} {f.url} ({f.status})"
         for f in mine
@@ -1030,11 +1033,11 @@ def test_a_cohort_user_gets_nothing_of_the_randomized_trial(crawl: CrawlResult) 
     home = [f for f in mine if f.url == "/" and f.status == 200]
     assert home and all(TRIAL not in f.response.get_data(as_text=True) for f in home)
     reached = {f.endpoint for f in mine if f"/{COHORT}" in f.url and 200 <= f.status < 300}
-    assert {
-        "main.trial",
-        "subjects.register_form",
-        "subjects.subject_list",
-        "subjects.subject_page",
-        "subjects.screening",
-    } <= reached
-    assert violations(crawl, COHORT_PRINCIPAL) == []
+    assert {"main.trial", "subjects.subject_list", "subjects.subject_page", "subjects.screening"} <= reached
+    if principal == COHORT_PRINCIPAL:
+        assert "subjects.register_form" in reached
+    else:
+        assert {"reports.index", "reports.page", "reports.download", "reports.review_page"} <= reached
+        pages = {f.url.split("?")[0] for f in mine if f.endpoint == "reports.page" and f.status == 200}
+        assert {f"/trials/{COHORT}/reports/{name}" for name in COHORT_REPORTS} <= pages
+    assert violations(crawl, principal) == []

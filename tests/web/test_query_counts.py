@@ -9,11 +9,14 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from allocator.db import Database
+from allocator.services import auth
 from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
 from allocator.services.reports.audit_review import REVIEW_KINDS
-from allocator.services.reports.catalogue import REPORTS
-from tests.support import CLI_ACTOR, GOOD_PASSWORD, person
+from allocator.services.reports.catalogue import COHORT_REPORTS, REPORTS
+from allocator.services.subjects import participants
+from tests.support import ALL_SITES, CLI_ACTOR, COHORT, GOOD_PASSWORD, HERE, Clock, make_user, person
+from tests.support.cohort_reports import grow_cohort, two_site_cohort
 from tests.support.crowd import crowded_trial, grow, statements
 from tests.web.conftest import sign_in
 
@@ -79,3 +82,47 @@ def test_pages_cost_the_same_statements_with_ten_times_the_subjects(
     large = _counts(app, db, clients(), token)
     grew = {path: (small[path], large[path]) for path in small if large[path] > small[path]}
     assert not grew, f"statements per request grew with the subjects (at {SMALL}, at {LARGE}): {grew}"
+
+
+# --- the observational cohort's reports and participant list (issue 20) ----------------------------
+
+C = f"/trials/{COHORT}"
+COHORT_PATHS = [
+    f"{C}/reports",
+    *(f"{C}/reports/{name}{suffix}" for name in COHORT_REPORTS for suffix in ("", "/csv", "/pdf")),
+]
+
+
+@pytest.mark.req("REP-08")
+def test_cohort_reports_cost_the_same_statements_with_ten_times_the_participants(
+    app: Flask, ctx: ServiceContext, db: Database, clock: Clock
+) -> None:
+    two_site_cohort(ctx)
+    grow_cohort(ctx, clock, to=SMALL)
+    created = make_user(ctx, "mon-cohort", "monitor", trial=COHORT)
+    auth.change_password(ctx, created.user_id, created.one_time_password, GOOD_PASSWORD, GOOD_PASSWORD, HERE)
+    token = users.create_token(ctx, CLI_ACTOR, "mon-cohort", "scale test").token
+
+    def counts() -> dict[str, int]:
+        client = _signed_in(app, "mon-cohort", GOOD_PASSWORD)
+        out: dict[str, int] = {}
+        for path in COHORT_PATHS:
+            with statements(db) as seen:
+                response = client.get(path)
+                assert response.status_code == 200 and response.get_data(), path
+            out[path] = seen.count
+        api = app.test_client()
+        api.environ_base["wsgi.url_scheme"] = "https"
+        for path in (f"/api/v1{C}/subjects", f"/api/v1{C}/subjects/L1-001"):
+            with statements(db) as seen:
+                response = api.get(path, headers={"Authorization": f"Bearer {token}"})
+            assert response.status_code == 200, (path, response.get_data(as_text=True)[:300])
+            out[f"api {path}"] = seen.count
+        return out
+
+    small = counts()
+    grow_cohort(ctx, clock, start=SMALL, to=LARGE)
+    assert len(participants.participants_page(ctx, COHORT, ALL_SITES, limit=1000).participants) == LARGE
+    large = counts()
+    grew = {path: (small[path], large[path]) for path in small if large[path] > small[path]}
+    assert not grew, f"statements per request grew with the participants (at {SMALL}, at {LARGE}): {grew}"

@@ -20,7 +20,7 @@ from allocator.printing import monitoring_reports
 from allocator.services import audit_trail, signatures, unblinding
 from allocator.services.context import ServiceContext
 from allocator.services.errors import FieldProblem, NotFound, ValidationFailed
-from allocator.services.lookups import get_trial
+from allocator.services.lookups import get_trial, trial_definition
 from allocator.services.reports.filters import (
     WORKDAY,
     ReportFilter,
@@ -30,6 +30,7 @@ from allocator.services.reports.filters import (
     signature_text,
     time_text,
 )
+from allocator.trialdef import TrialDefinition
 from allocator.wording import Words
 
 # --- audit-trail review reports and their sign-off (AUD-09) ---------------------------------------
@@ -140,6 +141,15 @@ REVIEW_KINDS: dict[str, ReviewKind] = {
         ),
     )
 }
+# The reviews that apply to an observational study (issue 20): no arm, list, kit or unblinding.
+COHORT_REVIEW_KINDS = ("sign-ins", "off-hours", "reprints", "role-changes")
+
+
+def review_kinds_for(definition: TrialDefinition) -> tuple[str, ...]:
+    """The audit-trail review reports of a study."""
+    return COHORT_REVIEW_KINDS if definition.observational else tuple(REVIEW_KINDS)
+
+
 _REVIEW_COLUMNS = (  # the digest's column names: stable, whatever the reader's language
     N_("Entry"),
     N_("At (UTC)"),
@@ -476,8 +486,9 @@ def sign_review(
     their reach), an electronic signature meaning "audit trail review", and an `audit.reviewed`
     entry, in one unit of work. A refused signature is audited and counted toward lockout."""
     problems = []
-    if report not in REVIEW_KINDS:
-        problems.append(FieldProblem("report", f"one of {', '.join(REVIEW_KINDS)}"))
+    kinds = review_kinds_for(trial_definition(ctx, trial_code))
+    if report not in kinds:
+        problems.append(FieldProblem("report", f"one of {', '.join(kinds)}"))
     if period_start is None:
         problems.append(FieldProblem("since", "the start of the reviewed period is required"))
     if period_end is None:

@@ -6,12 +6,11 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import select
 
 from allocator.audit import Actor
-from allocator.models import ScreeningEntry, Subject
+from allocator.models import Subject
 from allocator.notices import N_
 from allocator.permissions import Scope
 from allocator.printing import monitoring_reports
@@ -19,7 +18,7 @@ from allocator.services import arm_access, lookups
 from allocator.services.context import ServiceContext
 from allocator.services.lookups import get_trial
 from allocator.services.reports.dispensing import SubjectDoses, frame_doses
-from allocator.services.reports.filters import ALL_SITES, Frame, ReportFilter, scoped_frame
+from allocator.services.reports.filters import ALL_SITES, Frame, ReportFilter, latest_screenings, scoped_frame
 from allocator.wording import Words
 
 # --- CONSORT-style participant flow (REP-04) ------------------------------------------------------
@@ -165,29 +164,8 @@ def _flow(
 
 
 def _screening(ctx: ServiceContext, frame: Frame) -> list[tuple[str, bool, list[str]]]:
-    """(site, eligible, failed criterion ids) of each patient screened in reach and period: one per
-    screening number at a site, its latest check (earlier checks with corrected answers are history,
-    kept in the screening log, not counted again)."""
-    with ctx.db.reading() as session:
-        latest: dict[tuple[int, str], Any] = {}
-        for e in session.execute(  # columns, not entities: a trial screens thousands (issue 21)
-            select(
-                ScreeningEntry.id,
-                ScreeningEntry.site_id,
-                ScreeningEntry.screening_number,
-                ScreeningEntry.eligible,
-                ScreeningEntry.failures,
-                ScreeningEntry.screened_at,
-            )
-            .where(ScreeningEntry.trial_id == frame.trial_id)
-            .order_by(ScreeningEntry.id)
-        ).all():
-            latest[(e.site_id, e.screening_number)] = e
-        return [
-            (frame.sites[e.site_id], e.eligible, [str(f.get("criterion", "")) for f in e.failures])
-            for e in sorted(latest.values(), key=lambda entry: entry.id)
-            if frame.visible(e.site_id) and (frame.flt.in_period(e.screened_at))
-        ]
+    """(site, eligible, failed criterion ids) of each patient screened in reach and period."""
+    return [(e.site, e.eligible, list(e.failed)) for e in latest_screenings(ctx, frame)]
 
 
 def participant_flow(
