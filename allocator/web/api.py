@@ -217,7 +217,7 @@ def _already_randomized(
 def subject_list(trial: str) -> Response:
     """A page of subjects in randomization order; follow `next_after` to page (issue 21). In an
     observational study, its registered participants with their samples (issue 20)."""
-    if subjects_register.is_observational(ctx(), trial):
+    if definition_of(trial).observational:
         cohort = participants.participants_page(
             ctx(),
             trial,
@@ -243,7 +243,7 @@ def subject_list(trial: str) -> Response:
 @bp.route("/trials/<trial>/subjects/<subject>")
 @requires(Permission.SUBJECT_VIEW)
 def subject_detail(trial: str, subject: str) -> Response:
-    if subjects_register.is_observational(ctx(), trial):  # a registered participant (issue 20)
+    if definition_of(trial).observational:  # a registered participant (issue 20)
         return jsonify(
             participants.participant(ctx(), trial, subject, scope(Permission.SUBJECT_VIEW)).as_json()
         )
