@@ -64,6 +64,7 @@ ROLE_TITLES = (
     N_("Administrator"),
     N_("Unblinded statistician"),
     N_("Pharmacovigilance"),
+    N_("Lab technician"),
 )
 
 # Status words (trial, site, kit) and the labels of the services' fixed choices, for the catalogue.
