@@ -98,6 +98,12 @@ def max_delay_hours(definition: TrialDefinition) -> int:
     return definition.sampling.max_preanalytical_hours
 
 
+def delay_limit(ctx: ServiceContext, trial_code: str) -> int:
+    """The definition's max_preanalytical_hours. Raises NotFound, Conflict (a randomized trial)."""
+    with ctx.db.reading() as session:
+        return max_delay_hours(current_definition(session, get_trial(session, trial_code)))
+
+
 def _sample_rows(session: Session, trial: Trial, limit: int, *conditions: object) -> list[SampleRow]:
     rows = session.execute(
         select(SampleKit, Site.code, Registration.subject_number, PlannedSample.label, LabShipment.number)
