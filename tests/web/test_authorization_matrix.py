@@ -47,11 +47,14 @@ ALL = frozenset(
         "monitor_other_trial",
         "cohort_investigator",
         "cohort_monitor",
+        "lab_technician",
     }
 )
 # Users of the observational cohort IMMUNOSEPSIS-4 only (issue 20): nothing of IFNG-PAIS is theirs.
 COHORT_USERS = frozenset({"cohort_investigator", "cohort_monitor"})
-IN_TRIAL = ALL - {"monitor_other_trial"} - COHORT_USERS
+# labship: the cohort's central-lab technician (the role exists for observational studies only).
+COHORT_LAB = frozenset({"lab_technician"})
+IN_TRIAL = ALL - {"monitor_other_trial"} - COHORT_USERS - COHORT_LAB
 NONE: frozenset[str] = frozenset()
 INV = frozenset({"investigator", "investigator_p2"})
 PHARM = frozenset({"pharmacist", "unblinded_pharmacist"})
@@ -95,7 +98,7 @@ MATRIX = [
         "main.trial",
     ),
     # The observational cohort (issue 20): its own users, and the administrator's trial page.
-    Row("cohort trial page", "GET", "/trials/IMMUNOSEPSIS-4", COHORT_USERS | {"admin"}, "main.trial"),
+    Row("cohort trial page", "GET", "/trials/IMMUNOSEPSIS-4", COHORT_USERS | COHORT_LAB | {"admin"}, "main.trial"),
     Row(
         "cohort register form",
         "GET",
@@ -125,7 +128,7 @@ MATRIX = [
         "cohort lab calendar",
         "GET",
         "/trials/IMMUNOSEPSIS-4/lab-calendar",
-        COHORT_USERS | {"admin"},
+        COHORT_USERS | COHORT_LAB | {"admin"},
         "subjects.lab_calendar",
     ),
     Row(
@@ -142,7 +145,86 @@ MATRIX = [
         frozenset({"cohort_investigator"}),
         "api.randomize",
     ),
-    Row("cohort API summary", "GET", "/api/v1/trials/IMMUNOSEPSIS-4", COHORT_USERS | {"admin"}, "api.trial"),
+    Row(
+        "cohort API summary",
+        "GET",
+        "/api/v1/trials/IMMUNOSEPSIS-4",
+        COHORT_USERS | COHORT_LAB | {"admin"},
+        "api.trial",
+    ),
+    # labship (issue 20): lab shipments by the site, receipt by the lab, accountability for both sides' overseers.
+    Row(
+        "cohort lab shipments",
+        "GET",
+        "/trials/IMMUNOSEPSIS-4/lab-shipments",
+        frozenset({"cohort_investigator"}),
+        "lab.shipments",
+    ),
+    Row(
+        "cohort prepare lab shipment",
+        "POST",
+        "/trials/IMMUNOSEPSIS-4/lab-shipments",
+        frozenset({"cohort_investigator"}),
+        "lab.prepare",
+    ),
+    Row(
+        "cohort ship lab shipment",
+        "POST",
+        "/trials/IMMUNOSEPSIS-4/lab-shipments/LS-0001/ship",
+        frozenset({"cohort_investigator"}),
+        "lab.ship",
+    ),
+    Row(
+        "cohort print manifest",
+        "POST",
+        "/trials/IMMUNOSEPSIS-4/lab-shipments/LS-0001/manifests",
+        frozenset({"cohort_investigator"}),
+        "lab.print_manifest",
+    ),
+    Row(
+        "cohort manifest",
+        "GET",
+        "/trials/IMMUNOSEPSIS-4/lab-shipments/LS-0001/manifests/LM-IMMUNOSEPSIS-4-000001.pdf",
+        frozenset({"cohort_investigator"}),
+        "lab.manifest",
+    ),
+    Row("cohort receipt", "GET", "/trials/IMMUNOSEPSIS-4/lab-receipt", COHORT_LAB, "lab.receipt_start"),
+    Row("cohort open receipt", "POST", "/trials/IMMUNOSEPSIS-4/lab-receipt", COHORT_LAB, "lab.open_receipt"),
+    Row(
+        "cohort receipt of a shipment",
+        "GET",
+        "/trials/IMMUNOSEPSIS-4/lab-receipt/LS-0001",
+        COHORT_LAB,
+        "lab.receipt",
+    ),
+    Row(
+        "cohort receive a sample",
+        "POST",
+        "/trials/IMMUNOSEPSIS-4/lab-receipt/LS-0001/samples",
+        COHORT_LAB,
+        "lab.receive_sample",
+    ),
+    Row(
+        "cohort close a receipt",
+        "POST",
+        "/trials/IMMUNOSEPSIS-4/lab-receipt/LS-0001/close",
+        COHORT_LAB,
+        "lab.close_receipt",
+    ),
+    Row(
+        "cohort sample accountability",
+        "GET",
+        "/trials/IMMUNOSEPSIS-4/sample-accountability",
+        COHORT_LAB | {"cohort_monitor"},
+        "lab.accountability",
+    ),
+    Row(
+        "cohort sample accountability CSV",
+        "GET",
+        "/trials/IMMUNOSEPSIS-4/sample-accountability.csv",
+        COHORT_LAB | {"cohort_monitor"},
+        "lab.accountability_csv",
+    ),
     Row("users", "GET", "/admin/users", frozenset({"admin"}), "admin.users"),
     Row("create user", "POST", "/admin/users", frozenset({"admin"}), "admin.create_user"),
     Row("user detail", "GET", "/admin/users/monitor", frozenset({"admin"}), "admin.user"),
@@ -970,6 +1052,7 @@ def _specs() -> dict[str, tuple[str, str | None, str]]:
     specs["monitor_other_trial"] = ("monitor", None, "OTHER")
     specs["cohort_investigator"] = ("investigator", "L1", "IMMUNOSEPSIS-4")
     specs["cohort_monitor"] = ("monitor", None, "IMMUNOSEPSIS-4")
+    specs["lab_technician"] = ("lab_technician", None, "IMMUNOSEPSIS-4")  # an observational study's role
     return specs
 
 
