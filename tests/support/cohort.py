@@ -39,7 +39,7 @@ def collected_samples(
     at = collected_at or ctx.now() - timedelta(hours=2)
     numbers: list[str] = []
     for _ in range(n):
-        screening = f"{site}-{next(_serial):04d}"
+        screening = f"{site}-{5000 + next(_serial)}"  # clear of the numbers tests type by hand
         result = register.register(
             ctx,
             investigator,
