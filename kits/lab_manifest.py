@@ -92,7 +92,7 @@ def render_lab_manifest(manifest: LabManifest) -> bytes:
     while rest:
         pages.append(rest[:rows_next])
         rest = rest[rows_next:]
-    columns = (MARGIN, MARGIN + 40, MARGIN + 150, MARGIN + 290, MARGIN + 360)
+    columns = (MARGIN, MARGIN + 40, MARGIN + 150, MARGIN + 250, MARGIN + 325)
 
     for page_index, rows in enumerate(pages):
         if manifest.test_mode:
@@ -129,7 +129,7 @@ def render_lab_manifest(manifest: LabManifest) -> bytes:
                 "Kit de tubes / Tube set",
                 "Participant",
                 "\u00c9ch. / Sample",
-                "Pr\u00e9lev\u00e9 le (UTC) / Collected at (UTC)",
+                "Pr\u00e9lev\u00e9 / Collected (UTC)",
             ),
             strict=True,
         ):

@@ -33,6 +33,7 @@ def collected_samples(
     *,
     collected_at: datetime | None = None,
     scope: Scope = ALL_SITES,
+    eligibility: dict[str, object] | None = None,
 ) -> list[str]:
     """Register `n` eligible participants at `site` and give each planned sample a collected tube
     set; returns the tube sets' kit numbers, in registration order."""
@@ -44,7 +45,9 @@ def collected_samples(
             ctx,
             investigator,
             COHORT,
-            register.RegistrationRequest(site=site, screening_number=screening, eligibility=COHORT_ELIGIBLE),
+            register.RegistrationRequest(
+                site=site, screening_number=screening, eligibility=eligibility or COHORT_ELIGIBLE
+            ),
             scope,
         )
         with ctx.db.unit_of_work() as session:
