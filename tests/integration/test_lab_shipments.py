@@ -226,3 +226,17 @@ def test_samples_of_a_randomized_trial_do_not_exist(ctx: ServiceContext) -> None
     load_ifn(ctx)
     with pytest.raises(Conflict):
         sample_accountability.accountability(ctx, "IFNG-PAIS", ALL_SITES)
+
+
+def test_the_lab_technician_role_is_for_a_whole_observational_study_only(ctx: ServiceContext) -> None:
+    from tests.support import load_cohort, load_ifn, make_user
+
+    load_ifn(ctx)
+    load_cohort(ctx)
+    with pytest.raises(ValidationFailed) as exc:
+        make_user(ctx, "lab-ifn", "lab_technician", trial="IFNG-PAIS")
+    assert _problems(exc) == {"role": "is for an observational study (its central lab)"}
+    with pytest.raises(ValidationFailed) as exc:
+        make_user(ctx, "lab-l1", "lab_technician", trial=COHORT, site="L1")
+    assert _problems(exc) == {"site": "the lab_technician role cannot be limited to a site"}
+    assert make_user(ctx, "lab-ok", "lab_technician", trial=COHORT).user_id
