@@ -8,7 +8,8 @@ passes the arm label) inside a box hidden under a fold-and-seal flap, for unblin
 
 Modules: `kits.numbers` (kit numbers), `kits.payload` (QR payloads), `kits.qr` (QR symbols),
 `kits.model` (input types), `kits.labels` (label sheets), `kits.sheet` (dispensation sheets),
-`kits.codebreak` (sealed code-break sheets), `kits.lab_manifest` (lab shipment manifests), `kits.pdf` and `kits.text` (shared PDF and text
+`kits.codebreak` (sealed code-break sheets),
+`kits.lab_manifest` (lab shipment manifests), `kits.pdf` and `kits.text` (shared PDF and text
 helpers), `kits.errors` (exceptions).
 """
 

@@ -111,7 +111,13 @@ def render_lab_manifest(manifest: LabManifest) -> bytes:
             line(duplicate_text(manifest.document.reprint_number), BOLD, 11, 18)
             canvas.setFillColorRGB(0, 0, 0)
         if page_index == 0:
-            draw_qr(canvas, encode_qr(manifest.qr_payload), PAGE_WIDTH - MARGIN - QR_SIZE, y - QR_SIZE + 10, QR_SIZE)
+            draw_qr(
+                canvas,
+                encode_qr(manifest.qr_payload),
+                PAGE_WIDTH - MARGIN - QR_SIZE,
+                y - QR_SIZE + 10,
+                QR_SIZE,
+            )
             line(f"{manifest.short_title} ({manifest.trial_code})", BOLD, 11)
             line(f"Envoi / Shipment : {manifest.shipment_number}", BOLD, 15, 22)
             line(f"Centre / Site : {manifest.site_code} \u2013 {manifest.site_name}")

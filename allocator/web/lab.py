@@ -53,7 +53,12 @@ def _tube_set_labels() -> dict[str, str]:
 
 
 def _receipt_labels() -> dict[str, str]:
-    return {"tube_set": _("Tube set"), "reason": _("Why unusable"), "note": _("Details"), "manifest": _("Manifest")}
+    return {
+        "tube_set": _("Tube set"),
+        "reason": _("Why unusable"),
+        "note": _("Details"),
+        "manifest": _("Manifest"),
+    }
 
 
 # --- the site's lab shipments ----------------------------------------------------------------------
@@ -102,7 +107,11 @@ def prepare(trial: str) -> WerkzeugResponse:
 def ship(trial: str, number: str) -> WerkzeugResponse:
     return forms.perform(
         lambda: lab_shipments.ship(
-            ctx(), actor(Permission.LAB_SHIPMENT_PREPARE), trial, number, scope(Permission.LAB_SHIPMENT_PREPARE)
+            ctx(),
+            actor(Permission.LAB_SHIPMENT_PREPARE),
+            trial,
+            number,
+            scope(Permission.LAB_SHIPMENT_PREPARE),
         ),
         _("Shipment %(number)s marked shipped.", number=number),
         url_for("lab.shipments", trial=trial),
@@ -116,7 +125,11 @@ def print_manifest(trial: str, number: str) -> WerkzeugResponse:
     the PDF prints nothing)."""
     try:
         document_id, _pdf = lab_shipments.print_manifest(
-            ctx(), actor(Permission.LAB_SHIPMENT_PREPARE), trial, number, scope(Permission.LAB_SHIPMENT_PREPARE)
+            ctx(),
+            actor(Permission.LAB_SHIPMENT_PREPARE),
+            trial,
+            number,
+            scope(Permission.LAB_SHIPMENT_PREPARE),
         )
     except DomainError as exc:
         forms.flash_error(exc)
@@ -207,7 +220,9 @@ def close_receipt(trial: str, number: str) -> WerkzeugResponse:
             ctx(), actor(Permission.SAMPLE_RECEIVE), trial, number, scope(Permission.SAMPLE_RECEIVE)
         )
         if missing:
-            flash(_("%(count)s tube set(s) not scanned: recorded as not received.", count=len(missing)), "error")
+            flash(
+                _("%(count)s tube set(s) not scanned: recorded as not received.", count=len(missing)), "error"
+            )
 
     return forms.perform(
         act,

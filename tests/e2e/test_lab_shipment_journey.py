@@ -44,7 +44,11 @@ def test_the_site_ships_and_the_lab_receives_by_scan(live_server: LiveServer, ne
     ctx = live_server.ctx
     investigator = ready_cohort(ctx)
     onset = _onset(datetime.now(ZoneInfo("Europe/Paris")).date())
-    answers = {**COHORT_ELIGIBLE, "icu_admission_date": onset.isoformat(), "septic_shock_onset_date": onset.isoformat()}
+    answers = {
+        **COHORT_ELIGIBLE,
+        "icu_admission_date": onset.isoformat(),
+        "septic_shock_onset_date": onset.isoformat(),
+    }
     tubes = collected_samples(ctx, investigator, 3, eligibility=answers)
     lab_technician(ctx)
 

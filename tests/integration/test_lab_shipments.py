@@ -4,19 +4,17 @@ history; every refusal names its field and changes nothing."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pytest
 from sqlalchemy import select
 
+import kits
+from allocator import crypto
 from allocator.models import LabShipment, PrintedDocument, SampleKit, SampleKitEvent
 from allocator.permissions import Scope
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, NotFound, ValidationFailed
 from allocator.services.samples import accountability as sample_accountability
 from allocator.services.samples import lab_shipments as ls
-import kits
-from allocator import crypto
 from tests.support import ALL_SITES, COHORT, Clock, events, ready_cohort
 from tests.support.cohort import (
     collected_samples,
@@ -46,20 +44,29 @@ def _shipped(ctx: ServiceContext, n: int = 3) -> tuple[list[str], str]:
 
 
 @pytest.mark.req("LBL-09")
-def test_site_prepares_prints_and_ships_then_lab_receives_and_closes(ctx: ServiceContext, clock: Clock) -> None:
+def test_site_prepares_prints_and_ships_then_lab_receives_and_closes(
+    ctx: ServiceContext, clock: Clock
+) -> None:
     investigator = ready_cohort(ctx)
     tubes = collected_samples(ctx, investigator, 4)
     assert {r.kit_number for r in ls.collected_samples(ctx, COHORT, ALL_SITES)} == set(tubes)
     # scanned labels and a typed number (with its check digit) mixed
     view = ls.prepare(
-        ctx, investigator, COHORT, "L1", [tube_set_label(ctx, tubes[0]), tubes[1], tube_set_label(ctx, tubes[2]), tubes[3]], ALL_SITES
+        ctx,
+        investigator,
+        COHORT,
+        "L1",
+        [tube_set_label(ctx, tubes[0]), tubes[1], tube_set_label(ctx, tubes[2]), tubes[3]],
+        ALL_SITES,
     )
     assert view.number == "LS-0001" and view.status == "prepared" and view.sample_count == 4
     assert ls.collected_samples(ctx, COHORT, ALL_SITES) == []  # all in the shipment now
     document_id, pdf = ls.print_manifest(ctx, investigator, COHORT, "LS-0001", ALL_SITES)
     assert pdf.startswith(b"%PDF") and ls.manifest_pdf(ctx, COHORT, "LS-0001", document_id, ALL_SITES) == pdf
     with ctx.db.reading() as s:
-        doc = s.execute(select(PrintedDocument).where(PrintedDocument.document_id == document_id)).scalar_one()
+        doc = s.execute(
+            select(PrintedDocument).where(PrintedDocument.document_id == document_id)
+        ).scalar_one()
         assert doc.kind == "lab_manifest" and doc.items[0] == "LS-0001" and set(doc.items[1:]) == set(tubes)
     ls.ship(ctx, investigator, COHORT, "LS-0001", ALL_SITES)
     assert {_status(ctx, t)[0] for t in tubes} == {"shipped"}
@@ -68,7 +75,9 @@ def test_site_prepares_prints_and_ships_then_lab_receives_and_closes(ctx: Servic
     clock.advance(hours=3)  # collected 2 h before the shipment: a 5 h pre-analytical delay
     assert ls.open_receipt(ctx, COHORT, manifest_payload(ctx, "LS-0001"), ALL_SITES) == "LS-0001"
     assert ls.open_receipt(ctx, COHORT, "ls-1", ALL_SITES) == "LS-0001"  # typed
-    row = ls.receive_sample(ctx, lab, COHORT, "LS-0001", ls.SampleOutcome(tube_set_label(ctx, tubes[0])), ALL_SITES)
+    row = ls.receive_sample(
+        ctx, lab, COHORT, "LS-0001", ls.SampleOutcome(tube_set_label(ctx, tubes[0])), ALL_SITES
+    )
     assert row.status == "received" and row.received_by == "Lucie Labo"
     assert (row.delay_hours, row.late) == (5.0, False)
     ls.receive_sample(
@@ -92,7 +101,14 @@ def test_site_prepares_prints_and_ships_then_lab_receives_and_closes(ctx: Servic
         shipment = s.execute(select(LabShipment)).scalar_one()
         assert shipment.status == "received" and shipment.received_by_name == "Lucie Labo"
         kit = s.execute(select(SampleKit).where(SampleKit.kit_number == tubes[3])).scalar_one()
-        history = [e.to_status for e in s.execute(select(SampleKitEvent).where(SampleKitEvent.sample_kit_id == kit.id).order_by(SampleKitEvent.id)).scalars()]
+        history = [
+            e.to_status
+            for e in s.execute(
+                select(SampleKitEvent)
+                .where(SampleKitEvent.sample_kit_id == kit.id)
+                .order_by(SampleKitEvent.id)
+            ).scalars()
+        ]
         assert history == ["assigned", "collected", "shipped", "unusable"]  # nothing deleted
     assert [e.object_id for e in events(ctx, "lab_shipment.prepared")] == ["LS-0001"]
     assert [e.object_id for e in events(ctx, "lab_shipment.shipped")] == ["LS-0001"]
@@ -142,7 +158,9 @@ def test_prepare_refuses_other_sites_shipped_uncollected_and_drug_kits(ctx: Serv
         ls.prepare(ctx, investigator, COHORT, "L1", [manifest_payload(ctx, "LS-0001")], ALL_SITES)
     assert _problems(exc) == {"tube_sets[0]": "a shipment manifest, not a tube set"}
     with pytest.raises(ValidationFailed) as exc:
-        ls.prepare(ctx, investigator, COHORT, "L1", [tube_set_label(ctx, tubes[1], trial="IFNG-PAIS")], ALL_SITES)
+        ls.prepare(
+            ctx, investigator, COHORT, "L1", [tube_set_label(ctx, tubes[1], trial="IFNG-PAIS")], ALL_SITES
+        )
     assert _problems(exc) == {"tube_sets[0]": "a label of another study"}
     # a site-scoped investigator cannot ship from another site
     with pytest.raises(NotFound):
@@ -160,10 +178,14 @@ def test_receipt_refuses_other_shipment_already_received_and_foreign_manifests(c
         ls.receive_sample(ctx, lab, COHORT, number, ls.SampleOutcome(tubes[0]), ALL_SITES)
     assert _problems(conflict) == {"tube_set": "already scanned: received"}
     with pytest.raises(ValidationFailed) as exc:
-        ls.receive_sample(ctx, lab, COHORT, number, ls.SampleOutcome(tubes[1], usable=False, reason="other"), ALL_SITES)
+        ls.receive_sample(
+            ctx, lab, COHORT, number, ls.SampleOutcome(tubes[1], usable=False, reason="other"), ALL_SITES
+        )
     assert _problems(exc) == {"note": "say why the sample is unusable"}
     with pytest.raises(ValidationFailed) as exc:
-        ls.receive_sample(ctx, lab, COHORT, number, ls.SampleOutcome(tubes[1], usable=False, reason="ugly"), ALL_SITES)
+        ls.receive_sample(
+            ctx, lab, COHORT, number, ls.SampleOutcome(tubes[1], usable=False, reason="ugly"), ALL_SITES
+        )
     assert set(_problems(exc)) == {"reason"}
     drug_label = kits.build_payload(COHORT, tubes[1], "K", lambda m: crypto.label_mac(ctx.ring, m))
     with pytest.raises(ValidationFailed) as exc:
@@ -180,7 +202,10 @@ def test_receipt_refuses_other_shipment_already_received_and_foreign_manifests(c
     # manifests: of another study, forged, a kit label, a shipment not in transit
     for raw, message in (
         (manifest_payload(ctx, number, trial="IFNG-PAIS"), "a manifest of another study"),
-        (manifest_payload(ctx, number)[:-4] + "AAAA", "the manifest's security code is wrong: not printed by this service, or altered"),
+        (
+            manifest_payload(ctx, number)[:-4] + "AAAA",
+            "the manifest's security code is wrong: not printed by this service, or altered",
+        ),
         (tube_set_label(ctx, tubes[1]), "a kit label, not a shipment manifest"),
         ("hello", "scan the manifest's QR or type its number (LS-0001)"),
     ):

@@ -71,7 +71,14 @@ def collected_samples(
                 )
                 session.add(kit)
                 session.flush()
-                move_sample_kit(session, kit, SampleKitStatus.ASSIGNED, investigator, "registration", at - timedelta(days=1))
+                move_sample_kit(
+                    session,
+                    kit,
+                    SampleKitStatus.ASSIGNED,
+                    investigator,
+                    "registration",
+                    at - timedelta(days=1),
+                )
                 kit.planned_sample_id = sample.id
                 kit.assigned_at = at - timedelta(days=1)
                 move_sample_kit(session, kit, SampleKitStatus.COLLECTED, investigator, "collected", at)
@@ -101,7 +108,7 @@ def second_site(ctx: ServiceContext) -> Actor:
     from tests.support import CLI_ACTOR, COHORT_TRIAL, GOOD_PASSWORD, HERE, make_user
 
     text = COHORT_TRIAL.read_text(encoding="utf-8").replace(
-        '# --- What the public record does not give',
+        "# --- What the public record does not give",
         '[[sites]]\ncode = "L2"\nname = "Lyon site 2"\ncity = "Lyon"\nprincipal_investigator = "Dr Two"\n\n'
         "# --- What the public record does not give",
         1,
@@ -120,7 +127,14 @@ def second_site(ctx: ServiceContext) -> Actor:
     )
     created = make_user(ctx, "inv-l2", "investigator", trial=COHORT, site="L2")
     auth.change_password(ctx, created.user_id, created.one_time_password, GOOD_PASSWORD, GOOD_PASSWORD, HERE)
-    return Actor(user_id=created.user_id, username="inv-l2", name="Inv-L2", role="investigator", site_code="L2", request_id="test")
+    return Actor(
+        user_id=created.user_id,
+        username="inv-l2",
+        name="Inv-L2",
+        role="investigator",
+        site_code="L2",
+        request_id="test",
+    )
 
 
 def lab_technician(ctx: ServiceContext, username: str = "lab-tech") -> Actor:
@@ -130,4 +144,11 @@ def lab_technician(ctx: ServiceContext, username: str = "lab-tech") -> Actor:
 
     created = make_user(ctx, username, "lab_technician", trial=COHORT)
     auth.change_password(ctx, created.user_id, created.one_time_password, GOOD_PASSWORD, GOOD_PASSWORD, HERE)
-    return Actor(user_id=created.user_id, username=username, name="Lucie Labo", role="lab_technician", site_code=None, request_id="test")
+    return Actor(
+        user_id=created.user_id,
+        username=username,
+        name="Lucie Labo",
+        role="lab_technician",
+        site_code=None,
+        request_id="test",
+    )

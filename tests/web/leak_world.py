@@ -44,13 +44,13 @@ from sqlalchemy import select
 import kits as kitlib
 from allocator.audit import Actor
 from allocator.models import (
-    LabShipment,
     ApiToken,
     Batch,
     CodeBreakSheet,
     Dispensation,
     Kit,
     KitDisposal,
+    LabShipment,
     LoginSession,
     PrintedDocument,
     RandomizationList,
@@ -827,7 +827,9 @@ def _cohort_lab(ctx: ServiceContext, clock: Clock, investigator: Principal, step
     lab_shipments.prepare(ctx, site_actor, COHORT, "L1", tubes[2:], EVERYWHERE)
     lab_actor = lab_technician(ctx, "crawl-lab-technician")
     clock.advance(hours=3)
-    lab_shipments.receive_sample(ctx, lab_actor, COHORT, first, lab_shipments.SampleOutcome(tubes[0]), EVERYWHERE)
+    lab_shipments.receive_sample(
+        ctx, lab_actor, COHORT, first, lab_shipments.SampleOutcome(tubes[0]), EVERYWHERE
+    )
     steps.append(f"{COHORT}: {first} shipped (one tube set received), another prepared")
     with ctx.db.unit_of_work() as s:
         user = s.execute(select(User).where(User.id == lab_actor.user_id)).scalar_one()

@@ -98,7 +98,13 @@ MATRIX = [
         "main.trial",
     ),
     # The observational cohort (issue 20): its own users, and the administrator's trial page.
-    Row("cohort trial page", "GET", "/trials/IMMUNOSEPSIS-4", COHORT_USERS | COHORT_LAB | {"admin"}, "main.trial"),
+    Row(
+        "cohort trial page",
+        "GET",
+        "/trials/IMMUNOSEPSIS-4",
+        COHORT_USERS | COHORT_LAB | {"admin"},
+        "main.trial",
+    ),
     Row(
         "cohort register form",
         "GET",

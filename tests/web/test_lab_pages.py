@@ -39,7 +39,12 @@ def test_site_ships_and_the_lab_receives_through_the_pages(
     assert "a drug kit&#39;s label, not a tube set&#39;s" in shown and "No shipment yet." in shown
     done = site.post(
         f"{BASE}/lab-shipments",
-        data={"site": "L1", "pick": [tubes[0], tubes[1]], "tube_sets": tube_set_label(ctx, tubes[2]), "csrf_token": token},
+        data={
+            "site": "L1",
+            "pick": [tubes[0], tubes[1]],
+            "tube_sets": tube_set_label(ctx, tubes[2]),
+            "csrf_token": token,
+        },
     )
     assert done.status_code == 303
     page = site.get(f"{BASE}/lab-shipments").get_data(as_text=True)
@@ -55,10 +60,15 @@ def test_site_ships_and_the_lab_receives_through_the_pages(
     home = lab.get(BASE).get_data(as_text=True)
     assert "Sample receipt" in home and "Lab shipments" not in home
     token = csrf_token(lab, f"{BASE}/lab-receipt")
-    wrong = lab.post(f"{BASE}/lab-receipt", data={"manifest": manifest_payload(ctx, "LS-0001", trial="IFNG-PAIS"), "csrf_token": token})
+    wrong = lab.post(
+        f"{BASE}/lab-receipt",
+        data={"manifest": manifest_payload(ctx, "LS-0001", trial="IFNG-PAIS"), "csrf_token": token},
+    )
     assert wrong.status_code == 303
     assert "a manifest of another study" in lab.get(f"{BASE}/lab-receipt").get_data(as_text=True)
-    opened = lab.post(f"{BASE}/lab-receipt", data={"manifest": manifest_payload(ctx, "LS-0001"), "csrf_token": token})
+    opened = lab.post(
+        f"{BASE}/lab-receipt", data={"manifest": manifest_payload(ctx, "LS-0001"), "csrf_token": token}
+    )
     assert opened.status_code == 303 and opened.headers["Location"].endswith("/lab-receipt/LS-0001")
     receipt = lab.get(opened.headers["Location"]).get_data(as_text=True)
     assert "3 of 3 tube sets still to scan" in receipt and 'name="viewport"' in receipt

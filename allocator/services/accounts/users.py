@@ -175,14 +175,17 @@ def _grant(
         raise ValidationFailed(
             problem, errors=[FieldProblem("site" if "site" in problem else "trial", problem)]
         )
-    if role is Role.LAB_TECHNICIAN and trial is not None:
-        # Issue 20: the central lab receives an observational study's samples; a randomized trial
-        # has none, and its staff must not meet a role that was never meant for it.
-        if not current_definition(session, trial).observational:
-            raise ValidationFailed(
-                "the lab technician role is for an observational study",
-                errors=[FieldProblem("role", "is for an observational study (its central lab)")],
-            )
+    # Issue 20: the central lab receives an observational study's samples; a randomized trial has
+    # none, and its staff must not meet a role that was never meant for it.
+    if (
+        role is Role.LAB_TECHNICIAN
+        and trial is not None
+        and not current_definition(session, trial).observational
+    ):
+        raise ValidationFailed(
+            "the lab technician role is for an observational study",
+            errors=[FieldProblem("role", "is for an observational study (its central lab)")],
+        )
     if not request.reason.strip():
         raise ValidationFailed("a reason is required", errors=[FieldProblem("reason", "is required")])
     if actor.user_id is not None and actor.user_id == user.id:

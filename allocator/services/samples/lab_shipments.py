@@ -166,7 +166,9 @@ def collected_samples(ctx: ServiceContext, trial_code: str, scope: Scope) -> lis
         )
 
 
-def _view(session: Session, trial: Trial, shipment: LabShipment, limit: int, samples: bool) -> LabShipmentView:
+def _view(
+    session: Session, trial: Trial, shipment: LabShipment, limit: int, samples: bool
+) -> LabShipmentView:
     site = session.get(Site, shipment.site_id)
     return LabShipmentView(
         number=shipment.number,
@@ -205,7 +207,9 @@ def shipment(ctx: ServiceContext, trial_code: str, number: str, scope: Scope) ->
         return _view(session, trial, _shipment(session, trial, number, scope), limit, samples=True)
 
 
-def _shipment(session: Session, trial: Trial, number: str, scope: Scope, *, lock: bool = False) -> LabShipment:
+def _shipment(
+    session: Session, trial: Trial, number: str, scope: Scope, *, lock: bool = False
+) -> LabShipment:
     query = select(LabShipment).where(LabShipment.trial_id == trial.id, LabShipment.number == number)
     if lock:
         query = query.with_for_update()
@@ -233,7 +237,9 @@ def tube_set_number(ctx: ServiceContext, trial_code: str, raw: str, field: str) 
     a typed number (check digit checked). Raises ValidationFailed naming `field`."""
     text = raw.strip()
     if not text:
-        raise ValidationFailed(f"{field} is required", errors=[FieldProblem(field, "scan or type a tube set")])
+        raise ValidationFailed(
+            f"{field} is required", errors=[FieldProblem(field, "scan or type a tube set")]
+        )
     try:
         if "/" in text:
             if text.upper().startswith(kitlib.payload.SHIPMENT_PAYLOAD_PREFIX):
@@ -284,7 +290,9 @@ def prepare(
     if problems:
         raise ValidationFailed("some tube sets cannot be shipped", errors=problems)
     if not numbers:
-        raise ValidationFailed("no tube set", errors=[FieldProblem("tube_sets", "scan or pick at least one tube set")])
+        raise ValidationFailed(
+            "no tube set", errors=[FieldProblem("tube_sets", "scan or pick at least one tube set")]
+        )
     with ctx.db.unit_of_work() as session:
         trial = get_trial(session, trial_code)
         max_delay_hours(current_definition(session, trial))  # refuses a randomized trial
@@ -352,7 +360,10 @@ def ship(ctx: ServiceContext, actor: Actor, trial_code: str, number: str, scope:
         if shipment.status != LabShipmentStatus.PREPARED.value:
             raise Conflict(f"lab shipment {number} is {shipment.status}, not prepared")
         kits = session.execute(
-            select(SampleKit).where(SampleKit.lab_shipment_id == shipment.id).order_by(SampleKit.id).with_for_update()
+            select(SampleKit)
+            .where(SampleKit.lab_shipment_id == shipment.id)
+            .order_by(SampleKit.id)
+            .with_for_update()
         ).scalars()
         for kit in kits:
             move_sample_kit(session, kit, T.SHIPPED, actor, f"shipped in {number}", now)
@@ -472,7 +483,9 @@ def open_receipt(ctx: ServiceContext, trial_code: str, raw: str, scope: Scope) -
                 message = "a kit label, not a shipment manifest"
             else:
                 message = "unreadable: not a shipment manifest or number"
-            raise ValidationFailed("the manifest cannot be read", errors=[FieldProblem("manifest", message)]) from None
+            raise ValidationFailed(
+                "the manifest cannot be read", errors=[FieldProblem("manifest", message)]
+            ) from None
     else:
         typed = _TYPED_NUMBER.fullmatch(text.upper())
         if typed is None:
@@ -519,9 +532,13 @@ def receive_sample(
             )
         note = outcome.note.strip()
         if len(note) > MAX_NOTE:
-            raise ValidationFailed("note too long", errors=[FieldProblem("note", f"at most {MAX_NOTE} characters")])
+            raise ValidationFailed(
+                "note too long", errors=[FieldProblem("note", f"at most {MAX_NOTE} characters")]
+            )
         if outcome.reason == "other" and not note:
-            raise ValidationFailed("why unusable?", errors=[FieldProblem("note", "say why the sample is unusable")])
+            raise ValidationFailed(
+                "why unusable?", errors=[FieldProblem("note", "say why the sample is unusable")]
+            )
         reason = outcome.reason.replace("_", " ") + (f": {note}" if note else "")
     with ctx.db.unit_of_work() as session:
         trial = get_trial(session, trial_code)
@@ -533,17 +550,22 @@ def receive_sample(
                 errors=[FieldProblem("tube_set", f"the shipment is {shipment.status}, not in transit")],
             )
         kit = session.execute(
-            select(SampleKit).where(SampleKit.trial_id == trial.id, SampleKit.kit_number == kit_number).with_for_update()
+            select(SampleKit)
+            .where(SampleKit.trial_id == trial.id, SampleKit.kit_number == kit_number)
+            .with_for_update()
         ).scalar_one_or_none()
         if kit is None:
-            raise ValidationFailed("unknown tube set", errors=[FieldProblem("tube_set", "not a tube set of this study")])
+            raise ValidationFailed(
+                "unknown tube set", errors=[FieldProblem("tube_set", "not a tube set of this study")]
+            )
         if kit.lab_shipment_id != shipment.id:
             raise ValidationFailed(
                 "not in this shipment", errors=[FieldProblem("tube_set", "not in this shipment")]
             )
         if kit.status != T.SHIPPED.value:
             raise Conflict(
-                f"tube set already {kit.status}", errors=[FieldProblem("tube_set", f"already scanned: {kit.status}")]
+                f"tube set already {kit.status}",
+                errors=[FieldProblem("tube_set", f"already scanned: {kit.status}")],
             )
         kit.received_at = now
         kit.received_by_name = actor.name
@@ -576,7 +598,9 @@ def receive_sample(
         return row
 
 
-def close_receipt(ctx: ServiceContext, actor: Actor, trial_code: str, number: str, scope: Scope) -> tuple[str, ...]:
+def close_receipt(
+    ctx: ServiceContext, actor: Actor, trial_code: str, number: str, scope: Scope
+) -> tuple[str, ...]:
     """Close the receipt of shipment `number`: tube sets not scanned are recorded missing (unusable,
     "not received"; nothing deleted); the shipment is received. Returns the missing tube sets."""
     now = ctx.now()
