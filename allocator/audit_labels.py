@@ -132,6 +132,11 @@ KEY_LABELS: Mapping[str, str] = {
     "screening_entry": N_("screening"),
     "shipment": N_("shipment"),
     "slot": N_("list slot"),
+    # labship (issue 20): object types and recorded keys of the lab shipments and their receipt
+    "lab_shipment": N_("lab shipment"),
+    "sample_kit": N_("tube set"),
+    "tube_sets": N_("tube sets"),
+    "delay_hours": N_("pre-analytical delay (hours)"),
     "active": N_("active"),
     "added_slots": N_("added slots"),
     "additional": N_("additional"),
