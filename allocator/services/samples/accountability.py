@@ -5,13 +5,12 @@ sample; as a page and as CSV. For the monitor, the trial manager and the lab tec
 
 from __future__ import annotations
 
-import csv
-import io
 from collections import Counter
 from dataclasses import dataclass, field
 
 from allocator.models import SampleKit, SampleKitStatus
 from allocator.permissions import Scope
+from allocator.printing.safe_csv import csv_text
 from allocator.services.context import ServiceContext
 from allocator.services.lookups import current_definition, get_trial
 from allocator.services.samples.lab_shipments import NOT_RECEIVED, SampleRow, max_delay_hours, sample_rows
@@ -113,13 +112,12 @@ CSV_COLUMNS = (
 
 
 def accountability_csv(ctx: ServiceContext, trial_code: str, scope: Scope) -> str:
-    """The per-sample list as CSV (UTC times, ISO 8601; one line per collected tube set)."""
+    """The per-sample list as CSV (UTC times, ISO 8601; one line per collected tube set; cells that
+    could start a spreadsheet formula neutralised)."""
     report = accountability(ctx, trial_code, scope)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    writer.writerow(CSV_COLUMNS)
+    rows: list[tuple[object, ...]] = [CSV_COLUMNS]
     for s in report.samples:
-        writer.writerow(
+        rows.append(
             (
                 s.site,
                 s.subject_number,
@@ -130,9 +128,9 @@ def accountability_csv(ctx: ServiceContext, trial_code: str, scope: Scope) -> st
                 s.shipment or "",
                 s.received_at.isoformat() if s.received_at else "",
                 s.received_by or "",
-                "" if s.delay_hours is None else f"{s.delay_hours:.1f}",
+                "" if s.delay_hours is None else s.delay_hours,
                 "yes" if s.late else "no",
                 s.reason or "",
             )
         )
-    return buffer.getvalue()
+    return csv_text(rows)  # formula cells neutralised (ACC-11)
