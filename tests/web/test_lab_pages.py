@@ -102,3 +102,40 @@ def test_site_ships_and_the_lab_receives_through_the_pages(
     site = signed_in("inv-l1", GOOD_PASSWORD)
     assert site.get(f"{BASE}/lab-receipt").status_code == 403
     assert site.get(f"{BASE}/sample-accountability").status_code == 403
+
+
+def test_the_lab_pages_speak_french(
+    ctx: ServiceContext, signed_in: Callable[[str, str], FlaskClient]
+) -> None:
+    """Every user-visible string of the receipt exists in French: titles, the refusal beside the
+    field, the status words, the reasons."""
+    investigator = ready_cohort(ctx)
+    tubes = collected_samples(ctx, investigator, 2)
+    from allocator.services.samples import lab_shipments as ls
+    from tests.support import ALL_SITES
+
+    number = ls.prepare(ctx, investigator, COHORT, "L1", tubes, ALL_SITES).number
+    ls.ship(ctx, investigator, COHORT, number, ALL_SITES)
+    lab_technician(ctx)
+    lab = signed_in("lab-tech", GOOD_PASSWORD)
+    lab.post("/language", data={"language": "fr", "next": "/", "csrf_token": csrf_token(lab, "/")})
+    token = csrf_token(lab, f"{BASE}/lab-receipt/{number}")
+    lab.post(
+        f"{BASE}/lab-receipt/{number}/samples",
+        data={"tube_set": tubes[0], "outcome": "unusable", "reason": "haemolysed", "csrf_token": token},
+    )
+    drug = kits.build_payload(COHORT, tubes[1], "K", lambda m: crypto.label_mac(ctx.ring, m))
+    lab.post(f"{BASE}/lab-receipt/{number}/samples", data={"tube_set": drug, "csrf_token": token})
+    page = lab.get(f"{BASE}/lab-receipt/{number}").get_data(as_text=True)
+    for french in (
+        "Réception de LS-0001",
+        "Scanner un kit de tubes",
+        "l&#39;étiquette d&#39;un kit de médicament, pas d&#39;un kit de tubes",
+        "hémolysé",
+        "inutilisable",
+        "expédié",
+        "Clore la réception",
+    ):
+        assert french in page, french
+    report = lab.get(f"{BASE}/sample-accountability").get_data(as_text=True)
+    assert "Comptabilité des échantillons" in report and "En attente d'envoi" in report
