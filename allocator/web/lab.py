@@ -61,6 +61,16 @@ def _receipt_labels() -> dict[str, str]:
     }
 
 
+def _shown_tube_set(raw: str) -> str:
+    """What a refusal calls a scanned or typed tube set: its number (from a label's payload too)."""
+    parts = raw.strip().split("/")
+    text = parts[2] if len(parts) == 5 else raw.strip()
+    try:
+        return kitlib.format_kit_number(text)
+    except kitlib.KitsError:
+        return text[:40]
+
+
 # --- the site's lab shipments ----------------------------------------------------------------------
 
 
@@ -86,6 +96,11 @@ def shipments(trial: str) -> str:
 def prepare(trial: str) -> WerkzeugResponse:
     scanned = [line.strip() for line in (request.form.get("tube_sets") or "").splitlines() if line.strip()]
     picked = [value.strip() for value in request.form.getlist("pick") if value.strip()]
+    # A refusal names the tube set it is about (the picked ones first, then the scanned lines).
+    labels = _tube_set_labels() | {
+        f"tube_sets[{index}]": _("Tube set %(number)s", number=_shown_tube_set(raw))
+        for index, raw in enumerate([*picked, *scanned])
+    }
     return forms.perform(
         lambda: lab_shipments.prepare(
             ctx(),
@@ -98,7 +113,7 @@ def prepare(trial: str) -> WerkzeugResponse:
         _("Shipment prepared: print its manifest, put it in the box, then mark it shipped."),
         url_for("lab.shipments", trial=trial) + "#prepare",
         "prepare",
-        _tube_set_labels(),
+        labels,
     )
 
 

@@ -37,6 +37,7 @@ def test_site_ships_and_the_lab_receives_through_the_pages(
     assert refused.status_code == 303 and refused.headers["Location"].endswith("/lab-shipments#prepare")
     shown = site.get(f"{BASE}/lab-shipments").get_data(as_text=True)
     assert "a drug kit&#39;s label, not a tube set&#39;s" in shown and "No shipment yet." in shown
+    assert f"Tube set {kits.format_kit_number(tubes[0])}: a drug kit" in shown
     done = site.post(
         f"{BASE}/lab-shipments",
         data={
