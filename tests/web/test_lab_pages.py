@@ -140,3 +140,25 @@ def test_the_lab_pages_speak_french(
         assert french in page, french
     report = lab.get(f"{BASE}/sample-accountability").get_data(as_text=True)
     assert "Comptabilité des échantillons" in report and "En attente d'envoi" in report
+
+
+def test_the_roles_page_offers_the_lab_technician_in_the_cohort_only(
+    ctx: ServiceContext, signed_in: Callable[[str, str], FlaskClient]
+) -> None:
+    from allocator.services.accounts import users
+    from tests.support import CLI_ACTOR, load_cohort, load_ifn, make_user
+
+    load_ifn(ctx)
+    load_cohort(ctx)
+    made = make_user(ctx, "tm-both", "trial_manager")
+    users.grant_role(
+        ctx,
+        CLI_ACTOR,
+        "tm-both",
+        users.RoleRequest(role="trial_manager", trial_code=COHORT, reason="both studies"),
+    )
+    manager = signed_in("tm-both", made.one_time_password)
+    cohort = manager.get(f"{BASE}/roles").get_data(as_text=True)
+    randomized = manager.get("/trials/IFNG-PAIS/roles").get_data(as_text=True)
+    assert 'value="lab_technician"' in cohort
+    assert 'value="lab_technician"' not in randomized
