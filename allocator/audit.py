@@ -127,6 +127,11 @@ class Action(enum.StrEnum):
     SUBJECT_RANDOMIZED = "subject.randomized"
     SUBJECT_REGISTERED = "subject.registered"  # an observational study's participant (issue 20)
     LAB_CLOSURE_ADDED = "lab.closure_added"  # a day the central lab of an observational study is closed
+    # issue 20 (labship): collected samples shipped to the central lab and received there
+    LAB_SHIPMENT_PREPARED = "lab_shipment.prepared"
+    LAB_SHIPMENT_SHIPPED = "lab_shipment.shipped"
+    SAMPLE_RECEIVED = "sample.received"  # one tube set scanned at the lab: received, or unusable
+    LAB_SHIPMENT_RECEIVED = "lab_shipment.received"  # the receipt closed (tube sets not scanned: missing)
     SUBJECT_FLAGGED_IN_ERROR = "subject.randomized_in_error"
     SUBJECT_STRATUM_CORRECTED = "subject.stratum_corrected"
     SUBJECT_WITHDRAWN = "subject.withdrawn"  # REP-04

@@ -610,6 +610,8 @@ DEMO_COHORT_USERS = (
     ("cohort-investigator", "Dr Corinne Ohorte", "investigator", "L1"),
     ("cohort-monitor", "Marc Onitor", "monitor", None),
     ("cohort-manager", "Manon Anager", "trial_manager", None),
+    # labship: the central lab's technician, who receives every site's samples (a trial-wide role).
+    ("cohort-lab", "Lucie Aborantine", "lab_technician", None),
 )
 
 

@@ -30,6 +30,9 @@ class Role(enum.StrEnum):
     ADMIN = "admin"
     UNBLINDED_STATISTICIAN = "unblinded_statistician"
     PHARMACOVIGILANCE = "pharmacovigilance"
+    # Issue 20: receives the samples of an observational study at the central lab, from every site
+    # (granted for a trial, never for a site). Blinded; holds nothing of any other trial.
+    LAB_TECHNICIAN = "lab_technician"
 
     @property
     def display_name(self) -> str:
@@ -47,6 +50,7 @@ ROLE_TITLES = {
     Role.ADMIN: "Administrator",
     Role.UNBLINDED_STATISTICIAN: "Unblinded statistician",
     Role.PHARMACOVIGILANCE: "Pharmacovigilance",
+    Role.LAB_TECHNICIAN: "Lab technician",
 }
 
 # Roles that may see an arm (each read audited, BLD-08). Every other role is blinded.
@@ -99,6 +103,11 @@ class Permission(enum.StrEnum):
     USER_MANAGE = "user:manage"
     ROLE_MANAGE = "role:manage"
     SESSION_MANAGE = "session:manage"
+    # Issue 20, the samples of an observational study (labship): the accountability of tube sets,
+    # shipments of collected samples to the central lab and their receipt there.
+    SAMPLE_VIEW = "sample:view"
+    LAB_SHIPMENT_PREPARE = "lab_shipment:prepare"
+    SAMPLE_RECEIVE = "sample:receive"
 
 
 P = Permission
@@ -115,6 +124,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         P.ADMINISTRATION_RECORD,
         P.DISPENSATION_VIEW,
         P.UNBLINDING_REPORT,
+        P.LAB_SHIPMENT_PREPARE,
     },
     Role.PHARMACIST: _COMMON
     | {
@@ -139,7 +149,8 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         P.CODE_BREAK_GENERATE,
         P.CODE_BREAK_CHECK,
     },
-    Role.NURSE: _COMMON | {P.SUBJECT_VIEW, P.ADMINISTRATION_RECORD, P.UNBLINDING_REPORT},
+    Role.NURSE: _COMMON
+    | {P.SUBJECT_VIEW, P.ADMINISTRATION_RECORD, P.UNBLINDING_REPORT, P.LAB_SHIPMENT_PREPARE},
     Role.MONITOR: _COMMON
     | {
         P.SUBJECT_VIEW,
@@ -152,6 +163,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         P.CODE_BREAK_CHECK,
         P.AUDIT_REVIEW,
         P.EXPORT_BLINDED,
+        P.SAMPLE_VIEW,
     },
     Role.AUDITOR: _COMMON
     | {
@@ -180,6 +192,8 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         P.CODE_BREAK_CHECK,
         P.AUDIT_REVIEW,
         P.EXPORT_BLINDED,
+        P.SAMPLE_VIEW,
+        P.LAB_SHIPMENT_PREPARE,
     },
     Role.ADMIN: frozenset(
         {
@@ -209,6 +223,8 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         P.EXPORT_UNBLINDED,
     },
     Role.PHARMACOVIGILANCE: _COMMON | {P.SUBJECT_VIEW, P.UNBLINDING_PV, P.UNBLINDING_REPORT},
+    # Issue 20: the central lab receives every site's samples and sees their accountability.
+    Role.LAB_TECHNICIAN: _COMMON | {P.SAMPLE_VIEW, P.SAMPLE_RECEIVE},
 }
 
 # Permissions that never need a trial context (checked against any active grant).

@@ -292,6 +292,9 @@ class Sampling:
     working_weekdays: tuple[int, ...]
     holidays_country: str
     timepoints: tuple[Timepoint, ...]
+    # The longest pre-analytical delay (collection to receipt at the central lab) before a sample
+    # is flagged on the receipt and accountability pages (issue 20).
+    max_preanalytical_hours: int = 24
 
 
 class NotRandomized(LookupError):
@@ -810,6 +813,7 @@ class _Parser:
         country = _guard(
             node.get_str, "holidays_country", pattern=_COUNTRY, hint="an ISO 3166 code such as FR"
         )
+        max_delay = _guard(node.get_int, "max_preanalytical_hours", required=False, low=1, high=720)
         timepoints: list[Timepoint] = []
         nodes = _guard(node.tables, "timepoints") or []
         codes = [k.code for k in kit_types]
@@ -834,6 +838,7 @@ class _Parser:
             working_weekdays=tuple(sorted(weekdays)),
             holidays_country=country,
             timepoints=tuple(timepoints),
+            max_preanalytical_hours=max_delay if max_delay is not None else 24,
         )
 
     @staticmethod

@@ -8,7 +8,8 @@ passes the arm label) inside a box hidden under a fold-and-seal flap, for unblin
 
 Modules: `kits.numbers` (kit numbers), `kits.payload` (QR payloads), `kits.qr` (QR symbols),
 `kits.model` (input types), `kits.labels` (label sheets), `kits.sheet` (dispensation sheets),
-`kits.codebreak` (sealed code-break sheets), `kits.pdf` and `kits.text` (shared PDF and text
+`kits.codebreak` (sealed code-break sheets),
+`kits.lab_manifest` (lab shipment manifests), `kits.pdf` and `kits.text` (shared PDF and text
 helpers), `kits.errors` (exceptions).
 """
 
@@ -34,6 +35,7 @@ from kits.errors import (
     WrongKitKindError,
     WrongTrialError,
 )
+from kits.lab_manifest import LabManifest, ManifestSample, render_lab_manifest
 from kits.labels import IMMEDIATE_LAYOUT, OUTER_LAYOUT, LabelKind, LabelLayout, render_label_sheet
 from kits.model import MAX_REPRINT_NUMBER, Bilingual, DocumentMeta, Expiry, KitLabel, TrialLabelInfo
 from kits.numbers import (
@@ -49,12 +51,16 @@ from kits.payload import (
     KitKind,
     KitPayload,
     MacFunction,
+    ShipmentPayload,
     build_payload,
+    build_shipment_payload,
     kind_of_unit,
     looks_like_scan,
     parse_payload,
+    parse_shipment_payload,
     sample_unit,
     verify_payload,
+    verify_shipment_payload,
 )
 from kits.sheet import DispensationRow, DispensationSheet, ElectronicSignature, render_dispensation_sheet
 
@@ -82,22 +88,26 @@ __all__ = [
     "KitNumberSpaceExhaustedError",
     "KitPayload",
     "KitsError",
+    "LabManifest",
     "LabelDataError",
     "LabelKind",
     "LabelLayout",
     "LabelLayoutError",
     "MacFunction",
     "MalformedPayloadError",
+    "ManifestSample",
     "PayloadCheckDigitError",
     "PayloadError",
     "RandomizationConfirmation",
     "SealedSheet",
+    "ShipmentPayload",
     "TrialLabelInfo",
     "UnknownPayloadVersionError",
     "UnrenderableTextError",
     "WrongKitKindError",
     "WrongTrialError",
     "build_payload",
+    "build_shipment_payload",
     "format_kit_number",
     "generate_kit_number",
     "generate_kit_numbers",
@@ -106,10 +116,13 @@ __all__ = [
     "looks_like_scan",
     "normalize_kit_number",
     "parse_payload",
+    "parse_shipment_payload",
     "render_code_break_sheets",
     "render_dispensation_sheet",
+    "render_lab_manifest",
     "render_label_sheet",
     "render_randomization_confirmation",
     "sample_unit",
     "verify_payload",
+    "verify_shipment_payload",
 ]

@@ -255,3 +255,105 @@ def looks_like_scan(text: str) -> bool:
     except KitNumberError:
         return False
     return True
+
+
+# --- the manifest of a lab shipment (issue 20) -------------------------------------------------
+#
+# Format, version 1::
+#
+#     LS1/<trial code>/<shipment number>/<tag>
+#     LS1/IMMUNOSEPSIS-4/LS-0001/K4ZQ7M2V3XW5PA6B
+#
+# A shipment of samples to the central lab carries one QR on its printed manifest, scanned at the
+# lab to open the receipt. Its prefix `LS` differs from a kit label's `AL`, and its MAC context from
+# the kit labels' one, so a manifest can never be taken for a kit label (nor the reverse), and a tag
+# minted for one can never authenticate the other, even under the same labels key. The shipment
+# number is `LS-` and 4 to 6 digits; everything is in the QR alphanumeric set.
+
+SHIPMENT_PAYLOAD_PREFIX = "LS"
+SHIPMENT_PAYLOAD_VERSION = 1
+SHIPMENT_MAC_CONTEXT = b"allocator/lab-shipment-manifest-qr/v1\x00"
+SHIPMENT_NUMBER_PATTERN = re.compile(r"LS-[0-9]{4,6}")
+SHIPMENT_PAYLOAD_PATTERN = re.compile(
+    r"LS1/(?P<trial>[A-Z0-9][A-Z0-9-]{0,18}[A-Z0-9])/(?P<number>LS-[0-9]{4,6})/(?P<tag>[A-Z2-7]{16})"
+)
+_SHIPMENT_VERSION_PATTERN = re.compile(r"LS([0-9]{1,3})/")
+
+
+@dataclass(frozen=True)
+class ShipmentPayload:
+    """The fields of a parsed manifest payload. `tag` is only trustworthy after verification."""
+
+    trial_code: str
+    number: str
+    tag: str
+
+    @property
+    def body(self) -> str:
+        return f"{SHIPMENT_PAYLOAD_PREFIX}{SHIPMENT_PAYLOAD_VERSION}/{self.trial_code}/{self.number}"
+
+    @property
+    def text(self) -> str:
+        return f"{self.body}/{self.tag}"
+
+
+def validate_shipment_number(number: str) -> str:
+    """Return `number` (``LS-0001``) if it can go into a manifest payload, else raise `ValueError`."""
+    if not isinstance(number, str) or not SHIPMENT_NUMBER_PATTERN.fullmatch(number):
+        raise ValueError(f"shipment number {number!r} is not LS- and 4 to 6 digits")
+    return number
+
+
+def _shipment_tag(mac: MacFunction, body: str) -> str:
+    digest = mac(SHIPMENT_MAC_CONTEXT + body.encode("ascii"))
+    if not isinstance(digest, bytes | bytearray) or len(digest) < _MAC_BYTES:
+        raise ValueError(f"the MAC function must return at least {_MAC_BYTES} bytes")
+    return base64.b32encode(bytes(digest[:_MAC_BYTES])).decode("ascii")
+
+
+def build_shipment_payload(trial_code: str, number: str, mac: MacFunction) -> str:
+    """The QR payload of the manifest of lab shipment `number` of `trial_code`."""
+    payload = ShipmentPayload(validate_trial_code(trial_code), validate_shipment_number(number), "")
+    return f"{payload.body}/{_shipment_tag(mac, payload.body)}"
+
+
+def parse_shipment_payload(text: str) -> ShipmentPayload:
+    """Split a scanned manifest payload into its fields (the tag is not checked).
+
+    Raises `MalformedPayloadError` (a kit label is named as such) or `UnknownPayloadVersionError`."""
+    if not isinstance(text, str):
+        raise MalformedPayloadError("the scanned code is not text")
+    cleaned = text.strip().upper()
+    if len(cleaned) > MAX_PAYLOAD_LENGTH:
+        raise MalformedPayloadError("the scanned code is too long to be a shipment manifest of this service")
+    if _VERSION_PATTERN.match(cleaned):
+        raise MalformedPayloadError("this is a kit label, not a shipment manifest")
+    version = _SHIPMENT_VERSION_PATTERN.match(cleaned)
+    if version is None:
+        raise MalformedPayloadError("the scanned code is not a shipment manifest of this service")
+    if int(version.group(1)) != SHIPMENT_PAYLOAD_VERSION:
+        raise UnknownPayloadVersionError(
+            f"the manifest uses payload format version {int(version.group(1))}; this software reads "
+            f"version {SHIPMENT_PAYLOAD_VERSION} only"
+        )
+    match = SHIPMENT_PAYLOAD_PATTERN.fullmatch(cleaned)
+    if match is None:
+        raise MalformedPayloadError("the shipment manifest's code is malformed")
+    return ShipmentPayload(match["trial"], match["number"], match["tag"])
+
+
+def verify_shipment_payload(text: str, expected_trial: str, mac: MacFunction) -> ShipmentPayload:
+    """Parse a scanned manifest payload and check its trial and tag.
+
+    Raises `MalformedPayloadError`, `UnknownPayloadVersionError`, `WrongTrialError`, `BadMacError`."""
+    payload = parse_shipment_payload(text)
+    if payload.trial_code != expected_trial:
+        raise WrongTrialError(
+            f"this manifest belongs to trial {payload.trial_code}, not to trial {expected_trial}"
+        )
+    expected_tag = _shipment_tag(mac, payload.body)
+    if not hmac.compare_digest(expected_tag.encode("ascii"), payload.tag.encode("ascii")):
+        raise BadMacError(
+            "the manifest's authentication code is wrong: it was not printed by this service or was altered"
+        )
+    return payload

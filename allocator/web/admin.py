@@ -250,7 +250,12 @@ def trial_roles(trial: str) -> str:
         trial=trial,
         rows=user_admin.trial_roles(ctx(), trial),
         sites=sites.sites(ctx(), trial),
-        roles=_role_choices(trial_level=True),
+        # labship (issue 20): the lab technician is offered only where there are samples.
+        roles=[
+            choice
+            for choice in _role_choices(trial_level=True)
+            if choice[0] != Role.LAB_TECHNICIAN.value or trial_definition(ctx(), trial).observational
+        ],
         form=forms.recall_for(request.path, "grant"),
     )
 

@@ -64,6 +64,7 @@ ROLE_TITLES = (
     N_("Administrator"),
     N_("Unblinded statistician"),
     N_("Pharmacovigilance"),
+    N_("Lab technician"),
 )
 
 # Status words (trial, site, kit) and the labels of the services' fixed choices, for the catalogue.
@@ -78,6 +79,14 @@ STATUS_WORDS = frozenset(
         N_("at_depot"),
         N_("in_transit"),
         N_("available"),
+        # issue 20 (labship): tube sets and lab shipments
+        N_("assigned"),
+        N_("collected"),
+        N_("shipped"),
+        N_("received"),
+        N_("unusable"),
+        N_("missed"),
+        N_("prepared"),
         N_("allocated"),
         N_("dispensed"),
         N_("administered"),

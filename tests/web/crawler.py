@@ -98,6 +98,10 @@ class Resolver:
         ("document_id", "documents"): "code_break_document",
         ("document", "dispensation-sheets"): "dispensation_sheet",
         ("document", "confirmations"): "confirmation",
+        # labship (issue 20)
+        ("number", "lab-shipments"): "lab_shipment",
+        ("number", "lab-receipt"): "lab_shipment",
+        ("document", "manifests"): "lab_manifest",
     }
     UNKNOWN: ClassVar[dict[str, str]] = {
         "trial": "NOPE",
@@ -121,6 +125,8 @@ class Resolver:
         "code_break_document": "CBDOC-NONE",
         "dispensation_sheet": "DISP-NONE",
         "confirmation": "RAND-NONE",
+        "lab_shipment": "LS-9999",
+        "lab_manifest": "LM-NONE",
     }
 
     def __init__(self, world: World) -> None:

@@ -50,6 +50,7 @@ from allocator.models import (
     Dispensation,
     Kit,
     KitDisposal,
+    LabShipment,
     LoginSession,
     PrintedDocument,
     RandomizationList,
@@ -204,6 +205,8 @@ def _actor(principal: Principal, site: str | None) -> Actor:
 def _principals(ctx: ServiceContext) -> dict[str, Principal]:
     made: dict[str, Principal] = {}
     for role in Role:
+        if role is Role.LAB_TECHNICIAN:
+            continue  # an observational study's role (labship): the cohort's principal, in _cohort
         username = f"crawl-{role.value.replace('_', '-')}"
         email = f"{username}@hospital.example"
         created = make_user(ctx, username, role.value, site="P1" if role in SITE_ROLES else None, email=email)
@@ -293,6 +296,9 @@ def build_world(
     if extras:
         cohort_principals, cohort_subjects = _cohort(ctx, clock, steps)
         principals.update(cohort_principals)
+        principals[Role.LAB_TECHNICIAN.value] = _cohort_lab(
+            ctx, clock, cohort_principals[COHORT_PRINCIPAL], steps
+        )
     clock.advance(seconds=31)  # a fresh TOTP step for the sign-ins
 
     found = {s.subject.subject_number: s.subject for s in world_subjects}
@@ -827,6 +833,46 @@ def _cohort(ctx: ServiceContext, clock: Clock, steps: list[str]) -> tuple[dict[s
     return principals, [number]
 
 
+def _cohort_lab(ctx: ServiceContext, clock: Clock, investigator: Principal, steps: list[str]) -> Principal:
+    """labship (issue 20): collected samples of the cohort shipped to the central lab - LS-0001
+    shipped with its manifest printed and one tube set received, LS-0002 prepared - and the lab
+    technician (a role of the cohort only) as a principal."""
+    from allocator.services.samples import lab_shipments
+    from tests.support.cohort import collected_samples, lab_technician
+
+    site_actor = Actor(
+        user_id=investigator.user_id,
+        username=investigator.username,
+        name="Crawl Cohort Investigator",
+        role="investigator",
+        site_code="L1",
+        request_id="leak-world",
+    )
+    clock.advance(minutes=1)
+    tubes = collected_samples(ctx, site_actor, 3, scope=EVERYWHERE)
+    first = lab_shipments.prepare(ctx, site_actor, COHORT, "L1", tubes[:2], EVERYWHERE).number
+    lab_shipments.print_manifest(ctx, site_actor, COHORT, first, EVERYWHERE)
+    lab_shipments.ship(ctx, site_actor, COHORT, first, EVERYWHERE)
+    lab_shipments.prepare(ctx, site_actor, COHORT, "L1", tubes[2:], EVERYWHERE)
+    lab_actor = lab_technician(ctx, "crawl-lab-technician")
+    clock.advance(hours=3)
+    lab_shipments.receive_sample(
+        ctx, lab_actor, COHORT, first, lab_shipments.SampleOutcome(tubes[0]), EVERYWHERE
+    )
+    steps.append(f"{COHORT}: {first} shipped (one tube set received), another prepared")
+    with ctx.db.unit_of_work() as s:
+        user = s.execute(select(User).where(User.id == lab_actor.user_id)).scalar_one()
+        user.email = "crawl-lab-technician@hospital.example"
+    return Principal(
+        Role.LAB_TECHNICIAN.value,
+        "crawl-lab-technician",
+        "crawl-lab-technician@hospital.example",
+        lab_actor.user_id or 0,
+        blinded=True,
+        token=users.create_token(ctx, CLI_ACTOR, "crawl-lab-technician", "crawler").token,
+    )
+
+
 def _trial_id(ctx: ServiceContext) -> int:
     with ctx.db.reading() as s:
         return s.execute(select(Trial.id).where(Trial.code == TRIAL)).scalar_one()
@@ -872,6 +918,15 @@ def _values(
                 s.execute(
                     select(PrintedDocument.document_id)
                     .where(PrintedDocument.kind == "randomization_confirmation")
+                    .order_by(PrintedDocument.id)
+                ).scalars()
+            ),
+            # labship (issue 20): the cohort's lab shipments and their printed manifests
+            "lab_shipment": list(s.execute(select(LabShipment.number).order_by(LabShipment.id)).scalars()),
+            "lab_manifest": list(
+                s.execute(
+                    select(PrintedDocument.document_id)
+                    .where(PrintedDocument.kind == "lab_manifest")
                     .order_by(PrintedDocument.id)
                 ).scalars()
             ),

@@ -48,12 +48,15 @@ ALL = frozenset(
         "cohort_investigator",
         "cohort_monitor",
         "cohort_trial_manager",
+        "lab_technician",
     }
 )
 # Users of the observational cohort IMMUNOSEPSIS-4 only (issue 20): nothing of IFNG-PAIS is theirs.
 COHORT_USERS = frozenset({"cohort_investigator", "cohort_monitor", "cohort_trial_manager"})
 COHORT_READERS = frozenset({"cohort_monitor", "cohort_trial_manager"})  # REPORT_VIEW in the cohort
-IN_TRIAL = ALL - {"monitor_other_trial"} - COHORT_USERS
+# labship: the cohort's central-lab technician (the role exists for observational studies only).
+COHORT_LAB = frozenset({"lab_technician"})
+IN_TRIAL = ALL - {"monitor_other_trial"} - COHORT_USERS - COHORT_LAB
 NONE: frozenset[str] = frozenset()
 INV = frozenset({"investigator", "investigator_p2"})
 PHARM = frozenset({"pharmacist", "unblinded_pharmacist"})
@@ -97,7 +100,13 @@ MATRIX = [
         "main.trial",
     ),
     # The observational cohort (issue 20): its own users, and the administrator's trial page.
-    Row("cohort trial page", "GET", "/trials/IMMUNOSEPSIS-4", COHORT_USERS | {"admin"}, "main.trial"),
+    Row(
+        "cohort trial page",
+        "GET",
+        "/trials/IMMUNOSEPSIS-4",
+        COHORT_USERS | COHORT_LAB | {"admin"},
+        "main.trial",
+    ),
     Row(
         "cohort register form",
         "GET",
@@ -127,7 +136,7 @@ MATRIX = [
         "cohort lab calendar",
         "GET",
         "/trials/IMMUNOSEPSIS-4/lab-calendar",
-        COHORT_USERS | {"admin"},
+        COHORT_USERS | COHORT_LAB | {"admin"},
         "subjects.lab_calendar",
     ),
     Row(
@@ -144,7 +153,13 @@ MATRIX = [
         frozenset({"cohort_investigator"}),
         "api.randomize",
     ),
-    Row("cohort API summary", "GET", "/api/v1/trials/IMMUNOSEPSIS-4", COHORT_USERS | {"admin"}, "api.trial"),
+    Row(
+        "cohort API summary",
+        "GET",
+        "/api/v1/trials/IMMUNOSEPSIS-4",
+        COHORT_USERS | COHORT_LAB | {"admin"},
+        "api.trial",
+    ),
     # The cohort's reports and the API's participant list (issue 20): the cohort's monitor and trial
     # manager read the reports; nobody of IFNG-PAIS does, and they read nothing of IFNG-PAIS.
     Row("cohort reports", "GET", "/trials/IMMUNOSEPSIS-4/reports", COHORT_READERS, "reports.index"),
@@ -189,6 +204,79 @@ MATRIX = [
         "/api/v1/trials/IMMUNOSEPSIS-4/subjects/L1-001",
         COHORT_USERS,
         "api.subject_detail",
+    ),
+    # labship (issue 20): lab shipments by the site, receipt by the lab, accountability for both sides' overseers.
+    Row(
+        "cohort lab shipments",
+        "GET",
+        "/trials/IMMUNOSEPSIS-4/lab-shipments",
+        frozenset({"cohort_investigator", "cohort_trial_manager"}),
+        "lab.shipments",
+    ),
+    Row(
+        "cohort prepare lab shipment",
+        "POST",
+        "/trials/IMMUNOSEPSIS-4/lab-shipments",
+        frozenset({"cohort_investigator", "cohort_trial_manager"}),
+        "lab.prepare",
+    ),
+    Row(
+        "cohort ship lab shipment",
+        "POST",
+        "/trials/IMMUNOSEPSIS-4/lab-shipments/LS-0001/ship",
+        frozenset({"cohort_investigator", "cohort_trial_manager"}),
+        "lab.ship",
+    ),
+    Row(
+        "cohort print manifest",
+        "POST",
+        "/trials/IMMUNOSEPSIS-4/lab-shipments/LS-0001/manifests",
+        frozenset({"cohort_investigator", "cohort_trial_manager"}),
+        "lab.print_manifest",
+    ),
+    Row(
+        "cohort manifest",
+        "GET",
+        "/trials/IMMUNOSEPSIS-4/lab-shipments/LS-0001/manifests/LM-IMMUNOSEPSIS-4-000001.pdf",
+        frozenset({"cohort_investigator", "cohort_trial_manager"}),
+        "lab.manifest",
+    ),
+    Row("cohort receipt", "GET", "/trials/IMMUNOSEPSIS-4/lab-receipt", COHORT_LAB, "lab.receipt_start"),
+    Row("cohort open receipt", "POST", "/trials/IMMUNOSEPSIS-4/lab-receipt", COHORT_LAB, "lab.open_receipt"),
+    Row(
+        "cohort receipt of a shipment",
+        "GET",
+        "/trials/IMMUNOSEPSIS-4/lab-receipt/LS-0001",
+        COHORT_LAB,
+        "lab.receipt",
+    ),
+    Row(
+        "cohort receive a sample",
+        "POST",
+        "/trials/IMMUNOSEPSIS-4/lab-receipt/LS-0001/samples",
+        COHORT_LAB,
+        "lab.receive_sample",
+    ),
+    Row(
+        "cohort close a receipt",
+        "POST",
+        "/trials/IMMUNOSEPSIS-4/lab-receipt/LS-0001/close",
+        COHORT_LAB,
+        "lab.close_receipt",
+    ),
+    Row(
+        "cohort sample accountability",
+        "GET",
+        "/trials/IMMUNOSEPSIS-4/sample-accountability",
+        COHORT_LAB | {"cohort_monitor", "cohort_trial_manager"},
+        "lab.accountability",
+    ),
+    Row(
+        "cohort sample accountability CSV",
+        "GET",
+        "/trials/IMMUNOSEPSIS-4/sample-accountability.csv",
+        COHORT_LAB | {"cohort_monitor", "cohort_trial_manager"},
+        "lab.accountability_csv",
     ),
     Row("users", "GET", "/admin/users", frozenset({"admin"}), "admin.users"),
     Row("create user", "POST", "/admin/users", frozenset({"admin"}), "admin.create_user"),
@@ -1018,6 +1106,7 @@ def _specs() -> dict[str, tuple[str, str | None, str]]:
     specs["cohort_investigator"] = ("investigator", "L1", "IMMUNOSEPSIS-4")
     specs["cohort_monitor"] = ("monitor", None, "IMMUNOSEPSIS-4")
     specs["cohort_trial_manager"] = ("trial_manager", None, "IMMUNOSEPSIS-4")
+    specs["lab_technician"] = ("lab_technician", None, "IMMUNOSEPSIS-4")  # an observational study's role
     return specs
 
 

@@ -20,6 +20,7 @@ from allocator.models import ApiToken, RoleAssignment, RoleRevocation, Site, Tri
 from allocator.permissions import Grant, Role, validate_role_scope
 from allocator.services.context import ServiceContext
 from allocator.services.errors import AlreadyExists, FieldProblem, Forbidden, NotFound, ValidationFailed
+from allocator.services.lookups import current_definition
 
 USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{2,63}$")
 
@@ -173,6 +174,17 @@ def _grant(
     if problem is not None:
         raise ValidationFailed(
             problem, errors=[FieldProblem("site" if "site" in problem else "trial", problem)]
+        )
+    # Issue 20: the central lab receives an observational study's samples; a randomized trial has
+    # none, and its staff must not meet a role that was never meant for it.
+    if (
+        role is Role.LAB_TECHNICIAN
+        and trial is not None
+        and not current_definition(session, trial).observational
+    ):
+        raise ValidationFailed(
+            "the lab technician role is for an observational study",
+            errors=[FieldProblem("role", "is for an observational study (its central lab)")],
         )
     if not request.reason.strip():
         raise ValidationFailed("a reason is required", errors=[FieldProblem("reason", "is required")])

@@ -1,0 +1,267 @@
+"""Shipments of the cohort's collected samples to the central lab, their receipt by scan at the lab
+and the sample accountability (issue 20, labship): each step with its audit entry and tube-set
+history; every refusal names its field and changes nothing."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+import kits
+from allocator import crypto
+from allocator.models import LabShipment, PrintedDocument, SampleKit, SampleKitEvent
+from allocator.permissions import Scope
+from allocator.services.context import ServiceContext
+from allocator.services.errors import Conflict, NotFound, ValidationFailed
+from allocator.services.samples import accountability as sample_accountability
+from allocator.services.samples import lab_shipments as ls
+from tests.support import ALL_SITES, COHORT, Clock, events, ready_cohort
+from tests.support.cohort import (
+    collected_samples,
+    lab_technician,
+    manifest_payload,
+    second_site,
+    tube_set_label,
+)
+
+
+def _status(ctx: ServiceContext, number: str) -> tuple[str, str | None]:
+    with ctx.db.reading() as s:
+        kit = s.execute(select(SampleKit).where(SampleKit.kit_number == number)).scalar_one()
+        return kit.status, kit.reason
+
+
+def _problems(exc: pytest.ExceptionInfo[ValidationFailed] | pytest.ExceptionInfo[Conflict]) -> dict[str, str]:
+    return {p.field: p.message for p in exc.value.errors}
+
+
+def _shipped(ctx: ServiceContext, n: int = 3) -> tuple[list[str], str]:
+    investigator = ready_cohort(ctx)
+    tubes = collected_samples(ctx, investigator, n)
+    view = ls.prepare(ctx, investigator, COHORT, "L1", [tube_set_label(ctx, t) for t in tubes], ALL_SITES)
+    ls.ship(ctx, investigator, COHORT, view.number, ALL_SITES)
+    return tubes, view.number
+
+
+@pytest.mark.req("LBL-09")
+def test_site_prepares_prints_and_ships_then_lab_receives_and_closes(
+    ctx: ServiceContext, clock: Clock
+) -> None:
+    investigator = ready_cohort(ctx)
+    tubes = collected_samples(ctx, investigator, 4)
+    assert {r.kit_number for r in ls.collected_samples(ctx, COHORT, ALL_SITES)} == set(tubes)
+    # scanned labels and a typed number (with its check digit) mixed
+    view = ls.prepare(
+        ctx,
+        investigator,
+        COHORT,
+        "L1",
+        [tube_set_label(ctx, tubes[0]), tubes[1], tube_set_label(ctx, tubes[2]), tubes[3]],
+        ALL_SITES,
+    )
+    assert view.number == "LS-0001" and view.status == "prepared" and view.sample_count == 4
+    assert ls.collected_samples(ctx, COHORT, ALL_SITES) == []  # all in the shipment now
+    document_id, pdf = ls.print_manifest(ctx, investigator, COHORT, "LS-0001", ALL_SITES)
+    assert pdf.startswith(b"%PDF") and ls.manifest_pdf(ctx, COHORT, "LS-0001", document_id, ALL_SITES) == pdf
+    with ctx.db.reading() as s:
+        doc = s.execute(
+            select(PrintedDocument).where(PrintedDocument.document_id == document_id)
+        ).scalar_one()
+        assert doc.kind == "lab_manifest" and doc.items[0] == "LS-0001" and set(doc.items[1:]) == set(tubes)
+    ls.ship(ctx, investigator, COHORT, "LS-0001", ALL_SITES)
+    assert {_status(ctx, t)[0] for t in tubes} == {"shipped"}
+
+    lab = lab_technician(ctx)
+    clock.advance(hours=3)  # collected 2 h before the shipment: a 5 h pre-analytical delay
+    assert ls.open_receipt(ctx, COHORT, manifest_payload(ctx, "LS-0001"), ALL_SITES) == "LS-0001"
+    assert ls.open_receipt(ctx, COHORT, "ls-1", ALL_SITES) == "LS-0001"  # typed
+    row = ls.receive_sample(
+        ctx, lab, COHORT, "LS-0001", ls.SampleOutcome(tube_set_label(ctx, tubes[0])), ALL_SITES
+    )
+    assert row.status == "received" and row.received_by == "Lucie Labo"
+    assert (row.delay_hours, row.late) == (5.0, False)
+    ls.receive_sample(
+        ctx, lab, COHORT, "LS-0001", ls.SampleOutcome(tubes[1], usable=False, reason="haemolysed"), ALL_SITES
+    )
+    ls.receive_sample(
+        ctx,
+        lab,
+        COHORT,
+        "LS-0001",
+        ls.SampleOutcome(tubes[2], usable=False, reason="other", note="tube cracked"),
+        ALL_SITES,
+    )
+    missing = ls.close_receipt(ctx, lab, COHORT, "LS-0001", ALL_SITES)
+    assert missing == (tubes[3],)
+    assert _status(ctx, tubes[0]) == ("received", None)
+    assert _status(ctx, tubes[1]) == ("unusable", "haemolysed")
+    assert _status(ctx, tubes[2]) == ("unusable", "other: tube cracked")
+    assert _status(ctx, tubes[3]) == ("unusable", "not received")
+    with ctx.db.reading() as s:
+        shipment = s.execute(select(LabShipment)).scalar_one()
+        assert shipment.status == "received" and shipment.received_by_name == "Lucie Labo"
+        kit = s.execute(select(SampleKit).where(SampleKit.kit_number == tubes[3])).scalar_one()
+        history = [
+            e.to_status
+            for e in s.execute(
+                select(SampleKitEvent)
+                .where(SampleKitEvent.sample_kit_id == kit.id)
+                .order_by(SampleKitEvent.id)
+            ).scalars()
+        ]
+        assert history == ["assigned", "collected", "shipped", "unusable"]  # nothing deleted
+    assert [e.object_id for e in events(ctx, "lab_shipment.prepared")] == ["LS-0001"]
+    assert [e.object_id for e in events(ctx, "lab_shipment.shipped")] == ["LS-0001"]
+    assert len(events(ctx, "sample.received")) == 3
+    [closed] = events(ctx, "lab_shipment.received")
+    assert tubes[3] in (closed.new_values or "")
+    assert [e for e in events(ctx, "document.printed") if "lab_manifest" in (e.new_values or "")]
+
+    report = sample_accountability.accountability(ctx, COHORT, ALL_SITES)
+    [site] = report.sites
+    assert (site.collected, site.shipped, site.received, site.unusable, site.missing, site.in_transit) == (
+        4,
+        4,
+        1,
+        2,
+        1,
+        0,
+    )
+    assert site.unusable_reasons == {"haemolysed": 1, "other": 1}
+    text = sample_accountability.accountability_csv(ctx, COHORT, ALL_SITES)
+    assert text.splitlines()[0].startswith("site,subject_number,sample,tube_set,status")
+    assert len(text.splitlines()) == 5 and "not received" in text
+
+
+@pytest.mark.req("LBL-09")
+def test_prepare_refuses_other_sites_shipped_uncollected_and_drug_kits(ctx: ServiceContext) -> None:
+    investigator = ready_cohort(ctx)
+    tubes = collected_samples(ctx, investigator, 2)
+    other = second_site(ctx)
+    theirs = collected_samples(ctx, other, 1, "L2")
+    with pytest.raises(ValidationFailed) as exc:
+        ls.prepare(ctx, investigator, COHORT, "L1", [tubes[0], theirs[0]], ALL_SITES)
+    assert _problems(exc) == {"tube_sets[1]": "a tube set of another site"}
+    ls.prepare(ctx, investigator, COHORT, "L1", [tubes[0]], ALL_SITES)
+    with pytest.raises(ValidationFailed) as exc:
+        ls.prepare(ctx, investigator, COHORT, "L1", [tubes[1], tubes[0]], ALL_SITES)
+    assert _problems(exc) == {"tube_sets[1]": "already in another shipment"}
+    with pytest.raises(ValidationFailed) as exc:
+        ls.prepare(ctx, investigator, COHORT, "L1", [tubes[1], tubes[1]], ALL_SITES)
+    assert _problems(exc) == {"tube_sets[1]": "listed twice"}
+    # a drug kit's label, a manifest, a label of another study: refused by what they are
+    drug_label = kits.build_payload(COHORT, tubes[1], "K", lambda m: crypto.label_mac(ctx.ring, m))
+    with pytest.raises(ValidationFailed) as exc:
+        ls.prepare(ctx, investigator, COHORT, "L1", [drug_label], ALL_SITES)
+    assert _problems(exc) == {"tube_sets[0]": "a drug kit's label, not a tube set's"}
+    with pytest.raises(ValidationFailed) as exc:
+        ls.prepare(ctx, investigator, COHORT, "L1", [manifest_payload(ctx, "LS-0001")], ALL_SITES)
+    assert _problems(exc) == {"tube_sets[0]": "a shipment manifest, not a tube set"}
+    with pytest.raises(ValidationFailed) as exc:
+        ls.prepare(
+            ctx, investigator, COHORT, "L1", [tube_set_label(ctx, tubes[1], trial="IFNG-PAIS")], ALL_SITES
+        )
+    assert _problems(exc) == {"tube_sets[0]": "a label of another study"}
+    # a site-scoped investigator cannot ship from another site
+    with pytest.raises(NotFound):
+        ls.prepare(ctx, other, COHORT, "L1", [tubes[1]], Scope(all_sites=False, site_ids=frozenset({999})))
+    with ctx.db.reading() as s:
+        assert s.execute(select(LabShipment.number)).scalars().all() == ["LS-0001"]  # nothing else written
+
+
+@pytest.mark.req("LBL-09")
+def test_receipt_refuses_other_shipment_already_received_and_foreign_manifests(ctx: ServiceContext) -> None:
+    tubes, number = _shipped(ctx, 2)
+    lab = lab_technician(ctx)
+    ls.receive_sample(ctx, lab, COHORT, number, ls.SampleOutcome(tubes[0]), ALL_SITES)
+    with pytest.raises(Conflict) as conflict:
+        ls.receive_sample(ctx, lab, COHORT, number, ls.SampleOutcome(tubes[0]), ALL_SITES)
+    assert _problems(conflict) == {"tube_set": "already scanned: received"}
+    with pytest.raises(ValidationFailed) as exc:
+        ls.receive_sample(
+            ctx, lab, COHORT, number, ls.SampleOutcome(tubes[1], usable=False, reason="other"), ALL_SITES
+        )
+    assert _problems(exc) == {"note": "say why the sample is unusable"}
+    with pytest.raises(ValidationFailed) as exc:
+        ls.receive_sample(
+            ctx, lab, COHORT, number, ls.SampleOutcome(tubes[1], usable=False, reason="ugly"), ALL_SITES
+        )
+    assert set(_problems(exc)) == {"reason"}
+    drug_label = kits.build_payload(COHORT, tubes[1], "K", lambda m: crypto.label_mac(ctx.ring, m))
+    with pytest.raises(ValidationFailed) as exc:
+        ls.receive_sample(ctx, lab, COHORT, number, ls.SampleOutcome(drug_label), ALL_SITES)
+    assert _problems(exc) == {"tube_set": "a drug kit's label, not a tube set's"}
+    # a tube set of another shipment
+    investigator_tubes = collected_samples(ctx, _investigator(ctx), 1)
+    other = ls.prepare(ctx, _investigator(ctx), COHORT, "L1", investigator_tubes, ALL_SITES)
+    ls.ship(ctx, _investigator(ctx), COHORT, other.number, ALL_SITES)
+    with pytest.raises(ValidationFailed) as exc:
+        ls.receive_sample(ctx, lab, COHORT, number, ls.SampleOutcome(investigator_tubes[0]), ALL_SITES)
+    assert _problems(exc) == {"tube_set": "not in this shipment"}
+    assert _status(ctx, tubes[1]) == ("shipped", None)  # nothing changed by the refusals
+    # manifests: of another study, forged, a kit label, a shipment not in transit
+    for raw, message in (
+        (manifest_payload(ctx, number, trial="IFNG-PAIS"), "a manifest of another study"),
+        (
+            manifest_payload(ctx, number)[:-4] + "AAAA",
+            "the manifest's security code is wrong: not printed by this service, or altered",
+        ),
+        (tube_set_label(ctx, tubes[1]), "a kit label, not a shipment manifest"),
+        ("hello", "scan the manifest's QR or type its number (LS-0001)"),
+    ):
+        with pytest.raises(ValidationFailed) as exc:
+            ls.open_receipt(ctx, COHORT, raw, ALL_SITES)
+        assert _problems(exc) == {"manifest": message}, raw
+    with pytest.raises(NotFound):
+        ls.open_receipt(ctx, COHORT, "LS-0099", ALL_SITES)
+    ls.close_receipt(ctx, lab, COHORT, number, ALL_SITES)
+    with pytest.raises(Conflict) as conflict:
+        ls.open_receipt(ctx, COHORT, number, ALL_SITES)
+    assert _problems(conflict) == {"manifest": "the shipment is received, not in transit"}
+    with pytest.raises(Conflict):
+        ls.close_receipt(ctx, lab, COHORT, number, ALL_SITES)
+    with pytest.raises(Conflict):
+        ls.ship(ctx, lab, COHORT, number, ALL_SITES)
+
+
+def _investigator(ctx: ServiceContext):  # type: ignore[no-untyped-def]
+    from allocator.audit import Actor
+    from allocator.models import User
+
+    with ctx.db.reading() as s:
+        user = s.execute(select(User).where(User.username == "inv-l1")).scalar_one()
+        return Actor(user_id=user.id, username="inv-l1", name="Inv-L1", role="investigator", site_code="L1")
+
+
+def test_a_late_sample_is_flagged_and_accounted(ctx: ServiceContext, clock: Clock) -> None:
+    tubes, number = _shipped(ctx, 2)
+    lab = lab_technician(ctx)
+    clock.advance(hours=30)  # collected 2 h before: 32 h, beyond the 24 h limit
+    row = ls.receive_sample(ctx, lab, COHORT, number, ls.SampleOutcome(tubes[0]), ALL_SITES)
+    assert (row.delay_hours, row.late) == (32.0, True)
+    report = sample_accountability.accountability(ctx, COHORT, ALL_SITES)
+    assert report.max_delay_hours == 24
+    [site] = report.sites
+    assert (site.received, site.in_transit, site.late) == (1, 1, 1)
+
+
+def test_samples_of_a_randomized_trial_do_not_exist(ctx: ServiceContext) -> None:
+    from tests.support import load_ifn
+
+    load_ifn(ctx)
+    with pytest.raises(Conflict):
+        sample_accountability.accountability(ctx, "IFNG-PAIS", ALL_SITES)
+
+
+def test_the_lab_technician_role_is_for_a_whole_observational_study_only(ctx: ServiceContext) -> None:
+    from tests.support import load_cohort, load_ifn, make_user
+
+    load_ifn(ctx)
+    load_cohort(ctx)
+    with pytest.raises(ValidationFailed) as exc:
+        make_user(ctx, "lab-ifn", "lab_technician", trial="IFNG-PAIS")
+    assert _problems(exc) == {"role": "is for an observational study (its central lab)"}
+    with pytest.raises(ValidationFailed) as exc:
+        make_user(ctx, "lab-l1", "lab_technician", trial=COHORT, site="L1")
+    assert _problems(exc) == {"site": "the lab_technician role cannot be limited to a site"}
+    assert make_user(ctx, "lab-ok", "lab_technician", trial=COHORT).user_id

@@ -1,0 +1,164 @@
+"""The cohort's lab shipment, receipt and sample accountability pages (issue 20, labship): the site
+prepares, prints and ships; the lab technician scans the manifest and each tube set on a phone
+page, closes the receipt; refusals are shown beside their field; every action is PRG."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from flask.testing import FlaskClient
+
+import kits
+from allocator import crypto
+from allocator.services.context import ServiceContext
+from tests.support import COHORT, GOOD_PASSWORD, Clock, ready_cohort
+from tests.support.cohort import collected_samples, lab_technician, manifest_payload, tube_set_label
+from tests.web.conftest import csrf_token
+
+BASE = f"/trials/{COHORT}"
+
+
+@pytest.mark.req("LBL-09")
+def test_site_ships_and_the_lab_receives_through_the_pages(
+    ctx: ServiceContext, clock: Clock, signed_in: Callable[[str, str], FlaskClient]
+) -> None:
+    investigator = ready_cohort(ctx)
+    tubes = collected_samples(ctx, investigator, 3)
+    lab_technician(ctx)
+    site = signed_in("inv-l1", GOOD_PASSWORD)
+    assert "Lab shipments" in site.get(BASE).get_data(as_text=True)
+    page = site.get(f"{BASE}/lab-shipments").get_data(as_text=True)
+    assert "Prepare a shipment" in page and kits.format_kit_number(tubes[0]) in page
+    token = csrf_token(site, f"{BASE}/lab-shipments")
+    # a drug kit's label is refused beside the field, nothing prepared
+    drug = kits.build_payload(COHORT, tubes[0], "K", lambda m: crypto.label_mac(ctx.ring, m))
+    refused = site.post(f"{BASE}/lab-shipments", data={"site": "L1", "tube_sets": drug, "csrf_token": token})
+    assert refused.status_code == 303 and refused.headers["Location"].endswith("/lab-shipments#prepare")
+    shown = site.get(f"{BASE}/lab-shipments").get_data(as_text=True)
+    assert "a drug kit&#39;s label, not a tube set&#39;s" in shown and "No shipment yet." in shown
+    assert f"Tube set {kits.format_kit_number(tubes[0])}: a drug kit" in shown
+    done = site.post(
+        f"{BASE}/lab-shipments",
+        data={
+            "site": "L1",
+            "pick": [tubes[0], tubes[1]],
+            "tube_sets": tube_set_label(ctx, tubes[2]),
+            "csrf_token": token,
+        },
+    )
+    assert done.status_code == 303
+    page = site.get(f"{BASE}/lab-shipments").get_data(as_text=True)
+    assert "LS-0001" in page and "Shipment prepared" in page
+    printed = site.post(f"{BASE}/lab-shipments/LS-0001/manifests", data={"csrf_token": token})
+    assert printed.status_code == 303 and printed.headers["Location"].endswith(".pdf")
+    pdf = site.get(printed.headers["Location"])
+    assert pdf.status_code == 200 and pdf.mimetype == "application/pdf"
+    assert site.post(f"{BASE}/lab-shipments/LS-0001/ship", data={"csrf_token": token}).status_code == 303
+
+    clock.advance(hours=3)
+    lab = signed_in("lab-tech", GOOD_PASSWORD)
+    home = lab.get(BASE).get_data(as_text=True)
+    assert "Sample receipt" in home and "Lab shipments" not in home
+    token = csrf_token(lab, f"{BASE}/lab-receipt")
+    wrong = lab.post(
+        f"{BASE}/lab-receipt",
+        data={"manifest": manifest_payload(ctx, "LS-0001", trial="IFNG-PAIS"), "csrf_token": token},
+    )
+    assert wrong.status_code == 303
+    assert "a manifest of another study" in lab.get(f"{BASE}/lab-receipt").get_data(as_text=True)
+    opened = lab.post(
+        f"{BASE}/lab-receipt", data={"manifest": manifest_payload(ctx, "LS-0001"), "csrf_token": token}
+    )
+    assert opened.status_code == 303 and opened.headers["Location"].endswith("/lab-receipt/LS-0001")
+    receipt = lab.get(opened.headers["Location"]).get_data(as_text=True)
+    assert "3 of 3 tube sets still to scan" in receipt and 'name="viewport"' in receipt
+    ok = lab.post(
+        f"{BASE}/lab-receipt/LS-0001/samples",
+        data={"tube_set": tube_set_label(ctx, tubes[0]), "outcome": "received", "csrf_token": token},
+    )
+    assert ok.status_code == 303
+    lab.post(
+        f"{BASE}/lab-receipt/LS-0001/samples",
+        data={"tube_set": tubes[1], "outcome": "unusable", "reason": "haemolysed", "csrf_token": token},
+    )
+    again = lab.post(
+        f"{BASE}/lab-receipt/LS-0001/samples",
+        data={"tube_set": tubes[0], "outcome": "received", "csrf_token": token},
+    )
+    assert again.status_code == 303
+    receipt = lab.get(f"{BASE}/lab-receipt/LS-0001").get_data(as_text=True)
+    assert "already scanned: received" in receipt and "1 of 3 tube sets still to scan" in receipt
+    assert "5 h" in receipt and "haemolysed" in receipt
+    assert lab.post(f"{BASE}/lab-receipt/LS-0001/close", data={"csrf_token": token}).status_code == 303
+    closed = lab.get(f"{BASE}/lab-receipt/LS-0001").get_data(as_text=True)
+    assert "not received" in closed and "Close the receipt" not in closed
+
+    report = lab.get(f"{BASE}/sample-accountability").get_data(as_text=True)
+    assert "Sample accountability" in report and "haemolysed: 1" in report
+    csv = lab.get(f"{BASE}/sample-accountability.csv")
+    assert csv.mimetype == "text/csv" and csv.get_data(as_text=True).count("\r\n") == 4
+    # The lab has no shipment preparation; the site's investigator no receipt or accountability.
+    assert lab.get(f"{BASE}/lab-shipments").status_code == 403
+    site = signed_in("inv-l1", GOOD_PASSWORD)
+    assert site.get(f"{BASE}/lab-receipt").status_code == 403
+    assert site.get(f"{BASE}/sample-accountability").status_code == 403
+
+
+def test_the_lab_pages_speak_french(
+    ctx: ServiceContext, signed_in: Callable[[str, str], FlaskClient]
+) -> None:
+    """Every user-visible string of the receipt exists in French: titles, the refusal beside the
+    field, the status words, the reasons."""
+    investigator = ready_cohort(ctx)
+    tubes = collected_samples(ctx, investigator, 2)
+    from allocator.services.samples import lab_shipments as ls
+    from tests.support import ALL_SITES
+
+    number = ls.prepare(ctx, investigator, COHORT, "L1", tubes, ALL_SITES).number
+    ls.ship(ctx, investigator, COHORT, number, ALL_SITES)
+    lab_technician(ctx)
+    lab = signed_in("lab-tech", GOOD_PASSWORD)
+    lab.post("/language", data={"language": "fr", "next": "/", "csrf_token": csrf_token(lab, "/")})
+    token = csrf_token(lab, f"{BASE}/lab-receipt/{number}")
+    lab.post(
+        f"{BASE}/lab-receipt/{number}/samples",
+        data={"tube_set": tubes[0], "outcome": "unusable", "reason": "haemolysed", "csrf_token": token},
+    )
+    drug = kits.build_payload(COHORT, tubes[1], "K", lambda m: crypto.label_mac(ctx.ring, m))
+    lab.post(f"{BASE}/lab-receipt/{number}/samples", data={"tube_set": drug, "csrf_token": token})
+    page = lab.get(f"{BASE}/lab-receipt/{number}").get_data(as_text=True)
+    for french in (
+        "Réception de LS-0001",
+        "Scanner un kit de tubes",
+        "l&#39;étiquette d&#39;un kit de médicament, pas d&#39;un kit de tubes",
+        "hémolysé",
+        "inutilisable",
+        "expédié",
+        "Clore la réception",
+    ):
+        assert french in page, french
+    report = lab.get(f"{BASE}/sample-accountability").get_data(as_text=True)
+    assert "Comptabilité des échantillons" in report and "En attente d'envoi" in report
+
+
+def test_the_roles_page_offers_the_lab_technician_in_the_cohort_only(
+    ctx: ServiceContext, signed_in: Callable[[str, str], FlaskClient]
+) -> None:
+    from allocator.services.accounts import users
+    from tests.support import CLI_ACTOR, load_cohort, load_ifn, make_user
+
+    load_ifn(ctx)
+    load_cohort(ctx)
+    made = make_user(ctx, "tm-both", "trial_manager")
+    users.grant_role(
+        ctx,
+        CLI_ACTOR,
+        "tm-both",
+        users.RoleRequest(role="trial_manager", trial_code=COHORT, reason="both studies"),
+    )
+    manager = signed_in("tm-both", made.one_time_password)
+    cohort = manager.get(f"{BASE}/roles").get_data(as_text=True)
+    randomized = manager.get("/trials/IFNG-PAIS/roles").get_data(as_text=True)
+    assert 'value="lab_technician"' in cohort
+    assert 'value="lab_technician"' not in randomized
