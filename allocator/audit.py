@@ -127,6 +127,11 @@ class Action(enum.StrEnum):
     SUBJECT_RANDOMIZED = "subject.randomized"
     SUBJECT_REGISTERED = "subject.registered"  # an observational study's participant (issue 20)
     LAB_CLOSURE_ADDED = "lab.closure_added"  # a day the central lab of an observational study is closed
+    # issue 20, the cohort's tube sets (services/samples): generated, damaged or missed, collected
+    SAMPLE_KITS_GENERATED = "sample_kit.generated"
+    SAMPLE_KIT_STATUS_CHANGED = "sample_kit.status_changed"
+    SAMPLE_COLLECTED = "sample.collected"
+    SAMPLE_SCAN_REFUSED = "sample.scan_refused"
     SUBJECT_FLAGGED_IN_ERROR = "subject.randomized_in_error"
     SUBJECT_STRATUM_CORRECTED = "subject.stratum_corrected"
     SUBJECT_WITHDRAWN = "subject.withdrawn"  # REP-04

@@ -99,6 +99,13 @@ class Permission(enum.StrEnum):
     USER_MANAGE = "user:manage"
     ROLE_MANAGE = "role:manage"
     SESSION_MANAGE = "session:manage"
+    # issue 20, the cohort's tube sets: see the stock and the samples; generate, print and mark
+    # damaged (the trial manager); the bedside collection scan (site staff); a sample recorded as
+    # missed (the investigator or the trial manager, not the nurse who scans)
+    SAMPLE_VIEW = "sample:view"
+    SAMPLE_MANAGE = "sample:manage"
+    SAMPLE_COLLECT = "sample:collect"
+    SAMPLE_MISS = "sample:miss"
 
 
 P = Permission
@@ -115,6 +122,9 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         P.ADMINISTRATION_RECORD,
         P.DISPENSATION_VIEW,
         P.UNBLINDING_REPORT,
+        P.SAMPLE_VIEW,
+        P.SAMPLE_COLLECT,
+        P.SAMPLE_MISS,
     },
     Role.PHARMACIST: _COMMON
     | {
@@ -139,7 +149,8 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         P.CODE_BREAK_GENERATE,
         P.CODE_BREAK_CHECK,
     },
-    Role.NURSE: _COMMON | {P.SUBJECT_VIEW, P.ADMINISTRATION_RECORD, P.UNBLINDING_REPORT},
+    Role.NURSE: _COMMON
+    | {P.SUBJECT_VIEW, P.ADMINISTRATION_RECORD, P.UNBLINDING_REPORT, P.SAMPLE_VIEW, P.SAMPLE_COLLECT},
     Role.MONITOR: _COMMON
     | {
         P.SUBJECT_VIEW,
@@ -152,6 +163,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         P.CODE_BREAK_CHECK,
         P.AUDIT_REVIEW,
         P.EXPORT_BLINDED,
+        P.SAMPLE_VIEW,
     },
     Role.AUDITOR: _COMMON
     | {
@@ -162,6 +174,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         P.AUDIT_VIEW,
         P.REPORT_VIEW,
         P.EXPORT_BLINDED,
+        P.SAMPLE_VIEW,
     },
     Role.TRIAL_MANAGER: _COMMON
     | {
@@ -180,6 +193,9 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         P.CODE_BREAK_CHECK,
         P.AUDIT_REVIEW,
         P.EXPORT_BLINDED,
+        P.SAMPLE_VIEW,
+        P.SAMPLE_MANAGE,
+        P.SAMPLE_MISS,
     },
     Role.ADMIN: frozenset(
         {

@@ -8,8 +8,8 @@ passes the arm label) inside a box hidden under a fold-and-seal flap, for unblin
 
 Modules: `kits.numbers` (kit numbers), `kits.payload` (QR payloads), `kits.qr` (QR symbols),
 `kits.model` (input types), `kits.labels` (label sheets), `kits.sheet` (dispensation sheets),
-`kits.codebreak` (sealed code-break sheets), `kits.pdf` and `kits.text` (shared PDF and text
-helpers), `kits.errors` (exceptions).
+`kits.codebreak` (sealed code-break sheets), `kits.samples` (tube-set labels of a cohort),
+`kits.pdf` and `kits.text` (shared PDF and text helpers), `kits.errors` (exceptions).
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ from kits.payload import (
     sample_unit,
     verify_payload,
 )
+from kits.samples import SampleLabel, SampleLabelInfo, render_sample_label_sheet
 from kits.sheet import DispensationRow, DispensationSheet, ElectronicSignature, render_dispensation_sheet
 
 __all__ = [
@@ -91,6 +92,8 @@ __all__ = [
     "PayloadCheckDigitError",
     "PayloadError",
     "RandomizationConfirmation",
+    "SampleLabel",
+    "SampleLabelInfo",
     "SealedSheet",
     "TrialLabelInfo",
     "UnknownPayloadVersionError",
@@ -110,6 +113,7 @@ __all__ = [
     "render_dispensation_sheet",
     "render_label_sheet",
     "render_randomization_confirmation",
+    "render_sample_label_sheet",
     "sample_unit",
     "verify_payload",
 ]
