@@ -55,7 +55,9 @@ def _site_in_reach(session: Session, trial: Trial, site_code: str, scope: Scope)
         select(Site).where(Site.trial_id == trial.id, Site.code == site_code.strip().upper())
     ).scalar_one_or_none()
     if site is None or not scope.allows_site(site.id):
-        raise NotFound(f"no site {site_code!r} within your reach", errors=[FieldProblem("site", "unknown site")])
+        raise NotFound(
+            f"no site {site_code!r} within your reach", errors=[FieldProblem("site", "unknown site")]
+        )
     return site
 
 
@@ -218,7 +220,9 @@ def print_labels(
             kind = _sample_kit_type(definition, kit.kit_type)
             tubes = kind.tubes if kind else ()
             labels.append(
-                kitlib.SampleLabel(n, kitlib.build_payload(trial.code, n, SET_UNIT, mac(ctx)), SET_UNIT, site_code)
+                kitlib.SampleLabel(
+                    n, kitlib.build_payload(trial.code, n, SET_UNIT, mac(ctx)), SET_UNIT, site_code
+                )
             )
             for index, tube in enumerate(tubes, start=1):
                 unit = kitlib.sample_unit(index)
