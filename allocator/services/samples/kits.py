@@ -37,6 +37,7 @@ from allocator.version import __version__
 MAX_PER_GENERATION = 500
 LABEL_KIND = "sample_labels"  # PrintedDocument.kind of a tube-set label sheet
 REASON_MAX = 500  # SampleKit.reason
+STATUSES = tuple(status.value for status in S)  # the stock table's columns, in lifecycle order
 
 
 class NoTubeSet(Conflict):
