@@ -139,6 +139,12 @@ KEY_LABELS: Mapping[str, str] = {
     "agreement": N_("agreement"),
     "approval_date": N_("approval date"),
     "anchor_date": N_("anchor date"),
+    # issue 20: the cohort's tube sets
+    "collected_at": N_("collected at"),
+    "kit_type": N_("kit type"),
+    "sample": N_("sample"),
+    "tube_set": N_("tube set"),
+    "tube_sets": N_("tube sets"),
     "arm": N_("arm"),
     "arrivals": N_("arrivals"),
     "batches": N_("batches"),

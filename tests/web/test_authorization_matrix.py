@@ -47,11 +47,17 @@ ALL = frozenset(
         "monitor_other_trial",
         "cohort_investigator",
         "cohort_monitor",
+        "cohort_nurse",
+        "cohort_manager",
     }
 )
 # Users of the observational cohort IMMUNOSEPSIS-4 only (issue 20): nothing of IFNG-PAIS is theirs.
 COHORT_USERS = frozenset({"cohort_investigator", "cohort_monitor"})
-IN_TRIAL = ALL - {"monitor_other_trial"} - COHORT_USERS
+# Issue 20, the tube sets: the cohort's nurse at L1 (collects) and trial manager (generates, prints).
+COHORT_STAFF = frozenset({"cohort_nurse", "cohort_manager"})
+COHORT_ALL = COHORT_USERS | COHORT_STAFF
+SAMPLE_COLLECTORS = frozenset({"cohort_investigator", "cohort_nurse"})
+IN_TRIAL = ALL - {"monitor_other_trial"} - COHORT_ALL
 NONE: frozenset[str] = frozenset()
 INV = frozenset({"investigator", "investigator_p2"})
 PHARM = frozenset({"pharmacist", "unblinded_pharmacist"})
@@ -95,7 +101,7 @@ MATRIX = [
         "main.trial",
     ),
     # The observational cohort (issue 20): its own users, and the administrator's trial page.
-    Row("cohort trial page", "GET", "/trials/IMMUNOSEPSIS-4", COHORT_USERS | {"admin"}, "main.trial"),
+    Row("cohort trial page", "GET", "/trials/IMMUNOSEPSIS-4", COHORT_ALL | {"admin"}, "main.trial"),
     Row(
         "cohort register form",
         "GET",
@@ -110,30 +116,87 @@ MATRIX = [
         frozenset({"cohort_investigator"}),
         "subjects.register",
     ),
-    Row("cohort subjects", "GET", "/trials/IMMUNOSEPSIS-4/subjects", COHORT_USERS, "subjects.subject_list"),
+    Row("cohort subjects", "GET", "/trials/IMMUNOSEPSIS-4/subjects", COHORT_ALL, "subjects.subject_list"),
     Row(
         "cohort subject",
         "GET",
         "/trials/IMMUNOSEPSIS-4/subjects/L1-001",
-        COHORT_USERS,
+        COHORT_ALL,
         "subjects.subject_page",
     ),
     Row(
-        "cohort screening log", "GET", "/trials/IMMUNOSEPSIS-4/screening", COHORT_USERS, "subjects.screening"
+        "cohort screening log",
+        "GET",
+        "/trials/IMMUNOSEPSIS-4/screening",
+        COHORT_USERS | {"cohort_manager"},
+        "subjects.screening",
     ),
     Row(
         "cohort lab calendar",
         "GET",
         "/trials/IMMUNOSEPSIS-4/lab-calendar",
-        COHORT_USERS | {"admin"},
+        COHORT_ALL | {"admin"},
         "subjects.lab_calendar",
     ),
     Row(
         "cohort lab closure",
         "POST",
         "/trials/IMMUNOSEPSIS-4/lab-calendar/closures",
-        frozenset({"admin"}),
+        frozenset({"admin", "cohort_manager"}),
         "subjects.add_lab_closure",
+    ),
+    # Issue 20, the tube sets: the stock for the cohort's readers; generation, labels and damage for
+    # its trial manager; the bedside collection scan for its investigator and nurse; a missed sample
+    # for its investigator and trial manager (not the nurse).
+    Row("cohort tube sets", "GET", "/trials/IMMUNOSEPSIS-4/tube-sets", COHORT_ALL, "samples.tube_sets"),
+    Row(
+        "cohort tube-set generation",
+        "POST",
+        "/trials/IMMUNOSEPSIS-4/tube-sets",
+        frozenset({"cohort_manager"}),
+        "samples.generate",
+    ),
+    Row(
+        "cohort tube-set labels",
+        "POST",
+        "/trials/IMMUNOSEPSIS-4/tube-sets/labels",
+        frozenset({"cohort_manager"}),
+        "samples.labels",
+    ),
+    Row(
+        "cohort damaged tube set",
+        "POST",
+        "/trials/IMMUNOSEPSIS-4/tube-sets/damaged",
+        frozenset({"cohort_manager"}),
+        "samples.damaged",
+    ),
+    Row(
+        "cohort collection page",
+        "GET",
+        "/trials/IMMUNOSEPSIS-4/samples/collect",
+        SAMPLE_COLLECTORS,
+        "samples.collect",
+    ),
+    Row(
+        "cohort collection",
+        "POST",
+        "/trials/IMMUNOSEPSIS-4/samples/collect",
+        SAMPLE_COLLECTORS,
+        "samples.collect_record",
+    ),
+    Row(
+        "cohort collection check",
+        "POST",
+        "/trials/IMMUNOSEPSIS-4/samples/collect/check",
+        SAMPLE_COLLECTORS,
+        "samples.collect_check",
+    ),
+    Row(
+        "cohort missed sample",
+        "POST",
+        "/trials/IMMUNOSEPSIS-4/subjects/L1-001/samples/D3/missed",
+        frozenset({"cohort_investigator", "cohort_manager"}),
+        "samples.missed",
     ),
     Row(
         "cohort API register",
@@ -142,7 +205,7 @@ MATRIX = [
         frozenset({"cohort_investigator"}),
         "api.randomize",
     ),
-    Row("cohort API summary", "GET", "/api/v1/trials/IMMUNOSEPSIS-4", COHORT_USERS | {"admin"}, "api.trial"),
+    Row("cohort API summary", "GET", "/api/v1/trials/IMMUNOSEPSIS-4", COHORT_ALL | {"admin"}, "api.trial"),
     Row("users", "GET", "/admin/users", frozenset({"admin"}), "admin.users"),
     Row("create user", "POST", "/admin/users", frozenset({"admin"}), "admin.create_user"),
     Row("user detail", "GET", "/admin/users/monitor", frozenset({"admin"}), "admin.user"),
@@ -970,6 +1033,8 @@ def _specs() -> dict[str, tuple[str, str | None, str]]:
     specs["monitor_other_trial"] = ("monitor", None, "OTHER")
     specs["cohort_investigator"] = ("investigator", "L1", "IMMUNOSEPSIS-4")
     specs["cohort_monitor"] = ("monitor", None, "IMMUNOSEPSIS-4")
+    specs["cohort_nurse"] = ("nurse", "L1", "IMMUNOSEPSIS-4")
+    specs["cohort_manager"] = ("trial_manager", None, "IMMUNOSEPSIS-4")
     return specs
 
 
