@@ -98,6 +98,7 @@ class Resolver:
         ("document_id", "documents"): "code_break_document",
         ("document", "dispensation-sheets"): "dispensation_sheet",
         ("document", "confirmations"): "confirmation",
+        ("label", "samples"): "sample_label",  # issue 20: a cohort participant's planned sample (D3)
     }
     UNKNOWN: ClassVar[dict[str, str]] = {
         "trial": "NOPE",
@@ -121,6 +122,7 @@ class Resolver:
         "code_break_document": "CBDOC-NONE",
         "dispensation_sheet": "DISP-NONE",
         "confirmation": "RAND-NONE",
+        "sample_label": "D99",
     }
 
     def __init__(self, world: World) -> None:

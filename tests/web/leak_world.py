@@ -77,6 +77,7 @@ from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
 from allocator.services.errors import DomainError
 from allocator.services.lookups import trial_definition
+from allocator.services.samples import kits as sample_kits
 from allocator.services.subjects import confirmation, corrections, randomize, register, withdrawal
 from allocator.services.supply import disposal, excursions, kit_lists, kit_rules, kit_status, shipments
 from allocator.trialdef import TrialDefinition
@@ -304,7 +305,9 @@ def build_world(
         subjects=world_subjects,
         twins={state: (found[arms[ARMS[0]]], found[arms[ARMS[1]]]) for state, arms in by_state.items()},
         values=_values(ctx, world_subjects, definition, cohort_subjects),
-        trial_values={COHORT: {"subject": cohort_subjects, "site": ["L1"]}} if cohort_subjects else {},
+        trial_values={COHORT: {"subject": cohort_subjects, "site": ["L1"], "sample_label": ["D3"]}}
+        if cohort_subjects
+        else {},
         unblinding=service is not None,
         steps=steps,
     )
@@ -774,6 +777,9 @@ def _cohort(ctx: ServiceContext, clock: Clock, steps: list[str]) -> tuple[Princi
         site_code="L1",
         request_id="leak-world",
     )
+    # Issue 20: a registration takes a tube set per planned sample from the site's stock.
+    sample_kits.generate(ctx, CLI_ACTOR, COHORT, site="L1", kit_type="BIOMARKER", count=3, scope=EVERYWHERE)
+    steps.append(f"3 tube sets at L1 of {COHORT}")
     clock.advance(minutes=1)
     number = register.register(
         ctx, actor, COHORT, register.RegistrationRequest("L1", "L1-0001", COHORT_ELIGIBLE), EVERYWHERE
@@ -832,6 +838,7 @@ def _values(
             "list_id": [str(i) for i in s.execute(select(RandomizationList.id)).scalars()],
             "lot": list(s.execute(select(Batch.lot_code)).scalars()),
             "day": [d.label for d in definition.dispensing.schedule],
+            "sample_label": ["D3"] if cohort_subjects else [],  # issue 20: the cohort's sample
             "report": sorted(catalogue.REPORTS) if catalogue else [],
             "review": sorted(audit_review.REVIEW_KINDS) if audit_review else [],
             "dispensation_sheet": list(

@@ -60,7 +60,9 @@ def test_the_api_registers_a_cohort_patient_with_its_schedule(app: Flask, ctx: S
 
 
 @pytest.mark.req("RND-05")
-def test_the_api_refuses_a_registration_when_the_site_has_no_tube_set(app: Flask, ctx: ServiceContext) -> None:
+def test_the_api_refuses_a_registration_when_the_site_has_no_tube_set(
+    app: Flask, ctx: ServiceContext
+) -> None:
     ready_cohort(ctx, tube_sets=0)
     call = caller(app, ctx, "inv-l1")
     refused = call("POST", PATH, _body())

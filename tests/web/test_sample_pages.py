@@ -38,7 +38,9 @@ def test_the_trial_manager_generates_prints_and_marks_tube_sets_damaged(
     page = client.get(STOCK).get_data(as_text=True)
     assert "No tube set yet." in page and "Generate tube sets" in page
     token = csrf_token(client, STOCK)
-    refused = client.post(STOCK, data={"site": "L1", "kit_type": "BIOMARKER", "count": "0", "csrf_token": token})
+    refused = client.post(
+        STOCK, data={"site": "L1", "kit_type": "BIOMARKER", "count": "0", "csrf_token": token}
+    )
     assert refused.status_code == 303 and refused.headers["Location"].endswith("#generate")
     shown = client.get(STOCK).get_data(as_text=True)
     assert "Number of tube sets: a whole number from 1 to 500" in shown and 'aria-invalid="true"' in shown
@@ -107,7 +109,11 @@ def test_the_nurse_collects_a_sample_by_scanning_the_tube_set(
         json={"scan": drug, "subject_number": "L1-001", "label": "D3"},
         headers={"X-CSRFToken": token},
     )
-    assert check.get_json() == {"ok": False, "field": "payload", "message": "a drug kit's label, not a tube set's"}
+    assert check.get_json() == {
+        "ok": False,
+        "field": "payload",
+        "message": "a drug kit's label, not a tube set's",
+    }
     right = client.post(
         f"{COLLECT}/check",
         json={"scan": tube, "subject_number": "L1-001", "label": "D3"},
@@ -126,7 +132,10 @@ def test_the_nurse_collects_a_sample_by_scanning_the_tube_set(
     done = client.post(COLLECT, data={**form, "payload": tube, "collected_at": "2026-03-04T09:45"})
     assert done.status_code == 303
     recorded = client.get(COLLECT).get_data(as_text=True)
-    assert "✔ L1-001 · D3" in recorded and f"Tube set {number[:4]}-{number[4:]} recorded as collected" in recorded
+    assert (
+        "✔ L1-001 · D3" in recorded
+        and f"Tube set {number[:4]}-{number[4:]} recorded as collected" in recorded
+    )
     assert "recorded as collected" not in client.get(COLLECT).get_data(as_text=True)  # a reload: nothing new
     subject = client.get(f"/trials/{COHORT}/subjects/L1-001").get_data(as_text=True)
     assert f"{number[:4]}-{number[4:]}" in subject and "collected" in subject, subject[-3000:]
@@ -151,7 +160,9 @@ def test_the_investigator_records_a_missed_sample_with_its_reason(
     refused = client.post(f"{path}/samples/D3/missed", data={"reason": "", "csrf_token": token})
     assert refused.headers["Location"].endswith("#missed-D3")
     assert "Why the sample was not taken: is required" in client.get(path).get_data(as_text=True)
-    done = client.post(f"{path}/samples/D3/missed", data={"reason": "patient in CT scan", "csrf_token": token})
+    done = client.post(
+        f"{path}/samples/D3/missed", data={"reason": "patient in CT scan", "csrf_token": token}
+    )
     assert done.status_code == 303
     page = client.get(path).get_data(as_text=True)
     assert "Sample recorded as missed." in page and "patient in CT scan" in page
