@@ -117,7 +117,9 @@ class SampleLabel:
             )
 
 
-def sample_plan(trial: SampleLabelInfo, label_width: float, label_height: float, reprint_number: int) -> LabelPlan:
+def sample_plan(
+    trial: SampleLabelInfo, label_width: float, label_height: float, reprint_number: int
+) -> LabelPlan:
     """Layout of a tube-set label (the immediate label's size: it wraps around a tube)."""
     pad = 5.0
     qr_size = min(50.0, label_height * 0.47)
@@ -143,7 +145,11 @@ def sample_plan(trial: SampleLabelInfo, label_width: float, label_height: float,
             reference += f" \u2013 {trial.nct_number}"
         flow.paragraph(reference, REGULAR, 5.4, "study reference")
         flow.fields(
-            [FieldSpec("kit", CAPTION_SET, BOLD, 8.6, room=width(_KIT_SAMPLE, BOLD, 8.6) + 1, underline=False)],
+            [
+                FieldSpec(
+                    "kit", CAPTION_SET, BOLD, 8.6, room=width(_KIT_SAMPLE, BOLD, 8.6) + 1, underline=False
+                )
+            ],
             REGULAR,
             5.4,
         )
@@ -214,8 +220,9 @@ def render_sample_label_sheet(
                     slot.draw(canvas, values[name], name)
             draw_qr(canvas, encode_qr(label.qr_payload), design.qr_x, design.qr_y, design.qr_size)
             canvas.restoreState()
-        bottom_margin = PAGE_HEIGHT - grid.top - grid.rows * grid.label_height - (grid.rows - 1) * grid.row_gap
+        bottom_margin = (
+            PAGE_HEIGHT - grid.top - grid.rows * grid.label_height - (grid.rows - 1) * grid.row_gap
+        )
         draw_page_footer(canvas, footer, page + 1, pages, max(6.0, bottom_margin / 2 - 6))
         canvas.showPage()
     return finish(canvas, buffer)
-

@@ -82,7 +82,9 @@ class ScheduledSample:
             "planned_date": self.planned.isoformat(),
             "kit_number": self.kit_number,
             "status": self.status,
-            "collected_at": self.collected_at.isoformat().replace("+00:00", "Z") if self.collected_at else None,
+            "collected_at": self.collected_at.isoformat().replace("+00:00", "Z")
+            if self.collected_at
+            else None,
         }
 
 
@@ -277,9 +279,7 @@ def _register_in(
         session, actor, trial_id=trial.id, site_id=site.id, site_code=site.code, samples=rows, now=now
     )
     samples = tuple(
-        ScheduledSample(
-            s.label, s.kit_type, s.due, s.window_end, s.planned, kit_numbers[s.label], "assigned"
-        )
+        ScheduledSample(s.label, s.kit_type, s.due, s.window_end, s.planned, kit_numbers[s.label], "assigned")
         for s in samples
     )
     ctx.audit.record(
