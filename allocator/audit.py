@@ -132,6 +132,11 @@ class Action(enum.StrEnum):
     LAB_SHIPMENT_SHIPPED = "lab_shipment.shipped"
     SAMPLE_RECEIVED = "sample.received"  # one tube set scanned at the lab: received, or unusable
     LAB_SHIPMENT_RECEIVED = "lab_shipment.received"  # the receipt closed (tube sets not scanned: missing)
+    # issue 20, the cohort's tube sets (services/samples): generated, damaged or missed, collected
+    SAMPLE_KITS_GENERATED = "sample_kit.generated"
+    SAMPLE_KIT_STATUS_CHANGED = "sample_kit.status_changed"
+    SAMPLE_COLLECTED = "sample.collected"
+    SAMPLE_SCAN_REFUSED = "sample.scan_refused"
     SUBJECT_FLAGGED_IN_ERROR = "subject.randomized_in_error"
     SUBJECT_STRATUM_CORRECTED = "subject.stratum_corrected"
     SUBJECT_WITHDRAWN = "subject.withdrawn"  # REP-04

@@ -37,6 +37,7 @@ from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
 from allocator.services.errors import DomainError
 from allocator.services.lists import approval, generation, integrity, quality
+from allocator.services.samples import kits as sample_kits
 from allocator.services.supply import kit_lists, resupply, shipments
 from allocator.settings import SERVE_THREADS, Environment, Settings, SettingsError
 from allocator.trialdef import NotRandomized
@@ -606,12 +607,14 @@ DEMO_USERS = (
     ("pharmacovigilance", "Victor Igilance", "pharmacovigilance", None),
 )
 # The observational cohort's own users (issue 20): none has a role in the randomized trial.
+DEMO_TUBE_SETS = 20  # BIOMARKER tube sets available at L1 in the demo (issue 20)
 DEMO_COHORT_USERS = (
     ("cohort-investigator", "Dr Corinne Ohorte", "investigator", "L1"),
     ("cohort-monitor", "Marc Onitor", "monitor", None),
     ("cohort-manager", "Manon Anager", "trial_manager", None),
     # labship: the central lab's technician, who receives every site's samples (a trial-wide role).
     ("cohort-lab", "Lucie Aborantine", "lab_technician", None),
+    ("cohort-nurse", "Noémie Urse", "nurse", "L1"),  # collects the samples by scan (issue 20)
 )
 
 
@@ -731,6 +734,16 @@ def _prepare_demo_cohort(ctx: ServiceContext, actor: Actor) -> tuple[str, list[t
         code_break_evidence="demo: not applicable, an observational study has no code-break sheets",
         scope=Scope(all_sites=True, site_ids=frozenset()),
         reason="demo: approvals recorded",
+    )
+    # Issue 20: L1 stocked with tube sets, so that registrations find one per planned sample.
+    sample_kits.generate(
+        ctx,
+        actor,
+        code,
+        site="L1",
+        kit_type="BIOMARKER",
+        count=DEMO_TUBE_SETS,
+        scope=Scope(all_sites=True, site_ids=frozenset()),
     )
     rows = []
     for username, name, role, site in DEMO_COHORT_USERS:

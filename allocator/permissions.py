@@ -103,9 +103,14 @@ class Permission(enum.StrEnum):
     USER_MANAGE = "user:manage"
     ROLE_MANAGE = "role:manage"
     SESSION_MANAGE = "session:manage"
-    # Issue 20, the samples of an observational study (labship): the accountability of tube sets,
-    # shipments of collected samples to the central lab and their receipt there.
+    # Issue 20, the samples of an observational study: see the stock and the samples; generate,
+    # print and mark damaged tube sets (the trial manager); the bedside collection scan (site
+    # staff); a sample recorded as missed (the investigator or the trial manager, not the nurse who
+    # scans); shipments of collected samples to the central lab and their receipt there.
     SAMPLE_VIEW = "sample:view"
+    SAMPLE_MANAGE = "sample:manage"
+    SAMPLE_COLLECT = "sample:collect"
+    SAMPLE_MISS = "sample:miss"
     LAB_SHIPMENT_PREPARE = "lab_shipment:prepare"
     SAMPLE_RECEIVE = "sample:receive"
 
@@ -125,6 +130,9 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         P.DISPENSATION_VIEW,
         P.UNBLINDING_REPORT,
         P.LAB_SHIPMENT_PREPARE,
+        P.SAMPLE_VIEW,
+        P.SAMPLE_COLLECT,
+        P.SAMPLE_MISS,
     },
     Role.PHARMACIST: _COMMON
     | {
@@ -150,7 +158,14 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         P.CODE_BREAK_CHECK,
     },
     Role.NURSE: _COMMON
-    | {P.SUBJECT_VIEW, P.ADMINISTRATION_RECORD, P.UNBLINDING_REPORT, P.LAB_SHIPMENT_PREPARE},
+    | {
+        P.SUBJECT_VIEW,
+        P.ADMINISTRATION_RECORD,
+        P.UNBLINDING_REPORT,
+        P.LAB_SHIPMENT_PREPARE,
+        P.SAMPLE_VIEW,
+        P.SAMPLE_COLLECT,
+    },
     Role.MONITOR: _COMMON
     | {
         P.SUBJECT_VIEW,
@@ -174,6 +189,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         P.AUDIT_VIEW,
         P.REPORT_VIEW,
         P.EXPORT_BLINDED,
+        P.SAMPLE_VIEW,
     },
     Role.TRIAL_MANAGER: _COMMON
     | {
@@ -194,6 +210,8 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         P.EXPORT_BLINDED,
         P.SAMPLE_VIEW,
         P.LAB_SHIPMENT_PREPARE,
+        P.SAMPLE_MANAGE,
+        P.SAMPLE_MISS,
     },
     Role.ADMIN: frozenset(
         {

@@ -128,6 +128,15 @@ KNOWN = frozenset(
         N_("not this patient's kit"),
         N_("a label of another trial"),
         N_("a sample kit's label, not a drug kit's"),
+        # issue 20: the cohort's tube sets and their collection scan
+        N_("a drug kit's label, not a tube set's"),
+        N_("unreadable: not a tube set's label or number"),
+        N_("a tube set not assigned to anyone"),
+        N_("another participant's or another sample's tube set"),
+        N_("already collected"),
+        N_("is before the registration"),
+        N_("give at least one"),
+        N_("is closed"),
         N_("the label's security code is wrong: not printed by this service, or altered"),
         N_("wrong check digit: scan or type the number again"),
         N_("unreadable: not a kit label or a kit number"),
@@ -526,6 +535,71 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         N_("this role must be granted for a site"),
     ),
     (re.compile(r"^no user '?(?P<user>[^']+)'?$"), N_("no user %(user)s")),
+    # issue 20: the cohort's tube sets (services/samples)
+    (
+        re.compile(r"^a whole number from 1 to (?P<count>\d+)$"),
+        N_("a whole number from 1 to %(count)s"),
+    ),
+    (re.compile(r"^no (?P<type>\S+) tube set available$"), N_("no %(type)s tube set available")),
+    (
+        re.compile(
+            r"^no (?P<type>\S+) tube set available at site (?P<site>\S+) for the (?P<label>\S+) sample$"
+        ),
+        N_("no %(type)s tube set available at site %(site)s for the %(label)s sample"),
+    ),
+    (
+        re.compile(r"^STOP: tube set (?P<kit>\S+) is not assigned to any participant$"),
+        N_("STOP: tube set %(kit)s is not assigned to any participant"),
+    ),
+    (
+        re.compile(r"^STOP: tube set (?P<kit>\S+) is not (?P<subject>\S+)'s (?P<label>\S+) tube set$"),
+        N_("STOP: tube set %(kit)s is not %(subject)s's %(label)s tube set"),
+    ),
+    (
+        re.compile(r"^the (?P<label>\S+) sample of (?P<subject>\S+) was already collected$"),
+        N_("the %(label)s sample of %(subject)s was already collected"),
+    ),
+    (
+        re.compile(
+            r"^the (?P<label>\S+) tube set of (?P<subject>\S+) is (?P<status>\S+): it cannot be collected$"
+        ),
+        N_("the %(label)s tube set of %(subject)s is %(status)s: it cannot be collected"),
+    ),
+    (
+        re.compile(
+            r"^the (?P<label>\S+) sample is due from (?P<first>\S+) to (?P<last>\S+), planned (?P<planned>\S+)$"
+        ),
+        N_("the %(label)s sample is due from %(first)s to %(last)s, planned %(planned)s"),
+    ),
+    (re.compile(r"^planned (?P<date>\d{4}-\d\d-\d\d)$"), N_("planned %(date)s")),
+    (
+        re.compile(r"^no tube set (?P<kit>\S+) within your reach$"),
+        N_("no tube set %(kit)s within your reach"),
+    ),
+    (
+        re.compile(
+            r"^tube set (?P<kit>\S+) is (?P<status>\S+): only an available one can be marked damaged$"
+        ),
+        N_("tube set %(kit)s is %(status)s: only an available one can be marked damaged"),
+    ),
+    (
+        re.compile(
+            r"^the (?P<label>\S+) sample of (?P<subject>\S+) is (?P<status>.+): it cannot be recorded as missed$"
+        ),
+        N_("the %(label)s sample of %(subject)s is %(status)s: it cannot be recorded as missed"),
+    ),
+    (
+        re.compile(r"^(?P<trial>\S+) randomizes its patients: it has no tube sets$"),
+        N_("%(trial)s randomizes its patients: it has no tube sets"),
+    ),
+    (
+        re.compile(r"^a (?P<status>\S+) tube set cannot become (?P<other>\S+)$"),
+        N_("a %(status)s tube set cannot become %(other)s"),
+    ),
+    (
+        re.compile(r"^is (?P<status>assigned|collected|missed|damaged|shipped|received|unusable|available)$"),
+        N_("is %(status)s"),
+    ),
     # kit reconciliation (services/supply/reconciliation.py): statuses are given words by the caller
     (
         re.compile(

@@ -8,7 +8,7 @@ passes the arm label) inside a box hidden under a fold-and-seal flap, for unblin
 
 Modules: `kits.numbers` (kit numbers), `kits.payload` (QR payloads), `kits.qr` (QR symbols),
 `kits.model` (input types), `kits.labels` (label sheets), `kits.sheet` (dispensation sheets),
-`kits.codebreak` (sealed code-break sheets),
+`kits.codebreak` (sealed code-break sheets), `kits.samples` (tube-set labels of a cohort),
 `kits.lab_manifest` (lab shipment manifests), `kits.pdf` and `kits.text` (shared PDF and text
 helpers), `kits.errors` (exceptions).
 """
@@ -62,6 +62,7 @@ from kits.payload import (
     verify_payload,
     verify_shipment_payload,
 )
+from kits.samples import SampleLabel, SampleLabelInfo, render_sample_label_sheet
 from kits.sheet import DispensationRow, DispensationSheet, ElectronicSignature, render_dispensation_sheet
 
 __all__ = [
@@ -99,6 +100,8 @@ __all__ = [
     "PayloadCheckDigitError",
     "PayloadError",
     "RandomizationConfirmation",
+    "SampleLabel",
+    "SampleLabelInfo",
     "SealedSheet",
     "ShipmentPayload",
     "TrialLabelInfo",
@@ -122,6 +125,7 @@ __all__ = [
     "render_lab_manifest",
     "render_label_sheet",
     "render_randomization_confirmation",
+    "render_sample_label_sheet",
     "sample_unit",
     "verify_payload",
     "verify_shipment_payload",

@@ -33,6 +33,7 @@ from allocator.web import exports as export_pages
 from allocator.web import lab as lab_pages  # issue 20: lab shipments, receipt, sample accountability
 from allocator.web import relabelling as relabelling_pages
 from allocator.web import reports as report_pages
+from allocator.web import samples as sample_pages
 from allocator.web import unblinding as unblinding_pages
 
 
@@ -52,6 +53,7 @@ def register(app: Flask, ctx: ServiceContext) -> None:
     app.register_blueprint(relabelling_pages.bp)
     app.register_blueprint(subjects.bp)
     app.register_blueprint(lab_pages.bp)
+    app.register_blueprint(sample_pages.bp)  # issue 20: tube sets and their collection
     app.register_blueprint(unblinding_pages.bp)
     app.register_blueprint(codebreak_pages.bp)
     app.register_blueprint(drill_pages.bp)

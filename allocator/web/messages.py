@@ -49,6 +49,12 @@ TITLES = frozenset(
         N_("Some fields are invalid"),
         N_("Conflict with the current state"),
         N_("No more reprints of this document"),
+        # issue 20: the cohort's tube sets
+        N_("No tube set available at the site"),
+        N_("The scanned tube set does not match"),
+        N_("This tube set belongs to another participant"),
+        N_("This sample was already collected"),
+        N_("Outside the sample's window"),
     }
 )
 
@@ -119,6 +125,13 @@ STATUS_WORDS = frozenset(
         # corrections of a subject
         N_("stratum"),
         N_("randomized_in_error"),
+        # issue 20: a tube set's statuses
+        N_("assigned"),
+        N_("collected"),
+        N_("shipped"),
+        N_("received"),
+        N_("unusable"),
+        N_("missed"),
     }
 )
 CHOICE_LABELS = frozenset(

@@ -297,7 +297,9 @@ def document() -> dict[str, Any]:
                     "RandomizationResult. An observational study (`kind` observational in the trial "
                     "summary, issue 20) takes a RegistrationRequest (no strata) and answers a "
                     "RegistrationResult: the subject number, the registration time and the sample "
-                    "schedule, and no randomization field.",
+                    "schedule with the tube set assigned to each sample (`kit_number`), and no "
+                    "randomization field. A site without an available tube set of a sample's type "
+                    "refuses the registration (409 no-tube-set, the type named; nothing recorded).",
                     "operationId": "randomizeSubject",
                     "parameters": [_TRIAL, _IDEMPOTENCY_KEY],
                     "requestBody": {
@@ -330,8 +332,9 @@ def document() -> dict[str, Any]:
                         "409": _problem_response(
                             "already-randomized (with subject_number when the caller randomized it), "
                             "kits-unavailable, stratum-exhausted, no-active-list or "
-                            "list-integrity-failure (each its own problem type); already-registered in "
-                            "an observational study"
+                            "list-integrity-failure (each its own problem type); already-registered or "
+                            "no-tube-set (no available tube set of a sample's type at the site) in an "
+                            "observational study"
                         ),
                         "422": _problem_response(
                             "validation-error (nothing recorded) or ineligible (recorded in the "
@@ -735,7 +738,8 @@ def document() -> dict[str, Any]:
                     "type": "object",
                     "additionalProperties": False,
                     "required": ["subject_number", "registered_at", "samples"],
-                    "description": "No randomization number, kit or arm: an observational study has none.",
+                    "description": "No randomization number, drug kit or arm: an observational study has "
+                    "none. Each sample carries the tube set assigned to it at registration.",
                     "properties": {
                         "subject_number": _TEXT,
                         "registered_at": {"type": "string", "format": "date-time"},
@@ -745,13 +749,35 @@ def document() -> dict[str, Any]:
                             "items": {
                                 "type": "object",
                                 "additionalProperties": False,
-                                "required": ["label", "kit_type", "due_date", "window_end", "planned_date"],
+                                "required": [
+                                    "label",
+                                    "kit_type",
+                                    "due_date",
+                                    "window_end",
+                                    "planned_date",
+                                    "kit_number",
+                                    "status",
+                                    "collected_at",
+                                ],
                                 "properties": {
                                     "label": _TEXT,
                                     "kit_type": _TEXT,
                                     "due_date": {"type": "string", "format": "date"},
                                     "window_end": {"type": "string", "format": "date"},
                                     "planned_date": {"type": "string", "format": "date"},
+                                    "kit_number": {
+                                        "type": ["string", "null"],
+                                        "pattern": "^[0-9]{8}$",
+                                        "description": "The tube set assigned to the sample (8 digits, "
+                                        "Damm check digit); null only for a participant registered "
+                                        "before tube sets existed",
+                                    },
+                                    "status": {
+                                        "type": ["string", "null"],
+                                        "description": "The tube set's status: assigned, collected, "
+                                        "missed, shipped, received, unusable",
+                                    },
+                                    "collected_at": {"type": ["string", "null"], "format": "date-time"},
                                 },
                             },
                         },

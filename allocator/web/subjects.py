@@ -327,6 +327,12 @@ def subject_page(trial: str, subject: str) -> str:
             subject=subjects_register.registration(ctx(), trial, subject, scope(Permission.SUBJECT_VIEW)),
             anchor_label=tr(anchor.label),
             just_registered=session.pop("just_registered", None) == subject,
+            # issue 20: a sample not taken in its window is recorded missed, with a reason
+            can_miss=current_user().access.has(Permission.SAMPLE_MISS, current_trial().id),
+            missed_forms={
+                tp.label: forms.recall(f"{request.path}#missed-{tp.label}")
+                for tp in definition.sampling.timepoints
+            },
         )
     view = views.subject(ctx(), trial, subject, scope(Permission.SUBJECT_VIEW))
     access = current_user().access

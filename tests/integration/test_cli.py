@@ -194,6 +194,7 @@ def test_demo_prepares_a_test_instance(tmp_path: Path, monkeypatch: pytest.Monke
     assert re.search(r"cohort-investigator\s+investigator\s+L1\s+[a-z2-9]{4}-", result.output)
     assert re.search(r"cohort-monitor\s+monitor\s+-\s+[a-z2-9]{4}-", result.output)
     assert re.search(r"cohort-lab\s+lab_technician\s+-\s+[a-z2-9]{4}-", result.output)  # labship
+    assert re.search(r"cohort-nurse\s+nurse\s+L1\s+[a-z2-9]{4}-", result.output)  # collects the samples
     assert (tmp_path / "demo" / "allocator-demo.db").exists()
     assert (tmp_path / "demo" / "keys" / "lists.key").stat().st_mode & 0o077 == 0
 

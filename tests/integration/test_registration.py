@@ -50,6 +50,9 @@ def test_an_eligible_patient_is_registered_with_the_d3_sample_planned(ctx: Servi
             "due_date": "2026-03-04",
             "window_end": "2026-03-05",
             "planned_date": "2026-03-04",
+            "kit_number": d3.kit_number,  # the tube set assigned at registration
+            "status": "assigned",
+            "collected_at": None,
         }
     ]
     second = register.register(ctx, investigator, COHORT, _request("L1-0002"), ALL_SITES)

@@ -21,6 +21,7 @@ from allocator.permissions import Scope
 from allocator.services import auth, sites, trials
 from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
+from allocator.services.samples import kits as sample_kits
 from allocator.services.subjects import randomize as subjects_randomize
 from allocator.services.supply import kit_lists, shipments
 from allocator.settings import Environment, Settings
@@ -406,9 +407,16 @@ def load_cohort(ctx: ServiceContext) -> trials.LoadResult:
     )
 
 
-def ready_cohort(ctx: ServiceContext) -> Actor:
-    """IMMUNOSEPSIS-4 loaded with its site L1 active; returns its investigator at L1 (password
-    GOOD_PASSWORD)."""
+def stock_tube_sets(ctx: ServiceContext, count: int = 10, site: str = "L1") -> list[str]:
+    """`count` BIOMARKER tube sets available at `site` of IMMUNOSEPSIS-4; their numbers."""
+    return sample_kits.generate(
+        ctx, CLI_ACTOR, COHORT, site=site, kit_type="BIOMARKER", count=count, scope=ALL_SITES
+    )
+
+
+def ready_cohort(ctx: ServiceContext, tube_sets: int = 10) -> Actor:
+    """IMMUNOSEPSIS-4 loaded with its site L1 active and `tube_sets` BIOMARKER tube sets in its
+    stock; returns its investigator at L1 (password GOOD_PASSWORD)."""
     load_cohort(ctx)
     sites.activate_site(
         ctx,
@@ -421,6 +429,8 @@ def ready_cohort(ctx: ServiceContext) -> Actor:
         scope=ALL_SITES,
         reason="approved",
     )
+    if tube_sets:
+        stock_tube_sets(ctx, tube_sets)
     created = make_user(ctx, "inv-l1", "investigator", trial=COHORT, site="L1")
     auth.change_password(ctx, created.user_id, created.one_time_password, GOOD_PASSWORD, GOOD_PASSWORD, HERE)
     return Actor(

@@ -102,6 +102,7 @@ class Resolver:
         ("number", "lab-shipments"): "lab_shipment",
         ("number", "lab-receipt"): "lab_shipment",
         ("document", "manifests"): "lab_manifest",
+        ("label", "samples"): "sample_label",  # issue 20: a cohort participant's planned sample (D3)
     }
     UNKNOWN: ClassVar[dict[str, str]] = {
         "trial": "NOPE",
@@ -127,6 +128,7 @@ class Resolver:
         "confirmation": "RAND-NONE",
         "lab_shipment": "LS-9999",
         "lab_manifest": "LM-NONE",
+        "sample_label": "D99",
     }
 
     def __init__(self, world: World) -> None:

@@ -78,6 +78,7 @@ from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
 from allocator.services.errors import DomainError
 from allocator.services.lookups import trial_definition
+from allocator.services.samples import kits as sample_kits
 from allocator.services.subjects import confirmation, corrections, randomize, register, withdrawal
 from allocator.services.supply import disposal, excursions, kit_lists, kit_rules, kit_status, shipments
 from allocator.trialdef import TrialDefinition
@@ -759,6 +760,7 @@ def _cohort_values(subjects: list[str]) -> dict[str, list[str]]:
     return {
         "subject": subjects,
         "site": ["L1"],
+        "sample_label": ["D3"],  # issue 20: a participant's planned sample
         **({"report": sorted(catalogue.COHORT_REPORTS)} if catalogue else {}),
         **({"review": list(audit_review.COHORT_REVIEW_KINDS)} if audit_review else {}),
     }
@@ -794,6 +796,9 @@ def _cohort(ctx: ServiceContext, clock: Clock, steps: list[str]) -> tuple[dict[s
         site_code="L1",
         request_id="leak-world",
     )
+    # Issue 20: a registration takes a tube set per planned sample from the site's stock.
+    sample_kits.generate(ctx, CLI_ACTOR, COHORT, site="L1", kit_type="BIOMARKER", count=3, scope=EVERYWHERE)
+    steps.append(f"3 tube sets at L1 of {COHORT}")
     clock.advance(minutes=1)
     number = register.register(
         ctx, actor, COHORT, register.RegistrationRequest("L1", "L1-0001", COHORT_ELIGIBLE), EVERYWHERE
@@ -905,6 +910,7 @@ def _values(
             "list_id": [str(i) for i in s.execute(select(RandomizationList.id)).scalars()],
             "lot": list(s.execute(select(Batch.lot_code)).scalars()),
             "day": [d.label for d in definition.dispensing.schedule],
+            "sample_label": ["D3"] if cohort_subjects else [],  # issue 20: the cohort's sample
             "report": sorted(catalogue.REPORTS) if catalogue else [],
             "review": sorted(audit_review.REVIEW_KINDS) if audit_review else [],
             "dispensation_sheet": list(

@@ -49,6 +49,7 @@ ALL = frozenset(
         "cohort_monitor",
         "cohort_trial_manager",
         "lab_technician",
+        "cohort_nurse",
     }
 )
 # Users of the observational cohort IMMUNOSEPSIS-4 only (issue 20): nothing of IFNG-PAIS is theirs.
@@ -56,7 +57,11 @@ COHORT_USERS = frozenset({"cohort_investigator", "cohort_monitor", "cohort_trial
 COHORT_READERS = frozenset({"cohort_monitor", "cohort_trial_manager"})  # REPORT_VIEW in the cohort
 # labship: the cohort's central-lab technician (the role exists for observational studies only).
 COHORT_LAB = frozenset({"lab_technician"})
-IN_TRIAL = ALL - {"monitor_other_trial"} - COHORT_USERS - COHORT_LAB
+# Issue 20, the tube sets: the cohort's nurse at L1 (collects) and trial manager (generates, prints).
+COHORT_STAFF = frozenset({"cohort_nurse", "cohort_trial_manager"})
+COHORT_ALL = COHORT_USERS | COHORT_STAFF | COHORT_LAB
+SAMPLE_COLLECTORS = frozenset({"cohort_investigator", "cohort_nurse"})
+IN_TRIAL = ALL - {"monitor_other_trial"} - COHORT_ALL
 NONE: frozenset[str] = frozenset()
 INV = frozenset({"investigator", "investigator_p2"})
 PHARM = frozenset({"pharmacist", "unblinded_pharmacist"})
@@ -100,13 +105,7 @@ MATRIX = [
         "main.trial",
     ),
     # The observational cohort (issue 20): its own users, and the administrator's trial page.
-    Row(
-        "cohort trial page",
-        "GET",
-        "/trials/IMMUNOSEPSIS-4",
-        COHORT_USERS | COHORT_LAB | {"admin"},
-        "main.trial",
-    ),
+    Row("cohort trial page", "GET", "/trials/IMMUNOSEPSIS-4", COHORT_ALL | {"admin"}, "main.trial"),
     Row(
         "cohort register form",
         "GET",
@@ -121,22 +120,26 @@ MATRIX = [
         frozenset({"cohort_investigator"}),
         "subjects.register",
     ),
-    Row("cohort subjects", "GET", "/trials/IMMUNOSEPSIS-4/subjects", COHORT_USERS, "subjects.subject_list"),
+    Row("cohort subjects", "GET", "/trials/IMMUNOSEPSIS-4/subjects", COHORT_ALL, "subjects.subject_list"),
     Row(
         "cohort subject",
         "GET",
         "/trials/IMMUNOSEPSIS-4/subjects/L1-001",
-        COHORT_USERS,
+        COHORT_ALL,
         "subjects.subject_page",
     ),
     Row(
-        "cohort screening log", "GET", "/trials/IMMUNOSEPSIS-4/screening", COHORT_USERS, "subjects.screening"
+        "cohort screening log",
+        "GET",
+        "/trials/IMMUNOSEPSIS-4/screening",
+        COHORT_USERS | {"cohort_trial_manager"},
+        "subjects.screening",
     ),
     Row(
         "cohort lab calendar",
         "GET",
         "/trials/IMMUNOSEPSIS-4/lab-calendar",
-        COHORT_USERS | COHORT_LAB | {"admin"},
+        COHORT_ALL | {"admin"},
         "subjects.lab_calendar",
     ),
     Row(
@@ -145,6 +148,59 @@ MATRIX = [
         "/trials/IMMUNOSEPSIS-4/lab-calendar/closures",
         frozenset({"admin", "cohort_trial_manager"}),
         "subjects.add_lab_closure",
+    ),
+    # Issue 20, the tube sets: the stock for the cohort's readers; generation, labels and damage for
+    # its trial manager; the bedside collection scan for its investigator and nurse; a missed sample
+    # for its investigator and trial manager (not the nurse).
+    Row("cohort tube sets", "GET", "/trials/IMMUNOSEPSIS-4/tube-sets", COHORT_ALL, "samples.tube_sets"),
+    Row(
+        "cohort tube-set generation",
+        "POST",
+        "/trials/IMMUNOSEPSIS-4/tube-sets",
+        frozenset({"cohort_trial_manager"}),
+        "samples.generate",
+    ),
+    Row(
+        "cohort tube-set labels",
+        "POST",
+        "/trials/IMMUNOSEPSIS-4/tube-sets/labels",
+        frozenset({"cohort_trial_manager"}),
+        "samples.labels",
+    ),
+    Row(
+        "cohort damaged tube set",
+        "POST",
+        "/trials/IMMUNOSEPSIS-4/tube-sets/damaged",
+        frozenset({"cohort_trial_manager"}),
+        "samples.damaged",
+    ),
+    Row(
+        "cohort collection page",
+        "GET",
+        "/trials/IMMUNOSEPSIS-4/samples/collect",
+        SAMPLE_COLLECTORS,
+        "samples.collect",
+    ),
+    Row(
+        "cohort collection",
+        "POST",
+        "/trials/IMMUNOSEPSIS-4/samples/collect",
+        SAMPLE_COLLECTORS,
+        "samples.collect_record",
+    ),
+    Row(
+        "cohort collection check",
+        "POST",
+        "/trials/IMMUNOSEPSIS-4/samples/collect/check",
+        SAMPLE_COLLECTORS,
+        "samples.collect_check",
+    ),
+    Row(
+        "cohort missed sample",
+        "POST",
+        "/trials/IMMUNOSEPSIS-4/subjects/L1-001/samples/D3/missed",
+        frozenset({"cohort_investigator", "cohort_trial_manager"}),
+        "samples.missed",
     ),
     Row(
         "cohort API register",
@@ -157,7 +213,7 @@ MATRIX = [
         "cohort API summary",
         "GET",
         "/api/v1/trials/IMMUNOSEPSIS-4",
-        COHORT_USERS | COHORT_LAB | {"admin"},
+        COHORT_ALL | {"admin"},
         "api.trial",
     ),
     # The cohort's reports and the API's participant list (issue 20): the cohort's monitor and trial
@@ -1107,6 +1163,7 @@ def _specs() -> dict[str, tuple[str, str | None, str]]:
     specs["cohort_monitor"] = ("monitor", None, "IMMUNOSEPSIS-4")
     specs["cohort_trial_manager"] = ("trial_manager", None, "IMMUNOSEPSIS-4")
     specs["lab_technician"] = ("lab_technician", None, "IMMUNOSEPSIS-4")  # an observational study's role
+    specs["cohort_nurse"] = ("nurse", "L1", "IMMUNOSEPSIS-4")
     return specs
 
 

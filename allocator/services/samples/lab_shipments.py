@@ -18,7 +18,6 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 import kits as kitlib
-from allocator import crypto
 from allocator.audit import Action, Actor
 from allocator.models import (
     LabShipment,
@@ -36,7 +35,7 @@ from allocator.services import documents
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed
 from allocator.services.lookups import current_definition, get_trial
-from allocator.services.samples.rules import move_sample_kit
+from allocator.services.samples.rules import mac, move_sample_kit
 from allocator.trialdef import TrialDefinition
 from allocator.version import __version__
 
@@ -48,10 +47,6 @@ MANIFEST_PREFIX = "LM"
 UNUSABLE_REASONS = ("haemolysed", "insufficient_volume", "leaked", "too_late", "other")
 NOT_RECEIVED = "not received"  # a tube set of the shipment not scanned when the receipt was closed
 MAX_NOTE = 300
-
-
-def _mac(ctx: ServiceContext) -> kitlib.MacFunction:
-    return lambda message: crypto.label_mac(ctx.ring, message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +242,7 @@ def tube_set_number(ctx: ServiceContext, trial_code: str, raw: str, field: str) 
                     "a manifest, not a tube set",
                     errors=[FieldProblem(field, "a shipment manifest, not a tube set")],
                 )
-            return kitlib.verify_payload(text, trial_code, _mac(ctx), kind=kitlib.KitKind.SAMPLE).kit_number
+            return kitlib.verify_payload(text, trial_code, mac(ctx), kind=kitlib.KitKind.SAMPLE).kit_number
         return kitlib.normalize_kit_number(text)
     except kitlib.KitsError as exc:
         raise ValidationFailed(
@@ -416,7 +411,7 @@ def print_manifest(
             site_code=site.code if site else "",
             site_name=site.name if site else "",
             prepared_by=shipment.created_by_name,
-            qr_payload=kitlib.build_shipment_payload(trial.code, number, _mac(ctx)),
+            qr_payload=kitlib.build_shipment_payload(trial.code, number, mac(ctx)),
             samples=tuple(
                 kitlib.ManifestSample(s.kit_number, s.subject_number, s.label, s.collected_at)
                 for s in view.samples
@@ -473,7 +468,7 @@ def open_receipt(ctx: ServiceContext, trial_code: str, raw: str, scope: Scope) -
     text = raw.strip()
     if "/" in text:
         try:
-            number = kitlib.verify_shipment_payload(text, trial_code, _mac(ctx)).number
+            number = kitlib.verify_shipment_payload(text, trial_code, mac(ctx)).number
         except kitlib.KitsError as exc:
             if isinstance(exc, kitlib.WrongTrialError):
                 message = "a manifest of another study"

@@ -6,7 +6,9 @@ every failed criterion. An eligible patient is registered with a subject number 
 the definition's `[sampling]` planned on the central lab's working days — the screening entry, the
 registration, its planned samples and the audit entry in one transaction. A sample whose window
 holds no lab working day cannot be taken, so the patient is not eligible (recorded as such).
-No list, slot, stratum, arm or kit is involved.
+Each planned sample gets one available tube set of its kit type at the participant's site, in the
+same transaction (services/samples/kits.assign); a site without one refuses the registration, naming
+the missing type, and nothing is written. No list, slot, stratum, arm or drug kit is involved.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ from sqlalchemy.orm import Session
 from allocator import sampling
 from allocator.audit import Action, Actor
 from allocator.eligibility import EligibilityResult, Failure
-from allocator.models import PlannedSample, Registration, ScreeningEntry, Site, SiteStatus
+from allocator.models import PlannedSample, Registration, SampleKit, ScreeningEntry, Site, SiteStatus
 from allocator.permissions import Scope
 from allocator.services import lab_calendar, lookups
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed
 from allocator.services.lookups import TrialRef, trial_row_and_definition
+from allocator.services.samples import kits as sample_kits
 from allocator.services.subjects.randomize import (
     Ineligible,
     SiteNotActive,
@@ -64,6 +67,11 @@ class ScheduledSample:
     due: date
     window_end: date
     planned: date
+    kit_number: str | None = None  # the tube set assigned at registration
+    status: str | None = None  # the tube set's: assigned, collected, missed, shipped ...
+    collected_at: datetime | None = None
+    collected_by: str | None = None
+    reason: str | None = None  # why missed (or unusable)
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -72,6 +80,11 @@ class ScheduledSample:
             "due_date": self.due.isoformat(),
             "window_end": self.window_end.isoformat(),
             "planned_date": self.planned.isoformat(),
+            "kit_number": self.kit_number,
+            "status": self.status,
+            "collected_at": self.collected_at.isoformat().replace("+00:00", "Z")
+            if self.collected_at
+            else None,
         }
 
 
@@ -143,7 +156,8 @@ def register(
     """Screen and, if eligible, register a patient of an observational study.
 
     Raises NotObservational (a randomized trial), ValidationFailed (invalid input; nothing
-    recorded), Ineligible (recorded in the screening log), SiteNotActive, AlreadyRegistered."""
+    recorded), Ineligible (recorded in the screening log), SiteNotActive, AlreadyRegistered,
+    NoTubeSet (no tube set of a planned sample's type at the site; nothing recorded)."""
     now = ctx.now()
     with ctx.db.unit_of_work() as session:
         trial, definition = trial_row_and_definition(session, trial_code)
@@ -247,7 +261,7 @@ def _register_in(
     )
     session.add(registration)
     session.flush()
-    session.add_all(
+    rows = [
         PlannedSample(
             registration_id=registration.id,
             label=s.label,
@@ -256,6 +270,16 @@ def _register_in(
             window_end=s.window_end,
             planned_date=s.planned,
         )
+        for s in samples
+    ]
+    session.add_all(rows)
+    session.flush()
+    # Under the site's row lock taken above; none in stock raises NoTubeSet and rolls it all back.
+    kit_numbers = sample_kits.assign(
+        session, actor, trial_id=trial.id, site_id=site.id, site_code=site.code, samples=rows, now=now
+    )
+    samples = tuple(
+        ScheduledSample(s.label, s.kit_type, s.due, s.window_end, s.planned, kit_numbers[s.label], "assigned")
         for s in samples
     )
     ctx.audit.record(
@@ -271,6 +295,7 @@ def _register_in(
             "screening_number": screening,
             "anchor_date": anchor.isoformat(),
             "samples": {s.label: s.planned.isoformat() for s in samples},
+            "tube_sets": {s.label: s.kit_number for s in samples},
         },
         at=now,
     )
@@ -333,11 +358,25 @@ def _read(ctx: ServiceContext, trial_code: str, scope: Scope, number: str | None
         ids = [r.id for r, _ in rows]
         samples: dict[int, list[ScheduledSample]] = {}
         if ids:
-            for p in session.execute(
-                select(PlannedSample).where(PlannedSample.registration_id.in_(ids)).order_by(PlannedSample.id)
-            ).scalars():
+            for p, kit in session.execute(
+                select(PlannedSample, SampleKit)
+                .outerjoin(SampleKit, SampleKit.planned_sample_id == PlannedSample.id)
+                .where(PlannedSample.registration_id.in_(ids))
+                .order_by(PlannedSample.id)
+            ):
                 samples.setdefault(p.registration_id, []).append(
-                    ScheduledSample(p.label, p.kit_type, p.due_date, p.window_end, p.planned_date)
+                    ScheduledSample(
+                        p.label,
+                        p.kit_type,
+                        p.due_date,
+                        p.window_end,
+                        p.planned_date,
+                        kit.kit_number if kit else None,
+                        kit.status if kit else None,
+                        kit.collected_at if kit else None,
+                        kit.collected_by_name if kit else None,
+                        kit.reason if kit else None,
+                    )
                 )
         return [
             RegistrationView(

@@ -1,0 +1,169 @@
+"""The cohort's tube-set pages (issue 20): the trial manager's stock page (generate, print, damaged),
+the bedside collection scan on a phone (check as scanned, record, refusals named by field in
+English and French, Post/Redirect/Get), and the participant's page with each sample's tube set."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import pytest
+from flask.testing import FlaskClient
+
+import kits as kitlib
+from allocator.services.context import ServiceContext
+from allocator.services.samples import rules
+from allocator.services.subjects import register
+from tests.support import ALL_SITES, COHORT, COHORT_ELIGIBLE, GOOD_PASSWORD, Clock, make_user, ready_cohort
+from tests.web.conftest import csrf_token
+
+STOCK = f"/trials/{COHORT}/tube-sets"
+COLLECT = f"/trials/{COHORT}/samples/collect"
+D3_MORNING = datetime(2026, 3, 4, 9, 0, tzinfo=UTC)
+
+
+def _french(client: FlaskClient, path: str) -> None:
+    done = client.post("/language", data={"language": "fr", "csrf_token": csrf_token(client, path)})
+    assert done.status_code in (302, 303)
+
+
+@pytest.mark.req("LBL-11", "LBL-04")
+def test_the_trial_manager_generates_prints_and_marks_tube_sets_damaged(
+    ctx: ServiceContext, signed_in: Callable[[str, str], FlaskClient]
+) -> None:
+    ready_cohort(ctx, tube_sets=0)
+    manager = make_user(ctx, "tm-cohort", "trial_manager", trial=COHORT)
+    client = signed_in("tm-cohort", manager.one_time_password)
+    assert "Tube sets" in client.get(f"/trials/{COHORT}").get_data(as_text=True)
+    page = client.get(STOCK).get_data(as_text=True)
+    assert "No tube set yet." in page and "Generate tube sets" in page
+    token = csrf_token(client, STOCK)
+    refused = client.post(
+        STOCK, data={"site": "L1", "kit_type": "BIOMARKER", "count": "0", "csrf_token": token}
+    )
+    assert refused.status_code == 303 and refused.headers["Location"].endswith("#generate")
+    shown = client.get(STOCK).get_data(as_text=True)
+    assert "Number of tube sets: a whole number from 1 to 500" in shown and 'aria-invalid="true"' in shown
+    done = client.post(STOCK, data={"site": "L1", "kit_type": "BIOMARKER", "count": "3", "csrf_token": token})
+    assert done.status_code == 303 and done.headers["Location"].endswith(STOCK)
+    page = client.get(STOCK).get_data(as_text=True)
+    assert "Tube sets generated: print their labels below." in page and "Tube sets just generated" in page
+    assert "Tube sets just generated" not in client.get(STOCK).get_data(as_text=True)  # shown once
+    pdf = client.post(
+        f"{STOCK}/labels",
+        data={"kits": "\n".join(_numbers(ctx)), "csrf_token": token},
+    )
+    assert pdf.status_code == 200 and pdf.mimetype == "application/pdf" and pdf.data.startswith(b"%PDF")
+    first = _numbers(ctx)[0]
+    bad = client.post(f"{STOCK}/damaged", data={"kit_number": first, "reason": "", "csrf_token": token})
+    assert bad.headers["Location"].endswith("#damaged")
+    assert "Reason: is required" in client.get(STOCK).get_data(as_text=True)
+    client.post(f"{STOCK}/damaged", data={"kit_number": first, "reason": "tube cracked", "csrf_token": token})
+    page = client.get(STOCK).get_data(as_text=True)
+    assert "Tube set recorded as damaged" in page
+    _french(client, STOCK)
+    client.post(STOCK, data={"site": "L1", "kit_type": "BIOMARKER", "count": "x", "csrf_token": token})
+    french = client.get(STOCK).get_data(as_text=True)
+    assert "Lots de tubes" in french and "un nombre entier de 1 à 500" in french
+
+
+def _numbers(ctx: ServiceContext) -> list[str]:
+    from sqlalchemy import select
+
+    from allocator.models import SampleKit
+
+    with ctx.db.reading() as s:
+        return list(s.execute(select(SampleKit.kit_number).order_by(SampleKit.id)).scalars())
+
+
+def _registered(ctx: ServiceContext) -> str:
+    investigator = ready_cohort(ctx)
+    result = register.register(
+        ctx,
+        investigator,
+        COHORT,
+        register.RegistrationRequest(site="L1", screening_number="L1-0001", eligibility=COHORT_ELIGIBLE),
+        ALL_SITES,
+    )
+    number = result.samples[0].kit_number
+    assert number
+    return number
+
+
+@pytest.mark.req("LBL-09", "DIB-09")
+def test_the_nurse_collects_a_sample_by_scanning_the_tube_set(
+    ctx: ServiceContext, clock: Clock, signed_in: Callable[[str, str], FlaskClient]
+) -> None:
+    number = _registered(ctx)
+    nurse = make_user(ctx, "nurse-l1", "nurse", trial=COHORT, site="L1")
+    clock.current = D3_MORNING
+    client = signed_in("nurse-l1", nurse.one_time_password)
+    assert "Sample collection scan" in client.get(f"/trials/{COHORT}").get_data(as_text=True)
+    page = client.get(COLLECT).get_data(as_text=True)
+    assert 'data-scan-check="/trials/IMMUNOSEPSIS-4/samples/collect/check"' in page
+    token = csrf_token(client, COLLECT)
+    tube = kitlib.build_payload(COHORT, number, kitlib.sample_unit(2), rules.mac(ctx))
+    drug = kitlib.build_payload(COHORT, number, "K", rules.mac(ctx))
+    check = client.post(
+        f"{COLLECT}/check",
+        json={"scan": drug, "subject_number": "L1-001", "label": "D3"},
+        headers={"X-CSRFToken": token},
+    )
+    assert check.get_json() == {
+        "ok": False,
+        "field": "payload",
+        "message": "a drug kit's label, not a tube set's",
+    }
+    right = client.post(
+        f"{COLLECT}/check",
+        json={"scan": tube, "subject_number": "L1-001", "label": "D3"},
+        headers={"X-CSRFToken": token},
+    ).get_json()
+    assert right["ok"] and right["message"] == "right participant, right sample"
+    form = {"subject_number": "L1-001", "label": "D3", "csrf_token": token}
+    refused = client.post(COLLECT, data={**form, "payload": drug})
+    assert refused.status_code == 303 and refused.headers["Location"].endswith(COLLECT)
+    shown = client.get(COLLECT).get_data(as_text=True)
+    assert "Tube set label: a drug kit&#39;s label, not a tube set&#39;s" in shown
+    assert "Nothing was recorded." in shown and 'value="L1-001"' in shown
+    late = client.post(COLLECT, data={**form, "payload": tube, "collected_at": "2026-03-04T06:00"})
+    assert late.status_code == 303
+    assert "Why recorded late: a late entry needs a reason" in client.get(COLLECT).get_data(as_text=True)
+    done = client.post(COLLECT, data={**form, "payload": tube, "collected_at": "2026-03-04T09:45"})
+    assert done.status_code == 303
+    recorded = client.get(COLLECT).get_data(as_text=True)
+    assert (
+        "✔ L1-001 · D3" in recorded
+        and f"Tube set {number[:4]}-{number[4:]} recorded as collected" in recorded
+    )
+    assert "recorded as collected" not in client.get(COLLECT).get_data(as_text=True)  # a reload: nothing new
+    subject = client.get(f"/trials/{COHORT}/subjects/L1-001").get_data(as_text=True)
+    assert f"{number[:4]}-{number[4:]}" in subject and "collected" in subject, subject[-3000:]
+    assert "Nurse L1" in subject  # who drew it
+    assert "was not taken" not in subject  # the nurse does not record a missed sample
+    _french(client, COLLECT)
+    client.post(COLLECT, data={**form, "payload": tube})
+    french = client.get(COLLECT).get_data(as_text=True)
+    assert "Ce prélèvement a déjà été fait" in french and "déjà prélevé" in french
+
+
+@pytest.mark.req("AUD-01")
+def test_the_investigator_records_a_missed_sample_with_its_reason(
+    ctx: ServiceContext, signed_in: Callable[[str, str], FlaskClient]
+) -> None:
+    number = _registered(ctx)
+    client = signed_in("inv-l1", GOOD_PASSWORD)
+    path = f"/trials/{COHORT}/subjects/L1-001"
+    page = client.get(path).get_data(as_text=True)
+    assert f"{number[:4]}-{number[4:]}" in page and "The D3 sample was not taken" in page
+    token = csrf_token(client, path)
+    refused = client.post(f"{path}/samples/D3/missed", data={"reason": "", "csrf_token": token})
+    assert refused.headers["Location"].endswith("#missed-D3")
+    assert "Why the sample was not taken: is required" in client.get(path).get_data(as_text=True)
+    done = client.post(
+        f"{path}/samples/D3/missed", data={"reason": "patient in CT scan", "csrf_token": token}
+    )
+    assert done.status_code == 303
+    page = client.get(path).get_data(as_text=True)
+    assert "Sample recorded as missed." in page and "patient in CT scan" in page
+    assert "The D3 sample was not taken" not in page
