@@ -1,26 +1,26 @@
-"""Collected samples of the cohort for the lab-shipment tests (issue 20, labship).
+"""Collected samples of the cohort for the lab-shipment tests (issue 20).
 
-Until the collect helper's tube sets and bedside collection scan land, `collected_samples` registers
-participants through the real registration service and then inserts, for each planned sample, a
-tube set already collected (with its SampleKitEvent history through `move_sample_kit`). It is the
-ONE place to swap for the real services (stock the tube sets, assign at registration, collection
-scan) at merge."""
+`collected_samples` stocks the site with tube sets (the real generation service), registers
+participants through the real registration service (which assigns each planned sample its tube
+set), then records each set as collected at a chosen time through `move_sample_kit` — not through
+the bedside scan, whose window check ties the collection to the planned day: lab-shipment tests
+choose the collection time to set the pre-analytical delay."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 import kits
 from allocator import crypto
 from allocator.audit import Actor
-from allocator.models import PlannedSample, Registration, SampleKit, SampleKitStatus
+from allocator.models import PlannedSample, Registration, SampleKit, SampleKitStatus, Site
 from allocator.permissions import Scope
 from allocator.services.context import ServiceContext
 from allocator.services.samples.rules import move_sample_kit
 from allocator.services.subjects import register
-from tests.support import ALL_SITES, COHORT, COHORT_ELIGIBLE
+from tests.support import ALL_SITES, COHORT, COHORT_ELIGIBLE, stock_tube_sets
 
 _serial = iter(range(1, 10_000))
 
@@ -35,9 +35,19 @@ def collected_samples(
     scope: Scope = ALL_SITES,
     eligibility: dict[str, object] | None = None,
 ) -> list[str]:
-    """Register `n` eligible participants at `site` and give each planned sample a collected tube
-    set; returns the tube sets' kit numbers, in registration order."""
+    """Register `n` eligible participants at `site` (stocking it with tube sets first if it holds
+    too few) and record each planned sample's tube set as collected; returns the tube sets' kit
+    numbers, in registration order."""
     at = collected_at or ctx.now() - timedelta(hours=2)
+    with ctx.db.reading() as session:
+        available = session.execute(
+            select(func.count())
+            .select_from(SampleKit)
+            .join(Site, Site.id == SampleKit.site_id)
+            .where(Site.code == site, SampleKit.status == SampleKitStatus.AVAILABLE.value)
+        ).scalar_one()
+    if available < n:
+        stock_tube_sets(ctx, n - available, site=site)
     numbers: list[str] = []
     for _ in range(n):
         screening = f"{site}-{5000 + next(_serial)}"  # clear of the numbers tests type by hand
@@ -51,42 +61,20 @@ def collected_samples(
             scope,
         )
         with ctx.db.unit_of_work() as session:
-            planned = session.execute(
-                select(PlannedSample, Registration.site_id, Registration.trial_id)
+            assigned = session.execute(
+                select(SampleKit)
+                .join(PlannedSample, PlannedSample.id == SampleKit.planned_sample_id)
                 .join(Registration, Registration.id == PlannedSample.registration_id)
                 .where(Registration.subject_number == result.subject_number)
-            ).all()
-            in_use = set(session.execute(select(SampleKit.kit_number)).scalars())
-            for sample, site_id, trial_id in planned:
-                number = kits.generate_kit_numbers(1, in_use)[0]
-                in_use.add(number)
-                kit = SampleKit(
-                    trial_id=trial_id,
-                    kit_number=number,
-                    kit_type=sample.kit_type,
-                    site_id=site_id,
-                    status=SampleKitStatus.AVAILABLE.value,
-                    created_at=at - timedelta(days=10),
-                    created_by_name="test",
-                )
-                session.add(kit)
-                session.flush()
-                move_sample_kit(
-                    session,
-                    kit,
-                    SampleKitStatus.ASSIGNED,
-                    investigator,
-                    "registration",
-                    at - timedelta(days=1),
-                )
-                kit.planned_sample_id = sample.id
-                kit.assigned_at = at - timedelta(days=1)
+                .order_by(PlannedSample.id)
+            ).scalars()
+            for kit in assigned:
                 move_sample_kit(session, kit, SampleKitStatus.COLLECTED, investigator, "collected", at)
                 kit.collected_at = at
                 kit.collected_by_id = investigator.user_id
                 kit.collected_by_name = investigator.name
                 kit.collection_recorded_at = at
-                numbers.append(number)
+                numbers.append(kit.kit_number)
     return numbers
 
 

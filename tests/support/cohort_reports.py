@@ -1,11 +1,10 @@
 """Worlds for the cohort's reports and API lists (issue 20): IMMUNOSEPSIS-4 at two sites, with
 participants registered through the registration service and their D3 samples in every state.
 
-`record_sample` is the ONE place that puts a planned sample's tube set in a state: it writes
-`sample_kit` and `sample_kit_event` rows directly through the ORM, because the collection and
-lab-shipment services are written beside these reports. At merge it can be swapped for those
-services (assignment at registration, the bedside collection scan, the shipment and the lab's
-receipt) without touching the tests that call it."""
+`record_sample` is the ONE place that puts a planned sample's tube set in a state: the registration
+service assigns the tube set, then `record_sample` moves it on with its `sample_kit_event` rows
+directly through the ORM, so that a test chooses the collection and receipt times the reports count
+(the bedside scan would tie the collection to the planned day, the lab's receipt to now)."""
 
 from __future__ import annotations
 
@@ -14,13 +13,12 @@ from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import select
 
-import kits as kitlib
 from allocator.audit import Actor
 from allocator.models import PlannedSample, Registration, SampleKit, SampleKitEvent, SampleKitStatus, Trial
 from allocator.services import sites, trials
 from allocator.services.context import ServiceContext
 from allocator.services.subjects import randomize, register
-from tests.support import ALL_SITES, CLI_ACTOR, COHORT, COHORT_ELIGIBLE, COHORT_TRIAL, Clock
+from tests.support import ALL_SITES, CLI_ACTOR, COHORT, COHORT_ELIGIBLE, COHORT_TRIAL, Clock, stock_tube_sets
 
 # The flow of a tube set's statuses up to each state (SampleKitStatus), for its history rows.
 _PATH = {
@@ -42,14 +40,15 @@ def record_sample(
     received_at: datetime | None = None,
     reason: str | None = None,
 ) -> str:
-    """Give the participant's planned sample `label` a tube set in `status` (assigned, collected,
-    shipped, received, missed or unusable), collected and received at the times given, with its
-    reason; its history rows (sample_kit_event) on the way. Returns the tube set's number."""
+    """Put the tube set of the participant's planned sample `label` (assigned at registration) in
+    `status` (assigned, collected, shipped, received, missed or unusable), collected and received at
+    the times given, with its reason; its history rows (sample_kit_event) on the way. Returns the
+    tube set's number."""
     status = SampleKitStatus(status).value
     at = ctx.now()
     with ctx.db.unit_of_work() as session:
-        planned, registration = session.execute(
-            select(PlannedSample, Registration)
+        planned = session.execute(
+            select(PlannedSample)
             .join(Registration, Registration.id == PlannedSample.registration_id)
             .join(Trial, Trial.id == Registration.trial_id)
             .where(
@@ -57,27 +56,17 @@ def record_sample(
                 Registration.subject_number == subject_number,
                 PlannedSample.label == label,
             )
-        ).one()
-        number = kitlib.generate_kit_number()
-        kit = SampleKit(
-            trial_id=registration.trial_id,
-            kit_number=number,
-            kit_type=planned.kit_type,
-            site_id=registration.site_id,
-            status=status,
-            created_at=at,
-            created_by_name="test",
-            planned_sample_id=planned.id,
-            assigned_at=registration.registered_at,
-            collected_at=collected_at,
-            collected_by_name="Nurse Test" if collected_at else None,
-            collection_recorded_at=collected_at,
-            received_at=received_at,
-            received_by_name="Lab Test" if received_at else None,
-            reason=reason,
-        )
-        session.add(kit)
-        session.flush()
+        ).scalar_one()
+        # The tube set the registration assigned to this sample, moved on from "assigned".
+        kit = session.execute(select(SampleKit).where(SampleKit.planned_sample_id == planned.id)).scalar_one()
+        number = kit.kit_number
+        kit.status = status
+        kit.collected_at = collected_at
+        kit.collected_by_name = "Nurse Test" if collected_at else None
+        kit.collection_recorded_at = collected_at
+        kit.received_at = received_at
+        kit.received_by_name = "Lab Test" if received_at else None
+        kit.reason = reason
         if status == "unusable":
             steps = (
                 *_PATH["received" if received_at else "collected" if collected_at else "assigned"],
@@ -85,8 +74,8 @@ def record_sample(
             )
         else:
             steps = _PATH[status]
-        previous: str | None = "available"
-        for step in steps:
+        previous: str | None = "assigned"
+        for step in steps[1:]:  # the registration wrote "assigned"
             session.add(
                 SampleKitEvent(
                     sample_kit_id=kit.id,
@@ -123,8 +112,9 @@ def answers(today: date, **changes: object) -> dict[str, object]:
     }
 
 
-def two_site_cohort(ctx: ServiceContext) -> None:
-    """IMMUNOSEPSIS-4 with a second site L2, both active."""
+def two_site_cohort(ctx: ServiceContext, tube_sets: int = 110) -> None:
+    """IMMUNOSEPSIS-4 with a second site L2, both active, each stocked with `tube_sets` BIOMARKER
+    tube sets (a registration takes one per planned sample)."""
     text = COHORT_TRIAL.read_text(encoding="utf-8").replace(
         "# --- What the public record", SECOND_SITE + "\n# --- What"
     )
@@ -141,6 +131,7 @@ def two_site_cohort(ctx: ServiceContext) -> None:
             scope=ALL_SITES,
             reason="approved",
         )
+        stock_tube_sets(ctx, tube_sets, site=code)
 
 
 def screen(
