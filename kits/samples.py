@@ -56,7 +56,7 @@ CAPTION_PROTOCOL = "Protocole / Protocol"
 RESEARCH_USE = Bilingual(
     "\u00c9chantillon biologique \u2013 recherche", "Biological sample \u2013 research use only"
 )
-WHOLE_SET = "Lot de tubes / Tube set"
+WHOLE_SET = "Kit de tubes / Tube set"
 
 _KIT_SAMPLE = "0000-0000"
 

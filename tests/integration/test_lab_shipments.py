@@ -109,7 +109,8 @@ def test_site_prepares_prints_and_ships_then_lab_receives_and_closes(
                 .order_by(SampleKitEvent.id)
             ).scalars()
         ]
-        assert history == ["assigned", "collected", "shipped", "unusable"]  # nothing deleted
+        # generated, assigned at registration, collected, shipped, unusable: nothing deleted
+        assert history == ["available", "assigned", "collected", "shipped", "unusable"]
     assert [e.object_id for e in events(ctx, "lab_shipment.prepared")] == ["LS-0001"]
     assert [e.object_id for e in events(ctx, "lab_shipment.shipped")] == ["LS-0001"]
     assert len(events(ctx, "sample.received")) == 3

@@ -98,11 +98,12 @@ def test_site_ships_and_the_lab_receives_through_the_pages(
     assert "Sample accountability" in report and "haemolysed: 1" in report
     csv = lab.get(f"{BASE}/sample-accountability.csv")
     assert csv.mimetype == "text/csv" and csv.get_data(as_text=True).count("\r\n") == 4
-    # The lab has no shipment preparation; the site's investigator no receipt or accountability.
+    # The lab has no shipment preparation; the site's investigator no receipt, and the samples of
+    # its own site only in the accountability (SAMPLE_VIEW, within its reach).
     assert lab.get(f"{BASE}/lab-shipments").status_code == 403
     site = signed_in("inv-l1", GOOD_PASSWORD)
     assert site.get(f"{BASE}/lab-receipt").status_code == 403
-    assert site.get(f"{BASE}/sample-accountability").status_code == 403
+    assert site.get(f"{BASE}/sample-accountability").status_code == 200
 
 
 def test_the_lab_pages_speak_french(

@@ -64,7 +64,7 @@ def test_the_trial_manager_generates_prints_and_marks_tube_sets_damaged(
     _french(client, STOCK)
     client.post(STOCK, data={"site": "L1", "kit_type": "BIOMARKER", "count": "x", "csrf_token": token})
     french = client.get(STOCK).get_data(as_text=True)
-    assert "Lots de tubes" in french and "un nombre entier de 1 à 500" in french
+    assert "Kits de tubes" in french and "un nombre entier de 1 à 500" in french
 
 
 def _numbers(ctx: ServiceContext) -> list[str]:

@@ -48,7 +48,7 @@ def test_every_tube_set_code_decodes_as_a_sample_kit_of_its_printed_set() -> Non
         with pytest.raises(WrongKitKindError):  # never taken for a drug kit's label
             verify_payload(code.text, STUDY, trial_mac)
     text = all_text(pdf)
-    assert text.index("Lot de tubes") < text.index("Tube set")  # French first
+    assert text.index("Kit de tubes") < text.index("Tube set")  # French first
     assert "PAXgene RNA 2.5 mL (3/3)" in text and "Biological sample" in text
 
 
