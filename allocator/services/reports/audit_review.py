@@ -298,6 +298,18 @@ class AuditReviewReport:
         )
 
 
+_CHECKPOINT = Action.AUDIT_CHECKPOINT.value
+# The only actions `_pharmacovigilance` can keep out: the others are not looked at (issue 21).
+_PV_ACTIONS = frozenset(
+    a.value
+    for a in (Action.UNBLINDING_PV, Action.UNBLINDING_RESULT_SHOWN, Action.ARM_READ, Action.SIGNATURE_APPLIED)
+) | {Action.SIGNATURE_FAILED.value}
+
+
+def _at(entry: audit_trail.EntryView) -> str:
+    return entry.at
+
+
 def _pharmacovigilance(entry: audit_trail.EntryView) -> bool:
     """UNB-08: entries that would tell trial staff that a pharmacovigilance unblinding happened."""
     new = entry.new or {}
@@ -394,20 +406,26 @@ def audit_review(
             usernames=_trial_usernames(ctx, frame.trial_id, frame.scope),
         )
     rows = []
-    for entry in sorted(found, key=lambda e: (e.at, e.chain, e.seq)):
-        if _pharmacovigilance(entry) or entry.action == Action.AUDIT_CHECKPOINT.value:
+    off_hours = kind.name == "off-hours"
+    if len(found) > 1 and any(a.chain != found[0].chain for a in found):
+        found.sort(key=lambda e: (e.at, e.chain, e.seq))
+    else:  # one chain, read in sequence order: sorted by time and sequence (issue 21: no key per entry)
+        found.sort(key=_at)
+    for entry in found:
+        if (entry.action in _PV_ACTIONS and _pharmacovigilance(entry)) or entry.action == _CHECKPOINT:
             continue
         if flt.site is not None and entry.site_code not in (None, flt.site):
             continue
         if kind.name == "reprints" and not (entry.new or {}).get("reprint"):
             continue
-        moment = audit_time(entry.at).astimezone(zone)
-        if kind.name == "off-hours" and moment.weekday() < 5 and flt.hours_from <= moment.hour < flt.hours_to:
+        at = audit_time(entry.at)
+        moment = at.astimezone(zone)
+        if off_hours and moment.weekday() < 5 and flt.hours_from <= moment.hour < flt.hours_to:
             continue
         rows.append(
             ReviewEntry(
                 f"{entry.chain}:{entry.seq}",
-                time_text(audit_time(entry.at)),
+                time_text(at),
                 moment.strftime("%a %Y-%m-%d %H:%M %Z"),
                 entry.actor_name,
                 entry.actor_username,
