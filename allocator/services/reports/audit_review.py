@@ -170,7 +170,7 @@ class ReviewEntry:
     source: audit_trail.EntryView | None = field(default=None, compare=False)
     moment: datetime | None = field(default=None, compare=False)  # in the trial's time zone
 
-    def shown(self, _: Words) -> tuple[str, ...]:
+    def shown(self, _: Words, known: dict[tuple[str, str], str] | None = None) -> tuple[str, ...]:
         """The entry in the reader's words: times in their language, the action's label, the
         object's type and the recorded values as words ("key: value"), never JSON."""
         entry, moment = self.source, self.moment
@@ -186,7 +186,7 @@ class ReviewEntry:
             self.site,
             audit_labels.action_label(self.action, _.gettext),
             f"{audit_labels.key_label(entry.object_type, _.gettext)} {entry.object_id}",
-            details_text(entry, _),
+            details_text(entry, _, known),
         )
 
     def cells(self) -> tuple[str, ...]:
@@ -269,11 +269,12 @@ class AuditReviewReport:
         if window is not None and len(self.entries) <= window.size:
             window = None  # a short table is shown whole (Window.cut)
         shown = self.entries if window is None else self.entries[window.start : window.start + window.size]
+        known: dict[tuple[str, str], str] = {}  # words already found, for every row (issue 21)
         return (
             monitoring_reports.Table(
                 _(self.kind.title),
                 tuple(_(column) for column in _REVIEW_COLUMNS),
-                tuple(e.shown(_) for e in shown),
+                tuple(e.shown(_, known) for e in shown),
                 _(
                     "Clear values only: sealed values are never shown. The SHA-256 covers the entries as "
                     "recorded (codes and values), whatever the language they are read in."
@@ -335,32 +336,47 @@ def _details(entry: audit_trail.EntryView) -> str:
     return "; ".join(parts)
 
 
-def _value_text(value: object, _: Words) -> str:
+def _value_text(value: object, _: Words, known: dict[tuple[str, str], str] | None = None) -> str:
     """A recorded value in words: yes/no, lists joined, nested values as "key: value", a role or a
-    status code in words; any other text as recorded."""
+    status code in words; any other text as recorded. `known` keeps the words of each key and text
+    already put in words (issue 21: a review of 20,000 entries words the same few hundred again and
+    again)."""
     if value is None:
         return "—"
     if isinstance(value, bool):
         return _.yes_no(value)
     if isinstance(value, list | tuple):
-        return ", ".join(_value_text(item, _) for item in value) or "—"
+        return ", ".join(_value_text(item, _, known) for item in value) or "—"
+    if known is None:
+        known = {}
     if isinstance(value, dict):
-        return "; ".join(
-            f"{audit_labels.key_label(str(k), _.gettext)}{_(': ')}{_value_text(v, _)}"
-            for k, v in value.items()
-        )
+        parts = []
+        for k, v in value.items():
+            label = known.get(("key", k))
+            if label is None:
+                label = known["key", k] = f"{audit_labels.key_label(str(k), _.gettext)}{_(': ')}"
+            parts.append(f"{label}{_value_text(v, _, known)}")
+        return "; ".join(parts)
     text = str(value)
-    role = _.role(text)
-    return role if role != text.replace("_", " ") else _(text)
+    shown = known.get(("text", text))
+    if shown is None:
+        role = _.role(text)
+        shown = role if role != text.replace("_", " ") else _(text)
+        if len(known) < 10_000:
+            known["text", text] = shown
+    return shown
 
 
-def details_text(entry: audit_trail.EntryView, _: Words) -> str:
+def details_text(
+    entry: audit_trail.EntryView, _: Words, known: dict[tuple[str, str], str] | None = None
+) -> str:
     """An entry's recorded values (before, after, reason) as "key: value" words, never JSON."""
+    known = {} if known is None else known
     parts = []
     if entry.old:
-        parts.append(f"{_('before')}{_(': ')}{_value_text(entry.old, _)}")
+        parts.append(f"{_('before')}{_(': ')}{_value_text(entry.old, _, known)}")
     if entry.new:
-        parts.append(_value_text(entry.new, _))
+        parts.append(_value_text(entry.new, _, known))
     if entry.reason:
         parts.append(f"{_('reason')}{_(': ')}{entry.reason}")
     return " | ".join(parts)
