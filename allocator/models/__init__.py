@@ -21,7 +21,7 @@ from allocator.models.randomization import (
     Slot,
     Stratum,
 )
-from allocator.models.review import AuditReview
+from allocator.models.review import AuditReview, ReportJob
 from allocator.models.signature import Signature
 from allocator.models.site import Site, SiteStatus
 from allocator.models.subject import ScreeningEntry, Subject, SubjectCorrection, SubjectWithdrawal
@@ -78,6 +78,7 @@ __all__ = [
     "PrintedDocument",
     "RandomizationList",
     "Registration",
+    "ReportJob",
     "RoleAssignment",
     "RoleRevocation",
     "ScreeningEntry",

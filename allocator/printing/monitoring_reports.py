@@ -22,6 +22,7 @@ from __future__ import annotations
 import html
 import io
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -306,8 +307,9 @@ def _wrapped(text: str, width: float, measures: _Measures | None = None) -> str:
     return "\n".join(lines)
 
 
-def render_report_pdf(document: ReportDocument) -> bytes:
-    """The report as a PDF: title, notice, metadata, facts, chart, then every table in full."""
+def render_report_pdf(document: ReportDocument, progress: Callable[[int], None] | None = None) -> bytes:
+    """The report as a PDF: title, notice, metadata, facts, chart, then every table in full.
+    `progress` is told how many table rows are laid out so far, as pages are made (report jobs)."""
 
     page = landscape(A4)
     margin = 12 * mm
@@ -422,6 +424,15 @@ def render_report_pdf(document: ReportDocument) -> bytes:
         creator=f"allocator {printable(document.software_version)}",
         invariant=1,
     )
+    if progress is not None:
+        done = [0]
+
+        def counted(flowable: Any) -> None:
+            if isinstance(flowable, PdfTable) and flowable.repeatRows == 1:  # a piece of a long table
+                done[0] += len(flowable._cellvalues) - 1
+                progress(done[0])
+
+        template.afterFlowable = counted
     template.build(
         story,
         onFirstPage=decorate,
