@@ -21,7 +21,7 @@ from allocator.models.randomization import (
     Slot,
     Stratum,
 )
-from allocator.models.review import AuditReview
+from allocator.models.review import AuditReview, ReportJob
 from allocator.models.sample import LabShipment, LabShipmentStatus, SampleKit, SampleKitEvent, SampleKitStatus
 from allocator.models.signature import Signature
 from allocator.models.site import Site, SiteStatus
@@ -81,6 +81,7 @@ __all__ = [
     "PrintedDocument",
     "RandomizationList",
     "Registration",
+    "ReportJob",
     "RoleAssignment",
     "RoleRevocation",
     "SampleKit",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Integer, String, Text
+from sqlalchemy import ForeignKey, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from allocator.models.base import Base
@@ -29,3 +29,33 @@ class AuditReview(Base):
     reviewed_by_id: Mapped[int | None] = mapped_column(ForeignKey("app_user.id"))
     reviewed_by_name: Mapped[str] = mapped_column(String(200))
     signature_id: Mapped[int] = mapped_column(ForeignKey("signature.id"))
+
+
+class ReportJob(Base):
+    """A long report PDF built in the background (issue 21): who asked, the report and its filters,
+    its progress and, once built, the file. Kept (never deleted); its status and progress change
+    while it is built. The file is given to its asker only, and each download is audited as a
+    direct download is (`report.exported`)."""
+
+    __tablename__ = "report_job"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    trial_id: Mapped[int] = mapped_column(ForeignKey("trial.id"), index=True)
+    report: Mapped[str] = mapped_column(String(40))
+    version: Mapped[str] = mapped_column(String(16))  # blinded | review | restricted
+    fmt: Mapped[str] = mapped_column(String(8))
+    language: Mapped[str] = mapped_column(String(8))
+    filters: Mapped[str] = mapped_column(Text)  # the download's query arguments, JSON
+    site_code: Mapped[str | None] = mapped_column(String(40))
+    requested_by_id: Mapped[int] = mapped_column(ForeignKey("app_user.id"), index=True)
+    requested_by_name: Mapped[str] = mapped_column(String(200))
+    requested_at: Mapped[datetime]
+    status: Mapped[str] = mapped_column(String(12))  # running | done | failed
+    rows_total: Mapped[int] = mapped_column(Integer)
+    rows_done: Mapped[int] = mapped_column(Integer, default=0)
+    heartbeat_at: Mapped[datetime]  # the worker's last sign of life: a job silent too long has failed
+    finished_at: Mapped[datetime | None]
+    filename: Mapped[str | None] = mapped_column(String(200))
+    content: Mapped[bytes | None] = mapped_column(LargeBinary)
+    content_sha256: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)

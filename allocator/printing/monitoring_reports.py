@@ -22,6 +22,7 @@ from __future__ import annotations
 import html
 import io
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -30,7 +31,6 @@ from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4, landscape
 from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.units import mm
-from reportlab.lib.utils import simpleSplit
 from reportlab.pdfbase.pdfmetrics import stringWidth
 from reportlab.pdfgen.canvas import Canvas
 from reportlab.platypus import KeepTogether, Paragraph, SimpleDocTemplate, Spacer, TableStyle
@@ -231,21 +231,42 @@ _CELL_PAD = 2.5  # left and right padding inside a cell
 _CHUNK = 200  # rows per table flowable: splitting one long table across pages costs rows x pages
 
 
-def _widths(table: Table, available: float) -> list[float]:
+class _Measures:
+    """Widths in points at the cell size, each distinct text measured once per document (issue 21:
+    a 20,000-row report measured the same words, actions and names hundreds of thousands of times)."""
+
+    def __init__(self) -> None:
+        self._widths: dict[tuple[str, str], float] = {}
+
+    def width(self, text: str, font: str = REGULAR) -> float:
+        """The width of `text` (already printable) in `font`."""
+        key = (text, font)
+        found = self._widths.get(key)
+        if found is None:
+            found = self._widths[key] = stringWidth(text, font, _CELL_SIZE)
+        return found
+
+    def words_width(self, text: str, font: str) -> float:
+        """The width of the longest word of `text`."""
+        return max((self.width(printable(w), font) for w in text.split()), default=0.0)
+
+
+def _widths(table: Table, available: float, measures: _Measures | None = None) -> list[float]:
     """Column widths in points: each column gets at least its longest word (header or cell, so that
     no word is cut), and the rest of the line in proportion to its typical text length."""
-
-    def words_width(text: str, font: str) -> float:
-        return max((stringWidth(printable(w), font, _CELL_SIZE) for w in text.split()), default=0.0)
-
+    measures = measures or _Measures()
     minimum, desired = [], []
     for index, column in enumerate(table.columns):
         cells = [row[index] for row in table.rows]
         longest = max(
-            [words_width(column, BOLD), *(min(words_width(c, REGULAR), 160.0) for c in cells)], default=0.0
+            [
+                measures.words_width(column, BOLD),
+                *(min(measures.words_width(c, REGULAR), 160.0) for c in cells),
+            ],
+            default=0.0,
         )
         minimum.append(longest + _PADDING)
-        texts = sorted(stringWidth(printable(c), REGULAR, _CELL_SIZE) for c in cells) or [0.0]
+        texts = sorted(measures.width(printable(c)) for c in cells) or [0.0]
         typical = texts[min(len(texts) - 1, int(len(texts) * 0.9))]
         desired.append(max(minimum[-1], min(typical + _PADDING, 260.0)))
     spare = available - sum(minimum)
@@ -259,17 +280,36 @@ def _widths(table: Table, available: float) -> list[float]:
     return [m + g for m, g in zip(minimum, grow, strict=True)]
 
 
-def _wrapped(text: str, width: float) -> str:
+def _wrapped(text: str, width: float, measures: _Measures | None = None) -> str:
     """`text` broken into lines that fit a cell of `width` points (between words; a word longer than
-    the line keeps its own line, as a paragraph would)."""
+    the line keeps its own line, as a paragraph would): ReportLab's simpleSplit, with each word
+    measured once per document."""
+    measures = measures or _Measures()
     clean = printable(text)
-    if stringWidth(clean, REGULAR, _CELL_SIZE) <= width - 2 * _CELL_PAD:
+    room = width - 2 * _CELL_PAD
+    if measures.width(clean) <= room:
         return clean
-    return "\n".join(simpleSplit(clean, REGULAR, _CELL_SIZE, width - 2 * _CELL_PAD))
+    space = measures.width(" ")
+    lines: list[str] = []
+    for paragraph in clean.split("\n"):
+        line: list[str] = []
+        used = -space
+        for word in paragraph.split():
+            size = measures.width(word)
+            if used + space + size <= room or not line:
+                line.append(word)
+                used += space + size
+            else:
+                lines.append(" ".join(line))
+                line, used = [word], size
+        if line:
+            lines.append(" ".join(line))
+    return "\n".join(lines)
 
 
-def render_report_pdf(document: ReportDocument) -> bytes:
-    """The report as a PDF: title, notice, metadata, facts, chart, then every table in full."""
+def render_report_pdf(document: ReportDocument, progress: Callable[[int], None] | None = None) -> bytes:
+    """The report as a PDF: title, notice, metadata, facts, chart, then every table in full.
+    `progress` is told how many table rows are laid out so far, as pages are made (report jobs)."""
 
     page = landscape(A4)
     margin = 12 * mm
@@ -286,6 +326,7 @@ def render_report_pdf(document: ReportDocument) -> bytes:
         return Paragraph(html.escape(printable(text), quote=False), style)
 
     story: list[Any] = [para(document.title, title_style), Spacer(1, 2 * mm)]
+    measures = _Measures()
     if document.notice:
         story.append(para(document.notice, notice_style))
     story += [para(f"{key}: {value}", small) for key, value in document.metadata]
@@ -317,7 +358,7 @@ def render_report_pdf(document: ReportDocument) -> bytes:
             story.append(KeepTogether([*intro, para(columns, small)]))
             story.append(para(document.labels.no_entries, small))
             continue
-        widths = _widths(table, available)
+        widths = _widths(table, available, measures)
         # Issue 21: a cell is plain text wrapped to its column's fixed width (one measure per word),
         # not a Paragraph laid out per cell; the rows go in tables of _CHUNK rows, each with the
         # header, so that no flowable is split again and again across pages.
@@ -337,7 +378,7 @@ def render_report_pdf(document: ReportDocument) -> bytes:
         story += intro
         for start in range(0, len(table.rows), _CHUNK):
             body = [
-                [_wrapped(value, width) for value, width in zip(row, widths, strict=True)]
+                [_wrapped(value, width, measures) for value, width in zip(row, widths, strict=True)]
                 for row in table.rows[start : start + _CHUNK]
             ]
             grid = PdfTable([header, *body], colWidths=widths, repeatRows=1, hAlign="LEFT")
@@ -383,6 +424,15 @@ def render_report_pdf(document: ReportDocument) -> bytes:
         creator=f"allocator {printable(document.software_version)}",
         invariant=1,
     )
+    if progress is not None:
+        done = [0]
+
+        def counted(flowable: Any) -> None:
+            if isinstance(flowable, PdfTable) and flowable.repeatRows == 1:  # a piece of a long table
+                done[0] += len(flowable._cellvalues) - 1
+                progress(done[0])
+
+        template.afterFlowable = counted
     template.build(
         story,
         onFirstPage=decorate,

@@ -4,10 +4,21 @@ their own permission, and nothing about an arm ever appears in a URL or a file n
 
 from __future__ import annotations
 
+import threading
 from datetime import date
 from urllib.parse import urlencode
 
-from flask import Blueprint, Response, flash, redirect, render_template, request, stream_with_context, url_for
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    stream_with_context,
+    url_for,
+)
 from flask_babel import gettext
 from markupsafe import Markup
 from werkzeug.wrappers import Response as WerkzeugResponse
@@ -17,6 +28,7 @@ from allocator.services import signatures
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
 from allocator.services.lookups import trial_definition
 from allocator.services.reports import audit_review, catalogue, export, filters
+from allocator.services.reports import jobs as report_jobs
 from allocator.web import forms, i18n
 from allocator.web.security import actor, ctx, current_trial, scope
 
@@ -46,22 +58,86 @@ def _page(name: str, version: str, permission: Permission) -> str:
     )
 
 
-def _download(name: str, fmt: str, version: str, permission: Permission) -> Response:
+def _download(name: str, fmt: str, version: str, permission: Permission) -> Response | WerkzeugResponse:
+    flt = filters.ReportFilter.parse(request.args.to_dict())
+    words = i18n.words()
+    view = None
+    if fmt == "pdf" and version in _JOB_ENDPOINTS:
+        # Issue 21: a PDF whose row count says it would take more than a few seconds is built by a
+        # job in a background thread; the asker is sent to its page (progress, then the file).
+        view = catalogue.build(
+            ctx(),
+            actor(permission),
+            current_trial().code,
+            name,
+            flt,
+            scope(permission),
+            version=version,
+            words=words,
+        )
+        if view.rows > current_app.config.get("REPORT_JOB_ROWS", report_jobs.JOB_ROWS):
+            job_id, run = report_jobs.start(
+                ctx(), actor(permission), current_trial().code, name, flt, view=view, language=words.language
+            )
+            if current_app.config.get("REPORT_JOBS_INLINE"):
+                run()  # the tests: the job runs before the redirect
+            else:
+                threading.Thread(target=run, name=f"report-job-{job_id}", daemon=True).start()
+            return redirect(
+                url_for(_JOB_ENDPOINTS[version][0], trial=current_trial().code, job=job_id), code=303
+            )
     exported = export.export(
         ctx(),
         actor(permission),
         current_trial().code,
         name,
-        filters.ReportFilter.parse(request.args.to_dict()),
+        flt,
         scope(permission),
         fmt,
         version=version,
-        words=i18n.words(),
+        words=words,
+        view=view,
     )
     return Response(
         stream_with_context(exported.chunks()),  # a CSV is written as it is sent, row by row (issue 21)
         mimetype=exported.mimetype,
         headers={"Content-Disposition": f'attachment; filename="{exported.filename}"'},
+    )
+
+
+# The job page and file endpoints of the versions whose PDFs may be built by a job, and the versions
+# each gives (the restricted versions' jobs only to the restricted routes' permission).
+_JOB_ENDPOINTS = {
+    "blinded": ("reports.job", "reports.job_file"),
+    "review": ("reports.job", "reports.job_file"),
+    "restricted": ("reports.restricted_job", "reports.restricted_job_file"),
+}
+_JOB_VERSIONS = {"reports.job": ("blinded", "review"), "reports.restricted_job": ("restricted",)}
+
+
+def _job_page(job_id: int, permission: Permission, endpoints: tuple[str, str]) -> str:
+    versions = _JOB_VERSIONS[endpoints[0]]
+    job = report_jobs.job_view(ctx(), actor(permission), current_trial().code, job_id, versions)
+    again = {"blinded": "reports.download", "review": "reports.review_download"}.get(
+        job.version, "reports.restricted_download"
+    )
+    return render_template(
+        "reports/job.html",
+        trial=current_trial().code,
+        job=job,
+        title=(audit_review.REVIEW_KINDS if job.version == "review" else catalogue.REPORTS)[job.report].title,
+        file_endpoint=endpoints[1],
+        again=url_for(again, trial=current_trial().code, name=job.report, fmt="pdf")
+        + (f"?{urlencode(job.query)}" if job.query else ""),
+    )
+
+
+def _job_file(job_id: int, permission: Permission, versions: tuple[str, ...]) -> Response:
+    filename, content = report_jobs.fetch(ctx(), actor(permission), current_trial().code, job_id, versions)
+    return Response(
+        content,
+        mimetype="application/pdf",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
 
 
@@ -98,7 +174,7 @@ def page(trial: str, name: str) -> str:
 
 @bp.route(f"/trials/<trial>/reports/<name>/<{FORMATS}:fmt>")
 @requires(Permission.REPORT_VIEW)
-def download(trial: str, name: str, fmt: str) -> Response:
+def download(trial: str, name: str, fmt: str) -> Response | WerkzeugResponse:
     return _download(name, fmt, "blinded", Permission.REPORT_VIEW)
 
 
@@ -111,7 +187,7 @@ def restricted_page(trial: str, name: str) -> str:
 
 @bp.route(f"/trials/<trial>/reports/restricted/<name>/<{FORMATS}:fmt>")
 @requires(Permission.REPORT_VIEW_UNBLINDED)
-def restricted_download(trial: str, name: str, fmt: str) -> Response:
+def restricted_download(trial: str, name: str, fmt: str) -> Response | WerkzeugResponse:
     return _download(name, fmt, "restricted", Permission.REPORT_VIEW_UNBLINDED)
 
 
@@ -124,7 +200,7 @@ def safety_page(trial: str) -> str:
 
 @bp.route(f"/trials/<trial>/reports/safety/unblinding/<{FORMATS}:fmt>")
 @requires(Permission.UNBLINDING_PV)
-def safety_download(trial: str, fmt: str) -> Response:
+def safety_download(trial: str, fmt: str) -> Response | WerkzeugResponse:
     return _download("unblinding", fmt, "safety", Permission.UNBLINDING_PV)
 
 
@@ -137,7 +213,7 @@ def review_page(trial: str, name: str) -> str:
 
 @bp.route(f"/trials/<trial>/reports/review/<name>/<{FORMATS}:fmt>")
 @requires(Permission.REPORT_VIEW)
-def review_download(trial: str, name: str, fmt: str) -> Response:
+def review_download(trial: str, name: str, fmt: str) -> Response | WerkzeugResponse:
     return _download(name, fmt, "review", Permission.REPORT_VIEW)
 
 
@@ -191,3 +267,28 @@ def sign(trial: str, name: str) -> WerkzeugResponse:
     query = urlencode({k: v for k, v in args.items() if v})
     target = url_for("reports.review_page", trial=trial, name=name)
     return redirect(f"{target}?{query}" if query else target, code=303)
+
+
+@bp.route("/trials/<trial>/reports/jobs/<int:job>")
+@requires(Permission.REPORT_VIEW)
+def job(trial: str, job: int) -> str:
+    """A report job the reader asked (issue 21): its progress, then its file."""
+    return _job_page(job, Permission.REPORT_VIEW, _JOB_ENDPOINTS["blinded"])
+
+
+@bp.route("/trials/<trial>/reports/jobs/<int:job>/file")
+@requires(Permission.REPORT_VIEW)
+def job_file(trial: str, job: int) -> Response:
+    return _job_file(job, Permission.REPORT_VIEW, _JOB_VERSIONS["reports.job"])
+
+
+@bp.route("/trials/<trial>/reports/restricted/jobs/<int:job>")
+@requires(Permission.REPORT_VIEW_UNBLINDED)
+def restricted_job(trial: str, job: int) -> str:
+    return _job_page(job, Permission.REPORT_VIEW_UNBLINDED, _JOB_ENDPOINTS["restricted"])
+
+
+@bp.route("/trials/<trial>/reports/restricted/jobs/<int:job>/file")
+@requires(Permission.REPORT_VIEW_UNBLINDED)
+def restricted_job_file(trial: str, job: int) -> Response:
+    return _job_file(job, Permission.REPORT_VIEW_UNBLINDED, _JOB_VERSIONS["reports.restricted_job"])

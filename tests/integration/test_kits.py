@@ -55,6 +55,7 @@ from allocator.services.supply import (
 )
 from allocator.services.supply import stock as supply_stock
 from allocator.wording import Words
+from kits.numbers import check_digit
 from tests.support import (
     CLI_ACTOR,
     GOOD_PASSWORD,
@@ -1278,6 +1279,135 @@ def test_reconciliation_balances_with_the_simulated_truth_and_shows_a_tampered_k
         for cell in cells:
             assert not cell.startswith(("=", "+", "-", "@", "\t", "\r"))
             assert not ARM_WORDS.search(cell)
+
+
+def _counted_in_python(
+    ctx: ServiceContext, scope: Scope, include_depot: bool
+) -> tuple[dict[tuple[str, str], tuple[dict[str, int], dict[str, int], int, int]], list[str]]:
+    """The reconciliation as it was counted before issue 21, every kit and event read in Python:
+    per site and batch the kits now and ever in each status and their labels printed and
+    reprinted, and the kits whose records do not chain up, in kit order."""
+    with ctx.db.reading() as session:
+        sites = {row.id: row.code for row in session.execute(select(Site.id, Site.code))}
+        lot_codes = {row.id: row.lot_code for row in session.execute(select(Batch.id, Batch.lot_code))}
+        events: dict[int, list[KitEvent]] = {}
+        for event in session.execute(select(KitEvent).order_by(KitEvent.id)).scalars():
+            events.setdefault(event.kit_id, []).append(event)
+        printed: Counter[str] = Counter()
+        reprinted: Counter[str] = Counter()
+        for items, reprint in session.execute(select(PrintedDocument.items, PrintedDocument.reprint_number)):
+            for item in items:
+                (reprinted if reprint else printed)[item] += 1
+        groups: dict[tuple[str, str], tuple[Counter[str], Counter[str], Counter[str]]] = {}
+        problems: list[str] = []
+        for k in session.execute(select(Kit).order_by(Kit.id)).scalars():
+            if not (
+                (k.site_id is None and include_depot)
+                or (k.site_id is not None and scope.allows_site(k.site_id))
+            ):
+                continue
+            key = (
+                sites[k.site_id] if k.site_id is not None else "depot",
+                lot_codes.get(k.batch_id or -1, "-"),
+            )
+            now, ever, labels = groups.setdefault(key, (Counter(), Counter(), Counter()))
+            now[k.status] += 1
+            history = events.get(k.id, [])
+            ever.update({e.to_status for e in history})
+            labels.update(printed=printed[k.kit_number], reprinted=reprinted[k.kit_number])
+            number = kitlib.format_kit_number(k.kit_number)
+            previous: str | None = None
+            for event in history:
+                if event.from_status != previous:
+                    problems.append(
+                        f"kit {number}: the event at {event.at:%Y-%m-%d %H:%M} starts from "
+                        f"{event.from_status}, not {previous}"
+                    )
+                    break
+                previous = event.to_status
+            if previous != k.status:
+                problems.append(f"kit {number} is {k.status} but its history ends at {previous}")
+            if k.status in ("available", "allocated", "dispensed") and k.site_id is None:
+                problems.append(f"kit {number} is {k.status} but at no site")
+    return (
+        {
+            key: (
+                {s: n for s, n in now.items() if n},
+                {s: n for s, n in ever.items() if n},
+                labels["printed"],
+                labels["reprinted"],
+            )
+            for key, (now, ever, labels) in groups.items()
+        },
+        problems,
+    )
+
+
+@pytest.mark.req("LBL-11", "REP-09")
+def test_reconciliation_counted_in_the_database_gives_the_figures_counted_kit_by_kit(s: Supply) -> None:
+    """Issue 21: the statuses, the statuses ever entered, the labels and the kits whose records do
+    not chain up are counted in the database; the figures and discrepancies are those of the kit by
+    kit count, for every reach, with several kinds of broken records."""
+    ctx = s.ctx
+    s.generate(40)
+    s.generate(8, lot="LOT-0002")
+    p1_kits = s.deliver("P1", 10)
+    p2_kits = s.deliver("P2", 6)
+    on_the_way = s.prepare("P2", 4)
+    shipments.ship(ctx, s.manager, TRIAL, on_the_way.number)
+    labels.print_kit_labels(ctx, s.pharmacist, TRIAL, p1_kits[:3], kind="outer", scope=s.p1, depot=False)
+    labels.print_kit_labels(ctx, s.pharmacist, TRIAL, p1_kits[:2], kind="outer", scope=s.p1, depot=False)
+    labels.print_kit_labels(
+        ctx, s.other_pharmacist, TRIAL, p2_kits[:1], kind="immediate", scope=s.p2, depot=False
+    )
+    s.change(p1_kits[3], "quarantined", signed=True)
+    s.change(p1_kits[4], "damaged")
+    s.change(p2_kits[1], "damaged", who=s.other_pharmacist)
+
+    def compare() -> None:
+        for scope, depot in ((ALL, True), (ALL, False), (s.p1, False), (s.p2, False)):
+            report = reconciliation.reconciliation(ctx, TRIAL, scope, include_depot=depot)
+            expected_groups, expected_problems = _counted_in_python(ctx, scope, depot)
+            assert {
+                (r.site, r.batch): (r.current, r.ever, r.labels_printed, r.labels_reprinted)
+                for r in report.rows
+            } == expected_groups
+            assert [p for p in report.discrepancies if p.startswith("kit ")] == expected_problems
+
+    compare()
+    assert reconciliation.reconciliation(ctx, TRIAL, ALL, include_depot=True).balanced
+    # Broken records (events are never changed: appended, or the kits changed): a history that
+    # goes on from another status than its last event ended at, a kit whose status is not where its
+    # history ends, a kit with no event at all, a kit in use at no site, one kit broken in two ways.
+    middle, last, astray, twice = p1_kits[6], p2_kits[2], p1_kits[7], p2_kits[4]
+    silent = "9999999" + check_digit("9999999")
+    with ctx.db.unit_of_work() as session:
+        ids = {row.kit_number: row.id for row in session.execute(select(Kit.kit_number, Kit.id))}
+        appended = text(
+            "INSERT INTO kit_event (kit_id, at, from_status, to_status, site_id, actor_name, reason) "
+            "SELECT id, created_at, :from_status, :to_status, site_id, 'test', 'tampered' FROM kit WHERE id = :id"
+        )
+        session.execute(appended, {"id": ids[middle], "from_status": "lost", "to_status": "damaged"})
+        session.execute(appended, {"id": ids[middle], "from_status": "damaged", "to_status": "available"})
+        session.execute(appended, {"id": ids[twice], "from_status": "quarantined", "to_status": "damaged"})
+        session.execute(
+            text("UPDATE kit SET status = 'returned' WHERE id IN (:a, :b)"), {"a": ids[last], "b": ids[twice]}
+        )
+        session.execute(text("UPDATE kit SET site_id = NULL WHERE id = :id"), {"id": ids[astray]})
+        session.execute(
+            text(
+                "INSERT INTO kit (trial_id, kit_list_id, kit_number, kit_type, batch_id, expiry_date, sealed_arm, "
+                "status, site_id, created_at) SELECT trial_id, kit_list_id, :silent, kit_type, batch_id, "
+                "expiry_date, sealed_arm, status, site_id, created_at FROM kit WHERE id = :id"
+            ),
+            {"id": ids[p2_kits[5]], "silent": silent},
+        )
+    tampered = reconciliation.reconciliation(ctx, TRIAL, ALL, include_depot=True)
+    broken = [p for p in tampered.discrepancies if p.startswith("kit ")]
+    for number in (middle, last, astray, twice, silent):
+        assert any(kitlib.format_kit_number(number) in p for p in broken), number
+    assert len(broken) == 6
+    compare()
 
 
 @pytest.mark.req("BLD-12")

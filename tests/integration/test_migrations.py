@@ -105,6 +105,7 @@ NO_DELETE = {
     "api_token",
     "list_extension_proposal",
     "temperature_excursion",  # and no change once decided (guard_decided)
+    "report_job",  # status and progress change while the PDF is built
 }
 UNGUARDED = {"login_session", "login_throttle", "audit_verification"}
 

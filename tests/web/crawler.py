@@ -85,6 +85,7 @@ class Resolver:
         "assignment_id": "assignment_id",
         "unblinding_id": "unblinding_id",
         "drill_id": "drill_id",
+        "job": "report_job",
     }
     # (generic parameter name, path segment before it) -> kind
     CONTEXTUAL: ClassVar[dict[tuple[str, str], str]] = {
@@ -117,6 +118,7 @@ class Resolver:
         "assignment_id": "999999",
         "unblinding_id": "999999",
         "drill_id": "999999",
+        "report_job": "999999",
         "shipment": "SH-9999",
         "excursion": "EXC-9999",
         "kit_disposal": "DES-P9-9999",

@@ -54,6 +54,7 @@ from allocator.models import (
     LoginSession,
     PrintedDocument,
     RandomizationList,
+    ReportJob,
     RoleAssignment,
     Shipment,
     TemperatureExcursion,
@@ -736,6 +737,23 @@ def _extras(
             trial_id=_trial_id(ctx),
         ),
     )
+    # Report jobs (issue 21): a finished job of the monitor (a blinded PDF) and one of the unblinded
+    # statistician (a restricted PDF): each page and file is its asker's alone.
+    jobs = _optional("allocator.services.reports.jobs", ("start",))
+    catalogue = _optional("allocator.services.reports.catalogue", ("build",))
+    if jobs is not None and catalogue is not None:
+        from allocator.services.reports.filters import ReportFilter
+
+        statistician = _actor(principals[Role.UNBLINDED_STATISTICIAN.value], None)
+        for reader, name, version in (
+            (monitor, "allocation-history", "blinded"),
+            (statistician, "sequence", "restricted"),
+        ):
+            flt = ReportFilter.parse({})
+            view = catalogue.build(ctx, reader, TRIAL, name, flt, EVERYWHERE, version=version)
+            _, run = jobs.start(ctx, reader, TRIAL, name, flt, view=view, language="en")
+            run()
+            steps.append(f"a {version} report job of {reader.username}")
     # A spare user: the target of the administration forms the crawler submits, with a session
     # and a token of its own.
     spare = make_user(ctx, SPARE, "monitor", email=f"{SPARE}@hospital.example")
@@ -913,6 +931,7 @@ def _values(
             "sample_label": ["D3"] if cohort_subjects else [],  # issue 20: the cohort's sample
             "report": sorted(catalogue.REPORTS) if catalogue else [],
             "review": sorted(audit_review.REVIEW_KINDS) if audit_review else [],
+            "report_job": [str(i) for i in s.execute(select(ReportJob.id).order_by(ReportJob.id)).scalars()],
             "dispensation_sheet": list(
                 s.execute(
                     select(PrintedDocument.document_id)

@@ -1113,6 +1113,24 @@ MATRIX = [
         READERS,
         "reports.review_download",
     ),
+    # Report jobs (issue 21): a reader's own jobs only (another's is 404); restricted jobs by the
+    # restricted route alone.
+    Row("report job", "GET", "/trials/IFNG-PAIS/reports/jobs/1", READERS, "reports.job"),
+    Row("report job file", "GET", "/trials/IFNG-PAIS/reports/jobs/1/file", READERS, "reports.job_file"),
+    Row(
+        "restricted report job",
+        "GET",
+        "/trials/IFNG-PAIS/reports/restricted/jobs/1",
+        frozenset({"unblinded_statistician"}),
+        "reports.restricted_job",
+    ),
+    Row(
+        "restricted report job file",
+        "GET",
+        "/trials/IFNG-PAIS/reports/restricted/jobs/1/file",
+        frozenset({"unblinded_statistician"}),
+        "reports.restricted_job_file",
+    ),
     Row(
         "sign a review report",
         "POST",

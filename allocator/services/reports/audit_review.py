@@ -180,7 +180,7 @@ class ReviewEntry:
     source: audit_trail.EntryView | None = field(default=None, compare=False)
     moment: datetime | None = field(default=None, compare=False)  # in the trial's time zone
 
-    def shown(self, _: Words) -> tuple[str, ...]:
+    def shown(self, _: Words, known: dict[tuple[str, str], str] | None = None) -> tuple[str, ...]:
         """The entry in the reader's words: times in their language, the action's label, the
         object's type and the recorded values as words ("key: value"), never JSON."""
         entry, moment = self.source, self.moment
@@ -196,7 +196,7 @@ class ReviewEntry:
             self.site,
             audit_labels.action_label(self.action, _.gettext),
             f"{audit_labels.key_label(entry.object_type, _.gettext)} {entry.object_id}",
-            details_text(entry, _),
+            details_text(entry, _, known),
         )
 
     def cells(self) -> tuple[str, ...]:
@@ -279,11 +279,12 @@ class AuditReviewReport:
         if window is not None and len(self.entries) <= window.size:
             window = None  # a short table is shown whole (Window.cut)
         shown = self.entries if window is None else self.entries[window.start : window.start + window.size]
+        known: dict[tuple[str, str], str] = {}  # words already found, for every row (issue 21)
         return (
             monitoring_reports.Table(
                 _(self.kind.title),
                 tuple(_(column) for column in _REVIEW_COLUMNS),
-                tuple(e.shown(_) for e in shown),
+                tuple(e.shown(_, known) for e in shown),
                 _(
                     "Clear values only: sealed values are never shown. The SHA-256 covers the entries as "
                     "recorded (codes and values), whatever the language they are read in."
@@ -306,6 +307,18 @@ class AuditReviewReport:
                 ),
             ),
         )
+
+
+_CHECKPOINT = Action.AUDIT_CHECKPOINT.value
+# The only actions `_pharmacovigilance` can keep out: the others are not looked at (issue 21).
+_PV_ACTIONS = frozenset(
+    a.value
+    for a in (Action.UNBLINDING_PV, Action.UNBLINDING_RESULT_SHOWN, Action.ARM_READ, Action.SIGNATURE_APPLIED)
+) | {Action.SIGNATURE_FAILED.value}
+
+
+def _at(entry: audit_trail.EntryView) -> str:
+    return entry.at
 
 
 def _pharmacovigilance(entry: audit_trail.EntryView) -> bool:
@@ -333,32 +346,47 @@ def _details(entry: audit_trail.EntryView) -> str:
     return "; ".join(parts)
 
 
-def _value_text(value: object, _: Words) -> str:
+def _value_text(value: object, _: Words, known: dict[tuple[str, str], str] | None = None) -> str:
     """A recorded value in words: yes/no, lists joined, nested values as "key: value", a role or a
-    status code in words; any other text as recorded."""
+    status code in words; any other text as recorded. `known` keeps the words of each key and text
+    already put in words (issue 21: a review of 20,000 entries words the same few hundred again and
+    again)."""
     if value is None:
         return "—"
     if isinstance(value, bool):
         return _.yes_no(value)
     if isinstance(value, list | tuple):
-        return ", ".join(_value_text(item, _) for item in value) or "—"
+        return ", ".join(_value_text(item, _, known) for item in value) or "—"
+    if known is None:
+        known = {}
     if isinstance(value, dict):
-        return "; ".join(
-            f"{audit_labels.key_label(str(k), _.gettext)}{_(': ')}{_value_text(v, _)}"
-            for k, v in value.items()
-        )
+        parts = []
+        for k, v in value.items():
+            label = known.get(("key", k))
+            if label is None:
+                label = known["key", k] = f"{audit_labels.key_label(str(k), _.gettext)}{_(': ')}"
+            parts.append(f"{label}{_value_text(v, _, known)}")
+        return "; ".join(parts)
     text = str(value)
-    role = _.role(text)
-    return role if role != text.replace("_", " ") else _(text)
+    shown = known.get(("text", text))
+    if shown is None:
+        role = _.role(text)
+        shown = role if role != text.replace("_", " ") else _(text)
+        if len(known) < 10_000:
+            known["text", text] = shown
+    return shown
 
 
-def details_text(entry: audit_trail.EntryView, _: Words) -> str:
+def details_text(
+    entry: audit_trail.EntryView, _: Words, known: dict[tuple[str, str], str] | None = None
+) -> str:
     """An entry's recorded values (before, after, reason) as "key: value" words, never JSON."""
+    known = {} if known is None else known
     parts = []
     if entry.old:
-        parts.append(f"{_('before')}{_(': ')}{_value_text(entry.old, _)}")
+        parts.append(f"{_('before')}{_(': ')}{_value_text(entry.old, _, known)}")
     if entry.new:
-        parts.append(_value_text(entry.new, _))
+        parts.append(_value_text(entry.new, _, known))
     if entry.reason:
         parts.append(f"{_('reason')}{_(': ')}{entry.reason}")
     return " | ".join(parts)
@@ -404,20 +432,26 @@ def audit_review(
             usernames=_trial_usernames(ctx, frame.trial_id, frame.scope),
         )
     rows = []
-    for entry in sorted(found, key=lambda e: (e.at, e.chain, e.seq)):
-        if _pharmacovigilance(entry) or entry.action == Action.AUDIT_CHECKPOINT.value:
+    off_hours = kind.name == "off-hours"
+    if len(found) > 1 and any(a.chain != found[0].chain for a in found):
+        found.sort(key=lambda e: (e.at, e.chain, e.seq))
+    else:  # one chain, read in sequence order: sorted by time and sequence (issue 21: no key per entry)
+        found.sort(key=_at)
+    for entry in found:
+        if (entry.action in _PV_ACTIONS and _pharmacovigilance(entry)) or entry.action == _CHECKPOINT:
             continue
         if flt.site is not None and entry.site_code not in (None, flt.site):
             continue
         if kind.name == "reprints" and not (entry.new or {}).get("reprint"):
             continue
-        moment = audit_time(entry.at).astimezone(zone)
-        if kind.name == "off-hours" and moment.weekday() < 5 and flt.hours_from <= moment.hour < flt.hours_to:
+        at = audit_time(entry.at)
+        moment = at.astimezone(zone)
+        if off_hours and moment.weekday() < 5 and flt.hours_from <= moment.hour < flt.hours_to:
             continue
         rows.append(
             ReviewEntry(
                 f"{entry.chain}:{entry.seq}",
-                time_text(audit_time(entry.at)),
+                time_text(at),
                 moment.strftime("%a %Y-%m-%d %H:%M %Z"),
                 entry.actor_name,
                 entry.actor_username,

@@ -64,12 +64,15 @@ def export(
     *,
     version: str = "blinded",
     words: Words = ENGLISH,
+    view: ReportView | None = None,
 ) -> Export:
     """A report as CSV or PDF in the language of `words`, and its `report.exported` audit entry
-    (report, version, format, language, filters, row count, SHA-256 of the file)."""
+    (report, version, format, language, filters, row count, SHA-256 of the file). `view` is the
+    report already built for this reader and filter, if it was."""
     if fmt not in ("csv", "pdf"):
         raise ValidationFailed("unknown format", errors=[FieldProblem("format", "csv or pdf")])
-    view = build(ctx, actor, trial_code, name, flt, scope, version=version, words=words)
+    if view is None:
+        view = build(ctx, actor, trial_code, name, flt, scope, version=version, words=words)
     digest = hashlib.sha256()
     chunks: Callable[[], Iterator[bytes]]
     if fmt == "csv":
@@ -89,10 +92,41 @@ def export(
             return iter((pdf,))
 
         mimetype = "application/pdf"
-    counted = {"rows": view.rows, "sha256": digest.hexdigest()}
+    record_export(
+        ctx,
+        actor,
+        trial_code,
+        name,
+        view.version,
+        fmt,
+        words.language,
+        flt.query_args(),
+        flt.site,
+        view.rows,
+        digest.hexdigest(),
+    )
+    return Export(f"{view.file_stem}.{fmt}", mimetype, chunks, view.rows)
+
+
+def record_export(
+    ctx: ServiceContext,
+    actor: Actor,
+    trial_code: str,
+    name: str,
+    version: str,
+    fmt: str,
+    language: str,
+    filters: dict[str, str],
+    site_code: str | None,
+    rows: int,
+    sha256: str,
+) -> None:
+    """The `report.exported` audit entry of a download, in its own unit of work (a direct download,
+    or the file of a report job given to its asker)."""
+    counted = {"rows": rows, "sha256": sha256}
     # The row count of a restricted export would tell blinded readers of the audit trail how many
     # pharmacovigilance unblindings there are (UNB-08): it is sealed, like every unblinded value.
-    restricted = view.version in ("restricted", "safety")
+    restricted = version in ("restricted", "safety")
     with ctx.db.unit_of_work() as session:
         ctx.audit.record(
             session,
@@ -100,17 +134,16 @@ def export(
             chain=trial_code,
             action=Action.REPORT_EXPORTED,
             object_type="report",
-            object_id=f"{view.version}:{name}"[:64],
-            site_code=flt.site,
+            object_id=f"{version}:{name}"[:64],
+            site_code=site_code,
             new={
                 "report": name,
-                "version": view.version,
+                "version": version,
                 "format": fmt,
-                "language": words.language,
-                "filters": flt.query_args(),
+                "language": language,
+                "filters": filters,
                 **({} if restricted else counted),
             },
             sealed=counted if restricted else None,
             at=ctx.now(),
         )
-    return Export(f"{view.file_stem}.{fmt}", mimetype, chunks, view.rows)

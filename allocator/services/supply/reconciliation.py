@@ -5,8 +5,22 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    case,
+    distinct,
+    exists,
+    false,
+    func,
+    or_,
+    select,
+    true,
+    union,
+)
 from sqlalchemy.orm import Session
 
 import kits as kitlib
@@ -103,74 +117,49 @@ def reconciliation(
     """Kit accountability per site and batch, with every place where the records do not balance:
     a kit whose event history does not chain up to its current status, a kit in use at no site, a
     shipment whose recorded kit count differs from its kits or whose kits are still in transit
-    after its receipt (blinded: no arm anywhere)."""
+    after its receipt (blinded: no arm anywhere).
+
+    Issue 21: counted in the database (statuses, the statuses kits ever entered and the labels
+    printed, per site and batch; the balances and the shipments' kits per site and shipment), in a
+    number of statements that does not grow with the kits. Only the kits whose records do not
+    chain up (normally none) are read one by one, to word their discrepancies."""
     with ctx.db.reading() as session:
         trial = get_trial(session, trial_code)
         sites = {
-            s.id: s.code for s in session.execute(select(Site).where(Site.trial_id == trial.id)).scalars()
+            row.id: row.code
+            for row in session.execute(select(Site.id, Site.code).where(Site.trial_id == trial.id))
         }
         lots = {
-            b.id: b.lot_code
-            for b in session.execute(select(Batch).where(Batch.trial_id == trial.id)).scalars()
+            row.id: row.lot_code
+            for row in session.execute(select(Batch.id, Batch.lot_code).where(Batch.trial_id == trial.id))
         }
-        kits = [
-            k
-            for k in session.execute(select(Kit).where(Kit.trial_id == trial.id).order_by(Kit.id)).scalars()
-            if (k.site_id is None and include_depot)
-            or (k.site_id is not None and scope.allows_site(k.site_id))
-        ]
-        events: dict[int, list[KitEvent]] = {}
-        for event in session.execute(
-            select(KitEvent)
-            .join(Kit, Kit.id == KitEvent.kit_id)
-            .where(Kit.trial_id == trial.id)
-            .order_by(KitEvent.id)
-        ).scalars():
-            events.setdefault(event.kit_id, []).append(event)
-        printed: Counter[str] = Counter()
-        reprinted: Counter[str] = Counter()
-        for items, reprint in session.execute(
-            select(PrintedDocument.items, PrintedDocument.reprint_number).where(
-                PrintedDocument.trial_id == trial.id
-            )
-        ):
-            for item in items:
-                (reprinted if reprint else printed)[item] += 1
+        reach = and_(Kit.trial_id == trial.id, _kit_reach(scope, include_depot))
         groups: dict[tuple[str, str], dict[str, Counter[str]]] = {}
-        problems: list[str] = []
-        for kit in kits:
+
+        def group(site_id: int | None, batch_id: int | None) -> dict[str, Counter[str]]:
             key = (
-                sites.get(kit.site_id, "depot") if kit.site_id is not None else "depot",
-                lots.get(kit.batch_id or -1, "-"),
+                sites.get(site_id, "depot") if site_id is not None else "depot",
+                lots.get(batch_id or -1, "-"),
             )
-            group = groups.setdefault(key, {"current": Counter(), "ever": Counter(), "printed": Counter()})
-            group["current"][kit.status] += 1
-            history = events.get(kit.id, [])
-            for status in {e.to_status for e in history}:
-                group["ever"][status] += 1
-            group["printed"]["printed"] += printed[kit.kit_number]
-            group["printed"]["reprinted"] += reprinted[kit.kit_number]
-            previous: str | None = None
-            for event in history:
-                if event.from_status != previous:
-                    problems.append(
-                        f"kit {kitlib.format_kit_number(kit.kit_number)}: the event at "
-                        f"{event.at:%Y-%m-%d %H:%M} starts from {event.from_status}, not {previous}"
-                    )
-                    break
-                previous = event.to_status
-            if previous != kit.status:
-                problems.append(
-                    f"kit {kitlib.format_kit_number(kit.kit_number)} is {kit.status} but its history ends "
-                    f"at {previous}"
-                )
-            if (
-                kit.status in (S.AVAILABLE.value, S.ALLOCATED.value, S.DISPENSED.value)
-                and kit.site_id is None
-            ):
-                problems.append(
-                    f"kit {kitlib.format_kit_number(kit.kit_number)} is {kit.status} but at no site"
-                )
+            return groups.setdefault(key, {"current": Counter(), "ever": Counter(), "printed": Counter()})
+
+        for site_id, batch_id, status, count in session.execute(
+            select(Kit.site_id, Kit.batch_id, Kit.status, func.count())
+            .where(reach)
+            .group_by(Kit.site_id, Kit.batch_id, Kit.status)
+        ):
+            group(site_id, batch_id)["current"][status] += count
+        for site_id, batch_id, status, count in session.execute(
+            select(Kit.site_id, Kit.batch_id, KitEvent.to_status, func.count(distinct(KitEvent.kit_id)))
+            .join(Kit, Kit.id == KitEvent.kit_id)
+            .where(reach)
+            .group_by(Kit.site_id, Kit.batch_id, KitEvent.to_status)
+        ):
+            group(site_id, batch_id)["ever"][status] += count
+        for site_id, batch_id, printed, reprinted in session.execute(_labels_printed(session, reach, trial)):
+            group(site_id, batch_id)["printed"]["printed"] += printed or 0
+            group(site_id, batch_id)["printed"]["reprinted"] += reprinted or 0
+        problems = _kit_discrepancies(session, reach)
         problems += _shipment_discrepancies(session, trial, scope)
         balances = _balances(session, trial, scope, sites)
         problems += [
@@ -192,30 +181,140 @@ def reconciliation(
         return Reconciliation(rows=rows, discrepancies=tuple(problems), balances=balances)
 
 
+def _kit_reach(scope: Scope, include_depot: bool) -> ColumnElement[bool]:
+    """The kits a reader of `scope` accounts for: those at its sites, and the depot's (kits at no
+    site) when `include_depot`."""
+    within: list[ColumnElement[bool]] = []
+    if include_depot:
+        within.append(Kit.site_id.is_(None))
+    if scope.all_sites:
+        within.append(Kit.site_id.is_not(None))
+    elif scope.site_ids:
+        within.append(Kit.site_id.in_(sorted(scope.site_ids)))
+    return or_(*within) if within else false()
+
+
+def _labels_printed(
+    session: Session, reach: ColumnElement[bool], trial: Trial
+) -> Select[int | None, int | None, Any, Any]:
+    """Per site and batch of the kits within reach: how many times their numbers appear on the
+    trial's printed documents, first prints and reprints apart (the documents' kit-number lists
+    unnested in the database)."""
+    if session.get_bind().dialect.name == "postgresql":
+        numbers = func.json_array_elements_text(PrintedDocument.items).table_valued("value")
+    else:
+        numbers = func.json_each(PrintedDocument.items).table_valued("value")
+    reprint = func.coalesce(PrintedDocument.reprint_number, 0) != 0
+    per_number = (
+        select(
+            numbers.c.value.label("kit_number"),
+            func.sum(case((reprint, 0), else_=1)).label("printed"),
+            func.sum(case((reprint, 1), else_=0)).label("reprinted"),
+        )
+        .select_from(PrintedDocument)
+        .join(numbers, true())
+        .where(PrintedDocument.trial_id == trial.id)
+        .group_by(numbers.c.value)
+        .subquery()
+    )
+    return (
+        select(Kit.site_id, Kit.batch_id, func.sum(per_number.c.printed), func.sum(per_number.c.reprinted))
+        .join(per_number, and_(Kit.trial_id == trial.id, Kit.kit_number == per_number.c.kit_number))
+        .where(reach)
+        .group_by(Kit.site_id, Kit.batch_id)
+    )
+
+
+_IN_USE = (S.AVAILABLE.value, S.ALLOCATED.value, S.DISPENSED.value)
+
+
+def _kit_discrepancies(session: Session, reach: ColumnElement[bool]) -> list[str]:
+    """A kit within reach whose events do not chain up from nothing to its current status (an event
+    starting from another status than the previous one ended at, or a last event ending elsewhere,
+    or no event at all), or that is in use at no site. The database finds these kits (window
+    functions over the events); only they are read, and worded in kit order."""
+    chain = (
+        select(
+            KitEvent.kit_id,
+            KitEvent.from_status,
+            KitEvent.to_status,
+            func.lag(KitEvent.to_status)
+            .over(partition_by=KitEvent.kit_id, order_by=KitEvent.id)
+            .label("previous"),
+            func.lead(KitEvent.id).over(partition_by=KitEvent.kit_id, order_by=KitEvent.id).label("next"),
+        )
+        .join(Kit, Kit.id == KitEvent.kit_id)
+        .where(reach)
+        .subquery()
+    )
+    broken = (
+        select(chain.c.kit_id)
+        .join(Kit, Kit.id == chain.c.kit_id)
+        .where(
+            or_(
+                chain.c.from_status.is_distinct_from(chain.c.previous),
+                and_(chain.c.next.is_(None), chain.c.to_status.is_distinct_from(Kit.status)),
+            )
+        )
+    )
+    silent = select(Kit.id).where(reach, ~exists().where(KitEvent.kit_id == Kit.id))
+    astray = select(Kit.id).where(reach, Kit.site_id.is_(None), Kit.status.in_(_IN_USE))
+    suspects = sorted(set(session.execute(union(broken, silent, astray)).scalars()))
+    problems: list[str] = []
+    for start in range(0, len(suspects), 500):
+        ids = suspects[start : start + 500]
+        events: dict[int, list[Any]] = {}
+        for event in session.execute(
+            select(KitEvent.kit_id, KitEvent.at, KitEvent.from_status, KitEvent.to_status)
+            .where(KitEvent.kit_id.in_(ids))
+            .order_by(KitEvent.id)
+        ):
+            events.setdefault(event.kit_id, []).append(event)
+        for kit in session.execute(
+            select(Kit.id, Kit.kit_number, Kit.status, Kit.site_id).where(Kit.id.in_(ids)).order_by(Kit.id)
+        ):
+            number = kitlib.format_kit_number(kit.kit_number)
+            previous: str | None = None
+            for event in events.get(kit.id, []):
+                if event.from_status != previous:
+                    problems.append(
+                        f"kit {number}: the event at {event.at:%Y-%m-%d %H:%M} starts from "
+                        f"{event.from_status}, not {previous}"
+                    )
+                    break
+                previous = event.to_status
+            if previous != kit.status:
+                problems.append(f"kit {number} is {kit.status} but its history ends at {previous}")
+            if kit.status in _IN_USE and kit.site_id is None:
+                problems.append(f"kit {number} is {kit.status} but at no site")
+    return problems
+
+
 def _balances(session: Session, trial: Trial, scope: Scope, sites: dict[int, str]) -> tuple[SiteBalance, ...]:
     """Per site within reach: the kits its shipped or received shipments record, against the kits
     that are there now or on their way there (a kit in transit is not at a site yet: its shipment
     says where it goes), by term of BALANCE_TERMS. A kit of a shipped shipment with no site that is
     not in transit (quarantined, damaged or lost on the way after a transit excursion) counts at its
-    shipment's destination too: as in transit while the parcel is on its way, else by its status."""
+    shipment's destination too: as in transit while the parcel is on its way, else by its status.
+    Counted in the database per site (or, for kits on the way, per shipment) and status."""
+    sent = (Shipment.trial_id == trial.id, Shipment.status.in_(("shipped", "received")))
     destination: dict[int, tuple[int, str]] = {
         row.id: (row.site_id, row.status)
-        for row in session.execute(
-            select(Shipment.id, Shipment.site_id, Shipment.status).where(
-                Shipment.trial_id == trial.id, Shipment.status.in_(("shipped", "received"))
-            )
-        )
+        for row in session.execute(select(Shipment.id, Shipment.site_id, Shipment.status).where(*sent))
     }
     shipped: Counter[int] = Counter()
     for destined, count in session.execute(
-        select(Shipment.site_id, Shipment.kit_count).where(
-            Shipment.trial_id == trial.id, Shipment.status.in_(("shipped", "received"))
-        )
+        select(Shipment.site_id, func.sum(Shipment.kit_count)).where(*sent).group_by(Shipment.site_id)
     ):
-        shipped[destined] += count
+        shipped[destined] += count or 0
+    on_the_way = case(
+        (and_(Kit.site_id.is_(None), Kit.status.in_(sorted(_ON_THE_WAY))), Kit.shipment_id), else_=None
+    )
     terms: dict[int, Counter[str]] = {}
-    for kit_site, shipment_id, status in session.execute(
-        select(Kit.site_id, Kit.shipment_id, Kit.status).where(Kit.trial_id == trial.id)
+    for kit_site, shipment_id, status, count in session.execute(
+        select(Kit.site_id, on_the_way, Kit.status, func.count())
+        .where(Kit.trial_id == trial.id)
+        .group_by(Kit.site_id, on_the_way, Kit.status)
     ):
         term = _TERM_OF.get(status)
         place = kit_site
@@ -225,7 +324,7 @@ def _balances(session: Session, trial: Trial, scope: Scope, sites: dict[int, str
                 term = "in_transit"  # quarantined or damaged in the parcel, still on its way
         if place is None or term is None:
             continue
-        terms.setdefault(place, Counter())[term] += 1
+        terms.setdefault(place, Counter())[term] += count
     return tuple(
         SiteBalance(
             site=code,
@@ -239,18 +338,26 @@ def _balances(session: Session, trial: Trial, scope: Scope, sites: dict[int, str
 
 def _shipment_discrepancies(session: Session, trial: Trial, scope: Scope) -> list[str]:
     """Each shipment within reach must hold as many kits as it records, and once received none of
-    them may still be in transit."""
+    them may still be in transit (its kits counted per shipment in the database)."""
     carried: Counter[int | None] = Counter()
     in_transit: Counter[int | None] = Counter()
-    for shipment_id, status in session.execute(
-        select(Kit.shipment_id, Kit.status).where(Kit.trial_id == trial.id, Kit.shipment_id.is_not(None))
+    for shipment_id, count, moving in session.execute(
+        select(
+            Kit.shipment_id,
+            func.count(),
+            func.sum(case((Kit.status == S.IN_TRANSIT.value, 1), else_=0)),
+        )
+        .where(Kit.trial_id == trial.id, Kit.shipment_id.is_not(None))
+        .group_by(Kit.shipment_id)
     ):
-        carried[shipment_id] += 1
-        in_transit[shipment_id] += status == S.IN_TRANSIT.value
+        carried[shipment_id] = count
+        in_transit[shipment_id] = moving or 0
     problems = []
     for shipment in session.execute(
-        select(Shipment).where(Shipment.trial_id == trial.id).order_by(Shipment.id)
-    ).scalars():
+        select(Shipment.id, Shipment.site_id, Shipment.number, Shipment.status, Shipment.kit_count)
+        .where(Shipment.trial_id == trial.id)
+        .order_by(Shipment.id)
+    ):
         if not scope.allows_site(shipment.site_id):
             continue
         if carried[shipment.id] != shipment.kit_count:
