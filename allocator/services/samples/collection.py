@@ -28,7 +28,8 @@ from allocator.services.errors import (
     check_lengths,
 )
 from allocator.services.lookups import current_definition, get_trial
-from allocator.services.samples.rules import S, mac, move_sample_kit, unreadable
+from allocator.services.samples.rules import S, move_sample_kit, unreadable
+from allocator.services.supply.kit_rules import mac
 from allocator.trialdef import TrialDefinition
 
 LATE_AFTER = timedelta(hours=1)  # a collection recorded later than this needs a reason (DIB-09)

@@ -29,7 +29,8 @@ from allocator.services import documents, lookups
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed, check_lengths
 from allocator.services.lookups import current_definition, get_trial
-from allocator.services.samples.rules import SET_UNIT, S, mac, move_sample_kit, number_from_scan, unreadable
+from allocator.services.samples.rules import SET_UNIT, S, move_sample_kit, number_from_scan, unreadable
+from allocator.services.supply.kit_rules import mac
 from allocator.settings import Environment
 from allocator.trialdef import KitType, TrialDefinition, Tube
 from allocator.version import __version__

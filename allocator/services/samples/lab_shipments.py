@@ -35,7 +35,8 @@ from allocator.services import documents
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed
 from allocator.services.lookups import current_definition, get_trial
-from allocator.services.samples.rules import mac, move_sample_kit
+from allocator.services.samples.rules import move_sample_kit
+from allocator.services.supply.kit_rules import mac
 from allocator.trialdef import TrialDefinition
 from allocator.version import __version__
 
