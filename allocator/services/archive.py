@@ -82,7 +82,7 @@ from allocator.printing import safe_csv
 from allocator.services import arm_access, exports
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, DomainError
-from allocator.services.lookups import get_trial
+from allocator.services.lookups import get_trial, trial_definition
 from allocator.services.reports import catalogue, export, filters
 from allocator.version import __version__
 
@@ -432,7 +432,8 @@ def _lists(ctx: ServiceContext, actor: Actor, trial_code: str) -> dict[str, byte
 def _reports(ctx: ServiceContext, actor: Actor, trial_code: str) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     everything = filters.ReportFilter.parse({})
-    for name in catalogue.REPORTS:
+    # The study's own catalogue: an observational study's reports are not the randomized trial's.
+    for name in catalogue.reports_for(trial_definition(ctx, trial_code)):
         for fmt in ("csv", "pdf"):
             try:
                 made = export.export(ctx, actor, trial_code, name, everything, _ALL_SITES, fmt)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 from flask import Response as JsonResponse
 from flask import flash, jsonify, redirect, request, session
@@ -24,7 +26,7 @@ from flask_babel import gettext
 from werkzeug.wrappers import Response
 
 from allocator.services import signatures
-from allocator.services.errors import DomainError, FieldProblem
+from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
 from allocator.web import messages
 
 # Never carried across a redirect, never shown back.
@@ -39,6 +41,24 @@ _FORM_KEY = "forms"
 def text(name: str) -> str:
     """A text field, trimmed ("" when absent)."""
     return (request.form.get(name) or "").strip()
+
+
+def local_moment(name: str, zone: str) -> datetime | None:
+    """A date-and-time field typed in the ward's local time (`zone`), as UTC; None when empty.
+    Raises ValidationFailed naming the field for anything that is not a moment of this era (a year
+    0001 overflowed the conversion to UTC: a 500, found by the review of the cohort)."""
+    raw = text(name)
+    if not raw:
+        return None
+    try:
+        local = datetime.fromisoformat(raw)
+        if not 2000 <= local.year <= 2999:
+            raise ValueError(raw)
+        if local.tzinfo is None:
+            local = local.replace(tzinfo=ZoneInfo(zone))  # the form's time is the ward's local time
+        return local.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise ValidationFailed("invalid time", errors=[FieldProblem(name, "date and time")]) from None
 
 
 def signature() -> signatures.SignatureRequest:

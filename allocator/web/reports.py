@@ -30,7 +30,7 @@ from allocator.services.lookups import trial_definition
 from allocator.services.reports import audit_review, catalogue, export, filters
 from allocator.services.reports import jobs as report_jobs
 from allocator.web import forms, i18n
-from allocator.web.security import actor, ctx, current_trial, scope
+from allocator.web.security import actor, ctx, current_trial, definition_of, scope
 
 bp = Blueprint("reports", __name__)
 FORMATS = "any(csv, pdf)"
@@ -125,7 +125,12 @@ def _job_page(job_id: int, permission: Permission, endpoints: tuple[str, str]) -
         "reports/job.html",
         trial=current_trial().code,
         job=job,
-        title=(audit_review.REVIEW_KINDS if job.version == "review" else catalogue.REPORTS)[job.report].title,
+        # The study's own catalogue: a cohort's reports are not in the randomized trial's (issue 20).
+        title=(
+            audit_review.REVIEW_KINDS
+            if job.version == "review"
+            else catalogue.reports_for(definition_of(current_trial().code))
+        )[job.report].title,
         file_endpoint=endpoints[1],
         again=url_for(again, trial=current_trial().code, name=job.report, fmt="pdf")
         + (f"?{urlencode(job.query)}" if job.query else ""),

@@ -4,8 +4,7 @@ An observational study has no arm: nothing here is blinded beyond the usual site
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from zoneinfo import ZoneInfo
+from datetime import datetime
 
 from flask import Blueprint, Response, redirect, render_template, request, session, url_for
 from flask_babel import gettext as _
@@ -13,7 +12,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 
 from allocator.permissions import Permission, requires
 from allocator.services import sites
-from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
+from allocator.services.errors import DomainError
 from allocator.services.lookups import trial_definition
 from allocator.services.samples import collection
 from allocator.services.samples import kits as sample_kits
@@ -227,18 +226,7 @@ def collect_check(trial: str) -> Response:
 
 
 def _collected_at(zone: str) -> datetime | None:
-    raw = _form("collected_at")
-    if not raw:
-        return None
-    try:
-        local = datetime.fromisoformat(raw)
-    except ValueError:
-        raise ValidationFailed(
-            "invalid time", errors=[FieldProblem("collected_at", "date and time")]
-        ) from None
-    if local.tzinfo is None:
-        local = local.replace(tzinfo=ZoneInfo(zone))  # the form's time is the ward's local time
-    return local.astimezone(UTC)
+    return forms.local_moment("collected_at", zone)
 
 
 @bp.route("/trials/<trial>/subjects/<subject>/samples/<label>/missed", methods=["POST"])

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from datetime import UTC, date, datetime
-from zoneinfo import ZoneInfo
+from datetime import date, datetime
 
 from babel.dates import get_day_names
 from flask import Blueprint, Response, redirect, render_template, request, session, url_for
@@ -20,7 +19,7 @@ from allocator.services import dispensing
 from allocator.services import lab_calendar as lab_calendar_service
 from allocator.services import sites as services_sites
 from allocator.services.closeout import state
-from allocator.services.errors import DomainError, FieldProblem, ObservationalStudy, ValidationFailed
+from allocator.services.errors import DomainError, ObservationalStudy, ValidationFailed
 from allocator.services.lookups import trial_definition
 from allocator.services.subjects import confirmation as subjects_confirmation
 from allocator.services.subjects import corrections, views
@@ -756,15 +755,4 @@ def _bedside_labels() -> dict[str, str]:
 
 
 def _administered_at(zone: str) -> datetime | None:
-    raw = _form("administered_at")
-    if not raw:
-        return None
-    try:
-        local = datetime.fromisoformat(raw)
-    except ValueError:
-        raise ValidationFailed(
-            "invalid time", errors=[FieldProblem("administered_at", "date and time")]
-        ) from None
-    if local.tzinfo is None:
-        local = local.replace(tzinfo=ZoneInfo(zone))  # the form's time is the ward's local time
-    return local.astimezone(UTC)
+    return forms.local_moment("administered_at", zone)

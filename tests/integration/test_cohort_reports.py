@@ -13,10 +13,11 @@ from sqlalchemy import select
 from allocator.audit import Actor
 from allocator.models import Site, Trial
 from allocator.permissions import Scope
-from allocator.services import auth, signatures
+from allocator.services import archive, auth, signatures
 from allocator.services.context import ServiceContext
 from allocator.services.errors import NotFound, ValidationFailed
 from allocator.services.reports import audit_review, catalogue, cohort_common, export
+from allocator.services.reports.catalogue import COHORT_REPORTS
 from allocator.services.reports.cohort_flow import StrobeFlow
 from allocator.services.reports.cohort_recruitment import Recruitment
 from allocator.services.reports.cohort_samples import SampleCompleteness
@@ -325,3 +326,13 @@ def test_a_cohort_signs_off_only_its_own_reviews(ctx: ServiceContext, world: Coh
         ctx, monitor, COHORT, "off-hours", *period, "none", signed, scope=ALL_SITES
     )
     assert done.period_start == period[0]
+
+
+@pytest.mark.req("REP-04")
+def test_the_closing_archive_of_a_cohort_holds_its_own_reports(
+    ctx: ServiceContext, world: CohortWorld
+) -> None:
+    """The review of the merged cohort: the archive read the randomized trial's catalogue, whose
+    every report refuses a cohort, so a cohort's archive held no report at all."""
+    made = archive._reports(ctx, CLI_ACTOR, COHORT)
+    assert {f"reports/{name}.{fmt}" for name in COHORT_REPORTS for fmt in ("csv", "pdf")} <= set(made)

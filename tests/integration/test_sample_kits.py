@@ -317,18 +317,26 @@ def test_a_missed_sample_needs_a_reason_and_is_never_collected_after(
             ctx, investigator, COHORT, subject_number="L1-001", label="D3", reason="", scope=ALL_SITES
         )
     assert [e.field for e in no_reason.value.errors] == ["reason"]
-    collection.record_missed(
-        ctx,
-        investigator,
-        COHORT,
-        subject_number="L1-001",
-        label="D3",
-        reason="patient in CT scan",
-        scope=ALL_SITES,
-    )
+
+    def miss() -> None:
+        collection.record_missed(
+            ctx,
+            investigator,
+            COHORT,
+            subject_number="L1-001",
+            label="D3",
+            reason="patient in CT scan",
+            scope=ALL_SITES,
+        )
+
+    # Missed is final: not before the sample's window opens (the review: one early click lost it).
+    with pytest.raises(Conflict) as early:
+        miss()
+    assert [e.field for e in early.value.errors] == ["label"] and _kits(ctx)[number].status == "assigned"
+    clock.current = D3_MORNING
+    miss()
     kit = _kits(ctx)[number]
     assert (kit.status, kit.reason) == ("missed", "patient in CT scan")
-    clock.current = D3_MORNING
     with pytest.raises(collection.CollectionRefused):
         collection.record_collection(
             ctx,

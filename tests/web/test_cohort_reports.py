@@ -215,3 +215,17 @@ def test_the_api_lists_the_cohort_participants(app: Flask, ctx: ServiceContext, 
     assert bad.status_code == 422 and [e["field"] for e in bad.get_json()["errors"]] == ["after"]
     # The randomized trial's list is unchanged (its subjects, not the cohort's).
     assert call("GET", "/api/v1/trials/IFNG-PAIS/subjects").status_code == 403
+
+
+@pytest.mark.req("REP-05")
+def test_a_long_cohort_pdf_is_built_by_a_job_too(app: Flask, monitor: FlaskClient) -> None:
+    """The review of the merged cohort: the job page looked the report's title up in the
+    randomized trial's catalogue and answered 500 for every cohort report built by a job."""
+    app.config.update(REPORT_JOB_ROWS=0, REPORT_JOBS_INLINE=True)
+    asked = monitor.get(f"{BASE}/recruitment/pdf")
+    assert asked.status_code == 303 and "/reports/jobs/" in asked.headers["Location"]
+    page = monitor.get(asked.headers["Location"])
+    assert page.status_code == 200 and "Recruitment" in text_of(page.get_data(as_text=True))
+    done = monitor.get(f"{asked.headers['Location']}/file")
+    assert done.status_code == 200 and done.mimetype == "application/pdf"
+    assert "Recruitment" in pdf_text(done.get_data())

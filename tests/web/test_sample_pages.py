@@ -149,9 +149,10 @@ def test_the_nurse_collects_a_sample_by_scanning_the_tube_set(
 
 @pytest.mark.req("AUD-01")
 def test_the_investigator_records_a_missed_sample_with_its_reason(
-    ctx: ServiceContext, signed_in: Callable[[str, str], FlaskClient]
+    ctx: ServiceContext, clock: Clock, signed_in: Callable[[str, str], FlaskClient]
 ) -> None:
     number = _registered(ctx)
+    clock.current = D3_MORNING  # a sample is recorded missed once its window has opened
     client = signed_in("inv-l1", GOOD_PASSWORD)
     path = f"/trials/{COHORT}/subjects/L1-001"
     page = client.get(path).get_data(as_text=True)
@@ -167,3 +168,23 @@ def test_the_investigator_records_a_missed_sample_with_its_reason(
     page = client.get(path).get_data(as_text=True)
     assert "Sample recorded as missed." in page and "patient in CT scan" in page
     assert "The D3 sample was not taken" not in page
+
+
+@pytest.mark.req("DIB-09")
+@pytest.mark.parametrize("typed", ["0001-01-01T00:00", "9999-12-31T23:59", "yesterday"])
+def test_a_collection_time_out_of_this_era_is_named_not_a_500(
+    ctx: ServiceContext, clock: Clock, signed_in: Callable[[str, str], FlaskClient], typed: str
+) -> None:
+    """The review of the merged cohort: a year 0001 overflowed the conversion to UTC (a 500)."""
+    number = _registered(ctx)
+    nurse = make_user(ctx, "nurse-l1", "nurse", trial=COHORT, site="L1")
+    clock.current = D3_MORNING
+    client = signed_in("nurse-l1", nurse.one_time_password)
+    token = csrf_token(client, COLLECT)
+    tube = kitlib.build_payload(COHORT, number, kitlib.sample_unit(1), rules.mac(ctx))
+    form = {"subject_number": "L1-001", "label": "D3", "payload": tube, "csrf_token": token}
+    answer = client.post(COLLECT, data={**form, "collected_at": typed, "late_reason": "on paper first"})
+    assert answer.status_code == 303
+    page = client.get(COLLECT).get_data(as_text=True)
+    assert "date and time" in page
+    assert register.registration(ctx, COHORT, "L1-001", ALL_SITES).samples[0].status == "assigned"

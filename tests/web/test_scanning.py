@@ -382,3 +382,29 @@ def test_a_scan_check_answering_late_cannot_erase_what_the_bedside_post_left_for
     assert late.status_code == 200 and "Set-Cookie" not in late.headers
     page = nurse.get(f"/trials/{TRIAL}/bedside").get_data(as_text=True)
     assert "scan-bad" in page and "Nothing was recorded" in page
+
+
+@pytest.mark.req("DIB-09")
+@pytest.mark.parametrize("typed", ["0001-01-01T00:00", "not a time"])
+def test_a_bedside_time_given_earlier_out_of_this_era_is_named_not_a_500(
+    app: Flask, ctx: ServiceContext, world: ReadyTrial, typed: str
+) -> None:
+    """The bedside's late entry shares the collection scan's parsing (forms.local_moment): a year
+    0001 overflowed the conversion to UTC there too."""
+    (first,) = subjects(ctx, world, 1)
+    nurse = client_for(app, "nurse-p1")
+    token = csrf_token(nurse, f"/trials/{TRIAL}/bedside")
+    answer = nurse.post(
+        f"/trials/{TRIAL}/bedside",
+        data={
+            "csrf_token": token,
+            "subject_number": first.subject_number,
+            "day": "D1",
+            "payload": label(ctx, first.kits[0].kit_number, "D1"),
+            "administered_at": typed,
+            "late_reason": "written on paper first",
+        },
+    )
+    assert answer.status_code == 303
+    assert "date and time" in nurse.get(f"/trials/{TRIAL}/bedside").get_data(as_text=True)
+    assert views.subject(ctx, TRIAL, first.subject_number, ALL).days[0].status != "administered"

@@ -372,6 +372,14 @@ def record_missed(
                 f"the {sample_label} sample of {subject} is {status}: it cannot be recorded as missed",
                 errors=[FieldProblem("label", f"is {status}")],
             )
+        if definition.local_date(now) < sample.due_date:
+            # Missed is final: recorded before the window opens, one mistaken click lost a sample
+            # that could still be taken (the review of the merged cohort).
+            raise Conflict(
+                f"the {sample_label} sample of {subject} can be taken from {sample.due_date.isoformat()}: "
+                "it cannot be recorded as missed before its window opens",
+                errors=[FieldProblem("label", f"its window opens on {sample.due_date.isoformat()}")],
+            )
         move_sample_kit(session, kit, S.MISSED, actor, reason.strip(), now)
         kit.reason = reason.strip()
         ctx.audit.record(
