@@ -266,3 +266,30 @@ def test_the_lab_technician_role_is_for_a_whole_observational_study_only(ctx: Se
         make_user(ctx, "lab-l1", "lab_technician", trial=COHORT, site="L1")
     assert _problems(exc) == {"site": "the lab_technician role cannot be limited to a site"}
     assert make_user(ctx, "lab-ok", "lab_technician", trial=COHORT).user_id
+
+
+def test_a_sample_a_few_minutes_beyond_the_limit_is_late(ctx: ServiceContext, clock: Clock) -> None:
+    """The review of the merged cohort: the delay was rounded to a tenth of an hour before it was
+    compared with the limit, so 24 h 02 min (shown 24.0 h) was not late."""
+    tubes, number = _shipped(ctx, 2)
+    lab = lab_technician(ctx)
+    clock.advance(hours=22, minutes=2)  # collected 2 h before the shipment: 24 h 02 min
+    row = ls.receive_sample(ctx, lab, COHORT, number, ls.SampleOutcome(tubes[0]), ALL_SITES)
+    assert (row.delay_hours, row.late) == (24.0, True)
+
+
+def test_nothing_of_the_samples_changes_once_the_database_is_locked(ctx: ServiceContext) -> None:
+    """The review of the merged cohort: shipments could be prepared, shipped and received, and
+    samples recorded missing, in a locked study."""
+    from allocator.models import Trial
+    from allocator.services.lookups import TrialLocked
+
+    tubes, number = _shipped(ctx, 2)
+    lab = lab_technician(ctx)
+    with ctx.db.unit_of_work() as s:
+        s.execute(select(Trial).where(Trial.code == COHORT)).scalar_one().status = "locked"
+    with pytest.raises(TrialLocked):
+        ls.receive_sample(ctx, lab, COHORT, number, ls.SampleOutcome(tubes[0]), ALL_SITES)
+    with pytest.raises(TrialLocked):
+        ls.close_receipt(ctx, lab, COHORT, number, ALL_SITES)
+    assert [r.status for r in ls.shipment(ctx, COHORT, number, ALL_SITES).samples] == ["shipped", "shipped"]

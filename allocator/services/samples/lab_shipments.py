@@ -34,7 +34,7 @@ from allocator.permissions import Scope
 from allocator.services import documents
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed
-from allocator.services.lookups import current_definition, get_trial
+from allocator.services.lookups import current_definition, get_trial, require_open
 from allocator.services.samples.rules import move_sample_kit
 from allocator.services.supply.kit_rules import mac
 from allocator.trialdef import TrialDefinition
@@ -113,8 +113,11 @@ def _sample_rows(session: Session, trial: Trial, limit: int, *conditions: object
     out = []
     for kit, site, subject, label, shipment in rows:
         delay = None
+        late = False
         if kit.received_at is not None and kit.collected_at is not None:
-            delay = round((_aware(kit.received_at) - _aware(kit.collected_at)).total_seconds() / 3600, 1)
+            seconds = (_aware(kit.received_at) - _aware(kit.collected_at)).total_seconds()
+            delay = round(seconds / 3600, 1)  # shown; the limit is checked on the exact delay
+            late = seconds > limit * 3600
         out.append(
             SampleRow(
                 kit_number=kit.kit_number,
@@ -128,7 +131,7 @@ def _sample_rows(session: Session, trial: Trial, limit: int, *conditions: object
                 received_by=kit.received_by_name,
                 reason=kit.reason,
                 delay_hours=delay,
-                late=delay is not None and delay > limit,
+                late=late,
             )
         )
     return out
@@ -291,6 +294,7 @@ def prepare(
         )
     with ctx.db.unit_of_work() as session:
         trial = get_trial(session, trial_code)
+        require_open(trial)  # nothing changes once the study's database is locked
         max_delay_hours(current_definition(session, trial))  # refuses a randomized trial
         site = session.execute(
             select(Site).where(Site.trial_id == trial.id, Site.code == site_code)
@@ -352,6 +356,7 @@ def ship(ctx: ServiceContext, actor: Actor, trial_code: str, number: str, scope:
     now = ctx.now()
     with ctx.db.unit_of_work() as session:
         trial = get_trial(session, trial_code)
+        require_open(trial)  # nothing changes once the study's database is locked
         shipment = _shipment(session, trial, number, scope, lock=True)
         if shipment.status != LabShipmentStatus.PREPARED.value:
             raise Conflict(f"lab shipment {number} is {shipment.status}, not prepared")
@@ -538,6 +543,7 @@ def receive_sample(
         reason = outcome.reason.replace("_", " ") + (f": {note}" if note else "")
     with ctx.db.unit_of_work() as session:
         trial = get_trial(session, trial_code)
+        require_open(trial)  # nothing changes once the study's database is locked
         limit = max_delay_hours(current_definition(session, trial))
         shipment = _shipment(session, trial, number, scope, lock=True)
         if shipment.status != LabShipmentStatus.SHIPPED.value:
@@ -602,6 +608,7 @@ def close_receipt(
     now = ctx.now()
     with ctx.db.unit_of_work() as session:
         trial = get_trial(session, trial_code)
+        require_open(trial)  # nothing changes once the study's database is locked
         shipment = _shipment(session, trial, number, scope, lock=True)
         if shipment.status != LabShipmentStatus.SHIPPED.value:
             raise Conflict(f"lab shipment {number} is {shipment.status}, not shipped")
