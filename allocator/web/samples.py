@@ -13,13 +13,12 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 from allocator.permissions import Permission, requires
 from allocator.services import sites
 from allocator.services.errors import DomainError
-from allocator.services.lookups import trial_definition
 from allocator.services.samples import collection
 from allocator.services.samples import kits as sample_kits
 from allocator.services.subjects import register as subjects_register
 from allocator.trialdef import TrialDefinition
 from allocator.web import forms, messages
-from allocator.web.security import actor, ctx, holds_any, scope
+from allocator.web.security import actor, ctx, definition_of, holds_any, scope
 
 bp = Blueprint("samples", __name__)
 
@@ -29,7 +28,9 @@ _COLLECT = "sample_collection"  # what the collection POST hands to the next GET
 
 
 def _observational(trial: str) -> TrialDefinition:
-    definition = trial_definition(ctx(), trial)
+    """The study's definition; refused for a randomized trial, before anything is read, recorded
+    or audited there (the review: an IFNG-PAIS nurse's scan check was audited in IFNG-PAIS)."""
+    definition = definition_of(trial)
     if definition.sampling is None:
         raise subjects_register.NotObservational(f"{trial} randomizes its patients: use the randomization")
     return definition
@@ -73,6 +74,8 @@ def tube_sets(trial: str) -> str:
 @bp.route("/trials/<trial>/tube-sets", methods=["POST"])
 @requires(Permission.SAMPLE_MANAGE)
 def generate(trial: str) -> WerkzeugResponse:
+    _observational(trial)
+
     def run() -> None:
         numbers = sample_kits.generate(
             ctx(),
@@ -99,6 +102,7 @@ def generate(trial: str) -> WerkzeugResponse:
 def labels(trial: str) -> Response | WerkzeugResponse:
     """The label sheet of the tube sets listed (typed or scanned, one per line), as a PDF; a set
     printed before comes out as a DUPLICATA reprint."""
+    _observational(trial)
     numbers = [line.strip() for line in (request.form.get("kits") or "").splitlines() if line.strip()]
     numbers += [n for n in request.form.getlist("kit") if n.strip()]
     try:
@@ -118,6 +122,7 @@ def labels(trial: str) -> Response | WerkzeugResponse:
 @bp.route("/trials/<trial>/tube-sets/damaged", methods=["POST"])
 @requires(Permission.SAMPLE_MANAGE)
 def damaged(trial: str) -> WerkzeugResponse:
+    _observational(trial)
     return forms.perform(
         lambda: sample_kits.mark_damaged(
             ctx(),
@@ -209,6 +214,7 @@ def collect_record(trial: str) -> WerkzeugResponse:
 def collect_check(trial: str) -> Response:
     """The tube set checked as soon as it is scanned (JSON for static/scan.js), before anything is
     recorded. Refusals are audited as when recording."""
+    _observational(trial)
     return forms.scan_verdict(
         "payload",
         lambda: collection.check_collection(
@@ -233,6 +239,7 @@ def _collected_at(zone: str) -> datetime | None:
 @requires(Permission.SAMPLE_MISS)
 def missed(trial: str, subject: str, label: str) -> WerkzeugResponse:
     """A planned sample not collected in its window, with the reason (investigator or manager)."""
+    _observational(trial)
     return forms.perform(
         lambda: collection.record_missed(
             ctx(),

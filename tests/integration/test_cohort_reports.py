@@ -270,6 +270,15 @@ def test_the_api_list_pages_the_participants_with_their_samples(
         "L2-004",
         "L2-005",
     ]
+    # A reader of L1 alone: another site's participant is no cursor (it answered a page, telling
+    # that L2-001 exists, where an unknown number was refused).
+    with ctx.db.reading() as s:
+        l1 = s.execute(select(Site.id).where(Site.code == "L1")).scalar_one()
+    only_l1 = Scope(all_sites=False, site_ids=frozenset({l1}))
+    for cursor in ("L2-001", "L2-999"):
+        with pytest.raises(ValidationFailed) as refused:
+            participants.participants_page(ctx, COHORT, only_l1, after=cursor)
+        assert [e.field for e in refused.value.errors] == ["after"]
     a = participants.participant(ctx, COHORT, "l1-001", ALL_SITES).as_json()
     assert a["site"] == "L1" and a["registered_at"] == "2026-03-02T09:31:00Z"
     assert a["samples"] == [

@@ -188,3 +188,41 @@ def test_a_collection_time_out_of_this_era_is_named_not_a_500(
     page = client.get(COLLECT).get_data(as_text=True)
     assert "date and time" in page
     assert register.registration(ctx, COHORT, "L1-001", ALL_SITES).samples[0].status == "assigned"
+
+
+@pytest.mark.req("BLD-01", "AUD-01")
+def test_a_randomized_trials_staff_cannot_act_on_samples_there(
+    ctx: ServiceContext, signed_in: Callable[[str, str], FlaskClient]
+) -> None:
+    """The review of the merged cohort: nurses, investigators and trial managers hold the sample
+    permissions in every study, and the scan check, the missed sample, the label sheet and damage
+    did not ask whether the study was a cohort: an IFNG-PAIS nurse's scan check was answered and
+    audited in IFNG-PAIS. They are now refused there before anything is read or recorded."""
+    from tests.support import events, load_ifn
+
+    load_ifn(ctx)
+    nurse = make_user(ctx, "nurse-p1", "nurse", trial="IFNG-PAIS", site="P1")
+    manager = make_user(ctx, "tman-p", "trial_manager", trial="IFNG-PAIS")
+    investigator = make_user(ctx, "inv-p1", "investigator", trial="IFNG-PAIS", site="P1")
+    base = "/trials/IFNG-PAIS"
+    client = signed_in("nurse-p1", nurse.one_time_password)
+    token = csrf_token(client, f"{base}/bedside")
+    check = client.post(
+        f"{base}/samples/collect/check",
+        json={"scan": "12345678", "subject_number": "P1-001", "label": "D3"},
+        headers={"X-CSRFToken": token},
+    )
+    assert check.status_code == 409
+    boss = signed_in("tman-p", manager.one_time_password)
+    token = csrf_token(boss, base)
+    for path, data in (
+        (f"{base}/tube-sets", {"site": "P1", "kit_type": "BIOMARKER", "count": "2"}),
+        (f"{base}/tube-sets/labels", {"kits": "12345678"}),
+        (f"{base}/tube-sets/damaged", {"kit": "12345678", "reason": "broken"}),
+    ):
+        assert boss.post(path, data={**data, "csrf_token": token}).status_code == 409, path
+    inv = signed_in("inv-p1", investigator.one_time_password)
+    token = csrf_token(inv, base)
+    missed = inv.post(f"{base}/subjects/P1-001/samples/D3/missed", data={"reason": "x", "csrf_token": token})
+    assert missed.status_code == 409
+    assert events(ctx, "sample.scan_refused") == [] and events(ctx, "sample_kit.generated") == []

@@ -120,15 +120,18 @@ def participants_page(
                 )
             query = query.where(Registration.site_id == found[0])
         if after:
-            start = session.execute(
-                select(Registration.id).where(
-                    Registration.trial_id == trial.id, Registration.subject_number == after.strip().upper()
-                )
-            ).scalar_one_or_none()
+            # Within the reader's sites only: a cursor must not tell whether another site's
+            # participant exists (the review of the merged cohort).
+            cursor = select(Registration.id).where(
+                Registration.trial_id == trial.id, Registration.subject_number == after.strip().upper()
+            )
+            if not scope.all_sites:
+                cursor = cursor.where(Registration.site_id.in_(sorted(scope.site_ids)))
+            start = session.execute(cursor).scalar_one_or_none()
             if start is None:
                 raise ValidationFailed(
                     "unknown cursor",
-                    errors=[FieldProblem("after", f"no participant {after!r} in {trial.code}")],
+                    errors=[FieldProblem("after", f"no participant {after!r} within your reach")],
                 )
             query = query.where(Registration.id > start)
         rows = list(session.execute(query).scalars())
