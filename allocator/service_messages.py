@@ -243,6 +243,16 @@ KNOWN = frozenset(
         N_("unknown tube set"),
         N_("the lab technician role is for an observational study"),
         N_("is for an observational study (its central lab)"),
+        # issue 20, the review of the merged cohort: summaries a French reader met in English
+        N_("invalid tube-set numbers"),
+        N_("invalid damage report"),
+        N_("invalid collection time"),
+        N_("unknown sample"),
+        N_("before registration"),
+        N_("invalid tube-set generation"),
+        N_("unknown tube sets"),
+        N_("print new labels and reprints separately"),
+        N_("unknown cursor"),
     }
 )
 
@@ -428,6 +438,25 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^not collected \(it is (?P<status>\S+)\)$"), N_("not collected (it is %(status)s)")),
     (re.compile(r"^already scanned: (?P<status>\S+)$"), N_("already scanned: %(status)s")),
     (re.compile(r"^tube set already (?P<status>\S+)$"), N_("tube set already %(status)s")),
+    (
+        re.compile(r"^already printed, reprint separately: (?P<kits>.+)$"),
+        N_("already printed, reprint separately: %(kits)s"),
+    ),
+    (re.compile(r"^site (?P<site>\S+) is closed$"), N_("site %(site)s is closed")),
+    (
+        re.compile(r"^no participant '(?P<subject>.*)' within your reach$"),
+        N_("no participant %(subject)s within your reach"),
+    ),
+    (
+        re.compile(
+            r"^the (?P<label>\S+) sample of (?P<subject>\S+) cannot be recorded as missed before its "
+            r"window opens on (?P<date>\S+)$"
+        ),
+        N_(
+            "the %(label)s sample of %(subject)s cannot be recorded as missed before its window opens on %(date)s"
+        ),
+    ),
+    (re.compile(r"^its window opens on (?P<date>\S+)$"), N_("its window opens on %(date)s")),
     (
         re.compile(r"^lab shipment (?P<number>\S+) is (?P<status>\S+), not (?P<expected>\S+)$"),
         N_("lab shipment %(number)s is %(status)s, not %(expected)s"),

@@ -376,8 +376,8 @@ def record_missed(
             # Missed is final: recorded before the window opens, one mistaken click lost a sample
             # that could still be taken (the review of the merged cohort).
             raise Conflict(
-                f"the {sample_label} sample of {subject} can be taken from {sample.due_date.isoformat()}: "
-                "it cannot be recorded as missed before its window opens",
+                f"the {sample_label} sample of {subject} cannot be recorded as missed before its "
+                f"window opens on {sample.due_date.isoformat()}",
                 errors=[FieldProblem("label", f"its window opens on {sample.due_date.isoformat()}")],
             )
         move_sample_kit(session, kit, S.MISSED, actor, reason.strip(), now)

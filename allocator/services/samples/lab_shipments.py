@@ -300,7 +300,9 @@ def prepare(
             select(Site).where(Site.trial_id == trial.id, Site.code == site_code)
         ).scalar_one_or_none()
         if site is None or not scope.allows_site(site.id):
-            raise NotFound(f"no site {site_code!r}", errors=[FieldProblem("site", "unknown site")])
+            raise NotFound(
+                f"no site {site_code!r} within your reach", errors=[FieldProblem("site", "unknown site")]
+            )
         found = {
             k.kit_number: k
             for k in session.execute(
