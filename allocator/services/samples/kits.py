@@ -237,6 +237,9 @@ def print_labels(
                         _tube_text(tube, index, len(tubes)),
                     )
                 )
+        # The trial row's lock first (documents.next_document_id), then the earlier prints counted:
+        # two prints of the same sets at once both came out as originals (LBL-12; the review).
+        document_id = documents.next_document_id(session, trial, "SLB")
         printed_before = dict.fromkeys(numbers, 0)
         for items in session.execute(
             select(PrintedDocument.items).where(
@@ -257,7 +260,6 @@ def print_labels(
                     )
                 ],
             )
-        document_id = documents.next_document_id(session, trial, "SLB")
         meta = kitlib.DocumentMeta(
             document_id=document_id,
             created_at=now,

@@ -401,6 +401,9 @@ def print_manifest(
         shipment = _shipment(session, trial, number, scope)
         view = _view(session, trial, shipment, limit, samples=True)
         site = session.get(Site, shipment.site_id)
+        # The trial row's lock first (next_document_id), then the earlier prints counted: two prints
+        # at once both came out as originals (LBL-12; the review of the merged cohort).
+        document_id = documents.next_document_id(session, trial, MANIFEST_PREFIX)
         earlier = [
             d
             for d in session.execute(
@@ -411,7 +414,6 @@ def print_manifest(
             if d.items and d.items[0] == number
         ]
         reprint = documents.checked_reprint_number(len(earlier))
-        document_id = documents.next_document_id(session, trial, MANIFEST_PREFIX)
         manifest = kitlib.LabManifest(
             trial_code=trial.code,
             short_title=definition.short_title,
