@@ -16,20 +16,21 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 
 from allocator import migrate, resources
 from allocator.audit import Actor
 from allocator.db import connect_once
-from allocator.models import User
+from allocator.models import Kit, KitStatus, Site, Trial, User
 from allocator.notices import N_
 from allocator.permissions import Scope
-from allocator.services import dispensing, signatures, sites, trials, unblinding
+from allocator.services import codebreak, dispensing, signatures, sites, trials, unblinding
 from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
 from allocator.services.subjects import randomize
-from allocator.services.supply import shipments
+from allocator.services.lookups import current_definition
+from allocator.services.supply import kit_lists, shipments
 from allocator.settings import Settings
 
 UAT_TRIAL = "ifn-gamma-pais"  # the shipped definition the scenarios are written for
@@ -51,6 +52,7 @@ SCENARIOS = {  # what each builds, in the operator's language at the command (al
     ),
 }
 CLOSE_OUT_SUBJECTS = 12
+SITES = ("P1", "P2")  # the shipped trial's sites, where the scenarios recruit alternately
 
 
 class UatRefused(Exception):
@@ -198,7 +200,7 @@ def build(
     subjects: list[str] = []
     everywhere = Scope(all_sites=True, site_ids=frozenset())
     if scenario == "mid-recruitment":
-        results = _recruit(ctx, actor, code, 24)
+        results = _recruit(ctx, actor, code, 24, passwords)
         subjects = [r.subject_number for r in results]
         unblinding.emergency_unblind(
             ctx,
@@ -212,7 +214,7 @@ def build(
             scope=everywhere,
         )
     elif scenario == "close-out-ready":
-        results = _recruit(ctx, actor, code, CLOSE_OUT_SUBJECTS)
+        results = _recruit(ctx, actor, code, CLOSE_OUT_SUBJECTS, passwords)
         subjects = [r.subject_number for r in results]
         pharmacists = {
             "P1": (_user_actor(ctx, "pharmacist", "pharmacist", "P1", actor.request_id), "pharmacist"),
@@ -236,18 +238,66 @@ def build(
     return UatResult(code, scenario, tuple(created), tuple(subjects))
 
 
-def _recruit(ctx: ServiceContext, actor: Actor, code: str, count: int) -> list[randomize.RandomizationResult]:
-    """The rest of the depot received (48 kits per site: 12 subjects x 3 days at most), then `count`
+def _stock_for(ctx: ServiceContext, actor: Actor, code: str, per_site: int, passwords: dict[str, str]) -> None:
+    """Make each site hold enough kits of every arm for `per_site` subjects, whatever the list
+    gives them. The list is drawn afresh at every reset, and a site may meet a run of one arm (up to
+    every subject of a stratum); a randomization is refused unless the site holds a whole schedule of
+    every arm (RND-08). So each site gets, per arm, a schedule for each of its subjects plus one: more
+    kits are generated, with their sealed code-break sheets (signed by the demo's statistician), and
+    the depot's kits are shipped and received."""
+    everywhere = Scope(all_sites=True, site_ids=frozenset())
+    with ctx.db.reading() as session:
+        trial = session.execute(select(Trial).where(Trial.code == code)).scalar_one()
+        definition = current_definition(session, trial)
+        held = dict(
+            session.execute(
+                select(Site.code, func.count(Kit.id))
+                .join(Kit, Kit.site_id == Site.id)
+                .where(Site.trial_id == trial.id, Site.code.in_(SITES))
+                .group_by(Site.code)
+            ).all()
+        )
+        at_depot = session.execute(
+            select(func.count(Kit.id)).where(Kit.trial_id == trial.id, Kit.status == KitStatus.AT_DEPOT.value)
+        ).scalar_one()
+    arms = len(definition.arm_codes)
+    needed = {site: len(definition.dispensing.schedule) * (per_site + 1) * arms for site in SITES}
+    to_ship = {site: max(0, needed[site] - held.get(site, 0)) for site in SITES}
+    block = 2 * definition.ratio_total
+    missing = sum(to_ship.values()) - at_depot
+    if missing > 0:
+        kit_lists.generate_kit_list(
+            ctx,
+            actor,
+            code,
+            count=-(-missing // block) * block,
+            lot_code="UAT-LOT-2",
+            expiry=ctx.now().date() + timedelta(days=365),
+        )
+        codebreak.generate_sheets(
+            ctx,
+            _user_actor(ctx, "statistician", "unblinded_statistician", None, actor.request_id),
+            code,
+            signature=signatures.SignatureRequest(password=passwords["statistician"]),
+        )
+    for site in SITES:
+        if to_ship[site]:
+            shipment = shipments.create_shipment(ctx, actor, code, site, to_ship[site])
+            shipments.ship(ctx, actor, code, shipment.number)
+            shipments.receive(ctx, actor, code, shipment.number, shipment.kits, scope=everywhere)
+
+
+def _recruit(
+    ctx: ServiceContext, actor: Actor, code: str, count: int, passwords: dict[str, str]
+) -> list[randomize.RandomizationResult]:
+    """Stock at both sites for their share of `count` subjects (`_stock_for`), then `count`
     subjects randomized, alternately at P1 and P2, both admission causes."""
     everywhere = Scope(all_sites=True, site_ids=frozenset())
     investigators = {
         "P1": _user_actor(ctx, "investigator", "investigator", "P1", actor.request_id),
         "P2": _user_actor(ctx, "investigator-p2", "investigator", "P2", actor.request_id),
     }
-    for site in ("P1", "P2"):
-        shipment = shipments.create_shipment(ctx, actor, code, site, 24)
-        shipments.ship(ctx, actor, code, shipment.number)
-        shipments.receive(ctx, actor, code, shipment.number, shipment.kits, scope=everywhere)
+    _stock_for(ctx, actor, code, -(-count // len(SITES)), passwords)
     results = []
     for k in range(count):
         site = "P1" if k % 2 == 0 else "P2"

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from allocator.cli import main
 from allocator.db import Database
-from allocator.models import AuditEvent, Dispensation, Site, Subject, Trial, Unblinding, User
+from allocator.models import AuditEvent, Dispensation, Kit, Site, Subject, Trial, Unblinding, User
 from tests.conftest import FreshDatabase
 
 
@@ -60,6 +60,31 @@ def test_a_scenario_is_rebuilt_the_same_every_time(instance: str) -> None:
     assert counts(instance) == first  # rebuilt, not added to
     code, out = run("uat", "reset", "IFNG-PAIS", "--scenario", "empty", "--yes")
     assert code == 0 and counts(instance) == {"subject": 0, "unblinding": 0, "app_user": 13, "randomized": 0}
+
+
+# A TEST list seed whose strata give P2 eight subjects of one arm among its first eleven: with 48
+# kits per site (24 of each arm) its twelfth randomization was refused for want of stock, as CI met
+# once by chance (the scenario drew a fresh seed and was built on a fixed stock).
+P2_RUN_OF_ONE_ARM = bytes.fromhex("5b82bb049da13bbed0f1fec1c8d1a76fe1f7a4805b5d02d1f3bf703ef4bd0439")
+
+
+@pytest.mark.req("VAL-05", "RND-08")
+def test_the_scenario_is_built_whatever_the_list_gives_a_site(
+    instance: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("allocator.services.lists.generation.new_seed", lambda: P2_RUN_OF_ONE_ARM)
+    code, out = run("uat", "reset", "IFNG-PAIS", "--scenario", "mid-recruitment", "--yes")
+    assert code == 0, out
+    assert counts(instance) == {"subject": 24, "unblinding": 1, "app_user": 13, "randomized": 24}
+    db = Database.connect(instance)
+    try:
+        with db.reading() as s:
+            at_sites = s.execute(
+                select(Site.code, func.count(Kit.id)).join(Kit, Kit.site_id == Site.id).group_by(Site.code)
+            ).all()
+    finally:
+        db.dispose()
+    assert sorted(at_sites) == [("P1", 78), ("P2", 78)]  # 3 days x (12 subjects + 1) x 2 arms
 
 
 @pytest.mark.req("VAL-05", "RND-13")
