@@ -28,8 +28,8 @@ from allocator.permissions import Scope
 from allocator.services import codebreak, dispensing, signatures, sites, trials, unblinding
 from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
-from allocator.services.subjects import randomize
 from allocator.services.lookups import current_definition
+from allocator.services.subjects import randomize
 from allocator.services.supply import kit_lists, shipments
 from allocator.settings import Settings
 
@@ -238,7 +238,9 @@ def build(
     return UatResult(code, scenario, tuple(created), tuple(subjects))
 
 
-def _stock_for(ctx: ServiceContext, actor: Actor, code: str, per_site: int, passwords: dict[str, str]) -> None:
+def _stock_for(
+    ctx: ServiceContext, actor: Actor, code: str, per_site: int, passwords: dict[str, str]
+) -> None:
     """Make each site hold enough kits of every arm for `per_site` subjects, whatever the list
     gives them. The list is drawn afresh at every reset, and a site may meet a run of one arm (up to
     every subject of a stratum); a randomization is refused unless the site holds a whole schedule of
