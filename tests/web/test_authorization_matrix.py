@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from werkzeug.test import Cookie
 
 from allocator import crypto
 from allocator.permissions import MFA_REQUIRED_ROLES, Role
@@ -1219,16 +1220,13 @@ def _accounts(ctx: ServiceContext) -> dict[str, bytes]:
     return secrets
 
 
-@pytest.fixture
-def principals(app: Flask, ctx: ServiceContext, clock: Clock) -> dict[str, FlaskClient]:
-    """A signed-in client per principal (second factor completed where the role requires it). The
-    accounts are built once per process and replayed (tests.support.worlds); the sign-ins are real."""
-    assert ctx.clock is clock
-    specs = _specs()
-    secrets = replayed(ctx, "authorization-matrix-accounts", _accounts)
-    clients: dict[str, FlaskClient] = {}
+def _signed_in(app: Flask, ctx: ServiceContext, clock: Clock) -> dict[str, list[Cookie]]:
+    """The accounts (`_accounts`), then every principal signed in through the pages (second factor
+    completed where the role requires it): the cookies of each principal's browser."""
+    secrets = _accounts(ctx)
     clock.advance(seconds=31)  # a fresh TOTP step for the sign-ins below
-    for name in specs:
+    cookies: dict[str, list[Cookie]] = {}
+    for name in _specs():
         client = https_client(app)
         token = csrf_token(client)
         response = client.post(
@@ -1244,6 +1242,29 @@ def principals(app: Flask, ctx: ServiceContext, clock: Clock) -> dict[str, Flask
             assert done.status_code == 302 and done.headers["Location"] == "/", done.get_data(as_text=True)[
                 :300
             ]
+        cookies[name] = list(client._cookies.values())
+    return cookies
+
+
+@pytest.fixture
+def principals(app: Flask, ctx: ServiceContext, clock: Clock) -> dict[str, FlaskClient]:
+    """A signed-in client per principal. The accounts and the sign-ins are real the first time in
+    a process, and replayed after that (tests.support.worlds): the rows the sign-ins wrote, and each
+    browser's cookies. Signing 17 principals in through the pages for each of the matrix's rows was
+    most of the suite's time (about 0.5 s per row and backend)."""
+    assert ctx.clock is clock
+    signed_in = replayed(ctx, "authorization-matrix-signed-in", lambda c: _signed_in(app, c, clock))
+    clients: dict[str, FlaskClient] = {}
+    for name, cookies in signed_in.items():
+        client = https_client(app)
+        for cookie in cookies:
+            client.set_cookie(
+                cookie.key,
+                cookie.value,
+                domain=cookie.domain,
+                origin_only=cookie.origin_only,
+                path=cookie.path,
+            )
         clients[name] = client
     users.create_token(ctx, CLI_ACTOR, "monitor", "x")  # something for token pages to list
     return clients
