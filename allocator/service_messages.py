@@ -11,7 +11,7 @@ Pure: no Flask.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from allocator.notices import N_, Gettext
 
@@ -659,14 +659,28 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
-def translate(message: str, names: Mapping[str, str], gettext: Gettext) -> str | None:
+# The values of a pattern that are statuses (`collected`, `shipped`): shown in words.
+STATUS_GROUPS = frozenset({"status", "expected", "previous"})
+
+
+def translate(
+    message: str,
+    names: Mapping[str, str],
+    gettext: Gettext,
+    status_word: Callable[[str], str] | None = None,
+) -> str | None:
     """`message` in the language of `gettext`, a value that is a key of `names` swapped for its
-    name; None when it is not a known service message."""
+    name, and a status (a value of STATUS_GROUPS: `collected`, `shipped`) given in words by
+    `status_word`; None when it is not a known service message."""
     if message in KNOWN:
         return gettext(message)
     for pattern, template in PATTERNS:
         match = pattern.match(message)
         if match:
             values = {key: names.get(value, value) for key, value in match.groupdict().items()}
+            if status_word is not None:
+                for key in STATUS_GROUPS & match.groupdict().keys():
+                    if match.group(key) not in names:
+                        values[key] = status_word(match.group(key))
             return gettext(template) % values
     return None

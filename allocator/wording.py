@@ -113,9 +113,9 @@ class Words:
     def message(self, text: str) -> str:
         """A service's message (an error, a refusal's detail recorded in the audit trail, a
         reconciliation discrepancy) in the reader's language when it is a known one, else as it
-        is. A kit status inside it is given in words."""
+        is. A kit status inside it is given in words, and so is the status a pattern names."""
         statuses = {status.value: self.word(status.value) for status in KitStatus}
-        return service_messages.translate(text, statuses, self.gettext) or text
+        return service_messages.translate(text, statuses, self.gettext, self.word) or text
 
     def word(self, code: str) -> str:
         """A status or kind code in words (`in_transit` -> "in transit" / "en transit"): the

@@ -92,6 +92,7 @@ STATUS_WORDS = frozenset(
         N_("received"),
         N_("unusable"),
         N_("missed"),
+        N_("without a tube set"),  # a planned sample given no tube set (services/samples/collection.py)
         N_("prepared"),
         N_("allocated"),
         N_("dispensed"),
@@ -170,4 +171,4 @@ def word(code: str) -> str:
 
 def translate(message: str, names: Mapping[str, str]) -> str | None:
     """`message` in the page's language, or None when it is not a known service message."""
-    return service_messages.translate(message, names, gettext)
+    return service_messages.translate(message, names, gettext, word)

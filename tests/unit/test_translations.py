@@ -126,4 +126,12 @@ def test_report_words_in_french_and_english() -> None:
         fr.message("STOP: this label does not belong to P1-007")
         != "STOP: this label does not belong to P1-007"
     )
+    # A status inside a service's message is in words too, whichever status it is (not only a kit's).
+    refused = "the D3 tube set of L1-001 is collected: it cannot be collected"
+    assert "est prélevé" in fr.message(refused) and "collected" not in fr.message(refused)
+    assert "is collected" in en.message(refused)
+    shipment = fr.message("lab shipment LS-0001 is shipped, not prepared")
+    assert "expédié" in shipment and "shipped" not in shipment and "prepared" not in shipment
+    missed = fr.message("the D3 sample of L1-001 is without a tube set: it cannot be recorded as missed")
+    assert "sans kit de tubes" in missed
     assert Words.of(None).language == "en" and Words.of("de").language == "en"

@@ -4,6 +4,7 @@ English and French, Post/Redirect/Get), and the participant's page with each sam
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -168,6 +169,14 @@ def test_the_investigator_records_a_missed_sample_with_its_reason(
     page = client.get(path).get_data(as_text=True)
     assert "Sample recorded as missed." in page and "patient in CT scan" in page
     assert "The D3 sample was not taken" not in page
+    # Recorded missed again from a page left open, in French: the refusal is shown though the form
+    # is gone, and the sample's status is in French words too, not `missed`.
+    _french(client, path)
+    again = client.post(f"{path}/samples/D3/missed", data={"reason": "encore", "csrf_token": token})
+    assert again.status_code == 303
+    french = client.get(again.headers["Location"]).get_data(as_text=True)
+    assert "le prélèvement D3 de L1-001 est manqué : il ne peut pas être enregistré comme manqué" in french
+    assert re.search(r"Prélèvement\s:\sest manqué", french) and "est missed" not in french
 
 
 @pytest.mark.req("DIB-09")
