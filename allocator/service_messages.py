@@ -172,6 +172,7 @@ KNOWN = frozenset(
         N_("is before randomization"),
         N_("invalid time"),
         N_("date and time"),
+        N_("this time did not exist that day: the clocks went forward"),  # web/forms.local_moment
         # unblinding
         N_("give exactly one subject number; nothing was revealed"),
         N_("one subject number, no list or wildcard"),

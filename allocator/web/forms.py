@@ -46,7 +46,9 @@ def text(name: str) -> str:
 def local_moment(name: str, zone: str) -> datetime | None:
     """A date-and-time field typed in the ward's local time (`zone`), as UTC; None when empty.
     Raises ValidationFailed naming the field for anything that is not a moment of this era (a year
-    0001 overflowed the conversion to UTC: a 500, found by the review of the cohort)."""
+    0001 overflowed the conversion to UTC: a 500, found by the review of the cohort), and for a time
+    in the hour skipped when the clocks go forward. A time of the hour repeated when they go back is
+    the first of the two (summer time), as the ward's clocks showed it first."""
     raw = text(name)
     if not raw:
         return None
@@ -55,7 +57,14 @@ def local_moment(name: str, zone: str) -> datetime | None:
         if not 2000 <= local.year <= 2999:
             raise ValueError(raw)
         if local.tzinfo is None:
+            typed = local
             local = local.replace(tzinfo=ZoneInfo(zone))  # the form's time is the ward's local time
+            if local.astimezone(UTC).astimezone(local.tzinfo).replace(tzinfo=None) != typed:
+                # In the hour skipped when the clocks go forward: no clock on the ward showed it.
+                raise ValidationFailed(
+                    "time skipped by the change to summer time",
+                    errors=[FieldProblem(name, "this time did not exist that day: the clocks went forward")],
+                )
         return local.astimezone(UTC)
     except (ValueError, OverflowError):
         raise ValidationFailed("invalid time", errors=[FieldProblem(name, "date and time")]) from None

@@ -199,6 +199,29 @@ def test_a_collection_time_out_of_this_era_is_named_not_a_500(
     assert register.registration(ctx, COHORT, "L1-001", ALL_SITES).samples[0].status == "assigned"
 
 
+@pytest.mark.req("DIB-09")
+def test_a_time_the_clocks_skipped_is_refused_by_name(
+    ctx: ServiceContext, clock: Clock, signed_in: Callable[[str, str], FlaskClient]
+) -> None:
+    """02:30 on 29 March 2026 never showed on a clock in Paris (02:00 became 03:00): it was taken as
+    03:30 without a word. Refused beside the field, nothing recorded; in French too."""
+    number = _registered(ctx)
+    nurse = make_user(ctx, "nurse-l1", "nurse", trial=COHORT, site="L1")
+    clock.current = D3_MORNING
+    client = signed_in("nurse-l1", nurse.one_time_password)
+    token = csrf_token(client, COLLECT)
+    tube = kitlib.build_payload(COHORT, number, kitlib.sample_unit(1), rules.mac(ctx))
+    form = {"subject_number": "L1-001", "label": "D3", "payload": tube, "csrf_token": token}
+    skipped = {**form, "collected_at": "2026-03-29T02:30", "late_reason": "on paper first"}
+    assert client.post(COLLECT, data=skipped).status_code == 303
+    page = client.get(COLLECT).get_data(as_text=True)
+    assert "this time did not exist that day: the clocks went forward" in page
+    _french(client, COLLECT)
+    client.post(COLLECT, data=skipped)
+    assert "cette heure n&#39;a pas existé ce jour-là" in client.get(COLLECT).get_data(as_text=True)
+    assert register.registration(ctx, COHORT, "L1-001", ALL_SITES).samples[0].status == "assigned"
+
+
 @pytest.mark.req("BLD-01", "AUD-01")
 def test_a_randomized_trials_staff_cannot_act_on_samples_there(
     ctx: ServiceContext, signed_in: Callable[[str, str], FlaskClient]
