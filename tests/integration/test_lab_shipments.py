@@ -23,6 +23,7 @@ from tests.support.cohort import (
     second_site,
     tube_set_label,
 )
+from tests.support.crowd import statements
 
 
 def _status(ctx: ServiceContext, number: str) -> tuple[str, str | None]:
@@ -293,3 +294,24 @@ def test_nothing_of_the_samples_changes_once_the_database_is_locked(ctx: Service
     with pytest.raises(TrialLocked):
         ls.close_receipt(ctx, lab, COHORT, number, ALL_SITES)
     assert [r.status for r in ls.shipment(ctx, COHORT, number, ALL_SITES).samples] == ["shipped", "shipped"]
+
+
+@pytest.mark.req("REP-08")
+def test_the_shipments_list_costs_the_same_statements_with_more_shipments(ctx: ServiceContext) -> None:
+    """The list read each shipment's site and tube sets apart: two statements more per shipment."""
+    investigator = ready_cohort(ctx)
+    tubes = collected_samples(ctx, investigator, 3)
+
+    def listed() -> tuple[int, list[tuple[str, list[str]]]]:
+        with statements(ctx.db) as seen:
+            views = ls.shipments(ctx, COHORT, ALL_SITES)
+        return seen.count, [(v.number, [row.kit_number for row in v.samples]) for v in views]
+
+    ls.prepare(ctx, investigator, COHORT, "L1", [tube_set_label(ctx, tubes[0])], ALL_SITES)
+    one, first = listed()
+    for tube in tubes[1:]:
+        ls.prepare(ctx, investigator, COHORT, "L1", [tube_set_label(ctx, tube)], ALL_SITES)
+    three, shown = listed()
+    assert three == one, (one, three)
+    assert shown == [("LS-0003", [tubes[2]]), ("LS-0002", [tubes[1]]), *first]  # newest first, each its own
+    assert first == [("LS-0001", [tubes[0]])]

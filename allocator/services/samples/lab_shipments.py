@@ -169,9 +169,14 @@ def _view(
     session: Session, trial: Trial, shipment: LabShipment, limit: int, samples: bool
 ) -> LabShipmentView:
     site = session.get(Site, shipment.site_id)
+    rows = _sample_rows(session, trial, limit, SampleKit.lab_shipment_id == shipment.id) if samples else []
+    return _shipment_view(shipment, site.code if site else "", rows)
+
+
+def _shipment_view(shipment: LabShipment, site_code: str, samples: Sequence[SampleRow]) -> LabShipmentView:
     return LabShipmentView(
         number=shipment.number,
-        site=site.code if site else "",
+        site=site_code,
         status=shipment.status,
         sample_count=shipment.sample_count,
         created_at=_aware(shipment.created_at),
@@ -180,22 +185,28 @@ def _view(
         shipped_by=shipment.shipped_by_name,
         received_at=_aware(shipment.received_at) if shipment.received_at else None,
         received_by=shipment.received_by_name,
-        samples=tuple(_sample_rows(session, trial, limit, SampleKit.lab_shipment_id == shipment.id))
-        if samples
-        else (),
+        samples=tuple(samples),
     )
 
 
 def shipments(ctx: ServiceContext, trial_code: str, scope: Scope) -> list[LabShipmentView]:
-    """The lab shipments of the sites in `scope`, newest first, with their tube sets."""
+    """The lab shipments of the sites in `scope`, newest first, with their tube sets: a few
+    statements whatever the number of shipments (the tube sets of all of them are read at once)."""
     with ctx.db.reading() as session:
         trial = get_trial(session, trial_code)
         limit = max_delay_hours(current_definition(session, trial))
-        query = select(LabShipment).where(LabShipment.trial_id == trial.id)
+        query = select(LabShipment, Site.code).join(Site, Site.id == LabShipment.site_id)
+        query = query.where(LabShipment.trial_id == trial.id)
         if not scope.all_sites:
             query = query.where(LabShipment.site_id.in_(scope.site_ids))
-        found = session.execute(query.order_by(LabShipment.id.desc())).scalars().all()
-        return [_view(session, trial, s, limit, samples=True) for s in found]
+        found = session.execute(query.order_by(LabShipment.id.desc())).all()
+        if not found:
+            return []
+        by_shipment: dict[str | None, list[SampleRow]] = {}
+        shipment_ids = [shipment.id for shipment, _site in found]
+        for row in _sample_rows(session, trial, limit, SampleKit.lab_shipment_id.in_(shipment_ids)):
+            by_shipment.setdefault(row.shipment, []).append(row)
+        return [_shipment_view(s, site, by_shipment.get(s.number, [])) for s, site in found]
 
 
 def shipment(ctx: ServiceContext, trial_code: str, number: str, scope: Scope) -> LabShipmentView:
