@@ -244,11 +244,11 @@ def verify_payload(
 
 
 def looks_like_scan(text: str) -> bool:
-    """True for a kit label's payload or a kit number (check digit right): what a keyboard-wedge
-    scanner types. A password field given one of these received a scan, not a password (issue 13);
-    a kit number is 8 digits, shorter than any acceptable password."""
+    """True for a kit label's payload, a lab shipment manifest's payload or a kit number (check
+    digit right): what a keyboard-wedge scanner types. A password field given one of these received
+    a scan, not a password (issue 13); a kit number is 8 digits, shorter than any acceptable password."""
     cleaned = text.strip().upper()
-    if PAYLOAD_PATTERN.fullmatch(cleaned):
+    if PAYLOAD_PATTERN.fullmatch(cleaned) or SHIPMENT_PAYLOAD_PATTERN.fullmatch(cleaned):
         return True
     try:
         normalize_kit_number(cleaned)

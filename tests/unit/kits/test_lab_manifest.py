@@ -21,7 +21,7 @@ from kits import (
     verify_shipment_payload,
 )
 from kits.errors import BadMacError, MalformedPayloadError, UnknownPayloadVersionError, WrongTrialError
-from kits.payload import SHIPMENT_PAYLOAD_PATTERN, parse_payload
+from kits.payload import SHIPMENT_PAYLOAD_PATTERN, looks_like_scan, parse_payload
 from tests.unit.kits.kits_testdata import all_text, decode_qr_codes, flat, mask_kit, trial_mac
 
 COHORT = "IMMUNOSEPSIS-4"
@@ -111,3 +111,13 @@ def test_a_long_manifest_runs_over_several_pages_with_one_qr() -> None:
     text = flat(all_text(pdf))
     assert "L1-0080" in text and "Page 2/" in text and "DUPLICATA" in text
     assert len(decode_qr_codes(pdf, 0)) == 1 and decode_qr_codes(pdf, 1) == []
+
+
+@pytest.mark.req("LBL-09")
+def test_a_manifest_scanned_into_a_password_field_is_seen_as_a_scan() -> None:
+    """Issue 13's refusal of a scan typed into a password field (services/signatures.refuse_a_scan)
+    knew kit labels and kit numbers, not the lab's manifests: one counted as a wrong password."""
+    manifest = build_shipment_payload(COHORT, "LS-0001", trial_mac)
+    assert looks_like_scan(manifest) and looks_like_scan(f" {manifest.lower()}\r\n")
+    assert not looks_like_scan("LS1/IMMUNOSEPSIS-4/LS-0001/not-a-tag-at-all")
+    assert not looks_like_scan("correct horse battery staple")
