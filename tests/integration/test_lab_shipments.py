@@ -315,3 +315,29 @@ def test_the_shipments_list_costs_the_same_statements_with_more_shipments(ctx: S
     assert three == one, (one, three)
     assert shown == [("LS-0003", [tubes[2]]), ("LS-0002", [tubes[1]]), *first]  # newest first, each its own
     assert first == [("LS-0001", [tubes[0]])]
+
+
+@pytest.mark.req("UNB-10", "AUD-01")
+def test_the_study_opens_with_its_first_site_and_its_database_can_be_locked(ctx: ServiceContext) -> None:
+    """An observational study has no randomization list, whose activation makes a trial active: it
+    stayed in set-up for good, and its database lock (active to locked) could never be signed."""
+    from allocator.audit import Actor
+    from allocator.services import auth, signatures, sites
+    from allocator.services.closeout import state
+    from tests.support import GOOD_PASSWORD, HERE, make_user
+
+    ready_cohort(ctx)
+    opened = events(ctx, "trial.status_changed")
+    assert [(e.object_id, e.reason) for e in opened] == [
+        (COHORT, "first site activated (L1): recruitment open")
+    ]
+    second_site(ctx)  # a second site activated: the study is open already, nothing more recorded
+    assert len(events(ctx, "trial.status_changed")) == 1
+    assert [s.status for s in sites.sites(ctx, COHORT)] == ["active", "active"]
+    created = make_user(ctx, "tm-cohort", "trial_manager", trial=COHORT)
+    auth.change_password(ctx, created.user_id, created.one_time_password, GOOD_PASSWORD, GOOD_PASSWORD, HERE)
+    manager = Actor(created.user_id, "tm-cohort", "TM", "trial_manager", None, "test")
+    step = state.lock(
+        ctx, manager, COHORT, reason="database lock", signature=signatures.SignatureRequest(GOOD_PASSWORD)
+    )
+    assert (step.from_status, step.to_status) == ("active", "locked")
