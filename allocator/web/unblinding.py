@@ -372,7 +372,8 @@ def accidental(trial: str) -> Response | WerkzeugResponse:
 @requires(Permission.TRIAL_VIEW)
 def closeout(trial: str) -> Response:
     status, steps = state.history(ctx(), trial)
-    return _page("unblinding/closeout.html", trial=trial, status=status, steps=steps)
+    cohort = trial_definition(ctx(), trial).observational  # issue 20: a lock, no unblinding
+    return _page("unblinding/closeout.html", trial=trial, status=status, steps=steps, cohort=cohort)
 
 
 def _step(trial: str, change: str) -> WerkzeugResponse:

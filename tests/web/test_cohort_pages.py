@@ -160,3 +160,36 @@ def test_a_cohort_site_is_activated_without_code_break_material(
     assert done.status_code in (302, 303)
     assert "L1 – Lyon site 1" in client.get(f"/trials/{COHORT}").get_data(as_text=True)
     assert ">active<" in client.get(f"/trials/{COHORT}/sites").get_data(as_text=True)
+
+
+@pytest.mark.req("UNB-10")
+def test_the_cohort_trial_manager_locks_the_database_and_nothing_is_unblinded(
+    ctx: ServiceContext, signed_in: Callable[[str, str], FlaskClient]
+) -> None:
+    """The study opens with its first site; its trial manager reaches the lock from the study's page
+    and signs it. There is no final unblinding of an observational study, on the page or by a POST."""
+    from allocator.audit import Actor
+    from allocator.services.closeout import state
+    from allocator.services.signatures import SignatureRequest
+    from allocator.trialdef import NotRandomized
+
+    ready_cohort(ctx)
+    created = make_user(ctx, "tm-cohort", "trial_manager", trial=COHORT)
+    client = signed_in("tm-cohort", created.one_time_password)
+    study = client.get(f"/trials/{COHORT}").get_data(as_text=True)
+    assert f'href="/trials/{COHORT}/closeout">Database lock</a>' in study
+    page = client.get(f"/trials/{COHORT}/closeout").get_data(as_text=True)
+    assert "An observational study goes from active to locked" in page and "unblinding" not in page.lower()
+    token = csrf_token(client, f"/trials/{COHORT}/closeout")
+    done = client.post(
+        f"/trials/{COHORT}/lock",
+        data={"reason": "last sample received", "password": GOOD_PASSWORD, "csrf_token": token},
+    )
+    assert done.status_code == 303
+    locked = client.get(done.headers["Location"]).get_data(as_text=True)
+    assert f"{COHORT} is now locked" in locked and "Unblind the trial" not in locked
+    assert state.status(ctx, COHORT) == "locked"
+    manager = Actor(created.user_id, "tm-cohort", "TM", "trial_manager", None, "test")
+    with pytest.raises(NotRandomized):  # refused before anything is signed or read
+        state.unblind_trial(ctx, manager, COHORT, reason="x", signature=SignatureRequest(GOOD_PASSWORD))
+    assert state.status(ctx, COHORT) == "locked"

@@ -13,7 +13,8 @@ from allocator.models import Signature, Trial, TrialStateChange, TrialStatus
 from allocator.services import signatures
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, FieldProblem, ValidationFailed
-from allocator.services.lookups import get_trial
+from allocator.services.lookups import get_trial, trial_definition
+from allocator.trialdef import NotRandomized
 
 LOCK_MEANING = "database lock"
 UNBLIND_MEANING = "final unblinding"
@@ -131,7 +132,10 @@ def lock(
 def unblind_trial(
     ctx: ServiceContext, actor: Actor, trial_code: str, *, reason: str, signature: signatures.SignatureRequest
 ) -> StateStep:
-    """LOCKED -> UNBLINDED, signed "final unblinding" (unblinded statistician)."""
+    """LOCKED -> UNBLINDED, signed "final unblinding" (unblinded statistician). An observational
+    study has nothing to unblind: NotRandomized (a 409 on the pages), nothing signed."""
+    if trial_definition(ctx, trial_code).observational:
+        raise NotRandomized(trial_code, "arms to unblind")
     return _change(
         ctx,
         actor,
