@@ -614,6 +614,13 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     ),
     (
         re.compile(
+            r"^the (?P<label>\S+) sample of (?P<subject>\S+) is (?P<status>.+), not missed: there is nothing to "
+            r"withdraw$"
+        ),
+        N_("the %(label)s sample of %(subject)s is %(status)s, not missed: there is nothing to withdraw"),
+    ),
+    (
+        re.compile(
             r"^the (?P<label>\S+) sample of (?P<subject>\S+) is (?P<status>.+): it cannot be recorded as missed$"
         ),
         N_("the %(label)s sample of %(subject)s is %(status)s: it cannot be recorded as missed"),

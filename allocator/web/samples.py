@@ -255,3 +255,26 @@ def missed(trial: str, subject: str, label: str) -> WerkzeugResponse:
         f"missed-{label}",
         {"reason": _("Why the sample was not taken"), "label": _("Sample")},
     )
+
+
+@bp.route("/trials/<trial>/subjects/<subject>/samples/<label>/missed/withdraw", methods=["POST"])
+@requires(Permission.SAMPLE_MISS)
+def withdraw_missed(trial: str, subject: str, label: str) -> WerkzeugResponse:
+    """A sample recorded missed by mistake: the record withdrawn, with the reason; the tube set is
+    to be collected again (investigator or manager)."""
+    _observational(trial)
+    return forms.perform(
+        lambda: collection.withdraw_missed(
+            ctx(),
+            actor(Permission.SAMPLE_MISS),
+            trial,
+            subject_number=subject,
+            label=label,
+            reason=_form("reason"),
+            scope=scope(Permission.SAMPLE_MISS),
+        ),
+        _("The missed record is withdrawn: the sample is to be collected."),
+        url_for("subjects.subject_page", trial=trial, subject=subject),
+        f"unmissed-{label}",
+        {"reason": _("Why the missed record is withdrawn"), "label": _("Sample")},
+    )

@@ -332,6 +332,10 @@ def subject_page(trial: str, subject: str) -> str:
                 tp.label: forms.recall(f"{request.path}#missed-{tp.label}")
                 for tp in definition.sampling.timepoints
             },
+            withdraw_forms={
+                tp.label: forms.recall(f"{request.path}#unmissed-{tp.label}")
+                for tp in definition.sampling.timepoints
+            },
         )
     view = views.subject(ctx(), trial, subject, scope(Permission.SUBJECT_VIEW))
     access = current_user().access

@@ -354,6 +354,67 @@ def test_a_missed_sample_needs_a_reason_and_is_never_collected_after(
     assert register.registration(ctx, COHORT, "L1-001", ALL_SITES).samples[0].reason == "patient in CT scan"
 
 
+@pytest.mark.req("AUD-02", "DIB-03")
+def test_a_missed_record_made_by_mistake_is_withdrawn_with_a_reason_and_kept(
+    ctx: ServiceContext, clock: Clock
+) -> None:
+    """A missed record was final: a wrong click at the bedside lost the sample for good. It is now
+    withdrawn by a new, reasoned and attributed record; the first stays in the history."""
+    investigator = ready_cohort(ctx)
+    number = _register(ctx, investigator).samples[0].kit_number
+    assert number
+    clock.current = D3_MORNING
+
+    def withdraw(reason: str) -> str:
+        return collection.withdraw_missed(
+            ctx, investigator, COHORT, subject_number="L1-001", label="D3", reason=reason, scope=ALL_SITES
+        )
+
+    with pytest.raises(Conflict, match="is assigned, not missed: there is nothing to withdraw"):
+        withdraw("not missed")
+    collection.record_missed(
+        ctx,
+        investigator,
+        COHORT,
+        subject_number="L1-001",
+        label="D3",
+        reason="wrong patient",
+        scope=ALL_SITES,
+    )
+    with pytest.raises(ValidationFailed) as no_reason:
+        withdraw("  ")
+    assert [e.field for e in no_reason.value.errors] == ["reason"] and _kits(ctx)[number].status == "missed"
+    assert withdraw("recorded on the wrong patient's page") == number
+    kit = _kits(ctx)[number]
+    assert (kit.status, kit.reason) == ("assigned", None)
+    with ctx.db.reading() as s:
+        history = s.execute(
+            select(SampleKitEvent.from_status, SampleKitEvent.to_status, SampleKitEvent.reason)
+            .where(SampleKitEvent.sample_kit_id == kit.id)
+            .order_by(SampleKitEvent.id)
+        ).all()
+    assert [tuple(h) for h in history][-2:] == [
+        ("assigned", "missed", "wrong patient"),
+        ("missed", "assigned", "recorded on the wrong patient's page"),
+    ]
+    withdrawn = events(ctx, "sample_kit.status_changed")[-1]
+    assert withdrawn.reason == "recorded on the wrong patient's page" and "wrong patient" in (
+        withdrawn.old_values or ""
+    )
+    collected = collection.record_collection(
+        ctx,
+        investigator,
+        COHORT,
+        payload=_label(ctx, number),
+        subject_number="L1-001",
+        label="D3",
+        scope=ALL_SITES,
+    )
+    assert collected.kit_number == number and _kits(ctx)[number].status == "collected"
+    with pytest.raises(Conflict):
+        withdraw("again")  # a collected sample has no missed record to withdraw
+
+
 # --- two registrations on the last tube set, against a committed database -----------------------
 
 REGISTRATIONS = 6

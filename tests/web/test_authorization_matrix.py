@@ -211,6 +211,13 @@ MATRIX = [
         "samples.missed",
     ),
     Row(
+        "cohort missed record withdrawn",
+        "POST",
+        "/trials/IMMUNOSEPSIS-4/subjects/L1-001/samples/D3/missed/withdraw",
+        frozenset({"cohort_investigator", "cohort_trial_manager"}),
+        "samples.withdraw_missed",
+    ),
+    Row(
         "cohort API register",
         "POST",
         "/api/v1/trials/IMMUNOSEPSIS-4/subjects",

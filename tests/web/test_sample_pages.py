@@ -179,6 +179,35 @@ def test_the_investigator_records_a_missed_sample_with_its_reason(
     assert re.search(r"Prélèvement\s:\sest manqué", french) and "est missed" not in french
 
 
+@pytest.mark.req("DIB-03")
+def test_a_missed_record_made_by_mistake_is_withdrawn_from_the_participants_page(
+    ctx: ServiceContext, clock: Clock, signed_in: Callable[[str, str], FlaskClient]
+) -> None:
+    number = _registered(ctx)
+    clock.current = D3_MORNING
+    client = signed_in("inv-l1", GOOD_PASSWORD)
+    path = f"/trials/{COHORT}/subjects/L1-001"
+    token = csrf_token(client, path)
+    assert "recorded missed by mistake" not in client.get(path).get_data(as_text=True)
+    client.post(f"{path}/samples/D3/missed", data={"reason": "wrong patient", "csrf_token": token})
+    page = client.get(path).get_data(as_text=True)
+    assert "The D3 sample was recorded missed by mistake" in page
+    refused = client.post(f"{path}/samples/D3/missed/withdraw", data={"reason": "", "csrf_token": token})
+    assert refused.status_code == 303 and refused.headers["Location"].endswith("#unmissed-D3")
+    shown = client.get(path).get_data(as_text=True)
+    assert "Why the missed record is withdrawn: is required" in shown and 'aria-invalid="true"' in shown
+    done = client.post(
+        f"{path}/samples/D3/missed/withdraw",
+        data={"reason": "recorded on the wrong page", "csrf_token": token},
+    )
+    assert done.status_code == 303 and done.headers["Location"].endswith(path)
+    page = client.get(path).get_data(as_text=True)
+    assert "The missed record is withdrawn: the sample is to be collected." in page
+    assert "The D3 sample was not taken" in page and "recorded missed by mistake" not in page
+    assert register.registration(ctx, COHORT, "L1-001", ALL_SITES).samples[0].status == "assigned"
+    assert number
+
+
 @pytest.mark.req("DIB-09")
 @pytest.mark.parametrize("typed", ["0001-01-01T00:00", "9999-12-31T23:59", "yesterday"])
 def test_a_collection_time_out_of_this_era_is_named_not_a_500(

@@ -396,3 +396,60 @@ def record_missed(
             at=now,
         )
         return kit.kit_number
+
+
+def withdraw_missed(
+    ctx: ServiceContext,
+    actor: Actor,
+    trial_code: str,
+    *,
+    subject_number: str,
+    label: str,
+    reason: str,
+    scope: Scope,
+) -> str:
+    """Withdraw a missed record made by mistake (the sample was taken, or can still be): the tube
+    set is assigned again and can be scanned at collection, a late entry with its reason. Nothing is
+    deleted: the missed record stays in the tube set's history and the audit trail, and the
+    withdrawal is a new, reasoned and attributed record. Returns the tube set's number. Raises
+    ValidationFailed (no reason, unknown sample), NotFound, Conflict (the sample is not missed),
+    TrialLocked."""
+    if not reason.strip():
+        raise ValidationFailed("a reason is required", errors=[FieldProblem("reason", "is required")])
+    check_lengths(reason=(reason, REASON_MAX))
+    subject = subject_number.strip().upper()
+    sample_label = label.strip().upper()
+    now = ctx.now()
+    with ctx.db.unit_of_work() as session:
+        trial = get_trial(session, trial_code)
+        lookups.require_open(trial)
+        definition = current_definition(session, trial)
+        _registration, sample, site = _participant_sample(
+            session, trial.id, subject, sample_label, scope, definition
+        )
+        kit = session.execute(
+            select(SampleKit).where(SampleKit.planned_sample_id == sample.id).with_for_update()
+        ).scalar_one_or_none()
+        if kit is None or kit.status != S.MISSED.value:
+            status = kit.status if kit else "without a tube set"
+            raise Conflict(
+                f"the {sample_label} sample of {subject} is {status}, not missed: there is nothing to withdraw",
+                errors=[],
+            )
+        move_sample_kit(session, kit, S.ASSIGNED, actor, reason.strip(), now)
+        withdrawn = kit.reason
+        kit.reason = None
+        ctx.audit.record(
+            session,
+            actor=actor,
+            chain=trial.code,
+            action=Action.SAMPLE_KIT_STATUS_CHANGED,
+            object_type="registration",
+            object_id=subject,
+            site_code=site.code,
+            old={"status": S.MISSED.value, "reason": withdrawn},
+            new={"sample": sample_label, "tube_set": kit.kit_number, "status": S.ASSIGNED.value},
+            reason=reason.strip(),
+            at=now,
+        )
+        return kit.kit_number

@@ -2,7 +2,8 @@
 the one way a tube set changes status, with its history row; a scanned tube-set label.
 
 A tube set moves: available -> assigned (registration) -> collected (bedside scan) -> shipped ->
-received at the central lab; an assigned one may be missed (its sample not taken in its window), an
+received at the central lab; an assigned one may be missed (its sample not taken in its window), and
+a missed one assigned again when that was a mistake (the record withdrawn, with a reason); an
 available one damaged at the site, a collected, shipped or received one found unusable."""
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ LIFECYCLE: dict[SampleKitStatus, frozenset[SampleKitStatus]] = {
     S.SHIPPED: frozenset({S.RECEIVED, S.UNUSABLE}),
     S.RECEIVED: frozenset({S.UNUSABLE}),
     S.UNUSABLE: frozenset(),
-    S.MISSED: frozenset(),
+    S.MISSED: frozenset({S.ASSIGNED}),  # recorded missed by mistake: withdrawn, with a reason
     S.DAMAGED: frozenset(),
 }
 
