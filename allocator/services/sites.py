@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import select
 
 from allocator.audit import Action, Actor
-from allocator.models import Site, SiteStatus, Trial, TrialStatus
+from allocator.models import Site, SiteStatus
 from allocator.permissions import Scope
 from allocator.services import codebreak
 from allocator.services.accounts.user_admin import required_reason, trial_by_code
+from allocator.services.closeout import state
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed
 from allocator.services.lookups import current_definition, trial_definition
@@ -137,40 +137,14 @@ def activate_site(
             at=now,
         )
         if observational:
-            _open_recruitment(ctx, session, actor, trial, site.code, now)
+            # An observational study becomes active with its first active site, as a randomized
+            # trial does with its randomization list (it has none): without it the study stayed in
+            # set-up for good, and its database could never be locked.
+            state.open_trial(
+                ctx, session, actor, trial, f"first site activated ({site.code}): recruitment open", now
+            )
         # Issue 19: the initial shipment, when the trial resupplies its sites automatically.
         resupply.at_activation(ctx, session, actor, trial, current_definition(session, trial), site, now)
-
-
-def _open_recruitment(
-    ctx: ServiceContext, session: Session, actor: Actor, trial: Trial, site_code: str, now: datetime
-) -> None:
-    """An observational study becomes active with its first active site, as a randomized trial does
-    with its randomization list (it has none): without it the study stayed in set-up for good, and
-    its database could never be locked (closeout.state.lock asks for an active study). One
-    conditional update, so that two sites activated at once open it once."""
-    opened = (
-        session.connection()
-        .execute(
-            update(Trial)
-            .where(Trial.id == trial.id, Trial.status == TrialStatus.SETUP.value)
-            .values(status=TrialStatus.ACTIVE.value)
-        )
-        .rowcount
-    )
-    if opened:
-        ctx.audit.record(
-            session,
-            actor=actor,
-            chain=trial.code,
-            action=Action.TRIAL_STATUS_CHANGED,
-            object_type="trial",
-            object_id=trial.code,
-            old={"status": TrialStatus.SETUP.value},
-            new={"status": TrialStatus.ACTIVE.value},
-            reason=f"first site activated ({site_code}): recruitment open",
-            at=now,
-        )
 
 
 def close_site(

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from allocator.audit import Action, Actor
 from allocator.models import Signature, Trial, TrialStateChange, TrialStatus
@@ -111,6 +112,40 @@ def _change(
             actor.name,
             signatures.manifestation(signed),
         )
+
+
+def open_trial(
+    ctx: ServiceContext, session: Session, actor: Actor, trial: Trial, reason: str, now: datetime
+) -> bool:
+    """SETUP -> ACTIVE, in the caller's transaction, unsigned: a randomized trial opens with its
+    randomization list's (signed) activation, an observational study with its first active site.
+    One conditional update, so that two callers at once open it once; audited when it opened.
+    Returns whether it did."""
+    opened = (
+        session.connection()
+        .execute(
+            update(Trial)
+            .where(Trial.id == trial.id, Trial.status == TrialStatus.SETUP.value)
+            .values(status=TrialStatus.ACTIVE.value)
+        )
+        .rowcount
+    )
+    if not opened:
+        return False
+    session.expire(trial, ["status"])
+    ctx.audit.record(
+        session,
+        actor=actor,
+        chain=trial.code,
+        action=Action.TRIAL_STATUS_CHANGED,
+        object_type="trial",
+        object_id=trial.code,
+        old={"status": TrialStatus.SETUP.value},
+        new={"status": TrialStatus.ACTIVE.value},
+        reason=reason,
+        at=now,
+    )
+    return True
 
 
 def lock(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from allocator.audit import Action, Actor
-from allocator.models import ListStatus, TrialStatus
+from allocator.models import ListStatus
 from allocator.services import signatures
+from allocator.services.closeout import state
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict
 from allocator.services.lists.storage import (
@@ -110,19 +111,6 @@ def activate_list(
                 new={"status": "active", "signature": signature.id},
                 at=now,
             )
-            if trial.status == TrialStatus.SETUP.value:
-                trial.status = TrialStatus.ACTIVE.value
-                ctx.audit.record(
-                    session,
-                    actor=actor,
-                    chain=trial.code,
-                    action=Action.TRIAL_STATUS_CHANGED,
-                    object_type="trial",
-                    object_id=trial.code,
-                    old={"status": "setup"},
-                    new={"status": "active"},
-                    reason="randomization list activated",
-                    at=now,
-                )
+            state.open_trial(ctx, session, actor, trial, "randomization list activated", now)
 
     list_signing(ctx, actor, trial_code, ACTIVATION_MEANING, str(list_id), work)

@@ -7,6 +7,8 @@ taken in its window is recorded missed, with a reason, by the investigator or th
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
@@ -15,7 +17,7 @@ from sqlalchemy.orm import Session
 
 import kits as kitlib
 from allocator.audit import Action, Actor
-from allocator.models import PlannedSample, Registration, SampleKit, Site
+from allocator.models import PlannedSample, Registration, SampleKit, SampleKitStatus, Site
 from allocator.permissions import Scope
 from allocator.services import lookups
 from allocator.services.context import ServiceContext
@@ -348,53 +350,26 @@ def record_missed(
     scope: Scope,
 ) -> str:
     """Record that a participant's planned sample was not collected, with a reason: its tube set
-    becomes missed (never collected afterwards). Audited. Returns the tube set's number. Raises
-    ValidationFailed (no reason, unknown sample), NotFound, Conflict (already collected or missed)."""
-    if not reason.strip():
-        raise ValidationFailed("a reason is required", errors=[FieldProblem("reason", "is required")])
-    check_lengths(reason=(reason, REASON_MAX))
-    subject = subject_number.strip().upper()
-    sample_label = label.strip().upper()
-    now = ctx.now()
-    with ctx.db.unit_of_work() as session:
-        trial = get_trial(session, trial_code)
-        lookups.require_open(trial)
-        definition = current_definition(session, trial)
-        _registration, sample, site = _participant_sample(
-            session, trial.id, subject, sample_label, scope, definition
-        )
-        kit = session.execute(
-            select(SampleKit).where(SampleKit.planned_sample_id == sample.id).with_for_update()
-        ).scalar_one_or_none()
+    becomes missed (collected afterwards only once the record is withdrawn, `withdraw_missed`).
+    Audited. Returns the tube set's number. Raises ValidationFailed (no reason, unknown sample),
+    NotFound, Conflict (already collected or missed), TrialLocked."""
+    with _missed_change(ctx, actor, trial_code, subject_number, label, reason, scope, S.MISSED) as change:
+        kit, sample = change.kit, change.sample
         if kit is None or kit.status != S.ASSIGNED.value:
             status = kit.status if kit else "without a tube set"
             raise Conflict(
-                f"the {sample_label} sample of {subject} is {status}: it cannot be recorded as missed",
+                f"the {change.label} sample of {change.subject} is {status}: it cannot be recorded as missed",
                 errors=[FieldProblem("label", f"is {status}")],
             )
-        if definition.local_date(now) < sample.due_date:
-            # Missed is final: recorded before the window opens, one mistaken click lost a sample
-            # that could still be taken (the review of the merged cohort).
+        if change.definition.local_date(change.now) < sample.due_date:
+            # Missed is final until withdrawn: recorded before the window opens, one mistaken click
+            # lost a sample that could still be taken (the review of the merged cohort).
             raise Conflict(
-                f"the {sample_label} sample of {subject} cannot be recorded as missed before its "
+                f"the {change.label} sample of {change.subject} cannot be recorded as missed before its "
                 f"window opens on {sample.due_date.isoformat()}",
                 errors=[FieldProblem("label", f"its window opens on {sample.due_date.isoformat()}")],
             )
-        move_sample_kit(session, kit, S.MISSED, actor, reason.strip(), now)
-        kit.reason = reason.strip()
-        ctx.audit.record(
-            session,
-            actor=actor,
-            chain=trial.code,
-            action=Action.SAMPLE_KIT_STATUS_CHANGED,
-            object_type="registration",
-            object_id=subject,
-            site_code=site.code,
-            old={"status": S.ASSIGNED.value},
-            new={"sample": sample_label, "tube_set": kit.kit_number, "status": S.MISSED.value},
-            reason=reason.strip(),
-            at=now,
-        )
+        kit.reason = change.reason
         return kit.kit_number
 
 
@@ -414,31 +389,77 @@ def withdraw_missed(
     withdrawal is a new, reasoned and attributed record. Returns the tube set's number. Raises
     ValidationFailed (no reason, unknown sample), NotFound, Conflict (the sample is not missed),
     TrialLocked."""
+    with _missed_change(ctx, actor, trial_code, subject_number, label, reason, scope, S.ASSIGNED) as change:
+        kit = change.kit
+        if kit is None or kit.status != S.MISSED.value:
+            status = kit.status if kit else "without a tube set"
+            raise Conflict(
+                f"the {change.label} sample of {change.subject} is {status}, not missed: there is nothing "
+                "to withdraw",
+                errors=[],
+            )
+        change.old["reason"] = kit.reason
+        kit.reason = None
+        return kit.kit_number
+
+
+@dataclass
+class _MissedChange:
+    """What `_missed_change` found, for its caller to check before the change is made."""
+
+    subject: str
+    label: str
+    reason: str
+    now: datetime
+    definition: TrialDefinition
+    sample: PlannedSample
+    kit: SampleKit | None
+    old: dict[str, object]
+
+
+@contextmanager
+def _missed_change(
+    ctx: ServiceContext,
+    actor: Actor,
+    trial_code: str,
+    subject_number: str,
+    label: str,
+    reason: str,
+    scope: Scope,
+    to_status: SampleKitStatus,
+) -> Iterator[_MissedChange]:
+    """One change of a sample between assigned and missed, for `record_missed` and
+    `withdraw_missed`: the reason checked, the participant's sample found within `scope` and its tube
+    set locked; the block checks the tube set (raising leaves nothing written); then the tube set
+    moves to `to_status` with its history row and the change is audited, in the same transaction."""
     if not reason.strip():
         raise ValidationFailed("a reason is required", errors=[FieldProblem("reason", "is required")])
     check_lengths(reason=(reason, REASON_MAX))
-    subject = subject_number.strip().upper()
-    sample_label = label.strip().upper()
-    now = ctx.now()
     with ctx.db.unit_of_work() as session:
         trial = get_trial(session, trial_code)
         lookups.require_open(trial)
         definition = current_definition(session, trial)
+        subject, sample_label = subject_number.strip().upper(), label.strip().upper()
         _registration, sample, site = _participant_sample(
             session, trial.id, subject, sample_label, scope, definition
         )
         kit = session.execute(
             select(SampleKit).where(SampleKit.planned_sample_id == sample.id).with_for_update()
         ).scalar_one_or_none()
-        if kit is None or kit.status != S.MISSED.value:
-            status = kit.status if kit else "without a tube set"
-            raise Conflict(
-                f"the {sample_label} sample of {subject} is {status}, not missed: there is nothing to withdraw",
-                errors=[],
-            )
-        move_sample_kit(session, kit, S.ASSIGNED, actor, reason.strip(), now)
-        withdrawn = kit.reason
-        kit.reason = None
+        change = _MissedChange(
+            subject,
+            sample_label,
+            reason.strip(),
+            ctx.now(),
+            definition,
+            sample,
+            kit,
+            {"status": kit and kit.status},
+        )
+        yield change
+        if kit is None:  # pragma: no cover - both callers refuse a sample without a tube set
+            raise Conflict(f"the {sample_label} sample of {subject} has no tube set")
+        move_sample_kit(session, kit, to_status, actor, change.reason, change.now)
         ctx.audit.record(
             session,
             actor=actor,
@@ -447,9 +468,8 @@ def withdraw_missed(
             object_type="registration",
             object_id=subject,
             site_code=site.code,
-            old={"status": S.MISSED.value, "reason": withdrawn},
-            new={"sample": sample_label, "tube_set": kit.kit_number, "status": S.ASSIGNED.value},
-            reason=reason.strip(),
-            at=now,
+            old=change.old,
+            new={"sample": sample_label, "tube_set": kit.kit_number, "status": to_status.value},
+            reason=change.reason,
+            at=change.now,
         )
-        return kit.kit_number
