@@ -127,6 +127,7 @@ class Action(enum.StrEnum):
     SUBJECT_RANDOMIZED = "subject.randomized"
     SUBJECT_REGISTERED = "subject.registered"  # an observational study's participant (issue 20)
     LAB_CLOSURE_ADDED = "lab.closure_added"  # a day the central lab of an observational study is closed
+    LAB_CLOSURE_WITHDRAWN = "lab.closure_withdrawn"  # a closure entered by mistake, withdrawn
     # issue 20 (labship): collected samples shipped to the central lab and received there
     LAB_SHIPMENT_PREPARED = "lab_shipment.prepared"
     LAB_SHIPMENT_SHIPPED = "lab_shipment.shipped"

@@ -66,6 +66,7 @@ ACTION_LABELS: Mapping[Action, str] = {
     Action.SUBJECT_RANDOMIZED: N_("Subject randomized"),
     Action.SUBJECT_REGISTERED: N_("Subject registered (observational study)"),
     Action.LAB_CLOSURE_ADDED: N_("Central lab closure entered"),
+    Action.LAB_CLOSURE_WITHDRAWN: N_("Central lab closure withdrawn"),
     Action.LAB_SHIPMENT_PREPARED: N_("Lab shipment prepared"),
     Action.LAB_SHIPMENT_SHIPPED: N_("Lab shipment sent"),
     Action.SAMPLE_RECEIVED: N_("Sample received at the lab"),

@@ -110,6 +110,8 @@ KNOWN = frozenset(
         N_("is already registered"),  # an observational study (issue 20)
         N_("is already a closure"),  # the central lab's closures (issue 20)
         N_("the closure cannot be recorded"),
+        N_("the closure cannot be withdrawn"),
+        N_("has no closure"),
         N_("must be a whole number"),
         N_("must be a number"),
         N_("must be yes or no"),
@@ -405,6 +407,10 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (
         re.compile(r"^the lab is already closed on (?P<day>\S+)$"),
         N_("the lab is already closed on %(day)s"),
+    ),
+    (
+        re.compile(r"^the lab has no closure on (?P<day>\S+) to withdraw$"),
+        N_("the lab has no closure on %(day)s to withdraw"),
     ),
     (
         re.compile(r"^(?P<trial>\S+) randomizes its patients: use the randomization$"),

@@ -2,7 +2,7 @@
 
 from allocator.models.audit import AuditChainHead, AuditCheckpoint, AuditEvent, AuditVerification
 from allocator.models.base import Base
-from allocator.models.cohort import LabClosure, PlannedSample, Registration
+from allocator.models.cohort import LabClosure, LabClosureWithdrawal, PlannedSample, Registration
 from allocator.models.dispensation import Administration, Dispensation, PrintedDocument
 from allocator.models.disposal import KitDisposal, KitDisposalItem
 from allocator.models.drill import DrillSubject, UnblindingDrill
@@ -67,6 +67,7 @@ __all__ = [
     "KitList",
     "KitStatus",
     "LabClosure",
+    "LabClosureWithdrawal",
     "LabShipment",
     "LabShipmentStatus",
     "ListExtensionProposal",

@@ -52,10 +52,11 @@ class PlannedSample(Base):
 class LabClosure(Base):
     """A day the central lab of an observational study is closed, entered by the people who manage
     the study's sites (beyond weekends and public holidays). Samples planned after it is entered
-    avoid it; nothing already planned moves. Never deleted (append-only)."""
+    avoid it; nothing already planned moves. Never deleted (append-only): a closure entered by
+    mistake is withdrawn (LabClosureWithdrawal), and the day may then be closed again, so a day
+    has at most one closure that is not withdrawn (services/lab_calendar.py, under the trial's lock)."""
 
     __tablename__ = "lab_closure"
-    __table_args__ = (UniqueConstraint("trial_id", "day"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     trial_id: Mapped[int] = mapped_column(ForeignKey("trial.id"), index=True)
@@ -64,3 +65,17 @@ class LabClosure(Base):
     entered_at: Mapped[datetime]
     entered_by_id: Mapped[int | None] = mapped_column(ForeignKey("app_user.id"))
     entered_by_name: Mapped[str] = mapped_column(String(200))
+
+
+class LabClosureWithdrawal(Base):
+    """A lab closure withdrawn, with the reason and who did it: the closure no longer counts for
+    the samples planned from then on (nothing already planned moves). Append-only."""
+
+    __tablename__ = "lab_closure_withdrawal"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    closure_id: Mapped[int] = mapped_column(ForeignKey("lab_closure.id"), unique=True)
+    reason: Mapped[str] = mapped_column(String(500))
+    withdrawn_at: Mapped[datetime]
+    withdrawn_by_id: Mapped[int | None] = mapped_column(ForeignKey("app_user.id"))
+    withdrawn_by_name: Mapped[str] = mapped_column(String(200))

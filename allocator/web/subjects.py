@@ -251,7 +251,7 @@ def randomized(trial: str, subject: str) -> str:
 @requires(Permission.TRIAL_VIEW)
 def lab_calendar(trial: str) -> str:
     """The lab's working days, the coming weekdays off (public holidays, closures) and, for those who
-    manage the sites, the form that enters a closure."""
+    manage the sites, the forms that enter a closure and withdraw one entered by mistake."""
     language = str(get_locale() or "en")
     shown = lab_calendar_service.calendar(ctx(), trial, language=language)
     names = get_day_names("wide", locale=get_locale())
@@ -262,6 +262,7 @@ def lab_calendar(trial: str) -> str:
         weekdays=[names[d - 1] for d in shown.working_weekdays],
         can_close=current_user().access.has(Permission.SITE_MANAGE, current_trial().id),
         form=forms.recall(f"{request.path}#closure"),
+        withdraw_form=forms.recall(f"{request.path}#withdraw"),
     )
 
 
@@ -276,6 +277,21 @@ def add_lab_closure(trial: str) -> WerkzeugResponse:
         url_for("subjects.lab_calendar", trial=trial) + "#closure",
         "closure",
         {"day": _("Day"), "reason": _("Reason")},
+    )
+
+
+@bp.route("/trials/<trial>/lab-calendar/withdrawals", methods=["POST"])
+@requires(Permission.SITE_MANAGE)
+def withdraw_lab_closure(trial: str) -> WerkzeugResponse:
+    """A closure entered by mistake, withdrawn with a reason (it stays in the list, marked)."""
+    return _perform(
+        lambda: lab_calendar_service.withdraw_closure(
+            ctx(), actor(Permission.SITE_MANAGE), trial, {"day": _form("day"), "reason": _form("reason")}
+        ),
+        _("The closure is withdrawn: samples planned from now on may fall on that day."),
+        url_for("subjects.lab_calendar", trial=trial) + "#withdraw",
+        "withdraw",
+        {"day": _("Closure to withdraw"), "reason": _("Why it is withdrawn")},
     )
 
 

@@ -86,6 +86,7 @@ APPEND_ONLY = {
     "registration",
     "planned_sample",
     "lab_closure",
+    "lab_closure_withdrawal",
 }
 NO_DELETE = {
     "trial",

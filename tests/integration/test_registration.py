@@ -172,3 +172,41 @@ def test_a_lab_closure_is_audited_and_moves_the_next_registrations(ctx: ServiceC
     load_ifn(ctx)
     with pytest.raises(lab_calendar.NoLabCalendar):
         lab_calendar.add_closure(ctx, CLI_ACTOR, "IFNG-PAIS", {"day": "2026-03-10", "reason": "x"})
+
+
+@pytest.mark.req("DIB-03", "AUD-02")
+def test_a_closure_entered_by_mistake_is_withdrawn_kept_and_the_day_can_be_closed_again(
+    ctx: ServiceContext,
+) -> None:
+    """A closure was final: one entered on the wrong day kept moving that day's samples for good."""
+    investigator = ready_cohort(ctx)
+    lab_calendar.add_closure(ctx, CLI_ACTOR, COHORT, {"day": "2026-03-04", "reason": "wrong day"})
+    with pytest.raises(ValidationFailed) as invalid:
+        lab_calendar.withdraw_closure(ctx, CLI_ACTOR, COHORT, {"day": "2026-03-04", "reason": " "})
+    assert [e.field for e in invalid.value.errors] == ["reason"]
+    with pytest.raises(lab_calendar.NoClosure) as none:
+        lab_calendar.withdraw_closure(ctx, CLI_ACTOR, COHORT, {"day": "2026-03-05", "reason": "x"})
+    assert [e.field for e in none.value.errors] == ["day"]
+    withdrawn = lab_calendar.withdraw_closure(
+        ctx, CLI_ACTOR, COHORT, {"day": "2026-03-04", "reason": "the maintenance is on the 11th"}
+    )
+    assert withdrawn.withdrawn is not None and withdrawn.withdrawn.reason == "the maintenance is on the 11th"
+    [entry] = events(ctx, "lab.closure_withdrawn")
+    assert entry.object_id == "2026-03-04" and entry.reason == "the maintenance is on the 11th"
+    assert "wrong day" in (entry.old_values or "")
+    # Withdrawn, the day is a working day again for the registrations that follow: D3 stays on it.
+    [d3] = register.register(ctx, investigator, COHORT, _request(), ALL_SITES).samples
+    assert (d3.due, d3.planned) == (date(2026, 3, 4), date(2026, 3, 4))
+    with pytest.raises(lab_calendar.NoClosure):  # withdrawn once: nothing left to withdraw
+        lab_calendar.withdraw_closure(ctx, CLI_ACTOR, COHORT, {"day": "2026-03-04", "reason": "again"})
+    # The day may be closed again; both closures stay in the calendar, the first marked withdrawn.
+    lab_calendar.add_closure(ctx, CLI_ACTOR, COHORT, {"day": "2026-03-04", "reason": "power cut planned"})
+    with pytest.raises(lab_calendar.AlreadyClosed):
+        lab_calendar.add_closure(ctx, CLI_ACTOR, COHORT, {"day": "2026-03-04", "reason": "twice"})
+    shown = lab_calendar.calendar(ctx, COHORT)
+    assert [(c.reason, c.withdrawn is not None) for c in shown.closures] == [
+        ("power cut planned", False),
+        ("wrong day", True),
+    ]
+    assert {d.day: d.closure for d in shown.days_off}.get(date(2026, 3, 4)) in (None, "power cut planned")
+    assert _count(ctx, LabClosure) == 2

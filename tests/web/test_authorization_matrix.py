@@ -157,6 +157,13 @@ MATRIX = [
         frozenset({"admin", "cohort_trial_manager"}),
         "subjects.add_lab_closure",
     ),
+    Row(
+        "cohort lab closure withdrawn",
+        "POST",
+        "/trials/IMMUNOSEPSIS-4/lab-calendar/withdrawals",
+        frozenset({"admin", "cohort_trial_manager"}),
+        "subjects.withdraw_lab_closure",
+    ),
     # Issue 20, the tube sets: the stock for the cohort's readers; generation, labels and damage for
     # its trial manager; the bedside collection scan for its investigator and nurse; a missed sample
     # for its investigator and trial manager (not the nurse).

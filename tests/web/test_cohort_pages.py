@@ -138,6 +138,19 @@ def test_the_lab_calendar_shows_days_off_and_takes_closures(
     french = tm.post("/language", data={"language": "fr", "csrf_token": csrf_token(tm, path)})
     assert french.status_code in (302, 303)
     assert "Lundi de Pâques" in tm.get(path).get_data(as_text=True)
+    # Entered by mistake: withdrawn, in French, with a reason; it stays in the list, marked.
+    token = csrf_token(tm, path)
+    refused = tm.post(f"{path}/withdrawals", data={"day": "2026-03-04", "reason": "", "csrf_token": token})
+    assert refused.status_code == 303 and refused.headers["Location"].endswith("#withdraw")
+    assert "Pourquoi elle est retirée" in tm.get(path).get_data(as_text=True)
+    done = tm.post(
+        f"{path}/withdrawals", data={"day": "2026-03-04", "reason": "mauvais jour", "csrf_token": token}
+    )
+    assert done.status_code == 303 and done.headers["Location"].endswith("#withdraw")
+    shown = tm.get(path).get_data(as_text=True)
+    assert "La fermeture est retirée" in shown and "<s>" in shown and "mauvais jour" in shown
+    assert "cytometer maintenance" in shown  # the closure itself stays in the list
+    assert "Retirer une fermeture saisie par erreur" not in tm.get(path).get_data(as_text=True)  # none left
 
 
 def test_a_cohort_site_is_activated_without_code_break_material(
