@@ -175,6 +175,7 @@ KNOWN = frozenset(
         N_("invalid time"),
         N_("date and time"),
         N_("this time did not exist that day: the clocks went forward"),  # web/forms.local_moment
+        N_("time skipped by the change to summer time"),
         # unblinding
         N_("give exactly one subject number; nothing was revealed"),
         N_("one subject number, no list or wildcard"),
@@ -640,7 +641,9 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         N_("a %(status)s tube set cannot become %(other)s"),
     ),
     (
-        re.compile(r"^is (?P<status>assigned|collected|missed|damaged|shipped|received|unusable|available)$"),
+        re.compile(
+            r"^is (?P<status>assigned|collected|missed|damaged|shipped|received|unusable|available|without a tube set)$"
+        ),
         N_("is %(status)s"),
     ),
     # kit reconciliation (services/supply/reconciliation.py): statuses are given words by the caller
@@ -674,7 +677,7 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 
 
 # The values of a pattern that are statuses (`collected`, `shipped`): shown in words.
-STATUS_GROUPS = frozenset({"status", "expected", "previous"})
+STATUS_GROUPS = frozenset({"status", "expected", "previous", "target"})
 
 
 def translate(

@@ -100,6 +100,15 @@ def activate_site(
         raise ValidationFailed("the site cannot be activated", errors=problems)
     with ctx.db.unit_of_work() as session:
         trial = trial_by_code(session, trial_code)
+        if observational:
+            # An observational study becomes active with its first active site, as a randomized
+            # trial does with its randomization list (it has none): without it the study stayed in
+            # set-up for good, and its database could never be locked. Before the site's row is
+            # locked: trial, then site, the order of every other writer (a refusal below rolls
+            # this back with the rest).
+            state.open_trial(
+                ctx, session, actor, trial, f"first site activated ({site_code}): recruitment open", now
+            )
         site = session.execute(
             select(Site).where(Site.trial_id == trial.id, Site.code == site_code).with_for_update()
         ).scalar_one_or_none()
@@ -136,13 +145,6 @@ def activate_site(
             reason=reason,
             at=now,
         )
-        if observational:
-            # An observational study becomes active with its first active site, as a randomized
-            # trial does with its randomization list (it has none): without it the study stayed in
-            # set-up for good, and its database could never be locked.
-            state.open_trial(
-                ctx, session, actor, trial, f"first site activated ({site.code}): recruitment open", now
-            )
         # Issue 19: the initial shipment, when the trial resupplies its sites automatically.
         resupply.at_activation(ctx, session, actor, trial, current_definition(session, trial), site, now)
 

@@ -37,6 +37,7 @@ TITLES = frozenset(
         N_("This trial randomizes its patients: it does not register them"),
         N_("This trial randomizes its patients: it has no central-lab calendar"),
         N_("The lab is already closed that day"),
+        N_("The lab has no closure that day to withdraw"),
         N_("Kits of every arm are not available at the site"),
         N_("The stratum's randomization list is exhausted"),
         N_("No randomization list is active"),

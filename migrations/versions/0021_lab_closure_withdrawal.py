@@ -58,7 +58,15 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    dialect = op.get_bind().dialect.name
+    bind = op.get_bind()
+    withdrawn = bind.execute(sa.text("SELECT count(*) FROM lab_closure_withdrawal")).scalar_one()
+    if withdrawn:
+        # Dropping them would put withdrawn closures back in force, and a day closed again would
+        # break the unique (trial, day) restored below: nothing is deleted, so the downgrade stops.
+        raise RuntimeError(
+            f"{withdrawn} lab closure withdrawal(s) recorded: the downgrade below 0021 would delete them; refused"
+        )
+    dialect = bind.dialect.name
     _guards(dbguards.unguard(dialect, "lab_closure_withdrawal", updates=False))
     op.drop_table("lab_closure_withdrawal")
     _guards(dbguards.unguard(dialect, "lab_closure", updates=False))

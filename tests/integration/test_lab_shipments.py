@@ -341,3 +341,29 @@ def test_the_study_opens_with_its_first_site_and_its_database_can_be_locked(ctx:
         ctx, manager, COHORT, reason="database lock", signature=signatures.SignatureRequest(GOOD_PASSWORD)
     )
     assert (step.from_status, step.to_status) == ("active", "locked")
+
+
+@pytest.mark.req("UNB-10", "AUD-01")
+def test_a_cohort_whose_sites_were_active_before_studies_opened_is_opened_at_its_lock(
+    ctx: ServiceContext,
+) -> None:
+    """A study deployed before studies opened with their first site stays in set-up with its sites
+    active: its lock opens it first (audited), then is signed."""
+    from allocator.audit import Actor
+    from allocator.models import Trial
+    from allocator.services import auth, signatures
+    from allocator.services.closeout import state
+    from tests.support import GOOD_PASSWORD, HERE, make_user
+
+    ready_cohort(ctx)
+    with ctx.db.unit_of_work() as s:  # as such a study is
+        s.execute(select(Trial).where(Trial.code == COHORT)).scalar_one().status = "setup"
+    created = make_user(ctx, "tm-cohort", "trial_manager", trial=COHORT)
+    auth.change_password(ctx, created.user_id, created.one_time_password, GOOD_PASSWORD, GOOD_PASSWORD, HERE)
+    manager = Actor(created.user_id, "tm-cohort", "TM", "trial_manager", None, "test")
+    step = state.lock(
+        ctx, manager, COHORT, reason="database lock", signature=signatures.SignatureRequest(GOOD_PASSWORD)
+    )
+    assert (step.from_status, step.to_status) == ("active", "locked")
+    reasons = [e.reason for e in events(ctx, "trial.status_changed")]
+    assert reasons[-2:] == ["recruitment open: a site was active already", "database lock"]

@@ -164,3 +164,38 @@ def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path) -> None:  # type: i
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
     database.dispose()
+
+
+@pytest.mark.req("AUD-03")
+def test_the_downgrade_below_0021_refuses_to_drop_recorded_withdrawals(
+    fresh_database: FreshDatabase, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """Dropping `lab_closure_withdrawal` would delete records and put withdrawn closures back in
+    force: with a withdrawal recorded, the downgrade stops and the database stays at head."""
+    from allocator import crypto
+    from allocator.services import lab_calendar
+    from allocator.services.context import ServiceContext
+    from allocator.settings import Environment, Settings
+    from tests.support import CLI_ACTOR, COHORT, Clock, ready_cohort
+
+    url = fresh_database.url
+    migrate.upgrade(url)
+    keys = tmp_path / "keys"
+    crypto.KeyRing.create_missing(keys)
+    db = Database.connect(url)
+    try:
+        ctx = ServiceContext.build(
+            Settings(env=Environment.TEST, database_url=url, key_dir=keys),
+            db,
+            crypto.KeyRing.load(keys),
+            clock=Clock(),
+            passwords=crypto.FAST_PASSWORD_HASHING,
+        )
+        ready_cohort(ctx, tube_sets=0)
+        lab_calendar.add_closure(ctx, CLI_ACTOR, COHORT, {"day": "2026-03-04", "reason": "wrong day"})
+        lab_calendar.withdraw_closure(ctx, CLI_ACTOR, COHORT, {"day": "2026-03-04", "reason": "mistake"})
+    finally:
+        db.dispose()
+    with pytest.raises(RuntimeError, match="lab closure withdrawal"):
+        migrate.downgrade(url, "0020")
+    assert migrate.current_revision(url) == migrate.head_revision()

@@ -247,7 +247,9 @@ def test_a_time_the_clocks_skipped_is_refused_by_name(
     assert "this time did not exist that day: the clocks went forward" in page
     _french(client, COLLECT)
     client.post(COLLECT, data=skipped)
-    assert "cette heure n&#39;a pas existé ce jour-là" in client.get(COLLECT).get_data(as_text=True)
+    french = client.get(COLLECT).get_data(as_text=True)
+    assert "cette heure n&#39;a pas existé ce jour-là" in french
+    assert "heure sautée par le passage à l’heure d’été" in french and "summer time" not in french
     assert register.registration(ctx, COHORT, "L1-001", ALL_SITES).samples[0].status == "assigned"
 
 

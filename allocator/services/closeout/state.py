@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from allocator.audit import Action, Actor
-from allocator.models import Signature, Trial, TrialStateChange, TrialStatus
+from allocator.models import Signature, Site, SiteStatus, Trial, TrialStateChange, TrialStatus
 from allocator.services import signatures
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, FieldProblem, ValidationFailed
@@ -151,7 +151,21 @@ def open_trial(
 def lock(
     ctx: ServiceContext, actor: Actor, trial_code: str, *, reason: str, signature: signatures.SignatureRequest
 ) -> StateStep:
-    """ACTIVE -> LOCKED, signed "database lock" (trial manager)."""
+    """ACTIVE -> LOCKED, signed "database lock" (trial manager). An observational study still in
+    set-up with an active site (one whose sites were activated before studies opened with their
+    first site) is opened first, audited, so that its lock can be signed."""
+    if trial_definition(ctx, trial_code).observational:
+        with ctx.db.unit_of_work() as session:
+            trial = get_trial(session, trial_code)
+            active = session.execute(
+                select(Site.id)
+                .where(Site.trial_id == trial.id, Site.status == SiteStatus.ACTIVE.value)
+                .limit(1)
+            ).first()
+            if trial.status == TrialStatus.SETUP.value and active is not None:
+                open_trial(
+                    ctx, session, actor, trial, "recruitment open: a site was active already", ctx.now()
+                )
     return _change(
         ctx,
         actor,
