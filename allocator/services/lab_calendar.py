@@ -129,15 +129,7 @@ def add_closure(ctx: ServiceContext, actor: Actor, trial_code: str, form: Mappin
 
     Raises NoLabCalendar (a randomized trial), ValidationFailed (a missing, malformed or past day, no
     reason; nothing recorded), AlreadyClosed."""
-    problems: list[FieldProblem] = []
-    day = period_date(form, "day", problems)
-    if day is None and not problems:
-        problems.append(FieldProblem("day", "is required"))
-    reason = (form.get("reason") or "").strip()
-    if not reason:
-        problems.append(FieldProblem("reason", "is required"))
-    elif len(reason) > REASON_MAX:
-        problems.append(FieldProblem("reason", "at most 500 characters"))
+    day, reason, problems = _day_and_reason(form)
     now = ctx.now()
     with ctx.db.unit_of_work() as session:
         trial, definition = lookups.trial_and_definition(session, trial_code)
@@ -176,6 +168,20 @@ def add_closure(ctx: ServiceContext, actor: Actor, trial_code: str, form: Mappin
     return Closure(day, reason, now, actor.name)
 
 
+def _day_and_reason(form: Mapping[str, str]) -> tuple[date | None, str, list[FieldProblem]]:
+    """The form's day and reason, and what is wrong with them (each named by its field)."""
+    problems: list[FieldProblem] = []
+    day = period_date(form, "day", problems)
+    if day is None and not problems:
+        problems.append(FieldProblem("day", "is required"))
+    reason = (form.get("reason") or "").strip()
+    if not reason:
+        problems.append(FieldProblem("reason", "is required"))
+    elif len(reason) > REASON_MAX:
+        problems.append(FieldProblem("reason", "at most 500 characters"))
+    return day, reason, problems
+
+
 def _lock(session: Session, trial: Trial) -> None:
     """The trial row, held until the caller's transaction ends (FOR NO KEY UPDATE: rows that refer
     to the trial are still written meanwhile)."""
@@ -189,15 +195,7 @@ def withdraw_closure(ctx: ServiceContext, actor: Actor, trial_code: str, form: M
 
     Raises NoLabCalendar (a randomized trial), ValidationFailed (a missing or malformed day, no
     reason; nothing recorded), NoClosure (the day has no closure in force)."""
-    problems: list[FieldProblem] = []
-    day = period_date(form, "day", problems)
-    if day is None and not problems:
-        problems.append(FieldProblem("day", "is required"))
-    reason = (form.get("reason") or "").strip()
-    if not reason:
-        problems.append(FieldProblem("reason", "is required"))
-    elif len(reason) > REASON_MAX:
-        problems.append(FieldProblem("reason", "at most 500 characters"))
+    day, reason, problems = _day_and_reason(form)
     now = ctx.now()
     with ctx.db.unit_of_work() as session:
         trial, definition = lookups.trial_and_definition(session, trial_code)
