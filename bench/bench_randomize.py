@@ -646,7 +646,12 @@ def create_pg_database(base: str, name: str) -> str:
     ) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.execute(f'CREATE DATABASE "{name}"')
-    return url.set(database=name).render_as_string(hide_password=False)
+    return pg_url(base, name)
+
+
+def pg_url(base: str, name: str) -> str:
+    """The URL of database `name` on the server of `base`."""
+    return make_url(base).set(database=name).render_as_string(hide_password=False)
 
 
 def drop_pg_database(base: str, name: str) -> None:

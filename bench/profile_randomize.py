@@ -6,6 +6,7 @@ statements sent per randomization. cProfile's own overhead inflates the absolute
 shares are what it is for. Request log lines go to stderr: 2>/dev/null.
 
 Usage: python bench/profile_randomize.py [--count N] [--pg URL] [--slots N] [--kits-per-site N] [--plain]
+                                        [--dump FILE]
 
 --plain runs the same randomizations without the profiler and prints the CPU per randomization of
 this process and of the benchmark database's own backends: the figure to compare two versions of
@@ -67,6 +68,9 @@ def main() -> int:
         "--plain",
         action="store_true",
         help="no profiler: CPU per randomization of this process and of its own database backends",
+    )
+    parser.add_argument(
+        "--dump", type=Path, default=None, help="also write the raw profile (pstats) to this file"
     )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="profile_rand_"))
@@ -137,6 +141,8 @@ def main() -> int:
         profiler.disable()
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         stats = pstats.Stats(profiler)
+        if args.dump is not None:
+            stats.dump_stats(args.dump)
         raw = stats.stats  # type: ignore[attr-defined]
         total = sum(entry[2] for entry in raw.values())
         groups: Counter[str] = Counter()
