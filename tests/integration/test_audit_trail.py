@@ -68,6 +68,20 @@ def test_filters_and_paging(ctx: ServiceContext) -> None:
     assert {e.field for e in caught.value.errors} == {"since", "action"}
 
 
+@pytest.mark.req("BLD-07")
+def test_the_entries_of_a_review_are_the_entries_of_the_trail(ctx: ServiceContext) -> None:
+    """`entries` builds its views from rows by position (issue 21); they are the trail's views, field
+    for field, and a sealed value is only ever said to be present."""
+    trail(ctx)
+    shown = audit_trail.page(ctx, "IFNG-PAIS", AuditFilter(), after=None, limit=1000, scope=ALL).entries
+    read = audit_trail.entries(ctx, "IFNG-PAIS", actions=None, since=None, until=None, scope=ALL)
+    assert len(read) == len(shown) > 5
+    assert read == list(shown)
+    sealed = [e for e in read if e.has_sealed]
+    assert [e.object_id for e in sealed] == ["P1-001"] and sealed[0].sealed is None
+    assert sealed[0].new == {"note": '=HYPERLINK("http://x")'} and sealed[0].reason == "+danger"
+
+
 @pytest.mark.req("ACC-10")
 @pytest.mark.req("BLD-07")
 def test_a_monitor_limited_to_a_site_sees_trial_entries_and_that_site_only(ctx: ServiceContext) -> None:

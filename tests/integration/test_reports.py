@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import func, select
@@ -747,6 +748,60 @@ def test_a_review_is_signed_off_with_the_digest_of_what_was_listed(ctx: ServiceC
     assert [e.field for e in missing.value.errors] == ["since", "until"]
 
 
+@pytest.mark.req("AUD-09")
+def test_a_review_digest_is_the_text_of_its_rows_as_first_defined(ctx: ServiceContext, truth: Truth) -> None:
+    """The SHA-256 a reviewer signs must come out the same for the same entries whatever version of
+    the service computes it, or past signed reviews would no longer match. Issue 21 changed how the
+    rows are built (time cells cut from the recorded text, one JSON encoder for every entry), not
+    what they say: each review's digest is rebuilt here from the audit table, with the formulas of
+    the first version."""
+    withdraw_s4(ctx, truth)
+    with ctx.db.reading() as s:
+        recorded = {f"{e.chain}:{e.seq}": e for e in s.execute(select(AuditEvent)).scalars()}
+
+    def spaced(text: str | None) -> str | None:
+        values = json.loads(text) if text else None
+        return json.dumps(values, sort_keys=True, ensure_ascii=False, default=str) if values else None
+
+    listed = 0
+    for kind in audit_review.REVIEW_KINDS:
+        report = audit_review.audit_review(ctx, TRIAL, kind, ALL, EVERYTHING)
+        zone = ZoneInfo(report.timezone)
+        rows = []
+        for shown in report.entries:
+            e = recorded[shown.entry]
+            at = datetime.strptime(e.at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+            before, after = spaced(e.old_values), spaced(e.new_values)
+            details = [
+                *([f"before {before}"] if before else []),
+                *([after] if after else []),
+                *([f"reason: {e.reason}"] if e.reason else []),
+            ]
+            rows.append(
+                [
+                    shown.entry,
+                    at.strftime("%Y-%m-%d %H:%M:%S UTC"),
+                    at.astimezone(zone).strftime("%a %Y-%m-%d %H:%M %Z"),
+                    e.actor_name,
+                    e.actor_username,
+                    e.actor_role,
+                    e.site_code or "",
+                    e.action,
+                    f"{e.object_type} {e.object_id}",
+                    "; ".join(details),
+                ]
+            )
+        text = json.dumps(
+            {"report": kind, "columns": list(audit_review._REVIEW_COLUMNS), "rows": rows},
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        assert report.digest == hashlib.sha256(text.encode("utf-8")).hexdigest(), kind
+        listed += len(rows)
+    assert listed > 10
+
+
 BLINDED = [(name, "blinded") for name in catalogue.REPORTS] + [
     (name, "review") for name in audit_review.REVIEW_KINDS
 ]
@@ -810,6 +865,34 @@ def test_blinded_exports_round_trip_name_no_arm_and_are_audited(
             {"until": "2026-03-31"},
         )
     assert entries[0]["sha256"] == hashlib.sha256(csv_export.body).hexdigest()
+
+
+@pytest.mark.req("AUD-05")
+def test_a_csv_larger_than_the_spool_is_sent_whole_from_disk(
+    ctx: ServiceContext, truth: Truth, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21: a CSV is written once, its SHA-256 taken as it is written, then sent from a spooled
+    file, on disk past SPOOL_BYTES. What is sent is what the audit entry's digest covers, every time
+    it is read, even two readings interleaved."""
+    small = export.export(ctx, MONITOR, TRIAL, "allocation-history", EVERYTHING, ALL, "csv").body
+    monkeypatch.setattr(export, "SPOOL_BYTES", 256)
+    made = export.export(ctx, MONITOR, TRIAL, "allocation-history", EVERYTHING, ALL, "csv")
+    first, second = made.chunks(), made.chunks()
+    interleaved = [next(first), next(second)]
+    body = interleaved[0] + b"".join(first)
+    assert len(body) > 256 and body == interleaved[1] + b"".join(second) == made.body
+    assert body.replace(b"\r\n", b"\n").split(b"\n")[5:] == small.replace(b"\r\n", b"\n").split(b"\n")[5:]
+    with ctx.db.reading() as s:
+        recorded = json.loads(
+            s.execute(
+                select(AuditEvent.new_values)
+                .where(AuditEvent.action == Action.REPORT_EXPORTED.value)
+                .order_by(AuditEvent.seq.desc())
+                .limit(1)
+            ).scalar_one()
+            or "{}"
+        )
+    assert recorded["sha256"] == hashlib.sha256(body).hexdigest()
 
 
 @pytest.mark.req("AUD-05")

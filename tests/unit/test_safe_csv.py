@@ -30,3 +30,13 @@ def test_csv_in_pieces_is_the_same_text_row_by_row() -> None:
     assert all(piece.endswith("\r\n") for piece in pieces)
     assert all(1000 <= len(piece) < 1100 for piece in pieces[:-1])
     assert list(csv_chunks([])) == [] and "".join(csv_chunks([[]])) == "\r\n"
+
+
+def test_text_of_a_str_subclass_is_neutralised_too() -> None:
+    """The writer's fast path checks for plain `str` first (issue 21); a cell of a subclass of str
+    (Markup, an enum's value) is text all the same."""
+    from markupsafe import Markup
+
+    text = csv_text([[Markup("=cmd|' /C calc'!A0"), "-2", 1.5, None]])
+    assert text == "'=cmd|' /C calc'!A0,'-2,1.5,\r\n"
+    assert csv_text([["=x", "-y"]], neutralise=False) == "=x,-y\r\n"

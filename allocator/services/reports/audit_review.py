@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
@@ -15,7 +17,7 @@ from allocator import audit_labels
 from allocator.audit import SYSTEM_CHAIN, Action, Actor
 from allocator.models import AuditReview, RoleAssignment, Signature, User
 from allocator.notices import N_
-from allocator.permissions import Scope
+from allocator.permissions import Role, Scope
 from allocator.printing import monitoring_reports
 from allocator.services import audit_trail, signatures, unblinding
 from allocator.services.context import ServiceContext
@@ -164,7 +166,7 @@ _REVIEW_COLUMNS = (  # the digest's column names: stable, whatever the reader's 
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, like EntryView: built for every entry of a review (issue 21)
 class ReviewEntry:
     entry: str  # chain:seq
     at: str
@@ -180,22 +182,24 @@ class ReviewEntry:
     source: audit_trail.EntryView | None = field(default=None, compare=False)
     moment: datetime | None = field(default=None, compare=False)  # in the trial's time zone
 
-    def shown(self, _: Words, known: dict[tuple[str, str], str] | None = None) -> tuple[str, ...]:
+    def shown(self, _: Words, known: _Known | None = None) -> tuple[str, ...]:
         """The entry in the reader's words: times in their language, the action's label, the
-        object's type and the recorded values as words ("key: value"), never JSON."""
+        object's type and the recorded values as words ("key: value"), never JSON. `known` keeps
+        the words already found for the other rows of the table."""
         entry, moment = self.source, self.moment
         if entry is None or moment is None:
             return self.cells()
+        known = _Known(_) if known is None else known
         return (
             self.entry,
             _.utc(moment),
             _.local(moment),
             self.who,
             self.username,
-            _.role(self.role),
+            known.role(self.role),
             self.site,
-            audit_labels.action_label(self.action, _.gettext),
-            f"{audit_labels.key_label(entry.object_type, _.gettext)} {entry.object_id}",
+            known.action(self.action),
+            f"{known.object_type(entry.object_type)} {entry.object_id}",
             details_text(entry, _, known),
         )
 
@@ -279,7 +283,7 @@ class AuditReviewReport:
         if window is not None and len(self.entries) <= window.size:
             window = None  # a short table is shown whole (Window.cut)
         shown = self.entries if window is None else self.entries[window.start : window.start + window.size]
-        known: dict[tuple[str, str], str] = {}  # words already found, for every row (issue 21)
+        known = _Known(_)  # words already found, for every row (issue 21)
         return (
             monitoring_reports.Table(
                 _(self.kind.title),
@@ -321,74 +325,160 @@ def _at(entry: audit_trail.EntryView) -> str:
     return entry.at
 
 
+# The action codes `_pharmacovigilance` compares with, read once (issue 21: an enum member's value
+# costs an attribute look-up through the enum machinery, for each of thousands of entries).
+_UNBLINDING_PV = Action.UNBLINDING_PV.value
+_RESULT_SHOWN = Action.UNBLINDING_RESULT_SHOWN.value
+_ARM_READ = Action.ARM_READ.value
+_SIGNATURES = (Action.SIGNATURE_APPLIED.value, Action.SIGNATURE_FAILED.value)
+
+
+def _utc_cell(recorded: str, at: datetime) -> str:
+    """`time_text(at)` of an entry recorded at `recorded`: the recorded text's own date and time when it
+    is in the form entries are written in ("2026-12-05T12:09:30.123456Z"), with no formatting."""
+    if len(recorded) == 27 and recorded[10] == "T" and recorded[-1] == "Z":
+        return f"{recorded[:10]} {recorded[11:19]} UTC"
+    return time_text(at)
+
+
 def _pharmacovigilance(entry: audit_trail.EntryView) -> bool:
     """UNB-08: entries that would tell trial staff that a pharmacovigilance unblinding happened."""
     new = entry.new or {}
-    if entry.action == Action.UNBLINDING_PV.value:
+    action = entry.action
+    if action == _UNBLINDING_PV:
         return True
-    if entry.action == Action.UNBLINDING_RESULT_SHOWN.value and new.get("kind") == "pharmacovigilance":
+    if action == _RESULT_SHOWN and new.get("kind") == "pharmacovigilance":
         return True
-    if entry.action == Action.ARM_READ.value and new.get("purpose") == unblinding.PV_MEANING:
+    if action == _ARM_READ and new.get("purpose") == unblinding.PV_MEANING:
         return True
-    return entry.action in (Action.SIGNATURE_APPLIED.value, Action.SIGNATURE_FAILED.value) and (
-        new.get("meaning") == unblinding.PV_MEANING
-    )
+    return action in _SIGNATURES and new.get("meaning") == unblinding.PV_MEANING
+
+
+# What `json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)` writes, without
+# building an encoder for every entry (issue 21).
+_DETAILS_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str)
 
 
 def _details(entry: audit_trail.EntryView) -> str:
+    """An entry's recorded values as the digest covers them: the text of past signed reviews, so
+    never to be changed."""
     parts = []
     if entry.old:
-        parts.append("before " + json.dumps(entry.old, sort_keys=True, ensure_ascii=False, default=str))
+        parts.append("before " + _DETAILS_JSON.encode(entry.old))
     if entry.new:
-        parts.append(json.dumps(entry.new, sort_keys=True, ensure_ascii=False, default=str))
+        parts.append(_DETAILS_JSON.encode(entry.new))
     if entry.reason:
         parts.append(f"reason: {entry.reason}")
     return "; ".join(parts)
 
 
-def _value_text(value: object, _: Words, known: dict[tuple[str, str], str] | None = None) -> str:
-    """A recorded value in words: yes/no, lists joined, nested values as "key: value", a role or a
-    status code in words; any other text as recorded. `known` keeps the words of each key and text
-    already put in words (issue 21: a review of 20,000 entries words the same few hundred again and
-    again)."""
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return _.yes_no(value)
-    if isinstance(value, list | tuple):
-        return ", ".join(_value_text(item, _, known) for item in value) or "—"
-    if known is None:
-        known = {}
-    if isinstance(value, dict):
+class _Known:
+    """Words already found while a table is put in words (issue 21: a review of 20,000 entries words
+    the same few hundred keys, roles, actions and codes again and again): per key, per recorded
+    text (up to `LIMIT` of them: numbers and names are mostly seen once), per action, per object
+    type."""
+
+    LIMIT = 10_000
+    __slots__ = ("_", "actions", "colon", "keys", "objects", "roles", "texts")
+
+    def __init__(self, _: Words) -> None:
+        self._ = _
+        self.colon = _(": ")
+        self.keys: dict[str, str] = {}
+        self.texts: dict[str, str] = {}
+        self.actions: dict[str, str] = {}
+        self.objects: dict[str, str] = {}
+        self.roles: dict[str, str] = {}
+
+    def text(self, text: str) -> str:
+        """A recorded text in words: a role's title, a code the catalogue knows, else as recorded."""
+        shown = self.texts.get(text)
+        if shown is None:
+            # `Words.role` gives a non-role the catalogue's word (or the code with spaces); a
+            # recorded text keeps its underscores unless the catalogue has a word for it.
+            # An empty text stays empty (gettext("") is the catalogue's header).
+            shown = self._.role(text) if text in _ROLE_CODES else self._.gettext(text) if text else ""
+            if len(self.texts) < self.LIMIT:
+                self.texts[text] = shown
+        return shown
+
+    def key(self, key: str) -> str:
+        label = self.keys.get(key)
+        if label is None:
+            label = self.keys[key] = f"{audit_labels.key_label(key, self._.gettext)}{self.colon}"
+        return label
+
+    def action(self, code: str) -> str:
+        label = self.actions.get(code)
+        if label is None:
+            label = self.actions[code] = audit_labels.action_label(code, self._.gettext)
+        return label
+
+    def object_type(self, object_type: str) -> str:
+        label = self.objects.get(object_type)
+        if label is None:
+            label = self.objects[object_type] = audit_labels.key_label(object_type, self._.gettext)
+        return label
+
+    def role(self, code: str) -> str:
+        title = self.roles.get(code)
+        if title is None:
+            title = self.roles[code] = self._.role(code)
+        return title
+
+    def value(self, value: object) -> str:
+        """A recorded value in words: yes/no, lists joined, nested values as "key: value", a role or
+        a status code in words; any other text as recorded. Values read from JSON are of its six
+        types exactly, tried in the order they are met most."""
+        kind = value.__class__
+        if kind is str:
+            return self.texts.get(value) or self.text(value)  # type: ignore[call-overload, arg-type]
+        if kind is dict:
+            return self._mapping(value)  # type: ignore[arg-type]
+        if kind is list or kind is tuple:
+            return ", ".join([self.value(item) for item in value]) or "—"  # type: ignore[attr-defined]
+        if value is None:
+            return "—"
+        if kind is bool:
+            return self._.yes_no(value)  # type: ignore[arg-type]
+        if isinstance(value, Mapping):
+            return self._mapping(value)
+        if isinstance(value, list | tuple):
+            return ", ".join([self.value(item) for item in value]) or "—"
+        return self.text(str(value))
+
+    def _mapping(self, values: Mapping[Any, object]) -> str:
+        keys, texts = self.keys, self.texts
         parts = []
-        for k, v in value.items():
-            label = known.get(("key", k))
+        for k, v in values.items():
+            label = keys.get(k) if k.__class__ is str else None
             if label is None:
-                label = known["key", k] = f"{audit_labels.key_label(str(k), _.gettext)}{_(': ')}"
-            parts.append(f"{label}{_value_text(v, _, known)}")
+                label = self.key(str(k))
+            if v.__class__ is str:
+                parts.append(label + (texts.get(v) or self.text(v)))
+            else:
+                parts.append(label + self.value(v))
         return "; ".join(parts)
-    text = str(value)
-    shown = known.get(("text", text))
-    if shown is None:
-        role = _.role(text)
-        shown = role if role != text.replace("_", " ") else _(text)
-        if len(known) < 10_000:
-            known["text", text] = shown
-    return shown
 
 
-def details_text(
-    entry: audit_trail.EntryView, _: Words, known: dict[tuple[str, str], str] | None = None
-) -> str:
+_ROLE_CODES = frozenset(role.value for role in Role)
+
+
+def _value_text(value: object, _: Words, known: _Known | None = None) -> str:
+    """A recorded value in words (`_Known.value`)."""
+    return (known if known is not None else _Known(_)).value(value)
+
+
+def details_text(entry: audit_trail.EntryView, _: Words, known: _Known | None = None) -> str:
     """An entry's recorded values (before, after, reason) as "key: value" words, never JSON."""
-    known = {} if known is None else known
+    known = _Known(_) if known is None else known
     parts = []
     if entry.old:
-        parts.append(f"{_('before')}{_(': ')}{_value_text(entry.old, _, known)}")
+        parts.append(f"{_('before')}{known.colon}{known.value(entry.old)}")
     if entry.new:
-        parts.append(_value_text(entry.new, _, known))
+        parts.append(known.value(entry.new))
     if entry.reason:
-        parts.append(f"{_('reason')}{_(': ')}{entry.reason}")
+        parts.append(f"{_('reason')}{known.colon}{entry.reason}")
     return " | ".join(parts)
 
 
@@ -451,7 +541,7 @@ def audit_review(
         rows.append(
             ReviewEntry(
                 f"{entry.chain}:{entry.seq}",
-                time_text(at),
+                _utc_cell(entry.at, at),
                 moment.strftime("%a %Y-%m-%d %H:%M %Z"),
                 entry.actor_name,
                 entry.actor_username,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import IO
 
 from allocator.audit import Action, Actor
 from allocator.permissions import Scope
@@ -76,14 +78,19 @@ def export(
     digest = hashlib.sha256()
     chunks: Callable[[], Iterator[bytes]]
     if fmt == "csv":
-        # Written twice, row by row, never whole: once for its SHA-256 (recorded before the first
-        # byte leaves), once as it is sent (issue 21).
+        # Written once, row by row, into a spooled file while its SHA-256 is taken (the digest is
+        # recorded before the first byte leaves); then sent from that file (issue 21). The file is
+        # held in memory up to SPOOL_BYTES and on disk beyond: a large CSV is never held whole.
+        spooled = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES, mode="w+b")  # noqa: SIM115
+        for piece in csv_chunks(view):
+            encoded = piece.encode("utf-8")
+            digest.update(encoded)
+            spooled.write(encoded)
+
         def chunks() -> Iterator[bytes]:
-            return (piece.encode("utf-8") for piece in csv_chunks(view))
+            return _read_back(spooled)
 
         mimetype = "text/csv"
-        for piece in chunks():
-            digest.update(piece)
     else:
         pdf = monitoring_reports.render_report_pdf(view.document())
         digest.update(pdf)
@@ -106,6 +113,24 @@ def export(
         digest.hexdigest(),
     )
     return Export(f"{view.file_stem}.{fmt}", mimetype, chunks, view.rows)
+
+
+# A CSV export up to this size is held in memory between its digest and its sending; a larger one
+# is written to a temporary file (issue 21).
+SPOOL_BYTES = 1024 * 1024
+
+
+def _read_back(spooled: IO[bytes], size: int = 64 * 1024) -> Iterator[bytes]:
+    """The spooled file from its start, in pieces of `size` bytes, each time the export is read
+    (two readings may be interleaved: each keeps its own place)."""
+    place = 0
+    while True:
+        spooled.seek(place)
+        piece = spooled.read(size)
+        if not piece:
+            return
+        place += len(piece)
+        yield piece
 
 
 def record_export(

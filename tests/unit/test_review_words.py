@@ -1,0 +1,70 @@
+"""An audit-trail review's rows in the reader's words (AUD-09, issue 21's `_Known`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from allocator.services.audit_trail import EntryView
+from allocator.services.reports import audit_review
+from allocator.wording import Words
+
+FRENCH, ENGLISH = Words.of("fr"), Words.of("en")
+VALUES = {
+    "comment": "",
+    "role": "trial_manager",
+    "status": "in_transit",
+    "code": "screening_number_x",
+    "kits": [{"day": "D1", "kit": "0012"}],
+    "flag": True,
+    "n": 3,
+    "none": None,
+    "empty": [],
+}
+
+
+def entry(
+    new: dict[str, object] | None, old: dict[str, object] | None = None, reason: str | None = None
+) -> EntryView:
+    return EntryView(
+        "IFNG-PAIS", 7, "2026-12-05T22:09:30.123456Z", "inv", "Ines", "investigator", "P1",
+        "kit.status_changed", "kit", "0012", "P1", old, new, False, reason, "r", "1.0", "0" * 64, "1" * 64,
+    )  # fmt: skip
+
+
+@pytest.mark.req("AUD-05")
+def test_recorded_values_read_as_words_in_each_language() -> None:
+    assert audit_review._value_text(VALUES, ENGLISH) == (
+        "comment: ; role: Trial manager; status: in_transit; code: screening_number_x; "
+        "kits: day: D1; kit: 0012; flag: yes; n: 3; none: —; empty: —"
+    )
+    assert audit_review._value_text(VALUES, FRENCH) == (
+        "comment\xa0: ; rôle\xa0: Chef de projet de l’essai; statut\xa0: en transit; "
+        "code\xa0: screening_number_x; kits\xa0: jour\xa0: D1; kit\xa0: 0012; flag\xa0: oui; n\xa0: 3; "
+        "none\xa0: —; empty\xa0: —"
+    )
+
+
+def test_an_empty_recorded_text_stays_empty_in_french() -> None:
+    """gettext("") is the catalogue's header: an empty comment was shown in French as
+    "Project-Id-Version: allocator VERSION ..." (found while reworking the words, issue 21)."""
+    shown = audit_review.details_text(entry({"comment": ""}, reason="r"), FRENCH)
+    assert "Project-Id-Version" not in shown
+    assert shown == "comment\xa0:  | motif\xa0: r"
+    assert audit_review._value_text("", FRENCH) == ""
+
+
+def test_words_kept_for_a_table_are_the_words_found_afresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A table's rows share one `_Known` (issue 21); what it keeps never changes what a row says,
+    past its limit of kept texts too."""
+    monkeypatch.setattr(audit_review._Known, "LIMIT", 2)
+    known = audit_review._Known(FRENCH)
+    rows = [entry({"status": s, "by": r}, old={"status": "received"}) for s, r in (
+        ("in_transit", "monitor"), ("in_transit", "pharmacist"), ("lost", "monitor"), ("in_transit", "nurse"),
+    )]  # fmt: skip
+    assert [audit_review.details_text(e, FRENCH, known) for e in rows] == [
+        audit_review.details_text(e, FRENCH) for e in rows
+    ]
+    assert len(known.texts) == 2
+    assert audit_review.details_text(rows[0], FRENCH).startswith(
+        "avant\xa0: statut\xa0: reçu | statut\xa0: en transit"
+    )
