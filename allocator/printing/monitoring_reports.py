@@ -25,6 +25,7 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from reportlab.lib import colors
@@ -33,7 +34,7 @@ from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.units import mm
 from reportlab.pdfbase.pdfmetrics import stringWidth
 from reportlab.pdfgen.canvas import Canvas
-from reportlab.platypus import KeepTogether, Paragraph, SimpleDocTemplate, Spacer, TableStyle
+from reportlab.platypus import Flowable, KeepTogether, Paragraph, SimpleDocTemplate, Spacer, TableStyle
 from reportlab.platypus import Table as PdfTable
 
 from allocator.printing import charts
@@ -307,6 +308,45 @@ def _wrapped(text: str, width: float, measures: _Measures | None = None) -> str:
     return "\n".join(lines)
 
 
+def _piece(
+    header: list[Any],
+    rows: tuple[tuple[str, ...], ...],
+    widths: list[float],
+    style: TableStyle,
+    measures: _Measures,
+) -> Any:
+    """A piece of a long table: the header and up to _CHUNK rows, each cell wrapped to its column."""
+    body = [
+        [_wrapped(value, width, measures) for value, width in zip(row, widths, strict=True)] for row in rows
+    ]
+    made = PdfTable([header, *body], colWidths=widths, repeatRows=1, hAlign="LEFT")
+    made.setStyle(style)
+    return made
+
+
+class _Later(Flowable):  # type: ignore[misc]
+    """A piece of a long table made only when the layout reaches it (issue 21): the pieces already
+    drawn are let go, and those not yet reached are never all held at once, wrapped. It never fits,
+    so the layout splits it: into the table itself, or the part of it that fits and the rest."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        super().__init__()
+        self._make = make
+
+    def wrap(self, available_width: float, available_height: float) -> tuple[float, float]:
+        return available_width, available_height + 1
+
+    def split(self, available_width: float, available_height: float) -> list[Any]:
+        made = self._make()
+        _, height = made.wrapOn(self.canv, available_width, available_height)
+        if height <= available_height:
+            return [made]
+        return list(made.splitOn(self.canv, available_width, available_height))  # the first piece fits
+
+    def draw(self) -> None:  # never drawn: always split first
+        raise AssertionError("a table piece is drawn only once made")
+
+
 def render_report_pdf(document: ReportDocument, progress: Callable[[int], None] | None = None) -> bytes:
     """The report as a PDF: title, notice, metadata, facts, chart, then every table in full.
     `progress` is told how many table rows are laid out so far, as pages are made (report jobs)."""
@@ -376,14 +416,11 @@ def render_report_pdf(document: ReportDocument, progress: Callable[[int], None] 
             ]
         )
         story += intro
-        for start in range(0, len(table.rows), _CHUNK):
-            body = [
-                [_wrapped(value, width, measures) for value, width in zip(row, widths, strict=True)]
-                for row in table.rows[start : start + _CHUNK]
-            ]
-            grid = PdfTable([header, *body], colWidths=widths, repeatRows=1, hAlign="LEFT")
-            grid.setStyle(style)
-            story.append(grid)
+
+        story += [
+            _Later(partial(_piece, header, table.rows[start : start + _CHUNK], widths, style, measures))
+            for start in range(0, len(table.rows), _CHUNK)
+        ]
 
     footer = printable(
         document.footer
