@@ -1284,12 +1284,14 @@ def principals(app: Flask, ctx: ServiceContext, clock: Clock) -> dict[str, Flask
     return clients
 
 
-def _call(client: FlaskClient, row: Row) -> int:
+def _call(client: FlaskClient, row: Row) -> tuple[int, str]:
+    """The status of the row's request by this client, and where it redirects to (if it does)."""
     if row.method == "GET":
-        return client.get(row.path).status_code
-    token = csrf_token(client, "/account")
-    path = row.path
-    return client.open(path, method=row.method, data={"csrf_token": token}).status_code
+        response = client.get(row.path)
+    else:
+        token = csrf_token(client, "/account")
+        response = client.open(row.path, method=row.method, data={"csrf_token": token})
+    return response.status_code, response.headers.get("Location", "")
 
 
 @pytest.mark.req("ACC-02", "ACC-10")
@@ -1298,10 +1300,13 @@ def _call(client: FlaskClient, row: Row) -> int:
 def test_matrix(row: Row, principals: dict[str, FlaskClient]) -> None:
     mismatches = []
     for name, client in sorted(principals.items()):
-        status = _call(client, row)
+        status, location = _call(client, row)
         allowed = name in row.allowed
-        if allowed and status in (401, 403):
-            mismatches.append(f"{name}: expected access, got {status}")
+        # Access means an answer: not a refusal, not a crash, not a trip back to the sign-in page
+        # (a replayed sign-in that no longer holds would otherwise pass every allowed row).
+        signed_out = "/login" in location and row.endpoint != "auth.logout"  # its answer is the sign-in page
+        if allowed and (status in (401, 403) or status >= 500 or signed_out):
+            mismatches.append(f"{name}: expected access, got {status} {location}".rstrip())
         if not allowed and status != 403:
             mismatches.append(f"{name}: expected 403, got {status}")
     assert mismatches == []
