@@ -149,6 +149,7 @@ KNOWN = frozenset(
         N_("confirm with a reason, or do not give this dose"),
         N_("not in this shipment"),
         N_("a kit label, not a code-break sheet"),
+        N_("a lab shipment manifest, not a code-break sheet"),
         N_("a sheet of another trial"),
         # kit returns and destruction (issue 19)
         N_("this kit is scanned twice"),

@@ -48,6 +48,7 @@ from kits.numbers import (
 )
 from kits.payload import (
     PAYLOAD_PATTERN,
+    SHIPMENT_PAYLOAD_PATTERN,
     KitKind,
     KitPayload,
     MacFunction,
@@ -71,6 +72,7 @@ __all__ = [
     "MAX_REPRINT_NUMBER",
     "OUTER_LAYOUT",
     "PAYLOAD_PATTERN",
+    "SHIPMENT_PAYLOAD_PATTERN",
     "BadMacError",
     "Bilingual",
     "CodeBreakDocument",

@@ -120,11 +120,16 @@ def sheet_for(session: Session, trial: Trial, sheet_number: str) -> CodeBreakShe
 def check_sheet(ctx: ServiceContext, trial_code: str, raw: str, scope: Scope) -> str:
     """A scanned or typed sheet number, checked as it arrives (issue 13): the sheet number when it
     is a sheet of this trial within reach. Records nothing, reads no arm. Raises ValidationFailed
-    (empty, a kit label, another trial's sheet) or NotFound (unknown or out of reach), naming the
+    (empty, a kit label or a lab manifest, another trial's sheet) or NotFound (unknown or out of reach), naming the
     field `sheet_number` in plain words."""
     number = normalize_sheet_number(raw)
     if not number:
         raise ValidationFailed("give the sheet number", errors=[FieldProblem("sheet_number", "is required")])
+    if kitlib.SHIPMENT_PAYLOAD_PATTERN.fullmatch(number):
+        raise ValidationFailed(
+            "a lab shipment manifest, not a sheet",
+            errors=[FieldProblem("sheet_number", "a lab shipment manifest, not a code-break sheet")],
+        )
     if kitlib.looks_like_scan(number):
         raise ValidationFailed(
             "a kit label, not a sheet",

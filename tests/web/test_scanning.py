@@ -345,6 +345,8 @@ def test_a_scanned_code_break_sheet_number_is_checked_as_it_arrives(
         }
         assert check(theirs[0]) == {"ok": False, "field": "sheet_number", "message": "unknown sheet"}  # P2's
         assert check(label(ctx, mine[2]))["message"] == "a kit label, not a code-break sheet"
+        manifest = "LS1/IFNG-PAIS/LS-0001/K4ZQ7M2V3XW5PA6B"  # a central lab's shipment manifest, scanned
+        assert check(manifest)["message"] == "a lab shipment manifest, not a code-break sheet"
         assert check("CB-OTHER-000001")["message"] == "a sheet of another trial"
         assert check(mine[0][:-1] + "X")["message"] == "unknown sheet"
 
