@@ -258,10 +258,17 @@ KNOWN = frozenset(
         N_("unknown tube sets"),
         N_("print new labels and reprints separately"),
         N_("unknown cursor"),
+        # reasons the service writes itself into the audit trail (shown on the trail's page)
+        N_("randomization list activated"),
+        N_("recruitment open: a site was active already"),
     }
 )
 
 PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (
+        re.compile(r"^first site activated \((?P<site>[^)]+)\): recruitment open$"),
+        N_("first site activated (%(site)s): recruitment open"),
+    ),
     (
         re.compile(r"^must be at least (?P<count>\d+) characters long$"),
         N_("must be at least %(count)s characters long"),

@@ -197,6 +197,9 @@ def install(app: Flask) -> None:
     app.add_template_filter(messages.word, "choice_label")
     app.add_template_filter(audit_words.action_label, "action_label")
     app.add_template_filter(lambda text: notices.translate(text, gettext), "notice")
+    # A reason in the audit trail: one the service wrote itself in the reader's language, one a
+    # person typed as typed.
+    app.add_template_filter(lambda text: messages.translate(text, {}) or text, "reason")
     app.add_template_filter(audit_words.key_label, "key_label")
     app.add_template_filter(audit_words.detail_lines, "detail_lines")
     app.add_template_filter(audit_words.looks_like_code, "looks_like_code")

@@ -68,3 +68,15 @@ def test_words_kept_for_a_table_are_the_words_found_afresh(monkeypatch: pytest.M
     assert audit_review.details_text(rows[0], FRENCH).startswith(
         "avant\xa0: statut\xa0: reçu | statut\xa0: en transit"
     )
+
+
+def test_a_reason_the_service_wrote_is_in_the_readers_words_a_typed_one_as_typed() -> None:
+    written = entry({"status": "active"}, reason="first site activated (P1): recruitment open")
+    assert audit_review.details_text(written, FRENCH).endswith(
+        "motif\xa0: premier centre activé (P1) : les inclusions sont ouvertes"
+    )
+    assert audit_review.details_text(written, ENGLISH).endswith(
+        "reason: first site activated (P1): recruitment open"
+    )
+    typed = entry(None, reason="randomisé par erreur, voir note")
+    assert audit_review.details_text(typed, ENGLISH) == "reason: randomisé par erreur, voir note"

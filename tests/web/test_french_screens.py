@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 
 from allocator.services.context import ServiceContext
 from allocator.web import forms
-from tests.support import ELIGIBLE, GOOD_PASSWORD, ReadyTrial, ready_trial
+from tests.support import ELIGIBLE, GOOD_PASSWORD, ReadyTrial, make_actor, ready_trial
 from tests.web.conftest import csrf_token, https_client, sign_in
 
 TRIAL = "IFNG-PAIS"
@@ -153,3 +153,17 @@ def test_plain_words_drop_requirement_ids_and_code_names(app: Flask) -> None:
         assert forms.plain("eligibility.sofa_24h: something new") == "something new"
     with app.test_request_context("/"):
         assert forms.plain("is required (one of septic, non_septic)") == "is required"
+
+
+def test_reasons_the_service_wrote_itself_read_in_french_on_the_audit_trail(
+    app: Flask, ctx: ServiceContext, world: ReadyTrial
+) -> None:
+    """A reason the service records itself ("randomization list activated") was English in the French
+    trail; in English it reads as recorded."""
+    make_actor(ctx, "mon-fr", "monitor")
+    trail = f"/trials/{TRIAL}/audit?action=trial.status_changed"
+    client = french(app, "mon-fr")
+    page = visible(client.get(trail).get_data(as_text=True))
+    assert "liste de randomisation activée" in page and "randomization list activated" not in page
+    client.post("/language", data={"language": "en", "next": "/", "csrf_token": csrf_token(client, "/")})
+    assert "randomization list activated" in visible(client.get(trail).get_data(as_text=True))

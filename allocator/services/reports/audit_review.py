@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
-from allocator import audit_labels
+from allocator import audit_labels, service_messages
 from allocator.audit import SYSTEM_CHAIN, Action, Actor
 from allocator.models import AuditReview, RoleAssignment, Signature, User
 from allocator.notices import N_
@@ -379,7 +379,7 @@ class _Known:
     type."""
 
     LIMIT = 10_000
-    __slots__ = ("_", "actions", "colon", "keys", "objects", "roles", "texts")
+    __slots__ = ("_", "actions", "colon", "keys", "objects", "reasons", "roles", "texts")
 
     def __init__(self, _: Words) -> None:
         self._ = _
@@ -389,6 +389,7 @@ class _Known:
         self.actions: dict[str, str] = {}
         self.objects: dict[str, str] = {}
         self.roles: dict[str, str] = {}
+        self.reasons: dict[str, str] = {}
 
     def text(self, text: str) -> str:
         """A recorded text in words: a role's title, a code the catalogue knows, else as recorded."""
@@ -400,6 +401,16 @@ class _Known:
             shown = self._.role(text) if text in _ROLE_CODES else self._.gettext(text) if text else ""
             if len(self.texts) < self.LIMIT:
                 self.texts[text] = shown
+        return shown
+
+    def reason(self, text: str) -> str:
+        """A recorded reason: one the service wrote itself in the reader's words, one a person typed
+        as typed."""
+        shown = self.reasons.get(text)
+        if shown is None:
+            shown = service_messages.translate(text, {}, self._.gettext, self._.word) or text
+            if len(self.reasons) < self.LIMIT:
+                self.reasons[text] = shown
         return shown
 
     def key(self, key: str) -> str:
@@ -478,7 +489,7 @@ def details_text(entry: audit_trail.EntryView, _: Words, known: _Known | None = 
     if entry.new:
         parts.append(known.value(entry.new))
     if entry.reason:
-        parts.append(f"{_('reason')}{known.colon}{entry.reason}")
+        parts.append(f"{_('reason')}{known.colon}{known.reason(entry.reason)}")
     return " | ".join(parts)
 
 
