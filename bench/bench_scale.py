@@ -315,6 +315,8 @@ def world_of(backend: str, args: argparse.Namespace) -> tuple[str, Path, bool]:
     keys = world / "keys"
     built = (world / "built").exists()
     if backend == "sqlite":
+        if not built:  # a build that stopped part-way is started again
+            (world / "allocator.db").unlink(missing_ok=True)
         return f"sqlite:///{world / 'allocator.db'}", keys, built
     named = world / "pg_database"
     if not named.exists():
@@ -359,7 +361,7 @@ def run_backend(backend: str, args: argparse.Namespace) -> list[Row]:
             username = "statistician"
             if built:
                 username = f"statistician-{os.getpid()}"
-                br._user(ctx, username, "statistician", None)
+                br._user(ctx, username, "unblinded_statistician", None)
             statistician = sign_in(app, ctx, username, totp=True)
         token = users.create_token(ctx, br.ACTOR, "monitor", "bench").token
         api = app.test_client()

@@ -329,9 +329,13 @@ class _Later(Flowable):  # type: ignore[misc]
     drawn are let go, and those not yet reached are never all held at once, wrapped. It never fits,
     so the layout splits it: into the table itself, or the part of it that fits and the rest."""
 
-    def __init__(self, make: Callable[[], Any]) -> None:
+    def __init__(self, make: Callable[[], Any], name: str) -> None:
         super().__init__()
-        self._make = make
+        self._make, self._name = make, name
+
+    def identity(self, maxLen: int | None = None) -> str:  # ReportLab names the argument
+        """What a layout error names: the table and its rows, not this stand-in."""
+        return self._name if maxLen is None else self._name[:maxLen]
 
     def wrap(self, available_width: float, available_height: float) -> tuple[float, float]:
         return available_width, available_height + 1
@@ -418,7 +422,10 @@ def render_report_pdf(document: ReportDocument, progress: Callable[[int], None] 
         story += intro
 
         story += [
-            _Later(partial(_piece, header, table.rows[start : start + _CHUNK], widths, style, measures))
+            _Later(
+                partial(_piece, header, table.rows[start : start + _CHUNK], widths, style, measures),
+                f"table {table.title!r}, rows {start + 1} to {min(start + _CHUNK, len(table.rows))}",
+            )
             for start in range(0, len(table.rows), _CHUNK)
         ]
 

@@ -439,7 +439,10 @@ def _reports(ctx: ServiceContext, actor: Actor, trial_code: str) -> dict[str, by
                 made = export.export(ctx, actor, trial_code, name, everything, _ALL_SITES, fmt)
             except DomainError:  # a report that does not apply to this trial (e.g. no minimization)
                 continue
-            out[f"reports/{name}.{fmt}"] = made.body
+            try:
+                out[f"reports/{name}.{fmt}"] = made.body
+            finally:
+                made.close()
     return out
 
 

@@ -98,11 +98,13 @@ def _download(name: str, fmt: str, version: str, permission: Permission) -> Resp
         words=words,
         view=view,
     )
-    return Response(
-        stream_with_context(exported.chunks()),  # a CSV is written as it is sent, row by row (issue 21)
+    response = Response(
+        stream_with_context(exported.chunks()),  # a CSV is sent from its spooled file, in pieces (issue 21)
         mimetype=exported.mimetype,
         headers={"Content-Disposition": f'attachment; filename="{exported.filename}"'},
     )
+    response.call_on_close(exported.close)
+    return response
 
 
 # The job page and file endpoints of the versions whose PDFs may be built by a job, and the versions

@@ -876,11 +876,15 @@ def test_a_csv_larger_than_the_spool_is_sent_whole_from_disk(
     it is read, even two readings interleaved."""
     small = export.export(ctx, MONITOR, TRIAL, "allocation-history", EVERYTHING, ALL, "csv").body
     monkeypatch.setattr(export, "SPOOL_BYTES", 256)
+    monkeypatch.setattr(export, "READ_BYTES", 64)  # several pieces, so that two readings interleave
     made = export.export(ctx, MONITOR, TRIAL, "allocation-history", EVERYTHING, ALL, "csv")
     first, second = made.chunks(), made.chunks()
-    interleaved = [next(first), next(second)]
-    body = interleaved[0] + b"".join(first)
-    assert len(body) > 256 and body == interleaved[1] + b"".join(second) == made.body
+    interleaved = [next(first), next(second), next(first), next(second)]
+    body = interleaved[0] + interleaved[2] + b"".join(first)
+    assert len(body) > 256 and body == interleaved[1] + interleaved[3] + b"".join(second) == made.body
+    made.close()  # the spooled file is let go: it cannot be read again
+    with pytest.raises(ValueError):
+        _ = made.body
     assert body.replace(b"\r\n", b"\n").split(b"\n")[5:] == small.replace(b"\r\n", b"\n").split(b"\n")[5:]
     with ctx.db.reading() as s:
         recorded = json.loads(

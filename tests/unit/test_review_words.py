@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from allocator.services.audit_trail import EntryView
 from allocator.services.reports import audit_review
+from allocator.services.reports.filters import time_text
 from allocator.wording import Words
 
 FRENCH, ENGLISH = Words.of("fr"), Words.of("en")
@@ -80,3 +83,13 @@ def test_a_reason_the_service_wrote_is_in_the_readers_words_a_typed_one_as_typed
     )
     typed = entry(None, reason="randomisé par erreur, voir note")
     assert audit_review.details_text(typed, ENGLISH) == "reason: randomisé par erreur, voir note"
+
+
+def test_a_time_not_in_the_services_own_form_is_formatted_as_it_always_was() -> None:
+    """The digest's time cell is cut from the recorded text only when that text is in the form the
+    service writes; an imported entry's time in another form is formatted from the parsed moment."""
+    at = datetime(2026, 12, 5, 12, 9, 30, tzinfo=UTC)
+    assert audit_review._utc_cell("2026-12-05T12:09:30.123456Z", at) == "2026-12-05 12:09:30 UTC"
+    for other in ("2026-12-05T120930.12345678Z", "2026-W49-6T12:09:30.12345Z", "2026-12-05T12:09:30Z"):
+        assert audit_review._utc_cell(other, at) == "2026-12-05 12:09:30 UTC" == time_text(at)
+    assert audit_review._utc_cell("2026-12-05T120930.12345678Z", at.replace(second=31)).endswith(":31 UTC")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import html
 import re
+import tempfile
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -188,11 +190,21 @@ def test_a_report_page_shows_a_window_of_its_long_tables(
     p1 = monitor.get(f"{BASE}/dispensing?site=P1&offset=2").get_data(as_text=True)
     assert 'href="/trials/IFNG-PAIS/reports/dispensing?site=P1&amp;offset=0"' in p1
     assert "Rows 3 to 3 of 3" in text_of(p1)
+    spooled: list[Any] = []
+    real_spool = tempfile.SpooledTemporaryFile
+
+    def spool(*args: Any, **kwargs: Any) -> Any:
+        spooled.append(real_spool(*args, **kwargs))
+        return spooled[-1]
+
+    monkeypatch.setattr(tempfile, "SpooledTemporaryFile", spool)
     streamed = monitor.get(f"{BASE}/allocation-history/csv?offset=2")
-    assert streamed.is_streamed and "Content-Length" not in streamed.headers  # written as it is sent
+    assert streamed.is_streamed and "Content-Length" not in streamed.headers  # sent in pieces
     assert streamed.headers["Cache-Control"] == "no-store"
     _, sections = csv_sections(streamed.get_data(as_text=True))
     assert [row["Subject"] for row in sections["Allocation history"]] == numbers
+    streamed.close()
+    assert len(spooled) == 1 and spooled[0].closed  # the spooled file is let go once sent
     switched = monitor.post(
         "/language", data={"language": "fr", "next": "/", "csrf_token": csrf_token(monitor, "/account")}
     )

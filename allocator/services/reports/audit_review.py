@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -333,10 +334,15 @@ _ARM_READ = Action.ARM_READ.value
 _SIGNATURES = (Action.SIGNATURE_APPLIED.value, Action.SIGNATURE_FAILED.value)
 
 
+# The form the service records times in (audit.format_time): "2026-12-05T12:09:30.123456Z".
+_RECORDED_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
+
+
 def _utc_cell(recorded: str, at: datetime) -> str:
     """`time_text(at)` of an entry recorded at `recorded`: the recorded text's own date and time when it
-    is in the form entries are written in ("2026-12-05T12:09:30.123456Z"), with no formatting."""
-    if len(recorded) == 27 and recorded[10] == "T" and recorded[-1] == "Z":
+    is in the form the service writes, with no formatting; any other form (an imported entry) is
+    formatted from `at`, as it always was."""
+    if _RECORDED_TIME.fullmatch(recorded):
         return f"{recorded[:10]} {recorded[11:19]} UTC"
     return time_text(at)
 

@@ -44,10 +44,12 @@ def csv_chunks(view: ReportView) -> Iterator[str]:
 class Export:
     filename: str
     mimetype: str
-    # The file in pieces, each time it is called: a CSV is written row by row as it is sent, never
-    # held whole (issue 21); a PDF is one piece.
+    # The file in pieces, each time it is called: a CSV read back from the spooled file it was
+    # written to, never held whole (issue 21); a PDF is one piece.
     chunks: Callable[[], Iterator[bytes]]
     rows: int
+    # Lets the spooled file go (on disk past SPOOL_BYTES): called once the file is sent or read.
+    close: Callable[[], None] = lambda: None
 
     @property
     def body(self) -> bytes:
@@ -82,10 +84,15 @@ def export(
         # recorded before the first byte leaves); then sent from that file (issue 21). The file is
         # held in memory up to SPOOL_BYTES and on disk beyond: a large CSV is never held whole.
         spooled = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES, mode="w+b")  # noqa: SIM115
-        for piece in csv_chunks(view):
-            encoded = piece.encode("utf-8")
-            digest.update(encoded)
-            spooled.write(encoded)
+        close = spooled.close
+        try:
+            for piece in csv_chunks(view):
+                encoded = piece.encode("utf-8")
+                digest.update(encoded)
+                spooled.write(encoded)
+        except BaseException:
+            close()
+            raise
 
         def chunks() -> Iterator[bytes]:
             return _read_back(spooled)
@@ -98,21 +105,28 @@ def export(
         def chunks() -> Iterator[bytes]:
             return iter((pdf,))
 
+        def close() -> None:
+            return None
+
         mimetype = "application/pdf"
-    record_export(
-        ctx,
-        actor,
-        trial_code,
-        name,
-        view.version,
-        fmt,
-        words.language,
-        flt.query_args(),
-        flt.site,
-        view.rows,
-        digest.hexdigest(),
-    )
-    return Export(f"{view.file_stem}.{fmt}", mimetype, chunks, view.rows)
+    try:
+        record_export(
+            ctx,
+            actor,
+            trial_code,
+            name,
+            view.version,
+            fmt,
+            words.language,
+            flt.query_args(),
+            flt.site,
+            view.rows,
+            digest.hexdigest(),
+        )
+    except BaseException:
+        close()
+        raise
+    return Export(f"{view.file_stem}.{fmt}", mimetype, chunks, view.rows, close)
 
 
 # A CSV export up to this size is held in memory between its digest and its sending; a larger one
@@ -120,13 +134,17 @@ def export(
 SPOOL_BYTES = 1024 * 1024
 
 
-def _read_back(spooled: IO[bytes], size: int = 64 * 1024) -> Iterator[bytes]:
-    """The spooled file from its start, in pieces of `size` bytes, each time the export is read
-    (two readings may be interleaved: each keeps its own place)."""
+# The pieces a spooled CSV is read back in.
+READ_BYTES = 64 * 1024
+
+
+def _read_back(spooled: IO[bytes]) -> Iterator[bytes]:
+    """The spooled file from its start, in pieces of READ_BYTES, each time the export is read (two
+    readings may be interleaved: each keeps its own place)."""
     place = 0
     while True:
         spooled.seek(place)
-        piece = spooled.read(size)
+        piece = spooled.read(READ_BYTES)
         if not piece:
             return
         place += len(piece)
