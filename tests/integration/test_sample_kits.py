@@ -8,7 +8,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,8 @@ from allocator import crypto
 from allocator.audit import Actor
 from allocator.db import Database
 from allocator.models import (
+    LabClosure,
+    LabClosureWithdrawal,
     PlannedSample,
     PrintedDocument,
     Registration,
@@ -26,6 +28,7 @@ from allocator.models import (
     SampleKitEvent,
     ScreeningEntry,
 )
+from allocator.services import lab_calendar
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, NotFound, ValidationFailed
 from allocator.services.samples import collection, kits, rules
@@ -474,3 +477,39 @@ def test_simultaneous_registrations_never_share_a_tube_set(live: ServiceContext)
         )
         assert len(set(assigned)) == 2 and None not in assigned
         assert s.execute(select(func.count()).select_from(Registration)).scalar_one() == 2
+
+
+@pytest.mark.slow
+def test_simultaneous_closures_of_one_day_leave_one_in_force(live: ServiceContext) -> None:
+    """Six people close the lab on the same day at once, then, once it is withdrawn, six close it
+    again: each time one closure is recorded and five are refused as already closed, never a
+    database error. Since closures can be withdrawn, nothing unique in the database keeps one per
+    day: the trial row's lock does (lab_calendar.add_closure)."""
+    ready_cohort(live, tube_sets=1)
+    day = (datetime.now(UTC).date() + timedelta(days=3)).isoformat()  # the service runs on the real clock
+
+    def race() -> Counter[str]:
+        start = threading.Barrier(REGISTRATIONS)
+
+        def attempt(index: int) -> str:
+            start.wait()
+            try:
+                lab_calendar.add_closure(live, CLI_ACTOR, COHORT, {"day": day, "reason": f"closure {index}"})
+            except lab_calendar.AlreadyClosed:
+                return "already-closed"
+            except Exception as exc:  # anything else is the defect being tested
+                return type(exc).__name__
+            return "ok"
+
+        with ThreadPoolExecutor(max_workers=REGISTRATIONS) as pool:
+            return Counter(pool.map(attempt, range(REGISTRATIONS)))
+
+    assert race() == {"ok": 1, "already-closed": REGISTRATIONS - 1}
+    lab_calendar.withdraw_closure(live, CLI_ACTOR, COHORT, {"day": day, "reason": "entered on the wrong day"})
+    assert race() == {"ok": 1, "already-closed": REGISTRATIONS - 1}
+    with live.db.reading() as s:
+        closures = (
+            s.execute(select(LabClosure).where(LabClosure.day == date.fromisoformat(day))).scalars().all()
+        )
+        withdrawn = s.execute(select(func.count()).select_from(LabClosureWithdrawal)).scalar_one()
+    assert len(closures) == 2 and withdrawn == 1
