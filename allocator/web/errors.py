@@ -102,12 +102,16 @@ def _domain(error: DomainError) -> Response:
     return _page(error.status, title, state.summary, [e.line for e in state.errors])
 
 
+def observational(error: NotRandomized) -> ObservationalStudy:
+    """The refusal shown when arms, lists, dispensing or unblinding are asked of an observational
+    study (issue 20)."""
+    return ObservationalStudy(f"{error.code} is an observational study: it has no arms, lists or drug kits")
+
+
 def _not_randomized(error: NotRandomized) -> Response:
     """Issue 20: a page or call about arms, lists, dispensing or unblinding, asked of an
     observational study, is a clear refusal (409), never a server error."""
-    return _domain(
-        ObservationalStudy(f"{error.code} is an observational study: it has no arms, lists or drug kits")
-    )
+    return _domain(observational(error))
 
 
 def _http(error: HTTPException) -> Response:

@@ -20,7 +20,8 @@ from allocator.services.closeout import releases, state
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
 from allocator.services.lookups import trial_definition
 from allocator.services.subjects import views
-from allocator.web import forms, messages
+from allocator.trialdef import NotRandomized
+from allocator.web import errors, forms, messages
 from allocator.web.i18n import signed
 from allocator.web.security import actor, ctx, scope
 
@@ -383,6 +384,8 @@ def _step(trial: str, change: str) -> WerkzeugResponse:
         step = action(ctx(), actor(permission), trial, reason=_form("reason"), signature=_signature())
     except DomainError as exc:
         forms.flash_error(exc, _release_labels())
+    except NotRandomized as exc:  # an observational study has no final unblinding (issue 20): PRG
+        forms.flash_error(errors.observational(exc), _release_labels())
     else:
         flash(
             _(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 
 from allocator.services.context import ServiceContext
@@ -12,6 +13,7 @@ from tests.support import (
     COHORT,
     COHORT_ELIGIBLE,
     GOOD_PASSWORD,
+    Clock,
     load_cohort,
     load_ifn,
     make_user,
@@ -177,7 +179,7 @@ def test_a_cohort_site_is_activated_without_code_break_material(
 
 @pytest.mark.req("UNB-10")
 def test_the_cohort_trial_manager_locks_the_database_and_nothing_is_unblinded(
-    ctx: ServiceContext, signed_in: Callable[[str, str], FlaskClient]
+    app: Flask, ctx: ServiceContext, clock: Clock, signed_in: Callable[[str, str], FlaskClient]
 ) -> None:
     """The study opens with its first site; its trial manager reaches the lock from the study's page
     and signs it. There is no final unblinding of an observational study, on the page or by a POST."""
@@ -206,3 +208,29 @@ def test_the_cohort_trial_manager_locks_the_database_and_nothing_is_unblinded(
     with pytest.raises(NotRandomized):  # refused before anything is signed or read
         state.unblind_trial(ctx, manager, COHORT, reason="x", signature=SignatureRequest(GOOD_PASSWORD))
     assert state.status(ctx, COHORT) == "locked"
+    # A crafted POST by a role that may unblind: refused, Post/Redirect/Get, nothing signed.
+    from allocator.services import auth
+    from tests.web.conftest import TotpSignedIn
+
+    stat = make_user(ctx, "stat-cohort", "unblinded_statistician", trial=COHORT)
+    auth.change_password(
+        ctx,
+        stat.user_id,
+        stat.one_time_password,
+        GOOD_PASSWORD,
+        GOOD_PASSWORD,
+        auth.Client("192.0.2.1", "t", "s"),
+    )
+    signed = TotpSignedIn(app, ctx, clock, stat.user_id, "stat-cohort")
+    statistician = signed.client
+    refused = statistician.post(
+        f"/trials/{COHORT}/final-unblinding",
+        data={
+            "reason": "x",
+            **signed.signature(),
+            "csrf_token": csrf_token(statistician, f"/trials/{COHORT}/closeout"),
+        },
+    )
+    assert refused.status_code == 303 and refused.headers["Location"].endswith(f"/trials/{COHORT}/closeout")
+    shown = statistician.get(refused.headers["Location"]).get_data(as_text=True)
+    assert "observational study" in shown and state.status(ctx, COHORT) == "locked"
