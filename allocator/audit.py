@@ -244,7 +244,7 @@ class AuditLog:
         sealed: Mapping[str, Any] | None = None,
         reason: str | None = None,
         site_code: str | None = None,
-    ) -> AuditEvent:
+    ) -> Entry:
         """Append one entry to `chain` inside the caller's transaction and return it.
 
         The entry is queued on the session and written when the transaction commits (see the
@@ -252,7 +252,7 @@ class AuditLog:
         `sealed` holds values that could reveal an arm; they are encrypted and only unblinded views
         open them (AUD-05, BLD-07). A failure to write raises from the commit: the caller's
         transaction then rolls back with the change it was recording."""
-        entry = AuditEvent(
+        entry = Entry(
             chain=chain,
             at=format_time(at),
             actor_user_id=actor.user_id,
@@ -443,7 +443,7 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-def canonical_fields(e: AuditEvent) -> list[Any]:
+def canonical_fields(e: AuditEvent | Entry) -> list[Any]:
     return [
         CANONICAL_TAG,
         e.chain,
@@ -597,8 +597,38 @@ _APPEND_AND_UPDATE_HEAD = _append_and_update_head()
 
 
 @dataclass(slots=True)
+class Entry:
+    """An entry being appended: the columns of `audit_event` except `id`, as plain values. The row
+    is inserted with Core, so an ORM `AuditEvent` was only a container, and building one (its
+    instrumented attributes) cost about as much as everything else `record` does (issue 16).
+    `seq`, `sealed_values`, `prev_hash` and `hash` are filled in when the entry is written; until
+    then they are None, as they were on the unsaved ORM object."""
+
+    chain: str
+    at: str
+    actor_user_id: int | None
+    actor_username: str
+    actor_name: str
+    actor_role: str
+    actor_site: str | None
+    action: str
+    object_type: str
+    object_id: str
+    site_code: str | None
+    old_values: str | None
+    new_values: str | None
+    reason: str | None
+    request_id: str
+    software_version: str
+    seq: int | None = None
+    sealed_values: bytes | None = None
+    prev_hash: str | None = None
+    hash: str | None = None
+
+
+@dataclass(slots=True)
 class _Queued:
-    entry: AuditEvent  # not added to the session: the row is inserted with Core
+    entry: Entry
     sealed: dict[str, Any] | None
     at: datetime
 

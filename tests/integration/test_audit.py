@@ -4,6 +4,8 @@ outside the database; any altered, deleted, inserted or reordered entry is found
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DataError, IntegrityError
@@ -437,3 +439,12 @@ def test_a_text_longer_than_its_column_is_refused_not_cut(ctx: ServiceContext) -
             )
     with ctx.db.reading() as s:
         assert s.execute(select(AuditEvent).where(AuditEvent.chain == CHAIN)).first() is None
+
+
+def test_an_entry_holds_exactly_the_columns_of_its_row() -> None:
+    """`record` builds a plain `audit.Entry`, not an ORM object: its fields must stay the columns
+    of `audit_event` (all but the id), or a column would be inserted empty or an entry not hashed
+    as stored."""
+    columns = {c.key for c in AuditEvent.__table__.columns} - {"id"}
+    assert {f.name for f in dataclasses.fields(audit.Entry)} == columns
+    assert set(audit._INSERTED_COLUMNS) == columns
