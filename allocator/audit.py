@@ -47,8 +47,23 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import Connection, String, Table, Text, Update, bindparam, event, func, insert, select, update
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import (
+    JSON,
+    Connection,
+    String,
+    Table,
+    Text,
+    Update,
+    bindparam,
+    event,
+    func,
+    insert,
+    literal_column,
+    select,
+    update,
+)
+from sqlalchemy import cast as sql_cast
+from sqlalchemy import column as sql_column
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 from sqlalchemy.sql.util import find_tables
 from sqlalchemy.types import TypeEngine
@@ -229,7 +244,7 @@ class AuditLog:
         sealed: Mapping[str, Any] | None = None,
         reason: str | None = None,
         site_code: str | None = None,
-    ) -> AuditEvent:
+    ) -> Entry:
         """Append one entry to `chain` inside the caller's transaction and return it.
 
         The entry is queued on the session and written when the transaction commits (see the
@@ -237,7 +252,7 @@ class AuditLog:
         `sealed` holds values that could reveal an arm; they are encrypted and only unblinded views
         open them (AUD-05, BLD-07). A failure to write raises from the commit: the caller's
         transaction then rolls back with the change it was recording."""
-        entry = AuditEvent(
+        entry = Entry(
             chain=chain,
             at=format_time(at),
             actor_user_id=actor.user_id,
@@ -345,8 +360,7 @@ class AuditLog:
             "head_signature": signed.signature,
         }
         if rows and connection.dialect.name == "postgresql":
-            for column in _INSERTED_COLUMNS:
-                parameters[f"{column}_all"] = [row[column] for row in rows]
+            parameters["entries"] = _entries_json(rows)
             connection.execute(_APPEND_AND_UPDATE_HEAD, parameters)
             return
         _insert_entries(connection, rows or [])
@@ -429,7 +443,7 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-def canonical_fields(e: AuditEvent) -> list[Any]:
+def canonical_fields(e: AuditEvent | Entry) -> list[Any]:
     return [
         CANONICAL_TAG,
         e.chain,
@@ -514,24 +528,45 @@ def _unbounded(type_: TypeEngine[Any]) -> TypeEngine[Any]:
 
 
 def _append_and_update_head() -> Update:
-    """`_UPDATE_HEAD` with the insertion of the entries as a data-modifying CTE (PostgreSQL): one
-    array parameter per column (`<column>_all`), unnested into rows. One statement for any number
-    of entries, with 27 parameters: SQLAlchemy caches its compiled form (a multi-row
-    `VALUES (…), (…)` has no cache key and was compiled in every transaction, issue 16) and psycopg
-    its parsed form (it does not for statements of over 50 parameters)."""
-    # Arrays of VARCHAR without a length: an explicit cast to VARCHAR(n) would cut a longer text
-    # silently, where the insert into the column refuses it.
-    arrays = [
-        bindparam(f"{column}_all", type_=ARRAY(_unbounded(_AUDIT_EVENT.c[column].type)))
-        for column in _INSERTED_COLUMNS
+    """`_UPDATE_HEAD` with the insertion of the entries as a data-modifying CTE (PostgreSQL). The
+    entries go as ONE text parameter (`entries`, see `_entries_json`): a JSON array of objects
+    keyed by column, expanded into typed rows by `json_to_recordset`, `sealed_values` hex-encoded
+    and decoded here. One statement for any number of entries, with 8 parameters: SQLAlchemy caches
+    its compiled form (a multi-row `VALUES (…), (…)` has no cache key and was compiled in every
+    transaction, issue 16) and psycopg its parsed form (it does not for statements of over 50
+    parameters); and psycopg dumps one string instead of one array per column, element by element
+    (about a tenth of a randomization's CPU in the client went to dumping array parameters)."""
+    # Columns of VARCHAR without a length: VARCHAR(n) would cut a longer text silently, where the
+    # insert into the column refuses it.
+    record = [
+        sql_column(name, Text() if name == "sealed_values" else _unbounded(_AUDIT_EVENT.c[name].type))
+        for name in _INSERTED_COLUMNS
     ]
-    rows = func.unnest(*arrays).table_valued(*_INSERTED_COLUMNS).render_derived()
-    appended = (
-        insert(_AUDIT_EVENT)
-        .from_select(list(_INSERTED_COLUMNS), select(*(rows.c[column] for column in _INSERTED_COLUMNS)))
-        .cte("appended")
+    rows = (
+        func.json_to_recordset(sql_cast(bindparam("entries", type_=Text()), JSON()))
+        .table_valued(*record)
+        .render_derived(name="entries", with_types=True)
     )
+    values = [
+        func.decode(rows.c[name], literal_column("'hex'")) if name == "sealed_values" else rows.c[name]
+        for name in _INSERTED_COLUMNS
+    ]
+    appended = insert(_AUDIT_EVENT).from_select(list(_INSERTED_COLUMNS), select(*values)).cte("appended")
     return _UPDATE_HEAD.add_cte(appended)
+
+
+def _entries_json(rows: list[dict[str, Any]]) -> str:
+    """The rows for `_APPEND_AND_UPDATE_HEAD`: JSON carries every value of an entry unchanged (its
+    texts are `storable`: no NUL, no lone surrogate; its numbers are integers); the bytes of
+    `sealed_values` go as hex."""
+    for row in rows:
+        sealed = row["sealed_values"]
+        if sealed is not None:
+            row["sealed_values"] = sealed.hex()
+    return _ROWS_ENCODER.encode(rows)
+
+
+_ROWS_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def _lock_head(connection: Connection, chain: str) -> _Head:
@@ -562,8 +597,38 @@ _APPEND_AND_UPDATE_HEAD = _append_and_update_head()
 
 
 @dataclass(slots=True)
+class Entry:
+    """An entry being appended: the columns of `audit_event` except `id`, as plain values. The row
+    is inserted with Core, so an ORM `AuditEvent` was only a container, and building one (its
+    instrumented attributes) cost about as much as everything else `record` does (issue 16).
+    `seq`, `sealed_values`, `prev_hash` and `hash` are filled in when the entry is written; until
+    then they are None, as they were on the unsaved ORM object."""
+
+    chain: str
+    at: str
+    actor_user_id: int | None
+    actor_username: str
+    actor_name: str
+    actor_role: str
+    actor_site: str | None
+    action: str
+    object_type: str
+    object_id: str
+    site_code: str | None
+    old_values: str | None
+    new_values: str | None
+    reason: str | None
+    request_id: str
+    software_version: str
+    seq: int | None = None
+    sealed_values: bytes | None = None
+    prev_hash: str | None = None
+    hash: str | None = None
+
+
+@dataclass(slots=True)
 class _Queued:
-    entry: AuditEvent  # not added to the session: the row is inserted with Core
+    entry: Entry
     sealed: dict[str, Any] | None
     at: datetime
 

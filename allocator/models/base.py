@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -40,6 +42,22 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC)
+
+
+class IntegerArrayText(TypeDecorator[Iterable[int]]):
+    """A list of integers bound as the text of a PostgreSQL array ('{1,2,3}'), to be cast to
+    INTEGER[] in the statement (`CAST(:ids AS INTEGER[])`). psycopg dumps a list element by element
+    in Python (about 40 µs for 64 ids, issue 16); the text is built in C and dumped as one string.
+    Still a bound parameter: only integers are accepted (`operator.index` refuses anything else),
+    so the text holds nothing but digits, signs and commas."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Iterable[int] | None, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        return "{" + ",".join(map(str, map(operator.index, value))) + "}"
 
 
 class Base(DeclarativeBase):

@@ -208,9 +208,13 @@ def _guard() -> BaseResponse | None:
         rows: Sequence[Row[int, str, int, str, int, str]] = ()
         if auth is not None and trial_code is not None:
             granted = sorted({grant.site_id for grant in auth.access.grants if grant.site_id is not None})
-            rows = db_session.execute(
-                _TRIAL_AND_GRANTED_SITES, {"code": trial_code, "site_ids": granted}
-            ).all()
+            # Through the session's connection (Core): the columns need no ORM loading, and the
+            # ORM's execution layer cost about as much as the statement (issue 16).
+            rows = (
+                db_session.connection()
+                .execute(_TRIAL_AND_GRANTED_SITES, {"code": trial_code, "site_ids": granted})
+                .all()
+            )
         return auth, rows
 
     auth, rows = service.db.read(read)

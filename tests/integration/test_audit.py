@@ -4,9 +4,11 @@ outside the database; any altered, deleted, inserted or reordered entry is found
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from sqlalchemy import func, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 
 from allocator import audit, dbguards
 from allocator.audit import Action, AuditLog
@@ -355,3 +357,94 @@ def test_an_entry_recorded_in_a_rolled_back_savepoint_is_gone(ctx: ServiceContex
         )
         assert list(kept.scalars()) == [f"{CHAIN}-1", f"{CHAIN}-3"]
     assert verify(ctx).ok
+
+
+# --- the entries reach the database unchanged (issue 16) -----------------------------------------
+
+# Texts that a transport could alter: escapes of JSON and of SQL, controls, line and paragraph
+# separators, characters beyond the BMP, a NUL and a lone surrogate (made storable by `record`),
+# text that looks like JSON, hex or an escape.
+HOSTILE = [
+    "quote \" backslash \\ slash / \\u0041 \\x00 %(seq)s $1 '",
+    "tab\tnew\nline\rcr \x01\x1f\x7f\x85\x9f",
+    "\u2028\u2029 é ß 漢字 \U0001f600 \ufeff",
+    "nul \x00 surrogate \ud800 end",
+    '{"a":1}',
+    "\\x414243",
+    "",
+    " trailing spaces  ",
+]
+
+
+@pytest.mark.req("AUD-03")
+def test_every_value_of_an_entry_is_stored_as_given(ctx: ServiceContext) -> None:
+    """Several entries of one transaction (one statement on PostgreSQL) with hostile texts, sealed
+    values and none: every stored column equals the entry's, so the stored rows hash as written."""
+    log = AuditLog(ring=ctx.ring, checkpoint_every=1000)
+    actor = audit.Actor(
+        user_id=None,
+        username="u\x1b[31m\\",
+        name=HOSTILE[2],
+        role="system",
+        site_code="S\\1",
+        request_id=HOSTILE[0][:64],
+    )
+    entries = []
+    with ctx.db.unit_of_work() as session:
+        for i, value in enumerate(HOSTILE):
+            entries.append(
+                log.record(
+                    session,
+                    actor=actor,
+                    chain=CHAIN,
+                    action=Action.USER_UPDATED,
+                    object_type=audit.storable(value)[:64],
+                    object_id=value,
+                    old={value: value, "n": -(2**62)} if i % 2 else None,
+                    new={"v": [value, i, 1.5, None, True]},
+                    sealed={"secret": value} if i % 3 else None,
+                    reason=value if i != 6 else None,
+                    site_code=audit.storable(value)[:10] if i % 2 else None,
+                    at=ctx.now(),
+                )
+            )
+    columns = [c for c in AuditEvent.__table__.columns if c.key != "id"]
+    with ctx.db.reading() as s:
+        stored = s.execute(select(*columns).where(AuditEvent.chain == CHAIN).order_by(AuditEvent.seq)).all()
+        assert audit.verify_chain(s.connection(), ctx.ring, CHAIN).ok
+    assert len(stored) == len(HOSTILE)
+    for entry, row in zip(entries, stored, strict=True):
+        assert {c.key: getattr(entry, c.key) for c in columns} == row._asdict()
+    assert any(row.sealed_values is not None for row in stored)
+    assert any(row.sealed_values is None for row in stored)
+    assert "\\x00" in stored[3].object_id and "\\ud800" in stored[3].object_id
+
+
+def test_a_text_longer_than_its_column_is_refused_not_cut(ctx: ServiceContext) -> None:
+    """PostgreSQL checks the length of a VARCHAR column (SQLite does not): an entry whose object
+    type is too long makes the transaction fail; it is never stored cut short."""
+    if ctx.db.dialect != "postgresql":
+        pytest.skip("SQLite does not enforce VARCHAR lengths")
+    log = AuditLog(ring=ctx.ring)
+    with pytest.raises(DataError), ctx.db.unit_of_work() as session:
+        for object_type in ("user", "x" * 65):
+            log.record(
+                session,
+                actor=CLI_ACTOR,
+                chain=CHAIN,
+                action=Action.USER_UPDATED,
+                object_type=object_type,
+                object_id="1",
+                at=ctx.now(),
+            )
+    with ctx.db.reading() as s:
+        assert s.execute(select(AuditEvent).where(AuditEvent.chain == CHAIN)).first() is None
+
+
+def test_an_entry_holds_exactly_the_columns_of_its_row() -> None:
+    """`record` builds a plain `audit.Entry`, not an ORM object: its fields must stay the columns
+    of `audit_event` (all but the id), or a column would be inserted empty or an entry not hashed
+    as stored."""
+    columns = {c.key for c in AuditEvent.__table__.columns} - {"id"}
+    assert {f.name for f in dataclasses.fields(audit.Entry)} == columns
+    assert set(audit._INSERTED_COLUMNS) == columns

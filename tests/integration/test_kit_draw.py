@@ -12,7 +12,11 @@ from typing import Any
 
 import pytest
 from scipy import stats
+from sqlalchemy import Integer, bindparam, cast, func, select
+from sqlalchemy.dialects import postgresql
 
+from allocator.models.base import IntegerArrayText
+from allocator.services.context import ServiceContext
 from allocator.services.supply import stock as supply_stock
 
 
@@ -212,3 +216,28 @@ def test_the_draws_below_a_bound_are_uniform() -> None:
     assert sorted(counts) == [0, 1, 2, 3, 4, 5]
     assert stats.chisquare([counts[i] for i in range(6)]).pvalue > 1e-4
     assert {draws.send(1) for _ in range(50)} == {0}
+
+
+# --- the ids reach PostgreSQL as the text of an array (issue 16) ---------------------------------
+
+
+@pytest.mark.parametrize("ids", [[], [7], [1, 2, 3], [2**31 - 1, -5, 0, 42, 42]])
+def test_an_id_array_bound_as_text_arrives_whole_and_in_order(ctx: ServiceContext, ids: list[int]) -> None:
+    if ctx.db.dialect != "postgresql":
+        pytest.skip("the ids go as an array on PostgreSQL only (SQLite expands an IN list)")
+    ids_param = cast(bindparam("ids", type_=IntegerArrayText()), postgresql.ARRAY(Integer))
+    with ctx.db.reading() as session:
+        assert session.execute(select(ids_param), {"ids": ids}).scalar_one() == ids
+        unnested = select(func.unnest(ids_param).table_valued("id", with_ordinality="ord").render_derived())
+        assert [row.id for row in session.execute(unnested, {"ids": ids})] == ids
+
+
+@pytest.mark.parametrize("bad", [["1}"], [1.5], ["7"], [None], ["1,2"]])
+def test_only_integers_go_into_an_id_array(bad: list[Any]) -> None:
+    with pytest.raises(TypeError):
+        IntegerArrayText().process_bind_param(bad, postgresql.dialect())
+
+
+def test_an_id_array_is_digits_and_commas() -> None:
+    bound = IntegerArrayText().process_bind_param(iter([3, -1, True, 10**20]), postgresql.dialect())
+    assert bound == "{3,-1,1,100000000000000000000}"

@@ -45,7 +45,7 @@ from allocator.models import (
     Stratum,
     Subject,
 )
-from allocator.models.base import UTCDateTime
+from allocator.models.base import IntegerArrayText, UTCDateTime
 from allocator.permissions import Scope
 from allocator.randomization import minimization as minimization_core
 from allocator.services import arm_access, lookups
@@ -499,6 +499,8 @@ SELECT id FROM new_subject
     bindparam("failures", type_=JSON),
     bindparam("strata", type_=JSON),
     bindparam("now", type_=UTCDateTime()),
+    bindparam("days", type_=IntegerArrayText()),
+    bindparam("kit_ids", type_=IntegerArrayText()),
 )
 
 

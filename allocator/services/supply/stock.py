@@ -13,12 +13,13 @@ from datetime import date
 from itertools import islice
 from typing import Any
 
-from sqlalchemy import Connection, Integer, any_, bindparam, func, select
+from sqlalchemy import Connection, Integer, any_, bindparam, cast, func, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from allocator.audit import Actor
 from allocator.models import Kit, Site, Trial
+from allocator.models.base import IntegerArrayText
 from allocator.permissions import Scope
 from allocator.services import arm_access
 from allocator.services.context import ServiceContext
@@ -127,9 +128,10 @@ _AVAILABLE_ID_RANGE = select(
 )
 # Which of a batch of candidate ids are usable kits of the site (nothing locked, nothing opened),
 # and the locking read of a batch. On PostgreSQL the ids go as one array parameter (`= ANY`), so
-# that a batch of any length is one statement, prepared once; SQLite expands an IN list.
+# that a batch of any length is one statement, prepared once; SQLite expands an IN list. The array
+# is bound as its text (`IntegerArrayText`): psycopg dumps a Python list element by element.
 _IDS_IN = Kit.id.in_(bindparam("ids", expanding=True))
-_IDS_ANY = Kit.id == any_(bindparam("ids", type_=postgresql.ARRAY(Integer)))
+_IDS_ANY = Kit.id == any_(cast(bindparam("ids", type_=IntegerArrayText()), postgresql.ARRAY(Integer)))
 _USABLE_AMONG = {
     "sqlite": select(Kit.id).where(_IDS_IN, *_USABLE_AT_SITE),
     "postgresql": select(Kit.id).where(_IDS_ANY, *_USABLE_AT_SITE),
@@ -216,7 +218,7 @@ def locked_batches(
 # a concurrent transaction is skipped and the next usable candidate takes its place; fewer than
 # `size` rows therefore means that no usable kit is left among the candidates given.
 _CANDIDATES = (
-    func.unnest(bindparam("ids", type_=postgresql.ARRAY(Integer)))
+    func.unnest(cast(bindparam("ids", type_=IntegerArrayText()), postgresql.ARRAY(Integer)))
     .table_valued("id", with_ordinality="ord")
     .render_derived(name="candidates")
 )
