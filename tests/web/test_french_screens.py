@@ -165,5 +165,7 @@ def test_reasons_the_service_wrote_itself_read_in_french_on_the_audit_trail(
     client = french(app, "mon-fr")
     page = visible(client.get(trail).get_data(as_text=True))
     assert "liste de randomisation activée" in page and "randomization list activated" not in page
+    # The chain's verification names its counts without a plural to get wrong ("1 points de contrôle").
+    assert re.search(r"points de contrôle signés : \d+ ;", page), page[:400]
     client.post("/language", data={"language": "en", "next": "/", "csrf_token": csrf_token(client, "/")})
     assert "randomization list activated" in visible(client.get(trail).get_data(as_text=True))
