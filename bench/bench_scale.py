@@ -9,9 +9,11 @@ PDF < 5 s, a page's statement count independent of the number of subjects, peak 
 for any single request, and the same figures at 500 subjects within 20 %.
 
 The trial is bench_randomize's (the IFN-gamma definition with --sites sites), prepared with the
-services as an operator would, then --subjects subjects are randomized through the randomization
-service (site j mod N, the admission cause alternating), one in four dispensed with its first dose
-given at the bedside, one in ten with a stratum correction, one in fifty withdrawn.
+services as an operator would, then filled as the issue's trial was (`populate`): --subjects
+subjects randomized over 300 days at every hour of the day, 6 ineligible screenings per 10
+subjects, all but one in 19 dispensed and given each planned dose at the bedside, one in ten with a
+stratum correction, one in fifty withdrawn, ten emergency unblindings (5,000 subjects: about 45,000
+audit entries, the issue's 42,382). The build runs on a simulated clock; the reads on the real one.
 
 The requests are served in this process by the Flask application (the test client, no network),
 one at a time, each --repeat times (the median is printed): what is measured is the application
@@ -32,9 +34,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import heapq
 import json
 import logging
 import os
+import random
 import re
 import statistics
 import subprocess
@@ -43,6 +47,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +63,7 @@ import kits as kitlib
 from allocator import crypto, migrate
 from allocator.app import create_app
 from allocator.db import Database
-from allocator.services import auth, bedside, dispensing, signatures
+from allocator.services import auth, bedside, dispensing, lookups, signatures, unblinding
 from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
 from allocator.services.reports.audit_review import REVIEW_KINDS
@@ -89,15 +94,105 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
-def populate(ctx: ServiceContext, sites: list[str], count: int) -> float:
-    """Randomize `count` subjects through the services; returns the seconds it took."""
+class SimulatedClock:
+    """The trial's clock while it is built: set by `populate` to each event's moment, spread over
+    months and over every hour of the day as real recruitment is; the real time otherwise."""
+
+    def __init__(self) -> None:
+        self.at: datetime | None = None
+
+    def __call__(self) -> datetime:
+        return self.at if self.at is not None else datetime.now(UTC)
+
+
+# What the issue's trial held (issue 21): 5,000 subjects, 4,737 dispensed, 14,115 bedside doses,
+# 100 withdrawals, 10 emergency unblindings, 3,000 ineligible screenings, 42,382 audit entries.
+SPAN_DAYS = 300  # recruitment, ending a day before the benchmark runs
+NOT_DISPENSED = 19  # one subject in 19 is never dispensed (263 of 5,000)
+INELIGIBLE_PER_10 = 6  # 3,000 ineligible screenings for 5,000 subjects
+UNBLINDINGS = 10
+
+
+def populate(ctx: ServiceContext, clock: SimulatedClock, sites: list[str], count: int) -> float:
+    """Build the issue's trial through the services, as its staff would over `SPAN_DAYS` days:
+    `count` subjects randomized (site j mod N, the admission cause alternating) at moments spread
+    over the span and over the hours of the day; 6 ineligible screenings for 10 subjects; every
+    subject but one in 19 dispensed and given each planned dose at the bedside at its planned hour
+    (a withdrawn subject's doses stop); one in ten with a stratum correction, one in fifty
+    withdrawn after its last dose, ten emergency unblindings. Returns the seconds it took."""
     started = time.perf_counter()
     investigators = {code: br._user(ctx, f"inv-b-{code.lower()}", "investigator", code) for code in sites}
     pharmacists = {code: br._user(ctx, f"ph-{code.lower()}", "pharmacist", code) for code in sites}
     nurses = {code: br._user(ctx, f"nu-{code.lower()}", "nurse", code) for code in sites}
     mac = kit_rules.mac(ctx)
+    definition = lookups.trial_definition(ctx, br.TRIAL)
+    schedule = [(d.label, d.offset_hours) for d in definition.dispensing.schedule]
+    last_dose_hours = max(offset for _, offset in schedule)
+    end = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    begin = end - timedelta(days=SPAN_DAYS)
+    step = timedelta(days=SPAN_DAYS) / count
+    rng = random.Random(21)
+    later: list[tuple[datetime, int, Callable[[], Any]]] = []  # doses and withdrawals to come
+    queued = 0
+    unblind_every = max(1, count // UNBLINDINGS)
+
+    def at(moment: datetime, action: Callable[[], Any]) -> None:
+        nonlocal queued
+        queued += 1
+        heapq.heappush(later, (moment, queued, action))
+
+    def until(moment: datetime) -> None:
+        while later and later[0][0] <= moment:
+            clock.at, _, action = heapq.heappop(later)
+            action()
+
+    def dose(site: str, number: str, kits: dict[str, str], day: str) -> Callable[[], Any]:
+        return lambda: bedside.record_scan(
+            ctx,
+            nurses[site],
+            br.TRIAL,
+            payload=kitlib.build_payload(br.TRIAL, kits[day], day, mac),
+            subject_number=number,
+            day=day,
+            scope=br.EVERYWHERE,
+            confirmation="given as prescribed",  # used only if a dose falls on another day
+        )
+
+    def withdraw(site: str, number: str) -> Callable[[], Any]:
+        return lambda: withdrawal.withdraw(
+            ctx,
+            investigators[site],
+            br.TRIAL,
+            number,
+            kind="consent_withdrawn",
+            effective_date=ctx.now().date(),
+            reason="the patient asked",
+            scope=br.EVERYWHERE,
+            signature=SIGNED,
+            agreement_ref=None,
+            is_investigator=True,
+        )
+
     for j in range(count):
+        moment = begin + step * j + timedelta(minutes=rng.randrange(0, 24 * 60))
+        until(moment)
+        clock.at = moment
         site = sites[j % len(sites)]
+        for k in range(INELIGIBLE_PER_10 // 2 if j % 5 in (0, 2) else 0):  # 6 in 10, in pairs
+            answers = {**eligible_on(moment.date()), "consent": "no" if k % 2 == 0 else "yes", "age": 12}
+            with contextlib.suppress(subjects_randomize.Ineligible):
+                subjects_randomize.randomize(
+                    ctx,
+                    investigators[site],
+                    br.TRIAL,
+                    subjects_randomize.RandomizationRequest(
+                        site=site,
+                        screening_number=f"{site}-{count + 2 * j + k:05d}",
+                        eligibility=answers,
+                        strata={"admission_cause": br.CAUSES[0]},
+                    ),
+                    br.EVERYWHERE,
+                )
         result = subjects_randomize.randomize(
             ctx,
             investigators[site],
@@ -105,27 +200,22 @@ def populate(ctx: ServiceContext, sites: list[str], count: int) -> float:
             subjects_randomize.RandomizationRequest(
                 site=site,
                 screening_number=f"{site}-{j:05d}",
-                eligibility=eligible_on(ctx.now().date()),
+                eligibility=eligible_on(moment.date()),
                 strata={"admission_cause": br.CAUSES[(j // len(sites)) % 2]},
             ),
             br.EVERYWHERE,
         )
         number = result.subject_number
         kits = {k.day: k.kit_number for k in result.kits}
-        if j % 4 == 0:
+        if j % NOT_DISPENSED != 3:
+            clock.at = moment + timedelta(minutes=20)
             dispensing.dispense(
                 ctx, pharmacists[site], br.TRIAL, number, kits, scope=br.EVERYWHERE, signature=SIGNED
             )
-            bedside.record_scan(
-                ctx,
-                nurses[site],
-                br.TRIAL,
-                payload=kitlib.build_payload(br.TRIAL, kits["D1"], "D1", mac),
-                subject_number=number,
-                day="D1",
-                scope=br.EVERYWHERE,
-            )
+            for day, offset in schedule:
+                at(moment + timedelta(hours=offset, minutes=45), dose(site, number, kits, day))
         if j % 10 == 1:
+            clock.at = moment + timedelta(minutes=30)
             corrections.correct_stratum(
                 ctx,
                 investigators[site],
@@ -138,22 +228,25 @@ def populate(ctx: ServiceContext, sites: list[str], count: int) -> float:
                 agreement_ref=None,
                 is_investigator=True,
             )
-        if j % 50 == 7:
-            withdrawal.withdraw(
+        if j % unblind_every == unblind_every // 2:
+            clock.at = moment + timedelta(hours=2)
+            unblinding.emergency_unblind(
                 ctx,
                 investigators[site],
                 br.TRIAL,
                 number,
-                kind="consent_withdrawn",
-                effective_date=ctx.now().date(),
-                reason="the patient asked",
-                scope=br.EVERYWHERE,
+                reason_category="serious_adverse_event",
+                reason="severe reaction needing a specific treatment",
+                confirmed=True,
                 signature=SIGNED,
-                agreement_ref=None,
-                is_investigator=True,
+                scope=br.EVERYWHERE,
             )
+        if j % 50 == 7:
+            at(moment + timedelta(hours=last_dose_hours, minutes=90), withdraw(site, number))
         if (j + 1) % 500 == 0:
             print(f"  {j + 1} subjects ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+    until(end + timedelta(days=30))
+    clock.at = None
     return time.perf_counter() - started
 
 
@@ -334,13 +427,15 @@ def run_backend(backend: str, args: argparse.Namespace) -> list[Row]:
             migrate.upgrade(url)
         db = Database.connect(url)
         ring = crypto.KeyRing.load(keys)
-        ctx = ServiceContext.build(settings, db, ring, passwords=crypto.FAST_PASSWORD_HASHING)
+        clock = SimulatedClock()
+        ctx = ServiceContext.build(settings, db, ring, clock=clock, passwords=crypto.FAST_PASSWORD_HASHING)
         if built:
             print(f"{backend}: the trial of {args.world} read again (its own size)", file=sys.stderr)
         else:
             sites = br.site_codes(args.sites)
+            clock.at = datetime.now(UTC) - timedelta(days=SPAN_DAYS + 2)  # set up before recruitment
             prepared = br.prepare(ctx, sites, args.subjects)
-            took = populate(ctx, sites, args.subjects)
+            took = populate(ctx, clock, sites, args.subjects)
             print(
                 f"{backend}: trial prepared in {prepared.setup_seconds:.0f} s, {args.subjects} subjects in {took:.0f} s",
                 file=sys.stderr,
