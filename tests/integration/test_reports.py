@@ -5,8 +5,10 @@ BLD-13, AUD-05, AUD-09, DIB-04, UNB-05, UNB-08, UNB-09, RND-07, RND-09)."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -800,6 +802,62 @@ def test_a_review_digest_is_the_text_of_its_rows_as_first_defined(ctx: ServiceCo
         assert report.digest == hashlib.sha256(text.encode("utf-8")).hexdigest(), kind
         listed += len(rows)
     assert listed > 10
+
+
+@pytest.mark.req("AUD-09")
+def test_the_off_hours_review_lists_exactly_the_entries_outside_the_working_hours(
+    ctx: ServiceContext, truth: Truth
+) -> None:
+    """Issue 21 reads the clock once per minute of recorded time (the moment in the trial's zone and
+    whether it is within the working hours), for every entry of that minute: the review must still
+    list exactly the entries recorded outside the hours asked, worked out here entry by entry."""
+    zone = ZoneInfo(trial_definition(ctx, TRIAL).timezone)
+    with ctx.db.reading() as s:
+        at = {f"{e.chain}:{e.seq}": e.at for e in s.execute(select(AuditEvent)).scalars()}
+    # No working hours at all: every entry the review may list (checkpoints and pharmacovigilance
+    # unblindings are never listed).
+    always = filters.ReportFilter(hours_from=0, hours_to=0)
+    listable = [e.entry for e in audit_review.audit_review(ctx, TRIAL, "off-hours", ALL, always).entries]
+    split = 0
+    for hours in ((8, 20), (9, 10), (0, 24), (13, 23), (11, 12)):
+        flt = filters.ReportFilter(hours_from=hours[0], hours_to=hours[1])
+        listed = [e.entry for e in audit_review.audit_review(ctx, TRIAL, "off-hours", ALL, flt).entries]
+        expected = []
+        for entry in listable:
+            local = datetime.strptime(at[entry], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).astimezone(zone)
+            if not (local.weekday() < 5 and hours[0] <= local.hour < hours[1]):
+                expected.append(entry)
+        assert listed == expected, hours
+        split += 0 < len(listed) < len(listable)
+    assert split >= 2  # entries on both sides of the hours, for at least two of them
+
+
+def test_a_report_is_built_and_its_csv_written_with_the_collector_paused(
+    ctx: ServiceContext, truth: Truth, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21: the cyclic collector walked the half-million short-lived objects of a large review
+    (40 % of its CPU); a report's rows and its CSV are made with it paused, and it is on again
+    after."""
+    seen: list[bool] = []
+    built = catalogue.audit_review
+    written = export.csv_chunks
+
+    def review(*args: object, **kwargs: object) -> audit_review.AuditReviewReport:
+        seen.append(gc.isenabled())
+        return built(*args, **kwargs)  # type: ignore[arg-type]
+
+    def chunks(view: catalogue.ReportView) -> Iterator[str]:
+        for piece in written(view):
+            seen.append(gc.isenabled())
+            yield piece
+
+    monkeypatch.setattr(catalogue, "audit_review", review)
+    monkeypatch.setattr(export, "csv_chunks", chunks)
+    assert gc.isenabled()
+    made = export.export(ctx, MONITOR, TRIAL, "off-hours", EVERYTHING, ALL, "csv", version="review")
+    made.close()
+    assert len(seen) >= 2 and not any(seen)  # the review built, then the CSV written
+    assert gc.isenabled()
 
 
 BLINDED = [(name, "blinded") for name in catalogue.REPORTS] + [

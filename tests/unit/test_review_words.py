@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import random
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -93,3 +95,26 @@ def test_a_time_not_in_the_services_own_form_is_formatted_as_it_always_was() -> 
     for other in ("2026-12-05T120930.12345678Z", "2026-W49-6T12:09:30.12345Z", "2026-12-05T12:09:30Z"):
         assert audit_review._utc_cell(other, at) == "2026-12-05 12:09:30 UTC" == time_text(at)
     assert audit_review._utc_cell("2026-12-05T120930.12345678Z", at.replace(second=31)).endswith(":31 UTC")
+
+
+@pytest.mark.parametrize("words", [ENGLISH, FRENCH], ids=["en", "fr"])
+def test_a_rows_times_in_words_are_those_of_its_own_moment(words: Words) -> None:
+    """Issue 21: a row's UTC time in words is cut from the recorded text, and its local time in
+    words is kept per minute (the moment of the first entry of that minute); both must say what
+    `Words.utc` and `Words.local` say of the entry's own moment, around the changes of hour too."""
+    known = audit_review._Known(words)
+    zone = ZoneInfo("Europe/Paris")
+    rng = random.Random(21)
+    moments = [
+        datetime(2019, 1, 1, tzinfo=UTC) + timedelta(seconds=rng.randrange(8 * 365 * 86400), microseconds=n)
+        for n in range(1500)
+    ]
+    for change in (datetime(2026, 3, 29, 1, tzinfo=UTC), datetime(2026, 10, 25, 1, tzinfo=UTC)):
+        moments += [change + timedelta(seconds=s) for s in range(-3600, 3600, 59)]
+    for at in moments:
+        recorded = at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        assert known.utc(recorded) == words.utc(at), recorded
+        first_of_its_minute = at.replace(second=rng.randrange(60)).astimezone(zone)
+        assert known.local(first_of_its_minute) == words.local(at.astimezone(zone)), recorded
+    other = "2026-12-05T12:09:30.12345Z"  # not the service's own form: read as it always was
+    assert known.utc(other) == words.utc(datetime(2026, 12, 5, 12, 9, 30, 123450, tzinfo=UTC))

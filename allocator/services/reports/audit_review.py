@@ -181,7 +181,9 @@ class ReviewEntry:
     details: str
     # What the page shows in the reader's words (the cells above are what the digest covers).
     source: audit_trail.EntryView | None = field(default=None, compare=False)
-    moment: datetime | None = field(default=None, compare=False)  # in the trial's time zone
+    # In the trial's time zone, to the minute (the first entry of its minute's, issue 21): what the
+    # local time cells show.
+    moment: datetime | None = field(default=None, compare=False)
 
     def shown(self, _: Words, known: _Known | None = None) -> tuple[str, ...]:
         """The entry in the reader's words: times in their language, the action's label, the
@@ -193,8 +195,8 @@ class ReviewEntry:
         known = _Known(_) if known is None else known
         return (
             self.entry,
-            _.utc(moment),
-            _.local(moment),
+            known.utc(entry.at),
+            known.local(moment),
             self.who,
             self.username,
             known.role(self.role),
@@ -347,6 +349,14 @@ def _utc_cell(recorded: str, at: datetime) -> str:
     return time_text(at)
 
 
+def _minute(at: datetime, zone: ZoneInfo, flt: ReportFilter) -> tuple[datetime, bool, str]:
+    """A recorded moment in the trial's zone, whether it falls within the working hours (Monday to
+    Friday), and the review's local time cell for it."""
+    moment = at.astimezone(zone)
+    working = moment.weekday() < 5 and flt.hours_from <= moment.hour < flt.hours_to
+    return moment, working, moment.strftime("%a %Y-%m-%d %H:%M %Z")
+
+
 def _pharmacovigilance(entry: audit_trail.EntryView) -> bool:
     """UNB-08: entries that would tell trial staff that a pharmacovigilance unblinding happened."""
     new = entry.new or {}
@@ -385,7 +395,18 @@ class _Known:
     type."""
 
     LIMIT = 10_000
-    __slots__ = ("_", "actions", "colon", "keys", "objects", "reasons", "roles", "texts")
+    __slots__ = (
+        "_",
+        "actions",
+        "colon",
+        "days",
+        "keys",
+        "locals",
+        "objects",
+        "reasons",
+        "roles",
+        "texts",
+    )
 
     def __init__(self, _: Words) -> None:
         self._ = _
@@ -396,6 +417,29 @@ class _Known:
         self.objects: dict[str, str] = {}
         self.roles: dict[str, str] = {}
         self.reasons: dict[str, str] = {}
+        self.days: dict[str, date] = {}
+        self.locals: dict[tuple[datetime, int], str] = {}
+
+    def utc(self, at: str) -> str:
+        """`Words.utc` of an entry's recorded time, read from its text when it is in the form the
+        service writes (no datetime built and formatted for each entry)."""
+        if _RECORDED_TIME.fullmatch(at) is None:
+            return self._.utc(audit_time(at))
+        day = self.days.get(at[:10])
+        if day is None:
+            day = self.days[at[:10]] = date.fromisoformat(at[:10])
+        return self._.utc_of(day, at[11:19])
+
+    def local(self, moment: datetime) -> str:
+        """`Words.local`, once per minute of the table. Keyed with the fold: the two moments of the
+        hour repeated when summer time ends are equal as local times, but not the same time."""
+        key = (moment, moment.fold)
+        shown = self.locals.get(key)
+        if shown is None:
+            shown = self._.local(moment)
+            if len(self.locals) < self.LIMIT:
+                self.locals[key] = shown
+        return shown
 
     def text(self, text: str) -> str:
         """A recorded text in words: a role's title, a code the catalogue knows, else as recorded."""
@@ -544,6 +588,10 @@ def audit_review(
         found.sort(key=lambda e: (e.at, e.chain, e.seq))
     else:  # one chain, read in sequence order: sorted by time and sequence (issue 21: no key per entry)
         found.sort(key=_at)
+    # Per minute of recorded time (issue 21: a trial's entries come in bursts, a randomization's or a
+    # dispensing's in the same minute): the moment in the trial's zone, whether it is within the
+    # working hours, and the local time cell.
+    minutes: dict[str, tuple[datetime, bool, str]] = {}
     for entry in found:
         if (entry.action in _PV_ACTIONS and _pharmacovigilance(entry)) or entry.action == _CHECKPOINT:
             continue
@@ -551,15 +599,24 @@ def audit_review(
             continue
         if kind.name == "reprints" and not (entry.new or {}).get("reprint"):
             continue
-        at = audit_time(entry.at)
-        moment = at.astimezone(zone)
-        if off_hours and moment.weekday() < 5 and flt.hours_from <= moment.hour < flt.hours_to:
+        recorded = entry.at
+        if _RECORDED_TIME.fullmatch(recorded) is not None:
+            minute = minutes.get(recorded[:16])
+            if minute is None:
+                minute = minutes[recorded[:16]] = _minute(datetime.fromisoformat(recorded), zone, flt)
+            moment, working, local_cell = minute
+            utc_cell = f"{recorded[:10]} {recorded[11:19]} UTC"  # _utc_cell, with no datetime
+        else:  # an imported entry's time, in another form
+            at = audit_time(recorded)
+            moment, working, local_cell = _minute(at, zone, flt)
+            utc_cell = _utc_cell(recorded, at)
+        if off_hours and working:
             continue
         rows.append(
             ReviewEntry(
                 f"{entry.chain}:{entry.seq}",
-                _utc_cell(entry.at, at),
-                moment.strftime("%a %Y-%m-%d %H:%M %Z"),
+                utc_cell,
+                local_cell,
                 entry.actor_name,
                 entry.actor_username,
                 entry.actor_role,

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
+from allocator import collector
 from allocator.audit import Actor
 from allocator.models import Site
 from allocator.notices import N_
@@ -360,6 +361,7 @@ def _unknown(name: str, version: str, definition: TrialDefinition) -> NotFound:
     )
 
 
+@collector.pausing  # thousands of rows, no cycles (issue 21)
 def build(
     ctx: ServiceContext,
     reader: Actor,

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO
 
+from allocator import collector
 from allocator.audit import Action, Actor
 from allocator.permissions import Scope
 from allocator.printing import monitoring_reports, safe_csv
@@ -86,10 +87,11 @@ def export(
         spooled = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES, mode="w+b")  # noqa: SIM115
         close = spooled.close
         try:
-            for piece in csv_chunks(view):
-                encoded = piece.encode("utf-8")
-                digest.update(encoded)
-                spooled.write(encoded)
+            with collector.paused():  # a row's words for each of thousands (issue 21)
+                for piece in csv_chunks(view):
+                    encoded = piece.encode("utf-8")
+                    digest.update(encoded)
+                    spooled.write(encoded)
         except BaseException:
             close()
             raise
