@@ -249,11 +249,33 @@ def entries(
     until: datetime | None,
     scope: Scope | None,
     usernames: Collection[str] | None = None,
+    brief: bool = False,
 ) -> list[EntryView]:
     """The blinded entries of `chain` whose action is one of `actions` (all when None), at or after
     `since` and before `until`, in sequence order: the rows of the review reports and deviation
     listings (AUD-09, REP-07). `usernames` keeps the entries of those actors only. Never a sealed
-    value (BLD-07)."""
+    value (BLD-07). `brief` leaves out what only the chain's verification reads (request id,
+    software version and the two hashes, left empty): a review of a large trial reads tens of
+    thousands of entries and shows none of these (issue 21)."""
+    rows = entry_rows(
+        ctx, chain, actions=actions, since=since, until=until, scope=scope, usernames=usernames, brief=brief
+    )
+    return _views(rows, filler=BRIEF if brief else ())
+
+
+def entry_rows(
+    ctx: ServiceContext,
+    chain: str,
+    *,
+    actions: Collection[str] | None,
+    since: datetime | None,
+    until: datetime | None,
+    scope: Scope | None,
+    usernames: Collection[str] | None = None,
+    brief: bool = False,
+) -> Sequence[Any]:
+    """The rows `entries` makes its entries of, for a reader that keeps only some of them and builds
+    those alone (`view`): the columns of `_VIEW_COLUMNS` by position, the time at `AT`."""
     site_codes = _site_codes(ctx, chain) if scope is not None and not scope.all_sites else {}
     query = _within(select(AuditEvent).where(AuditEvent.chain == chain), scope, site_codes)
     if actions is not None:
@@ -269,27 +291,37 @@ def entries(
     # The table's own columns, read through the session's connection: the rows of a Core
     # statement, without the ORM's handling of each row (issue 21).
     table = AuditEvent.__table__
-    columns = query.with_only_columns(*(table.c[name] for name in _VIEW_COLUMNS))
+    names = _VIEW_COLUMNS[:_BRIEF_END] if brief else _VIEW_COLUMNS
+    columns = query.with_only_columns(
+        *(table.c[name] if name != "sealed_values" else table.c[name].isnot(None) for name in names)
+    )
     with ctx.db.reading() as session:
-        return _views(session.connection().execute(columns.order_by(table.c.seq)).all())
+        return session.connection().execute(columns.order_by(table.c.seq)).all()
 
 
-def _views(rows: Sequence[Any]) -> list[EntryView]:
+def _views(rows: Sequence[Any], filler: tuple[str, ...] = ()) -> list[EntryView]:
     """`_view` of many rows of `_VIEW_COLUMNS` (issue 21: a review of a large trial reads tens of
-    thousands): each row read by position, which costs a fraction of reading its columns by name,
-    and the entry built with positional arguments (the columns are in `EntryView`'s order, the
-    recorded values parsed and the sealed one only said to be there)."""
-    loads = json.loads
-    return [
-        EntryView(  # type: ignore[call-arg]  # positions: test_the_entries_of_a_review_are_the_entries_of_the_trail
-            *row[:11],
-            loads(row[11]) if row[11] else None,
-            loads(row[12]) if row[12] else None,
-            row[13] is not None,
-            *row[14:],
-        )
-        for row in rows
-    ]
+    thousands), each `view`."""
+    return [view(row, filler) for row in rows]
+
+
+def view(row: Any, filler: tuple[str, ...] = ()) -> EntryView:
+    """The entry of a row of `_VIEW_COLUMNS` (`entry_rows`), read by position, which costs a fraction
+    of reading its columns by name, and built with positional arguments: the columns are in
+    `EntryView`'s order, the recorded values parsed, and whether there is a sealed value read instead
+    of that value. The rows of a brief read end at the reason: `filler` (`BRIEF`) stands for the
+    columns left out."""
+    return EntryView(  # type: ignore[call-arg]  # positions: test_the_entries_of_a_review_are_the_entries_of_the_trail
+        *row[:11],
+        _loads(row[11]) if row[11] else None,
+        _loads(row[12]) if row[12] else None,
+        bool(row[13]),
+        *row[14:],
+        *filler,
+    )
+
+
+_loads = json.loads
 
 
 # What `_view` reads of an entry.
@@ -314,6 +346,9 @@ _VIEW_COLUMNS = (
     "prev_hash",
     "hash",
 )
+_BRIEF_END = _VIEW_COLUMNS.index("reason") + 1  # a brief read's columns end there
+BRIEF = ("",) * (len(_VIEW_COLUMNS) - _BRIEF_END)  # what a brief read leaves empty: request, version, hashes
+AT = _VIEW_COLUMNS.index("at")  # where a row of `entry_rows` holds its time
 
 
 _CSV_COLUMNS = (

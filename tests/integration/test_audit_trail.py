@@ -4,6 +4,7 @@ blinded projection, the audited unblinded view and the CSV export."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 
 import pytest
@@ -80,6 +81,17 @@ def test_the_entries_of_a_review_are_the_entries_of_the_trail(ctx: ServiceContex
     sealed = [e for e in read if e.has_sealed]
     assert [e.object_id for e in sealed] == ["P1-001"] and sealed[0].sealed is None
     assert sealed[0].new == {"note": '=HYPERLINK("http://x")'} and sealed[0].reason == "+danger"
+    # A brief read (the reviews', issue 21) is the same but for what only the chain's verification
+    # reads, left empty; its rows, made entries one by one, are the same entries.
+    brief = audit_trail.entries(ctx, "IFNG-PAIS", actions=None, since=None, until=None, scope=ALL, brief=True)
+    chain_only = {"request_id": "", "software_version": "", "prev_hash": "", "hash": ""}
+    assert brief == [dataclasses.replace(e, **chain_only) for e in read]
+    assert all(e.hash and e.request_id for e in read)
+    rows = audit_trail.entry_rows(
+        ctx, "IFNG-PAIS", actions=None, since=None, until=None, scope=ALL, brief=True
+    )
+    assert [audit_trail.view(row, audit_trail.BRIEF) for row in rows] == brief
+    assert [row[audit_trail.AT] for row in rows] == [e.at for e in read]
 
 
 @pytest.mark.req("ACC-10")
