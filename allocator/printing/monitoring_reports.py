@@ -22,6 +22,7 @@ from __future__ import annotations
 import html
 import io
 import unicodedata
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -234,17 +235,20 @@ _CHUNK = 200  # rows per table flowable: splitting one long table across pages c
 
 class _Measures:
     """Widths in points at the cell size, each distinct text measured once per document (issue 21:
-    a 20,000-row report measured the same words, actions and names hundreds of thousands of times)."""
+    a 20,000-row report measured the same words, actions and names hundreds of thousands of times).
+    One table per font, keyed by the text alone."""
 
     def __init__(self) -> None:
-        self._widths: dict[tuple[str, str], float] = {}
+        self._widths: dict[str, dict[str, float]] = {}
 
     def width(self, text: str, font: str = REGULAR) -> float:
         """The width of `text` (already printable) in `font`."""
-        key = (text, font)
-        found = self._widths.get(key)
+        known = self._widths.get(font)
+        if known is None:
+            known = self._widths[font] = {}
+        found = known.get(text)
         if found is None:
-            found = self._widths[key] = stringWidth(text, font, _CELL_SIZE)
+            found = known[text] = stringWidth(text, font, _CELL_SIZE)
         return found
 
     def words_width(self, text: str, font: str) -> float:
@@ -490,17 +494,27 @@ def _page_numbering_canvas(label: str) -> Any:
     """A reportlab canvas class that stamps "Page n of N" on every page at save time."""
 
     class NumberedCanvas(Canvas):  # type: ignore[misc]
+        """Each page is kept until the number of pages is known, its drawing compressed (issue 21:
+        a 640-page review held 200,000 small strings of drawing operators, a fifth of its peak
+        memory); the page made at the end is the same, byte for byte."""
+
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._pages: list[dict[str, Any]] = []
 
         def showPage(self) -> None:
-            self._pages.append(dict(self.__dict__))
+            state = dict(self.__dict__)
+            drawn = "\n".join(self._code).encode("utf-8") if self._code else None
+            state["_code"] = zlib.compress(drawn, 1) if drawn is not None else None
+            self._pages.append(state)
             self._startPage()
 
         def save(self) -> None:
             total = len(self._pages)
-            for state in self._pages:
+            for index, state in enumerate(self._pages):
+                drawn = state["_code"]
+                state["_code"] = [zlib.decompress(drawn).decode("utf-8")] if drawn is not None else []
+                self._pages[index] = {}  # let the page's state go once it is drawn
                 self.__dict__.update(state)
                 width = self._pagesize[0]
                 self.saveState()

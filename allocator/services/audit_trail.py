@@ -305,16 +305,41 @@ def _views(rows: Sequence[Any], filler: tuple[str, ...] = ()) -> list[EntryView]
     return [view(row, filler) for row in rows]
 
 
-def view(row: Any, filler: tuple[str, ...] = ()) -> EntryView:
+def view(row: Any, filler: tuple[str, ...] = (), same: dict[Any, Any] | None = None) -> EntryView:
     """The entry of a row of `_VIEW_COLUMNS` (`entry_rows`), read by position, which costs a fraction
     of reading its columns by name, and built with positional arguments: the columns are in
     `EntryView`'s order, the recorded values parsed, and whether there is a sealed value read instead
     of that value. The rows of a brief read end at the reason: `filler` (`BRIEF`) stands for the
-    columns left out."""
-    return EntryView(  # type: ignore[call-arg]  # positions: test_the_entries_of_a_review_are_the_entries_of_the_trail
-        *row[:11],
-        _loads(row[11]) if row[11] else None,
-        _loads(row[12]) if row[12] else None,
+    columns left out. With `same`, the texts most entries repeat (chain, actor, action, object type,
+    site) are kept once for all the entries made with it (issue 21: a review of 30,000 entries held
+    eight copies of them per entry)."""
+    if same is None:
+        return EntryView(  # type: ignore[call-arg]  # positions: test_the_entries_of_a_review_are_the_entries_of_the_trail
+            *row[:11],
+            _loads(row[11]) if row[11] else None,
+            _loads(row[12]) if row[12] else None,
+            bool(row[13]),
+            *row[14:],
+            *filler,
+        )
+    once = same.setdefault
+    chain, seq, at, username, name, role, actor_site, action, object_type, object_id, site, old, new = row[
+        :13
+    ]
+    return EntryView(
+        once(chain, chain),
+        seq,
+        at,
+        once(username, username),
+        once(name, name),
+        once(role, role),
+        once(actor_site, actor_site),
+        once(action, action),
+        once(object_type, object_type),
+        object_id,
+        once(site, site),
+        _loads(old) if old else None,
+        _loads(new) if new else None,
         bool(row[13]),
         *row[14:],
         *filler,

@@ -92,3 +92,69 @@ def test_a_long_table_is_made_piece_by_piece_as_the_layout_reaches_it(
     assert seen[-1][0] == len(rows) and pieces() == 5 and made.count(7 + 1) == 1
     text = "".join(page.extract_text() for page in pypdf.PdfReader(io.BytesIO(pdf)).pages)
     assert all(text.count(f"P01-{i:05d}") == 1 for i in (0, mr._CHUNK - 1, mr._CHUNK, len(rows) - 1))
+
+
+def test_pages_kept_compressed_until_the_count_is_known_make_the_same_pdf(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 21: "Page n of N" needs every page kept until the last; each page's drawing operators
+    were kept as separate strings (a fifth of the off-hours PDF's 300 MB). They are now kept
+    compressed while the document is laid out, and the PDF is the same, byte for byte, as the one
+    the pages kept whole give (the way it was made before)."""
+    rows = tuple((f"P01-{i:05d}", f"row {i} été Łukasz") for i in range(3 * mr._CHUNK))
+    document = mr.ReportDocument(
+        "A long table",
+        "T/long",
+        datetime(2026, 12, 6, tzinfo=UTC),
+        "1.0",
+        False,
+        (("Trial", "T"),),
+        tables=(mr.Table("Rows", ("Subject", "Note"), rows),),
+    )
+    kept: list[object] = []
+    real = mr._page_numbering_canvas
+
+    def watched(label: str) -> type:
+        numbered = real(label)
+
+        class Watched(numbered):  # type: ignore[misc, valid-type]
+            def showPage(self) -> None:
+                super().showPage()
+                kept.append(self._pages[-1]["_code"])
+
+        return Watched
+
+    monkeypatch.setattr(mr, "_page_numbering_canvas", watched)
+    made = mr.render_report_pdf(document)
+    assert len(kept) > 5 and all(isinstance(code, bytes) for code in kept)
+
+    def whole(label: str) -> type:  # the pages kept as they are drawn, numbered at the end
+        class Whole(mr.Canvas):  # type: ignore[misc]
+            def __init__(self, *args: object, **kwargs: object) -> None:
+                super().__init__(*args, **kwargs)
+                self.states: list[dict[str, object]] = []
+
+            def showPage(self) -> None:
+                self.states.append(dict(self.__dict__))
+                self._startPage()
+
+            def save(self) -> None:
+                for state in self.states:
+                    self.__dict__.update(state)
+                    self.saveState()
+                    self.setFont(mr.REGULAR, 7)
+                    self.drawRightString(
+                        self._pagesize[0] - 12 * mr.mm,
+                        7 * mr.mm,
+                        label % {"page": self._pageNumber, "total": len(self.states)},
+                    )
+                    self.restoreState()
+                    mr.Canvas.showPage(self)
+                super().save()
+
+        return Whole
+
+    monkeypatch.setattr(mr, "_page_numbering_canvas", whole)
+    assert mr.render_report_pdf(document) == made
+    pages = pypdf.PdfReader(io.BytesIO(made)).pages
+    assert f"Page {len(pages)} of {len(pages)}" in pages[-1].extract_text()

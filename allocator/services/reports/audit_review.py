@@ -602,7 +602,10 @@ def audit_review(
     # working hours, and the local time cell.
     minutes: dict[str, tuple[datetime, bool, str]] = {}
     view, brief = audit_trail.view, audit_trail.BRIEF
-    for row in found:
+    same: dict[Any, Any] = {}  # the texts the entries repeat, kept once (audit_trail.view)
+    found.reverse()
+    while found:
+        row = found.pop()  # each row let go once read (issue 21: a review's peak memory)
         recorded = row[at_]
         if _RECORDED_TIME.fullmatch(recorded) is not None:
             minute = minutes.get(recorded[:16])
@@ -616,7 +619,7 @@ def audit_review(
             utc_cell = _utc_cell(recorded, at)
         if off_hours and working:
             continue
-        entry = view(row, brief)
+        entry = view(row, brief, same)
         if (entry.action in _PV_ACTIONS and _pharmacovigilance(entry)) or entry.action == _CHECKPOINT:
             continue
         if flt.site is not None and entry.site_code not in (None, flt.site):
