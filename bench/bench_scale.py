@@ -107,19 +107,21 @@ class SimulatedClock:
 
 # What the issue's trial held (issue 21): 5,000 subjects, 4,737 dispensed, 14,115 bedside doses,
 # 100 withdrawals, 10 emergency unblindings, 3,000 ineligible screenings, 42,382 audit entries.
-SPAN_DAYS = 300  # recruitment, ending a day before the benchmark runs
+SPAN_DAYS = 300  # recruitment; every event of the trial is over before the benchmark runs
 NOT_DISPENSED = 19  # one subject in 19 is never dispensed (263 of 5,000)
-INELIGIBLE_PER_10 = 6  # 3,000 ineligible screenings for 5,000 subjects
+INELIGIBLE = (0, 3, 6)  # subjects j with j mod 10 here come after two ineligible screenings: 3,000 for 5,000
 UNBLINDINGS = 10
 
 
 def populate(ctx: ServiceContext, clock: SimulatedClock, sites: list[str], count: int) -> float:
-    """Build the issue's trial through the services, as its staff would over `SPAN_DAYS` days:
-    `count` subjects randomized (site j mod N, the admission cause alternating) at moments spread
-    over the span and over the hours of the day; 6 ineligible screenings for 10 subjects; every
-    subject but one in 19 dispensed and given each planned dose at the bedside at its planned hour
-    (a withdrawn subject's doses stop); one in ten with a stratum correction, one in fifty
-    withdrawn after its last dose, ten emergency unblindings. Returns the seconds it took."""
+    """Build the issue's trial through the services, as its staff would over `SPAN_DAYS` days, every
+    event in time order on the simulated clock: `count` subjects randomized (site j mod N, the
+    admission cause alternating) at moments spread over the span and over the hours of the day;
+    6 ineligible screenings per 10 subjects, just before; every subject but one in 19 dispensed 20
+    minutes after and given each planned dose at the bedside at its planned hour; one in ten with a
+    stratum correction; one in fifty withdrawn, half of them between their second and third doses
+    (the third is then not given), half after the last; ten emergency unblindings. Returns the
+    seconds it took."""
     started = time.perf_counter()
     investigators = {code: br._user(ctx, f"inv-b-{code.lower()}", "investigator", code) for code in sites}
     pharmacists = {code: br._user(ctx, f"ph-{code.lower()}", "pharmacist", code) for code in sites}
@@ -127,125 +129,149 @@ def populate(ctx: ServiceContext, clock: SimulatedClock, sites: list[str], count
     mac = kit_rules.mac(ctx)
     definition = lookups.trial_definition(ctx, br.TRIAL)
     schedule = [(d.label, d.offset_hours) for d in definition.dispensing.schedule]
-    last_dose_hours = max(offset for _, offset in schedule)
-    end = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    last_dose = timedelta(hours=max(offset for _, offset in schedule), minutes=45)
+    # The last randomization's last dose and withdrawal are over a day before now.
+    end = datetime.now(UTC).replace(microsecond=0) - last_dose - timedelta(days=2)
     begin = end - timedelta(days=SPAN_DAYS)
-    step = timedelta(days=SPAN_DAYS) / count
     rng = random.Random(21)
-    later: list[tuple[datetime, int, Callable[[], Any]]] = []  # doses and withdrawals to come
+    span = SPAN_DAYS * 86400
+    moments = sorted(begin + timedelta(seconds=rng.uniform(0, span)) for _ in range(count))
+    events: list[tuple[datetime, int, Callable[[], Any]]] = []  # (moment, order, action): the heap
     queued = 0
     unblind_every = max(1, count // UNBLINDINGS)
+    withdrawn: set[str] = set()
 
     def at(moment: datetime, action: Callable[[], Any]) -> None:
         nonlocal queued
         queued += 1
-        heapq.heappush(later, (moment, queued, action))
-
-    def until(moment: datetime) -> None:
-        while later and later[0][0] <= moment:
-            clock.at, _, action = heapq.heappop(later)
-            action()
+        heapq.heappush(events, (moment, queued, action))
 
     def dose(site: str, number: str, kits: dict[str, str], day: str) -> Callable[[], Any]:
-        return lambda: bedside.record_scan(
-            ctx,
-            nurses[site],
-            br.TRIAL,
-            payload=kitlib.build_payload(br.TRIAL, kits[day], day, mac),
-            subject_number=number,
-            day=day,
-            scope=br.EVERYWHERE,
-            confirmation="given as prescribed",  # used only if a dose falls on another day
-        )
+        def give() -> None:
+            if number in withdrawn:  # no further dose once withdrawn (REP-04)
+                return
+            bedside.record_scan(
+                ctx,
+                nurses[site],
+                br.TRIAL,
+                payload=kitlib.build_payload(br.TRIAL, kits[day], day, mac),
+                subject_number=number,
+                day=day,
+                scope=br.EVERYWHERE,
+                confirmation="given as prescribed",  # used only if a dose falls on another day
+            )
+
+        return give
 
     def withdraw(site: str, number: str) -> Callable[[], Any]:
-        return lambda: withdrawal.withdraw(
-            ctx,
-            investigators[site],
-            br.TRIAL,
-            number,
-            kind="consent_withdrawn",
-            effective_date=ctx.now().date(),
-            reason="the patient asked",
-            scope=br.EVERYWHERE,
-            signature=SIGNED,
-            agreement_ref=None,
-            is_investigator=True,
-        )
+        def record() -> None:
+            withdrawn.add(number)
+            withdrawal.withdraw(
+                ctx,
+                investigators[site],
+                br.TRIAL,
+                number,
+                kind="consent_withdrawn",
+                effective_date=ctx.now().date(),
+                reason="the patient asked",
+                scope=br.EVERYWHERE,
+                signature=SIGNED,
+                agreement_ref=None,
+                is_investigator=True,
+            )
 
-    for j in range(count):
-        moment = begin + step * j + timedelta(minutes=rng.randrange(0, 24 * 60))
-        until(moment)
-        clock.at = moment
-        site = sites[j % len(sites)]
-        for k in range(INELIGIBLE_PER_10 // 2 if j % 5 in (0, 2) else 0):  # 6 in 10, in pairs
-            answers = {**eligible_on(moment.date()), "consent": "no" if k % 2 == 0 else "yes", "age": 12}
-            with contextlib.suppress(subjects_randomize.Ineligible):
-                subjects_randomize.randomize(
-                    ctx,
-                    investigators[site],
-                    br.TRIAL,
-                    subjects_randomize.RandomizationRequest(
-                        site=site,
-                        screening_number=f"{site}-{count + 2 * j + k:05d}",
-                        eligibility=answers,
-                        strata={"admission_cause": br.CAUSES[0]},
-                    ),
-                    br.EVERYWHERE,
-                )
-        result = subjects_randomize.randomize(
-            ctx,
-            investigators[site],
-            br.TRIAL,
-            subjects_randomize.RandomizationRequest(
-                site=site,
-                screening_number=f"{site}-{j:05d}",
-                eligibility=eligible_on(moment.date()),
-                strata={"admission_cause": br.CAUSES[(j // len(sites)) % 2]},
-            ),
-            br.EVERYWHERE,
-        )
-        number = result.subject_number
-        kits = {k.day: k.kit_number for k in result.kits}
-        if j % NOT_DISPENSED != 3:
-            clock.at = moment + timedelta(minutes=20)
+        return record
+
+    def dispense(site: str, number: str, kits: dict[str, str], randomized: datetime) -> Callable[[], Any]:
+        def record() -> None:
             dispensing.dispense(
                 ctx, pharmacists[site], br.TRIAL, number, kits, scope=br.EVERYWHERE, signature=SIGNED
             )
             for day, offset in schedule:
-                at(moment + timedelta(hours=offset, minutes=45), dose(site, number, kits, day))
-        if j % 10 == 1:
-            clock.at = moment + timedelta(minutes=30)
-            corrections.correct_stratum(
+                at(randomized + timedelta(hours=offset, minutes=45), dose(site, number, kits, day))
+
+        return record
+
+    def correct(site: str, number: str, j: int) -> Callable[[], Any]:
+        return lambda: corrections.correct_stratum(
+            ctx,
+            investigators[site],
+            br.TRIAL,
+            number,
+            factor="admission_cause",
+            level=br.CAUSES[(j // len(sites) + 1) % 2],
+            reason="cause of admission re-assessed",
+            scope=br.EVERYWHERE,
+            agreement_ref=None,
+            is_investigator=True,
+        )
+
+    def unblind(site: str, number: str) -> Callable[[], Any]:
+        return lambda: unblinding.emergency_unblind(
+            ctx,
+            investigators[site],
+            br.TRIAL,
+            number,
+            reason_category="serious_adverse_event",
+            reason="severe reaction needing a specific treatment",
+            confirmed=True,
+            signature=SIGNED,
+            scope=br.EVERYWHERE,
+        )
+
+    def randomize(j: int, moment: datetime) -> Callable[[], Any]:
+        def record() -> None:
+            site = sites[j % len(sites)]
+            for k in range(2 if j % 10 in INELIGIBLE else 0):
+                answers = {**eligible_on(moment.date()), "consent": "no" if k == 0 else "yes", "age": 12}
+                with contextlib.suppress(subjects_randomize.Ineligible):
+                    subjects_randomize.randomize(
+                        ctx,
+                        investigators[site],
+                        br.TRIAL,
+                        subjects_randomize.RandomizationRequest(
+                            site=site,
+                            screening_number=f"{site}-{count + 2 * j + k:05d}",
+                            eligibility=answers,
+                            strata={"admission_cause": br.CAUSES[0]},
+                        ),
+                        br.EVERYWHERE,
+                    )
+            result = subjects_randomize.randomize(
                 ctx,
                 investigators[site],
                 br.TRIAL,
-                number,
-                factor="admission_cause",
-                level=br.CAUSES[(j // len(sites) + 1) % 2],
-                reason="cause of admission re-assessed",
-                scope=br.EVERYWHERE,
-                agreement_ref=None,
-                is_investigator=True,
+                subjects_randomize.RandomizationRequest(
+                    site=site,
+                    screening_number=f"{site}-{j:05d}",
+                    eligibility=eligible_on(moment.date()),
+                    strata={"admission_cause": br.CAUSES[(j // len(sites)) % 2]},
+                ),
+                br.EVERYWHERE,
             )
-        if j % unblind_every == unblind_every // 2:
-            clock.at = moment + timedelta(hours=2)
-            unblinding.emergency_unblind(
-                ctx,
-                investigators[site],
-                br.TRIAL,
-                number,
-                reason_category="serious_adverse_event",
-                reason="severe reaction needing a specific treatment",
-                confirmed=True,
-                signature=SIGNED,
-                scope=br.EVERYWHERE,
-            )
-        if j % 50 == 7:
-            at(moment + timedelta(hours=last_dose_hours, minutes=90), withdraw(site, number))
-        if (j + 1) % 500 == 0:
-            print(f"  {j + 1} subjects ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
-    until(end + timedelta(days=30))
+            number = result.subject_number
+            kits = {k.day: k.kit_number for k in result.kits}
+            if j % NOT_DISPENSED != 3:
+                at(moment + timedelta(minutes=20), dispense(site, number, kits, moment))
+            if j % 10 == 1:
+                at(moment + timedelta(minutes=30), correct(site, number, j))
+            if j % unblind_every == unblind_every // 2:
+                at(moment + timedelta(hours=2), unblind(site, number))
+            if j % 50 == 7:  # between the second and third doses, or after the last
+                after = timedelta(hours=30) if j % 100 == 7 else last_dose + timedelta(minutes=45)
+                at(moment + after, withdraw(site, number))
+            if (j + 1) % 500 == 0:
+                print(
+                    f"  {j + 1} subjects ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True
+                )
+
+        return record
+
+    for j, moment in enumerate(moments):
+        at(moment, randomize(j, moment))
+    while events:
+        clock.at, _, action = heapq.heappop(events)
+        action()
     clock.at = None
     return time.perf_counter() - started
 
@@ -433,7 +459,7 @@ def run_backend(backend: str, args: argparse.Namespace) -> list[Row]:
             print(f"{backend}: the trial of {args.world} read again (its own size)", file=sys.stderr)
         else:
             sites = br.site_codes(args.sites)
-            clock.at = datetime.now(UTC) - timedelta(days=SPAN_DAYS + 2)  # set up before recruitment
+            clock.at = datetime.now(UTC) - timedelta(days=SPAN_DAYS + 10)  # set up before recruitment
             prepared = br.prepare(ctx, sites, args.subjects)
             took = populate(ctx, clock, sites, args.subjects)
             print(
