@@ -27,6 +27,9 @@ class _Result:
     def one(self) -> Any:
         return self.rows[0]
 
+    def all(self) -> list[Any]:
+        return list(self.rows)
+
     def scalars(self) -> Iterator[Any]:
         return iter(self.rows)
 
@@ -45,7 +48,7 @@ class FakeConnection:
         self.calls: Counter[str] = Counter()
 
     def execute(self, statement: object, params: dict[str, Any]) -> _Result:
-        if statement is supply_stock._AVAILABLE_ID_RANGE:
+        if statement is supply_stock._AVAILABLE_ID_RANGE.statement:
             self.calls["range"] += 1
             return _Result([(self.lo, self.hi)])
         if statement is supply_stock._USABLE_AMONG["sqlite"]:
@@ -118,9 +121,6 @@ class _Row:
 
 
 class _RowsResult(_Result):
-    def all(self) -> list[Any]:
-        return self.rows
-
     def __iter__(self) -> Iterator[Any]:
         return iter(self.rows)
 
@@ -136,7 +136,7 @@ class FakePostgreSQL(FakeConnection):
     dialect = _PostgreSQL()  # type: ignore[assignment]
 
     def execute(self, statement: object, params: dict[str, Any]) -> _Result:
-        if statement is supply_stock._LOCK_FIRST_USABLE:
+        if statement is supply_stock._LOCK_FIRST_USABLE.statement:
             self.calls["lock first usable"] += 1
             found = [_Row(i, n) for n, i in enumerate(params["ids"], start=1) if i in self.usable]
             return _RowsResult(found[: params["size"]])

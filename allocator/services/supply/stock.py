@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from allocator.audit import Actor
+from allocator.db import Direct
 from allocator.models import Kit, Site, Trial
 from allocator.models.base import IntegerArrayText
 from allocator.permissions import Scope
@@ -118,13 +119,15 @@ _USABLE_AT_SITE = (
 )
 _USABLE_IDS = select(Kit.id).where(*_USABLE_AT_SITE)
 # The id range of the site's available kits: two look-ups in the index (site_id, status, id).
-_AVAILABLE_ID_RANGE = select(
-    select(func.min(Kit.id))
-    .where(Kit.site_id == bindparam("site_id"), Kit.status == S.AVAILABLE.value)
-    .scalar_subquery(),
-    select(func.max(Kit.id))
-    .where(Kit.site_id == bindparam("site_id"), Kit.status == S.AVAILABLE.value)
-    .scalar_subquery(),
+_AVAILABLE_ID_RANGE = Direct(
+    select(
+        select(func.min(Kit.id))
+        .where(Kit.site_id == bindparam("site_id"), Kit.status == S.AVAILABLE.value)
+        .scalar_subquery(),
+        select(func.max(Kit.id))
+        .where(Kit.site_id == bindparam("site_id"), Kit.status == S.AVAILABLE.value)
+        .scalar_subquery(),
+    )
 )
 # Which of a batch of candidate ids are usable kits of the site (nothing locked, nothing opened),
 # and the locking read of a batch. On PostgreSQL the ids go as one array parameter (`= ANY`), so
@@ -222,7 +225,7 @@ _CANDIDATES = (
     .table_valued("id", with_ordinality="ord")
     .render_derived(name="candidates")
 )
-_LOCK_FIRST_USABLE = (
+_LOCK_FIRST_USABLE = Direct(
     select(Kit.id, Kit.kit_number, Kit.sealed_arm, _CANDIDATES.c.ord)
     .join_from(_CANDIDATES, Kit, Kit.id == _CANDIDATES.c.id)
     .where(*_USABLE_AT_SITE)
@@ -238,7 +241,7 @@ def _locked_in_random_order(
     """PostgreSQL: the same sequence of kits as `_locked_batches` over `_usable_in_random_order`
     (the usable kits in the uniformly random order of the probed id range, then the others in a
     fresh random order), each batch found and locked by one statement instead of two."""
-    lo, hi = connection.execute(_AVAILABLE_ID_RANGE, {"site_id": where["site_id"]}).one()
+    lo, hi = _AVAILABLE_ID_RANGE.one(connection, {"site_id": where["site_id"]})
     probed: set[int] = set()
     if lo is not None and hi is not None:
         candidates = _random_order_of_range(lo, hi)
@@ -249,9 +252,7 @@ def _locked_in_random_order(
             probed.update(batch)
             start = 0
             while start < len(batch):
-                rows = connection.execute(
-                    _LOCK_FIRST_USABLE, {**where, "ids": batch[start:], "size": size}
-                ).all()
+                rows = _LOCK_FIRST_USABLE.rows(connection, {**where, "ids": batch[start:], "size": size})
                 if rows:
                     yield [arm_access.SealedKit(row.id, row.kit_number, row.sealed_arm) for row in rows]
                 if len(rows) < size:
@@ -279,7 +280,7 @@ def _usable_in_random_order(connection: Connection, where: dict[str, object]) ->
     of the usable kits, in random order, the rest the others, in random order). Whether the
     fallback is needed depends on where the usable ids lie, never on which arm a kit holds."""
     among = _USABLE_AMONG[connection.dialect.name]
-    lo, hi = connection.execute(_AVAILABLE_ID_RANGE, {"site_id": where["site_id"]}).one()
+    lo, hi = _AVAILABLE_ID_RANGE.one(connection, {"site_id": where["site_id"]})
     probed: set[int] = set()
     if lo is not None and hi is not None:
         candidates = _random_order_of_range(lo, hi)
