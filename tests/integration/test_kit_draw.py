@@ -163,6 +163,29 @@ def test_postgresql_draws_a_dense_stock_in_two_statements() -> None:
     assert connection.calls == Counter({"range": 1, "lock first usable": 1})
 
 
+def test_an_allocation_that_read_the_id_range_already_draws_in_one_statement() -> None:
+    """The allocation reads the range with its screening check, under the site's lock (issue 16):
+    the draw then sends only the locking statement, and still yields every usable kit once."""
+    usable = set(range(1_000, 101_000, 2))
+    connection = FakePostgreSQL(usable, 1_000, 100_999)
+    where = {"trial_id": 1, "site_id": 1, "needed": None}
+    batches = supply_stock._locked_in_random_order(connection, where, 12, (1_000, 100_999))  # type: ignore[arg-type]
+    first = next(batches)
+    assert len({kit.id for kit in first}) == 12 and {kit.id for kit in first} <= usable
+    assert connection.calls == Counter({"lock first usable": 1})
+    small = {3, 8, 9, 40}
+    connection = FakePostgreSQL(small, 3, 40)
+    drawn = [
+        kit.id
+        for batch in supply_stock._locked_in_random_order(connection, where, 2, (3, 40))
+        for kit in batch
+    ]  # type: ignore[arg-type]
+    assert sorted(drawn) == sorted(small) and connection.calls["range"] == 0
+    connection = FakePostgreSQL(set(), None, None)
+    assert list(supply_stock._locked_in_random_order(connection, where, 12, (None, None))) == []  # type: ignore[arg-type]
+    assert connection.calls["range"] == 0
+
+
 @pytest.mark.parametrize(
     ("usable", "lo", "hi", "size"),
     [

@@ -61,7 +61,7 @@ def test_a_randomization_sends_its_statements_to_the_driver_directly(app: Flask,
     finally:
         event.remove(ctx.db.write_engine, "before_cursor_execute", seen)
     assert through_sqlalchemy == [], through_sqlalchemy
-    assert len(direct) == 12, direct
+    assert len(direct) == 11, direct
 
 
 def test_direct_rows_are_sqlalchemys_rows(app: Flask, ctx: ServiceContext) -> None:

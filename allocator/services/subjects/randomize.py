@@ -394,7 +394,8 @@ _LOCK_SITE = Direct(
     .with_for_update()
 )
 # Under the site's lock: whether the screening number is taken (trial-wide; a unique constraint
-# backs it) and the number of subjects of the site, for the next subject number.
+# backs it), the number of subjects of the site, for the next subject number, and the id range of
+# the site's available kits, for the kit draw (`stock.draw_usable_kits`; a statement less).
 _SCREENING_TAKEN_AND_SITE_SUBJECTS = Direct(
     select(
         select(Subject.id)
@@ -404,6 +405,7 @@ _SCREENING_TAKEN_AND_SITE_SUBJECTS = Direct(
         .select_from(Subject)
         .where(Subject.trial_id == bindparam("trial_id"), Subject.site_id == bindparam("site_id"))
         .scalar_subquery(),
+        *supply_stock.AVAILABLE_ID_RANGE_COLUMNS,
     )
 )
 _LAST_INTEGRITY_CHECK = (
@@ -591,7 +593,7 @@ def _randomize_in(
         )
     if site.status != SiteStatus.ACTIVE.value:
         raise SiteNotActive(f"site {site.code} is {site.status}: it cannot randomize (RND-14)")
-    taken, site_subjects = _SCREENING_TAKEN_AND_SITE_SUBJECTS.one(
+    taken, site_subjects, kit_id_lo, kit_id_hi = _SCREENING_TAKEN_AND_SITE_SUBJECTS.one(
         connection, {"trial_id": trial.id, "screening": screening, "site_id": site.id}
     )
     if taken:
@@ -624,7 +626,15 @@ def _randomize_in(
     target = _lock_target(session, trial, lookups.instance_mode(ctx.settings.env), key)
     schedule = definition.dispensing.schedule
     stock = supply_stock.draw_usable_kits(
-        ctx, session, actor, trial, definition, site.id, definition.local_date(now), len(schedule)
+        ctx,
+        session,
+        actor,
+        trial,
+        definition,
+        site.id,
+        definition.local_date(now),
+        len(schedule),
+        id_range=(kit_id_lo, kit_id_hi),
     )
     if any(len(stock[arm]) < len(schedule) for arm in definition.arm_codes):
         # Refused before any slot is used, whichever arm the next slot holds, so that the refusal
