@@ -522,9 +522,12 @@ class _DirectForm:
             if values[key] is not None:
                 values[key] = processors[key](values[key])
         proxied = connection.connection
+        # One cursor per driver connection, kept in the pool record's `info` (cleared by SQLAlchemy
+        # when the connection is invalidated or recycled; checked against the connection anyway).
+        driver = proxied.driver_connection
         cursor = proxied.info.get(_DIRECT_CURSOR)
-        if cursor is None or cursor.closed:
-            cursor = proxied.info[_DIRECT_CURSOR] = proxied.driver_connection.cursor()  # type: ignore[union-attr]
+        if cursor is None or cursor.closed or cursor.connection is not driver:
+            cursor = proxied.info[_DIRECT_CURSOR] = driver.cursor()  # type: ignore[union-attr]
         events = connection._has_events or connection.engine._has_events
         sql = self.sql
         if events:

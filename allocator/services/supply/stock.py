@@ -173,10 +173,10 @@ def draw_usable_kits(
     random order of all usable kits are a uniformly random choice among that arm's kits, so nothing
     favours a kit number, a position in the stock or an arm; and the kits of every arm are drawn
     before the slot's arm is read, so the draw cannot depend on it. `id_range`, when given, is the
-    id range of the site's available kits (`AVAILABLE_ID_RANGE_COLUMNS`) read by the caller under
-    the site's row lock in a statement of its own (the allocation's screening check): no allocation
-    at the site can change it while that lock is held, and a kit received since is one more
-    candidate left out, as if it had arrived after the draw. The locking query repeats the
+    id range of the site's available kits (`AVAILABLE_ID_RANGE_COLUMNS`), read by the caller under
+    the site's row lock in a statement it sends anyway (the allocation's screening check): no
+    allocation at the site can change it while that lock is held, and a kit received since is left
+    out of this draw, as one received just after the draw would be. The locking query repeats the
     usability conditions: on PostgreSQL a kit changed by a concurrent transaction is re-checked
     once its lock is granted and dropped if no longer usable; on SQLite the write transaction
     (BEGIN IMMEDIATE) already excludes every other writer. The caller holds the site's row lock, so
