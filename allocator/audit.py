@@ -69,7 +69,7 @@ from sqlalchemy.sql.util import find_tables
 from sqlalchemy.types import TypeEngine
 
 from allocator import crypto
-from allocator.db import insert_if_absent
+from allocator.db import Direct, insert_if_absent
 from allocator.models import AuditChainHead, AuditCheckpoint, AuditEvent, AuditVerification
 from allocator.version import __version__
 
@@ -361,7 +361,7 @@ class AuditLog:
         }
         if rows and connection.dialect.name == "postgresql":
             parameters["entries"] = _entries_json(rows)
-            connection.execute(_APPEND_AND_UPDATE_HEAD, parameters)
+            _APPEND_AND_UPDATE_HEAD.rows(connection, parameters)
             return
         _insert_entries(connection, rows or [])
         connection.execute(_UPDATE_HEAD, parameters)
@@ -508,7 +508,9 @@ _HEAD_COLUMNS = (
     AuditChainHead.checkpoint_seq,
     AuditChainHead.checkpoint_at,
 )
-_SELECT_HEAD = select(*_HEAD_COLUMNS).where(AuditChainHead.chain == bindparam("chain")).with_for_update()
+_SELECT_HEAD = Direct(
+    select(*_HEAD_COLUMNS).where(AuditChainHead.chain == bindparam("chain")).with_for_update()
+)
 _UPDATE_HEAD = (
     update(AuditChainHead)
     .where(AuditChainHead.chain == bindparam("head_chain"))
@@ -573,14 +575,14 @@ def _lock_head(connection: Connection, chain: str) -> _Head:
     """Lock (creating if needed) the head row of `chain`. Concurrent appends to one chain
     serialise here; on SQLite the write transaction already holds the database lock. The head
     exists except for a chain's first entry, so one statement usually does."""
-    row = connection.execute(_SELECT_HEAD, {"chain": chain}).one_or_none()
+    row = _SELECT_HEAD.one_or_none(connection, {"chain": chain})
     if row is None:
         insert_if_absent(
             connection,
             AuditChainHead,
             {"chain": chain, "seq": 0, "hash": GENESIS, "checkpoint_seq": 0, "checkpoint_at": None},
         )
-        row = connection.execute(_SELECT_HEAD, {"chain": chain}).one()
+        row = _SELECT_HEAD.one(connection, {"chain": chain})
     return _Head(*row)
 
 
@@ -593,7 +595,7 @@ _AUDIT_TABLES = frozenset({"audit_event", "audit_chain_head", "audit_checkpoint"
 _AUDIT_EVENT = cast(Table, AuditEvent.__table__)
 _AUDIT_CHECKPOINT = cast(Table, AuditCheckpoint.__table__)
 _INSERTED_COLUMNS = tuple(c.key for c in _AUDIT_EVENT.columns if c.key != "id")
-_APPEND_AND_UPDATE_HEAD = _append_and_update_head()
+_APPEND_AND_UPDATE_HEAD = Direct(_append_and_update_head())
 
 
 @dataclass(slots=True)

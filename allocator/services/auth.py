@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from allocator import crypto, passwords
 from allocator.audit import SYSTEM_CHAIN, Action, Actor
-from allocator.db import insert_if_absent, require
+from allocator.db import Direct, insert_if_absent, require
 from allocator.models import ApiToken, LoginSession, LoginThrottle, User
 from allocator.permissions import Access, Grant
 from allocator.services.accounts.users import GRANTS_IN_FORCE, active_grants, grants_from_rows
@@ -332,7 +332,7 @@ def _authenticated(
 
 # The token, its user and the user's roles in force, in one statement (every API request runs it):
 # one row per role, or one row without a role.
-_BEARER = (
+_BEARER = Direct(
     select(
         ApiToken.id,
         ApiToken.revoked_at,
@@ -377,7 +377,7 @@ def resolve_bearer(
         return result
     pending = later if later is not None else []
     now = ctx.now()
-    rows = session.connection().execute(_BEARER, {"digest": crypto.token_digest(token), "now": now}).all()
+    rows = _BEARER.rows(session.connection(), {"digest": crypto.token_digest(token), "now": now})
     row = rows[0] if rows else None
     if (
         row is None

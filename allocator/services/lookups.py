@@ -13,6 +13,7 @@ from typing import Protocol
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
+from allocator.db import Direct
 from allocator.models import Dispensation, ListMode, Subject, Trial, TrialDefinitionVersion, TrialStatus
 from allocator.permissions import Scope
 from allocator.services.context import ServiceContext
@@ -70,7 +71,7 @@ class TrialRow:
     status: str
 
 
-_TRIAL_ROW_AND_LATEST_VERSION = (
+_TRIAL_ROW_AND_LATEST_VERSION = Direct(
     select(Trial.id, Trial.code, Trial.status, TrialDefinitionVersion.version, TrialDefinitionVersion.sha256)
     .join(TrialDefinitionVersion, TrialDefinitionVersion.trial_id == Trial.id)
     .where(Trial.code == bindparam("code"))
@@ -82,7 +83,7 @@ _TRIAL_ROW_AND_LATEST_VERSION = (
 def trial_row_and_definition(session: Session, code: str) -> tuple[TrialRow, TrialDefinition]:
     """`trial_and_definition` for the randomization path: the trial as a `TrialRow`, in one Core
     statement. Raises NotFound."""
-    row = session.connection().execute(_TRIAL_ROW_AND_LATEST_VERSION, {"code": code}).one_or_none()
+    row = _TRIAL_ROW_AND_LATEST_VERSION.one_or_none(session.connection(), {"code": code})
     if row is None:
         raise NotFound(f"no trial {code!r}")
     trial = TrialRow(row.id, row.code, row.status)

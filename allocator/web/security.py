@@ -15,13 +15,16 @@ from urllib.parse import urlsplit
 
 from flask import Flask, Response, current_app, g, redirect, request, session, url_for
 from flask_wtf.csrf import CSRFProtect
-from sqlalchemy import Row, and_, bindparam, select
+from sqlalchemy import ColumnElement, Integer, Row, and_, any_, bindparam, cast, select
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response as BaseResponse
 
 from allocator.audit import SYSTEM_CHAIN, Action, Actor
+from allocator.db import Direct
 from allocator.logs import log_event
 from allocator.models import Site, Trial, TrialDefinitionVersion
+from allocator.models.base import IntegerArrayText
 from allocator.permissions import Permission, Scope, declared_permission, is_public
 from allocator.services import auth as auth_service
 from allocator.services import lookups
@@ -162,25 +165,37 @@ def _authenticate(
 
 # The trial of the URL, the digest of its definition in force and the codes of its sites that the
 # user's grants name, in one statement.
-_TRIAL_AND_GRANTED_SITES = (
-    select(
-        Trial.id,
-        Trial.code,
-        Site.id.label("site_id"),
-        Site.code.label("site_code"),
-        Trial.definition_version,
-        TrialDefinitionVersion.sha256,
+def _trial_and_granted_sites(granted: ColumnElement[bool]) -> Direct:
+    return Direct(
+        select(
+            Trial.id,
+            Trial.code,
+            Site.id.label("site_id"),
+            Site.code.label("site_code"),
+            Trial.definition_version,
+            TrialDefinitionVersion.sha256,
+        )
+        .join(
+            TrialDefinitionVersion,
+            and_(
+                TrialDefinitionVersion.trial_id == Trial.id,
+                TrialDefinitionVersion.version == Trial.definition_version,
+            ),
+        )
+        .outerjoin(Site, and_(Site.trial_id == Trial.id, granted))
+        .where(Trial.code == bindparam("code"))
     )
-    .join(
-        TrialDefinitionVersion,
-        and_(
-            TrialDefinitionVersion.trial_id == Trial.id,
-            TrialDefinitionVersion.version == Trial.definition_version,
-        ),
-    )
-    .outerjoin(Site, and_(Site.trial_id == Trial.id, Site.id.in_(bindparam("site_ids", expanding=True))))
-    .where(Trial.code == bindparam("code"))
-)
+
+
+# PostgreSQL: the granted site ids as one array parameter, so that the statement is the same for
+# any number of sites (an expanding IN list is rendered again for every execution, and cannot go
+# to the driver directly, see `Direct`); SQLite expands the IN list.
+_TRIAL_AND_GRANTED_SITES = {
+    "sqlite": _trial_and_granted_sites(Site.id.in_(bindparam("site_ids", expanding=True))),
+    "postgresql": _trial_and_granted_sites(
+        Site.id == any_(cast(bindparam("site_ids", type_=IntegerArrayText()), postgresql.ARRAY(Integer)))
+    ),
+}
 
 
 def _guard() -> BaseResponse | None:
@@ -210,10 +225,9 @@ def _guard() -> BaseResponse | None:
             granted = sorted({grant.site_id for grant in auth.access.grants if grant.site_id is not None})
             # Through the session's connection (Core): the columns need no ORM loading, and the
             # ORM's execution layer cost about as much as the statement (issue 16).
-            rows = (
-                db_session.connection()
-                .execute(_TRIAL_AND_GRANTED_SITES, {"code": trial_code, "site_ids": granted})
-                .all()
+            connection = db_session.connection()
+            rows = _TRIAL_AND_GRANTED_SITES[connection.dialect.name].rows(
+                connection, {"code": trial_code, "site_ids": granted}
             )
         return auth, rows
 

@@ -27,6 +27,9 @@ class _Result:
     def one(self) -> Any:
         return self.rows[0]
 
+    def all(self) -> list[Any]:
+        return list(self.rows)
+
     def scalars(self) -> Iterator[Any]:
         return iter(self.rows)
 
@@ -45,7 +48,7 @@ class FakeConnection:
         self.calls: Counter[str] = Counter()
 
     def execute(self, statement: object, params: dict[str, Any]) -> _Result:
-        if statement is supply_stock._AVAILABLE_ID_RANGE:
+        if statement is supply_stock._AVAILABLE_ID_RANGE.statement:
             self.calls["range"] += 1
             return _Result([(self.lo, self.hi)])
         if statement is supply_stock._USABLE_AMONG["sqlite"]:
@@ -118,9 +121,6 @@ class _Row:
 
 
 class _RowsResult(_Result):
-    def all(self) -> list[Any]:
-        return self.rows
-
     def __iter__(self) -> Iterator[Any]:
         return iter(self.rows)
 
@@ -136,7 +136,7 @@ class FakePostgreSQL(FakeConnection):
     dialect = _PostgreSQL()  # type: ignore[assignment]
 
     def execute(self, statement: object, params: dict[str, Any]) -> _Result:
-        if statement is supply_stock._LOCK_FIRST_USABLE:
+        if statement is supply_stock._LOCK_FIRST_USABLE.statement:
             self.calls["lock first usable"] += 1
             found = [_Row(i, n) for n, i in enumerate(params["ids"], start=1) if i in self.usable]
             return _RowsResult(found[: params["size"]])
@@ -161,6 +161,29 @@ def test_postgresql_draws_a_dense_stock_in_two_statements() -> None:
     first = next(batches)  # what an allocation usually takes
     assert len({kit.id for kit in first}) == 12 and {kit.id for kit in first} <= usable
     assert connection.calls == Counter({"range": 1, "lock first usable": 1})
+
+
+def test_an_allocation_that_read_the_id_range_already_draws_in_one_statement() -> None:
+    """The allocation reads the range with its screening check, under the site's lock (issue 16):
+    the draw then sends only the locking statement, and still yields every usable kit once."""
+    usable = set(range(1_000, 101_000, 2))
+    connection = FakePostgreSQL(usable, 1_000, 100_999)
+    where = {"trial_id": 1, "site_id": 1, "needed": None}
+    batches = supply_stock._locked_in_random_order(connection, where, 12, (1_000, 100_999))  # type: ignore[arg-type]
+    first = next(batches)
+    assert len({kit.id for kit in first}) == 12 and {kit.id for kit in first} <= usable
+    assert connection.calls == Counter({"lock first usable": 1})
+    small = {3, 8, 9, 40}
+    connection = FakePostgreSQL(small, 3, 40)
+    drawn = [
+        kit.id
+        for batch in supply_stock._locked_in_random_order(connection, where, 2, (3, 40))
+        for kit in batch
+    ]  # type: ignore[arg-type]
+    assert sorted(drawn) == sorted(small) and connection.calls["range"] == 0
+    connection = FakePostgreSQL(set(), None, None)
+    assert list(supply_stock._locked_in_random_order(connection, where, 12, (None, None))) == []  # type: ignore[arg-type]
+    assert connection.calls["range"] == 0
 
 
 @pytest.mark.parametrize(

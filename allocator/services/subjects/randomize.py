@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 import kits as kitlib
 from allocator import crypto
 from allocator.audit import Action, Actor
+from allocator.db import Direct
 from allocator.eligibility import EligibilityInputError, EligibilityResult
 from allocator.eligibility import check as check_eligibility
 from allocator.models import (
@@ -387,21 +388,25 @@ def randomize(
 # PostgreSQL (READ COMMITTED) a statement that had to wait for a lock still reads every other row
 # as of its own start.
 
-_LOCK_SITE = (
+_LOCK_SITE = Direct(
     select(Site.id, Site.code, Site.status)
     .where(Site.trial_id == bindparam("trial_id"), Site.code == bindparam("site_code"))
     .with_for_update()
 )
 # Under the site's lock: whether the screening number is taken (trial-wide; a unique constraint
-# backs it) and the number of subjects of the site, for the next subject number.
-_SCREENING_TAKEN_AND_SITE_SUBJECTS = select(
-    select(Subject.id)
-    .where(Subject.trial_id == bindparam("trial_id"), Subject.screening_number == bindparam("screening"))
-    .exists(),
-    select(func.count())
-    .select_from(Subject)
-    .where(Subject.trial_id == bindparam("trial_id"), Subject.site_id == bindparam("site_id"))
-    .scalar_subquery(),
+# backs it), the number of subjects of the site, for the next subject number, and the id range of
+# the site's available kits, for the kit draw (`stock.draw_usable_kits`; a statement less).
+_SCREENING_TAKEN_AND_SITE_SUBJECTS = Direct(
+    select(
+        select(Subject.id)
+        .where(Subject.trial_id == bindparam("trial_id"), Subject.screening_number == bindparam("screening"))
+        .exists(),
+        select(func.count())
+        .select_from(Subject)
+        .where(Subject.trial_id == bindparam("trial_id"), Subject.site_id == bindparam("site_id"))
+        .scalar_subquery(),
+        *supply_stock.AVAILABLE_ID_RANGE_COLUMNS,
+    )
 )
 _LAST_INTEGRITY_CHECK = (
     select(IntegrityCheck.ok)
@@ -412,7 +417,7 @@ _LAST_INTEGRITY_CHECK = (
 )
 # The active list, whether its last integrity check failed, and the stratum's row, locked: its
 # `used` counter orders the allocations of the stratum (RND-05, RND-08).
-_LOCK_ACTIVE_STRATUM = (
+_LOCK_ACTIVE_STRATUM = Direct(
     select(
         RandomizationList.id,
         RandomizationList.label,
@@ -433,8 +438,10 @@ _LOCK_ACTIVE_STRATUM = (
     )
     .with_for_update(of=Stratum)
 )
-_SLOT_AT = select(Slot.position, Slot.randomization_number, Slot.sealed, Slot.id, Slot.mac).where(
-    Slot.stratum_id == bindparam("stratum_id"), Slot.position == bindparam("position")
+_SLOT_AT = Direct(
+    select(Slot.position, Slot.randomization_number, Slot.sealed, Slot.id, Slot.mac).where(
+        Slot.stratum_id == bindparam("stratum_id"), Slot.position == bindparam("position")
+    )
 )
 _STRATUM_SLOTS = (
     select(Slot.position, Slot.randomization_number, Slot.sealed, Slot.id)
@@ -459,8 +466,9 @@ _TAKE_SLOT = update(Stratum).where(Stratum.id == bindparam("stratum_id")).values
 # CTEs run on one snapshot, against rows this transaction already holds locked (the site, the
 # stratum and the kits); foreign keys to rows inserted by a sibling CTE are checked at the end of
 # the statement. The rows written are exactly those of the statement-by-statement path (SQLite).
-_WRITE_ALLOCATION = text(
-    """
+_WRITE_ALLOCATION = Direct(
+    text(
+        """
 WITH entry AS (
     INSERT INTO screening_entry (trial_id, site_id, screening_number, screened_at, screened_by_id,
                                  screened_by_name, eligible, answers, failures)
@@ -494,13 +502,14 @@ WITH entry AS (
 )
 SELECT id FROM new_subject
 """
-).bindparams(
-    bindparam("answers", type_=JSON),
-    bindparam("failures", type_=JSON),
-    bindparam("strata", type_=JSON),
-    bindparam("now", type_=UTCDateTime()),
-    bindparam("days", type_=IntegerArrayText()),
-    bindparam("kit_ids", type_=IntegerArrayText()),
+    ).bindparams(
+        bindparam("answers", type_=JSON),
+        bindparam("failures", type_=JSON),
+        bindparam("strata", type_=JSON),
+        bindparam("now", type_=UTCDateTime()),
+        bindparam("days", type_=IntegerArrayText()),
+        bindparam("kit_ids", type_=IntegerArrayText()),
+    )
 )
 
 
@@ -516,8 +525,8 @@ def _write_allocation_in_one_statement(
 ) -> None:
     """The PostgreSQL form of the allocation's write: screening entry, subject, dispensations, kit
     events, kit statuses, the stratum's counter and the pharmacists' notification."""
-    connection.execute(
-        _WRITE_ALLOCATION,
+    _WRITE_ALLOCATION.one(
+        connection,
         {
             "trial_id": subject["trial_id"],
             "site_id": subject["site_id"],
@@ -546,7 +555,7 @@ def _write_allocation_in_one_statement(
             "title": note["title"],
             "body": note["body"],
         },
-    ).one()
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -577,16 +586,16 @@ def _randomize_in(
     now: datetime,
 ) -> RandomizationResult | DomainError:
     connection = session.connection()
-    site = connection.execute(_LOCK_SITE, {"trial_id": trial.id, "site_code": site_code}).one_or_none()
+    site = _LOCK_SITE.one_or_none(connection, {"trial_id": trial.id, "site_code": site_code})
     if site is None or not scope.allows_site(site.id):
         raise NotFound(
             f"no site {site_code!r} within your reach", errors=[FieldProblem("site", "unknown site")]
         )
     if site.status != SiteStatus.ACTIVE.value:
         raise SiteNotActive(f"site {site.code} is {site.status}: it cannot randomize (RND-14)")
-    taken, site_subjects = connection.execute(
-        _SCREENING_TAKEN_AND_SITE_SUBJECTS, {"trial_id": trial.id, "screening": screening, "site_id": site.id}
-    ).one()
+    taken, site_subjects, kit_id_lo, kit_id_hi = _SCREENING_TAKEN_AND_SITE_SUBJECTS.one(
+        connection, {"trial_id": trial.id, "screening": screening, "site_id": site.id}
+    )
     if taken:
         raise AlreadyRandomized(
             f"screening number {screening} is already randomized (RND-07)",
@@ -617,7 +626,15 @@ def _randomize_in(
     target = _lock_target(session, trial, lookups.instance_mode(ctx.settings.env), key)
     schedule = definition.dispensing.schedule
     stock = supply_stock.draw_usable_kits(
-        ctx, session, actor, trial, definition, site.id, definition.local_date(now), len(schedule)
+        ctx,
+        session,
+        actor,
+        trial,
+        definition,
+        site.id,
+        definition.local_date(now),
+        len(schedule),
+        id_range=(kit_id_lo, kit_id_hi),
     )
     if any(len(stock[arm]) < len(schedule) for arm in definition.arm_codes):
         # Refused before any slot is used, whichever arm the next slot holds, so that the refusal
@@ -759,10 +776,8 @@ def _lock_target(session: Session, trial: TrialRef, mode: ListMode, key: str) ->
     """The active list and its stratum `key`, the stratum's row locked. Raises NoActiveList, or
     ListIntegrityFailure while the list's last integrity check failed (RND-10, ACC-15). One
     statement unless something is wrong."""
-    row = (
-        session.connection()
-        .execute(_LOCK_ACTIVE_STRATUM, {"trial_id": trial.id, "mode": mode.value, "key": key})
-        .one_or_none()
+    row = _LOCK_ACTIVE_STRATUM.one_or_none(
+        session.connection(), {"trial_id": trial.id, "mode": mode.value, "key": key}
     )
     if row is not None:
         target: _Target | _NoStratum = _Target(
@@ -806,9 +821,7 @@ def _next_slot(
             "statistician must extend the list (RND-11)"
         )
     position = target.used + 1
-    rows = (
-        session.connection().execute(_SLOT_AT, {"stratum_id": target.stratum_id, "position": position}).all()
-    )
+    rows = _SLOT_AT.rows(session.connection(), {"stratum_id": target.stratum_id, "position": position})
     if len(rows) != 1:
         raise storage.ListIntegrityFailure(
             f"the stratum {target.key} has no slot at position {position}: randomization is blocked (RND-10)"

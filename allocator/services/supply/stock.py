@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from allocator.audit import Actor
+from allocator.db import Direct
 from allocator.models import Kit, Site, Trial
 from allocator.models.base import IntegerArrayText
 from allocator.permissions import Scope
@@ -118,14 +119,18 @@ _USABLE_AT_SITE = (
 )
 _USABLE_IDS = select(Kit.id).where(*_USABLE_AT_SITE)
 # The id range of the site's available kits: two look-ups in the index (site_id, status, id).
-_AVAILABLE_ID_RANGE = select(
+# `AVAILABLE_ID_RANGE_COLUMNS` lets the allocation read the range in a statement it sends anyway.
+AVAILABLE_ID_RANGE_COLUMNS = (
     select(func.min(Kit.id))
     .where(Kit.site_id == bindparam("site_id"), Kit.status == S.AVAILABLE.value)
-    .scalar_subquery(),
+    .scalar_subquery()
+    .label("kit_id_lo"),
     select(func.max(Kit.id))
     .where(Kit.site_id == bindparam("site_id"), Kit.status == S.AVAILABLE.value)
-    .scalar_subquery(),
+    .scalar_subquery()
+    .label("kit_id_hi"),
 )
+_AVAILABLE_ID_RANGE = Direct(select(*AVAILABLE_ID_RANGE_COLUMNS))
 # Which of a batch of candidate ids are usable kits of the site (nothing locked, nothing opened),
 # and the locking read of a batch. On PostgreSQL the ids go as one array parameter (`= ANY`), so
 # that a batch of any length is one statement, prepared once; SQLite expands an IN list. The array
@@ -154,6 +159,7 @@ def draw_usable_kits(
     site_id: int,
     today: date,
     per_arm: int,
+    id_range: tuple[int | None, int | None] | None = None,
 ) -> dict[str, list[arm_access.SealedKit]]:
     """`per_arm` kits of every arm drawn uniformly at random from the site's usable kits (those
     `usable_kits_by_arm` returns), rows locked; fewer for an arm that has fewer. For allocations:
@@ -166,7 +172,11 @@ def draw_usable_kits(
     batches, until every arm has `per_arm`. The first `per_arm` kits of an arm in a uniformly
     random order of all usable kits are a uniformly random choice among that arm's kits, so nothing
     favours a kit number, a position in the stock or an arm; and the kits of every arm are drawn
-    before the slot's arm is read, so the draw cannot depend on it. The locking query repeats the
+    before the slot's arm is read, so the draw cannot depend on it. `id_range`, when given, is the
+    id range of the site's available kits (`AVAILABLE_ID_RANGE_COLUMNS`), read by the caller under
+    the site's row lock in a statement it sends anyway (the allocation's screening check): no
+    allocation at the site can change it while that lock is held, and a kit received since is left
+    out of this draw, as one received just after the draw would be. The locking query repeats the
     usability conditions: on PostgreSQL a kit changed by a concurrent transaction is re-checked
     once its lock is granted and dropped if no longer usable; on SQLite the write transaction
     (BEGIN IMMEDIATE) already excludes every other writer. The caller holds the site's row lock, so
@@ -175,9 +185,11 @@ def draw_usable_kits(
     where = {"trial_id": trial.id, "site_id": site_id, "needed": needed_until(definition, today)}
     size = 2 * per_arm * max(1, len(definition.arm_codes))
     if connection.dialect.name == "postgresql":
-        batches = _locked_in_random_order(connection, where, size)
+        batches = _locked_in_random_order(connection, where, size, id_range)
     else:
-        batches = _locked_batches(connection, _usable_in_random_order(connection, where), where, size)
+        batches = _locked_batches(
+            connection, _usable_in_random_order(connection, where, id_range), where, size
+        )
     return arm_access.kits_by_arm_until(
         session,
         ctx,
@@ -222,7 +234,7 @@ _CANDIDATES = (
     .table_valued("id", with_ordinality="ord")
     .render_derived(name="candidates")
 )
-_LOCK_FIRST_USABLE = (
+_LOCK_FIRST_USABLE = Direct(
     select(Kit.id, Kit.kit_number, Kit.sealed_arm, _CANDIDATES.c.ord)
     .join_from(_CANDIDATES, Kit, Kit.id == _CANDIDATES.c.id)
     .where(*_USABLE_AT_SITE)
@@ -233,12 +245,15 @@ _LOCK_FIRST_USABLE = (
 
 
 def _locked_in_random_order(
-    connection: Connection, where: dict[str, object], size: int
+    connection: Connection,
+    where: dict[str, object],
+    size: int,
+    id_range: tuple[int | None, int | None] | None = None,
 ) -> Iterator[list[arm_access.SealedKit]]:
     """PostgreSQL: the same sequence of kits as `_locked_batches` over `_usable_in_random_order`
     (the usable kits in the uniformly random order of the probed id range, then the others in a
     fresh random order), each batch found and locked by one statement instead of two."""
-    lo, hi = connection.execute(_AVAILABLE_ID_RANGE, {"site_id": where["site_id"]}).one()
+    lo, hi = id_range or _AVAILABLE_ID_RANGE.one(connection, {"site_id": where["site_id"]})
     probed: set[int] = set()
     if lo is not None and hi is not None:
         candidates = _random_order_of_range(lo, hi)
@@ -249,9 +264,7 @@ def _locked_in_random_order(
             probed.update(batch)
             start = 0
             while start < len(batch):
-                rows = connection.execute(
-                    _LOCK_FIRST_USABLE, {**where, "ids": batch[start:], "size": size}
-                ).all()
+                rows = _LOCK_FIRST_USABLE.rows(connection, {**where, "ids": batch[start:], "size": size})
                 if rows:
                     yield [arm_access.SealedKit(row.id, row.kit_number, row.sealed_arm) for row in rows]
                 if len(rows) < size:
@@ -264,7 +277,11 @@ def _locked_in_random_order(
     yield from _locked_batches(connection, _random_order(rest), where, size)
 
 
-def _usable_in_random_order(connection: Connection, where: dict[str, object]) -> Iterator[int]:
+def _usable_in_random_order(
+    connection: Connection,
+    where: dict[str, object],
+    id_range: tuple[int | None, int | None] | None = None,
+) -> Iterator[int]:
     """The ids of the site's usable kits in a uniformly random order, drawn lazily without reading
     the whole stock (issue 16).
 
@@ -279,7 +296,7 @@ def _usable_in_random_order(connection: Connection, where: dict[str, object]) ->
     of the usable kits, in random order, the rest the others, in random order). Whether the
     fallback is needed depends on where the usable ids lie, never on which arm a kit holds."""
     among = _USABLE_AMONG[connection.dialect.name]
-    lo, hi = connection.execute(_AVAILABLE_ID_RANGE, {"site_id": where["site_id"]}).one()
+    lo, hi = id_range or _AVAILABLE_ID_RANGE.one(connection, {"site_id": where["site_id"]})
     probed: set[int] = set()
     if lo is not None and hi is not None:
         candidates = _random_order_of_range(lo, hi)

@@ -1,0 +1,123 @@
+"""Issue 16, sixth pass: on PostgreSQL the statements of a randomization through the API go to the
+driver's cursor as compiled once (`db.Direct`), not through SQLAlchemy's per-statement layer,
+which cost about a fifth of the worker's CPU per randomization. What that layer did and still
+matters is checked here: the rows (values and types, after the columns' result processors) are
+those SQLAlchemy answers, the statement events still see every statement, and a driver error
+still arrives as SQLAlchemy's `DBAPIError` (`is_busy` for a lock timeout; the dropped-connection
+and bounded-wait tests cover the rest)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+from flask import Flask
+from sqlalchemy import event, text
+from sqlalchemy import exc as sa_exc
+
+from allocator import audit, db
+from allocator.services import auth, lookups
+from allocator.services.context import ServiceContext
+from allocator.services.subjects import randomize
+from allocator.web import security
+from tests.support import ELIGIBLE, ready_trial
+from tests.web.test_api_contract import caller
+
+PATH = "/api/v1/trials/IFNG-PAIS/subjects"
+
+
+def _body(number: str) -> dict[str, object]:
+    return {
+        "site": "P1",
+        "screening_number": number,
+        "eligibility": dict(ELIGIBLE),
+        "strata": {"admission_cause": "septic"},
+    }
+
+
+def _postgresql_only(ctx: ServiceContext) -> None:
+    if ctx.db.dialect != "postgresql":
+        pytest.skip("SQLite runs every statement through SQLAlchemy")
+
+
+def test_a_randomization_sends_its_statements_to_the_driver_directly(app: Flask, ctx: ServiceContext) -> None:
+    _postgresql_only(ctx)
+    ready_trial(ctx)
+    call = caller(app, ctx, "inv-p1")
+    assert call("POST", PATH, _body("P1-0001")).status_code == 201  # warm-up
+    direct: list[str] = []
+    through_sqlalchemy: list[str] = []
+
+    def seen(
+        _conn: object, _cursor: object, statement: str, _params: object, context: object, _many: bool
+    ) -> None:
+        if "SAVEPOINT" in statement:
+            return  # the test's own transaction around each test
+        (direct if context is None else through_sqlalchemy).append(" ".join(statement.split())[:100])
+
+    event.listen(ctx.db.write_engine, "before_cursor_execute", seen)
+    try:
+        assert call("POST", PATH, _body("P1-0002")).status_code == 201
+    finally:
+        event.remove(ctx.db.write_engine, "before_cursor_execute", seen)
+    assert through_sqlalchemy == [], through_sqlalchemy
+    assert len(direct) == 11, direct
+
+
+def test_direct_rows_are_sqlalchemys_rows(app: Flask, ctx: ServiceContext) -> None:
+    """Values and their types, for the statements whose columns have result processors (UTC
+    datetimes) or bound arrays."""
+    _postgresql_only(ctx)
+    ready_trial(ctx)
+    call = caller(app, ctx, "inv-p1")
+    assert call("POST", PATH, _body("P1-0001")).status_code == 201
+    with ctx.db.reading() as session:
+        connection = session.connection()
+        connection.execute(text("UPDATE audit_chain_head SET checkpoint_at = now()"))
+        token_digest = connection.execute(text("SELECT token_digest FROM api_token LIMIT 1")).scalar_one()
+        site_ids = list(connection.execute(text("SELECT id FROM site ORDER BY id")).scalars())
+        trial_id = connection.execute(text("SELECT id FROM trial WHERE code = 'IFNG-PAIS'")).scalar_one()
+        cases: list[tuple[db.Direct, dict[str, object]]] = [
+            (audit._SELECT_HEAD, {"chain": "IFNG-PAIS"}),
+            (auth._BEARER, {"digest": token_digest, "now": ctx.now()}),
+            (lookups._TRIAL_ROW_AND_LATEST_VERSION, {"code": "IFNG-PAIS"}),
+            (security._TRIAL_AND_GRANTED_SITES["postgresql"], {"code": "IFNG-PAIS", "site_ids": site_ids}),
+            (randomize._LOCK_SITE, {"trial_id": trial_id, "site_code": "P1"}),
+        ]
+        for statement, parameters in cases:
+            direct = statement.rows(connection, parameters)
+            expected = connection.execute(statement.statement, parameters).all()
+            assert direct, statement.statement
+            assert [tuple(row) for row in direct] == [tuple(row) for row in expected]
+            assert [[type(v) for v in row] for row in direct] == [[type(v) for v in row] for row in expected]
+            assert [r._fields for r in direct[:1]] == [tuple(r._fields) for r in expected[:1]]
+        head = audit._SELECT_HEAD.one(connection, {"chain": "IFNG-PAIS"})
+        assert isinstance(head.checkpoint_at, datetime) and head.checkpoint_at.tzinfo is not None
+        session.rollback()
+
+
+def test_a_timeout_in_a_direct_statement_is_busy(ctx: ServiceContext) -> None:
+    """The driver's error goes through the connection's own handling: wrapped as `DBAPIError`, and
+    a statement cancelled by its timeout is `is_busy` (the API answers 503, not 500)."""
+    _postgresql_only(ctx)
+    slow = db.Direct(text("SELECT pg_sleep(:seconds)"))
+    with ctx.db.reading() as session:
+        connection = session.connection()
+        connection.execute(text("SAVEPOINT before_timeout"))
+        connection.execute(text("SET LOCAL statement_timeout = 20"))
+        with pytest.raises(sa_exc.DBAPIError) as raised:
+            slow.rows(connection, {"seconds": 2})
+        connection.execute(text("ROLLBACK TO SAVEPOINT before_timeout"))
+    assert db.is_busy(raised.value)
+    assert getattr(raised.value.orig, "sqlstate", None) == "57014"
+
+
+def test_a_direct_statement_refuses_an_expanding_parameter(ctx: ServiceContext) -> None:
+    _postgresql_only(ctx)
+    from sqlalchemy import bindparam, select
+
+    from allocator.models import Site
+
+    statement = db.Direct(select(Site.id).where(Site.id.in_(bindparam("ids", expanding=True))))
+    with ctx.db.reading() as session, pytest.raises(ValueError, match="expanding"):
+        statement.rows(session.connection(), {"ids": [1]})
