@@ -461,7 +461,15 @@ class Direct:
     connections, and a dropped connection invalidates the pool as before). The statement runs in
     the connection's current transaction (psycopg begins one on the first statement, as it does
     for SQLAlchemy), and is prepared by psycopg after the same threshold. SQLite keeps
-    `Connection.execute`. Only statements without expanding (IN-list) parameters qualify."""
+    `Connection.execute`. Only statements without expanding (IN-list) parameters qualify.
+
+    Not kept, so not for every statement: `before_cursor_execute` listeners registered with
+    `retval=True` cannot rewrite a Direct statement (they are called, their answer is not used);
+    execution options (`schema_translate_map`) are not applied; the statement is not in SQLAlchemy's
+    echo log; the row type renames duplicate or underscore-led column names. It relies on three
+    names private to SQLAlchemy (`Connection._handle_dbapi_exception`, `compiled._bind_processors`,
+    `TypeEngine._cached_result_processor`): `tests/web/test_direct_statements.py` compares its rows
+    with SQLAlchemy's, so an upgrade that changes them fails there."""
 
     __slots__ = ("_forms", "statement")
 
@@ -471,8 +479,14 @@ class Direct:
 
     def rows(self, connection: Connection, parameters: dict[str, Any]) -> list[Any]:
         """Every row, each a named tuple (attribute and index access, as SQLAlchemy's rows)."""
-        if connection.dialect.name != "postgresql" or not isinstance(connection, Connection):
-            # SQLite, or a test's stand-in for a connection
+        if (
+            connection.dialect.name != "postgresql"
+            or not isinstance(connection, Connection)
+            or connection.dialect.driver != "psycopg"
+            or not connection.in_transaction()
+        ):
+            # SQLite, another driver, a test's stand-in for a connection, or a connection with no
+            # transaction of SQLAlchemy's (psycopg would begin one that SQLAlchemy does not know of)
             return list(connection.execute(self.statement, parameters).all())
         form = self._forms.get(connection.dialect.name)
         if form is None:
@@ -516,27 +530,32 @@ class _DirectForm:
         self.row_type: Any = namedtuple("DirectRow", names, rename=True) if names else None
 
     def run(self, connection: Connection, parameters: dict[str, Any]) -> list[Any]:
-        values = self.compiled.construct_params(parameters, escape_names=False)
-        processors = self.bind_processors
-        for key in processors.keys() & values.keys():
-            if values[key] is not None:
-                values[key] = processors[key](values[key])
-        proxied = connection.connection
-        # One cursor per driver connection, kept in the pool record's `info` (cleared by SQLAlchemy
-        # when the connection is invalidated or recycled; checked against the connection anyway).
-        driver = proxied.driver_connection
-        cursor = proxied.info.get(_DIRECT_CURSOR)
-        if cursor is None or cursor.closed or cursor.connection is not driver:
-            cursor = proxied.info[_DIRECT_CURSOR] = driver.cursor()  # type: ignore[union-attr]
-        events = connection._has_events or connection.engine._has_events
         sql = self.sql
-        if events:
-            connection.dispatch.before_cursor_execute(connection, cursor, sql, values, None, False)
+        values: dict[str, Any] = parameters
+        cursor = None
+        events = connection._has_events or connection.engine._has_events
+        # Everything from the parameters to the rows inside the connection's own error handling, as
+        # `Connection.execute` has it: a bad value is a StatementError, a connection found closed
+        # when the cursor is made is a DBAPIError that invalidates it (`is_busy`: 503), an
+        # interruption invalidates it too.
         try:
+            values = self.compiled.construct_params(parameters, escape_names=False)
+            processors = self.bind_processors
+            for key in processors.keys() & values.keys():
+                values[key] = processors[key](values[key])  # None too, as SQLAlchemy does (JSON null)
+            proxied = connection.connection
+            # One cursor per driver connection, kept in the pool record's `info` (cleared by
+            # SQLAlchemy when the connection is invalidated or recycled; checked against it anyway).
+            driver = proxied.driver_connection
+            cursor = proxied.info.get(_DIRECT_CURSOR)
+            if cursor is None or cursor.closed or cursor.connection is not driver:
+                cursor = proxied.info[_DIRECT_CURSOR] = driver.cursor()  # type: ignore[union-attr]
+            if events:
+                connection.dispatch.before_cursor_execute(connection, cursor, sql, values, None, False)
             cursor.execute(sql, values)
             result = cursor.pgresult
             fetched = cursor.fetchall() if result is not None and result.status == self.tuples_ok else []
-        except Exception as error:  # the connection's own handling: wrapping, invalidation, events
+        except BaseException as error:  # the connection's own handling: wrapping, invalidation, events
             connection._handle_dbapi_exception(error, sql, values, cursor, None)
             raise  # pragma: no cover - _handle_dbapi_exception always raises
         if events:

@@ -121,3 +121,62 @@ def test_a_direct_statement_refuses_an_expanding_parameter(ctx: ServiceContext) 
     statement = db.Direct(select(Site.id).where(Site.id.in_(bindparam("ids", expanding=True))))
     with ctx.db.reading() as session, pytest.raises(ValueError, match="expanding"):
         statement.rows(session.connection(), {"ids": [1]})
+
+
+def test_a_direct_statement_binds_and_fails_as_sqlalchemy_does(ctx: ServiceContext) -> None:
+    """Found by a review of the sixth pass: a None went to the driver without its type's bind
+    processor (SQL NULL where SQLAlchemy sends JSON null), and an error before the statement (a value
+    its type refuses, a connection found closed) escaped the connection's handling: a bare error, a
+    connection left valid, a 500 where the API answers 503."""
+    _postgresql_only(ctx)
+    from sqlalchemy import JSON, bindparam, types
+
+    is_null = db.Direct(
+        text("SELECT CAST(:j AS JSON) IS NULL AS missing").bindparams(bindparam("j", type_=JSON))
+    )
+
+    class Refusing(types.TypeDecorator[str]):
+        impl = types.String
+        cache_ok = True
+
+        def process_bind_param(self, value: str | None, dialect: object) -> str | None:
+            raise ValueError("not a value of this type")
+
+    refused = db.Direct(text("SELECT :v AS v").bindparams(bindparam("v", type_=Refusing())))
+    with ctx.db.reading() as session:
+        connection = session.connection()
+        expected = connection.execute(is_null.statement, {"j": None}).scalar_one()
+        assert expected is False  # JSON null is a value
+        assert is_null.one(connection, {"j": None})[0] is expected
+        with pytest.raises(sa_exc.StatementError, match="not a value of this type"):
+            refused.rows(connection, {"v": "x"})
+    engine = ctx.db.write_engine
+    with engine.connect() as connection:
+        connection.begin()
+        proxied = connection.connection
+        proxied.info.pop(db._DIRECT_CURSOR, None)
+        proxied.driver_connection.close()  # type: ignore[union-attr]
+        with pytest.raises(sa_exc.DBAPIError) as raised:
+            db.Direct(text("SELECT 1 AS one")).rows(connection, {})
+        assert raised.value.connection_invalidated
+        connection.rollback()
+    assert db.is_busy(raised.value)
+
+
+def test_a_connection_without_a_transaction_goes_through_sqlalchemy(ctx: ServiceContext) -> None:
+    """psycopg would begin a transaction SQLAlchemy does not know of: such a connection keeps
+    `Connection.execute` (which begins its own)."""
+    _postgresql_only(ctx)
+    seen: list[object] = []
+
+    def note(
+        _conn: object, _cursor: object, _statement: str, _params: object, context: object, _many: bool
+    ) -> None:
+        seen.append(context)
+
+    with ctx.db.write_engine.connect() as connection:
+        event.listen(connection, "before_cursor_execute", note)
+        assert not connection.in_transaction()
+        assert db.Direct(text("SELECT 1 AS one")).one(connection, {})[0] == 1
+        assert seen and seen[0] is not None  # SQLAlchemy's execution context: not the direct path
+        connection.rollback()

@@ -175,8 +175,11 @@ def draw_usable_kits(
     before the slot's arm is read, so the draw cannot depend on it. `id_range`, when given, is the
     id range of the site's available kits (`AVAILABLE_ID_RANGE_COLUMNS`), read by the caller under
     the site's row lock in a statement it sends anyway (the allocation's screening check): no
-    allocation at the site can change it while that lock is held, and a kit received since is left
-    out of this draw, as one received just after the draw would be. The locking query repeats the
+    allocation at the site can change it while that lock is held. A kit made available meanwhile
+    without that lock (a shipment received, a kit's status changed by hand) and outside the range
+    read is drawn only when the range holds too few usable kits, and is not seen at all when the
+    whole range has been probed (the randomization then refuses, and its retry sees the kit): the
+    same as a kit made available just after the draw, never dependent on an arm. The locking query repeats the
     usability conditions: on PostgreSQL a kit changed by a concurrent transaction is re-checked
     once its lock is granted and dropped if no longer usable; on SQLite the write transaction
     (BEGIN IMMEDIATE) already excludes every other writer. The caller holds the site's row lock, so
