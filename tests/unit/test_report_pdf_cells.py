@@ -26,6 +26,19 @@ WORDS = [
 ]
 
 
+def _long_document(rows: tuple[tuple[str, str], ...]) -> mr.ReportDocument:
+    """A report of one long two-column table."""
+    return mr.ReportDocument(
+        "A long table",
+        "T/long",
+        datetime(2026, 12, 6, tzinfo=UTC),
+        "1.0",
+        False,
+        (("Trial", "T"),),
+        tables=(mr.Table("Rows", ("Subject", "Note"), rows),),
+    )
+
+
 @pytest.mark.req("REP-05")
 def test_a_cell_is_broken_into_the_lines_of_simplesplit_with_each_word_measured_once(
     monkeypatch: pytest.MonkeyPatch,
@@ -76,15 +89,7 @@ def test_a_long_table_is_made_piece_by_piece_as_the_layout_reaches_it(
 
     monkeypatch.setattr(mr, "PdfTable", Counted)
     rows = tuple((f"P01-{i:05d}", f"row {i}") for i in range(5 * mr._CHUNK + 7))
-    document = mr.ReportDocument(
-        "A long table",
-        "T/long",
-        datetime(2026, 12, 6, tzinfo=UTC),
-        "1.0",
-        False,
-        (("Trial", "T"),),
-        tables=(mr.Table("Rows", ("Subject", "Note"), rows),),
-    )
+    document = _long_document(rows)
     pieces = lambda: made.count(mr._CHUNK + 1)  # noqa: E731 (header and a whole piece; splits are smaller)
     seen: list[tuple[int, int]] = []
     pdf = mr.render_report_pdf(document, progress=lambda done: seen.append((done, pieces())))
@@ -102,15 +107,7 @@ def test_pages_kept_compressed_until_the_count_is_known_make_the_same_pdf(
     compressed while the document is laid out, and the PDF is the same, byte for byte, as the one
     the pages kept whole give (the way it was made before)."""
     rows = tuple((f"P01-{i:05d}", f"row {i} été Łukasz") for i in range(3 * mr._CHUNK))
-    document = mr.ReportDocument(
-        "A long table",
-        "T/long",
-        datetime(2026, 12, 6, tzinfo=UTC),
-        "1.0",
-        False,
-        (("Trial", "T"),),
-        tables=(mr.Table("Rows", ("Subject", "Note"), rows),),
-    )
+    document = _long_document(rows)
     kept: list[object] = []
     real = mr._page_numbering_canvas
 
