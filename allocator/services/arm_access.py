@@ -192,8 +192,9 @@ def kits_by_arm_until(
     per_arm: int,
     purpose: str,
 ) -> dict[str, list[SealedKit]]:
-    """Open the arms of kits batch after batch, in the order given, until every arm of `arms`
-    has `per_arm` kits or the batches run out; return at most `per_arm` kits per arm, the first
+    """Open the arms of kits one by one, batch after batch, in the order given, until every arm of
+    `arms` has `per_arm` kits (the kits after that one, locked with their batch, stay unopened) or
+    the batches run out; return at most `per_arm` kits per arm, the first
     ones met. Fed with kits in a uniformly random order, each arm's kits are a uniform random
     choice among that arm's kits, while only a handful are opened (BLD-04). Inside the caller's
     transaction; one `arm.read` entry records the purpose and the share asked (`per_arm`, as "share": a key
@@ -203,6 +204,7 @@ def kits_by_arm_until(
     The arms are never shown to anyone."""
     grouped: dict[str, list[SealedKit]] = {arm: [] for arm in arms}
     opened = 0
+    short = len(arms) * per_arm  # kits still wanted: opening stops as soon as none is (issue 16)
     for batch in batches:
         for kit in batch:
             opened += 1
@@ -211,9 +213,13 @@ def kits_by_arm_until(
                 kit.sealed_arm,
                 crypto.Binding(trial=trial_code, table="kit", row=kit.kit_number, column="sealed_arm"),
             )
-            if len(grouped.setdefault(arm, [])) < per_arm:
-                grouped[arm].append(kit)
-        if all(len(grouped[arm]) >= per_arm for arm in arms):
+            group = grouped.setdefault(arm, [])
+            if len(group) < per_arm:
+                group.append(kit)
+                short -= arm in arms
+                if short <= 0:
+                    break
+        if short <= 0:
             break
     if opened:
         ctx.audit.record(
