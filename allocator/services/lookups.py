@@ -90,6 +90,12 @@ def trial_row_and_definition(session: Session, code: str) -> tuple[TrialRow, Tri
     return trial, _definition(session, trial, row.version, row.sha256)
 
 
+def definition_of(session: Session, trial: TrialRef, version: int, sha256: str) -> TrialDefinition:
+    """The trial's definition at `version`, whose text has that SHA-256: parsed once per process
+    (`_PARSED`), read and parsed again otherwise."""
+    return _definition(session, trial, version, sha256)
+
+
 def trial_and_definition(session: Session, code: str) -> tuple[Trial, TrialDefinition]:
     """`get_trial` and `current_definition` in one statement (the randomization path). Raises
     NotFound."""

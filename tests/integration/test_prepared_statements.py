@@ -101,10 +101,10 @@ def test_the_guard_and_allocation_statements_stay_prepared_across_requests(live:
         assert _post(live, token, n) == 201
     assert _backend_pid(live) == pid  # the same backend served every request
     statements = _prepared(live)
-    # The guard's bearer look-up (a read transaction) and the allocation's site lock (a write
+    # The guard's bearer look-up (a read transaction) and the allocation's trial read and site lock (a write
     # transaction) survived the requests that followed them.
     assert any("api_token" in s and "token_digest" in s for s in statements), statements
-    assert any("FROM site" in s and "FOR UPDATE" in s for s in statements), statements
+    assert any("JOIN site" in s and "FOR UPDATE OF site" in s for s in statements), statements
 
 
 def test_a_read_transaction_that_wrote_nothing_ends_without_discarding_prepared_statements(

@@ -147,6 +147,27 @@ def test_only_active_sites_within_reach_randomize(ctx: ServiceContext) -> None:
         randomize.randomize(ctx, ready.investigator_p2, "IFNG-PAIS", request("P2-0001", site="P2"), ALL)
 
 
+@pytest.mark.req("RND-14")
+def test_an_unknown_site_or_trial_is_named_after_the_inputs_are_checked(ctx: ServiceContext) -> None:
+    """Issue 16: the trial and the site (locked) are read by one statement; with no row, the trial is
+    read again to tell an unknown trial from an unknown site, and the inputs are still checked first."""
+    ready = ready_trial(ctx)
+    with pytest.raises(NotFound) as caught:
+        randomize.randomize(ctx, ready.investigator, "IFNG-PAIS", request("P9-0001", site="P9"), ALL)
+    assert [e.field for e in caught.value.errors] == ["site"]
+    with pytest.raises(ValidationFailed) as invalid:  # a bad input is told before the unknown site
+        randomize.randomize(
+            ctx, ready.investigator, "IFNG-PAIS", request("P9-0001", site="P9", cause="none"), ALL
+        )
+    assert [e.field for e in invalid.value.errors] == ["strata.admission_cause"]
+    with pytest.raises(NotFound, match="no trial"):
+        randomize.randomize(ctx, ready.investigator, "NO-SUCH-TRIAL", request("P1-0001"), ALL)
+    with ctx.db.reading() as s:
+        assert s.execute(select(func.count()).select_from(ScreeningEntry)).scalar_one() == 0
+    # The site's lock went with its transaction: the next randomization at P1 is not kept waiting.
+    assert randomize.randomize(ctx, ready.investigator, "IFNG-PAIS", request("P1-0001"), ALL).subject_number
+
+
 @pytest.mark.req("RND-08")
 @pytest.mark.req("BLD-04")
 def test_no_randomization_without_kits_of_every_arm(ctx: ServiceContext) -> None:

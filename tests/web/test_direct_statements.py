@@ -61,7 +61,7 @@ def test_a_randomization_sends_its_statements_to_the_driver_directly(app: Flask,
     finally:
         event.remove(ctx.db.write_engine, "before_cursor_execute", seen)
     assert through_sqlalchemy == [], through_sqlalchemy
-    assert len(direct) == 11, direct
+    assert len(direct) == 10, direct
 
 
 def test_direct_rows_are_sqlalchemys_rows(app: Flask, ctx: ServiceContext) -> None:
@@ -76,13 +76,12 @@ def test_direct_rows_are_sqlalchemys_rows(app: Flask, ctx: ServiceContext) -> No
         connection.execute(text("UPDATE audit_chain_head SET checkpoint_at = now()"))
         token_digest = connection.execute(text("SELECT token_digest FROM api_token LIMIT 1")).scalar_one()
         site_ids = list(connection.execute(text("SELECT id FROM site ORDER BY id")).scalars())
-        trial_id = connection.execute(text("SELECT id FROM trial WHERE code = 'IFNG-PAIS'")).scalar_one()
         cases: list[tuple[db.Direct, dict[str, object]]] = [
             (audit._SELECT_HEAD, {"chain": "IFNG-PAIS"}),
             (auth._BEARER, {"digest": token_digest, "now": ctx.now()}),
             (lookups._TRIAL_ROW_AND_LATEST_VERSION, {"code": "IFNG-PAIS"}),
             (security._TRIAL_AND_GRANTED_SITES["postgresql"], {"code": "IFNG-PAIS", "site_ids": site_ids}),
-            (randomize._LOCK_SITE, {"trial_id": trial_id, "site_code": "P1"}),
+            (randomize._TRIAL_AND_LOCKED_SITE, {"code": "IFNG-PAIS", "site_code": "P1"}),
         ]
         for statement, parameters in cases:
             direct = statement.rows(connection, parameters)

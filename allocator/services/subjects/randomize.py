@@ -18,8 +18,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import JSON, Connection, bindparam, func, insert, select, text, update
+from sqlalchemy import JSON, Connection, and_, bindparam, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 import kits as kitlib
@@ -45,6 +46,8 @@ from allocator.models import (
     Slot,
     Stratum,
     Subject,
+    Trial,
+    TrialDefinitionVersion,
 )
 from allocator.models.base import IntegerArrayText, UTCDateTime
 from allocator.permissions import Scope
@@ -61,7 +64,13 @@ from allocator.services.errors import (
     ValidationFailed,
 )
 from allocator.services.lists import integrity, overview, storage
-from allocator.services.lookups import TrialRef, current_definition, get_trial, trial_row_and_definition
+from allocator.services.lookups import (
+    TrialRef,
+    TrialRow,
+    current_definition,
+    get_trial,
+    trial_row_and_definition,
+)
 from allocator.services.supply import resupply
 from allocator.services.supply import stock as supply_stock
 from allocator.trialdef import DispensingDay, MinimizationRandomization, TrialDefinition, stratum_key
@@ -353,7 +362,7 @@ def randomize(
     lists.ListIntegrityFailure — each before any slot or kit is used."""
     now = ctx.now()
     with ctx.db.unit_of_work() as session:
-        trial, definition = trial_row_and_definition(session, trial_code)
+        trial, definition, site = _trial_and_locked_site(session, trial_code, request.site)
         _require_randomized(definition)
         lookups.require_open(trial)  # no new subject once the database is locked
         # Every check of the input comes before the first write: a refusal changes nothing.
@@ -369,6 +378,7 @@ def randomize(
             trial,
             definition,
             request.site,
+            site,
             screening,
             levels,
             eligibility,
@@ -388,11 +398,57 @@ def randomize(
 # PostgreSQL (READ COMMITTED) a statement that had to wait for a lock still reads every other row
 # as of its own start.
 
-_LOCK_SITE = Direct(
-    select(Site.id, Site.code, Site.status)
-    .where(Site.trial_id == bindparam("trial_id"), Site.code == bindparam("site_code"))
-    .with_for_update()
+# The trial (its status and the definition in force, as `lookups.trial_row_and_definition` reads
+# them) and the site of the request, its row locked: one statement (issue 16), the first of the
+# allocation. The site's lock orders the allocations of the site; the trial's row is read as of the
+# statement's start, as it was when it had a statement of its own before the lock. No row: an
+# unknown trial or site, told apart by `trial_row_and_definition` (NotFound for the trial).
+_TRIAL_AND_LOCKED_SITE = Direct(
+    select(
+        Trial.id,
+        Trial.code,
+        Trial.status,
+        TrialDefinitionVersion.version,
+        TrialDefinitionVersion.sha256,
+        Site.id.label("site_id"),
+        Site.code.label("site_code"),
+        Site.status.label("site_status"),
+    )
+    .join(TrialDefinitionVersion, TrialDefinitionVersion.trial_id == Trial.id)
+    .join(Site, and_(Site.trial_id == Trial.id, Site.code == bindparam("site_code")))
+    .where(Trial.code == bindparam("code"))
+    .order_by(TrialDefinitionVersion.version.desc())
+    .limit(1)
+    .with_for_update(of=Site)
 )
+
+
+@dataclass(frozen=True, slots=True)
+class _LockedSite:
+    id: int
+    code: str
+    status: str
+
+
+def _trial_and_locked_site(
+    session: Session, trial_code: str, site_code: str
+) -> tuple[TrialRow, TrialDefinition, _LockedSite | None]:
+    """The trial and its definition (NotFound for an unknown trial), and the request's site, locked
+    (None: not a site of the trial)."""
+    row = _TRIAL_AND_LOCKED_SITE.one_or_none(
+        session.connection(), {"code": trial_code, "site_code": site_code}
+    )
+    if row is None:
+        trial, definition = trial_row_and_definition(session, trial_code)
+        return trial, definition, None
+    trial = TrialRow(row.id, row.code, row.status)
+    return (
+        trial,
+        lookups.definition_of(session, trial, row.version, row.sha256),
+        _LockedSite(row.site_id, row.site_code, row.site_status),
+    )
+
+
 # Under the site's lock: whether the screening number is taken (trial-wide; a unique constraint
 # backs it), the number of subjects of the site, for the next subject number, and the id range of
 # the site's available kits, for the kit draw (`stock.draw_usable_kits`; a statement less).
@@ -579,6 +635,7 @@ def _randomize_in(
     trial: TrialRef,
     definition: TrialDefinition,
     site_code: str,
+    site: _LockedSite | None,
     screening: str,
     levels: dict[str, str],
     eligibility: EligibilityResult,
@@ -586,7 +643,6 @@ def _randomize_in(
     now: datetime,
 ) -> RandomizationResult | DomainError:
     connection = session.connection()
-    site = _LOCK_SITE.one_or_none(connection, {"trial_id": trial.id, "site_code": site_code})
     if site is None or not scope.allows_site(site.id):
         raise NotFound(
             f"no site {site_code!r} within your reach", errors=[FieldProblem("site", "unknown site")]
@@ -657,7 +713,7 @@ def _randomize_in(
     number = f"{site.code}-{site_subjects + 1:03d}"
     days = list(zip(schedule, chosen, strict=True))
     # The site's pharmacists learn which kits to dispense (no arm: the kit numbers are blind).
-    pharmacy_note = {
+    pharmacy_note: dict[str, Any] = {
         "site_id": site.id,
         "audience": "pharmacist",
         "kind": "dispensation_request",
@@ -685,7 +741,7 @@ def _randomize_in(
         "randomized_by_id": actor.user_id,
         "randomized_by_name": actor.name,
     }
-    kit_events = [
+    kit_events: list[dict[str, object]] = [
         {
             "kit_id": kit.id,
             "at": now,
