@@ -238,6 +238,7 @@ def _kit_discrepancies(session: Session, reach: ColumnElement[bool]) -> list[str
             KitEvent.kit_id,
             KitEvent.from_status,
             KitEvent.to_status,
+            Kit.status.label("kit_status"),  # carried, not joined again per event (issue 21)
             func.lag(KitEvent.to_status)
             .over(partition_by=KitEvent.kit_id, order_by=KitEvent.id)
             .label("previous"),
@@ -247,14 +248,10 @@ def _kit_discrepancies(session: Session, reach: ColumnElement[bool]) -> list[str
         .where(reach)
         .subquery()
     )
-    broken = (
-        select(chain.c.kit_id)
-        .join(Kit, Kit.id == chain.c.kit_id)
-        .where(
-            or_(
-                chain.c.from_status.is_distinct_from(chain.c.previous),
-                and_(chain.c.next.is_(None), chain.c.to_status.is_distinct_from(Kit.status)),
-            )
+    broken = select(chain.c.kit_id).where(
+        or_(
+            chain.c.from_status.is_distinct_from(chain.c.previous),
+            and_(chain.c.next.is_(None), chain.c.to_status.is_distinct_from(chain.c.kit_status)),
         )
     )
     silent = select(Kit.id).where(reach, ~exists().where(KitEvent.kit_id == Kit.id))
