@@ -83,17 +83,20 @@ class Release:
 def _rows(
     ctx: ServiceContext, session: Session, actor: Actor, trial: Trial, purpose: str
 ) -> list[ListingRow]:
-    from allocator.services.subjects.views import subject_view  # noqa: PLC0415 - subjects imports this module's callers
+    from allocator.services.subjects.views import subject_views  # noqa: PLC0415 - subjects imports this module's callers
 
     definition = current_definition(session, trial)
     labels = {a.code: a.label for a in definition.arms}
     sites = {s.id: s.code for s in trial_sites(session, trial)}
+    # Every subject's view and arm with a few statements and one audited read (issue 21: one view,
+    # three statements and an audit entry per subject before).
+    subjects = list(
+        session.execute(select(Subject).where(Subject.trial_id == trial.id).order_by(Subject.id)).scalars()
+    )
+    arms = arm_access.subject_arms_in(session, ctx, actor, trial.code, trial.id, purpose)
     out = []
-    for subject in session.execute(
-        select(Subject).where(Subject.trial_id == trial.id).order_by(Subject.id)
-    ).scalars():
-        view = subject_view(session, definition, subject, sites)
-        arm = arm_access.subject_arm_in(session, ctx, actor, trial.code, subject, purpose)
+    for subject, view in zip(subjects, subject_views(session, definition, subjects, sites), strict=True):
+        arm = arms[subject.id]
         out.append(
             ListingRow(
                 subject_number=view.subject_number,

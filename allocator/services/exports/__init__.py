@@ -216,11 +216,15 @@ def export_trial(
             content={"trial": trial.code, "format": fmt, "at": now.isoformat()},
             now=now,
         )
+        # Every subject's arm in two statements and one audited read naming them (issue 21).
+        by_id = arm_access.subject_arms_in(
+            session, ctx, actor, trial.code, trial.id, f"unblinded {fmt} export"
+        )
         arms = {
-            s.subject_number: arm_access.subject_arm_in(
-                session, ctx, actor, trial.code, s, f"unblinded {fmt} export"
-            )
-            for s in session.execute(select(Subject).where(Subject.trial_id == trial.id)).scalars()
+            number: by_id[subject_id]
+            for subject_id, number in session.execute(
+                select(Subject.id, Subject.subject_number).where(Subject.trial_id == trial.id)
+            ).all()
         }
         data = _dataset(ctx, actor, trial_code, arms)
         files = render(data, fmt, name)

@@ -1,0 +1,86 @@
+"""Issue 21: the arms of many subjects (the final listing, an interim package, the unblinded export)
+are read in bulk by `arm_access.subject_arms_in`, in two statements, with one `arm.read` entry that
+names the purpose and every subject read; the arms are those read one subject at a time."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import select
+
+from allocator.models import Subject
+from allocator.services import arm_access, signatures
+from allocator.services.closeout import releases, state
+from allocator.services.context import ServiceContext
+from allocator.services.lookups import get_trial
+from tests.support import GOOD_PASSWORD, IFN_TRIAL, TRIAL, events, randomize, ready_trial
+
+MINIMIZATION = (
+    '[randomization]\nmethod = "minimization"\nfactors = ["site", "admission_cause"]\n'
+    'imbalance = "range"\np_preferred = 0.8\nmax_subjects = 200\nalert_remaining = 10\n'
+)
+
+
+def _minimization_source() -> str:
+    source = IFN_TRIAL.read_text(encoding="utf-8")
+    start = source.index("[randomization]")
+    end = source.index("alert_remaining = 20\n") + len("alert_remaining = 20\n")
+    return (source[:start] + MINIMIZATION + source[end:]).replace(
+        'field = "randomization.block_sizes"', 'field = "randomization.method"'
+    )
+
+
+@pytest.mark.req("BLD-08")
+@pytest.mark.parametrize("design", ["permuted blocks", "minimization"])
+def test_arms_read_in_bulk_are_those_read_one_by_one_and_audited_once(
+    ctx: ServiceContext, design: str
+) -> None:
+    ready = ready_trial(ctx, slots_text=_minimization_source() if design == "minimization" else None)
+    stat = ready.statistician
+    numbers = [randomize(ctx, ready, f"P1-{n:04d}") for n in range(1, 6)] + [
+        randomize(ctx, ready, "P2-0001", "P2")
+    ]
+    with ctx.db.unit_of_work() as session:
+        trial_id = get_trial(session, TRIAL).id
+        subjects = list(
+            session.execute(select(Subject).where(Subject.trial_id == trial_id).order_by(Subject.id))
+        )
+        one_by_one = {
+            s.id: arm_access.subject_arm_in(session, ctx, stat, TRIAL, s, "oracle") for (s,) in subjects
+        }
+    assert sorted(s.subject_number for (s,) in subjects) == sorted(numbers)
+    # Each design's own record is read: a slot, or a minimization decision.
+    assert all((s.slot_id is None) == (design == "minimization") for (s,) in subjects)
+    assert set(one_by_one.values()) == {"A", "B"}  # both arms among them: a swap would show
+    before = len(events(ctx, "arm.read", chain=TRIAL))
+    first_two = [s.id for (s,) in subjects[:2]]
+    with ctx.db.unit_of_work() as session:
+        every = arm_access.subject_arms_in(session, ctx, stat, TRIAL, trial_id, "every subject")
+        some = arm_access.subject_arms_in(session, ctx, stat, TRIAL, trial_id, "two", subject_ids=first_two)
+        none = arm_access.subject_arms_in(session, ctx, stat, TRIAL, trial_id, "nobody", subject_ids=[])
+    assert every == one_by_one
+    assert some == {i: one_by_one[i] for i in first_two} and none == {}
+    reads = events(ctx, "arm.read", chain=TRIAL)[before:]
+    in_order = [s.subject_number for (s,) in subjects]
+    assert [(r.object_type, r.object_id, json.loads(r.new_values or "{}")) for r in reads] == [
+        ("subject", "6 subjects", {"purpose": "every subject", "subjects": in_order}),
+        ("subject", "2 subjects", {"purpose": "two", "subjects": in_order[:2]}),
+    ]  # nothing read, nothing recorded
+
+
+@pytest.mark.req("BLD-08", "DIB-07")
+def test_the_final_listing_reads_every_arm_with_one_audited_read(ctx: ServiceContext) -> None:
+    ready = ready_trial(ctx)
+    stat = ready.statistician
+    numbers = [randomize(ctx, ready, f"P1-{n:04d}") for n in range(1, 5)]
+    signed = signatures.SignatureRequest(password=GOOD_PASSWORD)
+    state.lock(ctx, stat, TRIAL, reason="last patient out", signature=signed)
+    state.unblind_trial(ctx, stat, TRIAL, reason="final analysis", signature=signed)
+    before = len(events(ctx, "arm.read", chain=TRIAL))
+    release = releases.unblinded_listing(ctx, stat, TRIAL, signature=signed)
+    reads = events(ctx, "arm.read", chain=TRIAL)[before:]
+    assert [json.loads(r.new_values or "{}") for r in reads] == [
+        {"purpose": "final unblinded listing", "subjects": numbers}
+    ]
+    assert [r.subject_number for r in release.rows] == numbers
