@@ -632,7 +632,8 @@ class LevelRow:
         return self.ok / self.elapsed if self.elapsed else 0.0
 
 
-def create_pg_database(base: str, name: str) -> str:
+def create_pg_database(base: str, name: str, template: str | None = None) -> str:
+    """A new database `name` (dropped first if it exists), empty or a copy of `template`."""
     import psycopg
 
     url = make_url(base)
@@ -645,7 +646,7 @@ def create_pg_database(base: str, name: str) -> str:
         autocommit=True,
     ) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
     return pg_url(base, name)
 
 

@@ -3,7 +3,7 @@ statistician: wall time, CPU, SQL statements and peak memory per request (issue 
 
 Usage: python bench/bench_scale.py [--backend sqlite|postgresql|both] [--subjects N] [--sites N]
                                    [--repeat R] [--pg URL] [--only SUBSTRING] [--no-pdf] [--keep]
-                                   [--worker-memory] [--world DIR]
+                                   [--worker-memory] [--world DIR] [--unblinded]
 Targets (issue 21, 2-core machine, 5,000 subjects over 50 sites): every page and CSV < 1 s, every
 PDF < 5 s, a page's statement count independent of the number of subjects, peak memory < 300 MB
 for any single request, and the same figures at 500 subjects within 20 %.
@@ -40,13 +40,14 @@ import logging
 import os
 import random
 import re
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -63,8 +64,9 @@ import kits as kitlib
 from allocator import crypto, migrate
 from allocator.app import create_app
 from allocator.db import Database
-from allocator.services import auth, bedside, dispensing, lookups, signatures, unblinding
+from allocator.services import auth, bedside, dispensing, exports, lookups, signatures, unblinding
 from allocator.services.accounts import users
+from allocator.services.closeout import releases, state
 from allocator.services.context import ServiceContext
 from allocator.services.reports.audit_review import REVIEW_KINDS
 from allocator.services.reports.catalogue import REPORTS
@@ -444,6 +446,43 @@ def world_of(backend: str, args: argparse.Namespace) -> tuple[str, Path, bool]:
     return (br.pg_url(args.pg, name) if built else br.create_pg_database(args.pg, name)), keys, built
 
 
+def unblinded_copy(backend: str, args: argparse.Namespace, url: str) -> tuple[str, bool]:
+    """--unblinded with --world: the URL of a copy of the world kept beside it (made once, so that
+    the world itself stays blinded for the monitor's runs), and whether the copy is already locked
+    and unblinded. Without --world, the run's own database is unblinded."""
+    if args.world is None:
+        return url, False
+    world = args.world / backend
+    done = (world / "unblinded").exists()
+    if backend == "sqlite":
+        copy = world / "allocator-unblinded.db"
+        if not done:
+            shutil.copyfile(world / "allocator.db", copy)
+        return f"sqlite:///{copy}", done
+    name = (world / "pg_database").read_text().strip()
+    if done:
+        return br.pg_url(args.pg, f"{name}_unblinded"), True
+    return br.create_pg_database(args.pg, f"{name}_unblinded", template=name), False
+
+
+def close_out(ctx: ServiceContext) -> None:
+    """The database lock and the final unblinding, each signed, by a statistician of the run."""
+    closer = br._user(ctx, f"closer-{os.getpid()}", "unblinded_statistician", None)
+    state.lock(ctx, closer, br.TRIAL, reason="bench: last patient out", signature=SIGNED)
+    state.unblind_trial(ctx, closer, br.TRIAL, reason="bench: final analysis", signature=SIGNED)
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """What `measure` reads of a response, for a service called directly (a signed release)."""
+
+    body: bytes
+    status_code: int = 200
+
+    def get_data(self) -> bytes:
+        return self.body
+
+
 def run_backend(backend: str, args: argparse.Namespace) -> list[Row]:
     url, keys, built = world_of(backend, args)
     crypto.KeyRing.create_missing(keys)
@@ -469,6 +508,21 @@ def run_backend(backend: str, args: argparse.Namespace) -> list[Row]:
             br._user(ctx, "monitor", "monitor", None)
             if args.world is not None:
                 (args.world / backend / "built").write_text(f"{args.subjects} subjects, {args.sites} sites\n")
+        if args.unblinded:
+            # The unblinded statistician's reads need a trial locked and unblinded: a copy of the
+            # world (the world stays blinded), closed out once.
+            db.dispose()
+            url, unblinded_already = unblinded_copy(backend, args, url)
+            db = Database.connect(url)
+            ctx = ServiceContext.build(
+                settings, db, ring, clock=clock, passwords=crypto.FAST_PASSWORD_HASHING
+            )
+            if not unblinded_already:
+                clock.at = None
+                close_out(ctx)
+                if args.world is not None:
+                    (args.world / backend / "unblinded").write_text("locked and unblinded\n")
+            settings = replace(settings, database_url=url)
         if backend == "postgresql":
             # What autovacuum does within a minute of a bulk load, on every run (a world built
             # earlier included): a server with autovacuum off (this machine's) otherwise plans on
@@ -522,6 +576,30 @@ def run_backend(backend: str, args: argparse.Namespace) -> list[Row]:
         ]
         if statistician is not None:
             plan += [("statistician", p, lambda p=p: statistician.get(p)) for p in restricted]
+        if args.unblinded:
+            # The signed releases, through the services (their pages are a signature form): the
+            # final listing and the unblinded CSV export, each read in full.
+            reader = br._user(ctx, f"releaser-{os.getpid()}", "unblinded_statistician", None)
+            plan += [
+                (
+                    "statistician",
+                    "final unblinded listing (service)",
+                    lambda: Done(
+                        releases.unblinded_listing(ctx, reader, br.TRIAL, signature=SIGNED).csv.encode()
+                    ),
+                ),
+                (
+                    "statistician",
+                    "unblinded csv export (service)",
+                    lambda: Done(
+                        b"".join(
+                            exports.export_trial(
+                                ctx, reader, br.TRIAL, "csv", name="x.csv", unblinded=True, signature=SIGNED
+                            ).files.values()
+                        )
+                    ),
+                ),
+            ]
         rows = []
         for who, path, call in plan:
             if who != "-" and not wanted(path):
@@ -570,6 +648,12 @@ def main() -> int:
         "and read it again on later runs",
     )
     parser.add_argument("--no-pdf", action="store_true", help="skip the PDFs (the longest requests)")
+    parser.add_argument(
+        "--unblinded",
+        action="store_true",
+        help="read the trial locked and unblinded (a copy of the --world, closed out once): the restricted "
+        "reports with their arms, the final listing and the unblinded export, as the unblinded statistician",
+    )
     parser.add_argument(
         "--worker-memory",
         action="store_true",
