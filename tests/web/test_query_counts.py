@@ -4,20 +4,25 @@ trial holds 200, and the statements each request sent are counted."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
 from allocator.db import Database
-from allocator.services import auth
+from allocator.services import auth, exports
 from allocator.services.accounts import users
+from allocator.services.closeout import releases, state
 from allocator.services.context import ServiceContext
+from allocator.services.reports import catalogue
 from allocator.services.reports.audit_review import REVIEW_KINDS
 from allocator.services.reports.catalogue import COHORT_REPORTS, REPORTS
+from allocator.services.reports.filters import ReportFilter
 from allocator.services.subjects import participants
 from tests.support import ALL_SITES, CLI_ACTOR, COHORT, GOOD_PASSWORD, HERE, Clock, make_user, person
 from tests.support.cohort_reports import grow_cohort, two_site_cohort
-from tests.support.crowd import crowded_trial, grow, statements
+from tests.support.crowd import SIGNED, crowded_trial, grow, statements
 from tests.web.conftest import sign_in
 
 T = "/trials/IFNG-PAIS"
@@ -132,3 +137,38 @@ def test_cohort_reports_cost_the_same_statements_with_ten_times_the_participants
     large = counts()
     grew = {path: (small[path], large[path]) for path in small if large[path] > small[path]}
     assert not grew, f"statements per request grew with the participants (at {SMALL}, at {LARGE}): {grew}"
+
+
+# --- the unblinded statistician's reads, after the final unblinding (issue 21) ----------------------
+
+
+@pytest.mark.req("REP-08", "BLD-08")
+def test_the_unblinded_reads_do_not_read_arms_subject_by_subject(ctx: ServiceContext, db: Database) -> None:
+    """A trial cannot be unblinded twice at two sizes: in a world of 200 subjects, the restricted
+    reports, the final listing and the unblinded export each send fewer statements than half the
+    subjects (reading each subject's arm on its own cost three per subject; measured, the same
+    counts at 20 subjects as at 200)."""
+    crowd = crowded_trial(ctx, subjects=LARGE)
+    stat = crowd.ready.statistician
+    state.lock(ctx, stat, "IFNG-PAIS", reason="last patient out", signature=SIGNED)
+    state.unblind_trial(ctx, stat, "IFNG-PAIS", reason="final analysis", signature=SIGNED)
+    calls: dict[str, Callable[[], object]] = {
+        f"restricted {name}": (
+            lambda name=name: catalogue.build(
+                ctx, stat, "IFNG-PAIS", name, ReportFilter(), ALL_SITES, version="restricted"
+            )
+        )
+        for name, report in REPORTS.items()
+        if report.restricted
+    }
+    calls["final listing"] = lambda: releases.unblinded_listing(ctx, stat, "IFNG-PAIS", signature=SIGNED)
+    calls["unblinded export"] = lambda: exports.export_trial(
+        ctx, stat, "IFNG-PAIS", "csv", name="x.csv", unblinded=True, signature=SIGNED
+    )
+    sent = {}
+    for label, call in calls.items():
+        with statements(db) as seen:
+            call()
+        sent[label] = seen.count
+    assert "restricted participant-flow" in sent
+    assert all(n < LARGE // 2 for n in sent.values()), sent

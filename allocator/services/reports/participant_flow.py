@@ -217,23 +217,34 @@ def participant_flow_by_arm(
     ctx: ServiceContext, reader: Actor, trial_code: str, scope: Scope, flt: ReportFilter
 ) -> ParticipantFlow:
     """The participant flow per arm (REP-04, unblinded): only once the trial is UNBLINDED
-    (trial_state.NotUnblinded, 409, before). Each subject's arm is read through `arm_access`, one
-    audited read per subject, in one unit of work."""
+    (trial_state.NotUnblinded, 409, before). The arms of the frame's subjects are read through
+    `arm_access.subject_arms_in`, in one unit of work: two statements and one audited read naming
+    every subject read, whatever their number (issue 21: three statements and an audit entry per
+    subject before)."""
     frame = scoped_frame(ctx, trial_code, scope, flt)
     with ctx.db.reading() as session:
         lookups.require_unblinded(get_trial(session, frame.code))
     rows = frame_doses(ctx, frame)
     wanted = {r.subject_number for r in rows}
-    arms: dict[str, str] = {}
     with ctx.db.unit_of_work() as session:
         lookups.require_unblinded(get_trial(session, frame.code))  # again, where the arms are read
-        for subject in session.execute(
-            select(Subject).where(Subject.trial_id == frame.trial_id).order_by(Subject.id)
-        ).scalars():
-            if subject.subject_number in wanted:
-                arms[subject.subject_number] = arm_access.subject_arm_in(
-                    session, ctx, reader, frame.code, subject, "participant flow per arm (REP-04)"
-                )
+        numbers = {
+            subject_id: number
+            for subject_id, number in session.execute(
+                select(Subject.id, Subject.subject_number).where(Subject.trial_id == frame.trial_id)
+            ).all()
+            if number in wanted
+        }
+        by_id = arm_access.subject_arms_in(
+            session,
+            ctx,
+            reader,
+            frame.code,
+            frame.trial_id,
+            "participant flow per arm (REP-04)",
+            subject_ids=numbers,
+        )
+    arms = {numbers[subject_id]: arm for subject_id, arm in by_id.items()}
     n = len(frame.day_labels)
     labels = [(a.code, a.label) for a in frame.definition.arms]
     counts = [_flow(None, rows, n)] + [
