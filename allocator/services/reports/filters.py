@@ -20,7 +20,6 @@ from allocator.services import periods, signatures
 from allocator.services.context import ServiceContext
 from allocator.services.errors import FieldProblem, ValidationFailed
 from allocator.services.lookups import current_definition, get_trial
-from allocator.services.subjects import views
 from allocator.trialdef import TrialDefinition
 from allocator.wording import ENGLISH, Words
 from kits.pdf import utc_text
@@ -210,11 +209,6 @@ def scoped_frame(ctx: ServiceContext, trial_code: str, scope: Scope, flt: Report
 def strata_text(values: Mapping[str, object]) -> str:
     """Stratification values without the site (it has its own column)."""
     return "; ".join(f"{k}={v}" for k, v in values.items() if k != "site")
-
-
-def subject_views(ctx: ServiceContext, frame: Frame) -> list[views.SubjectView]:
-    """The blinded subject views within reach, randomized in the period."""
-    return [v for v in views.subjects(ctx, frame.code, frame.scope) if frame.flt.in_period(v.randomized_at)]
 
 
 def frame_subjects(frame: Frame, *columns: Any) -> Select[Any]:
