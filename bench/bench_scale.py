@@ -564,8 +564,38 @@ def run_backend(backend: str, args: argparse.Namespace) -> list[Row]:
             ("monitor", f"API {p}", lambda p=p: api.get(p, headers={"Authorization": f"Bearer {token}"}))
             for p in api_paths
         ]
+        # The operational pages of the trial manager, who reads every site (issue 21's table: the
+        # pharmacy queue of all sites, the kit and code-break reconciliations), when the run reads them.
+        operations = {
+            "manager": [
+                f"{T}/{page}"
+                for page in (
+                    "pharmacy",
+                    "supply",
+                    "stock",
+                    "shipments",
+                    "reconciliation",
+                    "reconciliation.csv",
+                    "code-break",
+                    "code-break.csv",
+                    "strata",
+                    "sites",
+                    "returns",
+                    "excursions",
+                    "closeout",
+                )
+            ],
+        }
+        staff: dict[str, Any] = {}
+        for role, paths in operations.items():
+            if any(wanted(p) for p in paths):
+                username = f"{role}-all-{os.getpid()}"
+                br._user(ctx, username, "trial_manager", None)
+                staff[role] = sign_in(app, ctx, username, totp=False)
+                plan += [(role, p, lambda p=p, c=staff[role]: c.get(p)) for p in paths]
         cookie = app.config["SESSION_COOKIE_NAME"]
         readers = {"monitor": Reader(cookie=monitor.get_cookie(cookie).value), "API": Reader(token=token)}
+        readers |= {role: Reader(cookie=client.get_cookie(cookie).value) for role, client in staff.items()}
         if statistician is not None:
             readers["statistician"] = Reader(cookie=statistician.get_cookie(cookie).value)
         restricted = [
