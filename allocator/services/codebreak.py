@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -54,6 +54,7 @@ from allocator.services import documents as services_documents
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed
 from allocator.services.lookups import current_definition, get_trial
+from allocator.services.reports.filters import Window
 from allocator.services.supply import kit_rules
 from allocator.trialdef import TrialDefinition
 
@@ -857,12 +858,11 @@ class SiteSummary:
 @dataclass(frozen=True, slots=True)
 class CodeBreakReconciliation:
     sites: tuple[SiteSummary, ...]
-    sheets: tuple[SheetRow, ...]
+    sheets: tuple[SheetRow, ...]  # every sheet within reach, or the `window`'s (a page)
     kits_without_sheet: int
-
-    @property
-    def discrepancies(self) -> tuple[str, ...]:
-        return tuple(row.discrepancy for row in self.sheets if row.discrepancy)
+    discrepancies: tuple[str, ...] = ()  # of every sheet within reach, whatever the window
+    total_sheets: int = 0  # sheets within reach
+    window: Window | None = None
 
     @property
     def balanced(self) -> bool:
@@ -903,34 +903,59 @@ def _state(*, registered: bool, ever_opened: bool, replaced: bool, last: str | N
     return NEVER_CHECKED, ""
 
 
-def reconciliation(ctx: ServiceContext, trial_code: str, scope: Scope) -> CodeBreakReconciliation:
+def reconciliation(
+    ctx: ServiceContext, trial_code: str, scope: Scope, *, window: Window | None = None
+) -> CodeBreakReconciliation:
     """Sheets generated, opened with a registered offline unblinding, found opened without one
     (discrepancy), replaced, missing, intact at the last check and never checked, per site (the kit's
-    current site, or the depot for trial-wide roles), with one row per sheet. Every sheet falls in
-    exactly one state, so each site's states add up to its sheets generated. Never an arm."""
+    current site, or the depot for trial-wide roles), with one row per sheet: every sheet's, or with
+    a `window` (a page) only the window's, while the counts and the discrepancies cover every sheet.
+    Every sheet falls in exactly one state, so each site's states add up to its sheets generated.
+    Never an arm.
+
+    Issue 21: columns, not entities (a trial of 5,000 subjects has about 19,000 sheets, and building
+    a sheet and a kit object for each cost more than everything else), and a row put in words (its
+    kit number formatted, its checks looked up) only when it is listed."""
     with ctx.db.reading() as session:
         trial = get_trial(session, trial_code)
         sites = {
             s.id: s.code for s in session.execute(select(Site).where(Site.trial_id == trial.id)).scalars()
         }
         rows = session.execute(
-            select(CodeBreakSheet, Kit)
+            select(
+                CodeBreakSheet.id,
+                CodeBreakSheet.sheet_number,
+                CodeBreakSheet.document_id,
+                CodeBreakSheet.generated_at,
+                CodeBreakSheet.replaces_id,
+                Kit.kit_number,
+                Kit.site_id,
+                Kit.status,
+            )
             .join(Kit, Kit.id == CodeBreakSheet.kit_id)
             .where(CodeBreakSheet.trial_id == trial.id)
             .order_by(CodeBreakSheet.sheet_number)
         ).all()
-        visible = [(sheet, kit) for sheet, kit in rows if _within(scope, kit.site_id)]
-        numbers = {sheet.id: sheet.sheet_number for sheet, _ in rows}
+        numbers = {row.id: row.sheet_number for row in rows}
+        visible = [row for row in rows if _within(scope, row.site_id)]
         replaced_by = _replaced_ids(session, trial)
         registered = _registered_sheet_ids(session, trial)
-        checks: dict[int, list[CodeBreakCheck]] = {}
+        last_checks: dict[int, Any] = {}
+        opened: set[int] = set()
         for check in session.execute(
-            select(CodeBreakCheck)
+            select(
+                CodeBreakCheck.sheet_id,
+                CodeBreakCheck.status,
+                CodeBreakCheck.checked_at,
+                CodeBreakCheck.checked_by_name,
+            )
             .join(CodeBreakSheet, CodeBreakSheet.id == CodeBreakCheck.sheet_id)
             .where(CodeBreakSheet.trial_id == trial.id)
             .order_by(CodeBreakCheck.checked_at, CodeBreakCheck.id)
-        ).scalars():
-            checks.setdefault(check.sheet_id, []).append(check)
+        ):
+            last_checks[check.sheet_id] = check  # the last one stays
+            if check.status == CodeBreakCheckStatus.OPENED.value:
+                opened.add(check.sheet_id)
         copies: Counter[str] = Counter()
         reprints: Counter[str] = Counter()
         for items, reprint in session.execute(
@@ -943,56 +968,63 @@ def reconciliation(ctx: ServiceContext, trial_code: str, scope: Scope) -> CodeBr
                 if reprint:
                     reprints[item] += 1
         missing = kits_without_sheet(session, trial) if scope.all_sites else 0
-        sheet_rows = []
-        for sheet, kit in visible:
-            history = checks.get(sheet.id, [])
-            last = history[-1] if history else None
-            state, discrepancy = _state(
-                registered=sheet.id in registered,
-                ever_opened=any(c.status == CodeBreakCheckStatus.OPENED.value for c in history),
-                replaced=sheet.id in replaced_by,
-                last=last.status if last else None,
-            )
+    listed = range(len(visible)) if window is None else range(window.start, window.start + window.size)
+    summaries: dict[str, dict[str, int]] = {}
+    sheet_rows: list[SheetRow] = []
+    discrepancies: list[str] = []
+    for i, row in enumerate(visible):
+        last = last_checks.get(row.id)
+        state, discrepancy = _state(
+            registered=row.id in registered,
+            ever_opened=row.id in opened,
+            replaced=row.id in replaced_by,
+            last=last.status if last else None,
+        )
+        site = sites.get(row.site_id, DEPOT) if row.site_id is not None else DEPOT
+        summary = summaries.setdefault(site, {"generated": 0, "reprints": 0, "discrepancies": 0})
+        summary["generated"] += 1
+        summary[state] = summary.get(state, 0) + 1
+        summary["reprints"] += reprints[row.sheet_number]
+        if discrepancy:
+            summary["discrepancies"] += 1
+            discrepancies.append(discrepancy)
+        if i in listed:
             sheet_rows.append(
                 SheetRow(
-                    sheet_number=sheet.sheet_number,
-                    kit_number=kitlib.format_kit_number(kit.kit_number),
-                    site=sites.get(kit.site_id, DEPOT) if kit.site_id is not None else DEPOT,
-                    kit_status=kit.status,
-                    document_id=sheet.document_id,
-                    generated_at=sheet.generated_at,
-                    replaces=numbers.get(sheet.replaces_id, "") if sheet.replaces_id is not None else "",
-                    replaced_by=replaced_by.get(sheet.id, ""),
-                    copies=copies[sheet.sheet_number],
+                    sheet_number=row.sheet_number,
+                    kit_number=kitlib.format_kit_number(row.kit_number),
+                    site=site,
+                    kit_status=row.status,
+                    document_id=row.document_id,
+                    generated_at=row.generated_at,
+                    replaces=numbers.get(row.replaces_id, "") if row.replaces_id is not None else "",
+                    replaced_by=replaced_by.get(row.id, ""),
+                    copies=copies[row.sheet_number],
                     last_check=last.status if last else "",
                     last_check_at=last.checked_at if last else None,
                     last_check_by=last.checked_by_name if last else "",
-                    registered_opening=sheet.id in registered,
+                    registered_opening=row.id in registered,
                     state=state,
                     discrepancy=discrepancy,
                 )
             )
-        summaries: dict[str, dict[str, int]] = {}
-        for row in sheet_rows:
-            summary = summaries.setdefault(row.site, {"generated": 0, "reprints": 0, "discrepancies": 0})
-            summary["generated"] += 1
-            summary[row.state] = summary.get(row.state, 0) + 1
-            summary["reprints"] += reprints[row.sheet_number]
-            summary["discrepancies"] += bool(row.discrepancy)
-        return CodeBreakReconciliation(
-            sites=tuple(
-                SiteSummary(
-                    site=site,
-                    counts={state: values.get(state, 0) for state in STATES},
-                    generated=values["generated"],
-                    reprints=values["reprints"],
-                    discrepancies=values["discrepancies"],
-                )
-                for site, values in sorted(summaries.items(), key=lambda item: (item[0] == DEPOT, item[0]))
-            ),
-            sheets=tuple(sheet_rows),
-            kits_without_sheet=missing,
-        )
+    return CodeBreakReconciliation(
+        sites=tuple(
+            SiteSummary(
+                site=site,
+                counts={state: values.get(state, 0) for state in STATES},
+                generated=values["generated"],
+                reprints=values["reprints"],
+                discrepancies=values["discrepancies"],
+            )
+            for site, values in sorted(summaries.items(), key=lambda item: (item[0] == DEPOT, item[0]))
+        ),
+        sheets=tuple(sheet_rows),
+        kits_without_sheet=missing,
+        discrepancies=tuple(discrepancies),
+        total_sheets=len(visible),
+        window=window,
+    )
 
 
 CSV_COLUMNS = (

@@ -14,6 +14,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 from allocator.permissions import Permission, requires
 from allocator.services import codebreak
 from allocator.services.errors import DomainError
+from allocator.services.reports.filters import Window
 from allocator.web import forms, messages
 from allocator.web.security import actor, ctx, current_trial, scope
 
@@ -69,11 +70,13 @@ def _pdf(trial: str, make: Callable[[], codebreak.SheetDocument], form_id: str) 
 @bp.route("/trials/<trial>/code-break")
 @requires(Permission.CODE_BREAK_CHECK)
 def overview(trial: str) -> str:
-    """Blinded: the state of every sheet within reach, the reconciliation and the check form."""
+    """Blinded: the reconciliation of every sheet within reach, a page of the sheets (issue 21: a
+    trial of 5,000 subjects has about 19,000; the CSV holds every one) and the check form."""
+    window = Window.parse(request.args)
     return render_template(
         "codebreak/overview.html",
         trial=trial,
-        report=codebreak.reconciliation(ctx(), trial, scope(Permission.CODE_BREAK_CHECK)),
+        report=codebreak.reconciliation(ctx(), trial, scope(Permission.CODE_BREAK_CHECK), window=window),
         states=codebreak.STATES,
         statuses=codebreak.CHECK_STATUSES,
         form=forms.recall_for(request.path, "check"),

@@ -40,6 +40,7 @@ from allocator.services import auth, codebreak, unblinding
 from allocator.services import sites as services_sites
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, NotFound, ValidationFailed
+from allocator.services.reports.filters import Window
 from allocator.services.signatures import SignatureRefused, SignatureRequest
 from allocator.services.subjects import randomize
 from allocator.services.supply import kit_lists, shipments
@@ -510,6 +511,19 @@ def test_checks_and_the_reconciliation_balance_against_the_truth_and_flag_unregi
     assert rows[opened].registered_opening and rows[opened].kit_status == "allocated"
     assert rows[at["P2"][0]].replaced_by == replacement and rows[replacement].replaces == at["P2"][0]
     assert rows[others_p1[2]].last_check_by == "Mon" and rows[others_p1[2]].last_check == "intact"
+
+    # A page of the sheets (issue 21): the window's rows of the same report, whose counts and
+    # discrepancies still cover every sheet.
+    for start in (0, 5, 50, len(report.sheets) - 2, len(report.sheets) + 3):
+        page = codebreak.reconciliation(ctx, TRIAL, ALL, window=Window(start, 7))
+        assert page.sheets == report.sheets[start : start + 7]
+        assert (page.sites, page.discrepancies, page.kits_without_sheet) == (
+            report.sites,
+            report.discrepancies,
+            report.kits_without_sheet,
+        )
+        assert page.total_sheets == len(report.sheets) == 57 and not page.balanced
+    assert len(report.discrepancies) == 3
 
     # The site pharmacist sees only the sheets of the kits at the site.
     mine = codebreak.reconciliation(ctx, TRIAL, p1)
