@@ -65,6 +65,7 @@ from tests.support import (
     load_ifn,
     person,
 )
+from tests.support.crowd import statements
 from tests.unit.kits.kits_testdata import all_text, decode_qr_codes, flat, page_count
 
 T = TypeVar("T")
@@ -1451,3 +1452,33 @@ def test_a_kit_must_last_until_the_calendar_day_of_the_last_dose_plus_the_margin
     definition = parse_definition(text)
     margin = definition.dispensing.expiry_margin_days
     assert needed_until(definition, date(2026, 3, 2)) == date(2026, 3, 2) + timedelta(days=days + margin)
+
+
+@pytest.mark.req("REP-08")
+def test_the_list_of_shipments_costs_the_same_statements_whatever_the_shipments(s: Supply) -> None:
+    """Issue 21: each shipment's kits were read by a statement of their own (62 statements for the
+    fifty shipments of the 5,000-subject bench). Their numbers, in order, are those of each shipment."""
+    ctx = s.ctx
+    s.generate(24)
+    s.deliver("P1", 4)
+
+    def counted() -> tuple[int, list[shipments.ShipmentView]]:
+        with statements(ctx.db) as seen:
+            listed = shipments.shipments(ctx, TRIAL, ALL)
+        return seen.count, listed
+
+    one, listed = counted()
+    s.deliver("P2", 4)
+    s.deliver("P1", 4)
+    s.deliver("P2", 2)
+    four, listed = counted()
+    assert len(listed) == 4 and four == one
+    with ctx.db.reading() as session:
+        for view in listed:
+            shipped = session.execute(
+                select(Kit.kit_number)
+                .join(Shipment, Shipment.id == Kit.shipment_id)
+                .where(Shipment.number == view.number)
+                .order_by(Kit.kit_number)
+            ).scalars()
+            assert view.kits == tuple(shipped) and len(view.kits) == view.kit_count

@@ -280,13 +280,27 @@ def shipments(ctx: ServiceContext, trial_code: str, scope: Scope) -> list[Shipme
         ).all():
             if shipment_id is not None:
                 reported[shipment_id] = (*reported.get(shipment_id, ()), excursion)
-        rows = session.execute(
-            select(Shipment).where(Shipment.trial_id == trial.id).order_by(Shipment.id.desc())
-        ).scalars()
-        return [
-            _shipment_view(session, s, sites[s.site_id], reported.get(s.id, ()))
-            for s in rows
+        rows = [
+            s
+            for s in session.execute(
+                select(Shipment).where(Shipment.trial_id == trial.id).order_by(Shipment.id.desc())
+            ).scalars()
             if scope.allows_site(s.site_id)
+        ]
+        # The kit numbers of every shipment in one statement, columns only (issue 21: a statement and
+        # an object per kit for each shipment before; a trial ships thousands of kits).
+        numbers: dict[int, list[str]] = {}
+        for shipment_id, kit_number in session.execute(
+            select(Kit.shipment_id, Kit.kit_number)
+            .join(Shipment, Shipment.id == Kit.shipment_id)
+            .where(Shipment.trial_id == trial.id)
+            .order_by(Kit.kit_number)
+        ).all():
+            if shipment_id is not None:  # the join keeps only shipped kits
+                numbers.setdefault(shipment_id, []).append(kit_number)
+        return [
+            _shipment_view(session, s, sites[s.site_id], reported.get(s.id, ()), tuple(numbers.get(s.id, ())))
+            for s in rows
         ]
 
 
@@ -301,9 +315,18 @@ def _reported_excursions(session: Session, shipment: Shipment) -> tuple[str, ...
 
 
 def _shipment_view(
-    session: Session, shipment: Shipment, site_code: str, excursions: tuple[str, ...] = ()
+    session: Session,
+    shipment: Shipment,
+    site_code: str,
+    excursions: tuple[str, ...] = (),
+    kit_numbers: tuple[str, ...] | None = None,
 ) -> ShipmentView:
-    kits = tuple(sorted(k.kit_number for k in _shipment_kits(session, shipment)))
+    """`kit_numbers`, in order, when the caller read them (a list of shipments); else read here."""
+    kits = (
+        kit_numbers
+        if kit_numbers is not None
+        else tuple(sorted(k.kit_number for k in _shipment_kits(session, shipment)))
+    )
     return ShipmentView(
         number=shipment.number,
         site=site_code,
