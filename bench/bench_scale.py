@@ -539,7 +539,10 @@ def run_backend(backend: str, args: argparse.Namespace) -> list[Row]:
         # a statistician of its own.
         wanted = lambda p: (not args.only or args.only in p) and not (args.no_pdf and p.endswith("/pdf"))  # noqa: E731
         statistician = None
-        if any(wanted(f"{T}/reports/restricted/{n}") for n, r in REPORTS.items() if r.restricted):
+        if any(wanted(f"{T}/reports/restricted/{n}") for n, r in REPORTS.items() if r.restricted) or any(
+            wanted(f"{T}/{page}")
+            for page in ("lists", "quality", "code-break/sheets", "audit/unblinded", "drills")
+        ):
             username = "statistician"
             if built:
                 username = f"statistician-{os.getpid()}"
@@ -603,6 +606,18 @@ def run_backend(backend: str, args: argparse.Namespace) -> list[Row]:
             for n, r in REPORTS.items()
             if r.restricted
             for s in ("", "/csv", "/pdf")
+        ]
+        # The statistician's own pages, which grow with the lists, the documents and the trail.
+        restricted += [
+            f"{T}/{page}"
+            for page in (
+                "lists",
+                "quality",
+                "code-break/sheets",
+                "audit/unblinded",
+                "drills",
+                "unblinded-roles",
+            )
         ]
         if statistician is not None:
             plan += [("statistician", p, lambda p=p: statistician.get(p)) for p in restricted]

@@ -155,7 +155,10 @@ def sheets(trial: str) -> str:
         trial=trial,
         missing=codebreak.missing_sheets(ctx(), trial),
         documents=codebreak.documents(ctx(), trial),
-        report=codebreak.reconciliation(ctx(), trial, scope(Permission.CODE_BREAK_GENERATE)),
+        # The per-site summary only: no sheet row is put in words (issue 21).
+        report=codebreak.reconciliation(
+            ctx(), trial, scope(Permission.CODE_BREAK_GENERATE), window=Window(0, 0)
+        ),
         states=codebreak.STATES,
         form_states={form_id: forms.recall_for(request.path, form_id) for form_id in SHEET_FORMS},
     )
