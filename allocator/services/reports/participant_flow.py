@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, Text, and_, case, cast, func, literal, select, true
+from sqlalchemy.orm import aliased
 
 from allocator.audit import Actor
-from allocator.models import Subject
+from allocator.models import Dispensation, ScreeningEntry, Subject, SubjectCorrection, SubjectWithdrawal
 from allocator.notices import N_
 from allocator.permissions import Scope
 from allocator.printing import monitoring_reports
@@ -18,7 +20,14 @@ from allocator.services import arm_access, lookups
 from allocator.services.context import ServiceContext
 from allocator.services.lookups import get_trial
 from allocator.services.reports.dispensing import SubjectDoses, frame_doses
-from allocator.services.reports.filters import ALL_SITES, Frame, ReportFilter, latest_screenings, scoped_frame
+from allocator.services.reports.filters import (
+    ALL_SITES,
+    Frame,
+    ReportFilter,
+    frame_subjects,
+    scoped_frame,
+    strata_text,
+)
 from allocator.wording import Words
 
 # --- CONSORT-style participant flow (REP-04) ------------------------------------------------------
@@ -163,9 +172,201 @@ def _flow(
     )
 
 
-def _screening(ctx: ServiceContext, frame: Frame) -> list[tuple[str, bool, list[str]]]:
-    """(site, eligible, failed criterion ids) of each patient screened in reach and period."""
-    return [(e.site, e.eligible, list(e.failed)) for e in latest_screenings(ctx, frame)]
+@dataclass(slots=True)
+class _Tally:
+    """The counts of a group of subjects, added up from the database's groups."""
+
+    days: int
+    randomized: int = 0
+    in_error: int = 0
+    withdrawn: int = 0
+    complete: int = 0
+    dispensed: list[int] = field(default_factory=list)
+    administered: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.dispensed = [0] * self.days
+        self.administered = [0] * self.days
+
+    def add(self, other: _Tally) -> None:
+        self.randomized += other.randomized
+        self.in_error += other.in_error
+        self.withdrawn += other.withdrawn
+        self.complete += other.complete
+        for i in range(self.days):
+            self.dispensed[i] += other.dispensed[i]
+            self.administered[i] += other.administered[i]
+
+    def counts(self, screened: int | None = None, ineligible: int | None = None) -> FlowCounts:
+        return FlowCounts(
+            screened,
+            ineligible,
+            self.randomized,
+            self.in_error,
+            self.withdrawn,
+            tuple(self.dispensed),
+            tuple(self.administered),
+            self.complete,
+        )
+
+
+def _latest_kit() -> ColumnElement[bool]:
+    """A dispensation that is its subject's latest for its day (no replacement after it): the kit
+    a subject's view shows for that day."""
+    later = aliased(Dispensation)
+    return ~(
+        select(later.id)
+        .where(
+            later.subject_id == Dispensation.subject_id,
+            later.day == Dispensation.day,
+            later.replacement_number > Dispensation.replacement_number,
+        )
+        .exists()
+    )
+
+
+def _stratum_tallies(ctx: ServiceContext, frame: Frame) -> dict[tuple[str, str], _Tally]:
+    """Per site and stratum (as used at randomization) of the frame's subjects: randomized, in
+    error, withdrawn, complete, and each schedule day's kit dispensed and administered (the latest
+    kit of the day, as the subject's view shows it). Counted in the database, two statements
+    whatever the number of subjects (issue 21). The JSON of the strata has no equality on
+    PostgreSQL: the groups are of its text, each distinct text parsed once here and groups with the
+    same stratum text merged."""
+    days = sorted(d.day for d in frame.definition.dispensing.schedule)
+    position = {day: i for i, day in enumerate(days)}
+    n = len(days)
+    strata = cast(Subject.strata, Text)
+    in_frame = frame_subjects(frame, Subject.id)
+    given = (
+        select(Dispensation.subject_id, func.count(func.distinct(Dispensation.day)).label("days"))
+        .where(
+            Dispensation.subject_id.in_(in_frame),
+            Dispensation.status == "administered",
+            Dispensation.day.in_(days),
+            _latest_kit(),
+        )
+        .group_by(Dispensation.subject_id)
+        .subquery()
+    )
+    in_error = select(SubjectCorrection.subject_id).where(SubjectCorrection.kind == "randomized_in_error")
+    withdrawn = select(SubjectWithdrawal.subject_id)
+
+    def yes(condition: ColumnElement[bool]) -> ColumnElement[int]:
+        return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+    with ctx.db.reading() as session:
+        subjects = session.execute(
+            frame_subjects(
+                frame,
+                Subject.site_id,
+                strata,
+                func.count(Subject.id),
+                yes(Subject.id.in_(in_error)),
+                yes(Subject.id.in_(withdrawn)),
+                yes(given.c.days == n) if n else literal(0),
+            )
+            .outerjoin(given, given.c.subject_id == Subject.id)
+            .group_by(Subject.site_id, strata)
+        ).all()
+        kits = session.execute(
+            frame_subjects(
+                frame,
+                Subject.site_id,
+                strata,
+                Dispensation.day,
+                Dispensation.status,
+                func.count(func.distinct(Dispensation.subject_id)),
+            )
+            .join(Dispensation, Dispensation.subject_id == Subject.id)
+            .where(
+                Dispensation.status.in_(("dispensed", "administered")),
+                Dispensation.day.in_(days),
+                _latest_kit(),
+            )
+            .group_by(Subject.site_id, strata, Dispensation.day, Dispensation.status)
+        ).all()
+    texts: dict[str, str] = {}
+
+    def stratum(text: str) -> str:
+        if text not in texts:
+            texts[text] = strata_text(json.loads(text))
+        return texts[text]
+
+    tallies: dict[tuple[str, str], _Tally] = {}
+    for site_id, text, randomized, errors, withdrawals, complete in subjects:
+        tally = tallies.setdefault((frame.sites[site_id], stratum(text)), _Tally(n))
+        tally.randomized += randomized
+        tally.in_error += int(errors)
+        tally.withdrawn += int(withdrawals)
+        tally.complete += int(complete)
+    for site_id, text, day, status, count in kits:
+        tally = tallies[(frame.sites[site_id], stratum(text))]
+        tally.dispensed[position[day]] += count
+        if status == "administered":
+            tally.administered[position[day]] += count
+    return tallies
+
+
+def _latest_screenings(frame: Frame) -> ColumnElement[bool]:
+    """A screening entry that is its patient's latest check (the highest id of its screening
+    number at its site), at a site within reach, in the period: one patient screened, as
+    `filters.latest_screenings` reads them."""
+    latest = (
+        select(func.max(ScreeningEntry.id))
+        .where(ScreeningEntry.trial_id == frame.trial_id)
+        .group_by(ScreeningEntry.site_id, ScreeningEntry.screening_number)
+    )
+    conditions = [ScreeningEntry.id.in_(latest)]
+    if not frame.scope.all_sites:
+        conditions.append(ScreeningEntry.site_id.in_(sorted(frame.scope.site_ids)))
+    if frame.flt.start is not None:
+        conditions.append(ScreeningEntry.screened_at >= frame.flt.start)
+    if frame.flt.end is not None:
+        conditions.append(ScreeningEntry.screened_at < frame.flt.end)
+    return and_(*conditions)
+
+
+def _screening_counts(
+    ctx: ServiceContext, frame: Frame
+) -> tuple[dict[str, tuple[int, int]], tuple[tuple[str, int], ...]]:
+    """Per site code, the patients screened and found ineligible; and the failed criteria of the
+    ineligible ones (each criterion once per patient, most failed first, then by id, worded by the
+    definition). Counted in the database: each patient's failures unnested there (issue 21)."""
+    latest = _latest_screenings(frame)
+    with ctx.db.reading() as session:
+        if session.get_bind().dialect.name == "postgresql":
+            items = func.json_array_elements(ScreeningEntry.failures).table_valued("value")
+            criterion = func.json_extract_path_text(items.c.value, "criterion")
+        else:
+            items = func.json_each(ScreeningEntry.failures).table_valued("value")
+            criterion = func.json_extract(items.c.value, "$.criterion")
+        criterion = func.coalesce(criterion, "")
+        per_site = session.execute(
+            select(
+                ScreeningEntry.site_id,
+                func.count(ScreeningEntry.id),
+                func.sum(case((ScreeningEntry.eligible, 0), else_=1)),
+            )
+            .where(latest)
+            .group_by(ScreeningEntry.site_id)
+        ).all()
+        failed = session.execute(
+            select(criterion, func.count(func.distinct(ScreeningEntry.id)))
+            .select_from(ScreeningEntry)
+            .join(items, true())
+            .where(latest, ScreeningEntry.eligible.is_(False))
+            .group_by(criterion)
+        ).all()
+    screened = {frame.sites[site_id]: (count, int(ineligible)) for site_id, count, ineligible in per_site}
+    counted: Counter[str] = Counter()
+    for c, count in failed:
+        counted[str(c)] += count
+    labels = {c.id: c.label.en for c in frame.definition.eligibility}
+    reasons = tuple(
+        (labels.get(c, c), count)
+        for c, count in sorted(counted.items(), key=lambda item: (-item[1], item[0]))
+    )
+    return screened, reasons
 
 
 def participant_flow(
@@ -173,27 +374,30 @@ def participant_flow(
 ) -> ParticipantFlow:
     """CONSORT-style numbers, blinded: screened, ineligible (with the failed criteria), randomized,
     randomized in error, withdrawn, kits dispensed and administered per day, complete treatments; in
-    total, per site and per stratum."""
+    total, per site and per stratum. Counted in the database by site and stratum, a fixed number of
+    statements whatever the number of subjects and screenings (issue 21); the same numbers as each
+    subject's view counted one by one (`participant_flow_by_arm` still reads those: it needs each
+    subject's audited arm)."""
     frame = scoped_frame(ctx, trial_code, scope, flt)
-    rows = frame_doses(ctx, frame)
-    screening = _screening(ctx, frame)
     n = len(frame.day_labels)
-    columns = (ALL_SITES, *frame.site_codes)
-    counts = [_flow([(e, f) for _, e, f in screening], rows, n)]
-    screened_at: dict[str, list[tuple[bool, list[str]]]] = defaultdict(list)
-    for site, eligible, failed in screening:
-        screened_at[site].append((eligible, failed))
-    randomized_at: dict[str, list[SubjectDoses]] = defaultdict(list)
-    for r in rows:
-        randomized_at[r.site].append(r)
-    for code in frame.site_codes:
-        counts.append(_flow(screened_at[code], randomized_at[code], n))
+    tallies = _stratum_tallies(ctx, frame)
+    screened, reasons = _screening_counts(ctx, frame)
+    per_site = {code: _Tally(n) for code in frame.site_codes}
+    for (site, _stratum), tally in tallies.items():
+        per_site.setdefault(site, _Tally(n)).add(tally)
+    total = _Tally(n)
+    for tally in per_site.values():
+        total.add(tally)
+    counts = [
+        total.counts(sum(s for s, _ in screened.values()), sum(i for _, i in screened.values())),
+        *(per_site[code].counts(*screened.get(code, (0, 0))) for code in frame.site_codes),
+    ]
     return ParticipantFlow(
         frame.day_labels,
-        columns,
+        (ALL_SITES, *frame.site_codes),
         tuple(counts),
-        _by_stratum(frame, rows),
-        _reasons(frame, screening),
+        tuple((site, stratum, tallies[(site, stratum)].counts()) for site, stratum in sorted(tallies)),
+        reasons,
     )
 
 
@@ -203,14 +407,6 @@ def _by_stratum(frame: Frame, rows: Sequence[SubjectDoses]) -> tuple[tuple[str, 
         groups[(r.site, r.strata)].append(r)
     n = len(frame.day_labels)
     return tuple((site, stratum, _flow(None, groups[(site, stratum)], n)) for site, stratum in sorted(groups))
-
-
-def _reasons(frame: Frame, screening: Sequence[tuple[str, bool, list[str]]]) -> tuple[tuple[str, int], ...]:
-    failed = Counter(c for _, eligible, criteria in screening if not eligible for c in set(criteria))
-    labels = {c.id: c.label.en for c in frame.definition.eligibility}
-    return tuple(
-        (labels.get(c, c), n) for c, n in sorted(failed.items(), key=lambda item: (-item[1], item[0]))
-    )
 
 
 def participant_flow_by_arm(
