@@ -316,7 +316,7 @@ def _latest_screenings(frame: Frame) -> ColumnElement[bool]:
         .where(ScreeningEntry.trial_id == frame.trial_id)
         .group_by(ScreeningEntry.site_id, ScreeningEntry.screening_number)
     )
-    conditions = [ScreeningEntry.id.in_(latest)]
+    conditions: list[ColumnElement[bool]] = [ScreeningEntry.id.in_(latest)]
     if not frame.scope.all_sites:
         conditions.append(ScreeningEntry.site_id.in_(sorted(frame.scope.site_ids)))
     if frame.flt.start is not None:
