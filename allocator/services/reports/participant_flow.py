@@ -8,8 +8,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import ColumnElement, Text, and_, case, cast, func, literal, select, true
-from sqlalchemy.orm import aliased
+from sqlalchemy import ColumnElement, Subquery, Text, case, cast, func, literal, select, true
 
 from allocator.audit import Actor
 from allocator.models import Dispensation, ScreeningEntry, Subject, SubjectCorrection, SubjectWithdrawal
@@ -210,151 +209,133 @@ class _Tally:
         )
 
 
-def _latest_kit() -> ColumnElement[bool]:
-    """A dispensation that is its subject's latest for its day (no replacement after it): the kit
-    a subject's view shows for that day."""
-    later = aliased(Dispensation)
-    return ~(
-        select(later.id)
-        .where(
-            later.subject_id == Dispensation.subject_id,
-            later.day == Dispensation.day,
-            later.replacement_number > Dispensation.replacement_number,
-        )
-        .exists()
-    )
+# A kit's status as a digit, so that one MAX over `replacement_number * 4 + digit` finds the status of
+# a subject's latest kit of a day (the highest replacement number; one row per number and day).
+_STATUS_DIGIT = {"dispensed": 1, "administered": 2}  # anything else (allocated, replaced): 0
 
 
 def _stratum_tallies(ctx: ServiceContext, frame: Frame) -> dict[tuple[str, str], _Tally]:
     """Per site and stratum (as used at randomization) of the frame's subjects: randomized, in
-    error, withdrawn, complete, and each schedule day's kit dispensed and administered (the latest
-    kit of the day, as the subject's view shows it). Counted in the database, two statements
-    whatever the number of subjects (issue 21). The JSON of the strata has no equality on
-    PostgreSQL: the groups are of its text, each distinct text parsed once here and groups with the
-    same stratum text merged."""
+    error, withdrawn, complete, and each schedule day's kit dispensed and administered. Counted in
+    the database, one statement whatever the number of subjects (issue 21): each subject joined to
+    its kits and summed up per subject (the day's kit is its latest, as the subject's view shows
+    it), then per site and stratum. Only tables are joined, never a grouped result: without
+    statistics, PostgreSQL looped over one for each subject. The JSON of the strata has no
+    equality on PostgreSQL: the groups are of its text, each distinct text parsed once here and
+    groups of the same stratum text merged."""
     days = sorted(d.day for d in frame.definition.dispensing.schedule)
-    position = {day: i for i, day in enumerate(days)}
     n = len(days)
     strata = cast(Subject.strata, Text)
-    in_frame = frame_subjects(frame, Subject.id)
-    given = (
-        select(Dispensation.subject_id, func.count(func.distinct(Dispensation.day)).label("days"))
-        .where(
-            Dispensation.subject_id.in_(in_frame),
-            Dispensation.status == "administered",
-            Dispensation.day.in_(days),
-            _latest_kit(),
+    digit = case(
+        *((Dispensation.status == status, value) for status, value in _STATUS_DIGIT.items()), else_=0
+    )
+    ranked = Dispensation.replacement_number * 4 + digit
+    per_subject = (
+        frame_subjects(
+            frame,
+            Subject.id.label("subject_id"),
+            Subject.site_id,
+            strata.label("strata"),
+            *(
+                func.max(case((Dispensation.day == day, ranked))).label(f"kit_{i}")
+                for i, day in enumerate(days)
+            ),
         )
-        .group_by(Dispensation.subject_id)
+        .outerjoin(Dispensation, Dispensation.subject_id == Subject.id)
+        .group_by(Subject.id, Subject.site_id, strata)
         .subquery()
     )
+    # The latest kit's digit of each day (none: no kit that day).
+    latest = [per_subject.c[f"kit_{i}"] % 4 for i in range(n)]
+    administered = [case((status == _STATUS_DIGIT["administered"], 1), else_=0) for status in latest]
+    complete = func.sum(case((sum(administered[1:], administered[0]) == n, 1), else_=0)) if n else literal(0)
     in_error = select(SubjectCorrection.subject_id).where(SubjectCorrection.kind == "randomized_in_error")
     withdrawn = select(SubjectWithdrawal.subject_id)
-
-    def yes(condition: ColumnElement[bool]) -> ColumnElement[int]:
-        return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
-
     with ctx.db.reading() as session:
-        subjects = session.execute(
-            frame_subjects(
-                frame,
-                Subject.site_id,
-                strata,
-                func.count(Subject.id),
-                yes(Subject.id.in_(in_error)),
-                yes(Subject.id.in_(withdrawn)),
-                yes(given.c.days == n) if n else literal(0),
-            )
-            .outerjoin(given, given.c.subject_id == Subject.id)
-            .group_by(Subject.site_id, strata)
-        ).all()
-        kits = session.execute(
-            frame_subjects(
-                frame,
-                Subject.site_id,
-                strata,
-                Dispensation.day,
-                Dispensation.status,
-                func.count(func.distinct(Dispensation.subject_id)),
-            )
-            .join(Dispensation, Dispensation.subject_id == Subject.id)
-            .where(
-                Dispensation.status.in_(("dispensed", "administered")),
-                Dispensation.day.in_(days),
-                _latest_kit(),
-            )
-            .group_by(Subject.site_id, strata, Dispensation.day, Dispensation.status)
+        rows = session.execute(
+            select(
+                per_subject.c.site_id,
+                per_subject.c.strata,
+                func.count(),
+                func.sum(case((per_subject.c.subject_id.in_(in_error), 1), else_=0)),
+                func.sum(case((per_subject.c.subject_id.in_(withdrawn), 1), else_=0)),
+                complete,
+                *(
+                    func.sum(case((status.in_(tuple(_STATUS_DIGIT.values())), 1), else_=0))
+                    for status in latest
+                ),
+                *(func.sum(given) for given in administered),
+            ).group_by(per_subject.c.site_id, per_subject.c.strata)
         ).all()
     texts: dict[str, str] = {}
-
-    def stratum(text: str) -> str:
+    tallies: dict[tuple[str, str], _Tally] = {}
+    for site_id, text, randomized, errors, withdrawals, completed, *doses in rows:
         if text not in texts:
             texts[text] = strata_text(json.loads(text))
-        return texts[text]
-
-    tallies: dict[tuple[str, str], _Tally] = {}
-    for site_id, text, randomized, errors, withdrawals, complete in subjects:
-        tally = tallies.setdefault((frame.sites[site_id], stratum(text)), _Tally(n))
+        tally = tallies.setdefault((frame.sites[site_id], texts[text]), _Tally(n))
         tally.randomized += randomized
         tally.in_error += int(errors)
         tally.withdrawn += int(withdrawals)
-        tally.complete += int(complete)
-    for site_id, text, day, status, count in kits:
-        tally = tallies[(frame.sites[site_id], stratum(text))]
-        tally.dispensed[position[day]] += count
-        if status == "administered":
-            tally.administered[position[day]] += count
+        tally.complete += int(completed)
+        for i in range(n):
+            tally.dispensed[i] += int(doses[i])
+            tally.administered[i] += int(doses[n + i])
     return tallies
 
 
-def _latest_screenings(frame: Frame) -> ColumnElement[bool]:
-    """A screening entry that is its patient's latest check (the highest id of its screening
-    number at its site), at a site within reach, in the period: one patient screened, as
-    `filters.latest_screenings` reads them."""
-    latest = (
-        select(func.max(ScreeningEntry.id))
-        .where(ScreeningEntry.trial_id == frame.trial_id)
-        .group_by(ScreeningEntry.site_id, ScreeningEntry.screening_number)
-    )
-    conditions: list[ColumnElement[bool]] = [ScreeningEntry.id.in_(latest)]
+def _latest_screenings(frame: Frame) -> Subquery:
+    """Each screening entry at a site within reach with `latest` = 1 when it is its patient's latest
+    check (the highest id of its screening number at its site), as `filters.latest_screenings` reads
+    them (ranked in a window: no grouped result joined back, see `_stratum_tallies`)."""
+    query = select(
+        ScreeningEntry.id,
+        ScreeningEntry.site_id,
+        ScreeningEntry.eligible,
+        ScreeningEntry.failures,
+        ScreeningEntry.screened_at,
+        func.row_number()
+        .over(
+            partition_by=(ScreeningEntry.site_id, ScreeningEntry.screening_number),
+            order_by=ScreeningEntry.id.desc(),
+        )
+        .label("latest"),
+    ).where(ScreeningEntry.trial_id == frame.trial_id)
     if not frame.scope.all_sites:
-        conditions.append(ScreeningEntry.site_id.in_(sorted(frame.scope.site_ids)))
-    if frame.flt.start is not None:
-        conditions.append(ScreeningEntry.screened_at >= frame.flt.start)
-    if frame.flt.end is not None:
-        conditions.append(ScreeningEntry.screened_at < frame.flt.end)
-    return and_(*conditions)
+        query = query.where(ScreeningEntry.site_id.in_(sorted(frame.scope.site_ids)))
+    return query.subquery()
 
 
 def _screening_counts(
     ctx: ServiceContext, frame: Frame
 ) -> tuple[dict[str, tuple[int, int]], tuple[tuple[str, int], ...]]:
-    """Per site code, the patients screened and found ineligible; and the failed criteria of the
-    ineligible ones (each criterion once per patient, most failed first, then by id, worded by the
-    definition). Counted in the database: each patient's failures unnested there (issue 21)."""
-    latest = _latest_screenings(frame)
+    """Per site code, the patients screened in the period and found ineligible; and the failed
+    criteria of the ineligible ones (each criterion once per patient, most failed first, then by
+    id, worded by the definition). Counted in the database, each patient's failures unnested there
+    (issue 21). A patient is in the period when its latest check is."""
+    entries = _latest_screenings(frame)
+    patients: list[ColumnElement[bool]] = [entries.c.latest == 1]
+    if frame.flt.start is not None:
+        patients.append(entries.c.screened_at >= frame.flt.start)
+    if frame.flt.end is not None:
+        patients.append(entries.c.screened_at < frame.flt.end)
     with ctx.db.reading() as session:
         if session.get_bind().dialect.name == "postgresql":
-            items = func.json_array_elements(ScreeningEntry.failures).table_valued("value")
+            items = func.json_array_elements(entries.c.failures).table_valued("value")
             criterion = func.json_extract_path_text(items.c.value, "criterion")
         else:
-            items = func.json_each(ScreeningEntry.failures).table_valued("value")
+            items = func.json_each(entries.c.failures).table_valued("value")
             criterion = func.json_extract(items.c.value, "$.criterion")
         criterion = func.coalesce(criterion, "")
         per_site = session.execute(
-            select(
-                ScreeningEntry.site_id,
-                func.count(ScreeningEntry.id),
-                func.sum(case((ScreeningEntry.eligible, 0), else_=1)),
-            )
-            .where(latest)
-            .group_by(ScreeningEntry.site_id)
+            select(entries.c.site_id, func.count(), func.sum(case((entries.c.eligible, 0), else_=1)))
+            .where(*patients)
+            .group_by(entries.c.site_id)
         ).all()
         failed = session.execute(
-            select(criterion, func.count(func.distinct(ScreeningEntry.id)))
-            .select_from(ScreeningEntry)
+            select(criterion, func.count(func.distinct(entries.c.id)))
+            .select_from(entries)
             .join(items, true())
-            .where(latest, ScreeningEntry.eligible.is_(False))
+            .where(*patients, entries.c.eligible.is_(False))
             .group_by(criterion)
         ).all()
     screened = {frame.sites[site_id]: (count, int(ineligible)) for site_id, count, ineligible in per_site}
