@@ -108,11 +108,16 @@ def enrolment(ctx: ServiceContext, trial_code: str, scope: Scope, flt: ReportFil
                 ).group_by(Subject.site_id)
             ).all()
         }
+        # A Core statement (rows by position, no ORM layer): one row per subject.
         days: dict[str, Counter[date]] = {code: Counter() for code in frame.site_codes}
-        for site_id, at in session.execute(
-            frame_subjects(frame, Subject.site_id, Subject.randomized_at)
-        ).all():
-            days[frame.sites[site_id]][at.astimezone(zone).date()] += 1
+        every_day: Counter[date] = Counter()
+        per_site = {site_id: days[code] for site_id, code in frame.sites.items() if code in days}
+        for site_id, at in (
+            session.connection().execute(frame_subjects(frame, Subject.site_id, Subject.randomized_at)).all()
+        ):
+            day = at.astimezone(zone).date()
+            per_site[site_id][day] += 1
+            every_day[day] += 1
     by_code = {frame.sites[site_id]: counted for site_id, counted in totals.items()}
     sites = tuple(SiteAccrual(code, *by_code.get(code, (0, None, None))) for code in sorted(days))
     firsts = [s.first for s in sites if s.first is not None]
@@ -137,7 +142,7 @@ def enrolment(ctx: ServiceContext, trial_code: str, scope: Scope, flt: ReportFil
                 week += timedelta(days=7)
         series = [_cumulative(code, counted) for code, counted in sorted(days.items())]
         if len(days) > 1:
-            series.append(_cumulative(ALL_SITES, sum(days.values(), Counter())))
+            series.append(_cumulative(ALL_SITES, every_day))
         chart = monitoring_reports.StepChart(
             N_("Cumulative enrolment per site"), N_("Subjects randomized"), tuple(series)
         )
