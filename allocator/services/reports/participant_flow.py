@@ -8,7 +8,20 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import ColumnElement, Subquery, Text, case, cast, func, literal, select, true
+from sqlalchemy import (
+    CTE,
+    ColumnElement,
+    Integer,
+    Text,
+    case,
+    cast,
+    func,
+    literal,
+    null,
+    select,
+    true,
+    union_all,
+)
 
 from allocator.audit import Actor
 from allocator.models import Dispensation, ScreeningEntry, Subject, SubjectCorrection, SubjectWithdrawal
@@ -283,7 +296,7 @@ def _stratum_tallies(ctx: ServiceContext, frame: Frame) -> dict[tuple[str, str],
     return tallies
 
 
-def _latest_screenings(frame: Frame) -> Subquery:
+def _latest_screenings(frame: Frame) -> CTE:
     """Each screening entry at a site within reach with `latest` = 1 when it is its patient's latest
     check (the highest id of its screening number at its site), as `filters.latest_screenings` reads
     them (ranked in a window: no grouped result joined back, see `_stratum_tallies`)."""
@@ -302,7 +315,7 @@ def _latest_screenings(frame: Frame) -> Subquery:
     ).where(ScreeningEntry.trial_id == frame.trial_id)
     if not frame.scope.all_sites:
         query = query.where(ScreeningEntry.site_id.in_(sorted(frame.scope.site_ids)))
-    return query.subquery()
+    return query.cte("screened")
 
 
 def _screening_counts(
@@ -311,7 +324,9 @@ def _screening_counts(
     """Per site code, the patients screened in the period and found ineligible; and the failed
     criteria of the ineligible ones (each criterion once per patient, most failed first, then by
     id, worded by the definition). Counted in the database, each patient's failures unnested there
-    (issue 21). A patient is in the period when its latest check is."""
+    (issue 21), in one statement: the entries ranked once (a WITH query used twice is computed
+    once), then the rows of the sites (criterion null) and those of the criteria (site null). A
+    patient is in the period when its latest check is."""
     entries = _latest_screenings(frame)
     patients: list[ColumnElement[bool]] = [entries.c.latest == 1]
     if frame.flt.start is not None:
@@ -326,18 +341,25 @@ def _screening_counts(
             items = func.json_each(entries.c.failures).table_valued("value")
             criterion = func.json_extract(items.c.value, "$.criterion")
         criterion = func.coalesce(criterion, "")
-        per_site = session.execute(
-            select(entries.c.site_id, func.count(), func.sum(case((entries.c.eligible, 0), else_=1)))
-            .where(*patients)
-            .group_by(entries.c.site_id)
+        rows = session.execute(
+            union_all(
+                select(
+                    entries.c.site_id,
+                    cast(null(), Text),
+                    func.count(),
+                    func.sum(case((entries.c.eligible, 0), else_=1)),
+                )
+                .where(*patients)
+                .group_by(entries.c.site_id),
+                select(cast(null(), Integer), criterion, func.count(func.distinct(entries.c.id)), null())
+                .select_from(entries)
+                .join(items, true())
+                .where(*patients, entries.c.eligible.is_(False))
+                .group_by(criterion),
+            )
         ).all()
-        failed = session.execute(
-            select(criterion, func.count(func.distinct(entries.c.id)))
-            .select_from(entries)
-            .join(items, true())
-            .where(*patients, entries.c.eligible.is_(False))
-            .group_by(criterion)
-        ).all()
+    per_site = [(site_id, count, ineligible) for site_id, _, count, ineligible in rows if site_id is not None]
+    failed = [(c, count) for site_id, c, count, _ in rows if site_id is None]
     screened = {frame.sites[site_id]: (count, int(ineligible)) for site_id, count, ineligible in per_site}
     counted: Counter[str] = Counter()
     for c, count in failed:
