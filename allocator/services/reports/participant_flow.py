@@ -193,8 +193,8 @@ class _Tally:
     in_error: int = 0
     withdrawn: int = 0
     complete: int = 0
-    dispensed: list[int] = field(default_factory=list)
-    administered: list[int] = field(default_factory=list)
+    dispensed: list[int] = field(init=False)  # per day
+    administered: list[int] = field(init=False)
 
     def __post_init__(self) -> None:
         self.dispensed = [0] * self.days
