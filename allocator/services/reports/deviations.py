@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import aliased
+from sqlalchemy import ColumnElement, Interval, func, literal, select
+from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
 from allocator.audit import Action
 from allocator.models import (
@@ -338,6 +339,31 @@ def _refused(ctx: ServiceContext, frame: Frame) -> list[RefusedAttempt]:
     return out
 
 
+def _in_reach(frame: Frame, moment: InstrumentedAttribute[Any]) -> list[ColumnElement[bool]]:
+    """The conditions of a row joined to its subject: the frame's trial and sites, and a `moment`
+    in the period (none without a moment, when there is a period)."""
+    conditions: list[ColumnElement[bool]] = [Subject.trial_id == frame.trial_id]
+    if not frame.scope.all_sites:
+        conditions.append(Subject.site_id.in_(sorted(frame.scope.site_ids)))
+    if frame.flt.start is not None:
+        conditions.append(moment >= frame.flt.start)
+    if frame.flt.end is not None:
+        conditions.append(moment < frame.flt.end)
+    return conditions
+
+
+def _recorded_late(session: Session) -> ColumnElement[bool]:
+    """Administrations recorded more than LATE_AFTER after the time the nurse stated (DIB-09), as
+    the database can tell: an interval on PostgreSQL; on SQLite, the difference of Julian days,
+    whose rounding a second's margin covers (the rows kept are checked again exactly)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return Administration.recorded_at - Administration.administered_at > literal(LATE_AFTER, Interval())
+    seconds = (
+        func.julianday(Administration.recorded_at) - func.julianday(Administration.administered_at)
+    ) * 86400
+    return seconds > LATE_AFTER.total_seconds() - 1
+
+
 def deviations(ctx: ServiceContext, trial_code: str, scope: Scope, flt: ReportFilter) -> Deviations:
     """Protocol-deviation support listings for the period: mis-stratifications, randomizations in
     error, refused scans and dispensing attempts, expired or quarantined kits blocked, kit
@@ -408,20 +434,14 @@ def deviations(ctx: ServiceContext, trial_code: str, scope: Scope, flt: ReportFi
             if frame.visible(event.site_id if event.site_id is not None else kit.site_id)
             and (frame.flt.in_period(event.at))
         ]
-        # Columns, not entities (issue 21): the subjects' numbers, the replaced kits with the kit
-        # that replaced each, the administrations' times.
-        numbers = {
-            sid: (number, site_id)
-            for sid, number, site_id in session.execute(
-                select(Subject.id, Subject.subject_number, Subject.site_id).where(
-                    Subject.trial_id == frame.trial_id
-                )
-            ).all()
-        }
+        # Columns, not entities, and only the rows listed (issue 21): the replaced kits with the kit
+        # that replaced each, and the late administrations, within reach and in the period, each
+        # with its subject's number; the database leaves the others out.
         after, new_kit = aliased(Dispensation), aliased(Kit)
         replaced = session.execute(
             select(
-                Dispensation.subject_id,
+                Subject.subject_number,
+                Subject.site_id,
                 Dispensation.day,
                 Dispensation.replaced_at,
                 Dispensation.replacement_reason,
@@ -437,12 +457,13 @@ def deviations(ctx: ServiceContext, trial_code: str, scope: Scope, flt: ReportFi
                 & (after.replacement_number == Dispensation.replacement_number + 1),
             )
             .outerjoin(new_kit, new_kit.id == after.kit_id)
-            .where(Subject.trial_id == frame.trial_id, Dispensation.status == "replaced")
+            .where(Dispensation.status == "replaced", *_in_reach(frame, Dispensation.replaced_at))
             .order_by(Dispensation.id)
         ).all()
         administrations = session.execute(
             select(
-                Administration.subject_id,
+                Subject.subject_number,
+                Subject.site_id,
                 Administration.day,
                 Administration.administered_at,
                 Administration.recorded_at,
@@ -450,27 +471,26 @@ def deviations(ctx: ServiceContext, trial_code: str, scope: Scope, flt: ReportFi
                 Administration.recorded_by_name,
             )
             .join(Subject, Subject.id == Administration.subject_id)
-            .where(Subject.trial_id == frame.trial_id)
+            .where(_recorded_late(session), *_in_reach(frame, Administration.recorded_at))
             .order_by(Administration.id)
         ).all()
     labels = {d.day: d.label for d in frame.definition.dispensing.schedule}
     replacements = [
         Replacement(
             replaced_at,
-            numbers[subject_id][0],
-            frame.sites[numbers[subject_id][1]],
-            labels.get(day, str(day)),
             number,
+            frame.sites[site_id],
+            labels.get(day, str(day)),
+            kit_number,
             replaced_by or "",
             reason or "",
         )
-        for subject_id, day, replaced_at, reason, number, replaced_by in replaced
-        if frame.visible(numbers[subject_id][1]) and (frame.flt.in_period(replaced_at))
+        for number, site_id, day, replaced_at, reason, kit_number, replaced_by in replaced
     ]
     late = [
         LateEntry(
-            numbers[a.subject_id][0],
-            frame.sites[numbers[a.subject_id][1]],
+            a.subject_number,
+            frame.sites[a.site_id],
             labels.get(a.day, str(a.day)),
             a.administered_at,
             a.recorded_at,
@@ -478,9 +498,7 @@ def deviations(ctx: ServiceContext, trial_code: str, scope: Scope, flt: ReportFi
             a.recorded_by_name,
         )
         for a in administrations
-        if a.recorded_at - a.administered_at > LATE_AFTER
-        and frame.visible(numbers[a.subject_id][1])
-        and (frame.flt.in_period(a.recorded_at))
+        if a.recorded_at - a.administered_at > LATE_AFTER  # exact, whatever the database's arithmetic
     ]
     return Deviations(
         tuple(sorted(mis, key=lambda m: m.at)),

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import func
 
 from allocator.models import Subject
 from allocator.notices import N_
 from allocator.permissions import Scope
 from allocator.printing import monitoring_reports
 from allocator.services.context import ServiceContext
-from allocator.services.reports.filters import ALL_SITES, ReportFilter, scoped_frame
+from allocator.services.reports.filters import ALL_SITES, ReportFilter, frame_subjects, scoped_frame
 from allocator.wording import Words
 
 # --- recruitment and enrolment (REP-05, REP-08) ---------------------------------------------------
@@ -88,48 +88,61 @@ class Enrolment:
 
 def enrolment(ctx: ServiceContext, trial_code: str, scope: Scope, flt: ReportFilter) -> Enrolment:
     """First and last randomization per site and overall, accrual per week and site, and the
-    cumulative enrolment chart (every subject counts, randomized in error included: ITT)."""
+    cumulative enrolment chart (every subject counts, randomized in error included: ITT). The
+    database counts each site's subjects and finds their first and last randomization; the weeks
+    and the chart are of calendar days in the trial's time zone, which SQLite cannot tell: each
+    subject's randomization time is read and put in that zone once, then only days are counted
+    (issue 21)."""
     frame = scoped_frame(ctx, trial_code, scope, flt)
+    zone = ZoneInfo(frame.definition.timezone)
     with ctx.db.reading() as session:
-        rows = [
-            (site_id, at)
-            for site_id, at in session.execute(
-                select(Subject.site_id, Subject.randomized_at)
-                .where(Subject.trial_id == frame.trial_id)
-                .order_by(Subject.randomized_at, Subject.id)
+        totals = {
+            site_id: (count, first, last)
+            for site_id, count, first, last in session.execute(
+                frame_subjects(
+                    frame,
+                    Subject.site_id,
+                    func.count(Subject.id),
+                    func.min(Subject.randomized_at),
+                    func.max(Subject.randomized_at),
+                ).group_by(Subject.site_id)
             ).all()
-            if frame.visible(site_id) and frame.flt.in_period(at)
-        ]
-    codes = frame.site_codes
-    by_site: dict[str, list[datetime]] = {code: [] for code in codes}
-    for site_id, at in rows:
-        by_site.setdefault(frame.sites[site_id], []).append(at)
-    everything = [at for _, at in rows]
-    sites = tuple(
-        SiteAccrual(code, len(times), min(times, default=None), max(times, default=None))
-        for code, times in sorted(by_site.items())
-    )
+        }
+        # A Core statement (rows by position, no ORM layer): one row per subject.
+        days: dict[str, Counter[date]] = {code: Counter() for code in frame.site_codes}
+        every_day: Counter[date] = Counter()
+        per_site = {site_id: days[code] for site_id, code in frame.sites.items() if code in days}
+        for site_id, at in (
+            session.connection().execute(frame_subjects(frame, Subject.site_id, Subject.randomized_at)).all()
+        ):
+            day = at.astimezone(zone).date()
+            per_site[site_id][day] += 1
+            every_day[day] += 1
+    by_code = {frame.sites[site_id]: counted for site_id, counted in totals.items()}
+    sites = tuple(SiteAccrual(code, *by_code.get(code, (0, None, None))) for code in sorted(days))
+    firsts = [s.first for s in sites if s.first is not None]
+    lasts = [s.last for s in sites if s.last is not None]
     overall = SiteAccrual(
-        ALL_SITES, len(everything), min(everything, default=None), max(everything, default=None)
+        ALL_SITES, sum(s.randomized for s in sites), min(firsts, default=None), max(lasts, default=None)
     )
-    local = frame.definition.local_date
     weeks: list[WeekAccrual] = []
-    if everything:
-        first = local(min(everything))
+    chart = None
+    if overall.first is not None and overall.last is not None:
+        first = overall.first.astimezone(zone).date()
         monday = first - timedelta(days=first.weekday())
-        last = local(max(everything))
-        for code, times in sorted(by_site.items()):
-            counts = Counter(local(at) - timedelta(days=local(at).weekday()) for at in times)
+        last = overall.last.astimezone(zone).date()
+        for code, counted in sorted(days.items()):
+            per_week: Counter[date] = Counter()
+            for day, n in counted.items():
+                per_week[day - timedelta(days=day.weekday())] += n
             cumulative, week = 0, monday
             while week <= last:
-                cumulative += counts.get(week, 0)
-                weeks.append(WeekAccrual(week, code, counts.get(week, 0), cumulative))
+                cumulative += per_week.get(week, 0)
+                weeks.append(WeekAccrual(week, code, per_week.get(week, 0), cumulative))
                 week += timedelta(days=7)
-    chart = None
-    if everything:
-        series = [_cumulative(code, [local(at) for at in times]) for code, times in sorted(by_site.items())]
-        if len(by_site) > 1:
-            series.append(_cumulative(ALL_SITES, [local(at) for at in everything]))
+        series = [_cumulative(code, counted) for code, counted in sorted(days.items())]
+        if len(days) > 1:
+            series.append(_cumulative(ALL_SITES, every_day))
         chart = monitoring_reports.StepChart(
             N_("Cumulative enrolment per site"), N_("Subjects randomized"), tuple(series)
         )
@@ -137,8 +150,7 @@ def enrolment(ctx: ServiceContext, trial_code: str, scope: Scope, flt: ReportFil
     return Enrolment(frame.definition.timezone, sites, overall, tuple(weeks), chart)
 
 
-def _cumulative(label: str, days: Iterable[date]) -> monitoring_reports.Series:
-    counts = Counter(days)
+def _cumulative(label: str, counts: Counter[date]) -> monitoring_reports.Series:
     points, total = [], 0
     for day in sorted(counts):
         total += counts[day]

@@ -3,14 +3,28 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import (
+    CTE,
+    ColumnElement,
+    Integer,
+    Text,
+    case,
+    cast,
+    func,
+    literal,
+    null,
+    select,
+    true,
+    union_all,
+)
 
 from allocator.audit import Actor
-from allocator.models import Subject
+from allocator.models import Dispensation, ScreeningEntry, Subject, SubjectCorrection, SubjectWithdrawal
 from allocator.notices import N_
 from allocator.permissions import Scope
 from allocator.printing import monitoring_reports
@@ -18,7 +32,14 @@ from allocator.services import arm_access, lookups
 from allocator.services.context import ServiceContext
 from allocator.services.lookups import get_trial
 from allocator.services.reports.dispensing import SubjectDoses, frame_doses
-from allocator.services.reports.filters import ALL_SITES, Frame, ReportFilter, latest_screenings, scoped_frame
+from allocator.services.reports.filters import (
+    ALL_SITES,
+    Frame,
+    ReportFilter,
+    frame_subjects,
+    scoped_frame,
+    strata_text,
+)
 from allocator.wording import Words
 
 # --- CONSORT-style participant flow (REP-04) ------------------------------------------------------
@@ -163,9 +184,192 @@ def _flow(
     )
 
 
-def _screening(ctx: ServiceContext, frame: Frame) -> list[tuple[str, bool, list[str]]]:
-    """(site, eligible, failed criterion ids) of each patient screened in reach and period."""
-    return [(e.site, e.eligible, list(e.failed)) for e in latest_screenings(ctx, frame)]
+@dataclass(slots=True)
+class _Tally:
+    """The counts of a group of subjects, added up from the database's groups."""
+
+    days: int
+    randomized: int = 0
+    in_error: int = 0
+    withdrawn: int = 0
+    complete: int = 0
+    dispensed: list[int] = field(init=False)  # per day
+    administered: list[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.dispensed = [0] * self.days
+        self.administered = [0] * self.days
+
+    def add(self, other: _Tally) -> None:
+        self.randomized += other.randomized
+        self.in_error += other.in_error
+        self.withdrawn += other.withdrawn
+        self.complete += other.complete
+        for i in range(self.days):
+            self.dispensed[i] += other.dispensed[i]
+            self.administered[i] += other.administered[i]
+
+    def counts(self, screened: int | None = None, ineligible: int | None = None) -> FlowCounts:
+        return FlowCounts(
+            screened,
+            ineligible,
+            self.randomized,
+            self.in_error,
+            self.withdrawn,
+            tuple(self.dispensed),
+            tuple(self.administered),
+            self.complete,
+        )
+
+
+# A kit's status as a digit, so that one MAX over `replacement_number * 4 + digit` finds the status of
+# a subject's latest kit of a day (the highest replacement number; one row per number and day).
+_STATUS_DIGIT = {"dispensed": 1, "administered": 2}  # anything else (allocated, replaced): 0
+
+
+def _stratum_tallies(ctx: ServiceContext, frame: Frame) -> dict[tuple[str, str], _Tally]:
+    """Per site and stratum (as used at randomization) of the frame's subjects: randomized, in
+    error, withdrawn, complete, and each schedule day's kit dispensed and administered. Counted in
+    the database, one statement whatever the number of subjects (issue 21): each subject joined to
+    its kits and summed up per subject (the day's kit is its latest, as the subject's view shows
+    it), then per site and stratum. Only tables are joined, never a grouped result: without
+    statistics, PostgreSQL looped over one for each subject. The JSON of the strata has no
+    equality on PostgreSQL: the groups are of its text, each distinct text parsed once here and
+    groups of the same stratum text merged."""
+    days = sorted(d.day for d in frame.definition.dispensing.schedule)
+    n = len(days)
+    strata = cast(Subject.strata, Text)
+    digit = case(
+        *((Dispensation.status == status, value) for status, value in _STATUS_DIGIT.items()), else_=0
+    )
+    ranked = Dispensation.replacement_number * 4 + digit
+    per_subject = (
+        frame_subjects(
+            frame,
+            Subject.id.label("subject_id"),
+            Subject.site_id,
+            strata.label("strata"),
+            *(
+                func.max(case((Dispensation.day == day, ranked))).label(f"kit_{i}")
+                for i, day in enumerate(days)
+            ),
+        )
+        .outerjoin(Dispensation, Dispensation.subject_id == Subject.id)
+        .group_by(Subject.id, Subject.site_id, strata)
+        .subquery()
+    )
+    # The latest kit's digit of each day (none: no kit that day).
+    latest = [per_subject.c[f"kit_{i}"] % 4 for i in range(n)]
+    administered = [case((status == _STATUS_DIGIT["administered"], 1), else_=0) for status in latest]
+    complete = func.sum(case((sum(administered[1:], administered[0]) == n, 1), else_=0)) if n else literal(0)
+    in_error = select(SubjectCorrection.subject_id).where(SubjectCorrection.kind == "randomized_in_error")
+    withdrawn = select(SubjectWithdrawal.subject_id)
+    with ctx.db.reading() as session:
+        rows = session.execute(
+            select(
+                per_subject.c.site_id,
+                per_subject.c.strata,
+                func.count(),
+                func.sum(case((per_subject.c.subject_id.in_(in_error), 1), else_=0)),
+                func.sum(case((per_subject.c.subject_id.in_(withdrawn), 1), else_=0)),
+                complete,
+                *(
+                    func.sum(case((status.in_(tuple(_STATUS_DIGIT.values())), 1), else_=0))
+                    for status in latest
+                ),
+                *(func.sum(given) for given in administered),
+            ).group_by(per_subject.c.site_id, per_subject.c.strata)
+        ).all()
+    texts: dict[str, str] = {}
+    tallies: dict[tuple[str, str], _Tally] = {}
+    for site_id, text, randomized, errors, withdrawals, completed, *doses in rows:
+        if text not in texts:
+            texts[text] = strata_text(json.loads(text))
+        tally = tallies.setdefault((frame.sites[site_id], texts[text]), _Tally(n))
+        tally.randomized += randomized
+        tally.in_error += int(errors)
+        tally.withdrawn += int(withdrawals)
+        tally.complete += int(completed)
+        for i in range(n):
+            tally.dispensed[i] += int(doses[i])
+            tally.administered[i] += int(doses[n + i])
+    return tallies
+
+
+def _latest_screenings(frame: Frame) -> CTE:
+    """Each screening entry at a site within reach with `latest` = 1 when it is its patient's latest
+    check (the highest id of its screening number at its site), as `filters.latest_screenings` reads
+    them (ranked in a window: no grouped result joined back, see `_stratum_tallies`)."""
+    query = select(
+        ScreeningEntry.id,
+        ScreeningEntry.site_id,
+        ScreeningEntry.eligible,
+        ScreeningEntry.failures,
+        ScreeningEntry.screened_at,
+        func.row_number()
+        .over(
+            partition_by=(ScreeningEntry.site_id, ScreeningEntry.screening_number),
+            order_by=ScreeningEntry.id.desc(),
+        )
+        .label("latest"),
+    ).where(ScreeningEntry.trial_id == frame.trial_id)
+    if not frame.scope.all_sites:
+        query = query.where(ScreeningEntry.site_id.in_(sorted(frame.scope.site_ids)))
+    return query.cte("screened")
+
+
+def _screening_counts(
+    ctx: ServiceContext, frame: Frame
+) -> tuple[dict[str, tuple[int, int]], tuple[tuple[str, int], ...]]:
+    """Per site code, the patients screened in the period and found ineligible; and the failed
+    criteria of the ineligible ones (each criterion once per patient, most failed first, then by
+    id, worded by the definition). Counted in the database, each patient's failures unnested there
+    (issue 21), in one statement: the entries ranked once (a WITH query used twice is computed
+    once), then the rows of the sites (criterion null) and those of the criteria (site null). A
+    patient is in the period when its latest check is."""
+    entries = _latest_screenings(frame)
+    patients: list[ColumnElement[bool]] = [entries.c.latest == 1]
+    if frame.flt.start is not None:
+        patients.append(entries.c.screened_at >= frame.flt.start)
+    if frame.flt.end is not None:
+        patients.append(entries.c.screened_at < frame.flt.end)
+    with ctx.db.reading() as session:
+        if session.get_bind().dialect.name == "postgresql":
+            items = func.json_array_elements(entries.c.failures).table_valued("value")
+            criterion = func.json_extract_path_text(items.c.value, "criterion")
+        else:
+            items = func.json_each(entries.c.failures).table_valued("value")
+            criterion = func.json_extract(items.c.value, "$.criterion")
+        criterion = func.coalesce(criterion, "")
+        rows = session.execute(
+            union_all(
+                select(
+                    entries.c.site_id,
+                    cast(null(), Text),
+                    func.count(),
+                    func.sum(case((entries.c.eligible, 0), else_=1)),
+                )
+                .where(*patients)
+                .group_by(entries.c.site_id),
+                select(cast(null(), Integer), criterion, func.count(func.distinct(entries.c.id)), null())
+                .select_from(entries)
+                .join(items, true())
+                .where(*patients, entries.c.eligible.is_(False))
+                .group_by(criterion),
+            )
+        ).all()
+    per_site = [(site_id, count, ineligible) for site_id, _, count, ineligible in rows if site_id is not None]
+    failed = [(c, count) for site_id, c, count, _ in rows if site_id is None]
+    screened = {frame.sites[site_id]: (count, int(ineligible)) for site_id, count, ineligible in per_site}
+    counted: Counter[str] = Counter()
+    for c, count in failed:
+        counted[str(c)] += count
+    labels = {c.id: c.label.en for c in frame.definition.eligibility}
+    reasons = tuple(
+        (labels.get(c, c), count)
+        for c, count in sorted(counted.items(), key=lambda item: (-item[1], item[0]))
+    )
+    return screened, reasons
 
 
 def participant_flow(
@@ -173,27 +377,30 @@ def participant_flow(
 ) -> ParticipantFlow:
     """CONSORT-style numbers, blinded: screened, ineligible (with the failed criteria), randomized,
     randomized in error, withdrawn, kits dispensed and administered per day, complete treatments; in
-    total, per site and per stratum."""
+    total, per site and per stratum. Counted in the database by site and stratum, a fixed number of
+    statements whatever the number of subjects and screenings (issue 21); the same numbers as each
+    subject's view counted one by one (`participant_flow_by_arm` still reads those: it needs each
+    subject's audited arm)."""
     frame = scoped_frame(ctx, trial_code, scope, flt)
-    rows = frame_doses(ctx, frame)
-    screening = _screening(ctx, frame)
     n = len(frame.day_labels)
-    columns = (ALL_SITES, *frame.site_codes)
-    counts = [_flow([(e, f) for _, e, f in screening], rows, n)]
-    screened_at: dict[str, list[tuple[bool, list[str]]]] = defaultdict(list)
-    for site, eligible, failed in screening:
-        screened_at[site].append((eligible, failed))
-    randomized_at: dict[str, list[SubjectDoses]] = defaultdict(list)
-    for r in rows:
-        randomized_at[r.site].append(r)
-    for code in frame.site_codes:
-        counts.append(_flow(screened_at[code], randomized_at[code], n))
+    tallies = _stratum_tallies(ctx, frame)
+    screened, reasons = _screening_counts(ctx, frame)
+    per_site = {code: _Tally(n) for code in frame.site_codes}
+    for (site, _stratum), tally in tallies.items():
+        per_site.setdefault(site, _Tally(n)).add(tally)
+    total = _Tally(n)
+    for tally in per_site.values():
+        total.add(tally)
+    counts = [
+        total.counts(sum(s for s, _ in screened.values()), sum(i for _, i in screened.values())),
+        *(per_site[code].counts(*screened.get(code, (0, 0))) for code in frame.site_codes),
+    ]
     return ParticipantFlow(
         frame.day_labels,
-        columns,
+        (ALL_SITES, *frame.site_codes),
         tuple(counts),
-        _by_stratum(frame, rows),
-        _reasons(frame, screening),
+        tuple((site, stratum, tallies[(site, stratum)].counts()) for site, stratum in sorted(tallies)),
+        reasons,
     )
 
 
@@ -203,14 +410,6 @@ def _by_stratum(frame: Frame, rows: Sequence[SubjectDoses]) -> tuple[tuple[str, 
         groups[(r.site, r.strata)].append(r)
     n = len(frame.day_labels)
     return tuple((site, stratum, _flow(None, groups[(site, stratum)], n)) for site, stratum in sorted(groups))
-
-
-def _reasons(frame: Frame, screening: Sequence[tuple[str, bool, list[str]]]) -> tuple[tuple[str, int], ...]:
-    failed = Counter(c for _, eligible, criteria in screening if not eligible for c in set(criteria))
-    labels = {c.id: c.label.en for c in frame.definition.eligibility}
-    return tuple(
-        (labels.get(c, c), n) for c, n in sorted(failed.items(), key=lambda item: (-item[1], item[0]))
-    )
 
 
 def participant_flow_by_arm(
