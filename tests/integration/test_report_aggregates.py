@@ -22,7 +22,7 @@ from allocator.services.bedside import LATE_AFTER
 from allocator.services.context import ServiceContext
 from allocator.services.reports import deviations, dispensing, enrolment, filters, participant_flow
 from allocator.services.reports.participant_flow import FlowCounts, ParticipantFlow
-from allocator.services.subjects import randomize
+from allocator.services.subjects import randomize, views
 from tests.reporting import ALL, TRIAL, Truth, build, p1_scope
 from tests.support import Clock, eligible_on
 from tests.support.crowd import crowded_trial
@@ -122,7 +122,10 @@ def enrolment_one_by_one(ctx: ServiceContext, scope: Scope, flt: filters.ReportF
     frame = filters.scoped_frame(ctx, TRIAL, scope, flt)
     zone = ZoneInfo(frame.definition.timezone)
     times: dict[str, list[datetime]] = {code: [] for code in frame.site_codes}
-    for v in filters.subject_views(ctx, frame):
+    # Every subject's blinded view within reach, kept when randomized in the period: the oracle.
+    for v in (
+        v for v in views.subjects(ctx, frame.code, frame.scope) if frame.flt.in_period(v.randomized_at)
+    ):
         times[v.site].append(v.randomized_at)
     everything = [at for ts in times.values() for at in ts]
     sites = [
