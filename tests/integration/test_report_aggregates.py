@@ -16,15 +16,18 @@ import pytest
 from sqlalchemy import select, text, update
 
 from allocator import dbguards
+from allocator.audit import Actor
 from allocator.models import Administration, Dispensation, ScreeningEntry, Subject
 from allocator.permissions import Scope
+from allocator.services import arm_access, signatures
 from allocator.services.bedside import LATE_AFTER
+from allocator.services.closeout import state
 from allocator.services.context import ServiceContext
 from allocator.services.reports import deviations, dispensing, enrolment, filters, participant_flow
 from allocator.services.reports.participant_flow import FlowCounts, ParticipantFlow
 from allocator.services.subjects import randomize, views
 from tests.reporting import ALL, TRIAL, Truth, build, p1_scope
-from tests.support import Clock, eligible_on
+from tests.support import GOOD_PASSWORD, Clock, eligible_on
 from tests.support.crowd import crowded_trial
 
 FILTERS = (
@@ -280,3 +283,71 @@ def test_the_counted_reports_are_each_subjects_view_counted(ctx: ServiceContext,
 def test_a_crowd_is_counted_as_each_subjects_view(ctx: ServiceContext, clock: Clock) -> None:
     crowded_trial(ctx, subjects=40)
     assert_as_one_by_one(ctx, (ALL, p1_scope(ctx)))
+
+
+# --- the per-arm flow, after the final unblinding --------------------------------------------------
+
+
+def flow_by_arm_one_by_one(
+    ctx: ServiceContext, reader: Actor, scope: Scope, flt: filters.ReportFilter
+) -> ParticipantFlow:
+    """Each subject's view and its arm read on its own (`subject_arm_in`), counted one by one."""
+    frame = filters.scoped_frame(ctx, TRIAL, scope, flt)
+    rows = dispensing.frame_doses(ctx, frame)
+    wanted = {r.subject_number for r in rows}
+    with ctx.db.unit_of_work() as session:
+        arms = {
+            subject.subject_number: arm_access.subject_arm_in(session, ctx, reader, TRIAL, subject, "oracle")
+            for subject in session.execute(
+                select(Subject).where(Subject.subject_number.in_(wanted))
+            ).scalars()
+        }
+    n = len(frame.day_labels)
+    labels = [(a.code, f"{a.code}: {a.label}") for a in frame.definition.arms]
+    by_arm = []
+    for site in sorted({r.site for r in rows}):
+        at_site = [r for r in rows if r.site == site]
+        for stratum in (*sorted({r.strata for r in at_site}), participant_flow.ALL_STRATA):
+            group = [r for r in at_site if stratum in (participant_flow.ALL_STRATA, r.strata)]
+            for code, column in labels:
+                by_arm.append(
+                    (
+                        site,
+                        stratum,
+                        column,
+                        _counts([r for r in group if arms[r.subject_number] == code], None, n),
+                    )
+                )
+    return ParticipantFlow(
+        frame.day_labels,
+        (participant_flow.ALL_ARMS, *(column for _, column in labels)),
+        (
+            _counts(rows, None, n),
+            *(_counts([r for r in rows if arms[r.subject_number] == code], None, n) for code, _ in labels),
+        ),
+        tuple(
+            (site, stratum, _counts([r for r in rows if (r.site, r.strata) == (site, stratum)], None, n))
+            for site, stratum in sorted({(r.site, r.strata) for r in rows})
+        ),
+        (),
+        per_arm=True,
+        by_arm_and_stratum=tuple(by_arm),
+    )
+
+
+@pytest.mark.req("REP-04")
+@pytest.mark.req("BLD-08")
+def test_the_flow_per_arm_is_each_subjects_view_and_arm_counted(ctx: ServiceContext, clock: Clock) -> None:
+    """Issue 21: each subject's counts from the database and the arms read in bulk; the same flow
+    per arm as each subject's view and arm, read one by one, for every filter and scope."""
+    crowd = crowded_trial(ctx, subjects=40)
+    stat = crowd.ready.statistician
+    signed = signatures.SignatureRequest(password=GOOD_PASSWORD)
+    state.lock(ctx, stat, TRIAL, reason="last patient out", signature=signed)
+    state.unblind_trial(ctx, stat, TRIAL, reason="final analysis", signature=signed)
+    for scope in (ALL, p1_scope(ctx)):
+        for flt in FILTERS:
+            counted = participant_flow.participant_flow_by_arm(ctx, stat, TRIAL, scope, flt)
+            assert counted == flow_by_arm_one_by_one(ctx, stat, scope, flt), (scope, flt)
+    whole = participant_flow.participant_flow_by_arm(ctx, stat, TRIAL, ALL, filters.ReportFilter())
+    assert whole.counts[0].randomized == 40 and all(c.randomized for c in whole.counts[1:])  # both arms

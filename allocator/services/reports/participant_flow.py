@@ -4,14 +4,16 @@
 from __future__ import annotations
 
 import json
-from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import (
     CTE,
     ColumnElement,
     Integer,
+    Subquery,
     Text,
     case,
     cast,
@@ -31,7 +33,6 @@ from allocator.printing import monitoring_reports
 from allocator.services import arm_access, lookups
 from allocator.services.context import ServiceContext
 from allocator.services.lookups import get_trial
-from allocator.services.reports.dispensing import SubjectDoses, frame_doses
 from allocator.services.reports.filters import (
     ALL_SITES,
     Frame,
@@ -169,21 +170,6 @@ class ParticipantFlow:
         )
 
 
-def _flow(
-    screening: Sequence[tuple[bool, list[str]]] | None, rows: Sequence[SubjectDoses], days: int
-) -> FlowCounts:
-    return FlowCounts(
-        screened=len(screening) if screening is not None else None,
-        ineligible=sum(not eligible for eligible, _ in screening) if screening is not None else None,
-        randomized=len(rows),
-        in_error=sum(r.in_error for r in rows),
-        withdrawn=sum(r.withdrawn for r in rows),
-        dispensed=tuple(sum(r.doses[i].dispensed for r in rows) for i in range(days)),
-        administered=tuple(sum(r.doses[i].administered for r in rows) for i in range(days)),
-        complete=sum(r.complete for r in rows),
-    )
-
-
 @dataclass(slots=True)
 class _Tally:
     """The counts of a group of subjects, added up from the database's groups."""
@@ -227,15 +213,23 @@ class _Tally:
 _STATUS_DIGIT = {"dispensed": 1, "administered": 2}  # anything else (allocated, replaced): 0
 
 
-def _stratum_tallies(ctx: ServiceContext, frame: Frame) -> dict[tuple[str, str], _Tally]:
-    """Per site and stratum (as used at randomization) of the frame's subjects: randomized, in
-    error, withdrawn, complete, and each schedule day's kit dispensed and administered. Counted in
-    the database, one statement whatever the number of subjects (issue 21): each subject joined to
-    its kits and summed up per subject (the day's kit is its latest, as the subject's view shows
-    it), then per site and stratum. Only tables are joined, never a grouped result: without
-    statistics, PostgreSQL looped over one for each subject. The JSON of the strata has no
-    equality on PostgreSQL: the groups are of its text, each distinct text parsed once here and
-    groups of the same stratum text merged."""
+@dataclass(frozen=True, slots=True)
+class _PerSubject:
+    """Each subject of the frame joined to its kits and summed up (the day's kit is its latest, as
+    the subject's view shows it), with what the counts need of it, as SQL columns over `rows`."""
+
+    rows: Subquery
+    days: int
+    administered: tuple[ColumnElement[int], ...]  # 1 when the day's latest kit was administered
+    dispensed: tuple[ColumnElement[int], ...]  # 1 when it was dispensed (or then administered)
+    in_error: ColumnElement[int]
+    withdrawn: ColumnElement[int]
+    complete: ColumnElement[int]  # 1 when every day's latest kit was administered
+
+
+def _per_subject(frame: Frame) -> _PerSubject:
+    """Only tables are joined, never a grouped result: without statistics, PostgreSQL looped over
+    one for each subject. The JSON of the strata has no equality on PostgreSQL: its text is kept."""
     days = sorted(d.day for d in frame.definition.dispensing.schedule)
     n = len(days)
     strata = cast(Subject.strata, Text)
@@ -243,7 +237,7 @@ def _stratum_tallies(ctx: ServiceContext, frame: Frame) -> dict[tuple[str, str],
         *((Dispensation.status == status, value) for status, value in _STATUS_DIGIT.items()), else_=0
     )
     ranked = Dispensation.replacement_number * 4 + digit
-    per_subject = (
+    rows = (
         frame_subjects(
             frame,
             Subject.id.label("subject_id"),
@@ -259,28 +253,78 @@ def _stratum_tallies(ctx: ServiceContext, frame: Frame) -> dict[tuple[str, str],
         .subquery()
     )
     # The latest kit's digit of each day (none: no kit that day).
-    latest = [per_subject.c[f"kit_{i}"] % 4 for i in range(n)]
-    administered = [case((status == _STATUS_DIGIT["administered"], 1), else_=0) for status in latest]
-    complete = func.sum(case((sum(administered[1:], administered[0]) == n, 1), else_=0)) if n else literal(0)
+    latest = [rows.c[f"kit_{i}"] % 4 for i in range(n)]
+    administered = tuple(case((status == _STATUS_DIGIT["administered"], 1), else_=0) for status in latest)
+    dispensed = tuple(case((status.in_(tuple(_STATUS_DIGIT.values())), 1), else_=0) for status in latest)
     in_error = select(SubjectCorrection.subject_id).where(SubjectCorrection.kind == "randomized_in_error")
-    withdrawn = select(SubjectWithdrawal.subject_id)
+    return _PerSubject(
+        rows,
+        n,
+        administered,
+        dispensed,
+        case((rows.c.subject_id.in_(in_error), 1), else_=0),
+        case((rows.c.subject_id.in_(select(SubjectWithdrawal.subject_id)), 1), else_=0),
+        case((sum(administered[1:], administered[0]) == n, 1), else_=0) if n else literal(0),
+    )
+
+
+def _stratum_tallies(ctx: ServiceContext, frame: Frame) -> dict[tuple[str, str], _Tally]:
+    """Per site and stratum (as used at randomization) of the frame's subjects: randomized, in
+    error, withdrawn, complete, and each schedule day's kit dispensed and administered. Counted in
+    the database, one statement whatever the number of subjects (issue 21): `_per_subject`, then
+    summed per site and stratum; each distinct text of the strata parsed once here and groups of the
+    same stratum text merged."""
+    per = _per_subject(frame)
     with ctx.db.reading() as session:
         rows = session.execute(
             select(
-                per_subject.c.site_id,
-                per_subject.c.strata,
+                per.rows.c.site_id,
+                per.rows.c.strata,
                 func.count(),
-                func.sum(case((per_subject.c.subject_id.in_(in_error), 1), else_=0)),
-                func.sum(case((per_subject.c.subject_id.in_(withdrawn), 1), else_=0)),
-                complete,
-                *(
-                    func.sum(case((status.in_(tuple(_STATUS_DIGIT.values())), 1), else_=0))
-                    for status in latest
-                ),
-                *(func.sum(given) for given in administered),
-            ).group_by(per_subject.c.site_id, per_subject.c.strata)
+                func.sum(per.in_error),
+                func.sum(per.withdrawn),
+                func.sum(per.complete),
+                *(func.sum(given) for given in per.dispensed),
+                *(func.sum(given) for given in per.administered),
+            ).group_by(per.rows.c.site_id, per.rows.c.strata)
+        ).all()
+    return _tallied(frame, per.days, ((site_id, text, *counts) for site_id, text, *counts in rows))
+
+
+def _subject_tallies(ctx: ServiceContext, frame: Frame) -> list[tuple[int, str, str, _Tally]]:
+    """Each subject of the frame: (subject id, site, stratum as used at randomization, its own
+    counts), one row each from the database (`_per_subject`), for the per-arm flow, whose groups
+    are made once the arms are read (issue 21: each subject's whole view was built before)."""
+    per = _per_subject(frame)
+    with ctx.db.reading() as session:
+        rows = session.execute(
+            select(
+                per.rows.c.subject_id,
+                per.rows.c.site_id,
+                per.rows.c.strata,
+                per.in_error,
+                per.withdrawn,
+                per.complete,
+                *per.dispensed,
+                *per.administered,
+            ).order_by(per.rows.c.subject_id)
         ).all()
     texts: dict[str, str] = {}
+    out = []
+    for subject_id, site_id, text, *counts in rows:
+        if text not in texts:
+            texts[text] = strata_text(json.loads(text))
+        ((_, tally),) = _tallied(frame, per.days, [(site_id, text, 1, *counts)], texts).items()
+        out.append((subject_id, frame.sites[site_id], texts[text], tally))
+    return out
+
+
+def _tallied(
+    frame: Frame, n: int, rows: Iterable[Sequence[Any]], texts: dict[str, str] | None = None
+) -> dict[tuple[str, str], _Tally]:
+    """Rows of (site id, strata text, subjects, in error, withdrawn, complete, dispensed per day,
+    administered per day) added up per site and stratum text (`strata_text`)."""
+    texts = {} if texts is None else texts
     tallies: dict[tuple[str, str], _Tally] = {}
     for site_id, text, randomized, errors, withdrawals, completed, *doses in rows:
         if text not in texts:
@@ -404,64 +448,57 @@ def participant_flow(
     )
 
 
-def _by_stratum(frame: Frame, rows: Sequence[SubjectDoses]) -> tuple[tuple[str, str, FlowCounts], ...]:
-    groups: dict[tuple[str, str], list[SubjectDoses]] = defaultdict(list)
-    for r in rows:
-        groups[(r.site, r.strata)].append(r)
-    n = len(frame.day_labels)
-    return tuple((site, stratum, _flow(None, groups[(site, stratum)], n)) for site, stratum in sorted(groups))
-
-
 def participant_flow_by_arm(
     ctx: ServiceContext, reader: Actor, trial_code: str, scope: Scope, flt: ReportFilter
 ) -> ParticipantFlow:
     """The participant flow per arm (REP-04, unblinded): only once the trial is UNBLINDED
-    (trial_state.NotUnblinded, 409, before). The arms of the frame's subjects are read through
+    (trial_state.NotUnblinded, 409, before). Each subject's counts come from the database, one row
+    each (`_subject_tallies`), and the arms of the frame's subjects are read through
     `arm_access.subject_arms_in`, in one unit of work: two statements and one audited read naming
-    every subject read, whatever their number (issue 21: three statements and an audit entry per
-    subject before)."""
+    every subject read (issue 21: each subject's view, and three statements and an audit entry
+    per subject for its arm, before)."""
     frame = scoped_frame(ctx, trial_code, scope, flt)
     with ctx.db.reading() as session:
         lookups.require_unblinded(get_trial(session, frame.code))
-    rows = frame_doses(ctx, frame)
-    wanted = {r.subject_number for r in rows}
+    subjects = _subject_tallies(ctx, frame)
     with ctx.db.unit_of_work() as session:
         lookups.require_unblinded(get_trial(session, frame.code))  # again, where the arms are read
-        numbers = {
-            subject_id: number
-            for subject_id, number in session.execute(
-                select(Subject.id, Subject.subject_number).where(Subject.trial_id == frame.trial_id)
-            ).all()
-            if number in wanted
-        }
-        by_id = arm_access.subject_arms_in(
+        arms = arm_access.subject_arms_in(
             session,
             ctx,
             reader,
             frame.code,
             frame.trial_id,
             "participant flow per arm (REP-04)",
-            subject_ids=numbers,
+            subject_ids=[subject_id for subject_id, *_ in subjects],
         )
-    arms = {numbers[subject_id]: arm for subject_id, arm in by_id.items()}
     n = len(frame.day_labels)
     labels = [(a.code, a.label) for a in frame.definition.arms]
-    counts = [_flow(None, rows, n)] + [
-        _flow(None, [r for r in rows if arms.get(r.subject_number) == code], n) for code, _ in labels
-    ]
+
+    def total(chosen: Iterable[tuple[int, str, str, _Tally]]) -> FlowCounts:
+        tally = _Tally(n)
+        for *_, one in chosen:
+            tally.add(one)
+        return tally.counts()
+
+    counts = [total(subjects)] + [total(s for s in subjects if arms.get(s[0]) == code) for code, _ in labels]
     by_arm: list[tuple[str, str, str, FlowCounts]] = []
-    for site in sorted({r.site for r in rows}):
-        at_site = [r for r in rows if r.site == site]
-        for stratum in (*sorted({r.strata for r in at_site}), ALL_STRATA):
-            group = [r for r in at_site if stratum in (ALL_STRATA, r.strata)]
+    for site in sorted({s[1] for s in subjects}):
+        at_site = [s for s in subjects if s[1] == site]
+        for stratum in (*sorted({s[2] for s in at_site}), ALL_STRATA):
+            group = [s for s in at_site if stratum in (ALL_STRATA, s[2])]
             for code, label in labels:
-                chosen = [r for r in group if arms.get(r.subject_number) == code]
-                by_arm.append((site, stratum, f"{code}: {label}", _flow(None, chosen, n)))
+                chosen = [s for s in group if arms.get(s[0]) == code]
+                by_arm.append((site, stratum, f"{code}: {label}", total(chosen)))
+    strata = sorted({(site, stratum) for _, site, stratum, _ in subjects})
     return ParticipantFlow(
         frame.day_labels,
         (ALL_ARMS, *(f"{code}: {label}" for code, label in labels)),
         tuple(counts),
-        _by_stratum(frame, rows),
+        tuple(
+            (site, stratum, total(s for s in subjects if (s[1], s[2]) == (site, stratum)))
+            for site, stratum in strata
+        ),
         (),
         per_arm=True,
         by_arm_and_stratum=tuple(by_arm),
