@@ -404,13 +404,17 @@ def subject_arms_in(
     purpose: str,
     *,
     subject_ids: Collection[int] | None = None,
+    selection: str = "every subject of the trial",
 ) -> dict[int, str]:
     """The arms allocated to the trial's subjects (every subject, or those of `subject_ids`), by
     subject id, for a listing, an export or a report (after the final unblinding): read from their
     slots and minimization decisions in two statements, whatever the number of subjects. One
-    `arm.read` entry, written in the caller's transaction before any arm is opened, names the
-    purpose and every subject whose arm is read, in subject order (issue 21: `subject_arm_in` for
-    each of 5,000 subjects cost three statements and an audit entry each)."""
+    `arm.read` entry, written in the caller's transaction before any arm is opened, records the
+    purpose, how the subjects were chosen (`selection`: the whole trial, or a report's filter), how
+    many were read and the first and last of them in subject order: the set read is exactly the
+    trial's subjects of that selection up to the last one, since subjects are never deleted nor
+    moved (issue 21: `subject_arm_in` for each of 5,000 subjects cost three statements and an audit
+    entry each; naming every subject made an entry of 60 KB that every audit-trail page showed)."""
     from allocator.models import MinimizationDecision, RandomizationList, Subject  # noqa: PLC0415
 
     wanted = None if subject_ids is None else set(subject_ids)
@@ -452,7 +456,13 @@ def subject_arms_in(
         action=Action.ARM_READ,
         object_type="subject",
         object_id=f"{len(numbers)} subjects",
-        new={"purpose": purpose, "subjects": [number for _, number in numbers]},
+        new={
+            "purpose": purpose,
+            "selection": selection,
+            "subjects": len(numbers),
+            "first": numbers[0][1],
+            "last": numbers[-1][1],
+        },
         at=ctx.now(),
     )
     arms: dict[int, str] = {}

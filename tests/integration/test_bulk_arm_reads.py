@@ -1,6 +1,7 @@
 """Issue 21: the arms of many subjects (the final listing, an interim package, the unblinded export)
 are read in bulk by `arm_access.subject_arms_in`, in two statements, with one `arm.read` entry that
-names the purpose and every subject read; the arms are those read one subject at a time."""
+records the purpose, the selection, how many subjects and the first and last of them; the arms are
+those read one subject at a time."""
 
 from __future__ import annotations
 
@@ -63,9 +64,24 @@ def test_arms_read_in_bulk_are_those_read_one_by_one_and_audited_once(
     assert some == {i: one_by_one[i] for i in first_two} and none == {}
     reads = events(ctx, "arm.read", chain=TRIAL)[before:]
     in_order = [s.subject_number for (s,) in subjects]
+    whole = "every subject of the trial"
     assert [(r.object_type, r.object_id, json.loads(r.new_values or "{}")) for r in reads] == [
-        ("subject", "6 subjects", {"purpose": "every subject", "subjects": in_order}),
-        ("subject", "2 subjects", {"purpose": "two", "subjects": in_order[:2]}),
+        (
+            "subject",
+            "6 subjects",
+            {
+                "purpose": "every subject",
+                "selection": whole,
+                "subjects": 6,
+                "first": in_order[0],
+                "last": in_order[-1],
+            },
+        ),
+        (
+            "subject",
+            "2 subjects",
+            {"purpose": "two", "selection": whole, "subjects": 2, "first": in_order[0], "last": in_order[1]},
+        ),
     ]  # nothing read, nothing recorded
 
 
@@ -81,6 +97,12 @@ def test_the_final_listing_reads_every_arm_with_one_audited_read(ctx: ServiceCon
     release = releases.unblinded_listing(ctx, stat, TRIAL, signature=signed)
     reads = events(ctx, "arm.read", chain=TRIAL)[before:]
     assert [json.loads(r.new_values or "{}") for r in reads] == [
-        {"purpose": "final unblinded listing", "subjects": numbers}
+        {
+            "purpose": "final unblinded listing",
+            "selection": "every subject of the trial",
+            "subjects": 4,
+            "first": numbers[0],
+            "last": numbers[-1],
+        }
     ]
     assert [r.subject_number for r in release.rows] == numbers

@@ -544,16 +544,25 @@ def test_the_flow_per_arm_exists_only_after_the_final_unblinding(ctx: ServiceCon
         ("P1", "all strata", s4_column),
     }
     assert all(r["Withdrawn"] in ("0", "1") for r in cells)
-    # Every arm was read through arm_access: one audited read with its purpose, naming every subject
-    # read (issue 21: one per subject before), for each build (the tables, then the CSV's).
+    # Every arm was read through arm_access: one audited read with its purpose, the report's filter
+    # and the subjects read (issue 21: one per subject before), for each build.
     with ctx.db.reading() as s:
         reads = s.execute(
             select(AuditEvent.object_id, AuditEvent.new_values).where(
                 AuditEvent.action == "arm.read", AuditEvent.new_values.contains("participant flow per arm")
             )
         ).all()
+    numbers = sorted(truth.subjects.values())
     assert reads and all(
-        sorted(json.loads(r.new_values or "{}")["subjects"]) == sorted(truth.subjects.values()) for r in reads
+        json.loads(r.new_values or "{}")
+        == {
+            "purpose": "participant flow per arm (REP-04)",
+            "selection": "randomized subjects of every site within the reader's reach; whole trial",
+            "subjects": len(numbers),
+            "first": numbers[0],
+            "last": numbers[-1],
+        }
+        for r in reads
     )
     assert {r.object_id for r in reads} == {f"{len(truth.subjects)} subjects"}
     assert reads_before > 0

@@ -216,7 +216,7 @@ def export_trial(
             content={"trial": trial.code, "format": fmt, "at": now.isoformat()},
             now=now,
         )
-        # Every subject's arm in two statements and one audited read naming them (issue 21).
+        # Every subject's arm in two statements and one audited read (issue 21).
         by_id = arm_access.subject_arms_in(
             session, ctx, actor, trial.code, trial.id, f"unblinded {fmt} export"
         )

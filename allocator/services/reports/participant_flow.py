@@ -454,9 +454,9 @@ def participant_flow_by_arm(
     """The participant flow per arm (REP-04, unblinded): only once the trial is UNBLINDED
     (trial_state.NotUnblinded, 409, before). Each subject's counts come from the database, one row
     each (`_subject_tallies`), and the arms of the frame's subjects are read through
-    `arm_access.subject_arms_in`, in one unit of work: two statements and one audited read naming
-    every subject read (issue 21: each subject's view, and three statements and an audit entry
-    per subject for its arm, before)."""
+    `arm_access.subject_arms_in`, in one unit of work: two statements and one audited read that
+    records the report's filter and the subjects read (issue 21: each subject's view, and three
+    statements and an audit entry per subject for its arm, before)."""
     frame = scoped_frame(ctx, trial_code, scope, flt)
     with ctx.db.reading() as session:
         lookups.require_unblinded(get_trial(session, frame.code))
@@ -471,6 +471,7 @@ def participant_flow_by_arm(
             frame.trial_id,
             "participant flow per arm (REP-04)",
             subject_ids=[subject_id for subject_id, *_ in subjects],
+            selection=f"randomized subjects of {frame.flt.describe()}",
         )
     n = len(frame.day_labels)
     labels = [(a.code, a.label) for a in frame.definition.arms]
