@@ -395,6 +395,22 @@ def subject_arm_in(
     return str(value["decision"]["arm"])
 
 
+def id_ranges(ids: Sequence[int]) -> str:
+    """Sorted ids as ranges: [1, 2, 3, 5, 7, 8] -> "1-3,5,7-8"."""
+    parts: list[str] = []
+    start = previous = None
+    for current in ids:
+        if previous is not None and current == previous + 1:
+            previous = current
+            continue
+        if start is not None:
+            parts.append(f"{start}-{previous}" if previous != start else f"{start}")
+        start = previous = current
+    if start is not None:
+        parts.append(f"{start}-{previous}" if previous != start else f"{start}")
+    return ",".join(parts)
+
+
 def subject_arms_in(
     session: Session,
     ctx: ServiceContext,
@@ -403,21 +419,21 @@ def subject_arms_in(
     trial_id: int,
     purpose: str,
     *,
-    subject_ids: Collection[int] | None = None,
-    selection: str = "every subject of the trial",
+    subject_ids: Collection[int],
+    selection: str,
 ) -> dict[int, str]:
-    """The arms allocated to the trial's subjects (every subject, or those of `subject_ids`), by
-    subject id, for a listing, an export or a report (after the final unblinding): read from their
-    slots and minimization decisions in two statements, whatever the number of subjects. One
-    `arm.read` entry, written in the caller's transaction before any arm is opened, records the
-    purpose, how the subjects were chosen (`selection`: the whole trial, or a report's filter), how
-    many were read and the first and last of them in subject order: the set read is exactly the
-    trial's subjects of that selection up to the last one, since subjects are never deleted nor
-    moved (issue 21: `subject_arm_in` for each of 5,000 subjects cost three statements and an audit
-    entry each; naming every subject made an entry of 60 KB that every audit-trail page showed)."""
+    """The arms allocated to the trial's subjects of `subject_ids`, by subject id, for a listing, an
+    export or a report: read from their slots and minimization decisions in two statements, whatever
+    the number of subjects. One `arm.read` entry, written in the caller's transaction before any
+    arm is opened, records the purpose, how the caller chose the subjects (`selection`: the whole
+    trial, or a report's filter), how many were read, the first and last of them in subject order
+    and the ids read as ranges ("1-4999,5001-5002"): the exact set, also when a subject randomized
+    meanwhile (an interim package, on an active trial) is not among them (issue 21: `subject_arm_in`
+    for each of 5,000 subjects cost three statements and an audit entry each; naming every subject
+    made an entry of 60 KB that every audit-trail page showed)."""
     from allocator.models import MinimizationDecision, RandomizationList, Subject  # noqa: PLC0415
 
-    wanted = None if subject_ids is None else set(subject_ids)
+    wanted = set(subject_ids)
     by_slot = session.execute(
         select(
             Subject.id,
@@ -442,10 +458,10 @@ def subject_arms_in(
         )
         .join(MinimizationDecision, MinimizationDecision.id == Subject.minimization_decision_id)
         .join(RandomizationList, RandomizationList.id == Subject.list_id)
-        .where(Subject.trial_id == trial_id)
+        .where(Subject.trial_id == trial_id, Subject.slot_id.is_(None))  # a slot's arm comes first
     ).all()
-    slots = [row for row in by_slot if wanted is None or row.id in wanted]
-    decisions = [row for row in by_decision if wanted is None or row.id in wanted]
+    slots = [row for row in by_slot if row.id in wanted]
+    decisions = [row for row in by_decision if row.id in wanted]
     numbers = sorted((row.id, row.subject_number) for row in (*slots, *decisions))
     if not numbers:
         return {}
@@ -462,6 +478,7 @@ def subject_arms_in(
             "subjects": len(numbers),
             "first": numbers[0][1],
             "last": numbers[-1][1],
+            "ids": id_ranges([subject_id for subject_id, _ in numbers]),
         },
         at=ctx.now(),
     )

@@ -55,34 +55,49 @@ def test_arms_read_in_bulk_are_those_read_one_by_one_and_audited_once(
     assert all((s.slot_id is None) == (design == "minimization") for (s,) in subjects)
     assert set(one_by_one.values()) == {"A", "B"}  # both arms among them: a swap would show
     before = len(events(ctx, "arm.read", chain=TRIAL))
-    first_two = [s.id for (s,) in subjects[:2]]
+    ids = [s.id for (s,) in subjects]
+    some_ids = [ids[0], ids[1], ids[3]]  # a gap: the ranges say exactly which were read
     with ctx.db.unit_of_work() as session:
-        every = arm_access.subject_arms_in(session, ctx, stat, TRIAL, trial_id, "every subject")
-        some = arm_access.subject_arms_in(session, ctx, stat, TRIAL, trial_id, "two", subject_ids=first_two)
-        none = arm_access.subject_arms_in(session, ctx, stat, TRIAL, trial_id, "nobody", subject_ids=[])
+        every = arm_access.subject_arms_in(
+            session, ctx, stat, TRIAL, trial_id, "every subject", subject_ids=ids, selection="all"
+        )
+        some = arm_access.subject_arms_in(
+            session, ctx, stat, TRIAL, trial_id, "three", subject_ids=some_ids, selection="three of them"
+        )
+        none = arm_access.subject_arms_in(
+            session, ctx, stat, TRIAL, trial_id, "nobody", subject_ids=[], selection="none"
+        )
     assert every == one_by_one
-    assert some == {i: one_by_one[i] for i in first_two} and none == {}
+    assert some == {i: one_by_one[i] for i in some_ids} and none == {}
     reads = events(ctx, "arm.read", chain=TRIAL)[before:]
     in_order = [s.subject_number for (s,) in subjects]
-    whole = "every subject of the trial"
     assert [(r.object_type, r.object_id, json.loads(r.new_values or "{}")) for r in reads] == [
         (
             "subject",
             "6 subjects",
             {
                 "purpose": "every subject",
-                "selection": whole,
+                "selection": "all",
                 "subjects": 6,
                 "first": in_order[0],
                 "last": in_order[-1],
+                "ids": f"{ids[0]}-{ids[-1]}",
             },
         ),
         (
             "subject",
-            "2 subjects",
-            {"purpose": "two", "selection": whole, "subjects": 2, "first": in_order[0], "last": in_order[1]},
+            "3 subjects",
+            {
+                "purpose": "three",
+                "selection": "three of them",
+                "subjects": 3,
+                "first": in_order[0],
+                "last": in_order[3],
+                "ids": f"{ids[0]}-{ids[1]},{ids[3]}",
+            },
         ),
     ]  # nothing read, nothing recorded
+    assert arm_access.id_ranges([1, 2, 3, 5, 7, 8, 10]) == "1-3,5,7-8,10" and arm_access.id_ranges([]) == ""
 
 
 @pytest.mark.req("BLD-08", "DIB-07")
@@ -103,6 +118,8 @@ def test_the_final_listing_reads_every_arm_with_one_audited_read(ctx: ServiceCon
             "subjects": 4,
             "first": numbers[0],
             "last": numbers[-1],
+            "ids": reads[0].new_values and json.loads(reads[0].new_values)["ids"],
         }
     ]
+    assert "," not in json.loads(reads[0].new_values or "{}")["ids"]  # every subject, one range
     assert [r.subject_number for r in release.rows] == numbers

@@ -93,7 +93,18 @@ def _rows(
     subjects = list(
         session.execute(select(Subject).where(Subject.trial_id == trial.id).order_by(Subject.id)).scalars()
     )
-    arms = arm_access.subject_arms_in(session, ctx, actor, trial.code, trial.id, purpose)
+    # The arms of exactly the subjects listed (a package on an active trial: one randomized
+    # meanwhile is neither listed nor read).
+    arms = arm_access.subject_arms_in(
+        session,
+        ctx,
+        actor,
+        trial.code,
+        trial.id,
+        purpose,
+        subject_ids=[s.id for s in subjects],
+        selection="every subject of the trial",
+    )
     out = []
     for subject, view in zip(subjects, subject_views(session, definition, subjects, sites), strict=True):
         arm = arms[subject.id]

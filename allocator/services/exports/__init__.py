@@ -169,7 +169,7 @@ def export_trial(
     Preconditions: for `unblinded`, the trial is UNBLINDED (else NotUnblinded, 409), the actor is
     the unblinded statistician (else Forbidden) and `signature` is theirs (else SignatureRefused).
     Effects: one `trial.exported` audit entry with the format, blinding, row counts and each file's
-    SHA-256; an unblinded export also records its signature and one `arm.read` per subject.
+    SHA-256; an unblinded export also records its signature and one `arm.read` for the subjects.
     Nothing is written to disk: the caller stores `files` and `manifest`."""
     _check_format(fmt)
     if not name or "/" in name or name.startswith("."):
@@ -217,15 +217,22 @@ def export_trial(
             now=now,
         )
         # Every subject's arm in two statements and one audited read (issue 21).
-        by_id = arm_access.subject_arms_in(
-            session, ctx, actor, trial.code, trial.id, f"unblinded {fmt} export"
-        )
-        arms = {
-            number: by_id[subject_id]
-            for subject_id, number in session.execute(
+        numbers = dict(
+            session.execute(
                 select(Subject.id, Subject.subject_number).where(Subject.trial_id == trial.id)
             ).all()
-        }
+        )
+        by_id = arm_access.subject_arms_in(
+            session,
+            ctx,
+            actor,
+            trial.code,
+            trial.id,
+            f"unblinded {fmt} export",
+            subject_ids=numbers,
+            selection="every subject of the trial",
+        )
+        arms = {number: by_id[subject_id] for subject_id, number in numbers.items()}
         data = _dataset(ctx, actor, trial_code, arms)
         files = render(data, fmt, name)
         _audit(ctx, session, actor, trial.code, fmt, False, files, _rows(data), signed.id)
