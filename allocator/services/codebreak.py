@@ -861,6 +861,7 @@ class CodeBreakReconciliation:
     sheets: tuple[SheetRow, ...]  # every sheet within reach, or the `window`'s (a page)
     kits_without_sheet: int
     discrepancies: tuple[str, ...] = ()  # of every sheet within reach, whatever the window
+    flagged: tuple[tuple[str, str], ...] = ()  # (sheet number, discrepancy) of each, the same
     total_sheets: int = 0  # sheets within reach
     window: Window | None = None
 
@@ -971,7 +972,7 @@ def reconciliation(
     listed = range(len(visible)) if window is None else range(window.start, window.start + window.size)
     summaries: dict[str, dict[str, int]] = {}
     sheet_rows: list[SheetRow] = []
-    discrepancies: list[str] = []
+    flagged: list[tuple[str, str]] = []
     for i, row in enumerate(visible):
         last = last_checks.get(row.id)
         state, discrepancy = _state(
@@ -987,7 +988,7 @@ def reconciliation(
         summary["reprints"] += reprints[row.sheet_number]
         if discrepancy:
             summary["discrepancies"] += 1
-            discrepancies.append(discrepancy)
+            flagged.append((row.sheet_number, discrepancy))
         if i in listed:
             sheet_rows.append(
                 SheetRow(
@@ -1021,7 +1022,8 @@ def reconciliation(
         ),
         sheets=tuple(sheet_rows),
         kits_without_sheet=missing,
-        discrepancies=tuple(discrepancies),
+        discrepancies=tuple(discrepancy for _, discrepancy in flagged),
+        flagged=tuple(flagged),
         total_sheets=len(visible),
         window=window,
     )

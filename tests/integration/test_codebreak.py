@@ -524,6 +524,7 @@ def test_checks_and_the_reconciliation_balance_against_the_truth_and_flag_unregi
         )
         assert page.total_sheets == len(report.sheets) == 57 and not page.balanced
     assert len(report.discrepancies) == 3
+    assert {number for number, _ in report.flagged} == flagged_rows  # named, for the page's list
 
     # The site pharmacist sees only the sheets of the kits at the site.
     mine = codebreak.reconciliation(ctx, TRIAL, p1)

@@ -178,7 +178,12 @@ def test_generate_check_reconcile_and_activate_through_the_pages(
     shown = re.findall(rf"<tr><td>(CB-{TRIAL}-\d+)", second)
     assert shown == [f"CB-{TRIAL}-00000{n}" for n in (4, 5, 6)]
     assert "offset=0" in second and "offset=6" in second and "1 discrepancy(ies)" in second
+    # The discrepancy of sheet 2, off this page, is listed above the sheets with its number.
+    listed = re.findall(r"<li>(CB-[A-Z-]+-\d+)[^<]*protocol deviation", second)
+    assert listed == [f"CB-{TRIAL}-000002"]
     assert "Rows 7 to 8 of 8" in monitor.get(f"{overview}?offset=6").get_data(as_text=True)
+    beyond = monitor.get(f"{overview}?offset=30").get_data(as_text=True)
+    assert "No rows from row 31; the table has 8." in beyond and "No sheet within your reach." not in beyond
     bad = monitor.get(f"{overview}?offset=minus-one")
     assert bad.status_code == 422 and "offset" in bad.get_data(as_text=True)
     monkeypatch.undo()
