@@ -162,6 +162,14 @@ def test_an_unknown_site_or_trial_is_named_after_the_inputs_are_checked(ctx: Ser
     assert [e.field for e in invalid.value.errors] == ["strata.admission_cause"]
     with pytest.raises(NotFound, match="no trial"):
         randomize.randomize(ctx, ready.investigator, "NO-SUCH-TRIAL", request("P1-0001"), ALL)
+    # Found by a review: a site with a NUL byte went to the database first (PostgreSQL refuses it:
+    # a 500). It is an unknown site, named after the inputs, like any other.
+    with pytest.raises(ValidationFailed) as invalid:
+        randomize.randomize(ctx, ready.investigator, "IFNG-PAIS", request("??", site="P1\x00"), ALL)
+    assert "screening_number" in [e.field for e in invalid.value.errors]
+    with pytest.raises(NotFound) as caught:
+        randomize.randomize(ctx, ready.investigator, "IFNG-PAIS", request("P1-0009", site="P1\x00"), ALL)
+    assert [e.field for e in caught.value.errors] == ["site"]
     with ctx.db.reading() as s:
         assert s.execute(select(func.count()).select_from(ScreeningEntry)).scalar_one() == 0
     # The site's lock went with its transaction: the next randomization at P1 is not kept waiting.

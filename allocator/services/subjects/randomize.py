@@ -361,8 +361,11 @@ def randomize(
     log), SiteNotActive, AlreadyRandomized, NoActiveList, KitsUnavailable, StratumExhausted,
     lists.ListIntegrityFailure — each before any slot or kit is used."""
     now = ctx.now()
+    # Only what can be a site code goes to the database with the trial's read (a NUL byte, which
+    # PostgreSQL refuses, or any other text is an unknown site, named after the inputs are checked).
+    site_code = request.site if isinstance(request.site, str) and _SITE_CODE.fullmatch(request.site) else ""
     with ctx.db.unit_of_work() as session:
-        trial, definition, site = _trial_and_locked_site(session, trial_code, request.site)
+        trial, definition, site = _trial_and_locked_site(session, trial_code, site_code)
         _require_randomized(definition)
         lookups.require_open(trial)  # no new subject once the database is locked
         # Every check of the input comes before the first write: a refusal changes nothing.
@@ -397,6 +400,8 @@ def randomize(
 # is taken by its own statement, and what the lock protects is read by a later statement: on
 # PostgreSQL (READ COMMITTED) a statement that had to wait for a lock still reads every other row
 # as of its own start.
+
+_SITE_CODE = re.compile(r"[A-Za-z0-9-]{1,32}")  # wider than any site code the definitions allow
 
 # The trial (its status and the definition in force, as `lookups.trial_row_and_definition` reads
 # them) and the site of the request, its row locked: one statement (issue 16), the first of the
