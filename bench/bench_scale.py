@@ -435,6 +435,8 @@ def world_of(backend: str, args: argparse.Namespace) -> tuple[str, Path, bool]:
     world.mkdir(parents=True, exist_ok=True)
     keys = world / "keys"
     built = (world / "built").exists()
+    if not built:  # a world (re)built: any unblinded copy beside it was of another world
+        (world / "unblinded").unlink(missing_ok=True)
     if backend == "sqlite":
         if not built:  # a build that stopped part-way is started again
             (world / "allocator.db").unlink(missing_ok=True)
