@@ -10,6 +10,7 @@ import json
 import pytest
 from sqlalchemy import select
 
+from allocator import crypto
 from allocator.models import Subject
 from allocator.services import arm_access, signatures
 from allocator.services.closeout import releases, state
@@ -123,3 +124,40 @@ def test_the_final_listing_reads_every_arm_with_one_audited_read(ctx: ServiceCon
     ]
     assert "," not in json.loads(reads[0].new_values or "{}")["ids"]  # every subject, one range
     assert [r.subject_number for r in release.rows] == numbers
+
+
+@pytest.mark.req("BLD-04")
+def test_a_kit_draw_opens_kits_only_until_every_arm_has_its_share(
+    ctx: ServiceContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 16: the kits after the one that completes the last arm's share stay unopened (the whole
+    batch was opened before); the kits returned are the first of each arm met, in the order given."""
+    ready = ready_trial(ctx)
+    order = ["A", "A", "A", "B", "A", "B", "B", "A", "B", "A", "B", "A"]
+    kits = [
+        arm_access.SealedKit(
+            900 + i,
+            f"K{i}",
+            crypto.seal_arm(
+                ctx.ring, arm, crypto.Binding(trial=TRIAL, table="kit", row=f"K{i}", column="sealed_arm")
+            ),
+        )
+        for i, arm in enumerate(order)
+    ]
+    opened: list[str] = []
+    real = crypto.open_arm
+
+    def counting(ring: crypto.KeyRing, sealed: bytes, binding: crypto.Binding) -> str:
+        opened.append(binding.row)
+        return real(ring, sealed, binding)
+
+    monkeypatch.setattr(crypto, "open_arm", counting)
+    with ctx.db.unit_of_work() as session:
+        found = arm_access.kits_by_arm_until(
+            session, ctx, ready.statistician, TRIAL, [kits[:8], kits[8:]], ("A", "B"), 2, "test draw"
+        )
+    assert opened == ["K0", "K1", "K2", "K3", "K4", "K5"]  # the second B is the sixth kit
+    assert {arm: [k.kit_number for k in chosen] for arm, chosen in found.items()} == {
+        "A": ["K0", "K1"],
+        "B": ["K3", "K5"],
+    }
