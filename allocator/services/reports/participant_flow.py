@@ -288,7 +288,7 @@ def _stratum_tallies(ctx: ServiceContext, frame: Frame) -> dict[tuple[str, str],
                 *(func.sum(given) for given in per.administered),
             ).group_by(per.rows.c.site_id, per.rows.c.strata)
         ).all()
-    return _tallied(frame, per.days, ((site_id, text, *counts) for site_id, text, *counts in rows))
+    return _tallied(frame, per.days, rows)
 
 
 def _subject_tallies(ctx: ServiceContext, frame: Frame) -> list[tuple[int, str, str, _Tally]]:
@@ -312,10 +312,8 @@ def _subject_tallies(ctx: ServiceContext, frame: Frame) -> list[tuple[int, str, 
     texts: dict[str, str] = {}
     out = []
     for subject_id, site_id, text, *counts in rows:
-        if text not in texts:
-            texts[text] = strata_text(json.loads(text))
-        ((_, tally),) = _tallied(frame, per.days, [(site_id, text, 1, *counts)], texts).items()
-        out.append((subject_id, frame.sites[site_id], texts[text], tally))
+        (((site, stratum), tally),) = _tallied(frame, per.days, [(site_id, text, 1, *counts)], texts).items()
+        out.append((subject_id, site, stratum, tally))
     return out
 
 
