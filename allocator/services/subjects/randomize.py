@@ -406,7 +406,7 @@ _SITE_CODE = re.compile(r"[A-Za-z0-9-]{1,32}")  # wider than any site code the d
 # The trial (its status and the definition in force, as `lookups.trial_row_and_definition` reads
 # them) and the site of the request, its row locked: one statement (issue 16), the first of the
 # allocation. The site's lock orders the allocations of the site; the trial's row is read as of the
-# statement's start, as it was when it had a statement of its own before the lock. No row: an
+# statement's start (its status is read again under the lock, by the next statement). No row: an
 # unknown trial or site, told apart by `trial_row_and_definition` (NotFound for the trial).
 _TRIAL_AND_LOCKED_SITE = Direct(
     select(
@@ -454,11 +454,15 @@ def _trial_and_locked_site(
     )
 
 
-# Under the site's lock: whether the screening number is taken (trial-wide; a unique constraint
-# backs it), the number of subjects of the site, for the next subject number, and the id range of
-# the site's available kits, for the kit draw (`stock.draw_usable_kits`; a statement less).
+# Under the site's lock: the trial's status again (the first statement read it as of its start,
+# before any wait for the site: a database lock that committed meanwhile is seen here, and the lock
+# waits for the sites' rows, `closeout.state`), whether the screening number is taken (trial-wide;
+# a unique constraint backs it), the number of subjects of the site, for the next subject number,
+# and the id range of the site's available kits, for the kit draw (`stock.draw_usable_kits`; a
+# statement less).
 _SCREENING_TAKEN_AND_SITE_SUBJECTS = Direct(
     select(
+        select(Trial.status).where(Trial.id == bindparam("trial_id")).scalar_subquery(),
         select(Subject.id)
         .where(Subject.trial_id == bindparam("trial_id"), Subject.screening_number == bindparam("screening"))
         .exists(),
@@ -654,9 +658,11 @@ def _randomize_in(
         )
     if site.status != SiteStatus.ACTIVE.value:
         raise SiteNotActive(f"site {site.code} is {site.status}: it cannot randomize (RND-14)")
-    taken, site_subjects, kit_id_lo, kit_id_hi = _SCREENING_TAKEN_AND_SITE_SUBJECTS.one(
+    status, taken, site_subjects, kit_id_lo, kit_id_hi = _SCREENING_TAKEN_AND_SITE_SUBJECTS.one(
         connection, {"trial_id": trial.id, "screening": screening, "site_id": site.id}
     )
+    if status != trial.status:  # changed while this randomization waited for its site (UNB-10)
+        lookups.require_open(TrialRow(trial.id, trial.code, status))
     if taken:
         raise AlreadyRandomized(
             f"screening number {screening} is already randomized (RND-07)",
