@@ -276,7 +276,39 @@ def entry_rows(
 ) -> Sequence[Any]:
     """The rows `entries` makes its entries of, for a reader that keeps only some of them and builds
     those alone (`view`): the columns of `_VIEW_COLUMNS` by position, the time at `AT`."""
-    site_codes = _site_codes(ctx, chain) if scope is not None and not scope.all_sites else {}
+    site_codes = site_codes_within(ctx, chain, scope)
+    query = entry_select(
+        chain,
+        actions=actions,
+        since=since,
+        until=until,
+        scope=scope,
+        site_codes=site_codes,
+        usernames=usernames,
+        brief=brief,
+    )
+    with ctx.db.reading() as session:
+        return session.connection().execute(query.order_by(AuditEvent.__table__.c.seq)).all()
+
+
+def site_codes_within(ctx: ServiceContext, chain: str, scope: Scope | None) -> dict[int, str]:
+    """The site codes `entry_select` needs for a reader of `scope` (none for a reader of every site)."""
+    return _site_codes(ctx, chain) if scope is not None and not scope.all_sites else {}
+
+
+def entry_select(
+    chain: str,
+    *,
+    actions: Collection[str] | None,
+    since: datetime | None,
+    until: datetime | None,
+    scope: Scope | None,
+    site_codes: dict[int, str],
+    usernames: Collection[str] | None = None,
+    brief: bool = False,
+) -> Select[Any]:
+    """The statement of `entry_rows`, unordered, for a reader that adds its own conditions, order
+    or window (the review reports, issue 21)."""
     query = _within(select(AuditEvent).where(AuditEvent.chain == chain), scope, site_codes)
     if actions is not None:
         query = query.where(AuditEvent.action.in_(list(actions)))
@@ -287,16 +319,17 @@ def entry_rows(
     if usernames is not None:
         query = query.where(AuditEvent.actor_username.in_(list(usernames)))
     # Columns, not entities: a review of a large trial reads tens of thousands of entries, and an
-    # ORM object for each cost more than the review itself (issue 21).
-    # The table's own columns, read through the session's connection: the rows of a Core
-    # statement, without the ORM's handling of each row (issue 21).
+    # ORM object for each cost more than the review itself (issue 21). The table's own columns,
+    # read through the session's connection: the rows of a Core statement, without the ORM's
+    # handling of each row (issue 21).
     table = AuditEvent.__table__
     names = _VIEW_COLUMNS[:_BRIEF_END] if brief else _VIEW_COLUMNS
-    columns = query.with_only_columns(
-        *(table.c[name] if name != "sealed_values" else table.c[name].isnot(None) for name in names)
+    return query.with_only_columns(
+        *(
+            table.c[name] if name != "sealed_values" else table.c[name].isnot(None).label(name)
+            for name in names
+        )
     )
-    with ctx.db.reading() as session:
-        return session.connection().execute(columns.order_by(table.c.seq)).all()
 
 
 def _views(rows: Sequence[Any], filler: tuple[str, ...] = ()) -> list[EntryView]:

@@ -158,15 +158,27 @@ def test_a_page_window_reads_its_subjects_and_the_summary_counts_them_all(
     assert [(t.total, t.start, len(t.rows)) for t in cut.tables] == [(3, 2, 1), (5, 2, 2)]
     whole = catalogue.build(ctx, MONITOR, TRIAL, "dispensing", EVERYTHING, ALL, window=filters.Window(0, 3))
     assert [(t.total, len(t.rows)) for t in whole.tables] == [(None, 3), (5, 3)]
-    # A review page words only its window's entries; its summary and digest cover them all.
+    # A review page reads and words only its window's entries (the database counts them all); its
+    # SHA-256 is that of every entry, so a page that holds only some of them has none: the CSV and
+    # the PDF have it. A window that holds every entry shows it.
     listed = {kind: view(ctx, kind, version="review") for kind in audit_review.REVIEW_KINDS}
     kind, every_entry = next((k, v) for k, v in listed.items() if len(v.tables[0].rows) >= 3)
     paged = catalogue.build(
         ctx, MONITOR, TRIAL, kind, EVERYTHING, ALL, version="review", window=filters.Window(1, 2)
     )
-    assert paged.facts == every_entry.facts
+    sha = "SHA-256 of the listed entries"
+    assert dict(paged.facts) == {
+        **dict(every_entry.facts),
+        sha: "in the CSV and the PDF, which hold every entry, and recorded with the signature",
+    }
+    assert dict(every_entry.facts)[sha] == audit_review.audit_review(ctx, TRIAL, kind, ALL, EVERYTHING).digest
     assert paged.tables[0].rows == every_entry.tables[0].rows[1:3]
     assert (paged.tables[0].total, paged.tables[0].start) == (len(every_entry.tables[0].rows), 1)
+    whole = catalogue.build(
+        ctx, MONITOR, TRIAL, kind, EVERYTHING, ALL, version="review", window=filters.Window(0, 10_000)
+    )
+    assert whole.facts == every_entry.facts and whole.tables[0].rows == every_entry.tables[0].rows
+    assert whole.tables[0].total is None
 
 
 def test_a_page_window_is_parsed_from_the_offset() -> None:

@@ -4,20 +4,41 @@ reviews."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from operator import itemgetter
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import (
+    JSON,
+    TIMESTAMP,
+    BigInteger,
+    ColumnElement,
+    Connection,
+    Numeric,
+    Subquery,
+    and_,
+    case,
+    cast,
+    extract,
+    false,
+    func,
+    literal,
+    not_,
+    or_,
+    select,
+    true,
+    union_all,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 
 from allocator import audit_labels, service_messages
-from allocator.audit import SYSTEM_CHAIN, Action, Actor
-from allocator.models import AuditReview, RoleAssignment, Signature, User
+from allocator.audit import SYSTEM_CHAIN, Action, Actor, format_time
+from allocator.models import AuditEvent, AuditReview, RoleAssignment, Signature, User
 from allocator.notices import N_
 from allocator.permissions import Role, Scope
 from allocator.printing import monitoring_reports
@@ -27,6 +48,7 @@ from allocator.services.errors import FieldProblem, NotFound, ValidationFailed
 from allocator.services.lookups import get_trial, trial_definition
 from allocator.services.reports.filters import (
     WORKDAY,
+    Frame,
     ReportFilter,
     Window,
     audit_time,
@@ -242,17 +264,29 @@ class AuditReviewReport:
     entries: tuple[ReviewEntry, ...]
     past: tuple[PastReview, ...]
     suggested_period: tuple[date, date]
-    # A page's window (issue 21): only its entries are put in the reader's words; the summary and
-    # the digest cover every entry.
+    # A page's window (issue 21), when the page does not hold every entry: `entries` are the window's
+    # alone and `total` counts every entry listed; there is then no SHA-256 (the CSV, the PDF and
+    # the signature cover every entry).
     window: Window | None = None
+    total: int | None = None
+
+    @property
+    def count(self) -> int:
+        """The number of entries listed (not only the window's)."""
+        return len(self.entries) if self.total is None else self.total
 
     @property
     def rows(self) -> tuple[tuple[str, ...], ...]:
         return tuple(e.cells() for e in self.entries)
 
     @property
-    def digest(self) -> str:
-        """SHA-256 of what the reviewer is shown (and signs): the report name, columns and rows."""
+    def digest(self) -> str | None:
+        """SHA-256 of what the reviewer is shown (and signs): the report name, columns and rows.
+        None for a page's window of a longer list."""
+        return None if self.total is not None else self.sha256()
+
+    def sha256(self) -> str:
+        """`digest` of the entries held (every entry listed, when read without a window)."""
         raw = json.dumps(
             {"report": self.kind.name, "columns": _REVIEW_COLUMNS, "rows": self.rows},
             sort_keys=True,
@@ -262,10 +296,16 @@ class AuditReviewReport:
         return hashlib.sha256(raw.encode("utf-8")).hexdigest()
 
     def facts(self, _: Words) -> tuple[tuple[str, str], ...]:
+        digest = self.digest
         out = [
             (_("Review report"), f"{_(self.kind.title)}{_(': ')}{_(self.kind.description)}"),
-            (_("Entries listed"), _.n(len(self.entries))),
-            (_("SHA-256 of the listed entries"), self.digest),
+            (_("Entries listed"), _.n(self.count)),
+            (
+                _("SHA-256 of the listed entries"),
+                digest
+                if digest is not None
+                else _("in the CSV and the PDF, which hold every entry, and recorded with the signature"),
+            ),
         ]
         if self.kind.name == "off-hours":
             start, end = (f"{hour:02d}" for hour in self.hours)
@@ -283,21 +323,18 @@ class AuditReviewReport:
         return tuple(out)
 
     def tables(self, _: Words) -> tuple[monitoring_reports.Table, ...]:
-        window = self.window
-        if window is not None and len(self.entries) <= window.size:
-            window = None  # a short table is shown whole (Window.cut)
-        shown = self.entries if window is None else self.entries[window.start : window.start + window.size]
+        window = self.window if self.total is not None else None
         known = _Known(_)  # words already found, for every row (issue 21)
         return (
             monitoring_reports.Table(
                 _(self.kind.title),
                 tuple(_(column) for column in _REVIEW_COLUMNS),
-                tuple(e.shown(_, known) for e in shown),
+                tuple(e.shown(_, known) for e in self.entries),
                 _(
                     "Clear values only: sealed values are never shown. The SHA-256 covers the entries as "
                     "recorded (codes and values), whatever the language they are read in."
                 ),
-                total=len(self.entries) if window is not None else None,
+                total=self.total,
                 start=window.start if window is not None else 0,
             ),
             monitoring_reports.Table(
@@ -317,16 +354,7 @@ class AuditReviewReport:
         )
 
 
-_CHECKPOINT = Action.AUDIT_CHECKPOINT.value
-# The only actions `_pharmacovigilance` can keep out: the others are not looked at (issue 21).
-_PV_ACTIONS = frozenset(
-    a.value
-    for a in (Action.UNBLINDING_PV, Action.UNBLINDING_RESULT_SHOWN, Action.ARM_READ, Action.SIGNATURE_APPLIED)
-) | {Action.SIGNATURE_FAILED.value}
-
-
-# The action codes `_pharmacovigilance` compares with, read once (issue 21: an enum member's value
-# costs an attribute look-up through the enum machinery, for each of thousands of entries).
+# The action codes `_pharmacovigilance` compares with.
 _UNBLINDING_PV = Action.UNBLINDING_PV.value
 _RESULT_SHOWN = Action.UNBLINDING_RESULT_SHOWN.value
 _ARM_READ = Action.ARM_READ.value
@@ -367,19 +395,6 @@ def _hour(utc_hour: str, zone: ZoneInfo, flt: ReportFilter) -> tuple[datetime, b
         return None
     working = start.weekday() < 5 and flt.hours_from <= start.hour < flt.hours_to
     return start, working, start.strftime("%a %Y-%m-%d %H:"), start.strftime(" %Z")
-
-
-def _pharmacovigilance(entry: audit_trail.EntryView) -> bool:
-    """UNB-08: entries that would tell trial staff that a pharmacovigilance unblinding happened."""
-    new = entry.new or {}
-    action = entry.action
-    if action == _UNBLINDING_PV:
-        return True
-    if action == _RESULT_SHOWN and new.get("kind") == "pharmacovigilance":
-        return True
-    if action == _ARM_READ and new.get("purpose") == unblinding.PV_MEANING:
-        return True
-    return action in _SIGNATURES and new.get("meaning") == unblinding.PV_MEANING
 
 
 # What `json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)` writes, without
@@ -569,10 +584,21 @@ def _trial_usernames(ctx: ServiceContext, trial_id: int, scope: Scope) -> set[st
 
 
 def audit_review(
-    ctx: ServiceContext, trial_code: str, report: str, scope: Scope, flt: ReportFilter
+    ctx: ServiceContext,
+    trial_code: str,
+    report: str,
+    scope: Scope,
+    flt: ReportFilter,
+    window: Window | None = None,
 ) -> AuditReviewReport:
     """One review report for the period (AUD-09): the matching audit entries within reach, blinded
-    (clear values only, pharmacovigilance unblindings left out, UNB-08), and the signed reviews."""
+    (clear values only, pharmacovigilance unblindings left out, UNB-08), and the signed reviews.
+
+    The database chooses the entries (`_listed`: the actions, the period, the reader's sites, the
+    filter's site, the working hours in the trial's zone, pharmacovigilance, reprints), so that a
+    page (`window`) counts them there and reads only its window's rows (issue 21). Without a window
+    (the CSV, the PDF, the signature), every entry listed is read and the SHA-256 covers them all;
+    a page whose window does not hold every entry has no SHA-256 (`digest` is None)."""
     kind = REVIEW_KINDS.get(report)
     if kind is None:
         raise NotFound(
@@ -581,40 +607,58 @@ def audit_review(
         )
     frame = scoped_frame(ctx, trial_code, scope, flt)
     zone = ZoneInfo(frame.definition.timezone)
-    # The rows first, each made an entry only once its time keeps it (issue 21: the off-hours
-    # review drops a third of a trial's entries, whose recorded values need not be parsed).
-    found = list(
-        audit_trail.entry_rows(
-            ctx,
-            frame.code,
-            actions=kind.actions,
-            since=flt.start,
-            until=flt.end,
-            scope=frame.scope,
-            brief=True,
-        )
+    usernames = _trial_usernames(ctx, frame.trial_id, frame.scope) if kind.system_actions else None
+    with ctx.db.reading() as session:
+        connection = session.connection()
+        listed = _listed(connection, kind, frame, flt, zone, usernames)
+        order = (listed.c.at, listed.c.chain, listed.c.seq)
+        in_order = select(listed).order_by(*order)
+        total = None
+        if window is not None:
+            # The window's entries, with the count of every entry: only their keys are sorted.
+            keys = connection.execute(
+                select(listed.c.chain, listed.c.seq, func.count().over())
+                .order_by(*order)
+                .offset(window.start)
+                .limit(window.size)
+            ).all()
+            total = (
+                int(keys[0][2])
+                if keys
+                else connection.execute(select(func.count()).select_from(listed)).scalar_one()
+            )
+            if total <= window.size:
+                total = None  # a short table is shown whole (Window.cut), with its SHA-256
+            else:
+                chains: dict[str, list[int]] = {}
+                for chain, seq, _count in keys:
+                    chains.setdefault(chain, []).append(seq)
+                in_order = in_order.where(
+                    or_(
+                        false(),
+                        *(and_(listed.c.chain == c, listed.c.seq.in_(seqs)) for c, seqs in chains.items()),
+                    )
+                )
+        rows = list(connection.execute(in_order).all())
+    today = ctx.now().astimezone(UTC).date()
+    return AuditReviewReport(
+        kind,
+        frame.definition.timezone,
+        (flt.hours_from, flt.hours_to),
+        tuple(_entries(rows, zone, flt)),
+        tuple(reviews(ctx, frame.code, report=kind.name)),
+        (today.replace(day=1), today),
+        window if total is not None else None,
+        total,
     )
-    if kind.system_actions:
-        found += audit_trail.entry_rows(
-            ctx,
-            SYSTEM_CHAIN,
-            actions=kind.system_actions,
-            since=flt.start,
-            until=flt.end,
-            scope=None,
-            usernames=_trial_usernames(ctx, frame.trial_id, frame.scope),
-            brief=True,
-        )
-    rows = []
-    off_hours = kind.name == "off-hours"
+
+
+def _entries(rows: list[Any], zone: ZoneInfo, flt: ReportFilter) -> list[ReviewEntry]:
+    """The review's entries of the rows `_listed` chose, in its order, each with its time cells."""
     at_ = audit_trail.AT
-    if len(found) > 1 and any(row[0] != found[0][0] for row in found):
-        found.sort(key=lambda row: (row[at_], row[0], row[1]))  # time, chain, sequence
-    else:  # one chain, read in sequence order: sorted by time and sequence (issue 21: no key per entry)
-        found.sort(key=itemgetter(at_))
+    out = []
     # Per minute of recorded time (issue 21: a trial's entries come in bursts, a randomization's or a
-    # dispensing's in the same minute): the moment in the trial's zone, whether it is within the
-    # working hours, and the local time cell.
+    # dispensing's in the same minute): the moment in the trial's zone and the local time cell.
     minutes: dict[str, tuple[datetime, bool, str]] = {}
     # And first per hour, where every minute of it has the same whole-hour offset (`_hour`): the
     # entries of a trial are spread over every hour, rarely two in a minute (issue 21: 23,868
@@ -622,39 +666,29 @@ def audit_review(
     hours: dict[str, tuple[datetime, bool, str, str] | None] = {}
     view, brief = audit_trail.view, audit_trail.BRIEF
     same: dict[Any, Any] = {}  # the texts the entries repeat, kept once (audit_trail.view)
-    found.reverse()
-    while found:
-        row = found.pop()  # each row let go once read (issue 21: a review's peak memory)
+    rows.reverse()
+    while rows:
+        row = rows.pop()  # each row let go once read (issue 21: a review's peak memory)
         recorded = row[at_]
         if _RECORDED_TIME.fullmatch(recorded) is not None:
             key = recorded[:13]
             hour = hours[key] if key in hours else hours.setdefault(key, _hour(key, zone, flt))
             if hour is not None:
-                start, working, before, after = hour
-                if off_hours and working:
-                    continue
+                start, _working, before, after = hour
                 moment = start.replace(minute=int(recorded[14:16]))
                 local_cell = f"{before}{recorded[14:16]}{after}"
             else:
                 minute = minutes.get(recorded[:16])
                 if minute is None:
                     minute = minutes[recorded[:16]] = _minute(datetime.fromisoformat(recorded), zone, flt)
-                moment, working, local_cell = minute
+                moment, _working, local_cell = minute
             utc_cell = f"{recorded[:10]} {recorded[11:19]} UTC"  # _utc_cell, with no datetime
         else:  # an imported entry's time, in another form
             at = audit_time(recorded)
-            moment, working, local_cell = _minute(at, zone, flt)
+            moment, _working, local_cell = _minute(at, zone, flt)
             utc_cell = _utc_cell(recorded, at)
-        if off_hours and working:
-            continue
         entry = view(row, brief, same)
-        if (entry.action in _PV_ACTIONS and _pharmacovigilance(entry)) or entry.action == _CHECKPOINT:
-            continue
-        if flt.site is not None and entry.site_code not in (None, flt.site):
-            continue
-        if kind.name == "reprints" and not (entry.new or {}).get("reprint"):
-            continue
-        rows.append(
+        out.append(
             ReviewEntry(
                 f"{entry.chain}:{entry.seq}",
                 utc_cell,
@@ -670,15 +704,191 @@ def audit_review(
                 moment,
             )
         )
-    today = ctx.now().astimezone(UTC).date()
-    return AuditReviewReport(
-        kind,
-        frame.definition.timezone,
-        (flt.hours_from, flt.hours_to),
-        tuple(rows),
-        tuple(reviews(ctx, frame.code, report=kind.name)),
-        (today.replace(day=1), today),
+    return out
+
+
+# --- the entries a review lists, chosen in the database (issue 21) ---------------------------------
+
+_EVENT = AuditEvent.__table__.c
+
+
+def _listed(
+    connection: Connection,
+    kind: ReviewKind,
+    frame: Frame,
+    flt: ReportFilter,
+    zone: ZoneInfo,
+    usernames: set[str] | None,
+) -> Subquery:
+    """The entries a review lists, as a subquery of `audit_trail.entry_select`'s brief columns: the
+    trial's entries of the kind's actions in the period and within the reader's reach, and for the
+    sign-in review the instance's entries of the trial's users; never an audit checkpoint or an
+    entry that would tell of a pharmacovigilance unblinding (UNB-08); of the filter's site (and
+    the trial-level entries) when it names one; reprinted documents only for the reprints review;
+    outside the working hours in the trial's zone for the off-hours review."""
+    dialect = connection.dialect.name
+    chains = [
+        audit_trail.entry_select(
+            frame.code,
+            actions=kind.actions,
+            since=flt.start,
+            until=flt.end,
+            scope=frame.scope,
+            site_codes=frame.sites,
+            brief=True,
+        )
+    ]
+    if kind.system_actions:
+        chains.append(
+            audit_trail.entry_select(
+                SYSTEM_CHAIN,
+                actions=kind.system_actions,
+                since=flt.start,
+                until=flt.end,
+                scope=None,
+                site_codes={},
+                usernames=usernames or (),
+                brief=True,
+            )
+        )
+    kept = [_CHECKPOINT_LEFT_OUT, not_(_pharmacovigilance(dialect))]
+    if flt.site is not None:
+        kept.append(or_(_EVENT.site_code.is_(None), _EVENT.site_code == flt.site))
+    if kind.name == "reprints":
+        kept.append(_truthy(dialect, "reprint"))
+    if kind.name == "off-hours":
+        kept.append(not_(_working(connection, frame.code, flt, zone)))
+    chosen = [query.where(*kept) for query in chains]
+    return (chosen[0] if len(chosen) == 1 else union_all(*chosen)).subquery("listed")
+
+
+_CHECKPOINT_LEFT_OUT = _EVENT.action != Action.AUDIT_CHECKPOINT.value
+
+
+def _json_text(dialect: str, key: str) -> ColumnElement[Any]:
+    """The recorded value `key` of an entry's new values: its text on PostgreSQL, its SQL value on
+    SQLite; NULL when absent."""
+    if dialect == "postgresql":
+        return func.json_extract_path_text(cast(_EVENT.new_values, JSON), key)
+    return func.json_extract(_EVENT.new_values, f"$.{key}")
+
+
+def _when(action: ColumnElement[bool], dialect: str, key: str, value: str) -> ColumnElement[bool]:
+    """The entry is of `action` and its recorded `key` is the text `value` (never NULL). Only an
+    entry of `action` whose recorded text holds `value` (a word of plain letters, written as such
+    in JSON) is parsed: a trial's thousands of arm reads are not."""
+    holds = and_(action, _EVENT.new_values.contains(value, autoescape=True))
+    return case((holds, func.coalesce(_json_text(dialect, key), "")), else_="") == value
+
+
+def _pharmacovigilance(dialect: str) -> ColumnElement[bool]:
+    """UNB-08: entries that would tell trial staff that a pharmacovigilance unblinding happened: the
+    unblinding itself, its result shown, the arm read for it and the signatures with its meaning."""
+    action = _EVENT.action
+    return or_(
+        action == _UNBLINDING_PV,
+        _when(action == _RESULT_SHOWN, dialect, "kind", "pharmacovigilance"),
+        _when(action == _ARM_READ, dialect, "purpose", unblinding.PV_MEANING),
+        _when(action.in_(_SIGNATURES), dialect, "meaning", unblinding.PV_MEANING),
     )
+
+
+def _truthy(dialect: str, key: str) -> ColumnElement[bool]:
+    """The recorded value `key` is true as Python tells it: a number other than zero, true, a text,
+    a list or a mapping that is not empty (a reprint number other than 0)."""
+    if dialect == "postgresql":
+        value = cast(_EVENT.new_values, JSONB)[key]
+        kind = func.jsonb_typeof(value)
+        return case(
+            (kind == "number", cast(value.astext, Numeric) != 0),
+            (kind == "boolean", value.astext == "true"),
+            (kind == "string", value.astext != ""),
+            (kind == "array", func.jsonb_array_length(value) > 0),
+            (kind == "object", value.astext != "{}"),
+            else_=false(),
+        )
+    path = f"$.{key}"
+    kind = func.json_type(_EVENT.new_values, path)
+    value = func.json_extract(_EVENT.new_values, path)
+    return case(
+        (kind.in_(("integer", "real")), value != 0),
+        (kind == "true", true()),
+        (kind == "text", value != ""),
+        (kind == "array", func.json_array_length(_EVENT.new_values, path) > 0),
+        (kind == "object", value != "{}"),
+        else_=false(),
+    )
+
+
+def _working(connection: Connection, chain: str, flt: ReportFilter, zone: ZoneInfo) -> ColumnElement[bool]:
+    """Whether an entry was recorded within the working hours, Monday to Friday, in the trial's
+    zone, worked out in the database: its recorded UTC second plus the zone's offset at that time
+    (`_offsets`: the offsets between the first and the last entry of the period, each from the
+    moment it took effect), then the day of the week and the hour of that local second."""
+    period = [_EVENT.chain == chain]
+    if flt.start is not None:
+        period.append(_EVENT.at >= format_time(flt.start))
+    if flt.end is not None:
+        period.append(_EVENT.at < format_time(flt.end))
+    first, last = connection.execute(select(func.min(_EVENT.at), func.max(_EVENT.at)).where(*period)).one()
+    if first is None:
+        return true()  # no entry: nothing to tell
+    offsets = _offsets(zone, audit_time(first), audit_time(last) + timedelta(days=1))
+    seconds = _utc_seconds(connection.dialect.name)
+    offset: ColumnElement[Any] = literal(offsets[-1][1], BigInteger)
+    if len(offsets) > 1:
+        # Before the n-th change, the offset before it; after the last, the last.
+        offset = case(
+            *(
+                (_EVENT.at < boundary, literal(before, BigInteger))
+                for (_, before), (boundary, _) in itertools.pairwise(offsets)
+            ),
+            else_=literal(offsets[-1][1], BigInteger),
+        )
+    # The hour of the week of the local second, from Monday 00:00 (1 January 1970 was a Thursday:
+    # 72 hours after a Monday's start), worked out once per entry and looked up among the working
+    # hours of the week.
+    hour_of_week = ((seconds + offset) // 3600 + 72) % 168
+    working = [day * 24 + hour for day in range(5) for hour in range(flt.hours_from, flt.hours_to)]
+    return hour_of_week.in_(working) if working else false()
+
+
+def _utc_seconds(dialect: str) -> ColumnElement[Any]:
+    """An entry's recorded time to the second, as seconds since 1970 (UTC)."""
+    second = func.substr(_EVENT.at, 1, 19)  # "2026-12-05T12:09:30"
+    if dialect == "postgresql":
+        return cast(extract("epoch", cast(second, TIMESTAMP)), BigInteger)
+    return cast(func.strftime("%s", second), BigInteger)
+
+
+def _offsets(zone: ZoneInfo, first: datetime, last: datetime) -> list[tuple[str | None, int]]:
+    """The zone's offsets from UTC, in seconds, between `first` and `last`: the first one's, then
+    each change with the UTC second it takes effect from, as recorded times begin
+    ("2026-03-29T01:00:00"). Looked for day by day, each change then found to the second (no zone
+    changes its offset twice in a day)."""
+
+    def offset(second: int) -> int:
+        shift = datetime.fromtimestamp(second, UTC).astimezone(zone).utcoffset()
+        return int(shift.total_seconds()) if shift is not None else 0
+
+    lo, hi = int(first.timestamp()), int(last.timestamp())
+    current = offset(lo)
+    found: list[tuple[str | None, int]] = [(None, current)]
+    day = lo
+    while day < hi:
+        step = min(day + 86400, hi)
+        if offset(step) != current:
+            before, after = day, step  # the change is in (before, after]
+            while after - before > 1:
+                middle = (before + after) // 2
+                if offset(middle) == current:
+                    before = middle
+                else:
+                    after = middle
+            current = offset(after)
+            found.append((datetime.fromtimestamp(after, UTC).strftime("%Y-%m-%dT%H:%M:%S"), current))
+        day = step
+    return found
 
 
 def reviews(ctx: ServiceContext, trial_code: str, *, report: str | None = None) -> list[PastReview]:
@@ -743,6 +953,7 @@ def sign_review(
         raise ValidationFailed("the review cannot be signed", errors=problems)
     flt = ReportFilter(since=period_start, until=period_end, hours_from=hours[0], hours_to=hours[1])
     listed = audit_review(ctx, trial_code, report, scope, flt)
+    digest = listed.sha256()  # read without a window: every entry listed
     object_id = f"{report}/{period_start.isoformat()}/{period_end.isoformat()}"
     sites = "all" if scope.all_sites else ",".join(sorted(str(s) for s in scope.site_ids))
     content = {
@@ -751,7 +962,7 @@ def sign_review(
         "period_start": period_start.isoformat(),
         "period_end": period_end.isoformat(),
         "entries": len(listed.entries),
-        "sha256": listed.digest,
+        "sha256": digest,
         "sites": sites,
     }
     now = ctx.now()
@@ -786,7 +997,7 @@ def sign_review(
             period_start=flt.start,
             period_end=flt.end,
             entries=len(listed.entries),
-            content_sha256=listed.digest,
+            content_sha256=digest,
             comment=comment.strip(),
             reviewed_at=now,
             reviewed_by_id=actor.user_id,

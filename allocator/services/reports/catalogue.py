@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sqlalchemy import select
@@ -393,9 +393,7 @@ def build(
     if version == "review":
         if name not in review_kinds_for(definition):
             raise _unknown(name, version, definition)
-        data = audit_review(ctx, trial_code, name, scope, flt)
-        if window is not None:
-            data = replace(data, window=window)
+        data = audit_review(ctx, trial_code, name, scope, flt, window)
         title, uses_period = _("Audit-trail review: %(report)s", report=_(data.kind.title)), True
     else:
         spec = reports_for(definition).get(name)
