@@ -323,7 +323,9 @@ def _piece(
     body = [
         [_wrapped(value, width, measures) for value, width in zip(row, widths, strict=True)] for row in rows
     ]
-    made = PdfTable([header, *body], colWidths=widths, repeatRows=1, hAlign="LEFT")
+    # splitInRow: a row taller than a page (a cell of hundreds of lines) continues on the next page,
+    # where ReportLab otherwise fails the whole document.
+    made = PdfTable([header, *body], colWidths=widths, repeatRows=1, hAlign="LEFT", splitInRow=1)
     made.setStyle(style)
     return made
 

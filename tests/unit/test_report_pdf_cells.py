@@ -155,3 +155,19 @@ def test_pages_kept_compressed_until_the_count_is_known_make_the_same_pdf(
     assert mr.render_report_pdf(document) == made
     pages = pypdf.PdfReader(io.BytesIO(made)).pages
     assert f"Page {len(pages)} of {len(pages)}" in pages[-1].extract_text()
+
+
+@pytest.mark.req("REP-05")
+def test_a_row_taller_than_a_page_continues_on_the_next_page() -> None:
+    """A closing note of 2026-12-06: a cell of a few hundred lines (an audit entry listing many
+    subjects) made a row taller than a page, which ReportLab could not lay out: the PDF failed (a
+    500). The row now continues on the next page, every line of it printed."""
+    tall = " ".join(f"w{n:04d}" for n in range(4000))
+    rows = (("P01-001", "short"), ("P01-002", tall), ("P01-003", "after the tall row"))
+    pdf = mr.render_report_pdf(_long_document(rows))
+    reader = pypdf.PdfReader(io.BytesIO(pdf))
+    text = " ".join(page.extract_text() for page in reader.pages)
+    assert len(reader.pages) >= 4
+    words = text.split()
+    assert all(f"w{n:04d}" in words for n in range(4000))
+    assert words.index("w3999") < words.index("tall")
