@@ -102,9 +102,7 @@ def _form_page(
 ) -> Response:
     """The unblinding form: the subject is chosen in a list of the subjects within reach (subject
     number, randomization date), never typed (issue 13), and shown back large by the confirmation."""
-    subjects = sorted(
-        views.subjects(ctx(), trial, scope(permission)), key=lambda s: (s.site, s.subject_number)
-    )
+    subjects = views.subject_choices(ctx(), trial, scope(permission))  # by site and number
     # UNB-11: the drill subjects of the investigator's sites, offered apart and marked DRILL.
     drills = unblinding_drills.drill_subjects(ctx(), trial, scope(permission)) if kind == "emergency" else []
     numbers = {s.subject_number for s in subjects} | {d.drill_number for d in drills}

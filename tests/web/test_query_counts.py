@@ -36,12 +36,17 @@ MONITOR_PATHS = [
     f"{T}/audit",
 ]
 PHARMACIST_PATHS = [f"{T}/pharmacy"]
+INVESTIGATOR_PATHS = [f"{T}/unblind"]  # the form lists every subject within reach (chosen, never typed)
 API_PATHS = ["/api/v1/trials/IFNG-PAIS/subjects", "/api/v1/trials/IFNG-PAIS/audit"]
 
 
 def _counts(app: Flask, db: Database, clients: dict[str, FlaskClient], token: str) -> dict[str, int]:
     out: dict[str, int] = {}
-    for who, paths in (("monitor", MONITOR_PATHS), ("pharmacist", PHARMACIST_PATHS)):
+    for who, paths in (
+        ("monitor", MONITOR_PATHS),
+        ("pharmacist", PHARMACIST_PATHS),
+        ("investigator", INVESTIGATOR_PATHS),
+    ):
         for path in paths:
             if path.endswith("/audit"):
                 # The first view after entries were appended keeps its verification (a row written
@@ -86,6 +91,7 @@ def test_pages_cost_the_same_statements_with_ten_times_the_subjects(
         return {
             "monitor": _signed_in(app, "mon-all", GOOD_PASSWORD),
             "pharmacist": _signed_in(app, crowd.ready.pharmacist.username, GOOD_PASSWORD),
+            "investigator": _signed_in(app, crowd.ready.investigator.username, GOOD_PASSWORD),
         }
 
     small = _counts(app, db, clients(), token)

@@ -430,6 +430,11 @@ def test_a_pharmacovigilance_result_is_shown_once_and_its_showing_stays_hidden_f
     assert pv_actor.user_id is not None
     pv = TotpSignedIn(app, ctx, clock, pv_actor.user_id, "pv1")
     path = f"/trials/{TRIAL}/pv-unblind"
+    # Every subject within reach, grouped by site (a pharmacovigilance officer may have thousands).
+    other = randomize(ctx, world, "P2-0001", "P2")
+    form = pv.client.get(path).get_data(as_text=True)
+    p1, p2 = form.index('<optgroup label="Site P1">'), form.index('<optgroup label="Site P2">')
+    assert p1 < form.index(f'value="{number}"') < p2 < form.index(f'value="{other}"')
     posted = pv.client.post(
         path,
         data={
