@@ -3,36 +3,44 @@ database (a closing note of 2026-12-06: "a randomization that waited on the site
 trial's status from before its wait").
 
 A randomization reads the trial and locks its site's row in one statement; on PostgreSQL (READ
-COMMITTED) a statement that waits for a row lock still reads the other rows as of its own start.
-So a randomization that waited while the trial was locked went on with the status it had read
-before the wait ("active") and randomized a subject into a locked trial; and the lock itself
-waited for no randomization, so one already past its reads committed after the lock.
+COMMITTED) a statement that waits for a row lock still reads the other rows as of its own start,
+and nothing made the lock wait for a randomization that had read the trial "active": reproduced
+here before the fix, a randomization paused after its first statement while the lock was signed
+went on and randomized a subject into the locked trial.
 
-Now the status change takes the row of every site of the trial first (it waits for the
-randomizations in progress, which then come before it in every order), and a randomization reads
-the trial's status again once it holds its site (after any wait)."""
+Now the randomization's next statement, under its site's lock, reads the trial's status again and
+locks the trial's row FOR KEY SHARE (the lock its inserts take anyway) until it commits; the lock
+takes the trial's row FOR UPDATE. Either the randomization holds its key-share lock first and the
+database lock waits for it to commit, or the lock holds the row first and the randomization waits,
+then reads "locked" and is refused. A first version of the fix had the lock take every site's row
+too: the review of this change found it deadlocked with a batch-expiry change (its signature's
+insert holds a key-share lock on the trial, then resupply locks a site), kept below."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text
 
-from allocator.models import Site, Subject, Trial, TrialStatus
+from allocator.models import Subject, Trial, TrialStatus
 from allocator.services import signatures
 from allocator.services.closeout import state
 from allocator.services.context import ServiceContext
 from allocator.services.lookups import TrialLocked
 from allocator.services.subjects import randomize as subjects_randomize
+from allocator.services.supply import kit_status, resupply
 from tests.conftest import FreshDatabase
+from tests.integration.test_resupply import LEVELS, activate, deliver, world
 from tests.support import ALL_SITES, GOOD_PASSWORD, TRIAL, committed_context, eligible_on, person, ready_trial
 
 pytestmark = pytest.mark.slow
+SIGNED = signatures.SignatureRequest(password=GOOD_PASSWORD)
 
 
 @pytest.fixture
@@ -70,77 +78,186 @@ def _subjects(ctx: ServiceContext) -> int:
         return probe.execute(select(func.count()).select_from(Subject)).scalar_one()
 
 
-@pytest.mark.req("UNB-10")
-def test_a_randomization_that_waited_while_the_trial_was_locked_is_refused(
-    live: ServiceContext, backend: str
-) -> None:
-    _postgresql_only(backend)
-    ready = ready_trial(live)
-    engine = live.db.write_engine
-    outcome: dict[str, object] = {}
+def _status(ctx: ServiceContext) -> str:
+    with ctx.db.write_engine.connect() as probe:
+        return probe.execute(select(Trial.status).where(Trial.code == TRIAL)).scalar_one()
 
-    def randomize() -> None:
+
+def _randomizing(ctx: ServiceContext, outcome: dict[str, object]) -> threading.Thread:
+    """A randomization at P1 in a thread of its own, its outcome (or error) put in `outcome`."""
+    ready = ready_trial(ctx)
+
+    def run() -> None:
+        request = subjects_randomize.RandomizationRequest(
+            site="P1",
+            screening_number="P1-0901",
+            eligibility=eligible_on(datetime.now(UTC).date()),  # the service runs on the real clock
+            strata={"admission_cause": "septic"},
+        )
         try:
-            request = subjects_randomize.RandomizationRequest(
-                site="P1",
-                screening_number="P1-0901",
-                eligibility=eligible_on(datetime.now(UTC).date()),  # the service runs on the real clock
-                strata={"admission_cause": "septic"},
-            )
             outcome["subject"] = subjects_randomize.randomize(
-                live, ready.investigator, TRIAL, request, ALL_SITES
+                ctx, ready.investigator, TRIAL, request, ALL_SITES
             )
         except Exception as exc:
             outcome["error"] = exc
 
-    with engine.connect() as lock:  # a database lock in progress: it holds the site, then the trial
-        lock.execute(select(Site.id).where(Site.code == "P1").with_for_update())
+    return threading.Thread(target=run)
+
+
+def _lock(ctx: ServiceContext, outcome: dict[str, object]) -> threading.Thread:
+    """The trial manager's signed database lock in a thread of its own."""
+    manager = person(ctx, "tman-lock", "trial_manager")
+
+    def run() -> None:
+        try:
+            outcome["step"] = state.lock(
+                ctx, manager, TRIAL, reason="last patient's last visit", signature=SIGNED
+            )
+        except Exception as exc:
+            outcome["error"] = exc
+
+    return threading.Thread(target=run)
+
+
+def _paused_after_the_site(
+    monkeypatch: pytest.MonkeyPatch, *, before_the_trial: bool
+) -> tuple[threading.Event, threading.Event]:
+    """Pause a randomization holding its site's row: just before (or just after) the statement that
+    reads the trial's status again. Returns (reached, go)."""
+    reached, go = threading.Event(), threading.Event()
+    real = subjects_randomize._SCREENING_TAKEN_AND_SITE_SUBJECTS
+
+    class Paused:
+        def one(self, connection: Any, params: Any) -> Any:
+            if before_the_trial:
+                reached.set()
+                assert go.wait(30)
+                return real.one(connection, params)
+            row = real.one(connection, params)
+            reached.set()
+            assert go.wait(30)
+            return row
+
+    monkeypatch.setattr(subjects_randomize, "_SCREENING_TAKEN_AND_SITE_SUBJECTS", Paused())
+    return reached, go
+
+
+@pytest.mark.req("UNB-10")
+def test_a_randomization_that_had_read_the_trial_active_is_refused_once_the_lock_is_signed(
+    live: ServiceContext, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race as it happens: the randomization holds its site and has read "active"; the lock is
+    signed and committed; the randomization goes on. Before the fix it randomized P1-001."""
+    _postgresql_only(backend)
+    randomized: dict[str, object] = {}
+    locked: dict[str, object] = {}
+    randomization = _randomizing(live, randomized)
+    lock = _lock(live, locked)
+    reached, go = _paused_after_the_site(monkeypatch, before_the_trial=True)
+    randomization.start()
+    assert reached.wait(30)
+    lock.start()
+    lock.join(timeout=30)
+    assert not lock.is_alive() and "error" not in locked, locked.get("error")  # nothing to wait for
+    go.set()
+    randomization.join(timeout=30)
+    assert isinstance(randomized.get("error"), TrialLocked), randomized
+    assert _subjects(live) == 0 and _status(live) == TrialStatus.LOCKED.value
+
+
+@pytest.mark.req("UNB-10")
+def test_a_randomization_that_asks_for_the_trial_during_the_lock_waits_and_is_refused(
+    live: ServiceContext, backend: str
+) -> None:
+    """The lock holds the trial's row (its status changed, not committed yet) when the
+    randomization reads the status again: it waits, then reads "locked"."""
+    _postgresql_only(backend)
+    randomized: dict[str, object] = {}
+    randomization = _randomizing(live, randomized)
+    with live.db.write_engine.connect() as lock:  # the lock's transaction, up to its commit
+        lock.execute(select(Trial.id).where(Trial.code == TRIAL).with_for_update())
         lock.execute(
             Trial.__table__.update().where(Trial.code == TRIAL).values(status=TrialStatus.LOCKED.value)
         )
-        worker = threading.Thread(target=randomize)
-        worker.start()
-        assert _waiting(live), "the randomization did not wait for the site's row"
-        lock.commit()  # the lock commits while the randomization waits
-    worker.join(timeout=30)
-    assert not worker.is_alive()
-    assert isinstance(outcome.get("error"), TrialLocked), outcome
-    assert _subjects(live) == 0  # nothing randomized into the locked trial
+        randomization.start()
+        assert _waiting(live), "the randomization did not wait for the trial's row"
+        lock.commit()
+    randomization.join(timeout=30)
+    assert not randomization.is_alive()
+    assert isinstance(randomized.get("error"), TrialLocked), randomized
+    assert _subjects(live) == 0
 
 
 @pytest.mark.req("UNB-10")
-def test_the_database_lock_waits_for_a_randomization_in_progress(live: ServiceContext, backend: str) -> None:
+def test_the_lock_waits_for_a_randomization_that_has_read_the_trial(
+    live: ServiceContext, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A randomization past its second read holds the trial's row (key share): the lock waits for
+    its commit, so the subject is randomized before the lock, in the trail's order too."""
     _postgresql_only(backend)
-    ready_trial(live)
-    manager = person(live, "tman-lock", "trial_manager")
-    engine = live.db.write_engine
-    outcome: dict[str, object] = {}
+    randomized: dict[str, object] = {}
+    locked: dict[str, object] = {}
+    randomization = _randomizing(live, randomized)
+    lock = _lock(live, locked)
+    reached, go = _paused_after_the_site(monkeypatch, before_the_trial=False)
+    randomization.start()
+    assert reached.wait(30)
+    lock.start()
+    assert _waiting(live), "the lock did not wait for the randomization in progress"
+    assert lock.is_alive() and not locked and _status(live) == TrialStatus.ACTIVE.value
+    go.set()
+    randomization.join(timeout=30)
+    lock.join(timeout=30)
+    assert "error" not in randomized and "error" not in locked, (randomized, locked)
+    assert _subjects(live) == 1 and _status(live) == TrialStatus.LOCKED.value
 
-    def lock_the_database() -> None:
+
+@pytest.mark.req("UNB-10")
+def test_the_lock_does_not_deadlock_with_a_change_that_signs_then_resupplies(
+    live: ServiceContext, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the review of the first version (which took every site's row before the trial's):
+    a batch-expiry change inserts its signature (a key-share lock on the trial), then locks a site's
+    row to resupply it. The lock and the change both commit."""
+    _postgresql_only(backend)
+    world(live, LEVELS, {"LOT-1": (48, 365)})
+    activate(live)
+    deliver(live, "SH-0001")
+    supply = person(live, "supply-lead", "trial_manager")
+    reached, go = threading.Event(), threading.Event()
+    real = resupply.check_sites_in
+
+    def paused(*args: Any, **kwargs: Any) -> Any:
+        reached.set()
+        assert go.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(resupply, "check_sites_in", paused)
+    changed: dict[str, object] = {}
+    locked: dict[str, object] = {}
+
+    def change_expiry() -> None:
         try:
-            outcome["step"] = state.lock(
+            changed["view"] = kit_status.update_batch_expiry(
                 live,
-                manager,
+                supply,
                 TRIAL,
-                reason="last patient's last visit",
-                signature=signatures.SignatureRequest(password=GOOD_PASSWORD),
+                "LOT-1",
+                live.now().date() + timedelta(days=1),
+                reason="retest",
+                signature=SIGNED,
             )
         except Exception as exc:
-            outcome["error"] = exc
+            changed["error"] = exc
 
-    with engine.connect() as randomizing:  # a randomization in progress holds its site's row
-        randomizing.execute(select(Site.id).where(Site.code == "P2").with_for_update())
-        worker = threading.Thread(target=lock_the_database)
-        worker.start()
-        assert _waiting(live), "the lock did not wait for the randomization in progress"
-        assert worker.is_alive() and not outcome
-        with engine.connect() as probe:
-            status = probe.execute(select(Trial.status).where(Trial.code == TRIAL)).scalar_one()
-        assert status == TrialStatus.ACTIVE.value
-        randomizing.rollback()
-    worker.join(timeout=30)
-    assert not worker.is_alive()
-    assert "error" not in outcome, outcome.get("error")
-    with engine.connect() as probe:
-        status = probe.execute(select(Trial.status).where(Trial.code == TRIAL)).scalar_one()
-    assert status == TrialStatus.LOCKED.value
+    change = threading.Thread(target=change_expiry)
+    change.start()
+    assert reached.wait(30), changed
+    lock = _lock(live, locked)
+    lock.start()
+    assert _waiting(live), "the lock did not wait for the change in progress"
+    go.set()
+    change.join(timeout=30)
+    lock.join(timeout=30)
+    assert "error" not in changed and "error" not in locked, (changed, locked)
+    assert _status(live) == TrialStatus.LOCKED.value

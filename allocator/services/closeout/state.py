@@ -51,18 +51,10 @@ def _change(
         ),
         ctx.db.unit_of_work() as session,
     ):
-        # Every site's row first, in one order: the randomizations in progress hold their site's row
-        # until they commit, so the change waits for them, and one that waits for its site meanwhile
-        # reads the new status once it has it (`subjects.randomize`). Then the trial's row; an
-        # insert that refers to the trial (a randomization's) holds a key-share lock on it, which
-        # the sites' locks taken first keep from closing a cycle. (SQLite: one writer at a time.)
-        session.execute(
-            select(Site.id)
-            .join(Trial, Trial.id == Site.trial_id)
-            .where(Trial.code == trial_code)
-            .order_by(Site.id)
-            .with_for_update(of=Site, key_share=True)
-        ).all()
+        # The trial's row, FOR UPDATE: a randomization holds a key-share lock on it from its second
+        # statement (`subjects.randomize`, under its site's lock) to its commit, so the change waits
+        # for the randomizations past that point, and one that reaches it meanwhile waits for the
+        # change and reads the new status. (SQLite: one writer at a time.)
         trial = session.execute(
             select(Trial).where(Trial.code == trial_code).with_for_update()
         ).scalar_one_or_none()

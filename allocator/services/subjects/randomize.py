@@ -406,8 +406,8 @@ _SITE_CODE = re.compile(r"[A-Za-z0-9-]{1,32}")  # wider than any site code the d
 # The trial (its status and the definition in force, as `lookups.trial_row_and_definition` reads
 # them) and the site of the request, its row locked: one statement (issue 16), the first of the
 # allocation. The site's lock orders the allocations of the site; the trial's row is read as of the
-# statement's start (its status is read again under the lock, by the next statement). No row: an
-# unknown trial or site, told apart by `trial_row_and_definition` (NotFound for the trial).
+# statement's start (its status is read again under the site's lock, by the next statement). No
+# row: an unknown trial or site, told apart by `trial_row_and_definition` (NotFound for the trial).
 _TRIAL_AND_LOCKED_SITE = Direct(
     select(
         Trial.id,
@@ -454,15 +454,20 @@ def _trial_and_locked_site(
     )
 
 
-# Under the site's lock: the trial's status again (the first statement read it as of its start,
-# before any wait for the site: a database lock that committed meanwhile is seen here, and the lock
-# waits for the sites' rows, `closeout.state`), whether the screening number is taken (trial-wide;
-# a unique constraint backs it), the number of subjects of the site, for the next subject number,
-# and the id range of the site's available kits, for the kit draw (`stock.draw_usable_kits`; a
-# statement less).
+# Under the site's lock: the trial's status again, its row locked FOR KEY SHARE until the commit
+# (the first statement read it as of its start, before any wait for the site; a database lock or
+# unblinding, `closeout.state`, takes the row FOR UPDATE: it waits for the randomizations that hold
+# this lock, and one that asks for it meanwhile waits for the change to end and reads its status;
+# the key-share lock is the one the allocation's inserts take anyway, so nothing else waits for
+# it), whether the screening number is taken (trial-wide; a unique constraint backs it), the number
+# of subjects of the site, for the next subject number, and the id range of the site's available
+# kits, for the kit draw (`stock.draw_usable_kits`; a statement less).
 _SCREENING_TAKEN_AND_SITE_SUBJECTS = Direct(
     select(
-        select(Trial.status).where(Trial.id == bindparam("trial_id")).scalar_subquery(),
+        select(Trial.status)
+        .where(Trial.id == bindparam("trial_id"))
+        .with_for_update(read=True, key_share=True)
+        .scalar_subquery(),
         select(Subject.id)
         .where(Subject.trial_id == bindparam("trial_id"), Subject.screening_number == bindparam("screening"))
         .exists(),
