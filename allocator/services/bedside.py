@@ -249,7 +249,7 @@ def _record_in(
     record: bool,
 ) -> ScanResult | DomainError:
     trial = get_trial(session, trial_code)
-    lookups.require_open(trial)  # no new data once the database is locked
+    lookups.require_open(trial, session)  # no new data once the database is locked
     definition = current_definition(session, trial)
     # The subject's row lock, which a withdrawal also takes: no withdrawal commits between the
     # check below and the administration (REP-04; PostgreSQL; SQLite's write transaction already

@@ -351,7 +351,7 @@ def _dispense_in(
     now: datetime,
 ) -> Dispensed | DomainError:
     trial = get_trial(session, trial_code)
-    lookups.require_open(trial)  # no new data once the database is locked
+    lookups.require_open(trial, session)  # no new data once the database is locked
     definition = current_definition(session, trial)
     # The subject's row lock, which a withdrawal also takes: a withdrawal committed while this
     # dispensing waits is seen by the check below, and none can commit between the check and the
@@ -628,7 +628,7 @@ def _replace_in(
     now: datetime,
 ) -> tuple[str, str] | DomainError:
     trial = get_trial(session, trial_code)
-    lookups.require_open(trial)  # no new data once the database is locked
+    lookups.require_open(trial, session)  # no new data once the database is locked
     definition = current_definition(session, trial)
     subject = subject_in_reach(session, trial, number, scope, lock=True)  # as a withdrawal (REP-04)
     site_row = session.execute(select(Site).where(Site.id == subject.site_id).with_for_update()).scalar_one()

@@ -134,7 +134,7 @@ def add_closure(ctx: ServiceContext, actor: Actor, trial_code: str, form: Mappin
     with ctx.db.unit_of_work() as session:
         trial, definition = lookups.trial_and_definition(session, trial_code)
         _sampling_of(definition)
-        lookups.require_open(trial)  # a locked study takes no new record
+        lookups.require_open(trial, session)  # a locked study takes no new record
         if day is not None and day < definition.local_date(now):
             problems.append(FieldProblem("day", "is in the past"))
         if problems or day is None:
@@ -200,7 +200,7 @@ def withdraw_closure(ctx: ServiceContext, actor: Actor, trial_code: str, form: M
     with ctx.db.unit_of_work() as session:
         trial, definition = lookups.trial_and_definition(session, trial_code)
         _sampling_of(definition)
-        lookups.require_open(trial)  # a locked study takes no new record
+        lookups.require_open(trial, session)  # a locked study takes no new record
         if problems or day is None:
             raise ValidationFailed("the closure cannot be withdrawn", errors=problems)
         _lock(session, trial)

@@ -159,10 +159,24 @@ class NotUnblinded(Conflict):
     title = "The trial is not unblinded yet"
 
 
-def require_open(trial: TrialRef) -> None:
-    """Refuse new trial data once the database is locked (UNB-10)."""
-    if trial.status in (TrialStatus.LOCKED.value, TrialStatus.UNBLINDED.value):
-        raise TrialLocked(f"{trial.code} is {trial.status}: no new data can be recorded")
+# The trial's status, its row locked FOR KEY SHARE until the unit of work ends (`require_open`).
+_STATUS_HELD = (
+    select(Trial.status).where(Trial.id == bindparam("trial_id")).with_for_update(read=True, key_share=True)
+)
+
+
+def require_open(trial: TrialRef, session: Session | None = None) -> None:
+    """Refuse new trial data once the database is locked (UNB-10). Within a unit of work
+    (`session`), the status is read again with the trial's row held FOR KEY SHARE until it ends:
+    the database lock takes that row FOR UPDATE (`closeout.state`), so either it waits for this
+    unit of work to commit, or this one waits for the lock and reads "locked" (on PostgreSQL a
+    status read before the lock's commit would otherwise let the record in just after it). The
+    key-share lock is the one the unit's inserts that refer to the trial take anyway."""
+    status = trial.status
+    if session is not None:
+        status = session.execute(_STATUS_HELD, {"trial_id": trial.id}).scalar_one()
+    if status in (TrialStatus.LOCKED.value, TrialStatus.UNBLINDED.value):
+        raise TrialLocked(f"{trial.code} is {status}: no new data can be recorded")
 
 
 def require_unblinded(trial: Trial) -> None:

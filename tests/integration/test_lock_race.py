@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text
 
-from allocator.models import Subject, Trial, TrialStatus
-from allocator.services import signatures
+from allocator.models import Dispensation, Subject, Trial, TrialStatus
+from allocator.services import dispensing, signatures
 from allocator.services.closeout import state
 from allocator.services.context import ServiceContext
 from allocator.services.lookups import TrialLocked
@@ -37,7 +37,16 @@ from allocator.services.subjects import randomize as subjects_randomize
 from allocator.services.supply import kit_status, resupply
 from tests.conftest import FreshDatabase
 from tests.integration.test_resupply import LEVELS, activate, deliver, world
-from tests.support import ALL_SITES, GOOD_PASSWORD, TRIAL, committed_context, eligible_on, person, ready_trial
+from tests.support import (
+    ALL_SITES,
+    GOOD_PASSWORD,
+    TRIAL,
+    ReadyTrial,
+    committed_context,
+    eligible_on,
+    person,
+    ready_trial,
+)
 
 pytestmark = pytest.mark.slow
 SIGNED = signatures.SignatureRequest(password=GOOD_PASSWORD)
@@ -83,9 +92,11 @@ def _status(ctx: ServiceContext) -> str:
         return probe.execute(select(Trial.status).where(Trial.code == TRIAL)).scalar_one()
 
 
-def _randomizing(ctx: ServiceContext, outcome: dict[str, object]) -> threading.Thread:
+def _randomizing(
+    ctx: ServiceContext, outcome: dict[str, object], ready: ReadyTrial | None = None
+) -> threading.Thread:
     """A randomization at P1 in a thread of its own, its outcome (or error) put in `outcome`."""
-    ready = ready_trial(ctx)
+    ready = ready or ready_trial(ctx)
 
     def run() -> None:
         request = subjects_randomize.RandomizationRequest(
@@ -261,3 +272,52 @@ def test_the_lock_does_not_deadlock_with_a_change_that_signs_then_resupplies(
     lock.join(timeout=30)
     assert "error" not in changed and "error" not in locked, (changed, locked)
     assert _status(live) == TrialStatus.LOCKED.value
+
+
+@pytest.mark.req("UNB-10")
+def test_a_dispensing_that_reads_the_trial_during_the_lock_waits_and_is_refused(
+    live: ServiceContext, backend: str
+) -> None:
+    """The same for every record a locked trial refuses (dispensing here; administration,
+    corrections, withdrawals, screenings, samples and closures use the same check): the status
+    is read with the trial's row held. Before, the dispensing read "active" while the lock was
+    being committed, waited at its first insert and dispensed into the locked trial."""
+    _postgresql_only(backend)
+    ready = ready_trial(live)
+    randomized: dict[str, object] = {}
+    randomization = _randomizing(live, randomized, ready)
+    randomization.start()
+    randomization.join(timeout=30)
+    result = randomized["subject"]
+    assert isinstance(result, subjects_randomize.RandomizationResult)
+    first = result.kits[0]
+    dispensed: dict[str, object] = {}
+
+    def dispense() -> None:
+        try:
+            dispensed["done"] = dispensing.dispense(
+                live,
+                ready.pharmacist,
+                TRIAL,
+                result.subject_number,
+                {first.day: first.kit_number},
+                scope=ALL_SITES,
+                signature=SIGNED,
+            )
+        except Exception as exc:
+            dispensed["error"] = exc
+
+    worker = threading.Thread(target=dispense)
+    with live.db.write_engine.connect() as lock:
+        lock.execute(select(Trial.id).where(Trial.code == TRIAL).with_for_update())
+        lock.execute(
+            Trial.__table__.update().where(Trial.code == TRIAL).values(status=TrialStatus.LOCKED.value)
+        )
+        worker.start()
+        assert _waiting(live), "the dispensing did not wait for the trial's row"
+        lock.commit()
+    worker.join(timeout=30)
+    assert isinstance(dispensed.get("error"), TrialLocked), dispensed
+    with live.db.write_engine.connect() as probe:
+        statuses = set(probe.execute(select(Dispensation.status)).scalars())
+    assert statuses == {"allocated"}  # nothing dispensed

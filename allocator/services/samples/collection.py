@@ -253,7 +253,7 @@ def _record_in(
     record: bool,
 ) -> CollectionResult | DomainError:
     trial = get_trial(session, trial_code)
-    lookups.require_open(trial)
+    lookups.require_open(trial, session)
     definition = current_definition(session, trial)
     registration, sample, site = _participant_sample(
         session, trial.id, subject_number, label, scope, definition
@@ -437,7 +437,7 @@ def _missed_change(
     check_lengths(reason=(reason, REASON_MAX))
     with ctx.db.unit_of_work() as session:
         trial = get_trial(session, trial_code)
-        lookups.require_open(trial)
+        lookups.require_open(trial, session)
         definition = current_definition(session, trial)
         subject, sample_label = subject_number.strip().upper(), label.strip().upper()
         _registration, sample, site = _participant_sample(

@@ -95,7 +95,7 @@ def generate(
         definition = current_definition(session, trial)
         if definition.sampling is None:
             raise Conflict(f"{trial.code} randomizes its patients: it has no tube sets")
-        lookups.require_open(trial)
+        lookups.require_open(trial, session)
         if _sample_kit_type(definition, kit_type.strip()) is None:
             codes = ", ".join(k.code for k in definition.kit_types if k.tubes)
             problems.append(FieldProblem("kit_type", f"one of {codes}"))
@@ -307,7 +307,7 @@ def mark_damaged(
     now = ctx.now()
     with ctx.db.unit_of_work() as session:
         trial = get_trial(session, trial_code)
-        lookups.require_open(trial)
+        lookups.require_open(trial, session)
         kit = session.execute(
             select(SampleKit)
             .where(SampleKit.trial_id == trial.id, SampleKit.kit_number == number)

@@ -305,7 +305,7 @@ def prepare(
         )
     with ctx.db.unit_of_work() as session:
         trial = get_trial(session, trial_code)
-        require_open(trial)  # nothing changes once the study's database is locked
+        require_open(trial, session)  # nothing changes once the study's database is locked
         max_delay_hours(current_definition(session, trial))  # refuses a randomized trial
         site = session.execute(
             select(Site).where(Site.trial_id == trial.id, Site.code == site_code)
@@ -369,7 +369,7 @@ def ship(ctx: ServiceContext, actor: Actor, trial_code: str, number: str, scope:
     now = ctx.now()
     with ctx.db.unit_of_work() as session:
         trial = get_trial(session, trial_code)
-        require_open(trial)  # nothing changes once the study's database is locked
+        require_open(trial, session)  # nothing changes once the study's database is locked
         shipment = _shipment(session, trial, number, scope, lock=True)
         if shipment.status != LabShipmentStatus.PREPARED.value:
             raise Conflict(f"lab shipment {number} is {shipment.status}, not prepared")
@@ -558,7 +558,7 @@ def receive_sample(
         reason = outcome.reason.replace("_", " ") + (f": {note}" if note else "")
     with ctx.db.unit_of_work() as session:
         trial = get_trial(session, trial_code)
-        require_open(trial)  # nothing changes once the study's database is locked
+        require_open(trial, session)  # nothing changes once the study's database is locked
         limit = max_delay_hours(current_definition(session, trial))
         shipment = _shipment(session, trial, number, scope, lock=True)
         if shipment.status != LabShipmentStatus.SHIPPED.value:
@@ -623,7 +623,7 @@ def close_receipt(
     now = ctx.now()
     with ctx.db.unit_of_work() as session:
         trial = get_trial(session, trial_code)
-        require_open(trial)  # nothing changes once the study's database is locked
+        require_open(trial, session)  # nothing changes once the study's database is locked
         shipment = _shipment(session, trial, number, scope, lock=True)
         if shipment.status != LabShipmentStatus.SHIPPED.value:
             raise Conflict(f"lab shipment {number} is {shipment.status}, not shipped")

@@ -46,7 +46,7 @@ def mark_in_error(
         ctx.db.unit_of_work() as session,
     ):
         trial = get_trial(session, trial_code)
-        lookups.require_open(trial)  # no new data once the database is locked
+        lookups.require_open(trial, session)  # no new data once the database is locked
         subject = subject_in_reach(session, trial, number, scope, lock=True)
         if session.execute(
             select(SubjectCorrection.id).where(
@@ -124,7 +124,7 @@ def correct_stratum(
     now = ctx.now()
     with ctx.db.unit_of_work() as session:
         trial = get_trial(session, trial_code)
-        lookups.require_open(trial)  # no new data once the database is locked
+        lookups.require_open(trial, session)  # no new data once the database is locked
         definition = current_definition(session, trial)
         subject = subject_in_reach(session, trial, number, scope, lock=True)
         entered = {f.code: f for f in definition.stratification if f.source == "entered"}

@@ -229,7 +229,7 @@ def check(
     now = ctx.now()
     with ctx.db.unit_of_work() as session:
         trial = get_trial(session, trial_code)
-        lookups.require_open(trial)
+        lookups.require_open(trial, session)
         site = session.execute(
             select(Site).where(Site.trial_id == trial.id, Site.code == shown.site).with_for_update()
         ).scalar_one()

@@ -162,7 +162,7 @@ def register(
     with ctx.db.unit_of_work() as session:
         trial, definition = trial_row_and_definition(session, trial_code)
         plan = _sampling_of(definition)
-        lookups.require_open(trial)
+        lookups.require_open(trial, session)
         screening = normalized_screening_number(definition, request.screening_number)
         eligibility = checked_eligibility(
             definition, request.eligibility, now, json_numbers=request.json_numbers

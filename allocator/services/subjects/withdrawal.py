@@ -129,7 +129,7 @@ def withdraw(
         ctx.db.unit_of_work() as session,
     ):
         trial, definition = trial_and_definition(session, trial_code)
-        lookups.require_open(trial)  # no new data once the database is locked
+        lookups.require_open(trial, session)  # no new data once the database is locked
         leaking = [
             FieldProblem(name, "do not write the treatment here: it is read by blinded staff")
             for name, text in (("reason", reason), ("investigator_agreement_ref", agreement or ""))
