@@ -64,6 +64,7 @@ from tests.support import (
     code_break_sheets,
     load_ifn,
     person,
+    tamper,
 )
 from tests.support.crowd import statements
 from tests.unit.kits.kits_testdata import all_text, decode_qr_codes, flat, page_count
@@ -1409,6 +1410,58 @@ def test_reconciliation_counted_in_the_database_gives_the_figures_counted_kit_by
         assert any(kitlib.format_kit_number(number) in p for p in broken), number
     assert len(broken) == 6
     compare()
+
+
+@pytest.mark.req("LBL-05")
+@pytest.mark.req("BLD-12")
+def test_the_stock_counted_in_the_database_is_each_kit_counted_one_by_one(s: Supply) -> None:
+    """Issue 21: the stock page read every kit of the trial to count it; the database counts them
+    now. Checked against the count kit by kit it replaced, with kits at two sites and the depot,
+    some in a prepared shipment, some expiring before a full treatment, some without an expiry,
+    quarantined and damaged ones, for every reader's reach."""
+    ctx = s.ctx
+    s.generate(40)
+    p1_kits = s.deliver("P1", 10)
+    s.deliver("P2", 6)
+    s.prepare("P2", 4)  # spoken for at the depot
+    s.change(p1_kits[0], "quarantined", signed=True)
+    s.change(p1_kits[1], "damaged")
+    soon = ctx.now().date() + timedelta(days=2)
+    with ctx.db.reading() as session:
+        ids = list(session.execute(select(Kit.id).order_by(Kit.id)).scalars())
+    tamper(
+        ctx.db,
+        "kit",
+        f"UPDATE kit SET expiry_date = :soon WHERE id IN ({ids[2]}, {ids[12]}, {ids[30]})",
+        soon=soon,
+    )
+    tamper(ctx.db, "kit", f"UPDATE kit SET expiry_date = NULL WHERE id IN ({ids[3]}, {ids[31]})")
+    with ctx.db.reading() as session:
+        trial = get_trial(session, TRIAL)
+        definition = current_definition(session, trial)
+        needed = kit_rules.needed_until(definition, definition.local_date(ctx.now()))
+        sites = {row.id: row.code for row in session.execute(select(Site.id, Site.code))}
+        kits = session.execute(select(Kit.site_id, Kit.status, Kit.expiry_date, Kit.shipment_id)).all()
+    for scope, depot in ((ALL, True), (ALL, False), (s.p1, False), (s.p2, True), (NO_SCOPE, True)):
+        places: dict[str, Counter[str]] = {}
+        usable: Counter[str] = Counter()
+        for site_id, status, expiry, shipment_id in kits:
+            if (site_id is None and not depot) or (site_id is not None and not scope.allows_site(site_id)):
+                continue
+            place = sites[site_id] if site_id is not None else "depot"
+            places.setdefault(place, Counter())[status] += 1
+            free = status == "available" or (status == "at_depot" and shipment_id is None)
+            usable[place] += free and (expiry is None or expiry >= needed)
+        expected = sorted(
+            ((place, dict(c), usable[place]) for place, c in places.items()),
+            key=lambda row: (row[0] == "depot", row[0]),
+        )
+        counted = [
+            (r.site, r.by_status, r.usable)
+            for r in supply_stock.stock(ctx, TRIAL, scope, include_depot=depot)
+        ]
+        assert counted == expected, scope
+    assert any(u for u in usable.values()) and len(places) == 1  # the last reach: the depot alone
 
 
 @pytest.mark.req("BLD-12")

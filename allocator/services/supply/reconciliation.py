@@ -14,7 +14,6 @@ from sqlalchemy import (
     case,
     distinct,
     exists,
-    false,
     func,
     or_,
     select,
@@ -30,6 +29,7 @@ from allocator.printing.safe_csv import csv_text
 from allocator.services.context import ServiceContext
 from allocator.services.lookups import get_trial
 from allocator.services.supply.kit_rules import S
+from allocator.services.supply.stock import kit_reach
 
 # --- reconciliation (LBL-11, REP-09) ---------------------------------------------------------
 
@@ -133,7 +133,7 @@ def reconciliation(
             row.id: row.lot_code
             for row in session.execute(select(Batch.id, Batch.lot_code).where(Batch.trial_id == trial.id))
         }
-        reach = and_(Kit.trial_id == trial.id, _kit_reach(scope, include_depot))
+        reach = and_(Kit.trial_id == trial.id, kit_reach(scope, include_depot))
         groups: dict[tuple[str, str], dict[str, Counter[str]]] = {}
 
         def group(site_id: int | None, batch_id: int | None) -> dict[str, Counter[str]]:
@@ -179,19 +179,6 @@ def reconciliation(
             for (site, lot), g in sorted(groups.items(), key=lambda item: (item[0][0] == "depot", item[0]))
         )
         return Reconciliation(rows=rows, discrepancies=tuple(problems), balances=balances)
-
-
-def _kit_reach(scope: Scope, include_depot: bool) -> ColumnElement[bool]:
-    """The kits a reader of `scope` accounts for: those at its sites, and the depot's (kits at no
-    site) when `include_depot`."""
-    within: list[ColumnElement[bool]] = []
-    if include_depot:
-        within.append(Kit.site_id.is_(None))
-    if scope.all_sites:
-        within.append(Kit.site_id.is_not(None))
-    elif scope.site_ids:
-        within.append(Kit.site_id.in_(sorted(scope.site_ids)))
-    return or_(*within) if within else false()
 
 
 def _labels_printed(

@@ -13,7 +13,20 @@ from datetime import date
 from itertools import islice
 from typing import Any
 
-from sqlalchemy import Connection, Integer, any_, bindparam, cast, func, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Integer,
+    and_,
+    any_,
+    bindparam,
+    case,
+    cast,
+    false,
+    func,
+    or_,
+    select,
+)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
@@ -45,6 +58,9 @@ class StockRow:
 
 
 def stock(ctx: ServiceContext, trial_code: str, scope: Scope, *, include_depot: bool) -> list[StockRow]:
+    """The kits of each place within reach (and the depot's when `include_depot`) by status, and
+    how many are usable, counted in the database (issue 21: every kit of the trial was read to be
+    counted, 15,000 at 5,000 subjects)."""
     with ctx.db.reading() as session:
         trial = get_trial(session, trial_code)
         definition = current_definition(session, trial)
@@ -52,25 +68,39 @@ def stock(ctx: ServiceContext, trial_code: str, scope: Scope, *, include_depot: 
         sites = {
             s.id: s.code for s in session.execute(select(Site).where(Site.trial_id == trial.id)).scalars()
         }
-        rows = session.execute(
-            select(Kit.site_id, Kit.status, Kit.expiry_date, Kit.shipment_id).where(Kit.trial_id == trial.id)
-        ).all()
-        places: dict[int | None, Counter[str]] = {}
-        usable: Counter[int | None] = Counter()
-        for site_id, status, expiry, shipment_id in rows:
-            if site_id is None and not include_depot:
-                continue
-            if site_id is not None and not scope.allows_site(site_id):
-                continue
-            places.setdefault(site_id, Counter())[status] += 1
-            free = status == S.AVAILABLE.value or (status == S.AT_DEPOT.value and shipment_id is None)
-            if free and (expiry is None or expiry >= needed):  # a prepared shipment's kits are spoken for
-                usable[site_id] += 1
+        # Available (at the depot: in stock, not in a prepared shipment, which is spoken for) and not
+        # expiring before a full treatment (LBL-05).
+        free = or_(
+            Kit.status == S.AVAILABLE.value, and_(Kit.status == S.AT_DEPOT.value, Kit.shipment_id.is_(None))
+        )
+        usable = case((and_(free, or_(Kit.expiry_date.is_(None), Kit.expiry_date >= needed)), 1), else_=0)
+        places: dict[int | None, dict[str, int]] = {}
+        counted: Counter[int | None] = Counter()
+        for site_id, status, count, usable_count in session.execute(
+            select(Kit.site_id, Kit.status, func.count(), func.sum(usable))
+            .where(Kit.trial_id == trial.id, kit_reach(scope, include_depot))
+            .group_by(Kit.site_id, Kit.status)
+        ):
+            places.setdefault(site_id, {})[status] = count
+            counted[site_id] += usable_count or 0
         out = [
-            StockRow(site=sites[i] if i is not None else "depot", by_status=dict(c), usable=usable[i])
+            StockRow(site=sites[i] if i is not None else "depot", by_status=c, usable=counted[i])
             for i, c in places.items()
         ]
         return sorted(out, key=lambda r: (r.site == "depot", r.site))
+
+
+def kit_reach(scope: Scope, include_depot: bool) -> ColumnElement[bool]:
+    """The kits a reader of `scope` accounts for: those at its sites, and the depot's (kits at no
+    site) when `include_depot`."""
+    within: list[ColumnElement[bool]] = []
+    if include_depot:
+        within.append(Kit.site_id.is_(None))
+    if scope.all_sites:
+        within.append(Kit.site_id.is_not(None))
+    elif scope.site_ids:
+        within.append(Kit.site_id.in_(sorted(scope.site_ids)))
+    return or_(*within) if within else false()
 
 
 # --- allocation support (used by randomization; LBL-05, BLD-04) ------------------------------
