@@ -170,9 +170,12 @@ def missing_sheets(ctx: ServiceContext, trial_code: str) -> int:
 
 
 def _locked_trial(session: Session, trial_code: str) -> Trial:
-    """The trial row, locked: sheet and document numbers are taken one generation at a time."""
+    """The trial row, locked: sheet and document numbers are taken one generation at a time. FOR NO
+    KEY UPDATE (as documents.next_document_id): the units of work that record trial data hold the
+    row key-share (`lookups.require_open`), and a generation that renders its PDF while holding the
+    row must not hold up a bedside scan or a randomization; only the database lock excludes them."""
     trial = session.execute(
-        select(Trial).where(Trial.code == trial_code).with_for_update()
+        select(Trial).where(Trial.code == trial_code).with_for_update(key_share=True)
     ).scalar_one_or_none()
     if trial is None:
         raise NotFound(f"no trial {trial_code!r}")

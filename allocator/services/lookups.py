@@ -171,7 +171,9 @@ def require_open(trial: TrialRef, session: Session | None = None) -> None:
     the database lock takes that row FOR UPDATE (`closeout.state`), so either it waits for this
     unit of work to commit, or this one waits for the lock and reads "locked" (on PostgreSQL a
     status read before the lock's commit would otherwise let the record in just after it). The
-    key-share lock is the one the unit's inserts that refer to the trial take anyway."""
+    key-share lock is the one a unit's inserts that refer to the trial take anyway; it waits only
+    for the database lock and the final unblinding, the one units of work that take the row FOR
+    UPDATE (code-break sheets, list generation and document numbers take it FOR NO KEY UPDATE)."""
     status = trial.status
     if session is not None:
         status = session.execute(_STATUS_HELD, {"trial_id": trial.id}).scalar_one()

@@ -29,19 +29,21 @@ import pytest
 from sqlalchemy import func, select, text
 
 from allocator.models import Dispensation, Subject, Trial, TrialStatus
-from allocator.services import dispensing, signatures
+from allocator.services import codebreak, dispensing, signatures
 from allocator.services.closeout import state
 from allocator.services.context import ServiceContext
 from allocator.services.lookups import TrialLocked
 from allocator.services.subjects import randomize as subjects_randomize
-from allocator.services.supply import kit_status, resupply
+from allocator.services.supply import kit_lists, kit_status, resupply
 from tests.conftest import FreshDatabase
 from tests.integration.test_resupply import LEVELS, activate, deliver, world
 from tests.support import (
     ALL_SITES,
+    CLI_ACTOR,
     GOOD_PASSWORD,
     TRIAL,
     ReadyTrial,
+    code_break_sheets,
     committed_context,
     eligible_on,
     person,
@@ -321,3 +323,50 @@ def test_a_dispensing_that_reads_the_trial_during_the_lock_waits_and_is_refused(
     with live.db.write_engine.connect() as probe:
         statuses = set(probe.execute(select(Dispensation.status)).scalars())
     assert statuses == {"allocated"}  # nothing dispensed
+
+
+@pytest.mark.req("UNB-07")
+def test_a_randomization_does_not_wait_for_code_break_sheets_being_printed(
+    live: ServiceContext, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the review of the key-share reads: code-break sheets (and list generation) took the
+    trial's row FOR UPDATE and rendered their PDF holding it, so every record that now reads the
+    status with the row held key-share (a bedside scan, a randomization) waited for the whole
+    rendering, and failed at the lock timeout for a large print. They take it FOR NO KEY UPDATE now
+    (one generation at a time still): only the database lock excludes the records."""
+    _postgresql_only(backend)
+    ready = ready_trial(live)
+    kit_lists.generate_kit_list(
+        live, CLI_ACTOR, TRIAL, count=4, lot_code="LOT-2", expiry=live.now().date() + timedelta(days=400)
+    )
+    reached, go = threading.Event(), threading.Event()
+    real = codebreak._print
+
+    def printing(*args: Any, **kwargs: Any) -> Any:
+        reached.set()
+        assert go.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(codebreak, "_print", printing)
+    printed: dict[str, object] = {}
+
+    def generate() -> None:
+        try:
+            printed["sheets"] = code_break_sheets(live)
+        except Exception as exc:
+            printed["error"] = exc
+
+    generation = threading.Thread(target=generate)
+    generation.start()
+    assert reached.wait(30), printed
+    randomized: dict[str, object] = {}
+    randomization = _randomizing(live, randomized, ready)
+    randomization.start()
+    randomization.join(timeout=10)
+    finished = not randomization.is_alive()
+    go.set()
+    generation.join(timeout=30)
+    randomization.join(timeout=30)
+    assert finished, "the randomization waited for the code-break sheets' printing"
+    assert "error" not in randomized and "error" not in printed, (randomized, printed)
+    assert printed["sheets"] == 4

@@ -79,8 +79,10 @@ def generate_lists(
     now = ctx.now()
     seed = new_seed()
     with ctx.db.unit_of_work() as session:
+        # One generation at a time (FOR NO KEY UPDATE: the units of work that record trial data hold
+        # the row key-share, `lookups.require_open`, and need not wait for a generation).
         trial = session.execute(
-            select(Trial).where(Trial.code == trial_code).with_for_update()
+            select(Trial).where(Trial.code == trial_code).with_for_update(key_share=True)
         ).scalar_one_or_none()
         if trial is None:
             raise NotFound(f"no trial {trial_code!r}")
