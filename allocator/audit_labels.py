@@ -118,6 +118,15 @@ ACTION_LABELS: Mapping[Action, str] = {
 # types of the objects they are about.
 KEY_LABELS: Mapping[str, str] = {
     "accidental_unblinding": N_("accidental unblinding"),
+    "actions": N_("actions taken"),
+    "city": N_("city"),
+    "how": N_("how"),
+    "impact": N_("impact on the trial"),
+    "period_end": N_("end of the period"),
+    "period_start": N_("start of the period"),
+    "persons_unblinded": N_("who was unblinded"),
+    "principal_investigator": N_("principal investigator"),
+    "sites": N_("sites"),
     "api_token": N_("API token"),
     "audit_event": N_("audit entry"),
     "audit_review": N_("audit trail review"),

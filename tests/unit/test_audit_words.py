@@ -53,21 +53,41 @@ def test_values_read_as_key_value_lines_without_json() -> None:
     ]
 
 
+def _literal_keys(node: ast.AST) -> set[str]:
+    return {
+        key.value
+        for found in ast.walk(node)
+        if isinstance(found, ast.Dict)
+        for key in found.keys
+        if isinstance(key, ast.Constant) and isinstance(key.value, str)
+    }
+
+
 def _recorded_keys() -> set[str]:
-    """The literal keys of the values the code records in audit entries (`new=`, `old=`, `sealed=`)."""
+    """The literal keys of the values the code records in audit entries (`new=`, `old=`, `sealed=`),
+    and of the dicts a module builds under a name it spreads into them (`new={**values, ...}`: the
+    site's name, city and principal investigator were recorded so, without words)."""
     keys: set[str] = set()
     for path in (Path(__file__).resolve().parents[2] / "allocator").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        spread: set[str] = set()
+        for node in ast.walk(tree):
             if isinstance(node, ast.Call):
                 for keyword in node.keywords:
                     if keyword.arg in ("new", "old", "sealed"):
-                        keys |= {
-                            key.value
+                        keys |= _literal_keys(keyword.value)
+                        spread |= {
+                            value.id
                             for found in ast.walk(keyword.value)
                             if isinstance(found, ast.Dict)
-                            for key in found.keys
-                            if isinstance(key, ast.Constant) and isinstance(key.value, str)
+                            for key, value in zip(found.keys, found.values, strict=True)
+                            if key is None and isinstance(value, ast.Name)
                         }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign) and any(
+                isinstance(target, ast.Name) and target.id in spread for target in node.targets
+            ):
+                keys |= _literal_keys(node.value)
     return keys
 
 
