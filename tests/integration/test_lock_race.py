@@ -132,6 +132,22 @@ def _lock(ctx: ServiceContext, outcome: dict[str, object]) -> threading.Thread:
     return threading.Thread(target=run)
 
 
+def _paused_before(
+    monkeypatch: pytest.MonkeyPatch, module: object, name: str
+) -> tuple[threading.Event, threading.Event]:
+    """Pause the thread that calls `module.name` just before the call. Returns (reached, go)."""
+    reached, go = threading.Event(), threading.Event()
+    real = getattr(module, name)
+
+    def paused(*args: Any, **kwargs: Any) -> Any:
+        reached.set()
+        assert go.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, paused)
+    return reached, go
+
+
 def _paused_after_the_site(
     monkeypatch: pytest.MonkeyPatch, *, before_the_trial: bool
 ) -> tuple[threading.Event, threading.Event]:
@@ -237,15 +253,7 @@ def test_the_lock_does_not_deadlock_with_a_change_that_signs_then_resupplies(
     activate(live)
     deliver(live, "SH-0001")
     supply = person(live, "supply-lead", "trial_manager")
-    reached, go = threading.Event(), threading.Event()
-    real = resupply.check_sites_in
-
-    def paused(*args: Any, **kwargs: Any) -> Any:
-        reached.set()
-        assert go.wait(30)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(resupply, "check_sites_in", paused)
+    reached, go = _paused_before(monkeypatch, resupply, "check_sites_in")
     changed: dict[str, object] = {}
     locked: dict[str, object] = {}
 
@@ -339,15 +347,7 @@ def test_a_randomization_does_not_wait_for_code_break_sheets_being_printed(
     kit_lists.generate_kit_list(
         live, CLI_ACTOR, TRIAL, count=4, lot_code="LOT-2", expiry=live.now().date() + timedelta(days=400)
     )
-    reached, go = threading.Event(), threading.Event()
-    real = codebreak._print
-
-    def printing(*args: Any, **kwargs: Any) -> Any:
-        reached.set()
-        assert go.wait(30)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(codebreak, "_print", printing)
+    reached, go = _paused_before(monkeypatch, codebreak, "_print")
     printed: dict[str, object] = {}
 
     def generate() -> None:
