@@ -20,13 +20,37 @@ from allocator.permissions import Scope
 from allocator.services import bedside as services_bedside
 from allocator.services import dispensing, signatures
 from allocator.services.context import ServiceContext
+from allocator.services.lists import generation
 from allocator.services.subjects import randomize, views
 from allocator.services.supply import kit_rules
-from tests.support import ELIGIBLE, GOOD_PASSWORD, ReadyTrial, arm_of, code_break_sheets, events
+from tests.support import (
+    ELIGIBLE,
+    GOOD_PASSWORD,
+    ReadyTrial,
+    arm_of,
+    build_ready_trial,
+    code_break_sheets,
+    events,
+    ready_trial,
+)
 from tests.web.conftest import csrf_token, https_client, sign_in
 
 TRIAL = "IFNG-PAIS"
 ALL = Scope(all_sites=True, site_ids=frozenset())
+
+KITS_PER_SITE = 36
+"""Enough for six patients at P1 whatever the list drew. With blocks of 2, 4 and 6, five patients
+of a stratum can be four of one arm (a block of 2, then a block of 6 that begins with three of the
+same arm), so the sixth randomization needs 4 x 3 kits given plus 3 in hand of that arm: 15, more
+than the 12 of each arm that 24 kits a site hold. The shared world's 24 failed CI that way."""
+
+# A list seed whose stratum site=P1;admission_cause=septic begins A B B B B A (found by search).
+FOUR_OF_ONE_ARM = (152).to_bytes(32, "big")
+
+
+@pytest.fixture
+def world(ctx: ServiceContext) -> ReadyTrial:
+    return ready_trial(ctx, kits_per_site=KITS_PER_SITE)
 
 
 def subjects(ctx: ServiceContext, world: ReadyTrial, count: int) -> list[randomize.RandomizationResult]:
@@ -55,6 +79,19 @@ def client_for(app: Flask, username: str) -> FlaskClient:
 
 def label(ctx: ServiceContext, kit_number: str, unit: str = kit_rules.KIT_UNIT, trial: str = TRIAL) -> str:
     return kitlib.build_payload(trial, kit_number, unit, kit_rules.mac(ctx))
+
+
+def test_six_patients_fit_this_module_s_stock_even_when_five_are_four_of_one_arm(
+    ctx: ServiceContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The reproduction of the CI failure (KitsUnavailable at the sixth patient): the list that
+    # failed, drawn on purpose, then six patients on this module's stock.
+    monkeypatch.setattr(generation, "new_seed", lambda: FOUR_OF_ONE_ARM)
+    built = build_ready_trial(ctx, kits_per_site=KITS_PER_SITE, slots_text=None)
+    people = subjects(ctx, built, 6)
+    arms = [arm_of(ctx, person.kits[0].kit_number) for person in people]
+    assert max(arms[:5].count(arm) for arm in arms) == 4, arms  # the hard case, or the test proves nothing
+    assert all(len(person.kits) == 3 for person in people)
 
 
 @pytest.mark.req("LBL-09", "BLD-01")
