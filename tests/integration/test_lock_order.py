@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import select, text
 
 from allocator.audit import Actor
-from allocator.models import Kit, KitStatus, Site
+from allocator.models import Kit, KitStatus, Shipment, Site, Trial
 from allocator.permissions import Scope
 from allocator.services import signatures
 from allocator.services.context import ServiceContext
@@ -107,15 +107,20 @@ def _stocked_site(live: ServiceContext) -> tuple[Actor, int, int]:
     return pharmacist, site_id, kit_id
 
 
-def _report(live: ServiceContext, pharmacist: Actor, outcome: dict[str, object]) -> threading.Thread:
+def _report(
+    live: ServiceContext, pharmacist: Actor, outcome: dict[str, object], shipment: str = ""
+) -> threading.Thread:
+    """An excursion reported in a thread of its own: at P1's refrigerator, or in `shipment`."""
+
     def run() -> None:
         try:
             outcome["view"] = excursions.report_excursion(
                 live,
                 pharmacist,
                 TRIAL,
-                place="site",
-                site_code="P1",
+                place="shipment" if shipment else "site",
+                site_code="" if shipment else "P1",
+                shipment_number=shipment,
                 minimum="2",
                 maximum="14",
                 duration_minutes="240",
@@ -185,3 +190,56 @@ def test_an_excursion_report_does_not_wait_for_the_randomizations_of_the_trial(
     worker.join(timeout=30)
     assert finished, "the report waited for a transaction that merely refers to the trial"
     assert "error" not in outcome, outcome.get("error")
+
+
+@pytest.mark.req("LBL-05")
+@pytest.mark.parametrize("parcel", ["received", "in transit"])
+def test_a_shipment_s_excursion_waits_for_its_site_before_it_locks_its_kits_or_the_trial(
+    live: ServiceContext, backend: str, parcel: str
+) -> None:
+    """A closing note of 2026-12-06: the report on a shipment locked the shipment's kits and the
+    trial's row (its number), and only then its destination's row (resupply, at the end). A
+    randomization holds the site and waits for the kits it draws (a received shipment's kits are
+    the site's stock); a return holds the site and its kits, then waits for the trial's row for its
+    document number: two orders, a deadlock waiting to happen. Now the report takes the site
+    first, like both of them, and holds nothing else while it waits for it."""
+    if backend != "postgresql":
+        pytest.skip("row locks and deadlocks are PostgreSQL's (SQLite serializes writers)")
+    pharmacist, site_id, kit_id = _stocked_site(live)
+    engine = live.db.write_engine
+    if parcel == "in transit":
+        manager = person(live, "tman-2", "trial_manager")
+        view = shipments.create_shipment(live, manager, TRIAL, "P1", 4)
+        shipments.ship(live, manager, TRIAL, view.number)
+        with engine.connect() as probe:
+            kit_id = probe.execute(select(Kit.id).where(Kit.kit_number == view.kits[0])).scalar_one()
+    with engine.connect() as probe:
+        number = probe.execute(
+            select(Shipment.number).join(Kit, Kit.shipment_id == Shipment.id).where(Kit.id == kit_id)
+        ).scalar_one()
+    outcome: dict[str, object] = {}
+    with engine.connect() as holder:  # holds the site's row, as a randomization or a return does
+        holder.execute(select(Site.id).where(Site.id == site_id).with_for_update())
+        worker = _report(live, pharmacist, outcome, shipment=number)
+        time.sleep(1.0)
+        assert worker.is_alive() and not outcome, outcome  # it waits for the site
+        with engine.connect() as other:
+            other.execute(text("SET lock_timeout = '200ms'"))
+            assert (
+                other.execute(
+                    select(Kit.id).where(Kit.id == kit_id).with_for_update(nowait=True)
+                ).scalar_one()
+                == kit_id
+            )
+            other.execute(
+                select(Trial.id).where(Trial.code == TRIAL).with_for_update(nowait=True, key_share=True)
+            ).one()
+            other.rollback()
+        holder.rollback()
+    worker.join(timeout=30)
+    assert "error" not in outcome, outcome.get("error")
+    with engine.connect() as probe:
+        assert (
+            probe.execute(select(Kit.status).where(Kit.id == kit_id)).scalar_one()
+            == KitStatus.QUARANTINED.value
+        )

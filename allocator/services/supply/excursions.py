@@ -533,6 +533,12 @@ def _shipment_kits(
             errors=[FieldProblem("shipment", "has not been shipped yet")],
         )
     site = require(session, Site, shipment.site_id)
+    # The destination's row before any kit and before the trial's numbering lock, the order of
+    # every use case that takes a site and its kits (a randomization: the site, then the kits it
+    # draws; a return: the site, its kits, then the trial's row for its document number). Taken
+    # after them, as resupply did at the end of the report, a received shipment's kits were held
+    # while the site was awaited, and the trial's row while a return held the site and awaited it.
+    session.execute(select(Site.id).where(Site.id == site.id).with_for_update()).one()
     kits = list(
         session.execute(
             select(Kit)
