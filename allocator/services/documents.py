@@ -6,9 +6,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select, true
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.expression import Subquery
 
 from allocator.audit import Action, Actor
 from allocator.models import PrintedDocument, Trial
@@ -43,6 +45,33 @@ def kept_content(
             PrintedDocument.document_id == document_id,
         )
     ).scalar_one_or_none()
+
+
+def printed_items(session: Session, trial: Trial, kind: str | None = None) -> Subquery:
+    """Per item (a kit or sheet number) of the trial's printed documents (of `kind`, or any): how
+    many documents list it (`copies`), first prints (`printed`) and reprints (`reprinted`) apart.
+    The documents' item lists are unnested in the database (issue 21), not read and counted here."""
+    if session.get_bind().dialect.name == "postgresql":
+        items: Any = func.json_array_elements_text(PrintedDocument.items).table_valued("value")
+    else:
+        items = func.json_each(PrintedDocument.items).table_valued("value")
+    reprint = func.coalesce(PrintedDocument.reprint_number, 0) != 0
+    conditions = [PrintedDocument.trial_id == trial.id]
+    if kind is not None:
+        conditions.append(PrintedDocument.kind == kind)
+    return (
+        select(
+            items.c.value.label("item"),
+            func.count().label("copies"),
+            func.sum(case((reprint, 0), else_=1)).label("printed"),
+            func.sum(case((reprint, 1), else_=0)).label("reprinted"),
+        )
+        .select_from(PrintedDocument)
+        .join(items, true())
+        .where(*conditions)
+        .group_by(items.c.value)
+        .subquery()
+    )
 
 
 def next_document_id(session: Session, trial: Trial, prefix: str) -> str:

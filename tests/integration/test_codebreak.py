@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import json
 from collections import Counter
 from datetime import date, timedelta
@@ -19,7 +20,7 @@ from pathlib import Path
 import pypdf
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import Boolean, String, create_engine, func, literal, select
 from sqlalchemy.orm import Session
 
 import kits as kitlib
@@ -27,6 +28,7 @@ from allocator.audit import Actor
 from allocator.models import (
     AuditEvent,
     CodeBreakCheck,
+    CodeBreakCheckStatus,
     CodeBreakSheet,
     Kit,
     LoginThrottle,
@@ -653,3 +655,27 @@ def test_the_demo_generates_the_signed_sheets_before_it_activates_its_sites(
         "shipment.prepared",
         "shipment.prepared",
     ]
+
+
+@pytest.mark.req("UNB-06")
+def test_the_database_judges_every_sheet_as_the_words_do(ctx: ServiceContext) -> None:
+    """Issue 21: the reconciliation's states and discrepancies are counted in the database
+    (`codebreak.judged`), the words of a listed sheet come from `_state`: the two agree on every
+    combination of a registered opening, an opening ever found, a replacement and the last check."""
+    lasts = (None, *(status.value for status in CodeBreakCheckStatus))
+    cases = list(itertools.product((False, True), (False, True), (False, True), lasts))
+    with ctx.db.reading() as session:
+        for registered, opened, replaced, last in cases:
+            state, flag = session.execute(
+                select(
+                    *codebreak.judged(
+                        literal(registered, Boolean()),
+                        literal(opened, Boolean()),
+                        literal(replaced, Boolean()),
+                        literal(last, String()),
+                    )
+                )
+            ).one()
+            words = codebreak._state(registered=registered, ever_opened=opened, replaced=replaced, last=last)
+            assert (state, bool(flag)) == (words[0], bool(words[1])), (registered, opened, replaced, last)
+    assert len(cases) == 32 and "intact" in lasts and "missing" in lasts

@@ -17,15 +17,15 @@ from sqlalchemy import (
     func,
     or_,
     select,
-    true,
     union,
 )
 from sqlalchemy.orm import Session
 
 import kits as kitlib
-from allocator.models import Batch, Kit, KitEvent, KitStatus, PrintedDocument, Shipment, Site, Trial
+from allocator.models import Batch, Kit, KitEvent, KitStatus, Shipment, Site, Trial
 from allocator.permissions import Scope
 from allocator.printing.safe_csv import csv_text
+from allocator.services import documents
 from allocator.services.context import ServiceContext
 from allocator.services.lookups import get_trial
 from allocator.services.supply.kit_rules import S
@@ -185,28 +185,11 @@ def _labels_printed(
     session: Session, reach: ColumnElement[bool], trial: Trial
 ) -> Select[int | None, int | None, Any, Any]:
     """Per site and batch of the kits within reach: how many times their numbers appear on the
-    trial's printed documents, first prints and reprints apart (the documents' kit-number lists
-    unnested in the database)."""
-    if session.get_bind().dialect.name == "postgresql":
-        numbers = func.json_array_elements_text(PrintedDocument.items).table_valued("value")
-    else:
-        numbers = func.json_each(PrintedDocument.items).table_valued("value")
-    reprint = func.coalesce(PrintedDocument.reprint_number, 0) != 0
-    per_number = (
-        select(
-            numbers.c.value.label("kit_number"),
-            func.sum(case((reprint, 0), else_=1)).label("printed"),
-            func.sum(case((reprint, 1), else_=0)).label("reprinted"),
-        )
-        .select_from(PrintedDocument)
-        .join(numbers, true())
-        .where(PrintedDocument.trial_id == trial.id)
-        .group_by(numbers.c.value)
-        .subquery()
-    )
+    trial's printed documents, first prints and reprints apart."""
+    per_number = documents.printed_items(session, trial)
     return (
         select(Kit.site_id, Kit.batch_id, func.sum(per_number.c.printed), func.sum(per_number.c.reprinted))
-        .join(per_number, and_(Kit.trial_id == trial.id, Kit.kit_number == per_number.c.kit_number))
+        .join(per_number, and_(Kit.trial_id == trial.id, Kit.kit_number == per_number.c.item))
         .where(reach)
         .group_by(Kit.site_id, Kit.batch_id)
     )
