@@ -14,7 +14,15 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from allocator.db import Direct
-from allocator.models import Dispensation, ListMode, Subject, Trial, TrialDefinitionVersion, TrialStatus
+from allocator.models import (
+    Dispensation,
+    ListMode,
+    Site,
+    Subject,
+    Trial,
+    TrialDefinitionVersion,
+    TrialStatus,
+)
 from allocator.permissions import Scope
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, NotFound
@@ -163,6 +171,13 @@ class NotUnblinded(Conflict):
 _STATUS_HELD = (
     select(Trial.status).where(Trial.id == bindparam("trial_id")).with_for_update(read=True, key_share=True)
 )
+
+
+def lock_site(session: Session, site_id: int) -> None:
+    """Lock a site's row until the caller's commit (PostgreSQL; SQLite's write transaction already
+    excludes other writers). The order every use case follows: a site's row before any of its
+    kits (a randomization: its site, then the kits it draws), and the sites in id order."""
+    session.execute(select(Site.id).where(Site.id == site_id).with_for_update()).one()
 
 
 def require_open(trial: TrialRef, session: Session | None = None) -> None:

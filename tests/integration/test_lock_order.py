@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,15 +22,27 @@ from sqlalchemy import select, text
 from allocator.audit import Actor
 from allocator.models import Kit, KitStatus, Shipment, Site, Trial
 from allocator.permissions import Scope
-from allocator.services import signatures
+from allocator.services import dispensing, signatures
 from allocator.services.context import ServiceContext
-from allocator.services.supply import disposal, excursions, kit_lists, shipments
+from allocator.services.errors import Conflict
+from allocator.services.subjects import randomize
+from allocator.services.supply import disposal, excursions, kit_lists, kit_status, shipments
 from tests.conftest import FreshDatabase
-from tests.support import CLI_ACTOR, GOOD_PASSWORD, code_break_sheets, committed_context, load_ifn, person
+from tests.support import (
+    CLI_ACTOR,
+    GOOD_PASSWORD,
+    code_break_sheets,
+    committed_context,
+    eligible_on,
+    load_ifn,
+    person,
+    ready_trial,
+)
 
 pytestmark = pytest.mark.slow
 TRIAL = "IFNG-PAIS"
 ALL = Scope(all_sites=True, site_ids=frozenset())
+SIGNED = signatures.SignatureRequest(password=GOOD_PASSWORD)
 
 
 @pytest.fixture
@@ -243,3 +255,200 @@ def test_a_shipment_s_excursion_waits_for_its_site_before_it_locks_its_kits_or_t
             probe.execute(select(Kit.status).where(Kit.id == kit_id)).scalar_one()
             == KitStatus.QUARANTINED.value
         )
+
+
+def _waits_for_the_site(
+    live: ServiceContext, site_id: int, kit_ids: list[int], work: Callable[[], object]
+) -> dict[str, object]:
+    """Hold the site's row as a randomization does, run `work` beside it, and check from a third
+    connection that while it waits it holds none of `kit_ids`; then let it go. Returns its outcome."""
+    engine = live.db.write_engine
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["done"] = work()
+        except Exception as exc:
+            outcome["error"] = exc
+
+    with engine.connect() as holder:
+        holder.execute(select(Site.id).where(Site.id == site_id).with_for_update())
+        worker = threading.Thread(target=run)
+        worker.start()
+        time.sleep(1.0)
+        assert worker.is_alive() and not outcome, outcome  # it waits for the site
+        with engine.connect() as other:
+            other.execute(text("SET lock_timeout = '200ms'"))
+            for kit_id in kit_ids:
+                assert (
+                    other.execute(
+                        select(Kit.id).where(Kit.id == kit_id).with_for_update(nowait=True)
+                    ).scalar_one()
+                    == kit_id
+                )
+            other.rollback()
+        holder.rollback()
+    worker.join(timeout=30)
+    assert not worker.is_alive()
+    return outcome
+
+
+@pytest.mark.req("LBL-05")
+def test_a_kit_s_status_change_waits_for_its_site_before_it_locks_the_kit(
+    live: ServiceContext, backend: str
+) -> None:
+    """Found by the review of the shipment report's order: a quarantine by hand locked the kit, then
+    its event's reference to the site waited for the site (key share), while a report on the kit's
+    shipment held the site and waited for the kit: a deadlock. The kit's site comes first now."""
+    if backend != "postgresql":
+        pytest.skip("row locks and deadlocks are PostgreSQL's (SQLite serializes writers)")
+    pharmacist, site_id, kit_id = _stocked_site(live)
+    with live.db.write_engine.connect() as probe:
+        number = probe.execute(select(Kit.kit_number).where(Kit.id == kit_id)).scalar_one()
+    outcome = _waits_for_the_site(
+        live,
+        site_id,
+        [kit_id],
+        lambda: kit_status.change_status(
+            live,
+            pharmacist,
+            TRIAL,
+            number,
+            "quarantined",
+            reason="dropped",
+            scope=ALL,
+            depot=False,
+            signature=SIGNED,
+        ),
+    )
+    assert "error" not in outcome, outcome.get("error")
+    with live.db.write_engine.connect() as probe:
+        assert (
+            probe.execute(select(Kit.status).where(Kit.id == kit_id)).scalar_one()
+            == KitStatus.QUARANTINED.value
+        )
+
+
+@pytest.mark.req("LBL-05")
+def test_a_shipment_s_excursion_and_a_quarantine_by_hand_of_one_of_its_kits_do_not_deadlock(
+    live: ServiceContext, backend: str
+) -> None:
+    """The review's reproduction: the report waits for the site (held by a randomization, say) and
+    a quarantine by hand of one of the shipment's kits starts; once the site is free both finish,
+    the second refused in words if the report quarantined the kit first."""
+    if backend != "postgresql":
+        pytest.skip("row locks and deadlocks are PostgreSQL's (SQLite serializes writers)")
+    pharmacist, site_id, kit_id = _stocked_site(live)
+    engine = live.db.write_engine
+    with engine.connect() as probe:
+        shipment, number = probe.execute(
+            select(Shipment.number, Kit.kit_number)
+            .join(Kit, Kit.shipment_id == Shipment.id)
+            .where(Kit.id == kit_id)
+        ).one()
+    report: dict[str, object] = {}
+    manual: dict[str, object] = {}
+
+    def quarantine() -> None:
+        try:
+            kit_status.change_status(
+                live,
+                pharmacist,
+                TRIAL,
+                number,
+                "quarantined",
+                reason="dropped",
+                scope=ALL,
+                depot=False,
+                signature=SIGNED,
+            )
+            manual["done"] = True
+        except Exception as exc:
+            manual["error"] = exc
+
+    with engine.connect() as holder:
+        holder.execute(select(Site.id).where(Site.id == site_id).with_for_update())
+        first = _report(live, pharmacist, report, shipment=shipment)
+        time.sleep(1.0)
+        second = threading.Thread(target=quarantine)
+        second.start()
+        time.sleep(1.0)
+        holder.rollback()
+    first.join(30)
+    second.join(30)
+    assert not first.is_alive() and not second.is_alive()
+    assert "error" not in report, report.get("error")
+    assert "done" in manual or isinstance(manual.get("error"), Conflict), manual
+
+
+@pytest.mark.req("ACC-12")
+def test_a_dispensing_waits_for_its_site_before_it_locks_its_kits(live: ServiceContext, backend: str) -> None:
+    """A dispensing locked its kits, then its kits' events referred to the site (key share): an
+    excursion report at the site holds the site and locks its allocated kits. The site comes first."""
+    if backend != "postgresql":
+        pytest.skip("row locks and deadlocks are PostgreSQL's (SQLite serializes writers)")
+    ready = ready_trial(live)
+    today = datetime.now(UTC).date()  # the services run on the real clock here
+    result = randomize.randomize(
+        live,
+        ready.investigator,
+        TRIAL,
+        randomize.RandomizationRequest(
+            site="P1",
+            screening_number="P1-0001",
+            eligibility=eligible_on(today),
+            strata={"admission_cause": "septic"},
+        ),
+        ALL,
+    )
+    with live.db.write_engine.connect() as probe:
+        kit_ids = list(
+            probe.execute(
+                select(Kit.id).where(Kit.kit_number.in_([k.kit_number for k in result.kits]))
+            ).scalars()
+        )
+        site_id = probe.execute(select(Site.id).where(Site.code == "P1")).scalar_one()
+    first = result.kits[0]
+    outcome = _waits_for_the_site(
+        live,
+        site_id,
+        kit_ids,
+        lambda: dispensing.dispense(
+            live,
+            ready.pharmacist,
+            TRIAL,
+            result.subject_number,
+            {first.day: first.kit_number},
+            scope=ALL,
+            signature=SIGNED,
+        ),
+    )
+    assert "error" not in outcome, outcome.get("error")
+
+
+@pytest.mark.req("LBL-05")
+def test_a_batch_expiry_change_waits_for_the_sites_before_it_changes_their_kits(
+    live: ServiceContext, backend: str
+) -> None:
+    """A batch's new expiry updated every kit of the batch (row locks), then resupply locked the
+    sites short of courses; a randomization holds its site and locks the kits it draws."""
+    if backend != "postgresql":
+        pytest.skip("row locks and deadlocks are PostgreSQL's (SQLite serializes writers)")
+    _pharmacist, site_id, kit_id = _stocked_site(live)
+    manager = person(live, "supply-lead", "trial_manager")
+    outcome = _waits_for_the_site(
+        live,
+        site_id,
+        [kit_id],
+        lambda: kit_status.update_batch_expiry(
+            live,
+            manager,
+            TRIAL,
+            "LOT-1",
+            datetime.now(UTC).date() + timedelta(days=200),
+            reason="retest",
+            signature=SIGNED,
+        ),
+    )
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["done"] == 12

@@ -39,7 +39,7 @@ from allocator.services.errors import (
     ValidationFailed,
     check_lengths,
 )
-from allocator.services.lookups import current_definition, get_trial
+from allocator.services.lookups import current_definition, get_trial, lock_site
 from allocator.services.supply import resupply
 from allocator.services.supply.kit_rules import S, move_kit
 
@@ -538,7 +538,7 @@ def _shipment_kits(
     # draws; a return: the site, its kits, then the trial's row for its document number). Taken
     # after them, as resupply did at the end of the report, a received shipment's kits were held
     # while the site was awaited, and the trial's row while a return held the site and awaited it.
-    session.execute(select(Site.id).where(Site.id == site.id).with_for_update()).one()
+    lock_site(session, site.id)
     kits = list(
         session.execute(
             select(Kit)
