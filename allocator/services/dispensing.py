@@ -357,11 +357,6 @@ def _dispense_in(
     # dispensing waits is seen by the check below, and none can commit between the check and the
     # dispensing (REP-04; PostgreSQL; SQLite's write transaction already excludes other writers).
     subject = subject_in_reach(session, trial, number, scope, lock=True)
-    # Its site's row before its kits, as a kit replacement, a randomization and an excursion
-    # report at the site take them: the kits' events refer to the site (a key-share lock that a
-    # report holding the site blocks), so a dispensing holding its kits first could wait for a
-    # report that waits for them.
-    lookups.lock_site(session, subject.site_id)
     site = session.get(Site, subject.site_id)
     days = _day_numbers(definition)
     unknown = [d for d in parsed if d not in days]

@@ -35,6 +35,9 @@ RELABEL_STATUSES = frozenset(
 # --- status changes --------------------------------------------------------------------------
 
 
+_WITH_A_PATIENT = frozenset(s.value for s in (S.ALLOCATED, S.DISPENSED, S.ADMINISTERED))
+
+
 def change_status(
     ctx: ServiceContext,
     actor: Actor,
@@ -79,19 +82,25 @@ def change_status(
         ctx.db.unit_of_work() as session,
     ):
         trial = get_trial(session, trial_code)
-        # The kit's site before the kit, the order of a randomization and of an excursion report
-        # (the site, then its kits): locked the other way round, the kit was held while its event's
-        # reference to the site waited for a report holding the site and waiting for the kit.
+        # A kit of the site's stock: its site before the kit, the order of a randomization, a
+        # return and an excursion report (the site, then its kits); locked the other way round, the
+        # kit was held while its event's reference to the site (key share) waited for a report
+        # holding the site and waiting for the kit. A kit with a patient (allocated, dispensed,
+        # administered) is locked first, as a dispensing and a bedside administration lock it.
         placed = session.execute(
-            select(Kit.site_id).where(Kit.trial_id == trial.id, Kit.kit_number == number)
-        ).scalar_one_or_none()
-        if placed is not None and scope.allows_site(placed):
-            lock_site(session, placed)
+            select(Kit.site_id, Kit.status).where(Kit.trial_id == trial.id, Kit.kit_number == number)
+        ).one_or_none()
+        site_first = (
+            placed is not None
+            and placed.site_id is not None
+            and placed.status not in _WITH_A_PATIENT
+            and scope.allows_site(placed.site_id)
+        )
+        if site_first and placed is not None:
+            lock_site(session, placed.site_id)
         kit = session.execute(
             select(Kit).where(Kit.trial_id == trial.id, Kit.kit_number == number).with_for_update()
         ).scalar_one_or_none()
-        if kit is not None and kit.site_id is not None and kit.site_id != placed:
-            lock_site(session, kit.site_id)  # received at a site in between: rare, and held briefly
         if (
             kit is None
             or (kit.site_id is None and not depot)
@@ -213,13 +222,6 @@ def update_batch_expiry(
             },
             now=now,
         )
-        # The sites holding the batch's kits before the kits are changed (then resupply may take
-        # them again, held already): a randomization holds its site, then locks the kits it draws.
-        holding = session.execute(
-            select(Kit.site_id).where(Kit.batch_id == batch.id, Kit.site_id.is_not(None)).distinct()
-        ).scalars()
-        for site_id in sorted(s for s in holding if s is not None):
-            lock_site(session, site_id)
         batch.expiry_date = expiry
         kits = list(session.execute(select(Kit).where(Kit.batch_id == batch.id)).scalars())
         relabel = 0
