@@ -357,6 +357,11 @@ def decide_excursion(
             if excursion.shipment_id
             else None
         )
+        # Then the site's row (the report's site, or the shipment's destination), before the kits:
+        # a quarantined kit is changed by hand, returned or destroyed with its site locked first,
+        # and the kits' events below refer to the site (key share), so taking the kits first could
+        # wait for one of those holding the site and waiting for a kit.
+        lock_site(session, excursion.site_id)
         kits = list(
             session.execute(
                 select(Kit)

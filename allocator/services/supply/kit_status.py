@@ -86,7 +86,9 @@ def change_status(
         # return and an excursion report (the site, then its kits); locked the other way round, the
         # kit was held while its event's reference to the site (key share) waited for a report
         # holding the site and waiting for the kit. A kit with a patient (allocated, dispensed,
-        # administered) is locked first, as a dispensing and a bedside administration lock it.
+        # administered) is locked first, as a dispensing and a bedside administration lock it; a
+        # return or destruction of such a kit takes the site first, so that pair can still
+        # deadlock (one refused with a 503): a known exception (README).
         placed = session.execute(
             select(Kit.site_id, Kit.status).where(Kit.trial_id == trial.id, Kit.kit_number == number)
         ).one_or_none()
