@@ -25,7 +25,6 @@ from allocator.permissions import Scope
 from allocator.services import dispensing, signatures, unblinding
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict
-from allocator.services.subjects import randomize
 from allocator.services.supply import disposal, excursions, kit_lists, kit_status, shipments
 from tests.conftest import FreshDatabase
 from tests.support import (
@@ -33,10 +32,11 @@ from tests.support import (
     GOOD_PASSWORD,
     code_break_sheets,
     committed_context,
-    eligible_on,
     load_ifn,
     person,
+    randomized_now,
     ready_trial,
+    waiting_for_a_row_lock,
 )
 
 pytestmark = pytest.mark.slow
@@ -57,41 +57,15 @@ def test_a_return_waits_for_the_site_before_it_locks_any_kit(live: ServiceContex
     if backend != "postgresql":
         pytest.skip("row locks and deadlocks are PostgreSQL's (SQLite serializes writers)")
     pharmacist, site_id, kit_id = _stocked_site(live)
-    with live.db.write_engine.connect() as probe:
-        returned = probe.execute(select(Kit.kit_number).where(Kit.id == kit_id)).scalar_one()
-    engine = live.db.write_engine
-    outcome: dict[str, object] = {}
-
-    def record_return() -> None:
-        try:
-            outcome["number"] = disposal.record(
-                live, pharmacist, TRIAL, "return", [returned], method="courier", scope=ALL
-            )
-        except Exception as exc:
-            outcome["error"] = exc
-
-    with engine.connect() as randomization:  # holds the site's row, as a randomization does
-        randomization.execute(select(Site.id).where(Site.id == site_id).with_for_update())
-        worker = threading.Thread(target=record_return)
-        worker.start()
-        time.sleep(1.0)  # the return has started and waits for the site's row
-        assert worker.is_alive() and not outcome
-        with engine.connect() as other:
-            # The kit the randomization could draw next is free: the return holds nothing yet.
-            other.execute(text("SET lock_timeout = '200ms'"))
-            locked = other.execute(
-                select(Kit.id).where(Kit.id == kit_id).with_for_update(nowait=True)
-            ).scalar_one()
-            assert locked == kit_id
-            other.rollback()
-        randomization.rollback()
-    worker.join(timeout=30)
-    assert not worker.is_alive()
+    returned = _kit_number(live, kit_id)
+    outcome = _waits_for_the_site(
+        live,
+        site_id,
+        [kit_id],
+        lambda: disposal.record(live, pharmacist, TRIAL, "return", [returned], method="courier", scope=ALL),
+    )
     assert "error" not in outcome, outcome.get("error")
-    with engine.connect() as probe:
-        assert (
-            probe.execute(select(Kit.status).where(Kit.id == kit_id)).scalar_one() == KitStatus.RETURNED.value
-        )
+    assert _kit_status(live, kit_id) == KitStatus.RETURNED.value
 
 
 def _stocked_site(live: ServiceContext) -> tuple[Actor, int, int]:
@@ -119,34 +93,56 @@ def _stocked_site(live: ServiceContext) -> tuple[Actor, int, int]:
     return pharmacist, site_id, kit_id
 
 
+def _report_now(live: ServiceContext, pharmacist: Actor, shipment: str = "") -> excursions.ExcursionView:
+    """An excursion reported at P1's refrigerator, or in `shipment`."""
+    return excursions.report_excursion(
+        live,
+        pharmacist,
+        TRIAL,
+        place="shipment" if shipment else "site",
+        site_code="" if shipment else "P1",
+        shipment_number=shipment,
+        minimum="2",
+        maximum="14",
+        duration_minutes="240",
+        note="door left open",
+        logger=excursions.LoggerFile("fridge.csv", b"t,c\n1,14\n"),
+        scope=ALL,
+        signature=SIGNED,
+    )
+
+
 def _report(
     live: ServiceContext, pharmacist: Actor, outcome: dict[str, object], shipment: str = ""
 ) -> threading.Thread:
-    """An excursion reported in a thread of its own: at P1's refrigerator, or in `shipment`."""
+    """`_report_now` in a thread of its own, started; its view (or error) put in `outcome`."""
 
     def run() -> None:
         try:
-            outcome["view"] = excursions.report_excursion(
-                live,
-                pharmacist,
-                TRIAL,
-                place="shipment" if shipment else "site",
-                site_code="" if shipment else "P1",
-                shipment_number=shipment,
-                minimum="2",
-                maximum="14",
-                duration_minutes="240",
-                note="door left open",
-                logger=excursions.LoggerFile("fridge.csv", b"t,c\n1,14\n"),
-                scope=ALL,
-                signature=signatures.SignatureRequest(password=GOOD_PASSWORD),
-            )
+            outcome["view"] = _report_now(live, pharmacist, shipment)
         except Exception as exc:
             outcome["error"] = exc
 
     worker = threading.Thread(target=run)
     worker.start()
     return worker
+
+
+def _by_hand(live: ServiceContext, actor: Actor, number: str, to: str, reason: str) -> None:
+    """A kit's status changed by hand (signed, as a quarantine and its end are)."""
+    kit_status.change_status(
+        live, actor, TRIAL, number, to, reason=reason, scope=ALL, depot=False, signature=SIGNED
+    )
+
+
+def _kit_number(live: ServiceContext, kit_id: int) -> str:
+    with live.db.write_engine.connect() as probe:
+        return probe.execute(select(Kit.kit_number).where(Kit.id == kit_id)).scalar_one()
+
+
+def _kit_status(live: ServiceContext, kit_id: int) -> str:
+    with live.db.write_engine.connect() as probe:
+        return probe.execute(select(Kit.status).where(Kit.id == kit_id)).scalar_one()
 
 
 @pytest.mark.req("LBL-05")
@@ -156,30 +152,9 @@ def test_an_excursion_report_waits_for_the_site_before_it_locks_any_kit(
     if backend != "postgresql":
         pytest.skip("row locks and deadlocks are PostgreSQL's (SQLite serializes writers)")
     pharmacist, site_id, kit_id = _stocked_site(live)
-    engine = live.db.write_engine
-    outcome: dict[str, object] = {}
-    with engine.connect() as randomization:
-        randomization.execute(select(Site.id).where(Site.id == site_id).with_for_update())
-        worker = _report(live, pharmacist, outcome)
-        time.sleep(1.0)
-        assert worker.is_alive() and not outcome
-        with engine.connect() as other:
-            other.execute(text("SET lock_timeout = '200ms'"))
-            assert (
-                other.execute(
-                    select(Kit.id).where(Kit.id == kit_id).with_for_update(nowait=True)
-                ).scalar_one()
-                == kit_id
-            )
-            other.rollback()
-        randomization.rollback()
-    worker.join(timeout=30)
+    outcome = _waits_for_the_site(live, site_id, [kit_id], lambda: _report_now(live, pharmacist))
     assert "error" not in outcome, outcome.get("error")
-    with engine.connect() as probe:
-        assert (
-            probe.execute(select(Kit.status).where(Kit.id == kit_id)).scalar_one()
-            == KitStatus.QUARANTINED.value
-        )
+    assert _kit_status(live, kit_id) == KitStatus.QUARANTINED.value
 
 
 @pytest.mark.req("LBL-05")
@@ -229,58 +204,24 @@ def test_a_shipment_s_excursion_waits_for_its_site_before_it_locks_its_kits_or_t
         number = probe.execute(
             select(Shipment.number).join(Kit, Kit.shipment_id == Shipment.id).where(Kit.id == kit_id)
         ).scalar_one()
-    outcome: dict[str, object] = {}
-    with engine.connect() as holder:  # holds the site's row, as a randomization or a return does
-        holder.execute(select(Site.id).where(Site.id == site_id).with_for_update())
-        worker = _report(live, pharmacist, outcome, shipment=number)
-        assert _waiting_for_a_lock(live), outcome  # it reached the site's row and waits for it
-        assert worker.is_alive() and not outcome, outcome
-        with engine.connect() as other:
-            other.execute(text("SET lock_timeout = '200ms'"))
-            assert (
-                other.execute(
-                    select(Kit.id).where(Kit.id == kit_id).with_for_update(nowait=True)
-                ).scalar_one()
-                == kit_id
-            )
-            other.execute(
-                select(Trial.id).where(Trial.code == TRIAL).with_for_update(nowait=True, key_share=True)
-            ).one()
-            other.rollback()
-        holder.rollback()
-    worker.join(timeout=30)
+    outcome = _waits_for_the_site(
+        live, site_id, [kit_id], lambda: _report_now(live, pharmacist, number), trial_too=True
+    )
     assert "error" not in outcome, outcome.get("error")
-    with engine.connect() as probe:
-        assert (
-            probe.execute(select(Kit.status).where(Kit.id == kit_id)).scalar_one()
-            == KitStatus.QUARANTINED.value
-        )
-
-
-def _waiting_for_a_lock(live: ServiceContext, seconds: float = 15.0) -> bool:
-    """Whether another connection of the test's database waits for a row lock (polled), so that a
-    test checks what a use case holds while it waits, not before it has got there."""
-    deadline = time.monotonic() + seconds
-    with live.db.write_engine.connect() as probe:
-        while time.monotonic() < deadline:
-            waits = probe.execute(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-            ).scalar_one()
-            probe.rollback()
-            if waits:
-                return True
-            time.sleep(0.05)
-    return False
+    assert _kit_status(live, kit_id) == KitStatus.QUARANTINED.value
 
 
 def _waits_for_the_site(
-    live: ServiceContext, site_id: int, kit_ids: list[int], work: Callable[[], object]
+    live: ServiceContext,
+    site_id: int,
+    kit_ids: list[int],
+    work: Callable[[], object],
+    *,
+    trial_too: bool = False,
 ) -> dict[str, object]:
     """Hold the site's row as a randomization does, run `work` beside it, and check from a third
-    connection that while it waits it holds none of `kit_ids`; then let it go. Returns its outcome."""
+    connection that while it waits it holds none of `kit_ids` (nor, with `trial_too`, the trial's
+    row for a number); then let it go. Returns its outcome ("done" or "error")."""
     engine = live.db.write_engine
     outcome: dict[str, object] = {}
 
@@ -294,7 +235,7 @@ def _waits_for_the_site(
         holder.execute(select(Site.id).where(Site.id == site_id).with_for_update())
         worker = threading.Thread(target=run)
         worker.start()
-        assert _waiting_for_a_lock(live), outcome  # it reached the site's row and waits for it
+        assert waiting_for_a_row_lock(live), outcome  # it reached the site's row and waits for it
         assert worker.is_alive() and not outcome, outcome
         with engine.connect() as other:
             other.execute(text("SET lock_timeout = '200ms'"))
@@ -305,6 +246,10 @@ def _waits_for_the_site(
                     ).scalar_one()
                     == kit_id
                 )
+            if trial_too:
+                other.execute(
+                    select(Trial.id).where(Trial.code == TRIAL).with_for_update(nowait=True, key_share=True)
+                ).one()
             other.rollback()
         holder.rollback()
     worker.join(timeout=30)
@@ -322,30 +267,15 @@ def test_a_kit_s_status_change_waits_for_its_site_before_it_locks_the_kit(
     if backend != "postgresql":
         pytest.skip("row locks and deadlocks are PostgreSQL's (SQLite serializes writers)")
     pharmacist, site_id, kit_id = _stocked_site(live)
-    with live.db.write_engine.connect() as probe:
-        number = probe.execute(select(Kit.kit_number).where(Kit.id == kit_id)).scalar_one()
+    number = _kit_number(live, kit_id)
     outcome = _waits_for_the_site(
         live,
         site_id,
         [kit_id],
-        lambda: kit_status.change_status(
-            live,
-            pharmacist,
-            TRIAL,
-            number,
-            "quarantined",
-            reason="dropped",
-            scope=ALL,
-            depot=False,
-            signature=SIGNED,
-        ),
+        lambda: _by_hand(live, pharmacist, number, "quarantined", "dropped"),
     )
     assert "error" not in outcome, outcome.get("error")
-    with live.db.write_engine.connect() as probe:
-        assert (
-            probe.execute(select(Kit.status).where(Kit.id == kit_id)).scalar_one()
-            == KitStatus.QUARANTINED.value
-        )
+    assert _kit_status(live, kit_id) == KitStatus.QUARANTINED.value
 
 
 @pytest.mark.req("LBL-05")
@@ -370,17 +300,7 @@ def test_a_shipment_s_excursion_and_a_quarantine_by_hand_of_one_of_its_kits_do_n
 
     def quarantine() -> None:
         try:
-            kit_status.change_status(
-                live,
-                pharmacist,
-                TRIAL,
-                number,
-                "quarantined",
-                reason="dropped",
-                scope=ALL,
-                depot=False,
-                signature=SIGNED,
-            )
+            _by_hand(live, pharmacist, number, "quarantined", "dropped")
             manual["done"] = True
         except Exception as exc:
             manual["error"] = exc
@@ -412,18 +332,7 @@ def test_a_dispensing_and_an_emergency_unblinding_of_its_subject_do_not_deadlock
     if backend != "postgresql":
         pytest.skip("row locks and deadlocks are PostgreSQL's (SQLite serializes writers)")
     ready = ready_trial(live)
-    result = randomize.randomize(
-        live,
-        ready.investigator,
-        TRIAL,
-        randomize.RandomizationRequest(
-            site="P1",
-            screening_number="P1-0001",
-            eligibility=eligible_on(datetime.now(UTC).date()),  # the services run on the real clock
-            strata={"admission_cause": "septic"},
-        ),
-        ALL,
-    )
+    result = randomized_now(live, ready)
     engine = live.db.write_engine
     with engine.connect() as probe:
         site_id = probe.execute(select(Site.id).where(Site.code == "P1")).scalar_one()
@@ -499,17 +408,7 @@ def test_a_status_change_of_a_quarantined_kit_and_the_sponsor_s_decision_do_not_
 
     def change() -> None:
         try:
-            changed["done"] = kit_status.change_status(
-                live,
-                pharmacist,
-                TRIAL,
-                number,
-                "damaged",
-                reason="broken",
-                scope=ALL,
-                depot=False,
-                signature=SIGNED,
-            )
+            changed["done"] = _by_hand(live, pharmacist, number, "damaged", "broken")
         except Exception as exc:
             changed["error"] = exc
 
@@ -525,7 +424,7 @@ def test_a_status_change_of_a_quarantined_kit_and_the_sponsor_s_decision_do_not_
         holder.execute(select(Site.id).where(Site.id == site_id).with_for_update())
         first = threading.Thread(target=change)
         first.start()
-        assert _waiting_for_a_lock(live)
+        assert waiting_for_a_row_lock(live)
         second = threading.Thread(target=decide)
         second.start()
         time.sleep(1.0)

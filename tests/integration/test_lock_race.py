@@ -19,14 +19,13 @@ insert holds a key-share lock on the trial, then resupply locks a site), kept be
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from allocator.models import Dispensation, Subject, Trial, TrialStatus
 from allocator.services import codebreak, dispensing, signatures
@@ -45,9 +44,10 @@ from tests.support import (
     ReadyTrial,
     code_break_sheets,
     committed_context,
-    eligible_on,
     person,
+    randomized_now,
     ready_trial,
+    waiting_for_a_row_lock,
 )
 
 pytestmark = pytest.mark.slow
@@ -64,24 +64,6 @@ def live(fresh_database: FreshDatabase, key_dir: Path) -> Iterator[ServiceContex
 def _postgresql_only(backend: str) -> None:
     if backend != "postgresql":
         pytest.skip("row locks and per-statement snapshots are PostgreSQL's (SQLite serializes writers)")
-
-
-def _waiting(ctx: ServiceContext, seconds: float = 10.0) -> bool:
-    """Whether another connection of the test's database waits for a row lock (polled)."""
-    deadline = time.monotonic() + seconds
-    with ctx.db.write_engine.connect() as probe:
-        while time.monotonic() < deadline:
-            waits = probe.execute(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-            ).scalar_one()
-            probe.rollback()
-            if waits:
-                return True
-            time.sleep(0.05)
-    return False
 
 
 def _subjects(ctx: ServiceContext) -> int:
@@ -101,16 +83,8 @@ def _randomizing(
     ready = ready or ready_trial(ctx)
 
     def run() -> None:
-        request = subjects_randomize.RandomizationRequest(
-            site="P1",
-            screening_number="P1-0901",
-            eligibility=eligible_on(datetime.now(UTC).date()),  # the service runs on the real clock
-            strata={"admission_cause": "septic"},
-        )
         try:
-            outcome["subject"] = subjects_randomize.randomize(
-                ctx, ready.investigator, TRIAL, request, ALL_SITES
-            )
+            outcome["subject"] = randomized_now(ctx, ready, "P1-0901")
         except Exception as exc:
             outcome["error"] = exc
 
@@ -209,7 +183,7 @@ def test_a_randomization_that_asks_for_the_trial_during_the_lock_waits_and_is_re
             Trial.__table__.update().where(Trial.code == TRIAL).values(status=TrialStatus.LOCKED.value)
         )
         randomization.start()
-        assert _waiting(live), "the randomization did not wait for the trial's row"
+        assert waiting_for_a_row_lock(live), "the randomization did not wait for the trial's row"
         lock.commit()
     randomization.join(timeout=30)
     assert not randomization.is_alive()
@@ -232,7 +206,7 @@ def test_the_lock_waits_for_a_randomization_that_has_read_the_trial(
     randomization.start()
     assert reached.wait(30)
     lock.start()
-    assert _waiting(live), "the lock did not wait for the randomization in progress"
+    assert waiting_for_a_row_lock(live), "the lock did not wait for the randomization in progress"
     assert lock.is_alive() and not locked and _status(live) == TrialStatus.ACTIVE.value
     go.set()
     randomization.join(timeout=30)
@@ -276,7 +250,7 @@ def test_the_lock_does_not_deadlock_with_a_change_that_signs_then_resupplies(
     assert reached.wait(30), changed
     lock = _lock(live, locked)
     lock.start()
-    assert _waiting(live), "the lock did not wait for the change in progress"
+    assert waiting_for_a_row_lock(live), "the lock did not wait for the change in progress"
     go.set()
     change.join(timeout=30)
     lock.join(timeout=30)
@@ -294,12 +268,7 @@ def test_a_dispensing_that_reads_the_trial_during_the_lock_waits_and_is_refused(
     being committed, waited at its first insert and dispensed into the locked trial."""
     _postgresql_only(backend)
     ready = ready_trial(live)
-    randomized: dict[str, object] = {}
-    randomization = _randomizing(live, randomized, ready)
-    randomization.start()
-    randomization.join(timeout=30)
-    result = randomized["subject"]
-    assert isinstance(result, subjects_randomize.RandomizationResult)
+    result = randomized_now(live, ready, "P1-0901")
     first = result.kits[0]
     dispensed: dict[str, object] = {}
 
@@ -324,7 +293,7 @@ def test_a_dispensing_that_reads_the_trial_during_the_lock_waits_and_is_refused(
             Trial.__table__.update().where(Trial.code == TRIAL).values(status=TrialStatus.LOCKED.value)
         )
         worker.start()
-        assert _waiting(live), "the dispensing did not wait for the trial's row"
+        assert waiting_for_a_row_lock(live), "the dispensing did not wait for the trial's row"
         lock.commit()
     worker.join(timeout=30)
     assert isinstance(dispensed.get("error"), TrialLocked), dispensed

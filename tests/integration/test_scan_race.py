@@ -10,7 +10,6 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -22,10 +21,9 @@ from allocator.models import Administration, AuditEvent
 from allocator.permissions import Scope
 from allocator.services import bedside, dispensing, signatures
 from allocator.services.context import ServiceContext
-from allocator.services.subjects import randomize
 from allocator.services.supply import kit_rules
 from tests.conftest import FreshDatabase
-from tests.support import GOOD_PASSWORD, committed_context, eligible_on, ready_trial
+from tests.support import GOOD_PASSWORD, committed_context, randomized_now, ready_trial
 
 pytestmark = pytest.mark.slow
 TRIAL = "IFNG-PAIS"
@@ -43,18 +41,7 @@ def live(fresh_database: FreshDatabase, key_dir: Path) -> Iterator[ServiceContex
 @pytest.mark.req("DIB-01", "LBL-09")
 def test_d1_twenty_simultaneous_scans_of_one_kit_record_one(live: ServiceContext) -> None:
     ready = ready_trial(live)
-    first = randomize.randomize(
-        live,
-        ready.investigator,
-        TRIAL,
-        randomize.RandomizationRequest(
-            site="P1",
-            screening_number="P1-0001",
-            eligibility=eligible_on(datetime.now(UTC).date()),  # the service runs on the real clock
-            strata={"admission_cause": "septic"},
-        ),
-        ALL,
-    )
+    first = randomized_now(live, ready)
     kits_of = {k.day: k.kit_number for k in first.kits}
     dispensing.dispense(
         live,

@@ -5,6 +5,7 @@ Expensive worlds are built once per process and replayed: see tests/support/worl
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -441,6 +442,45 @@ def ready_cohort(ctx: ServiceContext, tube_sets: int = 10) -> Actor:
         site_code="L1",
         request_id="test",
     )
+
+
+def randomized_now(
+    ctx: ServiceContext, ready: ReadyTrial, screening_number: str = "P1-0001", site: str = "P1"
+) -> subjects_randomize.RandomizationResult:
+    """A septic patient of `site` randomized by its investigator, eligible on today's real date:
+    for the committed contexts of the concurrency tests, whose services run on the real clock."""
+    return subjects_randomize.randomize(
+        ctx,
+        ready.investigator if site == "P1" else ready.investigator_p2,
+        TRIAL,
+        subjects_randomize.RandomizationRequest(
+            site=site,
+            screening_number=screening_number,
+            eligibility=eligible_on(datetime.now(UTC).date()),
+            strata={"admission_cause": "septic"},
+        ),
+        ALL_SITES,
+    )
+
+
+def waiting_for_a_row_lock(ctx: ServiceContext, seconds: float = 15.0) -> bool:
+    """Whether another connection of the test's PostgreSQL database waits for a row lock, polled
+    for up to `seconds`: a test checks what a use case holds while it waits, not before it has got
+    there (a fixed sleep passes on a loaded machine without proving anything)."""
+    deadline = time.monotonic() + seconds
+    with ctx.db.write_engine.connect() as probe:
+        while time.monotonic() < deadline:
+            waits = probe.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            ).scalar_one()
+            probe.rollback()
+            if waits:
+                return True
+            time.sleep(0.05)
+    return False
 
 
 @contextmanager
