@@ -1082,7 +1082,8 @@ def reconciliation(
 
 
 def _sheet_row(row: Any, sites: dict[int, str]) -> SheetRow:
-    """A listed row of `_sheet_facts`, in words (read by position: 19,000 rows for a CSV)."""
+    """A listed row of `_sheet_facts`, in words (read by position: 19,000 rows for a CSV); the
+    state as the database judged it, the discrepancy's words only for a flagged sheet."""
     (
         _id,
         sheet_number,
@@ -1097,7 +1098,7 @@ def _sheet_row(row: Any, sites: dict[int, str]) -> SheetRow:
         last_check_at,
         last_check_by,
         registered,
-        ever_opened,
+        _ever_opened,
         copies,
         _reprints,
         state,
@@ -1118,14 +1119,7 @@ def _sheet_row(row: Any, sites: dict[int, str]) -> SheetRow:
         last_check_by=last_check_by or "",
         registered_opening=bool(registered),
         state=state,
-        discrepancy=_state(
-            registered=bool(registered),
-            ever_opened=bool(ever_opened),
-            replaced=replaced_by is not None,
-            last=last_check,
-        )[1]
-        if flag
-        else "",
+        discrepancy=_facts_state(row)[1] if flag else "",
     )
 
 

@@ -39,7 +39,7 @@ from allocator.services.errors import (
     ValidationFailed,
     check_lengths,
 )
-from allocator.services.lookups import current_definition, get_trial
+from allocator.services.lookups import current_definition, get_trial, lock_site
 from allocator.services.supply import resupply
 from allocator.services.supply.kit_rules import (
     DESTRUCTION_SOURCES,
@@ -176,7 +176,7 @@ def record(
             }
         )
         for site_id in held_sites:
-            session.execute(select(Site.id).where(Site.id == site_id).with_for_update()).one()
+            lock_site(session, site_id)
         kits = {
             k.kit_number: k
             for k in session.execute(

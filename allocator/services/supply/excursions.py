@@ -580,7 +580,7 @@ def _site_kits(session: Session, trial: Trial, code: str, scope: Scope) -> tuple
         raise NotFound(f"no site {code!r} within your reach", errors=[FieldProblem("site", "unknown site")])
     # The site's row before its kits, the order of a randomization (site, then the kits it draws):
     # kits first waited for nothing here, but a randomization holding the site waited for them.
-    session.execute(select(Site.id).where(Site.id == site.id).with_for_update()).one()
+    lock_site(session, site.id)
     kits = list(
         session.execute(
             select(Kit)

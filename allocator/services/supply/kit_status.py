@@ -92,13 +92,12 @@ def change_status(
         placed = session.execute(
             select(Kit.site_id, Kit.status).where(Kit.trial_id == trial.id, Kit.kit_number == number)
         ).one_or_none()
-        site_first = (
+        if (
             placed is not None
             and placed.site_id is not None
             and placed.status not in _WITH_A_PATIENT
             and scope.allows_site(placed.site_id)
-        )
-        if site_first and placed is not None:
+        ):
             lock_site(session, placed.site_id)
         kit = session.execute(
             select(Kit).where(Kit.trial_id == trial.id, Kit.kit_number == number).with_for_update()

@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from allocator.audit import Action, Actor
 from allocator.models import Kit, Notification, Shipment, Site, SiteStatus, Subject
 from allocator.services.context import ServiceContext
-from allocator.services.lookups import TrialRef, current_definition, get_trial
+from allocator.services.lookups import TrialRef, current_definition, get_trial, lock_site
 from allocator.services.supply.depot import SiteRef, prepare_shipment
 from allocator.services.supply.kit_rules import S, needed_until
 from allocator.trialdef import SiteSupply, Supply, TrialDefinition
@@ -228,7 +228,7 @@ def _ensure(
         return ResupplyCheck(site.code, courses, below)
     # Below: take the site's row lock and count again, so that two changes at the site at once
     # request one shipment, not two (the randomization already holds this lock).
-    session.execute(select(Site.id).where(Site.id == site.id).with_for_update()).one()
+    lock_site(session, site.id)
     courses = _courses(session, definition, levels, site, now)
     if courses >= below:
         return ResupplyCheck(site.code, courses, below)
