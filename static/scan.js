@@ -175,7 +175,11 @@
       field.addEventListener("change", function () { check(field); });
       var pause = null;
       field.addEventListener("input", function () {
-        if (status[field.id] && field.value.trim() !== checked[field.id]) {
+        // A scan typed or changed is unchecked until its check answers: the signature closes at
+        // once. Left open, the pharmacist could click into the password while this field still
+        // waited for its check; the check that the click's blur starts then closed the password
+        // under the click, the focus stayed here, and the password was typed into the scan field.
+        if (field.value.trim() !== checked[field.id]) {
           mark(field, "", "");
         }
         // Typed by hand (no Enter): checked once the typing pauses.

@@ -169,6 +169,43 @@ def test_dispensing_with_a_wedge_scanner_one_wrong_kit_then_the_signature(
     assert len(refused) == 1 and '"cause":"wrong-kit"' in (refused[0].new_values or "")
 
 
+@pytest.mark.req("LBL-09", "ACC-12")
+def test_a_kit_typed_by_hand_closes_the_signature_until_it_is_checked(
+    live_server: LiveServer, new_page
+) -> None:  # type: ignore[no-untyped-def]
+    """Found as a flake of the allocation journey under load: with D1 and D2 right, the signature
+    opened; D3 typed by hand (no Enter) left it open until its check, 700 ms later. Filling the
+    password then blurred D3, whose change event started that check and closed the password under
+    the click: the focus stayed in D3 and the password was typed after the kit number, into the
+    scan field (then sent for checking, refused as unreadable, and the signature never opened)."""
+    ctx = live_server.ctx
+    ready = ready_trial(ctx)
+    (first,) = subjects(ctx, ready, 1)
+    kits = {k.day: k.kit_number for k in first.kits}
+    pharm = sign_in(new_page, live_server, "pharm-p1", DESKTOP, "en")
+    pharm.goto(f"{live_server.url}/trials/{TRIAL}/subjects/{first.subject_number}")
+    field = {day: pharm.locator(f'[id="scans.{day}"]') for day in ("D1", "D2", "D3")}
+    password = pharm.locator("#disp-password")
+    submit = pharm.locator("#dispense button[type=submit]")
+    for day in ("D1", "D2"):
+        field[day].fill(kits[day])  # typed by hand: no Enter
+        field[day].blur()
+        expect(pharm.locator(f'[id="scans.{day}-verdict"]')).to_have_text("✔ right kit")
+    expect(password).to_be_enabled()  # what is typed is right (D3 may be left to a later dispensing)
+
+    field["D3"].fill(kits["D3"])
+    # Not checked yet: closed at once, not 700 ms later (is_disabled does not wait).
+    assert password.is_disabled() and submit.is_disabled()
+    password.fill(GOOD_PASSWORD)  # waits for D3's check to open it
+    expect(field["D3"]).to_have_value(kits["D3"])
+    expect(password).to_have_value(GOOD_PASSWORD)
+    expect(pharm.locator('[id="scans.D3-verdict"]')).to_have_text("✔ right kit")
+    submit.click()
+    expect(pharm.get_by_text(WORDS["en"]["dispensed"])).to_be_visible()
+    assert [d.status for d in views.subject(ctx, TRIAL, first.subject_number, ALL).days] == ["dispensed"] * 3
+    assert events(ctx, "signature.failed") == []
+
+
 @pytest.mark.req("DIB-01", "DIB-09", "LBL-09")
 @pytest.mark.parametrize("language", ["en", "fr"])
 def test_bedside_on_a_phone_an_early_dose_is_refused_until_confirmed_with_a_reason(
