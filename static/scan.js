@@ -33,8 +33,9 @@
     var submit = form.querySelector('button[type="submit"]');
     var hint = form.querySelector("[data-scan-hint]");
     var tokenField = form.querySelector('input[name="csrf_token"]');
-    var status = {}; // field id -> "right" | "wrong" | "pending" | ""
+    var status = {}; // field id -> "right" | "wrong" | "pending" | "failed" (no answer) | ""
     var checked = {}; // field id -> the value last sent for checking
+    var sent = {}; // field id -> the number of its latest check: an older answer is let go
 
     function verdict(field) {
       return document.getElementById(field.id + "-verdict");
@@ -69,7 +70,8 @@
       }
       var shown = verdict(field);
       if (shown) {
-        var sign = state === "right" ? (notes && notes.length ? "⚠ " : "✔ ") : state === "wrong" ? "✖ " : "";
+        var sign = state === "right" ? (notes && notes.length ? "⚠ " : "✔ ") : state === "wrong" ? "✖ " :
+          state === "failed" ? "⚠ " : "";
         shown.textContent = message ? sign + message : "";
         if (notes && notes.length) {
           shown.textContent += " — " + notes.join(" — ");
@@ -124,8 +126,16 @@
       }
       checked[field.id] = value;
       mark(field, "pending", form.getAttribute("data-checking") || "…");
+      var ticket = sent[field.id] = (sent[field.id] || 0) + 1;
+      var latest = function () { return sent[field.id] === ticket && field.value.trim() === value; };
       var body = { field: field.name, scan: value };
       contexts.forEach(function (c) { body[c.name] = c.value; });
+      // A check with no answer within the form's patience (10 s unless it says otherwise) is said
+      // to have none: a request hanging on a weak network would otherwise leave "…" for ever, and
+      // Enter would not send it again.
+      var patience = Number(form.getAttribute("data-check-timeout")) || 10000;
+      var stop = new AbortController();
+      var timer = window.setTimeout(function () { stop.abort(); }, patience);
       fetch(url, {
         method: "POST",
         credentials: "same-origin",
@@ -134,15 +144,17 @@
           "Accept": "application/json",
           "X-CSRFToken": tokenField ? tokenField.value : ""
         },
-        body: JSON.stringify(body)
+        body: JSON.stringify(body),
+        signal: stop.signal
       }).then(function (response) {
         if (!response.ok) {
           throw new Error(String(response.status));
         }
         return response.json();
       }).then(function (answer) {
-        if (field.value.trim() !== value) {
-          return;
+        window.clearTimeout(timer);
+        if (!latest()) {
+          return; // the text changed, or a newer check of it was sent (a context changed)
         }
         if (field.hasAttribute("data-scan-collect")) {
           collect(field, value, answer);
@@ -150,15 +162,29 @@
           mark(field, answer.ok ? "right" : "wrong", answer.message, answer.notes);
         }
       }).catch(function () {
-        if (field.value.trim() === value) {
+        // No answer (the network, a busy server, a session that ended: its sign-in page is not
+        // JSON): said beside the field, which stays unchecked, so the signature stays closed and
+        // Enter checks it again (so does leaving the field once its text is changed).
+        window.clearTimeout(timer);
+        if (latest()) {
           checked[field.id] = "";
-          mark(field, "", "");
+          mark(field, "failed", form.getAttribute("data-check-failed") || "");
         }
       });
     }
 
     fields.forEach(function (field, index) {
       field.addEventListener("keydown", function (event) {
+        if (event.key === "Tab" && !event.shiftKey && secrets.length && index === fields.length - 1 &&
+            field.value.trim() && status[field.id] !== "right" && status[field.id] !== "wrong") {
+          // Typed and not answered yet: the signature is closed, so Tab would skip it and leave
+          // the form (into the next form's fields, where a password typed next would go). The
+          // scan is checked and the focus stays; once answered, Tab goes on.
+          event.preventDefault();
+          check(field);
+          field.select();
+          return;
+        }
         if (event.key !== "Enter") {
           return;
         }
