@@ -253,6 +253,24 @@ def test_a_label_scanned_into_the_password_field_is_not_a_failed_signature(
     assert len(events(ctx, "signature.failed")) == before[0] + 1
 
 
+def test_the_signature_names_its_signer_for_the_password_manager_and_never_posts_it(
+    app: Flask, ctx: ServiceContext, world: ReadyTrial
+) -> None:
+    """A form that asks for the password alone: without a user-name field, a browser's password
+    manager takes the text field before the password (the last kit's scan field) for the user name
+    and may fill it there. The signer's user name is in the form, hidden and with no name."""
+    (first,) = subjects(ctx, world, 1)
+    html = (
+        client_for(app, "pharm-p1")
+        .get(f"/trials/{TRIAL}/subjects/{first.subject_number}")
+        .get_data(as_text=True)
+    )
+    form = html[html.index('id="disp-password"') - 2000 : html.index('id="disp-password"')]
+    assert '<input type="text" autocomplete="username" value="pharm-p1" hidden>' in form
+    assert form.rindex('autocomplete="username"') > form.rindex("data-scan=")  # after the last scan field
+    assert form.rindex("<form") < form.rindex('autocomplete="username"')  # in the signature's form
+
+
 @pytest.mark.req("DIB-01", "LBL-09")
 def test_the_bedside_label_is_checked_before_anything_is_recorded(
     app: Flask, ctx: ServiceContext, world: ReadyTrial
