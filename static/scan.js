@@ -36,6 +36,16 @@
     var status = {}; // field id -> "right" | "wrong" | "pending" | "failed" (no answer) | ""
     var checked = {}; // field id -> the value last sent for checking
     var sent = {}; // field id -> the number of its latest check: an older answer is let go
+    var pauses = {}; // field id -> its typing pause's timer (typed by hand: checked when it ends)
+    // Whether Tab from the last scan field goes straight to the signature, nothing to fill in
+    // between (dispensing; not the code-break forms, whose reason comes first).
+    var elements = list(form.elements);
+    var last = fields[fields.length - 1];
+    var beforeSignature = secrets.length > 0 &&
+      elements.indexOf(secrets[0]) > elements.indexOf(last) &&
+      elements.slice(elements.indexOf(last) + 1, elements.indexOf(secrets[0])).every(function (e) {
+        return e.type === "hidden" || e.hidden;
+      });
 
     function verdict(field) {
       return document.getElementById(field.id + "-verdict");
@@ -86,22 +96,21 @@
 
     // A list of scans (shipment receipt): each right scan joins the form's list (the textarea
     // that the form posts, one kit per line) and the field is cleared for the next one; a wrong
-    // one stays in the field, named, and joins nothing. Each scan is listed with its verdict.
-    function collect(field, value, answer) {
+    // one stays in the field, named, and joins nothing. Each scan is listed with its verdict,
+    // the answer to a scan already followed by the next one too (`current` false: a fast scanner),
+    // which then joins the list without touching the field.
+    function collect(field, value, answer, current) {
       var target = document.getElementById(field.getAttribute("data-scan-collect"));
-      var log = document.getElementById(field.id + "-list");
       var lines = target ? target.value.split("\n").map(function (l) { return l.trim(); }) : [];
       var repeated = answer.ok && lines.indexOf(value) >= 0;
       if (answer.ok && !repeated && target) {
         target.value = lines.filter(function (l) { return l; }).concat([value]).join("\n") + "\n";
       }
-      if (log) {
-        var item = document.createElement("li");
-        var message = repeated ? (form.getAttribute("data-repeated") || "already scanned") : answer.message;
-        var notes = answer.notes && answer.notes.length ? " — " + answer.notes.join(" — ") : "";
-        item.textContent = (answer.ok && !repeated ? "✔ " : "✖ ") + value + " · " + message + notes;
-        item.className = answer.ok && !repeated ? "right" : "wrong";
-        log.insertBefore(item, log.firstChild);
+      var message = repeated ? (form.getAttribute("data-repeated") || "already scanned") : answer.message;
+      var notes = answer.notes && answer.notes.length ? " — " + answer.notes.join(" — ") : "";
+      listed(field, value, answer.ok && !repeated, message + notes);
+      if (!current) {
+        return;
       }
       if (answer.ok) {
         field.value = "";
@@ -111,6 +120,23 @@
         mark(field, "wrong", answer.message);
         field.select();
       }
+    }
+
+    function listed(field, value, right, message) {
+      var log = document.getElementById(field.id + "-list");
+      if (log) {
+        var item = document.createElement("li");
+        item.textContent = (right ? "✔ " : "✖ ") + value + " · " + message;
+        item.className = right ? "right" : "wrong";
+        log.insertBefore(item, log.firstChild);
+      }
+    }
+
+    // The fields holding text that no check has answered yet.
+    function unanswered() {
+      return fields.filter(function (f) {
+        return f.value.trim() && (status[f.id] === "pending" || !status[f.id]);
+      });
     }
 
     function check(field) {
@@ -125,6 +151,7 @@
         return;
       }
       checked[field.id] = value;
+      window.clearTimeout(pauses[field.id]); // checked now: the typing pause's check is not needed
       mark(field, "pending", form.getAttribute("data-checking") || "…");
       var ticket = sent[field.id] = (sent[field.id] || 0) + 1;
       var latest = function () { return sent[field.id] === ticket && field.value.trim() === value; };
@@ -153,12 +180,11 @@
         return response.json();
       }).then(function (answer) {
         window.clearTimeout(timer);
-        if (!latest()) {
-          return; // the text changed, or a newer check of it was sent (a context changed)
-        }
+        // Not the latest: the text changed, or a newer check of it was sent (a context changed).
+        var current = latest();
         if (field.hasAttribute("data-scan-collect")) {
-          collect(field, value, answer);
-        } else {
+          collect(field, value, answer, current);
+        } else if (current) {
           mark(field, answer.ok ? "right" : "wrong", answer.message, answer.notes);
         }
       }).catch(function () {
@@ -166,22 +192,27 @@
         // JSON): said beside the field, which stays unchecked, so the signature stays closed and
         // Enter checks it again (so does leaving the field once its text is changed).
         window.clearTimeout(timer);
+        var words = form.getAttribute("data-check-failed") || "";
+        if (field.hasAttribute("data-scan-collect")) {
+          listed(field, value, false, words); // in the list of scans, not in the posted list
+        }
         if (latest()) {
           checked[field.id] = "";
-          mark(field, "failed", form.getAttribute("data-check-failed") || "");
+          mark(field, "failed", words);
         }
       });
     }
 
     fields.forEach(function (field, index) {
       field.addEventListener("keydown", function (event) {
-        if (event.key === "Tab" && !event.shiftKey && secrets.length && index === fields.length - 1 &&
-            field.value.trim() && status[field.id] !== "right" && status[field.id] !== "wrong") {
-          // Typed and not answered yet: the signature is closed, so Tab would skip it and leave
-          // the form (into the next form's fields, where a password typed next would go). The
-          // scan is checked and the focus stays; once answered, Tab goes on.
+        if (event.key === "Tab" && !event.shiftKey && field === last && beforeSignature &&
+            unanswered().length) {
+          // A scan typed and not answered yet (this one or another): the signature is closed, so
+          // Tab would skip it and leave the form (into the next form's fields, where a password
+          // typed next would go). The scans are checked and the focus stays; once they are
+          // answered, Tab goes on (after a check with no answer too: the field says so).
           event.preventDefault();
-          check(field);
+          unanswered().forEach(check);
           field.select();
           return;
         }
@@ -199,7 +230,6 @@
         }
       });
       field.addEventListener("change", function () { check(field); });
-      var pause = null;
       field.addEventListener("input", function () {
         // A scan typed or changed is unchecked until its check answers: the signature closes at
         // once. Left open, the pharmacist could click into the password while this field still
@@ -209,8 +239,8 @@
           mark(field, "", "");
         }
         // Typed by hand (no Enter): checked once the typing pauses.
-        window.clearTimeout(pause);
-        pause = window.setTimeout(function () { check(field); }, 700);
+        window.clearTimeout(pauses[field.id]);
+        pauses[field.id] = window.setTimeout(function () { check(field); }, 700);
       });
     });
 
