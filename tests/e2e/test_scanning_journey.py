@@ -106,6 +106,38 @@ def wedge(page, text: str) -> None:  # type: ignore[no-untyped-def]
     page.keyboard.press("Enter")
 
 
+def dispensing_page(live: LiveServer, new_page, language: str = "en"):  # type: ignore[no-untyped-def]
+    """One subject randomized, and the pharmacist on its page: the subject, the page, the D1-D3
+    scan fields."""
+    (first,) = subjects(live.ctx, ready_trial(live.ctx), 1)
+    pharm = sign_in(new_page, live, "pharm-p1", DESKTOP, language)
+    pharm.goto(f"{live.url}/trials/{TRIAL}/subjects/{first.subject_number}")
+    return first, pharm, {day: pharm.locator(f'[id="scans.{day}"]') for day in ("D1", "D2", "D3")}
+
+
+class Held:
+    """The page's requests to `pattern` held unanswered (after the first, sent on, with
+    `only_the_first`), so that a test decides when a scan's check is answered."""
+
+    def __init__(self, page, pattern: str, *, only_the_first: bool = False) -> None:  # type: ignore[no-untyped-def]
+        self.page, self.pattern, self.routes = page, pattern, []  # type: ignore[var-annotated]
+
+        def hold(route) -> None:  # type: ignore[no-untyped-def]
+            if only_the_first and self.routes:
+                route.continue_()
+            else:
+                self.routes.append(route)
+
+        page.route(pattern, hold)
+
+    def release(self) -> None:
+        """Send the held requests on, then hold no more (in this order: `unroute` would answer
+        requests still held itself)."""
+        for route in self.routes:
+            route.continue_()
+        self.page.unroute(self.pattern)
+
+
 @pytest.mark.req("LBL-09", "ACC-12")
 @pytest.mark.parametrize("language", ["en", "fr"])
 def test_dispensing_with_a_wedge_scanner_one_wrong_kit_then_the_signature(
@@ -180,12 +212,8 @@ def test_a_kit_typed_by_hand_closes_the_signature_until_it_is_checked(
     the click: the focus stayed in D3 and the password was typed after the kit number, into the
     scan field (then sent for checking, refused as unreadable, and the signature never opened)."""
     ctx = live_server.ctx
-    ready = ready_trial(ctx)
-    (first,) = subjects(ctx, ready, 1)
+    first, pharm, field = dispensing_page(live_server, new_page)
     kits = {k.day: k.kit_number for k in first.kits}
-    pharm = sign_in(new_page, live_server, "pharm-p1", DESKTOP, "en")
-    pharm.goto(f"{live_server.url}/trials/{TRIAL}/subjects/{first.subject_number}")
-    field = {day: pharm.locator(f'[id="scans.{day}"]') for day in ("D1", "D2", "D3")}
     password = pharm.locator("#disp-password")
     submit = pharm.locator("#dispense button[type=submit]")
     for day in ("D1", "D2"):
@@ -196,18 +224,11 @@ def test_a_kit_typed_by_hand_closes_the_signature_until_it_is_checked(
 
     # D3's check is held while the gate is looked at, so that its answer cannot open it first
     # however slow this machine is.
-    held: list = []  # type: ignore[type-arg]
-
-    def hold(route) -> None:  # type: ignore[no-untyped-def]
-        held.append(route)
-
-    pharm.route("**/dispense/check", hold)
+    held = Held(pharm, "**/dispense/check")
     field["D3"].fill(kits["D3"])
     # Not checked yet: closed at once, not when its check is sent 700 ms later.
     assert password.is_disabled() and submit.is_disabled()
-    for route in held:  # answered first: unroute would handle them itself
-        route.continue_()
-    pharm.unroute("**/dispense/check")
+    held.release()
     password.fill(GOOD_PASSWORD)  # waits for D3's check to open it
     expect(field["D3"]).to_have_value(kits["D3"])
     expect(password).to_have_value(GOOD_PASSWORD)
@@ -236,15 +257,11 @@ def test_a_scan_check_without_an_answer_is_said_beside_its_field(
     closed: the field now says so in the reader's language, stays unchecked, and Enter checks it
     again."""
     ctx = live_server.ctx
-    ready = ready_trial(ctx)
-    (first,) = subjects(ctx, ready, 1)
+    first, pharm, field = dispensing_page(live_server, new_page, language)
     label = {
         k.day: kitlib.build_payload(TRIAL, k.kit_number, kit_rules.KIT_UNIT, kit_rules.mac(ctx))
         for k in first.kits
     }
-    pharm = sign_in(new_page, live_server, "pharm-p1", DESKTOP, language)
-    pharm.goto(f"{live_server.url}/trials/{TRIAL}/subjects/{first.subject_number}")
-    field = {day: pharm.locator(f'[id="scans.{day}"]') for day in ("D1", "D2", "D3")}
     verdict = {day: pharm.locator(f'[id="scans.{day}-verdict"]') for day in ("D1", "D2", "D3")}
     password = pharm.locator("#disp-password")
     check = "**/dispense/check"
@@ -264,16 +281,11 @@ def test_a_scan_check_without_an_answer_is_said_beside_its_field(
     expect(verdict["D2"]).to_have_text(NO_ANSWER[language])
     pharm.unroute(check)
     # A check that hangs (a weak network) is given up after the form's patience (10 s; 0.5 s here).
-    hanging: list[object] = []
-
-    def never_answer(route) -> None:  # type: ignore[no-untyped-def]
-        hanging.append(route)  # (Playwright takes a function, not a bound builtin)
-
-    pharm.route(check, never_answer)
+    hanging = Held(pharm, check)  # never answered: given up by the page
     pharm.locator("form[data-scan-check]").first.evaluate("f => f.setAttribute('data-check-timeout', '500')")
     wedge(pharm, label["D3"])
     expect(verdict["D3"]).to_have_text(NO_ANSWER[language])
-    assert hanging
+    assert hanging.routes
     pharm.unroute(check)
     field["D3"].focus()
     pharm.keyboard.press("Enter")
@@ -294,12 +306,8 @@ def test_tab_after_a_kit_typed_by_hand_waits_for_its_check(live_server: LiveServ
     a lost kit"), where the password typed next went. Tab now checks the scan and stays; once it is
     answered, Tab goes on to the password."""
     ctx = live_server.ctx
-    ready = ready_trial(ctx)
-    (first,) = subjects(ctx, ready, 1)
+    first, pharm, field = dispensing_page(live_server, new_page)
     kits = {k.day: k.kit_number for k in first.kits}
-    pharm = sign_in(new_page, live_server, "pharm-p1", DESKTOP, "en")
-    pharm.goto(f"{live_server.url}/trials/{TRIAL}/subjects/{first.subject_number}")
-    field = {day: pharm.locator(f'[id="scans.{day}"]') for day in ("D1", "D2", "D3")}
     password = pharm.locator("#disp-password")
     for day in ("D1", "D2"):
         field[day].fill(kits[day])
@@ -307,18 +315,11 @@ def test_tab_after_a_kit_typed_by_hand_waits_for_its_check(live_server: LiveServ
     expect(field["D3"]).to_be_focused()
     # The checks are held while Tab is pressed, so that D3 is still unanswered however slow the
     # machine is between the typing and the Tab.
-    held: list = []  # type: ignore[type-arg]
-
-    def hold(route) -> None:  # type: ignore[no-untyped-def]
-        held.append(route)
-
-    pharm.route("**/dispense/check", hold)
+    held = Held(pharm, "**/dispense/check")
     pharm.keyboard.type(kits["D3"], delay=4)
     pharm.keyboard.press("Tab")
     expect(field["D3"]).to_be_focused()
-    for route in held:  # answered first: unroute would handle them itself
-        route.continue_()
-    pharm.unroute("**/dispense/check")
+    held.release()
     expect(pharm.locator('[id="scans.D3-verdict"]')).to_have_text("✔ right kit")
     expect(password).to_be_enabled()
     pharm.keyboard.press("Tab")
@@ -336,29 +337,17 @@ def test_tab_from_an_empty_last_kit_waits_for_the_kits_still_unanswered(
 ) -> None:  # type: ignore[no-untyped-def]
     """D1 and D2 only (a partial dispensing), D2 typed by hand: Tab from the empty D3 while D2's
     check is unanswered would skip the closed signature and leave the form."""
-    ctx = live_server.ctx
-    ready = ready_trial(ctx)
-    (first,) = subjects(ctx, ready, 1)
+    first, pharm, field = dispensing_page(live_server, new_page)
     kits = {k.day: k.kit_number for k in first.kits}
-    pharm = sign_in(new_page, live_server, "pharm-p1", DESKTOP, "en")
-    pharm.goto(f"{live_server.url}/trials/{TRIAL}/subjects/{first.subject_number}")
-    field = {day: pharm.locator(f'[id="scans.{day}"]') for day in ("D1", "D2", "D3")}
     field["D1"].fill(kits["D1"])
     pharm.keyboard.press("Tab")
     expect(pharm.locator('[id="scans.D1-verdict"]')).to_have_text("✔ right kit")
-    held: list = []  # type: ignore[type-arg]
-
-    def hold(route) -> None:  # type: ignore[no-untyped-def]
-        held.append(route)
-
-    pharm.route("**/dispense/check", hold)
+    held = Held(pharm, "**/dispense/check")
     pharm.keyboard.type(kits["D2"], delay=4)
     pharm.keyboard.press("Tab")  # to D3, left empty; D2's check is sent and held
     pharm.keyboard.press("Tab")
     expect(field["D3"]).to_be_focused()
-    for route in held:
-        route.continue_()
-    pharm.unroute("**/dispense/check")
+    held.release()
     expect(pharm.locator('[id="scans.D2-verdict"]')).to_have_text("✔ right kit")
     pharm.keyboard.press("Tab")
     expect(pharm.locator("#disp-password")).to_be_focused()
@@ -369,23 +358,11 @@ def test_only_the_latest_check_of_a_scan_is_shown(live_server: LiveServer, new_p
     """Found by a review: an answer was shown if the field still held the text it checked, so an
     older check of the same text answering last (a slow network; a context changed on the bedside
     page) overwrote the newer verdict. Each field now shows only its latest check's answer."""
-    ctx = live_server.ctx
-    ready = ready_trial(ctx)
-    (first,) = subjects(ctx, ready, 1)
+    first, pharm, field = dispensing_page(live_server, new_page)
     kits = {k.day: k.kit_number for k in first.kits}
-    pharm = sign_in(new_page, live_server, "pharm-p1", DESKTOP, "en")
-    pharm.goto(f"{live_server.url}/trials/{TRIAL}/subjects/{first.subject_number}")
-    d1 = pharm.locator('[id="scans.D1"]')
+    d1 = field["D1"]
     verdict = pharm.locator('[id="scans.D1-verdict"]')
-    held: list = []  # type: ignore[type-arg]
-
-    def hold_the_first(route) -> None:  # type: ignore[no-untyped-def]
-        if held:
-            route.continue_()
-        else:
-            held.append(route)  # answered below, after the newer check
-
-    pharm.route("**/dispense/check", hold_the_first)
+    held = Held(pharm, "**/dispense/check", only_the_first=True)  # answered below, after the newer
     d1.click()
     wedge(pharm, kits["D1"])  # the first check, held
     expect(verdict).to_have_text("…")
@@ -393,9 +370,9 @@ def test_only_the_latest_check_of_a_scan_is_shown(live_server: LiveServer, new_p
     d1.select_text()
     wedge(pharm, kits["D1"])  # the same kit again: a second check, answered by the server
     expect(verdict).to_have_text("✔ right kit")
-    assert len(held) == 1
+    assert len(held.routes) == 1
     with pharm.expect_response("**/dispense/check"):
-        held[0].fulfill(
+        held.routes[0].fulfill(
             status=200,
             content_type="application/json",
             body='{"ok": false, "field": "scans.D1", "message": "an older answer"}',
@@ -418,21 +395,13 @@ def test_a_fast_scanner_at_the_receipt_loses_no_kit(live_server: LiveServer, new
     pharm.goto(f"{live_server.url}/trials/{TRIAL}/shipments")
     scan = pharm.locator(f'[id="rs-{view.number}"]')
     posted = pharm.locator(f'[id="rc-{view.number}"]')
-    held: list = []  # type: ignore[type-arg]
-
-    def hold_the_first(route) -> None:  # type: ignore[no-untyped-def]
-        if held:
-            route.continue_()
-        else:
-            held.append(route)  # answered below, after the next kit's
-
-    pharm.route("**/receive/check", hold_the_first)
+    held = Held(pharm, "**/receive/check", only_the_first=True)  # answered below, after the next
     scan.click()
     wedge(pharm, first)  # its check held
     wedge(pharm, second)  # scanned before the first is answered
     expect(posted).to_have_value(f"{second}\n")
     expect(scan).to_have_value("")
-    held[0].continue_()
+    held.routes[0].continue_()
     expect(posted).to_have_value(f"{second}\n{first}\n")
     expect(pharm.locator(f'[id="rs-{view.number}-list"] li.right')).to_have_count(2)
     expect(scan).to_have_value("")
