@@ -837,6 +837,9 @@ class VerifyResult:
     witness: Path | None = None  # None: no witness was given, truncation cannot be detected
     witnessed_upto: int = 0  # the highest entry the witness saw
     unwitnessed: int = 0  # entries newer than the witness (committed, witness not yet written)
+    # Where a later verification may start, for a whole chain found intact: the last signed
+    # checkpoint verified (its entry and head hash). See `kept_whole`.
+    resume: tuple[int, str] | None = field(default=None, compare=False)
 
     def summary(self) -> str:
         if self.ok:
@@ -961,15 +964,6 @@ def _scan(
     return _Segment(count, first_seq, first_prev, expected_seq - 1, prev_hash or "", None)
 
 
-def _verified_checkpoints(
-    connection: Connection, ring: crypto.KeyRing, chain: str
-) -> tuple[bytes, int, Problem | None]:
-    """Verify every checkpoint signature; return the signed digests of entries 1..n, the number of
-    checkpoints, and the first checkpoint problem."""
-    found = _checkpoints_after(connection, ring, chain, 0)
-    return found.signed, found.count, found.problem
-
-
 @dataclass(frozen=True, slots=True)
 class _Checkpoints:
     signed: bytes  # the signed digests of the entries after the starting point
@@ -1020,8 +1014,9 @@ def verify_chain(
 
     Names the first entry found altered, deleted, inserted or reordered."""
     seen = read_witness(witness, ring, chain) if witness is not None else None
-    signed, checkpoint_count, problem = _verified_checkpoints(connection, ring, chain)
-    problem = problem or (seen.problem if seen is not None else None)
+    found = _checkpoints_after(connection, ring, chain, 0)
+    signed, checkpoint_count = found.signed, found.count
+    problem = found.problem or (seen.problem if seen is not None else None)
     if problem is not None:
         count = connection.execute(
             select(func.count()).select_from(AuditEvent).where(AuditEvent.chain == chain)
@@ -1040,6 +1035,7 @@ def verify_chain(
         checkpoint_count,
         len(signed) // 32,
         seen,
+        found,
     )
 
 
@@ -1110,6 +1106,17 @@ def keep_verification(connection: Connection, ring: crypto.KeyRing, kept: KeptVe
         and connection.execute(select(table.c.chain).where(table.c.chain == kept.chain)).first() is None
     ):
         connection.execute(table.insert().values(chain=kept.chain, **values))
+
+
+def kept_whole(result: VerifyResult, now: datetime) -> KeptVerification | None:
+    """The verification to keep after `verify_chain` or `verify_chain_parallel` found a whole
+    chain intact (None otherwise), so that the audit pages verify only what is appended after it
+    (`verify_chain_since`): run daily, `allocator audit verify` bounds what a page view verifies to
+    a day's entries (issue 21)."""
+    if not result.ok or result.resume is None:
+        return None
+    resume_seq, resume_hash = result.resume
+    return KeptVerification(result.chain, result.entries, now, resume_seq, resume_hash, result.checkpoints)
 
 
 def verify_chain_since(
@@ -1185,8 +1192,9 @@ def verify_chain_parallel(
     engine = connect_once(url)
     try:
         with engine.connect() as connection:
-            signed, checkpoint_count, problem = _verified_checkpoints(connection, ring, chain)
-            problem = problem or (seen.problem if seen is not None else None)
+            found = _checkpoints_after(connection, ring, chain, 0)
+            signed, checkpoint_count = found.signed, found.count
+            problem = found.problem or (seen.problem if seen is not None else None)
             total = _count(connection, chain)
             if problem is not None:
                 return _result(chain, total, [problem], checkpoint_count, len(signed) // 32, seen)
@@ -1226,7 +1234,7 @@ def verify_chain_parallel(
                 problems += _head_problems(
                     connection, ring, chain, last_seq, last_hash, len(signed) // 32, seen
                 )
-            return _result(chain, total, problems, checkpoint_count, len(signed) // 32, seen)
+            return _result(chain, total, problems, checkpoint_count, len(signed) // 32, seen, found)
     finally:
         engine.dispose()
 
@@ -1316,7 +1324,13 @@ def _result(
     checkpoints: int,
     signed_upto: int,
     seen: Witnessed | None = None,
+    whole: _Checkpoints | None = None,
 ) -> VerifyResult:
+    """With `whole`, the checkpoints of a verification of the whole chain: an intact chain's
+    result then says where a later verification may start."""
+    resume = None
+    if whole is not None and not problems and count:
+        resume = (whole.last_seq, whole.last_hash) if whole.last_hash else (0, GENESIS)
     return VerifyResult(
         chain=chain,
         ok=not problems,
@@ -1328,6 +1342,7 @@ def _result(
         witness=seen.path if seen is not None else None,
         witnessed_upto=seen.top if seen is not None else 0,
         unwitnessed=max(0, count - seen.top) if seen is not None and not problems else 0,
+        resume=resume,
     )
 
 

@@ -32,7 +32,17 @@ from allocator.audit import Actor
 from allocator.db import Database, connection_budget_problem, server_connection_limit
 from allocator.models import User
 from allocator.permissions import Scope
-from allocator.services import archive, backup, codebreak, exports, notifications, signatures, sites, trials
+from allocator.services import (
+    archive,
+    audit_trail,
+    backup,
+    codebreak,
+    exports,
+    notifications,
+    signatures,
+    sites,
+    trials,
+)
 from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
 from allocator.services.errors import DomainError
@@ -502,6 +512,8 @@ def audit_verify_command(trial: str | None, witness: Path | None) -> None:
             else _verify_one(ctx, name, witness)
             for name in names
         ]
+        # The audit pages then verify only what is appended after this (issue 21).
+        audit_trail.keep_whole(ctx, results)
     if trial and results and results[0].entries == 0:
         _fail(f"no audit entries for {trial!r}")
     broken = [r for r in results if not r.ok]

@@ -8,7 +8,7 @@ arm accessor (BLD-08).
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -503,12 +503,25 @@ def verify_since(ctx: ServiceContext, chain: str) -> Verification:
             connection, ctx.ring, chain, kept, ctx.now(), ctx.settings.audit_witness
         )
     if keep is not None and (kept is None or keep.verified_seq > kept.verified_seq):
-        try:
-            with ctx.db.unit_of_work() as session:
-                audit.keep_verification(session.connection(), ctx.ring, keep)
-        except IntegrityError:
-            pass  # another request kept its own verification of the same entries first
+        _keep(ctx, keep)
     return Verification(result, kept)
+
+
+def _keep(ctx: ServiceContext, keep: audit.KeptVerification) -> None:
+    try:
+        with ctx.db.unit_of_work() as session:
+            audit.keep_verification(session.connection(), ctx.ring, keep)
+    except IntegrityError:
+        pass  # another request kept its own verification of the same entries first
+
+
+def keep_whole(ctx: ServiceContext, results: Iterable[audit.VerifyResult]) -> None:
+    """Keep each whole chain found intact (by `allocator audit verify` or the self-check), so that
+    the audit pages then verify only the entries appended after it (issue 21)."""
+    for result in results:
+        keep = audit.kept_whole(result, ctx.now())
+        if keep is not None:
+            _keep(ctx, keep)
 
 
 # --- review sign-off (AUD-09, ACC-12) --------------------------------------------------------

@@ -27,6 +27,7 @@ from allocator import audit, crypto, manifest, migrate
 from allocator.audit import Actor
 from allocator.db import Database
 from allocator.models import Trial
+from allocator.services import audit_trail
 from allocator.services.context import ServiceContext
 from allocator.services.lists import integrity
 from allocator.services.lookups import current_definition
@@ -187,6 +188,7 @@ def check_database(ctx: ServiceContext, actor: Actor) -> tuple[list[Check], list
         results = [
             audit.verify_chain(connection, ctx.ring, chain, witness) for chain in audit.chains(connection)
         ]
+    audit_trail.keep_whole(ctx, results)
     broken = [r.summary() for r in results if not r.ok]
     checks.append(
         Check(

@@ -83,3 +83,52 @@ def test_a_kept_verification_edited_by_hand_is_ignored(ctx: ServiceContext) -> N
         assert audit.kept_verification(s.connection(), ctx.ring, CHAIN) is None
     result = audit_trail.verify_since(ctx, CHAIN)
     assert result.earlier is None and result.result.first_bad == 220
+
+
+@pytest.mark.req("AUD-03")
+def test_a_whole_verification_found_intact_is_kept_for_the_pages(ctx: ServiceContext) -> None:
+    # `allocator audit verify` and the self-check verify the whole chain (run daily): the pages
+    # then start from the last checkpoint it verified, so the first view after a year of entries
+    # does not read them all again (issue 21).
+    fill(ctx, 250)
+    whole = verify(ctx)
+    assert whole.ok and whole.resume is not None and whole.resume[0] == 201
+    audit_trail.keep_whole(ctx, [whole])
+    with ctx.db.reading() as s:
+        kept = s.execute(select(AuditVerification).where(AuditVerification.chain == CHAIN)).scalar_one()
+    assert (kept.verified_seq, kept.resume_seq, kept.checkpoints) == (250, 201, 3)
+    assert kept.resume_hash == whole.resume[1]
+
+    alter(ctx, 57)  # behind the kept point: the page does not read it again
+    fill(ctx, 30)
+    view = audit_trail.verify_since(ctx, CHAIN)
+    assert view.earlier is not None and view.earlier.verified_seq == 250
+    assert view.result.ok and view.result.entries == 280 and view.result.checkpoints == 3
+    assert verify(ctx).first_bad == 57  # the next whole verification names it, and is not kept
+    audit_trail.keep_whole(ctx, [verify(ctx)])
+    with ctx.db.reading() as s:
+        assert s.execute(select(AuditVerification.verified_seq)).scalar_one() == 280  # the view's
+
+
+@pytest.mark.req("AUD-03")
+def test_a_broken_or_empty_whole_chain_is_not_kept(ctx: ServiceContext) -> None:
+    assert audit.kept_whole(verify(ctx), ctx.now()) is None  # no entries yet
+    fill(ctx, 150)
+    alter(ctx, 120)
+    broken = verify(ctx)
+    assert not broken.ok and broken.resume is None
+    audit_trail.keep_whole(ctx, [broken])
+    with ctx.db.reading() as s:
+        assert s.execute(select(AuditVerification)).first() is None
+
+
+@pytest.mark.req("AUD-03")
+def test_after_a_whole_verification_the_unsigned_tail_is_read_again(ctx: ServiceContext) -> None:
+    # The kept point is the last signed checkpoint (201), not the last entry verified (250): the
+    # entries after it are covered by the head's signature alone, so every view reads them again.
+    fill(ctx, 250)
+    audit_trail.keep_whole(ctx, [verify(ctx)])
+    alter(ctx, 230)
+    found = audit_trail.verify_since(ctx, CHAIN)
+    assert found.earlier is not None and found.earlier.verified_seq == 250
+    assert found.result.first_bad == 230 and "altered" in found.result.problems[0].message

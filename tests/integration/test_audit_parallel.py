@@ -80,3 +80,6 @@ def test_parallel_and_single_verifiers_agree(
     assert (single.ok, single.first_bad) == (first_bad is None, first_bad)
     assert (parallel.ok, parallel.first_bad) == (first_bad is None, first_bad)
     assert parallel.entries == single.entries
+    # Where a later verification may start (issue 21): the last checkpoint, for an intact chain only.
+    assert parallel.resume == single.resume
+    assert (single.resume is not None and single.resume[0] == 401) == (first_bad is None)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import create_engine, text
 
 from allocator import migrate, resources
 from allocator.cli import main
@@ -123,6 +125,12 @@ def test_init_load_users_tokens_and_audit(run, tmp_path: Path) -> None:  # type:
     assert re.search(r"chain IFNG-PAIS: \d+ entries intact", out) and "chain system:" in out
     code, out = run("audit", "verify", "IFNG-PAIS")
     assert code == 0 and "system" not in out
+    # Each chain found intact is kept: the audit pages verify only what is appended after it.
+    engine = create_engine(os.environ["ALLOCATOR_DATABASE_URL"])
+    with engine.connect() as connection:
+        kept = dict(connection.execute(text("SELECT chain, verified_seq FROM audit_verification")).all())
+    engine.dispose()
+    assert set(kept) == {"IFNG-PAIS", "system"} and all(seq > 0 for seq in kept.values())
     code, out = run("audit", "checkpoint")
     assert code == 0 and "IFNG-PAIS: signed up to entry" in out
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import create_engine, text
 
 from allocator.cli import main
 from allocator.services import selfcheck
@@ -69,6 +70,12 @@ def test_a_sound_instance_passes_and_the_report_is_signed_and_dated(
     ):
         assert f"[ok] {name}:" in out, name
     assert "Europe/Paris" in out and "not configured" in out
+    # The chains it found intact are kept: the audit pages verify only the entries after them.
+    engine = create_engine(env["ALLOCATOR_DATABASE_URL"])
+    with engine.connect() as connection:
+        kept = set(connection.execute(text("SELECT chain FROM audit_verification")).scalars())
+    engine.dispose()
+    assert "IFNG-PAIS" in kept
     [report] = sorted((tmp_path / "iq").glob("selfcheck-*.txt"))
     assert report.name.startswith(f"selfcheck-{datetime.now(UTC):%Y%m%d}T")
     code, verified = run("export", "verify", str(report))
