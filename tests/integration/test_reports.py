@@ -878,13 +878,27 @@ def test_a_report_is_built_and_its_csv_written_with_the_collector_paused(
             seen.append(gc.isenabled())
             yield piece
 
+    # The collector is given back only once the report is let go: its objects are then freed by
+    # their last reference. Resumed between the build and the CSV, it walked the whole report once
+    # at its next allocation (issue 21: 80 ms of a 0.85 s review CSV).
+    alive: list[int] = []
+    enable = gc.enable
+
+    def resumed() -> None:
+        alive.append(sum(isinstance(o, audit_review.ReviewEntry) for o in gc.get_objects()))
+        enable()
+
+    always = filters.ReportFilter(hours_from=0, hours_to=0)  # every entry is off hours
     monkeypatch.setattr(catalogue, "audit_review", review)
     monkeypatch.setattr(export, "csv_chunks", chunks)
+    monkeypatch.setattr(gc, "enable", resumed)
     assert gc.isenabled()
-    made = export.export(ctx, MONITOR, TRIAL, "off-hours", EVERYTHING, ALL, "csv", version="review")
+    made = export.export(ctx, MONITOR, TRIAL, "off-hours", always, ALL, "csv", version="review")
     made.close()
+    monkeypatch.undo()
     assert len(seen) >= 2 and not any(seen)  # the review built, then the CSV written
     assert gc.isenabled()
+    assert made.rows >= 50 and alive == [0], alive  # resumed once, every entry of the report let go
 
 
 BLINDED = [(name, "blinded") for name in catalogue.REPORTS] + [
