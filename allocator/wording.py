@@ -107,6 +107,17 @@ class Words:
         shown = _day_pattern(self.language, moment.date(), "yMMMEd").replace("{0}", f"{moment:%H:%M}")
         return f"{shown} {moment.tzname() or ''}".strip()
 
+    def local_around_minutes(self, moment: datetime) -> tuple[str, str] | None:
+        """`local` of any minute of `moment`'s hour as the text before and after its two digits of
+        minutes, for an hour whose every minute has the same date, offset and zone abbreviation
+        (issue 21: a review words thousands of entries, hour by hour). None when the day's pattern
+        does not hold the time once."""
+        pattern = _day_pattern(self.language, moment.date(), "yMMMEd")
+        head, marker, tail = pattern.partition("{0}")
+        if not marker or "{0}" in tail:
+            return None
+        return f"{head}{moment:%H}:".lstrip(), f"{tail} {moment.tzname() or ''}".rstrip()
+
     def yes_no(self, flag: bool) -> str:
         return self("yes") if flag else self("no")
 

@@ -207,6 +207,9 @@ class ReviewEntry:
     # In the trial's time zone, to the minute (the first entry of its minute's, issue 21): what the
     # local time cells show.
     moment: datetime | None = field(default=None, compare=False)
+    # The recorded UTC hour ("2026-12-05T12") when every minute of it has the same local date,
+    # offset and zone abbreviation (`_hour`): its local time is then worded once per hour.
+    hour: str | None = field(default=None, compare=False)
 
     def shown(self, _: Words, known: _Known | None = None) -> tuple[str, ...]:
         """The entry in the reader's words: times in their language, the action's label, the
@@ -219,7 +222,7 @@ class ReviewEntry:
         return (
             self.entry,
             known.utc(entry.at),
-            known.local(moment),
+            known.local(moment) if self.hour is None else known.in_hour(self.hour, moment),
             self.who,
             self.username,
             known.role(self.role),
@@ -384,14 +387,19 @@ def _minute(at: datetime, zone: ZoneInfo, flt: ReportFilter) -> tuple[datetime, 
 
 def _hour(utc_hour: str, zone: ZoneInfo, flt: ReportFilter) -> tuple[datetime, bool, str, str] | None:
     """For a recorded hour ("2026-12-05T12", UTC) whose every minute is in the trial's zone at the
-    same whole-hour offset (most zones, most hours): its start there, whether it is within the
-    working hours, and the local time cell's text before and after the minutes (`_minute`'s, for
-    any minute of the hour). None for an hour `_minute` must judge minute by minute (an offset
+    same whole-hour offset and abbreviation (most zones, most hours): its start there, whether it
+    is within the working hours, and the local time cell's text before and after the minutes
+    (`_minute`'s, for any minute of the hour). None for an hour `_minute` must judge minute by minute (an offset
     with minutes, India's or Nepal's, or a change of offset within the hour)."""
     start = datetime.fromisoformat(f"{utc_hour}:00:00+00:00").astimezone(zone)
     offset = start.utcoffset()
     last = datetime.fromisoformat(f"{utc_hour}:59:59.999999+00:00").astimezone(zone)
-    if offset is None or offset != last.utcoffset() or offset.total_seconds() % 3600:
+    if (
+        offset is None
+        or offset != last.utcoffset()
+        or offset.total_seconds() % 3600
+        or start.tzname() != last.tzname()
+    ):
         return None
     working = start.weekday() < 5 and flt.hours_from <= start.hour < flt.hours_to
     return start, working, start.strftime("%a %Y-%m-%d %H:"), start.strftime(" %Z")
@@ -427,6 +435,7 @@ class _Known:
         "actions",
         "colon",
         "days",
+        "hours",
         "keys",
         "locals",
         "objects",
@@ -446,6 +455,7 @@ class _Known:
         self.reasons: dict[str, str] = {}
         self.days: dict[str, date] = {}
         self.locals: dict[tuple[datetime, int], str] = {}
+        self.hours: dict[str, tuple[str, str] | None] = {}
 
     def utc(self, at: str) -> str:
         """`Words.utc` of an entry's recorded time, read from its text when it is in the form the
@@ -467,6 +477,19 @@ class _Known:
             if len(self.locals) < self.LIMIT:
                 self.locals[key] = shown
         return shown
+
+    def in_hour(self, hour: str, moment: datetime) -> str:
+        """`local` of a moment of the recorded UTC `hour`, one whose every minute has the same local
+        date, offset and zone abbreviation: the words around the minutes found once per hour (the
+        entries of a trial are spread over every hour, rarely two in a minute)."""
+        around = self.hours.get(hour)
+        if around is None:
+            if hour in self.hours:  # a pattern `local_around_minutes` cannot split
+                return self.local(moment)
+            around = self.hours[hour] = self._.local_around_minutes(moment)
+            if around is None:
+                return self.local(moment)
+        return f"{around[0]}{moment.minute:02d}{around[1]}"
 
     def text(self, text: str) -> str:
         """A recorded text in words: a role's title, a code the catalogue knows, else as recorded."""
@@ -677,7 +700,9 @@ def _entries(rows: list[Any], zone: ZoneInfo, flt: ReportFilter) -> list[ReviewE
                 start, _working, before, after = hour
                 moment = start.replace(minute=int(recorded[14:16]))
                 local_cell = f"{before}{recorded[14:16]}{after}"
+                uniform: str | None = key
             else:
+                uniform = None
                 minute = minutes.get(recorded[:16])
                 if minute is None:
                     minute = minutes[recorded[:16]] = _minute(datetime.fromisoformat(recorded), zone, flt)
@@ -687,6 +712,7 @@ def _entries(rows: list[Any], zone: ZoneInfo, flt: ReportFilter) -> list[ReviewE
             at = audit_time(recorded)
             moment, _working, local_cell = _minute(at, zone, flt)
             utc_cell = _utc_cell(recorded, at)
+            uniform = None
         entry = view(row, brief, same)
         out.append(
             ReviewEntry(
@@ -702,6 +728,7 @@ def _entries(rows: list[Any], zone: ZoneInfo, flt: ReportFilter) -> list[ReviewE
                 _details(entry),
                 entry,
                 moment,
+                uniform,
             )
         )
     return out
