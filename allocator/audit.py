@@ -1119,6 +1119,14 @@ def kept_whole(result: VerifyResult, now: datetime) -> KeptVerification | None:
     return KeptVerification(result.chain, result.entries, now, resume_seq, resume_hash, result.checkpoints)
 
 
+def forget_verification(connection: Connection, chain: str) -> None:
+    """Let the kept verification of `chain` go, once a whole verification found the chain broken:
+    the pages then verify it whole again. Only a cached result is removed, never a record; the
+    verification that found the break is what the command reports."""
+    table = cast(Table, AuditVerification.__table__)
+    connection.execute(table.delete().where(table.c.chain == chain))
+
+
 def verify_chain_since(
     connection: Connection,
     ring: crypto.KeyRing,

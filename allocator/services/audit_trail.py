@@ -8,16 +8,19 @@ arm accessor (BLD-08).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Row, Select, func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from allocator import audit
 from allocator.audit import Action, Actor
+from allocator.logs import log_event
 from allocator.models import AuditEvent, Signature, Site, Trial
 from allocator.permissions import Scope
 from allocator.printing.safe_csv import csv_text
@@ -516,12 +519,42 @@ def _keep(ctx: ServiceContext, keep: audit.KeptVerification) -> None:
 
 
 def keep_whole(ctx: ServiceContext, results: Iterable[audit.VerifyResult]) -> None:
-    """Keep each whole chain found intact (by `allocator audit verify` or the self-check), so that
-    the audit pages then verify only the entries appended after it (issue 21)."""
+    """After `allocator audit verify` or the self-check verified whole chains (issue 21):
+
+    - a chain found intact, with the witness the pages use (ALLOCATOR_AUDIT_WITNESS, or none when
+      none is configured), is kept, so that the pages then verify only from the last signed
+      checkpoint it verified; verified without that witness, it is not (the pages would no longer
+      compare the entries behind it with what the witness saw);
+    - a chain found broken has its kept verification forgotten, so that the pages verify it whole
+      again and show the break, as the command does.
+
+    Best effort: a database that refuses the write (read-only, busy) leaves things as they were,
+    logged, and the verification's verdict stands."""
+    configured = ctx.settings.audit_witness
     for result in results:
-        keep = audit.kept_whole(result, ctx.now())
-        if keep is not None:
-            _keep(ctx, keep)
+        try:
+            if not result.ok:
+                with ctx.db.unit_of_work() as session:
+                    audit.forget_verification(session.connection(), result.chain)
+                continue
+            if not _same_file(result.witness, configured):
+                continue
+            keep = audit.kept_whole(result, ctx.now())
+            if keep is not None:
+                _keep(ctx, keep)
+        except SQLAlchemyError as exc:
+            log_event(
+                "audit.verification_not_kept",
+                logging.WARNING,
+                chain=result.chain,
+                error=type(exc).__name__,
+            )
+
+
+def _same_file(first: Path | None, second: Path | None) -> bool:
+    if first is None or second is None:
+        return first is second
+    return first.resolve() == second.resolve()
 
 
 # --- review sign-off (AUD-09, ACC-12) --------------------------------------------------------

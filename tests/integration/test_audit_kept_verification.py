@@ -3,10 +3,16 @@ intact (issue 21); the kept verification is signed, and the full verification is
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 from sqlalchemy import select, text
+from sqlalchemy.exc import OperationalError
 
 from allocator import audit
+from allocator.audit import AuditLog
 from allocator.models import AuditEvent, AuditVerification
 from allocator.services import audit_trail
 from allocator.services.context import ServiceContext
@@ -104,10 +110,7 @@ def test_a_whole_verification_found_intact_is_kept_for_the_pages(ctx: ServiceCon
     view = audit_trail.verify_since(ctx, CHAIN)
     assert view.earlier is not None and view.earlier.verified_seq == 250
     assert view.result.ok and view.result.entries == 280 and view.result.checkpoints == 3
-    assert verify(ctx).first_bad == 57  # the next whole verification names it, and is not kept
-    audit_trail.keep_whole(ctx, [verify(ctx)])
-    with ctx.db.reading() as s:
-        assert s.execute(select(AuditVerification.verified_seq)).scalar_one() == 280  # the view's
+    assert verify(ctx).first_bad == 57  # the next whole verification names it (see below)
 
 
 @pytest.mark.req("AUD-03")
@@ -132,3 +135,87 @@ def test_after_a_whole_verification_the_unsigned_tail_is_read_again(ctx: Service
     found = audit_trail.verify_since(ctx, CHAIN)
     assert found.earlier is not None and found.earlier.verified_seq == 250
     assert found.result.first_bad == 230 and "altered" in found.result.problems[0].message
+
+
+def _witnessed(ctx: ServiceContext, witness: Path) -> tuple[ServiceContext, AuditLog]:
+    """The context of a server whose ALLOCATOR_AUDIT_WITNESS is `witness`, and its audit log."""
+    witness.parent.mkdir()
+    witnessed = replace(ctx, settings=replace(ctx.settings, audit_witness=witness))
+    return witnessed, AuditLog(ring=ctx.ring, checkpoint_every=100, witness=witness)
+
+
+def _unwitness_line(witness: Path, line: int) -> None:
+    """Someone who can write the witness file changes what it says it saw in one line."""
+    lines = witness.read_text(encoding="utf-8").splitlines()
+    record = json.loads(lines[line])
+    record["entries"][0] = "f" * 64
+    lines[line] = json.dumps(record)
+    witness.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+@pytest.mark.req("AUD-03", "AUD-04")
+def test_a_whole_verification_without_the_pages_witness_is_not_kept(
+    ctx: ServiceContext, tmp_path: Path
+) -> None:
+    # A cron job run without ALLOCATOR_AUDIT_WITNESS (or with another file) finds the chain intact:
+    # kept, it would stop the pages comparing the entries behind it with what their witness saw.
+    witness = tmp_path / "witness" / "heads.log"
+    witnessed, log = _witnessed(ctx, witness)
+    for _ in range(3):  # three transactions: three lines in the witness
+        fill(witnessed, 10, log)
+    _unwitness_line(witness, 1)
+    assert audit_trail.verify_since(witnessed, CHAIN).result.first_bad is not None
+    without = verify(witnessed)  # no witness given
+    assert without.ok
+    audit_trail.keep_whole(witnessed, [without])
+    with ctx.db.reading() as s:
+        assert s.execute(select(AuditVerification)).first() is None
+    found = audit_trail.verify_since(witnessed, CHAIN).result
+    assert not found.ok and "witness" in found.problems[0].message
+
+
+@pytest.mark.req("AUD-03", "AUD-04")
+def test_a_whole_verification_with_the_pages_witness_is_kept(ctx: ServiceContext, tmp_path: Path) -> None:
+    witness = tmp_path / "witness" / "heads.log"
+    witnessed, log = _witnessed(ctx, witness)
+    fill(witnessed, 150, log)
+    with ctx.db.reading() as s:
+        whole = audit.verify_chain(
+            s.connection(), ctx.ring, CHAIN, witness.parent / ".." / "witness" / "heads.log"
+        )
+    assert whole.ok and whole.witness is not None  # the same file, named another way
+    audit_trail.keep_whole(witnessed, [whole])
+    with ctx.db.reading() as s:
+        assert s.execute(select(AuditVerification.verified_seq)).scalar_one() == 150
+
+
+@pytest.mark.req("AUD-03")
+def test_a_whole_verification_that_finds_a_break_makes_the_pages_verify_whole_again(
+    ctx: ServiceContext,
+) -> None:
+    fill(ctx, 250)
+    assert audit_trail.verify_since(ctx, CHAIN).result.ok  # kept
+    alter(ctx, 57)  # behind the kept point: a page alone does not see it
+    assert audit_trail.verify_since(ctx, CHAIN).result.ok
+    broken = verify(ctx)  # the daily `allocator audit verify` does
+    assert broken.first_bad == 57
+    audit_trail.keep_whole(ctx, [broken])
+    page = audit_trail.verify_since(ctx, CHAIN)
+    assert page.earlier is None and page.result.first_bad == 57  # and now the pages say so too
+
+
+@pytest.mark.req("AUD-03")
+def test_a_database_that_refuses_the_write_leaves_the_verdict_standing(
+    ctx: ServiceContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(ctx, 120)
+    whole = verify(ctx)
+
+    def refused(*_args: object) -> None:
+        raise OperationalError("UPDATE audit_verification", {}, Exception("read-only transaction"))
+
+    monkeypatch.setattr(audit, "keep_verification", refused)
+    monkeypatch.setattr(audit, "forget_verification", refused)
+    audit_trail.keep_whole(ctx, [whole, replace(whole, ok=False, first_bad=3)])  # no exception
+    with ctx.db.reading() as s:
+        assert s.execute(select(AuditVerification)).first() is None

@@ -884,8 +884,11 @@ def test_a_report_is_built_and_its_csv_written_with_the_collector_paused(
     alive: list[int] = []
     enable = gc.enable
 
+    def entries_alive() -> int:
+        return sum(isinstance(o, audit_review.ReviewEntry) for o in gc.get_objects())
+
     def resumed() -> None:
-        alive.append(sum(isinstance(o, audit_review.ReviewEntry) for o in gc.get_objects()))
+        alive.append(entries_alive() - before)  # any other test's left alive are not this report's
         enable()
 
     always = filters.ReportFilter(hours_from=0, hours_to=0)  # every entry is off hours
@@ -893,6 +896,7 @@ def test_a_report_is_built_and_its_csv_written_with_the_collector_paused(
     monkeypatch.setattr(export, "csv_chunks", chunks)
     monkeypatch.setattr(gc, "enable", resumed)
     assert gc.isenabled()
+    before = entries_alive()
     made = export.export(ctx, MONITOR, TRIAL, "off-hours", always, ALL, "csv", version="review")
     made.close()
     monkeypatch.undo()
