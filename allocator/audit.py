@@ -1049,17 +1049,35 @@ class KeptVerification:
     resume_seq: int  # the last signed checkpoint verified
     resume_hash: str
     checkpoints: int
+    # The witness file it compared the entries with (resolved path; "" for none). Part of the
+    # signed message, not a column: a verification made with another witness than the reader's
+    # (a cron job without ALLOCATOR_AUDIT_WITNESS) does not verify for that reader, who then
+    # verifies the whole chain with its own witness.
+    witness: str = ""
 
     def message(self) -> bytes:
         at = self.verified_at.astimezone(UTC).isoformat()
-        return (
+        text = (
             f"{self.chain}|{self.verified_seq}|{at}|{self.resume_seq}|{self.resume_hash}|{self.checkpoints}"
-        ).encode()
+        )
+        return (text + (f"|witness={self.witness}" if self.witness else "")).encode()
 
 
-def kept_verification(connection: Connection, ring: crypto.KeyRing, chain: str) -> KeptVerification | None:
-    """The kept verification of `chain`, or None (none yet, or a row not signed by the audit key:
-    then the chain is verified in full)."""
+def witness_identity(witness: Path | None) -> str:
+    """How a kept verification names the witness it used: its resolved path, "" for none."""
+    return str(witness.resolve()) if witness is not None else ""
+
+
+def kept_verification(
+    connection: Connection, ring: crypto.KeyRing, chain: str, witness: Path | None = None
+) -> KeptVerification | None:
+    """The kept verification of `chain` made with `witness` (the reader's), or None: none yet, one
+    made with another witness, or a row not signed by the audit key. The chain is then verified
+    in full."""
+    return _kept(connection, ring, chain, witness_identity(witness))
+
+
+def _kept(connection: Connection, ring: crypto.KeyRing, chain: str, witness: str) -> KeptVerification | None:
     table = cast(Table, AuditVerification.__table__)
     kept_row = connection.execute(select(table).where(table.c.chain == chain)).first()
     if kept_row is None:
@@ -1071,6 +1089,7 @@ def kept_verification(connection: Connection, ring: crypto.KeyRing, chain: str) 
         int(kept_row.resume_seq),
         str(kept_row.resume_hash),
         int(kept_row.checkpoints),
+        witness,
     )
     try:
         valid = crypto.verify_verification(ring, kept_row.key_id, kept.message(), bytes(kept_row.signature))
@@ -1083,8 +1102,23 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def keep_verification(connection: Connection, ring: crypto.KeyRing, kept: KeptVerification) -> None:
-    """Store `kept` (signed) unless a verification that reached further is already kept."""
+def keep_verification(
+    connection: Connection,
+    ring: crypto.KeyRing,
+    kept: KeptVerification,
+    read: KeptVerification | None = None,
+) -> None:
+    """Store `kept` (signed).
+
+    A page's verification started from `read`, the kept verification it read: it replaces that row
+    only while the row is still the one it read. Meanwhile another page may have kept one that
+    reached further, or a whole verification may have found the chain broken and let the row go:
+    a page must then not put back a verification that never looked behind `read`.
+
+    A whole verification (`read` None: the page's own too when it found nothing kept) is stored
+    unless one that reached as far with the same witness is kept. A row that does not verify for
+    this witness (made with another witness, or edited by hand) is replaced, whatever it says it
+    reached: left, it would make every page verify the whole chain."""
     signed = crypto.sign_verification(ring, kept.message())
     values = {
         "verified_seq": kept.verified_seq,
@@ -1096,16 +1130,33 @@ def keep_verification(connection: Connection, ring: crypto.KeyRing, kept: KeptVe
         "signature": signed.signature,
     }
     table = cast(Table, AuditVerification.__table__)
-    changed = connection.execute(
-        table.update()
-        .where(table.c.chain == kept.chain, table.c.verified_seq < kept.verified_seq)
-        .values(**values)
-    ).rowcount
-    if (
-        not changed
-        and connection.execute(select(table.c.chain).where(table.c.chain == kept.chain)).first() is None
-    ):
+    row = table.c
+    if read is not None:
+        connection.execute(
+            table.update()
+            .where(
+                row.chain == kept.chain,
+                row.verified_seq == read.verified_seq,
+                row.resume_seq == read.resume_seq,
+                row.resume_hash == read.resume_hash,
+            )
+            .values(**values)
+        )
+        return
+    current = _kept(connection, ring, kept.chain, kept.witness)
+    if current is not None and current.verified_seq >= kept.verified_seq:
+        return
+    replaced = connection.execute(table.update().where(row.chain == kept.chain).values(**values)).rowcount
+    if not replaced:
         connection.execute(table.insert().values(chain=kept.chain, **values))
+
+
+def forget_verification(connection: Connection, chain: str) -> None:
+    """Let the kept verification of `chain` go, once a whole verification found the chain broken:
+    the pages then verify it whole again. Only a cached result is removed, never a record; the
+    verification that found the break is what the command reports."""
+    table = cast(Table, AuditVerification.__table__)
+    connection.execute(table.delete().where(table.c.chain == chain))
 
 
 def kept_whole(result: VerifyResult, now: datetime) -> KeptVerification | None:
@@ -1116,15 +1167,15 @@ def kept_whole(result: VerifyResult, now: datetime) -> KeptVerification | None:
     if not result.ok or result.resume is None:
         return None
     resume_seq, resume_hash = result.resume
-    return KeptVerification(result.chain, result.entries, now, resume_seq, resume_hash, result.checkpoints)
-
-
-def forget_verification(connection: Connection, chain: str) -> None:
-    """Let the kept verification of `chain` go, once a whole verification found the chain broken:
-    the pages then verify it whole again. Only a cached result is removed, never a record; the
-    verification that found the break is what the command reports."""
-    table = cast(Table, AuditVerification.__table__)
-    connection.execute(table.delete().where(table.c.chain == chain))
+    return KeptVerification(
+        result.chain,
+        result.entries,
+        now,
+        resume_seq,
+        resume_hash,
+        result.checkpoints,
+        witness_identity(result.witness),
+    )
 
 
 def verify_chain_since(
@@ -1183,7 +1234,9 @@ def verify_chain_since(
     resume_seq, resume_hash = (
         (found.last_seq, found.last_hash) if found.last_hash else (start_seq, start_hash)
     )
-    return result, KeptVerification(chain, last_seq, now, resume_seq, resume_hash, checkpoints)
+    return result, KeptVerification(
+        chain, last_seq, now, resume_seq, resume_hash, checkpoints, witness_identity(witness)
+    )
 
 
 def verify_chain_parallel(

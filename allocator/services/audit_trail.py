@@ -12,7 +12,6 @@ import logging
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Row, Select, func, select
@@ -501,19 +500,19 @@ def verify_since(ctx: ServiceContext, chain: str) -> Verification:
     verify` at any time."""
     with ctx.db.reading() as session:
         connection = session.connection()
-        kept = audit.kept_verification(connection, ctx.ring, chain)
+        kept = audit.kept_verification(connection, ctx.ring, chain, ctx.settings.audit_witness)
         result, keep = audit.verify_chain_since(
             connection, ctx.ring, chain, kept, ctx.now(), ctx.settings.audit_witness
         )
     if keep is not None and (kept is None or keep.verified_seq > kept.verified_seq):
-        _keep(ctx, keep)
+        _keep(ctx, keep, kept)
     return Verification(result, kept)
 
 
-def _keep(ctx: ServiceContext, keep: audit.KeptVerification) -> None:
+def _keep(ctx: ServiceContext, keep: audit.KeptVerification, read: audit.KeptVerification | None) -> None:
     try:
         with ctx.db.unit_of_work() as session:
-            audit.keep_verification(session.connection(), ctx.ring, keep)
+            audit.keep_verification(session.connection(), ctx.ring, keep, read)
     except IntegrityError:
         pass  # another request kept its own verification of the same entries first
 
@@ -521,40 +520,33 @@ def _keep(ctx: ServiceContext, keep: audit.KeptVerification) -> None:
 def keep_whole(ctx: ServiceContext, results: Iterable[audit.VerifyResult]) -> None:
     """After `allocator audit verify` or the self-check verified whole chains (issue 21):
 
-    - a chain found intact, with the witness the pages use (ALLOCATOR_AUDIT_WITNESS, or none when
-      none is configured), is kept, so that the pages then verify only from the last signed
-      checkpoint it verified; verified without that witness, it is not (the pages would no longer
-      compare the entries behind it with what the witness saw);
-    - a chain found broken has its kept verification forgotten, so that the pages verify it whole
+    - a chain found intact is kept, with the witness it was compared with in its signed message:
+      the pages use it only when it is theirs (ALLOCATOR_AUDIT_WITNESS, or none when none is
+      set), and then verify only from the last signed checkpoint it verified; made with another
+      witness (a cron job without the server's ALLOCATOR_AUDIT_WITNESS), the pages verify the
+      whole chain instead, and keep their own;
+    - a chain found broken has its kept verification let go, so that the pages verify it whole
       again and show the break, as the command does.
 
     Best effort: a database that refuses the write (read-only, busy) leaves things as they were,
-    logged, and the verification's verdict stands."""
-    configured = ctx.settings.audit_witness
+    with a warning (`audit.verification_not_kept`, `audit.verification_not_forgotten`), and the
+    verification's verdict stands."""
     for result in results:
         try:
             if not result.ok:
                 with ctx.db.unit_of_work() as session:
                     audit.forget_verification(session.connection(), result.chain)
                 continue
-            if not _same_file(result.witness, configured):
-                continue
             keep = audit.kept_whole(result, ctx.now())
             if keep is not None:
-                _keep(ctx, keep)
+                _keep(ctx, keep, None)
         except SQLAlchemyError as exc:
             log_event(
-                "audit.verification_not_kept",
+                "audit.verification_not_kept" if result.ok else "audit.verification_not_forgotten",
                 logging.WARNING,
                 chain=result.chain,
                 error=type(exc).__name__,
             )
-
-
-def _same_file(first: Path | None, second: Path | None) -> bool:
-    if first is None or second is None:
-        return first is second
-    return first.resolve() == second.resolve()
 
 
 # --- review sign-off (AUD-09, ACC-12) --------------------------------------------------------

@@ -45,6 +45,8 @@ def test_a_view_verifies_the_chain_and_keeps_the_result(ctx: ServiceContext) -> 
     assert second.result.ok and second.result.entries == 370 and second.result.checkpoints == 4
     assert second.earlier is not None and second.earlier.verified_seq == 250
     assert second.result == verify(ctx)  # the same answer as the full verification
+    third = audit_trail.verify_since(ctx, CHAIN)  # the second view's verification was kept
+    assert third.earlier is not None and third.earlier.verified_seq == 370
 
 
 @pytest.mark.req("AUD-03")
@@ -89,6 +91,19 @@ def test_a_kept_verification_edited_by_hand_is_ignored(ctx: ServiceContext) -> N
         assert audit.kept_verification(s.connection(), ctx.ring, CHAIN) is None
     result = audit_trail.verify_since(ctx, CHAIN)
     assert result.earlier is None and result.result.first_bad == 220
+
+
+@pytest.mark.req("AUD-03")
+def test_a_kept_verification_edited_by_hand_is_replaced_by_the_next_one(ctx: ServiceContext) -> None:
+    fill(ctx, 250)
+    assert audit_trail.verify_since(ctx, CHAIN).result.ok
+    with ctx.db.unit_of_work() as s:  # moved past the end of the chain: its signature fails
+        s.execute(text("UPDATE audit_verification SET verified_seq = 9999"))
+    ignored = audit_trail.verify_since(ctx, CHAIN)  # verified whole, and kept again, signed
+    assert ignored.earlier is None and ignored.result.ok
+    fill(ctx, 10)
+    again = audit_trail.verify_since(ctx, CHAIN)
+    assert again.earlier is not None and again.earlier.verified_seq == 250 and again.result.entries == 260
 
 
 @pytest.mark.req("AUD-03")
@@ -154,24 +169,25 @@ def _unwitness_line(witness: Path, line: int) -> None:
 
 
 @pytest.mark.req("AUD-03", "AUD-04")
-def test_a_whole_verification_without_the_pages_witness_is_not_kept(
+def test_a_whole_verification_made_without_the_pages_witness_is_not_used_by_them(
     ctx: ServiceContext, tmp_path: Path
 ) -> None:
-    # A cron job run without ALLOCATOR_AUDIT_WITNESS (or with another file) finds the chain intact:
-    # kept, it would stop the pages comparing the entries behind it with what their witness saw.
+    # The server compares the entries with its witness (ALLOCATOR_AUDIT_WITNESS); a cron job run
+    # without it finds the chain intact. Used by the pages, its verification would stop them
+    # comparing the entries behind it with what their witness saw.
     witness = tmp_path / "witness" / "heads.log"
-    witnessed, log = _witnessed(ctx, witness)
+    server, log = _witnessed(ctx, witness)
     for _ in range(3):  # three transactions: three lines in the witness
-        fill(witnessed, 10, log)
+        fill(server, 10, log)
     _unwitness_line(witness, 1)
-    assert audit_trail.verify_since(witnessed, CHAIN).result.first_bad is not None
-    without = verify(witnessed)  # no witness given
-    assert without.ok
-    audit_trail.keep_whole(witnessed, [without])
-    with ctx.db.reading() as s:
-        assert s.execute(select(AuditVerification)).first() is None
-    found = audit_trail.verify_since(witnessed, CHAIN).result
-    assert not found.ok and "witness" in found.problems[0].message
+    assert audit_trail.verify_since(server, CHAIN).result.first_bad is not None
+    cron = verify(ctx)  # `allocator audit verify` in an environment without the witness
+    assert cron.ok and cron.witness is None and ctx.settings.audit_witness is None
+    audit_trail.keep_whole(ctx, [cron])
+    with ctx.db.reading() as s:  # kept, for readers without a witness
+        assert audit.kept_verification(s.connection(), ctx.ring, CHAIN) is not None
+    found = audit_trail.verify_since(server, CHAIN)
+    assert found.earlier is None and not found.result.ok and "witness" in found.result.problems[0].message
 
 
 @pytest.mark.req("AUD-03", "AUD-04")
@@ -187,6 +203,9 @@ def test_a_whole_verification_with_the_pages_witness_is_kept(ctx: ServiceContext
     audit_trail.keep_whole(witnessed, [whole])
     with ctx.db.reading() as s:
         assert s.execute(select(AuditVerification.verified_seq)).scalar_one() == 150
+    fill(witnessed, 5, log)
+    page = audit_trail.verify_since(witnessed, CHAIN)  # the pages use it
+    assert page.earlier is not None and page.earlier.verified_seq == 150 and page.result.ok
 
 
 @pytest.mark.req("AUD-03")
@@ -217,5 +236,25 @@ def test_a_database_that_refuses_the_write_leaves_the_verdict_standing(
     monkeypatch.setattr(audit, "keep_verification", refused)
     monkeypatch.setattr(audit, "forget_verification", refused)
     audit_trail.keep_whole(ctx, [whole, replace(whole, ok=False, first_bad=3)])  # no exception
+    with ctx.db.reading() as s:
+        assert s.execute(select(AuditVerification)).first() is None
+
+
+@pytest.mark.req("AUD-03")
+def test_a_page_never_puts_back_a_verification_let_go_while_it_verified(ctx: ServiceContext) -> None:
+    fill(ctx, 250)
+    assert audit_trail.verify_since(ctx, CHAIN).result.ok
+    fill(ctx, 30)
+    with ctx.db.reading() as s:
+        read = audit.kept_verification(s.connection(), ctx.ring, CHAIN)
+        assert read is not None
+        _result, keep = audit.verify_chain_since(s.connection(), ctx.ring, CHAIN, read, ctx.now())
+    assert keep is not None and keep.verified_seq == 280
+    # Meanwhile a whole verification found a break behind the kept point and let it go: the page,
+    # which never looked behind it, must not keep its own in its place.
+    with ctx.db.unit_of_work() as s:
+        audit.forget_verification(s.connection(), CHAIN)
+    with ctx.db.unit_of_work() as s:
+        audit.keep_verification(s.connection(), ctx.ring, keep, read)
     with ctx.db.reading() as s:
         assert s.execute(select(AuditVerification)).first() is None
