@@ -1102,23 +1102,23 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
+def verification_mark(connection: Connection, chain: str) -> bytes | None:
+    """The signature of the row kept for `chain` as it stands (valid or not; None: no row), read
+    before a verification starts: the verification is kept only while the row is still that one."""
+    table = cast(Table, AuditVerification.__table__)
+    signature = connection.execute(select(table.c.signature).where(table.c.chain == chain)).scalar()
+    return bytes(signature) if signature is not None else None
+
+
 def keep_verification(
-    connection: Connection,
-    ring: crypto.KeyRing,
-    kept: KeptVerification,
-    read: KeptVerification | None = None,
+    connection: Connection, ring: crypto.KeyRing, kept: KeptVerification, before: bytes | None
 ) -> None:
-    """Store `kept` (signed).
-
-    A page's verification started from `read`, the kept verification it read: it replaces that row
-    only while the row is still the one it read. Meanwhile another page may have kept one that
-    reached further, or a whole verification may have found the chain broken and let the row go:
-    a page must then not put back a verification that never looked behind `read`.
-
-    A whole verification (`read` None: the page's own too when it found nothing kept) is stored
-    unless one that reached as far with the same witness is kept. A row that does not verify for
-    this witness (made with another witness, or edited by hand) is replaced, whatever it says it
-    reached: left, it would make every page verify the whole chain."""
+    """Store `kept` (signed) in place of the row whose mark (`verification_mark`) was `before` when
+    its verification started, and only while that row is still there unchanged (None: while there
+    is still no row). Meanwhile a page may have kept a verification that reached further, or a
+    whole verification may have found the chain broken and reset the row (`forget_verification`):
+    a verification that read the chain before then must not take its place. A row that does not
+    verify (made with another witness, or edited by hand) is replaced like any other."""
     signed = crypto.sign_verification(ring, kept.message())
     values = {
         "verified_seq": kept.verified_seq,
@@ -1130,33 +1130,42 @@ def keep_verification(
         "signature": signed.signature,
     }
     table = cast(Table, AuditVerification.__table__)
-    row = table.c
-    if read is not None:
+    if before is not None:
         connection.execute(
-            table.update()
-            .where(
-                row.chain == kept.chain,
-                row.verified_seq == read.verified_seq,
-                row.resume_seq == read.resume_seq,
-                row.resume_hash == read.resume_hash,
-            )
-            .values(**values)
+            table.update().where(table.c.chain == kept.chain, table.c.signature == before).values(**values)
         )
-        return
-    current = _kept(connection, ring, kept.chain, kept.witness)
-    if current is not None and current.verified_seq >= kept.verified_seq:
-        return
-    replaced = connection.execute(table.update().where(row.chain == kept.chain).values(**values)).rowcount
-    if not replaced:
+    elif connection.execute(select(table.c.chain).where(table.c.chain == kept.chain)).first() is None:
         connection.execute(table.insert().values(chain=kept.chain, **values))
 
 
-def forget_verification(connection: Connection, chain: str) -> None:
-    """Let the kept verification of `chain` go, once a whole verification found the chain broken:
-    the pages then verify it whole again. Only a cached result is removed, never a record; the
-    verification that found the break is what the command reports."""
+def forget_verification(
+    connection: Connection, ring: crypto.KeyRing, chain: str, now: datetime, witness: Path | None
+) -> None:
+    """Once a whole verification found `chain` broken: its kept verification is reset to nothing
+    verified (a signed row saying so, not a deletion, so that a verification that started before
+    cannot be kept in its place). The pages then verify the chain whole and show the break. Only a
+    cached result changes, never a record; the verification that found the break is what the
+    command reports."""
+    reset = KeptVerification(chain, 0, now, 0, GENESIS, 0, witness_identity(witness))
+    signed = crypto.sign_verification(ring, reset.message())
+    values = {
+        "verified_seq": 0,
+        "verified_at": now,
+        "resume_seq": 0,
+        "resume_hash": GENESIS,
+        "checkpoints": 0,
+        "key_id": signed.key_id,
+        "signature": signed.signature,
+    }
     table = cast(Table, AuditVerification.__table__)
-    connection.execute(table.delete().where(table.c.chain == chain))
+    if not connection.execute(table.update().where(table.c.chain == chain).values(**values)).rowcount:
+        connection.execute(table.insert().values(chain=chain, **values))
+
+
+def _witness_saw_nothing(witness: Path | None, witnessed_upto: int) -> bool:
+    """A witness given whose file is missing or saw no entry: a verification compared with it
+    compared nothing, and kept it would stand for that witness (its lines behind it skipped)."""
+    return witness is not None and (witnessed_upto == 0 or not witness.is_file())
 
 
 def kept_whole(result: VerifyResult, now: datetime) -> KeptVerification | None:
@@ -1164,7 +1173,7 @@ def kept_whole(result: VerifyResult, now: datetime) -> KeptVerification | None:
     chain intact (None otherwise), so that the audit pages verify only what is appended after it
     (`verify_chain_since`): run daily, `allocator audit verify` bounds what a page view verifies to
     a day's entries (issue 21)."""
-    if not result.ok or result.resume is None:
+    if not result.ok or result.resume is None or _witness_saw_nothing(result.witness, result.witnessed_upto):
         return None
     resume_seq, resume_hash = result.resume
     return KeptVerification(
@@ -1229,7 +1238,7 @@ def verify_chain_since(
         signed_upto,
         seen,
     )
-    if problems:
+    if problems or (last_seq and _witness_saw_nothing(witness, seen.top if seen is not None else 0)):
         return result, None
     resume_seq, resume_hash = (
         (found.last_seq, found.last_hash) if found.last_hash else (start_seq, start_hash)

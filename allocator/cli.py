@@ -505,6 +505,7 @@ def audit_verify_command(trial: str | None, witness: Path | None) -> None:
         with ctx.db.read_engine.connect() as conn:
             names = [trial] if trial else audit.chains(conn)
             sizes = {name: audit.chain_length(conn, name) for name in names}
+        marks = audit_trail.verification_marks(ctx, names)  # before the chains are read
         results = [
             # Long chains are hashed by several processes; the result is the same.
             audit.verify_chain_parallel(settings.database_url, ctx.ring, name, workers, witness)
@@ -513,7 +514,7 @@ def audit_verify_command(trial: str | None, witness: Path | None) -> None:
             for name in names
         ]
         # The audit pages then verify only what is appended after this (issue 21).
-        audit_trail.keep_whole(ctx, results)
+        audit_trail.keep_whole(ctx, results, marks)
     if trial and results and results[0].entries == 0:
         _fail(f"no audit entries for {trial!r}")
     broken = [r for r in results if not r.ok]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -500,24 +500,34 @@ def verify_since(ctx: ServiceContext, chain: str) -> Verification:
     verify` at any time."""
     with ctx.db.reading() as session:
         connection = session.connection()
+        before = audit.verification_mark(connection, chain)
         kept = audit.kept_verification(connection, ctx.ring, chain, ctx.settings.audit_witness)
         result, keep = audit.verify_chain_since(
             connection, ctx.ring, chain, kept, ctx.now(), ctx.settings.audit_witness
         )
     if keep is not None and (kept is None or keep.verified_seq > kept.verified_seq):
-        _keep(ctx, keep, kept)
-    return Verification(result, kept)
+        _keep(ctx, keep, before)
+    # A row reset by a whole verification that found a break says nothing was verified before.
+    return Verification(result, kept if kept is not None and kept.verified_seq else None)
 
 
-def _keep(ctx: ServiceContext, keep: audit.KeptVerification, read: audit.KeptVerification | None) -> None:
+def _keep(ctx: ServiceContext, keep: audit.KeptVerification, before: bytes | None) -> None:
     try:
         with ctx.db.unit_of_work() as session:
-            audit.keep_verification(session.connection(), ctx.ring, keep, read)
+            audit.keep_verification(session.connection(), ctx.ring, keep, before)
     except IntegrityError:
         pass  # another request kept its own verification of the same entries first
 
 
-def keep_whole(ctx: ServiceContext, results: Iterable[audit.VerifyResult]) -> None:
+def verification_marks(ctx: ServiceContext, chains: Iterable[str]) -> dict[str, bytes | None]:
+    """What is kept for each chain before a whole verification starts (`keep_whole`)."""
+    with ctx.db.reading() as session:
+        return {chain: audit.verification_mark(session.connection(), chain) for chain in chains}
+
+
+def keep_whole(
+    ctx: ServiceContext, results: Iterable[audit.VerifyResult], before: Mapping[str, bytes | None]
+) -> None:
     """After `allocator audit verify` or the self-check verified whole chains (issue 21):
 
     - a chain found intact is kept, with the witness it was compared with in its signed message:
@@ -525,8 +535,11 @@ def keep_whole(ctx: ServiceContext, results: Iterable[audit.VerifyResult]) -> No
       set), and then verify only from the last signed checkpoint it verified; made with another
       witness (a cron job without the server's ALLOCATOR_AUDIT_WITNESS), the pages verify the
       whole chain instead, and keep their own;
-    - a chain found broken has its kept verification let go, so that the pages verify it whole
+    - a chain found broken has its kept verification reset, so that the pages verify it whole
       again and show the break, as the command does.
+
+    `before` holds each chain's `verification_marks` from before the verification started: a
+    chain's verification is kept only while its row is still that one (audit.keep_verification).
 
     Best effort: a database that refuses the write (read-only, busy) leaves things as they were,
     with a warning (`audit.verification_not_kept`, `audit.verification_not_forgotten`), and the
@@ -535,11 +548,13 @@ def keep_whole(ctx: ServiceContext, results: Iterable[audit.VerifyResult]) -> No
         try:
             if not result.ok:
                 with ctx.db.unit_of_work() as session:
-                    audit.forget_verification(session.connection(), result.chain)
+                    audit.forget_verification(
+                        session.connection(), ctx.ring, result.chain, ctx.now(), result.witness
+                    )
                 continue
             keep = audit.kept_whole(result, ctx.now())
             if keep is not None:
-                _keep(ctx, keep, None)
+                _keep(ctx, keep, before.get(result.chain))
         except SQLAlchemyError as exc:
             log_event(
                 "audit.verification_not_kept" if result.ok else "audit.verification_not_forgotten",

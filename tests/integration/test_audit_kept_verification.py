@@ -112,13 +112,13 @@ def test_a_whole_verification_found_intact_is_kept_for_the_pages(ctx: ServiceCon
     # then start from the last checkpoint it verified, so the first view after a year of entries
     # does not read them all again (issue 21).
     fill(ctx, 250)
-    whole = verify(ctx)
-    assert whole.ok and whole.resume is not None and whole.resume[0] == 201
-    audit_trail.keep_whole(ctx, [whole])
+    checked, marks = whole(ctx)
+    assert checked.ok and checked.resume is not None and checked.resume[0] == 201
+    audit_trail.keep_whole(ctx, [checked], marks)
     with ctx.db.reading() as s:
         kept = s.execute(select(AuditVerification).where(AuditVerification.chain == CHAIN)).scalar_one()
     assert (kept.verified_seq, kept.resume_seq, kept.checkpoints) == (250, 201, 3)
-    assert kept.resume_hash == whole.resume[1]
+    assert kept.resume_hash == checked.resume[1]
 
     alter(ctx, 57)  # behind the kept point: the page does not read it again
     fill(ctx, 30)
@@ -133,11 +133,10 @@ def test_a_broken_or_empty_whole_chain_is_not_kept(ctx: ServiceContext) -> None:
     assert audit.kept_whole(verify(ctx), ctx.now()) is None  # no entries yet
     fill(ctx, 150)
     alter(ctx, 120)
-    broken = verify(ctx)
+    broken, marks = whole(ctx)
     assert not broken.ok and broken.resume is None
-    audit_trail.keep_whole(ctx, [broken])
-    with ctx.db.reading() as s:
-        assert s.execute(select(AuditVerification)).first() is None
+    audit_trail.keep_whole(ctx, [broken], marks)
+    assert reset(ctx)  # nothing kept as verified
 
 
 @pytest.mark.req("AUD-03")
@@ -145,11 +144,28 @@ def test_after_a_whole_verification_the_unsigned_tail_is_read_again(ctx: Service
     # The kept point is the last signed checkpoint (201), not the last entry verified (250): the
     # entries after it are covered by the head's signature alone, so every view reads them again.
     fill(ctx, 250)
-    audit_trail.keep_whole(ctx, [verify(ctx)])
+    checked, marks = whole(ctx)
+    audit_trail.keep_whole(ctx, [checked], marks)
     alter(ctx, 230)
     found = audit_trail.verify_since(ctx, CHAIN)
     assert found.earlier is not None and found.earlier.verified_seq == 250
     assert found.result.first_bad == 230 and "altered" in found.result.problems[0].message
+
+
+def whole(
+    ctx: ServiceContext, witness: Path | None = None
+) -> tuple[audit.VerifyResult, dict[str, bytes | None]]:
+    """`allocator audit verify` of the chain: what is kept before it starts, then the verification."""
+    marks = audit_trail.verification_marks(ctx, [CHAIN])
+    with ctx.db.reading() as session:
+        return audit.verify_chain(session.connection(), ctx.ring, CHAIN, witness), marks
+
+
+def reset(ctx: ServiceContext) -> bool:
+    """Whether the kept verification says nothing was verified (reset after a break was found)."""
+    with ctx.db.reading() as session:
+        kept = audit.kept_verification(session.connection(), ctx.ring, CHAIN)
+    return kept is not None and kept.verified_seq == 0
 
 
 def _witnessed(ctx: ServiceContext, witness: Path) -> tuple[ServiceContext, AuditLog]:
@@ -181,9 +197,9 @@ def test_a_whole_verification_made_without_the_pages_witness_is_not_used_by_them
         fill(server, 10, log)
     _unwitness_line(witness, 1)
     assert audit_trail.verify_since(server, CHAIN).result.first_bad is not None
-    cron = verify(ctx)  # `allocator audit verify` in an environment without the witness
+    cron, marks = whole(ctx)  # `allocator audit verify` in an environment without the witness
     assert cron.ok and cron.witness is None and ctx.settings.audit_witness is None
-    audit_trail.keep_whole(ctx, [cron])
+    audit_trail.keep_whole(ctx, [cron], marks)
     with ctx.db.reading() as s:  # kept, for readers without a witness
         assert audit.kept_verification(s.connection(), ctx.ring, CHAIN) is not None
     found = audit_trail.verify_since(server, CHAIN)
@@ -195,12 +211,9 @@ def test_a_whole_verification_with_the_pages_witness_is_kept(ctx: ServiceContext
     witness = tmp_path / "witness" / "heads.log"
     witnessed, log = _witnessed(ctx, witness)
     fill(witnessed, 150, log)
-    with ctx.db.reading() as s:
-        whole = audit.verify_chain(
-            s.connection(), ctx.ring, CHAIN, witness.parent / ".." / "witness" / "heads.log"
-        )
-    assert whole.ok and whole.witness is not None  # the same file, named another way
-    audit_trail.keep_whole(witnessed, [whole])
+    checked, marks = whole(ctx, witness.parent / ".." / "witness" / "heads.log")
+    assert checked.ok and checked.witness is not None  # the same file, named another way
+    audit_trail.keep_whole(witnessed, [checked], marks)
     with ctx.db.reading() as s:
         assert s.execute(select(AuditVerification.verified_seq)).scalar_one() == 150
     fill(witnessed, 5, log)
@@ -216,9 +229,9 @@ def test_a_whole_verification_that_finds_a_break_makes_the_pages_verify_whole_ag
     assert audit_trail.verify_since(ctx, CHAIN).result.ok  # kept
     alter(ctx, 57)  # behind the kept point: a page alone does not see it
     assert audit_trail.verify_since(ctx, CHAIN).result.ok
-    broken = verify(ctx)  # the daily `allocator audit verify` does
+    broken, marks = whole(ctx)  # the daily `allocator audit verify` does
     assert broken.first_bad == 57
-    audit_trail.keep_whole(ctx, [broken])
+    audit_trail.keep_whole(ctx, [broken], marks)
     page = audit_trail.verify_since(ctx, CHAIN)
     assert page.earlier is None and page.result.first_bad == 57  # and now the pages say so too
 
@@ -228,14 +241,14 @@ def test_a_database_that_refuses_the_write_leaves_the_verdict_standing(
     ctx: ServiceContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fill(ctx, 120)
-    whole = verify(ctx)
+    checked, marks = whole(ctx)
 
     def refused(*_args: object) -> None:
         raise OperationalError("UPDATE audit_verification", {}, Exception("read-only transaction"))
 
     monkeypatch.setattr(audit, "keep_verification", refused)
     monkeypatch.setattr(audit, "forget_verification", refused)
-    audit_trail.keep_whole(ctx, [whole, replace(whole, ok=False, first_bad=3)])  # no exception
+    audit_trail.keep_whole(ctx, [checked, replace(checked, ok=False, first_bad=3)], marks)  # no exception
     with ctx.db.reading() as s:
         assert s.execute(select(AuditVerification)).first() is None
 
@@ -246,15 +259,65 @@ def test_a_page_never_puts_back_a_verification_let_go_while_it_verified(ctx: Ser
     assert audit_trail.verify_since(ctx, CHAIN).result.ok
     fill(ctx, 30)
     with ctx.db.reading() as s:
+        before = audit.verification_mark(s.connection(), CHAIN)
         read = audit.kept_verification(s.connection(), ctx.ring, CHAIN)
         assert read is not None
         _result, keep = audit.verify_chain_since(s.connection(), ctx.ring, CHAIN, read, ctx.now())
     assert keep is not None and keep.verified_seq == 280
-    # Meanwhile a whole verification found a break behind the kept point and let it go: the page,
+    # Meanwhile a whole verification found a break behind the kept point and reset it: the page,
     # which never looked behind it, must not keep its own in its place.
     with ctx.db.unit_of_work() as s:
-        audit.forget_verification(s.connection(), CHAIN)
+        audit.forget_verification(s.connection(), ctx.ring, CHAIN, ctx.now(), None)
     with ctx.db.unit_of_work() as s:
-        audit.keep_verification(s.connection(), ctx.ring, keep, read)
+        audit.keep_verification(s.connection(), ctx.ring, keep, before)
+    assert reset(ctx)
+    assert audit_trail.verify_since(ctx, CHAIN).earlier is None  # the next page verifies it whole
+
+
+@pytest.mark.req("AUD-03")
+def test_a_whole_verification_never_puts_back_one_reset_while_it_verified(ctx: ServiceContext) -> None:
+    # Cron's verification A reads the chain intact; then an entry is altered, and verification B
+    # (the self-check, or a second run) finds the break and resets the kept one. A ends after B:
+    # kept, it would tell the pages that the altered entry was verified.
+    fill(ctx, 250)
+    first, marks = whole(ctx)
+    assert first.ok
+    alter(ctx, 120)
+    second, second_marks = whole(ctx)
+    assert second.first_bad == 120
+    audit_trail.keep_whole(ctx, [second], second_marks)
+    audit_trail.keep_whole(ctx, [first], marks)
+    assert reset(ctx)
+    page = audit_trail.verify_since(ctx, CHAIN)
+    assert page.earlier is None and page.result.first_bad == 120
+
+
+@pytest.mark.req("AUD-03")
+def test_a_whole_verification_that_found_nothing_kept_never_takes_the_place_of_a_reset(
+    ctx: ServiceContext,
+) -> None:
+    fill(ctx, 250)
+    first, marks = whole(ctx)  # nothing kept before it started
+    assert first.ok and marks == {CHAIN: None}
+    alter(ctx, 120)
+    second, second_marks = whole(ctx)
+    audit_trail.keep_whole(ctx, [second], second_marks)  # the break found: a reset row
+    audit_trail.keep_whole(ctx, [first], marks)  # ends last: there is a row now, not none
+    assert reset(ctx)
+
+
+@pytest.mark.req("AUD-03", "AUD-04")
+def test_a_verification_against_a_missing_witness_file_is_not_kept(
+    ctx: ServiceContext, tmp_path: Path
+) -> None:
+    # The witness's volume not mounted where the self-check (or a page) runs: the entries were
+    # compared with nothing. Kept under the witness's name, it would let the pages skip its lines.
+    absent = tmp_path / "not-mounted" / "heads.log"
+    server = replace(ctx, settings=replace(ctx.settings, audit_witness=absent))
+    fill(ctx, 150)
+    checked, marks = whole(ctx, absent)
+    assert checked.ok and checked.witness == absent and checked.witnessed_upto == 0
+    audit_trail.keep_whole(server, [checked], marks)
+    assert audit_trail.verify_since(server, CHAIN).result.ok  # a page: verified, not kept either
     with ctx.db.reading() as s:
         assert s.execute(select(AuditVerification)).first() is None
