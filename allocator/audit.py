@@ -69,7 +69,7 @@ from sqlalchemy.sql.util import find_tables
 from sqlalchemy.types import TypeEngine
 
 from allocator import crypto
-from allocator.db import Direct, insert_if_absent
+from allocator.db import Direct, insert_if_absent, upsert
 from allocator.models import AuditChainHead, AuditCheckpoint, AuditEvent, AuditVerification
 from allocator.version import __version__
 
@@ -1157,9 +1157,8 @@ def forget_verification(
         "key_id": signed.key_id,
         "signature": signed.signature,
     }
-    table = cast(Table, AuditVerification.__table__)
-    if not connection.execute(table.update().where(table.c.chain == chain).values(**values)).rowcount:
-        connection.execute(table.insert().values(chain=chain, **values))
+    # Whatever is there, a row another verification is inserting included: the reset must win.
+    upsert(connection, AuditVerification, "chain", {"chain": chain, **values})
 
 
 def _witness_saw_nothing(witness: Path | None, witnessed_upto: int) -> bool:

@@ -426,12 +426,23 @@ def connect_once(url: str) -> Engine:
     return create_engine(url, poolclass=NullPool)
 
 
+def _insert(executor: Session | Connection) -> Any:
+    bind = executor if isinstance(executor, Connection) else executor.get_bind()
+    return postgresql.insert if bind.dialect.name == "postgresql" else sqlite.insert
+
+
 def insert_if_absent(executor: Session | Connection, model: type[Any], values: dict[str, Any]) -> None:
     """INSERT ... ON CONFLICT DO NOTHING, so that two transactions racing to create the same
     counter row (audit chain head, login throttle) do not fail; follow with SELECT ... FOR UPDATE."""
-    bind = executor if isinstance(executor, Connection) else executor.get_bind()
-    insert = postgresql.insert if bind.dialect.name == "postgresql" else sqlite.insert
-    executor.execute(insert(model).values(**values).on_conflict_do_nothing())
+    executor.execute(_insert(executor)(model).values(**values).on_conflict_do_nothing())
+
+
+def upsert(executor: Session | Connection, model: type[Any], key: str, values: dict[str, Any]) -> None:
+    """INSERT ... ON CONFLICT (key) DO UPDATE: the row is `values` after this one statement, whatever
+    was there, a row another transaction is inserting included (an UPDATE would not see it)."""
+    changed = {name: value for name, value in values.items() if name != key}
+    statement = _insert(executor)(model).values(**values)
+    executor.execute(statement.on_conflict_do_update(index_elements=[key], set_=changed))
 
 
 def require(session: Session, model: type[T], ident: object) -> T:

@@ -507,11 +507,11 @@ def hellos(client: Any) -> bytes:
 def whole_verification(ctx: ServiceContext) -> bytes:
     """`allocator audit verify` in one process: every chain verified whole, and kept."""
     with ctx.db.read_engine.connect() as connection:
-        marks = audit_trail.verification_marks(ctx, audit.chains(connection))
-        witness = ctx.settings.audit_witness
-        results = [
-            audit.verify_chain(connection, ctx.ring, chain, witness) for chain in audit.chains(connection)
-        ]
+        chains = audit.chains(connection)
+    marks = audit_trail.verification_marks(ctx, chains)  # before the chains are read
+    witness = ctx.settings.audit_witness
+    with ctx.db.read_engine.connect() as connection:
+        results = [audit.verify_chain(connection, ctx.ring, chain, witness) for chain in chains]
     assert all(result.ok for result in results), [result.summary() for result in results]
     audit_trail.keep_whole(ctx, results, marks)
     return "\n".join(result.summary() for result in results).encode()

@@ -507,6 +507,10 @@ def verify_since(ctx: ServiceContext, chain: str) -> Verification:
         )
     if keep is not None and (kept is None or keep.verified_seq > kept.verified_seq):
         _keep(ctx, keep, before)
+    elif not result.ok:
+        # A break this page found: reset, so that no verification that started before it (and saw
+        # the chain intact) is kept in place of what this page read.
+        _forget(ctx, result)
     # A row reset by a whole verification that found a break says nothing was verified before.
     return Verification(result, kept if kept is not None and kept.verified_seq else None)
 
@@ -517,6 +521,16 @@ def _keep(ctx: ServiceContext, keep: audit.KeptVerification, before: bytes | Non
             audit.keep_verification(session.connection(), ctx.ring, keep, before)
     except IntegrityError:
         pass  # another request kept its own verification of the same entries first
+
+
+def _forget(ctx: ServiceContext, result: audit.VerifyResult) -> None:
+    try:
+        with ctx.db.unit_of_work() as session:
+            audit.forget_verification(session.connection(), ctx.ring, result.chain, ctx.now(), result.witness)
+    except SQLAlchemyError as exc:
+        log_event(
+            "audit.verification_not_forgotten", logging.WARNING, chain=result.chain, error=type(exc).__name__
+        )
 
 
 def verification_marks(ctx: ServiceContext, chains: Iterable[str]) -> dict[str, bytes | None]:
@@ -545,22 +559,16 @@ def keep_whole(
     with a warning (`audit.verification_not_kept`, `audit.verification_not_forgotten`), and the
     verification's verdict stands."""
     for result in results:
+        if not result.ok:
+            _forget(ctx, result)
+            continue
         try:
-            if not result.ok:
-                with ctx.db.unit_of_work() as session:
-                    audit.forget_verification(
-                        session.connection(), ctx.ring, result.chain, ctx.now(), result.witness
-                    )
-                continue
             keep = audit.kept_whole(result, ctx.now())
             if keep is not None:
                 _keep(ctx, keep, before.get(result.chain))
         except SQLAlchemyError as exc:
             log_event(
-                "audit.verification_not_kept" if result.ok else "audit.verification_not_forgotten",
-                logging.WARNING,
-                chain=result.chain,
-                error=type(exc).__name__,
+                "audit.verification_not_kept", logging.WARNING, chain=result.chain, error=type(exc).__name__
             )
 
 

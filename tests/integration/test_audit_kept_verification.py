@@ -61,6 +61,8 @@ def test_entries_behind_the_kept_point_are_not_read_again_but_new_ones_are(ctx: 
     alter(ctx, 230)  # after it: found by the next view
     found = audit_trail.verify_since(ctx, CHAIN).result
     assert not found.ok and found.first_bad == 230 and "altered" in found.problems[0].message
+    # ... which resets the kept verification: no verification that started before can replace it.
+    assert reset(ctx)
 
 
 @pytest.mark.req("AUD-03")
@@ -68,8 +70,7 @@ def test_a_broken_chain_is_not_kept_as_verified(ctx: ServiceContext) -> None:
     fill(ctx, 150)
     alter(ctx, 120)
     assert audit_trail.verify_since(ctx, CHAIN).result.first_bad == 120
-    with ctx.db.reading() as s:
-        assert s.execute(select(AuditVerification)).first() is None
+    assert reset(ctx)  # a row saying nothing was verified, nothing kept as verified
 
 
 @pytest.mark.req("AUD-03")
@@ -319,5 +320,15 @@ def test_a_verification_against_a_missing_witness_file_is_not_kept(
     assert checked.ok and checked.witness == absent and checked.witnessed_upto == 0
     audit_trail.keep_whole(server, [checked], marks)
     assert audit_trail.verify_since(server, CHAIN).result.ok  # a page: verified, not kept either
+    with ctx.db.reading() as s:
+        assert s.execute(select(AuditVerification)).first() is None
+    # A file there that saw none of the chain's entries (a stand-in, or another chain's witness)
+    # compared nothing either.
+    absent.parent.mkdir()
+    absent.write_text("", encoding="utf-8")
+    checked, marks = whole(ctx, absent)
+    assert checked.ok and checked.witnessed_upto == 0
+    audit_trail.keep_whole(server, [checked], marks)
+    assert audit_trail.verify_since(server, CHAIN).result.ok
     with ctx.db.reading() as s:
         assert s.execute(select(AuditVerification)).first() is None
