@@ -1022,15 +1022,23 @@ def verify_chain(
             select(func.count()).select_from(AuditEvent).where(AuditEvent.chain == chain)
         ).scalar_one()
         return _result(chain, count, [problem], checkpoint_count, len(signed) // 32, seen)
-    segment = _scan(_rows(connection, chain), 1, GENESIS, signed, seen.pinned if seen else None)
+    pinned = seen.pinned if seen else None
+    segment = _scan(_rows(connection, chain), 1, GENESIS, signed, pinned)
     problems = [segment.problem] if segment.problem else []
+    count = segment.count
     if not problems:
-        problems += _head_problems(
-            connection, ring, chain, segment.last_seq, segment.last_hash, len(signed) // 32, seen
+        head, added, last_seq, last_hash, late = _catch_up(
+            connection, chain, segment.last_seq, segment.last_hash, signed, pinned
+        )
+        count += added
+        problems += (
+            [late]
+            if late
+            else _head_problems(connection, ring, chain, last_seq, last_hash, len(signed) // 32, seen, head)
         )
     return _result(
         chain,
-        segment.count if not problems else _count(connection, chain),
+        count if not problems else _count(connection, chain),
         problems,
         checkpoint_count,
         len(signed) // 32,
@@ -1227,7 +1235,14 @@ def verify_chain_since(
     last_seq = segment.last_seq if segment.count else start_seq
     last_hash = segment.last_hash if segment.count else start_hash
     if not problems:
-        problems += _head_problems(connection, ring, chain, last_seq, last_hash, signed_upto, seen)
+        head, _added, last_seq, last_hash, late = _catch_up(
+            connection, chain, last_seq, last_hash, found.signed, seen.pinned if seen else None, start_seq
+        )
+        problems += (
+            [late]
+            if late
+            else _head_problems(connection, ring, chain, last_seq, last_hash, signed_upto, seen, head)
+        )
     checkpoints = earlier + found.count
     result = _result(
         chain,
@@ -1300,8 +1315,15 @@ def verify_chain_parallel(
                 if segment.count:
                     last_hash, last_seq = segment.last_hash, segment.last_seq
             if not problems:
-                problems += _head_problems(
-                    connection, ring, chain, last_seq, last_hash, len(signed) // 32, seen
+                head, _added, last_seq, last_hash, late = _catch_up(
+                    connection, chain, last_seq, last_hash, signed, pinned
+                )
+                problems += (
+                    [late]
+                    if late
+                    else _head_problems(
+                        connection, ring, chain, last_seq, last_hash, len(signed) // 32, seen, head
+                    )
                 )
             return _result(chain, total, problems, checkpoint_count, len(signed) // 32, seen, found)
     finally:
@@ -1329,6 +1351,42 @@ def _count(connection: Connection, chain: str) -> int:
     )
 
 
+def _read_head(connection: Connection, chain: str) -> Any:
+    return connection.execute(
+        select(
+            AuditChainHead.seq, AuditChainHead.hash, AuditChainHead.head_key_id, AuditChainHead.head_signature
+        ).where(AuditChainHead.chain == chain)
+    ).first()
+
+
+def _catch_up(
+    connection: Connection,
+    chain: str,
+    last_seq: int,
+    last_hash: str,
+    signed: bytes,
+    pinned: Mapping[int, str] | None,
+    signed_from: int = 0,
+) -> tuple[Any, int, int, str, Problem | None]:
+    """The chain's head, read once the entries have been, and the entries committed meanwhile up to
+    it, verified in their turn: in a read transaction where each statement has its own snapshot
+    (PostgreSQL's READ COMMITTED), the head has moved on with every commit made while the entries
+    were read, and compared with the last entry read it said "entries after N are missing" of
+    entries that are there (a page viewed while the sites randomize). Returns the head row, the
+    entries added, the new last entry and its hash, and the first problem found among them."""
+    head = _read_head(connection, chain)
+    if head is None or head.seq <= last_seq:
+        return head, 0, last_seq, last_hash, None
+    more = _scan(
+        _rows(connection, chain, last_seq + 1, head.seq), last_seq + 1, last_hash, signed, pinned, signed_from
+    )
+    if more.problem is not None:
+        return head, more.count, last_seq, last_hash, more.problem
+    if not more.count:  # the head is ahead of the entries: `_head_problems` names what is missing
+        return head, 0, last_seq, last_hash, None
+    return head, more.count, more.last_seq, more.last_hash, None
+
+
 def _head_problems(
     connection: Connection,
     ring: crypto.KeyRing,
@@ -1337,13 +1395,10 @@ def _head_problems(
     last_hash: str,
     signed_upto: int,
     seen: Witnessed | None,
+    head: Any,
 ) -> list[Problem]:
-    """What the head row, its signature and the witness say about the end of the chain."""
-    head = connection.execute(
-        select(
-            AuditChainHead.seq, AuditChainHead.hash, AuditChainHead.head_key_id, AuditChainHead.head_signature
-        ).where(AuditChainHead.chain == chain)
-    ).first()
+    """What the head row (read after the entries: `_catch_up`), its signature and the witness say
+    about the end of the chain."""
     if seen is not None and seen.top > last_seq:
         return [
             Problem(
