@@ -1325,7 +1325,9 @@ def verify_chain_parallel(
                         connection, ring, chain, last_seq, last_hash, len(signed) // 32, seen, head
                     )
                 )
-            return _result(chain, total, problems, checkpoint_count, len(signed) // 32, seen, found)
+            # Intact: every entry up to the last one verified (entries appended while it ran too).
+            verified = last_seq if not problems else total
+            return _result(chain, verified, problems, checkpoint_count, len(signed) // 32, seen, found)
     finally:
         engine.dispose()
 
