@@ -258,6 +258,8 @@ KNOWN = frozenset(
         N_("unknown tube sets"),
         N_("print new labels and reprints separately"),
         N_("unknown cursor"),
+        N_("invalid status"),
+        N_("unknown status"),
         # reasons the service writes itself into the audit trail (shown on the trail's page)
         N_("randomization list activated"),
         N_("recruitment open: a site was active already"),
@@ -312,6 +314,10 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     ),
     (re.compile(r"^'(?P<value>.*)' is not one of .*$"), N_("%(value)s is not one of the choices")),
     (re.compile(r"^no site '(?P<site>.*)' within your reach$"), N_("no site %(site)s within your reach")),
+    (
+        re.compile(r"^'(?P<site>.*)' is not a site of (?P<trial>\S+) within your reach$"),
+        N_("%(site)s is not a site of %(trial)s within your reach"),
+    ),
     (
         re.compile(r"^no shipment '(?P<shipment>.*)' within your reach$"),
         N_("no shipment %(shipment)s within your reach"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,7 +26,7 @@ from allocator.models import (
 )
 from allocator.permissions import Scope
 from allocator.services.context import ServiceContext
-from allocator.services.errors import Conflict, NotFound
+from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed
 from allocator.settings import Environment
 from allocator.trialdef import TrialDefinition, parse_definition
 
@@ -226,6 +227,19 @@ def subject_in_reach(
     if subject is None or not scope.allows_site(subject.site_id):
         raise NotFound(f"no subject {number} within your reach")
     return subject
+
+
+def site_filter(codes: Mapping[int, str], site: str, scope: Scope, trial_code: str) -> int:
+    """The id of the site coded `site` among `codes` (a trial's sites, id -> code), for a list
+    narrowed to one site: ValidationFailed naming `site` when it is not a site of the trial within
+    `scope` (another site's code reads as unknown, so that the refusal tells nothing of it)."""
+    for site_id, code in codes.items():
+        if code == site and scope.allows_site(site_id):
+            return site_id
+    raise ValidationFailed(
+        "unknown site",
+        errors=[FieldProblem("site", f"{site!r} is not a site of {trial_code} within your reach")],
+    )
 
 
 def treatment_words(definition: TrialDefinition) -> set[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import date
+from typing import Any
 
 from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
@@ -14,6 +15,7 @@ import kits as kitlib
 from allocator.permissions import NO_SCOPE, Permission, requires
 from allocator.services import sites
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
+from allocator.services.subjects import views
 from allocator.services.supply import dashboard as supply_dashboard
 from allocator.services.supply import disposal as supply_disposal
 from allocator.services.supply import kit_lists, kit_rules
@@ -22,7 +24,7 @@ from allocator.services.supply import labels as supply_labels
 from allocator.services.supply import reconciliation as supply_reconciliation
 from allocator.services.supply import shipments as supply_shipments
 from allocator.services.supply import stock as supply_stock
-from allocator.web import forms, messages
+from allocator.web import forms, hygiene, messages
 from allocator.web.i18n import plain_number
 from allocator.web.security import actor, ctx, holds_any, scope
 
@@ -149,15 +151,54 @@ def labels(trial: str) -> WerkzeugResponse:
     )
 
 
+SHIPMENT_PAGE = supply_shipments.SHIPMENT_PAGE  # shipments per page of the list (issue 21)
+
+
 @bp.route("/trials/<trial>/shipments")
 @requires(Permission.KIT_VIEW)
 def shipments(trial: str) -> str:
+    """A page of SHIPMENT_PAGE shipments, newest first, optionally of one site and one status
+    (issue 21: a trial ships for years; the list is paged, not the whole history)."""
+    within = scope(Permission.KIT_VIEW)
+    site = hygiene.query_text("site", max_length=10)
+    status = hygiene.query_text("status", max_length=12)
+    before = hygiene.query_text("before", max_length=20)
+    page = supply_shipments.shipments(
+        ctx(),
+        trial,
+        within,
+        before=before,
+        limit=SHIPMENT_PAGE,
+        site=site,
+        status=status,
+    )
+    shown: dict[str, Any] = {name: value for name, value in (("site", site), ("status", status)) if value}
     return render_template(
         "supply/shipments.html",
         trial=trial,
-        shipments=supply_shipments.shipments(ctx(), trial, scope(Permission.KIT_VIEW)),
+        shipments=page.shipments,
+        older=url_for("supply.shipments", trial=trial, before=page.next_before, **shown, _anchor="list")
+        if page.next_before
+        else None,
+        newest=url_for("supply.shipments", trial=trial, **shown, _anchor="list") if before else None,
+        site=site,
+        status=status,
+        site_choices=views.site_choices(ctx(), trial, within),
+        statuses=supply_shipments.SHIPMENT_STATUSES,
         sites=sites.sites(ctx(), trial),
         can_ship=holds_any(Permission.SHIPMENT_MANAGE) and _trial_wide(Permission.KIT_VIEW),
+    )
+
+
+@bp.route("/trials/<trial>/shipments/<number>")
+@requires(Permission.KIT_VIEW)
+def shipment(trial: str, number: str) -> str:
+    """One shipment and its kits, in order: the depot's packing list, the site's check of the
+    parcel (kit numbers only, never an arm)."""
+    return render_template(
+        "supply/shipment.html",
+        trial=trial,
+        shipment=supply_shipments.shipment(ctx(), trial, number, scope(Permission.KIT_VIEW)),
     )
 
 

@@ -297,6 +297,7 @@ def roles(world: World, language: str) -> list[tuple[str, dict[str, int], list[V
             [
                 Visit("stock", f"{T}/stock"),
                 Visit("shipments", f"{T}/shipments"),
+                Visit("a shipment's kits", f"{T}/shipments/SH-0001"),  # its packing list
                 Visit("reconciliation", f"{T}/reconciliation"),
                 Visit("temperature excursions, the report form", f"{T}/excursions"),  # issue 19
                 Visit("relabelling", f"{T}/relabelling"),

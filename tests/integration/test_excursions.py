@@ -281,7 +281,8 @@ def test_a_receipt_answering_yes_needs_a_reported_excursion_and_records_it(world
     assert [p.field for p in refused.value.errors] == ["logger_excursion"]
     assert statuses(ctx, view.kits) == ["in_transit"] * 4
     report(ctx, pharmacist, shipment_number=view.number)
-    assert shipments.shipments(ctx, TRIAL, ALL)[0].excursions == ("EXC-0001",)
+    assert shipments.shipments(ctx, TRIAL, ALL).shipments[0].excursions == ("EXC-0001",)
+    assert shipments.shipment(ctx, TRIAL, view.number, ALL).excursions == ("EXC-0001",)
     shipments.receive(ctx, pharmacist, TRIAL, view.number, list(view.kits), scope=ALL, logger_excursion=True)
     with ctx.db.reading() as s:
         new = s.execute(

@@ -518,7 +518,7 @@ def test_kits_of_a_prepared_shipment_are_not_offered_to_the_next_one(s: Supply) 
     first = s.prepare("P1", 8)
     with pytest.raises(Conflict):
         s.prepare("P2", 4)  # the depot's 8 kits all belong to SH-0001 already
-    assert shipments.shipments(s.ctx, TRIAL, ALL)[-1].kits == first.kits
+    assert shipments.shipment(s.ctx, TRIAL, first.number, ALL).kits == first.kits
 
 
 @pytest.mark.req("LBL-11")
@@ -543,7 +543,7 @@ def test_a_kit_damaged_at_the_depot_after_preparation_is_not_shipped(s: Supply) 
     assert shipments.ship(ctx, s.manager, TRIAL, view.number) == (damaged,)
     assert kit(ctx, damaged).status == "damaged" and kit(ctx, damaged).shipment_id is None
     assert {kit(ctx, n).status for n in view.kits[1:]} == {"in_transit"}
-    shipped = shipments.shipments(ctx, TRIAL, ALL)[-1]
+    shipped = shipments.shipment(ctx, TRIAL, view.number, ALL)
     assert (shipped.kit_count, sorted(shipped.kits)) == (3, sorted(view.kits[1:]))
     (entry,) = audit(ctx, "shipment.shipped")
     assert json.loads(entry.new_values or "{}")["taken_out"] == [damaged]
@@ -622,9 +622,9 @@ def test_shipping_and_receiving_every_kit_typed_or_scanned(s: Supply) -> None:
         "missing": [],
         "held": [],
     }
-    (listed,) = shipments.shipments(ctx, TRIAL, s.p1)
+    (listed,) = shipments.shipments(ctx, TRIAL, s.p1).shipments
     assert (listed.status, listed.received_by, listed.received_at) == ("received", "Pharma P1", s.clock())
-    assert shipments.shipments(ctx, TRIAL, s.p2) == []
+    assert shipments.shipments(ctx, TRIAL, s.p2).shipments == ()
     with pytest.raises(Conflict):
         shipments.receive(ctx, s.pharmacist, TRIAL, view.number, scans, scope=s.p1)
 
@@ -1480,11 +1480,12 @@ def test_blinded_stock_and_shipment_views_have_no_arm_and_follow_the_scope(s: Su
     ]
     assert [r.site for r in supply_stock.stock(ctx, TRIAL, s.p1, include_depot=False)] == ["P1"]
     assert [r.site for r in supply_stock.stock(ctx, TRIAL, s.p2, include_depot=False)] == ["P2"]
-    assert [v.site for v in shipments.shipments(ctx, TRIAL, ALL)] == ["P2", "P1"]
-    assert [v.site for v in shipments.shipments(ctx, TRIAL, s.p1)] == ["P1"]
+    assert [v.site for v in shipments.shipments(ctx, TRIAL, ALL).shipments] == ["P2", "P1"]
+    assert [v.site for v in shipments.shipments(ctx, TRIAL, s.p1).shipments] == ["P1"]
     for value in (
         rows,
         shipments.shipments(ctx, TRIAL, ALL),
+        shipments.shipment(ctx, TRIAL, "SH-0001", ALL),
         reconciliation.reconciliation(ctx, TRIAL, ALL, include_depot=True),
     ):
         assert not ARM_WORDS.search(repr(value))
@@ -1508,30 +1509,87 @@ def test_a_kit_must_last_until_the_calendar_day_of_the_last_dose_plus_the_margin
 
 
 @pytest.mark.req("REP-08")
-def test_the_list_of_shipments_costs_the_same_statements_whatever_the_shipments(s: Supply) -> None:
+def test_the_list_of_shipments_costs_the_same_statements_whatever_the_shipments_and_kits(s: Supply) -> None:
     """Issue 21: each shipment's kits were read by a statement of their own (62 statements for the
-    fifty shipments of the 5,000-subject bench). Their numbers, in order, are those of each shipment."""
+    fifty shipments of the 5,000-subject bench), then every shipped kit's number in one statement,
+    which the list never showed: the page grew with every kit shipped. A page now reads neither."""
     ctx = s.ctx
-    s.generate(24)
+    s.generate(48)
     s.deliver("P1", 4)
 
-    def counted() -> tuple[int, list[shipments.ShipmentView]]:
+    def counted() -> tuple[int, int, shipments.ShipmentPage]:
         with statements(ctx.db) as seen:
-            listed = shipments.shipments(ctx, TRIAL, ALL)
-        return seen.count, listed
+            page = shipments.shipments(ctx, TRIAL, ALL)
+        return seen.count, sum("kit_number" in text for text in seen.sql), page
 
-    one, listed = counted()
-    s.deliver("P2", 4)
-    s.deliver("P1", 4)
+    one, kit_reads, page = counted()
+    assert kit_reads == 0 and page.shipments[0].kits == ()
+    s.deliver("P2", 16)
+    s.deliver("P1", 16)
     s.deliver("P2", 2)
-    four, listed = counted()
-    assert len(listed) == 4 and four == one
+    more, kit_reads, page = counted()
+    assert (len(page.shipments), more, kit_reads) == (4, one, 0)
+    assert [v.kit_count for v in page.shipments] == [2, 16, 16, 4]
+    # One shipment's kits, in order, for its own page: those the database says it holds.
     with ctx.db.reading() as session:
-        for view in listed:
+        for view in page.shipments:
             shipped = session.execute(
                 select(Kit.kit_number)
                 .join(Shipment, Shipment.id == Kit.shipment_id)
                 .where(Shipment.number == view.number)
                 .order_by(Kit.kit_number)
             ).scalars()
-            assert view.kits == tuple(shipped) and len(view.kits) == view.kit_count
+            kits = shipments.shipment(ctx, TRIAL, view.number, ALL).kits
+            assert kits == tuple(shipped) and len(kits) == view.kit_count
+
+
+@pytest.mark.req("REP-08")
+def test_the_list_of_shipments_is_paged_newest_first_and_narrowed_by_site_and_status(s: Supply) -> None:
+    """Issue 21: a trial ships for years; the list shows a page, newest first, with the number to
+    start the older page from, narrowed in SQL to a site and a status within the reader's reach."""
+    ctx = s.ctx
+    s.generate(48)
+    for site in ("P1", "P2", "P1", "P2", "P1"):
+        s.deliver(site, 2)  # SH-0001 .. SH-0005, received
+    s.prepare("P2", 2)  # SH-0006, prepared
+    numbers = [f"SH-{n:04d}" for n in range(6, 0, -1)]
+
+    def listed(page: shipments.ShipmentPage) -> list[str]:
+        return [v.number for v in page.shipments]
+
+    first = shipments.shipments(ctx, TRIAL, ALL, limit=4)
+    assert (listed(first), first.next_before) == (numbers[:4], "SH-0003")
+    last = shipments.shipments(ctx, TRIAL, ALL, limit=4, before=first.next_before)
+    assert (listed(last), last.next_before) == (numbers[4:], None)
+    exact = shipments.shipments(ctx, TRIAL, ALL, limit=6)
+    assert (listed(exact), exact.next_before) == (numbers, None)
+    assert listed(shipments.shipments(ctx, TRIAL, ALL, site="P1")) == ["SH-0005", "SH-0003", "SH-0001"]
+    p2 = shipments.shipments(ctx, TRIAL, ALL, site="P2", limit=1)
+    assert (listed(p2), p2.next_before) == (["SH-0006"], "SH-0006")
+    assert listed(shipments.shipments(ctx, TRIAL, ALL, site="P2", before="SH-0006")) == ["SH-0004", "SH-0002"]
+    assert listed(shipments.shipments(ctx, TRIAL, ALL, status="prepared")) == ["SH-0006"]
+    assert listed(shipments.shipments(ctx, TRIAL, ALL, status="shipped")) == []
+    assert listed(shipments.shipments(ctx, TRIAL, s.p1, status="received")) == [
+        "SH-0005",
+        "SH-0003",
+        "SH-0001",
+    ]
+    # A pharmacist of P1 reaches neither P2's shipments nor a page of them.
+    assert listed(shipments.shipments(ctx, TRIAL, s.p1)) == ["SH-0005", "SH-0003", "SH-0001"]
+    for arguments, field in (
+        ({"site": "P2"}, "site"),
+        ({"site": "P9"}, "site"),
+        ({"before": "SH-0099"}, "before"),
+        ({"before": "SH-0002"}, "before"),  # P2's: a cursor tells nothing of another site
+        ({"status": "lost"}, "status"),
+        ({"limit": 0}, "limit"),
+        ({"limit": shipments.MAX_SHIPMENT_PAGE + 1}, "limit"),
+    ):
+        with pytest.raises(ValidationFailed) as refused:
+            shipments.shipments(ctx, TRIAL, s.p1, **arguments)  # type: ignore[arg-type]
+        assert [p.field for p in refused.value.errors] == [field], arguments
+    with pytest.raises(NotFound):
+        shipments.shipment(ctx, TRIAL, "SH-0002", s.p1)  # P2's: as unknown as one that does not exist
+    with pytest.raises(NotFound):
+        shipments.shipment(ctx, TRIAL, "SH-0099", ALL)
+    assert shipments.shipment(ctx, TRIAL, "SH-0001", s.p1).site == "P1"

@@ -110,7 +110,7 @@ def statements_of(ctx: ServiceContext, action: Callable[[], object]) -> list[str
 
 
 def deliver(ctx: ServiceContext, number: str) -> None:
-    view = next(v for v in shipments.shipments(ctx, TRIAL, ALL_SITES) if v.number == number)
+    view = shipments.shipment(ctx, TRIAL, number, ALL_SITES)
     shipments.ship(ctx, CLI_ACTOR, TRIAL, number)
     shipments.receive(ctx, CLI_ACTOR, TRIAL, number, view.kits, scope=ALL_SITES)
 
@@ -122,7 +122,7 @@ def test_activation_ships_the_initial_courses_balanced_by_arm_and_tells_the_depo
     world(ctx, LEVELS, {"LOT-1": (48, 365)})
     activate(ctx)
     assert open_shipments(ctx) == [("SH-0001", "prepared", 18)]  # 6 courses of 3 kits
-    view = shipments.shipments(ctx, TRIAL, ALL_SITES)[0]
+    view = shipments.shipment(ctx, TRIAL, "SH-0001", ALL_SITES)
     arms = [arm_of(ctx, number) for number in view.kits]
     assert arms.count("A") == arms.count("B") == 9
     (note,) = notes(ctx, "resupply_request")

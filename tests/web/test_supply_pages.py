@@ -26,6 +26,7 @@ from allocator.services.context import ServiceContext
 from allocator.services.errors import ValidationFailed
 from allocator.services.supply import kit_lists, kit_rules, kit_status
 from allocator.services.supply import shipments as supply_shipments
+from allocator.web import supply as web_supply
 from tests.support import (
     CLI_ACTOR,
     GOOD_PASSWORD,
@@ -106,6 +107,71 @@ def generate(ctx: ServiceContext, count: int) -> None:
     code_break_sheets(ctx)  # UNB-07: kits are shipped only with their code-break sheets
 
 
+def cards(html: str) -> list[str]:
+    """The shipment numbers of a shipments page's cards, in order."""
+    return re.findall(r'<h2><a href="[^"]*/shipments/(SH-\d{4})">', html)
+
+
+@pytest.mark.req("REP-08", "BLD-04")
+def test_the_shipments_page_is_paged_filtered_and_opens_each_shipments_kits(
+    people: People, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21: the list is a page, newest first, with a link to the older ones and back, narrowed
+    by site and status; each shipment opens on its kit numbers (the depot's packing list, the
+    site's check of the parcel), never an arm; a site's staff reach only their site's shipments."""
+    ctx = people.ctx
+    generate(ctx, 24)
+    delivered = kits_at(ctx, "P1", 2)  # SH-0001, received
+    kits_at(ctx, "P2", 2)  # SH-0002, received
+    prepared = supply_shipments.create_shipment(ctx, CLI_ACTOR, TRIAL, "P1", 4)  # SH-0003
+    monkeypatch.setattr(web_supply, "SHIPMENT_PAGE", 2)
+    page = f"{BASE}/shipments"
+    first = people.manager.get(page).get_data(as_text=True)
+    assert cards(first) == ["SH-0003", "SH-0002"]
+    older = re.search(r'<a class="button" href="([^"]+)">Older shipments</a>', first)
+    assert older is not None and "Newest shipments" not in first
+    second = people.manager.get(older.group(1).replace("&amp;", "&")).get_data(as_text=True)
+    assert cards(second) == ["SH-0001"]
+    assert "Older shipments" not in second and "Newest shipments" in second
+    only = people.manager.get(f"{page}?status=prepared").get_data(as_text=True)
+    assert cards(only) == ["SH-0003"] and "Older shipments" not in only
+    assert cards(people.manager.get(f"{page}?site=P2").get_data(as_text=True)) == ["SH-0002"]
+    none = people.manager.get(f"{page}?site=P2&status=shipped").get_data(as_text=True)
+    assert cards(none) == [] and "No shipment matches." in none
+    # The filters stay on the link to the older page.
+    narrowed = people.manager.get(f"{page}?site=P1").get_data(as_text=True)
+    assert cards(narrowed) == ["SH-0003", "SH-0001"] and "Older shipments" not in narrowed
+    # A pharmacist of P1: P1's shipments only, and P2 is no filter of theirs.
+    assert cards(people.pharmacist.get(page).get_data(as_text=True)) == ["SH-0003", "SH-0001"]
+    refused = people.pharmacist.get(f"{page}?site=P2")
+    assert refused.status_code == 422 and "P2" in refused.get_data(as_text=True)
+    for query, word in (("status=lost", "unknown status"), ("before=SH-0099", "no shipment")):
+        bad = people.manager.get(f"{page}?{query}")
+        assert bad.status_code == 422 and word in bad.get_data(as_text=True), query
+
+    detail = people.pharmacist.get(f"{page}/SH-0001")
+    html = detail.get_data(as_text=True)
+    assert detail.status_code == 200 and "Shipment SH-0001" in html
+    assert [n.replace("-", "") for n in re.findall(r'<td class="kit">([^<]+)</td>', html)] == sorted(
+        delivered
+    )
+    assert not ARM_TEXT.search(html) and not ARM_HEADER.search(html)
+    packing = people.manager.get(f"{page}/{prepared.number}").get_data(as_text=True)
+    assert [n.replace("-", "") for n in re.findall(r'<td class="kit">([^<]+)</td>', packing)] == sorted(
+        prepared.kits
+    )
+    assert people.pharmacist.get(f"{page}/SH-0002").status_code == 404  # P2's
+    assert people.manager.get(f"{page}/SH-0099").status_code == 404
+    token = csrf_token(people.pharmacist, "/")
+    people.pharmacist.post("/language", data={"language": "fr", "next": "/", "csrf_token": token})
+    french = people.pharmacist.get(f"{page}/SH-0001").get_data(as_text=True)
+    assert "Kits de cette expédition" in french
+    assert "Expéditions, les plus récentes d’abord" in people.pharmacist.get(page).get_data(as_text=True)
+    refused_fr = people.pharmacist.get(f"{page}?site=P2").get_data(as_text=True)
+    assert "P2 n’est pas un centre de IFNG-PAIS à votre portée" in refused_fr
+    assert "statut inconnu" in people.pharmacist.get(f"{page}?status=lost").get_data(as_text=True)
+
+
 @pytest.mark.req("ACC-12", "LBL-05")
 def test_the_pharmacist_records_a_signed_quarantine_through_the_stock_form(people: People) -> None:
     ctx = people.ctx
@@ -157,7 +223,8 @@ def test_the_trial_manager_prepares_and_ships_and_the_pharmacist_receives_by_sca
     assert any("count" in f for f in flashes(odd))
     prepared = people.post(people.manager, page, page, site="P1", count="6")
     assert "Shipment prepared: balanced across arms, kits chosen at random." in flashes(prepared)
-    (view,) = supply_shipments.shipments(ctx, TRIAL, ALL)
+    (listed,) = supply_shipments.shipments(ctx, TRIAL, ALL).shipments
+    view = supply_shipments.shipment(ctx, TRIAL, listed.number, ALL)
     assert (view.number, view.status, len(view.kits)) == ("SH-0001", "prepared", 6)
     assert sorted(arm_of(ctx, n) for n in view.kits) == ["A", "A", "A", "B", "B", "B"]
     assert "Mark as shipped" in prepared.get_data(as_text=True)  # type: ignore[attr-defined]

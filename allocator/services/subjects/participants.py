@@ -16,7 +16,7 @@ from allocator.models import PlannedSample, Registration, SampleKit, SampleKitSt
 from allocator.permissions import Scope
 from allocator.services.context import ServiceContext
 from allocator.services.errors import FieldProblem, NotFound, ValidationFailed
-from allocator.services.lookups import get_trial
+from allocator.services.lookups import get_trial, site_filter
 
 MAX_PAGE = 1000
 
@@ -110,15 +110,7 @@ def participants_page(
         if not scope.all_sites:
             query = query.where(Registration.site_id.in_(sorted(scope.site_ids)))
         if site:
-            found = [sid for sid, code in codes.items() if code == site and scope.allows_site(sid)]
-            if not found:
-                raise ValidationFailed(
-                    "unknown site",
-                    errors=[
-                        FieldProblem("site", f"{site!r} is not a site of {trial.code} within your reach")
-                    ],
-                )
-            query = query.where(Registration.site_id == found[0])
+            query = query.where(Registration.site_id == site_filter(codes, site, scope, trial.code))
         if after:
             # Within the reader's sites only: a cursor must not tell whether another site's
             # participant exists (the review of the merged cohort).

@@ -28,7 +28,7 @@ from allocator.permissions import Scope
 from allocator.services import unblinding
 from allocator.services.context import ServiceContext
 from allocator.services.errors import FieldProblem, ValidationFailed
-from allocator.services.lookups import current_definition, get_trial, subject_in_reach
+from allocator.services.lookups import current_definition, get_trial, site_filter, subject_in_reach
 from allocator.trialdef import TrialDefinition
 
 
@@ -358,15 +358,7 @@ def subjects_page(
         if not scope.all_sites:
             query = query.where(Subject.site_id.in_(sorted(scope.site_ids)))
         if site:
-            found = [sid for sid, code in codes.items() if code == site and scope.allows_site(sid)]
-            if not found:
-                raise ValidationFailed(
-                    "unknown site",
-                    errors=[
-                        FieldProblem("site", f"{site!r} is not a site of {trial.code} within your reach")
-                    ],
-                )
-            query = query.where(Subject.site_id == found[0])
+            query = query.where(Subject.site_id == site_filter(codes, site, scope, trial.code))
         if after:
             start = session.execute(
                 select(Subject.id).where(Subject.trial_id == trial.id, Subject.subject_number == after)

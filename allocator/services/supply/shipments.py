@@ -16,7 +16,7 @@ from allocator.models import Kit, Shipment, Site, TemperatureExcursion, Trial
 from allocator.permissions import Scope
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed
-from allocator.services.lookups import current_definition, get_trial
+from allocator.services.lookups import current_definition, get_trial, site_filter
 from allocator.services.supply import depot, resupply
 from allocator.services.supply.kit_rules import S, move_kit, needed_until, number_from_scan, unreadable
 
@@ -34,7 +34,7 @@ class ShipmentView:
     shipped_at: datetime | None
     received_at: datetime | None
     received_by: str | None
-    kits: tuple[str, ...] = field(default=())
+    kits: tuple[str, ...] = field(default=())  # in order; empty in a page of the list (`shipments`)
     excursions: tuple[str, ...] = field(default=())  # the excursions reported for it (issue 19)
 
 
@@ -266,42 +266,106 @@ def receive(
         )
 
 
-def shipments(ctx: ServiceContext, trial_code: str, scope: Scope) -> list[ShipmentView]:
+SHIPMENT_PAGE = 50  # shipments per page of the list (issue 21: a trial ships for years)
+MAX_SHIPMENT_PAGE = 1000
+SHIPMENT_STATUSES = ("prepared", "shipped", "received")
+
+
+@dataclass(frozen=True, slots=True)
+class ShipmentPage:
+    shipments: tuple[ShipmentView, ...]
+    next_before: str | None  # the shipment number to pass as `before` for older ones; None: the last page
+
+
+def shipments(
+    ctx: ServiceContext,
+    trial_code: str,
+    scope: Scope,
+    *,
+    before: str | None = None,
+    limit: int = SHIPMENT_PAGE,
+    site: str | None = None,
+    status: str | None = None,
+) -> ShipmentPage:
+    """One page of the shipments within `scope` (to `site`, in `status`, when given), newest first,
+    older than the shipment numbered `before`: a few statements and `limit` shipments, however long
+    the trial has shipped (issue 21). The views carry no kit numbers (`ShipmentView.kits` is
+    empty): the list shows none, and reading them made the page grow with every kit shipped.
+    Raises ValidationFailed naming `before`, `site`, `status` or `limit`."""
+    if not 1 <= limit <= MAX_SHIPMENT_PAGE:
+        raise ValidationFailed(
+            "invalid limit", errors=[FieldProblem("limit", f"from 1 to {MAX_SHIPMENT_PAGE}")]
+        )
+    if status is not None and status not in SHIPMENT_STATUSES:
+        raise ValidationFailed("invalid status", errors=[FieldProblem("status", "unknown status")])
     with ctx.db.reading() as session:
         trial = get_trial(session, trial_code)
         sites = {
-            s.id: s.code for s in session.execute(select(Site).where(Site.trial_id == trial.id)).scalars()
+            row.id: row.code
+            for row in session.execute(select(Site.id, Site.code).where(Site.trial_id == trial.id))
         }
-        reported: dict[int, tuple[str, ...]] = {}
-        for shipment_id, excursion in session.execute(
-            select(TemperatureExcursion.shipment_id, TemperatureExcursion.number)
-            .where(TemperatureExcursion.trial_id == trial.id, TemperatureExcursion.shipment_id.is_not(None))
-            .order_by(TemperatureExcursion.number)
-        ).all():
-            if shipment_id is not None:
-                reported[shipment_id] = (*reported.get(shipment_id, ()), excursion)
-        rows = [
-            s
-            for s in session.execute(
-                select(Shipment).where(Shipment.trial_id == trial.id).order_by(Shipment.id.desc())
-            ).scalars()
-            if scope.allows_site(s.site_id)
-        ]
-        # The kit numbers of every shipment in one statement, columns only (issue 21: a statement and
-        # an object per kit for each shipment before; a trial ships thousands of kits).
-        numbers: dict[int, list[str]] = {}
-        for shipment_id, kit_number in session.execute(
-            select(Kit.shipment_id, Kit.kit_number)
-            .join(Shipment, Shipment.id == Kit.shipment_id)
+        query = (
+            select(Shipment)
             .where(Shipment.trial_id == trial.id)
-            .order_by(Kit.kit_number)
-        ).all():
-            if shipment_id is not None:  # the join keeps only shipped kits
-                numbers.setdefault(shipment_id, []).append(kit_number)
-        return [
-            _shipment_view(session, s, sites[s.site_id], reported.get(s.id, ()), tuple(numbers.get(s.id, ())))
-            for s in rows
-        ]
+            .order_by(Shipment.id.desc())
+            .limit(limit + 1)
+        )
+        if not scope.all_sites:
+            query = query.where(Shipment.site_id.in_(sorted(scope.site_ids)))
+        if site:
+            query = query.where(Shipment.site_id == site_filter(sites, site, scope, trial.code))
+        if status:
+            query = query.where(Shipment.status == status)
+        if before:
+            # Within the reader's sites only: a cursor must not tell whether another site's
+            # shipment exists.
+            start = session.execute(
+                select(Shipment.id).where(
+                    Shipment.trial_id == trial.id,
+                    Shipment.number == before,
+                    *(() if scope.all_sites else (Shipment.site_id.in_(sorted(scope.site_ids)),)),
+                )
+            ).scalar_one_or_none()
+            if start is None:
+                raise ValidationFailed(
+                    "unknown cursor",
+                    errors=[FieldProblem("before", f"no shipment {before!r} within your reach")],
+                )
+            query = query.where(Shipment.id < start)
+        rows = list(session.execute(query).scalars())
+        more = len(rows) > limit
+        rows = rows[:limit]
+        reported: dict[int, tuple[str, ...]] = {}
+        if rows:
+            for shipment_id, excursion in session.execute(
+                select(TemperatureExcursion.shipment_id, TemperatureExcursion.number)
+                .where(
+                    TemperatureExcursion.trial_id == trial.id,
+                    TemperatureExcursion.shipment_id.in_([s.id for s in rows]),
+                )
+                .order_by(TemperatureExcursion.number)
+            ):
+                if shipment_id is not None:
+                    reported[shipment_id] = (*reported.get(shipment_id, ()), excursion)
+        return ShipmentPage(
+            tuple(_shipment_view(session, s, sites[s.site_id], reported.get(s.id, ()), ()) for s in rows),
+            rows[-1].number if more and rows else None,
+        )
+
+
+def shipment(ctx: ServiceContext, trial_code: str, number: str, scope: Scope) -> ShipmentView:
+    """One shipment within `scope`, with its kit numbers in order: what the depot packs, and what
+    the site should find in the parcel (blinded: numbers only). NotFound for a shipment of
+    another site, as for one that does not exist."""
+    with ctx.db.reading() as session:
+        trial = get_trial(session, trial_code)
+        found = session.execute(
+            select(Shipment).where(Shipment.trial_id == trial.id, Shipment.number == number)
+        ).scalar_one_or_none()
+        if found is None or not scope.allows_site(found.site_id):
+            raise NotFound(f"no shipment {number!r} within your reach")
+        site = _site_by_id(session, found.site_id)
+        return _shipment_view(session, found, site.code, _reported_excursions(session, found))
 
 
 def _reported_excursions(session: Session, shipment: Shipment) -> tuple[str, ...]:
