@@ -10,13 +10,14 @@ from flask_babel import gettext as _
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 import kits as kitlib
+from allocator.models import LabShipmentStatus
 from allocator.notices import N_
 from allocator.permissions import Permission, requires
 from allocator.services import sites as services_sites
 from allocator.services.errors import DomainError
 from allocator.services.samples import accountability as sample_accountability
 from allocator.services.samples import lab_shipments
-from allocator.web import forms
+from allocator.web import forms, hygiene
 from allocator.web.security import actor, ctx, holds_any, scope
 
 bp = Blueprint("lab", __name__)
@@ -74,17 +75,26 @@ def _shown_tube_set(raw: str) -> str:
 # --- the site's lab shipments ----------------------------------------------------------------------
 
 
+LAB_SHIPMENT_PAGE = lab_shipments.LAB_SHIPMENT_PAGE  # lab shipments per page (issue 21)
+
+
 @bp.route("/trials/<trial>/lab-shipments")
 @requires(Permission.LAB_SHIPMENT_PREPARE)
 def shipments(trial: str) -> str:
     """The site's collected samples not yet shipped, the form that prepares a shipment, and the
     shipments with their manifest and shipping buttons."""
     within = scope(Permission.LAB_SHIPMENT_PREPARE)
+    before = hygiene.query_text("before", max_length=20)
+    page = lab_shipments.shipments(ctx(), trial, within, before=before, limit=LAB_SHIPMENT_PAGE)
     return render_template(
         "lab/shipments.html",
         trial=trial,
         collected=lab_shipments.collected_samples(ctx(), trial, within),
-        shipments=lab_shipments.shipments(ctx(), trial, within),
+        shipments=page.shipments,
+        older=url_for("lab.shipments", trial=trial, before=page.next_before, _anchor="list")
+        if page.next_before
+        else None,
+        newest=url_for("lab.shipments", trial=trial, _anchor="list") if before else None,
         sites=[s for s in services_sites.sites(ctx(), trial) if within.allows_site(s.id)],
         limit=lab_shipments.delay_limit(ctx(), trial),
         form=forms.recall(f"{request.path}#prepare"),
@@ -170,10 +180,24 @@ def manifest(trial: str, number: str, document: str) -> Response:
 def receipt_start(trial: str) -> str:
     """Scan the manifest's QR (or type its number); the shipments on their way are listed."""
     within = scope(Permission.SAMPLE_RECEIVE)
+    before = hygiene.query_text("before", max_length=20)
+    page = lab_shipments.shipments(
+        ctx(),
+        trial,
+        within,
+        before=before,
+        limit=LAB_SHIPMENT_PAGE,
+        status=LabShipmentStatus.SHIPPED,
+        samples=False,  # the list names each shipment; its tube sets open with its receipt
+    )
     return render_template(
         "lab/receipt_start.html",
         trial=trial,
-        in_transit=[s for s in lab_shipments.shipments(ctx(), trial, within) if s.status == "shipped"],
+        in_transit=page.shipments,
+        older=url_for("lab.receipt_start", trial=trial, before=page.next_before, _anchor="on-the-way")
+        if page.next_before
+        else None,
+        newest=url_for("lab.receipt_start", trial=trial, _anchor="on-the-way") if before else None,
         form=forms.recall(f"{request.path}#manifest"),
     )
 

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 import kits
 from allocator import crypto
-from allocator.models import LabShipment, PrintedDocument, SampleKit, SampleKitEvent
+from allocator.models import LabShipment, LabShipmentStatus, PrintedDocument, SampleKit, SampleKitEvent
 from allocator.permissions import Scope
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, NotFound, ValidationFailed
@@ -304,7 +304,7 @@ def test_the_shipments_list_costs_the_same_statements_with_more_shipments(ctx: S
 
     def listed() -> tuple[int, list[tuple[str, list[str]]]]:
         with statements(ctx.db) as seen:
-            views = ls.shipments(ctx, COHORT, ALL_SITES)
+            views = ls.shipments(ctx, COHORT, ALL_SITES).shipments
         return seen.count, [(v.number, [row.kit_number for row in v.samples]) for v in views]
 
     ls.prepare(ctx, investigator, COHORT, "L1", [tube_set_label(ctx, tubes[0])], ALL_SITES)
@@ -315,6 +315,48 @@ def test_the_shipments_list_costs_the_same_statements_with_more_shipments(ctx: S
     assert three == one, (one, three)
     assert shown == [("LS-0003", [tubes[2]]), ("LS-0002", [tubes[1]]), *first]  # newest first, each its own
     assert first == [("LS-0001", [tubes[0]])]
+
+
+@pytest.mark.req("REP-08")
+def test_the_shipments_list_is_a_page_newest_first_narrowed_to_a_status_and_the_readers_sites(
+    ctx: ServiceContext,
+) -> None:
+    """Issue 21: a cohort ships for years; the lab shipments page and the lab's list of shipments
+    on their way read a page, newest first, with the number to start the older page from; the
+    receipt's list reads no tube set; a cursor outside the reader's sites reads as unknown."""
+    investigator = ready_cohort(ctx)
+    tubes = collected_samples(ctx, investigator, 5)
+    for tube in tubes:
+        ls.prepare(ctx, investigator, COHORT, "L1", [tube_set_label(ctx, tube)], ALL_SITES)
+    for number in ("LS-0002", "LS-0004"):
+        ls.ship(ctx, investigator, COHORT, number, ALL_SITES)
+
+    def numbers(page: ls.LabShipmentPage) -> list[str]:
+        return [v.number for v in page.shipments]
+
+    first = ls.shipments(ctx, COHORT, ALL_SITES, limit=2)
+    assert (numbers(first), first.next_before) == (["LS-0005", "LS-0004"], "LS-0004")
+    second = ls.shipments(ctx, COHORT, ALL_SITES, limit=2, before=first.next_before)
+    assert (numbers(second), second.next_before) == (["LS-0003", "LS-0002"], "LS-0002")
+    last = ls.shipments(ctx, COHORT, ALL_SITES, limit=2, before=" ls-0002 ")
+    assert (numbers(last), last.next_before) == (["LS-0001"], None)
+    assert [v.samples[0].kit_number for v in last.shipments] == [tubes[0]]
+    with statements(ctx.db) as seen:
+        on_the_way = ls.shipments(ctx, COHORT, ALL_SITES, status=LabShipmentStatus.SHIPPED, samples=False)
+    assert numbers(on_the_way) == ["LS-0004", "LS-0002"] and on_the_way.next_before is None
+    assert all(v.samples == () for v in on_the_way.shipments)
+    assert not [sql for sql in seen.sql if "sample_kit" in sql], "the receipt's list read tube sets"
+    elsewhere = Scope(all_sites=False, site_ids=frozenset({10**6}))
+    assert ls.shipments(ctx, COHORT, elsewhere).shipments == ()
+    for arguments, scope in (
+        ({"before": "LS-0099"}, ALL_SITES),
+        ({"before": "LS-0003"}, elsewhere),
+        ({"limit": 0}, ALL_SITES),
+        ({"limit": ls.MAX_LAB_SHIPMENT_PAGE + 1}, ALL_SITES),
+    ):
+        with pytest.raises(ValidationFailed) as refused:
+            ls.shipments(ctx, COHORT, scope, **arguments)  # type: ignore[arg-type]
+        assert list(_problems(refused)) == [next(iter(arguments))], arguments
 
 
 @pytest.mark.req("UNB-10", "AUD-01")

@@ -4,6 +4,7 @@ page, closes the receipt; refusals are shown beside their field; every action is
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import pytest
@@ -12,7 +13,9 @@ from flask.testing import FlaskClient
 import kits
 from allocator import crypto
 from allocator.services.context import ServiceContext
-from tests.support import COHORT, GOOD_PASSWORD, Clock, ready_cohort
+from allocator.services.samples import lab_shipments
+from allocator.web import lab as web_lab
+from tests.support import ALL_SITES, COHORT, GOOD_PASSWORD, Clock, ready_cohort
 from tests.support.cohort import collected_samples, lab_technician, manifest_payload, tube_set_label
 from tests.web.conftest import csrf_token
 
@@ -104,6 +107,40 @@ def test_site_ships_and_the_lab_receives_through_the_pages(
     site = signed_in("inv-l1", GOOD_PASSWORD)
     assert site.get(f"{BASE}/lab-receipt").status_code == 403
     assert site.get(f"{BASE}/sample-accountability").status_code == 200
+
+
+@pytest.mark.req("REP-08")
+def test_the_lab_shipment_pages_show_a_page_of_shipments_with_the_older_ones_a_link_away(
+    ctx: ServiceContext, signed_in: Callable[[str, str], FlaskClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21: the site's lab shipments and the lab's shipments on their way are pages, newest
+    first, with links to the older page and back."""
+    investigator = ready_cohort(ctx)
+    tubes = collected_samples(ctx, investigator, 3)
+    for tube in tubes:
+        lab_shipments.prepare(ctx, investigator, COHORT, "L1", [tube_set_label(ctx, tube)], ALL_SITES)
+    for number in ("LS-0001", "LS-0003"):
+        lab_shipments.ship(ctx, investigator, COHORT, number, ALL_SITES)
+    lab_technician(ctx)
+    monkeypatch.setattr(web_lab, "LAB_SHIPMENT_PAGE", 2)
+    site = signed_in("inv-l1", GOOD_PASSWORD)
+
+    def cards(html: str) -> list[str]:
+        return re.findall(r'data-testid="shipment-(LS-\d{4})"', html)
+
+    first = site.get(f"{BASE}/lab-shipments").get_data(as_text=True)
+    assert cards(first) == ["LS-0003", "LS-0002"] and "Newest shipments" not in first
+    older = re.search(r'<a class="button" href="([^"]+)">Older shipments</a>', first)
+    assert older is not None
+    second = site.get(older.group(1).replace("&amp;", "&")).get_data(as_text=True)
+    assert cards(second) == ["LS-0001"] and "Older shipments" not in second and "Newest shipments" in second
+    bad = site.get(f"{BASE}/lab-shipments?before=LS-0099")
+    assert bad.status_code == 422 and "no lab shipment LS-0099" in bad.get_data(as_text=True)
+
+    lab = signed_in("lab-tech", GOOD_PASSWORD)
+    on_the_way = lab.get(f"{BASE}/lab-receipt").get_data(as_text=True)
+    assert re.findall(r"/lab-receipt/(LS-\d{4})\"", on_the_way) == ["LS-0003", "LS-0001"]
+    assert "LS-0002" not in on_the_way and "Older shipments" not in on_the_way  # prepared, not shipped
 
 
 def test_the_lab_pages_speak_french(

@@ -189,24 +189,66 @@ def _shipment_view(shipment: LabShipment, site_code: str, samples: Sequence[Samp
     )
 
 
-def shipments(ctx: ServiceContext, trial_code: str, scope: Scope) -> list[LabShipmentView]:
-    """The lab shipments of the sites in `scope`, newest first, with their tube sets: a few
-    statements whatever the number of shipments (the tube sets of all of them are read at once)."""
+LAB_SHIPMENT_PAGE = 50  # lab shipments per page (issue 21: a cohort ships for years)
+MAX_LAB_SHIPMENT_PAGE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class LabShipmentPage:
+    shipments: tuple[LabShipmentView, ...]
+    next_before: str | None  # the shipment number to pass as `before` for older ones; None: the last page
+
+
+def shipments(
+    ctx: ServiceContext,
+    trial_code: str,
+    scope: Scope,
+    *,
+    before: str | None = None,
+    limit: int = LAB_SHIPMENT_PAGE,
+    status: LabShipmentStatus | None = None,
+    samples: bool = True,
+) -> LabShipmentPage:
+    """One page of the lab shipments of the sites in `scope` (in `status`, when given), newest
+    first, older than the shipment numbered `before`, with their tube sets (`samples`, read at
+    once for the page): a few statements and `limit` shipments, however long the study has shipped
+    (issue 21). Raises ValidationFailed naming `before` (a shipment outside `scope` reads as
+    unknown) or `limit`."""
+    if not 1 <= limit <= MAX_LAB_SHIPMENT_PAGE:
+        raise ValidationFailed(
+            "invalid limit", errors=[FieldProblem("limit", f"from 1 to {MAX_LAB_SHIPMENT_PAGE}")]
+        )
     with ctx.db.reading() as session:
         trial = get_trial(session, trial_code)
-        limit = max_delay_hours(current_definition(session, trial))
-        query = select(LabShipment, Site.code).join(Site, Site.id == LabShipment.site_id)
-        query = query.where(LabShipment.trial_id == trial.id)
-        if not scope.all_sites:
-            query = query.where(LabShipment.site_id.in_(scope.site_ids))
-        found = session.execute(query.order_by(LabShipment.id.desc())).all()
-        if not found:
-            return []
+        within = (LabShipment.trial_id == trial.id,) + (
+            () if scope.all_sites else (LabShipment.site_id.in_(sorted(scope.site_ids)),)
+        )
+        query = select(LabShipment, Site.code).join(Site, Site.id == LabShipment.site_id).where(*within)
+        if status is not None:
+            query = query.where(LabShipment.status == status.value)
+        if before:
+            start = session.execute(
+                select(LabShipment.id).where(*within, LabShipment.number == before.strip().upper())
+            ).scalar_one_or_none()
+            if start is None:
+                raise ValidationFailed(
+                    "unknown cursor",
+                    errors=[FieldProblem("before", f"no lab shipment {before.strip().upper()}")],
+                )
+            query = query.where(LabShipment.id < start)
+        found = session.execute(query.order_by(LabShipment.id.desc()).limit(limit + 1)).all()
+        more = len(found) > limit
+        found = found[:limit]
         by_shipment: dict[str | None, list[SampleRow]] = {}
-        shipment_ids = [shipment.id for shipment, _site in found]
-        for row in _sample_rows(session, trial, limit, SampleKit.lab_shipment_id.in_(shipment_ids)):
-            by_shipment.setdefault(row.shipment, []).append(row)
-        return [_shipment_view(s, site, by_shipment.get(s.number, [])) for s, site in found]
+        if samples and found:
+            limit_hours = max_delay_hours(current_definition(session, trial))
+            shipment_ids = [shipment.id for shipment, _site in found]
+            for row in _sample_rows(session, trial, limit_hours, SampleKit.lab_shipment_id.in_(shipment_ids)):
+                by_shipment.setdefault(row.shipment, []).append(row)
+        return LabShipmentPage(
+            tuple(_shipment_view(s, site, by_shipment.get(s.number, [])) for s, site in found),
+            found[-1][0].number if more and found else None,
+        )
 
 
 def shipment(ctx: ServiceContext, trial_code: str, number: str, scope: Scope) -> LabShipmentView:
