@@ -259,6 +259,10 @@ KNOWN = frozenset(
         N_("print new labels and reprints separately"),
         N_("unknown cursor"),
         N_("invalid status"),
+        N_("invalid site"),
+        N_("invalid before"),
+        N_("invalid after"),
+        N_("give it once"),
         N_("unknown status"),
         # reasons the service writes itself into the audit trail (shown on the trail's page)
         N_("randomization list activated"),
@@ -274,6 +278,10 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (
         re.compile(r"^must be at least (?P<count>\d+) characters long$"),
         N_("must be at least %(count)s characters long"),
+    ),
+    (
+        re.compile(r"^at most (?P<count>\d+) printable characters$"),
+        N_("at most %(count)s printable characters"),
     ),
     (
         re.compile(r"^must be at most (?P<count>\d+) characters long$"),
@@ -315,7 +323,7 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^'(?P<value>.*)' is not one of .*$"), N_("%(value)s is not one of the choices")),
     (re.compile(r"^no site '(?P<site>.*)' within your reach$"), N_("no site %(site)s within your reach")),
     (
-        re.compile(r"^'(?P<site>.*)' is not a site of (?P<trial>\S+) within your reach$"),
+        re.compile(r"^['\"](?P<site>.*)['\"] is not a site of (?P<trial>\S+) within your reach$"),
         N_("%(site)s is not a site of %(trial)s within your reach"),
     ),
     (

@@ -51,15 +51,18 @@ def bad_character(text: str) -> str | None:
 
 
 def _check_request() -> None:
-    """Before every API request: the request line, the path values and the query values."""
+    """Before every request, the path values: one holding a character no name holds (a NUL, a
+    control character) names nothing, 404, before any look-up (PostgreSQL refuses a NUL in a text
+    parameter: a page's look-up was a server error). Before every API request, also the request
+    line and the query values."""
+    for name, value in (request.view_args or {}).items():
+        if isinstance(value, str) and bad_character(value):
+            raise NotFound(f"no {name} with that name", errors=[FieldProblem(name, "unknown")])
     if not is_api_request():
         return
     line = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or request.full_path
     if len(line) > MAX_URL_BYTES:
         raise RequestURITooLarge(f"the path and query may be at most {MAX_URL_BYTES} bytes")
-    for name, value in (request.view_args or {}).items():
-        if isinstance(value, str) and bad_character(value):
-            raise NotFound(f"no {name} with that name", errors=[FieldProblem(name, "unknown")])
     problems = []
     for key in request.args:
         if bad_character(key):

@@ -181,6 +181,7 @@ def shipments(trial: str) -> str:
         if page.next_before
         else None,
         newest=url_for("supply.shipments", trial=trial, **shown, _anchor="list") if before else None,
+        before=before,
         site=site,
         status=status,
         site_choices=views.site_choices(ctx(), trial, within),
@@ -194,11 +195,15 @@ def shipments(trial: str) -> str:
 @requires(Permission.KIT_VIEW)
 def shipment(trial: str, number: str) -> str:
     """One shipment and its kits, in order: the depot's packing list, the site's check of the
-    parcel (kit numbers only, never an arm)."""
+    parcel (kit numbers only, never an arm). A site's staff see the numbers once the parcel is
+    received: before, the list would let a receipt be typed from the screen instead of from the
+    kits in hand (the receipt asks for every kit scanned; a kit missing is recorded with a reason)."""
+    view = supply_shipments.shipment(ctx(), trial, number, scope(Permission.KIT_VIEW))
     return render_template(
         "supply/shipment.html",
         trial=trial,
-        shipment=supply_shipments.shipment(ctx(), trial, number, scope(Permission.KIT_VIEW)),
+        shipment=view,
+        kits_shown=_trial_wide(Permission.KIT_VIEW) or view.status == "received",
     )
 
 
@@ -223,11 +228,7 @@ def ship(trial: str, number: str) -> WerkzeugResponse:
             shown = ", ".join(kitlib.format_kit_number(n) for n in taken_out)
             flash(f"Taken out of the shipment (no longer in depot stock): {shown}.", "error")
 
-    return _perform(
-        act,
-        f"Shipment {number} dispatched.",
-        url_for("supply.shipments", trial=trial),
-    )
+    return _perform(act, f"Shipment {number} dispatched.", _back_to_list(trial))
 
 
 @bp.route("/trials/<trial>/shipments/<number>/receive", methods=["POST"])
@@ -263,7 +264,19 @@ def receive(trial: str, number: str) -> WerkzeugResponse:
             shown = ", ".join(kitlib.format_kit_number(n) for n in receipt.held)
             flash(f"Kept in their current status (not in transit): {shown}.", "error")
 
-    return _perform(act, f"Shipment {number} received.", url_for("supply.shipments", trial=trial))
+    return _perform(act, f"Shipment {number} received.", _back_to_list(trial))
+
+
+def _back_to_list(trial: str) -> str:
+    """The page of the list the action was taken from: its filters and cursor ride along with the
+    form (hidden fields), so that working through `?status=prepared`, or on an older page, does
+    not start again from the newest page after each action. A value no list takes is left out."""
+    kept: dict[str, Any] = {}
+    for name in ("site", "status", "before"):
+        value = (request.form.get(name) or "").strip()
+        if value and len(value) <= 20 and not hygiene.bad_character(value):
+            kept[name] = value
+    return url_for("supply.shipments", trial=trial, **kept, _anchor="list")
 
 
 def _held_note(note: str) -> str:

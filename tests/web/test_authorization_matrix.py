@@ -671,6 +671,13 @@ MATRIX = [
         "supply.shipments",
     ),
     Row(
+        "a shipment's kits",
+        "GET",
+        "/trials/IFNG-PAIS/shipments/SH-9999",
+        PHARM | frozenset({"monitor", "auditor", "trial_manager"}),
+        "supply.shipment",
+    ),
+    Row(
         "prepare a shipment",
         "POST",
         "/trials/IFNG-PAIS/shipments",

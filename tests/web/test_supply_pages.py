@@ -160,6 +160,10 @@ def test_the_shipments_page_is_paged_filtered_and_opens_each_shipments_kits(
     assert [n.replace("-", "") for n in re.findall(r'<td class="kit">([^<]+)</td>', packing)] == sorted(
         prepared.kits
     )
+    # A site's staff see the numbers once the parcel is received, not to type a receipt from them.
+    waiting = people.pharmacist.get(f"{page}/{prepared.number}").get_data(as_text=True)
+    assert '<td class="kit">' not in waiting and "once the shipment is received" in waiting
+    assert not [k for k in prepared.kits if k[:4] in waiting and k[4:] in waiting]
     assert people.pharmacist.get(f"{page}/SH-0002").status_code == 404  # P2's
     assert people.manager.get(f"{page}/SH-0099").status_code == 404
     token = csrf_token(people.pharmacist, "/")
@@ -170,6 +174,81 @@ def test_the_shipments_page_is_paged_filtered_and_opens_each_shipments_kits(
     refused_fr = people.pharmacist.get(f"{page}?site=P2").get_data(as_text=True)
     assert "P2 n’est pas un centre de IFNG-PAIS à votre portée" in refused_fr
     assert "statut inconnu" in people.pharmacist.get(f"{page}?status=lost").get_data(as_text=True)
+
+
+def older_link(html: str) -> str | None:
+    found = re.search(r'<a class="button" href="([^"]+)">Older shipments</a>', html)
+    return found.group(1).replace("&amp;", "&") if found else None
+
+
+@pytest.mark.req("REP-08")
+def test_the_older_page_and_an_action_keep_the_lists_site_status_and_page(
+    people: People, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The links between pages keep the filters (from the review of the paged list: a test that
+    checked a page without an older link could not fail), and so does an action taken on a page:
+    after "Mark as shipped" on an older page of prepared shipments, the same page, not the newest."""
+    ctx = people.ctx
+    generate(ctx, 24)
+    for site in ("P1", "P2", "P1", "P2"):
+        kits_at(ctx, site, 2)  # SH-0001 .. SH-0004, received
+    monkeypatch.setattr(web_supply, "SHIPMENT_PAGE", 1)
+    page = f"{BASE}/shipments"
+    first = people.manager.get(f"{page}?site=P1&status=received").get_data(as_text=True)
+    assert cards(first) == ["SH-0003"]
+    older = older_link(first)
+    assert older is not None and "site=P1" in older and "status=received" in older
+    second = people.manager.get(older).get_data(as_text=True)
+    assert cards(second) == ["SH-0001"]  # not P2's SH-0002
+    newest = re.search(r'<a class="button" href="([^"]+)">Newest shipments</a>', second)
+    assert newest is not None and "site=P1" in newest.group(1) and "status=received" in newest.group(1)
+
+    for site in ("P1", "P2"):
+        supply_shipments.create_shipment(ctx, CLI_ACTOR, TRIAL, site, 2)  # SH-0005, SH-0006: prepared
+    on_page = f"{page}?status=prepared&before=SH-0006"
+    shown = people.manager.get(on_page).get_data(as_text=True)
+    assert cards(shown) == ["SH-0005"] and 'name="before" value="SH-0006"' in shown
+    token = csrf_token(people.manager, on_page)
+    shipped = people.manager.post(
+        f"{page}/SH-0005/ship",
+        data={"csrf_token": token, "status": "prepared", "before": "SH-0006", "site": "\x00"},
+    )
+    assert shipped.status_code == 303
+    assert shipped.headers["Location"].endswith("/shipments?status=prepared&before=SH-0006#list")
+    back = people.manager.get(shipped.headers["Location"]).get_data(as_text=True)
+    assert "Shipment SH-0005 dispatched." in back and cards(back) == []
+
+
+def in_french(client: FlaskClient) -> None:
+    token = csrf_token(client, "/")
+    client.post("/language", data={"language": "fr", "next": "/", "csrf_token": token})
+
+
+@pytest.mark.req("REP-08")
+def test_the_shipments_pages_refusals_read_in_french(people: People) -> None:
+    """From the review: a site holding a quote was written in double quotes and stayed in English;
+    the query checks' own words ('invalid before', 'at most 20 printable characters', 'give it
+    once') had no French."""
+    in_french(people.pharmacist)
+    page = f"{BASE}/shipments"
+    quoted = people.pharmacist.get(f"{page}?site=P%271").get_data(as_text=True)
+    assert "is not a site of" not in quoted and "n’est pas un centre de IFNG-PAIS à votre portée" in quoted
+    long = people.pharmacist.get(f"{page}?before={'x' * 21}").get_data(as_text=True)
+    assert "invalid before" not in long and "printable characters" not in long
+    assert "au plus 20 caractères imprimables" in long
+    twice = people.pharmacist.get(f"{page}?status=shipped&status=received").get_data(as_text=True)
+    assert "give it once" not in twice and "une seule fois" in twice
+
+
+@pytest.mark.parametrize(
+    "path",
+    [f"{BASE}/shipments/%00", f"{BASE}/subjects/%00", "/trials/%00/shipments", f"{BASE}/excursions/%00"],
+)
+def test_a_nul_in_a_pages_path_names_nothing_404_never_a_500(people: People, path: str) -> None:
+    """From the review: on PostgreSQL a page's look-up of a path value holding a NUL raised the
+    driver's error (500); the API already answered 404."""
+    response = people.manager.get(path)
+    assert response.status_code == 404
 
 
 @pytest.mark.req("ACC-12", "LBL-05")
