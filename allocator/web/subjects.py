@@ -305,13 +305,24 @@ SUBJECT_PAGE = 100  # subjects per page of the list (issue 21: the list is paged
 @requires(Permission.SUBJECT_VIEW)
 def subject_list(trial: str) -> str:
     """A page of SUBJECT_PAGE subjects in randomization order, optionally of one site (issue 21)."""
+    site = hygiene.query_text("site", max_length=10)
     if trial_definition(ctx(), trial).observational:
+        cohort = subjects_register.registrations_page(
+            ctx(),
+            trial,
+            scope(Permission.SUBJECT_VIEW),
+            after=hygiene.query_text("after", max_length=64),
+            limit=SUBJECT_PAGE,
+            site=site,
+        )
         return render_template(
             "subjects/registrations.html",
             trial=trial,
-            registrations=subjects_register.registrations(ctx(), trial, scope(Permission.SUBJECT_VIEW)),
+            registrations=cohort.registrations,
+            next_after=cohort.next_after,
+            site=site,
+            site_choices=views.site_choices(ctx(), trial, scope(Permission.SUBJECT_VIEW)),
         )
-    site = hygiene.query_text("site", max_length=10)
     page = views.subjects_page(
         ctx(),
         trial,

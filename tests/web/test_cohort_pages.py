@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import pytest
@@ -9,6 +10,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from allocator.services.context import ServiceContext
+from allocator.web import subjects as web_subjects
 from tests.support import (
     COHORT,
     COHORT_ELIGIBLE,
@@ -19,6 +21,8 @@ from tests.support import (
     make_user,
     ready_cohort,
 )
+from tests.support.cohort import collected_samples
+from tests.support.crowd import statements
 from tests.web.conftest import csrf_token
 
 
@@ -234,3 +238,37 @@ def test_the_cohort_trial_manager_locks_the_database_and_nothing_is_unblinded(
     assert refused.status_code == 303 and refused.headers["Location"].endswith(f"/trials/{COHORT}/closeout")
     shown = statistician.get(refused.headers["Location"]).get_data(as_text=True)
     assert "observational study" in shown and state.status(ctx, COHORT) == "locked"
+
+
+@pytest.mark.req("REP-08")
+def test_the_studys_subject_page_is_paged_in_a_few_statements_whatever_the_participants(
+    ctx: ServiceContext, signed_in: Callable[[str, str], FlaskClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21: the observational study's subject page read every registration with every
+    planned sample; it reads a page, in registration order, with a link to the next one, in as
+    many statements for 2 participants as for 5, as the randomized trial's list and the API do."""
+    investigator = ready_cohort(ctx)
+    monkeypatch.setattr(web_subjects, "SUBJECT_PAGE", 2)
+    client = signed_in("inv-l1", GOOD_PASSWORD)
+    path = f"/trials/{COHORT}/subjects"
+
+    def listed(html: str) -> list[str]:
+        return re.findall(r'<td><a href="[^"]*/subjects/(L1-\d{3})">', html)
+
+    collected_samples(ctx, investigator, 2)
+    with statements(ctx.db) as few:
+        first = client.get(path).get_data(as_text=True)
+    assert listed(first) == ["L1-001", "L1-002"] and "Next page" not in first
+    collected_samples(ctx, investigator, 3)
+    with statements(ctx.db) as more:
+        first = client.get(path).get_data(as_text=True)
+    assert more.count == few.count, (few.count, more.count)
+    assert listed(first) == ["L1-001", "L1-002"]
+    link = re.search(r'<a class="button" href="\?([^"]+)">Next page</a>', first)
+    assert link is not None and "after=L1-002" in link.group(1)
+    second = client.get(f"{path}?{link.group(1).replace('&amp;', '&')}").get_data(as_text=True)
+    assert listed(second) == ["L1-003", "L1-004"]
+    third = client.get(f"{path}?after=L1-004").get_data(as_text=True)
+    assert listed(third) == ["L1-005"] and "Next page" not in third
+    bad = client.get(f"{path}?after=L9-999")
+    assert bad.status_code == 422 and "L9-999" in bad.get_data(as_text=True)

@@ -96,42 +96,57 @@ def participants_page(
     """One page of the participants within `scope` (and at `site`, when given), in registration
     order, after the participant numbered `after`. Raises ValidationFailed naming `after`, `site`
     or `limit`."""
+    with ctx.db.reading() as session:
+        rows, codes, next_after = page_rows(session, trial_code, scope, after=after, limit=limit, site=site)
+        return ParticipantPage(_participants(session, rows, codes), next_after)
+
+
+def page_rows(
+    session: Session,
+    trial_code: str,
+    scope: Scope,
+    *,
+    after: str | None,
+    limit: int,
+    site: str | None,
+) -> tuple[list[Registration], dict[int, str], str | None]:
+    """The registrations of one page (the API's list and the study's subject page): those within
+    `scope` (and at `site`), in registration order, after the participant numbered `after`, at
+    most `limit`; with the trial's site codes and the `after` of the next page (None: the last).
+    Raises ValidationFailed naming `after`, `site` or `limit`."""
     if not 1 <= limit <= MAX_PAGE:
         raise ValidationFailed("invalid limit", errors=[FieldProblem("limit", f"from 1 to {MAX_PAGE}")])
-    with ctx.db.reading() as session:
-        trial = get_trial(session, trial_code)
-        codes = dict(session.execute(select(Site.id, Site.code).where(Site.trial_id == trial.id)).all())
-        query = (
-            select(Registration)
-            .where(Registration.trial_id == trial.id)
-            .order_by(Registration.id)
-            .limit(limit + 1)
+    trial = get_trial(session, trial_code)
+    codes = dict(session.execute(select(Site.id, Site.code).where(Site.trial_id == trial.id)).all())
+    query = (
+        select(Registration)
+        .where(Registration.trial_id == trial.id)
+        .order_by(Registration.id)
+        .limit(limit + 1)
+    )
+    if not scope.all_sites:
+        query = query.where(Registration.site_id.in_(sorted(scope.site_ids)))
+    if site:
+        query = query.where(Registration.site_id == site_filter(codes, site, scope, trial.code))
+    if after:
+        # Within the reader's sites only: a cursor must not tell whether another site's
+        # participant exists (the review of the merged cohort).
+        cursor = select(Registration.id).where(
+            Registration.trial_id == trial.id, Registration.subject_number == after.strip().upper()
         )
         if not scope.all_sites:
-            query = query.where(Registration.site_id.in_(sorted(scope.site_ids)))
-        if site:
-            query = query.where(Registration.site_id == site_filter(codes, site, scope, trial.code))
-        if after:
-            # Within the reader's sites only: a cursor must not tell whether another site's
-            # participant exists (the review of the merged cohort).
-            cursor = select(Registration.id).where(
-                Registration.trial_id == trial.id, Registration.subject_number == after.strip().upper()
+            cursor = cursor.where(Registration.site_id.in_(sorted(scope.site_ids)))
+        start = session.execute(cursor).scalar_one_or_none()
+        if start is None:
+            raise ValidationFailed(
+                "unknown cursor",
+                errors=[FieldProblem("after", f"no participant {after!r} within your reach")],
             )
-            if not scope.all_sites:
-                cursor = cursor.where(Registration.site_id.in_(sorted(scope.site_ids)))
-            start = session.execute(cursor).scalar_one_or_none()
-            if start is None:
-                raise ValidationFailed(
-                    "unknown cursor",
-                    errors=[FieldProblem("after", f"no participant {after!r} within your reach")],
-                )
-            query = query.where(Registration.id > start)
-        rows = list(session.execute(query).scalars())
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return ParticipantPage(
-            _participants(session, rows, codes), rows[-1].subject_number if more and rows else None
-        )
+        query = query.where(Registration.id > start)
+    rows = list(session.execute(query).scalars())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, codes, rows[-1].subject_number if more and rows else None
 
 
 def participant(ctx: ServiceContext, trial_code: str, number: str, scope: Scope) -> Participant:

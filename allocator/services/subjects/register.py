@@ -30,6 +30,7 @@ from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed
 from allocator.services.lookups import TrialRef, trial_row_and_definition
 from allocator.services.samples import kits as sample_kits
+from allocator.services.subjects import participants
 from allocator.services.subjects.randomize import (
     Ineligible,
     SiteNotActive,
@@ -328,9 +329,30 @@ class RegistrationView:
         }
 
 
-def registrations(ctx: ServiceContext, trial_code: str, scope: Scope) -> list[RegistrationView]:
-    """Every participant within `scope`, in registration order."""
-    return _read(ctx, trial_code, scope, None)
+@dataclass(frozen=True, slots=True)
+class RegistrationPage:
+    registrations: list[RegistrationView]
+    next_after: str | None  # the participant number to pass as `after` for the next page; None: the last
+
+
+def registrations_page(
+    ctx: ServiceContext,
+    trial_code: str,
+    scope: Scope,
+    *,
+    after: str | None = None,
+    limit: int = 100,
+    site: str | None = None,
+) -> RegistrationPage:
+    """One page of the participants within `scope` (and at `site`), in registration order, after
+    the participant numbered `after`, with their planned samples: a few queries and `limit` views
+    whatever the size of the study (issue 21), as the API's list (`participants.page_rows`).
+    Raises ValidationFailed naming `after`, `site` or `limit`."""
+    with ctx.db.reading() as session:
+        rows, codes, next_after = participants.page_rows(
+            session, trial_code, scope, after=after, limit=limit, site=site
+        )
+        return RegistrationPage(_views(session, [(r, codes[r.site_id]) for r in rows]), next_after)
 
 
 def registration(ctx: ServiceContext, trial_code: str, number: str, scope: Scope) -> RegistrationView:
@@ -341,7 +363,7 @@ def registration(ctx: ServiceContext, trial_code: str, number: str, scope: Scope
     return found[0]
 
 
-def _read(ctx: ServiceContext, trial_code: str, scope: Scope, number: str | None) -> list[RegistrationView]:
+def _read(ctx: ServiceContext, trial_code: str, scope: Scope, number: str) -> list[RegistrationView]:
     with ctx.db.reading() as session:
         trial = lookups.get_trial(session, trial_code)
         query = (
@@ -350,43 +372,47 @@ def _read(ctx: ServiceContext, trial_code: str, scope: Scope, number: str | None
             .where(Registration.trial_id == trial.id)
             .order_by(Registration.id)
         )
-        if number is not None:
-            query = query.where(Registration.subject_number == number.strip().upper())
+        query = query.where(Registration.subject_number == number.strip().upper())
         if not scope.all_sites:
             query = query.where(Registration.site_id.in_(sorted(scope.site_ids)))
-        rows = session.execute(query).all()
-        ids = [r.id for r, _ in rows]
-        samples: dict[int, list[ScheduledSample]] = {}
-        if ids:
-            for p, kit in session.execute(
-                select(PlannedSample, SampleKit)
-                .outerjoin(SampleKit, SampleKit.planned_sample_id == PlannedSample.id)
-                .where(PlannedSample.registration_id.in_(ids))
-                .order_by(PlannedSample.id)
-            ):
-                samples.setdefault(p.registration_id, []).append(
-                    ScheduledSample(
-                        p.label,
-                        p.kit_type,
-                        p.due_date,
-                        p.window_end,
-                        p.planned_date,
-                        kit.kit_number if kit else None,
-                        kit.status if kit else None,
-                        kit.collected_at if kit else None,
-                        kit.collected_by_name if kit else None,
-                        kit.reason if kit else None,
-                    )
+        return _views(session, [(r, code) for r, code in session.execute(query).all()])
+
+
+def _views(session: Session, rows: list[tuple[Registration, str]]) -> list[RegistrationView]:
+    """The views of `rows` (a registration and its site's code each), their planned samples read in
+    one statement."""
+    ids = [r.id for r, _ in rows]
+    samples: dict[int, list[ScheduledSample]] = {}
+    if ids:
+        for p, kit in session.execute(
+            select(PlannedSample, SampleKit)
+            .outerjoin(SampleKit, SampleKit.planned_sample_id == PlannedSample.id)
+            .where(PlannedSample.registration_id.in_(ids))
+            .order_by(PlannedSample.id)
+        ):
+            samples.setdefault(p.registration_id, []).append(
+                ScheduledSample(
+                    p.label,
+                    p.kit_type,
+                    p.due_date,
+                    p.window_end,
+                    p.planned_date,
+                    kit.kit_number if kit else None,
+                    kit.status if kit else None,
+                    kit.collected_at if kit else None,
+                    kit.collected_by_name if kit else None,
+                    kit.reason if kit else None,
                 )
-        return [
-            RegistrationView(
-                r.subject_number,
-                r.screening_number,
-                code,
-                r.registered_at,
-                r.registered_by_name,
-                r.anchor_date,
-                tuple(samples.get(r.id, ())),
             )
-            for r, code in rows
-        ]
+    return [
+        RegistrationView(
+            r.subject_number,
+            r.screening_number,
+            code,
+            r.registered_at,
+            r.registered_by_name,
+            r.anchor_date,
+            tuple(samples.get(r.id, ())),
+        )
+        for r, code in rows
+    ]
