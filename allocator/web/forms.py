@@ -18,16 +18,18 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from flask import Response as JsonResponse
-from flask import flash, jsonify, redirect, request, session
+from flask import flash, jsonify, redirect, request, session, url_for
 from flask_babel import gettext
 from werkzeug.wrappers import Response
 
 from allocator.services import signatures
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
 from allocator.web import messages
+from allocator.web.hygiene import bad_character
 
 # Never carried across a redirect, never shown back.
 SECRET_FIELDS = frozenset({"password", "otp", "current", "new", "confirm", "csrf_token", "code"})
@@ -185,6 +187,20 @@ def flash_error(exc: DomainError, labels: Mapping[str, str] | None = None) -> No
     state = shown(exc, labels if labels is not None else {p.field: p.field for p in exc.errors})
     details = "; ".join(e.line for e in state.errors[:10])
     flash(f"{state.summary} ({details})" if details else state.summary, "error")
+
+
+def back_to_list(endpoint: str, trial: str, kept: Mapping[str, Callable[[str], bool]]) -> str:
+    """The page of a paged list an action was taken from (issue 21): the list's filters and cursor
+    ride along with the action's form as hidden fields, so that after the action the reader is
+    back on the page they were working through, not on the newest unfiltered one. A value that
+    fails its check in `kept` (one the list would refuse) is left out: an action that succeeded
+    never lands on a refusal."""
+    values: dict[str, Any] = {}
+    for name, acceptable in kept.items():
+        value = (request.form.get(name) or "").strip()
+        if value and not bad_character(value) and acceptable(value):
+            values[name] = value
+    return url_for(endpoint, trial=trial, **values, _anchor="list")
 
 
 def perform(

@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from flask import Flask, request
+from werkzeug.exceptions import NotFound as PageNotFound
 from werkzeug.exceptions import RequestEntityTooLarge, RequestURITooLarge
 
 from allocator.services.errors import FieldProblem, NotFound, ValidationFailed
@@ -55,10 +56,13 @@ def _check_request() -> None:
     control character) names nothing, 404, before any look-up (PostgreSQL refuses a NUL in a text
     parameter: a page's look-up was a server error). Before every API request, also the request
     line and the query values."""
+    api = is_api_request()
     for name, value in (request.view_args or {}).items():
         if isinstance(value, str) and bad_character(value):
+            if not api:
+                raise PageNotFound()  # the page's own 404, in the reader's language
             raise NotFound(f"no {name} with that name", errors=[FieldProblem(name, "unknown")])
-    if not is_api_request():
+    if not api:
         return
     line = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or request.full_path
     if len(line) > MAX_URL_BYTES:

@@ -76,6 +76,7 @@ def _shown_tube_set(raw: str) -> str:
 
 
 LAB_SHIPMENT_PAGE = lab_shipments.LAB_SHIPMENT_PAGE  # lab shipments per page (issue 21)
+CURSOR_LENGTH = 20  # a lab shipment number
 
 
 @bp.route("/trials/<trial>/lab-shipments")
@@ -84,7 +85,7 @@ def shipments(trial: str) -> str:
     """The site's collected samples not yet shipped, the form that prepares a shipment, and the
     shipments with their manifest and shipping buttons."""
     within = scope(Permission.LAB_SHIPMENT_PREPARE)
-    before = hygiene.query_text("before", max_length=20)
+    before = hygiene.query_text("before", max_length=CURSOR_LENGTH)
     page = lab_shipments.shipments(ctx(), trial, within, before=before, limit=LAB_SHIPMENT_PAGE)
     return render_template(
         "lab/shipments.html",
@@ -95,6 +96,7 @@ def shipments(trial: str) -> str:
         if page.next_before
         else None,
         newest=url_for("lab.shipments", trial=trial, _anchor="list") if before else None,
+        before=before,
         sites=[s for s in services_sites.sites(ctx(), trial) if within.allows_site(s.id)],
         limit=lab_shipments.delay_limit(ctx(), trial),
         form=forms.recall(f"{request.path}#prepare"),
@@ -139,8 +141,13 @@ def ship(trial: str, number: str) -> WerkzeugResponse:
             scope(Permission.LAB_SHIPMENT_PREPARE),
         ),
         _("Shipment %(number)s marked shipped.", number=number),
-        url_for("lab.shipments", trial=trial),
+        _back_to_list(trial),
     )
+
+
+def _back_to_list(trial: str) -> str:
+    """The page of the lab shipments list the action was taken from (its cursor kept)."""
+    return forms.back_to_list("lab.shipments", trial, {"before": lambda value: len(value) <= CURSOR_LENGTH})
 
 
 @bp.route("/trials/<trial>/lab-shipments/<number>/manifests", methods=["POST"])
@@ -158,7 +165,7 @@ def print_manifest(trial: str, number: str) -> WerkzeugResponse:
         )
     except DomainError as exc:
         forms.flash_error(exc)
-        return redirect(url_for("lab.shipments", trial=trial), code=303)
+        return redirect(_back_to_list(trial), code=303)
     return redirect(url_for("lab.manifest", trial=trial, number=number, document=document_id), code=303)
 
 
@@ -180,7 +187,7 @@ def manifest(trial: str, number: str, document: str) -> Response:
 def receipt_start(trial: str) -> str:
     """Scan the manifest's QR (or type its number); the shipments on their way are listed."""
     within = scope(Permission.SAMPLE_RECEIVE)
-    before = hygiene.query_text("before", max_length=20)
+    before = hygiene.query_text("before", max_length=CURSOR_LENGTH)
     page = lab_shipments.shipments(
         ctx(),
         trial,

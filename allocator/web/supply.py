@@ -152,6 +152,8 @@ def labels(trial: str) -> WerkzeugResponse:
 
 
 SHIPMENT_PAGE = supply_shipments.SHIPMENT_PAGE  # shipments per page of the list (issue 21)
+SITE_FILTER_LENGTH = 10  # a site code
+CURSOR_LENGTH = 20  # a shipment number
 
 
 @bp.route("/trials/<trial>/shipments")
@@ -160,9 +162,9 @@ def shipments(trial: str) -> str:
     """A page of SHIPMENT_PAGE shipments, newest first, optionally of one site and one status
     (issue 21: a trial ships for years; the list is paged, not the whole history)."""
     within = scope(Permission.KIT_VIEW)
-    site = hygiene.query_text("site", max_length=10)
+    site = hygiene.query_text("site", max_length=SITE_FILTER_LENGTH)
     status = hygiene.query_text("status", max_length=12)
-    before = hygiene.query_text("before", max_length=20)
+    before = hygiene.query_text("before", max_length=CURSOR_LENGTH)
     page = supply_shipments.shipments(
         ctx(),
         trial,
@@ -268,15 +270,16 @@ def receive(trial: str, number: str) -> WerkzeugResponse:
 
 
 def _back_to_list(trial: str) -> str:
-    """The page of the list the action was taken from: its filters and cursor ride along with the
-    form (hidden fields), so that working through `?status=prepared`, or on an older page, does
-    not start again from the newest page after each action. A value no list takes is left out."""
-    kept: dict[str, Any] = {}
-    for name in ("site", "status", "before"):
-        value = (request.form.get(name) or "").strip()
-        if value and len(value) <= 20 and not hygiene.bad_character(value):
-            kept[name] = value
-    return url_for("supply.shipments", trial=trial, **kept, _anchor="list")
+    """The page of the shipments list the action was taken from, filters and cursor kept."""
+    return forms.back_to_list(
+        "supply.shipments",
+        trial,
+        {
+            "site": lambda value: len(value) <= SITE_FILTER_LENGTH,
+            "status": lambda value: value in supply_shipments.SHIPMENT_STATUSES,
+            "before": lambda value: len(value) <= CURSOR_LENGTH,
+        },
+    )
 
 
 def _held_note(note: str) -> str:

@@ -134,13 +134,27 @@ def test_the_lab_shipment_pages_show_a_page_of_shipments_with_the_older_ones_a_l
     assert older is not None
     second = site.get(older.group(1).replace("&amp;", "&")).get_data(as_text=True)
     assert cards(second) == ["LS-0001"] and "Older shipments" not in second and "Newest shipments" in second
+    # An action on an older page comes back to that page.
+    from_page = site.get(f"{BASE}/lab-shipments?before=LS-0003").get_data(as_text=True)
+    assert cards(from_page) == ["LS-0002", "LS-0001"] and 'name="before" value="LS-0003"' in from_page
+    token = csrf_token(site, f"{BASE}/lab-shipments?before=LS-0003")
+    shipped = site.post(f"{BASE}/lab-shipments/LS-0002/ship", data={"csrf_token": token, "before": "LS-0003"})
+    assert shipped.status_code == 303 and shipped.headers["Location"].endswith(
+        "/lab-shipments?before=LS-0003#list"
+    )
     bad = site.get(f"{BASE}/lab-shipments?before=LS-0099")
-    assert bad.status_code == 422 and "no lab shipment LS-0099" in bad.get_data(as_text=True)
+    assert bad.status_code == 422 and "no such shipment" in bad.get_data(as_text=True)
 
     lab = signed_in("lab-tech", GOOD_PASSWORD)
     on_the_way = lab.get(f"{BASE}/lab-receipt").get_data(as_text=True)
-    assert re.findall(r"/lab-receipt/(LS-\d{4})\"", on_the_way) == ["LS-0003", "LS-0001"]
-    assert "LS-0002" not in on_the_way and "Older shipments" not in on_the_way  # prepared, not shipped
+    assert re.findall(r"/lab-receipt/(LS-\d{4})\"", on_the_way) == ["LS-0003", "LS-0002"]
+    older_on_the_way = re.search(r'<a class="button" href="([^"]+)">Older shipments</a>', on_the_way)
+    assert older_on_the_way is not None
+    rest = lab.get(older_on_the_way.group(1).replace("&amp;", "&")).get_data(as_text=True)
+    assert re.findall(r"/lab-receipt/(LS-\d{4})\"", rest) == ["LS-0001"] and "Newest shipments" in rest
+    [extra] = collected_samples(ctx, investigator, 1)
+    lab_shipments.prepare(ctx, investigator, COHORT, "L1", [tube_set_label(ctx, extra)], ALL_SITES)  # LS-0004
+    assert "LS-0004" not in lab.get(f"{BASE}/lab-receipt").get_data(as_text=True)  # prepared, not on its way
 
 
 def test_the_lab_pages_speak_french(

@@ -217,6 +217,12 @@ def test_the_older_page_and_an_action_keep_the_lists_site_status_and_page(
     assert shipped.headers["Location"].endswith("/shipments?status=prepared&before=SH-0006#list")
     back = people.manager.get(shipped.headers["Location"]).get_data(as_text=True)
     assert "Shipment SH-0005 dispatched." in back and cards(back) == []
+    # A value the list would refuse (hand-edited) is left out: a done action never lands on a refusal.
+    token = csrf_token(people.manager, f"{page}?status=prepared")
+    tampered = people.manager.post(
+        f"{page}/SH-0006/ship", data={"csrf_token": token, "status": "lost", "site": "P1-MUCH-TOO-LONG"}
+    )
+    assert tampered.status_code == 303 and tampered.headers["Location"].endswith("/shipments#list")
 
 
 def in_french(client: FlaskClient) -> None:
@@ -249,6 +255,10 @@ def test_a_nul_in_a_pages_path_names_nothing_404_never_a_500(people: People, pat
     driver's error (500); the API already answered 404."""
     response = people.manager.get(path)
     assert response.status_code == 404
+    in_french(people.manager)
+    french = people.manager.get(path)
+    assert french.status_code == 404 and "with that name" not in french.get_data(as_text=True)
+    assert "Introuvable" in french.get_data(as_text=True)
 
 
 @pytest.mark.req("ACC-12", "LBL-05")

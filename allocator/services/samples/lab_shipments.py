@@ -226,15 +226,13 @@ def shipments(
         query = select(LabShipment, Site.code).join(Site, Site.id == LabShipment.site_id).where(*within)
         if status is not None:
             query = query.where(LabShipment.status == status.value)
-        if before:
+        cursor = (before or "").strip().upper()
+        if cursor:
             start = session.execute(
-                select(LabShipment.id).where(*within, LabShipment.number == before.strip().upper())
+                select(LabShipment.id).where(*within, LabShipment.number == cursor)
             ).scalar_one_or_none()
             if start is None:
-                raise ValidationFailed(
-                    "unknown cursor",
-                    errors=[FieldProblem("before", f"no lab shipment {before.strip().upper()}")],
-                )
+                raise ValidationFailed("unknown cursor", errors=[FieldProblem("before", "no such shipment")])
             query = query.where(LabShipment.id < start)
         found = session.execute(query.order_by(LabShipment.id.desc()).limit(limit + 1)).all()
         more = len(found) > limit
