@@ -474,7 +474,7 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     ),
     (re.compile(r"^site (?P<site>\S+) is closed$"), N_("site %(site)s is closed")),
     (
-        re.compile(r"^no participant '(?P<subject>.*)' within your reach$"),
+        re.compile(r"^no participant ['\"](?P<subject>.*)['\"] within your reach$"),
         N_("no participant %(subject)s within your reach"),
     ),
     (

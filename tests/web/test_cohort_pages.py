@@ -272,3 +272,8 @@ def test_the_studys_subject_page_is_paged_in_a_few_statements_whatever_the_parti
     assert listed(third) == ["L1-005"] and "Next page" not in third
     bad = client.get(f"{path}?after=L9-999")
     assert bad.status_code == 422 and "L9-999" in bad.get_data(as_text=True)
+    assert listed(client.get(f"{path}?after=%20").get_data(as_text=True)) == ["L1-001", "L1-002"]
+    token = csrf_token(client, "/")
+    client.post("/language", data={"language": "fr", "next": "/", "csrf_token": token})
+    quoted = client.get(f"{path}?after=it%27s").get_data(as_text=True)
+    assert "within your reach" not in quoted and "à votre portée" in quoted

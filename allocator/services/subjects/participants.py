@@ -128,7 +128,7 @@ def page_rows(
         query = query.where(Registration.site_id.in_(sorted(scope.site_ids)))
     if site:
         query = query.where(Registration.site_id == site_filter(codes, site, scope, trial.code))
-    if after:
+    if after and after.strip():  # a blank cursor is the first page
         # Within the reader's sites only: a cursor must not tell whether another site's
         # participant exists (the review of the merged cohort).
         cursor = select(Registration.id).where(
