@@ -14,7 +14,7 @@ from allocator import audit, dbguards
 from allocator.audit import Action, AuditLog
 from allocator.models import AuditCheckpoint, AuditEvent
 from allocator.services.context import ServiceContext
-from tests.support import CLI_ACTOR, tamper
+from tests.support import CLI_ACTOR, record_user_updates, tamper
 
 CHAIN = "TESTCHAIN"
 
@@ -22,19 +22,7 @@ CHAIN = "TESTCHAIN"
 def fill(ctx: ServiceContext, count: int, log: AuditLog | None = None) -> None:
     log = log or AuditLog(ring=ctx.ring, checkpoint_every=100)
     with ctx.db.unit_of_work() as session:
-        for i in range(count):
-            log.record(
-                session,
-                actor=CLI_ACTOR,
-                chain=CHAIN,
-                action=Action.USER_UPDATED,
-                object_type="user",
-                object_id=f"u{i}",
-                old={"n": i},
-                new={"n": i + 1},
-                reason=f"entry {i + 1}",
-                at=ctx.now(),
-            )
+        record_user_updates(session, log, CHAIN, count, ctx.now)
 
 
 def verify(ctx: ServiceContext) -> audit.VerifyResult:

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 import pytest
 
 from allocator import audit, crypto
-from allocator.audit import Action, AuditLog
+from allocator.audit import AuditLog
 from allocator.db import Database
 from tests.conftest import FreshDatabase
-from tests.support import CLI_ACTOR, Clock, tamper
+from tests.support import Clock, record_user_updates, tamper
 
 CHAIN = "PAR"
 ENTRIES = 450  # three workers: ranges 1-150, 151-300, 301-450
@@ -23,17 +23,7 @@ def chain_db(fresh_database: FreshDatabase, ring: crypto.KeyRing, clock: Clock) 
     db = Database.connect(fresh_database.url)
     log = AuditLog(ring=ring, checkpoint_every=100)
     with db.unit_of_work() as session:
-        for i in range(ENTRIES):
-            log.record(
-                session,
-                actor=CLI_ACTOR,
-                chain=CHAIN,
-                action=Action.USER_UPDATED,
-                object_type="user",
-                object_id=str(i),
-                new={"i": i},
-                at=clock(),
-            )
+        record_user_updates(session, log, CHAIN, ENTRIES, clock)
     yield db
     db.dispose()
 

@@ -25,7 +25,7 @@ from allocator.cli import main
 from allocator.models import AuditChainHead, AuditEvent
 from allocator.services.context import ServiceContext
 from tests.conftest import FreshDatabase
-from tests.support import CLI_ACTOR
+from tests.support import CLI_ACTOR, record_user_updates
 
 CHAIN = "TAILCHAIN"
 TOTAL = 250  # 25 transactions of 10 entries; checkpoints at 1, 101 and 201
@@ -34,22 +34,9 @@ TAIL = 230  # after the last checkpoint
 
 
 def append(ctx: ServiceContext, log: AuditLog, count: int, per_transaction: int = 10) -> None:
-    done = 0
-    while done < count:
+    for done in range(0, count, per_transaction):
         with ctx.db.unit_of_work() as session:
-            for _ in range(min(per_transaction, count - done)):
-                done += 1
-                log.record(
-                    session,
-                    actor=CLI_ACTOR,
-                    chain=CHAIN,
-                    action=Action.USER_UPDATED,
-                    object_type="user",
-                    object_id=f"u{done}",
-                    new={"n": done},
-                    reason=f"entry {done}",
-                    at=ctx.now(),
-                )
+            record_user_updates(session, log, CHAIN, min(per_transaction, count - done), ctx.now, first=done)
 
 
 def verify(ctx: ServiceContext, witness: Path | None) -> audit.VerifyResult:

@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from allocator import audit, crypto
-from allocator.audit import Action, AuditLog
+from allocator.audit import AuditLog
 from allocator.db import Database
 from tests.conftest import FreshDatabase
-from tests.support import CLI_ACTOR, Clock
+from tests.support import Clock, record_user_updates
 
 CHAIN = "BUSY"
 
@@ -32,17 +32,7 @@ def busy(fresh_database: FreshDatabase, ring: crypto.KeyRing, clock: Clock) -> I
 
     def append(count: int) -> None:
         with db.unit_of_work() as session:
-            for i in range(count):
-                log.record(
-                    session,
-                    actor=CLI_ACTOR,
-                    chain=CHAIN,
-                    action=Action.USER_UPDATED,
-                    object_type="user",
-                    object_id=str(i),
-                    new={"i": i},
-                    at=clock(),
-                )
+            record_user_updates(session, log, CHAIN, count, clock)
 
     append(150)
     stop = threading.Event()

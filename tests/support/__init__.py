@@ -6,16 +6,17 @@ Expensive worlds are built once per process and replayed: see tests/support/worl
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import select, text
+from sqlalchemy.orm import Session
 
 from allocator import crypto, dbguards
-from allocator.audit import Actor
+from allocator.audit import Action, Actor, AuditLog
 from allocator.db import Database, connect_once
 from allocator.models import AuditEvent, Kit
 from allocator.permissions import Scope
@@ -313,6 +314,27 @@ def events(ctx: ServiceContext, action: str, *, chain: str | None = None) -> lis
         query = query.where(AuditEvent.chain == chain)
     with ctx.db.reading() as s:
         return list(s.execute(query.order_by(AuditEvent.seq)).scalars())
+
+
+def record_user_updates(
+    session: Session, log: AuditLog, chain: str, count: int, at: Callable[[], datetime], *, first: int = 0
+) -> None:
+    """`count` audit entries on `chain` in `session`, numbered from `first`: a user updated (object
+    u<n>, n -> n + 1, reason "entry <n + 1>"), each at `at()`. The chains that the audit tests
+    verify, tamper with and append to while verifying."""
+    for n in range(first, first + count):
+        log.record(
+            session,
+            actor=CLI_ACTOR,
+            chain=chain,
+            action=Action.USER_UPDATED,
+            object_type="user",
+            object_id=f"u{n}",
+            old={"n": n},
+            new={"n": n + 1},
+            reason=f"entry {n + 1}",
+            at=at(),
+        )
 
 
 def tamper(db: Database | str, table: str, *statements: str, **params: object) -> None:
