@@ -10,7 +10,6 @@ from flask_babel import gettext as _
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 import kits as kitlib
-from allocator.models import LabShipmentStatus
 from allocator.notices import N_
 from allocator.permissions import Permission, requires
 from allocator.services import sites as services_sites
@@ -194,7 +193,7 @@ def receipt_start(trial: str) -> str:
         within,
         before=before,
         limit=LAB_SHIPMENT_PAGE,
-        status=LabShipmentStatus.SHIPPED,
+        status=lab_shipments.ON_THEIR_WAY,
         samples=False,  # the list names each shipment; its tube sets open with its receipt
     )
     return render_template(

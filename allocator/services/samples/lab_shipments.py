@@ -190,6 +190,7 @@ def _shipment_view(shipment: LabShipment, site_code: str, samples: Sequence[Samp
 
 
 LAB_SHIPMENT_PAGE = 50  # lab shipments per page (issue 21: a cohort ships for years)
+ON_THEIR_WAY = LabShipmentStatus.SHIPPED  # the lab's list of shipments to receive
 MAX_LAB_SHIPMENT_PAGE = 1000
 
 
