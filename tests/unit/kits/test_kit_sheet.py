@@ -68,7 +68,10 @@ def test_sheet_holds_every_required_item() -> None:
         assert f"J{day} / D{day}" in text
         assert text.count(format_kit_number(kit)) == 2  # in the row and on its syringe label
         assert f"2025-03-0{day}" in text
-    assert text.count("01-007") == 4  # header and three syringe labels
+    without_numbers = text
+    for kit in KITS[:3]:  # random: one may read "xx01-007x"
+        without_numbers = without_numbers.replace(format_kit_number(kit), " ")
+    assert without_numbers.count("01-007") == 4  # header and three syringe labels
 
 
 @pytest.mark.req("AUD-07", "LBL-10")
