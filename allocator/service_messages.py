@@ -264,6 +264,8 @@ KNOWN = frozenset(
         N_("invalid after"),
         N_("give it once"),
         N_("unknown status"),
+        N_("invalid kind"),  # the returns page's filter (issue 21)
+        N_("unknown kind"),
         # reasons the service writes itself into the audit trail (shown on the trail's page)
         N_("randomization list activated"),
         N_("recruitment open: a site was active already"),
@@ -327,8 +329,12 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         N_("%(site)s is not a site of %(trial)s within your reach"),
     ),
     (
-        re.compile(r"^no shipment '(?P<shipment>.*)' within your reach$"),
+        re.compile(r"^no shipment ['\"](?P<shipment>.*)['\"] within your reach$"),
         N_("no shipment %(shipment)s within your reach"),
+    ),
+    (
+        re.compile(r"^no record ['\"](?P<record>.*)['\"] within your reach$"),
+        N_("no record %(record)s within your reach"),
     ),
     (re.compile(r"^no excursion (?P<excursion>\S+)$"), N_("no excursion %(excursion)s")),
     (re.compile(r"^no kit (?P<kit>\S+) within your reach$"), N_("no kit %(kit)s within your reach")),

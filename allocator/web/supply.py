@@ -154,6 +154,8 @@ def labels(trial: str) -> WerkzeugResponse:
 SHIPMENT_PAGE = supply_shipments.SHIPMENT_PAGE  # shipments per page of the list (issue 21)
 SITE_FILTER_LENGTH = 10  # a site code
 CURSOR_LENGTH = 20  # a shipment number
+DISPOSAL_PAGE = supply_disposal.DISPOSAL_PAGE  # records per page of the returns page (issue 21)
+DISPOSAL_CURSOR_LENGTH = 40  # a record number (RET-<site>-0001)
 
 
 @bp.route("/trials/<trial>/shipments")
@@ -403,11 +405,28 @@ def import_kit_list(trial: str) -> WerkzeugResponse:
 @bp.route("/trials/<trial>/returns")
 @requires(Permission.KIT_VIEW)
 def returns(trial: str) -> str:
-    """Kits returned to the depot or destroyed on site, with their documents (never by arm)."""
+    """Kits returned to the depot or destroyed on site, with their documents (never by arm): a
+    page of DISPOSAL_PAGE records, newest first, optionally of one site and one kind (issue 21)."""
+    within = scope(Permission.KIT_VIEW)
+    site = hygiene.query_text("site", max_length=SITE_FILTER_LENGTH)
+    kind = hygiene.query_text("kind", max_length=12)
+    before = hygiene.query_text("before", max_length=DISPOSAL_CURSOR_LENGTH)
+    page = supply_disposal.disposals(
+        ctx(), trial, within, before=before, limit=DISPOSAL_PAGE, site=site, kind=kind
+    )
+    shown: dict[str, Any] = {name: value for name, value in (("site", site), ("kind", kind)) if value}
     return render_template(
         "supply/returns.html",
         trial=trial,
-        records=supply_disposal.disposals(ctx(), trial, scope(Permission.KIT_VIEW)),
+        records=page.records,
+        older=url_for("supply.returns", trial=trial, before=page.next_before, **shown, _anchor="records")
+        if page.next_before
+        else None,
+        newest=url_for("supply.returns", trial=trial, **shown, _anchor="records") if before else None,
+        site=site,
+        kind=kind,
+        kinds=supply_disposal.KINDS,
+        site_choices=views.site_choices(ctx(), trial, within),
         can_manage=holds_any(Permission.KIT_MANAGE),
     )
 

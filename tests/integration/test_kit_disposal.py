@@ -107,11 +107,11 @@ def test_a_destruction_is_signed_scanned_and_certified_without_an_arm(s: Supply)
     assert events_of(ctx, delivered[1])[-1].reason == "DES-P1-0001 (damaged)"
     (entry,) = audit(ctx, "supply.kits_destroyed")
     assert entry.object_id == number and entry.site_code == "P1"
-    rows = disposal.disposals(ctx, TRIAL, s.p1)
+    rows = disposal.disposals(ctx, TRIAL, s.p1).records
     assert [(r.number, r.kind, r.site, r.kit_count, r.witness, r.signed) for r in rows] == [
         (number, "destruction", "P1", 3, "Dr Witness", True)
     ]
-    assert disposal.disposals(ctx, TRIAL, s.p2) == []
+    assert disposal.disposals(ctx, TRIAL, s.p2) == disposal.DisposalPage(records=(), next_before=None)
     document_id, pdf = disposal.document(ctx, TRIAL, number, s.p1)
     assert disposal.document(ctx, TRIAL, number, s.p1) == (document_id, pdf)  # served again, unchanged
     with pytest.raises(NotFound):
@@ -245,3 +245,64 @@ def test_text_longer_than_its_column_is_refused_naming_the_field(
     assert [p.field for p in refused.value.errors] == [field]
     assert "must be at most" in refused.value.errors[0].message
     assert counts(ctx) == before and kit(ctx, p1[0]).status == "available"
+
+
+@pytest.mark.req("REP-09")
+def test_the_records_are_paged_newest_first_and_narrowed_in_sql(s: Supply) -> None:
+    """Issue 21: the returns page reads a page of records, not every record the trial has made; a
+    site's staff page through their own site's records only, and a cursor of another site's record
+    reads as unknown."""
+    ctx = s.ctx
+    s.generate(40)
+    p1 = s.deliver("P1", 6)
+    p2 = s.deliver("P2", 2)
+    made = [
+        disposal.record(ctx, s.pharmacist, TRIAL, "return", [p1[i]], method="courier", scope=s.p1)
+        for i in range(4)
+    ]
+    made.append(
+        disposal.record(
+            ctx,
+            s.pharmacist,
+            TRIAL,
+            "destruction",
+            [p1[4]],
+            method="incineration",
+            signature=SIGNED,
+            scope=s.p1,
+        )
+    )
+    theirs = disposal.record(ctx, s.other_pharmacist, TRIAL, "return", [p2[0]], method="courier", scope=s.p2)
+    assert made == ["RET-P1-0001", "RET-P1-0002", "RET-P1-0003", "RET-P1-0004", "DES-P1-0001"]
+
+    def numbers(scope: object = ALL, **query: object) -> tuple[list[str], str | None]:
+        page = disposal.disposals(ctx, TRIAL, scope, **query)  # type: ignore[arg-type]
+        return [r.number for r in page.records], page.next_before
+
+    assert numbers(limit=4) == ([theirs, "DES-P1-0001", "RET-P1-0004", "RET-P1-0003"], "RET-P1-0003")
+    assert numbers(limit=4, before="RET-P1-0003") == (["RET-P1-0002", "RET-P1-0001"], None)
+    assert numbers(limit=6) == ([theirs, *reversed(made)], None)  # exactly one page: no next
+    assert numbers(site="P1", kind="return", limit=2) == (["RET-P1-0004", "RET-P1-0003"], "RET-P1-0003")
+    assert numbers(site="P1", kind="return", limit=2, before="RET-P1-0003") == (
+        ["RET-P1-0002", "RET-P1-0001"],
+        None,
+    )
+    assert numbers(kind="destruction") == (["DES-P1-0001"], None)
+    assert numbers(s.p2) == ([theirs], None)
+    assert numbers(s.p1, limit=1) == (["DES-P1-0001"], "DES-P1-0001")
+    refusals = [
+        ({"before": theirs}, s.p1, "before"),  # another site's record: unknown, not "not yours"
+        ({"before": "RET-P1-9999"}, ALL, "before"),
+        ({"site": "P2"}, s.p1, "site"),
+        ({"kind": "lost"}, ALL, "kind"),
+        ({"limit": 0}, ALL, "limit"),
+        ({"limit": disposal.MAX_DISPOSAL_PAGE + 1}, ALL, "limit"),
+    ]
+    for query, scope, field in refusals:
+        with pytest.raises(ValidationFailed) as refused:
+            disposal.disposals(ctx, TRIAL, scope, **query)  # type: ignore[arg-type]
+        assert [problem.field for problem in refused.value.errors] == [field], query
+    with pytest.raises(ValidationFailed) as unknown:
+        disposal.disposals(ctx, TRIAL, s.p1, before=theirs)
+    # The same words as for a record that does not exist.
+    assert messages(unknown.value) == f"unknown cursor before: no record {theirs!r} within your reach"

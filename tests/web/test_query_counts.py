@@ -31,6 +31,9 @@ SMALL, LARGE = 20, 200
 MONITOR_PATHS = [
     f"{T}/subjects",
     f"{T}/screening",
+    f"{T}/shipments",
+    f"{T}/returns",
+    f"{T}/reconciliation",
     *(f"{T}/reports/{name}{suffix}" for name in REPORTS for suffix in ("", "/csv", "/pdf")),
     *(f"{T}/reports/review/{name}{suffix}" for name in REVIEW_KINDS for suffix in ("", "/csv", "/pdf")),
     f"{T}/audit",

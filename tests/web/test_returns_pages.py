@@ -5,12 +5,14 @@ pharmacist's site, the documents downloaded as printed; the monitor only reads (
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 from pypdf import PdfReader
 
 import kits as kitlib
 from allocator.services.supply import kit_rules
+from allocator.web import supply as web_supply
 from tests.support import GOOD_PASSWORD
 from tests.web import test_supply_pages
 from tests.web.test_supply_pages import (
@@ -75,3 +77,79 @@ def test_the_pharmacist_destroys_scanned_kits_signs_and_downloads_the_certificat
     assert status_of(ctx, kits[2]) == "returned"
     bad = people.post(people.pharmacist, f"{BASE}/returns", PAGE, kits="not a kit", method="courier")
     assert any("Kit line 1: unreadable" in f for f in flashes(bad)), flashes(bad)
+
+
+def records(html: str) -> list[str]:
+    return re.findall(r"<tr><td>((?:RET|DES)-[^<]+)</td>", html)
+
+
+def link(html: str, words: str) -> str | None:
+    found = re.search(rf'<a class="button" href="([^"]+)">{words}</a>', html)
+    return found.group(1).replace("&amp;", "&") if found else None
+
+
+@pytest.mark.req("REP-08", "LBL-11")
+def test_the_records_are_paged_newest_first_filtered_and_refusals_read_in_french(
+    people: People, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21: at close-out every site returns or destroys what it holds, record after record; the
+    page reads a page of them, newest first, with links to the older ones and back that keep the
+    filters (site, kind); a site's pharmacist pages through their own site's records only."""
+    ctx = people.ctx
+    generate(ctx, 16)
+    at_p1 = kits_at(ctx, "P1", 4)
+    at_p2 = kits_at(ctx, "P2", 2)
+    for number in at_p1[:3]:
+        people.post(people.pharmacist, f"{BASE}/returns", PAGE, kits=number, method="courier")
+    people.post(
+        people.pharmacist,
+        f"{BASE}/destructions",
+        PAGE,
+        kits=at_p1[3],
+        method="incineration",
+        password=GOOD_PASSWORD,
+    )
+    people.post(people.other_pharmacist, f"{BASE}/returns", PAGE, kits=at_p2[0], method="courier")
+    monkeypatch.setattr(web_supply, "DISPOSAL_PAGE", 2)
+
+    first = people.monitor.get(PAGE).get_data(as_text=True)
+    assert records(first) == ["RET-P2-0001", "DES-P1-0001"]
+    older = link(first, "Older records")
+    assert older is not None and link(first, "Newest records") is None
+    second = people.monitor.get(older).get_data(as_text=True)
+    assert records(second) == ["RET-P1-0003", "RET-P1-0002"]
+    last = people.monitor.get(link(second, "Older records") or "").get_data(as_text=True)
+    assert records(last) == ["RET-P1-0001"] and link(last, "Older records") is None
+    assert link(last, "Newest records") is not None
+
+    narrowed = people.monitor.get(f"{PAGE}?site=P1&kind=return").get_data(as_text=True)
+    assert records(narrowed) == ["RET-P1-0003", "RET-P1-0002"]
+    older = link(narrowed, "Older records")
+    assert older is not None and "site=P1" in older and "kind=return" in older
+    assert records(people.monitor.get(older).get_data(as_text=True)) == ["RET-P1-0001"]
+    only = people.monitor.get(f"{PAGE}?kind=destruction").get_data(as_text=True)
+    assert records(only) == ["DES-P1-0001"] and "No record matches." not in only
+    none = people.monitor.get(f"{PAGE}?site=P2&kind=destruction").get_data(as_text=True)
+    assert records(none) == [] and "No record matches." in none
+    assert records(people.other_pharmacist.get(PAGE).get_data(as_text=True)) == ["RET-P2-0001"]
+    for client, query, words in (
+        (people.other_pharmacist, "site=P1", "P1"),
+        (people.other_pharmacist, "before=RET-P1-0002", "no record"),  # another site's: unknown
+        (people.monitor, "kind=lost", "unknown kind"),
+        (people.monitor, "before=RET-P1-0099", "no record"),
+    ):
+        refused = client.get(f"{PAGE}?{query}")
+        assert refused.status_code == 422 and words in refused.get_data(as_text=True), query
+
+    token = csrf_token(people.other_pharmacist, "/")
+    people.other_pharmacist.post("/language", data={"language": "fr", "next": "/", "csrf_token": token})
+    french = people.other_pharmacist.get(PAGE).get_data(as_text=True)
+    assert "Enregistrements, les plus récents d’abord" in french
+    for query, words in (
+        ("kind=lost", "type inconnu"),
+        ("before=RET-P%271", "aucun enregistrement"),
+        ("site=P%271", "n’est pas un centre de IFNG-PAIS à votre portée"),
+    ):
+        refused = people.other_pharmacist.get(f"{PAGE}?{query}").get_data(as_text=True)
+        assert words in refused, query
+        assert "within your reach" not in refused and "unknown kind" not in refused, query

@@ -39,7 +39,7 @@ from allocator.services.errors import (
     ValidationFailed,
     check_lengths,
 )
-from allocator.services.lookups import current_definition, get_trial, lock_site
+from allocator.services.lookups import current_definition, get_trial, lock_site, site_filter
 from allocator.services.supply import resupply
 from allocator.services.supply.kit_rules import (
     DESTRUCTION_SOURCES,
@@ -59,6 +59,8 @@ DOCUMENT_KIND = {RETURN: "return_form", DESTRUCTION: "destruction_certificate"}
 _PREFIX = {RETURN: "RET", DESTRUCTION: "DES"}
 DESTRUCTION_MEANING = "kit destruction"
 _DESTRUCTION_MEANING_FR = "destruction de kits"
+DISPOSAL_PAGE = 50  # records per page of the returns page (issue 21)
+MAX_DISPOSAL_PAGE = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,14 +337,66 @@ def _manifest(signed: Signature) -> tuple[str, ...]:
     )
 
 
-def disposals(ctx: ServiceContext, trial_code: str, scope: Scope) -> list[DisposalRow]:
-    """The returns and destructions of the sites within `scope`, newest first."""
+@dataclass(frozen=True, slots=True)
+class DisposalPage:
+    records: tuple[DisposalRow, ...]
+    next_before: str | None  # the record number to pass as `before` for older ones; None: the last page
+
+
+def disposals(
+    ctx: ServiceContext,
+    trial_code: str,
+    scope: Scope,
+    *,
+    before: str | None = None,
+    limit: int = DISPOSAL_PAGE,
+    site: str | None = None,
+    kind: str | None = None,
+) -> DisposalPage:
+    """One page of the returns and destructions of the sites within `scope` (of `site`, of `kind`,
+    when given), newest first, older than the record numbered `before`: two statements and `limit`
+    records, however many the trial has made (issue 21: at close-out every site returns or destroys
+    what it holds, record after record). Raises ValidationFailed naming `before`, `site`, `kind` or
+    `limit`."""
+    if not 1 <= limit <= MAX_DISPOSAL_PAGE:
+        raise ValidationFailed(
+            "invalid limit", errors=[FieldProblem("limit", f"from 1 to {MAX_DISPOSAL_PAGE}")]
+        )
+    if kind is not None and kind not in KINDS:
+        raise ValidationFailed("invalid kind", errors=[FieldProblem("kind", "unknown kind")])
     with ctx.db.reading() as session:
         trial = get_trial(session, trial_code)
         sites = {
-            s.id: s.code for s in session.execute(select(Site).where(Site.trial_id == trial.id)).scalars()
+            row.id: row.code
+            for row in session.execute(select(Site.id, Site.code).where(Site.trial_id == trial.id))
         }
-        return [
+        within = () if scope.all_sites else (KitDisposal.site_id.in_(sorted(scope.site_ids)),)
+        query = (
+            select(KitDisposal)
+            .where(KitDisposal.trial_id == trial.id, *within)
+            .order_by(KitDisposal.id.desc())
+            .limit(limit + 1)
+        )
+        if site:
+            query = query.where(KitDisposal.site_id == site_filter(sites, site, scope, trial.code))
+        if kind:
+            query = query.where(KitDisposal.kind == kind)
+        if before:
+            # Within the reader's sites only: a cursor must not tell whether another site's record
+            # exists.
+            start = session.execute(
+                select(KitDisposal.id).where(
+                    KitDisposal.trial_id == trial.id, KitDisposal.number == before, *within
+                )
+            ).scalar_one_or_none()
+            if start is None:
+                raise ValidationFailed(
+                    "unknown cursor",
+                    errors=[FieldProblem("before", f"no record {before!r} within your reach")],
+                )
+            query = query.where(KitDisposal.id < start)
+        found = list(session.execute(query).scalars())
+        rows = tuple(
             DisposalRow(
                 number=d.number,
                 kind=d.kind,
@@ -354,11 +408,9 @@ def disposals(ctx: ServiceContext, trial_code: str, scope: Scope) -> list[Dispos
                 recorded_by=d.recorded_by_name,
                 signed=d.signature_id is not None,
             )
-            for d in session.execute(
-                select(KitDisposal).where(KitDisposal.trial_id == trial.id).order_by(KitDisposal.id.desc())
-            ).scalars()
-            if scope.allows_site(d.site_id)
-        ]
+            for d in found[:limit]
+        )
+        return DisposalPage(records=rows, next_before=rows[-1].number if len(found) > limit else None)
 
 
 def document(ctx: ServiceContext, trial_code: str, number: str, scope: Scope) -> tuple[str, bytes]:
