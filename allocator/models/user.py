@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Integer, LargeBinary, String, Text
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from allocator.models.base import Base
@@ -84,6 +84,8 @@ class LoginSession(Base):
     logout, an admin termination or a deactivation ends the session everywhere (ACC-06, BLD-11)."""
 
     __tablename__ = "login_session"
+    # A user's latest sign-in in one index look-up (the user pages; issue 21: one row per sign-in ever).
+    __table_args__ = (Index("ix_login_session_user_id_created_at", "user_id", "created_at"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("app_user.id"), index=True)

@@ -174,3 +174,37 @@ def test_cannot_deactivate_oneself(ctx: ServiceContext) -> None:
     me = Actor(user_id=created.user_id, username="adm", name="Adm", role="admin")
     with pytest.raises(Conflict):
         user_admin.set_active(ctx, me, "adm", False, "oops")
+
+
+@pytest.mark.req("ACC-06")
+def test_a_users_page_reads_that_user_alone_with_their_latest_sign_in(
+    ctx: ServiceContext, clock: Clock
+) -> None:
+    """Issue 21: `get_user` (the account page of every user, the admin's user page) read every
+    user, every role and grouped the whole sign-in table, one row per sign-in ever made. It now
+    reads the one user, their roles and their latest sign-in (an index look-up); the list reads
+    every user's latest sign-in the same way. Sign-ins interleaved between two users must not mix."""
+    load_ifn(ctx)
+    a = make_user(ctx, "mon-a", "monitor")
+    b = make_user(ctx, "mon-b", "monitor")
+    make_user(ctx, "never", "monitor")
+    signed: dict[str, list[object]] = {"mon-a": [], "mon-b": []}
+    for username, password in (("mon-a", a.one_time_password), ("mon-b", b.one_time_password)) * 3:
+        clock.advance(minutes=7)
+        auth.login(ctx, username, password, HERE)
+        signed[username].append(clock())
+    clock.advance(minutes=1)
+    auth.login(ctx, "mon-a", a.one_time_password, HERE)  # the latest of all: mon-a's
+    signed["mon-a"].append(clock())
+
+    one = user_admin.get_user(ctx, "mon-b")
+    assert (one.username, one.last_sign_in) == ("mon-b", signed["mon-b"][-1])
+    assert [(r.username, r.role, r.site) for r in one.roles] == [("mon-b", "monitor", None)]
+    listed = {row.username: row for row in user_admin.list_users(ctx)}
+    assert listed["mon-b"] == one
+    assert listed["mon-a"] == user_admin.get_user(ctx, "mon-a")
+    assert listed["mon-a"].last_sign_in == signed["mon-a"][-1]
+    assert [r.username for r in listed["mon-a"].roles] == ["mon-a"]
+    assert listed["never"].last_sign_in is None and listed["never"].roles[0].role == "monitor"
+    with pytest.raises(NotFound, match="no user 'nobody'"):
+        user_admin.get_user(ctx, "nobody")

@@ -122,39 +122,53 @@ def _role_rows(
     return rows
 
 
+def _user_rows(session: Session, now: datetime, username: str | None = None) -> list[UserRow]:
+    """Every user (or the one named `username`) with their roles and latest sign-in. The sign-in is
+    looked up per user in the (user, created_at) index: the sessions table keeps one row per sign-in
+    ever made, and grouping it whole on every view grew with the years (issue 21)."""
+    last = (
+        select(func.max(LoginSession.created_at))
+        .where(LoginSession.user_id == User.id)
+        .correlate(User)
+        .scalar_subquery()
+    )
+    query = select(User, last).order_by(User.username)
+    if username is not None:
+        query = query.where(User.username == username)
+    found = session.execute(query).all()
+    if username is None:
+        granted = _role_rows(session, now)
+    else:
+        granted = _role_rows(session, now, user_id=found[0][0].id) if found else []
+    roles: dict[str, list[RoleRow]] = {}
+    for role in granted:
+        roles.setdefault(role.username, []).append(role)
+    return [
+        UserRow(
+            id=u.id,
+            username=u.username,
+            full_name=u.full_name,
+            email=u.email,
+            is_active=u.is_active,
+            must_change_password=u.must_change_password,
+            totp_enrolled=u.totp_enabled_at is not None,
+            created_at=u.created_at,
+            last_sign_in=signed_in,
+            roles=tuple(roles.get(u.username, ())),
+        )
+        for u, signed_in in found
+    ]
+
+
 def list_users(ctx: ServiceContext) -> list[UserRow]:
     with ctx.db.reading() as session:
-        now = ctx.now()
-        users = session.execute(select(User).order_by(User.username)).scalars().all()
-        roles = _role_rows(session, now)
-        last = {
-            row.user_id: row.last
-            for row in session.execute(
-                select(LoginSession.user_id, func.max(LoginSession.created_at).label("last")).group_by(
-                    LoginSession.user_id
-                )
-            )
-        }
-        return [
-            UserRow(
-                id=u.id,
-                username=u.username,
-                full_name=u.full_name,
-                email=u.email,
-                is_active=u.is_active,
-                must_change_password=u.must_change_password,
-                totp_enrolled=u.totp_enabled_at is not None,
-                created_at=u.created_at,
-                last_sign_in=last.get(u.id),
-                roles=tuple(r for r in roles if r.username == u.username),
-            )
-            for u in users
-        ]
+        return _user_rows(session, ctx.now())
 
 
 def get_user(ctx: ServiceContext, username: str) -> UserRow:
-    for row in list_users(ctx):
-        if row.username == username:
+    """One user, read alone (the account page of every user, the admin's user page)."""
+    with ctx.db.reading() as session:
+        for row in _user_rows(session, ctx.now(), username):
             return row
     raise NotFound(f"no user {username!r}")
 
