@@ -603,6 +603,7 @@ def run_backend(backend: str, args: argparse.Namespace) -> list[Row]:
             *(f"{T}/reports/{n}{s}" for n in REPORTS for s in ("", "/csv", "/pdf")),
             *(f"{T}/reports/review/{n}{s}" for n in REVIEW_KINDS for s in ("", "/csv", "/pdf")),
             f"{T}/audit",
+            f"{T}/audit.csv",
         ]
         plan += [("monitor", p, lambda p=p: monitor.get(p)) for p in monitor_paths]
         api_paths = (f"/api/v1{T}/subjects", f"/api/v1{T}/audit", f"/api/v1{T}/audit/verify")

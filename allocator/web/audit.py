@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
+from flask import Blueprint, Response, flash, redirect, render_template, request, stream_with_context, url_for
 from flask_babel import gettext as _
 from werkzeug.wrappers import Response as WerkzeugResponse
 
@@ -76,14 +76,16 @@ def trail_unblinded(trial: str) -> Response:
 @requires(Permission.AUDIT_VIEW)
 def trail_csv(trial: str) -> Response:
     flt = audit_trail.AuditFilter.parse(request.args.to_dict())
-    body = audit_trail.export_csv(
+    exported = audit_trail.export_csv(
         ctx(), actor(Permission.AUDIT_VIEW), current_trial().code, flt, scope(Permission.AUDIT_VIEW)
     )
-    return Response(
-        body,
+    response = Response(
+        stream_with_context(exported.chunks()),  # sent from its spooled file, in pieces (issue 21)
         mimetype="text/csv",
         headers={"Content-Disposition": f'attachment; filename="audit-{trial}.csv"'},
     )
+    response.call_on_close(exported.close)
+    return response
 
 
 @bp.route("/trials/<trial>/audit/review", methods=["POST"])

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
+import json
 
 import pytest
 from sqlalchemy import select
@@ -14,7 +16,7 @@ from allocator.audit import Action, Actor
 from allocator.models import AuditEvent, Site
 from allocator.permissions import Scope
 from allocator.printing import safe_csv
-from allocator.services import audit_trail
+from allocator.services import audit_trail, spooling
 from allocator.services.audit_trail import AuditFilter
 from allocator.services.context import ServiceContext
 from allocator.services.errors import ValidationFailed
@@ -153,7 +155,9 @@ def test_the_unblinded_view_opens_sealed_values_and_audits_the_read(ctx: Service
 @pytest.mark.req("ACC-11")
 def test_csv_export_neutralises_formulas_and_is_audited(ctx: ServiceContext) -> None:
     trail(ctx)
-    body = audit_trail.export_csv(ctx, MONITOR, "IFNG-PAIS", AuditFilter(), ALL)
+    exported = audit_trail.export_csv(ctx, MONITOR, "IFNG-PAIS", AuditFilter(), ALL)
+    body = exported.body.decode("utf-8")
+    exported.close()
     rows = list(csv.reader(io.StringIO(body)))
     header, data = rows[0], rows[1:]
     assert header[0] == "seq" and "sealed_value" in header
@@ -166,6 +170,46 @@ def test_csv_export_neutralises_formulas_and_is_audited(ctx: ServiceContext) -> 
     with ctx.db.reading() as s:
         export = s.execute(select(AuditEvent).where(AuditEvent.action == "audit.exported")).scalar_one()
     assert export.actor_username == "mon"
+    recorded = json.loads(export.new_values or "{}")
+    assert recorded["entries"] == len(data)
+    assert recorded["sha256"] == hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+@pytest.mark.req("AUD-01")
+def test_the_csv_export_is_read_in_batches_and_spooled_never_held_whole(
+    ctx: ServiceContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21: the trail's CSV was built as one list of rows and one string (42,000 entries at
+    5,000 subjects). The entries are now read CSV_BATCH at a time and written into a spooled file,
+    on disk past SPOOL_BYTES; what is sent is what the export's audit entry counts and digests,
+    every time it is read, and the same as one batch and one in-memory file would give."""
+    trail(ctx)
+    whole = audit_trail.export_csv(ctx, MONITOR, "IFNG-PAIS", AuditFilter(), ALL)
+    expected = whole.body
+    whole.close()
+    monkeypatch.setattr(audit_trail, "CSV_BATCH", 2)
+    monkeypatch.setattr(spooling, "SPOOL_BYTES", 512)
+    monkeypatch.setattr(spooling, "READ_BYTES", 100)
+    spooled = audit_trail.export_csv(ctx, MONITOR, "IFNG-PAIS", AuditFilter(), ALL)
+    assert spooled.file._rolled  # type: ignore[attr-defined]  # on disk, not in memory
+    pieces = list(spooled.chunks())
+    assert len(pieces) > 3 and all(len(piece) <= 100 for piece in pieces)
+    body = b"".join(pieces)
+    assert body == spooled.body  # read again, the same
+    spooled.close()
+    # The second export has one entry more in its file: the first export's own audit entry.
+    assert body.count(b"\r\n") == expected.count(b"\r\n") + 1
+    assert body.startswith(expected)
+    with ctx.db.reading() as s:
+        last = s.execute(
+            select(AuditEvent.new_values)
+            .where(AuditEvent.action == "audit.exported")
+            .order_by(AuditEvent.seq.desc())
+            .limit(1)
+        ).scalar_one()
+    recorded = json.loads(last or "{}")
+    assert recorded["sha256"] == hashlib.sha256(body).hexdigest()
+    assert recorded["entries"] == body.count(b"\r\n") - 1
 
 
 def test_verify_through_the_service(ctx: ServiceContext) -> None:

@@ -19,7 +19,7 @@ from allocator.audit import Action
 from allocator.models import AuditEvent, AuditReview, RoleAssignment, Signature
 from allocator.permissions import Scope
 from allocator.printing.monitoring_reports import render_report_pdf
-from allocator.services import signatures
+from allocator.services import signatures, spooling
 from allocator.services.accounts import users
 from allocator.services.closeout import state
 from allocator.services.context import ServiceContext
@@ -975,11 +975,11 @@ def test_a_csv_larger_than_the_spool_is_sent_whole_from_disk(
     ctx: ServiceContext, truth: Truth, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 21: a CSV is written once, its SHA-256 taken as it is written, then sent from a spooled
-    file, on disk past SPOOL_BYTES. What is sent is what the audit entry's digest covers, every time
+    file, on disk past spooling.SPOOL_BYTES. What is sent is what the audit entry's digest covers, every time
     it is read, even two readings interleaved."""
     small = export.export(ctx, MONITOR, TRIAL, "allocation-history", EVERYTHING, ALL, "csv").body
-    monkeypatch.setattr(export, "SPOOL_BYTES", 256)
-    monkeypatch.setattr(export, "READ_BYTES", 64)  # several pieces, so that two readings interleave
+    monkeypatch.setattr(spooling, "SPOOL_BYTES", 256)
+    monkeypatch.setattr(spooling, "READ_BYTES", 64)  # several pieces, so that two readings interleave
     made = export.export(ctx, MONITOR, TRIAL, "allocation-history", EVERYTHING, ALL, "csv")
     first, second = made.chunks(), made.chunks()
     interleaved = [next(first), next(second), next(first), next(second)]

@@ -206,7 +206,9 @@ def test_audit_page_filters_and_csv(ctx: ServiceContext, signed_in: SignedIn) ->
     csv_response = client.get("/trials/IFNG-PAIS/audit.csv")
     assert csv_response.mimetype == "text/csv" and csv_response.headers["Cache-Control"] == "no-store"
     assert 'filename="audit-IFNG-PAIS.csv"' in csv_response.headers["Content-Disposition"]
+    assert csv_response.is_streamed and "Content-Length" not in csv_response.headers  # issue 21
     assert csv_response.get_data(as_text=True).startswith("seq,at_utc,actor_username")
+    csv_response.close()
 
 
 @pytest.mark.req("AUD-05")

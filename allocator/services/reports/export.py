@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO
 
 from allocator import collector
 from allocator.audit import Action, Actor
 from allocator.permissions import Scope
 from allocator.printing import monitoring_reports, safe_csv
+from allocator.services import spooling
 from allocator.services.context import ServiceContext
 from allocator.services.errors import FieldProblem, ValidationFailed
 from allocator.services.reports.catalogue import ReportView, build
@@ -76,42 +75,30 @@ def export(
     report already built for this reader and filter, if it was."""
     if fmt not in ("csv", "pdf"):
         raise ValidationFailed("unknown format", errors=[FieldProblem("format", "csv or pdf")])
-    digest = hashlib.sha256()
     chunks: Callable[[], Iterator[bytes]]
+    close: Callable[[], None]
     if fmt == "csv":
         # Written once, row by row, into a spooled file while its SHA-256 is taken (the digest is
         # recorded before the first byte leaves); then sent from that file (issue 21). The file is
-        # held in memory up to SPOOL_BYTES and on disk beyond: a large CSV is never held whole.
-        spooled = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES, mode="w+b")  # noqa: SIM115
-        close = spooled.close
-        try:
-            # The report built and written with the collector paused throughout, and let go before
-            # it runs again: its objects (half a million for a review of 28,000 entries) are then
-            # freed by their last reference, never walked by a collection. Resumed between the
-            # two, the collector walked the whole report once: 80 ms of a 0.85 s CSV (issue 21).
-            with collector.paused():
-                if view is None:
-                    view = build(ctx, actor, trial_code, name, flt, scope, version=version, words=words)
-                for piece in csv_chunks(view):
-                    encoded = piece.encode("utf-8")
-                    digest.update(encoded)
-                    spooled.write(encoded)
-                facts = _Facts(view.version, view.rows, view.file_stem)
-                view = None
-        except BaseException:
-            close()
-            raise
-
-        def chunks() -> Iterator[bytes]:
-            return _read_back(spooled)
-
+        # held in memory up to spooling.SPOOL_BYTES and on disk beyond: never held whole.
+        # The report built and written with the collector paused throughout, and let go before
+        # it runs again: its objects (half a million for a review of 28,000 entries) are then
+        # freed by their last reference, never walked by a collection. Resumed between the
+        # two, the collector walked the whole report once: 80 ms of a 0.85 s CSV (issue 21).
+        with collector.paused():
+            if view is None:
+                view = build(ctx, actor, trial_code, name, flt, scope, version=version, words=words)
+            spooled = spooling.spool(csv_chunks(view))
+            facts = _Facts(view.version, view.rows, view.file_stem)
+            view = None
+        chunks, close, sha256 = spooled.chunks, spooled.close, spooled.sha256
         mimetype = "text/csv"
     else:
         if view is None:
             view = build(ctx, actor, trial_code, name, flt, scope, version=version, words=words)
         facts = _Facts(view.version, view.rows, view.file_stem)
         pdf = monitoring_reports.render_report_pdf(view.document())
-        digest.update(pdf)
+        sha256 = hashlib.sha256(pdf).hexdigest()
 
         def chunks() -> Iterator[bytes]:
             return iter((pdf,))
@@ -132,7 +119,7 @@ def export(
             flt.query_args(),
             flt.site,
             facts.rows,
-            digest.hexdigest(),
+            sha256,
         )
     except BaseException:
         close()
@@ -147,28 +134,6 @@ class _Facts:
     version: str
     rows: int
     file_stem: str
-
-
-# A CSV export up to this size is held in memory between its digest and its sending; a larger one
-# is written to a temporary file (issue 21).
-SPOOL_BYTES = 1024 * 1024
-
-
-# The pieces a spooled CSV is read back in.
-READ_BYTES = 64 * 1024
-
-
-def _read_back(spooled: IO[bytes]) -> Iterator[bytes]:
-    """The spooled file from its start, in pieces of READ_BYTES, each time the export is read (two
-    readings may be interleaved: each keeps its own place)."""
-    place = 0
-    while True:
-        spooled.seek(place)
-        piece = spooled.read(READ_BYTES)
-        if not piece:
-            return
-        place += len(piece)
-        yield piece
 
 
 def record_export(
