@@ -14,6 +14,7 @@ from allocator.notices import N_
 from allocator.permissions import Permission, requires
 from allocator.services import sites as services_sites
 from allocator.services.errors import DomainError
+from allocator.services.reports.filters import Window
 from allocator.services.samples import accountability as sample_accountability
 from allocator.services.samples import lab_shipments
 from allocator.web import forms, hygiene
@@ -282,10 +283,15 @@ def close_receipt(trial: str, number: str) -> WerkzeugResponse:
 @bp.route("/trials/<trial>/sample-accountability")
 @requires(Permission.SAMPLE_VIEW)
 def accountability(trial: str) -> str:
+    """The counts per site over every collected sample, and a page of the samples (issue 21: one
+    row per tube set collected; the CSV holds every one)."""
+    window = Window.parse(request.args)
     return render_template(
         "lab/accountability.html",
         trial=trial,
-        report=sample_accountability.accountability(ctx(), trial, scope(Permission.SAMPLE_VIEW)),
+        report=sample_accountability.accountability(
+            ctx(), trial, scope(Permission.SAMPLE_VIEW), window=window
+        ),
         can_receive=holds_any(Permission.SAMPLE_RECEIVE),
     )
 

@@ -4,6 +4,8 @@ history; every refusal names its field and changes nothing."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from sqlalchemy import select
 
@@ -13,6 +15,7 @@ from allocator.models import LabShipment, LabShipmentStatus, PrintedDocument, Sa
 from allocator.permissions import Scope
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, NotFound, ValidationFailed
+from allocator.services.reports.filters import Window
 from allocator.services.samples import accountability as sample_accountability
 from allocator.services.samples import lab_shipments as ls
 from tests.support import ALL_SITES, COHORT, Clock, events, ready_cohort
@@ -409,3 +412,90 @@ def test_a_cohort_whose_sites_were_active_before_studies_opened_is_opened_at_its
     assert (step.from_status, step.to_status) == ("active", "locked")
     reasons = [e.reason for e in events(ctx, "trial.status_changed")]
     assert reasons[-2:] == ["recruitment open: a site was active already", "database lock"]
+
+
+def _counts_from_rows(report: sample_accountability.Accountability) -> dict[str, tuple[int, ...]]:
+    """The per-site counts as the page made them before issue 21: from every listed sample."""
+    out: dict[str, list[int]] = {}
+    for row in report.samples:
+        c = out.setdefault(row.site, [0] * 8)
+        c[0] += 1
+        if row.status == "collected":
+            c[1] += 1
+            continue
+        c[2] += row.shipment is not None
+        c[3] += row.status == "shipped"
+        c[4] += row.status == "received"
+        c[5] += row.status == "unusable" and row.reason != ls.NOT_RECEIVED
+        c[6] += row.status == "unusable" and row.reason == ls.NOT_RECEIVED
+        c[7] += row.late
+    return {site: tuple(c) for site, c in out.items()}
+
+
+def _counts(report: sample_accountability.Accountability) -> dict[str, tuple[int, ...]]:
+    return {
+        s.site: (
+            s.collected,
+            s.awaiting_shipment,
+            s.shipped,
+            s.in_transit,
+            s.received,
+            s.unusable,
+            s.missing,
+            s.late,
+        )
+        for s in report.sites
+    }
+
+
+@pytest.mark.req("REP-08")
+def test_the_accountability_counts_in_the_database_what_the_rows_say_to_the_microsecond(
+    ctx: ServiceContext, clock: Clock
+) -> None:
+    """Issue 21: the counts per site are made in one grouped statement, and the page lists a window
+    of the samples (the CSV every one). The database judges a delay beyond the limit exactly as the
+    rows do: received at the limit to the microsecond is not late, a microsecond later is; a
+    collection at .9996 s (which SQLite's date functions would round up to the next second) too."""
+    tubes, number = _shipped(ctx, 5)
+    lab = lab_technician(ctx)
+    collected = clock.current.replace(hour=1, minute=2, second=3, microsecond=999_600)
+    with ctx.db.unit_of_work() as s:
+        for kit in s.execute(select(SampleKit).where(SampleKit.kit_number.in_(tubes))).scalars():
+            kit.collected_at = collected
+    limit = timedelta(hours=24)
+    for tube, received in (
+        (tubes[0], collected + limit),  # at the limit: not late
+        (tubes[1], collected + limit + timedelta(microseconds=1)),  # beyond it
+        (tubes[2], collected + limit - timedelta(microseconds=1)),
+        (tubes[3], collected + timedelta(hours=30)),
+    ):
+        clock.current = received
+        ls.receive_sample(ctx, lab, COHORT, number, ls.SampleOutcome(tube), ALL_SITES)
+    report = sample_accountability.accountability(ctx, COHORT, ALL_SITES)
+    assert {r.kit_number: r.late for r in report.samples if r.status == "received"} == {
+        tubes[0]: False,
+        tubes[1]: True,
+        tubes[2]: False,
+        tubes[3]: True,
+    }
+    assert _counts(report) == _counts_from_rows(report) == {"L1": (5, 0, 5, 1, 4, 0, 0, 2)}
+
+    # More sites and states: still the same counts as the rows give, and a window is a slice.
+    investigator = _investigator(ctx)
+    more = collected_samples(ctx, investigator, 4)
+    view = ls.prepare(ctx, investigator, COHORT, "L1", [tube_set_label(ctx, t) for t in more[:3]], ALL_SITES)
+    ls.ship(ctx, investigator, COHORT, view.number, ALL_SITES)
+    ls.receive_sample(
+        ctx, lab, COHORT, view.number, ls.SampleOutcome(more[0], usable=False, reason="haemolysed"), ALL_SITES
+    )
+    ls.close_receipt(ctx, lab, COHORT, view.number, ALL_SITES)  # more[1], more[2]: not received
+    report = sample_accountability.accountability(ctx, COHORT, ALL_SITES)
+    assert _counts(report) == _counts_from_rows(report)
+    assert _counts(report)["L1"] == (9, 1, 8, 1, 4, 1, 2, 2)
+    assert report.sites[0].unusable_reasons == {"haemolysed": 1}
+    window = Window(2, 3)
+    paged = sample_accountability.accountability(ctx, COHORT, ALL_SITES, window=window)
+    assert paged.samples == report.samples[2:5] and paged.sites == report.sites and paged.window == window
+    assert sample_accountability.accountability(ctx, COHORT, ALL_SITES, window=Window(8, 3)).samples == (
+        report.samples[8],
+    )

@@ -13,6 +13,7 @@ from flask.testing import FlaskClient
 import kits
 from allocator import crypto
 from allocator.services.context import ServiceContext
+from allocator.services.reports import filters as report_filters
 from allocator.services.samples import lab_shipments
 from allocator.web import lab as web_lab
 from tests.support import ALL_SITES, COHORT, GOOD_PASSWORD, Clock, ready_cohort
@@ -24,7 +25,10 @@ BASE = f"/trials/{COHORT}"
 
 @pytest.mark.req("LBL-09")
 def test_site_ships_and_the_lab_receives_through_the_pages(
-    ctx: ServiceContext, clock: Clock, signed_in: Callable[[str, str], FlaskClient]
+    ctx: ServiceContext,
+    clock: Clock,
+    signed_in: Callable[[str, str], FlaskClient],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     investigator = ready_cohort(ctx)
     tubes = collected_samples(ctx, investigator, 3)
@@ -107,6 +111,18 @@ def test_site_ships_and_the_lab_receives_through_the_pages(
     site = signed_in("inv-l1", GOOD_PASSWORD)
     assert site.get(f"{BASE}/lab-receipt").status_code == 403
     assert site.get(f"{BASE}/sample-accountability").status_code == 200
+
+    # Issue 21: the counts cover every sample, the list is a page of them with links either way.
+    monkeypatch.setattr(report_filters, "PAGE_ROWS", 2)
+    first = lab.get(f"{BASE}/sample-accountability").get_data(as_text=True)
+    assert "Rows 1 to 2 of 3; the CSV holds every row." in first and "haemolysed: 1" in first
+    assert first.count("<td>L1</td>") == 2  # two sample rows (the counts' row is a header cell)
+    following = re.search(r'<a href="([^"]+)">Next rows</a>', first)
+    assert following is not None and "offset=2" in following.group(1) and "Previous rows" not in first
+    last = lab.get(following.group(1).replace("&amp;", "&")).get_data(as_text=True)
+    assert "Rows 3 to 3 of 3" in last and last.count("<td>L1</td>") == 1 and "Next rows" not in last
+    assert "Previous rows" in last
+    assert lab.get(f"{BASE}/sample-accountability?offset=x").status_code == 422
 
 
 @pytest.mark.req("REP-08")

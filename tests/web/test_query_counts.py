@@ -110,6 +110,8 @@ C = f"/trials/{COHORT}"
 COHORT_PATHS = [
     f"{C}/reports",
     *(f"{C}/reports/{name}{suffix}" for name in COHORT_REPORTS for suffix in ("", "/csv", "/pdf")),
+    f"{C}/sample-accountability",
+    f"{C}/sample-accountability.csv",
 ]
 
 

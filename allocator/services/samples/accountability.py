@@ -8,12 +8,21 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from allocator.models import SampleKit, SampleKitStatus
+from sqlalchemy import ColumnElement, case, func, select
+
+from allocator.models import SampleKit, SampleKitStatus, Site
 from allocator.permissions import Scope
 from allocator.printing.safe_csv import csv_text
 from allocator.services.context import ServiceContext
 from allocator.services.lookups import current_definition, get_trial
-from allocator.services.samples.lab_shipments import NOT_RECEIVED, SampleRow, max_delay_hours, sample_rows
+from allocator.services.reports.filters import Window
+from allocator.services.samples.lab_shipments import (
+    NOT_RECEIVED,
+    SampleRow,
+    late_in_sql,
+    max_delay_hours,
+    sample_rows,
+)
 
 T = SampleKitStatus
 
@@ -36,7 +45,8 @@ class SiteAccount:
 class Accountability:
     max_delay_hours: int
     sites: tuple[SiteAccount, ...]
-    samples: tuple[SampleRow, ...]
+    samples: tuple[SampleRow, ...]  # every collected sample, or with a window only the window's
+    window: Window | None = None
 
     @property
     def total(self) -> SiteAccount:
@@ -62,37 +72,61 @@ def reason_code(reason: str | None) -> str:
     return (reason or "").split(":", 1)[0].strip()
 
 
-def accountability(ctx: ServiceContext, trial_code: str, scope: Scope) -> Accountability:
-    """The accountability of the collected samples of the sites in `scope`. Raises NotFound,
-    Conflict (a randomized trial has no samples)."""
+def accountability(
+    ctx: ServiceContext, trial_code: str, scope: Scope, *, window: Window | None = None
+) -> Accountability:
+    """The accountability of the collected samples of the sites in `scope`: the counts per site
+    over every collected sample, and the list of them (every one, or with a `window` a page of
+    them: issue 21, one row per tube set collected, 20,000 in a large cohort). The counts are made
+    in the database, in one statement, however many samples there are. Raises NotFound, Conflict
+    (a randomized trial has no samples)."""
     with ctx.db.reading() as session:
         trial = get_trial(session, trial_code)
         limit = max_delay_hours(current_definition(session, trial))
-        conditions: list[object] = [SampleKit.collected_at.is_not(None)]
+        conditions: list[ColumnElement[bool]] = [SampleKit.collected_at.is_not(None)]
         if not scope.all_sites:
-            conditions.append(SampleKit.site_id.in_(scope.site_ids))
-        rows = sample_rows(session, trial, limit, *conditions)
+            conditions.append(SampleKit.site_id.in_(sorted(scope.site_ids)))
+        # The flags computed once per tube set, then grouped (PostgreSQL would not match a grouped
+        # expression holding a parameter with the same expression in the select list).
+        flagged = (
+            select(
+                Site.code.label("site"),
+                SampleKit.status.label("status"),
+                SampleKit.lab_shipment_id.is_not(None).label("shipped"),
+                case((SampleKit.status == T.UNUSABLE.value, SampleKit.reason), else_=None).label("reason"),
+                case((late_in_sql(session, limit), 1), else_=0).label("late"),
+            )
+            .join(Site, Site.id == SampleKit.site_id)
+            .where(SampleKit.trial_id == trial.id, *conditions)
+            .subquery()
+        )
+        columns = (flagged.c.site, flagged.c.status, flagged.c.shipped, flagged.c.reason, flagged.c.late)
+        counted = session.execute(select(*columns, func.count()).group_by(*columns)).all()
+        if window is None:
+            rows = sample_rows(session, trial, limit, *conditions)
+        else:
+            rows = sample_rows(session, trial, limit, *conditions, start=window.start, size=window.size)
     sites: dict[str, SiteAccount] = {}
-    for row in rows:
-        account = sites.setdefault(row.site, SiteAccount(site=row.site))
-        account.collected += 1
-        if row.status == T.COLLECTED.value:
-            account.awaiting_shipment += 1
+    for site, status, shipped, reason, late, count in counted:
+        account = sites.setdefault(site, SiteAccount(site=site))
+        account.collected += count
+        if status == T.COLLECTED.value:
+            account.awaiting_shipment += count
             continue
-        if row.shipment is not None and row.status != T.COLLECTED.value:
-            account.shipped += 1
-        if row.status == T.SHIPPED.value:
-            account.in_transit += 1
-        elif row.status == T.RECEIVED.value:
-            account.received += 1
-        elif row.status == T.UNUSABLE.value and row.reason == NOT_RECEIVED:
-            account.missing += 1
-        elif row.status == T.UNUSABLE.value:
-            account.unusable += 1
-            account.unusable_reasons[reason_code(row.reason)] += 1
-        if row.late:
-            account.late += 1
-    return Accountability(limit, tuple(sites[k] for k in sorted(sites)), tuple(rows))
+        if shipped:
+            account.shipped += count
+        if status == T.SHIPPED.value:
+            account.in_transit += count
+        elif status == T.RECEIVED.value:
+            account.received += count
+        elif status == T.UNUSABLE.value and reason == NOT_RECEIVED:
+            account.missing += count
+        elif status == T.UNUSABLE.value:
+            account.unusable += count
+            account.unusable_reasons[reason_code(reason)] += count
+        if late:
+            account.late += count
+    return Accountability(limit, tuple(sites[k] for k in sorted(sites)), tuple(rows), window)
 
 
 CSV_COLUMNS = (

@@ -13,8 +13,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, and_, func, select
 from sqlalchemy.orm import Session
 
 import kits as kitlib
@@ -100,8 +101,17 @@ def delay_limit(ctx: ServiceContext, trial_code: str) -> int:
         return max_delay_hours(current_definition(session, get_trial(session, trial_code)))
 
 
-def _sample_rows(session: Session, trial: Trial, limit: int, *conditions: object) -> list[SampleRow]:
-    rows = session.execute(
+def _sample_rows(
+    session: Session,
+    trial: Trial,
+    limit: int,
+    *conditions: object,
+    start: int = 0,
+    size: int | None = None,
+) -> list[SampleRow]:
+    """The tube sets matching `conditions` in site, participant, sample and tube-set order; with
+    `size`, only `size` of them from row `start` (a page: issue 21)."""
+    query = (
         select(SampleKit, Site.code, Registration.subject_number, PlannedSample.label, LabShipment.number)
         .join(Site, Site.id == SampleKit.site_id)
         .outerjoin(PlannedSample, PlannedSample.id == SampleKit.planned_sample_id)
@@ -109,7 +119,10 @@ def _sample_rows(session: Session, trial: Trial, limit: int, *conditions: object
         .outerjoin(LabShipment, LabShipment.id == SampleKit.lab_shipment_id)
         .where(SampleKit.trial_id == trial.id, *conditions)  # type: ignore[arg-type]
         .order_by(Site.code, Registration.subject_number, PlannedSample.label, SampleKit.kit_number)
-    ).all()
+    )
+    if size is not None:
+        query = query.offset(start).limit(size)
+    rows = session.execute(query).all()
     out = []
     for kit, site, subject, label, shipment in rows:
         delay = None
@@ -137,9 +150,33 @@ def _sample_rows(session: Session, trial: Trial, limit: int, *conditions: object
     return out
 
 
-def sample_rows(session: Session, trial: Trial, limit: int, *conditions: object) -> list[SampleRow]:
-    """The tube sets of `trial` matching `conditions`, with participant, sample and delay."""
-    return _sample_rows(session, trial, limit, *conditions)
+def sample_rows(
+    session: Session, trial: Trial, limit: int, *conditions: object, start: int = 0, size: int | None = None
+) -> list[SampleRow]:
+    """The tube sets of `trial` matching `conditions`, with participant, sample and delay (a page
+    of `size` from row `start`, when given)."""
+    return _sample_rows(session, trial, limit, *conditions, start=start, size=size)
+
+
+def late_in_sql(session: Session, limit: int) -> ColumnElement[bool]:
+    """Whether a tube set's pre-analytical delay is beyond `limit` hours, in the database, exactly as
+    `_sample_rows` judges it (received more than `limit` hours after collection, to the
+    microsecond). PostgreSQL adds an interval. SQLite stores times as text, "YYYY-MM-DD HH:MM:SS"
+    and six decimals: the whole seconds are moved by `limit` hours (the decimals left out, or its
+    date functions would round them to milliseconds, and .9996 to the next second), the decimals
+    put back, and the two texts compared (no floating point at the boundary)."""
+    if session.get_bind().dialect.name == "postgresql":
+        deadline: ColumnElement[Any] = SampleKit.collected_at + func.make_interval(0, 0, 0, 0, int(limit))
+    else:
+        whole_seconds = func.substr(SampleKit.collected_at, 1, 19)
+        deadline = func.strftime("%Y-%m-%d %H:%M:%S", whole_seconds, f"+{int(limit)} hours").concat(
+            func.substr(SampleKit.collected_at, 20)
+        )
+    return and_(
+        SampleKit.collected_at.is_not(None),
+        SampleKit.received_at.is_not(None),
+        SampleKit.received_at > deadline,
+    )
 
 
 def _aware(moment: datetime) -> datetime:
