@@ -286,6 +286,10 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         N_("at most %(count)s printable characters"),
     ),
     (
+        re.compile(r"^contains a character that is not allowed \(U\+(?P<code>[0-9A-F]{4,6})\)$"),
+        N_("contains a character that is not allowed (U+%(code)s)"),
+    ),
+    (
         re.compile(r"^must be at most (?P<count>\d+) characters long$"),
         N_("must be at most %(count)s characters long"),
     ),

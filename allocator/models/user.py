@@ -84,11 +84,12 @@ class LoginSession(Base):
     logout, an admin termination or a deactivation ends the session everywhere (ACC-06, BLD-11)."""
 
     __tablename__ = "login_session"
-    # A user's latest sign-in in one index look-up (the user pages; issue 21: one row per sign-in ever).
+    # A user's sessions, and their latest sign-in in one index look-up (the user pages; issue 21:
+    # one row per sign-in ever made).
     __table_args__ = (Index("ix_login_session_user_id_created_at", "user_id", "created_at"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("app_user.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("app_user.id"))
     token_digest: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime]
     last_seen_at: Mapped[datetime]

@@ -26,7 +26,7 @@ from allocator.permissions import Scope
 from allocator.printing.safe_csv import csv_chunks
 from allocator.services import arm_access, periods, signatures, spooling
 from allocator.services.context import ServiceContext
-from allocator.services.errors import FieldProblem, ValidationFailed
+from allocator.services.errors import FieldProblem, ValidationFailed, bad_character
 
 MAX_PAGE = 1000
 MAX_FILTER_TEXT = 200  # user, object_type, object_id
@@ -53,6 +53,11 @@ class AuditFilter:
             texts[key] = (args.get(key) or "").strip() or None
             if texts[key] is not None and len(texts[key] or "") > MAX_FILTER_TEXT:
                 problems.append(FieldProblem(key, f"must be at most {MAX_FILTER_TEXT} characters long"))
+            elif texts[key] is not None and (bad := bad_character(texts[key] or "")):
+                # A NUL reached PostgreSQL and was a 500 on the trail's page and CSV (the API
+                # already refused it before the look-up).
+                problems.append(FieldProblem(key, bad))
+                texts[key] = None
         action = (args.get("action") or "").strip() or None
         if action is not None and action not in {a.value for a in Action}:
             problems.append(FieldProblem("action", f"{action!r} is not an audited action"))

@@ -6,6 +6,7 @@ shown to blinded users.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -107,3 +108,18 @@ def check_lengths(**fields: tuple[str, int]) -> None:
     ]
     if problems:
         raise ValidationFailed("some text is too long", errors=problems)
+
+
+# C0 controls except tab, line feed and carriage return; DEL and C1 controls; surrogates (only ever
+# lone in a Python str); the Unicode non-characters U+FDD0..U+FDEF and U+xFFFE/U+xFFFF.
+_NONCHARACTERS = "".join(f"{chr(plane << 16 | 0xFFFE)}{chr(plane << 16 | 0xFFFF)}" for plane in range(17))
+_FORBIDDEN = re.compile(f"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef{_NONCHARACTERS}]")
+
+
+def bad_character(text: str) -> str | None:
+    """A description of the first character `text` may not hold, or None when it is clean (a NUL,
+    which PostgreSQL refuses in a text parameter, a control character, a lone surrogate)."""
+    match = _FORBIDDEN.search(text)
+    if match is None:
+        return None
+    return f"contains a character that is not allowed (U+{ord(match.group()):04X})"

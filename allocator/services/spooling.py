@@ -47,7 +47,8 @@ class Spooled:
 
 
 def spool(pieces: Iterable[str]) -> Spooled:
-    """`pieces` written, UTF-8, into a new spooled file. If writing fails the file is let go."""
+    """`pieces` written, UTF-8, into a new spooled file. If writing fails, the file is let go and
+    `pieces` closed (when it can be)."""
     digest = hashlib.sha256()
     file = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES, mode="w+b")  # noqa: SIM115
     size = 0
@@ -59,5 +60,10 @@ def spool(pieces: Iterable[str]) -> Spooled:
             size += len(encoded)
     except BaseException:
         file.close()
+        # A generator of rows read from the database is closed now, not when collected: its
+        # server-side cursor goes with the read session.
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            close()
         raise
     return Spooled(file, digest.hexdigest(), size)

@@ -27,9 +27,8 @@ from flask_babel import gettext
 from werkzeug.wrappers import Response
 
 from allocator.services import signatures
-from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
+from allocator.services.errors import DomainError, FieldProblem, ValidationFailed, bad_character
 from allocator.web import messages
-from allocator.web.hygiene import bad_character
 
 # Never carried across a redirect, never shown back.
 SECRET_FIELDS = frozenset({"password", "otp", "current", "new", "confirm", "csrf_token", "code"})

@@ -27,7 +27,7 @@ from flask import Flask, request
 from werkzeug.exceptions import NotFound as PageNotFound
 from werkzeug.exceptions import RequestEntityTooLarge, RequestURITooLarge
 
-from allocator.services.errors import FieldProblem, NotFound, ValidationFailed
+from allocator.services.errors import FieldProblem, NotFound, ValidationFailed, bad_character
 from allocator.web.security import is_api_request
 
 MAX_BODY_BYTES = 64 * 1024
@@ -36,19 +36,7 @@ MAX_URL_BYTES = 4096
 MAX_SEQUENCE = 2**63 - 1  # audit sequence numbers are 64-bit signed integers
 EARLIEST_YEAR, LATEST_YEAR = 2000, 9998  # local years; keeps every zone conversion in range
 
-# C0 controls except tab, line feed and carriage return; DEL and C1 controls; surrogates (only ever
-# lone in a Python str); the Unicode non-characters U+FDD0..U+FDEF and U+xFFFE/U+xFFFF.
-_NONCHARACTERS = "".join(f"{chr(plane << 16 | 0xFFFE)}{chr(plane << 16 | 0xFFFF)}" for plane in range(17))
-_FORBIDDEN = re.compile(f"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef{_NONCHARACTERS}]")
 _ASCII_DIGITS = re.compile(r"[0-9]+")
-
-
-def bad_character(text: str) -> str | None:
-    """A description of the first character `text` may not hold, or None when it is clean."""
-    match = _FORBIDDEN.search(text)
-    if match is None:
-        return None
-    return f"contains a character that is not allowed (U+{ord(match.group()):04X})"
 
 
 def _check_request() -> None:

@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import io
 import json
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import select
@@ -216,3 +217,54 @@ def test_verify_through_the_service(ctx: ServiceContext) -> None:
     trail(ctx)
     result = audit_trail.verify(ctx, "IFNG-PAIS")
     assert result.ok and result.entries >= 7
+
+
+def test_the_csv_exports_file_is_let_go_when_its_audit_entry_cannot_be_written(
+    ctx: ServiceContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From the review: the spooled file must be closed when the export's audit entry fails (the
+    export is then refused as a whole), as when it is sent."""
+    trail(ctx)
+    made: list[spooling.Spooled] = []
+    real_spool = spooling.spool
+
+    def spy(pieces: object) -> spooling.Spooled:
+        made.append(real_spool(pieces))  # type: ignore[arg-type]
+        return made[-1]
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("the audit trail is unavailable")
+
+    monkeypatch.setattr(spooling, "spool", spy)
+    monkeypatch.setattr(type(ctx.audit), "record", refuse)
+    with pytest.raises(RuntimeError, match="unavailable"):
+        audit_trail.export_csv(ctx, MONITOR, "IFNG-PAIS", AuditFilter(), ALL)
+    assert len(made) == 1 and made[0].file.closed
+
+
+def test_a_failing_write_closes_the_rows_it_was_reading() -> None:
+    closed: list[bool] = []
+
+    def pieces() -> Iterator[str]:
+        try:
+            yield "a,b\r\n"
+            raise OSError("disk full")
+        finally:
+            closed.append(True)
+
+    rows = pieces()
+    with pytest.raises(OSError, match="disk full"):
+        spooling.spool(rows)
+    assert closed == [True]
+
+
+@pytest.mark.req("ACC-11")
+@pytest.mark.parametrize("key", ["user", "object_type", "object_id"])
+def test_a_control_character_in_a_filter_is_refused_naming_it(key: str) -> None:
+    """From the review: a NUL in the trail page's or CSV's filter reached PostgreSQL (a 500)."""
+    with pytest.raises(ValidationFailed) as refused:
+        AuditFilter.parse({key: "a\x00b", "action": "no.such"})
+    problems = {p.field: p.message for p in refused.value.errors}
+    assert problems[key] == "contains a character that is not allowed (U+0000)"
+    assert "action" in problems
+    assert AuditFilter.parse({key: "a\tb"}).query_args()[{"user": "user"}.get(key, key)] == "a\tb"

@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from datetime import date
+from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from allocator.models import RoleAssignment
+from allocator.services import spooling
 from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
 from allocator.services.supply import kit_lists
@@ -209,6 +211,40 @@ def test_audit_page_filters_and_csv(ctx: ServiceContext, signed_in: SignedIn) ->
     assert csv_response.is_streamed and "Content-Length" not in csv_response.headers  # issue 21
     assert csv_response.get_data(as_text=True).startswith("seq,at_utc,actor_username")
     csv_response.close()
+
+
+def test_the_audit_csvs_spooled_file_is_let_go_once_sent_and_a_nul_filter_is_refused(
+    ctx: ServiceContext, signed_in: SignedIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From the review of the spooled audit CSV: nothing checked that its file is closed once the
+    response is (a GET read whole, a HEAD); and a NUL in a filter reached PostgreSQL (a 500) on
+    the page and the CSV, where it is now refused naming the field, in French too."""
+    load_ifn(ctx)
+    created = make_user(ctx, "mon", "monitor")
+    client = signed_in("mon", created.one_time_password)
+    made: list[spooling.Spooled] = []
+    real_spool = spooling.spool
+
+    def spy(pieces: Any) -> spooling.Spooled:
+        made.append(real_spool(pieces))
+        return made[-1]
+
+    monkeypatch.setattr(spooling, "spool", spy)
+    sent = client.get("/trials/IFNG-PAIS/audit.csv")
+    assert sent.get_data(as_text=True).startswith("seq,") and not made[-1].file.closed
+    sent.close()
+    assert made[-1].file.closed
+    head = client.head("/trials/IFNG-PAIS/audit.csv")
+    head.close()
+    assert head.status_code == 200 and len(made) == 2 and made[-1].file.closed
+    for path in ("/trials/IFNG-PAIS/audit", "/trials/IFNG-PAIS/audit.csv"):
+        for key in ("object_id", "user", "object_type"):
+            refused = client.get(f"{path}?{key}=a%00b")
+            assert refused.status_code == 422, (path, key)
+            assert "not allowed (U+0000)" in refused.get_data(as_text=True), (path, key)
+    client.post("/language", data={"language": "fr", "next": "/", "csrf_token": csrf_token(client, "/")})
+    french = client.get("/trials/IFNG-PAIS/audit.csv?object_id=a%00b").get_data(as_text=True)
+    assert "contient un caractère non autorisé (U+0000)" in french and "not allowed" not in french
 
 
 @pytest.mark.req("AUD-05")

@@ -345,7 +345,7 @@ def _otp_schema() -> dict[str, object]:
 
 @pytest.mark.req("UNB-04")
 def test_the_otp_document_admits_exactly_what_the_service_strips() -> None:
-    from allocator.web.hygiene import bad_character
+    from allocator.services.errors import bad_character
 
     validator = Draft202012Validator(_otp_schema())
     # Whatever str.strip() removes and the body check lets through may surround the six digits.
