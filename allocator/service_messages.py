@@ -341,6 +341,10 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         N_("no record %(record)s within your reach"),
     ),
     (re.compile(r"^no excursion (?P<excursion>\S+)$"), N_("no excursion %(excursion)s")),
+    (
+        re.compile(r"^no excursion ['\"](?P<excursion>.*)['\"] within your reach$"),
+        N_("no excursion %(excursion)s within your reach"),
+    ),
     (re.compile(r"^no kit (?P<kit>\S+) within your reach$"), N_("no kit %(kit)s within your reach")),
     (
         re.compile(

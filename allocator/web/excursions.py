@@ -4,6 +4,8 @@ never an arm (the report quarantines both arms alike)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from werkzeug.wrappers import Response as WerkzeugResponse
@@ -11,13 +13,17 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 from allocator.permissions import Permission, requires
 from allocator.services import sites
 from allocator.services.errors import DomainError
+from allocator.services.subjects import views
 from allocator.services.supply import excursions as supply_excursions
-from allocator.web import forms
+from allocator.web import forms, hygiene
 from allocator.web.security import actor, ctx, holds_any, scope
 
 bp = Blueprint("excursions", __name__)
 
 REPORT_FORM = "report"
+EXCURSION_PAGE = supply_excursions.EXCURSION_PAGE  # excursions per page of the list (issue 21)
+SITE_FILTER_LENGTH = 10  # a site code
+CURSOR_LENGTH = 20  # an excursion number
 
 
 def _labels() -> dict[str, str]:
@@ -80,16 +86,32 @@ def _report(trial: str, permission: Permission) -> WerkzeugResponse:
 @bp.route("/trials/<trial>/excursions")
 @requires(Permission.KIT_VIEW)
 def excursions(trial: str) -> str:
-    """Every excursion of the sites within reach; the report form for the site pharmacist and the
-    depot. `?shipment=SH-0001` opens the form for that shipment (the receipt's logger question)."""
+    """The excursions of the sites within reach, a page of EXCURSION_PAGE, newest first, optionally
+    of one site and one status (issue 21); the report form for the site pharmacist and the depot.
+    `?shipment=SH-0001` opens the form for that shipment (the receipt's logger question)."""
     site_scope = scope(Permission.KIT_VIEW)
+    site = hygiene.query_text("site", max_length=SITE_FILTER_LENGTH)
+    status = hygiene.query_text("status", max_length=12)
+    before = hygiene.query_text("before", max_length=CURSOR_LENGTH)
+    page = supply_excursions.excursions(
+        ctx(), trial, site_scope, before=before, limit=EXCURSION_PAGE, site=site, status=status
+    )
+    shown: dict[str, Any] = {name: value for name, value in (("site", site), ("status", status)) if value}
     can_site = holds_any(Permission.KIT_MANAGE)
     can_depot = holds_any(Permission.SHIPMENT_MANAGE)
     reach = scope(Permission.KIT_MANAGE) if can_site else scope(Permission.SHIPMENT_MANAGE)
     return render_template(
         "supply/excursions.html",
         trial=trial,
-        rows=supply_excursions.excursions(ctx(), trial, site_scope),
+        rows=page.excursions,
+        older=url_for("excursions.excursions", trial=trial, before=page.next_before, **shown, _anchor="list")
+        if page.next_before
+        else None,
+        newest=url_for("excursions.excursions", trial=trial, **shown, _anchor="list") if before else None,
+        site=site,
+        status=status,
+        statuses=supply_excursions.EXCURSION_STATUSES,
+        site_choices=views.site_choices(ctx(), trial, site_scope),
         can_report=can_site or can_depot,
         report_action=url_for("excursions.report" if can_site else "excursions.depot_report", trial=trial),
         sites=[s for s in sites.sites(ctx(), trial) if reach.allows_site(s.id)]

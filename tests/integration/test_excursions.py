@@ -8,7 +8,7 @@ from datetime import date
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select, text
 
 from allocator.models import AuditEvent, ExcursionKit, Kit, Signature, TemperatureExcursion
 from allocator.permissions import Scope
@@ -317,3 +317,74 @@ def test_reconciliation_counts_kits_quarantined_on_the_way_at_the_shipments_site
     (p1,) = [b for b in found.balances if b.site == "P1"]
     where = "on_hand" if decision == "destroy then receipt" else "in_transit"
     assert (p1.shipped, p1.terms[where], p1.accounted) == (6, 6, 6)
+
+
+@pytest.mark.req("REP-08")
+def test_the_excursions_are_paged_newest_first_narrowed_in_sql_without_their_logger_files(
+    world: ServiceContext,
+) -> None:
+    """Issue 21: the list read every excursion of the trial with its logger file (up to 2 MB each),
+    and every shipment of the trial to name a few; a site's staff read the other sites' too,
+    filtered in Python. It now reads a page, newest first, narrowed by site and status in SQL; a
+    cursor of another site's excursion reads as unknown."""
+    ctx = world
+    pharmacist = person(ctx, "pharma-p1", "pharmacist", "P1")
+    other = person(ctx, "pharma-p2", "pharmacist", "P2")
+    manager = person(ctx, "tman", "trial_manager")
+    sent = in_transit(ctx, "P1", 2)  # SH-0001
+    report(ctx, manager)  # EXC-0001, on SH-0001 (P1), pending
+    at_p1 = in_transit(ctx, "P1", 2)
+    shipments.receive(ctx, pharmacist, TRIAL, at_p1.number, list(at_p1.kits), scope=ALL)
+    at_p2 = in_transit(ctx, "P2", 2)
+    shipments.receive(ctx, other, TRIAL, at_p2.number, list(at_p2.kits), scope=ALL)
+    p1, p2 = site_of(ctx, "P1"), site_of(ctx, "P2")
+    report(ctx, pharmacist, place="site", site_code="P1", scope=p1)  # EXC-0002 (P1)
+    report(ctx, other, place="site", site_code="P2", scope=p2)  # EXC-0003 (P2)
+    excursions.decide_excursion(
+        ctx, manager, TRIAL, "EXC-0002", "destroy", reason="too warm", signature=SIGNED
+    )
+
+    def numbers(scope: Scope = ALL, **query: object) -> tuple[list[str], str | None]:
+        page = excursions.excursions(ctx, TRIAL, scope, **query)  # type: ignore[arg-type]
+        return [e.number for e in page.excursions], page.next_before
+
+    assert numbers() == (["EXC-0003", "EXC-0002", "EXC-0001"], None)
+    first = excursions.excursions(ctx, TRIAL, ALL, limit=2)
+    assert [(e.number, e.site, e.shipment, e.status, e.kits) for e in first.excursions] == [
+        ("EXC-0003", "P2", None, "pending", ()),
+        ("EXC-0002", "P1", None, "destroyed", ()),
+    ]
+    assert first.next_before == "EXC-0002"
+    last = excursions.excursions(ctx, TRIAL, ALL, limit=2, before="EXC-0002")
+    assert [(e.number, e.shipment, e.kit_count) for e in last.excursions] == [("EXC-0001", sent.number, 2)]
+    assert last.next_before is None
+    assert numbers(limit=3) == (["EXC-0003", "EXC-0002", "EXC-0001"], None)  # one whole page: no next
+    assert numbers(site="P1") == (["EXC-0002", "EXC-0001"], None)
+    assert numbers(site="P1", status="pending") == (["EXC-0001"], None)
+    assert numbers(status="destroyed") == (["EXC-0002"], None)
+    assert numbers(p2) == (["EXC-0003"], None)
+    assert numbers(p1, limit=1) == (["EXC-0002"], "EXC-0002")
+    for query, scope, field in (
+        ({"before": "EXC-0003"}, p1, "before"),  # another site's: unknown, not "not yours"
+        ({"before": "EXC-0099"}, ALL, "before"),
+        ({"site": "P2"}, p1, "site"),
+        ({"status": "quarantined"}, ALL, "status"),
+        ({"limit": 0}, ALL, "limit"),
+        ({"limit": excursions.MAX_EXCURSION_PAGE + 1}, ALL, "limit"),
+    ):
+        with pytest.raises(ValidationFailed) as refused:
+            excursions.excursions(ctx, TRIAL, scope, **query)  # type: ignore[arg-type]
+        assert [p.field for p in refused.value.errors] == [field], query
+    # The logger files are not read by the list (deferred), only by the excursion's own page.
+    seen: list[str] = []
+
+    def note(_conn, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
+        seen.append(statement)
+
+    event.listen(ctx.db.read_engine, "before_cursor_execute", note)
+    try:
+        excursions.excursions(ctx, TRIAL, ALL)
+    finally:
+        event.remove(ctx.db.read_engine, "before_cursor_execute", note)
+    assert seen and not any("logger_content" in statement for statement in seen)
+    assert excursions.logger_file(ctx, TRIAL, "EXC-0001", ALL) == ("csv", CSV.content)

@@ -19,6 +19,7 @@ from allocator.models import AuditEvent, Kit
 from allocator.services.context import ServiceContext
 from allocator.services.supply import kit_lists
 from allocator.services.supply import shipments as supply_shipments
+from allocator.web import excursions as web_excursions
 from tests.support import CLI_ACTOR, GOOD_PASSWORD, code_break_sheets, load_ifn, make_user
 from tests.web.conftest import csrf_token
 
@@ -191,6 +192,55 @@ def test_the_excursion_pages_speak_french(ctx: ServiceContext, clients: dict[str
         follow_redirects=True,
     ).get_data(as_text=True)
     assert "les deux températures sont entre 2 et 8 °C" in refused
+
+
+@pytest.mark.req("REP-08")
+def test_the_excursions_list_is_paged_filtered_and_refuses_in_french(
+    ctx: ServiceContext, clients: dict[str, FlaskClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21: a page of excursions, newest first, with links to the older ones and back that keep
+    the filters; a bad filter or cursor is a 422 naming it, in French too."""
+    manager = clients["tman"]
+    for _ in range(3):
+        view = supply_shipments.create_shipment(ctx, CLI_ACTOR, TRIAL, "P2", 2)
+        supply_shipments.ship(ctx, CLI_ACTOR, TRIAL, view.number)
+        token = csrf_token(manager, f"{BASE}/excursions")
+        manager.post(
+            f"{BASE}/depot/excursions",
+            data={**report_form(shipment=view.number), "csrf_token": token},
+            content_type="multipart/form-data",
+        )
+    monkeypatch.setattr(web_excursions, "EXCURSION_PAGE", 2)
+
+    def listed(html: str) -> list[str]:
+        return re.findall(r'/excursions/(EXC-\d+)">', html)
+
+    def link(html: str, words: str) -> str | None:
+        found = re.search(rf'<a class="button" href="([^"]+)">{words}</a>', html)
+        return found.group(1).replace("&amp;", "&") if found else None
+
+    first = manager.get(f"{BASE}/excursions?status=pending").get_data(as_text=True)
+    assert listed(first) == ["EXC-0003", "EXC-0002"] and link(first, "Newest excursions") is None
+    older = link(first, "Older excursions")
+    assert older is not None and "status=pending" in older and "before=EXC-0002" in older
+    second = manager.get(older).get_data(as_text=True)
+    assert listed(second) == ["EXC-0001"] and link(second, "Older excursions") is None
+    assert link(second, "Newest excursions") is not None
+    none = manager.get(f"{BASE}/excursions?status=released").get_data(as_text=True)
+    assert listed(none) == [] and "No excursion matches." in none
+    for query, words in (
+        ("status=lost", "unknown status"),
+        ("before=EXC-0099", "no excursion"),
+        ("site=P9", "is not a site of"),
+        ("before=a%00b", "printable characters"),
+    ):
+        refused = manager.get(f"{BASE}/excursions?{query}")
+        assert refused.status_code == 422 and words in refused.get_data(as_text=True), query
+    manager.post("/language", data={"language": "fr", "next": "/", "csrf_token": csrf_token(manager, "/")})
+    french = manager.get(f"{BASE}/excursions").get_data(as_text=True)
+    assert "Excursions, les plus récentes d’abord" in french and "Excursions plus anciennes" in french
+    cursor = manager.get(f"{BASE}/excursions?before=EXC-%27x").get_data(as_text=True)
+    assert "aucune excursion" in cursor and "within your reach" not in cursor
 
 
 @pytest.mark.req("ACC-02")

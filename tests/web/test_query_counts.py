@@ -33,6 +33,7 @@ MONITOR_PATHS = [
     f"{T}/screening",
     f"{T}/shipments",
     f"{T}/returns",
+    f"{T}/excursions",
     f"{T}/reconciliation",
     *(f"{T}/reports/{name}{suffix}" for name in REPORTS for suffix in ("", "/csv", "/pdf")),
     *(f"{T}/reports/review/{name}{suffix}" for name in REVIEW_KINDS for suffix in ("", "/csv", "/pdf")),

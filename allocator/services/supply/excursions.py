@@ -23,7 +23,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from allocator.audit import Action, Actor
 from allocator.db import require
@@ -39,7 +39,7 @@ from allocator.services.errors import (
     ValidationFailed,
     check_lengths,
 )
-from allocator.services.lookups import current_definition, get_trial, lock_site
+from allocator.services.lookups import current_definition, get_trial, lock_site, site_filter
 from allocator.services.supply import resupply
 from allocator.services.supply.kit_rules import S, move_kit
 
@@ -50,6 +50,9 @@ STORAGE_MIN, STORAGE_MAX = 20, 80
 # The data logger's file: its kind is decided by its name and checked against its content.
 LOGGER_TYPES = {"csv": "text/csv", "txt": "text/plain", "pdf": "application/pdf"}
 LOGGER_MAX_BYTES = 2 * 1024 * 1024
+EXCURSION_STATUSES = ("pending", "released", "destroyed")
+EXCURSION_PAGE = 50  # excursions per page of the list (issue 21)
+MAX_EXCURSION_PAGE = 1000
 _TEMPERATURE = re.compile(r"^[+-]?\d{1,2}(?:[.,]\d)?$")
 
 
@@ -430,32 +433,71 @@ def decide_excursion(
         return len(kits)
 
 
-def excursions(ctx: ServiceContext, trial_code: str, scope: Scope) -> list[ExcursionView]:
-    """The excursions of the sites within `scope`, newest first (without their kits)."""
+@dataclass(frozen=True, slots=True)
+class ExcursionPage:
+    excursions: tuple[ExcursionView, ...]
+    next_before: str | None  # the excursion number to pass as `before` for older ones; None: the last page
+
+
+def excursions(
+    ctx: ServiceContext,
+    trial_code: str,
+    scope: Scope,
+    *,
+    before: str | None = None,
+    limit: int = EXCURSION_PAGE,
+    site: str | None = None,
+    status: str | None = None,
+) -> ExcursionPage:
+    """One page of the excursions of the sites within `scope` (of `site`, in `status`, when given),
+    newest first, older than the excursion numbered `before`, without their kits: a few statements
+    and `limit` excursions (issue 21). The logger files stay in the database: the list read every
+    one (up to LOGGER_MAX_BYTES each) to show none. Raises ValidationFailed naming `before`,
+    `site`, `status` or `limit`."""
+    if not 1 <= limit <= MAX_EXCURSION_PAGE:
+        raise ValidationFailed(
+            "invalid limit", errors=[FieldProblem("limit", f"from 1 to {MAX_EXCURSION_PAGE}")]
+        )
+    if status is not None and status not in EXCURSION_STATUSES:
+        raise ValidationFailed("invalid status", errors=[FieldProblem("status", "unknown status")])
     with ctx.db.reading() as session:
         trial = get_trial(session, trial_code)
         sites = {
-            s.id: s.code for s in session.execute(select(Site).where(Site.trial_id == trial.id)).scalars()
+            row.id: row.code
+            for row in session.execute(select(Site.id, Site.code).where(Site.trial_id == trial.id))
         }
-        shipments = dict(
-            session.execute(select(Shipment.id, Shipment.number).where(Shipment.trial_id == trial.id)).all()
-        )
-        rows = session.execute(
-            select(TemperatureExcursion)
-            .where(TemperatureExcursion.trial_id == trial.id)
+        within = () if scope.all_sites else (TemperatureExcursion.site_id.in_(sorted(scope.site_ids)),)
+        query = (
+            select(TemperatureExcursion, Shipment.number)
+            .outerjoin(Shipment, Shipment.id == TemperatureExcursion.shipment_id)
+            .options(defer(TemperatureExcursion.logger_content))
+            .where(TemperatureExcursion.trial_id == trial.id, *within)
             .order_by(TemperatureExcursion.id.desc())
-        ).scalars()
-        return [
-            _view(
-                session,
-                e,
-                sites[e.site_id],
-                shipments.get(e.shipment_id) if e.shipment_id else None,
-                kits=False,
-            )
-            for e in rows
-            if scope.allows_site(e.site_id)
-        ]
+            .limit(limit + 1)
+        )
+        if site:
+            query = query.where(TemperatureExcursion.site_id == site_filter(sites, site, scope, trial.code))
+        if status:
+            query = query.where(TemperatureExcursion.status == status)
+        if before:
+            # Within the reader's sites only: a cursor must not tell whether another site's
+            # excursion exists.
+            start = session.execute(
+                select(TemperatureExcursion.id).where(
+                    TemperatureExcursion.trial_id == trial.id, TemperatureExcursion.number == before, *within
+                )
+            ).scalar_one_or_none()
+            if start is None:
+                raise ValidationFailed(
+                    "unknown cursor",
+                    errors=[FieldProblem("before", f"no excursion {before!r} within your reach")],
+                )
+            query = query.where(TemperatureExcursion.id < start)
+        found = session.execute(query).all()
+        views = tuple(
+            _view(session, e, sites[e.site_id], shipment, kits=False) for e, shipment in found[:limit]
+        )
+        return ExcursionPage(views, views[-1].number if len(found) > limit else None)
 
 
 def excursion(ctx: ServiceContext, trial_code: str, number: str, scope: Scope) -> ExcursionView:
