@@ -9,9 +9,9 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVarTuple
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Row, Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from allocator.db import Direct
@@ -256,3 +256,52 @@ def treatment_words(definition: TrialDefinition) -> set[str]:
 def names_a_treatment(definition: TrialDefinition, text: str) -> bool:
     """Whether `text` contains a word of `treatment_words` (whole words, case-insensitive)."""
     return bool(treatment_words(definition) & set(re.findall(r"[a-zà-ÿ0-9]+", text.lower())))
+
+
+class _Numbered(Protocol):
+    """A mapped class listed newest first by `newest_first`: its id orders it, its number names it,
+    its site scopes it (a drug or lab shipment, a return or destruction, an excursion)."""
+
+    id: Any
+    number: Any
+    site_id: Any
+    trial_id: Any
+
+
+def page_size(limit: int, maximum: int) -> int:
+    """`limit` when it is a page size from 1 to `maximum`; else ValidationFailed naming `limit`."""
+    if not 1 <= limit <= maximum:
+        raise ValidationFailed("invalid limit", errors=[FieldProblem("limit", f"from 1 to {maximum}")])
+    return limit
+
+
+_Ts = TypeVarTuple("_Ts")
+
+
+def newest_first(
+    session: Session,
+    query: Select[*_Ts],
+    model: type[_Numbered],
+    trial: Trial,
+    scope: Scope,
+    *,
+    limit: int,
+    before: str | None,
+    unknown: str,
+) -> tuple[list[Row[*_Ts]], bool]:
+    """One page of `query`'s rows of `model` (issue 21): the trial's, of the sites within `scope`,
+    newest first, older than the one numbered `before`, at most `limit`, and whether there are
+    more. The cursor is looked for within the reader's sites only, so that it tells nothing of
+    another site's records: ValidationFailed naming `before` with the words `unknown` when it is
+    not found there. A few statements, however many records the trial has."""
+    within = [model.trial_id == trial.id]
+    if not scope.all_sites:
+        within.append(model.site_id.in_(sorted(scope.site_ids)))
+    query = query.where(*within)
+    if before:
+        start = session.execute(select(model.id).where(*within, model.number == before)).scalar_one_or_none()
+        if start is None:
+            raise ValidationFailed("unknown cursor", errors=[FieldProblem("before", unknown)])
+        query = query.where(model.id < start)
+    found = list(session.execute(query.order_by(model.id.desc()).limit(limit + 1)).all())
+    return found[:limit], len(found) > limit

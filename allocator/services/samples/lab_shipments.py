@@ -35,7 +35,7 @@ from allocator.permissions import Scope
 from allocator.services import documents
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed
-from allocator.services.lookups import current_definition, get_trial, require_open
+from allocator.services.lookups import current_definition, get_trial, newest_first, page_size, require_open
 from allocator.services.samples.rules import move_sample_kit
 from allocator.services.supply.kit_rules import mac
 from allocator.trialdef import TrialDefinition
@@ -252,29 +252,22 @@ def shipments(
     once for the page): a few statements and `limit` shipments, however long the study has shipped
     (issue 21). Raises ValidationFailed naming `before` (a shipment outside `scope` reads as
     unknown) or `limit`."""
-    if not 1 <= limit <= MAX_LAB_SHIPMENT_PAGE:
-        raise ValidationFailed(
-            "invalid limit", errors=[FieldProblem("limit", f"from 1 to {MAX_LAB_SHIPMENT_PAGE}")]
-        )
+    page_size(limit, MAX_LAB_SHIPMENT_PAGE)
     with ctx.db.reading() as session:
         trial = get_trial(session, trial_code)
-        within = (LabShipment.trial_id == trial.id,) + (
-            () if scope.all_sites else (LabShipment.site_id.in_(sorted(scope.site_ids)),)
-        )
-        query = select(LabShipment, Site.code).join(Site, Site.id == LabShipment.site_id).where(*within)
+        query = select(LabShipment, Site.code).join(Site, Site.id == LabShipment.site_id)
         if status is not None:
             query = query.where(LabShipment.status == status.value)
-        cursor = (before or "").strip().upper()
-        if cursor:
-            start = session.execute(
-                select(LabShipment.id).where(*within, LabShipment.number == cursor)
-            ).scalar_one_or_none()
-            if start is None:
-                raise ValidationFailed("unknown cursor", errors=[FieldProblem("before", "no such shipment")])
-            query = query.where(LabShipment.id < start)
-        found = session.execute(query.order_by(LabShipment.id.desc()).limit(limit + 1)).all()
-        more = len(found) > limit
-        found = found[:limit]
+        found, more = newest_first(
+            session,
+            query,
+            LabShipment,
+            trial,
+            scope,
+            limit=limit,
+            before=(before or "").strip().upper(),
+            unknown="no such shipment",
+        )
         by_shipment: dict[str | None, list[SampleRow]] = {}
         if samples and found:
             limit_hours = max_delay_hours(current_definition(session, trial))

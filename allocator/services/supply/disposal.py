@@ -39,7 +39,14 @@ from allocator.services.errors import (
     ValidationFailed,
     check_lengths,
 )
-from allocator.services.lookups import current_definition, get_trial, lock_site, site_filter
+from allocator.services.lookups import (
+    current_definition,
+    get_trial,
+    lock_site,
+    newest_first,
+    page_size,
+    site_filter,
+)
 from allocator.services.supply import resupply
 from allocator.services.supply.kit_rules import (
     DESTRUCTION_SOURCES,
@@ -358,10 +365,7 @@ def disposals(
     records, however many the trial has made (issue 21: at close-out every site returns or destroys
     what it holds, record after record). Raises ValidationFailed naming `before`, `site`, `kind` or
     `limit`."""
-    if not 1 <= limit <= MAX_DISPOSAL_PAGE:
-        raise ValidationFailed(
-            "invalid limit", errors=[FieldProblem("limit", f"from 1 to {MAX_DISPOSAL_PAGE}")]
-        )
+    page_size(limit, MAX_DISPOSAL_PAGE)
     if kind is not None and kind not in KINDS:
         raise ValidationFailed("invalid kind", errors=[FieldProblem("kind", "unknown kind")])
     with ctx.db.reading() as session:
@@ -370,32 +374,21 @@ def disposals(
             row.id: row.code
             for row in session.execute(select(Site.id, Site.code).where(Site.trial_id == trial.id))
         }
-        within = () if scope.all_sites else (KitDisposal.site_id.in_(sorted(scope.site_ids)),)
-        query = (
-            select(KitDisposal)
-            .where(KitDisposal.trial_id == trial.id, *within)
-            .order_by(KitDisposal.id.desc())
-            .limit(limit + 1)
-        )
+        query = select(KitDisposal)
         if site:
             query = query.where(KitDisposal.site_id == site_filter(sites, site, scope, trial.code))
         if kind:
             query = query.where(KitDisposal.kind == kind)
-        if before:
-            # Within the reader's sites only: a cursor must not tell whether another site's record
-            # exists.
-            start = session.execute(
-                select(KitDisposal.id).where(
-                    KitDisposal.trial_id == trial.id, KitDisposal.number == before, *within
-                )
-            ).scalar_one_or_none()
-            if start is None:
-                raise ValidationFailed(
-                    "unknown cursor",
-                    errors=[FieldProblem("before", f"no record {before!r} within your reach")],
-                )
-            query = query.where(KitDisposal.id < start)
-        found = list(session.execute(query).scalars())
+        found, more = newest_first(
+            session,
+            query,
+            KitDisposal,
+            trial,
+            scope,
+            limit=limit,
+            before=before,
+            unknown=f"no record {before!r} within your reach",
+        )
         rows = tuple(
             DisposalRow(
                 number=d.number,
@@ -408,9 +401,9 @@ def disposals(
                 recorded_by=d.recorded_by_name,
                 signed=d.signature_id is not None,
             )
-            for d in found[:limit]
+            for (d,) in found
         )
-        return DisposalPage(records=rows, next_before=rows[-1].number if len(found) > limit else None)
+        return DisposalPage(records=rows, next_before=rows[-1].number if more else None)
 
 
 def document(ctx: ServiceContext, trial_code: str, number: str, scope: Scope) -> tuple[str, bytes]:

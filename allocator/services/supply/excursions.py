@@ -39,7 +39,14 @@ from allocator.services.errors import (
     ValidationFailed,
     check_lengths,
 )
-from allocator.services.lookups import current_definition, get_trial, lock_site, site_filter
+from allocator.services.lookups import (
+    current_definition,
+    get_trial,
+    lock_site,
+    newest_first,
+    page_size,
+    site_filter,
+)
 from allocator.services.supply import resupply
 from allocator.services.supply.kit_rules import S, move_kit
 
@@ -454,10 +461,7 @@ def excursions(
     and `limit` excursions (issue 21). The logger files stay in the database: the list read every
     one (up to LOGGER_MAX_BYTES each) to show none. Raises ValidationFailed naming `before`,
     `site`, `status` or `limit`."""
-    if not 1 <= limit <= MAX_EXCURSION_PAGE:
-        raise ValidationFailed(
-            "invalid limit", errors=[FieldProblem("limit", f"from 1 to {MAX_EXCURSION_PAGE}")]
-        )
+    page_size(limit, MAX_EXCURSION_PAGE)
     if status is not None and status not in EXCURSION_STATUSES:
         raise ValidationFailed("invalid status", errors=[FieldProblem("status", "unknown status")])
     with ctx.db.reading() as session:
@@ -466,38 +470,27 @@ def excursions(
             row.id: row.code
             for row in session.execute(select(Site.id, Site.code).where(Site.trial_id == trial.id))
         }
-        within = () if scope.all_sites else (TemperatureExcursion.site_id.in_(sorted(scope.site_ids)),)
         query = (
             select(TemperatureExcursion, Shipment.number)
             .outerjoin(Shipment, Shipment.id == TemperatureExcursion.shipment_id)
             .options(defer(TemperatureExcursion.logger_content))
-            .where(TemperatureExcursion.trial_id == trial.id, *within)
-            .order_by(TemperatureExcursion.id.desc())
-            .limit(limit + 1)
         )
         if site:
             query = query.where(TemperatureExcursion.site_id == site_filter(sites, site, scope, trial.code))
         if status:
             query = query.where(TemperatureExcursion.status == status)
-        if before:
-            # Within the reader's sites only: a cursor must not tell whether another site's
-            # excursion exists.
-            start = session.execute(
-                select(TemperatureExcursion.id).where(
-                    TemperatureExcursion.trial_id == trial.id, TemperatureExcursion.number == before, *within
-                )
-            ).scalar_one_or_none()
-            if start is None:
-                raise ValidationFailed(
-                    "unknown cursor",
-                    errors=[FieldProblem("before", f"no excursion {before!r} within your reach")],
-                )
-            query = query.where(TemperatureExcursion.id < start)
-        found = session.execute(query).all()
-        views = tuple(
-            _view(session, e, sites[e.site_id], shipment, kits=False) for e, shipment in found[:limit]
+        found, more = newest_first(
+            session,
+            query,
+            TemperatureExcursion,
+            trial,
+            scope,
+            limit=limit,
+            before=before,
+            unknown=f"no excursion {before!r} within your reach",
         )
-        return ExcursionPage(views, views[-1].number if len(found) > limit else None)
+        views = tuple(_view(session, e, sites[e.site_id], shipment, kits=False) for e, shipment in found)
+        return ExcursionPage(views, views[-1].number if more else None)
 
 
 def excursion(ctx: ServiceContext, trial_code: str, number: str, scope: Scope) -> ExcursionView:

@@ -16,7 +16,7 @@ from allocator.models import Kit, Shipment, Site, TemperatureExcursion, Trial
 from allocator.permissions import Scope
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed
-from allocator.services.lookups import current_definition, get_trial, site_filter
+from allocator.services.lookups import current_definition, get_trial, newest_first, page_size, site_filter
 from allocator.services.supply import depot, resupply
 from allocator.services.supply.kit_rules import S, move_kit, needed_until, number_from_scan, unreadable
 
@@ -292,10 +292,7 @@ def shipments(
     the trial has shipped (issue 21). The views carry no kit numbers (`ShipmentView.kits` is
     empty): the list shows none, and reading them made the page grow with every kit shipped.
     Raises ValidationFailed naming `before`, `site`, `status` or `limit`."""
-    if not 1 <= limit <= MAX_SHIPMENT_PAGE:
-        raise ValidationFailed(
-            "invalid limit", errors=[FieldProblem("limit", f"from 1 to {MAX_SHIPMENT_PAGE}")]
-        )
+    page_size(limit, MAX_SHIPMENT_PAGE)
     if status is not None and status not in SHIPMENT_STATUSES:
         raise ValidationFailed("invalid status", errors=[FieldProblem("status", "unknown status")])
     with ctx.db.reading() as session:
@@ -304,37 +301,22 @@ def shipments(
             row.id: row.code
             for row in session.execute(select(Site.id, Site.code).where(Site.trial_id == trial.id))
         }
-        query = (
-            select(Shipment)
-            .where(Shipment.trial_id == trial.id)
-            .order_by(Shipment.id.desc())
-            .limit(limit + 1)
-        )
-        if not scope.all_sites:
-            query = query.where(Shipment.site_id.in_(sorted(scope.site_ids)))
+        query = select(Shipment)
         if site:
             query = query.where(Shipment.site_id == site_filter(sites, site, scope, trial.code))
         if status:
             query = query.where(Shipment.status == status)
-        if before:
-            # Within the reader's sites only: a cursor must not tell whether another site's
-            # shipment exists.
-            start = session.execute(
-                select(Shipment.id).where(
-                    Shipment.trial_id == trial.id,
-                    Shipment.number == before,
-                    *(() if scope.all_sites else (Shipment.site_id.in_(sorted(scope.site_ids)),)),
-                )
-            ).scalar_one_or_none()
-            if start is None:
-                raise ValidationFailed(
-                    "unknown cursor",
-                    errors=[FieldProblem("before", f"no shipment {before!r} within your reach")],
-                )
-            query = query.where(Shipment.id < start)
-        rows = list(session.execute(query).scalars())
-        more = len(rows) > limit
-        rows = rows[:limit]
+        found, more = newest_first(
+            session,
+            query,
+            Shipment,
+            trial,
+            scope,
+            limit=limit,
+            before=before,
+            unknown=f"no shipment {before!r} within your reach",
+        )
+        rows = [shipment for (shipment,) in found]
         reported: dict[int, tuple[str, ...]] = {}
         if rows:
             for shipment_id, excursion in session.execute(
