@@ -261,6 +261,7 @@ KNOWN = frozenset(
         N_("invalid status"),
         N_("invalid site"),
         N_("invalid before"),
+        N_("invalid offset"),  # a report page's or a long table's window (Window.parse)
         N_("invalid after"),
         N_("give it once"),
         N_("unknown status"),

@@ -4,6 +4,7 @@ digest is known (and audited) before its first byte leaves."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -64,6 +65,7 @@ def spool(pieces: Iterable[str]) -> Spooled:
         # server-side cursor goes with the read session.
         close = getattr(pieces, "close", None)
         if close is not None:
-            close()
+            with contextlib.suppress(Exception):  # the write's own error is the one to report
+                close()
         raise
     return Spooled(file, digest.hexdigest(), size)

@@ -12,7 +12,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 
 from allocator.permissions import Permission, requires
 from allocator.services import sites
-from allocator.services.errors import DomainError
+from allocator.services.errors import DomainError, bad_character
 from allocator.services.subjects import views
 from allocator.services.supply import excursions as supply_excursions
 from allocator.web import forms, hygiene
@@ -83,6 +83,13 @@ def _report(trial: str, permission: Permission) -> WerkzeugResponse:
     return redirect(url_for("excursions.excursion", trial=trial, number=view.number), code=303)
 
 
+def _prefill(value: str | None) -> str:
+    """The report form's shipment number as the link gave it (the receipt's logger question), at
+    most a shipment number long; one holding a character no number holds is left out."""
+    value = (value or "").strip()[:CURSOR_LENGTH]
+    return "" if bad_character(value) else value
+
+
 @bp.route("/trials/<trial>/excursions")
 @requires(Permission.KIT_VIEW)
 def excursions(trial: str) -> str:
@@ -117,7 +124,7 @@ def excursions(trial: str) -> str:
         sites=[s for s in sites.sites(ctx(), trial) if reach.allows_site(s.id)]
         if (can_site or can_depot)
         else [],
-        shipment=(request.args.get("shipment") or "").strip()[:20],
+        shipment=_prefill(request.args.get("shipment")),
         form=forms.recall_for(request.path, REPORT_FORM),
     )
 

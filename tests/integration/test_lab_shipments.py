@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 import kits
 from allocator import crypto
@@ -479,6 +479,21 @@ def test_the_accountability_counts_in_the_database_what_the_rows_say_to_the_micr
         tubes[3]: True,
     }
     assert _counts(report) == _counts_from_rows(report) == {"L1": (5, 0, 5, 1, 4, 0, 0, 2)}
+    if ctx.db.is_sqlite:
+        # From the review: times stored without decimals (raw SQL) are compared as if they had
+        # them. Collected at 01:02:03 and received exactly 24 h later: not late (a bare text
+        # comparison said "…03.000000" > "…03").
+        with ctx.db.unit_of_work() as s:
+            s.execute(
+                text(
+                    "UPDATE sample_kit SET collected_at = substr(collected_at, 1, 19), "
+                    "received_at = substr(received_at, 1, 19) || '.000000' WHERE kit_number = :n"
+                ),
+                {"n": tubes[0]},
+            )
+        again = sample_accountability.accountability(ctx, COHORT, ALL_SITES)
+        assert [r.late for r in again.samples if r.kit_number == tubes[0]] == [False]
+        assert _counts(again) == _counts_from_rows(again) == {"L1": (5, 0, 5, 1, 4, 0, 0, 2)}
 
     # More sites and states: still the same counts as the rows give, and a window is a slice.
     investigator = _investigator(ctx)

@@ -241,6 +241,10 @@ def test_the_excursions_list_is_paged_filtered_and_refuses_in_french(
     assert "Excursions, les plus récentes d’abord" in french and "Excursions plus anciennes" in french
     cursor = manager.get(f"{BASE}/excursions?before=EXC-%27x").get_data(as_text=True)
     assert "aucune excursion" in cursor and "within your reach" not in cursor
+    # The report form's prefill (the receipt's link): a NUL or control character is left out.
+    prefilled = manager.get(f"{BASE}/excursions?shipment=SH-%00x")
+    assert prefilled.status_code == 200 and "\x00" not in prefilled.get_data(as_text=True)
+    assert 'value="SH-0001"' in manager.get(f"{BASE}/excursions?shipment=SH-0001").get_data(as_text=True)
 
 
 @pytest.mark.req("ACC-02")

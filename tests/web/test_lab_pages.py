@@ -123,6 +123,10 @@ def test_site_ships_and_the_lab_receives_through_the_pages(
     assert "Rows 3 to 3 of 3" in last and last.count("<td>L1</td>") == 1 and "Next rows" not in last
     assert "Previous rows" in last
     assert lab.get(f"{BASE}/sample-accountability?offset=x").status_code == 422
+    # Past the end: the previous link goes back to the last rows, not to another empty page.
+    beyond = lab.get(f"{BASE}/sample-accountability?offset=50").get_data(as_text=True)
+    assert "No rows from row 51; the table has 3." in beyond
+    assert 'offset=1#samples">Previous rows' in beyond
 
 
 @pytest.mark.req("REP-08")
@@ -208,6 +212,12 @@ def test_the_lab_pages_speak_french(
         assert french in page, french
     report = lab.get(f"{BASE}/sample-accountability").get_data(as_text=True)
     assert "Comptabilité des échantillons" in report and "En attente d'envoi" in report
+    # From the review of the paged list: the window's refusal had its heading in English.
+    refused = lab.get(f"{BASE}/sample-accountability?offset=x")
+    html = refused.get_data(as_text=True)
+    assert (
+        refused.status_code == 422 and "position de départ invalide" in html and "invalid offset" not in html
+    )
 
 
 def test_the_roles_page_offers_the_lab_technician_in_the_cohort_only(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, select
+from sqlalchemy import ColumnElement, String, and_, func, select, type_coerce
 from sqlalchemy.orm import Session
 
 import kits as kitlib
@@ -168,9 +168,14 @@ def late_in_sql(session: Session, limit: int) -> ColumnElement[bool]:
     if session.get_bind().dialect.name == "postgresql":
         deadline: ColumnElement[Any] = SampleKit.collected_at + func.make_interval(0, 0, 0, 0, int(limit))
     else:
-        whole_seconds = func.substr(SampleKit.collected_at, 1, 19)
-        deadline = func.strftime("%Y-%m-%d %H:%M:%S", whole_seconds, f"+{int(limit)} hours").concat(
-            func.substr(SampleKit.collected_at, 20)
+        # Both sides as text padded to six decimals, should a time have been stored without them.
+        collected = type_coerce(SampleKit.collected_at, String)
+        whole_seconds = func.substr(collected, 1, 19)
+        decimals = func.substr(collected.concat(".000000"), 20, 7)
+        deadline = func.strftime("%Y-%m-%d %H:%M:%S", whole_seconds, f"+{int(limit)} hours").concat(decimals)
+        received = func.substr(type_coerce(SampleKit.received_at, String).concat(".000000"), 1, 26)
+        return and_(
+            SampleKit.collected_at.is_not(None), SampleKit.received_at.is_not(None), received > deadline
         )
     return and_(
         SampleKit.collected_at.is_not(None),
