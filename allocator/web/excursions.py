@@ -4,8 +4,6 @@ never an arm (the report quarantines both arms alike)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from werkzeug.wrappers import Response as WerkzeugResponse
@@ -103,7 +101,6 @@ def excursions(trial: str) -> str:
     page = supply_excursions.excursions(
         ctx(), trial, site_scope, before=before, limit=EXCURSION_PAGE, site=site, status=status
     )
-    shown: dict[str, Any] = {name: value for name, value in (("site", site), ("status", status)) if value}
     can_site = holds_any(Permission.KIT_MANAGE)
     can_depot = holds_any(Permission.SHIPMENT_MANAGE)
     reach = scope(Permission.KIT_MANAGE) if can_site else scope(Permission.SHIPMENT_MANAGE)
@@ -111,10 +108,14 @@ def excursions(trial: str) -> str:
         "supply/excursions.html",
         trial=trial,
         rows=page.excursions,
-        older=url_for("excursions.excursions", trial=trial, before=page.next_before, **shown, _anchor="list")
-        if page.next_before
-        else None,
-        newest=url_for("excursions.excursions", trial=trial, **shown, _anchor="list") if before else None,
+        **forms.page_links(
+            "excursions.excursions",
+            trial,
+            next_before=page.next_before,
+            before=before,
+            kept={"site": site, "status": status},
+            anchor="list",
+        ),
         site=site,
         status=status,
         statuses=supply_excursions.EXCURSION_STATUSES,

@@ -202,6 +202,27 @@ def back_to_list(endpoint: str, trial: str, kept: Mapping[str, Callable[[str], b
     return url_for(endpoint, trial=trial, **values, _anchor="list")
 
 
+def page_links(
+    endpoint: str,
+    trial: str,
+    *,
+    next_before: str | None,
+    before: str | None,
+    kept: Mapping[str, str | None],
+    anchor: str = "list",
+) -> dict[str, str | None]:
+    """The links of a list paged newest first (issue 21), for its template: `older`, the next page
+    (None on the last), and `newest`, back to the first (None when on it); both keep the list's
+    filters (`kept`, the values given)."""
+    shown: dict[str, Any] = {name: value for name, value in kept.items() if value}
+    return {
+        "older": url_for(endpoint, trial=trial, before=next_before, **shown, _anchor=anchor)
+        if next_before
+        else None,
+        "newest": url_for(endpoint, trial=trial, **shown, _anchor=anchor) if before else None,
+    }
+
+
 def perform(
     action: Callable[[], object],
     success: str,

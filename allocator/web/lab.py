@@ -92,10 +92,9 @@ def shipments(trial: str) -> str:
         trial=trial,
         collected=lab_shipments.collected_samples(ctx(), trial, within),
         shipments=page.shipments,
-        older=url_for("lab.shipments", trial=trial, before=page.next_before, _anchor="list")
-        if page.next_before
-        else None,
-        newest=url_for("lab.shipments", trial=trial, _anchor="list") if before else None,
+        **forms.page_links(
+            "lab.shipments", trial, next_before=page.next_before, before=before, kept={}, anchor="list"
+        ),
         before=before,
         sites=[s for s in services_sites.sites(ctx(), trial) if within.allows_site(s.id)],
         limit=lab_shipments.delay_limit(ctx(), trial),
@@ -201,10 +200,14 @@ def receipt_start(trial: str) -> str:
         "lab/receipt_start.html",
         trial=trial,
         in_transit=page.shipments,
-        older=url_for("lab.receipt_start", trial=trial, before=page.next_before, _anchor="on-the-way")
-        if page.next_before
-        else None,
-        newest=url_for("lab.receipt_start", trial=trial, _anchor="on-the-way") if before else None,
+        **forms.page_links(
+            "lab.receipt_start",
+            trial,
+            next_before=page.next_before,
+            before=before,
+            kept={},
+            anchor="on-the-way",
+        ),
         form=forms.recall(f"{request.path}#manifest"),
     )
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import date
-from typing import Any
 
 from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
@@ -176,15 +175,18 @@ def shipments(trial: str) -> str:
         site=site,
         status=status,
     )
-    shown: dict[str, Any] = {name: value for name, value in (("site", site), ("status", status)) if value}
     return render_template(
         "supply/shipments.html",
         trial=trial,
         shipments=page.shipments,
-        older=url_for("supply.shipments", trial=trial, before=page.next_before, **shown, _anchor="list")
-        if page.next_before
-        else None,
-        newest=url_for("supply.shipments", trial=trial, **shown, _anchor="list") if before else None,
+        **forms.page_links(
+            "supply.shipments",
+            trial,
+            next_before=page.next_before,
+            before=before,
+            kept={"site": site, "status": status},
+            anchor="list",
+        ),
         before=before,
         site=site,
         status=status,
@@ -414,15 +416,18 @@ def returns(trial: str) -> str:
     page = supply_disposal.disposals(
         ctx(), trial, within, before=before, limit=DISPOSAL_PAGE, site=site, kind=kind
     )
-    shown: dict[str, Any] = {name: value for name, value in (("site", site), ("kind", kind)) if value}
     return render_template(
         "supply/returns.html",
         trial=trial,
         records=page.records,
-        older=url_for("supply.returns", trial=trial, before=page.next_before, **shown, _anchor="records")
-        if page.next_before
-        else None,
-        newest=url_for("supply.returns", trial=trial, **shown, _anchor="records") if before else None,
+        **forms.page_links(
+            "supply.returns",
+            trial,
+            next_before=page.next_before,
+            before=before,
+            kept={"site": site, "kind": kind},
+            anchor="records",
+        ),
         site=site,
         kind=kind,
         kinds=supply_disposal.KINDS,
