@@ -1052,10 +1052,18 @@ def reconciliation(
             summary[state] = summary.get(state, 0) + count
             summary["reprints"] += int(reprints or 0)
             summary["discrepancies"] += int(flagged_count or 0)
-        flagged = [
-            (row.sheet_number, _facts_state(row)[1])
-            for row in session.execute(select(facts).where(facts.c.flag == 1).order_by(facts.c.sheet_number))
-        ]
+        # The sheets with a discrepancy read only when the counts found one (normally none): each
+        # reading judges every sheet again.
+        flagged = (
+            [
+                (row.sheet_number, _facts_state(row)[1])
+                for row in session.execute(
+                    select(facts).where(facts.c.flag == 1).order_by(facts.c.sheet_number)
+                )
+            ]
+            if any(summary["discrepancies"] for summary in summaries.values())
+            else []
+        )
         listed = select(facts).order_by(facts.c.sheet_number)
         if window is not None:
             listed = listed.offset(window.start).limit(window.size)
