@@ -385,6 +385,10 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         N_("site %(site)s is %(status)s: it cannot randomize"),
     ),
     (
+        re.compile(r"^no subject ['\"](?P<subject>.*)['\"] within your reach$"),
+        N_("no subject %(subject)s within your reach"),
+    ),
+    (
         re.compile(r"^no subject (?P<subject>\S+) within your reach$"),
         N_("no subject %(subject)s within your reach"),
     ),

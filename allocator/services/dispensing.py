@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
@@ -84,16 +85,54 @@ class QueueItem:
     pending: tuple[tuple[str, str], ...]  # (day label, kit number) still to dispense
 
 
-def queue(ctx: ServiceContext, trial_code: str, scope: Scope) -> list[QueueItem]:
-    """The subjects within `scope` with kits still to dispense, in randomization order: one query
-    for the whole queue, whatever the number of subjects (issue 21)."""
+QUEUE_PAGE = 100  # subjects per page of the pharmacy queue (issue 21)
+MAX_QUEUE_PAGE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePage:
+    items: list[QueueItem]
+    next_before: str | None  # the subject number to pass as `before` for the next (older) page
+
+
+def queue(
+    ctx: ServiceContext,
+    trial_code: str,
+    scope: Scope,
+    *,
+    before: str | None = None,
+    limit: int = QUEUE_PAGE,
+    site: str | None = None,
+) -> QueuePage:
+    """One page of the subjects within `scope` (at `site`, when given) with kits still to dispense,
+    newest randomization first, randomized before the subject numbered `before` (issue 21: two
+    statements and `limit` subjects, however many wait; a subject who stopped treatment without a
+    recorded withdrawal keeps waiting, so the queue grows with the trial). The cursor is looked for
+    within the reader's sites only. Raises ValidationFailed naming `before`, `site` or `limit`."""
+    lookups.page_size(limit, MAX_QUEUE_PAGE)
     with ctx.db.reading() as session:
         trial = get_trial(session, trial_code)
         definition = current_definition(session, trial)
         labels = {d.day: d.label for d in definition.dispensing.schedule}
         sites = {
-            s.id: s.code for s in session.execute(select(Site).where(Site.trial_id == trial.id)).scalars()
+            row.id: row.code
+            for row in session.execute(select(Site.id, Site.code).where(Site.trial_id == trial.id))
         }
+        within = [Subject.trial_id == trial.id]
+        if not scope.all_sites:
+            within.append(Subject.site_id.in_(sorted(scope.site_ids)))
+        if site:
+            within.append(Subject.site_id == lookups.site_filter(sites, site, scope, trial.code))
+        if before:
+            start = session.execute(
+                select(Subject.id).where(*within, Subject.subject_number == before)
+            ).scalar_one_or_none()
+            if start is None:
+                raise ValidationFailed(
+                    "unknown cursor",
+                    errors=[FieldProblem("before", f"no subject {before!r} within your reach")],
+                )
+            within.append(Subject.id < start)
         # The live dispensation of each day is its latest replacement; only those still "allocated"
         # wait for the pharmacy. REP-04: nothing more is dispensed to a withdrawn subject.
         later = aliased(Dispensation)
@@ -106,25 +145,40 @@ def queue(ctx: ServiceContext, trial_code: str, scope: Scope) -> list[QueueItem]
             )
             .exists()
         )
+        waiting = (
+            select(Dispensation.id)
+            .where(Dispensation.subject_id == Subject.id, Dispensation.status == "allocated", ~newer_exists)
+            .exists()
+        )
         withdrawn = select(SubjectWithdrawal.id).where(SubjectWithdrawal.subject_id == Subject.id).exists()
-        query = (
-            select(Subject, Dispensation.day, Kit.kit_number)
+        page = (
+            select(Subject.id)
+            .where(*within, waiting, ~withdrawn)
+            .order_by(Subject.id.desc())
+            .limit(limit + 1)
+            .subquery()
+        )
+        pending: dict[int, tuple[Any, list[tuple[str, str]]]] = {}
+        for row in session.execute(
+            select(
+                Subject.id,
+                Subject.subject_number,
+                Subject.randomization_number,
+                Subject.site_id,
+                Subject.randomized_at,
+                Dispensation.day,
+                Kit.kit_number,
+            )
+            .join(page, page.c.id == Subject.id)
             .join(Dispensation, Dispensation.subject_id == Subject.id)
             .join(Kit, Kit.id == Dispensation.kit_id)
-            .where(
-                Subject.trial_id == trial.id,
-                Dispensation.status == "allocated",
-                ~newer_exists,
-                ~withdrawn,
+            .where(Dispensation.status == "allocated", ~newer_exists)
+            .order_by(Subject.id.desc(), Dispensation.day)
+        ):
+            pending.setdefault(row.id, (row, []))[1].append(
+                (labels.get(row.day, f"D{row.day}"), row.kit_number)
             )
-            .order_by(Subject.id, Dispensation.day)
-        )
-        if not scope.all_sites:
-            query = query.where(Subject.site_id.in_(sorted(scope.site_ids)))
-        pending: dict[int, tuple[Subject, list[tuple[str, str]]]] = {}
-        for subject, day, kit_number in session.execute(query).all():
-            pending.setdefault(subject.id, (subject, []))[1].append((labels.get(day, f"D{day}"), kit_number))
-        return [
+        items = [
             QueueItem(
                 subject.subject_number,
                 subject.randomization_number,
@@ -134,6 +188,9 @@ def queue(ctx: ServiceContext, trial_code: str, scope: Scope) -> list[QueueItem]
             )
             for subject, days in pending.values()
         ]
+        more = len(items) > limit
+        items = items[:limit]
+        return QueuePage(items, items[-1].subject_number if more and items else None)
 
 
 # --- dispensing -------------------------------------------------------------------------------

@@ -531,11 +531,26 @@ def screening(trial: str) -> str:
 @bp.route("/trials/<trial>/pharmacy")
 @requires(Permission.DISPENSATION_VIEW)
 def pharmacy(trial: str) -> str:
+    """The dispensation queue: a page of subjects with kits still to dispense, newest randomization
+    first, optionally of one site (issue 21), and the pharmacists' notifications."""
     visible = scope(Permission.DISPENSATION_VIEW)
+    site = hygiene.query_text("site", max_length=10)
+    before = hygiene.query_text("before", max_length=64)
+    page = dispensing.queue(ctx(), trial, visible, before=before, limit=dispensing.QUEUE_PAGE, site=site)
     return render_template(
         "subjects/pharmacy.html",
         trial=trial,
-        queue=dispensing.queue(ctx(), trial, visible),
+        queue=page.items,
+        **forms.page_links(
+            "subjects.pharmacy",
+            trial,
+            next_before=page.next_before,
+            before=before,
+            kept={"site": site},
+            anchor="queue",
+        ),
+        site=site,
+        site_choices=views.site_choices(ctx(), trial, visible),
         notes=views.notifications(
             ctx(), trial, {r.value for r in current_user().access.roles(current_trial().id)}, visible
         ),

@@ -228,7 +228,7 @@ def test_no_further_dose_after_a_withdrawal_for_either_arm(ctx: ServiceContext, 
         view = views.subject(ctx, TRIAL, number, ALL)
         assert [d.status for d in view.days] == ["dispensed", "allocated", "allocated"]
     assert refusals[:2] == refusals[2:]  # the same answer for both arms
-    queued = {item.subject_number for item in dispensing.queue(ctx, TRIAL, ALL)}
+    queued = {item.subject_number for item in dispensing.queue(ctx, TRIAL, ALL).items}
     assert queued == set(arms) - set(one_of_each)  # withdrawn subjects leave the pharmacy queue
     with ctx.db.reading() as s:
         refused = s.execute(

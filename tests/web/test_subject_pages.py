@@ -650,3 +650,57 @@ def test_corrected_answers_are_kept_as_history_and_the_patient_counted_once(
     assert "answers corrected later" in log and "randomized as P1-001" in log
     entries = views.screening_log(ctx, TRIAL, ALL)
     assert [(e.eligible, e.superseded) for e in entries] == [(True, False), (False, True)]
+
+
+@pytest.mark.req("BLD-01")
+def test_the_pharmacy_queue_is_paged_newest_first_and_refuses_a_bad_cursor_in_french(
+    app: Flask, ctx: ServiceContext, world: ReadyTrial, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21: the queue shows a page of subjects, most recently randomized first, with a link to
+    the earlier ones and back; a bad cursor or site is a 422 naming it, in French too."""
+    made = [
+        randomize.randomize(
+            ctx,
+            world.investigator,
+            TRIAL,
+            randomize.RandomizationRequest(
+                site="P1",
+                screening_number=f"P1-00{i}",
+                eligibility=ELIGIBLE,
+                strata={"admission_cause": "septic"},
+            ),
+            ALL,
+        ).subject_number
+        for i in range(3)
+    ]
+    monkeypatch.setattr(dispensing, "QUEUE_PAGE", 2)
+    pharm = client_for(app, "pharm-p1")
+    pharmacy = f"/trials/{TRIAL}/pharmacy"
+
+    def listed(html: str) -> list[str]:
+        return re.findall(r'/subjects/([^/"]+)">\1</a>', html)
+
+    def link(html: str, words: str) -> str | None:
+        found = re.search(rf'<a class="button" href="([^"]+)">{words}</a>', html)
+        return found.group(1).replace("&amp;", "&") if found else None
+
+    first = pharm.get(pharmacy).get_data(as_text=True)
+    assert listed(first) == [made[2], made[1]] and link(first, "Most recent") is None
+    assert 'name="site"' not in first  # one site within reach: nothing to choose
+    earlier = link(first, "Randomized earlier")
+    assert earlier is not None and f"before={made[1]}" in earlier and earlier.endswith("#queue")
+    second = pharm.get(earlier).get_data(as_text=True)
+    assert listed(second) == [made[0]] and link(second, "Randomized earlier") is None
+    assert link(second, "Most recent") is not None
+    for query, words in (
+        ("before=P1-999", "no subject"),
+        ("site=P2", "is not a site of"),
+        ("before=a%00b", "printable"),
+    ):
+        refused = pharm.get(f"{pharmacy}?{query}")
+        assert refused.status_code == 422 and words in refused.get_data(as_text=True), query
+    pharm.post("/language", data={"language": "fr", "next": "/", "csrf_token": csrf_token(pharm, "/")})
+    french = pharm.get(pharmacy).get_data(as_text=True)
+    assert "les plus récemment randomisés d’abord" in french and "Randomisés plus tôt" in french
+    unknown = pharm.get(f"{pharmacy}?before=P1-%27x").get_data(as_text=True)
+    assert "aucun patient" in unknown and "within your reach" not in unknown
