@@ -49,6 +49,13 @@ def csrf_token(client: FlaskClient, path: str = "/login") -> str:
     return match.group(1)
 
 
+def button_link(html: str, words: str) -> str | None:
+    """The address of the page's button link worded `words` (a paged list's older and newest
+    links), entities decoded; None when the page has none."""
+    found = re.search(rf'<a class="button" href="([^"]+)">{words}</a>', html)
+    return found.group(1).replace("&amp;", "&") if found else None
+
+
 def sign_in(client: FlaskClient, username: str, password: str) -> None:
     """Sign in through the login form and complete the forced password change if needed."""
     token = csrf_token(client)

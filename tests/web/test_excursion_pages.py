@@ -21,7 +21,7 @@ from allocator.services.supply import kit_lists
 from allocator.services.supply import shipments as supply_shipments
 from allocator.web import excursions as web_excursions
 from tests.support import CLI_ACTOR, GOOD_PASSWORD, code_break_sheets, load_ifn, make_user
-from tests.web.conftest import csrf_token
+from tests.web.conftest import button_link, csrf_token
 
 SignedIn = Callable[[str, str], FlaskClient]
 TRIAL = "IFNG-PAIS"
@@ -215,17 +215,13 @@ def test_the_excursions_list_is_paged_filtered_and_refuses_in_french(
     def listed(html: str) -> list[str]:
         return re.findall(r'/excursions/(EXC-\d+)">', html)
 
-    def link(html: str, words: str) -> str | None:
-        found = re.search(rf'<a class="button" href="([^"]+)">{words}</a>', html)
-        return found.group(1).replace("&amp;", "&") if found else None
-
     first = manager.get(f"{BASE}/excursions?status=pending").get_data(as_text=True)
-    assert listed(first) == ["EXC-0003", "EXC-0002"] and link(first, "Newest excursions") is None
-    older = link(first, "Older excursions")
+    assert listed(first) == ["EXC-0003", "EXC-0002"] and button_link(first, "Newest excursions") is None
+    older = button_link(first, "Older excursions")
     assert older is not None and "status=pending" in older and "before=EXC-0002" in older
     second = manager.get(older).get_data(as_text=True)
-    assert listed(second) == ["EXC-0001"] and link(second, "Older excursions") is None
-    assert link(second, "Newest excursions") is not None
+    assert listed(second) == ["EXC-0001"] and button_link(second, "Older excursions") is None
+    assert button_link(second, "Newest excursions") is not None
     none = manager.get(f"{BASE}/excursions?status=released").get_data(as_text=True)
     assert listed(none) == [] and "No excursion matches." in none
     for query, words in (

@@ -15,6 +15,7 @@ from allocator.services.supply import kit_rules
 from allocator.web import supply as web_supply
 from tests.support import GOOD_PASSWORD
 from tests.web import test_supply_pages
+from tests.web.conftest import button_link
 from tests.web.test_supply_pages import (
     ARM_TEXT,
     BASE,
@@ -83,11 +84,6 @@ def records(html: str) -> list[str]:
     return re.findall(r"<tr><td>((?:RET|DES)-[^<]+)</td>", html)
 
 
-def link(html: str, words: str) -> str | None:
-    found = re.search(rf'<a class="button" href="([^"]+)">{words}</a>', html)
-    return found.group(1).replace("&amp;", "&") if found else None
-
-
 @pytest.mark.req("REP-08", "LBL-11")
 def test_the_records_are_paged_newest_first_filtered_and_refusals_read_in_french(
     people: People, monkeypatch: pytest.MonkeyPatch
@@ -114,17 +110,17 @@ def test_the_records_are_paged_newest_first_filtered_and_refusals_read_in_french
 
     first = people.monitor.get(PAGE).get_data(as_text=True)
     assert records(first) == ["RET-P2-0001", "DES-P1-0001"]
-    older = link(first, "Older records")
-    assert older is not None and link(first, "Newest records") is None
+    older = button_link(first, "Older records")
+    assert older is not None and button_link(first, "Newest records") is None
     second = people.monitor.get(older).get_data(as_text=True)
     assert records(second) == ["RET-P1-0003", "RET-P1-0002"]
-    last = people.monitor.get(link(second, "Older records") or "").get_data(as_text=True)
-    assert records(last) == ["RET-P1-0001"] and link(last, "Older records") is None
-    assert link(last, "Newest records") is not None
+    last = people.monitor.get(button_link(second, "Older records") or "").get_data(as_text=True)
+    assert records(last) == ["RET-P1-0001"] and button_link(last, "Older records") is None
+    assert button_link(last, "Newest records") is not None
 
     narrowed = people.monitor.get(f"{PAGE}?site=P1&kind=return").get_data(as_text=True)
     assert records(narrowed) == ["RET-P1-0003", "RET-P1-0002"]
-    older = link(narrowed, "Older records")
+    older = button_link(narrowed, "Older records")
     assert older is not None and "site=P1" in older and "kind=return" in older
     assert records(people.monitor.get(older).get_data(as_text=True)) == ["RET-P1-0001"]
     only = people.monitor.get(f"{PAGE}?kind=destruction").get_data(as_text=True)

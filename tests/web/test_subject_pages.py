@@ -21,7 +21,7 @@ from allocator.services.reports.filters import ReportFilter
 from allocator.services.subjects import randomize, views
 from allocator.services.supply import kit_rules
 from tests.support import CLI_ACTOR, ELIGIBLE, GOOD_PASSWORD, Clock, ReadyTrial, make_user
-from tests.web.conftest import csrf_token, https_client, sign_in
+from tests.web.conftest import button_link, csrf_token, https_client, sign_in
 
 TRIAL = "IFNG-PAIS"
 ALL = Scope(all_sites=True, site_ids=frozenset())
@@ -680,18 +680,14 @@ def test_the_pharmacy_queue_is_paged_newest_first_and_refuses_a_bad_cursor_in_fr
     def listed(html: str) -> list[str]:
         return re.findall(r'/subjects/([^/"]+)">\1</a>', html)
 
-    def link(html: str, words: str) -> str | None:
-        found = re.search(rf'<a class="button" href="([^"]+)">{words}</a>', html)
-        return found.group(1).replace("&amp;", "&") if found else None
-
     first = pharm.get(pharmacy).get_data(as_text=True)
-    assert listed(first) == [made[2], made[1]] and link(first, "Most recent") is None
+    assert listed(first) == [made[2], made[1]] and button_link(first, "Most recent") is None
     assert 'name="site"' not in first  # one site within reach: nothing to choose
-    earlier = link(first, "Randomized earlier")
+    earlier = button_link(first, "Randomized earlier")
     assert earlier is not None and f"before={made[1]}" in earlier and earlier.endswith("#queue")
     second = pharm.get(earlier).get_data(as_text=True)
-    assert listed(second) == [made[0]] and link(second, "Randomized earlier") is None
-    assert link(second, "Most recent") is not None
+    assert listed(second) == [made[0]] and button_link(second, "Randomized earlier") is None
+    assert button_link(second, "Most recent") is not None
     for query, words in (
         ("before=P1-999", "no subject"),
         ("site=P2", "is not a site of"),

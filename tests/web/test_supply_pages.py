@@ -38,7 +38,7 @@ from tests.support import (
     make_user,
     person,
 )
-from tests.web.conftest import csrf_token, https_client
+from tests.web.conftest import button_link, csrf_token, https_client
 
 SignedIn = Callable[[str, str], FlaskClient]
 TRIAL = "IFNG-PAIS"
@@ -128,9 +128,9 @@ def test_the_shipments_page_is_paged_filtered_and_opens_each_shipments_kits(
     page = f"{BASE}/shipments"
     first = people.manager.get(page).get_data(as_text=True)
     assert cards(first) == ["SH-0003", "SH-0002"]
-    older = re.search(r'<a class="button" href="([^"]+)">Older shipments</a>', first)
+    older = button_link(first, "Older shipments")
     assert older is not None and "Newest shipments" not in first
-    second = people.manager.get(older.group(1).replace("&amp;", "&")).get_data(as_text=True)
+    second = people.manager.get(older).get_data(as_text=True)
     assert cards(second) == ["SH-0001"]
     assert "Older shipments" not in second and "Newest shipments" in second
     only = people.manager.get(f"{page}?status=prepared").get_data(as_text=True)
@@ -176,11 +176,6 @@ def test_the_shipments_page_is_paged_filtered_and_opens_each_shipments_kits(
     assert "statut inconnu" in people.pharmacist.get(f"{page}?status=lost").get_data(as_text=True)
 
 
-def older_link(html: str) -> str | None:
-    found = re.search(r'<a class="button" href="([^"]+)">Older shipments</a>', html)
-    return found.group(1).replace("&amp;", "&") if found else None
-
-
 @pytest.mark.req("REP-08")
 def test_the_older_page_and_an_action_keep_the_lists_site_status_and_page(
     people: People, monkeypatch: pytest.MonkeyPatch
@@ -196,12 +191,12 @@ def test_the_older_page_and_an_action_keep_the_lists_site_status_and_page(
     page = f"{BASE}/shipments"
     first = people.manager.get(f"{page}?site=P1&status=received").get_data(as_text=True)
     assert cards(first) == ["SH-0003"]
-    older = older_link(first)
+    older = button_link(first, "Older shipments")
     assert older is not None and "site=P1" in older and "status=received" in older
     second = people.manager.get(older).get_data(as_text=True)
     assert cards(second) == ["SH-0001"]  # not P2's SH-0002
-    newest = re.search(r'<a class="button" href="([^"]+)">Newest shipments</a>', second)
-    assert newest is not None and "site=P1" in newest.group(1) and "status=received" in newest.group(1)
+    newest = button_link(second, "Newest shipments")
+    assert newest is not None and "site=P1" in newest and "status=received" in newest
 
     for site in ("P1", "P2"):
         supply_shipments.create_shipment(ctx, CLI_ACTOR, TRIAL, site, 2)  # SH-0005, SH-0006: prepared
