@@ -105,7 +105,7 @@ def queue(
     site: str | None = None,
 ) -> QueuePage:
     """One page of the subjects within `scope` (at `site`, when given) with kits still to dispense,
-    newest randomization first, randomized before the subject numbered `before` (issue 21: two
+    newest randomization first, randomized before the subject numbered `before` (issue 21: a few
     statements and `limit` subjects, however many wait; a subject who stopped treatment without a
     recorded withdrawal keeps waiting, so the queue grows with the trial). The cursor is looked for
     within the reader's sites only. Raises ValidationFailed naming `before`, `site` or `limit`."""
@@ -121,9 +121,10 @@ def queue(
         within = [Subject.trial_id == trial.id]
         if not scope.all_sites:
             within.append(Subject.site_id.in_(sorted(scope.site_ids)))
+        narrowed = list(within)
         if site:
-            within.append(Subject.site_id == lookups.site_filter(sites, site, scope, trial.code))
-        if before:
+            narrowed.append(Subject.site_id == lookups.site_filter(sites, site, scope, trial.code))
+        if before:  # looked for within the reader's sites, whatever the filter (as lookups.newest_first)
             start = session.execute(
                 select(Subject.id).where(*within, Subject.subject_number == before)
             ).scalar_one_or_none()
@@ -132,7 +133,7 @@ def queue(
                     "unknown cursor",
                     errors=[FieldProblem("before", f"no subject {before!r} within your reach")],
                 )
-            within.append(Subject.id < start)
+            narrowed.append(Subject.id < start)
         # The live dispensation of each day is its latest replacement; only those still "allocated"
         # wait for the pharmacy. REP-04: nothing more is dispensed to a withdrawn subject.
         later = aliased(Dispensation)
@@ -153,7 +154,7 @@ def queue(
         withdrawn = select(SubjectWithdrawal.id).where(SubjectWithdrawal.subject_id == Subject.id).exists()
         page = (
             select(Subject.id)
-            .where(*within, waiting, ~withdrawn)
+            .where(*narrowed, waiting, ~withdrawn)
             .order_by(Subject.id.desc())
             .limit(limit + 1)
             .subquery()

@@ -299,19 +299,21 @@ def withdraw_lab_closure(trial: str) -> WerkzeugResponse:
 
 
 SUBJECT_PAGE = 100  # subjects per page of the list (issue 21: the list is paged, not the whole trial)
+SITE_FILTER_LENGTH = 10  # a site code
+SUBJECT_NUMBER_LENGTH = 64  # a subject number (a cursor)
 
 
 @bp.route("/trials/<trial>/subjects")
 @requires(Permission.SUBJECT_VIEW)
 def subject_list(trial: str) -> str:
     """A page of SUBJECT_PAGE subjects in randomization order, optionally of one site (issue 21)."""
-    site = hygiene.query_text("site", max_length=10)
+    site = hygiene.query_text("site", max_length=SITE_FILTER_LENGTH)
     if trial_definition(ctx(), trial).observational:
         cohort = subjects_register.registrations_page(
             ctx(),
             trial,
             scope(Permission.SUBJECT_VIEW),
-            after=hygiene.query_text("after", max_length=64),
+            after=hygiene.query_text("after", max_length=SUBJECT_NUMBER_LENGTH),
             limit=SUBJECT_PAGE,
             site=site,
         )
@@ -327,7 +329,7 @@ def subject_list(trial: str) -> str:
         ctx(),
         trial,
         scope(Permission.SUBJECT_VIEW),
-        after=hygiene.query_text("after", max_length=64),
+        after=hygiene.query_text("after", max_length=SUBJECT_NUMBER_LENGTH),
         limit=SUBJECT_PAGE,
         site=site,
     )
@@ -534,8 +536,8 @@ def pharmacy(trial: str) -> str:
     """The dispensation queue: a page of subjects with kits still to dispense, newest randomization
     first, optionally of one site (issue 21), and the pharmacists' notifications."""
     visible = scope(Permission.DISPENSATION_VIEW)
-    site = hygiene.query_text("site", max_length=10)
-    before = hygiene.query_text("before", max_length=64)
+    site = hygiene.query_text("site", max_length=SITE_FILTER_LENGTH)
+    before = hygiene.query_text("before", max_length=SUBJECT_NUMBER_LENGTH)
     page = dispensing.queue(ctx(), trial, visible, before=before, limit=dispensing.QUEUE_PAGE, site=site)
     return render_template(
         "subjects/pharmacy.html",

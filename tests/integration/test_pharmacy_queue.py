@@ -96,6 +96,8 @@ def test_the_queue_is_paged_newest_first_and_narrowed_in_sql(ctx: ServiceContext
     assert page(site="P1", limit=1, before=number[5]) == ([number[0]], None)
     assert page(p1) == ([number[5], number[0]], None)
     assert page(p2, limit=1) == ([number[4]], number[4])
+    # The cursor is looked for within the reader's sites, whatever the site filter.
+    assert page(site="P1", before=number[4]) == ([number[0]], None)
     # A cursor that has left the queue still places the page (the cursor is a subject, not an entry).
     assert page(before=number[3]) == ([number[1], number[0]], None)
 

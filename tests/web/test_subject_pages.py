@@ -4,6 +4,7 @@ field, shows what was entered, changes nothing and is never a 500 (issue 6; RND-
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import pytest
 from flask import Flask
@@ -654,7 +655,11 @@ def test_corrected_answers_are_kept_as_history_and_the_patient_counted_once(
 
 @pytest.mark.req("BLD-01")
 def test_the_pharmacy_queue_is_paged_newest_first_and_refuses_a_bad_cursor_in_french(
-    app: Flask, ctx: ServiceContext, world: ReadyTrial, monkeypatch: pytest.MonkeyPatch
+    app: Flask,
+    ctx: ServiceContext,
+    world: ReadyTrial,
+    monkeypatch: pytest.MonkeyPatch,
+    signed_in: Callable[[str, str], FlaskClient],
 ) -> None:
     """Issue 21: the queue shows a page of subjects, most recently randomized first, with a link to
     the earlier ones and back; a bad cursor or site is a 422 naming it, in French too."""
@@ -673,6 +678,15 @@ def test_the_pharmacy_queue_is_paged_newest_first_and_refuses_a_bad_cursor_in_fr
         ).subject_number
         for i in range(3)
     ]
+    theirs = randomize.randomize(
+        ctx,
+        world.investigator_p2,
+        TRIAL,
+        randomize.RandomizationRequest(
+            site="P2", screening_number="P2-001", eligibility=ELIGIBLE, strata={"admission_cause": "septic"}
+        ),
+        ALL,
+    ).subject_number
     monkeypatch.setattr(dispensing, "QUEUE_PAGE", 2)
     pharm = client_for(app, "pharm-p1")
     pharmacy = f"/trials/{TRIAL}/pharmacy"
@@ -682,7 +696,7 @@ def test_the_pharmacy_queue_is_paged_newest_first_and_refuses_a_bad_cursor_in_fr
 
     first = pharm.get(pharmacy).get_data(as_text=True)
     assert listed(first) == [made[2], made[1]] and button_link(first, "Most recent") is None
-    assert 'name="site"' not in first  # one site within reach: nothing to choose
+    assert 'class="filters"' not in first  # one site within reach: nothing to choose, no form
     earlier = button_link(first, "Randomized earlier")
     assert earlier is not None and f"before={made[1]}" in earlier and earlier.endswith("#queue")
     second = pharm.get(earlier).get_data(as_text=True)
@@ -695,8 +709,21 @@ def test_the_pharmacy_queue_is_paged_newest_first_and_refuses_a_bad_cursor_in_fr
     ):
         refused = pharm.get(f"{pharmacy}?{query}")
         assert refused.status_code == 422 and words in refused.get_data(as_text=True), query
+    spaced = pharm.get(f"{pharmacy}?before=P1%20x").get_data(as_text=True)
+    assert "<li>no subject P1 x within your reach</li>" in spaced
     pharm.post("/language", data={"language": "fr", "next": "/", "csrf_token": csrf_token(pharm, "/")})
     french = pharm.get(pharmacy).get_data(as_text=True)
     assert "les plus récemment randomisés d’abord" in french and "Randomisés plus tôt" in french
-    unknown = pharm.get(f"{pharmacy}?before=P1-%27x").get_data(as_text=True)
-    assert "aucun patient" in unknown and "within your reach" not in unknown
+    for cursor in ("P1-%27x", "P1%20x"):  # the cursor's repr is quoted; one with a space too
+        unknown = pharm.get(f"{pharmacy}?before={cursor}").get_data(as_text=True)
+        assert "aucun patient" in unknown and "within your reach" not in unknown, cursor
+
+    # A reader of every site chooses a site; the links keep it.
+    manager = signed_in("tman", make_user(ctx, "tman", "trial_manager").one_time_password)
+    everywhere = manager.get(pharmacy).get_data(as_text=True)
+    assert listed(everywhere) == [theirs, made[2]] and 'name="site"' in everywhere
+    at_p1 = manager.get(f"{pharmacy}?site=P1").get_data(as_text=True)
+    assert listed(at_p1) == [made[2], made[1]]
+    earlier_at_p1 = button_link(at_p1, "Randomized earlier")
+    assert earlier_at_p1 is not None and "site=P1" in earlier_at_p1
+    assert listed(manager.get(earlier_at_p1).get_data(as_text=True)) == [made[0]]
