@@ -350,6 +350,10 @@ class Outcome:
     results: list[dict[str, object]] = field(default_factory=list)  # 201 bodies (+ site, stratum)
     elapsed: float = 0.0
     ok: int = 0
+    # Per connection: (requests served, median latency in seconds). A keep-alive connection stays
+    # with the gunicorn worker that accepted it, so a worker holding more connections than others
+    # answers them more slowly: the spread shows that imbalance.
+    connections: list[tuple[int, float]] = field(default_factory=list)
 
 
 class Load:
@@ -449,6 +453,8 @@ def run_level(
                 errors[f"HTTP {status} {kind}"] += 1
         conn.close()
         with lock:
+            if latencies:
+                outcome.connections.append((len(latencies), percentile(latencies, 50)))
             outcome.latencies.extend(latencies)
             outcome.errors.update(errors)
             outcome.results.extend(results)
@@ -626,6 +632,7 @@ class LevelRow:
     elapsed: float
     latencies: list[float]
     cpu: tuple[float, float, float]
+    connections: list[tuple[int, float]] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
@@ -679,7 +686,14 @@ class BackendRun:
 
 def _row(clients: int, count: int, outcome: Outcome) -> LevelRow:
     return LevelRow(
-        clients, count, outcome.ok, outcome.errors, outcome.elapsed, outcome.latencies, outcome.cpu
+        clients,
+        count,
+        outcome.ok,
+        outcome.errors,
+        outcome.elapsed,
+        outcome.latencies,
+        outcome.cpu,
+        outcome.connections,
     )
 
 
@@ -807,6 +821,14 @@ def run_backend(
             )
             for kind, n in row.errors.most_common():
                 say(f"        error x{n}: {kind}")
+        for row in rows:
+            if row.clients > 1 and row.connections:
+                served = sorted(n for n, _ in row.connections)
+                medians = sorted(1000 * m for _, m in row.connections)
+                say(
+                    f"{row.clients:>7} clients, per connection: {served[0]}-{served[-1]} requests, "
+                    f"median latency {medians[0]:.1f}-{medians[-1]:.1f} ms"
+                )
         say(
             "\nCPU per successful request (ms; own server processes and own database backends only; the "
             f"machine has {os.cpu_count()} cores = {1000 * (os.cpu_count() or 1)} ms of CPU per second):"
