@@ -325,9 +325,11 @@ def test_a_generated_list_is_stratified_whole_blocks_sealed_with_opaque_numbers(
             assert [arm for _, arm in members].count("A") == size // 2
 
     # Sealed: no arm, block or size recoverable from the stored bytes, and one length for all (BLD-02).
+    # Only tokens of six bytes or more are looked for: a three-byte token such as b"arm" turns up by
+    # chance in about 1 % of runs over ~490 rows of ~90 random bytes each (as it did in CI).
     for _key, _id, _position, _number, sealed, version in rows:
         assert version == 1
-        for plain in (b'"arm"', b"arm", b"block", b'"A"', b'"B"'):
+        for plain in (b'"arm":', b'"block":', b'"block_size":', b'{"arm', b'"A","block', b'"B","block'):
             assert plain not in sealed
     assert len({len(row[4]) for row in rows}) == 1
     # Opaque, unique randomization numbers, not in position order.
@@ -1168,7 +1170,7 @@ def test_export_is_encrypted_for_openssl_and_reproduces_the_list(
         request=stat.sign(),
     )
     assert name == "IFNG-PAIS-TEST-1.json.enc"
-    assert blob.startswith(b"Salted__") and b"seed" not in blob and b'"arm"' not in blob
+    assert blob.startswith(b"Salted__") and b'"seed"' not in blob and b'"arm"' not in blob
     raw = crypto.decrypt_download(blob, PASSPHRASE)
     document = json.loads(raw)
     assert document["format"] == "allocator-list-export/1" and document["label"] == LABEL
