@@ -117,6 +117,9 @@ def test_the_records_are_paged_newest_first_filtered_and_refusals_read_in_french
     last = people.monitor.get(button_link(second, "Older records") or "").get_data(as_text=True)
     assert records(last) == ["RET-P1-0001"] and button_link(last, "Older records") is None
     assert button_link(last, "Newest records") is not None
+    emptied = people.monitor.get(f"{PAGE}?before=RET-P1-0001").get_data(as_text=True)
+    assert records(emptied) == [] and "Nothing further on the list" in emptied
+    assert "No record matches." not in emptied and button_link(emptied, "Newest records") is not None
 
     narrowed = people.monitor.get(f"{PAGE}?site=P1&kind=return").get_data(as_text=True)
     assert records(narrowed) == ["RET-P1-0003", "RET-P1-0002"]

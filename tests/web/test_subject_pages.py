@@ -702,6 +702,12 @@ def test_the_pharmacy_queue_is_paged_newest_first_and_refuses_a_bad_cursor_in_fr
     second = pharm.get(earlier).get_data(as_text=True)
     assert listed(second) == [made[0]] and button_link(second, "Randomized earlier") is None
     assert button_link(second, "Most recent") is not None
+    # A page after the oldest subject (an earlier page that has emptied since): it says so, not
+    # that nothing matches a filter that was never set.
+    emptied = pharm.get(f"{pharmacy}?before={made[0]}").get_data(as_text=True)
+    assert listed(emptied) == [] and "Nothing further on the list" in emptied
+    assert "No subject matches." not in emptied and "Nothing to dispense." not in emptied
+    assert button_link(emptied, "Most recent") is not None
     for query, words in (
         ("before=P1-999", "no subject"),
         ("site=P2", "is not a site of"),
@@ -714,6 +720,8 @@ def test_the_pharmacy_queue_is_paged_newest_first_and_refuses_a_bad_cursor_in_fr
     pharm.post("/language", data={"language": "fr", "next": "/", "csrf_token": csrf_token(pharm, "/")})
     french = pharm.get(pharmacy).get_data(as_text=True)
     assert "les plus récemment randomisés d’abord" in french and "Randomisés plus tôt" in french
+    emptied = pharm.get(f"{pharmacy}?before={made[0]}").get_data(as_text=True)
+    assert "Rien de plus dans la liste" in emptied and "Nothing further" not in emptied
     for cursor in ("P1-%27x", "P1%20x"):  # the cursor's repr is quoted; one with a space too
         unknown = pharm.get(f"{pharmacy}?before={cursor}").get_data(as_text=True)
         assert "aucun patient" in unknown and "within your reach" not in unknown, cursor
