@@ -224,6 +224,9 @@ def test_the_excursions_list_is_paged_filtered_and_refuses_in_french(
     assert button_link(second, "Newest excursions") is not None
     none = manager.get(f"{BASE}/excursions?status=released").get_data(as_text=True)
     assert listed(none) == [] and "No excursion matches." in none
+    emptied = manager.get(f"{BASE}/excursions?before=EXC-0001").get_data(as_text=True)
+    assert listed(emptied) == [] and "Nothing further on the list" in emptied
+    assert "No excursion matches." not in emptied and button_link(emptied, "Newest excursions") is not None
     for query, words in (
         ("status=lost", "unknown status"),
         ("before=EXC-0099", "no excursion"),

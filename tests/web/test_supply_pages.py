@@ -138,6 +138,9 @@ def test_the_shipments_page_is_paged_filtered_and_opens_each_shipments_kits(
     assert cards(people.manager.get(f"{page}?site=P2").get_data(as_text=True)) == ["SH-0002"]
     none = people.manager.get(f"{page}?site=P2&status=shipped").get_data(as_text=True)
     assert cards(none) == [] and "No shipment matches." in none
+    emptied = people.manager.get(f"{page}?before=SH-0001").get_data(as_text=True)
+    assert cards(emptied) == [] and "Nothing further on the list" in emptied
+    assert "No shipment matches." not in emptied and "Newest shipments" in emptied
     # The filters stay on the link to the older page.
     narrowed = people.manager.get(f"{page}?site=P1").get_data(as_text=True)
     assert cards(narrowed) == ["SH-0003", "SH-0001"] and "Older shipments" not in narrowed
