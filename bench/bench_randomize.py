@@ -27,6 +27,13 @@ with a changed password and an API bearer token. The server is `gunicorn` with g
 (what `allocator serve` runs) on a free loopback port; the clients are threads with one
 keep-alive `http.client` connection each, POSTing /api/v1/trials/IFNG-PAIS/subjects.
 
+Each level is measured in its steady state: every client first sends --settle requests (default 5)
+on its new connection, untimed and outside the CPU count (their randomizations are checked with the
+others, their errors counted). Timed from its first request, a level of 1,000 requests at 8
+clients had six of its twelve slowest (150-600 ms) in its first 0.35 s, which moves the p99 it
+reports. Their cause was not isolated: not a new connection alone (at one client, a new
+connection's first request took 10-50 ms; eight at once 70-133 ms). --settle 0 times them too.
+
 Request mix: request j goes to site j mod N and alternates the admission cause every N requests,
 so that concurrent clients hit different sites (the site row is locked per allocation) and every
 stratum is used. Every request is timed from sending to the last byte of the response.
@@ -392,12 +399,19 @@ def run_level(
     count: int,
     meter: CpuMeter | None = None,
     hello: bool = False,
+    settle: int = 0,
 ) -> Outcome:
     """`count` requests spread over `clients` threads, each with its own keep-alive connection to
-    server (client number mod the number of servers): randomizations, or GET /hello when `hello`."""
+    server (client number mod the number of servers): randomizations, or GET /hello when `hello`.
+
+    With `settle`, each client first sends that many requests on its connection, untimed and out of
+    the CPU count (their randomizations are kept for the consistency check, their errors counted):
+    the level is then measured in its steady state. Without it, a level's first requests made
+    several of the ten slowest of 1,000 (see the module's docstring), which is what a p99 reads."""
     outcome = Outcome()
     lock = threading.Lock()
     remaining = [count]
+    settled_gate = threading.Barrier(clients + 1)
     start_gate = threading.Barrier(clients + 1)
 
     def claim() -> bool:
@@ -413,8 +427,11 @@ def run_level(
         latencies: list[float] = []
         errors: Counter[str] = Counter()
         results: list[dict[str, object]] = []
-        start_gate.wait()
-        while claim():
+
+        def send() -> float | None:
+            """One request on the connection: its latency when answered as wanted, else None (the
+            error counted)."""
+            nonlocal conn
             if hello:
                 site = cause = ""
                 method, path, body, headers, wanted = "GET", "/hello", None, {}, 200
@@ -437,20 +454,31 @@ def run_level(
                 errors[f"connection: {type(exc).__name__}"] += 1
                 conn.close()
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-                continue
+                return None
             t1 = time.perf_counter()
             if status == wanted:
-                latencies.append(t1 - t0)
                 if not hello:
                     result = json.loads(data)
                     result["_site"], result["_cause"] = site, cause
                     results.append(result)
-            else:
-                try:
-                    kind = str(json.loads(data).get("type", ""))
-                except ValueError:
-                    kind = data[:80].decode("utf-8", "replace")
-                errors[f"HTTP {status} {kind}"] += 1
+                return t1 - t0
+            try:
+                kind = str(json.loads(data).get("type", ""))
+            except ValueError:
+                kind = data[:80].decode("utf-8", "replace")
+            errors[f"HTTP {status} {kind}"] += 1
+            return None
+
+        try:
+            for _ in range(settle):
+                send()
+        finally:
+            settled_gate.wait()
+        start_gate.wait()
+        while claim():
+            latency = send()
+            if latency is not None:
+                latencies.append(latency)
         conn.close()
         with lock:
             if latencies:
@@ -462,6 +490,7 @@ def run_level(
     threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
     for t in threads:
         t.start()
+    settled_gate.wait()
     before = meter.sample() if meter else ({}, {})
     client0 = time.process_time()
     start_gate.wait()
@@ -732,7 +761,7 @@ def run_backend(
         ctx = ServiceContext.build(settings, db, ring, passwords=crypto.FAST_PASSWORD_HASHING)
         sites = site_codes(sites_count or args.sites)
         warmup = args.warmup if args.warmup is not None else 4 * args.workers * args.servers
-        total = warmup + sum(n for _, n in levels)
+        total = warmup + sum(n + args.settle * c for c, n in levels)
         prepared = prepare(ctx, sites, total, slots, kits)
         if backend == "postgresql":
             # What autovacuum does within a minute of a bulk load: without fresh statistics the
@@ -782,10 +811,14 @@ def run_backend(
         warm = run_level(servers, load, min(4, args.workers) * len(servers), warmup)
         all_results.extend(warm.results)
         say(f"warm-up: {len(warm.results)} randomizations (not timed), errors {sum(warm.errors.values())}")
+        say(
+            f"settling: {args.settle} untimed request(s) per client on its connection at the start of "
+            "each level, outside its figures (--settle 0 times the cold start too)"
+        )
 
         rows: list[LevelRow] = []
         for clients, count in levels:
-            outcome = run_level(servers, load, clients, count, meter)
+            outcome = run_level(servers, load, clients, count, meter, settle=args.settle)
             all_results.extend(outcome.results)
             rows.append(_row(clients, count, outcome))
         for server in servers:
@@ -801,7 +834,9 @@ def run_backend(
             run_level([hello], load, 4, 200, hello=True)  # warm-up
             hello_meter = CpuMeter([hello.process.pid], None)
             for clients, count in levels:
-                outcome = run_level([hello], load, clients, max(count, 1000), hello_meter, hello=True)
+                outcome = run_level(
+                    [hello], load, clients, max(count, 1000), hello_meter, hello=True, settle=args.settle
+                )
                 hello_rows.append(_row(clients, max(count, 1000), outcome))
         finally:
             hello.stop()
@@ -910,7 +945,7 @@ def sweep(args: argparse.Namespace, configurations: tuple[tuple[int, int], ...] 
         # kits, so that the count is large enough for CPU figures read in 10 ms ticks; the number
         # of sites does not change the work of one allocation.
         sites = 8 if kits < 1_000 else 2
-        count = max(20, min(400, int(0.7 * sites * kits / 3) - args.warmup))
+        count = max(20, min(400, int(0.7 * sites * kits / 3) - args.warmup - 8 * args.settle))
         run = run_backend(
             "postgresql", args, [(8, count)], slots=slots, kits=kits, sites_count=sites, quiet=True
         )
@@ -946,6 +981,13 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the database, keys and server log")
     parser.add_argument(
         "--warmup", type=int, default=None, help="warm-up randomizations (default 4 x workers)"
+    )
+    parser.add_argument(
+        "--settle",
+        type=int,
+        default=5,
+        help="untimed requests per client on its own connection at the start of each level (default "
+        "5): the level is measured in its steady state; 0 times its cold start too",
     )
     parser.add_argument(
         "--servers", type=int, default=1, help="gunicorn instances on as many ports (default 1)"
