@@ -264,6 +264,7 @@ KNOWN = frozenset(
         N_("invalid offset"),  # a report page's or a long table's window (Window.parse)
         N_("invalid after"),
         N_("give it once"),
+        N_("a query parameter is given more than once"),  # hygiene.single_args
         N_("unknown status"),
         N_("invalid kind"),  # the returns page's filter (issue 21)
         N_("unknown kind"),

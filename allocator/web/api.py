@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 
-from flask import Blueprint, g, jsonify, request, url_for
+from flask import Blueprint, g, jsonify, url_for
 from werkzeug.wrappers import Response
 
 from allocator.permissions import Permission, requires
@@ -55,7 +55,7 @@ def trial(trial: str) -> Response:
 @requires(Permission.AUDIT_VIEW)
 def audit(trial: str) -> Response:
     """Blinded audit entries in sequence order; follow `next_after` to page."""
-    flt = audit_trail.AuditFilter.parse(request.args.to_dict())
+    flt = audit_trail.AuditFilter.parse(hygiene.single_args())
     page = audit_trail.page(
         ctx(),
         current_trial().code,

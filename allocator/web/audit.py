@@ -9,8 +9,8 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 from allocator.audit import SYSTEM_CHAIN, Action
 from allocator.permissions import Permission, requires
 from allocator.services import audit_trail, signatures
-from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
-from allocator.web import forms
+from allocator.services.errors import DomainError
+from allocator.web import forms, hygiene
 from allocator.web.security import actor, ctx, current_trial, scope
 
 bp = Blueprint("audit", __name__)
@@ -18,16 +18,14 @@ PAGE = 100
 
 
 def _after() -> int | None:
-    raw = request.args.get("after", "").strip()
+    raw = (hygiene.query_text("after", max_length=32) or "").strip()
     if not raw:
         return None
-    if not raw.isdigit():
-        raise ValidationFailed("invalid cursor", errors=[FieldProblem("after", "must be a sequence number")])
-    return int(raw)
+    return hygiene.whole_number(raw, "after", "invalid cursor", "must be a sequence number")
 
 
 def _render(chain: str, *, unblinded: bool, permission: Permission, trial: str | None) -> str:
-    flt = audit_trail.AuditFilter.parse(request.args.to_dict())
+    flt = audit_trail.AuditFilter.parse(hygiene.single_args())
     visible = scope(permission) if trial is not None else None
     page = audit_trail.page(
         ctx(),
@@ -75,7 +73,7 @@ def trail_unblinded(trial: str) -> Response:
 @bp.route("/trials/<trial>/audit.csv")
 @requires(Permission.AUDIT_VIEW)
 def trail_csv(trial: str) -> Response:
-    flt = audit_trail.AuditFilter.parse(request.args.to_dict())
+    flt = audit_trail.AuditFilter.parse(hygiene.single_args())
     exported = audit_trail.export_csv(
         ctx(), actor(Permission.AUDIT_VIEW), current_trial().code, flt, scope(Permission.AUDIT_VIEW)
     )
@@ -94,15 +92,12 @@ def review(trial: str) -> WerkzeugResponse:
     """Sign off the review of the trail up to an entry (AUD-09) with an electronic signature."""
     raw = (request.form.get("up_to_seq") or "").strip()
     try:
-        if not raw.isdigit():
-            raise ValidationFailed(
-                "invalid entry", errors=[FieldProblem("up_to_seq", "must be an entry number")]
-            )
+        up_to_seq = hygiene.whole_number(raw, "up_to_seq", "invalid entry", "must be an entry number")
         audit_trail.sign_review(
             ctx(),
             actor(Permission.AUDIT_VIEW),
             current_trial().code,
-            up_to_seq=int(raw),
+            up_to_seq=up_to_seq,
             comment=request.form.get("comment", ""),
             trial_id=current_trial().id,
             request=signatures.SignatureRequest(

@@ -15,7 +15,7 @@ from allocator.permissions import Permission, requires
 from allocator.services import codebreak
 from allocator.services.errors import DomainError
 from allocator.services.reports.filters import Window
-from allocator.web import forms, messages
+from allocator.web import forms, hygiene, messages
 from allocator.web.security import actor, ctx, current_trial, scope
 
 bp = Blueprint("codebreak", __name__)
@@ -72,7 +72,7 @@ def _pdf(trial: str, make: Callable[[], codebreak.SheetDocument], form_id: str) 
 def overview(trial: str) -> str:
     """Blinded: the reconciliation of every sheet within reach, a page of the sheets (issue 21: a
     trial of 5,000 subjects has about 19,000; the CSV holds every one) and the check form."""
-    window = Window.parse(request.args)
+    window = Window.parse(hygiene.single_args())
     return render_template(
         "codebreak/overview.html",
         trial=trial,

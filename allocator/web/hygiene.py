@@ -165,6 +165,29 @@ def query_int(name: str, default: int, *, minimum: int, maximum: int) -> int:
     return number
 
 
+def single_args() -> dict[str, str]:
+    """The query string, one value per name. A name given more than once is refused, named: the
+    reports' and the audit trail's filters and a long table's `offset` were read at their first
+    value."""
+    repeated = sorted(name for name, values in request.args.lists() if len(values) > 1)
+    if repeated:
+        raise ValidationFailed(
+            "a query parameter is given more than once",
+            errors=[FieldProblem(name, "give it once") for name in repeated],
+        )
+    return request.args.to_dict()
+
+
+def whole_number(raw: str, field: str, summary: str, message: str, *, maximum: int = MAX_SEQUENCE) -> int:
+    """A number typed in a form or a query string (already trimmed), in ASCII digits and at most
+    `maximum`; else ValidationFailed naming `field` with `message`. D5: `str.isdigit` admits "²",
+    which int() refuses (a server error), and other scripts' digits, which int() reads; a number
+    past a 64-bit column's range fails in the database."""
+    if not _ASCII_DIGITS.fullmatch(raw) or len(raw) > len(str(maximum)) or int(raw) > maximum:
+        raise ValidationFailed(summary, errors=[FieldProblem(field, message)])
+    return int(raw)
+
+
 def query_text(name: str, *, max_length: int) -> str | None:
     """A query parameter given at most once, of at most `max_length` characters; None when absent
     or empty."""

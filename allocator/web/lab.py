@@ -288,7 +288,7 @@ def close_receipt(trial: str, number: str) -> WerkzeugResponse:
 def accountability(trial: str) -> str:
     """The counts per site over every collected sample, and a page of the samples (issue 21: one
     row per tube set collected; the CSV holds every one)."""
-    window = Window.parse(request.args)
+    window = Window.parse(hygiene.single_args())
     return render_template(
         "lab/accountability.html",
         trial=trial,

@@ -11,12 +11,12 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 
 from allocator.permissions import Permission, requires
 from allocator.services import lookups
-from allocator.services.errors import DomainError, FieldProblem, ValidationFailed
+from allocator.services.errors import DomainError
 from allocator.services.lists import approval, extension, generation, integrity, storage
 from allocator.services.lists import export as lists_export
 from allocator.services.lists import overview as lists_overview
 from allocator.services.lists import quality as lists_quality
-from allocator.web import forms
+from allocator.web import forms, hygiene
 from allocator.web.i18n import plain_number, tr
 from allocator.web.security import actor, ctx, current_trial, current_user
 
@@ -179,16 +179,13 @@ def extend(trial: str, list_id: int) -> WerkzeugResponse:
     chosen = request.form.getlist("stratum") or None
 
     def run() -> None:
-        if not raw.isdigit():
-            raise ValidationFailed(
-                "invalid size", errors=[FieldProblem("additional", "must be a whole number")]
-            )
+        additional = hygiene.whole_number(raw, "additional", "invalid size", "must be a whole number")
         extension.propose_extension(
             ctx(),
             actor(Permission.LIST_MANAGE),
             trial,
             list_id,
-            additional=int(raw),
+            additional=additional,
             strata=chosen,
             reason=request.form.get("reason", ""),
             request=_signature(),
@@ -201,11 +198,7 @@ def extend(trial: str, list_id: int) -> WerkzeugResponse:
 
 def _proposal() -> int:
     raw = (request.form.get("proposal") or "").strip()
-    if not raw.isdigit():
-        raise ValidationFailed(
-            "invalid proposal", errors=[FieldProblem("proposal", "must be a whole number")]
-        )
-    return int(raw)
+    return hygiene.whole_number(raw, "proposal", "invalid proposal", "must be a whole number")
 
 
 @bp.route("/trials/<trial>/lists/<int:list_id>/extension/approve", methods=["POST"])

@@ -29,7 +29,7 @@ from allocator.services.errors import DomainError, FieldProblem, ValidationFaile
 from allocator.services.lookups import trial_definition
 from allocator.services.reports import audit_review, catalogue, export, filters
 from allocator.services.reports import jobs as report_jobs
-from allocator.web import forms, i18n
+from allocator.web import forms, hygiene, i18n
 from allocator.web.security import actor, ctx, current_trial, definition_of, scope
 
 bp = Blueprint("reports", __name__)
@@ -37,7 +37,7 @@ FORMATS = "any(csv, pdf)"
 
 
 def _page(name: str, version: str, permission: Permission) -> str:
-    args = request.args.to_dict()
+    args = hygiene.single_args()
     view = catalogue.build(
         ctx(),
         actor(permission),
@@ -59,7 +59,7 @@ def _page(name: str, version: str, permission: Permission) -> str:
 
 
 def _download(name: str, fmt: str, version: str, permission: Permission) -> Response | WerkzeugResponse:
-    flt = filters.ReportFilter.parse(request.args.to_dict())
+    flt = filters.ReportFilter.parse(hygiene.single_args())
     words = i18n.words()
     view = None
     if fmt == "pdf" and version in _JOB_ENDPOINTS:

@@ -47,11 +47,7 @@ def _perform(action: Callable[[], object], success: str, target: str) -> Werkzeu
 
 def _int(name: str) -> int:
     raw = plain_number(_form(name))  # "1 200" as French users type it
-    if not raw.isdigit():
-        raise ValidationFailed(
-            f"{name} must be a whole number", errors=[FieldProblem(name, "must be a whole number")]
-        )
-    return int(raw)
+    return hygiene.whole_number(raw, name, f"{name} must be a whole number", "must be a whole number")
 
 
 def _date(name: str) -> date:
@@ -310,12 +306,11 @@ def receive_check(trial: str, number: str) -> Response:
 def dashboard(trial: str) -> str:
     """Per site: courses on hand, days of supply, shipments on the way, kits expiring within
     `within` days (default 30), quarantined kits. Counts only, never by arm (issue 19)."""
-    raw = (request.args.get("within") or "30").strip()
-    if not raw.isdigit():
-        raise ValidationFailed(
-            "invalid number of days", errors=[FieldProblem("within", "a whole number of days from 1 to 365")]
-        )
-    view = supply_dashboard.dashboard(ctx(), trial, scope(Permission.KIT_VIEW), within_days=int(raw))
+    raw = (hygiene.query_text("within", max_length=32) or "30").strip()
+    within = hygiene.whole_number(
+        raw, "within", "invalid number of days", "a whole number of days from 1 to 365"
+    )
+    view = supply_dashboard.dashboard(ctx(), trial, scope(Permission.KIT_VIEW), within_days=within)
     return render_template("supply/dashboard.html", trial=trial, board=view)
 
 

@@ -322,6 +322,22 @@ def test_a_monitor_signs_off_an_audit_review(ctx: ServiceContext, signed_in: Sig
         follow_redirects=True,
     )
     assert "Your password (electronic signature): is wrong" in wrong.get_data(as_text=True)
+    for typed in ("²", "٣", "9" * 20):  # D5: "²" passes str.isdigit() and int() refused it
+        odd = client.post(
+            "/trials/IFNG-PAIS/audit/review",
+            data={"up_to_seq": typed, "password": GOOD_PASSWORD, "csrf_token": token},
+            follow_redirects=True,
+        )
+        assert odd.status_code == 200 and "must be an entry number" in odd.get_data(as_text=True), typed
+    for query, words in (
+        ("after=%C2%B2", "must be a sequence number"),
+        ("after=%D9%A3", "must be a sequence number"),
+        ("after=99999999999999999999", "must be a sequence number"),
+        ("after=1&after=2", "give it once"),
+        ("action=subject.randomized&action=kit.received", "give it once"),
+    ):
+        refused = client.get(f"/trials/IFNG-PAIS/audit?{query}")
+        assert refused.status_code == 422 and words in refused.get_data(as_text=True), query
     ok = client.post(
         "/trials/IFNG-PAIS/audit/review",
         data={"up_to_seq": "3", "comment": "no findings", "password": GOOD_PASSWORD, "csrf_token": token},

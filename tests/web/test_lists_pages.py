@@ -391,8 +391,16 @@ def test_a_proposed_extension_is_withdrawn_by_its_author_from_the_page(
     assert proposal is not None and "Withdraw" in page
     page = stat.post(f"{LISTS}/{generated.list_id}/extension/decline", proposal=proposal.group(1), reason="")
     assert "Reason: is required" in page and "awaiting a second signature" in page
-    page = stat.post(f"{LISTS}/{generated.list_id}/extension/decline", proposal="x", reason="typo")
-    assert "Extension: must be a whole number" in page
+    for typed in ("x", "²", "٣", "9" * 30):  # D5: "²" passes str.isdigit() and int() refused it
+        page = stat.post(f"{LISTS}/{generated.list_id}/extension/decline", proposal=typed, reason="typo")
+        assert "Extension: must be a whole number" in page, typed
+        page = stat.post(
+            f"{LISTS}/{generated.list_id}/extend",
+            additional=typed,
+            reason="steering committee",
+            **stat.signature(),
+        )
+        assert "must be a whole number" in page and "awaiting a second signature" in page, typed
     page = stat.post(
         f"{LISTS}/{generated.list_id}/extension/decline", proposal=proposal.group(1), reason="wrong stratum"
     )

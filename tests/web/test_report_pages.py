@@ -164,6 +164,18 @@ def test_bad_input_is_a_clear_error(monitor: FlaskClient) -> None:
     for offset in ("-1", "two", "1e3", "٣"):
         bad_offset = monitor.get(f"{BASE}/allocation-history?offset={offset}")
         assert bad_offset.status_code == 422 and "offset" in bad_offset.get_data(as_text=True), offset
+    for query, words in (
+        ("allocation-history?offset=0&offset=200", "give it once"),  # was read at its first value
+        ("deviations/csv?site=P1&site=P2", "give it once"),
+        ("review/off-hours?hours_from=%C2%B2", "hour from 0 to 24"),  # D5: a server error
+        ("review/off-hours?hours_to=%D9%A1%D9%A7", "hour from 0 to 24"),  # "١٧" was read as 17
+    ):
+        refused = monitor.get(f"{BASE}/{query}")
+        assert refused.status_code == 422 and words in refused.get_data(as_text=True), query
+    monitor.post("/language", data={"language": "fr", "next": "/", "csrf_token": csrf_token(monitor, "/")})
+    french = monitor.get(f"{BASE}/allocation-history?offset=0&offset=200").get_data(as_text=True)
+    assert "un paramètre de l’adresse est donné plusieurs fois" in french
+    assert "à donner une seule fois" in french and "give it once" not in french
 
 
 @pytest.mark.req("REP-05")

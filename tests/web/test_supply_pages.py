@@ -308,6 +308,10 @@ def test_the_trial_manager_prepares_and_ships_and_the_pharmacist_receives_by_sca
     assert "Prepare a shipment" in form and '<option value="P1">' in form
     odd = people.post(people.manager, page, page, site="P1", count="3")
     assert any("count" in f for f in flashes(odd))
+    for count in ("²", "٦", "1" * 30):  # D5: a server error for "²"; "٦" was read as 6
+        typed = people.post(people.manager, page, page, site="P1", count=count)
+        assert any("count" in f and "whole number" in f for f in flashes(typed)), count
+    assert supply_shipments.shipments(ctx, TRIAL, ALL).shipments == ()
     prepared = people.post(people.manager, page, page, site="P1", count="6")
     assert "Shipment prepared: balanced across arms, kits chosen at random." in flashes(prepared)
     (listed,) = supply_shipments.shipments(ctx, TRIAL, ALL).shipments
@@ -584,6 +588,16 @@ def test_the_supply_dashboard_counts_courses_per_site_in_reach(people: People) -
     refused = people.monitor.get(f"{BASE}/supply?within=soon")
     assert refused.status_code == 422 and "within" in refused.get_data(as_text=True)
     assert people.monitor.get(f"{BASE}/supply?within=0").status_code == 422
+    # D5 on a page: "²" passes str.isdigit() and int() refused it (a server error); "٣" int() read
+    # as 3; a number past 64 bits; the value given twice.
+    for query, words in (
+        ("within=%C2%B2", "a whole number of days"),
+        ("within=%D9%A3", "a whole number of days"),
+        ("within=99999999999999999999", "a whole number of days"),
+        ("within=5&within=6", "give it once"),
+    ):
+        refused = people.monitor.get(f"{BASE}/supply?{query}")
+        assert refused.status_code == 422 and words in refused.get_data(as_text=True), query
     # Kits awaiting their new expiry label are not usable (neither drawn nor dispensed): counted
     # apart, linked to the relabelling page.
     kit_status.update_batch_expiry(

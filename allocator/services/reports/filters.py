@@ -99,7 +99,7 @@ class ReportFilter:
             raw = (args.get(key) or "").strip()
             if not raw:
                 hours[key] = default
-            elif raw.isdigit() and 0 <= int(raw) <= 24:
+            elif raw.isascii() and raw.isdigit() and len(raw) <= 2 and int(raw) <= 24:  # not "²" (D5)
                 hours[key] = int(raw)
             else:
                 problems.append(FieldProblem(key, "must be an hour from 0 to 24"))
