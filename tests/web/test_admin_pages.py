@@ -301,7 +301,12 @@ def test_api_audit_pages_and_verify(ctx: ServiceContext, client: FlaskClient) ->
     verify = client.get("/api/v1/trials/IFNG-PAIS/audit/verify", headers=headers).json
     assert verify is not None and verify["ok"] is True and verify["first_bad"] is None
     assert verify["entries"] >= len(seqs)
-    for query, field in (("limit=5000", "limit"), ("after=abc", "after"), ("action=nope", "action")):
+    for query, field in (
+        ("limit=5000", "limit"),
+        ("after=abc", "after"),
+        ("action=nope", "action"),
+        ("action=subject.randomized&action=kit.received", "action"),  # was read at its first value
+    ):
         problem = client.get(f"/api/v1/trials/IFNG-PAIS/audit?{query}", headers=headers)
         assert problem.status_code == 422 and problem.mimetype == "application/problem+json"
         assert problem.json["errors"][0]["field"] == field  # type: ignore[index]

@@ -186,6 +186,8 @@ def test_generate_check_reconcile_and_activate_through_the_pages(
     assert "No rows from row 31; the table has 8." in beyond and "No sheet within your reach." not in beyond
     bad = monitor.get(f"{overview}?offset=minus-one")
     assert bad.status_code == 422 and "offset" in bad.get_data(as_text=True)
+    twice = monitor.get(f"{overview}?offset=3&offset=6")  # was read at its first value
+    assert twice.status_code == 422 and "give it once" in twice.get_data(as_text=True)
     monkeypatch.undo()
 
     # The site pharmacist sees only the sheets of kits at the site: none yet, all at the depot.

@@ -123,6 +123,8 @@ def test_site_ships_and_the_lab_receives_through_the_pages(
     assert "Rows 3 to 3 of 3" in last and last.count("<td>L1</td>") == 1 and "Next rows" not in last
     assert "Previous rows" in last
     assert lab.get(f"{BASE}/sample-accountability?offset=x").status_code == 422
+    twice = lab.get(f"{BASE}/sample-accountability?offset=0&offset=2")  # was read at its first value
+    assert twice.status_code == 422 and "give it once" in twice.get_data(as_text=True)
     # Past the end: the previous link goes back to the last rows, not to another empty page.
     beyond = lab.get(f"{BASE}/sample-accountability?offset=50").get_data(as_text=True)
     assert "No rows from row 51; the table has 3." in beyond
