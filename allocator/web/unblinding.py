@@ -7,8 +7,7 @@ packages. The arm appears only on the result of an unblinding, once, with Cache-
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
-from zoneinfo import ZoneInfo
+from datetime import datetime
 
 from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
@@ -33,17 +32,14 @@ _signature = forms.signature
 
 
 def _local_time(name: str, trial: str) -> datetime:
-    """A date-time typed in the site's local time (the trial's time zone), as UTC."""
-    raw = _form(name)
-    try:
-        local = datetime.fromisoformat(raw)
-    except ValueError:
+    """A date-time typed in the site's local time (the trial's time zone), as UTC: a moment of this
+    era (`forms.local_moment`; a year 0001 overflowed the conversion here, a server error)."""
+    moment = forms.local_moment(name, trial_definition(ctx(), trial).timezone)
+    if moment is None:
         raise ValidationFailed(
             f"{name} is not a date and time", errors=[FieldProblem(name, "give a date and time")]
-        ) from None
-    if local.tzinfo is None:
-        local = local.replace(tzinfo=ZoneInfo(trial_definition(ctx(), trial).timezone))
-    return local.astimezone(UTC)
+        )
+    return moment
 
 
 def _page(template: str, http_status: int = 200, **values: object) -> Response:

@@ -219,6 +219,12 @@ def test_an_accidental_unblinding_form_refuses_a_treatment_name_and_records_the_
     }
     refused = nurse.post(path, data={**data, "csrf_token": csrf_token(nurse, path)})
     assert refused.status_code == 422 and 'id="how-error"' in refused.get_data(as_text=True)
+    ancient = nurse.post(
+        path, data={**data, "occurred_at": "0001-01-01T00:00", "csrf_token": csrf_token(nurse, path)}
+    )
+    assert ancient.status_code == 422 and 'id="occurred_at-error"' in ancient.get_data(
+        as_text=True
+    )  # was a 500
     data["how"] = "The pharmacy's preparation note was left with the syringe."
     done = nurse.post(path, data={**data, "csrf_token": csrf_token(nurse, path)})
     assert done.status_code == 303
@@ -297,6 +303,12 @@ def test_the_offline_registration_form_names_bad_fields(
         data={"sheet_number": "", "opened_at": "yesterday", "csrf_token": csrf_token(investigator, path)},
     )
     assert response.status_code == 422 and 'id="opened_at-error"' in response.get_data(as_text=True)
+    for moment in ("0001-01-01T00:00", "0001-01-01"):  # overflowed the conversion to UTC: a 500
+        response = investigator.post(
+            path,
+            data={"sheet_number": "", "opened_at": moment, "csrf_token": csrf_token(investigator, path)},
+        )
+        assert response.status_code == 422 and 'id="opened_at-error"' in response.get_data(as_text=True)
     response = investigator.post(
         path,
         data={
