@@ -28,7 +28,7 @@ from werkzeug.wrappers import Response
 
 from allocator.services import signatures
 from allocator.services.errors import DomainError, FieldProblem, ValidationFailed, bad_character
-from allocator.web import messages
+from allocator.web import hygiene, messages
 
 # Never carried across a redirect, never shown back.
 SECRET_FIELDS = frozenset({"password", "otp", "current", "new", "confirm", "csrf_token", "code"})
@@ -253,10 +253,14 @@ def recall_for(path: str, form_id: str) -> FormState:
 
 
 def scanned(name: str) -> str:
-    """A scan sent to a check endpoint (issue 13): a JSON body or a form field, trimmed."""
-    body = request.get_json(silent=True)
-    value = body.get(name) if isinstance(body, dict) else request.form.get(name)
-    return value.strip() if isinstance(value, str) else ""
+    """A scan sent to a check endpoint (issue 13): a JSON body or a form field, trimmed. A body that
+    is not a small JSON object, or a value holding a character no label holds (a NUL, a lone
+    surrogate, which the database driver cannot encode: a server error), is no scan ("")."""
+    body = hygiene.small_json_object() if request.is_json else None
+    value = body.get(name) if body is not None else request.form.get(name)
+    if not isinstance(value, str) or bad_character(value):
+        return ""
+    return value.strip()
 
 
 def scan_verdict(

@@ -12,8 +12,8 @@ handle.
 - Times are range-checked on their own fields before any arithmetic (`parse_time`).
 - The whole request line (path and query) is at most `MAX_URL_BYTES` (414).
 
-PostgreSQL refuses NUL in text and psycopg cannot encode a lone surrogate; SQLite stores both. The
-checks here make both backends answer the same.
+PostgreSQL refuses NUL in text, where SQLite stores it; neither driver can encode a lone surrogate
+(psycopg and sqlite3 both fail, a server error). The checks here make both backends answer the same.
 """
 
 from __future__ import annotations
@@ -115,6 +115,19 @@ def _clean(value: object, path: str, problems: list[FieldProblem]) -> None:
                 stack.append((f"{where}.{key}" if where else key, inner))
         elif isinstance(item, list):
             stack.extend((f"{where}[{i}]", inner) for i, inner in enumerate(item))
+
+
+def small_json_object() -> dict[str, Any] | None:
+    """The body of a page's JSON request (the scan checks) when it is a JSON object of at most
+    MAX_BODY_BYTES and MAX_DEPTH levels; else None. Parsed only then: `get_json(silent=True)` lets
+    the RecursionError of a body nested 50,000 deep through (a server error)."""
+    if not request.is_json or (request.content_length or 0) > MAX_BODY_BYTES:
+        return None
+    raw = request.get_data(cache=True)
+    if len(raw) > MAX_BODY_BYTES or _depth_exceeds(raw, MAX_DEPTH):
+        return None
+    body = request.get_json(silent=True)
+    return body if isinstance(body, dict) else None
 
 
 def json_body() -> dict[str, object]:
