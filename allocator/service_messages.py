@@ -265,6 +265,8 @@ KNOWN = frozenset(
         N_("invalid after"),
         N_("give it once"),
         N_("a query parameter is given more than once"),  # hygiene.single_args
+        N_("unreadable file"),  # a kit-list CSV the csv module cannot read (a field past its limit)
+        N_("not a CSV file this service can read"),
         N_("unknown status"),
         N_("invalid kind"),  # the returns page's filter (issue 21)
         N_("unknown kind"),

@@ -218,6 +218,17 @@ def import_kit_list(
     header `kit_number,arm,lot_code,expiry[,kit_type]` (expiry YYYY-MM-DD). Every row is checked —
     check digit, unknown arm, duplicate or existing kit number, batch expiry — and the whole file is
     refused, naming each bad line, or imported at once."""
+    try:
+        return _import_kit_list(ctx, actor, trial_code, text, source_name)
+    except csv.Error:  # a field past the csv module's limit (131,072 characters), a stray NUL
+        raise ValidationFailed(
+            "unreadable file", errors=[FieldProblem("file", "not a CSV file this service can read")]
+        ) from None
+
+
+def _import_kit_list(
+    ctx: ServiceContext, actor: Actor, trial_code: str, text: str, source_name: str
+) -> KitListSummary:
     now = ctx.now()
     reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff")))
     required = {"kit_number", "arm", "lot_code", "expiry"}
