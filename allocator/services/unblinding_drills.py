@@ -34,7 +34,7 @@ from allocator.permissions import Scope
 from allocator.services import arm_access, signatures
 from allocator.services import documents as services_documents
 from allocator.services.context import ServiceContext
-from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed
+from allocator.services.errors import Conflict, FieldProblem, NotFound, ObservationalStudy, ValidationFailed
 from allocator.services.lookups import current_definition, get_trial
 from allocator.services.supply import kit_rules
 from allocator.services.unblinding import (
@@ -129,6 +129,10 @@ def create_drill_subject(
     with ctx.db.unit_of_work() as session:
         trial = get_trial(session, trial_code)
         definition = current_definition(session, trial)
+        if definition.observational:  # nothing to unblind, no arm to draw for the drill
+            raise ObservationalStudy(
+                f"{trial.code} is an observational study: it has no arms, lists or drug kits"
+            )
         site = session.execute(
             select(Site).where(Site.trial_id == trial.id, Site.code == site_code).with_for_update()
         ).scalar_one_or_none()

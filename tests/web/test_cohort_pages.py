@@ -277,3 +277,39 @@ def test_the_studys_subject_page_is_paged_in_a_few_statements_whatever_the_parti
     client.post("/language", data={"language": "fr", "next": "/", "csrf_token": token})
     quoted = client.get(f"{path}?after=it%27s").get_data(as_text=True)
     assert "within your reach" not in quoted and "à votre portée" in quoted
+
+
+def test_kit_shipments_and_unblinding_drills_are_refused_in_an_observational_study(
+    ctx: ServiceContext, signed_in: Callable[[str, str], FlaskClient]
+) -> None:
+    """The fuzzing helper found both forms answering 500 whatever was typed: a shipment's kits are
+    balanced by the arms' ratio (a division by zero without arms), a drill draws an arm. Both are
+    refused, naming the study, and nothing is created."""
+    from sqlalchemy import func, select
+
+    from allocator.models import DrillSubject, Shipment
+    from allocator.permissions import Scope
+    from allocator.services import unblinding_drills
+    from allocator.services.errors import ObservationalStudy
+    from allocator.services.supply import shipments
+    from tests.support import CLI_ACTOR
+
+    ready_cohort(ctx)
+    with pytest.raises(ObservationalStudy):
+        shipments.create_shipment(ctx, CLI_ACTOR, COHORT, "L1", 2)
+    with pytest.raises(ObservationalStudy):
+        unblinding_drills.create_drill_subject(
+            ctx, CLI_ACTOR, COHORT, "L1", "", scope=Scope(all_sites=True, site_ids=frozenset())
+        )
+    created = make_user(ctx, "tm-kits", "trial_manager", trial=COHORT)
+    client = signed_in("tm-kits", created.one_time_password)
+    page = f"/trials/{COHORT}/shipments"
+    posted = client.post(
+        page, data={"site": "L1", "count": "2", "csrf_token": csrf_token(client, f"/trials/{COHORT}")}
+    )
+    assert posted.status_code == 303  # Post/Redirect/Get, with the refusal in words
+    shown = client.get(posted.headers["Location"]).get_data(as_text=True)
+    assert "is an observational study: it has no arms, lists or drug kits" in shown
+    with ctx.db.reading() as session:
+        assert session.execute(select(func.count()).select_from(Shipment)).scalar_one() == 0
+        assert session.execute(select(func.count()).select_from(DrillSubject)).scalar_one() == 0

@@ -15,7 +15,7 @@ from allocator.audit import Action, Actor
 from allocator.models import Kit, Shipment, Site, TemperatureExcursion, Trial
 from allocator.permissions import Scope
 from allocator.services.context import ServiceContext
-from allocator.services.errors import Conflict, FieldProblem, NotFound, ValidationFailed
+from allocator.services.errors import Conflict, FieldProblem, NotFound, ObservationalStudy, ValidationFailed
 from allocator.services.lookups import current_definition, get_trial, newest_first, page_size, site_filter
 from allocator.services.supply import depot, resupply
 from allocator.services.supply.kit_rules import S, move_kit, needed_until, number_from_scan, unreadable
@@ -50,6 +50,10 @@ def create_shipment(
     with ctx.db.unit_of_work() as session:
         trial = get_trial(session, trial_code)
         definition = current_definition(session, trial)
+        if definition.observational:  # no arm to balance the kits by (a division by zero)
+            raise ObservationalStudy(
+                f"{trial.code} is an observational study: it has no arms, lists or drug kits"
+            )
         site = _site(session, trial, site_code)
         total = definition.ratio_total
         if not 1 <= count <= 10_000 or count % total:
