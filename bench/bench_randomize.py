@@ -469,11 +469,12 @@ def run_level(
             errors[f"HTTP {status} {kind}"] += 1
             return None
 
-        try:
-            for _ in range(settle):
+        for _ in range(settle):
+            try:
                 send()
-        finally:
-            settled_gate.wait()
+            except Exception as exc:  # counted: the client must still reach both gates
+                errors[f"settle: {type(exc).__name__}"] += 1
+        settled_gate.wait()
         start_gate.wait()
         while claim():
             latency = send()
@@ -945,7 +946,9 @@ def sweep(args: argparse.Namespace, configurations: tuple[tuple[int, int], ...] 
         # kits, so that the count is large enough for CPU figures read in 10 ms ticks; the number
         # of sites does not change the work of one allocation.
         sites = 8 if kits < 1_000 else 2
-        count = max(20, min(400, int(0.7 * sites * kits / 3) - args.warmup - 8 * args.settle))
+        # ... and within the strata's slots (2 causes per site), above their alert level of 20.
+        budget = min(400, int(0.7 * sites * kits / 3), sites * 2 * (slots - 20))
+        count = max(20, budget - args.warmup - 8 * args.settle)
         run = run_backend(
             "postgresql", args, [(8, count)], slots=slots, kits=kits, sites_count=sites, quiet=True
         )
@@ -1004,6 +1007,8 @@ def main() -> int:
         help="CPU per randomization vs list length and stock: slots:kits list (default: all of SWEEP)",
     )
     args = parser.parse_args()
+    if args.settle < 0:
+        parser.error("--settle must be 0 or more")
     if args.sweep:
         args.warmup = 8 if args.warmup is None else args.warmup
         configurations = tuple(
