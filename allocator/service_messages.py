@@ -264,8 +264,22 @@ KNOWN = frozenset(
         N_("invalid offset"),  # a report page's or a long table's window (Window.parse)
         N_("invalid after"),
         N_("give it once"),
-        N_("a query parameter is given more than once"),  # hygiene.single_args
         N_("unreadable file"),  # a kit-list CSV the csv module cannot read (a field past its limit)
+        # Pages' refusals that were shown in English on French pages (the review of 2026-12-07)
+        N_("invalid cursor"),
+        N_("must be a sequence number"),
+        N_("invalid entry"),
+        N_("invalid size"),
+        N_("invalid proposal"),
+        N_("invalid count"),
+        N_("invalid report filter"),
+        N_("must be an hour from 0 to 24"),
+        N_("must be later than hours_from"),
+        N_("invalid within"),
+        N_("not UTF-8"),
+        N_("must be UTF-8 CSV"),
+        N_("bad header"),
+        N_("choose a file"),
         N_("not a CSV file this service can read"),
         N_("unknown status"),
         N_("invalid kind"),  # the returns page's filter (issue 21)
@@ -436,6 +450,10 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
             r"^no central-lab working day for the (?P<label>\S+) sample between (?P<first>\S+) and (?P<last>\S+)$"
         ),
         N_("no central-lab working day for the %(label)s sample between %(first)s and %(last)s"),
+    ),
+    (
+        re.compile(r"^a query parameter is given more than once: (?P<names>.+)$"),  # hygiene.single_args
+        N_("a query parameter is given more than once: %(names)s"),
     ),
     (
         re.compile(r"^(?P<trial>\S+) is an observational study: register the patient instead$"),

@@ -185,7 +185,7 @@ def single_args() -> dict[str, str]:
     repeated = sorted(name for name, values in request.args.lists() if len(values) > 1)
     if repeated:
         raise ValidationFailed(
-            "a query parameter is given more than once",
+            f"a query parameter is given more than once: {', '.join(repeated)}",
             errors=[FieldProblem(name, "give it once") for name in repeated],
         )
     return request.args.to_dict()

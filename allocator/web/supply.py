@@ -47,7 +47,7 @@ def _perform(action: Callable[[], object], success: str, target: str) -> Werkzeu
 
 def _int(name: str) -> int:
     raw = plain_number(_form(name))  # "1 200" as French users type it
-    return hygiene.whole_number(raw, name, f"{name} must be a whole number", "must be a whole number")
+    return hygiene.whole_number(raw, name, f"invalid {name}", "must be a whole number")
 
 
 def _date(name: str) -> date:

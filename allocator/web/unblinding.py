@@ -36,9 +36,7 @@ def _local_time(name: str, trial: str) -> datetime:
     era (`forms.local_moment`; a year 0001 overflowed the conversion here, a server error)."""
     moment = forms.local_moment(name, trial_definition(ctx(), trial).timezone)
     if moment is None:
-        raise ValidationFailed(
-            f"{name} is not a date and time", errors=[FieldProblem(name, "give a date and time")]
-        )
+        raise ValidationFailed("invalid time", errors=[FieldProblem(name, "give a date and time")])
     return moment
 
 

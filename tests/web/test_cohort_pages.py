@@ -279,24 +279,30 @@ def test_the_studys_subject_page_is_paged_in_a_few_statements_whatever_the_parti
     assert "within your reach" not in quoted and "à votre portée" in quoted
 
 
-def test_kit_shipments_and_unblinding_drills_are_refused_in_an_observational_study(
+def test_kit_lists_shipments_and_unblinding_drills_are_refused_in_an_observational_study(
     ctx: ServiceContext, signed_in: Callable[[str, str], FlaskClient]
 ) -> None:
     """The fuzzing helper found both forms answering 500 whatever was typed: a shipment's kits are
     balanced by the arms' ratio (a division by zero without arms), a drill draws an arm. Both are
     refused, naming the study, and nothing is created."""
+    from datetime import date
+
     from sqlalchemy import func, select
 
-    from allocator.models import DrillSubject, Shipment
+    from allocator.models import DrillSubject, Kit, Shipment
     from allocator.permissions import Scope
     from allocator.services import unblinding_drills
     from allocator.services.errors import ObservationalStudy
-    from allocator.services.supply import shipments
+    from allocator.services.supply import kit_lists, shipments
     from tests.support import CLI_ACTOR
 
     ready_cohort(ctx)
     with pytest.raises(ObservationalStudy):
         shipments.create_shipment(ctx, CLI_ACTOR, COHORT, "L1", 2)
+    with pytest.raises(ObservationalStudy):  # the review found the kit list's block size too
+        kit_lists.generate_kit_list(
+            ctx, CLI_ACTOR, COHORT, count=4, lot_code="LOT-1", expiry=date(2027, 6, 30)
+        )
     with pytest.raises(ObservationalStudy):
         unblinding_drills.create_drill_subject(
             ctx, CLI_ACTOR, COHORT, "L1", "", scope=Scope(all_sites=True, site_ids=frozenset())
@@ -313,3 +319,4 @@ def test_kit_shipments_and_unblinding_drills_are_refused_in_an_observational_stu
     with ctx.db.reading() as session:
         assert session.execute(select(func.count()).select_from(Shipment)).scalar_one() == 0
         assert session.execute(select(func.count()).select_from(DrillSubject)).scalar_one() == 0
+        assert session.execute(select(func.count()).select_from(Kit)).scalar_one() == 0

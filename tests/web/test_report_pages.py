@@ -174,8 +174,12 @@ def test_bad_input_is_a_clear_error(monitor: FlaskClient) -> None:
         assert refused.status_code == 422 and words in refused.get_data(as_text=True), query
     monitor.post("/language", data={"language": "fr", "next": "/", "csrf_token": csrf_token(monitor, "/")})
     french = monitor.get(f"{BASE}/allocation-history?offset=0&offset=200").get_data(as_text=True)
-    assert "un paramètre de l’adresse est donné plusieurs fois" in french
+    assert "un paramètre de l’adresse est donné plusieurs fois : offset" in french  # named
     assert "à donner une seule fois" in french and "give it once" not in french
+    hours = monitor.get(f"{BASE}/review/off-hours?hours_from=%C2%B2").get_data(as_text=True)
+    assert "filtre de rapport invalide" in hours and "doit être une heure de 0 à 24" in hours
+    # A 5,000-digit offset: int() refuses past 4,300 digits (a server error the review found).
+    assert monitor.get(f"{BASE}/allocation-history?offset={'9' * 5000}").status_code == 422
 
 
 @pytest.mark.req("REP-05")

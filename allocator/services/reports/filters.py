@@ -296,7 +296,7 @@ class Window:
         raw = (args.get("offset") or "").strip()
         if not raw:
             return cls(0, PAGE_ROWS)
-        if raw.isascii() and raw.isdigit() and int(raw) <= _MAX_OFFSET:
+        if raw.isascii() and raw.isdigit() and len(raw) <= len(str(_MAX_OFFSET)) and int(raw) <= _MAX_OFFSET:
             return cls(int(raw), PAGE_ROWS)
         raise ValidationFailed(
             "invalid offset", errors=[FieldProblem("offset", "must be a whole number from 0")]

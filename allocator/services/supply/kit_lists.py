@@ -20,7 +20,7 @@ from allocator.audit import Action, Actor
 from allocator.models import Batch, Kit, KitEvent, KitList, Trial
 from allocator.randomization import BlockDesign, kit_arm_sequence, new_seed
 from allocator.services.context import ServiceContext
-from allocator.services.errors import FieldProblem, ValidationFailed
+from allocator.services.errors import FieldProblem, ObservationalStudy, ValidationFailed
 from allocator.services.lookups import current_definition, get_trial, instance_mode
 from allocator.services.supply.kit_rules import S, kit_binding
 
@@ -96,6 +96,10 @@ def generate_kit_list(
     with ctx.db.unit_of_work() as session:
         trial = get_trial(session, trial_code)
         definition = current_definition(session, trial)
+        if definition.observational:  # no arm to balance the blocks by (a division by zero)
+            raise ObservationalStudy(
+                f"{trial.code} is an observational study: it has no arms, lists or drug kits"
+            )
         block = 2 * definition.ratio_total
         if not 1 <= count <= 100_000 or count % block:
             raise ValidationFailed(
