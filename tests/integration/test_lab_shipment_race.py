@@ -7,24 +7,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import select
 
-from allocator import crypto, sampling
+from allocator import crypto
 from allocator.db import Database
 from allocator.models import LabShipment, SampleKit
 from allocator.services.context import ServiceContext
 from allocator.services.errors import DomainError
 from allocator.services.samples import lab_shipments as ls
 from allocator.settings import Environment, Settings
-from allocator.trialdef import load_definition
 from tests.conftest import FreshDatabase
-from tests.support import ALL_SITES, COHORT, COHORT_ELIGIBLE, COHORT_TRIAL, ready_cohort
-from tests.support.cohort import collected_samples, lab_technician, second_site
+from tests.support import ALL_SITES, COHORT, ready_cohort
+from tests.support.cohort import collected_samples, lab_technician, live_answers, second_site
 
 pytestmark = pytest.mark.slow
 
@@ -40,19 +37,6 @@ def live(fresh_database: FreshDatabase, key_dir: Path) -> Iterator[ServiceContex
     db.dispose()
 
 
-def _answers() -> dict[str, object]:
-    """Eligibility on the real clock: an onset whose D3/D4 window holds a lab working day."""
-    plan = load_definition(COHORT_TRIAL)[0].sampling
-    assert plan is not None
-    today = datetime.now(ZoneInfo("Europe/Paris")).date()
-    for back in range(3):
-        onset = today.fromordinal(today.toordinal() - back)
-        if all(p.planned is not None for p in sampling.plan(plan, onset)):
-            day = onset.isoformat()
-            return {**COHORT_ELIGIBLE, "icu_admission_date": day, "septic_shock_onset_date": day}
-    raise AssertionError("no onset date with a lab working day in its window")  # pragma: no cover
-
-
 def _both(first: Callable[[], object], second: Callable[[], object]) -> list[object]:
     def run(call: Callable[[], object]) -> object:
         try:
@@ -65,7 +49,7 @@ def _both(first: Callable[[], object], second: Callable[[], object]) -> list[obj
 
 
 def test_racing_preparations_and_receipts_never_clash(live: ServiceContext) -> None:
-    answers = _answers()
+    answers = live_answers()
     l1 = ready_cohort(live)
     l2 = second_site(live)
     mine = collected_samples(live, l1, 2, eligibility=answers)

@@ -45,6 +45,7 @@ from tests.support import (
     ready_cohort,
     stock_tube_sets,
 )
+from tests.support.cohort import live_answers
 
 D3_MORNING = datetime(2026, 3, 4, 9, 0, tzinfo=UTC)  # 10:00 in Lyon, the planned day of L1-001's D3
 
@@ -440,12 +441,7 @@ def test_simultaneous_registrations_never_share_a_tube_set(live: ServiceContext)
     """Six registrations at once for two tube sets: two registered, each with its own set; four
     refused with no-tube-set, never a database error."""
     investigator = ready_cohort(live, tube_sets=2)
-    today = datetime.now(UTC).date()  # the service runs on the real clock
-    answers = {
-        **COHORT_ELIGIBLE,
-        "icu_admission_date": (today - timedelta(days=1)).isoformat(),
-        "septic_shock_onset_date": today.isoformat(),
-    }
+    answers = live_answers()  # the service runs on the real clock
     start = threading.Barrier(REGISTRATIONS)
 
     def attempt(index: int) -> str:

@@ -9,20 +9,37 @@ choose the collection time to set the pre-analytical delay."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 
 import kits
-from allocator import crypto
+from allocator import crypto, sampling
 from allocator.audit import Actor
 from allocator.models import PlannedSample, Registration, SampleKit, SampleKitStatus, Site
 from allocator.permissions import Scope
 from allocator.services.context import ServiceContext
 from allocator.services.samples.rules import move_sample_kit
 from allocator.services.subjects import register
-from tests.support import ALL_SITES, COHORT, COHORT_ELIGIBLE, stock_tube_sets
+from allocator.trialdef import load_definition
+from tests.support import ALL_SITES, COHORT, COHORT_ELIGIBLE, COHORT_TRIAL, stock_tube_sets
 
 _serial = iter(range(1, 10_000))
+
+
+def live_answers() -> dict[str, object]:
+    """Eligibility for a registration on the real clock: an onset (today or up to two days back,
+    in the trial's time zone) whose D3/D4 window holds a lab working day. Today's date alone fails
+    every Wednesday and next to holidays, when the window falls on no lab working day."""
+    plan = load_definition(COHORT_TRIAL)[0].sampling
+    assert plan is not None
+    today = datetime.now(ZoneInfo("Europe/Paris")).date()
+    for back in range(3):
+        onset = today.fromordinal(today.toordinal() - back)
+        if all(p.planned is not None for p in sampling.plan(plan, onset)):
+            day = onset.isoformat()
+            return {**COHORT_ELIGIBLE, "icu_admission_date": day, "septic_shock_onset_date": day}
+    raise AssertionError("no onset date with a lab working day in its window")  # pragma: no cover
 
 
 def collected_samples(
