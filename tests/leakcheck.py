@@ -36,6 +36,7 @@ import io
 import json
 import re
 import zipfile
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -565,14 +566,33 @@ class LeakChecker:
         for name, value in headers:
             at = f"{where} header {name}"
             found += self.name(at, name, "header")
-            found += self.text(at, unquote(value), "header")
             lowered = name.lower()
+            if lowered == "set-cookie":
+                found += self.set_cookie(at, value)
+                continue
+            found += self.text(at, unquote(value), "header")
             if lowered == "content-disposition":
                 match = re.search(r"filename\*?=(?:UTF-8'')?\"?([^\";]+)", value)
                 if match:
                     found += self.file_name(at, unquote(match.group(1)))
             elif lowered == "location":
                 found += self.url(at, value)
+        return found
+
+    def set_cookie(self, where: str, header: str) -> list[Finding]:
+        """A Set-Cookie header: the cookie's name and attributes as text; its value decoded where it
+        has a structure the browser can read (Flask's session cookie is signed, not encrypted: its
+        JSON, flash messages included, is checked as JSON), plain text searched as a value, and an
+        opaque random token (a long run of base64url characters) not searched at all: random
+        base64 holds a product word such as "-IFN_" now and then, about one crawl in a hundred."""
+        name, _, rest = header.partition("=")
+        value, _, attributes = rest.partition(";")
+        found = self.name(where, name, "cookie") + self.text(where, f"{name}; {attributes}", "cookie")
+        payload = _session_payload(value.strip().strip('"'))
+        if payload is not None:
+            found += self.json_value(where, payload, "cookie-json")
+        elif not OPAQUE_TOKEN.fullmatch(value.strip()):
+            found += self.value(where, unquote(value), "cookie")
         return found
 
     def file_name(self, where: str, name: str) -> list[Finding]:
@@ -737,6 +757,25 @@ class LeakChecker:
             return [f for p in read_barcodes(Image.open(io.BytesIO(data))) for f in self.barcode(where, p)]
         self.seen.count(mimetype or "other")
         return self.lines(where, text, mimetype or "body")
+
+
+OPAQUE_TOKEN = re.compile(r"[A-Za-z0-9_.=-]{16,}")
+
+
+def _session_payload(value: str) -> object | None:
+    """The JSON inside a Flask (itsdangerous) session cookie, `[.]<base64url payload>.<time>.<sig>`
+    with a leading dot when the payload is zlib-compressed; None for any other value."""
+    compressed = value.startswith(".")
+    parts = value.lstrip(".").split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        data = base64.urlsafe_b64decode(parts[0] + "=" * (-len(parts[0]) % 4))
+        if compressed:
+            data = zlib.decompress(data)
+        return json.loads(data)
+    except (ValueError, zlib.error):
+        return None
 
 
 def _embedded_json(text: str) -> object | None:

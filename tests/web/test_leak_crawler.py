@@ -32,6 +32,7 @@ from pathlib import Path
 import pypdf
 import pytest
 from flask import Blueprint, Flask, Response, abort, flash, jsonify, redirect, render_template_string
+from flask import session as browser_session
 from reportlab.graphics import renderPDF
 from reportlab.graphics.barcode.qr import QrCodeWidget
 from reportlab.graphics.shapes import Drawing
@@ -782,6 +783,17 @@ def _flash(leaked: Leaked) -> WerkzeugResponse:
     return redirect(f"/trials/{TRIAL}/subjects/{leaked.subject}/leak-landing", code=303)
 
 
+def _cookie(value: str) -> Response:
+    response = Response(page("<p>Noted.</p>"), mimetype="text/html")
+    response.set_cookie("prepared", value, httponly=True)
+    return response
+
+
+def _session(leaked: Leaked) -> str:
+    browser_session["prepared"] = leaked.arm  # signed, not encrypted: the browser can read it
+    return page("<p>Noted.</p>")
+
+
 KIT_LIKE = "AL1/IFNG-PAIS/12345678/{arm}/ABCDEFGHIJKLMNOP"
 
 
@@ -832,6 +844,8 @@ LEAKS = [
     ),
     Leak("redirect", "response", "url", lambda x: redirect(f"/trials/{TRIAL}?arm={x.arm}", code=302)),
     Leak("flash", "redirect", "html-text", _flash),
+    Leak("cookie", "response", "cookie", lambda x: _cookie(x.label)),
+    Leak("session", "response", "cookie-json", _session),
     Leak(
         "pdf-text",
         "response",
@@ -880,6 +894,8 @@ LEAKS = [
     ),
     Leak("control-pdf", "response", "", lambda x: _pdf(x, qr=KIT_LIKE.format(arm="D1")), control=True),
     Leak("landing", "response", "", lambda x: page(f"<p>{x.subject}</p>"), control=True),
+    # A random token holds a product word now and then ("-IFN_"): an opaque value, not text.
+    Leak("control-cookie", "response", "", lambda x: _cookie("k7Qw-IFN_x2Lp9RtYv3Mn8BcD"), control=True),
 ]
 
 
@@ -955,11 +971,12 @@ def caught(result: CrawlResult, leak: Leak) -> list[tuple[str, str]]:
             if x.endpoint == endpoint and x.via != "redirect"
             for f in x.findings
         ]
-    elif leak.caught_in == "redirect":
+    elif leak.caught_in == "redirect":  # the page redirected to, and the redirect itself (its cookie)
         found = [
             f
             for x in result.crawler.fetched
-            if x.via == "redirect" and x.endpoint == "leak.landing"
+            if (x.via == "redirect" and x.endpoint == "leak.landing")
+            or (x.endpoint == endpoint and x.via != "redirect")
             for f in x.findings
         ]
     elif leak.caught_in == "mail":
@@ -1002,7 +1019,11 @@ def test_an_injected_leak_is_caught(leaky: CrawlResult, leak: Leak) -> None:
 
 def test_the_leaking_routes_are_clean_apart_from_their_leak(leaky: CrawlResult) -> None:
     """Nothing else the leak crawl saw was reported: the findings above are the leaks themselves."""
-    leaking = {f"leak.{leak.name}" for leak in LEAKS if leak.caught_in == "response" and not leak.control}
+    leaking = {
+        f"leak.{leak.name}"
+        for leak in LEAKS
+        if leak.caught_in in ("response", "redirect") and not leak.control
+    }
     others = [
         str(f)
         for x in leaky.crawler.fetched
@@ -1010,6 +1031,19 @@ def test_the_leaking_routes_are_clean_apart_from_their_leak(leaky: CrawlResult) 
         for f in x.findings
     ]
     assert others == []
+
+
+@pytest.mark.req("BLD-01")
+def test_a_flash_message_is_read_in_the_session_cookie_too(leaky: CrawlResult) -> None:
+    """Flask keeps flash messages in its session cookie, signed but not encrypted: an arm in a
+    flash reaches the browser before any page shows it, and the cookie check reads it there."""
+    own = [
+        f
+        for x in leaky.crawler.fetched
+        if x.endpoint == "leak.flash" and x.via != "redirect"
+        for f in x.findings
+    ]
+    assert own and {f.channel for f in own} == {"cookie-json"}
 
 
 # --- the observational cohort beside the trial (issue 20) -----------------------------------------
