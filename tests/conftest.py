@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TypeVar, cast
 
 import coverage
+import hypothesis
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
@@ -29,6 +30,10 @@ PG_URL = os.environ.get("ALLOCATOR_TEST_DATABASE_URL", "").strip()
 BACKENDS = ["sqlite", "postgresql"] if PG_URL else ["sqlite"]
 T = TypeVar("T")
 fast_apps.install()  # compiled URL builders and templates shared by the run's many applications
+# No per-example deadline: on two busy workers an example past Hypothesis's 200 ms default fails
+# the test without saying anything of the code under test. Examples stay bounded per test.
+hypothesis.settings.register_profile("allocator", deadline=None)
+hypothesis.settings.load_profile("allocator")
 
 
 def known_requirement_ids() -> frozenset[str]:

@@ -305,8 +305,16 @@ def test_a_generated_kit_list_has_random_checked_numbers_and_arms_in_balanced_se
 # --- 2. imported kit lists -------------------------------------------------------------------
 
 
+_DRAWN: set[str] = set()  # every number drawn here and every kit the tests generated before drawing
+
+
 def kit_numbers(count: int) -> list[str]:
-    return kitlib.generate_kit_numbers(count)
+    """New kit numbers, none drawn before in this process nor noted in use (`_DRAWN`): two
+    independent draws collide now and then, and a "fresh" number already in use makes a bad-line
+    case name the wrong line."""
+    numbers = kitlib.generate_kit_numbers(count, in_use=_DRAWN)
+    _DRAWN.update(numbers)
+    return numbers
 
 
 def csv_text(rows: list[tuple[str, str, str, str]]) -> str:
@@ -393,6 +401,7 @@ def test_a_kit_list_file_with_one_bad_line_is_refused_naming_that_line(
     ctx = s.ctx
     s.generate(4)
     used = all_kits(ctx)[0].kit_number
+    _DRAWN.update(k.kit_number for k in all_kits(ctx))
     good = [f"{n},{'AB'[i % 2]},LOT-NEW,2027-01-31" for i, n in enumerate(kit_numbers(GOOD_ROWS))]
     lines, bad_line = build(good, used)
     before = row_counts(ctx)
@@ -410,6 +419,7 @@ def test_every_bad_line_of_a_kit_list_file_is_named_and_nothing_is_imported(s: S
     ctx = s.ctx
     s.generate(4)
     existing = all_kits(ctx)[0].kit_number
+    _DRAWN.update(k.kit_number for k in all_kits(ctx))
     fresh = kit_numbers(12)
     rows = [
         (fresh[0], "A", "LOT-NEW", "2027-01-31"),  # line 2: fine
@@ -980,7 +990,7 @@ def test_pick_chooses_uniformly_and_not_by_kit_number() -> None:
     rank = {id(k): i for i, k in enumerate(stock)}
     draws = 5000
     counts = Counter(rank[id(supply_stock.pick(stock, 1)[0])] for _ in range(draws))
-    assert stats.chisquare([counts[i] for i in range(10)]).pvalue > 1e-4
+    assert stats.chisquare([counts[i] for i in range(10)]).pvalue > 1e-7
     # Issue order within a stock: take kits one at a time until none is left; the order in which
     # they leave is unrelated to their numbers (mean Spearman rho over 600 stocks ~ N(0, 0.0136)).
     rhos = []

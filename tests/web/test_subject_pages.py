@@ -22,7 +22,7 @@ from allocator.services.reports.filters import ReportFilter
 from allocator.services.subjects import randomize, views
 from allocator.services.supply import kit_rules
 from tests.support import CLI_ACTOR, ELIGIBLE, GOOD_PASSWORD, Clock, ReadyTrial, make_user
-from tests.web.conftest import button_link, csrf_token, https_client, sign_in
+from tests.web.conftest import button_link, csrf_token, https_client, sign_in, without_tokens
 
 TRIAL = "IFNG-PAIS"
 ALL = Scope(all_sites=True, site_ids=frozenset())
@@ -85,9 +85,6 @@ def test_the_confirmation_step_shows_the_strata_once_and_lets_the_answers_be_cor
     assert done.status_code == 303
     result = done.headers["Location"]
     assert result.endswith(f"/trials/{TRIAL}/subjects/P1-001/randomized")
-
-    def without_tokens(page: str) -> str:  # CSRF tokens carry their time: two views may differ there only
-        return re.sub(r'name="csrf_token" value="[^"]*"', 'name="csrf_token"', page)
 
     first = without_tokens(inv.get(result).get_data(as_text=True))
     reload = inv.get(result)
