@@ -158,6 +158,7 @@ def test_a_refrigerator_excursion_takes_every_available_kit_of_the_site_and_dest
         ({"place": "cellar"}, "place"),
         ({"minimum": "warm"}, "minimum"),
         ({"maximum": "99"}, "maximum"),
+        ({"maximum": "\u0661\u0662"}, "maximum"),  # Arabic-Indic 12: int() reads it, \d matched it
         ({"minimum": "9", "maximum": "5"}, "minimum"),
         ({"minimum": "3", "maximum": "7.5"}, "maximum"),  # within 2-8 °C: not an excursion
         ({"duration_minutes": "0"}, "duration_minutes"),

@@ -110,6 +110,8 @@ def test_a_wrong_generation_is_refused_naming_the_field_and_writes_nothing(ctx: 
     for count, kit_type, field in (
         (0, "BIOMARKER", "count"),
         ("x", "BIOMARKER", "count"),
+        ("1_0", "BIOMARKER", "count"),  # int() reads it as 10
+        ("\u0663", "BIOMARKER", "count"),  # an Arabic-Indic 3, which int() reads too
         (5, "DRUG", "kit_type"),
     ):
         with pytest.raises(ValidationFailed) as refused:

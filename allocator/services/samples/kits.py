@@ -5,6 +5,7 @@ participant's site per planned sample)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -82,10 +83,9 @@ def generate(
 
     Raises ValidationFailed (count, kit type), NotFound (site out of reach), Conflict (closed site,
     a randomized trial, or the locked database)."""
-    try:
-        wanted = int(str(count).strip())
-    except ValueError:
-        wanted = 0
+    typed = str(count).strip()
+    # ASCII digits only: int() also reads "1_0" as 10 and other scripts' digits ("٣") as numbers.
+    wanted = int(typed) if re.fullmatch(r"[0-9]{1,7}", typed) else 0
     problems = []
     if not 1 <= wanted <= MAX_PER_GENERATION:
         problems.append(FieldProblem("count", f"a whole number from 1 to {MAX_PER_GENERATION}"))

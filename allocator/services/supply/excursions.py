@@ -60,7 +60,7 @@ LOGGER_MAX_BYTES = 2 * 1024 * 1024
 EXCURSION_STATUSES = ("pending", "released", "destroyed")
 EXCURSION_PAGE = 50  # excursions per page of the list (issue 21)
 MAX_EXCURSION_PAGE = 1000
-_TEMPERATURE = re.compile(r"^[+-]?\d{1,2}(?:[.,]\d)?$")
+_TEMPERATURE = re.compile(r"^[+-]?[0-9]{1,2}(?:[.,][0-9])?$")  # ASCII digits: float() reads others
 
 
 @dataclass(frozen=True, slots=True)
