@@ -583,8 +583,9 @@ class LeakChecker:
         """A Set-Cookie header: the cookie's name and attributes as text; its value decoded where it
         has a structure the browser can read (Flask's session cookie is signed, not encrypted: its
         JSON, flash messages included, is checked as JSON), plain text searched as a value, and an
-        opaque random token (a long run of base64url characters) not searched at all: random
-        base64 holds a product word such as "-IFN_" now and then, about one crawl in a hundred."""
+        random token of the one shape the service issues (the device cookie, `OPAQUE_TOKEN`) not
+        searched at all: random base64 holds a product word such as "-IFN_" now and then, about
+        one crawl in a hundred. Any other value is searched, however long."""
         name, _, rest = header.partition("=")
         value, _, attributes = rest.partition(";")
         found = self.name(where, name, "cookie") + self.text(where, f"{name}; {attributes}", "cookie")
@@ -759,7 +760,8 @@ class LeakChecker:
         return self.lines(where, text, mimetype or "body")
 
 
-OPAQUE_TOKEN = re.compile(r"[A-Za-z0-9_.=-]{16,}")
+# The device cookie (crypto.device_cookie): version, key id, 18 random bytes, a SHA-256 MAC.
+OPAQUE_TOKEN = re.compile(r"v1\.[A-Za-z0-9-]{1,40}\.[A-Za-z0-9_-]{24}\.[A-Za-z0-9_-]{43}")
 
 
 def _session_payload(value: str) -> object | None:

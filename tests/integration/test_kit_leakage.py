@@ -266,10 +266,11 @@ def test_kit_rows_are_stored_in_an_order_that_says_nothing_of_their_arms(ctx: Se
     """Issue 15: rows were inserted in the kit list's generation order, which follows its blocks,
     so in id order the previous kit's arm predicted the next one's (p = 3.5e-8 over 240 kits). No
     page sorts by id today; one future sort by id or creation time would have leaked. Rows now go
-    in kit-number order, and kit numbers are drawn at random."""
+    in kit-number order, and kit numbers are drawn at random. 1,920 kits: arms following blocks of
+    4 would give p near 1e-27, far below the threshold, which chance alone crosses once in 1e8."""
     load_ifn(ctx)
     kit_lists.generate_kit_list(
-        ctx, CLI_ACTOR, TRIAL, count=480, lot_code="LOT-ORD", expiry=date(2028, 1, 31)
+        ctx, CLI_ACTOR, TRIAL, count=1920, lot_code="LOT-ORD", expiry=date(2028, 1, 31)
     )
     with ctx.db.reading() as session:
         kits = list(session.execute(select(Kit).order_by(Kit.id)).scalars())

@@ -4,10 +4,10 @@ daily kits), a lead time of 3 days to P1 and 5 to P2, and a first batch that exp
 the trial while a second arrives at the depot. No randomization is refused for lack of kits, no kit
 is dispensed past its usable date, the waste is printed, and the reconciliation balances.
 
-The levels follow docs/trial-definition.md ("Choosing the levels"): the trigger covers the largest
-drift between the arms a site's stock can reach once the first batch has expired (the largest block,
-6, per stratum: 12 courses), the most subjects a site randomizes in its lead time plus a day in this
-seeded arrival sequence (5 at P2) and one course split between arms. With the former trigger of 9 the
+The levels follow docs/trial-definition.md ("Choosing the levels"): the trigger covers the drift
+between the arms a site's stock can reach once the first batch has expired (the largest block, 6,
+per stratum: 12 courses), the most subjects a site randomizes in its lead time plus a day in this
+seeded arrival sequence (5 at P2) and a margin for the batches. With the former trigger of 9 the
 test failed by chance (one randomization refused at P2 on day 344), about one run in 100 to 300: the
 list, the kits' arms and the kit draw are random, not seeded, so that the guarantee is checked, not
 one draw of it."""

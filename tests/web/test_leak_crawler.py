@@ -845,6 +845,7 @@ LEAKS = [
     Leak("redirect", "response", "url", lambda x: redirect(f"/trials/{TRIAL}?arm={x.arm}", code=302)),
     Leak("flash", "redirect", "html-text", _flash),
     Leak("cookie", "response", "cookie", lambda x: _cookie(x.label)),
+    Leak("cookie-token", "response", "cookie", lambda x: _cookie(f"{x.label}-{x.subject}".replace(" ", "_"))),
     Leak("session", "response", "cookie-json", _session),
     Leak(
         "pdf-text",
@@ -894,8 +895,14 @@ LEAKS = [
     ),
     Leak("control-pdf", "response", "", lambda x: _pdf(x, qr=KIT_LIKE.format(arm="D1")), control=True),
     Leak("landing", "response", "", lambda x: page(f"<p>{x.subject}</p>"), control=True),
-    # A random token holds a product word now and then ("-IFN_"): an opaque value, not text.
-    Leak("control-cookie", "response", "", lambda x: _cookie("k7Qw-IFN_x2Lp9RtYv3Mn8BcD"), control=True),
+    # A device cookie's random parts hold a product word now and then ("-IFN_"): opaque, not text.
+    Leak(
+        "control-cookie",
+        "response",
+        "",
+        lambda x: _cookie("v1.session-1.k7Qw-IFN_x2Lp9RtYv3Mn8Bc." + "c" * 43),
+        control=True,
+    ),
 ]
 
 

@@ -15,9 +15,9 @@ excursion), divided by the kits of one course (one per dispensing day). The
 count never looks at an arm, so whether and when a shipment is requested does not depend on the arm
 of any subject; the shipment itself is balanced by arm (`depot.prepare_shipment`). Because the count
 is blind, the trigger level must cover the difference between the arms a site's stock can reach
-(the largest block per stratum of the site once kits leave the shelf other than by allocation, as
-when a batch expires: docs/trial-definition.md, "Choosing the levels") besides the most courses
-used during the lead time.
+(up to the largest block per stratum of the site once kits leave the shelf other than by
+allocation, and whatever a batch's expiry takes unevenly from the arms: docs/trial-definition.md,
+"Choosing the levels") besides the most courses used during the lead time.
 
 On the randomization hot path this costs one statement (two in predictive mode) when the site is
 above its trigger, and nothing when the trial has no `[supply]` (issue 16).
