@@ -240,6 +240,11 @@ def test_reports_are_limited_to_the_readers_sites_and_the_filters(ctx: ServiceCo
     assert {b.site for b in deviations.deviations(ctx, TRIAL, p1, EVERYTHING).blocked_kits} == set()
 
 
+def test_leading_zeros_are_an_hour_as_typed() -> None:
+    parsed = filters.ReportFilter.parse({"hours_from": "008", "hours_to": "0018"})
+    assert (parsed.hours_from, parsed.hours_to) == (8, 18)
+
+
 @pytest.mark.parametrize(
     ("args", "fields"),
     [
@@ -249,6 +254,9 @@ def test_reports_are_limited_to_the_readers_sites_and_the_filters(ctx: ServiceCo
         ({"since": "0001-01-01"}, ["since"]),
         ({"site": "P1'; drop"}, ["site"]),
         ({"hours_from": "25"}, ["hours_from"]),
+        ({"hours_from": "0025"}, ["hours_from"]),
+        ({"hours_from": "1" * 5000}, ["hours_from"]),
+        ({"hours_from": "0" * 5000}, ["hours_from"]),  # past int()'s 4,300 digits
         ({"hours_from": "20", "hours_to": "8"}, ["hours_to"]),
         ({"since": "x", "site": "?", "hours_to": "x"}, ["since", "site", "hours_to"]),
     ],

@@ -99,8 +99,8 @@ class ReportFilter:
             raw = (args.get(key) or "").strip()
             if not raw:
                 hours[key] = default
-            elif raw.isascii() and raw.isdigit() and len(raw) <= 2 and int(raw) <= 24:  # not "²" (D5)
-                hours[key] = int(raw)
+            elif raw.isascii() and raw.isdigit() and len(raw) <= 4 and int(raw) <= 24:  # not "²" (D5)
+                hours[key] = int(raw)  # "008" is 8, as "08" is
             else:
                 problems.append(FieldProblem(key, "must be an hour from 0 to 24"))
                 hours[key] = default
