@@ -215,6 +215,23 @@ def load_trial_command(path: Path) -> None:
     click.echo(messages[result.outcome])
     if result.sites_added:
         click.echo(_("sites added (pending activation): %(sites)s", sites=", ".join(result.sites_added)))
+    for low in result.low_triggers:
+        field = (
+            "supply.trigger_courses"
+            if low.site is None
+            else "supply.sites (" + low.site + ").trigger_courses"
+        )
+        click.echo(
+            _(
+                "note: %(field)s = %(trigger)s courses does not cover how far apart the arms' stock at a "
+                "site can drift with these blocks and strata (%(drift)s courses), before the courses used "
+                'during the lead time: a site may run out of one arm. See "Choosing the levels" in '
+                "docs/trial-definition.md.",
+                field=field,
+                trigger=low.trigger,
+                drift=low.drift,
+            )
+        )
 
 
 def _shipped(name: str) -> Path | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 from sqlalchemy import func, select
@@ -26,6 +26,7 @@ from allocator.permissions import Access, Permission
 from allocator.services.context import ServiceContext
 from allocator.services.errors import DefinitionLocked, FieldProblem, ValidationFailed
 from allocator.services.lookups import current_definition, get_trial
+from allocator.services.supply import resupply
 from allocator.trialdef import DefinitionError, TrialDefinition, parse_definition
 
 
@@ -35,6 +36,8 @@ class LoadResult:
     version: int
     outcome: Literal["created", "new_version", "unchanged"]
     sites_added: tuple[str, ...] = ()
+    # `[supply]` trigger levels below the arms' possible drift at a site: a note, not a refusal.
+    low_triggers: tuple[resupply.LowTrigger, ...] = ()
 
 
 def load_trial(ctx: ServiceContext, actor: Actor, text: str, *, source_name: str) -> LoadResult:
@@ -51,14 +54,19 @@ def load_trial(ctx: ServiceContext, actor: Actor, text: str, *, source_name: str
             str(exc), errors=[FieldProblem(field=path or "(file)", message=msg) for path, msg in exc.problems]
         ) from None
     sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    lows = resupply.low_triggers(definition)
     now = ctx.now()
     with ctx.db.unit_of_work() as session:
         trial = session.execute(select(Trial).where(Trial.code == definition.code)).scalar_one_or_none()
         if trial is None:
-            return _create(ctx, session, actor, definition, text, sha, source_name)
+            return replace(
+                _create(ctx, session, actor, definition, text, sha, source_name), low_triggers=lows
+            )
         latest = _latest_version(session, trial.id)
         if latest.sha256 == sha:
-            return LoadResult(trial_code=trial.code, version=latest.version, outcome="unchanged")
+            return LoadResult(
+                trial_code=trial.code, version=latest.version, outcome="unchanged", low_triggers=lows
+            )
         _check_change_allowed(session, trial, latest, definition)
         version = _add_version(
             session, trial, latest.version + 1, definition, text, sha, source_name, actor, now
@@ -80,7 +88,11 @@ def load_trial(ctx: ServiceContext, actor: Actor, text: str, *, source_name: str
         )
         added = _sync_sites(ctx, session, actor, trial, definition)
         return LoadResult(
-            trial_code=trial.code, version=version.version, outcome="new_version", sites_added=added
+            trial_code=trial.code,
+            version=version.version,
+            outcome="new_version",
+            sites_added=added,
+            low_triggers=lows,
         )
 
 

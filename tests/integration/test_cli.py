@@ -14,6 +14,7 @@ from allocator import migrate, resources
 from allocator.cli import main
 from tests.conftest import FreshDatabase
 from tests.support import IFN_TRIAL
+from tests.support.supply_simulation import with_supply
 
 
 @pytest.fixture
@@ -72,6 +73,48 @@ def test_demo_speaks_french_with_lang_fr(tmp_path: Path, monkeypatch: pytest.Mon
         "erreur : --out : " in refused.output
         and "existe déjà (une sauvegarde n'écrase jamais" in refused.output
     )
+
+
+LOW_SUPPLY = """
+[supply]
+initial_courses = 12
+trigger_courses = 9
+resupply_courses = 13
+lead_time_days = 3
+do_not_ship_days = 60
+
+[[supply.sites]]
+code = "P2"
+trigger_courses = 18
+resupply_courses = 21
+initial_courses = 21
+"""
+
+
+@pytest.mark.req("LBL-05")
+def test_a_trigger_below_the_arms_drift_is_noted_when_loading(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """IFNG-PAIS: blocks up to 6 and two causes at each site, so a site's stock of the two arms can
+    come 12 courses apart; a trigger of 9 is loaded (it is not invalid) with a note, in the
+    operator's language; the site whose own trigger covers the drift is not named."""
+    assert run("init")[0] == 0
+    low = tmp_path / "low.toml"
+    low.write_text(with_supply(IFN_TRIAL.read_text(encoding="utf-8"), LOW_SUPPLY), encoding="utf-8")
+    code, out = run("load-trial", str(low))
+    assert code == 0 and "loaded trial IFNG-PAIS" in out
+    notes = [line for line in out.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1 and "supply.trigger_courses = 9 courses" in notes[0] and "(12 courses)" in notes[0]
+    code, out = run("--lang", "fr", "load-trial", str(low))
+    assert code == 0 and "remarque : supply.trigger_courses = 9 traitements" in out
+    enough = tmp_path / "enough.toml"
+    enough.write_text(
+        low.read_text(encoding="utf-8").replace(
+            "initial_courses = 12\ntrigger_courses = 9\nresupply_courses = 13\n",
+            "initial_courses = 16\ntrigger_courses = 13\nresupply_courses = 16\n",
+        ),
+        encoding="utf-8",
+    )
+    code, out = run("load-trial", str(enough))
+    assert code == 0 and "loaded definition version 2" in out and "note: " not in out
 
 
 def test_commands_refuse_an_uninitialised_database(run) -> None:  # type: ignore[no-untyped-def]

@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from math import ceil
+from math import ceil, prod
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
@@ -39,7 +39,7 @@ from allocator.services.context import ServiceContext
 from allocator.services.lookups import TrialRef, current_definition, get_trial, lock_site
 from allocator.services.supply.depot import SiteRef, prepare_shipment
 from allocator.services.supply.kit_rules import S, needed_until
-from allocator.trialdef import SiteSupply, Supply, TrialDefinition
+from allocator.trialdef import BlockRandomization, SiteSupply, Supply, TrialDefinition
 
 # The depot's staff are the holders of shipment:manage (the trial manager); a site that cannot be
 # resupplied is also the unblinded statistician's concern (who can have kits made).
@@ -96,6 +96,44 @@ class ResupplyCheck:
     trigger: int
     shipment: str | None = None  # the shipment requested, if any
     impossible: bool = False  # below the trigger and the depot cannot supply it
+
+
+@dataclass(frozen=True, slots=True)
+class LowTrigger:
+    """A trigger level that does not cover the drift between the arms that a site's stock can reach
+    through allocations alone (docs/trial-definition.md, "Choosing the levels")."""
+
+    site: str | None  # None: `[supply]`'s own level; else a `[[supply.sites]]` entry's
+    trigger: int
+    drift: int  # courses
+
+
+def arm_drift_courses(definition: TrialDefinition) -> int | None:
+    """The courses by which the arms' stock at one site can come apart through allocations once
+    kits have left the shelf otherwise: the largest block in each stratum of the site (the site is
+    always a factor). None when the design bounds no such drift (minimization)."""
+    spec = definition.randomization_spec
+    if not isinstance(spec, BlockRandomization):
+        return None
+    strata = prod(len(f.levels) for f in definition.stratification if f.source != "site")
+    return max(spec.block_sizes) * strata
+
+
+def low_triggers(definition: TrialDefinition) -> tuple[LowTrigger, ...]:
+    """The trigger levels of `[supply]` at or below `arm_drift_courses`, for the person loading the
+    definition (who reads its block sizes in the file anyway; never shown on a page, where blinded
+    readers would learn the largest block from it). The courses used during the lead time come on
+    top, and only the trial's own enrolment tells them."""
+    supply, drift = definition.supply, arm_drift_courses(definition)
+    if supply is None or drift is None:
+        return ()
+    found = []
+    if supply.levels.trigger_courses <= drift:
+        found.append(LowTrigger(None, supply.levels.trigger_courses, drift))
+    for code, levels in supply.overrides:
+        if levels.trigger_courses != supply.levels.trigger_courses and levels.trigger_courses <= drift:
+            found.append(LowTrigger(code, levels.trigger_courses, drift))
+    return tuple(found)
 
 
 def course_kits(definition: TrialDefinition) -> int:
