@@ -4,6 +4,8 @@ handle.
 
 - Path values containing a character no identifier holds (NUL, a lone surrogate, a control
   character, a Unicode non-character) are a 404 naming the parameter: no such object can exist.
+- A page's form field holding such a character is a 422 naming the field, before the view runs
+  (a NUL typed in the sign-in form's user name was a server error on PostgreSQL, for anyone).
 - Query values with such a character are a 422 naming the parameter.
 - A body is at most `MAX_BODY_BYTES` (413) and `MAX_DEPTH` levels deep (422, checked on the raw
   text before parsing, so that the parser cannot recurse without bound); every key and string in
@@ -34,6 +36,7 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_DEPTH = 8  # {"eligibility": {"criterion": value}} needs 2; a list of objects a few more
 MAX_URL_BYTES = 4096
 MAX_SEQUENCE = 2**63 - 1  # audit sequence numbers are 64-bit signed integers
+MAX_ROW_ID = 2**31 - 1  # row ids are 32-bit (INTEGER): a cursor past it overflowed on PostgreSQL
 EARLIEST_YEAR, LATEST_YEAR = 2000, 9998  # local years; keeps every zone conversion in range
 
 _ASCII_DIGITS = re.compile(r"[0-9]+")
@@ -51,6 +54,8 @@ def _check_request() -> None:
                 raise PageNotFound()  # the page's own 404, in the reader's language
             raise NotFound(f"no {name} with that name", errors=[FieldProblem(name, "unknown")])
     if not api:
+        if request.method == "POST":
+            _check_form()
         return
     line = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or request.full_path
     if len(line) > MAX_URL_BYTES:
@@ -69,6 +74,26 @@ def _check_request() -> None:
                 break
     if problems:
         raise ValidationFailed("invalid query", errors=problems)
+
+
+def _check_form() -> None:
+    """A page's form: every field name and value free of the characters `bad_character` names (a
+    NUL, which PostgreSQL refuses in text, a lone surrogate, which neither driver encodes, a control
+    character other than tab and line breaks), else ValidationFailed naming each field once. Tabs
+    and line breaks stay: a typed reason may hold them."""
+    problems: list[FieldProblem] = []
+    named: set[str] = set()
+    for key, value in request.form.items(multi=True):
+        field = "form" if bad_character(key) else key
+        message = "a field name contains a character that is not allowed" if field == "form" else None
+        message = message or bad_character(value)
+        if message and field not in named:
+            named.add(field)
+            problems.append(FieldProblem(field, message))
+    if problems:
+        raise ValidationFailed(
+            "a field of the form holds a character that no keyboard types: type it again", errors=problems
+        )
 
 
 def _depth_exceeds(raw: bytes, limit: int) -> bool:
