@@ -273,6 +273,11 @@ KNOWN = frozenset(
         N_("invalid proposal"),
         N_("invalid count"),
         N_("invalid report filter"),
+        N_("must be in a year from 2000 to 2099, which the labels can print"),  # supply/kit_rules.py
+        N_("invalid expiry"),
+        N_("is not in the future"),
+        N_("a field of the form holds a character that no keyboard types: type it again"),  # web/hygiene.py
+        N_("a field name contains a character that is not allowed"),
         N_("must be an hour from 0 to 24"),
         N_("must be later than hours_from"),
         N_("invalid within"),

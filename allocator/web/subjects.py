@@ -513,7 +513,7 @@ def screening(trial: str) -> str:
         ctx(),
         trial,
         scope(Permission.SCREENING_VIEW),
-        before=hygiene.query_int("before", 0, minimum=0, maximum=hygiene.MAX_SEQUENCE) or None,
+        before=hygiene.query_int("before", 0, minimum=0, maximum=hygiene.MAX_ROW_ID) or None,
         limit=SUBJECT_PAGE,
     )
     definition = trial_definition(ctx(), trial)

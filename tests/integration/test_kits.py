@@ -883,6 +883,17 @@ def test_a_batch_expiry_change_is_signed_reasoned_and_applies_to_every_kit_of_th
         kit_status.update_batch_expiry(
             ctx, s.manager, TRIAL, "LOT-NONE", new, reason="re-test", signature=SIGNED
         )
+    # Fuzzing: 9999-12-31 was stored, and every label or relabelling sheet of the batch then failed
+    # (a server error): the labels print years 2000 to 2099 only.
+    for unprintable in (date(9999, 12, 31), date(2100, 1, 1), date(1999, 12, 31)):
+        with pytest.raises(ValidationFailed) as refused:
+            kit_status.update_batch_expiry(
+                ctx, s.manager, TRIAL, LOT, unprintable, reason="re-test", signature=SIGNED
+            )
+        assert [e.field for e in refused.value.errors] == ["expiry"]
+    with pytest.raises(ValidationFailed) as refused:
+        s.generate(4, lot="LOT-FAR", expiry=date(2100, 1, 31))
+    assert [e.field for e in refused.value.errors] == ["expiry"]
     with pytest.raises(SignatureRefused):
         kit_status.update_batch_expiry(ctx, s.manager, TRIAL, LOT, new, reason="re-test", signature=WRONG)
     (failed,) = audit(ctx, "signature.failed")

@@ -22,7 +22,7 @@ from allocator.randomization import BlockDesign, kit_arm_sequence, new_seed
 from allocator.services.context import ServiceContext
 from allocator.services.errors import FieldProblem, ObservationalStudy, ValidationFailed
 from allocator.services.lookups import current_definition, get_trial, instance_mode
-from allocator.services.supply.kit_rules import S, kit_binding
+from allocator.services.supply.kit_rules import S, expiry_problem, kit_binding
 
 LOT_CODE = re.compile(r"^[A-Z0-9][A-Z0-9-]{1,31}$")
 
@@ -60,6 +60,8 @@ def _validate_lot(lot_code: str, expiry: date, today: date) -> None:
         problems.append(FieldProblem("lot_code", "2-32 characters A-Z, 0-9 and '-'"))
     if expiry <= today:
         problems.append(FieldProblem("expiry", "is not in the future"))
+    elif (unprintable := expiry_problem(expiry)) is not None:
+        problems.append(unprintable)
     if problems:
         raise ValidationFailed("invalid batch", errors=problems)
 

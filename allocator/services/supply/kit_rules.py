@@ -15,7 +15,7 @@ from allocator import crypto
 from allocator.audit import Actor
 from allocator.models import Kit, KitEvent, KitStatus
 from allocator.services.context import ServiceContext
-from allocator.services.errors import Conflict
+from allocator.services.errors import Conflict, FieldProblem
 from allocator.settings import Environment
 from allocator.trialdef import NotRandomized, TrialDefinition
 from allocator.version import __version__
@@ -176,3 +176,15 @@ def move_kit(
         )
     )
     kit.status = to_status.value
+
+
+LABEL_YEARS = (2000, 2099)  # the years a kit label prints (kits.model.Expiry)
+UNPRINTABLE_EXPIRY = "must be in a year from 2000 to 2099, which the labels can print"
+
+
+def expiry_problem(expiry: date) -> FieldProblem | None:
+    """A batch expiry the labels could not print (a relabelling sheet or a label run would then
+    fail), named as the `expiry` field; None when printable."""
+    if LABEL_YEARS[0] <= expiry.year <= LABEL_YEARS[1]:
+        return None
+    return FieldProblem("expiry", UNPRINTABLE_EXPIRY)

@@ -22,6 +22,7 @@ from allocator.services.supply.kit_rules import (
     SIGNED_SOURCES,
     SIGNED_TARGETS,
     S,
+    expiry_problem,
     move_kit,
     number_from_scan,
     unreadable,
@@ -190,6 +191,8 @@ def update_batch_expiry(
     Returns the number of kits updated."""
     if not reason.strip():
         raise ValidationFailed("a reason is required", errors=[FieldProblem("reason", "is required")])
+    if (unprintable := expiry_problem(expiry)) is not None:
+        raise ValidationFailed("invalid expiry", errors=[unprintable])
     now = ctx.now()
     meaning = "expiry change"
     with (
