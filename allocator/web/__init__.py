@@ -40,6 +40,7 @@ from allocator.web import unblinding as unblinding_pages
 def register(app: Flask, ctx: ServiceContext) -> None:
     hygiene.install(app)  # first: nothing below may meet a NUL or a lone surrogate (issue 14)
     security.install(app)
+    hygiene.install_form_check(app)  # after the guard and the CSRF check: a refusal has its request id
     i18n.install(app)
     errors.install(app)
     app.register_blueprint(auth.bp)

@@ -4,8 +4,11 @@ handle.
 
 - Path values containing a character no identifier holds (NUL, a lone surrogate, a control
   character, a Unicode non-character) are a 404 naming the parameter: no such object can exist.
-- A page's form field holding such a character is a 422 naming the field, before the view runs
-  (a NUL typed in the sign-in form's user name was a server error on PostgreSQL, for anyone).
+- A page's form field, field name or uploaded file's name holding a character no database stores
+  (a NUL, a lone surrogate) is a 422, after the guard and the CSRF check and before the view (a
+  NUL typed in the sign-in form's user name was a server error on PostgreSQL, for anyone). Other
+  control characters stay: pasted text brings vertical tabs, form feeds and U+0085.
+- A whole number in a path beyond the 32-bit row ids (`MAX_ROW_ID`) names nothing: 404.
 - Query values with such a character are a 422 naming the parameter.
 - A body is at most `MAX_BODY_BYTES` (413) and `MAX_DEPTH` levels deep (422, checked on the raw
   text before parsing, so that the parser cannot recurse without bound); every key and string in
@@ -40,6 +43,7 @@ MAX_ROW_ID = 2**31 - 1  # row ids are 32-bit (INTEGER): a cursor past it overflo
 EARLIEST_YEAR, LATEST_YEAR = 2000, 9998  # local years; keeps every zone conversion in range
 
 _ASCII_DIGITS = re.compile(r"[0-9]+")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def _check_request() -> None:
@@ -49,13 +53,13 @@ def _check_request() -> None:
     line and the query values."""
     api = is_api_request()
     for name, value in (request.view_args or {}).items():
-        if isinstance(value, str) and bad_character(value):
+        if (isinstance(value, str) and bad_character(value)) or (
+            isinstance(value, int) and value > MAX_ROW_ID  # past a 32-bit id: a 500 on PostgreSQL
+        ):
             if not api:
                 raise PageNotFound()  # the page's own 404, in the reader's language
             raise NotFound(f"no {name} with that name", errors=[FieldProblem(name, "unknown")])
     if not api:
-        if request.method == "POST":
-            _check_form()
         return
     line = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or request.full_path
     if len(line) > MAX_URL_BYTES:
@@ -76,17 +80,29 @@ def _check_request() -> None:
         raise ValidationFailed("invalid query", errors=problems)
 
 
+def _unstorable(text: str) -> str | None:
+    found = _UNSTORABLE.search(text)
+    return None if found is None else f"contains a character that is not allowed (U+{ord(found.group()):04X})"
+
+
 def _check_form() -> None:
-    """A page's form: every field name and value free of the characters `bad_character` names (a
-    NUL, which PostgreSQL refuses in text, a lone surrogate, which neither driver encodes, a control
-    character other than tab and line breaks), else ValidationFailed naming each field once. Tabs
-    and line breaks stay: a typed reason may hold them."""
+    """A page's POST: every form field name and value and every uploaded file's name free of what
+    no database stores (a NUL, which PostgreSQL refuses in text; a lone surrogate, which neither
+    driver encodes), else ValidationFailed naming each field once. Registered after the guard and
+    the CSRF check (`install_form_check`), so that a refusal has its request id and a cross-site
+    post is refused as such."""
+    if request.method != "POST" or is_api_request():
+        return
     problems: list[FieldProblem] = []
     named: set[str] = set()
-    for key, value in request.form.items(multi=True):
-        field = "form" if bad_character(key) else key
-        message = "a field name contains a character that is not allowed" if field == "form" else None
-        message = message or bad_character(value)
+    fields = list(request.form.items(multi=True))
+    fields += [(key, upload.filename or "") for key, upload in request.files.items(multi=True)]
+    for key, value in fields:
+        message: str | None
+        if _unstorable(key):
+            field, message = "", "a field name contains a character that is not allowed"
+        else:
+            field, message = key, _unstorable(value)
         if message and field not in named:
             named.add(field)
             problems.append(FieldProblem(field, message))
@@ -259,6 +275,11 @@ def parse_time(name: str, value: object) -> datetime:
             errors=[FieldProblem(name, f"the year must be from {EARLIEST_YEAR} to {LATEST_YEAR}")],
         )
     return parsed
+
+
+def install_form_check(app: Flask) -> None:
+    """`_check_form`, after `security.install` (the guard and the CSRF check) and before any view."""
+    app.before_request(_check_form)
 
 
 def install(app: Flask) -> None:

@@ -253,7 +253,15 @@ def test_the_shipments_pages_refusals_read_in_french(people: People) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    [f"{BASE}/shipments/%00", f"{BASE}/subjects/%00", "/trials/%00/shipments", f"{BASE}/excursions/%00"],
+    [
+        f"{BASE}/shipments/%00",
+        f"{BASE}/subjects/%00",
+        "/trials/%00/shipments",
+        f"{BASE}/excursions/%00",
+        # Past the 32-bit row ids (a 500 on PostgreSQL, and on SQLite past 2^63; a reviewer's find).
+        f"{BASE}/reports/jobs/2147483648",
+        f"{BASE}/reports/jobs/9223372036854775808",
+    ],
 )
 def test_a_nul_in_a_pages_path_names_nothing_404_never_a_500(people: People, path: str) -> None:
     """From the review: on PostgreSQL a page's look-up of a path value holding a NUL raised the
@@ -266,7 +274,7 @@ def test_a_nul_in_a_pages_path_names_nothing_404_never_a_500(people: People, pat
     assert "Introuvable" in french.get_data(as_text=True)
 
 
-@pytest.mark.parametrize("value", ["\x00", "a\x00b", "\x01"])
+@pytest.mark.parametrize("value", ["\x00", "a\x00b"])
 def test_a_forbidden_character_in_a_form_is_named_never_a_500(app: Flask, people: People, value: str) -> None:
     """Fuzzing on PostgreSQL: a NUL in a form field reached the database (refused there: a server
     error), in eleven forms, the first of them the sign-in form, which anyone can post. Every
@@ -295,8 +303,8 @@ def test_a_forbidden_character_in_a_form_is_named_never_a_500(app: Flask, people
     french = people.pharmacist.post(f"{BASE}/kits/status", data={**form, "csrf_token": token})
     assert "aucun clavier ne tape" in french.get_data(as_text=True)
     assert "contient un caractère non autorisé" in french.get_data(as_text=True)
-    # Tabs and line breaks are typed text: a reason may hold them.
-    lines = {**form, "reason": "vial cracked\r\n\tin transit"}
+    # Tabs, line breaks and what pasted text brings (vertical tab, form feed, U+0085) are kept.
+    lines = {**form, "reason": "vial cracked\r\n\tin transit\x0b\x0c\x85"}
     done = people.post(people.pharmacist, f"{BASE}/kits/status", f"{BASE}/stock", **lines)
     assert "Kit status recorded." in flashes(done) and status_of(ctx, number) == "damaged"
 
@@ -482,6 +490,9 @@ def test_the_statistician_generates_and_imports_kit_lists_from_the_lists_page(
     huge = upload("kit_number,arm,lot_code,expiry\n" + "1" * 200_000 + ",A,LOT-S2,2027-08-31\n")
     assert huge.status_code == 200 and any("not a CSV file this service can read" in f for f in flashes(huge))
     assert kit_count(ctx) == 8
+    # A NUL in the file's name reached the kit list's row (a 500 on PostgreSQL; a reviewer's find).
+    nul_name = upload(body, "a\x00b.csv")
+    assert nul_name.status_code == 422 and kit_count(ctx) == 8  # type: ignore[attr-defined]
     imported = upload(body)
     assert "Kit list imported: the kits are at the depot." in flashes(imported)
     assert kit_count(ctx) == 12
