@@ -48,7 +48,7 @@ from allocator.services.context import ServiceContext
 from allocator.services.errors import DomainError
 from allocator.services.lists import approval, generation, integrity, quality
 from allocator.services.samples import kits as sample_kits
-from allocator.services.supply import kit_lists, resupply, shipments
+from allocator.services.supply import kit_check, kit_lists, resupply, shipments
 from allocator.settings import SERVE_THREADS, Environment, Settings, SettingsError
 from allocator.trialdef import NotRandomized
 from allocator.web.hygiene import MAX_URL_BYTES
@@ -352,17 +352,41 @@ def verify_list_command(trial: str) -> None:
 @main.command("integrity-check")
 @click.argument("trial", required=False)
 def integrity_check_command(trial: str | None) -> None:
-    """Check the stored lists against their digests (run daily; exit 1 and block randomization on failure)."""
+    """Check the stored lists against their digests and every kit's history (run daily).
+
+    Exit 1 on a failure; a list that differs also blocks randomization from it."""
     settings = _settings()
     with _context(settings) as ctx:
         results = integrity.check_integrity(ctx, _actor(), trial)
+        kits = kit_check.check_whole(ctx, trial)
     for result in results:
         click.echo(
             _("%(list)s: intact", list=result.label)
             if result.ok
             else _("%(list)s: FAILED: %(problems)s", list=result.label, problems="; ".join(result.problems))
         )
-    if not all(r.ok for r in results):
+    for checked in kits:
+        if not checked.kits:
+            continue  # a trial without kits: nothing to say
+        if checked.ok:
+            click.echo(
+                _(
+                    "%(trial)s: kit histories agree (%(count)s kits)",
+                    trial=checked.trial_code,
+                    count=checked.kits,
+                )
+            )
+        else:
+            click.echo(
+                _(
+                    "%(trial)s: %(count)s kits whose history does not agree (see the kit reconciliation)",
+                    trial=checked.trial_code,
+                    count=len(checked.suspects),
+                )
+            )
+        if not checked.kept:
+            click.echo(_("%(trial)s: the kit check could not be kept", trial=checked.trial_code), err=True)
+    if not all(r.ok for r in results) or not all(k.ok for k in kits):
         sys.exit(1)
 
 

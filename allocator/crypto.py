@@ -516,6 +516,20 @@ def verify_verification(ring: KeyRing, key_id: str, message: bytes, signature: b
     return _verify_audit(ring, key_id, _VERIFIED_DOMAIN + message, signature)
 
 
+_KIT_CHECK_DOMAIN = b"allocator/kit-check/v1|"
+
+
+def sign_kit_check(ring: KeyRing, message: bytes) -> CheckpointSignature:
+    """Ed25519 signature over the kept result of a whole check of a trial's kit histories (issue
+    21). Its own domain tag: it never passes for any other signature of the audit key."""
+    return _sign_audit(ring, _KIT_CHECK_DOMAIN + message)
+
+
+def verify_kit_check(ring: KeyRing, key_id: str, message: bytes, signature: bytes) -> bool:
+    """True when `signature` is a valid signature of a kept kit check `message` by `key_id`."""
+    return _verify_audit(ring, key_id, _KIT_CHECK_DOMAIN + message, signature)
+
+
 _MANIFEST_DOMAIN = b"allocator/manifest/v1|"
 
 

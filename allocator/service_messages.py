@@ -725,6 +725,10 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         N_("kit %(kit)s is %(status)s but its history ends at %(previous)s"),
     ),
     (
+        re.compile(r"^kit (?P<kit>\S+): its statuses ever entered differ from its history$"),
+        N_("kit %(kit)s: the statuses it ever entered differ from its history"),
+    ),
+    (
         re.compile(r"^kit (?P<kit>\S+) is (?P<status>\S+) but at no site$"),
         N_("kit %(kit)s is %(status)s but at no site"),
     ),

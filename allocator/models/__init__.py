@@ -8,7 +8,7 @@ from allocator.models.disposal import KitDisposal, KitDisposalItem
 from allocator.models.drill import DrillSubject, UnblindingDrill
 from allocator.models.excursion import ExcursionKit, TemperatureExcursion
 from allocator.models.idempotency import IdempotentRequest
-from allocator.models.kit import Batch, Kit, KitEvent, KitList, KitStatus, Shipment
+from allocator.models.kit import Batch, Kit, KitCheck, KitEvent, KitList, KitStatus, Shipment
 from allocator.models.notification import Notification
 from allocator.models.randomization import (
     IntegrityCheck,
@@ -61,6 +61,7 @@ __all__ = [
     "IntegrityCheck",
     "InterimPackage",
     "Kit",
+    "KitCheck",
     "KitDisposal",
     "KitDisposalItem",
     "KitEvent",

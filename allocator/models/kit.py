@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from datetime import date, datetime
 
-from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from allocator.models.base import Base
@@ -24,6 +25,23 @@ class KitStatus(enum.StrEnum):
     QUARANTINED = "quarantined"  # e.g. temperature excursion (LBL-05)
     EXPIRED = "expired"
     DESTROYED = "destroyed"
+    # A new status goes at the end: its place is its bit in `kit.ever_statuses` (migration 0023).
+
+
+def status_bit(status: str) -> int:
+    """The bit of `status` in `Kit.ever_statuses`: 1 << its place in KitStatus."""
+    return _STATUS_BITS[status]
+
+
+def status_bits(statuses: Iterable[str]) -> int:
+    """The bits of `statuses` together (a value that is no status, hand-written, counts nothing)."""
+    bits = 0
+    for status in statuses:
+        bits |= _STATUS_BITS.get(status, 0)
+    return bits
+
+
+_STATUS_BITS = {status.value: 1 << place for place, status in enumerate(KitStatus)}
 
 
 class KitList(Base):
@@ -99,6 +117,28 @@ class Kit(Base):
     # date; cleared when the new label is confirmed by scan. Until then it is neither drawn for an
     # allocation nor dispensed.
     relabel_requested_at: Mapped[datetime | None]
+    # Issue 21: every status the kit ever entered, one bit per status (`kit_rules.status_bit`), set
+    # with the status by every change, so that the reconciliation counts "ever in X" from the kits
+    # rather than from their whole histories. Checked against the history by the reconciliation.
+    ever_statuses: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class KitCheck(Base):
+    """The last whole check of a trial's kit histories (issue 21), so that the reconciliation pages
+    check only the kits that moved since, as the audit pages do with `audit_verification`. Events
+    up to `through_event_id` and kits up to `through_kit_id` were checked; `suspects` lists (JSON)
+    the kits whose records did not agree then: they are checked again on every view. Signed with
+    the audit key (its own domain): a row edited by hand is ignored and every kit checked again."""
+
+    __tablename__ = "kit_check"
+
+    trial_id: Mapped[int] = mapped_column(ForeignKey("trial.id"), primary_key=True)
+    through_event_id: Mapped[int] = mapped_column(BigInteger)
+    through_kit_id: Mapped[int] = mapped_column(BigInteger)
+    suspects: Mapped[str] = mapped_column(Text)
+    checked_at: Mapped[datetime]
+    key_id: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class KitEvent(Base):

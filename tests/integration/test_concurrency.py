@@ -22,7 +22,7 @@ from allocator import audit
 from allocator.models import AuditEvent, Dispensation, Kit, PrintedDocument, Site, Slot, Stratum, Subject
 from allocator.permissions import Scope
 from allocator.services.context import ServiceContext
-from allocator.services.supply import disposal
+from allocator.services.supply import disposal, kit_check
 from tests.conftest import FreshDatabase
 from tests.integration import concurrency_worker
 from tests.support import IFN_TRIAL, committed_context, eligible_on, ready_trial
@@ -60,10 +60,30 @@ def test_hundreds_of_simultaneous_randomizations(live: ServiceContext, key_dir: 
     planned = jobs()
     assert len(planned) >= 200
     shares = [planned[i::PROCESSES] for i in range(PROCESSES)]
-    with multiprocessing.get_context("spawn").Pool(PROCESSES) as pool:
-        parts = pool.starmap(
-            concurrency_worker.run, [(live.db.url, str(key_dir), share, THREADS) for share in shares]
-        )
+    # The daily whole check of the kit histories, run again and again meanwhile (issue 21): its
+    # SHARE lock on kit_event waits for the allocations writing events, and must never close a
+    # deadlock with them nor make one fail; every check it keeps is intact.
+    stop = threading.Event()
+    kit_checks: list[kit_check.WholeCheck] = []
+
+    def check_kits() -> None:
+        while not stop.is_set():
+            kit_checks.extend(kit_check.check_whole(live, "IFNG-PAIS"))
+
+    checker = threading.Thread(target=check_kits)
+    checker.start()
+    try:
+        with multiprocessing.get_context("spawn").Pool(PROCESSES) as pool:
+            parts = pool.starmap(
+                concurrency_worker.run, [(live.db.url, str(key_dir), share, THREADS) for share in shares]
+            )
+    finally:
+        stop.set()
+        checker.join(timeout=60)
+    assert kit_checks and all(checked.ok for checked in kit_checks)
+    assert all(checked.kept for checked in kit_checks)
+    [final] = kit_check.check_whole(live, "IFNG-PAIS")
+    assert final.ok and final.kept
     outcomes = [o for part in parts for o in part]
     by_kind = Counter(kind for _, kind, _ in outcomes)
     ok = [o for o in outcomes if o[1] == "ok"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import importlib.util
 import io
 import json
 import re
@@ -17,6 +18,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
+from pathlib import Path
+from types import ModuleType
 from typing import TypeVar
 
 import pytest
@@ -32,11 +35,13 @@ from allocator.models import (
     Kit,
     KitEvent,
     KitList,
+    KitStatus,
     PrintedDocument,
     Shipment,
     Signature,
     Site,
 )
+from allocator.models.kit import status_bit, status_bits
 from allocator.permissions import NO_SCOPE, Scope
 from allocator.services import auth
 from allocator.services.codebreak import KIND as CODE_BREAK_KIND
@@ -45,6 +50,7 @@ from allocator.services.errors import Conflict, DomainError, NotFound, Validatio
 from allocator.services.lookups import current_definition, get_trial
 from allocator.services.signatures import SignatureRefused, SignatureRequest
 from allocator.services.supply import (
+    kit_check,
     kit_lists,
     kit_rules,
     kit_status,
@@ -1416,6 +1422,12 @@ def test_reconciliation_counted_in_the_database_gives_the_figures_counted_kit_by
         session.execute(appended, {"id": ids[middle], "from_status": "lost", "to_status": "damaged"})
         session.execute(appended, {"id": ids[middle], "from_status": "damaged", "to_status": "available"})
         session.execute(appended, {"id": ids[twice], "from_status": "quarantined", "to_status": "damaged"})
+        # A tamperer who knows the statuses ever entered (kit.ever_statuses) keeps them in step:
+        # what is left to find is the history's chain.
+        session.execute(
+            text("UPDATE kit SET ever_statuses = ever_statuses | :damaged WHERE id IN (:a, :b)"),
+            {"damaged": status_bit("damaged"), "a": ids[middle], "b": ids[twice]},
+        )
         session.execute(
             text("UPDATE kit SET status = 'returned' WHERE id IN (:a, :b)"), {"a": ids[last], "b": ids[twice]}
         )
@@ -1434,6 +1446,193 @@ def test_reconciliation_counted_in_the_database_gives_the_figures_counted_kit_by
         assert any(kitlib.format_kit_number(number) in p for p in broken), number
     assert len(broken) == 6
     compare()
+
+
+def _kit_problems(ctx: ServiceContext, scope: Scope = ALL) -> list[str]:
+    report = reconciliation.reconciliation(ctx, TRIAL, scope, include_depot=scope.all_sites)
+    return [p for p in report.discrepancies if p.startswith("kit ")]
+
+
+def _flagged(problems: list[str]) -> set[str]:
+    """The kit numbers (as printed) that `problems` name."""
+    return {problem.split()[1].rstrip(":") for problem in problems}
+
+
+def _kit_ids(ctx: ServiceContext) -> dict[str, int]:
+    with ctx.db.reading() as session:
+        return {row.kit_number: row.id for row in session.execute(select(Kit.kit_number, Kit.id))}
+
+
+def _ever_from_histories(ctx: ServiceContext) -> dict[int, tuple[int, int]]:
+    """Each kit's `ever_statuses` beside the bits of the statuses its events entered."""
+    with ctx.db.reading() as session:
+        entered: dict[int, set[str]] = {}
+        for kit_id, to_status in session.execute(select(KitEvent.kit_id, KitEvent.to_status)):
+            entered.setdefault(kit_id, set()).add(to_status)
+        return {
+            kit_id: (ever, sum(status_bit(status) for status in entered.get(kit_id, ())))
+            for kit_id, ever in session.execute(select(Kit.id, Kit.ever_statuses))
+        }
+
+
+@pytest.mark.req("LBL-11", "REP-09")
+def test_the_reconciliation_checks_the_kits_moved_since_the_kept_daily_check_and_those_it_found(
+    s: Supply,
+) -> None:
+    """Issue 21: the reconciliation checked every event of every kit on every view (186-208 ms at
+    5,000 subjects). The daily whole check (`allocator integrity-check`) is kept, signed; a view
+    checks only the kits with an event or created after it, and the kits it found. A kit edited
+    by hand behind the kept check without moving since is found by the next whole check, and
+    shown from then on; a kept row edited by hand is ignored (every kit checked)."""
+    ctx = s.ctx
+    s.generate(20)
+    p1 = s.deliver("P1", 8)
+    s.change(p1[0], "damaged")
+    [checked] = kit_check.check_whole(ctx, TRIAL)
+    assert (checked.ok, checked.kept, checked.kits) == (True, True, 20)
+    assert _kit_problems(ctx) == []
+    ids = _kit_ids(ctx)
+    fmt = kitlib.format_kit_number
+    # Behind the kept check: a kit that does not move again, its status edited by hand.
+    tamper(ctx.db, "kit", f"UPDATE kit SET status = 'returned' WHERE id = {ids[p1[1]]}")
+    assert _kit_problems(ctx) == []  # what the kept check is: not seen before the next whole check
+    # A kit that moves after the kept check is checked whole: a break before the check shows.
+    tamper(
+        ctx.db,
+        "kit_event",
+        "UPDATE kit_event SET from_status = 'lost' WHERE id = (SELECT MIN(id) FROM kit_event "
+        f"WHERE kit_id = {ids[p1[2]]} AND from_status IS NOT NULL)",
+    )
+    s.change(p1[2], "damaged")
+    moved = _kit_problems(ctx)
+    assert _flagged(moved) == {fmt(p1[2])}
+    assert moved[0].startswith(f"kit {fmt(p1[2])}: the event at ") and "starts from lost" in moved[0]
+    # A kit added by hand after the check, with no history, is checked (a kit created since).
+    silent = "9999999" + check_digit("9999999")
+    tamper(
+        ctx.db,
+        "kit",
+        "INSERT INTO kit (trial_id, kit_list_id, kit_number, kit_type, batch_id, expiry_date, sealed_arm, "
+        f"status, site_id, created_at) SELECT trial_id, kit_list_id, '{silent}', kit_type, batch_id, "
+        f"expiry_date, sealed_arm, status, site_id, created_at FROM kit WHERE id = {ids[p1[3]]}",
+    )
+    assert [p for p in _kit_problems(ctx) if fmt(silent) in p] == [
+        f"kit {fmt(silent)} is available but its history ends at None"
+    ]
+    # The next whole check finds the kit edited behind the first one; kept, it is shown on every
+    # view from then on (checked again each time), within the reader's reach only.
+    [checked] = kit_check.check_whole(ctx, TRIAL)
+    ids = _kit_ids(ctx)
+    assert checked.suspects == tuple(sorted((ids[p1[1]], ids[p1[2]], ids[silent])))
+    assert not checked.ok and checked.kept
+    expected = _kit_problems(ctx)
+    assert _flagged(expected) == {fmt(p1[1]), fmt(p1[2]), fmt(silent)}
+    assert f"kit {fmt(p1[1])} is returned but its history ends at available" in expected
+    assert _kit_problems(ctx, s.p1) == expected
+    assert _kit_problems(ctx, s.p2) == []
+    # Repaired by hand (put back as it was): checked again, no longer shown, before any whole check.
+    tamper(ctx.db, "kit", f"UPDATE kit SET status = 'available' WHERE id = {ids[p1[1]]}")
+    assert _flagged(_kit_problems(ctx)) == {fmt(p1[2]), fmt(silent)}
+    # A kept row edited by hand does not verify: ignored, every kit is checked again.
+    tamper(ctx.db, "kit_check", "UPDATE kit_check SET suspects = '[]'")
+    with ctx.db.reading() as session:
+        assert kit_check.kept(session, ctx.ring, get_trial(session, TRIAL)) is None
+    tamper(ctx.db, "kit", f"UPDATE kit SET status = 'returned' WHERE id = {ids[p1[1]]}")
+    assert _flagged(_kit_problems(ctx)) == {fmt(p1[1]), fmt(p1[2]), fmt(silent)}
+    # Its statuses ever entered edited by hand: found, as a disagreement of its own.
+    tamper(
+        ctx.db,
+        "kit",
+        f"UPDATE kit SET ever_statuses = ever_statuses & ~{status_bit('in_transit')} WHERE id = {ids[p1[4]]}",
+    )
+    assert f"kit {fmt(p1[4])}: its statuses ever entered differ from its history" in _kit_problems(ctx)
+
+
+@pytest.mark.req("LBL-11", "REP-09")
+def test_the_reconciliation_from_the_kept_check_is_the_reconciliation_of_every_kit(s: Supply) -> None:
+    """After the kept whole check, kits shipped, received, prepared, changed and created, and one
+    edited by hand after it moved: the reconciliation checking only what moved since is the one
+    checking every kit, for every reader's reach."""
+    ctx = s.ctx
+    s.generate(32)
+    p1 = s.deliver("P1", 10)
+    s.change(p1[1], "quarantined", signed=True)
+    [checked] = kit_check.check_whole(ctx, TRIAL)
+    assert checked.ok and checked.kept
+    p2 = s.deliver("P2", 8)
+    s.prepare("P1", 4)
+    s.change(p1[0], "damaged")
+    s.change(p1[1], "available", signed=True)
+    s.change(p2[0], "lost", who=s.other_pharmacist)
+    s.generate(8, lot="LOT-2")
+    ids = _kit_ids(ctx)
+    tamper(ctx.db, "kit", f"UPDATE kit SET status = 'returned' WHERE id = {ids[p2[1]]}")
+    readers = ((ALL, True), (ALL, False), (s.p1, False), (s.p2, False))
+    from_kept = [
+        reconciliation.reconciliation(ctx, TRIAL, scope, include_depot=depot) for scope, depot in readers
+    ]
+    assert [r.balanced for r in from_kept] == [False, False, True, False]
+    tamper(
+        ctx.db, "kit_check", "UPDATE kit_check SET through_kit_id = through_kit_id + 1"
+    )  # no longer verifies
+    with ctx.db.reading() as session:
+        assert kit_check.kept(session, ctx.ring, get_trial(session, TRIAL)) is None
+    every_kit = [
+        reconciliation.reconciliation(ctx, TRIAL, scope, include_depot=depot) for scope, depot in readers
+    ]
+    assert from_kept == every_kit
+
+
+def _migration(name: str) -> ModuleType:
+    path = Path(__file__).resolve().parents[2] / "migrations" / "versions" / name
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.req("LBL-11")
+def test_the_migration_fills_each_kit_s_statuses_ever_entered_from_its_history(s: Supply) -> None:
+    """Migration 0023 fills `kit.ever_statuses` of the kits already there from their histories,
+    with the bits the code uses (its own copy of the statuses' order, which new statuses extend)."""
+    migration = _migration("0023_kit_check.py")
+    assert tuple(status.value for status in KitStatus) == migration._STATUSES
+    ctx = s.ctx
+    s.generate(16)
+    p1 = s.deliver("P1", 6)
+    s.change(p1[0], "quarantined", signed=True)
+    s.change(p1[1], "lost")
+    before = _ever_from_histories(ctx)
+    assert all(ever == entered for ever, entered in before.values())
+    tamper(ctx.db, "kit", "UPDATE kit SET ever_statuses = 0")
+    assert all(ever == 0 for ever, _ in _ever_from_histories(ctx).values())
+    with ctx.db.unit_of_work() as session:
+        session.execute(text(migration.FILL_EVER_STATUSES))
+    assert _ever_from_histories(ctx) == before
+
+
+@pytest.mark.req("LBL-11")
+def test_every_kit_change_keeps_its_statuses_ever_entered_with_its_history(s: Supply) -> None:
+    """`kit.ever_statuses` is set with the status by every change (the kit list, shipments,
+    receipts, status changes, allocations at randomization on each backend's own path), so that
+    the reconciliation counts "ever in X" from the kits: every kit's bits are those of its events."""
+    ctx = s.ctx
+    s.generate(24)
+    p1 = s.deliver("P1", 10)
+    s.deliver("P2", 6)
+    s.prepare("P2", 2)
+    s.change(p1[0], "quarantined", signed=True)
+    s.change(p1[0], "available", signed=True)
+    s.change(p1[1], "damaged")
+    s.change(p1[2], "lost")
+    pairs = _ever_from_histories(ctx)
+    assert len(pairs) == 24
+    assert all(ever == entered for ever, entered in pairs.values()), pairs
+    ids = _kit_ids(ctx)
+    assert pairs[ids[p1[0]]][0] == status_bits(("at_depot", "in_transit", "available", "quarantined"))
+    [checked] = kit_check.check_whole(ctx, TRIAL)
+    assert checked.ok
 
 
 @pytest.mark.req("LBL-05")

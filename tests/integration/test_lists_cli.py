@@ -7,6 +7,7 @@ import base64
 import io
 import re
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,11 @@ from sqlalchemy import select
 
 from allocator.cli import main
 from allocator.db import Database
-from allocator.models import IntegrityCheck, Slot, Stratum
+from allocator.models import IntegrityCheck, Kit, Slot, Stratum
+from allocator.services.lookups import get_trial
+from allocator.services.supply import kit_check, kit_lists
 from tests.conftest import FreshDatabase
-from tests.support import IFN_TRIAL, tamper
+from tests.support import CLI_ACTOR, IFN_TRIAL, committed_context, tamper
 
 LABEL = "IFNG-PAIS/TEST/1"
 VICTIM = "site=P2;admission_cause=septic"
@@ -187,3 +190,31 @@ def test_quality_report_on_screen_and_as_files(loaded: Run, tmp_path: Path) -> N
     code, out = run("quality-report", "IFNG-PAIS", "--out", str(tmp_path / "quality.csv"))
     assert code == 2 and "--out must end in .txt, .pdf or .html" in out
     assert not (tmp_path / "quality.csv").exists()
+
+
+@pytest.mark.req("LBL-11")
+def test_integrity_check_checks_every_kit_history_and_keeps_the_result(
+    loaded: Run, fresh_database: FreshDatabase, tmp_path: Path
+) -> None:
+    """Issue 21: the daily `integrity-check` also checks every kit's history whole and keeps the
+    result (signed), so that the reconciliation pages check only the kits that moved since; a kit
+    whose records do not agree fails the command (exit 1), without blocking randomization."""
+    run = loaded
+    with committed_context(fresh_database.url, tmp_path / "keys") as ctx:
+        kit_lists.generate_kit_list(
+            ctx,
+            CLI_ACTOR,
+            "IFNG-PAIS",
+            count=12,
+            lot_code="LOT-1",
+            expiry=ctx.now().date() + timedelta(days=300),
+        )
+    assert run("integrity-check") == (0, "IFNG-PAIS: kit histories agree (12 kits)\n")
+    with committed_context(fresh_database.url, tmp_path / "keys") as ctx, ctx.db.reading() as session:
+        trial = get_trial(session, "IFNG-PAIS")
+        kept = kit_check.kept(session, ctx.ring, trial)
+        victim = session.execute(select(Kit.id).order_by(Kit.id)).scalars().first()
+    assert kept is not None and kept.suspects == () and kept.through_kit_id >= 12
+    tamper(fresh_database.url, "kit", "UPDATE kit SET status = 'lost' WHERE id = :i", i=victim)
+    code, out = run("integrity-check", "IFNG-PAIS")
+    assert (code, out) == (1, "IFNG-PAIS: 1 kits whose history does not agree (see the kit reconciliation)\n")

@@ -108,7 +108,7 @@ NO_DELETE = {
     "temperature_excursion",  # and no change once decided (guard_decided)
     "report_job",  # status and progress change while the PDF is built
 }
-UNGUARDED = {"login_session", "login_throttle", "audit_verification"}
+UNGUARDED = {"login_session", "login_throttle", "audit_verification", "kit_check"}
 
 
 def _triggers(db: Database, table: str) -> set[str]:

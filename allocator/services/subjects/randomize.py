@@ -50,6 +50,7 @@ from allocator.models import (
     TrialDefinitionVersion,
 )
 from allocator.models.base import IntegerArrayText, UTCDateTime
+from allocator.models.kit import status_bit
 from allocator.permissions import Scope
 from allocator.randomization import minimization as minimization_core
 from allocator.services import arm_access, lookups
@@ -526,7 +527,10 @@ _INSERT_NOTIFICATION = insert(Notification)
 _ALLOCATE_KITS = (
     update(Kit)
     .where(Kit.id.in_(bindparam("kit_ids", expanding=True)))
-    .values(status=KitStatus.ALLOCATED.value)
+    .values(
+        status=KitStatus.ALLOCATED.value,
+        ever_statuses=Kit.ever_statuses.op("|")(status_bit(KitStatus.ALLOCATED.value)),
+    )
 )
 _TAKE_SLOT = update(Stratum).where(Stratum.id == bindparam("stratum_id")).values(used=Stratum.used + 1)
 
@@ -563,7 +567,8 @@ WITH entry AS (
     SELECT kits.kit_id, :now, :available, :allocated, :site_id, :actor_id, :actor_name, kits.reason
     FROM unnest(CAST(:kit_ids AS INTEGER[]), CAST(:reasons AS TEXT[])) AS kits(kit_id, reason)
 ), allocated_kits AS (
-    UPDATE kit SET status = :allocated WHERE kit.id = ANY(CAST(:kit_ids AS INTEGER[]))
+    UPDATE kit SET status = :allocated, ever_statuses = kit.ever_statuses | {allocated_bit}
+    WHERE kit.id = ANY(CAST(:kit_ids AS INTEGER[]))
 ), slot_taken AS (
     UPDATE stratum SET used = stratum.used + 1 WHERE stratum.id = :stratum_id
 ), note AS (
@@ -571,7 +576,7 @@ WITH entry AS (
     VALUES (:trial_id, :note_site_id, :audience, :kind, :note_subject, :title, :body, :now)
 )
 SELECT id FROM new_subject
-"""
+""".replace("{allocated_bit}", str(status_bit(KitStatus.ALLOCATED.value)))  # a constant of the code
     ).bindparams(
         bindparam("answers", type_=JSON),
         bindparam("failures", type_=JSON),

@@ -18,6 +18,7 @@ import kits as kitlib
 from allocator import crypto
 from allocator.audit import Action, Actor
 from allocator.models import Batch, Kit, KitEvent, KitList, Trial
+from allocator.models.kit import status_bit
 from allocator.randomization import BlockDesign, kit_arm_sequence, new_seed
 from allocator.services.context import ServiceContext
 from allocator.services.errors import FieldProblem, ObservationalStudy, ValidationFailed
@@ -186,6 +187,7 @@ def _store_kits(
             expiry_date=batch.expiry_date,
             sealed_arm=crypto.seal_arm(ctx.ring, arm, kit_binding(trial.code, number)),
             status=S.AT_DEPOT.value,
+            ever_statuses=status_bit(S.AT_DEPOT.value),
             created_at=now,
         )
         session.add(kit)

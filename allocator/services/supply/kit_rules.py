@@ -14,6 +14,7 @@ import kits as kitlib
 from allocator import crypto
 from allocator.audit import Actor
 from allocator.models import Kit, KitEvent, KitStatus
+from allocator.models.kit import status_bit
 from allocator.services.context import ServiceContext
 from allocator.services.errors import Conflict, FieldProblem
 from allocator.settings import Environment
@@ -176,6 +177,7 @@ def move_kit(
         )
     )
     kit.status = to_status.value
+    kit.ever_statuses = (kit.ever_statuses or 0) | status_bit(to_status.value)
 
 
 LABEL_YEARS = (2000, 2099)  # the years a kit label prints (kits.model.Expiry)

@@ -12,22 +12,20 @@ from sqlalchemy import (
     Select,
     and_,
     case,
-    distinct,
-    exists,
     func,
-    or_,
     select,
-    union,
 )
 from sqlalchemy.orm import Session
 
 import kits as kitlib
 from allocator.models import Batch, Kit, KitEvent, KitStatus, Shipment, Site, Trial
+from allocator.models.kit import status_bit, status_bits
 from allocator.permissions import Scope
 from allocator.printing.safe_csv import csv_text
 from allocator.services import documents
 from allocator.services.context import ServiceContext
 from allocator.services.lookups import get_trial
+from allocator.services.supply import kit_check
 from allocator.services.supply.kit_rules import S
 from allocator.services.supply.stock import kit_reach
 
@@ -143,23 +141,22 @@ def reconciliation(
             )
             return groups.setdefault(key, {"current": Counter(), "ever": Counter(), "printed": Counter()})
 
-        for site_id, batch_id, status, count in session.execute(
-            select(Kit.site_id, Kit.batch_id, Kit.status, func.count())
+        # Current statuses and the statuses ever entered (the kits' `ever_statuses`, checked against
+        # their histories below) in one grouped read of the kits, not of every kit event.
+        for site_id, batch_id, status, ever, count in session.execute(
+            select(Kit.site_id, Kit.batch_id, Kit.status, Kit.ever_statuses, func.count())
             .where(reach)
-            .group_by(Kit.site_id, Kit.batch_id, Kit.status)
+            .group_by(Kit.site_id, Kit.batch_id, Kit.status, Kit.ever_statuses)
         ):
-            group(site_id, batch_id)["current"][status] += count
-        for site_id, batch_id, status, count in session.execute(
-            select(Kit.site_id, Kit.batch_id, KitEvent.to_status, func.count(distinct(KitEvent.kit_id)))
-            .join(Kit, Kit.id == KitEvent.kit_id)
-            .where(reach)
-            .group_by(Kit.site_id, Kit.batch_id, KitEvent.to_status)
-        ):
-            group(site_id, batch_id)["ever"][status] += count
+            counts = group(site_id, batch_id)
+            counts["current"][status] += count
+            for entered in KitStatus:
+                if ever & status_bit(entered.value):
+                    counts["ever"][entered.value] += count
         for site_id, batch_id, printed, reprinted in session.execute(_labels_printed(session, reach, trial)):
             group(site_id, batch_id)["printed"]["printed"] += printed or 0
             group(site_id, batch_id)["printed"]["reprinted"] += reprinted or 0
-        problems = _kit_discrepancies(session, reach)
+        problems = _kit_discrepancies(session, reach, kit_check.kept(session, ctx.ring, trial))
         problems += _shipment_discrepancies(session, trial, scope)
         balances = _balances(session, trial, scope, sites)
         problems += [
@@ -198,35 +195,15 @@ def _labels_printed(
 _IN_USE = (S.AVAILABLE.value, S.ALLOCATED.value, S.DISPENSED.value)
 
 
-def _kit_discrepancies(session: Session, reach: ColumnElement[bool]) -> list[str]:
-    """A kit within reach whose events do not chain up from nothing to its current status (an event
-    starting from another status than the previous one ended at, or a last event ending elsewhere,
-    or no event at all), or that is in use at no site. The database finds these kits (window
-    functions over the events); only they are read, and worded in kit order."""
-    chain = (
-        select(
-            KitEvent.kit_id,
-            KitEvent.from_status,
-            KitEvent.to_status,
-            Kit.status.label("kit_status"),  # carried, not joined again per event (issue 21)
-            func.lag(KitEvent.to_status)
-            .over(partition_by=KitEvent.kit_id, order_by=KitEvent.id)
-            .label("previous"),
-            func.lead(KitEvent.id).over(partition_by=KitEvent.kit_id, order_by=KitEvent.id).label("next"),
-        )
-        .join(Kit, Kit.id == KitEvent.kit_id)
-        .where(reach)
-        .subquery()
-    )
-    broken = select(chain.c.kit_id).where(
-        or_(
-            chain.c.from_status.is_distinct_from(chain.c.previous),
-            and_(chain.c.next.is_(None), chain.c.to_status.is_distinct_from(chain.c.kit_status)),
-        )
-    )
-    silent = select(Kit.id).where(reach, ~exists().where(KitEvent.kit_id == Kit.id))
+def _kit_discrepancies(
+    session: Session, reach: ColumnElement[bool], kept: kit_check.KeptCheck | None
+) -> list[str]:
+    """A kit within reach whose records do not agree (`kit_check`: its events do not chain up from
+    nothing to its current status, or it has no event, or its statuses ever entered differ from its
+    events'), checked since the `kept` daily check or, without one, every kit; or a kit in use at no
+    site. The database finds these kits; only they are read, and worded in kit order."""
     astray = select(Kit.id).where(reach, Kit.site_id.is_(None), Kit.status.in_(_IN_USE))
-    suspects = sorted(set(session.execute(union(broken, silent, astray)).scalars()))
+    suspects = sorted(set(kit_check.suspects(session, reach, kept)) | set(session.execute(astray).scalars()))
     problems: list[str] = []
     for start in range(0, len(suspects), 500):
         ids = suspects[start : start + 500]
@@ -238,7 +215,9 @@ def _kit_discrepancies(session: Session, reach: ColumnElement[bool]) -> list[str
         ):
             events.setdefault(event.kit_id, []).append(event)
         for kit in session.execute(
-            select(Kit.id, Kit.kit_number, Kit.status, Kit.site_id).where(Kit.id.in_(ids)).order_by(Kit.id)
+            select(Kit.id, Kit.kit_number, Kit.status, Kit.site_id, Kit.ever_statuses)
+            .where(Kit.id.in_(ids))
+            .order_by(Kit.id)
         ):
             number = kitlib.format_kit_number(kit.kit_number)
             previous: str | None = None
@@ -252,6 +231,8 @@ def _kit_discrepancies(session: Session, reach: ColumnElement[bool]) -> list[str
                 previous = event.to_status
             if previous != kit.status:
                 problems.append(f"kit {number} is {kit.status} but its history ends at {previous}")
+            if kit.ever_statuses != status_bits(event.to_status for event in events.get(kit.id, [])):
+                problems.append(f"kit {number}: its statuses ever entered differ from its history")
             if kit.status in _IN_USE and kit.site_id is None:
                 problems.append(f"kit {number} is {kit.status} but at no site")
     return problems
