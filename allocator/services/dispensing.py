@@ -555,12 +555,17 @@ def dispensation_sheet(
             session.execute(
                 select(func.count())
                 .select_from(PrintedDocument)
-                .where(PrintedDocument.subject_id == subject.id, PrintedDocument.kind == "dispensation_sheet")
+                .where(
+                    PrintedDocument.subject_id == subject.id,
+                    PrintedDocument.kind == documents.DISPENSATION_SHEET,
+                )
             ).scalar_one()
         )
         original = session.execute(
             select(PrintedDocument.document_id)
-            .where(PrintedDocument.subject_id == subject.id, PrintedDocument.kind == "dispensation_sheet")
+            .where(
+                PrintedDocument.subject_id == subject.id, PrintedDocument.kind == documents.DISPENSATION_SHEET
+            )
             .order_by(PrintedDocument.id)
             .limit(1)
         ).scalar_one_or_none()
@@ -585,7 +590,7 @@ def dispensation_sheet(
             session,
             actor,
             trial,
-            kind="dispensation_sheet",
+            kind=documents.DISPENSATION_SHEET,
             document_id=document_id,
             pdf=pdf,
             items=[r.kit_number for r in rows],
@@ -593,7 +598,7 @@ def dispensation_sheet(
             subject_id=subject.id,
             reprint_number=previous,
             reprint_of=original,
-            audit={"kind": "dispensation_sheet", "subject": number, "reprint": previous},
+            audit={"kind": documents.DISPENSATION_SHEET, "subject": number, "reprint": previous},
             site_code=site.code,
             keep_content=True,
         )
@@ -609,7 +614,9 @@ def printed_dispensation_sheet(
     with ctx.db.reading() as session:
         trial = get_trial(session, trial_code)
         subject = subject_in_reach(session, trial, number, scope)
-        content = documents.kept_content(session, trial, subject.id, "dispensation_sheet", document_id)
+        content = documents.kept_content(
+            session, trial, subject.id, documents.DISPENSATION_SHEET, document_id
+        )
         if content is None:
             raise NotFound(f"no printed dispensation sheet {document_id} for {number}")
         return content

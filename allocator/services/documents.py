@@ -16,7 +16,22 @@ from allocator.audit import Action, Actor
 from allocator.models import PrintedDocument, Trial
 from allocator.services.context import ServiceContext
 from allocator.services.errors import ReprintLimitReached
-from kits import MAX_REPRINT_NUMBER
+from kits import MAX_REPRINT_NUMBER, LabelKind
+
+DISPENSATION_SHEET = "dispensation_sheet"
+KIT_RELABELS = "kit_relabels"
+
+
+def kit_labels_kind(level: LabelKind) -> str:
+    """The kind of a sheet of kit labels of one packaging level."""
+    return f"kit_labels_{level.value}"
+
+
+# The kinds of printed document whose items are kit numbers, which the kit reconciliation counts as
+# labels printed (LBL-11): a label sheet of each packaging level, a relabelling sheet, a dispensation
+# sheet. The other kinds list other numbers (code-break sheets, confirmations, tube sets) or none
+# (return forms, destruction certificates): issue 21, the reconciliation no longer unnests them.
+KIT_NUMBER_KINDS = (*(kit_labels_kind(level) for level in LabelKind), KIT_RELABELS, DISPENSATION_SHEET)
 
 # Shown to site staff (allocator/web/messages.py translates it); the number is MAX_REPRINT_NUMBER.
 REPRINT_LIMIT_MESSAGE = "this document has been reprinted 999 times, the most allowed: use a printed copy"
@@ -47,8 +62,9 @@ def kept_content(
     ).scalar_one_or_none()
 
 
-def printed_items(session: Session, trial: Trial, kind: str | None = None) -> Subquery:
-    """Per item (a kit or sheet number) of the trial's printed documents (of `kind`, or any): how
+def printed_items(session: Session, trial: Trial, kind: str | Sequence[str] | None = None) -> Subquery:
+    """Per item (a kit or sheet number) of the trial's printed documents (of `kind`, of one of the
+    kinds, or any): how
     many documents list it (`copies`), first prints (`printed`) and reprints (`reprinted`) apart.
     The documents' item lists are unnested in the database (issue 21), not read and counted here."""
     if session.get_bind().dialect.name == "postgresql":
@@ -57,8 +73,10 @@ def printed_items(session: Session, trial: Trial, kind: str | None = None) -> Su
         items = func.json_each(PrintedDocument.items).table_valued("value")
     reprint = func.coalesce(PrintedDocument.reprint_number, 0) != 0
     conditions = [PrintedDocument.trial_id == trial.id]
-    if kind is not None:
+    if isinstance(kind, str):
         conditions.append(PrintedDocument.kind == kind)
+    elif kind is not None:
+        conditions.append(PrintedDocument.kind.in_(kind))
     return (
         select(
             items.c.value.label("item"),

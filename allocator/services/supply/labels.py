@@ -102,7 +102,7 @@ def print_kit_labels(
         for items in session.execute(
             select(PrintedDocument.items).where(
                 PrintedDocument.trial_id == trial.id,
-                PrintedDocument.kind == f"kit_labels_{label_kind.value}",
+                PrintedDocument.kind == documents.kit_labels_kind(label_kind),
             )
         ).scalars():
             for item in set(items) & printed_before.keys():
@@ -135,14 +135,14 @@ def print_kit_labels(
             session,
             actor,
             trial,
-            kind=f"kit_labels_{label_kind.value}",
+            kind=documents.kit_labels_kind(label_kind),
             document_id=document_id,
             pdf=pdf,
             items=numbers,
             now=now,
             reprint_number=meta.reprint_number,
             audit={
-                "kind": f"kit_labels_{label_kind.value}",
+                "kind": documents.kit_labels_kind(label_kind),
                 "kits": len(numbers),
                 "reprint": meta.reprint_number,
             },

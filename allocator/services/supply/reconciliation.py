@@ -73,6 +73,10 @@ _TERM_OF = {status.value: term for term, statuses in BALANCE_TERMS.items() for s
 # What a kit with no site can be in a shipped parcel (a transit excursion's quarantine, the
 # sponsor's destruction decision, a loss on the way).
 _ON_THE_WAY = frozenset(s.value for s in (S.IN_TRANSIT, S.QUARANTINED, S.DAMAGED, S.LOST))
+# A kit's shipment when it has no site and is in one of those statuses, else NULL: grouped by.
+_ON_THE_WAY_SHIPMENT = case(
+    (and_(Kit.site_id.is_(None), Kit.status.in_(sorted(_ON_THE_WAY))), Kit.shipment_id), else_=None
+).label("on_the_way")
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,13 +145,20 @@ def reconciliation(
             )
             return groups.setdefault(key, {"current": Counter(), "ever": Counter(), "printed": Counter()})
 
-        # Current statuses and the statuses ever entered (the kits' `ever_statuses`, checked against
-        # their histories below) in one grouped read of the kits, not of every kit event.
-        for site_id, batch_id, status, ever, count in session.execute(
-            select(Kit.site_id, Kit.batch_id, Kit.status, Kit.ever_statuses, func.count())
-            .where(reach)
-            .group_by(Kit.site_id, Kit.batch_id, Kit.status, Kit.ever_statuses)
-        ):
+        # The trial's kits in one grouped read (issue 21: not of every kit event, and once for the
+        # per-batch counts and the balances): current statuses, the statuses ever entered (the kits'
+        # `ever_statuses`, checked against their histories below) and, for a kit on its way with no
+        # site, its shipment.
+        kits = session.execute(
+            select(
+                Kit.site_id, Kit.batch_id, Kit.status, Kit.ever_statuses, _ON_THE_WAY_SHIPMENT, func.count()
+            )
+            .where(Kit.trial_id == trial.id)
+            .group_by(Kit.site_id, Kit.batch_id, Kit.status, Kit.ever_statuses, _ON_THE_WAY_SHIPMENT)
+        ).all()
+        for site_id, batch_id, status, ever, _shipment, count in kits:
+            if not (scope.allows_site(site_id) if site_id is not None else include_depot):
+                continue  # kit_reach, for this read of every kit of the trial
             counts = group(site_id, batch_id)
             counts["current"][status] += count
             for entered in KitStatus:
@@ -158,7 +169,7 @@ def reconciliation(
             group(site_id, batch_id)["printed"]["reprinted"] += reprinted or 0
         problems = _kit_discrepancies(session, reach, kit_check.kept(session, ctx.ring, trial))
         problems += _shipment_discrepancies(session, trial, scope)
-        balances = _balances(session, trial, scope, sites)
+        balances = _balances(session, trial, scope, sites, kits)
         problems += [
             f"site {b.site}: {b.shipped} kits shipped but {b.accounted} accounted for"
             for b in balances
@@ -182,8 +193,8 @@ def _labels_printed(
     session: Session, reach: ColumnElement[bool], trial: Trial
 ) -> Select[int | None, int | None, Any, Any]:
     """Per site and batch of the kits within reach: how many times their numbers appear on the
-    trial's printed documents, first prints and reprints apart."""
-    per_number = documents.printed_items(session, trial)
+    trial's printed documents that list kit numbers, first prints and reprints apart."""
+    per_number = documents.printed_items(session, trial, documents.KIT_NUMBER_KINDS)
     return (
         select(Kit.site_id, Kit.batch_id, func.sum(per_number.c.printed), func.sum(per_number.c.reprinted))
         .join(per_number, and_(Kit.trial_id == trial.id, Kit.kit_number == per_number.c.item))
@@ -238,13 +249,16 @@ def _kit_discrepancies(
     return problems
 
 
-def _balances(session: Session, trial: Trial, scope: Scope, sites: dict[int, str]) -> tuple[SiteBalance, ...]:
+def _balances(
+    session: Session, trial: Trial, scope: Scope, sites: dict[int, str], kits: Sequence[Sequence[Any]]
+) -> tuple[SiteBalance, ...]:
     """Per site within reach: the kits its shipped or received shipments record, against the kits
     that are there now or on their way there (a kit in transit is not at a site yet: its shipment
     says where it goes), by term of BALANCE_TERMS. A kit of a shipped shipment with no site that is
     not in transit (quarantined, damaged or lost on the way after a transit excursion) counts at its
     shipment's destination too: as in transit while the parcel is on its way, else by its status.
-    Counted in the database per site (or, for kits on the way, per shipment) and status."""
+    `kits` are the trial's kits counted in the database per site (or, for kits on the way, per
+    shipment), batch, status and statuses ever entered (`reconciliation`)."""
     sent = (Shipment.trial_id == trial.id, Shipment.status.in_(("shipped", "received")))
     destination: dict[int, tuple[int, str]] = {
         row.id: (row.site_id, row.status)
@@ -255,15 +269,8 @@ def _balances(session: Session, trial: Trial, scope: Scope, sites: dict[int, str
         select(Shipment.site_id, func.sum(Shipment.kit_count)).where(*sent).group_by(Shipment.site_id)
     ):
         shipped[destined] += count or 0
-    on_the_way = case(
-        (and_(Kit.site_id.is_(None), Kit.status.in_(sorted(_ON_THE_WAY))), Kit.shipment_id), else_=None
-    )
     terms: dict[int, Counter[str]] = {}
-    for kit_site, shipment_id, status, count in session.execute(
-        select(Kit.site_id, on_the_way, Kit.status, func.count())
-        .where(Kit.trial_id == trial.id)
-        .group_by(Kit.site_id, on_the_way, Kit.status)
-    ):
+    for kit_site, _batch, status, _ever, shipment_id, count in kits:
         term = _TERM_OF.get(status)
         place = kit_site
         if kit_site is None and shipment_id in destination and status in _ON_THE_WAY:

@@ -29,7 +29,7 @@ from allocator.services.errors import Conflict, FieldProblem, NotFound, Validati
 from allocator.services.lookups import current_definition, get_trial
 from allocator.services.supply.kit_rules import KIT_UNIT, S, label_info, mac, number_from_scan, unreadable
 
-KIND = "kit_relabels"
+KIND = documents.KIT_RELABELS
 DEPOT = "depot"
 
 
