@@ -358,13 +358,15 @@ def integrity_check_command(trial: str | None) -> None:
     settings = _settings()
     with _context(settings) as ctx:
         results = integrity.check_integrity(ctx, _actor(), trial)
+        for result in results:  # said before the kits are checked, whatever happens to that check
+            click.echo(
+                _("%(list)s: intact", list=result.label)
+                if result.ok
+                else _(
+                    "%(list)s: FAILED: %(problems)s", list=result.label, problems="; ".join(result.problems)
+                )
+            )
         kits = kit_check.check_whole(ctx, trial)
-    for result in results:
-        click.echo(
-            _("%(list)s: intact", list=result.label)
-            if result.ok
-            else _("%(list)s: FAILED: %(problems)s", list=result.label, problems="; ".join(result.problems))
-        )
     for checked in kits:
         if not checked.kits:
             continue  # a trial without kits: nothing to say
@@ -379,7 +381,7 @@ def integrity_check_command(trial: str | None) -> None:
         else:
             click.echo(
                 _(
-                    "%(trial)s: %(count)s kits whose history does not agree (see the kit reconciliation)",
+                    "%(trial)s: kits whose history does not agree: %(count)s (see the kit reconciliation)",
                     trial=checked.trial_code,
                     count=len(checked.suspects),
                 )

@@ -276,6 +276,22 @@ KNOWN = frozenset(
         N_("must be in a year from 2000 to 2099, which the labels can print"),  # supply/kit_rules.py
         N_("invalid expiry"),
         N_("is not in the future"),
+        # kit lists generated or imported (services/supply/kit_lists.py, web/supply.py); a column
+        # of the imported file is named as its header names it
+        N_("2-32 characters A-Z, 0-9 and '-'"),
+        N_("invalid batch"),
+        N_("invalid count"),
+        N_("unknown kit type"),
+        N_("choose a file"),
+        N_("not UTF-8"),
+        N_("must be UTF-8 CSV"),
+        N_("no kit in the file"),
+        N_("one kit type per file"),
+        N_("several kit types"),
+        N_("expiry: must be YYYY-MM-DD"),
+        N_("expiry: is not in the future"),
+        N_("expiry: must be in a year from 2000 to 2099, which the labels can print"),
+        N_("lot_code: 2-32 characters A-Z, 0-9 and '-'"),
         N_("a field of the form holds a character that no keyboard types: type it again"),  # web/hygiene.py
         N_("a field name contains a character that is not allowed"),
         N_("must be an hour from 0 to 24"),
@@ -712,6 +728,66 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
             r"^is (?P<status>assigned|collected|missed|damaged|shipped|received|unusable|available|without a tube set)$"
         ),
         N_("is %(status)s"),
+    ),
+    # kit lists (services/supply/kit_lists.py)
+    (
+        re.compile(r"^batch (?P<lot>\S+) expires on (?P<date>\d{4}-\d{2}-\d{2})$"),
+        N_("batch %(lot)s expires on %(date)s"),
+    ),
+    (
+        re.compile(r"^a multiple of (?P<block>\d+) \(whole balanced blocks\), at most 100000$"),
+        N_("a multiple of %(block)s (whole balanced blocks), at most 100000"),
+    ),
+    (
+        re.compile(r"^the header must contain (?P<columns>[a-z_, ]+)$"),
+        N_("the header must contain %(columns)s"),
+    ),
+    (
+        re.compile(r"^batch (?P<lot>\S+) exists with expiry (?P<date>\d{4}-\d{2}-\d{2})$"),
+        N_("batch %(lot)s exists with the expiry %(date)s"),
+    ),
+    (
+        re.compile(r"^(?P<file>.+): the kit list is refused; nothing was imported$"),
+        N_("%(file)s: the kit list is refused; nothing was imported"),
+    ),
+    (
+        re.compile(
+            r"^kit_number: kit number contains (?P<char>'.+') at position (?P<position>\d+): "
+            r"only digits 0-9 are allowed$"
+        ),
+        N_(
+            "kit_number: the kit number contains %(char)s at position %(position)s: only digits 0-9 are allowed"
+        ),
+    ),
+    (
+        re.compile(r"^kit_number: kit number has no digits, expected (?P<expected>\d+)$"),
+        N_("kit_number: the kit number has no digits, %(expected)s expected"),
+    ),
+    (
+        re.compile(r"^kit_number: kit number has (?P<count>\d+) digits?, expected (?P<expected>\d+)$"),
+        N_("kit_number: the kit number has %(count)s digits, %(expected)s expected"),
+    ),
+    (
+        re.compile(
+            r"^kit_number: kit number (?P<number>[\d-]+) has a wrong check digit: it was probably mistyped$"
+        ),
+        N_("kit_number: the kit number %(number)s has a wrong check digit: it was probably mistyped"),
+    ),
+    (
+        re.compile(r"^kit_number: (?P<number>\S+) appears twice or already exists$"),
+        N_("kit_number: %(number)s appears twice in the file or already exists"),
+    ),
+    (
+        re.compile(r"^arm: (?P<arm>'.*') is not an arm of (?P<trial>\S+)$"),
+        N_("arm: %(arm)s is not an arm of %(trial)s"),
+    ),
+    (
+        re.compile(r"^kit_type: (?P<kit_type>'.*') is unknown$"),
+        N_("kit_type: %(kit_type)s is unknown"),
+    ),
+    (
+        re.compile(r"^expiry: batch (?P<lot>\S+) was given expiry (?P<date>\S+) on line (?P<line>\d+)$"),
+        N_("expiry: batch %(lot)s was given the expiry %(date)s on line %(line)s"),
     ),
     # kit reconciliation (services/supply/reconciliation.py): statuses are given words by the caller
     (

@@ -27,11 +27,19 @@ def kit_labels_kind(level: LabelKind) -> str:
     return f"kit_labels_{level.value}"
 
 
+RANDOMIZATION_CONFIRMATION = "randomization_confirmation"
+
 # The kinds of printed document whose items are kit numbers, which the kit reconciliation counts as
-# labels printed (LBL-11): a label sheet of each packaging level, a relabelling sheet, a dispensation
-# sheet. The other kinds list other numbers (code-break sheets, confirmations, tube sets) or none
-# (return forms, destruction certificates): issue 21, the reconciliation no longer unnests them.
-KIT_NUMBER_KINDS = (*(kit_labels_kind(level) for level in LabelKind), KIT_RELABELS, DISPENSATION_SHEET)
+# labels printed (LBL-11), as it counted every document that lists a kit's number before: a label
+# sheet of each packaging level, a relabelling sheet, a dispensation sheet, a randomization
+# confirmation. The other kinds list other numbers (code-break sheets, tube sets) or none (return
+# forms, destruction certificates): issue 21, the reconciliation no longer unnests their items.
+KIT_NUMBER_KINDS = (
+    *(kit_labels_kind(level) for level in LabelKind),
+    KIT_RELABELS,
+    DISPENSATION_SHEET,
+    RANDOMIZATION_CONFIRMATION,
+)
 
 # Shown to site staff (allocator/web/messages.py translates it); the number is MAX_REPRINT_NUMBER.
 REPRINT_LIMIT_MESSAGE = "this document has been reprinted 999 times, the most allowed: use a printed copy"

@@ -360,10 +360,37 @@ def batch_expiry(trial: str, lot: str) -> WerkzeugResponse:
     return _perform(act, f"Expiry of batch {lot} changed (signed).", url_for("supply.stock", trial=trial))
 
 
+def _kit_list_labels(exc: DomainError) -> dict[str, str]:
+    """The kit-list forms' fields as their labels name them, and a line of an imported file by its
+    number ("line 3" in the service's words)."""
+    labels = {
+        "count": _("Number of kits"),
+        "lot_code": _("Packaging lot (blinded)"),
+        "expiry": _("Expiry"),
+        "file": _("File"),
+        "kit_type": _("kit type"),
+    }
+    for problem in exc.errors:
+        number = problem.field.removeprefix("line ")
+        if number != problem.field and number.isdigit():
+            labels[problem.field] = _("Line %(number)s of the file", number=int(number))
+    return labels
+
+
+def _kit_list_action(action: Callable[[], object], success: str, trial: str) -> WerkzeugResponse:
+    try:
+        action()
+    except DomainError as exc:
+        _flash_error(exc, _kit_list_labels(exc))
+    else:
+        flash(success, "ok")
+    return redirect(url_for("lists.manage", trial=trial), code=303)
+
+
 @bp.route("/trials/<trial>/kit-lists", methods=["POST"])
 @requires(Permission.LIST_MANAGE)
 def generate_kit_list(trial: str) -> WerkzeugResponse:
-    return _perform(
+    return _kit_list_action(
         lambda: kit_lists.generate_kit_list(
             ctx(),
             actor(Permission.LIST_MANAGE),
@@ -373,7 +400,7 @@ def generate_kit_list(trial: str) -> WerkzeugResponse:
             expiry=_date("expiry"),
         ),
         "Kit list generated: the kits are at the depot.",
-        url_for("lists.manage", trial=trial),
+        trial,
     )
 
 
@@ -391,9 +418,7 @@ def import_kit_list(trial: str) -> WerkzeugResponse:
             raise ValidationFailed("not UTF-8", errors=[FieldProblem("file", "must be UTF-8 CSV")]) from None
         kit_lists.import_kit_list(ctx(), actor(Permission.LIST_MANAGE), trial, text, upload.filename)
 
-    return _perform(
-        act, "Kit list imported: the kits are at the depot.", url_for("lists.manage", trial=trial)
-    )
+    return _kit_list_action(act, "Kit list imported: the kits are at the depot.", trial)
 
 
 # --- returns and destruction (issue 19) -------------------------------------------------------

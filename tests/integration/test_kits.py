@@ -1587,9 +1587,10 @@ def test_the_reconciliation_from_the_kept_check_is_the_reconciliation_of_every_k
 def test_labels_printed_count_the_documents_that_list_kit_numbers_only(s: Supply) -> None:
     """Issue 21: the reconciliation unnested the items of every printed document of the trial
     (18,900 code-break sheet numbers at 5,000 subjects: 77 ms a view) to count a kit's labels. Only
-    the kinds whose items are kit numbers are read now: label sheets, relabelling sheets and
-    dispensation sheets count; a number on another kind of document (a code-break sheet, a
-    confirmation) is not a label, even when it equals a kit's number."""
+    the kinds whose items are kit numbers are read now (label sheets, relabelling sheets,
+    dispensation sheets, randomization confirmations: what was counted before); a number on
+    another kind of document (a code-break sheet lists sheet numbers) is not counted, even when it
+    equals a kit's number."""
     ctx = s.ctx
     s.generate(4)
     first, *_ = s.deliver("P1", 4)
@@ -1611,12 +1612,16 @@ def test_labels_printed_count_the_documents_that_list_kit_numbers_only(s: Supply
                 now=ctx.now(),
             )
     (row,) = reconciliation.reconciliation(ctx, TRIAL, s.p1, include_depot=False).rows
-    assert (row.labels_printed, row.labels_reprinted) == (2, 0)  # the label sheet, the dispensation sheet
+    assert (row.labels_printed, row.labels_reprinted) == (
+        3,
+        0,
+    )  # label sheet, confirmation, dispensation sheet
     assert set(documents.KIT_NUMBER_KINDS) == {
         "kit_labels_outer",
         "kit_labels_immediate",
         "kit_relabels",
         "dispensation_sheet",
+        "randomization_confirmation",
     }
 
 

@@ -217,4 +217,7 @@ def test_integrity_check_checks_every_kit_history_and_keeps_the_result(
     assert kept is not None and kept.suspects == () and kept.through_kit_id >= 12
     tamper(fresh_database.url, "kit", "UPDATE kit SET status = 'lost' WHERE id = :i", i=victim)
     code, out = run("integrity-check", "IFNG-PAIS")
-    assert (code, out) == (1, "IFNG-PAIS: 1 kits whose history does not agree (see the kit reconciliation)\n")
+    assert (code, out) == (
+        1,
+        "IFNG-PAIS: kits whose history does not agree: 1 (see the kit reconciliation)\n",
+    )

@@ -482,7 +482,9 @@ def test_the_statistician_generates_and_imports_kit_lists_from_the_lists_page(
         )
 
     refused = upload(broken)
-    assert any("nothing was imported" in f and "line 4" in f for f in flashes(refused)), flashes(refused)
+    assert any("nothing was imported" in f and "Line 4 of the file" in f for f in flashes(refused)), flashes(
+        refused
+    )
     assert kit_count(ctx) == 8
     not_utf8 = upload("kit_number,arm,lot_code,expiry\n\xe9", "latin1.csv")
     assert flashes(not_utf8)
@@ -497,6 +499,60 @@ def test_the_statistician_generates_and_imports_kit_lists_from_the_lists_page(
     assert "Kit list imported: the kits are at the depot." in flashes(imported)
     assert kit_count(ctx) == 12
     assert [arm_of(ctx, n) for n in numbers] == ["A", "B", "A", "B"]
+    # In French, every refusal of a kit list in French, each bad line named by its number: a line
+    # of the file (a wrong character, a wrong length, a wrong check digit, a date, an arm, a
+    # repeated number, a kit type, a lot code, a past expiry, a batch given two expiries), a bad
+    # header, an empty file, a count that is not whole blocks, a batch with another expiry.
+    in_french(stat)
+    spare = [kitlib.format_kit_number(n) for n in kitlib.generate_kit_numbers(8) if n not in numbers][:2]
+    first = spare[0]
+    lines = [
+        "kit_number,arm,lot_code,expiry,kit_type",
+        "12A4-5678,A,LOT-S3,2027-08-31,",
+        "1234-567,A,LOT-S3,2027-08-31,",
+        f"{mistyped},A,LOT-S3,2027-08-31,",
+        f"{kitlib.format_kit_number(numbers[1])},A,LOT-S3,31/08/2027,",
+        f"{kitlib.format_kit_number(numbers[1])},Z,LOT-S3,2027-08-31,",
+        f"{first},A,LOT-S3,2027-08-31,",
+        f"{first},B,LOT-S3,2027-08-31,",
+        f"{spare[1]},A,LOT-S3,2027-08-31,capsule",
+        f"{spare[1]},A,lot s3,2027-08-31,",
+        f"{spare[1]},A,LOT-S4,2020-01-01,",
+        f"{spare[1]},A,LOT-S3,2027-09-30,",
+    ]
+    refusals = [
+        *flashes(upload("\n".join(lines) + "\n", "fichier.csv")),
+        *flashes(upload("numero,bras\n1,A\n")),
+        *flashes(upload("kit_number,arm,lot_code,expiry\n")),
+        *flashes(
+            people.post(
+                stat, f"{BASE}/kit-lists", lists_page, count="6", lot_code="LOT-X", expiry="2027-05-31"
+            )
+        ),
+        *flashes(
+            people.post(
+                stat, f"{BASE}/kit-lists", lists_page, count="8", lot_code="LOT-S1", expiry="2027-06-30"
+            )
+        ),
+    ]
+    assert len(refusals) == 5, refusals
+    shown = " ".join(refusals)
+    for line in (2, 3, 4, 5, 6, 8, 9, 10, 11, 12):  # line 7 is right; line 8 repeats its kit
+        assert f"Ligne {line} du fichier" in shown, (line, shown)
+    assert "Ligne 7 du fichier" not in shown
+    english = (
+        "appears",
+        "twice",
+        "unknown",
+        "expected",
+        "must be",
+        "header",
+        "refused",
+        "characters",
+        "batch ",
+    )
+    assert not [word for word in english if word in shown], shown
+    assert kit_count(ctx) == 12
     # The pharmacist cannot reach the kit-list forms.
     token = csrf_token(people.pharmacist, f"{BASE}/stock")
     assert (

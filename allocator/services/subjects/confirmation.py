@@ -43,7 +43,7 @@ def print_confirmation(
                 .select_from(PrintedDocument)
                 .where(
                     PrintedDocument.subject_id == subject.id,
-                    PrintedDocument.kind == "randomization_confirmation",
+                    PrintedDocument.kind == documents.RANDOMIZATION_CONFIRMATION,
                 )
             ).scalar_one()
         )
@@ -70,14 +70,14 @@ def print_confirmation(
             session,
             actor,
             trial,
-            kind="randomization_confirmation",
+            kind=documents.RANDOMIZATION_CONFIRMATION,
             document_id=document_id,
             pdf=pdf,
             items=[k.kit_number for k in kit_rows],
             now=now,
             subject_id=subject.id,
             reprint_number=previous,
-            audit={"kind": "randomization_confirmation", "subject": number, "reprint": previous},
+            audit={"kind": documents.RANDOMIZATION_CONFIRMATION, "subject": number, "reprint": previous},
             site_code=site.code,
             keep_content=True,
         )
@@ -94,7 +94,7 @@ def printed_confirmation(
         trial = get_trial(session, trial_code)
         subject = subject_in_reach(session, trial, number, scope)
         content = documents.kept_content(
-            session, trial, subject.id, "randomization_confirmation", document_id
+            session, trial, subject.id, documents.RANDOMIZATION_CONFIRMATION, document_id
         )
         if content is None:
             raise NotFound(f"no printed confirmation {document_id} for {number}")

@@ -102,7 +102,9 @@ def kept(session: Session, ring: crypto.KeyRing, trial: Trial) -> KeptCheck | No
 
 # Above this many kits moved since the kept check, a view checks every kit within reach (one
 # statement) rather than naming them all (a kept check many days old).
-MOST_NAMED = 5000
+# Each id is sent several times (once per part of the check): 2,000 keeps a statement far below
+# SQLite's 32,766 parameters, with a reader's sites beside them.
+MOST_NAMED = 2000
 
 
 def suspects(session: Session, reach: ColumnElement[bool], check: KeptCheck | None) -> list[int]:
@@ -184,31 +186,39 @@ def check_whole(ctx: ServiceContext, trial_code: str | None = None) -> list[Whol
             if trial_code
             else select(Trial.id, Trial.code)
         ).all()
-    return [_check_trial(ctx, trial_id, code) for trial_id, code in trials]
+    if not trials:
+        return []
+    through = _kept_point(ctx)
+    return [_check_trial(ctx, trial_id, code, through) for trial_id, code in trials]
 
 
-def _check_trial(ctx: ServiceContext, trial_id: int, code: str) -> WholeCheck:
-    # Up to where the check reaches: every event up to this id must be visible to it. On PostgreSQL
-    # an id is drawn before its row commits, so a transaction still writing events could commit a
-    # lower id after the check read. A SHARE lock on kit_event waits for every such writer to
-    # finish (new ones wait only for this short transaction). One table only, so that no writer
-    # holding a kit's row while waiting for kit_event can close a cycle with it; with a time limit,
-    # after which the check runs all the same but is not kept. A kit is created with its first
-    # event, in one transaction: a kit written by a transaction that had not yet reached kit_event
-    # gets events after this id, and counts as moved. On SQLite one writer at a time: a writer in
-    # progress only ever adds ids above those read here.
-    through: tuple[int, int] | None
+def _kept_point(ctx: ServiceContext) -> tuple[int, int] | None:
+    """Up to where a whole check reaches (the last kit event and kit ids, of every trial): every
+    event up to this id must be visible to it. On PostgreSQL an id is drawn before its row commits,
+    so a transaction still writing events could commit a lower id after the check read. A SHARE
+    lock on kit_event waits for every such writer to finish (new ones wait only for this short
+    transaction, once for all trials). One table only, so that no writer holding a kit's row while
+    waiting for kit_event can close a cycle with it; with a time limit, after which the check runs
+    all the same but is not kept (None). A kit is created with its first event, in one
+    transaction: a kit written by a transaction that had not yet reached kit_event gets events
+    after this id, and counts as moved. On SQLite one writer at a time (BEGIN IMMEDIATE): a writer
+    in progress only ever adds ids above those read here."""
     try:
         with ctx.db.unit_of_work() as session:
             if session.get_bind().dialect.name == "postgresql":
                 session.execute(text("SET LOCAL lock_timeout = '5s'"))
                 session.execute(text("LOCK TABLE kit_event IN SHARE MODE"))
-            through = (
-                session.execute(select(func.coalesce(func.max(KitEvent.id), 0))).scalar_one(),
-                session.execute(select(func.coalesce(func.max(Kit.id), 0))).scalar_one(),
+            return (
+                int(session.execute(select(func.coalesce(func.max(KitEvent.id), 0))).scalar_one()),
+                int(session.execute(select(func.coalesce(func.max(Kit.id), 0))).scalar_one()),
             )
     except OperationalError:  # the lock not granted in time: checked, not kept
-        through = None
+        return None
+
+
+def _check_trial(
+    ctx: ServiceContext, trial_id: int, code: str, through: tuple[int, int] | None
+) -> WholeCheck:
     now = ctx.now()
     with ctx.db.reading() as session:
         found = tuple(sorted(set(session.execute(_disagreeing(Kit.trial_id == trial_id)).scalars())))
@@ -217,7 +227,7 @@ def _check_trial(ctx: ServiceContext, trial_id: int, code: str) -> WholeCheck:
         ).scalar_one()
     if through is None:
         return WholeCheck(code, int(kits), found, False)
-    check = KeptCheck(code, int(through[0]), int(through[1]), found, now)
+    check = KeptCheck(code, through[0], through[1], found, now)
     signed = crypto.sign_kit_check(ctx.ring, check.message())
     try:
         with ctx.db.unit_of_work() as session:
