@@ -1539,6 +1539,12 @@ def test_the_reconciliation_checks_the_kits_moved_since_the_kept_daily_check_and
         assert kit_check.kept(session, ctx.ring, get_trial(session, TRIAL)) is None
     tamper(ctx.db, "kit", f"UPDATE kit SET status = 'returned' WHERE id = {ids[p1[1]]}")
     assert _flagged(_kit_problems(ctx)) == {fmt(p1[1]), fmt(p1[2]), fmt(silent)}
+    # Nor one whose kit list is no list, or nested past what a parser follows: never a 500.
+    for written in ('{"a": 1}', '["x"]', "[" * 100_000, "7"):
+        tamper(ctx.db, "kit_check", "UPDATE kit_check SET suspects = :text", text=written)
+        with ctx.db.reading() as session:
+            assert kit_check.kept(session, ctx.ring, get_trial(session, TRIAL)) is None
+    assert _flagged(_kit_problems(ctx)) == {fmt(p1[1]), fmt(p1[2]), fmt(silent)}
     # Its statuses ever entered edited by hand: found, as a disagreement of its own.
     tamper(
         ctx.db,
