@@ -650,6 +650,17 @@ def test_supply_pages_show_counts_without_arms_and_only_the_sites_in_reach(peopl
     ]
     page = people.monitor.get(f"{BASE}/reconciliation").get_data(as_text=True)
     assert "Every kit's history balances with its status." in page
+    assert "<tr><td>depot</td><td>LOT-WEB</td>" in page
+    # In French the depot is a word, not the code "depot" (seen on make demo): on the stock, the
+    # reconciliation and the kit accountability report, while the CSV keeps the code.
+    in_french(people.monitor)
+    french = people.monitor.get(f"{BASE}/reconciliation").get_data(as_text=True)
+    assert "<tr><td>dépôt</td><td>LOT-WEB</td>" in french and "<td>depot</td>" not in french
+    assert "<td>dépôt</td><td><strong>10</strong></td>" in people.monitor.get(f"{BASE}/stock").get_data(
+        as_text=True
+    )
+    report = people.monitor.get(f"{BASE}/reports/accountability").get_data(as_text=True)
+    assert "dépôt" in report and ">depot<" not in report
 
 
 @pytest.mark.req("BLD-12")
