@@ -133,6 +133,7 @@ class Action(enum.StrEnum):
     EXCURSION_REPORTED = "excursion.reported"  # issue 19: kits quarantined after a temperature excursion
     EXCURSION_DECIDED = "excursion.decided"  # the sponsor's signed release or destruction
     KIT_RELABELLED = "kit.relabelled"  # issue 19: a new expiry label confirmed by scan
+    KIT_CHECK_FAILED = "kit.check_failed"  # issue 21: kits whose records disagree with their histories
     RESUPPLY_IMPOSSIBLE = "supply.resupply_impossible"  # issue 19: the depot cannot resupply a site
     KITS_RETURNED = "supply.kits_returned"  # issue 19: a batch of kits sent back to the depot
     KITS_DESTROYED = "supply.kits_destroyed"  # issue 19: a batch of kits destroyed on site (signed)

@@ -366,7 +366,7 @@ def integrity_check_command(trial: str | None) -> None:
                     "%(list)s: FAILED: %(problems)s", list=result.label, problems="; ".join(result.problems)
                 )
             )
-        kits = kit_check.check_whole(ctx, trial)
+        kits = kit_check.check_whole(ctx, _actor(), trial)
     for checked in kits:
         if not checked.kits:
             continue  # a trial without kits: nothing to say

@@ -519,7 +519,7 @@ def whole_verification(ctx: ServiceContext) -> bytes:
 
 def whole_kit_check(ctx: ServiceContext) -> bytes:
     """The kit histories of `allocator integrity-check` (daily): every kit checked whole, kept."""
-    checks = kit_check.check_whole(ctx)
+    checks = kit_check.check_whole(ctx, br.ACTOR)
     assert all(checked.ok and checked.kept for checked in checks), checks
     return "\n".join(f"{checked.trial_code}: {checked.kits} kits" for checked in checks).encode()
 

@@ -117,7 +117,7 @@ class Kit(Base):
     # date; cleared when the new label is confirmed by scan. Until then it is neither drawn for an
     # allocation nor dispensed.
     relabel_requested_at: Mapped[datetime | None]
-    # Issue 21: every status the kit ever entered, one bit per status (`kit_rules.status_bit`), set
+    # Issue 21: every status the kit ever entered, one bit per status (`status_bit` below), set
     # with the status by every change, so that the reconciliation counts "ever in X" from the kits
     # rather than from their whole histories. Checked against the history by the reconciliation.
     ever_statuses: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

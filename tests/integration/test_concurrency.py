@@ -25,7 +25,7 @@ from allocator.services.context import ServiceContext
 from allocator.services.supply import disposal, kit_check
 from tests.conftest import FreshDatabase
 from tests.integration import concurrency_worker
-from tests.support import IFN_TRIAL, committed_context, eligible_on, ready_trial
+from tests.support import CLI_ACTOR, IFN_TRIAL, committed_context, eligible_on, ready_trial
 
 pytestmark = pytest.mark.slow
 PROCESSES, THREADS = 4, 8
@@ -68,7 +68,7 @@ def test_hundreds_of_simultaneous_randomizations(live: ServiceContext, key_dir: 
 
     def check_kits() -> None:
         while not stop.is_set():
-            kit_checks.extend(kit_check.check_whole(live, "IFNG-PAIS"))
+            kit_checks.extend(kit_check.check_whole(live, CLI_ACTOR, "IFNG-PAIS"))
 
     checker = threading.Thread(target=check_kits)
     checker.start()
@@ -82,7 +82,7 @@ def test_hundreds_of_simultaneous_randomizations(live: ServiceContext, key_dir: 
         checker.join(timeout=60)
     assert kit_checks and all(checked.ok for checked in kit_checks)
     assert all(checked.kept for checked in kit_checks)
-    [final] = kit_check.check_whole(live, "IFNG-PAIS")
+    [final] = kit_check.check_whole(live, CLI_ACTOR, "IFNG-PAIS")
     assert final.ok and final.kept
     outcomes = [o for part in parts for o in part]
     by_kind = Counter(kind for _, kind, _ in outcomes)

@@ -1488,9 +1488,10 @@ def test_the_reconciliation_checks_the_kits_moved_since_the_kept_daily_check_and
     s.generate(20)
     p1 = s.deliver("P1", 8)
     s.change(p1[0], "damaged")
-    [checked] = kit_check.check_whole(ctx, TRIAL)
+    [checked] = kit_check.check_whole(ctx, CLI_ACTOR, TRIAL)
     assert (checked.ok, checked.kept, checked.kits) == (True, True, 20)
     assert _kit_problems(ctx) == []
+    assert audit(ctx, "kit.check_failed") == []  # a check that finds nothing writes nothing
     ids = _kit_ids(ctx)
     fmt = kitlib.format_kit_number
     # Behind the kept check: a kit that does not move again, its status edited by hand.
@@ -1521,10 +1522,16 @@ def test_the_reconciliation_checks_the_kits_moved_since_the_kept_daily_check_and
     ]
     # The next whole check finds the kit edited behind the first one; kept, it is shown on every
     # view from then on (checked again each time), within the reader's reach only.
-    [checked] = kit_check.check_whole(ctx, TRIAL)
+    [checked] = kit_check.check_whole(ctx, CLI_ACTOR, TRIAL)
     ids = _kit_ids(ctx)
     assert checked.suspects == tuple(sorted((ids[p1[1]], ids[p1[2]], ids[silent])))
     assert not checked.ok and checked.kept
+    # Written to the trial's audit trail by who ran it, as a list failing its check is: the kits'
+    # numbers, never an arm.
+    [failed] = audit(ctx, "kit.check_failed")
+    assert (failed.chain, failed.actor_username, failed.object_id) == (TRIAL, CLI_ACTOR.username, TRIAL)
+    assert json.loads(failed.new_values) == {"kit_count": 3, "kits": sorted([p1[1], p1[2], silent])}
+    assert failed.sealed_values is None
     expected = _kit_problems(ctx)
     assert _flagged(expected) == {fmt(p1[1]), fmt(p1[2]), fmt(silent)}
     assert f"kit {fmt(p1[1])} is returned but its history ends at available" in expected
@@ -1563,7 +1570,7 @@ def test_the_reconciliation_from_the_kept_check_is_the_reconciliation_of_every_k
     s.generate(32)
     p1 = s.deliver("P1", 10)
     s.change(p1[1], "quarantined", signed=True)
-    [checked] = kit_check.check_whole(ctx, TRIAL)
+    [checked] = kit_check.check_whole(ctx, CLI_ACTOR, TRIAL)
     assert checked.ok and checked.kept
     p2 = s.deliver("P2", 8)
     s.prepare("P1", 4)
@@ -1679,7 +1686,7 @@ def test_every_kit_change_keeps_its_statuses_ever_entered_with_its_history(s: Su
     assert all(ever == entered for ever, entered in pairs.values()), pairs
     ids = _kit_ids(ctx)
     assert pairs[ids[p1[0]]][0] == status_bits(("at_depot", "in_transit", "available", "quarantined"))
-    [checked] = kit_check.check_whole(ctx, TRIAL)
+    [checked] = kit_check.check_whole(ctx, CLI_ACTOR, TRIAL)
     assert checked.ok
 
 

@@ -39,6 +39,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from allocator import crypto
+from allocator.audit import Action, Actor
 from allocator.db import upsert
 from allocator.models import Kit, KitCheck, KitEvent, KitStatus, Trial
 from allocator.models.kit import status_bit
@@ -177,9 +178,11 @@ def _disagreeing(reach: ColumnElement[bool], kit_ids: list[int] | None = None) -
     return union(broken, silent, misrecorded)
 
 
-def check_whole(ctx: ServiceContext, trial_code: str | None = None) -> list[WholeCheck]:
+def check_whole(ctx: ServiceContext, checked_by: Actor, trial_code: str | None = None) -> list[WholeCheck]:
     """Check every kit of each trial (or of `trial_code`) and keep the result (see the module).
-    Best effort for the keeping: the verdict stands whatever the write."""
+    A trial whose kits do not all agree is written to its audit trail by `checked_by`, as a list
+    that fails its integrity check is: the kits' numbers, never an arm. Best effort for the
+    writes: the verdict stands whatever happens to them."""
     with ctx.db.reading() as session:
         trials = session.execute(
             select(Trial.id, Trial.code).where(Trial.code == trial_code)
@@ -189,7 +192,7 @@ def check_whole(ctx: ServiceContext, trial_code: str | None = None) -> list[Whol
     if not trials:
         return []
     through = _kept_point(ctx)
-    return [_check_trial(ctx, trial_id, code, through) for trial_id, code in trials]
+    return [_check_trial(ctx, checked_by, trial_id, code, through) for trial_id, code in trials]
 
 
 def _kept_point(ctx: ServiceContext) -> tuple[int, int] | None:
@@ -217,7 +220,7 @@ def _kept_point(ctx: ServiceContext) -> tuple[int, int] | None:
 
 
 def _check_trial(
-    ctx: ServiceContext, trial_id: int, code: str, through: tuple[int, int] | None
+    ctx: ServiceContext, checked_by: Actor, trial_id: int, code: str, through: tuple[int, int] | None
 ) -> WholeCheck:
     now = ctx.now()
     with ctx.db.reading() as session:
@@ -225,26 +228,48 @@ def _check_trial(
         kits = session.execute(
             select(func.count()).select_from(Kit).where(Kit.trial_id == trial_id)
         ).scalar_one()
-    if through is None:
+    if through is None and not found:
         return WholeCheck(code, int(kits), found, False)
-    check = KeptCheck(code, through[0], through[1], found, now)
-    signed = crypto.sign_kit_check(ctx.ring, check.message())
     try:
         with ctx.db.unit_of_work() as session:
-            upsert(
-                session,
-                KitCheck,
-                "trial_id",
-                {
-                    "trial_id": trial_id,
-                    "through_event_id": check.through_event_id,
-                    "through_kit_id": check.through_kit_id,
-                    "suspects": json.dumps(list(found)),
-                    "checked_at": now,
-                    "key_id": signed.key_id,
-                    "signature": signed.signature,
-                },
-            )
+            if through is not None:
+                _keep(session, ctx.ring, trial_id, KeptCheck(code, through[0], through[1], found, now))
+            if found:
+                numbers = session.execute(
+                    select(Kit.kit_number).where(Kit.id.in_(found[:_NAMED_IN_AUDIT])).order_by(Kit.kit_number)
+                ).scalars()
+                ctx.audit.record(
+                    session,
+                    actor=checked_by,
+                    chain=code,
+                    action=Action.KIT_CHECK_FAILED,
+                    object_type="trial",
+                    object_id=code,
+                    new={"kit_count": len(found), "kits": list(numbers)},
+                    at=now,
+                )
     except SQLAlchemyError:  # a read-only or busy database: the verdict stands, not kept
         return WholeCheck(code, int(kits), found, False)
-    return WholeCheck(code, int(kits), found, True)
+    return WholeCheck(code, int(kits), found, through is not None)
+
+
+# The kits named in the audit entry of a failed check; the count says how many there are in all.
+_NAMED_IN_AUDIT = 20
+
+
+def _keep(session: Session, ring: crypto.KeyRing, trial_id: int, check: KeptCheck) -> None:
+    signed = crypto.sign_kit_check(ring, check.message())
+    upsert(
+        session,
+        KitCheck,
+        "trial_id",
+        {
+            "trial_id": trial_id,
+            "through_event_id": check.through_event_id,
+            "through_kit_id": check.through_kit_id,
+            "suspects": json.dumps(list(check.suspects)),
+            "checked_at": check.checked_at,
+            "key_id": signed.key_id,
+            "signature": signed.signature,
+        },
+    )
