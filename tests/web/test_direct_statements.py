@@ -128,10 +128,19 @@ def test_direct_rows_are_sqlalchemys_rows(app: Flask, ctx: ServiceContext) -> No
         connection = session.connection()
         connection.execute(text("UPDATE audit_chain_head SET checkpoint_at = now()"))
         token_digest = connection.execute(text("SELECT token_digest FROM api_token LIMIT 1")).scalar_one()
+        # A web session of the same user (the guard's session look-up): its user and roles joined.
+        connection.execute(
+            text(
+                "INSERT INTO login_session (user_id, token_digest, created_at, last_seen_at, expires_at, "
+                "address, user_agent, mfa_verified) SELECT user_id, 'session-digest', now(), now(), "
+                "now() + interval '1 hour', '192.0.2.1', 'test', true FROM api_token LIMIT 1"
+            )
+        )
         site_ids = list(connection.execute(text("SELECT id FROM site ORDER BY id")).scalars())
         cases: list[tuple[db.Direct, dict[str, object]]] = [
             (audit._SELECT_HEAD, {"chain": "IFNG-PAIS"}),
             (auth._BEARER, {"digest": token_digest, "now": ctx.now()}),
+            (auth._SESSION, {"digest": "session-digest", "now": ctx.now()}),
             (lookups._TRIAL_ROW_AND_LATEST_VERSION, {"code": "IFNG-PAIS"}),
             (security._TRIAL_AND_GRANTED_SITES["postgresql"], {"code": "IFNG-PAIS", "site_ids": site_ids}),
             (randomize._TRIAL_AND_LOCKED_SITE, {"code": "IFNG-PAIS", "site_code": "P1"}),
