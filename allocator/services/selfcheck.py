@@ -31,6 +31,7 @@ from allocator.services import audit_trail
 from allocator.services.context import ServiceContext
 from allocator.services.lists import integrity
 from allocator.services.lookups import current_definition
+from allocator.services.supply import kit_check
 from allocator.settings import Settings, SettingsError
 from allocator.version import __version__
 
@@ -181,7 +182,7 @@ def check_relay(settings: Settings, probe: RelayProbe) -> Check:
 
 
 def check_database(ctx: ServiceContext, actor: Actor) -> tuple[list[Check], list[str]]:
-    """Audit chains, list digests, and the time zones of the loaded trials."""
+    """Audit chains, list digests, kit histories, and the time zones of the loaded trials."""
     checks: list[Check] = []
     witness = ctx.settings.audit_witness
     with ctx.db.read_engine.connect() as connection:
@@ -208,6 +209,19 @@ def check_database(ctx: ServiceContext, actor: Actor) -> tuple[list[Check], list
             "list digests",
             not bad,
             f"{len(lists)} lists match their digests" if not bad else "; ".join(bad)[:600],
+        )
+    )
+    # Every kit's history against the kit, kept like the daily `integrity-check` keeps it, so that
+    # the kit pages check only what moves after it (issue 21); a disagreement is audited there.
+    kits = kit_check.check_whole(ctx, actor)
+    disagreeing = [f"{k.trial_code} ({len(k.suspects)} of {k.kits} kits)" for k in kits if not k.ok]
+    checks.append(
+        Check(
+            "kit histories",
+            not disagreeing,
+            f"{sum(k.kits for k in kits)} kits agree with their histories"
+            if not disagreeing
+            else "kits whose history does not agree (see the kit reconciliation): " + "; ".join(disagreeing),
         )
     )
     zones: list[str] = []
@@ -265,7 +279,11 @@ def run(
             db.dispose()
     else:
         checks.append(
-            Check("audit chains and list digests", False, "not checked: the keys or the schema failed above")
+            Check(
+                "audit chains, list digests and kit histories",
+                False,
+                "not checked: the keys or the schema failed above",
+            )
         )
     checks.append(check_time_zones(zones))
     checks.append(check_relay(settings, probe))

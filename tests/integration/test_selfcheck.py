@@ -6,7 +6,7 @@ head, a tampered audit entry, a tampered list, missing time-zone data, an unreac
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,9 +15,10 @@ from sqlalchemy import create_engine, text
 
 from allocator.cli import main
 from allocator.services import selfcheck
+from allocator.services.supply import kit_lists
 from allocator.settings import Settings
 from tests.conftest import FreshDatabase
-from tests.support import CLI_ACTOR, IFN_TRIAL, tamper
+from tests.support import CLI_ACTOR, IFN_TRIAL, committed_context, tamper
 
 
 @pytest.fixture
@@ -67,6 +68,7 @@ def test_a_sound_instance_passes_and_the_report_is_signed_and_dated(
         "database schema",
         "audit chains",
         "list digests",
+        "kit histories",
         "time-zone data",
         "e-mail relay",
     ):
@@ -78,6 +80,11 @@ def test_a_sound_instance_passes_and_the_report_is_signed_and_dated(
         kept = set(connection.execute(text("SELECT chain FROM audit_verification")).scalars())
     engine.dispose()
     assert "IFNG-PAIS" in kept
+    # And the kit check: the kit pages check only the kits that move after it (issue 21).
+    engine = create_engine(env["ALLOCATOR_DATABASE_URL"])
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM kit_check")).scalar_one() == 1
+    engine.dispose()
     [report] = sorted((tmp_path / "iq").glob("selfcheck-*.txt"))
     # Dated on the day it ran, whichever side of midnight UTC the run ended.
     assert any(report.name.startswith(f"selfcheck-{moment:%Y%m%d}T") for moment in (before, after))
@@ -123,6 +130,30 @@ def test_a_tampered_audit_entry_or_list_fails(env: dict[str, str]) -> None:
     tamper(url, "audit_event", "UPDATE audit_event SET reason = 'rewritten' WHERE seq = 2")
     code, out = run("selfcheck")
     assert code == 1 and "audit chains" in failed_checks(out), out
+
+
+@pytest.mark.req("VAL-01", "LBL-11")
+def test_a_kit_edited_by_hand_fails(env: dict[str, str]) -> None:
+    """Every kit's history is checked against the kit, as `allocator integrity-check` does: a kit
+    whose status was changed behind the application fails the check, which is audited."""
+    installed(env)
+    url = env["ALLOCATOR_DATABASE_URL"]
+    with committed_context(url, Path(env["ALLOCATOR_KEY_DIR"])) as ctx:
+        expiry = datetime.now(UTC).date() + timedelta(days=400)
+        kit_lists.generate_kit_list(ctx, CLI_ACTOR, "IFNG-PAIS", count=4, lot_code="LOT-IQ", expiry=expiry)
+    code, out = run("selfcheck")
+    assert code == 0 and "[ok] kit histories: 4 kits agree with their histories" in out, out
+    tamper(url, "kit", "UPDATE kit SET status = 'lost' WHERE id = (SELECT min(id) FROM kit)")
+    code, out = run("selfcheck")
+    assert code == 1 and failed_checks(out) == ["kit histories"], out
+    assert "IFNG-PAIS (1 of 4 kits)" in out
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        actions = connection.execute(
+            text("SELECT action FROM audit_event WHERE chain = 'IFNG-PAIS'")
+        ).scalars()
+        assert list(actions).count("kit.check_failed") == 1
+    engine.dispose()
 
 
 @pytest.mark.req("VAL-01")
