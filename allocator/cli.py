@@ -356,8 +356,9 @@ def integrity_check_command(trial: str | None) -> None:
 
     Exit 1 on a failure; a list that differs also blocks randomization from it."""
     settings = _settings()
+    checked_by = _actor()  # one request id for the run's audit entries
     with _context(settings) as ctx:
-        results = integrity.check_integrity(ctx, _actor(), trial)
+        results = integrity.check_integrity(ctx, checked_by, trial)
         for result in results:  # said before the kits are checked, whatever happens to that check
             click.echo(
                 _("%(list)s: intact", list=result.label)
@@ -366,7 +367,7 @@ def integrity_check_command(trial: str | None) -> None:
                     "%(list)s: FAILED: %(problems)s", list=result.label, problems="; ".join(result.problems)
                 )
             )
-        kits = kit_check.check_whole(ctx, _actor(), trial)
+        kits = kit_check.check_whole(ctx, checked_by, trial)
     for checked in kits:
         if not checked.kits:
             continue  # a trial without kits: nothing to say
@@ -442,7 +443,7 @@ def quality_html(document: quality.QualityDocument, generated_at: str) -> str:
 )
 def selfcheck_command(out: Path | None) -> None:
     """Installation qualification: configuration, keys and their permissions, schema at head, audit
-    chains, list digests, time-zone data and the e-mail relay. Exit 1 on any failure."""
+    chains, list digests, kit histories, time-zone data and the e-mail relay. Exit 1 on any failure."""
     from allocator.services import selfcheck  # noqa: PLC0415
 
     report = selfcheck.run(os.environ, _actor(), now=lambda: datetime.now(UTC))

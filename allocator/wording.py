@@ -26,6 +26,9 @@ from allocator.models.kit import KitStatus
 from allocator.permissions import ROLE_TITLES, Role
 from allocator.trialdef import Text, TrialDefinition
 
+# Where a kit at no site is, as the services name it (supply/stock.py, reconciliation.py, ...).
+DEPOT = "depot"
+
 
 def date_and_time(moment: datetime, date_skeleton: str, locale: Locale, time_pattern: str = "HH:mm") -> str:
     """A date and a 24-hour time joined as `locale` joins them (24-hour everywhere: a ward reads
@@ -138,6 +141,11 @@ class Words:
         catalogue's word when it has one, else the code with spaces."""
         shown = self.gettext(code)
         return shown.replace("_", " ") if shown == code else shown
+
+    def place(self, code: str) -> str:
+        """Where kits are: a site's code as it is, the depot in words ("dépôt"). Only the depot:
+        a site's code is never looked up in the catalogue (a site coded like a word stays a code)."""
+        return self.gettext(DEPOT) if code == DEPOT else code
 
     def label(self, code: str) -> str:
         """A factor's label (`admission_cause`) or a level's (`admission_cause=septic`), the code

@@ -140,7 +140,7 @@ class Vocabulary:
     # values, JSON keys, cells and headers thousands of times (1.4 million searches, a sixth of the
     # crawl's time, for far fewer distinct texts).
     _hits: dict[str, tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]] = field(
-        init=False, repr=False, default_factory=dict
+        init=False, repr=False, compare=False, default_factory=dict
     )
 
     def __post_init__(self) -> None:

@@ -4,8 +4,9 @@ and every list digest intact, time-zone data present, the e-mail relay reachable
 configured. Each check is a line of a dated report, signed with the instance's audit key like an
 export manifest (allocator/manifest.py), so that `allocator export verify` checks it later.
 
-Reads only, apart from what `check_integrity` records for each list (as `allocator integrity-check`
-does); opens no arm."""
+Reads only, apart from what `allocator integrity-check` also writes: the check recorded for each
+list (`check_integrity`), the kept kit check and, for a failure, its audit entry (`kit_check`), and
+the kept audit verification; opens no arm."""
 
 from __future__ import annotations
 
@@ -220,6 +221,7 @@ def check_database(ctx: ServiceContext, actor: Actor) -> tuple[list[Check], list
             "kit histories",
             not disagreeing,
             f"{sum(k.kits for k in kits)} kits agree with their histories"
+            + ("" if all(k.kept for k in kits) else " (not kept: the kit pages check every kit)")
             if not disagreeing
             else "kits whose history does not agree (see the kit reconciliation): " + "; ".join(disagreeing),
         )

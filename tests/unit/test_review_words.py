@@ -118,3 +118,13 @@ def test_a_rows_times_in_words_are_those_of_its_own_moment(words: Words) -> None
         assert known.local(first_of_its_minute) == words.local(at.astimezone(zone)), recorded
     other = "2026-12-05T12:09:30.12345Z"  # not the service's own form: read as it always was
     assert known.utc(other) == words.utc(datetime(2026, 12, 5, 12, 9, 30, 123450, tzinfo=UTC))
+
+
+def test_the_depot_is_a_word_and_a_site_code_stays_a_code() -> None:
+    """Reports name the place of kits: the depot in the reader's words, a site by its code even when
+    the code is spelled like a word of the catalogue (found in review: `Words.word` translated it)."""
+    french, english = Words.of("fr"), Words.of("en")
+    assert (french.place("depot"), english.place("depot")) == ("dépôt", "depot")
+    assert french.word("UNBLINDED") != "UNBLINDED"  # what a site so coded would have read
+    for code in ("P1", "UNBLINDED", "DRAFT"):
+        assert french.place(code) == code

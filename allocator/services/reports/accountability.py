@@ -43,7 +43,7 @@ class Accountability:
                 ),
                 tuple(
                     (
-                        _.word(r.site),  # a site's code, or the depot in the reader's words
+                        _.place(r.site),  # a site's code, or the depot in the reader's words
                         r.batch,
                         _.n(r.total),
                         *(_.n(r.current.get(s, 0)) for s in kit_rules.STATUSES),
@@ -56,7 +56,7 @@ class Accountability:
             monitoring_reports.Table(
                 _("Kits that were ever in each status"),
                 (_("Site"), _("Batch"), *(_("ever %(status)s", status=_.word(s)) for s in flow)),
-                tuple((_.word(r.site), r.batch, *(_.n(r.ever.get(s, 0)) for s in flow)) for r in rows),
+                tuple((_.place(r.site), r.batch, *(_.n(r.ever.get(s, 0)) for s in flow)) for r in rows),
             ),
             monitoring_reports.Table(
                 _("Discrepancies"),

@@ -223,7 +223,7 @@ class Deviations:
                     (
                         _.utc(b.at),
                         kit_text(b.kit_number),
-                        _.word(b.site),  # a site's code, or the depot in the reader's words
+                        _.place(b.site),  # a site's code, or the depot in the reader's words
                         b.batch,
                         _.word(b.status),
                         _.word(b.from_status),

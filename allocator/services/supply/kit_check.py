@@ -181,8 +181,9 @@ def _disagreeing(reach: ColumnElement[bool], kit_ids: list[int] | None = None) -
 def check_whole(ctx: ServiceContext, checked_by: Actor, trial_code: str | None = None) -> list[WholeCheck]:
     """Check every kit of each trial (or of `trial_code`) and keep the result (see the module).
     A trial whose kits do not all agree is written to its audit trail by `checked_by`, as a list
-    that fails its integrity check is: the kits' numbers, never an arm. Best effort for the
-    writes: the verdict stands whatever happens to them."""
+    that fails its integrity check is: how many kits, not which (the kit reconciliation names them
+    within each reader's reach), never an arm. Best effort for the writes: the verdict stands
+    whatever happens to them (the keeping and the entry commit together or not at all)."""
     with ctx.db.reading() as session:
         trials = session.execute(
             select(Trial.id, Trial.code).where(Trial.code == trial_code)
@@ -235,9 +236,9 @@ def _check_trial(
             if through is not None:
                 _keep(session, ctx.ring, trial_id, KeptCheck(code, through[0], through[1], found, now))
             if found:
-                numbers = session.execute(
-                    select(Kit.kit_number).where(Kit.id.in_(found[:_NAMED_IN_AUDIT])).order_by(Kit.kit_number)
-                ).scalars()
+                # The count only: the entry is on the trial's chain, read by monitors of one site
+                # too, and the kits are at every site and the depot. The kit reconciliation names
+                # them, within each reader's reach.
                 ctx.audit.record(
                     session,
                     actor=checked_by,
@@ -245,16 +246,12 @@ def _check_trial(
                     action=Action.KIT_CHECK_FAILED,
                     object_type="trial",
                     object_id=code,
-                    new={"kit_count": len(found), "kits": list(numbers)},
+                    new={"kit_count": len(found)},
                     at=now,
                 )
     except SQLAlchemyError:  # a read-only or busy database: the verdict stands, not kept
         return WholeCheck(code, int(kits), found, False)
     return WholeCheck(code, int(kits), found, through is not None)
-
-
-# The kits named in the audit entry of a failed check; the count says how many there are in all.
-_NAMED_IN_AUDIT = 20
 
 
 def _keep(session: Session, ring: crypto.KeyRing, trial_id: int, check: KeptCheck) -> None:
