@@ -12,6 +12,7 @@ import base64
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Update, bindparam, select, update
 from sqlalchemy.orm import Session
@@ -245,33 +246,42 @@ class Authenticated:
     language: str | None = None  # the interface language chosen on the account, if any
 
 
-# The session, its user and the user's roles in force, in one Core statement (every page runs it,
-# through the request guard): one row per role, or one row without a role. The ORM's select, get
-# and the separate roles' read cost about a millisecond of CPU a page (measured on the leak crawl's
-# 13,000 page requests), as the bearer look-up below did for the API (issue 16).
-_SESSION = Direct(
-    select(
-        LoginSession.id,
-        LoginSession.ended_at,
-        LoginSession.last_seen_at,
-        LoginSession.expires_at,
-        LoginSession.mfa_verified,
-        User.id.label("user_id"),
-        User.username,
-        User.full_name,
-        User.is_active,
-        User.must_change_password,
-        User.totp_enabled_at,
-        User.language,
-        GRANTS_IN_FORCE.c.id.label("assignment_id"),
-        GRANTS_IN_FORCE.c.role,
-        GRANTS_IN_FORCE.c.trial_id,
-        GRANTS_IN_FORCE.c.site_id,
+def _credential_look_up(credential: type[LoginSession] | type[ApiToken], *columns: Any) -> Direct:
+    """The credential whose digest is bound as `digest` (its `columns`), its user and the user's
+    roles in force at the bound `now`, in one Core statement: one row per role, or one row without
+    a role (give the rows to `grants_from_rows`)."""
+    return Direct(
+        select(
+            *columns,
+            User.id.label("user_id"),
+            User.username,
+            User.full_name,
+            User.is_active,
+            User.must_change_password,
+            User.totp_enabled_at,
+            User.language,
+            GRANTS_IN_FORCE.c.id.label("assignment_id"),
+            GRANTS_IN_FORCE.c.role,
+            GRANTS_IN_FORCE.c.trial_id,
+            GRANTS_IN_FORCE.c.site_id,
+        )
+        .join(User, User.id == credential.user_id)
+        .outerjoin(GRANTS_IN_FORCE, GRANTS_IN_FORCE.c.user_id == User.id)
+        .where(credential.token_digest == bindparam("digest"))
+        .order_by(GRANTS_IN_FORCE.c.id)
     )
-    .join(User, User.id == LoginSession.user_id)
-    .outerjoin(GRANTS_IN_FORCE, GRANTS_IN_FORCE.c.user_id == User.id)
-    .where(LoginSession.token_digest == bindparam("digest"))
-    .order_by(GRANTS_IN_FORCE.c.id)
+
+
+# A web session (every page runs it, through the request guard). The ORM's select, get and the
+# separate roles' read cost about 0.6 ms of CPU a page in process (README, issue 16's twelfth
+# look), as they did for the API before the bearer look-up below (issue 16).
+_SESSION = _credential_look_up(
+    LoginSession,
+    LoginSession.id,
+    LoginSession.ended_at,
+    LoginSession.last_seen_at,
+    LoginSession.expires_at,
+    LoginSession.mfa_verified,
 )
 
 
@@ -358,29 +368,9 @@ def _authenticated(
     )
 
 
-# The token, its user and the user's roles in force, in one statement (every API request runs it):
-# one row per role, or one row without a role.
-_BEARER = Direct(
-    select(
-        ApiToken.id,
-        ApiToken.revoked_at,
-        ApiToken.expires_at,
-        ApiToken.last_used_at,
-        User.id.label("user_id"),
-        User.username,
-        User.full_name,
-        User.is_active,
-        User.must_change_password,
-        User.totp_enabled_at,
-        GRANTS_IN_FORCE.c.id.label("assignment_id"),
-        GRANTS_IN_FORCE.c.role,
-        GRANTS_IN_FORCE.c.trial_id,
-        GRANTS_IN_FORCE.c.site_id,
-    )
-    .join(User, User.id == ApiToken.user_id)
-    .outerjoin(GRANTS_IN_FORCE, GRANTS_IN_FORCE.c.user_id == User.id)
-    .where(ApiToken.token_digest == bindparam("digest"))
-    .order_by(GRANTS_IN_FORCE.c.id)
+# An API token (every API request runs it).
+_BEARER = _credential_look_up(
+    ApiToken, ApiToken.id, ApiToken.revoked_at, ApiToken.expires_at, ApiToken.last_used_at
 )
 
 
