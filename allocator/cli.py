@@ -389,6 +389,11 @@ def integrity_check_command(trial: str | None) -> None:
             )
         if not checked.kept:
             click.echo(_("%(trial)s: the kit check could not be kept", trial=checked.trial_code), err=True)
+        if not checked.ok and not checked.audited:
+            click.echo(
+                _("%(trial)s: the failure could not be written to the audit trail", trial=checked.trial_code),
+                err=True,
+            )
     if not all(r.ok for r in results) or not all(k.ok for k in kits):
         sys.exit(1)
 

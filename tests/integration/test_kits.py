@@ -1573,13 +1573,13 @@ def test_a_whole_check_that_cannot_be_kept_still_says_and_audits_what_it_found(
     s.deliver("P1", 4)
     monkeypatch.setattr(kit_check, "_kept_point", lambda _ctx: None)
     [checked] = kit_check.check_whole(ctx, CLI_ACTOR, TRIAL)
-    assert (checked.ok, checked.kept, checked.kits) == (True, False, 8)
+    assert (checked.ok, checked.kept, checked.audited, checked.kits) == (True, False, False, 8)
     with ctx.db.reading() as session:
         assert kit_check.kept(session, ctx.ring, get_trial(session, TRIAL)) is None
     assert audit(ctx, "kit.check_failed") == []
     tamper(ctx.db, "kit", "UPDATE kit SET status = 'lost' WHERE id = (SELECT MIN(id) FROM kit)")
     [checked] = kit_check.check_whole(ctx, CLI_ACTOR, TRIAL)
-    assert (checked.ok, checked.kept, len(checked.suspects)) == (False, False, 1)
+    assert (checked.ok, checked.kept, checked.audited, len(checked.suspects)) == (False, False, True, 1)
     with ctx.db.reading() as session:
         assert kit_check.kept(session, ctx.ring, get_trial(session, TRIAL)) is None
     [failed] = audit(ctx, "kit.check_failed")

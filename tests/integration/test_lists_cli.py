@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 from pypdf import PdfReader
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from allocator.cli import main
 from allocator.db import Database
@@ -194,7 +195,7 @@ def test_quality_report_on_screen_and_as_files(loaded: Run, tmp_path: Path) -> N
 
 @pytest.mark.req("LBL-11")
 def test_integrity_check_checks_every_kit_history_and_keeps_the_result(
-    loaded: Run, fresh_database: FreshDatabase, tmp_path: Path
+    loaded: Run, fresh_database: FreshDatabase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 21: the daily `integrity-check` also checks every kit's history whole and keeps the
     result (signed), so that the reconciliation pages check only the kits that moved since; a kit
@@ -220,4 +221,18 @@ def test_integrity_check_checks_every_kit_history_and_keeps_the_result(
     assert (code, out) == (
         1,
         "IFNG-PAIS: kits whose history does not agree: 1 (see the kit reconciliation)\n",
+    )
+
+    # A database that refuses the writes (the keeping and the audit entry, one transaction): the
+    # verdict stands, and the command says that neither was written.
+    def refused(*_: object) -> None:
+        raise OperationalError("INSERT INTO kit_check", {}, Exception("read-only"))
+
+    monkeypatch.setattr(kit_check, "_keep", refused)
+    result = CliRunner().invoke(main, ["integrity-check", "IFNG-PAIS"])
+    assert result.exit_code == 1
+    assert result.stdout == "IFNG-PAIS: kits whose history does not agree: 1 (see the kit reconciliation)\n"
+    assert result.stderr == (
+        "IFNG-PAIS: the kit check could not be kept\n"
+        "IFNG-PAIS: the failure could not be written to the audit trail\n"
     )

@@ -77,6 +77,7 @@ class WholeCheck:
     kits: int
     suspects: tuple[int, ...]
     kept: bool
+    audited: bool = False  # a failure written to the trial's audit trail (kit.check_failed)
 
     @property
     def ok(self) -> bool:
@@ -249,9 +250,9 @@ def _check_trial(
                     new={"kit_count": len(found)},
                     at=now,
                 )
-    except SQLAlchemyError:  # a read-only or busy database: the verdict stands, not kept
+    except SQLAlchemyError:  # a read-only or busy database: the verdict stands, neither kept nor audited
         return WholeCheck(code, int(kits), found, False)
-    return WholeCheck(code, int(kits), found, through is not None)
+    return WholeCheck(code, int(kits), found, through is not None, audited=bool(found))
 
 
 def _keep(session: Session, ring: crypto.KeyRing, trial_id: int, check: KeptCheck) -> None:
