@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import func, select
 
 from allocator.audit import Action
-from allocator.models import AuditEvent, AuditReview, RoleAssignment, Signature
+from allocator.models import AuditEvent, AuditReview, Batch, Kit, RoleAssignment, Signature
 from allocator.permissions import Scope
 from allocator.printing.monitoring_reports import render_report_pdf
 from allocator.services import signatures, spooling
@@ -41,8 +41,8 @@ from allocator.services.reports import (
 )
 from allocator.services.reports import unblindings as reports_unblindings
 from allocator.services.subjects import corrections, withdrawal
-from allocator.services.supply import reconciliation
-from allocator.wording import ENGLISH
+from allocator.services.supply import kit_lists, kit_status, reconciliation
+from allocator.wording import ENGLISH, Words
 from tests.reporting import (
     ALL,
     MONITOR,
@@ -433,6 +433,42 @@ def test_protocol_deviation_listings(ctx: ServiceContext, truth: Truth) -> None:
     assert facts(view(ctx, "deviations"))["Refused scans"] == "1"
     first_week = deviations.deviations(ctx, TRIAL, ALL, filters.ReportFilter(until=date(2026, 3, 8)))
     assert [r.kind for r in first_week.refused] == ["scan"] and first_week.blocked_kits == ()
+    # A kit blocked at the depot: its place is the depot in the reader's words, in English and in
+    # French (seen on make demo: the code "depot" on French pages), while the data keep the code.
+    kit_lists.generate_kit_list(
+        ctx, CLI_ACTOR, TRIAL, count=4, lot_code="LOT-DEPOT", expiry=ctx.now().date() + timedelta(days=200)
+    )
+    with ctx.db.reading() as session:
+        at_depot = (
+            session.execute(
+                select(Kit.kit_number)
+                .join(Batch, Batch.id == Kit.batch_id)
+                .where(Batch.lot_code == "LOT-DEPOT", Kit.site_id.is_(None))
+                .order_by(Kit.id)
+            )
+            .scalars()
+            .first()
+        )
+    assert at_depot is not None
+    kit_status.change_status(
+        ctx,
+        truth.ready.pharmacist,
+        TRIAL,
+        at_depot,
+        "expired",
+        reason="expiry date passed",
+        scope=ALL,
+        depot=True,
+    )
+    blocked = deviations.deviations(ctx, TRIAL, ALL, EVERYTHING).blocked_kits
+    assert [(b.kit_number, b.site) for b in blocked] == [(truth.expired_kit, "P2"), (at_depot, "depot")]
+    for words, title, column, depot in (
+        (ENGLISH, "Expired or quarantined kits blocked", "Site", "depot"),
+        (Words.of("fr"), "Kits périmés ou en quarantaine bloqués", "Centre", "dépôt"),
+    ):
+        shown = catalogue.build(ctx, MONITOR, TRIAL, "deviations", EVERYTHING, ALL, words=words)
+        listed = next(t for t in shown.tables if t.title == title)
+        assert [row[listed.columns.index(column)] for row in listed.rows] == ["P2", depot]
 
 
 def withdraw_s4(ctx: ServiceContext, truth: Truth) -> str:
