@@ -1,7 +1,7 @@
-"""The reports counted in the database (issue 21: the participant flow, the deviations' late entries
-and replacements, the enrolment) give exactly what each subject's view, counted one by one, gives:
-the per-subject computations the reports used before are kept here as oracles and compared on
-worlds with replacements, randomizations in error, withdrawals, stratum corrections, re-screened
+"""The reports counted in the database (issue 21: the participant flow, the blinded balance, the
+deviations' late entries and replacements, the enrolment) give exactly what each subject's view,
+counted one by one, gives: the per-subject computations the reports used before are kept here as
+oracles and compared on worlds with replacements, randomizations in error, withdrawals, stratum corrections, re-screened
 patients and records that only the per-subject semantics get right (a replaced kit that was given,
 strata as entered in another key order, a criterion failed twice), in every scope and period
 (REP-04, REP-05, REP-07, REP-08)."""
@@ -17,13 +17,13 @@ from sqlalchemy import select, text, update
 
 from allocator import dbguards
 from allocator.audit import Actor
-from allocator.models import Administration, Dispensation, ScreeningEntry, Subject
+from allocator.models import Administration, Dispensation, ScreeningEntry, Subject, SubjectCorrection
 from allocator.permissions import Scope
 from allocator.services import arm_access, signatures
 from allocator.services.bedside import LATE_AFTER
 from allocator.services.closeout import state
 from allocator.services.context import ServiceContext
-from allocator.services.reports import deviations, dispensing, enrolment, filters, participant_flow
+from allocator.services.reports import balance, deviations, dispensing, enrolment, filters, participant_flow
 from allocator.services.reports.participant_flow import FlowCounts, ParticipantFlow
 from allocator.services.subjects import randomize, views
 from tests.reporting import ALL, TRIAL, Truth, build, p1_scope
@@ -158,6 +158,55 @@ def enrolment_one_by_one(ctx: ServiceContext, scope: Scope, flt: filters.ReportF
     return tuple(sites), overall, weeks, series
 
 
+def balance_one_by_one(ctx: ServiceContext, scope: Scope, flt: filters.ReportFilter) -> balance.Balance:
+    """Every subject of the frame read and counted here, its stratum corrections applied in order:
+    the blinded balance as it was computed before its counts moved into the database."""
+    frame = filters.scoped_frame(ctx, TRIAL, scope, flt)
+    with ctx.db.reading() as s:
+        subjects = s.execute(filters.frame_subjects(frame, Subject.id, Subject.site_id, Subject.strata)).all()
+        changes = s.execute(
+            select(
+                SubjectCorrection.subject_id,
+                SubjectCorrection.kind,
+                SubjectCorrection.field,
+                SubjectCorrection.new_value,
+            ).order_by(SubjectCorrection.id)
+        ).all()
+    corrected_values: dict[int, dict[str, object]] = {}
+    in_error: set[int] = set()
+    for subject_id, kind, field_name, new_value in changes:
+        if kind == "randomized_in_error":
+            in_error.add(subject_id)
+        elif kind == "stratum" and field_name:
+            corrected_values.setdefault(subject_id, {})[field_name] = new_value
+    used: Counter[tuple[str, str]] = Counter()
+    corrected: Counter[tuple[str, str]] = Counter()
+    errors: Counter[tuple[str, str]] = Counter()
+    per_site: Counter[str] = Counter()
+    for subject_id, site_id, strata in subjects:
+        site = frame.sites[site_id]
+        key = (site, filters.strata_text(strata))
+        used[key] += 1
+        errors[key] += subject_id in in_error
+        corrected[(site, filters.strata_text({**strata, **corrected_values.get(subject_id, {})}))] += 1
+        per_site[site] += 1
+    keys = []
+    for combo in frame.definition.strata():
+        values = dict(combo)
+        if "site" not in values or values["site"] in frame.site_codes:
+            keys.append((values.get("site", ""), filters.strata_text(values)))
+    keys += sorted(k for k in set(used) | set(corrected) if k not in keys)
+    return balance.Balance(
+        tuple(
+            balance.StratumCount(
+                site, text, used[(site, text)], corrected[(site, text)], errors[(site, text)]
+            )
+            for site, text in keys
+        ),
+        tuple((code, per_site[code]) for code in frame.site_codes),
+    )
+
+
 # --- the comparison -------------------------------------------------------------------------------
 
 
@@ -175,6 +224,7 @@ def assert_as_one_by_one(ctx: ServiceContext, scopes: tuple[Scope, ...]) -> None
             assert [
                 (r.subject_number, r.site, r.at, r.reason) for r in d.replacements
             ] == replacements_one_by_one(ctx, scope, flt), where
+            assert balance.balance(ctx, TRIAL, scope, flt) == balance_one_by_one(ctx, scope, flt), where
             e = enrolment.enrolment(ctx, TRIAL, scope, flt)
             sites, overall, weeks, series = enrolment_one_by_one(ctx, scope, flt)
             assert tuple((s.site, s.randomized, s.first, s.last) for s in e.sites) == sites, where

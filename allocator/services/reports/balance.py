@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import Text, case, cast, func, select
 
 from allocator.models import Subject, SubjectCorrection
 from allocator.permissions import Scope
 from allocator.printing import monitoring_reports
 from allocator.services.context import ServiceContext
-from allocator.services.reports.filters import ReportFilter, scoped_frame, strata_text
+from allocator.services.reports.filters import ReportFilter, frame_subjects, scoped_frame, strata_text
 from allocator.wording import Words
 
 # --- blinded balance (REP-08) ------------------------------------------------------------------------
@@ -72,47 +73,60 @@ class Balance:
 
 def balance(ctx: ServiceContext, trial_code: str, scope: Scope, flt: ReportFilter) -> Balance:
     """Subjects per stratum (as used at randomization and as corrected) and per site: totals only.
-    Two queries (the subjects' sites and strata, their corrections), not the subjects' full views
-    with their kits (issue 21)."""
+    Counted in the database (issue 21: every subject was read and counted here, 12 -> 31 ms of CPU
+    from 500 to 5,000 subjects): one grouped statement per site and strata text, then the subjects
+    whose stratum was corrected (few) moved, each from its stratum as used to its stratum once its
+    corrections are applied in order. The JSON of the strata has no equality on PostgreSQL: its text
+    is grouped, and each distinct text parsed once here (two texts of one stratum, keys in another
+    order, add up)."""
     frame = scoped_frame(ctx, trial_code, scope, flt)
+    strata = cast(Subject.strata, Text)
+    in_error = select(SubjectCorrection.subject_id).where(SubjectCorrection.kind == "randomized_in_error")
     with ctx.db.reading() as session:
-        query = select(Subject.id, Subject.site_id, Subject.strata).where(Subject.trial_id == frame.trial_id)
-        if not frame.scope.all_sites:
-            query = query.where(Subject.site_id.in_(sorted(frame.scope.site_ids)))
-        if frame.flt.start is not None:
-            query = query.where(Subject.randomized_at >= frame.flt.start)
-        if frame.flt.end is not None:
-            query = query.where(Subject.randomized_at < frame.flt.end)
-        subjects = session.execute(query).all()
-        changes = session.execute(
-            select(
-                SubjectCorrection.subject_id,
-                SubjectCorrection.kind,
+        groups = session.execute(
+            frame_subjects(
+                frame,
+                Subject.site_id,
+                strata,
+                func.count(),
+                func.sum(case((Subject.id.in_(in_error), 1), else_=0)),
+            ).group_by(Subject.site_id, strata)
+        ).all()
+        moves = session.execute(
+            frame_subjects(
+                frame,
+                Subject.id,
+                Subject.site_id,
+                Subject.strata,
                 SubjectCorrection.field,
                 SubjectCorrection.new_value,
             )
-            .join(Subject, Subject.id == SubjectCorrection.subject_id)
-            .where(Subject.trial_id == frame.trial_id)
+            .join(SubjectCorrection, SubjectCorrection.subject_id == Subject.id)
+            .where(
+                SubjectCorrection.kind == "stratum",
+                SubjectCorrection.field.is_not(None),
+                SubjectCorrection.field != "",
+            )
             .order_by(SubjectCorrection.id)
         ).all()
-    corrected_values: dict[int, dict[str, object]] = {}
-    in_error: set[int] = set()
-    for subject_id, kind, field_name, new_value in changes:
-        if kind == "randomized_in_error":
-            in_error.add(subject_id)
-        elif kind == "stratum" and field_name:
-            corrected_values.setdefault(subject_id, {})[field_name] = new_value
     used: Counter[tuple[str, str]] = Counter()
-    corrected: Counter[tuple[str, str]] = Counter()
     errors: Counter[tuple[str, str]] = Counter()
     per_site: Counter[str] = Counter()
-    for subject_id, site_id, strata in subjects:
-        site = frame.sites[site_id]
-        key = (site, strata_text(strata))
-        used[key] += 1
-        errors[key] += subject_id in in_error
-        corrected[(site, strata_text({**strata, **corrected_values.get(subject_id, {})}))] += 1
-        per_site[site] += 1
+    texts: dict[str, str] = {}
+    for site_id, text, count, in_error_count in groups:
+        if text not in texts:
+            texts[text] = strata_text(json.loads(text))
+        key = (frame.sites[site_id], texts[text])
+        used[key] += count
+        errors[key] += int(in_error_count or 0)
+        per_site[key[0]] += count
+    corrected = Counter(used)
+    as_corrected: dict[int, tuple[str, dict[str, object], dict[str, object]]] = {}
+    for subject_id, site_id, values, field_name, new_value in moves:
+        as_corrected.setdefault(subject_id, (frame.sites[site_id], values, {}))[2][field_name] = new_value
+    for site, values, changes in as_corrected.values():
+        corrected[(site, strata_text(values))] -= 1
+        corrected[(site, strata_text({**values, **changes}))] += 1
     keys = []
     for combo in frame.definition.strata():
         values = dict(combo)
