@@ -17,12 +17,13 @@ from sqlalchemy import select, text, update
 
 from allocator import dbguards
 from allocator.audit import Actor
-from allocator.models import Administration, Dispensation, ScreeningEntry, Subject, SubjectCorrection
+from allocator.models import Administration, Dispensation, ScreeningEntry, Site, Subject, SubjectCorrection
 from allocator.permissions import Scope
 from allocator.services import arm_access, signatures
 from allocator.services.bedside import LATE_AFTER
 from allocator.services.closeout import state
 from allocator.services.context import ServiceContext
+from allocator.services.lookups import trial_definition
 from allocator.services.reports import balance, deviations, dispensing, enrolment, filters, participant_flow
 from allocator.services.reports.participant_flow import FlowCounts, ParticipantFlow
 from allocator.services.subjects import randomize, views
@@ -333,6 +334,25 @@ def test_the_counted_reports_are_each_subjects_view_counted(ctx: ServiceContext,
 def test_a_crowd_is_counted_as_each_subjects_view(ctx: ServiceContext, clock: Clock) -> None:
     crowded_trial(ctx, subjects=40)
     assert_as_one_by_one(ctx, (ALL, p1_scope(ctx)))
+
+
+@pytest.mark.req("REP-05")
+def test_subjects_views_are_the_same_read_as_a_page_or_as_the_whole_trial(
+    ctx: ServiceContext, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page's views look up their kits one by one, more than a page's (a whole report) join the
+    kit table: both give every subject the same kits, the latest replacement of each day."""
+    truth = build(ctx, clock)
+    as_pages = views.subjects(ctx, TRIAL, ALL)
+    kits = {d.kit_number for v in as_pages for d in v.days}
+    assert len(as_pages) == 5 and truth.new_kit in kits and truth.replaced_kit not in kits
+    monkeypatch.setattr(views, "MAX_PAGE", 2)  # every read above it: the whole trial's rows
+    assert views.subjects(ctx, TRIAL, ALL) == as_pages
+    one = views.subjects(ctx, TRIAL, p1_scope(ctx))[0]
+    with ctx.db.reading() as s:
+        subject = s.execute(select(Subject).where(Subject.subject_number == one.subject_number)).scalar_one()
+        sites = dict(s.execute(select(Site.id, Site.code)).all())
+        assert views.subject_view(s, trial_definition(ctx, TRIAL), subject, sites) == one
 
 
 # --- the per-arm flow, after the final unblinding --------------------------------------------------
