@@ -718,7 +718,7 @@ def run_backend(backend: str, args: argparse.Namespace) -> list[Row]:
             )
             print(
                 f"{backend:10} {row.who:12} {row.path:58} {row.status} {row.size / 1024:9.0f} KB "
-                f"{row.wall:7.2f} s {row.cpu:7.2f} s cpu {row.statements:6} sql {row.peak_mb:7.0f} MB"
+                f"{row.wall:8.3f} s {row.cpu:8.3f} s cpu {row.statements:6} sql {row.peak_mb:7.0f} MB"
                 + worker,
                 flush=True,
             )
