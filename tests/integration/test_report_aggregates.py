@@ -329,6 +329,63 @@ def test_the_counted_reports_are_each_subjects_view_counted(ctx: ServiceContext,
     assert_as_one_by_one(ctx, scopes)
 
 
+@pytest.mark.req("REP-08")
+@pytest.mark.req("RND-09")
+def test_the_balance_moves_each_corrected_subject_as_counting_one_by_one_does(
+    ctx: ServiceContext, clock: Clock
+) -> None:
+    """Corrections the services never write but the records allow (a blank or missing field name, a
+    value corrected twice or back to the one used, a stratum no other subject has, a subject in
+    error corrected too) and strata stored in another spelling: the balance counted in the
+    database moves each subject as reading them one by one does (a reviewer's cases)."""
+    truth = build(ctx, clock)
+    s = truth.subjects
+    spelled = '{ "admission_cause" :  "septic" , "site":"P1"}'
+    with ctx.db.unit_of_work() as session:
+        ids: dict[str, int] = dict(session.execute(select(Subject.subject_number, Subject.id)).all())
+        for ddl in dbguards.unguard(ctx.db.dialect, "subject", updates=False):
+            session.execute(text(ddl))
+        value = "CAST(:strata AS JSON)" if ctx.db.dialect == "postgresql" else ":strata"
+        session.execute(
+            text(f"UPDATE subject SET strata = {value} WHERE id = :id"),
+            {"strata": spelled, "id": ids[s["S4"]]},
+        )
+
+        def corrected(number: str, kind: str, field: str | None, new: object) -> SubjectCorrection:
+            return SubjectCorrection(
+                subject_id=ids[s[number]],
+                kind=kind,
+                field=field,
+                new_value=new,
+                reason="review",
+                at=ctx.now(),
+                by_name="Reviewer",
+            )
+
+        session.add_all(
+            [
+                corrected("S1", "stratum", "", "non_septic"),
+                corrected("S1", "stratum", None, "non_septic"),
+                corrected("S3", "stratum", "admission_cause", "non_septic"),
+                corrected("S3", "stratum", "admission_cause", "septic"),  # back to the one used
+                corrected("S2", "stratum", "admission_cause", "burns"),  # no other subject's
+                corrected("S2", "stratum", "extra", "yes"),
+                corrected("S2", "randomized_in_error", None, None),  # a second time
+                corrected("S5", "stratum", "site", None),
+            ]
+        )
+    for scope in (ALL, p1_scope(ctx)):
+        for flt in FILTERS:
+            assert balance.balance(ctx, TRIAL, scope, flt) == balance_one_by_one(ctx, scope, flt), (
+                scope,
+                flt,
+            )
+    counts = {
+        (c.site, c.stratum): c.after_correction for c in balance.balance(ctx, TRIAL, ALL, FILTERS[0]).strata
+    }
+    assert sum(counts.values()) == 5 and counts[("P1", "admission_cause=burns; extra=yes")] == 1
+
+
 @pytest.mark.req("REP-04")
 @pytest.mark.req("REP-08")
 def test_a_crowd_is_counted_as_each_subjects_view(ctx: ServiceContext, clock: Clock) -> None:
