@@ -134,6 +134,11 @@ def test_a_page_window_reads_its_subjects_and_the_summary_counts_them_all(
     full = allocation_history.allocation_history(ctx, TRIAL, ALL, EVERYTHING)
     part = allocation_history.allocation_history(ctx, TRIAL, ALL, EVERYTHING, window)
     assert part.rows == full.rows[1:3] and len(full.rows) == 5
+    # A window holding S1 reads its replaced D2 kit (a page's replacements are its subjects' only).
+    first = allocation_history.allocation_history(ctx, TRIAL, ALL, EVERYTHING, filters.Window(0, 2))
+    assert first.rows == full.rows[0:2] and [r.kit_number for r in first.rows[0].kits[1].replaced] == [
+        truth.replaced_kit
+    ]
     # S1 corrected and with its D2 kit replaced, S2 in error, blind breaks for S1, S3 and S5.
     expected = allocation_history.HistoryTotals(
         subjects=5, in_error=1, corrected=1, blind_broken=3, withdrawn=0, replacements=1

@@ -3,6 +3,7 @@ RND-07, RND-09)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -199,20 +200,30 @@ def _withdrawal_cell(w: subjects_views.WithdrawalView | None, _: Words) -> str:
     )
 
 
-def _replaced_kits(ctx: ServiceContext, frame: Frame) -> dict[tuple[str, int], list[ReplacedKit]]:
-    with ctx.db.reading() as session:
-        rows = session.execute(
-            select(Dispensation, Kit.kit_number, Subject.subject_number)
-            .join(Kit, Kit.id == Dispensation.kit_id)
-            .join(Subject, Subject.id == Dispensation.subject_id)
-            .where(Subject.trial_id == frame.trial_id, Dispensation.status == "replaced")
-            .order_by(Dispensation.id)
-        ).all()
-    out: dict[tuple[str, int], list[ReplacedKit]] = {}
-    for row, kit_number, number in rows:
-        out.setdefault((number, row.day), []).append(
-            ReplacedKit(kit_number, row.replaced_at, row.replacement_reason or "")
+def _replaced_kits(
+    session: Session, frame: Frame, subject_ids: Sequence[int] | None
+) -> dict[tuple[str, int], list[ReplacedKit]]:
+    """The replaced kits of the frame's trial, per subject number and day, in the order they were
+    replaced: of `subject_ids` only (a page's subjects), or of every subject (None). Columns, not
+    entities (issue 21: a page read every replaced dispensation of the trial as an ORM object)."""
+    query = (
+        select(
+            Subject.subject_number,
+            Dispensation.day,
+            Kit.kit_number,
+            Dispensation.replaced_at,
+            Dispensation.replacement_reason,
         )
+        .join(Kit, Kit.id == Dispensation.kit_id)
+        .join(Subject, Subject.id == Dispensation.subject_id)
+        .where(Subject.trial_id == frame.trial_id, Dispensation.status == "replaced")
+        .order_by(Dispensation.id)
+    )
+    if subject_ids is not None:
+        query = query.where(Dispensation.subject_id.in_(subject_ids))
+    out: dict[tuple[str, int], list[ReplacedKit]] = {}
+    for number, day, kit_number, replaced_at, reason in session.execute(query).all():
+        out.setdefault((number, day), []).append(ReplacedKit(kit_number, replaced_at, reason or ""))
     return out
 
 
@@ -268,7 +279,6 @@ def allocation_history(
     blind-break events and the withdrawal. Never an arm (BLD-07). With a `window` (a page), only
     its subjects are read; the summary is counted in the database over all of them (issue 21)."""
     frame = scoped_frame(ctx, trial_code, scope, flt)
-    replaced = _replaced_kits(ctx, frame)
     breaks = _blind_breaks(ctx, frame)
     with ctx.db.reading() as session:
         query = frame_subjects(frame).order_by(Subject.id)
@@ -276,6 +286,7 @@ def allocation_history(
             query = query.offset(window.start).limit(window.size)
         subjects = list(session.execute(query).scalars())
         views = subjects_views.subject_views(session, frame.definition, subjects, frame.sites)
+        replaced = _replaced_kits(session, frame, [s.id for s in subjects] if window is not None else None)
         totals = _totals(session, frame, set(breaks))
     rows = []
     for view in views:
