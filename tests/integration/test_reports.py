@@ -149,6 +149,11 @@ def test_a_page_window_reads_its_subjects_and_the_summary_counts_them_all(
     assert (shown.total, shown.start, len(shown.rows)) == (5, 1, 2)
     (every,) = full.tables(ENGLISH)
     assert every.total is None and every.rows[1:3] == shown.rows
+    # A window holding every row from the first is the whole table (no count, no links).
+    (whole,) = allocation_history.allocation_history(
+        ctx, TRIAL, ALL, EVERYTHING, filters.Window(0, 5)
+    ).tables(ENGLISH)
+    assert whole.total is None and whole.rows == every.rows
     p1 = allocation_history.allocation_history(ctx, TRIAL, p1_scope(ctx), EVERYTHING, window)
     assert p1.totals == allocation_history.HistoryTotals(3, 1, 1, 1, 0, 1)
     assert [r.subject_number for r in p1.rows] == [truth.subjects["S2"], truth.subjects["S4"]]

@@ -221,6 +221,16 @@ def test_a_report_page_shows_a_window_of_its_long_tables(
     assert [row["Subject"] for row in sections["Allocation history"]] == numbers
     streamed.close()
     assert len(spooled) == 1 and spooled[0].closed  # the spooled file is let go once sent
+    # A window that holds the whole table shows it whole, without the pager (an empty history said
+    # "No rows from row 1; the table has 0." above "No entries.", seen on make demo).
+    monkeypatch.setattr(filters, "PAGE_ROWS", 5)
+    whole = text_of(monitor.get(f"{BASE}/allocation-history").get_data(as_text=True))
+    assert all(n in whole for n in numbers) and "Rows 1 to" not in whole and "Next rows" not in whole
+    empty = monitor.get(f"{BASE}/allocation-history?until=2026-01-01")
+    assert empty.status_code == 200, text_of(empty.get_data(as_text=True))[:500]
+    assert "No rows from row" not in text_of(empty.get_data(as_text=True))
+    assert "No entries." in text_of(empty.get_data(as_text=True))
+    monkeypatch.setattr(filters, "PAGE_ROWS", 2)
     switched = monitor.post(
         "/language", data={"language": "fr", "next": "/", "csrf_token": csrf_token(monitor, "/account")}
     )

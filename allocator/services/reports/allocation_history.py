@@ -180,7 +180,7 @@ class AllocationHistory:
                     "Who randomized whom, when, and which kits; corrections are shown beside the values "
                     "used at randomization, which never change."
                 ),
-                total=self.totals.subjects if self.window is not None else None,
+                total=self.window.counted(self.totals.subjects) if self.window is not None else None,
                 start=self.window.start if self.window is not None else 0,
             ),
         )

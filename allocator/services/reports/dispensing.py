@@ -130,7 +130,7 @@ class DispensingCompleteness:
                     )
                     for s in self.subjects
                 ),
-                total=self.sites[-1].subjects if self.window is not None else None,
+                total=self.window.counted(self.sites[-1].subjects) if self.window is not None else None,
                 start=self.window.start if self.window is not None else 0,
             ),
         )

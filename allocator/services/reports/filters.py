@@ -302,6 +302,13 @@ class Window:
             "invalid offset", errors=[FieldProblem("offset", "must be a whole number from 0")]
         )
 
+    def counted(self, total: int) -> int | None:
+        """The count of every row of a table read as this window, shown beside its rows with the
+        links to the rows before and after; None when the window holds the whole table from its
+        first row, which is then shown whole, as `cut` shows a short table (an empty history said
+        "No rows from row 1; the table has 0" above "No entries")."""
+        return None if self.start == 0 and total <= self.size else total
+
     def cut(self, table: monitoring_reports.Table) -> monitoring_reports.Table:
         """The table's rows in the window. A short table (one window or less: the per-site totals)
         is shown whole on every page; a table already read as a window stays as it is."""
