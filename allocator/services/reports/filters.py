@@ -155,7 +155,8 @@ class ReportFilter:
             )
         else:
             period = _("whole trial")
-        return f"{site}; {period}"
+        # A catalogue text: French puts a space before the semicolon.
+        return _("%(site)s; %(period)s", site=site, period=period)
 
 
 @dataclass(frozen=True, slots=True)
