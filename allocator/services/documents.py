@@ -70,11 +70,15 @@ def kept_content(
     ).scalar_one_or_none()
 
 
-def printed_items(session: Session, trial: Trial, kind: str | Sequence[str] | None = None) -> Subquery:
+def printed_items(
+    session: Session, trial: Trial, kind: str | Sequence[str] | None = None, *, reprints_only: bool = False
+) -> Subquery:
     """Per item (a kit or sheet number) of the trial's printed documents (of `kind`, of one of the
     kinds, or any): how
     many documents list it (`copies`), first prints (`printed`) and reprints (`reprinted`) apart.
-    The documents' item lists are unnested in the database (issue 21), not read and counted here."""
+    The documents' item lists are unnested in the database (issue 21), not read and counted here.
+    `reprints_only`: only the reprints' lists (then `copies` counts reprints), for a count of
+    reprints that need not unnest the first prints, which list every kit or sheet of the trial."""
     if session.get_bind().dialect.name == "postgresql":
         items: Any = func.json_array_elements_text(PrintedDocument.items).table_valued("value")
     else:
@@ -85,6 +89,8 @@ def printed_items(session: Session, trial: Trial, kind: str | Sequence[str] | No
         conditions.append(PrintedDocument.kind == kind)
     elif kind is not None:
         conditions.append(PrintedDocument.kind.in_(kind))
+    if reprints_only:
+        conditions.append(reprint)
     return (
         select(
             items.c.value.label("item"),
