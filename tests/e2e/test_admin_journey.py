@@ -7,6 +7,7 @@ import base64
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from playwright.sync_api import expect
 
 from allocator import crypto
 from allocator.services import auth
@@ -52,7 +53,7 @@ def test_admin_with_totp_revokes_a_role_and_the_user_is_refused_next(
     investigator.get_by_label("Password").fill(GOOD_PASSWORD)
     investigator.get_by_role("button", name="Sign in").click()
     investigator.goto(live_server.url + "/trials/IFNG-PAIS")
-    assert investigator.get_by_role("heading", name="IFN-gamma PAIS").is_visible()
+    expect(investigator.get_by_role("heading", name="IFN-gamma PAIS")).to_be_visible()
 
     admin = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
     admin.goto(live_server.url + "/login")
@@ -69,11 +70,12 @@ def test_admin_with_totp_revokes_a_role_and_the_user_is_refused_next(
     admin.get_by_label("Reason for revoking").fill("moved to another unit")
     shot(admin, "11-admin-user")
     admin.get_by_role("button", name="Revoke").click()
-    assert admin.get_by_text("Role revoked.").is_visible()
-    assert admin.get_by_text("moved to another unit").is_visible()
+    # The click returns before the redirected page has loaded: wait for it, do not sample it.
+    expect(admin.get_by_text("Role revoked.")).to_be_visible()
+    expect(admin.get_by_text("moved to another unit")).to_be_visible()
     shot(admin, "12-admin-revoked")
 
     response = investigator.goto(live_server.url + "/trials/IFNG-PAIS")
     assert response is not None and response.status == 403
-    assert investigator.get_by_role("heading", name="Not allowed").is_visible()
+    expect(investigator.get_by_role("heading", name="Not allowed")).to_be_visible()
     shot(investigator, "13-investigator-refused")

@@ -4,6 +4,7 @@ sign out (Debian's Chromium through Playwright)."""
 from __future__ import annotations
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.e2e.conftest import LiveServer, shot
 from tests.support import GOOD_PASSWORD, load_ifn, make_user
@@ -32,10 +33,10 @@ def test_sign_in_change_password_see_trial_sign_out(live_server: LiveServer, pag
     page.get_by_role("button", name="Change password").click()
 
     page.wait_for_url(live_server.url + "/")
-    assert page.get_by_role("heading", name="Your trials").is_visible()
+    expect(page.get_by_role("heading", name="Your trials")).to_be_visible()
     page.get_by_role("link", name="IFN-gamma PAIS").click()
     page.wait_for_url("**/trials/IFNG-PAIS")
-    assert page.get_by_text("2023-506725-11-00").is_visible()
+    expect(page.get_by_text("2023-506725-11-00")).to_be_visible()
     assert "Pr Dépret" in page.content()
     shot(page, "03-trial")
 
