@@ -7,7 +7,7 @@ document.addEventListener("DOMContentLoaded", function () {
       return th.textContent.trim();
     });
     if (!headings.length) { return; }
-    table.querySelectorAll("tbody tr").forEach(function (row) {
+    table.querySelectorAll("tbody tr, tfoot tr").forEach(function (row) {
       Array.prototype.forEach.call(row.children, function (cell, index) {
         if (headings[index] && !cell.hasAttribute("data-label")) {
           cell.setAttribute("data-label", headings[index]);

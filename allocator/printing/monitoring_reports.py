@@ -65,8 +65,13 @@ class Table:
     # of `total`. None: the table holds every row (the CSV, the PDF, a short table).
     total: int | None = None
     start: int = 0
+    # The last `totals` rows add up the rows above them (the "All sites" row): shown apart, as
+    # totals, and not counted as entries of the table ("Subjects per site (3)" for two sites).
+    totals: int = 0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.totals <= len(self.rows):
+            raise ValueError(f"table {self.title!r}: {self.totals} total rows among {len(self.rows)} rows")
         for index, row in enumerate(self.rows):
             if len(row) != len(self.columns):
                 raise ValueError(
@@ -318,8 +323,10 @@ def _piece(
     widths: list[float],
     style: TableStyle,
     measures: _Measures,
+    totals: int = 0,
 ) -> Any:
-    """A piece of a long table: the header and up to _CHUNK rows, each cell wrapped to its column."""
+    """A piece of a long table: the header and up to _CHUNK rows, each cell wrapped to its column;
+    its last `totals` rows (in the last piece) are totals, set in bold under a rule."""
     body = [
         [_wrapped(value, width, measures) for value, width in zip(row, widths, strict=True)] for row in rows
     ]
@@ -327,6 +334,16 @@ def _piece(
     # where ReportLab otherwise fails the whole document.
     made = PdfTable([header, *body], colWidths=widths, repeatRows=1, hAlign="LEFT", splitInRow=1)
     made.setStyle(style)
+    if totals := min(totals, len(body)):
+        first = len(body) - totals + 1  # the header is row 0
+        made.setStyle(
+            TableStyle(
+                [
+                    ("FONT", (0, first), (-1, -1), BOLD, _CELL_SIZE, _CELL_SIZE * 1.2),
+                    ("LINEABOVE", (0, first), (-1, first), 0.6, colors.black),
+                ]
+            )
+        )
     return made
 
 
@@ -429,7 +446,15 @@ def render_report_pdf(document: ReportDocument, progress: Callable[[int], None] 
 
         story += [
             _Later(
-                partial(_piece, header, table.rows[start : start + _CHUNK], widths, style, measures),
+                partial(
+                    _piece,
+                    header,
+                    table.rows[start : start + _CHUNK],
+                    widths,
+                    style,
+                    measures,
+                    table.totals if start + _CHUNK >= len(table.rows) else 0,
+                ),
                 f"table {table.title!r}, rows {start + 1} to {min(start + _CHUNK, len(table.rows))}",
             )
             for start in range(0, len(table.rows), _CHUNK)

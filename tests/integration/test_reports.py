@@ -164,8 +164,14 @@ def test_a_page_window_reads_its_subjects_and_the_summary_counts_them_all(
     per_site, per_subject = window_doses.tables(ENGLISH)
     assert per_site.total is None and (per_subject.total, per_subject.start) == (5, 1)
     # A report read whole is cut after it is built: a short table stays whole.
+    # The per-site table's "All sites" row is a total, not an entry: two sites fit a window of two.
     cut = catalogue.build(ctx, MONITOR, TRIAL, "dispensing", EVERYTHING, ALL, window=filters.Window(2, 2))
-    assert [(t.total, t.start, len(t.rows)) for t in cut.tables] == [(3, 2, 1), (5, 2, 2)]
+    assert [(t.total, t.start, len(t.rows), t.totals) for t in cut.tables] == [(None, 0, 3, 1), (5, 2, 2, 0)]
+    # A window of one site: the second site's row, and the total row after it.
+    one = catalogue.build(ctx, MONITOR, TRIAL, "dispensing", EVERYTHING, ALL, window=filters.Window(1, 1))
+    sites_cut = one.tables[0]
+    assert (sites_cut.total, sites_cut.start, sites_cut.totals) == (2, 1, 1)
+    assert [row[0] for row in sites_cut.rows] == [doses.sites[1].site, "All sites"]
     whole = catalogue.build(ctx, MONITOR, TRIAL, "dispensing", EVERYTHING, ALL, window=filters.Window(0, 3))
     assert [(t.total, len(t.rows)) for t in whole.tables] == [(None, 3), (5, 3)]
     # A review page reads and words only its window's entries (the database counts them all); its

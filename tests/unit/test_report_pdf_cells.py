@@ -171,3 +171,35 @@ def test_a_row_taller_than_a_page_continues_on_the_next_page() -> None:
     words = text.split()
     assert all(f"w{n:04d}" in words for n in range(4000))
     assert words.index("w3999") < words.index("tall")
+
+
+@pytest.mark.req("REP-05")
+@pytest.mark.parametrize("entries", [3, mr._CHUNK - 1, mr._CHUNK])
+def test_a_total_row_is_set_in_bold_after_the_entries(entries: int) -> None:
+    """The "All sites" row of a per-site table is a total: in the PDF it is set in bold (the rows
+    above it in the regular face), also when it is the only row of the table's last piece."""
+    rows = (*((f"P{i:03d}", str(i)) for i in range(entries)), ("All sites", str(entries)))
+    document = mr.ReportDocument(
+        "Totals",
+        "T/totals",
+        datetime(2026, 12, 7, tzinfo=UTC),
+        "1.0",
+        False,
+        (("Trial", "T"),),
+        tables=(mr.Table("Subjects per site", ("Site", "Randomized"), rows, totals=1),),
+    )
+    fonts: dict[str, set[str]] = {}
+
+    def seen(text: str, _cm: object, _tm: object, font: dict[str, object] | None, _size: float) -> None:
+        if text.strip() and font is not None:
+            fonts.setdefault(text.strip(), set()).add(str(font["/BaseFont"]))
+
+    for page in pypdf.PdfReader(io.BytesIO(mr.render_report_pdf(document))).pages:
+        page.extract_text(visitor_text=seen)
+    assert fonts["All sites"] == {"/Helvetica-Bold"}
+    assert fonts[f"P{entries - 1:03d}"] == {"/Helvetica"} and fonts["P000"] == {"/Helvetica"}
+
+
+def test_a_table_cannot_hold_more_total_rows_than_rows() -> None:
+    with pytest.raises(ValueError, match="2 total rows among 1 rows"):
+        mr.Table("Subjects per site", ("Site",), (("All sites",),), totals=2)

@@ -242,6 +242,24 @@ def test_a_report_page_shows_a_window_of_its_long_tables(
     assert "doit être un nombre entier à partir de 0" in refused
 
 
+@pytest.mark.req("REP-05")
+def test_a_table_heading_counts_its_entries_not_its_total_row(monitor: FlaskClient, truth: Truth) -> None:
+    """Two sites and an "All sites" row: the heading said "(3)" (seen on the French demo as "Patients
+    par centre (3)"). The total row is in the table's foot, counted nowhere, and stays in the CSV."""
+    for report, title in (
+        ("balance", "Subjects per site"),
+        ("enrolment", "Recruitment dates per site"),
+        ("dispensing", "Doses per site"),
+    ):
+        page = monitor.get(f"{BASE}/{report}").get_data(as_text=True)
+        assert f'{title} <span class="muted small">(2)</span>' in page, report
+        table = page.split(f"{title} <span", 1)[1].split("</table>", 1)[0]
+        body, foot = table.split("<tfoot>", 1)
+        assert "All sites" in foot and "All sites" not in body and "P1" in body and "P2" in body, report
+        _, sections = csv_sections(monitor.get(f"{BASE}/{report}/csv").get_data(as_text=True))
+        assert [row["Site"] for row in sections[title]] == ["P1", "P2", "All sites"], report
+
+
 @pytest.mark.req("REP-04")
 @pytest.mark.req("REP-01")
 @pytest.mark.req("BLD-09")

@@ -67,6 +67,7 @@ class Balance:
                     *((site, _.n(n)) for site, n in self.sites),
                     (_("All sites"), _.n(sum(n for _site, n in self.sites))),
                 ),
+                totals=1,
             ),
         )
 

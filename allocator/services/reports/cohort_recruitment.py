@@ -76,6 +76,7 @@ class Recruitment:
                 _("Registrations per site"),
                 (_("Site"), _("Registered"), _("First registration (UTC)"), _("Last registration (UTC)")),
                 per_site,
+                totals=1,
             ),
             monitoring_reports.Table(
                 _("Registrations per month and site"),

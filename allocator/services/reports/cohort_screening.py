@@ -102,6 +102,7 @@ class CohortScreening:
                     )
                     for c in self.counts
                 ),
+                totals=1,
             ),
             monitoring_reports.Table(
                 _("Not eligible: failed criteria"),

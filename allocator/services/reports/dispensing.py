@@ -108,6 +108,7 @@ class DispensingCompleteness:
                     )
                     for s in self.sites
                 ),
+                totals=1,
             ),
             monitoring_reports.Table(
                 _("Doses per subject"),

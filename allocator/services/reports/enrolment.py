@@ -62,6 +62,7 @@ class Enrolment:
                 _("Recruitment dates per site"),
                 (_("Site"), _("Randomized"), _("First randomization (UTC)"), _("Last randomization (UTC)")),
                 per_site,
+                totals=1,
             ),
             monitoring_reports.Table(
                 _("Accrual per week and site"),

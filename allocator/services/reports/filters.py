@@ -313,11 +313,13 @@ class Window:
     def cut(self, table: monitoring_reports.Table) -> monitoring_reports.Table:
         """The table's rows in the window. A short table (one window or less: the per-site totals)
         is shown whole on every page; a table already read as a window stays as it is."""
-        if table.total is not None or len(table.rows) <= self.size:
+        entries = len(table.rows) - table.totals
+        if table.total is not None or entries <= self.size:
             return table
+        # A table's total rows (the "All sites" row) follow every window of its entries.
         return replace(
             table,
-            rows=table.rows[self.start : self.start + self.size],
+            rows=(*table.rows[self.start : min(self.start + self.size, entries)], *table.rows[entries:]),
             start=self.start,
-            total=len(table.rows),
+            total=entries,
         )
