@@ -26,7 +26,9 @@ Prepared statements (issue 16): psycopg 3 prepares a statement on the server onc
 `prepare_threshold` times on a connection, and forgets every prepared statement (DEALLOCATE ALL)
 whenever it sends ROLLBACK. Read-only transactions therefore end with COMMIT (`reading`), so that
 the guard's and the allocation's statements stay prepared across requests; the pool's
-reset-on-return sends nothing after a transaction that already ended. There is no ping per
+reset-on-return sends nothing after a transaction that already ended. The request guard's read
+runs in autocommit (`reading(autocommit=True)`): no BEGIN and COMMIT around its two statements,
+which read what they would read in a READ COMMITTED transaction. There is no ping per
 checkout (`pool_pre_ping` costs a round trip on every request): a connection the server dropped
 fails its first statement, SQLAlchemy's disconnect handling invalidates it and the older ones of
 the pool, a read is retried once on a fresh connection (`read`), and a write is never retried
@@ -243,6 +245,8 @@ class Database:
     _read_sessions: sessionmaker[Session]
     _writers: WriterQueue | None = None  # SQLite: the writers of this process queue here
     _bound: Connection | None = None  # bound_to: the outer connection every session joins
+    # PostgreSQL: read sessions whose connection is in autocommit (see `reading`); None elsewhere.
+    _autocommit_sessions: sessionmaker[Session] | None = None
 
     @property
     def is_sqlite(self) -> bool:
@@ -282,6 +286,16 @@ class Database:
             _write_sessions=sessionmaker(bind=write, expire_on_commit=False, autoflush=True),
             _read_sessions=sessionmaker(bind=read, expire_on_commit=False, autoflush=False),
             _writers=_writer_queue(url) if write.dialect.name == "sqlite" else None,
+            _autocommit_sessions=(
+                sessionmaker(
+                    bind=read.execution_options(isolation_level="AUTOCOMMIT"),
+                    expire_on_commit=False,
+                    autoflush=False,
+                    info={_AUTOCOMMIT: True},
+                )
+                if read.dialect.name == "postgresql"
+                else None
+            ),
         )
 
     @classmethod
@@ -361,28 +375,39 @@ class Database:
                 yield
 
     @contextmanager
-    def reading(self) -> Iterator[Session]:
+    def reading(self, *, autocommit: bool = False) -> Iterator[Session]:
         """A read-only transaction. Closing it rolls back anything flushed, and leaves the loaded
         objects usable (detached, not expired) by the caller.
 
         A transaction that wrote nothing ends with COMMIT, not ROLLBACK: on PostgreSQL a ROLLBACK
-        makes psycopg discard every prepared statement of the connection (module docstring)."""
-        with self._sessions(self._read_sessions)() as session:
+        makes psycopg discard every prepared statement of the connection (module docstring).
+
+        `autocommit`: on PostgreSQL, the statements run without BEGIN and COMMIT, each on its own,
+        two round trips fewer (issue 16: the request guard's read). Under READ COMMITTED every
+        statement of a transaction takes its own snapshot anyway, so a read sees the same rows
+        either way; what is lost is the rollback of a flush, so such a session refuses to flush
+        (`_refuse_autocommit_flush`). The connection is back in transactions when it returns to
+        the pool. SQLite, a shared transaction and a bound test database read in a transaction."""
+        default = self._read_sessions
+        if autocommit and self._autocommit_sessions is not None:
+            default = self._autocommit_sessions
+        with self._sessions(default)() as session:
             yield session
             if session.in_transaction() and not session.info.get(_FLUSHED):
                 session.commit()
 
-    def read(self, work: Callable[[Session], T]) -> T:
-        """`work(session)` in a read-only transaction, run once more on a fresh connection when the
-        first attempt met a connection the server had dropped (after a restart, a failover or an
-        idle timeout). Only for reads: running `work` twice must be harmless."""
+    def read(self, work: Callable[[Session], T], *, autocommit: bool = False) -> T:
+        """`work(session)` in a read-only transaction (`reading`, `autocommit` as there), run once
+        more on a fresh connection when the first attempt met a connection the server had dropped
+        (after a restart, a failover or an idle timeout). Only for reads: running `work` twice must
+        be harmless."""
         try:
-            with self.reading() as session:
+            with self.reading(autocommit=autocommit) as session:
                 return work(session)
         except sa_exc.DBAPIError as error:
             if not error.connection_invalidated or _SHARED.get() is not None or self._bound is not None:
                 raise
-        with self.reading() as session:
+        with self.reading(autocommit=autocommit) as session:
             return work(session)
 
     def dispose(self) -> None:
@@ -404,6 +429,14 @@ class SharedTransaction:
 
 # Set in session.info by a flush: a read session that flushed something rolls it back on close.
 _FLUSHED = "allocator_flushed"
+# In session.info of a read session in autocommit (`Database.reading`): it must never flush.
+_AUTOCOMMIT = "allocator_autocommit"
+
+
+@event.listens_for(Session, "before_flush")
+def _refuse_autocommit_flush(session: Session, _context: Any, _instances: Any) -> None:
+    if session.info.get(_AUTOCOMMIT) and (session.new or session.dirty or session.deleted):
+        raise RuntimeError("a read in autocommit cannot write: each statement would commit at once")
 
 
 @event.listens_for(Session, "after_flush")

@@ -212,7 +212,7 @@ def _guard() -> BaseResponse | None:
         raise Forbidden("this page is not available")
     service = ctx()
     trial_code = (request.view_args or {}).get("trial")
-    # One read transaction for the user, their roles as of now (BLD-11) and the trial.
+    # One read for the user, their roles as of now (BLD-11) and the trial: two statements.
     later: list[Callable[[], None]] = []  # writes (session expiry, last use) run after the read
 
     def read(
@@ -231,7 +231,8 @@ def _guard() -> BaseResponse | None:
             )
         return auth, rows
 
-    auth, rows = service.db.read(read)
+    # Autocommit: the guard's two statements without BEGIN and COMMIT on PostgreSQL (issue 16).
+    auth, rows = service.db.read(read, autocommit=True)
     for write in later:
         write()
     if auth is None:

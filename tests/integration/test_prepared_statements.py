@@ -9,9 +9,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
+from psycopg import pq
+from psycopg._connection_base import BaseConnection
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy import exc as sa_exc
 
@@ -19,7 +22,7 @@ from allocator import crypto
 from allocator import db as dbmod
 from allocator.app import create_app
 from allocator.db import Database, Limits
-from allocator.models import ScreeningEntry, Subject
+from allocator.models import ScreeningEntry, Site, Subject
 from allocator.permissions import Scope
 from allocator.services.accounts import users
 from allocator.services.context import ServiceContext
@@ -154,3 +157,58 @@ def test_a_write_on_a_killed_backend_is_refused_as_busy_and_writes_nothing(live:
     with live.db.reading() as s:  # a fresh connection: nothing was written
         assert s.execute(select(func.count()).select_from(ScreeningEntry)).scalar_one() == 0
     randomize_service.randomize(live.ctx, CLI_ACTOR, TRIAL, request, ALL)
+
+
+def _commands(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The commands psycopg sends on its own (BEGIN, COMMIT, ROLLBACK), in order, from now on."""
+    sent: list[str] = []
+    real = BaseConnection._exec_command
+
+    def recording(self: BaseConnection[Any], command: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(bytes(command).decode() if isinstance(command, bytes | bytearray) else str(command))
+        return real(self, command, *args, **kwargs)
+
+    monkeypatch.setattr(BaseConnection, "_exec_command", recording)
+    return sent
+
+
+def test_the_guard_reads_without_begin_and_commit_and_the_allocation_is_one_transaction(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 16: the guard's two statements ran in a transaction of their own, BEGIN and COMMIT two
+    round trips of the fourteen of a randomization, for nothing: under READ COMMITTED each
+    statement reads its own snapshot in a transaction too. They now run in autocommit, and the
+    allocation on the same pooled connection is still one transaction."""
+    ready_trial(live.ctx, kits_per_site=12)
+    token = users.create_token(live.ctx, CLI_ACTOR, "inv-p1", "edc").token
+    assert _post(live, token, 1) == 201  # the token's first use is written down (a transaction)
+    sent = _commands(monkeypatch)
+    assert _post(live, token, 2) == 201
+    assert [c.split()[0] for c in sent] == ["BEGIN", "COMMIT"], sent
+
+
+def test_an_autocommit_read_leaves_the_pooled_connection_in_transactions(live: Live) -> None:
+    with live.db.reading(autocommit=True) as s:
+        s.execute(text("SELECT 1")).scalar_one()
+        driver = s.connection().connection.driver_connection
+        assert driver.info.transaction_status == pq.TransactionStatus.IDLE  # no BEGIN was sent
+    with live.db.reading() as s:
+        s.execute(text("SELECT 1")).scalar_one()
+        assert s.connection().connection.driver_connection is driver  # the one pooled connection
+        assert driver.info.transaction_status == pq.TransactionStatus.INTRANS
+    # A unit of work on that connection that fails writes nothing: it was a transaction.
+    with pytest.raises(ZeroDivisionError), live.db.unit_of_work() as s:
+        s.execute(text("CREATE TEMPORARY TABLE probe (x integer)"))
+        raise ZeroDivisionError
+    with live.db.reading() as s:
+        assert s.execute(text("SELECT to_regclass('pg_temp.probe')")).scalar_one() is None
+
+
+def test_an_autocommit_read_refuses_to_flush_and_writes_nothing(live: Live) -> None:
+    ready_trial(live.ctx)
+    with pytest.raises(RuntimeError, match="autocommit cannot write"), live.db.reading(autocommit=True) as s:
+        site = s.execute(select(Site).where(Site.code == "P1")).scalar_one()
+        site.status = "closed"
+        s.flush()
+    with live.db.reading() as s:
+        assert s.execute(select(Site.status).where(Site.code == "P1")).scalar_one() != "closed"
