@@ -191,11 +191,12 @@ def test_an_autocommit_read_leaves_the_pooled_connection_in_transactions(live: L
     with live.db.reading(autocommit=True) as s:
         s.execute(text("SELECT 1")).scalar_one()
         driver = s.connection().connection.driver_connection
+        assert driver is not None
         assert driver.info.transaction_status == pq.TransactionStatus.IDLE  # no BEGIN was sent
     with live.db.reading() as s:
         s.execute(text("SELECT 1")).scalar_one()
         assert s.connection().connection.driver_connection is driver  # the one pooled connection
-        assert driver.info.transaction_status == pq.TransactionStatus.INTRANS
+        assert driver is not None and driver.info.transaction_status == pq.TransactionStatus.INTRANS
     # A unit of work on that connection that fails writes nothing: it was a transaction.
     with pytest.raises(ZeroDivisionError), live.db.unit_of_work() as s:
         s.execute(text("CREATE TEMPORARY TABLE probe (x integer)"))
