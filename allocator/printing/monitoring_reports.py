@@ -266,12 +266,16 @@ def _widths(table: Table, available: float, measures: _Measures | None = None) -
     no word is cut), and the rest of the line in proportion to its typical text length."""
     measures = measures or _Measures()
     minimum, desired = [], []
+    entries = len(table.rows) - table.totals  # the total rows after them are set in bold
     for index, column in enumerate(table.columns):
         cells = [row[index] for row in table.rows]
         longest = max(
             [
                 measures.words_width(column, BOLD),
-                *(min(measures.words_width(c, REGULAR), 160.0) for c in cells),
+                *(
+                    min(measures.words_width(c, BOLD if i >= entries else REGULAR), 160.0)
+                    for i, c in enumerate(cells)
+                ),
             ],
             default=0.0,
         )
@@ -290,22 +294,22 @@ def _widths(table: Table, available: float, measures: _Measures | None = None) -
     return [m + g for m, g in zip(minimum, grow, strict=True)]
 
 
-def _wrapped(text: str, width: float, measures: _Measures | None = None) -> str:
+def _wrapped(text: str, width: float, measures: _Measures | None = None, font: str = REGULAR) -> str:
     """`text` broken into lines that fit a cell of `width` points (between words; a word longer than
     the line keeps its own line, as a paragraph would): ReportLab's simpleSplit, with each word
-    measured once per document."""
+    measured once per document, in `font`."""
     measures = measures or _Measures()
     clean = printable(text)
     room = width - 2 * _CELL_PAD
-    if measures.width(clean) <= room:
+    if measures.width(clean, font) <= room:
         return clean
-    space = measures.width(" ")
+    space = measures.width(" ", font)
     lines: list[str] = []
     for paragraph in clean.split("\n"):
         line: list[str] = []
         used = -space
         for word in paragraph.split():
-            size = measures.width(word)
+            size = measures.width(word, font)
             if used + space + size <= room or not line:
                 line.append(word)
                 used += space + size
@@ -327,14 +331,19 @@ def _piece(
 ) -> Any:
     """A piece of a long table: the header and up to _CHUNK rows, each cell wrapped to its column;
     its last `totals` rows (in the last piece) are totals, set in bold under a rule."""
+    totals = min(totals, len(rows))
     body = [
-        [_wrapped(value, width, measures) for value, width in zip(row, widths, strict=True)] for row in rows
+        [
+            _wrapped(value, width, measures, BOLD if index >= len(rows) - totals else REGULAR)
+            for value, width in zip(row, widths, strict=True)
+        ]
+        for index, row in enumerate(rows)
     ]
     # splitInRow: a row taller than a page (a cell of hundreds of lines) continues on the next page,
     # where ReportLab otherwise fails the whole document.
     made = PdfTable([header, *body], colWidths=widths, repeatRows=1, hAlign="LEFT", splitInRow=1)
     made.setStyle(style)
-    if totals := min(totals, len(body)):
+    if totals:
         first = len(body) - totals + 1  # the header is row 0
         made.setStyle(
             TableStyle(

@@ -203,3 +203,21 @@ def test_a_total_row_is_set_in_bold_after_the_entries(entries: int) -> None:
 def test_a_table_cannot_hold_more_total_rows_than_rows() -> None:
     with pytest.raises(ValueError, match="2 total rows among 1 rows"):
         mr.Table("Subjects per site", ("Site",), (("All sites",),), totals=2)
+
+
+def test_a_total_row_is_measured_in_bold() -> None:
+    """Bold is wider than regular: a total's cell is wrapped and its column sized with the bold
+    widths, or a bold "Tous les centres" ran into the cell's padding in a squeezed table."""
+    text = "Tous les centres"
+    regular = mr.stringWidth(text, mr.REGULAR, mr._CELL_SIZE)
+    bold = mr.stringWidth(text, mr.BOLD, mr._CELL_SIZE)
+    assert regular < bold
+    width = (regular + bold) / 2 + 2 * mr._CELL_PAD  # the text fits in regular, not in bold
+    assert mr._wrapped(text, width) == text
+    assert mr._wrapped(text, width, font=mr.BOLD) == "Tous les\ncentres"
+    # A page too narrow for the columns' minimums shares it in their proportion: the first column's
+    # minimum is its longest word, the total's, in bold.
+    table = mr.Table("Per site", ("S", "N"), (("centres", "1"), ("Tous-les-centres", "2")), totals=1)
+    first = mr.stringWidth("Tous-les-centres", mr.BOLD, mr._CELL_SIZE) + mr._PADDING
+    second = mr.stringWidth("N", mr.BOLD, mr._CELL_SIZE) + mr._PADDING  # the header, wider than 1 or 2
+    assert mr._widths(table, 1.0) == pytest.approx([first / (first + second), second / (first + second)])
