@@ -26,17 +26,22 @@ WORDS = [
 ]
 
 
-def _long_document(rows: tuple[tuple[str, str], ...]) -> mr.ReportDocument:
-    """A report of one long two-column table."""
+def _document(table: mr.Table) -> mr.ReportDocument:
+    """A report of one table."""
     return mr.ReportDocument(
-        "A long table",
-        "T/long",
+        "A report",
+        "T/report",
         datetime(2026, 12, 6, tzinfo=UTC),
         "1.0",
         False,
         (("Trial", "T"),),
-        tables=(mr.Table("Rows", ("Subject", "Note"), rows),),
+        tables=(table,),
     )
+
+
+def _long_document(rows: tuple[tuple[str, str], ...]) -> mr.ReportDocument:
+    """A report of one long two-column table."""
+    return _document(mr.Table("Rows", ("Subject", "Note"), rows))
 
 
 @pytest.mark.req("REP-05")
@@ -179,15 +184,7 @@ def test_a_total_row_is_set_in_bold_after_the_entries(entries: int) -> None:
     """The "All sites" row of a per-site table is a total: in the PDF it is set in bold (the rows
     above it in the regular face), also when it is the only row of the table's last piece."""
     rows = (*((f"P{i:03d}", str(i)) for i in range(entries)), ("All sites", str(entries)))
-    document = mr.ReportDocument(
-        "Totals",
-        "T/totals",
-        datetime(2026, 12, 7, tzinfo=UTC),
-        "1.0",
-        False,
-        (("Trial", "T"),),
-        tables=(mr.Table("Subjects per site", ("Site", "Randomized"), rows, totals=1),),
-    )
+    document = _document(mr.Table("Subjects per site", ("Site", "Randomized"), rows, totals=1))
     fonts: dict[str, set[str]] = {}
 
     def seen(text: str, _cm: object, _tm: object, font: dict[str, object] | None, _size: float) -> None:
