@@ -229,3 +229,17 @@ def test_a_long_cohort_pdf_is_built_by_a_job_too(app: Flask, monitor: FlaskClien
     done = monitor.get(f"{asked.headers['Location']}/file")
     assert done.status_code == 200 and done.mimetype == "application/pdf"
     assert "Recruitment" in pdf_text(done.get_data())
+
+
+@pytest.mark.req("REP-05")
+def test_a_cohort_per_site_table_counts_its_sites_not_its_total_row(
+    monitor: FlaskClient, world: CohortWorld
+) -> None:
+    """As the trial's per-site tables (tests/web/test_report_pages.py): two sites and an "All
+    sites" row are "(2)", the total in the table's foot."""
+    for report, title in (("screening-log", "Screening per site"), ("recruitment", "Registrations per site")):
+        page = monitor.get(f"{BASE}/{report}").get_data(as_text=True)
+        assert f'{title} <span class="muted small">(2)</span>' in page, report
+        table = page.split(f"{title} <span", 1)[1].split("</table>", 1)[0]
+        body, foot = table.split("<tfoot>", 1)
+        assert "All sites" in foot and "All sites" not in body and "L1" in body and "L2" in body, report
